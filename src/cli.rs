@@ -1,0 +1,263 @@
+//! The command line: `hearsay [run]`, `user`, `token`, `log verify`, `bench`.
+//!
+//! Commands other than `run` open the store directly, so they need the node stopped
+//! (sled allows one process per database; the error says so plainly).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::node::{Node, open_store, shutdown_signal};
+use crate::store::UserId;
+
+#[derive(Parser)]
+#[command(
+    name = "hearsay",
+    version,
+    about = "A federated peer-to-peer scrobble network node"
+)]
+pub struct Cli {
+    /// TOML config file (default: $HEARSAY_CONFIG, else built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API tokens (for ListenBrainz-style clients).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Inspect users' signed logs.
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user (password from a prompt, or the first line of --password-file).
+    Add {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List users.
+    List,
+    /// Delete a user and all their data.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token; it is printed once and never stored.
+    New {
+        user: String,
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List a user's tokens.
+    List { user: String },
+    /// Revoke a token by its id (see `token list`).
+    Revoke { user: String, id: u32 },
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Recompute a user's hash chain and check every signature.
+    Verify { user: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(&config.node.log);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run_node(config),
+        Command::User(cmd) => user_cmd(&config, cmd),
+        Command::Token(cmd) => token_cmd(&config, cmd),
+        Command::Log(LogCmd::Verify { user }) => verify(&config, &user),
+        Command::Bench(cmd) => crate::bench::run(&config, cmd),
+    }
+}
+
+fn run_node(config: Config) -> anyhow::Result<ExitCode> {
+    let addr = config.http_listen()?;
+    let node = Node::build(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(peer_id = %node.identity.peer_id(), data_dir = %node.config.node.data_dir.display(), "node started");
+        println!("hearsay node listening on http://{local}");
+        node.run(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(file: Option<PathBuf>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for a password: use --password-file");
+    }
+    let first = rpassword::prompt_password("password: ")?;
+    let again = rpassword::prompt_password("again: ")?;
+    if first != again {
+        bail!("the passwords differ");
+    }
+    Ok(first)
+}
+
+fn find_user(store: &crate::store::Store, name: &str) -> anyhow::Result<crate::store::users::User> {
+    store
+        .user_by_name(name)?
+        .with_context(|| format!("no such user: {name}"))
+}
+
+fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCmd::Add {
+            name,
+            password_file,
+        } => {
+            let password = read_password(password_file)?;
+            let store = open_store(config)?;
+            let user = store.create_user(&name, &password, crate::now_unix())?;
+            println!(
+                "created user {} (id {}, key {})",
+                user.name,
+                user.id.0,
+                hex::encode(user.public_key)
+            );
+        }
+        UserCmd::List => {
+            let store = open_store(config)?;
+            for u in store.users()? {
+                let head = store.log_head(u.id)?;
+                println!(
+                    "{}\t{}\tlistens={}\tentries={}\tkey={}",
+                    u.id.0,
+                    u.name,
+                    head.n_listens,
+                    head.n_entries,
+                    hex::encode(u.public_key)
+                );
+            }
+        }
+        UserCmd::Delete { name, yes } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "refusing to delete without --yes when there is no terminal to confirm on"
+                    );
+                }
+                eprint!("delete user {name} and all their listens? type the name to confirm: ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != name {
+                    bail!("not confirmed; nothing deleted");
+                }
+            }
+            let store = open_store(config)?;
+            let user = find_user(&store, &name)?;
+            let n = store.delete_user(user.id)?;
+            println!("deleted user {name}: {n} records removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_cmd(config: &Config, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    match cmd {
+        TokenCmd::New { user, name } => {
+            let u = find_user(&store, &user)?;
+            let (token, info) = store.create_token(u.id, &name, crate::now_unix())?;
+            eprintln!(
+                "token {} ({}) for {}; shown once, store it now:",
+                info.id, info.name, u.name
+            );
+            println!("{token}");
+        }
+        TokenCmd::List { user } => {
+            let u = find_user(&store, &user)?;
+            for t in store.tokens(u.id)? {
+                println!("{}\t{}\tcreated_at={}", t.id, t.name, t.created_at);
+            }
+        }
+        TokenCmd::Revoke { user, id } => {
+            let u = find_user(&store, &user)?;
+            if !store.revoke_token(u.id, id)? {
+                bail!("{user} has no token {id}");
+            }
+            println!("revoked token {id} of {user}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let user = find_user(&store, name)?;
+    let started = std::time::Instant::now();
+    match store.verify_log(UserId(user.id.0))? {
+        Ok(v) => {
+            println!(
+                "ok: {} entries ({} erased), {} seals, head {} ({:.2}s)",
+                v.n_entries,
+                v.n_erased,
+                v.n_seals,
+                hex::encode(v.head),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The HTTP router. Today: `GET /health`. The scrobbler APIs (`api`) and the web view
+//! (`web`) mount their routers here.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::store::{Ingestor, Store};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ingestor: Ingestor,
+    pub peer_id: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+}
+
+/// Liveness and identity: answers while the node serves requests.
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "peer_id": state.peer_id,
+    }))
+}

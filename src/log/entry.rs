@@ -1,0 +1,222 @@
+//! Log entries, their canonical bytes, and the blake3 hash chain.
+//!
+//! A user's log is a sequence of entries numbered by `seq` (0, 1, 2, ... in append order).
+//! Each entry has a *content hash* over its canonical bytes and a *link* that chains it
+//! to the previous entry. Erasing an entry (a delete tombstone) drops its content but keeps
+//! its content hash, so the chain, and every signature over it, still verifies; the
+//! per-entry random salt makes the kept hash reveal nothing about the erased content.
+//! The exact byte layout is specified in `docs/protocol.md`; change it only with a new
+//! `ENTRY_FORMAT` and a migration. No I/O here.
+
+use serde::Serialize;
+
+use super::listen::TrackRef;
+
+/// Version byte that starts every canonical entry.
+pub const ENTRY_FORMAT: u8 = 1;
+/// blake3 `derive_key` context for content hashes.
+pub const CONTENT_CONTEXT: &str = "hearsay 2026-11-23 log entry content v1";
+/// blake3 `derive_key` context for chain links.
+pub const LINK_CONTEXT: &str = "hearsay 2026-11-23 log chain link v1";
+/// blake3 `derive_key` context for the genesis link of a user's chain.
+pub const GENESIS_CONTEXT: &str = "hearsay 2026-11-23 log genesis v1";
+
+/// Random bytes in every entry, so an erased entry's hash cannot be brute-forced.
+pub type Salt = [u8; 16];
+pub type Hash32 = [u8; 32];
+
+/// What an entry says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Listen {
+        track: TrackRef,
+        listened_at: i64,
+        duration_ms: Option<u32>,
+        client: Option<String>,
+    },
+    Love(TrackRef),
+    Unlove(TrackRef),
+    /// Tombstone for the listen at `target`: that entry's content is erased.
+    Delete {
+        target: u64,
+    },
+}
+
+/// An entry as read back from a log: either its content or, once erased, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Present { salt: Salt, body: Body },
+    Erased { content_hash: Hash32 },
+}
+
+/// Borrowing mirror of `Body` in canonical field order, serialised with postcard.
+#[derive(Serialize)]
+enum CanonicalBody<'a> {
+    Listen {
+        listened_at: i64,
+        duration_ms: Option<u32>,
+        client: Option<&'a str>,
+        track: &'a TrackRef,
+    },
+    Love(&'a TrackRef),
+    Unlove(&'a TrackRef),
+    Delete {
+        target: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct CanonicalEntry<'a> {
+    format: u8,
+    user: &'a [u8; 32],
+    seq: u64,
+    salt: &'a Salt,
+    body: CanonicalBody<'a>,
+}
+
+/// The canonical bytes of an entry: postcard of (format, user key, seq, salt, body).
+pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Vec<u8> {
+    let body = match body {
+        Body::Listen {
+            track,
+            listened_at,
+            duration_ms,
+            client,
+        } => CanonicalBody::Listen {
+            listened_at: *listened_at,
+            duration_ms: *duration_ms,
+            client: client.as_deref(),
+            track,
+        },
+        Body::Love(track) => CanonicalBody::Love(track),
+        Body::Unlove(track) => CanonicalBody::Unlove(track),
+        Body::Delete { target } => CanonicalBody::Delete { target: *target },
+    };
+    let entry = CanonicalEntry {
+        format: ENTRY_FORMAT,
+        user,
+        seq,
+        salt,
+        body,
+    };
+    // Serialising plain structs of integers, strings and byte arrays into a Vec cannot
+    // fail; an empty result would simply fail verification, never be trusted.
+    postcard::to_allocvec(&entry).unwrap_or_default()
+}
+
+/// The content hash of an entry.
+pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Hash32 {
+    let bytes = canonical_bytes(user, seq, salt, body);
+    blake3::Hasher::new_derive_key(CONTENT_CONTEXT)
+        .update(&bytes)
+        .finalize()
+        .into()
+}
+
+/// The link before the first entry of `user`'s chain.
+pub fn genesis_link(user: &[u8; 32]) -> Hash32 {
+    blake3::Hasher::new_derive_key(GENESIS_CONTEXT)
+        .update(user)
+        .finalize()
+        .into()
+}
+
+/// `link(seq) = blake3_derive(LINK_CONTEXT, link(seq-1) ‖ seq as u64 BE ‖ content_hash)`.
+pub fn next_link(prev: &Hash32, seq: u64, content_hash: &Hash32) -> Hash32 {
+    blake3::Hasher::new_derive_key(LINK_CONTEXT)
+        .update(prev)
+        .update(&seq.to_be_bytes())
+        .update(content_hash)
+        .finalize()
+        .into()
+}
+
+/// The short per-entry check stored beside each entry: the first 4 bytes of its link.
+/// It does not protect anything (the seals do); it lets `verify` name the first entry
+/// whose stored bytes changed instead of only the block.
+pub fn check_of(link: &Hash32) -> [u8; 4] {
+    [link[0], link[1], link[2], link[3]]
+}
+
+impl Content {
+    /// The content hash of this entry, recomputed from content when present.
+    pub fn hash(&self, user: &[u8; 32], seq: u64) -> Hash32 {
+        match self {
+            Content::Present { salt, body } => content_hash(user, seq, salt, body),
+            Content::Erased { content_hash } => *content_hash,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track() -> TrackRef {
+        TrackRef {
+            artist: "Aphex Twin".into(),
+            artist_names: vec![],
+            artist_mbids: vec![],
+            title: "Xtal".into(),
+            album: Some("Selected Ambient Works 85–92".into()),
+            recording_mbid: None,
+            release_mbid: None,
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_are_stable() {
+        // A change to this vector is a change of the signed format: bump ENTRY_FORMAT.
+        let body = Body::Listen {
+            track: track(),
+            listened_at: 1_700_000_000,
+            duration_ms: Some(291_000),
+            client: None,
+        };
+        let bytes = canonical_bytes(&[7; 32], 3, &[9; 16], &body);
+        assert_eq!(bytes[0], ENTRY_FORMAT);
+        assert_eq!(&bytes[1..33], &[7; 32]);
+        assert_eq!(bytes[33], 3, "seq as varint");
+        assert_eq!(&bytes[34..50], &[9; 16]);
+        assert_eq!(bytes[50], 0, "Listen discriminant");
+        // The same vector is printed in docs/protocol.md for independent verifiers.
+        assert_eq!(
+            hex::encode(&bytes),
+            "01070707070707070707070707070707070707070707070707070707070707070703090909090909090909090909090909090080c49fd50c01b8e111000a4170686578205477696e0000045874616c011e53656c656374656420416d6269656e7420576f726b73203835e2809339320000"
+        );
+        let content = content_hash(&[7; 32], 3, &[9; 16], &body);
+        assert_eq!(
+            hex::encode(content),
+            "d968913e2b5851ca751378199f563654d3e04f6f855672f0c1661d9f16ad9088"
+        );
+        assert_eq!(
+            hex::encode(next_link(&genesis_link(&[7; 32]), 3, &content)),
+            "4d15acc6046aae98ca60960674403a232ece0766aaf5262e4b46eeb8bf643ab7"
+        );
+    }
+
+    #[test]
+    fn erased_entry_keeps_the_link() {
+        let body = Body::Love(track());
+        let present = Content::Present {
+            salt: [1; 16],
+            body,
+        };
+        let h = present.hash(&[2; 32], 5);
+        let erased = Content::Erased { content_hash: h };
+        let prev = genesis_link(&[2; 32]);
+        assert_eq!(
+            next_link(&prev, 5, &present.hash(&[2; 32], 5)),
+            next_link(&prev, 5, &erased.hash(&[2; 32], 5))
+        );
+    }
+
+    #[test]
+    fn salt_changes_the_hash() {
+        let body = Body::Love(track());
+        assert_ne!(
+            content_hash(&[0; 32], 0, &[0; 16], &body),
+            content_hash(&[0; 32], 0, &[1; 16], &body)
+        );
+    }
+}

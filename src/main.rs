@@ -1,0 +1,5 @@
+//! The `hearsay` binary: everything lives in the library; see `cli`.
+
+fn main() -> std::process::ExitCode {
+    hearsay::cli::main()
+}

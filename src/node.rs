@@ -1,0 +1,98 @@
+//! Composition root: builds the store, the writer and the HTTP server from a `Config`,
+//! and runs them until a shutdown future resolves (`run(listener, shutdown)`, so tests
+//! bind port 0 and stop the node when they like).
+
+use std::future::Future;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::identity::NodeIdentity;
+use crate::store::{self, Ingestor, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::Error),
+    #[error("http: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A node, opened but not yet serving.
+pub struct Node {
+    pub config: Config,
+    pub store: Store,
+    pub ingestor: Ingestor,
+    pub identity: NodeIdentity,
+}
+
+/// Opens the store named by the config. Used by the node and by offline CLI commands.
+pub fn open_store(config: &Config) -> Result<Store, store::Error> {
+    Store::open(
+        &config.node.data_dir,
+        &store::Options {
+            cache_mb: config.store.cache_mb,
+        },
+    )
+}
+
+impl Node {
+    /// Opens everything; binds nothing.
+    pub fn build(config: Config) -> Result<Node, Error> {
+        config.validate()?;
+        let store = open_store(&config)?;
+        let identity = NodeIdentity::load_or_create(&config.node.data_dir)?;
+        let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens)?;
+        Ok(Node {
+            config,
+            store,
+            ingestor,
+            identity,
+        })
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight
+    /// requests, lets the writer finish every queued batch, and flushes.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let state = AppState {
+            store: self.store.clone(),
+            ingestor: self.ingestor.clone(),
+            peer_id: self.identity.peer_id(),
+        };
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        let ingestor = self.ingestor.clone();
+        let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
+        self.store.flush()?;
+        tracing::info!("node stopped; store flushed");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

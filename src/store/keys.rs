@@ -1,0 +1,111 @@
+//! Key codecs: every sled key is built and parsed here, never with `format!`.
+//!
+//! Integers are fixed-width big-endian so that byte order equals numeric order and each
+//! query is a prefix scan or a range. Property tests check round trips and order.
+
+use super::Error;
+
+/// A user's numeric id, the prefix of all their keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(pub u32);
+
+pub fn user(id: UserId) -> [u8; 4] {
+    id.0.to_be_bytes()
+}
+
+pub fn user_seq(id: UserId, seq: u64) -> [u8; 12] {
+    let mut k = [0; 12];
+    k[..4].copy_from_slice(&id.0.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn user_u32(id: UserId, n: u32) -> [u8; 8] {
+    let mut k = [0; 8];
+    k[..4].copy_from_slice(&id.0.to_be_bytes());
+    k[4..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub fn u32_key(n: u32) -> [u8; 4] {
+    n.to_be_bytes()
+}
+
+/// The UTC day number of a unix time (days since 1970-01-01).
+pub fn day_of(listened_at: i64) -> u32 {
+    // listened_at is validated to lie between 2002 and now + 1h, so this fits easily.
+    u32::try_from(listened_at.div_euclid(86_400)).unwrap_or(u32::MAX)
+}
+
+fn fixed<const N: usize>(tree: &'static str, key: &[u8], at: usize) -> Result<[u8; N], Error> {
+    key.get(at..at + N)
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .ok_or_else(|| Error::corrupt(tree, key, "key too short"))
+}
+
+pub fn parse_user(tree: &'static str, key: &[u8]) -> Result<UserId, Error> {
+    Ok(UserId(u32::from_be_bytes(fixed(tree, key, 0)?)))
+}
+
+pub fn parse_user_seq(tree: &'static str, key: &[u8]) -> Result<(UserId, u64), Error> {
+    if key.len() != 12 {
+        return Err(Error::corrupt(tree, key, "key is not user ‖ seq"));
+    }
+    Ok((
+        parse_user(tree, key)?,
+        u64::from_be_bytes(fixed(tree, key, 4)?),
+    ))
+}
+
+pub fn parse_user_u32(tree: &'static str, key: &[u8]) -> Result<(UserId, u32), Error> {
+    if key.len() != 8 {
+        return Err(Error::corrupt(tree, key, "key is not user ‖ u32"));
+    }
+    Ok((
+        parse_user(tree, key)?,
+        u32::from_be_bytes(fixed(tree, key, 4)?),
+    ))
+}
+
+pub fn parse_u32(tree: &'static str, bytes: &[u8]) -> Result<u32, Error> {
+    if bytes.len() != 4 {
+        return Err(Error::corrupt(tree, bytes, "not a 4-byte id"));
+    }
+    Ok(u32::from_be_bytes(fixed(tree, bytes, 0)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn user_seq_round_trips_and_orders(a in any::<(u32, u64)>(), b in any::<(u32, u64)>()) {
+            let ka = user_seq(UserId(a.0), a.1);
+            let kb = user_seq(UserId(b.0), b.1);
+            prop_assert_eq!(parse_user_seq("t", &ka).expect("parse"), (UserId(a.0), a.1));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn user_u32_round_trips_and_orders(a in any::<(u32, u32)>(), b in any::<(u32, u32)>()) {
+            let ka = user_u32(UserId(a.0), a.1);
+            let kb = user_u32(UserId(b.0), b.1);
+            prop_assert_eq!(parse_user_u32("t", &ka).expect("parse"), (UserId(a.0), a.1));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn days_are_monotonic(a in 1_033_430_400i64..4_000_000_000, b in 1_033_430_400i64..4_000_000_000) {
+            if a <= b { prop_assert!(day_of(a) <= day_of(b)); }
+        }
+    }
+
+    #[test]
+    fn short_keys_are_errors_not_panics() {
+        assert!(parse_user_seq("t", &[1, 2, 3]).is_err());
+        assert!(parse_user_u32("t", &[]).is_err());
+        assert!(parse_u32("t", &[0; 5]).is_err());
+    }
+}

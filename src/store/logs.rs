@@ -1,0 +1,338 @@
+//! Reading users' logs: listens by time, entries in order, and whole-log verification.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use super::codec::decode;
+use super::keys::{self, UserId, day_of};
+use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
+use super::values::{BlockV1, ClientV1, DayV1, HeadV1, StoredEntry, TrackChunkV1};
+use super::{Error, Result, Store};
+use crate::log::{Body, Content, Listen, Seal, TrackRef, Verified, Verifier, VerifyError};
+
+/// A live listen with its position in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredListen {
+    pub seq: u64,
+    pub listen: Listen,
+}
+
+/// Which way to walk a time range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+/// Summary of a user's log head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogHead {
+    pub n_entries: u64,
+    pub n_listens: u64,
+    pub head: [u8; 32],
+}
+
+/// Resolves interned ids while reading, so each name is decoded once per read.
+#[derive(Default)]
+struct Names {
+    chunks: HashMap<u32, TrackChunkV1>,
+    clients: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn track(&mut self, store: &Store, id: u32) -> Result<TrackRef> {
+        let chunk = id / TRACK_CHUNK;
+        let tracks = match self.chunks.entry(chunk) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(store.track_chunk(chunk)?),
+        };
+        tracks
+            .tracks
+            .get((id % TRACK_CHUNK) as usize)
+            .map(|t| t.track.clone())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    schema::TRACKCHUNK_TRACKS,
+                    &keys::u32_key(chunk),
+                    "track id past the chunk",
+                )
+            })
+    }
+
+    fn client(&mut self, store: &Store, id: u32) -> Result<Option<String>> {
+        if let Some(c) = self.clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = store.client_name(id)?;
+        self.clients.insert(id, c.clone());
+        Ok(c)
+    }
+
+    fn content(&mut self, store: &Store, entry: &StoredEntry) -> Result<Content> {
+        Ok(match entry {
+            StoredEntry::Listen {
+                salt,
+                listened_at,
+                track,
+                duration_ms,
+                client,
+                ..
+            } => Content::Present {
+                salt: *salt,
+                body: Body::Listen {
+                    track: self.track(store, *track)?,
+                    listened_at: *listened_at,
+                    duration_ms: *duration_ms,
+                    client: self.client(store, *client)?,
+                },
+            },
+            StoredEntry::Love { salt, track, .. } => Content::Present {
+                salt: *salt,
+                body: Body::Love(self.track(store, *track)?),
+            },
+            StoredEntry::Unlove { salt, track, .. } => Content::Present {
+                salt: *salt,
+                body: Body::Unlove(self.track(store, *track)?),
+            },
+            StoredEntry::Delete { salt, target, .. } => Content::Present {
+                salt: *salt,
+                body: Body::Delete { target: *target },
+            },
+            StoredEntry::Erased { content_hash, .. } => Content::Erased {
+                content_hash: *content_hash,
+            },
+        })
+    }
+}
+
+impl Store {
+    /// The chunk of interned tracks holding `id`.
+    pub(crate) fn track_chunk(&self, chunk: u32) -> Result<TrackChunkV1> {
+        let key = keys::u32_key(chunk);
+        let bytes = self.trees.trackchunk_tracks.get(key)?.ok_or_else(|| {
+            Error::corrupt(schema::TRACKCHUNK_TRACKS, &key, "missing track chunk")
+        })?;
+        decode(schema::TRACKCHUNK_TRACKS, &key, &bytes)
+    }
+
+    /// The interned track `id`.
+    pub(crate) fn track(&self, id: u32) -> Result<TrackRef> {
+        let chunk = self.track_chunk(id / TRACK_CHUNK)?;
+        chunk
+            .tracks
+            .get((id % TRACK_CHUNK) as usize)
+            .map(|t| t.track.clone())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    schema::TRACKCHUNK_TRACKS,
+                    &keys::u32_key(id / TRACK_CHUNK),
+                    "track id past the chunk",
+                )
+            })
+    }
+
+    /// The interned client `id` (0 means none).
+    pub(crate) fn client_name(&self, id: u32) -> Result<Option<String>> {
+        if id == 0 {
+            return Ok(None);
+        }
+        let key = keys::u32_key(id);
+        let bytes =
+            self.trees.clientid_clientname.get(key)?.ok_or_else(|| {
+                Error::corrupt(schema::CLIENTID_CLIENTNAME, &key, "missing client")
+            })?;
+        Ok(Some(
+            decode::<ClientV1>(schema::CLIENTID_CLIENTNAME, &key, &bytes)?.name,
+        ))
+    }
+
+    /// The head of `user`'s log.
+    pub fn log_head(&self, user: UserId) -> Result<LogHead> {
+        let key = keys::user(user);
+        Ok(match self.trees.userid_loghead.get(key)? {
+            None => LogHead {
+                n_entries: 0,
+                n_listens: 0,
+                head: [0; 32],
+            },
+            Some(bytes) => {
+                let h: HeadV1 = decode(schema::USERID_LOGHEAD, &key, &bytes)?;
+                LogHead {
+                    n_entries: h.next_seq,
+                    n_listens: h.n_listens,
+                    head: h.link,
+                }
+            }
+        })
+    }
+
+    fn block(&self, user: UserId, first: u64) -> Result<Option<BlockV1>> {
+        let key = keys::user_seq(user, first);
+        match self.trees.userid_seq_block.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?)),
+        }
+    }
+
+    /// Live listens with `from <= listened_at < to`, at most `limit`, in `order`.
+    pub fn listens(
+        &self,
+        user: UserId,
+        from: i64,
+        to: i64,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<StoredListen>> {
+        let mut out = Vec::new();
+        if from >= to || limit == 0 {
+            return Ok(out);
+        }
+        let lo = keys::user_u32(user, day_of(from.max(0)));
+        let hi = keys::user_u32(user, day_of(to.max(1) - 1));
+        let range = self.trees.userid_day_listens.range(lo..=hi);
+        let days: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match order {
+            Order::OldestFirst => Box::new(range),
+            Order::NewestFirst => Box::new(range.rev()),
+        };
+        let mut names = Names::default();
+        let mut blocks: HashMap<u64, BlockV1> = HashMap::new();
+        for kv in days {
+            let (k, v) = kv?;
+            let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
+            let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let base = i64::from(day) * 86_400;
+            let items: Box<dyn Iterator<Item = _>> = match order {
+                Order::OldestFirst => Box::new(bucket.items.iter()),
+                Order::NewestFirst => Box::new(bucket.items.iter().rev()),
+            };
+            for item in items {
+                let at = base + i64::from(item.sec);
+                if at < from || at >= to {
+                    continue;
+                }
+                let first = item.seq - item.seq % BLOCK_ENTRIES;
+                let block = match blocks.entry(first) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => v.insert(self.block(user, first)?.ok_or_else(|| {
+                        Error::corrupt(
+                            schema::USERID_SEQ_BLOCK,
+                            &keys::user_seq(user, first),
+                            "indexed block missing",
+                        )
+                    })?),
+                };
+                let entry = block
+                    .entries
+                    .get(usize::try_from(item.seq - first).unwrap_or(usize::MAX));
+                let Some(entry) = entry else {
+                    return Err(Error::corrupt(
+                        schema::USERID_DAY_LISTENS,
+                        &k,
+                        "points past its block",
+                    ));
+                };
+                if let Content::Present {
+                    body:
+                        Body::Listen {
+                            track,
+                            listened_at,
+                            duration_ms,
+                            client,
+                        },
+                    ..
+                } = names.content(self, entry)?
+                {
+                    out.push(StoredListen {
+                        seq: item.seq,
+                        listen: Listen {
+                            track,
+                            listened_at,
+                            duration_ms,
+                            client,
+                        },
+                    });
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of `user`'s log in seq order, resolved (erased ones as their hash).
+    pub fn entries(&self, user: UserId) -> Result<Vec<(u64, Content)>> {
+        let mut names = Names::default();
+        let mut out = Vec::new();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                out.push((first + i as u64, names.content(self, e)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recomputes `user`'s whole chain and checks every seal. The outer error is a
+    /// database failure; the inner one the first problem found in the log.
+    pub fn verify_log(&self, user: UserId) -> Result<Result<Verified, VerifyError>> {
+        let Some(u) = self.user(user)? else {
+            return Err(Error::NoSuchUser(format!("#{}", user.0)));
+        };
+        let mut verifier = match Verifier::new(&u.public_key) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut names = Names::default();
+        let mut expected_first = 0u64;
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let first = match keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k) {
+                Ok((_, first)) => first,
+                Err(e) => {
+                    verifier.unreadable(expected_first, e.to_string());
+                    continue;
+                }
+            };
+            expected_first = first + BLOCK_ENTRIES;
+            let block: BlockV1 = match decode(schema::USERID_SEQ_BLOCK, &k, &v) {
+                Ok(b) => b,
+                Err(e) => {
+                    verifier.unreadable(first, e.to_string());
+                    continue;
+                }
+            };
+            let mut last = None;
+            for (i, entry) in block.entries.iter().enumerate() {
+                let seq = first + i as u64;
+                match names.content(self, entry) {
+                    Ok(content) => verifier.entry(seq, &content, entry.check()),
+                    Err(e) => verifier.unreadable(seq, e.to_string()),
+                }
+                last = Some(seq);
+            }
+            if let Some(seq) = last {
+                verifier.seal(
+                    seq,
+                    Seal {
+                        signed_at: block.signed_at,
+                        signature: block.signature(),
+                    },
+                );
+            }
+        }
+        let head = self.log_head(user)?;
+        let result = verifier.finish();
+        // The head record must agree with the chain it summarises.
+        if let Ok(v) = &result {
+            if v.n_entries != head.n_entries || (v.n_entries > 0 && v.head != head.head) {
+                return Ok(Err(VerifyError::Entry {
+                    seq: head.n_entries.min(v.n_entries),
+                }));
+            }
+        }
+        Ok(result)
+    }
+}

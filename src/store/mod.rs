@@ -1,0 +1,201 @@
+//! The store: the only module that imports sled.
+//!
+//! `Store` opens the database, checks and migrates its schema, and offers typed
+//! operations: users and tokens (`users`), reading and verifying logs (`logs`). Every
+//! append to a log goes through the single writer thread in `writer`, which groups
+//! concurrent batches into one transaction and one flush. The layout is in `schema`
+//! and `docs/storage.md`.
+
+pub mod codec;
+pub mod keys;
+pub mod logs;
+pub mod migrate;
+pub mod schema;
+pub mod users;
+pub mod values;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use keys::UserId;
+pub use logs::StoredListen;
+pub use writer::{Action, Ingestor, Outcome};
+
+/// Errors of the store. Corrupt bytes are reported with their tree and key, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("database at {path} is in use by another hearsay process (stop the node first)")]
+    Locked { path: PathBuf },
+    #[error("corrupt value in tree {tree} at key {key}: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "database schema version {found} is newer than this build supports ({supported}): \
+         upgrade hearsay, or restore a backup made by this version"
+    )]
+    NewerSchema { found: u32, supported: u32 },
+    #[error("user name {0:?} is taken")]
+    UserExists(String),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid password: {0}")]
+    InvalidPassword(&'static str),
+    #[error("the log writer has stopped")]
+    WriterGone,
+    #[error("{0}")]
+    Crypto(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(tree: &'static str, key: &[u8], reason: &str) -> Error {
+        Error::Corrupt {
+            tree,
+            key: hex::encode(key),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Handles to every tree; cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub(crate) struct Trees {
+    pub meta: sled::Tree,
+    pub username_userid: sled::Tree,
+    pub userid_user: sled::Tree,
+    pub userid_signingkey: sled::Tree,
+    pub tokendigest_token: sled::Tree,
+    pub userid_tokenid_tokendigest: sled::Tree,
+    pub userid_loghead: sled::Tree,
+    pub userid_seq_block: sled::Tree,
+    pub userid_day_listens: sled::Tree,
+    pub trackchunk_tracks: sled::Tree,
+    pub clientname_clientid: sled::Tree,
+    pub clientid_clientname: sled::Tree,
+}
+
+/// An open database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    pub(crate) trees: Trees,
+    path: PathBuf,
+}
+
+/// Store options taken from the config.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cache_mb: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir/db`, then checks the schema
+    /// version: a missing one is initialised, an older one migrated, a newer one refused.
+    pub fn open(dir: &Path, options: &Options) -> Result<Store> {
+        let path = dir.join("db");
+        std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(options.cache_mb.saturating_mul(1 << 20))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    Error::Locked { path: path.clone() }
+                }
+                other => Error::Db(other),
+            })?;
+        let t = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            meta: t(schema::META)?,
+            username_userid: t(schema::USERNAME_USERID)?,
+            userid_user: t(schema::USERID_USER)?,
+            userid_signingkey: t(schema::USERID_SIGNINGKEY)?,
+            tokendigest_token: t(schema::TOKENDIGEST_TOKEN)?,
+            userid_tokenid_tokendigest: t(schema::USERID_TOKENID_TOKENDIGEST)?,
+            userid_loghead: t(schema::USERID_LOGHEAD)?,
+            userid_seq_block: t(schema::USERID_SEQ_BLOCK)?,
+            userid_day_listens: t(schema::USERID_DAY_LISTENS)?,
+            trackchunk_tracks: t(schema::TRACKCHUNK_TRACKS)?,
+            clientname_clientid: t(schema::CLIENTNAME_CLIENTID)?,
+            clientid_clientname: t(schema::CLIENTID_CLIENTNAME)?,
+        };
+        let store = Store { db, trees, path };
+        migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
+        Ok(store)
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes every dirty buffer to disk and fsyncs.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Per tree: name, number of items, bytes of keys and values (the logical size, before
+    /// sled's own overhead). Walks every tree: for benchmarks and the admin page.
+    pub fn tree_stats(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        let mut out = Vec::new();
+        for name in schema::ALL_TREES {
+            let Some(tree) = self.tree(name) else {
+                continue;
+            };
+            let (mut items, mut bytes) = (0u64, 0u64);
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                items += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+            out.push((*name, items, bytes));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        let t = &self.trees;
+        Some(match name {
+            schema::META => &t.meta,
+            schema::USERNAME_USERID => &t.username_userid,
+            schema::USERID_USER => &t.userid_user,
+            schema::USERID_SIGNINGKEY => &t.userid_signingkey,
+            schema::TOKENDIGEST_TOKEN => &t.tokendigest_token,
+            schema::USERID_TOKENID_TOKENDIGEST => &t.userid_tokenid_tokendigest,
+            schema::USERID_LOGHEAD => &t.userid_loghead,
+            schema::USERID_SEQ_BLOCK => &t.userid_seq_block,
+            schema::USERID_DAY_LISTENS => &t.userid_day_listens,
+            schema::TRACKCHUNK_TRACKS => &t.trackchunk_tracks,
+            schema::CLIENTNAME_CLIENTID => &t.clientname_clientid,
+            schema::CLIENTID_CLIENTNAME => &t.clientid_clientname,
+            _ => return None,
+        })
+    }
+
+    /// Atomically increments the counter `name` in `meta` and returns the value before.
+    pub(crate) fn next_id(&self, name: &'static str, first: u32) -> Result<u32> {
+        let mut taken = first;
+        self.trees.meta.update_and_fetch(name, |old| {
+            let current = old
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(first, u32::from_be_bytes);
+            taken = current;
+            Some(current.saturating_add(1).to_be_bytes().to_vec())
+        })?;
+        Ok(taken)
+    }
+}

@@ -1,0 +1,385 @@
+//! Users, their keys and their API tokens.
+//!
+//! User names are 1..=64 characters of `A-Z a-z 0-9 _ . -`, unique regardless of case.
+//! Each user gets an ed25519 identity key generated on the node; its seed lives in its
+//! own tree so listings never read it.
+
+use ed25519_dalek::SigningKey;
+use sled::Transactional;
+
+use super::codec::{decode, encode};
+use super::keys::{self, UserId};
+use super::schema;
+use super::values::{SigningKeyV1, TokenV1, UserV1};
+use super::{Error, Result, Store};
+use crate::auth;
+
+/// Longest user name.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Checks a user name against the rule above.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_CHARS {
+        return bad("longer than 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("only letters, digits, '_', '.' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < auth::MIN_PASSWORD_CHARS {
+        return Err(Error::InvalidPassword("shorter than 8 characters"));
+    }
+    if password.len() > auth::MAX_PASSWORD_BYTES {
+        return Err(Error::InvalidPassword("longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// A user as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    pub created_at: i64,
+    pub public_key: [u8; 32],
+}
+
+/// A token as listed (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub user: UserId,
+    pub id: u32,
+    pub name: String,
+    pub created_at: i64,
+}
+
+fn user_from(id: UserId, v: UserV1) -> User {
+    User {
+        id,
+        name: v.name,
+        created_at: v.created_at,
+        public_key: v.public_key,
+    }
+}
+
+impl Store {
+    /// Creates a user with a fresh identity key.
+    pub fn create_user(&self, name: &str, password: &str, now: i64) -> Result<User> {
+        validate_name(name)?;
+        check_password(password)?;
+        let lower = name.to_ascii_lowercase();
+        if self.trees.username_userid.contains_key(lower.as_bytes())? {
+            return Err(Error::UserExists(name.to_owned()));
+        }
+        let password_hash = auth::hash_password(password).map_err(Error::Crypto)?;
+        let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
+        let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        let id = UserId(self.next_id("next_user_id", 1)?);
+        let record = UserV1 {
+            name: name.to_owned(),
+            created_at: now,
+            password_hash,
+            public_key,
+        };
+        let t = &self.trees;
+        (&t.username_userid, &t.userid_user, &t.userid_signingkey)
+            .transaction(|(by_name, users, signing)| {
+                if by_name.get(lower.as_bytes())?.is_some() {
+                    return sled::transaction::abort(Error::UserExists(name.to_owned()));
+                }
+                by_name.insert(lower.as_bytes(), &keys::user(id))?;
+                users.insert(&keys::user(id), encode(&record))?;
+                signing.insert(&keys::user(id), encode(&SigningKeyV1 { seed }))?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(user_from(id, record))
+    }
+
+    /// Looks a user up by name, case-insensitively.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        let Some(id) = self
+            .trees
+            .username_userid
+            .get(name.to_ascii_lowercase().as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let id = UserId(keys::parse_u32(schema::USERNAME_USERID, &id)?);
+        self.user(id)
+    }
+
+    pub fn user(&self, id: UserId) -> Result<Option<User>> {
+        let key = keys::user(id);
+        match self.trees.userid_user.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(user_from(
+                id,
+                decode(schema::USERID_USER, &key, &bytes)?,
+            ))),
+        }
+    }
+
+    /// Every user, by id.
+    pub fn users(&self) -> Result<Vec<User>> {
+        self.trees
+            .userid_user
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = keys::parse_user(schema::USERID_USER, &k)?;
+                Ok(user_from(id, decode(schema::USERID_USER, &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Checks a user's password; `None` for an unknown user or a wrong password alike.
+    pub fn check_password(&self, name: &str, password: &str) -> Result<Option<User>> {
+        let Some(user) = self.user_by_name(name)? else {
+            // Hash anyway so an unknown name takes as long as a wrong password.
+            auth::equalise_timing(password);
+            return Ok(None);
+        };
+        let key = keys::user(user.id);
+        let Some(bytes) = self.trees.userid_user.get(key)? else {
+            return Ok(None);
+        };
+        let record: UserV1 = decode(schema::USERID_USER, &key, &bytes)?;
+        Ok(auth::verify_password(&record.password_hash, password).then_some(user))
+    }
+
+    /// The user's signing key.
+    pub fn signing_key(&self, id: UserId) -> Result<SigningKey> {
+        let key = keys::user(id);
+        let bytes = self
+            .trees
+            .userid_signingkey
+            .get(key)?
+            .ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
+        let v: SigningKeyV1 = decode(schema::USERID_SIGNINGKEY, &key, &bytes)?;
+        Ok(SigningKey::from_bytes(&v.seed))
+    }
+
+    /// Creates an API token for `user`; the returned string is shown once and not stored.
+    pub fn create_token(&self, user: UserId, name: &str, now: i64) -> Result<(String, TokenInfo)> {
+        let token = auth::new_token().map_err(Error::Crypto)?;
+        let digest = auth::token_digest(&token);
+        let id = self.next_id("next_token_id", 1)?;
+        let record = TokenV1 {
+            user: user.0,
+            id,
+            name: name.to_owned(),
+            created_at: now,
+        };
+        let t = &self.trees;
+        (&t.tokendigest_token, &t.userid_tokenid_tokendigest)
+            .transaction(|(by_digest, by_user)| {
+                by_digest.insert(&digest, encode(&record))?;
+                by_user.insert(&keys::user_u32(user, id), &digest)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok((
+            token,
+            TokenInfo {
+                user,
+                id,
+                name: name.to_owned(),
+                created_at: now,
+            },
+        ))
+    }
+
+    /// The user a token belongs to, if it is valid.
+    pub fn user_by_token(&self, token: &str) -> Result<Option<(User, TokenInfo)>> {
+        let digest = auth::token_digest(token);
+        let Some(bytes) = self.trees.tokendigest_token.get(digest)? else {
+            return Ok(None);
+        };
+        let record: TokenV1 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
+        let user = UserId(record.user);
+        // The forward index must point back at the same digest; a revoked or foreign
+        // record fails here.
+        let back = self
+            .trees
+            .userid_tokenid_tokendigest
+            .get(keys::user_u32(user, record.id))?;
+        let back_ok = back
+            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
+            .is_some_and(|b| auth::digests_equal(&b, &digest));
+        if !back_ok {
+            return Ok(None);
+        }
+        let info = TokenInfo {
+            user,
+            id: record.id,
+            name: record.name,
+            created_at: record.created_at,
+        };
+        Ok(self.user(user)?.map(|u| (u, info)))
+    }
+
+    /// A user's tokens, by id.
+    pub fn tokens(&self, user: UserId) -> Result<Vec<TokenInfo>> {
+        let mut out = Vec::new();
+        for kv in self
+            .trees
+            .userid_tokenid_tokendigest
+            .scan_prefix(keys::user(user))
+        {
+            let (k, digest) = kv?;
+            let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else {
+                continue;
+            };
+            let r: TokenV1 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
+            let _ = keys::parse_user_u32(schema::USERID_TOKENID_TOKENDIGEST, &k)?;
+            out.push(TokenInfo {
+                user,
+                id: r.id,
+                name: r.name,
+                created_at: r.created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes a token by id; false when the user has no such token.
+    pub fn revoke_token(&self, user: UserId, id: u32) -> Result<bool> {
+        let key = keys::user_u32(user, id);
+        let Some(digest) = self.trees.userid_tokenid_tokendigest.get(key)? else {
+            return Ok(false);
+        };
+        let t = &self.trees;
+        (&t.tokendigest_token, &t.userid_tokenid_tokendigest)
+            .transaction(|(by_digest, by_user)| {
+                by_digest.remove(&digest)?;
+                by_user.remove(&key)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Deletes a user and everything stored under their id: log, indexes, keys, tokens.
+    /// Interned track names shared with other users stay (see `docs/privacy.md`).
+    /// Must not run while a writer is appending for this user (the CLI runs it with the
+    /// node stopped).
+    pub fn delete_user(&self, id: UserId) -> Result<u64> {
+        let Some(user) = self.user(id)? else {
+            return Err(Error::NoSuchUser(format!("#{}", id.0)));
+        };
+        let mut removed = 0u64;
+        for token in self.tokens(id)? {
+            if self.revoke_token(id, token.id)? {
+                removed += 1;
+            }
+        }
+        for name in schema::USER_PREFIXED_TREES {
+            let Some(tree) = self.tree(name) else {
+                continue;
+            };
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(keys::user(id)).keys() {
+                batch.remove(k?);
+                removed += 1;
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.trees
+            .username_userid
+            .remove(user.name.to_ascii_lowercase().as_bytes())?;
+        self.flush()?;
+        Ok(removed + 1)
+    }
+}
+
+pub(crate) fn tx_error(e: sled::transaction::TransactionError<Error>) -> Error {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => Error::Db(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Options;
+
+    #[test]
+    fn users_and_tokens_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4 }).expect("open");
+        let alice = store
+            .create_user("Alice", "password1", 100)
+            .expect("create");
+        assert!(matches!(
+            store.create_user("alice", "password1", 100),
+            Err(Error::UserExists(_))
+        ));
+        assert!(matches!(
+            store.create_user("al ice", "password1", 100),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            store.create_user("bob", "short", 100),
+            Err(Error::InvalidPassword(_))
+        ));
+        assert_eq!(
+            store.check_password("ALICE", "password1").expect("check"),
+            Some(alice.clone())
+        );
+        assert_eq!(
+            store.check_password("alice", "password2").expect("check"),
+            None
+        );
+        assert_eq!(
+            store.check_password("nobody", "password1").expect("check"),
+            None
+        );
+
+        let (token, info) = store
+            .create_token(alice.id, "navidrome", 200)
+            .expect("token");
+        assert_eq!(
+            store
+                .user_by_token(&token)
+                .expect("lookup")
+                .map(|(u, _)| u.id),
+            Some(alice.id)
+        );
+        assert_eq!(store.tokens(alice.id).expect("list"), vec![info.clone()]);
+        assert!(store.revoke_token(alice.id, info.id).expect("revoke"));
+        assert_eq!(store.user_by_token(&token).expect("lookup"), None);
+        assert!(!store.revoke_token(alice.id, info.id).expect("revoke twice"));
+
+        assert_eq!(
+            store
+                .signing_key(alice.id)
+                .expect("key")
+                .verifying_key()
+                .to_bytes(),
+            alice.public_key
+        );
+        store.delete_user(alice.id).expect("delete");
+        assert_eq!(store.user_by_name("alice").expect("lookup"), None);
+        assert!(store.users().expect("list").is_empty());
+    }
+}

@@ -1,0 +1,171 @@
+//! The value types stored in the trees (see `schema`), each with its version marker.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::Versioned;
+use crate::log::{Hash32, Salt, TrackRef};
+
+/// `userid_user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserV1 {
+    /// The name as the user chose it (the key of `username_userid` is its lower case).
+    pub name: String,
+    pub created_at: i64,
+    /// argon2id hash in PHC string form.
+    pub password_hash: String,
+    /// The user's ed25519 public key: the identity of their log.
+    pub public_key: [u8; 32],
+}
+impl Versioned for UserV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_signingkey`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SigningKeyV1 {
+    pub seed: [u8; 32],
+}
+impl Versioned for SigningKeyV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `tokendigest_token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenV1 {
+    pub user: u32,
+    pub id: u32,
+    pub name: String,
+    pub created_at: i64,
+}
+impl Versioned for TokenV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_loghead`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadV1 {
+    /// The seq the next entry will get (= number of entries).
+    pub next_seq: u64,
+    /// Chain link of entry `next_seq - 1` (the genesis link when empty).
+    pub link: Hash32,
+    /// Listens not erased.
+    pub n_listens: u64,
+}
+impl Versioned for HeadV1 {
+    const VERSION: u8 = 1;
+}
+
+/// One entry inside a block, with names interned. `check` is `entry::check_of(link)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredEntry {
+    Listen {
+        salt: Salt,
+        check: [u8; 4],
+        listened_at: i64,
+        track: u32,
+        duration_ms: Option<u32>,
+        client: u32,
+    },
+    Love {
+        salt: Salt,
+        check: [u8; 4],
+        track: u32,
+    },
+    Unlove {
+        salt: Salt,
+        check: [u8; 4],
+        track: u32,
+    },
+    Delete {
+        salt: Salt,
+        check: [u8; 4],
+        target: u64,
+    },
+    Erased {
+        content_hash: Hash32,
+        check: [u8; 4],
+    },
+}
+
+impl StoredEntry {
+    pub fn check(&self) -> [u8; 4] {
+        match self {
+            StoredEntry::Listen { check, .. }
+            | StoredEntry::Love { check, .. }
+            | StoredEntry::Unlove { check, .. }
+            | StoredEntry::Delete { check, .. }
+            | StoredEntry::Erased { check, .. } => *check,
+        }
+    }
+}
+
+/// `userid_seq_block`: consecutive entries and the seal over the last one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockV1 {
+    pub entries: Vec<StoredEntry>,
+    pub signed_at: i64,
+    /// The 64-byte ed25519 signature, split because serde arrays stop at 32.
+    pub sig: ([u8; 32], [u8; 32]),
+}
+impl Versioned for BlockV1 {
+    const VERSION: u8 = 1;
+}
+
+impl BlockV1 {
+    pub fn signature(&self) -> [u8; 64] {
+        let mut s = [0; 64];
+        s[..32].copy_from_slice(&self.sig.0);
+        s[32..].copy_from_slice(&self.sig.1);
+        s
+    }
+
+    pub fn set_signature(&mut self, sig: &[u8; 64]) {
+        self.sig.0.copy_from_slice(&sig[..32]);
+        self.sig.1.copy_from_slice(&sig[32..]);
+    }
+}
+
+/// One live listen in a day bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DayItem {
+    /// Seconds since the start of the UTC day.
+    pub sec: u32,
+    pub seq: u64,
+    /// `dedupe::dedupe_key` of the track, big-endian.
+    pub key: [u8; 4],
+}
+
+/// `userid_day_listens`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayV1 {
+    /// Sorted by (sec, seq).
+    pub items: Vec<DayItem>,
+}
+impl Versioned for DayV1 {
+    const VERSION: u8 = 1;
+}
+
+/// One interned track inside a chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackV1 {
+    pub track: TrackRef,
+    pub dedupe_key: u32,
+}
+
+/// `trackchunk_tracks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackChunkV1 {
+    pub tracks: Vec<TrackV1>,
+}
+impl Versioned for TrackChunkV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `clientid_clientname`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientV1 {
+    pub name: String,
+}
+impl Versioned for ClientV1 {
+    const VERSION: u8 = 1;
+}

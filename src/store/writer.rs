@@ -1,0 +1,739 @@
+//! The ingest path: one writer thread that appends to users' logs with group commit.
+//!
+//! Every API and importer calls `Ingestor::ingest` with a batch of actions for one user.
+//! The writer takes the first waiting batch and every other batch already queued (up to
+//! `max_group_listens`), and for the whole group, in one sled transaction: drops
+//! duplicates (`log::dedupe`), interns track and client names, appends entries to the
+//! users' chains, seals every block it touched with the user's key, updates the day
+//! index and the heads. It then flushes once and only then answers every batch in the
+//! group, so an acknowledged batch is durable and concurrent small batches share one
+//! fsync. A single writer also means a user's chain has exactly one appender.
+//!
+//! If preparing one batch fails (unknown user, corrupt record), only that batch gets the
+//! error: the caches are dropped and the rest of the group is prepared again from disk.
+
+use std::collections::{BTreeMap, HashMap, btree_map};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ed25519_dalek::SigningKey;
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{decode, encode};
+use super::keys::{self, UserId, day_of};
+use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
+use super::values::{
+    BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1,
+};
+use super::{Error, Result, Store};
+use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
+use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
+use crate::log::seal::make_seal;
+use crate::log::{Body, Listen, Salt, TrackRef};
+
+/// One thing to append to a user's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Listen(Listen),
+    Love(TrackRef),
+    Unlove(TrackRef),
+    /// Erase the listen at this seq and append a tombstone for it.
+    Delete {
+        seq: u64,
+    },
+}
+
+/// What became of one action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended as entry `seq`.
+    Appended { seq: u64 },
+    /// A listen that duplicates one already in the log (or earlier in the batch).
+    Duplicate,
+    /// A delete of an entry that is not a live listen.
+    NotFound,
+}
+
+struct Job {
+    user: UserId,
+    actions: Vec<Action>,
+    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+}
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// Handle to the writer thread; clone it freely.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Most batches waiting for the writer before senders wait.
+const QUEUE_DEPTH: usize = 1024;
+
+impl Ingestor {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Store, max_group_listens: usize) -> Result<Ingestor> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let mut writer = Writer::new(store, max_group_listens.max(1))?;
+        let thread = std::thread::Builder::new()
+            .name("hearsay-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        Ok(Ingestor {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Appends `actions` to `user`'s log; returns once they are durable on disk.
+    pub async fn ingest(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Job(Job {
+                user,
+                actions,
+                reply,
+            }))
+            .await
+            .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// As `ingest`, for callers outside an async runtime (CLI, benchmarks).
+    pub fn ingest_blocking(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Msg::Job(Job {
+                user,
+                actions,
+                reply,
+            }))
+            .map_err(|_| Error::WriterGone)?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// Finishes every queued batch, flushes, and stops the thread. Idempotent.
+    pub fn stop(&self) {
+        let _ = self.tx.try_send(Msg::Stop).or_else(|e| match e {
+            mpsc::error::TrySendError::Full(m) => self.tx.blocking_send(m).map_err(|_| ()),
+            mpsc::error::TrySendError::Closed(_) => Err(()),
+        });
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct UserState {
+    key: SigningKey,
+    public: [u8; 32],
+    head: HeadV1,
+    /// The partly filled last block, once loaded or started.
+    tail: Option<BlockV1>,
+    tail_dirty: bool,
+}
+
+impl UserState {
+    /// First seq of the partly filled last block, if there is one.
+    fn tail_first(&self) -> Option<u64> {
+        let filled = self.head.next_seq % BLOCK_ENTRIES;
+        (filled != 0).then(|| self.head.next_seq - filled)
+    }
+}
+
+/// Everything one group will write, keyed for deterministic order.
+#[derive(Default)]
+struct Group {
+    blocks: BTreeMap<[u8; 12], BlockV1>,
+    /// Day buckets read or changed by this group, with a dirty flag.
+    days: BTreeMap<[u8; 8], (DayV1, bool)>,
+    heads: BTreeMap<UserId, ()>,
+    /// Track chunks completed by this group (the writer's open chunk is written too).
+    track_chunks: BTreeMap<u32, TrackChunkV1>,
+    new_tracks: bool,
+    clients: Vec<(String, u32)>,
+}
+
+struct Writer {
+    store: Store,
+    max_group_listens: usize,
+    users: HashMap<UserId, UserState>,
+    /// Every interned track: digest of its canonical TrackRef -> (track id, dedupe key).
+    /// Built from `trackchunk_tracks` at start; about 40 bytes of memory per track.
+    tracks: HashMap<[u8; 16], (u32, u32)>,
+    /// The last, partly filled chunk of tracks; new tracks are appended to it.
+    open_chunk: (u32, TrackChunkV1),
+    clients: HashMap<String, u32>,
+    next_client_id: u32,
+}
+
+fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
+    match store.trees.meta.get(name)? {
+        None => Ok(first),
+        Some(b) => <[u8; 4]>::try_from(b.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| Error::corrupt(schema::META, name.as_bytes(), "counter is not a u32")),
+    }
+}
+
+/// The digest that interns a track: blake3 of its postcard bytes, first 16 bytes.
+fn track_digest(track: &TrackRef) -> [u8; 16] {
+    let bytes = postcard::to_allocvec(track).unwrap_or_default();
+    let hash = blake3::hash(&bytes);
+    let mut d = [0; 16];
+    d.copy_from_slice(&hash.as_bytes()[..16]);
+    d
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Writer {
+    fn new(store: Store, max_group_listens: usize) -> Result<Writer> {
+        let mut w = Writer {
+            store,
+            max_group_listens,
+            users: HashMap::new(),
+            tracks: HashMap::new(),
+            open_chunk: (0, TrackChunkV1::default()),
+            clients: HashMap::new(),
+            next_client_id: 0,
+        };
+        w.reset()?;
+        Ok(w)
+    }
+
+    /// Drops every cache; the next batch reads state afresh from disk.
+    fn reset(&mut self) -> Result<()> {
+        self.users.clear();
+        self.tracks.clear();
+        self.clients.clear();
+        self.open_chunk = (0, TrackChunkV1::default());
+        for kv in self.store.trees.trackchunk_tracks.iter() {
+            let (k, v) = kv?;
+            let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
+            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            for (i, t) in tracks.tracks.iter().enumerate() {
+                self.tracks.insert(
+                    track_digest(&t.track),
+                    (chunk * TRACK_CHUNK + i as u32, t.dedupe_key),
+                );
+            }
+            self.open_chunk = (chunk, tracks);
+        }
+        if self.open_chunk.1.tracks.len() >= TRACK_CHUNK as usize {
+            self.open_chunk = (self.open_chunk.0 + 1, TrackChunkV1::default());
+        }
+        self.next_client_id = read_counter(&self.store, "next_client_id", 1)?;
+        Ok(())
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let Msg::Job(first) = msg else { break };
+            let mut n_actions = first.actions.len();
+            let mut jobs = vec![first];
+            let mut stop = false;
+            while n_actions < self.max_group_listens {
+                match rx.try_recv() {
+                    Ok(Msg::Job(job)) => {
+                        n_actions += job.actions.len();
+                        jobs.push(job);
+                    }
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+            if stop {
+                break;
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn commit_group(&mut self, mut jobs: Vec<Job>) {
+        loop {
+            if jobs.is_empty() {
+                return;
+            }
+            let mut group = Group::default();
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut failed = None;
+            for (i, job) in jobs.iter().enumerate() {
+                match self.prepare(&mut group, job.user, &job.actions) {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            if let Some((i, e)) = failed {
+                let job = jobs.remove(i);
+                let _ = job.reply.send(Err(e));
+                if let Err(e) = self.reset() {
+                    tracing::error!(error = %e, "writer cannot reload its state");
+                }
+                continue;
+            }
+            match self.apply(&group) {
+                Ok(()) => {
+                    for (job, o) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit failed");
+                    let reason = e.to_string();
+                    for job in jobs {
+                        let _ = job
+                            .reply
+                            .send(Err(Error::Db(sled::Error::Unsupported(reason.clone()))));
+                    }
+                    if let Err(e) = self.reset() {
+                        tracing::error!(error = %e, "writer cannot reload its state");
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    fn load_user(&mut self, user: UserId) -> Result<()> {
+        if self.users.contains_key(&user) {
+            return Ok(());
+        }
+        let key = self.store.signing_key(user)?;
+        let public = key.verifying_key().to_bytes();
+        let head_key = keys::user(user);
+        let head = match self.store.trees.userid_loghead.get(head_key)? {
+            Some(bytes) => decode(schema::USERID_LOGHEAD, &head_key, &bytes)?,
+            None => HeadV1 {
+                next_seq: 0,
+                link: genesis_link(&public),
+                n_listens: 0,
+            },
+        };
+        self.users.insert(
+            user,
+            UserState {
+                key,
+                public,
+                head,
+                tail: None,
+                tail_dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        actions: &[Action],
+    ) -> Result<Vec<Outcome>> {
+        self.load_user(user)?;
+        let mut salts = vec![0u8; 16 * actions.len()];
+        getrandom::getrandom(&mut salts).map_err(|e| Error::Crypto(e.to_string()))?;
+        let signed_at = now_secs();
+        let mut outcomes = Vec::with_capacity(actions.len());
+        for (action, salt) in actions.iter().zip(salts.chunks_exact(16)) {
+            let mut s: Salt = [0; 16];
+            s.copy_from_slice(salt);
+            outcomes.push(self.prepare_one(group, user, action, s, signed_at)?);
+        }
+        self.finish_user(group, user, signed_at);
+        Ok(outcomes)
+    }
+
+    fn prepare_one(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        action: &Action,
+        salt: Salt,
+        now: i64,
+    ) -> Result<Outcome> {
+        match action {
+            Action::Listen(listen) => {
+                let (track, dkey) = self.intern_track(group, &listen.track)?;
+                let at = listen.listened_at;
+                let mut nearby = Vec::new();
+                for day in day_of(at - DEDUPE_WINDOW_SECS)..=day_of(at + DEDUPE_WINDOW_SECS) {
+                    let base = i64::from(day) * 86_400;
+                    let (bucket, _) = self.day(group, user, day)?;
+                    nearby.extend(
+                        bucket
+                            .items
+                            .iter()
+                            .map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))),
+                    );
+                }
+                if is_duplicate(nearby, at, dkey) {
+                    return Ok(Outcome::Duplicate);
+                }
+                let client = match &listen.client {
+                    Some(name) => self.intern_client(group, name)?,
+                    None => 0,
+                };
+                let body = Body::Listen {
+                    track: listen.track.clone(),
+                    listened_at: at,
+                    duration_ms: listen.duration_ms,
+                    client: listen.client.clone(),
+                };
+                let duration_ms = listen.duration_ms;
+                let seq = self.append(group, user, &body, salt, now, |salt, check| {
+                    StoredEntry::Listen {
+                        salt,
+                        check,
+                        listened_at: at,
+                        track,
+                        duration_ms,
+                        client,
+                    }
+                })?;
+                let day = day_of(at);
+                let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
+                let (bucket, dirty) = self.day(group, user, day)?;
+                let item = DayItem {
+                    sec,
+                    seq,
+                    key: dkey.to_be_bytes(),
+                };
+                let pos = bucket.items.partition_point(|i| *i < item);
+                bucket.items.insert(pos, item);
+                *dirty = true;
+                if let Some(state) = self.users.get_mut(&user) {
+                    state.head.n_listens += 1;
+                }
+                Ok(Outcome::Appended { seq })
+            }
+            Action::Love(track) | Action::Unlove(track) => {
+                let (id, _) = self.intern_track(group, track)?;
+                let love = matches!(action, Action::Love(_));
+                let body = if love {
+                    Body::Love(track.clone())
+                } else {
+                    Body::Unlove(track.clone())
+                };
+                let seq = self.append(group, user, &body, salt, now, |salt, check| {
+                    if love {
+                        StoredEntry::Love {
+                            salt,
+                            check,
+                            track: id,
+                        }
+                    } else {
+                        StoredEntry::Unlove {
+                            salt,
+                            check,
+                            track: id,
+                        }
+                    }
+                })?;
+                Ok(Outcome::Appended { seq })
+            }
+            Action::Delete { seq: target } => {
+                if !self.erase(group, user, *target)? {
+                    return Ok(Outcome::NotFound);
+                }
+                let body = Body::Delete { target: *target };
+                let target = *target;
+                let seq = self.append(group, user, &body, salt, now, |salt, check| {
+                    StoredEntry::Delete {
+                        salt,
+                        check,
+                        target,
+                    }
+                })?;
+                Ok(Outcome::Appended { seq })
+            }
+        }
+    }
+
+    fn day<'g>(
+        &self,
+        group: &'g mut Group,
+        user: UserId,
+        day: u32,
+    ) -> Result<&'g mut (DayV1, bool)> {
+        let key = keys::user_u32(user, day);
+        Ok(match group.days.entry(key) {
+            btree_map::Entry::Occupied(o) => o.into_mut(),
+            btree_map::Entry::Vacant(v) => {
+                let bucket = match self.store.trees.userid_day_listens.get(key)? {
+                    Some(bytes) => decode(schema::USERID_DAY_LISTENS, &key, &bytes)?,
+                    None => DayV1::default(),
+                };
+                v.insert((bucket, false))
+            }
+        })
+    }
+
+    fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
+        let digest = track_digest(track);
+        if let Some(&hit) = self.tracks.get(&digest) {
+            return Ok(hit);
+        }
+        let dkey = dedupe_key(track);
+        let (chunk, open) = &mut self.open_chunk;
+        let id = chunk
+            .checked_mul(TRACK_CHUNK)
+            .and_then(|base| base.checked_add(open.tracks.len() as u32))
+            .ok_or_else(|| Error::Crypto("track ids exhausted".into()))?;
+        open.tracks.push(TrackV1 {
+            track: track.clone(),
+            dedupe_key: dkey,
+        });
+        group.new_tracks = true;
+        if open.tracks.len() >= TRACK_CHUNK as usize {
+            let full = std::mem::take(open);
+            group.track_chunks.insert(*chunk, full);
+            *chunk += 1;
+        }
+        self.tracks.insert(digest, (id, dkey));
+        Ok((id, dkey))
+    }
+
+    fn intern_client(&mut self, group: &mut Group, name: &str) -> Result<u32> {
+        if let Some(&id) = self.clients.get(name) {
+            return Ok(id);
+        }
+        let id = match self.store.trees.clientname_clientid.get(name.as_bytes())? {
+            Some(bytes) => keys::parse_u32(schema::CLIENTNAME_CLIENTID, &bytes)?,
+            None => {
+                let id = self.next_client_id;
+                self.next_client_id += 1;
+                group.clients.push((name.to_owned(), id));
+                id
+            }
+        };
+        self.clients.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// Loads the partly filled tail block of `user` into its state if needed.
+    fn ensure_tail(&mut self, user: UserId) -> Result<()> {
+        let store = &self.store;
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        if let (Some(first), None) = (state.tail_first(), &state.tail) {
+            let key = keys::user_seq(user, first);
+            let bytes = store.trees.userid_seq_block.get(key)?.ok_or_else(|| {
+                Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail block missing")
+            })?;
+            state.tail = Some(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?);
+        }
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        body: &Body,
+        salt: Salt,
+        now: i64,
+        make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
+    ) -> Result<u64> {
+        self.ensure_tail(user)?;
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        let seq = state.head.next_seq;
+        let link = next_link(
+            &state.head.link,
+            seq,
+            &content_hash(&state.public, seq, &salt, body),
+        );
+        let tail = state.tail.get_or_insert_with(|| BlockV1 {
+            entries: Vec::with_capacity(BLOCK_ENTRIES as usize),
+            signed_at: 0,
+            sig: ([0; 32], [0; 32]),
+        });
+        tail.entries.push(make(salt, check_of(&link)));
+        state.head.next_seq = seq + 1;
+        state.head.link = link;
+        state.tail_dirty = true;
+        group.heads.insert(user, ());
+        if state.head.next_seq % BLOCK_ENTRIES == 0 {
+            let first = seq + 1 - BLOCK_ENTRIES;
+            if let Some(mut full) = state.tail.take() {
+                let seal = make_seal(&state.key, seq, &link, now);
+                full.signed_at = seal.signed_at;
+                full.set_signature(&seal.signature);
+                group.blocks.insert(keys::user_seq(user, first), full);
+            }
+            state.tail_dirty = false;
+        }
+        Ok(seq)
+    }
+
+    /// Seals the user's tail block if this batch changed it and queues it for writing.
+    fn finish_user(&mut self, group: &mut Group, user: UserId, now: i64) {
+        let Some(state) = self.users.get_mut(&user) else {
+            return;
+        };
+        let (Some(first), Some(tail)) = (state.tail_first(), state.tail.as_mut()) else {
+            return;
+        };
+        if !state.tail_dirty {
+            return;
+        }
+        let last = state.head.next_seq - 1;
+        let seal = make_seal(&state.key, last, &state.head.link, now);
+        tail.signed_at = seal.signed_at;
+        tail.set_signature(&seal.signature);
+        group
+            .blocks
+            .insert(keys::user_seq(user, first), tail.clone());
+        state.tail_dirty = false;
+    }
+
+    /// Replaces the live listen at `target` with its content hash and drops it from the
+    /// day index. False when `target` is not a live listen.
+    fn erase(&mut self, group: &mut Group, user: UserId, target: u64) -> Result<bool> {
+        self.ensure_tail(user)?;
+        let store = self.store.clone();
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        if target >= state.head.next_seq {
+            return Ok(false);
+        }
+        let first = target - target % BLOCK_ENTRIES;
+        let key = keys::user_seq(user, first);
+        let block: &mut BlockV1 = if state.tail_first() == Some(first) {
+            state.tail_dirty = true;
+            state
+                .tail
+                .as_mut()
+                .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail not loaded"))?
+        } else {
+            match group.blocks.entry(key) {
+                btree_map::Entry::Occupied(o) => o.into_mut(),
+                btree_map::Entry::Vacant(v) => {
+                    let bytes = store.trees.userid_seq_block.get(key)?.ok_or_else(|| {
+                        Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "block missing")
+                    })?;
+                    v.insert(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?)
+                }
+            }
+        };
+        let slot = usize::try_from(target - first).unwrap_or(usize::MAX);
+        let Some(StoredEntry::Listen {
+            salt,
+            check,
+            listened_at,
+            track,
+            duration_ms,
+            client,
+        }) = block.entries.get(slot).cloned()
+        else {
+            return Ok(false);
+        };
+        let body = Body::Listen {
+            track: store.track(track)?,
+            listened_at,
+            duration_ms,
+            client: store.client_name(client)?,
+        };
+        let content_hash = content_hash(&state.public, target, &salt, &body);
+        if let Some(e) = block.entries.get_mut(slot) {
+            *e = StoredEntry::Erased {
+                content_hash,
+                check,
+            };
+        }
+        state.head.n_listens = state.head.n_listens.saturating_sub(1);
+        group.heads.insert(user, ());
+        let (bucket, dirty) = self.day(group, user, day_of(listened_at))?;
+        bucket.items.retain(|i| i.seq != target);
+        *dirty = true;
+        Ok(true)
+    }
+
+    fn apply(&mut self, group: &Group) -> Result<()> {
+        // Pre-encode every write so the transaction closure (which sled may retry) only
+        // copies bytes. Tree indexes follow the `trees` array below.
+        let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (k, b) in &group.blocks {
+            ops.push((0, k.to_vec(), Some(encode(b))));
+        }
+        for (k, (d, dirty)) in &group.days {
+            if *dirty {
+                ops.push((1, k.to_vec(), (!d.items.is_empty()).then(|| encode(d))));
+            }
+        }
+        for user in group.heads.keys() {
+            if let Some(state) = self.users.get(user) {
+                ops.push((2, keys::user(*user).to_vec(), Some(encode(&state.head))));
+            }
+        }
+        for (chunk, tracks) in &group.track_chunks {
+            ops.push((3, keys::u32_key(*chunk).to_vec(), Some(encode(tracks))));
+        }
+        if group.new_tracks && !self.open_chunk.1.tracks.is_empty() {
+            ops.push((
+                3,
+                keys::u32_key(self.open_chunk.0).to_vec(),
+                Some(encode(&self.open_chunk.1)),
+            ));
+        }
+        for (name, id) in &group.clients {
+            ops.push((
+                4,
+                name.as_bytes().to_vec(),
+                Some(keys::u32_key(*id).to_vec()),
+            ));
+            ops.push((
+                5,
+                keys::u32_key(*id).to_vec(),
+                Some(encode(&ClientV1 { name: name.clone() })),
+            ));
+        }
+        if !group.clients.is_empty() {
+            ops.push((
+                6,
+                b"next_client_id".to_vec(),
+                Some(self.next_client_id.to_be_bytes().to_vec()),
+            ));
+        }
+        let t = &self.store.trees;
+        let trees = [
+            &t.userid_seq_block,
+            &t.userid_day_listens,
+            &t.userid_loghead,
+            &t.trackchunk_tracks,
+            &t.clientname_clientid,
+            &t.clientid_clientname,
+            &t.meta,
+        ];
+        trees[..]
+            .transaction(|tx| {
+                for (i, k, v) in &ops {
+                    let Some(tree) = tx.get(*i) else { continue };
+                    match v {
+                        Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                        None => tree.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(super::users::tx_error)?;
+        self.store.flush()
+    }
+}
