@@ -34,6 +34,9 @@ pub enum BenchCmd {
         /// Artists in the synthetic catalogue (about 48 distinct tracks each).
         #[arg(long, default_value_t = 3000)]
         artists: usize,
+        /// Seed of the synthetic history (different seeds give different listens).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Store directory (default: a fresh temporary one, removed afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -161,6 +164,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         batch,
         clients,
         artists,
+        seed,
         dir,
         acks,
         verify,
@@ -199,7 +203,10 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
             let ingestor = ingestor.clone();
             let acked = &acked;
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
-                let mut synthetic = Synthetic::new(c as u64 + 1, artists.max(1));
+                let mut synthetic = Synthetic::new(
+                    seed.wrapping_mul(1000).wrapping_add(c as u64),
+                    artists.max(1),
+                );
                 let mut done = 0;
                 while done < per_client {
                     let n = batch.min(per_client - done);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use keys::UserId;
 pub use logs::StoredListen;
-pub use writer::{Action, Ingestor, Outcome};
+pub use writer::{Action, IngestStats, Ingestor, Outcome};
 
 /// Errors of the store. Corrupt bytes are reported with their tree and key, never a panic.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +165,13 @@ impl Store {
             out.push((*name, items, bytes));
         }
         Ok(out)
+    }
+
+    /// The raw sled tree `name`, for tests that change bytes underneath the store.
+    /// Not for use by the node: every other module goes through typed operations.
+    #[doc(hidden)]
+    pub fn raw_tree_for_tests(&self, name: &str) -> Option<sled::Tree> {
+        self.tree(name).cloned()
     }
 
     pub(crate) fn tree(&self, name: &str) -> Option<&sled::Tree> {

@@ -13,6 +13,7 @@
 //! error: the caches are dropped and the rest of the group is prepared again from disk.
 
 use std::collections::{BTreeMap, HashMap, btree_map};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -71,6 +72,23 @@ enum Msg {
 pub struct Ingestor {
     tx: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    stats: Arc<Counters>,
+}
+
+/// Running totals of the writer, for the admin page and tests.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    groups: AtomicU64,
+}
+
+/// A snapshot of the writer's totals since start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Batches acknowledged.
+    pub batches: u64,
+    /// Group commits (= flushes) that carried them.
+    pub groups: u64,
 }
 
 /// Most batches waiting for the writer before senders wait.
@@ -80,7 +98,8 @@ impl Ingestor {
     /// Starts the writer thread over `store`.
     pub fn start(store: Store, max_group_listens: usize) -> Result<Ingestor> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let mut writer = Writer::new(store, max_group_listens.max(1))?;
+        let stats = Arc::new(Counters::default());
+        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone())?;
         let thread = std::thread::Builder::new()
             .name("hearsay-writer".into())
             .spawn(move || writer.run(rx))
@@ -88,7 +107,16 @@ impl Ingestor {
         Ok(Ingestor {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            stats,
         })
+    }
+
+    /// Totals since the writer started.
+    pub fn stats(&self) -> IngestStats {
+        IngestStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            groups: self.stats.groups.load(Ordering::Relaxed),
+        }
     }
 
     /// Appends `actions` to `user`'s log; returns once they are durable on disk.
@@ -163,6 +191,7 @@ struct Group {
 
 struct Writer {
     store: Store,
+    stats: Arc<Counters>,
     max_group_listens: usize,
     users: HashMap<UserId, UserState>,
     /// Every interned track: digest of its canonical TrackRef -> (track id, dedupe key).
@@ -199,9 +228,10 @@ fn now_secs() -> i64 {
 }
 
 impl Writer {
-    fn new(store: Store, max_group_listens: usize) -> Result<Writer> {
+    fn new(store: Store, max_group_listens: usize, stats: Arc<Counters>) -> Result<Writer> {
         let mut w = Writer {
             store,
+            stats,
             max_group_listens,
             users: HashMap::new(),
             tracks: HashMap::new(),
@@ -294,6 +324,10 @@ impl Writer {
             }
             match self.apply(&group) {
                 Ok(()) => {
+                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .batches
+                        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for (job, o) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(o));
                     }

@@ -1,0 +1,419 @@
+//! The signed log through the real store: ingest, duplicates, tombstones, restart,
+//! tampering underneath the node, concurrent submitters.
+
+use std::collections::BTreeSet;
+
+use hearsay::log::{Content, VerifyError};
+use hearsay::store::codec::{decode, encode};
+use hearsay::store::logs::Order;
+use hearsay::store::values::{BlockV1, StoredEntry, TrackChunkV1};
+use hearsay::store::{Action, Outcome, schema};
+
+use crate::support::{NOW, TestStore, listen};
+
+fn appended(outcomes: &[Outcome]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Appended { .. }))
+        .count()
+}
+
+#[test]
+fn listens_come_back_in_time_order_with_ranges_and_limits() {
+    let t = TestStore::new();
+    // Submitted out of time order, across several days and two batches.
+    let base = NOW - 10 * 86_400;
+    let batch1: Vec<Action> = (0..150)
+        .rev()
+        .map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000)))
+        .collect();
+    let batch2: Vec<Action> = (150..200)
+        .map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000)))
+        .collect();
+    assert_eq!(
+        appended(&t.ingestor.ingest_blocking(t.user, batch1).expect("ingest")),
+        150
+    );
+    assert_eq!(
+        appended(&t.ingestor.ingest_blocking(t.user, batch2).expect("ingest")),
+        50
+    );
+
+    let all = t
+        .store
+        .listens(t.user, 0, i64::MAX, 1000, Order::OldestFirst)
+        .expect("read");
+    assert_eq!(all.len(), 200);
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].listen.listened_at <= w[1].listen.listened_at)
+    );
+    let newest = t
+        .store
+        .listens(t.user, 0, i64::MAX, 5, Order::NewestFirst)
+        .expect("read");
+    let titles: Vec<&str> = newest
+        .iter()
+        .map(|l| l.listen.track.title.as_str())
+        .collect();
+    assert_eq!(
+        titles,
+        ["Song 199", "Song 198", "Song 197", "Song 196", "Song 195"]
+    );
+    // [from, to) is half open.
+    let window = t
+        .store
+        .listens(
+            t.user,
+            base + 10 * 3_000,
+            base + 20 * 3_000,
+            1000,
+            Order::OldestFirst,
+        )
+        .expect("read");
+    assert_eq!(window.len(), 10);
+    assert_eq!(window[0].listen.track.title, "Song 10");
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 200);
+    let v = t.store.verify_log(t.user).expect("db").expect("verifies");
+    assert_eq!(v.n_entries, 200);
+}
+
+#[test]
+fn the_duplicate_rule_drops_exact_repeats_only() {
+    let t = TestStore::new();
+    let at = NOW - 1000;
+    let first = t
+        .ingestor
+        .ingest_blocking(
+            t.user,
+            vec![Action::Listen(listen("Sigur Rós", "Hoppípolla", at))],
+        )
+        .expect("ingest");
+    assert_eq!(first, vec![Outcome::Appended { seq: 0 }]);
+    let mut other_client = listen("SIGUR RO\u{301}S", "hoppípolla", at);
+    other_client.track.album = None;
+    other_client.client = Some("another player".into());
+    let again = vec![
+        Action::Listen(other_client), // same play, other spelling and client
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // a real second play
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // duplicated inside the batch
+        Action::Listen(listen("Sigur Rós", "Glósóli", at)), // another track, same second
+    ];
+    let outcomes = t.ingestor.ingest_blocking(t.user, again).expect("ingest");
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Duplicate,
+            Outcome::Appended { seq: 1 },
+            Outcome::Duplicate,
+            Outcome::Appended { seq: 2 }
+        ]
+    );
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 3);
+}
+
+#[test]
+fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies() {
+    let t = TestStore::new();
+    let actions = vec![
+        Action::Listen(listen("Band", "Public Song", NOW - 300)),
+        Action::Listen(listen("Band", "Secret Song", NOW - 200)),
+        Action::Listen(listen("Band", "Other Song", NOW - 100)),
+    ];
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let out = t
+        .ingestor
+        .ingest_blocking(t.user, vec![Action::Delete { seq: 1 }])
+        .expect("delete");
+    assert_eq!(out, vec![Outcome::Appended { seq: 3 }]);
+    // A second delete, and deletes of non-listens or unknown positions, find nothing.
+    let out = t
+        .ingestor
+        .ingest_blocking(
+            t.user,
+            vec![
+                Action::Delete { seq: 1 },
+                Action::Delete { seq: 3 },
+                Action::Delete { seq: 99 },
+            ],
+        )
+        .expect("delete");
+    assert_eq!(out, vec![Outcome::NotFound; 3]);
+
+    let listens = t
+        .store
+        .listens(t.user, 0, i64::MAX, 100, Order::OldestFirst)
+        .expect("read");
+    let titles: BTreeSet<_> = listens
+        .iter()
+        .map(|l| l.listen.track.title.clone())
+        .collect();
+    assert_eq!(
+        titles,
+        BTreeSet::from(["Public Song".to_string(), "Other Song".to_string()])
+    );
+    let entries = t.store.entries(t.user).expect("entries");
+    assert!(
+        matches!(entries[1].1, Content::Erased { .. }),
+        "{:?}",
+        entries[1]
+    );
+    assert!(!format!("{entries:?}").contains("Secret Song"));
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 2);
+    let v = t
+        .store
+        .verify_log(t.user)
+        .expect("db")
+        .expect("still verifies");
+    assert_eq!((v.n_entries, v.n_erased), (4, 1));
+    // The erased listen no longer blocks a new listen of the same play.
+    let out = t
+        .ingestor
+        .ingest_blocking(
+            t.user,
+            vec![Action::Listen(listen("Band", "Secret Song", NOW - 200))],
+        )
+        .expect("re-add");
+    assert_eq!(out, vec![Outcome::Appended { seq: 4 }]);
+}
+
+#[test]
+fn a_restart_keeps_everything_identical_and_the_chain_continues() {
+    let t = TestStore::new();
+    let actions: Vec<Action> = (0..130)
+        .map(|i| Action::Listen(listen("Artist", &format!("T{i}"), NOW - 100_000 + i * 60)))
+        .collect();
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let love = listen("Artist", "T3", NOW).track;
+    t.ingestor
+        .ingest_blocking(
+            t.user,
+            vec![
+                Action::Love(love.clone()),
+                Action::Delete { seq: 7 },
+                Action::Unlove(love),
+            ],
+        )
+        .expect("more");
+    let before = (
+        t.store.entries(t.user).expect("entries"),
+        t.store
+            .listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst)
+            .expect("listens"),
+        t.store.log_head(t.user).expect("head"),
+        t.store.users().expect("users"),
+    );
+    let dir = t.close();
+    let t = TestStore::reopen(dir);
+    let after = (
+        t.store.entries(t.user).expect("entries"),
+        t.store
+            .listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst)
+            .expect("listens"),
+        t.store.log_head(t.user).expect("head"),
+        t.store.users().expect("users"),
+    );
+    assert_eq!(before, after);
+    let out = t
+        .ingestor
+        .ingest_blocking(
+            t.user,
+            vec![Action::Listen(listen("Artist", "After restart", NOW))],
+        )
+        .expect("append");
+    assert_eq!(out, vec![Outcome::Appended { seq: 133 }]);
+    let v = t.store.verify_log(t.user).expect("db").expect("verifies");
+    assert_eq!(v.n_entries, 134);
+}
+
+/// Rewrites one value of a tree directly in sled, with the store closed.
+fn tamper(dir: &std::path::Path, tree: &str, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
+    let db = sled::open(dir.join("db")).expect("raw open");
+    let t = db.open_tree(tree).expect("tree");
+    let mut value = t.get(key).expect("get").expect("value present").to_vec();
+    change(&mut value);
+    t.insert(key, value).expect("insert");
+    db.flush().expect("flush");
+}
+
+fn block_key(user: u32, first: u64) -> Vec<u8> {
+    let mut k = user.to_be_bytes().to_vec();
+    k.extend_from_slice(&first.to_be_bytes());
+    k
+}
+
+fn store_with_100_listens() -> (tempfile::TempDir, u32) {
+    let t = TestStore::new();
+    let actions: Vec<Action> = (0..100)
+        .map(|i| {
+            Action::Listen(listen(
+                "Tamper",
+                &format!("Track {}", i % 10),
+                NOW - 50_000 + i * 100,
+            ))
+        })
+        .collect();
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let user = t.user.0;
+    (t.close(), user)
+}
+
+fn verify_after(
+    dir: tempfile::TempDir,
+) -> (
+    tempfile::TempDir,
+    Result<hearsay::log::Verified, VerifyError>,
+) {
+    let t = TestStore::reopen(dir);
+    let result = t.store.verify_log(t.user).expect("db");
+    (t.close(), result)
+}
+
+#[test]
+fn one_changed_byte_in_a_stored_entry_is_named() {
+    let (dir, user) = store_with_100_listens();
+    let key = block_key(user, 0);
+    tamper(dir.path(), schema::USERID_SEQ_BLOCK, &key, |value| {
+        // Change one bit of entry 5's salt, and prove it is a one-byte change.
+        let mut block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, value).expect("decode");
+        if let StoredEntry::Listen { salt, .. } = &mut block.entries[5] {
+            salt[3] ^= 0x10;
+        }
+        let changed = encode(&block);
+        assert_eq!(
+            changed
+                .iter()
+                .zip(value.iter())
+                .filter(|(a, b)| a != b)
+                .count(),
+            1
+        );
+        *value = changed;
+    });
+    let (_dir, result) = verify_after(dir);
+    assert_eq!(result, Err(VerifyError::Entry { seq: 5 }));
+}
+
+#[test]
+fn a_changed_signature_or_name_is_caught() {
+    let (dir, user) = store_with_100_listens();
+    let key = block_key(user, 64);
+    tamper(dir.path(), schema::USERID_SEQ_BLOCK, &key, |value| {
+        let n = value.len();
+        value[n - 1] ^= 1; // last byte of the seal's signature
+    });
+    let (dir, result) = verify_after(dir);
+    assert_eq!(result, Err(VerifyError::Seal { seq: 99, from: 64 }));
+
+    let (dir2, _) = store_with_100_listens();
+    tamper(
+        dir2.path(),
+        schema::TRACKCHUNK_TRACKS,
+        &0u32.to_be_bytes(),
+        |value| {
+            let mut chunk: TrackChunkV1 =
+                decode(schema::TRACKCHUNK_TRACKS, &[0; 4], value).expect("decode");
+            chunk.tracks[4].track.title = "Track 5".into(); // renames what entry 4 played
+            *value = encode(&chunk);
+        },
+    );
+    let (_dir2, result) = verify_after(dir2);
+    assert_eq!(result, Err(VerifyError::Entry { seq: 4 }));
+    drop(dir);
+}
+
+#[test]
+fn every_single_byte_flip_of_a_block_is_an_error_never_a_panic() {
+    let t = TestStore::new();
+    let actions: Vec<Action> = (0..20)
+        .map(|i| Action::Listen(listen("Flip", &format!("Song {i}"), NOW - 5_000 + i * 100)))
+        .collect();
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let user = t.user.0;
+    let dir = t.close();
+    let key = block_key(user, 0);
+    let db = sled::open(dir.path().join("db")).expect("raw");
+    let original = db
+        .open_tree(schema::USERID_SEQ_BLOCK)
+        .expect("tree")
+        .get(&key)
+        .expect("get")
+        .expect("block")
+        .to_vec();
+    drop(db);
+    let t = TestStore::reopen(dir);
+    let raw = sled_tree_of(&t, schema::USERID_SEQ_BLOCK);
+    for i in 0..original.len() {
+        let mut v = original.clone();
+        v[i] ^= 0x01;
+        raw.insert(&key, v).expect("insert");
+        let result = t.store.verify_log(t.user);
+        assert!(
+            !matches!(result, Ok(Ok(_))),
+            "flip at byte {i} of {} went unnoticed",
+            original.len()
+        );
+    }
+    raw.insert(&key, original).expect("restore");
+    assert!(t.store.verify_log(t.user).expect("db").is_ok());
+    t.ingestor.stop();
+}
+
+/// The raw sled tree behind an open store, to change bytes underneath it (sled allows
+/// one open handle per database and process).
+fn sled_tree_of(t: &TestStore, name: &str) -> sled::Tree {
+    t.store.raw_tree_for_tests(name).expect("tree")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_small_batches_are_all_kept_and_share_flushes() {
+    let t = TestStore::new();
+    let mut tasks = Vec::new();
+    for c in 0..40i64 {
+        let ingestor = t.ingestor.clone();
+        let user = t.user;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            for i in 0..25i64 {
+                let l = listen(
+                    "Concurrent",
+                    &format!("c{c} i{i}"),
+                    NOW - 100_000 + c * 1000 + i,
+                );
+                let out = ingestor
+                    .ingest(user, vec![Action::Listen(l)])
+                    .await
+                    .expect("ingest");
+                n += appended(&out);
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("task");
+    }
+    assert_eq!(total, 1000);
+    let stats = t.ingestor.stats();
+    assert_eq!(stats.batches, 1000);
+    assert!(
+        stats.groups < stats.batches,
+        "no group commit happened: {stats:?}"
+    );
+    eprintln!(
+        "1000 concurrent single-listen batches took {} flushes",
+        stats.groups
+    );
+    // An unknown user fails alone.
+    let err = t
+        .ingestor
+        .ingest(
+            hearsay::store::UserId(999),
+            vec![Action::Listen(listen("A", "B", NOW))],
+        )
+        .await;
+    assert!(err.is_err());
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 1000);
+    let v = t.store.verify_log(t.user).expect("db").expect("verifies");
+    assert_eq!(v.n_entries, 1000);
+}

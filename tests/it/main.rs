@@ -1,0 +1,6 @@
+//! The one integration-test binary: `support` has the helpers (temp stores, a running
+//! node process), each other module one area of behaviour.
+
+mod log;
+mod node;
+mod support;

@@ -1,0 +1,172 @@
+//! The real binary: the node with no config, the CLI, and SIGKILL crashes.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{NodeProcess, hearsay};
+
+#[test]
+fn a_node_starts_with_no_config_answers_health_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("data"));
+    let body: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/health", node.url))
+            .call()
+            .expect("health")
+            .into_string()
+            .expect("body"),
+    )
+    .expect("json");
+    assert_eq!(body["status"], "ok");
+    assert!(
+        body["peer_id"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("12D3KooW"))
+    );
+    assert!(dir.path().join("data/node_key").is_file());
+    // While the node runs, offline commands say why they cannot open the store.
+    let (code, _, err) = hearsay(&dir.path().join("data"), &["user", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use by another hearsay process"), "{err}");
+    assert_eq!(node.terminate(), Some(0));
+}
+
+#[test]
+fn users_and_tokens_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a long password\n").expect("write");
+    let pw = pw.to_str().expect("utf8");
+    let (code, out, err) = hearsay(&data, &["user", "add", "carol", "--password-file", pw]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created user carol"), "{out}");
+    let (code, _, err) = hearsay(&data, &["user", "add", "CAROL", "--password-file", pw]);
+    assert_ne!(code, 0);
+    assert!(err.contains("taken"), "{err}");
+    let (code, _, err) = hearsay(&data, &["user", "add", "dave"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--password-file"), "{err}");
+
+    let (code, token, _) = hearsay(&data, &["token", "new", "carol", "--name", "navidrome"]);
+    assert_eq!(code, 0);
+    assert_eq!(token.trim().len(), 36, "{token}");
+    let (_, list, _) = hearsay(&data, &["token", "list", "carol"]);
+    assert!(list.contains("navidrome"), "{list}");
+    assert!(
+        !list.contains(token.trim()),
+        "the token itself is never stored or listed"
+    );
+    let id = list.split('\t').next().expect("id").to_owned();
+    assert_eq!(hearsay(&data, &["token", "revoke", "carol", &id]).0, 0);
+    assert_ne!(hearsay(&data, &["token", "revoke", "carol", &id]).0, 0);
+
+    let (code, out, _) = hearsay(&data, &["log", "verify", "carol"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ok: 0 entries"), "{out}");
+    let (code, out, _) = hearsay(&data, &["user", "delete", "carol", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = hearsay(&data, &["user", "list"]);
+    assert!(!out.contains("carol"));
+}
+
+#[test]
+fn a_bad_config_is_refused_before_anything_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("never-created");
+    let out = std::process::Command::new(crate::support::bin())
+        .env("HEARSAY_NODE__DATA_DIR", &data)
+        .env("HEARSAY_STORE__CACHE_MB", "0")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.cache_mb"));
+    assert!(
+        !data.exists(),
+        "nothing may be created when the config is bad"
+    );
+}
+
+/// A tiny xorshift so the kill moments differ per run without a dependency.
+fn jitter(seed: &mut u64, max_ms: u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed % max_ms
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+        | 1;
+    let mut acked_total = 0u64;
+    for round in 0..4u64 {
+        let mut child = std::process::Command::new(crate::support::bin())
+            .args([
+                "bench",
+                "ingest",
+                "--listens",
+                "2000000",
+                "--batch",
+                "200",
+                "--acks",
+                "--seed",
+            ])
+            .arg((round + 1).to_string())
+            .arg("--dir")
+            .arg(&data)
+            .env("HEARSAY_NODE__LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bench");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut last = 0u64;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(n) = line.strip_prefix("acked ").and_then(|n| n.parse().ok()) {
+                    last = n;
+                }
+            }
+            last
+        });
+        // Wait for the first acknowledgement, then kill at a random moment.
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(300 + jitter(&mut seed, 1500)));
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("kill");
+        child.wait().expect("wait");
+        let acked = reader.join().expect("reader");
+        assert!(started.elapsed() < Duration::from_secs(60));
+        acked_total += acked;
+
+        let (code, out, err) = hearsay(&data, &["log", "verify", "bench0"]);
+        assert_eq!(code, 0, "round {round}: {out}{err}");
+        let (_, users, _) = hearsay(&data, &["user", "list"]);
+        let stored: u64 = users
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("listens="))
+            .and_then(|n| n.parse().ok())
+            .expect("listens= in user list");
+        assert!(
+            stored >= acked_total,
+            "round {round}: {stored} stored < {acked_total} acknowledged"
+        );
+        eprintln!(
+            "round {round}: killed after {acked} acknowledged in this run; {stored} stored, {acked_total} acknowledged in all"
+        );
+    }
+    assert!(
+        acked_total > 0,
+        "the bench never acknowledged anything before the kills"
+    );
+}
