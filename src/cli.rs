@@ -41,6 +41,9 @@ enum Command {
     /// Inspect users' signed logs.
     #[command(subcommand)]
     Log(LogCmd),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -80,6 +83,13 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Rewrite the database into a fresh file so erased listens and deleted users
+    /// physically leave it; blanks track names no log refers to any more.
+    Compact,
+}
+
+#[derive(Subcommand)]
 enum LogCmd {
     /// Recompute a user's hash chain and check every signature.
     Verify { user: String },
@@ -113,6 +123,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => user_cmd(&config, cmd),
         Command::Token(cmd) => token_cmd(&config, cmd),
         Command::Log(LogCmd::Verify { user }) => verify(&config, &user),
+        Command::Store(StoreCmd::Compact) => {
+            let r = crate::store::compact::compact(
+                &config.node.data_dir,
+                &crate::store::Options {
+                    cache_mb: config.store.cache_mb,
+                },
+            )?;
+            println!(
+                "compacted: {} unreferenced track names blanked; {} -> {} bytes",
+                r.tracks_blanked, r.bytes_before, r.bytes_after
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(cmd) => crate::bench::run(&config, cmd),
     }
 }
@@ -205,6 +228,9 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             let user = find_user(&store, &name)?;
             let n = store.delete_user(user.id)?;
             println!("deleted user {name}: {n} records removed");
+            println!(
+                "run `hearsay store compact` to remove the old copies from the database files"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! and `docs/storage.md`.
 
 pub mod codec;
+pub mod compact;
 pub mod keys;
 pub mod logs;
 pub mod migrate;

@@ -254,6 +254,11 @@ impl Writer {
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
             let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
+                // A blanked track (see `compact`) is never matched again: a new listen
+                // of it is interned afresh.
+                if super::compact::is_blank(t) {
+                    continue;
+                }
                 self.tracks.insert(
                     track_digest(&t.track),
                     (chunk * TRACK_CHUNK + i as u32, t.dedupe_key),

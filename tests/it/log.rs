@@ -417,3 +417,86 @@ async fn concurrent_small_batches_are_all_kept_and_share_flushes() {
     let v = t.store.verify_log(t.user).expect("db").expect("verifies");
     assert_eq!(v.n_entries, 1000);
 }
+
+fn bytes_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut found = false;
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found |= bytes_contain(&path, needle);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found |= bytes.windows(needle.len()).any(|w| w == needle);
+        }
+    }
+    found
+}
+
+#[test]
+fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
+    let t = TestStore::new();
+    let secret = "Zyzzyva Private Song 7731";
+    let bob = t
+        .store
+        .create_user("bob", "password1", NOW)
+        .expect("bob")
+        .id;
+    let bobs = "Quixotic Bob Track 5521";
+    t.ingestor
+        .ingest_blocking(
+            t.user,
+            vec![
+                Action::Listen(listen("Band", "Kept Song", NOW - 20)),
+                Action::Listen(listen("Band", secret, NOW - 10)),
+            ],
+        )
+        .expect("ingest");
+    t.ingestor
+        .ingest_blocking(bob, vec![Action::Listen(listen("Band", bobs, NOW - 5))])
+        .expect("ingest bob");
+    t.ingestor
+        .ingest_blocking(t.user, vec![Action::Delete { seq: 1 }])
+        .expect("delete");
+    t.ingestor.stop();
+    t.store.delete_user(bob).expect("delete bob");
+    let dir = t.close();
+    // Before compaction the old copies are still in sled's files: the test can fail.
+    assert!(bytes_contain(dir.path(), secret.as_bytes()));
+    let report =
+        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8 })
+            .expect("compact");
+    assert_eq!(report.tracks_blanked, 2);
+    assert!(
+        !bytes_contain(dir.path(), secret.as_bytes()),
+        "erased listen still on disk"
+    );
+    assert!(
+        !bytes_contain(dir.path(), bobs.as_bytes()),
+        "deleted user's listen still on disk"
+    );
+    assert!(bytes_contain(dir.path(), b"Kept Song"));
+
+    let t = TestStore::reopen(dir);
+    assert!(t.store.user_by_name("bob").expect("lookup").is_none());
+    let titles: Vec<String> = t
+        .store
+        .listens(t.user, 0, i64::MAX, 10, Order::OldestFirst)
+        .expect("read")
+        .into_iter()
+        .map(|l| l.listen.track.title)
+        .collect();
+    assert_eq!(titles, ["Kept Song"]);
+    t.store
+        .verify_log(t.user)
+        .expect("db")
+        .expect("verifies after compaction");
+    // The blanked track is interned afresh when played again.
+    t.ingestor
+        .ingest_blocking(t.user, vec![Action::Listen(listen("Band", secret, NOW))])
+        .expect("again");
+    let newest = t
+        .store
+        .listens(t.user, 0, i64::MAX, 1, Order::NewestFirst)
+        .expect("read");
+    assert_eq!(newest[0].listen.track.title, secret);
+    t.store.verify_log(t.user).expect("db").expect("verifies");
+}
