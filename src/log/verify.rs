@@ -203,3 +203,165 @@ fn error_position(e: &VerifyError) -> u64 {
         VerifyError::Unsealed { from, .. } => *from,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::log::entry::{Body, content_hash};
+    use crate::log::listen::TrackRef;
+    use crate::log::seal::make_seal;
+
+    fn track(i: u8) -> TrackRef {
+        TrackRef {
+            artist: format!("Artist {i}"),
+            artist_names: vec![],
+            artist_mbids: vec![],
+            title: format!("Title {i}"),
+            album: (i % 2 == 0).then(|| "Album".to_string()),
+            recording_mbid: None,
+            release_mbid: None,
+        }
+    }
+
+    /// A log as a verifier sees it: entries with checks, and seals after some of them.
+    struct TestLog {
+        key: SigningKey,
+        entries: Vec<(Content, [u8; 4])>,
+        seals: Vec<(u64, Seal)>,
+    }
+
+    fn build(bodies: &[(u8, u8)], seal_every: usize) -> TestLog {
+        let key = SigningKey::from_bytes(&[42; 32]);
+        let user = key.verifying_key().to_bytes();
+        let mut link = genesis_link(&user);
+        let mut entries = Vec::new();
+        let mut seals = Vec::new();
+        for (seq, (kind, t)) in bodies.iter().enumerate() {
+            let seq = seq as u64;
+            let body = match kind % 3 {
+                0 => Body::Listen {
+                    track: track(*t),
+                    listened_at: 1_600_000_000 + i64::from(*t),
+                    duration_ms: None,
+                    client: None,
+                },
+                1 => Body::Love(track(*t)),
+                _ => Body::Unlove(track(*t)),
+            };
+            let salt = [*t; 16];
+            link = next_link(&link, seq, &content_hash(&user, seq, &salt, &body));
+            entries.push((Content::Present { salt, body }, check_of(&link)));
+            if (seq as usize + 1) % seal_every == 0 || seq as usize + 1 == bodies.len() {
+                seals.push((seq, make_seal(&key, seq, &link, 1_700_000_000)));
+            }
+        }
+        TestLog {
+            key,
+            entries,
+            seals,
+        }
+    }
+
+    fn run(log: &TestLog) -> Result<Verified, VerifyError> {
+        let mut v = Verifier::new(&log.key.verifying_key().to_bytes())?;
+        let mut seals = log.seals.iter().peekable();
+        for (seq, (content, check)) in log.entries.iter().enumerate() {
+            v.entry(seq as u64, content, *check);
+            while let Some((s, seal)) = seals.next_if(|(s, _)| *s == seq as u64) {
+                v.seal(*s, *seal);
+            }
+        }
+        v.finish()
+    }
+
+    fn bodies() -> impl Strategy<Value = Vec<(u8, u8)>> {
+        proptest::collection::vec((any::<u8>(), any::<u8>()), 1..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn an_honest_log_verifies(bodies in bodies(), seal_every in 1usize..70) {
+            let log = build(&bodies, seal_every);
+            let v = run(&log).expect("verifies");
+            prop_assert_eq!(v.n_entries, bodies.len() as u64);
+        }
+
+        #[test]
+        fn erasing_any_entries_keeps_it_verifying(bodies in bodies(), erase in proptest::collection::vec(any::<prop::sample::Index>(), 0..10)) {
+            let mut log = build(&bodies, 16);
+            let user = log.key.verifying_key().to_bytes();
+            for i in erase {
+                let seq = i.index(log.entries.len());
+                let hash = log.entries[seq].0.hash(&user, seq as u64);
+                log.entries[seq].0 = Content::Erased { content_hash: hash };
+            }
+            prop_assert!(run(&log).is_ok());
+        }
+
+        #[test]
+        fn a_changed_entry_is_named(bodies in bodies(), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut log = build(&bodies, 16);
+            let seq = pick.index(log.entries.len());
+            if let Content::Present { salt, .. } = &mut log.entries[seq].0 {
+                salt[0] ^= 1 << bit;
+            }
+            prop_assert_eq!(run(&log), Err(VerifyError::Entry { seq: seq as u64 }));
+        }
+
+        #[test]
+        fn a_forged_seal_is_named(bodies in bodies(), pick in any::<prop::sample::Index>(), byte in 0usize..64) {
+            let mut log = build(&bodies, 8);
+            let i = pick.index(log.seals.len());
+            log.seals[i].1.signature[byte] ^= 0x80;
+            let (seq, _) = log.seals[i];
+            let named = matches!(run(&log), Err(VerifyError::Seal { seq: s, .. }) if s == seq);
+            prop_assert!(named, "seal at {} not named", seq);
+        }
+    }
+
+    #[test]
+    fn an_unsealed_tail_or_a_gap_is_refused() {
+        let mut log = build(&[(0, 1), (1, 2), (0, 3)], 100);
+        log.seals.clear();
+        assert_eq!(run(&log), Err(VerifyError::Unsealed { from: 0, to: 2 }));
+
+        let log = build(&[(0, 1), (1, 2), (0, 3)], 1);
+        let mut v = Verifier::new(&log.key.verifying_key().to_bytes()).expect("key");
+        v.entry(0, &log.entries[0].0, log.entries[0].1);
+        v.entry(2, &log.entries[2].0, log.entries[2].1);
+        assert_eq!(
+            v.finish(),
+            Err(VerifyError::Sequence {
+                expected_prev: 0,
+                found: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_seal_by_another_key_fails() {
+        let mut log = build(&[(0, 1), (0, 2)], 100);
+        let other = SigningKey::from_bytes(&[7; 32]);
+        let user = log.key.verifying_key().to_bytes();
+        let link = next_link(
+            &next_link(&genesis_link(&user), 0, &log.entries[0].0.hash(&user, 0)),
+            1,
+            &log.entries[1].0.hash(&user, 1),
+        );
+        log.seals = vec![(1, make_seal(&other, 1, &link, 1))];
+        assert_eq!(run(&log), Err(VerifyError::Seal { seq: 1, from: 0 }));
+    }
+
+    #[test]
+    fn weak_keys_are_refused() {
+        // The identity point (small order) encoded as a public key.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert!(matches!(Verifier::new(&weak), Err(VerifyError::BadKey)));
+    }
+}

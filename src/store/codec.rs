@@ -46,3 +46,123 @@ pub fn decode<T: Versioned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Res
         Err(e) => Err(Error::corrupt(tree, key, &e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::log::TrackRef;
+    use crate::store::values::{
+        BlockV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1,
+    };
+
+    fn entry() -> impl Strategy<Value = StoredEntry> {
+        prop_oneof![
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 4]>(),
+                any::<i64>(),
+                any::<u32>(),
+                any::<Option<u32>>(),
+                any::<u32>()
+            )
+                .prop_map(|(salt, check, listened_at, track, duration_ms, client)| {
+                    StoredEntry::Listen {
+                        salt,
+                        check,
+                        listened_at,
+                        track,
+                        duration_ms,
+                        client,
+                    }
+                }),
+            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>())
+                .prop_map(|(salt, check, track)| StoredEntry::Love { salt, check, track }),
+            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u64>()).prop_map(
+                |(salt, check, target)| StoredEntry::Delete {
+                    salt,
+                    check,
+                    target
+                }
+            ),
+            (any::<[u8; 32]>(), any::<[u8; 4]>()).prop_map(|(content_hash, check)| {
+                StoredEntry::Erased {
+                    content_hash,
+                    check,
+                }
+            }),
+        ]
+    }
+
+    fn track() -> impl Strategy<Value = TrackRef> {
+        (
+            "\\PC{0,40}",
+            proptest::collection::vec("\\PC{0,10}", 0..3),
+            "\\PC{0,40}",
+            proptest::option::of("\\PC{0,20}"),
+            any::<Option<[u8; 16]>>(),
+        )
+            .prop_map(
+                |(artist, artist_names, title, album, recording_mbid)| TrackRef {
+                    artist,
+                    artist_names,
+                    artist_mbids: vec![],
+                    title,
+                    album,
+                    recording_mbid,
+                    release_mbid: None,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn blocks_round_trip(entries in proptest::collection::vec(entry(), 0..64), signed_at in any::<i64>(), a in any::<[u8; 32]>(), b in any::<[u8; 32]>()) {
+            let block = BlockV1 { entries, signed_at, sig: (a, b) };
+            prop_assert_eq!(decode::<BlockV1>("t", b"k", &encode(&block)).expect("decode"), block);
+        }
+
+        #[test]
+        fn days_heads_and_tracks_round_trip(
+            items in proptest::collection::vec(any::<(u32, u64, [u8; 4])>(), 0..50),
+            head in any::<(u64, [u8; 32], u64)>(),
+            tracks in proptest::collection::vec((track(), any::<u32>()), 0..8),
+        ) {
+            let day = DayV1 { items: items.into_iter().map(|(sec, seq, key)| DayItem { sec, seq, key }).collect() };
+            prop_assert_eq!(decode::<DayV1>("t", b"k", &encode(&day)).expect("day"), day);
+            let head = HeadV1 { next_seq: head.0, link: head.1, n_listens: head.2 };
+            prop_assert_eq!(decode::<HeadV1>("t", b"k", &encode(&head)).expect("head"), head);
+            let chunk = TrackChunkV1 { tracks: tracks.into_iter().map(|(track, dedupe_key)| TrackV1 { track, dedupe_key }).collect() };
+            prop_assert_eq!(decode::<TrackChunkV1>("t", b"k", &encode(&chunk)).expect("chunk"), chunk);
+        }
+
+        #[test]
+        fn garbage_is_an_error_naming_tree_and_key(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(e) = decode::<BlockV1>("userid_seq_block", &[0, 1], &bytes) {
+                let text = e.to_string();
+                prop_assert!(text.contains("userid_seq_block") && text.contains("0001"), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_version_and_trailing_bytes_are_refused() {
+        let mut v = encode(&HeadV1 {
+            next_seq: 1,
+            link: [0; 32],
+            n_listens: 1,
+        });
+        v.push(0);
+        assert!(decode::<HeadV1>("t", b"k", &v).is_err(), "trailing byte");
+        v.pop();
+        v[0] = 9;
+        assert!(
+            decode::<HeadV1>("t", b"k", &v)
+                .expect_err("version")
+                .to_string()
+                .contains("unknown value version 9")
+        );
+        assert!(decode::<HeadV1>("t", b"k", &[]).is_err());
+    }
+}

@@ -500,3 +500,49 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     assert_eq!(newest[0].listen.track.title, secret);
     t.store.verify_log(t.user).expect("db").expect("verifies");
 }
+
+#[test]
+fn corrupt_values_are_errors_naming_tree_and_key_and_harm_no_one_else() {
+    let t = TestStore::new();
+    let bob = t
+        .store
+        .create_user("bob", "password1", NOW)
+        .expect("bob")
+        .id;
+    t.ingestor
+        .ingest_blocking(t.user, vec![Action::Listen(listen("A", "B", NOW - 10))])
+        .expect("ingest");
+    let user = t.user.0;
+    let dir = t.close();
+    tamper(
+        dir.path(),
+        schema::USERID_LOGHEAD,
+        &user.to_be_bytes(),
+        |v| v.truncate(3),
+    );
+    tamper(dir.path(), schema::USERID_USER, &bob.0.to_be_bytes(), |v| {
+        v[0] = 0xEE
+    });
+    let t = TestStore::reopen(dir);
+    let err = t
+        .store
+        .users()
+        .expect_err("corrupt user record")
+        .to_string();
+    assert!(
+        err.contains("userid_user") && err.contains(&hex::encode(bob.0.to_be_bytes())),
+        "{err}"
+    );
+    let err = t
+        .ingestor
+        .ingest_blocking(t.user, vec![Action::Listen(listen("A", "C", NOW))])
+        .expect_err("corrupt head")
+        .to_string();
+    assert!(err.contains("userid_loghead"), "{err}");
+    // Bob's record is corrupt but his key and log are not: his appends still work.
+    let out = t
+        .ingestor
+        .ingest_blocking(bob, vec![Action::Listen(listen("A", "C", NOW))])
+        .expect("bob ingests");
+    assert_eq!(out, vec![Outcome::Appended { seq: 0 }]);
+}

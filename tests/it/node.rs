@@ -170,3 +170,50 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
         "the bench never acknowledged anything before the kills"
     );
 }
+
+#[test]
+fn log_verify_on_the_command_line_names_a_changed_entry() {
+    use hearsay::store::codec::{decode, encode};
+    use hearsay::store::schema;
+    use hearsay::store::values::{BlockV1, StoredEntry};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "bench",
+            "ingest",
+            "--listens",
+            "500",
+            "--batch",
+            "100",
+            "--dir",
+        ])
+        .arg(&data)
+        .env("HEARSAY_NODE__LOG", "warn")
+        .output()
+        .expect("bench");
+    assert!(out.status.success());
+    let (code, ok, _) = hearsay(&data, &["log", "verify", "bench0"]);
+    assert_eq!(code, 0, "{ok}");
+    assert!(ok.starts_with("ok: 500 entries"), "{ok}");
+
+    // Flip one bit of entry 200's timestamp (block 192..256, slot 8), underneath.
+    let db = sled::open(data.join("db")).expect("raw");
+    let tree = db.open_tree(schema::USERID_SEQ_BLOCK).expect("tree");
+    let mut key = 1u32.to_be_bytes().to_vec();
+    key.extend_from_slice(&192u64.to_be_bytes());
+    let raw = tree.get(&key).expect("get").expect("block");
+    let mut block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, &raw).expect("decode");
+    if let StoredEntry::Listen { listened_at, .. } = &mut block.entries[8] {
+        *listened_at ^= 2;
+    }
+    tree.insert(&key, encode(&block)).expect("insert");
+    db.flush().expect("flush");
+    drop(tree);
+    drop(db);
+
+    let (code, out, _) = hearsay(&data, &["log", "verify", "bench0"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("FAILED: entry 200:"), "{out}");
+}
