@@ -18,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod log;
+pub mod stats;
 pub mod node;
 pub mod store;
 

@@ -1,0 +1,143 @@
+//! Charts: ranking items by listen counts summed over buckets.
+//!
+//! A bucket stores, per kind of item, a list of `(item id, count)` sorted by id. A
+//! chart for a range sums the buckets its plan names into a dense array indexed by
+//! item id (ids are small and dense, so this beats a hash map several times), then
+//! selects the top N. Pure.
+
+use serde::{Deserialize, Serialize};
+
+/// What a chart ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Artist,
+    /// A track as charts see it: its main artist and its title without guests.
+    Recording,
+    /// An album: its title and main artist.
+    Release,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Artist, Kind::Recording, Kind::Release];
+
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Artist => 0,
+            Kind::Recording => 1,
+            Kind::Release => 2,
+        }
+    }
+}
+
+/// Adds `delta` to `id`'s count in a sorted `(id, count)` list, dropping zero counts.
+pub fn bump(counts: &mut Vec<(u32, u32)>, id: u32, delta: i64) {
+    match counts.binary_search_by_key(&id, |(i, _)| *i) {
+        Ok(pos) => {
+            let n = i64::from(counts[pos].1) + delta;
+            if n <= 0 {
+                counts.remove(pos);
+            } else {
+                counts[pos].1 = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+        }
+        Err(pos) => {
+            if delta > 0 {
+                counts.insert(pos, (id, u32::try_from(delta).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+}
+
+/// Accumulates counts from buckets and partial listens.
+#[derive(Default)]
+pub struct Summer {
+    counts: Vec<u64>,
+    touched: Vec<u32>,
+}
+
+impl Summer {
+    pub fn new() -> Summer {
+        Summer::default()
+    }
+
+    pub fn add(&mut self, id: u32, n: u64) {
+        let i = id as usize;
+        if i >= self.counts.len() {
+            self.counts.resize((i + 1).max(self.counts.len() * 2), 0);
+        }
+        if self.counts[i] == 0 {
+            self.touched.push(id);
+        }
+        self.counts[i] += n;
+    }
+
+    pub fn add_all(&mut self, counts: &[(u32, u32)]) {
+        for &(id, n) in counts {
+            self.add(id, u64::from(n));
+        }
+    }
+
+    pub fn count(&self, id: u32) -> u64 {
+        self.counts.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// Number of distinct items with a count.
+    pub fn len(&self) -> usize {
+        self.touched.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+
+    /// The `n` items with the highest counts, highest first; ties by lower id (first
+    /// seen on the node).
+    pub fn top(&self, n: usize) -> Vec<(u32, u64)> {
+        let mut items: Vec<(u32, u64)> = self.touched.iter().map(|&id| (id, self.count(id))).collect();
+        let order = |a: &(u32, u64), b: &(u32, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if n < items.len() {
+            items.select_nth_unstable_by(n, order);
+            items.truncate(n);
+        }
+        items.sort_unstable_by(order);
+        items
+    }
+
+    /// Every item with its count, by id.
+    pub fn all(&self) -> Vec<(u32, u64)> {
+        let mut ids = self.touched.clone();
+        ids.sort_unstable();
+        ids.into_iter().map(|id| (id, self.count(id))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bump_keeps_a_sorted_map_of_positive_counts(ops in proptest::collection::vec((0u32..20, -3i64..4), 0..200)) {
+            let mut counts = Vec::new();
+            let mut model = std::collections::BTreeMap::<u32, i64>::new();
+            for (id, delta) in ops {
+                bump(&mut counts, id, delta);
+                let e = model.entry(id).or_insert(0);
+                *e = (*e + delta).max(0);
+            }
+            let want: Vec<(u32, u32)> = model.into_iter().filter(|(_, n)| *n > 0).map(|(i, n)| (i, n as u32)).collect();
+            prop_assert_eq!(counts, want);
+        }
+
+        #[test]
+        fn top_is_the_best_n(items in proptest::collection::vec((0u32..500, 1u32..50), 0..300), n in 0usize..40) {
+            let mut s = Summer::new();
+            for (id, c) in &items { s.add(*id, u64::from(*c)); }
+            let mut all = s.all();
+            all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            all.truncate(n);
+            prop_assert_eq!(s.top(n), all);
+        }
+    }
+}
