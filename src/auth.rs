@@ -20,20 +20,13 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// recommendation) into a PHC string.
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// True when `password` matches the PHC `hash`. A malformed hash never matches.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
+        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
         .unwrap_or(false)
 }
 
@@ -49,19 +42,13 @@ pub fn equalise_timing(password: &str) {
 pub fn new_token() -> Result<String, String> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string())
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string())
 }
 
 /// The digest under which a token is stored. Tokens are compared case-insensitively
 /// (clients sometimes upper-case UUIDs), so the digest is of the lower-case form.
 pub fn token_digest(token: &str) -> [u8; 32] {
-    blake3::derive_key(
-        "hearsay 2026-11-23 api token v1",
-        token.trim().to_ascii_lowercase().as_bytes(),
-    )
+    blake3::derive_key("hearsay 2026-11-23 api token v1", token.trim().to_ascii_lowercase().as_bytes())
 }
 
 /// Constant-time equality of two digests.
@@ -95,10 +82,7 @@ mod tests {
         let b = new_token().expect("token");
         assert_ne!(a, b);
         assert!(uuid::Uuid::parse_str(&a).is_ok());
-        assert!(digests_equal(
-            &token_digest(&a),
-            &token_digest(&a.to_uppercase())
-        ));
+        assert!(digests_equal(&token_digest(&a), &token_digest(&a.to_uppercase())));
         assert!(!digests_equal(&token_digest(&a), &token_digest(&b)));
     }
 }

@@ -60,10 +60,9 @@ pub struct Synthetic {
 }
 
 const WORDS: &[&str] = &[
-    "love", "night", "heart", "dream", "fire", "blue", "light", "rain", "city", "song", "dance",
-    "time", "summer", "shadow", "river", "golden", "wild", "electric", "silver", "ghost", "ocean",
-    "stars", "glass", "paper", "echo", "velvet", "midnight", "sugar", "stone", "thunder", "winter",
-    "crystal", "moon", "garden", "neon", "road",
+    "love", "night", "heart", "dream", "fire", "blue", "light", "rain", "city", "song", "dance", "time", "summer",
+    "shadow", "river", "golden", "wild", "electric", "silver", "ghost", "ocean", "stars", "glass", "paper", "echo",
+    "velvet", "midnight", "sugar", "stone", "thunder", "winter", "crystal", "moon", "garden", "neon", "road",
 ];
 
 impl Synthetic {
@@ -107,12 +106,8 @@ impl Synthetic {
         let track_no = self.skewed(12);
         // Names derive from the indexes so the same track repeats exactly.
         let w = |k: u64| WORDS[(k % WORDS.len() as u64) as usize];
-        let title = format!(
-            "{} {} {}",
-            w(a * 7 + album_no * 13 + track_no),
-            w(a + track_no * 5),
-            w(track_no * 3 + album_no)
-        );
+        let title =
+            format!("{} {} {}", w(a * 7 + album_no * 13 + track_no), w(a + track_no * 5), w(track_no * 3 + album_no));
         let album = format!("{} {}", w(a * 3 + album_no), w(a + album_no * 11));
         self.at += 120 + (self.next() % 360) as i64;
         Listen {
@@ -151,38 +146,19 @@ pub fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
 
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
-    let BenchCmd::Ingest {
-        listens,
-        batch,
-        clients,
-        artists,
-        seed,
-        dir,
-        acks,
-        verify,
-    } = cmd;
+    let BenchCmd::Ingest { listens, batch, clients, artists, seed, dir, acks, verify } = cmd;
     let (dir, temporary) = match dir {
         Some(d) => (d, false),
-        None => (
-            std::env::temp_dir().join(format!("hearsay-bench-{}", std::process::id())),
-            true,
-        ),
+        None => (std::env::temp_dir().join(format!("hearsay-bench-{}", std::process::id())), true),
     };
-    let store = Store::open(
-        &dir,
-        &store::Options {
-            cache_mb: config.store.cache_mb,
-        },
-    )?;
-    let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens)?;
+    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
     let clients = clients.max(1);
     let mut users = Vec::new();
     for c in 0..clients {
@@ -203,21 +179,14 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
             let ingestor = ingestor.clone();
             let acked = &acked;
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
-                let mut synthetic = Synthetic::new(
-                    seed.wrapping_mul(1000).wrapping_add(c as u64),
-                    artists.max(1),
-                );
+                let mut synthetic = Synthetic::new(seed.wrapping_mul(1000).wrapping_add(c as u64), artists.max(1));
                 let mut done = 0;
                 while done < per_client {
                     let n = batch.min(per_client - done);
                     let actions = (0..n).map(|_| Action::Listen(synthetic.listen())).collect();
                     let outcomes = ingestor.ingest_blocking(*user, actions)?;
-                    let appended = outcomes
-                        .iter()
-                        .filter(|o| matches!(o, Outcome::Appended { .. }))
-                        .count() as u64;
-                    let total =
-                        acked.fetch_add(appended, std::sync::atomic::Ordering::SeqCst) + appended;
+                    let appended = outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count() as u64;
+                    let total = acked.fetch_add(appended, std::sync::atomic::Ordering::SeqCst) + appended;
                     if acks {
                         let mut out = std::io::stdout().lock();
                         writeln!(out, "acked {total}")?;
@@ -229,8 +198,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
             }));
         }
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
+            h.join().map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
         }
         Ok(())
     })?;
@@ -260,12 +228,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         for user in &users {
             let t = Instant::now();
             let v = store.verify_log(*user)?.context("verification failed")?;
-            println!(
-                "verify: {} entries, {} seals in {:.2} s",
-                v.n_entries,
-                v.n_seals,
-                t.elapsed().as_secs_f64()
-            );
+            println!("verify: {} entries, {} seals in {:.2} s", v.n_entries, v.n_seals, t.elapsed().as_secs_f64());
         }
     }
     drop(store);

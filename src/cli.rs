@@ -15,11 +15,7 @@ use crate::node::{Node, open_store, shutdown_signal};
 use crate::store::UserId;
 
 #[derive(Parser)]
-#[command(
-    name = "hearsay",
-    version,
-    about = "A federated peer-to-peer scrobble network node"
-)]
+#[command(name = "hearsay", version, about = "A federated peer-to-peer scrobble network node")]
 pub struct Cli {
     /// TOML config file (default: $HEARSAY_CONFIG, else built-in defaults).
     #[arg(long, global = true)]
@@ -109,10 +105,7 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -126,9 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCmd::Compact) => {
             let r = crate::store::compact::compact(
                 &config.node.data_dir,
-                &crate::store::Options {
-                    cache_mb: config.store.cache_mb,
-                },
+                &crate::store::Options { cache_mb: config.store.cache_mb },
             )?;
             println!(
                 "compacted: {} unreferenced track names blanked; {} -> {} bytes",
@@ -143,9 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_node(config: Config) -> anyhow::Result<ExitCode> {
     let addr = config.http_listen()?;
     let node = Node::build(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
         let local = listener.local_addr()?;
@@ -159,8 +148,7 @@ fn run_node(config: Config) -> anyhow::Result<ExitCode> {
 
 fn read_password(file: Option<PathBuf>) -> anyhow::Result<String> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(text.lines().next().unwrap_or_default().to_owned());
     }
     if !std::io::stdin().is_terminal() {
@@ -175,26 +163,16 @@ fn read_password(file: Option<PathBuf>) -> anyhow::Result<String> {
 }
 
 fn find_user(store: &crate::store::Store, name: &str) -> anyhow::Result<crate::store::users::User> {
-    store
-        .user_by_name(name)?
-        .with_context(|| format!("no such user: {name}"))
+    store.user_by_name(name)?.with_context(|| format!("no such user: {name}"))
 }
 
 fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        UserCmd::Add {
-            name,
-            password_file,
-        } => {
+        UserCmd::Add { name, password_file } => {
             let password = read_password(password_file)?;
             let store = open_store(config)?;
             let user = store.create_user(&name, &password, crate::now_unix())?;
-            println!(
-                "created user {} (id {}, key {})",
-                user.name,
-                user.id.0,
-                hex::encode(user.public_key)
-            );
+            println!("created user {} (id {}, key {})", user.name, user.id.0, hex::encode(user.public_key));
         }
         UserCmd::List => {
             let store = open_store(config)?;
@@ -213,9 +191,7 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
         UserCmd::Delete { name, yes } => {
             if !yes {
                 if !std::io::stdin().is_terminal() {
-                    bail!(
-                        "refusing to delete without --yes when there is no terminal to confirm on"
-                    );
+                    bail!("refusing to delete without --yes when there is no terminal to confirm on");
                 }
                 eprint!("delete user {name} and all their listens? type the name to confirm: ");
                 let mut answer = String::new();
@@ -228,9 +204,7 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             let user = find_user(&store, &name)?;
             let n = store.delete_user(user.id)?;
             println!("deleted user {name}: {n} records removed");
-            println!(
-                "run `hearsay store compact` to remove the old copies from the database files"
-            );
+            println!("run `hearsay store compact` to remove the old copies from the database files");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -242,10 +216,7 @@ fn token_cmd(config: &Config, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
         TokenCmd::New { user, name } => {
             let u = find_user(&store, &user)?;
             let (token, info) = store.create_token(u.id, &name, crate::now_unix())?;
-            eprintln!(
-                "token {} ({}) for {}; shown once, store it now:",
-                info.id, info.name, u.name
-            );
+            eprintln!("token {} ({}) for {}; shown once, store it now:", info.id, info.name, u.name);
             println!("{token}");
         }
         TokenCmd::List { user } => {

@@ -17,9 +17,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .with_state(state)
+    Router::new().route("/health", get(health)).with_state(state)
 }
 
 /// Liveness and identity: answers while the node serves requests.

@@ -18,10 +18,7 @@ pub const FILE_NAME: &str = "node_key";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("node key {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("node key {path}: {reason}")]
     Invalid { path: PathBuf, reason: &'static str },
     #[error("node key: no randomness from the OS: {0}")]
@@ -38,14 +35,10 @@ impl NodeIdentity {
     pub fn load_or_create(dir: &Path) -> Result<NodeIdentity, Error> {
         let path = dir.join(FILE_NAME);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                NodeIdentity::decode(&bytes).map_err(|reason| Error::Invalid { path, reason })
-            }
+            Ok(bytes) => NodeIdentity::decode(&bytes).map_err(|reason| Error::Invalid { path, reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let seed = crate::auth::random_bytes::<32>().map_err(Error::Random)?;
-                let id = NodeIdentity {
-                    key: SigningKey::from_bytes(&seed),
-                };
+                let id = NodeIdentity { key: SigningKey::from_bytes(&seed) };
                 write_private(&path, &id.encode()).map_err(|source| Error::Io { path, source })?;
                 Ok(id)
             }
@@ -89,11 +82,7 @@ impl NodeIdentity {
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -110,10 +99,7 @@ mod tests {
         assert_eq!(a.public_key(), b.public_key());
         assert!(a.peer_id().starts_with("12D3KooW"), "{}", a.peer_id());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
-            .expect("meta")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(FILE_NAME)).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join(FILE_NAME), b"garbage").expect("write");
         assert!(NodeIdentity::load_or_create(dir.path()).is_err());

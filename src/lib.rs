@@ -18,8 +18,8 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod log;
-pub mod stats;
 pub mod node;
+pub mod stats;
 pub mod store;
 
 /// The current UTC time in unix seconds: the one place the node reads the clock for

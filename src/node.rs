@@ -31,12 +31,7 @@ pub struct Node {
 
 /// Opens the store named by the config. Used by the node and by offline CLI commands.
 pub fn open_store(config: &Config) -> Result<Store, store::Error> {
-    Store::open(
-        &config.node.data_dir,
-        &store::Options {
-            cache_mb: config.store.cache_mb,
-        },
-    )
+    Store::open(&config.node.data_dir, &store::Options { cache_mb: config.store.cache_mb })
 }
 
 impl Node {
@@ -45,13 +40,8 @@ impl Node {
         config.validate()?;
         let store = open_store(&config)?;
         let identity = NodeIdentity::load_or_create(&config.node.data_dir)?;
-        let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens)?;
-        Ok(Node {
-            config,
-            store,
-            ingestor,
-            identity,
-        })
+        let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+        Ok(Node { config, store, ingestor, identity })
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight
@@ -61,14 +51,9 @@ impl Node {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let state = AppState {
-            store: self.store.clone(),
-            ingestor: self.ingestor.clone(),
-            peer_id: self.identity.peer_id(),
-        };
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let state =
+            AppState { store: self.store.clone(), ingestor: self.ingestor.clone(), peer_id: self.identity.peer_id() };
+        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
         self.store.flush()?;

@@ -46,14 +46,8 @@ pub const DEDUPE_WINDOW_SECS: i64 = 0;
 
 /// True when a listen at `listened_at` with `key` duplicates one of `existing`
 /// (pairs of `listened_at`, key) under the rule above.
-pub fn is_duplicate(
-    existing: impl IntoIterator<Item = (i64, u32)>,
-    listened_at: i64,
-    key: u32,
-) -> bool {
-    existing
-        .into_iter()
-        .any(|(at, k)| k == key && (at - listened_at).abs() <= DEDUPE_WINDOW_SECS)
+pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at: i64, key: u32) -> bool {
+    existing.into_iter().any(|(at, k)| k == key && (at - listened_at).abs() <= DEDUPE_WINDOW_SECS)
 }
 
 #[cfg(test)]

@@ -52,17 +52,10 @@ pub enum Content {
 /// Borrowing mirror of `Body` in canonical field order, serialised with postcard.
 #[derive(Serialize)]
 enum CanonicalBody<'a> {
-    Listen {
-        listened_at: i64,
-        duration_ms: Option<u32>,
-        client: Option<&'a str>,
-        track: &'a TrackRef,
-    },
+    Listen { listened_at: i64, duration_ms: Option<u32>, client: Option<&'a str>, track: &'a TrackRef },
     Love(&'a TrackRef),
     Unlove(&'a TrackRef),
-    Delete {
-        target: u64,
-    },
+    Delete { target: u64 },
 }
 
 #[derive(Serialize)]
@@ -77,12 +70,7 @@ struct CanonicalEntry<'a> {
 /// The canonical bytes of an entry: postcard of (format, user key, seq, salt, body).
 pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Vec<u8> {
     let body = match body {
-        Body::Listen {
-            track,
-            listened_at,
-            duration_ms,
-            client,
-        } => CanonicalBody::Listen {
+        Body::Listen { track, listened_at, duration_ms, client } => CanonicalBody::Listen {
             listened_at: *listened_at,
             duration_ms: *duration_ms,
             client: client.as_deref(),
@@ -92,13 +80,7 @@ pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> V
         Body::Unlove(track) => CanonicalBody::Unlove(track),
         Body::Delete { target } => CanonicalBody::Delete { target: *target },
     };
-    let entry = CanonicalEntry {
-        format: ENTRY_FORMAT,
-        user,
-        seq,
-        salt,
-        body,
-    };
+    let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };
     // Serialising plain structs of integers, strings and byte arrays into a Vec cannot
     // fail; an empty result would simply fail verification, never be trusted.
     postcard::to_allocvec(&entry).unwrap_or_default()
@@ -107,18 +89,12 @@ pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> V
 /// The content hash of an entry.
 pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Hash32 {
     let bytes = canonical_bytes(user, seq, salt, body);
-    blake3::Hasher::new_derive_key(CONTENT_CONTEXT)
-        .update(&bytes)
-        .finalize()
-        .into()
+    blake3::Hasher::new_derive_key(CONTENT_CONTEXT).update(&bytes).finalize().into()
 }
 
 /// The link before the first entry of `user`'s chain.
 pub fn genesis_link(user: &[u8; 32]) -> Hash32 {
-    blake3::Hasher::new_derive_key(GENESIS_CONTEXT)
-        .update(user)
-        .finalize()
-        .into()
+    blake3::Hasher::new_derive_key(GENESIS_CONTEXT).update(user).finalize().into()
 }
 
 /// `link(seq) = blake3_derive(LINK_CONTEXT, link(seq-1) ‖ seq as u64 BE ‖ content_hash)`.
@@ -167,12 +143,8 @@ mod tests {
     #[test]
     fn canonical_bytes_are_stable() {
         // A change to this vector is a change of the signed format: bump ENTRY_FORMAT.
-        let body = Body::Listen {
-            track: track(),
-            listened_at: 1_700_000_000,
-            duration_ms: Some(291_000),
-            client: None,
-        };
+        let body =
+            Body::Listen { track: track(), listened_at: 1_700_000_000, duration_ms: Some(291_000), client: None };
         let bytes = canonical_bytes(&[7; 32], 3, &[9; 16], &body);
         assert_eq!(bytes[0], ENTRY_FORMAT);
         assert_eq!(&bytes[1..33], &[7; 32]);
@@ -185,10 +157,7 @@ mod tests {
             "01070707070707070707070707070707070707070707070707070707070707070703090909090909090909090909090909090080c49fd50c01b8e111000a4170686578205477696e0000045874616c011e53656c656374656420416d6269656e7420576f726b73203835e2809339320000"
         );
         let content = content_hash(&[7; 32], 3, &[9; 16], &body);
-        assert_eq!(
-            hex::encode(content),
-            "d968913e2b5851ca751378199f563654d3e04f6f855672f0c1661d9f16ad9088"
-        );
+        assert_eq!(hex::encode(content), "d968913e2b5851ca751378199f563654d3e04f6f855672f0c1661d9f16ad9088");
         assert_eq!(
             hex::encode(next_link(&genesis_link(&[7; 32]), 3, &content)),
             "4d15acc6046aae98ca60960674403a232ece0766aaf5262e4b46eeb8bf643ab7"
@@ -198,25 +167,16 @@ mod tests {
     #[test]
     fn erased_entry_keeps_the_link() {
         let body = Body::Love(track());
-        let present = Content::Present {
-            salt: [1; 16],
-            body,
-        };
+        let present = Content::Present { salt: [1; 16], body };
         let h = present.hash(&[2; 32], 5);
         let erased = Content::Erased { content_hash: h };
         let prev = genesis_link(&[2; 32]);
-        assert_eq!(
-            next_link(&prev, 5, &present.hash(&[2; 32], 5)),
-            next_link(&prev, 5, &erased.hash(&[2; 32], 5))
-        );
+        assert_eq!(next_link(&prev, 5, &present.hash(&[2; 32], 5)), next_link(&prev, 5, &erased.hash(&[2; 32], 5)));
     }
 
     #[test]
     fn salt_changes_the_hash() {
         let body = Body::Love(track());
-        assert_ne!(
-            content_hash(&[0; 32], 0, &[0; 16], &body),
-            content_hash(&[0; 32], 0, &[1; 16], &body)
-        );
+        assert_ne!(content_hash(&[0; 32], 0, &[0; 16], &body), content_hash(&[0; 32], 0, &[1; 16], &body));
     }
 }

@@ -94,10 +94,7 @@ pub enum ListenError {
 pub fn parse_text(field: &'static str, raw: &[u8], max: usize) -> Result<String, ListenError> {
     let text = std::str::from_utf8(raw).map_err(|_| ListenError::InvalidUtf8 { field })?;
     if let Some(c) = text.chars().find(|c| c.is_control()) {
-        return Err(ListenError::ControlChar {
-            field,
-            code: c as u32,
-        });
+        return Err(ListenError::ControlChar { field, code: c as u32 });
     }
     let text = text.trim();
     if text.is_empty() {
@@ -112,9 +109,7 @@ pub fn parse_text(field: &'static str, raw: &[u8], max: usize) -> Result<String,
 /// Parses a MusicBrainz id in its usual hyphenated (or simple) UUID form.
 pub fn parse_mbid(field: &'static str, raw: &[u8]) -> Result<Mbid, ListenError> {
     let text = std::str::from_utf8(raw).map_err(|_| ListenError::InvalidUtf8 { field })?;
-    uuid::Uuid::try_parse(text.trim())
-        .map(|u| *u.as_bytes())
-        .map_err(|_| ListenError::BadMbid { field })
+    uuid::Uuid::try_parse(text.trim()).map(|u| *u.as_bytes()).map_err(|_| ListenError::BadMbid { field })
 }
 
 /// Formats an MBID in the hyphenated lower-case form MusicBrainz uses.
@@ -122,11 +117,7 @@ pub fn format_mbid(mbid: &Mbid) -> String {
     uuid::Uuid::from_bytes(*mbid).hyphenated().to_string()
 }
 
-fn optional_text(
-    field: &'static str,
-    raw: Option<&[u8]>,
-    max: usize,
-) -> Result<Option<String>, ListenError> {
+fn optional_text(field: &'static str, raw: Option<&[u8]>, max: usize) -> Result<Option<String>, ListenError> {
     match raw {
         None => Ok(None),
         // An empty optional field is treated as absent, as ListenBrainz does for release_name.
@@ -139,16 +130,10 @@ fn optional_text(
 pub fn check_listened_at(listened_at: i64, now: i64) -> Result<i64, ListenError> {
     let field = "listened_at";
     if listened_at < MIN_LISTENED_AT {
-        return Err(ListenError::TooEarly {
-            field,
-            value: listened_at,
-        });
+        return Err(ListenError::TooEarly { field, value: listened_at });
     }
     if listened_at > now.saturating_add(MAX_FUTURE_SKEW_SECS) {
-        return Err(ListenError::InFuture {
-            field,
-            value: listened_at,
-        });
+        return Err(ListenError::InFuture { field, value: listened_at });
     }
     Ok(listened_at)
 }
@@ -160,44 +145,21 @@ impl TrackRef {
         let title = parse_text("track_name", raw.title, MAX_NAME_BYTES)?;
         let album = optional_text("release_name", raw.album, MAX_NAME_BYTES)?;
         if raw.artist_names.len() > MAX_ARTISTS {
-            return Err(ListenError::TooMany {
-                field: "artist_names",
-                max: MAX_ARTISTS,
-            });
+            return Err(ListenError::TooMany { field: "artist_names", max: MAX_ARTISTS });
         }
         if raw.artist_mbids.len() > MAX_ARTISTS {
-            return Err(ListenError::TooMany {
-                field: "artist_mbids",
-                max: MAX_ARTISTS,
-            });
+            return Err(ListenError::TooMany { field: "artist_mbids", max: MAX_ARTISTS });
         }
         let artist_names = raw
             .artist_names
             .iter()
             .map(|name| parse_text("artist_names", name, MAX_NAME_BYTES))
             .collect::<Result<Vec<_>, _>>()?;
-        let artist_mbids = raw
-            .artist_mbids
-            .iter()
-            .map(|m| parse_mbid("artist_mbids", m))
-            .collect::<Result<Vec<_>, _>>()?;
-        let recording_mbid = raw
-            .recording_mbid
-            .map(|m| parse_mbid("recording_mbid", m))
-            .transpose()?;
-        let release_mbid = raw
-            .release_mbid
-            .map(|m| parse_mbid("release_mbid", m))
-            .transpose()?;
-        Ok(TrackRef {
-            artist,
-            artist_names,
-            artist_mbids,
-            title,
-            album,
-            recording_mbid,
-            release_mbid,
-        })
+        let artist_mbids =
+            raw.artist_mbids.iter().map(|m| parse_mbid("artist_mbids", m)).collect::<Result<Vec<_>, _>>()?;
+        let recording_mbid = raw.recording_mbid.map(|m| parse_mbid("recording_mbid", m)).transpose()?;
+        let release_mbid = raw.release_mbid.map(|m| parse_mbid("release_mbid", m)).transpose()?;
+        Ok(TrackRef { artist, artist_names, artist_mbids, title, album, recording_mbid, release_mbid })
     }
 }
 
@@ -209,20 +171,12 @@ impl Listen {
         let duration_ms = match raw.duration_ms {
             None => None,
             Some(ms) if ms == 0 || ms > u64::from(MAX_DURATION_MS) => {
-                return Err(ListenError::OutOfRange {
-                    field: "duration_ms",
-                    max: u64::from(MAX_DURATION_MS),
-                });
+                return Err(ListenError::OutOfRange { field: "duration_ms", max: u64::from(MAX_DURATION_MS) });
             }
             Some(ms) => u32::try_from(ms).ok(),
         };
         let client = optional_text("submission_client", raw.client, MAX_CLIENT_BYTES)?;
-        Ok(Listen {
-            track,
-            listened_at,
-            duration_ms,
-            client,
-        })
+        Ok(Listen { track, listened_at, duration_ms, client })
     }
 }
 
@@ -233,12 +187,7 @@ mod tests {
     const NOW: i64 = 1_760_000_000;
 
     fn raw<'a>(artist: &'a [u8], title: &'a [u8]) -> RawListen<'a> {
-        RawListen {
-            artist,
-            title,
-            listened_at: NOW - 10,
-            ..RawListen::default()
-        }
+        RawListen { artist, title, listened_at: NOW - 10, ..RawListen::default() }
     }
 
     #[test]
@@ -251,83 +200,30 @@ mod tests {
     #[test]
     fn names_the_bad_field() {
         let cases: Vec<(RawListen<'_>, ListenError)> = vec![
-            (
-                raw(b"", b"t"),
-                ListenError::Empty {
-                    field: "artist_name",
-                },
-            ),
-            (
-                raw(b"a", b"   "),
-                ListenError::Empty {
-                    field: "track_name",
-                },
-            ),
-            (
-                raw(b"a\0b", b"t"),
-                ListenError::ControlChar {
-                    field: "artist_name",
-                    code: 0,
-                },
-            ),
-            (
-                raw(b"a", b"t\x07"),
-                ListenError::ControlChar {
-                    field: "track_name",
-                    code: 7,
-                },
-            ),
-            (
-                raw(b"\xff", b"t"),
-                ListenError::InvalidUtf8 {
-                    field: "artist_name",
-                },
-            ),
+            (raw(b"", b"t"), ListenError::Empty { field: "artist_name" }),
+            (raw(b"a", b"   "), ListenError::Empty { field: "track_name" }),
+            (raw(b"a\0b", b"t"), ListenError::ControlChar { field: "artist_name", code: 0 }),
+            (raw(b"a", b"t\x07"), ListenError::ControlChar { field: "track_name", code: 7 }),
+            (raw(b"\xff", b"t"), ListenError::InvalidUtf8 { field: "artist_name" }),
             (
                 raw(&[b'x'; MAX_NAME_BYTES + 1], b"t"),
-                ListenError::TooLong {
-                    field: "artist_name",
-                    max: MAX_NAME_BYTES,
-                },
+                ListenError::TooLong { field: "artist_name", max: MAX_NAME_BYTES },
             ),
             (
-                RawListen {
-                    listened_at: MIN_LISTENED_AT - 1,
-                    ..raw(b"a", b"t")
-                },
-                ListenError::TooEarly {
-                    field: "listened_at",
-                    value: MIN_LISTENED_AT - 1,
-                },
+                RawListen { listened_at: MIN_LISTENED_AT - 1, ..raw(b"a", b"t") },
+                ListenError::TooEarly { field: "listened_at", value: MIN_LISTENED_AT - 1 },
             ),
             (
-                RawListen {
-                    listened_at: NOW + 3601,
-                    ..raw(b"a", b"t")
-                },
-                ListenError::InFuture {
-                    field: "listened_at",
-                    value: NOW + 3601,
-                },
+                RawListen { listened_at: NOW + 3601, ..raw(b"a", b"t") },
+                ListenError::InFuture { field: "listened_at", value: NOW + 3601 },
             ),
             (
-                RawListen {
-                    recording_mbid: Some(b"nope"),
-                    ..raw(b"a", b"t")
-                },
-                ListenError::BadMbid {
-                    field: "recording_mbid",
-                },
+                RawListen { recording_mbid: Some(b"nope"), ..raw(b"a", b"t") },
+                ListenError::BadMbid { field: "recording_mbid" },
             ),
             (
-                RawListen {
-                    duration_ms: Some(0),
-                    ..raw(b"a", b"t")
-                },
-                ListenError::OutOfRange {
-                    field: "duration_ms",
-                    max: u64::from(MAX_DURATION_MS),
-                },
+                RawListen { duration_ms: Some(0), ..raw(b"a", b"t") },
+                ListenError::OutOfRange { field: "duration_ms", max: u64::from(MAX_DURATION_MS) },
             ),
         ];
         for (input, want) in cases {
@@ -337,26 +233,8 @@ mod tests {
 
     #[test]
     fn edges_of_the_time_window_are_inclusive() {
-        assert!(
-            Listen::parse(
-                &RawListen {
-                    listened_at: MIN_LISTENED_AT,
-                    ..raw(b"a", b"t")
-                },
-                NOW
-            )
-            .is_ok()
-        );
-        assert!(
-            Listen::parse(
-                &RawListen {
-                    listened_at: NOW + 3600,
-                    ..raw(b"a", b"t")
-                },
-                NOW
-            )
-            .is_ok()
-        );
+        assert!(Listen::parse(&RawListen { listened_at: MIN_LISTENED_AT, ..raw(b"a", b"t") }, NOW).is_ok());
+        assert!(Listen::parse(&RawListen { listened_at: NOW + 3600, ..raw(b"a", b"t") }, NOW).is_ok());
     }
 
     #[test]

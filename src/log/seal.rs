@@ -36,18 +36,12 @@ pub fn seal_message(user: &[u8; 32], seq: u64, link: &Hash32, signed_at: i64) ->
 /// Signs the head at `seq` whose link is `link`.
 pub fn make_seal(key: &SigningKey, seq: u64, link: &Hash32, signed_at: i64) -> Seal {
     let user = key.verifying_key().to_bytes();
-    let signature = key
-        .sign(&seal_message(&user, seq, link, signed_at))
-        .to_bytes();
-    Seal {
-        signed_at,
-        signature,
-    }
+    let signature = key.sign(&seal_message(&user, seq, link, signed_at)).to_bytes();
+    Seal { signed_at, signature }
 }
 
 /// Checks one seal strictly (rejects small-order keys and non-canonical signatures).
 pub fn check_seal(key: &VerifyingKey, seq: u64, link: &Hash32, seal: &Seal) -> bool {
     let msg = seal_message(key.as_bytes(), seq, link, seal.signed_at);
-    key.verify_strict(&msg, &Signature::from_bytes(&seal.signature))
-        .is_ok()
+    key.verify_strict(&msg, &Signature::from_bytes(&seal.signature)).is_ok()
 }

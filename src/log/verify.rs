@@ -15,9 +15,7 @@ use super::seal::{Seal, check_seal, seal_message};
 pub enum VerifyError {
     #[error("the user's public key is not a valid ed25519 key or is a weak key")]
     BadKey,
-    #[error(
-        "entry {found} follows entry {expected_prev}: the sequence has a gap or is out of order"
-    )]
+    #[error("entry {found} follows entry {expected_prev}: the sequence has a gap or is out of order")]
     Sequence { expected_prev: u64, found: u64 },
     #[error("entry {seq}: stored bytes do not match the chain (changed on disk or in transit)")]
     Entry { seq: u64 },
@@ -88,10 +86,7 @@ impl Verifier {
     pub fn entry(&mut self, seq: u64, content: &Content, check: [u8; 4]) {
         if seq != self.next_seq {
             let expected_prev = self.next_seq.wrapping_sub(1);
-            self.fail(VerifyError::Sequence {
-                expected_prev,
-                found: seq,
-            });
+            self.fail(VerifyError::Sequence { expected_prev, found: seq });
         }
         let hash = content.hash(&self.user, seq);
         self.link = next_link(&self.link, seq, &hash);
@@ -115,12 +110,7 @@ impl Verifier {
             self.fail(VerifyError::DanglingSeal { seq });
             return;
         }
-        self.seals.push(PendingSeal {
-            seq,
-            from: self.first_unsealed,
-            link: self.link,
-            seal,
-        });
+        self.seals.push(PendingSeal { seq, from: self.first_unsealed, link: self.link, seal });
         self.first_unsealed = seq + 1;
     }
 
@@ -130,21 +120,14 @@ impl Verifier {
         // Prefer whichever problem comes first in the log: a changed entry makes the seal
         // after it fail too, and the entry is the more useful thing to name.
         let error = match (self.first_error.take(), bad_seal) {
-            (Some(e), Some(s)) => Some(if error_position(&e) <= error_position(&s) {
-                e
-            } else {
-                s
-            }),
+            (Some(e), Some(s)) => Some(if error_position(&e) <= error_position(&s) { e } else { s }),
             (e, s) => e.or(s),
         };
         if let Some(e) = error {
             return Err(e);
         }
         if self.first_unsealed < self.next_seq {
-            return Err(VerifyError::Unsealed {
-                from: self.first_unsealed,
-                to: self.next_seq - 1,
-            });
+            return Err(VerifyError::Unsealed { from: self.first_unsealed, to: self.next_seq - 1 });
         }
         Ok(Verified {
             n_entries: self.next_seq,
@@ -158,17 +141,10 @@ impl Verifier {
         if self.seals.is_empty() {
             return None;
         }
-        let messages: Vec<Vec<u8>> = self
-            .seals
-            .iter()
-            .map(|p| seal_message(&self.user, p.seq, &p.link, p.seal.signed_at))
-            .collect();
+        let messages: Vec<Vec<u8>> =
+            self.seals.iter().map(|p| seal_message(&self.user, p.seq, &p.link, p.seal.signed_at)).collect();
         let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        let sigs: Vec<Signature> = self
-            .seals
-            .iter()
-            .map(|p| Signature::from_bytes(&p.seal.signature))
-            .collect();
+        let sigs: Vec<Signature> = self.seals.iter().map(|p| Signature::from_bytes(&p.seal.signature)).collect();
         let keys = vec![self.key; self.seals.len()];
         if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
             return None;
@@ -176,18 +152,10 @@ impl Verifier {
         self.seals
             .iter()
             .find(|p| !check_seal(&self.key, p.seq, &p.link, &p.seal))
-            .map(|p| VerifyError::Seal {
-                seq: p.seq,
-                from: p.from,
-            })
+            .map(|p| VerifyError::Seal { seq: p.seq, from: p.from })
             // Batch verification can reject what single strict verification accepts only
             // for malformed signatures; name the first seal then.
-            .or_else(|| {
-                self.seals.first().map(|p| VerifyError::Seal {
-                    seq: p.seq,
-                    from: p.from,
-                })
-            })
+            .or_else(|| self.seals.first().map(|p| VerifyError::Seal { seq: p.seq, from: p.from }))
     }
 }
 
@@ -258,11 +226,7 @@ mod tests {
                 seals.push((seq, make_seal(&key, seq, &link, 1_700_000_000)));
             }
         }
-        TestLog {
-            key,
-            entries,
-            seals,
-        }
+        TestLog { key, entries, seals }
     }
 
     fn run(log: &TestLog) -> Result<Verified, VerifyError> {
@@ -334,13 +298,7 @@ mod tests {
         let mut v = Verifier::new(&log.key.verifying_key().to_bytes()).expect("key");
         v.entry(0, &log.entries[0].0, log.entries[0].1);
         v.entry(2, &log.entries[2].0, log.entries[2].1);
-        assert_eq!(
-            v.finish(),
-            Err(VerifyError::Sequence {
-                expected_prev: 0,
-                found: 2
-            })
-        );
+        assert_eq!(v.finish(), Err(VerifyError::Sequence { expected_prev: 0, found: 2 }));
     }
 
     #[test]

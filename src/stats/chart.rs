@@ -30,7 +30,7 @@ impl Kind {
 }
 
 /// Adds `delta` to `id`'s count in a sorted `(id, count)` list, dropping zero counts.
-pub fn bump(counts: &mut Vec<(u32, u32)>, id: u32, delta: i64) {
+pub fn bump<K: Ord + Copy>(counts: &mut Vec<(K, u32)>, id: K, delta: i64) {
     match counts.binary_search_by_key(&id, |(i, _)| *i) {
         Ok(pos) => {
             let n = i64::from(counts[pos].1) + delta;

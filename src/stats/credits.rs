@@ -92,12 +92,7 @@ fn strip_title_guests(title: &str, markers: &[String]) -> (String, Vec<String>) 
 }
 
 fn split_list(name: &str) -> Vec<String> {
-    name.split(", ")
-        .flat_map(|p| p.split(" & "))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
+    name.split(", ").flat_map(|p| p.split(" & ")).map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
 }
 
 /// Applies the credit rule to one track. `known` says whether a normalised name is
@@ -129,9 +124,8 @@ pub fn credit(track: &TrackRef, rules: &CreditRules, known: &dyn Fn(&str) -> boo
                 .into_iter()
                 .flat_map(|s| {
                     let parts = split_list(&s);
-                    let evidence = rules.split_known_artists
-                        && parts.len() > 1
-                        && parts.iter().all(|p| known(&normalize_name(p)));
+                    let evidence =
+                        rules.split_known_artists && parts.len() > 1 && parts.iter().all(|p| known(&normalize_name(p)));
                     if evidence { parts } else { vec![s] }
                 })
                 .collect()
@@ -173,11 +167,24 @@ mod tests {
 
     #[test]
     fn featuring_forms_split_into_main_and_guest() {
-        for artist in ["Daft Punk feat. Pharrell", "Daft Punk ft. Pharrell", "Daft Punk FEATURING Pharrell", "Daft Punk Feat Pharrell"] {
-            assert_eq!(c(&t(artist, "Get Lucky", 0), &[]), (v(&["Daft Punk", "Pharrell"]), "Get Lucky".into()), "{artist}");
+        for artist in [
+            "Daft Punk feat. Pharrell",
+            "Daft Punk ft. Pharrell",
+            "Daft Punk FEATURING Pharrell",
+            "Daft Punk Feat Pharrell",
+        ] {
+            assert_eq!(
+                c(&t(artist, "Get Lucky", 0), &[]),
+                (v(&["Daft Punk", "Pharrell"]), "Get Lucky".into()),
+                "{artist}"
+            );
         }
         for title in ["Get Lucky (feat. Pharrell)", "Get Lucky (with Pharrell)", "Get Lucky [ft. Pharrell]"] {
-            assert_eq!(c(&t("Daft Punk", title, 0), &[]), (v(&["Daft Punk", "Pharrell"]), "Get Lucky".into()), "{title}");
+            assert_eq!(
+                c(&t("Daft Punk", title, 0), &[]),
+                (v(&["Daft Punk", "Pharrell"]), "Get Lucky".into()),
+                "{title}"
+            );
         }
     }
 
@@ -200,7 +207,10 @@ mod tests {
         assert_eq!(c(&t("Artist", "(feat. X)", 0), &[]).1, "(feat. X)");
         assert_eq!(c(&t("feat. Someone", "Song", 0), &[]).0, v(&["feat. Someone"]));
         assert_eq!(c(&t("A feat. a", "Song", 0), &[]).0, v(&["A"]), "one artist credited once");
-        assert_eq!(c(&t("坂本龍一 feat. 細野晴臣", "曲 (feat. 高橋幸宏)", 0), &[]).0, v(&["坂本龍一", "細野晴臣", "高橋幸宏"]));
+        assert_eq!(
+            c(&t("坂本龍一 feat. 細野晴臣", "曲 (feat. 高橋幸宏)", 0), &[]).0,
+            v(&["坂本龍一", "細野晴臣", "高橋幸宏"])
+        );
         assert_eq!(c(&t("Café ft. Ñu", "Ça (with Émile) va", 0), &[]), (v(&["Café", "Ñu", "Émile"]), "Ça va".into()));
     }
 }

@@ -19,11 +19,20 @@ pub enum Period {
     /// The last N months up to now (rolling: 1, 3, 6, 12 are the usual ones).
     LastMonths(u32),
     /// An ISO week (Monday to Sunday) in the user's time zone.
-    IsoWeek { year: i16, week: i8 },
-    Month { year: i16, month: i8 },
+    IsoWeek {
+        year: i16,
+        week: i8,
+    },
+    Month {
+        year: i16,
+        month: i8,
+    },
     Year(i16),
     /// Any `[from, to)` in UTC unix seconds.
-    Range { from: i64, to: i64 },
+    Range {
+        from: i64,
+        to: i64,
+    },
     AllTime,
 }
 
@@ -47,9 +56,7 @@ pub fn time_zone(name: &str) -> Result<TimeZone, PeriodError> {
 }
 
 fn start_of(date: Date, tz: &TimeZone) -> Result<i64, PeriodError> {
-    date.to_zoned(tz.clone())
-        .map(|z| z.timestamp().as_second())
-        .map_err(|e| PeriodError::NoSuchPeriod(e.to_string()))
+    date.to_zoned(tz.clone()).map(|z| z.timestamp().as_second()).map_err(|e| PeriodError::NoSuchPeriod(e.to_string()))
 }
 
 /// The local civil date of an instant.
@@ -210,8 +217,14 @@ mod tests {
     #[test]
     fn bad_periods_are_clear_errors() {
         assert_eq!(time_zone("Mars/Olympus").err(), Some(PeriodError::UnknownTimeZone("Mars/Olympus".into())));
-        assert!(matches!(resolve(&Period::Range { from: 10, to: 5 }, &TimeZone::UTC, 0), Err(PeriodError::Reversed { .. })));
-        assert!(matches!(resolve(&Period::Range { from: -5, to: 5 }, &TimeZone::UTC, 0), Err(PeriodError::Absurd { .. })));
+        assert!(matches!(
+            resolve(&Period::Range { from: 10, to: 5 }, &TimeZone::UTC, 0),
+            Err(PeriodError::Reversed { .. })
+        ));
+        assert!(matches!(
+            resolve(&Period::Range { from: -5, to: 5 }, &TimeZone::UTC, 0),
+            Err(PeriodError::Absurd { .. })
+        ));
         assert!(resolve(&Period::Month { year: 2024, month: 13 }, &TimeZone::UTC, 0).is_err());
     }
 
@@ -241,7 +254,10 @@ mod tests {
         );
         assert_eq!(
             p.partial,
-            vec![(utc("2023-12-30T10:00:00Z"), utc("2023-12-31T00:00:00Z")), (utc("2025-03-03T00:00:00Z"), utc("2025-03-03T05:00:00Z"))]
+            vec![
+                (utc("2023-12-30T10:00:00Z"), utc("2023-12-31T00:00:00Z")),
+                (utc("2025-03-03T00:00:00Z"), utc("2025-03-03T05:00:00Z"))
+            ]
         );
         let inside = plan(utc("2024-05-01T10:00:00Z"), utc("2024-05-01T11:00:00Z"), &tz).expect("plan");
         assert!(inside.buckets.is_empty());

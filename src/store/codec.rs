@@ -38,11 +38,7 @@ pub fn decode<T: Versioned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Res
     }
     match postcard::take_from_bytes::<T>(body) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Error::corrupt(
-            tree,
-            key,
-            &format!("{} trailing bytes", rest.len()),
-        )),
+        Ok((_, rest)) => Err(Error::corrupt(tree, key, &format!("{} trailing bytes", rest.len()))),
         Err(e) => Err(Error::corrupt(tree, key, &e.to_string())),
     }
 }
@@ -53,45 +49,26 @@ mod tests {
 
     use super::*;
     use crate::log::TrackRef;
-    use crate::store::values::{
-        BlockV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1,
-    };
+    use crate::store::values::{BlockV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
         prop_oneof![
-            (
-                any::<[u8; 16]>(),
-                any::<[u8; 4]>(),
-                any::<i64>(),
-                any::<u32>(),
-                any::<Option<u32>>(),
-                any::<u32>()
-            )
+            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<i64>(), any::<u32>(), any::<Option<u32>>(), any::<u32>())
                 .prop_map(|(salt, check, listened_at, track, duration_ms, client)| {
-                    StoredEntry::Listen {
-                        salt,
-                        check,
-                        listened_at,
-                        track,
-                        duration_ms,
-                        client,
-                    }
+                    StoredEntry::Listen { salt, check, listened_at, track, duration_ms, client }
                 }),
-            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>())
-                .prop_map(|(salt, check, track)| StoredEntry::Love { salt, check, track }),
-            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u64>()).prop_map(
-                |(salt, check, target)| StoredEntry::Delete {
-                    salt,
-                    check,
-                    target
-                }
-            ),
-            (any::<[u8; 32]>(), any::<[u8; 4]>()).prop_map(|(content_hash, check)| {
-                StoredEntry::Erased {
-                    content_hash,
-                    check,
-                }
+            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>()).prop_map(|(salt, check, track)| StoredEntry::Love {
+                salt,
+                check,
+                track
             }),
+            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u64>()).prop_map(|(salt, check, target)| StoredEntry::Delete {
+                salt,
+                check,
+                target
+            }),
+            (any::<[u8; 32]>(), any::<[u8; 4]>())
+                .prop_map(|(content_hash, check)| { StoredEntry::Erased { content_hash, check } }),
         ]
     }
 
@@ -103,17 +80,15 @@ mod tests {
             proptest::option::of("\\PC{0,20}"),
             any::<Option<[u8; 16]>>(),
         )
-            .prop_map(
-                |(artist, artist_names, title, album, recording_mbid)| TrackRef {
-                    artist,
-                    artist_names,
-                    artist_mbids: vec![],
-                    title,
-                    album,
-                    recording_mbid,
-                    release_mbid: None,
-                },
-            )
+            .prop_map(|(artist, artist_names, title, album, recording_mbid)| TrackRef {
+                artist,
+                artist_names,
+                artist_mbids: vec![],
+                title,
+                album,
+                recording_mbid,
+                release_mbid: None,
+            })
     }
 
     proptest! {
@@ -148,21 +123,12 @@ mod tests {
 
     #[test]
     fn wrong_version_and_trailing_bytes_are_refused() {
-        let mut v = encode(&HeadV1 {
-            next_seq: 1,
-            link: [0; 32],
-            n_listens: 1,
-        });
+        let mut v = encode(&HeadV1 { next_seq: 1, link: [0; 32], n_listens: 1 });
         v.push(0);
         assert!(decode::<HeadV1>("t", b"k", &v).is_err(), "trailing byte");
         v.pop();
         v[0] = 9;
-        assert!(
-            decode::<HeadV1>("t", b"k", &v)
-                .expect_err("version")
-                .to_string()
-                .contains("unknown value version 9")
-        );
+        assert!(decode::<HeadV1>("t", b"k", &v).expect_err("version").to_string().contains("unknown value version 9"));
         assert!(decode::<HeadV1>("t", b"k", &[]).is_err());
     }
 }

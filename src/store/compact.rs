@@ -5,6 +5,7 @@
 //! until its cleaner happens to rewrite those segments, with no time bound. `compact`
 //! gives a hard guarantee instead: it blanks every interned track that no log refers to
 //! any more (track names are shared by all users, so they outlive one user's erasure),
+//! and the chart items (artist, recording, release names) no remaining track credits,
 //! then copies every live tree into a fresh database file and deletes the old one.
 //! It runs with the node stopped.
 
@@ -14,7 +15,8 @@ use std::path::Path;
 use super::codec::{decode, encode};
 use super::keys;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{BlockV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::schema::ITEM_CHUNK;
+use super::values::{BlockV1, CreditChunkV1, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -65,16 +67,15 @@ pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
     let store = Store::open(dir, options)?;
     let bytes_before = dir_bytes(store.path());
     let tracks_blanked = blank_unreferenced_tracks(&store)?;
+    blank_unreferenced_items(&store)?;
     store.flush()?;
 
     let fresh_path = dir.join("db.compacting");
     if fresh_path.exists() {
         std::fs::remove_dir_all(&fresh_path).map_err(|e| Error::Db(sled::Error::Io(e)))?;
     }
-    let fresh = sled::Config::new()
-        .path(&fresh_path)
-        .cache_capacity(options.cache_mb.saturating_mul(1 << 20))
-        .open()?;
+    let fresh =
+        sled::Config::new().path(&fresh_path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open()?;
     fresh.import(store.db.export());
     fresh.flush()?;
     drop(fresh);
@@ -86,11 +87,74 @@ pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
     std::fs::rename(&fresh_path, &old_path).map_err(io)?;
     std::fs::remove_dir_all(&retired).map_err(io)?;
     let bytes_after = dir_bytes(&old_path);
-    Ok(CompactReport {
-        tracks_blanked,
-        bytes_before,
-        bytes_after,
-    })
+    Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })
+}
+
+/// Blanks chart items (artist, recording and release names) that no remaining track
+/// credits, and drops the credits of blanked tracks.
+fn blank_unreferenced_items(store: &Store) -> Result<()> {
+    let mut referenced: [HashSet<u32>; 3] = Default::default();
+    let mut tracks_alive = HashSet::new();
+    for kv in store.trees.trackchunk_tracks.iter() {
+        let (k, v) = kv?;
+        let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
+        let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+        for (i, t) in tracks.tracks.iter().enumerate() {
+            if !is_blank(t) {
+                tracks_alive.insert(chunk * TRACK_CHUNK + i as u32);
+            }
+        }
+    }
+    for kv in store.trees.trackchunk_credits.iter() {
+        let (k, v) = kv?;
+        let chunk = keys::parse_u32(schema::TRACKCHUNK_CREDITS, &k)?;
+        let mut credits: CreditChunkV1 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
+        let mut changed = false;
+        for (i, c) in credits.tracks.iter_mut().enumerate() {
+            let id = chunk * TRACK_CHUNK + i as u32;
+            if !tracks_alive.contains(&id) {
+                changed |= c.take().is_some();
+                continue;
+            }
+            if let Some(c) = c {
+                referenced[0].extend(c.artists.iter().copied());
+                referenced[1].insert(c.recording);
+                referenced[2].extend(c.release);
+            }
+        }
+        if changed {
+            store.trees.trackchunk_credits.insert(k, encode(&credits))?;
+        }
+    }
+    // A recording or release keeps its main artist's name alive.
+    for kv in store.trees.itemchunk_items.iter() {
+        let (k, v) = kv?;
+        let chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+        let (kind, n) = (k.first().copied().unwrap_or(0) as usize, keys::parse_u32(schema::ITEMCHUNK_ITEMS, &k[1..])?);
+        for (i, item) in chunk.items.iter().enumerate() {
+            if kind > 0 && referenced.get(kind).is_some_and(|r| r.contains(&(n * ITEM_CHUNK + i as u32))) {
+                referenced[0].extend(item.artist);
+            }
+        }
+    }
+    for kv in store.trees.itemchunk_items.iter() {
+        let (k, v) = kv?;
+        let mut chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+        let (kind, n) = (k.first().copied().unwrap_or(0) as usize, keys::parse_u32(schema::ITEMCHUNK_ITEMS, &k[1..])?);
+        let mut changed = false;
+        for (i, item) in chunk.items.iter_mut().enumerate() {
+            let alive = referenced.get(kind).is_some_and(|r| r.contains(&(n * ITEM_CHUNK + i as u32)));
+            if !alive && !item.name.is_empty() {
+                item.name.clear();
+                item.artist = None;
+                changed = true;
+            }
+        }
+        if changed {
+            store.trees.itemchunk_items.insert(k, encode(&chunk))?;
+        }
+    }
+    Ok(())
 }
 
 fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {

@@ -31,6 +31,37 @@ pub fn u32_key(n: u32) -> [u8; 4] {
     n.to_be_bytes()
 }
 
+/// Bucket granularities in `userid_bucket_counts` keys.
+pub const BUCKET_DAY: u8 = 0;
+pub const BUCKET_MONTH: u8 = 1;
+pub const BUCKET_YEAR: u8 = 2;
+
+/// `user ‖ granularity u8 ‖ bucket number` with the signed number offset by 2^31 so
+/// byte order is numeric order.
+pub fn bucket(id: UserId, granularity: u8, number: i32) -> [u8; 9] {
+    let mut k = [0; 9];
+    k[..4].copy_from_slice(&id.0.to_be_bytes());
+    k[4] = granularity;
+    k[5..].copy_from_slice(&((number as u32) ^ 0x8000_0000).to_be_bytes());
+    k
+}
+
+pub fn parse_bucket(tree: &'static str, key: &[u8]) -> Result<(UserId, u8, i32), Error> {
+    if key.len() != 9 {
+        return Err(Error::corrupt(tree, key, "key is not user ‖ granularity ‖ bucket"));
+    }
+    let n = u32::from_be_bytes(fixed(tree, key, 5)?) ^ 0x8000_0000;
+    Ok((parse_user(tree, key)?, key[4], n as i32))
+}
+
+/// `kind u8 ‖ chunk u32`, the key of dictionary chunks.
+pub fn kind_chunk(kind: u8, chunk: u32) -> [u8; 5] {
+    let mut k = [0; 5];
+    k[0] = kind;
+    k[1..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
 /// The UTC day number of a unix time (days since 1970-01-01).
 pub fn day_of(listened_at: i64) -> u32 {
     // listened_at is validated to lie between 2002 and now + 1h, so this fits easily.
@@ -51,20 +82,14 @@ pub fn parse_user_seq(tree: &'static str, key: &[u8]) -> Result<(UserId, u64), E
     if key.len() != 12 {
         return Err(Error::corrupt(tree, key, "key is not user ‖ seq"));
     }
-    Ok((
-        parse_user(tree, key)?,
-        u64::from_be_bytes(fixed(tree, key, 4)?),
-    ))
+    Ok((parse_user(tree, key)?, u64::from_be_bytes(fixed(tree, key, 4)?)))
 }
 
 pub fn parse_user_u32(tree: &'static str, key: &[u8]) -> Result<(UserId, u32), Error> {
     if key.len() != 8 {
         return Err(Error::corrupt(tree, key, "key is not user ‖ u32"));
     }
-    Ok((
-        parse_user(tree, key)?,
-        u32::from_be_bytes(fixed(tree, key, 4)?),
-    ))
+    Ok((parse_user(tree, key)?, u32::from_be_bytes(fixed(tree, key, 4)?)))
 }
 
 pub fn parse_u32(tree: &'static str, bytes: &[u8]) -> Result<u32, Error> {
@@ -93,6 +118,14 @@ mod tests {
             let ka = user_u32(UserId(a.0), a.1);
             let kb = user_u32(UserId(b.0), b.1);
             prop_assert_eq!(parse_user_u32("t", &ka).expect("parse"), (UserId(a.0), a.1));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn buckets_round_trip_and_order(a in any::<(u32, u8, i32)>(), b in any::<(u32, u8, i32)>()) {
+            let ka = bucket(UserId(a.0), a.1, a.2);
+            let kb = bucket(UserId(b.0), b.1, b.2);
+            prop_assert_eq!(parse_bucket("t", &ka).expect("parse"), (UserId(a.0), a.1, a.2));
             prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
         }
 

@@ -50,13 +50,7 @@ impl Names {
             .tracks
             .get((id % TRACK_CHUNK) as usize)
             .map(|t| t.track.clone())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    schema::TRACKCHUNK_TRACKS,
-                    &keys::u32_key(chunk),
-                    "track id past the chunk",
-                )
-            })
+            .ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(chunk), "track id past the chunk"))
     }
 
     fn client(&mut self, store: &Store, id: u32) -> Result<Option<String>> {
@@ -70,14 +64,7 @@ impl Names {
 
     fn content(&mut self, store: &Store, entry: &StoredEntry) -> Result<Content> {
         Ok(match entry {
-            StoredEntry::Listen {
-                salt,
-                listened_at,
-                track,
-                duration_ms,
-                client,
-                ..
-            } => Content::Present {
+            StoredEntry::Listen { salt, listened_at, track, duration_ms, client, .. } => Content::Present {
                 salt: *salt,
                 body: Body::Listen {
                     track: self.track(store, *track)?,
@@ -86,21 +73,16 @@ impl Names {
                     client: self.client(store, *client)?,
                 },
             },
-            StoredEntry::Love { salt, track, .. } => Content::Present {
-                salt: *salt,
-                body: Body::Love(self.track(store, *track)?),
-            },
-            StoredEntry::Unlove { salt, track, .. } => Content::Present {
-                salt: *salt,
-                body: Body::Unlove(self.track(store, *track)?),
-            },
-            StoredEntry::Delete { salt, target, .. } => Content::Present {
-                salt: *salt,
-                body: Body::Delete { target: *target },
-            },
-            StoredEntry::Erased { content_hash, .. } => Content::Erased {
-                content_hash: *content_hash,
-            },
+            StoredEntry::Love { salt, track, .. } => {
+                Content::Present { salt: *salt, body: Body::Love(self.track(store, *track)?) }
+            }
+            StoredEntry::Unlove { salt, track, .. } => {
+                Content::Present { salt: *salt, body: Body::Unlove(self.track(store, *track)?) }
+            }
+            StoredEntry::Delete { salt, target, .. } => {
+                Content::Present { salt: *salt, body: Body::Delete { target: *target } }
+            }
+            StoredEntry::Erased { content_hash, .. } => Content::Erased { content_hash: *content_hash },
         })
     }
 }
@@ -109,26 +91,20 @@ impl Store {
     /// The chunk of interned tracks holding `id`.
     pub(crate) fn track_chunk(&self, chunk: u32) -> Result<TrackChunkV1> {
         let key = keys::u32_key(chunk);
-        let bytes = self.trees.trackchunk_tracks.get(key)?.ok_or_else(|| {
-            Error::corrupt(schema::TRACKCHUNK_TRACKS, &key, "missing track chunk")
-        })?;
+        let bytes = self
+            .trees
+            .trackchunk_tracks
+            .get(key)?
+            .ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_TRACKS, &key, "missing track chunk"))?;
         decode(schema::TRACKCHUNK_TRACKS, &key, &bytes)
     }
 
     /// The interned track `id`.
     pub(crate) fn track(&self, id: u32) -> Result<TrackRef> {
         let chunk = self.track_chunk(id / TRACK_CHUNK)?;
-        chunk
-            .tracks
-            .get((id % TRACK_CHUNK) as usize)
-            .map(|t| t.track.clone())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    schema::TRACKCHUNK_TRACKS,
-                    &keys::u32_key(id / TRACK_CHUNK),
-                    "track id past the chunk",
-                )
-            })
+        chunk.tracks.get((id % TRACK_CHUNK) as usize).map(|t| t.track.clone()).ok_or_else(|| {
+            Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(id / TRACK_CHUNK), "track id past the chunk")
+        })
     }
 
     /// The interned client `id` (0 means none).
@@ -137,31 +113,22 @@ impl Store {
             return Ok(None);
         }
         let key = keys::u32_key(id);
-        let bytes =
-            self.trees.clientid_clientname.get(key)?.ok_or_else(|| {
-                Error::corrupt(schema::CLIENTID_CLIENTNAME, &key, "missing client")
-            })?;
-        Ok(Some(
-            decode::<ClientV1>(schema::CLIENTID_CLIENTNAME, &key, &bytes)?.name,
-        ))
+        let bytes = self
+            .trees
+            .clientid_clientname
+            .get(key)?
+            .ok_or_else(|| Error::corrupt(schema::CLIENTID_CLIENTNAME, &key, "missing client"))?;
+        Ok(Some(decode::<ClientV1>(schema::CLIENTID_CLIENTNAME, &key, &bytes)?.name))
     }
 
     /// The head of `user`'s log.
     pub fn log_head(&self, user: UserId) -> Result<LogHead> {
         let key = keys::user(user);
         Ok(match self.trees.userid_loghead.get(key)? {
-            None => LogHead {
-                n_entries: 0,
-                n_listens: 0,
-                head: [0; 32],
-            },
+            None => LogHead { n_entries: 0, n_listens: 0, head: [0; 32] },
             Some(bytes) => {
                 let h: HeadV1 = decode(schema::USERID_LOGHEAD, &key, &bytes)?;
-                LogHead {
-                    n_entries: h.next_seq,
-                    n_listens: h.n_listens,
-                    head: h.link,
-                }
+                LogHead { n_entries: h.next_seq, n_listens: h.n_listens, head: h.link }
             }
         })
     }
@@ -175,14 +142,7 @@ impl Store {
     }
 
     /// Live listens with `from <= listened_at < to`, at most `limit`, in `order`.
-    pub fn listens(
-        &self,
-        user: UserId,
-        from: i64,
-        to: i64,
-        limit: usize,
-        order: Order,
-    ) -> Result<Vec<StoredListen>> {
+    pub fn listens(&self, user: UserId, from: i64, to: i64, limit: usize, order: Order) -> Result<Vec<StoredListen>> {
         let mut out = Vec::new();
         if from >= to || limit == 0 {
             return Ok(out);
@@ -214,42 +174,19 @@ impl Store {
                 let block = match blocks.entry(first) {
                     Entry::Occupied(o) => o.into_mut(),
                     Entry::Vacant(v) => v.insert(self.block(user, first)?.ok_or_else(|| {
-                        Error::corrupt(
-                            schema::USERID_SEQ_BLOCK,
-                            &keys::user_seq(user, first),
-                            "indexed block missing",
-                        )
+                        Error::corrupt(schema::USERID_SEQ_BLOCK, &keys::user_seq(user, first), "indexed block missing")
                     })?),
                 };
-                let entry = block
-                    .entries
-                    .get(usize::try_from(item.seq - first).unwrap_or(usize::MAX));
+                let entry = block.entries.get(usize::try_from(item.seq - first).unwrap_or(usize::MAX));
                 let Some(entry) = entry else {
-                    return Err(Error::corrupt(
-                        schema::USERID_DAY_LISTENS,
-                        &k,
-                        "points past its block",
-                    ));
+                    return Err(Error::corrupt(schema::USERID_DAY_LISTENS, &k, "points past its block"));
                 };
-                if let Content::Present {
-                    body:
-                        Body::Listen {
-                            track,
-                            listened_at,
-                            duration_ms,
-                            client,
-                        },
-                    ..
-                } = names.content(self, entry)?
+                if let Content::Present { body: Body::Listen { track, listened_at, duration_ms, client }, .. } =
+                    names.content(self, entry)?
                 {
                     out.push(StoredListen {
                         seq: item.seq,
-                        listen: Listen {
-                            track,
-                            listened_at,
-                            duration_ms,
-                            client,
-                        },
+                        listen: Listen { track, listened_at, duration_ms, client },
                     });
                     if out.len() >= limit {
                         return Ok(out);
@@ -314,13 +251,7 @@ impl Store {
                 last = Some(seq);
             }
             if let Some(seq) = last {
-                verifier.seal(
-                    seq,
-                    Seal {
-                        signed_at: block.signed_at,
-                        signature: block.signature(),
-                    },
-                );
+                verifier.seal(seq, Seal { signed_at: block.signed_at, signature: block.signature() });
             }
         }
         let head = self.log_head(user)?;
@@ -328,9 +259,7 @@ impl Store {
         // The head record must agree with the chain it summarises.
         if let Ok(v) = &result {
             if v.n_entries != head.n_entries || (v.n_entries > 0 && v.head != head.head) {
-                return Ok(Err(VerifyError::Entry {
-                    seq: head.n_entries.min(v.n_entries),
-                }));
+                return Ok(Err(VerifyError::Entry { seq: head.n_entries.min(v.n_entries) }));
             }
         }
         Ok(result)

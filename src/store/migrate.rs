@@ -17,17 +17,21 @@ pub struct Migration {
     pub run: fn(&Store) -> Result<()>,
 }
 
-/// Every migration this build knows, in order. Version 1 is the first layout, so there
-/// is nothing to migrate yet.
-pub const MIGRATIONS: &[Migration] = &[];
+/// Every migration this build knows, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration { to: 2, name: "build statistics from the logs", run: build_stats }];
+
+/// 1 -> 2: schema 2 adds the statistics trees; fill them from the existing logs
+/// (with the default credit rules; `hearsay stats rebuild` applies configured ones).
+fn build_stats(store: &Store) -> Result<()> {
+    store.rebuild_stats(&crate::stats::credits::CreditRules::default())
+}
 
 pub fn recorded_version(store: &Store) -> Result<Option<u32>> {
     match store.trees.meta.get(KEY)? {
         None => Ok(None),
         Some(bytes) => {
-            let arr = <[u8; 4]>::try_from(bytes.as_ref()).map_err(|_| {
-                Error::corrupt("meta", KEY.as_bytes(), "schema_version is not a u32")
-            })?;
+            let arr = <[u8; 4]>::try_from(bytes.as_ref())
+                .map_err(|_| Error::corrupt("meta", KEY.as_bytes(), "schema_version is not a u32"))?;
             Ok(Some(u32::from_be_bytes(arr)))
         }
     }
@@ -41,15 +45,10 @@ pub fn set_version(store: &Store, version: u32) -> Result<()> {
 /// Initialises, migrates or refuses, as described above; `current` is the highest
 /// version this build writes (the last migration's, or `SCHEMA_VERSION`).
 pub fn bring_up_to_date(store: &Store, migrations: &[Migration]) -> Result<()> {
-    let current = migrations
-        .last()
-        .map_or(SCHEMA_VERSION, |m| m.to.max(SCHEMA_VERSION));
+    let current = migrations.last().map_or(SCHEMA_VERSION, |m| m.to.max(SCHEMA_VERSION));
     match recorded_version(store)? {
         None => set_version(store, current),
-        Some(found) if found > current => Err(Error::NewerSchema {
-            found,
-            supported: current,
-        }),
+        Some(found) if found > current => Err(Error::NewerSchema { found, supported: current }),
         Some(found) => {
             for m in migrations.iter().filter(|m| m.to > found) {
                 tracing::info!(to = m.to, name = m.name, "migrating database");
@@ -89,22 +88,12 @@ mod tests {
     fn migrations_run_in_order_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).expect("open");
-        let steps = [Migration {
-            to: SCHEMA_VERSION + 1,
-            name: "test",
-            run: mark,
-        }];
+        let steps = [Migration { to: SCHEMA_VERSION + 1, name: "test", run: mark }];
         bring_up_to_date(&store, &steps).expect("migrate");
-        assert_eq!(
-            recorded_version(&store).expect("v"),
-            Some(SCHEMA_VERSION + 1)
-        );
+        assert_eq!(recorded_version(&store).expect("v"), Some(SCHEMA_VERSION + 1));
         assert!(store.trees.meta.get("migrated").expect("get").is_some());
         store.trees.meta.remove("migrated").expect("rm");
         bring_up_to_date(&store, &steps).expect("again");
-        assert!(
-            store.trees.meta.get("migrated").expect("get").is_none(),
-            "ran twice"
-        );
+        assert!(store.trees.meta.get("migrated").expect("get").is_none(), "ran twice");
     }
 }

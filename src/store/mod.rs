@@ -6,6 +6,7 @@
 //! concurrent batches into one transaction and one flush. The layout is in `schema`
 //! and `docs/storage.md`.
 
+pub mod aggregates;
 pub mod codec;
 pub mod compact;
 pub mod keys;
@@ -30,11 +31,7 @@ pub enum Error {
     #[error("database at {path} is in use by another hearsay process (stop the node first)")]
     Locked { path: PathBuf },
     #[error("corrupt value in tree {tree} at key {key}: {reason}")]
-    Corrupt {
-        tree: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { tree: &'static str, key: String, reason: String },
     #[error(
         "database schema version {found} is newer than this build supports ({supported}): \
          upgrade hearsay, or restore a backup made by this version"
@@ -48,6 +45,8 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     #[error("invalid password: {0}")]
     InvalidPassword(&'static str),
+    #[error("{0}")]
+    Invalid(String),
     #[error("the log writer has stopped")]
     WriterGone,
     #[error("{0}")]
@@ -56,11 +55,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn corrupt(tree: &'static str, key: &[u8], reason: &str) -> Error {
-        Error::Corrupt {
-            tree,
-            key: hex::encode(key),
-            reason: reason.to_owned(),
-        }
+        Error::Corrupt { tree, key: hex::encode(key), reason: reason.to_owned() }
     }
 }
 
@@ -81,6 +76,9 @@ pub(crate) struct Trees {
     pub trackchunk_tracks: sled::Tree,
     pub clientname_clientid: sled::Tree,
     pub clientid_clientname: sled::Tree,
+    pub itemchunk_items: sled::Tree,
+    pub trackchunk_credits: sled::Tree,
+    pub userid_bucket_counts: sled::Tree,
 }
 
 /// An open database.
@@ -103,16 +101,13 @@ impl Store {
     pub fn open(dir: &Path, options: &Options) -> Result<Store> {
         let path = dir.join("db");
         std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(options.cache_mb.saturating_mul(1 << 20))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    Error::Locked { path: path.clone() }
-                }
-                other => Error::Db(other),
-            })?;
+        let db =
+            sled::Config::new().path(&path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open().map_err(
+                |e| match e {
+                    sled::Error::Io(ref io) if io.to_string().contains("lock") => Error::Locked { path: path.clone() },
+                    other => Error::Db(other),
+                },
+            )?;
         let t = |name: &str| db.open_tree(name);
         let trees = Trees {
             meta: t(schema::META)?,
@@ -127,6 +122,9 @@ impl Store {
             trackchunk_tracks: t(schema::TRACKCHUNK_TRACKS)?,
             clientname_clientid: t(schema::CLIENTNAME_CLIENTID)?,
             clientid_clientname: t(schema::CLIENTID_CLIENTNAME)?,
+            itemchunk_items: t(schema::ITEMCHUNK_ITEMS)?,
+            trackchunk_credits: t(schema::TRACKCHUNK_CREDITS)?,
+            userid_bucket_counts: t(schema::USERID_BUCKET_COUNTS)?,
         };
         let store = Store { db, trees, path };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -190,6 +188,9 @@ impl Store {
             schema::TRACKCHUNK_TRACKS => &t.trackchunk_tracks,
             schema::CLIENTNAME_CLIENTID => &t.clientname_clientid,
             schema::CLIENTID_CLIENTNAME => &t.clientid_clientname,
+            schema::ITEMCHUNK_ITEMS => &t.itemchunk_items,
+            schema::TRACKCHUNK_CREDITS => &t.trackchunk_credits,
+            schema::USERID_BUCKET_COUNTS => &t.userid_bucket_counts,
             _ => return None,
         })
     }
@@ -198,9 +199,7 @@ impl Store {
     pub(crate) fn next_id(&self, name: &'static str, first: u32) -> Result<u32> {
         let mut taken = first;
         self.trees.meta.update_and_fetch(name, |old| {
-            let current = old
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(first, u32::from_be_bytes);
+            let current = old.and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(first, u32::from_be_bytes);
             taken = current;
             Some(current.saturating_add(1).to_be_bytes().to_vec())
         })?;

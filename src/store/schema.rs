@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -66,6 +66,27 @@ pub const TRACKCHUNK_TRACKS: &str = "trackchunk_tracks";
 /// Tracks per chunk.
 pub const TRACK_CHUNK: u32 = 64;
 
+/// `itemchunk_items`: `kind u8 (0 artist, 1 recording, 2 release) ‖ chunk u32` ->
+/// `ItemChunkV1`: chart items with ids `chunk * ITEM_CHUNK ..`, display names as first
+/// seen. Identity (normalised name; for recordings and releases also the main artist)
+/// is an in-memory index rebuilt from this tree. Since schema 2.
+pub const ITEMCHUNK_ITEMS: &str = "itemchunk_items";
+
+/// Items per dictionary chunk.
+pub const ITEM_CHUNK: u32 = 64;
+
+/// `trackchunk_credits`: `chunk u32` -> `CreditChunkV1`: for each track of the same
+/// chunk of `trackchunk_tracks`, the artist, recording and release items it counts
+/// for (the credit rule applied when the track was first seen). Since schema 2.
+pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
+
+/// `userid_bucket_counts`: `user id u32 ‖ granularity u8 (0 day, 1 month, 2 year) ‖
+/// bucket number (i32 + 2^31) u32` -> `AggV1`: listens in that local day (day number
+/// since 1970-01-01), month (year × 12 + month − 1) or year of the user's time zone:
+/// total, per item counts, and (year buckets) counts per local day and hour. Serves
+/// every chart, series and clock. Since schema 2.
+pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -87,6 +108,9 @@ pub const ALL_TREES: &[&str] = &[
     TRACKCHUNK_TRACKS,
     CLIENTNAME_CLIENTID,
     CLIENTID_CLIENTNAME,
+    ITEMCHUNK_ITEMS,
+    TRACKCHUNK_CREDITS,
+    USERID_BUCKET_COUNTS,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -97,4 +121,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_LOGHEAD,
     USERID_SEQ_BLOCK,
     USERID_DAY_LISTENS,
+    USERID_BUCKET_COUNTS,
 ];

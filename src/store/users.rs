@@ -10,7 +10,7 @@ use sled::Transactional;
 use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
-use super::values::{SigningKeyV1, TokenV1, UserV1};
+use super::values::{SigningKeyV1, TokenV1, UserV2};
 use super::{Error, Result, Store};
 use crate::auth;
 
@@ -19,22 +19,14 @@ pub const MAX_NAME_CHARS: usize = 64;
 
 /// Checks a user name against the rule above.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
     if name.is_empty() {
         return bad("empty");
     }
     if name.len() > MAX_NAME_CHARS {
         return bad("longer than 64 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
         return bad("only letters, digits, '_', '.' and '-' are allowed");
     }
     Ok(())
@@ -57,6 +49,8 @@ pub struct User {
     pub name: String,
     pub created_at: i64,
     pub public_key: [u8; 32],
+    /// IANA time zone name (default `UTC`).
+    pub timezone: String,
 }
 
 /// A token as listed (the token itself is never stored).
@@ -68,13 +62,8 @@ pub struct TokenInfo {
     pub created_at: i64,
 }
 
-fn user_from(id: UserId, v: UserV1) -> User {
-    User {
-        id,
-        name: v.name,
-        created_at: v.created_at,
-        public_key: v.public_key,
-    }
+fn user_from(id: UserId, v: UserV2) -> User {
+    User { id, name: v.name, created_at: v.created_at, public_key: v.public_key, timezone: v.timezone }
 }
 
 impl Store {
@@ -90,12 +79,8 @@ impl Store {
         let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
-        let record = UserV1 {
-            name: name.to_owned(),
-            created_at: now,
-            password_hash,
-            public_key,
-        };
+        let record =
+            UserV2 { name: name.to_owned(), created_at: now, password_hash, public_key, timezone: "UTC".into() };
         let t = &self.trees;
         (&t.username_userid, &t.userid_user, &t.userid_signingkey)
             .transaction(|(by_name, users, signing)| {
@@ -114,11 +99,7 @@ impl Store {
 
     /// Looks a user up by name, case-insensitively.
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
-        let Some(id) = self
-            .trees
-            .username_userid
-            .get(name.to_ascii_lowercase().as_bytes())?
-        else {
+        let Some(id) = self.trees.username_userid.get(name.to_ascii_lowercase().as_bytes())? else {
             return Ok(None);
         };
         let id = UserId(keys::parse_u32(schema::USERNAME_USERID, &id)?);
@@ -129,10 +110,7 @@ impl Store {
         let key = keys::user(id);
         match self.trees.userid_user.get(key)? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(user_from(
-                id,
-                decode(schema::USERID_USER, &key, &bytes)?,
-            ))),
+            Some(bytes) => Ok(Some(user_from(id, decode(schema::USERID_USER, &key, &bytes)?))),
         }
     }
 
@@ -160,18 +138,26 @@ impl Store {
         let Some(bytes) = self.trees.userid_user.get(key)? else {
             return Ok(None);
         };
-        let record: UserV1 = decode(schema::USERID_USER, &key, &bytes)?;
+        let record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
         Ok(auth::verify_password(&record.password_hash, password).then_some(user))
+    }
+
+    /// Sets a user's time zone (an IANA name). Their statistics must be rebuilt after
+    /// this (`rebuild_user_stats`), which the callers do.
+    pub fn set_timezone(&self, id: UserId, timezone: &str) -> Result<()> {
+        crate::stats::period::time_zone(timezone).map_err(|e| Error::Invalid(e.to_string()))?;
+        let key = keys::user(id);
+        let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
+        let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
+        record.timezone = timezone.to_owned();
+        self.trees.userid_user.insert(key, encode(&record))?;
+        self.flush()
     }
 
     /// The user's signing key.
     pub fn signing_key(&self, id: UserId) -> Result<SigningKey> {
         let key = keys::user(id);
-        let bytes = self
-            .trees
-            .userid_signingkey
-            .get(key)?
-            .ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
+        let bytes = self.trees.userid_signingkey.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let v: SigningKeyV1 = decode(schema::USERID_SIGNINGKEY, &key, &bytes)?;
         Ok(SigningKey::from_bytes(&v.seed))
     }
@@ -181,12 +167,7 @@ impl Store {
         let token = auth::new_token().map_err(Error::Crypto)?;
         let digest = auth::token_digest(&token);
         let id = self.next_id("next_token_id", 1)?;
-        let record = TokenV1 {
-            user: user.0,
-            id,
-            name: name.to_owned(),
-            created_at: now,
-        };
+        let record = TokenV1 { user: user.0, id, name: name.to_owned(), created_at: now };
         let t = &self.trees;
         (&t.tokendigest_token, &t.userid_tokenid_tokendigest)
             .transaction(|(by_digest, by_user)| {
@@ -196,15 +177,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.flush()?;
-        Ok((
-            token,
-            TokenInfo {
-                user,
-                id,
-                name: name.to_owned(),
-                created_at: now,
-            },
-        ))
+        Ok((token, TokenInfo { user, id, name: name.to_owned(), created_at: now }))
     }
 
     /// The user a token belongs to, if it is valid.
@@ -217,45 +190,27 @@ impl Store {
         let user = UserId(record.user);
         // The forward index must point back at the same digest; a revoked or foreign
         // record fails here.
-        let back = self
-            .trees
-            .userid_tokenid_tokendigest
-            .get(keys::user_u32(user, record.id))?;
-        let back_ok = back
-            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
-            .is_some_and(|b| auth::digests_equal(&b, &digest));
+        let back = self.trees.userid_tokenid_tokendigest.get(keys::user_u32(user, record.id))?;
+        let back_ok =
+            back.and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok()).is_some_and(|b| auth::digests_equal(&b, &digest));
         if !back_ok {
             return Ok(None);
         }
-        let info = TokenInfo {
-            user,
-            id: record.id,
-            name: record.name,
-            created_at: record.created_at,
-        };
+        let info = TokenInfo { user, id: record.id, name: record.name, created_at: record.created_at };
         Ok(self.user(user)?.map(|u| (u, info)))
     }
 
     /// A user's tokens, by id.
     pub fn tokens(&self, user: UserId) -> Result<Vec<TokenInfo>> {
         let mut out = Vec::new();
-        for kv in self
-            .trees
-            .userid_tokenid_tokendigest
-            .scan_prefix(keys::user(user))
-        {
+        for kv in self.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(user)) {
             let (k, digest) = kv?;
             let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else {
                 continue;
             };
             let r: TokenV1 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
             let _ = keys::parse_user_u32(schema::USERID_TOKENID_TOKENDIGEST, &k)?;
-            out.push(TokenInfo {
-                user,
-                id: r.id,
-                name: r.name,
-                created_at: r.created_at,
-            });
+            out.push(TokenInfo { user, id: r.id, name: r.name, created_at: r.created_at });
         }
         Ok(out)
     }
@@ -303,9 +258,7 @@ impl Store {
             }
             tree.apply_batch(batch)?;
         }
-        self.trees
-            .username_userid
-            .remove(user.name.to_ascii_lowercase().as_bytes())?;
+        self.trees.username_userid.remove(user.name.to_ascii_lowercase().as_bytes())?;
         self.flush()?;
         Ok(removed + 1)
     }
@@ -327,57 +280,22 @@ mod tests {
     fn users_and_tokens_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &Options { cache_mb: 4 }).expect("open");
-        let alice = store
-            .create_user("Alice", "password1", 100)
-            .expect("create");
-        assert!(matches!(
-            store.create_user("alice", "password1", 100),
-            Err(Error::UserExists(_))
-        ));
-        assert!(matches!(
-            store.create_user("al ice", "password1", 100),
-            Err(Error::InvalidName { .. })
-        ));
-        assert!(matches!(
-            store.create_user("bob", "short", 100),
-            Err(Error::InvalidPassword(_))
-        ));
-        assert_eq!(
-            store.check_password("ALICE", "password1").expect("check"),
-            Some(alice.clone())
-        );
-        assert_eq!(
-            store.check_password("alice", "password2").expect("check"),
-            None
-        );
-        assert_eq!(
-            store.check_password("nobody", "password1").expect("check"),
-            None
-        );
+        let alice = store.create_user("Alice", "password1", 100).expect("create");
+        assert!(matches!(store.create_user("alice", "password1", 100), Err(Error::UserExists(_))));
+        assert!(matches!(store.create_user("al ice", "password1", 100), Err(Error::InvalidName { .. })));
+        assert!(matches!(store.create_user("bob", "short", 100), Err(Error::InvalidPassword(_))));
+        assert_eq!(store.check_password("ALICE", "password1").expect("check"), Some(alice.clone()));
+        assert_eq!(store.check_password("alice", "password2").expect("check"), None);
+        assert_eq!(store.check_password("nobody", "password1").expect("check"), None);
 
-        let (token, info) = store
-            .create_token(alice.id, "navidrome", 200)
-            .expect("token");
-        assert_eq!(
-            store
-                .user_by_token(&token)
-                .expect("lookup")
-                .map(|(u, _)| u.id),
-            Some(alice.id)
-        );
+        let (token, info) = store.create_token(alice.id, "navidrome", 200).expect("token");
+        assert_eq!(store.user_by_token(&token).expect("lookup").map(|(u, _)| u.id), Some(alice.id));
         assert_eq!(store.tokens(alice.id).expect("list"), vec![info.clone()]);
         assert!(store.revoke_token(alice.id, info.id).expect("revoke"));
         assert_eq!(store.user_by_token(&token).expect("lookup"), None);
         assert!(!store.revoke_token(alice.id, info.id).expect("revoke twice"));
 
-        assert_eq!(
-            store
-                .signing_key(alice.id)
-                .expect("key")
-                .verifying_key()
-                .to_bytes(),
-            alice.public_key
-        );
+        assert_eq!(store.signing_key(alice.id).expect("key").verifying_key().to_bytes(), alice.public_key);
         store.delete_user(alice.id).expect("delete");
         assert_eq!(store.user_by_name("alice").expect("lookup"), None);
         assert!(store.users().expect("list").is_empty());

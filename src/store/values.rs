@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::Versioned;
 use crate::log::{Hash32, Salt, TrackRef};
 
-/// `userid_user`.
+/// `userid_user`, as first written (schema 1). Read and migrated to `UserV2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserV1 {
     /// The name as the user chose it (the key of `username_userid` is its lower case).
@@ -16,8 +16,35 @@ pub struct UserV1 {
     /// The user's ed25519 public key: the identity of their log.
     pub public_key: [u8; 32],
 }
-impl Versioned for UserV1 {
-    const VERSION: u8 = 1;
+
+/// `userid_user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserV2 {
+    pub name: String,
+    pub created_at: i64,
+    pub password_hash: String,
+    pub public_key: [u8; 32],
+    /// IANA time zone name: period boundaries fall at the user's local midnight.
+    pub timezone: String,
+}
+impl Versioned for UserV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => {
+                let v1: UserV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                Ok(UserV2 {
+                    name: v1.name,
+                    created_at: v1.created_at,
+                    password_hash: v1.password_hash,
+                    public_key: v1.public_key,
+                    timezone: "UTC".into(),
+                })
+            }
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
 }
 
 /// `userid_signingkey`.
@@ -58,33 +85,11 @@ impl Versioned for HeadV1 {
 /// One entry inside a block, with names interned. `check` is `entry::check_of(link)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredEntry {
-    Listen {
-        salt: Salt,
-        check: [u8; 4],
-        listened_at: i64,
-        track: u32,
-        duration_ms: Option<u32>,
-        client: u32,
-    },
-    Love {
-        salt: Salt,
-        check: [u8; 4],
-        track: u32,
-    },
-    Unlove {
-        salt: Salt,
-        check: [u8; 4],
-        track: u32,
-    },
-    Delete {
-        salt: Salt,
-        check: [u8; 4],
-        target: u64,
-    },
-    Erased {
-        content_hash: Hash32,
-        check: [u8; 4],
-    },
+    Listen { salt: Salt, check: [u8; 4], listened_at: i64, track: u32, duration_ms: Option<u32>, client: u32 },
+    Love { salt: Salt, check: [u8; 4], track: u32 },
+    Unlove { salt: Salt, check: [u8; 4], track: u32 },
+    Delete { salt: Salt, check: [u8; 4], target: u64 },
+    Erased { content_hash: Hash32, check: [u8; 4] },
 }
 
 impl StoredEntry {
@@ -167,5 +172,55 @@ pub struct ClientV1 {
     pub name: String,
 }
 impl Versioned for ClientV1 {
+    const VERSION: u8 = 1;
+}
+
+/// One chart item (artist, recording or release) in a dictionary chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemV1 {
+    /// Display name as first seen on the node.
+    pub name: String,
+    /// For recordings and releases: the artist item id of their main artist.
+    pub artist: Option<u32>,
+}
+
+/// `itemchunk_items`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemChunkV1 {
+    pub items: Vec<ItemV1>,
+}
+impl Versioned for ItemChunkV1 {
+    const VERSION: u8 = 1;
+}
+
+/// What one interned track counts for in charts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackCreditsV1 {
+    /// Artist item ids, main artist first.
+    pub artists: Vec<u32>,
+    pub recording: u32,
+    pub release: Option<u32>,
+}
+
+/// `trackchunk_credits`: the credits of the tracks of the same chunk in
+/// `trackchunk_tracks` (None for a track blanked by compaction).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditChunkV1 {
+    pub tracks: Vec<Option<TrackCreditsV1>>,
+}
+impl Versioned for CreditChunkV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_bucket_counts`: a user's listen counts in one local day, month or year.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggV1 {
+    pub total: u32,
+    /// Per `stats::chart::Kind` index: `(item id, listens)` sorted by id.
+    pub counts: [Vec<(u32, u32)>; 3],
+    /// Year buckets only: `((day of year, hour), listens)` sorted, local time.
+    pub hours: Vec<((u16, u8), u32)>,
+}
+impl Versioned for AggV1 {
     const VERSION: u8 = 1;
 }

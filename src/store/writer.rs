@@ -24,14 +24,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{decode, encode};
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{
-    BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1,
-};
+use super::aggregates::{Dictionary, apply as apply_to_bucket, place};
+use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Result, Store};
 use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
 use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
 use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt, TrackRef};
+use crate::stats::credits::CreditRules;
 
 /// One thing to append to a user's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,19 +96,15 @@ const QUEUE_DEPTH: usize = 1024;
 
 impl Ingestor {
     /// Starts the writer thread over `store`.
-    pub fn start(store: Store, max_group_listens: usize) -> Result<Ingestor> {
+    pub fn start(store: Store, max_group_listens: usize, rules: CreditRules) -> Result<Ingestor> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(Counters::default());
-        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone())?;
+        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone(), rules)?;
         let thread = std::thread::Builder::new()
             .name("hearsay-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Db(sled::Error::Io(e)))?;
-        Ok(Ingestor {
-            tx,
-            thread: Arc::new(Mutex::new(Some(thread))),
-            stats,
-        })
+        Ok(Ingestor { tx, thread: Arc::new(Mutex::new(Some(thread))), stats })
     }
 
     /// Totals since the writer started.
@@ -122,27 +118,14 @@ impl Ingestor {
     /// Appends `actions` to `user`'s log; returns once they are durable on disk.
     pub async fn ingest(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Job(Job {
-                user,
-                actions,
-                reply,
-            }))
-            .await
-            .map_err(|_| Error::WriterGone)?;
+        self.tx.send(Msg::Job(Job { user, actions, reply })).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
     /// As `ingest`, for callers outside an async runtime (CLI, benchmarks).
     pub fn ingest_blocking(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Msg::Job(Job {
-                user,
-                actions,
-                reply,
-            }))
-            .map_err(|_| Error::WriterGone)?;
+        self.tx.blocking_send(Msg::Job(Job { user, actions, reply })).map_err(|_| Error::WriterGone)?;
         rx.blocking_recv().map_err(|_| Error::WriterGone)?
     }
 
@@ -161,6 +144,8 @@ impl Ingestor {
 
 struct UserState {
     key: SigningKey,
+    /// The user's time zone: buckets are local days, months and years.
+    tz: jiff::tz::TimeZone,
     public: [u8; 32],
     head: HeadV1,
     /// The partly filled last block, once loaded or started.
@@ -186,6 +171,8 @@ struct Group {
     /// Track chunks completed by this group (the writer's open chunk is written too).
     track_chunks: BTreeMap<u32, TrackChunkV1>,
     new_tracks: bool,
+    /// Statistics buckets read or changed by this group, with a dirty flag.
+    aggs: BTreeMap<[u8; 9], (AggV1, bool)>,
     clients: Vec<(String, u32)>,
 }
 
@@ -201,6 +188,9 @@ struct Writer {
     open_chunk: (u32, TrackChunkV1),
     clients: HashMap<String, u32>,
     next_client_id: u32,
+    rules: CreditRules,
+    /// Chart items and per-track credits (see `aggregates`).
+    dict: Dictionary,
 }
 
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
@@ -228,7 +218,7 @@ fn now_secs() -> i64 {
 }
 
 impl Writer {
-    fn new(store: Store, max_group_listens: usize, stats: Arc<Counters>) -> Result<Writer> {
+    fn new(store: Store, max_group_listens: usize, stats: Arc<Counters>, rules: CreditRules) -> Result<Writer> {
         let mut w = Writer {
             store,
             stats,
@@ -238,6 +228,8 @@ impl Writer {
             open_chunk: (0, TrackChunkV1::default()),
             clients: HashMap::new(),
             next_client_id: 0,
+            dict: Dictionary::empty(rules.clone()),
+            rules,
         };
         w.reset()?;
         Ok(w)
@@ -249,6 +241,7 @@ impl Writer {
         self.tracks.clear();
         self.clients.clear();
         self.open_chunk = (0, TrackChunkV1::default());
+        self.dict = Dictionary::load(&self.store, self.rules.clone())?;
         for kv in self.store.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
@@ -259,10 +252,7 @@ impl Writer {
                 if super::compact::is_blank(t) {
                     continue;
                 }
-                self.tracks.insert(
-                    track_digest(&t.track),
-                    (chunk * TRACK_CHUNK + i as u32, t.dedupe_key),
-                );
+                self.tracks.insert(track_digest(&t.track), (chunk * TRACK_CHUNK + i as u32, t.dedupe_key));
             }
             self.open_chunk = (chunk, tracks);
         }
@@ -327,12 +317,10 @@ impl Writer {
                 }
                 continue;
             }
-            match self.apply(&group) {
+            match self.apply(&mut group) {
                 Ok(()) => {
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .batches
-                        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for (job, o) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(o));
                     }
@@ -341,9 +329,7 @@ impl Writer {
                     tracing::error!(error = %e, "group commit failed");
                     let reason = e.to_string();
                     for job in jobs {
-                        let _ = job
-                            .reply
-                            .send(Err(Error::Db(sled::Error::Unsupported(reason.clone()))));
+                        let _ = job.reply.send(Err(Error::Db(sled::Error::Unsupported(reason.clone()))));
                     }
                     if let Err(e) = self.reset() {
                         tracing::error!(error = %e, "writer cannot reload its state");
@@ -360,34 +346,17 @@ impl Writer {
         }
         let key = self.store.signing_key(user)?;
         let public = key.verifying_key().to_bytes();
+        let tz = self.store.user_tz(user)?;
         let head_key = keys::user(user);
         let head = match self.store.trees.userid_loghead.get(head_key)? {
             Some(bytes) => decode(schema::USERID_LOGHEAD, &head_key, &bytes)?,
-            None => HeadV1 {
-                next_seq: 0,
-                link: genesis_link(&public),
-                n_listens: 0,
-            },
+            None => HeadV1 { next_seq: 0, link: genesis_link(&public), n_listens: 0 },
         };
-        self.users.insert(
-            user,
-            UserState {
-                key,
-                public,
-                head,
-                tail: None,
-                tail_dirty: false,
-            },
-        );
+        self.users.insert(user, UserState { key, tz, public, head, tail: None, tail_dirty: false });
         Ok(())
     }
 
-    fn prepare(
-        &mut self,
-        group: &mut Group,
-        user: UserId,
-        actions: &[Action],
-    ) -> Result<Vec<Outcome>> {
+    fn prepare(&mut self, group: &mut Group, user: UserId, actions: &[Action]) -> Result<Vec<Outcome>> {
         self.load_user(user)?;
         let mut salts = vec![0u8; 16 * actions.len()];
         getrandom::getrandom(&mut salts).map_err(|e| Error::Crypto(e.to_string()))?;
@@ -418,12 +387,7 @@ impl Writer {
                 for day in day_of(at - DEDUPE_WINDOW_SECS)..=day_of(at + DEDUPE_WINDOW_SECS) {
                     let base = i64::from(day) * 86_400;
                     let (bucket, _) = self.day(group, user, day)?;
-                    nearby.extend(
-                        bucket
-                            .items
-                            .iter()
-                            .map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))),
-                    );
+                    nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
                 }
                 if is_duplicate(nearby, at, dkey) {
                     return Ok(Outcome::Duplicate);
@@ -439,53 +403,36 @@ impl Writer {
                     client: listen.client.clone(),
                 };
                 let duration_ms = listen.duration_ms;
-                let seq = self.append(group, user, &body, salt, now, |salt, check| {
-                    StoredEntry::Listen {
-                        salt,
-                        check,
-                        listened_at: at,
-                        track,
-                        duration_ms,
-                        client,
-                    }
+                let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
+                    salt,
+                    check,
+                    listened_at: at,
+                    track,
+                    duration_ms,
+                    client,
                 })?;
                 let day = day_of(at);
                 let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
                 let (bucket, dirty) = self.day(group, user, day)?;
-                let item = DayItem {
-                    sec,
-                    seq,
-                    key: dkey.to_be_bytes(),
-                };
+                let item = DayItem { sec, seq, key: dkey.to_be_bytes() };
                 let pos = bucket.items.partition_point(|i| *i < item);
                 bucket.items.insert(pos, item);
                 *dirty = true;
                 if let Some(state) = self.users.get_mut(&user) {
                     state.head.n_listens += 1;
                 }
+                self.count(group, user, at, track, 1)?;
                 Ok(Outcome::Appended { seq })
             }
             Action::Love(track) | Action::Unlove(track) => {
                 let (id, _) = self.intern_track(group, track)?;
                 let love = matches!(action, Action::Love(_));
-                let body = if love {
-                    Body::Love(track.clone())
-                } else {
-                    Body::Unlove(track.clone())
-                };
+                let body = if love { Body::Love(track.clone()) } else { Body::Unlove(track.clone()) };
                 let seq = self.append(group, user, &body, salt, now, |salt, check| {
                     if love {
-                        StoredEntry::Love {
-                            salt,
-                            check,
-                            track: id,
-                        }
+                        StoredEntry::Love { salt, check, track: id }
                     } else {
-                        StoredEntry::Unlove {
-                            salt,
-                            check,
-                            track: id,
-                        }
+                        StoredEntry::Unlove { salt, check, track: id }
                     }
                 })?;
                 Ok(Outcome::Appended { seq })
@@ -496,24 +443,17 @@ impl Writer {
                 }
                 let body = Body::Delete { target: *target };
                 let target = *target;
-                let seq = self.append(group, user, &body, salt, now, |salt, check| {
-                    StoredEntry::Delete {
-                        salt,
-                        check,
-                        target,
-                    }
+                let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Delete {
+                    salt,
+                    check,
+                    target,
                 })?;
                 Ok(Outcome::Appended { seq })
             }
         }
     }
 
-    fn day<'g>(
-        &self,
-        group: &'g mut Group,
-        user: UserId,
-        day: u32,
-    ) -> Result<&'g mut (DayV1, bool)> {
+    fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV1, bool)> {
         let key = keys::user_u32(user, day);
         Ok(match group.days.entry(key) {
             btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -527,6 +467,31 @@ impl Writer {
         })
     }
 
+    /// Adds (`delta` = 1) or removes (-1) a listen to the user's statistics buckets.
+    fn count(&mut self, group: &mut Group, user: UserId, at: i64, track: u32, delta: i64) -> Result<()> {
+        let tz = &self.users.get(&user).ok_or(Error::WriterGone)?.tz;
+        let placement = place(user, at, tz);
+        let credits = match self.dict.known_credits(track) {
+            Some(c) => c.clone(),
+            None => self.dict.credits(track, &self.store.track(track)?),
+        };
+        for (i, key) in placement.keys.iter().enumerate() {
+            let entry = match group.aggs.entry(*key) {
+                btree_map::Entry::Occupied(o) => o.into_mut(),
+                btree_map::Entry::Vacant(v) => {
+                    let agg = match self.store.trees.userid_bucket_counts.get(key)? {
+                        Some(bytes) => decode(schema::USERID_BUCKET_COUNTS, key, &bytes)?,
+                        None => AggV1::default(),
+                    };
+                    v.insert((agg, false))
+                }
+            };
+            apply_to_bucket(&mut entry.0, &credits, delta, (i == 2).then_some(placement.slot));
+            entry.1 = true;
+        }
+        Ok(())
+    }
+
     fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
         let digest = track_digest(track);
         if let Some(&hit) = self.tracks.get(&digest) {
@@ -538,10 +503,7 @@ impl Writer {
             .checked_mul(TRACK_CHUNK)
             .and_then(|base| base.checked_add(open.tracks.len() as u32))
             .ok_or_else(|| Error::Crypto("track ids exhausted".into()))?;
-        open.tracks.push(TrackV1 {
-            track: track.clone(),
-            dedupe_key: dkey,
-        });
+        open.tracks.push(TrackV1 { track: track.clone(), dedupe_key: dkey });
         group.new_tracks = true;
         if open.tracks.len() >= TRACK_CHUNK as usize {
             let full = std::mem::take(open);
@@ -549,6 +511,8 @@ impl Writer {
             *chunk += 1;
         }
         self.tracks.insert(digest, (id, dkey));
+        // Credits are decided once, when the node first sees a track (in id order).
+        self.dict.credits(id, track);
         Ok((id, dkey))
     }
 
@@ -575,9 +539,11 @@ impl Writer {
         let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
         if let (Some(first), None) = (state.tail_first(), &state.tail) {
             let key = keys::user_seq(user, first);
-            let bytes = store.trees.userid_seq_block.get(key)?.ok_or_else(|| {
-                Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail block missing")
-            })?;
+            let bytes = store
+                .trees
+                .userid_seq_block
+                .get(key)?
+                .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail block missing"))?;
             state.tail = Some(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?);
         }
         Ok(())
@@ -595,11 +561,7 @@ impl Writer {
         self.ensure_tail(user)?;
         let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
         let seq = state.head.next_seq;
-        let link = next_link(
-            &state.head.link,
-            seq,
-            &content_hash(&state.public, seq, &salt, body),
-        );
+        let link = next_link(&state.head.link, seq, &content_hash(&state.public, seq, &salt, body));
         let tail = state.tail.get_or_insert_with(|| BlockV1 {
             entries: Vec::with_capacity(BLOCK_ENTRIES as usize),
             signed_at: 0,
@@ -638,9 +600,7 @@ impl Writer {
         let seal = make_seal(&state.key, last, &state.head.link, now);
         tail.signed_at = seal.signed_at;
         tail.set_signature(&seal.signature);
-        group
-            .blocks
-            .insert(keys::user_seq(user, first), tail.clone());
+        group.blocks.insert(keys::user_seq(user, first), tail.clone());
         state.tail_dirty = false;
     }
 
@@ -657,55 +617,42 @@ impl Writer {
         let key = keys::user_seq(user, first);
         let block: &mut BlockV1 = if state.tail_first() == Some(first) {
             state.tail_dirty = true;
-            state
-                .tail
-                .as_mut()
-                .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail not loaded"))?
+            state.tail.as_mut().ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail not loaded"))?
         } else {
             match group.blocks.entry(key) {
                 btree_map::Entry::Occupied(o) => o.into_mut(),
                 btree_map::Entry::Vacant(v) => {
-                    let bytes = store.trees.userid_seq_block.get(key)?.ok_or_else(|| {
-                        Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "block missing")
-                    })?;
+                    let bytes = store
+                        .trees
+                        .userid_seq_block
+                        .get(key)?
+                        .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "block missing"))?;
                     v.insert(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?)
                 }
             }
         };
         let slot = usize::try_from(target - first).unwrap_or(usize::MAX);
-        let Some(StoredEntry::Listen {
-            salt,
-            check,
-            listened_at,
-            track,
-            duration_ms,
-            client,
-        }) = block.entries.get(slot).cloned()
+        let Some(StoredEntry::Listen { salt, check, listened_at, track, duration_ms, client }) =
+            block.entries.get(slot).cloned()
         else {
             return Ok(false);
         };
-        let body = Body::Listen {
-            track: store.track(track)?,
-            listened_at,
-            duration_ms,
-            client: store.client_name(client)?,
-        };
+        let body =
+            Body::Listen { track: store.track(track)?, listened_at, duration_ms, client: store.client_name(client)? };
         let content_hash = content_hash(&state.public, target, &salt, &body);
         if let Some(e) = block.entries.get_mut(slot) {
-            *e = StoredEntry::Erased {
-                content_hash,
-                check,
-            };
+            *e = StoredEntry::Erased { content_hash, check };
         }
         state.head.n_listens = state.head.n_listens.saturating_sub(1);
         group.heads.insert(user, ());
         let (bucket, dirty) = self.day(group, user, day_of(listened_at))?;
         bucket.items.retain(|i| i.seq != target);
         *dirty = true;
+        self.count(group, user, listened_at, track, -1)?;
         Ok(true)
     }
 
-    fn apply(&mut self, group: &Group) -> Result<()> {
+    fn apply(&mut self, group: &mut Group) -> Result<()> {
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -726,30 +673,22 @@ impl Writer {
             ops.push((3, keys::u32_key(*chunk).to_vec(), Some(encode(tracks))));
         }
         if group.new_tracks && !self.open_chunk.1.tracks.is_empty() {
-            ops.push((
-                3,
-                keys::u32_key(self.open_chunk.0).to_vec(),
-                Some(encode(&self.open_chunk.1)),
-            ));
+            ops.push((3, keys::u32_key(self.open_chunk.0).to_vec(), Some(encode(&self.open_chunk.1))));
         }
         for (name, id) in &group.clients {
-            ops.push((
-                4,
-                name.as_bytes().to_vec(),
-                Some(keys::u32_key(*id).to_vec()),
-            ));
-            ops.push((
-                5,
-                keys::u32_key(*id).to_vec(),
-                Some(encode(&ClientV1 { name: name.clone() })),
-            ));
+            ops.push((4, name.as_bytes().to_vec(), Some(keys::u32_key(*id).to_vec())));
+            ops.push((5, keys::u32_key(*id).to_vec(), Some(encode(&ClientV1 { name: name.clone() }))));
         }
         if !group.clients.is_empty() {
-            ops.push((
-                6,
-                b"next_client_id".to_vec(),
-                Some(self.next_client_id.to_be_bytes().to_vec()),
-            ));
+            ops.push((6, b"next_client_id".to_vec(), Some(self.next_client_id.to_be_bytes().to_vec())));
+        }
+        for (tree, k, v) in self.dict.take_writes() {
+            ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
+        }
+        for (k, (agg, dirty)) in &group.aggs {
+            if *dirty {
+                ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg))));
+            }
         }
         let t = &self.store.trees;
         let trees = [
@@ -760,6 +699,9 @@ impl Writer {
             &t.clientname_clientid,
             &t.clientid_clientname,
             &t.meta,
+            &t.itemchunk_items,
+            &t.trackchunk_credits,
+            &t.userid_bucket_counts,
         ];
         trees[..]
             .transaction(|tx| {

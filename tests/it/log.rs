@@ -12,10 +12,7 @@ use hearsay::store::{Action, Outcome, schema};
 use crate::support::{NOW, TestStore, listen};
 
 fn appended(outcomes: &[Outcome]) -> usize {
-    outcomes
-        .iter()
-        .filter(|o| matches!(o, Outcome::Appended { .. }))
-        .count()
+    outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count()
 }
 
 #[test]
@@ -23,54 +20,21 @@ fn listens_come_back_in_time_order_with_ranges_and_limits() {
     let t = TestStore::new();
     // Submitted out of time order, across several days and two batches.
     let base = NOW - 10 * 86_400;
-    let batch1: Vec<Action> = (0..150)
-        .rev()
-        .map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000)))
-        .collect();
-    let batch2: Vec<Action> = (150..200)
-        .map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000)))
-        .collect();
-    assert_eq!(
-        appended(&t.ingestor.ingest_blocking(t.user, batch1).expect("ingest")),
-        150
-    );
-    assert_eq!(
-        appended(&t.ingestor.ingest_blocking(t.user, batch2).expect("ingest")),
-        50
-    );
+    let batch1: Vec<Action> =
+        (0..150).rev().map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000))).collect();
+    let batch2: Vec<Action> =
+        (150..200).map(|i| Action::Listen(listen("Artist", &format!("Song {i}"), base + i * 3_000))).collect();
+    assert_eq!(appended(&t.ingestor.ingest_blocking(t.user, batch1).expect("ingest")), 150);
+    assert_eq!(appended(&t.ingestor.ingest_blocking(t.user, batch2).expect("ingest")), 50);
 
-    let all = t
-        .store
-        .listens(t.user, 0, i64::MAX, 1000, Order::OldestFirst)
-        .expect("read");
+    let all = t.store.listens(t.user, 0, i64::MAX, 1000, Order::OldestFirst).expect("read");
     assert_eq!(all.len(), 200);
-    assert!(
-        all.windows(2)
-            .all(|w| w[0].listen.listened_at <= w[1].listen.listened_at)
-    );
-    let newest = t
-        .store
-        .listens(t.user, 0, i64::MAX, 5, Order::NewestFirst)
-        .expect("read");
-    let titles: Vec<&str> = newest
-        .iter()
-        .map(|l| l.listen.track.title.as_str())
-        .collect();
-    assert_eq!(
-        titles,
-        ["Song 199", "Song 198", "Song 197", "Song 196", "Song 195"]
-    );
+    assert!(all.windows(2).all(|w| w[0].listen.listened_at <= w[1].listen.listened_at));
+    let newest = t.store.listens(t.user, 0, i64::MAX, 5, Order::NewestFirst).expect("read");
+    let titles: Vec<&str> = newest.iter().map(|l| l.listen.track.title.as_str()).collect();
+    assert_eq!(titles, ["Song 199", "Song 198", "Song 197", "Song 196", "Song 195"]);
     // [from, to) is half open.
-    let window = t
-        .store
-        .listens(
-            t.user,
-            base + 10 * 3_000,
-            base + 20 * 3_000,
-            1000,
-            Order::OldestFirst,
-        )
-        .expect("read");
+    let window = t.store.listens(t.user, base + 10 * 3_000, base + 20 * 3_000, 1000, Order::OldestFirst).expect("read");
     assert_eq!(window.len(), 10);
     assert_eq!(window[0].listen.track.title, "Song 10");
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 200);
@@ -84,10 +48,7 @@ fn the_duplicate_rule_drops_exact_repeats_only() {
     let at = NOW - 1000;
     let first = t
         .ingestor
-        .ingest_blocking(
-            t.user,
-            vec![Action::Listen(listen("Sigur Rós", "Hoppípolla", at))],
-        )
+        .ingest_blocking(t.user, vec![Action::Listen(listen("Sigur Rós", "Hoppípolla", at))])
         .expect("ingest");
     assert_eq!(first, vec![Outcome::Appended { seq: 0 }]);
     let mut other_client = listen("SIGUR RO\u{301}S", "hoppípolla", at);
@@ -102,12 +63,7 @@ fn the_duplicate_rule_drops_exact_repeats_only() {
     let outcomes = t.ingestor.ingest_blocking(t.user, again).expect("ingest");
     assert_eq!(
         outcomes,
-        vec![
-            Outcome::Duplicate,
-            Outcome::Appended { seq: 1 },
-            Outcome::Duplicate,
-            Outcome::Appended { seq: 2 }
-        ]
+        vec![Outcome::Duplicate, Outcome::Appended { seq: 1 }, Outcome::Duplicate, Outcome::Appended { seq: 2 }]
     );
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 3);
 }
@@ -121,58 +77,28 @@ fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies(
         Action::Listen(listen("Band", "Other Song", NOW - 100)),
     ];
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
-    let out = t
-        .ingestor
-        .ingest_blocking(t.user, vec![Action::Delete { seq: 1 }])
-        .expect("delete");
+    let out = t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
     assert_eq!(out, vec![Outcome::Appended { seq: 3 }]);
     // A second delete, and deletes of non-listens or unknown positions, find nothing.
     let out = t
         .ingestor
-        .ingest_blocking(
-            t.user,
-            vec![
-                Action::Delete { seq: 1 },
-                Action::Delete { seq: 3 },
-                Action::Delete { seq: 99 },
-            ],
-        )
+        .ingest_blocking(t.user, vec![Action::Delete { seq: 1 }, Action::Delete { seq: 3 }, Action::Delete { seq: 99 }])
         .expect("delete");
     assert_eq!(out, vec![Outcome::NotFound; 3]);
 
-    let listens = t
-        .store
-        .listens(t.user, 0, i64::MAX, 100, Order::OldestFirst)
-        .expect("read");
-    let titles: BTreeSet<_> = listens
-        .iter()
-        .map(|l| l.listen.track.title.clone())
-        .collect();
-    assert_eq!(
-        titles,
-        BTreeSet::from(["Public Song".to_string(), "Other Song".to_string()])
-    );
+    let listens = t.store.listens(t.user, 0, i64::MAX, 100, Order::OldestFirst).expect("read");
+    let titles: BTreeSet<_> = listens.iter().map(|l| l.listen.track.title.clone()).collect();
+    assert_eq!(titles, BTreeSet::from(["Public Song".to_string(), "Other Song".to_string()]));
     let entries = t.store.entries(t.user).expect("entries");
-    assert!(
-        matches!(entries[1].1, Content::Erased { .. }),
-        "{:?}",
-        entries[1]
-    );
+    assert!(matches!(entries[1].1, Content::Erased { .. }), "{:?}", entries[1]);
     assert!(!format!("{entries:?}").contains("Secret Song"));
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 2);
-    let v = t
-        .store
-        .verify_log(t.user)
-        .expect("db")
-        .expect("still verifies");
+    let v = t.store.verify_log(t.user).expect("db").expect("still verifies");
     assert_eq!((v.n_entries, v.n_erased), (4, 1));
     // The erased listen no longer blocks a new listen of the same play.
     let out = t
         .ingestor
-        .ingest_blocking(
-            t.user,
-            vec![Action::Listen(listen("Band", "Secret Song", NOW - 200))],
-        )
+        .ingest_blocking(t.user, vec![Action::Listen(listen("Band", "Secret Song", NOW - 200))])
         .expect("re-add");
     assert_eq!(out, vec![Outcome::Appended { seq: 4 }]);
 }
@@ -180,26 +106,16 @@ fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies(
 #[test]
 fn a_restart_keeps_everything_identical_and_the_chain_continues() {
     let t = TestStore::new();
-    let actions: Vec<Action> = (0..130)
-        .map(|i| Action::Listen(listen("Artist", &format!("T{i}"), NOW - 100_000 + i * 60)))
-        .collect();
+    let actions: Vec<Action> =
+        (0..130).map(|i| Action::Listen(listen("Artist", &format!("T{i}"), NOW - 100_000 + i * 60))).collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
     let love = listen("Artist", "T3", NOW).track;
     t.ingestor
-        .ingest_blocking(
-            t.user,
-            vec![
-                Action::Love(love.clone()),
-                Action::Delete { seq: 7 },
-                Action::Unlove(love),
-            ],
-        )
+        .ingest_blocking(t.user, vec![Action::Love(love.clone()), Action::Delete { seq: 7 }, Action::Unlove(love)])
         .expect("more");
     let before = (
         t.store.entries(t.user).expect("entries"),
-        t.store
-            .listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst)
-            .expect("listens"),
+        t.store.listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst).expect("listens"),
         t.store.log_head(t.user).expect("head"),
         t.store.users().expect("users"),
     );
@@ -207,19 +123,14 @@ fn a_restart_keeps_everything_identical_and_the_chain_continues() {
     let t = TestStore::reopen(dir);
     let after = (
         t.store.entries(t.user).expect("entries"),
-        t.store
-            .listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst)
-            .expect("listens"),
+        t.store.listens(t.user, 0, i64::MAX, 1000, Order::NewestFirst).expect("listens"),
         t.store.log_head(t.user).expect("head"),
         t.store.users().expect("users"),
     );
     assert_eq!(before, after);
     let out = t
         .ingestor
-        .ingest_blocking(
-            t.user,
-            vec![Action::Listen(listen("Artist", "After restart", NOW))],
-        )
+        .ingest_blocking(t.user, vec![Action::Listen(listen("Artist", "After restart", NOW))])
         .expect("append");
     assert_eq!(out, vec![Outcome::Appended { seq: 133 }]);
     let v = t.store.verify_log(t.user).expect("db").expect("verifies");
@@ -245,25 +156,14 @@ fn block_key(user: u32, first: u64) -> Vec<u8> {
 fn store_with_100_listens() -> (tempfile::TempDir, u32) {
     let t = TestStore::new();
     let actions: Vec<Action> = (0..100)
-        .map(|i| {
-            Action::Listen(listen(
-                "Tamper",
-                &format!("Track {}", i % 10),
-                NOW - 50_000 + i * 100,
-            ))
-        })
+        .map(|i| Action::Listen(listen("Tamper", &format!("Track {}", i % 10), NOW - 50_000 + i * 100)))
         .collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
     let user = t.user.0;
     (t.close(), user)
 }
 
-fn verify_after(
-    dir: tempfile::TempDir,
-) -> (
-    tempfile::TempDir,
-    Result<hearsay::log::Verified, VerifyError>,
-) {
+fn verify_after(dir: tempfile::TempDir) -> (tempfile::TempDir, Result<hearsay::log::Verified, VerifyError>) {
     let t = TestStore::reopen(dir);
     let result = t.store.verify_log(t.user).expect("db");
     (t.close(), result)
@@ -280,14 +180,7 @@ fn one_changed_byte_in_a_stored_entry_is_named() {
             salt[3] ^= 0x10;
         }
         let changed = encode(&block);
-        assert_eq!(
-            changed
-                .iter()
-                .zip(value.iter())
-                .filter(|(a, b)| a != b)
-                .count(),
-            1
-        );
+        assert_eq!(changed.iter().zip(value.iter()).filter(|(a, b)| a != b).count(), 1);
         *value = changed;
     });
     let (_dir, result) = verify_after(dir);
@@ -306,17 +199,11 @@ fn a_changed_signature_or_name_is_caught() {
     assert_eq!(result, Err(VerifyError::Seal { seq: 99, from: 64 }));
 
     let (dir2, _) = store_with_100_listens();
-    tamper(
-        dir2.path(),
-        schema::TRACKCHUNK_TRACKS,
-        &0u32.to_be_bytes(),
-        |value| {
-            let mut chunk: TrackChunkV1 =
-                decode(schema::TRACKCHUNK_TRACKS, &[0; 4], value).expect("decode");
-            chunk.tracks[4].track.title = "Track 5".into(); // renames what entry 4 played
-            *value = encode(&chunk);
-        },
-    );
+    tamper(dir2.path(), schema::TRACKCHUNK_TRACKS, &0u32.to_be_bytes(), |value| {
+        let mut chunk: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &[0; 4], value).expect("decode");
+        chunk.tracks[4].track.title = "Track 5".into(); // renames what entry 4 played
+        *value = encode(&chunk);
+    });
     let (_dir2, result) = verify_after(dir2);
     assert_eq!(result, Err(VerifyError::Entry { seq: 4 }));
     drop(dir);
@@ -325,21 +212,15 @@ fn a_changed_signature_or_name_is_caught() {
 #[test]
 fn every_single_byte_flip_of_a_block_is_an_error_never_a_panic() {
     let t = TestStore::new();
-    let actions: Vec<Action> = (0..20)
-        .map(|i| Action::Listen(listen("Flip", &format!("Song {i}"), NOW - 5_000 + i * 100)))
-        .collect();
+    let actions: Vec<Action> =
+        (0..20).map(|i| Action::Listen(listen("Flip", &format!("Song {i}"), NOW - 5_000 + i * 100))).collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
     let user = t.user.0;
     let dir = t.close();
     let key = block_key(user, 0);
     let db = sled::open(dir.path().join("db")).expect("raw");
-    let original = db
-        .open_tree(schema::USERID_SEQ_BLOCK)
-        .expect("tree")
-        .get(&key)
-        .expect("get")
-        .expect("block")
-        .to_vec();
+    let original =
+        db.open_tree(schema::USERID_SEQ_BLOCK).expect("tree").get(&key).expect("get").expect("block").to_vec();
     drop(db);
     let t = TestStore::reopen(dir);
     let raw = sled_tree_of(&t, schema::USERID_SEQ_BLOCK);
@@ -348,11 +229,7 @@ fn every_single_byte_flip_of_a_block_is_an_error_never_a_panic() {
         v[i] ^= 0x01;
         raw.insert(&key, v).expect("insert");
         let result = t.store.verify_log(t.user);
-        assert!(
-            !matches!(result, Ok(Ok(_))),
-            "flip at byte {i} of {} went unnoticed",
-            original.len()
-        );
+        assert!(!matches!(result, Ok(Ok(_))), "flip at byte {i} of {} went unnoticed", original.len());
     }
     raw.insert(&key, original).expect("restore");
     assert!(t.store.verify_log(t.user).expect("db").is_ok());
@@ -375,15 +252,8 @@ async fn concurrent_small_batches_are_all_kept_and_share_flushes() {
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             for i in 0..25i64 {
-                let l = listen(
-                    "Concurrent",
-                    &format!("c{c} i{i}"),
-                    NOW - 100_000 + c * 1000 + i,
-                );
-                let out = ingestor
-                    .ingest(user, vec![Action::Listen(l)])
-                    .await
-                    .expect("ingest");
+                let l = listen("Concurrent", &format!("c{c} i{i}"), NOW - 100_000 + c * 1000 + i);
+                let out = ingestor.ingest(user, vec![Action::Listen(l)]).await.expect("ingest");
                 n += appended(&out);
             }
             n
@@ -396,22 +266,10 @@ async fn concurrent_small_batches_are_all_kept_and_share_flushes() {
     assert_eq!(total, 1000);
     let stats = t.ingestor.stats();
     assert_eq!(stats.batches, 1000);
-    assert!(
-        stats.groups < stats.batches,
-        "no group commit happened: {stats:?}"
-    );
-    eprintln!(
-        "1000 concurrent single-listen batches took {} flushes",
-        stats.groups
-    );
+    assert!(stats.groups < stats.batches, "no group commit happened: {stats:?}");
+    eprintln!("1000 concurrent single-listen batches took {} flushes", stats.groups);
     // An unknown user fails alone.
-    let err = t
-        .ingestor
-        .ingest(
-            hearsay::store::UserId(999),
-            vec![Action::Listen(listen("A", "B", NOW))],
-        )
-        .await;
+    let err = t.ingestor.ingest(hearsay::store::UserId(999), vec![Action::Listen(listen("A", "B", NOW))]).await;
     assert!(err.is_err());
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 1000);
     let v = t.store.verify_log(t.user).expect("db").expect("verifies");
@@ -435,11 +293,7 @@ fn bytes_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
 fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     let t = TestStore::new();
     let secret = "Zyzzyva Private Song 7731";
-    let bob = t
-        .store
-        .create_user("bob", "password1", NOW)
-        .expect("bob")
-        .id;
+    let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
     let bobs = "Quixotic Bob Track 5521";
     t.ingestor
         .ingest_blocking(
@@ -450,29 +304,18 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
             ],
         )
         .expect("ingest");
-    t.ingestor
-        .ingest_blocking(bob, vec![Action::Listen(listen("Band", bobs, NOW - 5))])
-        .expect("ingest bob");
-    t.ingestor
-        .ingest_blocking(t.user, vec![Action::Delete { seq: 1 }])
-        .expect("delete");
+    t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("Band", bobs, NOW - 5))]).expect("ingest bob");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
     t.ingestor.stop();
     t.store.delete_user(bob).expect("delete bob");
     let dir = t.close();
     // Before compaction the old copies are still in sled's files: the test can fail.
     assert!(bytes_contain(dir.path(), secret.as_bytes()));
     let report =
-        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8 })
-            .expect("compact");
+        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8 }).expect("compact");
     assert_eq!(report.tracks_blanked, 2);
-    assert!(
-        !bytes_contain(dir.path(), secret.as_bytes()),
-        "erased listen still on disk"
-    );
-    assert!(
-        !bytes_contain(dir.path(), bobs.as_bytes()),
-        "deleted user's listen still on disk"
-    );
+    assert!(!bytes_contain(dir.path(), secret.as_bytes()), "erased listen still on disk");
+    assert!(!bytes_contain(dir.path(), bobs.as_bytes()), "deleted user's listen still on disk");
     assert!(bytes_contain(dir.path(), b"Kept Song"));
 
     let t = TestStore::reopen(dir);
@@ -485,18 +328,10 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
         .map(|l| l.listen.track.title)
         .collect();
     assert_eq!(titles, ["Kept Song"]);
-    t.store
-        .verify_log(t.user)
-        .expect("db")
-        .expect("verifies after compaction");
+    t.store.verify_log(t.user).expect("db").expect("verifies after compaction");
     // The blanked track is interned afresh when played again.
-    t.ingestor
-        .ingest_blocking(t.user, vec![Action::Listen(listen("Band", secret, NOW))])
-        .expect("again");
-    let newest = t
-        .store
-        .listens(t.user, 0, i64::MAX, 1, Order::NewestFirst)
-        .expect("read");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("Band", secret, NOW))]).expect("again");
+    let newest = t.store.listens(t.user, 0, i64::MAX, 1, Order::NewestFirst).expect("read");
     assert_eq!(newest[0].listen.track.title, secret);
     t.store.verify_log(t.user).expect("db").expect("verifies");
 }
@@ -504,45 +339,25 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
 #[test]
 fn corrupt_values_are_errors_naming_tree_and_key_and_harm_no_one_else() {
     let t = TestStore::new();
-    let bob = t
-        .store
-        .create_user("bob", "password1", NOW)
-        .expect("bob")
-        .id;
-    t.ingestor
-        .ingest_blocking(t.user, vec![Action::Listen(listen("A", "B", NOW - 10))])
-        .expect("ingest");
+    let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
+    let carol = t.store.create_user("carol", "password1", NOW).expect("carol").id;
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "B", NOW - 10))]).expect("ingest");
     let user = t.user.0;
     let dir = t.close();
-    tamper(
-        dir.path(),
-        schema::USERID_LOGHEAD,
-        &user.to_be_bytes(),
-        |v| v.truncate(3),
-    );
-    tamper(dir.path(), schema::USERID_USER, &bob.0.to_be_bytes(), |v| {
-        v[0] = 0xEE
-    });
+    tamper(dir.path(), schema::USERID_LOGHEAD, &user.to_be_bytes(), |v| v.truncate(3));
+    tamper(dir.path(), schema::USERID_USER, &bob.0.to_be_bytes(), |v| v[0] = 0xEE);
     let t = TestStore::reopen(dir);
-    let err = t
-        .store
-        .users()
-        .expect_err("corrupt user record")
-        .to_string();
-    assert!(
-        err.contains("userid_user") && err.contains(&hex::encode(bob.0.to_be_bytes())),
-        "{err}"
-    );
+    let err = t.store.users().expect_err("corrupt user record").to_string();
+    assert!(err.contains("userid_user") && err.contains(&hex::encode(bob.0.to_be_bytes())), "{err}");
     let err = t
         .ingestor
         .ingest_blocking(t.user, vec![Action::Listen(listen("A", "C", NOW))])
         .expect_err("corrupt head")
         .to_string();
     assert!(err.contains("userid_loghead"), "{err}");
-    // Bob's record is corrupt but his key and log are not: his appends still work.
-    let out = t
-        .ingestor
-        .ingest_blocking(bob, vec![Action::Listen(listen("A", "C", NOW))])
-        .expect("bob ingests");
+    let err = t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("A", "C", NOW))]).expect_err("bob").to_string();
+    assert!(err.contains("userid_user"), "{err}");
+    // Nobody else is affected.
+    let out = t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("A", "C", NOW))]).expect("carol ingests");
     assert_eq!(out, vec![Outcome::Appended { seq: 0 }]);
 }

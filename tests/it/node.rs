@@ -9,19 +9,11 @@ fn a_node_starts_with_no_config_answers_health_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(&dir.path().join("data"));
     let body: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/health", node.url))
-            .call()
-            .expect("health")
-            .into_string()
-            .expect("body"),
+        &ureq::get(&format!("{}/health", node.url)).call().expect("health").into_string().expect("body"),
     )
     .expect("json");
     assert_eq!(body["status"], "ok");
-    assert!(
-        body["peer_id"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("12D3KooW"))
-    );
+    assert!(body["peer_id"].as_str().is_some_and(|p| p.starts_with("12D3KooW")));
     assert!(dir.path().join("data/node_key").is_file());
     // While the node runs, offline commands say why they cannot open the store.
     let (code, _, err) = hearsay(&dir.path().join("data"), &["user", "list"]);
@@ -52,10 +44,7 @@ fn users_and_tokens_from_the_command_line() {
     assert_eq!(token.trim().len(), 36, "{token}");
     let (_, list, _) = hearsay(&data, &["token", "list", "carol"]);
     assert!(list.contains("navidrome"), "{list}");
-    assert!(
-        !list.contains(token.trim()),
-        "the token itself is never stored or listed"
-    );
+    assert!(!list.contains(token.trim()), "the token itself is never stored or listed");
     let id = list.split('\t').next().expect("id").to_owned();
     assert_eq!(hearsay(&data, &["token", "revoke", "carol", &id]).0, 0);
     assert_ne!(hearsay(&data, &["token", "revoke", "carol", &id]).0, 0);
@@ -80,10 +69,7 @@ fn a_bad_config_is_refused_before_anything_opens() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("store.cache_mb"));
-    assert!(
-        !data.exists(),
-        "nothing may be created when the config is bad"
-    );
+    assert!(!data.exists(), "nothing may be created when the config is bad");
 }
 
 /// A tiny xorshift so the kill moments differ per run without a dependency.
@@ -98,23 +84,12 @@ fn jitter(seed: &mut u64, max_ms: u64) -> u64 {
 fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64) | 1;
     let mut acked_total = 0u64;
     for round in 0..4u64 {
         let mut child = std::process::Command::new(crate::support::bin())
-            .args([
-                "bench",
-                "ingest",
-                "--listens",
-                "2000000",
-                "--batch",
-                "200",
-                "--acks",
-                "--seed",
-            ])
+            .args(["bench", "ingest", "--listens", "2000000", "--batch", "200", "--acks", "--seed"])
             .arg((round + 1).to_string())
             .arg("--dir")
             .arg(&data)
@@ -126,10 +101,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             let mut last = 0u64;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(n) = line.strip_prefix("acked ").and_then(|n| n.parse().ok()) {
                     last = n;
                 }
@@ -140,10 +112,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(300 + jitter(&mut seed, 1500)));
         let pid = child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill");
+        std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
         child.wait().expect("wait");
         let acked = reader.join().expect("reader");
         assert!(started.elapsed() < Duration::from_secs(60));
@@ -157,18 +126,12 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
             .find_map(|f| f.strip_prefix("listens="))
             .and_then(|n| n.parse().ok())
             .expect("listens= in user list");
-        assert!(
-            stored >= acked_total,
-            "round {round}: {stored} stored < {acked_total} acknowledged"
-        );
+        assert!(stored >= acked_total, "round {round}: {stored} stored < {acked_total} acknowledged");
         eprintln!(
             "round {round}: killed after {acked} acknowledged in this run; {stored} stored, {acked_total} acknowledged in all"
         );
     }
-    assert!(
-        acked_total > 0,
-        "the bench never acknowledged anything before the kills"
-    );
+    assert!(acked_total > 0, "the bench never acknowledged anything before the kills");
 }
 
 #[test]
@@ -180,15 +143,7 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let out = std::process::Command::new(crate::support::bin())
-        .args([
-            "bench",
-            "ingest",
-            "--listens",
-            "500",
-            "--batch",
-            "100",
-            "--dir",
-        ])
+        .args(["bench", "ingest", "--listens", "500", "--batch", "100", "--dir"])
         .arg(&data)
         .env("HEARSAY_NODE__LOG", "warn")
         .output()

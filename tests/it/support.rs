@@ -35,17 +35,9 @@ impl TestStore {
     pub fn new() -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &Options { cache_mb: 8 }).expect("open");
-        let user = store
-            .create_user("alice", "password1", NOW)
-            .expect("user")
-            .id;
-        let ingestor = Ingestor::start(store.clone(), 10_000).expect("writer");
-        TestStore {
-            dir,
-            store,
-            ingestor,
-            user,
-        }
+        let user = store.create_user("alice", "password1", NOW).expect("user").id;
+        let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
+        TestStore { dir, store, ingestor, user }
     }
 
     /// Stops the writer and closes the database, keeping the directory.
@@ -57,18 +49,9 @@ impl TestStore {
 
     pub fn reopen(dir: tempfile::TempDir) -> TestStore {
         let store = Store::open(dir.path(), &Options { cache_mb: 8 }).expect("reopen");
-        let user = store
-            .user_by_name("alice")
-            .expect("lookup")
-            .expect("alice")
-            .id;
-        let ingestor = Ingestor::start(store.clone(), 10_000).expect("writer");
-        TestStore {
-            dir,
-            store,
-            ingestor,
-            user,
-        }
+        let user = store.user_by_name("alice").expect("lookup").expect("alice").id;
+        let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
+        TestStore { dir, store, ingestor, user }
     }
 }
 
@@ -110,9 +93,7 @@ impl NodeProcess {
             .expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
+        BufReader::new(stdout).read_line(&mut line).expect("first line");
         let url = line
             .trim()
             .rsplit(' ')
@@ -126,10 +107,7 @@ impl NodeProcess {
     /// SIGTERM, then wait; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         self.child.wait().expect("wait").code()
     }
 }
