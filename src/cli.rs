@@ -37,6 +37,17 @@ enum Command {
     /// Inspect users' signed logs.
     #[command(subcommand)]
     Log(LogCmd),
+    /// Import a listening history (ListenBrainz JSONL export) for a user.
+    Import {
+        #[arg(long)]
+        user: String,
+        /// Files to import.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Statistics.
+    #[command(subcommand)]
+    Stats(StatsCmd),
     /// Database maintenance.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -55,6 +66,9 @@ enum UserCmd {
     },
     /// List users.
     List,
+    /// Set a user's time zone (an IANA name such as Europe/Berlin); rebuilds their
+    /// statistics so periods follow their local midnight.
+    SetTimezone { name: String, timezone: String },
     /// Delete a user and all their data.
     Delete {
         name: String,
@@ -76,6 +90,24 @@ enum TokenCmd {
     List { user: String },
     /// Revoke a token by its id (see `token list`).
     Revoke { user: String, id: u32 },
+}
+
+#[derive(Subcommand)]
+enum StatsCmd {
+    /// A user's top artists, tracks or albums for a period.
+    Top {
+        user: String,
+        /// artists, tracks or albums.
+        #[arg(long, default_value = "artists")]
+        kind: String,
+        /// 7d, 1m, 3m, 6m, 12m, all, 2024, 2024-03, 2024-W05 or FROM..TO (unix seconds).
+        #[arg(long, default_value = "all")]
+        period: String,
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+    },
+    /// Recompute every statistic from the logs (after changing `[stats]` settings).
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => user_cmd(&config, cmd),
         Command::Token(cmd) => token_cmd(&config, cmd),
         Command::Log(LogCmd::Verify { user }) => verify(&config, &user),
+        Command::Import { user, paths } => import(&config, &user, &paths),
+        Command::Stats(cmd) => stats_cmd(&config, cmd),
         Command::Store(StoreCmd::Compact) => {
             let r = crate::store::compact::compact(
                 &config.node.data_dir,
@@ -188,6 +222,13 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        UserCmd::SetTimezone { name, timezone } => {
+            let store = open_store(config)?;
+            let user = find_user(&store, &name)?;
+            store.set_timezone(user.id, &timezone)?;
+            store.rebuild_user_stats(user.id)?;
+            println!("{name}'s time zone is now {timezone}; statistics rebuilt");
+        }
         UserCmd::Delete { name, yes } => {
             if !yes {
                 if !std::io::stdin().is_terminal() {
@@ -257,4 +298,72 @@ fn verify(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+fn import(config: &Config, user: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let u = find_user(&store, user)?;
+    let ingestor =
+        crate::store::Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+    let mut read_anything = false;
+    for path in paths {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let started = std::time::Instant::now();
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let summary = crate::import::import_jsonl(reader, &ingestor, u.id, crate::now_unix(), |s| {
+            if std::io::stderr().is_terminal() {
+                eprint!("\r{}: {} records read, {} bad", path.display(), s.read, s.bad);
+            }
+        })?;
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+        read_anything |= summary.read > summary.bad;
+        println!(
+            "{}: {} imported, {} duplicates skipped, {} bad records ({:.1} s)",
+            path.display(),
+            summary.imported,
+            summary.duplicates,
+            summary.bad,
+            started.elapsed().as_secs_f64()
+        );
+        for (line, reason) in &summary.bad_examples {
+            println!("  line {line}: {reason}");
+        }
+        if summary.bad > summary.bad_examples.len() as u64 {
+            println!("  ... and {} more", summary.bad - summary.bad_examples.len() as u64);
+        }
+    }
+    ingestor.stop();
+    Ok(if read_anything { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn stats_cmd(config: &Config, cmd: StatsCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    match cmd {
+        StatsCmd::Top { user, kind, period, limit } => {
+            let u = find_user(&store, &user)?;
+            let kind = match kind.as_str() {
+                "artists" => crate::stats::chart::Kind::Artist,
+                "tracks" => crate::stats::chart::Kind::Recording,
+                "albums" => crate::stats::chart::Kind::Release,
+                other => bail!("unknown kind {other:?}: use artists, tracks or albums"),
+            };
+            let period: crate::stats::period::Period = period.parse()?;
+            let chart = store.chart(u.id, kind, &period, limit, crate::now_unix())?;
+            println!("{} listens, {} distinct, {}..{}", chart.listens, chart.distinct, chart.from, chart.to);
+            for (i, row) in chart.rows.iter().enumerate() {
+                match &row.artist {
+                    Some(a) => println!("{:>3}. {} - {}\t{}", i + 1, a, row.name, row.listens),
+                    None => println!("{:>3}. {}\t{}", i + 1, row.name, row.listens),
+                }
+            }
+        }
+        StatsCmd::Rebuild => {
+            let started = std::time::Instant::now();
+            store.rebuild_stats(&config.stats.credit_rules())?;
+            println!("statistics rebuilt in {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

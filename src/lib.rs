@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod import;
 pub mod log;
 pub mod node;
 pub mod stats;

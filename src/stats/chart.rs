@@ -103,6 +103,16 @@ impl Summer {
         items
     }
 
+    /// The top `n` plus every item tied with the `n`-th (at most `max_ties` of those
+    /// beyond `n`), so the caller can break ties by name.
+    pub fn top_with_ties(&self, n: usize, max_ties: usize) -> Vec<(u32, u64)> {
+        let mut top = self.top(n.saturating_add(max_ties));
+        if let Some(&(_, boundary)) = top.get(n.saturating_sub(1)) {
+            top.retain(|&(_, c)| c >= boundary);
+        }
+        top
+    }
+
     /// Every item with its count, by id.
     pub fn all(&self) -> Vec<(u32, u64)> {
         let mut ids = self.touched.clone();

@@ -48,6 +48,36 @@ pub enum PeriodError {
     NoSuchPeriod(String),
 }
 
+impl std::str::FromStr for Period {
+    type Err = PeriodError;
+
+    /// `7d` (last 7 days), `3m` (last 3 months), `all`, `2024`, `2024-03`, `2024-W05`,
+    /// or `FROM..TO` in unix seconds.
+    fn from_str(s: &str) -> Result<Period, PeriodError> {
+        let bad = || PeriodError::NoSuchPeriod(format!("{s:?} (try 7d, 3m, all, 2024, 2024-03, 2024-W05, FROM..TO)"));
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Period::AllTime);
+        }
+        if let Some((a, b)) = s.split_once("..") {
+            return Ok(Period::Range { from: a.parse().map_err(|_| bad())?, to: b.parse().map_err(|_| bad())? });
+        }
+        if let Some(n) = s.strip_suffix('d') {
+            return n.parse().ok().filter(|n| (1..=36_600).contains(n)).map(Period::LastDays).ok_or_else(bad);
+        }
+        if let Some(n) = s.strip_suffix('m') {
+            return n.parse().ok().filter(|n| (1..=1_200).contains(n)).map(Period::LastMonths).ok_or_else(bad);
+        }
+        if let Some((y, w)) = s.split_once("-W").or_else(|| s.split_once("-w")) {
+            return Ok(Period::IsoWeek { year: y.parse().map_err(|_| bad())?, week: w.parse().map_err(|_| bad())? });
+        }
+        if let Some((y, m)) = s.split_once('-') {
+            return Ok(Period::Month { year: y.parse().map_err(|_| bad())?, month: m.parse().map_err(|_| bad())? });
+        }
+        s.parse().map(Period::Year).map_err(|_| bad())
+    }
+}
+
 /// Latest instant a range may reach: 2200-01-01.
 const MAX_INSTANT: i64 = 7_258_118_400;
 
@@ -226,6 +256,25 @@ mod tests {
             Err(PeriodError::Absurd { .. })
         ));
         assert!(resolve(&Period::Month { year: 2024, month: 13 }, &TimeZone::UTC, 0).is_err());
+    }
+
+    #[test]
+    fn periods_parse_from_text() {
+        let cases = [
+            ("7d", Period::LastDays(7)),
+            ("12m", Period::LastMonths(12)),
+            ("all", Period::AllTime),
+            ("2024", Period::Year(2024)),
+            ("2024-03", Period::Month { year: 2024, month: 3 }),
+            ("2020-W53", Period::IsoWeek { year: 2020, week: 53 }),
+            ("10..20", Period::Range { from: 10, to: 20 }),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<Period>(), Ok(want), "{text}");
+        }
+        for bad in ["", "0d", "week", "2024-xx", "1..x"] {
+            assert!(bad.parse::<Period>().is_err(), "{bad}");
+        }
     }
 
     #[test]

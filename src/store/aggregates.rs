@@ -176,6 +176,10 @@ pub(crate) fn apply(agg: &mut AggV1, credits: &TrackCreditsV1, delta: i64, hours
     }
 }
 
+/// Most items tied with a chart's last place that are named to break the tie; past it,
+/// ties at the last place go to the item the node saw first.
+const MAX_TIES: usize = 1000;
+
 /// One row of a chart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChartRow {
@@ -340,7 +344,8 @@ impl Store {
         let (from, to) = period::resolve(period, &tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
         let (sums, listens) = self.sum_range(user, from, to, &tz)?;
         let sum = &sums[kind.index()];
-        let top = sum.top(limit);
+        // Ties at the last place are broken by name, so fetch them all (within reason).
+        let top = sum.top_with_ties(limit, MAX_TIES);
         let names = self.item_names(kind, top.iter().map(|(id, _)| *id))?;
         let artist_ids: Vec<u32> = names.values().filter_map(|i| i.artist).collect();
         let artists = if kind == Kind::Artist { HashMap::new() } else { self.item_names(Kind::Artist, artist_ids)? };
@@ -358,6 +363,7 @@ impl Store {
             .collect();
         // Equal counts rank by name, so charts read the same on every node.
         rows.sort_by(|a, b| b.listens.cmp(&a.listens).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+        rows.truncate(limit);
         Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
     }
 

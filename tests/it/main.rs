@@ -3,4 +3,5 @@
 
 mod log;
 mod node;
+mod stats;
 mod support;

@@ -1,0 +1,299 @@
+//! Statistics against ground truth from the fixture generator, incremental aggregates
+//! against a rebuild, time zones, series and the clock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use hearsay::import::import_jsonl;
+use hearsay::log::dedupe::normalize_name;
+use hearsay::store::aggregates::Step;
+use hearsay::store::{Action, Ingestor, Options, Store, UserId, schema};
+use hearsay::stats::chart::Kind;
+use hearsay::stats::credits::CreditRules;
+use hearsay::stats::period::Period;
+
+use crate::support::{NOW, TestStore, listen};
+
+/// The generator's output for 3 users, made once per test run.
+pub fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hearsay-fixture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gen_history.py");
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--users", "3", "--scrobbles", "30000", "--end", "2026-01-01", "--formats", "lbjsonl", "--out"])
+            .arg(&dir)
+            .output()
+            .expect("python3 runs the fixture generator");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// "Now" for the fixture: a day after its histories end (2026-01-01).
+const LATER: i64 = 1_767_225_600 + 86_400;
+
+fn manifest() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture().join("manifest.json")).expect("manifest");
+    serde_json::from_str(&text).expect("json")
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ingestor: Ingestor,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), &Options { cache_mb: 16 }).expect("open");
+    let ingestor = Ingestor::start(store.clone(), 20_000, CreditRules::default()).expect("writer");
+    Node { _dir: dir, store, ingestor }
+}
+
+fn import_text(n: &Node, user: UserId, text: &[u8]) -> hearsay::import::Summary {
+    import_jsonl(text, &n.ingestor, user, LATER, |_| {}).expect("import")
+}
+
+/// (name, listens) rows of a chart, with the main artist for tracks.
+fn rows(n: &Node, user: UserId, kind: Kind, period: &Period, limit: usize) -> Vec<(String, u64)> {
+    n.store
+        .chart(user, kind, period, limit, LATER)
+        .expect("chart")
+        .rows
+        .into_iter()
+        .map(|r| (match r.artist { Some(a) => format!("{a} - {}", r.name), None => r.name }, r.listens))
+        .collect()
+}
+
+fn truth_artists(user: &serde_json::Value) -> Vec<(String, u64)> {
+    user["truth"]["top_artists"]
+        .as_array()
+        .expect("top_artists")
+        .iter()
+        .map(|a| (a["artist"].as_str().expect("name").to_owned(), a["listens"].as_u64().expect("n")))
+        .collect()
+}
+
+fn truth_tracks(user: &serde_json::Value) -> Vec<(String, u64)> {
+    user["truth"]["top_tracks"]
+        .as_array()
+        .expect("top_tracks")
+        .iter()
+        .map(|t| {
+            let main = t["artists"][0].as_str().expect("artist");
+            (format!("{main} - {}", t["title"].as_str().expect("title")), t["listens"].as_u64().expect("n"))
+        })
+        .collect()
+}
+
+/// Truth rows that our chart has with the same count. A truth row tied with our last
+/// place agrees if its count matches that place: the generator breaks ties by catalog
+/// id, which a node cannot know.
+fn agreement(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
+    let last = ours.last().map_or(0, |r| r.1);
+    truth.iter().filter(|t| ours.contains(t) || (t.1 == last && ours.iter().filter(|o| o.1 == last).count() > 0)).count()
+}
+
+/// Truth names that are also in our top list, whatever the counts.
+fn same_names(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
+    truth.iter().filter(|t| ours.iter().any(|o| o.0 == t.0)).count()
+}
+
+#[test]
+fn charts_and_counts_match_the_generators_ground_truth() {
+    let m = manifest();
+    let n = node();
+    for user in m["users"].as_array().expect("users") {
+        let name = user["username"].as_str().expect("username");
+        let id = n.store.create_user(name, "password1", NOW).expect("user").id;
+        let text = std::fs::read(fixture().join(name).join("listens.jsonl")).expect("listens.jsonl");
+        let summary = import_text(&n, id, &text);
+        let want = user["listens"].as_u64().expect("listens");
+        assert_eq!((summary.imported, summary.bad), (want, 0), "{name}");
+        // A second import adds nothing.
+        assert_eq!(import_text(&n, id, &text).imported, 0);
+
+        let all = n.store.chart(id, Kind::Artist, &Period::AllTime, 25, LATER).expect("chart");
+        assert_eq!(all.listens, want);
+        for (year, count) in user["listens_per_year"].as_object().expect("per year") {
+            let y: i16 = year.parse().expect("year");
+            let c = n.store.chart(id, Kind::Artist, &Period::Year(y), 1, LATER).expect("year chart");
+            assert_eq!(c.listens, count.as_u64().expect("n"), "{name} {year}");
+        }
+        let tracks = n.store.chart(id, Kind::Recording, &Period::AllTime, 25, LATER).expect("chart");
+        assert_eq!(tracks.distinct, user["truth"]["distinct_tracks"].as_u64().expect("distinct"), "{name}");
+
+        // Plain-string credits: "A & B" without MBIDs stays one artist until both are
+        // known, so a few counts differ. Report the agreement; require 23 of 25.
+        let our_artists = rows(&n, id, Kind::Artist, &Period::AllTime, 25);
+        let our_tracks = rows(&n, id, Kind::Recording, &Period::AllTime, 25);
+        let artist_names = same_names(&our_artists, &truth_artists(user));
+        let artist_counts = agreement(&our_artists, &truth_artists(user));
+        let track_counts = agreement(&our_tracks, &truth_tracks(user));
+        eprintln!(
+            "{name} (plain-string credits): top-25 artists: {artist_names}/25 same artists, {artist_counts}/25 with the exact count; \
+             top-25 tracks: {track_counts}/25 exact"
+        );
+        assert!(artist_names >= 23, "{name}: only {artist_names} of the 25 top artists found\n{our_artists:?}");
+        assert!(track_counts >= 23, "{name}: only {track_counts} of 25 top tracks agree\n{our_tracks:?}");
+    }
+}
+
+#[test]
+fn charts_are_exact_when_clients_list_the_artists() {
+    // Rewrite every listen as Navidrome sends it, with `artist_names` from the catalog.
+    let mut credits: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let catalog = std::fs::read_to_string(fixture().join("catalog.jsonl")).expect("catalog");
+    for line in catalog.lines() {
+        let t: serde_json::Value = serde_json::from_str(line).expect("catalog line");
+        let artists: Vec<String> = t["artists"].as_array().expect("artists").iter().map(|a| a.as_str().expect("a").to_owned()).collect();
+        let (a, title) = (t["display_artist"].as_str().expect("da"), t["display_title"].as_str().expect("dt"));
+        // The LB writer shows 'amp' guests as "A & B" in the artist string.
+        let shown = if artists.len() == 2 && !a.contains(&artists[1]) && !title.contains(&artists[1]) {
+            format!("{} & {}", artists[0], artists[1])
+        } else {
+            a.to_owned()
+        };
+        credits.insert((shown, title.to_owned()), artists.clone());
+        credits.insert((a.to_owned(), title.to_owned()), artists);
+    }
+    let m = manifest();
+    let n = node();
+    for user in m["users"].as_array().expect("users") {
+        let name = user["username"].as_str().expect("username");
+        let id = n.store.create_user(name, "password1", NOW).expect("user").id;
+        let text = std::fs::read_to_string(fixture().join(name).join("listens.jsonl")).expect("listens");
+        let mut enriched = String::new();
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).expect("line");
+            let md = &v["track_metadata"];
+            let key = (md["artist_name"].as_str().expect("a").to_owned(), md["track_name"].as_str().expect("t").to_owned());
+            let listed = credits.get(&key).unwrap_or_else(|| panic!("{key:?} not in the catalog")).clone();
+            v["track_metadata"]["additional_info"]["artist_names"] = serde_json::json!(listed);
+            enriched.push_str(&v.to_string());
+            enriched.push('\n');
+        }
+        import_text(&n, id, enriched.as_bytes());
+        assert_eq!(rows(&n, id, Kind::Artist, &Period::AllTime, 25), truth_artists(user), "{name}: top artists");
+        let ours = rows(&n, id, Kind::Recording, &Period::AllTime, 25);
+        assert_eq!(agreement(&ours, &truth_tracks(user)), 25, "{name}: top tracks\n{ours:?}");
+    }
+}
+
+fn dump(store: &Store) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for name in [schema::ITEMCHUNK_ITEMS, schema::TRACKCHUNK_CREDITS, schema::USERID_BUCKET_COUNTS] {
+        for kv in store.raw_tree_for_tests(name).expect("tree").iter() {
+            let (k, v) = kv.expect("kv");
+            out.push((name.to_owned(), k.to_vec(), v.to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
+    let artists = ["Simon & Garfunkel", "Simon", "Garfunkel", "Beyonc\u{e9}", "BEYONCE\u{301}", "坂本龍一 feat. 細野晴臣", "Jay-Z & Kanye West", "Jay-Z", "Kanye West", "🎵 Emoji"];
+    for seed in 1..=6u64 {
+        let t = TestStore::new();
+        let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
+        t.store.set_timezone(bob, "America/New_York").expect("tz");
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let mut seqs: HashMap<UserId, u64> = HashMap::new();
+        for _ in 0..40 {
+            let user = if next(2) == 0 { t.user } else { bob };
+            let mut actions = Vec::new();
+            for _ in 0..(1 + next(30)) {
+                let roll = next(10);
+                let have = *seqs.get(&user).unwrap_or(&0);
+                if roll == 0 && have > 0 {
+                    actions.push(Action::Delete { seq: next(have) });
+                } else {
+                    let artist = artists[next(artists.len() as u64) as usize];
+                    let title = format!("Song {} (feat. Guest {})", next(5), next(2));
+                    let at = NOW - 400 * 86_400 + next(400 * 86_400) as i64;
+                    actions.push(Action::Listen(listen(artist, &title, at)));
+                }
+            }
+            let outcomes = t.ingestor.ingest_blocking(user, actions).expect("ingest");
+            let appended = outcomes.iter().filter(|o| matches!(o, hearsay::store::Outcome::Appended { .. })).count() as u64;
+            *seqs.entry(user).or_default() += appended;
+        }
+        t.ingestor.stop();
+        let incremental = dump(&t.store);
+        assert!(!incremental.is_empty());
+        t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
+        assert!(incremental == dump(&t.store), "seed {seed}: incremental aggregates differ from a rebuild");
+    }
+}
+
+#[test]
+fn names_are_one_item_after_normalisation_and_display_as_first_seen() {
+    let t = TestStore::new();
+    let spellings = ["Beyonc\u{e9}", "BEYONCE\u{301}", "beyonc\u{e9}", " Beyonc\u{e9} "];
+    let actions = spellings.iter().enumerate().map(|(i, a)| Action::Listen(listen(a, "Halo", NOW - 1000 + i as i64))).collect();
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let chart = t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
+    assert_eq!(chart.rows.len(), 1);
+    assert_eq!((chart.rows[0].name.as_str(), chart.rows[0].listens), ("Beyonc\u{e9}", 4));
+    let tracks = t.store.chart(t.user, Kind::Recording, &Period::AllTime, 10, NOW).expect("chart");
+    assert_eq!(tracks.rows.len(), 1);
+}
+
+#[test]
+fn periods_follow_the_users_time_zone() {
+    let t = TestStore::new();
+    // 2024-03-31T22:30Z is already April 1st, 00:30, in Berlin (CEST).
+    let at = 1_711_924_200;
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "T", at))]).expect("ingest");
+    let march = Period::Month { year: 2024, month: 3 };
+    let april = Period::Month { year: 2024, month: 4 };
+    let count = |p: &Period| t.store.chart(t.user, Kind::Artist, p, 1, NOW).expect("chart").listens;
+    assert_eq!((count(&march), count(&april)), (1, 0), "UTC");
+    t.ingestor.stop();
+    t.store.set_timezone(t.user, "Europe/Berlin").expect("tz");
+    t.store.rebuild_user_stats(t.user).expect("rebuild");
+    assert_eq!((count(&march), count(&april)), (0, 1), "Berlin");
+    assert!(t.store.set_timezone(t.user, "Mars/Olympus").is_err());
+    let bad = t.store.chart(t.user, Kind::Artist, &Period::Range { from: 10, to: 5 }, 1, NOW);
+    assert!(bad.expect_err("reversed").to_string().contains("starts after it ends"));
+    assert!(t.store.chart(UserId(999), Kind::Artist, &Period::AllTime, 1, NOW).is_err());
+}
+
+#[test]
+fn series_clock_and_partial_days() {
+    let t = TestStore::new();
+    // Monday 2024-01-01: 3 listens at 10:xx UTC, 1 at 23:00; Wednesday: 2 at 08:xx.
+    let monday = 1_704_067_200;
+    let mut actions: Vec<Action> =
+        (0..3).map(|i| Action::Listen(listen("A", &format!("T{i}"), monday + 10 * 3600 + i * 60))).collect();
+    actions.push(Action::Listen(listen("B", "Late", monday + 23 * 3600)));
+    actions.extend((0..2).map(|i| Action::Listen(listen("C", &format!("W{i}"), monday + 2 * 86_400 + 8 * 3600 + i))));
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+
+    let week = Period::IsoWeek { year: 2024, week: 1 };
+    let days = t.store.listens_series(t.user, &week, Step::Day, NOW).expect("series");
+    let counts: Vec<u64> = days.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [4, 0, 2, 0, 0, 0, 0]);
+    let weeks = t.store.listens_series(t.user, &Period::Month { year: 2024, month: 1 }, Step::Week, NOW).expect("weeks");
+    assert_eq!(weeks.iter().map(|(_, n)| n).sum::<u64>(), 6);
+    let clock = t.store.clock(t.user, &week, NOW).expect("clock");
+    assert_eq!((clock[0][10], clock[0][23], clock[2][8]), (3, 1, 2));
+    // A range that cuts days in half reads the listens of the partial days.
+    let partial = Period::Range { from: monday + 10 * 3600 + 30, to: monday + 2 * 86_400 + 8 * 3600 + 1 };
+    let chart = t.store.chart(t.user, Kind::Artist, &partial, 10, NOW).expect("chart");
+    assert_eq!(chart.listens, 4, "two of A's, B's and one of C's");
+    let names: Vec<&str> = chart.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["A", "B", "C"]);
+    let _ = normalize_name("");
+}
