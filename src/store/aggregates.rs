@@ -17,7 +17,7 @@ use super::values::{AggV1, BlockV1, CreditChunkV1, ItemChunkV1, ItemV1, StoredEn
 use super::{Error, Result, Store};
 use crate::log::TrackRef;
 use crate::log::dedupe::normalize_name;
-use crate::stats::chart::{Kind, Summer, bump};
+use crate::stats::chart::{Kind, Summer};
 use crate::stats::credits::{CreditRules, credit};
 use crate::stats::period::{self, Bucket, Period, day_number, local_date, month_number};
 
@@ -27,7 +27,11 @@ pub(crate) struct Dictionary {
     rules: CreditRules,
     /// Per kind: identity key -> item id.
     index: [HashMap<String, u32>; 3],
-    items: [Vec<ItemV1>; 3],
+    /// Per kind: number of items, and the last (partly filled) chunk's items.
+    n_items: [u32; 3],
+    open: [Vec<ItemV1>; 3],
+    /// Chunks filled since the last write: (kind, chunk, items).
+    full: Vec<(usize, u32, Vec<ItemV1>)>,
     /// Per track id.
     credits: Vec<Option<TrackCreditsV1>>,
     dirty_items: BTreeSet<(usize, u32)>,
@@ -46,7 +50,9 @@ impl Dictionary {
         Dictionary {
             rules,
             index: Default::default(),
-            items: Default::default(),
+            n_items: [0; 3],
+            open: Default::default(),
+            full: Vec::new(),
             credits: Vec::new(),
             dirty_items: BTreeSet::new(),
             dirty_credits: BTreeSet::new(),
@@ -61,14 +67,16 @@ impl Dictionary {
             let chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
             let kind_enum =
                 *Kind::ALL.get(kind).ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &k, "unknown kind"))?;
-            for item in chunk.items {
-                let id = d.items[kind].len() as u32;
+            for item in &chunk.items {
+                let id = d.n_items[kind];
+                d.n_items[kind] += 1;
                 // A name blanked by compaction is never matched again.
                 if !item.name.is_empty() {
                     d.index[kind].insert(identity(kind_enum, &item.name, item.artist), id);
                 }
-                d.items[kind].push(item);
             }
+            // Chunks come in key order, so the last one seen per kind is the open one.
+            d.open[kind] = if chunk.items.len() < ITEM_CHUNK as usize { chunk.items } else { Vec::new() };
         }
         for kv in store.trees.trackchunk_credits.iter() {
             let (k, v) = kv?;
@@ -84,10 +92,14 @@ impl Dictionary {
         if let Some(&id) = self.index[k].get(&key) {
             return id;
         }
-        let id = self.items[k].len() as u32;
-        self.items[k].push(ItemV1 { name: name.to_owned(), artist });
+        let id = self.n_items[k];
+        self.n_items[k] += 1;
+        self.open[k].push(ItemV1 { name: name.to_owned(), artist });
         self.index[k].insert(key, id);
         self.dirty_items.insert((k, id / ITEM_CHUNK));
+        if self.open[k].len() >= ITEM_CHUNK as usize {
+            self.full.push((k, id / ITEM_CHUNK, std::mem::take(&mut self.open[k])));
+        }
         id
     }
 
@@ -122,15 +134,14 @@ impl Dictionary {
     /// Encoded writes for every changed chunk: (tree, key, value).
     pub fn take_writes(&mut self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
+        for (kind, chunk, items) in std::mem::take(&mut self.full) {
+            out.push((schema::ITEMCHUNK_ITEMS, keys::kind_chunk(kind as u8, chunk).to_vec(), encode(&ItemChunkV1 { items })));
+        }
         for (kind, chunk) in std::mem::take(&mut self.dirty_items) {
-            let start = (chunk * ITEM_CHUNK) as usize;
-            let end = (start + ITEM_CHUNK as usize).min(self.items[kind].len());
-            let items = self.items[kind].get(start..end).unwrap_or_default().to_vec();
-            out.push((
-                schema::ITEMCHUNK_ITEMS,
-                keys::kind_chunk(kind as u8, chunk).to_vec(),
-                encode(&ItemChunkV1 { items }),
-            ));
+            if chunk == self.n_items[kind] / ITEM_CHUNK && !self.open[kind].is_empty() {
+                let items = self.open[kind].clone();
+                out.push((schema::ITEMCHUNK_ITEMS, keys::kind_chunk(kind as u8, chunk).to_vec(), encode(&ItemChunkV1 { items })));
+            }
         }
         for chunk in std::mem::take(&mut self.dirty_credits) {
             let start = (chunk * TRACK_CHUNK) as usize;
@@ -161,18 +172,75 @@ pub(crate) fn place(user: UserId, listened_at: i64, tz: &TimeZone) -> Placement 
     }
 }
 
-/// Adds (`delta` = 1) or removes (-1) one listen with `credits` to a bucket.
-pub(crate) fn apply(agg: &mut AggV1, credits: &TrackCreditsV1, delta: i64, hours: Option<(u16, u8)>) {
-    agg.total = u32::try_from((i64::from(agg.total) + delta).max(0)).unwrap_or(u32::MAX);
-    for &a in &credits.artists {
-        bump(&mut agg.counts[Kind::Artist.index()], a, delta);
+/// Pending changes to one bucket, merged into it in one pass (`merged`): a year bucket
+/// holds tens of thousands of items, so inserting listens one by one into its sorted
+/// lists would cost a copy of the list each.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Delta {
+    total: i64,
+    counts: [HashMap<u32, i64>; 3],
+    hours: HashMap<(u16, u8), i64>,
+}
+
+impl Delta {
+    /// Adds (`delta` = 1) or removes (-1) one listen with `credits`.
+    pub fn add(&mut self, credits: &TrackCreditsV1, delta: i64, hours: Option<(u16, u8)>) {
+        self.total += delta;
+        for &a in &credits.artists {
+            *self.counts[Kind::Artist.index()].entry(a).or_default() += delta;
+        }
+        *self.counts[Kind::Recording.index()].entry(credits.recording).or_default() += delta;
+        if let Some(r) = credits.release {
+            *self.counts[Kind::Release.index()].entry(r).or_default() += delta;
+        }
+        if let Some(slot) = hours {
+            *self.hours.entry(slot).or_default() += delta;
+        }
     }
-    bump(&mut agg.counts[Kind::Recording.index()], credits.recording, delta);
-    if let Some(r) = credits.release {
-        bump(&mut agg.counts[Kind::Release.index()], r, delta);
+}
+
+fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &HashMap<K, i64>) -> Vec<(K, u32)> {
+    let mut changes: Vec<(K, i64)> = delta.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect();
+    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::with_capacity(base.len() + changes.len());
+    let (mut i, mut j) = (0, 0);
+    let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    while i < base.len() || j < changes.len() {
+        let (k, n) = match (base.get(i), changes.get(j)) {
+            (Some(&(bk, bn)), Some(&(ck, cn))) if bk == ck => {
+                i += 1;
+                j += 1;
+                (bk, clamp(i64::from(bn) + cn))
+            }
+            (Some(&(bk, bn)), Some(&(ck, _))) if bk < ck => {
+                i += 1;
+                (bk, bn)
+            }
+            (Some(&(bk, bn)), None) => {
+                i += 1;
+                (bk, bn)
+            }
+            (_, Some(&(ck, cn))) => {
+                j += 1;
+                (ck, clamp(cn))
+            }
+            (None, None) => break,
+        };
+        if n > 0 {
+            out.push((k, n));
+        }
     }
-    if let Some(slot) = hours {
-        bump(&mut agg.hours, slot, delta);
+    out
+}
+
+/// `base` with `delta` applied.
+pub(crate) fn merged(base: Option<&AggV1>, delta: &Delta) -> AggV1 {
+    let empty = AggV1::default();
+    let base = base.unwrap_or(&empty);
+    AggV1 {
+        total: u32::try_from((i64::from(base.total) + delta.total).max(0)).unwrap_or(u32::MAX),
+        counts: [0, 1, 2].map(|k| merge_sorted(&base.counts[k], &delta.counts[k])),
+        hours: merge_sorted(&base.hours, &delta.hours),
     }
 }
 
@@ -218,10 +286,14 @@ impl Store {
         period::time_zone(&u.timezone).map_err(|e| Error::Invalid(e.to_string()))
     }
 
-    fn bucket(&self, key: &[u8; 9]) -> Result<Option<AggV1>> {
+    /// A bucket as the writer last left it: the in-memory copy if newer, else sled's.
+    pub(crate) fn bucket(&self, key: &[u8; 9]) -> Result<Option<std::sync::Arc<AggV1>>> {
+        if let Some(hot) = self.hot.read().ok().and_then(|h| h.get(key).cloned()) {
+            return Ok(Some(hot));
+        }
         match self.trees.userid_bucket_counts.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(decode(schema::USERID_BUCKET_COUNTS, key, &v)?)),
+            Some(v) => Ok(Some(std::sync::Arc::new(decode(schema::USERID_BUCKET_COUNTS, key, &v)?))),
         }
     }
 
@@ -368,7 +440,7 @@ impl Store {
     }
 
     fn year_hours(&self, user: UserId, year: i32) -> Result<Vec<((u16, u8), u32)>> {
-        Ok(self.bucket(&keys::bucket(user, BUCKET_YEAR, year))?.map(|a| a.hours).unwrap_or_default())
+        Ok(self.bucket(&keys::bucket(user, BUCKET_YEAR, year))?.map(|a| a.hours.clone()).unwrap_or_default())
     }
 
     /// Listens per local day of `user` for the whole local days of `[from, to)`:
@@ -444,7 +516,12 @@ impl Store {
     /// Recomputes every statistic from the logs: dictionaries, credits, every user's
     /// buckets. The writer must not be running.
     pub fn rebuild_stats(&self, rules: &CreditRules) -> Result<()> {
-        for tree in [&self.trees.itemchunk_items, &self.trees.trackchunk_credits, &self.trees.userid_bucket_counts] {
+        for tree in [
+            &self.trees.itemchunk_items,
+            &self.trees.trackchunk_credits,
+            &self.trees.userid_bucket_counts,
+            &self.trees.userid_statsmark,
+        ] {
             tree.clear()?;
         }
         let mut dict = Dictionary::empty(rules.clone());
@@ -489,7 +566,7 @@ impl Store {
 
     fn rebuild_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<()> {
         let tz = self.user_tz(user)?;
-        let mut buckets: BTreeMap<[u8; 9], AggV1> = BTreeMap::new();
+        let mut buckets: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
             let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
@@ -498,16 +575,17 @@ impl Store {
                 let Some(credits) = dict.known_credits(*track) else { continue };
                 let p = place(user, *listened_at, &tz);
                 for (i, key) in p.keys.iter().enumerate() {
-                    let agg = buckets.entry(*key).or_default();
-                    apply(agg, credits, 1, (i == 2).then_some(p.slot));
+                    buckets.entry(*key).or_default().add(credits, 1, (i == 2).then_some(p.slot));
                 }
             }
         }
         let mut batch = sled::Batch::default();
-        for (k, agg) in &buckets {
-            batch.insert(k.to_vec(), encode(agg));
+        for (k, delta) in &buckets {
+            batch.insert(k.to_vec(), encode(&merged(None, delta)));
         }
         self.trees.userid_bucket_counts.apply_batch(batch)?;
+        let mark = self.log_head(user)?.n_entries;
+        self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
         Ok(())
     }
 }

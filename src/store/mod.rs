@@ -79,6 +79,7 @@ pub(crate) struct Trees {
     pub itemchunk_items: sled::Tree,
     pub trackchunk_credits: sled::Tree,
     pub userid_bucket_counts: sled::Tree,
+    pub userid_statsmark: sled::Tree,
 }
 
 /// An open database.
@@ -87,7 +88,13 @@ pub struct Store {
     db: sled::Db,
     pub(crate) trees: Trees,
     path: PathBuf,
+    /// Statistics buckets changed since they were last stored (newer than sled's copy),
+    /// shared between the writer and readers; see `schema::USERID_STATSMARK`.
+    pub(crate) hot: HotBuckets,
 }
+
+/// Buckets newer than their stored copy.
+pub(crate) type HotBuckets = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV1>>>>;
 
 /// Store options taken from the config.
 #[derive(Clone, Debug)]
@@ -125,8 +132,9 @@ impl Store {
             itemchunk_items: t(schema::ITEMCHUNK_ITEMS)?,
             trackchunk_credits: t(schema::TRACKCHUNK_CREDITS)?,
             userid_bucket_counts: t(schema::USERID_BUCKET_COUNTS)?,
+            userid_statsmark: t(schema::USERID_STATSMARK)?,
         };
-        let store = Store { db, trees, path };
+        let store = Store { db, trees, path, hot: HotBuckets::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
         Ok(store)
     }
@@ -191,6 +199,7 @@ impl Store {
             schema::ITEMCHUNK_ITEMS => &t.itemchunk_items,
             schema::TRACKCHUNK_CREDITS => &t.trackchunk_credits,
             schema::USERID_BUCKET_COUNTS => &t.userid_bucket_counts,
+            schema::USERID_STATSMARK => &t.userid_statsmark,
             _ => return None,
         })
     }

@@ -87,6 +87,13 @@ pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 /// every chart, series and clock. Since schema 2.
 pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 
+/// `userid_statsmark`: `user id u32` -> `seq u64 BE`: every log entry before this seq is
+/// counted in the buckets stored in `userid_bucket_counts`. The writer keeps recently
+/// changed buckets in memory and stores them every few seconds (and at once when a
+/// group erases a listen, and at shutdown); after a crash it recounts the entries from
+/// the mark on. Since schema 2.
+pub const USERID_STATSMARK: &str = "userid_statsmark";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -111,6 +118,7 @@ pub const ALL_TREES: &[&str] = &[
     ITEMCHUNK_ITEMS,
     TRACKCHUNK_CREDITS,
     USERID_BUCKET_COUNTS,
+    USERID_STATSMARK,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -122,4 +130,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_SEQ_BLOCK,
     USERID_DAY_LISTENS,
     USERID_BUCKET_COUNTS,
+    USERID_STATSMARK,
 ];

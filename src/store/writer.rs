@@ -12,7 +12,7 @@
 //! If preparing one batch fails (unknown user, corrupt record), only that batch gets the
 //! error: the caches are dropped and the rest of the group is prepared again from disk.
 
-use std::collections::{BTreeMap, HashMap, btree_map};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{decode, encode};
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::aggregates::{Dictionary, apply as apply_to_bucket, place};
+use super::aggregates::{Delta, Dictionary, merged, place};
 use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Result, Store};
 use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
@@ -171,8 +171,10 @@ struct Group {
     /// Track chunks completed by this group (the writer's open chunk is written too).
     track_chunks: BTreeMap<u32, TrackChunkV1>,
     new_tracks: bool,
-    /// Statistics buckets read or changed by this group, with a dirty flag.
-    aggs: BTreeMap<[u8; 9], (AggV1, bool)>,
+    /// Changes to statistics buckets made by this group.
+    aggs: BTreeMap<[u8; 9], Delta>,
+    /// A listen was erased: the buckets are stored with this group (see `apply`).
+    has_delete: bool,
     clients: Vec<(String, u32)>,
 }
 
@@ -191,7 +193,15 @@ struct Writer {
     rules: CreditRules,
     /// Chart items and per-track credits (see `aggregates`).
     dict: Dictionary,
+    /// Users with buckets in `store.hot` not yet stored.
+    pending_users: BTreeSet<UserId>,
+    last_persist: std::time::Instant,
 }
+
+/// Buckets kept only in memory are stored at least this often...
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// ...or once they hold this many (item, count) pairs.
+const HOT_MAX_PAIRS: usize = 2_000_000;
 
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
     match store.trees.meta.get(name)? {
@@ -229,9 +239,12 @@ impl Writer {
             clients: HashMap::new(),
             next_client_id: 0,
             dict: Dictionary::empty(rules.clone()),
+            pending_users: BTreeSet::new(),
+            last_persist: std::time::Instant::now(),
             rules,
         };
         w.reset()?;
+        w.recover()?;
         Ok(w)
     }
 
@@ -263,6 +276,76 @@ impl Writer {
         Ok(())
     }
 
+    /// After a crash, recounts the entries past each user's stats mark into memory. A
+    /// user whose records cannot be read is reported and skipped, not fatal.
+    fn recover(&mut self) -> Result<()> {
+        let mut users = Vec::new();
+        for kv in self.store.trees.userid_loghead.iter() {
+            let (k, v) = kv?;
+            match (keys::parse_user(schema::USERID_LOGHEAD, &k), decode::<HeadV1>(schema::USERID_LOGHEAD, &k, &v)) {
+                (Ok(user), Ok(head)) => users.push((user, head.next_seq)),
+                (_, Err(e)) | (Err(e), _) => tracing::error!(error = %e, "cannot recount statistics"),
+            }
+        }
+        let mut group = Group::default();
+        for (user, next_seq) in users {
+            let mut one = Group::default();
+            match self.recount(&mut one, user, next_seq) {
+                Ok(true) => {
+                    for (k, d) in one.aggs {
+                        group.aggs.insert(k, d);
+                    }
+                    self.pending_users.insert(user);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(user = user.0, error = %e, "cannot recount statistics"),
+            }
+        }
+        let buckets = self.merge_buckets(&group)?;
+        if let Ok(mut hot) = self.store.hot.write() {
+            for (k, agg) in buckets {
+                hot.insert(k, Arc::new(agg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `user`'s entries from their stats mark to `next_seq` into `group`; false
+    /// when there was nothing to count.
+    fn recount(&mut self, group: &mut Group, user: UserId, next_seq: u64) -> Result<bool> {
+        let mark = match self.store.trees.userid_statsmark.get(keys::user(user))? {
+            Some(b) => <[u8; 8]>::try_from(b.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupt(schema::USERID_STATSMARK, &keys::user(user), "not a u64"))?,
+            None => 0,
+        };
+        if mark >= next_seq {
+            return Ok(false);
+        }
+        self.load_user(user)?;
+        let start = keys::user_seq(user, mark - mark % BLOCK_ENTRIES);
+        let end = keys::user_seq(user, u64::MAX);
+        for kv in self.store.trees.userid_seq_block.range(start..=end) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                if let StoredEntry::Listen { listened_at, track, .. } = e {
+                    if first + i as u64 >= mark {
+                        self.count(group, user, *listened_at, *track, 1)?;
+                    }
+                }
+            }
+        }
+        tracing::info!(user = user.0, from = mark, to = next_seq, "statistics recounted after an unclean stop");
+        Ok(true)
+    }
+
+    /// The buckets a group changed, with its changes applied.
+    fn merge_buckets(&self, group: &Group) -> Result<Vec<([u8; 9], AggV1)>> {
+        group.aggs.iter().map(|(k, delta)| Ok((*k, merged(self.store.bucket(k)?.as_deref(), delta)))).collect()
+    }
+
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         while let Some(msg) = rx.blocking_recv() {
             let Msg::Job(first) = msg else { break };
@@ -286,6 +369,11 @@ impl Writer {
             if stop {
                 break;
             }
+        }
+        // Store the in-memory statistics, so the next start has nothing to recount.
+        let mut last = Group::default();
+        if let Err(e) = self.apply(&mut last, true) {
+            tracing::error!(error = %e, "storing statistics at shutdown failed");
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");
@@ -317,7 +405,7 @@ impl Writer {
                 }
                 continue;
             }
-            match self.apply(&mut group) {
+            match self.apply(&mut group, false) {
                 Ok(()) => {
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                     self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -476,18 +564,7 @@ impl Writer {
             None => self.dict.credits(track, &self.store.track(track)?),
         };
         for (i, key) in placement.keys.iter().enumerate() {
-            let entry = match group.aggs.entry(*key) {
-                btree_map::Entry::Occupied(o) => o.into_mut(),
-                btree_map::Entry::Vacant(v) => {
-                    let agg = match self.store.trees.userid_bucket_counts.get(key)? {
-                        Some(bytes) => decode(schema::USERID_BUCKET_COUNTS, key, &bytes)?,
-                        None => AggV1::default(),
-                    };
-                    v.insert((agg, false))
-                }
-            };
-            apply_to_bucket(&mut entry.0, &credits, delta, (i == 2).then_some(placement.slot));
-            entry.1 = true;
+            group.aggs.entry(*key).or_default().add(&credits, delta, (i == 2).then_some(placement.slot));
         }
         Ok(())
     }
@@ -649,10 +726,16 @@ impl Writer {
         bucket.items.retain(|i| i.seq != target);
         *dirty = true;
         self.count(group, user, listened_at, track, -1)?;
+        group.has_delete = true;
         Ok(true)
     }
 
-    fn apply(&mut self, group: &mut Group) -> Result<()> {
+    /// Writes a group in one transaction and flushes. Statistics buckets go to memory
+    /// (`store.hot`) and are stored with a group only when `persist` is asked, the group
+    /// erased a listen (a recount after a crash could not subtract erased content), the
+    /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
+    /// written with them.
+    fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -685,9 +768,36 @@ impl Writer {
         for (tree, k, v) in self.dict.take_writes() {
             ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
         }
-        for (k, (agg, dirty)) in &group.aggs {
-            if *dirty {
+        let hot_pairs: usize = self
+            .store
+            .hot
+            .read()
+            .map(|h| h.values().map(|a| a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len()).sum())
+            .unwrap_or(usize::MAX);
+        let persist = persist
+            || group.has_delete
+            || self.last_persist.elapsed() >= PERSIST_EVERY
+            || hot_pairs >= HOT_MAX_PAIRS;
+        let mut group_users: BTreeSet<UserId> = BTreeSet::new();
+        for k in group.aggs.keys() {
+            group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+        }
+        let buckets = self.merge_buckets(group)?;
+        if persist {
+            if let Ok(hot) = self.store.hot.read() {
+                for (k, agg) in hot.iter().filter(|(k, _)| !group.aggs.contains_key(*k)) {
+                    ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
+                }
+            }
+            for (k, agg) in &buckets {
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg))));
+            }
+            for user in self.pending_users.union(&group_users) {
+                let mark = match self.users.get(user) {
+                    Some(state) => state.head.next_seq,
+                    None => self.store.log_head(*user)?.n_entries,
+                };
+                ops.push((10, keys::user(*user).to_vec(), Some(mark.to_be_bytes().to_vec())));
             }
         }
         let t = &self.store.trees;
@@ -702,6 +812,7 @@ impl Writer {
             &t.itemchunk_items,
             &t.trackchunk_credits,
             &t.userid_bucket_counts,
+            &t.userid_statsmark,
         ];
         trees[..]
             .transaction(|tx| {
@@ -715,6 +826,18 @@ impl Writer {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(super::users::tx_error)?;
-        self.store.flush()
+        self.store.flush()?;
+        let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        if persist {
+            hot.clear();
+            self.pending_users.clear();
+            self.last_persist = std::time::Instant::now();
+        } else {
+            for (k, agg) in buckets {
+                hot.insert(k, Arc::new(agg));
+            }
+            self.pending_users.extend(group_users);
+        }
+        Ok(())
     }
 }
