@@ -303,8 +303,11 @@ fn verify(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 fn import(config: &Config, user: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let store = open_store(config)?;
     let u = find_user(&store, user)?;
-    let ingestor =
-        crate::store::Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+    let ingestor = crate::store::Ingestor::start(
+        store.clone(),
+        config.store.group_commit_max_listens,
+        config.stats.credit_rules(),
+    )?;
     let mut read_anything = false;
     for path in paths {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

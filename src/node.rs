@@ -40,7 +40,8 @@ impl Node {
         config.validate()?;
         let store = open_store(&config)?;
         let identity = NodeIdentity::load_or_create(&config.node.data_dir)?;
-        let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+        let ingestor =
+            Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
         Ok(Node { config, store, ingestor, identity })
     }
 

@@ -42,11 +42,9 @@ fn int_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<i
             .map(Some)
             .ok_or_else(|| RecordError::Shape(format!("{key}: not an integer"))),
         // ListenBrainz coerces numeric strings with int().
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| RecordError::Shape(format!("{key}: not an integer"))),
+        Some(Value::String(s)) => {
+            s.trim().parse::<i64>().map(Some).map_err(|_| RecordError::Shape(format!("{key}: not an integer")))
+        }
         Some(_) => Err(RecordError::Shape(format!("{key}: not an integer"))),
     }
 }
@@ -210,7 +208,10 @@ mod tests {
         let lines: Vec<u64> = out.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, [1, 3, 4, 5, 6, 7, 8]);
         let first = out[0].1.as_ref().expect("line 1");
-        assert_eq!((first.track.album.as_deref(), first.duration_ms, first.track.artist_mbids.len()), (None, Some(1000), 1));
+        assert_eq!(
+            (first.track.album.as_deref(), first.duration_ms, first.track.artist_mbids.len()),
+            (None, Some(1000), 1)
+        );
         assert!(matches!(out[1].1, Err(RecordError::Json(_))));
         assert_eq!(out[2].1.as_ref().expect("line 4").duration_ms, Some(200_000));
         assert!(matches!(out[3].1, Err(RecordError::Listen(ListenError::TooEarly { .. }))));
@@ -223,7 +224,9 @@ mod tests {
     fn an_overlong_line_is_skipped_not_buffered() {
         let mut text = vec![b'x'; MAX_LINE_BYTES + 10];
         text.push(b'\n');
-        text.extend_from_slice(b"{\"listened_at\":1700000000,\"track_metadata\":{\"artist_name\":\"A\",\"track_name\":\"T\"}}\n");
+        text.extend_from_slice(
+            b"{\"listened_at\":1700000000,\"track_metadata\":{\"artist_name\":\"A\",\"track_name\":\"T\"}}\n",
+        );
         let out = read(&text);
         assert!(matches!(out[0], (1, Err(RecordError::TooLong))));
         assert!(matches!(out[1], (2, Ok(_))));

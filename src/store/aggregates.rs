@@ -135,12 +135,20 @@ impl Dictionary {
     pub fn take_writes(&mut self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         for (kind, chunk, items) in std::mem::take(&mut self.full) {
-            out.push((schema::ITEMCHUNK_ITEMS, keys::kind_chunk(kind as u8, chunk).to_vec(), encode(&ItemChunkV1 { items })));
+            out.push((
+                schema::ITEMCHUNK_ITEMS,
+                keys::kind_chunk(kind as u8, chunk).to_vec(),
+                encode(&ItemChunkV1 { items }),
+            ));
         }
         for (kind, chunk) in std::mem::take(&mut self.dirty_items) {
             if chunk == self.n_items[kind] / ITEM_CHUNK && !self.open[kind].is_empty() {
                 let items = self.open[kind].clone();
-                out.push((schema::ITEMCHUNK_ITEMS, keys::kind_chunk(kind as u8, chunk).to_vec(), encode(&ItemChunkV1 { items })));
+                out.push((
+                    schema::ITEMCHUNK_ITEMS,
+                    keys::kind_chunk(kind as u8, chunk).to_vec(),
+                    encode(&ItemChunkV1 { items }),
+                ));
             }
         }
         for chunk in std::mem::take(&mut self.dirty_credits) {
@@ -513,6 +521,72 @@ impl Store {
         Ok(clock)
     }
 
+    /// After an unclean stop, counts every user's entries past their stats mark into the
+    /// in-memory buckets, so reads are right from the moment the store opens. A user
+    /// whose records cannot be read is reported and skipped.
+    pub(crate) fn recount_after_crash(&self) -> Result<()> {
+        let mut dict: Option<Dictionary> = None;
+        for kv in self.trees.userid_loghead.iter() {
+            let (k, v) = kv?;
+            let counted = keys::parse_user(schema::USERID_LOGHEAD, &k).and_then(|user| {
+                let head: super::values::HeadV1 = decode(schema::USERID_LOGHEAD, &k, &v)?;
+                let mark = match self.trees.userid_statsmark.get(keys::user(user))? {
+                    Some(b) => <[u8; 8]>::try_from(b.as_ref())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| Error::corrupt(schema::USERID_STATSMARK, &keys::user(user), "not a u64"))?,
+                    None => 0,
+                };
+                if mark >= head.next_seq {
+                    return Ok(());
+                }
+                if dict.is_none() {
+                    dict = Some(Dictionary::load(self, CreditRules::default())?);
+                }
+                let Some(dict) = dict.as_ref() else { return Ok(()) };
+                self.recount_user(user, mark, dict)?;
+                tracing::info!(
+                    user = user.0,
+                    from = mark,
+                    to = head.next_seq,
+                    "statistics recounted after an unclean stop"
+                );
+                Ok(())
+            });
+            if let Err(e) = counted {
+                tracing::error!(error = %e, "cannot recount statistics");
+            }
+        }
+        Ok(())
+    }
+
+    fn recount_user(&self, user: UserId, mark: u64, dict: &Dictionary) -> Result<()> {
+        let tz = self.user_tz(user)?;
+        let mut deltas: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
+        let start = keys::user_seq(user, mark - mark % BLOCK_ENTRIES);
+        for kv in self.trees.userid_seq_block.range(start..=keys::user_seq(user, u64::MAX)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                let StoredEntry::Listen { listened_at, track, .. } = e else { continue };
+                let Some(credits) = dict.known_credits(*track).filter(|_| first + i as u64 >= mark) else { continue };
+                let p = place(user, *listened_at, &tz);
+                for (j, key) in p.keys.iter().enumerate() {
+                    deltas.entry(*key).or_default().add(credits, 1, (j == 2).then_some(p.slot));
+                }
+            }
+        }
+        let mut merged_buckets = Vec::new();
+        for (k, delta) in &deltas {
+            merged_buckets.push((*k, merged(self.bucket(k)?.as_deref(), delta)));
+        }
+        let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        for (k, agg) in merged_buckets {
+            hot.insert(k, std::sync::Arc::new(agg));
+        }
+        Ok(())
+    }
+
     /// Recomputes every statistic from the logs: dictionaries, credits, every user's
     /// buckets. The writer must not be running.
     pub fn rebuild_stats(&self, rules: &CreditRules) -> Result<()> {
@@ -524,6 +598,7 @@ impl Store {
         ] {
             tree.clear()?;
         }
+        self.forget_hot(None);
         let mut dict = Dictionary::empty(rules.clone());
         for kv in self.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
@@ -552,6 +627,16 @@ impl Store {
         self.flush()
     }
 
+    /// Drops in-memory buckets (of one user, or all) that a rebuild or deletion replaced.
+    pub(crate) fn forget_hot(&self, user: Option<UserId>) {
+        if let Ok(mut hot) = self.hot.write() {
+            match user {
+                None => hot.clear(),
+                Some(u) => hot.retain(|k, _| k[..4] != keys::user(u)),
+            }
+        }
+    }
+
     /// Recomputes one user's buckets (after a time zone change).
     pub fn rebuild_user_stats(&self, user: UserId) -> Result<()> {
         let dict = Dictionary::load(self, CreditRules::default())?;
@@ -560,6 +645,7 @@ impl Store {
             batch.remove(k?);
         }
         self.trees.userid_bucket_counts.apply_batch(batch)?;
+        self.forget_hot(Some(user));
         self.rebuild_user_buckets(user, &dict)?;
         self.flush()
     }

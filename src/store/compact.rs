@@ -14,8 +14,8 @@ use std::path::Path;
 
 use super::codec::{decode, encode};
 use super::keys;
-use super::schema::{self, TRACK_CHUNK};
 use super::schema::ITEM_CHUNK;
+use super::schema::{self, TRACK_CHUNK};
 use super::values::{BlockV1, CreditChunkV1, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;

@@ -94,7 +94,8 @@ pub struct Store {
 }
 
 /// Buckets newer than their stored copy.
-pub(crate) type HotBuckets = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV1>>>>;
+pub(crate) type HotBuckets =
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV1>>>>;
 
 /// Store options taken from the config.
 #[derive(Clone, Debug)]
@@ -136,6 +137,7 @@ impl Store {
         };
         let store = Store { db, trees, path, hot: HotBuckets::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
+        store.recount_after_crash()?;
         Ok(store)
     }
 

@@ -259,6 +259,7 @@ impl Store {
             tree.apply_batch(batch)?;
         }
         self.trees.username_userid.remove(user.name.to_ascii_lowercase().as_bytes())?;
+        self.forget_hot(Some(id));
         self.flush()?;
         Ok(removed + 1)
     }

@@ -21,10 +21,10 @@ use ed25519_dalek::SigningKey;
 use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
+use super::aggregates::{Delta, Dictionary, merged, place};
 use super::codec::{decode, encode};
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::aggregates::{Delta, Dictionary, merged, place};
 use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Result, Store};
 use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
@@ -244,7 +244,12 @@ impl Writer {
             rules,
         };
         w.reset()?;
-        w.recover()?;
+        // Buckets recounted at open (after an unclean stop) are not stored yet.
+        if let Ok(hot) = w.store.hot.read() {
+            for k in hot.keys() {
+                w.pending_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+            }
+        }
         Ok(w)
     }
 
@@ -274,71 +279,6 @@ impl Writer {
         }
         self.next_client_id = read_counter(&self.store, "next_client_id", 1)?;
         Ok(())
-    }
-
-    /// After a crash, recounts the entries past each user's stats mark into memory. A
-    /// user whose records cannot be read is reported and skipped, not fatal.
-    fn recover(&mut self) -> Result<()> {
-        let mut users = Vec::new();
-        for kv in self.store.trees.userid_loghead.iter() {
-            let (k, v) = kv?;
-            match (keys::parse_user(schema::USERID_LOGHEAD, &k), decode::<HeadV1>(schema::USERID_LOGHEAD, &k, &v)) {
-                (Ok(user), Ok(head)) => users.push((user, head.next_seq)),
-                (_, Err(e)) | (Err(e), _) => tracing::error!(error = %e, "cannot recount statistics"),
-            }
-        }
-        let mut group = Group::default();
-        for (user, next_seq) in users {
-            let mut one = Group::default();
-            match self.recount(&mut one, user, next_seq) {
-                Ok(true) => {
-                    for (k, d) in one.aggs {
-                        group.aggs.insert(k, d);
-                    }
-                    self.pending_users.insert(user);
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!(user = user.0, error = %e, "cannot recount statistics"),
-            }
-        }
-        let buckets = self.merge_buckets(&group)?;
-        if let Ok(mut hot) = self.store.hot.write() {
-            for (k, agg) in buckets {
-                hot.insert(k, Arc::new(agg));
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts `user`'s entries from their stats mark to `next_seq` into `group`; false
-    /// when there was nothing to count.
-    fn recount(&mut self, group: &mut Group, user: UserId, next_seq: u64) -> Result<bool> {
-        let mark = match self.store.trees.userid_statsmark.get(keys::user(user))? {
-            Some(b) => <[u8; 8]>::try_from(b.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::corrupt(schema::USERID_STATSMARK, &keys::user(user), "not a u64"))?,
-            None => 0,
-        };
-        if mark >= next_seq {
-            return Ok(false);
-        }
-        self.load_user(user)?;
-        let start = keys::user_seq(user, mark - mark % BLOCK_ENTRIES);
-        let end = keys::user_seq(user, u64::MAX);
-        for kv in self.store.trees.userid_seq_block.range(start..=end) {
-            let (k, v) = kv?;
-            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
-            for (i, e) in block.entries.iter().enumerate() {
-                if let StoredEntry::Listen { listened_at, track, .. } = e {
-                    if first + i as u64 >= mark {
-                        self.count(group, user, *listened_at, *track, 1)?;
-                    }
-                }
-            }
-        }
-        tracing::info!(user = user.0, from = mark, to = next_seq, "statistics recounted after an unclean stop");
-        Ok(true)
     }
 
     /// The buckets a group changed, with its changes applied.
@@ -774,10 +714,8 @@ impl Writer {
             .read()
             .map(|h| h.values().map(|a| a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len()).sum())
             .unwrap_or(usize::MAX);
-        let persist = persist
-            || group.has_delete
-            || self.last_persist.elapsed() >= PERSIST_EVERY
-            || hot_pairs >= HOT_MAX_PAIRS;
+        let persist =
+            persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);

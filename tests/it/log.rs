@@ -355,7 +355,8 @@ fn corrupt_values_are_errors_naming_tree_and_key_and_harm_no_one_else() {
         .expect_err("corrupt head")
         .to_string();
     assert!(err.contains("userid_loghead"), "{err}");
-    let err = t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("A", "C", NOW))]).expect_err("bob").to_string();
+    let err =
+        t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("A", "C", NOW))]).expect_err("bob").to_string();
     assert!(err.contains("userid_user"), "{err}");
     // Nobody else is affected.
     let out = t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("A", "C", NOW))]).expect("carol ingests");

@@ -127,6 +127,18 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
             .and_then(|n| n.parse().ok())
             .expect("listens= in user list");
         assert!(stored >= acked_total, "round {round}: {stored} stored < {acked_total} acknowledged");
+        // Statistics recounted after the crash equal a rebuild from the log.
+        let top = |what: &str| {
+            let (code, out, err) = hearsay(&data, &["stats", "top", "bench0", "--kind", what, "--limit", "10"]);
+            assert_eq!(code, 0, "{err}");
+            let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            lines[0] = lines[0].split(", ").take(2).collect::<Vec<_>>().join(", ");
+            lines
+        };
+        let recounted = (top("artists"), top("tracks"), top("albums"));
+        assert!(recounted.0[0].starts_with(&format!("{stored} listens")), "{:?}", recounted.0);
+        assert_eq!(hearsay(&data, &["stats", "rebuild"]).0, 0);
+        assert_eq!(recounted, (top("artists"), top("tracks"), top("albums")), "round {round}");
         eprintln!(
             "round {round}: killed after {acked} acknowledged in this run; {stored} stored, {acked_total} acknowledged in all"
         );

@@ -7,11 +7,11 @@ use std::sync::OnceLock;
 
 use hearsay::import::import_jsonl;
 use hearsay::log::dedupe::normalize_name;
-use hearsay::store::aggregates::Step;
-use hearsay::store::{Action, Ingestor, Options, Store, UserId, schema};
 use hearsay::stats::chart::Kind;
 use hearsay::stats::credits::CreditRules;
 use hearsay::stats::period::Period;
+use hearsay::store::aggregates::Step;
+use hearsay::store::{Action, Ingestor, Options, Store, UserId, schema};
 
 use crate::support::{NOW, TestStore, listen};
 
@@ -65,7 +65,15 @@ fn rows(n: &Node, user: UserId, kind: Kind, period: &Period, limit: usize) -> Ve
         .expect("chart")
         .rows
         .into_iter()
-        .map(|r| (match r.artist { Some(a) => format!("{a} - {}", r.name), None => r.name }, r.listens))
+        .map(|r| {
+            (
+                match r.artist {
+                    Some(a) => format!("{a} - {}", r.name),
+                    None => r.name,
+                },
+                r.listens,
+            )
+        })
         .collect()
 }
 
@@ -95,7 +103,10 @@ fn truth_tracks(user: &serde_json::Value) -> Vec<(String, u64)> {
 /// id, which a node cannot know.
 fn agreement(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
     let last = ours.last().map_or(0, |r| r.1);
-    truth.iter().filter(|t| ours.contains(t) || (t.1 == last && ours.iter().filter(|o| o.1 == last).count() > 0)).count()
+    truth
+        .iter()
+        .filter(|t| ours.contains(t) || (t.1 == last && ours.iter().filter(|o| o.1 == last).count() > 0))
+        .count()
 }
 
 /// Truth names that are also in our top list, whatever the counts.
@@ -150,7 +161,8 @@ fn charts_are_exact_when_clients_list_the_artists() {
     let catalog = std::fs::read_to_string(fixture().join("catalog.jsonl")).expect("catalog");
     for line in catalog.lines() {
         let t: serde_json::Value = serde_json::from_str(line).expect("catalog line");
-        let artists: Vec<String> = t["artists"].as_array().expect("artists").iter().map(|a| a.as_str().expect("a").to_owned()).collect();
+        let artists: Vec<String> =
+            t["artists"].as_array().expect("artists").iter().map(|a| a.as_str().expect("a").to_owned()).collect();
         let (a, title) = (t["display_artist"].as_str().expect("da"), t["display_title"].as_str().expect("dt"));
         // The LB writer shows 'amp' guests as "A & B" in the artist string.
         let shown = if artists.len() == 2 && !a.contains(&artists[1]) && !title.contains(&artists[1]) {
@@ -171,7 +183,8 @@ fn charts_are_exact_when_clients_list_the_artists() {
         for line in text.lines() {
             let mut v: serde_json::Value = serde_json::from_str(line).expect("line");
             let md = &v["track_metadata"];
-            let key = (md["artist_name"].as_str().expect("a").to_owned(), md["track_name"].as_str().expect("t").to_owned());
+            let key =
+                (md["artist_name"].as_str().expect("a").to_owned(), md["track_name"].as_str().expect("t").to_owned());
             let listed = credits.get(&key).unwrap_or_else(|| panic!("{key:?} not in the catalog")).clone();
             v["track_metadata"]["additional_info"]["artist_names"] = serde_json::json!(listed);
             enriched.push_str(&v.to_string());
@@ -197,7 +210,18 @@ fn dump(store: &Store) -> Vec<(String, Vec<u8>, Vec<u8>)> {
 
 #[test]
 fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
-    let artists = ["Simon & Garfunkel", "Simon", "Garfunkel", "Beyonc\u{e9}", "BEYONCE\u{301}", "坂本龍一 feat. 細野晴臣", "Jay-Z & Kanye West", "Jay-Z", "Kanye West", "🎵 Emoji"];
+    let artists = [
+        "Simon & Garfunkel",
+        "Simon",
+        "Garfunkel",
+        "Beyonc\u{e9}",
+        "BEYONCE\u{301}",
+        "坂本龍一 feat. 細野晴臣",
+        "Jay-Z & Kanye West",
+        "Jay-Z",
+        "Kanye West",
+        "🎵 Emoji",
+    ];
     for seed in 1..=6u64 {
         let t = TestStore::new();
         let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
@@ -226,7 +250,8 @@ fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
                 }
             }
             let outcomes = t.ingestor.ingest_blocking(user, actions).expect("ingest");
-            let appended = outcomes.iter().filter(|o| matches!(o, hearsay::store::Outcome::Appended { .. })).count() as u64;
+            let appended =
+                outcomes.iter().filter(|o| matches!(o, hearsay::store::Outcome::Appended { .. })).count() as u64;
             *seqs.entry(user).or_default() += appended;
         }
         t.ingestor.stop();
@@ -241,7 +266,8 @@ fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
 fn names_are_one_item_after_normalisation_and_display_as_first_seen() {
     let t = TestStore::new();
     let spellings = ["Beyonc\u{e9}", "BEYONCE\u{301}", "beyonc\u{e9}", " Beyonc\u{e9} "];
-    let actions = spellings.iter().enumerate().map(|(i, a)| Action::Listen(listen(a, "Halo", NOW - 1000 + i as i64))).collect();
+    let actions =
+        spellings.iter().enumerate().map(|(i, a)| Action::Listen(listen(a, "Halo", NOW - 1000 + i as i64))).collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
     let chart = t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
     assert_eq!(chart.rows.len(), 1);
@@ -285,7 +311,8 @@ fn series_clock_and_partial_days() {
     let days = t.store.listens_series(t.user, &week, Step::Day, NOW).expect("series");
     let counts: Vec<u64> = days.iter().map(|(_, n)| *n).collect();
     assert_eq!(counts, [4, 0, 2, 0, 0, 0, 0]);
-    let weeks = t.store.listens_series(t.user, &Period::Month { year: 2024, month: 1 }, Step::Week, NOW).expect("weeks");
+    let weeks =
+        t.store.listens_series(t.user, &Period::Month { year: 2024, month: 1 }, Step::Week, NOW).expect("weeks");
     assert_eq!(weeks.iter().map(|(_, n)| n).sum::<u64>(), 6);
     let clock = t.store.clock(t.user, &week, NOW).expect("clock");
     assert_eq!((clock[0][10], clock[0][23], clock[2][8]), (3, 1, 2));
