@@ -209,7 +209,7 @@ impl Delta {
 
 fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &HashMap<K, i64>) -> Vec<(K, u32)> {
     let mut changes: Vec<(K, i64)> = delta.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect();
-    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    changes.sort_unstable_by_key(|c| c.0);
     let mut out = Vec::with_capacity(base.len() + changes.len());
     let (mut i, mut j) = (0, 0);
     let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
