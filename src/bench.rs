@@ -20,6 +20,22 @@ use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// Build one user's history (synthetic or a ListenBrainz JSONL file), reopen the
+    /// store cold, and time chart, series and clock queries over random periods.
+    Stats {
+        /// Number of synthetic listens (ignored with --jsonl).
+        #[arg(long, default_value_t = 1_000_000)]
+        listens: u64,
+        /// Import this ListenBrainz JSONL file instead (e.g. the fixture generator's).
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+        /// Artists in the synthetic catalogue.
+        #[arg(long, default_value_t = 1000)]
+        artists: usize,
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+    },
     /// Ingest synthetic listens into a fresh store and print throughput, disk and memory.
     Ingest {
         /// Number of listens.
@@ -152,7 +168,13 @@ pub fn peak_rss_kib() -> u64 {
 }
 
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
-    let BenchCmd::Ingest { listens, batch, clients, artists, seed, dir, acks, verify } = cmd;
+    let cmd = match cmd {
+        BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
+        other => other,
+    };
+    let BenchCmd::Ingest { listens, batch, clients, artists, seed, dir, acks, verify } = cmd else {
+        return Ok(std::process::ExitCode::FAILURE);
+    };
     let (dir, temporary) = match dir {
         Some(d) => (d, false),
         None => (std::env::temp_dir().join(format!("hearsay-bench-{}", std::process::id())), true),
@@ -235,5 +257,153 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut millis: Vec<f64>) {
+    millis.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{name:<44} n={:<4} p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms",
+        millis.len(),
+        percentile(&millis, 0.5),
+        percentile(&millis, 0.99),
+        millis.last().copied().unwrap_or(0.0)
+    );
+}
+
+fn stats(
+    config: &Config,
+    listens: u64,
+    jsonl: Option<PathBuf>,
+    artists: usize,
+    queries: usize,
+) -> anyhow::Result<std::process::ExitCode> {
+    use crate::stats::chart::Kind;
+    use crate::stats::period::Period;
+    use crate::store::aggregates::Step;
+    use crate::store::logs::Order;
+
+    let dir = std::env::temp_dir().join(format!("hearsay-bench-stats-{}", std::process::id()));
+    let options = store::Options { cache_mb: config.store.cache_mb };
+    let store = Store::open(&dir, &options)?;
+    let user = store.create_user("bench0", "bench-password", crate::now_unix())?.id;
+    let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+    let started = Instant::now();
+    let n = match &jsonl {
+        Some(path) => {
+            let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+            crate::import::import_jsonl(file, &ingestor, user, crate::now_unix(), |_| {})?.imported
+        }
+        None => {
+            let mut synthetic = Synthetic::new(1, artists.max(1));
+            let mut done = 0;
+            while done < listens {
+                let k = 1000.min(listens - done);
+                ingestor.ingest_blocking(user, (0..k).map(|_| Action::Listen(synthetic.listen())).collect())?;
+                done += k;
+            }
+            done
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    ingestor.stop();
+    println!("ingest with statistics: {n} listens in {elapsed:.2} s = {:.0} listens/s", n as f64 / elapsed);
+    let stats_trees = [
+        crate::store::schema::ITEMCHUNK_ITEMS,
+        crate::store::schema::TRACKCHUNK_CREDITS,
+        crate::store::schema::USERID_BUCKET_COUNTS,
+    ];
+    let mut logical = 0;
+    for (name, items, bytes) in store.tree_stats()? {
+        if stats_trees.contains(&name) {
+            logical += bytes;
+            println!("  tree {name}: {items} items, {:.1} bytes/listen", bytes as f64 / n.max(1) as f64);
+        }
+    }
+    store.flush()?;
+    println!(
+        "aggregates: {:.1} logical bytes/listen; whole database {:.1} bytes/listen on disk",
+        logical as f64 / n.max(1) as f64,
+        dir_bytes(&dir) as f64 / n.max(1) as f64
+    );
+    drop(store);
+
+    // Reopen cold, as after a restart.
+    let store = Store::open(&dir, &options)?;
+    let first = store.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map_or(0, |l| l.listen.listened_at);
+    let last = store.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(0, |l| l.listen.listened_at);
+    let now = last + 86_400;
+    println!("history: {:.1} years; queries as of a day after the last listen", (last - first) as f64 / 31_557_600.0);
+    let mut rng = Synthetic::new(7, 1);
+    let mut pick = |n: u64| rng.next() % n.max(1);
+    let time = |f: &mut dyn FnMut() -> crate::store::Result<()>| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let utc = jiff::tz::TimeZone::UTC;
+    let first_year = crate::stats::period::local_date(first, &utc).year();
+    let years = (crate::stats::period::local_date(last, &utc).year() - first_year + 1) as u64;
+    let rolling = [
+        Period::LastDays(7),
+        Period::LastMonths(1),
+        Period::LastMonths(3),
+        Period::LastMonths(6),
+        Period::LastMonths(12),
+        Period::AllTime,
+    ];
+    let mut groups: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (name, make) in [
+        ("top-50, rolling (7d/1m/3m/6m/12m/all)", 0),
+        ("top-50, calendar (ISO week/month/year)", 1),
+        ("top-50, random [from, to) range", 2),
+        ("top-50, all time", 3),
+    ] {
+        let mut times = Vec::with_capacity(queries);
+        for _ in 0..queries {
+            let kind = Kind::ALL[pick(3) as usize];
+            let period = match make {
+                0 => rolling[pick(6) as usize].clone(),
+                1 => {
+                    let year = first_year + pick(years) as i16;
+                    match pick(3) {
+                        0 => Period::IsoWeek { year, week: 1 + pick(52) as i8 },
+                        1 => Period::Month { year, month: 1 + pick(12) as i8 },
+                        _ => Period::Year(year),
+                    }
+                }
+                2 => {
+                    let from = first + pick((last - first).max(1) as u64) as i64;
+                    let len = 3600 + pick((last - from).max(3601) as u64) as i64;
+                    Period::Range { from, to: from + len }
+                }
+                _ => Period::AllTime,
+            };
+            times.push(time(&mut || store.chart(user, kind, &period, 50, now).map(|_| ()))?);
+        }
+        groups.push((name, times));
+    }
+    let mut series = Vec::new();
+    let mut clock = Vec::new();
+    for _ in 0..queries.min(100) {
+        series.push(time(&mut || store.listens_series(user, &Period::AllTime, Step::Week, now).map(|_| ()))?);
+        clock.push(time(&mut || store.clock(user, &Period::AllTime, now).map(|_| ()))?);
+    }
+    groups.push(("listens per week, whole history", series));
+    groups.push(("listening clock, whole history", clock));
+    for (name, times) in groups {
+        report(name, times);
+    }
+    println!("peak RSS: {:.1} MiB", peak_rss_kib() as f64 / 1024.0);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
 }
