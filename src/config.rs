@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Log filter in `tracing` syntax (e.g. `info`, `hearsay=debug`). Default: `info`.
     pub log: String,
+    /// Time zone of the node's own charts (an IANA name). Default: `UTC`.
+    pub timezone: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,7 +84,7 @@ impl StatsConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { data_dir: PathBuf::from("hearsay-data"), log: "info".into() }
+        NodeConfig { data_dir: PathBuf::from("hearsay-data"), log: "info".into(), timezone: "UTC".into() }
     }
 }
 
@@ -166,6 +168,12 @@ impl Config {
             return Err(Error::Invalid {
                 key: "node.log",
                 reason: format!("{:?} is not a valid log filter", self.node.log),
+            });
+        }
+        if crate::stats::period::time_zone(&self.node.timezone).is_err() {
+            return Err(Error::Invalid {
+                key: "node.timezone",
+                reason: format!("{:?} is not a known time zone", self.node.timezone),
             });
         }
         self.http_listen()?;

@@ -83,6 +83,28 @@ mod tests {
         assert!(!is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b)));
     }
 
+    fn names() -> impl proptest::strategy::Strategy<Value = String> {
+        // Accents (precomposed and combining), CJK, Hangul, emoji, spaces.
+        proptest::string::string_regex("[a-zA-Zéèüñßø\u{0301}\u{0308}坂本龍一안녕🎵🌙 ]{0,24}").expect("regex")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalisation_is_idempotent_and_ignores_composition(name in names()) {
+            let n = normalize_name(&name);
+            proptest::prop_assert_eq!(normalize_name(&n), n.clone());
+            let decomposed: String = name.nfd().collect();
+            proptest::prop_assert_eq!(normalize_name(&decomposed), n.clone());
+            let spaced = format!("  {}  ", name.replace(' ', "   "));
+            proptest::prop_assert_eq!(normalize_name(&spaced), n);
+        }
+
+        #[test]
+        fn case_does_not_matter_for_ascii_and_latin(name in "[a-zA-Zéüñø ]{1,20}") {
+            proptest::prop_assert_eq!(normalize_name(&name.to_uppercase()), normalize_name(&name.to_lowercase()));
+        }
+    }
+
     #[test]
     fn cjk_and_emoji_survive_normalisation() {
         assert_eq!(normalize_name(" 坂本 龍一 "), "坂本 龍一");

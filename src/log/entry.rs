@@ -34,12 +34,16 @@ pub enum Body {
         duration_ms: Option<u32>,
         client: Option<String>,
     },
+    /// Feedback: the user loves the track.
     Love(TrackRef),
+    /// Feedback cleared: neither loved nor hated any more.
     Unlove(TrackRef),
     /// Tombstone for the listen at `target`: that entry's content is erased.
     Delete {
         target: u64,
     },
+    /// Feedback: the user hates the track (ListenBrainz's score -1).
+    Hate(TrackRef),
 }
 
 /// An entry as read back from a log: either its content or, once erased, only its hash.
@@ -56,6 +60,7 @@ enum CanonicalBody<'a> {
     Love(&'a TrackRef),
     Unlove(&'a TrackRef),
     Delete { target: u64 },
+    Hate(&'a TrackRef),
 }
 
 #[derive(Serialize)]
@@ -78,6 +83,7 @@ pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> V
         },
         Body::Love(track) => CanonicalBody::Love(track),
         Body::Unlove(track) => CanonicalBody::Unlove(track),
+        Body::Hate(track) => CanonicalBody::Hate(track),
         Body::Delete { target } => CanonicalBody::Delete { target: *target },
     };
     let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };

@@ -9,4 +9,5 @@
 
 pub mod chart;
 pub mod credits;
+pub mod insights;
 pub mod period;

@@ -79,7 +79,7 @@ impl std::str::FromStr for Period {
 }
 
 /// Latest instant a range may reach: 2200-01-01.
-const MAX_INSTANT: i64 = 7_258_118_400;
+pub const MAX_INSTANT: i64 = 7_258_118_400;
 
 pub fn time_zone(name: &str) -> Result<TimeZone, PeriodError> {
     TimeZone::get(name).map_err(|_| PeriodError::UnknownTimeZone(name.to_owned()))

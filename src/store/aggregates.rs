@@ -13,7 +13,9 @@ use jiff::tz::TimeZone;
 use super::codec::{decode, encode};
 use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use super::values::{AggV1, BlockV1, CreditChunkV1, ItemChunkV1, ItemV1, StoredEntry, TrackChunkV1, TrackCreditsV1};
+use super::values::{
+    AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, StoredEntry, TrackChunkV1, TrackCreditsV1,
+};
 use super::{Error, Result, Store};
 use crate::log::TrackRef;
 use crate::log::dedupe::normalize_name;
@@ -279,6 +281,36 @@ pub struct Chart {
     pub rows: Vec<ChartRow>,
 }
 
+/// A love or hate, with the recording's all-time listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feedback {
+    pub row: ChartRow,
+    pub score: i8,
+    /// The log entry that gave it (newer is larger).
+    pub seq: u64,
+}
+
+/// One row of a node chart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeChartRow {
+    pub row: ChartRow,
+    /// Distinct users who listened to the item in the period.
+    pub listeners: u64,
+}
+
+/// A node's chart for one period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeChart {
+    pub kind: Kind,
+    pub from: i64,
+    pub to: i64,
+    pub listens: u64,
+    /// Users who contributed listens.
+    pub listeners: u64,
+    pub distinct: u64,
+    pub rows: Vec<NodeChartRow>,
+}
+
 /// Granularity of a listens-over-time series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -314,7 +346,7 @@ impl Store {
     }
 
     /// Calls `f(listened_at, track id)` for every live listen of `user` in `[from, to)`.
-    fn for_each_listen_in(
+    pub(crate) fn for_each_listen_in(
         &self,
         user: UserId,
         from: i64,
@@ -357,7 +389,7 @@ impl Store {
     }
 
     /// Sums `user`'s counts of every kind over `[from, to)`: (summers per kind, total).
-    fn sum_range(&self, user: UserId, from: i64, to: i64, tz: &TimeZone) -> Result<([Summer; 3], u64)> {
+    pub(crate) fn sum_range(&self, user: UserId, from: i64, to: i64, tz: &TimeZone) -> Result<([Summer; 3], u64)> {
         let plan = period::plan(from, to, tz).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut sums: [Summer; 3] = Default::default();
         let mut total = 0u64;
@@ -426,6 +458,13 @@ impl Store {
         let sum = &sums[kind.index()];
         // Ties at the last place are broken by name, so fetch them all (within reason).
         let top = sum.top_with_ties(limit, MAX_TIES);
+        let rows = self.named_rows(kind, top, limit)?;
+        Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
+    }
+
+    /// Names and main artists of `kind` items, ordered for display: by count, then
+    /// name; at most `limit`.
+    pub(crate) fn named_rows(&self, kind: Kind, top: Vec<(u32, u64)>, limit: usize) -> Result<Vec<ChartRow>> {
         let names = self.item_names(kind, top.iter().map(|(id, _)| *id))?;
         let artist_ids: Vec<u32> = names.values().filter_map(|i| i.artist).collect();
         let artists = if kind == Kind::Artist { HashMap::new() } else { self.item_names(Kind::Artist, artist_ids)? };
@@ -441,10 +480,41 @@ impl Store {
                 }
             })
             .collect();
-        // Equal counts rank by name, so charts read the same on every node.
         rows.sort_by(|a, b| b.listens.cmp(&a.listens).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
         rows.truncate(limit);
-        Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
+        Ok(rows)
+    }
+
+    /// The node's chart: every user whose sharing level allows it (not private), for a
+    /// period in the node's time zone, with the number of distinct listeners per item.
+    pub fn node_chart(&self, kind: Kind, period: &Period, limit: usize, now: i64, tz: &TimeZone) -> Result<NodeChart> {
+        let (from, to) = period::resolve(period, tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut listens = Summer::new();
+        let mut listeners = Summer::new();
+        let (mut total, mut contributors) = (0u64, 0u64);
+        for user in self.users()? {
+            if user.visibility == super::users::Visibility::Private {
+                continue;
+            }
+            let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (sums, n) = self.sum_range(user.id, from, to, &user_tz)?;
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            contributors += 1;
+            for (id, count) in sums[kind.index()].all() {
+                listens.add(id, count);
+                listeners.add(id, 1);
+            }
+        }
+        let top = listens.top_with_ties(limit, MAX_TIES);
+        let rows = self
+            .named_rows(kind, top, limit)?
+            .into_iter()
+            .map(|row| NodeChartRow { listeners: listeners.count(row.id), row })
+            .collect();
+        Ok(NodeChart { kind, from, to, listens: total, listeners: contributors, distinct: listens.len() as u64, rows })
     }
 
     fn year_hours(&self, user: UserId, year: i32) -> Result<Vec<((u16, u8), u32)>> {
@@ -595,6 +665,7 @@ impl Store {
             &self.trees.trackchunk_credits,
             &self.trees.userid_bucket_counts,
             &self.trees.userid_statsmark,
+            &self.trees.userid_recording_feedback,
         ] {
             tree.clear()?;
         }
@@ -623,6 +694,7 @@ impl Store {
         }
         for user in self.users()? {
             self.rebuild_user_buckets(user.id, &dict)?;
+            self.rebuild_user_feedback(user.id, &dict)?;
         }
         self.flush()
     }
@@ -648,6 +720,61 @@ impl Store {
         self.forget_hot(Some(user));
         self.rebuild_user_buckets(user, &dict)?;
         self.flush()
+    }
+
+    fn rebuild_user_feedback(&self, user: UserId, dict: &Dictionary) -> Result<()> {
+        let mut current: BTreeMap<[u8; 8], FeedbackV1> = BTreeMap::new();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                let (track, score) = match e {
+                    StoredEntry::Love { track, .. } => (*track, 1),
+                    StoredEntry::Hate { track, .. } => (*track, -1),
+                    StoredEntry::Unlove { track, .. } => (*track, 0),
+                    _ => continue,
+                };
+                let Some(credits) = dict.known_credits(track) else { continue };
+                let key = keys::user_u32(user, credits.recording);
+                if score == 0 {
+                    current.remove(&key);
+                } else {
+                    current.insert(key, FeedbackV1 { score, track, seq: first + i as u64 });
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, f) in &current {
+            batch.insert(k.to_vec(), encode(f));
+        }
+        self.trees.userid_recording_feedback.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The user's loves (`score` 1) or hates (-1), newest first, with all-time listens.
+    pub fn feedback(&self, user: UserId, score: i8, limit: usize) -> Result<Vec<Feedback>> {
+        let mut found = Vec::new();
+        for kv in self.trees.userid_recording_feedback.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, recording) = keys::parse_user_u32(schema::USERID_RECORDING_FEEDBACK, &k)?;
+            let f: FeedbackV1 = decode(schema::USERID_RECORDING_FEEDBACK, &k, &v)?;
+            if f.score == score {
+                found.push((recording, f));
+            }
+        }
+        found.sort_by(|a, b| b.1.seq.cmp(&a.1.seq));
+        found.truncate(limit);
+        let tz = self.user_tz(user)?;
+        let (all, _) = self.sum_range(user, crate::log::listen::MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
+        let recordings = &all[Kind::Recording.index()];
+        let top: Vec<(u32, u64)> = found.iter().map(|(r, _)| (*r, recordings.count(*r))).collect();
+        let rows: HashMap<u32, ChartRow> =
+            self.named_rows(Kind::Recording, top, usize::MAX)?.into_iter().map(|r| (r.id, r)).collect();
+        Ok(found
+            .into_iter()
+            .filter_map(|(r, f)| rows.get(&r).map(|row| Feedback { row: row.clone(), score: f.score, seq: f.seq }))
+            .collect())
     }
 
     fn rebuild_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<()> {

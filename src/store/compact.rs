@@ -166,7 +166,8 @@ fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {
             match e {
                 StoredEntry::Listen { track, .. }
                 | StoredEntry::Love { track, .. }
-                | StoredEntry::Unlove { track, .. } => {
+                | StoredEntry::Unlove { track, .. }
+                | StoredEntry::Hate { track, .. } => {
                     referenced.insert(*track);
                 }
                 StoredEntry::Delete { .. } | StoredEntry::Erased { .. } => {}

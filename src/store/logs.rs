@@ -79,6 +79,9 @@ impl Names {
             StoredEntry::Unlove { salt, track, .. } => {
                 Content::Present { salt: *salt, body: Body::Unlove(self.track(store, *track)?) }
             }
+            StoredEntry::Hate { salt, track, .. } => {
+                Content::Present { salt: *salt, body: Body::Hate(self.track(store, *track)?) }
+            }
             StoredEntry::Delete { salt, target, .. } => {
                 Content::Present { salt: *salt, body: Body::Delete { target: *target } }
             }

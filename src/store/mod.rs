@@ -9,6 +9,7 @@
 pub mod aggregates;
 pub mod codec;
 pub mod compact;
+pub mod insights;
 pub mod keys;
 pub mod logs;
 pub mod migrate;
@@ -80,6 +81,7 @@ pub(crate) struct Trees {
     pub trackchunk_credits: sled::Tree,
     pub userid_bucket_counts: sled::Tree,
     pub userid_statsmark: sled::Tree,
+    pub userid_recording_feedback: sled::Tree,
 }
 
 /// An open database.
@@ -91,6 +93,7 @@ pub struct Store {
     /// Statistics buckets changed since they were last stored (newer than sled's copy),
     /// shared between the writer and readers; see `schema::USERID_STATSMARK`.
     pub(crate) hot: HotBuckets,
+    pub(crate) tastes: insights::TasteCache,
 }
 
 /// Buckets newer than their stored copy.
@@ -134,8 +137,9 @@ impl Store {
             trackchunk_credits: t(schema::TRACKCHUNK_CREDITS)?,
             userid_bucket_counts: t(schema::USERID_BUCKET_COUNTS)?,
             userid_statsmark: t(schema::USERID_STATSMARK)?,
+            userid_recording_feedback: t(schema::USERID_RECORDING_FEEDBACK)?,
         };
-        let store = Store { db, trees, path, hot: HotBuckets::default() };
+        let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
         store.recount_after_crash()?;
         Ok(store)
@@ -202,6 +206,7 @@ impl Store {
             schema::TRACKCHUNK_CREDITS => &t.trackchunk_credits,
             schema::USERID_BUCKET_COUNTS => &t.userid_bucket_counts,
             schema::USERID_STATSMARK => &t.userid_statsmark,
+            schema::USERID_RECORDING_FEEDBACK => &t.userid_recording_feedback,
             _ => return None,
         })
     }

@@ -94,6 +94,12 @@ pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 /// the mark on. Since schema 2.
 pub const USERID_STATSMARK: &str = "userid_statsmark";
 
+/// `userid_recording_feedback`: `user id u32 ‖ recording item id u32` -> `FeedbackV1`
+/// (score 1 love / -1 hate, the track it was given on, the entry's seq): the user's
+/// current feedback, derived from the log's Love / Hate / Unlove entries (latest wins).
+/// Serves: loves and hates lists, love flags. Since schema 2.
+pub const USERID_RECORDING_FEEDBACK: &str = "userid_recording_feedback";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -119,6 +125,7 @@ pub const ALL_TREES: &[&str] = &[
     TRACKCHUNK_CREDITS,
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
+    USERID_RECORDING_FEEDBACK,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -131,4 +138,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_DAY_LISTENS,
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
+    USERID_RECORDING_FEEDBACK,
 ];

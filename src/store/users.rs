@@ -10,6 +10,7 @@ use sled::Transactional;
 use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
+pub use super::values::Visibility;
 use super::values::{SigningKeyV1, TokenV1, UserV2};
 use super::{Error, Result, Store};
 use crate::auth;
@@ -51,6 +52,7 @@ pub struct User {
     pub public_key: [u8; 32],
     /// IANA time zone name (default `UTC`).
     pub timezone: String,
+    pub visibility: Visibility,
 }
 
 /// A token as listed (the token itself is never stored).
@@ -63,7 +65,14 @@ pub struct TokenInfo {
 }
 
 fn user_from(id: UserId, v: UserV2) -> User {
-    User { id, name: v.name, created_at: v.created_at, public_key: v.public_key, timezone: v.timezone }
+    User {
+        id,
+        name: v.name,
+        created_at: v.created_at,
+        public_key: v.public_key,
+        timezone: v.timezone,
+        visibility: v.visibility,
+    }
 }
 
 impl Store {
@@ -79,8 +88,14 @@ impl Store {
         let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
-        let record =
-            UserV2 { name: name.to_owned(), created_at: now, password_hash, public_key, timezone: "UTC".into() };
+        let record = UserV2 {
+            name: name.to_owned(),
+            created_at: now,
+            password_hash,
+            public_key,
+            timezone: "UTC".into(),
+            visibility: Visibility::default(),
+        };
         let t = &self.trees;
         (&t.username_userid, &t.userid_user, &t.userid_signingkey)
             .transaction(|(by_name, users, signing)| {
@@ -150,6 +165,16 @@ impl Store {
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
         record.timezone = timezone.to_owned();
+        self.trees.userid_user.insert(key, encode(&record))?;
+        self.flush()
+    }
+
+    /// Sets a user's sharing level.
+    pub fn set_visibility(&self, id: UserId, visibility: Visibility) -> Result<()> {
+        let key = keys::user(id);
+        let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
+        let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
+        record.visibility = visibility;
         self.trees.userid_user.insert(key, encode(&record))?;
         self.flush()
     }

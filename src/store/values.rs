@@ -26,6 +26,40 @@ pub struct UserV2 {
     pub public_key: [u8; 32],
     /// IANA time zone name: period boundaries fall at the user's local midnight.
     pub timezone: String,
+    /// Who may see the user and what of them may leave the node.
+    pub visibility: Visibility,
+}
+
+/// A user's sharing level (the privacy work defines what leaves the node at each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Visibility {
+    /// Nothing derived from the user is shown to anyone else, on or off the node: not
+    /// in node charts, not as anyone's neighbour.
+    Private,
+    /// Counted in node charts and aggregates; the profile is not shown to others.
+    #[default]
+    Aggregate,
+    /// Profile and history visible to anyone.
+    Public,
+}
+
+impl Visibility {
+    pub fn parse(text: &str) -> Option<Visibility> {
+        match text {
+            "private" => Some(Visibility::Private),
+            "aggregate" => Some(Visibility::Aggregate),
+            "public" => Some(Visibility::Public),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Aggregate => "aggregate",
+            Visibility::Public => "public",
+        }
+    }
 }
 impl Versioned for UserV2 {
     const VERSION: u8 = 2;
@@ -40,6 +74,7 @@ impl Versioned for UserV2 {
                     password_hash: v1.password_hash,
                     public_key: v1.public_key,
                     timezone: "UTC".into(),
+                    visibility: Visibility::default(),
                 })
             }
             other => Err(format!("unknown value version {other}")),
@@ -90,6 +125,7 @@ pub enum StoredEntry {
     Unlove { salt: Salt, check: [u8; 4], track: u32 },
     Delete { salt: Salt, check: [u8; 4], target: u64 },
     Erased { content_hash: Hash32, check: [u8; 4] },
+    Hate { salt: Salt, check: [u8; 4], track: u32 },
 }
 
 impl StoredEntry {
@@ -98,6 +134,7 @@ impl StoredEntry {
             StoredEntry::Listen { check, .. }
             | StoredEntry::Love { check, .. }
             | StoredEntry::Unlove { check, .. }
+            | StoredEntry::Hate { check, .. }
             | StoredEntry::Delete { check, .. }
             | StoredEntry::Erased { check, .. } => *check,
         }
@@ -222,5 +259,19 @@ pub struct AggV1 {
     pub hours: Vec<((u16, u8), u32)>,
 }
 impl Versioned for AggV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_recording_feedback`: the user's current feedback on a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackV1 {
+    /// 1 = love, -1 = hate.
+    pub score: i8,
+    /// The interned track the feedback was given on (its names as submitted).
+    pub track: u32,
+    /// The log entry that gave it.
+    pub seq: u64,
+}
+impl Versioned for FeedbackV1 {
     const VERSION: u8 = 1;
 }

@@ -25,7 +25,7 @@ use super::aggregates::{Delta, Dictionary, merged, place};
 use super::codec::{decode, encode};
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, FeedbackV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Result, Store};
 use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
 use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
@@ -38,7 +38,9 @@ use crate::stats::credits::CreditRules;
 pub enum Action {
     Listen(Listen),
     Love(TrackRef),
+    /// Clears a love or hate.
     Unlove(TrackRef),
+    Hate(TrackRef),
     /// Erase the listen at this seq and append a tombstone for it.
     Delete {
         seq: u64,
@@ -173,6 +175,8 @@ struct Group {
     new_tracks: bool,
     /// Changes to statistics buckets made by this group.
     aggs: BTreeMap<[u8; 9], Delta>,
+    /// Feedback changes: `user ‖ recording` -> new feedback (None clears it).
+    feedback: BTreeMap<[u8; 8], Option<FeedbackV1>>,
     /// A listen was erased: the buckets are stored with this group (see `apply`).
     has_delete: bool,
     clients: Vec<(String, u32)>,
@@ -452,17 +456,27 @@ impl Writer {
                 self.count(group, user, at, track, 1)?;
                 Ok(Outcome::Appended { seq })
             }
-            Action::Love(track) | Action::Unlove(track) => {
+            Action::Love(track) | Action::Unlove(track) | Action::Hate(track) => {
                 let (id, _) = self.intern_track(group, track)?;
-                let love = matches!(action, Action::Love(_));
-                let body = if love { Body::Love(track.clone()) } else { Body::Unlove(track.clone()) };
-                let seq = self.append(group, user, &body, salt, now, |salt, check| {
-                    if love {
-                        StoredEntry::Love { salt, check, track: id }
-                    } else {
-                        StoredEntry::Unlove { salt, check, track: id }
-                    }
+                let score: i8 = match action {
+                    Action::Love(_) => 1,
+                    Action::Hate(_) => -1,
+                    _ => 0,
+                };
+                let body = match score {
+                    1 => Body::Love(track.clone()),
+                    -1 => Body::Hate(track.clone()),
+                    _ => Body::Unlove(track.clone()),
+                };
+                let seq = self.append(group, user, &body, salt, now, |salt, check| match score {
+                    1 => StoredEntry::Love { salt, check, track: id },
+                    -1 => StoredEntry::Hate { salt, check, track: id },
+                    _ => StoredEntry::Unlove { salt, check, track: id },
                 })?;
+                let recording = self.dict.known_credits(id).map(|c| c.recording).unwrap_or(u32::MAX);
+                let key = keys::user_u32(user, recording);
+                let value = (score != 0).then_some(FeedbackV1 { score, track: id, seq });
+                group.feedback.insert(key, value);
                 Ok(Outcome::Appended { seq })
             }
             Action::Delete { seq: target } => {
@@ -705,6 +719,9 @@ impl Writer {
         if !group.clients.is_empty() {
             ops.push((6, b"next_client_id".to_vec(), Some(self.next_client_id.to_be_bytes().to_vec())));
         }
+        for (k, f) in &group.feedback {
+            ops.push((11, k.to_vec(), f.as_ref().map(encode)));
+        }
         for (tree, k, v) in self.dict.take_writes() {
             ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
         }
@@ -751,6 +768,7 @@ impl Writer {
             &t.trackchunk_credits,
             &t.userid_bucket_counts,
             &t.userid_statsmark,
+            &t.userid_recording_feedback,
         ];
         trees[..]
             .transaction(|tx| {

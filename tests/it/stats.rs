@@ -199,7 +199,12 @@ fn charts_are_exact_when_clients_list_the_artists() {
 
 fn dump(store: &Store) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    for name in [schema::ITEMCHUNK_ITEMS, schema::TRACKCHUNK_CREDITS, schema::USERID_BUCKET_COUNTS] {
+    for name in [
+        schema::ITEMCHUNK_ITEMS,
+        schema::TRACKCHUNK_CREDITS,
+        schema::USERID_BUCKET_COUNTS,
+        schema::USERID_RECORDING_FEEDBACK,
+    ] {
         for kv in store.raw_tree_for_tests(name).expect("tree").iter() {
             let (k, v) = kv.expect("kv");
             out.push((name.to_owned(), k.to_vec(), v.to_vec()));
@@ -242,6 +247,14 @@ fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
                 let have = *seqs.get(&user).unwrap_or(&0);
                 if roll == 0 && have > 0 {
                     actions.push(Action::Delete { seq: next(have) });
+                } else if roll == 1 {
+                    let track =
+                        listen(artists[next(artists.len() as u64) as usize], &format!("Song {}", next(5)), NOW).track;
+                    actions.push(match next(3) {
+                        0 => Action::Love(track),
+                        1 => Action::Hate(track),
+                        _ => Action::Unlove(track),
+                    });
                 } else {
                     let artist = artists[next(artists.len() as u64) as usize];
                     let title = format!("Song {} (feat. Guest {})", next(5), next(2));
@@ -323,4 +336,127 @@ fn series_clock_and_partial_days() {
     let names: Vec<&str> = chart.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["A", "B", "C"]);
     let _ = normalize_name("");
+}
+
+fn add_user(t: &TestStore, name: &str, listens: &[(&str, &str, i64)]) -> UserId {
+    let id = t.store.create_user(name, "password1", NOW).expect("user").id;
+    let actions = listens.iter().map(|(a, title, at)| Action::Listen(listen(a, title, *at))).collect();
+    t.ingestor.ingest_blocking(id, actions).expect("ingest");
+    id
+}
+
+#[test]
+fn node_charts_count_listeners_and_leave_private_users_out() {
+    use hearsay::store::users::Visibility;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 1), ("Solo", "X", day + 2)]);
+    add_user(&t, "u2", &[("Shared", "S", day + 3)]);
+    let private = add_user(&t, "u3", &[("Secret Artist", "Z", day + 4), ("Shared", "S", day + 5)]);
+    t.store.set_visibility(private, Visibility::Private).expect("private");
+    let utc = jiff::tz::TimeZone::UTC;
+    let chart = t.store.node_chart(Kind::Artist, &Period::LastDays(7), 10, NOW, &utc).expect("node chart");
+    let rows: Vec<(&str, u64, u64)> =
+        chart.rows.iter().map(|r| (r.row.name.as_str(), r.row.listens, r.listeners)).collect();
+    assert_eq!(rows, [("Shared", 3, 2), ("Solo", 1, 1)]);
+    assert_eq!((chart.listens, chart.listeners), (4, 2));
+}
+
+#[test]
+fn loves_and_hates_follow_the_latest_feedback() {
+    let t = TestStore::new();
+    let song = |title: &str| listen("Band", title, NOW).track;
+    t.ingestor
+        .ingest_blocking(
+            t.user,
+            vec![
+                Action::Listen(listen("Band", "One", NOW - 100)),
+                Action::Listen(listen("Band", "One", NOW - 50)),
+                Action::Love(song("One")),
+                Action::Love(song("Two")),
+                Action::Hate(song("Three")),
+                Action::Unlove(song("Two")),
+                Action::Love(song("Four")),
+            ],
+        )
+        .expect("ingest");
+    let loves = t.store.feedback(t.user, 1, 10).expect("loves");
+    let names: Vec<(&str, u64)> = loves.iter().map(|f| (f.row.name.as_str(), f.row.listens)).collect();
+    assert_eq!(names, [("Four", 0), ("One", 2)], "newest first, with listen counts");
+    let hates = t.store.feedback(t.user, -1, 10).expect("hates");
+    assert_eq!(hates.len(), 1);
+    assert_eq!(hates[0].row.name, "Three");
+    // A love given on another spelling of the same recording replaces the hate.
+    t.ingestor.ingest_blocking(t.user, vec![Action::Love(listen("BAND", "three", NOW).track)]).expect("love");
+    assert!(t.store.feedback(t.user, -1, 10).expect("hates").is_empty());
+    t.store.verify_log(t.user).expect("db").expect("feedback entries verify");
+}
+
+#[test]
+fn discoveries_first_listens_streaks_and_rank_history() {
+    let t = TestStore::new();
+    let monday = 1_704_067_200; // 2024-01-01, a Monday
+    let d = |n: i64| monday + n * 86_400 + 3600;
+    let listens = [
+        ("Old", "A", d(0)),
+        ("Old", "A", d(1)),
+        ("Old", "B", d(2)),
+        ("New", "C", d(8)),
+        ("New", "C", d(9)),
+        ("New", "D", d(9) + 60),
+        ("Old", "A", d(10)),
+        ("Old", "A", d(11)),
+    ];
+    let actions = listens.iter().map(|(a, title, at)| Action::Listen(listen(a, title, *at))).collect();
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let later = monday + 30 * 86_400;
+    let week2 = Period::IsoWeek { year: 2024, week: 2 };
+    let found = t.store.discoveries(t.user, Kind::Artist, &week2, 10, later).expect("discoveries");
+    let names: Vec<&str> = found.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["New"]);
+
+    let all = t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, later).expect("chart");
+    let new_id = all.rows.iter().find(|r| r.name == "New").expect("New").id;
+    let old_id = all.rows.iter().find(|r| r.name == "Old").expect("Old").id;
+    assert_eq!(t.store.first_listen(t.user, Kind::Artist, new_id).expect("first"), Some(d(8)));
+    assert_eq!(t.store.first_listen(t.user, Kind::Artist, old_id).expect("first"), Some(d(0)));
+
+    let s = t.store.streaks(t.user, d(11)).expect("streaks");
+    assert_eq!(s.longest.map(|(_, n)| n), Some(4), "days 8..=11");
+    assert_eq!(s.current, 4);
+
+    let history = t
+        .store
+        .rank_history(t.user, Kind::Artist, old_id, &Period::Month { year: 2024, month: 1 }, later)
+        .expect("ranks");
+    let ranks: Vec<Option<u32>> = history.iter().map(|w| w.rank).collect();
+    // Week 1: Old is the only artist; week 2: New (3 listens) beats Old (2); week 3: none.
+    assert_eq!(&ranks[..3], [Some(1), Some(2), None]);
+    assert_eq!(history.len(), 5, "the ISO weeks starting in January 2024");
+}
+
+#[test]
+fn neighbours_rank_similar_tastes_and_skip_private_users() {
+    use hearsay::store::users::Visibility;
+    let t = TestStore::new();
+    let at = NOW - 1000;
+    let me =
+        add_user(&t, "me", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
+    add_user(&t, "twin", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
+    add_user(&t, "half", &[("Radiohead", "a", at), ("ABBA", "d", at + 1)]);
+    add_user(&t, "other", &[("ABBA", "d", at)]);
+    let hidden =
+        add_user(&t, "hidden", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
+    t.store.set_visibility(hidden, Visibility::Private).expect("private");
+    let n = t.store.neighbours(me, 10).expect("neighbours");
+    let names: Vec<&str> = n.iter().map(|x| x.user.name.as_str()).collect();
+    assert_eq!(names, ["twin", "half"]);
+    assert!(n[0].similarity > 0.99 && n[1].similarity < 0.6);
+
+    let chart = t.store.chart(me, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
+    let radiohead = chart.rows.iter().find(|r| r.name == "Radiohead").expect("r").id;
+    let similar = t.store.similar_artists(radiohead, 5).expect("similar");
+    let order: Vec<&str> = similar.iter().map(|(r, _)| r.name.as_str()).collect();
+    let pos = |name: &str| order.iter().position(|n| *n == name).unwrap_or(usize::MAX);
+    assert!(pos("Portishead") < pos("ABBA") && pos("Massive Attack") < pos("ABBA"), "{order:?}");
 }

@@ -1,0 +1,106 @@
+//! Listening insights as pure functions: streaks, ranks, taste vectors and similarity.
+
+/// Longest and current runs of consecutive days with listens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streaks {
+    /// (first day number, length in days) of the longest run; the earliest if tied.
+    pub longest: Option<(i32, u32)>,
+    /// Length of the run that ends today or yesterday (0 when none).
+    pub current: u32,
+}
+
+/// Streaks from the ascending day numbers that have listens.
+pub fn streaks(days: &[i32], today: i32) -> Streaks {
+    let mut out = Streaks::default();
+    let mut run: Option<(i32, u32)> = None;
+    for &d in days {
+        run = match run {
+            Some((start, len)) if i64::from(start) + i64::from(len) == i64::from(d) => Some((start, len + 1)),
+            Some(_) | None => Some((d, 1)),
+        };
+        if let Some(r) = run {
+            if out.longest.is_none_or(|l| r.1 > l.1) {
+                out.longest = Some(r);
+            }
+        }
+    }
+    if let Some((start, len)) = run {
+        let end = start + len as i32 - 1;
+        if end == today || end == today - 1 {
+            out.current = len;
+        }
+    }
+    out
+}
+
+/// Competition rank (1 = most listened) of `id` among `counts`; None when absent.
+pub fn rank_of(counts: &[(u32, u64)], id: u32) -> Option<u32> {
+    let mine = counts.iter().find(|(i, _)| *i == id).map(|(_, c)| *c).filter(|c| *c > 0)?;
+    Some(1 + counts.iter().filter(|(_, c)| *c > mine).count() as u32)
+}
+
+/// A taste vector: the `top` most listened items, weighted `1 + ln(count)` so a few
+/// obsessions do not drown everything else, normalised to length 1, sorted by id.
+pub fn taste(mut counts: Vec<(u32, u64)>, top: usize) -> Vec<(u32, f32)> {
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts.truncate(top);
+    let mut v: Vec<(u32, f32)> =
+        counts.into_iter().filter(|(_, c)| *c > 0).map(|(i, c)| (i, 1.0 + (c as f32).ln())).collect();
+    let norm = v.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for (_, w) in &mut v {
+            *w /= norm;
+        }
+    }
+    v.sort_by_key(|(i, _)| *i);
+    v
+}
+
+/// Cosine similarity of two normalised sparse vectors sorted by id.
+pub fn cosine(a: &[(u32, f32)], b: &[(u32, f32)]) -> f32 {
+    let (mut i, mut j, mut dot) = (0, 0, 0.0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                dot += a[i].1 * b[j].1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    dot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaks_find_the_longest_and_current_runs() {
+        let s = streaks(&[1, 2, 3, 10, 11, 12, 13, 20, 21], 21);
+        assert_eq!(s, Streaks { longest: Some((10, 4)), current: 2 });
+        assert_eq!(streaks(&[1, 2], 10).current, 0);
+        assert_eq!(streaks(&[], 0), Streaks::default());
+    }
+
+    #[test]
+    fn ranks_are_competition_ranks() {
+        let counts = [(1, 10), (2, 7), (3, 10), (4, 1)];
+        assert_eq!(
+            (rank_of(&counts, 1), rank_of(&counts, 3), rank_of(&counts, 2), rank_of(&counts, 9)),
+            (Some(1), Some(1), Some(3), None)
+        );
+    }
+
+    #[test]
+    fn identical_tastes_are_one_and_disjoint_are_zero() {
+        let a = taste(vec![(1, 100), (2, 10), (3, 1)], 10);
+        let b = taste(vec![(1, 50), (2, 5), (3, 1)], 10);
+        let c = taste(vec![(7, 3)], 10);
+        assert!(cosine(&a, &a) > 0.999);
+        assert!(cosine(&a, &b) > 0.9);
+        assert_eq!(cosine(&a, &c), 0.0);
+    }
+}

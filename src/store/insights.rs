@@ -1,0 +1,239 @@
+//! Insights over a user's statistics: discoveries, first listens, streaks, weekly rank
+//! history, neighbours (similar users) and similar artists. Built on the buckets of
+//! `aggregates`; the arithmetic is in `stats::insights`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::aggregates::{Chart, ChartRow};
+use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
+use super::logs::Order;
+use super::schema::{self, TRACK_CHUNK};
+use super::users::{User, Visibility};
+use super::values::CreditChunkV1;
+use super::{Error, Result, Store};
+use crate::log::listen::MIN_LISTENED_AT;
+use crate::stats::chart::Kind;
+use crate::stats::insights::{Streaks, cosine, rank_of, streaks, taste};
+use crate::stats::period::{self, Period, day_number, local_date, month_number};
+
+/// Artists in a taste vector.
+const TASTE_ARTISTS: usize = 500;
+
+/// Taste vectors by user, valid while the user's log has the same number of entries.
+pub(crate) type TasteCache = Arc<Mutex<HashMap<UserId, (u64, Arc<Vec<(u32, f32)>>)>>>;
+
+/// One week of a rank history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeekRank {
+    /// Day number of the week's Monday (local).
+    pub monday: i32,
+    pub rank: Option<u32>,
+    pub listens: u64,
+}
+
+/// A similar user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbour {
+    pub user: User,
+    /// Cosine similarity of artist tastes, 0..=1.
+    pub similarity: f32,
+}
+
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+impl Store {
+    /// Items first heard in `period`: in it, and never before it.
+    pub fn discoveries(&self, user: UserId, kind: Kind, period: &Period, limit: usize, now: i64) -> Result<Chart> {
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(invalid)?;
+        let (before, _) = self.sum_range(user, MIN_LISTENED_AT.min(from), from, &tz)?;
+        let (during, listens) = self.sum_range(user, from, to, &tz)?;
+        let mut fresh = crate::stats::chart::Summer::new();
+        for (id, n) in during[kind.index()].all() {
+            if before[kind.index()].count(id) == 0 {
+                fresh.add(id, n);
+            }
+        }
+        let rows = self.named_rows(kind, fresh.top_with_ties(limit, 1000), limit)?;
+        Ok(Chart { kind, from, to, listens, distinct: fresh.len() as u64, rows })
+    }
+
+    /// When `user` first listened to item `id` of `kind` (UTC seconds), if ever.
+    pub fn first_listen(&self, user: UserId, kind: Kind, id: u32) -> Result<Option<i64>> {
+        let tz = self.user_tz(user)?;
+        let Some(oldest) =
+            self.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map(|l| l.listen.listened_at)
+        else {
+            return Ok(None);
+        };
+        let newest =
+            self.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(oldest, |l| l.listen.listened_at);
+        let has = |key: [u8; 9]| -> Result<bool> {
+            Ok(self
+                .bucket(&key)?
+                .is_some_and(|a| a.counts[kind.index()].binary_search_by_key(&id, |(i, _)| *i).is_ok()))
+        };
+        let (y0, y1) = (local_date(oldest, &tz).year(), local_date(newest, &tz).year());
+        let Some(year) = (y0..=y1).find(|y| has(keys::bucket(user, BUCKET_YEAR, i32::from(*y))).unwrap_or(false))
+        else {
+            return Ok(None);
+        };
+        let Some(month) = (1..=12i8).find(|m| {
+            jiff::civil::Date::new(year, *m, 1)
+                .is_ok_and(|d| has(keys::bucket(user, BUCKET_MONTH, month_number(d))).unwrap_or(false))
+        }) else {
+            return Ok(None);
+        };
+        let first_day = jiff::civil::Date::new(year, month, 1).map_err(invalid)?;
+        let mut day = first_day;
+        while day.month() == month {
+            if has(keys::bucket(user, BUCKET_DAY, day_number(day)))? {
+                let start = day.to_zoned(tz.clone()).map_err(invalid)?.timestamp().as_second();
+                let end =
+                    day.tomorrow().map_err(invalid)?.to_zoned(tz.clone()).map_err(invalid)?.timestamp().as_second();
+                return self.first_in_day(user, kind, id, start, end);
+            }
+            day = day.tomorrow().map_err(invalid)?;
+        }
+        Ok(None)
+    }
+
+    fn first_in_day(&self, user: UserId, kind: Kind, id: u32, start: i64, end: i64) -> Result<Option<i64>> {
+        let mut first: Option<i64> = None;
+        let mut chunks: HashMap<u32, CreditChunkV1> = HashMap::new();
+        self.for_each_listen_in(user, start, end, |at, track| {
+            let chunk = track / TRACK_CHUNK;
+            if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(chunk) {
+                let key = keys::u32_key(chunk);
+                let bytes = self.trees.trackchunk_credits.get(key)?;
+                v.insert(match bytes {
+                    Some(b) => super::codec::decode(schema::TRACKCHUNK_CREDITS, &key, &b)?,
+                    None => CreditChunkV1::default(),
+                });
+            }
+            let credited =
+                chunks.get(&chunk).and_then(|c| c.tracks.get((track % TRACK_CHUNK) as usize)).and_then(Option::as_ref);
+            let hit = credited.is_some_and(|c| match kind {
+                Kind::Artist => c.artists.contains(&id),
+                Kind::Recording => c.recording == id,
+                Kind::Release => c.release == Some(id),
+            });
+            if hit && first.is_none_or(|f| at < f) {
+                first = Some(at);
+            }
+            Ok(())
+        })?;
+        Ok(first)
+    }
+
+    /// Longest and current daily listening streaks (local days).
+    pub fn streaks(&self, user: UserId, now: i64) -> Result<Streaks> {
+        let tz = self.user_tz(user)?;
+        let days: Vec<i32> = self
+            .listens_series(user, &Period::AllTime, super::aggregates::Step::Day, now)?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(d, _)| d)
+            .collect();
+        Ok(streaks(&days, day_number(local_date(now, &tz))))
+    }
+
+    /// Rank of item `id` in the user's weekly charts, ISO week by ISO week over `period`.
+    pub fn rank_history(&self, user: UserId, kind: Kind, id: u32, period: &Period, now: i64) -> Result<Vec<WeekRank>> {
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(invalid)?;
+        let start = local_date(from, &tz);
+        let mut monday =
+            start.checked_sub(jiff::Span::new().days(start.weekday().to_monday_zero_offset())).map_err(invalid)?;
+        let mut out = Vec::new();
+        loop {
+            let week_start = monday.to_zoned(tz.clone()).map_err(invalid)?.timestamp().as_second();
+            if week_start >= to {
+                break;
+            }
+            let next = monday.checked_add(jiff::Span::new().days(7)).map_err(invalid)?;
+            let week_end = next.to_zoned(tz.clone()).map_err(invalid)?.timestamp().as_second();
+            let (sums, _) = self.sum_range(user, week_start, week_end, &tz)?;
+            let all = sums[kind.index()].all();
+            out.push(WeekRank {
+                monday: day_number(monday),
+                rank: rank_of(&all, id),
+                listens: sums[kind.index()].count(id),
+            });
+            monday = next;
+        }
+        Ok(out)
+    }
+
+    /// A user's artist taste vector (cached until their log changes).
+    fn taste_of(&self, user: UserId) -> Result<Arc<Vec<(u32, f32)>>> {
+        let entries = self.log_head(user)?.n_entries;
+        if let Some((n, v)) = self.tastes.lock().ok().and_then(|c| c.get(&user).cloned()) {
+            if n == entries {
+                return Ok(v);
+            }
+        }
+        let tz = self.user_tz(user)?;
+        let (sums, _) = self.sum_range(user, MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
+        let v = Arc::new(taste(sums[Kind::Artist.index()].all(), TASTE_ARTISTS));
+        if let Ok(mut cache) = self.tastes.lock() {
+            cache.insert(user, (entries, v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// Users of this node who listen most like `user`, among those whose sharing level
+    /// lets them be shown (not private).
+    pub fn neighbours(&self, user: UserId, limit: usize) -> Result<Vec<Neighbour>> {
+        let mine = self.taste_of(user)?;
+        let mut out = Vec::new();
+        for other in self.users()? {
+            if other.id == user || other.visibility == Visibility::Private {
+                continue;
+            }
+            let similarity = cosine(&mine, &self.taste_of(other.id)?);
+            if similarity > 0.0 {
+                out.push(Neighbour { user: other, similarity });
+            }
+        }
+        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then_with(|| a.user.name.cmp(&b.user.name)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Artists listened to by the same people as `artist` (cosine over the node's
+    /// non-private users' tastes). With few users on a node this says little.
+    pub fn similar_artists(&self, artist: u32, limit: usize) -> Result<Vec<(ChartRow, f32)>> {
+        let mut tastes = Vec::new();
+        for u in self.users()? {
+            if u.visibility != Visibility::Private {
+                tastes.push(self.taste_of(u.id)?);
+            }
+        }
+        let mut dot: HashMap<u32, f32> = HashMap::new();
+        let mut norm: HashMap<u32, f32> = HashMap::new();
+        let mut mine = 0.0f32;
+        for t in &tastes {
+            let w_a = t.binary_search_by_key(&artist, |(i, _)| *i).ok().map_or(0.0, |i| t[i].1);
+            mine += w_a * w_a;
+            for &(b, w_b) in t.iter() {
+                *norm.entry(b).or_default() += w_b * w_b;
+                if w_a > 0.0 && b != artist {
+                    *dot.entry(b).or_default() += w_a * w_b;
+                }
+            }
+        }
+        let mut scored: Vec<(u32, f32)> = dot
+            .into_iter()
+            .map(|(b, d)| (b, d / (mine.sqrt() * norm.get(&b).copied().unwrap_or(1.0).sqrt()).max(f32::MIN_POSITIVE)))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(limit);
+        let rows = self.named_rows(Kind::Artist, scored.iter().map(|(id, _)| (*id, 0)).collect(), usize::MAX)?;
+        let by_id: HashMap<u32, ChartRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+        Ok(scored.into_iter().filter_map(|(id, s)| by_id.get(&id).map(|r| (r.clone(), s))).collect())
+    }
+}
