@@ -763,7 +763,7 @@ impl Store {
                 found.push((recording, f));
             }
         }
-        found.sort_by(|a, b| b.1.seq.cmp(&a.1.seq));
+        found.sort_by_key(|f| std::cmp::Reverse(f.1.seq));
         found.truncate(limit);
         let tz = self.user_tz(user)?;
         let (all, _) = self.sum_range(user, crate::log::listen::MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;

@@ -112,13 +112,25 @@ impl Store {
     pub fn open(dir: &Path, options: &Options) -> Result<Store> {
         let path = dir.join("db");
         std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
-        let db =
-            sled::Config::new().path(&path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open().map_err(
-                |e| match e {
-                    sled::Error::Io(ref io) if io.to_string().contains("lock") => Error::Locked { path: path.clone() },
-                    other => Error::Db(other),
-                },
-            )?;
+        // sled's background flusher can hold the lock for a moment after the previous
+        // handle in this process was dropped, so a lock conflict is retried briefly
+        // before it is reported as another process using the database.
+        let mut attempt = 0;
+        let db = loop {
+            let opened =
+                sled::Config::new().path(&path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io)) if io.to_string().contains("lock") => {
+                    attempt += 1;
+                    if attempt >= 20 {
+                        return Err(Error::Locked { path: path.clone() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(other) => return Err(Error::Db(other)),
+            }
+        };
         let t = |name: &str| db.open_tree(name);
         let trees = Trees {
             meta: t(schema::META)?,

@@ -139,7 +139,7 @@ fn a_restart_keeps_everything_identical_and_the_chain_continues() {
 
 /// Rewrites one value of a tree directly in sled, with the store closed.
 fn tamper(dir: &std::path::Path, tree: &str, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir.join("db")).expect("raw open");
+    let db = crate::support::raw_open(&dir.join("db"));
     let t = db.open_tree(tree).expect("tree");
     let mut value = t.get(key).expect("get").expect("value present").to_vec();
     change(&mut value);
@@ -218,7 +218,7 @@ fn every_single_byte_flip_of_a_block_is_an_error_never_a_panic() {
     let user = t.user.0;
     let dir = t.close();
     let key = block_key(user, 0);
-    let db = sled::open(dir.path().join("db")).expect("raw");
+    let db = crate::support::raw_open(&dir.path().join("db"));
     let original =
         db.open_tree(schema::USERID_SEQ_BLOCK).expect("tree").get(&key).expect("get").expect("block").to_vec();
     drop(db);

@@ -166,7 +166,7 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     assert!(ok.starts_with("ok: 500 entries"), "{ok}");
 
     // Flip one bit of entry 200's timestamp (block 192..256, slot 8), underneath.
-    let db = sled::open(data.join("db")).expect("raw");
+    let db = crate::support::raw_open(&data.join("db"));
     let tree = db.open_tree(schema::USERID_SEQ_BLOCK).expect("tree");
     let mut key = 1u32.to_be_bytes().to_vec();
     key.extend_from_slice(&192u64.to_be_bytes());

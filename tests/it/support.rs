@@ -118,3 +118,15 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Opens a database directly with sled, retrying while a just-closed handle's
+/// background flusher still holds the lock.
+pub fn raw_open(path: &Path) -> sled::Db {
+    for _ in 0..40 {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    sled::open(path).expect("raw open")
+}
