@@ -20,6 +20,16 @@ use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// Many users on one node: time "similar users" (cold: taste vectors computed;
+    /// warm: cached) and the node chart.
+    Neighbours {
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        #[arg(long, default_value_t = 1000)]
+        listens_per_user: u64,
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+    },
     /// Build one user's history (synthetic or a ListenBrainz JSONL file), reopen the
     /// store cold, and time chart, series and clock queries over random periods.
     Stats {
@@ -170,6 +180,9 @@ pub fn peak_rss_kib() -> u64 {
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
     let cmd = match cmd {
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
+        BenchCmd::Neighbours { users, listens_per_user, queries } => {
+            return neighbours(config, users, listens_per_user, queries);
+        }
         other => other,
     };
     let BenchCmd::Ingest { listens, batch, clients, artists, seed, dir, acks, verify } = cmd else {
@@ -403,6 +416,45 @@ fn stats(
         report(name, times);
     }
     println!("peak RSS: {:.1} MiB", peak_rss_kib() as f64 / 1024.0);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> anyhow::Result<std::process::ExitCode> {
+    let dir = std::env::temp_dir().join(format!("hearsay-bench-neighbours-{}", std::process::id()));
+    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for u in 0..n_users {
+        let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
+        // Each user draws from a different slice of a shared catalogue, so tastes overlap.
+        let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
+        let actions = (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect();
+        ingestor.ingest_blocking(id, actions)?;
+        ids.push(id);
+    }
+    ingestor.stop();
+    println!("{n_users} users x {per_user} listens set up in {:.1} s", started.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let first = store.neighbours(ids[0], 20)?;
+    println!("similar users, cold (taste vectors of all {n_users} users computed): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    let mut warm = Vec::new();
+    for q in 0..queries {
+        let t = Instant::now();
+        store.neighbours(ids[q % ids.len()], 20)?;
+        warm.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("similar users among all, warm", warm);
+    println!("  e.g. user0's nearest: {:?}", first.iter().take(3).map(|n| (n.user.name.clone(), n.similarity)).collect::<Vec<_>>());
+    let mut charts = Vec::new();
+    for _ in 0..queries.min(10) {
+        let t = Instant::now();
+        store.node_chart(crate::stats::chart::Kind::Artist, &crate::stats::period::Period::AllTime, 50, crate::now_unix(), &jiff::tz::TimeZone::UTC)?;
+        charts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("node chart, top-50 artists, all time", charts);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
