@@ -439,7 +439,10 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
     println!("{n_users} users x {per_user} listens set up in {:.1} s", started.elapsed().as_secs_f64());
     let t = Instant::now();
     let first = store.neighbours(ids[0], 20)?;
-    println!("similar users, cold (taste vectors of all {n_users} users computed): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "similar users, cold (taste vectors of all {n_users} users computed): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let mut warm = Vec::new();
     for q in 0..queries {
         let t = Instant::now();
@@ -447,11 +450,20 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
         warm.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("similar users among all, warm", warm);
-    println!("  e.g. user0's nearest: {:?}", first.iter().take(3).map(|n| (n.user.name.clone(), n.similarity)).collect::<Vec<_>>());
+    println!(
+        "  e.g. user0's nearest: {:?}",
+        first.iter().take(3).map(|n| (n.user.name.clone(), n.similarity)).collect::<Vec<_>>()
+    );
     let mut charts = Vec::new();
     for _ in 0..queries.min(10) {
         let t = Instant::now();
-        store.node_chart(crate::stats::chart::Kind::Artist, &crate::stats::period::Period::AllTime, 50, crate::now_unix(), &jiff::tz::TimeZone::UTC)?;
+        store.node_chart(
+            crate::stats::chart::Kind::Artist,
+            &crate::stats::period::Period::AllTime,
+            50,
+            crate::now_unix(),
+            &jiff::tz::TimeZone::UTC,
+        )?;
         charts.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("node chart, top-50 artists, all time", charts);

@@ -63,6 +63,7 @@ impl Store {
 
     /// When `user` first listened to item `id` of `kind` (UTC seconds), if ever.
     pub fn first_listen(&self, user: UserId, kind: Kind, id: u32) -> Result<Option<i64>> {
+        self.check_item(kind, id)?;
         let tz = self.user_tz(user)?;
         let Some(oldest) =
             self.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map(|l| l.listen.listened_at)
@@ -143,6 +144,7 @@ impl Store {
 
     /// Rank of item `id` in the user's weekly charts, ISO week by ISO week over `period`.
     pub fn rank_history(&self, user: UserId, kind: Kind, id: u32, period: &Period, now: i64) -> Result<Vec<WeekRank>> {
+        self.check_item(kind, id)?;
         let tz = self.user_tz(user)?;
         let (from, to) = period::resolve(period, &tz, now).map_err(invalid)?;
         let start = local_date(from, &tz);
@@ -235,5 +237,176 @@ impl Store {
         let rows = self.named_rows(Kind::Artist, scored.iter().map(|(id, _)| (*id, 0)).collect(), usize::MAX)?;
         let by_id: HashMap<u32, ChartRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         Ok(scored.into_iter().filter_map(|(id, s)| by_id.get(&id).map(|r| (r.clone(), s))).collect())
+    }
+}
+
+/// One row of a weekly chart from the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeeklyRow {
+    pub row: ChartRow,
+    pub rank: u32,
+    /// Rank in the week before (None: not listened to that week).
+    pub previous_rank: Option<u32>,
+    /// First week the user ever listened to it.
+    pub new: bool,
+}
+
+impl Store {
+    /// Fails unless item `id` of `kind` exists on the node.
+    pub fn check_item(&self, kind: Kind, id: u32) -> Result<()> {
+        let key = keys::kind_chunk(kind.index() as u8, id / schema::ITEM_CHUNK);
+        let exists = match self.trees.itemchunk_items.get(key)? {
+            None => false,
+            Some(bytes) => {
+                let chunk: super::values::ItemChunkV1 = super::codec::decode(schema::ITEMCHUNK_ITEMS, &key, &bytes)?;
+                chunk.items.get((id % schema::ITEM_CHUNK) as usize).is_some_and(|i| !i.name.is_empty())
+            }
+        };
+        if exists {
+            Ok(())
+        } else {
+            let what = match kind {
+                Kind::Artist => "artist",
+                Kind::Recording => "track",
+                Kind::Release => "album",
+            };
+            Err(Error::Invalid(format!("no such {what}: {id}")))
+        }
+    }
+
+    /// Listens of item `id` per day, ISO week or month over `period` (whole local days),
+    /// zeros included: `(start day number, listens)`.
+    pub fn item_series(
+        &self,
+        user: UserId,
+        kind: Kind,
+        id: u32,
+        period: &Period,
+        step: super::aggregates::Step,
+        now: i64,
+    ) -> Result<Vec<(i32, u64)>> {
+        use super::aggregates::Step;
+        self.check_item(kind, id)?;
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(invalid)?;
+        let first = local_date(from, &tz);
+        let last = local_date(to.saturating_sub(1).max(from), &tz);
+        let start_of = |d: jiff::civil::Date| -> i32 {
+            match step {
+                Step::Day => day_number(d),
+                Step::Week => day_number(d) - i32::from(d.weekday().to_monday_zero_offset()),
+                Step::Month => day_number(d.first_of_month()),
+            }
+        };
+        let mut series: std::collections::BTreeMap<i32, u64> = std::collections::BTreeMap::new();
+        let mut d = first;
+        while d <= last {
+            series.entry(start_of(d)).or_insert(0);
+            d = d.tomorrow().map_err(invalid)?;
+        }
+        let count_in = |key: [u8; 9]| -> Result<u64> {
+            Ok(self.bucket(&key)?.map_or(0, |a| {
+                a.counts[kind.index()]
+                    .binary_search_by_key(&id, |(i, _)| *i)
+                    .map_or(0, |i| u64::from(a.counts[kind.index()][i].1))
+            }))
+        };
+        if step == Step::Month {
+            // Whole months from month buckets; the partial months at the ends day by day.
+            let mut m = first.first_of_month();
+            while m <= last {
+                let next = m.checked_add(jiff::Span::new().months(1)).map_err(invalid)?;
+                if m >= first && next <= last.tomorrow().map_err(invalid)? {
+                    *series.entry(day_number(m)).or_insert(0) +=
+                        count_in(keys::bucket(user, BUCKET_MONTH, month_number(m)))?;
+                } else {
+                    let mut day = m.max(first);
+                    while day < next && day <= last {
+                        *series.entry(day_number(m)).or_insert(0) +=
+                            count_in(keys::bucket(user, BUCKET_DAY, day_number(day)))?;
+                        day = day.tomorrow().map_err(invalid)?;
+                    }
+                }
+                m = next;
+            }
+        } else {
+            let lo = keys::bucket(user, BUCKET_DAY, day_number(first));
+            let hi = keys::bucket(user, BUCKET_DAY, day_number(last));
+            for kv in self.trees.userid_bucket_counts.range(lo..=hi) {
+                let (k, _) = kv?;
+                let (_, _, day) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, &k)?;
+                let key = keys::bucket(user, BUCKET_DAY, day);
+                *series.entry(start_of(period::date_of(day))).or_insert(0) += count_in(key)?;
+            }
+            // Days changed since the last store are only in memory.
+            let hot_days: Vec<i32> = self
+                .hot
+                .read()
+                .map(|h| {
+                    h.keys()
+                        .filter_map(|k| keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k).ok())
+                        .filter(|(u, g, d)| {
+                            *u == user && *g == BUCKET_DAY && *d >= day_number(first) && *d <= day_number(last)
+                        })
+                        .map(|(_, _, d)| d)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for day in hot_days {
+                if self.trees.userid_bucket_counts.contains_key(keys::bucket(user, BUCKET_DAY, day))? {
+                    continue; // already counted above, from the newer in-memory copy
+                }
+                *series.entry(start_of(period::date_of(day))).or_insert(0) +=
+                    count_in(keys::bucket(user, BUCKET_DAY, day))?;
+            }
+        }
+        Ok(series.into_iter().collect())
+    }
+
+    /// The user's chart for one ISO week, with last week's ranks and new entries.
+    pub fn weekly_chart(
+        &self,
+        user: UserId,
+        kind: Kind,
+        year: i16,
+        week: i8,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<WeeklyRow>> {
+        let tz = self.user_tz(user)?;
+        let this = Period::IsoWeek { year, week };
+        let (from, to) = period::resolve(&this, &tz, now).map_err(invalid)?;
+        let chart = self.chart(user, kind, &this, limit, now)?;
+        let (prev, _) = self.sum_range(user, from - 7 * 86_400, from, &tz)?;
+        let (before, _) = self.sum_range(user, MIN_LISTENED_AT.min(from), from, &tz)?;
+        let prev_all = prev[kind.index()].all();
+        let (this_sums, _) = self.sum_range(user, from, to, &tz)?;
+        let this_all = this_sums[kind.index()].all();
+        Ok(chart
+            .rows
+            .into_iter()
+            .map(|row| WeeklyRow {
+                rank: rank_of(&this_all, row.id).unwrap_or(0),
+                previous_rank: rank_of(&prev_all, row.id),
+                new: before[kind.index()].count(row.id) == 0,
+                row,
+            })
+            .collect())
+    }
+
+    /// How many users of the node (not private) love the recording.
+    pub fn love_count(&self, recording: u32) -> Result<u64> {
+        let mut n = 0;
+        for u in self.users()? {
+            if u.visibility == Visibility::Private {
+                continue;
+            }
+            if let Some(v) = self.trees.userid_recording_feedback.get(keys::user_u32(u.id, recording))? {
+                let f: super::values::FeedbackV1 =
+                    super::codec::decode(schema::USERID_RECORDING_FEEDBACK, &keys::user_u32(u.id, recording), &v)?;
+                n += u64::from(f.score == 1);
+            }
+        }
+        Ok(n)
     }
 }

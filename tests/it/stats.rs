@@ -390,6 +390,8 @@ fn loves_and_hates_follow_the_latest_feedback() {
     t.ingestor.ingest_blocking(t.user, vec![Action::Love(listen("BAND", "three", NOW).track)]).expect("love");
     assert!(t.store.feedback(t.user, -1, 10).expect("hates").is_empty());
     t.store.verify_log(t.user).expect("db").expect("feedback entries verify");
+    let one = t.store.chart(t.user, Kind::Recording, &Period::AllTime, 5, NOW).expect("chart").rows[0].id;
+    assert_eq!(t.store.love_count(one).expect("love count"), 1);
 }
 
 #[test]
@@ -424,6 +426,21 @@ fn discoveries_first_listens_streaks_and_rank_history() {
     let s = t.store.streaks(t.user, d(11)).expect("streaks");
     assert_eq!(s.longest.map(|(_, n)| n), Some(4), "days 8..=11");
     assert_eq!(s.current, 4);
+
+    // An artist's own series, and the weekly chart archive.
+    let january = Period::Month { year: 2024, month: 1 };
+    let weekly = t.store.item_series(t.user, Kind::Artist, old_id, &january, Step::Week, later).expect("series");
+    assert_eq!(weekly.iter().map(|(_, n)| *n).collect::<Vec<_>>()[..3], [3, 2, 0]);
+    let monthly =
+        t.store.item_series(t.user, Kind::Artist, new_id, &Period::Year(2024), Step::Month, later).expect("series");
+    assert_eq!((monthly.len(), monthly[0].1), (12, 3));
+    let week2_chart = t.store.weekly_chart(t.user, Kind::Artist, 2024, 2, 10, later).expect("weekly");
+    let rows: Vec<(&str, u32, Option<u32>, bool)> =
+        week2_chart.iter().map(|w| (w.row.name.as_str(), w.rank, w.previous_rank, w.new)).collect();
+    assert_eq!(rows, [("New", 1, None, true), ("Old", 2, Some(1), false)]);
+    assert!(
+        t.store.first_listen(t.user, Kind::Artist, 9_999).expect_err("unknown").to_string().contains("no such artist")
+    );
 
     let history = t
         .store
