@@ -14,10 +14,11 @@ pub struct AppState {
     pub store: Store,
     pub ingestor: Ingestor,
     pub peer_id: String,
+    pub api: crate::api::ApiState,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/health", get(health)).with_state(state)
+    Router::new().route("/health", get(health)).merge(crate::api::listenbrainz::router()).with_state(state)
 }
 
 /// Liveness and identity: answers while the node serves requests.

@@ -52,9 +52,15 @@ impl Node {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let state =
-            AppState { store: self.store.clone(), ingestor: self.ingestor.clone(), peer_id: self.identity.peer_id() };
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+        let state = AppState {
+            store: self.store.clone(),
+            ingestor: self.ingestor.clone(),
+            peer_id: self.identity.peer_id(),
+            api: crate::api::ApiState::default(),
+        };
+        axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await?;
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
         self.store.flush()?;

@@ -6,7 +6,7 @@ use std::io::BufRead;
 
 use serde_json::Value;
 
-use crate::log::{Listen, ListenError, RawListen};
+use crate::log::{Listen, ListenError, RawListen, TrackRef};
 
 /// Longest accepted line of a JSONL export. ListenBrainz caps a listen at 10,240
 /// bytes; exports add a few fields, so allow generously more.
@@ -74,6 +74,24 @@ pub fn parse_listen(value: &Value, now: i64) -> Result<Listen, RecordError> {
         Some(Value::Object(m)) => m,
         _ => return Err(RecordError::Shape("track_metadata: missing or not an object".into())),
     };
+    with_raw(meta, listened_at, |raw| Ok(Listen::parse(raw, now)?))
+}
+
+/// Validates a `track_metadata` object alone (a "playing now" has no time).
+pub fn parse_track(meta: &serde_json::Map<String, Value>) -> Result<(TrackRef, Option<u32>), RecordError> {
+    with_raw(meta, 0, |raw| {
+        let track = TrackRef::parse(raw)?;
+        let duration = raw.duration_ms.and_then(|ms| u32::try_from(ms).ok());
+        Ok((track, duration))
+    })
+}
+
+/// Builds the raw listen a `track_metadata` object describes and hands it to `f`.
+fn with_raw<T>(
+    meta: &serde_json::Map<String, Value>,
+    listened_at: i64,
+    f: impl FnOnce(&RawListen<'_>) -> Result<T, RecordError>,
+) -> Result<T, RecordError> {
     let empty = serde_json::Map::new();
     let info = match meta.get("additional_info") {
         Some(Value::Object(m)) => m,
@@ -83,7 +101,10 @@ pub fn parse_listen(value: &Value, now: i64) -> Result<Listen, RecordError> {
     let artist = str_field(meta, "artist_name")?.ok_or_else(|| RecordError::Shape("artist_name: missing".into()))?;
     let title = str_field(meta, "track_name")?.ok_or_else(|| RecordError::Shape("track_name: missing".into()))?;
     let duration_ms = match (int_field(info, "duration_ms")?, int_field(info, "duration")?) {
-        (Some(ms), _) => Some(ms),
+        (Some(_), Some(_)) => {
+            return Err(RecordError::Shape("duration and duration_ms cannot both be given".into()));
+        }
+        (Some(ms), None) => Some(ms),
         (None, Some(secs)) => Some(secs.saturating_mul(1000)),
         (None, None) => None,
     };
@@ -103,9 +124,10 @@ pub fn parse_listen(value: &Value, now: i64) -> Result<Listen, RecordError> {
         release_mbid: non_empty(str_field(info, "release_mbid")?).map(str::as_bytes),
         listened_at,
         duration_ms,
-        client: non_empty(str_field(info, "submission_client")?).map(str::as_bytes),
+        client: non_empty(str_field(info, "submission_client")?.or(str_field(info, "media_player")?))
+            .map(str::as_bytes),
     };
-    Ok(Listen::parse(&raw, now)?)
+    f(&raw)
 }
 
 /// Reads a JSONL export one line at a time, never holding more than one line.

@@ -130,3 +130,60 @@ pub fn raw_open(path: &Path) -> sled::Db {
     }
     sled::open(path).expect("raw open")
 }
+
+/// A Python with the real client libraries (liblistenbrainz, pylast) installed, in a
+/// virtual environment under `target/` created on first use from PyPI.
+pub fn python() -> PathBuf {
+    static PY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv");
+        let py = venv.join("bin/python");
+        let marker = venv.join(".hearsay-clients-v1");
+        if !marker.exists() {
+            let ok =
+                Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv").success();
+            assert!(ok, "cannot create a Python virtual environment");
+            let ok = Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "liblistenbrainz==0.7.0",
+                    "pylast==7.2.0",
+                ])
+                .status()
+                .expect("pip")
+                .success();
+            assert!(ok, "cannot install the client libraries from PyPI");
+            std::fs::write(&marker, b"").expect("marker");
+        }
+        py
+    })
+    .clone()
+}
+
+/// Runs a Python script with arguments; returns its stdout, failing on a non-zero exit.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A data dir with user `alice` (password `password123`) and an API token for her.
+pub fn data_with_user(dir: &Path) -> (PathBuf, String) {
+    let data = dir.join("data");
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "password123\n").expect("pw");
+    let (code, _, err) = hearsay(&data, &["user", "add", "alice", "--password-file", pw.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, token, err) = hearsay(&data, &["token", "new", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    (data, token.trim().to_owned())
+}

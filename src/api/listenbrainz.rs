@@ -1,0 +1,582 @@
+//! The ListenBrainz API under `/1/`, as ListenBrainz's own server answers it: the same
+//! validation rules and limits, the same JSON shapes, `{"code", "error"}` errors with
+//! its status codes. See `docs/api-compat.md` for what is and is not implemented.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{msid, token_of};
+use crate::http::AppState;
+use crate::import::listenbrainz::{RecordError, parse_listen, parse_track};
+use crate::log::TrackRef;
+use crate::log::listen::format_mbid;
+use crate::stats::chart::Kind;
+use crate::stats::period::Period;
+use crate::store::Action;
+use crate::store::logs::{Order, StoredListen};
+use crate::store::users::{User, Visibility};
+
+/// ListenBrainz's limits (listenbrainz/webserver/views/api_tools.py).
+pub const MAX_LISTENS_PER_REQUEST: usize = 1000;
+pub const MAX_LISTEN_SIZE: usize = 10_240;
+pub const MAX_BODY: usize = MAX_LISTENS_PER_REQUEST * MAX_LISTEN_SIZE;
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_ITEMS_PER_GET: usize = 1000;
+pub const DEFAULT_ITEMS_PER_GET: usize = 25;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/1/submit-listens", post(submit_listens).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
+        .route("/1/validate-token", get(validate_token))
+        .route("/1/user/{user}/listens", get(listens))
+        .route("/1/user/{user}/listen-count", get(listen_count))
+        .route("/1/user/{user}/playing-now", get(playing_now))
+        .route("/1/delete-listen", post(delete_listen))
+        .route("/1/feedback/recording-feedback", post(recording_feedback))
+        .route("/1/stats/user/{user}/{entity}", get(user_stats))
+}
+
+/// An error in ListenBrainz's shape.
+#[derive(Debug)]
+pub struct LbError {
+    status: StatusCode,
+    message: String,
+}
+
+impl LbError {
+    fn new(status: StatusCode, message: impl Into<String>) -> LbError {
+        LbError { status, message: message.into() }
+    }
+
+    fn bad(message: impl Into<String>) -> LbError {
+        LbError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for LbError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"code": self.status.as_u16(), "error": self.message}))).into_response()
+    }
+}
+
+impl From<crate::store::Error> for LbError {
+    fn from(e: crate::store::Error) -> LbError {
+        match e {
+            crate::store::Error::Invalid(m) => LbError::bad(m),
+            other => {
+                tracing::error!(error = %other, "listenbrainz api: store error");
+                LbError::new(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on the node; please try again.")
+            }
+        }
+    }
+}
+
+type LbResult = Result<Json<Value>, LbError>;
+
+/// The client's address, when the server knows it (kept in memory only, for limits).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The user a request's token belongs to, or ListenBrainz's 401.
+fn authenticate(
+    state: &AppState,
+    addr: &ClientAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<User, LbError> {
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return Err(LbError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed authentication attempts; wait a minute.",
+        ));
+    }
+    let Some(token) = token_of(headers, query) else {
+        return Err(LbError::new(StatusCode::UNAUTHORIZED, "You need to provide an Authorization header."));
+    };
+    match state.store.user_by_token(&token)? {
+        Some((user, _)) => Ok(user),
+        None => {
+            if let Some(a) = addr.0 {
+                state.api.record_failure(a);
+            }
+            Err(LbError::new(StatusCode::UNAUTHORIZED, "Invalid authorization token."))
+        }
+    }
+}
+
+/// The user named in a read URL if `viewer` may see them; unknown and hidden users
+/// get the same 404.
+fn visible_user(state: &AppState, name: &str, viewer: Option<&User>) -> Result<User, LbError> {
+    let not_found = || LbError::new(StatusCode::NOT_FOUND, format!("Cannot find user: {name}"));
+    let user = state.store.user_by_name(name)?.ok_or_else(not_found)?;
+    let allowed = viewer.is_some_and(|v| v.id == user.id) || user.visibility == Visibility::Public;
+    if allowed { Ok(user) } else { Err(not_found()) }
+}
+
+/// The viewer of a read request: the token's user if a valid token was sent.
+fn viewer(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Option<User>, LbError> {
+    match token_of(headers, query) {
+        Some(t) => Ok(state.store.user_by_token(&t)?.map(|(u, _)| u)),
+        None => Ok(None),
+    }
+}
+
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+fn record_error(index: usize, e: RecordError) -> LbError {
+    LbError::bad(format!("listen {index}: {e}"))
+}
+
+/// Checks the parts of a listen ListenBrainz checks beyond the listen itself.
+fn check_listen_shape(index: usize, listen: &Map<String, Value>, playing_now: bool) -> Result<(), LbError> {
+    let allowed: &[&str] = if playing_now { &["track_metadata"] } else { &["listened_at", "track_metadata"] };
+    if let Some(key) = listen.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(LbError::bad(if playing_now {
+            format!("listen {index}: JSON document may only contain track_metadata as top level key (found {key})")
+        } else {
+            format!(
+                "listen {index}: JSON document may only contain listened_at and track_metadata top level keys (found {key})"
+            )
+        }));
+    }
+    if serde_json::to_vec(listen).map_or(0, |b| b.len()) > MAX_LISTEN_SIZE {
+        return Err(LbError::bad(format!(
+            "listen {index}: JSON document is too large (more than {MAX_LISTEN_SIZE} bytes)"
+        )));
+    }
+    let tags = listen.get("track_metadata").and_then(|m| m.get("additional_info")).and_then(|a| a.get("tags"));
+    if let Some(tags) = tags {
+        let list = tags.as_array().ok_or_else(|| LbError::bad(format!("listen {index}: tags must be a list")))?;
+        if list.len() > MAX_TAGS || list.iter().any(|t| t.as_str().is_none_or(|s| s.chars().count() > MAX_TAG_LEN)) {
+            return Err(LbError::bad(format!(
+                "listen {index}: at most {MAX_TAGS} tags of at most {MAX_TAG_LEN} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn submit_listens(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> LbResult {
+    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            LbError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Payload too large: at most {MAX_BODY} bytes."))
+        } else {
+            LbError::bad(format!("Cannot read the request body: {e}"))
+        }
+    })?;
+    // ListenBrainz reads the body as JSON whatever the content type says; refuse only
+    // types that cannot be JSON, so every player that works with it works here.
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("multipart/") || content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(LbError::bad("The body must be a JSON document (Content-Type: application/json)."));
+    }
+    let doc: Value = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    if contains_nul(&doc) {
+        return Err(LbError::bad("\\u0000 is not allowed in a JSON document."));
+    }
+    let listen_type = doc
+        .get("listen_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LbError::bad("JSON document must contain listen_type."))?;
+    let payload = doc
+        .get("payload")
+        .and_then(Value::as_array)
+        .ok_or_else(|| LbError::bad("JSON document must contain a payload list."))?;
+    if payload.is_empty() {
+        return Err(LbError::bad("JSON document does not contain any listens."));
+    }
+    if payload.len() > MAX_LISTENS_PER_REQUEST {
+        return Err(LbError::bad(format!("Too many listens: at most {MAX_LISTENS_PER_REQUEST} per request.")));
+    }
+    if body.len() > payload.len() * MAX_LISTEN_SIZE {
+        return Err(LbError::bad("JSON document is too large: at most 10240 bytes per listen."));
+    }
+    let now = crate::now_unix();
+    match listen_type {
+        "playing_now" => {
+            if payload.len() != 1 {
+                return Err(LbError::bad("JSON document must contain exactly one listen for listen_type playing_now."));
+            }
+            let listen = payload[0].as_object().ok_or_else(|| LbError::bad("listen 0: must be an object"))?;
+            check_listen_shape(0, listen, true)?;
+            let meta = listen
+                .get("track_metadata")
+                .and_then(Value::as_object)
+                .ok_or_else(|| LbError::bad("listen 0: track_metadata: missing or not an object"))?;
+            let (track, duration) = parse_track(meta).map_err(|e| record_error(0, e))?;
+            let client = meta
+                .get("additional_info")
+                .and_then(|a| a.get("submission_client").or_else(|| a.get("media_player")))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            state.api.set_playing(user.id, track, client, duration);
+            Ok(Json(json!({"status": "ok"})))
+        }
+        "single" | "import" => {
+            if listen_type == "single" && payload.len() != 1 {
+                return Err(LbError::bad("JSON document must contain exactly one listen for listen_type single."));
+            }
+            let mut actions = Vec::with_capacity(payload.len());
+            for (i, item) in payload.iter().enumerate() {
+                let obj = item.as_object().ok_or_else(|| LbError::bad(format!("listen {i}: must be an object")))?;
+                check_listen_shape(i, obj, false)?;
+                let listen = parse_listen(item, now).map_err(|e| record_error(i, e))?;
+                actions.push(Action::Listen(listen));
+            }
+            // All or nothing: every listen was valid; the batch is durable when this returns.
+            state.ingestor.ingest(user.id, actions).await?;
+            state.api.clear_playing(user.id);
+            Ok(Json(json!({"status": "ok"})))
+        }
+        other => Err(LbError::bad(format!("listen_type must be one of single, import, playing_now (not {other:?})."))),
+    }
+}
+
+async fn validate_token(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, LbError> {
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return Err(LbError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed authentication attempts; wait a minute.",
+        ));
+    }
+    let Some(token) = token_of(&headers, q.token.as_deref()) else {
+        return Err(LbError::bad("You need to provide an Authorization token."));
+    };
+    Ok(match state.store.user_by_token(&token)? {
+        Some((user, _)) => {
+            Json(json!({"code": 200, "message": "Token valid.", "valid": true, "user_name": user.name})).into_response()
+        }
+        None => {
+            if let Some(a) = addr.0 {
+                state.api.record_failure(a);
+            }
+            Json(json!({"code": 200, "message": "Token invalid.", "valid": false})).into_response()
+        }
+    })
+}
+
+/// A listen as ListenBrainz returns it.
+fn listen_json(user: &str, l: &StoredListen) -> Value {
+    let t = &l.listen.track;
+    let mut info = Map::new();
+    let msid = msid(t).to_string();
+    info.insert("recording_msid".into(), json!(msid));
+    if !t.artist_names.is_empty() {
+        info.insert("artist_names".into(), json!(t.artist_names));
+    }
+    if !t.artist_mbids.is_empty() {
+        info.insert("artist_mbids".into(), json!(t.artist_mbids.iter().map(format_mbid).collect::<Vec<_>>()));
+    }
+    if let Some(m) = &t.recording_mbid {
+        info.insert("recording_mbid".into(), json!(format_mbid(m)));
+    }
+    if let Some(m) = &t.release_mbid {
+        info.insert("release_mbid".into(), json!(format_mbid(m)));
+    }
+    if let Some(d) = l.listen.duration_ms {
+        info.insert("duration_ms".into(), json!(d));
+    }
+    if let Some(c) = &l.listen.client {
+        info.insert("submission_client".into(), json!(c));
+    }
+    let mut meta = Map::new();
+    meta.insert("artist_name".into(), json!(t.artist));
+    meta.insert("track_name".into(), json!(t.title));
+    if let Some(a) = &t.album {
+        meta.insert("release_name".into(), json!(a));
+    }
+    meta.insert("additional_info".into(), Value::Object(info));
+    json!({
+        "listened_at": l.listen.listened_at,
+        "inserted_at": l.listen.listened_at,
+        "recording_msid": msid,
+        "user_name": user,
+        "track_metadata": meta,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListensQuery {
+    min_ts: Option<i64>,
+    max_ts: Option<i64>,
+    count: Option<i64>,
+    token: Option<String>,
+}
+
+async fn listens(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ListensQuery>,
+) -> LbResult {
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let count = match q.count {
+        Some(c) if c < 0 => return Err(LbError::bad("count must be a positive number")),
+        Some(c) => (c as usize).min(MAX_ITEMS_PER_GET),
+        None => DEFAULT_ITEMS_PER_GET,
+    };
+    if let (Some(min), Some(max)) = (q.min_ts, q.max_ts) {
+        if max <= min {
+            return Err(LbError::bad("max_ts should be greater than min_ts"));
+        }
+    }
+    // Both bounds are exclusive, as in ListenBrainz.
+    let from = q.min_ts.map_or(0, |t| t.saturating_add(1));
+    let to = q.max_ts.unwrap_or(i64::MAX);
+    let order = if q.min_ts.is_some() && q.max_ts.is_none() { Order::OldestFirst } else { Order::NewestFirst };
+    let mut found = state.store.listens(user.id, from, to, count, order)?;
+    if order == Order::OldestFirst {
+        found.reverse();
+    }
+    let newest = state.store.listens(user.id, 0, i64::MAX, 1, Order::NewestFirst)?;
+    let oldest = state.store.listens(user.id, 0, i64::MAX, 1, Order::OldestFirst)?;
+    let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l)).collect();
+    Ok(Json(json!({"payload": {
+        "count": items.len(),
+        "listens": items,
+        "latest_listen_ts": newest.first().map_or(0, |l| l.listen.listened_at),
+        "oldest_listen_ts": oldest.first().map_or(0, |l| l.listen.listened_at),
+        "user_id": user.name,
+    }})))
+}
+
+async fn listen_count(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> LbResult {
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let n = state.store.log_head(user.id)?.n_listens;
+    Ok(Json(json!({"payload": {"count": n}})))
+}
+
+fn track_meta(t: &TrackRef) -> Value {
+    let mut meta = Map::new();
+    meta.insert("artist_name".into(), json!(t.artist));
+    meta.insert("track_name".into(), json!(t.title));
+    if let Some(a) = &t.album {
+        meta.insert("release_name".into(), json!(a));
+    }
+    Value::Object(meta)
+}
+
+async fn playing_now(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> LbResult {
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let listens: Vec<Value> = state
+        .api
+        .playing(user.id)
+        .map(|p| json!({"track_metadata": track_meta(&p.track), "user_name": user.name, "playing_now": true}))
+        .into_iter()
+        .collect();
+    Ok(Json(
+        json!({"payload": {"count": listens.len(), "user_id": user.name, "playing_now": true, "listens": listens}}),
+    ))
+}
+
+/// The user's listens whose track has `msid` or `recording_mbid` `id` (newest first).
+fn find_by_recording(
+    state: &AppState,
+    user: &User,
+    id: &uuid::Uuid,
+    at: Option<i64>,
+) -> Result<Vec<StoredListen>, LbError> {
+    let (from, to, limit) = match at {
+        Some(t) => (t, t.saturating_add(1), usize::MAX),
+        None => (0, i64::MAX, 100_000),
+    };
+    let candidates = state.store.listens(user.id, from, to, limit, Order::NewestFirst)?;
+    Ok(candidates
+        .into_iter()
+        .filter(|l| msid(&l.listen.track) == *id || l.listen.track.recording_mbid == Some(*id.as_bytes()))
+        .collect())
+}
+
+fn parse_uuid(v: Option<&Value>, field: &str) -> Result<uuid::Uuid, LbError> {
+    v.and_then(Value::as_str)
+        .and_then(|s| uuid::Uuid::try_parse(s.trim()).ok())
+        .ok_or_else(|| LbError::bad(format!("{field} must be a valid UUID")))
+}
+
+async fn delete_listen(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> LbResult {
+    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
+    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
+    let doc: Value = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    let listened_at =
+        doc.get("listened_at").and_then(Value::as_i64).ok_or_else(|| LbError::bad("listened_at must be an integer"))?;
+    let id = parse_uuid(doc.get("recording_msid"), "recording_msid")?;
+    let matches = find_by_recording(&state, &user, &id, Some(listened_at))?;
+    let Some(found) = matches.first() else {
+        return Err(LbError::new(StatusCode::NOT_FOUND, "No listen with that listened_at and recording_msid."));
+    };
+    state.ingestor.ingest(user.id, vec![Action::Delete { seq: found.seq }]).await?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+async fn recording_feedback(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> LbResult {
+    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
+    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
+    let doc: Value = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    let score = doc.get("score").and_then(Value::as_i64).ok_or_else(|| LbError::bad("score must be 1, 0 or -1"))?;
+    let id = match (doc.get("recording_msid"), doc.get("recording_mbid")) {
+        (Some(v), _) if !v.is_null() => parse_uuid(Some(v), "recording_msid")?,
+        (_, Some(v)) if !v.is_null() => parse_uuid(Some(v), "recording_mbid")?,
+        _ => return Err(LbError::bad("Provide recording_msid or recording_mbid.")),
+    };
+    // Feedback is an entry of the signed log, which needs the track's names; the node
+    // knows them from the user's listens of it.
+    let Some(listen) = find_by_recording(&state, &user, &id, None)?.into_iter().next() else {
+        return Err(LbError::new(StatusCode::NOT_FOUND, "This recording is not among your listens on this node."));
+    };
+    let track = listen.listen.track;
+    let action = match score {
+        1 => Action::Love(track),
+        -1 => Action::Hate(track),
+        0 => Action::Unlove(track),
+        _ => return Err(LbError::bad("score must be 1, 0 or -1")),
+    };
+    state.ingestor.ingest(user.id, vec![action]).await?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    range: Option<String>,
+    count: Option<i64>,
+    offset: Option<i64>,
+    token: Option<String>,
+}
+
+/// ListenBrainz's `range` names as hearsay periods (documented in docs/api-compat.md).
+pub fn range_period(range: &str, now: i64, tz: &jiff::tz::TimeZone) -> Option<Period> {
+    let today = crate::stats::period::local_date(now, tz);
+    Some(match range {
+        "this_week" => {
+            let w = today.iso_week_date();
+            Period::IsoWeek { year: w.year(), week: w.week() }
+        }
+        "this_month" => Period::Month { year: today.year(), month: today.month() },
+        "this_year" => Period::Year(today.year()),
+        "week" => Period::LastDays(7),
+        "month" => Period::LastMonths(1),
+        "quarter" => Period::LastMonths(3),
+        "half_yearly" => Period::LastMonths(6),
+        "year" => Period::LastMonths(12),
+        "all_time" => Period::AllTime,
+        _ => return None,
+    })
+}
+
+async fn user_stats(
+    State(state): State<AppState>,
+    Path((name, entity)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, LbError> {
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let (kind, list_key, total_key) = match entity.as_str() {
+        "artists" => (Kind::Artist, "artists", "total_artist_count"),
+        "recordings" => (Kind::Recording, "recordings", "total_recording_count"),
+        "releases" => (Kind::Release, "releases", "total_release_count"),
+        _ => return Err(LbError::new(StatusCode::NOT_FOUND, "Unknown statistic.")),
+    };
+    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let range = q.range.unwrap_or_else(|| "all_time".into());
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| LbError::bad(e.to_string()))?;
+    let period = range_period(&range, now, &tz).ok_or_else(|| LbError::bad("Invalid range"))?;
+    let count = q.count.unwrap_or(DEFAULT_ITEMS_PER_GET as i64);
+    let offset = q.offset.unwrap_or(0);
+    if count < 0 || offset < 0 {
+        return Err(LbError::bad("count and offset must be positive"));
+    }
+    let count = (count as usize).min(MAX_ITEMS_PER_GET);
+    let chart = state.store.chart(user.id, kind, &period, offset as usize + count, now)?;
+    if chart.listens == 0 {
+        // ListenBrainz answers 204 when it has no statistics for the range.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let rows: Vec<Value> = chart
+        .rows
+        .iter()
+        .skip(offset as usize)
+        .map(|r| match kind {
+            Kind::Artist => json!({"artist_name": r.name, "listen_count": r.listens}),
+            Kind::Recording => json!({"track_name": r.name, "artist_name": r.artist, "listen_count": r.listens}),
+            Kind::Release => json!({"release_name": r.name, "artist_name": r.artist, "listen_count": r.listens}),
+        })
+        .collect();
+    let mut payload = Map::new();
+    payload.insert("user_id".into(), json!(user.name));
+    payload.insert(list_key.into(), Value::Array(rows.clone()));
+    payload.insert("count".into(), json!(rows.len()));
+    payload.insert(total_key.into(), json!(chart.distinct));
+    payload.insert("offset".into(), json!(offset));
+    payload.insert("range".into(), json!(range));
+    payload.insert("from_ts".into(), json!(chart.from));
+    payload.insert("to_ts".into(), json!(chart.to));
+    payload.insert("last_updated".into(), json!(now));
+    Ok(Json(json!({"payload": payload})).into_response())
+}

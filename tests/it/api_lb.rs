@@ -1,0 +1,194 @@
+//! The ListenBrainz API with the real client library (liblistenbrainz), raw requests as
+//! players send them, and every kind of bad input.
+
+use serde_json::{Value, json};
+
+use crate::support::{NodeProcess, data_with_user, run_python};
+
+const LIBLISTENBRAINZ: &str = r#"
+import json, sys, time
+import liblistenbrainz as lb
+url, token = sys.argv[1], sys.argv[2]
+client = lb.ListenBrainz(api_base_url=url)
+client.set_auth_token(token)  # calls /1/validate-token
+now = int(time.time())
+client.submit_single_listen(lb.Listen(track_name="Hoppípolla", artist_name="Sigur Rós", release_name="Takk...", listened_at=now - 100))
+batch = [lb.Listen(track_name=f"Track {i}", artist_name="Batch Artist", listened_at=now - 1000 - i) for i in range(10)]
+batch.append(lb.Listen(track_name="With MBID", artist_name="Batch Artist", listened_at=now - 5000,
+                       recording_mbid="f27ec8db-af05-4f36-916e-3d57f91ecf5e"))
+client.submit_multiple_listens(batch)
+client.submit_playing_now(lb.Listen(track_name="Now Song", artist_name="Now Artist"))
+playing = client.get_playing_now("alice")
+listens = client.get_listens("alice", count=100)
+count_before = client.get_user_listen_count("alice")
+victim = [l for l in listens if l.track_name == "Track 3"][0]
+client.delete_listen(victim)
+client.submit_user_feedback(1, "f27ec8db-af05-4f36-916e-3d57f91ecf5e")
+top = client.get_user_artists("alice")
+print(json.dumps({
+    "playing": playing.track_name if playing else None,
+    "listens": [[l.artist_name, l.track_name, l.listened_at] for l in listens],
+    "count_before": count_before,
+    "count_after": client.get_user_listen_count("alice"),
+    "top": top["payload"]["artists"][0],
+}))
+"#;
+
+#[test]
+fn liblistenbrainz_submits_reads_deletes_and_loves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let out: Value = serde_json::from_str(&run_python(LIBLISTENBRAINZ, &[&node.url, &token])).expect("json");
+    assert_eq!(out["playing"], "Now Song");
+    assert_eq!(out["listens"].as_array().map(Vec::len), Some(12));
+    assert_eq!(out["listens"][0][1], "Hoppípolla", "newest first");
+    assert_eq!((out["count_before"].as_u64(), out["count_after"].as_u64()), (Some(12), Some(11)));
+    assert_eq!(out["top"], json!({"artist_name": "Batch Artist", "listen_count": 10}));
+    assert_eq!(node.terminate(), Some(0));
+
+    // Really stored: read the store itself after the node stopped.
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    let titles: Vec<String> = store
+        .listens(alice, 0, i64::MAX, 100, hearsay::store::logs::Order::NewestFirst)
+        .expect("listens")
+        .into_iter()
+        .map(|l| l.listen.track.title)
+        .collect();
+    assert_eq!(titles.len(), 11);
+    assert!(titles.contains(&"Hoppípolla".to_string()) && !titles.contains(&"Track 3".to_string()));
+    let loves = store.feedback(alice, 1, 10).expect("loves");
+    assert_eq!(loves.iter().map(|f| f.row.name.as_str()).collect::<Vec<_>>(), ["With MBID"]);
+    store.verify_log(alice).expect("db").expect("the log verifies");
+}
+
+fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut req = ureq::post(url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("token {t}"));
+    }
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = ureq::get(url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Token {t}"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    (status, serde_json::from_str(&resp.into_string().unwrap_or_default()).unwrap_or(Value::Null))
+}
+
+fn listen(at: i64, artist: &str, title: &str) -> Value {
+    json!({"listened_at": at, "track_metadata": {"artist_name": artist, "track_name": title}})
+}
+
+#[test]
+fn bad_requests_get_listenbrainz_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let submit = format!("{}/1/submit-listens", node.url);
+    let now = hearsay::now_unix();
+    let t = Some(token.as_str());
+    let good = listen(now - 10, "A", "B");
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
+        ("no token", None, json!({"listen_type": "single", "payload": [good]}).to_string().into_bytes(), 401),
+        ("bad token", Some("00000000-0000-4000-8000-000000000000"), json!({"listen_type": "single", "payload": [good]}).to_string().into_bytes(), 401),
+        ("invalid JSON", t, b"{not json".to_vec(), 400),
+        ("invalid UTF-8", t, b"{\"listen_type\":\"single\",\"payload\":[{\"listened_at\":1,\"track_metadata\":{\"artist_name\":\"\xff\"}}]}".to_vec(), 400),
+        ("unknown listen_type", t, json!({"listen_type": "many", "payload": [good]}).to_string().into_bytes(), 400),
+        ("single with two", t, json!({"listen_type": "single", "payload": [good, good]}).to_string().into_bytes(), 400),
+        ("empty payload", t, json!({"listen_type": "import", "payload": []}).to_string().into_bytes(), 400),
+        ("NUL byte", t, json!({"listen_type": "single", "payload": [listen(now, "A\u{0}", "B")]}).to_string().into_bytes(), 400),
+        ("too early", t, json!({"listen_type": "single", "payload": [listen(1_000_000_000, "A", "B")]}).to_string().into_bytes(), 400),
+        ("future", t, json!({"listen_type": "single", "payload": [listen(now + 7200, "A", "B")]}).to_string().into_bytes(), 400),
+        ("wrong type", t, json!({"listen_type": "single", "payload": [{"listened_at": "soon", "track_metadata": {"artist_name": "A", "track_name": "B"}}]}).to_string().into_bytes(), 400),
+        ("missing field", t, json!({"listen_type": "single", "payload": [{"listened_at": now, "track_metadata": {"artist_name": "A"}}]}).to_string().into_bytes(), 400),
+        ("extra key", t, json!({"listen_type": "single", "payload": [{"listened_at": now, "foo": 1, "track_metadata": {"artist_name": "A", "track_name": "B"}}]}).to_string().into_bytes(), 400),
+        ("playing_now with time", t, json!({"listen_type": "playing_now", "payload": [listen(now, "A", "B")]}).to_string().into_bytes(), 400),
+        ("bad MBID", t, json!({"listen_type": "single", "payload": [{"listened_at": now, "track_metadata": {"artist_name": "A", "track_name": "B", "additional_info": {"recording_mbid": "nope"}}}]}).to_string().into_bytes(), 400),
+        ("too many listens", t, json!({"listen_type": "import", "payload": vec![good.clone(); 1001]}).to_string().into_bytes(), 400),
+        // One bad listen among good ones: the whole request is refused.
+        ("all or nothing", t, json!({"listen_type": "import", "payload": [listen(now - 1, "A", "B"), listen(now - 2, "", "B")]}).to_string().into_bytes(), 400),
+    ];
+    for (name, token, body, want) in cases {
+        let (status, err) = post(&submit, token, &body);
+        assert_eq!(status, want, "{name}: {err}");
+        assert_eq!(err["code"].as_u64(), Some(u64::from(want)), "{name}: {err}");
+        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}: {err}");
+    }
+    // Oversized: refused with 413 before the whole body is read.
+    let huge = vec![b' '; 10_240_001];
+    let (status, err) = post(&submit, t, &huge);
+    assert_eq!((status, err["code"].as_u64()), (413, Some(413)));
+    let (_, count) = get(&format!("{}/1/user/alice/listen-count", node.url), t);
+    assert_eq!(count["payload"]["count"], 0, "nothing was stored");
+
+    // validate-token: valid, invalid (200), missing (400).
+    let (s, v) = get(&format!("{}/1/validate-token", node.url), t);
+    assert_eq!((s, v["valid"].as_bool(), v["user_name"].as_str()), (200, Some(true), Some("alice")));
+    let (s, v) = get(&format!("{}/1/validate-token?token=nope", node.url), None);
+    assert_eq!((s, v["valid"].as_bool(), v["message"].as_str()), (200, Some(false), Some("Token invalid.")));
+    let (s, _) = get(&format!("{}/1/validate-token", node.url), None);
+    assert_eq!(s, 400);
+    // Reads: hidden and unknown users look the same to others; the owner sees hers.
+    let (s1, e1) = get(&format!("{}/1/user/alice/listens", node.url), None);
+    let (s2, e2) = get(&format!("{}/1/user/nobody/listens", node.url), None);
+    assert_eq!((s1, s2), (404, 404));
+    assert_eq!(
+        e1["error"].as_str().map(|e| e.replace("alice", "X")),
+        e2["error"].as_str().map(|e| e.replace("nobody", "X"))
+    );
+    assert_eq!(get(&format!("{}/1/user/alice/listens", node.url), t).0, 200);
+    let (s, _) = get(&format!("{}/1/stats/user/alice/artists?range=fortnight", node.url), t);
+    assert_eq!(s, 400);
+    drop(node);
+}
+
+#[test]
+fn requests_as_players_send_them_are_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/listenbrainz");
+    let now = hearsay::now_unix();
+    let mut expected = 0;
+    let mut names: Vec<_> =
+        std::fs::read_dir(&fixtures).expect("tests/data/listenbrainz").flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        // The fixtures carry "__NOW__" where a player puts the current time.
+        let text = std::fs::read_to_string(&path).expect("fixture").replace("__NOW__", &(now - 60).to_string());
+        let doc: Value = serde_json::from_str(&text).expect("fixture json");
+        let (status, body) = post(&format!("{}/1/submit-listens", node.url), Some(&token), text.as_bytes());
+        assert_eq!(status, 200, "{}: {body}", path.display());
+        if doc["listen_type"] != "playing_now" {
+            expected += doc["payload"].as_array().map_or(0, Vec::len);
+        }
+    }
+    let (_, count) = get(&format!("{}/1/user/alice/listen-count", node.url), Some(&token));
+    assert_eq!(count["payload"]["count"].as_u64(), Some(expected as u64));
+    let (_, listens) = get(&format!("{}/1/user/alice/listens?count=100", node.url), Some(&token));
+    let artists: Vec<&str> = listens["payload"]["listens"]
+        .as_array()
+        .expect("listens")
+        .iter()
+        .filter_map(|l| l["track_metadata"]["artist_name"].as_str())
+        .collect();
+    assert!(artists.contains(&"Daft Punk"), "{artists:?}");
+    drop(node);
+}
