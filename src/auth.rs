@@ -51,6 +51,21 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     blake3::derive_key("hearsay 2026-11-23 api token v1", token.trim().to_ascii_lowercase().as_bytes())
 }
 
+/// The digest under which a Last.fm-style session key is stored.
+pub fn session_digest(key: &str) -> [u8; 32] {
+    blake3::derive_key("hearsay 2026-11-23 session key v1", key.trim().to_ascii_lowercase().as_bytes())
+}
+
+/// Lower-case hex md5, as the legacy scrobbler protocols use it.
+pub fn md5_hex(data: &[u8]) -> String {
+    hex::encode(<md5::Md5 as md5::Digest>::digest(data))
+}
+
+/// Constant-time equality of two strings of equal length (false when lengths differ).
+pub fn strings_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
 /// Constant-time equality of two digests.
 pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()

@@ -18,7 +18,11 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/health", get(health)).merge(crate::api::listenbrainz::router()).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .merge(crate::api::listenbrainz::router())
+        .merge(crate::api::lastfm::router())
+        .with_state(state)
 }
 
 /// Liveness and identity: answers while the node serves requests.

@@ -5,6 +5,7 @@
 //! - shared here: token extraction, per-address limits on failed log-ins, the
 //!   in-memory "now playing" state, and the recording ids ("MSIDs") handed to clients.
 
+pub mod lastfm;
 pub mod listenbrainz;
 
 use std::collections::HashMap;

@@ -82,6 +82,7 @@ pub(crate) struct Trees {
     pub userid_bucket_counts: sled::Tree,
     pub userid_statsmark: sled::Tree,
     pub userid_recording_feedback: sled::Tree,
+    pub sessiondigest_session: sled::Tree,
 }
 
 /// An open database.
@@ -150,6 +151,7 @@ impl Store {
             userid_bucket_counts: t(schema::USERID_BUCKET_COUNTS)?,
             userid_statsmark: t(schema::USERID_STATSMARK)?,
             userid_recording_feedback: t(schema::USERID_RECORDING_FEEDBACK)?,
+            sessiondigest_session: t(schema::SESSIONDIGEST_SESSION)?,
         };
         let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -219,6 +221,7 @@ impl Store {
             schema::USERID_BUCKET_COUNTS => &t.userid_bucket_counts,
             schema::USERID_STATSMARK => &t.userid_statsmark,
             schema::USERID_RECORDING_FEEDBACK => &t.userid_recording_feedback,
+            schema::SESSIONDIGEST_SESSION => &t.sessiondigest_session,
             _ => return None,
         })
     }

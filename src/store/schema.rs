@@ -100,6 +100,11 @@ pub const USERID_STATSMARK: &str = "userid_statsmark";
 /// Serves: loves and hates lists, love flags. Since schema 2.
 pub const USERID_RECORDING_FEEDBACK: &str = "userid_recording_feedback";
 
+/// `sessiondigest_session`: `blake3 derive_key("hearsay 2026-11-23 session key v1",
+/// session key)` -> `SessionV1` (user id, created_at): Last.fm-style sessions from
+/// `auth.getMobileSession`; the key itself is stored nowhere. Since schema 2.
+pub const SESSIONDIGEST_SESSION: &str = "sessiondigest_session";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -126,6 +131,7 @@ pub const ALL_TREES: &[&str] = &[
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
+    SESSIONDIGEST_SESSION,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.

@@ -11,7 +11,7 @@ use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
 pub use super::values::Visibility;
-use super::values::{SigningKeyV1, TokenV1, UserV2};
+use super::values::{SessionV1, SigningKeyV1, TokenV2, UserV2};
 use super::{Error, Result, Store};
 use crate::auth;
 
@@ -192,7 +192,8 @@ impl Store {
         let token = auth::new_token().map_err(Error::Crypto)?;
         let digest = auth::token_digest(&token);
         let id = self.next_id("next_token_id", 1)?;
-        let record = TokenV1 { user: user.0, id, name: name.to_owned(), created_at: now };
+        let legacy_md5 = Some(<md5::Md5 as md5::Digest>::digest(token.as_bytes()).into());
+        let record = TokenV2 { user: user.0, id, name: name.to_owned(), created_at: now, legacy_md5 };
         let t = &self.trees;
         (&t.tokendigest_token, &t.userid_tokenid_tokendigest)
             .transaction(|(by_digest, by_user)| {
@@ -211,7 +212,7 @@ impl Store {
         let Some(bytes) = self.trees.tokendigest_token.get(digest)? else {
             return Ok(None);
         };
-        let record: TokenV1 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
+        let record: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
         let user = UserId(record.user);
         // The forward index must point back at the same digest; a revoked or foreign
         // record fails here.
@@ -225,6 +226,40 @@ impl Store {
         Ok(self.user(user)?.map(|u| (u, info)))
     }
 
+    /// Whether `check(md5 hex of a token)` holds for any of the user's tokens: how the
+    /// legacy protocols' password proofs are verified (see `TokenV2::legacy_md5`).
+    pub fn legacy_password_matches(&self, user: UserId, check: impl Fn(&str) -> bool) -> Result<bool> {
+        for kv in self.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(user)) {
+            let (_, digest) = kv?;
+            let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else { continue };
+            let r: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
+            if let Some(md5) = r.legacy_md5 {
+                if check(&hex::encode(md5)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts a Last.fm-style session for `user`; the key is returned once and stored
+    /// only as a digest.
+    pub fn create_session(&self, user: UserId, now: i64) -> Result<String> {
+        let key = hex::encode(auth::random_bytes::<16>().map_err(Error::Crypto)?);
+        let record = SessionV1 { user: user.0, created_at: now };
+        self.trees.sessiondigest_session.insert(auth::session_digest(&key), encode(&record))?;
+        self.flush()?;
+        Ok(key)
+    }
+
+    /// The user a session key belongs to.
+    pub fn user_by_session(&self, key: &str) -> Result<Option<User>> {
+        let digest = auth::session_digest(key);
+        let Some(bytes) = self.trees.sessiondigest_session.get(digest)? else { return Ok(None) };
+        let record: SessionV1 = decode(schema::SESSIONDIGEST_SESSION, &digest, &bytes)?;
+        self.user(UserId(record.user))
+    }
+
     /// A user's tokens, by id.
     pub fn tokens(&self, user: UserId) -> Result<Vec<TokenInfo>> {
         let mut out = Vec::new();
@@ -233,7 +268,7 @@ impl Store {
             let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else {
                 continue;
             };
-            let r: TokenV1 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
+            let r: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
             let _ = keys::parse_user_u32(schema::USERID_TOKENID_TOKENDIGEST, &k)?;
             out.push(TokenInfo { user, id: r.id, name: r.name, created_at: r.created_at });
         }
@@ -284,6 +319,13 @@ impl Store {
             tree.apply_batch(batch)?;
         }
         self.trees.username_userid.remove(user.name.to_ascii_lowercase().as_bytes())?;
+        for kv in self.trees.sessiondigest_session.iter() {
+            let (k, v) = kv?;
+            if decode::<SessionV1>(schema::SESSIONDIGEST_SESSION, &k, &v).is_ok_and(|s| s.user == id.0) {
+                self.trees.sessiondigest_session.remove(k)?;
+                removed += 1;
+            }
+        }
         self.forget_hot(Some(id));
         self.flush()?;
         Ok(removed + 1)

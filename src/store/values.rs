@@ -91,7 +91,7 @@ impl Versioned for SigningKeyV1 {
     const VERSION: u8 = 1;
 }
 
-/// `tokendigest_token`.
+/// `tokendigest_token`, as first written. Read and migrated to `TokenV2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenV1 {
     pub user: u32,
@@ -99,7 +99,41 @@ pub struct TokenV1 {
     pub name: String,
     pub created_at: i64,
 }
-impl Versioned for TokenV1 {
+
+/// `tokendigest_token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenV2 {
+    pub user: u32,
+    pub id: u32,
+    pub name: String,
+    pub created_at: i64,
+    /// md5 of the token text: legacy protocols (Last.fm's `authToken`, Audioscrobbler
+    /// 1.2) prove a password by hashes of its md5, so a token doubles as the password
+    /// for such clients. The token is 122 random bits, so its md5 reveals nothing.
+    /// None for tokens made before this existed.
+    pub legacy_md5: Option<[u8; 16]>,
+}
+impl Versioned for TokenV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => {
+                let v1: TokenV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                Ok(TokenV2 { user: v1.user, id: v1.id, name: v1.name, created_at: v1.created_at, legacy_md5: None })
+            }
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
+}
+
+/// `sessiondigest_session`: a Last.fm-style session (from `auth.getMobileSession`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionV1 {
+    pub user: u32,
+    pub created_at: i64,
+}
+impl Versioned for SessionV1 {
     const VERSION: u8 = 1;
 }
 

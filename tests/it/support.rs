@@ -187,3 +187,71 @@ pub fn data_with_user(dir: &Path) -> (PathBuf, String) {
     assert_eq!(code, 0, "{err}");
     (data, token.trim().to_owned())
 }
+
+/// A TLS front for a node (socat with a fresh self-signed certificate for 127.0.0.1):
+/// pylast only speaks HTTPS. Clients trust it through `SSL_CERT_FILE = cert`.
+pub struct TlsProxy {
+    child: Child,
+    pub host: String,
+    pub cert: PathBuf,
+}
+
+impl TlsProxy {
+    pub fn start(dir: &Path, upstream: &str) -> TlsProxy {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl could not make a certificate");
+        let both = dir.join("both.pem");
+        let pem = [std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key")].concat();
+        std::fs::write(&both, pem).expect("pem");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let upstream = upstream.trim_start_matches("http://");
+        let child = Command::new("socat")
+            .arg(format!("OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={}", both.display()))
+            .arg(format!("TCP:{upstream}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (apt-get install socat)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsProxy { child, host: format!("127.0.0.1:{port}"), cert }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// As `run_python`, with extra environment variables.
+pub fn run_python_env(script: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(script).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,151 @@
+//! The Last.fm 2.0 API with the real pylast (over TLS, as pylast insists), raw form
+//! requests, and error shapes.
+
+use serde_json::Value;
+
+use crate::support::{NodeProcess, TlsProxy, data_with_user, run_python_env};
+
+const PYLAST: &str = r#"
+import json, sys, time
+import pylast
+host, token = sys.argv[1], sys.argv[2]
+net = pylast.LibreFMNetwork(api_key="a" * 32, api_secret="b" * 32)
+net.ws_server = (host, "/2.0/")
+net.homepage = f"https://{host}"
+# pylast's username + password method: auth.getMobileSession with authToken.
+net.session_key = pylast.SessionKeyGenerator(net).get_session_key("alice", pylast.md5(token))
+now = int(time.time())
+net.scrobble(artist="Sigur Rós", title="Hoppípolla", timestamp=now - 300, album="Takk...")
+net.scrobble_many([{"artist": "Batch", "title": f"Song {i}", "timestamp": now - 1000 - i, "duration": 200} for i in range(5)])
+net.update_now_playing(artist="Now Artist", title="Now Song")
+user = net.get_user("alice")
+playing = user.get_now_playing()
+net.get_track("Sigur Rós", "Hoppípolla").love()
+recent = user.get_recent_tracks(limit=10)
+top = user.get_top_artists(limit=5)
+print(json.dumps({
+    "session": bool(net.session_key),
+    "playing": str(playing.title) if playing else None,
+    "recent": [[str(r.track.artist), str(r.track.title), int(r.timestamp)] for r in recent],
+    "playcount": user.get_playcount(),
+    "top": [[str(t.item), int(t.weight)] for t in top],
+}))
+"#;
+
+#[test]
+fn pylast_authenticates_scrobbles_loves_and_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let tls = TlsProxy::start(dir.path(), &node.url);
+    let out = run_python_env(PYLAST, &[&tls.host, &token], &[("SSL_CERT_FILE", &tls.cert)]);
+    let out: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(out["session"], true);
+    assert_eq!(out["playing"], "Now Song");
+    assert_eq!(out["recent"].as_array().map(Vec::len), Some(6));
+    assert_eq!(out["recent"][0][1], "Hoppípolla");
+    assert_eq!(out["playcount"], 6);
+    assert_eq!(out["top"][0], serde_json::json!(["Batch", 5]));
+    drop(tls);
+    assert_eq!(node.terminate(), Some(0));
+
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    assert_eq!(store.log_head(alice).expect("head").n_listens, 6);
+    let loves = store.feedback(alice, 1, 10).expect("loves");
+    assert_eq!(loves.iter().map(|f| f.row.name.as_str()).collect::<Vec<_>>(), ["Hoppípolla"]);
+    store.verify_log(alice).expect("db").expect("verifies");
+}
+
+fn form(url: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+    let resp = match ureq::post(url).send_form(pairs) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    (resp.status(), resp.into_string().unwrap_or_default())
+}
+
+#[test]
+fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let api = format!("{}/2.0/", node.url);
+    // The account password works too (auth.getMobileSession's current form), as JSON.
+    let (s, body) = form(
+        &api,
+        &[
+            ("method", "auth.getMobileSession"),
+            ("username", "alice"),
+            ("password", "password123"),
+            ("api_key", "k"),
+            ("format", "json"),
+        ],
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let sk = v["session"]["key"].as_str().expect("key").to_owned();
+    assert_eq!(v["session"]["name"], "alice");
+    // Wrong password: error 4, in XML by default.
+    let (s, body) = form(&api, &[("method", "auth.getMobileSession"), ("username", "alice"), ("password", "nope")]);
+    assert_eq!(s, 403);
+    assert!(body.contains("<lfm status=\"failed\"><error code=\"4\">"), "{body}");
+    // A batch with array notation: one good, one too old, one duplicate of the first.
+    let now = hearsay::now_unix().to_string();
+    let early = "1000000000";
+    let (s, body) = form(
+        &api,
+        &[
+            ("method", "track.scrobble"),
+            ("sk", &sk),
+            ("artist[0]", "Björk"),
+            ("track[0]", "Jóga"),
+            ("timestamp[0]", &now),
+            ("album[0]", "Homogenic"),
+            ("artist[1]", "Old"),
+            ("track[1]", "Song"),
+            ("timestamp[1]", early),
+            ("artist[2]", "björk"),
+            ("track[2]", "jóga"),
+            ("timestamp[2]", &now),
+        ],
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("<scrobbles accepted=\"1\" ignored=\"2\">"), "{body}");
+    assert!(body.contains("<ignoredMessage code=\"3\">"), "{body}");
+    assert!(body.contains("<ignoredMessage code=\"91\">"), "{body}");
+    // Without a session, with an unknown method, with a missing parameter.
+    let (s, body) = form(&api, &[("method", "track.scrobble"), ("artist", "A"), ("track", "B"), ("timestamp", &now)]);
+    assert!(s == 403 && body.contains("code=\"9\""), "{body}");
+    let (s, body) = form(&api, &[("method", "track.fly"), ("format", "json")]);
+    assert_eq!(s, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["error"], 3);
+    let (s, body) = form(&api, &[("method", "track.scrobble"), ("sk", &sk), ("artist", "A"), ("track", "B")]);
+    assert!(s == 400 && body.contains("code=\"6\""), "{body}");
+    // JSON: one scrobble is an object, attributes under @attr.
+    let (_, body) = form(
+        &api,
+        &[
+            ("method", "track.scrobble"),
+            ("sk", &sk),
+            ("artist", "Solo"),
+            ("track", "One"),
+            ("timestamp", &now),
+            ("format", "json"),
+        ],
+    );
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["scrobbles"]["@attr"]["accepted"], "1");
+    assert_eq!(v["scrobbles"]["scrobble"]["artist"]["#text"], "Solo");
+    // Reads of a private profile by others: not found.
+    let (s, _) = form(&api, &[("method", "user.getRecentTracks"), ("user", "alice")]);
+    assert_eq!(s, 404);
+    let (s, body) =
+        form(&api, &[("method", "user.getRecentTracks"), ("user", "alice"), ("sk", &sk), ("format", "json")]);
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["recenttracks"]["@attr"]["total"], "2");
+    drop(node);
+    let _ = token;
+}
