@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(crate::api::listenbrainz::router())
         .merge(crate::api::lastfm::router())
+        .merge(crate::api::audioscrobbler::router())
         .with_state(state)
 }
 

@@ -5,6 +5,7 @@
 //! - shared here: token extraction, per-address limits on failed log-ins, the
 //!   in-memory "now playing" state, and the recording ids ("MSIDs") handed to clients.
 
+pub mod audioscrobbler;
 pub mod lastfm;
 pub mod listenbrainz;
 
@@ -34,6 +35,8 @@ pub struct NowPlaying {
 /// State shared by the API handlers.
 #[derive(Clone, Default)]
 pub struct ApiState {
+    /// Audioscrobbler 1.2 sessions.
+    pub as_sessions: audioscrobbler::Sessions,
     now_playing: Arc<Mutex<HashMap<UserId, NowPlaying>>>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }

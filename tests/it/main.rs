@@ -1,6 +1,7 @@
 //! The one integration-test binary: `support` has the helpers (temp stores, a running
 //! node process), each other module one area of behaviour.
 
+mod api_as;
 mod api_lastfm;
 mod api_lb;
 mod log;

@@ -1,0 +1,190 @@
+//! Audioscrobbler 1.2 (mpdscribble and other old players): a handshake on `/?hs=true`,
+//! then now-playing and submission URLs, answered with `OK`, `BADAUTH`, `BADTIME`,
+//! `BADSESSION` or `FAILED <reason>` lines.
+//!
+//! The password of the protocol is an API token (`hearsay token new`): the handshake
+//! proves it as `md5(md5(password) + timestamp)`, which needs the md5 the node keeps of
+//! each token and never of account passwords. Sessions live in memory for 24 hours; a
+//! client whose session is gone after a restart gets `BADSESSION` and hands shakes again,
+//! as the protocol intends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::listenbrainz::ClientAddr;
+use crate::auth::{md5_hex, strings_equal};
+use crate::http::AppState;
+use crate::log::{Listen, RawListen, TrackRef};
+use crate::store::{Action, UserId};
+
+/// Largest clock difference accepted in a handshake (GNU FM's rule).
+pub const MAX_SKEW_SECS: i64 = 300;
+/// Most tracks in one submission.
+pub const MAX_TRACKS: usize = 50;
+const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Audioscrobbler sessions, in memory only.
+#[derive(Clone, Default)]
+pub struct Sessions(Arc<Mutex<HashMap<String, (UserId, Instant)>>>);
+
+impl Sessions {
+    fn create(&self, user: UserId) -> Option<String> {
+        let id = hex::encode(crate::auth::random_bytes::<16>().ok()?);
+        let mut map = self.0.lock().ok()?;
+        let now = Instant::now();
+        map.retain(|_, (_, until)| *until > now);
+        map.insert(id.clone(), (user, now + SESSION_LIFETIME));
+        Some(id)
+    }
+
+    fn user(&self, id: &str) -> Option<UserId> {
+        let map = self.0.lock().ok()?;
+        map.get(id).filter(|(_, until)| *until > Instant::now()).map(|(u, _)| *u)
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(handshake))
+        .route("/as/1.2/np", post(now_playing))
+        .route("/as/1.2/submit", post(submit))
+}
+
+fn lines(text: impl Into<String>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text.into()).into_response()
+}
+
+async fn handshake(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.get("hs").map(String::as_str) != Some("true") {
+        return lines("hearsay node: point Audioscrobbler 1.2 clients (mpdscribble) here; see docs/api-compat.md\n");
+    }
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return lines("FAILED Too many failed handshakes; wait a minute\n");
+    }
+    let (Some(user), Some(t), Some(a)) = (q.get("u"), q.get("t"), q.get("a")) else {
+        return lines("FAILED Missing u, t or a\n");
+    };
+    if !matches!(q.get("p").map(String::as_str), Some("1.2") | Some("1.2.1")) {
+        return lines("FAILED Unsupported protocol version: use 1.2\n");
+    }
+    let Ok(ts) = t.parse::<i64>() else { return lines("FAILED t must be a unix time\n") };
+    if (ts - crate::now_unix()).abs() > MAX_SKEW_SECS {
+        return lines("BADTIME\n");
+    }
+    let found = match state.store.user_by_name(user) {
+        Ok(u) => u,
+        Err(_) => return lines("FAILED The node could not check the credentials\n"),
+    };
+    let want = a.to_ascii_lowercase();
+    let ok = found.as_ref().is_some_and(|u| {
+        state
+            .store
+            .legacy_password_matches(u.id, |md5_token| {
+                strings_equal(&md5_hex(format!("{md5_token}{t}").as_bytes()), &want)
+            })
+            .unwrap_or(false)
+    });
+    let (Some(user), true) = (found, ok) else {
+        if let Some(a) = addr.0 {
+            state.api.record_failure(a);
+        }
+        return lines("BADAUTH\n");
+    };
+    let Some(session) = state.api.as_sessions.create(user.id) else {
+        return lines("FAILED Could not start a session\n");
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
+    lines(format!("OK\n{session}\nhttp://{host}/as/1.2/np\nhttp://{host}/as/1.2/submit\n"))
+}
+
+fn form(body: &[u8]) -> Option<HashMap<String, String>> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).ok().map(|v| v.into_iter().collect())
+}
+
+fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<UserId> {
+    f.get("s").and_then(|s| state.api.as_sessions.user(s))
+}
+
+async fn now_playing(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(f) = form(&body) else { return lines("FAILED The body is not a form\n") };
+    let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
+    let raw = RawListen {
+        artist: f.get("a").map_or(&b""[..], |s| s.as_bytes()),
+        title: f.get("t").map_or(&b""[..], |s| s.as_bytes()),
+        album: f.get("b").map(|s| s.as_bytes()),
+        recording_mbid: f.get("m").map(|s| s.as_bytes()).filter(|m| !m.is_empty()),
+        ..RawListen::default()
+    };
+    match TrackRef::parse(&raw) {
+        Ok(track) => {
+            let length = f.get("l").and_then(|l| l.parse::<u32>().ok()).map(|s| s.saturating_mul(1000));
+            state.api.set_playing(user, track, Some("Audioscrobbler 1.2 client".into()), length);
+            lines("OK\n")
+        }
+        Err(e) => lines(format!("FAILED {e}\n")),
+    }
+}
+
+async fn submit(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(f) = form(&body) else { return lines("FAILED The body is not a form\n") };
+    let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
+    let now = crate::now_unix();
+    let mut actions = Vec::new();
+    for i in 0..MAX_TRACKS + 1 {
+        let get = |k: &str| f.get(&format!("{k}[{i}]"));
+        let Some(artist) = get("a") else { break };
+        if i == MAX_TRACKS {
+            return lines(format!("FAILED At most {MAX_TRACKS} tracks per submission\n"));
+        }
+        // A track the user skipped is not a listen.
+        if get("r").is_some_and(|r| r == "S") {
+            continue;
+        }
+        let Some(at) = get("i").and_then(|t| t.parse::<i64>().ok()) else {
+            return lines(format!("FAILED i[{i}] must be a unix time\n"));
+        };
+        let raw = RawListen {
+            artist: artist.as_bytes(),
+            title: get("t").map_or(&b""[..], |s| s.as_bytes()),
+            album: get("b").map(|s| s.as_bytes()).filter(|b| !b.is_empty()),
+            recording_mbid: get("m").map(|s| s.as_bytes()).filter(|m| !m.is_empty()),
+            listened_at: at,
+            duration_ms: get("l").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0).map(|s| s * 1000),
+            client: Some(b"Audioscrobbler 1.2 client"),
+            ..RawListen::default()
+        };
+        match Listen::parse(&raw, now) {
+            Ok(listen) => {
+                let loved = get("r").is_some_and(|r| r == "L");
+                let track = listen.track.clone();
+                actions.push(Action::Listen(listen));
+                if loved {
+                    actions.push(Action::Love(track));
+                }
+            }
+            // All or nothing: the client keeps its queue and can fix or drop the track.
+            Err(e) => return lines(format!("FAILED Track {i}: {e}\n")),
+        }
+    }
+    if !actions.is_empty() {
+        if let Err(e) = state.ingestor.ingest(user, actions).await {
+            tracing::error!(error = %e, "audioscrobbler: ingest failed");
+            return lines("FAILED The node could not store the submission; try again\n");
+        }
+        state.api.clear_playing(user);
+    }
+    lines("OK\n")
+}

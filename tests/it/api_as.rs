@@ -1,0 +1,85 @@
+//! Audioscrobbler 1.2 exchanges as mpdscribble makes them.
+
+use crate::support::{NodeProcess, data_with_user};
+
+fn md5(s: &str) -> String {
+    hearsay::auth::md5_hex(s.as_bytes())
+}
+
+fn get(url: &str) -> String {
+    ureq::get(url).call().expect("get").into_string().expect("body")
+}
+
+fn post(url: &str, pairs: &[(String, String)]) -> String {
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ureq::post(url).send_form(&refs).expect("post").into_string().expect("body")
+}
+
+#[test]
+fn handshake_now_playing_and_submission() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let now = hearsay::now_unix();
+    let t = now.to_string();
+    let auth = md5(&format!("{}{t}", md5(&token)));
+    let hs =
+        |user: &str, t: &str, a: &str| get(&format!("{}/?hs=true&p=1.2&c=mpd&v=0.25&u={user}&t={t}&a={a}", node.url));
+
+    assert_eq!(hs("alice", &t, "0123456789abcdef0123456789abcdef"), "BADAUTH\n");
+    assert_eq!(hs("nobody", &t, &auth), "BADAUTH\n");
+    assert_eq!(hs("alice", &(now - 3600).to_string(), &md5(&format!("{}{}", md5(&token), now - 3600))), "BADTIME\n");
+    let reply = hs("alice", &t, &auth);
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(lines.len(), 4, "{reply}");
+    assert_eq!(lines[0], "OK");
+    let (session, np, submit) = (lines[1].to_owned(), lines[2].to_owned(), lines[3].to_owned());
+
+    let s = |v: &str| ("s".to_string(), v.to_string());
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        post(&np, &[s(&session), kv("a", "Sigur Rós"), kv("t", "Glósóli"), kv("b", "Takk..."), kv("l", "370")]),
+        "OK\n"
+    );
+    assert_eq!(post(&np, &[s("nope"), kv("a", "A"), kv("t", "B")]), "BADSESSION\n");
+    let listened = (now - 400).to_string();
+    let second = (now - 800).to_string();
+    let mut tracks = vec![s(&session)];
+    for (i, (a, title, at, r)) in [
+        ("Sigur Rós", "Glósóli", &listened, "L"),
+        ("Múm", "Green Grass of Tunnel", &second, ""),
+        ("Skipped", "Track", &second, "S"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        tracks.extend([
+            kv(&format!("a[{i}]"), a),
+            kv(&format!("t[{i}]"), title),
+            kv(&format!("i[{i}]"), at),
+            kv(&format!("o[{i}]"), "P"),
+            kv(&format!("r[{i}]"), r),
+            kv(&format!("l[{i}]"), "300"),
+            kv(&format!("b[{i}]"), ""),
+            kv(&format!("n[{i}]"), ""),
+            kv(&format!("m[{i}]"), ""),
+        ]);
+    }
+    assert_eq!(post(&submit, &tracks), "OK\n");
+    // A bad track fails the submission, and nothing of it is stored.
+    let bad = vec![s(&session), kv("a[0]", "A"), kv("t[0]", "B"), kv("i[0]", "1000"), kv("o[0]", "P")];
+    assert!(post(&submit, &bad).starts_with("FAILED Track 0: listened_at"));
+    assert_eq!(post(&submit, &[s("nope"), kv("a[0]", "A")]), "BADSESSION\n");
+    assert_eq!(node.terminate(), Some(0));
+
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    let titles: Vec<String> = store
+        .listens(alice, 0, i64::MAX, 10, hearsay::store::logs::Order::NewestFirst)
+        .expect("listens")
+        .into_iter()
+        .map(|l| l.listen.track.title)
+        .collect();
+    assert_eq!(titles, ["Glósóli", "Green Grass of Tunnel"]);
+    assert_eq!(store.feedback(alice, 1, 10).expect("loves").len(), 1, "r[i]=L loves the track");
+}
