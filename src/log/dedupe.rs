@@ -1,7 +1,13 @@
 //! The duplicate rule, and the name normalisation it relies on.
 //!
-//! Rule (v1): a listen is a duplicate of another when both belong to the same user, have
-//! the same `listened_at` second, and the same *normalised* artist credit and track title.
+//! Rule (v2): a listen is a duplicate of another when both belong to the same user, have
+//! the same *normalised* artist credit and track title, and start less than a *window*
+//! apart: half the track's length, at least 30 s and at most 240 s (30 s when the length
+//! is unknown). A second play of a track cannot count as a scrobble before the first has
+//! run for half its length or 4 minutes (Last.fm's and ListenBrainz's rule), so two
+//! submissions closer than that are one play sent twice: "now playing" and the final
+//! scrobble a second apart, the same play through two players or paths, a re-sent
+//! backlog, a pause and resume. A real second play starts later and is kept.
 //! Album, duration, MBIDs and client do not matter: two clients reporting the same play
 //! often disagree on those (ListenBrainz keys on them and users see doubles for it).
 //! Normalisation is Unicode NFC, then full case folding, then NFC again, with runs of
@@ -40,14 +46,19 @@ pub fn dedupe_key(track: &TrackRef) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// How far apart two listens of the same track may be and still count as one play.
-/// v1 uses zero: exact duplicates only.
-pub const DEDUPE_WINDOW_SECS: i64 = 0;
+/// Smallest and largest duplicate windows, in seconds.
+pub const MIN_WINDOW_SECS: i64 = 30;
+pub const MAX_WINDOW_SECS: i64 = 240;
+
+/// How close two listens of one track must start to be one play (see the rule above).
+pub fn window_secs(duration_ms: Option<u32>) -> i64 {
+    duration_ms.map_or(MIN_WINDOW_SECS, |ms| (i64::from(ms) / 2000).clamp(MIN_WINDOW_SECS, MAX_WINDOW_SECS))
+}
 
 /// True when a listen at `listened_at` with `key` duplicates one of `existing`
-/// (pairs of `listened_at`, key) under the rule above.
-pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at: i64, key: u32) -> bool {
-    existing.into_iter().any(|(at, k)| k == key && (at - listened_at).abs() <= DEDUPE_WINDOW_SECS)
+/// (pairs of `listened_at`, key) starting less than `window` seconds apart.
+pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at: i64, key: u32, window: i64) -> bool {
+    existing.into_iter().any(|(at, k)| k == key && (at - listened_at).abs() < window.max(1))
 }
 
 #[cfg(test)]
@@ -72,15 +83,19 @@ mod tests {
         let a = track("Beyonc\u{e9}", "Stra\u{df}e  Song", Some("X"));
         let b = track("BEYONCE\u{301}", "strasse song", None);
         assert_eq!(dedupe_key(&a), dedupe_key(&b));
-        assert!(is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b)));
+        assert!(is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b), 30));
     }
 
     #[test]
     fn a_different_second_or_track_is_a_new_listen() {
         let a = track("Muse", "Uprising", None);
         let b = track("Muse", "Resistance", None);
-        assert!(!is_duplicate([(100, dedupe_key(&a))], 101, dedupe_key(&a)));
-        assert!(!is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b)));
+        assert!(!is_duplicate([(100, dedupe_key(&a))], 130, dedupe_key(&a), 30));
+        assert!(is_duplicate([(100, dedupe_key(&a))], 129, dedupe_key(&a), 30));
+        assert!(!is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b), 30));
+        let windows =
+            (window_secs(None), window_secs(Some(20_000)), window_secs(Some(300_000)), window_secs(Some(900_000)));
+        assert_eq!(windows, (30, 30, 150, 240));
     }
 
     fn names() -> impl proptest::strategy::Strategy<Value = String> {

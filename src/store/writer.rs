@@ -27,7 +27,7 @@ use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
 use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, FeedbackV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Result, Store};
-use crate::log::dedupe::{DEDUPE_WINDOW_SECS, dedupe_key, is_duplicate};
+use crate::log::dedupe::{dedupe_key, is_duplicate, window_secs};
 use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
 use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt, TrackRef};
@@ -416,12 +416,13 @@ impl Writer {
                 let (track, dkey) = self.intern_track(group, &listen.track)?;
                 let at = listen.listened_at;
                 let mut nearby = Vec::new();
-                for day in day_of(at - DEDUPE_WINDOW_SECS)..=day_of(at + DEDUPE_WINDOW_SECS) {
+                let window = window_secs(listen.duration_ms);
+                for day in day_of(at - window)..=day_of(at + window) {
                     let base = i64::from(day) * 86_400;
                     let (bucket, _) = self.day(group, user, day)?;
                     nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
                 }
-                if is_duplicate(nearby, at, dkey) {
+                if is_duplicate(nearby, at, dkey, window) {
                     return Ok(Outcome::Duplicate);
                 }
                 let client = match &listen.client {

@@ -43,9 +43,10 @@ fn listens_come_back_in_time_order_with_ranges_and_limits() {
 }
 
 #[test]
-fn the_duplicate_rule_drops_exact_repeats_only() {
+fn the_duplicate_rule_drops_one_play_sent_twice_and_keeps_real_replays() {
+    // The test listens are 200 s long, so plays of one track closer than 100 s are one.
     let t = TestStore::new();
-    let at = NOW - 1000;
+    let at = NOW - 10_000;
     let first = t
         .ingestor
         .ingest_blocking(t.user, vec![Action::Listen(listen("Sigur Rós", "Hoppípolla", at))])
@@ -55,16 +56,32 @@ fn the_duplicate_rule_drops_exact_repeats_only() {
     other_client.track.album = None;
     other_client.client = Some("another player".into());
     let again = vec![
-        Action::Listen(other_client), // same play, other spelling and client
-        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // a real second play
-        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // duplicated inside the batch
+        Action::Listen(other_client), // the same play from another player
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // "now playing" then the scrobble
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 99)), // resumed after a pause
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 200)), // a real second play
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 200)), // re-sent in the same batch
         Action::Listen(listen("Sigur Rós", "Glósóli", at)), // another track, same second
     ];
     let outcomes = t.ingestor.ingest_blocking(t.user, again).expect("ingest");
     assert_eq!(
         outcomes,
-        vec![Outcome::Duplicate, Outcome::Appended { seq: 1 }, Outcome::Duplicate, Outcome::Appended { seq: 2 }]
+        vec![
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Appended { seq: 1 },
+            Outcome::Duplicate,
+            Outcome::Appended { seq: 2 }
+        ]
     );
+    // A re-sent backlog adds nothing.
+    let backlog = vec![
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at)),
+        Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 200)),
+        Action::Listen(listen("Sigur Rós", "Glósóli", at)),
+    ];
+    assert_eq!(t.ingestor.ingest_blocking(t.user, backlog).expect("ingest"), vec![Outcome::Duplicate; 3]);
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 3);
 }
 

@@ -279,8 +279,11 @@ fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
 fn names_are_one_item_after_normalisation_and_display_as_first_seen() {
     let t = TestStore::new();
     let spellings = ["Beyonc\u{e9}", "BEYONCE\u{301}", "beyonc\u{e9}", " Beyonc\u{e9} "];
-    let actions =
-        spellings.iter().enumerate().map(|(i, a)| Action::Listen(listen(a, "Halo", NOW - 1000 + i as i64))).collect();
+    let actions = spellings
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Action::Listen(listen(a, "Halo", NOW - 10_000 + 300 * i as i64)))
+        .collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
     let chart = t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
     assert_eq!(chart.rows.len(), 1);
@@ -350,7 +353,7 @@ fn node_charts_count_listeners_and_leave_private_users_out() {
     use hearsay::store::users::Visibility;
     let t = TestStore::new();
     let day = NOW - 86_400;
-    add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 1), ("Solo", "X", day + 2)]);
+    add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 300), ("Solo", "X", day + 2)]);
     add_user(&t, "u2", &[("Shared", "S", day + 3)]);
     let private = add_user(&t, "u3", &[("Secret Artist", "Z", day + 4), ("Shared", "S", day + 5)]);
     t.store.set_visibility(private, Visibility::Private).expect("private");
@@ -370,8 +373,8 @@ fn loves_and_hates_follow_the_latest_feedback() {
         .ingest_blocking(
             t.user,
             vec![
-                Action::Listen(listen("Band", "One", NOW - 100)),
-                Action::Listen(listen("Band", "One", NOW - 50)),
+                Action::Listen(listen("Band", "One", NOW - 1000)),
+                Action::Listen(listen("Band", "One", NOW - 500)),
                 Action::Love(song("One")),
                 Action::Love(song("Two")),
                 Action::Hate(song("Three")),
