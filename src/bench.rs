@@ -20,6 +20,15 @@ use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// Start a node on 127.0.0.1 in this process and load it with single-listen
+    /// ListenBrainz submissions from concurrent keep-alive connections; print the rate
+    /// of acknowledged (durable) listens and the latency percentiles.
+    Http {
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Many users on one node: time "similar users" (cold: taste vectors computed;
     /// warm: cached) and the node chart.
     Neighbours {
@@ -180,6 +189,7 @@ pub fn peak_rss_kib() -> u64 {
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
     let cmd = match cmd {
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
+        BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
         }
@@ -467,6 +477,79 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
         charts.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("node chart, top-50 artists, all time", charts);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std::process::ExitCode> {
+    let dir = std::env::temp_dir().join(format!("hearsay-bench-http-{}", std::process::id()));
+    let mut node_config = config.clone();
+    node_config.node.data_dir = dir.clone();
+    let node = crate::node::Node::build(node_config)?;
+    let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
+    let (token, _) = node.store.create_token(user.id, "bench", crate::now_unix())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}/1/submit-listens", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ingestor = node.ingestor.clone();
+    let server = runtime.spawn(node.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    let base = crate::now_unix() - 3 * 86_400;
+    let results: Vec<(u64, Vec<f64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..connections)
+            .map(|c| {
+                let (url, token) = (url.clone(), token.clone());
+                scope.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let (mut ok, mut latencies) = (0u64, Vec::new());
+                    let mut i = 0u64;
+                    while Instant::now() < deadline {
+                        // Distinct tracks, so the duplicate rule keeps every one.
+                        let body = format!(
+                            "{{\"listen_type\":\"single\",\"payload\":[{{\"listened_at\":{},\"track_metadata\":{{\"artist_name\":\"Load {c}\",\"track_name\":\"Track {i}\"}}}}]}}",
+                            base + i as i64
+                        );
+                        let t = Instant::now();
+                        let sent = agent
+                            .post(&url)
+                            .set("Authorization", &format!("Token {token}"))
+                            .set("Content-Type", "application/json")
+                            .send_string(&body);
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        if sent.is_ok() {
+                            ok += 1;
+                        }
+                        i += 1;
+                    }
+                    (ok, latencies)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let acknowledged: u64 = results.iter().map(|(ok, _)| ok).sum();
+    let latencies: Vec<f64> = results.into_iter().flat_map(|(_, l)| l).collect();
+    let _ = stop_tx.send(());
+    runtime.block_on(server)??;
+    println!(
+        "{acknowledged} listens acknowledged in {seconds} s from {connections} connections = {:.0} listens/s (each acknowledged after its group was flushed)",
+        acknowledged as f64 / seconds as f64
+    );
+    report("submit-listens latency", latencies);
+    let groups = ingestor.stats();
+    println!(
+        "group commits: {} flushes for {} batches ({:.1} batches per flush)",
+        groups.groups,
+        groups.batches,
+        groups.batches as f64 / groups.groups.max(1) as f64
+    );
+    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let stored = store.log_head(user.id)?.n_listens;
+    println!("stored after shutdown: {stored} (acknowledged {acknowledged})");
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)

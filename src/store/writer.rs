@@ -341,6 +341,15 @@ impl Writer {
                     }
                 }
             }
+            if failed.is_none() {
+                // Seal each touched user's tail block once for the whole group: one
+                // signature per user per flush, however many batches it carried.
+                let now = now_secs();
+                let users: BTreeSet<UserId> = jobs.iter().map(|j| j.user).collect();
+                for user in users {
+                    self.finish_user(&mut group, user, now);
+                }
+            }
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
                 let _ = job.reply.send(Err(e));
@@ -399,7 +408,6 @@ impl Writer {
             s.copy_from_slice(salt);
             outcomes.push(self.prepare_one(group, user, action, s, signed_at)?);
         }
-        self.finish_user(group, user, signed_at);
         Ok(outcomes)
     }
 
