@@ -192,3 +192,57 @@ fn requests_as_players_send_them_are_stored() {
     assert!(artists.contains(&"Daft Punk"), "{artists:?}");
     drop(node);
 }
+
+#[test]
+fn sigkill_during_concurrent_submissions_loses_no_acknowledged_listen() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(5, |d| d.as_nanos() as u64) | 1;
+    let now = hearsay::now_unix();
+    for round in 0..3 {
+        let mut node = NodeProcess::start(&data);
+        let url = format!("{}/1/submit-listens", node.url);
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (url, token, acked) = (url.clone(), token.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    for i in 0..100_000i64 {
+                        let title = format!("round {round} client {c} listen {i}");
+                        let body = json!({"listen_type": "single", "payload": [listen(now - 86_400 + i, &format!("Crash {c}"), &title)]});
+                        match agent.post(&url).set("Authorization", &format!("Token {token}")).send_string(&body.to_string()) {
+                            Ok(_) => acked.lock().expect("lock").push(title),
+                            Err(_) => return, // the node is gone
+                        }
+                    }
+                })
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(std::time::Duration::from_millis(300 + seed % 900));
+        node.child.kill().expect("SIGKILL");
+        node.child.wait().expect("wait");
+        for c in clients {
+            c.join().expect("client");
+        }
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() > 100, "too few acknowledged listens to mean anything: {}", acked.len());
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    let stored: std::collections::HashSet<String> = store
+        .listens(alice, 0, i64::MAX, usize::MAX, hearsay::store::logs::Order::OldestFirst)
+        .expect("listens")
+        .into_iter()
+        .map(|l| l.listen.track.title)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|t| !stored.contains(*t)).collect();
+    assert!(lost.is_empty(), "{} acknowledged listens lost, e.g. {:?}", lost.len(), lost.first());
+    store.verify_log(alice).expect("db").expect("the log verifies after three SIGKILLs");
+    eprintln!("{} acknowledged, {} stored, none lost", acked.len(), stored.len());
+}
