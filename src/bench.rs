@@ -162,19 +162,7 @@ impl Synthetic {
     }
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
+use crate::store::compact::dir_bytes;
 
 /// Peak resident set size of this process in KiB (Linux `VmHWM`).
 pub fn peak_rss_kib() -> u64 {

@@ -136,6 +136,12 @@ fn visible_user(state: &AppState, name: &str, viewer: Option<&User>) -> Result<U
     if allowed { Ok(user) } else { Err(not_found()) }
 }
 
+/// The user a read request names, if its sender (by token, or anonymous) may see them.
+fn readable_user(state: &AppState, name: &str, headers: &HeaderMap, query: Option<&str>) -> Result<User, LbError> {
+    let viewer = viewer(state, headers, query)?;
+    visible_user(state, name, viewer.as_ref())
+}
+
 /// The viewer of a read request: the token's user if a valid token was sent.
 fn viewer(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Option<User>, LbError> {
     match token_of(headers, query) {
@@ -351,8 +357,7 @@ async fn listens(
     headers: HeaderMap,
     Query(q): Query<ListensQuery>,
 ) -> LbResult {
-    let viewer = viewer(&state, &headers, q.token.as_deref())?;
-    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
     let count = match q.count {
         Some(c) if c < 0 => return Err(LbError::bad("count must be a positive number")),
         Some(c) => (c as usize).min(MAX_ITEMS_PER_GET),
@@ -389,8 +394,7 @@ async fn listen_count(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> LbResult {
-    let viewer = viewer(&state, &headers, q.token.as_deref())?;
-    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
     let n = state.store.log_head(user.id)?.n_listens;
     Ok(Json(json!({"payload": {"count": n}})))
 }
@@ -411,8 +415,7 @@ async fn playing_now(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> LbResult {
-    let viewer = viewer(&state, &headers, q.token.as_deref())?;
-    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
     let listens: Vec<Value> = state
         .api
         .playing(user.id)
@@ -448,6 +451,20 @@ fn parse_uuid(v: Option<&Value>, field: &str) -> Result<uuid::Uuid, LbError> {
         .ok_or_else(|| LbError::bad(format!("{field} must be a valid UUID")))
 }
 
+/// The user and JSON body of an authenticated write.
+fn authenticated_json(
+    state: &AppState,
+    addr: &ClientAddr,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(User, Value), LbError> {
+    let user = authenticate(state, addr, headers, query_token)?;
+    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
+    let doc = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    Ok((user, doc))
+}
+
 async fn delete_listen(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -455,9 +472,7 @@ async fn delete_listen(
     Query(q): Query<TokenQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> LbResult {
-    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
-    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
-    let doc: Value = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body)?;
     let listened_at =
         doc.get("listened_at").and_then(Value::as_i64).ok_or_else(|| LbError::bad("listened_at must be an integer"))?;
     let id = parse_uuid(doc.get("recording_msid"), "recording_msid")?;
@@ -476,9 +491,7 @@ async fn recording_feedback(
     Query(q): Query<TokenQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> LbResult {
-    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
-    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
-    let doc: Value = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
+    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body)?;
     let score = doc.get("score").and_then(Value::as_i64).ok_or_else(|| LbError::bad("score must be 1, 0 or -1"))?;
     let id = match (doc.get("recording_msid"), doc.get("recording_mbid")) {
         (Some(v), _) if !v.is_null() => parse_uuid(Some(v), "recording_msid")?,
@@ -535,14 +548,13 @@ async fn user_stats(
     headers: HeaderMap,
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, LbError> {
-    let viewer = viewer(&state, &headers, q.token.as_deref())?;
     let (kind, list_key, total_key) = match entity.as_str() {
         "artists" => (Kind::Artist, "artists", "total_artist_count"),
         "recordings" => (Kind::Recording, "recordings", "total_recording_count"),
         "releases" => (Kind::Release, "releases", "total_release_count"),
         _ => return Err(LbError::new(StatusCode::NOT_FOUND, "Unknown statistic.")),
     };
-    let user = visible_user(&state, &name, viewer.as_ref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
     let range = q.range.unwrap_or_else(|| "all_time".into());
     let now = crate::now_unix();
     let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| LbError::bad(e.to_string()))?;

@@ -48,7 +48,8 @@ pub(crate) fn is_blank(t: &TrackV1) -> bool {
     t.track.artist.is_empty() && t.track.title.is_empty()
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+/// Bytes of every file below `path` (apparent sizes).
+pub fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

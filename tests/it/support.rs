@@ -166,14 +166,7 @@ pub fn python() -> PathBuf {
 
 /// Runs a Python script with arguments; returns its stdout, failing on a non-zero exit.
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_python_env(script, args, &[])
 }
 
 /// A data dir with user `alice` (password `password123`) and an API token for her.
