@@ -32,6 +32,120 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/2.0/", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
         .route("/2.0", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
+        .route("/api/auth/", axum::routing::get(approval_page).post(approve))
+        .route("/api/auth", axum::routing::get(approval_page).post(approve))
+}
+
+/// How long an `auth.getToken` token may wait for approval (Last.fm: 60 minutes).
+const AUTH_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Tokens from `auth.getToken`, in memory: when made, and the user who approved it.
+#[derive(Clone, Default)]
+pub struct AuthTokens(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<crate::store::UserId>)>>,
+    >,
+);
+
+impl AuthTokens {
+    fn create(&self) -> Option<String> {
+        let token = hex::encode(crate::auth::random_bytes::<16>().ok()?);
+        let mut map = self.0.lock().ok()?;
+        map.retain(|_, (made, _)| made.elapsed() < AUTH_TOKEN_LIFETIME);
+        map.insert(token.clone(), (std::time::Instant::now(), None));
+        Some(token)
+    }
+
+    /// Marks a pending token approved by `user`; false when unknown or expired.
+    fn approve(&self, token: &str, user: crate::store::UserId) -> bool {
+        let Ok(mut map) = self.0.lock() else { return false };
+        match map.get_mut(token) {
+            Some((made, approved)) if made.elapsed() < AUTH_TOKEN_LIFETIME => {
+                *approved = Some(user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a token for `auth.getSession`: Ok(user) once approved (single use).
+    fn take(&self, token: &str) -> Result<crate::store::UserId, (u32, &'static str)> {
+        let mut map = self.0.lock().map_err(|_| (16, "Temporary error, try again"))?;
+        match map.get(token).copied() {
+            None => Err((4, "Invalid authentication token supplied")),
+            Some((made, _)) if made.elapsed() >= AUTH_TOKEN_LIFETIME => {
+                map.remove(token);
+                Err((15, "This token has expired"))
+            }
+            Some((_, None)) => Err((14, "This token has not been authorized")),
+            Some((_, Some(user))) => {
+                map.remove(token);
+                Ok(user)
+            }
+        }
+    }
+}
+
+fn page(title: &str, body: &str) -> Response {
+    axum::response::Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body><main><h1>{t}</h1>{body}</main></body></html>",
+        t = escape(title)
+    ))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ApprovalQuery {
+    token: Option<String>,
+}
+
+/// The page a Last.fm client opens for the user to approve its token.
+async fn approval_page(Query(q): Query<ApprovalQuery>) -> Response {
+    let Some(token) = q.token.filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        return page(
+            "Connect an application",
+            "<p>This link has no valid token. Start again from your application.</p>",
+        );
+    };
+    page(
+        "Connect an application",
+        &format!(
+            "<p>An application asks to scrobble to your account on this node and read your listening.</p>\
+             <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
+             <p><label>User name <input name=\"username\" autocomplete=\"username\" required></label></p>\
+             <p><label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label></p>\
+             <p><button>Allow</button></p></form>"
+        ),
+    )
+}
+
+async fn approve(State(state): State<AppState>, addr: ClientAddr, body: Bytes) -> Response {
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return (StatusCode::TOO_MANY_REQUESTS, page("Too many attempts", "<p>Wait a minute and try again.</p>"))
+            .into_response();
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
+    let user = state.store.check_password(get("username"), get("password")).ok().flatten();
+    let Some(user) = user else {
+        if let Some(a) = addr.0 {
+            state.api.record_failure(a);
+        }
+        return (
+            StatusCode::FORBIDDEN,
+            page("Not allowed", "<p>Wrong user name or password. Go back and try again.</p>"),
+        )
+            .into_response();
+    };
+    if state.api.auth_tokens.approve(get("token"), user.id) {
+        page("Application connected", "<p>Done. Return to your application.</p>")
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            page("Link expired", "<p>This request has expired. Start again from your application.</p>"),
+        )
+            .into_response()
+    }
 }
 
 /// An element of a Last.fm response, rendered as XML or as Last.fm's JSON.
@@ -197,6 +311,11 @@ async fn dispatch(
     let method = params.get("method").unwrap_or_default().to_ascii_lowercase();
     let result = match method.as_str() {
         "auth.getmobilesession" => mobile_session(&state, &addr, &params),
+        "auth.gettoken" => match state.api.auth_tokens.create() {
+            Some(token) => Ok(vec![El::text("token", token)]),
+            None => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again")),
+        },
+        "auth.getsession" => web_session(&state, &params),
         "track.scrobble" => scrobble(&state, &params).await,
         "track.updatenowplaying" => now_playing(&state, &params),
         "track.love" | "track.unlove" => love(&state, &params, method == "track.love").await,
@@ -275,6 +394,23 @@ fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outco
         }
         return Err(denied());
     };
+    let key = state.store.create_session(user.id, crate::now_unix()).map_err(store_err)?;
+    Ok(vec![
+        El::new("session")
+            .child(El::text("name", &user.name))
+            .child(El::text("key", key))
+            .child(El::text("subscriber", 0)),
+    ])
+}
+
+fn web_session(state: &AppState, params: &Params) -> Outcome2 {
+    let token = params.get("token").ok_or_else(|| bad_params("Invalid parameters - token is required"))?;
+    let user = state.api.auth_tokens.take(token).map_err(|(code, m)| fail(StatusCode::FORBIDDEN, code, m))?;
+    let user = state
+        .store
+        .user(user)
+        .map_err(store_err)?
+        .ok_or_else(|| fail(StatusCode::FORBIDDEN, 4, "Invalid authentication token supplied"))?;
     let key = state.store.create_session(user.id, crate::now_unix()).map_err(store_err)?;
     Ok(vec![
         El::new("session")

@@ -37,6 +37,8 @@ pub struct NowPlaying {
 pub struct ApiState {
     /// Audioscrobbler 1.2 sessions.
     pub as_sessions: audioscrobbler::Sessions,
+    /// Last.fm web/desktop authentication tokens awaiting approval.
+    pub auth_tokens: lastfm::AuthTokens,
     now_playing: Arc<Mutex<HashMap<UserId, NowPlaying>>>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }

@@ -149,3 +149,68 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
     drop(node);
     let _ = token;
 }
+
+const PYLAST_WEB_AUTH: &str = r#"
+import sys
+import pylast
+host = sys.argv[1]
+net = pylast.LibreFMNetwork(api_key="a" * 32, api_secret="b" * 32)
+net.ws_server = (host, "/2.0/")
+net.homepage = f"https://{host}"
+sg = pylast.SessionKeyGenerator(net)
+url = sg.get_web_auth_url()
+print(url, flush=True)
+sys.stdin.readline()  # the user approves in a browser meanwhile
+key = sg.get_web_auth_session_key(url)
+net.session_key = key
+net.scrobble(artist="Web Auth", title="Approved", timestamp=int(__import__("time").time()) - 60)
+print(key, flush=True)
+"#;
+
+#[test]
+fn pylast_web_authentication_with_the_approval_page() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let tls = TlsProxy::start(dir.path(), &node.url);
+    let mut child = std::process::Command::new(crate::support::python())
+        .arg("-c")
+        .arg(PYLAST_WEB_AUTH)
+        .arg(&tls.host)
+        .env("SSL_CERT_FILE", &tls.cert)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut url = String::new();
+    out.read_line(&mut url).expect("url");
+    let url = url.trim().to_owned();
+    assert!(url.contains("/api/auth/?api_key="), "{url}");
+    let token = url.split("token=").nth(1).expect("token").to_owned();
+    // Not yet approved: error 14; the page asks for the user's credentials.
+    let (s, body) = form(&format!("{}/2.0/", node.url), &[("method", "auth.getSession"), ("token", &token)]);
+    assert!(s == 403 && body.contains("code=\"14\""), "{body}");
+    let page =
+        ureq::get(&format!("{}/api/auth/?token={token}", node.url)).call().expect("page").into_string().expect("html");
+    assert!(page.contains("name=\"password\"") && page.contains(&token));
+    let (s, _) =
+        form(&format!("{}/api/auth/", node.url), &[("token", &token), ("username", "alice"), ("password", "wrong")]);
+    assert_eq!(s, 403);
+    let (s, _) = form(
+        &format!("{}/api/auth/", node.url),
+        &[("token", &token), ("username", "alice"), ("password", "password123")],
+    );
+    assert_eq!(s, 200);
+    child.stdin.take().expect("stdin").write_all(b"\n").expect("approve");
+    let mut key = String::new();
+    out.read_line(&mut key).expect("key");
+    assert_eq!(key.trim().len(), 32, "{key}");
+    assert!(child.wait().expect("python").success());
+    // The token was single use.
+    let (_, body) = form(&format!("{}/2.0/", node.url), &[("method", "auth.getSession"), ("token", &token)]);
+    assert!(body.contains("code=\"4\""), "{body}");
+    drop(tls);
+    assert_eq!(node.terminate(), Some(0));
+}
