@@ -13,6 +13,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::listenbrainz::ClientAddr;
 use crate::auth::{md5_hex, strings_equal};
@@ -41,18 +44,17 @@ const AUTH_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 
 /// Tokens from `auth.getToken`, in memory: when made, and the user who approved it.
 #[derive(Clone, Default)]
-pub struct AuthTokens(
-    std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<crate::store::UserId>)>>,
-    >,
-);
+pub struct AuthTokens(Arc<Mutex<HashMap<String, PendingToken>>>);
+
+/// When a token was made, and the user who approved it.
+type PendingToken = (Instant, Option<crate::store::UserId>);
 
 impl AuthTokens {
     fn create(&self) -> Option<String> {
         let token = hex::encode(crate::auth::random_bytes::<16>().ok()?);
         let mut map = self.0.lock().ok()?;
         map.retain(|_, (made, _)| made.elapsed() < AUTH_TOKEN_LIFETIME);
-        map.insert(token.clone(), (std::time::Instant::now(), None));
+        map.insert(token.clone(), (Instant::now(), None));
         Some(token)
     }
 
