@@ -158,6 +158,7 @@ impl Synthetic {
             listened_at: self.at,
             duration_ms: Some(150_000 + (track_no as u32) * 7_000),
             client: Some("hearsay-bench".into()),
+            info: None,
         }
     }
 }

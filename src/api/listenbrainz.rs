@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::{msid, token_of};
 use crate::http::AppState;
-use crate::import::listenbrainz::{RecordError, parse_listen, parse_track};
+use crate::import::listenbrainz::{RecordError, extra_info, parse_listen, parse_track};
 use crate::log::TrackRef;
 use crate::log::listen::format_mbid;
 use crate::stats::chart::Kind;
@@ -263,7 +263,9 @@ async fn submit_listens(
             for (i, item) in payload.iter().enumerate() {
                 let obj = item.as_object().ok_or_else(|| LbError::bad(format!("listen {i}: must be an object")))?;
                 check_listen_shape(i, obj, false)?;
-                let listen = parse_listen(item, now).map_err(|e| record_error(i, e))?;
+                let mut listen = parse_listen(item, now).map_err(|e| record_error(i, e))?;
+                // ListenBrainz keeps every additional_info key; so does the node.
+                listen.info = extra_info(item).map_err(|e| record_error(i, e))?;
                 actions.push(Action::Listen(listen));
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.
@@ -304,9 +306,12 @@ async fn validate_token(
 }
 
 /// A listen as ListenBrainz returns it.
-fn listen_json(user: &str, l: &StoredListen) -> Value {
+fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
     let t = &l.listen.track;
     let mut info = Map::new();
+    if let Some(Value::Object(kept)) = extra.and_then(|e| serde_json::from_str::<Value>(e).ok()) {
+        info.extend(kept);
+    }
     let msid = msid(t).to_string();
     info.insert("recording_msid".into(), json!(msid));
     if !t.artist_names.is_empty() {
@@ -378,7 +383,9 @@ async fn listens(
     }
     let newest = state.store.listens(user.id, 0, i64::MAX, 1, Order::NewestFirst)?;
     let oldest = state.store.listens(user.id, 0, i64::MAX, 1, Order::OldestFirst)?;
-    let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l)).collect();
+    let seqs: Vec<u64> = found.iter().map(|l| l.seq).collect();
+    let extra = state.store.listen_infos(user.id, &seqs)?;
+    let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l, extra.get(&l.seq))).collect();
     Ok(Json(json!({"payload": {
         "count": items.len(),
         "listens": items,

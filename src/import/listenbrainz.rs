@@ -4,7 +4,7 @@
 
 use std::io::BufRead;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::log::{Listen, ListenError, RawListen, TrackRef};
 
@@ -75,6 +75,34 @@ pub fn parse_listen(value: &Value, now: i64) -> Result<Listen, RecordError> {
         _ => return Err(RecordError::Shape("track_metadata: missing or not an object".into())),
     };
     with_raw(meta, listened_at, |raw| Ok(Listen::parse(raw, now)?))
+}
+
+/// `additional_info` keys that become fields of the listen itself.
+const MODELLED_INFO_KEYS: &[&str] =
+    &["artist_mbids", "artist_names", "recording_mbid", "release_mbid", "duration_ms", "duration", "submission_client"];
+
+/// The rest of a listen's `additional_info`, as compact JSON, to keep beside the log
+/// (`Listen::info`); None when nothing is left.
+pub fn extra_info(listen: &Value) -> Result<Option<String>, RecordError> {
+    let Some(Value::Object(info)) = listen.get("track_metadata").and_then(|m| m.get("additional_info")) else {
+        return Ok(None);
+    };
+    let rest: Map<String, Value> = info
+        .iter()
+        .filter(|(k, v)| !MODELLED_INFO_KEYS.contains(&k.as_str()) && !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let text = Value::Object(rest).to_string();
+    if text.len() > crate::log::listen::MAX_INFO_BYTES {
+        return Err(RecordError::Shape(format!(
+            "additional_info: longer than {} bytes",
+            crate::log::listen::MAX_INFO_BYTES
+        )));
+    }
+    Ok(Some(text))
 }
 
 /// Validates a `track_metadata` object alone (a "playing now" has no time).

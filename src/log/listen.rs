@@ -49,7 +49,14 @@ pub struct Listen {
     pub duration_ms: Option<u32>,
     /// The submitting client (e.g. `"Navidrome"`), when known.
     pub client: Option<String>,
+    /// Extra client metadata (ListenBrainz's `additional_info` beyond the fields above),
+    /// as compact JSON of at most `MAX_INFO_BYTES`. Kept beside the signed log, not in
+    /// it: the entry's canonical bytes do not include it (see `docs/protocol.md`).
+    pub info: Option<String>,
 }
+
+/// Largest `Listen::info`, in bytes.
+pub const MAX_INFO_BYTES: usize = 10_240;
 
 /// The unvalidated parts of a listen, as bytes straight from a parser.
 #[derive(Clone, Debug, Default)]
@@ -176,7 +183,7 @@ impl Listen {
             Some(ms) => u32::try_from(ms).ok(),
         };
         let client = optional_text("submission_client", raw.client, MAX_CLIENT_BYTES)?;
-        Ok(Listen { track, listened_at, duration_ms, client })
+        Ok(Listen { track, listened_at, duration_ms, client, info: None })
     }
 }
 

@@ -189,11 +189,34 @@ impl Store {
                 {
                     out.push(StoredListen {
                         seq: item.seq,
-                        listen: Listen { track, listened_at, duration_ms, client },
+                        listen: Listen { track, listened_at, duration_ms, client, info: None },
                     });
                     if out.len() >= limit {
                         return Ok(out);
                     }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The extra client metadata (`Listen::info`) of those of `seqs` that have any.
+    pub fn listen_infos(&self, user: UserId, seqs: &[u64]) -> Result<HashMap<u64, String>> {
+        let mut out = HashMap::new();
+        let mut blocks: HashMap<u64, Option<super::values::InfoBlockV1>> = HashMap::new();
+        for &seq in seqs {
+            let first = seq - seq % BLOCK_ENTRIES;
+            if let Entry::Vacant(v) = blocks.entry(first) {
+                let key = keys::user_seq(user, first);
+                v.insert(match self.trees.userid_seq_info.get(key)? {
+                    Some(bytes) => Some(decode(schema::USERID_SEQ_INFO, &key, &bytes)?),
+                    None => None,
+                });
+            }
+            let slot = (seq - first) as u8;
+            if let Some(Some(block)) = blocks.get(&first) {
+                if let Some((_, info)) = block.items.iter().find(|(s, _)| *s == slot) {
+                    out.insert(seq, info.clone());
                 }
             }
         }

@@ -83,6 +83,7 @@ pub(crate) struct Trees {
     pub userid_statsmark: sled::Tree,
     pub userid_recording_feedback: sled::Tree,
     pub sessiondigest_session: sled::Tree,
+    pub userid_seq_info: sled::Tree,
 }
 
 /// An open database.
@@ -152,6 +153,7 @@ impl Store {
             userid_statsmark: t(schema::USERID_STATSMARK)?,
             userid_recording_feedback: t(schema::USERID_RECORDING_FEEDBACK)?,
             sessiondigest_session: t(schema::SESSIONDIGEST_SESSION)?,
+            userid_seq_info: t(schema::USERID_SEQ_INFO)?,
         };
         let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -222,6 +224,7 @@ impl Store {
             schema::USERID_STATSMARK => &t.userid_statsmark,
             schema::USERID_RECORDING_FEEDBACK => &t.userid_recording_feedback,
             schema::SESSIONDIGEST_SESSION => &t.sessiondigest_session,
+            schema::USERID_SEQ_INFO => &t.userid_seq_info,
             _ => return None,
         })
     }

@@ -105,6 +105,12 @@ pub const USERID_RECORDING_FEEDBACK: &str = "userid_recording_feedback";
 /// `auth.getMobileSession`; the key itself is stored nowhere. Since schema 2.
 pub const SESSIONDIGEST_SESSION: &str = "sessiondigest_session";
 
+/// `userid_seq_info`: `user id u32 ‖ first seq u64` (a log block's key) -> `InfoBlockV1`:
+/// the extra client metadata (`Listen::info`, ListenBrainz's `additional_info`) of the
+/// listens of that block that carried any, by slot. Beside the signed log, not in it;
+/// erasing a listen removes its entry. Serves: ListenBrainz listen reads. Since schema 2.
+pub const USERID_SEQ_INFO: &str = "userid_seq_info";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -132,6 +138,7 @@ pub const ALL_TREES: &[&str] = &[
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
     SESSIONDIGEST_SESSION,
+    USERID_SEQ_INFO,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -145,4 +152,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
+    USERID_SEQ_INFO,
 ];

@@ -309,3 +309,13 @@ pub struct FeedbackV1 {
 impl Versioned for FeedbackV1 {
     const VERSION: u8 = 1;
 }
+
+/// `userid_seq_info`: extra client metadata of some listens of one log block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoBlockV1 {
+    /// (slot in the block, compact JSON), sorted by slot.
+    pub items: Vec<(u8, String)>,
+}
+impl Versioned for InfoBlockV1 {
+    const VERSION: u8 = 1;
+}

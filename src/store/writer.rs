@@ -25,7 +25,9 @@ use super::aggregates::{Delta, Dictionary, merged, place};
 use super::codec::{decode, encode};
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{AggV1, BlockV1, ClientV1, DayItem, DayV1, FeedbackV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::values::{
+    AggV1, BlockV1, ClientV1, DayItem, DayV1, FeedbackV1, HeadV1, InfoBlockV1, StoredEntry, TrackChunkV1, TrackV1,
+};
 use super::{Error, Result, Store};
 use crate::log::dedupe::{dedupe_key, is_duplicate, window_secs};
 use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
@@ -175,6 +177,8 @@ struct Group {
     new_tracks: bool,
     /// Changes to statistics buckets made by this group.
     aggs: BTreeMap<[u8; 9], Delta>,
+    /// Extra listen metadata changes per log block: (slot, new info or None to drop).
+    infos: BTreeMap<[u8; 12], Vec<(u8, Option<String>)>>,
     /// Feedback changes: `user ‖ recording` -> new feedback (None clears it).
     feedback: BTreeMap<[u8; 8], Option<FeedbackV1>>,
     /// A listen was erased: the buckets are stored with this group (see `apply`).
@@ -463,6 +467,11 @@ impl Writer {
                     state.head.n_listens += 1;
                 }
                 self.count(group, user, at, track, 1)?;
+                if let Some(info) = &listen.info {
+                    let first = seq - seq % BLOCK_ENTRIES;
+                    let slot = (seq - first) as u8;
+                    group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.clone())));
+                }
                 Ok(Outcome::Appended { seq })
             }
             Action::Love(track) | Action::Unlove(track) | Action::Hate(track) => {
@@ -690,6 +699,7 @@ impl Writer {
         *dirty = true;
         self.count(group, user, listened_at, track, -1)?;
         group.has_delete = true;
+        group.infos.entry(key).or_default().push((slot as u8, None));
         Ok(true)
     }
 
@@ -727,6 +737,20 @@ impl Writer {
         }
         if !group.clients.is_empty() {
             ops.push((6, b"next_client_id".to_vec(), Some(self.next_client_id.to_be_bytes().to_vec())));
+        }
+        for (k, changes) in &group.infos {
+            let mut block: InfoBlockV1 = match self.store.trees.userid_seq_info.get(k)? {
+                Some(bytes) => decode(schema::USERID_SEQ_INFO, k, &bytes)?,
+                None => InfoBlockV1::default(),
+            };
+            for (slot, info) in changes {
+                block.items.retain(|(s, _)| s != slot);
+                if let Some(info) = info {
+                    block.items.push((*slot, info.clone()));
+                }
+            }
+            block.items.sort_by_key(|(s, _)| *s);
+            ops.push((12, k.to_vec(), (!block.items.is_empty()).then(|| encode(&block))));
         }
         for (k, f) in &group.feedback {
             ops.push((11, k.to_vec(), f.as_ref().map(encode)));
@@ -778,6 +802,7 @@ impl Writer {
             &t.userid_bucket_counts,
             &t.userid_statsmark,
             &t.userid_recording_feedback,
+            &t.userid_seq_info,
         ];
         trees[..]
             .transaction(|tx| {

@@ -190,6 +190,15 @@ fn requests_as_players_send_them_are_stored() {
         .filter_map(|l| l["track_metadata"]["artist_name"].as_str())
         .collect();
     assert!(artists.contains(&"Daft Punk"), "{artists:?}");
+    // additional_info is kept: Web Scrobbler's origin URL and Navidrome's track number.
+    let all = listens["payload"]["listens"].as_array().expect("listens");
+    let info = |artist: &str| {
+        all.iter().find(|l| l["track_metadata"]["artist_name"] == artist).expect(artist)["track_metadata"]["additional_info"].clone()
+    };
+    assert_eq!(info("Aurora")["origin_url"], "https://music.youtube.com/watch?v=d_HlPboLRL8");
+    assert_eq!(info("Aurora")["music_service"], "music.youtube.com");
+    assert_eq!(info("Daft Punk")["tracknumber"], 8);
+    assert_eq!(info("Daft Punk")["submission_client"], "Navidrome");
     drop(node);
 }
 

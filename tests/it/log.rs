@@ -379,3 +379,26 @@ fn corrupt_values_are_errors_naming_tree_and_key_and_harm_no_one_else() {
     let out = t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("A", "C", NOW))]).expect("carol ingests");
     assert_eq!(out, vec![Outcome::Appended { seq: 0 }]);
 }
+
+#[test]
+fn extra_client_metadata_is_kept_beside_the_log_and_erased_with_the_listen() {
+    let t = TestStore::new();
+    let mut with_info = listen("Band", "Song", NOW - 500);
+    with_info.info = Some(r#"{"origin_url":"https://example.org/x","tracknumber":3}"#.into());
+    let out = t
+        .ingestor
+        .ingest_blocking(
+            t.user,
+            vec![Action::Listen(listen("Band", "Plain", NOW - 900)), Action::Listen(with_info.clone())],
+        )
+        .expect("ingest");
+    assert_eq!(out, vec![Outcome::Appended { seq: 0 }, Outcome::Appended { seq: 1 }]);
+    let infos = t.store.listen_infos(t.user, &[0, 1]).expect("infos");
+    assert_eq!((infos.get(&0), infos.get(&1)), (None, with_info.info.as_ref()));
+    // Not part of the signed bytes: the log verifies, and survives a restart.
+    t.store.verify_log(t.user).expect("db").expect("verifies");
+    let t = TestStore::reopen(t.close());
+    assert_eq!(t.store.listen_infos(t.user, &[1]).expect("infos").get(&1), with_info.info.as_ref());
+    t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
+    assert!(t.store.listen_infos(t.user, &[1]).expect("infos").is_empty());
+}
