@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -54,8 +55,8 @@ impl Sessions {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(handshake))
-        .route("/as/1.2/np", post(now_playing))
-        .route("/as/1.2/submit", post(submit))
+        .route("/as/1.2/np", post(now_playing).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
+        .route("/as/1.2/submit", post(submit).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
 }
 
 fn lines(text: impl Into<String>) -> Response {
@@ -118,8 +119,10 @@ fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<UserId>
     f.get("s").and_then(|s| state.api.as_sessions.user(s))
 }
 
-async fn now_playing(State(state): State<AppState>, body: Bytes) -> Response {
-    let Some(f) = form(&body) else { return lines("FAILED The body is not a form\n") };
+async fn now_playing(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let Some(f) = body.ok().and_then(|b| form(&b)) else {
+        return lines("FAILED The body is not a form of at most 256 KiB\n");
+    };
     let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
     let raw = RawListen {
         artist: f.get("a").map_or(&b""[..], |s| s.as_bytes()),
@@ -138,8 +141,10 @@ async fn now_playing(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
-async fn submit(State(state): State<AppState>, body: Bytes) -> Response {
-    let Some(f) = form(&body) else { return lines("FAILED The body is not a form\n") };
+async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let Some(f) = body.ok().and_then(|b| form(&b)) else {
+        return lines("FAILED The body is not a form of at most 256 KiB\n");
+    };
     let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
     let now = crate::now_unix();
     let mut actions = Vec::new();

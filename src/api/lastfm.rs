@@ -293,8 +293,13 @@ async fn dispatch(
     addr: ClientAddr,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Reply {
+    let Ok(body) = body else {
+        let json = query.iter().any(|(k, v)| k == "format" && v.eq_ignore_ascii_case("json"));
+        let too_big = format!("Invalid parameters - the request is larger than {MAX_BODY} bytes");
+        return Reply { json, result: Err((StatusCode::PAYLOAD_TOO_LARGE, 6, too_big)) };
+    };
     let mut params = query;
     let form = headers
         .get(header::CONTENT_TYPE)
