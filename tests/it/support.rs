@@ -131,33 +131,31 @@ pub fn raw_open(path: &Path) -> sled::Db {
     sled::open(path).expect("raw open")
 }
 
-/// A Python with the real client libraries (liblistenbrainz, pylast) installed, in a
-/// virtual environment under `target/` created on first use from PyPI.
+/// A Python with the real client libraries of `tests/requirements.txt` (liblistenbrainz,
+/// pylast) installed, in the virtual environment `target/py-venv`, which `.ci/run`
+/// prepares and a first local run creates from PyPI. The marker file holds the
+/// requirements it was made with, so a change of versions rebuilds it.
 pub fn python() -> PathBuf {
     static PY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PY.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let requirements = root.join("tests/requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).expect("tests/requirements.txt");
+        let venv = root.join("target/py-venv");
         let py = venv.join("bin/python");
-        let marker = venv.join(".hearsay-clients-v1");
-        if !marker.exists() {
+        let marker = venv.join("hearsay-requirements.txt");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
             let ok =
                 Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv").success();
             assert!(ok, "cannot create a Python virtual environment");
             let ok = Command::new(&py)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "liblistenbrainz==0.7.0",
-                    "pylast==7.2.0",
-                ])
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements)
                 .status()
                 .expect("pip")
                 .success();
             assert!(ok, "cannot install the client libraries from PyPI");
-            std::fs::write(&marker, b"").expect("marker");
+            std::fs::write(&marker, &wanted).expect("marker");
         }
         py
     })
