@@ -69,6 +69,8 @@ enum UserCmd {
     /// Set a user's time zone (an IANA name such as Europe/Berlin); rebuilds their
     /// statistics so periods follow their local midnight.
     SetTimezone { name: String, timezone: String },
+    /// Set a user's sharing level: private, aggregate (the default) or public.
+    SetVisibility { name: String, level: String },
     /// Delete a user and all their data.
     Delete {
         name: String,
@@ -228,6 +230,15 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             store.set_timezone(user.id, &timezone)?;
             store.rebuild_user_stats(user.id)?;
             println!("{name}'s time zone is now {timezone}; statistics rebuilt");
+        }
+        UserCmd::SetVisibility { name, level } => {
+            let Some(visibility) = crate::store::users::Visibility::parse(&level) else {
+                bail!("unknown level {level:?}: use private, aggregate or public");
+            };
+            let store = open_store(config)?;
+            let user = find_user(&store, &name)?;
+            store.set_visibility(user.id, visibility)?;
+            println!("{name} is now {level}");
         }
         UserCmd::Delete { name, yes } => {
             if !yes {

@@ -42,6 +42,9 @@ pub struct NodeConfig {
 pub struct HttpConfig {
     /// Address the HTTP server binds. Default: `127.0.0.1:8487` (port 0 picks a free one).
     pub listen: String,
+    /// Mark the web view's session cookies `Secure`: set it when the node is reached
+    /// over TLS (through a reverse proxy). Default: `false`.
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,7 +93,7 @@ impl Default for NodeConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8487".into() }
+        HttpConfig { listen: "127.0.0.1:8487".into(), secure_cookies: false }
     }
 }
 

@@ -15,6 +15,10 @@ pub struct AppState {
     pub ingestor: Ingestor,
     pub peer_id: String,
     pub api: crate::api::ApiState,
+    /// Time zone of the node's own charts (`node.timezone`).
+    pub node_timezone: String,
+    /// Mark session cookies `Secure` (`http.secure_cookies`, for nodes behind TLS).
+    pub secure_cookies: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -23,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::listenbrainz::router())
         .merge(crate::api::lastfm::router())
         .merge(crate::api::audioscrobbler::router())
+        .merge(crate::web::router())
         .with_state(state)
 }
 

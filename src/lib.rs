@@ -23,6 +23,7 @@ pub mod log;
 pub mod node;
 pub mod stats;
 pub mod store;
+pub mod web;
 
 /// The current UTC time in unix seconds: the one place the node reads the clock for
 /// domain purposes, passed down to pure code.

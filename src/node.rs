@@ -57,6 +57,8 @@ impl Node {
             ingestor: self.ingestor.clone(),
             peer_id: self.identity.peer_id(),
             api: crate::api::ApiState::default(),
+            node_timezone: self.config.node.timezone.clone(),
+            secure_cookies: self.config.http.secure_cookies,
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)

@@ -18,7 +18,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 
 use super::listenbrainz::ClientAddr;
 use crate::auth::{md5_hex, strings_equal};
@@ -54,7 +54,6 @@ impl Sessions {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(handshake))
         .route("/as/1.2/np", post(now_playing).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
         .route("/as/1.2/submit", post(submit).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
 }
@@ -63,7 +62,8 @@ fn lines(text: impl Into<String>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text.into()).into_response()
 }
 
-async fn handshake(
+/// `/?hs=true`: the handshake (the web view's root handler hands these over).
+pub async fn handshake(
     State(state): State<AppState>,
     addr: ClientAddr,
     headers: HeaderMap,

@@ -84,6 +84,7 @@ pub(crate) struct Trees {
     pub userid_recording_feedback: sled::Tree,
     pub sessiondigest_session: sled::Tree,
     pub userid_seq_info: sled::Tree,
+    pub sessiondigest_websession: sled::Tree,
 }
 
 /// An open database.
@@ -154,6 +155,7 @@ impl Store {
             userid_recording_feedback: t(schema::USERID_RECORDING_FEEDBACK)?,
             sessiondigest_session: t(schema::SESSIONDIGEST_SESSION)?,
             userid_seq_info: t(schema::USERID_SEQ_INFO)?,
+            sessiondigest_websession: t(schema::SESSIONDIGEST_WEBSESSION)?,
         };
         let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -225,6 +227,7 @@ impl Store {
             schema::USERID_RECORDING_FEEDBACK => &t.userid_recording_feedback,
             schema::SESSIONDIGEST_SESSION => &t.sessiondigest_session,
             schema::USERID_SEQ_INFO => &t.userid_seq_info,
+            schema::SESSIONDIGEST_WEBSESSION => &t.sessiondigest_websession,
             _ => return None,
         })
     }

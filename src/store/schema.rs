@@ -111,6 +111,10 @@ pub const SESSIONDIGEST_SESSION: &str = "sessiondigest_session";
 /// erasing a listen removes its entry. Serves: ListenBrainz listen reads. Since schema 2.
 pub const USERID_SEQ_INFO: &str = "userid_seq_info";
 
+/// `sessiondigest_websession`: keyed blake3 of a browser session cookie ->
+/// `WebSessionV1` (user id, created_at, CSRF token). Since schema 2.
+pub const SESSIONDIGEST_WEBSESSION: &str = "sessiondigest_websession";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -139,6 +143,7 @@ pub const ALL_TREES: &[&str] = &[
     USERID_RECORDING_FEEDBACK,
     SESSIONDIGEST_SESSION,
     USERID_SEQ_INFO,
+    SESSIONDIGEST_WEBSESSION,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.

@@ -11,7 +11,7 @@ use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
 pub use super::values::Visibility;
-use super::values::{SessionV1, SigningKeyV1, TokenV2, UserV2};
+use super::values::{SessionV1, SigningKeyV1, TokenV2, UserV2, WebSessionV1};
 use super::{Error, Result, Store};
 use crate::auth;
 
@@ -258,6 +258,30 @@ impl Store {
         let Some(bytes) = self.trees.sessiondigest_session.get(digest)? else { return Ok(None) };
         let record: SessionV1 = decode(schema::SESSIONDIGEST_SESSION, &digest, &bytes)?;
         self.user(UserId(record.user))
+    }
+
+    /// Starts a browser session: (cookie value, CSRF token), both shown only to the
+    /// browser; the cookie is stored as a digest.
+    pub fn create_web_session(&self, user: UserId, now: i64) -> Result<(String, String)> {
+        let key = hex::encode(auth::random_bytes::<32>().map_err(Error::Crypto)?);
+        let csrf = auth::random_bytes::<16>().map_err(Error::Crypto)?;
+        let record = WebSessionV1 { user: user.0, created_at: now, csrf };
+        self.trees.sessiondigest_websession.insert(auth::session_digest(&key), encode(&record))?;
+        Ok((key, hex::encode(csrf)))
+    }
+
+    /// The user and CSRF token of a browser session.
+    pub fn web_session(&self, key: &str) -> Result<Option<(User, String)>> {
+        let digest = auth::session_digest(key);
+        let Some(bytes) = self.trees.sessiondigest_websession.get(digest)? else { return Ok(None) };
+        let record: WebSessionV1 = decode(schema::SESSIONDIGEST_WEBSESSION, &digest, &bytes)?;
+        Ok(self.user(UserId(record.user))?.map(|u| (u, hex::encode(record.csrf))))
+    }
+
+    /// Ends a browser session.
+    pub fn end_web_session(&self, key: &str) -> Result<()> {
+        self.trees.sessiondigest_websession.remove(auth::session_digest(key))?;
+        Ok(())
     }
 
     /// A user's tokens, by id.

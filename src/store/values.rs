@@ -319,3 +319,15 @@ pub struct InfoBlockV1 {
 impl Versioned for InfoBlockV1 {
     const VERSION: u8 = 1;
 }
+
+/// `sessiondigest_websession`: a browser session of the web view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSessionV1 {
+    pub user: u32,
+    pub created_at: i64,
+    /// Token every form of this session must carry (CSRF protection).
+    pub csrf: [u8; 16],
+}
+impl Versioned for WebSessionV1 {
+    const VERSION: u8 = 1;
+}

@@ -8,3 +8,4 @@ mod log;
 mod node;
 mod stats;
 mod support;
+mod web;

@@ -1,0 +1,350 @@
+//! The local web view: server-rendered pages (maud templates, escaped by construction),
+//! usable without JavaScript. Today: home (the node's chart this week and public users'
+//! recent listens), log-in and log-out with cookie sessions and CSRF tokens, user
+//! profiles (top artists, tracks and albums with a period switcher, recent listens, now
+//! playing, loves) shown only as each user's visibility allows, and a 404 page that is
+//! the same for a missing and a hidden profile.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::api::listenbrainz::ClientAddr;
+use crate::http::AppState;
+use crate::stats::chart::Kind;
+use crate::stats::period::Period;
+use crate::store::logs::Order;
+use crate::store::users::{User, Visibility};
+
+const COOKIE: &str = "hearsay_session";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(root))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/user/{name}", get(profile))
+        .fallback(not_found)
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margin:0 auto;padding:0 1rem;color:#1d1d1f;background:#fafafa}\
+nav{display:flex;gap:1rem;align-items:center;padding:.75rem 0;border-bottom:1px solid #ddd}nav a{color:#0b57d0}\
+h1{font-size:1.6rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee}\
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(16rem,1fr));gap:1.5rem}.muted{color:#555}\
+.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
+input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.error{color:#a00000}";
+
+/// The signed-in user of a request and their CSRF token, if any.
+struct Viewer(Option<(User, String)>);
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn viewer(state: &AppState, headers: &HeaderMap) -> Viewer {
+    Viewer(cookie_value(headers).and_then(|k| state.store.web_session(&k).ok().flatten()))
+}
+
+fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · hearsay" }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                nav aria-label="main" {
+                    a href="/" { strong { "hearsay" } }
+                    @if let Some((user, csrf)) = &viewer.0 {
+                        a href={ "/user/" (user.name) } { (user.name) }
+                        form method="post" action="/logout" style="margin-left:auto" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button { "Log out" }
+                        }
+                    } @else {
+                        a href="/login" style="margin-left:auto" { "Log in" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn page(status: StatusCode, title: &str, viewer: &Viewer, body: Markup) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], layout(title, viewer, body).into_string())
+        .into_response()
+}
+
+fn not_found_page(viewer: &Viewer) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        viewer,
+        html! {
+            h1 { "Not found" }
+            p { "There is nothing here, or it is not yours to see." }
+            p { a href="/" { "Back to the start" } }
+        },
+    )
+}
+
+async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    not_found_page(&viewer(&state, &headers))
+}
+
+fn server_error(viewer: &Viewer, e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "web view error");
+    page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        viewer,
+        html! {
+            h1 { "Something went wrong" }
+            p { "The node could not show this page. Try again in a moment." }
+        },
+    )
+}
+
+/// `/`: the home page, or an Audioscrobbler 1.2 handshake (`?hs=true`), which old
+/// players send to the root of the URL they are given.
+async fn root(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.contains_key("hs") {
+        return crate::api::audioscrobbler::handshake(State(state), addr, headers, Query(q)).await;
+    }
+    let viewer = viewer(&state, &headers);
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let week = crate::stats::period::local_date(now, &tz).iso_week_date();
+    let this_week = Period::IsoWeek { year: week.year(), week: week.week() };
+    let chart = match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
+        Ok(c) => c,
+        Err(e) => return server_error(&viewer, e),
+    };
+    let mut recent = Vec::new();
+    for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == Visibility::Public) {
+        for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
+            recent.push((user.name.clone(), l));
+        }
+    }
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at));
+    recent.truncate(15);
+    page(
+        StatusCode::OK,
+        "Home",
+        &viewer,
+        html! {
+            h1 { "This week on this node" }
+            @if chart.rows.is_empty() {
+                p.muted { "No listens shared on this node this week yet." }
+            } @else {
+                p.muted { (chart.listens) " listens from " (chart.listeners) " listeners" }
+                table {
+                    thead { tr { th { "#" } th { "Artist" } th { "Listeners" } th { "Listens" } } }
+                    tbody {
+                        @for (i, r) in chart.rows.iter().enumerate() {
+                            tr { td { (i + 1) } td { (r.row.name) } td { (r.listeners) } td { (r.row.listens) } }
+                        }
+                    }
+                }
+            }
+            h2 { "Recently, from public profiles" }
+            @if recent.is_empty() { p.muted { "Nobody here shares their listening publicly yet." } }
+            ul {
+                @for (name, l) in &recent {
+                    li { a href={ "/user/" (name) } { (name) } " — " (l.listen.track.artist) " – " (l.listen.track.title) }
+                }
+            }
+        },
+    )
+}
+
+async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    login_form(&viewer(&state, &headers), None, StatusCode::OK)
+}
+
+fn login_form(viewer: &Viewer, error: Option<&str>, status: StatusCode) -> Response {
+    page(
+        status,
+        "Log in",
+        viewer,
+        html! {
+            h1 { "Log in" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/login" {
+                label { "User name " input name="username" autocomplete="username" required; }
+                label { "Password " input type="password" name="password" autocomplete="current-password" required; }
+                button { "Log in" }
+            }
+        },
+    )
+}
+
+fn form_fields(body: &Bytes) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).unwrap_or_default().into_iter().collect()
+}
+
+async fn login(State(state): State<AppState>, addr: ClientAddr, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return login_form(&v, Some("Too many failed attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let f = form_fields(&body);
+    let (name, password) = (f.get("username").map_or("", String::as_str), f.get("password").map_or("", String::as_str));
+    let user = match state.store.check_password(name, password) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            if let Some(a) = addr.0 {
+                state.api.record_failure(a);
+            }
+            return login_form(&v, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED);
+        }
+        Err(e) => return server_error(&v, e),
+    };
+    let (key, _) = match state.store.create_web_session(user.id, crate::now_unix()) {
+        Ok(s) => s,
+        Err(e) => return server_error(&v, e),
+    };
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={key}; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000{secure}");
+    let mut response = Redirect::to(&format!("/user/{}", user.name)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let (Some((_, csrf)), Some(key)) = (&v.0, cookie_value(&headers)) else { return Redirect::to("/").into_response() };
+    if !f.get("csrf").is_some_and(|c| crate::auth::strings_equal(c, csrf)) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            &v,
+            html! { h1 { "Refused" } p { "This form has expired. Go back and try again." } },
+        );
+    }
+    if let Err(e) = state.store.end_web_session(&key) {
+        return server_error(&v, e);
+    }
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Period choices on profiles: (query value, label, period).
+fn periods() -> [(&'static str, &'static str, Period); 6] {
+    [
+        ("7d", "Last 7 days", Period::LastDays(7)),
+        ("1m", "Last month", Period::LastMonths(1)),
+        ("3m", "Last 3 months", Period::LastMonths(3)),
+        ("6m", "Last 6 months", Period::LastMonths(6)),
+        ("12m", "Last 12 months", Period::LastMonths(12)),
+        ("all", "All time", Period::AllTime),
+    ]
+}
+
+async fn profile(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match state.store.user_by_name(&name) {
+        Ok(Some(u)) => u,
+        Ok(None) => return not_found_page(&v),
+        Err(e) => return server_error(&v, e),
+    };
+    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
+    if !own && user.visibility != Visibility::Public {
+        // A hidden profile looks exactly like a missing one.
+        return not_found_page(&v);
+    }
+    let chosen = q.get("period").map_or("7d", String::as_str);
+    let Some((key, label, period)) = periods().into_iter().find(|(k, _, _)| *k == chosen) else {
+        return not_found_page(&v);
+    };
+    let now = crate::now_unix();
+    let charts: Result<Vec<_>, _> =
+        Kind::ALL.iter().map(|kind| state.store.chart(user.id, *kind, &period, 10, now)).collect();
+    let charts = match charts {
+        Ok(c) => c,
+        Err(e) => return server_error(&v, e),
+    };
+    let recent = state.store.listens(user.id, 0, i64::MAX, 20, Order::NewestFirst).unwrap_or_default();
+    let loves = state.store.feedback(user.id, 1, 10).unwrap_or_default();
+    let playing = state.api.playing(user.id);
+    let total = state.store.log_head(user.id).map(|h| h.n_listens).unwrap_or(0);
+    page(
+        StatusCode::OK,
+        &user.name,
+        &v,
+        html! {
+            h1 { (user.name) }
+            p.muted { (total) " listens" @if own { " · your profile is " (user.visibility.as_str()) } }
+            @if let Some(p) = &playing { p { "Now playing: " strong { (p.track.artist) " – " (p.track.title) } } }
+            nav.periods aria-label="period" {
+                @for (k, l, _) in periods() {
+                    @if k == key { a href={ "?period=" (k) } aria-current="page" { (l) } } @else { a href={ "?period=" (k) } { (l) } }
+                }
+            }
+            h2 { (label) }
+            div.cols {
+                @for (title, chart) in [("Top artists", &charts[0]), ("Top tracks", &charts[1]), ("Top albums", &charts[2])] {
+                    section {
+                        h3 { (title) }
+                        @if chart.rows.is_empty() { p.muted { "Nothing in this period." } }
+                        ol {
+                            @for r in &chart.rows {
+                                li { @if let Some(a) = &r.artist { (a) " – " } (r.name) " " span.muted { "(" (r.listens) ")" } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Recent listens" }
+            @if recent.is_empty() { p.muted { "No listens yet." } }
+            table {
+                tbody {
+                    @for l in &recent {
+                        tr {
+                            td { (l.listen.track.artist) }
+                            td { (l.listen.track.title) }
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+            @if !loves.is_empty() {
+                h2 { "Loved tracks" }
+                ul { @for f in &loves { li { @if let Some(a) = &f.row.artist { (a) " – " } (f.row.name) } } }
+            }
+        },
+    )
+}
