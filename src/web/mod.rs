@@ -30,6 +30,12 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/user/{name}", get(profile))
+        .route("/user/{name}/history", get(history))
+        .route("/user/{name}/history/delete", post(delete_listen))
+        .route("/settings", get(settings))
+        .route("/settings/visibility", post(set_visibility))
+        .route("/settings/tokens", post(create_token))
+        .route("/settings/tokens/revoke", post(revoke_token))
         .fallback(not_found)
 }
 
@@ -73,6 +79,8 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                     a href="/" { strong { "hearsay" } }
                     @if let Some((user, csrf)) = &viewer.0 {
                         a href={ "/user/" (user.name) } { (user.name) }
+                        a href={ "/user/" (user.name) "/history" } { "History" }
+                        a href="/settings" { "Settings" }
                         form method="post" action="/logout" style="margin-left:auto" {
                             input type="hidden" name="csrf" value=(csrf);
                             button { "Log out" }
@@ -347,4 +355,249 @@ async fn profile(
             }
         },
     )
+}
+
+/// Listens per history page.
+const PAGE: usize = 50;
+
+fn csrf_ok(viewer: &Viewer, fields: &HashMap<String, String>) -> bool {
+    match (&viewer.0, fields.get("csrf")) {
+        (Some((_, want)), Some(got)) => crate::auth::strings_equal(got, want),
+        _ => false,
+    }
+}
+
+fn refused(viewer: &Viewer) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        viewer,
+        html! { h1 { "Refused" } p { "This form has expired. Go back, reload and try again." } },
+    )
+}
+
+/// `/user/{name}/history?page=N`: every listen, newest first, with delete buttons for
+/// the owner.
+pub async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let Ok(Some(user)) = state.store.user_by_name(&name) else { return not_found_page(&v) };
+    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
+    if !own && user.visibility != Visibility::Public {
+        return not_found_page(&v);
+    }
+    let page_no = q.get("page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
+    let total = state.store.log_head(user.id).map(|h| h.n_listens as usize).unwrap_or(0);
+    let pages = total.div_ceil(PAGE).max(1);
+    if page_no > pages {
+        return not_found_page(&v);
+    }
+    let listens = match state.store.listens(user.id, 0, i64::MAX, page_no * PAGE, Order::NewestFirst) {
+        Ok(l) => l,
+        Err(e) => return server_error(&v, e),
+    };
+    let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+    page(
+        StatusCode::OK,
+        &format!("{} · history", user.name),
+        &v,
+        html! {
+            h1 { a href={ "/user/" (user.name) } { (user.name) } " · history" }
+            p.muted { (total) " listens · page " (page_no) " of " (pages) }
+            table {
+                thead { tr { th { "When (UTC)" } th { "Artist" } th { "Track" } th { "Album" } @if own { th { span.muted { "Delete" } } } } }
+                tbody {
+                    @for l in listens.iter().skip((page_no - 1) * PAGE) {
+                        tr {
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                            td { (l.listen.track.artist) }
+                            td { (l.listen.track.title) }
+                            td { (l.listen.track.album.clone().unwrap_or_default()) }
+                            @if own {
+                                td {
+                                    form method="post" action={ "/user/" (user.name) "/history/delete" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="seq" value=(l.seq);
+                                        input type="hidden" name="page" value=(page_no);
+                                        button aria-label={ "Delete " (l.listen.track.title) } { "Delete" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            nav aria-label="pages" {
+                @if page_no > 1 { a href={ "?page=" (page_no - 1) } { "Newer" } }
+                @if page_no < pages { a href={ "?page=" (page_no + 1) } { "Older" } }
+            }
+        },
+    )
+}
+
+/// Deletes one of the signed-in user's listens (a tombstone in their log).
+pub async fn delete_listen(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = v.0.as_ref().filter(|(me, _)| me.name.eq_ignore_ascii_case(&name)) else {
+        return not_found_page(&v);
+    };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let Some(seq) = f.get("seq").and_then(|s| s.parse::<u64>().ok()) else { return refused(&v) };
+    if let Err(e) = state.ingestor.ingest(me.id, vec![crate::store::Action::Delete { seq }]).await {
+        return server_error(&v, e);
+    }
+    let back = f.get("page").map_or("1", String::as_str);
+    Redirect::to(&format!("/user/{}/history?page={}", me.name, back.parse::<usize>().unwrap_or(1))).into_response()
+}
+
+/// `/settings`: sharing level and API tokens of the signed-in user.
+pub async fn settings(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let v = viewer(&state, &headers);
+    settings_page(&state, &v, None, StatusCode::OK)
+}
+
+fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: StatusCode) -> Response {
+    let Some((me, csrf)) = &v.0 else { return Redirect::to("/login").into_response() };
+    let tokens = state.store.tokens(me.id).unwrap_or_default();
+    let levels = [
+        (
+            Visibility::Private,
+            "Private: nothing derived from your listening leaves this node; other users here do not see you in node charts or as a neighbour.",
+        ),
+        (
+            Visibility::Aggregate,
+            "Aggregate (default): you count in this node's charts; your profile stays hidden from others.",
+        ),
+        (Visibility::Public, "Public: anyone can see your profile and history."),
+    ];
+    page(
+        status,
+        "Settings",
+        v,
+        html! {
+            h1 { "Settings" }
+            @if let Some(m) = message { div role="status" { (m) } }
+            h2 { "Who sees your listening" }
+            form method="post" action="/settings/visibility" {
+                input type="hidden" name="csrf" value=(csrf);
+                fieldset {
+                    legend { "Sharing level" }
+                    @for (level, text) in levels {
+                        label {
+                            @if me.visibility == level {
+                                input type="radio" name="level" value=(level.as_str()) checked;
+                            } @else {
+                                input type="radio" name="level" value=(level.as_str());
+                            }
+                            " " (text)
+                        }
+                    }
+                }
+                button { "Save" }
+            }
+            h2 { "API tokens" }
+            p.muted { "Give a player a token to scrobble to this node (ListenBrainz clients use it as is; Last.fm 2.0 and Audioscrobbler 1.2 clients use it as the password). See docs/api-compat.md for each player." }
+            table {
+                tbody {
+                    @for t in &tokens {
+                        tr {
+                            td { (t.name) }
+                            td {
+                                form method="post" action="/settings/tokens/revoke" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="id" value=(t.id);
+                                    button aria-label={ "Revoke " (t.name) } { "Revoke" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            form method="post" action="/settings/tokens" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Name for a new token (e.g. the player) " input name="name" required maxlength="64"; }
+                button { "Create token" }
+            }
+        },
+    )
+}
+
+pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let Some(level) = f.get("level").and_then(|l| Visibility::parse(l)) else {
+        return settings_page(
+            &state,
+            &v,
+            Some(html! { p.error { "Choose a sharing level." } }),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    if let Err(e) = state.store.set_visibility(me.id, level) {
+        return server_error(&v, e);
+    }
+    let v = viewer(&state, &headers);
+    settings_page(
+        &state,
+        &v,
+        Some(html! { p { "Your sharing level is now " strong { (level.as_str()) } "." } }),
+        StatusCode::OK,
+    )
+}
+
+pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let name = f.get("name").map(|n| n.trim()).unwrap_or_default();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return settings_page(
+            &state,
+            &v,
+            Some(html! { p.error { "Give the token a name of 1 to 64 characters." } }),
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    match state.store.create_token(me.id, name, crate::now_unix()) {
+        Ok((token, _)) => settings_page(
+            &state,
+            &v,
+            Some(html! { p { "New token for " (name) " — copy it now, it is not shown again: " code { (token) } } }),
+            StatusCode::OK,
+        ),
+        Err(e) => server_error(&v, e),
+    }
+}
+
+pub async fn revoke_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let Some(id) = f.get("id").and_then(|i| i.parse::<u32>().ok()) else { return refused(&v) };
+    match state.store.revoke_token(me.id, id) {
+        Ok(_) => settings_page(&state, &v, Some(html! { p { "Token revoked." } }), StatusCode::OK),
+        Err(e) => server_error(&v, e),
+    }
 }
