@@ -4,6 +4,7 @@
 mod api_as;
 mod api_lastfm;
 mod api_lb;
+mod browser;
 mod log;
 mod node;
 mod stats;

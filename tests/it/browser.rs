@@ -1,0 +1,186 @@
+//! A person in a real browser: headless Chromium driven through WebDriver
+//! (chromedriver, from Debian's `chromium-driver`, which `.ci/run` installs).
+//! Screenshots of the pages visited go to `target/screenshots/`, printed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::support::{NodeProcess, data_with_user};
+
+struct Driver(Child, u16);
+
+impl Driver {
+    fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium chromium-driver)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Driver(child, port)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1200,1000", format!("--user-data-dir={}", profile.display())]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.1))
+        .await
+        .expect("a WebDriver session with headless Chromium")
+}
+
+async fn shot(client: &Client, dir: &Path, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+/// The page's text once it has loaded (a click may still be navigating).
+async fn text(client: &Client) -> String {
+    for _ in 0..100 {
+        if let Ok(body) = client.find(Locator::Css("body")).await {
+            if let Ok(t) = body.text().await {
+                if !t.is_empty() {
+                    return t;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the page did not load");
+}
+
+/// Clicks and waits until the browser has left `from` (a form post or a link).
+async fn click_and_wait(client: &Client, locator: Locator<'_>) {
+    let before = client.current_url().await.expect("url");
+    client.find(locator).await.expect("element").click().await.expect("click");
+    for _ in 0..100 {
+        let ready: Option<String> =
+            client.execute("return document.readyState", vec![]).await.ok().and_then(|v| v.as_str().map(str::to_owned));
+        if client.current_url().await.is_ok_and(|u| u != before) && ready.as_deref() == Some("complete") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_sees_listens_deletes_one_and_hides_the_profile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let url = node.url.clone();
+    let now = hearsay::now_unix();
+    let payload: Vec<_> = [("Sigur Rós", "Hoppípolla"), ("Sigur Rós", "Glósóli"), ("Björk", "Jóga"), ("<script>x</script>", "Escaped")]
+        .iter()
+        .enumerate()
+        .map(|(i, (a, t))| json!({"listened_at": now - 600 * (i as i64 + 1), "track_metadata": {"artist_name": a, "track_name": t}}))
+        .collect();
+    let submit = format!("{url}/1/submit-listens");
+    let body = json!({"listen_type": "import", "payload": payload}).to_string();
+    tokio::task::spawn_blocking(move || {
+        ureq::post(&submit).set("Authorization", &format!("Token {token}")).send_string(&body).expect("submit")
+    })
+    .await
+    .expect("join");
+
+    let shots: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start();
+    let me = browser(&driver, &dir.path().join("chrome-me")).await;
+
+    // Log in through the form.
+    me.goto(&format!("{url}/login")).await.expect("login page");
+    shot(&me, &shots, "login").await;
+    me.find(Locator::Css("input[name=username]")).await.expect("user field").send_keys("alice").await.expect("type");
+    me.find(Locator::Css("input[name=password]"))
+        .await
+        .expect("password field")
+        .send_keys("password123")
+        .await
+        .expect("type");
+    click_and_wait(&me, Locator::Css("main form button")).await;
+    assert!(me.current_url().await.expect("url").path().ends_with("/user/alice"));
+    let profile = text(&me).await;
+    assert!(profile.contains("Sigur Rós") && profile.contains("Hoppípolla"), "{profile}");
+    assert!(profile.contains("<script>x</script>"), "the name shows as text, not markup");
+    shot(&me, &shots, "profile").await;
+
+    // Switch periods.
+    click_and_wait(&me, Locator::LinkText("All time")).await;
+    assert!(me.current_url().await.expect("url").query().is_some_and(|q| q.contains("period=all")));
+    let chart = text(&me).await;
+    assert!(chart.contains("All time") && chart.contains("Sigur Rós (2)"), "{chart}");
+
+    // Delete a listen from the history.
+    click_and_wait(&me, Locator::LinkText("History")).await;
+    assert!(text(&me).await.contains("4 listens"));
+    shot(&me, &shots, "history").await;
+    let history_url = me.current_url().await.expect("url");
+    me.find(Locator::Css("button[aria-label='Delete Hoppípolla']"))
+        .await
+        .expect("delete button")
+        .click()
+        .await
+        .expect("delete");
+    // The delete redirects back to the same page: wait for the new content.
+    for _ in 0..100 {
+        if text(&me).await.contains("3 listens") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = history_url;
+    let after = text(&me).await;
+    assert!(after.contains("3 listens") && !after.contains("Hoppípolla"), "{after}");
+
+    // Make the profile public: another visitor sees it. Then private: they get a 404.
+    me.goto(&format!("{url}/settings")).await.expect("settings");
+    me.find(Locator::Css("input[value=public]")).await.expect("public").click().await.expect("choose");
+    click_and_wait(&me, Locator::Css("form[action='/settings/visibility'] button")).await;
+    assert!(text(&me).await.contains("now public"));
+    shot(&me, &shots, "settings").await;
+    let other = browser(&driver, &dir.path().join("chrome-other")).await;
+    other.goto(&format!("{url}/user/alice")).await.expect("visit");
+    assert!(text(&other).await.contains("Glósóli"), "a public profile is visible to others");
+    shot(&other, &shots, "profile-as-visitor").await;
+    me.goto(&format!("{url}/settings")).await.expect("settings");
+    me.find(Locator::Css("input[value=private]")).await.expect("private").click().await.expect("choose");
+    click_and_wait(&me, Locator::Css("form[action='/settings/visibility'] button")).await;
+    assert!(text(&me).await.contains("now private"));
+    other.goto(&format!("{url}/user/alice")).await.expect("visit again");
+    let hidden = text(&other).await;
+    assert!(hidden.contains("Not found") && !hidden.contains("Glósóli"), "{hidden}");
+    shot(&other, &shots, "hidden-profile").await;
+    other.close().await.expect("close");
+    me.close().await.expect("close");
+    eprintln!("screenshots: {}", shots.display());
+    drop(node);
+}
