@@ -165,3 +165,141 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
     assert_eq!(validate(&token), Some(false));
     drop(node);
 }
+
+/// Every page and read API × every sharing level × owner / another user / anonymous:
+/// only the owner, or anyone for a public user, sees anything; everyone else gets
+/// exactly what they would get for a user who does not exist.
+#[test]
+fn visibility_matrix_nothing_leaks() {
+    use hearsay::store::users::Visibility;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, alice_token) = data_with_user(dir.path());
+    let pw = dir.path().join("pw");
+    assert_eq!(hearsay(&data, &["user", "add", "bob", "--password-file", pw.to_str().expect("utf8")]).0, 0);
+    let (_, bob_token, _) = hearsay(&data, &["token", "new", "bob"]);
+    let bob_token = bob_token.trim().to_owned();
+    let secret = "Unmistakable Secret Song 4242";
+    for level in [Visibility::Private, Visibility::Aggregate, Visibility::Public] {
+        assert_eq!(hearsay(&data, &["user", "set-visibility", "alice", level.as_str()]).0, 0);
+        let node = NodeProcess::start(&data);
+        let now = hearsay::now_unix();
+        let submit = json!({"listen_type": "single", "payload": [{"listened_at": now - 60, "track_metadata": {"artist_name": "Secretive", "track_name": secret}}]});
+        ureq::post(&format!("{}/1/submit-listens", node.url))
+            .set("Authorization", &format!("Token {alice_token}"))
+            .send_string(&submit.to_string())
+            .expect("submit");
+        let (alice_session, _) = login(&node.url);
+        let (_, bob_cookie, _) =
+            post_form(&format!("{}/login", node.url), None, &[("username", "bob"), ("password", "password123")]);
+        let bob_session = bob_cookie.expect("cookie").split(';').next().expect("pair").to_owned();
+        let lastfm_sk = |token: &str| -> String {
+            let r = ureq::post(&format!("{}/2.0/", node.url))
+                .send_form(&[
+                    ("method", "auth.getMobileSession"),
+                    ("username", if token == alice_token { "alice" } else { "bob" }),
+                    ("password", token),
+                    ("format", "json"),
+                ])
+                .expect("session")
+                .into_string()
+                .expect("body");
+            serde_json::from_str::<serde_json::Value>(&r).expect("json")["session"]["key"]
+                .as_str()
+                .expect("key")
+                .to_owned()
+        };
+        let (alice_sk, bob_sk) = (lastfm_sk(&alice_token), lastfm_sk(&bob_token));
+        // (what, url for a given user name, how to authenticate as a viewer)
+        let pages = ["/user/{}", "/user/{}?period=all", "/user/{}/history"];
+        let apis = [
+            "/1/user/{}/listens",
+            "/1/user/{}/listen-count",
+            "/1/user/{}/playing-now",
+            "/1/stats/user/{}/artists",
+            "/1/stats/user/{}/recordings",
+            "/1/stats/user/{}/releases",
+        ];
+        let lastfm =
+            ["user.getInfo", "user.getRecentTracks", "user.getTopArtists", "user.getTopTracks", "user.getTopAlbums"];
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Who {
+            Owner,
+            Other,
+            Anonymous,
+        }
+        for who in [Who::Owner, Who::Other, Who::Anonymous] {
+            let allowed = who == Who::Owner || level == Visibility::Public;
+            let (cookie, token, sk) = match who {
+                Who::Owner => (Some(alice_session.as_str()), Some(alice_token.as_str()), Some(alice_sk.as_str())),
+                Who::Other => (Some(bob_session.as_str()), Some(bob_token.as_str()), Some(bob_sk.as_str())),
+                Who::Anonymous => (None, None, None),
+            };
+            for p in pages {
+                let (s, body) = get(&format!("{}{}", node.url, p.replace("{}", "alice")), cookie);
+                let (s_missing, body_missing) = get(&format!("{}{}", node.url, p.replace("{}", "nobody")), cookie);
+                if allowed {
+                    assert_eq!(s, 200, "{level:?} {who:?} {p}");
+                } else {
+                    assert_eq!(
+                        (s, &body),
+                        (s_missing, &body_missing),
+                        "{level:?} {who:?} {p}: hidden must look missing"
+                    );
+                    assert!(!body.contains(secret), "{level:?} {who:?} {p} leaked");
+                }
+            }
+            for a in apis {
+                let fetch = |name: &str| {
+                    let mut req = ureq::get(&format!("{}{}", node.url, a.replace("{}", name)));
+                    if let Some(t) = token {
+                        req = req.set("Authorization", &format!("Token {t}"));
+                    }
+                    match req.call() {
+                        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+                        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                let (s, body) = fetch("alice");
+                let (s_missing, body_missing) = fetch("nobody");
+                if allowed {
+                    assert!(s == 200 || s == 204, "{level:?} {who:?} {a}: {s}");
+                } else {
+                    assert_eq!(
+                        (s, body.replace("alice", "X")),
+                        (s_missing, body_missing.replace("nobody", "X")),
+                        "{level:?} {who:?} {a}"
+                    );
+                    assert!(!body.contains(secret), "{level:?} {who:?} {a} leaked");
+                }
+            }
+            for m in lastfm {
+                let call = |name: &str| {
+                    let mut form = vec![("method", m), ("user", name)];
+                    if let Some(k) = sk {
+                        form.push(("sk", k));
+                    }
+                    match ureq::post(&format!("{}/2.0/", node.url)).send_form(&form) {
+                        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+                        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                let (s, body) = call("alice");
+                let (s_missing, body_missing) = call("nobody");
+                if allowed {
+                    assert_eq!(s, 200, "{level:?} {who:?} {m}");
+                } else {
+                    assert_eq!((s, &body), (s_missing, &body_missing), "{level:?} {who:?} {m}");
+                    assert!(!body.contains(secret), "{level:?} {who:?} {m} leaked");
+                }
+            }
+        }
+        // The home page lists public users' recent listens, and the node chart counts
+        // everyone who is not private (artists only, no user named).
+        let (_, home) = get(&format!("{}/", node.url), None);
+        assert_eq!(home.contains(secret), level == Visibility::Public, "{level:?}: recent listens");
+        assert_eq!(home.contains("Secretive"), level != Visibility::Private, "{level:?}: node chart");
+        assert_eq!(node.terminate(), Some(0));
+    }
+}
