@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+pub mod plot;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -43,7 +45,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margi
 nav{display:flex;gap:1rem;align-items:center;padding:.75rem 0;border-bottom:1px solid #ddd}nav a{color:#0b57d0}\
 h1{font-size:1.6rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee}\
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(16rem,1fr));gap:1.5rem}.muted{color:#555}\
-.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
+figure{margin:0}figure svg{max-width:100%;height:auto}.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
 input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.error{color:#a00000}";
 
 /// The signed-in user of a request and their CSRF token, if any.
@@ -309,6 +311,12 @@ async fn profile(
     let loves = state.store.feedback(user.id, 1, 10).unwrap_or_default();
     let playing = state.api.playing(user.id);
     let total = state.store.log_head(user.id).map(|h| h.n_listens).unwrap_or(0);
+    let weekly = state
+        .store
+        .listens_series(user.id, &Period::LastMonths(12), crate::store::aggregates::Step::Week, now)
+        .unwrap_or_default();
+    let weekly_total: u64 = weekly.iter().map(|(_, n)| n).sum();
+    let plot = plot::listens_svg(&weekly, 720, 140);
     page(
         StatusCode::OK,
         &user.name,
@@ -336,7 +344,11 @@ async fn profile(
                     }
                 }
             }
-            h2 { "Recent listens" }
+            h2 { "Listens per week, last 12 months" }
+        figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week" } {
+            (maud::PreEscaped(plot))
+        }
+        h2 { "Recent listens" }
             @if recent.is_empty() { p.muted { "No listens yet." } }
             table {
                 tbody {
