@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/user/{name}/history", get(history))
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
+        .route("/connect", get(connect))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
@@ -83,6 +84,7 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                         a href={ "/user/" (user.name) } { (user.name) }
                         a href={ "/user/" (user.name) "/history" } { "History" }
                         a href="/settings" { "Settings" }
+                        a href="/connect" { "Connect a player" }
                         form method="post" action="/logout" style="margin-left:auto" {
                             input type="hidden" name="csrf" value=(csrf);
                             button { "Log out" }
@@ -612,4 +614,48 @@ pub async fn revoke_token(State(state): State<AppState>, headers: HeaderMap, bod
         Ok(_) => settings_page(&state, &v, Some(html! { p { "Token revoked." } }), StatusCode::OK),
         Err(e) => server_error(&v, e),
     }
+}
+
+/// `/connect`: what to paste into each player, with this node's address filled in.
+pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let v = viewer(&state, &headers);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
+    let node = format!("http://{host}");
+    let rows = [
+        (
+            "Navidrome",
+            "ListenBrainz",
+            format!(
+                "ND_LISTENBRAINZ_BASEURL={node}/1/ — then enable ListenBrainz in your Navidrome settings with a token"
+            ),
+        ),
+        ("Jellyfin (ListenBrainz plugin)", "ListenBrainz", format!("ListenBrainz API URL: {node} — and a token")),
+        ("Web Scrobbler", "ListenBrainz", format!("API URL: {node}/1/submit-listens — and a token")),
+        ("Pano Scrobbler", "ListenBrainz", format!("custom API root: {node}/ — and a token")),
+        ("mpdscribble", "Audioscrobbler 1.2", format!("url = {node}/ · username = {} · password = a token", me.name)),
+        (
+            "pylast",
+            "Last.fm 2.0",
+            format!(
+                "ws_server = (\"{host}\", \"/2.0/\") · user name {} · a token as the password (HTTPS only: put TLS in front)",
+                me.name
+            ),
+        ),
+    ];
+    page(
+        StatusCode::OK,
+        "Connect a player",
+        &v,
+        html! {
+            h1 { "Connect a player" }
+            p { "Make a token under " a href="/settings" { "Settings" } " for each player, then set it up as below." }
+            table {
+                thead { tr { th { "Player" } th { "Protocol" } th { "What to set" } } }
+                tbody { @for (player, protocol, what) in &rows { tr { td { (player) } td { (protocol) } td { code { (what) } } } } }
+            }
+            h2 { "pylast" }
+            pre { code { "import pylast\nnet = pylast.LibreFMNetwork(api_key=\"x\" * 32, api_secret=\"y\" * 32)\nnet.ws_server = (\"" (host) "\", \"/2.0/\")\nnet.session_key = pylast.SessionKeyGenerator(net).get_session_key(\"" (me.name) "\", pylast.md5(\"<your token>\"))\nnet.scrobble(artist=\"Artist\", title=\"Title\", timestamp=1700000000)" } }
+        },
+    )
 }

@@ -115,6 +115,9 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
         .send_string(&json!({"listen_type": "import", "payload": payload}).to_string())
         .expect("submit");
     let (session, csrf) = login(&node.url);
+    let (s, connect) = get(&format!("{}/connect", node.url), Some(&session));
+    assert!(s == 200 && connect.contains(&format!("{}/1/submit-listens", node.url)), "the node's own URL is filled in");
+    assert_eq!(get(&format!("{}/connect", node.url), None).0, 200, "anonymous visitors are sent to log in");
     let (s, page1) = get(&format!("{}/user/alice/history", node.url), Some(&session));
     assert!(s == 200 && page1.contains("page 1 of 2") && page1.contains("Song 0") && !page1.contains("Song 55"));
     let (_, page2) = get(&format!("{}/user/alice/history?page=2", node.url), Some(&session));
