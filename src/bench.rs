@@ -20,6 +20,14 @@ use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// One public user with N synthetic listens; time the web view's pages over HTTP
+    /// on 127.0.0.1 (server time plus a loopback round trip).
+    Web {
+        #[arg(long, default_value_t = 1_000_000)]
+        listens: u64,
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+    },
     /// Start a node on 127.0.0.1 in this process and load it with single-listen
     /// ListenBrainz submissions from concurrent keep-alive connections; print the rate
     /// of acknowledged (durable) listens and the latency percentiles.
@@ -179,6 +187,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
     let cmd = match cmd {
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
+        BenchCmd::Web { listens, requests } => return web(config, listens, requests),
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
         }
@@ -540,6 +549,54 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
     let stored = store.log_head(user.id)?.n_listens;
     println!("stored after shutdown: {stored} (acknowledged {acknowledged})");
     drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::process::ExitCode> {
+    let dir = std::env::temp_dir().join(format!("hearsay-bench-web-{}", std::process::id()));
+    let mut node_config = config.clone();
+    node_config.node.data_dir = dir.clone();
+    let node = crate::node::Node::build(node_config)?;
+    let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
+    node.store.set_visibility(user.id, crate::store::users::Visibility::Public)?;
+    let mut synthetic = Synthetic::new(1, 1000);
+    let mut done = 0;
+    while done < listens {
+        let k = 1000.min(listens - done);
+        node.ingestor.ingest_blocking(user.id, (0..k).map(|_| Action::Listen(synthetic.listen())).collect())?;
+        done += k;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(node.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+    println!("{listens} listens for one public user; {requests} requests per page, after one warm-up");
+    let agent = ureq::AgentBuilder::new().build();
+    for path in [
+        "/",
+        "/user/bench0",
+        "/user/bench0?period=12m",
+        "/user/bench0?period=all",
+        "/user/bench0/history",
+        "/user/bench0/history?page=100",
+    ] {
+        let url = format!("{base}{path}");
+        agent.get(&url).call()?;
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let t = Instant::now();
+            let body = agent.get(&url).call()?.into_string()?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            std::hint::black_box(body);
+        }
+        report(&format!("GET {path}"), times);
+    }
+    let _ = stop_tx.send(());
+    runtime.block_on(server)??;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
 }
