@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/user/{name}", get(profile))
         .route("/user/{name}/history", get(history))
+        .route("/user/{name}/{what}/{id}", get(item))
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
         .route("/connect", get(connect))
@@ -46,7 +47,8 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margi
 nav{display:flex;gap:1rem;align-items:center;padding:.75rem 0;border-bottom:1px solid #ddd}nav a{color:#0b57d0}\
 h1{font-size:1.6rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee}\
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(16rem,1fr));gap:1.5rem}.muted{color:#555}\
-figure{margin:0}figure svg{max-width:100%;height:auto}.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
+figure{margin:0}.clock td{width:1.2rem;height:1.2rem;padding:0;border:1px solid #fff}.clock th{font-size:.7rem;font-weight:normal}\
+.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}figure svg{max-width:100%;height:auto}.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
 input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.error{color:#a00000}";
 
 /// The signed-in user of a request and their CSRF token, if any.
@@ -319,6 +321,8 @@ async fn profile(
         .unwrap_or_default();
     let weekly_total: u64 = weekly.iter().map(|(_, n)| n).sum();
     let plot = plot::listens_svg(&weekly, 720, 140);
+    let clock = state.store.clock(user.id, &period, now).unwrap_or([[0; 24]; 7]);
+    let neighbours = if own { state.store.neighbours(user.id, 5).unwrap_or_default() } else { Vec::new() };
     page(
         StatusCode::OK,
         &user.name,
@@ -334,13 +338,13 @@ async fn profile(
             }
             h2 { (label) }
             div.cols {
-                @for (title, chart) in [("Top artists", &charts[0]), ("Top tracks", &charts[1]), ("Top albums", &charts[2])] {
+                @for (title, what, chart) in [("Top artists", "artist", &charts[0]), ("Top tracks", "track", &charts[1]), ("Top albums", "album", &charts[2])] {
                     section {
                         h3 { (title) }
                         @if chart.rows.is_empty() { p.muted { "Nothing in this period." } }
                         ol {
                             @for r in &chart.rows {
-                                li { @if let Some(a) = &r.artist { (a) " – " } (r.name) " " span.muted { "(" (r.listens) ")" } }
+                                li { a href={ "/user/" (user.name) "/" (what) "/" (r.id) } { @if let Some(a) = &r.artist { (a) " – " } (r.name) } " " span.muted { "(" (r.listens) ")" } }
                             }
                         }
                     }
@@ -349,6 +353,19 @@ async fn profile(
             h2 { "Listens per week, last 12 months" }
         figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week" } {
             (maud::PreEscaped(plot))
+        }
+        h2 { "Listening clock" }
+        (clock_table(&clock))
+        @if !neighbours.is_empty() {
+            h2 { "Listens like you" }
+            ul {
+                @for n in &neighbours {
+                    li {
+                        @if n.user.visibility == Visibility::Public { a href={ "/user/" (n.user.name) } { (n.user.name) } } @else { (n.user.name) }
+                        " " span.muted { (format!("{:.0}%", n.similarity * 100.0)) }
+                    }
+                }
+            }
         }
         h2 { "Recent listens" }
             @if recent.is_empty() { p.muted { "No listens yet." } }
@@ -658,4 +675,105 @@ pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Respo
             pre { code { "import pylast\nnet = pylast.LibreFMNetwork(api_key=\"x\" * 32, api_secret=\"y\" * 32)\nnet.ws_server = (\"" (host) "\", \"/2.0/\")\nnet.session_key = pylast.SessionKeyGenerator(net).get_session_key(\"" (me.name) "\", pylast.md5(\"<your token>\"))\nnet.scrobble(artist=\"Artist\", title=\"Title\", timestamp=1700000000)" } }
         },
     )
+}
+
+/// A user whose pages the viewer may see, or the response to send instead.
+fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Response> {
+    match state.store.user_by_name(name) {
+        Ok(Some(u)) if u.visibility == Visibility::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => Ok(u),
+        Ok(_) => Err(not_found_page(v)),
+        Err(e) => Err(server_error(v, e)),
+    }
+}
+
+fn kind_of(path: &str) -> Option<(Kind, &'static str)> {
+    match path {
+        "artist" => Some((Kind::Artist, "artist")),
+        "track" => Some((Kind::Recording, "track")),
+        "album" => Some((Kind::Release, "album")),
+        _ => None,
+    }
+}
+
+/// `/user/{name}/{artist|track|album}/{id}`: one item in one user's listening: plays per
+/// month, first listen, weekly ranks over the last year, and (artists) similar artists.
+pub async fn item(
+    State(state): State<AppState>,
+    Path((name, what, id)): Path<(String, String, u32)>,
+    headers: HeaderMap,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match visible(&state, &v, &name) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some((kind, label)) = kind_of(&what) else { return not_found_page(&v) };
+    if state.store.check_item(kind, id).is_err() {
+        return not_found_page(&v);
+    }
+    let now = crate::now_unix();
+    let all = state.store.chart(user.id, kind, &Period::AllTime, 100_000, now).unwrap_or_else(|_| {
+        crate::store::aggregates::Chart { kind, from: 0, to: 0, listens: 0, distinct: 0, rows: Vec::new() }
+    });
+    let Some(row) = all.rows.iter().find(|r| r.id == id).cloned() else { return not_found_page(&v) };
+    let monthly = state
+        .store
+        .item_series(user.id, kind, id, &Period::AllTime, crate::store::aggregates::Step::Month, now)
+        .unwrap_or_default();
+    let first_month = monthly.iter().position(|(_, n)| *n > 0).unwrap_or(0);
+    let monthly = &monthly[first_month..];
+    let first = state.store.first_listen(user.id, kind, id).ok().flatten();
+    let ranks = state.store.rank_history(user.id, kind, id, &Period::LastMonths(12), now).unwrap_or_default();
+    let weeks_at_one = ranks.iter().filter(|w| w.rank == Some(1)).count();
+    let best = ranks.iter().filter_map(|w| w.rank).min();
+    let similar =
+        if kind == Kind::Artist { state.store.similar_artists(id, 8).unwrap_or_default() } else { Vec::new() };
+    let plot = plot::listens_svg(monthly, 720, 140);
+    let title = match &row.artist {
+        Some(a) => format!("{a} – {}", row.name),
+        None => row.name.clone(),
+    };
+    page(
+        StatusCode::OK,
+        &title,
+        &v,
+        html! {
+            p.muted { a href={ "/user/" (user.name) } { (user.name) } " · " (label) }
+            h1 { (title) }
+            p { (row.listens) " listens" @if let Some(f) = first { " · first heard " (jiff::Timestamp::from_second(f).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()) } }
+            h2 { "Listens per month" }
+            figure role="img" aria-label={ (row.listens) " listens, per month since the first" } { (maud::PreEscaped(plot)) }
+            h2 { "Weekly charts, last 12 months" }
+            p { @match best { Some(b) => { "Best weekly rank: #" (b) " · weeks at #1: " (weeks_at_one) }, None => { "Not charted in the last 12 months." } } }
+            @if !similar.is_empty() {
+                h2 { "Similar artists on this node" }
+                ul { @for (r, _) in &similar { li { (r.name) } } }
+            }
+        },
+    )
+}
+
+/// Hour × weekday heat map of a user's listening, as an HTML table (readable without
+/// colour: each cell carries its count).
+fn clock_table(clock: &[[u64; 24]; 7]) -> Markup {
+    let max = clock.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    html! {
+        table.clock {
+            caption.muted { "Listens by weekday and hour (local time)" }
+            thead { tr { th { "" } @for h in 0..24 { th scope="col" { (h) } } } }
+            tbody {
+                @for (d, row) in clock.iter().enumerate() {
+                    tr {
+                        th scope="row" { (days[d]) }
+                        @for n in row {
+                            td style={ "background:rgba(11,87,208," (format!("{:.2}", *n as f64 / max as f64)) ")" } title=(n) {
+                                span.sr { (n) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

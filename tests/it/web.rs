@@ -71,6 +71,18 @@ fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "names are escaped");
     assert!(!page.contains("<script>alert(1)</script>"), "no raw markup from a listen");
     assert!(page.contains("Tag &amp; &quot;Quote&quot;") || page.contains("Tag &amp; \"Quote\""));
+    assert!(page.contains("Listening clock") && page.contains("<svg"));
+    // Chart rows link to item pages: plays per month, first listen, weekly ranks.
+    let link = page
+        .split("href=\"/user/alice/artist/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("artist link")
+        .to_owned();
+    let (s, artist) = get(&format!("{}/user/alice/artist/{link}", node.url), Some(&session));
+    assert!(s == 200 && artist.contains("Listens per month") && artist.contains("first heard"), "{artist}");
+    assert_eq!(get(&format!("{}/user/alice/artist/99999", node.url), Some(&session)).0, 404);
+    assert_eq!(get(&format!("{}/user/alice/planet/0", node.url), Some(&session)).0, 404);
 
     // Log out needs the form's CSRF token.
     let (s, _, _) = post_form(&format!("{}/logout", node.url), Some(&session), &[("csrf", "forged")]);
@@ -213,7 +225,7 @@ fn visibility_matrix_nothing_leaks() {
         };
         let (alice_sk, bob_sk) = (lastfm_sk(&alice_token), lastfm_sk(&bob_token));
         // (what, url for a given user name, how to authenticate as a viewer)
-        let pages = ["/user/{}", "/user/{}?period=all", "/user/{}/history"];
+        let pages = ["/user/{}", "/user/{}?period=all", "/user/{}/history", "/user/{}/artist/0", "/user/{}/track/0"];
         let apis = [
             "/1/user/{}/listens",
             "/1/user/{}/listen-count",
