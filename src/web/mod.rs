@@ -678,11 +678,11 @@ pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 /// A user whose pages the viewer may see, or the response to send instead.
-fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Response> {
+fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Box<Response>> {
     match state.store.user_by_name(name) {
         Ok(Some(u)) if u.visibility == Visibility::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => Ok(u),
-        Ok(_) => Err(not_found_page(v)),
-        Err(e) => Err(server_error(v, e)),
+        Ok(_) => Err(Box::new(not_found_page(v))),
+        Err(e) => Err(Box::new(server_error(v, e))),
     }
 }
 
@@ -705,7 +705,7 @@ pub async fn item(
     let v = viewer(&state, &headers);
     let user = match visible(&state, &v, &name) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some((kind, label)) = kind_of(&what) else { return not_found_page(&v) };
     if state.store.check_item(kind, id).is_err() {
