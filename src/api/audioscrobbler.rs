@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +28,8 @@ use crate::store::{Action, UserId};
 pub const MAX_SKEW_SECS: i64 = 300;
 /// Most tracks in one submission.
 pub const MAX_TRACKS: usize = 50;
+/// Largest now-playing or submission form.
+const MAX_FORM: usize = 256 * 1024;
 const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Audioscrobbler sessions, in memory only.
@@ -53,9 +53,7 @@ impl Sessions {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/as/1.2/np", post(now_playing).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
-        .route("/as/1.2/submit", post(submit).layer(axum::extract::DefaultBodyLimit::max(256 * 1024)))
+    Router::new().route("/as/1.2/np", post(now_playing)).route("/as/1.2/submit", post(submit))
 }
 
 fn lines(text: impl Into<String>) -> Response {
@@ -119,8 +117,8 @@ fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<UserId>
     f.get("s").and_then(|s| state.api.as_sessions.user(s))
 }
 
-async fn now_playing(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let Some(f) = body.ok().and_then(|b| form(&b)) else {
+async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let Some(f) = super::read_body(&headers, body, MAX_FORM).await.ok().and_then(|b| form(&b)) else {
         return lines("FAILED The body is not a form of at most 256 KiB\n");
     };
     let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
@@ -141,8 +139,8 @@ async fn now_playing(State(state): State<AppState>, body: Result<Bytes, BytesRej
     }
 }
 
-async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let Some(f) = body.ok().and_then(|b| form(&b)) else {
+async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let Some(f) = super::read_body(&headers, body, MAX_FORM).await.ok().and_then(|b| form(&b)) else {
         return lines("FAILED The body is not a form of at most 256 KiB\n");
     };
     let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };

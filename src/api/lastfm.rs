@@ -293,9 +293,9 @@ async fn dispatch(
     addr: ClientAddr,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Reply {
-    let Ok(body) = body else {
+    let Ok(body) = super::read_body(&headers, body, MAX_BODY).await else {
         let json = query.iter().any(|(k, v)| k == "format" && v.eq_ignore_ascii_case("json"));
         let too_big = format!("Invalid parameters - the request is larger than {MAX_BODY} bytes");
         return Reply { json, result: Err((StatusCode::PAYLOAD_TOO_LARGE, 6, too_big)) };

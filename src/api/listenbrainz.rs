@@ -4,8 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -197,15 +195,14 @@ async fn submit_listens(
     addr: ClientAddr,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> LbResult {
     let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let body = super::read_body(&headers, body, MAX_BODY).await.map_err(|e| match e {
+        super::BodyError::TooLarge => {
             LbError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Payload too large: at most {MAX_BODY} bytes."))
-        } else {
-            LbError::bad(format!("Cannot read the request body: {e}"))
         }
+        super::BodyError::Unreadable(m) => LbError::bad(format!("Cannot read the request body: {m}")),
     })?;
     // ListenBrainz reads the body as JSON whatever the content type says; refuse only
     // types that cannot be JSON, so every player that works with it works here.
@@ -459,15 +456,18 @@ fn parse_uuid(v: Option<&Value>, field: &str) -> Result<uuid::Uuid, LbError> {
 }
 
 /// The user and JSON body of an authenticated write.
-fn authenticated_json(
+async fn authenticated_json(
     state: &AppState,
     addr: &ClientAddr,
     headers: &HeaderMap,
     query_token: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<(User, Value), LbError> {
     let user = authenticate(state, addr, headers, query_token)?;
-    let body = body.map_err(|e| LbError::bad(e.to_string()))?;
+    let body = super::read_body(headers, body, 64 * 1024).await.map_err(|e| match e {
+        super::BodyError::TooLarge => LbError::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large."),
+        super::BodyError::Unreadable(m) => LbError::bad(m),
+    })?;
     let doc = serde_json::from_slice(&body).map_err(|_| LbError::bad("Invalid JSON document submitted."))?;
     Ok((user, doc))
 }
@@ -477,9 +477,9 @@ async fn delete_listen(
     addr: ClientAddr,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> LbResult {
-    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body)?;
+    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body).await?;
     let listened_at =
         doc.get("listened_at").and_then(Value::as_i64).ok_or_else(|| LbError::bad("listened_at must be an integer"))?;
     let id = parse_uuid(doc.get("recording_msid"), "recording_msid")?;
@@ -496,9 +496,9 @@ async fn recording_feedback(
     addr: ClientAddr,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> LbResult {
-    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body)?;
+    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body).await?;
     let score = doc.get("score").and_then(Value::as_i64).ok_or_else(|| LbError::bad("score must be 1, 0 or -1"))?;
     let id = match (doc.get("recording_msid"), doc.get("recording_mbid")) {
         (Some(v), _) if !v.is_null() => parse_uuid(Some(v), "recording_msid")?,

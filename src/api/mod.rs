@@ -111,3 +111,32 @@ pub fn msid(track: &TrackRef) -> uuid::Uuid {
     id.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(id).into_uuid()
 }
+
+/// Why a request body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Larger than the limit: known from `Content-Length` before anything was read, or
+    /// found while reading (a chunked body), never after reading it all.
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads a request body of at most `max` bytes, refusing an oversized one from its
+/// announced length before reading any of it.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    max: usize,
+) -> Result<axum::body::Bytes, BodyError> {
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("length limit") { BodyError::TooLarge } else { BodyError::Unreadable(text) }
+    })
+}

@@ -350,6 +350,13 @@ impl Store {
                 removed += 1;
             }
         }
+        for kv in self.trees.sessiondigest_websession.iter() {
+            let (k, v) = kv?;
+            if decode::<WebSessionV1>(schema::SESSIONDIGEST_WEBSESSION, &k, &v).is_ok_and(|s| s.user == id.0) {
+                self.trees.sessiondigest_websession.remove(k)?;
+                removed += 1;
+            }
+        }
         self.forget_hot(Some(id));
         self.flush()?;
         Ok(removed + 1)

@@ -68,6 +68,8 @@ struct Job {
 
 enum Msg {
     Job(Job),
+    /// Delete a user and everything stored under them, in order with appends.
+    DeleteUser(UserId, oneshot::Sender<Result<u64>>),
     Stop,
 }
 
@@ -109,6 +111,14 @@ impl Ingestor {
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Db(sled::Error::Io(e)))?;
         Ok(Ingestor { tx, thread: Arc::new(Mutex::new(Some(thread))), stats })
+    }
+
+    /// Deletes a user and all their data through the writer, so no append for them can
+    /// race the deletion. Returns the number of records removed.
+    pub async fn delete_user(&self, user: UserId) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::DeleteUser(user, reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
     }
 
     /// Totals since the writer started.
@@ -261,6 +271,19 @@ impl Writer {
         Ok(w)
     }
 
+    /// Deletes a user (after every earlier batch was committed): drops what the writer
+    /// holds for them, stores the other users' in-memory statistics, then removes every
+    /// record of theirs.
+    fn delete_user(&mut self, user: UserId) -> Result<u64> {
+        self.users.remove(&user);
+        self.pending_users.remove(&user);
+        self.store.forget_hot(Some(user));
+        let mut persist_others = Group::default();
+        self.apply(&mut persist_others, true)?;
+        let removed = self.store.delete_user(user)?;
+        Ok(removed)
+    }
+
     /// Drops every cache; the next batch reads state afresh from disk.
     fn reset(&mut self) -> Result<()> {
         self.users.clear();
@@ -296,10 +319,18 @@ impl Writer {
 
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         while let Some(msg) = rx.blocking_recv() {
-            let Msg::Job(first) = msg else { break };
+            let first = match msg {
+                Msg::Job(job) => job,
+                Msg::DeleteUser(user, reply) => {
+                    let _ = reply.send(self.delete_user(user));
+                    continue;
+                }
+                Msg::Stop => break,
+            };
             let mut n_actions = first.actions.len();
             let mut jobs = vec![first];
             let mut stop = false;
+            let mut deferred = None;
             while n_actions < self.max_group_listens {
                 match rx.try_recv() {
                     Ok(Msg::Job(job)) => {
@@ -310,10 +341,17 @@ impl Writer {
                         stop = true;
                         break;
                     }
+                    Ok(Msg::DeleteUser(user, reply)) => {
+                        deferred = Some((user, reply));
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             self.commit_group(jobs);
+            if let Some((user, reply)) = deferred {
+                let _ = reply.send(self.delete_user(user));
+            }
             if stop {
                 break;
             }

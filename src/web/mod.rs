@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
         .route("/connect", get(connect))
+        .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
@@ -556,11 +557,13 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                     }
                 }
             }
-            form method="post" action="/settings/tokens" {
+        form method="post" action="/settings/tokens" {
                 input type="hidden" name="csrf" value=(csrf);
                 label { "Name for a new token (e.g. the player) " input name="name" required maxlength="64"; }
                 button { "Create token" }
             }
+            h2 { "Your data" }
+            p { a href="/settings/delete" { "Delete all my data" } }
         },
     )
 }
@@ -776,4 +779,66 @@ fn clock_table(clock: &[[u64; 24]; 7]) -> Markup {
             }
         }
     }
+}
+
+/// `/settings/delete`: erase the account and everything stored for it.
+pub async fn delete_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let v = viewer(&state, &headers);
+    let Some((me, csrf)) = &v.0 else { return Redirect::to("/login").into_response() };
+    let total = state.store.log_head(me.id).map(|h| h.n_listens).unwrap_or(0);
+    page(
+        StatusCode::OK,
+        "Delete all my data",
+        &v,
+        html! {
+            h1 { "Delete all my data" }
+            p { "This erases your account from this node: your " (total) " listens and the whole signed log, your statistics, loves and hates, tokens, sessions and keys. It cannot be undone. Nothing of it has left this node unless you made your profile public." }
+            p { "Export your history first if you want to keep it (exports come soon)." }
+            form method="post" action="/settings/delete" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Type your user name to confirm " input name="confirm" autocomplete="off" required; }
+                button { "Delete everything" }
+            }
+        },
+    )
+}
+
+pub async fn delete_account(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    if f.get("confirm").map(|c| c.trim()) != Some(me.name.as_str()) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not deleted",
+            &v,
+            html! {
+                h1 { "Not deleted" }
+                p.error role="alert" { "The name you typed does not match. Nothing was deleted." }
+                p { a href="/settings/delete" { "Try again" } }
+            },
+        );
+    }
+    let listens = state.store.log_head(me.id).map(|h| h.n_listens).unwrap_or(0);
+    let removed = match state.ingestor.delete_user(me.id).await {
+        Ok(n) => n,
+        Err(e) => return server_error(&v, e),
+    };
+    let mut response = page(
+        StatusCode::OK,
+        "Deleted",
+        &Viewer(None),
+        html! {
+            h1 { "Your data is deleted" }
+            p { "Erased from this node's database: the account " strong { (me.name) } ", " (listens) " listens with the signed log they were in, all statistics, loves and hates, tokens, sessions and keys (" (removed) " records)." }
+            p { "Old copies leave the database files when the node's owner next runs " code { "hearsay store compact" } "." }
+        },
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
 }

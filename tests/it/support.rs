@@ -246,3 +246,20 @@ pub fn run_python_env(script: &str, args: &[&str], env: &[(&str, &Path)]) -> Str
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Sends only the head of a POST that announces a `content_length`-byte body, and
+/// returns the raw response: shows a server refuses an oversized body before it is sent.
+pub fn post_head_only(url: &str, path: &str, content_type: &str, content_length: usize, extra: &str) -> String {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .expect("write head");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}

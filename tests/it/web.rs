@@ -318,3 +318,40 @@ fn visibility_matrix_nothing_leaks() {
         assert_eq!(node.terminate(), Some(0));
     }
 }
+
+#[test]
+fn delete_all_my_data_erases_the_account_while_the_node_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let now = hearsay::now_unix();
+    let submit = json!({"listen_type": "single", "payload": [{"listened_at": now - 60, "track_metadata": {"artist_name": "Gone", "track_name": "Soon"}}]});
+    ureq::post(&format!("{}/1/submit-listens", node.url))
+        .set("Authorization", &format!("Token {token}"))
+        .send_string(&submit.to_string())
+        .expect("submit");
+    let (session, csrf) = login(&node.url);
+    let url = format!("{}/settings/delete", node.url);
+    let (s, _, body) = post_form(&url, Some(&session), &[("csrf", &csrf), ("confirm", "not-alice")]);
+    assert!(s == 400 && body.contains("Nothing was deleted"));
+    let (s, cookie, body) = post_form(&url, Some(&session), &[("csrf", &csrf), ("confirm", "alice")]);
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("1 listens") && body.contains("store compact"), "{body}");
+    assert!(cookie.is_some_and(|c| c.contains("Max-Age=0")));
+    // Everything is gone: the session, the token, the profile, the user.
+    assert_eq!(get(&format!("{}/user/alice", node.url), Some(&session)).0, 404);
+    let v: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/1/validate-token?token={token}", node.url))
+            .call()
+            .expect("v")
+            .into_string()
+            .expect("b"),
+    )
+    .expect("json");
+    assert_eq!(v["valid"], false);
+    // The name can be registered again (from the command line) and starts empty.
+    assert_eq!(node.terminate(), Some(0));
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    assert!(store.user_by_name("alice").expect("lookup").is_none());
+    assert!(store.users().expect("users").is_empty());
+}
