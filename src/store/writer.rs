@@ -70,6 +70,8 @@ enum Msg {
     Job(Job),
     /// Delete a user and everything stored under them, in order with appends.
     DeleteUser(UserId, oneshot::Sender<Result<u64>>),
+    /// Change a user's time zone and recount their statistics, in order with appends.
+    SetTimezone(UserId, String, oneshot::Sender<Result<()>>),
     Stop,
 }
 
@@ -118,6 +120,14 @@ impl Ingestor {
     pub async fn delete_user(&self, user: UserId) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::DeleteUser(user, reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Changes a user's time zone through the writer (their statistics are recounted in
+    /// it, in order with appends).
+    pub async fn set_timezone(&self, user: UserId, tz: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::SetTimezone(user, tz.to_owned(), reply)).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -284,6 +294,16 @@ impl Writer {
         Ok(removed)
     }
 
+    /// Sets a user's time zone and recounts their buckets in it.
+    fn set_timezone(&mut self, user: UserId, tz: &str) -> Result<()> {
+        // Store everyone's in-memory buckets first, so the recount starts from disk.
+        let mut persist = Group::default();
+        self.apply(&mut persist, true)?;
+        self.store.set_timezone(user, tz)?;
+        self.users.remove(&user);
+        self.store.rebuild_user_stats(user)
+    }
+
     /// Drops every cache; the next batch reads state afresh from disk.
     fn reset(&mut self) -> Result<()> {
         self.users.clear();
@@ -325,6 +345,10 @@ impl Writer {
                     let _ = reply.send(self.delete_user(user));
                     continue;
                 }
+                Msg::SetTimezone(user, tz, reply) => {
+                    let _ = reply.send(self.set_timezone(user, &tz));
+                    continue;
+                }
                 Msg::Stop => break,
             };
             let mut n_actions = first.actions.len();
@@ -341,16 +365,22 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    Ok(Msg::DeleteUser(user, reply)) => {
-                        deferred = Some((user, reply));
+                    Ok(other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..))) => {
+                        deferred = Some(other);
                         break;
                     }
                     Err(_) => break,
                 }
             }
             self.commit_group(jobs);
-            if let Some((user, reply)) = deferred {
-                let _ = reply.send(self.delete_user(user));
+            match deferred {
+                Some(Msg::DeleteUser(user, reply)) => {
+                    let _ = reply.send(self.delete_user(user));
+                }
+                Some(Msg::SetTimezone(user, tz, reply)) => {
+                    let _ = reply.send(self.set_timezone(user, &tz));
+                }
+                _ => {}
             }
             if stop {
                 break;

@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/connect", get(connect))
         .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
+        .route("/settings/timezone", post(set_timezone))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
         .fallback(not_found)
@@ -539,7 +540,14 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                 }
                 button { "Save" }
             }
-            h2 { "API tokens" }
+            h2 { "Time zone" }
+        form method="post" action="/settings/timezone" {
+            input type="hidden" name="csrf" value=(csrf);
+            label { "Your periods (this week, this month…) start at midnight in " input name="timezone" value=(me.timezone) required maxlength="64" list="zones"; }
+            datalist id="zones" { @for z in ["UTC", "Europe/London", "Europe/Berlin", "Europe/Paris", "America/New_York", "America/Chicago", "America/Los_Angeles", "Asia/Tokyo", "Australia/Sydney"] { option value=(z) {} } }
+            button { "Save" }
+        }
+        h2 { "API tokens" }
             p.muted { "Give a player a token to scrobble to this node (ListenBrainz clients use it as is; Last.fm 2.0 and Audioscrobbler 1.2 clients use it as the password). See docs/api-compat.md for each player." }
             table {
                 tbody {
@@ -841,4 +849,32 @@ pub async fn delete_account(State(state): State<AppState>, headers: HeaderMap, b
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let tz = f.get("timezone").map(|t| t.trim()).unwrap_or_default().to_owned();
+    if crate::stats::period::time_zone(&tz).is_err() {
+        return settings_page(
+            &state,
+            &v,
+            Some(html! { p.error role="alert" { "Unknown time zone: " (tz) ". Use a name like Europe/Berlin." } }),
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    if let Err(e) = state.ingestor.set_timezone(me.id, &tz).await {
+        return server_error(&v, e);
+    }
+    let v = viewer(&state, &headers);
+    settings_page(
+        &state,
+        &v,
+        Some(html! { p { "Your time zone is now " strong { (tz) } "; your statistics were recounted in it." } }),
+        StatusCode::OK,
+    )
 }

@@ -480,3 +480,22 @@ fn neighbours_rank_similar_tastes_and_skip_private_users() {
     let pos = |name: &str| order.iter().position(|n| *n == name).unwrap_or(usize::MAX);
     assert!(pos("Portishead") < pos("ABBA") && pos("Massive Attack") < pos("ABBA"), "{order:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_zone_change_through_the_running_writer_recounts_the_buckets() {
+    let t = TestStore::new();
+    let at = 1_711_924_200; // 2024-03-31T22:30Z: April 1st in Berlin
+    t.ingestor.ingest(t.user, vec![Action::Listen(listen("A", "T", at))]).await.expect("ingest");
+    let april = Period::Month { year: 2024, month: 4 };
+    let count = |p: &Period| t.store.chart(t.user, Kind::Artist, p, 1, NOW).expect("chart").listens;
+    assert_eq!(count(&april), 0);
+    t.ingestor.set_timezone(t.user, "Europe/Berlin").await.expect("set");
+    assert_eq!(count(&april), 1);
+    // Appends after the change count in the new zone, and a rebuild agrees.
+    t.ingestor.ingest(t.user, vec![Action::Listen(listen("B", "U", at + 600))]).await.expect("ingest");
+    assert_eq!(count(&april), 2);
+    t.ingestor.stop();
+    let before = dump(&t.store);
+    t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
+    assert!(before == dump(&t.store), "incremental after a zone change equals a rebuild");
+}

@@ -146,6 +146,12 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
     assert_eq!(get(&format!("{}/user/alice/history", node.url), None).0, 404);
     assert_eq!(post_form(&url, None, &[("csrf", &csrf), ("seq", "1")]).0, 404);
 
+    // Time zone: an unknown one is refused with the form shown again; a known one is saved.
+    let tz = format!("{}/settings/timezone", node.url);
+    let (s, _, body) = post_form(&tz, Some(&session), &[("csrf", &csrf), ("timezone", "Mars/Olympus")]);
+    assert!(s == 400 && body.contains("Unknown time zone"), "{s}");
+    let (s, _, body) = post_form(&tz, Some(&session), &[("csrf", &csrf), ("timezone", "Europe/Berlin")]);
+    assert!(s == 200 && body.contains("value=\"Europe/Berlin\""), "{s}");
     // Settings: make the profile public, then private again; create and revoke a token.
     let vis = format!("{}/settings/visibility", node.url);
     assert_eq!(post_form(&vis, Some(&session), &[("csrf", &csrf), ("level", "public")]).0, 200);
