@@ -182,7 +182,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             Err(e) => return lines(format!("FAILED Track {i}: {e}\n")),
         }
     }
-    if !actions.is_empty() {
+    if !actions.is_empty() && !state.store.is_paused(user).unwrap_or(false) {
         if let Err(e) = state.ingestor.ingest(user, actions).await {
             tracing::error!(error = %e, "audioscrobbler: ingest failed");
             return lines("FAILED The node could not store the submission; try again\n");

@@ -503,7 +503,9 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
     }
     let actions: Vec<Action> =
         results.iter().filter_map(|r| r.4.as_ref().ok().map(|l| Action::Listen(l.clone()))).collect();
-    let outcomes = if actions.is_empty() {
+    // Paused scrobbling (incognito): reported accepted, not stored.
+    let paused = state.store.is_paused(user.id).map_err(store_err)?;
+    let outcomes = if actions.is_empty() || paused {
         Vec::new()
     } else {
         state.ingestor.ingest(user.id, actions).await.map_err(store_err)?

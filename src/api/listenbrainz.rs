@@ -266,7 +266,10 @@ async fn submit_listens(
                 actions.push(Action::Listen(listen));
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.
-            state.ingestor.ingest(user.id, actions).await?;
+            // Paused scrobbling (incognito): accepted, as the player expects, and not stored.
+            if !state.store.is_paused(user.id)? {
+                state.ingestor.ingest(user.id, actions).await?;
+            }
             state.api.clear_playing(user.id);
             Ok(Json(json!({"status": "ok"})))
         }

@@ -85,6 +85,7 @@ pub(crate) struct Trees {
     pub sessiondigest_session: sled::Tree,
     pub userid_seq_info: sled::Tree,
     pub sessiondigest_websession: sled::Tree,
+    pub userid_settings: sled::Tree,
 }
 
 /// An open database.
@@ -156,6 +157,7 @@ impl Store {
             sessiondigest_session: t(schema::SESSIONDIGEST_SESSION)?,
             userid_seq_info: t(schema::USERID_SEQ_INFO)?,
             sessiondigest_websession: t(schema::SESSIONDIGEST_WEBSESSION)?,
+            userid_settings: t(schema::USERID_SETTINGS)?,
         };
         let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -228,6 +230,7 @@ impl Store {
             schema::SESSIONDIGEST_SESSION => &t.sessiondigest_session,
             schema::USERID_SEQ_INFO => &t.userid_seq_info,
             schema::SESSIONDIGEST_WEBSESSION => &t.sessiondigest_websession,
+            schema::USERID_SETTINGS => &t.userid_settings,
             _ => return None,
         })
     }

@@ -115,6 +115,9 @@ pub const USERID_SEQ_INFO: &str = "userid_seq_info";
 /// `WebSessionV1` (user id, created_at, CSRF token). Since schema 2.
 pub const SESSIONDIGEST_WEBSESSION: &str = "sessiondigest_websession";
 
+/// `userid_settings`: `user id u32` -> `SettingsV1` (scrobbling paused). Since schema 2.
+pub const USERID_SETTINGS: &str = "userid_settings";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -144,6 +147,7 @@ pub const ALL_TREES: &[&str] = &[
     SESSIONDIGEST_SESSION,
     USERID_SEQ_INFO,
     SESSIONDIGEST_WEBSESSION,
+    USERID_SETTINGS,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -158,4 +162,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
     USERID_SEQ_INFO,
+    USERID_SETTINGS,
 ];

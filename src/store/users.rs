@@ -284,6 +284,21 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the user has paused scrobbling (incognito).
+    pub fn is_paused(&self, user: UserId) -> Result<bool> {
+        let key = keys::user(user);
+        Ok(match self.trees.userid_settings.get(key)? {
+            Some(bytes) => decode::<super::values::SettingsV1>(schema::USERID_SETTINGS, &key, &bytes)?.paused,
+            None => false,
+        })
+    }
+
+    /// Pauses or resumes scrobbling for the user.
+    pub fn set_paused(&self, user: UserId, paused: bool) -> Result<()> {
+        self.trees.userid_settings.insert(keys::user(user), encode(&super::values::SettingsV1 { paused }))?;
+        self.flush()
+    }
+
     /// A user's tokens, by id.
     pub fn tokens(&self, user: UserId) -> Result<Vec<TokenInfo>> {
         let mut out = Vec::new();

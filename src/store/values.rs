@@ -331,3 +331,13 @@ pub struct WebSessionV1 {
 impl Versioned for WebSessionV1 {
     const VERSION: u8 = 1;
 }
+
+/// `userid_settings`: a user's switches that are not part of their identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsV1 {
+    /// Scrobbling paused ("incognito"): submissions are accepted and not stored.
+    pub paused: bool,
+}
+impl Versioned for SettingsV1 {
+    const VERSION: u8 = 1;
+}

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/timezone", post(set_timezone))
+        .route("/settings/pause", post(set_pause))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
         .fallback(not_found)
@@ -332,6 +333,9 @@ async fn profile(
         html! {
             h1 { (user.name) }
             p.muted { (total) " listens" @if own { " · your profile is " (user.visibility.as_str()) } }
+        @if own && state.store.is_paused(user.id).unwrap_or(false) {
+            p role="status" { strong { "Scrobbling is paused" } " — submissions are not stored. " a href="/settings" { "Resume" } }
+        }
             @if let Some(p) = &playing { p { "Now playing: " strong { (p.track.artist) " – " (p.track.title) } } }
             nav.periods aria-label="period" {
                 @for (k, l, _) in periods() {
@@ -504,6 +508,7 @@ pub async fn settings(State(state): State<AppState>, headers: HeaderMap) -> Resp
 fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: StatusCode) -> Response {
     let Some((me, csrf)) = &v.0 else { return Redirect::to("/login").into_response() };
     let tokens = state.store.tokens(me.id).unwrap_or_default();
+    let paused = state.store.is_paused(me.id).unwrap_or(false);
     let levels = [
         (
             Visibility::Private,
@@ -540,7 +545,20 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                 }
                 button { "Save" }
             }
-            h2 { "Time zone" }
+            h2 { "Pause scrobbling" }
+        form method="post" action="/settings/pause" {
+            input type="hidden" name="csrf" value=(csrf);
+            @if paused {
+                p role="status" { strong { "Scrobbling is paused." } " Your players' submissions are accepted and thrown away: nothing is stored." }
+                input type="hidden" name="paused" value="no";
+                button { "Resume scrobbling" }
+            } @else {
+                p { "Incognito: while paused, submissions from your players are accepted (so they do not retry) and not stored." }
+                input type="hidden" name="paused" value="yes";
+                button { "Pause scrobbling" }
+            }
+        }
+        h2 { "Time zone" }
         form method="post" action="/settings/timezone" {
             input type="hidden" name="csrf" value=(csrf);
             label { "Your periods (this week, this month…) start at midnight in " input name="timezone" value=(me.timezone) required maxlength="64" list="zones"; }
@@ -877,4 +895,19 @@ pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, bod
         Some(html! { p { "Your time zone is now " strong { (tz) } "; your statistics were recounted in it." } }),
         StatusCode::OK,
     )
+}
+
+pub async fn set_pause(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let paused = f.get("paused").is_some_and(|p| p == "yes");
+    if let Err(e) = state.store.set_paused(me.id, paused) {
+        return server_error(&v, e);
+    }
+    let message = if paused { "Scrobbling is paused." } else { "Scrobbling resumed." };
+    settings_page(&state, &v, Some(html! { p { (message) } }), StatusCode::OK)
 }

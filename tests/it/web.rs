@@ -146,6 +146,25 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
     assert_eq!(get(&format!("{}/user/alice/history", node.url), None).0, 404);
     assert_eq!(post_form(&url, None, &[("csrf", &csrf), ("seq", "1")]).0, 404);
 
+    // Pause scrobbling: submissions are answered ok and not stored, until resumed.
+    let pause = format!("{}/settings/pause", node.url);
+    let (s, _, body) = post_form(&pause, Some(&session), &[("csrf", &csrf), ("paused", "yes")]);
+    assert!(s == 200 && body.contains("Scrobbling is paused"));
+    let incognito = json!({"listen_type": "single", "payload": [{"listened_at": now - 30, "track_metadata": {"artist_name": "Secret", "track_name": "Incognito"}}]});
+    let submit = |body: &serde_json::Value| {
+        ureq::post(&format!("{}/1/submit-listens", node.url))
+            .set("Authorization", &format!("Token {token}"))
+            .send_string(&body.to_string())
+            .expect("accepted")
+            .status()
+    };
+    assert_eq!(submit(&incognito), 200);
+    let (_, hist) = get(&format!("{}/user/alice/history", node.url), Some(&session));
+    assert!(!hist.contains("Incognito") && hist.contains("59 listens"), "paused: nothing stored");
+    post_form(&pause, Some(&session), &[("csrf", &csrf), ("paused", "no")]);
+    assert_eq!(submit(&incognito), 200);
+    let (_, hist) = get(&format!("{}/user/alice/history", node.url), Some(&session));
+    assert!(hist.contains("Incognito") && hist.contains("60 listens"), "resumed: stored");
     // Time zone: an unknown one is refused with the form shown again; a known one is saved.
     let tz = format!("{}/settings/timezone", node.url);
     let (s, _, body) = post_form(&tz, Some(&session), &[("csrf", &csrf), ("timezone", "Mars/Olympus")]);
