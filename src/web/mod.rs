@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/user/{name}", get(profile))
         .route("/user/{name}/history", get(history))
+        .route("/user/{name}/weekly", get(weekly))
         .route("/user/{name}/{what}/{id}", get(item))
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
@@ -356,7 +357,8 @@ async fn profile(
                     }
                 }
             }
-            h2 { "Listens per week, last 12 months" }
+            p { a href={ "/user/" (user.name) "/weekly" } { "Weekly charts" } }
+        h2 { "Listens per week, last 12 months" }
         figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week" } {
             (maud::PreEscaped(plot))
         }
@@ -910,4 +912,60 @@ pub async fn set_pause(State(state): State<AppState>, headers: HeaderMap, body: 
     }
     let message = if paused { "Scrobbling is paused." } else { "Scrobbling resumed." };
     settings_page(&state, &v, Some(html! { p { (message) } }), StatusCode::OK)
+}
+
+/// `/user/{name}/weekly?year=Y&week=W`: the weekly chart archive, one ISO week at a
+/// time, with last week's ranks and new entries.
+pub async fn weekly(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match visible(&state, &v, &name) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&user.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let this = crate::stats::period::local_date(now, &tz).iso_week_date();
+    let year = q.get("year").and_then(|y| y.parse::<i16>().ok()).unwrap_or(this.year());
+    let week = q.get("week").and_then(|w| w.parse::<i8>().ok()).unwrap_or(this.week());
+    let Ok(monday) = jiff::civil::ISOWeekDate::new(year, week, jiff::civil::Weekday::Monday) else {
+        return not_found_page(&v);
+    };
+    let rows = match state.store.weekly_chart(user.id, Kind::Artist, year, week, 20, now) {
+        Ok(r) => r,
+        Err(e) => return server_error(&v, e),
+    };
+    let step = |days: i64| monday.date().checked_add(jiff::Span::new().days(days)).ok().map(|d| d.iso_week_date());
+    let (prev, next) = (step(-7), step(7));
+    page(
+        StatusCode::OK,
+        &format!("{} · week {year}-W{week:02}", user.name),
+        &v,
+        html! {
+            p.muted { a href={ "/user/" (user.name) } { (user.name) } " · weekly charts" }
+            h1 { "Week " (year) "-W" (format!("{week:02}")) }
+            nav aria-label="weeks" {
+                @if let Some(p) = prev { a href={ "?year=" (p.year()) "&week=" (p.week()) } { "Previous week" } }
+                @if let Some(n) = next { " " a href={ "?year=" (n.year()) "&week=" (n.week()) } { "Next week" } }
+            }
+            @if rows.is_empty() { p.muted { "No listens that week." } }
+            table {
+                thead { tr { th { "#" } th { "Artist" } th { "Listens" } th { "Last week" } } }
+                tbody {
+                    @for r in &rows {
+                        tr {
+                            td { (r.rank) }
+                            td { a href={ "/user/" (user.name) "/artist/" (r.row.id) } { (r.row.name) } }
+                            td { (r.row.listens) }
+                            td { @if r.new { strong { "new" } } @else { @match r.previous_rank { Some(p) => { (p) }, None => { "re-entry" } } } }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }

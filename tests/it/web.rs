@@ -83,6 +83,9 @@ fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
     assert!(s == 200 && artist.contains("Listens per month") && artist.contains("first heard"), "{artist}");
     assert_eq!(get(&format!("{}/user/alice/artist/99999", node.url), Some(&session)).0, 404);
     assert_eq!(get(&format!("{}/user/alice/planet/0", node.url), Some(&session)).0, 404);
+    let (s, weekly) = get(&format!("{}/user/alice/weekly", node.url), Some(&session));
+    assert!(s == 200 && weekly.contains("Sigur Rós") && weekly.contains("new"), "{weekly}");
+    assert_eq!(get(&format!("{}/user/alice/weekly?year=2021&week=53", node.url), Some(&session)).0, 404);
 
     // Log out needs the form's CSRF token.
     let (s, _, _) = post_form(&format!("{}/logout", node.url), Some(&session), &[("csrf", "forged")]);
@@ -250,7 +253,14 @@ fn visibility_matrix_nothing_leaks() {
         };
         let (alice_sk, bob_sk) = (lastfm_sk(&alice_token), lastfm_sk(&bob_token));
         // (what, url for a given user name, how to authenticate as a viewer)
-        let pages = ["/user/{}", "/user/{}?period=all", "/user/{}/history", "/user/{}/artist/0", "/user/{}/track/0"];
+        let pages = [
+            "/user/{}",
+            "/user/{}?period=all",
+            "/user/{}/history",
+            "/user/{}/artist/0",
+            "/user/{}/track/0",
+            "/user/{}/weekly",
+        ];
         let apis = [
             "/1/user/{}/listens",
             "/1/user/{}/listen-count",
