@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub log: String,
     /// Time zone of the node's own charts (an IANA name). Default: `UTC`.
     pub timezone: String,
+    /// User names of the node's administrators (they see the admin page). Default: none.
+    pub admins: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,7 +89,12 @@ impl StatsConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { data_dir: PathBuf::from("hearsay-data"), log: "info".into(), timezone: "UTC".into() }
+        NodeConfig {
+            data_dir: PathBuf::from("hearsay-data"),
+            log: "info".into(),
+            timezone: "UTC".into(),
+            admins: Vec::new(),
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct AppState {
     pub node_timezone: String,
     /// Mark session cookies `Secure` (`http.secure_cookies`, for nodes behind TLS).
     pub secure_cookies: bool,
+    /// Administrators' user names (`node.admins`).
+    pub admins: Vec<String>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -59,6 +59,7 @@ impl Node {
             api: crate::api::ApiState::default(),
             node_timezone: self.config.node.timezone.clone(),
             secure_cookies: self.config.http.secure_cookies,
+            admins: self.config.node.admins.clone(),
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)

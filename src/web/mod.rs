@@ -38,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
         .route("/connect", get(connect))
+        .route("/admin", get(admin))
         .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/timezone", post(set_timezone))
@@ -966,6 +967,44 @@ pub async fn weekly(
                     }
                 }
             }
+        },
+    )
+}
+
+/// `/admin`: the node's users, storage and identity, for administrators (`node.admins`);
+/// a 404 for everyone else.
+pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let v = viewer(&state, &headers);
+    let is_admin = v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)));
+    if !is_admin {
+        return not_found_page(&v);
+    }
+    let users = state.store.users().unwrap_or_default();
+    let size = state.store.size_on_disk().unwrap_or(0);
+    let writes = state.ingestor.stats();
+    page(
+        StatusCode::OK,
+        "Admin",
+        &v,
+        html! {
+            h1 { "This node" }
+            p { "PeerId " code { (state.peer_id) } " · hearsay " (env!("CARGO_PKG_VERSION")) }
+            p { "Database: " (format!("{:.1}", size as f64 / 1_048_576.0)) " MiB on disk · " (writes.batches) " batches in " (writes.groups) " group commits since start" }
+            h2 { "Users" }
+            table {
+                thead { tr { th { "Name" } th { "Listens" } th { "Sharing" } th { "Time zone" } } }
+                tbody {
+                    @for u in &users {
+                        tr {
+                            td { (u.name) }
+                            td { (state.store.log_head(u.id).map(|h| h.n_listens).unwrap_or(0)) }
+                            td { (u.visibility.as_str()) }
+                            td { (u.timezone) }
+                        }
+                    }
+                }
+            }
+            p.muted { "Add users with " code { "hearsay user add NAME" } " (the node must be stopped for command-line changes)." }
         },
     )
 }

@@ -83,7 +83,13 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(data_dir: &Path) -> NodeProcess {
+        NodeProcess::start_with(data_dir, &[])
+    }
+
+    /// As `start`, with extra environment variables (config overrides).
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(bin())
+            .envs(env.iter().copied())
             .env("HEARSAY_NODE__DATA_DIR", data_dir)
             .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")
             .env("HEARSAY_NODE__LOG", "warn")

@@ -390,3 +390,20 @@ fn delete_all_my_data_erases_the_account_while_the_node_runs() {
     assert!(store.user_by_name("alice").expect("lookup").is_none());
     assert!(store.users().expect("users").is_empty());
 }
+
+#[test]
+fn the_admin_page_is_for_administrators_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let pw = dir.path().join("pw");
+    assert_eq!(hearsay(&data, &["user", "add", "bob", "--password-file", pw.to_str().expect("utf8")]).0, 0);
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
+    let (alice, _) = login(&node.url);
+    let (_, bob_cookie, _) =
+        post_form(&format!("{}/login", node.url), None, &[("username", "bob"), ("password", "password123")]);
+    let bob = bob_cookie.expect("cookie").split(';').next().expect("pair").to_owned();
+    let (s, page) = get(&format!("{}/admin", node.url), Some(&alice));
+    assert!(s == 200 && page.contains("12D3KooW") && page.contains("bob") && page.contains("MiB on disk"), "{page}");
+    assert_eq!(get(&format!("{}/admin", node.url), Some(&bob)).0, 404);
+    assert_eq!(get(&format!("{}/admin", node.url), None).0, 404);
+}
