@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub timezone: String,
     /// User names of the node's administrators (they see the admin page). Default: none.
     pub admins: Vec<String>,
+    /// Let anyone create an account at `/register`. Default: `false` (administrators
+    /// hand out invitation links instead).
+    pub open_registration: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +97,7 @@ impl Default for NodeConfig {
             log: "info".into(),
             timezone: "UTC".into(),
             admins: Vec::new(),
+            open_registration: false,
         }
     }
 }

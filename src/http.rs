@@ -21,6 +21,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Administrators' user names (`node.admins`).
     pub admins: Vec<String>,
+    /// `node.open_registration`.
+    pub open_registration: bool,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -60,6 +60,7 @@ impl Node {
             node_timezone: self.config.node.timezone.clone(),
             secure_cookies: self.config.http.secure_cookies,
             admins: self.config.node.admins.clone(),
+            open_registration: self.config.node.open_registration,
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)

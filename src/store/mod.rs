@@ -86,6 +86,7 @@ pub(crate) struct Trees {
     pub userid_seq_info: sled::Tree,
     pub sessiondigest_websession: sled::Tree,
     pub userid_settings: sled::Tree,
+    pub invitedigest_invite: sled::Tree,
 }
 
 /// An open database.
@@ -158,6 +159,7 @@ impl Store {
             userid_seq_info: t(schema::USERID_SEQ_INFO)?,
             sessiondigest_websession: t(schema::SESSIONDIGEST_WEBSESSION)?,
             userid_settings: t(schema::USERID_SETTINGS)?,
+            invitedigest_invite: t(schema::INVITEDIGEST_INVITE)?,
         };
         let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
@@ -231,6 +233,7 @@ impl Store {
             schema::USERID_SEQ_INFO => &t.userid_seq_info,
             schema::SESSIONDIGEST_WEBSESSION => &t.sessiondigest_websession,
             schema::USERID_SETTINGS => &t.userid_settings,
+            schema::INVITEDIGEST_INVITE => &t.invitedigest_invite,
             _ => return None,
         })
     }

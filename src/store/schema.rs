@@ -118,6 +118,10 @@ pub const SESSIONDIGEST_WEBSESSION: &str = "sessiondigest_websession";
 /// `userid_settings`: `user id u32` -> `SettingsV1` (scrobbling paused). Since schema 2.
 pub const USERID_SETTINGS: &str = "userid_settings";
 
+/// `invitedigest_invite`: keyed blake3 of an invitation code -> `InviteV1` (who made it,
+/// when). Single use. Since schema 2.
+pub const INVITEDIGEST_INVITE: &str = "invitedigest_invite";
+
 /// `clientname_clientid`: `client name (UTF-8)` -> `client id u32` (ids start at 1; 0
 /// in a log entry means "no client").
 pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
@@ -148,6 +152,7 @@ pub const ALL_TREES: &[&str] = &[
     USERID_SEQ_INFO,
     SESSIONDIGEST_WEBSESSION,
     USERID_SETTINGS,
+    INVITEDIGEST_INVITE,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.

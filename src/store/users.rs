@@ -299,6 +299,32 @@ impl Store {
         self.flush()
     }
 
+    /// Makes a single-use invitation code.
+    pub fn create_invite(&self, by: UserId, now: i64) -> Result<String> {
+        let code = hex::encode(auth::random_bytes::<16>().map_err(Error::Crypto)?);
+        let record = super::values::InviteV1 { by: by.0, created_at: now };
+        self.trees.invitedigest_invite.insert(auth::session_digest(&code), encode(&record))?;
+        self.flush()?;
+        Ok(code)
+    }
+
+    /// Whether an invitation code is valid (unused).
+    pub fn invite_valid(&self, code: &str) -> Result<bool> {
+        Ok(self.trees.invitedigest_invite.contains_key(auth::session_digest(code))?)
+    }
+
+    /// Creates a user with an invitation, using it up; None when the code is not valid.
+    pub fn create_user_invited(&self, code: &str, name: &str, password: &str, now: i64) -> Result<Option<User>> {
+        let digest = auth::session_digest(code);
+        if !self.trees.invitedigest_invite.contains_key(digest)? {
+            return Ok(None);
+        }
+        let user = self.create_user(name, password, now)?;
+        self.trees.invitedigest_invite.remove(digest)?;
+        self.flush()?;
+        Ok(Some(user))
+    }
+
     /// A user's tokens, by id.
     pub fn tokens(&self, user: UserId) -> Result<Vec<TokenInfo>> {
         let mut out = Vec::new();

@@ -341,3 +341,13 @@ pub struct SettingsV1 {
 impl Versioned for SettingsV1 {
     const VERSION: u8 = 1;
 }
+
+/// `invitedigest_invite`: an invitation to create an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteV1 {
+    pub by: u32,
+    pub created_at: i64,
+}
+impl Versioned for InviteV1 {
+    const VERSION: u8 = 1;
+}

@@ -39,6 +39,8 @@ pub fn router() -> Router<AppState> {
         .route("/settings", get(settings))
         .route("/connect", get(connect))
         .route("/admin", get(admin))
+        .route("/admin/invite", post(invite))
+        .route("/register", get(register_page).post(register))
         .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/timezone", post(set_timezone))
@@ -1004,7 +1006,119 @@ pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Respons
                     }
                 }
             }
-            p.muted { "Add users with " code { "hearsay user add NAME" } " (the node must be stopped for command-line changes)." }
+            h2 { "Invite someone" }
+        @if let Some((_, csrf)) = &v.0 {
+            form method="post" action="/admin/invite" {
+                input type="hidden" name="csrf" value=(csrf);
+                button { "Make an invitation link" }
+            }
+        }
+        p.muted { "Or add users with " code { "hearsay user add NAME" } " (with the node stopped)." }
         },
     )
+}
+
+fn register_form(viewer: &Viewer, invite: &str, error: Option<&str>, status: StatusCode) -> Response {
+    page(
+        status,
+        "Create an account",
+        viewer,
+        html! {
+            h1 { "Create an account" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/register" {
+                input type="hidden" name="invite" value=(invite);
+                label { "User name (letters, digits, _ . -) " input name="username" autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9_.\\-]+"; }
+                label { "Password (at least 8 characters) " input type="password" name="password" autocomplete="new-password" required minlength="8"; }
+                button { "Create account" }
+            }
+        },
+    )
+}
+
+/// `/register`: open when `node.open_registration` is on, else only with an invitation.
+pub async fn register_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let invite = q.get("invite").cloned().unwrap_or_default();
+    let allowed = state.open_registration || state.store.invite_valid(&invite).unwrap_or(false);
+    if !allowed {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Invitation needed",
+            &v,
+            html! {
+                h1 { "Invitation needed" }
+                p { "Accounts on this node are by invitation. Ask the node's owner for an invitation link." }
+            },
+        );
+    }
+    register_form(&v, &invite, None, StatusCode::OK)
+}
+
+pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return register_form(&v, "", Some("Too many attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let f = form_fields(&body);
+    let get = |k: &str| f.get(k).map_or("", String::as_str);
+    let (invite, name, password) = (get("invite"), get("username"), get("password"));
+    let now = crate::now_unix();
+    let created = if state.open_registration && invite.is_empty() {
+        state.store.create_user(name, password, now).map(Some)
+    } else {
+        state.store.create_user_invited(invite, name, password, now)
+    };
+    match created {
+        Ok(Some(_)) => login(State(state), addr, headers, body).await,
+        Ok(None) => {
+            if let Some(a) = addr.0 {
+                state.api.record_failure(a);
+            }
+            page(
+                StatusCode::FORBIDDEN,
+                "Invitation needed",
+                &v,
+                html! { h1 { "Invitation needed" } p { "This invitation is not valid (any more)." } },
+            )
+        }
+        Err(
+            e @ (crate::store::Error::UserExists(_)
+            | crate::store::Error::InvalidName { .. }
+            | crate::store::Error::InvalidPassword(_)),
+        ) => register_form(&v, invite, Some(&e.to_string()), StatusCode::BAD_REQUEST),
+        Err(e) => server_error(&v, e),
+    }
+}
+
+/// Administrators make invitation links on the admin page.
+pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = v.0.as_ref().filter(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
+    else {
+        return not_found_page(&v);
+    };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
+    match state.store.create_invite(me.id, crate::now_unix()) {
+        Ok(code) => page(
+            StatusCode::OK,
+            "Invitation",
+            &v,
+            html! {
+                h1 { "Invitation" }
+                p { "Send this link to the person you invite; it works once:" }
+                p { code { "http://" (host) "/register?invite=" (code) } }
+                p { a href="/admin" { "Back to the admin page" } }
+            },
+        ),
+        Err(e) => server_error(&v, e),
+    }
 }

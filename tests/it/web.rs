@@ -406,4 +406,26 @@ fn the_admin_page_is_for_administrators_only() {
     assert!(s == 200 && page.contains("12D3KooW") && page.contains("bob") && page.contains("MiB on disk"), "{page}");
     assert_eq!(get(&format!("{}/admin", node.url), Some(&bob)).0, 404);
     assert_eq!(get(&format!("{}/admin", node.url), None).0, 404);
+
+    // Registration is by invitation (open registration is off by default).
+    assert_eq!(get(&format!("{}/register", node.url), None).0, 403);
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_owned();
+    assert_eq!(
+        post_form(&format!("{}/admin/invite", node.url), Some(&bob), &[("csrf", &csrf)]).0,
+        404,
+        "bob is no admin"
+    );
+    let (s, _, made) = post_form(&format!("{}/admin/invite", node.url), Some(&alice), &[("csrf", &csrf)]);
+    assert_eq!(s, 200);
+    let code = made.split("invite=").nth(1).and_then(|r| r.split('<').next()).expect("invite link").to_owned();
+    assert_eq!(get(&format!("{}/register?invite={code}", node.url), None).0, 200);
+    let register = format!("{}/register", node.url);
+    let (s, _, body) =
+        post_form(&register, None, &[("invite", &code), ("username", "bad name"), ("password", "password123")]);
+    assert!(s == 400 && body.contains("invalid user name"), "{body}");
+    let (s, cookie, _) =
+        post_form(&register, None, &[("invite", &code), ("username", "carol"), ("password", "password123")]);
+    assert!(s == 303 && cookie.is_some(), "registered and logged in");
+    let (s, _, _) = post_form(&register, None, &[("invite", &code), ("username", "dave"), ("password", "password123")]);
+    assert_eq!(s, 403, "an invitation works once");
 }
