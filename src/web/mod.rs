@@ -25,6 +25,47 @@ use crate::store::logs::Order;
 use crate::store::users::{User, Visibility};
 
 const COOKIE: &str = "hearsay_session";
+/// Cookie holding the token that forms shown before log-in must echo (double-submit
+/// CSRF protection for the log-in and registration forms).
+const FORM_COOKIE: &str = "hearsay_form";
+
+fn named_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The pre-session form token of this browser, and a cookie to set when it is new.
+fn form_token(headers: &HeaderMap) -> (String, Option<String>) {
+    match named_cookie(headers, FORM_COOKIE).filter(|t| t.len() == 32) {
+        Some(t) => (t, None),
+        None => {
+            let t = crate::auth::random_bytes::<16>().map(hex::encode).unwrap_or_default();
+            let cookie = format!("{FORM_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict");
+            (t, Some(cookie))
+        }
+    }
+}
+
+fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
+    if let Some(v) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// True when a pre-session form echoes this browser's form token.
+fn form_token_ok(headers: &HeaderMap, fields: &HashMap<String, String>) -> bool {
+    match (named_cookie(headers, FORM_COOKIE), fields.get("form_token")) {
+        (Some(c), Some(f)) => crate::auth::strings_equal(&c, f),
+        _ => false,
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -62,14 +103,7 @@ input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.er
 struct Viewer(Option<(User, String)>);
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    named_cookie(headers, COOKIE)
 }
 
 fn viewer(state: &AppState, headers: &HeaderMap) -> Viewer {
@@ -202,10 +236,11 @@ async fn root(
 }
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    login_form(&viewer(&state, &headers), None, StatusCode::OK)
+    let (token, cookie) = form_token(&headers);
+    with_cookie(login_form(&viewer(&state, &headers), &token, None, StatusCode::OK), cookie)
 }
 
-fn login_form(viewer: &Viewer, error: Option<&str>, status: StatusCode) -> Response {
+fn login_form(viewer: &Viewer, form_token: &str, error: Option<&str>, status: StatusCode) -> Response {
     page(
         status,
         "Log in",
@@ -214,6 +249,7 @@ fn login_form(viewer: &Viewer, error: Option<&str>, status: StatusCode) -> Respo
             h1 { "Log in" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form method="post" action="/login" {
+                input type="hidden" name="form_token" value=(form_token);
                 label { "User name " input name="username" autocomplete="username" required; }
                 label { "Password " input type="password" name="password" autocomplete="current-password" required; }
                 button { "Log in" }
@@ -228,10 +264,17 @@ fn form_fields(body: &Bytes) -> HashMap<String, String> {
 
 async fn login(State(state): State<AppState>, addr: ClientAddr, headers: HeaderMap, body: Bytes) -> Response {
     let v = viewer(&state, &headers);
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
-        return login_form(&v, Some("Too many failed attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
-    }
     let f = form_fields(&body);
+    let (token, cookie) = form_token(&headers);
+    if !form_token_ok(&headers, &f) {
+        return with_cookie(
+            login_form(&v, &token, Some("This form has expired. Try again."), StatusCode::FORBIDDEN),
+            cookie,
+        );
+    }
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return login_form(&v, &token, Some("Too many failed attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
+    }
     let (name, password) = (f.get("username").map_or("", String::as_str), f.get("password").map_or("", String::as_str));
     let user = match state.store.check_password(name, password) {
         Ok(Some(u)) => u,
@@ -239,7 +282,7 @@ async fn login(State(state): State<AppState>, addr: ClientAddr, headers: HeaderM
             if let Some(a) = addr.0 {
                 state.api.record_failure(a);
             }
-            return login_form(&v, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED);
+            return login_form(&v, &token, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED);
         }
         Err(e) => return server_error(&v, e),
     };
@@ -1018,7 +1061,7 @@ pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Respons
     )
 }
 
-fn register_form(viewer: &Viewer, invite: &str, error: Option<&str>, status: StatusCode) -> Response {
+fn register_form(viewer: &Viewer, form_token: &str, invite: &str, error: Option<&str>, status: StatusCode) -> Response {
     page(
         status,
         "Create an account",
@@ -1027,6 +1070,7 @@ fn register_form(viewer: &Viewer, invite: &str, error: Option<&str>, status: Sta
             h1 { "Create an account" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form method="post" action="/register" {
+                input type="hidden" name="form_token" value=(form_token);
                 input type="hidden" name="invite" value=(invite);
                 label { "User name (letters, digits, _ . -) " input name="username" autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9_.\\-]+"; }
                 label { "Password (at least 8 characters) " input type="password" name="password" autocomplete="new-password" required minlength="8"; }
@@ -1056,15 +1100,23 @@ pub async fn register_page(
             },
         );
     }
-    register_form(&v, &invite, None, StatusCode::OK)
+    let (token, cookie) = form_token(&headers);
+    with_cookie(register_form(&v, &token, &invite, None, StatusCode::OK), cookie)
 }
 
 pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: HeaderMap, body: Bytes) -> Response {
     let v = viewer(&state, &headers);
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
-        return register_form(&v, "", Some("Too many attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
-    }
     let f = form_fields(&body);
+    let (token, cookie) = form_token(&headers);
+    if !form_token_ok(&headers, &f) {
+        return with_cookie(
+            register_form(&v, &token, "", Some("This form has expired. Try again."), StatusCode::FORBIDDEN),
+            cookie,
+        );
+    }
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return register_form(&v, &token, "", Some("Too many attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
+    }
     let get = |k: &str| f.get(k).map_or("", String::as_str);
     let (invite, name, password) = (get("invite"), get("username"), get("password"));
     let now = crate::now_unix();
@@ -1090,7 +1142,7 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
             e @ (crate::store::Error::UserExists(_)
             | crate::store::Error::InvalidName { .. }
             | crate::store::Error::InvalidPassword(_)),
-        ) => register_form(&v, invite, Some(&e.to_string()), StatusCode::BAD_REQUEST),
+        ) => register_form(&v, &token, invite, Some(&e.to_string()), StatusCode::BAD_REQUEST),
         Err(e) => server_error(&v, e),
     }
 }

@@ -33,6 +33,36 @@ fn post_form(url: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> (u16, O
     (resp.status(), set_cookie, resp.into_string().unwrap_or_default())
 }
 
+/// The pre-session form cookie and token a browser gets with a form page.
+fn form_token(url: &str) -> (String, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let cookie = resp.header("set-cookie").expect("form cookie").split(';').next().expect("pair").to_owned();
+    let html = resp.into_string().expect("html");
+    let token = html
+        .split("name=\"form_token\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("form token")
+        .to_owned();
+    (cookie, token)
+}
+
+/// Posts the log-in form as a browser does (with its form token); returns status,
+/// Set-Cookie and body.
+fn login_post(base: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
+    let (cookie, token) = form_token(&format!("{base}/login"));
+    post_form(
+        &format!("{base}/login"),
+        Some(&cookie),
+        &[("form_token", &token), ("username", user), ("password", password)],
+    )
+}
+
 #[test]
 fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,10 +87,13 @@ fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
 
     // Log in: a wrong password re-shows the form with an error; the right one sets a
     // HttpOnly, SameSite cookie and redirects to the profile.
-    let (s, _, body) = post_form(&format!("{}/login", node.url), None, &[("username", "alice"), ("password", "nope")]);
+    let (s, _, body) = login_post(&node.url, "alice", "nope");
     assert!(s == 401 && body.contains("Wrong user name or password"), "{s}");
-    let (s, cookie, _) =
+    // A log-in form posted from elsewhere (no form token) is refused.
+    let (s, _, _) =
         post_form(&format!("{}/login", node.url), None, &[("username", "alice"), ("password", "password123")]);
+    assert_eq!(s, 403);
+    let (s, cookie, _) = login_post(&node.url, "alice", "password123");
     assert_eq!(s, 303);
     let cookie = cookie.expect("session cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
@@ -108,8 +141,7 @@ fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
 }
 
 fn login(url: &str) -> (String, String) {
-    let (_, cookie, _) =
-        post_form(&format!("{url}/login"), None, &[("username", "alice"), ("password", "password123")]);
+    let (_, cookie, _) = login_post(url, "alice", "password123");
     let session = cookie.expect("cookie").split(';').next().expect("pair").to_owned();
     let (_, page) = get(&format!("{url}/settings"), Some(&session));
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_owned();
@@ -232,8 +264,7 @@ fn visibility_matrix_nothing_leaks() {
             .send_string(&submit.to_string())
             .expect("submit");
         let (alice_session, _) = login(&node.url);
-        let (_, bob_cookie, _) =
-            post_form(&format!("{}/login", node.url), None, &[("username", "bob"), ("password", "password123")]);
+        let (_, bob_cookie, _) = login_post(&node.url, "bob", "password123");
         let bob_session = bob_cookie.expect("cookie").split(';').next().expect("pair").to_owned();
         let lastfm_sk = |token: &str| -> String {
             let r = ureq::post(&format!("{}/2.0/", node.url))
@@ -399,8 +430,7 @@ fn the_admin_page_is_for_administrators_only() {
     assert_eq!(hearsay(&data, &["user", "add", "bob", "--password-file", pw.to_str().expect("utf8")]).0, 0);
     let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
     let (alice, _) = login(&node.url);
-    let (_, bob_cookie, _) =
-        post_form(&format!("{}/login", node.url), None, &[("username", "bob"), ("password", "password123")]);
+    let (_, bob_cookie, _) = login_post(&node.url, "bob", "password123");
     let bob = bob_cookie.expect("cookie").split(';').next().expect("pair").to_owned();
     let (s, page) = get(&format!("{}/admin", node.url), Some(&alice));
     assert!(s == 200 && page.contains("12D3KooW") && page.contains("bob") && page.contains("MiB on disk"), "{page}");
@@ -420,12 +450,24 @@ fn the_admin_page_is_for_administrators_only() {
     let code = made.split("invite=").nth(1).and_then(|r| r.split('<').next()).expect("invite link").to_owned();
     assert_eq!(get(&format!("{}/register?invite={code}", node.url), None).0, 200);
     let register = format!("{}/register", node.url);
-    let (s, _, body) =
-        post_form(&register, None, &[("invite", &code), ("username", "bad name"), ("password", "password123")]);
+    let (form_cookie, token) = form_token(&format!("{register}?invite={code}"));
+    let fc = Some(form_cookie.as_str());
+    let (s, _, body) = post_form(
+        &register,
+        fc,
+        &[("form_token", &token), ("invite", &code), ("username", "bad name"), ("password", "password123")],
+    );
     assert!(s == 400 && body.contains("invalid user name"), "{body}");
-    let (s, cookie, _) =
-        post_form(&register, None, &[("invite", &code), ("username", "carol"), ("password", "password123")]);
+    let (s, cookie, _) = post_form(
+        &register,
+        fc,
+        &[("form_token", &token), ("invite", &code), ("username", "carol"), ("password", "password123")],
+    );
     assert!(s == 303 && cookie.is_some(), "registered and logged in");
-    let (s, _, _) = post_form(&register, None, &[("invite", &code), ("username", "dave"), ("password", "password123")]);
+    let (s, _, _) = post_form(
+        &register,
+        fc,
+        &[("form_token", &token), ("invite", &code), ("username", "dave"), ("password", "password123")],
+    );
     assert_eq!(s, 403, "an invitation works once");
 }
