@@ -7,7 +7,6 @@
 //! user is authenticated by the session key (`sk`) from `auth.getMobileSession`.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,8 +34,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/2.0/", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
         .route("/2.0", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
-        .route("/api/auth/", axum::routing::get(approval_page).post(approve))
-        .route("/api/auth", axum::routing::get(approval_page).post(approve))
 }
 
 /// How long an `auth.getToken` token may wait for approval (Last.fm: 60 minutes).
@@ -59,7 +56,7 @@ impl AuthTokens {
     }
 
     /// Marks a pending token approved by `user`; false when unknown or expired.
-    fn approve(&self, token: &str, user: crate::store::UserId) -> bool {
+    pub(crate) fn approve(&self, token: &str, user: crate::store::UserId) -> bool {
         let Ok(mut map) = self.0.lock() else { return false };
         match map.get_mut(token) {
             Some((made, approved)) if made.elapsed() < AUTH_TOKEN_LIFETIME => {
@@ -85,68 +82,6 @@ impl AuthTokens {
                 Ok(user)
             }
         }
-    }
-}
-
-fn page(title: &str, body: &str) -> Response {
-    axum::response::Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body><main><h1>{t}</h1>{body}</main></body></html>",
-        t = escape(title)
-    ))
-    .into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct ApprovalQuery {
-    token: Option<String>,
-}
-
-/// The page a Last.fm client opens for the user to approve its token.
-async fn approval_page(Query(q): Query<ApprovalQuery>) -> Response {
-    let Some(token) = q.token.filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())) else {
-        return page(
-            "Connect an application",
-            "<p>This link has no valid token. Start again from your application.</p>",
-        );
-    };
-    page(
-        "Connect an application",
-        &format!(
-            "<p>An application asks to scrobble to your account on this node and read your listening.</p>\
-             <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
-             <p><label>User name <input name=\"username\" autocomplete=\"username\" required></label></p>\
-             <p><label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label></p>\
-             <p><button>Allow</button></p></form>"
-        ),
-    )
-}
-
-async fn approve(State(state): State<AppState>, addr: ClientAddr, body: Bytes) -> Response {
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
-        return (StatusCode::TOO_MANY_REQUESTS, page("Too many attempts", "<p>Wait a minute and try again.</p>"))
-            .into_response();
-    }
-    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
-    let user = state.store.check_password(get("username"), get("password")).ok().flatten();
-    let Some(user) = user else {
-        if let Some(a) = addr.0 {
-            state.api.record_failure(a);
-        }
-        return (
-            StatusCode::FORBIDDEN,
-            page("Not allowed", "<p>Wrong user name or password. Go back and try again.</p>"),
-        )
-            .into_response();
-    };
-    if state.api.auth_tokens.approve(get("token"), user.id) {
-        page("Application connected", "<p>Done. Return to your application.</p>")
-    } else {
-        (
-            StatusCode::BAD_REQUEST,
-            page("Link expired", "<p>This request has expired. Start again from your application.</p>"),
-        )
-            .into_response()
     }
 }
 

@@ -82,6 +82,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin", get(admin))
         .route("/admin/invite", post(invite))
         .route("/register", get(register_page).post(register))
+        .route("/api/auth/", get(approval_page).post(approve))
+        .route("/api/auth", get(approval_page).post(approve))
         .route("/settings/delete", get(delete_page).post(delete_account))
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/timezone", post(set_timezone))
@@ -1172,5 +1174,95 @@ pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Byt
             },
         ),
         Err(e) => server_error(&v, e),
+    }
+}
+
+fn valid_auth_token(t: &str) -> bool {
+    t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `/api/auth/?api_key=…&token=…`: the page a Last.fm client opens so the user can let
+/// it scrobble (`auth.getToken` → here → `auth.getSession`). Signed in: one click;
+/// otherwise the user name and password.
+pub async fn approval_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let Some(token) = q.get("token").filter(|t| valid_auth_token(t)).cloned() else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Connect an application",
+            &v,
+            html! {
+                h1 { "Connect an application" }
+                p { "This link has no valid token. Start again from your application." }
+            },
+        );
+    };
+    let (form, cookie) = form_token(&headers);
+    let body = html! {
+        h1 { "Connect an application" }
+        p { "An application asks to scrobble to your account on this node and to read your listening." }
+        form method="post" action="/api/auth/" {
+            input type="hidden" name="token" value=(token);
+            input type="hidden" name="form_token" value=(form);
+            @if let Some((me, _)) = &v.0 {
+                p { "Signed in as " strong { (me.name) } "." }
+            } @else {
+                label { "User name " input name="username" autocomplete="username" required; }
+                label { "Password " input type="password" name="password" autocomplete="current-password" required; }
+            }
+            button { "Allow" }
+        }
+    };
+    with_cookie(page(StatusCode::OK, "Connect an application", &v, body), cookie)
+}
+
+pub async fn approve(State(state): State<AppState>, addr: ClientAddr, headers: HeaderMap, body: Bytes) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    if !form_token_ok(&headers, &f) {
+        return refused(&v);
+    }
+    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            &v,
+            html! { h1 { "Too many attempts" } p { "Wait a minute and try again." } },
+        );
+    }
+    let get = |k: &str| f.get(k).map_or("", String::as_str);
+    let user = match &v.0 {
+        Some((me, _)) => Some(me.clone()),
+        None => state.store.check_password(get("username"), get("password")).ok().flatten(),
+    };
+    let Some(user) = user else {
+        if let Some(a) = addr.0 {
+            state.api.record_failure(a);
+        }
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            &v,
+            html! { h1 { "Not allowed" } p { "Wrong user name or password. Go back and try again." } },
+        );
+    };
+    if state.api.auth_tokens.approve(get("token"), user.id) {
+        page(
+            StatusCode::OK,
+            "Application connected",
+            &v,
+            html! { h1 { "Application connected" } p { "Done. Return to your application." } },
+        )
+    } else {
+        page(
+            StatusCode::BAD_REQUEST,
+            "Link expired",
+            &v,
+            html! { h1 { "Link expired" } p { "This request has expired. Start again from your application." } },
+        )
     }
 }

@@ -195,17 +195,27 @@ fn pylast_web_authentication_with_the_approval_page() {
     // Not yet approved: error 14; the page asks for the user's credentials.
     let (s, body) = form(&format!("{}/2.0/", node.url), &[("method", "auth.getSession"), ("token", &token)]);
     assert!(s == 403 && body.contains("code=\"14\""), "{body}");
-    let page =
-        ureq::get(&format!("{}/api/auth/?token={token}", node.url)).call().expect("page").into_string().expect("html");
+    let resp = ureq::get(&format!("{}/api/auth/?token={token}", node.url)).call().expect("page");
+    let cookie = resp.header("set-cookie").expect("form cookie").split(';').next().expect("pair").to_owned();
+    let page = resp.into_string().expect("html");
     assert!(page.contains("name=\"password\"") && page.contains(&token));
-    let (s, _) =
-        form(&format!("{}/api/auth/", node.url), &[("token", &token), ("username", "alice"), ("password", "wrong")]);
-    assert_eq!(s, 403);
-    let (s, _) = form(
-        &format!("{}/api/auth/", node.url),
-        &[("token", &token), ("username", "alice"), ("password", "password123")],
-    );
-    assert_eq!(s, 200);
+    let form_token =
+        page.split("name=\"form_token\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("token").to_owned();
+    let approve = |password: &str| {
+        let r = ureq::post(&format!("{}/api/auth/", node.url)).set("Cookie", &cookie).send_form(&[
+            ("token", &token),
+            ("form_token", &form_token),
+            ("username", "alice"),
+            ("password", password),
+        ]);
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(approve("wrong"), 403);
+    assert_eq!(approve("password123"), 200);
     child.stdin.take().expect("stdin").write_all(b"\n").expect("approve");
     let mut key = String::new();
     out.read_line(&mut key).expect("key");
