@@ -824,6 +824,21 @@ pub async fn item(
             figure role="img" aria-label={ (row.listens) " listens, per month since the first" } { (maud::PreEscaped(plot)) }
             h2 { "Weekly charts, last 12 months" }
             p { @match best { Some(b) => { "Best weekly rank: #" (b) " · weeks at #1: " (weeks_at_one) }, None => { "Not charted in the last 12 months." } } }
+        @if best.is_some() {
+            table {
+                caption.muted { "Rank in each week it was played" }
+                thead { tr { th { "Week of" } th { "Rank" } th { "Listens" } } }
+                tbody {
+                    @for w in ranks.iter().filter(|w| w.rank.is_some()).rev() {
+                        tr {
+                            td { (crate::stats::period::date_of(w.monday).to_string()) }
+                            td { "#" (w.rank.unwrap_or(0)) }
+                            td { (w.listens) }
+                        }
+                    }
+                }
+            }
+        }
             @if !similar.is_empty() {
                 h2 { "Similar artists on this node" }
                 ul { @for (r, _) in &similar { li { (r.name) } } }
