@@ -454,6 +454,22 @@ fn csrf_ok(viewer: &Viewer, fields: &HashMap<String, String>) -> bool {
     }
 }
 
+/// The viewer, signed-in user and fields of a form post carrying this session's CSRF
+/// token; otherwise the response to send (to the log-in page, or refused).
+fn signed_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Viewer, User, HashMap<String, String>), Box<Response>> {
+    let v = viewer(state, headers);
+    let f = form_fields(body);
+    let Some((me, _)) = v.0.clone() else { return Err(Box::new(Redirect::to("/login").into_response())) };
+    if !csrf_ok(&v, &f) {
+        return Err(Box::new(refused(&v)));
+    }
+    Ok((v, me, f))
+}
+
 fn refused(viewer: &Viewer) -> Response {
     page(
         StatusCode::FORBIDDEN,
@@ -645,12 +661,11 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
 }
 
 pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     let Some(level) = f.get("level").and_then(|l| Visibility::parse(l)) else {
         return settings_page(
             &state,
@@ -672,12 +687,11 @@ pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, b
 }
 
 pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     let name = f.get("name").map(|n| n.trim()).unwrap_or_default();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return settings_page(
@@ -699,12 +713,11 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, bod
 }
 
 pub async fn revoke_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     let Some(id) = f.get("id").and_then(|i| i.parse::<u32>().ok()) else { return refused(&v) };
     match state.store.revoke_token(me.id, id) {
         Ok(_) => settings_page(&state, &v, Some(html! { p { "Token revoked." } }), StatusCode::OK),
@@ -895,12 +908,11 @@ pub async fn delete_page(State(state): State<AppState>, headers: HeaderMap) -> R
 }
 
 pub async fn delete_account(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     if f.get("confirm").map(|c| c.trim()) != Some(me.name.as_str()) {
         return page(
             StatusCode::BAD_REQUEST,
@@ -935,12 +947,11 @@ pub async fn delete_account(State(state): State<AppState>, headers: HeaderMap, b
 }
 
 pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     let tz = f.get("timezone").map(|t| t.trim()).unwrap_or_default().to_owned();
     if crate::stats::period::time_zone(&tz).is_err() {
         return settings_page(
@@ -963,12 +974,11 @@ pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, bod
 }
 
 pub async fn set_pause(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let v = viewer(&state, &headers);
-    let f = form_fields(&body);
-    let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    if !csrf_ok(&v, &f) {
-        return refused(&v);
-    }
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let me = &me;
     let paused = f.get("paused").is_some_and(|p| p == "yes");
     if let Err(e) = state.store.set_paused(me.id, paused) {
         return server_error(&v, e);
