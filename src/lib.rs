@@ -21,6 +21,7 @@ pub mod identity;
 pub mod import;
 pub mod log;
 pub mod node;
+pub mod privacy;
 pub mod stats;
 pub mod store;
 pub mod web;

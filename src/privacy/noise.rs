@@ -1,0 +1,211 @@
+//! Exact integer noise for differential privacy: the discrete Laplace distribution,
+//! sampled with only integer arithmetic (Canonne, Kamath and Steinke, "The Discrete
+//! Gaussian for Differential Privacy", NeurIPS 2020, Algorithms 1–2). Floating-point
+//! Laplace noise leaks through its low bits (Mironov, CCS 2012), so none is used here.
+//!
+//! Randomness comes from a `RandomSource`: the OS CSPRNG in the node (`OsRandom`); tests
+//! inject a seeded one. Pure otherwise.
+
+/// Uniform random bits.
+pub trait RandomSource {
+    fn next_u64(&mut self) -> u64;
+}
+
+/// The operating system's CSPRNG. A failure to read it is a fatal error for a release,
+/// so this panics rather than return predictable bytes.
+pub struct OsRandom;
+
+impl RandomSource for OsRandom {
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        #[allow(clippy::expect_used)]
+        getrandom::getrandom(&mut b).expect("the OS random source failed; refusing to add predictable noise");
+        u64::from_le_bytes(b)
+    }
+}
+
+/// A uniform integer in `0..n` (`n >= 1`), by rejection: no modulo bias.
+pub fn uniform_below(rng: &mut impl RandomSource, n: u64) -> u64 {
+    if n <= 1 {
+        return 0;
+    }
+    // Values below `reject` would make `x % n` favour small results: 2^64 - reject is a
+    // multiple of n.
+    let reject = n.wrapping_neg() % n;
+    loop {
+        let x = rng.next_u64();
+        if x >= reject {
+            return x % n;
+        }
+    }
+}
+
+/// True with probability `a / b` (`0 <= a <= b`, `b >= 1`).
+pub fn bernoulli(rng: &mut impl RandomSource, a: u64, b: u64) -> bool {
+    uniform_below(rng, b) < a
+}
+
+/// True with probability `exp(-a/b)` for `0 <= a/b <= 1`.
+fn bernoulli_exp_le1(rng: &mut impl RandomSource, a: u64, b: u64) -> bool {
+    let mut k: u64 = 1;
+    loop {
+        // P(continue) = (a/b) / k
+        let den = (b as u128) * (k as u128);
+        let den = u64::try_from(den).unwrap_or(u64::MAX);
+        if bernoulli(rng, a.min(den), den) {
+            k += 1;
+        } else {
+            return k % 2 == 1;
+        }
+    }
+}
+
+/// True with probability `exp(-a/b)` for any `a/b >= 0`.
+pub fn bernoulli_exp(rng: &mut impl RandomSource, a: u64, b: u64) -> bool {
+    let mut a = a;
+    while a > b {
+        if !bernoulli_exp_le1(rng, 1, 1) {
+            return false;
+        }
+        a -= b;
+    }
+    bernoulli_exp_le1(rng, a, b)
+}
+
+/// A sample of the discrete Laplace distribution with scale `t/s` (positive integers):
+/// `P(x) ∝ exp(-|x| · s / t)` over all integers.
+pub fn discrete_laplace(rng: &mut impl RandomSource, t: u64, s: u64) -> i64 {
+    let (t, s) = (t.max(1), s.max(1));
+    loop {
+        let u = uniform_below(rng, t);
+        if !bernoulli_exp(rng, u, t) {
+            continue;
+        }
+        let mut v: u64 = 0;
+        while bernoulli_exp(rng, 1, 1) {
+            v += 1;
+        }
+        let x = u + t.saturating_mul(v);
+        let y = x / s;
+        let negative = bernoulli(rng, 1, 2);
+        if negative && y == 0 {
+            continue;
+        }
+        let y = i64::try_from(y).unwrap_or(i64::MAX);
+        return if negative { -y } else { y };
+    }
+}
+
+/// The listener-count threshold of Laplace partition selection
+/// (google/differential-privacy `LaplacePartitionSelection`), with pre-threshold `k`:
+/// publish an item only if its true listeners ≥ k and listeners + noise ≥ τ, where the
+/// noise scale is `b = l0 / ε`. τ depends only on public parameters, so computing it in
+/// floating point leaks nothing; it is rounded up.
+pub fn partition_threshold(epsilon: f64, l0: u32, delta: f64, k: u32) -> i64 {
+    let l0f = f64::from(l0.max(1));
+    let delta_adj = 1.0 - (1.0 - delta).powf(1.0 / l0f);
+    let b = l0f / epsilon;
+    let tau = 1.0 - b * (2.0 * delta_adj).ln() + f64::from(k.max(1)) - 1.0;
+    tau.ceil() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: a seeded source for tests only.
+    struct Seeded(u64);
+    impl RandomSource for Seeded {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    /// The exact pmf of the discrete Laplace with scale `t' = t/s`.
+    fn pmf(x: i64, scale: f64) -> f64 {
+        let a = (1.0 / scale).exp();
+        (a - 1.0) / (a + 1.0) * (-(x.abs() as f64) / scale).exp()
+    }
+
+    /// χ² goodness of fit of `n` samples against the exact pmf; bins |x| beyond where
+    /// the expected count drops under 5 are pooled in the tails.
+    fn chi_square(t: u64, s: u64, n: usize, seed: u64) -> (f64, usize) {
+        let scale = t as f64 / s as f64;
+        let mut rng = Seeded(seed);
+        let mut counts = std::collections::BTreeMap::<i64, u64>::new();
+        for _ in 0..n {
+            *counts.entry(discrete_laplace(&mut rng, t, s)).or_default() += 1;
+        }
+        let mut limit = 0i64;
+        while pmf(limit + 1, scale) * n as f64 >= 5.0 {
+            limit += 1;
+        }
+        let mut chi = 0.0;
+        let mut bins = 0;
+        for x in -limit..=limit {
+            let expected = pmf(x, scale) * n as f64;
+            let observed = *counts.get(&x).unwrap_or(&0) as f64;
+            chi += (observed - expected).powi(2) / expected;
+            bins += 1;
+        }
+        for side in [-1i64, 1] {
+            let tail_p: f64 = (limit + 1..limit + 10_000).map(|x| pmf(side * x, scale)).sum();
+            let expected = tail_p * n as f64;
+            let observed: u64 = counts.iter().filter(|(x, _)| side * **x > limit).map(|(_, c)| *c).sum();
+            if expected > 0.0 {
+                chi += (observed as f64 - expected).powi(2) / expected;
+                bins += 1;
+            }
+        }
+        (chi, bins - 1)
+    }
+
+    #[test]
+    fn samples_follow_the_exact_discrete_laplace_pmf() {
+        // Critical values of χ² at p = 0.001 are below dof + 4·√(2·dof) + 10 for these dofs.
+        for (t, s) in [(1, 1), (3, 1), (15, 4), (10, 1), (40, 3)] {
+            let (chi, dof) = chi_square(t, s, 200_000, t * 1000 + s);
+            let critical = dof as f64 + 4.0 * (2.0 * dof as f64).sqrt() + 10.0;
+            assert!(
+                chi < critical,
+                "scale {t}/{s}: χ² = {chi:.1} with {dof} degrees of freedom (critical {critical:.1})"
+            );
+        }
+    }
+
+    #[test]
+    fn bernoulli_exp_has_the_right_mean() {
+        let mut rng = Seeded(7);
+        for (a, b) in [(1u64, 2u64), (1, 1), (5, 2), (0, 1)] {
+            let n = 100_000;
+            let hits = (0..n).filter(|_| bernoulli_exp(&mut rng, a, b)).count() as f64 / n as f64;
+            let want = (-(a as f64) / b as f64).exp();
+            assert!((hits - want).abs() < 0.01, "exp(-{a}/{b}): {hits} vs {want}");
+        }
+    }
+
+    #[test]
+    fn thresholds_match_the_reference_table() {
+        // The design reference's table (δ = 1e-7, k = 10) gives τ ≈ 25, 60, 109, 35, rounded
+        // to the nearest; the formula's exact values are 25.4, 59.6, 109.1, 34.8, and the
+        // node rounds up (never below the formula).
+        assert_eq!(partition_threshold(1.0, 1, 1e-7, 10), 26);
+        assert_eq!(partition_threshold(1.0, 3, 1e-7, 10), 60);
+        assert_eq!(partition_threshold(0.5, 3, 1e-7, 10), 110);
+        assert_eq!(partition_threshold(2.0, 3, 1e-7, 10), 35);
+    }
+
+    #[test]
+    fn uniform_below_covers_its_range_evenly() {
+        let mut rng = Seeded(3);
+        let mut seen = [0u32; 7];
+        for _ in 0..70_000 {
+            seen[uniform_below(&mut rng, 7) as usize] += 1;
+        }
+        assert!(seen.iter().all(|c| (9_300..10_700).contains(c)), "{seen:?}");
+    }
+}
