@@ -481,20 +481,11 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
 }
 
 fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std::process::ExitCode> {
-    let dir = std::env::temp_dir().join(format!("hearsay-bench-http-{}", std::process::id()));
-    let mut node_config = config.clone();
-    node_config.node.data_dir = dir.clone();
-    let node = crate::node::Node::build(node_config)?;
-    let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
+    let (dir, node, user) = bench_node(config, "http")?;
     let (token, _) = node.store.create_token(user.id, "bench", crate::now_unix())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}/1/submit-listens", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ingestor = node.ingestor.clone();
-    let server = runtime.spawn(node.run(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let served = Served::start(node)?;
+    let url = format!("{}/1/submit-listens", served.base);
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     let base = crate::now_unix() - 3 * 86_400;
     let results: Vec<(u64, Vec<f64>)> = std::thread::scope(|scope| {
@@ -531,8 +522,7 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
     });
     let acknowledged: u64 = results.iter().map(|(ok, _)| ok).sum();
     let latencies: Vec<f64> = results.into_iter().flat_map(|(_, l)| l).collect();
-    let _ = stop_tx.send(());
-    runtime.block_on(server)??;
+    served.stop()?;
     println!(
         "{acknowledged} listens acknowledged in {seconds} s from {connections} connections = {:.0} listens/s (each acknowledged after its group was flushed)",
         acknowledged as f64 / seconds as f64
@@ -554,11 +544,7 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
 }
 
 fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::process::ExitCode> {
-    let dir = std::env::temp_dir().join(format!("hearsay-bench-web-{}", std::process::id()));
-    let mut node_config = config.clone();
-    node_config.node.data_dir = dir.clone();
-    let node = crate::node::Node::build(node_config)?;
-    let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
+    let (dir, node, user) = bench_node(config, "web")?;
     node.store.set_visibility(user.id, crate::store::users::Visibility::Public)?;
     let mut synthetic = Synthetic::new(1, 1000);
     let mut done = 0;
@@ -567,13 +553,8 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         node.ingestor.ingest_blocking(user.id, (0..k).map(|_| Action::Listen(synthetic.listen())).collect())?;
         done += k;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(node.run(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let served = Served::start(node)?;
+    let base = served.base.clone();
     println!("{listens} listens for one public user; {requests} requests per page, after one warm-up");
     let agent = ureq::AgentBuilder::new().build();
     for path in [
@@ -595,8 +576,46 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         }
         report(&format!("GET {path}"), times);
     }
-    let _ = stop_tx.send(());
-    runtime.block_on(server)??;
+    served.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A fresh node in a temporary directory with one user, `bench0`, for the HTTP
+/// benchmarks: (directory, node, user).
+fn bench_node(config: &Config, what: &str) -> anyhow::Result<(PathBuf, crate::node::Node, crate::store::users::User)> {
+    let dir = std::env::temp_dir().join(format!("hearsay-bench-{what}-{}", std::process::id()));
+    let mut node_config = config.clone();
+    node_config.node.data_dir = dir.clone();
+    let node = crate::node::Node::build(node_config)?;
+    let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
+    Ok((dir, node, user))
+}
+
+/// A node serving HTTP on a free port of 127.0.0.1 from its own runtime.
+struct Served {
+    runtime: tokio::runtime::Runtime,
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), crate::node::Error>>,
+}
+
+impl Served {
+    fn start(node: crate::node::Node) -> anyhow::Result<Served> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(node.run(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Served { runtime, base, stop, server })
+    }
+
+    /// Shuts the node down gracefully (the writer drains and flushes).
+    fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.runtime.block_on(self.server)??;
+        Ok(())
+    }
 }

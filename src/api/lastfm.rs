@@ -336,6 +336,11 @@ fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outco
         }
         return Err(denied());
     };
+    session_for(state, &user)
+}
+
+/// Starts a session for `user` and answers it as Last.fm does.
+fn session_for(state: &AppState, user: &User) -> Outcome2 {
     let key = state.store.create_session(user.id, crate::now_unix()).map_err(store_err)?;
     Ok(vec![
         El::new("session")
@@ -353,13 +358,7 @@ fn web_session(state: &AppState, params: &Params) -> Outcome2 {
         .user(user)
         .map_err(store_err)?
         .ok_or_else(|| fail(StatusCode::FORBIDDEN, 4, "Invalid authentication token supplied"))?;
-    let key = state.store.create_session(user.id, crate::now_unix()).map_err(store_err)?;
-    Ok(vec![
-        El::new("session")
-            .child(El::text("name", &user.name))
-            .child(El::text("key", key))
-            .child(El::text("subscriber", 0)),
-    ])
+    session_for(state, &user)
 }
 
 /// Why a scrobble was ignored, as Last.fm's ignoredMessage codes.

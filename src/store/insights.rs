@@ -330,32 +330,23 @@ impl Store {
                 m = next;
             }
         } else {
-            let lo = keys::bucket(user, BUCKET_DAY, day_number(first));
-            let hi = keys::bucket(user, BUCKET_DAY, day_number(last));
-            for kv in self.trees.userid_bucket_counts.range(lo..=hi) {
-                let (k, _) = kv?;
-                let (_, _, day) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, &k)?;
-                let key = keys::bucket(user, BUCKET_DAY, day);
-                *series.entry(start_of(period::date_of(day))).or_insert(0) += count_in(key)?;
+            // The days with a bucket: stored ones, and those so far only in memory; each
+            // is then read once, newest copy first (`count_in` goes through `bucket`).
+            let (lo_day, hi_day) = (day_number(first), day_number(last));
+            let mut days = std::collections::BTreeSet::new();
+            let range = keys::bucket(user, BUCKET_DAY, lo_day)..=keys::bucket(user, BUCKET_DAY, hi_day);
+            for k in self.trees.userid_bucket_counts.range(range).keys() {
+                days.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, &k?)?.2);
             }
-            // Days changed since the last store are only in memory.
-            let hot_days: Vec<i32> = self
-                .hot
-                .read()
-                .map(|h| {
-                    h.keys()
+            if let Ok(hot) = self.hot.read() {
+                days.extend(
+                    hot.keys()
                         .filter_map(|k| keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k).ok())
-                        .filter(|(u, g, d)| {
-                            *u == user && *g == BUCKET_DAY && *d >= day_number(first) && *d <= day_number(last)
-                        })
-                        .map(|(_, _, d)| d)
-                        .collect()
-                })
-                .unwrap_or_default();
-            for day in hot_days {
-                if self.trees.userid_bucket_counts.contains_key(keys::bucket(user, BUCKET_DAY, day))? {
-                    continue; // already counted above, from the newer in-memory copy
-                }
+                        .filter(|(u, g, d)| *u == user && *g == BUCKET_DAY && (lo_day..=hi_day).contains(d))
+                        .map(|(_, _, d)| d),
+                );
+            }
+            for day in days {
                 *series.entry(start_of(period::date_of(day))).or_insert(0) +=
                     count_in(keys::bucket(user, BUCKET_DAY, day))?;
             }

@@ -665,7 +665,6 @@ pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, b
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     let Some(level) = f.get("level").and_then(|l| Visibility::parse(l)) else {
         return settings_page(
             &state,
@@ -691,7 +690,6 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, bod
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     let name = f.get("name").map(|n| n.trim()).unwrap_or_default();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return settings_page(
@@ -717,7 +715,6 @@ pub async fn revoke_token(State(state): State<AppState>, headers: HeaderMap, bod
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     let Some(id) = f.get("id").and_then(|i| i.parse::<u32>().ok()) else { return refused(&v) };
     match state.store.revoke_token(me.id, id) {
         Ok(_) => settings_page(&state, &v, Some(html! { p { "Token revoked." } }), StatusCode::OK),
@@ -912,7 +909,6 @@ pub async fn delete_account(State(state): State<AppState>, headers: HeaderMap, b
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     if f.get("confirm").map(|c| c.trim()) != Some(me.name.as_str()) {
         return page(
             StatusCode::BAD_REQUEST,
@@ -951,7 +947,6 @@ pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, bod
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     let tz = f.get("timezone").map(|t| t.trim()).unwrap_or_default().to_owned();
     if crate::stats::period::time_zone(&tz).is_err() {
         return settings_page(
@@ -978,7 +973,6 @@ pub async fn set_pause(State(state): State<AppState>, headers: HeaderMap, body: 
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let me = &me;
     let paused = f.get("paused").is_some_and(|p| p == "yes");
     if let Err(e) = state.store.set_paused(me.id, paused) {
         return server_error(&v, e);
