@@ -545,7 +545,7 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
 
 fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::process::ExitCode> {
     let (dir, node, user) = bench_node(config, "web")?;
-    node.store.set_visibility(user.id, crate::store::users::Visibility::Public)?;
+    node.store.set_visibility(user.id, crate::store::users::SharingLevel::Public)?;
     let mut synthetic = Synthetic::new(1, 1000);
     let mut done = 0;
     while done < listens {

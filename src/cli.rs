@@ -232,7 +232,7 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             println!("{name}'s time zone is now {timezone}; statistics rebuilt");
         }
         UserCmd::SetVisibility { name, level } => {
-            let Some(visibility) = crate::store::users::Visibility::parse(&level) else {
+            let Some(visibility) = crate::store::users::SharingLevel::parse(&level) else {
                 bail!("unknown level {level:?}: use private, aggregate or public");
             };
             let store = open_store(config)?;

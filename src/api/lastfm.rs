@@ -23,7 +23,7 @@ use crate::log::{Listen, ListenError, RawListen, TrackRef};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{User, Visibility};
+use crate::store::users::{User, SharingLevel};
 use crate::store::{Action, Outcome};
 
 /// Most scrobbles in one `track.scrobble` request (Last.fm's limit).
@@ -506,7 +506,7 @@ fn read_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, u32
     };
     let not_found = || fail(StatusCode::NOT_FOUND, 6, "User not found");
     let user = state.store.user_by_name(&name).map_err(store_err)?.ok_or_else(not_found)?;
-    let allowed = viewer.as_ref().is_some_and(|v| v.id == user.id) || user.visibility == Visibility::Public;
+    let allowed = viewer.as_ref().is_some_and(|v| v.id == user.id) || user.visibility == SharingLevel::Public;
     if allowed { Ok(user) } else { Err(not_found()) }
 }
 

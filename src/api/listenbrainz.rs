@@ -22,7 +22,7 @@ use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::Action;
 use crate::store::logs::{Order, StoredListen};
-use crate::store::users::{User, Visibility};
+use crate::store::users::{User, SharingLevel};
 
 /// ListenBrainz's limits (listenbrainz/webserver/views/api_tools.py).
 pub const MAX_LISTENS_PER_REQUEST: usize = 1000;
@@ -130,7 +130,7 @@ fn authenticate(
 fn visible_user(state: &AppState, name: &str, viewer: Option<&User>) -> Result<User, LbError> {
     let not_found = || LbError::new(StatusCode::NOT_FOUND, format!("Cannot find user: {name}"));
     let user = state.store.user_by_name(name)?.ok_or_else(not_found)?;
-    let allowed = viewer.is_some_and(|v| v.id == user.id) || user.visibility == Visibility::Public;
+    let allowed = viewer.is_some_and(|v| v.id == user.id) || user.visibility == SharingLevel::Public;
     if allowed { Ok(user) } else { Err(not_found()) }
 }
 

@@ -493,7 +493,7 @@ impl Store {
         let mut listeners = Summer::new();
         let (mut total, mut contributors) = (0u64, 0u64);
         for user in self.users()? {
-            if user.visibility == super::users::Visibility::Private {
+            if user.visibility == super::users::SharingLevel::Private {
                 continue;
             }
             let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -9,7 +9,7 @@ use super::aggregates::{Chart, ChartRow};
 use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::logs::Order;
 use super::schema::{self, TRACK_CHUNK};
-use super::users::{User, Visibility};
+use super::users::{User, SharingLevel};
 use super::values::CreditChunkV1;
 use super::{Error, Result, Store};
 use crate::log::listen::MIN_LISTENED_AT;
@@ -193,7 +193,7 @@ impl Store {
         let mine = self.taste_of(user)?;
         let mut out = Vec::new();
         for other in self.users()? {
-            if other.id == user || other.visibility == Visibility::Private {
+            if other.id == user || other.visibility == SharingLevel::Private {
                 continue;
             }
             let similarity = cosine(&mine, &self.taste_of(other.id)?);
@@ -211,7 +211,7 @@ impl Store {
     pub fn similar_artists(&self, artist: u32, limit: usize) -> Result<Vec<(ChartRow, f32)>> {
         let mut tastes = Vec::new();
         for u in self.users()? {
-            if u.visibility != Visibility::Private {
+            if u.visibility != SharingLevel::Private {
                 tastes.push(self.taste_of(u.id)?);
             }
         }
@@ -389,7 +389,7 @@ impl Store {
     pub fn love_count(&self, recording: u32) -> Result<u64> {
         let mut n = 0;
         for u in self.users()? {
-            if u.visibility == Visibility::Private {
+            if u.visibility == SharingLevel::Private {
                 continue;
             }
             if let Some(v) = self.trees.userid_recording_feedback.get(keys::user_u32(u.id, recording))? {

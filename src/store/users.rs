@@ -10,7 +10,7 @@ use sled::Transactional;
 use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
-pub use super::values::Visibility;
+pub use super::values::SharingLevel;
 use super::values::{SessionV1, SigningKeyV1, TokenV2, UserV2, WebSessionV1};
 use super::{Error, Result, Store};
 use crate::auth;
@@ -52,7 +52,7 @@ pub struct User {
     pub public_key: [u8; 32],
     /// IANA time zone name (default `UTC`).
     pub timezone: String,
-    pub visibility: Visibility,
+    pub visibility: SharingLevel,
 }
 
 /// A token as listed (the token itself is never stored).
@@ -94,7 +94,7 @@ impl Store {
             password_hash,
             public_key,
             timezone: "UTC".into(),
-            visibility: Visibility::default(),
+            visibility: SharingLevel::default(),
         };
         let t = &self.trees;
         (&t.username_userid, &t.userid_user, &t.userid_signingkey)
@@ -170,7 +170,7 @@ impl Store {
     }
 
     /// Sets a user's sharing level.
-    pub fn set_visibility(&self, id: UserId, visibility: Visibility) -> Result<()> {
+    pub fn set_visibility(&self, id: UserId, visibility: SharingLevel) -> Result<()> {
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;

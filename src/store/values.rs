@@ -27,40 +27,12 @@ pub struct UserV2 {
     /// IANA time zone name: period boundaries fall at the user's local midnight.
     pub timezone: String,
     /// Who may see the user and what of them may leave the node.
-    pub visibility: Visibility,
+    pub visibility: SharingLevel,
 }
 
-/// A user's sharing level (the privacy work defines what leaves the node at each).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Visibility {
-    /// Nothing derived from the user is shown to anyone else, on or off the node: not
-    /// in node charts, not as anyone's neighbour.
-    Private,
-    /// Counted in node charts and aggregates; the profile is not shown to others.
-    #[default]
-    Aggregate,
-    /// Profile and history visible to anyone.
-    Public,
-}
+/// A user's sharing level (defined with the privacy rules).
+pub use crate::privacy::SharingLevel;
 
-impl Visibility {
-    pub fn parse(text: &str) -> Option<Visibility> {
-        match text {
-            "private" => Some(Visibility::Private),
-            "aggregate" => Some(Visibility::Aggregate),
-            "public" => Some(Visibility::Public),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Private => "private",
-            Visibility::Aggregate => "aggregate",
-            Visibility::Public => "public",
-        }
-    }
-}
 impl Versioned for UserV2 {
     const VERSION: u8 = 2;
 
@@ -74,7 +46,7 @@ impl Versioned for UserV2 {
                     password_hash: v1.password_hash,
                     public_key: v1.public_key,
                     timezone: "UTC".into(),
-                    visibility: Visibility::default(),
+                    visibility: SharingLevel::default(),
                 })
             }
             other => Err(format!("unknown value version {other}")),

@@ -22,7 +22,7 @@ use crate::http::AppState;
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{User, Visibility};
+use crate::store::users::{User, SharingLevel};
 
 const COOKIE: &str = "hearsay_session";
 /// Cookie holding the token that forms shown before log-in must echo (double-submit
@@ -200,7 +200,7 @@ async fn root(
         Err(e) => return server_error(&viewer, e),
     };
     let mut recent = Vec::new();
-    for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == Visibility::Public) {
+    for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == SharingLevel::Public) {
         for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
             recent.push((user.name.clone(), l));
         }
@@ -348,7 +348,7 @@ async fn profile(
         Err(e) => return server_error(&v, e),
     };
     let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
-    if !own && user.visibility != Visibility::Public {
+    if !own && user.visibility != SharingLevel::Public {
         // A hidden profile looks exactly like a missing one.
         return not_found_page(&v);
     }
@@ -417,7 +417,7 @@ async fn profile(
             ul {
                 @for n in &neighbours {
                     li {
-                        @if n.user.visibility == Visibility::Public { a href={ "/user/" (n.user.name) } { (n.user.name) } } @else { (n.user.name) }
+                        @if n.user.visibility == SharingLevel::Public { a href={ "/user/" (n.user.name) } { (n.user.name) } } @else { (n.user.name) }
                         " " span.muted { (format!("{:.0}%", n.similarity * 100.0)) }
                     }
                 }
@@ -490,7 +490,7 @@ pub async fn history(
     let v = viewer(&state, &headers);
     let Ok(Some(user)) = state.store.user_by_name(&name) else { return not_found_page(&v) };
     let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
-    if !own && user.visibility != Visibility::Public {
+    if !own && user.visibility != SharingLevel::Public {
         return not_found_page(&v);
     }
     let page_no = q.get("page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
@@ -577,14 +577,14 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
     let paused = state.store.is_paused(me.id).unwrap_or(false);
     let levels = [
         (
-            Visibility::Private,
+            SharingLevel::Private,
             "Private: nothing derived from your listening leaves this node; other users here do not see you in node charts or as a neighbour.",
         ),
         (
-            Visibility::Aggregate,
+            SharingLevel::Aggregate,
             "Aggregate (default): you count in this node's charts; your profile stays hidden from others.",
         ),
-        (Visibility::Public, "Public: anyone can see your profile and history."),
+        (SharingLevel::Public, "Public: anyone can see your profile and history."),
     ];
     page(
         status,
@@ -665,7 +665,7 @@ pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, b
         Ok(signed) => signed,
         Err(response) => return *response,
     };
-    let Some(level) = f.get("level").and_then(|l| Visibility::parse(l)) else {
+    let Some(level) = f.get("level").and_then(|l| SharingLevel::parse(l)) else {
         return settings_page(
             &state,
             &v,
@@ -769,7 +769,7 @@ pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Respo
 /// A user whose pages the viewer may see, or the response to send instead.
 fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Box<Response>> {
     match state.store.user_by_name(name) {
-        Ok(Some(u)) if u.visibility == Visibility::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => Ok(u),
+        Ok(Some(u)) if u.visibility == SharingLevel::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => Ok(u),
         Ok(_) => Err(Box::new(not_found_page(v))),
         Err(e) => Err(Box::new(server_error(v, e))),
     }

@@ -350,13 +350,13 @@ fn add_user(t: &TestStore, name: &str, listens: &[(&str, &str, i64)]) -> UserId 
 
 #[test]
 fn node_charts_count_listeners_and_leave_private_users_out() {
-    use hearsay::store::users::Visibility;
+    use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let day = NOW - 86_400;
     add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 300), ("Solo", "X", day + 2)]);
     add_user(&t, "u2", &[("Shared", "S", day + 3)]);
     let private = add_user(&t, "u3", &[("Secret Artist", "Z", day + 4), ("Shared", "S", day + 5)]);
-    t.store.set_visibility(private, Visibility::Private).expect("private");
+    t.store.set_visibility(private, SharingLevel::Private).expect("private");
     let utc = jiff::tz::TimeZone::UTC;
     let chart = t.store.node_chart(Kind::Artist, &Period::LastDays(7), 10, NOW, &utc).expect("node chart");
     let rows: Vec<(&str, u64, u64)> =
@@ -457,7 +457,7 @@ fn discoveries_first_listens_streaks_and_rank_history() {
 
 #[test]
 fn neighbours_rank_similar_tastes_and_skip_private_users() {
-    use hearsay::store::users::Visibility;
+    use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let at = NOW - 1000;
     let me =
@@ -467,7 +467,7 @@ fn neighbours_rank_similar_tastes_and_skip_private_users() {
     add_user(&t, "other", &[("ABBA", "d", at)]);
     let hidden =
         add_user(&t, "hidden", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
-    t.store.set_visibility(hidden, Visibility::Private).expect("private");
+    t.store.set_visibility(hidden, SharingLevel::Private).expect("private");
     let n = t.store.neighbours(me, 10).expect("neighbours");
     let names: Vec<&str> = n.iter().map(|x| x.user.name.as_str()).collect();
     assert_eq!(names, ["twin", "half"]);

@@ -246,7 +246,7 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
 /// exactly what they would get for a user who does not exist.
 #[test]
 fn visibility_matrix_nothing_leaks() {
-    use hearsay::store::users::Visibility;
+    use hearsay::store::users::SharingLevel;
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, alice_token) = data_with_user(dir.path());
     let pw = dir.path().join("pw");
@@ -254,7 +254,7 @@ fn visibility_matrix_nothing_leaks() {
     let (_, bob_token, _) = hearsay(&data, &["token", "new", "bob"]);
     let bob_token = bob_token.trim().to_owned();
     let secret = "Unmistakable Secret Song 4242";
-    for level in [Visibility::Private, Visibility::Aggregate, Visibility::Public] {
+    for level in [SharingLevel::Private, SharingLevel::Aggregate, SharingLevel::Public] {
         assert_eq!(hearsay(&data, &["user", "set-visibility", "alice", level.as_str()]).0, 0);
         let node = NodeProcess::start(&data);
         let now = hearsay::now_unix();
@@ -309,7 +309,7 @@ fn visibility_matrix_nothing_leaks() {
             Anonymous,
         }
         for who in [Who::Owner, Who::Other, Who::Anonymous] {
-            let allowed = who == Who::Owner || level == Visibility::Public;
+            let allowed = who == Who::Owner || level == SharingLevel::Public;
             let (cookie, token, sk) = match who {
                 Who::Owner => (Some(alice_session.as_str()), Some(alice_token.as_str()), Some(alice_sk.as_str())),
                 Who::Other => (Some(bob_session.as_str()), Some(bob_token.as_str()), Some(bob_sk.as_str())),
@@ -379,8 +379,8 @@ fn visibility_matrix_nothing_leaks() {
         // The home page lists public users' recent listens, and the node chart counts
         // everyone who is not private (artists only, no user named).
         let (_, home) = get(&format!("{}/", node.url), None);
-        assert_eq!(home.contains(secret), level == Visibility::Public, "{level:?}: recent listens");
-        assert_eq!(home.contains("Secretive"), level != Visibility::Private, "{level:?}: node chart");
+        assert_eq!(home.contains(secret), level == SharingLevel::Public, "{level:?}: recent listens");
+        assert_eq!(home.contains("Secretive"), level != SharingLevel::Private, "{level:?}: node chart");
         assert_eq!(node.terminate(), Some(0));
     }
 }

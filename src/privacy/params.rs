@@ -1,0 +1,243 @@
+//! The mechanism's parameters in exact integer units: ε in thousandths, δ in units of
+//! 10⁻¹² ("pico"). Two charts (artists, tracks) are released per period, each spending
+//! ε_listeners (selection and listener counts) + ε_listens (listen counts) and δ.
+
+use serde::{Deserialize, Serialize};
+
+use super::noise::partition_threshold;
+
+/// Charts in one release: artists and tracks.
+pub const CHARTS: u64 = 2;
+/// Length of the accountant's unit, one ISO week.
+pub const WEEK_SECS: i64 = 7 * 86_400;
+/// Most items of one chart in one section (the reference's K_node).
+pub const MAX_ITEMS: usize = 100;
+/// Most items of one chart in the exact public section.
+pub const MAX_PUBLIC_ITEMS: usize = 50;
+
+/// Parameters of one release, as published inside each snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// ε for selecting items and noising their listener counts, per chart, in 1/1000.
+    pub eps_listeners_milli: u32,
+    /// ε for noising the selected items' listen counts, per chart, in 1/1000.
+    pub eps_listens_milli: u32,
+    /// δ per chart, in 10⁻¹².
+    pub delta_pico: u64,
+    /// Pre-threshold: never publish an item with fewer real listeners than this.
+    pub k: u32,
+    /// Items kept per user per chart (L0).
+    pub l0: u32,
+    /// Listens counted per user per kept item (C).
+    pub clamp: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { eps_listeners_milli: 800, eps_listens_milli: 200, delta_pico: 100_000, k: 10, l0: 3, clamp: 10 }
+    }
+}
+
+/// Privacy spent (or allowed): ε in 1/1000, δ in 10⁻¹².
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spend {
+    pub eps_milli: u64,
+    pub delta_pico: u64,
+}
+
+impl Spend {
+    pub fn plus(self, other: Spend) -> Spend {
+        Spend {
+            eps_milli: self.eps_milli.saturating_add(other.eps_milli),
+            delta_pico: self.delta_pico.saturating_add(other.delta_pico),
+        }
+    }
+
+    pub fn within(self, budget: Spend) -> bool {
+        self.eps_milli <= budget.eps_milli && self.delta_pico <= budget.delta_pico
+    }
+}
+
+/// The least privacy a community accepts from a member (published in its manifest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    /// Largest ε per user-week, in 1/1000.
+    pub max_eps_week_milli: u64,
+    /// Largest δ per user-week, in 10⁻¹².
+    pub max_delta_week_pico: u64,
+    /// Smallest pre-threshold k.
+    pub min_k: u32,
+}
+
+impl Default for Floor {
+    /// The node's own floor: the reference's standard profile with room to double ε.
+    fn default() -> Self {
+        Floor { max_eps_week_milli: 4_000, max_delta_week_pico: 1_000_000, min_k: 5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("{0} must be greater than 0")]
+    NotPositive(&'static str),
+    #[error("k must be at least 2 (an item with one listener names that listener), got {0}")]
+    KTooSmall(u32),
+    #[error("delta must be below 1e-3 (it is the probability the guarantee fails), got {0}e-12")]
+    DeltaTooLarge(u64),
+    #[error("{what} is too large: {value} (most {max})")]
+    TooLarge { what: &'static str, value: u64, max: u64 },
+    #[error("one release costs ε {cost_eps} and δ {cost_delta}e-12, more than the weekly budget (ε {budget_eps}, δ {budget_delta}e-12): no release could ever be made")]
+    BudgetTooSmall { cost_eps: String, cost_delta: u64, budget_eps: String, budget_delta: u64 },
+    #[error("below the privacy floor: {0}")]
+    BelowFloor(String),
+}
+
+/// ε in thousandths as a decimal string (`800` → `0.8`).
+pub fn eps_text(milli: u64) -> String {
+    let s = format!("{}.{:03}", milli / 1000, milli % 1000);
+    let s = s.trim_end_matches('0');
+    s.trim_end_matches('.').to_owned()
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if self.eps_listeners_milli == 0 {
+            return Err(ParamError::NotPositive("epsilon_listeners"));
+        }
+        if self.eps_listens_milli == 0 {
+            return Err(ParamError::NotPositive("epsilon_listens"));
+        }
+        if self.delta_pico == 0 {
+            return Err(ParamError::NotPositive("delta"));
+        }
+        if self.delta_pico >= 1_000_000_000 {
+            return Err(ParamError::DeltaTooLarge(self.delta_pico));
+        }
+        if self.k < 2 {
+            return Err(ParamError::KTooSmall(self.k));
+        }
+        if self.l0 == 0 {
+            return Err(ParamError::NotPositive("l0"));
+        }
+        if self.clamp == 0 {
+            return Err(ParamError::NotPositive("clamp"));
+        }
+        for (what, value, max) in [
+            ("epsilon_listeners", u64::from(self.eps_listeners_milli), 100_000),
+            ("epsilon_listens", u64::from(self.eps_listens_milli), 100_000),
+            ("l0", u64::from(self.l0), 100),
+            ("clamp", u64::from(self.clamp), 10_000),
+            ("k", u64::from(self.k), 1_000_000),
+        ] {
+            if value > max {
+                return Err(ParamError::TooLarge { what, value, max });
+            }
+        }
+        Ok(())
+    }
+
+    /// What one release (both charts) costs each contributing user.
+    pub fn release_cost(&self) -> Spend {
+        Spend {
+            eps_milli: CHARTS * (u64::from(self.eps_listeners_milli) + u64::from(self.eps_listens_milli)),
+            delta_pico: CHARTS * self.delta_pico,
+        }
+    }
+
+    /// The listener threshold τ of partition selection (integer, rounded up).
+    pub fn tau(&self) -> i64 {
+        partition_threshold(
+            f64::from(self.eps_listeners_milli) / 1000.0,
+            self.l0,
+            self.delta_pico as f64 * 1e-12,
+            self.k,
+        )
+    }
+
+    /// Noise scale of listener counts as the ratio `t/s`: b = L0 / ε.
+    pub fn listeners_scale(&self) -> (u64, u64) {
+        (u64::from(self.l0) * 1000, u64::from(self.eps_listeners_milli))
+    }
+
+    /// Noise scale of listen counts as the ratio `t/s`: b = L0·C / ε.
+    pub fn listens_scale(&self) -> (u64, u64) {
+        (u64::from(self.l0) * u64::from(self.clamp) * 1000, u64::from(self.eps_listens_milli))
+    }
+
+    /// Checks that a weekly budget allows at least one release.
+    pub fn fits(&self, budget: Spend) -> Result<(), ParamError> {
+        let cost = self.release_cost();
+        if cost.within(budget) {
+            Ok(())
+        } else {
+            Err(ParamError::BudgetTooSmall {
+                cost_eps: eps_text(cost.eps_milli),
+                cost_delta: cost.delta_pico,
+                budget_eps: eps_text(budget.eps_milli),
+                budget_delta: budget.delta_pico,
+            })
+        }
+    }
+
+    /// Checks these parameters and weekly budget against a floor.
+    pub fn meets(&self, budget: Spend, floor: &Floor) -> Result<(), ParamError> {
+        if budget.eps_milli > floor.max_eps_week_milli {
+            return Err(ParamError::BelowFloor(format!(
+                "weekly ε {} is above the floor's {}",
+                eps_text(budget.eps_milli),
+                eps_text(floor.max_eps_week_milli)
+            )));
+        }
+        if budget.delta_pico > floor.max_delta_week_pico {
+            return Err(ParamError::BelowFloor(format!(
+                "weekly δ {}e-12 is above the floor's {}e-12",
+                budget.delta_pico, floor.max_delta_week_pico
+            )));
+        }
+        if self.k < floor.min_k {
+            return Err(ParamError::BelowFloor(format!("k {} is below the floor's {}", self.k, floor.min_k)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference_profile() {
+        let p = Params::default();
+        p.validate().expect("valid");
+        assert_eq!(p.release_cost(), Spend { eps_milli: 2_000, delta_pico: 200_000 });
+        assert_eq!(p.tau(), 72, "reference §4.6: τ ≈ 72 at ε 0.8, L0 3, δ 1e-7, k 10");
+        p.fits(Spend { eps_milli: 2_000, delta_pico: 200_000 }).expect("one release per week fits");
+        p.meets(Spend { eps_milli: 2_000, delta_pico: 200_000 }, &Floor::default()).expect("meets");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_a_reason() {
+        let bad = |f: fn(&mut Params)| {
+            let mut p = Params::default();
+            f(&mut p);
+            p.validate().expect_err("refused").to_string()
+        };
+        assert!(bad(|p| p.eps_listeners_milli = 0).contains("greater than 0"));
+        assert!(bad(|p| p.k = 1).contains("at least 2"));
+        assert!(bad(|p| p.delta_pico = 0).contains("delta"));
+        assert!(bad(|p| p.delta_pico = 1_000_000_000_000).contains("below 1e-3"));
+        let e = Params::default().fits(Spend { eps_milli: 1_000, delta_pico: 200_000 }).expect_err("too small");
+        assert!(e.to_string().contains("no release could ever be made"), "{e}");
+        let e = Params { k: 3, ..Params::default() }
+            .meets(Spend { eps_milli: 2_000, delta_pico: 200_000 }, &Floor::default())
+            .expect_err("floor");
+        assert!(e.to_string().contains("k 3 is below"), "{e}");
+    }
+
+    #[test]
+    fn eps_text_is_a_short_decimal() {
+        assert_eq!(eps_text(800), "0.8");
+        assert_eq!(eps_text(2_000), "2");
+        assert_eq!(eps_text(1_250), "1.25");
+    }
+}

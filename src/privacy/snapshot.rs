@@ -1,0 +1,216 @@
+//! The snapshot a node publishes for one finalised period, and its canonical encoding
+//! (postcard; the decoder refuses anything that does not re-encode to the same bytes).
+//! Wire format and field meanings: `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::params::{MAX_ITEMS, MAX_PUBLIC_ITEMS, Params};
+use crate::log::dedupe::normalize_name;
+
+/// Current schema of `SnapshotV1`.
+pub const SCHEMA: u16 = 1;
+/// Longest artist or title carried, in bytes (cut at a character boundary).
+pub const MAX_NAME_BYTES: usize = 96;
+/// Largest encoded snapshot.
+pub const MAX_SNAPSHOT_BYTES: usize = 60 * 1024;
+const ITEM_ID_CONTEXT: &str = "hearsay 2026-11 item-id v1";
+
+/// A node's aggregate statement about one period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotV1 {
+    pub schema: u16,
+    /// The origin node's ed25519 public key (its libp2p identity).
+    pub origin: [u8; 32],
+    /// Start of the period (Unix seconds; periods tile ISO weeks in UTC).
+    pub period_start: i64,
+    pub period_secs: u32,
+    /// 1 for the one release of a period.
+    pub version: u16,
+    pub issued_at: i64,
+    /// The parameters the aggregate section was made with, and its threshold τ.
+    pub params: Params,
+    pub tau: i64,
+    /// Exact sums over the node's public users.
+    pub public: Charts,
+    /// Contribution-bounded, noised and thresholded sums over its aggregate users.
+    pub aggregate: Charts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charts {
+    pub artists: Vec<Entry>,
+    pub tracks: Vec<Entry>,
+}
+
+/// One item of a chart. Entries are sorted by `item`, unique.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub item: ItemId,
+    pub name: ItemName,
+    /// Listeners (noisy in the aggregate section, always ≥ τ there).
+    pub listeners: i64,
+    /// Listens (noisy in the aggregate section; may be negative there: clamping is left
+    /// to whoever displays a sum, so sums stay unbiased).
+    pub listens: i64,
+}
+
+/// The stable cross-node identity of an item: blake3 of its normalised names.
+pub type ItemId = [u8; 16];
+
+/// Display names: the artist, and the title for tracks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemName {
+    pub artist: String,
+    pub title: Option<String>,
+}
+
+impl ItemName {
+    pub fn artist(name: &str) -> ItemName {
+        ItemName { artist: cap(name), title: None }
+    }
+
+    pub fn track(artist: &str, title: &str) -> ItemName {
+        ItemName { artist: cap(artist), title: Some(cap(title)) }
+    }
+
+    /// `blake3::derive_key(ITEM_ID_CONTEXT, normalised artist [0x1f normalised title])`,
+    /// first 16 bytes. Normalisation: NFC, Unicode case folding, whitespace collapsed.
+    pub fn id(&self) -> ItemId {
+        let mut h = blake3::Hasher::new_derive_key(ITEM_ID_CONTEXT);
+        h.update(normalize_name(&self.artist).as_bytes());
+        if let Some(t) = &self.title {
+            h.update(&[0x1f]);
+            h.update(normalize_name(t).as_bytes());
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+
+    pub fn display(&self) -> String {
+        match &self.title {
+            Some(t) => format!("{} – {}", self.artist, t),
+            None => self.artist.clone(),
+        }
+    }
+}
+
+/// Trimmed, without control characters (so no name can forge the 0x1f separator), at
+/// most `MAX_NAME_BYTES`.
+fn cap(s: &str) -> String {
+    let cleaned: String = s.chars().filter(|c| !c.is_control()).collect();
+    let s = cleaned.trim();
+    if s.len() <= MAX_NAME_BYTES {
+        return s.to_owned();
+    }
+    let mut end = MAX_NAME_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("snapshot of {0} bytes is over the {MAX_SNAPSHOT_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("snapshot does not decode: {0}")]
+    Malformed(String),
+    #[error("snapshot is not canonically encoded")]
+    NotCanonical,
+    #[error("unknown snapshot schema {0}")]
+    UnknownSchema(u16),
+    #[error("snapshot is inconsistent: {0}")]
+    Invalid(String),
+}
+
+impl SnapshotV1 {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs of integers, strings and vectors cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Size first, then canonical decoding, schema, and internal consistency.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotV1, DecodeError> {
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        // The schema comes first so a newer one is told apart from garbage.
+        let (schema, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if schema != SCHEMA {
+            return Err(DecodeError::UnknownSchema(schema));
+        }
+        let (snap, rest) =
+            postcard::take_from_bytes::<SnapshotV1>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !rest.is_empty() || snap.encode() != bytes {
+            return Err(DecodeError::NotCanonical);
+        }
+        snap.check()?;
+        Ok(snap)
+    }
+
+    /// Internal consistency: sorted unique ids that match the names, name lengths,
+    /// section sizes, the declared threshold, and positive counts where they must be.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        let bad = |m: String| Err(DecodeError::Invalid(m));
+        if self.period_secs == 0 {
+            return bad("period length 0".into());
+        }
+        if self.params.validate().is_err() {
+            return bad("invalid privacy parameters".into());
+        }
+        if self.tau != self.params.tau() {
+            return bad(format!("τ {} does not follow from the parameters ({})", self.tau, self.params.tau()));
+        }
+        for (section, charts, max) in [("public", &self.public, MAX_PUBLIC_ITEMS), ("aggregate", &self.aggregate, MAX_ITEMS)]
+        {
+            for (chart, entries, tracks) in [("artists", &charts.artists, false), ("tracks", &charts.tracks, true)] {
+                if entries.len() > max {
+                    return bad(format!("{section} {chart}: {} entries, most {max}", entries.len()));
+                }
+                for (i, e) in entries.iter().enumerate() {
+                    if i > 0 && entries[i - 1].item >= e.item {
+                        return bad(format!("{section} {chart}: entries not sorted by item id"));
+                    }
+                    if e.name.title.is_some() != tracks
+                        || cap(&e.name.artist) != e.name.artist
+                        || e.name.title.as_ref().is_some_and(|t| &cap(t) != t)
+                    {
+                        return bad(format!("{section} {chart}: entry {i} has a malformed name"));
+                    }
+                    if e.name.id() != e.item {
+                        return bad(format!("{section} {chart}: entry {i}'s id does not match its name"));
+                    }
+                    let floor = if section == "aggregate" { self.tau } else { 1 };
+                    if e.listeners < floor || (section == "public" && e.listens < e.listeners) {
+                        return bad(format!("{section} {chart}: entry {i} has impossible counts"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_follow_normalised_names() {
+        assert_eq!(ItemName::artist("Björk").id(), ItemName::artist("  BJÖRK ").id());
+        assert_eq!(ItemName::track("A", "Song  Title").id(), ItemName::track("a", "song title").id());
+        assert_ne!(ItemName::track("A", "B").id(), ItemName::artist("A\u{1f}B").id());
+        // Golden vector: every node must derive the same ids.
+        assert_eq!(hex::encode(ItemName::artist("Radiohead").id()), "50fd122f18ddaa2203e48a2fdbe51ab7");
+        assert_eq!(hex::encode(ItemName::track("Radiohead", "Creep").id()), "60aca41ee9c4d1ba8f5ba04b913589a7");
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        let n = ItemName::artist(&"é".repeat(100));
+        assert!(n.artist.len() <= MAX_NAME_BYTES && n.artist.chars().all(|c| c == 'é'));
+    }
+}
