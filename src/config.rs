@@ -23,6 +23,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub stats: StatsConfig,
+    pub privacy: PrivacyConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +73,148 @@ pub struct StatsConfig {
     /// Split `A & B` / `A, B` into two artists when both are already known on the node
     /// as artists of their own (MBIDs or artist lists always count). Default: `true`.
     pub split_known_artists: bool,
+}
+
+/// What leaves the node and how (see `docs/privacy.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Sharing level of new accounts: `private`, `aggregate` or `public`. Default:
+    /// `aggregate`.
+    pub default_level: String,
+    /// Length of a release period in seconds; it must divide a week (periods tile ISO
+    /// weeks in UTC). Default: `604800` (one ISO week).
+    pub period_secs: u32,
+    /// Seconds after a period ends before it is finalised and released (late scrobbles
+    /// from offline players still count). Default: `172800` (48 h).
+    pub grace_secs: u32,
+    /// A node that starts (or restarts after a long stop) releases the latest finalised
+    /// period and at most this many before it. Default: `2`.
+    pub backfill_periods: u32,
+    /// ε per chart for choosing items and noising their listener counts. Default: `0.8`.
+    pub epsilon_listeners: f64,
+    /// ε per chart for noising the chosen items' listen counts. Default: `0.2`.
+    pub epsilon_listens: f64,
+    /// δ per chart. Default: `1e-7`.
+    pub delta: f64,
+    /// Never publish an item with fewer real listeners than this (at least 2). Default: `10`.
+    pub k: u32,
+    /// Items per user per chart that count (L0). Default: `3`.
+    pub l0: u32,
+    /// Listens per user per item that count (C). Default: `10`.
+    pub clamp: u32,
+    /// Most ε one user's week may spend, over all releases. Default: `2.0` (one release
+    /// of two charts at the defaults).
+    pub week_epsilon_budget: f64,
+    /// Most δ one user's week may spend. Default: `2e-7`.
+    pub week_delta_budget: f64,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            default_level: "aggregate".into(),
+            period_secs: 604_800,
+            grace_secs: 172_800,
+            backfill_periods: 2,
+            epsilon_listeners: 0.8,
+            epsilon_listens: 0.2,
+            delta: 1e-7,
+            k: 10,
+            l0: 3,
+            clamp: 10,
+            week_epsilon_budget: 2.0,
+            week_delta_budget: 2e-7,
+        }
+    }
+}
+
+/// ε as exact thousandths; `None` when it is not a positive finite number.
+fn milli(x: f64) -> Option<u64> {
+    (x.is_finite() && x > 0.0 && x <= 1e9).then(|| (x * 1000.0).round() as u64)
+}
+
+/// δ as exact units of 1e-12; `None` when not in (0, 1).
+fn pico(x: f64) -> Option<u64> {
+    (x.is_finite() && x > 0.0 && x < 1.0).then(|| (x * 1e12).round() as u64)
+}
+
+impl PrivacyConfig {
+    pub fn level(&self) -> Option<crate::privacy::SharingLevel> {
+        crate::privacy::SharingLevel::parse(&self.default_level)
+    }
+
+    /// The mechanism's parameters, or the key that is wrong.
+    pub fn params(&self) -> Result<crate::privacy::params::Params, Error> {
+        let invalid = |key: &'static str, reason: String| Error::Invalid { key, reason };
+        let eps = |key: &'static str, x: f64| {
+            milli(x)
+                .filter(|m| *m > 0)
+                .and_then(|m| u32::try_from(m).ok())
+                .ok_or_else(|| invalid(key, format!("{x} must be a number above 0 (at least 0.001)")))
+        };
+        let params = crate::privacy::params::Params {
+            eps_listeners_milli: eps("privacy.epsilon_listeners", self.epsilon_listeners)?,
+            eps_listens_milli: eps("privacy.epsilon_listens", self.epsilon_listens)?,
+            delta_pico: pico(self.delta)
+                .filter(|p| *p > 0)
+                .ok_or_else(|| invalid("privacy.delta", format!("{} must be between 1e-12 and 1e-3", self.delta)))?,
+            k: self.k,
+            l0: self.l0,
+            clamp: self.clamp,
+        };
+        params.validate().map_err(|e| {
+            let key = match &e {
+                crate::privacy::params::ParamError::KTooSmall(_) => "privacy.k",
+                crate::privacy::params::ParamError::DeltaTooLarge(_) => "privacy.delta",
+                crate::privacy::params::ParamError::NotPositive("l0") => "privacy.l0",
+                crate::privacy::params::ParamError::NotPositive("clamp") => "privacy.clamp",
+                crate::privacy::params::ParamError::TooLarge { what, .. } => match *what {
+                    "l0" => "privacy.l0",
+                    "clamp" => "privacy.clamp",
+                    "k" => "privacy.k",
+                    _ => "privacy.epsilon_listeners",
+                },
+                _ => "privacy",
+            };
+            invalid(key, e.to_string())
+        })?;
+        Ok(params)
+    }
+
+    /// The weekly budget per user.
+    pub fn budget(&self) -> Result<crate::privacy::params::Spend, Error> {
+        let eps = milli(self.week_epsilon_budget).ok_or_else(|| Error::Invalid {
+            key: "privacy.week_epsilon_budget",
+            reason: format!("{} must be a number above 0", self.week_epsilon_budget),
+        })?;
+        let delta = pico(self.week_delta_budget).ok_or_else(|| Error::Invalid {
+            key: "privacy.week_delta_budget",
+            reason: format!("{} must be between 0 and 1", self.week_delta_budget),
+        })?;
+        Ok(crate::privacy::params::Spend { eps_milli: eps, delta_pico: delta })
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.level().is_none() {
+            return Err(Error::Invalid {
+                key: "privacy.default_level",
+                reason: format!("{:?} is not one of private, aggregate, public", self.default_level),
+            });
+        }
+        if self.period_secs == 0 || 604_800 % self.period_secs != 0 {
+            return Err(Error::Invalid {
+                key: "privacy.period_secs",
+                reason: format!("{} does not divide a week (604800 s)", self.period_secs),
+            });
+        }
+        let params = self.params()?;
+        let budget = self.budget()?;
+        params
+            .fits(budget)
+            .map_err(|e| Error::Invalid { key: "privacy.week_epsilon_budget", reason: e.to_string() })?;
+        Ok(())
+    }
 }
 
 impl Default for StatsConfig {
@@ -203,6 +346,7 @@ impl Config {
                 reason: format!("{} is outside 1..=1000000", self.store.group_commit_max_listens),
             });
         }
+        self.privacy.validate()?;
         if self.stats.feat_markers.iter().any(|m| m.trim().is_empty() || m.contains(char::is_whitespace)) {
             return Err(Error::Invalid {
                 key: "stats.feat_markers",
@@ -277,6 +421,13 @@ mod tests {
             ("HEARSAY_HTTP__LISTEN", "nowhere", "http.listen"),
             ("HEARSAY_NODE__LOG", "=[", "node.log"),
             ("HEARSAY_STORE__NO_SUCH_KEY", "1", "no_such_key"),
+            ("HEARSAY_PRIVACY__EPSILON_LISTENERS", "0", "privacy.epsilon_listeners"),
+            ("HEARSAY_PRIVACY__EPSILON_LISTENS", "-1", "privacy.epsilon_listens"),
+            ("HEARSAY_PRIVACY__K", "1", "privacy.k"),
+            ("HEARSAY_PRIVACY__DELTA", "0.5", "privacy.delta"),
+            ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "1.5", "no release could ever be made"),
+            ("HEARSAY_PRIVACY__PERIOD_SECS", "11", "privacy.period_secs"),
+            ("HEARSAY_PRIVACY__DEFAULT_LEVEL", "everyone", "privacy.default_level"),
         ];
         for (var, value, key) in cases {
             let err = Config::load_from(None, &vars(&[(var, value)])).expect_err(var).to_string();

@@ -23,6 +23,8 @@ pub struct AppState {
     pub admins: Vec<String>,
     /// `node.open_registration`.
     pub open_registration: bool,
+    /// The `[privacy]` section: what the transparency page explains.
+    pub privacy: std::sync::Arc<crate::config::PrivacyConfig>,
 }
 
 pub fn router(state: AppState) -> Router {

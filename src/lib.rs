@@ -22,6 +22,7 @@ pub mod import;
 pub mod log;
 pub mod node;
 pub mod privacy;
+pub mod publish;
 pub mod stats;
 pub mod store;
 pub mod web;

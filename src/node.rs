@@ -26,12 +26,14 @@ pub struct Node {
     pub config: Config,
     pub store: Store,
     pub ingestor: Ingestor,
-    pub identity: NodeIdentity,
+    pub identity: std::sync::Arc<NodeIdentity>,
 }
 
 /// Opens the store named by the config. Used by the node and by offline CLI commands.
 pub fn open_store(config: &Config) -> Result<Store, store::Error> {
-    Store::open(&config.node.data_dir, &store::Options { cache_mb: config.store.cache_mb })
+    let store = Store::open(&config.node.data_dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    store.set_default_level(config.privacy.level().unwrap_or_default());
+    Ok(store)
 }
 
 impl Node {
@@ -39,7 +41,7 @@ impl Node {
     pub fn build(config: Config) -> Result<Node, Error> {
         config.validate()?;
         let store = open_store(&config)?;
-        let identity = NodeIdentity::load_or_create(&config.node.data_dir)?;
+        let identity = std::sync::Arc::new(NodeIdentity::load_or_create(&config.node.data_dir)?);
         let ingestor =
             Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
         Ok(Node { config, store, ingestor, identity })
@@ -52,6 +54,24 @@ impl Node {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let publisher = std::sync::Arc::new(crate::publish::Publisher::new(
+            self.store.clone(),
+            self.identity.clone(),
+            &self.config.privacy,
+        )?);
+        let releases = tokio::spawn(async move {
+            let mut every = tokio::time::interval(publisher.tick());
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let p = publisher.clone();
+                match tokio::task::spawn_blocking(move || p.run_due(crate::now_unix())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "releasing a period failed; retrying at the next tick"),
+                    Err(e) => tracing::error!(error = %e, "the release task panicked"),
+                }
+            }
+        });
         let state = AppState {
             store: self.store.clone(),
             ingestor: self.ingestor.clone(),
@@ -61,10 +81,12 @@ impl Node {
             secure_cookies: self.config.http.secure_cookies,
             admins: self.config.node.admins.clone(),
             open_registration: self.config.node.open_registration,
+            privacy: std::sync::Arc::new(self.config.privacy.clone()),
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
+        releases.abort();
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
         self.store.flush()?;

@@ -23,7 +23,7 @@ use crate::log::{Listen, ListenError, RawListen, TrackRef};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{User, SharingLevel};
+use crate::store::users::{SharingLevel, User};
 use crate::store::{Action, Outcome};
 
 /// Most scrobbles in one `track.scrobble` request (Last.fm's limit).

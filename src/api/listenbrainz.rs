@@ -22,7 +22,7 @@ use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::Action;
 use crate::store::logs::{Order, StoredListen};
-use crate::store::users::{User, SharingLevel};
+use crate::store::users::{SharingLevel, User};
 
 /// ListenBrainz's limits (listenbrainz/webserver/views/api_tools.py).
 pub const MAX_LISTENS_PER_REQUEST: usize = 1000;

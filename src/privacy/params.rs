@@ -86,7 +86,9 @@ pub enum ParamError {
     DeltaTooLarge(u64),
     #[error("{what} is too large: {value} (most {max})")]
     TooLarge { what: &'static str, value: u64, max: u64 },
-    #[error("one release costs ε {cost_eps} and δ {cost_delta}e-12, more than the weekly budget (ε {budget_eps}, δ {budget_delta}e-12): no release could ever be made")]
+    #[error(
+        "one release costs ε {cost_eps} and δ {cost_delta}e-12, more than the weekly budget (ε {budget_eps}, δ {budget_delta}e-12): no release could ever be made"
+    )]
     BudgetTooSmall { cost_eps: String, cost_delta: u64, budget_eps: String, budget_delta: u64 },
     #[error("below the privacy floor: {0}")]
     BelowFloor(String),

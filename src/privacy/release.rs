@@ -24,7 +24,7 @@ use super::snapshot::{Charts, Entry, ItemId, ItemName, SCHEMA, SnapshotV1};
 /// A value that may leave the node. Only this module can make one (the field is
 /// private), so code that sends or signs snapshots cannot be handed raw counts.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0423
 /// # fn f(s: hearsay::privacy::snapshot::SnapshotV1) {
 /// let p = hearsay::privacy::Publishable(s); // private constructor: does not compile
 /// # }
@@ -194,7 +194,7 @@ fn aggregate_section(
 fn keep_top(rows: &mut Vec<Entry>, n: usize, key: impl Fn(&Entry) -> (i64, i64)) {
     rows.sort_by(|a, b| key(b).cmp(&key(a)).then(a.item.cmp(&b.item)));
     rows.truncate(n);
-    rows.sort_by(|a, b| a.item.cmp(&b.item));
+    rows.sort_by_key(|e| e.item);
 }
 
 /// Makes the release of one period. `ledgers` holds the current ledger of the period's
@@ -269,7 +269,10 @@ pub fn release(
         issued_at: period.issued_at,
         params: *params,
         tau: params.tau(),
-        public: Charts { artists: public_section(&public, Chart::Artists), tracks: public_section(&public, Chart::Tracks) },
+        public: Charts {
+            artists: public_section(&public, Chart::Artists),
+            tracks: public_section(&public, Chart::Tracks),
+        },
         aggregate: Charts {
             artists: aggregate_section(&aggregate, Chart::Artists, params, key, rng),
             tracks: aggregate_section(&aggregate, Chart::Tracks, params, key, rng),
@@ -343,7 +346,7 @@ mod tests {
         let secret = user(100, SharingLevel::Private, &[("Zzyzx Secret Band", 500), ("Common A", 50)]);
         for seed in 0..20 {
             let without = snapshot_bytes(&node(&[]), &loose(), seed);
-            let with = snapshot_bytes(&node(&[secret.clone()]), &loose(), seed);
+            let with = snapshot_bytes(&node(std::slice::from_ref(&secret)), &loose(), seed);
             assert_eq!(with, without, "seed {seed}");
             assert!(!with.windows(6).any(|w| w == b"Zzyzx "), "the private name is in the bytes");
         }
@@ -360,7 +363,8 @@ mod tests {
         let mut users = node(&[public]);
         users.extend(rare);
         for seed in 0..50 {
-            let r = release(period(), &users, &loose(), BIG, BTreeMap::new(), &KEY, &mut Seeded(seed)).expect("release");
+            let r =
+                release(period(), &users, &loose(), BIG, BTreeMap::new(), &KEY, &mut Seeded(seed)).expect("release");
             let s = r.snapshot.get();
             let open = s.public.artists.iter().find(|e| e.name.artist == "Open Band").expect("public entry");
             assert_eq!((open.listeners, open.listens), (1, 12));

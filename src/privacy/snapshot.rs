@@ -137,8 +137,7 @@ impl SnapshotV1 {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
         // The schema comes first so a newer one is told apart from garbage.
-        let (schema, _) =
-            postcard::take_from_bytes::<u16>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let (schema, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if schema != SCHEMA {
             return Err(DecodeError::UnknownSchema(schema));
         }
@@ -164,7 +163,8 @@ impl SnapshotV1 {
         if self.tau != self.params.tau() {
             return bad(format!("τ {} does not follow from the parameters ({})", self.tau, self.params.tau()));
         }
-        for (section, charts, max) in [("public", &self.public, MAX_PUBLIC_ITEMS), ("aggregate", &self.aggregate, MAX_ITEMS)]
+        for (section, charts, max) in
+            [("public", &self.public, MAX_PUBLIC_ITEMS), ("aggregate", &self.aggregate, MAX_ITEMS)]
         {
             for (chart, entries, tracks) in [("artists", &charts.artists, false), ("tracks", &charts.tracks, true)] {
                 if entries.len() > max {

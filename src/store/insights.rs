@@ -9,7 +9,7 @@ use super::aggregates::{Chart, ChartRow};
 use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::logs::Order;
 use super::schema::{self, TRACK_CHUNK};
-use super::users::{User, SharingLevel};
+use super::users::{SharingLevel, User};
 use super::values::CreditChunkV1;
 use super::{Error, Result, Store};
 use crate::log::listen::MIN_LISTENED_AT;

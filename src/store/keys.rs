@@ -27,6 +27,15 @@ pub fn user_u32(id: UserId, n: u32) -> [u8; 8] {
     k
 }
 
+/// `user ‖ t u64` for a non-negative Unix time `t` (negative times clamp to 0).
+pub fn user_time(id: UserId, t: i64) -> [u8; 12] {
+    user_seq(id, u64::try_from(t).unwrap_or(0))
+}
+
+pub fn time_key(t: i64) -> [u8; 8] {
+    u64::try_from(t).unwrap_or(0).to_be_bytes()
+}
+
 pub fn u32_key(n: u32) -> [u8; 4] {
     n.to_be_bytes()
 }

@@ -18,7 +18,15 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration { to: 2, name: "build statistics from the logs", run: build_stats }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { to: 2, name: "build statistics from the logs", run: build_stats },
+    Migration { to: 3, name: "add the release trees (created empty on open)", run: nothing_to_fill },
+];
+
+/// 2 -> 3: schema 3 adds the release, ledger and contribution trees, which start empty.
+fn nothing_to_fill(_: &Store) -> Result<()> {
+    Ok(())
+}
 
 /// 1 -> 2: schema 2 adds the statistics trees; fill them from the existing logs
 /// (with the default credit rules; `hearsay stats rebuild` applies configured ones).

@@ -13,6 +13,7 @@ pub mod insights;
 pub mod keys;
 pub mod logs;
 pub mod migrate;
+pub mod releases;
 pub mod schema;
 pub mod users;
 pub mod values;
@@ -87,6 +88,9 @@ pub(crate) struct Trees {
     pub sessiondigest_websession: sled::Tree,
     pub userid_settings: sled::Tree,
     pub invitedigest_invite: sled::Tree,
+    pub periodstart_release: sled::Tree,
+    pub userid_week_ledger: sled::Tree,
+    pub userid_periodstart_contribution: sled::Tree,
 }
 
 /// An open database.
@@ -99,6 +103,8 @@ pub struct Store {
     /// shared between the writer and readers; see `schema::USERID_STATSMARK`.
     pub(crate) hot: HotBuckets,
     pub(crate) tastes: insights::TasteCache,
+    /// Sharing level of new accounts (the node's config), as `SharingLevel::ALL` index.
+    default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// Buckets newer than their stored copy.
@@ -160,11 +166,32 @@ impl Store {
             sessiondigest_websession: t(schema::SESSIONDIGEST_WEBSESSION)?,
             userid_settings: t(schema::USERID_SETTINGS)?,
             invitedigest_invite: t(schema::INVITEDIGEST_INVITE)?,
+            periodstart_release: t(schema::PERIODSTART_RELEASE)?,
+            userid_week_ledger: t(schema::USERID_WEEK_LEDGER)?,
+            userid_periodstart_contribution: t(schema::USERID_PERIODSTART_CONTRIBUTION)?,
         };
-        let store = Store { db, trees, path, hot: HotBuckets::default(), tastes: insights::TasteCache::default() };
+        let store = Store {
+            db,
+            trees,
+            path,
+            hot: HotBuckets::default(),
+            tastes: insights::TasteCache::default(),
+            default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
+        };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
         store.recount_after_crash()?;
         Ok(store)
+    }
+
+    /// Sets the sharing level new accounts get.
+    pub fn set_default_level(&self, level: crate::privacy::SharingLevel) {
+        let i = crate::privacy::SharingLevel::ALL.iter().position(|l| *l == level).unwrap_or(1);
+        self.default_level.store(i as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn default_level(&self) -> crate::privacy::SharingLevel {
+        let i = self.default_level.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        crate::privacy::SharingLevel::ALL.get(i).copied().unwrap_or_default()
     }
 
     /// Where the database lives.
@@ -234,6 +261,9 @@ impl Store {
             schema::SESSIONDIGEST_WEBSESSION => &t.sessiondigest_websession,
             schema::USERID_SETTINGS => &t.userid_settings,
             schema::INVITEDIGEST_INVITE => &t.invitedigest_invite,
+            schema::PERIODSTART_RELEASE => &t.periodstart_release,
+            schema::USERID_WEEK_LEDGER => &t.userid_week_ledger,
+            schema::USERID_PERIODSTART_CONTRIBUTION => &t.userid_periodstart_contribution,
             _ => return None,
         })
     }

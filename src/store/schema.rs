@@ -7,11 +7,14 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
-/// `next_client_id` -> u32 BE (the next id to hand out).
+/// `next_client_id` -> u32 BE (the next id to hand out); `privacy_key` -> 32 random
+/// bytes (the key of the hash that breaks ties in contribution bounding, made on first
+/// use, never shown); `release_watermark` -> u64 BE (the start of the first period not
+/// yet considered for release).
 pub const META: &str = "meta";
 
 /// `username_userid`: `lower-case user name (UTF-8)` -> `user id u32`.
@@ -129,6 +132,23 @@ pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
 /// `clientid_clientname`: `client id u32` -> `ClientV1` (the name).
 pub const CLIENTID_CLIENTNAME: &str = "clientid_clientname";
 
+/// `periodstart_release`: `period start u64` -> the node's signed snapshot envelope for
+/// that period (`identity::SignedV1` bytes, not versioned: these bytes are what was
+/// published, re-served unchanged forever). Written once, in the same transaction as
+/// the ledgers and contributions; never overwritten. Serves: re-serving, the
+/// transparency page, (later) gossip and sync.
+pub const PERIODSTART_RELEASE: &str = "periodstart_release";
+
+/// `userid_week_ledger`: `user id u32 ‖ ISO week start u64` -> `LedgerV1`: the privacy
+/// spent by releases on that user-week and the periods released. Serves: the
+/// accountant; the transparency page.
+pub const USERID_WEEK_LEDGER: &str = "userid_week_ledger";
+
+/// `userid_periodstart_contribution`: `user id u32 ‖ period start u64` ->
+/// `ContributionV1`: what of the user went into that release (bounded items, or why
+/// they were left out). Shown to that user only.
+pub const USERID_PERIODSTART_CONTRIBUTION: &str = "userid_periodstart_contribution";
+
 /// Every tree, in the order `Store` opens them.
 pub const ALL_TREES: &[&str] = &[
     META,
@@ -153,6 +173,9 @@ pub const ALL_TREES: &[&str] = &[
     SESSIONDIGEST_WEBSESSION,
     USERID_SETTINGS,
     INVITEDIGEST_INVITE,
+    PERIODSTART_RELEASE,
+    USERID_WEEK_LEDGER,
+    USERID_PERIODSTART_CONTRIBUTION,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -168,4 +191,6 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_RECORDING_FEEDBACK,
     USERID_SEQ_INFO,
     USERID_SETTINGS,
+    USERID_WEEK_LEDGER,
+    USERID_PERIODSTART_CONTRIBUTION,
 ];

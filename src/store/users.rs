@@ -94,7 +94,7 @@ impl Store {
             password_hash,
             public_key,
             timezone: "UTC".into(),
-            visibility: SharingLevel::default(),
+            visibility: self.default_level(),
         };
         let t = &self.trees;
         (&t.username_userid, &t.userid_user, &t.userid_signingkey)

@@ -323,3 +323,15 @@ pub struct InviteV1 {
 impl Versioned for InviteV1 {
     const VERSION: u8 = 1;
 }
+
+/// `userid_week_ledger`.
+pub type LedgerV1 = crate::privacy::accountant::Ledger;
+impl Versioned for LedgerV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_periodstart_contribution`.
+pub type ContributionV1 = crate::privacy::release::Contribution;
+impl Versioned for ContributionV1 {
+    const VERSION: u8 = 1;
+}

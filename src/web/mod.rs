@@ -17,12 +17,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
+mod transparency;
+
 use crate::api::listenbrainz::ClientAddr;
 use crate::http::AppState;
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{User, SharingLevel};
+use crate::store::users::{SharingLevel, User};
 
 const COOKIE: &str = "hearsay_session";
 /// Cookie holding the token that forms shown before log-in must echo (double-submit
@@ -90,6 +92,9 @@ pub fn router() -> Router<AppState> {
         .route("/settings/pause", post(set_pause))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
+        .route("/privacy", get(transparency::page_handler))
+        .route("/releases", get(transparency::release_list))
+        .route("/releases/{start}", get(transparency::release_bytes))
         .fallback(not_found)
 }
 
@@ -130,6 +135,7 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                         a href={ "/user/" (user.name) "/history" } { "History" }
                         a href="/settings" { "Settings" }
                         a href="/connect" { "Connect a player" }
+                        a href="/privacy" { "Privacy" }
                         form method="post" action="/logout" style="margin-left:auto" {
                             input type="hidden" name="csrf" value=(csrf);
                             button { "Log out" }
@@ -195,10 +201,17 @@ async fn root(
     let tz = crate::stats::period::time_zone(&state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
     let week = crate::stats::period::local_date(now, &tz).iso_week_date();
     let this_week = Period::IsoWeek { year: week.year(), week: week.week() };
-    let chart = match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
-        Ok(c) => c,
-        Err(e) => return server_error(&viewer, e),
+    // The exact node chart is for the node's members only; visitors see what the node
+    // has published (docs/privacy.md).
+    let chart = if viewer.0.is_some() {
+        match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
+            Ok(c) => Some(c),
+            Err(e) => return server_error(&viewer, e),
+        }
+    } else {
+        None
     };
+    let latest = state.store.releases(1).unwrap_or_default().into_iter().next();
     let mut recent = Vec::new();
     for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == SharingLevel::Public) {
         for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
@@ -212,19 +225,31 @@ async fn root(
         "Home",
         &viewer,
         html! {
-            h1 { "This week on this node" }
-            @if chart.rows.is_empty() {
-                p.muted { "No listens shared on this node this week yet." }
-            } @else {
-                p.muted { (chart.listens) " listens from " (chart.listeners) " listeners" }
-                table {
-                    thead { tr { th { "#" } th { "Artist" } th { "Listeners" } th { "Listens" } } }
-                    tbody {
-                        @for (i, r) in chart.rows.iter().enumerate() {
-                            tr { td { (i + 1) } td { (r.row.name) } td { (r.listeners) } td { (r.row.listens) } }
+            @if let Some(chart) = &chart {
+                h1 { "This week among this node's members" }
+                p.muted { "Only members of this node see this chart; it never leaves the node. Private members are not in it." }
+                @if chart.rows.is_empty() {
+                    p.muted { "No listens shared on this node this week yet." }
+                } @else {
+                    p.muted { (chart.listens) " listens from " (chart.listeners) " listeners" }
+                    table {
+                        thead { tr { th { "#" } th { "Artist" } th { "Listeners" } th { "Listens" } } }
+                        tbody {
+                            @for (i, r) in chart.rows.iter().enumerate() {
+                                tr { td { (i + 1) } td { (r.row.name) } td { (r.listeners) } td { (r.row.listens) } }
+                            }
                         }
                     }
                 }
+            } @else {
+                h1 { "hearsay" }
+                p { "A node of a federated scrobble network: its members' listening stays here; only what they choose leaves, as aggregates. " a href="/privacy" { "What this node publishes" } "." }
+            }
+            h2 { "Latest release of this node" }
+            @if let Some((start, bytes)) = &latest {
+                (transparency::snapshot_view(*start, bytes))
+            } @else {
+                p.muted { "Nothing published yet." }
             }
             h2 { "Recently, from public profiles" }
             @if recent.is_empty() { p.muted { "Nobody here shares their listening publicly yet." } }
@@ -578,13 +603,20 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
     let levels = [
         (
             SharingLevel::Private,
-            "Private: nothing derived from your listening leaves this node; other users here do not see you in node charts or as a neighbour.",
+            "Private: nothing derived from your listening leaves this node or is shown to anyone else. Other members do not see you in the node chart or as a neighbour, and you are in no release.".to_owned(),
         ),
         (
             SharingLevel::Aggregate,
-            "Aggregate (default): you count in this node's charts; your profile stays hidden from others.",
+            format!(
+                "Aggregate (default): members of this node see your listening inside the node chart, never your profile. Outside the node you count only in the aggregate section of each release: at most your top {l0} artists and tracks, at most {c} listens each, with differential privacy, so nobody can tell whether you were in it.",
+                l0 = state.privacy.l0,
+                c = state.privacy.clamp
+            ),
         ),
-        (SharingLevel::Public, "Public: anyone can see your profile and history."),
+        (
+            SharingLevel::Public,
+            "Public: anyone can see your profile and history, and your exact listening counts go into the public section of each release.".to_owned(),
+        ),
     ];
     page(
         status,
@@ -609,6 +641,7 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                         }
                     }
                 }
+                p.muted { "A change applies from the next release. " a href="/privacy" { "What this node has published, and what of you" } "." }
                 button { "Save" }
             }
             h2 { "Pause scrobbling" }
@@ -769,7 +802,9 @@ pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Respo
 /// A user whose pages the viewer may see, or the response to send instead.
 fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Box<Response>> {
     match state.store.user_by_name(name) {
-        Ok(Some(u)) if u.visibility == SharingLevel::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => Ok(u),
+        Ok(Some(u)) if u.visibility == SharingLevel::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => {
+            Ok(u)
+        }
         Ok(_) => Err(Box::new(not_found_page(v))),
         Err(e) => Err(Box::new(server_error(v, e))),
     }

@@ -184,3 +184,55 @@ async fn a_person_logs_in_sees_listens_deletes_one_and_hides_the_profile() {
     eprintln!("screenshots: {}", shots.display());
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transparency_page_shows_each_release_the_ledger_and_what_of_me_went_in() {
+    use crate::privacy::{SHORT_PERIODS, fresh_period, release_of, submit, user_with_token};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let alice = user_with_token(&data, dir.path(), "alice", "aggregate");
+    let bob = user_with_token(&data, dir.path(), "bob", "public");
+    let mut env = SHORT_PERIODS.to_vec();
+    env.push(("HEARSAY_NODE__ADMINS", "[\"alice\"]"));
+    let node = NodeProcess::start_with(&data, &env);
+    let url = node.url.clone();
+    let (u, a, b) = (url.clone(), alice.clone(), bob.clone());
+    let period = tokio::task::spawn_blocking(move || {
+        let p = fresh_period();
+        submit(&u, &a, &[("Múm", "Green Grass of Tunnel", p), ("Múm", "We Have a Map", p + 1)]);
+        submit(&u, &b, &[("Public Radio Band", "Signal", p)]);
+        release_of(&u, p, std::time::Duration::from_secs(20));
+        p
+    })
+    .await
+    .expect("join");
+
+    let shots: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start();
+    let me = browser(&driver, &dir.path().join("chrome-privacy")).await;
+    me.goto(&format!("{url}/login")).await.expect("login page");
+    me.find(Locator::Css("input[name=username]")).await.expect("user field").send_keys("alice").await.expect("type");
+    me.find(Locator::Css("input[name=password]")).await.expect("pw").send_keys("password123").await.expect("type");
+    click_and_wait(&me, Locator::Css("main form button")).await;
+    click_and_wait(&me, Locator::LinkText("Privacy")).await;
+    assert!(me.current_url().await.expect("url").path().ends_with("/privacy"));
+    let page = text(&me).await;
+    shot(&me, &shots, "privacy").await;
+    // The release, decoded: the public user's exact counts, the parameters.
+    assert!(page.contains("Releases published by this node"), "{page}");
+    assert!(page.contains("Public Radio Band"), "the public section is shown: {page}");
+    assert!(page.contains("threshold τ 3"), "the parameters are shown: {page}");
+    // Alice's own figures: her level, ledger and bounded contribution (never another's).
+    assert!(page.contains("Your sharing level is aggregate"), "{page}");
+    assert!(page.contains("200 of 100000"), "ε spent of the weekly budget: {page}");
+    assert!(page.contains("Múm: 2"), "her bounded contribution: {page}");
+    // As an administrator she sees every user's level and counts, not their items.
+    assert!(page.contains("All users (administrators only)"), "{page}");
+    assert!(!page.contains("Signal: 1"), "bob's own contribution is bob's: {page}");
+    // The signed bytes behind the page are a link away.
+    let link = me.find(Locator::LinkText("signed bytes")).await.expect("bytes link");
+    assert_eq!(link.attr("href").await.expect("href").as_deref(), Some(format!("/releases/{period}").as_str()));
+    me.close().await.expect("close");
+    drop(node);
+}

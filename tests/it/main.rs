@@ -7,6 +7,7 @@ mod api_lb;
 mod browser;
 mod log;
 mod node;
+mod privacy;
 mod stats;
 mod support;
 mod web;

@@ -88,13 +88,23 @@ impl NodeProcess {
 
     /// As `start`, with extra environment variables (config overrides).
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::spawn(data_dir, env, Stdio::inherit())
+    }
+
+    /// As `start_with`, with the node's log (stderr) written to `log`.
+    pub fn start_logging(data_dir: &Path, env: &[(&str, &str)], log: &Path) -> NodeProcess {
+        NodeProcess::spawn(data_dir, env, Stdio::from(std::fs::File::create(log).expect("log file")))
+    }
+
+    fn spawn(data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
         let mut child = Command::new(bin())
+            .env("HEARSAY_NODE__LOG", "warn")
             .envs(env.iter().copied())
             .env("HEARSAY_NODE__DATA_DIR", data_dir)
             .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")
-            .env("HEARSAY_NODE__LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");

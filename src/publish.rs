@@ -1,0 +1,136 @@
+//! The publisher: finalises release periods once their grace time has passed, has the
+//! privacy module make each period's release, signs it with the node key and stores it
+//! (ledgers and contributions in the same transaction) **before** anything may send it.
+//! Each period is considered once: the watermark in `meta` moves past it whether or not
+//! it held any listens, and a stored release is never re-made.
+
+use std::sync::Arc;
+
+use crate::config::PrivacyConfig;
+use crate::identity::NodeIdentity;
+use crate::privacy::accountant::{period_of, week_of};
+use crate::privacy::noise::{OsRandom, RandomSource};
+use crate::privacy::params::{Params, Spend};
+use crate::privacy::release::{Period, release};
+use crate::privacy::{SharingLevel, accountant::Refusal};
+use crate::store::releases::CommitError;
+use crate::store::{self, Store};
+
+/// Most periods handled in one pass (a node stopped for long resumes over several).
+const MAX_PER_PASS: usize = 64;
+
+pub struct Publisher {
+    store: Store,
+    identity: Arc<NodeIdentity>,
+    params: Params,
+    budget: Spend,
+    period_secs: i64,
+    grace_secs: i64,
+    backfill: i64,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Periods released (stored), by start.
+    pub released: Vec<i64>,
+    /// Periods finalised without a release (nobody shared anything in them).
+    pub empty: usize,
+}
+
+impl Publisher {
+    pub fn new(
+        store: Store,
+        identity: Arc<NodeIdentity>,
+        config: &PrivacyConfig,
+    ) -> Result<Publisher, crate::config::Error> {
+        config.validate()?;
+        Ok(Publisher {
+            store,
+            identity,
+            params: config.params()?,
+            budget: config.budget()?,
+            period_secs: i64::from(config.period_secs),
+            grace_secs: i64::from(config.grace_secs),
+            backfill: i64::from(config.backfill_periods),
+        })
+    }
+
+    /// How often the node should call `run_due`.
+    pub fn tick(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from((self.period_secs * 250).clamp(250, 60_000)).unwrap_or(60_000))
+    }
+
+    /// Releases every period that is final at `now` and not yet considered.
+    pub fn run_due(&self, now: i64) -> Result<Pass, store::Error> {
+        self.run_due_with(now, &mut OsRandom)
+    }
+
+    /// As `run_due` with the given randomness (tests only pass anything but the OS's).
+    pub fn run_due_with(&self, now: i64, rng: &mut impl RandomSource) -> Result<Pass, store::Error> {
+        let len = self.period_secs;
+        // The latest final period, less the backfill: a node that starts (or restarts
+        // after a long stop) releases that period and at most `backfill` before it.
+        let latest_final = period_of(now - self.grace_secs - len, len);
+        let oldest = latest_final - self.backfill * len;
+        let mut start = match self.store.release_watermark()? {
+            Some(w) => w.max(oldest),
+            None => {
+                // First run: periods from here on are this node's to release.
+                self.store.set_release_watermark(oldest)?;
+                oldest
+            }
+        };
+        let mut pass = Pass::default();
+        for _ in 0..MAX_PER_PASS {
+            if start + len + self.grace_secs > now {
+                break;
+            }
+            match self.release_one(start, now, rng)? {
+                Some(p) => pass.released.push(p),
+                None => pass.empty += 1,
+            }
+            start += len;
+            self.store.set_release_watermark(start)?;
+        }
+        Ok(pass)
+    }
+
+    fn release_one(&self, start: i64, now: i64, rng: &mut impl RandomSource) -> Result<Option<i64>, store::Error> {
+        let inputs = self.store.period_inputs(start, start + self.period_secs)?;
+        tracing::debug!(period = start, "finalising a period");
+        if inputs.is_empty() {
+            return Ok(None);
+        }
+        let week = week_of(start);
+        let aggregate = inputs.iter().filter(|u| u.level == SharingLevel::Aggregate).map(|u| u.user);
+        let ledgers = self.store.ledgers(week, aggregate)?;
+        let period = Period {
+            origin: self.identity.public_key(),
+            start,
+            secs: u32::try_from(self.period_secs).unwrap_or(u32::MAX),
+            issued_at: now,
+        };
+        let key = self.store.privacy_key()?;
+        let made = match release(period, &inputs, &self.params, self.budget, ledgers, &key, rng) {
+            Ok(r) => r,
+            Err(Refusal::AlreadyReleased(p)) => {
+                tracing::warn!(period = p, "period already charged to a ledger; not released again");
+                return Ok(None);
+            }
+            Err(e) => return Err(store::Error::Invalid(e.to_string())),
+        };
+        let signed = self.identity.sign_snapshot(&made.snapshot);
+        match self.store.commit_release(start, week, &signed, &made.ledgers, &made.contributions) {
+            Ok(()) => {
+                tracing::info!(period = start, bytes = signed.len(), "period released");
+                Ok(Some(start))
+            }
+            Err(CommitError::AlreadyReleased(p)) => {
+                tracing::warn!(period = p, "period already released; the stored release stands");
+                Ok(None)
+            }
+            Err(CommitError::Store(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Releases: the inputs of a period's release, and the one-time, atomic storing of its
+//! result (signed snapshot, ledgers, contributions). Deciding what is released is the
+//! privacy module's job; this file only reads and writes.
+
+use std::collections::BTreeMap;
+
+use sled::Transactional;
+
+use super::codec::{decode, encode};
+use super::keys::{self, UserId};
+use super::values::{ContributionV1, LedgerV1};
+use super::{Error, Result, Store, schema};
+use crate::privacy::SharingLevel;
+use crate::privacy::accountant::Ledger;
+use crate::privacy::release::{Contribution, UserPeriod};
+use crate::privacy::snapshot::ItemName;
+use crate::stats::chart::Kind;
+
+const PRIVACY_KEY: &str = "privacy_key";
+const WATERMARK: &str = "release_watermark";
+
+/// Why a release was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("period {0} was already released; the stored release stands and is never re-made")]
+    AlreadyReleased(i64),
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl Store {
+    /// The node's secret key for tie-breaking in contribution bounding, made on first use.
+    pub fn privacy_key(&self) -> Result<[u8; 32]> {
+        if let Some(v) = self.trees.meta.get(PRIVACY_KEY)? {
+            return <[u8; 32]>::try_from(v.as_ref())
+                .map_err(|_| Error::corrupt(schema::META, PRIVACY_KEY.as_bytes(), "privacy_key is not 32 bytes"));
+        }
+        let fresh = crate::auth::random_bytes::<32>().map_err(Error::Crypto)?;
+        // Another caller may have won the race: keep whichever was stored first.
+        let _ = self.trees.meta.compare_and_swap(PRIVACY_KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
+        self.trees.meta.flush()?;
+        self.privacy_key()
+    }
+
+    /// The start of the first period not yet considered for release.
+    pub fn release_watermark(&self) -> Result<Option<i64>> {
+        Ok(self.trees.meta.get(WATERMARK)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(|b| {
+            let t = u64::from_be_bytes(b);
+            i64::try_from(t).unwrap_or(i64::MAX)
+        }))
+    }
+
+    pub fn set_release_watermark(&self, t: i64) -> Result<()> {
+        self.trees.meta.insert(WATERMARK, &keys::time_key(t))?;
+        Ok(())
+    }
+
+    /// Every non-private user's listens per artist and per track in `[from, to)`.
+    /// Private users' data is not even read.
+    pub fn period_inputs(&self, from: i64, to: i64) -> Result<Vec<UserPeriod>> {
+        let mut out = Vec::new();
+        for user in self.users()? {
+            if user.visibility == SharingLevel::Private {
+                continue;
+            }
+            let tz = self.user_tz(user.id)?;
+            let (sums, total) = self.sum_range(user.id, from, to, &tz)?;
+            if total == 0 {
+                continue;
+            }
+            let artists = self.named_rows(Kind::Artist, sums[Kind::Artist.index()].all(), usize::MAX)?;
+            let tracks = self.named_rows(Kind::Recording, sums[Kind::Recording.index()].all(), usize::MAX)?;
+            out.push(UserPeriod {
+                user: user.id.0,
+                level: user.visibility,
+                artists: artists.into_iter().map(|r| (ItemName::artist(&r.name), r.listens)).collect(),
+                tracks: tracks
+                    .into_iter()
+                    .map(|r| (ItemName::track(r.artist.as_deref().unwrap_or(""), &r.name), r.listens))
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ledgers of `users` for the week starting at `week`.
+    pub fn ledgers(&self, week: i64, users: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, Ledger>> {
+        let mut out = BTreeMap::new();
+        for u in users {
+            let key = keys::user_time(UserId(u), week);
+            if let Some(v) = self.trees.userid_week_ledger.get(key)? {
+                out.insert(u, decode::<LedgerV1>(schema::USERID_WEEK_LEDGER, &key, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a release: the signed snapshot, the charged ledgers and the
+    /// contributions, in one transaction, then flushes. A period is stored once: a
+    /// second attempt is refused and changes nothing.
+    pub fn commit_release(
+        &self,
+        period: i64,
+        week: i64,
+        signed: &[u8],
+        ledgers: &BTreeMap<u32, Ledger>,
+        contributions: &[Contribution],
+    ) -> Result<(), CommitError> {
+        let t = &self.trees;
+        let result = (&t.periodstart_release, &t.userid_week_ledger, &t.userid_periodstart_contribution).transaction(
+            |(releases, ledger_tree, contribution_tree)| {
+                let key = keys::time_key(period);
+                if releases.get(key)?.is_some() {
+                    return sled::transaction::abort(CommitError::AlreadyReleased(period));
+                }
+                releases.insert(&key, signed)?;
+                for (user, ledger) in ledgers {
+                    ledger_tree.insert(&keys::user_time(UserId(*user), week), encode(ledger))?;
+                }
+                for c in contributions {
+                    contribution_tree.insert(&keys::user_time(UserId(c.user), period), encode(c))?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {}
+            Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
+            Err(sled::transaction::TransactionError::Storage(e)) => return Err(CommitError::Store(Error::Db(e))),
+        }
+        self.flush()?;
+        Ok(())
+    }
+
+    /// The stored release of the period starting at `period`, byte for byte.
+    pub fn release(&self, period: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self.trees.periodstart_release.get(keys::time_key(period))?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored release, newest first, at most `limit`.
+    pub fn releases(&self, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.trees.periodstart_release.iter().rev().take(limit) {
+            let (k, v) = kv?;
+            let b = <[u8; 8]>::try_from(k.as_ref())
+                .map_err(|_| Error::corrupt(schema::PERIODSTART_RELEASE, &k, "key is not a u64"))?;
+            out.push((i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The user's contributions, newest first: (period start, contribution).
+    pub fn contributions(&self, user: UserId, limit: usize) -> Result<Vec<(i64, Contribution)>> {
+        self.user_time_values::<ContributionV1>(
+            &self.trees.userid_periodstart_contribution,
+            schema::USERID_PERIODSTART_CONTRIBUTION,
+            user,
+            limit,
+        )
+    }
+
+    /// The user's ledgers, newest week first: (week start, ledger).
+    pub fn user_ledgers(&self, user: UserId, limit: usize) -> Result<Vec<(i64, Ledger)>> {
+        self.user_time_values::<LedgerV1>(&self.trees.userid_week_ledger, schema::USERID_WEEK_LEDGER, user, limit)
+    }
+
+    fn user_time_values<T: super::codec::Versioned>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<(i64, T)>> {
+        let mut out = Vec::new();
+        for kv in tree.scan_prefix(keys::user(user)).rev().take(limit) {
+            let (k, v) = kv?;
+            let (_, t) = keys::parse_user_seq(name, &k)?;
+            out.push((i64::try_from(t).unwrap_or(i64::MAX), decode(name, &k, &v)?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Options;
+
+    #[test]
+    fn a_period_is_stored_once_and_a_second_commit_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4 }).expect("open");
+        let mut ledgers = BTreeMap::new();
+        ledgers.insert(1, Ledger { spent: Default::default(), periods: vec![100] });
+        store.commit_release(100, 0, b"first", &ledgers, &[]).expect("first");
+        let mut other = ledgers.clone();
+        other.insert(2, Ledger::default());
+        let again = store.commit_release(100, 0, b"second", &other, &[]);
+        assert!(matches!(again, Err(CommitError::AlreadyReleased(100))), "{again:?}");
+        assert_eq!(store.release(100).expect("get").as_deref(), Some(&b"first"[..]));
+        assert!(store.ledgers(0, [2]).expect("ledgers").is_empty(), "nothing of the refused commit was written");
+        assert_eq!(store.privacy_key().expect("key"), store.privacy_key().expect("same key"));
+    }
+}

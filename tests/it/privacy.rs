@@ -1,0 +1,222 @@
+//! What leaves a node: a real node with users at all three sharing levels scrobbles
+//! through the ListenBrainz API; after the (4-second) period closes, every published
+//! byte is inspected. And the data-minimisation audit: no IP address, user agent, token
+//! or listen ends up on disk or in the logs unless it is the user's own data.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{NodeProcess, hearsay};
+
+/// Loose parameters so a handful of users can pass the threshold (k = 2, ε 50 per
+/// chart part, so τ = 3), a 4-second period, and a budget for many periods.
+pub const SHORT_PERIODS: &[(&str, &str)] = &[
+    ("HEARSAY_PRIVACY__PERIOD_SECS", "4"),
+    ("HEARSAY_PRIVACY__GRACE_SECS", "1"),
+    ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
+    ("HEARSAY_PRIVACY__K", "2"),
+    ("HEARSAY_PRIVACY__EPSILON_LISTENERS", "50"),
+    ("HEARSAY_PRIVACY__EPSILON_LISTENS", "50"),
+    ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "100000"),
+];
+
+pub fn user_with_token(data: &Path, dir: &Path, name: &str, level: &str) -> String {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "password123\n").expect("pw");
+    let (code, _, err) = hearsay(data, &["user", "add", name, "--password-file", pw.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = hearsay(data, &["user", "set-visibility", name, level]);
+    assert_eq!(code, 0, "{err}");
+    let (code, token, err) = hearsay(data, &["token", "new", name]);
+    assert_eq!(code, 0, "{err}");
+    token.trim().to_owned()
+}
+
+pub fn submit(url: &str, token: &str, listens: &[(&str, &str, i64)]) {
+    let payload: Vec<Value> = listens
+        .iter()
+        .map(|(artist, title, at)| {
+            json!({"listened_at": at, "track_metadata": {"artist_name": artist, "track_name": title}})
+        })
+        .collect();
+    let r = ureq::post(&format!("{url}/1/submit-listens"))
+        .set("Authorization", &format!("Token {token}"))
+        .set("User-Agent", "canary-agent-7f3e/1.0")
+        .set("X-Forwarded-For", "203.0.113.77")
+        .set("Content-Type", "application/json")
+        .send_string(&json!({"listen_type": "import", "payload": payload}).to_string())
+        .expect("submit");
+    assert_eq!(r.status(), 200);
+}
+
+fn get_json(url: &str) -> Value {
+    serde_json::from_str(&ureq::get(url).call().expect("get").into_string().expect("body")).expect("json")
+}
+
+const EPOCH_MONDAY: i64 = 4 * 86_400;
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+/// Waits for a fresh 4-second period to begin and returns its start.
+pub fn fresh_period() -> i64 {
+    let t = now();
+    let next = EPOCH_MONDAY as f64 + (((t - EPOCH_MONDAY as f64) / 4.0).floor() + 1.0) * 4.0;
+    std::thread::sleep(Duration::from_secs_f64(next - t + 0.05));
+    next as i64
+}
+
+pub fn release_of(url: &str, period: i64, within: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    loop {
+        match ureq::get(&format!("{url}/releases/{period}")).call() {
+            Ok(r) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes).expect("body");
+                return bytes;
+            }
+            Err(ureq::Error::Status(404, _)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("release of {period}: {e}"),
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    let hay = String::from_utf8_lossy(haystack).to_lowercase();
+    hay.contains(&needle.to_lowercase())
+}
+
+#[test]
+fn a_node_with_all_three_levels_publishes_only_what_each_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let public = user_with_token(&data, dir.path(), "pia", "public");
+    let private = user_with_token(&data, dir.path(), "quentin", "private");
+    let aggregate: Vec<String> =
+        (0..4).map(|i| user_with_token(&data, dir.path(), &format!("agg{i}"), "aggregate")).collect();
+    let node = NodeProcess::start_with(&data, SHORT_PERIODS);
+    let health = get_json(&format!("{}/health", node.url));
+
+    let p = fresh_period();
+    submit(
+        &node.url,
+        &public,
+        &[("Open Skies", "Daylight", p), ("Open Skies", "Noon", p + 1), ("Shared Band", "Hit", p)],
+    );
+    submit(&node.url, &private, &[("Zq Hidden Artist", "Zq Secret Song", p), ("Shared Band", "Hit", p + 1)]);
+    for (i, token) in aggregate.iter().enumerate() {
+        let solo = format!("Solo Xv{i}");
+        submit(
+            &node.url,
+            token,
+            &[("Shared Band", "Hit", p), ("Shared Band", "B-side", p + 1), (&solo, "Alone", p + 2)],
+        );
+    }
+
+    let bytes = release_of(&node.url, p, Duration::from_secs(20));
+    let (envelope, snap) = hearsay::identity::open_snapshot(&bytes).expect("verifies");
+    // The origin is this node: its PeerId embeds the signing key.
+    let mut mh = vec![0x00, 36, 0x08, 0x01, 0x12, 0x20];
+    mh.extend_from_slice(&envelope.signer);
+    assert_eq!(bs58::encode(mh).into_string(), health["peer_id"].as_str().expect("peer id"));
+    assert_eq!((snap.period_start, snap.period_secs, snap.version), (p, 4, 1));
+
+    // Public section: exactly the public user's counts.
+    let public_artists: Vec<(String, i64, i64)> =
+        snap.public.artists.iter().map(|e| (e.name.artist.clone(), e.listeners, e.listens)).collect();
+    assert_eq!(public_artists.len(), 2, "{public_artists:?}");
+    assert!(public_artists.contains(&("Open Skies".into(), 1, 2)), "{public_artists:?}");
+    assert!(public_artists.contains(&("Shared Band".into(), 1, 1)), "{public_artists:?}");
+    // Aggregate section: only items with ≥ k real listeners among the aggregate users.
+    assert!(snap.aggregate.artists.iter().all(|e| e.name.artist == "Shared Band" && e.listeners >= snap.tau));
+    assert!(
+        snap.aggregate.tracks.iter().all(|e| e.name.artist == "Shared Band" && e.listeners >= snap.tau),
+        "{:?}",
+        snap.aggregate.tracks
+    );
+
+    // Every name in every entry is one this test allowed out.
+    let allowed: BTreeSet<&str> = ["Open Skies", "Shared Band", "Daylight", "Noon", "Hit", "B-side"].into();
+    for e in [&snap.public, &snap.aggregate].iter().flat_map(|c| c.artists.iter().chain(c.tracks.iter())) {
+        assert!(allowed.contains(e.name.artist.as_str()), "{:?}", e.name);
+        assert!(e.name.title.as_deref().is_none_or(|t| allowed.contains(t)), "{:?}", e.name);
+    }
+    // And no byte carries the private user, a lone aggregate listener, a user name or a
+    // token.
+    for needle in ["Zq Hidden", "Zq Secret", "Solo Xv", "quentin", "agg0", "pia", "canary-agent", "203.0.113"] {
+        assert!(!contains(&bytes, needle), "{needle} is in the published bytes");
+    }
+    for token in aggregate.iter().chain([&public, &private]) {
+        assert!(!contains(&bytes, token), "a token is in the published bytes");
+    }
+
+    // Re-served unchanged, listed, and never re-made: a late listen for the closed
+    // period changes nothing, also after a restart.
+    submit(&node.url, &public, &[("Open Skies", "Late", p + 2)]);
+    let list = get_json(&format!("{}/releases", node.url));
+    assert!(list["releases"].as_array().expect("array").iter().any(|r| r["period_start"] == p));
+    assert_eq!(node.terminate(), Some(0));
+    let node = NodeProcess::start_with(&data, SHORT_PERIODS);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(release_of(&node.url, p, Duration::from_secs(1)), bytes, "a release is re-served byte for byte");
+
+    // The transparency page shows the release to anyone.
+    let html = ureq::get(&format!("{}/privacy", node.url)).call().expect("privacy").into_string().expect("html");
+    assert!(html.contains("Open Skies") && html.contains("threshold τ"), "{html}");
+    assert!(!html.contains("Zq Hidden"));
+    node.terminate();
+}
+
+fn all_bytes_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            all_bytes_under(&path, out);
+        } else {
+            out.push((path.display().to_string(), std::fs::read(&path).expect("read")));
+        }
+    }
+}
+
+#[test]
+fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let token = user_with_token(&data, dir.path(), "alice", "aggregate");
+    let log = dir.path().join("node.log");
+    let node = NodeProcess::start_logging(&data, &[("HEARSAY_NODE__LOG", "debug")], &log);
+    let at = now() as i64 - 600;
+    submit(&node.url, &token, &[("Canary Artist Kq", "Canary Title Kq", at)]);
+    // A failed log-in and a bad token, from a "remote" address.
+    let _ = ureq::get(&format!("{}/1/validate-token", node.url))
+        .set("Authorization", "Token not-a-real-token-canary")
+        .set("User-Agent", "canary-agent-7f3e/1.0")
+        .call();
+    let _ = ureq::get(&format!("{}/?hs=true&p=1.2.1&c=tst&v=1&u=alice&t=1&a=canaryauth", node.url))
+        .set("User-Agent", "canary-agent-7f3e/1.0")
+        .set("X-Forwarded-For", "203.0.113.77")
+        .call();
+    assert_eq!(node.terminate(), Some(0));
+
+    let mut files = Vec::new();
+    all_bytes_under(&data, &mut files);
+    assert!(files.len() > 3, "the data dir holds the database");
+    for (path, bytes) in &files {
+        for needle in ["canary-agent", "203.0.113", "127.0.0.1", &token, "not-a-real-token", "canaryauth"] {
+            assert!(!contains(bytes, needle), "{needle} is stored in {path}");
+        }
+    }
+    let logged = std::fs::read(&log).expect("log");
+    assert!(contains(&logged, "node started"), "the log was captured: {}", String::from_utf8_lossy(&logged));
+    for needle in
+        ["Canary Artist", "Canary Title", "canary-agent", "203.0.113", &token, "not-a-real-token", "canaryauth"]
+    {
+        assert!(!contains(&logged, needle), "{needle} is in the log:\n{}", String::from_utf8_lossy(&logged));
+    }
+}
