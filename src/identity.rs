@@ -114,11 +114,22 @@ pub enum OpenError {
     Snapshot(#[from] DecodeError),
 }
 
+/// Domain-separation tag of community manifest signatures.
+pub const DST_MANIFEST: &[u8] = b"hearsay/v1/community-manifest\0";
+
 impl NodeIdentity {
     /// Signs a publishable snapshot; returns the envelope bytes that are stored and sent.
     pub fn sign_snapshot(&self, snapshot: &Publishable<SnapshotV1>) -> Vec<u8> {
-        let body = snapshot.encode();
-        let mut msg = DST_SNAPSHOT.to_vec();
+        self.sign(DST_SNAPSHOT, snapshot.encode())
+    }
+
+    /// Signs a community manifest (the node acting as the community's administrator).
+    pub fn sign_manifest(&self, manifest: &crate::federation::community::ManifestV1) -> Vec<u8> {
+        self.sign(DST_MANIFEST, manifest.encode())
+    }
+
+    fn sign(&self, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
+        let mut msg = dst.to_vec();
         msg.extend_from_slice(&body);
         let sig = self.key.sign(&msg).to_bytes().to_vec();
         let env = SignedV1 { signer: self.public_key(), body, sig };
@@ -126,11 +137,18 @@ impl NodeIdentity {
     }
 }
 
-/// Checks an envelope, cheapest first: size, canonical decoding, strict signature
-/// (`verify_strict`: no small-order keys, no malleable signatures), then the snapshot's
-/// own canonical decoding and consistency, and that its origin is the signer.
-pub fn open_snapshot(bytes: &[u8]) -> Result<(SignedV1, SnapshotV1), OpenError> {
-    if bytes.len() > MAX_SIGNED_BYTES {
+/// Decodes an envelope canonically and verifies its signature under `dst` (strict).
+/// Checks size first; `max` bounds the whole envelope.
+pub fn open_signed(bytes: &[u8], dst: &[u8], max: usize) -> Result<SignedV1, OpenError> {
+    let env = peek_signed(bytes, max)?;
+    verify_signed(&env, dst)?;
+    Ok(env)
+}
+
+/// The envelope, decoded canonically but **not yet verified** (to check cheap things,
+/// such as whether the claimed signer is a member, before the signature).
+pub fn peek_signed(bytes: &[u8], max: usize) -> Result<SignedV1, OpenError> {
+    if bytes.len() > max {
         return Err(OpenError::TooLarge(bytes.len()));
     }
     let env: SignedV1 = match postcard::take_from_bytes::<SignedV1>(bytes) {
@@ -140,11 +158,23 @@ pub fn open_snapshot(bytes: &[u8]) -> Result<(SignedV1, SnapshotV1), OpenError> 
     if postcard::to_allocvec(&env).ok().as_deref() != Some(bytes) {
         return Err(OpenError::Malformed);
     }
+    Ok(env)
+}
+
+/// Verifies a peeked envelope's signature under `dst`.
+pub fn verify_signed(env: &SignedV1, dst: &[u8]) -> Result<(), OpenError> {
     let key = VerifyingKey::from_bytes(&env.signer).map_err(|_| OpenError::BadSignature)?;
     let sig = Signature::from_slice(&env.sig).map_err(|_| OpenError::BadSignature)?;
-    let mut msg = DST_SNAPSHOT.to_vec();
+    let mut msg = dst.to_vec();
     msg.extend_from_slice(&env.body);
-    key.verify_strict(&msg, &sig).map_err(|_| OpenError::BadSignature)?;
+    key.verify_strict(&msg, &sig).map_err(|_| OpenError::BadSignature)
+}
+
+/// Checks an envelope, cheapest first: size, canonical decoding, strict signature
+/// (`verify_strict`: no small-order keys, no malleable signatures), then the snapshot's
+/// own canonical decoding and consistency, and that its origin is the signer.
+pub fn open_snapshot(bytes: &[u8]) -> Result<(SignedV1, SnapshotV1), OpenError> {
+    let env = open_signed(bytes, DST_SNAPSHOT, MAX_SIGNED_BYTES)?;
     let snap = SnapshotV1::decode(&env.body)?;
     if snap.origin != env.signer {
         return Err(OpenError::WrongOrigin);

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod import;

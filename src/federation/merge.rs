@@ -1,0 +1,322 @@
+//! Merging: a community's chart for a period is a pure function of the set of valid
+//! member snapshots held for it. The set is a map origin → (version, snapshot) where a
+//! higher version wins and two different snapshots with the same version mark the
+//! origin as equivocating (left out for that period): so inserting snapshots in any order, any
+//! number of times, gives the same state (commutative, associative, idempotent), and no
+//! listen is ever counted twice. Federated charts combine community charts by weight.
+
+use std::collections::BTreeMap;
+
+use super::NodeId;
+use super::community::{Admission, ManifestV1};
+use crate::privacy::snapshot::{Entry, ItemId, ItemName, SnapshotV1};
+
+/// Most rows of a community or federated chart.
+pub const MAX_ROWS: usize = 100;
+
+/// One origin's snapshot as held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub version: u16,
+    pub hash: [u8; 32],
+    pub snapshot: SnapshotV1,
+}
+
+/// All that is held for one period: per origin, every distinct (version, hash) seen.
+/// A plain set union, so joins are commutative, associative and idempotent whatever
+/// the order; the effective snapshot of an origin is its highest version, and an
+/// origin with two different snapshots of one version is equivocating and left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodState {
+    pub by_origin: BTreeMap<NodeId, BTreeMap<(u16, [u8; 32]), SnapshotV1>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    Stored,
+    Duplicate,
+    Older,
+    Equivocation,
+}
+
+impl PeriodState {
+    pub fn insert(&mut self, held: Held) -> Insert {
+        let versions = self.by_origin.entry(held.snapshot.origin).or_default();
+        if versions.contains_key(&(held.version, held.hash)) {
+            return Insert::Duplicate;
+        }
+        let outcome = if versions.keys().any(|(v, _)| *v == held.version) {
+            Insert::Equivocation
+        } else if versions.keys().any(|(v, _)| *v > held.version) {
+            Insert::Older
+        } else {
+            Insert::Stored
+        };
+        versions.insert((held.version, held.hash), held.snapshot);
+        outcome
+    }
+
+    /// Joins another state into this one.
+    pub fn merge(&mut self, other: &PeriodState) {
+        for (origin, versions) in &other.by_origin {
+            let mine = self.by_origin.entry(*origin).or_default();
+            for (k, v) in versions {
+                mine.entry(*k).or_insert_with(|| v.clone());
+            }
+        }
+    }
+
+    pub fn equivocating(&self, origin: &NodeId) -> bool {
+        self.by_origin.get(origin).is_some_and(|v| v.keys().zip(v.keys().skip(1)).any(|(a, b)| a.0 == b.0))
+    }
+
+    /// Each non-equivocating origin's highest version.
+    pub fn effective(&self) -> impl Iterator<Item = (&NodeId, &SnapshotV1)> {
+        self.by_origin
+            .iter()
+            .filter(|(o, _)| !self.equivocating(o))
+            .filter_map(|(o, v)| v.iter().next_back().map(|(_, s)| (o, s)))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    pub item: ItemId,
+    pub name: ItemName,
+    pub listeners: i64,
+    pub listens: i64,
+    /// How many origins reported the item.
+    pub origins: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Chart {
+    pub artists: Vec<Row>,
+    pub tracks: Vec<Row>,
+    /// Origins whose snapshots were counted.
+    pub origins: u32,
+}
+
+/// Which origins count and with what weight (in 1/1000): members of an allow-list
+/// community, or in an open one any origin past its probation (`seen_periods`: how many
+/// periods the origin has published valid snapshots for, before this one).
+pub fn weight_of(manifest: &ManifestV1, origin: &NodeId, seen_periods: u32) -> Option<u16> {
+    match manifest.admission {
+        Admission::AllowList => manifest.weight(origin),
+        Admission::Open { probation_periods } => {
+            (seen_periods >= probation_periods).then(|| manifest.weight(origin).unwrap_or(1000))
+        }
+    }
+}
+
+/// The community chart for one period.
+pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn(&NodeId) -> u32) -> Chart {
+    let mut counted = Vec::new();
+    for (origin, snapshot) in state.effective() {
+        if let Some(w) = weight_of(manifest, origin, seen(origin)) {
+            counted.push((w, snapshot));
+        }
+    }
+    let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
+        let (p, a) =
+            if tracks { (&s.public.tracks, &s.aggregate.tracks) } else { (&s.public.artists, &s.aggregate.artists) };
+        p.iter().chain(a.iter()).cloned().collect()
+    };
+    let policy = manifest.policy;
+    let sum = |tracks: bool| -> Vec<Row> {
+        // item -> (name, per-origin (listeners, listens) in 1/1000)
+        let mut per_item: BTreeMap<ItemId, (ItemName, Vec<(i64, i64)>)> = BTreeMap::new();
+        for (w, s) in &counted {
+            let mut mine: BTreeMap<ItemId, (ItemName, i64, i64)> = BTreeMap::new();
+            for e in pick(s, tracks) {
+                let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
+                m.1 += e.listeners;
+                m.2 += e.listens;
+            }
+            for (item, (name, l, n)) in mine {
+                let w = i64::from(*w);
+                per_item.entry(item).or_insert_with(|| (name, Vec::new())).1.push((l * w, n * w));
+            }
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for (item, (name, contributions)) in per_item {
+            let origins = u32::try_from(contributions.len()).unwrap_or(u32::MAX);
+            if origins < u32::from(policy.min_origins_per_item) {
+                continue;
+            }
+            let (mut listeners, mut listens): (i64, i64) =
+                contributions.iter().fold((0, 0), |acc, c| (acc.0 + c.0, acc.1 + c.1));
+            if origins >= u32::from(policy.share_cap_from) {
+                let share = i64::from(policy.max_origin_share_milli);
+                let (cap_l, cap_n) = (listeners.max(0) * share / 1000, listens.max(0) * share / 1000);
+                listeners = contributions.iter().map(|c| c.0.min(cap_l)).sum();
+                listens = contributions.iter().map(|c| c.1.min(cap_n)).sum();
+            }
+            rows.push(Row { item, name, listeners: listeners / 1000, listens: listens / 1000, origins });
+        }
+        rank(&mut rows);
+        rows
+    };
+    Chart { artists: sum(false), tracks: sum(true), origins: u32::try_from(counted.len()).unwrap_or(u32::MAX) }
+}
+
+fn rank(rows: &mut Vec<Row>) {
+    rows.retain(|r| r.listeners > 0);
+    rows.sort_by(|a, b| b.listeners.cmp(&a.listeners).then(b.listens.cmp(&a.listens)).then(a.item.cmp(&b.item)));
+    rows.truncate(MAX_ROWS);
+}
+
+/// A federated chart: this community's chart at full weight plus each linked
+/// community's chart at its link weight (1/1000).
+pub fn federated_chart(own: &Chart, linked: &[(u16, &Chart)]) -> Chart {
+    let mut parts: Vec<(i64, &Chart)> = vec![(1000, own)];
+    parts.extend(linked.iter().map(|(w, c)| (i64::from(*w), *c)));
+    let sum = |tracks: bool| {
+        let mut acc: BTreeMap<ItemId, Row> = BTreeMap::new();
+        for (w, c) in &parts {
+            for r in if tracks { &c.tracks } else { &c.artists } {
+                let e = acc.entry(r.item).or_insert_with(|| Row { listeners: 0, listens: 0, origins: 0, ..r.clone() });
+                e.listeners += r.listeners * w;
+                e.listens += r.listens * w;
+                e.origins += r.origins;
+            }
+        }
+        let mut rows: Vec<Row> = acc
+            .into_values()
+            .map(|mut r| {
+                r.listeners /= 1000;
+                r.listens /= 1000;
+                r
+            })
+            .collect();
+        rank(&mut rows);
+        rows
+    };
+    Chart { artists: sum(false), tracks: sum(true), origins: parts.iter().map(|(_, c)| c.origins).sum() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::params::Params;
+    use crate::privacy::snapshot::{Charts, SCHEMA};
+    use proptest::prelude::*;
+
+    fn snap(origin: u8, counts: &[(u8, i64)]) -> SnapshotV1 {
+        let params = Params::default();
+        let mut artists: Vec<Entry> = counts
+            .iter()
+            .map(|(a, n)| {
+                let name = ItemName::artist(&format!("Artist {a}"));
+                Entry { item: name.id(), name, listeners: *n, listens: n * 3 }
+            })
+            .collect();
+        artists.sort_by_key(|e| e.item);
+        artists.dedup_by_key(|e| e.item);
+        SnapshotV1 {
+            schema: SCHEMA,
+            origin: [origin; 32],
+            period_start: 0,
+            period_secs: 604_800,
+            version: 1,
+            issued_at: 1,
+            params,
+            tau: params.tau(),
+            public: Charts { artists, tracks: Vec::new() },
+            aggregate: Charts::default(),
+        }
+    }
+
+    fn held(s: SnapshotV1, version: u16) -> Held {
+        let mut s = s;
+        s.version = version;
+        Held { version, hash: *blake3::hash(&s.encode()).as_bytes(), snapshot: s }
+    }
+
+    fn manifest(members: &[u8]) -> ManifestV1 {
+        let mut m = ManifestV1::genesis("test", [1; 32], 0);
+        m.members =
+            members.iter().map(|o| super::super::community::Member { node: [*o; 32], weight_milli: 1000 }).collect();
+        m
+    }
+
+    fn arb_held() -> impl Strategy<Value = Held> {
+        (0u8..4, 1u16..3, proptest::collection::vec((0u8..6, 1i64..50), 0..5))
+            .prop_map(|(origin, version, counts)| held(snap(origin, &counts), version))
+    }
+
+    fn state_of(items: &[Held]) -> PeriodState {
+        let mut s = PeriodState::default();
+        for h in items {
+            s.insert(h.clone());
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn insertion_order_and_duplicates_do_not_matter(items in proptest::collection::vec(arb_held(), 0..12), seed in any::<u64>()) {
+            let a = state_of(&items);
+            let mut shuffled = items.clone();
+            shuffled.extend(items.iter().take(3).cloned());
+            // A deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let b = state_of(&shuffled);
+            prop_assert_eq!(&a, &b);
+            let m = manifest(&[0, 1, 2, 3]);
+            prop_assert_eq!(community_chart(&m, &a, |_| 0), community_chart(&m, &b, |_| 0));
+        }
+
+        #[test]
+        fn merge_is_associative_commutative_and_idempotent(
+            x in proptest::collection::vec(arb_held(), 0..6),
+            y in proptest::collection::vec(arb_held(), 0..6),
+            z in proptest::collection::vec(arb_held(), 0..6),
+        ) {
+            let (a, b, c) = (state_of(&x), state_of(&y), state_of(&z));
+            let join = |p: &PeriodState, q: &PeriodState| { let mut r = p.clone(); r.merge(q); r };
+            prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)));
+            prop_assert_eq!(join(&a, &b), join(&b, &a));
+            prop_assert_eq!(join(&a, &a), a.clone());
+        }
+    }
+
+    #[test]
+    fn newer_versions_win_equivocation_excludes_and_non_members_do_not_count() {
+        let mut s = PeriodState::default();
+        assert_eq!(s.insert(held(snap(1, &[(1, 20)]), 2)), Insert::Stored);
+        assert_eq!(s.insert(held(snap(1, &[(1, 20)]), 2)), Insert::Duplicate);
+        assert_eq!(s.insert(held(snap(1, &[(1, 5)]), 1)), Insert::Older);
+        assert_eq!(s.insert(held(snap(2, &[(1, 7)]), 1)), Insert::Stored);
+        assert_eq!(s.insert(held(snap(9, &[(1, 1000)]), 1)), Insert::Stored);
+        let m = manifest(&[1, 2]);
+        let c = community_chart(&m, &s, |_| 0);
+        assert_eq!((c.origins, c.artists[0].listeners, c.artists[0].origins), (2, 27, 2));
+        assert_eq!(s.insert(held(snap(2, &[(1, 8)]), 1)), Insert::Equivocation);
+        let c = community_chart(&m, &s, |_| 0);
+        assert_eq!((c.origins, c.artists[0].listeners), (1, 20), "the equivocating origin is left out");
+    }
+
+    #[test]
+    fn caps_and_minimum_origins_apply() {
+        let mut m = manifest(&[1, 2, 3, 4]);
+        m.policy.min_origins_per_item = 2;
+        let s = state_of(&[
+            held(snap(1, &[(1, 1000), (2, 5)]), 1),
+            held(snap(2, &[(1, 10)]), 1),
+            held(snap(3, &[(1, 10)]), 1),
+            held(snap(4, &[(1, 10)]), 1),
+        ]);
+        let c = community_chart(&m, &s, |_| 0);
+        assert_eq!(c.artists.len(), 1, "artist 2 has one origin");
+        // Total 1030; one origin may give at most 25 % of it (257): 257 + 30.
+        assert_eq!(c.artists[0].listeners, 287);
+        let fed = federated_chart(&c, &[(500, &c)]);
+        assert_eq!(fed.artists[0].listeners, 430);
+        assert_eq!(fed.origins, 8);
+    }
+}

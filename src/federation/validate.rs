@@ -1,0 +1,178 @@
+//! What a node does with a snapshot from a peer (gossip or sync), cheapest check first.
+//! `Reject` is for objectively invalid data (the sender is penalised); `Ignore` for
+//! what is merely not wanted here (another policy, a duplicate, too old), so honest
+//! relays are never punished for our policy.
+
+use super::NodeId;
+use crate::identity::{DST_SNAPSHOT, MAX_SIGNED_BYTES, OpenError, SignedV1, peek_signed, verify_signed};
+use crate::privacy::params::Floor;
+use crate::privacy::snapshot::SnapshotV1;
+
+/// Clock skew tolerated between nodes, seconds.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Ignore(String),
+    Reject(String),
+}
+
+/// What is already held for (origin, period): every (version, blake3 of the bytes).
+pub type HeldLookup<'a> = &'a dyn Fn(&NodeId, i64) -> Vec<(u16, [u8; 32])>;
+
+/// What the receiving node knows.
+pub struct Context<'a> {
+    pub now: i64,
+    /// Oldest period start accepted.
+    pub oldest: i64,
+    /// Whether the (claimed) origin counts in any community this node follows.
+    pub wanted: &'a dyn Fn(&NodeId) -> bool,
+    /// The strictest floor among the communities that would count this origin.
+    pub floor: Option<Floor>,
+    pub held: HeldLookup<'a>,
+}
+
+/// A snapshot that passed every check.
+#[derive(Clone, Debug)]
+pub struct Valid {
+    pub envelope: SignedV1,
+    pub snapshot: SnapshotV1,
+    pub hash: [u8; 32],
+}
+
+/// Checks `bytes` in this order: size; canonical envelope; the claimed origin is
+/// wanted (Ignore); strict signature (Reject); canonical, consistent body whose origin
+/// is the signer (Reject); period sanity: not in the future or issued before it ended
+/// (Reject), within retention (Ignore); version: a duplicate or an older version
+/// (Ignore), the same version with other bytes (Reject: equivocation, the caller keeps
+/// the evidence); privacy floor (Ignore).
+pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid>) {
+    let reject = |m: String| (Verdict::Reject(m), None);
+    let ignore = |m: String| (Verdict::Ignore(m), None);
+    let env = match peek_signed(bytes, MAX_SIGNED_BYTES) {
+        Ok(e) => e,
+        Err(OpenError::TooLarge(n)) => return reject(format!("{n} bytes is over the limit")),
+        Err(e) => return reject(e.to_string()),
+    };
+    if !(ctx.wanted)(&env.signer) {
+        return ignore("origin is not counted by any community this node follows".into());
+    }
+    if let Err(e) = verify_signed(&env, DST_SNAPSHOT) {
+        return reject(e.to_string());
+    }
+    let snapshot = match SnapshotV1::decode(&env.body) {
+        Ok(s) => s,
+        Err(crate::privacy::snapshot::DecodeError::UnknownSchema(s)) => {
+            return ignore(format!("unknown snapshot schema {s}"));
+        }
+        Err(e) => return reject(e.to_string()),
+    };
+    if snapshot.origin != env.signer {
+        return reject("origin is not the signer".into());
+    }
+    let end = snapshot.period_start.saturating_add(i64::from(snapshot.period_secs));
+    if end > ctx.now + MAX_SKEW_SECS || snapshot.issued_at > ctx.now + MAX_SKEW_SECS {
+        return reject("period or issue time in the future".into());
+    }
+    if snapshot.issued_at < end {
+        return reject("issued before its period ended".into());
+    }
+    if snapshot.period_start < ctx.oldest {
+        return ignore("period is outside the retention window".into());
+    }
+    let hash = *blake3::hash(bytes).as_bytes();
+    let held = (ctx.held)(&snapshot.origin, snapshot.period_start);
+    if held.iter().any(|(_, h)| *h == hash) {
+        return ignore("duplicate".into());
+    }
+    if held.iter().any(|(v, _)| *v == snapshot.version) {
+        let valid = Valid { envelope: env, snapshot, hash };
+        return (Verdict::Reject("equivocation: another snapshot with the same version".into()), Some(valid));
+    }
+    if held.iter().any(|(v, _)| *v > snapshot.version) {
+        return ignore("a newer version is held".into());
+    }
+    if let Some(floor) = ctx.floor {
+        let cost = snapshot.params.release_cost();
+        if cost.eps_milli > floor.max_eps_week_milli
+            || cost.delta_pico > floor.max_delta_week_pico
+            || snapshot.params.k < floor.min_k
+        {
+            return ignore("below the community's privacy floor".into());
+        }
+    }
+    (Verdict::Accept, Some(Valid { envelope: env, snapshot, hash }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeIdentity;
+    use crate::privacy::SharingLevel;
+    use crate::privacy::noise::OsRandom;
+    use crate::privacy::params::{Params, Spend};
+    use crate::privacy::release::{Period, UserPeriod, release};
+    use crate::privacy::snapshot::ItemName;
+
+    const START: i64 = 1_795_392_000;
+
+    fn signed(id: &NodeIdentity, public_count: u64) -> Vec<u8> {
+        let users = [UserPeriod {
+            user: 1,
+            level: SharingLevel::Public,
+            artists: vec![(ItemName::artist("A"), public_count)],
+            tracks: vec![(ItemName::track("A", "T"), public_count)],
+        }];
+        let period = Period { origin: id.public_key(), start: START, secs: 604_800, issued_at: START + 700_000 };
+        let budget = Spend { eps_milli: 2_000, delta_pico: 200_000 };
+        let r = release(period, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut OsRandom)
+            .expect("release");
+        id.sign_snapshot(&r.snapshot)
+    }
+
+    fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
+        let wanted = move |_: &NodeId| wanted;
+        let held = move |_: &NodeId, _: i64| held.clone();
+        let ctx =
+            Context { now, oldest: now - 86_400 * 7 * 12, wanted: &wanted, floor: Some(Floor::default()), held: &held };
+        check_snapshot(bytes, &ctx).0
+    }
+
+    #[test]
+    fn each_bad_input_is_rejected_or_ignored_as_documented() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = NodeIdentity::load_or_create(dir.path()).expect("key");
+        let good = signed(&id, 5);
+        let now = START + 800_000;
+        assert_eq!(verdict(&good, true, vec![], now), Verdict::Accept);
+        // Not a member anywhere: ignored before the signature is even checked.
+        assert!(matches!(verdict(&good, false, vec![], now), Verdict::Ignore(_)));
+        // Tampered body: the signature fails.
+        let mut tampered = good.clone();
+        let n = tampered.len();
+        tampered[n - 80] ^= 1;
+        assert!(matches!(verdict(&tampered, true, vec![], now), Verdict::Reject(_)), "tampered");
+        // Truncated, oversized, garbage.
+        assert!(matches!(verdict(&good[..good.len() - 1], true, vec![], now), Verdict::Reject(_)));
+        assert!(matches!(verdict(&vec![7u8; 70_000], true, vec![], now), Verdict::Reject(_)));
+        // Forged: another key signs a snapshot claiming this origin.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = NodeIdentity::load_or_create(other_dir.path()).expect("key");
+        let mut env: SignedV1 = postcard::from_bytes(&signed(&other, 5)).expect("env");
+        env.signer = id.public_key();
+        let forged = postcard::to_allocvec(&env).expect("encode");
+        assert!(matches!(verdict(&forged, true, vec![], now), Verdict::Reject(_)), "forged");
+        // Replayed: the same bytes again are a duplicate.
+        let hash = *blake3::hash(&good).as_bytes();
+        assert!(matches!(verdict(&good, true, vec![(1, hash)], now), Verdict::Ignore(_)));
+        // Equivocation: a different snapshot with the same version.
+        let other_same_version = signed(&id, 6);
+        assert!(
+            matches!(verdict(&other_same_version, true, vec![(1, hash)], now), Verdict::Reject(m) if m.contains("equivocation"))
+        );
+        // A period that has not ended yet, and one outside retention.
+        assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Reject(_)));
+        assert!(matches!(verdict(&good, true, vec![], START + 86_400 * 7 * 20), Verdict::Ignore(_)));
+    }
+}
