@@ -54,6 +54,20 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
+    /// Communities: create, invite, join, follow, link, list.
+    #[command(subcommand)]
+    Community(crate::cli_community::CommunityCmd),
+    /// This node's identity.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// The running node's peers and communities.
+    Peers,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Print this node's PeerId (creating its key if needed).
+    Id,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +178,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(cmd) => crate::bench::run(&config, cmd),
+        Command::Community(cmd) => crate::cli_community::run(&config, cmd),
+        Command::Node(NodeCmd::Id) => {
+            std::fs::create_dir_all(&config.node.data_dir)?;
+            println!("{}", crate::identity::NodeIdentity::load_or_create(&config.node.data_dir)?.peer_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers => crate::cli_community::peers(&config),
     }
 }
 

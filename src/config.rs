@@ -24,6 +24,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub stats: StatsConfig,
     pub privacy: PrivacyConfig,
+    pub p2p: P2pConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +74,83 @@ pub struct StatsConfig {
     /// Split `A & B` / `A, B` into two artists when both are already known on the node
     /// as artists of their own (MBIDs or artist lists always count). Default: `true`.
     pub split_known_artists: bool,
+}
+
+/// The federation's network layer (see `docs/protocol.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Run the peer-to-peer layer at all. Default: `true` (a node without bootstrap
+    /// peers or communities simply runs alone).
+    pub enabled: bool,
+    /// libp2p addresses to listen on (TCP and QUIC). Default: TCP and QUIC on port 4001,
+    /// all interfaces.
+    pub listen: Vec<String>,
+    /// Addresses other nodes should use to reach this one (put in invite tickets),
+    /// e.g. `/dns4/music.example.org/tcp/4001`. Default: none (the listen addresses
+    /// that are not wildcards are used).
+    pub external: Vec<String>,
+    /// Peers to connect to at start (multiaddrs ending in `/p2p/<PeerId>`), besides the
+    /// bootstrap addresses of followed communities. Default: none.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS (it announces this node's PeerId
+    /// to the LAN). Default: `false`.
+    pub mdns: bool,
+    /// Relay nodes to reserve a slot on when this node is not reachable (behind NAT):
+    /// multiaddrs ending in `/p2p/<PeerId>`; hole punching (DCUtR) upgrades relayed
+    /// connections to direct ones. Default: none.
+    pub relays: Vec<String>,
+    /// Serve as a relay for others (run this on a reachable community hub). Default: `false`.
+    pub relay_server: bool,
+    /// Snapshots of periods older than this many seconds are ignored and not synced.
+    /// Default: `7257600` (12 weeks).
+    pub retention_secs: u32,
+    /// Seconds between catch-up rounds with a random connected peer (also done on each
+    /// new connection). Default: `900`.
+    pub sync_interval_secs: u32,
+    /// Requests a peer may make per minute before being refused. Default: `60`.
+    pub max_requests_per_minute: u32,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            enabled: true,
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into(), "/ip4/0.0.0.0/udp/4001/quic-v1".into()],
+            external: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            relays: Vec::new(),
+            relay_server: false,
+            retention_secs: 7_257_600,
+            sync_interval_secs: 900,
+            max_requests_per_minute: 60,
+        }
+    }
+}
+
+impl P2pConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (key, list) in [
+            ("p2p.listen", &self.listen),
+            ("p2p.external", &self.external),
+            ("p2p.bootstrap", &self.bootstrap),
+            ("p2p.relays", &self.relays),
+        ] {
+            for a in list {
+                if a.parse::<libp2p::Multiaddr>().is_err() {
+                    return Err(Error::Invalid { key, reason: format!("{a:?} is not a multiaddr") });
+                }
+            }
+        }
+        if self.sync_interval_secs == 0 || self.max_requests_per_minute == 0 || self.retention_secs < 3_600 {
+            return Err(Error::Invalid {
+                key: "p2p.sync_interval_secs",
+                reason: "intervals and limits must be positive; retention at least an hour".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What leaves the node and how (see `docs/privacy.md`).
@@ -347,6 +425,7 @@ impl Config {
             });
         }
         self.privacy.validate()?;
+        self.p2p.validate()?;
         if self.stats.feat_markers.iter().any(|m| m.trim().is_empty() || m.contains(char::is_whitespace)) {
             return Err(Error::Invalid {
                 key: "stats.feat_markers",

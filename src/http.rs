@@ -25,6 +25,8 @@ pub struct AppState {
     pub open_registration: bool,
     /// The `[privacy]` section: what the transparency page explains.
     pub privacy: std::sync::Arc<crate::config::PrivacyConfig>,
+    /// The network task, when `p2p.enabled`.
+    pub p2p: Option<crate::p2p::P2pHandle>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -19,6 +19,8 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error("http: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    P2p(#[from] crate::p2p::Error),
 }
 
 /// A node, opened but not yet serving.
@@ -59,6 +61,17 @@ impl Node {
             self.identity.clone(),
             &self.config.privacy,
         )?);
+        let p2p = if self.config.p2p.enabled {
+            Some(crate::p2p::spawn(
+                self.store.clone(),
+                &self.identity,
+                crate::p2p::Options::from_config(&self.config.p2p),
+            )?)
+        } else {
+            None
+        };
+        let network = p2p.clone();
+        let store = self.store.clone();
         let releases = tokio::spawn(async move {
             let mut every = tokio::time::interval(publisher.tick());
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,7 +79,14 @@ impl Node {
                 every.tick().await;
                 let p = publisher.clone();
                 match tokio::task::spawn_blocking(move || p.run_due(crate::now_unix())).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(pass)) => {
+                        // Stored first (above); only now may the release leave the node.
+                        for period in pass.released {
+                            if let (Some(net), Ok(Some(bytes))) = (&network, store.release(period)) {
+                                net.publish_release(bytes).await;
+                            }
+                        }
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "releasing a period failed; retrying at the next tick"),
                     Err(e) => tracing::error!(error = %e, "the release task panicked"),
                 }
@@ -82,6 +102,7 @@ impl Node {
             admins: self.config.node.admins.clone(),
             open_registration: self.config.node.open_registration,
             privacy: std::sync::Arc::new(self.config.privacy.clone()),
+            p2p,
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)

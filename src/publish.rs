@@ -123,6 +123,9 @@ impl Publisher {
         let signed = self.identity.sign_snapshot(&made.snapshot);
         match self.store.commit_release(start, week, &signed, &made.ledgers, &made.contributions) {
             Ok(()) => {
+                // Held with the peers' snapshots too, so community charts count it.
+                let snapshot = made.snapshot.get();
+                self.store.put_snapshot(start, &snapshot.origin, snapshot.version, &signed)?;
                 tracing::info!(period = start, bytes = signed.len(), "period released");
                 Ok(Some(start))
             }

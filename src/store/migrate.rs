@@ -21,9 +21,10 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { to: 2, name: "build statistics from the logs", run: build_stats },
     Migration { to: 3, name: "add the release trees (created empty on open)", run: nothing_to_fill },
+    Migration { to: 4, name: "add the federation trees (created empty on open)", run: nothing_to_fill },
 ];
 
-/// 2 -> 3: schema 3 adds the release, ledger and contribution trees, which start empty.
+/// 2 -> 3 and 3 -> 4 add trees that start empty (releases; federation).
 fn nothing_to_fill(_: &Store) -> Result<()> {
     Ok(())
 }

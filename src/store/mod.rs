@@ -9,6 +9,7 @@
 pub mod aggregates;
 pub mod codec;
 pub mod compact;
+pub mod federation;
 pub mod insights;
 pub mod keys;
 pub mod logs;
@@ -91,6 +92,9 @@ pub(crate) struct Trees {
     pub periodstart_release: sled::Tree,
     pub userid_week_ledger: sled::Tree,
     pub userid_periodstart_contribution: sled::Tree,
+    pub period_origin_snapshot: sled::Tree,
+    pub community_version_manifest: sled::Tree,
+    pub community_follow: sled::Tree,
 }
 
 /// An open database.
@@ -169,6 +173,9 @@ impl Store {
             periodstart_release: t(schema::PERIODSTART_RELEASE)?,
             userid_week_ledger: t(schema::USERID_WEEK_LEDGER)?,
             userid_periodstart_contribution: t(schema::USERID_PERIODSTART_CONTRIBUTION)?,
+            period_origin_snapshot: t(schema::PERIOD_ORIGIN_SNAPSHOT)?,
+            community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
+            community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
         let store = Store {
             db,
@@ -264,6 +271,9 @@ impl Store {
             schema::PERIODSTART_RELEASE => &t.periodstart_release,
             schema::USERID_WEEK_LEDGER => &t.userid_week_ledger,
             schema::USERID_PERIODSTART_CONTRIBUTION => &t.userid_periodstart_contribution,
+            schema::PERIOD_ORIGIN_SNAPSHOT => &t.period_origin_snapshot,
+            schema::COMMUNITY_VERSION_MANIFEST => &t.community_version_manifest,
+            schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -149,6 +149,23 @@ pub const USERID_WEEK_LEDGER: &str = "userid_week_ledger";
 /// they were left out). Shown to that user only.
 pub const USERID_PERIODSTART_CONTRIBUTION: &str = "userid_periodstart_contribution";
 
+/// `period_origin_snapshot`: `period start u64 ‖ origin (32 bytes) ‖ version u16 ‖
+/// blake3 of the bytes (32)` -> a validated signed snapshot envelope, raw, as received
+/// (or as this node released it). Every distinct version is kept, so two different
+/// snapshots with one version stay as evidence of equivocation. Serves: community and
+/// federated charts (prefix scan of a period), duplicate and replay checks, sync.
+pub const PERIOD_ORIGIN_SNAPSHOT: &str = "period_origin_snapshot";
+
+/// `community_version_manifest`: `community id (32) ‖ version u32` -> the signed
+/// manifest, raw. The chain of every accepted version. Serves: the current manifest
+/// (last key of the prefix), sync of later versions to peers.
+pub const COMMUNITY_VERSION_MANIFEST: &str = "community_version_manifest";
+
+/// `community_follow`: `community id (32)` -> `FollowV1` { this node publishes there
+/// (member) or only follows it, bootstrap addresses, when }. Serves: which topics to
+/// subscribe, which charts to show.
+pub const COMMUNITY_FOLLOW: &str = "community_follow";
+
 /// Every tree, in the order `Store` opens them.
 pub const ALL_TREES: &[&str] = &[
     META,
@@ -176,6 +193,9 @@ pub const ALL_TREES: &[&str] = &[
     PERIODSTART_RELEASE,
     USERID_WEEK_LEDGER,
     USERID_PERIODSTART_CONTRIBUTION,
+    PERIOD_ORIGIN_SNAPSHOT,
+    COMMUNITY_VERSION_MANIFEST,
+    COMMUNITY_FOLLOW,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.

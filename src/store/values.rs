@@ -335,3 +335,16 @@ pub type ContributionV1 = crate::privacy::release::Contribution;
 impl Versioned for ContributionV1 {
     const VERSION: u8 = 1;
 }
+
+/// `community_follow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowV1 {
+    /// This node is a member and publishes its releases to the community.
+    pub member: bool,
+    /// Addresses (multiaddrs with `/p2p/`) to reach the community's members.
+    pub bootstrap: Vec<String>,
+    pub since: i64,
+}
+impl Versioned for FollowV1 {
+    const VERSION: u8 = 1;
+}

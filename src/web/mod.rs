@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
+mod network;
 mod transparency;
 
 use crate::api::listenbrainz::ClientAddr;
@@ -93,6 +94,8 @@ pub fn router() -> Router<AppState> {
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
         .route("/privacy", get(transparency::page_handler))
+        .route("/network", get(network::page_handler))
+        .route("/api/network", get(network::json))
         .route("/releases", get(transparency::release_list))
         .route("/releases/{start}", get(transparency::release_bytes))
         .fallback(not_found)
@@ -136,6 +139,7 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                         a href="/settings" { "Settings" }
                         a href="/connect" { "Connect a player" }
                         a href="/privacy" { "Privacy" }
+                        a href="/network" { "Network" }
                         form method="post" action="/logout" style="margin-left:auto" {
                             input type="hidden" name="csrf" value=(csrf);
                             button { "Log out" }

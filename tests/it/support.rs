@@ -99,6 +99,7 @@ impl NodeProcess {
     fn spawn(data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
         let mut child = Command::new(bin())
             .env("HEARSAY_NODE__LOG", "warn")
+            .env("HEARSAY_P2P__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]")
             .envs(env.iter().copied())
             .env("HEARSAY_NODE__DATA_DIR", data_dir)
             .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")

@@ -1,0 +1,237 @@
+//! `hearsay community …`, `hearsay node id` and `hearsay peers`. Community commands
+//! work on the data directory (stop the node first, as for the other offline commands;
+//! a running node picks the changes up at its next start and spreads new manifest
+//! versions to the members).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::federation::community::{Admission, Link, ManifestV1, Member, TicketV1, accept, open_manifest};
+use crate::federation::{CommunityId, short_hex};
+use crate::identity::NodeIdentity;
+use crate::store::Store;
+use crate::store::values::FollowV1;
+
+#[derive(Subcommand)]
+pub enum CommunityCmd {
+    /// Create a community with this node as its administrator and first member.
+    Create {
+        name: String,
+        /// Let any node join (counted after a probation of this many periods) instead
+        /// of an allow-list.
+        #[arg(long)]
+        open_probation: Option<u32>,
+        /// Privacy floor: the most ε per user-week a member's releases may spend.
+        #[arg(long, default_value = "4")]
+        max_epsilon_week: f64,
+        /// Privacy floor: the least pre-threshold k a member's releases may use.
+        #[arg(long, default_value = "5")]
+        min_k: u32,
+    },
+    /// Print an invitation ticket; with --node, first add that node as a member.
+    Invite {
+        /// Community name or id (as `community list` shows it).
+        community: String,
+        /// PeerId of the node to admit (allow-list communities).
+        #[arg(long)]
+        node: Option<String>,
+        /// Addresses of this node to put in the ticket (default: `p2p.external`, else
+        /// the non-wildcard `p2p.listen` addresses).
+        #[arg(long)]
+        addr: Vec<String>,
+    },
+    /// Join a community from a ticket: follow it and publish this node's releases there.
+    Join { ticket: String },
+    /// Follow a community from a ticket: receive and show its charts, publish nothing.
+    Follow { ticket: String },
+    /// Link a community you administer to another (from that one's ticket), so the
+    /// federated chart includes it with this weight (0..=1).
+    Link {
+        community: String,
+        ticket: String,
+        #[arg(long, default_value = "0.5")]
+        weight: f64,
+    },
+    /// List followed communities.
+    List,
+}
+
+fn open(config: &Config) -> anyhow::Result<(Store, NodeIdentity)> {
+    let store = crate::node::open_store(config)?;
+    let id = NodeIdentity::load_or_create(&config.node.data_dir)?;
+    Ok((store, id))
+}
+
+fn find(store: &Store, what: &str) -> anyhow::Result<(CommunityId, crate::federation::community::SignedManifest)> {
+    for (id, _) in store.followed()? {
+        if let Some(m) = store.manifest(&id)? {
+            if short_hex(&id) == what || hex::encode(id) == what || m.manifest.name == what {
+                return Ok((id, m));
+            }
+        }
+    }
+    bail!("no followed community is named or has the id {what:?} (see `hearsay community list`)")
+}
+
+/// This node's addresses for tickets, each ending in /p2p/<PeerId>.
+fn own_addrs(config: &Config, peer: &str, extra: &[String]) -> Vec<String> {
+    let mut base: Vec<String> = if !extra.is_empty() {
+        extra.to_vec()
+    } else if !config.p2p.external.is_empty() {
+        config.p2p.external.clone()
+    } else {
+        config.p2p.listen.iter().filter(|a| !a.contains("/0.0.0.0/") && !a.contains("/::/")).cloned().collect()
+    };
+    for a in &mut base {
+        if !a.contains("/p2p/") {
+            a.push_str(&format!("/p2p/{peer}"));
+        }
+    }
+    base
+}
+
+fn publish_manifest(store: &Store, id: &NodeIdentity, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<()> {
+    let signed = open_manifest(&id.sign_manifest(m)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let current = store.manifest(cid)?;
+    accept(cid, current.as_ref(), &signed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.put_manifest(&signed)?;
+    Ok(())
+}
+
+pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
+    let (store, id) = open(config)?;
+    let now = crate::now_unix();
+    match cmd {
+        CommunityCmd::Create { name, open_probation, max_epsilon_week, min_k } => {
+            if !(max_epsilon_week > 0.0 && max_epsilon_week.is_finite()) || min_k < 2 {
+                bail!("--max-epsilon-week must be above 0 and --min-k at least 2");
+            }
+            let mut m = ManifestV1::genesis(&name, id.public_key(), now);
+            m.floor.max_eps_week_milli = (max_epsilon_week * 1000.0).round() as u64;
+            m.floor.min_k = min_k;
+            if let Some(p) = open_probation {
+                m.admission = Admission::Open { probation_periods: p };
+            }
+            m.bootstrap = own_addrs(config, &id.peer_id(), &[]);
+            let signed = open_manifest(&id.sign_manifest(&m)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cid = m.community();
+            store.put_manifest(&signed)?;
+            store.follow(&cid, &FollowV1 { member: true, bootstrap: Vec::new(), since: now })?;
+            println!("{}", short_hex(&cid));
+            eprintln!("community {name:?} created: id {}", hex::encode(cid));
+        }
+        CommunityCmd::Invite { community, node, addr } => {
+            let (cid, current) = find(&store, &community)?;
+            let mut manifest = current.manifest.clone();
+            if let Some(node) = node {
+                let peer: libp2p::PeerId = node.parse().context("--node is not a PeerId")?;
+                let key = crate::p2p::node_of(&peer).context("--node is not an ed25519 PeerId")?;
+                if !manifest.admins.contains(&id.public_key()) {
+                    bail!("this node is not an administrator of {community:?}");
+                }
+                if !manifest.is_member(&key) {
+                    manifest = manifest.next(now, |m| m.members.push(Member { node: key, weight_milli: 1000 }));
+                    publish_manifest(&store, &id, &cid, &manifest)?;
+                    eprintln!("{node} is now a member (manifest v{})", manifest.version);
+                }
+            }
+            let latest = store.manifest(&cid)?.context("manifest vanished")?;
+            let mut bootstrap = own_addrs(config, &id.peer_id(), &addr);
+            bootstrap.extend(manifest.bootstrap.iter().cloned());
+            bootstrap.sort();
+            bootstrap.dedup();
+            println!("{}", TicketV1 { community: cid, manifest: latest.signed, bootstrap }.to_text());
+        }
+        CommunityCmd::Join { ticket } => follow(&store, &ticket, true, now)?,
+        CommunityCmd::Follow { ticket } => follow(&store, &ticket, false, now)?,
+        CommunityCmd::Link { community, ticket, weight } => {
+            if !(0.0..=1.0).contains(&weight) {
+                bail!("--weight must be between 0 and 1");
+            }
+            let (cid, current) = find(&store, &community)?;
+            if !current.manifest.admins.contains(&id.public_key()) {
+                bail!("this node is not an administrator of {community:?}");
+            }
+            let (t, other) = TicketV1::from_text(&ticket).map_err(|e| anyhow::anyhow!(e))?;
+            let link = Link {
+                community: t.community,
+                name: other.manifest.name.clone(),
+                weight_milli: (weight * 1000.0).round() as u16,
+                bootstrap: t.bootstrap.clone(),
+            };
+            let next = current.manifest.next(now, |m| {
+                m.links.retain(|l| l.community != link.community);
+                m.links.push(link);
+            });
+            publish_manifest(&store, &id, &cid, &next)?;
+            // Follow the linked community to receive its snapshots.
+            follow(&store, &ticket, false, now)?;
+            eprintln!("linked {} -> {} (manifest v{})", current.manifest.name, other.manifest.name, next.version);
+        }
+        CommunityCmd::List => {
+            for (cid, f) in store.followed()? {
+                if let Some(m) = store.manifest(&cid)? {
+                    println!(
+                        "{}\t{}\tv{}\t{} members\t{}",
+                        short_hex(&cid),
+                        m.manifest.name,
+                        m.manifest.version,
+                        m.manifest.members.len(),
+                        if f.member { "member" } else { "following" }
+                    );
+                }
+            }
+        }
+    }
+    store.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn follow(store: &Store, ticket: &str, member: bool, now: i64) -> anyhow::Result<()> {
+    let (t, m) = TicketV1::from_text(ticket).map_err(|e| anyhow::anyhow!(e))?;
+    let current = store.manifest(&t.community)?;
+    // A ticket is trusted input (it came from an administrator); keep the newer manifest.
+    if current.as_ref().is_none_or(|c| c.manifest.version < m.manifest.version) {
+        store.put_manifest(&m)?;
+    }
+    let keep_member = store.followed()?.into_iter().any(|(id, f)| id == t.community && f.member);
+    store.follow(&t.community, &FollowV1 { member: member || keep_member, bootstrap: t.bootstrap, since: now })?;
+    eprintln!(
+        "{} community {:?} ({})",
+        if member { "joined" } else { "following" },
+        m.manifest.name,
+        short_hex(&t.community)
+    );
+    Ok(())
+}
+
+/// `hearsay peers`: asks the running node (over its HTTP port) for its peers and
+/// communities.
+pub fn peers(config: &Config) -> anyhow::Result<ExitCode> {
+    let addr = config.http_listen()?;
+    let url = format!("http://{addr}/api/network");
+    let body = ureq::get(&url).call().with_context(|| format!("is the node running? {url}"))?.into_string()?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    println!("this node: {}", v["peer_id"].as_str().unwrap_or("?"));
+    for p in v["p2p"]["peers"].as_array().into_iter().flatten() {
+        println!(
+            "peer {} {} {}",
+            p["peer_id"].as_str().unwrap_or("?"),
+            p["address"].as_str().unwrap_or(""),
+            p["agent"].as_str().unwrap_or("")
+        );
+    }
+    for c in v["communities"].as_array().into_iter().flatten() {
+        println!(
+            "community {} {} v{}: {} origins in the latest chart",
+            c["id"].as_str().unwrap_or("?"),
+            c["name"].as_str().unwrap_or("?"),
+            c["version"],
+            c["chart"]["origins"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,124 @@
+//! The libp2p behaviour and swarm: TCP + Noise + Yamux and QUIC, identify, a private
+//! Kademlia, gossipsub with validate-before-propagate and content-addressed message
+//! ids, request-response (CBOR) for catch-up, ping, optional mDNS, relay client and
+//! DCUtR for nodes behind NAT, optional relay server for hubs.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, request_response, tcp, yamux};
+
+use super::sync::{SyncRequest, SyncResponse};
+
+pub const KAD_PROTOCOL: &str = "/hearsay/kad/1.0.0";
+pub const SYNC_PROTOCOL: &str = "/hearsay/sync/1.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/hearsay/1.0.0";
+const MESSAGE_ID_CONTEXT: &str = "hearsay 2026-11 gossip message-id v1";
+/// Largest gossip message (a snapshot envelope or a manifest fits well under it).
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// Request and response size limits of the sync protocol.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+pub const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
+}
+
+/// Gossip scoring suited to topics that carry about one message per node per period:
+/// no penalty for "too few mesh deliveries" (it would punish every honest peer), a
+/// strong one for invalid messages.
+fn topic_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.3,
+        ..Default::default()
+    }
+}
+
+pub fn set_topic_scoring(g: &mut gossipsub::Behaviour, topic: &gossipsub::IdentTopic) {
+    let _ = g.set_topic_params(topic.clone(), topic_params());
+}
+
+pub struct Options {
+    pub mdns: bool,
+    pub relay_server: bool,
+    pub heartbeat: Duration,
+}
+
+pub fn build(
+    key: libp2p::identity::Keypair,
+    options: &Options,
+) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    let heartbeat = options.heartbeat;
+    let (mdns_on, relay_on) = (options.mdns, options.relay_server);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_dns()?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .message_id_fn(|m: &gossipsub::Message| {
+                    let mut h = blake3::Hasher::new_derive_key(MESSAGE_ID_CONTEXT);
+                    h.update(m.topic.as_str().as_bytes());
+                    h.update(&[0]);
+                    h.update(&m.data);
+                    gossipsub::MessageId::from(h.finalize().as_bytes()[..20].to_vec())
+                })
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .duplicate_cache_time(Duration::from_secs(600))
+                .heartbeat_interval(heartbeat)
+                .build()
+                .map_err(std::io::Error::other)?;
+            let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+                .map_err(std::io::Error::other)?;
+            gossipsub
+                .with_peer_score(gossipsub::PeerScoreParams::default(), gossipsub::PeerScoreThresholds::default())
+                .map_err(std::io::Error::other)?;
+            let peer = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_REQUEST_BYTES)
+                .set_response_size_maximum(MAX_RESPONSE_BYTES);
+            Ok(Behaviour {
+                gossipsub,
+                kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("hearsay/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                sync: request_response::Behaviour::with_codec(
+                    codec,
+                    [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(16),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                mdns: mdns.into(),
+                relay_client,
+                relay_server: relay_on.then(|| relay::Behaviour::new(peer, relay::Config::default())).into(),
+                dcutr: dcutr::Behaviour::new(peer),
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,676 @@
+//! The network layer: the only module that imports libp2p. One task owns the swarm; the
+//! rest of the node talks to it through a bounded channel (`P2pHandle`). It publishes
+//! this node's stored releases and community manifests over gossipsub, validates every
+//! snapshot and manifest that arrives (gossip or catch-up) with `federation::validate`
+//! before gossipsub may forward it, stores what is accepted, and answers and makes
+//! catch-up requests (`sync`). Wire formats: `docs/protocol.md`.
+
+pub mod behaviour;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, identify, mdns};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use self::behaviour::{Behaviour, BehaviourEvent};
+use self::sync::{MAX_FETCH, MAX_MANIFESTS, MAX_REFS, RateLimit, Ref, SyncRequest, SyncResponse};
+use crate::federation::community::{ManifestError, ManifestV1, accept, open_manifest};
+use crate::federation::validate::{Context, Verdict, check_snapshot};
+use crate::federation::{CommunityId, NodeId, short_hex};
+use crate::identity::NodeIdentity;
+use crate::privacy::params::Floor;
+use crate::store::Store;
+
+/// What the node asks of the network task.
+pub enum Command {
+    /// Publish this node's stored release (signed envelope bytes) to every community it
+    /// is a member of.
+    PublishRelease(Vec<u8>),
+    /// The followed communities or a manifest changed on disk: resubscribe and redial.
+    Refresh,
+    Status(oneshot::Sender<Status>),
+}
+
+/// A cheap, cloneable handle to the network task.
+#[derive(Clone)]
+pub struct P2pHandle {
+    tx: mpsc::Sender<Command>,
+    pub peer_id: String,
+}
+
+impl P2pHandle {
+    pub async fn publish_release(&self, bytes: Vec<u8>) {
+        let _ = self.tx.send(Command::PublishRelease(bytes)).await;
+    }
+
+    pub async fn refresh(&self) {
+        let _ = self.tx.send(Command::Refresh).await;
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+    /// Snapshots accepted / ignored / rejected since start.
+    pub accepted: u64,
+    pub ignored: u64,
+    pub rejected: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub peer_id: String,
+    pub address: String,
+    pub agent: String,
+}
+
+/// The `[p2p]` options the task needs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: Vec<Multiaddr>,
+    pub external: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub relays: Vec<Multiaddr>,
+    pub relay_server: bool,
+    pub retention_secs: i64,
+    pub sync_interval: Duration,
+    pub max_requests_per_minute: u32,
+}
+
+impl Options {
+    pub fn from_config(c: &crate::config::P2pConfig) -> Options {
+        let parse = |v: &[String]| v.iter().filter_map(|a| a.parse().ok()).collect();
+        Options {
+            listen: parse(&c.listen),
+            external: parse(&c.external),
+            bootstrap: parse(&c.bootstrap),
+            mdns: c.mdns,
+            relays: parse(&c.relays),
+            relay_server: c.relay_server,
+            retention_secs: i64::from(c.retention_secs),
+            sync_interval: Duration::from_secs(u64::from(c.sync_interval_secs)),
+            max_requests_per_minute: c.max_requests_per_minute,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("p2p: {0}")]
+    Start(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TopicKind {
+    Snapshot,
+    Meta,
+}
+
+pub fn snapshot_topic(id: &CommunityId) -> IdentTopic {
+    IdentTopic::new(format!("/hearsay/1/c/{}/snapshot", short_hex(id)))
+}
+
+pub fn meta_topic(id: &CommunityId) -> IdentTopic {
+    IdentTopic::new(format!("/hearsay/1/c/{}/meta", short_hex(id)))
+}
+
+/// The libp2p PeerId of a node key.
+pub fn peer_id_of(node: &NodeId) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node).ok()?;
+    Some(PeerId::from_public_key(&libp2p::identity::PublicKey::from(key)))
+}
+
+/// The node key inside a PeerId (ed25519 PeerIds embed it).
+pub fn node_of(peer: &PeerId) -> Option<NodeId> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// Starts the network task. Listen failures are logged, not fatal: a node whose port
+/// is taken still serves its users.
+pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<P2pHandle, Error> {
+    let key = libp2p::identity::Keypair::from_protobuf_encoding(&identity.encode())
+        .map_err(|e| Error::Start(format!("node key: {e}")))?;
+    let opts = behaviour::Options {
+        mdns: options.mdns,
+        relay_server: options.relay_server,
+        heartbeat: Duration::from_millis(500),
+    };
+    let mut swarm = behaviour::build(key, &opts).map_err(|e| Error::Start(e.to_string()))?;
+    for addr in &options.listen {
+        if let Err(e) = swarm.listen_on(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot listen");
+        }
+    }
+    for addr in &options.external {
+        swarm.add_external_address(addr.clone());
+    }
+    for relay in &options.relays {
+        if let Err(e) = swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+            tracing::warn!(%relay, error = %e, "cannot reserve a relay slot");
+        }
+    }
+    let peer_id = *swarm.local_peer_id();
+    let (tx, rx) = mpsc::channel(256);
+    let mut task = Task {
+        swarm,
+        store,
+        options,
+        me: identity.public_key(),
+        topics: HashMap::new(),
+        communities: Vec::new(),
+        unknown: Vec::new(),
+        pending: Vec::new(),
+        requests: HashMap::new(),
+        limits: RateLimit::default(),
+        peers: HashMap::new(),
+        penalties: HashMap::new(),
+        status: Status { peer_id: peer_id.to_string(), ..Status::default() },
+    };
+    task.refresh();
+    tokio::spawn(task.run(rx));
+    Ok(P2pHandle { tx, peer_id: peer_id.to_string() })
+}
+
+struct Task {
+    swarm: libp2p::Swarm<Behaviour>,
+    store: Store,
+    options: Options,
+    me: NodeId,
+    topics: HashMap<TopicHash, (CommunityId, TopicKind)>,
+    /// Followed communities: (id, current manifest, this node is a member).
+    communities: Vec<(CommunityId, ManifestV1, bool)>,
+    /// Followed communities whose manifest is not held yet (fetched by sync).
+    unknown: Vec<(CommunityId, Vec<String>)>,
+    /// Publications waiting for a subscriber: (topic, bytes, first tried).
+    pending: Vec<(IdentTopic, Vec<u8>, Instant)>,
+    requests: HashMap<OutboundRequestId, PeerId>,
+    limits: RateLimit,
+    peers: HashMap<PeerId, PeerStatus>,
+    penalties: HashMap<PeerId, f64>,
+    status: Status,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut sync_tick = tokio::time::interval(self.options.sync_interval);
+        let mut redial_tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = sync_tick.tick() => self.sync_with_random_peer(),
+                _ = redial_tick.tick() => {
+                    self.dial_bootstrap();
+                    self.retry_pending(None);
+                }
+            }
+        }
+    }
+
+    fn now() -> i64 {
+        crate::now_unix()
+    }
+
+    /// Reloads followed communities from the store, subscribes to their topics, and
+    /// queues this node's manifests (as an administrator) for publication.
+    fn refresh(&mut self) {
+        let followed = match self.store.followed() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "reading followed communities");
+                return;
+            }
+        };
+        self.communities.clear();
+        self.unknown.clear();
+        let mut links = Vec::new();
+        for (id, follow) in &followed {
+            let Ok(Some(m)) = self.store.manifest(id) else {
+                self.unknown.push((*id, follow.bootstrap.clone()));
+                continue;
+            };
+            for (topic, kind) in [(snapshot_topic(id), TopicKind::Snapshot), (meta_topic(id), TopicKind::Meta)] {
+                if !self.topics.contains_key(&topic.hash()) {
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                        tracing::warn!(error = ?e, "subscribing");
+                    }
+                    behaviour::set_topic_scoring(&mut self.swarm.behaviour_mut().gossipsub, &topic);
+                    self.topics.insert(topic.hash(), (*id, kind));
+                }
+            }
+            if m.manifest.admins.contains(&self.me) {
+                self.queue(meta_topic(id), m.signed.clone());
+            }
+            links.extend(m.manifest.links.iter().cloned());
+            self.communities.push((*id, m.manifest, follow.member));
+        }
+        // A community's federation links are followed too, so its federated chart can
+        // be computed here.
+        let mut added = false;
+        for l in links {
+            if !followed.iter().any(|(id, _)| *id == l.community) {
+                let f = crate::store::values::FollowV1 {
+                    member: false,
+                    bootstrap: l.bootstrap.clone(),
+                    since: Self::now(),
+                };
+                if self.store.follow(&l.community, &f).is_ok() {
+                    self.unknown.push((l.community, l.bootstrap));
+                    added = true;
+                }
+            }
+        }
+        if added {
+            let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            for p in peers {
+                self.catch_up(p);
+            }
+        }
+        self.dial_bootstrap();
+    }
+
+    fn bootstrap_addrs(&self) -> Vec<Multiaddr> {
+        let mut out = self.options.bootstrap.clone();
+        for (id, m, _) in &self.communities {
+            let follow = self.store.followed().ok().and_then(|f| f.into_iter().find(|(i, _)| i == id).map(|(_, f)| f));
+            let extra = follow.map(|f| f.bootstrap).unwrap_or_default();
+            for a in m.bootstrap.iter().chain(extra.iter()).chain(m.links.iter().flat_map(|l| l.bootstrap.iter())) {
+                if let Ok(addr) = a.parse::<Multiaddr>() {
+                    out.push(addr);
+                }
+            }
+        }
+        for (_, addrs) in &self.unknown {
+            out.extend(addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn dial_bootstrap(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        for addr in self.bootstrap_addrs() {
+            let Some(Protocol::P2p(peer)) = addr.iter().last() else { continue };
+            if peer == me || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "dial");
+            }
+        }
+    }
+
+    fn queue(&mut self, topic: IdentTopic, bytes: Vec<u8>) {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes.clone()) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) | Err(gossipsub::PublishError::AllQueuesFull(_)) => {
+                self.pending.push((topic, bytes, Instant::now()));
+            }
+            Err(e) => tracing::warn!(error = ?e, "publishing"),
+        }
+    }
+
+    fn retry_pending(&mut self, topic: Option<&TopicHash>) {
+        let pending = std::mem::take(&mut self.pending);
+        for (t, bytes, since) in pending {
+            if since.elapsed() > Duration::from_secs(3_600) {
+                continue;
+            }
+            if topic.is_some_and(|h| *h != t.hash()) {
+                self.pending.push((t, bytes, since));
+                continue;
+            }
+            match self.swarm.behaviour_mut().gossipsub.publish(t.clone(), bytes.clone()) {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                Err(_) => self.pending.push((t, bytes, since)),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::PublishRelease(bytes) => {
+                let targets: Vec<CommunityId> =
+                    self.communities.iter().filter(|(_, _, member)| *member).map(|(id, _, _)| *id).collect();
+                for id in targets {
+                    self.queue(snapshot_topic(&id), bytes.clone());
+                }
+            }
+            Command::Refresh => self.refresh(),
+            Command::Status(reply) => {
+                let mut s = self.status.clone();
+                s.listen = self.swarm.listeners().map(|a| a.to_string()).collect();
+                s.peers = self.swarm.connected_peers().filter_map(|p| self.peers.get(p).cloned()).collect();
+                s.peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(s);
+            }
+        }
+    }
+
+    /// Whether any followed community would count `origin`, and the strictest floor
+    /// among those that would.
+    fn wanted(&self, origin: &NodeId) -> (bool, Option<Floor>) {
+        let mut floor: Option<Floor> = None;
+        let mut wanted = false;
+        for (_, m, _) in &self.communities {
+            let counts =
+                m.is_member(origin) || matches!(m.admission, crate::federation::community::Admission::Open { .. });
+            if counts {
+                wanted = true;
+                floor = Some(match floor {
+                    None => m.floor,
+                    Some(f) => Floor {
+                        max_eps_week_milli: f.max_eps_week_milli.min(m.floor.max_eps_week_milli),
+                        max_delta_week_pico: f.max_delta_week_pico.min(m.floor.max_delta_week_pico),
+                        min_k: f.min_k.max(m.floor.min_k),
+                    },
+                });
+            }
+        }
+        (wanted, floor)
+    }
+
+    /// Validates a snapshot and stores it when accepted (or as evidence of equivocation).
+    fn take_snapshot(&mut self, bytes: &[u8]) -> Verdict {
+        let now = Self::now();
+        let claimed = crate::identity::peek_signed(bytes, crate::identity::MAX_SIGNED_BYTES).map(|e| e.signer).ok();
+        let (wanted, floor) = claimed.map_or((false, None), |o| self.wanted(&o));
+        let store = self.store.clone();
+        let wanted_fn = move |_: &NodeId| wanted;
+        let held = move |o: &NodeId, p: i64| store.held_versions(p, o).unwrap_or_default();
+        let ctx = Context { now, oldest: now - self.options.retention_secs, wanted: &wanted_fn, floor, held: &held };
+        let (verdict, valid) = check_snapshot(bytes, &ctx);
+        let store_it = matches!(verdict, Verdict::Accept)
+            || matches!(&verdict, Verdict::Reject(m) if m.starts_with("equivocation"));
+        if let (true, Some(v)) = (store_it, valid) {
+            if let Err(e) =
+                self.store.put_snapshot(v.snapshot.period_start, &v.snapshot.origin, v.snapshot.version, bytes)
+            {
+                tracing::error!(error = %e, "storing a snapshot");
+                return Verdict::Ignore("storage failed".into());
+            }
+        }
+        match &verdict {
+            Verdict::Accept => self.status.accepted += 1,
+            Verdict::Ignore(why) => {
+                tracing::debug!(reason = %why, "ignored a snapshot");
+                self.status.ignored += 1
+            }
+            Verdict::Reject(_) => self.status.rejected += 1,
+        }
+        verdict
+    }
+
+    /// Validates a manifest for community `id`; stores it when it is the next version.
+    /// Returns the verdict and whether versions are missing (to fetch by sync).
+    fn take_manifest(&mut self, id: &CommunityId, bytes: &[u8]) -> (Verdict, bool) {
+        let new = match open_manifest(bytes) {
+            Ok(m) => m,
+            Err(ManifestError::UnknownSchema(_)) => return (Verdict::Ignore("unknown manifest schema".into()), false),
+            Err(e) => return (Verdict::Reject(e.to_string()), false),
+        };
+        let current = self.store.manifest(id).ok().flatten();
+        if current.as_ref().is_some_and(|c| c.manifest.version >= new.manifest.version) {
+            return (Verdict::Ignore("not newer".into()), false);
+        }
+        match accept(id, current.as_ref(), &new) {
+            Ok(()) => {
+                if let Err(e) = self.store.put_manifest(&new) {
+                    tracing::error!(error = %e, "storing a manifest");
+                    return (Verdict::Ignore("storage failed".into()), false);
+                }
+                tracing::info!(community = %short_hex(id), version = new.manifest.version, "manifest updated");
+                self.refresh();
+                (Verdict::Accept, false)
+            }
+            Err(ManifestError::NotNext { .. }) => (Verdict::Ignore("a version is missing".into()), true),
+            Err(ManifestError::WrongCommunity) => (Verdict::Ignore("another community".into()), false),
+            Err(e) => (Verdict::Reject(e.to_string()), false),
+        }
+    }
+
+    fn penalise(&mut self, peer: PeerId, why: &str) {
+        let score = self.penalties.entry(peer).or_insert(0.0);
+        *score -= 10.0;
+        let s = *score;
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, s);
+        tracing::info!(%peer, reason = why, "peer sent invalid data");
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let verdict = match self.topics.get(&message.topic).copied() {
+                    None => Verdict::Ignore("not our topic".into()),
+                    Some((_, TopicKind::Snapshot)) => self.take_snapshot(&message.data),
+                    Some((id, TopicKind::Meta)) => {
+                        let (v, missing) = self.take_manifest(&id, &message.data);
+                        if missing {
+                            self.request_manifests(propagation_source, id);
+                        }
+                        v
+                    }
+                };
+                let acceptance = match &verdict {
+                    Verdict::Accept => MessageAcceptance::Accept,
+                    Verdict::Ignore(_) => MessageAcceptance::Ignore,
+                    Verdict::Reject(why) => {
+                        tracing::info!(peer = %propagation_source, reason = %why, "rejected a gossip message");
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) => {
+                self.retry_pending(Some(&topic));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.agent = info.agent_version.clone();
+                }
+                if info.protocols.iter().any(|p| p.as_ref() == behaviour::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let response = self.answer(peer, request);
+                        let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        self.requests.remove(&request_id);
+                        self.on_response(peer, response);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            })) => {
+                self.requests.remove(&request_id);
+                tracing::debug!(%peer, error = %error, "sync request failed");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                self.peers.insert(
+                    peer_id,
+                    PeerStatus {
+                        peer_id: peer_id.to_string(),
+                        address: endpoint.get_remote_address().to_string(),
+                        agent: String::new(),
+                    },
+                );
+                if num_established.get() == 1 {
+                    self.catch_up(peer_id);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(error = %error, "p2p listener failed"),
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, request: SyncRequest) {
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.requests.insert(id, peer);
+    }
+
+    /// Asks `peer` what it holds for the retention window, and for newer manifests.
+    fn catch_up(&mut self, peer: PeerId) {
+        if self.communities.is_empty() && self.unknown.is_empty() {
+            return;
+        }
+        let now = Self::now();
+        self.send(peer, SyncRequest::Refs { from: now - self.options.retention_secs, to: now + 1 });
+        let ids: Vec<CommunityId> =
+            self.communities.iter().map(|(id, _, _)| *id).chain(self.unknown.iter().map(|(id, _)| *id)).collect();
+        for id in ids {
+            self.request_manifests(peer, id);
+        }
+    }
+
+    fn request_manifests(&mut self, peer: PeerId, id: CommunityId) {
+        let after = self.store.manifest(&id).ok().flatten().map_or(0, |m| m.manifest.version);
+        self.send(peer, SyncRequest::Manifests { community: id, after });
+    }
+
+    fn sync_with_random_peer(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let pick = (Self::now() as usize) % peers.len();
+        self.catch_up(peers[pick]);
+    }
+
+    fn answer(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
+        if !self.limits.allow(peer, self.options.max_requests_per_minute, Instant::now()) {
+            return SyncResponse::Error("rate limited".into());
+        }
+        let now = Self::now();
+        match request {
+            SyncRequest::Refs { from, to } => {
+                if to <= from || to - from > self.options.retention_secs + 7 * 86_400 || to > now + 86_400 {
+                    return SyncResponse::Error("range too large or in the future".into());
+                }
+                match self.store.snapshot_refs(from, to, MAX_REFS) {
+                    Ok(refs) => SyncResponse::Refs(refs),
+                    Err(e) => SyncResponse::Error(format!("store: {e}")),
+                }
+            }
+            SyncRequest::Snapshots { refs } => {
+                if refs.len() > MAX_FETCH {
+                    return SyncResponse::Error(format!("at most {MAX_FETCH} snapshots per request"));
+                }
+                let mut out = Vec::new();
+                for r in refs {
+                    if let Ok(Some(b)) = self.store.snapshot_bytes(&r) {
+                        out.push(serde_bytes::ByteBuf::from(b));
+                    }
+                }
+                SyncResponse::Snapshots(out)
+            }
+            SyncRequest::Manifests { community, after } => {
+                match self.store.manifests_after(&community, after, MAX_MANIFESTS) {
+                    Ok(list) => SyncResponse::Manifests(list.into_iter().map(serde_bytes::ByteBuf::from).collect()),
+                    Err(e) => SyncResponse::Error(format!("store: {e}")),
+                }
+            }
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, response: SyncResponse) {
+        match response {
+            SyncResponse::Refs(refs) => {
+                if refs.len() > MAX_REFS {
+                    self.penalise(peer, "too many refs");
+                    return;
+                }
+                let missing: Vec<Ref> = refs
+                    .into_iter()
+                    .filter(|r| self.wanted(&r.1).0)
+                    .filter(|r| {
+                        self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false)
+                    })
+                    .collect();
+                for chunk in missing.chunks(MAX_FETCH) {
+                    self.send(peer, SyncRequest::Snapshots { refs: chunk.to_vec() });
+                }
+            }
+            SyncResponse::Snapshots(list) => {
+                if list.len() > MAX_FETCH {
+                    self.penalise(peer, "too many snapshots");
+                    return;
+                }
+                for b in list {
+                    if let Verdict::Reject(why) = self.take_snapshot(&b) {
+                        self.penalise(peer, &why);
+                    }
+                }
+            }
+            SyncResponse::Manifests(list) => {
+                for b in list.into_iter().take(MAX_MANIFESTS) {
+                    let Ok(m) = open_manifest(&b) else {
+                        self.penalise(peer, "invalid manifest");
+                        break;
+                    };
+                    let id = m.manifest.community();
+                    if !self.communities.iter().any(|(c, _, _)| *c == id) && !self.unknown.iter().any(|(c, _)| *c == id)
+                    {
+                        continue;
+                    }
+                    if let (Verdict::Reject(why), _) = self.take_manifest(&id, &b) {
+                        self.penalise(peer, &why);
+                        break;
+                    }
+                }
+            }
+            SyncResponse::Error(e) => tracing::debug!(%peer, error = %e, "sync refused"),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Federation state on disk: validated snapshots of every origin (and this node's own),
+//! the manifest chain of each community, and which communities this node follows.
+//! Decisions (what is valid, how charts merge) are `federation`'s; this file stores.
+
+use super::codec::{decode, encode};
+use super::values::FollowV1;
+use super::{Error, Result, Store, schema};
+use crate::federation::community::{SignedManifest, open_manifest};
+use crate::federation::merge::{Held, PeriodState};
+use crate::federation::{CommunityId, NodeId};
+use crate::identity::open_snapshot;
+
+fn snapshot_key(period: i64, origin: &NodeId, version: u16, hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + 32 + 2 + 32);
+    k.extend_from_slice(&super::keys::time_key(period));
+    k.extend_from_slice(origin);
+    k.extend_from_slice(&version.to_be_bytes());
+    k.extend_from_slice(hash);
+    k
+}
+
+fn prefix(period: i64, origin: Option<&NodeId>) -> Vec<u8> {
+    let mut k = super::keys::time_key(period).to_vec();
+    if let Some(o) = origin {
+        k.extend_from_slice(o);
+    }
+    k
+}
+
+/// Reference to a held snapshot: (period, origin, version, blake3 of the bytes).
+pub type SnapshotRef = (i64, NodeId, u16, [u8; 32]);
+
+fn parse_ref(key: &[u8]) -> Result<SnapshotRef> {
+    if key.len() != 74 {
+        return Err(Error::corrupt(schema::PERIOD_ORIGIN_SNAPSHOT, key, "key is not period ‖ origin ‖ version ‖ hash"));
+    }
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&key[..8]);
+    let mut origin = [0u8; 32];
+    origin.copy_from_slice(&key[8..40]);
+    let version = u16::from_be_bytes([key[40], key[41]]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&key[42..74]);
+    Ok((i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX), origin, version, hash))
+}
+
+impl Store {
+    /// Stores a validated snapshot envelope (the caller has checked it). Idempotent.
+    pub fn put_snapshot(&self, period: i64, origin: &NodeId, version: u16, bytes: &[u8]) -> Result<[u8; 32]> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        self.trees.period_origin_snapshot.insert(snapshot_key(period, origin, version, &hash), bytes)?;
+        self.trees.period_origin_snapshot.flush()?;
+        Ok(hash)
+    }
+
+    /// Every (version, hash) held for an origin's period.
+    pub fn held_versions(&self, period: i64, origin: &NodeId) -> Result<Vec<(u16, [u8; 32])>> {
+        let mut out = Vec::new();
+        for kv in self.trees.period_origin_snapshot.scan_prefix(prefix(period, Some(origin))) {
+            let (k, _) = kv?;
+            let (_, _, v, h) = parse_ref(&k)?;
+            out.push((v, h));
+        }
+        Ok(out)
+    }
+
+    /// References of every snapshot held with `from <= period < to`.
+    pub fn snapshot_refs(&self, from: i64, to: i64, limit: usize) -> Result<Vec<SnapshotRef>> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for kv in
+            self.trees.period_origin_snapshot.range(prefix(from.max(0), None)..prefix(to.max(0), None)).take(limit)
+        {
+            let (k, _) = kv?;
+            out.push(parse_ref(&k)?);
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a held snapshot.
+    pub fn snapshot_bytes(&self, r: &SnapshotRef) -> Result<Option<Vec<u8>>> {
+        Ok(self.trees.period_origin_snapshot.get(snapshot_key(r.0, &r.1, r.2, &r.3))?.map(|v| v.to_vec()))
+    }
+
+    /// Everything held for a period, as the merge's state.
+    pub fn period_state(&self, period: i64) -> Result<PeriodState> {
+        let mut state = PeriodState::default();
+        for kv in self.trees.period_origin_snapshot.scan_prefix(prefix(period, None)) {
+            let (k, v) = kv?;
+            let (_, _, version, hash) = parse_ref(&k)?;
+            let (_, snapshot) = open_snapshot(&v)
+                .map_err(|e| Error::corrupt(schema::PERIOD_ORIGIN_SNAPSHOT, &k, &format!("stored snapshot: {e}")))?;
+            state.insert(Held { version, hash, snapshot });
+        }
+        Ok(state)
+    }
+
+    /// Periods (starts) for which any snapshot is held, newest first.
+    pub fn snapshot_periods(&self, limit: usize) -> Result<Vec<i64>> {
+        let mut out: Vec<i64> = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        while out.len() < limit {
+            let next = match &cursor {
+                None => self.trees.period_origin_snapshot.last()?,
+                Some(c) => self.trees.period_origin_snapshot.range(..c.clone()).next_back().transpose()?,
+            };
+            let Some((k, _)) = next else { break };
+            let (period, ..) = parse_ref(&k)?;
+            out.push(period);
+            cursor = Some(prefix(period, None));
+        }
+        Ok(out)
+    }
+
+    /// How many distinct earlier periods `origin` has snapshots for (probation).
+    pub fn origin_history(&self, origin: &NodeId, before: i64) -> Result<u32> {
+        let mut n = 0u32;
+        for p in self.snapshot_periods(usize::MAX)? {
+            if p < before && !self.held_versions(p, origin)?.is_empty() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Appends an accepted manifest version (the caller checked `accept`).
+    pub fn put_manifest(&self, m: &SignedManifest) -> Result<()> {
+        let mut k = m.manifest.community().to_vec();
+        k.extend_from_slice(&m.manifest.version.to_be_bytes());
+        self.trees.community_version_manifest.insert(k, m.signed.as_slice())?;
+        self.trees.community_version_manifest.flush()?;
+        Ok(())
+    }
+
+    /// The latest accepted manifest of a community.
+    pub fn manifest(&self, id: &CommunityId) -> Result<Option<SignedManifest>> {
+        match self.trees.community_version_manifest.scan_prefix(id).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                open_manifest(&v)
+                    .map(Some)
+                    .map_err(|e| Error::corrupt(schema::COMMUNITY_VERSION_MANIFEST, &k, &e.to_string()))
+            }
+        }
+    }
+
+    /// Signed manifests of a community with a version above `after`, in order.
+    pub fn manifests_after(&self, id: &CommunityId, after: u32, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut from = id.to_vec();
+        from.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        let mut to = id.to_vec();
+        to.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for kv in self.trees.community_version_manifest.range(from..=to).take(limit) {
+            out.push(kv?.1.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn follow(&self, id: &CommunityId, follow: &FollowV1) -> Result<()> {
+        self.trees.community_follow.insert(id, encode(follow))?;
+        self.trees.community_follow.flush()?;
+        Ok(())
+    }
+
+    pub fn unfollow(&self, id: &CommunityId) -> Result<()> {
+        self.trees.community_follow.remove(id)?;
+        Ok(())
+    }
+
+    /// Every followed community with how it is followed.
+    pub fn followed(&self) -> Result<Vec<(CommunityId, FollowV1)>> {
+        let mut out = Vec::new();
+        for kv in self.trees.community_follow.iter() {
+            let (k, v) = kv?;
+            let id = <[u8; 32]>::try_from(k.as_ref())
+                .map_err(|_| Error::corrupt(schema::COMMUNITY_FOLLOW, &k, "key is not a community id"))?;
+            out.push((id, decode(schema::COMMUNITY_FOLLOW, &k, &v)?));
+        }
+        Ok(out)
+    }
+}
+
+/// A followed community as shown on the network page.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommunityView {
+    pub id: String,
+    pub name: String,
+    pub version: u32,
+    pub member: bool,
+    pub members: usize,
+    /// The period the charts are for (the latest one any snapshot is held for).
+    pub period: Option<i64>,
+    pub chart: crate::federation::merge::Chart,
+    /// This chart combined with the linked communities' charts, when it has links.
+    pub federated: Option<crate::federation::merge::Chart>,
+    /// Linked communities: (name, id, weight in 1/1000, whether their manifest is held).
+    pub links: Vec<(String, String, u16, bool)>,
+}
+
+impl Store {
+    /// The chart of community `id` for `period`, from the snapshots held.
+    pub fn community_chart(&self, id: &CommunityId, period: i64) -> Result<Option<crate::federation::merge::Chart>> {
+        let Some(m) = self.manifest(id)? else { return Ok(None) };
+        let state = self.period_state(period)?;
+        let open = matches!(m.manifest.admission, crate::federation::community::Admission::Open { .. });
+        let seen = |o: &NodeId| if open { self.origin_history(o, period).unwrap_or(0) } else { 0 };
+        Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, seen)))
+    }
+
+    /// Every followed community with its chart and federated chart for `period` (the
+    /// latest held when `None`).
+    pub fn network_view(&self, period: Option<i64>) -> Result<Vec<CommunityView>> {
+        let period = match period {
+            Some(p) => Some(p),
+            None => self.snapshot_periods(1)?.into_iter().next(),
+        };
+        let mut out = Vec::new();
+        for (id, follow) in self.followed()? {
+            let Some(m) = self.manifest(&id)? else { continue };
+            let chart = match period {
+                Some(p) => self.community_chart(&id, p)?.unwrap_or_default(),
+                None => Default::default(),
+            };
+            let mut linked = Vec::new();
+            let mut links = Vec::new();
+            for l in &m.manifest.links {
+                let held = self.manifest(&l.community)?.is_some();
+                links.push((l.name.clone(), crate::federation::short_hex(&l.community), l.weight_milli, held));
+                if let (Some(p), true) = (period, held) {
+                    if let Some(c) = self.community_chart(&l.community, p)? {
+                        linked.push((l.weight_milli, c));
+                    }
+                }
+            }
+            let federated = (!m.manifest.links.is_empty()).then(|| {
+                let refs: Vec<(u16, &crate::federation::merge::Chart)> = linked.iter().map(|(w, c)| (*w, c)).collect();
+                crate::federation::merge::federated_chart(&chart, &refs)
+            });
+            out.push(CommunityView {
+                id: crate::federation::short_hex(&id),
+                name: m.manifest.name.clone(),
+                version: m.manifest.version,
+                member: follow.member,
+                members: m.manifest.members.len(),
+                period,
+                chart,
+                federated,
+                links,
+            });
+        }
+        Ok(out)
+    }
+}
