@@ -93,6 +93,8 @@ pub fn build(
             let peer = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
             kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            // Bootstrapped by the task when it knows peers (a lone node must not warn).
+            kad_config.set_periodic_bootstrap_interval(None);
             let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
             let codec = request_response::cbor::codec::Codec::default()
                 .set_request_size_maximum(MAX_REQUEST_BYTES)

@@ -213,6 +213,7 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut sync_tick = tokio::time::interval(self.options.sync_interval);
         let mut redial_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut kad_tick = tokio::time::interval(Duration::from_secs(300));
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -221,6 +222,10 @@ impl Task {
                 },
                 event = self.swarm.select_next_some() => self.event(event),
                 _ = sync_tick.tick() => self.sync_with_random_peer(),
+                _ = kad_tick.tick() => {
+                    // Refresh the routing table; an error only means no peer is known yet.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
                 _ = redial_tick.tick() => {
                     self.dial_bootstrap();
                     self.retry_pending(None);
@@ -648,8 +653,11 @@ impl Task {
                     return;
                 }
                 for b in list {
+                    // Relaying evidence of someone else's equivocation is no fault.
                     if let Verdict::Reject(why) = self.take_snapshot(&b) {
-                        self.penalise(peer, &why);
+                        if !why.starts_with("equivocation") {
+                            self.penalise(peer, &why);
+                        }
                     }
                 }
             }

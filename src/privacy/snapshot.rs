@@ -214,3 +214,94 @@ mod tests {
         assert!(n.artist.len() <= MAX_NAME_BYTES && n.artist.chars().all(|c| c == 'é'));
     }
 }
+
+#[cfg(test)]
+mod codec_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entries(names: Vec<(String, Option<String>, i64, i64)>, floor: i64) -> Vec<Entry> {
+        let mut out: Vec<Entry> = names
+            .into_iter()
+            .map(|(a, t, l, n)| {
+                let name = match t {
+                    Some(t) => ItemName::track(&a, &t),
+                    None => ItemName::artist(&a),
+                };
+                Entry { item: name.id(), name, listeners: floor + l, listens: floor + l + n }
+            })
+            .collect();
+        out.sort_by_key(|e| e.item);
+        out.dedup_by_key(|e| e.item);
+        out
+    }
+
+    fn arb_snapshot() -> impl Strategy<Value = SnapshotV1> {
+        let names = |_tracks: bool| {
+            proptest::collection::vec(("[a-zA-Zé ]{1,20}", "[a-z0-9]{1,12}", 0i64..500, 0i64..5000), 0..20)
+        };
+        (names(false), names(true), names(false), names(true), any::<[u8; 32]>(), 0i64..10_000, 1u32..5).prop_map(
+            |(pa, pt, aa, at, origin, week, k)| {
+                let params = Params { k: k + 1, ..Params::default() };
+                let tau = params.tau();
+                let fix = |v: Vec<(String, String, i64, i64)>, tracks: bool| {
+                    v.into_iter().map(|(a, t, l, n)| (a, tracks.then_some(t), l, n)).collect()
+                };
+                SnapshotV1 {
+                    schema: SCHEMA,
+                    origin,
+                    period_start: 345_600 + week * 604_800,
+                    period_secs: 604_800,
+                    version: 1,
+                    issued_at: 345_600 + (week + 1) * 604_800 + 172_800,
+                    params,
+                    tau,
+                    public: Charts { artists: entries(fix(pa, false), 1), tracks: entries(fix(pt, true), 1) },
+                    aggregate: Charts { artists: entries(fix(aa, false), tau), tracks: entries(fix(at, true), tau) },
+                }
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(s in arb_snapshot()) {
+            prop_assert_eq!(SnapshotV1::decode(&s.encode()), Ok(s));
+        }
+
+        #[test]
+        fn a_decoded_snapshot_re_encodes_to_exactly_its_bytes(s in arb_snapshot(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut bytes = s.encode();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok(d) = SnapshotV1::decode(&bytes) {
+                prop_assert_eq!(d.encode(), bytes);
+            }
+        }
+
+        #[test]
+        fn non_canonical_encodings_are_refused(s in arb_snapshot(), extra in any::<u8>()) {
+            let bytes = s.encode();
+            let mut trailing = bytes.clone();
+            trailing.push(extra);
+            prop_assert!(SnapshotV1::decode(&trailing).is_err());
+            // The period length as a needlessly long varint (a continuation byte of 0).
+            let secs = postcard::to_allocvec(&s.period_secs).expect("varint");
+            if let Some(pos) = bytes.windows(secs.len()).position(|w| w == secs.as_slice()) {
+                let mut long = bytes[..pos].to_vec();
+                let (last, init) = secs.split_last().expect("non-empty");
+                long.extend_from_slice(init);
+                long.push(last | 0x80);
+                long.push(0);
+                long.extend_from_slice(&bytes[pos + secs.len()..]);
+                prop_assert!(SnapshotV1::decode(&long).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = SnapshotV1::decode(&bytes);
+            let _ = crate::identity::open_snapshot(&bytes);
+        }
+    }
+}

@@ -17,6 +17,7 @@ struct Peer {
     data: PathBuf,
     port: u16,
     id: String,
+    extra: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -27,7 +28,7 @@ impl Peer {
     fn new(dir: &Path, name: &str) -> Peer {
         let data = dir.join(name);
         let port = free_port();
-        let mut p = Peer { data, port, id: String::new() };
+        let mut p = Peer { data, port, id: String::new(), extra: Vec::new() };
         p.id = p.cli(&["node", "id"]).trim().to_owned();
         p
     }
@@ -41,7 +42,7 @@ impl Peer {
             SHORT_PERIODS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         env.push(("HEARSAY_P2P__LISTEN".into(), self.listen()));
         env.push(("HEARSAY_P2P__SYNC_INTERVAL_SECS".into(), "2".into()));
-        env.push(("HEARSAY_NODE__LOG".into(), "warn,hearsay::p2p=debug".into()));
+        env.extend(self.extra.iter().cloned());
         env
     }
 
@@ -198,4 +199,241 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
     assert_eq!(community(&after, "X").map(|c| &c["chart"]), community(&vb, "X").map(|c| &c["chart"]));
     assert_eq!(community(&after, "X").map(|c| &c["federated"]), community(&vb, "X").map(|c| &c["federated"]));
     drop((na, nb, nc, nd));
+}
+
+/// A misbehaving peer built from the same libp2p behaviour: it connects to a member,
+/// publishes bad snapshots and manifests over gossip, serves bad snapshots when asked
+/// for catch-up, and makes absurd and flooding sync requests.
+mod rogue {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use hearsay::p2p::behaviour::{Behaviour, BehaviourEvent, Options, build};
+    use hearsay::p2p::sync::{SyncRequest, SyncResponse};
+    use libp2p::gossipsub::{self, IdentTopic};
+    use libp2p::request_response;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, Swarm};
+
+    pub struct Bad {
+        /// Sent over gossip on the snapshot topic.
+        pub gossip: Vec<Vec<u8>>,
+        /// Sent over gossip on the meta topic.
+        pub manifests: Vec<Vec<u8>>,
+        /// Served to the victim's catch-up requests, claimed as `origin`'s.
+        pub served: Vec<Vec<u8>>,
+        pub origin: [u8; 32],
+        pub period: i64,
+        /// Answer the victim's catch-up with garbage (which gets this peer graylisted,
+        /// so its later gossip is dropped unseen) rather than with nothing.
+        pub hostile_sync: bool,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Report {
+        pub range_refused: bool,
+        pub rate_limited: usize,
+        pub served_requests: usize,
+    }
+
+    fn swarm() -> Swarm<Behaviour> {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        build(key, &Options { mdns: false, relay_server: false, heartbeat: Duration::from_millis(200) }).expect("swarm")
+    }
+
+    pub async fn run(victim: Multiaddr, community_short: &str, bad: Bad) -> Report {
+        let mut s = swarm();
+        let snapshot_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/snapshot"));
+        let meta_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/meta"));
+        s.behaviour_mut().gossipsub.subscribe(&snapshot_topic).expect("subscribe");
+        s.behaviour_mut().gossipsub.subscribe(&meta_topic).expect("subscribe");
+        s.dial(victim).expect("dial");
+        let mut report = Report::default();
+        let mut published = false;
+        let mut flood_sent = false;
+        let refs: Vec<_> =
+            bad.served.iter().map(|b| (bad.period, bad.origin, 1u16, *blake3::hash(b).as_bytes())).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut victim_peer = None;
+        let mut again = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                e = s.select_next_some() => e,
+                _ = again.tick() => {
+                    // Re-publish in case the first attempt raced the mesh (identical
+                    // bytes are dropped as duplicates by the victim's cache anyway).
+                    if published {
+                        for b in &bad.gossip {
+                            let _ = s.behaviour_mut().gossipsub.publish(snapshot_topic.clone(), b.clone());
+                        }
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => victim_peer = Some(peer_id),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. }))
+                    if topic == snapshot_topic.hash() && !published =>
+                {
+                    published = true;
+                    for b in &bad.gossip {
+                        let _ = s.behaviour_mut().gossipsub.publish(snapshot_topic.clone(), b.clone());
+                    }
+                    for b in &bad.manifests {
+                        let _ = s.behaviour_mut().gossipsub.publish(meta_topic.clone(), b.clone());
+                    }
+                    if let (Some(p), false) = (victim_peer, flood_sent) {
+                        flood_sent = true;
+                        s.behaviour_mut().sync.send_request(&p, SyncRequest::Refs { from: 0, to: i64::MAX });
+                        for _ in 0..15 {
+                            s.behaviour_mut()
+                                .sync
+                                .send_request(&p, SyncRequest::Refs { from: bad.period, to: bad.period + 1 });
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { message, .. })) => {
+                    match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let response = match request {
+                                SyncRequest::Refs { .. } => SyncResponse::Refs(refs.clone()),
+                                SyncRequest::Snapshots { .. } => {
+                                    report.served_requests += 1;
+                                    SyncResponse::Snapshots(
+                                        bad.served.iter().cloned().map(serde_bytes::ByteBuf::from).collect(),
+                                    )
+                                }
+                                SyncRequest::Manifests { .. } if bad.hostile_sync => {
+                                    SyncResponse::Manifests(vec![serde_bytes::ByteBuf::from(
+                                        b"not a manifest".to_vec(),
+                                    )])
+                                }
+                                SyncRequest::Manifests { .. } => SyncResponse::Manifests(Vec::new()),
+                            };
+                            let _ = s.behaviour_mut().sync.send_response(channel, response);
+                        }
+                        request_response::Message::Response { response: SyncResponse::Error(e), .. } => {
+                            if e.contains("range") {
+                                report.range_refused = true;
+                            }
+                            if e.contains("rate limited") {
+                                report.rate_limited += 1;
+                            }
+                        }
+                        request_response::Message::Response { .. } => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        report
+    }
+}
+
+/// Bad input from a peer: each case rejected or ignored as documented, nothing stored,
+/// the chart unchanged, the node serving; then equivocation: rejected, kept as evidence,
+/// and the equivocating origin left out of that period (the documented rule).
+#[test]
+fn a_rogue_peer_is_refused_and_changes_no_chart() {
+    use hearsay::identity::{NodeIdentity, SignedV1};
+    use hearsay::privacy::params::{Params, Spend};
+    use hearsay::privacy::release::{Period, UserPeriod, release};
+    use hearsay::privacy::snapshot::ItemName;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut a, b) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"));
+    a.extra.push(("HEARSAY_P2P__MAX_REQUESTS_PER_MINUTE".into(), "12".into()));
+    let floor = ["--max-epsilon-week", "1000", "--min-k", "2"];
+    let x = a.cli(&[&["community", "create", "X"][..], &floor].concat()).trim().to_owned();
+    let ticket = a.cli(&["community", "invite", "X", "--node", &b.id]);
+    b.cli(&["community", "join", ticket.trim()]);
+    let (ta, tb) = (
+        user_with_token(&a.data, dir.path(), "apub", "public"),
+        user_with_token(&b.data, dir.path(), "bpub", "public"),
+    );
+    let (na, nb) = (a.start(), b.start());
+    let p = fresh_period();
+    submit(&na.url, &ta, &[("Honest A", "Song", p)]);
+    submit(&nb.url, &tb, &[("Honest B", "Song", p)]);
+    let b_release = release_of(&nb.url, p, Duration::from_secs(20));
+    let before = wait_for(&na.url, p, "A counts A and B", |v| origins(v, "X", "chart") == 2);
+    let counters = |v: &Value| (v["p2p"]["accepted"].as_i64().unwrap_or(0), v["p2p"]["rejected"].as_i64().unwrap_or(0));
+    let (accepted0, rejected0) = counters(&before);
+
+    // The bad inputs.
+    let b_key = NodeIdentity::load_or_create(&b.data).expect("b key");
+    let rogue_dir = tempfile::tempdir().expect("tempdir");
+    let rogue_key = NodeIdentity::load_or_create(rogue_dir.path()).expect("rogue key");
+    let make = |signer: &NodeIdentity, origin: [u8; 32], artist: &str| -> Vec<u8> {
+        let users = [UserPeriod {
+            user: 1,
+            level: hearsay::privacy::SharingLevel::Public,
+            artists: vec![(ItemName::artist(artist), 99)],
+            tracks: vec![(ItemName::track(artist, "x"), 99)],
+        }];
+        let params = Params { eps_listeners_milli: 50_000, eps_listens_milli: 50_000, k: 2, ..Params::default() };
+        let budget = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+        let period = Period { origin, start: p, secs: 4, issued_at: p + 5 };
+        let r = release(
+            period,
+            &users,
+            &params,
+            budget,
+            Default::default(),
+            &[0; 32],
+            &mut hearsay::privacy::noise::OsRandom,
+        )
+        .expect("release");
+        signer.sign_snapshot(&r.snapshot)
+    };
+    let non_member = make(&rogue_key, rogue_key.public_key(), "Rogue Band");
+    let mut tampered = b_release.clone();
+    let at = tampered.len() - 70;
+    tampered[at] ^= 0x01;
+    let truncated = b_release[..b_release.len() - 9].to_vec();
+    let mut forged_env: SignedV1 = postcard::from_bytes(&make(&rogue_key, b_key.public_key(), "Forged")).expect("env");
+    forged_env.signer = b_key.public_key();
+    let forged = postcard::to_allocvec(&forged_env).expect("encode");
+    let oversized = vec![0x42u8; 70_000];
+    let bad = rogue::Bad {
+        gossip: vec![non_member, tampered.clone(), truncated.clone(), forged.clone(), b_release.clone()],
+        manifests: vec![b"garbage manifest".to_vec()],
+        served: vec![oversized, tampered, truncated, forged],
+        origin: b_key.public_key(),
+        period: p,
+        hostile_sync: true,
+    };
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let report = rt.block_on(rogue::run(victim.clone(), &x, bad));
+    assert!(report.range_refused, "an absurd range is refused: {report:?}");
+    assert!(report.rate_limited > 0, "a flood is rate limited: {report:?}");
+    let after = network(&na.url, p);
+    let (accepted1, rejected1) = counters(&after);
+    assert_eq!(accepted1, accepted0, "nothing bad was accepted");
+    assert!(rejected1 >= rejected0 + 4, "rejected {rejected0} -> {rejected1}");
+    assert_eq!(
+        community(&after, "X").map(|c| &c["chart"]),
+        community(&before, "X").map(|c| &c["chart"]),
+        "no chart changed"
+    );
+    assert!(!after.to_string().contains("Rogue Band") && !after.to_string().contains("Forged"));
+    ureq::get(&format!("{}/health", na.url)).call().expect("the node keeps serving");
+
+    // Equivocation: B's key signs a second, different snapshot of the same period.
+    let equivocation = make(&b_key, b_key.public_key(), "Second Story");
+    let bad = rogue::Bad {
+        gossip: vec![equivocation],
+        manifests: vec![],
+        served: vec![],
+        origin: b_key.public_key(),
+        period: p,
+        hostile_sync: false,
+    };
+    rt.block_on(rogue::run(victim, &x, bad));
+    let v = wait_for(&na.url, p, "the equivocating origin is left out", |v| origins(v, "X", "chart") == 1);
+    assert!(counters(&v).1 > rejected1, "equivocation is rejected");
+    assert!(!v.to_string().contains("Second Story"));
+    drop((na, nb));
 }
