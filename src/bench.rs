@@ -20,6 +20,21 @@ use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// N real nodes (libp2p over 127.0.0.1, one process) in one community: time from
+    /// the last node's publication until every node holds the merged chart; bytes
+    /// and memory per node.
+    Federation {
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        /// Peers each node dials besides node 0.
+        #[arg(long, default_value_t = 3)]
+        links: usize,
+        /// Artists and tracks in each node's snapshot (the public section holds at most 50).
+        #[arg(long, default_value_t = 50)]
+        items: usize,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// One public user with N synthetic listens; time the web view's pages over HTTP
     /// on 127.0.0.1 (server time plus a loopback round trip).
     Web {
@@ -186,6 +201,9 @@ pub fn peak_rss_kib() -> u64 {
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
     let cmd = match cmd {
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
+        BenchCmd::Federation { nodes, links, items, timeout_secs } => {
+            return crate::bench_fed::run(nodes, links, items, timeout_secs);
+        }
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),
         BenchCmd::Neighbours { users, listens_per_user, queries } => {

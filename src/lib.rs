@@ -14,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+mod bench_fed;
 pub mod cli;
 mod cli_community;
 pub mod config;

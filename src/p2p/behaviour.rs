@@ -87,8 +87,15 @@ pub fn build(
                 .map_err(std::io::Error::other)?;
             let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
                 .map_err(std::io::Error::other)?;
+            // Many nodes behind one address (loopback, a shared host, carrier NAT) are
+            // normal here; the colocation penalty would graylist them all. Loopback is
+            // exempt, and the threshold is raised for the rest.
+            let mut score = gossipsub::PeerScoreParams::default();
+            score.ip_colocation_factor_threshold = 50.0;
+            score.ip_colocation_factor_whitelist.insert(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            score.ip_colocation_factor_whitelist.insert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
             gossipsub
-                .with_peer_score(gossipsub::PeerScoreParams::default(), gossipsub::PeerScoreThresholds::default())
+                .with_peer_score(score, gossipsub::PeerScoreThresholds::default())
                 .map_err(std::io::Error::other)?;
             let peer = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
