@@ -90,8 +90,7 @@ pub fn build(
             // Many nodes behind one address (loopback, a shared host, carrier NAT) are
             // normal here; the colocation penalty would graylist them all. Loopback is
             // exempt, and the threshold is raised for the rest.
-            let mut score = gossipsub::PeerScoreParams::default();
-            score.ip_colocation_factor_threshold = 50.0;
+            let mut score = gossipsub::PeerScoreParams { ip_colocation_factor_threshold: 50.0, ..Default::default() };
             score.ip_colocation_factor_whitelist.insert(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
             score.ip_colocation_factor_whitelist.insert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
             gossipsub
