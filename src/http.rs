@@ -27,6 +27,10 @@ pub struct AppState {
     pub privacy: std::sync::Arc<crate::config::PrivacyConfig>,
     /// The network task, when `p2p.enabled`.
     pub p2p: Option<crate::p2p::P2pHandle>,
+    /// The node key, to sign community manifests an administrator changes in the web
+    /// view, and its public half.
+    pub signer: std::sync::Arc<crate::identity::NodeIdentity>,
+    pub node_key: [u8; 32],
 }
 
 pub fn router(state: AppState) -> Router {

@@ -103,6 +103,8 @@ impl Node {
             open_registration: self.config.node.open_registration,
             privacy: std::sync::Arc::new(self.config.privacy.clone()),
             p2p,
+            signer: self.identity.clone(),
+            node_key: self.identity.public_key(),
         };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(shutdown)

@@ -96,6 +96,8 @@ pub fn router() -> Router<AppState> {
         .route("/privacy", get(transparency::page_handler))
         .route("/network", get(network::page_handler))
         .route("/api/network", get(network::json))
+        .route("/network/community/{id}", get(network::community_page))
+        .route("/network/community/{id}/{action}", post(network::edit_members))
         .route("/releases", get(transparency::release_list))
         .route("/releases/{start}", get(transparency::release_bytes))
         .fallback(not_found)

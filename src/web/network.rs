@@ -113,7 +113,7 @@ pub async fn page_handler(
             }
             @for c in &communities {
                 section {
-                    h2 { (c.name) " " span.muted { "(" (c.id) ", manifest v" (c.version) ", " (c.members) " members" @if c.member { ", this node publishes here" } ")" } }
+                    h2 { a href={ "/network/community/" (c.id) } { (c.name) } " " span.muted { "(" (c.id) ", manifest v" (c.version) ", " (c.members) " members" @if c.member { ", this node publishes here" } ")" } }
                     @if let Some(p) = c.period {
                         p.muted { "Period from " (jiff::Timestamp::from_second(p).map(|t| t.to_string()).unwrap_or_default()) }
                     }
@@ -125,5 +125,156 @@ pub async fn page_handler(
                 }
             }
         },
+    )
+}
+
+fn find_community(
+    state: &AppState,
+    short: &str,
+) -> Option<(crate::federation::CommunityId, crate::federation::community::SignedManifest)> {
+    let followed = state.store.followed().ok()?;
+    followed.into_iter().find_map(|(id, _)| {
+        (crate::federation::short_hex(&id) == short)
+            .then(|| state.store.manifest(&id).ok().flatten().map(|m| (id, m)))
+            .flatten()
+    })
+}
+
+fn is_node_admin(state: &AppState, v: &super::Viewer) -> bool {
+    v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
+}
+
+fn peer_text(node: &crate::federation::NodeId) -> String {
+    crate::p2p::peer_id_of(node).map(|p| p.to_string()).unwrap_or_else(|| hex::encode(node))
+}
+
+/// `GET /network/community/{id}`: a community's manifest; for this node's
+/// administrators, when the node administers the community, forms to admit and remove
+/// members.
+pub async fn community_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(short): axum::extract::Path<String>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    community_view(&state, &v, &short, None, StatusCode::OK)
+}
+
+fn community_view(
+    state: &AppState,
+    v: &super::Viewer,
+    short: &str,
+    message: Option<Markup>,
+    status: StatusCode,
+) -> Response {
+    let Some((_, m)) = find_community(state, short) else { return super::not_found_page(v) };
+    let manifest = &m.manifest;
+    let can_edit = is_node_admin(state, v) && manifest.admins.contains(&state.node_key);
+    let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+    page(
+        status,
+        &manifest.name,
+        v,
+        html! {
+            h1 { "Community " (manifest.name) }
+            @if let Some(msg) = message { div role="status" { (msg) } }
+            p.muted { "Id " code { (short) } " · manifest version " (manifest.version) " · " (match manifest.admission {
+                crate::federation::community::Admission::AllowList => "allow-list".to_owned(),
+                crate::federation::community::Admission::Open { probation_periods } => format!("open, probation {probation_periods} periods"),
+            }) }
+            p { "Privacy floor: at most ε " (crate::privacy::params::eps_text(manifest.floor.max_eps_week_milli)) " per user-week, k at least " (manifest.floor.min_k) ". "
+                "Merging: one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " origin(s)." }
+            h2 { "Administrators" }
+            ul { @for a in &manifest.admins { li { code { (peer_text(a)) } } } }
+            h2 { "Members (" (manifest.members.len()) ")" }
+            table {
+                thead { tr { th { "Node" } th { "Weight" } @if can_edit { th {} } } }
+                tbody {
+                    @for mem in &manifest.members {
+                        tr {
+                            td { code { (peer_text(&mem.node)) } }
+                            td { (f64::from(mem.weight_milli) / 1000.0) }
+                            @if can_edit {
+                                td {
+                                    form method="post" action={ "/network/community/" (short) "/remove" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="node" value=(peer_text(&mem.node));
+                                        button aria-label={ "Remove " (peer_text(&mem.node)) } { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if can_edit {
+                form method="post" action={ "/network/community/" (short) "/admit" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Admit a node (its PeerId, from " code { "hearsay node id" } ") " input name="node" required maxlength="64"; }
+                    button { "Admit" }
+                }
+            }
+            @if !manifest.links.is_empty() {
+                h2 { "Federation links" }
+                ul { @for l in &manifest.links { li { (l.name) " (" (crate::federation::short_hex(&l.community)) "), weight " (f64::from(l.weight_milli) / 1000.0) } } }
+            }
+            p { a href="/network" { "Back to the network" } }
+        },
+    )
+}
+
+/// `POST /network/community/{id}/admit` and `/remove`: a new manifest version signed
+/// by this node, stored, then spread to the members by the network task.
+pub async fn edit_members(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path((short, action)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (v, _, f) = match super::signed_form(&state, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some((cid, m)) = find_community(&state, &short) else { return super::not_found_page(&v) };
+    if !is_node_admin(&state, &v) || !m.manifest.admins.contains(&state.node_key) {
+        return super::not_found_page(&v);
+    }
+    let bad =
+        |msg: &str| community_view(&state, &v, &short, Some(html! { p.error { (msg) } }), StatusCode::BAD_REQUEST);
+    let Some(node) =
+        f.get("node").and_then(|n| n.trim().parse::<libp2p::PeerId>().ok()).and_then(|p| crate::p2p::node_of(&p))
+    else {
+        return bad("That is not an ed25519 PeerId.");
+    };
+    let now = crate::now_unix();
+    let next = match action.as_str() {
+        "admit" if !m.manifest.is_member(&node) => {
+            m.manifest.next(now, |x| x.members.push(crate::federation::community::Member { node, weight_milli: 1000 }))
+        }
+        "remove" if m.manifest.is_member(&node) && !m.manifest.admins.contains(&node) => {
+            m.manifest.next(now, |x| x.members.retain(|mem| mem.node != node))
+        }
+        "admit" | "remove" => return bad("Nothing to change (already a member, not a member, or an administrator)."),
+        _ => return super::not_found_page(&v),
+    };
+    let signed = match crate::federation::community::open_manifest(&state.signer.sign_manifest(&next)) {
+        Ok(s) => s,
+        Err(e) => return server_error(&v, e),
+    };
+    if let Err(e) = crate::federation::community::accept(&cid, Some(&m), &signed)
+        .map_err(|e| e.to_string())
+        .and_then(|()| state.store.put_manifest(&signed).map_err(|e| e.to_string()))
+    {
+        return server_error(&v, e);
+    }
+    if let Some(p) = &state.p2p {
+        p.refresh().await;
+    }
+    community_view(
+        &state,
+        &v,
+        &short,
+        Some(html! { p { "Manifest version " (next.version) " signed and sent to the members." } }),
+        StatusCode::OK,
     )
 }

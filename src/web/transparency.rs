@@ -254,6 +254,14 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                 }
             }
             h2 { "Releases published by this node" }
+            @let sent_to: Vec<String> = state.store.followed().unwrap_or_default().into_iter()
+                .filter(|(_, f)| f.member)
+                .filter_map(|(id, _)| state.store.manifest(&id).ok().flatten().map(|m| m.manifest.name))
+                .collect();
+            p {
+                @if sent_to.is_empty() { "This node is in no community: its releases are served at /releases and sent to no one." }
+                @else { "Each release is sent, exactly as shown, to the members of: " (sent_to.join(", ")) " (libp2p gossip; peers that were offline fetch the same bytes by catch-up)." }
+            }
             p.muted { "Newest first, decoded from the signed bytes that left the node (list as JSON: " a href="/releases" { "/releases" } ")." }
             @if releases.is_empty() {
                 p { "None yet." }

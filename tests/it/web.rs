@@ -474,3 +474,35 @@ fn the_admin_page_is_for_administrators_only() {
     );
     assert_eq!(s, 403, "an invitation works once");
 }
+
+#[test]
+fn a_community_administrator_admits_and_removes_members_in_the_web_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let (code, id, err) = hearsay(&data, &["community", "create", "Friends"]);
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_owned();
+    let (code, newcomer, _) = hearsay(&dir.path().join("other"), &["node", "id"]);
+    assert_eq!(code, 0);
+    let newcomer = newcomer.trim().to_owned();
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
+    let (alice, csrf) = login(&node.url);
+    let url = format!("{}/network/community/{id}", node.url);
+    let (s, page) = get(&url, Some(&alice));
+    assert!(s == 200 && page.contains("Members (1)") && page.contains("Admit"), "{page}");
+    // Visitors see the manifest, not the forms; a forged form post is refused.
+    let (_, visitor) = get(&url, None);
+    assert!(visitor.contains("Members (1)") && !visitor.contains("Admit"));
+    assert_eq!(post_form(&format!("{url}/admit"), Some(&alice), &[("node", &newcomer)]).0, 403);
+    let (s, _, page) = post_form(&format!("{url}/admit"), Some(&alice), &[("csrf", &csrf), ("node", &newcomer)]);
+    assert!(s == 200 && page.contains("Manifest version 2") && page.contains(&newcomer), "{page}");
+    let (s, _, page) = post_form(&format!("{url}/admit"), Some(&alice), &[("csrf", &csrf), ("node", "not-a-peer")]);
+    assert!(s == 400 && page.contains("not an ed25519 PeerId"), "{page}");
+    let (s, _, page) = post_form(&format!("{url}/remove"), Some(&alice), &[("csrf", &csrf), ("node", &newcomer)]);
+    assert!(s == 200 && page.contains("Manifest version 3") && page.contains("Members (1)"), "{page}");
+    let (_, network) = get(&format!("{}/network", node.url), Some(&alice));
+    assert!(network.contains("Friends") && network.contains("manifest v3"), "{network}");
+    assert_eq!(node.terminate(), Some(0));
+    let (_, list, _) = hearsay(&data, &["community", "list"]);
+    assert!(list.contains("Friends\tv3\t1 members\tmember"), "{list}");
+}
