@@ -90,6 +90,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 mdns: false,
                 relays: Vec::new(),
                 relay_server: false,
+                autonat: false,
                 retention_secs: 12 * 604_800,
                 sync_interval: Duration::from_secs(30),
                 max_requests_per_minute: 600,

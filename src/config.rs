@@ -100,8 +100,12 @@ pub struct P2pConfig {
     /// multiaddrs ending in `/p2p/<PeerId>`; hole punching (DCUtR) upgrades relayed
     /// connections to direct ones. Default: none.
     pub relays: Vec<String>,
-    /// Serve as a relay for others (run this on a reachable community hub). Default: `false`.
+    /// Serve as a relay for others, and dial others back so they learn whether they
+    /// are reachable (run this on a reachable community hub). Default: `false`.
     pub relay_server: bool,
+    /// Ask peers to dial this node back (AutoNAT v2) to learn whether it is reachable;
+    /// a confirmed address turns on Kademlia server mode. Default: `true`.
+    pub autonat: bool,
     /// Snapshots of periods older than this many seconds are ignored and not synced.
     /// Default: `7257600` (12 weeks).
     pub retention_secs: u32,
@@ -122,6 +126,7 @@ impl Default for P2pConfig {
             mdns: false,
             relays: Vec::new(),
             relay_server: false,
+            autonat: true,
             retention_secs: 7_257_600,
             sync_interval_secs: 900,
             max_requests_per_minute: 60,

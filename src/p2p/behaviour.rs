@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, request_response, tcp, yamux};
+use libp2p::{
+    StreamProtocol, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+};
 
 use super::sync::{SyncRequest, SyncResponse};
 
@@ -32,6 +34,10 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    /// Asks peers to dial this node back to learn whether it is reachable (AutoNAT v2).
+    pub autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// Dials others back for them (hubs, with `relay_server`).
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// Gossip scoring suited to topics that carry about one message per node per period:
@@ -54,6 +60,7 @@ pub fn set_topic_scoring(g: &mut gossipsub::Behaviour, topic: &gossipsub::IdentT
 pub struct Options {
     pub mdns: bool,
     pub relay_server: bool,
+    pub autonat: bool,
     pub heartbeat: Duration,
 }
 
@@ -62,7 +69,7 @@ pub fn build(
     options: &Options,
 ) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let heartbeat = options.heartbeat;
-    let (mdns_on, relay_on) = (options.mdns, options.relay_server);
+    let (mdns_on, relay_on, autonat_on) = (options.mdns, options.relay_server, options.autonat);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -124,6 +131,17 @@ pub fn build(
                 relay_client,
                 relay_server: relay_on.then(|| relay::Behaviour::new(peer, relay::Config::default())).into(),
                 dcutr: dcutr::Behaviour::new(peer),
+                autonat: autonat_on
+                    .then(|| {
+                        autonat::v2::client::Behaviour::new(
+                            rand::make_rng::<rand::rngs::StdRng>(),
+                            autonat::v2::client::Config::default(),
+                        )
+                    })
+                    .into(),
+                autonat_server: relay_on
+                    .then(|| autonat::v2::server::Behaviour::new(rand::make_rng::<rand::rngs::StdRng>()))
+                    .into(),
             })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))

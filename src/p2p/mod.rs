@@ -89,6 +89,7 @@ pub struct Options {
     pub mdns: bool,
     pub relays: Vec<Multiaddr>,
     pub relay_server: bool,
+    pub autonat: bool,
     pub retention_secs: i64,
     pub sync_interval: Duration,
     pub max_requests_per_minute: u32,
@@ -104,6 +105,7 @@ impl Options {
             mdns: c.mdns,
             relays: parse(&c.relays),
             relay_server: c.relay_server,
+            autonat: c.autonat,
             retention_secs: i64::from(c.retention_secs),
             sync_interval: Duration::from_secs(u64::from(c.sync_interval_secs)),
             max_requests_per_minute: c.max_requests_per_minute,
@@ -152,6 +154,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
     let opts = behaviour::Options {
         mdns: options.mdns,
         relay_server: options.relay_server,
+        autonat: options.autonat,
         heartbeat: Duration::from_millis(500),
     };
     let mut swarm = behaviour::build(key, &opts).map_err(|e| Error::Start(e.to_string()))?;
@@ -551,6 +554,9 @@ impl Task {
                 if num_established.get() == 1 {
                     self.catch_up(peer_id);
                 }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "reachable from outside at this address");
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "p2p listening");

@@ -238,7 +238,8 @@ mod rogue {
 
     fn swarm() -> Swarm<Behaviour> {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        build(key, &Options { mdns: false, relay_server: false, heartbeat: Duration::from_millis(200) }).expect("swarm")
+        build(key, &Options { mdns: false, relay_server: false, autonat: false, heartbeat: Duration::from_millis(200) })
+            .expect("swarm")
     }
 
     pub async fn run(victim: Multiaddr, community_short: &str, bad: Bad) -> Report {
