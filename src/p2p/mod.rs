@@ -16,7 +16,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, identify, mdns};
+use libp2p::{Multiaddr, PeerId, identify, kad, mdns};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -129,6 +129,12 @@ pub fn snapshot_topic(id: &CommunityId) -> IdentTopic {
     IdentTopic::new(format!("/hearsay/1/c/{}/snapshot", short_hex(id)))
 }
 
+/// The Kademlia key under which a community's members announce themselves (provider
+/// records are only hints: membership is always checked against the manifest).
+pub fn community_dht_key(id: &CommunityId) -> kad::RecordKey {
+    kad::RecordKey::new(&blake3::derive_key("hearsay 2026-11 community-dht-key v1", id))
+}
+
 pub fn meta_topic(id: &CommunityId) -> IdentTopic {
     IdentTopic::new(format!("/hearsay/1/c/{}/meta", short_hex(id)))
 }
@@ -166,6 +172,11 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
     for addr in &options.external {
         swarm.add_external_address(addr.clone());
     }
+    // A node others can reach (a declared external address, or a hub) serves the DHT;
+    // others start as clients and switch when AutoNAT confirms an address.
+    if !options.external.is_empty() || options.relay_server {
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    }
     for relay in &options.relays {
         if let Err(e) = swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
             tracing::warn!(%relay, error = %e, "cannot reserve a relay slot");
@@ -187,6 +198,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         peers: HashMap::new(),
         penalties: HashMap::new(),
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
+        last_lookup: None,
     };
     task.refresh();
     tokio::spawn(task.run(rx));
@@ -210,6 +222,8 @@ struct Task {
     peers: HashMap<PeerId, PeerStatus>,
     penalties: HashMap<PeerId, f64>,
     status: Status,
+    /// When members were last announced and looked up in the DHT.
+    last_lookup: Option<Instant>,
 }
 
 impl Task {
@@ -226,8 +240,11 @@ impl Task {
                 event = self.swarm.select_next_some() => self.event(event),
                 _ = sync_tick.tick() => self.sync_with_random_peer(),
                 _ = kad_tick.tick() => {
-                    // Refresh the routing table; an error only means no peer is known yet.
+                    // Refresh the routing table (an error only means no peer is known
+                    // yet) and look for members of each community again.
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    self.last_lookup = None;
+                    self.announce_and_look_up();
                 }
                 _ = redial_tick.tick() => {
                     self.dial_bootstrap();
@@ -514,6 +531,26 @@ impl Task {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                ..
+            })) => {
+                let me = *self.swarm.local_peer_id();
+                for peer in providers {
+                    if peer != me && !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            })) => {
+                // Keep provider hints only for communities this node follows.
+                let known = self.communities.iter().any(|(id, _, _)| community_dht_key(id) == record.key);
+                if known {
+                    let _ = kad::store::RecordStore::add_provider(self.swarm.behaviour_mut().kad.store_mut(), record);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if !self.swarm.is_connected(&peer) {
@@ -553,6 +590,7 @@ impl Task {
                 );
                 if num_established.get() == 1 {
                     self.catch_up(peer_id);
+                    self.announce_and_look_up();
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
@@ -569,6 +607,23 @@ impl Task {
     fn send(&mut self, peer: PeerId, request: SyncRequest) {
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.requests.insert(id, peer);
+    }
+
+    /// Announces this node as a member of its communities in the DHT and looks up the
+    /// other members (at most every 30 s; the answers are dialled as they come).
+    fn announce_and_look_up(&mut self) {
+        if self.last_lookup.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+            return;
+        }
+        self.last_lookup = Some(Instant::now());
+        let keys: Vec<(kad::RecordKey, bool)> =
+            self.communities.iter().map(|(id, _, member)| (community_dht_key(id), *member)).collect();
+        for (key, member) in keys {
+            if member {
+                let _ = self.swarm.behaviour_mut().kad.start_providing(key.clone());
+            }
+            self.swarm.behaviour_mut().kad.get_providers(key);
+        }
     }
 
     /// Asks `peer` what it holds for the retention window, and for newer manifests.

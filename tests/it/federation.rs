@@ -98,12 +98,18 @@ fn origins(v: &Value, name: &str, which: &str) -> i64 {
 #[test]
 fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_charts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, c, d) = (
+    let (mut a, mut b, c, d) = (
         Peer::new(dir.path(), "a"),
         Peer::new(dir.path(), "b"),
         Peer::new(dir.path(), "c"),
         Peer::new(dir.path(), "d"),
     );
+    // A and B declare their addresses, so they serve the DHT where members announce
+    // themselves (with an address others can dial).
+    for p in [&mut a, &mut b] {
+        let external = format!("[\"/ip4/127.0.0.1/tcp/{}\"]", p.port);
+        p.extra.push(("HEARSAY_P2P__EXTERNAL".into(), external));
+    }
 
     // X: A administers, B is admitted. Y: C administers. X links Y at weight 0.5.
     // The test's loose privacy parameters (to publish anything from a few users) are
@@ -191,6 +197,10 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
         wait_for(&nd.url, p, "D catches up", |v| origins(v, "X", "chart") == 2 && origins(v, "X", "federated") == 3);
     assert_eq!(community(&vd, "X").map(|c| &c["chart"]), community(&va, "X").map(|c| &c["chart"]));
     assert_eq!(community(&vd, "X").map(|c| &c["federated"]), community(&va, "X").map(|c| &c["federated"]));
+    // D's ticket only named A; it found B, a member, through the DHT and connected.
+    wait_for(&nd.url, p, "D finds B through the DHT", |v| {
+        v["p2p"]["peers"].as_array().is_some_and(|ps| ps.iter().any(|x| x["peer_id"] == b.id.as_str()))
+    });
 
     // A restarted node keeps its state.
     assert_eq!(nb.terminate(), Some(0));
