@@ -37,11 +37,21 @@ enum Command {
     /// Inspect users' signed logs.
     #[command(subcommand)]
     Log(LogCmd),
-    /// Import a listening history (ListenBrainz JSONL export) for a user.
+    /// Import a listening history for a user: ListenBrainz (JSONL or JSON), Last.fm
+    /// CSV, Spotify (extended or account-data history; a folder of its files), Maloja,
+    /// Rockbox `.scrobbler.log`. The format is detected per file unless --format says.
     Import {
         #[arg(long)]
         user: String,
-        /// Files to import.
+        /// listenbrainz-jsonl, listenbrainz-json, lastfm-csv, spotify-extended,
+        /// spotify-account, maloja or rockbox.
+        #[arg(long)]
+        format: Option<String>,
+        /// Time zone of a Rockbox log marked #TZ/UNKNOWN (device-local times);
+        /// default: the user's time zone.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Files or folders to import.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -164,7 +174,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => user_cmd(&config, cmd),
         Command::Token(cmd) => token_cmd(&config, cmd),
         Command::Log(LogCmd::Verify { user }) => verify(&config, &user),
-        Command::Import { user, paths } => import(&config, &user, &paths),
+        Command::Import { user, format, timezone, paths } => {
+            import(&config, &user, format.as_deref(), timezone.as_deref(), &paths)
+        }
         Command::Stats(cmd) => stats_cmd(&config, cmd),
         Command::Store(StoreCmd::Compact) => {
             let r = crate::store::compact::compact(
@@ -332,20 +344,66 @@ fn verify(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn import(config: &Config, user: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// Files to import from `paths`: files as given, folders' files (sorted, one level).
+fn import_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot read {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file())
+                .collect();
+            inner.sort();
+            out.extend(inner);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn import(
+    config: &Config,
+    user: &str,
+    format: Option<&str>,
+    timezone: Option<&str>,
+    paths: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    use crate::import::formats::{Format, Options, records};
+    use std::io::{BufRead, Read};
+    let forced = match format {
+        None => None,
+        Some(f) => Some(Format::parse(f).with_context(|| {
+            let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown format {f:?}: one of {}", names.join(", "))
+        })?),
+    };
     let store = open_store(config)?;
     let u = find_user(&store, user)?;
+    let tz_name = timezone.map_or_else(|| u.timezone.clone(), str::to_owned);
+    let tz = crate::stats::period::time_zone(&tz_name).map_err(|e| anyhow::anyhow!("--timezone: {e}"))?;
     let ingestor = crate::store::Ingestor::start(
         store.clone(),
         config.store.group_commit_max_listens,
         config.stats.credit_rules(),
     )?;
+    let options = Options { now: crate::now_unix(), timezone: tz };
     let mut read_anything = false;
-    for path in paths {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    for path in import_files(paths)? {
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let detected = match forced {
+            Some(f) => Some(f),
+            None => Format::detect(&path, reader.fill_buf()?),
+        };
+        let Some(format) = detected else {
+            println!("{}: skipped, not a known export format (name it with --format)", path.display());
+            continue;
+        };
         let started = std::time::Instant::now();
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let summary = crate::import::import_jsonl(reader, &ingestor, u.id, crate::now_unix(), |s| {
+        let boxed: Box<dyn BufRead> = Box::new(reader.by_ref());
+        let summary = crate::import::import_records(records(format, boxed, &options), &ingestor, u.id, |s| {
             if std::io::stderr().is_terminal() {
                 eprint!("\r{}: {} records read, {} bad", path.display(), s.read, s.bad);
             }
@@ -355,15 +413,25 @@ fn import(config: &Config, user: &str, paths: &[PathBuf]) -> anyhow::Result<Exit
         }
         read_anything |= summary.read > summary.bad;
         println!(
-            "{}: {} imported, {} duplicates skipped, {} bad records ({:.1} s)",
+            "{} ({}): {} imported, {} duplicates skipped, {} not listens, {} bad records ({:.1} s)",
             path.display(),
+            format.name(),
             summary.imported,
             summary.duplicates,
+            summary.dropped.values().sum::<u64>(),
             summary.bad,
             started.elapsed().as_secs_f64()
         );
+        for (why, n) in &summary.dropped {
+            println!("  not a listen: {why}: {n}");
+        }
+        let unit = if matches!(format, Format::LastfmCsv | Format::Rockbox | Format::ListenBrainzJsonl) {
+            "line"
+        } else {
+            "record"
+        };
         for (line, reason) in &summary.bad_examples {
-            println!("  line {line}: {reason}");
+            println!("  {unit} {line}: {reason}");
         }
         if summary.bad > summary.bad_examples.len() as u64 {
             println!("  ... and {} more", summary.bad - summary.bad_examples.len() as u64);

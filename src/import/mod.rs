@@ -1,10 +1,15 @@
 //! Importing listening histories through the ingest path.
 //!
-//! Today: ListenBrainz JSONL exports (`listenbrainz`). Each importer streams its file,
-//! validates every record through `Listen::parse`, and hands batches to the writer; a
-//! bad record is reported with its place and the good ones are kept. Re-running an
-//! import adds nothing (the duplicate rule drops what is already there).
+//! `formats` detects and reads every supported export (ListenBrainz JSONL and JSON,
+//! Last.fm CSV, Spotify extended and account-data histories, Maloja, Rockbox) as a
+//! stream of records; `import_records` validates every record through `Listen::parse`
+//! and hands batches to the writer; a bad record is reported with its place, records
+//! that are not listens (skips, podcasts, private sessions) are counted by reason, and
+//! the good ones are kept. Re-running an import adds nothing (the duplicate rule drops
+//! what is already there).
 
+pub mod formats;
+pub mod json_stream;
 pub mod listenbrainz;
 
 use std::io::BufRead;
@@ -24,8 +29,10 @@ pub struct Summary {
     pub imported: u64,
     pub duplicates: u64,
     pub bad: u64,
-    /// The first bad records: (line, reason).
+    /// The first bad records: (line or element number, reason).
     pub bad_examples: Vec<(u64, String)>,
+    /// Records that are not listens, by reason.
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +43,26 @@ pub enum Error {
     Store(#[from] crate::store::Error),
 }
 
-/// Imports a ListenBrainz JSONL stream for `user`. Parsing overlaps with writing: one
-/// batch is written while the next is parsed. `progress` is called after each batch.
+/// Imports a ListenBrainz JSONL stream for `user`.
 pub fn import_jsonl(
     reader: impl BufRead,
     ingestor: &Ingestor,
     user: UserId,
     now: i64,
+    progress: impl FnMut(&Summary),
+) -> Result<Summary, Error> {
+    let records = listenbrainz::JsonlReader::new(reader, now).map(|r| {
+        r.map(|(line, res)| (line, res.map_or_else(|e| formats::Parsed::Bad(e.to_string()), formats::Parsed::Listen)))
+    });
+    import_records(records, ingestor, user, progress)
+}
+
+/// Imports a stream of records for `user`. Parsing overlaps with writing: one batch is
+/// written while the next is parsed. `progress` is called after each batch.
+pub fn import_records(
+    records: impl Iterator<Item = std::io::Result<(u64, formats::Parsed)>>,
+    ingestor: &Ingestor,
+    user: UserId,
     mut progress: impl FnMut(&Summary),
 ) -> Result<Summary, Error> {
     let mut summary = Summary::default();
@@ -58,15 +78,16 @@ pub fn import_jsonl(
         });
         let mut batch = Vec::with_capacity(BATCH);
         let mut send_error = false;
-        for record in listenbrainz::JsonlReader::new(reader, now) {
-            let (line, result) = record?;
+        for record in records {
+            let (line, parsed) = record?;
             summary.read += 1;
-            match result {
-                Ok(listen) => batch.push(Action::Listen(listen)),
-                Err(e) => {
+            match parsed {
+                formats::Parsed::Listen(listen) => batch.push(Action::Listen(listen)),
+                formats::Parsed::Dropped(why) => *summary.dropped.entry(why).or_default() += 1,
+                formats::Parsed::Bad(e) => {
                     summary.bad += 1;
                     if summary.bad_examples.len() < MAX_REPORTED {
-                        summary.bad_examples.push((line, e.to_string()));
+                        summary.bad_examples.push((line, e));
                     }
                 }
             }

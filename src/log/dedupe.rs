@@ -1,7 +1,7 @@
 //! The duplicate rule, and the name normalisation it relies on.
 //!
-//! Rule (v2): a listen is a duplicate of another when both belong to the same user, have
-//! the same *normalised* artist credit and track title, and start less than a *window*
+//! Rule (v3): a listen is a duplicate of another when both belong to the same user, have
+//! the same *normalised main artist and bare title*, and start less than a *window*
 //! apart: half the track's length, at least 30 s and at most 240 s (30 s when the length
 //! is unknown). A second play of a track cannot count as a scrobble before the first has
 //! run for half its length or 4 minutes (Last.fm's and ListenBrainz's rule), so two
@@ -14,13 +14,18 @@
 //! white space collapsed to one space. The comparison uses a 32-bit digest of the
 //! normalised pair; two *different* tracks collide only with probability 2^-32, and only
 //! matter if they were also played by the same user in the same second.
-//! The scrobbler-API issue widens the rule with a time window (`DedupeWindow`). No I/O.
+//! **Main artist and bare title** (v3): sources credit guests differently ("A feat. B" /
+//! "Song"; "A" / "Song (feat. B)"; Spotify's "A" / "Song (with B)"; Maloja's artist list
+//! [A, B] / "Song"), so the key uses the first listed artist, else the artist string up
+//! to the first ` feat. `, ` ft. `, ` featuring `, ` & ` or `, `, and the title without a
+//! trailing "(feat. …)", "(ft. …)", "(with …)" or "[feat. …]". This part is fixed, not
+//! configurable, so stored keys stay valid. No I/O.
 
 use unicode_normalization::UnicodeNormalization;
 
 use super::listen::TrackRef;
 
-const DEDUPE_CONTEXT: &str = "hearsay 2026-11-23 dedupe key v1";
+const DEDUPE_CONTEXT: &str = "hearsay 2026-11-23 dedupe key v3";
 
 /// Identity form of a name: NFC, case-folded, white space collapsed.
 pub fn normalize_name(name: &str) -> String {
@@ -35,12 +40,46 @@ pub fn normalize_name(name: &str) -> String {
     out
 }
 
-/// The 32-bit digest of a track's normalised artist credit and title.
+/// Separators after which an artist string names guests (matched case-insensitively).
+const GUEST_SEPARATORS: &[&str] = &[" feat. ", " feat ", " ft. ", " ft ", " featuring ", " & ", ", "];
+/// Openers of a trailing guest note in a title.
+const TITLE_GUEST_NOTES: &[&str] = &["(feat. ", "(feat ", "(ft. ", "(ft ", "(featuring ", "(with ", "[feat. ", "[ft. "];
+
+/// The main artist of a credit, for duplicate detection only.
+/// The cut applies to a listed first artist too, so that a band named "A & B" listed as
+/// one artist and the same string sent as a credit agree.
+pub fn main_artist(track: &TrackRef) -> &str {
+    let name: &str = track.artist_names.first().map_or(&track.artist, String::as_str);
+    let lower = name.to_lowercase();
+    // Lower-casing can change byte offsets outside ASCII: cut only where it did not.
+    if lower.len() != name.len() {
+        return name;
+    }
+    let cut = GUEST_SEPARATORS.iter().filter_map(|sep| lower.find(sep)).filter(|&i| i > 0).min();
+    match cut {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
+/// The title without a trailing guest note, for duplicate detection only.
+pub fn bare_title(title: &str) -> &str {
+    let lower = title.to_lowercase();
+    if lower.len() != title.len() || !(lower.ends_with(')') || lower.ends_with(']')) {
+        return title;
+    }
+    match TITLE_GUEST_NOTES.iter().filter_map(|note| lower.rfind(note)).filter(|&i| i > 0).max() {
+        Some(i) => title[..i].trim_end(),
+        None => title,
+    }
+}
+
+/// The 32-bit digest of a track's normalised main artist and bare title.
 pub fn dedupe_key(track: &TrackRef) -> u32 {
     let mut hasher = blake3::Hasher::new_derive_key(DEDUPE_CONTEXT);
-    hasher.update(normalize_name(&track.artist).as_bytes());
+    hasher.update(normalize_name(main_artist(track)).as_bytes());
     hasher.update(&[0x1f]);
-    hasher.update(normalize_name(&track.title).as_bytes());
+    hasher.update(normalize_name(bare_title(&track.title)).as_bytes());
     let digest = hasher.finalize();
     let b = digest.as_bytes();
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
@@ -55,10 +94,28 @@ pub fn window_secs(duration_ms: Option<u32>) -> i64 {
     duration_ms.map_or(MIN_WINDOW_SECS, |ms| (i64::from(ms) / 2000).clamp(MIN_WINDOW_SECS, MAX_WINDOW_SECS))
 }
 
+/// Exports with minute precision (Last.fm CSV, Spotify account data) stamp a play on
+/// the whole minute it started in.
+pub const MINUTE: i64 = 60;
+
+/// How far around a listen to look for duplicates.
+pub fn search_secs(window: i64) -> i64 {
+    window.max(MINUTE)
+}
+
 /// True when a listen at `listened_at` with `key` duplicates one of `existing`
-/// (pairs of `listened_at`, key) starting less than `window` seconds apart.
+/// (pairs of `listened_at`, key): the same track starting less than `window` seconds
+/// apart, or, when one of the two is stamped on a whole minute, starting within that
+/// minute (it may be a minute-precision copy of the other: the same track cannot be
+/// played twice within one minute and both count).
 pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at: i64, key: u32, window: i64) -> bool {
-    existing.into_iter().any(|(at, k)| k == key && (at - listened_at).abs() < window.max(1))
+    let within_minute = |whole: i64, exact: i64| whole % MINUTE == 0 && whole <= exact && exact - whole < MINUTE;
+    existing.into_iter().any(|(at, k)| {
+        k == key
+            && ((at - listened_at).abs() < window.max(1)
+                || within_minute(at, listened_at)
+                || within_minute(listened_at, at))
+    })
 }
 
 #[cfg(test)]
@@ -87,12 +144,33 @@ mod tests {
     }
 
     #[test]
+    fn guests_credited_differently_are_the_same_play() {
+        let k = |a: &str, t: &str| dedupe_key(&track(a, t, None));
+        let base = k("Jonas Hoffmann", "Night Road");
+        assert_eq!(k("Jonas Hoffmann feat. Iris Meyer", "Night Road"), base);
+        assert_eq!(k("Jonas Hoffmann & Iris Meyer", "Night Road"), base);
+        assert_eq!(k("Jonas Hoffmann", "Night Road (feat. Iris Meyer)"), base);
+        assert_eq!(k("Jonas Hoffmann", "Night Road (with Iris Meyer)"), base);
+        let listed = TrackRef {
+            artist_names: vec!["Jonas Hoffmann".into(), "Iris Meyer".into()],
+            ..track("Jonas Hoffmann, Iris Meyer", "Night Road", None)
+        };
+        assert_eq!(dedupe_key(&listed), base);
+        assert_ne!(k("Jonas Hoffmann", "Night Road (Live)"), base);
+        assert_ne!(k("Iris Meyer", "Night Road"), base);
+    }
+
+    #[test]
     fn a_different_second_or_track_is_a_new_listen() {
         let a = track("Muse", "Uprising", None);
         let b = track("Muse", "Resistance", None);
         assert!(!is_duplicate([(100, dedupe_key(&a))], 130, dedupe_key(&a), 30));
         assert!(is_duplicate([(100, dedupe_key(&a))], 129, dedupe_key(&a), 30));
         assert!(!is_duplicate([(100, dedupe_key(&a))], 100, dedupe_key(&b), 30));
+        // A minute-precision copy (12:01:00) of a play at 12:01:45, either way round.
+        assert!(is_duplicate([(120, dedupe_key(&a))], 165, dedupe_key(&a), 30));
+        assert!(is_duplicate([(165, dedupe_key(&a))], 120, dedupe_key(&a), 30));
+        assert!(!is_duplicate([(120, dedupe_key(&a))], 181, dedupe_key(&a), 30));
         let windows =
             (window_secs(None), window_secs(Some(20_000)), window_secs(Some(300_000)), window_secs(Some(900_000)));
         assert_eq!(windows, (30, 30, 150, 240));

@@ -29,7 +29,7 @@ use super::values::{
     AggV1, BlockV1, ClientV1, DayItem, DayV1, FeedbackV1, HeadV1, InfoBlockV1, StoredEntry, TrackChunkV1, TrackV1,
 };
 use super::{Error, Result, Store};
-use crate::log::dedupe::{dedupe_key, is_duplicate, window_secs};
+use crate::log::dedupe::{dedupe_key, is_duplicate, search_secs, window_secs};
 use crate::log::entry::{check_of, content_hash, genesis_link, next_link};
 use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt, TrackRef};
@@ -497,7 +497,8 @@ impl Writer {
                 let at = listen.listened_at;
                 let mut nearby = Vec::new();
                 let window = window_secs(listen.duration_ms);
-                for day in day_of(at - window)..=day_of(at + window) {
+                let reach = search_secs(window);
+                for day in day_of(at - reach)..=day_of(at + reach) {
                     let base = i64::from(day) * 86_400;
                     let (bucket, _) = self.day(group, user, day)?;
                     nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
