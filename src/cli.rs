@@ -55,6 +55,17 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Export a user's listens, oldest first: ListenBrainz JSONL (`listenbrainz`,
+    /// which ListenBrainz and hearsay import) or CSV with a header (`csv`).
+    Export {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "listenbrainz")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Statistics.
     #[command(subcommand)]
     Stats(StatsCmd),
@@ -177,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import { user, format, timezone, paths } => {
             import(&config, &user, format.as_deref(), timezone.as_deref(), &paths)
         }
+        Command::Export { user, format, out } => export(&config, &user, &format, out.as_deref()),
         Command::Stats(cmd) => stats_cmd(&config, cmd),
         Command::Store(StoreCmd::Compact) => {
             let r = crate::store::compact::compact(
@@ -439,6 +451,22 @@ fn import(
     }
     ingestor.stop();
     Ok(if read_anything { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn export(config: &Config, user: &str, format: &str, out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let format = crate::export::ExportFormat::parse(format)
+        .with_context(|| format!("unknown export format {format:?}: listenbrainz or csv"))?;
+    let store = open_store(config)?;
+    let u = find_user(&store, user)?;
+    let n = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            crate::export::export(&store, u.id, format, &mut std::io::BufWriter::new(file))?
+        }
+        None => crate::export::export(&store, u.id, format, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+    };
+    eprintln!("exported {n} listens");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stats_cmd(config: &Config, cmd: StatsCmd) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@ mod bench_fed;
 pub mod cli;
 mod cli_community;
 pub mod config;
+pub mod export;
 pub mod federation;
 pub mod http;
 pub mod identity;

@@ -147,8 +147,28 @@ impl Store {
     /// Live listens with `from <= listened_at < to`, at most `limit`, in `order`.
     pub fn listens(&self, user: UserId, from: i64, to: i64, limit: usize, order: Order) -> Result<Vec<StoredListen>> {
         let mut out = Vec::new();
-        if from >= to || limit == 0 {
+        if limit == 0 {
             return Ok(out);
+        }
+        self.each_listen(user, from, to, order, |l| {
+            out.push(l);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every live listen with `from <= listened_at < to`, in `order`,
+    /// holding one day of the index at a time; stops when `f` returns `Ok(false)`.
+    pub fn each_listen(
+        &self,
+        user: UserId,
+        from: i64,
+        to: i64,
+        order: Order,
+        mut f: impl FnMut(StoredListen) -> Result<bool>,
+    ) -> Result<()> {
+        if from >= to {
+            return Ok(());
         }
         let lo = keys::user_u32(user, day_of(from.max(0)));
         let hi = keys::user_u32(user, day_of(to.max(1) - 1));
@@ -187,17 +207,18 @@ impl Store {
                 if let Content::Present { body: Body::Listen { track, listened_at, duration_ms, client }, .. } =
                     names.content(self, entry)?
                 {
-                    out.push(StoredListen {
-                        seq: item.seq,
-                        listen: Listen { track, listened_at, duration_ms, client, info: None },
-                    });
-                    if out.len() >= limit {
-                        return Ok(out);
+                    let listen = Listen { track, listened_at, duration_ms, client, info: None };
+                    if !f(StoredListen { seq: item.seq, listen })? {
+                        return Ok(());
                     }
                 }
             }
+            // Blocks of earlier days are not needed again (days are in order).
+            if blocks.len() > 64 {
+                blocks.clear();
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The extra client metadata (`Listen::info`) of those of `seqs` that have any.

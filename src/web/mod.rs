@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
+mod downloads;
 mod network;
 mod transparency;
 
@@ -93,6 +94,7 @@ pub fn router() -> Router<AppState> {
         .route("/settings/pause", post(set_pause))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
+        .route("/settings/export/{format}", get(downloads::download))
         .route("/privacy", get(transparency::page_handler))
         .route("/network", get(network::page_handler))
         .route("/api/network", get(network::json))
@@ -694,6 +696,12 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                 button { "Create token" }
             }
             h2 { "Your data" }
+            p {
+                "Download all your listens: "
+                a href="/settings/export/listenbrainz" download { "ListenBrainz JSONL" }
+                " (ListenBrainz and hearsay import it) or "
+                a href="/settings/export/csv" download { "CSV" } "."
+            }
             p { a href="/settings/delete" { "Delete all my data" } }
         },
     )

@@ -506,3 +506,34 @@ fn a_community_administrator_admits_and_removes_members_in_the_web_view() {
     let (_, list, _) = hearsay(&data, &["community", "list"]);
     assert!(list.contains("Friends\tv3\t1 members\tmember"), "{list}");
 }
+
+#[test]
+fn a_user_downloads_their_listens_and_nobody_else_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let now = hearsay::now_unix();
+    let payload: Vec<_> = (0..3)
+        .map(|i| json!({"listened_at": now - 1000 * (i + 1), "track_metadata": {"artist_name": "Down, Load", "track_name": format!("Song {i}")}}))
+        .collect();
+    ureq::post(&format!("{}/1/submit-listens", node.url))
+        .set("Authorization", &format!("Token {token}"))
+        .send_string(&json!({"listen_type": "import", "payload": payload}).to_string())
+        .expect("submit");
+    let (session, _) = login(&node.url);
+    let (s, csv) = get(&format!("{}/settings/export/csv", node.url), Some(&session));
+    assert_eq!(s, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "uts,utc_time,artist,album,track,duration_ms,recording_mbid");
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[1].contains("\"Down, Load\",,Song 2"), "oldest first, quoted: {csv}");
+    let (s, jsonl) = get(&format!("{}/settings/export/listenbrainz", node.url), Some(&session));
+    assert_eq!(s, 200);
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().expect("a line")).expect("json");
+    assert_eq!(first["track_metadata"]["artist_name"], "Down, Load");
+    // Without a session: to the log-in page, never the data.
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = agent.get(&format!("{}/settings/export/csv", node.url)).call().expect("redirect");
+    assert_eq!((r.status(), r.header("location")), (303, Some("/login")));
+    assert_eq!(node.terminate(), Some(0));
+}
