@@ -81,8 +81,28 @@ enum Command {
     /// This node's identity.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Account bundles: a user's whole signed log in one file, verifiable anywhere.
+    #[command(subcommand)]
+    Account(AccountCmd),
     /// The running node's peers and communities.
     Peers,
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Write NAME's public key and whole signed log (tombstones included) to one file.
+    Export {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the user's private signing key to this separate file (mode 0600):
+        /// only for moving the account to another node; keep it secret.
+        #[arg(long)]
+        with_secret_key: Option<PathBuf>,
+    },
+    /// Verify a bundle: recompute the chain and check every signature; names the first
+    /// bad entry.
+    Verify { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -209,6 +229,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers => crate::cli_community::peers(&config),
+        Command::Account(AccountCmd::Export { name, out, with_secret_key }) => {
+            let store = open_store(&config)?;
+            let u = find_user(&store, &name)?;
+            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let n = crate::account::export(&store, u.id, crate::now_unix(), &mut std::io::BufWriter::new(file))?;
+            println!("{}: {n} entries of {}'s log", out.display(), u.name);
+            if let Some(path) = with_secret_key {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let seed = store.signing_key(u.id)?.to_bytes();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+                writeln!(
+                    f,
+                    "# hearsay secret signing key of {}: whoever holds it can sign as them. Keep it secret.",
+                    u.name
+                )?;
+                writeln!(f, "{}", hex::encode(seed))?;
+                println!("{}: the private key, readable only by you", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Account(AccountCmd::Verify { file }) => {
+            let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            match crate::account::verify(&mut std::io::BufReader::new(f), |_| {}) {
+                Ok((h, v)) => {
+                    println!(
+                        "{}: {}'s log verifies: {} entries ({} erased), {} seals",
+                        file.display(),
+                        h.name,
+                        v.n_entries,
+                        v.n_erased,
+                        v.n_seals
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{}: refused: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
     }
 }
 

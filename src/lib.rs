@@ -11,6 +11,7 @@
 //! - `bench`: benchmark commands that print figures;
 //! - `cli`: the command line.
 
+pub mod account;
 pub mod api;
 pub mod auth;
 pub mod bench;

@@ -244,6 +244,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with each block of `user`'s log in seq order: its first seq, its
+    /// entries resolved (with their 4-byte checks), and its seal.
+    pub fn each_log_block(
+        &self,
+        user: UserId,
+        mut f: impl FnMut(u64, Vec<(Content, [u8; 4])>, Seal) -> Result<()>,
+    ) -> Result<()> {
+        let mut names = Names::default();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let mut entries = Vec::with_capacity(block.entries.len());
+            for e in &block.entries {
+                entries.push((names.content(self, e)?, e.check()));
+            }
+            f(first, entries, Seal { signed_at: block.signed_at, signature: block.signature() })?;
+        }
+        Ok(())
+    }
+
     /// Every entry of `user`'s log in seq order, resolved (erased ones as their hash).
     pub fn entries(&self, user: UserId) -> Result<Vec<(u64, Content)>> {
         let mut names = Names::default();

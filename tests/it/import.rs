@@ -330,3 +330,68 @@ fn export_then_import_into_a_fresh_node_gives_identical_statistics() {
         }
     }
 }
+
+#[test]
+fn an_account_bundle_verifies_and_tampering_is_named() {
+    use hearsay::account::{Error, export, verify};
+    use hearsay::store::Action;
+    let n = node();
+    // 150 listens (three log blocks), a love, and a deleted listen (a tombstone).
+    let u = user();
+    let path = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let text = std::fs::read_to_string(path).expect("read");
+    let head: String = text.lines().take(150).map(|l| format!("{l}\n")).collect();
+    import_bytes(&n, Format::ListenBrainzJsonl, head.as_bytes());
+    let some = n.store.listens(n.user, 0, i64::MAX, 1, hearsay::store::logs::Order::OldestFirst).expect("listens");
+    n.ingestor
+        .ingest_blocking(n.user, vec![Action::Love(some[0].listen.track.clone()), Action::Delete { seq: some[0].seq }])
+        .expect("love and delete");
+    let mut bundle = Vec::new();
+    let entries = export(&n.store, n.user, LATER, &mut bundle).expect("export");
+    assert_eq!(entries, 152);
+    let mut blocks = 0;
+    let (header, verified) = verify(&mut bundle.as_slice(), |_| blocks += 1).expect("verifies");
+    assert_eq!((header.name.as_str(), verified.n_entries, verified.n_erased, blocks), ("someone", 152, 1, 3));
+    // The private key is not in it.
+    let seed = n.store.signing_key(n.user).expect("key").to_bytes();
+    assert!(!bundle.windows(32).any(|w| w == seed), "the bundle holds the secret key");
+
+    // A changed byte inside a track name: the entry is named.
+    let second: serde_json::Value = serde_json::from_str(text.lines().nth(70).expect("line")).expect("json");
+    let title = second["track_metadata"]["track_name"].as_str().expect("title").as_bytes().to_vec();
+    let at = bundle.windows(title.len()).position(|w| w == title.as_slice()).expect("the title is in the bundle");
+    let mut tampered = bundle.clone();
+    tampered[at] ^= 0x20;
+    match verify(&mut tampered.as_slice(), |_| {}) {
+        Err(Error::Verify(e)) => assert!(e.to_string().contains("entry "), "{e}"),
+        other => panic!("tampering not refused: {other:?}"),
+    }
+    // Truncated: cut inside the last block, and cut between blocks.
+    let cut = bundle[..bundle.len() - 10].to_vec();
+    assert!(matches!(verify(&mut cut.as_slice(), |_| {}), Err(Error::Truncated { .. })), "cut inside a block");
+    let frames = |b: &[u8]| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = hearsay::account::MAGIC.len();
+        while i + 4 <= b.len() {
+            let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+            out.push((i, i + 4 + len));
+            i += 4 + len;
+        }
+        out
+    };
+    let f = frames(&bundle);
+    assert_eq!(f.len(), 4, "header and three blocks");
+    let without_last = bundle[..f[3].0].to_vec();
+    assert!(matches!(verify(&mut without_last.as_slice(), |_| {}), Err(Error::Truncated { .. })), "a block missing");
+    // Reordered: the second and third blocks swapped.
+    let mut reordered = bundle[..f[2].0].to_vec();
+    reordered.extend_from_slice(&bundle[f[3].0..f[3].1]);
+    reordered.extend_from_slice(&bundle[f[2].0..f[2].1]);
+    match verify(&mut reordered.as_slice(), |_| {}) {
+        Err(Error::Verify(e)) => {
+            assert!(e.to_string().contains("out of order") || e.to_string().contains("entry"), "{e}")
+        }
+        other => panic!("reordering not refused: {other:?}"),
+    }
+    assert!(matches!(verify(&mut &b"garbage"[..], |_| {}), Err(Error::NotABundle)));
+}

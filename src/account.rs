@@ -1,0 +1,197 @@
+//! Account bundles: one file with a user's public key and whole signed log (tombstones
+//! and erased entries included, as hashes), which anyone can verify without the node.
+//! Format (`docs/protocol.md` §8): the line `hearsay-account-bundle v1\n`, then frames
+//! of `u32 BE length ‖ postcard`: one `HeaderV1`, then one `BlockV1` per log block in
+//! order. Verification recomputes the chain and checks every seal, streaming, and names
+//! the first bad entry. The user's private key is never in a bundle: it is written, only
+//! when asked, to a separate file.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Body, Content, Hash32, Salt, Seal, TrackRef, Verified, Verifier, VerifyError};
+use crate::store::{Store, UserId};
+
+pub const MAGIC: &[u8] = b"hearsay-account-bundle v1\n";
+/// Largest frame (a block of 64 entries with long names fits well under it).
+pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderV1 {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub timezone: String,
+    pub created_at: i64,
+    pub exported_at: i64,
+    /// Entries in the log (so a bundle cut between blocks is noticed).
+    pub entries: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryV1 {
+    Listen { salt: Salt, track: TrackRef, listened_at: i64, duration_ms: Option<u32>, client: Option<String> },
+    Love { salt: Salt, track: TrackRef },
+    Unlove { salt: Salt, track: TrackRef },
+    Hate { salt: Salt, track: TrackRef },
+    Delete { salt: Salt, target: u64 },
+    Erased { content_hash: Hash32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockV1 {
+    pub first: u64,
+    /// Each entry with the first 4 bytes of its chain link (names the first changed one).
+    pub entries: Vec<(EntryV1, [u8; 4])>,
+    pub signed_at: i64,
+    pub signature: Vec<u8>,
+}
+
+fn to_wire(c: Content) -> EntryV1 {
+    match c {
+        Content::Erased { content_hash } => EntryV1::Erased { content_hash },
+        Content::Present { salt, body } => match body {
+            Body::Listen { track, listened_at, duration_ms, client } => {
+                EntryV1::Listen { salt, track, listened_at, duration_ms, client }
+            }
+            Body::Love(track) => EntryV1::Love { salt, track },
+            Body::Unlove(track) => EntryV1::Unlove { salt, track },
+            Body::Hate(track) => EntryV1::Hate { salt, track },
+            Body::Delete { target } => EntryV1::Delete { salt, target },
+        },
+    }
+}
+
+pub fn from_wire(e: EntryV1) -> Content {
+    match e {
+        EntryV1::Erased { content_hash } => Content::Erased { content_hash },
+        EntryV1::Listen { salt, track, listened_at, duration_ms, client } => {
+            Content::Present { salt, body: Body::Listen { track, listened_at, duration_ms, client } }
+        }
+        EntryV1::Love { salt, track } => Content::Present { salt, body: Body::Love(track) },
+        EntryV1::Unlove { salt, track } => Content::Present { salt, body: Body::Unlove(track) },
+        EntryV1::Hate { salt, track } => Content::Present { salt, body: Body::Hate(track) },
+        EntryV1::Delete { salt, target } => Content::Present { salt, body: Body::Delete { target } },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a hearsay account bundle")]
+    NotABundle,
+    #[error("the bundle is cut off after entry {after}: it ends inside a block, or blocks are missing")]
+    Truncated { after: u64 },
+    #[error("the bundle is damaged at the block after entry {after}: {reason}")]
+    Damaged { after: u64, reason: String },
+    #[error("the log does not verify: {0}")]
+    Verify(#[from] VerifyError),
+}
+
+fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<(), Error> {
+    let bytes = postcard::to_allocvec(value).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    w.write_all(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes())?;
+    w.write_all(&bytes)?;
+    Ok(())
+}
+
+/// Writes `user`'s bundle; returns the number of entries.
+pub fn export(store: &Store, user: UserId, now: i64, w: &mut impl Write) -> Result<u64, Error> {
+    let u = store.user(user)?.ok_or_else(|| crate::store::Error::NoSuchUser(format!("#{}", user.0)))?;
+    let head = store.log_head(user)?;
+    w.write_all(MAGIC)?;
+    let header = HeaderV1 {
+        name: u.name.clone(),
+        public_key: u.public_key,
+        timezone: u.timezone.clone(),
+        created_at: u.created_at,
+        exported_at: now,
+        entries: head.n_entries,
+    };
+    write_frame(w, &header)?;
+    let mut io_error = None;
+    store.each_log_block(user, |first, entries, seal| {
+        let block = BlockV1 {
+            first,
+            entries: entries.into_iter().map(|(c, check)| (to_wire(c), check)).collect(),
+            signed_at: seal.signed_at,
+            signature: seal.signature.to_vec(),
+        };
+        if let Err(e) = write_frame(w, &block) {
+            io_error = Some(e);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    w.flush()?;
+    Ok(head.n_entries)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of file.
+fn read_frame(r: &mut impl Read, after: u64) -> Result<Option<Vec<u8>>, Error> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..])?;
+        if n == 0 {
+            return if got == 0 { Ok(None) } else { Err(Error::Truncated { after }) };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(Error::Damaged { after, reason: format!("a frame of {len} bytes") });
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).map_err(|_| Error::Truncated { after })?;
+    Ok(Some(buf))
+}
+
+/// Reads and verifies a whole bundle, streaming, calling `each` with every block that
+/// was read (to store it after verification, the caller buffers or re-reads). Names
+/// the first bad entry.
+pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(HeaderV1, Verified), Error> {
+    let mut magic = vec![0u8; MAGIC.len()];
+    if r.read_exact(&mut magic).is_err() || magic != MAGIC {
+        return Err(Error::NotABundle);
+    }
+    let header_bytes = read_frame(r, 0)?.ok_or(Error::NotABundle)?;
+    let header: HeaderV1 = match postcard::from_bytes(&header_bytes) {
+        Ok(h) => h,
+        Err(_) => return Err(Error::NotABundle),
+    };
+    let mut verifier = Verifier::new(&header.public_key)?;
+    let mut seen = 0u64;
+    while let Some(frame) = read_frame(r, seen.saturating_sub(1))? {
+        let block: BlockV1 = match postcard::take_from_bytes::<BlockV1>(&frame) {
+            Ok((b, [])) => b,
+            _ => {
+                return Err(Error::Damaged { after: seen.saturating_sub(1), reason: "a block does not decode".into() });
+            }
+        };
+        let Ok(signature) = <[u8; 64]>::try_from(block.signature.as_slice()) else {
+            return Err(Error::Damaged { after: seen.saturating_sub(1), reason: "a seal is not 64 bytes".into() });
+        };
+        let mut last = None;
+        for (i, (entry, check)) in block.entries.iter().enumerate() {
+            let seq = block.first + i as u64;
+            verifier.entry(seq, &from_wire(entry.clone()), *check);
+            last = Some(seq);
+            seen = seen.max(seq + 1);
+        }
+        if let Some(seq) = last {
+            verifier.seal(seq, Seal { signed_at: block.signed_at, signature });
+        }
+        each(&block);
+    }
+    let verified = verifier.finish()?;
+    if verified.n_entries != header.entries {
+        return Err(Error::Truncated { after: verified.n_entries.saturating_sub(1) });
+    }
+    Ok((header, verified))
+}
