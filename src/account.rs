@@ -195,3 +195,85 @@ pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(Head
     }
     Ok((header, verified))
 }
+
+/// Why an account could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Bundle(#[from] Error),
+    #[error("the secret key file is not this account's key (its public key differs)")]
+    WrongKey,
+    #[error("secret key file: {0}")]
+    KeyFile(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+/// Reads a secret key file written by `account export --with-secret-key`.
+pub fn read_secret_key(text: &str) -> Result<[u8; 32], ImportError> {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    let bytes =
+        line.and_then(|l| hex::decode(l).ok()).ok_or_else(|| ImportError::KeyFile("no hex key in it".into()))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ImportError::KeyFile("the key is not 32 bytes".into()))
+}
+
+/// Imports a bundle as a new user named `name` (default: the bundle's), keeping the
+/// account's identity: the whole bundle is verified before anything is stored, the
+/// user is created with the same signing key, every entry is appended exactly as it
+/// was, and the stored log must then verify with the same chain head. On any failure
+/// after the user was created, the user is deleted again, so a re-run starts clean.
+pub fn import(
+    store: &Store,
+    ingestor: &crate::store::Ingestor,
+    open: &dyn Fn() -> std::io::Result<Box<dyn Read>>,
+    seed: [u8; 32],
+    name: Option<&str>,
+    password: &str,
+    now: i64,
+) -> Result<(crate::store::users::User, Verified), ImportError> {
+    let (header, verified) = verify(&mut open().map_err(Error::Io)?, |_| {})?;
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    if public != header.public_key {
+        return Err(ImportError::WrongKey);
+    }
+    let user = store.create_user_with_key(name.unwrap_or(&header.name), password, seed, now)?;
+    let result = (|| -> Result<Verified, ImportError> {
+        if crate::stats::period::time_zone(&header.timezone).is_ok() {
+            store.set_timezone(user.id, &header.timezone)?;
+        }
+        let mut reader = open().map_err(Error::Io)?;
+        let mut batch = Vec::new();
+        let mut failure = None;
+        verify(&mut reader, |block| {
+            if failure.is_some() {
+                return;
+            }
+            batch.extend(block.entries.iter().map(|(e, _)| crate::store::Action::Adopt(from_wire(e.clone()))));
+            if batch.len() >= 1024 {
+                if let Err(e) = ingestor.ingest_blocking(user.id, std::mem::take(&mut batch)) {
+                    failure = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if !batch.is_empty() {
+            ingestor.ingest_blocking(user.id, batch)?;
+        }
+        match store.verify_log(user.id)? {
+            Ok(v) if v.head == verified.head && v.n_entries == verified.n_entries => Ok(v),
+            Ok(_) => {
+                Err(Error::Damaged { after: 0, reason: "the stored chain differs from the bundle's".into() }.into())
+            }
+            Err(e) => Err(Error::Verify(e).into()),
+        }
+    })();
+    match result {
+        Ok(v) => Ok((user, v)),
+        Err(e) => {
+            let _ = futures::executor::block_on(ingestor.delete_user(user.id));
+            Err(e)
+        }
+    }
+}

@@ -103,6 +103,19 @@ enum AccountCmd {
     /// Verify a bundle: recompute the chain and check every signature; names the first
     /// bad entry.
     Verify { file: PathBuf },
+    /// Move an account here: verify the whole bundle, then recreate the user with the
+    /// same identity key (from the secret key file) so new listens extend the same chain.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        secret_key: PathBuf,
+        /// Name on this node (default: the name in the bundle).
+        #[arg(long)]
+        name: Option<String>,
+        /// The password on this node: first line of this file (else asked).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +267,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}: the private key, readable only by you", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Account(AccountCmd::Import { file, secret_key, name, password_file }) => {
+            let seed = crate::account::read_secret_key(
+                &std::fs::read_to_string(&secret_key)
+                    .with_context(|| format!("cannot read {}", secret_key.display()))?,
+            )?;
+            let password = read_password(password_file)?;
+            let store = open_store(&config)?;
+            let ingestor = crate::store::Ingestor::start(
+                store.clone(),
+                config.store.group_commit_max_listens,
+                config.stats.credit_rules(),
+            )?;
+            let path = file.clone();
+            let open = move || -> std::io::Result<Box<dyn std::io::Read>> {
+                Ok(Box::new(std::io::BufReader::new(std::fs::File::open(&path)?)))
+            };
+            let result =
+                crate::account::import(&store, &ingestor, &open, seed, name.as_deref(), &password, crate::now_unix());
+            ingestor.stop();
+            match result {
+                Ok((user, v)) => {
+                    println!(
+                        "{}: imported as {}; {} entries verified here, same chain head",
+                        file.display(),
+                        user.name,
+                        v.n_entries
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{}: refused: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Account(AccountCmd::Verify { file }) => {
             let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;

@@ -78,6 +78,13 @@ fn user_from(id: UserId, v: UserV2) -> User {
 impl Store {
     /// Creates a user with a fresh identity key.
     pub fn create_user(&self, name: &str, password: &str, now: i64) -> Result<User> {
+        let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
+        self.create_user_with_key(name, password, seed, now)
+    }
+
+    /// Creates a user whose log is signed with the key of `seed` (an account moved from
+    /// another node keeps its identity, so its log continues the same chain).
+    pub fn create_user_with_key(&self, name: &str, password: &str, seed: [u8; 32], now: i64) -> Result<User> {
         validate_name(name)?;
         check_password(password)?;
         let lower = name.to_ascii_lowercase();
@@ -85,7 +92,6 @@ impl Store {
             return Err(Error::UserExists(name.to_owned()));
         }
         let password_hash = auth::hash_password(password).map_err(Error::Crypto)?;
-        let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
         let record = UserV2 {

@@ -47,6 +47,11 @@ pub enum Action {
     Delete {
         seq: u64,
     },
+    /// Append an entry of a verified log brought from another node, exactly (its salt,
+    /// or only its hash when erased), without the duplicate rule: the chain must stay
+    /// the one that was verified. A tombstone is kept as it is (its target arrives
+    /// already erased).
+    Adopt(crate::log::Content),
 }
 
 /// What became of one action.
@@ -492,57 +497,39 @@ impl Writer {
         now: i64,
     ) -> Result<Outcome> {
         match action {
-            Action::Listen(listen) => {
-                let (track, dkey) = self.intern_track(group, &listen.track)?;
-                let at = listen.listened_at;
-                let mut nearby = Vec::new();
-                let window = window_secs(listen.duration_ms);
-                let reach = search_secs(window);
-                for day in day_of(at - reach)..=day_of(at + reach) {
-                    let base = i64::from(day) * 86_400;
-                    let (bucket, _) = self.day(group, user, day)?;
-                    nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
-                }
-                if is_duplicate(nearby, at, dkey, window) {
-                    return Ok(Outcome::Duplicate);
-                }
-                let client = match &listen.client {
-                    Some(name) => self.intern_client(group, name)?,
-                    None => 0,
-                };
-                let body = Body::Listen {
-                    track: listen.track.clone(),
-                    listened_at: at,
-                    duration_ms: listen.duration_ms,
-                    client: listen.client.clone(),
-                };
-                let duration_ms = listen.duration_ms;
-                let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
-                    salt,
+            Action::Listen(listen) => self.listen(group, user, listen, salt, now, true),
+            Action::Adopt(crate::log::Content::Erased { content_hash }) => {
+                let hash = *content_hash;
+                let seq = self.append_hashed(group, user, Some(hash), None, now, |_, check| StoredEntry::Erased {
+                    content_hash: hash,
                     check,
-                    listened_at: at,
-                    track,
-                    duration_ms,
-                    client,
                 })?;
-                let day = day_of(at);
-                let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
-                let (bucket, dirty) = self.day(group, user, day)?;
-                let item = DayItem { sec, seq, key: dkey.to_be_bytes() };
-                let pos = bucket.items.partition_point(|i| *i < item);
-                bucket.items.insert(pos, item);
-                *dirty = true;
-                if let Some(state) = self.users.get_mut(&user) {
-                    state.head.n_listens += 1;
-                }
-                self.count(group, user, at, track, 1)?;
-                if let Some(info) = &listen.info {
-                    let first = seq - seq % BLOCK_ENTRIES;
-                    let slot = (seq - first) as u8;
-                    group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.clone())));
-                }
                 Ok(Outcome::Appended { seq })
             }
+            Action::Adopt(crate::log::Content::Present { salt, body }) => match body {
+                Body::Listen { track, listened_at, duration_ms, client } => {
+                    let listen = Listen {
+                        track: track.clone(),
+                        listened_at: *listened_at,
+                        duration_ms: *duration_ms,
+                        client: client.clone(),
+                        info: None,
+                    };
+                    self.listen(group, user, &listen, *salt, now, false)
+                }
+                Body::Love(t) => self.prepare_one(group, user, &Action::Love(t.clone()), *salt, now),
+                Body::Unlove(t) => self.prepare_one(group, user, &Action::Unlove(t.clone()), *salt, now),
+                Body::Hate(t) => self.prepare_one(group, user, &Action::Hate(t.clone()), *salt, now),
+                Body::Delete { target } => {
+                    let target = *target;
+                    let seq = self.append(group, user, body, *salt, now, |salt, check| StoredEntry::Delete {
+                        salt,
+                        check,
+                        target,
+                    })?;
+                    Ok(Outcome::Appended { seq })
+                }
+            },
             Action::Love(track) | Action::Unlove(track) | Action::Hate(track) => {
                 let (id, _) = self.intern_track(group, track)?;
                 let score: i8 = match action {
@@ -580,6 +567,67 @@ impl Writer {
                 Ok(Outcome::Appended { seq })
             }
         }
+    }
+
+    /// Appends a listen and indexes it; with `dedupe`, a duplicate is dropped instead.
+    fn listen(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        listen: &Listen,
+        salt: Salt,
+        now: i64,
+        dedupe: bool,
+    ) -> Result<Outcome> {
+        let (track, dkey) = self.intern_track(group, &listen.track)?;
+        let at = listen.listened_at;
+        let mut nearby = Vec::new();
+        let window = window_secs(listen.duration_ms);
+        let reach = search_secs(window);
+        for day in day_of(at - reach)..=day_of(at + reach) {
+            let base = i64::from(day) * 86_400;
+            let (bucket, _) = self.day(group, user, day)?;
+            nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
+        }
+        if dedupe && is_duplicate(nearby, at, dkey, window) {
+            return Ok(Outcome::Duplicate);
+        }
+        let client = match &listen.client {
+            Some(name) => self.intern_client(group, name)?,
+            None => 0,
+        };
+        let body = Body::Listen {
+            track: listen.track.clone(),
+            listened_at: at,
+            duration_ms: listen.duration_ms,
+            client: listen.client.clone(),
+        };
+        let duration_ms = listen.duration_ms;
+        let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
+            salt,
+            check,
+            listened_at: at,
+            track,
+            duration_ms,
+            client,
+        })?;
+        let day = day_of(at);
+        let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
+        let (bucket, dirty) = self.day(group, user, day)?;
+        let item = DayItem { sec, seq, key: dkey.to_be_bytes() };
+        let pos = bucket.items.partition_point(|i| *i < item);
+        bucket.items.insert(pos, item);
+        *dirty = true;
+        if let Some(state) = self.users.get_mut(&user) {
+            state.head.n_listens += 1;
+        }
+        self.count(group, user, at, track, 1)?;
+        if let Some(info) = &listen.info {
+            let first = seq - seq % BLOCK_ENTRIES;
+            let slot = (seq - first) as u8;
+            group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.clone())));
+        }
+        Ok(Outcome::Appended { seq })
     }
 
     fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV1, bool)> {
@@ -676,10 +724,28 @@ impl Writer {
         now: i64,
         make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
     ) -> Result<u64> {
+        self.append_hashed(group, user, None, Some((body, salt)), now, make)
+    }
+
+    /// Appends an entry given by its body and salt, or (erased) by its content hash.
+    fn append_hashed(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        hash: Option<crate::log::Hash32>,
+        content: Option<(&Body, Salt)>,
+        now: i64,
+        make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
+    ) -> Result<u64> {
         self.ensure_tail(user)?;
         let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
         let seq = state.head.next_seq;
-        let link = next_link(&state.head.link, seq, &content_hash(&state.public, seq, &salt, body));
+        let (hash, salt) = match (hash, content) {
+            (Some(h), _) => (h, [0; 16]),
+            (None, Some((body, salt))) => (content_hash(&state.public, seq, &salt, body), salt),
+            (None, None) => return Err(Error::Invalid("an entry needs content or a hash".into())),
+        };
+        let link = next_link(&state.head.link, seq, &hash);
         let tail = state.tail.get_or_insert_with(|| BlockV1 {
             entries: Vec::with_capacity(BLOCK_ENTRIES as usize),
             signed_at: 0,

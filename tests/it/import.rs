@@ -395,3 +395,128 @@ fn an_account_bundle_verifies_and_tampering_is_named() {
     }
     assert!(matches!(verify(&mut &b"garbage"[..], |_| {}), Err(Error::NotABundle)));
 }
+
+#[test]
+fn an_account_moves_to_another_node_and_its_chain_continues_there() {
+    use hearsay::account::{export, import};
+    use hearsay::store::Action;
+    let u = user();
+    let path = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let text = std::fs::read_to_string(path).expect("read");
+    let head: String = text.lines().take(300).map(|l| format!("{l}\n")).collect();
+    let old = node();
+    import_bytes(&old, Format::ListenBrainzJsonl, head.as_bytes());
+    let some = old.store.listens(old.user, 0, i64::MAX, 2, hearsay::store::logs::Order::OldestFirst).expect("listens");
+    old.ingestor
+        .ingest_blocking(
+            old.user,
+            vec![Action::Love(some[1].listen.track.clone()), Action::Delete { seq: some[0].seq }],
+        )
+        .expect("love and delete");
+    let mut bundle = Vec::new();
+    export(&old.store, old.user, LATER, &mut bundle).expect("export");
+    let seed = old.store.signing_key(old.user).expect("key").to_bytes();
+
+    // A tampered bundle is refused before anything is stored.
+    let new = node();
+    let mut bad = bundle.clone();
+    let n = bad.len();
+    bad[n - 100] ^= 1;
+    let opener = |b: Vec<u8>| {
+        move || -> std::io::Result<Box<dyn std::io::Read>> { Ok(Box::new(std::io::Cursor::new(b.clone()))) }
+    };
+    let refused = import(&new.store, &new.ingestor, &opener(bad), seed, Some("mover"), "password1", LATER);
+    assert!(refused.is_err());
+    assert!(new.store.user_by_name("mover").expect("lookup").is_none(), "nothing stored");
+    // The wrong key is refused too.
+    assert!(
+        import(&new.store, &new.ingestor, &opener(bundle.clone()), [9; 32], Some("mover"), "password1", LATER).is_err()
+    );
+    assert!(new.store.user_by_name("mover").expect("lookup").is_none());
+
+    let (moved, verified) =
+        import(&new.store, &new.ingestor, &opener(bundle.clone()), seed, Some("mover"), "password1", LATER)
+            .expect("import");
+    assert_eq!(verified.n_entries, 302);
+    let moved_node = Node {
+        _dir: tempfile::tempdir().expect("unused"),
+        store: new.store.clone(),
+        ingestor: new.ingestor.clone(),
+        user: moved.id,
+    };
+    for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
+        assert_eq!(chart_rows(&moved_node, kind), chart_rows(&old, kind), "{kind:?}");
+    }
+    assert_eq!(new.store.feedback(moved.id, 1, 10).expect("loves").len(), 1);
+    // New listens on the new node extend the same chain, and it still verifies.
+    let mut next = some[1].listen.clone();
+    next.listened_at += 86_400 * 3;
+    new.ingestor.ingest_blocking(moved.id, vec![Action::Listen(next)]).expect("scrobble");
+    let v = new.store.verify_log(moved.id).expect("read").expect("verifies");
+    assert_eq!(v.n_entries, 303);
+    assert_eq!(
+        new.store.user(moved.id).expect("user").expect("exists").public_key,
+        old.store.user(old.user).expect("u").expect("u").public_key
+    );
+}
+
+#[test]
+fn account_export_and_import_with_the_command_line_and_log_verify_there() {
+    let u = user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "password123\n").expect("pw");
+    let pw = pw.to_str().expect("utf8");
+    assert_eq!(hearsay(&a, &["user", "add", "ann", "--password-file", pw]).0, 0);
+    let jsonl = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    assert_eq!(hearsay(&a, &["import", "--user", "ann", jsonl.to_str().expect("utf8")]).0, 0);
+    let bundle = dir.path().join("ann.bundle");
+    let key = dir.path().join("ann.secret-key");
+    let (code, out, err) = hearsay(
+        &a,
+        &[
+            "account",
+            "export",
+            "ann",
+            "--out",
+            bundle.to_str().expect("utf8"),
+            "--with-secret-key",
+            key.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("entries of ann's log"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+    let (code, out, err) = hearsay(
+        &b,
+        &[
+            "account",
+            "import",
+            bundle.to_str().expect("utf8"),
+            "--secret-key",
+            key.to_str().expect("utf8"),
+            "--password-file",
+            pw,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = hearsay(&b, &["log", "verify", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("ok: {} entries", u["listens"])), "{out}");
+    // A second import of the same account is refused (the name is taken) and changes nothing.
+    let (code, out, _) = hearsay(
+        &b,
+        &[
+            "account",
+            "import",
+            bundle.to_str().expect("utf8"),
+            "--secret-key",
+            key.to_str().expect("utf8"),
+            "--password-file",
+            pw,
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+}
