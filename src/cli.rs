@@ -470,25 +470,6 @@ fn verify(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Files to import from `paths`: files as given, folders' files (sorted, one level).
-fn import_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("cannot read {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file())
-                .collect();
-            inner.sort();
-            out.extend(inner);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
-}
-
 fn import(
     config: &Config,
     user: &str,
@@ -496,8 +477,7 @@ fn import(
     timezone: Option<&str>,
     paths: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
-    use crate::import::formats::{Format, Options, records};
-    use std::io::{BufRead, Read};
+    use crate::import::formats::{Format, Options};
     let forced = match format {
         None => None,
         Some(f) => Some(Format::parse(f).with_context(|| {
@@ -516,51 +496,49 @@ fn import(
     )?;
     let options = Options { now: crate::now_unix(), timezone: tz };
     let mut read_anything = false;
-    for path in import_files(paths)? {
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let detected = match forced {
-            Some(f) => Some(f),
-            None => Format::detect(&path, reader.fill_buf()?),
-        };
-        let Some(format) = detected else {
-            println!("{}: skipped, not a known export format (name it with --format)", path.display());
-            continue;
-        };
-        let started = std::time::Instant::now();
-        let boxed: Box<dyn BufRead> = Box::new(reader.by_ref());
-        let summary = crate::import::import_records(records(format, boxed, &options), &ingestor, u.id, |s| {
-            if std::io::stderr().is_terminal() {
-                eprint!("\r{}: {} records read, {} bad", path.display(), s.read, s.bad);
-            }
-        })?;
-        if std::io::stderr().is_terminal() {
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |name: &str, s: &crate::import::Summary| {
+        if tty {
+            eprint!("\r{name}: {} records read, {} bad", s.read, s.bad);
+        }
+    };
+    for path in paths {
+        let reports = crate::import::source::import_path(path, forced, &ingestor, u.id, &options, &mut progress)
+            .with_context(|| format!("importing {}", path.display()))?;
+        if tty {
             eprintln!();
         }
-        read_anything |= summary.read > summary.bad;
-        println!(
-            "{} ({}): {} imported, {} duplicates skipped, {} not listens, {} bad records ({:.1} s)",
-            path.display(),
-            format.name(),
-            summary.imported,
-            summary.duplicates,
-            summary.dropped.values().sum::<u64>(),
-            summary.bad,
-            started.elapsed().as_secs_f64()
-        );
-        for (why, n) in &summary.dropped {
-            println!("  not a listen: {why}: {n}");
-        }
-        let unit = if matches!(format, Format::LastfmCsv | Format::Rockbox | Format::ListenBrainzJsonl) {
-            "line"
-        } else {
-            "record"
-        };
-        for (line, reason) in &summary.bad_examples {
-            println!("  {unit} {line}: {reason}");
-        }
-        if summary.bad > summary.bad_examples.len() as u64 {
-            println!("  ... and {} more", summary.bad - summary.bad_examples.len() as u64);
+        for r in reports {
+            let Some(format) = r.format else {
+                println!("{}: skipped, {}", r.name, r.note.as_deref().unwrap_or("not an export"));
+                continue;
+            };
+            let summary = &r.summary;
+            read_anything |= summary.read > summary.bad;
+            println!(
+                "{} ({}): {} imported, {} duplicates skipped, {} not listens, {} bad records ({:.1} s)",
+                r.name,
+                format.name(),
+                summary.imported,
+                summary.duplicates,
+                summary.dropped.values().sum::<u64>(),
+                summary.bad,
+                r.secs
+            );
+            for (why, n) in &summary.dropped {
+                println!("  not a listen: {why}: {n}");
+            }
+            let unit = if matches!(format, Format::LastfmCsv | Format::Rockbox | Format::ListenBrainzJsonl) {
+                "line"
+            } else {
+                "record"
+            };
+            for (line, reason) in &summary.bad_examples {
+                println!("  {unit} {line}: {reason}");
+            }
+            if summary.bad > summary.bad_examples.len() as u64 {
+                println!("  ... and {} more", summary.bad - summary.bad_examples.len() as u64);
+            }
         }
     }
     ingestor.stop();

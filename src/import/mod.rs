@@ -11,6 +11,7 @@
 pub mod formats;
 pub mod json_stream;
 pub mod listenbrainz;
+pub mod source;
 
 use std::io::BufRead;
 

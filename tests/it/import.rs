@@ -520,3 +520,49 @@ fn account_export_and_import_with_the_command_line_and_log_verify_there() {
     );
     assert_eq!(code, 1, "{out}");
 }
+
+#[test]
+fn a_zip_archive_is_read_member_by_member_and_strangers_are_skipped() {
+    use std::io::Write;
+    let u = user();
+    let name = u["username"].as_str().expect("name");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zip_path = dir.path().join("my_spotify_data.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        z.add_directory("Spotify Extended Streaming History/", opts).expect("dir");
+        for f in u["files"]["spotify"].as_array().expect("spotify") {
+            let p = fixture().join(f.as_str().expect("f"));
+            let member =
+                format!("Spotify Extended Streaming History/{}", p.file_name().expect("name").to_string_lossy());
+            z.start_file(member, opts).expect("start");
+            z.write_all(&std::fs::read(&p).expect("read")).expect("write");
+        }
+        z.start_file("Spotify Extended Streaming History/ReadMeFirst_ExtendedStreamingHistory.pdf", opts)
+            .expect("start");
+        z.write_all(b"%PDF-1.4 not a history").expect("write");
+        z.finish().expect("finish");
+    }
+    let data = dir.path().join("data");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "password123\n").expect("pw");
+    assert_eq!(hearsay(&data, &["user", "add", "zed", "--password-file", pw.to_str().expect("utf8")]).0, 0);
+    let (code, out, err) = hearsay(&data, &["import", "--user", "zed", zip_path.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    let expected = u["listens"].as_u64().expect("listens") - incognito_listens(&fixture().join(name).join("spotify"));
+    let imported: u64 = out
+        .lines()
+        .filter(|l| l.contains("(spotify-extended):"))
+        .filter_map(|l| l.split("): ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(imported, expected, "{out}");
+    assert!(out.contains("ReadMeFirst_ExtendedStreamingHistory.pdf: skipped, not a listening history"), "{out}");
+    // A damaged archive: a clear message, nothing imported, a non-zero exit.
+    let broken = dir.path().join("broken.zip");
+    let bytes = std::fs::read(&zip_path).expect("read");
+    std::fs::write(&broken, &bytes[..bytes.len() / 3]).expect("write");
+    let (code, out, _) = hearsay(&data, &["import", "--user", "zed", broken.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("skipped"), "{out}");
+}

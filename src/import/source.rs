@@ -1,0 +1,149 @@
+//! Where records come from: a file, a folder of files, or a zip archive (as Spotify and
+//! ListenBrainz deliver their exports). Each file or member is detected and imported
+//! on its own, with its own report; members that are not exports are reported and
+//! skipped. Zip archives are read member by member, never unpacked to disk, with
+//! limits against zip bombs.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use super::formats::{Format, Options, records};
+use super::{Error, Summary, import_records};
+use crate::store::{Ingestor, UserId};
+
+/// Most members of a zip archive looked at.
+pub const MAX_ZIP_MEMBERS: usize = 1000;
+/// Most bytes read from one member (declared or actual).
+pub const MAX_MEMBER_BYTES: u64 = 2 << 30;
+
+/// What happened to one file or archive member.
+#[derive(Debug)]
+pub struct Report {
+    pub name: String,
+    /// `None` when it was skipped (not an export).
+    pub format: Option<Format>,
+    pub summary: Summary,
+    pub secs: f64,
+    /// Why it was skipped or could not be read.
+    pub note: Option<String>,
+}
+
+fn import_reader(
+    name: &str,
+    reader: Box<dyn BufRead + '_>,
+    format: Format,
+    ingestor: &Ingestor,
+    user: UserId,
+    options: &Options,
+    progress: &mut dyn FnMut(&str, &Summary),
+) -> Result<Report, Error> {
+    let started = std::time::Instant::now();
+    let summary = import_records(records(format, reader, options), ingestor, user, |s| progress(name, s))?;
+    Ok(Report {
+        name: name.to_owned(),
+        format: Some(format),
+        summary,
+        secs: started.elapsed().as_secs_f64(),
+        note: None,
+    })
+}
+
+fn skipped(name: String, note: &str) -> Report {
+    Report { name, format: None, summary: Summary::default(), secs: 0.0, note: Some(note.to_owned()) }
+}
+
+/// Imports every export found at `path` (a file, a folder, or a `.zip`).
+pub fn import_path(
+    path: &Path,
+    forced: Option<Format>,
+    ingestor: &Ingestor,
+    user: UserId,
+    options: &Options,
+    progress: &mut dyn FnMut(&str, &Summary),
+) -> Result<Vec<Report>, Error> {
+    let mut reports = Vec::new();
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        files.sort();
+        for f in files {
+            reports.extend(import_path(&f, forced, ingestor, user, options, progress)?);
+        }
+        return Ok(reports);
+    }
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let head = reader.fill_buf()?.to_vec();
+    if head.starts_with(b"PK\x03\x04") && forced.is_none() {
+        return import_zip(path, forced, ingestor, user, options, progress);
+    }
+    let Some(format) = forced.or_else(|| Format::detect(path, &head)) else {
+        reports.push(skipped(name, "not a known export format (name it with --format)"));
+        return Ok(reports);
+    };
+    reports.push(import_reader(&name, Box::new(reader), format, ingestor, user, options, progress)?);
+    Ok(reports)
+}
+
+fn import_zip(
+    path: &Path,
+    forced: Option<Format>,
+    ingestor: &Ingestor,
+    user: UserId,
+    options: &Options,
+    progress: &mut dyn FnMut(&str, &Summary),
+) -> Result<Vec<Report>, Error> {
+    let mut reports = Vec::new();
+    let file = std::fs::File::open(path)?;
+    let mut archive = match zip::ZipArchive::new(file) {
+        Ok(a) => a,
+        Err(e) => {
+            reports.push(skipped(path.display().to_string(), &format!("not a readable zip archive: {e}")));
+            return Ok(reports);
+        }
+    };
+    let mut names: Vec<(String, usize)> =
+        (0..archive.len()).filter_map(|i| archive.name_for_index(i).map(|n| (n.to_owned(), i))).collect();
+    names.sort();
+    if names.len() > MAX_ZIP_MEMBERS {
+        reports.push(skipped(
+            path.display().to_string(),
+            &format!("{} members, more than {MAX_ZIP_MEMBERS}: not imported", names.len()),
+        ));
+        return Ok(reports);
+    }
+    for (member, index) in names {
+        let label = format!("{}:{member}", path.display());
+        let mut entry = match archive.by_index(index) {
+            Ok(e) => e,
+            Err(e) => {
+                reports.push(skipped(label, &format!("unreadable member: {e}")));
+                continue;
+            }
+        };
+        if entry.is_dir() {
+            continue;
+        }
+        if entry.size() > MAX_MEMBER_BYTES {
+            reports.push(skipped(label, "larger than 2 GiB uncompressed: not imported"));
+            continue;
+        }
+        let limited = (&mut entry as &mut dyn Read).take(MAX_MEMBER_BYTES);
+        let mut reader = BufReader::with_capacity(1 << 20, limited);
+        let head = match reader.fill_buf() {
+            Ok(h) => h.to_vec(),
+            Err(e) => {
+                reports.push(skipped(label, &format!("unreadable member: {e}")));
+                continue;
+            }
+        };
+        let member_path = Path::new(&member);
+        let Some(format) = forced.or_else(|| Format::detect(member_path, &head)) else {
+            reports.push(skipped(label, "not a listening history (skipped)"));
+            continue;
+        };
+        reports.push(import_reader(&label, Box::new(reader), format, ingestor, user, options, progress)?);
+    }
+    Ok(reports)
+}
