@@ -41,6 +41,8 @@ pub struct ApiState {
     pub auth_tokens: lastfm::AuthTokens,
     now_playing: Arc<Mutex<HashMap<UserId, NowPlaying>>>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    /// Imports started from the web view (`web::upload`), in memory.
+    pub uploads: crate::web::upload::Jobs,
 }
 
 impl ApiState {

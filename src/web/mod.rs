@@ -20,6 +20,7 @@ use maud::{DOCTYPE, Markup, html};
 mod downloads;
 mod network;
 mod transparency;
+pub mod upload;
 
 use crate::api::listenbrainz::ClientAddr;
 use crate::http::AppState;
@@ -95,6 +96,13 @@ pub fn router() -> Router<AppState> {
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
         .route("/settings/export/{format}", get(downloads::download))
+        .route(
+            "/import",
+            get(upload::form)
+                .post(upload::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(upload::MAX_UPLOAD_BYTES)),
+        )
+        .route("/import/{job}", get(upload::status))
         .route("/privacy", get(transparency::page_handler))
         .route("/network", get(network::page_handler))
         .route("/api/network", get(network::json))
@@ -142,6 +150,7 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                         a href={ "/user/" (user.name) "/history" } { "History" }
                         a href="/settings" { "Settings" }
                         a href="/connect" { "Connect a player" }
+                        a href="/import" { "Import" }
                         a href="/privacy" { "Privacy" }
                         a href="/network" { "Network" }
                         form method="post" action="/logout" style="margin-left:auto" {
@@ -696,6 +705,7 @@ fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: 
                 button { "Create token" }
             }
             h2 { "Your data" }
+            p { a href="/import" { "Import your history" } " from ListenBrainz, Last.fm, Spotify, Maloja or a Rockbox player." }
             p {
                 "Download all your listens: "
                 a href="/settings/export/listenbrainz" download { "ListenBrainz JSONL" }

@@ -236,3 +236,70 @@ async fn the_transparency_page_shows_each_release_the_ledger_and_what_of_me_went
     me.close().await.expect("close");
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_uploads_an_export_sees_the_listens_and_downloads_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let url = node.url.clone();
+    // A Last.fm CSV as lastfm-to-csv writes it, with one bad row.
+    let csv = dir.path().join("lastfm_alice.csv");
+    std::fs::write(
+        &csv,
+        "Múm,Finally We Are No One,Green Grass of Tunnel,01 Jun 2024 20:46\n\
+         Múm,Finally We Are No One,We Have a Map of the Piano,01 Jun 2024 20:52\n\
+         Broken,,row\n\
+         Björk,Homogenic,Jóga,02 Jun 2024 08:10\n",
+    )
+    .expect("write csv");
+    let shots: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start();
+    let me = browser(&driver, &dir.path().join("chrome-upload")).await;
+    me.goto(&format!("{url}/login")).await.expect("login page");
+    me.find(Locator::Css("input[name=username]")).await.expect("user field").send_keys("alice").await.expect("type");
+    me.find(Locator::Css("input[name=password]")).await.expect("pw").send_keys("password123").await.expect("type");
+    click_and_wait(&me, Locator::Css("main form button")).await;
+    click_and_wait(&me, Locator::LinkText("Import")).await;
+    me.find(Locator::Css("input[type=file]"))
+        .await
+        .expect("file field")
+        .send_keys(csv.to_str().expect("utf8"))
+        .await
+        .expect("choose the file");
+    shot(&me, &shots, "import-form").await;
+    click_and_wait(&me, Locator::Css("main form button")).await;
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = text(&me).await;
+        if page.contains("Import finished") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    shot(&me, &shots, "import-summary").await;
+    assert!(page.contains("Import finished") && page.contains("lastfm-csv"), "{page}");
+    assert!(page.contains("Record 3: expected 4 columns"), "the bad row is named: {page}");
+    click_and_wait(&me, Locator::LinkText("See your history")).await;
+    let history = text(&me).await;
+    assert!(
+        history.contains("3 listens") && history.contains("Jóga") && history.contains("Green Grass of Tunnel"),
+        "{history}"
+    );
+    // The download links hand back the same listens.
+    me.goto(&format!("{url}/settings")).await.expect("settings");
+    let link = me.find(Locator::LinkText("CSV")).await.expect("download link");
+    let href = link.attr("href").await.expect("href").expect("has href");
+    let cookie = me.get_named_cookie("hearsay_session").await.expect("session cookie");
+    let (u, c) = (format!("{url}{href}"), format!("hearsay_session={}", cookie.value()));
+    let body = tokio::task::spawn_blocking(move || {
+        ureq::get(&u).set("Cookie", &c).call().expect("download").into_string().expect("body")
+    })
+    .await
+    .expect("join");
+    assert_eq!(body.lines().count(), 4, "header and three listens: {body}");
+    assert!(body.contains("Björk,Homogenic,Jóga"), "{body}");
+    me.close().await.expect("close");
+    drop(node);
+}
