@@ -566,3 +566,35 @@ fn a_zip_archive_is_read_member_by_member_and_strangers_are_skipped() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("skipped"), "{out}");
 }
+
+#[test]
+fn the_older_spotify_account_data_history_imports_every_play() {
+    // The generator writes the extended history; the account-data files hold the same
+    // plays with fewer fields (minute-precision end time, no album, no flags), so the
+    // test derives them from it, as Spotify does.
+    let u = user();
+    let mut rows = Vec::new();
+    for f in u["files"]["spotify"].as_array().expect("spotify") {
+        let text = std::fs::read_to_string(fixture().join(f.as_str().expect("f"))).expect("read");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+        for r in list.into_iter().filter(|r| r["master_metadata_track_name"].is_string()) {
+            let ts = r["ts"].as_str().expect("ts");
+            rows.push(serde_json::json!({
+                "endTime": format!("{} {}", &ts[..10], &ts[11..16]),
+                "artistName": r["master_metadata_album_artist_name"],
+                "trackName": r["master_metadata_track_name"],
+                "msPlayed": r["ms_played"],
+            }));
+        }
+    }
+    let bytes = serde_json::to_vec(&rows).expect("json");
+    assert_eq!(Format::detect(Path::new("StreamingHistory0.json"), &bytes[..4096]), Some(Format::SpotifyAccount));
+    let n = node();
+    let s = import_bytes(&n, Format::SpotifyAccount, &bytes);
+    // Every play of 30 s or more is a listen (this format has no private-session flag).
+    assert_eq!((s.imported, s.bad), (u["listens"].as_u64().expect("listens"), 0), "{s:?}");
+    assert_eq!(s.dropped.get("played under 30 s"), u["skips"].as_u64().as_ref());
+    assert_eq!(import_bytes(&n, Format::SpotifyAccount, &bytes).imported, 0, "a second import adds nothing");
+    let (artists, ta) = (top(&n, Kind::Artist), truth(&u, Kind::Artist));
+    assert!(same_names(&artists, &ta) >= 22, "{artists:?}");
+}
