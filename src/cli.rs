@@ -497,9 +497,16 @@ fn import(
     let options = Options { now: crate::now_unix(), timezone: tz };
     let mut read_anything = false;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |name: &str, s: &crate::import::Summary| {
+    let mut progress = |name: &str, s: &crate::import::Summary, fraction: crate::import::source::Fraction| {
         if tty {
-            eprint!("\r{name}: {} records read, {} bad", s.read, s.bad);
+            let bar = match fraction {
+                Some((done, total)) if total > 0 => {
+                    let pct = (done.min(total) * 100 / total) as usize;
+                    format!("[{}{}] {pct:3}% ", "#".repeat(pct / 5), " ".repeat(20 - pct / 5))
+                }
+                _ => String::new(),
+            };
+            eprint!("\r{bar}{name}: {} records read, {} bad", s.read, s.bad);
         }
     };
     for path in paths {

@@ -16,6 +16,23 @@ pub const MAX_ZIP_MEMBERS: usize = 1000;
 /// Most bytes read from one member (declared or actual).
 pub const MAX_MEMBER_BYTES: u64 = 2 << 30;
 
+/// Bytes of the current file (or member) read so far, and its size: (done, total).
+pub type Fraction = Option<(u64, u64)>;
+
+/// Counts the bytes read through it, for progress.
+struct Counting<R> {
+    inner: R,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What happened to one file or archive member.
 #[derive(Debug)]
 pub struct Report {
@@ -28,17 +45,22 @@ pub struct Report {
     pub note: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn import_reader(
     name: &str,
     reader: Box<dyn BufRead + '_>,
+    size: (std::sync::Arc<std::sync::atomic::AtomicU64>, u64),
     format: Format,
     ingestor: &Ingestor,
     user: UserId,
     options: &Options,
-    progress: &mut dyn FnMut(&str, &Summary),
+    progress: &mut dyn FnMut(&str, &Summary, Fraction),
 ) -> Result<Report, Error> {
     let started = std::time::Instant::now();
-    let summary = import_records(records(format, reader, options), ingestor, user, |s| progress(name, s))?;
+    let (read, total) = size;
+    let summary = import_records(records(format, reader, options), ingestor, user, |s| {
+        progress(name, s, Some((read.load(std::sync::atomic::Ordering::Relaxed), total)))
+    })?;
     Ok(Report {
         name: name.to_owned(),
         format: Some(format),
@@ -59,7 +81,7 @@ pub fn import_path(
     ingestor: &Ingestor,
     user: UserId,
     options: &Options,
-    progress: &mut dyn FnMut(&str, &Summary),
+    progress: &mut dyn FnMut(&str, &Summary, Fraction),
 ) -> Result<Vec<Report>, Error> {
     let mut reports = Vec::new();
     if path.is_dir() {
@@ -73,7 +95,9 @@ pub fn import_path(
     }
     let name = path.display().to_string();
     let file = std::fs::File::open(path)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut reader = BufReader::with_capacity(1 << 20, Counting { inner: file, read: read.clone() });
     let head = reader.fill_buf()?.to_vec();
     if head.starts_with(b"PK\x03\x04") && forced.is_none() {
         return import_zip(path, forced, ingestor, user, options, progress);
@@ -82,7 +106,7 @@ pub fn import_path(
         reports.push(skipped(name, "not a known export format (name it with --format)"));
         return Ok(reports);
     };
-    reports.push(import_reader(&name, Box::new(reader), format, ingestor, user, options, progress)?);
+    reports.push(import_reader(&name, Box::new(reader), (read, total), format, ingestor, user, options, progress)?);
     Ok(reports)
 }
 
@@ -92,7 +116,7 @@ fn import_zip(
     ingestor: &Ingestor,
     user: UserId,
     options: &Options,
-    progress: &mut dyn FnMut(&str, &Summary),
+    progress: &mut dyn FnMut(&str, &Summary, Fraction),
 ) -> Result<Vec<Report>, Error> {
     let mut reports = Vec::new();
     let file = std::fs::File::open(path)?;
@@ -129,8 +153,10 @@ fn import_zip(
             reports.push(skipped(label, "larger than 2 GiB uncompressed: not imported"));
             continue;
         }
+        let total = entry.size();
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let limited = (&mut entry as &mut dyn Read).take(MAX_MEMBER_BYTES);
-        let mut reader = BufReader::with_capacity(1 << 20, limited);
+        let mut reader = BufReader::with_capacity(1 << 20, Counting { inner: limited, read: read.clone() });
         let head = match reader.fill_buf() {
             Ok(h) => h.to_vec(),
             Err(e) => {
@@ -143,7 +169,16 @@ fn import_zip(
             reports.push(skipped(label, "not a listening history (skipped)"));
             continue;
         };
-        reports.push(import_reader(&label, Box::new(reader), format, ingestor, user, options, progress)?);
+        reports.push(import_reader(
+            &label,
+            Box::new(reader),
+            (read, total),
+            format,
+            ingestor,
+            user,
+            options,
+            progress,
+        )?);
     }
     Ok(reports)
 }

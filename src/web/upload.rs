@@ -28,6 +28,8 @@ pub struct Job {
     pub running: bool,
     /// (file or member, format, summary, note) per part; the last one is in progress.
     pub parts: Vec<(String, Option<&'static str>, Summary, Option<String>)>,
+    /// How much of the file being read has been read, in percent.
+    pub percent: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -134,11 +136,15 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
             let last = name.rsplit(['/', ':']).next().unwrap_or(name);
             last.strip_prefix(prefix.as_str()).unwrap_or(last).to_owned()
         };
-        let mut progress = |part: &str, s: &Summary| {
+        let mut progress = |part: &str, s: &Summary, fraction: crate::import::source::Fraction| {
             let part = shown(part);
-            update(&|job: &mut Job| match job.parts.last_mut() {
-                Some(last) if last.0 == part => last.2 = s.clone(),
-                _ => job.parts.push((part.clone(), None, s.clone(), None)),
+            let percent = fraction.filter(|(_, t)| *t > 0).map(|(d, t)| d.min(t) * 100 / t);
+            update(&|job: &mut Job| {
+                job.percent = percent;
+                match job.parts.last_mut() {
+                    Some(last) if last.0 == part => last.2 = s.clone(),
+                    _ => job.parts.push((part.clone(), None, s.clone(), None)),
+                }
             });
         };
         let result = crate::import::source::import_path(&named, forced, &ingestor, me.id, &options, &mut progress);
@@ -182,6 +188,9 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap, Path(id):
         @if job.running {
             (PreEscaped("<meta http-equiv=\"refresh\" content=\"1\">"))
             h1 { "Importing " (job.file) "…" }
+            @if let Some(p) = job.percent {
+                p { progress max="100" value=(p) { (p) " %" } " " (p) " % of the current file read" }
+            }
         } @else {
             h1 { "Import finished: " (job.file) }
         }
