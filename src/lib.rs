@@ -1,15 +1,18 @@
 //! hearsay: a federated peer-to-peer scrobble network node.
 //!
 //! Crate map (see `docs/ARCHITECTURE.md` for data flow and invariants):
-//! - `log`: pure domain of the signed listening log (listens, chain, seals, verification);
-//! - `store`: the only module that touches sled; users, tokens, logs, the ingest writer;
-//! - `auth`: password hashing and API tokens;
-//! - `identity`: the node's own ed25519 key, stored so libp2p can load it;
-//! - `config`: layered configuration;
-//! - `http`: the HTTP router (health; later the scrobbler APIs and the web view);
-//! - `node`: composition root, `run(listener, shutdown)`;
-//! - `bench`: benchmark commands that print figures;
-//! - `cli`: the command line.
+//! - `log`: pure domain of the signed listening log (listens, chain, seals, verification,
+//!   the duplicate rule);
+//! - `stats`: pure statistics (credits, periods, charts, insights);
+//! - `privacy`: pure rules of what may leave the node (levels, parameters, noise, the
+//!   accountant, the release and its only output, `Publishable<SnapshotV1>`);
+//! - `federation`: pure communities, validation of peers' data, and merging;
+//! - `store`: the only module that touches sled; users, tokens, logs, the ingest writer,
+//!   aggregates, releases, federation state;
+//! - `p2p`: the only module that touches libp2p;
+//! - `publish`: the release schedule; `import`, `export`, `account`: histories in and out;
+//! - `api`: the scrobbler protocols; `web`: the local web view; `http`: the router;
+//! - `auth`, `identity`, `config`, `node` (composition root), `cli`, `bench`.
 
 pub mod account;
 pub mod api;
