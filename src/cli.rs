@@ -206,7 +206,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let mut directives = filter.to_owned();
+    // A node with no peers yet (alone, or before its first connection) makes Kademlia
+    // warn that it cannot bootstrap; that is the normal state of a lone node, not a
+    // fault, so it is kept out of the log unless asked for.
+    if !filter.contains("libp2p_kad") {
+        directives.push_str(",libp2p_kad::behaviour=error");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
