@@ -26,10 +26,9 @@ pub struct Context<'a> {
     pub now: i64,
     /// Oldest period start accepted.
     pub oldest: i64,
-    /// Whether the (claimed) origin counts in any community this node follows.
-    pub wanted: &'a dyn Fn(&NodeId) -> bool,
-    /// The strictest floor among the communities that would count this origin.
-    pub floor: Option<Floor>,
+    /// Whether any followed community would count this origin, and if so the strictest
+    /// privacy floor among those that would (`None`: not wanted here).
+    pub wanted: &'a dyn Fn(&NodeId) -> Option<Floor>,
     pub held: HeldLookup<'a>,
 }
 
@@ -55,9 +54,9 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
         Err(OpenError::TooLarge(n)) => return reject(format!("{n} bytes is over the limit")),
         Err(e) => return reject(e.to_string()),
     };
-    if !(ctx.wanted)(&env.signer) {
+    let Some(floor) = (ctx.wanted)(&env.signer) else {
         return ignore("origin is not counted by any community this node follows".into());
-    }
+    };
     if let Err(e) = verify_signed(&env, DST_SNAPSHOT) {
         return reject(e.to_string());
     }
@@ -93,14 +92,12 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     if held.iter().any(|(v, _)| *v > snapshot.version) {
         return ignore("a newer version is held".into());
     }
-    if let Some(floor) = ctx.floor {
-        let cost = snapshot.params.release_cost();
-        if cost.eps_milli > floor.max_eps_week_milli
-            || cost.delta_pico > floor.max_delta_week_pico
-            || snapshot.params.k < floor.min_k
-        {
-            return ignore("below the community's privacy floor".into());
-        }
+    let cost = snapshot.params.release_cost();
+    if cost.eps_milli > floor.max_eps_week_milli
+        || cost.delta_pico > floor.max_delta_week_pico
+        || snapshot.params.k < floor.min_k
+    {
+        return ignore("below the community's privacy floor".into());
     }
     (Verdict::Accept, Some(Valid { envelope: env, snapshot, hash }))
 }
@@ -132,10 +129,9 @@ mod tests {
     }
 
     fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
-        let wanted = move |_: &NodeId| wanted;
+        let wanted = move |_: &NodeId| wanted.then(Floor::default);
         let held = move |_: &NodeId, _: i64| held.clone();
-        let ctx =
-            Context { now, oldest: now - 86_400 * 7 * 12, wanted: &wanted, floor: Some(Floor::default()), held: &held };
+        let ctx = Context { now, oldest: now - 86_400 * 7 * 12, wanted: &wanted, held: &held };
         check_snapshot(bytes, &ctx).0
     }
 

@@ -131,9 +131,13 @@ pub fn records<'a>(format: Format, reader: Box<dyn BufRead + 'a>, options: &Opti
         Format::SpotifyExtended => json_objects(ArrayObjects::top_level(reader), move |v| spotify_extended(v, now)),
         Format::SpotifyAccount => json_objects(ArrayObjects::top_level(reader), move |v| spotify_account(v, now)),
         Format::Maloja => json_objects(ArrayObjects::under_key(reader, "scrobbles"), move |v| maloja(v, now)),
-        Format::LastfmCsv => Box::new(LastfmCsv { lines: LineReader::new(reader), header: None, now }),
+        Format::LastfmCsv => {
+            let mut csv = LastfmCsv { header: None, now };
+            Box::new(TextRecords { lines: LineReader::new(reader), parse: move |t: &str| csv.parse_line(t) })
+        }
         Format::Rockbox => {
-            Box::new(Rockbox { lines: LineReader::new(reader), local: false, tz: options.timezone.clone(), now })
+            let mut log = Rockbox { local: false, tz: options.timezone.clone(), now };
+            Box::new(TextRecords { lines: LineReader::new(reader), parse: move |t: &str| log.parse_line(t) })
         }
     }
 }
@@ -301,6 +305,35 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
+/// Records of a line-based file: `parse` turns each readable line into a record, or
+/// `None` for lines that are not records (headers, comments, blanks); unreadable lines
+/// are bad records.
+struct TextRecords<R, P> {
+    lines: LineReader<R>,
+    parse: P,
+}
+
+impl<R: BufRead, P: FnMut(&str) -> Option<Parsed>> Iterator for TextRecords<R, P> {
+    type Item = std::io::Result<(u64, Parsed)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (line, text) = match self.lines.next_line()? {
+                Ok(x) => x,
+                Err(e) => return Some(Err(e)),
+            };
+            match text {
+                Err(why) => return Some(Ok((line, Parsed::Bad(why)))),
+                Ok(text) => {
+                    if let Some(parsed) = (self.parse)(&text) {
+                        return Some(Ok((line, parsed)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Splits one CSV line (RFC 4180 quoting, no embedded newlines).
 fn csv_fields(line: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
@@ -339,8 +372,7 @@ fn csv_fields(line: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-struct LastfmCsv<R> {
-    lines: LineReader<R>,
+struct LastfmCsv {
     /// Column positions of (time, artist, album, track) when the file has a header.
     header: Option<Option<[Option<usize>; 4]>>,
     now: i64,
@@ -353,151 +385,119 @@ fn lastfm_date(text: &str) -> Option<i64> {
     Some(d.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_second())
 }
 
-impl<R: BufRead> Iterator for LastfmCsv<R> {
-    type Item = std::io::Result<(u64, Parsed)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (line, text) = match self.lines.next_line()? {
-                Ok(x) => x,
-                Err(e) => return Some(Err(e)),
-            };
-            let text = match text {
-                Ok(t) => t,
-                Err(why) => return Some(Ok((line, Parsed::Bad(why)))),
-            };
-            if text.trim().is_empty() {
-                continue;
-            }
-            let fields = match csv_fields(&text) {
-                Ok(f) => f,
-                Err(why) => return Some(Ok((line, Parsed::Bad(why)))),
-            };
-            if self.header.is_none() {
-                let lower: Vec<String> = fields.iter().map(|f| f.trim().to_lowercase()).collect();
-                let pos = |names: &[&str]| lower.iter().position(|f| names.contains(&f.as_str()));
-                let is_header = pos(&["artist"]).is_some() && pos(&["track", "name", "title"]).is_some();
-                if is_header {
-                    self.header = Some(Some([
-                        pos(&["uts", "date", "time", "timestamp"]),
-                        pos(&["artist"]),
-                        pos(&["album"]),
-                        pos(&["track", "name", "title"]),
-                    ]));
-                    continue;
-                }
-                self.header = Some(None);
-            }
-            let plain = self.header.flatten().is_none();
-            if plain && fields.len() < 4 {
-                let got = fields.len();
-                return Some(Ok((
-                    line,
-                    Parsed::Bad(format!("expected 4 columns (artist, album, track, date), got {got}")),
-                )));
-            }
-            let cols = self.header.flatten().unwrap_or([Some(3), Some(0), Some(1), Some(2)]);
-            let get = |i: Option<usize>| i.and_then(|i| fields.get(i)).map(|f| f.trim()).filter(|f| !f.is_empty());
-            let (Some(artist), Some(title)) = (get(cols[1]), get(cols[3])) else {
-                return Some(Ok((
-                    line,
-                    Parsed::Bad(format!("expected artist, album, track, date; got {} columns", fields.len())),
-                )));
-            };
-            let Some(when) = get(cols[0]) else {
-                return Some(Ok((line, Parsed::Dropped("no date (a now-playing row)"))));
-            };
-            let Some(at) = when.parse::<i64>().ok().or_else(|| lastfm_date(when)) else {
-                return Some(Ok((
-                    line,
-                    Parsed::Bad(format!("date {when:?} is neither Unix time nor like 31 May 2016 20:46")),
-                )));
-            };
-            let raw = RawListen {
-                artist: artist.as_bytes(),
-                artist_names: Vec::new(),
-                artist_mbids: Vec::new(),
-                title: title.as_bytes(),
-                album: get(cols[2]).map(str::as_bytes),
-                recording_mbid: None,
-                release_mbid: None,
-                listened_at: at,
-                duration_ms: None,
-                client: None,
-            };
-            return Some(Ok((line, build(&raw, self.now))));
+impl LastfmCsv {
+    /// One line of the file: a record, or `None` for a header or a blank line.
+    fn parse_line(&mut self, text: &str) -> Option<Parsed> {
+        if text.trim().is_empty() {
+            return None;
         }
+        let fields = match csv_fields(text) {
+            Ok(f) => f,
+            Err(why) => return Some(Parsed::Bad(why)),
+        };
+        if self.header.is_none() {
+            let lower: Vec<String> = fields.iter().map(|f| f.trim().to_lowercase()).collect();
+            let pos = |names: &[&str]| lower.iter().position(|f| names.contains(&f.as_str()));
+            let is_header = pos(&["artist"]).is_some() && pos(&["track", "name", "title"]).is_some();
+            if is_header {
+                self.header = Some(Some([
+                    pos(&["uts", "date", "time", "timestamp"]),
+                    pos(&["artist"]),
+                    pos(&["album"]),
+                    pos(&["track", "name", "title"]),
+                ]));
+                return None;
+            }
+            self.header = Some(None);
+        }
+        let plain = self.header.flatten().is_none();
+        if plain && fields.len() < 4 {
+            let got = fields.len();
+            return Some(Parsed::Bad(format!("expected 4 columns (artist, album, track, date), got {got}")));
+        }
+        let cols = self.header.flatten().unwrap_or([Some(3), Some(0), Some(1), Some(2)]);
+        let get = |i: Option<usize>| i.and_then(|i| fields.get(i)).map(|f| f.trim()).filter(|f| !f.is_empty());
+        let (Some(artist), Some(title)) = (get(cols[1]), get(cols[3])) else {
+            return Some(Parsed::Bad(format!("expected artist, album, track, date; got {} columns", fields.len())));
+        };
+        let Some(when) = get(cols[0]) else {
+            return Some(Parsed::Dropped("no date (a now-playing row)"));
+        };
+        let Some(at) = when.parse::<i64>().ok().or_else(|| lastfm_date(when)) else {
+            return Some(Parsed::Bad(format!("date {when:?} is neither Unix time nor like 31 May 2016 20:46")));
+        };
+        let raw = RawListen {
+            artist: artist.as_bytes(),
+            artist_names: Vec::new(),
+            artist_mbids: Vec::new(),
+            title: title.as_bytes(),
+            album: get(cols[2]).map(str::as_bytes),
+            recording_mbid: None,
+            release_mbid: None,
+            listened_at: at,
+            duration_ms: None,
+            client: None,
+        };
+        Some(build(&raw, self.now))
     }
 }
 
-struct Rockbox<R> {
-    lines: LineReader<R>,
+struct Rockbox {
     /// `#TZ/UNKNOWN`: timestamps are device-local time written as if UTC.
     local: bool,
     tz: jiff::tz::TimeZone,
     now: i64,
 }
 
-impl<R: BufRead> Iterator for Rockbox<R> {
-    type Item = std::io::Result<(u64, Parsed)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (line, text) = match self.lines.next_line()? {
-                Ok(x) => x,
-                Err(e) => return Some(Err(e)),
-            };
-            let text = match text {
-                Ok(t) => t,
-                Err(why) => return Some(Ok((line, Parsed::Bad(why)))),
-            };
-            if let Some(tz) = text.strip_prefix("#TZ/") {
-                self.local = tz.trim() != "UTC";
-                continue;
-            }
-            if text.starts_with('#') || text.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = text.split('\t').collect();
-            if f.len() < 7 {
-                return Some(Ok((line, Parsed::Bad(format!("expected 7 or 8 tab-separated fields, got {}", f.len())))));
-            }
-            match f[5] {
-                "L" => {}
-                "S" => return Some(Ok((line, Parsed::Dropped("skipped on the device")))),
-                other => return Some(Ok((line, Parsed::Bad(format!("rating {other:?} is neither L nor S"))))),
-            }
-            if f[0] == "<UNTAGGED>" {
-                return Some(Ok((line, Parsed::Dropped("untagged file"))));
-            }
-            let Ok(mut at) = f[6].trim().parse::<i64>() else {
-                return Some(Ok((line, Parsed::Bad(format!("timestamp {:?} is not a number", f[6])))));
-            };
-            if at == 0 {
-                return Some(Ok((line, Parsed::Dropped("no clock on the device (timestamp 0)"))));
-            }
-            if self.local {
-                // The number is the local wall-clock time read as UTC.
-                let civil = jiff::Timestamp::from_second(at).map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).datetime());
-                match civil.ok().and_then(|c| c.to_zoned(self.tz.clone()).ok()) {
-                    Some(z) => at = z.timestamp().as_second(),
-                    None => return Some(Ok((line, Parsed::Bad("timestamp out of range".into())))),
-                }
-            }
-            let mbid = f.get(7).map(|m| m.trim()).filter(|m| !m.is_empty());
-            let raw = RawListen {
-                artist: f[0].as_bytes(),
-                artist_names: Vec::new(),
-                artist_mbids: Vec::new(),
-                title: f[2].as_bytes(),
-                album: Some(f[1]).filter(|a| !a.trim().is_empty()).map(str::as_bytes),
-                recording_mbid: mbid.map(str::as_bytes),
-                release_mbid: None,
-                listened_at: at,
-                duration_ms: f[4].trim().parse::<u64>().ok().filter(|d| *d > 0).map(|d| d * 1000),
-                client: None,
-            };
-            return Some(Ok((line, build(&raw, self.now))));
+impl Rockbox {
+    /// One line of the log: a record, or `None` for a header, comment or blank line.
+    fn parse_line(&mut self, text: &str) -> Option<Parsed> {
+        if let Some(tz) = text.strip_prefix("#TZ/") {
+            self.local = tz.trim() != "UTC";
+            return None;
         }
+        if text.starts_with('#') || text.trim().is_empty() {
+            return None;
+        }
+        let f: Vec<&str> = text.split('\t').collect();
+        if f.len() < 7 {
+            return Some(Parsed::Bad(format!("expected 7 or 8 tab-separated fields, got {}", f.len())));
+        }
+        match f[5] {
+            "L" => {}
+            "S" => return Some(Parsed::Dropped("skipped on the device")),
+            other => return Some(Parsed::Bad(format!("rating {other:?} is neither L nor S"))),
+        }
+        if f[0] == "<UNTAGGED>" {
+            return Some(Parsed::Dropped("untagged file"));
+        }
+        let Ok(mut at) = f[6].trim().parse::<i64>() else {
+            return Some(Parsed::Bad(format!("timestamp {:?} is not a number", f[6])));
+        };
+        if at == 0 {
+            return Some(Parsed::Dropped("no clock on the device (timestamp 0)"));
+        }
+        if self.local {
+            // The number is the local wall-clock time read as UTC.
+            let civil = jiff::Timestamp::from_second(at).map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).datetime());
+            match civil.ok().and_then(|c| c.to_zoned(self.tz.clone()).ok()) {
+                Some(z) => at = z.timestamp().as_second(),
+                None => return Some(Parsed::Bad("timestamp out of range".into())),
+            }
+        }
+        let mbid = f.get(7).map(|m| m.trim()).filter(|m| !m.is_empty());
+        let raw = RawListen {
+            artist: f[0].as_bytes(),
+            artist_names: Vec::new(),
+            artist_mbids: Vec::new(),
+            title: f[2].as_bytes(),
+            album: Some(f[1]).filter(|a| !a.trim().is_empty()).map(str::as_bytes),
+            recording_mbid: mbid.map(str::as_bytes),
+            release_mbid: None,
+            listened_at: at,
+            duration_ms: f[4].trim().parse::<u64>().ok().filter(|d| *d > 0).map(|d| d * 1000),
+            client: None,
+        };
+        Some(build(&raw, self.now))
     }
 }

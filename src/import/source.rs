@@ -94,20 +94,39 @@ pub fn import_path(
         return Ok(reports);
     }
     let name = path.display().to_string();
-    let file = std::fs::File::open(path)?;
-    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut reader = BufReader::with_capacity(1 << 20, Counting { inner: file, read: read.clone() });
-    let head = reader.fill_buf()?.to_vec();
-    if head.starts_with(b"PK\x03\x04") && forced.is_none() {
+    let mut magic = [0u8; 4];
+    let is_zip = std::fs::File::open(path)?.read(&mut magic)? == 4 && magic == *b"PK\x03\x04";
+    if is_zip && forced.is_none() {
         return import_zip(path, forced, ingestor, user, options, progress);
     }
-    let Some(format) = forced.or_else(|| Format::detect(path, &head)) else {
-        reports.push(skipped(name, "not a known export format (name it with --format)"));
-        return Ok(reports);
-    };
-    reports.push(import_reader(&name, Box::new(reader), (read, total), format, ingestor, user, options, progress)?);
+    let file = std::fs::File::open(path)?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let unknown = "not a known export format (name it with --format)";
+    reports.push(import_stream(name, path, file, total, (forced, unknown), ingestor, user, options, progress)?);
     Ok(reports)
+}
+
+/// Detects and imports one stream (a file or an archive member): a report, or a
+/// skipped one when it is not an export (`unknown` says why).
+#[allow(clippy::too_many_arguments)]
+fn import_stream(
+    label: String,
+    name: &Path,
+    inner: impl Read,
+    total: u64,
+    (forced, unknown): (Option<Format>, &str),
+    ingestor: &Ingestor,
+    user: UserId,
+    options: &Options,
+    progress: &mut dyn FnMut(&str, &Summary, Fraction),
+) -> Result<Report, Error> {
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut reader = BufReader::with_capacity(1 << 20, Counting { inner, read: read.clone() });
+    let head = reader.fill_buf()?.to_vec();
+    let Some(format) = forced.or_else(|| Format::detect(name, &head)) else {
+        return Ok(skipped(label, unknown));
+    };
+    import_reader(&label, Box::new(reader), (read, total), format, ingestor, user, options, progress)
 }
 
 fn import_zip(
@@ -154,31 +173,15 @@ fn import_zip(
             continue;
         }
         let total = entry.size();
-        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let limited = (&mut entry as &mut dyn Read).take(MAX_MEMBER_BYTES);
-        let mut reader = BufReader::with_capacity(1 << 20, Counting { inner: limited, read: read.clone() });
-        let head = match reader.fill_buf() {
-            Ok(h) => h.to_vec(),
-            Err(e) => {
-                reports.push(skipped(label, &format!("unreadable member: {e}")));
-                continue;
-            }
-        };
+        let unknown = "not a listening history (skipped)";
         let member_path = Path::new(&member);
-        let Some(format) = forced.or_else(|| Format::detect(member_path, &head)) else {
-            reports.push(skipped(label, "not a listening history (skipped)"));
-            continue;
-        };
-        reports.push(import_reader(
-            &label,
-            Box::new(reader),
-            (read, total),
-            format,
-            ingestor,
-            user,
-            options,
-            progress,
-        )?);
+        let what = (forced, unknown);
+        match import_stream(label.clone(), member_path, limited, total, what, ingestor, user, options, progress) {
+            Ok(report) => reports.push(report),
+            Err(Error::Io(e)) => reports.push(skipped(label, &format!("unreadable member: {e}"))),
+            Err(e) => return Err(e),
+        }
     }
     Ok(reports)
 }

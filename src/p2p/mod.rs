@@ -205,14 +205,24 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
     Ok(P2pHandle { tx, peer_id: peer_id.to_string() })
 }
 
+/// A followed community as the task keeps it.
+struct Community {
+    id: CommunityId,
+    manifest: ManifestV1,
+    /// This node publishes its releases there.
+    member: bool,
+    /// Addresses from the ticket it was joined with.
+    bootstrap: Vec<String>,
+}
+
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
     store: Store,
     options: Options,
     me: NodeId,
     topics: HashMap<TopicHash, (CommunityId, TopicKind)>,
-    /// Followed communities: (id, current manifest, this node is a member).
-    communities: Vec<(CommunityId, ManifestV1, bool)>,
+    /// Followed communities whose manifest is held.
+    communities: Vec<Community>,
     /// Followed communities whose manifest is not held yet (fetched by sync).
     unknown: Vec<(CommunityId, Vec<String>)>,
     /// Publications waiting for a subscriber: (topic, bytes, first tried).
@@ -289,7 +299,12 @@ impl Task {
                 self.queue(meta_topic(id), m.signed.clone());
             }
             links.extend(m.manifest.links.iter().cloned());
-            self.communities.push((*id, m.manifest, follow.member));
+            self.communities.push(Community {
+                id: *id,
+                manifest: m.manifest,
+                member: follow.member,
+                bootstrap: follow.bootstrap.clone(),
+            });
         }
         // A community's federation links are followed too, so its federated chart can
         // be computed here.
@@ -318,10 +333,10 @@ impl Task {
 
     fn bootstrap_addrs(&self) -> Vec<Multiaddr> {
         let mut out = self.options.bootstrap.clone();
-        for (id, m, _) in &self.communities {
-            let follow = self.store.followed().ok().and_then(|f| f.into_iter().find(|(i, _)| i == id).map(|(_, f)| f));
-            let extra = follow.map(|f| f.bootstrap).unwrap_or_default();
-            for a in m.bootstrap.iter().chain(extra.iter()).chain(m.links.iter().flat_map(|l| l.bootstrap.iter())) {
+        for c in &self.communities {
+            let m = &c.manifest;
+            for a in m.bootstrap.iter().chain(c.bootstrap.iter()).chain(m.links.iter().flat_map(|l| l.bootstrap.iter()))
+            {
                 if let Ok(addr) = a.parse::<Multiaddr>() {
                     out.push(addr);
                 }
@@ -379,8 +394,7 @@ impl Task {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::PublishRelease(bytes) => {
-                let targets: Vec<CommunityId> =
-                    self.communities.iter().filter(|(_, _, member)| *member).map(|(id, _, _)| *id).collect();
+                let targets: Vec<CommunityId> = self.communities.iter().filter(|c| c.member).map(|c| c.id).collect();
                 for id in targets {
                     self.queue(snapshot_topic(&id), bytes.clone());
                 }
@@ -398,14 +412,12 @@ impl Task {
 
     /// Whether any followed community would count `origin`, and the strictest floor
     /// among those that would.
-    fn wanted(&self, origin: &NodeId) -> (bool, Option<Floor>) {
+    fn wanted(&self, origin: &NodeId) -> Option<Floor> {
         let mut floor: Option<Floor> = None;
-        let mut wanted = false;
-        for (_, m, _) in &self.communities {
+        for Community { manifest: m, .. } in &self.communities {
             let counts =
                 m.is_member(origin) || matches!(m.admission, crate::federation::community::Admission::Open { .. });
             if counts {
-                wanted = true;
                 floor = Some(match floor {
                     None => m.floor,
                     Some(f) => Floor {
@@ -416,18 +428,16 @@ impl Task {
                 });
             }
         }
-        (wanted, floor)
+        floor
     }
 
     /// Validates a snapshot and stores it when accepted (or as evidence of equivocation).
     fn take_snapshot(&mut self, bytes: &[u8]) -> Verdict {
         let now = Self::now();
-        let claimed = crate::identity::peek_signed(bytes, crate::identity::MAX_SIGNED_BYTES).map(|e| e.signer).ok();
-        let (wanted, floor) = claimed.map_or((false, None), |o| self.wanted(&o));
         let store = self.store.clone();
-        let wanted_fn = move |_: &NodeId| wanted;
+        let wanted = |o: &NodeId| self.wanted(o);
         let held = move |o: &NodeId, p: i64| store.held_versions(p, o).unwrap_or_default();
-        let ctx = Context { now, oldest: now - self.options.retention_secs, wanted: &wanted_fn, floor, held: &held };
+        let ctx = Context { now, oldest: now - self.options.retention_secs, wanted: &wanted, held: &held };
         let (verdict, valid) = check_snapshot(bytes, &ctx);
         let store_it = matches!(verdict, Verdict::Accept)
             || matches!(&verdict, Verdict::Reject(m) if m.starts_with("equivocation"));
@@ -546,7 +556,7 @@ impl Task {
                 request: kad::InboundRequest::AddProvider { record: Some(record) },
             })) => {
                 // Keep provider hints only for communities this node follows.
-                let known = self.communities.iter().any(|(id, _, _)| community_dht_key(id) == record.key);
+                let known = self.communities.iter().any(|c| community_dht_key(&c.id) == record.key);
                 if known {
                     let _ = kad::store::RecordStore::add_provider(self.swarm.behaviour_mut().kad.store_mut(), record);
                 }
@@ -617,7 +627,7 @@ impl Task {
         }
         self.last_lookup = Some(Instant::now());
         let keys: Vec<(kad::RecordKey, bool)> =
-            self.communities.iter().map(|(id, _, member)| (community_dht_key(id), *member)).collect();
+            self.communities.iter().map(|c| (community_dht_key(&c.id), c.member)).collect();
         for (key, member) in keys {
             if member {
                 let _ = self.swarm.behaviour_mut().kad.start_providing(key.clone());
@@ -634,7 +644,7 @@ impl Task {
         let now = Self::now();
         self.send(peer, SyncRequest::Refs { from: now - self.options.retention_secs, to: now + 1 });
         let ids: Vec<CommunityId> =
-            self.communities.iter().map(|(id, _, _)| *id).chain(self.unknown.iter().map(|(id, _)| *id)).collect();
+            self.communities.iter().map(|c| c.id).chain(self.unknown.iter().map(|(id, _)| *id)).collect();
         for id in ids {
             self.request_manifests(peer, id);
         }
@@ -699,7 +709,7 @@ impl Task {
                 }
                 let missing: Vec<Ref> = refs
                     .into_iter()
-                    .filter(|r| self.wanted(&r.1).0)
+                    .filter(|r| self.wanted(&r.1).is_some())
                     .filter(|r| {
                         self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false)
                     })
@@ -729,8 +739,7 @@ impl Task {
                         break;
                     };
                     let id = m.manifest.community();
-                    if !self.communities.iter().any(|(c, _, _)| *c == id) && !self.unknown.iter().any(|(c, _)| *c == id)
-                    {
+                    if !self.communities.iter().any(|c| c.id == id) && !self.unknown.iter().any(|(c, _)| *c == id) {
                         continue;
                     }
                     if let (Verdict::Reject(why), _) = self.take_manifest(&id, &b) {

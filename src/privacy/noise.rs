@@ -109,21 +109,24 @@ pub fn partition_threshold(epsilon: f64, l0: u32, delta: f64, k: u32) -> i64 {
     tau.ceil() as i64
 }
 
+/// splitmix64: a seeded source, for tests only (the node uses `OsRandom`).
+#[cfg(test)]
+pub(crate) struct Seeded(pub u64);
+
+#[cfg(test)]
+impl RandomSource for Seeded {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64: a seeded source for tests only.
-    struct Seeded(u64);
-    impl RandomSource for Seeded {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-    }
 
     /// The exact pmf of the discrete Laplace with scale `t' = t/s`.
     fn pmf(x: i64, scale: f64) -> f64 {

@@ -285,19 +285,8 @@ pub fn release(
 mod tests {
     use super::*;
     use crate::privacy::accountant::Ledger;
+    use crate::privacy::noise::Seeded;
     use crate::privacy::snapshot::DecodeError;
-
-    /// splitmix64: seeded randomness, for tests only.
-    struct Seeded(u64);
-    impl RandomSource for Seeded {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-    }
 
     const KEY: [u8; 32] = [7; 32];
     const BIG: Spend = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000_000 };

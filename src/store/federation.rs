@@ -8,7 +8,8 @@ use super::{Error, Result, Store, schema};
 use crate::federation::community::{SignedManifest, open_manifest};
 use crate::federation::merge::{Held, PeriodState};
 use crate::federation::{CommunityId, NodeId};
-use crate::identity::open_snapshot;
+use crate::identity::{MAX_SIGNED_BYTES, peek_signed};
+use crate::privacy::snapshot::SnapshotV1;
 
 fn snapshot_key(period: i64, origin: &NodeId, version: u16, hash: &[u8; 32]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + 32 + 2 + 32);
@@ -90,7 +91,10 @@ impl Store {
         for kv in self.trees.period_origin_snapshot.scan_prefix(prefix(period, None)) {
             let (k, v) = kv?;
             let (_, _, version, hash) = parse_ref(&k)?;
-            let (_, snapshot) = open_snapshot(&v)
+            // Verified before it was stored: decode it, do not check the signature again.
+            let snapshot = peek_signed(&v, MAX_SIGNED_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|env| SnapshotV1::decode(&env.body).map_err(|e| e.to_string()))
                 .map_err(|e| Error::corrupt(schema::PERIOD_ORIGIN_SNAPSHOT, &k, &format!("stored snapshot: {e}")))?;
             state.insert(Held { version, hash, snapshot });
         }
@@ -114,15 +118,21 @@ impl Store {
         Ok(out)
     }
 
-    /// How many distinct earlier periods `origin` has snapshots for (probation).
-    pub fn origin_history(&self, origin: &NodeId, before: i64) -> Result<u32> {
-        let mut n = 0u32;
-        for p in self.snapshot_periods(usize::MAX)? {
-            if p < before && !self.held_versions(p, origin)?.is_empty() {
-                n += 1;
+    /// For every origin, how many distinct periods before `before` it has snapshots for
+    /// (the probation of open communities), in one pass over the keys.
+    pub fn origin_histories(&self, before: i64) -> Result<std::collections::HashMap<NodeId, u32>> {
+        let mut counts = std::collections::HashMap::new();
+        let mut last: Option<(i64, NodeId)> = None;
+        for kv in self.trees.period_origin_snapshot.range(..prefix(before.max(0), None)) {
+            let (k, _) = kv?;
+            let (period, origin, ..) = parse_ref(&k)?;
+            // Keys sort by period then origin: count each (period, origin) once.
+            if last != Some((period, origin)) {
+                *counts.entry(origin).or_insert(0u32) += 1;
+                last = Some((period, origin));
             }
         }
-        Ok(n)
+        Ok(counts)
     }
 
     /// Appends an accepted manifest version (the caller checked `accept`).
@@ -207,7 +217,8 @@ impl Store {
         let Some(m) = self.manifest(id)? else { return Ok(None) };
         let state = self.period_state(period)?;
         let open = matches!(m.manifest.admission, crate::federation::community::Admission::Open { .. });
-        let seen = |o: &NodeId| if open { self.origin_history(o, period).unwrap_or(0) } else { 0 };
+        let history = if open { self.origin_histories(period)? } else { Default::default() };
+        let seen = |o: &NodeId| history.get(o).copied().unwrap_or(0);
         Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, seen)))
     }
 

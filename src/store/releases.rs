@@ -63,7 +63,7 @@ impl Store {
             if user.visibility == SharingLevel::Private {
                 continue;
             }
-            let tz = self.user_tz(user.id)?;
+            let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
             let (sums, total) = self.sum_range(user.id, from, to, &tz)?;
             if total == 0 {
                 continue;

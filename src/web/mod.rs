@@ -124,6 +124,11 @@ input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.er
 /// The signed-in user of a request and their CSRF token, if any.
 struct Viewer(Option<(User, String)>);
 
+/// Whether the viewer is one of the node's administrators (`node.admins`).
+fn is_admin(state: &AppState, v: &Viewer) -> bool {
+    v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
+}
+
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
     named_cookie(headers, COOKIE)
 }
@@ -1100,7 +1105,7 @@ pub async fn weekly(
 /// a 404 for everyone else.
 pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let v = viewer(&state, &headers);
-    let is_admin = v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)));
+    let is_admin = is_admin(&state, &v);
     if !is_admin {
         return not_found_page(&v);
     }
@@ -1231,8 +1236,7 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
 pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let v = viewer(&state, &headers);
     let f = form_fields(&body);
-    let Some((me, _)) = v.0.as_ref().filter(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
-    else {
+    let Some((me, _)) = v.0.as_ref().filter(|_| is_admin(&state, &v)) else {
         return not_found_page(&v);
     };
     if !csrf_ok(&v, &f) {

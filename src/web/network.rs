@@ -140,10 +140,6 @@ fn find_community(
     })
 }
 
-fn is_node_admin(state: &AppState, v: &super::Viewer) -> bool {
-    v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
-}
-
 fn peer_text(node: &crate::federation::NodeId) -> String {
     crate::p2p::peer_id_of(node).map(|p| p.to_string()).unwrap_or_else(|| hex::encode(node))
 }
@@ -169,7 +165,7 @@ fn community_view(
 ) -> Response {
     let Some((_, m)) = find_community(state, short) else { return super::not_found_page(v) };
     let manifest = &m.manifest;
-    let can_edit = is_node_admin(state, v) && manifest.admins.contains(&state.node_key);
+    let can_edit = super::is_admin(state, v) && manifest.admins.contains(&state.node_key);
     let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
     page(
         status,
@@ -236,7 +232,7 @@ pub async fn edit_members(
         Err(r) => return *r,
     };
     let Some((cid, m)) = find_community(&state, &short) else { return super::not_found_page(&v) };
-    if !is_node_admin(&state, &v) || !m.manifest.admins.contains(&state.node_key) {
+    if !super::is_admin(&state, &v) || !m.manifest.admins.contains(&state.node_key) {
         return super::not_found_page(&v);
     }
     let bad =

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::{Viewer, page, server_error, viewer};
+use super::{page, server_error, viewer};
 use crate::http::AppState;
 use crate::identity::open_snapshot;
 use crate::privacy::SharingLevel;
@@ -35,10 +35,6 @@ fn span(start: i64, secs: i64) -> String {
 
 fn delta_text(pico: u64) -> String {
     format!("{:e}", pico as f64 * 1e-12)
-}
-
-fn is_admin(state: &AppState, v: &Viewer) -> bool {
-    v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
 }
 
 /// `GET /releases/{start}`: the signed snapshot envelope exactly as published.
@@ -155,7 +151,7 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
         }
         None => None,
     };
-    let admin_rows = if is_admin(&state, &v) {
+    let admin_rows = if super::is_admin(&state, &v) {
         let mut rows = Vec::new();
         for u in state.store.users().unwrap_or_default() {
             let ledgers = state.store.user_ledgers(u.id, 1).unwrap_or_default();

@@ -14,23 +14,16 @@ use hearsay::stats::credits::CreditRules;
 use hearsay::stats::period::Period;
 use hearsay::store::{Ingestor, Options as StoreOptions, Store, UserId};
 
-use crate::support::{NOW, hearsay};
+use crate::support::{NOW, generate_fixture, hearsay};
 
 /// The generator's output for one user in every format, made once per run.
 fn fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hearsay-import-fixture-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gen_history.py");
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args(["--users", "1", "--scrobbles", "6000", "--seed", "11", "--end", "2026-01-01", "--out"])
-            .arg(&dir)
-            .output()
-            .expect("python3 runs the fixture generator");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        dir
+        generate_fixture(
+            "import-fixture",
+            &["--users", "1", "--scrobbles", "6000", "--seed", "11", "--end", "2026-01-01"],
+        )
     })
 }
 
@@ -489,35 +482,22 @@ fn account_export_and_import_with_the_command_line_and_log_verify_there() {
     assert!(out.contains("entries of ann's log"), "{out}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
-    let (code, out, err) = hearsay(
-        &b,
-        &[
-            "account",
-            "import",
-            bundle.to_str().expect("utf8"),
-            "--secret-key",
-            key.to_str().expect("utf8"),
-            "--password-file",
-            pw,
-        ],
-    );
+    let import_args = [
+        "account",
+        "import",
+        bundle.to_str().expect("utf8"),
+        "--secret-key",
+        key.to_str().expect("utf8"),
+        "--password-file",
+        pw,
+    ];
+    let (code, out, err) = hearsay(&b, &import_args);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = hearsay(&b, &["log", "verify", "ann"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("ok: {} entries", u["listens"])), "{out}");
     // A second import of the same account is refused (the name is taken) and changes nothing.
-    let (code, out, _) = hearsay(
-        &b,
-        &[
-            "account",
-            "import",
-            bundle.to_str().expect("utf8"),
-            "--secret-key",
-            key.to_str().expect("utf8"),
-            "--password-file",
-            pw,
-        ],
-    );
+    let (code, out, _) = hearsay(&b, &import_args);
     assert_eq!(code, 1, "{out}");
 }
 

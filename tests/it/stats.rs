@@ -13,23 +13,16 @@ use hearsay::stats::period::Period;
 use hearsay::store::aggregates::Step;
 use hearsay::store::{Action, Ingestor, Options, Store, UserId, schema};
 
-use crate::support::{NOW, TestStore, listen};
+use crate::support::{NOW, TestStore, generate_fixture, listen};
 
 /// The generator's output for 3 users, made once per test run.
 pub fn fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hearsay-fixture-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gen_history.py");
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args(["--users", "3", "--scrobbles", "30000", "--end", "2026-01-01", "--formats", "lbjsonl", "--out"])
-            .arg(&dir)
-            .output()
-            .expect("python3 runs the fixture generator");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        dir
+        generate_fixture(
+            "fixture",
+            &["--users", "3", "--scrobbles", "30000", "--end", "2026-01-01", "--formats", "lbjsonl"],
+        )
     })
 }
 

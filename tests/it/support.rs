@@ -280,3 +280,20 @@ pub fn post_head_only(url: &str, path: &str, content_type: &str, content_length:
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Runs the fixture generator (`../shared/fixtures/gen_history.py`) with `args` into a
+/// fresh directory named after `tag` and this process; returns the directory.
+pub fn generate_fixture(tag: &str, args: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hearsay-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gen_history.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("python3 runs the fixture generator");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
