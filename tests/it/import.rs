@@ -14,25 +14,22 @@ use hearsay::stats::credits::CreditRules;
 use hearsay::stats::period::Period;
 use hearsay::store::{Ingestor, Options as StoreOptions, Store, UserId};
 
+use crate::gen_history::{END_2026, Fixture, Params, UserTruth};
 use crate::support::{NOW, generate_fixture, hearsay};
 
 /// The generator's output for one user in every format, made once per run.
-fn fixture() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        generate_fixture(
-            "import-fixture",
-            &["--users", "1", "--scrobbles", "6000", "--seed", "11", "--end", "2026-01-01"],
-        )
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let params = Params { users: 1, scrobbles: 6000, seed: "11".into(), ..Params::default() };
+        generate_fixture("import", &params)
     })
 }
 
-const LATER: i64 = 1_767_225_600 + 86_400;
+const LATER: i64 = END_2026 + 86_400;
 
-fn user() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture().join("manifest.json")).expect("manifest");
-    let m: serde_json::Value = serde_json::from_str(&text).expect("json");
-    m["users"][0].clone()
+fn user() -> &'static UserTruth {
+    &fixture().users[0]
 }
 
 struct Node {
@@ -73,19 +70,11 @@ fn top(n: &Node, kind: Kind) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn truth(u: &serde_json::Value, kind: Kind) -> Vec<(String, u64)> {
-    let list = if kind == Kind::Artist { &u["truth"]["top_artists"] } else { &u["truth"]["top_tracks"] };
-    list.as_array()
-        .expect("truth")
-        .iter()
-        .map(|t| {
-            let name = match kind {
-                Kind::Artist => t["artist"].as_str().expect("artist").to_owned(),
-                _ => format!("{} - {}", t["artists"][0].as_str().expect("artist"), t["title"].as_str().expect("title")),
-            };
-            (name, t["listens"].as_u64().expect("listens"))
-        })
-        .collect()
+fn truth(u: &UserTruth, kind: Kind) -> Vec<(String, u64)> {
+    match kind {
+        Kind::Artist => u.top_artists.clone(),
+        _ => u.top_tracks.iter().map(|(a, title, n)| (format!("{} - {title}", a[0]), *n)).collect(),
+    }
 }
 
 fn same_names(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
@@ -94,10 +83,10 @@ fn same_names(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
 
 /// Spotify rows the issue says to drop although the generator counts them as listens:
 /// plays in a private session.
-fn incognito_listens(dir: &Path) -> u64 {
+fn incognito_listens(u: &UserTruth) -> u64 {
     let mut n = 0;
-    for entry in std::fs::read_dir(dir).expect("spotify dir") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+    for path in &u.files.spotify {
+        let text = std::fs::read_to_string(path).expect("read");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
         n += rows
             .iter()
@@ -114,27 +103,16 @@ fn incognito_listens(dir: &Path) -> u64 {
 #[test]
 fn every_format_imports_the_ground_truth_once() {
     let u = user();
-    let name = u["username"].as_str().expect("name");
-    let want = u["listens"].as_u64().expect("listens");
-    let files = &u["files"];
-    let path = |key: &str| fixture().join(files[key].as_str().expect(key));
-    let spotify_dir = fixture().join(name).join("spotify");
+    let want = u.listens;
+    let files = &u.files;
+    let path = |p: &Option<PathBuf>| p.clone().expect("written");
     let cases: Vec<(Format, Vec<PathBuf>, u64)> = vec![
-        (Format::ListenBrainzJsonl, vec![path("listenbrainz_jsonl")], want),
-        (Format::ListenBrainzJson, vec![path("listenbrainz_json")], want),
-        (Format::LastfmCsv, vec![path("lastfm_csv")], want),
-        (Format::Maloja, vec![path("maloja_export")], want),
-        (Format::Rockbox, vec![path("rockbox")], want),
-        (
-            Format::SpotifyExtended,
-            files["spotify"]
-                .as_array()
-                .expect("spotify")
-                .iter()
-                .map(|f| fixture().join(f.as_str().expect("f")))
-                .collect(),
-            want - incognito_listens(&spotify_dir),
-        ),
+        (Format::ListenBrainzJsonl, vec![path(&files.listenbrainz_jsonl)], want),
+        (Format::ListenBrainzJson, vec![path(&files.listenbrainz_json)], want),
+        (Format::LastfmCsv, vec![path(&files.lastfm_csv)], want),
+        (Format::Maloja, vec![path(&files.maloja)], want),
+        (Format::Rockbox, vec![path(&files.rockbox)], want),
+        (Format::SpotifyExtended, files.spotify.clone(), want - incognito_listens(u)),
     ];
     for (format, paths, expected) in cases {
         let n = node();
@@ -154,14 +132,14 @@ fn every_format_imports_the_ground_truth_once() {
         }
         assert_eq!((total.imported, total.bad), (expected, 0), "{format:?}: {total:?}");
         match format {
-            Format::Rockbox => assert_eq!(total.dropped.get("skipped on the device"), u["skips"].as_u64().as_ref()),
+            Format::Rockbox => assert_eq!(total.dropped.get("skipped on the device"), Some(&u.skips)),
             Format::SpotifyExtended => {
                 // Skips in a private session are counted as private.
                 let short = total.dropped.get("played under 30 s").copied().unwrap_or(0);
                 let private = total.dropped.get("private session (incognito)").copied().unwrap_or(0);
-                let skips = u["skips"].as_u64().expect("skips");
+                let skips = u.skips;
                 assert!(short <= skips && short + private >= skips, "{:?}", total.dropped);
-                assert_eq!(total.dropped.get("podcast or audiobook"), u["podcasts"].as_u64().as_ref());
+                assert_eq!(total.dropped.get("podcast or audiobook"), Some(&u.podcasts));
             }
             _ => assert!(total.dropped.is_empty(), "{format:?}: {:?}", total.dropped),
         }
@@ -171,7 +149,7 @@ fn every_format_imports_the_ground_truth_once() {
         // Top lists. Maloja lists every artist of a track: exact. The other formats
         // carry one artist string: the credit rule splits what it can (see stats).
         let (artists, tracks) = (top(&n, Kind::Artist), top(&n, Kind::Recording));
-        let (ta, tt) = (truth(&u, Kind::Artist), truth(&u, Kind::Recording));
+        let (ta, tt) = (truth(u, Kind::Artist), truth(u, Kind::Recording));
         let (a, t) = (same_names(&artists, &ta), same_names(&tracks, &tt));
         eprintln!("{format:?}: {} listens; top-25 artists {a}/25, tracks {t}/25 by name", total.imported);
         if format == Format::Maloja {
@@ -188,24 +166,23 @@ fn every_format_imports_the_ground_truth_once() {
 #[test]
 fn overlapping_imports_of_different_precision_add_nothing_twice() {
     let u = user();
-    let files = &u["files"];
-    let path = |key: &str| fixture().join(files[key].as_str().expect(key));
+    let files = &u.files;
     let n = node();
-    let first = import(&n, Format::ListenBrainzJsonl, &path("listenbrainz_jsonl"));
-    assert_eq!(first.imported, u["listens"].as_u64().expect("listens"));
+    let first = import(&n, Format::ListenBrainzJsonl, files.listenbrainz_jsonl.as_ref().expect("jsonl"));
+    assert_eq!(first.imported, u.listens);
     // Minute precision (Last.fm), end times (Spotify), guests credited differently
     // (Spotify "(with B)" titles, Maloja artist lists), Rockbox: all already there.
-    for (format, key) in [
-        (Format::LastfmCsv, "lastfm_csv"),
-        (Format::Maloja, "maloja_export"),
-        (Format::Rockbox, "rockbox"),
-        (Format::ListenBrainzJson, "listenbrainz_json"),
+    for (format, path) in [
+        (Format::LastfmCsv, &files.lastfm_csv),
+        (Format::Maloja, &files.maloja),
+        (Format::Rockbox, &files.rockbox),
+        (Format::ListenBrainzJson, &files.listenbrainz_json),
     ] {
-        let s = import(&n, format, &path(key));
+        let s = import(&n, format, path.as_ref().expect("written"));
         assert_eq!(s.imported, 0, "{format:?} added {} listens already imported", s.imported);
     }
-    for f in files["spotify"].as_array().expect("spotify") {
-        let s = import(&n, Format::SpotifyExtended, &fixture().join(f.as_str().expect("file")));
+    for f in &files.spotify {
+        let s = import(&n, Format::SpotifyExtended, f);
         assert_eq!(s.imported, 0, "Spotify added {} listens already imported", s.imported);
     }
 }
@@ -236,15 +213,13 @@ fn malformed_files_keep_their_good_records_and_name_the_bad_ones() {
 #[test]
 fn the_import_command_detects_formats_and_prints_a_summary() {
     let u = user();
-    let files = &u["files"];
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "password123\n").expect("pw");
     assert_eq!(hearsay(&data, &["user", "add", "sam", "--password-file", pw.to_str().expect("utf8")]).0, 0);
-    let name = u["username"].as_str().expect("name");
-    let spotify = fixture().join(name).join("spotify");
-    let rockbox = fixture().join(files["rockbox"].as_str().expect("rockbox"));
+    let spotify = u.files.spotify_dir.clone().expect("spotify");
+    let rockbox = u.files.rockbox.clone().expect("rockbox");
     let (code, out, err) =
         hearsay(&data, &["import", "--user", "sam", spotify.to_str().expect("utf8"), rockbox.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
@@ -275,7 +250,7 @@ fn chart_rows(n: &Node, kind: Kind) -> Vec<(String, u64)> {
 fn export_then_import_into_a_fresh_node_gives_identical_statistics() {
     use hearsay::export::{ExportFormat, export};
     let u = user();
-    let path = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let path = u.files.listenbrainz_jsonl.clone().expect("jsonl");
     let source = node();
     import(&source, Format::ListenBrainzJsonl, &path);
     for (format, read_as) in
@@ -283,7 +258,7 @@ fn export_then_import_into_a_fresh_node_gives_identical_statistics() {
     {
         let mut bytes = Vec::new();
         let n = export(&source.store, source.user, format, &mut bytes).expect("export");
-        assert_eq!(n, u["listens"].as_u64().expect("listens"), "{format:?}");
+        assert_eq!(n, u.listens, "{format:?}");
         let head = &bytes[..bytes.len().min(4096)];
         let name = format.file_name("someone");
         assert_eq!(Format::detect(Path::new(&name), head), Some(read_as), "{format:?} exports are recognised");
@@ -331,7 +306,7 @@ fn an_account_bundle_verifies_and_tampering_is_named() {
     let n = node();
     // 150 listens (three log blocks), a love, and a deleted listen (a tombstone).
     let u = user();
-    let path = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let path = u.files.listenbrainz_jsonl.clone().expect("jsonl");
     let text = std::fs::read_to_string(path).expect("read");
     let head: String = text.lines().take(150).map(|l| format!("{l}\n")).collect();
     import_bytes(&n, Format::ListenBrainzJsonl, head.as_bytes());
@@ -394,7 +369,7 @@ fn an_account_moves_to_another_node_and_its_chain_continues_there() {
     use hearsay::account::{export, import};
     use hearsay::store::Action;
     let u = user();
-    let path = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let path = u.files.listenbrainz_jsonl.clone().expect("jsonl");
     let text = std::fs::read_to_string(path).expect("read");
     let head: String = text.lines().take(300).map(|l| format!("{l}\n")).collect();
     let old = node();
@@ -462,7 +437,7 @@ fn account_export_and_import_with_the_command_line_and_log_verify_there() {
     std::fs::write(&pw, "password123\n").expect("pw");
     let pw = pw.to_str().expect("utf8");
     assert_eq!(hearsay(&a, &["user", "add", "ann", "--password-file", pw]).0, 0);
-    let jsonl = fixture().join(u["files"]["listenbrainz_jsonl"].as_str().expect("jsonl"));
+    let jsonl = u.files.listenbrainz_jsonl.clone().expect("jsonl");
     assert_eq!(hearsay(&a, &["import", "--user", "ann", jsonl.to_str().expect("utf8")]).0, 0);
     let bundle = dir.path().join("ann.bundle");
     let key = dir.path().join("ann.secret-key");
@@ -495,7 +470,7 @@ fn account_export_and_import_with_the_command_line_and_log_verify_there() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = hearsay(&b, &["log", "verify", "ann"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with(&format!("ok: {} entries", u["listens"])), "{out}");
+    assert!(out.starts_with(&format!("ok: {} entries", u.listens)), "{out}");
     // A second import of the same account is refused (the name is taken) and changes nothing.
     let (code, out, _) = hearsay(&b, &import_args);
     assert_eq!(code, 1, "{out}");
@@ -505,19 +480,17 @@ fn account_export_and_import_with_the_command_line_and_log_verify_there() {
 fn a_zip_archive_is_read_member_by_member_and_strangers_are_skipped() {
     use std::io::Write;
     let u = user();
-    let name = u["username"].as_str().expect("name");
     let dir = tempfile::tempdir().expect("tempdir");
     let zip_path = dir.path().join("my_spotify_data.zip");
     {
         let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
         let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         z.add_directory("Spotify Extended Streaming History/", opts).expect("dir");
-        for f in u["files"]["spotify"].as_array().expect("spotify") {
-            let p = fixture().join(f.as_str().expect("f"));
+        for p in &u.files.spotify {
             let member =
                 format!("Spotify Extended Streaming History/{}", p.file_name().expect("name").to_string_lossy());
             z.start_file(member, opts).expect("start");
-            z.write_all(&std::fs::read(&p).expect("read")).expect("write");
+            z.write_all(&std::fs::read(p).expect("read")).expect("write");
         }
         z.start_file("Spotify Extended Streaming History/ReadMeFirst_ExtendedStreamingHistory.pdf", opts)
             .expect("start");
@@ -530,7 +503,7 @@ fn a_zip_archive_is_read_member_by_member_and_strangers_are_skipped() {
     assert_eq!(hearsay(&data, &["user", "add", "zed", "--password-file", pw.to_str().expect("utf8")]).0, 0);
     let (code, out, err) = hearsay(&data, &["import", "--user", "zed", zip_path.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
-    let expected = u["listens"].as_u64().expect("listens") - incognito_listens(&fixture().join(name).join("spotify"));
+    let expected = u.listens - incognito_listens(u);
     let imported: u64 = out
         .lines()
         .filter(|l| l.contains("(spotify-extended):"))
@@ -554,8 +527,8 @@ fn the_older_spotify_account_data_history_imports_every_play() {
     // test derives them from it, as Spotify does.
     let u = user();
     let mut rows = Vec::new();
-    for f in u["files"]["spotify"].as_array().expect("spotify") {
-        let text = std::fs::read_to_string(fixture().join(f.as_str().expect("f"))).expect("read");
+    for f in &u.files.spotify {
+        let text = std::fs::read_to_string(f).expect("read");
         let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
         for r in list.into_iter().filter(|r| r["master_metadata_track_name"].is_string()) {
             let ts = r["ts"].as_str().expect("ts");
@@ -572,9 +545,9 @@ fn the_older_spotify_account_data_history_imports_every_play() {
     let n = node();
     let s = import_bytes(&n, Format::SpotifyAccount, &bytes);
     // Every play of 30 s or more is a listen (this format has no private-session flag).
-    assert_eq!((s.imported, s.bad), (u["listens"].as_u64().expect("listens"), 0), "{s:?}");
-    assert_eq!(s.dropped.get("played under 30 s"), u["skips"].as_u64().as_ref());
+    assert_eq!((s.imported, s.bad), (u.listens, 0), "{s:?}");
+    assert_eq!(s.dropped.get("played under 30 s"), Some(&u.skips));
     assert_eq!(import_bytes(&n, Format::SpotifyAccount, &bytes).imported, 0, "a second import adds nothing");
-    let (artists, ta) = (top(&n, Kind::Artist), truth(&u, Kind::Artist));
+    let (artists, ta) = (top(&n, Kind::Artist), truth(u, Kind::Artist));
     assert!(same_names(&artists, &ta) >= 22, "{artists:?}");
 }

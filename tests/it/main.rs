@@ -6,6 +6,7 @@ mod api_lastfm;
 mod api_lb;
 mod browser;
 mod federation;
+mod gen_history;
 mod import;
 mod log;
 mod node;

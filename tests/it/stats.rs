@@ -2,7 +2,6 @@
 //! against a rebuild, time zones, series and the clock.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use hearsay::import::import_jsonl;
@@ -13,26 +12,20 @@ use hearsay::stats::period::Period;
 use hearsay::store::aggregates::Step;
 use hearsay::store::{Action, Ingestor, Options, Store, UserId, schema};
 
+use crate::gen_history::{END_2026, Fixture, Out, Params, UserTruth};
 use crate::support::{NOW, TestStore, generate_fixture, listen};
 
-/// The generator's output for 3 users, made once per test run.
-pub fn fixture() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        generate_fixture(
-            "fixture",
-            &["--users", "3", "--scrobbles", "30000", "--end", "2026-01-01", "--formats", "lbjsonl"],
-        )
+/// The generator's output for 3 users (ListenBrainz JSONL), made once per test run.
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let params = Params { users: 3, scrobbles: 30_000, formats: vec![Out::ListenBrainzJsonl], ..Params::default() };
+        generate_fixture("stats", &params)
     })
 }
 
 /// "Now" for the fixture: a day after its histories end (2026-01-01).
-const LATER: i64 = 1_767_225_600 + 86_400;
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture().join("manifest.json")).expect("manifest");
-    serde_json::from_str(&text).expect("json")
-}
+const LATER: i64 = END_2026 + 86_400;
 
 struct Node {
     _dir: tempfile::TempDir,
@@ -70,25 +63,12 @@ fn rows(n: &Node, user: UserId, kind: Kind, period: &Period, limit: usize) -> Ve
         .collect()
 }
 
-fn truth_artists(user: &serde_json::Value) -> Vec<(String, u64)> {
-    user["truth"]["top_artists"]
-        .as_array()
-        .expect("top_artists")
-        .iter()
-        .map(|a| (a["artist"].as_str().expect("name").to_owned(), a["listens"].as_u64().expect("n")))
-        .collect()
+fn truth_artists(user: &UserTruth) -> Vec<(String, u64)> {
+    user.top_artists.clone()
 }
 
-fn truth_tracks(user: &serde_json::Value) -> Vec<(String, u64)> {
-    user["truth"]["top_tracks"]
-        .as_array()
-        .expect("top_tracks")
-        .iter()
-        .map(|t| {
-            let main = t["artists"][0].as_str().expect("artist");
-            (format!("{main} - {}", t["title"].as_str().expect("title")), t["listens"].as_u64().expect("n"))
-        })
-        .collect()
+fn truth_tracks(user: &UserTruth) -> Vec<(String, u64)> {
+    user.top_tracks.iter().map(|(artists, title, n)| (format!("{} - {title}", artists[0]), *n)).collect()
 }
 
 /// Truth rows that our chart has with the same count. A truth row tied with our last
@@ -109,27 +89,25 @@ fn same_names(ours: &[(String, u64)], truth: &[(String, u64)]) -> usize {
 
 #[test]
 fn charts_and_counts_match_the_generators_ground_truth() {
-    let m = manifest();
     let n = node();
-    for user in m["users"].as_array().expect("users") {
-        let name = user["username"].as_str().expect("username");
+    for user in &fixture().users {
+        let name = user.name.as_str();
         let id = n.store.create_user(name, "password1", NOW).expect("user").id;
-        let text = std::fs::read(fixture().join(name).join("listens.jsonl")).expect("listens.jsonl");
+        let text = std::fs::read(user.files.listenbrainz_jsonl.as_ref().expect("jsonl")).expect("listens.jsonl");
         let summary = import_text(&n, id, &text);
-        let want = user["listens"].as_u64().expect("listens");
+        let want = user.listens;
         assert_eq!((summary.imported, summary.bad), (want, 0), "{name}");
         // A second import adds nothing.
         assert_eq!(import_text(&n, id, &text).imported, 0);
 
         let all = n.store.chart(id, Kind::Artist, &Period::AllTime, 25, LATER).expect("chart");
         assert_eq!(all.listens, want);
-        for (year, count) in user["listens_per_year"].as_object().expect("per year") {
-            let y: i16 = year.parse().expect("year");
-            let c = n.store.chart(id, Kind::Artist, &Period::Year(y), 1, LATER).expect("year chart");
-            assert_eq!(c.listens, count.as_u64().expect("n"), "{name} {year}");
+        for (&year, &count) in &user.listens_per_year {
+            let c = n.store.chart(id, Kind::Artist, &Period::Year(year), 1, LATER).expect("year chart");
+            assert_eq!(c.listens, count, "{name} {year}");
         }
         let tracks = n.store.chart(id, Kind::Recording, &Period::AllTime, 25, LATER).expect("chart");
-        assert_eq!(tracks.distinct, user["truth"]["distinct_tracks"].as_u64().expect("distinct"), "{name}");
+        assert_eq!(tracks.distinct, user.distinct_tracks, "{name}");
 
         // Plain-string credits: "A & B" without MBIDs stays one artist until both are
         // known, so a few counts differ. Report the agreement; require 23 of 25.
@@ -149,36 +127,23 @@ fn charts_and_counts_match_the_generators_ground_truth() {
 
 #[test]
 fn charts_are_exact_when_clients_list_the_artists() {
-    // Rewrite every listen as Navidrome sends it, with `artist_names` from the catalog.
+    // Rewrite every listen as Navidrome sends it, with `artist_names` from the catalogue.
     let mut credits: HashMap<(String, String), Vec<String>> = HashMap::new();
-    let catalog = std::fs::read_to_string(fixture().join("catalog.jsonl")).expect("catalog");
-    for line in catalog.lines() {
-        let t: serde_json::Value = serde_json::from_str(line).expect("catalog line");
-        let artists: Vec<String> =
-            t["artists"].as_array().expect("artists").iter().map(|a| a.as_str().expect("a").to_owned()).collect();
-        let (a, title) = (t["display_artist"].as_str().expect("da"), t["display_title"].as_str().expect("dt"));
-        // The LB writer shows 'amp' guests as "A & B" in the artist string.
-        let shown = if artists.len() == 2 && !a.contains(&artists[1]) && !title.contains(&artists[1]) {
-            format!("{} & {}", artists[0], artists[1])
-        } else {
-            a.to_owned()
-        };
-        credits.insert((shown, title.to_owned()), artists.clone());
-        credits.insert((a.to_owned(), title.to_owned()), artists);
+    for t in &fixture().catalog {
+        credits.insert((t.display_artist.clone(), t.display_title.clone()), t.artists.clone());
     }
-    let m = manifest();
     let n = node();
-    for user in m["users"].as_array().expect("users") {
-        let name = user["username"].as_str().expect("username");
+    for user in &fixture().users {
+        let name = user.name.as_str();
         let id = n.store.create_user(name, "password1", NOW).expect("user").id;
-        let text = std::fs::read_to_string(fixture().join(name).join("listens.jsonl")).expect("listens");
+        let text = std::fs::read_to_string(user.files.listenbrainz_jsonl.as_ref().expect("jsonl")).expect("listens");
         let mut enriched = String::new();
         for line in text.lines() {
             let mut v: serde_json::Value = serde_json::from_str(line).expect("line");
             let md = &v["track_metadata"];
             let key =
                 (md["artist_name"].as_str().expect("a").to_owned(), md["track_name"].as_str().expect("t").to_owned());
-            let listed = credits.get(&key).unwrap_or_else(|| panic!("{key:?} not in the catalog")).clone();
+            let listed = credits.get(&key).unwrap_or_else(|| panic!("{key:?} not in the catalogue")).clone();
             v["track_metadata"]["additional_info"]["artist_names"] = serde_json::json!(listed);
             enriched.push_str(&v.to_string());
             enriched.push('\n');

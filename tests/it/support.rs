@@ -281,19 +281,18 @@ pub fn post_head_only(url: &str, path: &str, content_type: &str, content_length:
     response
 }
 
-/// Runs the fixture generator (`../shared/fixtures/gen_history.py`) with `args` into a
-/// fresh directory named after `tag` and this process; returns the directory.
-pub fn generate_fixture(tag: &str, args: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hearsay-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gen_history.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(args)
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .expect("python3 runs the fixture generator");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    dir
+/// The generator's output for `params`, made once per test process under
+/// `target/tmp/fixture-TAG-PID` (directories of finished processes are removed).
+pub fn generate_fixture(tag: &str, params: &crate::gen_history::Params) -> crate::gen_history::Fixture {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = format!("fixture-{tag}-");
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    crate::gen_history::generate(&dir, params).expect("the fixture generator writes its files")
 }
