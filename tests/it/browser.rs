@@ -1,5 +1,5 @@
 //! A person in a real browser: headless Chromium driven through WebDriver
-//! (chromedriver, from Debian's `chromium-driver`, which `.ci/run` installs).
+//! (chromedriver, from Debian's `chromium-driver`, which `tests/run` installs).
 //! Screenshots of the pages visited go to `target/screenshots/`, printed at the end.
 
 use std::path::{Path, PathBuf};
@@ -14,13 +14,15 @@ struct Driver(Child, u16);
 
 impl Driver {
     fn start() -> Driver {
+        crate::support::require("chromium", "chromium");
+        crate::support::require("chromedriver", "chromium-driver");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver (apt-get install chromium chromium-driver)");
+            .expect("chromedriver starts");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;

@@ -55,6 +55,18 @@ impl TestStore {
     }
 }
 
+/// Fails with a message naming the Debian package when a tool a test drives is missing
+/// (`tests/run`, the README's test command, installs them all).
+pub fn require(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    assert!(
+        found,
+        "this test needs `{tool}`, from Debian's package `{package}`: run the suite with `tests/run` \
+         (README.md), which installs it, or `apt-get install {package}`"
+    );
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hearsay"))
 }
@@ -162,16 +174,17 @@ pub fn python() -> PathBuf {
         let py = venv.join("bin/python");
         let marker = venv.join("hearsay-requirements.txt");
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+            require("python3", "python3-venv");
             let ok =
                 Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv").success();
-            assert!(ok, "cannot create a Python virtual environment");
+            assert!(ok, "cannot create a Python virtual environment (Debian: apt-get install python3-venv)");
             let ok = Command::new(&py)
                 .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
                 .arg(&requirements)
                 .status()
                 .expect("pip")
                 .success();
-            assert!(ok, "cannot install the client libraries from PyPI");
+            assert!(ok, "cannot install tests/requirements.txt from PyPI into target/py-venv");
             std::fs::write(&marker, &wanted).expect("marker");
         }
         py
@@ -208,6 +221,8 @@ impl TlsProxy {
     pub fn start(dir: &Path, upstream: &str) -> TlsProxy {
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
+        require("openssl", "openssl");
+        require("socat", "socat");
         let ok = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
             .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
@@ -229,7 +244,7 @@ impl TlsProxy {
             .arg(format!("TCP:{upstream}"))
             .stderr(Stdio::null())
             .spawn()
-            .expect("socat (apt-get install socat)");
+            .expect("socat starts");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
