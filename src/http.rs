@@ -1,46 +1,42 @@
-//! The HTTP router. Today: `GET /health`. The scrobbler APIs (`api`) and the web view
-//! (`web`) mount their routers here.
+//! The HTTP router: composes the scrobbler APIs (`api`) and the web view (`web`), which
+//! share `state::AppState` and know nothing of each other, with `GET /health` and the
+//! root path that both use (Audioscrobbler handshakes and the home page).
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::store::{Ingestor, Store};
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub ingestor: Ingestor,
-    pub peer_id: String,
-    pub api: crate::api::ApiState,
-    /// Time zone of the node's own charts (`node.timezone`).
-    pub node_timezone: String,
-    /// Mark session cookies `Secure` (`http.secure_cookies`, for nodes behind TLS).
-    pub secure_cookies: bool,
-    /// Administrators' user names (`node.admins`).
-    pub admins: Vec<String>,
-    /// `node.open_registration`.
-    pub open_registration: bool,
-    /// The `[privacy]` section: what the transparency page explains.
-    pub privacy: std::sync::Arc<crate::config::PrivacyConfig>,
-    /// The network task, when `p2p.enabled`.
-    pub p2p: Option<crate::p2p::P2pHandle>,
-    /// The node key, to sign community manifests an administrator changes in the web
-    /// view, and its public half.
-    pub signer: std::sync::Arc<crate::identity::NodeIdentity>,
-    pub node_key: [u8; 32],
-}
+use crate::state::{AppState, ClientAddr};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/", get(root))
         .merge(crate::api::listenbrainz::router())
         .merge(crate::api::lastfm::router())
         .merge(crate::api::audioscrobbler::router())
         .merge(crate::web::router())
         .with_state(state)
+}
+
+/// `/`: an Audioscrobbler 1.2 handshake (`?hs=…`), which old players send to the root
+/// of the URL they are given, or the web view's home page.
+async fn root(
+    state: State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    query: Query<HashMap<String, String>>,
+) -> Response {
+    if query.contains_key("hs") {
+        crate::api::audioscrobbler::handshake(state, addr, headers, query).await
+    } else {
+        crate::web::home(state, headers).await
+    }
 }
 
 /// Liveness and identity: answers while the node serves requests.

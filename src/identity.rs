@@ -4,17 +4,17 @@
 //! restored on its own) in libp2p's protobuf key encoding: `08 01 12 40` followed by the
 //! 32-byte secret and the 32-byte public key. That is exactly what
 //! `libp2p::identity::Keypair::from_protobuf_encoding` reads, so the federation layer
-//! loads this same key as the node's PeerId; snapshot signatures use it under their own
-//! domain-separation tags.
+//! loads this same key as the node's PeerId; snapshot and manifest signatures use it
+//! under their own domain-separation tags (the envelope is `crate::envelope`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use serde::{Deserialize, Serialize};
+use ed25519_dalek::SigningKey;
 
+use crate::envelope::{DST_MANIFEST, DST_SNAPSHOT};
 use crate::privacy::Publishable;
-use crate::privacy::snapshot::{DecodeError, MAX_SNAPSHOT_BYTES, SnapshotV1};
+use crate::privacy::snapshot::SnapshotV1;
 
 const PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x40];
 pub const FILE_NAME: &str = "node_key";
@@ -84,39 +84,6 @@ impl NodeIdentity {
     }
 }
 
-/// Domain-separation tag of snapshot signatures: NUL-terminated, so it can never be a
-/// prefix of libp2p's own signing domains or of another hearsay tag.
-pub const DST_SNAPSHOT: &[u8] = b"hearsay/v1/chart-snapshot\0";
-/// Largest signed envelope accepted: the snapshot limit plus key, signature and lengths.
-pub const MAX_SIGNED_BYTES: usize = MAX_SNAPSHOT_BYTES + 128;
-
-/// A signed message: `sig = Ed25519(signer, DST ‖ body)`. The body bytes are signed
-/// and shipped as they are; receivers verify them before decoding them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedV1 {
-    pub signer: [u8; 32],
-    pub body: Vec<u8>,
-    /// 64 bytes (a `Vec` because serde has no 64-byte arrays).
-    pub sig: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    #[error("signed message of {0} bytes is over the limit")]
-    TooLarge(usize),
-    #[error("signed message does not decode canonically")]
-    Malformed,
-    #[error("bad signature")]
-    BadSignature,
-    #[error("snapshot origin is not its signer")]
-    WrongOrigin,
-    #[error(transparent)]
-    Snapshot(#[from] DecodeError),
-}
-
-/// Domain-separation tag of community manifest signatures.
-pub const DST_MANIFEST: &[u8] = b"hearsay/v1/community-manifest\0";
-
 impl NodeIdentity {
     /// Signs a publishable snapshot; returns the envelope bytes that are stored and sent.
     pub fn sign_snapshot(&self, snapshot: &Publishable<SnapshotV1>) -> Vec<u8> {
@@ -129,57 +96,8 @@ impl NodeIdentity {
     }
 
     fn sign(&self, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
-        let mut msg = dst.to_vec();
-        msg.extend_from_slice(&body);
-        let sig = self.key.sign(&msg).to_bytes().to_vec();
-        let env = SignedV1 { signer: self.public_key(), body, sig };
-        postcard::to_allocvec(&env).unwrap_or_default()
+        crate::envelope::seal(&self.key, dst, body)
     }
-}
-
-/// Decodes an envelope canonically and verifies its signature under `dst` (strict).
-/// Checks size first; `max` bounds the whole envelope.
-pub fn open_signed(bytes: &[u8], dst: &[u8], max: usize) -> Result<SignedV1, OpenError> {
-    let env = peek_signed(bytes, max)?;
-    verify_signed(&env, dst)?;
-    Ok(env)
-}
-
-/// The envelope, decoded canonically but **not yet verified** (to check cheap things,
-/// such as whether the claimed signer is a member, before the signature).
-pub fn peek_signed(bytes: &[u8], max: usize) -> Result<SignedV1, OpenError> {
-    if bytes.len() > max {
-        return Err(OpenError::TooLarge(bytes.len()));
-    }
-    let env: SignedV1 = match postcard::take_from_bytes::<SignedV1>(bytes) {
-        Ok((env, [])) => env,
-        _ => return Err(OpenError::Malformed),
-    };
-    if postcard::to_allocvec(&env).ok().as_deref() != Some(bytes) {
-        return Err(OpenError::Malformed);
-    }
-    Ok(env)
-}
-
-/// Verifies a peeked envelope's signature under `dst`.
-pub fn verify_signed(env: &SignedV1, dst: &[u8]) -> Result<(), OpenError> {
-    let key = VerifyingKey::from_bytes(&env.signer).map_err(|_| OpenError::BadSignature)?;
-    let sig = Signature::from_slice(&env.sig).map_err(|_| OpenError::BadSignature)?;
-    let mut msg = dst.to_vec();
-    msg.extend_from_slice(&env.body);
-    key.verify_strict(&msg, &sig).map_err(|_| OpenError::BadSignature)
-}
-
-/// Checks an envelope, cheapest first: size, canonical decoding, strict signature
-/// (`verify_strict`: no small-order keys, no malleable signatures), then the snapshot's
-/// own canonical decoding and consistency, and that its origin is the signer.
-pub fn open_snapshot(bytes: &[u8]) -> Result<(SignedV1, SnapshotV1), OpenError> {
-    let env = open_signed(bytes, DST_SNAPSHOT, MAX_SIGNED_BYTES)?;
-    let snap = SnapshotV1::decode(&env.body)?;
-    if snap.origin != env.signer {
-        return Err(OpenError::WrongOrigin);
-    }
-    Ok((env, snap))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -12,26 +12,29 @@
 //! - `p2p`: the only module that touches libp2p;
 //! - `publish`: the release schedule; `import`, `export`, `account`: histories in and out;
 //! - `api`: the scrobbler protocols; `web`: the local web view; `http`: the router;
-//! - `auth`, `identity`, `config`, `node` (composition root), `cli`, `bench`.
+//! - `auth`, `identity`, `envelope` (signed envelopes), `config`, `state` (what HTTP
+//!   handlers share), `node` (composition root), `cli`, `bench` (the `bench` feature).
 
 pub mod account;
 pub mod api;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
-mod bench_fed;
 pub mod cli;
-mod cli_community;
 pub mod config;
+pub mod envelope;
 pub mod export;
 pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod import;
+pub mod listenbrainz_json;
 pub mod log;
 pub mod node;
 pub mod p2p;
 pub mod privacy;
 pub mod publish;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod web;

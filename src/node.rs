@@ -5,8 +5,9 @@
 use std::future::Future;
 
 use crate::config::Config;
-use crate::http::{AppState, router};
+use crate::http::router;
 use crate::identity::NodeIdentity;
+use crate::state::AppState;
 use crate::store::{self, Ingestor, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +97,7 @@ impl Node {
             store: self.store.clone(),
             ingestor: self.ingestor.clone(),
             peer_id: self.identity.peer_id(),
-            api: crate::api::ApiState::default(),
+            live: crate::state::Live::default(),
             node_timezone: self.config.node.timezone.clone(),
             secure_cookies: self.config.http.secure_cookies,
             admins: self.config.node.admins.clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::PrivacyConfig;
 use crate::identity::NodeIdentity;
 use crate::privacy::accountant::{period_of, week_of};
-use crate::privacy::noise::{OsRandom, RandomSource};
+use crate::privacy::noise::RandomSource;
 use crate::privacy::params::{Params, Spend};
 use crate::privacy::release::{Period, release};
 use crate::privacy::{SharingLevel, accountant::Refusal};
@@ -135,5 +135,17 @@ impl Publisher {
             }
             Err(CommitError::Store(e)) => Err(e),
         }
+    }
+}
+/// The operating system's CSPRNG. A failure to read it is a fatal error for a release,
+/// so this panics rather than return predictable bytes.
+pub struct OsRandom;
+
+impl RandomSource for OsRandom {
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        #[allow(clippy::expect_used)]
+        getrandom::getrandom(&mut b).expect("the OS random source failed; refusing to add predictable noise");
+        u64::from_le_bytes(b)
     }
 }

@@ -9,8 +9,6 @@
 //! as the protocol intends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -18,10 +16,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::listenbrainz::ClientAddr;
 use crate::auth::{md5_hex, strings_equal};
-use crate::http::AppState;
 use crate::log::{Listen, RawListen, TrackRef};
+use crate::state::{AppState, ClientAddr};
 use crate::store::{Action, UserId};
 
 /// Largest clock difference accepted in a handshake (GNU FM's rule).
@@ -30,27 +27,6 @@ pub const MAX_SKEW_SECS: i64 = 300;
 pub const MAX_TRACKS: usize = 50;
 /// Largest now-playing or submission form.
 const MAX_FORM: usize = 256 * 1024;
-const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-
-/// Audioscrobbler sessions, in memory only.
-#[derive(Clone, Default)]
-pub struct Sessions(Arc<Mutex<HashMap<String, (UserId, Instant)>>>);
-
-impl Sessions {
-    fn create(&self, user: UserId) -> Option<String> {
-        let id = hex::encode(crate::auth::random_bytes::<16>().ok()?);
-        let mut map = self.0.lock().ok()?;
-        let now = Instant::now();
-        map.retain(|_, (_, until)| *until > now);
-        map.insert(id.clone(), (user, now + SESSION_LIFETIME));
-        Some(id)
-    }
-
-    fn user(&self, id: &str) -> Option<UserId> {
-        let map = self.0.lock().ok()?;
-        map.get(id).filter(|(_, until)| *until > Instant::now()).map(|(u, _)| *u)
-    }
-}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/as/1.2/np", post(now_playing)).route("/as/1.2/submit", post(submit))
@@ -70,7 +46,7 @@ pub async fn handshake(
     if q.get("hs").map(String::as_str) != Some("true") {
         return lines("hearsay node: point Audioscrobbler 1.2 clients (mpdscribble) here; see docs/api-compat.md\n");
     }
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return lines("FAILED Too many failed handshakes; wait a minute\n");
     }
     let (Some(user), Some(t), Some(a)) = (q.get("u"), q.get("t"), q.get("a")) else {
@@ -98,11 +74,11 @@ pub async fn handshake(
     });
     let (Some(user), true) = (found, ok) else {
         if let Some(a) = addr.0 {
-            state.api.record_failure(a);
+            state.live.record_failure(a);
         }
         return lines("BADAUTH\n");
     };
-    let Some(session) = state.api.as_sessions.create(user.id) else {
+    let Some(session) = state.live.as_sessions.create(user.id) else {
         return lines("FAILED Could not start a session\n");
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
@@ -114,7 +90,7 @@ fn form(body: &[u8]) -> Option<HashMap<String, String>> {
 }
 
 fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<UserId> {
-    f.get("s").and_then(|s| state.api.as_sessions.user(s))
+    f.get("s").and_then(|s| state.live.as_sessions.user(s))
 }
 
 async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
@@ -132,7 +108,7 @@ async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: ax
     match TrackRef::parse(&raw) {
         Ok(track) => {
             let length = f.get("l").and_then(|l| l.parse::<u32>().ok()).map(|s| s.saturating_mul(1000));
-            state.api.set_playing(user, track, Some("Audioscrobbler 1.2 client".into()), length);
+            state.live.set_playing(user, track, Some("Audioscrobbler 1.2 client".into()), length);
             lines("OK\n")
         }
         Err(e) => lines(format!("FAILED {e}\n")),
@@ -187,7 +163,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             tracing::error!(error = %e, "audioscrobbler: ingest failed");
             return lines("FAILED The node could not store the submission; try again\n");
         }
-        state.api.clear_playing(user);
+        state.live.clear_playing(user);
     }
     lines("OK\n")
 }

@@ -12,14 +12,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use super::listenbrainz::ClientAddr;
 use crate::auth::{md5_hex, strings_equal};
-use crate::http::AppState;
 use crate::log::{Listen, ListenError, RawListen, TrackRef};
+use crate::state::{AppState, ClientAddr, TokenError};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
@@ -34,55 +30,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/2.0/", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
         .route("/2.0", any(dispatch).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)))
-}
-
-/// How long an `auth.getToken` token may wait for approval (Last.fm: 60 minutes).
-const AUTH_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Tokens from `auth.getToken`, in memory: when made, and the user who approved it.
-#[derive(Clone, Default)]
-pub struct AuthTokens(Arc<Mutex<HashMap<String, PendingToken>>>);
-
-/// When a token was made, and the user who approved it.
-type PendingToken = (Instant, Option<crate::store::UserId>);
-
-impl AuthTokens {
-    fn create(&self) -> Option<String> {
-        let token = hex::encode(crate::auth::random_bytes::<16>().ok()?);
-        let mut map = self.0.lock().ok()?;
-        map.retain(|_, (made, _)| made.elapsed() < AUTH_TOKEN_LIFETIME);
-        map.insert(token.clone(), (Instant::now(), None));
-        Some(token)
-    }
-
-    /// Marks a pending token approved by `user`; false when unknown or expired.
-    pub(crate) fn approve(&self, token: &str, user: crate::store::UserId) -> bool {
-        let Ok(mut map) = self.0.lock() else { return false };
-        match map.get_mut(token) {
-            Some((made, approved)) if made.elapsed() < AUTH_TOKEN_LIFETIME => {
-                *approved = Some(user);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Takes a token for `auth.getSession`: Ok(user) once approved (single use).
-    fn take(&self, token: &str) -> Result<crate::store::UserId, (u32, &'static str)> {
-        let mut map = self.0.lock().map_err(|_| (16, "Temporary error, try again"))?;
-        match map.get(token).copied() {
-            None => Err((4, "Invalid authentication token supplied")),
-            Some((made, _)) if made.elapsed() >= AUTH_TOKEN_LIFETIME => {
-                map.remove(token);
-                Err((15, "This token has expired"))
-            }
-            Some((_, None)) => Err((14, "This token has not been authorized")),
-            Some((_, Some(user))) => {
-                map.remove(token);
-                Ok(user)
-            }
-        }
-    }
 }
 
 /// An element of a Last.fm response, rendered as XML or as Last.fm's JSON.
@@ -253,7 +200,7 @@ async fn dispatch(
     let method = params.get("method").unwrap_or_default().to_ascii_lowercase();
     let result = match method.as_str() {
         "auth.getmobilesession" => mobile_session(&state, &addr, &params),
-        "auth.gettoken" => match state.api.auth_tokens.create() {
+        "auth.gettoken" => match state.live.lastfm_tokens.create() {
             Some(token) => Ok(vec![El::text("token", token)]),
             None => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again")),
         },
@@ -293,7 +240,7 @@ fn session_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, 
 }
 
 fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outcome2 {
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return Err(fail(StatusCode::TOO_MANY_REQUESTS, 29, "Rate limit exceeded"));
     }
     let username = params.get("username").ok_or_else(|| bad_params("Invalid parameters - username is required"))?;
@@ -332,7 +279,7 @@ fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outco
     };
     let Some(user) = user else {
         if let Some(a) = addr.0 {
-            state.api.record_failure(a);
+            state.live.record_failure(a);
         }
         return Err(denied());
     };
@@ -352,7 +299,15 @@ fn session_for(state: &AppState, user: &User) -> Outcome2 {
 
 fn web_session(state: &AppState, params: &Params) -> Outcome2 {
     let token = params.get("token").ok_or_else(|| bad_params("Invalid parameters - token is required"))?;
-    let user = state.api.auth_tokens.take(token).map_err(|(code, m)| fail(StatusCode::FORBIDDEN, code, m))?;
+    let user = state.live.lastfm_tokens.take(token).map_err(|e| {
+        let (code, message) = match e {
+            TokenError::Unknown => (4, "Invalid authentication token supplied"),
+            TokenError::Expired => (15, "This token has expired"),
+            TokenError::NotApproved => (14, "This token has not been authorized"),
+            TokenError::Unavailable => (16, "Temporary error, try again"),
+        };
+        fail(StatusCode::FORBIDDEN, code, message)
+    })?;
     let user = state
         .store
         .user(user)
@@ -444,7 +399,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
     } else {
         state.ingestor.ingest(user.id, actions).await.map_err(store_err)?
     };
-    state.api.clear_playing(user.id);
+    state.live.clear_playing(user.id);
     let mut outcomes = outcomes.into_iter();
     let (mut accepted, mut ignored) = (0, 0);
     let mut container = El::new("scrobbles");
@@ -481,7 +436,7 @@ fn now_playing(state: &AppState, params: &Params) -> Outcome2 {
         .child(El::text("album", track.album.clone().unwrap_or_default()).attr("corrected", 0))
         .child(El::text("albumArtist", "").attr("corrected", 0))
         .child(El::text("ignoredMessage", "").attr("code", 0));
-    state.api.set_playing(user.id, track, Some("Last.fm API client".into()), duration);
+    state.live.set_playing(user.id, track, Some("Last.fm API client".into()), duration);
     Ok(vec![el])
 }
 
@@ -555,7 +510,7 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
         .attr("totalPages", total.div_ceil(limit).max(1))
         .attr("total", total);
     if page == 1 {
-        if let Some(p) = state.api.playing(user.id) {
+        if let Some(p) = state.live.playing(user.id) {
             container = container.child(
                 El::new("track")
                     .attr("nowplaying", "true")

@@ -2,10 +2,7 @@
 //! validation rules and limits, the same JSON shapes, `{"code", "error"}` errors with
 //! its status codes. See `docs/api-compat.md` for what is and is not implemented.
 
-use std::net::{IpAddr, SocketAddr};
-
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{msid, token_of};
-use crate::http::AppState;
-use crate::import::listenbrainz::{RecordError, extra_info, parse_listen, parse_track};
+use crate::listenbrainz_json::{RecordError, extra_info, parse_listen, parse_track};
 use crate::log::TrackRef;
 use crate::log::listen::format_mbid;
+use crate::state::{AppState, ClientAddr};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::Action;
@@ -82,17 +79,6 @@ impl From<crate::store::Error> for LbError {
 
 type LbResult = Result<Json<Value>, LbError>;
 
-/// The client's address, when the server knows it (kept in memory only, for limits).
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
-    }
-}
-
 #[derive(Deserialize, Default)]
 pub struct TokenQuery {
     token: Option<String>,
@@ -105,7 +91,7 @@ fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<User, LbError> {
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return Err(LbError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed authentication attempts; wait a minute.",
@@ -118,7 +104,7 @@ fn authenticate(
         Some((user, _)) => Ok(user),
         None => {
             if let Some(a) = addr.0 {
-                state.api.record_failure(a);
+                state.live.record_failure(a);
             }
             Err(LbError::new(StatusCode::UNAUTHORIZED, "Invalid authorization token."))
         }
@@ -249,7 +235,7 @@ async fn submit_listens(
                 .and_then(|a| a.get("submission_client").or_else(|| a.get("media_player")))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            state.api.set_playing(user.id, track, client, duration);
+            state.live.set_playing(user.id, track, client, duration);
             Ok(Json(json!({"status": "ok"})))
         }
         "single" | "import" => {
@@ -270,7 +256,7 @@ async fn submit_listens(
             if !state.store.is_paused(user.id)? {
                 state.ingestor.ingest(user.id, actions).await?;
             }
-            state.api.clear_playing(user.id);
+            state.live.clear_playing(user.id);
             Ok(Json(json!({"status": "ok"})))
         }
         other => Err(LbError::bad(format!("listen_type must be one of single, import, playing_now (not {other:?})."))),
@@ -283,7 +269,7 @@ async fn validate_token(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, LbError> {
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return Err(LbError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed authentication attempts; wait a minute.",
@@ -298,7 +284,7 @@ async fn validate_token(
         }
         None => {
             if let Some(a) = addr.0 {
-                state.api.record_failure(a);
+                state.live.record_failure(a);
             }
             Json(json!({"code": 200, "message": "Token invalid.", "valid": false})).into_response()
         }
@@ -424,7 +410,7 @@ async fn playing_now(
 ) -> LbResult {
     let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
     let listens: Vec<Value> = state
-        .api
+        .live
         .playing(user.id)
         .map(|p| json!({"track_metadata": track_meta(&p.track), "user_name": user.name, "playing_now": true}))
         .into_iter()

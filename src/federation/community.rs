@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CommunityId, NodeId};
-use crate::identity::{DST_MANIFEST, OpenError, SignedV1, open_signed};
+use crate::envelope::{DST_MANIFEST, OpenError, SignedV1, open_signed};
 use crate::privacy::params::Floor;
 
 pub const SCHEMA: u16 = 1;

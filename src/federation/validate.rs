@@ -4,7 +4,7 @@
 //! relays are never punished for our policy.
 
 use super::NodeId;
-use crate::identity::{DST_SNAPSHOT, MAX_SIGNED_BYTES, OpenError, SignedV1, peek_signed, verify_signed};
+use crate::envelope::{DST_SNAPSHOT, MAX_SIGNED_BYTES, OpenError, SignedV1, peek_signed, verify_signed};
 use crate::privacy::params::Floor;
 use crate::privacy::snapshot::SnapshotV1;
 
@@ -105,27 +105,30 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::NodeIdentity;
+    use ed25519_dalek::SigningKey;
+
+    use crate::envelope::seal;
     use crate::privacy::SharingLevel;
-    use crate::privacy::noise::OsRandom;
+    use crate::privacy::noise::Seeded;
     use crate::privacy::params::{Params, Spend};
     use crate::privacy::release::{Period, UserPeriod, release};
     use crate::privacy::snapshot::ItemName;
 
     const START: i64 = 1_795_392_000;
 
-    fn signed(id: &NodeIdentity, public_count: u64) -> Vec<u8> {
+    fn signed(id: &SigningKey, public_count: u64) -> Vec<u8> {
         let users = [UserPeriod {
             user: 1,
             level: SharingLevel::Public,
             artists: vec![(ItemName::artist("A"), public_count)],
             tracks: vec![(ItemName::track("A", "T"), public_count)],
         }];
-        let period = Period { origin: id.public_key(), start: START, secs: 604_800, issued_at: START + 700_000 };
+        let period =
+            Period { origin: id.verifying_key().to_bytes(), start: START, secs: 604_800, issued_at: START + 700_000 };
         let budget = Spend { eps_milli: 2_000, delta_pico: 200_000 };
-        let r = release(period, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut OsRandom)
+        let r = release(period, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut Seeded(7))
             .expect("release");
-        id.sign_snapshot(&r.snapshot)
+        seal(id, DST_SNAPSHOT, r.snapshot.encode())
     }
 
     fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
@@ -137,8 +140,7 @@ mod tests {
 
     #[test]
     fn each_bad_input_is_rejected_or_ignored_as_documented() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let id = NodeIdentity::load_or_create(dir.path()).expect("key");
+        let id = SigningKey::from_bytes(&[1; 32]);
         let good = signed(&id, 5);
         let now = START + 800_000;
         assert_eq!(verdict(&good, true, vec![], now), Verdict::Accept);
@@ -153,10 +155,9 @@ mod tests {
         assert!(matches!(verdict(&good[..good.len() - 1], true, vec![], now), Verdict::Reject(_)));
         assert!(matches!(verdict(&vec![7u8; 70_000], true, vec![], now), Verdict::Reject(_)));
         // Forged: another key signs a snapshot claiming this origin.
-        let other_dir = tempfile::tempdir().expect("tempdir");
-        let other = NodeIdentity::load_or_create(other_dir.path()).expect("key");
+        let other = SigningKey::from_bytes(&[2; 32]);
         let mut env: SignedV1 = postcard::from_bytes(&signed(&other, 5)).expect("env");
-        env.signer = id.public_key();
+        env.signer = id.verifying_key().to_bytes();
         let forged = postcard::to_allocvec(&env).expect("encode");
         assert!(matches!(verdict(&forged, true, vec![], now), Verdict::Reject(_)), "forged");
         // Replayed: the same bytes again are a duplicate.

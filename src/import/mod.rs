@@ -9,6 +9,7 @@
 //! what is already there).
 
 pub mod formats;
+pub mod jobs;
 pub mod json_stream;
 pub mod listenbrainz;
 pub mod source;

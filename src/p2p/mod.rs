@@ -152,6 +152,12 @@ pub fn node_of(peer: &PeerId) -> Option<NodeId> {
     Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
+/// The node key a PeerId in its text form (`12D3KooW…`) names; None when the text is
+/// not a PeerId or not an ed25519 one.
+pub fn node_of_text(text: &str) -> Option<NodeId> {
+    node_of(&text.trim().parse::<PeerId>().ok()?)
+}
+
 /// Starts the network task. Listen failures are logged, not fatal: a node whose port
 /// is taken still serves its users.
 pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<P2pHandle, Error> {

@@ -3,25 +3,12 @@
 //! Gaussian for Differential Privacy", NeurIPS 2020, Algorithms 1–2). Floating-point
 //! Laplace noise leaks through its low bits (Mironov, CCS 2012), so none is used here.
 //!
-//! Randomness comes from a `RandomSource`: the OS CSPRNG in the node (`OsRandom`); tests
-//! inject a seeded one. Pure otherwise.
+//! Randomness comes from a `RandomSource`: the OS CSPRNG in the node
+//! (`publish::OsRandom`); tests inject a seeded one. Pure otherwise.
 
 /// Uniform random bits.
 pub trait RandomSource {
     fn next_u64(&mut self) -> u64;
-}
-
-/// The operating system's CSPRNG. A failure to read it is a fatal error for a release,
-/// so this panics rather than return predictable bytes.
-pub struct OsRandom;
-
-impl RandomSource for OsRandom {
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        #[allow(clippy::expect_used)]
-        getrandom::getrandom(&mut b).expect("the OS random source failed; refusing to add predictable noise");
-        u64::from_le_bytes(b)
-    }
 }
 
 /// A uniform integer in `0..n` (`n >= 1`), by rejection: no modulo bias.
@@ -109,7 +96,7 @@ pub fn partition_threshold(epsilon: f64, l0: u32, delta: f64, k: u32) -> i64 {
     tau.ceil() as i64
 }
 
-/// splitmix64: a seeded source, for tests only (the node uses `OsRandom`).
+/// splitmix64: a seeded source, for tests only (the node uses `publish::OsRandom`).
 #[cfg(test)]
 pub(crate) struct Seeded(pub u64);
 

@@ -5,10 +5,10 @@
 use super::codec::{decode, encode};
 use super::values::FollowV1;
 use super::{Error, Result, Store, schema};
+use crate::envelope::{MAX_SIGNED_BYTES, peek_signed};
 use crate::federation::community::{SignedManifest, open_manifest};
 use crate::federation::merge::{Held, PeriodState};
 use crate::federation::{CommunityId, NodeId};
-use crate::identity::{MAX_SIGNED_BYTES, peek_signed};
 use crate::privacy::snapshot::SnapshotV1;
 
 fn snapshot_key(period: i64, origin: &NodeId, version: u16, hash: &[u8; 32]) -> Vec<u8> {

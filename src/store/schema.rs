@@ -133,7 +133,7 @@ pub const CLIENTNAME_CLIENTID: &str = "clientname_clientid";
 pub const CLIENTID_CLIENTNAME: &str = "clientid_clientname";
 
 /// `periodstart_release`: `period start u64` -> the node's signed snapshot envelope for
-/// that period (`identity::SignedV1` bytes, not versioned: these bytes are what was
+/// that period (`envelope::SignedV1` bytes, not versioned: these bytes are what was
 /// published, re-served unchanged forever). Written once, in the same transaction as
 /// the ledgers and contributions; never overwritten. Serves: re-serving, the
 /// transparency page, (later) gossip and sync.

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::viewer;
 use crate::export::{ExportFormat, export};
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// A `Write` that sends full chunks down a channel.
 struct ChannelWriter {

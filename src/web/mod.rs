@@ -22,8 +22,8 @@ mod network;
 mod transparency;
 pub mod upload;
 
-use crate::api::listenbrainz::ClientAddr;
-use crate::http::AppState;
+use crate::state::AppState;
+use crate::state::ClientAddr;
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
@@ -74,7 +74,6 @@ fn form_token_ok(headers: &HeaderMap, fields: &HashMap<String, String>) -> bool 
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(root))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/user/{name}", get(profile))
@@ -207,17 +206,8 @@ fn server_error(viewer: &Viewer, e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// `/`: the home page, or an Audioscrobbler 1.2 handshake (`?hs=true`), which old
-/// players send to the root of the URL they are given.
-async fn root(
-    State(state): State<AppState>,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if q.contains_key("hs") {
-        return crate::api::audioscrobbler::handshake(State(state), addr, headers, Query(q)).await;
-    }
+/// `/`: the home page (`http` hands Audioscrobbler handshakes at `/?hs=…` to `api`).
+pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = viewer(&state, &headers);
     let now = crate::now_unix();
     let tz = crate::stats::period::time_zone(&state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
@@ -321,7 +311,7 @@ async fn login(State(state): State<AppState>, addr: ClientAddr, headers: HeaderM
             cookie,
         );
     }
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return login_form(&v, &token, Some("Too many failed attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
     }
     let (name, password) = (f.get("username").map_or("", String::as_str), f.get("password").map_or("", String::as_str));
@@ -329,7 +319,7 @@ async fn login(State(state): State<AppState>, addr: ClientAddr, headers: HeaderM
         Ok(Some(u)) => u,
         Ok(None) => {
             if let Some(a) = addr.0 {
-                state.api.record_failure(a);
+                state.live.record_failure(a);
             }
             return login_form(&v, &token, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED);
         }
@@ -412,7 +402,7 @@ async fn profile(
     };
     let recent = state.store.listens(user.id, 0, i64::MAX, 20, Order::NewestFirst).unwrap_or_default();
     let loves = state.store.feedback(user.id, 1, 10).unwrap_or_default();
-    let playing = state.api.playing(user.id);
+    let playing = state.live.playing(user.id);
     let total = state.store.log_head(user.id).map(|h| h.n_listens).unwrap_or(0);
     let weekly = state
         .store
@@ -1199,7 +1189,7 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
             cookie,
         );
     }
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return register_form(&v, &token, "", Some("Too many attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
     }
     let get = |k: &str| f.get(k).map_or("", String::as_str);
@@ -1214,7 +1204,7 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
         Ok(Some(_)) => login(State(state), addr, headers, body).await,
         Ok(None) => {
             if let Some(a) = addr.0 {
-                state.api.record_failure(a);
+                state.live.record_failure(a);
             }
             page(
                 StatusCode::FORBIDDEN,
@@ -1308,7 +1298,7 @@ pub async fn approve(State(state): State<AppState>, addr: ClientAddr, headers: H
     if !form_token_ok(&headers, &f) {
         return refused(&v);
     }
-    if addr.0.is_some_and(|a| state.api.is_limited(a)) {
+    if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",
@@ -1323,7 +1313,7 @@ pub async fn approve(State(state): State<AppState>, addr: ClientAddr, headers: H
     };
     let Some(user) = user else {
         if let Some(a) = addr.0 {
-            state.api.record_failure(a);
+            state.live.record_failure(a);
         }
         return page(
             StatusCode::FORBIDDEN,
@@ -1332,7 +1322,7 @@ pub async fn approve(State(state): State<AppState>, addr: ClientAddr, headers: H
             html! { h1 { "Not allowed" } p { "Wrong user name or password. Go back and try again." } },
         );
     };
-    if state.api.auth_tokens.approve(get("token"), user.id) {
+    if state.live.lastfm_tokens.approve(get("token"), user.id) {
         page(
             StatusCode::OK,
             "Application connected",

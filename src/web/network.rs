@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::{page, server_error, viewer};
 use crate::federation::merge::Chart;
-use crate::http::AppState;
+use crate::state::AppState;
 
 async fn gather(state: &AppState, period: Option<i64>) -> Result<serde_json::Value, String> {
     let status = match &state.p2p {
@@ -237,9 +237,7 @@ pub async fn edit_members(
     }
     let bad =
         |msg: &str| community_view(&state, &v, &short, Some(html! { p.error { (msg) } }), StatusCode::BAD_REQUEST);
-    let Some(node) =
-        f.get("node").and_then(|n| n.trim().parse::<libp2p::PeerId>().ok()).and_then(|p| crate::p2p::node_of(&p))
-    else {
+    let Some(node) = f.get("node").and_then(|n| crate::p2p::node_of_text(n)) else {
         return bad("That is not an ed25519 PeerId.");
     };
     let now = crate::now_unix();

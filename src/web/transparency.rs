@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
 use super::{page, server_error, viewer};
-use crate::http::AppState;
-use crate::identity::open_snapshot;
+use crate::envelope::open_snapshot;
 use crate::privacy::SharingLevel;
 use crate::privacy::params::eps_text;
 use crate::privacy::snapshot::{Entry, SnapshotV1};
+use crate::state::AppState;
 
 const SHOWN_RELEASES: usize = 20;
 

@@ -5,7 +5,6 @@
 //! JavaScript) and the summary at the end. The temporary file is removed afterwards.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,31 +12,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{PreEscaped, html};
 
 use super::{page, viewer};
-use crate::http::AppState;
 use crate::import::Summary;
 use crate::import::formats::{Format, Options};
+use crate::import::jobs::{Job, Jobs};
+use crate::state::AppState;
 
 /// Largest upload accepted.
 pub const MAX_UPLOAD_BYTES: usize = 4 << 30;
 
-/// One import started from the web view.
-#[derive(Clone, Debug, Default)]
-pub struct Job {
-    pub user: u32,
-    pub file: String,
-    pub running: bool,
-    /// (file or member, format, summary, note) per part; the last one is in progress.
-    pub parts: Vec<(String, Option<&'static str>, Summary, Option<String>)>,
-    /// How much of the file being read has been read, in percent.
-    pub percent: Option<u64>,
-    pub error: Option<String>,
-}
-
-/// The imports of this node's web view, by job id (in memory).
-pub type Jobs = Arc<Mutex<HashMap<String, Job>>>;
-
 fn jobs_of(state: &AppState) -> Jobs {
-    state.api.uploads.clone()
+    state.live.imports.clone()
 }
 
 pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -174,7 +174,7 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
     manifest.members.sort_by_key(|m| m.node);
     let mut state = hearsay::federation::merge::PeriodState::default();
     for bytes in &releases[..2] {
-        let (_, s) = hearsay::identity::open_snapshot(bytes).expect("verifies");
+        let (_, s) = hearsay::envelope::open_snapshot(bytes).expect("verifies");
         state.insert(hearsay::federation::merge::Held {
             version: s.version,
             hash: *blake3::hash(bytes).as_bytes(),
@@ -347,7 +347,8 @@ mod rogue {
 /// and the equivocating origin left out of that period (the documented rule).
 #[test]
 fn a_rogue_peer_is_refused_and_changes_no_chart() {
-    use hearsay::identity::{NodeIdentity, SignedV1};
+    use hearsay::envelope::SignedV1;
+    use hearsay::identity::NodeIdentity;
     use hearsay::privacy::params::{Params, Spend};
     use hearsay::privacy::release::{Period, UserPeriod, release};
     use hearsay::privacy::snapshot::ItemName;
@@ -386,16 +387,8 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
         let params = Params { eps_listeners_milli: 50_000, eps_listens_milli: 50_000, k: 2, ..Params::default() };
         let budget = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
         let period = Period { origin, start: p, secs: 4, issued_at: p + 5 };
-        let r = release(
-            period,
-            &users,
-            &params,
-            budget,
-            Default::default(),
-            &[0; 32],
-            &mut hearsay::privacy::noise::OsRandom,
-        )
-        .expect("release");
+        let r = release(period, &users, &params, budget, Default::default(), &[0; 32], &mut hearsay::publish::OsRandom)
+            .expect("release");
         signer.sign_snapshot(&r.snapshot)
     };
     let non_member = make(&rogue_key, rogue_key.public_key(), "Rogue Band");

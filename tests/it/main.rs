@@ -8,6 +8,7 @@ mod browser;
 mod federation;
 mod gen_history;
 mod import;
+mod layering;
 mod log;
 mod node;
 mod privacy;

@@ -80,45 +80,54 @@ fn jitter(seed: &mut u64, max_ms: u64) -> u64 {
     *seed % max_ms
 }
 
+/// Submits distinct single listens over HTTP from `clients` threads until the node
+/// stops answering; each thread returns how many were acknowledged (HTTP 200, sent
+/// only after the listen's group was flushed).
+fn load(url: &str, token: &str, clients: u64, round: u64) -> Vec<std::thread::JoinHandle<u64>> {
+    let base = hearsay::now_unix() - 60 * 86_400 + (round as i64) * 1_000_000;
+    (0..clients)
+        .map(|c| {
+            let (url, token) = (format!("{url}/1/submit-listens"), token.to_owned());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                let mut acked = 0u64;
+                for i in 0.. {
+                    let at = base + (c as i64) * 100_000 + i;
+                    let body = format!(
+                        r#"{{"listen_type":"single","payload":[{{"listened_at":{at},"track_metadata":{{"artist_name":"Load {c}","track_name":"Track {round}-{i}"}}}}]}}"#
+                    );
+                    match agent.post(&url).set("Authorization", &format!("Token {token}")).send_string(&body) {
+                        Ok(r) if r.status() == 200 => acked += 1,
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
+    let (data, token) = crate::support::data_with_user(dir.path());
     let mut seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64) | 1;
     let mut acked_total = 0u64;
     for round in 0..4u64 {
-        let mut child = std::process::Command::new(crate::support::bin())
-            .args(["bench", "ingest", "--listens", "2000000", "--batch", "200", "--acks", "--seed"])
-            .arg((round + 1).to_string())
-            .arg("--dir")
-            .arg(&data)
-            .env("HEARSAY_NODE__LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn bench");
-        let stdout = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut last = 0u64;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("acked ").and_then(|n| n.parse().ok()) {
-                    last = n;
-                }
-            }
-            last
-        });
-        // Wait for the first acknowledgement, then kill at a random moment.
+        let node = NodeProcess::start(&data);
+        let clients = load(&node.url, &token, 8, round);
+        // Kill at a random moment while the clients submit.
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(300 + jitter(&mut seed, 1500)));
-        let pid = child.id().to_string();
+        let pid = node.child.id().to_string();
         std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
-        child.wait().expect("wait");
-        let acked = reader.join().expect("reader");
+        drop(node);
+        let acked: u64 = clients.into_iter().map(|h| h.join().expect("client")).sum();
         assert!(started.elapsed() < Duration::from_secs(60));
         acked_total += acked;
 
-        let (code, out, err) = hearsay(&data, &["log", "verify", "bench0"]);
+        let (code, out, err) = hearsay(&data, &["log", "verify", "alice"]);
         assert_eq!(code, 0, "round {round}: {out}{err}");
         let (_, users, _) = hearsay(&data, &["user", "list"]);
         let stored: u64 = users
@@ -129,7 +138,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
         assert!(stored >= acked_total, "round {round}: {stored} stored < {acked_total} acknowledged");
         // Statistics recounted after the crash equal a rebuild from the log.
         let top = |what: &str| {
-            let (code, out, err) = hearsay(&data, &["stats", "top", "bench0", "--kind", what, "--limit", "10"]);
+            let (code, out, err) = hearsay(&data, &["stats", "top", "alice", "--kind", what, "--limit", "10"]);
             assert_eq!(code, 0, "{err}");
             let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
             lines[0] = lines[0].split(", ").take(2).collect::<Vec<_>>().join(", ");
@@ -143,7 +152,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
             "round {round}: killed after {acked} acknowledged in this run; {stored} stored, {acked_total} acknowledged in all"
         );
     }
-    assert!(acked_total > 0, "the bench never acknowledged anything before the kills");
+    assert!(acked_total > 0, "nothing was acknowledged before the kills");
 }
 
 #[test]
@@ -153,15 +162,21 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     use hearsay::store::values::{BlockV1, StoredEntry};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let out = std::process::Command::new(crate::support::bin())
-        .args(["bench", "ingest", "--listens", "500", "--batch", "100", "--dir"])
-        .arg(&data)
-        .env("HEARSAY_NODE__LOG", "warn")
-        .output()
-        .expect("bench");
-    assert!(out.status.success());
-    let (code, ok, _) = hearsay(&data, &["log", "verify", "bench0"]);
+    let (data, _) = crate::support::data_with_user(dir.path());
+    let jsonl: String = (0..500)
+        .map(|i| {
+            format!(
+                "{{\"listened_at\":{},\"track_metadata\":{{\"artist_name\":\"A{}\",\"track_name\":\"T{i}\"}}}}\n",
+                1_700_000_000 + i * 600,
+                i % 7
+            )
+        })
+        .collect();
+    let file = dir.path().join("listens.jsonl");
+    std::fs::write(&file, jsonl).expect("write");
+    let (code, _, err) = hearsay(&data, &["import", "--user", "alice", file.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, ok, _) = hearsay(&data, &["log", "verify", "alice"]);
     assert_eq!(code, 0, "{ok}");
     assert!(ok.starts_with("ok: 500 entries"), "{ok}");
 
@@ -180,7 +195,7 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     drop(tree);
     drop(db);
 
-    let (code, out, _) = hearsay(&data, &["log", "verify", "bench0"]);
+    let (code, out, _) = hearsay(&data, &["log", "verify", "alice"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("FAILED: entry 200:"), "{out}");
 }

@@ -120,7 +120,7 @@ fn a_node_with_all_three_levels_publishes_only_what_each_allows() {
     }
 
     let bytes = release_of(&node.url, p, Duration::from_secs(20));
-    let (envelope, snap) = hearsay::identity::open_snapshot(&bytes).expect("verifies");
+    let (envelope, snap) = hearsay::envelope::open_snapshot(&bytes).expect("verifies");
     // The origin is this node: its PeerId embeds the signing key.
     let mut mh = vec![0x00, 36, 0x08, 0x01, 0x12, 0x20];
     mh.extend_from_slice(&envelope.signer);

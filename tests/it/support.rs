@@ -58,8 +58,8 @@ impl TestStore {
 /// Fails with a message naming the Debian package when a tool a test drives is missing
 /// (`tests/run`, the README's test command, installs them all).
 pub fn require(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    let found =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
     assert!(
         found,
         "this test needs `{tool}`, from Debian's package `{package}`: run the suite with `tests/run` \

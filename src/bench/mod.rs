@@ -18,6 +18,8 @@ use crate::config::Config;
 use crate::log::{Listen, TrackRef};
 use crate::store::{self, Action, Ingestor, Outcome, Store};
 
+mod federation;
+
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// N real nodes (libp2p over 127.0.0.1, one process) in one community: time from
@@ -188,21 +190,36 @@ impl Synthetic {
 
 use crate::store::compact::dir_bytes;
 
-/// Peak resident set size of this process in KiB (Linux `VmHWM`).
-pub fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+/// A line of this process's `/proc/self/status` in KiB (`VmHWM`: peak resident set
+/// size; `VmRSS`: resident now). 0 where the file is missing (not Linux).
+fn status_kib(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Peak resident set size of this process in KiB.
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM")
+}
+
+/// Resident set size of this process now, in KiB.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
+/// A fresh temporary directory for one benchmark, removed when dropped.
+fn temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix(&format!("hearsay-bench-{what}-")).tempdir()?)
 }
 
 pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitCode> {
     let cmd = match cmd {
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
         BenchCmd::Federation { nodes, links, items, timeout_secs } => {
-            return crate::bench_fed::run(nodes, links, items, timeout_secs);
+            return federation::run(nodes, links, items, timeout_secs);
         }
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),
@@ -214,10 +231,11 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
     let BenchCmd::Ingest { listens, batch, clients, artists, seed, dir, acks, verify } = cmd else {
         return Ok(std::process::ExitCode::FAILURE);
     };
-    let (dir, temporary) = match dir {
-        Some(d) => (d, false),
-        None => (std::env::temp_dir().join(format!("hearsay-bench-{}", std::process::id())), true),
+    let temporary = match dir {
+        Some(_) => None,
+        None => Some(temp_dir("ingest")?),
     };
+    let dir = dir.unwrap_or_else(|| temporary.as_ref().map(|t| t.path().to_owned()).unwrap_or_default());
     let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
     let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
     let clients = clients.max(1);
@@ -293,9 +311,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         }
     }
     drop(store);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    drop(temporary);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -330,7 +346,8 @@ fn stats(
     use crate::store::aggregates::Step;
     use crate::store::logs::Order;
 
-    let dir = std::env::temp_dir().join(format!("hearsay-bench-stats-{}", std::process::id()));
+    let temporary = temp_dir("stats")?;
+    let dir = temporary.path().to_owned();
     let options = store::Options { cache_mb: config.store.cache_mb };
     let store = Store::open(&dir, &options)?;
     let user = store.create_user("bench0", "bench-password", crate::now_unix())?.id;
@@ -443,12 +460,13 @@ fn stats(
     }
     println!("peak RSS: {:.1} MiB", peak_rss_kib() as f64 / 1024.0);
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(temporary);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> anyhow::Result<std::process::ExitCode> {
-    let dir = std::env::temp_dir().join(format!("hearsay-bench-neighbours-{}", std::process::id()));
+    let temporary = temp_dir("neighbours")?;
+    let dir = temporary.path().to_owned();
     let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
     let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
     let started = Instant::now();
@@ -494,7 +512,7 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
     }
     report("node chart, top-50 artists, all time", charts);
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(temporary);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -553,11 +571,11 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
         groups.batches,
         groups.batches as f64 / groups.groups.max(1) as f64
     );
-    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let store = Store::open(dir.path(), &store::Options { cache_mb: config.store.cache_mb })?;
     let stored = store.log_head(user.id)?.n_listens;
     println!("stored after shutdown: {stored} (acknowledged {acknowledged})");
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -595,16 +613,21 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         report(&format!("GET {path}"), times);
     }
     served.stop()?;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// A fresh node in a temporary directory with one user, `bench0`, for the HTTP
-/// benchmarks: (directory, node, user).
-fn bench_node(config: &Config, what: &str) -> anyhow::Result<(PathBuf, crate::node::Node, crate::store::users::User)> {
-    let dir = std::env::temp_dir().join(format!("hearsay-bench-{what}-{}", std::process::id()));
+/// benchmarks: (directory, node, user). The network stays off: these benchmarks bind
+/// nothing but HTTP on 127.0.0.1.
+fn bench_node(
+    config: &Config,
+    what: &str,
+) -> anyhow::Result<(tempfile::TempDir, crate::node::Node, crate::store::users::User)> {
+    let dir = temp_dir(what)?;
     let mut node_config = config.clone();
-    node_config.node.data_dir = dir.clone();
+    node_config.node.data_dir = dir.path().to_owned();
+    node_config.p2p.enabled = false;
     let node = crate::node::Node::build(node_config)?;
     let user = node.store.create_user("bench0", "bench-password", crate::now_unix())?;
     Ok((dir, node, user))

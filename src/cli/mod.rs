@@ -1,4 +1,6 @@
-//! The command line: `hearsay [run]`, `user`, `token`, `log verify`, `bench`.
+//! The command line: `hearsay [run]`, `user`, `token`, `import`, `export`, `account`,
+//! `stats`, `store`, `log verify`, `community …` (in `community`), and `bench` when
+//! built with the `bench` feature.
 //!
 //! Commands other than `run` open the store directly, so they need the node stopped
 //! (sled allows one process per database; the error says so plainly).
@@ -13,6 +15,8 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::node::{Node, open_store, shutdown_signal};
 use crate::store::UserId;
+
+mod community;
 
 #[derive(Parser)]
 #[command(name = "hearsay", version, about = "A federated peer-to-peer scrobble network node")]
@@ -72,12 +76,13 @@ enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Store(StoreCmd),
-    /// Benchmarks that print figures.
+    /// Benchmarks that print figures (built with `--features bench`).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
     /// Communities: create, invite, join, follow, link, list.
     #[command(subcommand)]
-    Community(crate::cli_community::CommunityCmd),
+    Community(community::CommunityCmd),
     /// This node's identity.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -241,14 +246,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "bench")]
         Command::Bench(cmd) => crate::bench::run(&config, cmd),
-        Command::Community(cmd) => crate::cli_community::run(&config, cmd),
+        Command::Community(cmd) => community::run(&config, cmd),
         Command::Node(NodeCmd::Id) => {
             std::fs::create_dir_all(&config.node.data_dir)?;
             println!("{}", crate::identity::NodeIdentity::load_or_create(&config.node.data_dir)?.peer_id());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Peers => crate::cli_community::peers(&config),
+        Command::Peers => community::peers(&config),
         Command::Account(AccountCmd::Export { name, out, with_secret_key }) => {
             let store = open_store(&config)?;
             let u = find_user(&store, &name)?;

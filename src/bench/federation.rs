@@ -11,10 +11,10 @@ use crate::federation::community::{ManifestV1, Member, open_manifest};
 use crate::identity::NodeIdentity;
 use crate::privacy::SharingLevel;
 use crate::privacy::accountant::period_of;
-use crate::privacy::noise::OsRandom;
 use crate::privacy::params::{Params, Spend};
 use crate::privacy::release::{Period, UserPeriod, release};
 use crate::privacy::snapshot::ItemName;
+use crate::publish::OsRandom;
 use crate::store::values::FollowV1;
 use crate::store::{self, Store};
 
@@ -26,35 +26,16 @@ fn loopback_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
-}
-
-/// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyhow::Result<std::process::ExitCode> {
     let nodes = nodes.max(2);
-    let dir = TempDir(std::env::temp_dir().join(format!("hearsay-bench-fed-{}", std::process::id())));
+    let dir = super::temp_dir("federation")?;
     let now = crate::now_unix();
     let period = period_of(now - 14 * 86_400, 604_800);
-    let rss0 = rss_kib();
-    std::fs::create_dir_all(dir.path())?;
+    let rss0 = super::rss_kib();
     let mut peers = Vec::new();
     for i in 0..nodes {
         let d = dir.path().join(format!("n{i}"));
@@ -155,7 +136,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
         anyhow::Ok((settle_secs, size, converged, complete, bytes_before_publish, bytes_after))
     })?;
     let (settle_secs, size, converged, complete, before_publish, after) = result;
-    let rss = rss_kib();
+    let rss = super::rss_kib();
     println!("federation: {nodes} nodes on 127.0.0.1, one community, each node dialling node 0 and {links} others");
     println!("  mesh formed in {settle_secs:.1} s; snapshot size {size} bytes");
     println!(

@@ -127,8 +127,7 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             let (cid, current) = find(&store, &community)?;
             let mut manifest = current.manifest.clone();
             if let Some(node) = node {
-                let peer: libp2p::PeerId = node.parse().context("--node is not a PeerId")?;
-                let key = crate::p2p::node_of(&peer).context("--node is not an ed25519 PeerId")?;
+                let key = crate::p2p::node_of_text(&node).context("--node is not an ed25519 PeerId")?;
                 if !manifest.admins.contains(&id.public_key()) {
                     bail!("this node is not an administrator of {community:?}");
                 }

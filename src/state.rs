@@ -1,0 +1,206 @@
+//! What every HTTP handler can reach, owned here so that the scrobbler APIs (`api`)
+//! and the web view (`web`) share it without depending on each other (`http` composes
+//! their routers): `AppState` (the store, the writer, the node's identity and
+//! settings, the network handle), `Live` (what requests share in memory and never
+//! write anywhere: now playing, failed log-ins, sessions, pending Last.fm tokens,
+//! imports started from the web view) and the `ClientAddr` extractor.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+
+use crate::log::TrackRef;
+use crate::store::{Ingestor, Store, UserId};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ingestor: Ingestor,
+    pub peer_id: String,
+    /// In-memory state of requests.
+    pub live: Live,
+    /// Time zone of the node's own charts (`node.timezone`).
+    pub node_timezone: String,
+    /// Mark session cookies `Secure` (`http.secure_cookies`, for nodes behind TLS).
+    pub secure_cookies: bool,
+    /// Administrators' user names (`node.admins`).
+    pub admins: Vec<String>,
+    /// `node.open_registration`.
+    pub open_registration: bool,
+    /// The `[privacy]` section: what the transparency page explains.
+    pub privacy: std::sync::Arc<crate::config::PrivacyConfig>,
+    /// The network task, when `p2p.enabled`.
+    pub p2p: Option<crate::p2p::P2pHandle>,
+    /// The node key, to sign community manifests an administrator changes in the web
+    /// view, and its public half.
+    pub signer: std::sync::Arc<crate::identity::NodeIdentity>,
+    pub node_key: [u8; 32],
+}
+
+/// The client's address, when the server knows it (kept in memory only, for limits).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+/// Failed authentications allowed per client address per minute before 429.
+pub const MAX_FAILED_AUTH_PER_MINUTE: u32 = 30;
+/// How long "now playing" lasts when the track's length is unknown (ListenBrainz: 10 min).
+pub const NOW_PLAYING_DEFAULT: Duration = Duration::from_secs(600);
+
+/// What a user is playing, kept in memory only and never written anywhere.
+#[derive(Clone, Debug)]
+pub struct NowPlaying {
+    pub track: TrackRef,
+    pub client: Option<String>,
+    pub until: Instant,
+}
+
+/// What requests share in memory and never write anywhere.
+#[derive(Clone, Default)]
+pub struct Live {
+    /// Audioscrobbler 1.2 sessions.
+    pub as_sessions: Sessions,
+    /// Last.fm web/desktop authentication tokens awaiting approval (`auth.getToken`,
+    /// approved on the web view's `/api/auth` page).
+    pub lastfm_tokens: PendingTokens,
+    now_playing: Arc<Mutex<HashMap<UserId, NowPlaying>>>,
+    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    /// Imports started from the web view, by job id.
+    pub imports: crate::import::jobs::Jobs,
+}
+
+impl Live {
+    pub fn set_playing(&self, user: UserId, track: TrackRef, client: Option<String>, duration_ms: Option<u32>) {
+        let length = duration_ms.map_or(NOW_PLAYING_DEFAULT, |ms| Duration::from_millis(u64::from(ms)));
+        if let Ok(mut map) = self.now_playing.lock() {
+            map.insert(user, NowPlaying { track, client, until: Instant::now() + length });
+        }
+    }
+
+    pub fn playing(&self, user: UserId) -> Option<NowPlaying> {
+        let mut map = self.now_playing.lock().ok()?;
+        match map.get(&user) {
+            Some(p) if p.until > Instant::now() => Some(p.clone()),
+            Some(_) => {
+                map.remove(&user);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A new listen ends "now playing".
+    pub fn clear_playing(&self, user: UserId) {
+        if let Ok(mut map) = self.now_playing.lock() {
+            map.remove(&user);
+        }
+    }
+
+    /// True when `addr` has failed authentication too often in the last minute. The
+    /// address is kept in memory for at most that minute and never written anywhere.
+    pub fn is_limited(&self, addr: IpAddr) -> bool {
+        let Ok(mut map) = self.failures.lock() else { return false };
+        let now = Instant::now();
+        map.retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(60));
+        map.get(&addr).is_some_and(|(_, n)| *n >= MAX_FAILED_AUTH_PER_MINUTE)
+    }
+
+    pub fn record_failure(&self, addr: IpAddr) {
+        if let Ok(mut map) = self.failures.lock() {
+            let entry = map.entry(addr).or_insert((Instant::now(), 0));
+            entry.1 += 1;
+        }
+    }
+}
+
+const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Audioscrobbler sessions, in memory only.
+#[derive(Clone, Default)]
+pub struct Sessions(Arc<Mutex<HashMap<String, (UserId, Instant)>>>);
+
+impl Sessions {
+    pub fn create(&self, user: UserId) -> Option<String> {
+        let id = hex::encode(crate::auth::random_bytes::<16>().ok()?);
+        let mut map = self.0.lock().ok()?;
+        let now = Instant::now();
+        map.retain(|_, (_, until)| *until > now);
+        map.insert(id.clone(), (user, now + SESSION_LIFETIME));
+        Some(id)
+    }
+
+    pub fn user(&self, id: &str) -> Option<UserId> {
+        let map = self.0.lock().ok()?;
+        map.get(id).filter(|(_, until)| *until > Instant::now()).map(|(u, _)| *u)
+    }
+}
+
+/// How long an `auth.getToken` token may wait for approval (Last.fm: 60 minutes).
+const AUTH_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Tokens from `auth.getToken`, in memory: when made, and the user who approved it.
+#[derive(Clone, Default)]
+pub struct PendingTokens(Arc<Mutex<HashMap<String, PendingToken>>>);
+
+/// Why a pending token cannot be exchanged for a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenError {
+    Unknown,
+    Expired,
+    NotApproved,
+    /// The map's lock was poisoned.
+    Unavailable,
+}
+
+/// When a token was made, and the user who approved it.
+type PendingToken = (Instant, Option<UserId>);
+
+impl PendingTokens {
+    pub fn create(&self) -> Option<String> {
+        let token = hex::encode(crate::auth::random_bytes::<16>().ok()?);
+        let mut map = self.0.lock().ok()?;
+        map.retain(|_, (made, _)| made.elapsed() < AUTH_TOKEN_LIFETIME);
+        map.insert(token.clone(), (Instant::now(), None));
+        Some(token)
+    }
+
+    /// Marks a pending token approved by `user`; false when unknown or expired.
+    pub fn approve(&self, token: &str, user: UserId) -> bool {
+        let Ok(mut map) = self.0.lock() else { return false };
+        match map.get_mut(token) {
+            Some((made, approved)) if made.elapsed() < AUTH_TOKEN_LIFETIME => {
+                *approved = Some(user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a token for `auth.getSession`: Ok(user) once approved (single use).
+    pub fn take(&self, token: &str) -> Result<UserId, TokenError> {
+        let mut map = self.0.lock().map_err(|_| TokenError::Unavailable)?;
+        match map.get(token).copied() {
+            None => Err(TokenError::Unknown),
+            Some((made, _)) if made.elapsed() >= AUTH_TOKEN_LIFETIME => {
+                map.remove(token);
+                Err(TokenError::Expired)
+            }
+            Some((_, None)) => Err(TokenError::NotApproved),
+            Some((_, Some(user))) => {
+                map.remove(token);
+                Ok(user)
+            }
+        }
+    }
+}
