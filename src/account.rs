@@ -89,6 +89,19 @@ pub enum Error {
     Damaged { after: u64, reason: String },
     #[error("the log does not verify: {0}")]
     Verify(#[from] VerifyError),
+    #[error("entry {entry} is not a valid listen or track: {reason}")]
+    Invalid { entry: u64, reason: crate::log::ListenError },
+}
+
+/// Checks an entry's listen or track as the node checks what it accepts.
+fn check_entry(e: &EntryV1) -> Result<(), crate::log::ListenError> {
+    match e {
+        EntryV1::Listen { track, listened_at, duration_ms, client, .. } => {
+            crate::log::Listen::from_parts(track.clone(), *listened_at, *duration_ms, client.clone()).map(|_| ())
+        }
+        EntryV1::Love { track, .. } | EntryV1::Unlove { track, .. } | EntryV1::Hate { track, .. } => track.check(),
+        EntryV1::Erased { .. } | EntryV1::Delete { .. } => Ok(()),
+    }
 }
 
 fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<(), Error> {
@@ -180,6 +193,11 @@ pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(Head
         let mut last = None;
         for (i, (entry, check)) in block.entries.iter().enumerate() {
             let seq = block.first + i as u64;
+            // A correctly signed entry must still hold what the node accepts: a bundle
+            // is built by hand as easily as by a node.
+            if let Err(reason) = check_entry(entry) {
+                return Err(Error::Invalid { entry: seq, reason });
+            }
             verifier.entry(seq, &from_wire(entry.clone()), *check);
             last = Some(seq);
             seen = seen.max(seq + 1);
@@ -275,5 +293,43 @@ pub fn import(
             let _ = futures::executor::block_on(ingestor.delete_user(user.id));
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{ListenError, TrackRef};
+
+    fn track(artist: &str) -> TrackRef {
+        TrackRef {
+            artist: artist.into(),
+            artist_names: vec![],
+            artist_mbids: vec![],
+            title: "Song".into(),
+            album: None,
+            recording_mbid: None,
+            release_mbid: None,
+        }
+    }
+
+    #[test]
+    fn a_signed_entry_that_the_node_would_refuse_is_refused_in_a_bundle() {
+        let salt = [0; 16];
+        let listen = |artist: &str, at: i64| EntryV1::Listen {
+            salt,
+            track: track(artist),
+            listened_at: at,
+            duration_ms: None,
+            client: None,
+        };
+        assert_eq!(check_entry(&listen("Band", 1_700_000_000)), Ok(()));
+        assert_eq!(
+            check_entry(&listen("Ba\u{0}nd", 1_700_000_000)),
+            Err(ListenError::ControlChar { field: "artist_name", code: 0 })
+        );
+        assert!(check_entry(&listen("Band", 5)).is_err(), "before 2002");
+        assert!(check_entry(&EntryV1::Love { salt, track: track("") }).is_err());
+        assert_eq!(check_entry(&EntryV1::Delete { salt, target: 3 }), Ok(()));
     }
 }

@@ -77,50 +77,50 @@ pub fn export(store: &Store, user: UserId, format: ExportFormat, out: &mut impl 
                         .and_then(|i| serde_json::from_str::<Value>(i).ok())
                         .and_then(|v| v.as_object().cloned())
                         .unwrap_or_default();
-                    if !l.track.artist_names.is_empty() {
-                        info.insert("artist_names".into(), json!(l.track.artist_names));
+                    if !l.track().artist_names.is_empty() {
+                        info.insert("artist_names".into(), json!(l.track().artist_names));
                     }
-                    if !l.track.artist_mbids.is_empty() {
+                    if !l.track().artist_mbids.is_empty() {
                         info.insert(
                             "artist_mbids".into(),
-                            json!(l.track.artist_mbids.iter().map(format_mbid).collect::<Vec<_>>()),
+                            json!(l.track().artist_mbids.iter().map(format_mbid).collect::<Vec<_>>()),
                         );
                     }
-                    if let Some(m) = &l.track.recording_mbid {
+                    if let Some(m) = &l.track().recording_mbid {
                         info.insert("recording_mbid".into(), json!(format_mbid(m)));
                     }
-                    if let Some(m) = &l.track.release_mbid {
+                    if let Some(m) = &l.track().release_mbid {
                         info.insert("release_mbid".into(), json!(format_mbid(m)));
                     }
-                    if let Some(d) = l.duration_ms {
+                    if let Some(d) = l.duration_ms() {
                         info.insert("duration_ms".into(), json!(d));
                     }
-                    if let Some(c) = &l.client {
+                    if let Some(c) = &l.client() {
                         info.insert("submission_client".into(), json!(c));
                     }
-                    let mut meta = json!({ "artist_name": l.track.artist, "track_name": l.track.title });
-                    if let Some(a) = &l.track.album {
+                    let mut meta = json!({ "artist_name": l.track().artist, "track_name": l.track().title });
+                    if let Some(a) = &l.track().album {
                         meta["release_name"] = json!(a);
                     }
                     meta["additional_info"] = Value::Object(info);
-                    let line = json!({ "listened_at": l.listened_at, "track_metadata": meta });
+                    let line = json!({ "listened_at": l.listened_at(), "track_metadata": meta });
                     serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
                     out.write_all(b"\n")?;
                 }
                 ExportFormat::Csv => {
-                    let time = jiff::Timestamp::from_second(l.listened_at)
+                    let time = jiff::Timestamp::from_second(l.listened_at())
                         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                         .unwrap_or_default();
                     writeln!(
                         out,
                         "{},{},{},{},{},{},{}",
-                        l.listened_at,
+                        l.listened_at(),
                         time,
-                        csv_field(&l.track.artist),
-                        csv_field(l.track.album.as_deref().unwrap_or("")),
-                        csv_field(&l.track.title),
-                        l.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
-                        l.track.recording_mbid.as_ref().map(format_mbid).unwrap_or_default(),
+                        csv_field(&l.track().artist),
+                        csv_field(l.track().album.as_deref().unwrap_or("")),
+                        csv_field(&l.track().title),
+                        l.duration_ms().map(|d| d.to_string()).unwrap_or_default(),
+                        l.track().recording_mbid.as_ref().map(format_mbid).unwrap_or_default(),
                     )?;
                 }
             }

@@ -148,7 +148,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         match Listen::parse(&raw, now) {
             Ok(listen) => {
                 let loved = get("r").is_some_and(|r| r == "L");
-                let track = listen.track.clone();
+                let track = listen.track().clone();
                 actions.push(Action::Listen(listen));
                 if loved {
                     actions.push(Action::Love(track));

@@ -383,10 +383,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
         let raw = raw_from(params, suffix, ts);
         let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let parsed = Listen::parse(&raw, now)
-            .map(|mut l| {
-                l.client = params.get("api_key").map(|_| "Last.fm API client".to_owned());
-                l
-            })
+            .and_then(|l| l.with_client(params.get("api_key").map(|_| "Last.fm API client".to_owned())))
             .map_err(|e| ignored_code(&e));
         results.push((shown(raw.artist), shown(raw.title), raw.album.map(shown), ts, parsed));
     }
@@ -521,8 +518,8 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
         }
     }
     for l in listens.iter().skip((page - 1) * limit) {
-        let t = &l.listen.track;
-        let date = jiff::Timestamp::from_second(l.listen.listened_at)
+        let t = &l.listen.track();
+        let date = jiff::Timestamp::from_second(l.listen.listened_at())
             .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())
             .unwrap_or_default();
         container = container.child(
@@ -534,7 +531,7 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
                     t.recording_mbid.as_ref().map(crate::log::listen::format_mbid).unwrap_or_default(),
                 ))
                 .child(El::text("album", t.album.clone().unwrap_or_default()).attr("mbid", ""))
-                .child(El::text("date", date).attr("uts", l.listen.listened_at)),
+                .child(El::text("date", date).attr("uts", l.listen.listened_at())),
         );
     }
     Ok(vec![container])

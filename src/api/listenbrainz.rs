@@ -246,9 +246,10 @@ async fn submit_listens(
             for (i, item) in payload.iter().enumerate() {
                 let obj = item.as_object().ok_or_else(|| LbError::bad(format!("listen {i}: must be an object")))?;
                 check_listen_shape(i, obj, false)?;
-                let mut listen = parse_listen(item, now).map_err(|e| record_error(i, e))?;
                 // ListenBrainz keeps every additional_info key; so does the node.
-                listen.info = extra_info(item).map_err(|e| record_error(i, e))?;
+                let info = extra_info(item).map_err(|e| record_error(i, e))?;
+                let listen =
+                    parse_listen(item, now).and_then(|l| Ok(l.with_info(info)?)).map_err(|e| record_error(i, e))?;
                 actions.push(Action::Listen(listen));
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.
@@ -293,7 +294,7 @@ async fn validate_token(
 
 /// A listen as ListenBrainz returns it.
 fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
-    let t = &l.listen.track;
+    let t = &l.listen.track();
     let mut info = Map::new();
     if let Some(Value::Object(kept)) = extra.and_then(|e| serde_json::from_str::<Value>(e).ok()) {
         info.extend(kept);
@@ -312,10 +313,10 @@ fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
     if let Some(m) = &t.release_mbid {
         info.insert("release_mbid".into(), json!(format_mbid(m)));
     }
-    if let Some(d) = l.listen.duration_ms {
+    if let Some(d) = l.listen.duration_ms() {
         info.insert("duration_ms".into(), json!(d));
     }
-    if let Some(c) = &l.listen.client {
+    if let Some(c) = &l.listen.client() {
         info.insert("submission_client".into(), json!(c));
     }
     let mut meta = Map::new();
@@ -326,8 +327,8 @@ fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
     }
     meta.insert("additional_info".into(), Value::Object(info));
     json!({
-        "listened_at": l.listen.listened_at,
-        "inserted_at": l.listen.listened_at,
+        "listened_at": l.listen.listened_at(),
+        "inserted_at": l.listen.listened_at(),
         "recording_msid": msid,
         "user_name": user,
         "track_metadata": meta,
@@ -375,8 +376,8 @@ async fn listens(
     Ok(Json(json!({"payload": {
         "count": items.len(),
         "listens": items,
-        "latest_listen_ts": newest.first().map_or(0, |l| l.listen.listened_at),
-        "oldest_listen_ts": oldest.first().map_or(0, |l| l.listen.listened_at),
+        "latest_listen_ts": newest.first().map_or(0, |l| l.listen.listened_at()),
+        "oldest_listen_ts": oldest.first().map_or(0, |l| l.listen.listened_at()),
         "user_id": user.name,
     }})))
 }
@@ -434,7 +435,7 @@ fn find_by_recording(
     let candidates = state.store.listens(user.id, from, to, limit, Order::NewestFirst)?;
     Ok(candidates
         .into_iter()
-        .filter(|l| msid(&l.listen.track) == *id || l.listen.track.recording_mbid == Some(*id.as_bytes()))
+        .filter(|l| msid(l.listen.track()) == *id || l.listen.track().recording_mbid == Some(*id.as_bytes()))
         .collect())
 }
 
@@ -499,7 +500,7 @@ async fn recording_feedback(
     let Some(listen) = find_by_recording(&state, &user, &id, None)?.into_iter().next() else {
         return Err(LbError::new(StatusCode::NOT_FOUND, "This recording is not among your listens on this node."));
     };
-    let track = listen.listen.track;
+    let track = listen.listen.into_track();
     let action = match score {
         1 => Action::Love(track),
         -1 => Action::Hate(track),

@@ -170,21 +170,19 @@ impl Synthetic {
             format!("{} {} {}", w(a * 7 + album_no * 13 + track_no), w(a + track_no * 5), w(track_no * 3 + album_no));
         let album = format!("{} {}", w(a * 3 + album_no), w(a + album_no * 11));
         self.at += 120 + (self.next() % 360) as i64;
-        Listen {
-            track: TrackRef {
-                artist: self.artists[a as usize].clone(),
-                artist_names: vec![],
-                artist_mbids: vec![],
-                title,
-                album: Some(album),
-                recording_mbid: None,
-                release_mbid: None,
-            },
-            listened_at: self.at,
-            duration_ms: Some(150_000 + (track_no as u32) * 7_000),
-            client: Some("hearsay-bench".into()),
-            info: None,
-        }
+        let track = TrackRef {
+            artist: self.artists[a as usize].clone(),
+            artist_names: vec![],
+            artist_mbids: vec![],
+            title,
+            album: Some(album),
+            recording_mbid: None,
+            release_mbid: None,
+        };
+        let duration = Some(150_000 + (track_no as u32) * 7_000);
+        // Names from the word list are valid by construction; the constructor checks.
+        Listen::from_parts(track, self.at, duration, Some("hearsay-bench".into()))
+            .unwrap_or_else(|e| unreachable!("a synthetic listen is valid: {e}"))
     }
 }
 
@@ -394,8 +392,8 @@ fn stats(
 
     // Reopen cold, as after a restart.
     let store = Store::open(&dir, &options)?;
-    let first = store.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map_or(0, |l| l.listen.listened_at);
-    let last = store.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(0, |l| l.listen.listened_at);
+    let first = store.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map_or(0, |l| l.listen.listened_at());
+    let last = store.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(0, |l| l.listen.listened_at());
     let now = last + 86_400;
     println!("history: {:.1} years; queries as of a day after the last listen", (last - first) as f64 / 31_557_600.0);
     let mut rng = Synthetic::new(7, 1);

@@ -109,11 +109,11 @@ mod tests {
         assert_eq!(lines, [1, 3, 4, 5, 6, 7, 8]);
         let first = out[0].1.as_ref().expect("line 1");
         assert_eq!(
-            (first.track.album.as_deref(), first.duration_ms, first.track.artist_mbids.len()),
+            (first.track().album.as_deref(), first.duration_ms(), first.track().artist_mbids.len()),
             (None, Some(1000), 1)
         );
         assert!(matches!(out[1].1, Err(RecordError::Json(_))));
-        assert_eq!(out[2].1.as_ref().expect("line 4").duration_ms, Some(200_000));
+        assert_eq!(out[2].1.as_ref().expect("line 4").duration_ms(), Some(200_000));
         assert!(matches!(out[3].1, Err(RecordError::Listen(ListenError::TooEarly { .. }))));
         assert!(matches!(out[4].1, Err(RecordError::Listen(ListenError::ControlChar { .. }))));
         assert!(matches!(out[5].1, Err(RecordError::Shape(_))));

@@ -39,20 +39,23 @@ pub struct TrackRef {
     pub release_mbid: Option<Mbid>,
 }
 
-/// One validated play.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One validated play. The fields are private: `Listen::parse` (input from outside)
+/// and `Listen::from_parts` (a listen read back from a log) are its only constructors,
+/// and both validate, so every `Listen` holds the invariants written on its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Listen {
-    pub track: TrackRef,
-    /// UTC unix seconds when playback started, in `[MIN_LISTENED_AT, now + 1h]`.
-    pub listened_at: i64,
+    track: TrackRef,
+    /// UTC unix seconds when playback started, in `[MIN_LISTENED_AT, now + 1h]` for the
+    /// `now` at which it was accepted.
+    listened_at: i64,
     /// Track length in milliseconds, when known; in `1..=MAX_DURATION_MS`.
-    pub duration_ms: Option<u32>,
+    duration_ms: Option<u32>,
     /// The submitting client (e.g. `"Navidrome"`), when known.
-    pub client: Option<String>,
+    client: Option<String>,
     /// Extra client metadata (ListenBrainz's `additional_info` beyond the fields above),
     /// as compact JSON of at most `MAX_INFO_BYTES`. Kept beside the signed log, not in
     /// it: the entry's canonical bytes do not include it (see `docs/protocol.md`).
-    pub info: Option<String>,
+    info: Option<String>,
 }
 
 /// Largest `Listen::info`, in bytes.
@@ -94,6 +97,8 @@ pub enum ListenError {
     OutOfRange { field: &'static str, max: u64 },
     #[error("{field}: more than {max} entries")]
     TooMany { field: &'static str, max: usize },
+    #[error("{field}: white space around the text")]
+    Untrimmed { field: &'static str },
 }
 
 /// Validates one text field: UTF-8, no control characters (NUL included), trimmed,
@@ -168,6 +173,26 @@ impl TrackRef {
         let release_mbid = raw.release_mbid.map(|m| parse_mbid("release_mbid", m)).transpose()?;
         Ok(TrackRef { artist, artist_names, artist_mbids, title, album, recording_mbid, release_mbid })
     }
+
+    /// Checks a track already in hand (read back from a log or a dictionary) as
+    /// `parse` checks raw input.
+    pub fn check(&self) -> Result<(), ListenError> {
+        check_text("artist_name", &self.artist, MAX_NAME_BYTES)?;
+        check_text("track_name", &self.title, MAX_NAME_BYTES)?;
+        if let Some(album) = &self.album {
+            check_text("release_name", album, MAX_NAME_BYTES)?;
+        }
+        if self.artist_names.len() > MAX_ARTISTS {
+            return Err(ListenError::TooMany { field: "artist_names", max: MAX_ARTISTS });
+        }
+        if self.artist_mbids.len() > MAX_ARTISTS {
+            return Err(ListenError::TooMany { field: "artist_mbids", max: MAX_ARTISTS });
+        }
+        for name in &self.artist_names {
+            check_text("artist_names", name, MAX_NAME_BYTES)?;
+        }
+        Ok(())
+    }
 }
 
 impl Listen {
@@ -185,6 +210,90 @@ impl Listen {
         let client = optional_text("submission_client", raw.client, MAX_CLIENT_BYTES)?;
         Ok(Listen { track, listened_at, duration_ms, client, info: None })
     }
+
+    /// A listen from parts already held in a log (read back from the store or from an
+    /// account bundle): every field is checked as `parse` checks it, except that the
+    /// time is only required to be after `MIN_LISTENED_AT` (it was accepted at some
+    /// earlier `now`; a signed log proves when).
+    pub fn from_parts(
+        track: TrackRef,
+        listened_at: i64,
+        duration_ms: Option<u32>,
+        client: Option<String>,
+    ) -> Result<Listen, ListenError> {
+        track.check()?;
+        check_listened_at(listened_at, i64::MAX - MAX_FUTURE_SKEW_SECS)?;
+        if duration_ms.is_some_and(|ms| ms == 0 || ms > MAX_DURATION_MS) {
+            return Err(ListenError::OutOfRange { field: "duration_ms", max: u64::from(MAX_DURATION_MS) });
+        }
+        if let Some(c) = &client {
+            check_text("submission_client", c, MAX_CLIENT_BYTES)?;
+        }
+        Ok(Listen { track, listened_at, duration_ms, client, info: None })
+    }
+
+    /// The same listen from another client (`None`: unknown), checked as `parse` checks
+    /// a submitted client name.
+    pub fn with_client(mut self, client: Option<String>) -> Result<Listen, ListenError> {
+        if let Some(c) = &client {
+            check_text("submission_client", c, MAX_CLIENT_BYTES)?;
+        }
+        self.client = client;
+        Ok(self)
+    }
+
+    /// The same listen carrying client metadata (compact JSON of at most
+    /// `MAX_INFO_BYTES`; `None` removes it).
+    pub fn with_info(mut self, info: Option<String>) -> Result<Listen, ListenError> {
+        if info.as_ref().is_some_and(|i| i.len() > MAX_INFO_BYTES) {
+            return Err(ListenError::TooLong { field: "additional_info", max: MAX_INFO_BYTES });
+        }
+        self.info = info;
+        Ok(self)
+    }
+
+    pub fn track(&self) -> &TrackRef {
+        &self.track
+    }
+
+    pub fn listened_at(&self) -> i64 {
+        self.listened_at
+    }
+
+    pub fn duration_ms(&self) -> Option<u32> {
+        self.duration_ms
+    }
+
+    pub fn client(&self) -> Option<&str> {
+        self.client.as_deref()
+    }
+
+    pub fn info(&self) -> Option<&str> {
+        self.info.as_deref()
+    }
+
+    /// The track, taking the listen apart.
+    pub fn into_track(self) -> TrackRef {
+        self.track
+    }
+}
+
+/// Checks a text already in hand as `parse_text` checks raw bytes: no control
+/// character, no surrounding white space, non-empty, at most `max` bytes.
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ListenError> {
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(ListenError::ControlChar { field, code: c as u32 });
+    }
+    if text.trim().is_empty() {
+        return Err(ListenError::Empty { field });
+    }
+    if text.trim().len() != text.len() {
+        return Err(ListenError::Untrimmed { field });
+    }
+    if text.len() > max {
+        return Err(ListenError::TooLong { field, max });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,6 +351,33 @@ mod tests {
     fn edges_of_the_time_window_are_inclusive() {
         assert!(Listen::parse(&RawListen { listened_at: MIN_LISTENED_AT, ..raw(b"a", b"t") }, NOW).is_ok());
         assert!(Listen::parse(&RawListen { listened_at: NOW + 3600, ..raw(b"a", b"t") }, NOW).is_ok());
+    }
+
+    #[test]
+    fn parts_read_back_are_checked_as_input_is() {
+        let good = Listen::parse(&raw(b"Band", b"Song"), NOW).expect("valid");
+        let t = good.track().clone();
+        assert_eq!(Listen::from_parts(t.clone(), good.listened_at(), None, None), Ok(good.clone()));
+        // Long after it was accepted, a stored listen is still valid.
+        assert!(Listen::from_parts(t.clone(), NOW + 10 * 365 * 86_400, None, None).is_ok());
+        let bad_track = |f: fn(&mut TrackRef)| {
+            let mut x = t.clone();
+            f(&mut x);
+            Listen::from_parts(x, NOW, None, None)
+        };
+        assert_eq!(bad_track(|x| x.artist = String::new()), Err(ListenError::Empty { field: "artist_name" }));
+        assert_eq!(bad_track(|x| x.title = " padded".into()), Err(ListenError::Untrimmed { field: "track_name" }));
+        assert_eq!(
+            bad_track(|x| x.album = Some("a\u{7}b".into())),
+            Err(ListenError::ControlChar { field: "release_name", code: 7 })
+        );
+        assert!(bad_track(|x| x.artist_names = vec!["n".into(); MAX_ARTISTS + 1]).is_err());
+        assert!(bad_track(|x| x.artist = "x".repeat(MAX_NAME_BYTES + 1)).is_err());
+        assert!(Listen::from_parts(t.clone(), MIN_LISTENED_AT - 1, None, None).is_err());
+        assert!(Listen::from_parts(t.clone(), NOW, Some(0), None).is_err());
+        assert!(Listen::from_parts(t.clone(), NOW, None, Some("c\n".into())).is_err());
+        assert!(good.clone().with_info(Some("x".repeat(MAX_INFO_BYTES + 1))).is_err());
+        assert!(good.with_client(Some(String::new())).is_err());
     }
 
     #[test]

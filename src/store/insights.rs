@@ -66,12 +66,12 @@ impl Store {
         self.check_item(kind, id)?;
         let tz = self.user_tz(user)?;
         let Some(oldest) =
-            self.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map(|l| l.listen.listened_at)
+            self.listens(user, 0, i64::MAX, 1, Order::OldestFirst)?.first().map(|l| l.listen.listened_at())
         else {
             return Ok(None);
         };
         let newest =
-            self.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(oldest, |l| l.listen.listened_at);
+            self.listens(user, 0, i64::MAX, 1, Order::NewestFirst)?.first().map_or(oldest, |l| l.listen.listened_at());
         let has = |key: [u8; 9]| -> Result<bool> {
             Ok(self
                 .bucket(&key)?

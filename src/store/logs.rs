@@ -207,7 +207,9 @@ impl Store {
                 if let Content::Present { body: Body::Listen { track, listened_at, duration_ms, client }, .. } =
                     names.content(self, entry)?
                 {
-                    let listen = Listen { track, listened_at, duration_ms, client, info: None };
+                    let listen = Listen::from_parts(track, listened_at, duration_ms, client).map_err(|e| {
+                        Error::corrupt(schema::USERID_SEQ_BLOCK, &keys::user_seq(user, first), &e.to_string())
+                    })?;
                     if !f(StoredListen { seq: item.seq, listen })? {
                         return Ok(());
                     }

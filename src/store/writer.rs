@@ -508,13 +508,8 @@ impl Writer {
             }
             Action::Adopt(crate::log::Content::Present { salt, body }) => match body {
                 Body::Listen { track, listened_at, duration_ms, client } => {
-                    let listen = Listen {
-                        track: track.clone(),
-                        listened_at: *listened_at,
-                        duration_ms: *duration_ms,
-                        client: client.clone(),
-                        info: None,
-                    };
+                    let listen = Listen::from_parts(track.clone(), *listened_at, *duration_ms, client.clone())
+                        .map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
                     self.listen(group, user, &listen, *salt, now, false)
                 }
                 Body::Love(t) => self.prepare_one(group, user, &Action::Love(t.clone()), *salt, now),
@@ -579,10 +574,10 @@ impl Writer {
         now: i64,
         dedupe: bool,
     ) -> Result<Outcome> {
-        let (track, dkey) = self.intern_track(group, &listen.track)?;
-        let at = listen.listened_at;
+        let (track, dkey) = self.intern_track(group, listen.track())?;
+        let at = listen.listened_at();
         let mut nearby = Vec::new();
-        let window = window_secs(listen.duration_ms);
+        let window = window_secs(listen.duration_ms());
         let reach = search_secs(window);
         for day in day_of(at - reach)..=day_of(at + reach) {
             let base = i64::from(day) * 86_400;
@@ -592,17 +587,17 @@ impl Writer {
         if dedupe && is_duplicate(nearby, at, dkey, window) {
             return Ok(Outcome::Duplicate);
         }
-        let client = match &listen.client {
+        let client = match &listen.client() {
             Some(name) => self.intern_client(group, name)?,
             None => 0,
         };
         let body = Body::Listen {
-            track: listen.track.clone(),
+            track: listen.track().clone(),
             listened_at: at,
-            duration_ms: listen.duration_ms,
-            client: listen.client.clone(),
+            duration_ms: listen.duration_ms(),
+            client: listen.client().map(str::to_owned),
         };
-        let duration_ms = listen.duration_ms;
+        let duration_ms = listen.duration_ms();
         let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
             salt,
             check,
@@ -622,10 +617,10 @@ impl Writer {
             state.head.n_listens += 1;
         }
         self.count(group, user, at, track, 1)?;
-        if let Some(info) = &listen.info {
+        if let Some(info) = listen.info() {
             let first = seq - seq % BLOCK_ENTRIES;
             let slot = (seq - first) as u8;
-            group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.clone())));
+            group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.to_owned())));
         }
         Ok(Outcome::Appended { seq })
     }

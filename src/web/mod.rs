@@ -230,7 +230,7 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
             recent.push((user.name.clone(), l));
         }
     }
-    recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at));
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at()));
     recent.truncate(15);
     page(
         StatusCode::OK,
@@ -267,7 +267,7 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
             @if recent.is_empty() { p.muted { "Nobody here shares their listening publicly yet." } }
             ul {
                 @for (name, l) in &recent {
-                    li { a href={ "/user/" (name) } { (name) } " — " (l.listen.track.artist) " – " (l.listen.track.title) }
+                    li { a href={ "/user/" (name) } { (name) } " — " (l.listen.track().artist) " – " (l.listen.track().title) }
                 }
             }
         },
@@ -466,9 +466,9 @@ async fn profile(
                 tbody {
                     @for l in &recent {
                         tr {
-                            td { (l.listen.track.artist) }
-                            td { (l.listen.track.title) }
-                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                            td { (l.listen.track().artist) }
+                            td { (l.listen.track().title) }
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at()).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
                         }
                     }
                 }
@@ -553,17 +553,17 @@ pub async fn history(
                 tbody {
                     @for l in listens.iter().skip((page_no - 1) * PAGE) {
                         tr {
-                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
-                            td { (l.listen.track.artist) }
-                            td { (l.listen.track.title) }
-                            td { (l.listen.track.album.clone().unwrap_or_default()) }
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at()).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                            td { (l.listen.track().artist) }
+                            td { (l.listen.track().title) }
+                            td { (l.listen.track().album.clone().unwrap_or_default()) }
                             @if own {
                                 td {
                                     form method="post" action={ "/user/" (user.name) "/history/delete" } {
                                         input type="hidden" name="csrf" value=(csrf);
                                         input type="hidden" name="seq" value=(l.seq);
                                         input type="hidden" name="page" value=(page_no);
-                                        button aria-label={ "Delete " (l.listen.track.title) } { "Delete" }
+                                        button aria-label={ "Delete " (l.listen.track().title) } { "Delete" }
                                     }
                                 }
                             }

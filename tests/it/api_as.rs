@@ -78,7 +78,7 @@ fn handshake_now_playing_and_submission() {
         .listens(alice, 0, i64::MAX, 10, hearsay::store::logs::Order::NewestFirst)
         .expect("listens")
         .into_iter()
-        .map(|l| l.listen.track.title)
+        .map(|l| l.listen.track().title.clone())
         .collect();
     assert_eq!(titles, ["Glósóli", "Green Grass of Tunnel"]);
     assert_eq!(store.feedback(alice, 1, 10).expect("loves").len(), 1, "r[i]=L loves the track");

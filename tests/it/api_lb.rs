@@ -54,7 +54,7 @@ fn liblistenbrainz_submits_reads_deletes_and_loves() {
         .listens(alice, 0, i64::MAX, 100, hearsay::store::logs::Order::NewestFirst)
         .expect("listens")
         .into_iter()
-        .map(|l| l.listen.track.title)
+        .map(|l| l.listen.track().title.clone())
         .collect();
     assert_eq!(titles.len(), 11);
     assert!(titles.contains(&"Hoppípolla".to_string()) && !titles.contains(&"Track 3".to_string()));
@@ -248,7 +248,7 @@ fn sigkill_during_concurrent_submissions_loses_no_acknowledged_listen() {
         .listens(alice, 0, i64::MAX, usize::MAX, hearsay::store::logs::Order::OldestFirst)
         .expect("listens")
         .into_iter()
-        .map(|l| l.listen.track.title)
+        .map(|l| l.listen.track().title.clone())
         .collect();
     let lost: Vec<&String> = acked.iter().filter(|t| !stored.contains(*t)).collect();
     assert!(lost.is_empty(), "{} acknowledged listens lost, e.g. {:?}", lost.len(), lost.first());

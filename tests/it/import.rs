@@ -283,12 +283,12 @@ fn export_then_import_into_a_fresh_node_gives_identical_statistics() {
                 .expect("b"),
         );
         let same = |x: &hearsay::store::logs::StoredListen| {
-            (x.listen.listened_at, x.listen.track.artist.clone(), x.listen.track.title.clone())
+            (x.listen.listened_at(), x.listen.track().artist.clone(), x.listen.track().title.clone())
         };
         assert_eq!(a.iter().map(same).collect::<Vec<_>>(), b.iter().map(same).collect::<Vec<_>>(), "{format:?}");
         if format == ExportFormat::ListenBrainz {
             let full = |x: &hearsay::store::logs::StoredListen| {
-                (x.listen.track.clone(), x.listen.duration_ms, x.listen.client.clone())
+                (x.listen.track().clone(), x.listen.duration_ms(), x.listen.client().map(str::to_owned))
             };
             assert_eq!(
                 a.iter().map(full).collect::<Vec<_>>(),
@@ -312,7 +312,10 @@ fn an_account_bundle_verifies_and_tampering_is_named() {
     import_bytes(&n, Format::ListenBrainzJsonl, head.as_bytes());
     let some = n.store.listens(n.user, 0, i64::MAX, 1, hearsay::store::logs::Order::OldestFirst).expect("listens");
     n.ingestor
-        .ingest_blocking(n.user, vec![Action::Love(some[0].listen.track.clone()), Action::Delete { seq: some[0].seq }])
+        .ingest_blocking(
+            n.user,
+            vec![Action::Love(some[0].listen.track().clone()), Action::Delete { seq: some[0].seq }],
+        )
         .expect("love and delete");
     let mut bundle = Vec::new();
     let entries = export(&n.store, n.user, LATER, &mut bundle).expect("export");
@@ -378,7 +381,7 @@ fn an_account_moves_to_another_node_and_its_chain_continues_there() {
     old.ingestor
         .ingest_blocking(
             old.user,
-            vec![Action::Love(some[1].listen.track.clone()), Action::Delete { seq: some[0].seq }],
+            vec![Action::Love(some[1].listen.track().clone()), Action::Delete { seq: some[0].seq }],
         )
         .expect("love and delete");
     let mut bundle = Vec::new();
@@ -417,8 +420,14 @@ fn an_account_moves_to_another_node_and_its_chain_continues_there() {
     }
     assert_eq!(new.store.feedback(moved.id, 1, 10).expect("loves").len(), 1);
     // New listens on the new node extend the same chain, and it still verifies.
-    let mut next = some[1].listen.clone();
-    next.listened_at += 86_400 * 3;
+    let l = &some[1].listen;
+    let next = hearsay::log::Listen::from_parts(
+        l.track().clone(),
+        l.listened_at() + 86_400 * 3,
+        l.duration_ms(),
+        l.client().map(str::to_owned),
+    )
+    .expect("valid");
     new.ingestor.ingest_blocking(moved.id, vec![Action::Listen(next)]).expect("scrobble");
     let v = new.store.verify_log(moved.id).expect("read").expect("verifies");
     assert_eq!(v.n_entries, 303);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use hearsay::log::{Content, VerifyError};
+use hearsay::log::{Content, Listen, RawListen, VerifyError};
 use hearsay::store::codec::{decode, encode};
 use hearsay::store::logs::Order;
 use hearsay::store::values::{BlockV1, StoredEntry, TrackChunkV1};
@@ -29,14 +29,14 @@ fn listens_come_back_in_time_order_with_ranges_and_limits() {
 
     let all = t.store.listens(t.user, 0, i64::MAX, 1000, Order::OldestFirst).expect("read");
     assert_eq!(all.len(), 200);
-    assert!(all.windows(2).all(|w| w[0].listen.listened_at <= w[1].listen.listened_at));
+    assert!(all.windows(2).all(|w| w[0].listen.listened_at() <= w[1].listen.listened_at()));
     let newest = t.store.listens(t.user, 0, i64::MAX, 5, Order::NewestFirst).expect("read");
-    let titles: Vec<&str> = newest.iter().map(|l| l.listen.track.title.as_str()).collect();
+    let titles: Vec<&str> = newest.iter().map(|l| l.listen.track().title.as_str()).collect();
     assert_eq!(titles, ["Song 199", "Song 198", "Song 197", "Song 196", "Song 195"]);
     // [from, to) is half open.
     let window = t.store.listens(t.user, base + 10 * 3_000, base + 20 * 3_000, 1000, Order::OldestFirst).expect("read");
     assert_eq!(window.len(), 10);
-    assert_eq!(window[0].listen.track.title, "Song 10");
+    assert_eq!(window[0].listen.track().title, "Song 10");
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 200);
     let v = t.store.verify_log(t.user).expect("db").expect("verifies");
     assert_eq!(v.n_entries, 200);
@@ -52,9 +52,14 @@ fn the_duplicate_rule_drops_one_play_sent_twice_and_keeps_real_replays() {
         .ingest_blocking(t.user, vec![Action::Listen(listen("Sigur Rós", "Hoppípolla", at))])
         .expect("ingest");
     assert_eq!(first, vec![Outcome::Appended { seq: 0 }]);
-    let mut other_client = listen("SIGUR RO\u{301}S", "hoppípolla", at);
-    other_client.track.album = None;
-    other_client.client = Some("another player".into());
+    let raw = RawListen {
+        artist: "SIGUR RO\u{301}S".as_bytes(),
+        title: "hoppípolla".as_bytes(),
+        listened_at: at,
+        client: Some(b"another player".as_slice()),
+        ..RawListen::default()
+    };
+    let other_client = Listen::parse(&raw, NOW).expect("valid");
     let again = vec![
         Action::Listen(other_client), // the same play from another player
         Action::Listen(listen("Sigur Rós", "Hoppípolla", at + 1)), // "now playing" then the scrobble
@@ -104,7 +109,7 @@ fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies(
     assert_eq!(out, vec![Outcome::NotFound; 3]);
 
     let listens = t.store.listens(t.user, 0, i64::MAX, 100, Order::OldestFirst).expect("read");
-    let titles: BTreeSet<_> = listens.iter().map(|l| l.listen.track.title.clone()).collect();
+    let titles: BTreeSet<_> = listens.iter().map(|l| l.listen.track().title.clone()).collect();
     assert_eq!(titles, BTreeSet::from(["Public Song".to_string(), "Other Song".to_string()]));
     let entries = t.store.entries(t.user).expect("entries");
     assert!(matches!(entries[1].1, Content::Erased { .. }), "{:?}", entries[1]);
@@ -126,7 +131,7 @@ fn a_restart_keeps_everything_identical_and_the_chain_continues() {
     let actions: Vec<Action> =
         (0..130).map(|i| Action::Listen(listen("Artist", &format!("T{i}"), NOW - 100_000 + i * 60))).collect();
     t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
-    let love = listen("Artist", "T3", NOW).track;
+    let love = listen("Artist", "T3", NOW).into_track();
     t.ingestor
         .ingest_blocking(t.user, vec![Action::Love(love.clone()), Action::Delete { seq: 7 }, Action::Unlove(love)])
         .expect("more");
@@ -342,14 +347,14 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
         .listens(t.user, 0, i64::MAX, 10, Order::OldestFirst)
         .expect("read")
         .into_iter()
-        .map(|l| l.listen.track.title)
+        .map(|l| l.listen.track().title.clone())
         .collect();
     assert_eq!(titles, ["Kept Song"]);
     t.store.verify_log(t.user).expect("db").expect("verifies after compaction");
     // The blanked track is interned afresh when played again.
     t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("Band", secret, NOW))]).expect("again");
     let newest = t.store.listens(t.user, 0, i64::MAX, 1, Order::NewestFirst).expect("read");
-    assert_eq!(newest[0].listen.track.title, secret);
+    assert_eq!(newest[0].listen.track().title, secret);
     t.store.verify_log(t.user).expect("db").expect("verifies");
 }
 
@@ -383,8 +388,9 @@ fn corrupt_values_are_errors_naming_tree_and_key_and_harm_no_one_else() {
 #[test]
 fn extra_client_metadata_is_kept_beside_the_log_and_erased_with_the_listen() {
     let t = TestStore::new();
-    let mut with_info = listen("Band", "Song", NOW - 500);
-    with_info.info = Some(r#"{"origin_url":"https://example.org/x","tracknumber":3}"#.into());
+    let with_info = listen("Band", "Song", NOW - 500)
+        .with_info(Some(r#"{"origin_url":"https://example.org/x","tracknumber":3}"#.into()))
+        .expect("valid");
     let out = t
         .ingestor
         .ingest_blocking(
@@ -394,11 +400,11 @@ fn extra_client_metadata_is_kept_beside_the_log_and_erased_with_the_listen() {
         .expect("ingest");
     assert_eq!(out, vec![Outcome::Appended { seq: 0 }, Outcome::Appended { seq: 1 }]);
     let infos = t.store.listen_infos(t.user, &[0, 1]).expect("infos");
-    assert_eq!((infos.get(&0), infos.get(&1)), (None, with_info.info.as_ref()));
+    assert_eq!((infos.get(&0).map(String::as_str), infos.get(&1).map(String::as_str)), (None, with_info.info()));
     // Not part of the signed bytes: the log verifies, and survives a restart.
     t.store.verify_log(t.user).expect("db").expect("verifies");
     let t = TestStore::reopen(t.close());
-    assert_eq!(t.store.listen_infos(t.user, &[1]).expect("infos").get(&1), with_info.info.as_ref());
+    assert_eq!(t.store.listen_infos(t.user, &[1]).expect("infos").get(&1).map(String::as_str), with_info.info());
     t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
     assert!(t.store.listen_infos(t.user, &[1]).expect("infos").is_empty());
 }

@@ -206,8 +206,8 @@ fn incremental_aggregates_equal_a_rebuild_after_random_ingests_and_deletes() {
                 if roll == 0 && have > 0 {
                     actions.push(Action::Delete { seq: next(have) });
                 } else if roll == 1 {
-                    let track =
-                        listen(artists[next(artists.len() as u64) as usize], &format!("Song {}", next(5)), NOW).track;
+                    let track = listen(artists[next(artists.len() as u64) as usize], &format!("Song {}", next(5)), NOW)
+                        .into_track();
                     actions.push(match next(3) {
                         0 => Action::Love(track),
                         1 => Action::Hate(track),
@@ -326,7 +326,7 @@ fn node_charts_count_listeners_and_leave_private_users_out() {
 #[test]
 fn loves_and_hates_follow_the_latest_feedback() {
     let t = TestStore::new();
-    let song = |title: &str| listen("Band", title, NOW).track;
+    let song = |title: &str| listen("Band", title, NOW).into_track();
     t.ingestor
         .ingest_blocking(
             t.user,
@@ -348,7 +348,7 @@ fn loves_and_hates_follow_the_latest_feedback() {
     assert_eq!(hates.len(), 1);
     assert_eq!(hates[0].row.name, "Three");
     // A love given on another spelling of the same recording replaces the hate.
-    t.ingestor.ingest_blocking(t.user, vec![Action::Love(listen("BAND", "three", NOW).track)]).expect("love");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Love(listen("BAND", "three", NOW).into_track())]).expect("love");
     assert!(t.store.feedback(t.user, -1, 10).expect("hates").is_empty());
     t.store.verify_log(t.user).expect("db").expect("feedback entries verify");
     let one = t.store.chart(t.user, Kind::Recording, &Period::AllTime, 5, NOW).expect("chart").rows[0].id;
