@@ -109,6 +109,9 @@ impl Live {
 
     /// True when `addr` has failed authentication too often in the last minute. The
     /// address is kept in memory for at most that minute and never written anywhere.
+    /// This counts failures, and is asked before a check without spending anything: a
+    /// request-rate limiter (governor's GCRA spends a cell on every check and has no
+    /// way to look without spending) does not fit, so it is a map of counters here.
     pub fn is_limited(&self, addr: IpAddr) -> bool {
         let Ok(mut map) = self.failures.lock() else { return false };
         let now = Instant::now();

@@ -106,6 +106,9 @@ impl El {
     }
 }
 
+/// XML's five predefined entities: all the escaping text and attribute values need
+/// (names never hold control characters: `Listen::parse` refuses them). Written here
+/// rather than taken from an XML crate because this replace chain is the whole job.
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }

@@ -509,25 +509,25 @@ fn import(
     )?;
     let options = Options { now: crate::now_unix(), timezone: tz };
     let mut read_anything = false;
-    let tty = std::io::stderr().is_terminal();
+    // The share of the file (or zip member) read, on stderr when it is a terminal
+    // (indicatif draws nothing otherwise).
+    let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:20}] {percent:>3}% {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let mut progress = |name: &str, s: &crate::import::Summary, fraction: crate::import::source::Fraction| {
-        if tty {
-            let bar = match fraction {
-                Some((done, total)) if total > 0 => {
-                    let pct = (done.min(total) * 100 / total) as usize;
-                    format!("[{}{}] {pct:3}% ", "#".repeat(pct / 5), " ".repeat(20 - pct / 5))
-                }
-                _ => String::new(),
-            };
-            eprint!("\r{bar}{name}: {} records read, {} bad", s.read, s.bad);
+        if let Some((done, total)) = fraction.filter(|(_, total)| *total > 0) {
+            bar.set_length(total);
+            bar.set_position(done.min(total));
         }
+        bar.set_message(format!("{name}: {} records read, {} bad", s.read, s.bad));
     };
     for path in paths {
         let reports = crate::import::source::import_path(path, forced, &ingestor, u.id, &options, &mut progress)
             .with_context(|| format!("importing {}", path.display()))?;
-        if tty {
-            eprintln!();
-        }
+        bar.finish_and_clear();
+        bar.reset();
         for r in reports {
             let Some(format) = r.format else {
                 println!("{}: skipped, {}", r.name, r.note.as_deref().unwrap_or("not an export"));

@@ -36,7 +36,9 @@ pub enum SyncResponse {
     Error(String),
 }
 
-/// A per-peer fixed-window limit on inbound requests.
+/// A per-peer fixed-window limit on inbound requests. (The federation issue replaces
+/// it with limits per address as well, where a keyed limiter crate fits; today it is
+/// this map, pruned as windows pass.)
 #[derive(Default)]
 pub struct RateLimit {
     windows: HashMap<PeerId, (Instant, u32)>,

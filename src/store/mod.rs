@@ -52,8 +52,14 @@ pub enum Error {
     Invalid(String),
     #[error("the log writer has stopped")]
     WriterGone,
-    #[error("{0}")]
-    Crypto(String),
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    #[error("{0} ids are exhausted")]
+    IdsExhausted(&'static str),
+    #[error("the batch was not stored: the group it was committed with failed ({0})")]
+    CommitFailed(String),
 }
 
 impl Error {

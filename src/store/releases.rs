@@ -35,7 +35,7 @@ impl Store {
             return <[u8; 32]>::try_from(v.as_ref())
                 .map_err(|_| Error::corrupt(schema::META, PRIVACY_KEY.as_bytes(), "privacy_key is not 32 bytes"));
         }
-        let fresh = crate::auth::random_bytes::<32>().map_err(Error::Crypto)?;
+        let fresh = crate::auth::random_bytes::<32>().map_err(Error::Random)?;
         // Another caller may have won the race: keep whichever was stored first.
         let _ = self.trees.meta.compare_and_swap(PRIVACY_KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
         self.trees.meta.flush()?;

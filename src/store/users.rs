@@ -78,7 +78,7 @@ fn user_from(id: UserId, v: UserV2) -> User {
 impl Store {
     /// Creates a user with a fresh identity key.
     pub fn create_user(&self, name: &str, password: &str, now: i64) -> Result<User> {
-        let seed = auth::random_bytes::<32>().map_err(Error::Crypto)?;
+        let seed = auth::random_bytes::<32>().map_err(Error::Random)?;
         self.create_user_with_key(name, password, seed, now)
     }
 
@@ -91,7 +91,7 @@ impl Store {
         if self.trees.username_userid.contains_key(lower.as_bytes())? {
             return Err(Error::UserExists(name.to_owned()));
         }
-        let password_hash = auth::hash_password(password).map_err(Error::Crypto)?;
+        let password_hash = auth::hash_password(password).map_err(Error::PasswordHash)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
         let record = UserV2 {
@@ -195,7 +195,7 @@ impl Store {
 
     /// Creates an API token for `user`; the returned string is shown once and not stored.
     pub fn create_token(&self, user: UserId, name: &str, now: i64) -> Result<(String, TokenInfo)> {
-        let token = auth::new_token().map_err(Error::Crypto)?;
+        let token = auth::new_token().map_err(Error::Random)?;
         let digest = auth::token_digest(&token);
         let id = self.next_id("next_token_id", 1)?;
         let legacy_md5 = Some(<md5::Md5 as md5::Digest>::digest(token.as_bytes()).into());
@@ -251,7 +251,7 @@ impl Store {
     /// Starts a Last.fm-style session for `user`; the key is returned once and stored
     /// only as a digest.
     pub fn create_session(&self, user: UserId, now: i64) -> Result<String> {
-        let key = hex::encode(auth::random_bytes::<16>().map_err(Error::Crypto)?);
+        let key = hex::encode(auth::random_bytes::<16>().map_err(Error::Random)?);
         let record = SessionV1 { user: user.0, created_at: now };
         self.trees.sessiondigest_session.insert(auth::session_digest(&key), encode(&record))?;
         self.flush()?;
@@ -269,8 +269,8 @@ impl Store {
     /// Starts a browser session: (cookie value, CSRF token), both shown only to the
     /// browser; the cookie is stored as a digest.
     pub fn create_web_session(&self, user: UserId, now: i64) -> Result<(String, String)> {
-        let key = hex::encode(auth::random_bytes::<32>().map_err(Error::Crypto)?);
-        let csrf = auth::random_bytes::<16>().map_err(Error::Crypto)?;
+        let key = hex::encode(auth::random_bytes::<32>().map_err(Error::Random)?);
+        let csrf = auth::random_bytes::<16>().map_err(Error::Random)?;
         let record = WebSessionV1 { user: user.0, created_at: now, csrf };
         self.trees.sessiondigest_websession.insert(auth::session_digest(&key), encode(&record))?;
         Ok((key, hex::encode(csrf)))
@@ -307,7 +307,7 @@ impl Store {
 
     /// Makes a single-use invitation code.
     pub fn create_invite(&self, by: UserId, now: i64) -> Result<String> {
-        let code = hex::encode(auth::random_bytes::<16>().map_err(Error::Crypto)?);
+        let code = hex::encode(auth::random_bytes::<16>().map_err(Error::Random)?);
         let record = super::values::InviteV1 { by: by.0, created_at: now };
         self.trees.invitedigest_invite.insert(auth::session_digest(&code), encode(&record))?;
         self.flush()?;

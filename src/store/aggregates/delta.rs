@@ -1,0 +1,79 @@
+//! Changes to statistics buckets held in memory between persists, and the merge of
+//! sorted (item, count) runs.
+
+use std::collections::HashMap;
+
+use crate::stats::chart::Kind;
+use crate::store::values::{AggV1, TrackCreditsV1};
+
+/// Pending changes to one bucket, merged into it in one pass (`merged`): a year bucket
+/// holds tens of thousands of items, so inserting listens one by one into its sorted
+/// lists would cost a copy of the list each.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Delta {
+    pub(super) total: i64,
+    pub(super) counts: [HashMap<u32, i64>; 3],
+    pub(super) hours: HashMap<(u16, u8), i64>,
+}
+
+pub(super) fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &HashMap<K, i64>) -> Vec<(K, u32)> {
+    let mut changes: Vec<(K, i64)> = delta.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect();
+    changes.sort_unstable_by_key(|c| c.0);
+    let mut out = Vec::with_capacity(base.len() + changes.len());
+    let (mut i, mut j) = (0, 0);
+    let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    while i < base.len() || j < changes.len() {
+        let (k, n) = match (base.get(i), changes.get(j)) {
+            (Some(&(bk, bn)), Some(&(ck, cn))) if bk == ck => {
+                i += 1;
+                j += 1;
+                (bk, clamp(i64::from(bn) + cn))
+            }
+            (Some(&(bk, bn)), Some(&(ck, _))) if bk < ck => {
+                i += 1;
+                (bk, bn)
+            }
+            (Some(&(bk, bn)), None) => {
+                i += 1;
+                (bk, bn)
+            }
+            (_, Some(&(ck, cn))) => {
+                j += 1;
+                (ck, clamp(cn))
+            }
+            (None, None) => break,
+        };
+        if n > 0 {
+            out.push((k, n));
+        }
+    }
+    out
+}
+
+/// `base` with `delta` applied.
+pub(crate) fn merged(base: Option<&AggV1>, delta: &Delta) -> AggV1 {
+    let empty = AggV1::default();
+    let base = base.unwrap_or(&empty);
+    AggV1 {
+        total: u32::try_from((i64::from(base.total) + delta.total).max(0)).unwrap_or(u32::MAX),
+        counts: [0, 1, 2].map(|k| merge_sorted(&base.counts[k], &delta.counts[k])),
+        hours: merge_sorted(&base.hours, &delta.hours),
+    }
+}
+
+impl Delta {
+    /// Adds (`delta` = 1) or removes (-1) one listen with `credits`.
+    pub fn add(&mut self, credits: &TrackCreditsV1, delta: i64, hours: Option<(u16, u8)>) {
+        self.total += delta;
+        for &a in &credits.artists {
+            *self.counts[Kind::Artist.index()].entry(a).or_default() += delta;
+        }
+        *self.counts[Kind::Recording.index()].entry(credits.recording).or_default() += delta;
+        if let Some(r) = credits.release {
+            *self.counts[Kind::Release.index()].entry(r).or_default() += delta;
+        }
+        if let Some(slot) = hours {
+            *self.hours.entry(slot).or_default() += delta;
+        }
+    }
+}

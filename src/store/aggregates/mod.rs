@@ -1,0 +1,388 @@
+//! Statistics aggregates: chart item dictionaries, per-track credits and per-user
+//! bucket counts, maintained on every append and erase, and rebuilt from the logs on
+//! demand. The rebuild gives byte-identical trees (tested): aggregates are a pure
+//! function of the logs and the track dictionary.
+//!
+//! Queries (charts, series, the listening clock) sum whole buckets from the plan of
+//! `stats::period`, and read the listens of the partial days at a range's ends.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::tz::TimeZone;
+
+use super::{Error, Result, Store};
+use crate::stats::chart::{Kind, Summer};
+use crate::stats::period::{self, Bucket, Period, day_number, local_date};
+use crate::store::codec::decode;
+use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
+use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
+use crate::store::values::{AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, StoredEntry};
+
+mod delta;
+mod dictionary;
+mod rebuild;
+pub(crate) use delta::*;
+pub(crate) use dictionary::*;
+
+/// Most items tied with a chart's last place that are named to break the tie; past it,
+/// ties at the last place go to the item the node saw first.
+const MAX_TIES: usize = 1000;
+
+/// One row of a chart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChartRow {
+    pub id: u32,
+    pub name: String,
+    /// The main artist, for recordings and releases.
+    pub artist: Option<String>,
+    pub listens: u64,
+}
+
+/// A ranked chart for one user and period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chart {
+    pub kind: Kind,
+    pub from: i64,
+    pub to: i64,
+    /// Listens in the period.
+    pub listens: u64,
+    /// Distinct items in the period.
+    pub distinct: u64,
+    pub rows: Vec<ChartRow>,
+}
+
+/// A love or hate, with the recording's all-time listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feedback {
+    pub row: ChartRow,
+    pub score: i8,
+    /// The log entry that gave it (newer is larger).
+    pub seq: u64,
+}
+
+/// One row of a node chart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeChartRow {
+    pub row: ChartRow,
+    /// Distinct users who listened to the item in the period.
+    pub listeners: u64,
+}
+
+/// A node's chart for one period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeChart {
+    pub kind: Kind,
+    pub from: i64,
+    pub to: i64,
+    pub listens: u64,
+    /// Users who contributed listens.
+    pub listeners: u64,
+    pub distinct: u64,
+    pub rows: Vec<NodeChartRow>,
+}
+
+/// Granularity of a listens-over-time series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Day,
+    /// ISO weeks (Monday first).
+    Week,
+    Month,
+}
+
+impl Store {
+    pub(crate) fn user_tz(&self, user: UserId) -> Result<TimeZone> {
+        let u = self.user(user)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", user.0)))?;
+        period::time_zone(&u.timezone).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// A bucket as the writer last left it: the in-memory copy if newer, else sled's.
+    pub(crate) fn bucket(&self, key: &[u8; 9]) -> Result<Option<std::sync::Arc<AggV1>>> {
+        if let Some(hot) = self.hot.read().ok().and_then(|h| h.get(key).cloned()) {
+            return Ok(Some(hot));
+        }
+        match self.trees.userid_bucket_counts.get(key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(std::sync::Arc::new(decode(schema::USERID_BUCKET_COUNTS, key, &v)?))),
+        }
+    }
+
+    fn credit_chunk(&self, chunk: u32) -> Result<CreditChunkV1> {
+        let key = keys::u32_key(chunk);
+        match self.trees.trackchunk_credits.get(key)? {
+            None => Ok(CreditChunkV1::default()),
+            Some(v) => decode(schema::TRACKCHUNK_CREDITS, &key, &v),
+        }
+    }
+
+    /// Calls `f(listened_at, track id)` for every live listen of `user` in `[from, to)`.
+    pub(crate) fn for_each_listen_in(
+        &self,
+        user: UserId,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(i64, u32) -> Result<()>,
+    ) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let lo = keys::user_u32(user, keys::day_of(from.max(0)));
+        let hi = keys::user_u32(user, keys::day_of(to.max(1) - 1));
+        let mut blocks: HashMap<u64, BlockV1> = HashMap::new();
+        for kv in self.trees.userid_day_listens.range(lo..=hi) {
+            let (k, v) = kv?;
+            let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
+            let bucket: super::values::DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            for item in bucket.items {
+                let at = i64::from(day) * 86_400 + i64::from(item.sec);
+                if at < from || at >= to {
+                    continue;
+                }
+                let first = item.seq - item.seq % BLOCK_ENTRIES;
+                let block = match blocks.entry(first) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let key = keys::user_seq(user, first);
+                        let bytes =
+                            self.trees.userid_seq_block.get(key)?.ok_or_else(|| {
+                                Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing")
+                            })?;
+                        v.insert(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?)
+                    }
+                };
+                if let Some(StoredEntry::Listen { track, .. }) = block.entries.get((item.seq - first) as usize) {
+                    f(at, *track)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums `user`'s counts of every kind over `[from, to)`: (summers per kind, total).
+    pub(crate) fn sum_range(&self, user: UserId, from: i64, to: i64, tz: &TimeZone) -> Result<([Summer; 3], u64)> {
+        let plan = period::plan(from, to, tz).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut sums: [Summer; 3] = Default::default();
+        let mut total = 0u64;
+        for b in &plan.buckets {
+            let key = match *b {
+                Bucket::Day(d) => keys::bucket(user, BUCKET_DAY, d),
+                Bucket::Month(m) => keys::bucket(user, BUCKET_MONTH, m),
+                Bucket::Year(y) => keys::bucket(user, BUCKET_YEAR, y),
+            };
+            if let Some(agg) = self.bucket(&key)? {
+                total += u64::from(agg.total);
+                for (sum, counts) in sums.iter_mut().zip(agg.counts.iter()) {
+                    sum.add_all(counts);
+                }
+            }
+        }
+        let mut chunks: HashMap<u32, CreditChunkV1> = HashMap::new();
+        for &(a, b) in &plan.partial {
+            self.for_each_listen_in(user, a, b, |_, track| {
+                let chunk = match chunks.entry(track / TRACK_CHUNK) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(self.credit_chunk(track / TRACK_CHUNK)?),
+                };
+                if let Some(Some(c)) = chunk.tracks.get((track % TRACK_CHUNK) as usize) {
+                    total += 1;
+                    for &artist in &c.artists {
+                        sums[Kind::Artist.index()].add(artist, 1);
+                    }
+                    sums[Kind::Recording.index()].add(c.recording, 1);
+                    if let Some(r) = c.release {
+                        sums[Kind::Release.index()].add(r, 1);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok((sums, total))
+    }
+
+    fn item_names(&self, kind: Kind, ids: impl IntoIterator<Item = u32>) -> Result<HashMap<u32, ItemV1>> {
+        let mut chunks: HashMap<u32, ItemChunkV1> = HashMap::new();
+        let mut out = HashMap::new();
+        for id in ids {
+            let chunk = id / ITEM_CHUNK;
+            if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(chunk) {
+                let key = keys::kind_chunk(kind.index() as u8, chunk);
+                let bytes = self
+                    .trees
+                    .itemchunk_items
+                    .get(key)?
+                    .ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &key, "missing item chunk"))?;
+                v.insert(decode(schema::ITEMCHUNK_ITEMS, &key, &bytes)?);
+            }
+            if let Some(item) = chunks.get(&chunk).and_then(|c| c.items.get((id % ITEM_CHUNK) as usize)) {
+                out.insert(id, item.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The top `limit` items of `kind` for `user` in `period` (in the user's time zone).
+    pub fn chart(&self, user: UserId, kind: Kind, period: &Period, limit: usize, now: i64) -> Result<Chart> {
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (sums, listens) = self.sum_range(user, from, to, &tz)?;
+        let sum = &sums[kind.index()];
+        // Ties at the last place are broken by name, so fetch them all (within reason).
+        let top = sum.top_with_ties(limit, MAX_TIES);
+        let rows = self.named_rows(kind, top, limit)?;
+        Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
+    }
+
+    /// Names and main artists of `kind` items, ordered for display: by count, then
+    /// name; at most `limit`.
+    pub(crate) fn named_rows(&self, kind: Kind, top: Vec<(u32, u64)>, limit: usize) -> Result<Vec<ChartRow>> {
+        let names = self.item_names(kind, top.iter().map(|(id, _)| *id))?;
+        let artist_ids: Vec<u32> = names.values().filter_map(|i| i.artist).collect();
+        let artists = if kind == Kind::Artist { HashMap::new() } else { self.item_names(Kind::Artist, artist_ids)? };
+        let mut rows: Vec<ChartRow> = top
+            .into_iter()
+            .map(|(id, n)| {
+                let item = names.get(&id);
+                ChartRow {
+                    id,
+                    name: item.map(|i| i.name.clone()).unwrap_or_default(),
+                    artist: item.and_then(|i| i.artist).and_then(|a| artists.get(&a)).map(|a| a.name.clone()),
+                    listens: n,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.listens.cmp(&a.listens).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// The node's chart: every user whose sharing level allows it (not private), for a
+    /// period in the node's time zone, with the number of distinct listeners per item.
+    pub fn node_chart(&self, kind: Kind, period: &Period, limit: usize, now: i64, tz: &TimeZone) -> Result<NodeChart> {
+        let (from, to) = period::resolve(period, tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut listens = Summer::new();
+        let mut listeners = Summer::new();
+        let (mut total, mut contributors) = (0u64, 0u64);
+        for user in self.users()? {
+            if user.visibility == super::users::SharingLevel::Private {
+                continue;
+            }
+            let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (sums, n) = self.sum_range(user.id, from, to, &user_tz)?;
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            contributors += 1;
+            for (id, count) in sums[kind.index()].all() {
+                listens.add(id, count);
+                listeners.add(id, 1);
+            }
+        }
+        let top = listens.top_with_ties(limit, MAX_TIES);
+        let rows = self
+            .named_rows(kind, top, limit)?
+            .into_iter()
+            .map(|row| NodeChartRow { listeners: listeners.count(row.id), row })
+            .collect();
+        Ok(NodeChart { kind, from, to, listens: total, listeners: contributors, distinct: listens.len() as u64, rows })
+    }
+
+    fn year_hours(&self, user: UserId, year: i32) -> Result<Vec<((u16, u8), u32)>> {
+        Ok(self.bucket(&keys::bucket(user, BUCKET_YEAR, year))?.map(|a| a.hours.clone()).unwrap_or_default())
+    }
+
+    /// Listens per local day of `user` for the whole local days of `[from, to)`:
+    /// `(day number, listens)` for days with listens, ascending.
+    fn daily(&self, user: UserId, from: i64, to: i64, tz: &TimeZone) -> Result<Vec<(i32, u64, [u64; 24])>> {
+        let first = local_date(from, tz);
+        let last = local_date(to.saturating_sub(1).max(from), tz);
+        let mut out: BTreeMap<i32, (u64, [u64; 24])> = BTreeMap::new();
+        for year in i32::from(first.year())..=i32::from(last.year()) {
+            let Ok(jan1) = jiff::civil::Date::new(year as i16, 1, 1) else { continue };
+            let base = day_number(jan1);
+            for ((doy, hour), n) in self.year_hours(user, year)? {
+                let day = base + i32::from(doy) - 1;
+                if day < day_number(first) || day > day_number(last) {
+                    continue;
+                }
+                let e = out.entry(day).or_insert((0, [0; 24]));
+                e.0 += u64::from(n);
+                e.1[usize::from(hour.min(23))] += u64::from(n);
+            }
+        }
+        Ok(out.into_iter().map(|(d, (n, h))| (d, n, h)).collect())
+    }
+
+    /// Listens per day, ISO week or month over `period`: `(start day number, listens)`
+    /// for every step in the period, zeros included.
+    pub fn listens_series(&self, user: UserId, period: &Period, step: Step, now: i64) -> Result<Vec<(i32, u64)>> {
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        let days = self.daily(user, from, to, &tz)?;
+        let start_of_step = |day: i32| -> i32 {
+            let date = period::date_of(day);
+            match step {
+                Step::Day => day,
+                Step::Week => day - i32::from(date.weekday().to_monday_zero_offset()),
+                Step::Month => day_number(date.first_of_month()),
+            }
+        };
+        let first = start_of_step(day_number(local_date(from, &tz)));
+        let last = start_of_step(day_number(local_date(to.saturating_sub(1).max(from), &tz)));
+        let mut series: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut d = first;
+        while d <= last {
+            series.insert(d, 0);
+            d = match step {
+                Step::Day => d + 1,
+                Step::Week => d + 7,
+                Step::Month => day_number(
+                    period::date_of(d).checked_add(jiff::Span::new().months(1)).unwrap_or(period::date_of(last + 1)),
+                ),
+            };
+        }
+        for (day, n, _) in days {
+            *series.entry(start_of_step(day)).or_insert(0) += n;
+        }
+        Ok(series.into_iter().collect())
+    }
+
+    /// The listening clock over `period`: listens by local weekday (Monday = 0) and hour.
+    pub fn clock(&self, user: UserId, period: &Period, now: i64) -> Result<[[u64; 24]; 7]> {
+        let tz = self.user_tz(user)?;
+        let (from, to) = period::resolve(period, &tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut clock = [[0u64; 24]; 7];
+        for (day, _, hours) in self.daily(user, from, to, &tz)? {
+            let weekday = usize::try_from(period::date_of(day).weekday().to_monday_zero_offset()).unwrap_or(0);
+            for (h, n) in hours.iter().enumerate() {
+                clock[weekday][h] += n;
+            }
+        }
+        Ok(clock)
+    }
+
+    /// The user's loves (`score` 1) or hates (-1), newest first, with all-time listens.
+    pub fn feedback(&self, user: UserId, score: i8, limit: usize) -> Result<Vec<Feedback>> {
+        let mut found = Vec::new();
+        for kv in self.trees.userid_recording_feedback.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, recording) = keys::parse_user_u32(schema::USERID_RECORDING_FEEDBACK, &k)?;
+            let f: FeedbackV1 = decode(schema::USERID_RECORDING_FEEDBACK, &k, &v)?;
+            if f.score == score {
+                found.push((recording, f));
+            }
+        }
+        found.sort_by_key(|f| std::cmp::Reverse(f.1.seq));
+        found.truncate(limit);
+        let tz = self.user_tz(user)?;
+        let (all, _) = self.sum_range(user, crate::log::listen::MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
+        let recordings = &all[Kind::Recording.index()];
+        let top: Vec<(u32, u64)> = found.iter().map(|(r, _)| (*r, recordings.count(*r))).collect();
+        let rows: HashMap<u32, ChartRow> =
+            self.named_rows(Kind::Recording, top, usize::MAX)?.into_iter().map(|r| (r.id, r)).collect();
+        Ok(found
+            .into_iter()
+            .filter_map(|(r, f)| rows.get(&r).map(|row| Feedback { row: row.clone(), score: f.score, seq: f.seq }))
+            .collect())
+    }
+}

@@ -1,0 +1,202 @@
+//! Statistics rebuilt from the logs: after a crash (the users whose stats mark is
+//! behind their log), after a settings change (`hearsay stats rebuild`), per user after
+//! a time-zone change; and the feedback (loves and hates) tables.
+
+use std::collections::BTreeMap;
+
+use crate::stats::credits::CreditRules;
+use crate::store::codec::{decode, encode};
+use crate::store::keys::{self, UserId};
+use crate::store::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
+use crate::store::values::{BlockV1, FeedbackV1, StoredEntry, TrackChunkV1};
+use crate::store::{Error, Result, Store};
+
+use super::*;
+
+impl Store {
+    /// After an unclean stop, counts every user's entries past their stats mark into the
+    /// in-memory buckets, so reads are right from the moment the store opens. A user
+    /// whose records cannot be read is reported and skipped.
+    pub(crate) fn recount_after_crash(&self) -> Result<()> {
+        let mut dict: Option<Dictionary> = None;
+        for kv in self.trees.userid_loghead.iter() {
+            let (k, v) = kv?;
+            let counted = keys::parse_user(schema::USERID_LOGHEAD, &k).and_then(|user| {
+                let head: crate::store::values::HeadV1 = decode(schema::USERID_LOGHEAD, &k, &v)?;
+                let mark = match self.trees.userid_statsmark.get(keys::user(user))? {
+                    Some(b) => <[u8; 8]>::try_from(b.as_ref())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| Error::corrupt(schema::USERID_STATSMARK, &keys::user(user), "not a u64"))?,
+                    None => 0,
+                };
+                if mark >= head.next_seq {
+                    return Ok(());
+                }
+                if dict.is_none() {
+                    dict = Some(Dictionary::load(self, CreditRules::default())?);
+                }
+                let Some(dict) = dict.as_ref() else { return Ok(()) };
+                self.recount_user(user, mark, dict)?;
+                tracing::info!(
+                    user = user.0,
+                    from = mark,
+                    to = head.next_seq,
+                    "statistics recounted after an unclean stop"
+                );
+                Ok(())
+            });
+            if let Err(e) = counted {
+                tracing::error!(error = %e, "cannot recount statistics");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn recount_user(&self, user: UserId, mark: u64, dict: &Dictionary) -> Result<()> {
+        let tz = self.user_tz(user)?;
+        let mut deltas: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
+        let start = keys::user_seq(user, mark - mark % BLOCK_ENTRIES);
+        for kv in self.trees.userid_seq_block.range(start..=keys::user_seq(user, u64::MAX)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                let StoredEntry::Listen { listened_at, track, .. } = e else { continue };
+                let Some(credits) = dict.known_credits(*track).filter(|_| first + i as u64 >= mark) else { continue };
+                let p = place(user, *listened_at, &tz);
+                for (j, key) in p.keys.iter().enumerate() {
+                    deltas.entry(*key).or_default().add(credits, 1, (j == 2).then_some(p.slot));
+                }
+            }
+        }
+        let mut merged_buckets = Vec::new();
+        for (k, delta) in &deltas {
+            merged_buckets.push((*k, merged(self.bucket(k)?.as_deref(), delta)));
+        }
+        let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        for (k, agg) in merged_buckets {
+            hot.insert(k, std::sync::Arc::new(agg));
+        }
+        Ok(())
+    }
+
+    /// Recomputes every statistic from the logs: dictionaries, credits, every user's
+    /// buckets. The writer must not be running.
+    pub fn rebuild_stats(&self, rules: &CreditRules) -> Result<()> {
+        for tree in [
+            &self.trees.itemchunk_items,
+            &self.trees.trackchunk_credits,
+            &self.trees.userid_bucket_counts,
+            &self.trees.userid_statsmark,
+            &self.trees.userid_recording_feedback,
+        ] {
+            tree.clear()?;
+        }
+        self.forget_hot(None);
+        let mut dict = Dictionary::empty(rules.clone());
+        for kv in self.trees.trackchunk_tracks.iter() {
+            let (k, v) = kv?;
+            let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
+            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            for (i, t) in tracks.tracks.iter().enumerate() {
+                let id = chunk * TRACK_CHUNK + i as u32;
+                if crate::store::compact::is_blank(t) {
+                    if dict.credits.len() <= id as usize {
+                        dict.credits.resize(id as usize + 1, None);
+                    }
+                    dict.dirty_credits.insert(chunk);
+                } else {
+                    dict.credits(id, &t.track);
+                }
+            }
+        }
+        for (tree, k, v) in dict.take_writes() {
+            if let Some(t) = self.tree(tree) {
+                t.insert(k, v)?;
+            }
+        }
+        for user in self.users()? {
+            self.rebuild_user_buckets(user.id, &dict)?;
+            self.rebuild_user_feedback(user.id, &dict)?;
+        }
+        self.flush()
+    }
+
+    /// Drops in-memory buckets (of one user, or all) that a rebuild or deletion replaced.
+    pub(crate) fn forget_hot(&self, user: Option<UserId>) {
+        if let Ok(mut hot) = self.hot.write() {
+            match user {
+                None => hot.clear(),
+                Some(u) => hot.retain(|k, _| k[..4] != keys::user(u)),
+            }
+        }
+    }
+
+    /// Recomputes one user's buckets (after a time zone change).
+    pub fn rebuild_user_stats(&self, user: UserId) -> Result<()> {
+        let dict = Dictionary::load(self, CreditRules::default())?;
+        let mut batch = sled::Batch::default();
+        for k in self.trees.userid_bucket_counts.scan_prefix(keys::user(user)).keys() {
+            batch.remove(k?);
+        }
+        self.trees.userid_bucket_counts.apply_batch(batch)?;
+        self.forget_hot(Some(user));
+        self.rebuild_user_buckets(user, &dict)?;
+        self.flush()
+    }
+
+    pub(super) fn rebuild_user_feedback(&self, user: UserId, dict: &Dictionary) -> Result<()> {
+        let mut current: BTreeMap<[u8; 8], FeedbackV1> = BTreeMap::new();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for (i, e) in block.entries.iter().enumerate() {
+                let (track, score) = match e {
+                    StoredEntry::Love { track, .. } => (*track, 1),
+                    StoredEntry::Hate { track, .. } => (*track, -1),
+                    StoredEntry::Unlove { track, .. } => (*track, 0),
+                    _ => continue,
+                };
+                let Some(credits) = dict.known_credits(track) else { continue };
+                let key = keys::user_u32(user, credits.recording);
+                if score == 0 {
+                    current.remove(&key);
+                } else {
+                    current.insert(key, FeedbackV1 { score, track, seq: first + i as u64 });
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, f) in &current {
+            batch.insert(k.to_vec(), encode(f));
+        }
+        self.trees.userid_recording_feedback.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub(super) fn rebuild_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<()> {
+        let tz = self.user_tz(user)?;
+        let mut buckets: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for e in &block.entries {
+                let StoredEntry::Listen { listened_at, track, .. } = e else { continue };
+                let Some(credits) = dict.known_credits(*track) else { continue };
+                let p = place(user, *listened_at, &tz);
+                for (i, key) in p.keys.iter().enumerate() {
+                    buckets.entry(*key).or_default().add(credits, 1, (i == 2).then_some(p.slot));
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, delta) in &buckets {
+            batch.insert(k.to_vec(), encode(&merged(None, delta)));
+        }
+        self.trees.userid_bucket_counts.apply_batch(batch)?;
+        let mark = self.log_head(user)?.n_entries;
+        self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
+        Ok(())
+    }
+}

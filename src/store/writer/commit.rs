@@ -1,0 +1,151 @@
+//! Committing a group: one sled transaction over every touched tree, then one flush;
+//! and the statistics buckets merged and persisted every few seconds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sled::Transactional;
+
+use crate::store::aggregates::merged;
+use crate::store::codec::{decode, encode};
+use crate::store::keys::{self, UserId};
+use crate::store::schema::{self};
+use crate::store::values::{AggV1, ClientV1, InfoBlockV1};
+use crate::store::{Error, Result};
+
+use super::*;
+
+impl Writer {
+    /// The buckets a group changed, with its changes applied.
+    pub(super) fn merge_buckets(&self, group: &Group) -> Result<Vec<([u8; 9], AggV1)>> {
+        group.aggs.iter().map(|(k, delta)| Ok((*k, merged(self.store.bucket(k)?.as_deref(), delta)))).collect()
+    }
+
+    /// Writes a group in one transaction and flushes. Statistics buckets go to memory
+    /// (`store.hot`) and are stored with a group only when `persist` is asked, the group
+    /// erased a listen (a recount after a crash could not subtract erased content), the
+    /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
+    /// written with them.
+    pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
+        // Pre-encode every write so the transaction closure (which sled may retry) only
+        // copies bytes. Tree indexes follow the `trees` array below.
+        let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (k, b) in &group.blocks {
+            ops.push((0, k.to_vec(), Some(encode(b))));
+        }
+        for (k, (d, dirty)) in &group.days {
+            if *dirty {
+                ops.push((1, k.to_vec(), (!d.items.is_empty()).then(|| encode(d))));
+            }
+        }
+        for user in group.heads.keys() {
+            if let Some(state) = self.users.get(user) {
+                ops.push((2, keys::user(*user).to_vec(), Some(encode(&state.head))));
+            }
+        }
+        for (chunk, tracks) in &group.track_chunks {
+            ops.push((3, keys::u32_key(*chunk).to_vec(), Some(encode(tracks))));
+        }
+        if group.new_tracks && !self.open_chunk.1.tracks.is_empty() {
+            ops.push((3, keys::u32_key(self.open_chunk.0).to_vec(), Some(encode(&self.open_chunk.1))));
+        }
+        for (name, id) in &group.clients {
+            ops.push((4, name.as_bytes().to_vec(), Some(keys::u32_key(*id).to_vec())));
+            ops.push((5, keys::u32_key(*id).to_vec(), Some(encode(&ClientV1 { name: name.clone() }))));
+        }
+        if !group.clients.is_empty() {
+            ops.push((6, b"next_client_id".to_vec(), Some(self.next_client_id.to_be_bytes().to_vec())));
+        }
+        for (k, changes) in &group.infos {
+            let mut block: InfoBlockV1 = match self.store.trees.userid_seq_info.get(k)? {
+                Some(bytes) => decode(schema::USERID_SEQ_INFO, k, &bytes)?,
+                None => InfoBlockV1::default(),
+            };
+            for (slot, info) in changes {
+                block.items.retain(|(s, _)| s != slot);
+                if let Some(info) = info {
+                    block.items.push((*slot, info.clone()));
+                }
+            }
+            block.items.sort_by_key(|(s, _)| *s);
+            ops.push((12, k.to_vec(), (!block.items.is_empty()).then(|| encode(&block))));
+        }
+        for (k, f) in &group.feedback {
+            ops.push((11, k.to_vec(), f.as_ref().map(encode)));
+        }
+        for (tree, k, v) in self.dict.take_writes() {
+            ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
+        }
+        let hot_pairs: usize = self
+            .store
+            .hot
+            .read()
+            .map(|h| h.values().map(|a| a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len()).sum())
+            .unwrap_or(usize::MAX);
+        let persist =
+            persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
+        let mut group_users: BTreeSet<UserId> = BTreeSet::new();
+        for k in group.aggs.keys() {
+            group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+        }
+        let buckets = self.merge_buckets(group)?;
+        if persist {
+            if let Ok(hot) = self.store.hot.read() {
+                for (k, agg) in hot.iter().filter(|(k, _)| !group.aggs.contains_key(*k)) {
+                    ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
+                }
+            }
+            for (k, agg) in &buckets {
+                ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg))));
+            }
+            for user in self.pending_users.union(&group_users) {
+                let mark = match self.users.get(user) {
+                    Some(state) => state.head.next_seq,
+                    None => self.store.log_head(*user)?.n_entries,
+                };
+                ops.push((10, keys::user(*user).to_vec(), Some(mark.to_be_bytes().to_vec())));
+            }
+        }
+        let t = &self.store.trees;
+        let trees = [
+            &t.userid_seq_block,
+            &t.userid_day_listens,
+            &t.userid_loghead,
+            &t.trackchunk_tracks,
+            &t.clientname_clientid,
+            &t.clientid_clientname,
+            &t.meta,
+            &t.itemchunk_items,
+            &t.trackchunk_credits,
+            &t.userid_bucket_counts,
+            &t.userid_statsmark,
+            &t.userid_recording_feedback,
+            &t.userid_seq_info,
+        ];
+        trees[..]
+            .transaction(|tx| {
+                for (i, k, v) in &ops {
+                    let Some(tree) = tx.get(*i) else { continue };
+                    match v {
+                        Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                        None => tree.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(crate::store::users::tx_error)?;
+        self.store.flush()?;
+        let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        if persist {
+            hot.clear();
+            self.pending_users.clear();
+            self.last_persist = std::time::Instant::now();
+        } else {
+            for (k, agg) in buckets {
+                hot.insert(k, Arc::new(agg));
+            }
+            self.pending_users.extend(group_users);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! Interning: each distinct track and client name gets a dense id the first time the
+//! node sees it (tracks in chunks of `TRACK_CHUNK`), and credits are decided then.
+
+use crate::log::TrackRef;
+use crate::log::dedupe::dedupe_key;
+use crate::store::keys::{self};
+use crate::store::schema::{self, TRACK_CHUNK};
+use crate::store::values::TrackV1;
+use crate::store::{Error, Result};
+
+use super::*;
+
+/// The digest that interns a track: blake3 of its postcard bytes, first 16 bytes.
+pub(super) fn track_digest(track: &TrackRef) -> [u8; 16] {
+    let bytes = postcard::to_allocvec(track).unwrap_or_default();
+    let hash = blake3::hash(&bytes);
+    let mut d = [0; 16];
+    d.copy_from_slice(&hash.as_bytes()[..16]);
+    d
+}
+
+impl Writer {
+    pub(super) fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
+        let digest = track_digest(track);
+        if let Some(&hit) = self.tracks.get(&digest) {
+            return Ok(hit);
+        }
+        let dkey = dedupe_key(track);
+        let (chunk, open) = &mut self.open_chunk;
+        let id = chunk
+            .checked_mul(TRACK_CHUNK)
+            .and_then(|base| base.checked_add(open.tracks.len() as u32))
+            .ok_or(Error::IdsExhausted("track"))?;
+        open.tracks.push(TrackV1 { track: track.clone(), dedupe_key: dkey });
+        group.new_tracks = true;
+        if open.tracks.len() >= TRACK_CHUNK as usize {
+            let full = std::mem::take(open);
+            group.track_chunks.insert(*chunk, full);
+            *chunk += 1;
+        }
+        self.tracks.insert(digest, (id, dkey));
+        // Credits are decided once, when the node first sees a track (in id order).
+        self.dict.credits(id, track);
+        Ok((id, dkey))
+    }
+
+    pub(super) fn intern_client(&mut self, group: &mut Group, name: &str) -> Result<u32> {
+        if let Some(&id) = self.clients.get(name) {
+            return Ok(id);
+        }
+        let id = match self.store.trees.clientname_clientid.get(name.as_bytes())? {
+            Some(bytes) => keys::parse_u32(schema::CLIENTNAME_CLIENTID, &bytes)?,
+            None => {
+                let id = self.next_client_id;
+                self.next_client_id = id.checked_add(1).ok_or(Error::IdsExhausted("client"))?;
+                group.clients.push((name.to_owned(), id));
+                id
+            }
+        };
+        self.clients.insert(name.to_owned(), id);
+        Ok(id)
+    }
+}

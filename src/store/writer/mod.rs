@@ -1,0 +1,462 @@
+//! The ingest path: one writer thread that appends to users' logs with group commit.
+//!
+//! Every API and importer calls `Ingestor::ingest` with a batch of actions for one user.
+//! The writer takes the first waiting batch and every other batch already queued (up to
+//! `max_group_listens`), and for the whole group, in one sled transaction: drops
+//! duplicates (`log::dedupe`), interns track and client names, appends entries to the
+//! users' chains, seals every block it touched with the user's key, updates the day
+//! index and the heads. It then flushes once and only then answers every batch in the
+//! group, so an acknowledged batch is durable and concurrent small batches share one
+//! fsync. A single writer also means a user's chain has exactly one appender.
+//!
+//! If preparing one batch fails (unknown user, corrupt record), only that batch gets the
+//! error: the caches are dropped and the rest of the group is prepared again from disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+
+use super::aggregates::{Delta, Dictionary};
+use super::codec::decode;
+use super::keys::{self, UserId};
+use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
+use super::values::{BlockV1, DayV1, FeedbackV1, HeadV1, TrackChunkV1};
+use super::{Error, Result, Store};
+use crate::log::entry::genesis_link;
+use crate::log::{Listen, TrackRef};
+use crate::stats::credits::CreditRules;
+
+mod commit;
+mod intern;
+mod prepare;
+use intern::*;
+
+/// One thing to append to a user's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Listen(Listen),
+    Love(TrackRef),
+    /// Clears a love or hate.
+    Unlove(TrackRef),
+    Hate(TrackRef),
+    /// Erase the listen at this seq and append a tombstone for it.
+    Delete {
+        seq: u64,
+    },
+    /// Append an entry of a verified log brought from another node, exactly (its salt,
+    /// or only its hash when erased), without the duplicate rule: the chain must stay
+    /// the one that was verified. A tombstone is kept as it is (its target arrives
+    /// already erased).
+    Adopt(crate::log::Content),
+}
+
+/// What became of one action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended as entry `seq`.
+    Appended { seq: u64 },
+    /// A listen that duplicates one already in the log (or earlier in the batch).
+    Duplicate,
+    /// A delete of an entry that is not a live listen.
+    NotFound,
+}
+
+struct Job {
+    user: UserId,
+    actions: Vec<Action>,
+    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+}
+
+enum Msg {
+    Job(Job),
+    /// Delete a user and everything stored under them, in order with appends.
+    DeleteUser(UserId, oneshot::Sender<Result<u64>>),
+    /// Change a user's time zone and recount their statistics, in order with appends.
+    SetTimezone(UserId, String, oneshot::Sender<Result<()>>),
+    Stop,
+}
+
+/// Handle to the writer thread; clone it freely.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    stats: Arc<Counters>,
+}
+
+/// Running totals of the writer, for the admin page and tests.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    groups: AtomicU64,
+}
+
+/// A snapshot of the writer's totals since start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Batches acknowledged.
+    pub batches: u64,
+    /// Group commits (= flushes) that carried them.
+    pub groups: u64,
+}
+
+/// Most batches waiting for the writer before senders wait.
+const QUEUE_DEPTH: usize = 1024;
+
+impl Ingestor {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Store, max_group_listens: usize, rules: CreditRules) -> Result<Ingestor> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(Counters::default());
+        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone(), rules)?;
+        let thread = std::thread::Builder::new()
+            .name("hearsay-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        Ok(Ingestor { tx, thread: Arc::new(Mutex::new(Some(thread))), stats })
+    }
+
+    /// Deletes a user and all their data through the writer, so no append for them can
+    /// race the deletion. Returns the number of records removed.
+    pub async fn delete_user(&self, user: UserId) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::DeleteUser(user, reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Changes a user's time zone through the writer (their statistics are recounted in
+    /// it, in order with appends).
+    pub async fn set_timezone(&self, user: UserId, tz: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::SetTimezone(user, tz.to_owned(), reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Totals since the writer started.
+    pub fn stats(&self) -> IngestStats {
+        IngestStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            groups: self.stats.groups.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Appends `actions` to `user`'s log; returns once they are durable on disk.
+    pub async fn ingest(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Job(Job { user, actions, reply })).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// As `ingest`, for callers outside an async runtime (CLI, benchmarks).
+    pub fn ingest_blocking(&self, user: UserId, actions: Vec<Action>) -> Result<Vec<Outcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.blocking_send(Msg::Job(Job { user, actions, reply })).map_err(|_| Error::WriterGone)?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// Finishes every queued batch, flushes, and stops the thread. Idempotent.
+    pub fn stop(&self) {
+        let _ = self.tx.try_send(Msg::Stop).or_else(|e| match e {
+            mpsc::error::TrySendError::Full(m) => self.tx.blocking_send(m).map_err(|_| ()),
+            mpsc::error::TrySendError::Closed(_) => Err(()),
+        });
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct UserState {
+    key: SigningKey,
+    /// The user's time zone: buckets are local days, months and years.
+    tz: jiff::tz::TimeZone,
+    public: [u8; 32],
+    head: HeadV1,
+    /// The partly filled last block, once loaded or started.
+    tail: Option<BlockV1>,
+    tail_dirty: bool,
+}
+
+impl UserState {
+    /// First seq of the partly filled last block, if there is one.
+    fn tail_first(&self) -> Option<u64> {
+        let filled = self.head.next_seq % BLOCK_ENTRIES;
+        (filled != 0).then(|| self.head.next_seq - filled)
+    }
+}
+
+/// Everything one group will write, keyed for deterministic order.
+#[derive(Default)]
+struct Group {
+    blocks: BTreeMap<[u8; 12], BlockV1>,
+    /// Day buckets read or changed by this group, with a dirty flag.
+    days: BTreeMap<[u8; 8], (DayV1, bool)>,
+    heads: BTreeMap<UserId, ()>,
+    /// Track chunks completed by this group (the writer's open chunk is written too).
+    track_chunks: BTreeMap<u32, TrackChunkV1>,
+    new_tracks: bool,
+    /// Changes to statistics buckets made by this group.
+    aggs: BTreeMap<[u8; 9], Delta>,
+    /// Extra listen metadata changes per log block: (slot, new info or None to drop).
+    infos: BTreeMap<[u8; 12], Vec<(u8, Option<String>)>>,
+    /// Feedback changes: `user ‖ recording` -> new feedback (None clears it).
+    feedback: BTreeMap<[u8; 8], Option<FeedbackV1>>,
+    /// A listen was erased: the buckets are stored with this group (see `apply`).
+    has_delete: bool,
+    clients: Vec<(String, u32)>,
+}
+
+struct Writer {
+    store: Store,
+    stats: Arc<Counters>,
+    max_group_listens: usize,
+    users: HashMap<UserId, UserState>,
+    /// Every interned track: digest of its canonical TrackRef -> (track id, dedupe key).
+    /// Built from `trackchunk_tracks` at start; about 40 bytes of memory per track.
+    tracks: HashMap<[u8; 16], (u32, u32)>,
+    /// The last, partly filled chunk of tracks; new tracks are appended to it.
+    open_chunk: (u32, TrackChunkV1),
+    clients: HashMap<String, u32>,
+    next_client_id: u32,
+    rules: CreditRules,
+    /// Chart items and per-track credits (see `aggregates`).
+    dict: Dictionary,
+    /// Users with buckets in `store.hot` not yet stored.
+    pending_users: BTreeSet<UserId>,
+    last_persist: std::time::Instant,
+}
+
+/// Buckets kept only in memory are stored at least this often...
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// ...or once they hold this many (item, count) pairs.
+const HOT_MAX_PAIRS: usize = 2_000_000;
+
+fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
+    match store.trees.meta.get(name)? {
+        None => Ok(first),
+        Some(b) => <[u8; 4]>::try_from(b.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| Error::corrupt(schema::META, name.as_bytes(), "counter is not a u32")),
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Writer {
+    fn new(store: Store, max_group_listens: usize, stats: Arc<Counters>, rules: CreditRules) -> Result<Writer> {
+        let mut w = Writer {
+            store,
+            stats,
+            max_group_listens,
+            users: HashMap::new(),
+            tracks: HashMap::new(),
+            open_chunk: (0, TrackChunkV1::default()),
+            clients: HashMap::new(),
+            next_client_id: 0,
+            dict: Dictionary::empty(rules.clone()),
+            pending_users: BTreeSet::new(),
+            last_persist: std::time::Instant::now(),
+            rules,
+        };
+        w.reset()?;
+        // Buckets recounted at open (after an unclean stop) are not stored yet.
+        if let Ok(hot) = w.store.hot.read() {
+            for k in hot.keys() {
+                w.pending_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Deletes a user (after every earlier batch was committed): drops what the writer
+    /// holds for them, stores the other users' in-memory statistics, then removes every
+    /// record of theirs.
+    fn delete_user(&mut self, user: UserId) -> Result<u64> {
+        self.users.remove(&user);
+        self.pending_users.remove(&user);
+        self.store.forget_hot(Some(user));
+        let mut persist_others = Group::default();
+        self.apply(&mut persist_others, true)?;
+        let removed = self.store.delete_user(user)?;
+        Ok(removed)
+    }
+
+    /// Sets a user's time zone and recounts their buckets in it.
+    fn set_timezone(&mut self, user: UserId, tz: &str) -> Result<()> {
+        // Store everyone's in-memory buckets first, so the recount starts from disk.
+        let mut persist = Group::default();
+        self.apply(&mut persist, true)?;
+        self.store.set_timezone(user, tz)?;
+        self.users.remove(&user);
+        self.store.rebuild_user_stats(user)
+    }
+
+    /// Drops every cache; the next batch reads state afresh from disk.
+    fn reset(&mut self) -> Result<()> {
+        self.users.clear();
+        self.tracks.clear();
+        self.clients.clear();
+        self.open_chunk = (0, TrackChunkV1::default());
+        self.dict = Dictionary::load(&self.store, self.rules.clone())?;
+        for kv in self.store.trees.trackchunk_tracks.iter() {
+            let (k, v) = kv?;
+            let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
+            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            for (i, t) in tracks.tracks.iter().enumerate() {
+                // A blanked track (see `compact`) is never matched again: a new listen
+                // of it is interned afresh.
+                if super::compact::is_blank(t) {
+                    continue;
+                }
+                self.tracks.insert(track_digest(&t.track), (chunk * TRACK_CHUNK + i as u32, t.dedupe_key));
+            }
+            self.open_chunk = (chunk, tracks);
+        }
+        if self.open_chunk.1.tracks.len() >= TRACK_CHUNK as usize {
+            self.open_chunk = (self.open_chunk.0 + 1, TrackChunkV1::default());
+        }
+        self.next_client_id = read_counter(&self.store, "next_client_id", 1)?;
+        Ok(())
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let first = match msg {
+                Msg::Job(job) => job,
+                Msg::DeleteUser(user, reply) => {
+                    let _ = reply.send(self.delete_user(user));
+                    continue;
+                }
+                Msg::SetTimezone(user, tz, reply) => {
+                    let _ = reply.send(self.set_timezone(user, &tz));
+                    continue;
+                }
+                Msg::Stop => break,
+            };
+            let mut n_actions = first.actions.len();
+            let mut jobs = vec![first];
+            let mut stop = false;
+            let mut deferred = None;
+            while n_actions < self.max_group_listens {
+                match rx.try_recv() {
+                    Ok(Msg::Job(job)) => {
+                        n_actions += job.actions.len();
+                        jobs.push(job);
+                    }
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Ok(other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..))) => {
+                        deferred = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+            match deferred {
+                Some(Msg::DeleteUser(user, reply)) => {
+                    let _ = reply.send(self.delete_user(user));
+                }
+                Some(Msg::SetTimezone(user, tz, reply)) => {
+                    let _ = reply.send(self.set_timezone(user, &tz));
+                }
+                _ => {}
+            }
+            if stop {
+                break;
+            }
+        }
+        // Store the in-memory statistics, so the next start has nothing to recount.
+        let mut last = Group::default();
+        if let Err(e) = self.apply(&mut last, true) {
+            tracing::error!(error = %e, "storing statistics at shutdown failed");
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn commit_group(&mut self, mut jobs: Vec<Job>) {
+        loop {
+            if jobs.is_empty() {
+                return;
+            }
+            let mut group = Group::default();
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut failed = None;
+            for (i, job) in jobs.iter().enumerate() {
+                match self.prepare(&mut group, job.user, &job.actions) {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            if failed.is_none() {
+                // Seal each touched user's tail block once for the whole group: one
+                // signature per user per flush, however many batches it carried.
+                let now = now_secs();
+                let users: BTreeSet<UserId> = jobs.iter().map(|j| j.user).collect();
+                for user in users {
+                    self.finish_user(&mut group, user, now);
+                }
+            }
+            if let Some((i, e)) = failed {
+                let job = jobs.remove(i);
+                let _ = job.reply.send(Err(e));
+                if let Err(e) = self.reset() {
+                    tracing::error!(error = %e, "writer cannot reload its state");
+                }
+                continue;
+            }
+            match self.apply(&mut group, false) {
+                Ok(()) => {
+                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    for (job, o) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit failed");
+                    let reason = e.to_string();
+                    for job in jobs {
+                        let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
+                    }
+                    if let Err(e) = self.reset() {
+                        tracing::error!(error = %e, "writer cannot reload its state");
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    fn load_user(&mut self, user: UserId) -> Result<()> {
+        if self.users.contains_key(&user) {
+            return Ok(());
+        }
+        let key = self.store.signing_key(user)?;
+        let public = key.verifying_key().to_bytes();
+        let tz = self.store.user_tz(user)?;
+        let head_key = keys::user(user);
+        let head = match self.store.trees.userid_loghead.get(head_key)? {
+            Some(bytes) => decode(schema::USERID_LOGHEAD, &head_key, &bytes)?,
+            None => HeadV1 { next_seq: 0, link: genesis_link(&public), n_listens: 0 },
+        };
+        self.users.insert(user, UserState { key, tz, public, head, tail: None, tail_dirty: false });
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Turning a batch into log entries inside a group: the duplicate rule against the
+//! day index, salts, content hashes and chain links, appends to tail blocks, seals,
+//! erasure, and the statistics each change moves.
+
+use std::collections::btree_map;
+
+use crate::log::dedupe::{is_duplicate, search_secs, window_secs};
+use crate::log::entry::{check_of, content_hash, next_link};
+use crate::log::seal::make_seal;
+use crate::log::{Body, Listen, Salt};
+use crate::store::aggregates::place;
+use crate::store::codec::decode;
+use crate::store::keys::{self, UserId, day_of};
+use crate::store::schema::{self, BLOCK_ENTRIES};
+use crate::store::values::{BlockV1, DayItem, DayV1, FeedbackV1, StoredEntry};
+use crate::store::{Error, Result};
+
+use super::*;
+
+impl Writer {
+    pub(super) fn prepare(&mut self, group: &mut Group, user: UserId, actions: &[Action]) -> Result<Vec<Outcome>> {
+        self.load_user(user)?;
+        let mut salts = vec![0u8; 16 * actions.len()];
+        getrandom::getrandom(&mut salts).map_err(|e| Error::Random(e.to_string()))?;
+        let signed_at = now_secs();
+        let mut outcomes = Vec::with_capacity(actions.len());
+        for (action, salt) in actions.iter().zip(salts.chunks_exact(16)) {
+            let mut s: Salt = [0; 16];
+            s.copy_from_slice(salt);
+            outcomes.push(self.prepare_one(group, user, action, s, signed_at)?);
+        }
+        Ok(outcomes)
+    }
+
+    pub(super) fn prepare_one(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        action: &Action,
+        salt: Salt,
+        now: i64,
+    ) -> Result<Outcome> {
+        match action {
+            Action::Listen(listen) => self.listen(group, user, listen, salt, now, true),
+            Action::Adopt(crate::log::Content::Erased { content_hash }) => {
+                let hash = *content_hash;
+                let seq = self.append_hashed(group, user, Some(hash), None, now, |_, check| StoredEntry::Erased {
+                    content_hash: hash,
+                    check,
+                })?;
+                Ok(Outcome::Appended { seq })
+            }
+            Action::Adopt(crate::log::Content::Present { salt, body }) => match body {
+                Body::Listen { track, listened_at, duration_ms, client } => {
+                    let listen = Listen::from_parts(track.clone(), *listened_at, *duration_ms, client.clone())
+                        .map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
+                    self.listen(group, user, &listen, *salt, now, false)
+                }
+                Body::Love(t) => self.prepare_one(group, user, &Action::Love(t.clone()), *salt, now),
+                Body::Unlove(t) => self.prepare_one(group, user, &Action::Unlove(t.clone()), *salt, now),
+                Body::Hate(t) => self.prepare_one(group, user, &Action::Hate(t.clone()), *salt, now),
+                Body::Delete { target } => {
+                    let target = *target;
+                    let seq = self.append(group, user, body, *salt, now, |salt, check| StoredEntry::Delete {
+                        salt,
+                        check,
+                        target,
+                    })?;
+                    Ok(Outcome::Appended { seq })
+                }
+            },
+            Action::Love(track) | Action::Unlove(track) | Action::Hate(track) => {
+                let (id, _) = self.intern_track(group, track)?;
+                let score: i8 = match action {
+                    Action::Love(_) => 1,
+                    Action::Hate(_) => -1,
+                    _ => 0,
+                };
+                let body = match score {
+                    1 => Body::Love(track.clone()),
+                    -1 => Body::Hate(track.clone()),
+                    _ => Body::Unlove(track.clone()),
+                };
+                let seq = self.append(group, user, &body, salt, now, |salt, check| match score {
+                    1 => StoredEntry::Love { salt, check, track: id },
+                    -1 => StoredEntry::Hate { salt, check, track: id },
+                    _ => StoredEntry::Unlove { salt, check, track: id },
+                })?;
+                let recording = self.dict.known_credits(id).map(|c| c.recording).unwrap_or(u32::MAX);
+                let key = keys::user_u32(user, recording);
+                let value = (score != 0).then_some(FeedbackV1 { score, track: id, seq });
+                group.feedback.insert(key, value);
+                Ok(Outcome::Appended { seq })
+            }
+            Action::Delete { seq: target } => {
+                if !self.erase(group, user, *target)? {
+                    return Ok(Outcome::NotFound);
+                }
+                let body = Body::Delete { target: *target };
+                let target = *target;
+                let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Delete {
+                    salt,
+                    check,
+                    target,
+                })?;
+                Ok(Outcome::Appended { seq })
+            }
+        }
+    }
+
+    /// Appends a listen and indexes it; with `dedupe`, a duplicate is dropped instead.
+    pub(super) fn listen(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        listen: &Listen,
+        salt: Salt,
+        now: i64,
+        dedupe: bool,
+    ) -> Result<Outcome> {
+        let (track, dkey) = self.intern_track(group, listen.track())?;
+        let at = listen.listened_at();
+        let mut nearby = Vec::new();
+        let window = window_secs(listen.duration_ms());
+        let reach = search_secs(window);
+        for day in day_of(at - reach)..=day_of(at + reach) {
+            let base = i64::from(day) * 86_400;
+            let (bucket, _) = self.day(group, user, day)?;
+            nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
+        }
+        if dedupe && is_duplicate(nearby, at, dkey, window) {
+            return Ok(Outcome::Duplicate);
+        }
+        let client = match &listen.client() {
+            Some(name) => self.intern_client(group, name)?,
+            None => 0,
+        };
+        let body = Body::Listen {
+            track: listen.track().clone(),
+            listened_at: at,
+            duration_ms: listen.duration_ms(),
+            client: listen.client().map(str::to_owned),
+        };
+        let duration_ms = listen.duration_ms();
+        let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
+            salt,
+            check,
+            listened_at: at,
+            track,
+            duration_ms,
+            client,
+        })?;
+        let day = day_of(at);
+        let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
+        let (bucket, dirty) = self.day(group, user, day)?;
+        let item = DayItem { sec, seq, key: dkey.to_be_bytes() };
+        let pos = bucket.items.partition_point(|i| *i < item);
+        bucket.items.insert(pos, item);
+        *dirty = true;
+        if let Some(state) = self.users.get_mut(&user) {
+            state.head.n_listens += 1;
+        }
+        self.count(group, user, at, track, 1)?;
+        if let Some(info) = listen.info() {
+            let first = seq - seq % BLOCK_ENTRIES;
+            let slot = (seq - first) as u8;
+            group.infos.entry(keys::user_seq(user, first)).or_default().push((slot, Some(info.to_owned())));
+        }
+        Ok(Outcome::Appended { seq })
+    }
+
+    pub(super) fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV1, bool)> {
+        let key = keys::user_u32(user, day);
+        Ok(match group.days.entry(key) {
+            btree_map::Entry::Occupied(o) => o.into_mut(),
+            btree_map::Entry::Vacant(v) => {
+                let bucket = match self.store.trees.userid_day_listens.get(key)? {
+                    Some(bytes) => decode(schema::USERID_DAY_LISTENS, &key, &bytes)?,
+                    None => DayV1::default(),
+                };
+                v.insert((bucket, false))
+            }
+        })
+    }
+
+    /// Adds (`delta` = 1) or removes (-1) a listen to the user's statistics buckets.
+    pub(super) fn count(&mut self, group: &mut Group, user: UserId, at: i64, track: u32, delta: i64) -> Result<()> {
+        let tz = &self.users.get(&user).ok_or(Error::WriterGone)?.tz;
+        let placement = place(user, at, tz);
+        let credits = match self.dict.known_credits(track) {
+            Some(c) => c.clone(),
+            None => self.dict.credits(track, &self.store.track(track)?),
+        };
+        for (i, key) in placement.keys.iter().enumerate() {
+            group.aggs.entry(*key).or_default().add(&credits, delta, (i == 2).then_some(placement.slot));
+        }
+        Ok(())
+    }
+
+    /// Loads the partly filled tail block of `user` into its state if needed.
+    pub(super) fn ensure_tail(&mut self, user: UserId) -> Result<()> {
+        let store = &self.store;
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        if let (Some(first), None) = (state.tail_first(), &state.tail) {
+            let key = keys::user_seq(user, first);
+            let bytes = store
+                .trees
+                .userid_seq_block
+                .get(key)?
+                .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail block missing"))?;
+            state.tail = Some(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?);
+        }
+        Ok(())
+    }
+
+    pub(super) fn append(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        body: &Body,
+        salt: Salt,
+        now: i64,
+        make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
+    ) -> Result<u64> {
+        self.append_hashed(group, user, None, Some((body, salt)), now, make)
+    }
+
+    /// Appends an entry given by its body and salt, or (erased) by its content hash.
+    pub(super) fn append_hashed(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        hash: Option<crate::log::Hash32>,
+        content: Option<(&Body, Salt)>,
+        now: i64,
+        make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
+    ) -> Result<u64> {
+        self.ensure_tail(user)?;
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        let seq = state.head.next_seq;
+        let (hash, salt) = match (hash, content) {
+            (Some(h), _) => (h, [0; 16]),
+            (None, Some((body, salt))) => (content_hash(&state.public, seq, &salt, body), salt),
+            (None, None) => return Err(Error::Invalid("an entry needs content or a hash".into())),
+        };
+        let link = next_link(&state.head.link, seq, &hash);
+        let tail = state.tail.get_or_insert_with(|| BlockV1 {
+            entries: Vec::with_capacity(BLOCK_ENTRIES as usize),
+            signed_at: 0,
+            sig: ([0; 32], [0; 32]),
+        });
+        tail.entries.push(make(salt, check_of(&link)));
+        state.head.next_seq = seq + 1;
+        state.head.link = link;
+        state.tail_dirty = true;
+        group.heads.insert(user, ());
+        if state.head.next_seq % BLOCK_ENTRIES == 0 {
+            let first = seq + 1 - BLOCK_ENTRIES;
+            if let Some(mut full) = state.tail.take() {
+                let seal = make_seal(&state.key, seq, &link, now);
+                full.signed_at = seal.signed_at;
+                full.set_signature(&seal.signature);
+                group.blocks.insert(keys::user_seq(user, first), full);
+            }
+            state.tail_dirty = false;
+        }
+        Ok(seq)
+    }
+
+    /// Seals the user's tail block if this batch changed it and queues it for writing.
+    pub(super) fn finish_user(&mut self, group: &mut Group, user: UserId, now: i64) {
+        let Some(state) = self.users.get_mut(&user) else {
+            return;
+        };
+        let (Some(first), Some(tail)) = (state.tail_first(), state.tail.as_mut()) else {
+            return;
+        };
+        if !state.tail_dirty {
+            return;
+        }
+        let last = state.head.next_seq - 1;
+        let seal = make_seal(&state.key, last, &state.head.link, now);
+        tail.signed_at = seal.signed_at;
+        tail.set_signature(&seal.signature);
+        group.blocks.insert(keys::user_seq(user, first), tail.clone());
+        state.tail_dirty = false;
+    }
+
+    /// Replaces the live listen at `target` with its content hash and drops it from the
+    /// day index. False when `target` is not a live listen.
+    pub(super) fn erase(&mut self, group: &mut Group, user: UserId, target: u64) -> Result<bool> {
+        self.ensure_tail(user)?;
+        let store = self.store.clone();
+        let state = self.users.get_mut(&user).ok_or(Error::WriterGone)?;
+        if target >= state.head.next_seq {
+            return Ok(false);
+        }
+        let first = target - target % BLOCK_ENTRIES;
+        let key = keys::user_seq(user, first);
+        let block: &mut BlockV1 = if state.tail_first() == Some(first) {
+            state.tail_dirty = true;
+            state.tail.as_mut().ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail not loaded"))?
+        } else {
+            match group.blocks.entry(key) {
+                btree_map::Entry::Occupied(o) => o.into_mut(),
+                btree_map::Entry::Vacant(v) => {
+                    let bytes = store
+                        .trees
+                        .userid_seq_block
+                        .get(key)?
+                        .ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "block missing"))?;
+                    v.insert(decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?)
+                }
+            }
+        };
+        let slot = usize::try_from(target - first).unwrap_or(usize::MAX);
+        let Some(StoredEntry::Listen { salt, check, listened_at, track, duration_ms, client }) =
+            block.entries.get(slot).cloned()
+        else {
+            return Ok(false);
+        };
+        let body =
+            Body::Listen { track: store.track(track)?, listened_at, duration_ms, client: store.client_name(client)? };
+        let content_hash = content_hash(&state.public, target, &salt, &body);
+        if let Some(e) = block.entries.get_mut(slot) {
+            *e = StoredEntry::Erased { content_hash, check };
+        }
+        state.head.n_listens = state.head.n_listens.saturating_sub(1);
+        group.heads.insert(user, ());
+        let (bucket, dirty) = self.day(group, user, day_of(listened_at))?;
+        bucket.items.retain(|i| i.seq != target);
+        *dirty = true;
+        self.count(group, user, listened_at, track, -1)?;
+        group.has_delete = true;
+        group.infos.entry(key).or_default().push((slot as u8, None));
+        Ok(true)
+    }
+}

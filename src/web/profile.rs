@@ -1,0 +1,471 @@
+//! What a user's listening looks like: the home page, profiles with charts and plots,
+//! artist, track and album pages, weekly charts and the history with deletion, each
+//! shown only as the user's sharing level allows.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use crate::state::AppState;
+use crate::stats::chart::Kind;
+use crate::stats::period::Period;
+use crate::store::logs::Order;
+use crate::store::users::{SharingLevel, User};
+
+use super::*;
+
+/// `/`: the home page (`http` hands Audioscrobbler handshakes at `/?hs=…` to `api`).
+pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&state, &headers);
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let week = crate::stats::period::local_date(now, &tz).iso_week_date();
+    let this_week = Period::IsoWeek { year: week.year(), week: week.week() };
+    // The exact node chart is for the node's members only; visitors see what the node
+    // has published (docs/privacy.md).
+    let chart = if viewer.0.is_some() {
+        match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
+            Ok(c) => Some(c),
+            Err(e) => return server_error(&viewer, e),
+        }
+    } else {
+        None
+    };
+    let latest = state.store.releases(1).unwrap_or_default().into_iter().next();
+    let mut recent = Vec::new();
+    for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == SharingLevel::Public) {
+        for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
+            recent.push((user.name.clone(), l));
+        }
+    }
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at()));
+    recent.truncate(15);
+    page(
+        StatusCode::OK,
+        "Home",
+        &viewer,
+        html! {
+            @if let Some(chart) = &chart {
+                h1 { "This week among this node's members" }
+                p.muted { "Only members of this node see this chart; it never leaves the node. Private members are not in it." }
+                @if chart.rows.is_empty() {
+                    p.muted { "No listens shared on this node this week yet." }
+                } @else {
+                    p.muted { (chart.listens) " listens from " (chart.listeners) " listeners" }
+                    table {
+                        thead { tr { th { "#" } th { "Artist" } th { "Listeners" } th { "Listens" } } }
+                        tbody {
+                            @for (i, r) in chart.rows.iter().enumerate() {
+                                tr { td { (i + 1) } td { (r.row.name) } td { (r.listeners) } td { (r.row.listens) } }
+                            }
+                        }
+                    }
+                }
+            } @else {
+                h1 { "hearsay" }
+                p { "A node of a federated scrobble network: its members' listening stays here; only what they choose leaves, as aggregates. " a href="/privacy" { "What this node publishes" } "." }
+            }
+            h2 { "Latest release of this node" }
+            @if let Some((start, bytes)) = &latest {
+                (transparency::snapshot_view(*start, bytes))
+            } @else {
+                p.muted { "Nothing published yet." }
+            }
+            h2 { "Recently, from public profiles" }
+            @if recent.is_empty() { p.muted { "Nobody here shares their listening publicly yet." } }
+            ul {
+                @for (name, l) in &recent {
+                    li { a href={ "/user/" (name) } { (name) } " — " (l.listen.track().artist) " – " (l.listen.track().title) }
+                }
+            }
+        },
+    )
+}
+
+/// Period choices on profiles: (query value, label, period).
+pub(super) fn periods() -> [(&'static str, &'static str, Period); 6] {
+    [
+        ("7d", "Last 7 days", Period::LastDays(7)),
+        ("1m", "Last month", Period::LastMonths(1)),
+        ("3m", "Last 3 months", Period::LastMonths(3)),
+        ("6m", "Last 6 months", Period::LastMonths(6)),
+        ("12m", "Last 12 months", Period::LastMonths(12)),
+        ("all", "All time", Period::AllTime),
+    ]
+}
+
+pub(super) async fn profile(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match state.store.user_by_name(&name) {
+        Ok(Some(u)) => u,
+        Ok(None) => return not_found_page(&v),
+        Err(e) => return server_error(&v, e),
+    };
+    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
+    if !own && user.visibility != SharingLevel::Public {
+        // A hidden profile looks exactly like a missing one.
+        return not_found_page(&v);
+    }
+    let chosen = q.get("period").map_or("7d", String::as_str);
+    let Some((key, label, period)) = periods().into_iter().find(|(k, _, _)| *k == chosen) else {
+        return not_found_page(&v);
+    };
+    let now = crate::now_unix();
+    let charts: Result<Vec<_>, _> =
+        Kind::ALL.iter().map(|kind| state.store.chart(user.id, *kind, &period, 10, now)).collect();
+    let charts = match charts {
+        Ok(c) => c,
+        Err(e) => return server_error(&v, e),
+    };
+    let recent = state.store.listens(user.id, 0, i64::MAX, 20, Order::NewestFirst).unwrap_or_default();
+    let loves = state.store.feedback(user.id, 1, 10).unwrap_or_default();
+    let playing = state.live.playing(user.id);
+    let total = state.store.log_head(user.id).map(|h| h.n_listens).unwrap_or(0);
+    let weekly = state
+        .store
+        .listens_series(user.id, &Period::LastMonths(12), crate::store::aggregates::Step::Week, now)
+        .unwrap_or_default();
+    let weekly_total: u64 = weekly.iter().map(|(_, n)| n).sum();
+    let plot = plot::listens_svg(&weekly, 720, 140);
+    let clock = state.store.clock(user.id, &period, now).unwrap_or([[0; 24]; 7]);
+    let neighbours = if own { state.store.neighbours(user.id, 5).unwrap_or_default() } else { Vec::new() };
+    page(
+        StatusCode::OK,
+        &user.name,
+        &v,
+        html! {
+            h1 { (user.name) }
+            p.muted { (total) " listens" @if own { " · your profile is " (user.visibility.as_str()) } }
+        @if own && state.store.is_paused(user.id).unwrap_or(false) {
+            p role="status" { strong { "Scrobbling is paused" } " — submissions are not stored. " a href="/settings" { "Resume" } }
+        }
+            @if let Some(p) = &playing { p { "Now playing: " strong { (p.track.artist) " – " (p.track.title) } } }
+            nav.periods aria-label="period" {
+                @for (k, l, _) in periods() {
+                    @if k == key { a href={ "?period=" (k) } aria-current="page" { (l) } } @else { a href={ "?period=" (k) } { (l) } }
+                }
+            }
+            h2 { (label) }
+            div.cols {
+                @for (title, what, chart) in [("Top artists", "artist", &charts[0]), ("Top tracks", "track", &charts[1]), ("Top albums", "album", &charts[2])] {
+                    section {
+                        h3 { (title) }
+                        @if chart.rows.is_empty() { p.muted { "Nothing in this period." } }
+                        ol {
+                            @for r in &chart.rows {
+                                li { a href={ "/user/" (user.name) "/" (what) "/" (r.id) } { @if let Some(a) = &r.artist { (a) " – " } (r.name) } " " span.muted { "(" (r.listens) ")" } }
+                            }
+                        }
+                    }
+                }
+            }
+            p { a href={ "/user/" (user.name) "/weekly" } { "Weekly charts" } }
+        h2 { "Listens per week, last 12 months" }
+        figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week" } {
+            (maud::PreEscaped(plot))
+        }
+        h2 { "Listening clock" }
+        (clock_table(&clock))
+        @if !neighbours.is_empty() {
+            h2 { "Listens like you" }
+            ul {
+                @for n in &neighbours {
+                    li {
+                        @if n.user.visibility == SharingLevel::Public { a href={ "/user/" (n.user.name) } { (n.user.name) } } @else { (n.user.name) }
+                        " " span.muted { (format!("{:.0}%", n.similarity * 100.0)) }
+                    }
+                }
+            }
+        }
+        h2 { "Recent listens" }
+            @if recent.is_empty() { p.muted { "No listens yet." } }
+            table {
+                tbody {
+                    @for l in &recent {
+                        tr {
+                            td { (l.listen.track().artist) }
+                            td { (l.listen.track().title) }
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at()).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+            @if !loves.is_empty() {
+                h2 { "Loved tracks" }
+                ul { @for f in &loves { li { @if let Some(a) = &f.row.artist { (a) " – " } (f.row.name) } } }
+            }
+        },
+    )
+}
+
+/// Listens per history page.
+pub(super) const PAGE: usize = 50;
+
+/// `/user/{name}/history?page=N`: every listen, newest first, with delete buttons for
+/// the owner.
+pub async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let Ok(Some(user)) = state.store.user_by_name(&name) else { return not_found_page(&v) };
+    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
+    if !own && user.visibility != SharingLevel::Public {
+        return not_found_page(&v);
+    }
+    let page_no = q.get("page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
+    let total = state.store.log_head(user.id).map(|h| h.n_listens as usize).unwrap_or(0);
+    let pages = total.div_ceil(PAGE).max(1);
+    if page_no > pages {
+        return not_found_page(&v);
+    }
+    let listens = match state.store.listens(user.id, 0, i64::MAX, page_no * PAGE, Order::NewestFirst) {
+        Ok(l) => l,
+        Err(e) => return server_error(&v, e),
+    };
+    let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+    page(
+        StatusCode::OK,
+        &format!("{} · history", user.name),
+        &v,
+        html! {
+            h1 { a href={ "/user/" (user.name) } { (user.name) } " · history" }
+            p.muted { (total) " listens · page " (page_no) " of " (pages) }
+            table {
+                thead { tr { th { "When (UTC)" } th { "Artist" } th { "Track" } th { "Album" } @if own { th { span.muted { "Delete" } } } } }
+                tbody {
+                    @for l in listens.iter().skip((page_no - 1) * PAGE) {
+                        tr {
+                            td.muted { (jiff::Timestamp::from_second(l.listen.listened_at()).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
+                            td { (l.listen.track().artist) }
+                            td { (l.listen.track().title) }
+                            td { (l.listen.track().album.clone().unwrap_or_default()) }
+                            @if own {
+                                td {
+                                    form method="post" action={ "/user/" (user.name) "/history/delete" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="seq" value=(l.seq);
+                                        input type="hidden" name="page" value=(page_no);
+                                        button aria-label={ "Delete " (l.listen.track().title) } { "Delete" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            nav aria-label="pages" {
+                @if page_no > 1 { a href={ "?page=" (page_no - 1) } { "Newer" } }
+                @if page_no < pages { a href={ "?page=" (page_no + 1) } { "Older" } }
+            }
+        },
+    )
+}
+
+/// Deletes one of the signed-in user's listens (a tombstone in their log).
+pub async fn delete_listen(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let f = form_fields(&body);
+    let Some((me, _)) = v.0.as_ref().filter(|(me, _)| me.name.eq_ignore_ascii_case(&name)) else {
+        return not_found_page(&v);
+    };
+    if !csrf_ok(&v, &f) {
+        return refused(&v);
+    }
+    let Some(seq) = f.get("seq").and_then(|s| s.parse::<u64>().ok()) else { return refused(&v) };
+    if let Err(e) = state.ingestor.ingest(me.id, vec![crate::store::Action::Delete { seq }]).await {
+        return server_error(&v, e);
+    }
+    let back = f.get("page").map_or("1", String::as_str);
+    Redirect::to(&format!("/user/{}/history?page={}", me.name, back.parse::<usize>().unwrap_or(1))).into_response()
+}
+
+/// A user whose pages the viewer may see, or the response to send instead.
+pub(super) fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Box<Response>> {
+    match state.store.user_by_name(name) {
+        Ok(Some(u)) if u.visibility == SharingLevel::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => {
+            Ok(u)
+        }
+        Ok(_) => Err(Box::new(not_found_page(v))),
+        Err(e) => Err(Box::new(server_error(v, e))),
+    }
+}
+
+pub(super) fn kind_of(path: &str) -> Option<(Kind, &'static str)> {
+    match path {
+        "artist" => Some((Kind::Artist, "artist")),
+        "track" => Some((Kind::Recording, "track")),
+        "album" => Some((Kind::Release, "album")),
+        _ => None,
+    }
+}
+
+/// `/user/{name}/{artist|track|album}/{id}`: one item in one user's listening: plays per
+/// month, first listen, weekly ranks over the last year, and (artists) similar artists.
+pub async fn item(
+    State(state): State<AppState>,
+    Path((name, what, id)): Path<(String, String, u32)>,
+    headers: HeaderMap,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match visible(&state, &v, &name) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let Some((kind, label)) = kind_of(&what) else { return not_found_page(&v) };
+    if state.store.check_item(kind, id).is_err() {
+        return not_found_page(&v);
+    }
+    let now = crate::now_unix();
+    let all = state.store.chart(user.id, kind, &Period::AllTime, 100_000, now).unwrap_or_else(|_| {
+        crate::store::aggregates::Chart { kind, from: 0, to: 0, listens: 0, distinct: 0, rows: Vec::new() }
+    });
+    let Some(row) = all.rows.iter().find(|r| r.id == id).cloned() else { return not_found_page(&v) };
+    let monthly = state
+        .store
+        .item_series(user.id, kind, id, &Period::AllTime, crate::store::aggregates::Step::Month, now)
+        .unwrap_or_default();
+    let first_month = monthly.iter().position(|(_, n)| *n > 0).unwrap_or(0);
+    let monthly = &monthly[first_month..];
+    let first = state.store.first_listen(user.id, kind, id).ok().flatten();
+    let ranks = state.store.rank_history(user.id, kind, id, &Period::LastMonths(12), now).unwrap_or_default();
+    let weeks_at_one = ranks.iter().filter(|w| w.rank == Some(1)).count();
+    let best = ranks.iter().filter_map(|w| w.rank).min();
+    let similar =
+        if kind == Kind::Artist { state.store.similar_artists(id, 8).unwrap_or_default() } else { Vec::new() };
+    let plot = plot::listens_svg(monthly, 720, 140);
+    let title = match &row.artist {
+        Some(a) => format!("{a} – {}", row.name),
+        None => row.name.clone(),
+    };
+    page(
+        StatusCode::OK,
+        &title,
+        &v,
+        html! {
+            p.muted { a href={ "/user/" (user.name) } { (user.name) } " · " (label) }
+            h1 { (title) }
+            p { (row.listens) " listens" @if let Some(f) = first { " · first heard " (jiff::Timestamp::from_second(f).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()) } }
+            h2 { "Listens per month" }
+            figure role="img" aria-label={ (row.listens) " listens, per month since the first" } { (maud::PreEscaped(plot)) }
+            h2 { "Weekly charts, last 12 months" }
+            p { @match best { Some(b) => { "Best weekly rank: #" (b) " · weeks at #1: " (weeks_at_one) }, None => { "Not charted in the last 12 months." } } }
+        @if best.is_some() {
+            table {
+                caption.muted { "Rank in each week it was played" }
+                thead { tr { th { "Week of" } th { "Rank" } th { "Listens" } } }
+                tbody {
+                    @for w in ranks.iter().filter(|w| w.rank.is_some()).rev() {
+                        tr {
+                            td { (crate::stats::period::date_of(w.monday).to_string()) }
+                            td { "#" (w.rank.unwrap_or(0)) }
+                            td { (w.listens) }
+                        }
+                    }
+                }
+            }
+        }
+            @if !similar.is_empty() {
+                h2 { "Similar artists on this node" }
+                ul { @for (r, _) in &similar { li { (r.name) } } }
+            }
+        },
+    )
+}
+
+/// Hour × weekday heat map of a user's listening, as an HTML table (readable without
+/// colour: each cell carries its count).
+pub(super) fn clock_table(clock: &[[u64; 24]; 7]) -> Markup {
+    let max = clock.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    html! {
+        table.clock {
+            caption.muted { "Listens by weekday and hour (local time)" }
+            thead { tr { th { "" } @for h in 0..24 { th scope="col" { (h) } } } }
+            tbody {
+                @for (d, row) in clock.iter().enumerate() {
+                    tr {
+                        th scope="row" { (days[d]) }
+                        @for n in row {
+                            td style={ "background:rgba(11,87,208," (format!("{:.2}", *n as f64 / max as f64)) ")" } title=(n) {
+                                span.sr { (n) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/user/{name}/weekly?year=Y&week=W`: the weekly chart archive, one ISO week at a
+/// time, with last week's ranks and new entries.
+pub async fn weekly(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let v = viewer(&state, &headers);
+    let user = match visible(&state, &v, &name) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&user.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let this = crate::stats::period::local_date(now, &tz).iso_week_date();
+    let year = q.get("year").and_then(|y| y.parse::<i16>().ok()).unwrap_or(this.year());
+    let week = q.get("week").and_then(|w| w.parse::<i8>().ok()).unwrap_or(this.week());
+    let Ok(monday) = jiff::civil::ISOWeekDate::new(year, week, jiff::civil::Weekday::Monday) else {
+        return not_found_page(&v);
+    };
+    let rows = match state.store.weekly_chart(user.id, Kind::Artist, year, week, 20, now) {
+        Ok(r) => r,
+        Err(e) => return server_error(&v, e),
+    };
+    let step = |days: i64| monday.date().checked_add(jiff::Span::new().days(days)).ok().map(|d| d.iso_week_date());
+    let (prev, next) = (step(-7), step(7));
+    page(
+        StatusCode::OK,
+        &format!("{} · week {year}-W{week:02}", user.name),
+        &v,
+        html! {
+            p.muted { a href={ "/user/" (user.name) } { (user.name) } " · weekly charts" }
+            h1 { "Week " (year) "-W" (format!("{week:02}")) }
+            nav aria-label="weeks" {
+                @if let Some(p) = prev { a href={ "?year=" (p.year()) "&week=" (p.week()) } { "Previous week" } }
+                @if let Some(n) = next { " " a href={ "?year=" (n.year()) "&week=" (n.week()) } { "Next week" } }
+            }
+            @if rows.is_empty() { p.muted { "No listens that week." } }
+            table {
+                thead { tr { th { "#" } th { "Artist" } th { "Listens" } th { "Last week" } } }
+                tbody {
+                    @for r in &rows {
+                        tr {
+                            td { (r.rank) }
+                            td { a href={ "/user/" (user.name) "/artist/" (r.row.id) } { (r.row.name) } }
+                            td { (r.row.listens) }
+                            td { @if r.new { strong { "new" } } @else { @match r.previous_rank { Some(p) => { (p) }, None => { "re-entry" } } } }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
