@@ -62,6 +62,11 @@ pub struct StoreConfig {
     pub cache_mb: u64,
     /// Most listens written in one group commit (one flush). Default: `20000`.
     pub group_commit_max_listens: usize,
+    /// Free space (MiB) kept on the disk holding the data directory. Below it the node
+    /// writes nothing (scrobbles are answered 507, the store is not opened) and reads go
+    /// on; writing resumes by itself once space is back. Default: `64`; allowed
+    /// 1..=1048576.
+    pub reserve_mb: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -336,7 +341,7 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: 64, group_commit_max_listens: 20_000 }
+        StoreConfig { cache_mb: 64, group_commit_max_listens: 20_000, reserve_mb: 64 }
     }
 }
 
@@ -421,6 +426,12 @@ impl Config {
             return Err(Error::Invalid {
                 key: "store.cache_mb",
                 reason: format!("{} is outside 4..=65536", self.store.cache_mb),
+            });
+        }
+        if !(1..=1_048_576).contains(&self.store.reserve_mb) {
+            return Err(Error::Invalid {
+                key: "store.reserve_mb",
+                reason: format!("{} is outside 1..=1048576", self.store.reserve_mb),
             });
         }
         if !(1..=1_000_000).contains(&self.store.group_commit_max_listens) {

@@ -21,7 +21,27 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::lastfm::router())
         .merge(crate::api::audioscrobbler::router())
         .merge(crate::web::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_failed))
         .with_state(state)
+}
+
+/// After a failed write the store holds in memory what was never acknowledged, until
+/// the node reopens it: nothing is read or written through it meanwhile.
+async fn refuse_while_failed(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    match state.store.failure() {
+        None => next.run(request).await,
+        Some(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            Json(json!({"status": "unavailable", "code": 503, "error": "the node is reopening its store; try again in a moment"})),
+        )
+            .into_response(),
+    }
 }
 
 /// `/`: an Audioscrobbler 1.2 handshake (`?hs=…`), which old players send to the root

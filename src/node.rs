@@ -34,13 +34,14 @@ pub struct Node {
 
 /// Opens the store named by the config. Used by the node and by offline CLI commands.
 pub fn open_store(config: &Config) -> Result<Store, store::Error> {
-    let store = Store::open(&config.node.data_dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let store = Store::open(&config.node.data_dir, &store::Options::from(&config.store))?;
     store.set_default_level(config.privacy.level().unwrap_or_default());
     Ok(store)
 }
 
 impl Node {
-    /// Opens everything; binds nothing.
+    /// Opens everything; binds nothing. `Error::Store(DiskFull)` when the disk is below
+    /// its reserve (nothing is opened then).
     pub fn build(config: Config) -> Result<Node, Error> {
         config.validate()?;
         let store = open_store(&config)?;
@@ -51,12 +52,30 @@ impl Node {
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight
-    /// requests, lets the writer finish every queued batch, and flushes.
+    /// requests, lets the writer finish every queued batch, and flushes. One run of an
+    /// open store: `serve` is the supervisor that reopens a store after a failed write.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        match self.run_until(listener, stopped).await? {
+            Ended::Shutdown => Ok(()),
+            Ended::StoreFailed(reason) => Err(Error::Store(store::Error::Failed(reason))),
+        }
+    }
+
+    /// Serves until `stop` turns true or the store fails a write.
+    async fn run_until(
+        self,
+        listener: tokio::net::TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Ended, Error> {
         let publisher = std::sync::Arc::new(crate::publish::Publisher::new(
             self.store.clone(),
             self.identity.clone(),
@@ -107,16 +126,116 @@ impl Node {
             signer: self.identity.clone(),
             node_key: self.identity.public_key(),
         };
+        let failed_store = self.store.clone();
+        let until = async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                () = failed_store.failed() => {}
+            }
+        };
         axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(until)
             .await?;
         releases.abort();
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
-        self.store.flush()?;
-        tracing::info!("node stopped; store flushed");
-        Ok(())
+        if let Some(reason) = self.store.failure() {
+            // Nothing more is written: what was acknowledged was flushed with its group.
+            return Ok(Ended::StoreFailed(reason));
+        }
+        match self.store.flush() {
+            Ok(()) => tracing::info!("node stopped; store flushed"),
+            // Every acknowledged group was flushed when it was answered; what a last
+            // flush would add (statistics buckets) is recounted from the log at start.
+            Err(e) => tracing::warn!(error = %e, "node stopped; the last flush failed (recounted at the next start)"),
+        }
+        Ok(Ended::Shutdown)
     }
+}
+
+/// How one run of an open store ended.
+enum Ended {
+    Shutdown,
+    StoreFailed(String),
+}
+
+/// Runs the node on `listener` until `shutdown` resolves, as its supervisor: the store
+/// is opened only when the disk has its reserve free (until then every request is
+/// answered 503 and `/health` says why), and a store that failed a write is dropped and
+/// reopened from disk, where only what was flushed (everything acknowledged) remains.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let listener = listener.into_std()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let mut waiting_since: Option<std::time::Instant> = None;
+    loop {
+        if *stopped.borrow() {
+            return Ok(());
+        }
+        let build = config.clone();
+        let opened = tokio::task::spawn_blocking(move || Node::build(build))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let node = match opened {
+            Ok(node) => node,
+            Err(Error::Store(e @ (store::Error::DiskFull { .. } | store::Error::Locked { .. }))) => {
+                if waiting_since.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+                    tracing::warn!(error = %e, "waiting to open the store");
+                    waiting_since = Some(std::time::Instant::now());
+                }
+                wait_unavailable(&listener, &e.to_string(), stopped.clone()).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        waiting_since = None;
+        let serving = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+        match node.run_until(serving, stopped.clone()).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::StoreFailed(reason) => {
+                tracing::warn!(reason, "reopening the store from disk");
+            }
+        }
+    }
+}
+
+/// Answers every request 503 (with why) for two seconds, or until `stop`.
+async fn wait_unavailable(
+    listener: &std::net::TcpListener,
+    why: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    use axum::response::IntoResponse;
+    let why = why.to_owned();
+    let app = axum::Router::new().fallback(move || {
+        let why = why.clone();
+        async move {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "5")],
+                axum::Json(serde_json::json!({"status": "unavailable", "code": 503, "error": why})),
+            )
+                .into_response()
+        }
+    });
+    let serving = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    axum::serve(serving, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+        })
+        .await?;
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -160,6 +160,10 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
     }
     if !actions.is_empty() && !state.store.is_paused(user).unwrap_or(false) {
         if let Err(e) = state.ingestor.ingest(user, actions).await {
+            if e.class() == crate::store::Class::DiskFull {
+                tracing::debug!(error = %e, "audioscrobbler: refused, disk full");
+                return lines("FAILED The node's disk is full: nothing was stored; try again later\n");
+            }
             tracing::error!(error = %e, "audioscrobbler: ingest failed");
             return lines("FAILED The node could not store the submission; try again\n");
         }

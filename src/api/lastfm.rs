@@ -222,9 +222,18 @@ async fn dispatch(
 }
 
 fn store_err(e: crate::store::Error) -> (StatusCode, u32, String) {
-    match e {
-        crate::store::Error::Invalid(m) => bad_params(&m),
-        other => {
+    use crate::store::Class;
+    match (e.class(), e) {
+        (_, crate::store::Error::Invalid(m)) => bad_params(&m),
+        (Class::DiskFull, e) => {
+            tracing::debug!(error = %e, "last.fm api: refused, disk full");
+            fail(StatusCode::INSUFFICIENT_STORAGE, 16, "The node's disk is full: nothing was stored. Try again later.")
+        }
+        (Class::Unavailable, e) => {
+            tracing::warn!(error = %e, "last.fm api: store unavailable");
+            fail(StatusCode::SERVICE_UNAVAILABLE, 16, "The service is temporarily unavailable, please try again.")
+        }
+        (_, other) => {
             tracing::error!(error = %other, "last.fm api: store error");
             fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again")
         }

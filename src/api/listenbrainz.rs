@@ -67,9 +67,24 @@ impl IntoResponse for LbError {
 
 impl From<crate::store::Error> for LbError {
     fn from(e: crate::store::Error) -> LbError {
-        match e {
-            crate::store::Error::Invalid(m) => LbError::bad(m),
-            other => {
+        use crate::store::Class;
+        match (e.class(), e) {
+            (_, crate::store::Error::Invalid(m)) => LbError::bad(m),
+            (Class::DiskFull, e) => {
+                tracing::debug!(error = %e, "listenbrainz api: refused, disk full");
+                LbError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "The node's disk is full: nothing was stored. Try again later.",
+                )
+            }
+            (Class::Unavailable, e) => {
+                tracing::warn!(error = %e, "listenbrainz api: store unavailable");
+                LbError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The node is recovering its store: nothing was stored. Try again in a moment.",
+                )
+            }
+            (_, other) => {
                 tracing::error!(error = %other, "listenbrainz api: store error");
                 LbError::new(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on the node; please try again.")
             }

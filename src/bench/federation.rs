@@ -39,7 +39,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
     let mut peers = Vec::new();
     for i in 0..nodes {
         let d = dir.path().join(format!("n{i}"));
-        let s = Store::open(&d, &store::Options { cache_mb: 4 })?;
+        let s = Store::open(&d, &store::Options { cache_mb: 4, ..Default::default() })?;
         let id = NodeIdentity::load_or_create(&d)?;
         peers.push((s, id, free_port()?));
     }

@@ -234,7 +234,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         None => Some(temp_dir("ingest")?),
     };
     let dir = dir.unwrap_or_else(|| temporary.as_ref().map(|t| t.path().to_owned()).unwrap_or_default());
-    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let store = Store::open(&dir, &store::Options::from(&config.store))?;
     let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
     let clients = clients.max(1);
     let mut users = Vec::new();
@@ -346,7 +346,7 @@ fn stats(
 
     let temporary = temp_dir("stats")?;
     let dir = temporary.path().to_owned();
-    let options = store::Options { cache_mb: config.store.cache_mb };
+    let options = store::Options::from(&config.store);
     let store = Store::open(&dir, &options)?;
     let user = store.create_user("bench0", "bench-password", crate::now_unix())?.id;
     let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
@@ -465,7 +465,7 @@ fn stats(
 fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> anyhow::Result<std::process::ExitCode> {
     let temporary = temp_dir("neighbours")?;
     let dir = temporary.path().to_owned();
-    let store = Store::open(&dir, &store::Options { cache_mb: config.store.cache_mb })?;
+    let store = Store::open(&dir, &store::Options::from(&config.store))?;
     let ingestor = Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -569,7 +569,7 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
         groups.batches,
         groups.batches as f64 / groups.groups.max(1) as f64
     );
-    let store = Store::open(dir.path(), &store::Options { cache_mb: config.store.cache_mb })?;
+    let store = Store::open(dir.path(), &store::Options::from(&config.store))?;
     let stored = store.log_head(user.id)?.n_listens;
     println!("stored after shutdown: {stored} (acknowledged {acknowledged})");
     drop(store);

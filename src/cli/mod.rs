@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::node::{Node, open_store, shutdown_signal};
+use crate::node::{open_store, shutdown_signal};
 use crate::store::UserId;
 
 mod community;
@@ -236,10 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { user, format, out } => export(&config, &user, &format, out.as_deref()),
         Command::Stats(cmd) => stats_cmd(&config, cmd),
         Command::Store(StoreCmd::Compact) => {
-            let r = crate::store::compact::compact(
-                &config.node.data_dir,
-                &crate::store::Options { cache_mb: config.store.cache_mb },
-            )?;
+            let r = crate::store::compact::compact(&config.node.data_dir, &crate::store::Options::from(&config.store))?;
             println!(
                 "compacted: {} unreferenced track names blanked; {} -> {} bytes",
                 r.tracks_blanked, r.bytes_before, r.bytes_after
@@ -341,14 +338,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_node(config: Config) -> anyhow::Result<ExitCode> {
     let addr = config.http_listen()?;
-    let node = Node::build(config)?;
+    config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(peer_id = %node.identity.peer_id(), data_dir = %node.config.node.data_dir.display(), "node started");
+        std::fs::create_dir_all(&config.node.data_dir)
+            .with_context(|| format!("cannot create {}", config.node.data_dir.display()))?;
+        let peer_id = crate::identity::NodeIdentity::load_or_create(&config.node.data_dir)?.peer_id();
+        tracing::info!(peer_id, data_dir = %config.node.data_dir.display(), "node started");
         println!("hearsay node listening on http://{local}");
-        node.run(listener, shutdown_signal()).await?;
+        crate::node::serve(config, listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

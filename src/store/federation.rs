@@ -48,6 +48,7 @@ fn parse_ref(key: &[u8]) -> Result<SnapshotRef> {
 impl Store {
     /// Stores a validated snapshot envelope (the caller has checked it). Idempotent.
     pub fn put_snapshot(&self, period: i64, origin: &NodeId, version: u16, bytes: &[u8]) -> Result<[u8; 32]> {
+        self.writable()?;
         let hash = *blake3::hash(bytes).as_bytes();
         self.trees.period_origin_snapshot.insert(snapshot_key(period, origin, version, &hash), bytes)?;
         self.trees.period_origin_snapshot.flush()?;
@@ -137,6 +138,7 @@ impl Store {
 
     /// Appends an accepted manifest version (the caller checked `accept`).
     pub fn put_manifest(&self, m: &SignedManifest) -> Result<()> {
+        self.writable()?;
         let mut k = m.manifest.community().to_vec();
         k.extend_from_slice(&m.manifest.version.to_be_bytes());
         self.trees.community_version_manifest.insert(k, m.signed.as_slice())?;
@@ -171,12 +173,14 @@ impl Store {
     }
 
     pub fn follow(&self, id: &CommunityId, follow: &FollowV1) -> Result<()> {
+        self.writable()?;
         self.trees.community_follow.insert(id, encode(follow))?;
         self.trees.community_follow.flush()?;
         Ok(())
     }
 
     pub fn unfollow(&self, id: &CommunityId) -> Result<()> {
+        self.writable()?;
         self.trees.community_follow.remove(id)?;
         Ok(())
     }

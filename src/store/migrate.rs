@@ -126,7 +126,7 @@ mod tests {
     use crate::store::Options;
 
     fn open(dir: &std::path::Path) -> Result<Store> {
-        Store::open(dir, &Options { cache_mb: 4 })
+        Store::open(dir, &Options { cache_mb: 4, ..Default::default() })
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod migrate;
 pub mod releases;
 pub mod schema;
+pub mod space;
 pub mod users;
 pub mod values;
 pub mod writer;
@@ -60,9 +61,53 @@ pub enum Error {
     IdsExhausted(&'static str),
     #[error("the batch was not stored: the group it was committed with failed ({0})")]
     CommitFailed(String),
+    #[error(
+        "the disk holding {path} has {free_mb} MiB free, below the reserve of {reserve_mb} MiB \
+         (store.reserve_mb): nothing is written until space is freed"
+    )]
+    DiskFull { path: PathBuf, free_mb: u64, reserve_mb: u64 },
+    #[error("the store stopped writing after a failed write ({0}); the node reopens it from disk")]
+    Failed(String),
+}
+
+/// What kind of failure an error is, for the protocols to answer it their way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The request asked for something invalid (400).
+    Invalid,
+    /// Nothing can be written: the disk is below its reserve (507).
+    DiskFull,
+    /// The store is not available right now: stopped after a failed write and being
+    /// reopened, or the writer is gone (503).
+    Unavailable,
+    /// Anything else (500).
+    Internal,
 }
 
 impl Error {
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Invalid(_) | Error::InvalidName { .. } | Error::InvalidPassword(_) | Error::UserExists(_) => {
+                Class::Invalid
+            }
+            Error::DiskFull { .. } => Class::DiskFull,
+            Error::Failed(_) | Error::WriterGone | Error::Locked { .. } | Error::CommitFailed(_) => Class::Unavailable,
+            _ => Class::Internal,
+        }
+    }
+
+    /// The same refusal again, for the next request it applies to (errors hold
+    /// sled's, which do not clone).
+    pub fn refusal(&self) -> Error {
+        match self {
+            Error::DiskFull { path, free_mb, reserve_mb } => {
+                Error::DiskFull { path: path.clone(), free_mb: *free_mb, reserve_mb: *reserve_mb }
+            }
+            Error::Failed(reason) => Error::Failed(reason.clone()),
+            other => Error::Failed(other.to_string()),
+        }
+    }
+
     pub(crate) fn corrupt(tree: &'static str, key: &[u8], reason: &str) -> Error {
         Error::Corrupt { tree, key: hex::encode(key), reason: reason.to_owned() }
     }
@@ -115,6 +160,8 @@ pub struct Store {
     pub(crate) tastes: insights::TasteCache,
     /// Sharing level of new accounts (the node's config), as `SharingLevel::ALL` index.
     default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    pub(crate) health: std::sync::Arc<Health>,
+    reserve_mb: u64,
 }
 
 /// Buckets newer than their stored copy.
@@ -125,6 +172,32 @@ pub(crate) type HotBuckets =
 #[derive(Clone, Debug)]
 pub struct Options {
     pub cache_mb: u64,
+    /// Free space below which nothing is written (`store.reserve_mb`), in MiB.
+    pub reserve_mb: u64,
+}
+
+impl From<&crate::config::StoreConfig> for Options {
+    fn from(c: &crate::config::StoreConfig) -> Options {
+        Options { cache_mb: c.cache_mb, reserve_mb: c.reserve_mb }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { cache_mb: 64, reserve_mb: 64 }
+    }
+}
+
+/// Whether the store may still write: it stops for good (until reopened) after a
+/// failed write, since sled keeps the failed group in memory and fails every later
+/// write; readers must not see what was never acknowledged.
+#[derive(Default)]
+pub(crate) struct Health {
+    failure: std::sync::Mutex<Option<String>>,
+    failed: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+    /// Below the reserve at the last check (logged once per change, not per request).
+    low_space: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -133,6 +206,12 @@ impl Store {
     pub fn open(dir: &Path, options: &Options) -> Result<Store> {
         let path = dir.join("db");
         std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        // Never open sled where it cannot write: opening replays its log and may write
+        // a snapshot, and a snapshot cut short by a full disk is what wrecks a store.
+        check_space(dir, options.reserve_mb)?;
+        for name in space::remove_unfinished_snapshots(&path).map_err(|e| Error::Db(sled::Error::Io(e)))? {
+            tracing::warn!(file = %path.join(&name).display(), "removed an unfinished snapshot (a write cut short)");
+        }
         // sled's background flusher can hold the lock for a moment after the previous
         // handle in this process was dropped, so a lock conflict is retried briefly
         // before it is reported as another process using the database.
@@ -190,10 +269,60 @@ impl Store {
             hot: HotBuckets::default(),
             tastes: insights::TasteCache::default(),
             default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
+            health: std::sync::Arc::default(),
+            reserve_mb: options.reserve_mb,
         };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
         store.recount_after_crash()?;
         Ok(store)
+    }
+
+    /// `Ok` while the disk holding the store has at least the reserve free and no write
+    /// has failed; else why not. Checked before every write.
+    pub fn writable(&self) -> Result<()> {
+        if let Some(reason) = self.failure() {
+            return Err(Error::Failed(reason));
+        }
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let checked = check_space(dir, self.reserve_mb);
+        let low = checked.is_err();
+        if self.health.low_space.swap(low, std::sync::atomic::Ordering::AcqRel) != low {
+            match &checked {
+                Err(e) => tracing::warn!(error = %e, "refusing writes"),
+                Ok(()) => tracing::info!("disk space is back above the reserve: writing again"),
+            }
+        }
+        checked
+    }
+
+    /// Why the store stopped writing, once a write has failed.
+    pub fn failure(&self) -> Option<String> {
+        if !self.health.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.health.failure.lock().map_or_else(|_| Some("unknown".into()), |f| f.clone())
+    }
+
+    /// Marks the store failed: nothing more is written or read through it; the node
+    /// drops it and reopens the directory, where only what was flushed remains.
+    pub(crate) fn fail(&self, reason: &str) {
+        if let Ok(mut f) = self.health.failure.lock() {
+            f.get_or_insert_with(|| reason.to_owned());
+        }
+        self.health.failed.store(true, std::sync::atomic::Ordering::Release);
+        self.health.changed.notify_waiters();
+        tracing::error!(reason, "the store failed a write: writes and reads stop until it is reopened");
+    }
+
+    /// Resolves once the store has failed.
+    pub async fn failed(&self) {
+        loop {
+            let notified = self.health.changed.notified();
+            if self.failure().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Sets the sharing level new accounts get.
@@ -294,4 +423,14 @@ impl Store {
         })?;
         Ok(taken)
     }
+}
+
+/// `Error::DiskFull` when the file system holding `dir` has less than `reserve_mb` free.
+fn check_space(dir: &Path, reserve_mb: u64) -> Result<()> {
+    let free = space::available(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+    let reserve = reserve_mb.saturating_mul(1 << 20);
+    if free < reserve {
+        return Err(Error::DiskFull { path: dir.to_owned(), free_mb: free >> 20, reserve_mb });
+    }
+    Ok(())
 }

@@ -35,6 +35,7 @@ impl Store {
             return <[u8; 32]>::try_from(v.as_ref())
                 .map_err(|_| Error::corrupt(schema::META, PRIVACY_KEY.as_bytes(), "privacy_key is not 32 bytes"));
         }
+        self.writable()?;
         let fresh = crate::auth::random_bytes::<32>().map_err(Error::Random)?;
         // Another caller may have won the race: keep whichever was stored first.
         let _ = self.trees.meta.compare_and_swap(PRIVACY_KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
@@ -51,6 +52,7 @@ impl Store {
     }
 
     pub fn set_release_watermark(&self, t: i64) -> Result<()> {
+        self.writable()?;
         self.trees.meta.insert(WATERMARK, &keys::time_key(t))?;
         Ok(())
     }
@@ -106,6 +108,7 @@ impl Store {
         ledgers: &BTreeMap<u32, Ledger>,
         contributions: &[Contribution],
     ) -> Result<(), CommitError> {
+        self.writable()?;
         let t = &self.trees;
         let result = (&t.periodstart_release, &t.userid_week_ledger, &t.userid_periodstart_contribution).transaction(
             |(releases, ledger_tree, contribution_tree)| {
@@ -189,7 +192,7 @@ mod tests {
     #[test]
     fn a_period_is_stored_once_and_a_second_commit_changes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), &Options { cache_mb: 4 }).expect("open");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4, ..Default::default() }).expect("open");
         let mut ledgers = BTreeMap::new();
         ledgers.insert(1, Ledger { spent: Default::default(), periods: vec![100] });
         store.commit_release(100, 0, b"first", &ledgers, &[]).expect("first");

@@ -85,6 +85,7 @@ impl Store {
     /// Creates a user whose log is signed with the key of `seed` (an account moved from
     /// another node keeps its identity, so its log continues the same chain).
     pub fn create_user_with_key(&self, name: &str, password: &str, seed: [u8; 32], now: i64) -> Result<User> {
+        self.writable()?;
         validate_name(name)?;
         check_password(password)?;
         let lower = name.to_ascii_lowercase();
@@ -166,6 +167,7 @@ impl Store {
     /// Sets a user's time zone (an IANA name). Their statistics must be rebuilt after
     /// this (`rebuild_user_stats`), which the callers do.
     pub fn set_timezone(&self, id: UserId, timezone: &str) -> Result<()> {
+        self.writable()?;
         crate::stats::period::time_zone(timezone).map_err(|e| Error::Invalid(e.to_string()))?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
@@ -177,6 +179,7 @@ impl Store {
 
     /// Sets a user's sharing level.
     pub fn set_visibility(&self, id: UserId, visibility: SharingLevel) -> Result<()> {
+        self.writable()?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
@@ -195,6 +198,7 @@ impl Store {
 
     /// Creates an API token for `user`; the returned string is shown once and not stored.
     pub fn create_token(&self, user: UserId, name: &str, now: i64) -> Result<(String, TokenInfo)> {
+        self.writable()?;
         let token = auth::new_token().map_err(Error::Random)?;
         let digest = auth::token_digest(&token);
         let id = self.next_id("next_token_id", 1)?;
@@ -251,6 +255,7 @@ impl Store {
     /// Starts a Last.fm-style session for `user`; the key is returned once and stored
     /// only as a digest.
     pub fn create_session(&self, user: UserId, now: i64) -> Result<String> {
+        self.writable()?;
         let key = hex::encode(auth::random_bytes::<16>().map_err(Error::Random)?);
         let record = SessionV1 { user: user.0, created_at: now };
         self.trees.sessiondigest_session.insert(auth::session_digest(&key), encode(&record))?;
@@ -269,6 +274,7 @@ impl Store {
     /// Starts a browser session: (cookie value, CSRF token), both shown only to the
     /// browser; the cookie is stored as a digest.
     pub fn create_web_session(&self, user: UserId, now: i64) -> Result<(String, String)> {
+        self.writable()?;
         let key = hex::encode(auth::random_bytes::<32>().map_err(Error::Random)?);
         let csrf = auth::random_bytes::<16>().map_err(Error::Random)?;
         let record = WebSessionV1 { user: user.0, created_at: now, csrf };
@@ -286,6 +292,7 @@ impl Store {
 
     /// Ends a browser session.
     pub fn end_web_session(&self, key: &str) -> Result<()> {
+        self.writable()?;
         self.trees.sessiondigest_websession.remove(auth::session_digest(key))?;
         Ok(())
     }
@@ -301,12 +308,14 @@ impl Store {
 
     /// Pauses or resumes scrobbling for the user.
     pub fn set_paused(&self, user: UserId, paused: bool) -> Result<()> {
+        self.writable()?;
         self.trees.userid_settings.insert(keys::user(user), encode(&super::values::SettingsV1 { paused }))?;
         self.flush()
     }
 
     /// Makes a single-use invitation code.
     pub fn create_invite(&self, by: UserId, now: i64) -> Result<String> {
+        self.writable()?;
         let code = hex::encode(auth::random_bytes::<16>().map_err(Error::Random)?);
         let record = super::values::InviteV1 { by: by.0, created_at: now };
         self.trees.invitedigest_invite.insert(auth::session_digest(&code), encode(&record))?;
@@ -321,6 +330,7 @@ impl Store {
 
     /// Creates a user with an invitation, using it up; None when the code is not valid.
     pub fn create_user_invited(&self, code: &str, name: &str, password: &str, now: i64) -> Result<Option<User>> {
+        self.writable()?;
         let digest = auth::session_digest(code);
         if !self.trees.invitedigest_invite.contains_key(digest)? {
             return Ok(None);
@@ -348,6 +358,7 @@ impl Store {
 
     /// Revokes a token by id; false when the user has no such token.
     pub fn revoke_token(&self, user: UserId, id: u32) -> Result<bool> {
+        self.writable()?;
         let key = keys::user_u32(user, id);
         let Some(digest) = self.trees.userid_tokenid_tokendigest.get(key)? else {
             return Ok(false);
@@ -369,6 +380,7 @@ impl Store {
     /// Must not run while a writer is appending for this user (the CLI runs it with the
     /// node stopped).
     pub fn delete_user(&self, id: UserId) -> Result<u64> {
+        self.writable()?;
         let Some(user) = self.user(id)? else {
             return Err(Error::NoSuchUser(format!("#{}", id.0)));
         };
@@ -425,7 +437,7 @@ mod tests {
     #[test]
     fn users_and_tokens_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), &Options { cache_mb: 4 }).expect("open");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4, ..Default::default() }).expect("open");
         let alice = store.create_user("Alice", "password1", 100).expect("create");
         assert!(matches!(store.create_user("alice", "password1", 100), Err(Error::UserExists(_))));
         assert!(matches!(store.create_user("al ice", "password1", 100), Err(Error::InvalidName { .. })));

@@ -76,7 +76,30 @@ pub(super) async fn not_found(State(state): State<AppState>, headers: HeaderMap)
     not_found_page(&viewer(&state, &headers))
 }
 
-pub(super) fn server_error(viewer: &Viewer, e: impl std::fmt::Display) -> Response {
+pub(super) fn server_error<E: std::fmt::Display + 'static>(viewer: &Viewer, e: E) -> Response {
+    // A store error says whether the disk is full or the store is reopening.
+    let class = (&e as &dyn std::any::Any).downcast_ref::<crate::store::Error>().map(crate::store::Error::class);
+    match class {
+        Some(crate::store::Class::DiskFull) => {
+            tracing::debug!(error = %e, "web view: refused, disk full");
+            return page(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "The disk is full",
+                viewer,
+                html! { h1 { "The node's disk is full" } p { "Nothing could be saved. Reading works; try again once the node's owner has freed some space." } },
+            );
+        }
+        Some(crate::store::Class::Unavailable) => {
+            tracing::warn!(error = %e, "web view: store unavailable");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again in a moment",
+                viewer,
+                html! { h1 { "Try again in a moment" } p { "The node is reopening its store." } },
+            );
+        }
+        _ => {}
+    }
     tracing::error!(error = %e, "web view error");
     page(
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -72,7 +72,8 @@ fn handshake_now_playing_and_submission() {
     assert_eq!(post(&submit, &[s("nope"), kv("a[0]", "A")]), "BADSESSION\n");
     assert_eq!(node.terminate(), Some(0));
 
-    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
     let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
     let titles: Vec<String> = store
         .listens(alice, 0, i64::MAX, 10, hearsay::store::logs::Order::NewestFirst)

@@ -49,7 +49,8 @@ fn pylast_authenticates_scrobbles_loves_and_reads() {
     drop(tls);
     assert_eq!(node.terminate(), Some(0));
 
-    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
     let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
     assert_eq!(store.log_head(alice).expect("head").n_listens, 6);
     let loves = store.feedback(alice, 1, 10).expect("loves");

@@ -48,7 +48,8 @@ fn liblistenbrainz_submits_reads_deletes_and_loves() {
     assert_eq!(node.terminate(), Some(0));
 
     // Really stored: read the store itself after the node stopped.
-    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
     let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
     let titles: Vec<String> = store
         .listens(alice, 0, i64::MAX, 100, hearsay::store::logs::Order::NewestFirst)
@@ -242,7 +243,8 @@ fn sigkill_during_concurrent_submissions_loses_no_acknowledged_listen() {
     }
     let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() > 100, "too few acknowledged listens to mean anything: {}", acked.len());
-    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
     let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
     let stored: std::collections::HashSet<String> = store
         .listens(alice, 0, i64::MAX, usize::MAX, hearsay::store::logs::Order::OldestFirst)

@@ -41,7 +41,7 @@ struct Node {
 
 fn node() -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), &StoreOptions { cache_mb: 16 }).expect("open");
+    let store = Store::open(dir.path(), &StoreOptions { cache_mb: 16, ..Default::default() }).expect("open");
     let ingestor = Ingestor::start(store.clone(), 20_000, CreditRules::default()).expect("writer");
     let user = store.create_user("someone", "password1", NOW).expect("user").id;
     Node { _dir: dir, store, ingestor, user }

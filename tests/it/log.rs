@@ -334,7 +334,8 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     // Before compaction the old copies are still in sled's files: the test can fail.
     assert!(bytes_contain(dir.path(), secret.as_bytes()));
     let report =
-        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8 }).expect("compact");
+        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+            .expect("compact");
     assert_eq!(report.tracks_blanked, 2);
     assert!(!bytes_contain(dir.path(), secret.as_bytes()), "erased listen still on disk");
     assert!(!bytes_contain(dir.path(), bobs.as_bytes()), "deleted user's listen still on disk");

@@ -34,7 +34,7 @@ pub struct TestStore {
 impl TestStore {
     pub fn new() -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), &Options { cache_mb: 8 }).expect("open");
+        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
         let user = store.create_user("alice", "password1", NOW).expect("user").id;
         let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
         TestStore { dir, store, ingestor, user }
@@ -48,7 +48,7 @@ impl TestStore {
     }
 
     pub fn reopen(dir: tempfile::TempDir) -> TestStore {
-        let store = Store::open(dir.path(), &Options { cache_mb: 8 }).expect("reopen");
+        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("reopen");
         let user = store.user_by_name("alice").expect("lookup").expect("alice").id;
         let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
         TestStore { dir, store, ingestor, user }
@@ -73,10 +73,16 @@ pub fn bin() -> PathBuf {
 
 /// `hearsay ARGS` with its data in `data_dir`; returns (status code, stdout, stderr).
 pub fn hearsay(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    hearsay_with(data_dir, args, &[])
+}
+
+/// As `hearsay`, with extra environment variables (config overrides).
+pub fn hearsay_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
         .env("HEARSAY_NODE__DATA_DIR", data_dir)
         .env("HEARSAY_NODE__LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run hearsay");
@@ -199,12 +205,18 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 
 /// A data dir with user `alice` (password `password123`) and an API token for her.
 pub fn data_with_user(dir: &Path) -> (PathBuf, String) {
+    data_with_user_env(dir, &[])
+}
+
+/// As `data_with_user`, with config overrides for the commands.
+pub fn data_with_user_env(dir: &Path, env: &[(&str, &str)]) -> (PathBuf, String) {
     let data = dir.join("data");
     let pw = dir.join("pw");
     std::fs::write(&pw, "password123\n").expect("pw");
-    let (code, _, err) = hearsay(&data, &["user", "add", "alice", "--password-file", pw.to_str().expect("utf8")]);
+    let (code, _, err) =
+        hearsay_with(&data, &["user", "add", "alice", "--password-file", pw.to_str().expect("utf8")], env);
     assert_eq!(code, 0, "{err}");
-    let (code, token, err) = hearsay(&data, &["token", "new", "alice"]);
+    let (code, token, err) = hearsay_with(&data, &["token", "new", "alice"], env);
     assert_eq!(code, 0, "{err}");
     (data, token.trim().to_owned())
 }

@@ -420,7 +420,8 @@ fn delete_all_my_data_erases_the_account_while_the_node_runs() {
     assert_eq!(v["valid"], false);
     // The name can be registered again (from the command line) and starts empty.
     assert_eq!(node.terminate(), Some(0));
-    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8 }).expect("open");
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
     assert!(store.user_by_name("alice").expect("lookup").is_none());
     assert!(store.users().expect("users").is_empty());
 }

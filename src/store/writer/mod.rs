@@ -281,6 +281,7 @@ impl Writer {
     /// holds for them, stores the other users' in-memory statistics, then removes every
     /// record of theirs.
     fn delete_user(&mut self, user: UserId) -> Result<u64> {
+        self.store.writable()?;
         self.users.remove(&user);
         self.pending_users.remove(&user);
         self.store.forget_hot(Some(user));
@@ -292,6 +293,7 @@ impl Writer {
 
     /// Sets a user's time zone and recounts their buckets in it.
     fn set_timezone(&mut self, user: UserId, tz: &str) -> Result<()> {
+        self.store.writable()?;
         // Store everyone's in-memory buckets first, so the recount starts from disk.
         let mut persist = Group::default();
         self.apply(&mut persist, true)?;
@@ -377,17 +379,35 @@ impl Writer {
                 break;
             }
         }
-        // Store the in-memory statistics, so the next start has nothing to recount.
-        let mut last = Group::default();
-        if let Err(e) = self.apply(&mut last, true) {
-            tracing::error!(error = %e, "storing statistics at shutdown failed");
-        }
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "final flush failed");
+        // Store the in-memory statistics, so the next start has nothing to recount (a
+        // failed or full store is left alone: the next start recounts from the log).
+        if self.store.writable().is_ok() {
+            let mut last = Group::default();
+            if let Err(e) = self.apply(&mut last, true) {
+                tracing::error!(error = %e, "storing statistics at shutdown failed");
+            }
+            if let Err(e) = self.store.flush() {
+                tracing::error!(error = %e, "final flush failed");
+            }
         }
     }
 
+    /// A write failed: sled keeps the failed group in memory and fails every later
+    /// write, and this thread's indexes may be ahead of the disk. The store stops (no
+    /// more writes or reads through it) and the node reopens it from what was flushed.
+    fn poison(&mut self, what: &str, e: &Error) {
+        tracing::error!(error = %e, "{what} failed");
+        self.store.fail(&format!("{what}: {e}"));
+    }
+
     fn commit_group(&mut self, mut jobs: Vec<Job>) {
+        // Below the disk reserve, or after a failed write: refuse without writing.
+        if let Err(e) = self.store.writable() {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.refusal()));
+            }
+            return;
+        }
         loop {
             if jobs.is_empty() {
                 return;
@@ -416,8 +436,13 @@ impl Writer {
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
                 let _ = job.reply.send(Err(e));
+                // Only memory changed: reload it from the disk.
                 if let Err(e) = self.reset() {
-                    tracing::error!(error = %e, "writer cannot reload its state");
+                    self.poison("reloading the writer's state", &e);
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.refusal()));
+                    }
+                    return;
                 }
                 continue;
             }
@@ -430,13 +455,10 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "group commit failed");
+                    self.poison("a group commit", &e);
                     let reason = e.to_string();
                     for job in jobs {
                         let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
-                    }
-                    if let Err(e) = self.reset() {
-                        tracing::error!(error = %e, "writer cannot reload its state");
                     }
                 }
             }
