@@ -6,9 +6,11 @@
 //! about the real token, so lookup timing leaks nothing useful; the final comparison is
 //! constant-time anyway.
 
-use argon2::Argon2;
+use std::sync::mpsc;
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use subtle::ConstantTimeEq;
 
 /// Shortest accepted password, in characters.
@@ -16,18 +18,104 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password, in bytes (argon2 hashes anything, but bound the work).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
+/// Threads that hash and check passwords: every argon2 computation of the process runs
+/// on one of them, so at most this many 19 MiB working sets exist at once, and the
+/// memory is one buffer per thread, reused (checks allocate nothing; the allocator never
+/// sees a 19 MiB block come and go, which made glibc keep one per thread that ever
+/// hashed). Callers wait their turn; the queue holds `QUEUE` jobs.
+pub const HASH_THREADS: usize = 2;
+const QUEUE: usize = 256;
+/// The largest argon2 memory cost checked (64 MiB): a stored hash asking for more is
+/// treated as not matching rather than allocated.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+enum Job {
+    Hash { password: String, reply: mpsc::SyncSender<Result<String, String>> },
+    Verify { hash: String, password: String, reply: mpsc::SyncSender<bool> },
+}
+
+fn pool() -> Option<&'static mpsc::SyncSender<Job>> {
+    static POOL: std::sync::OnceLock<Option<mpsc::SyncSender<Job>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..HASH_THREADS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("hearsay-argon2-{i}")).spawn(move || {
+                let mut blocks: Vec<Block> = Vec::new();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(Job::Hash { password, reply }) => {
+                            let _ = reply.send(hash_now(&password));
+                        }
+                        Ok(Job::Verify { hash, password, reply }) => {
+                            let _ = reply.send(verify_now(&mut blocks, &hash, password.as_bytes()));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(tx)
+    })
+    .as_ref()
+}
+
 /// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes, OWASP's
-/// recommendation) into a PHC string.
+/// recommendation) into a PHC string, on one of the hashing threads.
 pub fn hash_password(password: &str) -> Result<String, String> {
+    let Some(pool) = pool() else { return hash_now(password) };
+    let (reply, answer) = mpsc::sync_channel(1);
+    pool.send(Job::Hash { password: password.to_owned(), reply }).map_err(|e| e.to_string())?;
+    answer.recv().map_err(|e| e.to_string())?
+}
+
+/// True when `password` matches the PHC `hash`, checked on one of the hashing threads.
+/// A malformed hash never matches.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    let Some(pool) = pool() else { return verify_now(&mut Vec::new(), hash, password.as_bytes()) };
+    let (reply, answer) = mpsc::sync_channel(1);
+    let job = Job::Verify { hash: hash.to_owned(), password: password.to_owned(), reply };
+    pool.send(job).is_ok() && answer.recv().unwrap_or(false)
+}
+
+fn hash_now(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
-/// True when `password` matches the PHC `hash`. A malformed hash never matches.
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-        .unwrap_or(false)
+/// Checks `password` against a PHC argon2 hash in the caller's reusable `blocks`.
+fn verify_now(blocks: &mut Vec<Block>, hash: &str, password: &[u8]) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else { return false };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Ok(params), Some(expected), Some(salt)) = (Params::try_from(&parsed), parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let needed = params.block_count();
+    if needed > MAX_BLOCKS {
+        return false;
+    }
+    if blocks.len() < needed {
+        blocks.resize(needed, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let ok = Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..needed])
+        .is_ok();
+    ok && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }
 
 /// Does the work of one password check against a throw-away hash, so that a log-in
@@ -89,6 +177,33 @@ mod tests {
         assert!(verify_password(&h, "correct horse"));
         assert!(!verify_password(&h, "correct horsf"));
         assert!(!verify_password("garbage", "correct horse"));
+    }
+
+    #[test]
+    fn the_reused_memory_check_agrees_with_argon2s_own_for_any_parameters() {
+        use argon2::PasswordVerifier;
+        let mut blocks = Vec::new();
+        for (algorithm, m, t, p, len) in [
+            (Algorithm::Argon2id, 19_456, 2, 1, 32),
+            (Algorithm::Argon2id, 4096, 3, 2, 16),
+            (Algorithm::Argon2i, 8, 1, 1, 64),
+        ] {
+            let params = Params::new(m, t, p, Some(len)).expect("params");
+            let salt = SaltString::generate(&mut OsRng);
+            let h = Argon2::new(algorithm, Version::V0x13, params)
+                .hash_password(b"pw one", &salt)
+                .expect("hash")
+                .to_string();
+            let parsed = PasswordHash::new(&h).expect("parse");
+            assert!(Argon2::default().verify_password(b"pw one", &parsed).is_ok());
+            assert!(verify_now(&mut blocks, &h, b"pw one"), "{h}");
+            assert!(!verify_now(&mut blocks, &h, b"pw two"), "{h}");
+        }
+        // A stored hash asking for a huge memory cost is not allocated.
+        let huge =
+            "$argon2id$v=19$m=4194304,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(!verify_now(&mut blocks, huge, b"x"));
+        assert!(blocks.len() <= MAX_BLOCKS);
     }
 
     #[test]

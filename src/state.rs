@@ -53,6 +53,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
+impl AppState {
+    /// A password check off the async runtime: argon2 runs on `auth`'s hashing
+    /// threads, and this task waits for it on a blocking thread, so log-ins never stall
+    /// scrobbling on the runtime's workers.
+    pub async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<crate::store::users::User>, crate::store::Error> {
+        let (store, name, password) = (self.store.clone(), name.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || store.check_password(&name, &password))
+            .await
+            .map_err(|e| crate::store::Error::PasswordHash(e.to_string()))?
+    }
+}
+
 /// Failed authentications allowed per client address per minute before 429.
 pub const MAX_FAILED_AUTH_PER_MINUTE: u32 = 30;
 /// How long "now playing" lasts when the track's length is unknown (ListenBrainz: 10 min).

@@ -202,7 +202,7 @@ async fn dispatch(
     let json = params.get("format").is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let method = params.get("method").unwrap_or_default().to_ascii_lowercase();
     let result = match method.as_str() {
-        "auth.getmobilesession" => mobile_session(&state, &addr, &params),
+        "auth.getmobilesession" => mobile_session(&state, &addr, &params).await,
         "auth.gettoken" => match state.live.lastfm_tokens.create() {
             Some(token) => Ok(vec![El::text("token", token)]),
             None => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again")),
@@ -251,7 +251,7 @@ fn session_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, 
         .ok_or_else(|| fail(StatusCode::FORBIDDEN, 9, "Invalid session key - Please re-authenticate"))
 }
 
-fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outcome2 {
+async fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outcome2 {
     if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return Err(fail(StatusCode::TOO_MANY_REQUESTS, 29, "Rate limit exceeded"));
     }
@@ -260,7 +260,7 @@ fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outco
     let user = match (params.get("password"), params.get("authToken").or_else(|| params.get("authtoken"))) {
         (Some(password), _) => {
             // The account password, or an API token used as an application password.
-            let by_password = state.store.check_password(username, password).map_err(store_err)?;
+            let by_password = state.check_password(username, password).await.map_err(store_err)?;
             let by_token = match by_password {
                 Some(_) => None,
                 None => state.store.user_by_token(password).map_err(store_err)?.map(|(u, _)| u),

@@ -54,6 +54,15 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Log-ins over HTTP (web form and Last.fm `auth.getMobileSession`, half each) from
+    /// concurrent clients; print the node's resident memory before and after, and the
+    /// rate (every log-in is an argon2 check).
+    Logins {
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: u64,
+    },
     /// Many users on one node: time "similar users" (cold: taste vectors computed;
     /// warm: cached) and the node chart.
     Neighbours {
@@ -221,6 +230,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         }
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),
+        BenchCmd::Logins { count, clients } => return logins(config, count, clients),
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
         }
@@ -610,6 +620,79 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         }
         report(&format!("GET {path}"), times);
     }
+    served.stop()?;
+    drop(dir);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn logins(config: &Config, count: u64, clients: u64) -> anyhow::Result<std::process::ExitCode> {
+    let (dir, node, _) = bench_node(config, "logins")?;
+    let served = Served::start(node)?;
+    let base = served.base.clone();
+    let one = |agent: &ureq::Agent, i: u64| -> anyhow::Result<()> {
+        if i % 2 == 0 {
+            // The web form: its page sets the pre-session form cookie and token.
+            let page = agent.get(&format!("{base}/login")).call()?;
+            let cookie = page.header("set-cookie").unwrap_or_default().split(';').next().unwrap_or_default().to_owned();
+            let html = page.into_string()?;
+            let token = html.split("name=\"form_token\" value=\"").nth(1).and_then(|r| r.split('"').next());
+            let token = token.context("no form token")?.to_owned();
+            let r = agent.post(&format!("{base}/login")).set("Cookie", &cookie).send_form(&[
+                ("form_token", &token),
+                ("username", "bench0"),
+                ("password", "bench-password"),
+            ]);
+            anyhow::ensure!(matches!(r, Ok(ref r) if r.status() == 303), "web log-in failed: {r:?}");
+        } else {
+            let r = agent.post(&format!("{base}/2.0/")).send_form(&[
+                ("method", "auth.getMobileSession"),
+                ("username", "bench0"),
+                ("password", "bench-password"),
+                ("format", "json"),
+            ]);
+            anyhow::ensure!(matches!(r, Ok(ref r) if r.status() == 200), "Last.fm log-in failed: {r:?}");
+        }
+        Ok(())
+    };
+    let warm = ureq::AgentBuilder::new().redirects(0).build();
+    for i in 0..20 {
+        one(&warm, i)?;
+    }
+    let before = rss_kib();
+    let started = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..clients.max(1))
+            .map(|c| {
+                let one = &one;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let agent = ureq::AgentBuilder::new().redirects(0).build();
+                    let mut i = c;
+                    while i < count {
+                        one(&agent, i)?;
+                        i += clients.max(1);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = rss_kib();
+    println!(
+        "{count} log-ins (half web, half Last.fm) from {clients} clients in {elapsed:.1} s = {:.1}/s",
+        count as f64 / elapsed
+    );
+    println!(
+        "resident memory: {:.1} MiB after 20 warm-up log-ins, {:.1} MiB after {count} ({:+.1} MiB); peak {:.1} MiB",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after as f64 - before as f64) / 1024.0,
+        peak_rss_kib() as f64 / 1024.0
+    );
     served.stop()?;
     drop(dir);
     Ok(std::process::ExitCode::SUCCESS)

@@ -288,12 +288,11 @@ impl<R: BufRead> LineReader<R> {
         };
         self.line += 1;
         if n > MAX_LINE && !self.buf.ends_with(b"\n") {
-            // Skip the rest of an overlong line.
-            let mut sink = Vec::new();
-            if let Err(e) = self.reader.read_until(b'\n', &mut sink) {
+            // Skip the rest of an overlong line without holding it.
+            if let Err(e) = skip_line(&mut self.reader) {
                 return Some(Err(e));
             }
-            return Some(Ok((self.line, Err("line too long".into()))));
+            return Some(Ok((self.line, Err(format!("line longer than {MAX_LINE} bytes")))));
         }
         let mut bytes = self.buf.as_slice();
         if self.line == 1 {
@@ -302,6 +301,26 @@ impl<R: BufRead> LineReader<R> {
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         Some(Ok((self.line, String::from_utf8(bytes.to_vec()).map_err(|_| "invalid UTF-8".to_owned()))))
+    }
+}
+
+/// Consumes the reader up to and including the next newline, holding nothing.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
     }
 }
 

@@ -7,6 +7,9 @@ use std::io::BufRead;
 
 /// Largest single object; a bigger one is reported and skipped.
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
+/// Deepest nesting read. No export nests past a handful of levels; past this the file
+/// is refused (the nesting stack is the only thing here that grows with the input).
+pub const MAX_DEPTH: usize = 64;
 
 pub struct ArrayObjects<R> {
     reader: R,
@@ -14,6 +17,8 @@ pub struct ArrayObjects<R> {
 }
 
 struct State {
+    /// Refused (too deep): nothing more is read.
+    refused: bool,
     depth: usize,
     stack: Vec<u8>,
     in_string: bool,
@@ -54,6 +59,7 @@ impl<R: BufRead> ArrayObjects<R> {
 impl State {
     fn new(depth: usize, only_key: Option<&'static [u8]>) -> State {
         State {
+            refused: false,
             depth,
             stack: Vec::new(),
             in_string: false,
@@ -86,6 +92,9 @@ impl<R: BufRead> Iterator for ArrayObjects<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let st = &mut self.st;
+        if st.refused {
+            return None;
+        }
         loop {
             let buf = match self.reader.fill_buf() {
                 Ok(b) => b,
@@ -141,6 +150,13 @@ impl<R: BufRead> Iterator for ArrayObjects<R> {
                             st.too_long = false;
                             st.cur.clear();
                             st.cur.push(c);
+                        }
+                        if st.stack.len() >= MAX_DEPTH {
+                            st.refused = true;
+                            return Some(Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("JSON nested deeper than {MAX_DEPTH} levels: not an export"),
+                            )));
                         }
                         if c == b'[' {
                             st.key_of_array.push(Some(std::mem::take(&mut st.last_string)));
@@ -201,6 +217,15 @@ mod tests {
     fn yields_each_object_of_the_array_with_strings_and_nesting() {
         let text = "\u{feff}[{\"a\":\"x}]{\\\"\",\"b\":[1,{\"c\":2}]}, {\"d\":{}}]";
         assert_eq!(objects(text, None), vec!["{\"a\":\"x}]{\\\"\",\"b\":[1,{\"c\":2}]}", "{\"d\":{}}"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_growing() {
+        let bomb = "[".repeat(10_000_000);
+        let reader = std::io::BufReader::new(bomb.as_bytes());
+        let first = ArrayObjects::top_level(reader).next().expect("an item");
+        let e = first.expect_err("refused");
+        assert!(e.to_string().contains("deeper than 64"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::store::{Ingestor, UserId};
 pub const MAX_ZIP_MEMBERS: usize = 1000;
 /// Most bytes read from one member (declared or actual).
 pub const MAX_MEMBER_BYTES: u64 = 2 << 30;
+/// Largest ratio of a member's size to its compressed size. Exports compress about
+/// 10:1 (JSON) to 30:1 (repetitive CSV); a member claiming more is a decompression bomb.
+pub const MAX_COMPRESSION_RATIO: u64 = 200;
 
 /// Bytes of the current file (or member) read so far, and its size: (done, total).
 pub type Fraction = Option<(u64, u64)>;
@@ -172,8 +175,18 @@ fn import_zip(
             reports.push(skipped(label, "larger than 2 GiB uncompressed: not imported"));
             continue;
         }
+        // The sizes in the archive can lie: whatever they say, no more is read than the
+        // ratio allows for the compressed bytes (at least 1 MiB).
+        let allowed = entry.compressed_size().saturating_mul(MAX_COMPRESSION_RATIO).clamp(1 << 20, MAX_MEMBER_BYTES);
+        if entry.size() > allowed {
+            reports.push(skipped(
+                label,
+                &format!("expands more than {MAX_COMPRESSION_RATIO} times (a decompression bomb?): not imported"),
+            ));
+            continue;
+        }
         let total = entry.size();
-        let limited = (&mut entry as &mut dyn Read).take(MAX_MEMBER_BYTES);
+        let limited = (&mut entry as &mut dyn Read).take(allowed);
         let unknown = "not a listening history (skipped)";
         let member_path = Path::new(&member);
         let what = (forced, unknown);

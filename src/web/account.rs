@@ -56,7 +56,7 @@ pub(super) async fn login(
         return login_form(&v, &token, Some("Too many failed attempts. Wait a minute."), StatusCode::TOO_MANY_REQUESTS);
     }
     let (name, password) = (f.get("username").map_or("", String::as_str), f.get("password").map_or("", String::as_str));
-    let user = match state.store.check_password(name, password) {
+    let user = match state.check_password(name, password).await {
         Ok(Some(u)) => u,
         Ok(None) => {
             if let Some(a) = addr.0 {
@@ -157,11 +157,18 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
     let get = |k: &str| f.get(k).map_or("", String::as_str);
     let (invite, name, password) = (get("invite"), get("username"), get("password"));
     let now = crate::now_unix();
-    let created = if state.open_registration && invite.is_empty() {
-        state.store.create_user(name, password, now).map(Some)
-    } else {
-        state.store.create_user_invited(invite, name, password, now)
-    };
+    let (store, open) = (state.store.clone(), state.open_registration && invite.is_empty());
+    let (invite_code, name, password) = (invite.to_owned(), name.to_owned(), password.to_owned());
+    // Hashing the new password is argon2's work: off the async runtime.
+    let created = tokio::task::spawn_blocking(move || {
+        if open {
+            store.create_user(&name, &password, now).map(Some)
+        } else {
+            store.create_user_invited(&invite_code, &name, &password, now)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(crate::store::Error::PasswordHash(e.to_string())));
     match created {
         Ok(Some(_)) => login(State(state), addr, headers, body).await,
         Ok(None) => {
@@ -316,7 +323,7 @@ pub async fn approve(State(state): State<AppState>, addr: ClientAddr, headers: H
     let get = |k: &str| f.get(k).map_or("", String::as_str);
     let user = match &v.0 {
         Some((me, _)) => Some(me.clone()),
-        None => state.store.check_password(get("username"), get("password")).ok().flatten(),
+        None => state.check_password(get("username"), get("password")).await.ok().flatten(),
     };
     let Some(user) = user else {
         if let Some(a) = addr.0 {

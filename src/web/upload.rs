@@ -85,8 +85,17 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
             }
             got_file = true;
         } else {
-            let value = field.text().await.unwrap_or_default();
-            fields.insert(name, value.chars().take(200).collect());
+            // Form fields are short (a token, a format name, a time zone): read at most
+            // MAX_FIELD_BYTES of one, never the whole of whatever a client sends.
+            match bounded_text(field).await {
+                Ok(value) => {
+                    fields.insert(name, value);
+                }
+                Err(why) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return (StatusCode::PAYLOAD_TOO_LARGE, format!("{why}\n")).into_response();
+                }
+            }
         }
     }
     if !got_file {
@@ -147,6 +156,21 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
         });
     });
     Redirect::to(&format!("/import/{id}")).into_response()
+}
+
+/// Longest form field other than the file.
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// A form field's text, refused past `MAX_FIELD_BYTES` as soon as it gets longer.
+async fn bounded_text(mut field: axum::extract::multipart::Field<'_>) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| format!("the upload did not arrive whole: {e}"))? {
+        if bytes.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(format!("a form field is longer than {MAX_FIELD_BYTES} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&bytes).chars().take(200).collect())
 }
 
 async fn save(mut field: axum::extract::multipart::Field<'_>, path: &std::path::Path) -> Result<(), String> {

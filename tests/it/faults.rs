@@ -8,6 +8,7 @@
 //! 4; the acceptance run uses 30); `HEARSAY_FAULTS=0` leaves the suite out on a
 //! machine where you are not root, and says so.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,4 +280,147 @@ fn a_full_disk_at_random_moments_loses_nothing_and_never_wrecks_the_store() {
         );
     }
     eprintln!("{} rounds: {acked_total} acknowledged, all stored; {refused_total} probes refused while full", rounds());
+}
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// A multipart body streamed from pieces: (field name, file name, content generator).
+struct Multipart {
+    parts: Vec<Box<dyn std::io::Read + Send>>,
+}
+
+impl std::io::Read for Multipart {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(first) = self.parts.first_mut() {
+            let n = first.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.parts.remove(0);
+        }
+        Ok(0)
+    }
+}
+
+const BOUNDARY: &str = "hearsay-bomb-boundary";
+
+fn part_head(name: &str, file: Option<&str>) -> Box<dyn std::io::Read + Send> {
+    let disposition = match file {
+        Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream"),
+        None => format!("form-data; name=\"{name}\""),
+    };
+    Box::new(std::io::Cursor::new(format!("--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n").into_bytes()))
+}
+
+fn bytes(b: Vec<u8>) -> Box<dyn std::io::Read + Send> {
+    Box::new(std::io::Cursor::new(b))
+}
+
+/// Posts a multipart upload to `/import`; returns the status (0 when the node closed
+/// the connection before reading everything) and the final page of the import.
+fn upload(base: &str, session: &str, parts: Vec<Box<dyn std::io::Read + Send>>) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).redirects(0).build();
+    let mut all = parts;
+    all.push(bytes(format!("--{BOUNDARY}--\r\n").into_bytes()));
+    let resp = agent
+        .post(&format!("{base}/import"))
+        .set("Cookie", session)
+        .set("Content-Type", &format!("multipart/form-data; boundary={BOUNDARY}"))
+        .send(Multipart { parts: all });
+    let (status, url) = match resp {
+        Ok(r) if r.status() == 303 || r.status() == 302 => {
+            (200, format!("{base}{}", r.header("location").unwrap_or_default()))
+        }
+        Ok(r) => return (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => return (code, r.into_string().unwrap_or_default()),
+        Err(_) => return (0, String::new()),
+    };
+    // Follow the job page until the import is over.
+    for _ in 0..600 {
+        let page = agent.get(&url).set("Cookie", session).call().map(|r| r.into_string().unwrap_or_default());
+        let page = page.unwrap_or_default();
+        if !page.contains("http-equiv=\"refresh\"") {
+            return (status, page);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the import did not finish");
+}
+
+fn zip_of(member: &str, content: impl Fn(&mut dyn std::io::Write)) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut out);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        z.start_file(member, opts).expect("member");
+        content(&mut z);
+        z.finish().expect("zip");
+    }
+    out.into_inner()
+}
+
+#[test]
+fn import_bombs_are_refused_naming_the_limit_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = crate::support::data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let (session, csrf) = crate::web::login(&node.url);
+    let form = |csrf: &str| vec![part_head("csrf", None), bytes(format!("{csrf}\r\n").into_bytes())];
+
+    // 1. A small zip holding a Spotify history of 256 MiB of '['.
+    let nested = zip_of("Spotify Extended Streaming History/Streaming_History_Audio_2024.json", |w| {
+        let chunk = vec![b'['; 1 << 20];
+        for _ in 0..256 {
+            w.write_all(&chunk).expect("write");
+        }
+    });
+    eprintln!("nesting bomb: {} KiB zipped", nested.len() / 1024);
+    let mut parts = form(&csrf);
+    parts.extend([part_head("file", Some("my_spotify_data.zip")), bytes(nested), bytes(b"\r\n".to_vec())]);
+    let (status, page) = upload(&node.url, &session, parts);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("expands more than 200 times"), "{page}");
+
+    // 2. The same nesting as a plain file: the scanner refuses it at 64 levels.
+    let mut parts = form(&csrf);
+    parts.push(part_head("file", Some("Streaming_History_Audio_2023.json")));
+    parts.push(Box::new(std::io::repeat(b'[').take(64 << 20)));
+    parts.push(bytes(b"\r\n".to_vec()));
+    let (_, page) = upload(&node.url, &session, parts);
+    assert!(page.contains("deeper than 64"), "{page}");
+
+    // 3. A Last.fm CSV with a 512 MiB line between good records.
+    let mut csv: Vec<Box<dyn std::io::Read + Send>> = form(&csrf);
+    csv.push(part_head("file", Some("lastfm.csv")));
+    csv.push(bytes(b"Band,Album,Song One,31 May 2016 20:46\nBand,".to_vec()));
+    csv.push(Box::new(std::io::repeat(b'x').take(512 << 20)));
+    csv.push(bytes(b",Song,31 May 2016 20:50\nBand,Album,Song Two,31 May 2016 20:56\n\r\n".to_vec()));
+    let (_, page) = upload(&node.url, &session, csv);
+    assert!(page.contains("line longer than"), "{page}");
+
+    // 4. A 400 MiB text field before the file: refused at 4 KiB, before the file.
+    let mut parts = form(&csrf);
+    parts.push(part_head("timezone", None));
+    parts.push(Box::new(std::io::repeat(b'z').take(400 << 20)));
+    parts.extend([bytes(b"\r\n".to_vec()), part_head("file", Some("x.csv")), bytes(b"a,b,c,d\r\n".to_vec())]);
+    let (status, page) = upload(&node.url, &session, parts);
+    assert!(status == 413 || status == 0, "{status}: {page}");
+    if status == 413 {
+        assert!(page.contains("longer than 4096 bytes"), "{page}");
+    }
+
+    let peak = peak_rss_mib(node.child.id());
+    eprintln!("node peak RSS after the import bombs: {peak} MiB");
+    assert!(peak < 200, "peak RSS {peak} MiB");
+    assert_eq!(health(&node.url), 200, "the node still answers");
 }

@@ -140,7 +140,7 @@ fn profiles_follow_visibility_escape_names_and_logins_use_csrf() {
     drop(node);
 }
 
-fn login(url: &str) -> (String, String) {
+pub fn login(url: &str) -> (String, String) {
     let (_, cookie, _) = login_post(url, "alice", "password123");
     let session = cookie.expect("cookie").split(';').next().expect("pair").to_owned();
     let (_, page) = get(&format!("{url}/settings"), Some(&session));
