@@ -52,6 +52,15 @@ pub struct HttpConfig {
     /// Mark the web view's session cookies `Secure`: set it when the node is reached
     /// over TLS (through a reverse proxy). Default: `false`.
     pub secure_cookies: bool,
+    /// Most connections served at once; past it a new connection is answered 503 and
+    /// closed at once (it is also kept below the open-file limit, which the node raises
+    /// to the system's hard limit at start). Default: `1024`; allowed 16..=1000000.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers. Default: `10`; allowed 1..=600.
+    pub header_timeout_secs: u64,
+    /// Seconds a request may take, reading its body included (uploads to `/import` are
+    /// exempt: they are bounded by size). Default: `60`; allowed 1..=3600.
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -335,7 +344,13 @@ impl Default for NodeConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8487".into(), secure_cookies: false }
+        HttpConfig {
+            listen: "127.0.0.1:8487".into(),
+            secure_cookies: false,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
+        }
     }
 }
 
@@ -422,6 +437,18 @@ impl Config {
             });
         }
         self.http_listen()?;
+        for (key, value, range) in [
+            ("http.max_connections", self.http.max_connections as u64, 16..=1_000_000),
+            ("http.header_timeout_secs", self.http.header_timeout_secs, 1..=600),
+            ("http.request_timeout_secs", self.http.request_timeout_secs, 1..=3600),
+        ] {
+            if !range.contains(&value) {
+                return Err(Error::Invalid {
+                    key,
+                    reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+                });
+            }
+        }
         if !(4..=65536).contains(&self.store.cache_mb) {
             return Err(Error::Invalid {
                 key: "store.cache_mb",

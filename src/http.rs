@@ -67,3 +67,109 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
         "peer_id": state.peer_id,
     }))
 }
+
+/// Limits of the HTTP server (`[http]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+}
+
+/// What a shed connection is told: the node is at its connection limit.
+const SHED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n\
+Content-Length: 42\r\nConnection: close\r\n\r\nthe node is at its connection limit; retry\n";
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish.
+///
+/// This is axum::serve with the limits a public server needs, which axum::serve does
+/// not expose: at most `max_connections` at once (past it a connection is answered 503
+/// and closed, so an overload sheds instead of exhausting file descriptors), a client
+/// gets `header_timeout` to send its headers (slow-header clients cannot hold
+/// connections open), and a request gets `request_timeout` (uploads to `/import`
+/// excepted: they are bounded by size). Accept errors such as running out of file
+/// descriptors back off instead of spinning.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_warning: Option<std::time::Instant> = None;
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS...: wait for connections to close.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "cannot accept connections; backing off");
+                        last_accept_warning = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(SHED)).await;
+            });
+            continue;
+        };
+        let app = app.clone();
+        let request_timeout = limits.request_timeout;
+        let service = hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+            let mut app = app.clone();
+            async move {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+                let upload = request.uri().path().starts_with("/import");
+                let call = tower_service::Service::call(&mut app, request);
+                if upload {
+                    return call.await;
+                }
+                match tokio::time::timeout(request_timeout, call).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        use axum::response::IntoResponse;
+                        Ok((axum::http::StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response())
+                    }
+                }
+            }
+        });
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Raises this process's soft open-file limit to its hard limit (where the system
+/// allows it); returns the soft limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        if limit.current.is_some_and(|soft| soft < hard) {
+            let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                return hard;
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}

@@ -133,9 +133,7 @@ impl Node {
                 () = failed_store.failed() => {}
             }
         };
-        axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(until)
-            .await?;
+        crate::http::serve(listener, router(state), http_limits(&self.config), until).await?;
         releases.abort();
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
@@ -150,6 +148,18 @@ impl Node {
             Err(e) => tracing::warn!(error = %e, "node stopped; the last flush failed (recounted at the next start)"),
         }
         Ok(Ended::Shutdown)
+    }
+}
+
+/// The HTTP server's limits: the config's, with the connection cap kept under the
+/// open-file limit (sled, libp2p and the log need some files too).
+fn http_limits(config: &Config) -> crate::http::Limits {
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let fit = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX).max(16);
+    crate::http::Limits {
+        max_connections: config.http.max_connections.min(fit),
+        header_timeout: std::time::Duration::from_secs(config.http.header_timeout_secs),
+        request_timeout: std::time::Duration::from_secs(config.http.request_timeout_secs),
     }
 }
 
@@ -169,6 +179,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
+    let files = crate::http::raise_open_file_limit();
+    let limits = http_limits(&config);
+    tracing::info!(open_files = files, max_connections = limits.max_connections, "serving");
     let listener = listener.into_std()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -424,3 +424,97 @@ fn import_bombs_are_refused_naming_the_limit_in_bounded_memory() {
     assert!(peak < 200, "peak RSS {peak} MiB");
     assert_eq!(health(&node.url), 200, "the node still answers");
 }
+
+/// Opens `n` connections to `addr` that send a request's headers one byte at a time,
+/// each byte ~`every` apart, until `stop`.
+fn slow_clients(addr: &str, n: usize, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_vec();
+        let mut streams: Vec<(std::net::TcpStream, usize)> = Vec::new();
+        for _ in 0..n {
+            if let Ok(s) = std::net::TcpStream::connect(&addr) {
+                let _ = s.set_nonblocking(true);
+                streams.push((s, 0));
+            }
+        }
+        let opened = streams.len();
+        while !stop.load(Ordering::Relaxed) {
+            for (s, sent) in &mut streams {
+                let byte = head.get(*sent).copied().unwrap_or(b'a');
+                if s.write(&[byte]).is_ok() {
+                    *sent += 1;
+                }
+            }
+            std::thread::sleep(every);
+        }
+        opened
+    })
+}
+
+/// Time for one `/health` on a fresh connection, and its status (0: no answer).
+fn timed_health(url: &str) -> (Duration, u16) {
+    let started = Instant::now();
+    let status = match ureq::get(&format!("{url}/health")).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(_) => 0,
+    };
+    (started.elapsed(), status)
+}
+
+#[test]
+fn slow_header_clients_do_not_take_the_node_down() {
+    if !enabled() {
+        return;
+    }
+    // This process needs 2,000+ sockets of its own.
+    hearsay::http::raise_open_file_limit();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = crate::support::data_with_user(dir.path());
+    let env = [("HEARSAY_HTTP__HEADER_TIMEOUT_SECS", "3"), ("HEARSAY_P2P__ENABLED", "false")];
+    // The common default: a soft limit of 1,024 the node may raise.
+    let node = NodeProcess::start_with_files(&data, &env, 1024, 20_000);
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = slow_clients(&addr, 2000, Duration::from_millis(500), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let mut worst = Duration::ZERO;
+    for _ in 0..12 {
+        let (took, status) = timed_health(&node.url);
+        assert_eq!(status, 200, "/health during 2,000 slow connections");
+        worst = worst.max(took);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = attack.join().expect("attack");
+    eprintln!("2,000 slow-header connections ({opened} opened), open-file limit 1024 soft: slowest /health {worst:?}");
+    assert!(worst < Duration::from_millis(100), "slowest /health took {worst:?}");
+    drop(node);
+
+    // A hard limit of 1,024 the node cannot raise: it caps its connections below it and
+    // sheds the rest with 503 instead of failing to accept; once the slow clients are
+    // timed out, it answers normally again.
+    let node = NodeProcess::start_with_files(&data, &env, 1024, 1024);
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = slow_clients(
+        node.url.trim_start_matches("http://"),
+        2000,
+        Duration::from_millis(500),
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut answered = 0;
+    for _ in 0..12 {
+        let (took, status) = timed_health(&node.url);
+        assert!(status == 200 || status == 503, "/health answered {status} at the limit");
+        assert!(took < Duration::from_millis(500), "/health took {took:?} at the limit");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    attack.join().expect("attack");
+    wait_for("/health after the slow clients left", Duration::from_secs(10), || timed_health(&node.url).1 == 200);
+    eprintln!("hard limit 1024: {answered}/12 probes answered (200 or 503) within 500 ms; 200 again after");
+}

@@ -114,8 +114,19 @@ impl NodeProcess {
         NodeProcess::spawn(data_dir, env, Stdio::from(std::fs::File::create(log).expect("log file")))
     }
 
+    /// As `start_with`, under an open-file limit of `soft` (raisable to `hard`).
+    pub fn start_with_files(data_dir: &Path, env: &[(&str, &str)], soft: u64, hard: u64) -> NodeProcess {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(bin());
+        NodeProcess::spawn_command(cmd, data_dir, env, Stdio::inherit())
+    }
+
     fn spawn(data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
-        let mut child = Command::new(bin())
+        NodeProcess::spawn_command(Command::new(bin()), data_dir, env, stderr)
+    }
+
+    fn spawn_command(mut cmd: Command, data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
+        let mut child = cmd
             .env("HEARSAY_NODE__LOG", "warn")
             .env("HEARSAY_P2P__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]")
             .envs(env.iter().copied())
