@@ -168,9 +168,27 @@ impl Sessions {
 /// How long an `auth.getToken` token may wait for approval (Last.fm: 60 minutes).
 const AUTH_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Most `auth.getToken` tokens waiting at once (the call is anonymous).
+pub const MAX_PENDING_TOKENS: usize = 10_000;
+/// Most `auth.getToken` tokens one client address may make per minute.
+pub const MAX_TOKENS_PER_MINUTE: u32 = 30;
+
 /// Tokens from `auth.getToken`, in memory: when made, and the user who approved it.
+/// Bounded: at most `MAX_PENDING_TOKENS` wait at once, each address makes at most
+/// `MAX_TOKENS_PER_MINUTE`, and expired tokens leave from the front of a queue kept in
+/// creation order (all live as long), so each call costs O(1), not a scan of the map.
 #[derive(Clone, Default)]
-pub struct PendingTokens(Arc<Mutex<HashMap<String, PendingToken>>>);
+pub struct PendingTokens(Arc<Mutex<Pending>>);
+
+#[derive(Default)]
+struct Pending {
+    tokens: HashMap<String, PendingToken>,
+    /// Tokens in creation order, for expiry.
+    order: std::collections::VecDeque<(Instant, String)>,
+    /// Tokens made per address in the current minute (cleared each minute).
+    per_address: HashMap<IpAddr, u32>,
+    window: Option<Instant>,
+}
 
 /// Why a pending token cannot be exchanged for a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,19 +203,48 @@ pub enum TokenError {
 /// When a token was made, and the user who approved it.
 type PendingToken = (Instant, Option<UserId>);
 
+/// Why no token was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateError {
+    /// This address made its share this minute, or the node holds its most.
+    TooMany,
+    Unavailable,
+}
+
 impl PendingTokens {
-    pub fn create(&self) -> Option<String> {
-        let token = hex::encode(crate::auth::random_bytes::<16>().ok()?);
-        let mut map = self.0.lock().ok()?;
-        map.retain(|_, (made, _)| made.elapsed() < AUTH_TOKEN_LIFETIME);
-        map.insert(token.clone(), (Instant::now(), None));
-        Some(token)
+    /// A new pending token for a client at `addr` (when known).
+    pub fn create(&self, addr: Option<IpAddr>) -> Result<String, CreateError> {
+        let mut p = self.0.lock().map_err(|_| CreateError::Unavailable)?;
+        let now = Instant::now();
+        while p.order.front().is_some_and(|(made, _)| now.duration_since(*made) >= AUTH_TOKEN_LIFETIME) {
+            if let Some((_, old)) = p.order.pop_front() {
+                p.tokens.remove(&old);
+            }
+        }
+        if p.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60)) {
+            p.window = Some(now);
+            p.per_address.clear();
+        }
+        if p.tokens.len() >= MAX_PENDING_TOKENS {
+            return Err(CreateError::TooMany);
+        }
+        if let Some(a) = addr {
+            let n = p.per_address.entry(a).or_insert(0);
+            if *n >= MAX_TOKENS_PER_MINUTE {
+                return Err(CreateError::TooMany);
+            }
+            *n += 1;
+        }
+        let token = hex::encode(crate::auth::random_bytes::<16>().map_err(|_| CreateError::Unavailable)?);
+        p.tokens.insert(token.clone(), (now, None));
+        p.order.push_back((now, token.clone()));
+        Ok(token)
     }
 
     /// Marks a pending token approved by `user`; false when unknown or expired.
     pub fn approve(&self, token: &str, user: UserId) -> bool {
-        let Ok(mut map) = self.0.lock() else { return false };
-        match map.get_mut(token) {
+        let Ok(mut p) = self.0.lock() else { return false };
+        match p.tokens.get_mut(token) {
             Some((made, approved)) if made.elapsed() < AUTH_TOKEN_LIFETIME => {
                 *approved = Some(user);
                 true
@@ -208,18 +255,50 @@ impl PendingTokens {
 
     /// Takes a token for `auth.getSession`: Ok(user) once approved (single use).
     pub fn take(&self, token: &str) -> Result<UserId, TokenError> {
-        let mut map = self.0.lock().map_err(|_| TokenError::Unavailable)?;
-        match map.get(token).copied() {
+        let mut p = self.0.lock().map_err(|_| TokenError::Unavailable)?;
+        match p.tokens.get(token).copied() {
             None => Err(TokenError::Unknown),
             Some((made, _)) if made.elapsed() >= AUTH_TOKEN_LIFETIME => {
-                map.remove(token);
+                p.tokens.remove(token);
                 Err(TokenError::Expired)
             }
             Some((_, None)) => Err(TokenError::NotApproved),
+            // Used: gone from the map (its queue entry goes when it would have expired).
             Some((_, Some(user))) => {
-                map.remove(token);
+                p.tokens.remove(token);
                 Ok(user)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_tokens_are_bounded_per_address_and_in_all() {
+        let pending = PendingTokens::default();
+        let a: IpAddr = [192, 0, 2, 1].into();
+        for _ in 0..MAX_TOKENS_PER_MINUTE {
+            pending.create(Some(a)).expect("within the share");
+        }
+        assert_eq!(pending.create(Some(a)), Err(CreateError::TooMany));
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let t = pending.create(Some(b)).expect("another address");
+        assert_eq!(pending.take(&t), Err(TokenError::NotApproved));
+        assert!(pending.approve(&t, UserId(7)));
+        assert_eq!(pending.take(&t), Ok(UserId(7)));
+        assert_eq!(pending.take(&t), Err(TokenError::Unknown), "single use");
+        // The whole map is capped, whatever the addresses.
+        for i in 0..MAX_PENDING_TOKENS {
+            let addr: IpAddr = std::net::Ipv6Addr::from((i as u128) << 64).into();
+            if pending.create(Some(addr)).is_err() {
+                break;
+            }
+        }
+        let c: IpAddr = [192, 0, 2, 3].into();
+        assert_eq!(pending.create(Some(c)), Err(CreateError::TooMany));
+        assert!(pending.0.lock().expect("lock").tokens.len() <= MAX_PENDING_TOKENS);
     }
 }

@@ -56,7 +56,7 @@ pub async fn handshake(
         return lines("FAILED Unsupported protocol version: use 1.2\n");
     }
     let Ok(ts) = t.parse::<i64>() else { return lines("FAILED t must be a unix time\n") };
-    if (ts - crate::now_unix()).abs() > MAX_SKEW_SECS {
+    if ts.checked_sub(crate::now_unix()).is_none_or(|d| d.checked_abs().is_none_or(|d| d > MAX_SKEW_SECS)) {
         return lines("BADTIME\n");
     }
     let found = match state.store.user_by_name(user) {
@@ -107,7 +107,7 @@ async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: ax
     };
     match TrackRef::parse(&raw) {
         Ok(track) => {
-            let length = f.get("l").and_then(|l| l.parse::<u32>().ok()).map(|s| s.saturating_mul(1000));
+            let length = f.get("l").and_then(|l| seconds_to_ms(l));
             state.live.set_playing(user, track, Some("Audioscrobbler 1.2 client".into()), length);
             lines("OK\n")
         }
@@ -141,7 +141,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             album: get("b").map(|s| s.as_bytes()).filter(|b| !b.is_empty()),
             recording_mbid: get("m").map(|s| s.as_bytes()).filter(|m| !m.is_empty()),
             listened_at: at,
-            duration_ms: get("l").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0).map(|s| s * 1000),
+            duration_ms: get("l").and_then(|l| seconds_to_ms(l)).map(u64::from),
             client: Some(b"Audioscrobbler 1.2 client"),
             ..RawListen::default()
         };
@@ -170,4 +170,13 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         state.live.clear_playing(user);
     }
     lines("OK\n")
+}
+
+/// A track length in seconds as these protocols send it, in milliseconds; `None` when
+/// absent, zero, malformed or beyond `MAX_DURATION_MS` (a length the player got wrong
+/// is dropped, the play is kept: the player cannot correct it and would lose it).
+fn seconds_to_ms(text: &str) -> Option<u32> {
+    let secs = text.trim().parse::<u64>().ok().filter(|s| *s > 0)?;
+    let ms = secs.checked_mul(1000)?;
+    u32::try_from(ms).ok().filter(|ms| *ms <= crate::log::listen::MAX_DURATION_MS)
 }

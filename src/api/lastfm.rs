@@ -203,9 +203,14 @@ async fn dispatch(
     let method = params.get("method").unwrap_or_default().to_ascii_lowercase();
     let result = match method.as_str() {
         "auth.getmobilesession" => mobile_session(&state, &addr, &params).await,
-        "auth.gettoken" => match state.live.lastfm_tokens.create() {
-            Some(token) => Ok(vec![El::text("token", token)]),
-            None => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again")),
+        "auth.gettoken" => match state.live.lastfm_tokens.create(addr.0) {
+            Ok(token) => Ok(vec![El::text("token", token)]),
+            Err(crate::state::CreateError::TooMany) => {
+                Err(fail(StatusCode::TOO_MANY_REQUESTS, 29, "Rate limit exceeded"))
+            }
+            Err(crate::state::CreateError::Unavailable) => {
+                Err(fail(StatusCode::INTERNAL_SERVER_ERROR, 16, "Temporary error, try again"))
+            }
         },
         "auth.getsession" => web_session(&state, &params),
         "track.scrobble" => scrobble(&state, &params).await,
@@ -352,7 +357,12 @@ fn raw_from<'a>(params: &'a Params, suffix: &str, listened_at: i64) -> RawListen
         album: get("album"),
         recording_mbid: get("mbid"),
         listened_at,
-        duration_ms: params.get_ci(&format!("duration{suffix}")).and_then(|d| d.parse::<u64>().ok()).map(|s| s * 1000),
+        // A length the player got wrong is dropped and the play kept (it cannot fix it).
+        duration_ms: params
+            .get_ci(&format!("duration{suffix}"))
+            .and_then(|d| d.trim().parse::<u64>().ok())
+            .and_then(|s| s.checked_mul(1000))
+            .filter(|ms| (1..=u64::from(crate::log::listen::MAX_DURATION_MS)).contains(ms)),
         ..RawListen::default()
     }
 }

@@ -68,18 +68,21 @@ impl std::str::FromStr for Period {
         if let Some(n) = s.strip_suffix('m') {
             return n.parse().ok().filter(|n| (1..=1_200).contains(n)).map(Period::LastMonths).ok_or_else(bad);
         }
+        let year = |y: &str| y.parse::<i16>().ok().filter(|y| YEARS.contains(y)).ok_or_else(bad);
         if let Some((y, w)) = s.split_once("-W").or_else(|| s.split_once("-w")) {
-            return Ok(Period::IsoWeek { year: y.parse().map_err(|_| bad())?, week: w.parse().map_err(|_| bad())? });
+            return Ok(Period::IsoWeek { year: year(y)?, week: w.parse().map_err(|_| bad())? });
         }
         if let Some((y, m)) = s.split_once('-') {
-            return Ok(Period::Month { year: y.parse().map_err(|_| bad())?, month: m.parse().map_err(|_| bad())? });
+            return Ok(Period::Month { year: year(y)?, month: m.parse().map_err(|_| bad())? });
         }
-        s.parse().map(Period::Year).map_err(|_| bad())
+        year(s).map(Period::Year)
     }
 }
 
 /// Latest instant a range may reach: 2200-01-01.
 pub const MAX_INSTANT: i64 = 7_258_118_400;
+/// The calendar years a period may name: listens start in 2002 and ranges end by 2200.
+pub const YEARS: std::ops::RangeInclusive<i16> = 1970..=2199;
 
 pub fn time_zone(name: &str) -> Result<TimeZone, PeriodError> {
     TimeZone::get(name).map_err(|_| PeriodError::UnknownTimeZone(name.to_owned()))

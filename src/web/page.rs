@@ -89,6 +89,14 @@ pub(super) fn server_error<E: std::fmt::Display + 'static>(viewer: &Viewer, e: E
                 html! { h1 { "The node's disk is full" } p { "Nothing could be saved. Reading works; try again once the node's owner has freed some space." } },
             );
         }
+        Some(crate::store::Class::Invalid) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Not possible",
+                viewer,
+                html! { h1 { "That is not possible" } p { (e.to_string()) } },
+            );
+        }
         Some(crate::store::Class::Unavailable) => {
             tracing::warn!(error = %e, "web view: store unavailable");
             return page(

@@ -435,6 +435,9 @@ pub async fn weekly(
     let Ok(monday) = jiff::civil::ISOWeekDate::new(year, week, jiff::civil::Weekday::Monday) else {
         return not_found_page(&v);
     };
+    if !crate::stats::period::YEARS.contains(&year) {
+        return not_found_page(&v);
+    }
     let rows = match state.store.weekly_chart(user.id, Kind::Artist, year, week, 20, now) {
         Ok(r) => r,
         Err(e) => return server_error(&v, e),

@@ -29,6 +29,9 @@ fn handshake_now_playing_and_submission() {
     assert_eq!(hs("alice", &t, "0123456789abcdef0123456789abcdef"), "BADAUTH\n");
     assert_eq!(hs("nobody", &t, &auth), "BADAUTH\n");
     assert_eq!(hs("alice", &(now - 3600).to_string(), &md5(&format!("{}{}", md5(&token), now - 3600))), "BADTIME\n");
+    // Extreme times are refused, not overflowed.
+    assert_eq!(hs("alice", "-9223372036854775808", &auth), "BADTIME\n");
+    assert_eq!(hs("alice", "9223372036854775807", &auth), "BADTIME\n");
     let reply = hs("alice", &t, &auth);
     let lines: Vec<&str> = reply.lines().collect();
     assert_eq!(lines.len(), 4, "{reply}");

@@ -228,3 +228,48 @@ fn pylast_web_authentication_with_the_approval_page() {
     drop(tls);
     assert_eq!(node.terminate(), Some(0));
 }
+
+#[test]
+fn numbers_a_client_sends_are_checked_not_overflowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let api = format!("{}/2.0/", node.url);
+    let (_, body) = form(
+        &api,
+        &[("method", "auth.getMobileSession"), ("username", "alice"), ("password", "password123"), ("format", "json")],
+    );
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let sk = v["session"]["key"].as_str().expect("key").to_owned();
+    // A length of 2^64/1000 seconds: dropped (it used to wrap to 384 ms), the play kept.
+    let now = (hearsay::now_unix() - 60).to_string();
+    let (s, body) = form(
+        &api,
+        &[
+            ("method", "track.scrobble"),
+            ("sk", &sk),
+            ("artist", "Band"),
+            ("track", "Long One"),
+            ("timestamp", &now),
+            ("duration", "18446744073709552"),
+            ("format", "json"),
+        ],
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"accepted\":\"1\"") || body.contains("\"accepted\":1"), "{body}");
+    // auth.getToken is anonymous: one address gets a bounded number per minute.
+    let mut refused = 0;
+    for _ in 0..40 {
+        let (s, _) = form(&api, &[("method", "auth.getToken"), ("format", "json")]);
+        if s == 429 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 40 - hearsay::state::MAX_TOKENS_PER_MINUTE as usize);
+    drop(node);
+    let store = hearsay::store::Store::open(&data, &Default::default()).expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice");
+    let listens = store.listens(alice.id, 0, i64::MAX, 10, hearsay::store::logs::Order::NewestFirst).expect("listens");
+    assert_eq!(listens[0].listen.track().title, "Long One");
+    assert_eq!(listens[0].listen.duration_ms(), None, "an impossible length is dropped, not wrapped");
+}

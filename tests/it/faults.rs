@@ -498,12 +498,7 @@ fn slow_header_clients_do_not_take_the_node_down() {
     // timed out, it answers normally again.
     let node = NodeProcess::start_with_files(&data, &env, 1024, 1024);
     let stop = Arc::new(AtomicBool::new(false));
-    let attack = slow_clients(
-        node.url.trim_start_matches("http://"),
-        2000,
-        Duration::from_millis(500),
-        stop.clone(),
-    );
+    let attack = slow_clients(node.url.trim_start_matches("http://"), 2000, Duration::from_millis(500), stop.clone());
     std::thread::sleep(Duration::from_secs(2));
     let mut answered = 0;
     for _ in 0..12 {

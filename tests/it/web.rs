@@ -149,6 +149,23 @@ pub fn login(url: &str) -> (String, String) {
 }
 
 #[test]
+fn out_of_range_periods_are_not_found_not_server_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    hearsay(&data, &["user", "set-visibility", "alice", "public"]);
+    let node = NodeProcess::start(&data);
+    for query in ["year=9999&week=1", "year=-9999&week=1", "year=1&week=1", "year=2024&week=60", "year=99999999"] {
+        let (status, _) = get(&format!("{}/user/alice/weekly?{query}", node.url), None);
+        assert!(status == 404 || status == 200, "{query}: {status}");
+        assert_ne!(status, 500, "{query}");
+    }
+    for period in ["9999", "9999-01", "9999-W01", "0", "-5"] {
+        let (status, _) = get(&format!("{}/user/alice?period={period}", node.url), None);
+        assert!(status < 500, "period={period}: {status}");
+    }
+}
+
+#[test]
 fn history_deletes_and_settings_change_visibility_and_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, token) = data_with_user(dir.path());
