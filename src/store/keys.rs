@@ -32,6 +32,39 @@ pub fn user_time(id: UserId, t: i64) -> [u8; 12] {
     user_seq(id, u64::try_from(t).unwrap_or(0))
 }
 
+/// What a pending multi-step change does (see `schema::META`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Delete a user's records (the account itself is already gone).
+    DeleteUser = b'd' as isize,
+    /// Recount a user's statistics (after a time-zone change).
+    RecountUser = b'r' as isize,
+}
+
+/// Prefix of the `meta` keys of pending changes.
+pub const PENDING: &[u8] = b"pending\xff";
+
+/// `pending 0xFF ‖ kind u8 ‖ user u32`: a change to finish, after a crash too.
+pub fn pending(kind: Pending, id: UserId) -> [u8; 13] {
+    let mut k = [0; 13];
+    k[..8].copy_from_slice(PENDING);
+    k[8] = kind as u8;
+    k[9..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// The change a pending key names.
+pub fn parse_pending(key: &[u8]) -> Option<(Pending, UserId)> {
+    let rest = key.strip_prefix(PENDING)?;
+    let (&kind, id) = rest.split_first()?;
+    let id = UserId(u32::from_be_bytes(<[u8; 4]>::try_from(id).ok()?));
+    match kind {
+        b'd' => Some((Pending::DeleteUser, id)),
+        b'r' => Some((Pending::RecountUser, id)),
+        _ => None,
+    }
+}
+
 pub fn time_key(t: i64) -> [u8; 8] {
     u64::try_from(t).unwrap_or(0).to_be_bytes()
 }

@@ -273,6 +273,7 @@ impl Store {
             reserve_mb: options.reserve_mb,
         };
         migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
+        store.finish_pending()?;
         store.recount_after_crash()?;
         Ok(store)
     }

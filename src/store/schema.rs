@@ -14,7 +14,10 @@ pub const SCHEMA_VERSION: u32 = 5;
 /// `next_client_id` -> u32 BE (the next id to hand out); `privacy_key` -> 32 random
 /// bytes (the key of the hash that breaks ties in contribution bounding, made on first
 /// use, never shown); `release_watermark` -> u64 BE (the start of the first period not
-/// yet considered for release).
+/// yet considered for release); `pending 0xFF ‖ kind u8 ‖ user u32` -> empty: a
+/// multi-step change under way, finished when the store opens if a crash cut it short
+/// (`d`: delete the records of a user whose account is already gone; `r`: recount a
+/// user's statistics after a time-zone change).
 pub const META: &str = "meta";
 
 /// `username_userid`: `lower-case user name (UTF-8)` -> `user id u32`.

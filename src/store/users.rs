@@ -166,6 +166,9 @@ impl Store {
 
     /// Sets a user's time zone (an IANA name). Their statistics must be rebuilt after
     /// this (`rebuild_user_stats`), which the callers do.
+    /// Changes a user's time zone and records that their statistics must be recounted
+    /// (one transaction): the writer recounts at once, and a crash in between makes the
+    /// next open recount (`finish_pending`), so buckets never mix two time zones.
     pub fn set_timezone(&self, id: UserId, timezone: &str) -> Result<()> {
         self.writable()?;
         crate::stats::period::time_zone(timezone).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -173,7 +176,41 @@ impl Store {
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
         record.timezone = timezone.to_owned();
-        self.trees.userid_user.insert(key, encode(&record))?;
+        let value = encode(&record);
+        (&self.trees.userid_user, &self.trees.meta)
+            .transaction(|(users, meta)| {
+                users.insert(&key, value.clone())?;
+                meta.insert(&keys::pending(keys::Pending::RecountUser, id), &[])?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(tx_error)?;
+        self.flush()
+    }
+
+    /// Marks a recount done.
+    pub(crate) fn recounted(&self, id: UserId) -> Result<()> {
+        self.trees.meta.remove(keys::pending(keys::Pending::RecountUser, id))?;
+        Ok(())
+    }
+
+    /// Finishes multi-step changes a crash cut short: deletions and recounts.
+    pub(crate) fn finish_pending(&self) -> Result<()> {
+        let pending: Vec<sled::IVec> =
+            self.trees.meta.scan_prefix(keys::PENDING).keys().collect::<std::result::Result<_, _>>()?;
+        for key in pending {
+            match keys::parse_pending(&key) {
+                Some((keys::Pending::DeleteUser, id)) => {
+                    tracing::warn!(user = id.0, "finishing a user deletion cut short");
+                    self.delete_user_records(id)?;
+                }
+                Some((keys::Pending::RecountUser, id)) => {
+                    tracing::warn!(user = id.0, "finishing a statistics recount cut short");
+                    self.rebuild_user_stats(id)?;
+                    self.recounted(id)?;
+                }
+                None => return Err(Error::corrupt(schema::META, &key, "not a pending change")),
+            }
+        }
         self.flush()
     }
 
@@ -332,13 +369,22 @@ impl Store {
     pub fn create_user_invited(&self, code: &str, name: &str, password: &str, now: i64) -> Result<Option<User>> {
         self.writable()?;
         let digest = auth::session_digest(code);
-        if !self.trees.invitedigest_invite.contains_key(digest)? {
+        // Taking the invitation is one atomic removal: of two registrations racing with
+        // one code, only one gets it. It is put back if the account cannot be made
+        // (a taken name, a short password), so the person can try again.
+        let Some(invite) = self.trees.invitedigest_invite.remove(digest)? else {
             return Ok(None);
+        };
+        match self.create_user(name, password, now) {
+            Ok(user) => {
+                self.flush()?;
+                Ok(Some(user))
+            }
+            Err(e) => {
+                self.trees.invitedigest_invite.insert(digest, invite)?;
+                Err(e)
+            }
         }
-        let user = self.create_user(name, password, now)?;
-        self.trees.invitedigest_invite.remove(digest)?;
-        self.flush()?;
-        Ok(Some(user))
     }
 
     /// A user's tokens, by id.
@@ -384,9 +430,29 @@ impl Store {
         let Some(user) = self.user(id)? else {
             return Err(Error::NoSuchUser(format!("#{}", id.0)));
         };
+        // First, atomically: the account is gone for every lookup (name, record: tokens
+        // and sessions resolve to no user) and the deletion is recorded as pending, so
+        // that a crash during the rest is finished at the next open.
+        let name_key = user.name.to_ascii_lowercase().into_bytes();
+        (&self.trees.username_userid, &self.trees.userid_user, &self.trees.meta)
+            .transaction(|(names, users, meta)| {
+                names.remove(name_key.as_slice())?;
+                users.remove(&keys::user(id))?;
+                meta.insert(&keys::pending(keys::Pending::DeleteUser, id), &[])?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(self.delete_user_records(id)? + 1)
+    }
+
+    /// The rest of a deletion: every record of a user whose account is already gone;
+    /// finishes by clearing the pending mark. Safe to run again.
+    fn delete_user_records(&self, id: UserId) -> Result<u64> {
         let mut removed = 0u64;
-        for token in self.tokens(id)? {
-            if self.revoke_token(id, token.id)? {
+        for kv in self.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(id)) {
+            let (_, digest) = kv?;
+            if self.trees.tokendigest_token.remove(digest)?.is_some() {
                 removed += 1;
             }
         }
@@ -401,7 +467,6 @@ impl Store {
             }
             tree.apply_batch(batch)?;
         }
-        self.trees.username_userid.remove(user.name.to_ascii_lowercase().as_bytes())?;
         for kv in self.trees.sessiondigest_session.iter() {
             let (k, v) = kv?;
             if decode::<SessionV1>(schema::SESSIONDIGEST_SESSION, &k, &v).is_ok_and(|s| s.user == id.0) {
@@ -417,8 +482,9 @@ impl Store {
             }
         }
         self.forget_hot(Some(id));
+        self.trees.meta.remove(keys::pending(keys::Pending::DeleteUser, id))?;
         self.flush()?;
-        Ok(removed + 1)
+        Ok(removed)
     }
 }
 
@@ -457,5 +523,55 @@ mod tests {
         store.delete_user(alice.id).expect("delete");
         assert_eq!(store.user_by_name("alice").expect("lookup"), None);
         assert!(store.users().expect("list").is_empty());
+    }
+
+    fn reopen(dir: &std::path::Path) -> Store {
+        Store::open(dir, &Options { cache_mb: 4, ..Default::default() }).expect("open")
+    }
+
+    #[test]
+    fn a_deletion_cut_short_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = reopen(dir.path());
+        let bob = store.create_user("bob", "password1", 100).expect("create");
+        let (token, _) = store.create_token(bob.id, "player", 100).expect("token");
+        // The first, atomic step of a deletion happened; the process died before the rest.
+        store.trees.username_userid.remove(b"bob").expect("name");
+        store.trees.userid_user.remove(keys::user(bob.id)).expect("record");
+        store.trees.meta.insert(keys::pending(keys::Pending::DeleteUser, bob.id), &[]).expect("mark");
+        store.flush().expect("flush");
+        assert_eq!(store.user_by_token(&token).expect("lookup"), None, "the token is dead at once");
+        drop(store);
+        let store = reopen(dir.path());
+        for name in schema::USER_PREFIXED_TREES {
+            let tree = store.tree(name).expect("tree");
+            assert_eq!(tree.scan_prefix(keys::user(bob.id)).count(), 0, "{name} still holds bob's records");
+        }
+        assert!(store.trees.tokendigest_token.is_empty(), "the token record is gone");
+        assert_eq!(store.trees.meta.scan_prefix(keys::PENDING).count(), 0);
+    }
+
+    #[test]
+    fn one_invitation_makes_one_account_however_many_race_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = reopen(dir.path());
+        let admin = store.create_user("admin", "password1", 100).expect("create");
+        let code = store.create_invite(admin.id, 100).expect("invite");
+        let made: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (store, code) = (store.clone(), code.clone());
+                    s.spawn(move || {
+                        store.create_user_invited(&code, &format!("racer{i}"), "password1", 100).expect("try").is_some()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert_eq!(made.iter().filter(|m| **m).count(), 1, "{made:?}");
+        // A failed attempt (a taken name) gives the invitation back.
+        let code = store.create_invite(admin.id, 100).expect("invite");
+        assert!(store.create_user_invited(&code, "admin", "password1", 100).is_err());
+        assert!(store.create_user_invited(&code, "carol", "password1", 100).expect("retry").is_some());
     }
 }

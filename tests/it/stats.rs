@@ -457,3 +457,21 @@ async fn a_time_zone_change_through_the_running_writer_recounts_the_buckets() {
     t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
     assert!(before == dump(&t.store), "incremental after a zone change equals a rebuild");
 }
+
+#[test]
+fn a_time_zone_change_cut_short_is_recounted_at_the_next_open() {
+    let t = TestStore::new();
+    let at = 1_711_924_200; // 2024-03-31T22:30Z: April 1st in Berlin
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "T", at))]).expect("ingest");
+    t.ingestor.stop();
+    // The zone is stored (with its pending recount); the process dies before the recount.
+    t.store.set_timezone(t.user, "Europe/Berlin").expect("set");
+    let user = t.user;
+    let dir = t.close();
+    let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("reopen");
+    let april = Period::Month { year: 2024, month: 4 };
+    assert_eq!(store.chart(user, Kind::Artist, &april, 1, NOW).expect("chart").listens, 1, "counted in Berlin time");
+    let before = dump(&store);
+    store.rebuild_stats(&CreditRules::default()).expect("rebuild");
+    assert!(before == dump(&store), "the recount equals a rebuild");
+}

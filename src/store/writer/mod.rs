@@ -299,7 +299,8 @@ impl Writer {
         self.apply(&mut persist, true)?;
         self.store.set_timezone(user, tz)?;
         self.users.remove(&user);
-        self.store.rebuild_user_stats(user)
+        self.store.rebuild_user_stats(user)?;
+        self.store.recounted(user)
     }
 
     /// Drops every cache; the next batch reads state afresh from disk.
