@@ -19,6 +19,7 @@ pub mod schema;
 pub mod space;
 pub mod users;
 pub mod values;
+mod watermark;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,11 @@ pub enum Error {
     DiskFull { path: PathBuf, free_mb: u64, reserve_mb: u64 },
     #[error("the store stopped writing after a failed write ({0}); the node reopens it from disk")]
     Failed(String),
+    #[error(
+        "the database in {path} is damaged: {reason}. `hearsay store recover DIR` salvages every \
+         entry that still verifies into a new data directory (see docs/operations.md)"
+    )]
+    Damaged { path: PathBuf, reason: String },
 }
 
 /// What kind of failure an error is, for the protocols to answer it their way.
@@ -92,6 +98,7 @@ impl Error {
             }
             Error::DiskFull { .. } => Class::DiskFull,
             Error::Failed(_) | Error::WriterGone | Error::Locked { .. } | Error::CommitFailed(_) => Class::Unavailable,
+            Error::Damaged { .. } => Class::Internal,
             _ => Class::Internal,
         }
     }
@@ -198,6 +205,9 @@ pub(crate) struct Health {
     changed: tokio::sync::Notify,
     /// Below the reserve at the last check (logged once per change, not per request).
     low_space: std::sync::atomic::AtomicBool,
+    /// Entries in every log, all flushed (`watermark`), and the lock of its file.
+    acknowledged: std::sync::atomic::AtomicU64,
+    watermark_lock: std::sync::Mutex<()>,
 }
 
 impl Store {
@@ -217,18 +227,26 @@ impl Store {
         // before it is reported as another process using the database.
         let mut attempt = 0;
         let db = loop {
-            let opened =
-                sled::Config::new().path(&path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open();
+            let config = sled::Config::new().path(&path).cache_capacity(options.cache_mb.saturating_mul(1 << 20));
+            // sled panics on some damaged files (a truncated segment: an index out of
+            // bounds): that is damage to report, not a crash.
+            let opened = catch_damage(&path, || config.open().map_err(Error::Db))?;
             match opened {
                 Ok(db) => break db,
-                Err(sled::Error::Io(ref io)) if io.to_string().contains("lock") => {
+                Err(Error::Db(sled::Error::Io(ref io))) if io.to_string().contains("lock") => {
                     attempt += 1;
                     if attempt >= 20 {
                         return Err(Error::Locked { path: path.clone() });
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(other) => return Err(Error::Db(other)),
+                Err(Error::Db(sled::Error::Corruption { .. })) => {
+                    return Err(Error::Damaged {
+                        path: path.clone(),
+                        reason: "sled found corrupt data in its log or snapshot files".into(),
+                    });
+                }
+                Err(other) => return Err(other),
             }
         };
         let t = |name: &str| db.open_tree(name);
@@ -272,9 +290,13 @@ impl Store {
             health: std::sync::Arc::default(),
             reserve_mb: options.reserve_mb,
         };
-        migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
-        store.finish_pending()?;
-        store.recount_after_crash()?;
+        catch_damage(&store.path, || -> Result<()> {
+            migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
+            store.check_acknowledged()?;
+            store.finish_pending()?;
+            store.start_acknowledged()?;
+            store.recount_after_crash()
+        })??;
         Ok(store)
     }
 
@@ -434,4 +456,36 @@ fn check_space(dir: &Path, reserve_mb: u64) -> Result<()> {
         return Err(Error::DiskFull { path: dir.to_owned(), free_mb: free >> 20, reserve_mb });
     }
     Ok(())
+}
+
+/// Runs `f`, turning a panic inside it (sled panics on some damaged files) into
+/// `Error::Damaged` naming `path`. The panic's own message is kept from stderr.
+pub(crate) fn catch_damage<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    quiet_panics_in_dependencies();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Error::Damaged { path: path.to_owned(), reason: format!("reading it failed inside sled ({what})") }
+    })
+}
+
+/// Panics raised inside sled are reported as `Error::Damaged` (see `catch_damage`);
+/// this hook keeps their raw message and backtrace off the terminal and passes every
+/// other panic to the previous hook.
+fn quiet_panics_in_dependencies() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_sled = info.location().is_some_and(|l| l.file().contains("/sled-"));
+            if in_sled {
+                tracing::debug!(%info, "a panic inside sled (reported as damage)");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }

@@ -434,6 +434,7 @@ impl Store {
         // and sessions resolve to no user) and the deletion is recorded as pending, so
         // that a crash during the rest is finished at the next open.
         let name_key = user.name.to_ascii_lowercase().into_bytes();
+        self.acknowledge(0, self.log_head(id)?.n_entries);
         (&self.trees.username_userid, &self.trees.userid_user, &self.trees.meta)
             .transaction(|(names, users, meta)| {
                 names.remove(name_key.as_slice())?;

@@ -233,13 +233,21 @@ fn a_full_disk_at_random_moments_loses_nothing_and_never_wrecks_the_store() {
         }
         // Writes are refused now; a submission gets a clear status, not a hang.
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-        let probe = agent
-            .post(&format!("{}/1/submit-listens", node.url))
-            .set("Authorization", &format!("Token {token}"))
-            .send_string(&format!(
-                r#"{{"listen_type":"single","payload":[{{"listened_at":{},"track_metadata":{{"artist_name":"Probe","track_name":"{round}"}}}}]}}"#,
-                hearsay::now_unix() - 100
-            ));
+        // (A connection the node was closing while it reopened its store is retried.)
+        let mut probe = Err(ureq::Error::Status(0, ureq::Response::new(599, "none", "").expect("response")));
+        for _ in 0..5 {
+            probe = agent
+                .post(&format!("{}/1/submit-listens", node.url))
+                .set("Authorization", &format!("Token {token}"))
+                .send_string(&format!(
+                    r#"{{"listen_type":"single","payload":[{{"listened_at":{},"track_metadata":{{"artist_name":"Probe","track_name":"{round}"}}}}]}}"#,
+                    hearsay::now_unix() - 100
+                ));
+            if !matches!(probe, Err(ureq::Error::Transport(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         match probe {
             Err(ureq::Error::Status(code, _)) => {
                 assert!(code == 507 || code == 503, "round {round}: a write on a full disk answered {code}");

@@ -449,6 +449,8 @@ impl Writer {
             }
             match self.apply(&mut group, false) {
                 Ok(()) => {
+                    let appended = outcomes.iter().flatten().filter(|o| matches!(o, Outcome::Appended { .. })).count();
+                    self.store.acknowledge(appended as u64, 0);
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                     self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for (job, o) in jobs.into_iter().zip(outcomes) {
