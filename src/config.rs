@@ -54,7 +54,9 @@ pub struct HttpConfig {
     pub secure_cookies: bool,
     /// Most connections served at once; past it a new connection is answered 503 and
     /// closed at once (it is also kept below the open-file limit, which the node raises
-    /// to the system's hard limit at start). Default: `1024`; allowed 16..=1000000.
+    /// to the system's hard limit at start). Idle connections are cheap (at most 32 KiB
+    /// of headers each), so the default leaves room for many slow clients while real
+    /// ones are served. Default: `4096`; allowed 16..=1000000.
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers. Default: `10`; allowed 1..=600.
     pub header_timeout_secs: u64,
@@ -347,7 +349,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8487".into(),
             secure_cookies: false,
-            max_connections: 1024,
+            max_connections: 4096,
             header_timeout_secs: 10,
             request_timeout_secs: 60,
         }

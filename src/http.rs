@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/", get(root))
+        .route("/control/backup", axum::routing::post(control_backup))
         .merge(crate::api::listenbrainz::router())
         .merge(crate::api::lastfm::router())
         .merge(crate::api::audioscrobbler::router())
@@ -56,6 +57,32 @@ async fn root(
         crate::api::audioscrobbler::handshake(state, addr, headers, query).await
     } else {
         crate::web::home(state, headers).await
+    }
+}
+
+/// `POST /control/backup` `{"dir": "/absolute/new/dir"}` with `Authorization: Bearer
+/// <DATA_DIR/control.token>`: a consistent copy of the running node's store (what
+/// `hearsay store backup` asks for when the node runs).
+async fn control_backup(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let allowed = state.control_token.as_deref().is_some_and(|t| crate::auth::strings_equal(t, given.trim()));
+    if !allowed {
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "control requests need the node's control token"})))
+            .into_response();
+    }
+    let dir = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["dir"].as_str().map(std::path::PathBuf::from));
+    let Some(dir) = dir.filter(|d| d.is_absolute()) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "give {\"dir\": an absolute path}"}))).into_response();
+    };
+    match state.ingestor.backup(dir).await {
+        Ok(dir) => Json(json!({"dir": dir, "entries": state.store.acknowledged()})).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
     }
 }
 
@@ -99,7 +126,12 @@ pub async fn serve(
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    // Headers over 32 KiB are refused (ours are a cookie and a token), which also bounds
+    // what each of up to max_connections slow clients can make the node hold.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(32 * 1024)
+        .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
@@ -154,7 +186,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Open requests finish; a connection that does not within the request timeout is
+    // dropped (a stuck client must not keep the node from stopping or reopening).
+    if tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the request timeout were dropped");
+    }
     Ok(())
 }
 

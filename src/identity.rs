@@ -17,7 +17,7 @@ use crate::privacy::Publishable;
 use crate::privacy::snapshot::SnapshotV1;
 
 const PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x40];
-pub const FILE_NAME: &str = "node_key";
+pub const FILE_NAME: &str = crate::store::NODE_KEY_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -125,6 +125,7 @@ impl Node {
             p2p,
             signer: self.identity.clone(),
             node_key: self.identity.public_key(),
+            control_token: write_control_token(&self.config.node.data_dir).map(std::sync::Arc::new),
         };
         let failed_store = self.store.clone();
         let until = async move {
@@ -134,11 +135,20 @@ impl Node {
             }
         };
         crate::http::serve(listener, router(state), http_limits(&self.config), until).await?;
+        tracing::debug!("http stopped");
         releases.abort();
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
+        tracing::debug!("writer stopped");
         if let Some(reason) = self.store.failure() {
             // Nothing more is written: what was acknowledged was flushed with its group.
+            // sled's handle is dropped on a thread of its own: after a failed write its
+            // drop may never return (it loops flushing), and it must not hold up this task.
+            let Node { store, ingestor, .. } = self;
+            let _ = std::thread::Builder::new().name("hearsay-drop-failed-store".into()).spawn(move || {
+                drop(ingestor);
+                drop(store);
+            });
             return Ok(Ended::StoreFailed(reason));
         }
         match self.store.flush() {
@@ -149,6 +159,22 @@ impl Node {
         }
         Ok(Ended::Shutdown)
     }
+}
+
+/// Name of the file holding the control token in the data directory.
+pub const CONTROL_TOKEN_FILE: &str = "control.token";
+
+/// Writes a fresh control token to `dir/control.token`, readable by this OS user only;
+/// `None` (control requests refused) when it cannot be written.
+fn write_control_token(dir: &std::path::Path) -> Option<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = hex::encode(crate::auth::random_bytes::<32>().ok()?);
+    let path = dir.join(CONTROL_TOKEN_FILE);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).ok()?;
+    f.write_all(token.as_bytes()).ok()?;
+    Some(token)
 }
 
 /// The HTTP server's limits: the config's, with the connection cap kept under the
@@ -189,6 +215,8 @@ pub async fn serve(
         let _ = stop.send(true);
     });
     let mut waiting_since: Option<std::time::Instant> = None;
+    // Since when a failed store's files are still locked by its old handle.
+    let mut failed_at: Option<std::time::Instant> = None;
     loop {
         if *stopped.borrow() {
             return Ok(());
@@ -199,6 +227,14 @@ pub async fn serve(
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let node = match opened {
             Ok(node) => node,
+            Err(Error::Store(store::Error::Locked { .. }))
+                if failed_at.is_some_and(|t| t.elapsed() > std::time::Duration::from_secs(10)) =>
+            {
+                // The failed handle never let go of its files (sled can loop in its drop
+                // after a failed write): start afresh as a new process image, same PID.
+                restart_process(&listener)?;
+                return Ok(());
+            }
             Err(Error::Store(e @ (store::Error::DiskFull { .. } | store::Error::Locked { .. }))) => {
                 if waiting_since.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
                     tracing::warn!(error = %e, "waiting to open the store");
@@ -215,9 +251,25 @@ pub async fn serve(
             Ended::Shutdown => return Ok(()),
             Ended::StoreFailed(reason) => {
                 tracing::warn!(reason, "reopening the store from disk");
+                failed_at = Some(std::time::Instant::now());
             }
         }
     }
+}
+
+/// Replaces this process with a fresh run of the same binary and arguments (same PID,
+/// so a service manager sees nothing), serving the same HTTP address: every file of
+/// this image, sled's included, is closed by the exec. Returns only on failure.
+fn restart_process(listener: &std::net::TcpListener) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let addr = listener.local_addr()?;
+    tracing::error!(%addr, "the failed store keeps its files locked: restarting the process");
+    let exe = std::env::current_exe()?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("HEARSAY_HTTP__LISTEN", addr.to_string())
+        .exec();
+    Err(Error::Io(err))
 }
 
 /// Answers every request 503 (with why) for two seconds, or until `stop`.

@@ -40,6 +40,9 @@ pub struct AppState {
     /// view, and its public half.
     pub signer: std::sync::Arc<crate::identity::NodeIdentity>,
     pub node_key: [u8; 32],
+    /// The secret of the operator's control requests (`hearsay store backup` to a
+    /// running node), from `DATA_DIR/control.token` (0600), made at each start.
+    pub control_token: Option<std::sync::Arc<String>>,
 }
 
 /// The client's address, when the server knows it (kept in memory only, for limits).

@@ -190,6 +190,14 @@ enum StoreCmd {
     /// Rewrite the database into a fresh file so erased listens and deleted users
     /// physically leave it; blanks track names no log refers to any more.
     Compact,
+    /// Write a consistent copy of the data (database and node key) to a new directory,
+    /// which a node can run from. Works while the node runs (it asks the node).
+    Backup { dir: PathBuf },
+    /// Salvage a damaged data directory into a new one: every entry of every user's log
+    /// that still verifies, their accounts, tokens, settings and privacy ledgers; the
+    /// statistics are rebuilt. The damaged files are not changed; what was lost is
+    /// listed. Run it with the node stopped.
+    Recover { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +251,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Store(StoreCmd::Backup { dir }) => backup(&config, &dir),
+        Command::Store(StoreCmd::Recover { dir }) => recover(&config, &dir),
         #[cfg(feature = "bench")]
         Command::Bench(cmd) => crate::bench::run(&config, cmd),
         Command::Community(cmd) => community::run(&config, cmd),
@@ -608,5 +618,75 @@ fn stats_cmd(config: &Config, cmd: StatsCmd) -> anyhow::Result<ExitCode> {
             println!("statistics rebuilt in {:.1} s", started.elapsed().as_secs_f64());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) })
+}
+
+fn backup(config: &Config, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let dir = absolute(dir)?;
+    match crate::store::Store::open(&config.node.data_dir, &crate::store::Options::from(&config.store)) {
+        Ok(store) => {
+            crate::store::recover::backup(&store, &dir, &crate::store::Options::from(&config.store))?;
+            println!("backed up to {} ({} entries)", dir.display(), store.entries_total()?.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(crate::store::Error::Locked { .. }) => {
+            // The node runs: it makes the copy, between two groups of writes.
+            let token_file = config.node.data_dir.join(crate::node::CONTROL_TOKEN_FILE);
+            let token = std::fs::read_to_string(&token_file).with_context(|| {
+                format!("the node runs, and its control token {} cannot be read", token_file.display())
+            })?;
+            let url = format!("http://{}/control/backup", config.http_listen()?);
+            let reply = ureq::post(&url)
+                .set("Authorization", &format!("Bearer {}", token.trim()))
+                .timeout(std::time::Duration::from_secs(3600))
+                .set("Content-Type", "application/json")
+                .send_string(&serde_json::json!({"dir": dir}).to_string());
+            match reply {
+                Ok(r) => {
+                    let v: serde_json::Value = serde_json::from_str(&r.into_string()?)?;
+                    println!("backed up to {} by the running node ({} entries)", dir.display(), v["entries"]);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(ureq::Error::Status(_, r)) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or_default();
+                    bail!("the node refused the backup: {}", v["error"].as_str().unwrap_or("no reason given"))
+                }
+                Err(e) => bail!("the node runs but does not answer at {url}: {e}"),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn recover(config: &Config, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let dir = absolute(dir)?;
+    let report =
+        crate::store::recover::recover(&config.node.data_dir, &dir, &crate::store::Options::from(&config.store))?;
+    println!("recovered into {} (the damaged files were opened {})", dir.display(), report.opened);
+    for u in &report.users {
+        let lost = u.found.saturating_sub(u.kept);
+        match &u.why {
+            Some(why) if lost > 0 || u.kept < u.found => {
+                println!("  {}: {} of {} entries kept; lost from entry {}: {why}", u.name, u.kept, u.found, u.kept)
+            }
+            Some(why) => println!("  {}: {} entries kept; the log ends early: {why}", u.name, u.kept),
+            None => println!("  {}: {} entries kept", u.name, u.kept),
+        }
+    }
+    for lost in &report.lost_users {
+        println!("  not recovered: {lost}");
+    }
+    let kept = report.kept();
+    match report.acknowledged {
+        Some(ack) if ack > kept => println!("{kept} entries recovered of {ack} acknowledged: {} lost", ack - kept),
+        Some(ack) => println!("{kept} entries recovered of {ack} acknowledged"),
+        None => println!("{kept} entries recovered"),
+    }
+    println!("run the node on the new directory (node.data_dir = {})", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@ pub mod insights;
 pub mod keys;
 pub mod logs;
 pub mod migrate;
+pub mod recover;
 pub mod releases;
 pub mod schema;
 pub mod space;
@@ -169,11 +170,17 @@ pub struct Store {
     default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
     pub(crate) health: std::sync::Arc<Health>,
     reserve_mb: u64,
+    /// sled's data file (`db/db`), to allocate room ahead of its writes.
+    data_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Buckets newer than their stored copy.
 pub(crate) type HotBuckets =
     std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV1>>>>;
+
+/// The node's key file in a data directory (written by `identity`; a backup or a
+/// recovery carries it over).
+pub const NODE_KEY_FILE: &str = "node_key";
 
 /// Store options taken from the config.
 #[derive(Clone, Debug)]
@@ -214,6 +221,20 @@ impl Store {
     /// Opens (creating if needed) the database in `dir/db`, then checks the schema
     /// version: a missing one is initialised, an older one migrated, a newer one refused.
     pub fn open(dir: &Path, options: &Options) -> Result<Store> {
+        let store = Store::open_files(dir, options)?;
+        catch_damage(&store.path, || -> Result<()> {
+            migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
+            store.check_acknowledged()?;
+            store.finish_pending()?;
+            store.start_acknowledged()?;
+            store.recount_after_crash()
+        })??;
+        Ok(store)
+    }
+
+    /// Opens sled in `dir/db` and every tree, and nothing more (no migration, no
+    /// checks, no recount): what `recover` reads a damaged store with.
+    pub(crate) fn open_files(dir: &Path, options: &Options) -> Result<Store> {
         let path = dir.join("db");
         std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
         // Never open sled where it cannot write: opening replays its log and may write
@@ -244,6 +265,13 @@ impl Store {
                     return Err(Error::Damaged {
                         path: path.clone(),
                         reason: "sled found corrupt data in its log or snapshot files".into(),
+                    });
+                }
+                // What sled says of a config file or log it cannot parse.
+                Err(Error::Db(e @ (sled::Error::Unsupported(_) | sled::Error::ReportableBug(_)))) => {
+                    return Err(Error::Damaged {
+                        path: path.clone(),
+                        reason: format!("sled cannot read its files ({e})"),
                     });
                 }
                 Err(other) => return Err(other),
@@ -280,6 +308,7 @@ impl Store {
             community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
+        let data_file = std::fs::OpenOptions::new().write(true).open(path.join("db")).ok().map(std::sync::Arc::new);
         let store = Store {
             db,
             trees,
@@ -289,14 +318,8 @@ impl Store {
             default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
             health: std::sync::Arc::default(),
             reserve_mb: options.reserve_mb,
+            data_file,
         };
-        catch_damage(&store.path, || -> Result<()> {
-            migrate::bring_up_to_date(&store, migrate::MIGRATIONS)?;
-            store.check_acknowledged()?;
-            store.finish_pending()?;
-            store.start_acknowledged()?;
-            store.recount_after_crash()
-        })??;
         Ok(store)
     }
 
@@ -316,6 +339,27 @@ impl Store {
             }
         }
         checked
+    }
+
+    /// Makes sure the next `bytes` sled writes have disk blocks allocated for them
+    /// (`space::allocate_ahead`): the writer asks before every group, so that a disk
+    /// filled by anything meanwhile cannot fail a write half-way. `DiskFull` when the
+    /// room cannot be had.
+    pub(crate) fn make_room(&self, bytes: u64) -> Result<()> {
+        let Some(file) = &self.data_file else { return Ok(()) };
+        match space::allocate_ahead(file, bytes) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                let dir = self.path.parent().unwrap_or(&self.path).to_owned();
+                let free_mb = space::available(&dir).unwrap_or(0) >> 20;
+                Err(Error::DiskFull { path: dir, free_mb, reserve_mb: self.reserve_mb })
+            }
+            Err(e) => {
+                // A file system without fallocate: the reserve check alone guards it.
+                tracing::debug!(error = %e, "cannot allocate room ahead");
+                Ok(())
+            }
+        }
     }
 
     /// Why the store stopped writing, once a write has failed.

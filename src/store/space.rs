@@ -20,6 +20,15 @@ pub fn available(path: &Path) -> std::io::Result<u64> {
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
+/// Allocates `len` bytes past the end of `file` without changing its length
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`): sled appends its log to this file, and
+/// writes into blocks allocated ahead cannot fail for want of space, whatever another
+/// process does to the disk meanwhile.
+pub fn allocate_ahead(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    let end = file.metadata()?.len();
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, end, len).map_err(std::io::Error::from)
+}
+
 /// Removes unfinished snapshot files (`snap.*.generating`) from sled's directory;
 /// returns their names.
 pub fn remove_unfinished_snapshots(db_dir: &Path) -> std::io::Result<Vec<String>> {

@@ -119,6 +119,21 @@ impl Store {
         Ok(user_from(id, record))
     }
 
+    /// Recreates a user exactly as another store held them (same id, name, password
+    /// hash, key, settings), for `recover`. The id counter moves past `id`.
+    pub(crate) fn insert_recovered_user(&self, id: UserId, record: &UserV2, seed: [u8; 32]) -> Result<()> {
+        let lower = record.name.to_ascii_lowercase();
+        let t = &self.trees;
+        t.username_userid.insert(lower.as_bytes(), &keys::user(id))?;
+        t.userid_user.insert(keys::user(id), encode(record))?;
+        t.userid_signingkey.insert(keys::user(id), encode(&SigningKeyV1 { seed }))?;
+        t.meta.update_and_fetch("next_user_id", |old| {
+            let current = old.and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(1, u32::from_be_bytes);
+            Some(current.max(id.0.saturating_add(1)).to_be_bytes().to_vec())
+        })?;
+        self.flush()
+    }
+
     /// Looks a user up by name, case-insensitively.
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
         let Some(id) = self.trees.username_userid.get(name.to_ascii_lowercase().as_bytes())? else {

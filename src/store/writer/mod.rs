@@ -77,6 +77,9 @@ enum Msg {
     DeleteUser(UserId, oneshot::Sender<Result<u64>>),
     /// Change a user's time zone and recount their statistics, in order with appends.
     SetTimezone(UserId, String, oneshot::Sender<Result<()>>),
+    /// Write a consistent copy of the store as a new data directory, no log write
+    /// happening meanwhile.
+    Backup(std::path::PathBuf, oneshot::Sender<Result<std::path::PathBuf>>),
     Stop,
 }
 
@@ -133,6 +136,14 @@ impl Ingestor {
     pub async fn set_timezone(&self, user: UserId, tz: &str) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::SetTimezone(user, tz.to_owned(), reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Writes a consistent copy of the store as the new data directory `dir`, in order
+    /// with appends (batches wait while it is written).
+    pub async fn backup(&self, dir: std::path::PathBuf) -> Result<std::path::PathBuf> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Backup(dir, reply)).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -303,6 +314,14 @@ impl Writer {
         self.store.recounted(user)
     }
 
+    /// Stores the in-memory statistics, then copies the store (nothing else is written
+    /// through this thread meanwhile).
+    fn backup(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        let mut persist = Group::default();
+        self.apply(&mut persist, true)?;
+        super::recover::backup(&self.store, dir, &super::Options::default())
+    }
+
     /// Drops every cache; the next batch reads state afresh from disk.
     fn reset(&mut self) -> Result<()> {
         self.users.clear();
@@ -343,6 +362,10 @@ impl Writer {
                     let _ = reply.send(self.set_timezone(user, &tz));
                     continue;
                 }
+                Msg::Backup(dir, reply) => {
+                    let _ = reply.send(self.backup(&dir));
+                    continue;
+                }
                 Msg::Stop => break,
             };
             let mut n_actions = first.actions.len();
@@ -359,7 +382,7 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    Ok(other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..))) => {
+                    Ok(other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..) | Msg::Backup(..))) => {
                         deferred = Some(other);
                         break;
                     }
@@ -373,6 +396,9 @@ impl Writer {
                 }
                 Some(Msg::SetTimezone(user, tz, reply)) => {
                     let _ = reply.send(self.set_timezone(user, &tz));
+                }
+                Some(Msg::Backup(dir, reply)) => {
+                    let _ = reply.send(self.backup(&dir));
                 }
                 _ => {}
             }
@@ -402,8 +428,13 @@ impl Writer {
     }
 
     fn commit_group(&mut self, mut jobs: Vec<Job>) {
-        // Below the disk reserve, or after a failed write: refuse without writing.
-        if let Err(e) = self.store.writable() {
+        // Below the disk reserve, after a failed write, or without room allocated for
+        // what this group will write: refuse without writing anything.
+        let actions: usize = jobs.iter().map(|j| j.actions.len()).sum();
+        // Generously more than a group writes: each action costs sled at most a few
+        // KiB (entry, names, day index, statistics), and pages are rewritten whole.
+        let room = (actions as u64).saturating_mul(16 << 10).saturating_add(4 << 20);
+        if let Err(e) = self.store.writable().and_then(|()| self.store.make_room(room)) {
             for job in jobs {
                 let _ = job.reply.send(Err(e.refusal()));
             }
