@@ -518,10 +518,22 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
     let total = if from == 0 && to == i64::MAX {
         state.store.log_head(user.id).map_err(store_err)?.n_listens as usize
     } else {
-        state.store.listens(user.id, from, to, usize::MAX, Order::NewestFirst).map_err(store_err)?.len()
+        usize::try_from(state.store.count_listens(user.id, from, to).map_err(store_err)?).unwrap_or(usize::MAX)
     };
-    let wanted = page.saturating_mul(limit);
-    let listens = state.store.listens(user.id, from, to, wanted, Order::NewestFirst).map_err(store_err)?;
+    // Only the page asked for is held: earlier pages are skipped, not collected.
+    let skip = (page - 1).saturating_mul(limit);
+    let mut seen = 0usize;
+    let mut listens = Vec::with_capacity(limit);
+    state
+        .store
+        .each_listen(user.id, from, to, Order::NewestFirst, |l| {
+            seen += 1;
+            if seen > skip {
+                listens.push(l);
+            }
+            Ok(listens.len() < limit)
+        })
+        .map_err(store_err)?;
     let mut container = El::new("recenttracks")
         .attr("user", &user.name)
         .attr("page", page)
@@ -539,7 +551,7 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
             );
         }
     }
-    for l in listens.iter().skip((page - 1) * limit) {
+    for l in &listens {
         let t = &l.listen.track();
         let date = jiff::Timestamp::from_second(l.listen.listened_at())
             .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())

@@ -157,6 +157,17 @@ impl Store {
         Ok(out)
     }
 
+    /// How many live listens have `from <= listened_at < to`, counted from the day
+    /// index without reading a listen (memory does not grow with the range).
+    pub fn count_listens(&self, user: UserId, from: i64, to: i64) -> Result<u64> {
+        let mut n = 0u64;
+        self.for_each_listen_in(user, from, to, |_, _| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
     /// Calls `f` with every live listen with `from <= listened_at < to`, in `order`,
     /// holding one day of the index at a time; stops when `f` returns `Ok(false)`.
     pub fn each_listen(
