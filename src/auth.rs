@@ -22,9 +22,15 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// on one of them, so at most this many 19 MiB working sets exist at once, and the
 /// memory is one buffer per thread, reused (checks allocate nothing; the allocator never
 /// sees a 19 MiB block come and go, which made glibc keep one per thread that ever
-/// hashed). Callers wait their turn; the queue holds `QUEUE` jobs.
+/// hashed). Callers wait their turn; past `QUEUE` waiting jobs a check is refused as
+/// busy at once (a flood of log-ins must not tie up every thread that serves requests).
 pub const HASH_THREADS: usize = 2;
-const QUEUE: usize = 256;
+const QUEUE: usize = 32;
+
+/// The hashing threads have `QUEUE` jobs waiting already: try again later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("password checks are busy; try again in a moment")]
+pub struct Busy;
 /// The largest argon2 memory cost checked (64 MiB): a stored hash asking for more is
 /// treated as not matching rather than allocated.
 const MAX_BLOCKS: usize = 64 * 1024;
@@ -73,17 +79,18 @@ fn pool() -> Option<&'static mpsc::SyncSender<Job>> {
 pub fn hash_password(password: &str) -> Result<String, String> {
     let Some(pool) = pool() else { return hash_now(password) };
     let (reply, answer) = mpsc::sync_channel(1);
-    pool.send(Job::Hash { password: password.to_owned(), reply }).map_err(|e| e.to_string())?;
+    pool.try_send(Job::Hash { password: password.to_owned(), reply }).map_err(|_| Busy.to_string())?;
     answer.recv().map_err(|e| e.to_string())?
 }
 
-/// True when `password` matches the PHC `hash`, checked on one of the hashing threads.
-/// A malformed hash never matches.
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    let Some(pool) = pool() else { return verify_now(&mut Vec::new(), hash, password.as_bytes()) };
+/// Whether `password` matches the PHC `hash`, checked on one of the hashing threads;
+/// `Err(Busy)` when too many checks wait already. A malformed hash never matches.
+pub fn verify_password(hash: &str, password: &str) -> Result<bool, Busy> {
+    let Some(pool) = pool() else { return Ok(verify_now(&mut Vec::new(), hash, password.as_bytes())) };
     let (reply, answer) = mpsc::sync_channel(1);
     let job = Job::Verify { hash: hash.to_owned(), password: password.to_owned(), reply };
-    pool.send(job).is_ok() && answer.recv().unwrap_or(false)
+    pool.try_send(job).map_err(|_| Busy)?;
+    Ok(answer.recv().unwrap_or(false))
 }
 
 fn hash_now(password: &str) -> Result<String, String> {
@@ -174,9 +181,9 @@ mod tests {
     fn passwords_verify_and_wrong_ones_do_not() {
         let h = hash_password("correct horse").expect("hash");
         assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password(&h, "correct horse"));
-        assert!(!verify_password(&h, "correct horsf"));
-        assert!(!verify_password("garbage", "correct horse"));
+        assert_eq!(verify_password(&h, "correct horse"), Ok(true));
+        assert_eq!(verify_password(&h, "correct horsf"), Ok(false));
+        assert_eq!(verify_password("garbage", "correct horse"), Ok(false));
     }
 
     #[test]

@@ -164,8 +164,26 @@ pub async fn serve(
             async move {
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(axum::extract::ConnectInfo(addr));
-                let upload = request.uri().path().starts_with("/import");
-                let call = tower_service::Service::call(&mut app, request);
+                // Uploads are bounded by size and backups by the store's size, not time.
+                let upload =
+                    request.uri().path().starts_with("/import") || request.uri().path().starts_with("/control/");
+                // Handlers read sled, sum charts and wait for argon2: they run on the
+                // blocking pool, so the runtime's few worker threads (two on a 2-core
+                // machine) only move bytes and a slow page never stalls other clients.
+                let runtime = tokio::runtime::Handle::current();
+                let call = tokio::task::spawn_blocking(move || {
+                    runtime.block_on(tower_service::Service::call(&mut app, request))
+                });
+                let call = async move {
+                    match call.await {
+                        Ok(response) => response,
+                        Err(e) => {
+                            use axum::response::IntoResponse;
+                            tracing::error!(error = %e, "a request handler panicked");
+                            Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
+                        }
+                    }
+                };
                 if upload {
                     return call.await;
                 }

@@ -292,14 +292,19 @@ async fn wait_unavailable(
         }
     });
     let serving = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-    axum::serve(serving, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
-                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-            }
-        })
-        .await?;
+    let until = async move {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    };
+    // The same limits as always: a client that trickles its headers cannot hold this up.
+    let limits = crate::http::Limits {
+        max_connections: 1024,
+        header_timeout: std::time::Duration::from_secs(2),
+        request_timeout: std::time::Duration::from_secs(2),
+    };
+    crate::http::serve(serving, app, limits, until).await?;
     Ok(())
 }
 

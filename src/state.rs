@@ -72,6 +72,15 @@ impl AppState {
     }
 }
 
+/// The key limits are counted under: the address itself for IPv4, its /64 for IPv6
+/// (one subscriber holds a whole /64, so single addresses would not limit anyone).
+pub fn client_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
+}
+
 /// Failed authentications allowed per client address per minute before 429.
 pub const MAX_FAILED_AUTH_PER_MINUTE: u32 = 30;
 /// How long "now playing" lasts when the track's length is unknown (ListenBrainz: 10 min).
@@ -135,12 +144,12 @@ impl Live {
         let Ok(mut map) = self.failures.lock() else { return false };
         let now = Instant::now();
         map.retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(60));
-        map.get(&addr).is_some_and(|(_, n)| *n >= MAX_FAILED_AUTH_PER_MINUTE)
+        map.get(&client_key(addr)).is_some_and(|(_, n)| *n >= MAX_FAILED_AUTH_PER_MINUTE)
     }
 
     pub fn record_failure(&self, addr: IpAddr) {
         if let Ok(mut map) = self.failures.lock() {
-            let entry = map.entry(addr).or_insert((Instant::now(), 0));
+            let entry = map.entry(client_key(addr)).or_insert((Instant::now(), 0));
             entry.1 += 1;
         }
     }
@@ -232,7 +241,7 @@ impl PendingTokens {
             return Err(CreateError::TooMany);
         }
         if let Some(a) = addr {
-            let n = p.per_address.entry(a).or_insert(0);
+            let n = p.per_address.entry(client_key(a)).or_insert(0);
             if *n >= MAX_TOKENS_PER_MINUTE {
                 return Err(CreateError::TooMany);
             }
@@ -293,6 +302,12 @@ mod tests {
         assert!(pending.approve(&t, UserId(7)));
         assert_eq!(pending.take(&t), Ok(UserId(7)));
         assert_eq!(pending.take(&t), Err(TokenError::Unknown), "single use");
+        // One IPv6 /64 is one client.
+        let v6 = |low: u128| -> IpAddr { std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | low).into() };
+        for i in 0..MAX_TOKENS_PER_MINUTE {
+            pending.create(Some(v6(u128::from(i) + 1))).expect("within the /64's share");
+        }
+        assert_eq!(pending.create(Some(v6(999))), Err(CreateError::TooMany), "another address of the same /64");
         // The whole map is capped, whatever the addresses.
         for i in 0..MAX_PENDING_TOKENS {
             let addr: IpAddr = std::net::Ipv6Addr::from((i as u128) << 64).into();

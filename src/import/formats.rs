@@ -257,7 +257,7 @@ fn maloja(v: &Value, now: i64) -> Parsed {
         recording_mbid: None,
         release_mbid: None,
         listened_at: time,
-        duration_ms: track.get("length").and_then(Value::as_u64).filter(|l| *l > 0).map(|l| l * 1000),
+        duration_ms: track.get("length").and_then(Value::as_u64).filter(|l| *l > 0).and_then(|l| l.checked_mul(1000)),
         client: None,
     };
     build(&raw, now)
@@ -514,7 +514,7 @@ impl Rockbox {
             recording_mbid: mbid.map(str::as_bytes),
             release_mbid: None,
             listened_at: at,
-            duration_ms: f[4].trim().parse::<u64>().ok().filter(|d| *d > 0).map(|d| d * 1000),
+            duration_ms: f[4].trim().parse::<u64>().ok().filter(|d| *d > 0).and_then(|d| d.checked_mul(1000)),
             client: None,
         };
         Some(build(&raw, self.now))

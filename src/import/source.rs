@@ -186,7 +186,7 @@ fn import_zip(
             continue;
         }
         let total = entry.size();
-        let limited = (&mut entry as &mut dyn Read).take(allowed);
+        let limited = Bounded { inner: &mut entry as &mut dyn Read, left: allowed };
         let unknown = "not a listening history (skipped)";
         let member_path = Path::new(&member);
         let what = (forced, unknown);
@@ -197,4 +197,34 @@ fn import_zip(
         }
     }
     Ok(reports)
+}
+
+/// A zip member's reader that fails, rather than stops, past what its compressed size
+/// allows: a member whose declared size lies is reported, never imported cut short
+/// (a line cut mid-field could read as a valid but wrong listen).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One byte more than allowed means the member is bigger than it may be.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "expands more than {MAX_COMPRESSION_RATIO} times its compressed size (a decompression bomb?)"
+                    ),
+                )),
+            };
+        }
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        let read = self.inner.read(&mut buf[..n])?;
+        self.left -= read as u64;
+        Ok(read)
+    }
 }

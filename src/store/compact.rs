@@ -63,10 +63,34 @@ pub fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// Finishes or undoes a compaction a crash cut short (called before sled opens `dir/db`):
+/// with `db` gone between the two renames, the old database (`db.old`) comes back;
+/// with the new one in place, the old one goes; a half-built `db.compacting` goes.
+pub(crate) fn finish_interrupted_swap(dir: &Path) -> std::io::Result<()> {
+    let (db, old, fresh) = (dir.join("db"), dir.join("db.old"), dir.join("db.compacting"));
+    if !db.exists() && old.exists() {
+        tracing::warn!(dir = %dir.display(), "a compaction was cut short: the database before it is put back");
+        std::fs::rename(&old, &db)?;
+    }
+    if db.exists() && old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    if db.exists() && fresh.exists() {
+        std::fs::remove_dir_all(&fresh)?;
+    }
+    Ok(())
+}
+
 /// Blanks unreferenced tracks, then rewrites the database at `dir/db` into a fresh file.
 pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
     let store = Store::open(dir, options)?;
     let bytes_before = dir_bytes(store.path());
+    // The copy needs as much room as the database, beside the reserve.
+    let needed = bytes_before.saturating_add(options.reserve_mb.saturating_mul(1 << 20));
+    let free = super::space::available(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+    if free < needed {
+        return Err(Error::DiskFull { path: dir.to_owned(), free_mb: free >> 20, reserve_mb: needed >> 20 });
+    }
     let tracks_blanked = blank_unreferenced_tracks(&store)?;
     blank_unreferenced_items(&store)?;
     store.flush()?;

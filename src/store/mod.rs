@@ -59,6 +59,8 @@ pub enum Error {
     Random(String),
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
+    #[error("too many password checks are waiting; try again in a moment")]
+    Busy,
     #[error("{0} ids are exhausted")]
     IdsExhausted(&'static str),
     #[error("the batch was not stored: the group it was committed with failed ({0})")]
@@ -98,7 +100,9 @@ impl Error {
                 Class::Invalid
             }
             Error::DiskFull { .. } => Class::DiskFull,
-            Error::Failed(_) | Error::WriterGone | Error::Locked { .. } | Error::CommitFailed(_) => Class::Unavailable,
+            Error::Failed(_) | Error::WriterGone | Error::Locked { .. } | Error::CommitFailed(_) | Error::Busy => {
+                Class::Unavailable
+            }
             Error::Damaged { .. } => Class::Internal,
             _ => Class::Internal,
         }
@@ -112,7 +116,7 @@ impl Error {
                 Error::DiskFull { path: path.clone(), free_mb: *free_mb, reserve_mb: *reserve_mb }
             }
             Error::Failed(reason) => Error::Failed(reason.clone()),
-            other => Error::Failed(other.to_string()),
+            other => Error::CommitFailed(other.to_string()),
         }
     }
 
@@ -237,9 +241,10 @@ impl Store {
     pub(crate) fn open_files(dir: &Path, options: &Options) -> Result<Store> {
         let path = dir.join("db");
         std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        compact::finish_interrupted_swap(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
         // Never open sled where it cannot write: opening replays its log and may write
         // a snapshot, and a snapshot cut short by a full disk is what wrecks a store.
-        check_space(dir, options.reserve_mb)?;
+        check_space(dir, options.reserve_mb, 0)?;
         for name in space::remove_unfinished_snapshots(&path).map_err(|e| Error::Db(sled::Error::Io(e)))? {
             tracing::warn!(file = %path.join(&name).display(), "removed an unfinished snapshot (a write cut short)");
         }
@@ -330,7 +335,7 @@ impl Store {
             return Err(Error::Failed(reason));
         }
         let dir = self.path.parent().unwrap_or(&self.path);
-        let checked = check_space(dir, self.reserve_mb);
+        let checked = check_space(dir, self.reserve_mb, self.ahead());
         let low = checked.is_err();
         if self.health.low_space.swap(low, std::sync::atomic::Ordering::AcqRel) != low {
             match &checked {
@@ -347,6 +352,15 @@ impl Store {
     /// room cannot be had.
     pub(crate) fn make_room(&self, bytes: u64) -> Result<()> {
         let Some(file) = &self.data_file else { return Ok(()) };
+        let dir = self.path.parent().unwrap_or(&self.path).to_owned();
+        // The room counts as free space (it is the store's own), and no more is taken
+        // than the disk has above the reserve: asking for it can never push the node
+        // below its own reserve.
+        let free = space::available(&dir).map_err(|e| Error::Db(sled::Error::Io(e)))?.saturating_add(self.ahead());
+        let reserve = self.reserve_mb.saturating_mul(1 << 20);
+        if free.saturating_sub(reserve) < bytes {
+            return Err(Error::DiskFull { path: dir, free_mb: free >> 20, reserve_mb: self.reserve_mb });
+        }
         match space::allocate_ahead(file, bytes) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
@@ -360,6 +374,11 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Bytes allocated past the end of sled's data file and not written yet.
+    fn ahead(&self) -> u64 {
+        self.data_file.as_deref().map_or(0, space::allocated_ahead)
     }
 
     /// Why the store stopped writing, once a write has failed.
@@ -492,9 +511,10 @@ impl Store {
     }
 }
 
-/// `Error::DiskFull` when the file system holding `dir` has less than `reserve_mb` free.
-fn check_space(dir: &Path, reserve_mb: u64) -> Result<()> {
-    let free = space::available(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+/// `Error::DiskFull` when the file system holding `dir` has less than `reserve_mb` free
+/// (counting `ahead` bytes already allocated to the store as free).
+fn check_space(dir: &Path, reserve_mb: u64, ahead: u64) -> Result<()> {
+    let free = space::available(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?.saturating_add(ahead);
     let reserve = reserve_mb.saturating_mul(1 << 20);
     if free < reserve {
         return Err(Error::DiskFull { path: dir.to_owned(), free_mb: free >> 20, reserve_mb });
@@ -506,7 +526,10 @@ fn check_space(dir: &Path, reserve_mb: u64) -> Result<()> {
 /// `Error::Damaged` naming `path`. The panic's own message is kept from stderr.
 pub(crate) fn catch_damage<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
     quiet_panics_in_dependencies();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get().saturating_sub(1)));
+    caught.map_err(|payload| {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -516,16 +539,21 @@ pub(crate) fn catch_damage<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
-/// Panics raised inside sled are reported as `Error::Damaged` (see `catch_damage`);
-/// this hook keeps their raw message and backtrace off the terminal and passes every
-/// other panic to the previous hook.
+thread_local! {
+    /// How many `catch_damage` calls this thread is inside.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Panics raised inside sled within `catch_damage` are reported as `Error::Damaged`;
+/// this hook keeps their raw message and backtrace off the terminal there, and passes
+/// every other panic (elsewhere, or outside `catch_damage`) to the previous hook.
 fn quiet_panics_in_dependencies() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let in_sled = info.location().is_some_and(|l| l.file().contains("/sled-"));
-            if in_sled {
+            if in_sled && CATCHING.with(std::cell::Cell::get) > 0 {
                 tracing::debug!(%info, "a panic inside sled (reported as damage)");
             } else {
                 previous(info);

@@ -174,6 +174,28 @@ fn verified_prefix(public_key: &[u8; 32], blocks: &[Block]) -> Result<(usize, Op
     }
 }
 
+/// Appends `entries` to `user`'s new log exactly (in batches; a refused batch is
+/// retried entry by entry up to the refused one, which ends the log there: an entry the
+/// node would not accept today, however it was signed). Returns (entries kept, why the
+/// rest was not).
+fn adopt(ingestor: &super::Ingestor, user: UserId, entries: &[&Content]) -> Result<(u64, Option<String>)> {
+    let mut kept = 0u64;
+    for chunk in entries.chunks(1024) {
+        let batch = chunk.iter().map(|c| super::Action::Adopt((*c).clone())).collect();
+        if ingestor.ingest_blocking(user, batch).is_ok() {
+            kept += chunk.len() as u64;
+            continue;
+        }
+        for c in chunk {
+            match ingestor.ingest_blocking(user, vec![super::Action::Adopt((*c).clone())]) {
+                Ok(_) => kept += 1,
+                Err(e) => return Ok((kept, Some(format!("entry {kept} is refused: {e}")))),
+            }
+        }
+    }
+    Ok((kept, None))
+}
+
 /// Recovers the data directory `from` into a new data directory `to` (which must not
 /// hold a store yet). See the module documentation.
 pub fn recover(from: &Path, to: &Path, options: &Options) -> Result<Report> {
@@ -232,28 +254,26 @@ fn recover_from_copy(from: &Path, work: &Path, to: &Path, options: &Options) -> 
             }
         };
         new.insert_recovered_user(id, &record, seed)?;
-        let mut kept = 0u64;
-        let mut batch = Vec::new();
-        for (_, entries, _) in &blocks[..n] {
-            for (content, _) in entries {
-                batch.push(super::Action::Adopt(content.clone()));
-                kept += 1;
-            }
-            if batch.len() >= 1024 {
-                ingestor.ingest_blocking(id, std::mem::take(&mut batch))?;
-            }
-        }
-        if !batch.is_empty() {
-            ingestor.ingest_blocking(id, batch)?;
-        }
+        let entries: Vec<&Content> = blocks[..n].iter().flat_map(|(_, e, _)| e.iter().map(|(c, _)| c)).collect();
+        let (kept, refused) = adopt(&ingestor, id, &entries)?;
         recovered.push((id, kept));
-        report.users.push(UserReport { name: record.name, found, kept, why: why.or(unreadable) });
+        report.users.push(UserReport { name: record.name, found, kept, why: refused.or(why).or(unreadable) });
     }
     ingestor.stop();
-    // What is keyed by user and not derived from the logs, for the users recovered.
+    super::catch_damage(&old.path, || copy_records(&old, &new, &recovered))??;
+    new.flush()?;
+    drop(new);
+    // The new store opens like any other (and its statistics are recounted if needed).
+    Store::open(to, options)?;
+    Ok(report)
+}
+
+/// Copies what is keyed by user and not derived from the logs (for the users
+/// recovered), and the node's own records.
+fn copy_records(old: &Store, new: &Store, recovered: &[(UserId, u64)]) -> Result<()> {
     for name in USER_TREES.iter().copied().chain([schema::USERID_SEQ_INFO]) {
         let (Some(src), Some(dst)) = (old.tree(name), new.tree(name)) else { continue };
-        for (id, kept) in &recovered {
+        for (id, kept) in recovered {
             for (k, v) in src.scan_prefix(keys::user(*id)).filter_map(std::result::Result::ok) {
                 // Extra client metadata only for the entries kept.
                 if name == schema::USERID_SEQ_INFO
@@ -266,7 +286,7 @@ fn recover_from_copy(from: &Path, work: &Path, to: &Path, options: &Options) -> 
         }
     }
     // Tokens: the records their index points at.
-    for (id, _) in &recovered {
+    for (id, _) in recovered {
         for (_, digest) in
             new.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(*id)).filter_map(std::result::Result::ok)
         {
@@ -286,11 +306,7 @@ fn recover_from_copy(from: &Path, work: &Path, to: &Path, options: &Options) -> 
             new.trees.meta.insert(key, v)?;
         }
     }
-    new.flush()?;
-    drop(new);
-    // The new store opens like any other (and its statistics are recounted if needed).
-    Store::open(to, options)?;
-    Ok(report)
+    Ok(())
 }
 
 /// Writes a consistent copy of `store` as a new data directory `to`: every tree,

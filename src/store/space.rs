@@ -29,6 +29,12 @@ pub fn allocate_ahead(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, end, len).map_err(std::io::Error::from)
 }
 
+/// Bytes allocated to `file` past its end (by `allocate_ahead`, not yet written).
+pub fn allocated_ahead(file: &std::fs::File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().map_or(0, |m| m.blocks().saturating_mul(512).saturating_sub(m.len()))
+}
+
 /// Removes unfinished snapshot files (`snap.*.generating`) from sled's directory;
 /// returns their names.
 pub fn remove_unfinished_snapshots(db_dir: &Path) -> std::io::Result<Vec<String>> {

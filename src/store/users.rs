@@ -176,7 +176,8 @@ impl Store {
             return Ok(None);
         };
         let record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
-        Ok(auth::verify_password(&record.password_hash, password).then_some(user))
+        let matches = auth::verify_password(&record.password_hash, password).map_err(|_| Error::Busy)?;
+        Ok(matches.then_some(user))
     }
 
     /// Sets a user's time zone (an IANA name). Their statistics must be rebuilt after
@@ -346,7 +347,8 @@ impl Store {
     pub fn end_web_session(&self, key: &str) -> Result<()> {
         self.writable()?;
         self.trees.sessiondigest_websession.remove(auth::session_digest(key))?;
-        Ok(())
+        // A log-out holds after a crash too.
+        self.flush()
     }
 
     /// Whether the user has paused scrobbling (incognito).
@@ -449,7 +451,7 @@ impl Store {
         // and sessions resolve to no user) and the deletion is recorded as pending, so
         // that a crash during the rest is finished at the next open.
         let name_key = user.name.to_ascii_lowercase().into_bytes();
-        self.acknowledge(0, self.log_head(id)?.n_entries);
+        self.unacknowledge(self.log_head(id)?.n_entries)?;
         (&self.trees.username_userid, &self.trees.userid_user, &self.trees.meta)
             .transaction(|(names, users, meta)| {
                 names.remove(name_key.as_slice())?;

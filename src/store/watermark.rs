@@ -35,14 +35,37 @@ impl Store {
         Ok((total, unreadable))
     }
 
-    /// Moves the watermark: `added` entries were flushed, `removed` are about to be
-    /// deleted (lowered before the deletion, so a crash cannot leave it too high).
-    pub(crate) fn acknowledge(&self, added: u64, removed: u64) {
+    /// Moves the watermark: `added` entries were flushed. A raise is written without a
+    /// sync (lagging after a power loss only weakens detection).
+    pub(crate) fn acknowledge(&self, added: u64) {
         use std::sync::atomic::Ordering;
         let Ok(_one_writer) = self.health.watermark_lock.lock() else { return };
-        let now = self.health.acknowledged.load(Ordering::Acquire).saturating_add(added).saturating_sub(removed);
+        let now = self.health.acknowledged.load(Ordering::Acquire).saturating_add(added);
         self.health.acknowledged.store(now, Ordering::Release);
         self.record_acknowledged(now);
+    }
+
+    /// Lowers the watermark by `removed` entries about to be deleted, durably (file and
+    /// directory synced) before the deletion may start: a raise that lags is harmless,
+    /// a lowering that lags would make the next open see a loss that is not one.
+    pub(crate) fn unacknowledge(&self, removed: u64) -> Result<()> {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let _one_writer =
+            self.health.watermark_lock.lock().map_err(|_| Error::Invalid("watermark lock poisoned".into()))?;
+        let now = self.health.acknowledged.load(Ordering::Acquire).saturating_sub(removed);
+        let path = self.watermark_path();
+        let tmp = path.with_extension("new");
+        let io = |e| Error::Db(sled::Error::Io(e));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(format!("entries {now}\n").as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.health.acknowledged.store(now, Ordering::Release);
+        Ok(())
     }
 
     /// Starts the watermark at what the store holds (at open, after the check).
@@ -102,7 +125,7 @@ mod tests {
         let store = Store::open(dir.path(), &Default::default()).expect("open");
         assert_eq!(store.acknowledged(), Some(0), "written at open");
         store.check_acknowledged().expect("healthy");
-        store.acknowledge(5, 0);
+        store.acknowledge(5);
         let e = store.check_acknowledged().expect_err("5 acknowledged, 0 found");
         assert!(e.to_string().contains("0 entries but 5 were acknowledged"), "{e}");
     }

@@ -59,6 +59,10 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
     }
     let id = crate::auth::random_bytes::<16>().map(hex::encode).unwrap_or_default();
     let tmp = dir.join(format!("{id}.upload"));
+    // Nothing is accepted that the store could not take in (the file lands on its disk).
+    if let Err(e) = state.store.writable() {
+        return super::server_error(&v, e);
+    }
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut file_name = String::new();
     let mut got_file = false;
@@ -72,6 +76,10 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
             }
         };
         let name = field.name().unwrap_or_default().to_owned();
+        if fields.len() >= MAX_FIELDS {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return (StatusCode::PAYLOAD_TOO_LARGE, format!("more than {MAX_FIELDS} form fields\n")).into_response();
+        }
         if name == "file" {
             // The form's fields come first, so the CSRF token is checked before a byte
             // of the file is written.
@@ -160,6 +168,8 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
 
 /// Longest form field other than the file.
 const MAX_FIELD_BYTES: usize = 4096;
+/// Most form fields (the form has four).
+const MAX_FIELDS: usize = 16;
 
 /// A form field's text, refused past `MAX_FIELD_BYTES` as soon as it gets longer.
 async fn bounded_text(mut field: axum::extract::multipart::Field<'_>) -> Result<String, String> {

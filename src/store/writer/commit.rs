@@ -122,7 +122,9 @@ impl Writer {
             &t.userid_recording_feedback,
             &t.userid_seq_info,
         ];
-        trees[..]
+        // Everything above only read; from here on, a failure leaves sled's memory ahead
+        // of its disk, so it fails the store (see `poison`).
+        let written = trees[..]
             .transaction(|tx| {
                 for (i, k, v) in &ops {
                     let Some(tree) = tx.get(*i) else { continue };
@@ -133,8 +135,12 @@ impl Writer {
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
-            .map_err(crate::store::users::tx_error)?;
-        self.store.flush()?;
+            .map_err(crate::store::users::tx_error)
+            .and_then(|()| self.store.flush());
+        if let Err(e) = written {
+            self.poison("a group commit", &e);
+            return Err(e);
+        }
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         if persist {
             hot.clear();

@@ -115,10 +115,19 @@ impl Ingestor {
     pub fn start(store: Store, max_group_listens: usize, rules: CreditRules) -> Result<Ingestor> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(Counters::default());
+        let watched = store.clone();
         let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone(), rules)?;
         let thread = std::thread::Builder::new()
             .name("hearsay-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                // A panic in the writer (a bug, or sled on damaged files) must not leave
+                // the node refusing every write forever: the store fails, and the node
+                // reopens it with a new writer.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(rx)));
+                if ran.is_err() {
+                    watched.fail("the writer thread panicked");
+                }
+            })
             .map_err(|e| Error::Db(sled::Error::Io(e)))?;
         Ok(Ingestor { tx, thread: Arc::new(Mutex::new(Some(thread))), stats })
     }
@@ -317,6 +326,7 @@ impl Writer {
     /// Stores the in-memory statistics, then copies the store (nothing else is written
     /// through this thread meanwhile).
     fn backup(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        self.store.writable()?;
         let mut persist = Group::default();
         self.apply(&mut persist, true)?;
         super::recover::backup(&self.store, dir, &super::Options::default())
@@ -431,9 +441,9 @@ impl Writer {
         // Below the disk reserve, after a failed write, or without room allocated for
         // what this group will write: refuse without writing anything.
         let actions: usize = jobs.iter().map(|j| j.actions.len()).sum();
-        // Generously more than a group writes: each action costs sled at most a few
-        // KiB (entry, names, day index, statistics), and pages are rewritten whole.
-        let room = (actions as u64).saturating_mul(16 << 10).saturating_add(4 << 20);
+        // More than a group writes: each action costs sled well under 4 KiB (entry,
+        // names, day index, statistics, rewritten pages), plus a MiB for the rest.
+        let room = (actions as u64).saturating_mul(4 << 10).saturating_add(1 << 20);
         if let Err(e) = self.store.writable().and_then(|()| self.store.make_room(room)) {
             for job in jobs {
                 let _ = job.reply.send(Err(e.refusal()));
@@ -481,18 +491,28 @@ impl Writer {
             match self.apply(&mut group, false) {
                 Ok(()) => {
                     let appended = outcomes.iter().flatten().filter(|o| matches!(o, Outcome::Appended { .. })).count();
-                    self.store.acknowledge(appended as u64, 0);
+                    self.store.acknowledge(appended as u64);
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                     self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for (job, o) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(o));
                     }
                 }
-                Err(e) => {
-                    self.poison("a group commit", &e);
+                Err(e) if self.store.failure().is_some() => {
                     let reason = e.to_string();
                     for job in jobs {
                         let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
+                    }
+                }
+                Err(e) => {
+                    // Failed before writing anything (a stored value that does not
+                    // decode): only this group fails; memory is reloaded from disk.
+                    tracing::error!(error = %e, "a group could not be prepared for writing");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.refusal()));
+                    }
+                    if let Err(e) = self.reset() {
+                        self.poison("reloading the writer's state", &e);
                     }
                 }
             }
