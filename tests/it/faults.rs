@@ -47,6 +47,13 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The tests here load the machine heavily (tmpfs fills, thousands of connections,
+/// hundreds of MiB of uploads): they take turns, so at most one runs at a time.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn enabled() -> bool {
     if std::env::var("HEARSAY_FAULTS").is_ok_and(|v| v == "0") {
         eprintln!("fault suite left out (HEARSAY_FAULTS=0)");
@@ -170,6 +177,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn a_full_disk_at_random_moments_loses_nothing_and_never_wrecks_the_store() {
+    let _turn = heavy();
     if !enabled() {
         return;
     }
@@ -379,6 +387,7 @@ fn zip_of(member: &str, content: impl Fn(&mut dyn std::io::Write)) -> Vec<u8> {
 
 #[test]
 fn import_bombs_are_refused_naming_the_limit_in_bounded_memory() {
+    let _turn = heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, _) = crate::support::data_with_user(dir.path());
     let node = NodeProcess::start(&data);
@@ -474,6 +483,7 @@ fn timed_health(url: &str) -> (Duration, u16) {
 
 #[test]
 fn slow_header_clients_do_not_take_the_node_down() {
+    let _turn = heavy();
     if !enabled() {
         return;
     }
@@ -566,6 +576,7 @@ fn try_node(data: &Path) -> Result<u16, String> {
 
 #[test]
 fn damaged_files_are_named_never_panic_and_recover_salvages_what_verifies() {
+    let _turn = heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, _) = crate::support::data_with_user(dir.path());
     let pw = dir.path().join("pw");
@@ -685,6 +696,7 @@ fn damaged_files_are_named_never_panic_and_recover_salvages_what_verifies() {
 
 #[test]
 fn a_running_node_backs_up_a_consistent_copy() {
+    let _turn = heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, token) = crate::support::data_with_user(dir.path());
     let node = NodeProcess::start(&data);

@@ -252,7 +252,14 @@ mod rogue {
             .expect("swarm")
     }
 
-    pub async fn run(victim: Multiaddr, community_short: &str, bad: Bad) -> Report {
+    /// Misbehaves until `stop` is set (the test sets it once the victim has answered
+    /// every bad message) or for at most 60 s.
+    pub async fn run(
+        victim: Multiaddr,
+        community_short: &str,
+        bad: Bad,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Report {
         let mut s = swarm();
         let snapshot_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/snapshot"));
         let meta_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/meta"));
@@ -264,13 +271,16 @@ mod rogue {
         let mut flood_sent = false;
         let refs: Vec<_> =
             bad.served.iter().map(|b| (bad.period, bad.origin, 1u16, *blake3::hash(b).as_bytes())).collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut victim_peer = None;
         let mut again = tokio::time::interval(Duration::from_secs(1));
         loop {
             let event = tokio::select! {
                 e = s.select_next_some() => e,
                 _ = again.tick() => {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     // Re-publish in case the first attempt raced the mesh (identical
                     // bytes are dropped as duplicates by the victim's cache anyway).
                     if published {
@@ -409,20 +419,29 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
         hostile_sync: true,
     };
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let report = rt.block_on(rogue::run(victim.clone(), &x, bad));
-    assert!(report.range_refused, "an absurd range is refused: {report:?}");
-    assert!(report.rate_limited > 0, "a flood is rate limited: {report:?}");
-    // The victim validates what it received on its own task: give it a moment (a
-    // loaded machine, such as CI with two cores, can be seconds behind).
+    // The rogue misbehaves until the victim has refused its messages (a loaded machine,
+    // such as CI's two cores running other tests, can take seconds), at most a minute.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rogue = {
+        let (victim, x, stop) = (victim.clone(), x.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(rogue::run(victim, &x, bad, stop))
+        })
+    };
+    let started = std::time::Instant::now();
     let mut after = network(&na.url, p);
-    for _ in 0..50 {
-        if counters(&after).1 >= rejected0 + 4 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    while counters(&after).1 < rejected0 + 4 && started.elapsed() < std::time::Duration::from_secs(55) {
+        std::thread::sleep(std::time::Duration::from_millis(300));
         after = network(&na.url, p);
     }
+    // Let the flood of sync requests be answered too.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = rogue.join().expect("rogue");
+    assert!(report.range_refused, "an absurd range is refused: {report:?}");
+    assert!(report.rate_limited > 0, "a flood is rate limited: {report:?}");
+    after = network(&na.url, p);
     let (accepted1, rejected1) = counters(&after);
     assert_eq!(accepted1, accepted0, "nothing bad was accepted");
     assert!(rejected1 >= rejected0 + 4, "rejected {rejected0} -> {rejected1}");
@@ -444,8 +463,17 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
         period: p,
         hostile_sync: false,
     };
-    rt.block_on(rogue::run(victim, &x, bad));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rogue = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(rogue::run(victim, &x, bad, stop))
+        })
+    };
     let v = wait_for(&na.url, p, "the equivocating origin is left out", |v| origins(v, "X", "chart") == 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
     assert!(counters(&v).1 > rejected1, "equivocation is rejected");
     assert!(!v.to_string().contains("Second Story"));
     drop((na, nb));
