@@ -16,7 +16,7 @@ impl Driver {
     fn start() -> Driver {
         crate::support::require("chromium", "chromium");
         crate::support::require("chromedriver", "chromium-driver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let port = crate::support::free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -11,17 +11,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::privacy::{SHORT_PERIODS, fresh_period, release_of, submit, user_with_token};
-use crate::support::{NodeProcess, bin};
+use crate::support::{NodeProcess, bin, free_port};
 
 struct Peer {
     data: PathBuf,
     port: u16,
     id: String,
     extra: Vec<(String, String)>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
 }
 
 impl Peer {

@@ -260,7 +260,7 @@ impl TlsProxy {
         let both = dir.join("both.pem");
         let pem = [std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key")].concat();
         std::fs::write(&both, pem).expect("pem");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let port = free_port();
         let upstream = upstream.trim_start_matches("http://");
         let child = Command::new("socat")
             .arg(format!("OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={}", both.display()))
@@ -333,4 +333,19 @@ pub fn generate_fixture(tag: &str, params: &crate::gen_history::Params) -> crate
     }
     let dir = base.join(format!("{prefix}{}", std::process::id()));
     crate::gen_history::generate(&dir, params).expect("the fixture generator writes its files")
+}
+
+/// A port free now, below Linux's ephemeral range (32768 and up): a port taken from
+/// that range (by binding port 0) can be handed to another test's outgoing connection
+/// before the node binds it, and the node then listens nowhere.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(37);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(20_000 + seed.wrapping_add(n.wrapping_mul(7)) % 12_000).unwrap_or(20_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
