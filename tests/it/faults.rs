@@ -272,7 +272,16 @@ fn a_full_disk_at_random_moments_loses_nothing_and_never_wrecks_the_store() {
         // Started again on the still-full disk, the node does not open the store (a
         // command-line tool does not either), and says why.
         let node = NodeProcess::start_with(&data, &env);
-        wait_for("a 503 from /health", Duration::from_secs(10), || health(&node.url) == 503);
+        // (Generous: on a loaded two-core machine a debug node can take seconds to come up.)
+        let mut seen = Vec::new();
+        wait_for("a 503 from /health", Duration::from_secs(30), || {
+            let code = health(&node.url);
+            if seen.last() != Some(&code) {
+                seen.push(code);
+                eprintln!("round {round}: /health on the full disk answered {code}");
+            }
+            code == 503
+        });
         let (code, _, err) = hearsay_with(&data, &["user", "list"], &env);
         assert_ne!(code, 0, "round {round}: a command opened the store on a full disk");
         assert!(err.contains("reserve") && err.contains("MiB free"), "round {round}: {err}");
