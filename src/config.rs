@@ -190,23 +190,28 @@ pub struct PrivacyConfig {
     /// A node that starts (or restarts after a long stop) releases the latest finalised
     /// period and at most this many before it. Default: `2`.
     pub backfill_periods: u32,
-    /// ε per chart for choosing items and noising their listener counts. Default: `0.8`.
+    /// ε per chart for choosing items and noising their listener counts. Default: `0.06`.
     pub epsilon_listeners: f64,
-    /// ε per chart for noising the chosen items' listen counts. Default: `0.2`.
+    /// ε per chart for noising the chosen items' listen counts. Default: `0.015`.
     pub epsilon_listens: f64,
-    /// δ per chart. Default: `1e-7`.
+    /// δ per chart. Default: `5e-8`.
     pub delta: f64,
     /// Never publish an item with fewer real listeners than this (at least 2). Default: `10`.
     pub k: u32,
-    /// Items per user per chart that count (L0). Default: `3`.
+    /// Items per user per chart that count (L0). Default: `1`.
     pub l0: u32,
     /// Listens per user per item that count (C). Default: `10`.
     pub clamp: u32,
-    /// Most ε one user's week may spend, over all releases. Default: `2.0` (one release
+    /// Most ε one user's week may spend, over all releases. Default: `0.15` (one release
     /// of two charts at the defaults).
     pub week_epsilon_budget: f64,
-    /// Most δ one user's week may spend. Default: `2e-7`.
+    /// Most δ one user's week may spend. Default: `1e-7`.
     pub week_delta_budget: f64,
+    /// Most ε one user may spend over any 52 consecutive weeks (basic composition).
+    /// Default: `8.0` (a weekly release all year costs 7.8 at the defaults).
+    pub year_epsilon_budget: f64,
+    /// Most δ one user may spend over any 52 consecutive weeks. Default: `1e-5`.
+    pub year_delta_budget: f64,
 }
 
 impl Default for PrivacyConfig {
@@ -216,14 +221,16 @@ impl Default for PrivacyConfig {
             period_secs: 604_800,
             grace_secs: 172_800,
             backfill_periods: 2,
-            epsilon_listeners: 0.8,
-            epsilon_listens: 0.2,
-            delta: 1e-7,
+            epsilon_listeners: 0.06,
+            epsilon_listens: 0.015,
+            delta: 5e-8,
             k: 10,
-            l0: 3,
+            l0: 1,
             clamp: 10,
-            week_epsilon_budget: 2.0,
-            week_delta_budget: 2e-7,
+            week_epsilon_budget: 0.15,
+            week_delta_budget: 1e-7,
+            year_epsilon_budget: 8.0,
+            year_delta_budget: 1e-5,
         }
     }
 }
@@ -282,16 +289,28 @@ impl PrivacyConfig {
     }
 
     /// The weekly budget per user.
-    pub fn budget(&self) -> Result<crate::privacy::params::Spend, Error> {
-        let eps = milli(self.week_epsilon_budget).ok_or_else(|| Error::Invalid {
-            key: "privacy.week_epsilon_budget",
-            reason: format!("{} must be a number above 0", self.week_epsilon_budget),
-        })?;
-        let delta = pico(self.week_delta_budget).ok_or_else(|| Error::Invalid {
-            key: "privacy.week_delta_budget",
-            reason: format!("{} must be between 0 and 1", self.week_delta_budget),
-        })?;
-        Ok(crate::privacy::params::Spend { eps_milli: eps, delta_pico: delta })
+    pub fn budget(&self) -> Result<crate::privacy::params::Budget, Error> {
+        let spend = |eps_key: &'static str, eps: f64, delta_key: &'static str, delta: f64| {
+            let eps_milli = milli(eps)
+                .ok_or_else(|| Error::Invalid { key: eps_key, reason: format!("{eps} must be a number above 0") })?;
+            let delta_pico = pico(delta)
+                .ok_or_else(|| Error::Invalid { key: delta_key, reason: format!("{delta} must be between 0 and 1") })?;
+            Ok::<_, Error>(crate::privacy::params::Spend { eps_milli, delta_pico })
+        };
+        Ok(crate::privacy::params::Budget {
+            week: spend(
+                "privacy.week_epsilon_budget",
+                self.week_epsilon_budget,
+                "privacy.week_delta_budget",
+                self.week_delta_budget,
+            )?,
+            year: spend(
+                "privacy.year_epsilon_budget",
+                self.year_epsilon_budget,
+                "privacy.year_delta_budget",
+                self.year_delta_budget,
+            )?,
+        })
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -309,9 +328,14 @@ impl PrivacyConfig {
         }
         let params = self.params()?;
         let budget = self.budget()?;
-        params
-            .fits(budget)
-            .map_err(|e| Error::Invalid { key: "privacy.week_epsilon_budget", reason: e.to_string() })?;
+        params.fits(budget).map_err(|e| Error::Invalid {
+            key: if e.to_string().contains("yearly") {
+                "privacy.year_epsilon_budget"
+            } else {
+                "privacy.week_epsilon_budget"
+            },
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -549,7 +573,8 @@ mod tests {
             ("HEARSAY_PRIVACY__EPSILON_LISTENS", "-1", "privacy.epsilon_listens"),
             ("HEARSAY_PRIVACY__K", "1", "privacy.k"),
             ("HEARSAY_PRIVACY__DELTA", "0.5", "privacy.delta"),
-            ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "1.5", "no release could ever be made"),
+            ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "0.1", "no release could ever be made"),
+            ("HEARSAY_PRIVACY__YEAR_EPSILON_BUDGET", "0.1", "privacy.year_epsilon_budget"),
             ("HEARSAY_PRIVACY__PERIOD_SECS", "11", "privacy.period_secs"),
             ("HEARSAY_PRIVACY__DEFAULT_LEVEL", "everyone", "privacy.default_level"),
         ];

@@ -66,13 +66,7 @@ async fn root(
 async fn control_backup(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let allowed = state.control_token.as_deref().is_some_and(|t| crate::auth::strings_equal(t, given.trim()));
-    if !allowed {
+    if !state.is_operator(&headers) {
         return (StatusCode::FORBIDDEN, Json(json!({"error": "control requests need the node's control token"})))
             .into_response();
     }

@@ -6,6 +6,8 @@
 //! - `stats`: pure statistics (credits, periods, charts, insights);
 //! - `privacy`: pure rules of what may leave the node (levels, parameters, noise, the
 //!   accountant, the release and its only output, `Publishable<SnapshotV1>`);
+//! - `policy`: the access policy, pure: what any viewer may learn about a user, for
+//!   each purpose;
 //! - `federation`: pure communities, validation of peers' data, and merging;
 //! - `store`: the only module that touches sled; users, tokens, logs, the ingest writer,
 //!   aggregates, releases, federation state;
@@ -32,6 +34,7 @@ pub mod listenbrainz_json;
 pub mod log;
 pub mod node;
 pub mod p2p;
+pub mod policy;
 pub mod privacy;
 pub mod publish;
 pub mod state;

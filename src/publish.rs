@@ -1,8 +1,9 @@
 //! The publisher: finalises release periods once their grace time has passed, has the
 //! privacy module make each period's release, signs it with the node key and stores it
 //! (ledgers and contributions in the same transaction) **before** anything may send it.
-//! Each period is considered once: the watermark in `meta` moves past it whether or not
-//! it held any listens, and a stored release is never re-made.
+//! Each period is released once, on a fixed schedule: every period gets a release, empty
+//! or not (so its existence shows nothing), the watermark in `meta` moves past it, and a
+//! stored release is never re-made.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use crate::config::PrivacyConfig;
 use crate::identity::NodeIdentity;
 use crate::privacy::accountant::{period_of, week_of};
 use crate::privacy::noise::RandomSource;
-use crate::privacy::params::{Params, Spend};
+use crate::privacy::params::{Budget, Params};
 use crate::privacy::release::{Period, release};
 use crate::privacy::{SharingLevel, accountant::Refusal};
 use crate::store::releases::CommitError;
@@ -23,7 +24,7 @@ pub struct Publisher {
     store: Store,
     identity: Arc<NodeIdentity>,
     params: Params,
-    budget: Spend,
+    budget: Budget,
     period_secs: i64,
     grace_secs: i64,
     backfill: i64,
@@ -34,7 +35,8 @@ pub struct Publisher {
 pub struct Pass {
     /// Periods released (stored), by start.
     pub released: Vec<i64>,
-    /// Periods finalised without a release (nobody shared anything in them).
+    /// Periods finalised without a release (only when a stored release or ledger
+    /// already held the period).
     pub empty: usize,
 }
 
@@ -45,6 +47,16 @@ impl Publisher {
         config: &PrivacyConfig,
     ) -> Result<Publisher, crate::config::Error> {
         config.validate()?;
+        let (params, budget) = (config.params()?, config.budget()?);
+        let paid = params.periods_paid(budget, i64::from(config.period_secs));
+        let wanted = u64::from(604_800 / config.period_secs.max(1)) * 52;
+        if paid < wanted {
+            tracing::warn!(
+                paid,
+                wanted,
+                "the privacy budget pays for fewer releases in 52 weeks than there are periods: aggregate users are left out of the rest"
+            );
+        }
         Ok(Publisher {
             store,
             identity,
@@ -97,14 +109,13 @@ impl Publisher {
     }
 
     fn release_one(&self, start: i64, now: i64, rng: &mut impl RandomSource) -> Result<Option<i64>, store::Error> {
+        // Every period gets a release, whatever the activity: whether one exists (and its
+        // size, beyond the DP values) says nothing about whether anyone listened.
         let inputs = self.store.period_inputs(start, start + self.period_secs)?;
         tracing::debug!(period = start, "finalising a period");
-        if inputs.is_empty() {
-            return Ok(None);
-        }
         let week = week_of(start);
         let aggregate = inputs.iter().filter(|u| u.level == SharingLevel::Aggregate).map(|u| u.user);
-        let ledgers = self.store.ledgers(week, aggregate)?;
+        let ledgers = self.store.accounts(week, aggregate)?;
         let period = Period {
             origin: self.identity.public_key(),
             start,

@@ -57,6 +57,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 }
 
 impl AppState {
+    /// Whether a request carries the node's control token (`Authorization: Bearer`):
+    /// the operator's command line talking to its own node.
+    pub fn is_operator(&self, headers: &axum::http::HeaderMap) -> bool {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        self.control_token.as_deref().is_some_and(|t| crate::auth::strings_equal(t, given.trim()))
+    }
+
     /// A password check off the async runtime: argon2 runs on `auth`'s hashing
     /// threads, and this task waits for it on a blocking thread, so log-ins never stall
     /// scrobbling on the runtime's workers.

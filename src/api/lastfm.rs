@@ -15,11 +15,12 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::{md5_hex, strings_equal};
 use crate::log::{Listen, ListenError, RawListen, TrackRef};
+use crate::policy::Purpose;
 use crate::state::{AppState, ClientAddr, TokenError};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{SharingLevel, User};
+use crate::store::users::User;
 use crate::store::{Action, Outcome};
 
 /// Most scrobbles in one `track.scrobble` request (Last.fm's limit).
@@ -468,7 +469,7 @@ async fn love(state: &AppState, params: &Params, love: bool) -> Outcome2 {
 }
 
 /// The user a read names (`user`, else the session's) if the caller may see them.
-fn read_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, u32, String)> {
+fn read_user(state: &AppState, params: &Params, purpose: Purpose) -> Result<User, (StatusCode, u32, String)> {
     let viewer = match params.get("sk") {
         Some(sk) => state.store.user_by_session(sk).map_err(store_err)?,
         None => None,
@@ -480,8 +481,12 @@ fn read_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, u32
     };
     let not_found = || fail(StatusCode::NOT_FOUND, 6, "User not found");
     let user = state.store.user_by_name(&name).map_err(store_err)?.ok_or_else(not_found)?;
-    let allowed = viewer.as_ref().is_some_and(|v| v.id == user.id) || user.visibility == SharingLevel::Public;
-    if allowed { Ok(user) } else { Err(not_found()) }
+    let who = match &viewer {
+        Some(v) => crate::policy::Viewer::Member { id: v.id.0, admin: false },
+        None => crate::policy::Viewer::Anonymous,
+    };
+    let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
+    if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
 }
 
 fn number(params: &Params, name: &str, default: usize, max: usize) -> Result<usize, (StatusCode, u32, String)> {
@@ -497,7 +502,7 @@ fn number(params: &Params, name: &str, default: usize, max: usize) -> Result<usi
 }
 
 fn user_info(state: &AppState, params: &Params) -> Outcome2 {
-    let user = read_user(state, params)?;
+    let user = read_user(state, params, Purpose::Profile)?;
     let count = state.store.log_head(user.id).map_err(store_err)?.n_listens;
     Ok(vec![
         El::new("user")
@@ -510,7 +515,7 @@ fn user_info(state: &AppState, params: &Params) -> Outcome2 {
 }
 
 fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
-    let user = read_user(state, params)?;
+    let user = read_user(state, params, Purpose::History)?;
     let limit = number(params, "limit", 50, 1000)?;
     let page = number(params, "page", 1, 1_000_000)?;
     let from = params.get("from").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
@@ -572,7 +577,7 @@ fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
 }
 
 fn top(state: &AppState, params: &Params, kind: Kind) -> Outcome2 {
-    let user = read_user(state, params)?;
+    let user = read_user(state, params, Purpose::Charts)?;
     let period_name = params.get("period").unwrap_or("overall");
     let period = match period_name {
         "overall" => Period::AllTime,

@@ -14,12 +14,13 @@ use super::{msid, token_of};
 use crate::listenbrainz_json::{RecordError, extra_info, parse_listen, parse_track};
 use crate::log::TrackRef;
 use crate::log::listen::format_mbid;
+use crate::policy::Purpose;
 use crate::state::{AppState, ClientAddr};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::Action;
 use crate::store::logs::{Order, StoredListen};
-use crate::store::users::{SharingLevel, User};
+use crate::store::users::User;
 
 /// ListenBrainz's limits (listenbrainz/webserver/views/api_tools.py).
 pub const MAX_LISTENS_PER_REQUEST: usize = 1000;
@@ -128,17 +129,27 @@ fn authenticate(
 
 /// The user named in a read URL if `viewer` may see them; unknown and hidden users
 /// get the same 404.
-fn visible_user(state: &AppState, name: &str, viewer: Option<&User>) -> Result<User, LbError> {
+fn visible_user(state: &AppState, name: &str, viewer: Option<&User>, purpose: Purpose) -> Result<User, LbError> {
     let not_found = || LbError::new(StatusCode::NOT_FOUND, format!("Cannot find user: {name}"));
     let user = state.store.user_by_name(name)?.ok_or_else(not_found)?;
-    let allowed = viewer.is_some_and(|v| v.id == user.id) || user.visibility == SharingLevel::Public;
-    if allowed { Ok(user) } else { Err(not_found()) }
+    let who = match viewer {
+        Some(v) => crate::policy::Viewer::Member { id: v.id.0, admin: false },
+        None => crate::policy::Viewer::Anonymous,
+    };
+    let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
+    if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
 }
 
 /// The user a read request names, if its sender (by token, or anonymous) may see them.
-fn readable_user(state: &AppState, name: &str, headers: &HeaderMap, query: Option<&str>) -> Result<User, LbError> {
+fn readable_user(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    purpose: Purpose,
+) -> Result<User, LbError> {
     let viewer = viewer(state, headers, query)?;
-    visible_user(state, name, viewer.as_ref())
+    visible_user(state, name, viewer.as_ref(), purpose)
 }
 
 /// The viewer of a read request: the token's user if a valid token was sent.
@@ -364,7 +375,7 @@ async fn listens(
     headers: HeaderMap,
     Query(q): Query<ListensQuery>,
 ) -> LbResult {
-    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
     let count = match q.count {
         Some(c) if c < 0 => return Err(LbError::bad("count must be a positive number")),
         Some(c) => (c as usize).min(MAX_ITEMS_PER_GET),
@@ -403,7 +414,7 @@ async fn listen_count(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> LbResult {
-    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
     let n = state.store.log_head(user.id)?.n_listens;
     Ok(Json(json!({"payload": {"count": n}})))
 }
@@ -424,7 +435,7 @@ async fn playing_now(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> LbResult {
-    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
     let listens: Vec<Value> = state
         .live
         .playing(user.id)
@@ -566,7 +577,7 @@ async fn user_stats(
         "releases" => (Kind::Release, "releases", "total_release_count"),
         _ => return Err(LbError::new(StatusCode::NOT_FOUND, "Unknown statistic.")),
     };
-    let user = readable_user(&state, &name, &headers, q.token.as_deref())?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::Charts)?;
     let range = q.range.unwrap_or_else(|| "all_time".into());
     let now = crate::now_unix();
     let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| LbError::bad(e.to_string()))?;

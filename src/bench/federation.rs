@@ -11,7 +11,7 @@ use crate::federation::community::{ManifestV1, Member, open_manifest};
 use crate::identity::NodeIdentity;
 use crate::privacy::SharingLevel;
 use crate::privacy::accountant::period_of;
-use crate::privacy::params::{Params, Spend};
+use crate::privacy::params::{Budget, Params};
 use crate::privacy::release::{Period, UserPeriod, release};
 use crate::privacy::snapshot::ItemName;
 use crate::publish::OsRandom;
@@ -111,7 +111,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                     .collect(),
             }];
             let p = Period { origin: id.public_key(), start: period, secs: 604_800, issued_at: now - 60 };
-            let budget = Spend { eps_milli: 2_000, delta_pico: 200_000 };
+            let budget = Budget::default();
             let r = release(p, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut OsRandom)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let bytes = id.sign_snapshot(&r.snapshot);

@@ -212,7 +212,13 @@ fn follow(store: &Store, ticket: &str, member: bool, now: i64) -> anyhow::Result
 pub fn peers(config: &Config) -> anyhow::Result<ExitCode> {
     let addr = config.http_listen()?;
     let url = format!("http://{addr}/api/network");
-    let body = ureq::get(&url).call().with_context(|| format!("is the node running? {url}"))?.into_string()?;
+    // The control token makes this the operator's request: peers' addresses included.
+    let token = std::fs::read_to_string(config.node.data_dir.join(crate::node::CONTROL_TOKEN_FILE)).unwrap_or_default();
+    let body = ureq::get(&url)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .with_context(|| format!("is the node running? {url}"))?
+        .into_string()?;
     let v: serde_json::Value = serde_json::from_str(&body)?;
     println!("this node: {}", v["peer_id"].as_str().unwrap_or("?"));
     for p in v["p2p"]["peers"].as_array().into_iter().flatten() {

@@ -110,7 +110,7 @@ mod tests {
     use crate::envelope::seal;
     use crate::privacy::SharingLevel;
     use crate::privacy::noise::Seeded;
-    use crate::privacy::params::{Params, Spend};
+    use crate::privacy::params::{Budget, Params};
     use crate::privacy::release::{Period, UserPeriod, release};
     use crate::privacy::snapshot::ItemName;
 
@@ -125,7 +125,7 @@ mod tests {
         }];
         let period =
             Period { origin: id.verifying_key().to_bytes(), start: START, secs: 604_800, issued_at: START + 700_000 };
-        let budget = Spend { eps_milli: 2_000, delta_pico: 200_000 };
+        let budget = Budget::default();
         let r = release(period, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut Seeded(7))
             .expect("release");
         seal(id, DST_SNAPSHOT, r.snapshot.encode())

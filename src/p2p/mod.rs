@@ -65,12 +65,25 @@ impl P2pHandle {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub peer_id: String,
+    /// Addresses: the node's and its peers' (for a home node, its people's). Shown only
+    /// to administrators (`Status::without_addresses` for everyone else).
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
     /// Snapshots accepted / ignored / rejected since start.
     pub accepted: u64,
     pub ignored: u64,
     pub rejected: u64,
+}
+
+impl Status {
+    /// The status as anyone but an administrator may see it: no addresses.
+    pub fn without_addresses(mut self) -> Status {
+        self.listen.clear();
+        for p in &mut self.peers {
+            p.address.clear();
+        }
+        self
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -1,11 +1,12 @@
 //! The privacy accountant: for each user and ISO week (UTC), what the node's releases
 //! have spent of that user's budget, and which periods were released. A release that
-//! would exceed the budget is refused for that user (they are left out of it), and a
-//! second release of the same period is refused outright.
+//! would exceed the week's budget, or the budget of the 52 weeks ending with it (basic
+//! composition: spends add up), is refused for that user (they are left out of it), and
+//! a second release of the same period is refused outright.
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{Spend, WEEK_SECS};
+use super::params::{Budget, Spend, WEEK_SECS, YEAR_WEEKS};
 
 /// Monday 1970-01-05 00:00 UTC: ISO weeks (and every release period) are counted from it.
 pub const EPOCH_MONDAY: i64 = 4 * 86_400;
@@ -33,20 +34,24 @@ pub struct Ledger {
 pub enum Refusal {
     #[error("period {0} was already released; it is never released again")]
     AlreadyReleased(i64),
-    #[error("over budget: spent ε {spent_eps}, this release costs {cost_eps}, the week allows {budget_eps}", spent_eps = super::params::eps_text(spent.eps_milli), cost_eps = super::params::eps_text(cost.eps_milli), budget_eps = super::params::eps_text(budget.eps_milli))]
-    OverBudget { spent: Spend, cost: Spend, budget: Spend },
+    #[error("over budget: spent ε {spent_eps} {within}, this release costs {cost_eps}, the {within_short} allows {budget_eps}", spent_eps = super::params::eps_text(spent.eps_milli), cost_eps = super::params::eps_text(cost.eps_milli), budget_eps = super::params::eps_text(budget.eps_milli), within = if *yearly { "in the 52 weeks ending with this one" } else { "this week" }, within_short = if *yearly { "year" } else { "week" })]
+    OverBudget { spent: Spend, cost: Spend, budget: Spend, yearly: bool },
 }
 
 impl Ledger {
     /// Records a release of `period` costing `cost`, or says why it may not happen (and
-    /// then changes nothing).
-    pub fn charge(&mut self, period: i64, cost: Spend, budget: Spend) -> Result<(), Refusal> {
+    /// then changes nothing). `earlier` is what the user's 51 weeks before this one spent.
+    pub fn charge(&mut self, period: i64, cost: Spend, budget: Budget, earlier: Spend) -> Result<(), Refusal> {
         if self.periods.contains(&period) {
             return Err(Refusal::AlreadyReleased(period));
         }
         let after = self.spent.plus(cost);
-        if !after.within(budget) {
-            return Err(Refusal::OverBudget { spent: self.spent, cost, budget });
+        if !after.within(budget.week) {
+            return Err(Refusal::OverBudget { spent: self.spent, cost, budget: budget.week, yearly: false });
+        }
+        let year = earlier.plus(self.spent);
+        if !year.plus(cost).within(budget.year) {
+            return Err(Refusal::OverBudget { spent: year, cost, budget: budget.year, yearly: true });
         }
         self.spent = after;
         let at = self.periods.partition_point(|&p| p < period);
@@ -55,32 +60,81 @@ impl Ledger {
     }
 }
 
+/// The starts of the 51 weeks before `week`: with it, the rolling year the yearly cap
+/// holds over.
+pub fn weeks_before(week: i64) -> impl Iterator<Item = i64> {
+    (1..YEAR_WEEKS).map(move |i| week - i * WEEK_SECS)
+}
+
+/// One user's account for the week of a release: the week's ledger and what the 51
+/// weeks before it spent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    pub week: Ledger,
+    pub earlier: Spend,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const COST: Spend = Spend { eps_milli: 2_000, delta_pico: 200_000 };
+    const ROOMY_YEAR: Spend = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000_000 };
 
     #[test]
     fn refuses_a_second_release_of_a_period_and_one_over_budget() {
-        let budget = Spend { eps_milli: 4_000, delta_pico: 400_000 };
+        let budget = Budget { week: Spend { eps_milli: 4_000, delta_pico: 400_000 }, year: ROOMY_YEAR };
         let mut l = Ledger::default();
-        l.charge(100, COST, budget).expect("first release");
-        assert_eq!(l.charge(100, COST, budget), Err(Refusal::AlreadyReleased(100)));
-        l.charge(200, COST, budget).expect("second period fits the budget");
+        l.charge(100, COST, budget, Spend::default()).expect("first release");
+        assert_eq!(l.charge(100, COST, budget, Spend::default()), Err(Refusal::AlreadyReleased(100)));
+        l.charge(200, COST, budget, Spend::default()).expect("second period fits the budget");
         let before = l.clone();
-        let refused = l.charge(300, COST, budget).expect_err("third is over budget");
-        assert!(matches!(refused, Refusal::OverBudget { .. }), "{refused}");
-        assert!(refused.to_string().contains("spent ε 4, this release costs 2, the week allows 4"), "{refused}");
+        let refused = l.charge(300, COST, budget, Spend::default()).expect_err("third is over budget");
+        assert!(matches!(refused, Refusal::OverBudget { yearly: false, .. }), "{refused}");
+        assert!(
+            refused.to_string().contains("spent ε 4 this week, this release costs 2, the week allows 4"),
+            "{refused}"
+        );
         assert_eq!(l, before, "a refused charge changes nothing");
     }
 
     #[test]
     fn delta_counts_too() {
         let mut l = Ledger::default();
-        let budget = Spend { eps_milli: 100_000, delta_pico: 300_000 };
-        l.charge(1, COST, budget).expect("fits");
-        assert!(matches!(l.charge(2, COST, budget), Err(Refusal::OverBudget { .. })));
+        let budget = Budget { week: Spend { eps_milli: 100_000, delta_pico: 300_000 }, year: ROOMY_YEAR };
+        l.charge(1, COST, budget, Spend::default()).expect("fits");
+        assert!(matches!(l.charge(2, COST, budget, Spend::default()), Err(Refusal::OverBudget { .. })));
+    }
+
+    #[test]
+    fn the_yearly_cap_holds_over_any_52_weeks() {
+        // Weekly releases costing 0.15 against a yearly 8: 53 weeks in a row would spend
+        // 7.95 in the last 52 of them, so every week fits; at 0.2 a week the 41st is
+        // refused, and the cap frees up only as old weeks leave the window.
+        let budget = Budget { week: ROOMY_YEAR, ..Budget::default() };
+        for (cost, refused_from) in [(150u64, None), (200, Some(40usize))] {
+            let cost = Spend { eps_milli: cost, delta_pico: 100_000 };
+            let mut weeks: Vec<Ledger> = Vec::new();
+            let mut first_refused = None;
+            for w in 0..60usize {
+                let earlier = weeks.iter().rev().take(51).fold(Spend::default(), |a, l| a.plus(l.spent));
+                let mut l = Ledger::default();
+                let start = EPOCH_MONDAY + w as i64 * WEEK_SECS;
+                match l.charge(start, cost, budget, earlier) {
+                    Ok(()) => {}
+                    Err(Refusal::OverBudget { yearly: true, .. }) => {
+                        first_refused.get_or_insert(w);
+                    }
+                    Err(e) => panic!("week {w}: {e}"),
+                }
+                let total = earlier.plus(l.spent);
+                assert!(total.within(budget.year), "week {w}: the rolling year spent {total:?}");
+                weeks.push(l);
+            }
+            assert_eq!(first_refused, refused_from, "cost {cost:?}");
+        }
+        assert_eq!(weeks_before(1_000 * WEEK_SECS).count(), 51);
+        assert_eq!(weeks_before(1_000 * WEEK_SECS).last(), Some(949 * WEEK_SECS));
     }
 
     #[test]

@@ -84,16 +84,53 @@ pub fn discrete_laplace(rng: &mut impl RandomSource, t: u64, s: u64) -> i64 {
 }
 
 /// The listener-count threshold of Laplace partition selection
-/// (google/differential-privacy `LaplacePartitionSelection`), with pre-threshold `k`:
-/// publish an item only if its true listeners ≥ k and listeners + noise ≥ τ, where the
-/// noise scale is `b = l0 / ε`. τ depends only on public parameters, so computing it in
-/// floating point leaks nothing; it is rounded up.
-pub fn partition_threshold(epsilon: f64, l0: u32, delta: f64, k: u32) -> i64 {
-    let l0f = f64::from(l0.max(1));
-    let delta_adj = 1.0 - (1.0 - delta).powf(1.0 / l0f);
-    let b = l0f / epsilon;
-    let tau = 1.0 - b * (2.0 * delta_adj).ln() + f64::from(k.max(1)) - 1.0;
-    tau.ceil() as i64
+/// (google/differential-privacy `LaplacePartitionSelection`), with pre-threshold `k`,
+/// computed from the **discrete** Laplace distribution the noise is drawn from (its tail
+/// is heavier than the continuous one's, so the continuous formula under-states δ).
+///
+/// An item is published only if its true listeners ≥ k and listeners + noise ≥ τ. One
+/// user changes an item's listener count by 1, so the worst case is an item with exactly
+/// k listeners with the user and k − 1 (never considered) without: it appears with
+/// probability P(X ≥ τ − k). A user touches at most L0 items per chart, so by the union
+/// bound the chart fails with probability at most L0 · P(X ≥ τ − k); τ is the smallest
+/// integer for which that is ≤ δ. For the discrete Laplace with scale b = t/s,
+/// P(X = x) = (1 − p)/(1 + p) · p^|x| with p = e^(−s/t), so P(X ≥ m) = p^m / (1 + p) for
+/// m ≥ 1 (a closed form, summed exactly in the tests). τ depends only on public
+/// parameters, so computing it in floating point leaks nothing; a relative margin of
+/// 10⁻⁹ keeps rounding on the safe side.
+pub fn partition_threshold(t: u64, s: u64, l0: u32, delta: f64, k: u32) -> i64 {
+    let ln_p = -(s.max(1) as f64) / (t.max(1) as f64);
+    let ln_target = (delta / f64::from(l0.max(1))).ln() + (1.0 - 1e-9f64).ln();
+    // ln P(X ≥ m) = m·ln p − ln(1 + p), decreasing in m.
+    let ln_tail = |m: i64| m as f64 * ln_p - ln_p.exp().ln_1p();
+    let mut m = ((ln_target + ln_p.exp().ln_1p()) / ln_p).ceil().max(1.0) as i64;
+    while m > 1 && ln_tail(m - 1) <= ln_target {
+        m -= 1;
+    }
+    while ln_tail(m) > ln_target {
+        m += 1;
+    }
+    m + i64::from(k.max(1))
+}
+
+/// The exact probability that an item of exactly `k` listeners (one of them the user)
+/// is published, P(X ≥ τ − k), times L0: the δ one chart spends. Summed term by term
+/// from the pmf rather than from the closed form `partition_threshold` uses.
+pub fn partition_delta(t: u64, s: u64, l0: u32, tau: i64, k: u32) -> f64 {
+    let p = (-(s.max(1) as f64) / (t.max(1) as f64)).exp();
+    let norm = (1.0 - p) / (1.0 + p);
+    let from = tau - i64::from(k);
+    let mut sum = 0.0f64;
+    let mut x = from;
+    loop {
+        let term = norm * p.powf(x.unsigned_abs() as f64);
+        sum += term;
+        if x > 0 && term < sum * 1e-18 {
+            break;
+        }
+        x += 1;
+    }
+    f64::from(l0.max(1)) * sum
 }
 
 /// splitmix64: a seeded source, for tests only (the node uses `publish::OsRandom`).
@@ -179,14 +216,34 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_match_the_reference_table() {
-        // The design reference's table (δ = 1e-7, k = 10) gives τ ≈ 25, 60, 109, 35, rounded
-        // to the nearest; the formula's exact values are 25.4, 59.6, 109.1, 34.8, and the
-        // node rounds up (never below the formula).
-        assert_eq!(partition_threshold(1.0, 1, 1e-7, 10), 26);
-        assert_eq!(partition_threshold(1.0, 3, 1e-7, 10), 60);
-        assert_eq!(partition_threshold(0.5, 3, 1e-7, 10), 110);
-        assert_eq!(partition_threshold(2.0, 3, 1e-7, 10), 35);
+    fn thresholds_are_the_smallest_whose_exact_delta_meets_the_budget() {
+        // (ε in thousandths, L0, δ, k); the scale is b = L0/ε = (1000·L0)/ε_milli.
+        for (eps_milli, l0, delta, k) in [
+            (1000u64, 1u32, 1e-7, 10u32),
+            (1000, 3, 1e-7, 10),
+            (500, 3, 1e-7, 10),
+            (2000, 3, 1e-7, 10),
+            (800, 3, 1e-7, 10),
+            (60, 1, 5e-8, 10),
+            (50_000, 3, 1e-7, 2),
+        ] {
+            let (t, s) = (1000 * u64::from(l0), eps_milli);
+            let tau = partition_threshold(t, s, l0, delta, k);
+            let at = partition_delta(t, s, l0, tau, k);
+            let below = partition_delta(t, s, l0, tau - 1, k);
+            assert!(at <= delta, "ε {eps_milli}/1000, L0 {l0}: δ at τ = {tau} is {at:e} > {delta:e}");
+            assert!(below > delta, "ε {eps_milli}/1000, L0 {l0}: τ − 1 = {} already meets δ ({below:e})", tau - 1);
+            // The continuous formula (τ_c = k − b·ln(2δ/L0)) is below the exact one: it
+            // would have spent more δ than allowed.
+            let b = t as f64 / s as f64;
+            let continuous = (f64::from(k) - b * (2.0 * delta / f64::from(l0)).ln()).ceil() as i64;
+            assert!(tau >= continuous, "exact τ {tau} below the continuous {continuous}");
+        }
+        // The figure: at ε 0.8, L0 3, δ 1e-7, k 10 the old (continuous) τ = 72
+        // spent δ ≈ 1.7e-7 of the noise actually drawn; the exact τ is higher.
+        let over = partition_delta(3000, 800, 3, 72, 10);
+        assert!(over > 1e-7, "{over:e}");
+        assert!(partition_threshold(3000, 800, 3, 1e-7, 10) > 72);
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { eps_listeners_milli: 800, eps_listens_milli: 200, delta_pico: 100_000, k: 10, l0: 3, clamp: 10 }
+        // A release every week all year fits a yearly ε of 8 (52 × 0.15 = 7.8): each
+        // user counts with their top item per chart (L0 = 1), so the listener noise stays
+        // as small as that budget allows (see docs/privacy.md, "The yearly budget").
+        Params { eps_listeners_milli: 60, eps_listens_milli: 15, delta_pico: 50_000, k: 10, l0: 1, clamp: 10 }
     }
 }
 
@@ -55,6 +58,27 @@ impl Spend {
 
     pub fn within(self, budget: Spend) -> bool {
         self.eps_milli <= budget.eps_milli && self.delta_pico <= budget.delta_pico
+    }
+}
+
+/// Weeks in the accountant's rolling year: the cap holds over any 52 consecutive weeks.
+pub const YEAR_WEEKS: i64 = 52;
+
+/// What one user may spend: per ISO week, and over any 52 consecutive weeks (basic
+/// composition: the ε and δ of every release a user's data went into add up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub week: Spend,
+    pub year: Spend,
+}
+
+impl Default for Budget {
+    /// One release a week at the default parameters, all year: ε 0.15 a week, 8 a year.
+    fn default() -> Self {
+        Budget {
+            week: Spend { eps_milli: 150, delta_pico: 100_000 },
+            year: Spend { eps_milli: 8_000, delta_pico: 10_000_000 },
+        }
     }
 }
 
@@ -87,9 +111,9 @@ pub enum ParamError {
     #[error("{what} is too large: {value} (most {max})")]
     TooLarge { what: &'static str, value: u64, max: u64 },
     #[error(
-        "one release costs ε {cost_eps} and δ {cost_delta}e-12, more than the weekly budget (ε {budget_eps}, δ {budget_delta}e-12): no release could ever be made"
+        "one release costs ε {cost_eps} and δ {cost_delta}e-12, more than the {which} budget (ε {budget_eps}, δ {budget_delta}e-12): no release could ever be made"
     )]
-    BudgetTooSmall { cost_eps: String, cost_delta: u64, budget_eps: String, budget_delta: u64 },
+    BudgetTooSmall { which: &'static str, cost_eps: String, cost_delta: u64, budget_eps: String, budget_delta: u64 },
     #[error("below the privacy floor: {0}")]
     BelowFloor(String),
 }
@@ -146,14 +170,11 @@ impl Params {
         }
     }
 
-    /// The listener threshold τ of partition selection (integer, rounded up).
+    /// The listener threshold τ of partition selection: the smallest integer whose exact
+    /// δ under the discrete Laplace noise meets the chart's δ.
     pub fn tau(&self) -> i64 {
-        partition_threshold(
-            f64::from(self.eps_listeners_milli) / 1000.0,
-            self.l0,
-            self.delta_pico as f64 * 1e-12,
-            self.k,
-        )
+        let (t, s) = self.listeners_scale();
+        partition_threshold(t, s, self.l0, self.delta_pico as f64 * 1e-12, self.k)
     }
 
     /// Noise scale of listener counts as the ratio `t/s`: b = L0 / ε.
@@ -166,19 +187,33 @@ impl Params {
         (u64::from(self.l0) * u64::from(self.clamp) * 1000, u64::from(self.eps_listens_milli))
     }
 
-    /// Checks that a weekly budget allows at least one release.
-    pub fn fits(&self, budget: Spend) -> Result<(), ParamError> {
+    /// Checks that the weekly and the yearly budget each allow at least one release.
+    pub fn fits(&self, budget: Budget) -> Result<(), ParamError> {
         let cost = self.release_cost();
-        if cost.within(budget) {
-            Ok(())
-        } else {
-            Err(ParamError::BudgetTooSmall {
-                cost_eps: eps_text(cost.eps_milli),
-                cost_delta: cost.delta_pico,
-                budget_eps: eps_text(budget.eps_milli),
-                budget_delta: budget.delta_pico,
-            })
+        for (which, cap) in [("weekly", budget.week), ("yearly", budget.year)] {
+            if !cost.within(cap) {
+                return Err(ParamError::BudgetTooSmall {
+                    which,
+                    cost_eps: eps_text(cost.eps_milli),
+                    cost_delta: cost.delta_pico,
+                    budget_eps: eps_text(cap.eps_milli),
+                    budget_delta: cap.delta_pico,
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// How many periods of `period_secs` a year's budget pays for with every aggregate
+    /// user charged each period (at most the periods in 52 weeks).
+    pub fn periods_paid(&self, budget: Budget, period_secs: i64) -> u64 {
+        let cost = self.release_cost();
+        let per_week = u64::try_from(WEEK_SECS / period_secs.max(1)).unwrap_or(1).max(1);
+        let by = |cap: u64, c: u64| cap.checked_div(c).unwrap_or(u64::MAX);
+        let week = by(budget.week.eps_milli, cost.eps_milli).min(by(budget.week.delta_pico, cost.delta_pico));
+        let year = by(budget.year.eps_milli, cost.eps_milli).min(by(budget.year.delta_pico, cost.delta_pico));
+        let full = per_week.saturating_mul(YEAR_WEEKS as u64);
+        week.min(per_week).saturating_mul(YEAR_WEEKS as u64).min(year).min(full)
     }
 
     /// Checks these parameters and weekly budget against a floor.
@@ -208,13 +243,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_the_reference_profile() {
+    fn defaults_release_every_week_for_a_year_within_single_digit_epsilon() {
         let p = Params::default();
         p.validate().expect("valid");
-        assert_eq!(p.release_cost(), Spend { eps_milli: 2_000, delta_pico: 200_000 });
-        assert_eq!(p.tau(), 72, "reference §4.6: τ ≈ 72 at ε 0.8, L0 3, δ 1e-7, k 10");
-        p.fits(Spend { eps_milli: 2_000, delta_pico: 200_000 }).expect("one release per week fits");
-        p.meets(Spend { eps_milli: 2_000, delta_pico: 200_000 }, &Floor::default()).expect("meets");
+        assert_eq!(p.release_cost(), Spend { eps_milli: 150, delta_pico: 100_000 });
+        let budget = Budget::default();
+        p.fits(budget).expect("one release fits");
+        assert_eq!(p.periods_paid(budget, WEEK_SECS), 52, "a weekly release all year is paid for");
+        assert!(52 * p.release_cost().eps_milli <= budget.year.eps_milli && budget.year.eps_milli < 10_000);
+        assert_eq!(p.tau(), 280, "exact τ at ε 0.06, L0 1, δ 5e-8, k 10");
+        p.meets(budget.week, &Floor::default()).expect("meets");
     }
 
     #[test]
@@ -228,10 +266,17 @@ mod tests {
         assert!(bad(|p| p.k = 1).contains("at least 2"));
         assert!(bad(|p| p.delta_pico = 0).contains("delta"));
         assert!(bad(|p| p.delta_pico = 1_000_000_000_000).contains("below 1e-3"));
-        let e = Params::default().fits(Spend { eps_milli: 1_000, delta_pico: 200_000 }).expect_err("too small");
-        assert!(e.to_string().contains("no release could ever be made"), "{e}");
+        let small = Budget { week: Spend { eps_milli: 100, delta_pico: 200_000 }, ..Budget::default() };
+        let e = Params::default().fits(small).expect_err("too small");
+        assert!(
+            e.to_string().contains("weekly budget") && e.to_string().contains("no release could ever be made"),
+            "{e}"
+        );
+        let small = Budget { year: Spend { eps_milli: 100, delta_pico: 200_000 }, ..Budget::default() };
+        let e = Params::default().fits(small).expect_err("too small");
+        assert!(e.to_string().contains("yearly budget"), "{e}");
         let e = Params { k: 3, ..Params::default() }
-            .meets(Spend { eps_milli: 2_000, delta_pico: 200_000 }, &Floor::default())
+            .meets(Spend { eps_milli: 150, delta_pico: 100_000 }, &Floor::default())
             .expect_err("floor");
         assert!(e.to_string().contains("k 3 is below"), "{e}");
     }

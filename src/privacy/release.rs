@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 
 use super::SharingLevel;
-use super::accountant::{Ledger, Refusal};
+use super::accountant::{Account, Ledger, Refusal};
 use super::noise::{RandomSource, discrete_laplace};
-use super::params::{MAX_ITEMS, MAX_PUBLIC_ITEMS, Params, Spend};
+use super::params::{Budget, MAX_ITEMS, MAX_PUBLIC_ITEMS, Params, Spend};
 use super::snapshot::{Charts, Entry, ItemId, ItemName, SCHEMA, SnapshotV1};
 
 /// A value that may leave the node. Only this module can make one (the field is
@@ -92,6 +92,13 @@ pub struct Contribution {
     pub tracks: Vec<(ItemName, u64)>,
     /// Charged to the user's weekly budget by this release.
     pub charged: Spend,
+}
+
+impl Contribution {
+    /// Whether the user's exact counts went in (public section) rather than bounded ones.
+    pub fn exact(&self) -> bool {
+        self.level == SharingLevel::Public
+    }
 }
 
 /// The outcome of a release: the snapshot, each user's contribution, and the ledgers
@@ -197,16 +204,22 @@ fn keep_top(rows: &mut Vec<Entry>, n: usize, key: impl Fn(&Entry) -> (i64, i64))
     rows.sort_by_key(|e| e.item);
 }
 
-/// Makes the release of one period. `ledgers` holds the current ledger of the period's
-/// week for (at least) every aggregate user in `users`; a missing one counts as empty.
+/// Makes the release of one period. `users` holds every user whose data the period may
+/// use (the store decides who: members at the period's start, at their level for it);
+/// `accounts` the ledger of the period's week and the spend of the 51 weeks before, for
+/// (at least) every aggregate user in `users`; a missing one counts as empty.
+///
+/// Every aggregate user is charged, whether they listened or not: what a user spends
+/// (and so whether they are left out later) never depends on their activity, and a
+/// release is made every period, so its existence says nothing either.
 ///
 /// Refused as a whole if any user's ledger already lists this period.
 pub fn release(
     period: Period,
     users: &[UserPeriod],
     params: &Params,
-    budget: Spend,
-    mut ledgers: BTreeMap<u32, Ledger>,
+    budget: Budget,
+    accounts: BTreeMap<u32, Account>,
     key: &[u8; 32],
     rng: &mut impl RandomSource,
 ) -> Result<Release, Refusal> {
@@ -214,13 +227,17 @@ pub fn release(
     let mut contributions = Vec::new();
     let mut public = Vec::new();
     let mut aggregate = Vec::new();
+    let mut earlier: BTreeMap<u32, Spend> = BTreeMap::new();
+    let mut ledgers: BTreeMap<u32, Ledger> = BTreeMap::new();
+    for (user, account) in accounts {
+        earlier.insert(user, account.earlier);
+        ledgers.insert(user, account.week);
+    }
     for u in users {
         let empty = u.artists.iter().all(|(_, n)| *n == 0) && u.tracks.iter().all(|(_, n)| *n == 0);
-        if empty {
-            continue;
-        }
         match u.level {
             SharingLevel::Private => {}
+            SharingLevel::Public if empty => {}
             SharingLevel::Public => {
                 public.push(u);
                 let top = |items: &[(ItemName, u64)]| {
@@ -240,7 +257,8 @@ pub fn release(
             }
             SharingLevel::Aggregate => {
                 let ledger = ledgers.entry(u.user).or_default();
-                let (refused, charged) = match ledger.charge(period.start, cost, budget) {
+                let before = earlier.get(&u.user).copied().unwrap_or_default();
+                let (refused, charged) = match ledger.charge(period.start, cost, budget, before) {
                     Ok(()) => (None, cost),
                     Err(e @ Refusal::OverBudget { .. }) => (Some(e.to_string()), Spend::default()),
                     Err(e @ Refusal::AlreadyReleased(_)) => return Err(e),
@@ -254,7 +272,7 @@ pub fn release(
                     tracks: if included { bound(&u.tracks, params, key) } else { Vec::new() },
                     charged,
                 });
-                if included {
+                if included && !empty {
                     aggregate.push(u);
                 }
             }
@@ -284,12 +302,15 @@ pub fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::privacy::accountant::Ledger;
+    use crate::privacy::accountant::{Account, Ledger};
     use crate::privacy::noise::Seeded;
     use crate::privacy::snapshot::DecodeError;
 
     const KEY: [u8; 32] = [7; 32];
-    const BIG: Spend = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000_000 };
+    const BIG: Budget = Budget {
+        week: Spend { eps_milli: 1_000_000, delta_pico: 1_000_000_000 },
+        year: Spend { eps_milli: 1_000_000, delta_pico: 1_000_000_000 },
+    };
 
     fn period() -> Period {
         Period { origin: [1; 32], start: 1_795_392_000, secs: 604_800, issued_at: 1_795_392_000 + 691_200 }
@@ -297,7 +318,7 @@ mod tests {
 
     /// Loose parameters so a 40-user test node publishes something.
     fn loose() -> Params {
-        Params { eps_listeners_milli: 20_000, eps_listens_milli: 20_000, k: 3, ..Params::default() }
+        Params { eps_listeners_milli: 20_000, eps_listens_milli: 20_000, k: 3, l0: 3, ..Params::default() }
     }
 
     fn user(id: u32, level: SharingLevel, artists: &[(&str, u64)]) -> UserPeriod {
@@ -368,7 +389,7 @@ mod tests {
     fn default_parameters_publish_nothing_for_a_small_node() {
         let r = release(period(), &node(&[]), &Params::default(), BIG, BTreeMap::new(), &KEY, &mut Seeded(1))
             .expect("release");
-        assert!(r.snapshot.get().aggregate.artists.is_empty(), "40 listeners are below τ = 72");
+        assert!(r.snapshot.get().aggregate.artists.is_empty(), "40 listeners are far below τ");
     }
 
     #[test]
@@ -429,16 +450,26 @@ mod tests {
         let cost = params.release_cost();
         let mut ledgers = BTreeMap::new();
         // User 0 already spent the whole week on an earlier period.
-        ledgers.insert(0, Ledger { spent: cost, periods: vec![period().start - 3_600] });
-        let r = release(period(), &users, &params, cost, ledgers, &KEY, &mut Seeded(3)).expect("release");
+        ledgers.insert(
+            0,
+            Account { week: Ledger { spent: cost, periods: vec![period().start - 3_600] }, earlier: Spend::default() },
+        );
+        // User 2 spent the year in the weeks before.
+        ledgers.insert(2, Account { week: Ledger::default(), earlier: BIG.year });
+        let budget = Budget { week: cost, year: BIG.year };
+        let r = release(period(), &users, &params, budget, ledgers, &KEY, &mut Seeded(3)).expect("release");
         let c0 = r.contributions.iter().find(|c| c.user == 0).expect("user 0");
         assert!(c0.refused.as_deref().is_some_and(|m| m.contains("over budget")), "{c0:?}");
         assert!(c0.artists.is_empty() && c0.charged == Spend::default());
         let c1 = r.contributions.iter().find(|c| c.user == 1).expect("user 1");
         assert_eq!((c1.refused.as_ref(), c1.charged), (None, cost));
         assert_eq!(r.ledgers[&1].periods, vec![period().start]);
+        let c2 = r.contributions.iter().find(|c| c.user == 2).expect("user 2");
+        assert!(c2.refused.as_deref().is_some_and(|m| m.contains("52 weeks")), "{c2:?}");
         // The same period again: refused as a whole.
-        let again = release(period(), &users, &params, BIG, r.ledgers, &KEY, &mut Seeded(4));
+        let accounts =
+            r.ledgers.into_iter().map(|(u, week)| (u, Account { week, earlier: Spend::default() })).collect();
+        let again = release(period(), &users, &params, BIG, accounts, &KEY, &mut Seeded(4));
         assert!(matches!(again, Err(Refusal::AlreadyReleased(_))));
     }
 

@@ -9,7 +9,7 @@ use super::aggregates::{Chart, ChartRow};
 use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::logs::Order;
 use super::schema::{self, TRACK_CHUNK};
-use super::users::{SharingLevel, User};
+use super::users::User;
 use super::values::CreditChunkV1;
 use super::{Error, Result, Store};
 use crate::log::listen::MIN_LISTENED_AT;
@@ -187,13 +187,14 @@ impl Store {
         Ok(v)
     }
 
-    /// Users of this node who listen most like `user`, among those whose sharing level
-    /// lets them be shown (not private).
+    /// Users of this node who listen most like `user`, among those the access policy lets
+    /// be shown as someone's neighbour (`policy::Purpose::Similarity`: public users).
     pub fn neighbours(&self, user: UserId, limit: usize) -> Result<Vec<Neighbour>> {
         let mine = self.taste_of(user)?;
         let mut out = Vec::new();
         for other in self.users()? {
-            if other.id == user || other.visibility == SharingLevel::Private {
+            if other.id == user || !crate::policy::counted_exactly(other.visibility, crate::policy::Purpose::Similarity)
+            {
                 continue;
             }
             let similarity = cosine(&mine, &self.taste_of(other.id)?);
@@ -206,12 +207,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Artists listened to by the same people as `artist` (cosine over the node's
-    /// non-private users' tastes). With few users on a node this says little.
+    /// Artists listened to by the same people as `artist` (cosine over the tastes of the
+    /// users the access policy lets feed it: `policy::Purpose::Similarity`, public
+    /// users). With few users on a node this says little.
     pub fn similar_artists(&self, artist: u32, limit: usize) -> Result<Vec<(ChartRow, f32)>> {
         let mut tastes = Vec::new();
         for u in self.users()? {
-            if u.visibility != SharingLevel::Private {
+            if crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::Similarity) {
                 tastes.push(self.taste_of(u.id)?);
             }
         }
@@ -385,11 +387,12 @@ impl Store {
             .collect())
     }
 
-    /// How many users of the node (not private) love the recording.
+    /// How many users of the node love the recording, among those the access policy lets
+    /// be counted exactly (public users).
     pub fn love_count(&self, recording: u32) -> Result<u64> {
         let mut n = 0;
         for u in self.users()? {
-            if u.visibility == SharingLevel::Private {
+            if !crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::NodeChart) {
                 continue;
             }
             if let Some(v) = self.trees.userid_recording_feedback.get(keys::user_u32(u.id, recording))? {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::codec::decode;
 use super::keys::{self, UserId};
-use super::values::{SigningKeyV1, UserV2};
+use super::values::{SigningKeyV1, UserV3};
 use super::{Error, Options, Result, Store, schema};
 use crate::log::{Content, Seal, Verifier, VerifyError};
 use crate::stats::credits::CreditRules;
@@ -229,7 +229,7 @@ fn recover_from_copy(from: &Path, work: &Path, to: &Path, options: &Options) -> 
     })?;
     for (k, v) in users {
         let Ok(id) = keys::parse_u32(schema::USERID_USER, &k).map(UserId) else { continue };
-        let Ok(record) = decode::<UserV2>(schema::USERID_USER, &k, &v) else {
+        let Ok(record) = decode::<UserV3>(schema::USERID_USER, &k, &v) else {
             report.lost_users.push(format!("#{}: the account record does not decode", id.0));
             continue;
         };

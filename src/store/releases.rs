@@ -11,7 +11,8 @@ use super::keys::{self, UserId};
 use super::values::{ContributionV1, LedgerV1};
 use super::{Error, Result, Store, schema};
 use crate::privacy::SharingLevel;
-use crate::privacy::accountant::Ledger;
+use crate::privacy::accountant::{Account, Ledger, weeks_before};
+use crate::privacy::params::Spend;
 use crate::privacy::release::{Contribution, UserPeriod};
 use crate::privacy::snapshot::ItemName;
 use crate::stats::chart::Kind;
@@ -57,24 +58,31 @@ impl Store {
         Ok(())
     }
 
-    /// Every non-private user's listens per artist and per track in `[from, to)`.
-    /// Private users' data is not even read.
+    /// Every user who takes part in the release of `[from, to)` made now, at their
+    /// level for it (`LevelHistory::level_for_period`: members since before `from`, the
+    /// least shared level since `from`), with their listens per artist and per track.
+    /// Aggregate users who did not listen are listed too (they are charged all the same);
+    /// users private for the period are not even read.
     pub fn period_inputs(&self, from: i64, to: i64) -> Result<Vec<UserPeriod>> {
         let mut out = Vec::new();
         for user in self.users()? {
-            if user.visibility == SharingLevel::Private {
-                continue;
-            }
+            let level = match user.levels.level_for_period(user.created_at, from) {
+                None | Some(SharingLevel::Private) => continue,
+                Some(level) => level,
+            };
             let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
             let (sums, total) = self.sum_range(user.id, from, to, &tz)?;
             if total == 0 {
+                if level == SharingLevel::Aggregate {
+                    out.push(UserPeriod { user: user.id.0, level, artists: Vec::new(), tracks: Vec::new() });
+                }
                 continue;
             }
             let artists = self.named_rows(Kind::Artist, sums[Kind::Artist.index()].all(), usize::MAX)?;
             let tracks = self.named_rows(Kind::Recording, sums[Kind::Recording.index()].all(), usize::MAX)?;
             out.push(UserPeriod {
                 user: user.id.0,
-                level: user.visibility,
+                level,
                 artists: artists.into_iter().map(|r| (ItemName::artist(&r.name), r.listens)).collect(),
                 tracks: tracks
                     .into_iter()
@@ -89,10 +97,41 @@ impl Store {
     pub fn ledgers(&self, week: i64, users: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, Ledger>> {
         let mut out = BTreeMap::new();
         for u in users {
-            let key = keys::user_time(UserId(u), week);
-            if let Some(v) = self.trees.userid_week_ledger.get(key)? {
-                out.insert(u, decode::<LedgerV1>(schema::USERID_WEEK_LEDGER, &key, &v)?);
+            if let Some(l) = self.ledger(UserId(u), week)? {
+                out.insert(u, l);
             }
+        }
+        Ok(out)
+    }
+
+    fn ledger(&self, user: UserId, week: i64) -> Result<Option<Ledger>> {
+        let key = keys::user_time(user, week);
+        match self.trees.userid_week_ledger.get(key)? {
+            Some(v) => Ok(Some(decode::<LedgerV1>(schema::USERID_WEEK_LEDGER, &key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What `user` spent in the 51 weeks before `week`: with `week`, their rolling year.
+    pub fn spent_before(&self, user: UserId, week: i64) -> Result<Spend> {
+        let mut total = Spend::default();
+        for w in weeks_before(week) {
+            if let Some(l) = self.ledger(user, w)? {
+                total = total.plus(l.spent);
+            }
+        }
+        Ok(total)
+    }
+
+    /// The accounts of `users` for a release in the week starting at `week`.
+    pub fn accounts(&self, week: i64, users: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, Account>> {
+        let mut out = BTreeMap::new();
+        for u in users {
+            let account = Account {
+                week: self.ledger(UserId(u), week)?.unwrap_or_default(),
+                earlier: self.spent_before(UserId(u), week)?,
+            };
+            out.insert(u, account);
         }
         Ok(out)
     }

@@ -11,7 +11,7 @@ use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
 pub use super::values::SharingLevel;
-use super::values::{SessionV1, SigningKeyV1, TokenV2, UserV2, WebSessionV1};
+use super::values::{LevelHistory, SessionV1, SigningKeyV1, TokenV2, UserV3, WebSessionV1};
 use super::{Error, Result, Store};
 use crate::auth;
 
@@ -53,6 +53,8 @@ pub struct User {
     /// IANA time zone name (default `UTC`).
     pub timezone: String,
     pub visibility: SharingLevel,
+    /// Recent level changes (for releases of periods not yet made).
+    pub levels: LevelHistory,
 }
 
 /// A token as listed (the token itself is never stored).
@@ -64,7 +66,7 @@ pub struct TokenInfo {
     pub created_at: i64,
 }
 
-fn user_from(id: UserId, v: UserV2) -> User {
+fn user_from(id: UserId, v: UserV3) -> User {
     User {
         id,
         name: v.name,
@@ -72,6 +74,7 @@ fn user_from(id: UserId, v: UserV2) -> User {
         public_key: v.public_key,
         timezone: v.timezone,
         visibility: v.visibility,
+        levels: v.levels,
     }
 }
 
@@ -95,13 +98,14 @@ impl Store {
         let password_hash = auth::hash_password(password).map_err(Error::PasswordHash)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
-        let record = UserV2 {
+        let record = UserV3 {
             name: name.to_owned(),
             created_at: now,
             password_hash,
             public_key,
             timezone: "UTC".into(),
             visibility: self.default_level(),
+            levels: LevelHistory::new(now, self.default_level()),
         };
         let t = &self.trees;
         (&t.username_userid, &t.userid_user, &t.userid_signingkey)
@@ -121,7 +125,7 @@ impl Store {
 
     /// Recreates a user exactly as another store held them (same id, name, password
     /// hash, key, settings), for `recover`. The id counter moves past `id`.
-    pub(crate) fn insert_recovered_user(&self, id: UserId, record: &UserV2, seed: [u8; 32]) -> Result<()> {
+    pub(crate) fn insert_recovered_user(&self, id: UserId, record: &UserV3, seed: [u8; 32]) -> Result<()> {
         let lower = record.name.to_ascii_lowercase();
         let t = &self.trees;
         t.username_userid.insert(lower.as_bytes(), &keys::user(id))?;
@@ -175,7 +179,7 @@ impl Store {
         let Some(bytes) = self.trees.userid_user.get(key)? else {
             return Ok(None);
         };
-        let record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
+        let record: UserV3 = decode(schema::USERID_USER, &key, &bytes)?;
         let matches = auth::verify_password(&record.password_hash, password).map_err(|_| Error::Busy)?;
         Ok(matches.then_some(user))
     }
@@ -190,7 +194,7 @@ impl Store {
         crate::stats::period::time_zone(timezone).map_err(|e| Error::Invalid(e.to_string()))?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
-        let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
+        let mut record: UserV3 = decode(schema::USERID_USER, &key, &bytes)?;
         record.timezone = timezone.to_owned();
         let value = encode(&record);
         (&self.trees.userid_user, &self.trees.meta)
@@ -232,11 +236,18 @@ impl Store {
 
     /// Sets a user's sharing level.
     pub fn set_visibility(&self, id: UserId, visibility: SharingLevel) -> Result<()> {
+        self.set_visibility_at(id, visibility, crate::now_unix())
+    }
+
+    /// As `set_visibility`, recording the change at `now`: releases of periods not yet
+    /// made use the least shared level since their start (`LevelHistory`).
+    pub fn set_visibility_at(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<()> {
         self.writable()?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
-        let mut record: UserV2 = decode(schema::USERID_USER, &key, &bytes)?;
+        let mut record: UserV3 = decode(schema::USERID_USER, &key, &bytes)?;
         record.visibility = visibility;
+        record.levels.change(now, visibility);
         self.trees.userid_user.insert(key, encode(&record))?;
         self.flush()
     }

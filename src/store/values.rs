@@ -17,7 +17,7 @@ pub struct UserV1 {
     pub public_key: [u8; 32],
 }
 
-/// `userid_user`.
+/// `userid_user`, as written by schema 2 and 3. Read and migrated to `UserV3`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserV2 {
     pub name: String,
@@ -32,22 +32,64 @@ pub struct UserV2 {
 
 /// A user's sharing level (defined with the privacy rules).
 pub use crate::privacy::SharingLevel;
+pub use crate::privacy::level::LevelHistory;
 
-impl Versioned for UserV2 {
-    const VERSION: u8 = 2;
+impl UserV2 {
+    fn from_v1(v1: UserV1) -> UserV2 {
+        UserV2 {
+            name: v1.name,
+            created_at: v1.created_at,
+            password_hash: v1.password_hash,
+            public_key: v1.public_key,
+            timezone: "UTC".into(),
+            visibility: SharingLevel::default(),
+        }
+    }
+}
+
+/// `userid_user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserV3 {
+    pub name: String,
+    /// When the account was made on this node (a moved account: when it arrived). Its
+    /// data takes part only in releases of periods that start later.
+    pub created_at: i64,
+    pub password_hash: String,
+    pub public_key: [u8; 32],
+    /// IANA time zone name: period boundaries fall at the user's local midnight.
+    pub timezone: String,
+    /// Who may see the user and what of them may leave the node (the level now).
+    pub visibility: SharingLevel,
+    /// Recent level changes: which level a period not yet released is made at.
+    pub levels: LevelHistory,
+}
+
+impl From<UserV2> for UserV3 {
+    fn from(v: UserV2) -> UserV3 {
+        UserV3 {
+            levels: LevelHistory::new(v.created_at, v.visibility),
+            name: v.name,
+            created_at: v.created_at,
+            password_hash: v.password_hash,
+            public_key: v.public_key,
+            timezone: v.timezone,
+            visibility: v.visibility,
+        }
+    }
+}
+
+impl Versioned for UserV3 {
+    const VERSION: u8 = 3;
 
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
         match version {
             1 => {
                 let v1: UserV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-                Ok(UserV2 {
-                    name: v1.name,
-                    created_at: v1.created_at,
-                    password_hash: v1.password_hash,
-                    public_key: v1.public_key,
-                    timezone: "UTC".into(),
-                    visibility: SharingLevel::default(),
-                })
+                Ok(UserV2::from_v1(v1).into())
+            }
+            2 => {
+                let v2: UserV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                Ok(v2.into())
             }
             other => Err(format!("unknown value version {other}")),
         }

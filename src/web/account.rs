@@ -244,7 +244,12 @@ pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Respons
                     @for u in &users {
                         tr {
                             td { (u.name) }
-                            td { (state.store.log_head(u.id).map(|h| h.n_listens).unwrap_or(0)) }
+                            td {
+                                // Activity is history: shown only where the policy allows.
+                                @if v.may(&state, u, crate::policy::Purpose::History).exact() {
+                                    (state.store.log_head(u.id).map(|h| h.n_listens).unwrap_or(0))
+                                } @else { span.muted { "not shared" } }
+                            }
                             td { (u.visibility.as_str()) }
                             td { (u.timezone) }
                         }

@@ -12,11 +12,18 @@ use super::{page, server_error, viewer};
 use crate::federation::merge::Chart;
 use crate::state::AppState;
 
-async fn gather(state: &AppState, period: Option<i64>) -> Result<serde_json::Value, String> {
+/// The p2p status for this viewer: addresses (the node's and its peers', for a home
+/// node its people's) only for administrators and the operator's command line.
+async fn status_for(state: &AppState, admin: bool) -> Option<crate::p2p::Status> {
     let status = match &state.p2p {
         Some(p) => p.status().await,
         None => None,
     };
+    if admin { status } else { status.map(crate::p2p::Status::without_addresses) }
+}
+
+async fn gather(state: &AppState, period: Option<i64>, admin: bool) -> Result<serde_json::Value, String> {
+    let status = status_for(state, admin).await;
     let store = state.store.clone();
     let communities = tokio::task::spawn_blocking(move || store.network_view(period))
         .await
@@ -34,8 +41,13 @@ fn period_of(q: &HashMap<String, String>) -> Option<i64> {
 }
 
 /// `GET /api/network`.
-pub async fn json(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    match gather(&state, period_of(&q)).await {
+pub async fn json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let admin = state.is_operator(&headers) || super::is_admin(&state, &viewer(&state, &headers));
+    match gather(&state, period_of(&q), admin).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "network view");
@@ -80,10 +92,8 @@ pub async fn page_handler(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let v = viewer(&state, &headers);
-    let status = match &state.p2p {
-        Some(p) => p.status().await,
-        None => None,
-    };
+    let admin = super::is_admin(&state, &v);
+    let status = status_for(&state, admin).await;
     let store = state.store.clone();
     let period = period_of(&q);
     let communities = match tokio::task::spawn_blocking(move || store.network_view(period)).await {
@@ -101,10 +111,13 @@ pub async fn page_handler(
             @match &status {
                 None => p.muted { "The peer-to-peer layer is off (p2p.enabled = false)." },
                 Some(s) => {
-                    p.muted { "Listening on " (s.listen.join(", ")) ". Snapshots received: " (s.accepted) " accepted, " (s.ignored) " ignored, " (s.rejected) " rejected." }
+                    p.muted {
+                        @if admin { "Listening on " (s.listen.join(", ")) ". " } @else { "(Addresses are shown to administrators only.) " }
+                        "Snapshots received: " (s.accepted) " accepted, " (s.ignored) " ignored, " (s.rejected) " rejected."
+                    }
                     h2 { "Peers (" (s.peers.len()) ")" }
                     @if s.peers.is_empty() { p.muted { "No peers connected." } }
-                    ul { @for p in &s.peers { li { code { (p.peer_id) } " " (p.agent) " " span.muted { (p.address) } } } }
+                    ul { @for p in &s.peers { li { code { (p.peer_id) } " " (p.agent) @if admin { " " span.muted { (p.address) } } } } }
                 }
             }
             h2 { "Communities" }

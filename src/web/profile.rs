@@ -10,11 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+use crate::policy::Purpose;
 use crate::state::AppState;
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
-use crate::store::users::{SharingLevel, User};
 
 use super::*;
 
@@ -25,19 +25,17 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
     let tz = crate::stats::period::time_zone(&state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
     let week = crate::stats::period::local_date(now, &tz).iso_week_date();
     let this_week = Period::IsoWeek { year: week.year(), week: week.week() };
-    // The exact node chart is for the node's members only; visitors see what the node
-    // has published (docs/privacy.md).
-    let chart = if viewer.0.is_some() {
-        match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
-            Ok(c) => Some(c),
-            Err(e) => return server_error(&viewer, e),
-        }
-    } else {
-        None
+    // The node chart sums the public profiles only (`policy::Purpose::NodeChart`), so
+    // anyone may see it; aggregate members count only in the releases.
+    let chart = match state.store.node_chart(Kind::Artist, &this_week, 10, now, &tz) {
+        Ok(c) => Some(c),
+        Err(e) => return server_error(&viewer, e),
     };
     let latest = state.store.releases(1).unwrap_or_default().into_iter().next();
     let mut recent = Vec::new();
-    for user in state.store.users().unwrap_or_default().into_iter().filter(|u| u.visibility == SharingLevel::Public) {
+    for user in
+        state.store.users().unwrap_or_default().into_iter().filter(|u| viewer.may(&state, u, Purpose::History).exact())
+    {
         for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
             recent.push((user.name.clone(), l));
         }
@@ -50,10 +48,10 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
         &viewer,
         html! {
             @if let Some(chart) = &chart {
-                h1 { "This week among this node's members" }
-                p.muted { "Only members of this node see this chart; it never leaves the node. Private members are not in it." }
+                h1 { "This week on this node's public profiles" }
+                p.muted { "Summed over the members who chose to be public. Members at the aggregate level count only in the node's privacy-protected releases (below); private members nowhere." }
                 @if chart.rows.is_empty() {
-                    p.muted { "No listens shared on this node this week yet." }
+                    p.muted { "No listens on public profiles this week yet." }
                 } @else {
                     p.muted { (chart.listens) " listens from " (chart.listeners) " listeners" }
                     table {
@@ -110,11 +108,11 @@ pub(super) async fn profile(
         Ok(None) => return not_found_page(&v),
         Err(e) => return server_error(&v, e),
     };
-    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
-    if !own && user.visibility != SharingLevel::Public {
+    if !v.may(&state, &user, Purpose::Profile).exact() {
         // A hidden profile looks exactly like a missing one.
         return not_found_page(&v);
     }
+    let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
     let chosen = q.get("period").map_or("7d", String::as_str);
     let Some((key, label, period)) = periods().into_iter().find(|(k, _, _)| *k == chosen) else {
         return not_found_page(&v);
@@ -180,7 +178,7 @@ pub(super) async fn profile(
             ul {
                 @for n in &neighbours {
                     li {
-                        @if n.user.visibility == SharingLevel::Public { a href={ "/user/" (n.user.name) } { (n.user.name) } } @else { (n.user.name) }
+                        a href={ "/user/" (n.user.name) } { (n.user.name) }
                         " " span.muted { (format!("{:.0}%", n.similarity * 100.0)) }
                     }
                 }
@@ -219,11 +217,11 @@ pub async fn history(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let v = viewer(&state, &headers);
-    let Ok(Some(user)) = state.store.user_by_name(&name) else { return not_found_page(&v) };
+    let user = match shown(&state, &v, &name, Purpose::History) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
-    if !own && user.visibility != SharingLevel::Public {
-        return not_found_page(&v);
-    }
     let page_no = q.get("page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
     let total = state.store.log_head(user.id).map(|h| h.n_listens as usize).unwrap_or(0);
     let pages = total.div_ceil(PAGE).max(1);
@@ -296,17 +294,6 @@ pub async fn delete_listen(
     Redirect::to(&format!("/user/{}/history?page={}", me.name, back.parse::<usize>().unwrap_or(1))).into_response()
 }
 
-/// A user whose pages the viewer may see, or the response to send instead.
-pub(super) fn visible(state: &AppState, v: &Viewer, name: &str) -> Result<User, Box<Response>> {
-    match state.store.user_by_name(name) {
-        Ok(Some(u)) if u.visibility == SharingLevel::Public || v.0.as_ref().is_some_and(|(me, _)| me.id == u.id) => {
-            Ok(u)
-        }
-        Ok(_) => Err(Box::new(not_found_page(v))),
-        Err(e) => Err(Box::new(server_error(v, e))),
-    }
-}
-
 pub(super) fn kind_of(path: &str) -> Option<(Kind, &'static str)> {
     match path {
         "artist" => Some((Kind::Artist, "artist")),
@@ -324,7 +311,7 @@ pub async fn item(
     headers: HeaderMap,
 ) -> Response {
     let v = viewer(&state, &headers);
-    let user = match visible(&state, &v, &name) {
+    let user = match shown(&state, &v, &name, Purpose::Charts) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -423,7 +410,7 @@ pub async fn weekly(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let v = viewer(&state, &headers);
-    let user = match visible(&state, &v, &name) {
+    let user = match shown(&state, &v, &name, Purpose::Charts) {
         Ok(u) => u,
         Err(r) => return *r,
     };

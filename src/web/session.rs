@@ -100,6 +100,40 @@ pub(super) fn is_admin(state: &AppState, v: &Viewer) -> bool {
     v.0.as_ref().is_some_and(|(me, _)| state.admins.iter().any(|a| a.eq_ignore_ascii_case(&me.name)))
 }
 
+impl Viewer {
+    /// The viewer as the access policy knows them.
+    pub(super) fn policy(&self, state: &AppState) -> crate::policy::Viewer {
+        match &self.0 {
+            Some((me, _)) => crate::policy::Viewer::Member { id: me.id.0, admin: is_admin(state, self) },
+            None => crate::policy::Viewer::Anonymous,
+        }
+    }
+
+    /// What the viewer may learn about `user` for `purpose` (`crate::policy`).
+    pub(super) fn may(&self, state: &AppState, user: &User, purpose: crate::policy::Purpose) -> crate::policy::Access {
+        crate::policy::may(
+            self.policy(state),
+            crate::policy::Subject { id: user.id.0, level: user.visibility },
+            purpose,
+        )
+    }
+}
+
+/// The user named `name` if the viewer may learn `purpose` about them exactly; otherwise
+/// the response to send: a hidden user looks exactly like a missing one.
+pub(super) fn shown(
+    state: &AppState,
+    v: &Viewer,
+    name: &str,
+    purpose: crate::policy::Purpose,
+) -> Result<User, Box<Response>> {
+    match state.store.user_by_name(name) {
+        Ok(Some(u)) if v.may(state, &u, purpose).exact() => Ok(u),
+        Ok(_) => Err(Box::new(super::page::not_found_page(v))),
+        Err(e) => Err(Box::new(super::page::server_error(v, e))),
+    }
+}
+
 pub(super) fn cookie_value(headers: &HeaderMap) -> Option<String> {
     named_cookie(headers, COOKIE)
 }

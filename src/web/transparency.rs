@@ -11,7 +11,6 @@ use maud::{Markup, html};
 
 use super::{page, server_error, viewer};
 use crate::envelope::open_snapshot;
-use crate::privacy::SharingLevel;
 use crate::privacy::params::eps_text;
 use crate::privacy::snapshot::{Entry, SnapshotV1};
 use crate::state::AppState;
@@ -147,13 +146,30 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
         Some((me, _)) => {
             let ledgers = state.store.user_ledgers(me.id, 12).unwrap_or_default();
             let contributions = state.store.contributions(me.id, SHOWN_RELEASES).unwrap_or_default();
-            Some((me.clone(), ledgers, contributions))
+            // The rolling year the cap holds over: this week and the 51 before it.
+            let week = crate::privacy::accountant::week_of(crate::now_unix());
+            let this_week = state.store.ledgers(week, [me.id.0]).unwrap_or_default();
+            let year = state
+                .store
+                .spent_before(me.id, week)
+                .unwrap_or_default()
+                .plus(this_week.get(&me.id.0).map(|l| l.spent).unwrap_or_default());
+            let total = state
+                .store
+                .user_ledgers(me.id, usize::MAX)
+                .unwrap_or_default()
+                .iter()
+                .fold(crate::privacy::params::Spend::default(), |a, (_, l)| a.plus(l.spent));
+            Some((me.clone(), ledgers, contributions, year, total))
         }
         None => None,
     };
     let admin_rows = if super::is_admin(&state, &v) {
         let mut rows = Vec::new();
         for u in state.store.users().unwrap_or_default() {
+            if !v.may(&state, &u, crate::policy::Purpose::Accounting).exact() {
+                continue;
+            }
             let ledgers = state.store.user_ledgers(u.id, 1).unwrap_or_default();
             let contributions = state.store.contributions(u.id, usize::MAX).unwrap_or_default();
             rows.push((u, ledgers.into_iter().next(), contributions));
@@ -184,14 +200,21 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
             }
             p {
                 "One release costs each aggregate user ε " (eps_text(cost.eps_milli)) " and δ " (delta_text(cost.delta_pico))
-                "; each user's week may spend at most ε " (eps_text(budget.eps_milli)) " and δ " (delta_text(budget.delta_pico))
-                ". A release that would go over leaves that user out."
+                ", every period, whether they listened or not (so what they spend says nothing of their activity). "
+                "Each user's week may spend at most ε " (eps_text(budget.week.eps_milli)) " and δ " (delta_text(budget.week.delta_pico))
+                ", and any 52 weeks in a row at most ε " (eps_text(budget.year.eps_milli)) " and δ " (delta_text(budget.year.delta_pico))
+                " (the spends of all releases add up). A release that would go over leaves that user out."
             }
-            @if let Some((me, ledgers, contributions)) = &mine {
+            @if let Some((me, ledgers, contributions, year, total)) = &mine {
                 h2 { "You" }
                 p { "Your sharing level is " strong { (me.visibility.as_str()) } ". Changes apply from the next release ("
                     a href="/settings" { "settings" } ")." }
                 h3 { "Your privacy budget" }
+                p.budget-total {
+                    "Over the last 52 weeks your data has cost ε " strong { (eps_text(year.eps_milli)) } " of " (eps_text(budget.year.eps_milli))
+                    " and δ " (delta_text(year.delta_pico)) " of " (delta_text(budget.year.delta_pico))
+                    "; since your account was made here, ε " (eps_text(total.eps_milli)) " and δ " (delta_text(total.delta_pico)) " in all."
+                }
                 @if ledgers.is_empty() {
                     p.muted { "No release has used your data yet." }
                 } @else {
@@ -201,7 +224,7 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                             @for (week, l) in ledgers {
                                 tr {
                                     td { (utc(*week)) }
-                                    td { (eps_text(l.spent.eps_milli)) " of " (eps_text(budget.eps_milli)) }
+                                    td { (eps_text(l.spent.eps_milli)) " of " (eps_text(budget.week.eps_milli)) }
                                     td { (delta_text(l.spent.delta_pico)) }
                                     td { (l.periods.len()) }
                                 }
@@ -220,7 +243,7 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                             p { "Left out: " (why) }
                         } @else {
                             p.muted {
-                                @if c.level == SharingLevel::Public { "Your exact counts (top items shown):" }
+                                @if c.exact() { "Your exact counts (top items shown):" }
                                 @else { "Your bounded contribution, before noise (seen only by you):" }
                             }
                             ul {

@@ -227,7 +227,10 @@ async fn the_transparency_page_shows_each_release_the_ledger_and_what_of_me_went
     assert!(page.contains("threshold τ 3"), "the parameters are shown: {page}");
     // Alice's own figures: her level, ledger and bounded contribution (never another's).
     assert!(page.contains("Your sharing level is aggregate"), "{page}");
-    assert!(page.contains("200 of 100000"), "ε spent of the weekly budget: {page}");
+    // Charged every period since the node started (ε 300 a release at these
+    // parameters), with the rolling year's total beside the weekly rows.
+    assert!(page.contains("00 of 100000000"), "ε spent of the weekly budget: {page}");
+    assert!(page.contains("Over the last 52 weeks your data has cost ε"), "the yearly total: {page}");
     assert!(page.contains("Múm: 2"), "her bounded contribution: {page}");
     // As an administrator she sees every user's level and counts, not their items.
     assert!(page.contains("All users (administrators only)"), "{page}");

@@ -355,7 +355,7 @@ mod rogue {
 fn a_rogue_peer_is_refused_and_changes_no_chart() {
     use hearsay::envelope::SignedV1;
     use hearsay::identity::NodeIdentity;
-    use hearsay::privacy::params::{Params, Spend};
+    use hearsay::privacy::params::{Budget, Params, Spend};
     use hearsay::privacy::release::{Period, UserPeriod, release};
     use hearsay::privacy::snapshot::ItemName;
 
@@ -390,8 +390,10 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
             artists: vec![(ItemName::artist(artist), 99)],
             tracks: vec![(ItemName::track(artist, "x"), 99)],
         }];
-        let params = Params { eps_listeners_milli: 50_000, eps_listens_milli: 50_000, k: 2, ..Params::default() };
-        let budget = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+        let params =
+            Params { eps_listeners_milli: 50_000, eps_listens_milli: 50_000, k: 2, l0: 3, ..Params::default() };
+        let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+        let budget = Budget { week: roomy, year: roomy };
         let period = Period { origin, start: p, secs: 4, issued_at: p + 5 };
         let r = release(period, &users, &params, budget, Default::default(), &[0; 32], &mut hearsay::publish::OsRandom)
             .expect("release");

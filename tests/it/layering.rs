@@ -136,7 +136,7 @@ fn every_module_uses_only_lower_layers() {
 #[test]
 fn pure_cores_do_no_io_and_dependencies_stay_in_their_modules() {
     // (forbidden text, modules allowed to use it; empty = only outside the pure cores)
-    let pure = ["log", "stats", "privacy", "envelope", "federation"];
+    let pure = ["log", "stats", "privacy", "policy", "envelope", "federation"];
     let only_in: &[(&str, &[&str])] = &[
         ("sled::", &["store"]),
         // `config` checks the syntax of the multiaddrs it is given, nothing more.
@@ -187,4 +187,45 @@ fn the_checker_sees_grouped_and_inline_paths() {
     let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["store", "log", "now_unix"]);
     assert_eq!(crate_uses(&code("// use crate::web;\nlet a = 1; // crate::api\n")), vec![]);
+}
+
+/// The access policy (`src/policy.rs`) is the one place that decides what a viewer may
+/// learn about a user: no other module compares sharing levels to decide it. The
+/// release pipeline (`privacy`, and the store and schedule that feed it each user at
+/// their level for a period) is the DP mechanism itself, and may.
+#[test]
+fn only_the_access_policy_compares_sharing_levels() {
+    let allowed = ["src/policy.rs", "src/privacy/", "src/store/releases.rs", "src/publish.rs"];
+    let needles = [
+        "visibility ==",
+        "visibility !=",
+        "== SharingLevel::",
+        "!= SharingLevel::",
+        "level ==",
+        "level !=",
+        "matches!(level",
+    ];
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut violations = Vec::new();
+    for path in &files {
+        let rel = path.strip_prefix(root()).expect("under the root").to_string_lossy().replace('\\', "/");
+        if allowed.iter().any(|a| rel.starts_with(a)) {
+            continue;
+        }
+        let text = code(&std::fs::read_to_string(path).expect("read"));
+        for (n, line) in text.lines().enumerate() {
+            // Comparing a level with the one a form chose (the settings picker) is not a
+            // decision about access; everything else is.
+            if line.contains("me.visibility == level") {
+                continue;
+            }
+            for needle in needles {
+                if line.contains(needle) {
+                    violations.push(format!("{rel}:{}: `{needle}`: decide access in src/policy.rs", n + 1));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
 }

@@ -11,16 +11,22 @@ use serde_json::{Value, json};
 
 use crate::support::{NodeProcess, hearsay};
 
-/// Loose parameters so a handful of users can pass the threshold (k = 2, ε 50 per
-/// chart part, so τ = 3), a 4-second period, and a budget for many periods.
+/// Loose parameters so a handful of users can pass the threshold (k = 2, L0 = 3, ε 100
+/// per chart for listeners, so τ = 3), a 4-second period, and budgets for many periods
+/// (every aggregate user is charged every period).
 pub const SHORT_PERIODS: &[(&str, &str)] = &[
     ("HEARSAY_PRIVACY__PERIOD_SECS", "4"),
     ("HEARSAY_PRIVACY__GRACE_SECS", "1"),
     ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
     ("HEARSAY_PRIVACY__K", "2"),
-    ("HEARSAY_PRIVACY__EPSILON_LISTENERS", "50"),
+    ("HEARSAY_PRIVACY__L0", "3"),
+    ("HEARSAY_PRIVACY__EPSILON_LISTENERS", "100"),
     ("HEARSAY_PRIVACY__EPSILON_LISTENS", "50"),
-    ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "100000"),
+    ("HEARSAY_PRIVACY__DELTA", "0.000000001"),
+    ("HEARSAY_PRIVACY__WEEK_EPSILON_BUDGET", "100000000"),
+    ("HEARSAY_PRIVACY__WEEK_DELTA_BUDGET", "0.5"),
+    ("HEARSAY_PRIVACY__YEAR_EPSILON_BUDGET", "100000000"),
+    ("HEARSAY_PRIVACY__YEAR_DELTA_BUDGET", "0.5"),
 ];
 
 pub fn user_with_token(data: &Path, dir: &Path, name: &str, level: &str) -> String {
@@ -219,4 +225,49 @@ fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
     {
         assert!(!contains(&logged, needle), "{needle} is in the log:\n{}", String::from_utf8_lossy(&logged));
     }
+}
+
+/// A one-user home node publishes one release every period, whether or not its user
+/// listened: the release's existence and size say nothing of activity, and the user is
+/// charged every period alike.
+#[test]
+fn a_one_user_node_releases_every_period_whatever_the_activity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let token = user_with_token(&data, dir.path(), "solo", "aggregate");
+    let node = NodeProcess::start_with(&data, SHORT_PERIODS);
+    let first = fresh_period();
+    // Listens in periods 0 and 2, none in 1 and 3.
+    let periods: Vec<i64> = (0..4).map(|i| first + 4 * i).collect();
+    for (i, p) in periods.iter().enumerate() {
+        let wait = *p as f64 - now();
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait + 0.05));
+        }
+        if i % 2 == 0 {
+            submit(&node.url, &token, &[("Lonely Band", "Song", *p), ("Lonely Band", "Other", *p + 1)]);
+        }
+    }
+    let releases: Vec<Vec<u8>> = periods.iter().map(|p| release_of(&node.url, *p, Duration::from_secs(20))).collect();
+    let sizes: Vec<usize> = releases.iter().map(Vec::len).collect();
+    eprintln!("release sizes over periods with, without, with, without listens: {sizes:?}");
+    assert!(sizes.iter().all(|s| *s == sizes[0]), "sizes depend on activity: {sizes:?}");
+    for (bytes, p) in releases.iter().zip(&periods) {
+        let (_, snap) = hearsay::envelope::open_snapshot(bytes).expect("verifies");
+        assert_eq!(snap.period_start, *p);
+        assert!(snap.aggregate.artists.is_empty() && snap.public.artists.is_empty(), "one user is below k");
+        assert!(!contains(bytes, "Lonely"), "a name left the node");
+    }
+    assert_eq!(node.terminate(), Some(0));
+    let store = hearsay::store::Store::open(&data, &Default::default()).expect("open");
+    let solo = store.user_by_name("solo").expect("read").expect("solo");
+    let charged: Vec<(i64, bool)> = store
+        .contributions(solo.id, 100)
+        .expect("contributions")
+        .into_iter()
+        .filter(|(p, _)| periods.contains(p))
+        .map(|(p, c)| (p, c.charged.eps_milli > 0))
+        .collect();
+    assert_eq!(charged.len(), 4, "one record per period: {charged:?}");
+    assert!(charged.iter().all(|(_, c)| *c), "charged every period, active or not: {charged:?}");
 }

@@ -307,14 +307,19 @@ fn add_user(t: &TestStore, name: &str, listens: &[(&str, &str, i64)]) -> UserId 
 }
 
 #[test]
-fn node_charts_count_listeners_and_leave_private_users_out() {
+fn node_charts_count_public_users_only() {
     use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let day = NOW - 86_400;
-    add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 300), ("Solo", "X", day + 2)]);
-    add_user(&t, "u2", &[("Shared", "S", day + 3)]);
+    let u1 = add_user(&t, "u1", &[("Shared", "S", day), ("Shared", "S", day + 300), ("Solo", "X", day + 2)]);
+    let u2 = add_user(&t, "u2", &[("Shared", "S", day + 3)]);
+    for u in [u1, u2] {
+        t.store.set_visibility(u, SharingLevel::Public).expect("public");
+    }
     let private = add_user(&t, "u3", &[("Secret Artist", "Z", day + 4), ("Shared", "S", day + 5)]);
     t.store.set_visibility(private, SharingLevel::Private).expect("private");
+    // At the aggregate level (the default), a user counts only in DP releases.
+    add_user(&t, "u4", &[("Aggregate Artist", "Q", day + 6), ("Shared", "S", day + 7)]);
     let utc = jiff::tz::TimeZone::UTC;
     let chart = t.store.node_chart(Kind::Artist, &Period::LastDays(7), 10, NOW, &utc).expect("node chart");
     let rows: Vec<(&str, u64, u64)> =
@@ -352,6 +357,9 @@ fn loves_and_hates_follow_the_latest_feedback() {
     assert!(t.store.feedback(t.user, -1, 10).expect("hates").is_empty());
     t.store.verify_log(t.user).expect("db").expect("feedback entries verify");
     let one = t.store.chart(t.user, Kind::Recording, &Period::AllTime, 5, NOW).expect("chart").rows[0].id;
+    // Counted only where the policy lets a user be counted exactly: public users.
+    assert_eq!(t.store.love_count(one).expect("love count"), 0, "the default level is aggregate");
+    t.store.set_visibility(t.user, hearsay::store::users::SharingLevel::Public).expect("public");
     assert_eq!(t.store.love_count(one).expect("love count"), 1);
 }
 
@@ -414,18 +422,24 @@ fn discoveries_first_listens_streaks_and_rank_history() {
 }
 
 #[test]
-fn neighbours_rank_similar_tastes_and_skip_private_users() {
+fn neighbours_and_similar_artists_come_from_public_users_only() {
     use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let at = NOW - 1000;
     let me =
         add_user(&t, "me", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
-    add_user(&t, "twin", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
-    add_user(&t, "half", &[("Radiohead", "a", at), ("ABBA", "d", at + 1)]);
-    add_user(&t, "other", &[("ABBA", "d", at)]);
+    let twin =
+        add_user(&t, "twin", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
+    let half = add_user(&t, "half", &[("Radiohead", "a", at), ("ABBA", "d", at + 1)]);
+    let other = add_user(&t, "other", &[("ABBA", "d", at)]);
+    for u in [twin, half, other] {
+        t.store.set_visibility(u, SharingLevel::Public).expect("public");
+    }
     let hidden =
         add_user(&t, "hidden", &[("Radiohead", "a", at), ("Portishead", "b", at + 1), ("Massive Attack", "c", at + 2)]);
     t.store.set_visibility(hidden, SharingLevel::Private).expect("private");
+    // An aggregate user with a rare artist: neither a neighbour nor in "similar artists".
+    add_user(&t, "quiet", &[("Radiohead", "a", at), ("Zzq Rare Aggregate Band", "r", at + 1)]);
     let n = t.store.neighbours(me, 10).expect("neighbours");
     let names: Vec<&str> = n.iter().map(|x| x.user.name.as_str()).collect();
     assert_eq!(names, ["twin", "half"]);
@@ -437,6 +451,7 @@ fn neighbours_rank_similar_tastes_and_skip_private_users() {
     let order: Vec<&str> = similar.iter().map(|(r, _)| r.name.as_str()).collect();
     let pos = |name: &str| order.iter().position(|n| *n == name).unwrap_or(usize::MAX);
     assert!(pos("Portishead") < pos("ABBA") && pos("Massive Attack") < pos("ABBA"), "{order:?}");
+    assert!(!order.contains(&"Zzq Rare Aggregate Band"), "an aggregate user's artist leaked: {order:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

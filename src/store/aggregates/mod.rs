@@ -255,15 +255,16 @@ impl Store {
         Ok(rows)
     }
 
-    /// The node's chart: every user whose sharing level allows it (not private), for a
-    /// period in the node's time zone, with the number of distinct listeners per item.
+    /// The node's chart: the users the access policy lets be summed into it exactly
+    /// (`policy::Purpose::NodeChart`: public users), for a period in the node's time
+    /// zone, with the number of distinct listeners per item.
     pub fn node_chart(&self, kind: Kind, period: &Period, limit: usize, now: i64, tz: &TimeZone) -> Result<NodeChart> {
         let (from, to) = period::resolve(period, tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut listens = Summer::new();
         let mut listeners = Summer::new();
         let (mut total, mut contributors) = (0u64, 0u64);
         for user in self.users()? {
-            if user.visibility == super::users::SharingLevel::Private {
+            if !crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
                 continue;
             }
             let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
