@@ -174,6 +174,26 @@ impl Store {
         Ok(())
     }
 
+    /// The user's contribution record of the release whose period holds `at` (the
+    /// newest starting at or before it, at most a week before), re-encoded without its
+    /// item names: a listen erased from the log leaves no name in the user's records.
+    /// The charge stays (the release was made). `None` when there is no such record.
+    pub(crate) fn contribution_without_items(&self, user: UserId, at: i64) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let from = keys::user_time(user, at.saturating_sub(crate::privacy::params::WEEK_SECS));
+        let to = keys::user_time(user, at);
+        let Some(kv) = self.trees.userid_periodstart_contribution.range(from..=to).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv?;
+        let mut c: ContributionV1 = decode(schema::USERID_PERIODSTART_CONTRIBUTION, &k, &v)?;
+        if c.artists.is_empty() && c.tracks.is_empty() {
+            return Ok(None);
+        }
+        c.artists.clear();
+        c.tracks.clear();
+        Ok(Some((k.to_vec(), encode(&c))))
+    }
+
     /// The stored release of the period starting at `period`, byte for byte.
     pub fn release(&self, period: i64) -> Result<Option<Vec<u8>>> {
         Ok(self.trees.periodstart_release.get(keys::time_key(period))?.map(|v| v.to_vec()))

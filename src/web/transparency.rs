@@ -246,6 +246,9 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                                 @if c.exact() { "Your exact counts (top items shown):" }
                                 @else { "Your bounded contribution, before noise (seen only by you):" }
                             }
+                            @if c.artists.is_empty() && c.tracks.is_empty() {
+                                p.muted { "(No items: you did not listen that period, or you erased those listens since.)" }
+                            }
                             ul {
                                 @for (name, n) in c.artists.iter().chain(c.tracks.iter()) {
                                     li { (name.display()) ": " (n) }

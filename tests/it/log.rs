@@ -327,7 +327,33 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
         )
         .expect("ingest");
     t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("Band", bobs, NOW - 5))]).expect("ingest bob");
+    // A release of the hour holding the listens recorded what of alice went in (her
+    // contribution record, names included), as the publisher does.
+    let period = hearsay::privacy::accountant::period_of(NOW - 10, 3_600);
+    let contribution = hearsay::privacy::release::Contribution {
+        user: t.user.0,
+        level: hearsay::privacy::SharingLevel::Aggregate,
+        refused: None,
+        artists: vec![(hearsay::privacy::snapshot::ItemName::artist("Band"), 2)],
+        tracks: vec![(hearsay::privacy::snapshot::ItemName::track("Band", secret), 1)],
+        charged: hearsay::privacy::params::Spend { eps_milli: 150, delta_pico: 100_000 },
+    };
+    t.store
+        .commit_release(
+            period,
+            hearsay::privacy::accountant::week_of(period),
+            b"signed",
+            &Default::default(),
+            &[contribution],
+        )
+        .expect("release");
     t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
+    // Erasure reaches the contribution record at once: no names, the charge kept.
+    let records = t.store.contributions(t.user, 10).expect("contributions");
+    assert_eq!(records.len(), 1);
+    let (_, c) = &records[0];
+    assert!(c.artists.is_empty() && c.tracks.is_empty(), "names survive erasure: {c:?}");
+    assert_eq!(c.charged.eps_milli, 150, "the release was made: its charge stands");
     t.ingestor.stop();
     t.store.delete_user(bob).expect("delete bob");
     let dir = t.close();

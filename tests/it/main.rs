@@ -15,4 +15,5 @@ mod node;
 mod privacy;
 mod stats;
 mod support;
+mod two_worlds;
 mod web;

@@ -73,6 +73,11 @@ impl Writer {
         for (k, f) in &group.feedback {
             ops.push((11, k.to_vec(), f.as_ref().map(encode)));
         }
+        for (user, at) in &group.erased_at {
+            if let Some((k, v)) = self.store.contribution_without_items(*user, *at)? {
+                ops.push((13, k, Some(v)));
+            }
+        }
         for (tree, k, v) in self.dict.take_writes() {
             ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
         }
@@ -121,6 +126,7 @@ impl Writer {
             &t.userid_statsmark,
             &t.userid_recording_feedback,
             &t.userid_seq_info,
+            &t.userid_periodstart_contribution,
         ];
         // Everything above only read; from here on, a failure leaves sled's memory ahead
         // of its disk, so it fails the store (see `poison`).

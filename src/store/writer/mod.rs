@@ -228,6 +228,9 @@ struct Group {
     feedback: BTreeMap<[u8; 8], Option<FeedbackV1>>,
     /// A listen was erased: the buckets are stored with this group (see `apply`).
     has_delete: bool,
+    /// When each listen erased by this group was played: its user's contribution record
+    /// of that period loses its item names in the same transaction.
+    erased_at: Vec<(UserId, i64)>,
     clients: Vec<(String, u32)>,
 }
 

@@ -332,6 +332,7 @@ impl Writer {
         *dirty = true;
         self.count(group, user, listened_at, track, -1)?;
         group.has_delete = true;
+        group.erased_at.push((user, listened_at));
         group.infos.entry(key).or_default().push((slot as u8, None));
         Ok(true)
     }
