@@ -88,7 +88,10 @@ pub struct StatsConfig {
     /// After a change, run `hearsay stats rebuild`.
     pub feat_markers: Vec<String>,
     /// Split `A & B` / `A, B` into two artists when both are already known on the node
-    /// as artists of their own (MBIDs or artist lists always count). Default: `true`.
+    /// as artists of their own (MBIDs or artist lists always count). Default: `false`:
+    /// "known on the node" is other users' listening, so with it on, a private user's
+    /// history can change how a public user's chart splits a name (docs/privacy.md).
+    /// Releases never use it.
     pub split_known_artists: bool,
 }
 

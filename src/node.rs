@@ -76,11 +76,10 @@ impl Node {
         listener: tokio::net::TcpListener,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Ended, Error> {
-        let publisher = std::sync::Arc::new(crate::publish::Publisher::new(
-            self.store.clone(),
-            self.identity.clone(),
-            &self.config.privacy,
-        )?);
+        let publisher = std::sync::Arc::new(
+            crate::publish::Publisher::new(self.store.clone(), self.identity.clone(), &self.config.privacy)?
+                .with_credit_rules(self.config.stats.credit_rules()),
+        );
         let p2p = if self.config.p2p.enabled {
             Some(crate::p2p::spawn(
                 self.store.clone(),

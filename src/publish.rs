@@ -28,6 +28,7 @@ pub struct Publisher {
     period_secs: i64,
     grace_secs: i64,
     backfill: i64,
+    rules: crate::stats::credits::CreditRules,
 }
 
 /// What one pass did.
@@ -65,7 +66,15 @@ impl Publisher {
             period_secs: i64::from(config.period_secs),
             grace_secs: i64::from(config.grace_secs),
             backfill: i64::from(config.backfill_periods),
+            rules: crate::stats::credits::CreditRules::default(),
         })
+    }
+
+    /// The node's credit rules (`[stats]`: featuring markers) for counting releases; the
+    /// "known artist" split is never used for them (`UserPeriod::from_tracks`).
+    pub fn with_credit_rules(mut self, rules: crate::stats::credits::CreditRules) -> Publisher {
+        self.rules = rules;
+        self
     }
 
     /// How often the node should call `run_due`.
@@ -111,7 +120,7 @@ impl Publisher {
     fn release_one(&self, start: i64, now: i64, rng: &mut impl RandomSource) -> Result<Option<i64>, store::Error> {
         // Every period gets a release, whatever the activity: whether one exists (and its
         // size, beyond the DP values) says nothing about whether anyone listened.
-        let inputs = self.store.period_inputs(start, start + self.period_secs)?;
+        let inputs = self.store.period_inputs(start, start + self.period_secs, &self.rules)?;
         tracing::debug!(period = start, "finalising a period");
         let week = week_of(start);
         let aggregate = inputs.iter().filter(|u| u.level == SharingLevel::Aggregate).map(|u| u.user);

@@ -20,6 +20,8 @@ use super::accountant::{Account, Ledger, Refusal};
 use super::noise::{RandomSource, discrete_laplace};
 use super::params::{Budget, MAX_ITEMS, MAX_PUBLIC_ITEMS, Params, Spend};
 use super::snapshot::{Charts, Entry, ItemId, ItemName, SCHEMA, SnapshotV1};
+use crate::log::TrackRef;
+use crate::stats::credits::{CreditRules, credit};
 
 /// A value that may leave the node. Only this module can make one (the field is
 /// private), so code that sends or signs snapshots cannot be handed raw counts.
@@ -67,6 +69,48 @@ impl UserPeriod {
             Chart::Artists => &self.artists,
             Chart::Tracks => &self.tracks,
         }
+    }
+}
+
+impl UserPeriod {
+    /// One user's period from their own listens alone: each listen credited by `rules`
+    /// with no "known artist" evidence (that would be other users' histories), each item
+    /// named by this user's most played spelling of it. Nothing here depends on anyone
+    /// else's data, so a private user can change neither the counts nor the names.
+    pub fn from_tracks<'a>(
+        user: u32,
+        level: SharingLevel,
+        tracks: impl IntoIterator<Item = &'a TrackRef>,
+        rules: &CreditRules,
+    ) -> UserPeriod {
+        let rules = CreditRules { split_known_artists: false, ..rules.clone() };
+        // Per item: listens, and listens per spelling.
+        type Tally = BTreeMap<ItemId, (u64, BTreeMap<ItemName, u64>)>;
+        let (mut artists, mut tracks_out): (Tally, Tally) = Default::default();
+        let count = |tally: &mut Tally, name: ItemName| {
+            let e = tally.entry(name.id()).or_default();
+            e.0 += 1;
+            *e.1.entry(name).or_default() += 1;
+        };
+        for track in tracks {
+            let credits = credit(track, &rules, &|_| false);
+            for a in &credits.artists {
+                count(&mut artists, ItemName::artist(a));
+            }
+            let main = credits.artists.first().map_or(track.artist.as_str(), String::as_str);
+            count(&mut tracks_out, ItemName::track(main, &credits.title));
+        }
+        let named = |tally: Tally| -> Vec<(ItemName, u64)> {
+            tally
+                .into_values()
+                .filter_map(|(n, spellings)| {
+                    // Most played spelling; ties by the spelling itself.
+                    let best = spellings.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+                    Some((best.0, n))
+                })
+                .collect()
+        };
+        UserPeriod { user, level, artists: named(artists), tracks: named(tracks_out) }
     }
 }
 
@@ -191,7 +235,9 @@ fn aggregate_section(
             continue;
         }
         let listens = i64::try_from(listens).unwrap_or(i64::MAX).saturating_add(discrete_laplace(rng, nt, ns));
-        rows.push(Entry { item, name, listeners: noisy, listens });
+        // The published name is the item's canonical form: which contributor's spelling
+        // it would otherwise be is not DP-protected.
+        rows.push(Entry { item, name: name.canonical(), listeners: noisy, listens });
     }
     keep_top(&mut rows, MAX_ITEMS, |e| (e.listeners, e.listens));
     rows
@@ -379,7 +425,11 @@ mod tests {
             let open = s.public.artists.iter().find(|e| e.name.artist == "Open Band").expect("public entry");
             assert_eq!((open.listeners, open.listens), (1, 12));
             assert_eq!(s.public.artists.len(), 2, "only public users in the public section");
-            assert!(s.aggregate.artists.iter().all(|e| e.name.artist.starts_with("Common")), "seed {seed}");
+            assert!(s.aggregate.artists.iter().all(|e| e.name.artist.starts_with("common")), "seed {seed}");
+            assert!(
+                s.aggregate.artists.iter().all(|e| e.name == e.name.canonical()),
+                "the DP section carries canonical names only"
+            );
             assert!(s.aggregate.artists.iter().all(|e| e.listeners >= s.tau));
             assert_eq!(SnapshotV1::decode(&r.snapshot.encode()).as_ref(), Ok(s), "round trip");
         }
@@ -430,6 +480,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_users_period_is_counted_and_named_from_their_own_listens_alone() {
+        let track = |artist: &str, title: &str| TrackRef {
+            artist: artist.into(),
+            artist_names: Vec::new(),
+            artist_mbids: Vec::new(),
+            title: title.into(),
+            album: None,
+            recording_mbid: None,
+            release_mbid: None,
+        };
+        let listens = [
+            track("Ana & Bo", "Duet"),
+            track("the band", "Song (feat. Guest)"),
+            track("The Band", "Song"),
+            track("The Band", "Song"),
+        ];
+        let u = UserPeriod::from_tracks(7, SharingLevel::Aggregate, &listens, &CreditRules::default());
+        let artists: Vec<(String, u64)> = u.artists.iter().map(|(n, c)| (n.artist.clone(), *c)).collect();
+        // No "known artist" split (that evidence is other users'), the user's most
+        // played spelling, featured guests credited.
+        assert!(artists.contains(&("Ana & Bo".into(), 1)), "{artists:?}");
+        assert!(artists.contains(&("The Band".into(), 3)), "{artists:?}");
+        assert!(artists.contains(&("Guest".into(), 1)), "{artists:?}");
+        let song = u.tracks.iter().find(|(n, _)| n.title.as_deref() == Some("Song")).expect("song");
+        assert_eq!((song.0.artist.as_str(), song.1), ("The Band", 3));
     }
 
     #[test]

@@ -87,6 +87,16 @@ impl ItemName {
         out
     }
 
+    /// The name as its identity knows it (normalised: NFC, case-folded, whitespace
+    /// collapsed): a function of the item alone, so publishing it says nothing about
+    /// whose spelling it was. Used in the DP section.
+    pub fn canonical(&self) -> ItemName {
+        ItemName {
+            artist: cap(&normalize_name(&self.artist)),
+            title: self.title.as_deref().map(|t| cap(&normalize_name(t))),
+        }
+    }
+
     pub fn display(&self) -> String {
         match &self.title {
             Some(t) => format!("{} – {}", self.artist, t),

@@ -7,9 +7,10 @@
 //!    `(feat. B)`, `(ft. B)`, `(featuring B)` or `(with B)` (also in brackets) is
 //!    removed from the title and B credited as a guest.
 //! 3. Each resulting name is split further at ` & ` and `, ` only with evidence: the
-//!    submission's artist MBIDs count exactly the split names, or every part is
-//!    already known on the node as an artist of its own. Without evidence a name stays
-//!    whole, so bands like "Simon & Garfunkel" stay one artist.
+//!    submission's artist MBIDs count exactly the split names, or (only with
+//!    `split_known_artists`, off by default: it lets other users' histories decide)
+//!    every part is already known on the node as an artist of its own. Without evidence
+//!    a name stays whole, so bands like "Simon & Garfunkel" stay one artist.
 //!
 //! Names keep their submitted spelling for display; identity compares them after
 //! `dedupe::normalize_name`. Pure: the "known artist" test is passed in.
@@ -31,7 +32,7 @@ impl Default for CreditRules {
     fn default() -> Self {
         CreditRules {
             feat_markers: ["feat.", "feat", "ft.", "ft", "featuring"].map(String::from).to_vec(),
-            split_known_artists: true,
+            split_known_artists: false,
         }
     }
 }
@@ -157,7 +158,8 @@ mod tests {
 
     fn c(track: &TrackRef, known: &[&str]) -> (Vec<String>, String) {
         let known: Vec<String> = known.iter().map(|k| normalize_name(k)).collect();
-        let r = credit(track, &CreditRules::default(), &|n| known.iter().any(|k| k == n));
+        let rules = CreditRules { split_known_artists: true, ..CreditRules::default() };
+        let r = credit(track, &rules, &|n| known.iter().any(|k| k == n));
         (r.artists, r.title)
     }
 

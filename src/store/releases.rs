@@ -8,14 +8,14 @@ use sled::Transactional;
 
 use super::codec::{decode, encode};
 use super::keys::{self, UserId};
+use super::logs::Order;
 use super::values::{ContributionV1, LedgerV1};
 use super::{Error, Result, Store, schema};
 use crate::privacy::SharingLevel;
 use crate::privacy::accountant::{Account, Ledger, weeks_before};
 use crate::privacy::params::Spend;
 use crate::privacy::release::{Contribution, UserPeriod};
-use crate::privacy::snapshot::ItemName;
-use crate::stats::chart::Kind;
+use crate::stats::credits::CreditRules;
 
 const PRIVACY_KEY: &str = "privacy_key";
 const WATERMARK: &str = "release_watermark";
@@ -60,35 +60,27 @@ impl Store {
 
     /// Every user who takes part in the release of `[from, to)` made now, at their
     /// level for it (`LevelHistory::level_for_period`: members since before `from`, the
-    /// least shared level since `from`), with their listens per artist and per track.
-    /// Aggregate users who did not listen are listed too (they are charged all the same);
-    /// users private for the period are not even read.
-    pub fn period_inputs(&self, from: i64, to: i64) -> Result<Vec<UserPeriod>> {
+    /// least shared level since `from`), with their listens per artist and per track,
+    /// counted and named from their own log alone (`UserPeriod::from_tracks`: not the
+    /// node's statistics, whose credits and spellings other users' histories decide).
+    /// Aggregate users who did not listen are listed too (they are charged all the
+    /// same); users private for the period are not even read.
+    pub fn period_inputs(&self, from: i64, to: i64, rules: &CreditRules) -> Result<Vec<UserPeriod>> {
         let mut out = Vec::new();
         for user in self.users()? {
             let level = match user.levels.level_for_period(user.created_at, from) {
                 None | Some(SharingLevel::Private) => continue,
                 Some(level) => level,
             };
-            let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
-            let (sums, total) = self.sum_range(user.id, from, to, &tz)?;
-            if total == 0 {
-                if level == SharingLevel::Aggregate {
-                    out.push(UserPeriod { user: user.id.0, level, artists: Vec::new(), tracks: Vec::new() });
-                }
+            let mut tracks = Vec::new();
+            self.each_listen(user.id, from, to, Order::OldestFirst, |l| {
+                tracks.push(l.listen.track().clone());
+                Ok(true)
+            })?;
+            if tracks.is_empty() && level != SharingLevel::Aggregate {
                 continue;
             }
-            let artists = self.named_rows(Kind::Artist, sums[Kind::Artist.index()].all(), usize::MAX)?;
-            let tracks = self.named_rows(Kind::Recording, sums[Kind::Recording.index()].all(), usize::MAX)?;
-            out.push(UserPeriod {
-                user: user.id.0,
-                level,
-                artists: artists.into_iter().map(|r| (ItemName::artist(&r.name), r.listens)).collect(),
-                tracks: tracks
-                    .into_iter()
-                    .map(|r| (ItemName::track(r.artist.as_deref().unwrap_or(""), &r.name), r.listens))
-                    .collect(),
-            });
+            out.push(UserPeriod::from_tracks(user.id.0, level, &tracks, rules));
         }
         Ok(out)
     }
