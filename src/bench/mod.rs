@@ -526,7 +526,7 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
 
 fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std::process::ExitCode> {
     let (dir, node, user) = bench_node(config, "http")?;
-    let (token, _) = node.store.create_token(user.id, "bench", crate::now_unix())?;
+    let (token, _) = node.store.create_token(user.id, "bench", crate::now_unix(), false)?;
     let ingestor = node.ingestor.clone();
     let served = Served::start(node)?;
     let url = format!("{}/1/submit-listens", served.base);

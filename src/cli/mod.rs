@@ -160,6 +160,11 @@ enum TokenCmd {
         user: String,
         #[arg(long, default_value = "default")]
         name: String,
+        /// For an old player that speaks Audioscrobbler 1.2 or logs in to Last.fm 2.0
+        /// with `authToken`: the token's md5 is kept, which is as good as the token to
+        /// whoever reads the database (docs/privacy.md).
+        #[arg(long)]
+        legacy: bool,
     },
     /// List a user's tokens.
     List { user: String },
@@ -447,9 +452,9 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
 fn token_cmd(config: &Config, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     let store = open_store(config)?;
     match cmd {
-        TokenCmd::New { user, name } => {
+        TokenCmd::New { user, name, legacy } => {
             let u = find_user(&store, &user)?;
-            let (token, info) = store.create_token(u.id, &name, crate::now_unix())?;
+            let (token, info) = store.create_token(u.id, &name, crate::now_unix(), legacy)?;
             eprintln!("token {} ({}) for {}; shown once, store it now:", info.id, info.name, u.name);
             println!("{token}");
         }

@@ -64,6 +64,10 @@ pub struct TokenInfo {
     pub id: u32,
     pub name: String,
     pub created_at: i64,
+    /// Made for a legacy client: its md5 is kept, which proves the token to the
+    /// Audioscrobbler 1.2 handshake and Last.fm's `authToken` (and so is as good as the
+    /// token to whoever reads the database).
+    pub legacy: bool,
 }
 
 fn user_from(id: UserId, v: UserV3) -> User {
@@ -261,12 +265,15 @@ impl Store {
     }
 
     /// Creates an API token for `user`; the returned string is shown once and not stored.
-    pub fn create_token(&self, user: UserId, name: &str, now: i64) -> Result<(String, TokenInfo)> {
+    /// Only a `legacy` token keeps the md5 the Audioscrobbler 1.2 handshake and Last.fm's
+    /// `authToken` prove a password with: that md5 is password-equivalent for those
+    /// protocols, so it is kept only when the user asks for it (docs/privacy.md).
+    pub fn create_token(&self, user: UserId, name: &str, now: i64, legacy: bool) -> Result<(String, TokenInfo)> {
         self.writable()?;
         let token = auth::new_token().map_err(Error::Random)?;
         let digest = auth::token_digest(&token);
         let id = self.next_id("next_token_id", 1)?;
-        let legacy_md5 = Some(<md5::Md5 as md5::Digest>::digest(token.as_bytes()).into());
+        let legacy_md5 = legacy.then(|| <md5::Md5 as md5::Digest>::digest(token.as_bytes()).into());
         let record = TokenV2 { user: user.0, id, name: name.to_owned(), created_at: now, legacy_md5 };
         let t = &self.trees;
         (&t.tokendigest_token, &t.userid_tokenid_tokendigest)
@@ -277,7 +284,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.flush()?;
-        Ok((token, TokenInfo { user, id, name: name.to_owned(), created_at: now }))
+        Ok((token, TokenInfo { user, id, name: name.to_owned(), created_at: now, legacy }))
     }
 
     /// The user a token belongs to, if it is valid.
@@ -296,7 +303,8 @@ impl Store {
         if !back_ok {
             return Ok(None);
         }
-        let info = TokenInfo { user, id: record.id, name: record.name, created_at: record.created_at };
+        let legacy = record.legacy_md5.is_some();
+        let info = TokenInfo { user, id: record.id, name: record.name, created_at: record.created_at, legacy };
         Ok(self.user(user)?.map(|u| (u, info)))
     }
 
@@ -425,7 +433,13 @@ impl Store {
             };
             let r: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
             let _ = keys::parse_user_u32(schema::USERID_TOKENID_TOKENDIGEST, &k)?;
-            out.push(TokenInfo { user, id: r.id, name: r.name, created_at: r.created_at });
+            out.push(TokenInfo {
+                user,
+                id: r.id,
+                name: r.name,
+                created_at: r.created_at,
+                legacy: r.legacy_md5.is_some(),
+            });
         }
         Ok(out)
     }
@@ -541,7 +555,7 @@ mod tests {
         assert_eq!(store.check_password("alice", "password2").expect("check"), None);
         assert_eq!(store.check_password("nobody", "password1").expect("check"), None);
 
-        let (token, info) = store.create_token(alice.id, "navidrome", 200).expect("token");
+        let (token, info) = store.create_token(alice.id, "navidrome", 200, true).expect("token");
         assert_eq!(store.user_by_token(&token).expect("lookup").map(|(u, _)| u.id), Some(alice.id));
         assert_eq!(store.tokens(alice.id).expect("list"), vec![info.clone()]);
         assert!(store.revoke_token(alice.id, info.id).expect("revoke"));
@@ -563,7 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = reopen(dir.path());
         let bob = store.create_user("bob", "password1", 100).expect("create");
-        let (token, _) = store.create_token(bob.id, "player", 100).expect("token");
+        let (token, _) = store.create_token(bob.id, "player", 100, true).expect("token");
         // The first, atomic step of a deletion happened; the process died before the rest.
         store.trees.username_userid.remove(b"bob").expect("name");
         store.trees.userid_user.remove(keys::user(bob.id)).expect("record");

@@ -92,7 +92,7 @@ pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup
                 tbody {
                     @for t in &tokens {
                         tr {
-                            td { (t.name) }
+                            td { (t.name) @if t.legacy { " " span.muted { "(legacy: its md5 is stored)" } } }
                             td {
                                 form method="post" action="/settings/tokens/revoke" {
                                     input type="hidden" name="csrf" value=(csrf);
@@ -107,6 +107,11 @@ pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup
         form method="post" action="/settings/tokens" {
                 input type="hidden" name="csrf" value=(csrf);
                 label { "Name for a new token (e.g. the player) " input name="name" required maxlength="64"; }
+                label {
+                    input type="checkbox" name="legacy";
+                    " For an old player (Audioscrobbler 1.2, or Last.fm log-in with an authToken). "
+                    span.muted { "These protocols prove the token by its md5, so the node must keep that md5, which is as good as the token to anyone who reads the database or a backup. Leave unticked for ListenBrainz clients and Last.fm clients that send the token as the password." }
+                }
                 button { "Create token" }
             }
             h2 { "Your data" }
@@ -161,7 +166,8 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, bod
             StatusCode::BAD_REQUEST,
         );
     }
-    match state.store.create_token(me.id, name, crate::now_unix()) {
+    let legacy = f.get("legacy").is_some_and(|v| v == "on");
+    match state.store.create_token(me.id, name, crate::now_unix(), legacy) {
         Ok((token, _)) => settings_page(
             &state,
             &v,

@@ -87,3 +87,62 @@ fn handshake_now_playing_and_submission() {
     assert_eq!(titles, ["Glósóli", "Green Grass of Tunnel"]);
     assert_eq!(store.feedback(alice, 1, 10).expect("loves").len(), 1, "r[i]=L loves the track");
 }
+
+/// Only a token made for a legacy client keeps the md5 these protocols prove it with: a
+/// default token cannot open an Audioscrobbler 1.2 session nor a Last.fm `authToken`
+/// session, and no md5 of it is anywhere in the data directory.
+#[test]
+fn only_legacy_tokens_keep_an_md5_and_open_legacy_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, legacy) = data_with_user(dir.path());
+    let (code, plain, err) = crate::support::hearsay(&data, &["token", "new", "alice", "--name", "modern"]);
+    assert_eq!(code, 0, "{err}");
+    let plain = plain.trim().to_owned();
+    let node = NodeProcess::start(&data);
+    let t = hearsay::now_unix().to_string();
+    let hs = |token: &str| {
+        let a = md5(&format!("{}{t}", md5(token)));
+        get(&format!("{}/?hs=true&p=1.2&c=mpd&v=0.25&u=alice&t={t}&a={a}", node.url))
+    };
+    assert!(hs(&legacy).starts_with("OK\n"), "the legacy token opens a session");
+    assert_eq!(hs(&plain), "BADAUTH\n", "a default token has no md5 to check against");
+    let auth_token = |token: &str| {
+        let r = ureq::post(&format!("{}/2.0/", node.url)).send_form(&[
+            ("method", "auth.getMobileSession"),
+            ("username", "alice"),
+            ("authToken", &md5(&format!("alice{}", md5(token)))),
+            ("format", "json"),
+        ]);
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(auth_token(&legacy), 200);
+    assert_ne!(auth_token(&plain), 200, "authToken with a default token");
+    // The default token still works as the password, as ListenBrainz and modern Last.fm
+    // clients send it.
+    let r = ureq::post(&format!("{}/2.0/", node.url))
+        .send_form(&[
+            ("method", "auth.getMobileSession"),
+            ("username", "alice"),
+            ("password", &plain),
+            ("format", "json"),
+        ])
+        .expect("password = token");
+    assert_eq!(r.status(), 200);
+    assert_eq!(node.terminate(), Some(0));
+    let md5_bytes = <md5::Md5 as md5::Digest>::digest(plain.as_bytes());
+    let mut files = Vec::new();
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            if e.path().is_dir() { walk(&e.path(), out) } else { out.push(e.path()) }
+        }
+    }
+    walk(&data, &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).expect("read");
+        assert!(!bytes.windows(16).any(|w| w == md5_bytes.as_slice()), "{} holds a default token's md5", f.display());
+    }
+}

@@ -231,7 +231,7 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
         }
         ingestor.ingest_blocking(id, actions).expect("ingest");
         if *name != "dave" {
-            tokens.push((*name, store.create_token(id, "crawl", created).expect("token").0));
+            tokens.push((*name, store.create_token(id, "crawl", created, false).expect("token").0));
         }
     }
     let target = SharingLevelText(level).parse();
