@@ -25,19 +25,21 @@ pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup
     let levels = [
         (
             SharingLevel::Private,
-            "Private: nothing derived from your listening leaves this node or is shown to anyone else. Other members do not see you in the node chart or as a neighbour, and you are in no release.".to_owned(),
+            "Private: nothing derived from your listening leaves this node or is shown to anyone else: no profile, no node chart, no neighbours, no similar artists, no release.".to_owned(),
         ),
         (
             SharingLevel::Aggregate,
             format!(
-                "Aggregate (default): members of this node see your listening inside the node chart, never your profile. Outside the node you count only in the aggregate section of each release: at most your top {l0} artists and tracks, at most {c} listens each, with differential privacy, so nobody can tell whether you were in it.",
+                "Aggregate (default): nobody else sees anything of yours on this node (no profile, not in the node chart, nobody's neighbour, not in similar artists). Outside the node you count only in the aggregate section of each release: at most your top {l0} artists and tracks, at most {c} listens each, with differential privacy (ε {week} a week, at most {year} over any 52 weeks), so nobody can tell whether you were in it.",
                 l0 = state.privacy.l0,
-                c = state.privacy.clamp
+                c = state.privacy.clamp,
+                week = state.privacy.week_epsilon_budget,
+                year = state.privacy.year_epsilon_budget,
             ),
         ),
         (
             SharingLevel::Public,
-            "Public: anyone can see your profile and history, and your exact listening counts go into the public section of each release.".to_owned(),
+            "Public: anyone can see your profile and history; you count in the node chart, as other members' neighbour and in similar artists, and your exact listening counts go into the public section of each release.".to_owned(),
         ),
     ];
     page(
@@ -63,7 +65,7 @@ pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup
                         }
                     }
                 }
-                p.muted { "A change applies from the next release. " a href="/privacy" { "What this node has published, and what of you" } "." }
+                p.muted { "Sharing more applies from the next period; sharing less applies at once, also to a week that has ended and is not yet released. " a href="/privacy" { "What this node has published, and what of you" } "." }
                 button { "Save" }
             }
             h2 { "Pause scrobbling" }

@@ -207,7 +207,7 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
             }
             @if let Some((me, ledgers, contributions, year, total)) = &mine {
                 h2 { "You" }
-                p { "Your sharing level is " strong { (me.visibility.as_str()) } ". Changes apply from the next release ("
+                p { "Your sharing level is " strong { (me.visibility.as_str()) } ". Sharing more applies from the next period, sharing less at once ("
                     a href="/settings" { "settings" } ")." }
                 h3 { "Your privacy budget" }
                 p.budget-total {

@@ -555,3 +555,49 @@ fn a_user_downloads_their_listens_and_nobody_else_can() {
     assert_eq!((r.status(), r.header("location")), (303, Some("/login")));
     assert_eq!(node.terminate(), Some(0));
 }
+
+/// Network addresses (the node's and its peers') are for administrators and the
+/// operator's command line only; everyone else sees PeerIds.
+#[test]
+fn network_addresses_are_shown_to_administrators_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
+    let json = |auth: Option<&str>| -> serde_json::Value {
+        let mut req = ureq::get(&format!("{}/api/network", node.url));
+        if let Some(a) = auth {
+            req = req.set("Authorization", a);
+        }
+        serde_json::from_str(&req.call().expect("network").into_string().expect("body")).expect("json")
+    };
+    // The p2p layer may take a moment to report its listen addresses.
+    let mut control = String::new();
+    for _ in 0..50 {
+        if let Ok(t) = std::fs::read_to_string(data.join("control.token")) {
+            control = t;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut operator = json(Some(&format!("Bearer {}", control.trim())));
+    for _ in 0..50 {
+        if operator["p2p"]["listen"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        operator = json(Some(&format!("Bearer {}", control.trim())));
+    }
+    let listen = operator["p2p"]["listen"].as_array().expect("listen").clone();
+    assert!(!listen.is_empty(), "the operator sees the listen addresses: {operator}");
+    let anonymous = json(None);
+    assert_eq!(anonymous["p2p"]["listen"], serde_json::json!([]), "{anonymous}");
+    assert!(!anonymous.to_string().contains("/ip4/"), "an address reached a visitor: {anonymous}");
+    let forged = json(Some("Bearer not-the-token"));
+    assert!(!forged.to_string().contains("/ip4/"), "a wrong control token is a visitor");
+    let (_, page) = get(&format!("{}/network", node.url), None);
+    assert!(!page.contains("/ip4/") && page.contains("administrators only"), "{page}");
+    let (session, _) = login(&node.url);
+    let (_, admin_page) = get(&format!("{}/network", node.url), Some(&session));
+    assert!(admin_page.contains("/ip4/127.0.0.1"), "the administrator sees them: {admin_page}");
+    assert_eq!(node.terminate(), Some(0));
+}
