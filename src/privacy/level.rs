@@ -57,8 +57,9 @@ impl LevelHistory {
     /// Records a change at `now`, forgetting what no period can need any more (the
     /// newest entry older than the remembered window stays: it is the level then).
     pub fn change(&mut self, now: i64, level: SharingLevel) {
-        let at = self.0.partition_point(|(t, _)| *t <= now);
-        self.0.insert(at, (now, level));
+        // Never before the last change (a clock stepped back must not reorder them).
+        let now = self.0.last().map_or(now, |(t, _)| now.max(*t));
+        self.0.push((now, level));
         let horizon = now.saturating_sub(LEVEL_HISTORY_SECS);
         let old = self.0.iter().filter(|(t, _)| *t < horizon).count();
         if old > 1 {
@@ -71,14 +72,17 @@ impl LevelHistory {
     /// change toward sharing more applies from the next period; toward sharing less, at
     /// once, even to a period already over and not yet released. `None` before the
     /// account existed on this node (the joined-at rule: a moved account's earlier
-    /// weeks were its old node's to release).
+    /// weeks were its old node's to release), and when the level at `start` is no longer
+    /// known (older than every change kept): such a period is left out.
     pub fn level_for_period(&self, created_at: i64, start: i64) -> Option<SharingLevel> {
         if created_at > start {
             return None;
         }
-        let at_start = self.0.iter().take_while(|(t, _)| *t <= start).last().map(|(_, l)| *l);
+        // The level at `start` is unknown when it is older than every change kept (only
+        // a node stopped for longer than the history, releasing old periods): private.
+        let at_start = self.0.iter().take_while(|(t, _)| *t <= start).last().map(|(_, l)| *l)?;
         let since = self.0.iter().filter(|(t, _)| *t > start).map(|(_, l)| *l);
-        at_start.into_iter().chain(since).min().or_else(|| self.0.first().map(|(_, l)| *l))
+        std::iter::once(at_start).chain(since).min().or(Some(SharingLevel::Private))
     }
 
     /// The level in force now.
@@ -110,6 +114,16 @@ mod tests {
         assert_eq!(h.level_for_period(0, 2 * week), Some(Private));
         assert_eq!(h.level_for_period(0, 3 * week), Some(Aggregate));
         assert_eq!(h.current(), Some(Aggregate));
+    }
+
+    #[test]
+    fn an_unknown_level_leaves_the_user_out_and_a_clock_going_back_keeps_the_order() {
+        let mut h = LevelHistory(vec![(1_000, Public)]);
+        // Pruned: nothing is known before 1_000.
+        assert_eq!(h.level_for_period(0, 500), None);
+        h.change(900, Private); // the clock stepped back
+        assert_eq!(h.current(), Some(Private), "the latest change wins");
+        assert_eq!(h.level_for_period(0, 1_000), Some(Private));
     }
 
     #[test]

@@ -228,7 +228,6 @@ pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Respons
     }
     let users = state.store.users().unwrap_or_default();
     let size = state.store.size_on_disk().unwrap_or(0);
-    let writes = state.ingestor.stats();
     page(
         StatusCode::OK,
         "Admin",
@@ -236,7 +235,8 @@ pub async fn admin(State(state): State<AppState>, headers: HeaderMap) -> Respons
         html! {
             h1 { "This node" }
             p { "PeerId " code { (state.peer_id) } " · hearsay " (env!("CARGO_PKG_VERSION")) }
-            p { "Database: " (format!("{:.1}", size as f64 / 1_048_576.0)) " MiB on disk · " (writes.batches) " batches in " (writes.groups) " group commits since start" }
+            // (No write counters: polled, they would show when members listen.)
+            p { "Database: " (format!("{:.1}", size as f64 / 1_048_576.0)) " MiB on disk" }
             h2 { "Users" }
             table {
                 thead { tr { th { "Name" } th { "Listens" } th { "Sharing" } th { "Time zone" } } }

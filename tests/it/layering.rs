@@ -225,6 +225,12 @@ fn only_the_access_policy_compares_sharing_levels() {
                     violations.push(format!("{rel}:{}: `{needle}`: decide access in src/policy.rs", n + 1));
                 }
             }
+            // Ordered comparisons and pattern matches on a level decide access too.
+            let on_level = line.contains("visibility") || line.contains(".level");
+            let decides = ["matches!(", "match ", " >= ", " <= ", " > ", " < "].iter().any(|d| line.contains(d));
+            if on_level && decides {
+                violations.push(format!("{rel}:{}: a level compared: decide access in src/policy.rs", n + 1));
+            }
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));

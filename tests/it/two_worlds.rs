@@ -77,9 +77,13 @@ fn routes() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read");
-        for part in text.split(".route(\"").skip(1) {
-            if let Some(path) = part.split('"').next() {
-                out.insert(path.to_owned());
+        // `.route(` then the path literal, on the same line or the next.
+        for part in text.split(".route(").skip(1) {
+            let rest = part.trim_start();
+            if let Some(literal) = rest.strip_prefix('"') {
+                if let Some(path) = literal.split('"').next() {
+                    out.insert(path.to_owned());
+                }
             }
         }
     }
@@ -108,8 +112,9 @@ fn expand(route: &str, periods: &[i64]) -> Vec<String> {
     urls = subst(urls, "{user}", &users);
     urls = subst(urls, "{name}", &users);
     urls = subst(urls, "{entity}", &["artists", "recordings", "releases"].map(String::from));
-    urls = subst(urls, "{what}", &["artist", "recording", "release"].map(String::from));
-    urls = subst(urls, "{id}", &["0", "1", "2", "3", "00"].map(String::from));
+    urls = subst(urls, "{what}", &["artist", "track", "album", "recording"].map(String::from));
+    // Item ids: every item these small worlds hold, and one beyond.
+    urls = subst(urls, "{id}", &(0..16).map(|i| i.to_string()).chain(["00".to_owned()]).collect::<Vec<_>>());
     urls = subst(urls, "{start}", &periods.iter().map(i64::to_string).collect::<Vec<_>>());
     urls = subst(urls, "{format}", &["listenbrainz", "csv"].map(String::from));
     urls = subst(urls, "{job}", &["1".to_owned()]);
@@ -118,7 +123,7 @@ fn expand(route: &str, periods: &[i64]) -> Vec<String> {
     let mut out = Vec::new();
     for u in urls {
         if u.starts_with("/user/") && u.matches('/').count() == 2 {
-            for p in ["7d", "30d", "year", "all"] {
+            for p in ["7d", "1m", "3m", "12m", "all"] {
                 out.push(format!("{u}?period={p}"));
             }
         }
@@ -183,9 +188,10 @@ fn normalise(body: &[u8]) -> String {
     }
     flush(&mut run, &mut out);
     let mut out = mask_after(&out, "name=\"csrf\" value=\"", '"');
+    // ListenBrainz stats say when they were computed (the clock, not the data).
+    out = mask_after(&out, "\"last_updated\":", ',');
     out = mask_after(&out, "name=\"form_token\" value=\"", '"');
-    out = mask_after(&out, "Database: ", '·');
-    out = mask_after(&out, "commits since start", '<');
+    out = mask_after(&out, "Database: ", ' ');
     out
 }
 
