@@ -33,6 +33,14 @@ pub enum Viewer {
     Peer,
 }
 
+impl Viewer {
+    /// A signed-in member (not an administrator: the APIs grant nothing more to one), or
+    /// an anonymous visitor.
+    pub fn member_or_anonymous(id: Option<u32>) -> Viewer {
+        id.map_or(Viewer::Anonymous, |id| Viewer::Member { id, admin: false })
+    }
+}
+
 /// What the viewer wants to learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {

@@ -50,7 +50,7 @@ impl Publisher {
         config.validate()?;
         let (params, budget) = (config.params()?, config.budget()?);
         let paid = params.periods_paid(budget, i64::from(config.period_secs));
-        let wanted = u64::from(604_800 / config.period_secs.max(1)) * 52;
+        let wanted = crate::privacy::params::periods_per_year(i64::from(config.period_secs));
         if paid < wanted {
             tracing::warn!(
                 paid,

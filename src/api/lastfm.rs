@@ -481,10 +481,7 @@ fn read_user(state: &AppState, params: &Params, purpose: Purpose) -> Result<User
     };
     let not_found = || fail(StatusCode::NOT_FOUND, 6, "User not found");
     let user = state.store.user_by_name(&name).map_err(store_err)?.ok_or_else(not_found)?;
-    let who = match &viewer {
-        Some(v) => crate::policy::Viewer::Member { id: v.id.0, admin: false },
-        None => crate::policy::Viewer::Anonymous,
-    };
+    let who = crate::policy::Viewer::member_or_anonymous(viewer.as_ref().map(|v| v.id.0));
     let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
     if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
 }

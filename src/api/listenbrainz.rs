@@ -132,10 +132,7 @@ fn authenticate(
 fn visible_user(state: &AppState, name: &str, viewer: Option<&User>, purpose: Purpose) -> Result<User, LbError> {
     let not_found = || LbError::new(StatusCode::NOT_FOUND, format!("Cannot find user: {name}"));
     let user = state.store.user_by_name(name)?.ok_or_else(not_found)?;
-    let who = match viewer {
-        Some(v) => crate::policy::Viewer::Member { id: v.id.0, admin: false },
-        None => crate::policy::Viewer::Anonymous,
-    };
+    let who = crate::policy::Viewer::member_or_anonymous(viewer.map(|v| v.id.0));
     let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
     if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
 }

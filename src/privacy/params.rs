@@ -64,6 +64,12 @@ impl Spend {
 /// Weeks in the accountant's rolling year: the cap holds over any 52 consecutive weeks.
 pub const YEAR_WEEKS: i64 = 52;
 
+/// Periods of `period_secs` in 52 weeks (at least one a week).
+pub fn periods_per_year(period_secs: i64) -> u64 {
+    let per_week = u64::try_from(WEEK_SECS / period_secs.max(1)).unwrap_or(1).max(1);
+    per_week.saturating_mul(YEAR_WEEKS as u64)
+}
+
 /// What one user may spend: per ISO week, and over any 52 consecutive weeks (basic
 /// composition: the ε and δ of every release a user's data went into add up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,15 +211,17 @@ impl Params {
     }
 
     /// How many periods of `period_secs` a year's budget pays for with every aggregate
-    /// user charged each period (at most the periods in 52 weeks).
+    /// user charged each period (at most `periods_per_year`).
     pub fn periods_paid(&self, budget: Budget, period_secs: i64) -> u64 {
         let cost = self.release_cost();
-        let per_week = u64::try_from(WEEK_SECS / period_secs.max(1)).unwrap_or(1).max(1);
-        let by = |cap: u64, c: u64| cap.checked_div(c).unwrap_or(u64::MAX);
-        let week = by(budget.week.eps_milli, cost.eps_milli).min(by(budget.week.delta_pico, cost.delta_pico));
-        let year = by(budget.year.eps_milli, cost.eps_milli).min(by(budget.year.delta_pico, cost.delta_pico));
-        let full = per_week.saturating_mul(YEAR_WEEKS as u64);
-        week.min(per_week).saturating_mul(YEAR_WEEKS as u64).min(year).min(full)
+        let by = |cap: Spend| {
+            cap.eps_milli
+                .checked_div(cost.eps_milli)
+                .unwrap_or(u64::MAX)
+                .min(cap.delta_pico.checked_div(cost.delta_pico).unwrap_or(u64::MAX))
+        };
+        let per_week = periods_per_year(period_secs) / YEAR_WEEKS as u64;
+        by(budget.week).min(per_week).saturating_mul(YEAR_WEEKS as u64).min(by(budget.year))
     }
 
     /// Checks these parameters and weekly budget against a floor.

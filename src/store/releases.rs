@@ -85,17 +85,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The ledgers of `users` for the week starting at `week`.
-    pub fn ledgers(&self, week: i64, users: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, Ledger>> {
-        let mut out = BTreeMap::new();
-        for u in users {
-            if let Some(l) = self.ledger(UserId(u), week)? {
-                out.insert(u, l);
-            }
-        }
-        Ok(out)
-    }
-
     fn ledger(&self, user: UserId, week: i64) -> Result<Option<Ledger>> {
         let key = keys::user_time(user, week);
         match self.trees.userid_week_ledger.get(key)? {
@@ -104,13 +93,14 @@ impl Store {
         }
     }
 
-    /// What `user` spent in the 51 weeks before `week`: with `week`, their rolling year.
-    pub fn spent_before(&self, user: UserId, week: i64) -> Result<Spend> {
+    /// What `user` spent in the 51 weeks before `week` (one range read): with `week`,
+    /// their rolling year.
+    fn spent_before(&self, user: UserId, week: i64) -> Result<Spend> {
+        let from = keys::user_time(user, weeks_before(week).last().unwrap_or(week));
         let mut total = Spend::default();
-        for w in weeks_before(week) {
-            if let Some(l) = self.ledger(user, w)? {
-                total = total.plus(l.spent);
-            }
+        for kv in self.trees.userid_week_ledger.range(from..keys::user_time(user, week)) {
+            let (k, v) = kv?;
+            total = total.plus(decode::<LedgerV1>(schema::USERID_WEEK_LEDGER, &k, &v)?.spent);
         }
         Ok(total)
     }
@@ -252,7 +242,33 @@ mod tests {
         let again = store.commit_release(100, 0, b"second", &other, &[]);
         assert!(matches!(again, Err(CommitError::AlreadyReleased(100))), "{again:?}");
         assert_eq!(store.release(100).expect("get").as_deref(), Some(&b"first"[..]));
-        assert!(store.ledgers(0, [2]).expect("ledgers").is_empty(), "nothing of the refused commit was written");
+        assert!(
+            store.user_ledgers(UserId(2), 1).expect("ledgers").is_empty(),
+            "nothing of the refused commit was written"
+        );
         assert_eq!(store.privacy_key().expect("key"), store.privacy_key().expect("same key"));
+    }
+
+    #[test]
+    fn an_account_sums_exactly_the_51_weeks_before_its_week() {
+        use crate::privacy::params::WEEK_SECS;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4, ..Default::default() }).expect("open");
+        let week = 100 * WEEK_SECS;
+        let spent = |eps_milli| Ledger { spent: Spend { eps_milli, delta_pico: 1 }, periods: vec![] };
+        // 52 weeks back (outside), 51 back and 1 back (inside), this week, next week.
+        for (w, eps) in [
+            (week - 52 * WEEK_SECS, 1_000),
+            (week - 51 * WEEK_SECS, 20),
+            (week - WEEK_SECS, 3),
+            (week, 7),
+            (week + WEEK_SECS, 500),
+        ] {
+            store.commit_release(w, w, b"r", &BTreeMap::from([(1, spent(eps))]), &[]).expect("commit");
+        }
+        let accounts = store.accounts(week, [1, 2]).expect("accounts");
+        assert_eq!(accounts[&1].earlier, Spend { eps_milli: 23, delta_pico: 2 });
+        assert_eq!(accounts[&1].week.spent.eps_milli, 7);
+        assert_eq!(accounts[&2], Account::default(), "another user's weeks do not count");
     }
 }

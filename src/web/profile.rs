@@ -103,15 +103,11 @@ pub(super) async fn profile(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let v = viewer(&state, &headers);
-    let user = match state.store.user_by_name(&name) {
-        Ok(Some(u)) => u,
-        Ok(None) => return not_found_page(&v),
-        Err(e) => return server_error(&v, e),
+    // A hidden profile looks exactly like a missing one.
+    let user = match shown(&state, &v, &name, Purpose::Profile) {
+        Ok(u) => u,
+        Err(r) => return *r,
     };
-    if !v.may(&state, &user, Purpose::Profile).exact() {
-        // A hidden profile looks exactly like a missing one.
-        return not_found_page(&v);
-    }
     let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
     let chosen = q.get("period").map_or("7d", String::as_str);
     let Some((key, label, period)) = periods().into_iter().find(|(k, _, _)| *k == chosen) else {

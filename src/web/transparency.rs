@@ -144,22 +144,19 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
     let cost = params.release_cost();
     let mine = match &v.0 {
         Some((me, _)) => {
-            let ledgers = state.store.user_ledgers(me.id, 12).unwrap_or_default();
+            let mut ledgers = state.store.user_ledgers(me.id, usize::MAX).unwrap_or_default();
+            let total = ledgers.iter().fold(crate::privacy::params::Spend::default(), |a, (_, l)| a.plus(l.spent));
+            ledgers.truncate(12);
             let contributions = state.store.contributions(me.id, SHOWN_RELEASES).unwrap_or_default();
             // The rolling year the cap holds over: this week and the 51 before it.
             let week = crate::privacy::accountant::week_of(crate::now_unix());
-            let this_week = state.store.ledgers(week, [me.id.0]).unwrap_or_default();
             let year = state
                 .store
-                .spent_before(me.id, week)
+                .accounts(week, [me.id.0])
                 .unwrap_or_default()
-                .plus(this_week.get(&me.id.0).map(|l| l.spent).unwrap_or_default());
-            let total = state
-                .store
-                .user_ledgers(me.id, usize::MAX)
-                .unwrap_or_default()
-                .iter()
-                .fold(crate::privacy::params::Spend::default(), |a, (_, l)| a.plus(l.spent));
+                .remove(&me.id.0)
+                .map(|a| a.earlier.plus(a.week.spent))
+                .unwrap_or_default();
             Some((me.clone(), ledgers, contributions, year, total))
         }
         None => None,

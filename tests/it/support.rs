@@ -11,6 +11,11 @@ pub const NOW: i64 = 1_760_000_000;
 
 /// A validated listen, through the one constructor.
 pub fn listen(artist: &str, title: &str, at: i64) -> Listen {
+    listen_accepted_at(artist, title, at, NOW)
+}
+
+/// As `listen`, accepted at `now` (a listen may not be later than an hour after it).
+pub fn listen_accepted_at(artist: &str, title: &str, at: i64, now: i64) -> Listen {
     let raw = RawListen {
         artist: artist.as_bytes(),
         title: title.as_bytes(),
@@ -20,7 +25,7 @@ pub fn listen(artist: &str, title: &str, at: i64) -> Listen {
         client: Some(b"it".as_slice()),
         ..RawListen::default()
     };
-    Listen::parse(&raw, NOW).expect("valid test listen")
+    Listen::parse(&raw, now).expect("valid test listen")
 }
 
 /// A store in a fresh temp dir with one user and a running writer.

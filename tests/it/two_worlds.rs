@@ -20,34 +20,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hearsay::privacy::noise::RandomSource;
+use hearsay::store::users::SharingLevel;
 use hearsay::store::{Action, Ingestor, Options, Store};
+use rand::{Rng as _, SeedableRng};
 
 use crate::support::NodeProcess;
 
 /// A listen played at `at` (before now).
 fn listen(artist: &str, title: &str, at: i64) -> hearsay::log::Listen {
-    let raw = hearsay::log::RawListen {
-        artist: artist.as_bytes(),
-        title: title.as_bytes(),
-        album: Some(b"An Album".as_slice()),
-        listened_at: at,
-        duration_ms: Some(200_000),
-        client: Some(b"crawl".as_slice()),
-        ..hearsay::log::RawListen::default()
-    };
-    hearsay::log::Listen::parse(&raw, hearsay::now_unix()).expect("valid listen")
+    crate::support::listen_accepted_at(artist, title, at, hearsay::now_unix())
 }
 
-/// A seeded source, the same in both worlds (splitmix64).
-struct Draws(u64);
+/// A seeded source, the same in both worlds.
+struct Draws(rand::rngs::Xoshiro256PlusPlus);
 
 impl RandomSource for Draws {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 }
 
@@ -56,9 +45,7 @@ const TARGET: &str = "tess";
 /// Only the target ever listens to this artist.
 const TARGET_ONLY: &str = "Zqx Tess Only Band";
 
-fn day() -> i64 {
-    86_400
-}
+const DAY: i64 = 86_400;
 
 /// Every path the code registers with `.route("…"`, from the source.
 fn routes() -> BTreeSet<String> {
@@ -145,6 +132,13 @@ struct Who {
     sk: [Option<String>; 2],
 }
 
+impl Who {
+    /// A viewer with no session, token or key: a visitor, or a peer reading over HTTP.
+    fn signed_out(name: &'static str) -> Who {
+        Who { name, cookie: [None, None], token: None, sk: [None, None] }
+    }
+}
+
 fn fetch(url: &str, who: &Who, world: usize) -> (u16, Vec<u8>) {
     let mut req = ureq::get(url).timeout(Duration::from_secs(20));
     if let Some(c) = &who.cookie[world] {
@@ -222,8 +216,8 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
     let data = dir.join("data");
     let store = Store::open(&data, &Options { cache_mb: 8, ..Default::default() }).expect("open");
     let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
-    let created = now - 40 * day();
-    use hearsay::store::users::SharingLevel::{Aggregate, Private, Public};
+    let created = now - 40 * DAY;
+    use SharingLevel::{Aggregate, Private, Public};
     let levels = [("alice", Public), ("bob", Aggregate), ("carol", Aggregate), ("dave", Private)];
     for (i, (name, lvl)) in levels.iter().enumerate() {
         let seed = [u8::try_from(i + 1).expect("small"); 32];
@@ -231,7 +225,7 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
         store.set_visibility_at(id, *lvl, created).expect("level");
         let mut actions = Vec::new();
         for d in 0..30 {
-            let at = now - 35 * day() + d * day() + i64::try_from(i).expect("small") * 60;
+            let at = now - 35 * DAY + d * DAY + i64::try_from(i).expect("small") * 60;
             actions.push(Action::Listen(listen("Shared Band", "Common Song", at)));
             actions.push(Action::Listen(listen(&format!("{name} Own Band"), "Own Song", at + 7)));
         }
@@ -240,7 +234,7 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
             tokens.push((*name, store.create_token(id, "crawl", created, false).expect("token").0));
         }
     }
-    let target = SharingLevelText(level).parse();
+    let target = SharingLevel::parse(level).expect("level");
     let t = store.create_user_with_key(TARGET, PASSWORD, [9; 32], created).expect("target").id;
     store.set_visibility_at(t, target, created).expect("level");
     store.privacy_key().expect("privacy key");
@@ -248,13 +242,6 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
     drop(store);
     hearsay::identity::NodeIdentity::load_or_create(&data).expect("node key");
     tokens
-}
-
-struct SharingLevelText<'a>(&'a str);
-impl SharingLevelText<'_> {
-    fn parse(&self) -> hearsay::store::users::SharingLevel {
-        hearsay::store::users::SharingLevel::parse(self.0).expect("level")
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -312,7 +299,7 @@ fn make_worlds(level: &str, loose: bool) -> ([World; 2], Vec<i64>, Vec<(&'static
                 let t = store.user_by_name(TARGET).expect("read").expect("target").id;
                 let mut actions = Vec::new();
                 for d in 0..30 {
-                    let at = now - 35 * day() + d * day() + 3_000;
+                    let at = now - 35 * DAY + d * DAY + 3_000;
                     actions.push(Action::Listen(listen("Shared Band", "Common Song", at)));
                     actions.push(Action::Listen(listen(TARGET_ONLY, "Tess Song", at + 7)));
                     actions.push(Action::Listen(listen("alice Own Band", "Own Song", at + 13)));
@@ -322,7 +309,7 @@ fn make_worlds(level: &str, loose: bool) -> ([World; 2], Vec<i64>, Vec<(&'static
             }
             let identity = Arc::new(hearsay::identity::NodeIdentity::load_or_create(&data).expect("key"));
             let publisher = hearsay::publish::Publisher::new(store.clone(), identity, &config).expect("publisher");
-            let pass = publisher.run_due_with(now, &mut Draws(42)).expect("release");
+            let pass = publisher.run_due_with(now, &mut Draws(SeedableRng::seed_from_u64(42))).expect("release");
             *periods = pass.released.clone();
         }
         let node = NodeProcess::start_with(&data, &env);
@@ -374,12 +361,12 @@ fn viewers(worlds: &[World; 2], tokens: &[(&'static str, String)]) -> Vec<Who> {
         sk: [Some(lastfm_session(urls[0], name)), Some(lastfm_session(urls[1], name))],
     };
     vec![
-        Who { name: "anonymous", cookie: [None, None], token: None, sk: [None, None] },
+        Who::signed_out("anonymous"),
         member("bob"),
         member("carol"),
         // A peer reads what an anonymous visitor reads over HTTP, plus every published
         // byte (compared below).
-        Who { name: "peer", cookie: [None, None], token: None, sk: [None, None] },
+        Who::signed_out("peer"),
     ]
 }
 
@@ -459,16 +446,8 @@ fn a_private_user_changes_nothing_anyone_else_can_see() {
     let c = crawl(&worlds, &periods, &tokens);
     report("private", &c);
     for p in &periods {
-        let a = fetch(
-            &format!("{}/releases/{p}", worlds[0].node.url),
-            &Who { name: "peer", cookie: [None, None], token: None, sk: [None, None] },
-            0,
-        );
-        let b = fetch(
-            &format!("{}/releases/{p}", worlds[1].node.url),
-            &Who { name: "peer", cookie: [None, None], token: None, sk: [None, None] },
-            1,
-        );
+        let a = fetch(&format!("{}/releases/{p}", worlds[0].node.url), &Who::signed_out("peer"), 0);
+        let b = fetch(&format!("{}/releases/{p}", worlds[1].node.url), &Who::signed_out("peer"), 1);
         assert_eq!(a, b, "published bytes of period {p} differ");
     }
     let msgs: Vec<String> =
@@ -497,7 +476,7 @@ fn an_aggregate_user_changes_nothing_but_dp_values() {
     let (worlds, periods, tokens) = make_worlds("aggregate", true);
     let c = crawl(&worlds, &periods, &tokens);
     report("aggregate (loose parameters)", &c);
-    let peer = Who { name: "peer", cookie: [None, None], token: None, sk: [None, None] };
+    let peer = Who::signed_out("peer");
     let mut dp_differs = 0;
     for p in &periods {
         let a = fetch(&format!("{}/releases/{p}", worlds[0].node.url), &peer, 0).1;
