@@ -6,7 +6,7 @@
 //! gives a hard guarantee instead: it blanks every interned track that no log refers to
 //! any more (track names are shared by all users, so they outlive one user's erasure),
 //! and the chart items (artist, recording, release names) no remaining track credits,
-//! then copies every live tree into a fresh database file and deletes the old one.
+//! recomputes the users' spellings from what remains, then copies every live tree into a fresh database file and deletes the old one.
 //! It runs with the node stopped.
 
 use std::collections::HashSet;
@@ -93,6 +93,9 @@ pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
     }
     let tracks_blanked = blank_unreferenced_tracks(&store)?;
     blank_unreferenced_items(&store)?;
+    // Spellings come from the remaining tracks and logs only: an erased listen's spelling
+    // goes with it.
+    store.rebuild_spellings()?;
     store.flush()?;
 
     let fresh_path = dir.join("db.compacting");

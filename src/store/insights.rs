@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::aggregates::{Chart, ChartRow};
+use super::aggregates::{Chart, ChartRow, SpelledBy};
 use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::logs::Order;
 use super::schema::{self, TRACK_CHUNK};
@@ -57,7 +57,7 @@ impl Store {
                 fresh.add(id, n);
             }
         }
-        let rows = self.named_rows(kind, fresh.top_with_ties(limit, 1000), limit)?;
+        let rows = self.named_rows(kind, fresh.top_with_ties(limit, 1000), limit, SpelledBy::User(user))?;
         Ok(Chart { kind, from, to, listens, distinct: fresh.len() as u64, rows })
     }
 
@@ -212,9 +212,14 @@ impl Store {
     /// users). With few users on a node this says little.
     pub fn similar_artists(&self, artist: u32, limit: usize) -> Result<Vec<(ChartRow, f32)>> {
         let mut tastes = Vec::new();
+        let mut spelled_by: HashMap<u32, UserId> = HashMap::new();
         for u in self.users()? {
             if crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::Similarity) {
-                tastes.push(self.taste_of(u.id)?);
+                let taste = self.taste_of(u.id)?;
+                for (item, _) in taste.iter() {
+                    spelled_by.entry(*item).or_insert(u.id);
+                }
+                tastes.push(taste);
             }
         }
         let mut dot: HashMap<u32, f32> = HashMap::new();
@@ -234,11 +239,25 @@ impl Store {
             .into_iter()
             .map(|(b, d)| (b, d / (mine.sqrt() * norm.get(&b).copied().unwrap_or(1.0).sqrt()).max(f32::MIN_POSITIVE)))
             .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(limit);
-        let rows = self.named_rows(Kind::Artist, scored.iter().map(|(id, _)| (*id, 0)).collect(), usize::MAX)?;
+        // Keep the top `limit` and everything tied with the last of them; the tie is
+        // broken below by names, not by item ids.
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if let Some(last) = scored.get(limit.saturating_sub(1)).map(|s| s.1) {
+            scored.retain(|s| s.1 >= last);
+        }
+        let rows = self.named_rows(
+            Kind::Artist,
+            scored.iter().map(|(id, _)| (*id, 0)).collect(),
+            usize::MAX,
+            SpelledBy::Each(&spelled_by),
+        )?;
         let by_id: HashMap<u32, ChartRow> = rows.into_iter().map(|r| (r.id, r)).collect();
-        Ok(scored.into_iter().filter_map(|(id, s)| by_id.get(&id).map(|r| (r.clone(), s))).collect())
+        let mut out: Vec<(ChartRow, f32)> =
+            scored.into_iter().filter_map(|(id, s)| by_id.get(&id).map(|r| (r.clone(), s))).collect();
+        // Ties by the handle, never the item ids (their order shows what others scrobbled).
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.handle.cmp(&b.0.handle)));
+        out.truncate(limit);
+        Ok(out)
     }
 }
 

@@ -104,6 +104,15 @@ pub fn kind_chunk(kind: u8, chunk: u32) -> [u8; 5] {
     k
 }
 
+/// `user ‖ kind u8 ‖ item u32` (`userid_item_spelling`).
+pub fn user_item(id: UserId, kind: u8, item: u32) -> [u8; 9] {
+    let mut k = [0; 9];
+    k[..4].copy_from_slice(&id.0.to_be_bytes());
+    k[4] = kind;
+    k[5..].copy_from_slice(&item.to_be_bytes());
+    k
+}
+
 /// The UTC day number of a unix time (days since 1970-01-01).
 pub fn day_of(listened_at: i64) -> u32 {
     // listened_at is validated to lie between 2002 and now + 1h, so this fits easily.

@@ -23,7 +23,14 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { to: 3, name: "add the release trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 4, name: "add the federation trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 5, name: "duplicate keys v3 (main artist and bare title)", run: rekey_duplicates },
+    Migration { to: 6, name: "each user's own spellings of items", run: build_spellings },
 ];
+
+/// 5 -> 6: the spellings trees (`trackid_spellings`, `userid_item_spelling`) from the
+/// tracks and the logs, so each user's statistics name items as that user spelled them.
+fn build_spellings(store: &Store) -> Result<()> {
+    store.rebuild_spellings()
+}
 
 /// 4 -> 5: the duplicate rule's key changed (v3: main artist and title without a guest
 /// note, so sources that credit guests differently agree). Recompute it for every

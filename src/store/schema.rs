@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -106,6 +106,18 @@ pub const USERID_STATSMARK: &str = "userid_statsmark";
 /// Serves: loves and hates lists, love flags. Since schema 2.
 pub const USERID_RECORDING_FEEDBACK: &str = "userid_recording_feedback";
 
+/// `trackid_spellings`: `track id u32` -> `SpellingsV1`: for a track that spells one of
+/// its items differently from the item's stored name (another case or spacing: identity
+/// ignores both), that item and this track's spelling. Written when the track is first
+/// interned; most tracks have none. Since schema 6.
+pub const TRACKID_SPELLINGS: &str = "trackid_spellings";
+
+/// `userid_item_spelling`: `user id u32 ‖ kind u8 ‖ item id u32` -> `SpellingV1`: the
+/// spelling a user's statistics show for an item when it is not the item's stored name
+/// (the first spelling this user scrobbled, from `trackid_spellings`). So a user's pages
+/// name items only in spellings that user sent. Since schema 6.
+pub const USERID_ITEM_SPELLING: &str = "userid_item_spelling";
+
 /// `sessiondigest_session`: `blake3 derive_key("hearsay 2026-11-23 session key v1",
 /// session key)` -> `SessionV1` (user id, created_at): Last.fm-style sessions from
 /// `auth.getMobileSession`; the key itself is stored nowhere. Since schema 2.
@@ -188,6 +200,8 @@ pub const ALL_TREES: &[&str] = &[
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
+    TRACKID_SPELLINGS,
+    USERID_ITEM_SPELLING,
     SESSIONDIGEST_SESSION,
     USERID_SEQ_INFO,
     SESSIONDIGEST_WEBSESSION,
@@ -212,6 +226,7 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_BUCKET_COUNTS,
     USERID_STATSMARK,
     USERID_RECORDING_FEEDBACK,
+    USERID_ITEM_SPELLING,
     USERID_SEQ_INFO,
     USERID_SETTINGS,
     USERID_WEEK_LEDGER,

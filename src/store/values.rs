@@ -297,6 +297,27 @@ impl Versioned for CreditChunkV1 {
     const VERSION: u8 = 1;
 }
 
+/// `trackid_spellings`: the items a track spells differently from their stored names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpellingsV1 {
+    /// (kind index, item id, this track's spelling).
+    pub items: Vec<(u8, u32, String)>,
+}
+impl Versioned for SpellingsV1 {
+    const VERSION: u8 = 1;
+}
+
+/// `userid_item_spelling`: the spelling a user's statistics show for one item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpellingV1 {
+    /// None: the item's stored name (the user spelled it that way first, and otherwise
+    /// later).
+    pub name: Option<String>,
+}
+impl Versioned for SpellingV1 {
+    const VERSION: u8 = 1;
+}
+
 /// `userid_bucket_counts`: a user's listen counts in one local day, month or year.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AggV1 {

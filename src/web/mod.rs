@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/user/{name}", get(profile))
         .route("/user/{name}/history", get(history))
         .route("/user/{name}/weekly", get(weekly))
-        .route("/user/{name}/{what}/{id}", get(item))
+        .route("/user/{name}/{what}/{handle}", get(item))
         .route("/user/{name}/history/delete", post(delete_listen))
         .route("/settings", get(settings))
         .route("/connect", get(connect))

@@ -156,7 +156,7 @@ pub(super) async fn profile(
                         @if chart.rows.is_empty() { p.muted { "Nothing in this period." } }
                         ol {
                             @for r in &chart.rows {
-                                li { a href={ "/user/" (user.name) "/" (what) "/" (r.id) } { @if let Some(a) = &r.artist { (a) " – " } (r.name) } " " span.muted { "(" (r.listens) ")" } }
+                                li { a href={ "/user/" (user.name) "/" (what) "/" (r.handle) } { @if let Some(a) = &r.artist { (a) " – " } (r.name) } " " span.muted { "(" (r.listens) ")" } }
                             }
                         }
                     }
@@ -299,11 +299,12 @@ pub(super) fn kind_of(path: &str) -> Option<(Kind, &'static str)> {
     }
 }
 
-/// `/user/{name}/{artist|track|album}/{id}`: one item in one user's listening: plays per
-/// month, first listen, weekly ranks over the last year, and (artists) similar artists.
+/// `/user/{name}/{artist|track|album}/{handle}`: one item in one user's listening: plays
+/// per month, first listen, weekly ranks over the last year, and (artists) similar
+/// artists. The handle (`item_handle`) is looked up among the user's own items.
 pub async fn item(
     State(state): State<AppState>,
-    Path((name, what, id)): Path<(String, String, u32)>,
+    Path((name, what, handle)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let v = viewer(&state, &headers);
@@ -312,14 +313,12 @@ pub async fn item(
         Err(r) => return *r,
     };
     let Some((kind, label)) = kind_of(&what) else { return not_found_page(&v) };
-    if state.store.check_item(kind, id).is_err() {
-        return not_found_page(&v);
-    }
     let now = crate::now_unix();
     let all = state.store.chart(user.id, kind, &Period::AllTime, 100_000, now).unwrap_or_else(|_| {
         crate::store::aggregates::Chart { kind, from: 0, to: 0, listens: 0, distinct: 0, rows: Vec::new() }
     });
-    let Some(row) = all.rows.iter().find(|r| r.id == id).cloned() else { return not_found_page(&v) };
+    let Some(row) = all.rows.iter().find(|r| r.handle == handle).cloned() else { return not_found_page(&v) };
+    let id = row.id;
     let monthly = state
         .store
         .item_series(user.id, kind, id, &Period::AllTime, crate::store::aggregates::Step::Month, now)
@@ -445,7 +444,7 @@ pub async fn weekly(
                     @for r in &rows {
                         tr {
                             td { (r.rank) }
-                            td { a href={ "/user/" (user.name) "/artist/" (r.row.id) } { (r.row.name) } }
+                            td { a href={ "/user/" (user.name) "/artist/" (r.row.handle) } { (r.row.name) } }
                             td { (r.row.listens) }
                             td { @if r.new { strong { "new" } } @else { @match r.previous_rank { Some(p) => { (p) }, None => { "re-entry" } } } }
                         }

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 
 use hearsay::log::{Content, Listen, RawListen, VerifyError};
+use hearsay::stats::chart::Kind;
+use hearsay::stats::period::Period;
 use hearsay::store::codec::{decode, encode};
 use hearsay::store::logs::Order;
 use hearsay::store::values::{BlockV1, StoredEntry, TrackChunkV1};
@@ -327,6 +329,17 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
         )
         .expect("ingest");
     t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("Band", bobs, NOW - 5))]).expect("ingest bob");
+    // Alice's own spelling of an artist someone else here spelled first, in a listen she
+    // then erases: recorded as her spelling, it must leave the files with the listen.
+    let carol = t.store.create_user("carol", "password1", NOW).expect("carol").id;
+    t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("Vrrx Kept Artist", "A", NOW - 30))]).expect("carol");
+    let spelling = "VRRX   kept ARTIST";
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen(spelling, "B", NOW - 3))]).expect("spelled");
+    let alices = |t: &TestStore| -> Vec<String> {
+        let chart = t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
+        chart.rows.into_iter().map(|r| r.name).collect()
+    };
+    assert!(alices(&t).contains(&spelling.to_owned()), "her spelling: {:?}", alices(&t));
     // A release of the hour holding the listens recorded what of alice went in (her
     // contribution record, names included), as the publisher does.
     let period = hearsay::privacy::accountant::period_of(NOW - 10, 3_600);
@@ -347,7 +360,7 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
             &[contribution],
         )
         .expect("release");
-    t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }, Action::Delete { seq: 2 }]).expect("delete");
     // Erasure reaches the contribution record at once: no names, the charge kept.
     let records = t.store.contributions(t.user, 10).expect("contributions");
     assert_eq!(records.len(), 1);
@@ -359,11 +372,13 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     let dir = t.close();
     // Before compaction the old copies are still in sled's files: the test can fail.
     assert!(bytes_contain(dir.path(), secret.as_bytes()));
+    assert!(bytes_contain(dir.path(), spelling.as_bytes()));
     let report =
         hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8, ..Default::default() })
             .expect("compact");
-    assert_eq!(report.tracks_blanked, 2);
+    assert_eq!(report.tracks_blanked, 3);
     assert!(!bytes_contain(dir.path(), secret.as_bytes()), "erased listen still on disk");
+    assert!(!bytes_contain(dir.path(), spelling.as_bytes()), "an erased listen's spelling still on disk");
     assert!(!bytes_contain(dir.path(), bobs.as_bytes()), "deleted user's listen still on disk");
     assert!(bytes_contain(dir.path(), b"Kept Song"));
 

@@ -162,6 +162,7 @@ fn dump(store: &Store) -> Vec<(String, Vec<u8>, Vec<u8>)> {
         schema::TRACKCHUNK_CREDITS,
         schema::USERID_BUCKET_COUNTS,
         schema::USERID_RECORDING_FEEDBACK,
+        schema::TRACKID_SPELLINGS,
     ] {
         for kv in store.raw_tree_for_tests(name).expect("tree").iter() {
             let (k, v) = kv.expect("kv");
@@ -248,6 +249,64 @@ fn names_are_one_item_after_normalisation_and_display_as_first_seen() {
     assert_eq!((chart.rows[0].name.as_str(), chart.rows[0].listens), ("Beyonc\u{e9}", 4));
     let tracks = t.store.chart(t.user, Kind::Recording, &Period::AllTime, 10, NOW).expect("chart");
     assert_eq!(tracks.rows.len(), 1);
+}
+
+/// Each user's statistics name an item as that user first spelled it, whoever on the
+/// node scrobbled it first (a private user's spelling must not reach anyone's page), and
+/// links name items by a handle that does not depend on who came first. A rebuild and the
+/// schema 6 migration give the same spellings.
+#[test]
+fn each_user_sees_items_as_they_first_spelled_them() {
+    use hearsay::store::aggregates::item_handle;
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    let private = add_user(
+        &t,
+        "p",
+        &[("radioHEAD", "CREEP", day), ("radioHEAD", "CREEP", day + 1000), ("Obscure  one", "x", day)],
+    );
+    t.store.set_visibility(private, SharingLevel::Private).expect("private");
+    let u = add_user(&t, "u", &[("Radiohead", "Creep", day + 2), ("RADIOHEAD", "creep", day + 3000)]);
+    let w = add_user(&t, "w", &[("radioHEAD", "CREEP", day + 4), ("Radiohead", "Creep", day + 3000)]);
+    let x = add_user(&t, "x", &[("obscure one", "X", day + 6)]);
+    for v in [u, w, x] {
+        t.store.set_visibility(v, SharingLevel::Public).expect("public");
+    }
+    let names = |user: UserId, kind: Kind| -> Vec<(String, Option<String>, u64, String)> {
+        let chart = t.store.chart(user, kind, &Period::AllTime, 10, NOW).expect("chart");
+        chart.rows.into_iter().map(|r| (r.name, r.artist, r.listens, r.handle)).collect()
+    };
+    let artist = item_handle(Kind::Artist, "Radiohead", None);
+    let track = item_handle(Kind::Recording, "Creep", Some("Radiohead"));
+    let expect = |who: UserId, a: &str, tr: &str| {
+        assert_eq!(names(who, Kind::Artist)[0], (a.to_owned(), None, 2, artist.clone()), "artists of {who:?}");
+        assert_eq!(names(who, Kind::Recording)[0], (tr.to_owned(), Some(a.to_owned()), 2, track.clone()));
+    };
+    let check = |stage: &str| {
+        expect(private, "radioHEAD", "CREEP");
+        expect(u, "Radiohead", "Creep");
+        expect(w, "radioHEAD", "CREEP");
+        assert_eq!(names(x, Kind::Artist)[0].0, "obscure one", "{stage}");
+        let utc = jiff::tz::TimeZone::UTC;
+        let node = t.store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &utc).expect("node chart");
+        let rows: Vec<(&str, u64)> = node.rows.iter().map(|r| (r.row.name.as_str(), r.row.listens)).collect();
+        assert_eq!(rows, [("Radiohead", 4), ("obscure one", 1)], "{stage}: a public user's spelling");
+    };
+    check("incremental");
+    let spellings = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let tree = store.raw_tree_for_tests(schema::USERID_ITEM_SPELLING).expect("tree");
+        tree.iter().map(|kv| kv.expect("kv")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    };
+    let incremental = spellings(&t.store);
+    assert!(!incremental.is_empty());
+    t.ingestor.stop();
+    t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
+    assert_eq!(spellings(&t.store), incremental, "a rebuild gives the writer's spellings");
+    check("rebuilt");
+    t.store.rebuild_spellings().expect("migration");
+    assert_eq!(spellings(&t.store), incremental, "the migration gives the writer's spellings");
+    check("migrated");
 }
 
 #[test]

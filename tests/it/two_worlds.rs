@@ -47,6 +47,57 @@ const TARGET_ONLY: &str = "Zqx Tess Only Band";
 
 const DAY: i64 = 86_400;
 
+/// The other members and their levels.
+const LEVELS: [(&str, SharingLevel); 4] = [
+    ("alice", SharingLevel::Public),
+    ("bob", SharingLevel::Aggregate),
+    ("carol", SharingLevel::Aggregate),
+    ("dave", SharingLevel::Private),
+];
+
+/// The target's listens: first on the node in world 0, so that they name and number the
+/// items first: shared items in odd spellings (identity ignores case and spacing), and an
+/// item only the target plays.
+fn target_history(now: i64) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for d in 0..30 {
+        let at = now - 35 * DAY + d * DAY + 3_000;
+        actions.push(Action::Listen(listen("SHARED  band", "common SONG", at)));
+        actions.push(Action::Listen(listen(TARGET_ONLY, "Tess Song", at + 7)));
+        actions.push(Action::Listen(listen("Alice OWN Band", "own song", at + 13)));
+    }
+    actions
+}
+
+/// The other members' listens, the same in both worlds.
+fn others_history(i: usize, name: &str, now: i64) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for d in 0..30 {
+        let at = now - 35 * DAY + d * DAY + i64::try_from(i).expect("small") * 60;
+        actions.push(Action::Listen(listen("Shared Band", "Common Song", at)));
+        actions.push(Action::Listen(listen(&format!("{name} Own Band"), "Own Song", at + 7)));
+    }
+    actions
+}
+
+/// Handles of every item the worlds hold (in any spelling: handles ignore case and
+/// spacing), and one of an item nobody played.
+fn handles() -> Vec<String> {
+    use hearsay::stats::chart::Kind;
+    use hearsay::store::aggregates::item_handle;
+    let mut artists: Vec<String> = LEVELS.iter().map(|(n, _)| format!("{n} Own Band")).collect();
+    artists.extend(["Shared Band".to_owned(), TARGET_ONLY.to_owned(), "Nobody Played This".to_owned()]);
+    let mut out: Vec<String> = artists.iter().map(|a| item_handle(Kind::Artist, a, None)).collect();
+    for a in &artists {
+        for t in ["Common Song", "Own Song", "Tess Song"] {
+            out.push(item_handle(Kind::Recording, t, Some(a)));
+        }
+        out.push(item_handle(Kind::Release, "An Album", Some(a)));
+    }
+    out.push("0".to_owned());
+    out
+}
+
 /// Every path the code registers with `.route("…"`, from the source.
 fn routes() -> BTreeSet<String> {
     let mut files = Vec::new();
@@ -100,8 +151,7 @@ fn expand(route: &str, periods: &[i64]) -> Vec<String> {
     urls = subst(urls, "{name}", &users);
     urls = subst(urls, "{entity}", &["artists", "recordings", "releases"].map(String::from));
     urls = subst(urls, "{what}", &["artist", "track", "album", "recording"].map(String::from));
-    // Item ids: every item these small worlds hold, and one beyond.
-    urls = subst(urls, "{id}", &(0..16).map(|i| i.to_string()).chain(["00".to_owned()]).collect::<Vec<_>>());
+    urls = subst(urls, "{handle}", &handles());
     urls = subst(urls, "{start}", &periods.iter().map(i64::to_string).collect::<Vec<_>>());
     urls = subst(urls, "{format}", &["listenbrainz", "csv"].map(String::from));
     urls = subst(urls, "{job}", &["1".to_owned()]);
@@ -184,6 +234,8 @@ fn normalise(body: &[u8]) -> String {
     let mut out = mask_after(&out, "name=\"csrf\" value=\"", '"');
     // ListenBrainz stats say when they were computed (the clock, not the data).
     out = mask_after(&out, "\"last_updated\":", ',');
+    // A range that ends "now" ends at the request's second.
+    out = mask_after(&out, "\"to_ts\":", ',');
     out = mask_after(&out, "name=\"form_token\" value=\"", '"');
     out = mask_after(&out, "Database: ", ' ');
     out
@@ -217,19 +269,10 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
     let store = Store::open(&data, &Options { cache_mb: 8, ..Default::default() }).expect("open");
     let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
     let created = now - 40 * DAY;
-    use SharingLevel::{Aggregate, Private, Public};
-    let levels = [("alice", Public), ("bob", Aggregate), ("carol", Aggregate), ("dave", Private)];
-    for (i, (name, lvl)) in levels.iter().enumerate() {
+    for (i, (name, lvl)) in LEVELS.iter().enumerate() {
         let seed = [u8::try_from(i + 1).expect("small"); 32];
         let id = store.create_user_with_key(name, PASSWORD, seed, created).expect("user").id;
         store.set_visibility_at(id, *lvl, created).expect("level");
-        let mut actions = Vec::new();
-        for d in 0..30 {
-            let at = now - 35 * DAY + d * DAY + i64::try_from(i).expect("small") * 60;
-            actions.push(Action::Listen(listen("Shared Band", "Common Song", at)));
-            actions.push(Action::Listen(listen(&format!("{name} Own Band"), "Own Song", at + 7)));
-        }
-        ingestor.ingest_blocking(id, actions).expect("ingest");
         if *name != "dave" {
             tokens.push((*name, store.create_token(id, "crawl", created, false).expect("token").0));
         }
@@ -294,19 +337,16 @@ fn make_worlds(level: &str, loose: bool) -> ([World; 2], Vec<i64>, Vec<(&'static
         let data = dir.path().join("data");
         {
             let store = Store::open(&data, &Options { cache_mb: 8, ..Default::default() }).expect("open");
+            let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
             if with_target {
-                let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
                 let t = store.user_by_name(TARGET).expect("read").expect("target").id;
-                let mut actions = Vec::new();
-                for d in 0..30 {
-                    let at = now - 35 * DAY + d * DAY + 3_000;
-                    actions.push(Action::Listen(listen("Shared Band", "Common Song", at)));
-                    actions.push(Action::Listen(listen(TARGET_ONLY, "Tess Song", at + 7)));
-                    actions.push(Action::Listen(listen("alice Own Band", "Own Song", at + 13)));
-                }
-                ingestor.ingest_blocking(t, actions).expect("ingest target");
-                ingestor.stop();
+                ingestor.ingest_blocking(t, target_history(now)).expect("ingest target");
             }
+            for (i, (name, _)) in LEVELS.iter().enumerate() {
+                let id = store.user_by_name(name).expect("read").expect("member").id;
+                ingestor.ingest_blocking(id, others_history(i, name, now)).expect("ingest");
+            }
+            ingestor.stop();
             let identity = Arc::new(hearsay::identity::NodeIdentity::load_or_create(&data).expect("key"));
             let publisher = hearsay::publish::Publisher::new(store.clone(), identity, &config).expect("publisher");
             let pass = publisher.run_due_with(now, &mut Draws(SeedableRng::seed_from_u64(42))).expect("release");

@@ -301,14 +301,12 @@ fn visibility_matrix_nothing_leaks() {
         };
         let (alice_sk, bob_sk) = (lastfm_sk(&alice_token), lastfm_sk(&bob_token));
         // (what, url for a given user name, how to authenticate as a viewer)
-        let pages = [
-            "/user/{}",
-            "/user/{}?period=all",
-            "/user/{}/history",
-            "/user/{}/artist/0",
-            "/user/{}/track/0",
-            "/user/{}/weekly",
-        ];
+        use hearsay::stats::chart::Kind;
+        use hearsay::store::aggregates::item_handle;
+        let artist_page = format!("/user/{{}}/artist/{}", item_handle(Kind::Artist, "Secretive", None));
+        let track_page = format!("/user/{{}}/track/{}", item_handle(Kind::Recording, secret, Some("Secretive")));
+        let pages =
+            ["/user/{}", "/user/{}?period=all", "/user/{}/history", &artist_page, &track_page, "/user/{}/weekly"];
         let apis = [
             "/1/user/{}/listens",
             "/1/user/{}/listen-count",

@@ -16,6 +16,13 @@ pub(crate) struct Delta {
     pub(super) hours: HashMap<(u16, u8), i64>,
 }
 
+impl Delta {
+    /// This change's count of item `item` of kind index `kind`.
+    pub(crate) fn count(&self, kind: usize, item: u32) -> i64 {
+        self.counts.get(kind).and_then(|c| c.get(&item)).copied().unwrap_or(0)
+    }
+}
+
 pub(super) fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &HashMap<K, i64>) -> Vec<(K, u32)> {
     let mut changes: Vec<(K, i64)> = delta.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect();
     changes.sort_unstable_by_key(|c| c.0);

@@ -9,12 +9,12 @@ use jiff::tz::TimeZone;
 use crate::log::TrackRef;
 use crate::log::dedupe::normalize_name;
 use crate::stats::chart::Kind;
-use crate::stats::credits::{CreditRules, credit};
+use crate::stats::credits::{CreditRules, Credits, credit};
 use crate::stats::period::{day_number, month_number};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{CreditChunkV1, ItemChunkV1, ItemV1, TrackCreditsV1};
+use crate::store::values::{CreditChunkV1, ItemChunkV1, ItemV1, SpellingsV1, TrackCreditsV1};
 use crate::store::{Error, Result, Store};
 
 /// Every chart item and every track's credits, in memory, with the chunks changed
@@ -28,10 +28,26 @@ pub(crate) struct Dictionary {
     pub(super) open: [Vec<ItemV1>; 3],
     /// Chunks filled since the last write: (kind, chunk, items).
     pub(super) full: Vec<(usize, u32, Vec<ItemV1>)>,
+    /// Per kind, per item id: a fingerprint of the item's stored name, to tell whether a
+    /// new track spells it the same way without reading the name back.
+    pub(super) fingerprints: [Vec<u32>; 3],
+    /// Per track id, for the few tracks that spell an item differently from its stored
+    /// name: (kind index, item id, this track's spelling) (`trackid_spellings`).
+    pub(super) spellings: HashMap<u32, Vec<(u8, u32, String)>>,
     /// Per track id.
     pub(super) credits: Vec<Option<TrackCreditsV1>>,
     pub(super) dirty_items: BTreeSet<(usize, u32)>,
     pub(super) dirty_credits: BTreeSet<u32>,
+    pub(super) dirty_spellings: BTreeSet<u32>,
+}
+
+/// A 32-bit fingerprint of a spelling (exact bytes). Two spellings of one item that
+/// collide are taken as equal: the user is then shown the item's stored name, which
+/// differs from theirs only in case or spacing (a 2^-32 chance per new track and item).
+fn fingerprint(name: &str) -> u32 {
+    let h = blake3::hash(name.as_bytes());
+    let b = h.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 pub(super) fn identity(kind: Kind, name: &str, artist: Option<u32>) -> String {
@@ -68,9 +84,12 @@ impl Dictionary {
             n_items: [0; 3],
             open: Default::default(),
             full: Vec::new(),
+            fingerprints: Default::default(),
+            spellings: HashMap::new(),
             credits: Vec::new(),
             dirty_items: BTreeSet::new(),
             dirty_credits: BTreeSet::new(),
+            dirty_spellings: BTreeSet::new(),
         }
     }
 
@@ -85,6 +104,7 @@ impl Dictionary {
             for item in &chunk.items {
                 let id = d.n_items[kind];
                 d.n_items[kind] += 1;
+                d.fingerprints[kind].push(fingerprint(&item.name));
                 // A name blanked by compaction is never matched again.
                 if !item.name.is_empty() {
                     d.index[kind].insert(identity(kind_enum, &item.name, item.artist), id);
@@ -98,6 +118,12 @@ impl Dictionary {
             let chunk: CreditChunkV1 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
             d.credits.extend(chunk.tracks);
         }
+        for kv in store.trees.trackid_spellings.iter() {
+            let (k, v) = kv?;
+            let track = keys::parse_u32(schema::TRACKID_SPELLINGS, &k)?;
+            let s: SpellingsV1 = decode(schema::TRACKID_SPELLINGS, &k, &v)?;
+            d.spellings.insert(track, s.items);
+        }
         Ok(d)
     }
 
@@ -110,6 +136,7 @@ impl Dictionary {
         let id = self.n_items[k];
         self.n_items[k] += 1;
         self.open[k].push(ItemV1 { name: name.to_owned(), artist });
+        self.fingerprints[k].push(fingerprint(name));
         self.index[k].insert(key, id);
         self.dirty_items.insert((k, id / ITEM_CHUNK));
         if self.open[k].len() >= ITEM_CHUNK as usize {
@@ -132,6 +159,7 @@ impl Dictionary {
         let recording = self.intern(Kind::Recording, &c.title, main);
         let release = track.album.as_deref().map(|album| self.intern(Kind::Release, album, main));
         let credits = TrackCreditsV1 { artists, recording, release };
+        self.note_variants(id, &c, track.album.as_deref(), &credits);
         let slot = id as usize;
         if self.credits.len() <= slot {
             self.credits.resize(slot + 1, None);
@@ -139,6 +167,47 @@ impl Dictionary {
         self.credits[slot] = Some(credits.clone());
         self.dirty_credits.insert(id / TRACK_CHUNK);
         credits
+    }
+
+    /// Remembers which items of track `id` (credited as `c`, ids in `credits`) the track
+    /// spells otherwise than their stored names. Credit lists that do not line up (a track
+    /// credited under other rules) leave their artists out.
+    fn note_variants(&mut self, id: u32, c: &Credits, album: Option<&str>, credits: &TrackCreditsV1) {
+        let mut named: Vec<(Kind, u32, &str)> = Vec::new();
+        if c.artists.len() == credits.artists.len() {
+            named.extend(c.artists.iter().zip(&credits.artists).map(|(a, &item)| (Kind::Artist, item, a.as_str())));
+        }
+        named.push((Kind::Recording, credits.recording, c.title.as_str()));
+        if let (Some(album), Some(r)) = (album, credits.release) {
+            named.push((Kind::Release, r, album));
+        }
+        let variants: Vec<(u8, u32, String)> = named
+            .into_iter()
+            .filter(|(kind, item, spelled)| {
+                self.fingerprints[kind.index()].get(*item as usize).is_some_and(|f| *f != fingerprint(spelled))
+            })
+            .map(|(kind, item, spelled)| (kind.index() as u8, item, spelled.to_owned()))
+            .collect();
+        if !variants.is_empty() {
+            self.spellings.insert(id, variants);
+            self.dirty_spellings.insert(id);
+        }
+    }
+
+    /// For a dictionary loaded from a store written before spellings were kept: works out
+    /// the spellings of an interned track from its names and its stored credits.
+    pub fn recompute_variants(&mut self, id: u32, track: &TrackRef) {
+        let Some(credits) = self.known_credits(id).cloned() else { return };
+        let artists_index = &self.index[Kind::Artist.index()];
+        let known = |norm: &str| artists_index.contains_key(norm);
+        let c = credit(track, &self.rules, &known);
+        self.spellings.remove(&id);
+        self.note_variants(id, &c, track.album.as_deref(), &credits);
+    }
+
+    /// The items track `id` spells otherwise than their stored names, if any.
+    pub fn spellings_of(&self, id: u32) -> Option<&[(u8, u32, String)]> {
+        self.spellings.get(&id).map(Vec::as_slice)
     }
 
     /// The credits of an already interned track.
@@ -164,6 +233,12 @@ impl Dictionary {
                     keys::kind_chunk(kind as u8, chunk).to_vec(),
                     encode(&ItemChunkV1 { items }),
                 ));
+            }
+        }
+        for track in std::mem::take(&mut self.dirty_spellings) {
+            if let Some(items) = self.spellings.get(&track) {
+                let value = encode(&SpellingsV1 { items: items.clone() });
+                out.push((schema::TRACKID_SPELLINGS, keys::u32_key(track).to_vec(), value));
             }
         }
         for chunk in std::mem::take(&mut self.dirty_credits) {

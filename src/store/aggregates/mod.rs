@@ -16,7 +16,7 @@ use crate::stats::period::{self, Bucket, Period, day_number, local_date};
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, StoredEntry};
+use crate::store::values::{AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
 
 mod delta;
 mod dictionary;
@@ -31,11 +31,51 @@ const MAX_TIES: usize = 1000;
 /// One row of a chart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChartRow {
+    /// The node's internal item id: never shown (ids count items in the order the node
+    /// first saw them, which says what others scrobbled); links use `handle`.
     pub id: u32,
+    /// The item's public handle in links (`item_handle`).
+    pub handle: String,
     pub name: String,
     /// The main artist, for recordings and releases.
     pub artist: Option<String>,
     pub listens: u64,
+}
+
+/// Whose spellings name the items of a chart (`named_rows`).
+pub(crate) enum SpelledBy<'a> {
+    /// One user's: their own charts and pages.
+    User(UserId),
+    /// Per item, the user whose spelling names it (a node chart: a public user who
+    /// listened to it). Items not listed keep their stored names.
+    Each(&'a HashMap<u32, UserId>),
+}
+
+impl SpelledBy<'_> {
+    fn of(&self, item: u32) -> Option<UserId> {
+        match self {
+            SpelledBy::User(u) => Some(*u),
+            SpelledBy::Each(users) => users.get(&item).copied(),
+        }
+    }
+}
+
+/// blake3 `derive_key` context of item handles.
+const ITEM_HANDLE_CONTEXT: &str = "hearsay 2026-12-01 item handle v1";
+
+/// The handle of an item in links: a hash of what identifies it (kind, normalised name,
+/// normalised main artist), so a link says which item it is and nothing about when, or
+/// whether, anyone else on the node scrobbled it. 16 hex digits; items are looked up by
+/// handle among the items of the user whose page it is.
+pub fn item_handle(kind: Kind, name: &str, artist: Option<&str>) -> String {
+    let mut h = blake3::Hasher::new_derive_key(ITEM_HANDLE_CONTEXT);
+    h.update(&[kind.index() as u8]);
+    h.update(crate::log::dedupe::normalize_name(name).as_bytes());
+    if let Some(a) = artist {
+        h.update(&[0x1f]);
+        h.update(crate::log::dedupe::normalize_name(a).as_bytes());
+    }
+    hex::encode(&h.finalize().as_bytes()[..8])
 }
 
 /// A ranked chart for one user and period.
@@ -228,31 +268,99 @@ impl Store {
         let sum = &sums[kind.index()];
         // Ties at the last place are broken by name, so fetch them all (within reason).
         let top = sum.top_with_ties(limit, MAX_TIES);
-        let rows = self.named_rows(kind, top, limit)?;
+        let rows = self.named_rows(kind, top, limit, SpelledBy::User(user))?;
         Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
     }
 
     /// Names and main artists of `kind` items, ordered for display: by count, then
-    /// name; at most `limit`.
-    pub(crate) fn named_rows(&self, kind: Kind, top: Vec<(u32, u64)>, limit: usize) -> Result<Vec<ChartRow>> {
+    /// name; at most `limit`. Each item is named as `by` spelled it.
+    pub(crate) fn named_rows(
+        &self,
+        kind: Kind,
+        top: Vec<(u32, u64)>,
+        limit: usize,
+        by: SpelledBy<'_>,
+    ) -> Result<Vec<ChartRow>> {
         let names = self.item_names(kind, top.iter().map(|(id, _)| *id))?;
         let artist_ids: Vec<u32> = names.values().filter_map(|i| i.artist).collect();
         let artists = if kind == Kind::Artist { HashMap::new() } else { self.item_names(Kind::Artist, artist_ids)? };
+        let spellings = self.spellings(kind, &top, &names, &by)?;
+        let spelled = |user: Option<UserId>, kind: Kind, id: u32, stored: &str| -> String {
+            user.and_then(|u| spellings.get(&keys::user_item(u, kind.index() as u8, id)))
+                .and_then(Clone::clone)
+                .unwrap_or_else(|| stored.to_owned())
+        };
         let mut rows: Vec<ChartRow> = top
             .into_iter()
             .map(|(id, n)| {
                 let item = names.get(&id);
-                ChartRow {
-                    id,
-                    name: item.map(|i| i.name.clone()).unwrap_or_default(),
-                    artist: item.and_then(|i| i.artist).and_then(|a| artists.get(&a)).map(|a| a.name.clone()),
-                    listens: n,
-                }
+                let user = by.of(id);
+                let name = spelled(user, kind, id, item.map_or("", |i| i.name.as_str()));
+                let artist = item
+                    .and_then(|i| i.artist)
+                    .and_then(|a| artists.get(&a).map(|stored| spelled(user, Kind::Artist, a, &stored.name)));
+                ChartRow { id, handle: item_handle(kind, &name, artist.as_deref()), name, artist, listens: n }
             })
             .collect();
-        rows.sort_by(|a, b| b.listens.cmp(&a.listens).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+        // Ties end in the handle, a function of the names alone: never the item ids, whose
+        // order depends on what other users scrobbled first.
+        rows.sort_by(|a, b| {
+            b.listens
+                .cmp(&a.listens)
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| a.artist.cmp(&b.artist))
+                .then_with(|| a.handle.cmp(&b.handle))
+        });
         rows.truncate(limit);
         Ok(rows)
+    }
+
+    /// The spellings (`userid_item_spelling`) that name `top` and their main artists for
+    /// `by`: one prefix scan for a single user, point reads per item otherwise.
+    fn spellings(
+        &self,
+        kind: Kind,
+        top: &[(u32, u64)],
+        names: &HashMap<u32, ItemV1>,
+        by: &SpelledBy<'_>,
+    ) -> Result<HashMap<[u8; 9], Option<String>>> {
+        let mut out = HashMap::new();
+        let tree = &self.trees.userid_item_spelling;
+        let mut read = |k: &[u8], v: &[u8]| -> Result<()> {
+            let spelling: SpellingV1 = decode(schema::USERID_ITEM_SPELLING, k, v)?;
+            if let Ok(key) = <[u8; 9]>::try_from(k) {
+                out.insert(key, spelling.name);
+            }
+            Ok(())
+        };
+        match by {
+            SpelledBy::User(user) => {
+                let kinds: &[Kind] = if kind == Kind::Artist { &[Kind::Artist] } else { &[kind, Kind::Artist] };
+                for k in kinds {
+                    let mut prefix = keys::user(*user).to_vec();
+                    prefix.push(k.index() as u8);
+                    for kv in tree.scan_prefix(prefix) {
+                        let (k, v) = kv?;
+                        read(&k, &v)?;
+                    }
+                }
+            }
+            SpelledBy::Each(users) => {
+                for (id, _) in top {
+                    let Some(user) = users.get(id) else { continue };
+                    let mut wanted = vec![keys::user_item(*user, kind.index() as u8, *id)];
+                    if let Some(a) = names.get(id).and_then(|i| i.artist) {
+                        wanted.push(keys::user_item(*user, Kind::Artist.index() as u8, a));
+                    }
+                    for k in wanted {
+                        if let Some(v) = tree.get(k)? {
+                            read(&k, &v)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The node's chart: the users the access policy lets be summed into it exactly
@@ -262,6 +370,7 @@ impl Store {
         let (from, to) = period::resolve(period, tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut listens = Summer::new();
         let mut listeners = Summer::new();
+        let mut spelled_by: HashMap<u32, UserId> = HashMap::new();
         let (mut total, mut contributors) = (0u64, 0u64);
         for user in self.users()? {
             if !crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
@@ -277,11 +386,12 @@ impl Store {
             for (id, count) in sums[kind.index()].all() {
                 listens.add(id, count);
                 listeners.add(id, 1);
+                spelled_by.entry(id).or_insert(user.id);
             }
         }
         let top = listens.top_with_ties(limit, MAX_TIES);
         let rows = self
-            .named_rows(kind, top, limit)?
+            .named_rows(kind, top, limit, SpelledBy::Each(&spelled_by))?
             .into_iter()
             .map(|row| NodeChartRow { listeners: listeners.count(row.id), row })
             .collect();
@@ -379,8 +489,11 @@ impl Store {
         let (all, _) = self.sum_range(user, crate::log::listen::MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
         let recordings = &all[Kind::Recording.index()];
         let top: Vec<(u32, u64)> = found.iter().map(|(r, _)| (*r, recordings.count(*r))).collect();
-        let rows: HashMap<u32, ChartRow> =
-            self.named_rows(Kind::Recording, top, usize::MAX)?.into_iter().map(|r| (r.id, r)).collect();
+        let rows: HashMap<u32, ChartRow> = self
+            .named_rows(Kind::Recording, top, usize::MAX, SpelledBy::User(user))?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
         Ok(found
             .into_iter()
             .filter_map(|(r, f)| rows.get(&r).map(|row| Feedback { row: row.clone(), score: f.score, seq: f.seq }))

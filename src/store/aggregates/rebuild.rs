@@ -8,7 +8,7 @@ use crate::stats::credits::CreditRules;
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use crate::store::values::{BlockV1, FeedbackV1, StoredEntry, TrackChunkV1};
+use crate::store::values::{BlockV1, FeedbackV1, SpellingV1, StoredEntry, TrackChunkV1};
 use crate::store::{Error, Result, Store};
 
 use super::*;
@@ -89,6 +89,8 @@ impl Store {
             &self.trees.userid_bucket_counts,
             &self.trees.userid_statsmark,
             &self.trees.userid_recording_feedback,
+            &self.trees.trackid_spellings,
+            &self.trees.userid_item_spelling,
         ] {
             tree.clear()?;
         }
@@ -118,8 +120,68 @@ impl Store {
         for user in self.users()? {
             self.rebuild_user_buckets(user.id, &dict)?;
             self.rebuild_user_feedback(user.id, &dict)?;
+            self.rebuild_user_spellings(user.id, &dict)?;
         }
         self.flush()
+    }
+
+    /// Fills `trackid_spellings` and `userid_item_spelling` from the tracks and the logs,
+    /// leaving every other statistic as it is (schema 5 -> 6).
+    pub fn rebuild_spellings(&self) -> Result<()> {
+        self.trees.trackid_spellings.clear()?;
+        self.trees.userid_item_spelling.clear()?;
+        let mut dict = Dictionary::load(self, CreditRules::default())?;
+        for kv in self.trees.trackchunk_tracks.iter() {
+            let (k, v) = kv?;
+            let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
+            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            for (i, t) in tracks.tracks.iter().enumerate() {
+                if !crate::store::compact::is_blank(t) {
+                    dict.recompute_variants(chunk * TRACK_CHUNK + i as u32, &t.track);
+                }
+            }
+        }
+        for (tree, k, v) in dict.take_writes() {
+            if tree == schema::TRACKID_SPELLINGS {
+                self.trees.trackid_spellings.insert(k, v)?;
+            }
+        }
+        for user in self.users()? {
+            self.rebuild_user_spellings(user.id, &dict)?;
+        }
+        self.flush()
+    }
+
+    /// A user's spellings from their log, by the writer's rule (`note_spellings`): for an
+    /// item some track spells otherwise than its stored name, the spelling of the user's
+    /// first listen of it, recorded once the user plays such a track.
+    fn rebuild_user_spellings(&self, user: UserId, dict: &Dictionary) -> Result<()> {
+        let mut first: BTreeMap<[u8; 9], Option<String>> = BTreeMap::new();
+        let mut heard: std::collections::HashSet<(u8, u32)> = std::collections::HashSet::new();
+        for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
+            let (k, v) = kv?;
+            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            for e in &block.entries {
+                let StoredEntry::Listen { track, .. } = e else { continue };
+                let Some(credits) = dict.known_credits(*track) else { continue };
+                let mut items: Vec<(u8, u32)> = credits.artists.iter().map(|a| (0u8, *a)).collect();
+                items.push((1, credits.recording));
+                items.extend(credits.release.map(|r| (2u8, r)));
+                let variants = dict.spellings_of(*track).unwrap_or_default();
+                for (kind, item) in items {
+                    let new = heard.insert((kind, item));
+                    if let Some((_, _, name)) = variants.iter().find(|(k, i, _)| (*k, *i) == (kind, item)) {
+                        first.entry(keys::user_item(user, kind, item)).or_insert_with(|| new.then(|| name.clone()));
+                    }
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, name) in &first {
+            batch.insert(k.to_vec(), encode(&SpellingV1 { name: name.clone() }));
+        }
+        self.trees.userid_item_spelling.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Drops in-memory buckets (of one user, or all) that a rebuild or deletion replaced.

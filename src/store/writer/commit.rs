@@ -10,7 +10,7 @@ use crate::store::aggregates::merged;
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self};
-use crate::store::values::{AggV1, ClientV1, InfoBlockV1};
+use crate::store::values::{AggV1, ClientV1, InfoBlockV1, SpellingV1};
 use crate::store::{Error, Result};
 
 use super::*;
@@ -78,8 +78,16 @@ impl Writer {
                 ops.push((13, k, Some(v)));
             }
         }
+        for (k, name) in &group.spellings {
+            ops.push((14, k.to_vec(), Some(encode(&SpellingV1 { name: name.clone() }))));
+        }
         for (tree, k, v) in self.dict.take_writes() {
-            ops.push((if tree == schema::ITEMCHUNK_ITEMS { 7 } else { 8 }, k, Some(v)));
+            let index = match tree {
+                schema::ITEMCHUNK_ITEMS => 7,
+                schema::TRACKID_SPELLINGS => 15,
+                _ => 8,
+            };
+            ops.push((index, k, Some(v)));
         }
         let hot_pairs: usize = self
             .store
@@ -127,6 +135,8 @@ impl Writer {
             &t.userid_recording_feedback,
             &t.userid_seq_info,
             &t.userid_periodstart_contribution,
+            &t.userid_item_spelling,
+            &t.trackid_spellings,
         ];
         // Everything above only read; from here on, a failure leaves sled's memory ahead
         // of its disk, so it fails the store (see `poison`).

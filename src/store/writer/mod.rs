@@ -226,6 +226,9 @@ struct Group {
     infos: BTreeMap<[u8; 12], Vec<(u8, Option<String>)>>,
     /// Feedback changes: `user ‖ recording` -> new feedback (None clears it).
     feedback: BTreeMap<[u8; 8], Option<FeedbackV1>>,
+    /// Spellings a user sends for the first time that differ from the items' stored
+    /// names: `user ‖ kind ‖ item` -> spelling (`userid_item_spelling`).
+    spellings: BTreeMap<[u8; 9], Option<String>>,
     /// A listen was erased: the buckets are stored with this group (see `apply`).
     has_delete: bool,
     /// When each listen erased by this group was played: its user's contribution record

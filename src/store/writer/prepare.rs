@@ -10,7 +10,7 @@ use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt};
 use crate::store::aggregates::place;
 use crate::store::codec::decode;
-use crate::store::keys::{self, UserId, day_of};
+use crate::store::keys::{self, BUCKET_YEAR, UserId, day_of};
 use crate::store::schema::{self, BLOCK_ENTRIES};
 use crate::store::values::{BlockV1, DayItem, DayV1, FeedbackV1, StoredEntry};
 use crate::store::{Error, Result};
@@ -194,7 +194,59 @@ impl Writer {
         for (i, key) in placement.keys.iter().enumerate() {
             group.aggs.entry(*key).or_default().add(&credits, delta, (i == 2).then_some(placement.slot));
         }
+        if delta > 0 {
+            self.note_spellings(group, user, track)?;
+        }
         Ok(())
+    }
+
+    /// Records how `user` spells the items of `track` that the track spells otherwise
+    /// than their stored names, where the user has no spelling recorded yet: the track's
+    /// spelling if this is the user's first listen of the item, else the stored name
+    /// (which is then the user's first spelling). So a user's statistics show each item as
+    /// that user first spelled it, never as whoever scrobbled it first (`docs/privacy.md`).
+    /// Runs after this listen is counted in `group.aggs`.
+    fn note_spellings(&self, group: &mut Group, user: UserId, track: u32) -> Result<()> {
+        let Some(spellings) = self.dict.spellings_of(track) else { return Ok(()) };
+        for (kind, item, name) in spellings {
+            let key = keys::user_item(user, *kind, *item);
+            if group.spellings.contains_key(&key) || self.store.trees.userid_item_spelling.contains_key(key)? {
+                continue;
+            }
+            let first = self.all_time_count(group, user, *kind, *item)? <= 1;
+            group.spellings.insert(key, first.then(|| name.clone()));
+        }
+        Ok(())
+    }
+
+    /// `user`'s all-time listens of an item: stored or in-memory year buckets plus this
+    /// group's changes.
+    fn all_time_count(&self, group: &Group, user: UserId, kind: u8, item: u32) -> Result<i64> {
+        let k = usize::from(kind);
+        let mut prefix = keys::user(user).to_vec();
+        prefix.push(BUCKET_YEAR);
+        let mut years: BTreeSet<[u8; 9]> = BTreeSet::new();
+        for key in self.store.trees.userid_bucket_counts.scan_prefix(&prefix).keys() {
+            if let Ok(key) = <[u8; 9]>::try_from(key?.as_ref()) {
+                years.insert(key);
+            }
+        }
+        if let Ok(hot) = self.store.hot.read() {
+            years.extend(hot.keys().filter(|key| key.starts_with(&prefix)));
+        }
+        years.extend(group.aggs.keys().filter(|key| key.starts_with(&prefix)));
+        let mut n = 0i64;
+        for key in &years {
+            if let Some(agg) = self.store.bucket(key)? {
+                if let Some(counts) = agg.counts.get(k) {
+                    if let Ok(i) = counts.binary_search_by_key(&item, |c| c.0) {
+                        n += i64::from(counts[i].1);
+                    }
+                }
+            }
+            n += group.aggs.get(key).map_or(0, |d| d.count(k, item));
+        }
+        Ok(n)
     }
 
     /// Loads the partly filled tail block of `user` into its state if needed.
