@@ -120,6 +120,9 @@ impl Publisher {
     fn release_one(&self, start: i64, now: i64, rng: &mut impl RandomSource) -> Result<Option<i64>, store::Error> {
         // Every period gets a release, whatever the activity: whether one exists (and its
         // size, beyond the DP values) says nothing about whether anyone listened.
+        // No erasure commits between reading the period and storing its contribution
+        // records (an erased listen's names must not outlive it there).
+        let _ordered = self.store.contributions_lock();
         let inputs = self.store.period_inputs(start, start + self.period_secs, &self.rules)?;
         tracing::debug!(period = start, "finalising a period");
         let week = week_of(start);

@@ -178,6 +178,11 @@ pub struct Store {
     reserve_mb: u64,
     /// sled's data file (`db/db`), to allocate room ahead of its writes.
     data_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Held by the publisher from reading a period's inputs until its release is stored,
+    /// and by the writer while it commits a group that erases listens: so an erasure
+    /// either comes before the read (the listen is not in the release) or after the
+    /// contribution records exist (it clears their names). See `contributions_lock`.
+    contributions: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// Buckets newer than their stored copy.
@@ -328,8 +333,15 @@ impl Store {
             health: std::sync::Arc::default(),
             reserve_mb: options.reserve_mb,
             data_file,
+            contributions: std::sync::Arc::default(),
         };
         Ok(store)
+    }
+
+    /// Orders releases and erasures (see the `contributions` field). A poisoned lock only
+    /// means a holder panicked; the order it gives still holds, so it is taken anyway.
+    pub fn contributions_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.contributions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `Ok` while the disk holding the store has at least the reserve free and no write

@@ -272,3 +272,68 @@ fn a_one_user_node_releases_every_period_whatever_the_activity() {
     assert_eq!(charged.len(), 4, "one record per period: {charged:?}");
     assert!(charged.iter().all(|(_, c)| *c), "charged every period, active or not: {charged:?}");
 }
+
+/// An erasure racing a release, many times over with random timing: whichever commits
+/// first, the user's contribution record of the period never keeps a name of a listen
+/// that ends up erased (the release itself carries only DP values and cannot be
+/// recalled; the record is the user's own and must forget).
+#[test]
+fn an_erasure_racing_a_release_leaves_no_name_in_the_contribution_record() {
+    use hearsay::store::{Action, Ingestor, Options, Store};
+    struct Xorshift(u64);
+    impl hearsay::privacy::noise::RandomSource for Xorshift {
+        fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+    let vars: Vec<(String, String)> = [
+        ("HEARSAY_PRIVACY__PERIOD_SECS", "3600"),
+        ("HEARSAY_PRIVACY__GRACE_SECS", "0"),
+        ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = hearsay::config::Config::load_from(None, &vars).expect("config").privacy;
+    let start = crate::support::NOW - crate::support::NOW.rem_euclid(3_600);
+    for round in 0..40u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+        let user = store.create_user("alice", "password1", start - 30 * 86_400).expect("user").id;
+        let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
+        let listens: Vec<Action> = (0..3)
+            .map(|i| {
+                let l = crate::support::listen_accepted_at(
+                    "Racy Artist",
+                    &format!("Racy Song {i}"),
+                    start + 600 * i,
+                    start + 3_600,
+                );
+                Action::Listen(l)
+            })
+            .collect();
+        ingestor.ingest_blocking(user, listens).expect("ingest");
+        let identity = std::sync::Arc::new(hearsay::identity::NodeIdentity::load_or_create(dir.path()).expect("key"));
+        let publisher = hearsay::publish::Publisher::new(store.clone(), identity, &config).expect("publisher");
+        let eraser = {
+            let ingestor = ingestor.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros((round * 7_919) % 4_000));
+                let deletes = (0..3).map(|seq| Action::Delete { seq }).collect();
+                ingestor.ingest_blocking(user, deletes).expect("erase");
+            })
+        };
+        let pass = publisher.run_due_with(start + 3_601, &mut Xorshift(round + 1)).expect("release");
+        eraser.join().expect("eraser");
+        assert_eq!(pass.released, [start], "round {round}");
+        let records = store.contributions(user, 10).expect("records");
+        assert_eq!(records.len(), 1, "round {round}: the user was charged for the period");
+        let (_, c) = &records[0];
+        let names = format!("{:?}{:?}", c.artists, c.tracks);
+        assert!(!names.contains("Racy"), "round {round}: an erased listen's names outlived it: {names}");
+        ingestor.stop();
+    }
+}

@@ -73,6 +73,9 @@ impl Writer {
         for (k, f) in &group.feedback {
             ops.push((11, k.to_vec(), f.as_ref().map(encode)));
         }
+        // An erasure racing a release: see `Store::contributions_lock`.
+        let store = self.store.clone();
+        let _ordered = (!group.erased_at.is_empty()).then(|| store.contributions_lock());
         for (user, at) in &group.erased_at {
             if let Some((k, v)) = self.store.contribution_without_items(*user, *at)? {
                 ops.push((13, k, Some(v)));
