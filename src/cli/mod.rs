@@ -249,7 +249,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { user, format, out } => export(&config, &user, &format, out.as_deref()),
         Command::Stats(cmd) => stats_cmd(&config, cmd),
         Command::Store(StoreCmd::Compact) => {
-            let r = crate::store::compact::compact(&config.node.data_dir, &crate::store::Options::from(&config.store))?;
+            let r = crate::store::compact::compact(
+                &config.node.data_dir,
+                &crate::store::Options::from(&config.store),
+                &config.stats.credit_rules(),
+            )?;
             println!(
                 "compacted: {} unreferenced track names blanked; {} -> {} bytes",
                 r.tracks_blanked, r.bytes_before, r.bytes_after

@@ -103,14 +103,20 @@ impl Summer {
         items
     }
 
-    /// The top `n` plus every item tied with the `n`-th (at most `max_ties` of those
-    /// beyond `n`), so the caller can break ties by name.
-    pub fn top_with_ties(&self, n: usize, max_ties: usize) -> Vec<(u32, u64)> {
-        let mut top = self.top(n.saturating_add(max_ties));
-        if let Some(&(_, boundary)) = top.get(n.saturating_sub(1)) {
-            top.retain(|&(_, c)| c >= boundary);
+    /// The top `n` plus every item tied with the `n`-th, however many, so the caller
+    /// breaks ties by name: which items make a chart must not depend on item ids (they
+    /// count items in the order the node first saw them, which is other users' doing).
+    pub fn top_with_ties(&self, n: usize) -> Vec<(u32, u64)> {
+        if n == 0 {
+            return Vec::new();
         }
-        top
+        let mut items: Vec<(u32, u64)> = self.touched.iter().map(|&id| (id, self.count(id))).collect();
+        if n < items.len() {
+            let (_, &mut (_, boundary), _) = items.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
+            items.retain(|&(_, c)| c >= boundary);
+        }
+        items.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        items
     }
 
     /// Every item with its count, by id.
@@ -148,6 +154,20 @@ mod tests {
             all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             all.truncate(n);
             prop_assert_eq!(s.top(n), all);
+        }
+
+        #[test]
+        fn top_with_ties_keeps_every_item_tied_with_the_last(items in proptest::collection::vec((0u32..500, 1u32..5), 0..300), n in 0usize..40) {
+            let mut s = Summer::new();
+            for (id, c) in &items { s.add(*id, u64::from(*c)); }
+            let got = s.top_with_ties(n);
+            let top = s.top(n);
+            let boundary = top.last().map(|t| t.1);
+            let want: Vec<(u32, u64)> = match boundary {
+                Some(b) => { let mut all = s.all(); all.retain(|x| x.1 >= b); all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0))); all }
+                None => Vec::new(),
+            };
+            prop_assert_eq!(got, want);
         }
     }
 }

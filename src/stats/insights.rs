@@ -41,9 +41,17 @@ pub fn rank_of(counts: &[(u32, u64)], id: u32) -> Option<u32> {
 
 /// A taste vector: the `top` most listened items, weighted `1 + ln(count)` so a few
 /// obsessions do not drown everything else, normalised to length 1, sorted by id.
+///
+/// Items tied with the `top`-th are all kept, and sums run in an order of values, never
+/// of item ids: ids count items in the order the node first saw them (other users'
+/// doing), so nothing here may depend on them beyond naming the entries.
 pub fn taste(mut counts: Vec<(u32, u64)>, top: usize) -> Vec<(u32, f32)> {
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    counts.truncate(top);
+    if let Some(&(_, boundary)) = counts.get(top.saturating_sub(1)).filter(|_| top > 0) {
+        counts.retain(|&(_, c)| c >= boundary);
+    } else if top == 0 {
+        counts.clear();
+    }
     let mut v: Vec<(u32, f32)> =
         counts.into_iter().filter(|(_, c)| *c > 0).map(|(i, c)| (i, 1.0 + (c as f32).ln())).collect();
     let norm = v.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
@@ -56,21 +64,24 @@ pub fn taste(mut counts: Vec<(u32, u64)>, top: usize) -> Vec<(u32, f32)> {
     v
 }
 
-/// Cosine similarity of two normalised sparse vectors sorted by id.
+/// Cosine similarity of two normalised sparse vectors sorted by id. The products are
+/// summed in order of value, so the result (to the last bit) does not depend on ids.
 pub fn cosine(a: &[(u32, f32)], b: &[(u32, f32)]) -> f32 {
-    let (mut i, mut j, mut dot) = (0, 0, 0.0);
+    let (mut i, mut j) = (0, 0);
+    let mut products = Vec::new();
     while i < a.len() && j < b.len() {
         match a[i].0.cmp(&b[j].0) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
-                dot += a[i].1 * b[j].1;
+                products.push(a[i].1 * b[j].1);
                 i += 1;
                 j += 1;
             }
         }
     }
-    dot
+    products.sort_by(f32::total_cmp);
+    products.into_iter().sum()
 }
 
 #[cfg(test)]

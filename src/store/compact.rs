@@ -82,7 +82,7 @@ pub(crate) fn finish_interrupted_swap(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Blanks unreferenced tracks, then rewrites the database at `dir/db` into a fresh file.
-pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
+pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::CreditRules) -> Result<CompactReport> {
     let store = Store::open(dir, options)?;
     let bytes_before = dir_bytes(store.path());
     // The copy needs as much room as the database, beside the reserve.
@@ -95,7 +95,7 @@ pub fn compact(dir: &Path, options: &Options) -> Result<CompactReport> {
     blank_unreferenced_items(&store)?;
     // Spellings come from the remaining tracks and logs only: an erased listen's spelling
     // goes with it.
-    store.rebuild_spellings()?;
+    store.rebuild_spellings(rules)?;
     store.flush()?;
 
     let fresh_path = dir.join("db.compacting");

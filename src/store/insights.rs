@@ -57,7 +57,7 @@ impl Store {
                 fresh.add(id, n);
             }
         }
-        let rows = self.named_rows(kind, fresh.top_with_ties(limit, 1000), limit, SpelledBy::User(user))?;
+        let rows = self.named_rows(kind, fresh.top_with_ties(limit), limit, SpelledBy::User(user))?;
         Ok(Chart { kind, from, to, listens, distinct: fresh.len() as u64, rows })
     }
 

@@ -28,8 +28,10 @@ pub const MIGRATIONS: &[Migration] = &[
 
 /// 5 -> 6: the spellings trees (`trackid_spellings`, `userid_item_spelling`) from the
 /// tracks and the logs, so each user's statistics name items as that user spelled them.
+/// With the default credit rules (the store does not know the configured ones): a node
+/// with its own rules runs `hearsay stats rebuild` after the upgrade.
 fn build_spellings(store: &Store) -> Result<()> {
-    store.rebuild_spellings()
+    store.rebuild_spellings(&crate::stats::credits::CreditRules::default())
 }
 
 /// 4 -> 5: the duplicate rule's key changed (v3: main artist and title without a guest

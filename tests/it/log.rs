@@ -373,9 +373,12 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     // Before compaction the old copies are still in sled's files: the test can fail.
     assert!(bytes_contain(dir.path(), secret.as_bytes()));
     assert!(bytes_contain(dir.path(), spelling.as_bytes()));
-    let report =
-        hearsay::store::compact::compact(dir.path(), &hearsay::store::Options { cache_mb: 8, ..Default::default() })
-            .expect("compact");
+    let report = hearsay::store::compact::compact(
+        dir.path(),
+        &hearsay::store::Options { cache_mb: 8, ..Default::default() },
+        &Default::default(),
+    )
+    .expect("compact");
     assert_eq!(report.tracks_blanked, 3);
     assert!(!bytes_contain(dir.path(), secret.as_bytes()), "erased listen still on disk");
     assert!(!bytes_contain(dir.path(), spelling.as_bytes()), "an erased listen's spelling still on disk");

@@ -170,16 +170,27 @@ impl Dictionary {
     }
 
     /// Remembers which items of track `id` (credited as `c`, ids in `credits`) the track
-    /// spells otherwise than their stored names. Credit lists that do not line up (a track
-    /// credited under other rules) leave their artists out.
+    /// spells otherwise than their stored names. Each credited string is matched to its
+    /// item by identity, so credits made under other rules (a migration, a compaction)
+    /// pair no string with the wrong item; a string that matches none is left out.
     fn note_variants(&mut self, id: u32, c: &Credits, album: Option<&str>, credits: &TrackCreditsV1) {
+        let main = credits.artists.first().copied();
+        let lookup = |kind: Kind, name: &str, artist: Option<u32>| {
+            self.index[kind.index()].get(&identity(kind, name, artist)).copied()
+        };
         let mut named: Vec<(Kind, u32, &str)> = Vec::new();
-        if c.artists.len() == credits.artists.len() {
-            named.extend(c.artists.iter().zip(&credits.artists).map(|(a, &item)| (Kind::Artist, item, a.as_str())));
+        for a in &c.artists {
+            if let Some(item) = lookup(Kind::Artist, a, None).filter(|i| credits.artists.contains(i)) {
+                named.push((Kind::Artist, item, a.as_str()));
+            }
         }
-        named.push((Kind::Recording, credits.recording, c.title.as_str()));
+        if lookup(Kind::Recording, &c.title, main) == Some(credits.recording) {
+            named.push((Kind::Recording, credits.recording, c.title.as_str()));
+        }
         if let (Some(album), Some(r)) = (album, credits.release) {
-            named.push((Kind::Release, r, album));
+            if lookup(Kind::Release, album, main) == Some(r) {
+                named.push((Kind::Release, r, album));
+            }
         }
         let variants: Vec<(u8, u32, String)> = named
             .into_iter()
@@ -194,8 +205,9 @@ impl Dictionary {
         }
     }
 
-    /// For a dictionary loaded from a store written before spellings were kept: works out
-    /// the spellings of an interned track from its names and its stored credits.
+    /// For a dictionary loaded from a store written before spellings were kept (or being
+    /// compacted): works out the spellings of an interned track from its names and its
+    /// stored credits, under this dictionary's credit rules.
     pub fn recompute_variants(&mut self, id: u32, track: &TrackRef) {
         let Some(credits) = self.known_credits(id).cloned() else { return };
         let artists_index = &self.index[Kind::Artist.index()];

@@ -24,10 +24,6 @@ mod rebuild;
 pub(crate) use delta::*;
 pub(crate) use dictionary::*;
 
-/// Most items tied with a chart's last place that are named to break the tie; past it,
-/// ties at the last place go to the item the node saw first.
-const MAX_TIES: usize = 1000;
-
 /// One row of a chart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChartRow {
@@ -267,7 +263,7 @@ impl Store {
         let (sums, listens) = self.sum_range(user, from, to, &tz)?;
         let sum = &sums[kind.index()];
         // Ties at the last place are broken by name, so fetch them all (within reason).
-        let top = sum.top_with_ties(limit, MAX_TIES);
+        let top = sum.top_with_ties(limit);
         let rows = self.named_rows(kind, top, limit, SpelledBy::User(user))?;
         Ok(Chart { kind, from, to, listens, distinct: sum.len() as u64, rows })
     }
@@ -299,19 +295,19 @@ impl Store {
                 let artist = item
                     .and_then(|i| i.artist)
                     .and_then(|a| artists.get(&a).map(|stored| spelled(user, Kind::Artist, a, &stored.name)));
-                ChartRow { id, handle: item_handle(kind, &name, artist.as_deref()), name, artist, listens: n }
+                ChartRow { id, handle: String::new(), name, artist, listens: n }
             })
             .collect();
-        // Ties end in the handle, a function of the names alone: never the item ids, whose
-        // order depends on what other users scrobbled first.
+        // Ties by name, then main artist: never by item ids, whose order depends on what
+        // other users scrobbled first. Equal names and artists are the same identity, so
+        // the order is total for named items.
         rows.sort_by(|a, b| {
-            b.listens
-                .cmp(&a.listens)
-                .then_with(|| a.name.cmp(&b.name))
-                .then_with(|| a.artist.cmp(&b.artist))
-                .then_with(|| a.handle.cmp(&b.handle))
+            b.listens.cmp(&a.listens).then_with(|| a.name.cmp(&b.name)).then_with(|| a.artist.cmp(&b.artist))
         });
         rows.truncate(limit);
+        for row in &mut rows {
+            row.handle = item_handle(kind, &row.name, row.artist.as_deref());
+        }
         Ok(rows)
     }
 
@@ -389,7 +385,7 @@ impl Store {
                 spelled_by.entry(id).or_insert(user.id);
             }
         }
-        let top = listens.top_with_ties(limit, MAX_TIES);
+        let top = listens.top_with_ties(limit);
         let rows = self
             .named_rows(kind, top, limit, SpelledBy::Each(&spelled_by))?
             .into_iter()
@@ -494,9 +490,17 @@ impl Store {
             .into_iter()
             .map(|r| (r.id, r))
             .collect();
-        Ok(found
-            .into_iter()
-            .filter_map(|(r, f)| rows.get(&r).map(|row| Feedback { row: row.clone(), score: f.score, seq: f.seq }))
-            .collect())
+        // Named as the user sent the track they loved or hated: a recording loved but never
+        // listened to has no spelling of theirs in the statistics.
+        let mut out = Vec::new();
+        for (r, f) in found {
+            let Some(row) = rows.get(&r) else { continue };
+            let mut row = row.clone();
+            let track = self.track(f.track)?;
+            row.name = track.title;
+            row.artist = Some(track.artist);
+            out.push(Feedback { row, score: f.score, seq: f.seq });
+        }
+        Ok(out)
     }
 }

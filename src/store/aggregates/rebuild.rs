@@ -126,11 +126,14 @@ impl Store {
     }
 
     /// Fills `trackid_spellings` and `userid_item_spelling` from the tracks and the logs,
-    /// leaving every other statistic as it is (schema 5 -> 6).
-    pub fn rebuild_spellings(&self) -> Result<()> {
+    /// leaving every other statistic as it is (schema 5 -> 6, compaction). `rules` must
+    /// be the ones the credits were made with: the artist strings they split a track into
+    /// are matched to the credited items by identity, and one that matches none gives no
+    /// spelling (the user is then shown the stored name).
+    pub fn rebuild_spellings(&self, rules: &CreditRules) -> Result<()> {
         self.trees.trackid_spellings.clear()?;
         self.trees.userid_item_spelling.clear()?;
-        let mut dict = Dictionary::load(self, CreditRules::default())?;
+        let mut dict = Dictionary::load(self, rules.clone())?;
         for kv in self.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;

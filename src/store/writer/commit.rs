@@ -143,19 +143,35 @@ impl Writer {
         ];
         // Everything above only read; from here on, a failure leaves sled's memory ahead
         // of its disk, so it fails the store (see `poison`).
-        let written = trees[..]
-            .transaction(|tx| {
-                for (i, k, v) in &ops {
-                    let Some(tree) = tx.get(*i) else { continue };
-                    match v {
-                        Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-                        None => tree.remove(k.as_slice())?,
-                    };
+        // Only the trees this group writes take part (each one in a sled transaction costs
+        // its own bookkeeping); `slot[i]` is tree i's place among them.
+        let mut slot = [usize::MAX; 16];
+        let mut used: Vec<&sled::Tree> = Vec::new();
+        for (i, _, _) in &ops {
+            if let (Some(s), Some(tree)) = (slot.get_mut(*i), trees.get(*i)) {
+                if *s == usize::MAX {
+                    *s = used.len();
+                    used.push(tree);
                 }
-                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
-            })
-            .map_err(crate::store::users::tx_error)
-            .and_then(|()| self.store.flush());
+            }
+        }
+        let written = if used.is_empty() {
+            self.store.flush()
+        } else {
+            used[..]
+                .transaction(|tx| {
+                    for (i, k, v) in &ops {
+                        let Some(tree) = slot.get(*i).and_then(|s| tx.get(*s)) else { continue };
+                        match v {
+                            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                            None => tree.remove(k.as_slice())?,
+                        };
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+                })
+                .map_err(crate::store::users::tx_error)
+                .and_then(|()| self.store.flush())
+        };
         if let Err(e) = written {
             self.poison("a group commit", &e);
             return Err(e);
