@@ -1,8 +1,10 @@
 //! Account bundles: one file with a user's public key and whole signed log (tombstones
-//! and erased entries included, as hashes), which anyone can verify without the node.
-//! Format (`docs/protocol.md` §8): the line `hearsay-account-bundle v1\n`, then frames
-//! of `u32 BE length ‖ postcard`: one `HeaderV1`, then one `BlockV1` per log block in
-//! order. Verification recomputes the chain and checks every seal, streaming, and names
+//! and erased entries included, as hashes), which anyone can verify without the node,
+//! and the user's privacy ledgers of the last 52 weeks (so the new node's yearly cap
+//! counts what the old node spent). Format (`docs/protocol.md` §8): the line
+//! `hearsay-account-bundle v2\n` (v1: without ledgers, still read), then frames of
+//! `u32 BE length ‖ postcard`: one `HeaderV2` (`HeaderV1`), then one `BlockV1` per log
+//! block in order. Verification recomputes the chain and checks every seal, streaming, and names
 //! the first bad entry. The user's private key is never in a bundle: it is written, only
 //! when asked, to a separate file.
 
@@ -13,7 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::log::{Body, Content, Hash32, Salt, Seal, TrackRef, Verified, Verifier, VerifyError};
 use crate::store::{Store, UserId};
 
-pub const MAGIC: &[u8] = b"hearsay-account-bundle v1\n";
+pub const MAGIC: &[u8] = b"hearsay-account-bundle v2\n";
+/// Bundles written before ledgers travelled with them.
+pub const MAGIC_V1: &[u8] = b"hearsay-account-bundle v1\n";
+/// Most weekly ledgers a bundle carries (a rolling year's, and the week of the export).
+pub const MAX_LEDGERS: usize = 53;
 /// Largest frame (a block of 64 entries with long names fits well under it).
 pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
 
@@ -26,6 +32,35 @@ pub struct HeaderV1 {
     pub exported_at: i64,
     /// Entries in the log (so a bundle cut between blocks is noticed).
     pub entries: u64,
+}
+
+/// The v2 header: `HeaderV1`'s fields and the user's weekly privacy ledgers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderV2 {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub timezone: String,
+    pub created_at: i64,
+    pub exported_at: i64,
+    pub entries: u64,
+    /// (week start, ledger), ascending: what releases of the old node charged this user
+    /// in the 52 weeks before the export. Not signed (the user could drop it, spending
+    /// only their own budget); checked for shape on import.
+    pub ledgers: Vec<(i64, crate::privacy::accountant::Ledger)>,
+}
+
+impl From<HeaderV1> for HeaderV2 {
+    fn from(h: HeaderV1) -> HeaderV2 {
+        HeaderV2 {
+            name: h.name,
+            public_key: h.public_key,
+            timezone: h.timezone,
+            created_at: h.created_at,
+            exported_at: h.exported_at,
+            entries: h.entries,
+            ledgers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,13 +151,18 @@ pub fn export(store: &Store, user: UserId, now: i64, w: &mut impl Write) -> Resu
     let u = store.user(user)?.ok_or_else(|| crate::store::Error::NoSuchUser(format!("#{}", user.0)))?;
     let head = store.log_head(user)?;
     w.write_all(MAGIC)?;
-    let header = HeaderV1 {
+    let year_ago = now.saturating_sub(crate::privacy::params::WEEK_SECS.saturating_mul(53));
+    let mut ledgers: Vec<(i64, crate::privacy::accountant::Ledger)> =
+        store.user_ledgers(user, MAX_LEDGERS)?.into_iter().filter(|(week, _)| *week >= year_ago).collect();
+    ledgers.reverse();
+    let header = HeaderV2 {
         name: u.name.clone(),
         public_key: u.public_key,
         timezone: u.timezone.clone(),
         created_at: u.created_at,
         exported_at: now,
         entries: head.n_entries,
+        ledgers,
     };
     write_frame(w, &header)?;
     let mut io_error = None;
@@ -168,16 +208,24 @@ fn read_frame(r: &mut impl Read, after: u64) -> Result<Option<Vec<u8>>, Error> {
 /// Reads and verifies a whole bundle, streaming, calling `each` with every block that
 /// was read (to store it after verification, the caller buffers or re-reads). Names
 /// the first bad entry.
-pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(HeaderV1, Verified), Error> {
+pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(HeaderV2, Verified), Error> {
     let mut magic = vec![0u8; MAGIC.len()];
-    if r.read_exact(&mut magic).is_err() || magic != MAGIC {
+    if r.read_exact(&mut magic).is_err() || (magic != MAGIC && magic != MAGIC_V1) {
         return Err(Error::NotABundle);
     }
     let header_bytes = read_frame(r, 0)?.ok_or(Error::NotABundle)?;
-    let header: HeaderV1 = match postcard::from_bytes(&header_bytes) {
-        Ok(h) => h,
-        Err(_) => return Err(Error::NotABundle),
+    let header: HeaderV2 = if magic == MAGIC_V1 {
+        match postcard::from_bytes::<HeaderV1>(&header_bytes) {
+            Ok(h) => h.into(),
+            Err(_) => return Err(Error::NotABundle),
+        }
+    } else {
+        match postcard::from_bytes(&header_bytes) {
+            Ok(h) => h,
+            Err(_) => return Err(Error::NotABundle),
+        }
     };
+    check_ledgers(&header)?;
     let mut verifier = Verifier::new(&header.public_key)?;
     let mut seen = 0u64;
     while let Some(frame) = read_frame(r, seen.saturating_sub(1))? {
@@ -212,6 +260,29 @@ pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(Head
         return Err(Error::Truncated { after: verified.n_entries.saturating_sub(1) });
     }
     Ok((header, verified))
+}
+
+/// A bundle's ledgers: at most `MAX_LEDGERS`, weeks ascending, each on a week start and
+/// not after the export.
+fn check_ledgers(h: &HeaderV2) -> Result<(), Error> {
+    let bad = |reason: &str| Err(Error::Damaged { after: 0, reason: format!("the header's ledgers: {reason}") });
+    if h.ledgers.len() > MAX_LEDGERS {
+        return bad("more weeks than a year");
+    }
+    let week = crate::privacy::params::WEEK_SECS;
+    let mut last = i64::MIN;
+    for (start, ledger) in &h.ledgers {
+        if *start <= last || *start > h.exported_at || crate::privacy::accountant::week_of(*start) != *start {
+            return bad("weeks out of order, not week starts, or after the export");
+        }
+        if ledger.periods.len() > 10_080
+            || ledger.periods.iter().any(|p| *p < *start || *p >= start.saturating_add(week))
+        {
+            return bad("a released period outside its week");
+        }
+        last = *start;
+    }
+    Ok(())
 }
 
 /// Why an account could not be imported.
@@ -279,6 +350,9 @@ pub fn import(
         if !batch.is_empty() {
             ingestor.ingest_blocking(user.id, batch)?;
         }
+        // The old node's charges count against this node's yearly cap (the joined-at
+        // rule keeps this node from releasing the weeks before the move).
+        store.adopt_ledgers(user.id, &header.ledgers)?;
         match store.verify_log(user.id)? {
             Ok(v) if v.head == verified.head && v.n_entries == verified.n_entries => Ok(v),
             Ok(_) => {

@@ -23,14 +23,34 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { to: 3, name: "add the release trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 4, name: "add the federation trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 5, name: "duplicate keys v3 (main artist and bare title)", run: rekey_duplicates },
-    Migration { to: 6, name: "each user's own spellings of items", run: build_spellings },
+    Migration {
+        to: 6,
+        name: "each user's own spellings of items; level histories start at the upgrade",
+        run: spellings_and_level_histories,
+    },
 ];
 
 /// 5 -> 6: the spellings trees (`trackid_spellings`, `userid_item_spelling`) from the
 /// tracks and the logs, so each user's statistics name items as that user spelled them.
 /// With the default credit rules (the store does not know the configured ones): a node
 /// with its own rules runs `hearsay stats rebuild` after the upgrade.
-fn build_spellings(store: &Store) -> Result<()> {
+///
+/// And every account still stored without a level history (`UserV1`, `UserV2`) gets one
+/// that starts now: what level it held before is unknown (a change may not have been
+/// recorded), so periods that began before the upgrade are released without it.
+fn spellings_and_level_histories(store: &Store) -> Result<()> {
+    use super::codec::{decode, encode};
+    use super::schema::USERID_USER;
+    use super::values::{LevelHistory, UserV3};
+    let now = crate::now_unix();
+    for kv in store.trees.userid_user.iter() {
+        let (k, v) = kv?;
+        if v.first().is_some_and(|version| *version < 3) {
+            let mut user: UserV3 = decode(USERID_USER, &k, &v)?;
+            user.levels = LevelHistory::new(now, user.visibility);
+            store.trees.userid_user.insert(k, encode(&user))?;
+        }
+    }
     store.rebuild_spellings(&crate::stats::credits::CreditRules::default())
 }
 
@@ -133,6 +153,7 @@ pub fn bring_up_to_date(store: &Store, migrations: &[Migration]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::store::Options;
+    use crate::store::schema;
 
     fn open(dir: &std::path::Path) -> Result<Store> {
         Store::open(dir, &Options { cache_mb: 4, ..Default::default() })
@@ -146,6 +167,36 @@ mod tests {
         drop(store);
         let err = open(dir.path()).err().expect("refused").to_string();
         assert!(err.contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn an_account_without_a_level_history_gets_one_from_the_upgrade() {
+        use crate::store::values::{SharingLevel, UserV2, UserV3};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).expect("open");
+        let created = 1_700_000_000;
+        let v2 = UserV2 {
+            name: "old".into(),
+            created_at: created,
+            password_hash: String::new(),
+            public_key: [1; 32],
+            timezone: "UTC".into(),
+            visibility: SharingLevel::Aggregate,
+        };
+        let mut bytes = vec![2u8];
+        bytes.extend(postcard::to_allocvec(&v2).expect("encode"));
+        store.trees.userid_user.insert(crate::store::keys::user(crate::store::UserId(7)), bytes).expect("insert");
+        set_version(&store, 5).expect("version");
+        let before = crate::now_unix();
+        bring_up_to_date(&store, MIGRATIONS).expect("migrate");
+        let raw = store.trees.userid_user.get(crate::store::keys::user(crate::store::UserId(7))).expect("get");
+        let raw = raw.expect("still there");
+        assert_eq!(raw.first(), Some(&3), "rewritten as UserV3");
+        let user: UserV3 = crate::store::codec::decode(schema::USERID_USER, b"k", &raw).expect("decode");
+        // Periods that began before the upgrade: the level then is unknown, so none.
+        assert_eq!(user.levels.level_for_period(created, created + 86_400), None);
+        assert_eq!(user.levels.level_for_period(created, before - 3_600), None);
+        assert_eq!(user.levels.level_for_period(created, crate::now_unix() + 3_600), Some(SharingLevel::Aggregate));
     }
 
     fn mark(store: &Store) -> Result<()> {

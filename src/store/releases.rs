@@ -203,6 +203,21 @@ impl Store {
         )
     }
 
+    /// Stores ledgers a moved account brought from its old node (`account::import`), for
+    /// a user who has none here yet for those weeks.
+    pub fn adopt_ledgers(&self, user: UserId, ledgers: &[(i64, Ledger)]) -> Result<()> {
+        self.writable()?;
+        let mut batch = sled::Batch::default();
+        for (week, ledger) in ledgers {
+            let key = keys::user_time(user, *week);
+            if self.trees.userid_week_ledger.get(key)?.is_none() {
+                batch.insert(key.to_vec(), encode(ledger));
+            }
+        }
+        self.trees.userid_week_ledger.apply_batch(batch)?;
+        self.flush()
+    }
+
     /// The user's ledgers, newest week first: (week start, ledger).
     pub fn user_ledgers(&self, user: UserId, limit: usize) -> Result<Vec<(i64, Ledger)>> {
         self.user_time_values::<LedgerV1>(&self.trees.userid_week_ledger, schema::USERID_WEEK_LEDGER, user, limit)

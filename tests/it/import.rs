@@ -352,6 +352,38 @@ fn an_account_bundle_verifies_and_tampering_is_named() {
     };
     let f = frames(&bundle);
     assert_eq!(f.len(), 4, "header and three blocks");
+    // The header's ledgers are checked for shape: one dated after the export is refused.
+    let header: hearsay::account::HeaderV2 = postcard::from_bytes(&bundle[f[0].0 + 4..f[0].1]).expect("header");
+    let with_header = |h: &hearsay::account::HeaderV2, magic: &[u8], v1: bool| -> Vec<u8> {
+        let bytes = if v1 {
+            postcard::to_allocvec(&hearsay::account::HeaderV1 {
+                name: h.name.clone(),
+                public_key: h.public_key,
+                timezone: h.timezone.clone(),
+                created_at: h.created_at,
+                exported_at: h.exported_at,
+                entries: h.entries,
+            })
+        } else {
+            postcard::to_allocvec(h)
+        }
+        .expect("encode");
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_be_bytes());
+        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&bundle[f[1].0..]);
+        out
+    };
+    let mut future = header.clone();
+    let week = hearsay::privacy::accountant::week_of(header.exported_at + 30 * 86_400);
+    future
+        .ledgers
+        .push((week, hearsay::privacy::accountant::Ledger { spent: Default::default(), periods: vec![week] }));
+    let refused = verify(&mut with_header(&future, hearsay::account::MAGIC, false).as_slice(), |_| {});
+    assert!(matches!(refused, Err(Error::Damaged { .. })), "a ledger after the export: {refused:?}");
+    // A bundle written before ledgers travelled (v1) still verifies.
+    let v1 = with_header(&header, hearsay::account::MAGIC_V1, true);
+    assert!(verify(&mut v1.as_slice(), |_| {}).is_ok(), "a v1 bundle");
     let without_last = bundle[..f[3].0].to_vec();
     assert!(matches!(verify(&mut without_last.as_slice(), |_| {}), Err(Error::Truncated { .. })), "a block missing");
     // Reordered: the second and third blocks swapped.
@@ -384,6 +416,17 @@ fn an_account_moves_to_another_node_and_its_chain_continues_there() {
             vec![Action::Love(some[1].listen.track().clone()), Action::Delete { seq: some[0].seq }],
         )
         .expect("love and delete");
+    // The old node charged the user for releases of two weeks before the move.
+    use hearsay::privacy::accountant::{Ledger, week_of};
+    use hearsay::privacy::params::{Spend, WEEK_SECS};
+    let charged = Spend { eps_milli: 150, delta_pico: 100_000 };
+    for weeks_ago in [3, 1] {
+        let week = week_of(LATER) - weeks_ago * WEEK_SECS;
+        let ledger = Ledger { spent: charged, periods: vec![week] };
+        old.store
+            .commit_release(week, week, b"signed", &std::collections::BTreeMap::from([(old.user.0, ledger)]), &[])
+            .expect("release");
+    }
     let mut bundle = Vec::new();
     export(&old.store, old.user, LATER, &mut bundle).expect("export");
     let seed = old.store.signing_key(old.user).expect("key").to_bytes();
@@ -419,6 +462,14 @@ fn an_account_moves_to_another_node_and_its_chain_continues_there() {
         assert_eq!(chart_rows(&moved_node, kind), chart_rows(&old, kind), "{kind:?}");
     }
     assert_eq!(new.store.feedback(moved.id, 1, 10).expect("loves").len(), 1);
+    // The ledgers came along: this node's yearly cap counts what the old node spent.
+    assert_eq!(
+        new.store.user_ledgers(moved.id, 10).expect("ledgers"),
+        old.store.user_ledgers(old.user, 10).expect("old")
+    );
+    let account =
+        new.store.accounts(week_of(LATER), [moved.id.0]).expect("accounts").remove(&moved.id.0).expect("account");
+    assert_eq!(account.earlier, charged.plus(charged), "the rolling year holds the old node's charges");
     // New listens on the new node extend the same chain, and it still verifies.
     let l = &some[1].listen;
     let next = hearsay::log::Listen::from_parts(
