@@ -130,12 +130,16 @@ pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn
             let mut mine: BTreeMap<ItemId, (ItemName, i64, i64)> = BTreeMap::new();
             for e in pick(s, tracks) {
                 let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
-                m.1 += e.listeners;
-                m.2 += e.listens;
+                m.1 = m.1.saturating_add(e.listeners);
+                m.2 = m.2.saturating_add(e.listens);
             }
             for (item, (name, l, n)) in mine {
                 let w = i64::from(*w);
-                per_item.entry(item).or_insert_with(|| (name, Vec::new())).1.push((l * w, n * w));
+                per_item
+                    .entry(item)
+                    .or_insert_with(|| (name, Vec::new()))
+                    .1
+                    .push((l.saturating_mul(w), n.saturating_mul(w)));
             }
         }
         let mut rows: Vec<Row> = Vec::new();
@@ -144,20 +148,66 @@ pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn
             if origins < u32::from(policy.min_origins_per_item) {
                 continue;
             }
-            let (mut listeners, mut listens): (i64, i64) =
-                contributions.iter().fold((0, 0), |acc, c| (acc.0 + c.0, acc.1 + c.1));
-            if origins >= u32::from(policy.share_cap_from) {
-                let share = i64::from(policy.max_origin_share_milli);
-                let (cap_l, cap_n) = (listeners.max(0) * share / 1000, listens.max(0) * share / 1000);
-                listeners = contributions.iter().map(|c| c.0.min(cap_l)).sum();
-                listens = contributions.iter().map(|c| c.1.min(cap_n)).sum();
-            }
-            rows.push(Row { item, name, listeners: listeners / 1000, listens: listens / 1000, origins });
+            let share = policy.max_origin_share_milli;
+            // A share can only hold among at least 1000 / share origins.
+            let enough = u32::from(policy.share_cap_from).max(1000u32.div_ceil(u32::from(share.max(1))));
+            let capped = origins >= enough;
+            let total = |values: Vec<i64>| -> i64 {
+                let sum: i128 =
+                    if capped { clipped_sum(&values, share) } else { values.iter().map(|v| i128::from(*v)).sum() };
+                i64::try_from(sum / 1000).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+            };
+            let listeners = total(contributions.iter().map(|c| c.0).collect());
+            let listens = total(contributions.iter().map(|c| c.1).collect());
+            rows.push(Row { item, name, listeners, listens, origins });
         }
         rank(&mut rows);
         rows
     };
     Chart { artists: sum(false), tracks: sum(true), origins: u32::try_from(counted.len()).unwrap_or(u32::MAX) }
+}
+
+/// The sum of origins' contributions to one item, each clipped at one cap `t` chosen so
+/// that no origin gives more than `share_milli` / 1000 of the clipped total (the largest
+/// such cap: origins below it keep their whole contribution). So whatever one origin
+/// claims, it holds at most that share of the item's count, and k origins together at
+/// most k times it. Negative contributions (DP noise) count as they are and are never
+/// clipped. Needs `1000 / share_milli` origins or more (`share_cap_from`); with fewer, no
+/// cap can hold and the plain sum is taken.
+pub fn clipped_sum(values: &[i64], share_milli: u16) -> i128 {
+    let share = i128::from(share_milli.clamp(1, 1000));
+    let plain: i128 = values.iter().map(|v| i128::from(*v)).sum();
+    let mut positive: Vec<i128> = values.iter().filter(|v| **v > 0).map(|v| i128::from(*v)).collect();
+    positive.sort_unstable();
+    let negative = plain - positive.iter().sum::<i128>();
+    let n = positive.len();
+    // With the largest `capped` values clipped at t and the rest whole (sum `below`):
+    // t = share · (below + capped · t) / 1000, so t = share · below / (1000 − share · capped).
+    let mut below: i128 = positive.iter().sum();
+    for capped in 0..=n {
+        if capped > 0 {
+            below -= positive[n - capped];
+        }
+        let denominator = 1000 - share * i128::try_from(capped).unwrap_or(i128::MAX / 2000);
+        if capped == 0 {
+            // Nothing clipped: fine if the largest already holds at most the share.
+            let total = below;
+            if positive.last().is_none_or(|&max| max * 1000 <= share * total) {
+                return plain;
+            }
+            continue;
+        }
+        if denominator <= 0 {
+            break;
+        }
+        let t = share * below / denominator;
+        let lower = if capped < n { positive[n - capped - 1] } else { 0 };
+        if t >= lower && t <= positive[n - capped] {
+            return below + t * i128::try_from(capped).unwrap_or(0) + negative;
+        }
+    }
+    // No cap can hold the share (too few origins report the item): the plain sum.
+    plain
 }
 
 fn rank(rows: &mut Vec<Row>) {
@@ -176,9 +226,9 @@ pub fn federated_chart(own: &Chart, linked: &[(u16, &Chart)]) -> Chart {
         for (w, c) in &parts {
             for r in if tracks { &c.tracks } else { &c.artists } {
                 let e = acc.entry(r.item).or_insert_with(|| Row { listeners: 0, listens: 0, origins: 0, ..r.clone() });
-                e.listeners += r.listeners * w;
-                e.listens += r.listens * w;
-                e.origins += r.origins;
+                e.listeners = e.listeners.saturating_add(r.listeners.saturating_mul(*w));
+                e.listens = e.listens.saturating_add(r.listens.saturating_mul(*w));
+                e.origins = e.origins.saturating_add(r.origins);
             }
         }
         let mut rows: Vec<Row> = acc
@@ -192,7 +242,11 @@ pub fn federated_chart(own: &Chart, linked: &[(u16, &Chart)]) -> Chart {
         rank(&mut rows);
         rows
     };
-    Chart { artists: sum(false), tracks: sum(true), origins: parts.iter().map(|(_, c)| c.origins).sum() }
+    Chart {
+        artists: sum(false),
+        tracks: sum(true),
+        origins: parts.iter().fold(0u32, |acc, (_, c)| acc.saturating_add(c.origins)),
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +262,7 @@ mod tests {
             .iter()
             .map(|(a, n)| {
                 let name = ItemName::artist(&format!("Artist {a}"));
-                Entry { item: name.id(), name, listeners: *n, listens: n * 3 }
+                Entry { item: name.id(), name, listeners: *n, listens: n.saturating_mul(3) }
             })
             .collect();
         artists.sort_by_key(|e| e.item);
@@ -301,6 +355,49 @@ mod tests {
         assert_eq!((c.origins, c.artists[0].listeners), (1, 20), "the equivocating origin is left out");
     }
 
+    proptest! {
+        /// Whatever one origin claims, it holds at most the share of the clipped total:
+        /// the total is at most the others' sum / (1 − share); k origins at most k shares.
+        #[test]
+        fn one_origin_holds_at_most_its_share(
+            honest in proptest::collection::vec(0i64..1_000_000, 3..12),
+            claim in 0i64..i64::MAX,
+            colluders in 1usize..3,
+        ) {
+            let share = 250u16;
+            let others: i128 = honest.iter().map(|v| i128::from(*v)).sum();
+            let mut values = honest.clone();
+            values.push(claim);
+            let total = clipped_sum(&values, share);
+            prop_assert!(total <= others * 1000 / 750 + 1, "{total} from {values:?}");
+            // k colluding origins together: at most k shares of the total.
+            let mut values = honest.clone();
+            values.extend(std::iter::repeat_n(claim, colluders));
+            if values.len() >= 4 {
+                let total = clipped_sum(&values, share);
+                let k = i128::try_from(colluders).expect("small");
+                prop_assert!(total * (1000 - 250 * k) <= others * 1000 + 1000, "{total} from {values:?}");
+            }
+        }
+
+        /// Honest origins that all report alike are never clipped; no sum overflows.
+        #[test]
+        fn equal_reports_are_summed_whole_and_nothing_overflows(v in 0i64..i64::MAX, n in 4usize..40) {
+            let values = vec![v; n];
+            prop_assert_eq!(clipped_sum(&values, 250), i128::from(v) * i128::try_from(n).expect("small"));
+        }
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_overflowing() {
+        let m = manifest(&[1, 2]);
+        let s = state_of(&[held(snap(1, &[(1, i64::MAX)]), 1), held(snap(2, &[(1, i64::MAX)]), 1)]);
+        let c = community_chart(&m, &s, |_| 0);
+        assert!(c.artists[0].listeners > 0, "saturated, not wrapped: {:?}", c.artists[0]);
+        let fed = federated_chart(&c, &[(1000, &c)]);
+        assert!(fed.artists[0].listeners > 0, "{:?}", fed.artists[0]);
+    }
+
     #[test]
     fn caps_and_minimum_origins_apply() {
         let mut m = manifest(&[1, 2, 3, 4]);
@@ -313,10 +410,12 @@ mod tests {
         ]);
         let c = community_chart(&m, &s, |_| 0);
         assert_eq!(c.artists.len(), 1, "artist 2 has one origin");
-        // Total 1030; one origin may give at most 25 % of it (257): 257 + 30.
-        assert_eq!(c.artists[0].listeners, 287);
+        // One origin claims 1000 against three 10s: it may give at most 25 % of the
+        // item's clipped total, so it counts 10 (10 of 40), not 257 of 287 (90 %) as
+        // when the cap was a share of a total that included its own claim.
+        assert_eq!(c.artists[0].listeners, 40);
         let fed = federated_chart(&c, &[(500, &c)]);
-        assert_eq!(fed.artists[0].listeners, 430);
+        assert_eq!(fed.artists[0].listeners, 60);
         assert_eq!(fed.origins, 8);
     }
 }
