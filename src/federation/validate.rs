@@ -11,6 +11,11 @@ use crate::privacy::snapshot::SnapshotV1;
 /// Clock skew tolerated between nodes, seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
 
+/// Highest snapshot version accepted: a node re-issues a period's snapshot at most this
+/// many times (it issues version 1; later ones supersede), so no origin can keep
+/// minting versions of one period for every peer to store and forward.
+pub const MAX_VERSION: u16 = 4;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
@@ -42,7 +47,8 @@ pub struct Valid {
 
 /// Checks `bytes` in this order: size; canonical envelope; the claimed origin is
 /// wanted (Ignore); strict signature (Reject); canonical, consistent body whose origin
-/// is the signer (Reject); period sanity: not in the future or issued before it ended
+/// is the signer (Reject); the period on the week grid and the version within
+/// `MAX_VERSION` (Reject); period sanity: not in the future or issued before it ended
 /// (Reject), within retention (Ignore); version: a duplicate or an older version
 /// (Ignore), the same version with other bytes (Reject: equivocation, the caller keeps
 /// the evidence); privacy floor (Ignore).
@@ -70,7 +76,23 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     if snapshot.origin != env.signer {
         return reject("origin is not the signer".into());
     }
-    let end = snapshot.period_start.saturating_add(i64::from(snapshot.period_secs));
+    // Periods divide a week and lie on the week grid (Mondays 00:00 UTC), as the
+    // protocol says: anything else cannot be merged with the community's periods, and a
+    // one-second "period" ending now would stand in for the newest chart.
+    let secs = i64::from(snapshot.period_secs);
+    if secs == 0
+        || crate::privacy::params::WEEK_SECS % secs != 0
+        || crate::privacy::accountant::period_of(snapshot.period_start, secs) != snapshot.period_start
+    {
+        return reject(format!(
+            "a period of {secs} s starting at {} is not on the grid (a divisor of a week, aligned to Monday 00:00 UTC)",
+            snapshot.period_start
+        ));
+    }
+    if snapshot.version == 0 || snapshot.version > MAX_VERSION {
+        return reject(format!("version {} is outside 1..={MAX_VERSION}", snapshot.version));
+    }
+    let end = snapshot.period_start.saturating_add(secs);
     if end > ctx.now + MAX_SKEW_SECS || snapshot.issued_at > ctx.now + MAX_SKEW_SECS {
         return reject("period or issue time in the future".into());
     }
@@ -168,6 +190,24 @@ mod tests {
         assert!(
             matches!(verdict(&other_same_version, true, vec![(1, hash)], now), Verdict::Reject(m) if m.contains("equivocation"))
         );
+        // Off the grid: a period length that does not divide a week, a start that is not
+        // on the grid, a version past the bound.
+        let resigned = |edit: &dyn Fn(&mut SnapshotV1)| -> Vec<u8> {
+            let env: SignedV1 = postcard::from_bytes(&good).expect("env");
+            let mut s = SnapshotV1::decode(&env.body).expect("snapshot");
+            edit(&mut s);
+            seal(&id, DST_SNAPSHOT, s.encode())
+        };
+        let cases: [(&str, &dyn Fn(&mut SnapshotV1)); 4] = [
+            ("11 s periods", &|s| s.period_secs = 11),
+            ("an unaligned start", &|s| s.period_start += 3_600),
+            ("version 5", &|s| s.version = MAX_VERSION + 1),
+            ("version 0", &|s| s.version = 0),
+        ];
+        for (what, edit) in cases {
+            assert!(matches!(verdict(&resigned(edit), true, vec![], now), Verdict::Reject(_)), "{what}");
+        }
+        assert_eq!(verdict(&resigned(&|s| s.version = MAX_VERSION), true, vec![], now), Verdict::Accept);
         // A period that has not ended yet, and one outside retention.
         assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Reject(_)));
         assert!(matches!(verdict(&good, true, vec![], START + 86_400 * 7 * 20), Verdict::Ignore(_)));
