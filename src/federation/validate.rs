@@ -198,7 +198,8 @@ mod tests {
             edit(&mut s);
             seal(&id, DST_SNAPSHOT, s.encode())
         };
-        let cases: [(&str, &dyn Fn(&mut SnapshotV1)); 4] = [
+        type Edit<'a> = &'a dyn Fn(&mut SnapshotV1);
+        let cases: [(&str, Edit<'_>); 4] = [
             ("11 s periods", &|s| s.period_secs = 11),
             ("an unaligned start", &|s| s.period_start += 3_600),
             ("version 5", &|s| s.version = MAX_VERSION + 1),
