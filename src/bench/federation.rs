@@ -125,7 +125,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
         while done.iter().any(|d| !d) && Instant::now() < deadline {
             for (i, (s, _, _)) in peers.iter().enumerate() {
                 if !done[i] {
-                    done[i] = s.community_chart(&cid, period)?.is_some_and(|c| c.origins as usize == nodes);
+                    done[i] = s.community_chart(&cid, period, 604_800)?.is_some_and(|c| c.origins as usize == nodes);
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

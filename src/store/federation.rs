@@ -206,7 +206,7 @@ pub struct CommunityView {
     pub version: u32,
     pub member: bool,
     pub members: usize,
-    /// The period the charts are for (the latest one any snapshot is held for).
+    /// The period the charts are for (by default the last one this node released).
     pub period: Option<i64>,
     pub chart: crate::federation::merge::Chart,
     /// This chart combined with the linked communities' charts, when it has links.
@@ -217,27 +217,46 @@ pub struct CommunityView {
 
 impl Store {
     /// The chart of community `id` for `period`, from the snapshots held.
-    pub fn community_chart(&self, id: &CommunityId, period: i64) -> Result<Option<crate::federation::merge::Chart>> {
+    /// The community's chart for the period starting at `period` and lasting `secs`:
+    /// snapshots of periods of another length that happen to start there are not part of
+    /// it (a one-second "period" must not count as a week).
+    pub fn community_chart(
+        &self,
+        id: &CommunityId,
+        period: i64,
+        secs: u32,
+    ) -> Result<Option<crate::federation::merge::Chart>> {
         let Some(m) = self.manifest(id)? else { return Ok(None) };
-        let state = self.period_state(period)?;
+        let mut state = self.period_state(period)?;
+        for versions in state.by_origin.values_mut() {
+            versions.retain(|_, s| s.period_secs == secs);
+        }
+        state.by_origin.retain(|_, versions| !versions.is_empty());
         let open = matches!(m.manifest.admission, crate::federation::community::Admission::Open { .. });
         let history = if open { self.origin_histories(period)? } else { Default::default() };
         let seen = |o: &NodeId| history.get(o).copied().unwrap_or(0);
         Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, seen)))
     }
 
-    /// Every followed community with its chart and federated chart for `period` (the
-    /// latest held when `None`).
-    pub fn network_view(&self, period: Option<i64>) -> Result<Vec<CommunityView>> {
+    /// Every followed community with its chart and federated chart for the period of
+    /// length `secs` starting at `period`; when `None`, the last complete period: the
+    /// newest this node released itself (its own schedule, after the grace time), else
+    /// the newest held. Never simply the newest held when the node has released: any
+    /// member could send a snapshot of a short period ending now and stand in for the
+    /// chart on every follower's page.
+    pub fn network_view(&self, period: Option<i64>, secs: u32) -> Result<Vec<CommunityView>> {
         let period = match period {
             Some(p) => Some(p),
-            None => self.snapshot_periods(1)?.into_iter().next(),
+            None => match self.releases(1)?.first() {
+                Some((start, _)) => Some(*start),
+                None => self.snapshot_periods(1)?.into_iter().next(),
+            },
         };
         let mut out = Vec::new();
         for (id, follow) in self.followed()? {
             let Some(m) = self.manifest(&id)? else { continue };
             let chart = match period {
-                Some(p) => self.community_chart(&id, p)?.unwrap_or_default(),
+                Some(p) => self.community_chart(&id, p, secs)?.unwrap_or_default(),
                 None => Default::default(),
             };
             let mut linked = Vec::new();
@@ -246,7 +265,7 @@ impl Store {
                 let held = self.manifest(&l.community)?.is_some();
                 links.push((l.name.clone(), crate::federation::short_hex(&l.community), l.weight_milli, held));
                 if let (Some(p), true) = (period, held) {
-                    if let Some(c) = self.community_chart(&l.community, p)? {
+                    if let Some(c) = self.community_chart(&l.community, p, secs)? {
                         linked.push((l.weight_milli, c));
                     }
                 }

@@ -25,7 +25,8 @@ async fn status_for(state: &AppState, admin: bool) -> Option<crate::p2p::Status>
 async fn gather(state: &AppState, period: Option<i64>, admin: bool) -> Result<serde_json::Value, String> {
     let status = status_for(state, admin).await;
     let store = state.store.clone();
-    let communities = tokio::task::spawn_blocking(move || store.network_view(period))
+    let secs = state.privacy.period_secs;
+    let communities = tokio::task::spawn_blocking(move || store.network_view(period, secs))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -96,7 +97,8 @@ pub async fn page_handler(
     let status = status_for(&state, admin).await;
     let store = state.store.clone();
     let period = period_of(&q);
-    let communities = match tokio::task::spawn_blocking(move || store.network_view(period)).await {
+    let secs = state.privacy.period_secs;
+    let communities = match tokio::task::spawn_blocking(move || store.network_view(period, secs)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return server_error(&v, e),
         Err(e) => return server_error(&v, e),

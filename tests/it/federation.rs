@@ -496,3 +496,65 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
         "a tampered, truncated or forged snapshot was stored: {held_b:?}"
     );
 }
+
+/// A member's snapshot of a short period that ends after the node's last complete period
+/// does not become what `/network` shows: the default is the last period this node
+/// released on its own schedule, and charts count only snapshots of the node's period
+/// length. (Before, the newest held period was shown: any member could stand in for the
+/// community's chart on every follower's page with a one-second "period" ending now.)
+#[test]
+fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
+    use hearsay::identity::NodeIdentity;
+    use hearsay::privacy::params::{Budget, Params, Spend};
+    use hearsay::privacy::release::{Period, UserPeriod, release};
+    use hearsay::privacy::snapshot::ItemName;
+    use hearsay::store::{Options, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Peer::new(dir.path(), "a");
+    a.cli(&["community", "create", "X", "--max-epsilon-week", "1000", "--min-k", "2"]);
+    let key = NodeIdentity::load_or_create(&a.data).expect("key");
+    let store = Store::open(&a.data, &Options::default()).expect("open");
+    let week = 604_800;
+    let start = hearsay::privacy::accountant::week_of(hearsay::now_unix()) - 2 * week;
+    let snapshot = |start: i64, secs: u32, artist: &str| -> Vec<u8> {
+        let users = [UserPeriod {
+            user: 1,
+            level: hearsay::privacy::SharingLevel::Public,
+            artists: vec![(ItemName::artist(artist), 9)],
+            tracks: vec![(ItemName::track(artist, "x"), 9)],
+        }];
+        let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+        let period = Period { origin: key.public_key(), start, secs, issued_at: start + i64::from(secs) + 1 };
+        let params = Params { k: 2, ..Params::default() };
+        let r = release(
+            period,
+            &users,
+            &params,
+            Budget { week: roomy, year: roomy },
+            Default::default(),
+            &[0; 32],
+            &mut hearsay::publish::OsRandom,
+        )
+        .expect("release");
+        key.sign_snapshot(&r.snapshot)
+    };
+    // This node's own release of the last complete week, as the publisher stores it.
+    let own = snapshot(start, 604_800, "Weekly Band");
+    store.commit_release(start, start, &own, &Default::default(), &[]).expect("release");
+    store.put_snapshot(start, &key.public_key(), 1, &own).expect("held");
+    // A one-second period of the current week, signed by a member.
+    let short_start = start + week + 3_600;
+    store
+        .put_snapshot(short_start, &key.public_key(), 1, &snapshot(short_start, 1, "Short Period Band"))
+        .expect("held");
+    let view = store.network_view(None, 604_800).expect("view");
+    let x = view.iter().find(|c| c.name == "X").expect("community X");
+    assert_eq!(x.period, Some(start), "the last complete period on this node's schedule");
+    let names: Vec<String> = x.chart.artists.iter().map(|r| format!("{:?}", r.name)).collect();
+    assert!(names.iter().any(|n| n.contains("Weekly Band")), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("Short Period Band")), "{names:?}");
+    // Asked for the short period, the week-long chart does not count it either.
+    let view = store.network_view(Some(short_start), 604_800).expect("view");
+    let x = view.iter().find(|c| c.name == "X").expect("community X");
+    assert_eq!(x.chart.origins, 0, "a snapshot of another period length is not part of the chart");
+}
