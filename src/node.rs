@@ -84,7 +84,7 @@ impl Node {
             Some(crate::p2p::spawn(
                 self.store.clone(),
                 &self.identity,
-                crate::p2p::Options::from_config(&self.config.p2p),
+                crate::p2p::Options::from_config(&self.config.p2p, self.config.privacy.period_secs),
             )?)
         } else {
             None

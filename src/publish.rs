@@ -149,6 +149,7 @@ impl Publisher {
                 // Held with the peers' snapshots too, so community charts count it.
                 let snapshot = made.snapshot.get();
                 self.store.put_snapshot(start, &snapshot.origin, snapshot.version, &signed)?;
+                self.store.note_origin_seen(&snapshot.origin, now)?;
                 tracing::info!(period = start, bytes = signed.len(), "period released");
                 Ok(Some(start))
             }

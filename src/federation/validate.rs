@@ -31,6 +31,9 @@ pub struct Context<'a> {
     pub now: i64,
     /// Oldest period start accepted.
     pub oldest: i64,
+    /// This node's period length: snapshots of another length are not wanted here (so
+    /// no origin can fill the store with a snapshot per second of the retention window).
+    pub period_secs: u32,
     /// Whether any followed community would count this origin, and if so the strictest
     /// privacy floor among those that would (`None`: not wanted here).
     pub wanted: &'a dyn Fn(&NodeId) -> Option<Floor>,
@@ -47,8 +50,8 @@ pub struct Valid {
 
 /// Checks `bytes` in this order: size; canonical envelope; the claimed origin is
 /// wanted (Ignore); strict signature (Reject); canonical, consistent body whose origin
-/// is the signer (Reject); the period on the week grid and the version within
-/// `MAX_VERSION` (Reject); period sanity: not in the future or issued before it ended
+/// is the signer (Reject); the period on the week grid (Reject) and of this node's
+/// length (Ignore), the version within `MAX_VERSION` (Reject); period sanity: not in the future or issued before it ended
 /// (Reject), within retention (Ignore); version: a duplicate or an older version
 /// (Ignore), the same version with other bytes (Reject: equivocation, the caller keeps
 /// the evidence); privacy floor (Ignore).
@@ -87,6 +90,12 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
         return reject(format!(
             "a period of {secs} s starting at {} is not on the grid (a divisor of a week, aligned to Monday 00:00 UTC)",
             snapshot.period_start
+        ));
+    }
+    if snapshot.period_secs != ctx.period_secs {
+        return ignore(format!(
+            "periods of {} s, this node's are {} s (privacy.period_secs)",
+            snapshot.period_secs, ctx.period_secs
         ));
     }
     if snapshot.version == 0 || snapshot.version > MAX_VERSION {
@@ -156,7 +165,7 @@ mod tests {
     fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
         let wanted = move |_: &NodeId| wanted.then(Floor::default);
         let held = move |_: &NodeId, _: i64| held.clone();
-        let ctx = Context { now, oldest: now - 86_400 * 7 * 12, wanted: &wanted, held: &held };
+        let ctx = Context { now, oldest: now - 86_400 * 7 * 12, period_secs: 604_800, wanted: &wanted, held: &held };
         check_snapshot(bytes, &ctx).0
     }
 
@@ -208,6 +217,10 @@ mod tests {
         for (what, edit) in cases {
             assert!(matches!(verdict(&resigned(edit), true, vec![], now), Verdict::Reject(_)), "{what}");
         }
+        // On the grid but of another length than this node's: not wanted here (ignored,
+        // so a relay of another community's snapshots is not penalised).
+        let daily = resigned(&|s| s.period_secs = 86_400);
+        assert!(matches!(verdict(&daily, true, vec![], now), Verdict::Ignore(m) if m.contains("86400 s")));
         assert_eq!(verdict(&resigned(&|s| s.version = MAX_VERSION), true, vec![], now), Verdict::Accept);
         // A period that has not ended yet, and one outside retention.
         assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Reject(_)));

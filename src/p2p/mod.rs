@@ -106,10 +106,13 @@ pub struct Options {
     pub retention_secs: i64,
     pub sync_interval: Duration,
     pub max_requests_per_minute: u32,
+    /// This node's release period (`privacy.period_secs`): snapshots of periods of
+    /// another length are not taken (a community shares one period grid).
+    pub period_secs: u32,
 }
 
 impl Options {
-    pub fn from_config(c: &crate::config::P2pConfig) -> Options {
+    pub fn from_config(c: &crate::config::P2pConfig, period_secs: u32) -> Options {
         let parse = |v: &[String]| v.iter().filter_map(|a| a.parse().ok()).collect();
         Options {
             listen: parse(&c.listen),
@@ -121,6 +124,7 @@ impl Options {
             autonat: c.autonat,
             retention_secs: i64::from(c.retention_secs),
             sync_interval: Duration::from_secs(u64::from(c.sync_interval_secs)),
+            period_secs,
             max_requests_per_minute: c.max_requests_per_minute,
         }
     }
@@ -456,14 +460,22 @@ impl Task {
         let store = self.store.clone();
         let wanted = |o: &NodeId| self.wanted(o);
         let held = move |o: &NodeId, p: i64| store.held_versions(p, o).unwrap_or_default();
-        let ctx = Context { now, oldest: now - self.options.retention_secs, wanted: &wanted, held: &held };
+        let ctx = Context {
+            now,
+            oldest: now - self.options.retention_secs,
+            period_secs: self.options.period_secs,
+            wanted: &wanted,
+            held: &held,
+        };
         let (verdict, valid) = check_snapshot(bytes, &ctx);
         let store_it = matches!(verdict, Verdict::Accept)
             || matches!(&verdict, Verdict::Reject(m) if m.starts_with("equivocation"));
         if let (true, Some(v)) = (store_it, valid) {
-            if let Err(e) =
-                self.store.put_snapshot(v.snapshot.period_start, &v.snapshot.origin, v.snapshot.version, bytes)
-            {
+            let stored = self
+                .store
+                .put_snapshot(v.snapshot.period_start, &v.snapshot.origin, v.snapshot.version, bytes)
+                .and_then(|_| self.store.note_origin_seen(&v.snapshot.origin, now));
+            if let Err(e) = stored {
                 tracing::error!(error = %e, "storing a snapshot");
                 return Verdict::Ignore("storage failed".into());
             }

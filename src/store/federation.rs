@@ -119,21 +119,22 @@ impl Store {
         Ok(out)
     }
 
-    /// For every origin, how many distinct periods before `before` it has snapshots for
-    /// (the probation of open communities), in one pass over the keys.
-    pub fn origin_histories(&self, before: i64) -> Result<std::collections::HashMap<NodeId, u32>> {
-        let mut counts = std::collections::HashMap::new();
-        let mut last: Option<(i64, NodeId)> = None;
-        for kv in self.trees.period_origin_snapshot.range(..prefix(before.max(0), None)) {
-            let (k, _) = kv?;
-            let (period, origin, ..) = parse_ref(&k)?;
-            // Keys sort by period then origin: count each (period, origin) once.
-            if last != Some((period, origin)) {
-                *counts.entry(origin).or_insert(0u32) += 1;
-                last = Some((period, origin));
-            }
-        }
-        Ok(counts)
+    /// Records that this node took a snapshot of `origin` at `now`, unless it did before.
+    pub fn note_origin_seen(&self, origin: &NodeId, now: i64) -> Result<()> {
+        self.writable()?;
+        let value = super::keys::time_key(now);
+        let _ = self.trees.origin_firstseen.compare_and_swap(origin, None as Option<&[u8]>, Some(&value[..]))?;
+        Ok(())
+    }
+
+    /// When this node first took a snapshot of `origin`.
+    pub fn origin_first_seen(&self, origin: &NodeId) -> Result<Option<i64>> {
+        Ok(self
+            .trees
+            .origin_firstseen
+            .get(origin)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
     }
 
     /// Appends an accepted manifest version (the caller checked `accept`).
@@ -232,9 +233,18 @@ impl Store {
             versions.retain(|_, s| s.period_secs == secs);
         }
         state.by_origin.retain(|_, versions| !versions.is_empty());
-        let open = matches!(m.manifest.admission, crate::federation::community::Admission::Open { .. });
-        let history = if open { self.origin_histories(period)? } else { Default::default() };
-        let seen = |o: &NodeId| history.get(o).copied().unwrap_or(0);
+        // Probation: whole periods from when this node first saw the origin to the start
+        // of this one (an origin never seen here, or seen after it began, has none).
+        let mut first_seen = std::collections::HashMap::new();
+        for origin in state.by_origin.keys() {
+            if let Some(t) = self.origin_first_seen(origin)? {
+                first_seen.insert(*origin, t);
+            }
+        }
+        let len = i64::from(secs.max(1));
+        let seen = |o: &NodeId| {
+            first_seen.get(o).map_or(0, |t| u32::try_from(period.saturating_sub(*t).max(0) / len).unwrap_or(u32::MAX))
+        };
         Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, seen)))
     }
 

@@ -28,7 +28,29 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "each user's own spellings of items; level histories start at the upgrade",
         run: spellings_and_level_histories,
     },
+    Migration { to: 7, name: "open communities' probation from when an origin was first seen", run: first_seen_now },
 ];
+
+/// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node
+/// really first saw them is not recorded, and what they hold may be backdated, so an
+/// open community's probation starts again for everyone (allow-list communities do not
+/// use it).
+fn first_seen_now(store: &Store) -> Result<()> {
+    let now = crate::now_unix();
+    let mut origins = std::collections::BTreeSet::new();
+    for kv in store.trees.period_origin_snapshot.iter() {
+        let (k, _) = kv?;
+        if let Some(origin) = k.get(8..40) {
+            origins.insert(origin.to_vec());
+        }
+    }
+    for origin in origins {
+        if let Ok(origin) = <[u8; 32]>::try_from(origin.as_slice()) {
+            store.note_origin_seen(&origin, now)?;
+        }
+    }
+    store.flush()
+}
 
 /// 5 -> 6: the spellings trees (`trackid_spellings`, `userid_item_spelling`) from the
 /// tracks and the logs, so each user's statistics name items as that user spelled them.

@@ -158,6 +158,7 @@ pub(crate) struct Trees {
     pub userid_week_ledger: sled::Tree,
     pub userid_periodstart_contribution: sled::Tree,
     pub period_origin_snapshot: sled::Tree,
+    pub origin_firstseen: sled::Tree,
     pub community_version_manifest: sled::Tree,
     pub community_follow: sled::Tree,
 }
@@ -319,6 +320,7 @@ impl Store {
             userid_week_ledger: t(schema::USERID_WEEK_LEDGER)?,
             userid_periodstart_contribution: t(schema::USERID_PERIODSTART_CONTRIBUTION)?,
             period_origin_snapshot: t(schema::PERIOD_ORIGIN_SNAPSHOT)?,
+            origin_firstseen: t(schema::ORIGIN_FIRSTSEEN)?,
             community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
@@ -511,6 +513,7 @@ impl Store {
             schema::USERID_WEEK_LEDGER => &t.userid_week_ledger,
             schema::USERID_PERIODSTART_CONTRIBUTION => &t.userid_periodstart_contribution,
             schema::PERIOD_ORIGIN_SNAPSHOT => &t.period_origin_snapshot,
+            schema::ORIGIN_FIRSTSEEN => &t.origin_firstseen,
             schema::COMMUNITY_VERSION_MANIFEST => &t.community_version_manifest,
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -171,6 +171,12 @@ pub const USERID_PERIODSTART_CONTRIBUTION: &str = "userid_periodstart_contributi
 /// federated charts (prefix scan of a period), duplicate and replay checks, sync.
 pub const PERIOD_ORIGIN_SNAPSHOT: &str = "period_origin_snapshot";
 
+/// `origin_firstseen`: `origin [u8; 32]` -> `i64 BE`: when this node first took a snapshot
+/// of that origin (from a peer, or its own first release). An open community's probation
+/// counts periods from here, not from the snapshots an origin holds: a fresh key could
+/// sign backdated snapshots for the whole retention window. Since schema 7.
+pub const ORIGIN_FIRSTSEEN: &str = "origin_firstseen";
+
 /// `community_version_manifest`: `community id (32) ‖ version u32` -> the signed
 /// manifest, raw. The chain of every accepted version. Serves: the current manifest
 /// (last key of the prefix), sync of later versions to peers.
@@ -211,6 +217,7 @@ pub const ALL_TREES: &[&str] = &[
     USERID_WEEK_LEDGER,
     USERID_PERIODSTART_CONTRIBUTION,
     PERIOD_ORIGIN_SNAPSHOT,
+    ORIGIN_FIRSTSEEN,
     COMMUNITY_VERSION_MANIFEST,
     COMMUNITY_FOLLOW,
 ];

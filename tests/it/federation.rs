@@ -558,3 +558,72 @@ fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
     let x = view.iter().find(|c| c.name == "X").expect("community X");
     assert_eq!(x.chart.origins, 0, "a snapshot of another period length is not part of the chart");
 }
+
+/// An open community's probation counts periods from when this node first saw an origin,
+/// not the snapshots the origin holds: a fresh key that signs backdated snapshots for
+/// the whole retention window is not counted at full weight at once (before, three
+/// backdated weeks passed a probation of two).
+#[test]
+fn backdated_snapshots_do_not_pass_probation() {
+    use hearsay::identity::NodeIdentity;
+    use hearsay::privacy::params::{Budget, Params, Spend};
+    use hearsay::privacy::release::{Period, UserPeriod, release};
+    use hearsay::privacy::snapshot::ItemName;
+    use hearsay::store::{Options, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Peer::new(dir.path(), "a");
+    a.cli(&["community", "create", "Open", "--open-probation", "2", "--max-epsilon-week", "1000", "--min-k", "2"]);
+    let own = NodeIdentity::load_or_create(&a.data).expect("key");
+    let fresh_dir = tempfile::tempdir().expect("tempdir");
+    let fresh = NodeIdentity::load_or_create(fresh_dir.path()).expect("fresh key");
+    let store = Store::open(&a.data, &Options::default()).expect("open");
+    let week = 604_800;
+    let now = hearsay::now_unix();
+    let last = hearsay::privacy::accountant::week_of(now) - week;
+    let snapshot = |key: &NodeIdentity, start: i64, artist: &str| -> Vec<u8> {
+        let users = [UserPeriod {
+            user: 1,
+            level: hearsay::privacy::SharingLevel::Public,
+            artists: vec![(ItemName::artist(artist), 9)],
+            tracks: vec![(ItemName::track(artist, "x"), 9)],
+        }];
+        let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+        let period = Period { origin: key.public_key(), start, secs: 604_800, issued_at: start + week + 1 };
+        let r = release(
+            period,
+            &users,
+            &Params { k: 2, ..Params::default() },
+            Budget { week: roomy, year: roomy },
+            Default::default(),
+            &[0; 32],
+            &mut hearsay::publish::OsRandom,
+        )
+        .expect("release");
+        key.sign_snapshot(&r.snapshot)
+    };
+    // This node has published here for ten weeks.
+    store.note_origin_seen(&own.public_key(), last - 10 * week).expect("seen");
+    store.put_snapshot(last, &own.public_key(), 1, &snapshot(&own, last, "Own Band")).expect("own");
+    // A key first seen now, with snapshots of the last three weeks.
+    for w in 0..3 {
+        let start = last - w * week;
+        store.put_snapshot(start, &fresh.public_key(), 1, &snapshot(&fresh, start, "Backdated Band")).expect("fresh");
+    }
+    store.note_origin_seen(&fresh.public_key(), now).expect("seen");
+    let chart = |store: &Store| {
+        let view = store.network_view(Some(last), 604_800).expect("view");
+        let c = view.iter().find(|c| c.name == "Open").expect("community").chart.clone();
+        (c.origins, c.artists.iter().map(|r| format!("{:?}", r.name)).collect::<Vec<_>>())
+    };
+    let (origins, names) = chart(&store);
+    assert_eq!(origins, 1, "only this node counts: {names:?}");
+    assert!(!names.iter().any(|n| n.contains("Backdated")), "{names:?}");
+    // A key this node has seen for two whole periods before the week counts.
+    let seasoned_dir = tempfile::tempdir().expect("tempdir");
+    let seasoned = NodeIdentity::load_or_create(seasoned_dir.path()).expect("key");
+    store.note_origin_seen(&seasoned.public_key(), last - 2 * week).expect("seen");
+    store.put_snapshot(last, &seasoned.public_key(), 1, &snapshot(&seasoned, last, "Patient Band")).expect("put");
+    let (origins, names) = chart(&store);
+    assert_eq!(origins, 2, "{names:?}");
+    assert!(names.iter().any(|n| n.contains("Patient Band")), "{names:?}");
+}
