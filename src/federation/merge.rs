@@ -111,22 +111,46 @@ pub fn weight_of(manifest: &ManifestV1, origin: &NodeId, seen_periods: u32) -> O
 
 /// The community chart for one period.
 pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn(&NodeId) -> u32) -> Chart {
+    federated_chart(manifest, &[], state, seen)
+}
+
+/// A federated chart: the origins this community counts and those each linked community
+/// counts, **each origin once**, at the highest of its weights (a linked community's
+/// weight times its link weight / 1000), merged under this community's policy. So a node
+/// that is a member of two linked communities is not counted twice.
+pub fn federated_chart(
+    own: &ManifestV1,
+    linked: &[(u16, &ManifestV1)],
+    state: &PeriodState,
+    seen: impl Fn(&NodeId) -> u32,
+) -> Chart {
     let mut counted = Vec::new();
     for (origin, snapshot) in state.effective() {
-        if let Some(w) = weight_of(manifest, origin, seen(origin)) {
-            counted.push((w, snapshot));
+        let s = seen(origin);
+        let mut weight = weight_of(own, origin, s).map(u32::from);
+        for (link, m) in linked {
+            if let Some(w) = weight_of(m, origin, s) {
+                let w = u32::from(*link) * u32::from(w) / 1000;
+                weight = Some(weight.map_or(w, |own| own.max(w)));
+            }
+        }
+        if let Some(w) = weight.filter(|w| *w > 0) {
+            counted.push((u16::try_from(w).unwrap_or(u16::MAX), snapshot));
         }
     }
+    chart_of(&own.policy, &counted)
+}
+
+fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
             if tracks { (&s.public.tracks, &s.aggregate.tracks) } else { (&s.public.artists, &s.aggregate.artists) };
         p.iter().chain(a.iter()).cloned().collect()
     };
-    let policy = manifest.policy;
     let sum = |tracks: bool| -> Vec<Row> {
         // item -> (name, per-origin (listeners, listens) in 1/1000)
         let mut per_item: BTreeMap<ItemId, (ItemName, Vec<(i64, i64)>)> = BTreeMap::new();
-        for (w, s) in &counted {
+        for (w, s) in counted {
             let mut mine: BTreeMap<ItemId, (ItemName, i64, i64)> = BTreeMap::new();
             for e in pick(s, tracks) {
                 let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
@@ -214,39 +238,6 @@ fn rank(rows: &mut Vec<Row>) {
     rows.retain(|r| r.listeners > 0);
     rows.sort_by(|a, b| b.listeners.cmp(&a.listeners).then(b.listens.cmp(&a.listens)).then(a.item.cmp(&b.item)));
     rows.truncate(MAX_ROWS);
-}
-
-/// A federated chart: this community's chart at full weight plus each linked
-/// community's chart at its link weight (1/1000).
-pub fn federated_chart(own: &Chart, linked: &[(u16, &Chart)]) -> Chart {
-    let mut parts: Vec<(i64, &Chart)> = vec![(1000, own)];
-    parts.extend(linked.iter().map(|(w, c)| (i64::from(*w), *c)));
-    let sum = |tracks: bool| {
-        let mut acc: BTreeMap<ItemId, Row> = BTreeMap::new();
-        for (w, c) in &parts {
-            for r in if tracks { &c.tracks } else { &c.artists } {
-                let e = acc.entry(r.item).or_insert_with(|| Row { listeners: 0, listens: 0, origins: 0, ..r.clone() });
-                e.listeners = e.listeners.saturating_add(r.listeners.saturating_mul(*w));
-                e.listens = e.listens.saturating_add(r.listens.saturating_mul(*w));
-                e.origins = e.origins.saturating_add(r.origins);
-            }
-        }
-        let mut rows: Vec<Row> = acc
-            .into_values()
-            .map(|mut r| {
-                r.listeners /= 1000;
-                r.listens /= 1000;
-                r
-            })
-            .collect();
-        rank(&mut rows);
-        rows
-    };
-    Chart {
-        artists: sum(false),
-        tracks: sum(true),
-        origins: parts.iter().fold(0u32, |acc, (_, c)| acc.saturating_add(c.origins)),
-    }
 }
 
 #[cfg(test)]
@@ -394,7 +385,7 @@ mod tests {
         let s = state_of(&[held(snap(1, &[(1, i64::MAX)]), 1), held(snap(2, &[(1, i64::MAX)]), 1)]);
         let c = community_chart(&m, &s, |_| 0);
         assert!(c.artists[0].listeners > 0, "saturated, not wrapped: {:?}", c.artists[0]);
-        let fed = federated_chart(&c, &[(1000, &c)]);
+        let fed = federated_chart(&m, &[(1000, &m)], &s, |_| 0);
         assert!(fed.artists[0].listeners > 0, "{:?}", fed.artists[0]);
     }
 
@@ -414,8 +405,17 @@ mod tests {
         // item's clipped total, so it counts 10 (10 of 40), not 257 of 287 (90 %) as
         // when the cap was a share of a total that included its own claim.
         assert_eq!(c.artists[0].listeners, 40);
-        let fed = federated_chart(&c, &[(500, &c)]);
-        assert_eq!(fed.artists[0].listeners, 60);
-        assert_eq!(fed.origins, 8);
+        // Linked to a community with the same members: each origin still counts once
+        // (before, the linked chart was added on top: 60 listeners from 8 "origins").
+        let fed = federated_chart(&m, &[(500, &m)], &s, |_| 0);
+        assert_eq!((fed.artists[0].listeners, fed.origins), (40, 4));
+        // A member only of the linked community counts at its link weight.
+        let mut other = manifest(&[5]);
+        other.policy = m.policy;
+        let s5 = state_of(&[held(snap(5, &[(1, 10)]), 1)]);
+        let mut both = s.clone();
+        both.merge(&s5);
+        let fed = federated_chart(&m, &[(500, &other)], &both, |_| 0);
+        assert_eq!(fed.origins, 5);
     }
 }

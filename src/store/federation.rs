@@ -228,13 +228,40 @@ impl Store {
         secs: u32,
     ) -> Result<Option<crate::federation::merge::Chart>> {
         let Some(m) = self.manifest(id)? else { return Ok(None) };
+        let (state, seen) = self.chart_inputs(period, secs)?;
+        Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, |o| seen(o))))
+    }
+
+    /// The federated chart of community `id` for a period: its origins and its linked
+    /// communities' (those whose manifests are held), each origin counted once.
+    pub fn federated_chart(
+        &self,
+        id: &CommunityId,
+        period: i64,
+        secs: u32,
+    ) -> Result<Option<crate::federation::merge::Chart>> {
+        let Some(m) = self.manifest(id)? else { return Ok(None) };
+        let mut linked = Vec::new();
+        for l in &m.manifest.links {
+            if let Some(lm) = self.manifest(&l.community)? {
+                linked.push((l.weight_milli, lm.manifest));
+            }
+        }
+        let refs: Vec<(u16, &crate::federation::community::ManifestV1)> = linked.iter().map(|(w, m)| (*w, m)).collect();
+        let (state, seen) = self.chart_inputs(period, secs)?;
+        Ok(Some(crate::federation::merge::federated_chart(&m.manifest, &refs, &state, |o| seen(o))))
+    }
+
+    /// The snapshots of a period of length `secs`, and each origin's probation: whole
+    /// periods from when this node first saw it to the period's start (none for an
+    /// origin never seen here, or seen after the period began).
+    #[allow(clippy::type_complexity)]
+    fn chart_inputs(&self, period: i64, secs: u32) -> Result<(PeriodState, Box<dyn Fn(&NodeId) -> u32>)> {
         let mut state = self.period_state(period)?;
         for versions in state.by_origin.values_mut() {
             versions.retain(|_, s| s.period_secs == secs);
         }
         state.by_origin.retain(|_, versions| !versions.is_empty());
-        // Probation: whole periods from when this node first saw the origin to the start
-        // of this one (an origin never seen here, or seen after it began, has none).
         let mut first_seen = std::collections::HashMap::new();
         for origin in state.by_origin.keys() {
             if let Some(t) = self.origin_first_seen(origin)? {
@@ -242,10 +269,10 @@ impl Store {
             }
         }
         let len = i64::from(secs.max(1));
-        let seen = |o: &NodeId| {
+        let seen = move |o: &NodeId| {
             first_seen.get(o).map_or(0, |t| u32::try_from(period.saturating_sub(*t).max(0) / len).unwrap_or(u32::MAX))
         };
-        Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, seen)))
+        Ok((state, Box::new(seen)))
     }
 
     /// Every followed community with its chart and federated chart for the period of
@@ -269,21 +296,15 @@ impl Store {
                 Some(p) => self.community_chart(&id, p, secs)?.unwrap_or_default(),
                 None => Default::default(),
             };
-            let mut linked = Vec::new();
             let mut links = Vec::new();
             for l in &m.manifest.links {
                 let held = self.manifest(&l.community)?.is_some();
                 links.push((l.name.clone(), crate::federation::short_hex(&l.community), l.weight_milli, held));
-                if let (Some(p), true) = (period, held) {
-                    if let Some(c) = self.community_chart(&l.community, p, secs)? {
-                        linked.push((l.weight_milli, c));
-                    }
-                }
             }
-            let federated = (!m.manifest.links.is_empty()).then(|| {
-                let refs: Vec<(u16, &crate::federation::merge::Chart)> = linked.iter().map(|(w, c)| (*w, c)).collect();
-                crate::federation::merge::federated_chart(&chart, &refs)
-            });
+            let federated = match period {
+                Some(p) if !m.manifest.links.is_empty() => self.federated_chart(&id, p, secs)?,
+                _ => None,
+            };
             out.push(CommunityView {
                 id: crate::federation::short_hex(&id),
                 name: m.manifest.name.clone(),
