@@ -220,12 +220,47 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         limits: RateLimit::default(),
         peers: HashMap::new(),
         penalties: HashMap::new(),
+        redial: Redial::default(),
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
         last_lookup: None,
     };
     task.refresh();
     tokio::spawn(task.run(rx));
     Ok(P2pHandle { tx, peer_id: peer_id.to_string() })
+}
+
+/// Backoff for redialling bootstrap peers that do not answer: the first retry after
+/// `FIRST`, then twice as long each time up to `MAX`; a connection resets it. (The
+/// bootstrap list is redialled every 10 s; an address that never answers was dialled
+/// every 10 s forever.) Hand-written: a map of two values per peer, no crate needed.
+#[derive(Default)]
+struct Redial {
+    next: HashMap<PeerId, (Instant, Duration)>,
+}
+
+impl Redial {
+    const FIRST: Duration = Duration::from_secs(10);
+    const MAX: Duration = Duration::from_secs(600);
+
+    /// Whether `peer` may be dialled at `now`; if so, the dial is counted.
+    fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        match self.next.get_mut(&peer) {
+            Some((at, _)) if now < *at => false,
+            Some((at, wait)) => {
+                *wait = (*wait * 2).min(Self::MAX);
+                *at = now + *wait;
+                true
+            }
+            None => {
+                self.next.insert(peer, (now + Self::FIRST, Self::FIRST));
+                true
+            }
+        }
+    }
+
+    fn connected(&mut self, peer: &PeerId) {
+        self.next.remove(peer);
+    }
 }
 
 /// A followed community as the task keeps it.
@@ -254,6 +289,8 @@ struct Task {
     limits: RateLimit,
     peers: HashMap<PeerId, PeerStatus>,
     penalties: HashMap<PeerId, f64>,
+    /// When each bootstrap peer may be dialled again.
+    redial: Redial,
     status: Status,
     /// When members were last announced and looked up in the DHT.
     last_lookup: Option<Instant>,
@@ -377,7 +414,7 @@ impl Task {
         let me = *self.swarm.local_peer_id();
         for addr in self.bootstrap_addrs() {
             let Some(Protocol::P2p(peer)) = addr.iter().last() else { continue };
-            if peer == me || self.swarm.is_connected(&peer) {
+            if peer == me || self.swarm.is_connected(&peer) || !self.redial.may_dial(peer, Instant::now()) {
                 continue;
             }
             self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -621,6 +658,7 @@ impl Task {
                 tracing::debug!(%peer, error = %error, "sync request failed");
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                self.redial.connected(&peer_id);
                 self.peers.insert(
                     peer_id,
                     PeerStatus {
@@ -781,5 +819,29 @@ impl Task {
             }
             SyncResponse::Error(e) => tracing::debug!(%peer, error = %e, "sync refused"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ticks every 10 s for two hours against a peer that never answers: dialled ever
+    /// less often, at most every 10 minutes, and at once again after a connection.
+    #[test]
+    fn an_unanswering_bootstrap_peer_is_redialled_ever_less_often() {
+        let peer = PeerId::random();
+        let mut redial = Redial::default();
+        let start = Instant::now();
+        let dials: Vec<u64> = (0..720u64)
+            .map(|tick| tick * 10)
+            .filter(|t| redial.may_dial(peer, start + Duration::from_secs(*t)))
+            .collect();
+        assert!(dials.len() < 25, "{} dials in two hours (720 without backoff): {dials:?}", dials.len());
+        let gaps: Vec<u64> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "gaps grow: {gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= 610), "at most every 10 minutes: {gaps:?}");
+        redial.connected(&peer);
+        assert!(redial.may_dial(peer, start + Duration::from_secs(7_205)), "a connection resets the backoff");
     }
 }
