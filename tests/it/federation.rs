@@ -505,9 +505,6 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
 #[test]
 fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
     use hearsay::identity::NodeIdentity;
-    use hearsay::privacy::params::{Budget, Params, Spend};
-    use hearsay::privacy::release::{Period, UserPeriod, release};
-    use hearsay::privacy::snapshot::ItemName;
     use hearsay::store::{Options, Store};
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Peer::new(dir.path(), "a");
@@ -516,28 +513,7 @@ fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
     let store = Store::open(&a.data, &Options::default()).expect("open");
     let week = 604_800;
     let start = hearsay::privacy::accountant::week_of(hearsay::now_unix()) - 2 * week;
-    let snapshot = |start: i64, secs: u32, artist: &str| -> Vec<u8> {
-        let users = [UserPeriod {
-            user: 1,
-            level: hearsay::privacy::SharingLevel::Public,
-            artists: vec![(ItemName::artist(artist), 9)],
-            tracks: vec![(ItemName::track(artist, "x"), 9)],
-        }];
-        let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
-        let period = Period { origin: key.public_key(), start, secs, issued_at: start + i64::from(secs) + 1 };
-        let params = Params { k: 2, ..Params::default() };
-        let r = release(
-            period,
-            &users,
-            &params,
-            Budget { week: roomy, year: roomy },
-            Default::default(),
-            &[0; 32],
-            &mut hearsay::publish::OsRandom,
-        )
-        .expect("release");
-        key.sign_snapshot(&r.snapshot)
-    };
+    let snapshot = |start: i64, secs: u32, artist: &str| public_snapshot(&key, start, secs, artist);
     // This node's own release of the last complete week, as the publisher stores it.
     let own = snapshot(start, 604_800, "Weekly Band");
     store.commit_release(start, start, &own, &Default::default(), &[]).expect("release");
@@ -566,9 +542,6 @@ fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
 #[test]
 fn backdated_snapshots_do_not_pass_probation() {
     use hearsay::identity::NodeIdentity;
-    use hearsay::privacy::params::{Budget, Params, Spend};
-    use hearsay::privacy::release::{Period, UserPeriod, release};
-    use hearsay::privacy::snapshot::ItemName;
     use hearsay::store::{Options, Store};
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Peer::new(dir.path(), "a");
@@ -580,27 +553,7 @@ fn backdated_snapshots_do_not_pass_probation() {
     let week = 604_800;
     let now = hearsay::now_unix();
     let last = hearsay::privacy::accountant::week_of(now) - week;
-    let snapshot = |key: &NodeIdentity, start: i64, artist: &str| -> Vec<u8> {
-        let users = [UserPeriod {
-            user: 1,
-            level: hearsay::privacy::SharingLevel::Public,
-            artists: vec![(ItemName::artist(artist), 9)],
-            tracks: vec![(ItemName::track(artist, "x"), 9)],
-        }];
-        let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
-        let period = Period { origin: key.public_key(), start, secs: 604_800, issued_at: start + week + 1 };
-        let r = release(
-            period,
-            &users,
-            &Params { k: 2, ..Params::default() },
-            Budget { week: roomy, year: roomy },
-            Default::default(),
-            &[0; 32],
-            &mut hearsay::publish::OsRandom,
-        )
-        .expect("release");
-        key.sign_snapshot(&r.snapshot)
-    };
+    let snapshot = |key: &NodeIdentity, start: i64, artist: &str| public_snapshot(key, start, 604_800, artist);
     // This node has published here for ten weeks.
     store.note_origin_seen(&own.public_key(), last - 10 * week).expect("seen");
     store.put_snapshot(last, &own.public_key(), 1, &snapshot(&own, last, "Own Band")).expect("own");
@@ -626,4 +579,31 @@ fn backdated_snapshots_do_not_pass_probation() {
     let (origins, names) = chart(&store);
     assert_eq!(origins, 2, "{names:?}");
     assert!(names.iter().any(|n| n.contains("Patient Band")), "{names:?}");
+}
+
+/// A signed snapshot of `key`'s node for one period: one public user who played `artist`
+/// nine times (loose privacy parameters, so nothing is refused for its budget).
+fn public_snapshot(key: &hearsay::identity::NodeIdentity, start: i64, secs: u32, artist: &str) -> Vec<u8> {
+    use hearsay::privacy::params::{Budget, Params, Spend};
+    use hearsay::privacy::release::{Period, UserPeriod, release};
+    use hearsay::privacy::snapshot::ItemName;
+    let users = [UserPeriod {
+        user: 1,
+        level: hearsay::privacy::SharingLevel::Public,
+        artists: vec![(ItemName::artist(artist), 9)],
+        tracks: vec![(ItemName::track(artist, "x"), 9)],
+    }];
+    let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+    let period = Period { origin: key.public_key(), start, secs, issued_at: start + i64::from(secs) + 1 };
+    let r = release(
+        period,
+        &users,
+        &Params { k: 2, ..Params::default() },
+        Budget { week: roomy, year: roomy },
+        Default::default(),
+        &[0; 32],
+        &mut hearsay::publish::OsRandom,
+    )
+    .expect("release");
+    key.sign_snapshot(&r.snapshot)
 }
