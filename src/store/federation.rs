@@ -227,9 +227,7 @@ impl Store {
         period: i64,
         secs: u32,
     ) -> Result<Option<crate::federation::merge::Chart>> {
-        let Some(m) = self.manifest(id)? else { return Ok(None) };
-        let (state, seen) = self.chart_inputs(period, secs)?;
-        Ok(Some(crate::federation::merge::community_chart(&m.manifest, &state, |o| seen(o))))
+        self.merged_chart(id, period, secs, false)
     }
 
     /// The federated chart of community `id` for a period: its origins and its linked
@@ -240,9 +238,19 @@ impl Store {
         period: i64,
         secs: u32,
     ) -> Result<Option<crate::federation::merge::Chart>> {
+        self.merged_chart(id, period, secs, true)
+    }
+
+    fn merged_chart(
+        &self,
+        id: &CommunityId,
+        period: i64,
+        secs: u32,
+        with_links: bool,
+    ) -> Result<Option<crate::federation::merge::Chart>> {
         let Some(m) = self.manifest(id)? else { return Ok(None) };
         let mut linked = Vec::new();
-        for l in &m.manifest.links {
+        for l in m.manifest.links.iter().filter(|_| with_links) {
             if let Some(lm) = self.manifest(&l.community)? {
                 linked.push((l.weight_milli, lm.manifest));
             }
