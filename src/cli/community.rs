@@ -24,9 +24,13 @@ pub enum CommunityCmd {
         /// of an allow-list.
         #[arg(long)]
         open_probation: Option<u32>,
-        /// Privacy floor: the most ε per user-week a member's releases may spend.
+        /// Privacy floor: the most ε per user-week a member's releases may spend (a
+        /// release's ε times the releases its period length makes in a week).
         #[arg(long, default_value = "4")]
         max_epsilon_week: f64,
+        /// Privacy floor: the most δ per user-week a member's releases may spend.
+        #[arg(long, default_value = "1e-6")]
+        max_delta_week: f64,
         /// Privacy floor: the least pre-threshold k a member's releases may use.
         #[arg(long, default_value = "5")]
         min_k: u32,
@@ -105,12 +109,16 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
     let (store, id) = open(config)?;
     let now = crate::now_unix();
     match cmd {
-        CommunityCmd::Create { name, open_probation, max_epsilon_week, min_k } => {
-            if !(max_epsilon_week > 0.0 && max_epsilon_week.is_finite()) || min_k < 2 {
-                bail!("--max-epsilon-week must be above 0 and --min-k at least 2");
+        CommunityCmd::Create { name, open_probation, max_epsilon_week, max_delta_week, min_k } => {
+            if !(max_epsilon_week > 0.0 && max_epsilon_week <= 1e12) || min_k < 2 {
+                bail!("--max-epsilon-week must be above 0 (at most 1e12) and --min-k at least 2");
+            }
+            if !(max_delta_week > 0.0 && max_delta_week <= 1.0) {
+                bail!("--max-delta-week must be above 0 and at most 1");
             }
             let mut m = ManifestV1::genesis(&name, id.public_key(), now);
             m.floor.max_eps_week_milli = (max_epsilon_week * 1000.0).round() as u64;
+            m.floor.max_delta_week_pico = (max_delta_week * 1e12).round() as u64;
             m.floor.min_k = min_k;
             if let Some(p) = open_probation {
                 m.admission = Admission::Open { probation_periods: p };

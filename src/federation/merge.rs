@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use super::NodeId;
 use super::community::{Admission, ManifestV1};
+use super::validate::meets_floor;
 use crate::privacy::snapshot::{Entry, ItemId, ItemName, SnapshotV1};
 
 /// Most rows of a community or federated chart.
@@ -109,6 +110,15 @@ pub fn weight_of(manifest: &ManifestV1, origin: &NodeId, seen_periods: u32) -> O
     }
 }
 
+/// How many whole periods of length `secs` lie between when this node first saw an
+/// origin and the start of `period` (0 if never seen, or seen after it started): the
+/// probation measure. Measured from first sight, so a fresh key cannot shorten its
+/// probation by minting backdated snapshots.
+pub fn periods_seen(period: i64, first_seen: Option<i64>, secs: u32) -> u32 {
+    let len = i64::from(secs.max(1));
+    first_seen.map_or(0, |t| u32::try_from(period.saturating_sub(t).max(0) / len).unwrap_or(u32::MAX))
+}
+
 /// The community chart for one period.
 pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn(&NodeId) -> u32) -> Chart {
     federated_chart(manifest, &[], state, seen)
@@ -117,7 +127,8 @@ pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn
 /// A federated chart: the origins this community counts and those each linked community
 /// counts, **each origin once**, at the highest of its weights (a linked community's
 /// weight times its link weight / 1000), merged under this community's policy. So a node
-/// that is a member of two linked communities is not counted twice.
+/// that is a member of two linked communities is not counted twice. A community counts an
+/// origin's snapshot only if it meets that community's own privacy floor.
 pub fn federated_chart(
     own: &ManifestV1,
     linked: &[(u16, &ManifestV1)],
@@ -127,9 +138,11 @@ pub fn federated_chart(
     let mut counted = Vec::new();
     for (origin, snapshot) in state.effective() {
         let s = seen(origin);
-        let mut weight = weight_of(own, origin, s).map(u32::from);
+        // Each community counts only snapshots that meet its own privacy floor.
+        let counts = |m: &ManifestV1| meets_floor(snapshot, &m.floor).then(|| weight_of(m, origin, s)).flatten();
+        let mut weight = counts(own).map(u32::from);
         for (link, m) in linked {
-            if let Some(w) = weight_of(m, origin, s) {
+            if let Some(w) = counts(m) {
                 let w = u32::from(*link) * u32::from(w) / 1000;
                 weight = Some(weight.map_or(w, |own| own.max(w)));
             }
@@ -141,6 +154,35 @@ pub fn federated_chart(
     chart_of(&own.policy, &counted)
 }
 
+/// How many times the median origin's largest count one origin may give any item.
+pub const MEDIAN_MULTIPLE: i64 = 4;
+/// The per-origin cap never falls below this many listeners (listens: 16 times it), so
+/// a community of one-user nodes still lets a bigger node count as more than one.
+pub const MIN_ORIGIN_CAP: i64 = 16;
+
+/// The per-origin cap for one chart: `MEDIAN_MULTIPLE` times the lower median, over the
+/// counted origins, of each origin's largest count in that chart (at least `floor`).
+/// With k hostile origins among n, k < n/2, the lower median is at most an honest
+/// origin's value, so no lie can raise the cap past `MEDIAN_MULTIPLE` times what some
+/// honest origin reports.
+fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
+    largest.sort_unstable();
+    let median = match largest.len() {
+        0 => 0,
+        n => largest[(n - 1) / 2],
+    };
+    median.saturating_mul(MEDIAN_MULTIPLE).max(floor)
+}
+
+/// Merges the counted origins' snapshots under `policy`. Robust by construction: each
+/// origin's count for an item is clipped at the per-origin cap (`origin_cap`), weighted,
+/// and once `share_cap_from` origins report the item, clipped again so that no origin
+/// holds more than `max_origin_share_milli` of it (`clipped_sum`). The bound, for k
+/// hostile origins out of n > 2k: any item's listeners rise by at most
+/// k · `MEDIAN_MULTIPLE` · (an honest origin's largest count) — so an honest top-10
+/// entry whose lead over the 11th is larger cannot be displaced — and, for items at
+/// least `share_cap_from` origins report, the hostile part is at most k shares of the
+/// clipped total. Arithmetic saturates (i128 inside the clip).
 fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
@@ -148,22 +190,35 @@ fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -
         p.iter().chain(a.iter()).cloned().collect()
     };
     let sum = |tracks: bool| -> Vec<Row> {
+        // Each origin's own sums per item (public + aggregate), then the caps.
+        type Sums = BTreeMap<ItemId, (ItemName, i64, i64)>;
+        let per_origin: Vec<(u16, Sums)> = counted
+            .iter()
+            .map(|(w, s)| {
+                let mut mine: Sums = BTreeMap::new();
+                for e in pick(s, tracks) {
+                    let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
+                    m.1 = m.1.saturating_add(e.listeners);
+                    m.2 = m.2.saturating_add(e.listens);
+                }
+                (*w, mine)
+            })
+            .collect();
+        let largest = |f: fn(&(ItemName, i64, i64)) -> i64| -> Vec<i64> {
+            per_origin.iter().map(|(_, m)| m.values().map(f).max().unwrap_or(0)).collect()
+        };
+        let cap_listeners = origin_cap(&mut largest(|v| v.1), MIN_ORIGIN_CAP);
+        let cap_listens = origin_cap(&mut largest(|v| v.2), MIN_ORIGIN_CAP.saturating_mul(16));
         // item -> (name, per-origin (listeners, listens) in 1/1000)
         let mut per_item: BTreeMap<ItemId, (ItemName, Vec<(i64, i64)>)> = BTreeMap::new();
-        for (w, s) in counted {
-            let mut mine: BTreeMap<ItemId, (ItemName, i64, i64)> = BTreeMap::new();
-            for e in pick(s, tracks) {
-                let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
-                m.1 = m.1.saturating_add(e.listeners);
-                m.2 = m.2.saturating_add(e.listens);
-            }
+        for (w, mine) in per_origin {
             for (item, (name, l, n)) in mine {
-                let w = i64::from(*w);
+                let w = i64::from(w);
                 per_item
                     .entry(item)
                     .or_insert_with(|| (name, Vec::new()))
                     .1
-                    .push((l.saturating_mul(w), n.saturating_mul(w)));
+                    .push((l.min(cap_listeners).saturating_mul(w), n.min(cap_listens).saturating_mul(w)));
             }
         }
         let mut rows: Vec<Row> = Vec::new();
@@ -377,6 +432,47 @@ mod tests {
             let values = vec![v; n];
             prop_assert_eq!(clipped_sum(&values, 250), i128::from(v) * i128::try_from(n).expect("small"));
         }
+    }
+
+    proptest! {
+        /// The stated bound: k hostile origins among n > 2k raise any item's listeners by
+        /// at most k · MEDIAN_MULTIPLE · (the largest count an honest origin reports), or
+        /// MIN_ORIGIN_CAP per hostile origin, whatever they claim and on however few
+        /// origins the item rests.
+        #[test]
+        fn hostile_origins_move_any_item_by_at_most_the_stated_bound(
+            honest in proptest::collection::vec(proptest::collection::vec((0u8..8, 1i64..400), 1..6), 3..9),
+            claims in proptest::collection::vec(proptest::collection::vec((0u8..12, 1i64..i64::MAX), 1..6), 1..4),
+        ) {
+            prop_assume!(claims.len() * 2 < honest.len() + claims.len());
+            let n = u8::try_from(honest.len() + claims.len()).expect("small");
+            let mut m = manifest(&(0..n).collect::<Vec<_>>());
+            m.policy.share_cap_from = 1000; // only the median cap, to test it alone
+            let honest_held: Vec<Held> =
+                honest.iter().enumerate().map(|(i, c)| held(snap(u8::try_from(i).expect("small"), c), 1)).collect();
+            let mut all = honest_held.clone();
+            for (j, c) in claims.iter().enumerate() {
+                all.push(held(snap(u8::try_from(honest.len() + j).expect("small"), c), 1));
+            }
+            let before = community_chart(&m, &state_of(&honest_held), |_| 0);
+            let after = community_chart(&m, &state_of(&all), |_| 0);
+            let top_honest = honest.iter().flat_map(|c| c.iter().map(|x| x.1)).max().unwrap_or(0);
+            let k = i64::try_from(claims.len()).expect("small");
+            let bound = k * (MEDIAN_MULTIPLE * top_honest).max(MIN_ORIGIN_CAP);
+            for row in &after.artists {
+                let was = before.artists.iter().find(|r| r.item == row.item).map_or(0, |r| r.listeners);
+                prop_assert!(row.listeners - was <= bound, "{} rose by {} > {bound}", row.name.display(), row.listeners - was);
+            }
+        }
+    }
+
+    #[test]
+    fn one_origin_claiming_a_thousand_counts_at_most_four_medians() {
+        // Two origins: no share cap can hold, but the median cap does.
+        let m = manifest(&[1, 2, 3]);
+        let s = state_of(&[held(snap(1, &[(1, 1000)]), 1), held(snap(2, &[(1, 10)]), 1), held(snap(3, &[(2, 9)]), 1)]);
+        let c = community_chart(&m, &s, |_| 0);
+        assert_eq!(c.artists[0].listeners, 10 + MIN_ORIGIN_CAP.max(4 * 10), "{:?}", c.artists);
     }
 
     #[test]

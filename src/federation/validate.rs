@@ -21,6 +21,10 @@ pub enum Verdict {
     Accept,
     Ignore(String),
     Reject(String),
+    /// A second snapshot of one version from the same origin: proof that the origin
+    /// equivocated. Kept (once) as evidence and passed on, so every node leaves the
+    /// origin out of that period alike; never held against the relay that brought it.
+    Evidence(String),
 }
 
 /// What is already held for (origin, period): every (version, blake3 of the bytes).
@@ -34,10 +38,24 @@ pub struct Context<'a> {
     /// This node's period length: snapshots of another length are not wanted here (so
     /// no origin can fill the store with a snapshot per second of the retention window).
     pub period_secs: u32,
-    /// Whether any followed community would count this origin, and if so the strictest
-    /// privacy floor among those that would (`None`: not wanted here).
-    pub wanted: &'a dyn Fn(&NodeId) -> Option<Floor>,
+    /// The privacy floors of the followed communities that would count this origin
+    /// (empty: not wanted here). A snapshot that meets any of them is kept; each
+    /// community's chart then counts it only if it meets that community's floor
+    /// (`merge`), so one strict community does not drop another's data.
+    pub wanted: &'a dyn Fn(&NodeId) -> Vec<Floor>,
     pub held: HeldLookup<'a>,
+}
+
+/// How many origins this node has never seen before it takes snapshots from per period
+/// of its own length, when they count only through an open community (members of an
+/// allow-list community are always taken). A Sybil flood of an open community then
+/// reaches the disk, and probation, at this rate, whatever the number of keys; honest
+/// newcomers wait at most as long as the flood lasts (the price of open admission).
+pub const MAX_STRANGERS_PER_PERIOD: u32 = 64;
+
+/// Whether one more stranger may be taken this period, given how many were.
+pub fn admit_stranger(taken_this_period: u32) -> bool {
+    taken_this_period < MAX_STRANGERS_PER_PERIOD
 }
 
 /// A snapshot that passed every check.
@@ -53,8 +71,9 @@ pub struct Valid {
 /// is the signer (Reject); the period on the week grid (Reject) and of this node's
 /// length (Ignore), the version within `MAX_VERSION` (Reject); period sanity: not in the future or issued before it ended
 /// (Reject), within retention (Ignore); version: a duplicate or an older version
-/// (Ignore), the same version with other bytes (Reject: equivocation, the caller keeps
-/// the evidence); privacy floor (Ignore).
+/// (Ignore), the same version with other bytes (Evidence: the caller keeps it; once
+/// an origin has equivocated in a period, anything more from it there is ignored);
+/// the privacy floor per week of some community that would count it (Ignore).
 pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid>) {
     let reject = |m: String| (Verdict::Reject(m), None);
     let ignore = |m: String| (Verdict::Ignore(m), None);
@@ -63,9 +82,10 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
         Err(OpenError::TooLarge(n)) => return reject(format!("{n} bytes is over the limit")),
         Err(e) => return reject(e.to_string()),
     };
-    let Some(floor) = (ctx.wanted)(&env.signer) else {
+    let floors = (ctx.wanted)(&env.signer);
+    if floors.is_empty() {
         return ignore("origin is not counted by any community this node follows".into());
-    };
+    }
     if let Err(e) = verify_signed(&env, DST_SNAPSHOT) {
         return reject(e.to_string());
     }
@@ -116,21 +136,37 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     if held.iter().any(|(_, h)| *h == hash) {
         return ignore("duplicate".into());
     }
+    if held.iter().enumerate().any(|(i, (v, _))| held[..i].iter().any(|(w, _)| w == v)) {
+        // One pair of evidence is enough: an equivocating origin cannot fill disks
+        // with further variants.
+        return ignore("the origin already equivocated in this period".into());
+    }
     if held.iter().any(|(v, _)| *v == snapshot.version) {
         let valid = Valid { envelope: env, snapshot, hash };
-        return (Verdict::Reject("equivocation: another snapshot with the same version".into()), Some(valid));
+        return (Verdict::Evidence("equivocation: another snapshot with the same version".into()), Some(valid));
     }
     if held.iter().any(|(v, _)| *v > snapshot.version) {
         return ignore("a newer version is held".into());
     }
-    let cost = snapshot.params.release_cost();
-    if cost.eps_milli > floor.max_eps_week_milli
-        || cost.delta_pico > floor.max_delta_week_pico
-        || snapshot.params.k < floor.min_k
-    {
-        return ignore("below the community's privacy floor".into());
+    if !floors.iter().any(|f| meets_floor(&snapshot, f)) {
+        return ignore("below the privacy floor of every community that would count it".into());
     }
     (Verdict::Accept, Some(Valid { envelope: env, snapshot, hash }))
+}
+
+/// Whether a snapshot's parameters meet a privacy floor, **per week**: a release's cost
+/// times the releases a week holds at its period length (hourly releases at a weekly
+/// floor's ε each would spend 168 times it).
+pub fn meets_floor(snapshot: &SnapshotV1, floor: &Floor) -> bool {
+    let cost = snapshot.params.release_cost();
+    let per_week = u64::try_from(
+        crate::privacy::params::WEEK_SECS.checked_div(i64::from(snapshot.period_secs)).unwrap_or(i64::MAX),
+    )
+    .unwrap_or(u64::MAX)
+    .max(1);
+    cost.eps_milli.saturating_mul(per_week) <= floor.max_eps_week_milli
+        && cost.delta_pico.saturating_mul(per_week) <= floor.max_delta_week_pico
+        && snapshot.params.k >= floor.min_k
 }
 
 #[cfg(test)]
@@ -163,7 +199,7 @@ mod tests {
     }
 
     fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
-        let wanted = move |_: &NodeId| wanted.then(Floor::default);
+        let wanted = move |_: &NodeId| if wanted { vec![Floor::default()] } else { vec![] };
         let held = move |_: &NodeId, _: i64| held.clone();
         let ctx = Context { now, oldest: now - 86_400 * 7 * 12, period_secs: 604_800, wanted: &wanted, held: &held };
         check_snapshot(bytes, &ctx).0
@@ -197,7 +233,13 @@ mod tests {
         // Equivocation: a different snapshot with the same version.
         let other_same_version = signed(&id, 6);
         assert!(
-            matches!(verdict(&other_same_version, true, vec![(1, hash)], now), Verdict::Reject(m) if m.contains("equivocation"))
+            matches!(verdict(&other_same_version, true, vec![(1, hash)], now), Verdict::Evidence(m) if m.contains("equivocation"))
+        );
+        // Once the evidence is held, a third variant is not stored (no disk filling).
+        let third = signed(&id, 7);
+        let second = *blake3::hash(&other_same_version).as_bytes();
+        assert!(
+            matches!(verdict(&third, true, vec![(1, hash), (1, second)], now), Verdict::Ignore(m) if m.contains("already equivocated"))
         );
         // Off the grid: a period length that does not divide a week, a start that is not
         // on the grid, a version past the bound.
@@ -225,5 +267,30 @@ mod tests {
         // A period that has not ended yet, and one outside retention.
         assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Reject(_)));
         assert!(matches!(verdict(&good, true, vec![], START + 86_400 * 7 * 20), Verdict::Ignore(_)));
+    }
+
+    #[test]
+    fn floors_hold_per_week_and_any_community_that_would_count_it_suffices() {
+        let id = SigningKey::from_bytes(&[1; 32]);
+        let env: SignedV1 = postcard::from_bytes(&signed(&id, 5)).expect("env");
+        let hourly = |s: &mut SnapshotV1| s.period_secs = 3_600;
+        let mut s = SnapshotV1::decode(&env.body).expect("snapshot");
+        hourly(&mut s);
+        let bytes = seal(&id, DST_SNAPSHOT, s.encode());
+        let check = |floors: Vec<Floor>| {
+            let wanted = move |_: &NodeId| floors.clone();
+            let held = |_: &NodeId, _: i64| vec![];
+            let now = START + 800_000;
+            let ctx = Context { now, oldest: now - 86_400 * 7 * 12, period_secs: 3_600, wanted: &wanted, held: &held };
+            check_snapshot(&bytes, &ctx).0
+        };
+        // One release costs ε 0.15, under the default floor of 4 per week; 168 hourly
+        // releases cost 25.2 per week.
+        assert!(s.params.release_cost().eps_milli <= Floor::default().max_eps_week_milli);
+        assert!(matches!(check(vec![Floor::default()]), Verdict::Ignore(m) if m.contains("floor")));
+        let loose = Floor { max_eps_week_milli: 30_000, max_delta_week_pico: u64::MAX, min_k: 2 };
+        assert!(meets_floor(&s, &loose));
+        // A strict community and a loose one: kept for the loose one.
+        assert_eq!(check(vec![Floor::default(), loose]), Verdict::Accept);
     }
 }

@@ -69,10 +69,12 @@ pub struct Status {
     /// to administrators (`Status::without_addresses` for everyone else).
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
-    /// Snapshots accepted / ignored / rejected since start.
+    /// Snapshots accepted / ignored / rejected since start, and kept as evidence of an
+    /// origin's equivocation.
     pub accepted: u64,
     pub ignored: u64,
     pub rejected: u64,
+    pub evidence: u64,
 }
 
 impl Status {
@@ -223,6 +225,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         redial: Redial::default(),
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
         last_lookup: None,
+        strangers: (0, 0),
     };
     task.refresh();
     tokio::spawn(task.run(rx));
@@ -294,6 +297,9 @@ struct Task {
     status: Status,
     /// When members were last announced and looked up in the DHT.
     last_lookup: Option<Instant>,
+    /// Origins never seen before, taken through open communities only, in the current
+    /// period: (period start, how many). Bounded by `validate::admit_stranger`.
+    strangers: (i64, u32),
 }
 
 impl Task {
@@ -308,7 +314,10 @@ impl Task {
                     Some(cmd) => self.command(cmd),
                 },
                 event = self.swarm.select_next_some() => self.event(event),
-                _ = sync_tick.tick() => self.sync_with_random_peer(),
+                _ = sync_tick.tick() => {
+                    self.sync_with_random_peer();
+                    self.prune();
+                }
                 _ = kad_tick.tick() => {
                     // Refresh the routing table (an error only means no peer is known
                     // yet) and look for members of each community again.
@@ -321,6 +330,15 @@ impl Task {
                     self.retry_pending(None);
                 }
             }
+        }
+    }
+
+    /// Forgets snapshots of periods past the retention window.
+    fn prune(&mut self) {
+        match self.store.prune_snapshots(Self::now() - self.options.retention_secs) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(snapshots = n, "pruned snapshots past retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning old snapshots"),
         }
     }
 
@@ -470,25 +488,17 @@ impl Task {
         }
     }
 
-    /// Whether any followed community would count `origin`, and the strictest floor
-    /// among those that would.
-    fn wanted(&self, origin: &NodeId) -> Option<Floor> {
-        let mut floor: Option<Floor> = None;
-        for Community { manifest: m, .. } in &self.communities {
-            let counts =
-                m.is_member(origin) || matches!(m.admission, crate::federation::community::Admission::Open { .. });
-            if counts {
-                floor = Some(match floor {
-                    None => m.floor,
-                    Some(f) => Floor {
-                        max_eps_week_milli: f.max_eps_week_milli.min(m.floor.max_eps_week_milli),
-                        max_delta_week_pico: f.max_delta_week_pico.min(m.floor.max_delta_week_pico),
-                        min_k: f.min_k.max(m.floor.min_k),
-                    },
-                });
-            }
-        }
-        floor
+    /// The privacy floors of the followed communities that would count `origin` (empty:
+    /// not wanted).
+    fn wanted(&self, origin: &NodeId) -> Vec<Floor> {
+        self.communities
+            .iter()
+            .filter(|c| {
+                c.manifest.is_member(origin)
+                    || matches!(c.manifest.admission, crate::federation::community::Admission::Open { .. })
+            })
+            .map(|c| c.manifest.floor)
+            .collect()
     }
 
     /// Validates a snapshot and stores it when accepted (or as evidence of equivocation).
@@ -504,9 +514,23 @@ impl Task {
             wanted: &wanted,
             held: &held,
         };
-        let (verdict, valid) = check_snapshot(bytes, &ctx);
-        let store_it = matches!(verdict, Verdict::Accept)
-            || matches!(&verdict, Verdict::Reject(m) if m.starts_with("equivocation"));
+        let (mut verdict, valid) = check_snapshot(bytes, &ctx);
+        if let (Verdict::Accept, Some(v)) = (&verdict, &valid) {
+            let origin = v.snapshot.origin;
+            let member = self.communities.iter().any(|c| c.manifest.is_member(&origin));
+            if !member && self.store.origin_first_seen(&origin).ok().flatten().is_none() {
+                let period = crate::privacy::accountant::period_of(now, i64::from(self.options.period_secs));
+                if self.strangers.0 != period {
+                    self.strangers = (period, 0);
+                }
+                if crate::federation::validate::admit_stranger(self.strangers.1) {
+                    self.strangers.1 += 1;
+                } else {
+                    verdict = Verdict::Ignore("too many new origins this period (open community intake)".into());
+                }
+            }
+        }
+        let store_it = matches!(verdict, Verdict::Accept | Verdict::Evidence(_));
         if let (true, Some(v)) = (store_it, valid) {
             let stored = self
                 .store
@@ -524,6 +548,10 @@ impl Task {
                 self.status.ignored += 1
             }
             Verdict::Reject(_) => self.status.rejected += 1,
+            Verdict::Evidence(_) => {
+                tracing::warn!("an origin equivocated: two snapshots of one version, both kept as evidence");
+                self.status.evidence += 1
+            }
         }
         verdict
     }
@@ -583,7 +611,8 @@ impl Task {
                     }
                 };
                 let acceptance = match &verdict {
-                    Verdict::Accept => MessageAcceptance::Accept,
+                    // Evidence is passed on so every node leaves the origin out alike.
+                    Verdict::Accept | Verdict::Evidence(_) => MessageAcceptance::Accept,
                     Verdict::Ignore(_) => MessageAcceptance::Ignore,
                     Verdict::Reject(why) => {
                         tracing::info!(peer = %propagation_source, reason = %why, "rejected a gossip message");
@@ -778,7 +807,7 @@ impl Task {
                 }
                 let missing: Vec<Ref> = refs
                     .into_iter()
-                    .filter(|r| self.wanted(&r.1).is_some())
+                    .filter(|r| !self.wanted(&r.1).is_empty())
                     .filter(|r| {
                         self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false)
                     })
@@ -793,11 +822,10 @@ impl Task {
                     return;
                 }
                 for b in list {
-                    // Relaying evidence of someone else's equivocation is no fault.
+                    // Relaying evidence of someone else's equivocation is no fault
+                    // (`Verdict::Evidence`, not a rejection).
                     if let Verdict::Reject(why) = self.take_snapshot(&b) {
-                        if !why.starts_with("equivocation") {
-                            self.penalise(peer, &why);
-                        }
+                        self.penalise(peer, &why);
                     }
                 }
             }

@@ -119,6 +119,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes every held snapshot of a period that starts before `before` (retention:
+    /// what is older is never merged or served again). Returns how many went.
+    pub fn prune_snapshots(&self, before: i64) -> Result<usize> {
+        self.writable()?;
+        let mut n = 0;
+        for kv in self.trees.period_origin_snapshot.range(..prefix(before.max(0), None)) {
+            let (k, _) = kv?;
+            self.trees.period_origin_snapshot.remove(k)?;
+            n += 1;
+        }
+        if n > 0 {
+            self.trees.period_origin_snapshot.flush()?;
+        }
+        Ok(n)
+    }
+
     /// Records that this node took a snapshot of `origin` at `now`, unless it did before.
     pub fn note_origin_seen(&self, origin: &NodeId, now: i64) -> Result<()> {
         self.writable()?;
@@ -276,10 +292,7 @@ impl Store {
                 first_seen.insert(*origin, t);
             }
         }
-        let len = i64::from(secs.max(1));
-        let seen = move |o: &NodeId| {
-            first_seen.get(o).map_or(0, |t| u32::try_from(period.saturating_sub(*t).max(0) / len).unwrap_or(u32::MAX))
-        };
+        let seen = move |o: &NodeId| crate::federation::merge::periods_seen(period, first_seen.get(o).copied(), secs);
         Ok((state, Box::new(seen)))
     }
 

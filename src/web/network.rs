@@ -115,7 +115,7 @@ pub async fn page_handler(
                 Some(s) => {
                     p.muted {
                         @if admin { "Listening on " (s.listen.join(", ")) ". " } @else { "(Addresses are shown to administrators only.) " }
-                        "Snapshots received: " (s.accepted) " accepted, " (s.ignored) " ignored, " (s.rejected) " rejected."
+                        "Snapshots received: " (s.accepted) " accepted, " (s.ignored) " ignored, " (s.rejected) " rejected, " (s.evidence) " kept as evidence of an origin's equivocation."
                     }
                     h2 { "Peers (" (s.peers.len()) ")" }
                     @if s.peers.is_empty() { p.muted { "No peers connected." } }
