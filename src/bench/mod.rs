@@ -37,6 +37,24 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// The deterministic federation simulator (`federation::sim`): the same intake and
+    /// merge code as a node over a virtual clock and network. Prints, per adversary
+    /// scenario, convergence time, traffic per node, and how far the attacked
+    /// community's top 10 moved against the stated bound.
+    Sim {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10)]
+        communities: usize,
+        #[arg(long, default_value_t = 4)]
+        periods: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One scenario (honest, lyingmember, sybilflood, backdating, replay,
+        /// equivocation, partition, churn); all when omitted.
+        #[arg(long)]
+        scenario: Option<String>,
+    },
     /// One public user with N synthetic listens; time the web view's pages over HTTP
     /// on 127.0.0.1 (server time plus a loopback round trip).
     Web {
@@ -217,6 +235,54 @@ fn rss_kib() -> u64 {
     status_kib("VmRSS")
 }
 
+fn sim(
+    nodes: usize,
+    communities: usize,
+    periods: u32,
+    seed: u64,
+    only: Option<&str>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use crate::federation::sim::{Config, Scenario, run};
+    anyhow::ensure!(communities >= 2 && nodes >= communities * 4, "at least 2 communities of 4 nodes");
+    let scenarios: Vec<Scenario> =
+        Scenario::ALL.into_iter().filter(|s| only.is_none_or(|o| format!("{s:?}").eq_ignore_ascii_case(o))).collect();
+    anyhow::ensure!(!scenarios.is_empty(), "unknown scenario {only:?}");
+    println!(
+        "simulator: {nodes} honest nodes, {communities} communities (each linked to the next; the last open), {periods} weekly periods, seed {seed}"
+    );
+    for scenario in scenarios {
+        let started = std::time::Instant::now();
+        let cfg = Config { nodes, communities, periods, seed, scenario, ..Config::default() };
+        let r = run(&cfg);
+        let secs = |v: &[Option<u64>]| -> String {
+            v.iter()
+                .map(|c| c.map_or_else(|| "never".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("== {} ({} nodes, {:.1} s wall)", r.scenario, r.nodes, started.elapsed().as_secs_f64());
+        println!(
+            "  convergence per period (last honest release -> every honest node holds all): {}; incomplete nodes {:?}",
+            secs(&r.convergence_ms),
+            r.incomplete
+        );
+        println!(
+            "  per honest node and period: {:.0} messages, {:.1} KiB (gossip + catch-up, sent + received)",
+            r.messages_per_node,
+            r.bytes_per_node / 1024.0
+        );
+        println!(
+            "  snapshots: {} accepted, {} ignored, {} rejected, {} kept as evidence; honest relays penalised: {}; adversary snapshots stored: {}",
+            r.accepted, r.ignored, r.rejected, r.evidence, r.honest_penalised, r.adversary_stored
+        );
+        println!(
+            "  attacked community top 10: moved {:?} (stated bound {:?}); all its honest members agree: {:?}",
+            r.top10_moved, r.top10_bound, r.agree
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// A fresh temporary directory for one benchmark, removed when dropped.
 fn temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(&format!("hearsay-bench-{what}-")).tempdir()?)
@@ -227,6 +293,9 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Stats { listens, jsonl, artists, queries } => return stats(config, listens, jsonl, artists, queries),
         BenchCmd::Federation { nodes, links, items, timeout_secs } => {
             return federation::run(nodes, links, items, timeout_secs);
+        }
+        BenchCmd::Sim { nodes, communities, periods, seed, scenario } => {
+            return sim(nodes, communities, periods, seed, scenario.as_deref());
         }
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),

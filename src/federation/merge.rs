@@ -165,7 +165,7 @@ pub const MIN_ORIGIN_CAP: i64 = 16;
 /// With k hostile origins among n, k < n/2, the lower median is at most an honest
 /// origin's value, so no lie can raise the cap past `MEDIAN_MULTIPLE` times what some
 /// honest origin reports.
-fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
+pub fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
     largest.sort_unstable();
     let median = match largest.len() {
         0 => 0,

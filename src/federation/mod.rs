@@ -5,6 +5,7 @@
 
 pub mod community;
 pub mod merge;
+pub mod sim;
 pub mod validate;
 
 /// A node's identity on the wire: its ed25519 public key (the key in its PeerId).

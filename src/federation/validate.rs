@@ -53,9 +53,26 @@ pub struct Context<'a> {
 /// newcomers wait at most as long as the flood lasts (the price of open admission).
 pub const MAX_STRANGERS_PER_PERIOD: u32 = 64;
 
-/// Whether one more stranger may be taken this period, given how many were.
-pub fn admit_stranger(taken_this_period: u32) -> bool {
-    taken_this_period < MAX_STRANGERS_PER_PERIOD
+/// The count behind `MAX_STRANGERS_PER_PERIOD`: strangers taken in the current period.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Strangers {
+    period: i64,
+    taken: u32,
+}
+
+impl Strangers {
+    /// Whether one more stranger may be taken in `period` (this node's period that
+    /// holds now); if so, it is counted.
+    pub fn admit(&mut self, period: i64) -> bool {
+        if self.period != period {
+            *self = Strangers { period, taken: 0 };
+        }
+        if self.taken >= MAX_STRANGERS_PER_PERIOD {
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
 }
 
 /// A snapshot that passed every check.
@@ -292,5 +309,13 @@ mod tests {
         assert!(meets_floor(&s, &loose));
         // A strict community and a loose one: kept for the loose one.
         assert_eq!(check(vec![Floor::default(), loose]), Verdict::Accept);
+    }
+
+    #[test]
+    fn strangers_are_taken_at_a_bounded_rate_per_period() {
+        let mut s = Strangers::default();
+        assert!((0..MAX_STRANGERS_PER_PERIOD).all(|_| s.admit(START)));
+        assert!(!s.admit(START), "the 65th stranger of a period waits");
+        assert!(s.admit(START + 604_800), "a new period takes strangers again");
     }
 }

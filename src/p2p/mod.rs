@@ -225,7 +225,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         redial: Redial::default(),
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
         last_lookup: None,
-        strangers: (0, 0),
+        strangers: Default::default(),
     };
     task.refresh();
     tokio::spawn(task.run(rx));
@@ -298,8 +298,8 @@ struct Task {
     /// When members were last announced and looked up in the DHT.
     last_lookup: Option<Instant>,
     /// Origins never seen before, taken through open communities only, in the current
-    /// period: (period start, how many). Bounded by `validate::admit_stranger`.
-    strangers: (i64, u32),
+    /// period (`validate::MAX_STRANGERS_PER_PERIOD`).
+    strangers: crate::federation::validate::Strangers,
 }
 
 impl Task {
@@ -520,12 +520,7 @@ impl Task {
             let member = self.communities.iter().any(|c| c.manifest.is_member(&origin));
             if !member && self.store.origin_first_seen(&origin).ok().flatten().is_none() {
                 let period = crate::privacy::accountant::period_of(now, i64::from(self.options.period_secs));
-                if self.strangers.0 != period {
-                    self.strangers = (period, 0);
-                }
-                if crate::federation::validate::admit_stranger(self.strangers.1) {
-                    self.strangers.1 += 1;
-                } else {
+                if !self.strangers.admit(period) {
                     verdict = Verdict::Ignore("too many new origins this period (open community intake)".into());
                 }
             }
