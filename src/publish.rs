@@ -133,6 +133,8 @@ impl Publisher {
             start,
             secs: u32::try_from(self.period_secs).unwrap_or(u32::MAX),
             issued_at: now,
+            // The communities this node publishes to, named inside the signed snapshot.
+            communities: self.store.followed()?.into_iter().filter(|(_, f)| f.member).map(|(id, _)| id).collect(),
         };
         let key = self.store.privacy_key()?;
         let made = match release(period, &inputs, &self.params, self.budget, ledgers, &key, rng) {

@@ -111,7 +111,13 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                     .map(|j| (ItemName::track(&name(j), &format!("Song number {j}")), 1 + j as u64))
                     .collect(),
             }];
-            let p = Period { origin: id.public_key(), start: period, secs: 604_800, issued_at: now - 60 };
+            let p = Period {
+                origin: id.public_key(),
+                start: period,
+                secs: 604_800,
+                issued_at: now - 60,
+                communities: vec![cid],
+            };
             let budget = Budget::default();
             let r = release(p, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut OsRandom)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

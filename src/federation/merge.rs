@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use super::NodeId;
 use super::community::{Admission, ManifestV1};
 use super::validate::meets_floor;
+use super::{CommunityId, NodeId};
 use crate::privacy::snapshot::{Entry, ItemId, ItemName, SnapshotV1};
 
 /// Most rows of a community or federated chart.
@@ -128,21 +128,27 @@ pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn
 /// counts, **each origin once**, at the highest of its weights (a linked community's
 /// weight times its link weight / 1000), merged under this community's policy. So a node
 /// that is a member of two linked communities is not counted twice. A community counts an
-/// origin's snapshot only if it meets that community's own privacy floor.
+/// origin's snapshot only if the snapshot names it and meets its own privacy floor.
 pub fn federated_chart(
     own: &ManifestV1,
     linked: &[(u16, &ManifestV1)],
     state: &PeriodState,
     seen: impl Fn(&NodeId) -> u32,
 ) -> Chart {
+    let own_id = own.community();
+    let linked_ids: Vec<CommunityId> = linked.iter().map(|(_, m)| m.community()).collect();
     let mut counted = Vec::new();
     for (origin, snapshot) in state.effective() {
         let s = seen(origin);
-        // Each community counts only snapshots that meet its own privacy floor.
-        let counts = |m: &ManifestV1| meets_floor(snapshot, &m.floor).then(|| weight_of(m, origin, s)).flatten();
-        let mut weight = counts(own).map(u32::from);
-        for (link, m) in linked {
-            if let Some(w) = counts(m) {
+        // Each community counts only snapshots that name it and meet its own floor.
+        let counts = |m: &ManifestV1, id: &CommunityId| {
+            (snapshot.communities.contains(id) && meets_floor(snapshot, &m.floor))
+                .then(|| weight_of(m, origin, s))
+                .flatten()
+        };
+        let mut weight = counts(own, &own_id).map(u32::from);
+        for ((link, m), id) in linked.iter().zip(&linked_ids) {
+            if let Some(w) = counts(m, id) {
                 let w = u32::from(*link) * u32::from(w) / 1000;
                 weight = Some(weight.map_or(w, |own| own.max(w)));
             }
@@ -324,8 +330,12 @@ mod tests {
             tau: params.tau(),
             public: Charts { artists, tracks: Vec::new() },
             aggregate: Charts::default(),
+            communities: vec![TEST_COMMUNITY],
         }
     }
+
+    /// The id every test manifest carries (as a manifest after genesis does).
+    const TEST_COMMUNITY: CommunityId = [9; 32];
 
     fn held(s: SnapshotV1, version: u16) -> Held {
         let mut s = s;
@@ -335,6 +345,7 @@ mod tests {
 
     fn manifest(members: &[u8]) -> ManifestV1 {
         let mut m = ManifestV1::genesis("test", [1; 32], 0);
+        m.genesis = Some(TEST_COMMUNITY);
         m.members =
             members.iter().map(|o| super::super::community::Member { node: [*o; 32], weight_milli: 1000 }).collect();
         m

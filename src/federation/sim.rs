@@ -25,10 +25,10 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
-use super::NodeId;
 use super::community::{Admission, Link, ManifestV1, Member};
 use super::merge::{Chart, Held, PeriodState, community_chart, origin_cap, periods_seen};
 use super::validate::{Context, Strangers, Verdict, check_snapshot};
+use super::{CommunityId, NodeId};
 use crate::envelope::{DST_SNAPSHOT, seal};
 use crate::privacy::params::{Floor, Params};
 use crate::privacy::snapshot::{Charts, Entry, ItemName, SCHEMA, SnapshotV1};
@@ -191,6 +191,9 @@ struct Node {
     /// Everything held, in the order it was taken: (period, origin, hash, bytes).
     log: Vec<Ref>,
     hashes: HashSet<[u8; 32]>,
+    /// Snapshots found to name no community this node counts them for (as the p2p
+    /// task's `unwanted`): not fetched again.
+    unwanted: HashSet<[u8; 32]>,
     first_seen: HashMap<NodeId, i64>,
     seen_ids: HashMap<[u8; 20], u64>,
     /// Topic (community) → mesh neighbours.
@@ -267,6 +270,8 @@ struct Sim {
     queue: BinaryHeap<Queued>,
     nodes: Vec<Node>,
     manifests: Vec<ManifestV1>,
+    /// Each community's id.
+    ids: Vec<CommunityId>,
     member_of: HashMap<NodeId, usize>,
     honest: HashSet<NodeId>,
     /// Honest members per community.
@@ -394,6 +399,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
+            ids: manifests.iter().map(ManifestV1::community).collect(),
             manifests,
             member_of,
             honest,
@@ -610,6 +616,7 @@ impl Sim {
     }
 
     fn snapshot(&self, origin: NodeId, period: u32, mut artists: Vec<Entry>) -> SnapshotV1 {
+        let community = self.nodes.iter().find(|n| n.id == origin).map_or(0, |n| n.community);
         artists.sort_by_key(|e| e.item);
         artists.dedup_by_key(|e| e.item);
         let params = Params::default();
@@ -625,6 +632,7 @@ impl Sim {
             tau: params.tau(),
             public: Charts { artists, tracks: Vec::new() },
             aggregate: Charts::default(),
+            communities: vec![self.ids[community]],
         }
     }
 
@@ -761,7 +769,7 @@ impl Sim {
         let now = self.secs();
         let (mut verdict, valid) = {
             let n = &self.nodes[node];
-            let wanted = |o: &NodeId| self.floors(node, o);
+            let wanted = |o: &NodeId, named: Option<&[CommunityId]>| self.floors(node, o, named);
             let held = |o: &NodeId, p: i64| {
                 n.held.get(&(p, *o)).map(|v| v.iter().map(|(ver, h, _)| (*ver, *h)).collect()).unwrap_or_default()
             };
@@ -775,6 +783,9 @@ impl Sim {
             check_snapshot(bytes, &ctx)
         };
         let Some(v) = valid else {
+            if matches!(&verdict, Verdict::Ignore(m) if m == super::validate::NAMES_NO_COMMUNITY) {
+                self.nodes[node].unwanted.insert(*blake3::hash(bytes).as_bytes());
+            }
             self.tally(&verdict);
             return verdict;
         };
@@ -822,11 +833,13 @@ impl Sim {
         }
     }
 
-    /// The floors of the communities `node` follows that would count `origin`.
-    fn floors(&self, node: usize, origin: &NodeId) -> Vec<Floor> {
+    /// The floors of the communities `node` follows that would count `origin`, among
+    /// those named (`None`: any).
+    fn floors(&self, node: usize, origin: &NodeId, named: Option<&[CommunityId]>) -> Vec<Floor> {
         self.nodes[node]
             .follows
             .iter()
+            .filter(|c| named.is_none_or(|n| n.contains(&self.ids[**c])))
             .map(|c| &self.manifests[*c])
             .filter(|m| m.is_member(origin) || matches!(m.admission, Admission::Open { .. }))
             .map(|m| m.floor)
@@ -868,10 +881,12 @@ impl Sim {
         let candidates: Vec<Ref> = self.nodes[from]
             .log
             .iter()
-            .filter(|r| r.0 >= oldest && !self.nodes[to].hashes.contains(&r.2))
+            .filter(|r| {
+                r.0 >= oldest && !self.nodes[to].hashes.contains(&r.2) && !self.nodes[to].unwanted.contains(&r.2)
+            })
             .cloned()
             .collect();
-        let mut missing: Vec<_> = candidates.into_iter().filter(|r| !self.floors(to, &r.1).is_empty()).collect();
+        let mut missing: Vec<_> = candidates.into_iter().filter(|r| !self.floors(to, &r.1, None).is_empty()).collect();
         missing.sort_by_key(|m| (m.0, m.1, m.2));
         for batch in missing.chunks(FETCH_BATCH) {
             let bytes: u64 = batch.iter().map(|m| m.3.len() as u64).sum();
@@ -1002,6 +1017,7 @@ impl Node {
             held: HashMap::new(),
             log: Vec::new(),
             hashes: HashSet::new(),
+            unwanted: HashSet::new(),
             first_seen: HashMap::new(),
             seen_ids: HashMap::new(),
             mesh: BTreeMap::new(),

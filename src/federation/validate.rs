@@ -3,7 +3,7 @@
 //! what is merely not wanted here (another policy, a duplicate, too old), so honest
 //! relays are never punished for our policy.
 
-use super::NodeId;
+use super::{CommunityId, NodeId};
 use crate::envelope::{DST_SNAPSHOT, MAX_SIGNED_BYTES, OpenError, SignedV1, peek_signed, verify_signed};
 use crate::privacy::params::Floor;
 use crate::privacy::snapshot::SnapshotV1;
@@ -27,6 +27,9 @@ pub enum Verdict {
     Evidence(String),
 }
 
+/// The floors of the followed communities that would count an origin, among those named.
+pub type WantedLookup<'a> = &'a dyn Fn(&NodeId, Option<&[CommunityId]>) -> Vec<Floor>;
+
 /// What is already held for (origin, period): every (version, blake3 of the bytes).
 pub type HeldLookup<'a> = &'a dyn Fn(&NodeId, i64) -> Vec<(u16, [u8; 32])>;
 
@@ -38,11 +41,12 @@ pub struct Context<'a> {
     /// This node's period length: snapshots of another length are not wanted here (so
     /// no origin can fill the store with a snapshot per second of the retention window).
     pub period_secs: u32,
-    /// The privacy floors of the followed communities that would count this origin
-    /// (empty: not wanted here). A snapshot that meets any of them is kept; each
-    /// community's chart then counts it only if it meets that community's floor
-    /// (`merge`), so one strict community does not drop another's data.
-    pub wanted: &'a dyn Fn(&NodeId) -> Vec<Floor>,
+    /// The privacy floors of the followed communities that would count this origin,
+    /// among those the snapshot names (`None`: before the body is read, any followed
+    /// community); empty: not wanted here. A snapshot that meets any of them is kept;
+    /// each community's chart then counts it only if it names that community and meets
+    /// its floor (`merge`), so one strict community does not drop another's data.
+    pub wanted: WantedLookup<'a>,
     pub held: HeldLookup<'a>,
 }
 
@@ -75,6 +79,10 @@ impl Strangers {
     }
 }
 
+/// The reason of the `Ignore` for a snapshot that names no followed community that
+/// would count its origin (the caller remembers such snapshots, not to fetch them again).
+pub const NAMES_NO_COMMUNITY: &str = "names no followed community that would count its origin";
+
 /// A snapshot that passed every check.
 #[derive(Clone, Debug)]
 pub struct Valid {
@@ -99,8 +107,7 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
         Err(OpenError::TooLarge(n)) => return reject(format!("{n} bytes is over the limit")),
         Err(e) => return reject(e.to_string()),
     };
-    let floors = (ctx.wanted)(&env.signer);
-    if floors.is_empty() {
+    if (ctx.wanted)(&env.signer, None).is_empty() {
         return ignore("origin is not counted by any community this node follows".into());
     }
     if let Err(e) = verify_signed(&env, DST_SNAPSHOT) {
@@ -115,6 +122,12 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     };
     if snapshot.origin != env.signer {
         return reject("origin is not the signer".into());
+    }
+    // Bound to its communities: one that the snapshot does not name never counts it,
+    // so it is not wanted here for that community's sake.
+    let floors = (ctx.wanted)(&snapshot.origin, Some(&snapshot.communities));
+    if floors.is_empty() {
+        return ignore(NAMES_NO_COMMUNITY.into());
     }
     // Periods divide a week and lie on the week grid (Mondays 00:00 UTC), as the
     // protocol says: anything else cannot be merged with the community's periods, and a
@@ -207,8 +220,13 @@ mod tests {
             artists: vec![(ItemName::artist("A"), public_count)],
             tracks: vec![(ItemName::track("A", "T"), public_count)],
         }];
-        let period =
-            Period { origin: id.verifying_key().to_bytes(), start: START, secs: 604_800, issued_at: START + 700_000 };
+        let period = Period {
+            origin: id.verifying_key().to_bytes(),
+            start: START,
+            secs: 604_800,
+            issued_at: START + 700_000,
+            communities: vec![[9; 32]],
+        };
         let budget = Budget::default();
         let r = release(period, &users, &Params::default(), budget, Default::default(), &[0; 32], &mut Seeded(7))
             .expect("release");
@@ -216,7 +234,9 @@ mod tests {
     }
 
     fn verdict(bytes: &[u8], wanted: bool, held: Vec<(u16, [u8; 32])>, now: i64) -> Verdict {
-        let wanted = move |_: &NodeId| if wanted { vec![Floor::default()] } else { vec![] };
+        let wanted = move |_: &NodeId, names: Option<&[CommunityId]>| {
+            if wanted && names.is_none_or(|n| n.contains(&[9; 32])) { vec![Floor::default()] } else { vec![] }
+        };
         let held = move |_: &NodeId, _: i64| held.clone();
         let ctx = Context { now, oldest: now - 86_400 * 7 * 12, period_secs: 604_800, wanted: &wanted, held: &held };
         check_snapshot(bytes, &ctx).0
@@ -276,6 +296,15 @@ mod tests {
         for (what, edit) in cases {
             assert!(matches!(verdict(&resigned(edit), true, vec![], now), Verdict::Reject(_)), "{what}");
         }
+        // Bound to its community: the same snapshot naming another community (or, in
+        // schema 1, none) is not wanted here.
+        let elsewhere = resigned(&|s| s.communities = vec![[8; 32]]);
+        assert!(matches!(verdict(&elsewhere, true, vec![], now), Verdict::Ignore(m) if m.contains("names no")));
+        let schema1 = resigned(&|s| {
+            s.schema = crate::privacy::snapshot::SCHEMA_V1;
+            s.communities.clear();
+        });
+        assert!(matches!(verdict(&schema1, true, vec![], now), Verdict::Ignore(_)));
         // On the grid but of another length than this node's: not wanted here (ignored,
         // so a relay of another community's snapshots is not penalised).
         let daily = resigned(&|s| s.period_secs = 86_400);
@@ -295,7 +324,7 @@ mod tests {
         hourly(&mut s);
         let bytes = seal(&id, DST_SNAPSHOT, s.encode());
         let check = |floors: Vec<Floor>| {
-            let wanted = move |_: &NodeId| floors.clone();
+            let wanted = move |_: &NodeId, _: Option<&[CommunityId]>| floors.clone();
             let held = |_: &NodeId, _: i64| vec![];
             let now = START + 800_000;
             let ctx = Context { now, oldest: now - 86_400 * 7 * 12, period_secs: 3_600, wanted: &wanted, held: &held };

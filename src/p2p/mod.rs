@@ -226,6 +226,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
         last_lookup: None,
         strangers: Default::default(),
+        unwanted: Default::default(),
     };
     task.refresh();
     tokio::spawn(task.run(rx));
@@ -300,7 +301,14 @@ struct Task {
     /// Origins never seen before, taken through open communities only, in the current
     /// period (`validate::MAX_STRANGERS_PER_PERIOD`).
     strangers: crate::federation::validate::Strangers,
+    /// Snapshots (blake3) taken and found to name no followed community that counts
+    /// their origin: not fetched again by catch-up (refs do not say which communities a
+    /// snapshot names). Cleared when it grows past `MAX_UNWANTED`.
+    unwanted: std::collections::HashSet<[u8; 32]>,
 }
+
+/// Bound of `Task::unwanted` (32 bytes each: 2 MiB).
+const MAX_UNWANTED: usize = 65_536;
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -488,11 +496,12 @@ impl Task {
         }
     }
 
-    /// The privacy floors of the followed communities that would count `origin` (empty:
-    /// not wanted).
-    fn wanted(&self, origin: &NodeId) -> Vec<Floor> {
+    /// The privacy floors of the followed communities that would count `origin`, among
+    /// those named (`None`: any); empty: not wanted.
+    fn wanted(&self, origin: &NodeId, named: Option<&[CommunityId]>) -> Vec<Floor> {
         self.communities
             .iter()
+            .filter(|c| named.is_none_or(|n| n.contains(&c.id)))
             .filter(|c| {
                 c.manifest.is_member(origin)
                     || matches!(c.manifest.admission, crate::federation::community::Admission::Open { .. })
@@ -505,7 +514,7 @@ impl Task {
     fn take_snapshot(&mut self, bytes: &[u8]) -> Verdict {
         let now = Self::now();
         let store = self.store.clone();
-        let wanted = |o: &NodeId| self.wanted(o);
+        let wanted = |o: &NodeId, named: Option<&[CommunityId]>| self.wanted(o, named);
         let held = move |o: &NodeId, p: i64| store.held_versions(p, o).unwrap_or_default();
         let ctx = Context {
             now,
@@ -540,6 +549,12 @@ impl Task {
             Verdict::Accept => self.status.accepted += 1,
             Verdict::Ignore(why) => {
                 tracing::debug!(reason = %why, "ignored a snapshot");
+                if why.starts_with(crate::federation::validate::NAMES_NO_COMMUNITY) {
+                    if self.unwanted.len() >= MAX_UNWANTED {
+                        self.unwanted.clear();
+                    }
+                    self.unwanted.insert(*blake3::hash(bytes).as_bytes());
+                }
                 self.status.ignored += 1
             }
             Verdict::Reject(_) => self.status.rejected += 1,
@@ -802,7 +817,7 @@ impl Task {
                 }
                 let missing: Vec<Ref> = refs
                     .into_iter()
-                    .filter(|r| !self.wanted(&r.1).is_empty())
+                    .filter(|r| !self.wanted(&r.1, None).is_empty() && !self.unwanted.contains(&r.3))
                     .filter(|r| {
                         self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false)
                     })

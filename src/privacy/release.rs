@@ -115,12 +115,15 @@ impl UserPeriod {
 }
 
 /// What the period and the node are.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Period {
     pub origin: [u8; 32],
     pub start: i64,
     pub secs: u32,
     pub issued_at: i64,
+    /// The communities the release is for (named inside the signed snapshot; sorted
+    /// and deduplicated here).
+    pub communities: Vec<[u8; 32]>,
 }
 
 /// What happened to one user's data in a release (shown to that user only).
@@ -324,8 +327,13 @@ pub fn release(
             }
         }
     }
+    let mut communities = period.communities;
+    communities.sort_unstable();
+    communities.dedup();
+    communities.truncate(crate::privacy::snapshot::MAX_COMMUNITIES);
     let snapshot = SnapshotV1 {
         schema: SCHEMA,
+        communities,
         origin: period.origin,
         period_start: period.start,
         period_secs: period.secs,
@@ -359,7 +367,13 @@ mod tests {
     };
 
     fn period() -> Period {
-        Period { origin: [1; 32], start: 1_795_392_000, secs: 604_800, issued_at: 1_795_392_000 + 691_200 }
+        Period {
+            origin: [1; 32],
+            start: 1_795_392_000,
+            secs: 604_800,
+            issued_at: 1_795_392_000 + 691_200,
+            communities: vec![[9; 32]],
+        }
     }
 
     /// Loose parameters so a 40-user test node publishes something.
@@ -558,13 +572,17 @@ mod tests {
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert_eq!(SnapshotV1::decode(&trailing), Err(DecodeError::NotCanonical));
-        // A non-minimal varint for the schema (0x81 0x00 = 1).
-        let mut long = vec![0x81, 0x00];
+        // A non-minimal varint for the schema (0x82 0x00 = 2).
+        let mut long = vec![0x82, 0x00];
         long.extend_from_slice(&bytes[1..]);
         assert!(SnapshotV1::decode(&long).is_err());
         assert!(matches!(SnapshotV1::decode(&bytes[..bytes.len() - 3]), Err(DecodeError::Malformed(_))));
         assert!(matches!(SnapshotV1::decode(&vec![0u8; 70_000]), Err(DecodeError::TooLarge(_))));
-        assert!(matches!(SnapshotV1::decode(&[2, 0]), Err(DecodeError::UnknownSchema(2))));
+        assert!(matches!(SnapshotV1::decode(&[3, 0]), Err(DecodeError::UnknownSchema(3))));
+        // The communities: sorted and unique.
+        let mut unsorted = r.snapshot.get().clone();
+        unsorted.communities = vec![[2; 32], [1; 32]];
+        assert!(matches!(SnapshotV1::decode(&unsorted.encode()), Err(DecodeError::Invalid(_))));
         let mut forged = r.snapshot.get().clone();
         if let Some(e) = forged.aggregate.artists.first_mut() {
             e.name.artist = "Someone Else".into();

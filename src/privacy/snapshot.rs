@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 use super::params::{MAX_ITEMS, MAX_PUBLIC_ITEMS, Params};
 use crate::log::dedupe::normalize_name;
 
-/// Current schema of `SnapshotV1`.
-pub const SCHEMA: u16 = 1;
+/// Current schema of `SnapshotV1`: 2 names the communities the snapshot is for.
+pub const SCHEMA: u16 = 2;
+/// The first schema (no `communities`): still decoded, so stored releases and held
+/// snapshots stay readable, but counted by no community.
+pub const SCHEMA_V1: u16 = 1;
+/// Most communities one snapshot names.
+pub const MAX_COMMUNITIES: usize = 16;
 /// Longest artist or title carried, in bytes (cut at a character boundary).
 pub const MAX_NAME_BYTES: usize = 96;
 /// Largest encoded snapshot.
@@ -34,6 +39,25 @@ pub struct SnapshotV1 {
     pub public: Charts,
     /// Contribution-bounded, noised and thresholded sums over its aggregate users.
     pub aggregate: Charts,
+    /// The communities (ids) this snapshot is published to, sorted, unique: a community
+    /// counts only snapshots that name it, so a snapshot cannot be taken from one
+    /// community into another's chart. Empty in schema 1 (and not encoded there).
+    pub communities: Vec<[u8; 32]>,
+}
+
+/// Schema 1's layout: `SnapshotV1` without `communities`.
+#[derive(Serialize, Deserialize)]
+struct SchemaV1 {
+    schema: u16,
+    origin: [u8; 32],
+    period_start: i64,
+    period_secs: u32,
+    version: u16,
+    issued_at: i64,
+    params: Params,
+    tau: i64,
+    public: Charts,
+    aggregate: Charts,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +162,21 @@ impl SnapshotV1 {
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain structs of integers, strings and vectors cannot fail.
+        if self.schema == SCHEMA_V1 {
+            let v1 = SchemaV1 {
+                schema: self.schema,
+                origin: self.origin,
+                period_start: self.period_start,
+                period_secs: self.period_secs,
+                version: self.version,
+                issued_at: self.issued_at,
+                params: self.params,
+                tau: self.tau,
+                public: self.public.clone(),
+                aggregate: self.aggregate.clone(),
+            };
+            return postcard::to_allocvec(&v1).unwrap_or_default();
+        }
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
@@ -148,11 +187,28 @@ impl SnapshotV1 {
         }
         // The schema comes first so a newer one is told apart from garbage.
         let (schema, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if schema != SCHEMA {
-            return Err(DecodeError::UnknownSchema(schema));
-        }
-        let (snap, rest) =
-            postcard::take_from_bytes::<SnapshotV1>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
+        let (snap, rest) = match schema {
+            SCHEMA => postcard::take_from_bytes::<SnapshotV1>(bytes).map_err(malformed)?,
+            SCHEMA_V1 => {
+                let (v1, rest) = postcard::take_from_bytes::<SchemaV1>(bytes).map_err(malformed)?;
+                let snap = SnapshotV1 {
+                    schema: v1.schema,
+                    origin: v1.origin,
+                    period_start: v1.period_start,
+                    period_secs: v1.period_secs,
+                    version: v1.version,
+                    issued_at: v1.issued_at,
+                    params: v1.params,
+                    tau: v1.tau,
+                    public: v1.public,
+                    aggregate: v1.aggregate,
+                    communities: Vec::new(),
+                };
+                (snap, rest)
+            }
+            other => return Err(DecodeError::UnknownSchema(other)),
+        };
         if !rest.is_empty() || snap.encode() != bytes {
             return Err(DecodeError::NotCanonical);
         }
@@ -169,6 +225,9 @@ impl SnapshotV1 {
         }
         if self.params.validate().is_err() {
             return bad("invalid privacy parameters".into());
+        }
+        if self.communities.len() > MAX_COMMUNITIES || self.communities.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(format!("communities: more than {MAX_COMMUNITIES}, or not sorted and unique"));
         }
         if self.tau != self.params.tau() {
             return bad(format!("τ {} does not follow from the parameters ({})", self.tau, self.params.tau()));
@@ -250,8 +309,14 @@ mod codec_properties {
         let names = |_tracks: bool| {
             proptest::collection::vec(("[a-zA-Zé ]{1,20}", "[a-z0-9]{1,12}", 0i64..500, 0i64..5000), 0..20)
         };
-        (names(false), names(true), names(false), names(true), any::<[u8; 32]>(), 0i64..10_000, 1u32..5).prop_map(
-            |(pa, pt, aa, at, origin, week, k)| {
+        (
+            (names(false), names(true), names(false), names(true)),
+            any::<[u8; 32]>(),
+            0i64..10_000,
+            1u32..5,
+            proptest::collection::btree_set(any::<[u8; 32]>(), 0..4),
+        )
+            .prop_map(|((pa, pt, aa, at), origin, week, k, communities)| {
                 let params = Params { k: k + 1, ..Params::default() };
                 let tau = params.tau();
                 let fix = |v: Vec<(String, String, i64, i64)>, tracks: bool| {
@@ -268,15 +333,29 @@ mod codec_properties {
                     tau,
                     public: Charts { artists: entries(fix(pa, false), 1), tracks: entries(fix(pt, true), 1) },
                     aggregate: Charts { artists: entries(fix(aa, false), tau), tracks: entries(fix(at, true), tau) },
+                    communities: communities.into_iter().collect(),
                 }
-            },
-        )
+            })
     }
 
     proptest! {
         #[test]
         fn round_trips(s in arb_snapshot()) {
             prop_assert_eq!(SnapshotV1::decode(&s.encode()), Ok(s));
+        }
+
+        /// Schema 1 (before snapshots named communities) still decodes, to no community,
+        /// and re-encodes to the same bytes (held snapshots and stored releases stay
+        /// readable after the upgrade).
+        #[test]
+        fn schema_1_still_decodes(mut s in arb_snapshot()) {
+            s.schema = SCHEMA_V1;
+            s.communities.clear();
+            let bytes = s.encode();
+            let mut v2 = s.clone();
+            v2.schema = SCHEMA;
+            prop_assert_eq!(bytes.len() + 1, v2.encode().len(), "the same layout less the community list");
+            prop_assert_eq!(SnapshotV1::decode(&bytes), Ok(s));
         }
 
         #[test]

@@ -172,6 +172,13 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
         .map(|node| hearsay::federation::community::Member { node, weight_milli: 1000 })
         .collect();
     manifest.members.sort_by_key(|m| m.node);
+    // X's id: the community both A's and B's releases name (a snapshot counts only for
+    // the communities it names).
+    let named = |b: &Vec<u8>| hearsay::envelope::open_snapshot(b).expect("verifies").1.communities;
+    let (na_ids, nb_ids) = (named(&releases[0]), named(&releases[1]));
+    let x_ids: Vec<_> = na_ids.iter().filter(|id| nb_ids.contains(id)).collect();
+    assert_eq!(x_ids.len(), 1, "A and B share one community: {na_ids:?} {nb_ids:?}");
+    manifest.genesis = Some(*x_ids[0]);
     manifest.floor = hearsay::privacy::params::Floor {
         max_eps_week_milli: 1_000_000_000_000,
         max_delta_week_pico: 1_000_000_000_000,
@@ -404,7 +411,8 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
             Params { eps_listeners_milli: 50_000, eps_listens_milli: 50_000, k: 2, l0: 3, ..Params::default() };
         let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
         let budget = Budget { week: roomy, year: roomy };
-        let period = Period { origin, start: p, secs: 4, issued_at: p + 5 };
+        let communities = hearsay::envelope::open_snapshot(&b_release).expect("B's release").1.communities;
+        let period = Period { origin, start: p, secs: 4, issued_at: p + 5, communities };
         let r = release(period, &users, &params, budget, Default::default(), &[0; 32], &mut hearsay::publish::OsRandom)
             .expect("release");
         signer.sign_snapshot(&r.snapshot)
@@ -525,7 +533,8 @@ fn a_short_period_from_a_member_does_not_stand_in_for_the_chart() {
     let store = Store::open(&a.data, &Options::default()).expect("open");
     let week = 604_800;
     let start = hearsay::privacy::accountant::week_of(hearsay::now_unix()) - 2 * week;
-    let snapshot = |start: i64, secs: u32, artist: &str| public_snapshot(&key, start, secs, artist);
+    let ids: Vec<[u8; 32]> = store.followed().expect("followed").into_iter().map(|(id, _)| id).collect();
+    let snapshot = |start: i64, secs: u32, artist: &str| public_snapshot(&key, &ids, start, secs, artist);
     // This node's own release of the last complete week, as the publisher stores it.
     let own = snapshot(start, 604_800, "Weekly Band");
     store.commit_release(start, start, &own, &Default::default(), &[]).expect("release");
@@ -565,7 +574,8 @@ fn backdated_snapshots_do_not_pass_probation() {
     let week = 604_800;
     let now = hearsay::now_unix();
     let last = hearsay::privacy::accountant::week_of(now) - week;
-    let snapshot = |key: &NodeIdentity, start: i64, artist: &str| public_snapshot(key, start, 604_800, artist);
+    let ids: Vec<[u8; 32]> = store.followed().expect("followed").into_iter().map(|(id, _)| id).collect();
+    let snapshot = |key: &NodeIdentity, start: i64, artist: &str| public_snapshot(key, &ids, start, 604_800, artist);
     // This node has published here for ten weeks.
     store.note_origin_seen(&own.public_key(), last - 10 * week).expect("seen");
     store.put_snapshot(last, &own.public_key(), 1, &snapshot(&own, last, "Own Band")).expect("own");
@@ -595,7 +605,13 @@ fn backdated_snapshots_do_not_pass_probation() {
 
 /// A signed snapshot of `key`'s node for one period: one public user who played `artist`
 /// nine times (loose privacy parameters, so nothing is refused for its budget).
-fn public_snapshot(key: &hearsay::identity::NodeIdentity, start: i64, secs: u32, artist: &str) -> Vec<u8> {
+fn public_snapshot(
+    key: &hearsay::identity::NodeIdentity,
+    communities: &[[u8; 32]],
+    start: i64,
+    secs: u32,
+    artist: &str,
+) -> Vec<u8> {
     use hearsay::privacy::params::{Budget, Params, Spend};
     use hearsay::privacy::release::{Period, UserPeriod, release};
     use hearsay::privacy::snapshot::ItemName;
@@ -606,7 +622,13 @@ fn public_snapshot(key: &hearsay::identity::NodeIdentity, start: i64, secs: u32,
         tracks: vec![(ItemName::track(artist, "x"), 9)],
     }];
     let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
-    let period = Period { origin: key.public_key(), start, secs, issued_at: start + i64::from(secs) + 1 };
+    let period = Period {
+        origin: key.public_key(),
+        start,
+        secs,
+        issued_at: start + i64::from(secs) + 1,
+        communities: communities.to_vec(),
+    };
     let r = release(
         period,
         &users,
