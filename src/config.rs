@@ -131,8 +131,15 @@ pub struct P2pConfig {
     /// Seconds between catch-up rounds with a random connected peer (also done on each
     /// new connection). Default: `900`.
     pub sync_interval_secs: u32,
-    /// Requests a peer may make per minute before being refused. Default: `60`.
+    /// Catch-up requests a peer may make per minute before being refused (one IP
+    /// address: 8 times this, whatever its PeerIds). Default: `120`.
     pub max_requests_per_minute: u32,
+    /// Established peer connections at most (and 2 per peer, 64 inbound handshakes at
+    /// once). Default: `256`.
+    pub max_connections: u32,
+    /// New peer connections are refused while the process uses more memory than this
+    /// many MiB. Default: `1024`.
+    pub max_memory_mib: u32,
 }
 
 impl Default for P2pConfig {
@@ -148,7 +155,9 @@ impl Default for P2pConfig {
             autonat: true,
             retention_secs: 7_257_600,
             sync_interval_secs: 900,
-            max_requests_per_minute: 60,
+            max_requests_per_minute: 120,
+            max_connections: 256,
+            max_memory_mib: 1024,
         }
     }
 }
@@ -167,11 +176,15 @@ impl P2pConfig {
                 }
             }
         }
-        if self.sync_interval_secs == 0 || self.max_requests_per_minute == 0 || self.retention_secs < 3_600 {
-            return Err(Error::Invalid {
-                key: "p2p.sync_interval_secs",
-                reason: "intervals and limits must be positive; retention at least an hour".into(),
-            });
+        let checks: [(&'static str, bool, &str); 5] = [
+            ("p2p.sync_interval_secs", self.sync_interval_secs == 0, "must be positive"),
+            ("p2p.max_requests_per_minute", self.max_requests_per_minute == 0, "must be positive"),
+            ("p2p.max_connections", self.max_connections < 8, "must be at least 8"),
+            ("p2p.max_memory_mib", self.max_memory_mib < 64, "must be at least 64"),
+            ("p2p.retention_secs", self.retention_secs < 3_600, "must be at least 3600 (an hour)"),
+        ];
+        if let Some((key, _, reason)) = checks.into_iter().find(|c| c.1) {
+            return Err(Error::Invalid { key, reason: reason.into() });
         }
         Ok(())
     }

@@ -75,6 +75,9 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 retention_secs: 12 * 604_800,
                 sync_interval: Duration::from_secs(30),
                 max_requests_per_minute: 600,
+                max_connections: 256,
+                // Every node of the benchmark shares this process's memory.
+                max_memory_bytes: usize::MAX,
                 period_secs: 604_800,
             };
             handles.push(crate::p2p::spawn(s.clone(), id, options)?);

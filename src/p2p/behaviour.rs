@@ -8,7 +8,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, memory_connection_limits, noise,
+    ping, relay, request_response, tcp, yamux,
 };
 
 use super::sync::{SyncRequest, SyncResponse};
@@ -21,10 +22,15 @@ const MESSAGE_ID_CONTEXT: &str = "hearsay 2026-11 gossip message-id v1";
 pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
 /// Request and response size limits of the sync protocol.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
-pub const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+/// 16 snapshots of at most 61 KiB, 16 manifests of 48 KiB, or 4096 refs fit.
+pub const MAX_RESPONSE_BYTES: u64 = 1280 * 1024;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps on connections: in total, per peer, and pending inbound (checked first).
+    pub limits: connection_limits::Behaviour,
+    /// Refuses new connections while the process uses more memory than the cap.
+    pub memory: memory_connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
@@ -57,7 +63,14 @@ pub fn set_topic_scoring(g: &mut gossipsub::Behaviour, topic: &gossipsub::IdentT
     let _ = g.set_topic_params(topic.clone(), topic_params());
 }
 
+/// Connections one peer may hold at once (a redial racing an open one needs two).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Inbound connections still in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+
 pub struct Options {
+    pub max_connections: u32,
+    pub max_memory_bytes: usize,
     pub mdns: bool,
     pub relay_server: bool,
     pub autonat: bool,
@@ -70,6 +83,11 @@ pub fn build(
 ) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let heartbeat = options.heartbeat;
     let (mdns_on, relay_on, autonat_on) = (options.mdns, options.relay_server, options.autonat);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(options.max_connections))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
+    let max_memory = options.max_memory_bytes;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -113,6 +131,8 @@ pub fn build(
                 .set_request_size_maximum(MAX_REQUEST_BYTES)
                 .set_response_size_maximum(MAX_RESPONSE_BYTES);
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                memory: memory_connection_limits::Behaviour::with_max_bytes(max_memory),
                 gossipsub,
                 kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config),
                 identify: identify::Behaviour::new(

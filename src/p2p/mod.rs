@@ -108,6 +108,10 @@ pub struct Options {
     pub retention_secs: i64,
     pub sync_interval: Duration,
     pub max_requests_per_minute: u32,
+    /// Established connections at most (`p2p.max_connections`).
+    pub max_connections: u32,
+    /// No new connection while the process uses more memory than this.
+    pub max_memory_bytes: usize,
     /// This node's release period (`privacy.period_secs`): snapshots of periods of
     /// another length are not taken (a community shares one period grid).
     pub period_secs: u32,
@@ -128,6 +132,9 @@ impl Options {
             sync_interval: Duration::from_secs(u64::from(c.sync_interval_secs)),
             period_secs,
             max_requests_per_minute: c.max_requests_per_minute,
+            max_connections: c.max_connections,
+            max_memory_bytes: usize::try_from(u64::from(c.max_memory_mib).saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -183,6 +190,8 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
     let key = libp2p::identity::Keypair::from_protobuf_encoding(&identity.encode())
         .map_err(|e| Error::Start(format!("node key: {e}")))?;
     let opts = behaviour::Options {
+        max_connections: options.max_connections,
+        max_memory_bytes: options.max_memory_bytes,
         mdns: options.mdns,
         relay_server: options.relay_server,
         autonat: options.autonat,
@@ -220,6 +229,8 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         pending: Vec::new(),
         requests: HashMap::new(),
         limits: RateLimit::default(),
+        ip_limits: RateLimit::default(),
+        peer_ips: HashMap::new(),
         peers: HashMap::new(),
         penalties: HashMap::new(),
         redial: Redial::default(),
@@ -290,7 +301,10 @@ struct Task {
     /// Publications waiting for a subscriber: (topic, bytes, first tried).
     pending: Vec<(IdentTopic, Vec<u8>, Instant)>,
     requests: HashMap<OutboundRequestId, PeerId>,
-    limits: RateLimit,
+    limits: RateLimit<PeerId>,
+    ip_limits: RateLimit<std::net::IpAddr>,
+    /// The remote IP address of each connected peer (for `ip_limits`).
+    peer_ips: HashMap<PeerId, std::net::IpAddr>,
     peers: HashMap<PeerId, PeerStatus>,
     penalties: HashMap<PeerId, f64>,
     /// When each bootstrap peer may be dialled again.
@@ -698,6 +712,9 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 self.redial.connected(&peer_id);
+                if let Some(ip) = sync::ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
                 self.peers.insert(
                     peer_id,
                     PeerStatus {
@@ -710,6 +727,10 @@ impl Task {
                     self.catch_up(peer_id);
                     self.announce_and_look_up();
                 }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.peer_ips.remove(&peer_id);
+                self.peers.remove(&peer_id);
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "reachable from outside at this address");
@@ -773,7 +794,12 @@ impl Task {
     }
 
     fn answer(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
-        if !self.limits.allow(peer, self.options.max_requests_per_minute, Instant::now()) {
+        let (now, per_minute) = (Instant::now(), self.options.max_requests_per_minute);
+        let ip_ok = self
+            .peer_ips
+            .get(&peer)
+            .is_none_or(|ip| self.ip_limits.allow(*ip, per_minute.saturating_mul(sync::IP_FACTOR), now));
+        if !self.limits.allow(peer, per_minute, now) || !ip_ok {
             return SyncResponse::Error("rate limited".into());
         }
         let now = Self::now();

@@ -258,10 +258,20 @@ mod rogue {
         pub served_requests: usize,
     }
 
-    fn swarm() -> Swarm<Behaviour> {
+    pub fn swarm() -> Swarm<Behaviour> {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        build(key, &Options { mdns: false, relay_server: false, autonat: false, heartbeat: Duration::from_millis(200) })
-            .expect("swarm")
+        build(
+            key,
+            &Options {
+                max_connections: 256,
+                max_memory_bytes: usize::MAX,
+                mdns: false,
+                relay_server: false,
+                autonat: false,
+                heartbeat: Duration::from_millis(200),
+            },
+        )
+        .expect("swarm")
     }
 
     /// Misbehaves until `stop` is set (the test sets it once the victim has answered
@@ -657,4 +667,37 @@ fn snapshots_past_retention_are_pruned() {
     assert!(store.held_versions(old, &[1; 32]).expect("read").is_empty());
     assert_eq!(store.held_versions(new, &[1; 32]).expect("read").len(), 1);
     assert_eq!(store.prune_snapshots(new - 12 * 604_800).expect("prune"), 0);
+}
+
+/// A flood of connections from fresh keys: the node keeps at most `p2p.max_connections`
+/// (before, it took every one), and keeps serving.
+#[test]
+fn a_connection_flood_is_capped() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Peer::new(dir.path(), "a");
+    a.extra.push(("HEARSAY_P2P__MAX_CONNECTIONS".into(), "8".into()));
+    let na = a.start();
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let connected = rt.block_on(async {
+        let mut swarms: Vec<_> = (0..24).map(|_| rogue::swarm()).collect();
+        for s in &mut swarms {
+            s.dial(victim.clone()).expect("dial");
+        }
+        // Drive every swarm for a while: denied connections close right after the
+        // handshake.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while tokio::time::Instant::now() < deadline {
+            for s in &mut swarms {
+                let _ = tokio::time::timeout(Duration::from_millis(5), s.select_next_some()).await;
+            }
+        }
+        swarms.iter().filter(|s| s.connected_peers().count() > 0).count()
+    });
+    assert!(connected <= 8, "{connected} of 24 fresh keys hold a connection; the cap is 8");
+    assert!(connected >= 1, "the node still takes connections");
+    let v = network(&na.url, 0);
+    let peers = v["p2p"]["peers"].as_array().map_or(0, Vec::len);
+    assert!(peers <= 8, "{peers} peers");
 }
