@@ -412,6 +412,27 @@ pub enum Error {
     SecretFile { var: String, path: PathBuf, source: std::io::Error },
     #[error("config: {path}: file not found")]
     MissingFile { path: PathBuf },
+    /// A value of the wrong shape, named as the file and the environment spell it.
+    #[error("config: {key} (environment: {env}): {reason}")]
+    Value { key: String, env: String, reason: String },
+}
+
+/// Names a figment error by its key in both spellings, and says how a list is written
+/// (figment's own message names an internal type and source line).
+fn explain(e: figment::Error) -> Error {
+    if e.path.is_empty() {
+        return Error::Load(Box::new(e));
+    }
+    let key = e.path.join(".");
+    let env = format!("{ENV_PREFIX}{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
+    let reason = match &e.kind {
+        figment::error::Kind::InvalidType(actual, expected) if expected.contains("sequence") => format!(
+            "expected a list, found {actual}: write it as [\"a\", \"b\"], in the file `{} = [\"…\"]`, in the environment {env}='[\"…\", \"…\"]'",
+            e.path.last().map_or("key", String::as_str)
+        ),
+        kind => kind.to_string(),
+    };
+    Error::Value { key, env, reason }
 }
 
 impl Config {
@@ -456,7 +477,7 @@ impl Config {
             let value = content.trim_end_matches(['\n', '\r']);
             figment = figment.merge(Serialized::global(&env_key(base), parse_env_value(value)));
         }
-        let config: Config = figment.extract().map_err(|e| Error::Load(Box::new(e)))?;
+        let config: Config = figment.extract().map_err(explain)?;
         config.validate()?;
         Ok(config)
     }
@@ -545,6 +566,16 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_list_given_as_a_plain_string_says_how_to_write_a_list() {
+        let vars = vec![("HEARSAY_P2P__LISTEN".to_owned(), "/ip4/127.0.0.1/tcp/4001".to_owned())];
+        let e = Config::load_from(None, &vars).expect_err("a string is not a list").to_string();
+        assert!(e.contains("p2p.listen") && e.contains("HEARSAY_P2P__LISTEN='[\""), "{e}");
+        assert!(!e.contains("src/config.rs") && !e.contains("figment"), "no internals: {e}");
+        let vars = vec![("HEARSAY_P2P__LISTEN".to_owned(), "[\"/ip4/127.0.0.1/tcp/4001\"]".to_owned())];
+        assert!(Config::load_from(None, &vars).is_ok());
     }
 
     #[test]

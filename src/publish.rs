@@ -29,6 +29,9 @@ pub struct Publisher {
     grace_secs: i64,
     backfill: i64,
     rules: crate::stats::credits::CreditRules,
+    /// Whether the "clock behind the last release" warning has been given (once per
+    /// episode, not every pass).
+    clock_warned: std::sync::atomic::AtomicBool,
 }
 
 /// What one pass did.
@@ -39,6 +42,9 @@ pub struct Pass {
     /// Periods finalised without a release (only when a stored release or ledger
     /// already held the period).
     pub empty: usize,
+    /// The clock is behind this node's last release (it ran ahead and was set back):
+    /// how many seconds until the next release can be made. Warned about once.
+    pub clock_behind_secs: Option<i64>,
 }
 
 impl Publisher {
@@ -58,7 +64,27 @@ impl Publisher {
                 "the privacy budget pays for fewer releases in 52 weeks than there are periods: aggregate users are left out of the rest"
             );
         }
+        // A community shares one period grid: after a change of `privacy.period_secs`
+        // this node's releases would lie off its communities' grid (peers ignore them,
+        // and it would never be counted again). Refused until it leaves them.
+        let last = store.releases(1).ok().and_then(|r| r.into_iter().next());
+        let member = store.followed().map(|f| f.iter().any(|(_, f)| f.member)).unwrap_or(false);
+        if let (Some((_, bytes)), true) = (last, member) {
+            let released = crate::envelope::peek_signed(&bytes, crate::envelope::MAX_SIGNED_BYTES)
+                .ok()
+                .and_then(|e| crate::privacy::snapshot::SnapshotV1::decode(&e.body).ok())
+                .map(|s| s.period_secs);
+            if let Some(secs) = released.filter(|s| *s != config.period_secs) {
+                return Err(crate::config::Error::Invalid {
+                    key: "privacy.period_secs",
+                    reason: format!(
+                        "this node released {secs}-second periods to its communities, which share that grid; set it back to {secs}, or leave the communities first (`hearsay community leave`)"
+                    ),
+                });
+            }
+        }
         Ok(Publisher {
+            clock_warned: Default::default(),
             store,
             identity,
             params: config.params()?,
@@ -94,15 +120,34 @@ impl Publisher {
         // after a long stop) releases that period and at most `backfill` before it.
         let latest_final = period_of(now - self.grace_secs - len, len);
         let oldest = latest_final - self.backfill * len;
+        let mut clock_behind = None;
         let mut start = match self.store.release_watermark()? {
-            Some(w) => w.max(oldest),
+            Some(w) => {
+                // The clock is behind the last release (it ran ahead and was set back):
+                // nothing can be released until it catches up. Said once, loudly.
+                use std::sync::atomic::Ordering;
+                if w > latest_final + len {
+                    clock_behind = Some(w + len + self.grace_secs - now);
+                    if !self.clock_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            next_period = w,
+                            now,
+                            wait_secs = w + len + self.grace_secs - now,
+                            "the clock is behind this node's last release (was it set back?): no release until it catches up"
+                        );
+                    }
+                } else {
+                    self.clock_warned.store(false, Ordering::Relaxed);
+                }
+                w.max(oldest)
+            }
             None => {
                 // First run: periods from here on are this node's to release.
                 self.store.set_release_watermark(oldest)?;
                 oldest
             }
         };
-        let mut pass = Pass::default();
+        let mut pass = Pass { clock_behind_secs: clock_behind, ..Pass::default() };
         for _ in 0..MAX_PER_PASS {
             if start + len + self.grace_secs > now {
                 break;

@@ -59,6 +59,9 @@ pub enum CommunityCmd {
         #[arg(long, default_value = "0.5")]
         weight: f64,
     },
+    /// Stop following a community (and publishing there). Its held snapshots stay until
+    /// retention removes them.
+    Leave { community: String },
     /// List followed communities.
     List,
 }
@@ -154,6 +157,11 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
         }
         CommunityCmd::Join { ticket } => follow(&store, &ticket, true, now)?,
         CommunityCmd::Follow { ticket } => follow(&store, &ticket, false, now)?,
+        CommunityCmd::Leave { community } => {
+            let (cid, m) = find(&store, &community)?;
+            store.unfollow(&cid)?;
+            eprintln!("left {} ({}): no longer followed or published to", m.manifest.name, short_hex(&cid));
+        }
         CommunityCmd::Link { community, ticket, weight } => {
             if !(0.0..=1.0).contains(&weight) {
                 bail!("--weight must be between 0 and 1");

@@ -79,6 +79,10 @@ impl Strangers {
     }
 }
 
+/// The reason of the `Reject` for a snapshot dated ahead of this node's clock by more
+/// than `MAX_SKEW_SECS` (the caller warns: one of the clocks is off).
+pub const FROM_THE_FUTURE: &str = "period or issue time in the future";
+
 /// The reason of the `Ignore` for a snapshot that names no followed community that
 /// would count its origin (the caller remembers such snapshots, not to fetch them again).
 pub const NAMES_NO_COMMUNITY: &str = "names no followed community that would count its origin";
@@ -153,7 +157,7 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     }
     let end = snapshot.period_start.saturating_add(secs);
     if end > ctx.now + MAX_SKEW_SECS || snapshot.issued_at > ctx.now + MAX_SKEW_SECS {
-        return reject("period or issue time in the future".into());
+        return reject(FROM_THE_FUTURE.into());
     }
     if snapshot.issued_at < end {
         return reject("issued before its period ended".into());

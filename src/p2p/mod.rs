@@ -238,6 +238,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         last_lookup: None,
         strangers: Default::default(),
         unwanted: Default::default(),
+        skew_warned: None,
     };
     task.refresh();
     tokio::spawn(task.run(rx));
@@ -319,6 +320,8 @@ struct Task {
     /// their origin: not fetched again by catch-up (refs do not say which communities a
     /// snapshot names). Cleared when it grows past `MAX_UNWANTED`.
     unwanted: std::collections::HashSet<[u8; 32]>,
+    /// When the clock-skew warning was last given.
+    skew_warned: Option<Instant>,
 }
 
 /// Bound of `Task::unwanted` (32 bytes each: 2 MiB).
@@ -571,7 +574,19 @@ impl Task {
                 }
                 self.status.ignored += 1
             }
-            Verdict::Reject(_) => self.status.rejected += 1,
+            Verdict::Reject(why) => {
+                self.status.rejected += 1;
+                // Dated ahead of this clock: either that peer's clock or this one is
+                // off. Said at most once an hour.
+                if why == crate::federation::validate::FROM_THE_FUTURE
+                    && self.skew_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(3_600))
+                {
+                    self.skew_warned = Some(Instant::now());
+                    tracing::warn!(
+                        "a peer's release is dated more than 5 minutes ahead of this node's clock: check this clock (NTP)"
+                    );
+                }
+            }
             Verdict::Evidence(_) => {
                 tracing::warn!("an origin equivocated: two snapshots of one version, both kept as evidence");
                 self.status.evidence += 1

@@ -701,3 +701,48 @@ fn a_connection_flood_is_capped() {
     let peers = v["p2p"]["peers"].as_array().map_or(0, Vec::len);
     assert!(peers <= 8, "{peers} peers");
 }
+
+/// A member node whose period length changes would publish off its communities' grid
+/// (peers ignore those releases, and it is never counted again): the node refuses to
+/// start, naming the setting, until it sets it back or leaves its communities.
+#[test]
+fn a_changed_period_is_a_config_error_for_a_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Peer::new(dir.path(), "a");
+    a.cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat());
+    let na = a.start();
+    let p = fresh_period();
+    release_of(&na.url, p, Duration::from_secs(20));
+    drop(na);
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin());
+        for (k, v) in a.env() {
+            cmd.env(k, v);
+        }
+        cmd.envs(extra.iter().copied())
+            .env("HEARSAY_NODE__DATA_DIR", &a.data)
+            .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")
+            .env("HEARSAY_NODE__LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        // A node that starts runs until stopped: give it 5 s to fail.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("read");
+                return Some((status.success(), err));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    };
+    let (ok, err) = run(&[("HEARSAY_PRIVACY__PERIOD_SECS", "8")]).expect("the node refuses to start");
+    assert!(!ok && err.contains("privacy.period_secs") && err.contains("4-second"), "{err}");
+    a.cli(&["community", "leave", "X"]);
+    assert!(run(&[("HEARSAY_PRIVACY__PERIOD_SECS", "8")]).is_none(), "after leaving, it starts");
+}

@@ -337,3 +337,37 @@ fn an_erasure_racing_a_release_leaves_no_name_in_the_contribution_record() {
         ingestor.stop();
     }
 }
+
+/// A clock that ran ahead and was set back: the node cannot release until it catches up
+/// (a period is released once), and says so instead of falling silent; it resumes once
+/// the clock passes its last release.
+#[test]
+fn a_clock_set_back_is_reported_not_a_silent_gap() {
+    use hearsay::store::{Options, Store};
+    let vars: Vec<(String, String)> = [
+        ("HEARSAY_PRIVACY__PERIOD_SECS", "600"),
+        ("HEARSAY_PRIVACY__GRACE_SECS", "0"),
+        ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = hearsay::config::Config::load_from(None, &vars).expect("config").privacy;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+    let identity = std::sync::Arc::new(hearsay::identity::NodeIdentity::load_or_create(dir.path()).expect("key"));
+    let publisher = hearsay::publish::Publisher::new(store, identity, &config).expect("publisher");
+    let t = crate::support::NOW - crate::support::NOW.rem_euclid(600);
+    // The clock runs 30 minutes ahead: the node releases the periods up to then.
+    let ahead = publisher.run_due(t + 1_800 + 1).expect("pass");
+    assert!(!ahead.released.is_empty() || ahead.empty > 0);
+    assert_eq!(ahead.clock_behind_secs, None);
+    // Set back to the true time: nothing can be released, and the pass says for how long.
+    let back = publisher.run_due(t + 1).expect("pass");
+    assert!(back.released.is_empty());
+    assert!(back.clock_behind_secs.is_some_and(|s| s > 1_000 && s <= 1_800 + 600), "{back:?}");
+    // Once the clock passes the last release, releases resume.
+    let later = publisher.run_due(t + 2_400 + 1).expect("pass");
+    assert_eq!(later.clock_behind_secs, None);
+    assert_eq!(later.released.len() + later.empty, 1, "{later:?}");
+}
