@@ -746,3 +746,59 @@ fn a_changed_period_is_a_config_error_for_a_member() {
     a.cli(&["community", "leave", "X"]);
     assert!(run(&[("HEARSAY_PRIVACY__PERIOD_SECS", "8")]).is_none(), "after leaving, it starts");
 }
+
+/// N separate node processes on 127.0.0.1 in one allow-list community, with default p2p
+/// settings apart from ports (and 4-second periods, to see releases within a test; no
+/// `p2p.external`): every node shows every origin within 10 s of the last release of a
+/// period. N = 20 with `HEARSAY_FEDERATION_NODES=20` (the figure), 8 in CI.
+/// Prints the time and each process's memory.
+#[test]
+fn separate_node_processes_all_show_every_origin() {
+    let n: usize = std::env::var("HEARSAY_FEDERATION_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(8).max(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers: Vec<Peer> = (0..n).map(|i| Peer::new(dir.path(), &format!("n{i}"))).collect();
+    peers[0].cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat());
+    for p in &peers[1..] {
+        let ticket = peers[0].cli(&["community", "invite", "X", "--node", &p.id]);
+        p.cli(&["community", "join", ticket.trim()]);
+    }
+    let nodes: Vec<NodeProcess> = peers.iter().map(Peer::start).collect();
+    // Three periods that start after every node runs: for each, wait for every node's
+    // release, then for every node to show all origins.
+    let mut worst = Duration::ZERO;
+    let mut missing: Vec<(i64, usize)> = Vec::new();
+    let first = fresh_period();
+    for p in [first, first + 4, first + 8] {
+        for node in &nodes {
+            release_of(&node.url, p, Duration::from_secs(60));
+        }
+        let released = Instant::now();
+        let mut seen = vec![None; n];
+        while seen.iter().any(Option::is_none) && released.elapsed() < Duration::from_secs(30) {
+            for (i, node) in nodes.iter().enumerate() {
+                if seen[i].is_none() && origins(&network(&node.url, p), "X", "chart") == n as i64 {
+                    seen[i] = Some(released.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        worst = worst.max(seen.iter().flatten().max().copied().unwrap_or(Duration::MAX));
+        missing.extend((0..n).filter(|i| seen[*i].is_none()).map(|i| (p, i)));
+    }
+    let rss_mib: Vec<u64> = nodes
+        .iter()
+        .map(|node| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb / 1024)
+        })
+        .collect();
+    eprintln!(
+        "{n} node processes, 3 periods: the slowest node showed every origin {worst:?} after the period's last release; missing {missing:?}; RSS per process (MiB): {rss_mib:?}"
+    );
+    assert!(missing.is_empty(), "(period, node) never showing all {n} origins: {missing:?}");
+    assert!(worst <= Duration::from_secs(10), "slowest: {worst:?}");
+}
