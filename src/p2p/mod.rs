@@ -374,6 +374,8 @@ impl Task {
     /// Reloads followed communities from the store, subscribes to their topics, and
     /// queues this node's manifests (as an administrator) for publication.
     fn refresh(&mut self) {
+        // What was not wanted under the old communities or manifests may be now.
+        self.unwanted.clear();
         let followed = match self.store.followed() {
             Ok(f) => f,
             Err(e) => {

@@ -66,14 +66,21 @@ impl Store {
         Ok(out)
     }
 
-    /// References of every snapshot held with `from <= period < to`.
+    /// References of the snapshots held with `from <= period < to`, newest first, at most
+    /// `limit`.
     pub fn snapshot_refs(&self, from: i64, to: i64, limit: usize) -> Result<Vec<SnapshotRef>> {
         let mut out = Vec::new();
         if from >= to {
             return Ok(out);
         }
-        for kv in
-            self.trees.period_origin_snapshot.range(prefix(from.max(0), None)..prefix(to.max(0), None)).take(limit)
+        // Newest first: past the limit, a peer catching up gets the recent periods (the
+        // ones its charts show), not the oldest of the retention window.
+        for kv in self
+            .trees
+            .period_origin_snapshot
+            .range(prefix(from.max(0), None)..prefix(to.max(0), None))
+            .rev()
+            .take(limit)
         {
             let (k, _) = kv?;
             out.push(parse_ref(&k)?);

@@ -178,7 +178,7 @@ fn community_view(
     message: Option<Markup>,
     status: StatusCode,
 ) -> Response {
-    let Some((_, m)) = find_community(state, short) else { return super::not_found_page(v) };
+    let Some((id, m)) = find_community(state, short) else { return super::not_found_page(v) };
     let manifest = &m.manifest;
     let can_edit = super::is_admin(state, v) && manifest.admins.contains(&state.node_key);
     let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
@@ -194,7 +194,7 @@ fn community_view(
                 crate::federation::community::Admission::Open { probation_periods } => format!("open, probation {probation_periods} periods"),
             }) }
             p { "Privacy floor: at most ε " (crate::privacy::params::eps_text(manifest.floor.max_eps_week_milli)) " per user-week, k at least " (manifest.floor.min_k) ". "
-                "Merging: one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " origin(s)." }
+                "Merging: no origin counts more than " (crate::federation::merge::MEDIAN_MULTIPLE) " times the median origin's largest count for any item; one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " origin(s)." }
             h2 { "Administrators" }
             ul { @for a in &manifest.admins { li { code { (peer_text(a)) } } } }
             h2 { "Members (" (manifest.members.len()) ")" }
@@ -223,6 +223,11 @@ fn community_view(
                     input type="hidden" name="csrf" value=(csrf);
                     label { "Admit a node (its PeerId, from " code { "hearsay node id" } ") " input name="node" required maxlength="64"; }
                     button { "Admit" }
+                }
+                h2 { "Invitation" }
+                p { "After admitting a node, give its administrator this ticket; on that node: " code { "hearsay community join TICKET" } " (no need to stop this node)." }
+                textarea readonly rows="4" cols="80" aria-label="Invitation ticket" {
+                    (crate::federation::community::TicketV1 { community: id, manifest: m.signed.clone(), bootstrap: manifest.bootstrap.clone() }.to_text())
                 }
             }
             @if !manifest.links.is_empty() {
