@@ -276,7 +276,7 @@ fn sim(
             r.accepted, r.ignored, r.rejected, r.evidence, r.honest_penalised, r.adversary_stored
         );
         println!(
-            "  attacked community top 10: moved {:?} (stated bound {:?}); all its honest members agree: {:?}",
+            "  attacked community top 10: moved {:?} (entries the hostile origins could outbid at the merge's cap: {:?}); all its honest members agree: {:?}",
             r.top10_moved, r.top10_bound, r.agree
         );
     }

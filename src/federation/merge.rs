@@ -226,7 +226,12 @@ fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -
                     .entry(item)
                     .or_insert_with(|| (name, Vec::new()))
                     .1
-                    .push((l.min(cap_listeners).saturating_mul(w), n.min(cap_listens).saturating_mul(w)));
+                    // Listens may be negative in aggregate sections (noise left in); no
+                    // origin pulls an item down by more than the cap either.
+                    .push((
+                        l.min(cap_listeners).saturating_mul(w),
+                        n.clamp(-cap_listens, cap_listens).saturating_mul(w),
+                    ));
             }
         }
         let mut rows: Vec<Row> = Vec::new();

@@ -79,7 +79,7 @@ impl Strangers {
     }
 }
 
-/// The reason of the `Reject` for a snapshot dated ahead of this node's clock by more
+/// The reason of the `Ignore` for a snapshot dated ahead of this node's clock by more
 /// than `MAX_SKEW_SECS` (the caller warns: one of the clocks is off).
 pub const FROM_THE_FUTURE: &str = "period or issue time in the future";
 
@@ -99,8 +99,8 @@ pub struct Valid {
 /// wanted (Ignore); strict signature (Reject); canonical, consistent body whose origin
 /// is the signer (Reject); the period on the week grid (Reject) and of this node's
 /// length (Ignore), the version within `MAX_VERSION` (Reject); period sanity: not in the future or issued before it ended
-/// (Reject), within retention (Ignore); version: a duplicate or an older version
-/// (Ignore), the same version with other bytes (Evidence: the caller keeps it; once
+/// (Reject; in the future by more than the skew: Ignore), within retention (Ignore);
+/// version: a duplicate (Ignore), the same version with other bytes (Evidence: the caller keeps it; once
 /// an origin has equivocated in a period, anything more from it there is ignored);
 /// the privacy floor per week of some community that would count it (Ignore).
 pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid>) {
@@ -157,7 +157,9 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     }
     let end = snapshot.period_start.saturating_add(secs);
     if end > ctx.now + MAX_SKEW_SECS || snapshot.issued_at > ctx.now + MAX_SKEW_SECS {
-        return reject(FROM_THE_FUTURE.into());
+        // Ignored, not rejected: whether it is "in the future" depends on this clock,
+        // and a relay whose clock is a second ahead of this one is not at fault.
+        return ignore(FROM_THE_FUTURE.into());
     }
     if snapshot.issued_at < end {
         return reject("issued before its period ended".into());
@@ -179,9 +181,9 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
         let valid = Valid { envelope: env, snapshot, hash };
         return (Verdict::Evidence("equivocation: another snapshot with the same version".into()), Some(valid));
     }
-    if held.iter().any(|(v, _)| *v > snapshot.version) {
-        return ignore("a newer version is held".into());
-    }
+    // An older version than one held is kept too (at most MAX_VERSION of them): the
+    // effective snapshot stays the newest, and a node holding version 2 still learns
+    // that version 1 was equivocated, as every other node does.
     if !floors.iter().any(|f| meets_floor(&snapshot, f)) {
         return ignore("below the privacy floor of every community that would count it".into());
     }
@@ -276,6 +278,10 @@ mod tests {
         assert!(
             matches!(verdict(&other_same_version, true, vec![(1, hash)], now), Verdict::Evidence(m) if m.contains("equivocation"))
         );
+        // An older version than one held is kept (so equivocation in it is seen by
+        // every node alike); a second variant of it is evidence.
+        assert_eq!(verdict(&good, true, vec![(2, [7; 32])], now), Verdict::Accept);
+        assert!(matches!(verdict(&other_same_version, true, vec![(2, [7; 32]), (1, hash)], now), Verdict::Evidence(_)));
         // Once the evidence is held, a third variant is not stored (no disk filling).
         let third = signed(&id, 7);
         let second = *blake3::hash(&other_same_version).as_bytes();
@@ -314,8 +320,9 @@ mod tests {
         let daily = resigned(&|s| s.period_secs = 86_400);
         assert!(matches!(verdict(&daily, true, vec![], now), Verdict::Ignore(m) if m.contains("86400 s")));
         assert_eq!(verdict(&resigned(&|s| s.version = MAX_VERSION), true, vec![], now), Verdict::Accept);
-        // A period that has not ended yet, and one outside retention.
-        assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Reject(_)));
+        // A period that has not ended yet by this clock (ignored: clocks differ, a relay
+        // is not at fault), and one outside retention.
+        assert!(matches!(verdict(&good, true, vec![], START + 1_000), Verdict::Ignore(m) if m == FROM_THE_FUTURE));
         assert!(matches!(verdict(&good, true, vec![], START + 86_400 * 7 * 20), Verdict::Ignore(_)));
     }
 

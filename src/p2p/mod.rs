@@ -568,16 +568,6 @@ impl Task {
             Verdict::Accept => self.status.accepted += 1,
             Verdict::Ignore(why) => {
                 tracing::debug!(reason = %why, "ignored a snapshot");
-                if why.starts_with(crate::federation::validate::NAMES_NO_COMMUNITY) {
-                    if self.unwanted.len() >= MAX_UNWANTED {
-                        self.unwanted.clear();
-                    }
-                    self.unwanted.insert(*blake3::hash(bytes).as_bytes());
-                }
-                self.status.ignored += 1
-            }
-            Verdict::Reject(why) => {
-                self.status.rejected += 1;
                 // Dated ahead of this clock: either that peer's clock or this one is
                 // off. Said at most once an hour.
                 if why == crate::federation::validate::FROM_THE_FUTURE
@@ -588,7 +578,15 @@ impl Task {
                         "a peer's release is dated more than 5 minutes ahead of this node's clock: check this clock (NTP)"
                     );
                 }
+                if why.starts_with(crate::federation::validate::NAMES_NO_COMMUNITY) {
+                    if self.unwanted.len() >= MAX_UNWANTED {
+                        self.unwanted.clear();
+                    }
+                    self.unwanted.insert(*blake3::hash(bytes).as_bytes());
+                }
+                self.status.ignored += 1
             }
+            Verdict::Reject(_) => self.status.rejected += 1,
             Verdict::Evidence(_) => {
                 tracing::warn!("an origin equivocated: two snapshots of one version, both kept as evidence");
                 self.status.evidence += 1
