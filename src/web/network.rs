@@ -98,6 +98,7 @@ pub async fn page_handler(
     let store = state.store.clone();
     let period = period_of(&q);
     let secs = state.privacy.period_secs;
+    let now = crate::now_unix();
     let communities = match tokio::task::spawn_blocking(move || store.network_view(period, secs)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return server_error(&v, e),
@@ -130,7 +131,12 @@ pub async fn page_handler(
                 section {
                     h2 { a href={ "/network/community/" (c.id) } { (c.name) } " " span.muted { "(" (c.id) ", manifest v" (c.version) ", " (c.members) " members" @if c.member { ", this node publishes here" } ")" } }
                     @if let Some(p) = c.period {
-                        p.muted { "Period from " (jiff::Timestamp::from_second(p).map(|t| t.to_string()).unwrap_or_default()) }
+                        p.muted {
+                            "Period from " (jiff::Timestamp::from_second(p).map(|t| t.to_string()).unwrap_or_default()) " · "
+                            a href={ "/network?period=" (p.saturating_sub(i64::from(secs))) } { "earlier period" }
+                            @if p.saturating_add(2 * i64::from(secs)) <= now { " · " a href={ "/network?period=" (p.saturating_add(i64::from(secs))) } { "later period" } }
+                            " · " a href="/network" { "last complete period" }
+                        }
                     }
                     (chart_table("Community chart", &c.chart))
                     @if let Some(f) = &c.federated {

@@ -198,6 +198,9 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
     // Public sections are exact: A's public user's artist has 1 listener, 2 listens.
     let open_a = expected.artists.iter().find(|r| r.name.artist == "Open a").expect("public artist");
     assert_eq!((open_a.listeners, open_a.listens, open_a.origins), (1, 2, 1));
+    // The page picks other periods (it showed only the newest before).
+    let page = ureq::get(&format!("{}/network?period={p}", na.url)).call().expect("page").into_string().expect("body");
+    assert!(page.contains(&format!("/network?period={}", p - 4)), "a link to the earlier period");
     // Nothing of the private users anywhere.
     for v in [&va, &vb, &vc] {
         assert!(!v.to_string().contains("Hidden Zq"));
