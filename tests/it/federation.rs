@@ -805,3 +805,110 @@ fn separate_node_processes_all_show_every_origin() {
     assert!(missing.is_empty(), "(period, node) never showing all {n} origins: {missing:?}");
     assert!(worst <= Duration::from_secs(10), "slowest: {worst:?}");
 }
+
+/// Splits a README command line as a shell would for the cases the README uses: words,
+/// "double-quoted words", and a trailing comment.
+fn shell_words(line: &str) -> Vec<String> {
+    let line = line.split(" #").next().unwrap_or("");
+    let (mut out, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// The README's "Communities" section, walked as written: its commands are read from
+/// README.md and run on two nodes ("the first node", "the second node", as its comments
+/// say), with the PeerId, ticket and address placeholders filled in; then both nodes run
+/// and each shows both origins. (`link` needs a second community's ticket and `peers`
+/// the node's fixed HTTP address; both are covered elsewhere. `create` gets the floor
+/// that 4-second periods need.)
+#[test]
+fn the_readme_community_section_works_as_written() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let section = readme.split("\n## Communities\n").nth(1).expect("a Communities section");
+    let section = section.split("\n## ").next().unwrap_or("");
+    // Command lines of the first code block, with continuations joined.
+    let mut commands: Vec<(bool, String)> = Vec::new(); // (on the second node, line)
+    let mut second = false;
+    let mut pending = String::new();
+    for raw in
+        section.lines().skip_while(|l| !l.starts_with("    ")).take_while(|l| l.starts_with("    ") || l.is_empty())
+    {
+        let line = raw.trim();
+        if let Some(comment) = line.strip_prefix('#') {
+            if comment.contains("on the second node") {
+                second = true;
+            } else if comment.contains("on the first node") {
+                second = false;
+            }
+            continue;
+        }
+        pending.push_str(line.trim_end_matches('\\'));
+        pending.push(' ');
+        if line.ends_with('\\') {
+            continue;
+        }
+        let cmd = std::mem::take(&mut pending);
+        commands.push((second || cmd.contains("# on the second node"), cmd));
+    }
+    assert!(commands.len() >= 5, "the README's community commands: {commands:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (Peer::new(dir.path(), "first"), Peer::new(dir.path(), "second"));
+    let mut ticket = String::new();
+    let mut ran = Vec::new();
+    for (on_second, cmd) in &commands {
+        let words = shell_words(cmd);
+        let Some(rest) = words.iter().position(|w| w == "--").map(|i| &words[i + 1..]) else { continue };
+        if rest.first().is_some_and(|w| w == "peers") || rest.get(1).is_some_and(|w| w == "link" || w == "leave") {
+            continue;
+        }
+        let args: Vec<String> = rest
+            .iter()
+            .map(|w| match w.as_str() {
+                w if w.starts_with("12D3KooW") && w.ends_with('…') => second.id.clone(),
+                w if w.starts_with("hearsay1") && w.ends_with('…') => ticket.clone(),
+                w if w.starts_with("/dns4/") => format!("/ip4/127.0.0.1/tcp/{}", first.port),
+                w => w.to_owned(),
+            })
+            .collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The one departure from the README: the test's 4-second periods make 151,200
+        // releases a week, so the community's weekly privacy floor must admit them.
+        if args.get(1) == Some(&"create") {
+            args.extend(SHORT_PERIOD_FLOOR);
+        }
+        let node = if *on_second { &second } else { &first };
+        let out = node.cli(&args);
+        if let Some(t) = out.split_whitespace().find(|w| w.starts_with("hearsay1")) {
+            ticket = t.to_owned();
+        }
+        ran.push(args.join(" "));
+    }
+    assert!(ran.iter().any(|r| r.starts_with("community join hearsay1")), "the walk joined: {ran:?}");
+    // Both nodes run; each shows both origins for a period.
+    let (n1, n2) = (first.start(), second.start());
+    let p = fresh_period();
+    for n in [&n1, &n2] {
+        release_of(&n.url, p, Duration::from_secs(30));
+    }
+    for n in [&n1, &n2] {
+        wait_for(&n.url, p, "both origins", |v| origins(v, "Friends of Ambient", "chart") == 2);
+    }
+    drop((n1, n2));
+    // And leaving, as the README says.
+    second.cli(&["community", "leave", "Friends of Ambient"]);
+    assert!(!second.cli(&["community", "list"]).contains("Friends of Ambient"));
+}
