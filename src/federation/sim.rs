@@ -34,6 +34,7 @@ use super::merge::{Chart, Held, PeriodState, community_chart, origin_cap, period
 use super::validate::{Context, Strangers, Verdict, check_snapshot};
 use super::{CommunityId, NodeId};
 use crate::envelope::{DST_SNAPSHOT, seal};
+use crate::privacy::noise::{RandomSource, Seeded};
 use crate::privacy::params::{Floor, Params};
 use crate::privacy::snapshot::{Charts, Entry, ItemName, SCHEMA, SnapshotV1};
 
@@ -248,17 +249,18 @@ impl Ord for Queued {
     }
 }
 
-/// SplitMix64, the simulator's only randomness: written here (a few lines) so that one
-/// seed gives the same run on every machine and with every version of the rand crate.
-struct Rng(u64);
+/// The simulator's only randomness: the privacy core's seeded SplitMix64
+/// (`noise::Seeded`), so one seed gives the same run on every machine and with every
+/// version of the rand crate.
+struct Rng(Seeded);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(Seeded(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -304,7 +306,7 @@ pub fn run(cfg: &Config) -> Report {
 
 impl Sim {
     fn new(cfg: Config) -> Sim {
-        let mut rng = Rng(cfg.seed);
+        let mut rng = Rng::new(cfg.seed);
         let c = cfg.communities.max(1);
         let n = cfg.nodes.max(c);
         let key_of = |i: usize, salt: u64| {
@@ -599,9 +601,9 @@ impl Sim {
 
     /// The snapshot an honest node makes for a period.
     fn honest_snapshot(&mut self, node: usize, period: u32) -> SnapshotV1 {
-        let (users, community, id) = (self.nodes[node].users, self.nodes[node].community, self.nodes[node].id);
+        let (users, community) = (self.nodes[node].users, self.nodes[node].community);
         let mut per: BTreeMap<usize, (i64, i64)> = BTreeMap::new();
-        let mut rng = Rng(self.cfg.seed ^ ((node as u64) << 20) ^ (u64::from(period) << 50));
+        let mut rng = Rng::new(self.cfg.seed ^ ((node as u64) << 20) ^ (u64::from(period) << 50));
         let shift = community * 37;
         for _ in 0..users {
             let mut picked = HashSet::new();
@@ -621,7 +623,7 @@ impl Sim {
         let mut artists: Vec<Entry> = per.into_iter().map(|(a, (l, n))| self.entry(a, l, n)).collect();
         artists.sort_by(|a, b| b.listeners.cmp(&a.listeners).then(b.listens.cmp(&a.listens)).then(a.item.cmp(&b.item)));
         artists.truncate(crate::privacy::params::MAX_PUBLIC_ITEMS);
-        self.snapshot(id, period, artists)
+        self.snapshot(node, period, artists)
     }
 
     fn entry(&self, artist: usize, listeners: i64, listens: i64) -> Entry {
@@ -629,8 +631,8 @@ impl Sim {
         Entry { item: name.id(), name, listeners, listens }
     }
 
-    fn snapshot(&self, origin: NodeId, period: u32, mut artists: Vec<Entry>) -> SnapshotV1 {
-        let community = self.nodes.iter().find(|n| n.id == origin).map_or(0, |n| n.community);
+    fn snapshot(&self, node: usize, period: u32, mut artists: Vec<Entry>) -> SnapshotV1 {
+        let (origin, community) = (self.nodes[node].id, self.nodes[node].community);
         artists.sort_by_key(|e| e.item);
         artists.dedup_by_key(|e| e.item);
         let params = Params::default();
@@ -682,7 +684,7 @@ impl Sim {
                 }
                 // A later entry for an item wins the dedup: keep the inflated ones.
                 lie.reverse();
-                messages.push(self.snapshot(id, period, lie).encode());
+                messages.push(self.snapshot(node, period, lie).encode());
             }
             Role::Equivocator => {
                 // Left out everywhere once the evidence spreads: not in the truth.
@@ -690,16 +692,16 @@ impl Sim {
                 let mut other = s.public.artists.clone();
                 other.push(self.fake("Second Story", 5));
                 messages.push(s.encode());
-                messages.push(self.snapshot(id, period, other).encode());
+                messages.push(self.snapshot(node, period, other).encode());
             }
             Role::Sybil => {
                 let artists = vec![self.fake("Sybil Anthem", BIG)];
-                messages.push(self.snapshot(id, period, artists).encode());
+                messages.push(self.snapshot(node, period, artists).encode());
             }
             Role::Backdater => {
                 for p in 0..=period {
                     let artists = vec![self.fake("Backdated Hit", BIG)];
-                    let mut s = self.snapshot(id, p, artists);
+                    let mut s = self.snapshot(node, p, artists);
                     s.issued_at = self.secs();
                     messages.push(s.encode());
                 }
@@ -804,15 +806,10 @@ impl Sim {
             return verdict;
         };
         let origin = v.snapshot.origin;
-        if verdict == Verdict::Accept {
-            let member = self.nodes[node].follows.iter().any(|c| self.manifests[*c].is_member(&origin));
-            if !member && !self.nodes[node].first_seen.contains_key(&origin) {
-                let period = crate::privacy::accountant::period_of(now, i64::from(self.cfg.period_secs));
-                if !self.nodes[node].strangers.admit(period) {
-                    verdict = Verdict::Ignore("too many new origins this period".into());
-                }
-            }
-        }
+        let member = self.nodes[node].follows.iter().any(|c| self.manifests[*c].is_member(&origin));
+        let seen = self.nodes[node].first_seen.contains_key(&origin);
+        let period_secs = self.cfg.period_secs;
+        verdict = self.nodes[node].strangers.check(verdict, member, seen, now, period_secs);
         if matches!(verdict, Verdict::Accept | Verdict::Evidence(_)) {
             let key = (v.snapshot.period_start, origin);
             let first = !self.nodes[node].held.contains_key(&key);
@@ -848,16 +845,10 @@ impl Sim {
     }
 
     /// The floors of the communities `node` follows that would count `origin`, among
-    /// those named (`None`: any).
+    /// those named (`None`: any): the node's own rule.
     fn floors(&self, node: usize, origin: &NodeId, named: Option<&[CommunityId]>) -> Vec<Floor> {
-        self.nodes[node]
-            .follows
-            .iter()
-            .filter(|c| named.is_none_or(|n| n.contains(&self.ids[**c])))
-            .map(|c| &self.manifests[*c])
-            .filter(|m| m.is_member(origin) || matches!(m.admission, Admission::Open { .. }))
-            .map(|m| m.floor)
-            .collect()
+        let followed = self.nodes[node].follows.iter().map(|c| (&self.ids[*c], &self.manifests[*c]));
+        super::validate::floors_counting(followed, origin, named)
     }
 
     fn neighbours(&self, node: usize) -> Vec<usize> {

@@ -57,6 +57,22 @@ pub struct Context<'a> {
 /// newcomers wait at most as long as the flood lasts (the price of open admission).
 pub const MAX_STRANGERS_PER_PERIOD: u32 = 64;
 
+/// The privacy floors of the followed communities (id, manifest) that would count
+/// `origin` — a member, or any origin in an open community — among those the snapshot
+/// names (`None`: any). The `wanted` lookup of the node and of the simulator.
+pub fn floors_counting<'a>(
+    followed: impl IntoIterator<Item = (&'a CommunityId, &'a super::community::ManifestV1)>,
+    origin: &NodeId,
+    named: Option<&[CommunityId]>,
+) -> Vec<Floor> {
+    followed
+        .into_iter()
+        .filter(|(id, _)| named.is_none_or(|n| n.contains(id)))
+        .filter(|(_, m)| m.is_member(origin) || matches!(m.admission, super::community::Admission::Open { .. }))
+        .map(|(_, m)| m.floor)
+        .collect()
+}
+
 /// The count behind `MAX_STRANGERS_PER_PERIOD`: strangers taken in the current period.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Strangers {
@@ -65,6 +81,21 @@ pub struct Strangers {
 }
 
 impl Strangers {
+    /// The intake rule, in one place for the node and the simulator: an accepted
+    /// snapshot from an origin that no followed community lists as a member and that
+    /// this node has never seen is taken only while `admit` allows (counted in this
+    /// node's period holding `now`); anything else is left as it is.
+    pub fn check(&mut self, verdict: Verdict, member: bool, seen_before: bool, now: i64, period_secs: u32) -> Verdict {
+        if verdict != Verdict::Accept || member || seen_before {
+            return verdict;
+        }
+        if self.admit(crate::privacy::accountant::period_of(now, i64::from(period_secs))) {
+            verdict
+        } else {
+            Verdict::Ignore("too many new origins this period (open community intake)".into())
+        }
+    }
+
     /// Whether one more stranger may be taken in `period` (this node's period that
     /// holds now); if so, it is counted.
     pub fn admit(&mut self, period: i64) -> bool {

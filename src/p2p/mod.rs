@@ -518,15 +518,11 @@ impl Task {
     /// The privacy floors of the followed communities that would count `origin`, among
     /// those named (`None`: any); empty: not wanted.
     fn wanted(&self, origin: &NodeId, named: Option<&[CommunityId]>) -> Vec<Floor> {
-        self.communities
-            .iter()
-            .filter(|c| named.is_none_or(|n| n.contains(&c.id)))
-            .filter(|c| {
-                c.manifest.is_member(origin)
-                    || matches!(c.manifest.admission, crate::federation::community::Admission::Open { .. })
-            })
-            .map(|c| c.manifest.floor)
-            .collect()
+        crate::federation::validate::floors_counting(
+            self.communities.iter().map(|c| (&c.id, &c.manifest)),
+            origin,
+            named,
+        )
     }
 
     /// Validates a snapshot and stores it when accepted (or as evidence of equivocation).
@@ -542,17 +538,17 @@ impl Task {
             wanted: &wanted,
             held: &held,
         };
-        let (mut verdict, valid) = check_snapshot(bytes, &ctx);
-        if let (Verdict::Accept, Some(v)) = (&verdict, &valid) {
-            let origin = v.snapshot.origin;
-            let member = self.communities.iter().any(|c| c.manifest.is_member(&origin));
-            if !member && self.store.origin_first_seen(&origin).ok().flatten().is_none() {
-                let period = crate::privacy::accountant::period_of(now, i64::from(self.options.period_secs));
-                if !self.strangers.admit(period) {
-                    verdict = Verdict::Ignore("too many new origins this period (open community intake)".into());
-                }
+        let (verdict, valid) = check_snapshot(bytes, &ctx);
+        let verdict = match &valid {
+            Some(v) => {
+                let origin = v.snapshot.origin;
+                let member = self.communities.iter().any(|c| c.manifest.is_member(&origin));
+                // (A member needs no look-up: the rule does not apply to it.)
+                let seen = member || self.store.origin_first_seen(&origin).ok().flatten().is_some();
+                self.strangers.check(verdict, member, seen, now, self.options.period_secs)
             }
-        }
+            None => verdict,
+        };
         let store_it = matches!(verdict, Verdict::Accept | Verdict::Evidence(_));
         if let (true, Some(v)) = (store_it, valid) {
             let stored = self

@@ -133,11 +133,10 @@ pub fn partition_delta(t: u64, s: u64, l0: u32, tau: i64, k: u32) -> f64 {
     f64::from(l0.max(1)) * sum
 }
 
-/// splitmix64: a seeded source, for tests only (the node uses `publish::OsRandom`).
-#[cfg(test)]
+/// splitmix64: a seeded source, for tests and the federation simulator (the node's
+/// releases use `publish::OsRandom`).
 pub(crate) struct Seeded(pub u64);
 
-#[cfg(test)]
 impl RandomSource for Seeded {
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -240,7 +240,6 @@ pub struct CommunityView {
 }
 
 impl Store {
-    /// The chart of community `id` for `period`, from the snapshots held.
     /// The community's chart for the period starting at `period` and lasting `secs`:
     /// snapshots of periods of another length that happen to start there are not part of
     /// it (a one-second "period" must not count as a week).

@@ -289,15 +289,7 @@ fn an_erasure_racing_a_release_leaves_no_name_in_the_contribution_record() {
             self.0
         }
     }
-    let vars: Vec<(String, String)> = [
-        ("HEARSAY_PRIVACY__PERIOD_SECS", "3600"),
-        ("HEARSAY_PRIVACY__GRACE_SECS", "0"),
-        ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = hearsay::config::Config::load_from(None, &vars).expect("config").privacy;
+    let config = publisher_config(3600);
     let start = crate::support::NOW - crate::support::NOW.rem_euclid(3_600);
     for round in 0..40u64 {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -344,15 +336,7 @@ fn an_erasure_racing_a_release_leaves_no_name_in_the_contribution_record() {
 #[test]
 fn a_clock_set_back_is_reported_not_a_silent_gap() {
     use hearsay::store::{Options, Store};
-    let vars: Vec<(String, String)> = [
-        ("HEARSAY_PRIVACY__PERIOD_SECS", "600"),
-        ("HEARSAY_PRIVACY__GRACE_SECS", "0"),
-        ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = hearsay::config::Config::load_from(None, &vars).expect("config").privacy;
+    let config = publisher_config(600);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
     let identity = std::sync::Arc::new(hearsay::identity::NodeIdentity::load_or_create(dir.path()).expect("key"));
@@ -370,4 +354,18 @@ fn a_clock_set_back_is_reported_not_a_silent_gap() {
     let later = publisher.run_due(t + 2_400 + 1).expect("pass");
     assert_eq!(later.clock_behind_secs, None);
     assert_eq!(later.released.len() + later.empty, 1, "{later:?}");
+}
+
+/// The privacy settings of a publisher test: periods of `secs`, no grace, no backfill.
+fn publisher_config(secs: u32) -> hearsay::config::PrivacyConfig {
+    let secs = secs.to_string();
+    let vars: Vec<(String, String)> = [
+        ("HEARSAY_PRIVACY__PERIOD_SECS", secs.as_str()),
+        ("HEARSAY_PRIVACY__GRACE_SECS", "0"),
+        ("HEARSAY_PRIVACY__BACKFILL_PERIODS", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    hearsay::config::Config::load_from(None, &vars).expect("config").privacy
 }
