@@ -21,7 +21,8 @@ pub enum CommunityCmd {
     Create {
         name: String,
         /// Let any node join (counted after a probation of this many periods) instead
-        /// of an allow-list.
+        /// of an allow-list. Nodes not listed as members only corroborate: they add at
+        /// most a quarter to items members count, and list nothing of their own.
         #[arg(long)]
         open_probation: Option<u32>,
         /// Privacy floor: the most ε per user-week a member's releases may spend (a

@@ -262,6 +262,18 @@ pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedMa
     }
 }
 
+/// Whether `new` is a **fork**: a second, different manifest of a version already held
+/// (`held`), validly following the same previous version (`parent`) and signed by one of
+/// its administrators. Two such manifests mean the community's administrators signed
+/// two histories: evidence to keep, show and pass on, never a fault of whoever relays it.
+/// (The genesis cannot fork: the community id is its hash.)
+pub fn is_fork(id: &CommunityId, parent: &SignedManifest, held: &SignedManifest, new: &SignedManifest) -> bool {
+    new.manifest.version == held.manifest.version
+        && new.body_hash() != held.body_hash()
+        && held.manifest.version == parent.manifest.version.saturating_add(1)
+        && accept(id, Some(parent), new).is_ok()
+}
+
 /// What `community invite` prints: the community id, its latest signed manifest and
 /// addresses to reach members. Text form: `hearsay1` + lower-case hex of the postcard.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,5 +311,42 @@ impl TicketV1 {
             return Err("ticket manifest is not signed by an administrator".into());
         }
         Ok((ticket, m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::seal;
+    use ed25519_dalek::SigningKey;
+
+    fn signed(key: &SigningKey, m: &ManifestV1) -> SignedManifest {
+        open_manifest(&seal(key, DST_MANIFEST, m.encode())).expect("valid")
+    }
+
+    /// The chain rule and the fork rule: a version follows the one before when an
+    /// administrator of that one signs it; a second, different, validly signed manifest
+    /// of a version held is a fork; a non-administrator's, another parent's or the same
+    /// manifest again is not.
+    #[test]
+    fn versions_follow_by_an_admin_and_a_second_signed_version_is_a_fork() {
+        let (admin, outsider) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let admin_id = admin.verifying_key().to_bytes();
+        let v1 = signed(&admin, &ManifestV1::genesis("c", admin_id, 10));
+        let id = v1.manifest.community();
+        assert_eq!(accept(&id, None, &v1), Ok(()));
+        let v2 = signed(&admin, &v1.manifest.next(20, |m| m.name = "two".into()));
+        assert_eq!(accept(&id, Some(&v1), &v2), Ok(()));
+        let by_outsider = signed(&outsider, &v1.manifest.next(20, |m| m.name = "mine".into()));
+        assert_eq!(accept(&id, Some(&v1), &by_outsider), Err(ManifestError::NotAdmin));
+        let v3 = signed(&admin, &v2.manifest.next(30, |_| {}));
+        assert!(matches!(accept(&id, Some(&v1), &v3), Err(ManifestError::NotNext { .. })));
+
+        let fork = signed(&admin, &v1.manifest.next(21, |m| m.name = "other".into()));
+        assert!(is_fork(&id, &v1, &v2, &fork));
+        assert!(!is_fork(&id, &v1, &v2, &v2), "the same manifest again");
+        assert!(!is_fork(&id, &v1, &v2, &by_outsider), "not signed by an administrator");
+        assert!(!is_fork(&id, &v2, &v3, &fork), "another parent");
+        assert!(!is_fork(&[7; 32], &v1, &v2, &fork), "another community");
     }
 }

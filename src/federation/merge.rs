@@ -147,18 +147,39 @@ pub fn federated_chart(
                 .flatten()
         };
         let mut weight = counts(own, &own_id).map(u32::from);
+        // A listed member of any community that counts it; otherwise it was admitted
+        // through an open one, and only corroborates (`chart_of`).
+        let mut member = weight.is_some() && own.is_member(origin);
         for ((link, m), id) in linked.iter().zip(&linked_ids) {
             if let Some(w) = counts(m, id) {
                 let w = u32::from(*link) * u32::from(w) / 1000;
                 weight = Some(weight.map_or(w, |own| own.max(w)));
+                member |= m.is_member(origin);
             }
         }
         if let Some(w) = weight.filter(|w| *w > 0) {
-            counted.push((u16::try_from(w).unwrap_or(u16::MAX), snapshot));
+            counted.push(Counted { weight: u16::try_from(w).unwrap_or(u16::MAX), member, snapshot });
         }
     }
     chart_of(&own.policy, &counted)
 }
+
+/// One origin's snapshot as a chart counts it.
+struct Counted<'a> {
+    /// In 1/1000.
+    weight: u16,
+    /// Listed in the manifest of a community that counts it (every counted origin of an
+    /// allow-list community is), rather than admitted through an open community.
+    member: bool,
+    snapshot: &'a SnapshotV1,
+}
+
+/// How much non-members (origins admitted through an open community) may add to an
+/// item, in 1/1000 of what members give it: they corroborate and re-weight what members
+/// count, never put an item on the chart by themselves, and however many they are (a
+/// Sybil flood), they raise no item past 1 + `NON_MEMBER_MILLI` / 1000 times its
+/// members' count, nor lower any.
+pub const NON_MEMBER_MILLI: i64 = 250;
 
 /// How many times the median origin's largest count one origin may give any item.
 pub const MEDIAN_MULTIPLE: i64 = 4;
@@ -185,13 +206,16 @@ pub fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
 /// origin's count for an item is clipped at the per-origin cap (`origin_cap`), weighted,
 /// and once `share_cap_from` origins report the item, clipped again so that no origin
 /// holds more than `max_origin_share_milli` of it (`clipped_sum`). The bound, for k
-/// hostile origins out of n > 2k: the hostile part of any item's listeners is at most
+/// hostile members out of n > 2k: the hostile part of any item's listeners is at most
 /// k · cap, and cap ≤ max(`MIN_ORIGIN_CAP`, `MEDIAN_MULTIPLE` × the largest honest
 /// count) — however few origins report the item. (The honest part is the honest
 /// counts clipped at that same cap, which lies move within the range; so an honest
-/// entry's count can also shift, by re-clipping, not only be outbid.) Arithmetic
-/// saturates (i128 inside the clip).
-fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -> Chart {
+/// entry's count can also shift, by re-clipping, not only be outbid.) Non-members of an
+/// open community are summed apart and add to each item between 0 and
+/// `NON_MEMBER_MILLI` / 1000 of what members give it; the cap is the members' alone
+/// (when there are any), so no number of non-members moves it. Arithmetic saturates
+/// (i128 inside the clip).
+fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
             if tracks { (&s.public.tracks, &s.aggregate.tracks) } else { (&s.public.artists, &s.aggregate.artists) };
@@ -200,28 +224,35 @@ fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -
     let sum = |tracks: bool| -> Vec<Row> {
         // Each origin's own sums per item (public + aggregate), then the caps.
         type Sums = BTreeMap<ItemId, (ItemName, i64, i64)>;
-        let per_origin: Vec<(u16, Sums)> = counted
+        let per_origin: Vec<(&Counted<'_>, Sums)> = counted
             .iter()
-            .map(|(w, s)| {
+            .map(|c| {
                 let mut mine: Sums = BTreeMap::new();
-                for e in pick(s, tracks) {
+                for e in pick(c.snapshot, tracks) {
                     let m = mine.entry(e.item).or_insert_with(|| (e.name.clone(), 0, 0));
                     m.1 = m.1.saturating_add(e.listeners);
                     m.2 = m.2.saturating_add(e.listens);
                 }
-                (*w, mine)
+                (c, mine)
             })
             .collect();
+        // The cap comes from members when there are any: non-members cannot move it.
+        let any_member = counted.iter().any(|c| c.member);
         let largest = |f: fn(&(ItemName, i64, i64)) -> i64| -> Vec<i64> {
-            per_origin.iter().map(|(_, m)| m.values().map(f).max().unwrap_or(0)).collect()
+            per_origin
+                .iter()
+                .filter(|(c, _)| c.member || !any_member)
+                .map(|(_, m)| m.values().map(f).max().unwrap_or(0))
+                .collect()
         };
         let cap_listeners = origin_cap(&mut largest(|v| v.1), MIN_ORIGIN_CAP);
         let cap_listens = origin_cap(&mut largest(|v| v.2), MIN_ORIGIN_CAP.saturating_mul(16));
-        // item -> (name, per-origin (listeners, listens) in 1/1000)
-        let mut per_item: BTreeMap<ItemId, (ItemName, Vec<(i64, i64)>)> = BTreeMap::new();
-        for (w, mine) in per_origin {
+        // item -> (name, per-origin (member, listeners, listens) in 1/1000)
+        type Part = (bool, i64, i64);
+        let mut per_item: BTreeMap<ItemId, (ItemName, Vec<Part>)> = BTreeMap::new();
+        for (c, mine) in per_origin {
             for (item, (name, l, n)) in mine {
-                let w = i64::from(w);
+                let w = i64::from(c.weight);
                 per_item
                     .entry(item)
                     .or_insert_with(|| (name, Vec::new()))
@@ -229,6 +260,7 @@ fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -
                     // Listens may be negative in aggregate sections (noise left in); no
                     // origin pulls an item down by more than the cap either.
                     .push((
+                        c.member,
                         l.min(cap_listeners).saturating_mul(w),
                         n.clamp(-cap_listens, cap_listens).saturating_mul(w),
                     ));
@@ -243,14 +275,24 @@ fn chart_of(policy: &super::community::Policy, counted: &[(u16, &SnapshotV1)]) -
             let share = policy.max_origin_share_milli;
             // A share can only hold among at least 1000 / share origins.
             let enough = u32::from(policy.share_cap_from).max(1000u32.div_ceil(u32::from(share.max(1))));
-            let capped = origins >= enough;
-            let total = |values: Vec<i64>| -> i64 {
-                let sum: i128 =
-                    if capped { clipped_sum(&values, share) } else { values.iter().map(|v| i128::from(*v)).sum() };
-                i64::try_from(sum / 1000).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+            let total = |values: Vec<i64>| -> i128 {
+                let capped = u32::try_from(values.len()).unwrap_or(u32::MAX) >= enough;
+                if capped { clipped_sum(&values, share) } else { values.iter().map(|v| i128::from(*v)).sum() }
             };
-            let listeners = total(contributions.iter().map(|c| c.0).collect());
-            let listens = total(contributions.iter().map(|c| c.1).collect());
+            let part = |member: bool, f: fn(&Part) -> i64| -> i128 {
+                total(contributions.iter().filter(|c| c.0 == member).map(f).collect())
+            };
+            let count = |f: fn(&Part) -> i64| -> i64 {
+                let members = part(true, f);
+                // Non-members corroborate: between 0 and NON_MEMBER_MILLI / 1000 of the
+                // members' part (nothing where members give the item nothing).
+                let room = members.max(0) * i128::from(NON_MEMBER_MILLI) / 1000;
+                let others = part(false, f).clamp(0, room);
+                let sum = (members + others) / 1000;
+                i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+            };
+            let listeners = count(|c| c.1);
+            let listens = count(|c| c.2);
             rows.push(Row { item, name, listeners, listens, origins });
         }
         rank(&mut rows);
@@ -494,6 +536,44 @@ mod tests {
                     })
                     .sum();
                 prop_assert!(row.listeners - honest_part <= k * cap, "{}: {} = honest {honest_part} + more than {k} × {cap}", row.name.display(), row.listeners);
+            }
+        }
+    }
+
+    proptest! {
+        /// The open-community bound: any number of non-members (a Sybil flood), whatever
+        /// they claim, leave every item between its members' count and 1 +
+        /// NON_MEMBER_MILLI / 1000 times it, list no item members do not, and move
+        /// neither the cap nor any member's contribution.
+        #[test]
+        fn non_members_only_corroborate_whatever_their_number(
+            members in proptest::collection::vec(proptest::collection::vec((0u8..8, -5i64..400), 1..6), 1..6),
+            others in proptest::collection::vec(proptest::collection::vec((0u8..12, i64::MIN..i64::MAX), 1..6), 0..40),
+        ) {
+            let listed: Vec<u8> = (0..u8::try_from(members.len()).expect("small")).collect();
+            let mut m = manifest(&listed);
+            m.admission = Admission::Open { probation_periods: 0 };
+            let mut all: Vec<Held> =
+                members.iter().enumerate().map(|(i, c)| held(snap(u8::try_from(i).expect("small"), c), 1)).collect();
+            let only_members = community_chart(&m, &state_of(&all), |_| 0);
+            for (j, c) in others.iter().enumerate() {
+                all.push(held(snap(100 + u8::try_from(j).expect("small"), c), 1));
+            }
+            let with_others = community_chart(&m, &state_of(&all), |_| 0);
+            let before: BTreeMap<ItemId, i64> = only_members.artists.iter().map(|r| (r.item, r.listeners)).collect();
+            for row in &with_others.artists {
+                let base = before.get(&row.item).copied();
+                prop_assert!(base.is_some(), "{} listed by non-members alone", row.name.display());
+                let base = base.unwrap_or(0);
+                prop_assert!(row.listeners >= base, "{}: {} below the members' {base}", row.name.display(), row.listeners);
+                prop_assert!(
+                    i128::from(row.listeners) <= i128::from(base) * (1000 + i128::from(NON_MEMBER_MILLI)) / 1000 + 1,
+                    "{}: {} past 1.25 × {base}", row.name.display(), row.listeners
+                );
+            }
+            // Nothing members list is pushed off the chart either.
+            for (item, l) in &before {
+                prop_assert!(with_others.artists.iter().any(|r| r.item == *item) || *l <= 0);
             }
         }
     }

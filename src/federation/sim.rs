@@ -19,9 +19,11 @@
 //! users, one in five 10–60 (a community node); each user plays `plays_per_user` artists
 //! a period from a Zipf law over `artists`, shifted per community; snapshots carry
 //! public sections (exact counts). Charts are each community's own (`community_chart`;
-//! a node's page also shows the federated one, not simulated). A Sybil's snapshots
-//! count from the fifth period after it is first seen (probation 2, measured from first
-//! sight): runs of fewer periods show only the probation.
+//! a node's page also shows the federated one, not simulated). Every honest node of the
+//! open community is a listed member (the worst case for a Sybil flood: no honest
+//! non-member already uses the room non-members have). A Sybil's snapshots count from
+//! the fifth period after it is first seen (probation 2, measured from first sight),
+//! and then only to corroborate (`merge::NON_MEMBER_MILLI`).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use super::community::{Admission, Link, ManifestV1, Member};
-use super::merge::{Chart, Held, PeriodState, community_chart, origin_cap, periods_seen};
+use super::merge::{Chart, Held, NON_MEMBER_MILLI, PeriodState, community_chart, origin_cap, periods_seen};
 use super::validate::{Context, Strangers, Verdict, check_snapshot};
 use super::{CommunityId, NodeId};
 use crate::envelope::{DST_SNAPSHOT, seal};
@@ -58,7 +60,7 @@ pub enum Scenario {
     /// five real ones.
     LyingMember,
     /// Fresh keys, 30 % of the open community's nodes, join at period 1 and all push
-    /// one fake artist.
+    /// one fake artist and the five real ones ranked 11th to 15th.
     SybilFlood,
     /// A fresh key sends the open community snapshots for every past period at once.
     Backdating,
@@ -155,10 +157,15 @@ pub struct Report {
     /// Per period, in the target community: how many entries of the honest top 10 are
     /// missing from the top 10 a reference honest member computes.
     pub top10_moved: Vec<usize>,
-    /// Per period: how many honest top-10 entries the hostile origins could outbid, each
-    /// adding at most the merge's cap to any item (`merge::chart_of`'s invariant). Lies
-    /// also move the cap, and so re-clip honest counts: that can move more entries.
+    /// Per period: how many honest top-10 entries the hostile origins could outbid:
+    /// members each adding at most the merge's cap to any item, non-members raising an
+    /// item to at most 1 + `NON_MEMBER_MILLI` / 1000 times its members' count
+    /// (`merge::chart_of`'s invariants). A lying member also moves the cap, and so
+    /// re-clips honest counts: that can move more entries.
     pub top10_bound: Vec<usize>,
+    /// Per period: how many artists no honest node played (the adversaries' fakes) are
+    /// in the top 10 a reference honest member computes.
+    pub fake_in_top10: Vec<usize>,
     /// Per period: every honest member of the target community computes the same chart.
     pub agree: Vec<bool>,
     /// How many of the adversaries' snapshots honest nodes stored, in total.
@@ -695,7 +702,12 @@ impl Sim {
                 messages.push(self.snapshot(node, period, other).encode());
             }
             Role::Sybil => {
-                let artists = vec![self.fake("Sybil Anthem", BIG)];
+                // A fake artist, and the real ones just outside the top 10 (the
+                // likeliest to be pushed in).
+                let mut artists = vec![self.fake("Sybil Anthem", BIG)];
+                for a in 10..15 {
+                    artists.push(self.entry((a + topic * 37) % self.cfg.artists, BIG, BIG));
+                }
                 messages.push(self.snapshot(node, period, artists).encode());
             }
             Role::Backdater => {
@@ -988,20 +1000,23 @@ impl Sim {
             let seen = self.chart_at(reference, p, target);
             let got = top(&seen);
             r.top10_moved.push(want.iter().filter(|x| !got.contains(x)).count());
+            let fakes = ["Liar's Band", "Sybil Anthem", "Backdated Hit", "Second Story"];
+            r.fake_in_top10.push(got.iter().filter(|x| fakes.iter().any(|f| x.contains(f))).count());
             r.agree.push(members.iter().all(|&i| self.chart_at(i, p, target) == seen));
             // The bound: k hostile origins raise an item by at most k · cap, so an entry
             // whose count is below the 11th's + k · cap may be displaced.
-            let k: i64 = match self.cfg.scenario {
-                Scenario::LyingMember => 1,
-                Scenario::SybilFlood | Scenario::Backdating => {
-                    i64::try_from(self.nodes.len() - honest_nodes.len()).unwrap_or(i64::MAX)
-                }
-                _ => 0,
+            // Non-members of an open community (Sybils, backdaters) raise an item to at
+            // most 1 + NON_MEMBER_MILLI / 1000 times its members' count.
+            let reach = if matches!(self.cfg.scenario, Scenario::SybilFlood | Scenario::Backdating) {
+                let raised = |r: &super::merge::Row| r.listeners.saturating_mul(1000 + NON_MEMBER_MILLI) / 1000;
+                truth.artists.iter().skip(10).map(raised).max().unwrap_or(0)
+            } else {
+                let k: i64 = i64::from(self.cfg.scenario == Scenario::LyingMember);
+                largest.extend(std::iter::repeat_n(BIG, usize::try_from(k).unwrap_or(0)));
+                let cap = origin_cap(&mut largest, super::merge::MIN_ORIGIN_CAP);
+                let eleventh = truth.artists.get(10).map_or(0, |r| r.listeners);
+                eleventh.saturating_add(k.saturating_mul(cap))
             };
-            largest.extend(std::iter::repeat_n(BIG, usize::try_from(k).unwrap_or(0)));
-            let cap = origin_cap(&mut largest, super::merge::MIN_ORIGIN_CAP);
-            let eleventh = truth.artists.get(10).map_or(0, |r| r.listeners);
-            let reach = eleventh.saturating_add(k.saturating_mul(cap));
             r.top10_bound.push(truth.artists.iter().take(10).filter(|row| row.listeners < reach).count());
         }
         let honest_traffic: Vec<Traffic> = honest_nodes.iter().map(|&i| self.nodes[i].traffic).collect();
@@ -1083,6 +1098,20 @@ mod tests {
             assert_eq!(r.top10_moved, vec![0; 3], "{r:?}");
             assert_eq!(r.incomplete, vec![0; 3], "{r:?}");
         }
+    }
+
+    /// Past probation, a 30 % Sybil flood counts, but only to corroborate: its fake
+    /// artist never appears, and the real ones it pushes rise to at most 1.25 times what
+    /// members give them (before, the fake artist took the top spot from period 5).
+    #[test]
+    fn sybils_past_probation_move_the_top_10_by_at_most_the_non_member_bound() {
+        let r = run(&Config { periods: 7, ..small(Scenario::SybilFlood) });
+        assert_eq!(r.incomplete, vec![0; 7], "{r:?}");
+        for (moved, bound) in r.top10_moved.iter().zip(&r.top10_bound) {
+            assert!(moved <= bound, "{r:?}");
+        }
+        assert!(r.fake_in_top10.iter().all(|n| *n == 0), "{r:?}");
+        assert!(r.agree.iter().all(|a| *a), "{r:?}");
     }
 
     #[test]

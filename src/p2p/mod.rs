@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::behaviour::{Behaviour, BehaviourEvent};
 use self::sync::{MAX_FETCH, MAX_MANIFESTS, MAX_REFS, RateLimit, Ref, SyncRequest, SyncResponse};
-use crate::federation::community::{ManifestError, ManifestV1, accept, open_manifest};
+use crate::federation::community::{ManifestError, ManifestV1, SignedManifest, accept, open_manifest};
 use crate::federation::validate::{Context, Verdict, check_snapshot};
 use crate::federation::{CommunityId, NodeId, short_hex};
 use crate::identity::NodeIdentity;
@@ -601,7 +601,7 @@ impl Task {
         };
         let current = self.store.manifest(id).ok().flatten();
         if current.as_ref().is_some_and(|c| c.manifest.version >= new.manifest.version) {
-            return (Verdict::Ignore("not newer".into()), false);
+            return (self.take_fork(id, &new), false);
         }
         match accept(id, current.as_ref(), &new) {
             Ok(()) => {
@@ -616,6 +616,37 @@ impl Task {
             Err(ManifestError::NotNext { .. }) => (Verdict::Ignore("a version is missing".into()), true),
             Err(ManifestError::WrongCommunity) => (Verdict::Ignore("another community".into()), false),
             Err(e) => (Verdict::Reject(e.to_string()), false),
+        }
+    }
+
+    /// A manifest of a version already held: the same one (ignored), or a **fork**
+    /// (`community::is_fork`: a second history signed by an administrator), kept once
+    /// per version as evidence, warned about and passed on; never a relay's fault.
+    fn take_fork(&mut self, id: &CommunityId, new: &SignedManifest) -> Verdict {
+        let v = new.manifest.version;
+        let held = self.store.manifest_at(id, v).ok().flatten();
+        let parent = self.store.manifest_at(id, v.saturating_sub(1)).ok().flatten();
+        let (Some(held), Some(parent)) = (held, parent) else {
+            return Verdict::Ignore("not newer".into());
+        };
+        if !crate::federation::community::is_fork(id, &parent, &held, new) {
+            return Verdict::Ignore("not newer".into());
+        }
+        match self.store.put_manifest_fork(new) {
+            Ok(true) => {
+                tracing::warn!(
+                    community = %short_hex(id),
+                    version = v,
+                    "the community's administrators signed two different manifests of one version (a fork): kept as evidence, shown on /network"
+                );
+                self.status.evidence += 1;
+                Verdict::Evidence("manifest fork".into())
+            }
+            Ok(false) => Verdict::Ignore("fork already recorded".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a manifest fork");
+                Verdict::Ignore("storage failed".into())
+            }
         }
     }
 

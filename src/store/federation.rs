@@ -183,15 +183,64 @@ impl Store {
         }
     }
 
-    /// Signed manifests of a community with a version above `after`, in order.
+    /// The accepted manifest of one version of a community.
+    pub fn manifest_at(&self, id: &CommunityId, version: u32) -> Result<Option<SignedManifest>> {
+        let mut k = id.to_vec();
+        k.extend_from_slice(&version.to_be_bytes());
+        match self.trees.community_version_manifest.get(&k)? {
+            None => Ok(None),
+            Some(v) => open_manifest(&v)
+                .map(Some)
+                .map_err(|e| Error::corrupt(schema::COMMUNITY_VERSION_MANIFEST, &k, &e.to_string())),
+        }
+    }
+
+    /// Keeps a fork (`community::is_fork`, checked by the caller) as evidence: at most one
+    /// per version, so a forking administrator cannot fill the disk. Returns whether it
+    /// was new.
+    pub fn put_manifest_fork(&self, m: &SignedManifest) -> Result<bool> {
+        self.writable()?;
+        let mut k = m.manifest.community().to_vec();
+        k.extend_from_slice(&m.manifest.version.to_be_bytes());
+        let stored =
+            self.trees.community_version_fork.compare_and_swap(k, None as Option<&[u8]>, Some(m.signed.as_slice()))?;
+        self.trees.community_version_fork.flush()?;
+        Ok(stored.is_ok())
+    }
+
+    /// The versions of a community its administrators forked, with the second manifest.
+    pub fn manifest_forks(&self, id: &CommunityId) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.trees.community_version_fork.scan_prefix(id) {
+            let (k, v) = kv?;
+            let version = k.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+            match version {
+                Some(version) => out.push((version, v.to_vec())),
+                None => return Err(Error::corrupt(schema::COMMUNITY_VERSION_FORK, &k, "key is not id ‖ version")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Signed manifests of a community with a version above `after`, in order, each
+    /// followed by its fork when one is held (so a peer catching up learns of it too).
     pub fn manifests_after(&self, id: &CommunityId, after: u32, limit: usize) -> Result<Vec<Vec<u8>>> {
         let mut from = id.to_vec();
         from.extend_from_slice(&after.saturating_add(1).to_be_bytes());
         let mut to = id.to_vec();
         to.extend_from_slice(&u32::MAX.to_be_bytes());
         let mut out = Vec::new();
-        for kv in self.trees.community_version_manifest.range(from..=to).take(limit) {
-            out.push(kv?.1.to_vec());
+        for kv in self.trees.community_version_manifest.range(from..=to) {
+            let (k, v) = kv?;
+            if out.len() >= limit {
+                break;
+            }
+            out.push(v.to_vec());
+            if let Some(fork) = self.trees.community_version_fork.get(&k)?
+                && out.len() < limit
+            {
+                out.push(fork.to_vec());
+            }
         }
         Ok(out)
     }
@@ -237,6 +286,9 @@ pub struct CommunityView {
     pub federated: Option<crate::federation::merge::Chart>,
     /// Linked communities: (name, id, weight in 1/1000, whether their manifest is held).
     pub links: Vec<(String, String, u16, bool)>,
+    /// Manifest versions the administrators forked (two different signed manifests of
+    /// one version): this node follows the one it took first.
+    pub forks: Vec<u32>,
 }
 
 impl Store {
@@ -342,6 +394,7 @@ impl Store {
                 chart,
                 federated,
                 links,
+                forks: self.manifest_forks(&id)?.into_iter().map(|(v, _)| v).collect(),
             });
         }
         Ok(out)

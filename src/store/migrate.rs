@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[Migration] = &[
         run: spellings_and_level_histories,
     },
     Migration { to: 7, name: "open communities' probation from when an origin was first seen", run: first_seen_now },
+    Migration { to: 8, name: "add the manifest fork tree (created empty on open)", run: nothing_to_fill },
 ];
 
 /// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node

@@ -160,6 +160,7 @@ pub(crate) struct Trees {
     pub period_origin_snapshot: sled::Tree,
     pub origin_firstseen: sled::Tree,
     pub community_version_manifest: sled::Tree,
+    pub community_version_fork: sled::Tree,
     pub community_follow: sled::Tree,
 }
 
@@ -322,6 +323,7 @@ impl Store {
             period_origin_snapshot: t(schema::PERIOD_ORIGIN_SNAPSHOT)?,
             origin_firstseen: t(schema::ORIGIN_FIRSTSEEN)?,
             community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
+            community_version_fork: t(schema::COMMUNITY_VERSION_FORK)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
         let data_file = std::fs::OpenOptions::new().write(true).open(path.join("db")).ok().map(std::sync::Arc::new);
@@ -515,6 +517,7 @@ impl Store {
             schema::PERIOD_ORIGIN_SNAPSHOT => &t.period_origin_snapshot,
             schema::ORIGIN_FIRSTSEEN => &t.origin_firstseen,
             schema::COMMUNITY_VERSION_MANIFEST => &t.community_version_manifest,
+            schema::COMMUNITY_VERSION_FORK => &t.community_version_fork,
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })

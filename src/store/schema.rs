@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -182,6 +182,13 @@ pub const ORIGIN_FIRSTSEEN: &str = "origin_firstseen";
 /// (last key of the prefix), sync of later versions to peers.
 pub const COMMUNITY_VERSION_MANIFEST: &str = "community_version_manifest";
 
+/// `community_version_fork`: `community id (32) ‖ version u32` -> a second signed
+/// manifest of that version, raw: validly signed by an administrator of the previous
+/// version but different from the one in `community_version_manifest` (the
+/// administrators forked the community's history). At most one per version. Serves: the
+/// warning on `/network`, the evidence passed to peers.
+pub const COMMUNITY_VERSION_FORK: &str = "community_version_fork";
+
 /// `community_follow`: `community id (32)` -> `FollowV1` { this node publishes there
 /// (member) or only follows it, bootstrap addresses, when }. Serves: which topics to
 /// subscribe, which charts to show.
@@ -219,6 +226,7 @@ pub const ALL_TREES: &[&str] = &[
     PERIOD_ORIGIN_SNAPSHOT,
     ORIGIN_FIRSTSEEN,
     COMMUNITY_VERSION_MANIFEST,
+    COMMUNITY_VERSION_FORK,
     COMMUNITY_FOLLOW,
 ];
 

@@ -130,6 +130,9 @@ pub async fn page_handler(
             @for c in &communities {
                 section {
                     h2 { a href={ "/network/community/" (c.id) } { (c.name) } " " span.muted { "(" (c.id) ", manifest v" (c.version) ", " (c.members) " members" @if c.member { ", this node publishes here" } ")" } }
+                    @if !c.forks.is_empty() {
+                        p.error role="alert" { "Warning: this community's administrators signed two different manifests of version " @for (i, v) in c.forks.iter().enumerate() { @if i > 0 { ", " } (v) } " (a fork of its history). This node follows the version it received first; ask the administrators which one is meant." }
+                    }
                     @if let Some(p) = c.period {
                         p.muted {
                             "Period from " (jiff::Timestamp::from_second(p).map(|t| t.to_string()).unwrap_or_default()) " · "

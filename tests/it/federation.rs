@@ -613,7 +613,177 @@ fn backdated_snapshots_do_not_pass_probation() {
     store.put_snapshot(last, &seasoned.public_key(), 1, &snapshot(&seasoned, last, "Patient Band")).expect("put");
     let (origins, names) = chart(&store);
     assert_eq!(origins, 2, "{names:?}");
-    assert!(names.iter().any(|n| n.contains("Patient Band")), "{names:?}");
+    // Counted, as a non-member: it corroborates what members count, and an artist only
+    // it played stays off the chart (a Sybil flood past probation cannot list one).
+    assert!(!names.iter().any(|n| n.contains("Patient Band")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("Own Band")), "{names:?}");
+}
+
+/// A manifest fork, against a running node: the administrator's key signs a second,
+/// different version 2 (members changed otherwise). The node keeps the version it has,
+/// records the fork as evidence (once), shows a warning on `/network`, and does not
+/// count the relay as a fault (before, a second version was ignored as "not newer" and
+/// nobody learnt the history had forked).
+#[test]
+fn a_manifest_fork_is_kept_as_evidence_and_shown() {
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"), Peer::new(dir.path(), "c"));
+    let x = a.cli(&["community", "create", "X"]).trim().to_owned();
+    // Version 2 admits B.
+    a.cli(&["community", "invite", "X", "--node", &b.id]);
+    let ticket = a.cli(&["community", "invite", "X"]);
+    let (_, v2) = hearsay::federation::community::TicketV1::from_text(ticket.trim()).expect("ticket");
+    assert_eq!(v2.manifest.version, 2);
+    let key = NodeIdentity::load_or_create(&a.data).expect("a key");
+    // The fork: the same version and parent, admitting C instead of B.
+    let mut other = v2.manifest.clone();
+    let c_key = hearsay::p2p::node_of(&c.id.parse().expect("peer id")).expect("ed25519");
+    other.members.retain(|m| m.node == key.public_key());
+    other.members.push(hearsay::federation::community::Member { node: c_key, weight_milli: 1000 });
+    other.members.sort_by_key(|m| m.node);
+    let fork = key.sign_manifest(&other);
+    let na = a.start();
+    let before = network(&na.url, fresh_period());
+    let rejected0 = before["p2p"]["rejected"].as_i64().unwrap_or(0);
+    let bad = rogue::Bad {
+        gossip: vec![],
+        manifests: vec![fork.clone(), fork],
+        served: vec![],
+        origin: [0; 32],
+        period: 0,
+        hostile_sync: false,
+    };
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rogue = {
+        let (stop, x) = (stop.clone(), x.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(rogue::run(victim, &x, bad, stop))
+        })
+    };
+    let v = wait_for(&na.url, fresh_period(), "the fork is recorded", |v| {
+        community(v, "X").is_some_and(|c| c["forks"] == serde_json::json!([2]))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
+    let x_view = community(&v, "X").expect("X");
+    assert_eq!(x_view["version"], 2, "the version taken first stays");
+    assert_eq!(x_view["members"], 2, "A and B, as in the version taken first");
+    assert_eq!(v["p2p"]["evidence"].as_i64(), Some(1), "kept once: {}", v["p2p"]);
+    assert_eq!(v["p2p"]["rejected"].as_i64().unwrap_or(0), rejected0, "relaying a fork is no fault");
+    let page = ureq::get(&format!("{}/network", na.url)).call().expect("page").into_string().expect("body");
+    assert!(page.contains("signed two different manifests of version 2"), "{page}");
+    drop(na);
+    // Stored once; served in catch-up right after the version it forks.
+    let store = hearsay::store::Store::open(&a.data, &hearsay::store::Options::default()).expect("open");
+    let id = v2.manifest.community();
+    let fork = hearsay::federation::community::open_manifest(&key.sign_manifest(&other)).expect("fork");
+    assert!(!store.put_manifest_fork(&fork).expect("put"), "one fork per version");
+    let served = store.manifests_after(&id, 1, 16).expect("after");
+    assert_eq!(served, vec![v2.signed.clone(), fork.signed.clone()]);
+    assert_eq!(store.manifests_after(&id, 1, 1).expect("after"), vec![v2.signed], "the limit holds");
+}
+
+/// A Sybil flood of an open community, against a running node: a dozen fresh keys, past
+/// probation at once (probation 0), each claiming 99 listeners for a fake artist and for
+/// the one artist the community's member played. They are counted, but only to
+/// corroborate: the fake artist never shows, and the member's artist rises to at most
+/// 1.25 times what the member gives it (before, the fake artist led the chart).
+#[test]
+fn a_sybil_flood_of_an_open_community_only_corroborates() {
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Peer::new(dir.path(), "a");
+    let o = a.cli(&[&["community", "create", "O", "--open-probation", "0"][..], &SHORT_PERIOD_FLOOR].concat());
+    let o = o.trim().to_owned();
+    let token = user_with_token(&a.data, dir.path(), "apub", "public");
+    let na = a.start();
+    let p = fresh_period();
+    submit(&na.url, &token, &[("Member Band", "Song", p), ("Member Band", "Song", p + 1)]);
+    let own = release_of(&na.url, p, Duration::from_secs(20));
+    let communities = hearsay::envelope::open_snapshot(&own).expect("own release").1.communities;
+    let before = wait_for(&na.url, p, "A counts itself", |v| origins(v, "O", "chart") == 1);
+    let row = |v: &Value, artist: &str| -> Option<(i64, i64)> {
+        community(v, "O")?["chart"]["artists"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"].to_string().contains(artist))
+            .map(|r| (r["listeners"].as_i64().unwrap_or(-1), r["listens"].as_i64().unwrap_or(-1)))
+    };
+    let (listeners, listens) = row(&before, "Member Band").expect("the member's artist");
+    let sybils: Vec<Vec<u8>> = (0..12)
+        .map(|_| {
+            let key_dir = tempfile::tempdir().expect("tempdir");
+            let key = NodeIdentity::load_or_create(key_dir.path()).expect("key");
+            snapshot_with(&key, &communities, p, 4, &[("Sybil Anthem", 99), ("Member Band", 99)])
+        })
+        .collect();
+    let bad = rogue::Bad {
+        gossip: sybils,
+        manifests: vec![],
+        served: vec![],
+        origin: [0; 32],
+        period: p,
+        hostile_sync: false,
+    };
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rogue = {
+        let (stop, o) = (stop.clone(), o.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(rogue::run(victim, &o, bad, stop))
+        })
+    };
+    let after = wait_for(&na.url, p, "the Sybils are counted", |v| origins(v, "O", "chart") == 13);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
+    assert!(!after.to_string().contains("Sybil Anthem"), "a fake artist listed: {after:#}");
+    let (l, n) = row(&after, "Member Band").expect("the member's artist stays");
+    assert!(l >= listeners && l * 1000 <= listeners * 1250, "listeners {listeners} -> {l}");
+    assert!(n >= listens && n * 1000 <= listens * 1250, "listens {listens} -> {n}");
+}
+
+/// A signed snapshot of `key`'s node for one 4-second period of its own, one public
+/// user with these artists and play counts (loose parameters, nothing refused).
+fn snapshot_with(
+    key: &hearsay::identity::NodeIdentity,
+    communities: &[[u8; 32]],
+    start: i64,
+    secs: u32,
+    artists: &[(&str, u64)],
+) -> Vec<u8> {
+    use hearsay::privacy::params::{Budget, Params, Spend};
+    use hearsay::privacy::release::{Period, UserPeriod, release};
+    use hearsay::privacy::snapshot::ItemName;
+    let users = [UserPeriod {
+        user: 1,
+        level: hearsay::privacy::SharingLevel::Public,
+        artists: artists.iter().map(|(a, n)| (ItemName::artist(a), *n)).collect(),
+        tracks: artists.iter().map(|(a, n)| (ItemName::track(a, "x"), *n)).collect(),
+    }];
+    let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
+    let period = Period {
+        origin: key.public_key(),
+        start,
+        secs,
+        issued_at: start + i64::from(secs) + 1,
+        communities: communities.to_vec(),
+    };
+    let params = Params { k: 2, ..Params::default() };
+    let r = release(
+        period,
+        &users,
+        &params,
+        Budget { week: roomy, year: roomy },
+        Default::default(),
+        &[0; 32],
+        &mut hearsay::publish::OsRandom,
+    )
+    .expect("release");
+    key.sign_snapshot(&r.snapshot)
 }
 
 /// A signed snapshot of `key`'s node for one period: one public user who played `artist`
@@ -625,34 +795,7 @@ fn public_snapshot(
     secs: u32,
     artist: &str,
 ) -> Vec<u8> {
-    use hearsay::privacy::params::{Budget, Params, Spend};
-    use hearsay::privacy::release::{Period, UserPeriod, release};
-    use hearsay::privacy::snapshot::ItemName;
-    let users = [UserPeriod {
-        user: 1,
-        level: hearsay::privacy::SharingLevel::Public,
-        artists: vec![(ItemName::artist(artist), 9)],
-        tracks: vec![(ItemName::track(artist, "x"), 9)],
-    }];
-    let roomy = Spend { eps_milli: 1_000_000, delta_pico: 1_000_000 };
-    let period = Period {
-        origin: key.public_key(),
-        start,
-        secs,
-        issued_at: start + i64::from(secs) + 1,
-        communities: communities.to_vec(),
-    };
-    let r = release(
-        period,
-        &users,
-        &Params { k: 2, ..Params::default() },
-        Budget { week: roomy, year: roomy },
-        Default::default(),
-        &[0; 32],
-        &mut hearsay::publish::OsRandom,
-    )
-    .expect("release");
-    key.sign_snapshot(&r.snapshot)
+    snapshot_with(key, communities, start, secs, &[(artist, 9)])
 }
 
 /// Retention: snapshots of periods before the window are deleted, not kept forever
