@@ -811,7 +811,7 @@ impl Sim {
             check_snapshot(bytes, &ctx)
         };
         let Some(v) = valid else {
-            if matches!(&verdict, Verdict::Ignore(m) if m == super::validate::NAMES_NO_COMMUNITY) {
+            if super::validate::not_to_fetch_again(&verdict) {
                 self.nodes[node].unwanted.insert(*blake3::hash(bytes).as_bytes());
             }
             self.tally(&verdict);
@@ -821,7 +821,10 @@ impl Sim {
         let member = self.nodes[node].follows.iter().any(|c| self.manifests[*c].is_member(&origin));
         let seen = self.nodes[node].first_seen.contains_key(&origin);
         let period_secs = self.cfg.period_secs;
-        verdict = self.nodes[node].strangers.check(verdict, member, seen, now, period_secs);
+        verdict = self.nodes[node].strangers.check(verdict, &origin, member, seen, now, period_secs);
+        if super::validate::not_to_fetch_again(&verdict) {
+            self.nodes[node].unwanted.insert(v.hash);
+        }
         if matches!(verdict, Verdict::Accept | Verdict::Evidence(_)) {
             let key = (v.snapshot.period_start, origin);
             let first = !self.nodes[node].held.contains_key(&key);

@@ -73,40 +73,82 @@ pub fn floors_counting<'a>(
         .collect()
 }
 
-/// The count behind `MAX_STRANGERS_PER_PERIOD`: strangers taken in the current period.
-#[derive(Clone, Copy, Debug, Default)]
+/// Most non-member origins (admitted through open communities) whose snapshots a node
+/// holds at once: with retention, what bounds the disk an open community can take
+/// (at most this many origins × the retention window's periods × 64 KiB).
+pub const MAX_STRANGER_ORIGINS: usize = 256;
+
+/// The reasons of the intake's `Ignore`s (the caller does not fetch such snapshots again).
+pub const STRANGERS_THIS_PERIOD: &str = "too many new origins this period (open community intake)";
+pub const STRANGERS_HELD: &str = "too many non-member origins held (open community intake)";
+pub const BELOW_FLOOR: &str = "below the privacy floor of every community that would count it";
+
+/// Whether an `Ignore` will not change by asking again soon (catch-up skips the
+/// snapshot instead of fetching it at every round).
+pub fn not_to_fetch_again(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Ignore(m)
+        if m.starts_with(NAMES_NO_COMMUNITY) || m == BELOW_FLOOR || m == STRANGERS_THIS_PERIOD || m == STRANGERS_HELD)
+}
+
+/// The open-community intake: strangers taken in the current period (at most
+/// `MAX_STRANGERS_PER_PERIOD`) and the non-member origins held (at most
+/// `MAX_STRANGER_ORIGINS`).
+#[derive(Clone, Debug, Default)]
 pub struct Strangers {
     period: i64,
     taken: u32,
+    held: std::collections::HashSet<NodeId>,
 }
 
 impl Strangers {
     /// The intake rule, in one place for the node and the simulator: an accepted
-    /// snapshot from an origin that no followed community lists as a member and that
-    /// this node has never seen is taken only while `admit` allows (counted in this
-    /// node's period holding `now`); anything else is left as it is.
-    pub fn check(&mut self, verdict: Verdict, member: bool, seen_before: bool, now: i64, period_secs: u32) -> Verdict {
-        if verdict != Verdict::Accept || member || seen_before {
+    /// snapshot from an origin that no followed community lists as a member is taken
+    /// only if its origin is already held, or there is room for one more non-member
+    /// origin and, for an origin this node has never seen, `admit` allows (counted in
+    /// this node's period holding `now`); anything else is left as it is.
+    pub fn check(
+        &mut self,
+        verdict: Verdict,
+        origin: &NodeId,
+        member: bool,
+        seen_before: bool,
+        now: i64,
+        period_secs: u32,
+    ) -> Verdict {
+        if verdict != Verdict::Accept || member || self.held.contains(origin) {
             return verdict;
         }
-        if self.admit(crate::privacy::accountant::period_of(now, i64::from(period_secs))) {
-            verdict
-        } else {
-            Verdict::Ignore("too many new origins this period (open community intake)".into())
+        if self.held.len() >= MAX_STRANGER_ORIGINS {
+            return Verdict::Ignore(STRANGERS_HELD.into());
         }
+        if !seen_before && !self.admit(crate::privacy::accountant::period_of(now, i64::from(period_secs))) {
+            return Verdict::Ignore(STRANGERS_THIS_PERIOD.into());
+        }
+        self.held.insert(*origin);
+        verdict
     }
 
     /// Whether one more stranger may be taken in `period` (this node's period that
     /// holds now); if so, it is counted.
     pub fn admit(&mut self, period: i64) -> bool {
         if self.period != period {
-            *self = Strangers { period, taken: 0 };
+            self.period = period;
+            self.taken = 0;
         }
         if self.taken >= MAX_STRANGERS_PER_PERIOD {
             return false;
         }
         self.taken += 1;
         true
+    }
+
+    /// The non-member origins whose snapshots are held now (after a start or a prune).
+    pub fn set_held(&mut self, held: impl IntoIterator<Item = NodeId>) {
+        self.held = held.into_iter().collect();
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -216,7 +258,7 @@ pub fn check_snapshot(bytes: &[u8], ctx: &Context<'_>) -> (Verdict, Option<Valid
     // effective snapshot stays the newest, and a node holding version 2 still learns
     // that version 1 was equivocated, as every other node does.
     if !floors.iter().any(|f| meets_floor(&snapshot, f)) {
-        return ignore("below the privacy floor of every community that would count it".into());
+        return ignore(BELOW_FLOOR.into());
     }
     (Verdict::Accept, Some(Valid { envelope: env, snapshot, hash }))
 }
@@ -388,5 +430,35 @@ mod tests {
         assert!((0..MAX_STRANGERS_PER_PERIOD).all(|_| s.admit(START)));
         assert!(!s.admit(START), "the 65th stranger of a period waits");
         assert!(s.admit(START + 604_800), "a new period takes strangers again");
+    }
+
+    /// Non-member origins held are bounded however many periods pass (before, every
+    /// origin admitted stayed "seen" and kept publishing: the disk grew by 64 origins
+    /// a period); members and origins already held are never refused; once a prune
+    /// frees room, others are taken again.
+    #[test]
+    fn non_member_origins_held_are_bounded_across_periods() {
+        let mut s = Strangers::default();
+        let key = |i: usize| -> NodeId {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            k
+        };
+        let week = 604_800;
+        let mut taken = 0;
+        for i in 0..10 * MAX_STRANGER_ORIGINS {
+            let now = START + i64::try_from(i / 64).expect("small") * week;
+            if s.check(Verdict::Accept, &key(i), false, false, now, 604_800) == Verdict::Accept {
+                taken += 1;
+            }
+        }
+        assert_eq!((taken, s.held()), (MAX_STRANGER_ORIGINS, MAX_STRANGER_ORIGINS));
+        let late = START + 100 * week;
+        assert_eq!(s.check(Verdict::Accept, &key(0), false, true, late, 604_800), Verdict::Accept, "held already");
+        assert_eq!(s.check(Verdict::Accept, &key(99_999), true, false, late, 604_800), Verdict::Accept, "a member");
+        let full = s.check(Verdict::Accept, &key(99_998), false, true, late, 604_800);
+        assert!(not_to_fetch_again(&full), "{full:?}");
+        s.set_held((0..10).map(key));
+        assert_eq!(s.check(Verdict::Accept, &key(99_998), false, true, late, 604_800), Verdict::Accept, "room again");
     }
 }

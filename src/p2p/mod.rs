@@ -362,8 +362,24 @@ impl Task {
     fn prune(&mut self) {
         match self.store.prune_snapshots(Self::now() - self.options.retention_secs) {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(snapshots = n, "pruned snapshots past retention"),
+            Ok(n) => {
+                tracing::debug!(snapshots = n, "pruned snapshots past retention");
+                self.recount_strangers();
+            }
             Err(e) => tracing::warn!(error = %e, "pruning old snapshots"),
+        }
+    }
+
+    /// Which non-member origins' snapshots are held (the open-community intake bounds
+    /// them: `validate::MAX_STRANGER_ORIGINS`).
+    fn recount_strangers(&mut self) {
+        match self.store.held_origins() {
+            Ok(held) => {
+                let communities = &self.communities;
+                self.strangers
+                    .set_held(held.into_iter().filter(|o| !communities.iter().any(|c| c.manifest.is_member(o))));
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the origins held"),
         }
     }
 
@@ -411,6 +427,7 @@ impl Task {
                 bootstrap: follow.bootstrap.clone(),
             });
         }
+        self.recount_strangers();
         // A community's federation links are followed too, so its federated chart can
         // be computed here.
         let mut added = false;
@@ -545,7 +562,7 @@ impl Task {
                 let member = self.communities.iter().any(|c| c.manifest.is_member(&origin));
                 // (A member needs no look-up: the rule does not apply to it.)
                 let seen = member || self.store.origin_first_seen(&origin).ok().flatten().is_some();
-                self.strangers.check(verdict, member, seen, now, self.options.period_secs)
+                self.strangers.check(verdict, &origin, member, seen, now, self.options.period_secs)
             }
             None => verdict,
         };
@@ -574,7 +591,7 @@ impl Task {
                         "a peer's release is dated more than 5 minutes ahead of this node's clock: check this clock (NTP)"
                     );
                 }
-                if why.starts_with(crate::federation::validate::NAMES_NO_COMMUNITY) {
+                if crate::federation::validate::not_to_fetch_again(&verdict) {
                     if self.unwanted.len() >= MAX_UNWANTED {
                         self.unwanted.clear();
                     }

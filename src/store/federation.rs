@@ -142,6 +142,23 @@ impl Store {
         Ok(n)
     }
 
+    /// Every origin with a snapshot held (of any period still stored).
+    pub fn held_origins(&self) -> Result<std::collections::BTreeSet<NodeId>> {
+        let mut out = std::collections::BTreeSet::new();
+        for kv in self.trees.period_origin_snapshot.iter() {
+            let (k, _) = kv?;
+            match k.get(8..40).and_then(|o| <[u8; 32]>::try_from(o).ok()) {
+                Some(o) => {
+                    out.insert(o);
+                }
+                None => {
+                    return Err(Error::corrupt(schema::PERIOD_ORIGIN_SNAPSHOT, &k, "key is not period ‖ origin ‖ …"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Records that this node took a snapshot of `origin` at `now`, unless it did before.
     pub fn note_origin_seen(&self, origin: &NodeId, now: i64) -> Result<()> {
         self.writable()?;
