@@ -276,8 +276,8 @@ fn sim(
             r.accepted, r.ignored, r.rejected, r.evidence, r.honest_penalised, r.adversary_stored
         );
         println!(
-            "  attacked community top 10: moved {:?} (entries the hostile origins could outbid at the merge's cap: {:?}); all its honest members agree: {:?}",
-            r.top10_moved, r.top10_bound, r.agree
+            "  attacked community top 10: moved {:?} (entries the hostile origins could outbid, by the merge's bounds: {:?}); fake artists in it: {:?}; all its honest members agree: {:?}",
+            r.top10_moved, r.top10_bound, r.fake_in_top10, r.agree
         );
     }
     Ok(std::process::ExitCode::SUCCESS)

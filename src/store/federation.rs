@@ -51,6 +51,7 @@ impl Store {
         self.writable()?;
         let hash = *blake3::hash(bytes).as_bytes();
         self.trees.period_origin_snapshot.insert(snapshot_key(period, origin, version, &hash), bytes)?;
+        self.network_changed();
         self.trees.period_origin_snapshot.flush()?;
         Ok(hash)
     }
@@ -138,6 +139,7 @@ impl Store {
         }
         if n > 0 {
             self.trees.period_origin_snapshot.flush()?;
+            self.network_changed();
         }
         Ok(n)
     }
@@ -163,7 +165,9 @@ impl Store {
     pub fn note_origin_seen(&self, origin: &NodeId, now: i64) -> Result<()> {
         self.writable()?;
         let value = super::keys::time_key(now);
-        let _ = self.trees.origin_firstseen.compare_and_swap(origin, None as Option<&[u8]>, Some(&value[..]))?;
+        if self.trees.origin_firstseen.compare_and_swap(origin, None as Option<&[u8]>, Some(&value[..]))?.is_ok() {
+            self.network_changed();
+        }
         Ok(())
     }
 
@@ -184,6 +188,7 @@ impl Store {
         k.extend_from_slice(&m.manifest.version.to_be_bytes());
         self.trees.community_version_manifest.insert(k, m.signed.as_slice())?;
         self.trees.community_version_manifest.flush()?;
+        self.network_changed();
         Ok(())
     }
 
@@ -222,6 +227,7 @@ impl Store {
         let stored =
             self.trees.community_version_fork.compare_and_swap(k, None as Option<&[u8]>, Some(m.signed.as_slice()))?;
         self.trees.community_version_fork.flush()?;
+        self.network_changed();
         Ok(stored.is_ok())
     }
 
@@ -266,12 +272,14 @@ impl Store {
         self.writable()?;
         self.trees.community_follow.insert(id, encode(follow))?;
         self.trees.community_follow.flush()?;
+        self.network_changed();
         Ok(())
     }
 
     pub fn unfollow(&self, id: &CommunityId) -> Result<()> {
         self.writable()?;
         self.trees.community_follow.remove(id)?;
+        self.network_changed();
         Ok(())
     }
 
@@ -286,6 +294,20 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Network views kept at once (distinct periods asked for since the last write).
+const NETWORK_VIEWS_CACHED: usize = 16;
+
+type ViewKey = (Option<i64>, u32);
+
+/// The network views computed since the last federation write, and a count of writes
+/// (a view computed across one is not kept).
+#[derive(Default)]
+pub(crate) struct NetworkCache {
+    generation: u64,
+    /// ((period asked for, period length), the view).
+    views: Vec<(ViewKey, Vec<CommunityView>)>,
 }
 
 /// A followed community as shown on the network page.
@@ -377,7 +399,38 @@ impl Store {
     /// the newest held. Never simply the newest held when the node has released: any
     /// member could send a snapshot of a short period ending now and stand in for the
     /// chart on every follower's page.
+    ///
+    /// Cached per (period, length) until the next federation write (`network_changed`):
+    /// a page hit does not rescan every held snapshot.
     pub fn network_view(&self, period: Option<i64>, secs: u32) -> Result<Vec<CommunityView>> {
+        let generation = {
+            let cache = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, v)) = cache.views.iter().find(|(k, _)| *k == (period, secs)) {
+                return Ok(v.clone());
+            }
+            cache.generation
+        };
+        let views = self.compute_network_view(period, secs)?;
+        let mut cache = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A write since the computation began may not be in it: not kept.
+        if cache.generation == generation {
+            if cache.views.len() >= NETWORK_VIEWS_CACHED {
+                cache.views.remove(0);
+            }
+            cache.views.push(((period, secs), views.clone()));
+        }
+        Ok(views)
+    }
+
+    /// Forgets cached network views: called after every write to what they are made of
+    /// (snapshots, first sightings, manifests, forks, follows, this node's releases).
+    pub(crate) fn network_changed(&self) {
+        let mut cache = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.views.clear();
+    }
+
+    fn compute_network_view(&self, period: Option<i64>, secs: u32) -> Result<Vec<CommunityView>> {
         let period = match period {
             Some(p) => Some(p),
             None => match self.releases(1)?.first() {

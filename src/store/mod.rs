@@ -174,6 +174,8 @@ pub struct Store {
     /// shared between the writer and readers; see `schema::USERID_STATSMARK`.
     pub(crate) hot: HotBuckets,
     pub(crate) tastes: insights::TasteCache,
+    /// Network views until the next federation write (`federation::NetworkCache`).
+    pub(crate) network: std::sync::Arc<std::sync::Mutex<federation::NetworkCache>>,
     /// Sharing level of new accounts (the node's config), as `SharingLevel::ALL` index.
     default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
     pub(crate) health: std::sync::Arc<Health>,
@@ -333,6 +335,7 @@ impl Store {
             path,
             hot: HotBuckets::default(),
             tastes: insights::TasteCache::default(),
+            network: Default::default(),
             default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
             health: std::sync::Arc::default(),
             reserve_mb: options.reserve_mb,

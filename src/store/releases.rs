@@ -152,6 +152,8 @@ impl Store {
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
             Err(sled::transaction::TransactionError::Storage(e)) => return Err(CommitError::Store(Error::Db(e))),
         }
+        // The network page's default period is the newest release.
+        self.network_changed();
         self.flush()?;
         Ok(())
     }

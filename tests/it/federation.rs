@@ -786,6 +786,57 @@ fn snapshot_with(
     key.sign_snapshot(&r.snapshot)
 }
 
+/// `/network` views are cached until the next write, so a page hit does not rescan
+/// every held snapshot; every kind of write that changes a view shows at once: a
+/// snapshot, a first sighting (probation), a manifest version, a follow, a prune.
+#[test]
+fn network_views_are_cached_until_any_write_that_changes_them() {
+    use hearsay::identity::NodeIdentity;
+    use hearsay::store::{Options, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Peer::new(dir.path(), "a");
+    a.cli(&[&["community", "create", "Open", "--open-probation", "2"][..], &SHORT_PERIOD_FLOOR].concat());
+    let own = NodeIdentity::load_or_create(&a.data).expect("key");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = NodeIdentity::load_or_create(other_dir.path()).expect("key");
+    let store = Store::open(&a.data, &Options::default()).expect("open");
+    let week = 604_800;
+    let last = hearsay::privacy::accountant::week_of(hearsay::now_unix()) - week;
+    let followed = store.followed().expect("followed");
+    let (id, follow) = followed[0].clone();
+    let ids = vec![id];
+    let view = |store: &Store| {
+        let v = store.network_view(Some(last), 604_800).expect("view");
+        let c = v.iter().find(|c| c.name == "Open").map(|c| (c.chart.origins, c.version));
+        let again = store.network_view(Some(last), 604_800).expect("view");
+        assert_eq!(format!("{v:?}"), format!("{again:?}"), "a cached view is the same view");
+        c
+    };
+    assert_eq!(view(&store), Some((0, 1)));
+    store.note_origin_seen(&own.public_key(), last - 10 * week).expect("seen");
+    store
+        .put_snapshot(last, &own.public_key(), 1, &public_snapshot(&own, &ids, last, week as u32, "Own"))
+        .expect("put");
+    assert_eq!(view(&store), Some((1, 1)), "a snapshot");
+    store
+        .put_snapshot(last, &other.public_key(), 1, &public_snapshot(&other, &ids, last, week as u32, "Own"))
+        .expect("put");
+    assert_eq!(view(&store), Some((1, 1)), "on probation: not counted yet");
+    store.note_origin_seen(&other.public_key(), last - 3 * week).expect("seen");
+    assert_eq!(view(&store), Some((2, 1)), "a first sighting (probation)");
+    let current = store.manifest(&id).expect("manifest").expect("held");
+    let next = current.manifest.next(hearsay::now_unix(), |m| m.name = "Open".into());
+    let signed = hearsay::federation::community::open_manifest(&own.sign_manifest(&next)).expect("signed");
+    store.put_manifest(&signed).expect("put manifest");
+    assert_eq!(view(&store), Some((2, 2)), "a manifest version");
+    store.unfollow(&id).expect("unfollow");
+    assert_eq!(view(&store), None, "an unfollow");
+    store.follow(&id, &follow).expect("follow");
+    assert_eq!(view(&store), Some((2, 2)), "a follow");
+    store.prune_snapshots(last + week).expect("prune");
+    assert_eq!(view(&store), Some((0, 2)), "a prune");
+}
+
 /// A signed snapshot of `key`'s node for one period: one public user who played `artist`
 /// nine times (loose privacy parameters, so nothing is refused for its budget).
 fn public_snapshot(
