@@ -137,6 +137,9 @@ pub struct P2pConfig {
     /// Established peer connections at most (and 2 per peer, 64 inbound handshakes at
     /// once). Default: `256`.
     pub max_connections: u32,
+    /// Established peer connections from one IP address (IPv6: one /64) at most,
+    /// inbound and outbound; loopback is exempt. Default: `16`.
+    pub max_connections_per_ip: u32,
     /// New peer connections are refused while the process uses more memory than this
     /// many MiB. Default: `1024`.
     pub max_memory_mib: u32,
@@ -157,6 +160,7 @@ impl Default for P2pConfig {
             sync_interval_secs: 900,
             max_requests_per_minute: 120,
             max_connections: 256,
+            max_connections_per_ip: 16,
             max_memory_mib: 1024,
         }
     }
@@ -176,10 +180,11 @@ impl P2pConfig {
                 }
             }
         }
-        let checks: [(&'static str, bool, &str); 5] = [
+        let checks: [(&'static str, bool, &str); 6] = [
             ("p2p.sync_interval_secs", self.sync_interval_secs == 0, "must be positive"),
             ("p2p.max_requests_per_minute", self.max_requests_per_minute == 0, "must be positive"),
             ("p2p.max_connections", self.max_connections < 8, "must be at least 8"),
+            ("p2p.max_connections_per_ip", self.max_connections_per_ip == 0, "must be positive"),
             ("p2p.max_memory_mib", self.max_memory_mib < 64, "must be at least 64"),
             ("p2p.retention_secs", self.retention_secs < 3_600, "must be at least 3600 (an hour)"),
         ];

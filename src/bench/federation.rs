@@ -76,6 +76,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 sync_interval: Duration::from_secs(30),
                 max_requests_per_minute: 600,
                 max_connections: 256,
+                max_connections_per_ip: 16,
                 // Every node of the benchmark shares this process's memory.
                 max_memory_bytes: usize::MAX,
                 period_secs: 604_800,

@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     /// Refuses new connections while the process uses more memory than the cap.
     pub memory: memory_connection_limits::Behaviour,
+    /// Caps connections per IP address (IPv6: per /64), loopback exempt.
+    pub per_ip: super::per_ip::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
@@ -70,6 +72,7 @@ pub const MAX_PENDING_INCOMING: u32 = 64;
 
 pub struct Options {
     pub max_connections: u32,
+    pub max_connections_per_ip: u32,
     pub max_memory_bytes: usize,
     pub mdns: bool,
     pub relay_server: bool,
@@ -88,6 +91,7 @@ pub fn build(
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
     let max_memory = options.max_memory_bytes;
+    let per_ip = options.max_connections_per_ip;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -133,6 +137,7 @@ pub fn build(
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 memory: memory_connection_limits::Behaviour::with_max_bytes(max_memory),
+                per_ip: super::per_ip::Behaviour::new(per_ip),
                 gossipsub,
                 kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config),
                 identify: identify::Behaviour::new(

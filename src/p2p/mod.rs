@@ -6,6 +6,7 @@
 //! catch-up requests (`sync`). Wire formats: `docs/protocol.md`.
 
 pub mod behaviour;
+pub mod per_ip;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -110,6 +111,8 @@ pub struct Options {
     pub max_requests_per_minute: u32,
     /// Established connections at most (`p2p.max_connections`).
     pub max_connections: u32,
+    /// Established connections per IP address at most (`p2p.max_connections_per_ip`).
+    pub max_connections_per_ip: u32,
     /// No new connection while the process uses more memory than this.
     pub max_memory_bytes: usize,
     /// This node's release period (`privacy.period_secs`): snapshots of periods of
@@ -133,6 +136,7 @@ impl Options {
             period_secs,
             max_requests_per_minute: c.max_requests_per_minute,
             max_connections: c.max_connections,
+            max_connections_per_ip: c.max_connections_per_ip,
             max_memory_bytes: usize::try_from(u64::from(c.max_memory_mib).saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
         }
@@ -191,6 +195,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         .map_err(|e| Error::Start(format!("node key: {e}")))?;
     let opts = behaviour::Options {
         max_connections: options.max_connections,
+        max_connections_per_ip: options.max_connections_per_ip,
         max_memory_bytes: options.max_memory_bytes,
         mdns: options.mdns,
         relay_server: options.relay_server,
@@ -771,7 +776,8 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 self.redial.connected(&peer_id);
-                if let Some(ip) = sync::ip_of(endpoint.get_remote_address()) {
+                // Rate limits per address count an IPv6 /64 as one address.
+                if let Some(ip) = sync::ip_of(endpoint.get_remote_address()).map(per_ip::mask) {
                     self.peer_ips.insert(peer_id, ip);
                 }
                 self.peers.insert(

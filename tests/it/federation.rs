@@ -267,6 +267,7 @@ mod rogue {
             key,
             &Options {
                 max_connections: 256,
+                max_connections_per_ip: 16,
                 max_memory_bytes: usize::MAX,
                 mdns: false,
                 relay_server: false,
@@ -870,15 +871,31 @@ fn snapshots_past_retention_are_pruned() {
 /// (before, it took every one), and keeps serving.
 #[test]
 fn a_connection_flood_is_capped() {
+    // In total: 24 fresh keys from loopback (exempt from the per-address cap).
+    let connected = flood(&[("HEARSAY_P2P__MAX_CONNECTIONS", "8")], "127.0.0.1", 24);
+    assert!(connected <= 8, "{connected} of 24 fresh keys hold a connection; the cap is 8");
+    assert!(connected >= 1, "the node still takes connections");
+    // Per address: 24 fresh keys from one non-loopback address of this host, against
+    // the default total of 256 (before the per-address cap, all 24 held one).
+    let address = non_loopback_address();
+    let connected = flood(&[("HEARSAY_P2P__MAX_CONNECTIONS_PER_IP", "4")], &address, 24);
+    assert!(connected <= 4, "{connected} of 24 fresh keys from {address} hold a connection; the cap is 4");
+    assert!(connected >= 1, "the node still takes connections from {address}");
+}
+
+/// Dials a fresh node (with `env`) at `ip` from `keys` fresh keys at once; returns how
+/// many hold a connection after a while, checking the node's own count agrees.
+fn flood(env: &[(&str, &str)], ip: &str, keys: usize) -> usize {
     use futures::StreamExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = Peer::new(dir.path(), "a");
-    a.extra.push(("HEARSAY_P2P__MAX_CONNECTIONS".into(), "8".into()));
+    a.extra.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    a.extra.push(("HEARSAY_P2P__LISTEN".into(), format!("[\"/ip4/{ip}/tcp/{}\"]", a.port)));
     let na = a.start();
-    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let victim: libp2p::Multiaddr = format!("/ip4/{ip}/tcp/{}", a.port).parse().expect("addr");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let connected = rt.block_on(async {
-        let mut swarms: Vec<_> = (0..24).map(|_| rogue::swarm()).collect();
+        let mut swarms: Vec<_> = (0..keys).map(|_| rogue::swarm()).collect();
         for s in &mut swarms {
             s.dial(victim.clone()).expect("dial");
         }
@@ -892,11 +909,32 @@ fn a_connection_flood_is_capped() {
         }
         swarms.iter().filter(|s| s.connected_peers().count() > 0).count()
     });
-    assert!(connected <= 8, "{connected} of 24 fresh keys hold a connection; the cap is 8");
-    assert!(connected >= 1, "the node still takes connections");
     let v = network(&na.url, 0);
     let peers = v["p2p"]["peers"].as_array().map_or(0, Vec::len);
-    assert!(peers <= 8, "{peers} peers");
+    assert!(peers <= connected.max(1) + 1, "the node counts {peers} peers, the dialers {connected}");
+    connected
+}
+
+/// An IPv4 address of this host outside 127/8: the first interface's (found by routing
+/// a UDP socket, which sends nothing), else 10.255.0.1 added to `lo` (tests run as
+/// root, like the tmpfs fault tests).
+fn non_loopback_address() -> String {
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip());
+    if let Ok(ip) = routed
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+    {
+        return ip.to_string();
+    }
+    let out = std::process::Command::new("ip")
+        .args(["addr", "replace", "10.255.0.1/32", "dev", "lo"])
+        .output()
+        .expect("ip (iproute2) to add a test address");
+    assert!(out.status.success(), "adding 10.255.0.1 to lo: {}", String::from_utf8_lossy(&out.stderr));
+    "10.255.0.1".into()
 }
 
 /// A member node whose period length changes would publish off its communities' grid
