@@ -49,6 +49,8 @@ const REQUEST_BYTES: u64 = 64;
 /// Snapshots per catch-up fetch: the node's `p2p::sync::MAX_FETCH` (a pure core cannot
 /// import the network edge, so the value is repeated here).
 const FETCH_BATCH: usize = 16;
+/// Refs per catch-up answer: the node's `p2p::sync::MAX_REFS`.
+const MAX_REFS: usize = 4096;
 const PROBATION: u32 = 2;
 const BIG: i64 = 1_000_000;
 
@@ -215,6 +217,9 @@ struct Node {
     /// Topic (community) → mesh neighbours.
     mesh: BTreeMap<usize, Vec<usize>>,
     strangers: Strangers,
+    /// Per peer: how far into that peer's `log` this node has had refs (the catch-up
+    /// watermark: later rounds ask only for what the peer took since).
+    watermarks: HashMap<usize, usize>,
     /// Period → how many honest origins it follows are held, and when all were.
     complete: HashMap<i64, (usize, Option<u64>)>,
     online: bool,
@@ -223,13 +228,40 @@ struct Node {
 }
 
 enum Ev {
-    Publish { node: usize, period: u32 },
-    Gossip { to: usize, from: usize, topic: usize, bytes: Arc<Vec<u8>> },
-    SyncTick { node: usize },
-    SyncReply { to: usize, from: usize },
-    Online { node: usize, on: bool },
-    Partition { on: bool },
-    Replay { node: usize },
+    Publish {
+        node: usize,
+        period: u32,
+    },
+    Gossip {
+        to: usize,
+        from: usize,
+        topic: usize,
+        bytes: Arc<Vec<u8>>,
+    },
+    SyncTick {
+        node: usize,
+    },
+    SyncReply {
+        to: usize,
+        from: usize,
+    },
+    /// `from` announces refs it just took by catch-up (`Have`); `to` fetches those it
+    /// lacks from it.
+    Have {
+        to: usize,
+        from: usize,
+        refs: Vec<Ref>,
+    },
+    Online {
+        node: usize,
+        on: bool,
+    },
+    Partition {
+        on: bool,
+    },
+    Replay {
+        node: usize,
+    },
 }
 
 struct Queued {
@@ -572,8 +604,31 @@ impl Sim {
                     self.at(next, Ev::SyncTick { node });
                 }
                 Ev::SyncReply { to, from } => self.sync_reply(to, from),
-                Ev::Online { node, on } => self.nodes[node].online = on,
-                Ev::Partition { on } => self.partitioned = on,
+                Ev::Have { to, from, refs } => self.have(to, from, refs),
+                Ev::Online { node, on } => {
+                    self.nodes[node].online = on;
+                    if on {
+                        // Back: its connections come up again, and each new connection
+                        // starts a catch-up on both ends (as `p2p` does).
+                        for peer in self.neighbours(node) {
+                            self.reconnect(node, peer, 10_000);
+                        }
+                    }
+                }
+                Ev::Partition { on } => {
+                    self.partitioned = on;
+                    if !on {
+                        // Healed: neighbours across the cut reconnect within the redial
+                        // backoff (10 minutes at most), each connection a catch-up both ways.
+                        for node in 0..self.nodes.len() {
+                            for peer in self.neighbours(node) {
+                                if node < peer && self.nodes[node].side != self.nodes[peer].side {
+                                    self.reconnect(node, peer, 600_000);
+                                }
+                            }
+                        }
+                    }
+                }
                 Ev::Replay { node } => {
                     self.replay(node);
                     self.at(self.now + 6 * 3_600_000, Ev::Replay { node });
@@ -873,6 +928,14 @@ impl Sim {
         all
     }
 
+    /// A connection between `a` and `b` (re)established within `within_ms`: each asks the
+    /// other for refs.
+    fn reconnect(&mut self, a: usize, b: usize, within_ms: u64) {
+        let at = self.now + self.rng.below(within_ms) + 2 * self.latency();
+        self.at(at, Ev::SyncReply { to: a, from: b });
+        self.at(at, Ev::SyncReply { to: b, from: a });
+    }
+
     fn sync_tick(&mut self, node: usize) {
         if !self.nodes[node].online {
             return;
@@ -894,30 +957,66 @@ impl Sim {
             return;
         }
         let oldest = self.secs() - RETENTION_SECS;
-        let refs = self.nodes[from].log.iter().filter(|r| r.0 >= oldest).count() as u64;
-        let ref_bytes = refs * REF_BYTES;
+        // Refs the peer took since this node's watermark with it, at most MAX_REFS an
+        // answer; the first time, the newest MAX_REFS it holds (as
+        // `p2p::sync::SyncRequest::RefsSince`).
+        let log = &self.nodes[from].log;
+        let (start, end) = match self.nodes[to].watermarks.get(&from) {
+            Some(&w) => (w.min(log.len()), (w + MAX_REFS).min(log.len())),
+            None => (log.len().saturating_sub(MAX_REFS), log.len()),
+        };
+        let answered: Vec<Ref> = log[start..end].iter().filter(|r| r.0 >= oldest).cloned().collect();
+        self.nodes[to].watermarks.insert(from, end);
+        let ref_bytes = answered.len() as u64 * REF_BYTES;
         self.count(from, 1, ref_bytes + REQUEST_BYTES);
         self.count(to, 1, ref_bytes);
-        let candidates: Vec<Ref> = self.nodes[from]
-            .log
-            .iter()
-            .filter(|r| {
-                r.0 >= oldest && !self.nodes[to].hashes.contains(&r.2) && !self.nodes[to].unwanted.contains(&r.2)
-            })
-            .cloned()
+        self.fetch(to, from, answered);
+    }
+
+    /// `to` fetches from `from` the refs it lacks and wants, takes them, and announces
+    /// what it took to its other neighbours (`Have`), so a gap (a partition, a node
+    /// away) closes in round trips rather than in catch-up rounds.
+    fn fetch(&mut self, to: usize, from: usize, refs: Vec<Ref>) {
+        let candidates: Vec<Ref> = refs
+            .into_iter()
+            .filter(|r| !self.nodes[to].hashes.contains(&r.2) && !self.nodes[to].unwanted.contains(&r.2))
             .collect();
         let mut missing: Vec<_> = candidates.into_iter().filter(|r| !self.floors(to, &r.1, None).is_empty()).collect();
         missing.sort_by_key(|m| (m.0, m.1, m.2));
+        missing.dedup_by_key(|m| m.2);
+        let mut taken = Vec::new();
         for batch in missing.chunks(FETCH_BATCH) {
             let bytes: u64 = batch.iter().map(|m| m.3.len() as u64).sum();
             self.count(to, 2, bytes + batch.len() as u64 * REF_BYTES);
             self.count(from, 2, bytes + batch.len() as u64 * REF_BYTES);
             for m in batch {
-                if let Verdict::Reject(_) = self.take(to, &m.3) {
-                    self.penalise(to, from);
+                match self.take(to, &m.3) {
+                    Verdict::Reject(_) => self.penalise(to, from),
+                    Verdict::Accept => taken.push(m.clone()),
+                    _ => {}
                 }
             }
         }
+        if taken.is_empty() {
+            return;
+        }
+        for peer in self.neighbours(to).into_iter().filter(|&p| p != from) {
+            let bytes = taken.len() as u64 * REF_BYTES;
+            self.count(to, 1, bytes);
+            if self.reachable(to, peer) {
+                // The announcement, then the fetch's request and answer: three hops.
+                let at = self.now + self.latency() + self.latency() + self.latency();
+                self.at(at, Ev::Have { to: peer, from: to, refs: taken.clone() });
+            }
+        }
+    }
+
+    fn have(&mut self, to: usize, from: usize, refs: Vec<Ref>) {
+        if !self.nodes[to].online || !self.reachable(to, from) {
+            return;
+        }
+        self.count(to, 1, refs.len() as u64 * REF_BYTES);
+        self.fetch(to, from, refs);
     }
 
     fn replay(&mut self, node: usize) {
@@ -1048,6 +1147,7 @@ impl Node {
             seen_ids: HashMap::new(),
             mesh: BTreeMap::new(),
             strangers: Strangers::default(),
+            watermarks: HashMap::new(),
             complete: HashMap::new(),
             online: true,
             side: false,
@@ -1129,12 +1229,19 @@ mod tests {
         assert!(r.agree.iter().all(|a| *a), "every node leaves the equivocator out alike: {r:?}");
     }
 
+    /// A healed partition closes within minutes of the heal (reconnections catch up,
+    /// and what they bring is announced on: `Have`), not at the pace of catch-up rounds
+    /// (before: hours); nodes back from churn catch up on reconnecting.
     #[test]
     fn a_healed_partition_and_churn_converge() {
         for scenario in [Scenario::Partition, Scenario::Churn] {
             let r = run(&small(scenario));
             assert_eq!(r.incomplete, vec![0; 3], "{r:?}");
             assert!(r.agree.iter().all(|a| *a), "{r:?}");
+            // The partition heals two hours after the period's end; the releases come a
+            // minute or two after the end; so 2 h + 15 min after the last release.
+            let limit = (2 * 3_600 + 15 * 60) * 1000;
+            assert!(r.convergence_ms.iter().all(|c| c.is_some_and(|ms| ms < limit)), "{r:?}");
         }
     }
 }

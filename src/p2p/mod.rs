@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use self::behaviour::{Behaviour, BehaviourEvent};
-use self::sync::{MAX_FETCH, MAX_MANIFESTS, MAX_REFS, RateLimit, Ref, SyncRequest, SyncResponse};
+use self::sync::{Arrivals, MAX_FETCH, MAX_MANIFESTS, MAX_REFS, RateLimit, Ref, SyncRequest, SyncResponse};
 use crate::federation::community::{ManifestError, ManifestV1, SignedManifest, accept, open_manifest};
 use crate::federation::validate::{Context, Verdict, check_snapshot};
 use crate::federation::{CommunityId, NodeId, short_hex};
@@ -244,7 +244,10 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         strangers: Default::default(),
         unwanted: Default::default(),
         skew_warned: None,
+        arrivals: Arrivals::new(0, []),
+        watermarks: HashMap::new(),
     };
+    task.arrivals = task.load_arrivals();
     task.refresh();
     tokio::spawn(task.run(rx));
     Ok(P2pHandle { tx, peer_id: peer_id.to_string() })
@@ -327,7 +330,15 @@ struct Task {
     unwanted: std::collections::HashSet<[u8; 32]>,
     /// When the clock-skew warning was last given.
     skew_warned: Option<Instant>,
+    /// The snapshots taken, in order: what `RefsSince` answers from.
+    arrivals: Arrivals,
+    /// Per peer, the watermark of its arrival log to ask from next (epoch, after).
+    watermarks: HashMap<PeerId, (u64, u64)>,
 }
+
+/// Peers whose catch-up watermark is remembered (beyond: forgotten, and the next round
+/// with each is a first contact again).
+const MAX_WATERMARKS: usize = 4096;
 
 /// Bound of `Task::unwanted` (32 bytes each: 2 MiB).
 const MAX_UNWANTED: usize = 65_536;
@@ -363,8 +374,27 @@ impl Task {
         }
     }
 
+    /// The arrival log at start: what the store holds in the retention window, oldest
+    /// first, under a fresh epoch (so peers' watermarks from before are stale).
+    fn load_arrivals(&self) -> Arrivals {
+        let now = Self::now();
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos() % u128::from(u64::MAX)).unwrap_or(1));
+        let mut held = self
+            .store
+            .snapshot_refs(now - self.options.retention_secs, now + 86_400, sync::MAX_ARRIVALS)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading held snapshots");
+                Vec::new()
+            });
+        held.reverse();
+        Arrivals::new(epoch, held)
+    }
+
     /// Forgets snapshots of periods past the retention window.
     fn prune(&mut self) {
+        self.arrivals.prune(Self::now() - self.options.retention_secs);
         match self.store.prune_snapshots(Self::now() - self.options.retention_secs) {
             Ok(0) => {}
             Ok(n) => {
@@ -521,6 +551,9 @@ impl Task {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::PublishRelease(bytes) => {
+                if let Ok((_, s)) = crate::envelope::open_snapshot(&bytes) {
+                    self.arrivals.push((s.period_start, s.origin, s.version, *blake3::hash(&bytes).as_bytes()));
+                }
                 let targets: Vec<CommunityId> = self.communities.iter().filter(|c| c.member).map(|c| c.id).collect();
                 for id in targets {
                     self.queue(snapshot_topic(&id), bytes.clone());
@@ -581,6 +614,7 @@ impl Task {
                 tracing::error!(error = %e, "storing a snapshot");
                 return Verdict::Ignore("storage failed".into());
             }
+            self.arrivals.push((v.snapshot.period_start, v.snapshot.origin, v.snapshot.version, v.hash));
         }
         match &verdict {
             Verdict::Accept => self.status.accepted += 1,
@@ -808,6 +842,27 @@ impl Task {
         }
     }
 
+    /// The refs of a catch-up answer (or a `Have`) from `peer`: fetches from it those
+    /// this node wants and lacks.
+    fn take_refs(&mut self, peer: PeerId, refs: Vec<Ref>) {
+        if refs.len() > MAX_REFS {
+            self.penalise(peer, "too many refs");
+            return;
+        }
+        self.fetch_missing(peer, refs);
+    }
+
+    fn fetch_missing(&mut self, peer: PeerId, refs: Vec<Ref>) {
+        let missing: Vec<Ref> = refs
+            .into_iter()
+            .filter(|r| !self.wanted(&r.1, None).is_empty() && !self.unwanted.contains(&r.3))
+            .filter(|r| self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false))
+            .collect();
+        for chunk in missing.chunks(MAX_FETCH) {
+            self.send(peer, SyncRequest::Snapshots { refs: chunk.to_vec() });
+        }
+    }
+
     fn send(&mut self, peer: PeerId, request: SyncRequest) {
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.requests.insert(id, peer);
@@ -835,8 +890,8 @@ impl Task {
         if self.communities.is_empty() && self.unknown.is_empty() {
             return;
         }
-        let now = Self::now();
-        self.send(peer, SyncRequest::Refs { from: now - self.options.retention_secs, to: now + 1 });
+        let (epoch, after) = self.watermarks.get(&peer).copied().unwrap_or((0, 0));
+        self.send(peer, SyncRequest::RefsSince { epoch, after });
         let ids: Vec<CommunityId> =
             self.communities.iter().map(|c| c.id).chain(self.unknown.iter().map(|(id, _)| *id)).collect();
         for id in ids {
@@ -878,6 +933,19 @@ impl Task {
                     Err(e) => SyncResponse::Error(format!("store: {e}")),
                 }
             }
+            SyncRequest::RefsSince { epoch, after } => {
+                let (epoch, next, refs) = self.arrivals.since(epoch, after, MAX_REFS);
+                let oldest = now - self.options.retention_secs;
+                SyncResponse::RefsSince { epoch, next, refs: refs.into_iter().filter(|r| r.0 >= oldest).collect() }
+            }
+            SyncRequest::Have { refs } => {
+                if refs.len() > MAX_REFS {
+                    return SyncResponse::Error(format!("at most {MAX_REFS} refs"));
+                }
+                // Fetched from the announcer like the refs of a catch-up answer.
+                self.fetch_missing(peer, refs);
+                SyncResponse::Noted
+            }
             SyncRequest::Snapshots { refs } => {
                 if refs.len() > MAX_FETCH {
                     return SyncResponse::Error(format!("at most {MAX_FETCH} snapshots per request"));
@@ -901,32 +969,35 @@ impl Task {
 
     fn on_response(&mut self, peer: PeerId, response: SyncResponse) {
         match response {
-            SyncResponse::Refs(refs) => {
-                if refs.len() > MAX_REFS {
-                    self.penalise(peer, "too many refs");
-                    return;
+            SyncResponse::Refs(refs) => self.take_refs(peer, refs),
+            SyncResponse::RefsSince { epoch, next, refs } => {
+                if self.watermarks.len() >= MAX_WATERMARKS && !self.watermarks.contains_key(&peer) {
+                    self.watermarks.clear();
                 }
-                let missing: Vec<Ref> = refs
-                    .into_iter()
-                    .filter(|r| !self.wanted(&r.1, None).is_empty() && !self.unwanted.contains(&r.3))
-                    .filter(|r| {
-                        self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false)
-                    })
-                    .collect();
-                for chunk in missing.chunks(MAX_FETCH) {
-                    self.send(peer, SyncRequest::Snapshots { refs: chunk.to_vec() });
-                }
+                self.watermarks.insert(peer, (epoch, next));
+                self.take_refs(peer, refs);
             }
+            SyncResponse::Noted => {}
             SyncResponse::Snapshots(list) => {
                 if list.len() > MAX_FETCH {
                     self.penalise(peer, "too many snapshots");
                     return;
                 }
+                let mark = self.arrivals.head();
                 for b in list {
                     // Relaying evidence of someone else's equivocation is no fault
                     // (`Verdict::Evidence`, not a rejection).
                     if let Verdict::Reject(why) = self.take_snapshot(&b) {
                         self.penalise(peer, &why);
+                    }
+                }
+                // What catch-up brought, the other peers may lack too (gossip passed it
+                // by them, or they were cut off): announce it (`Have`).
+                let taken = self.arrivals.after(mark);
+                if !taken.is_empty() {
+                    let others: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| *p != peer).collect();
+                    for other in others {
+                        self.send(other, SyncRequest::Have { refs: taken.clone() });
                     }
                 }
             }

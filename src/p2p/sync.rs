@@ -26,6 +26,14 @@ pub enum SyncRequest {
     Snapshots { refs: Vec<Ref> },
     /// Signed manifests of a community with a version above `after`.
     Manifests { community: [u8; 32], after: u32 },
+    /// References of the snapshots the peer took after `after` in its arrival log
+    /// `epoch` (both from its last `RefsSince` answer; `0, 0` the first time): catch-up
+    /// rounds after the first carry only what is new, not the retention window's refs.
+    RefsSince { epoch: u64, after: u64 },
+    /// The sender just took these snapshots by catch-up (at most `MAX_REFS`): the
+    /// receiver fetches from it those it lacks and wants, and announces them onward, so
+    /// a gap (a healed partition, a node back online) closes in round trips.
+    Have { refs: Vec<Ref> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +43,87 @@ pub enum SyncResponse {
     Manifests(Vec<serde_bytes::ByteBuf>),
     /// Refused: rate limited, range too large, too many refs.
     Error(String),
+    /// The refs after the watermark, and the watermark to send next time.
+    RefsSince {
+        epoch: u64,
+        next: u64,
+        refs: Vec<Ref>,
+    },
+    /// A `Have` was received.
+    Noted,
+}
+
+/// The snapshots this node took, in the order it took them (a sequence number each):
+/// what `RefsSince` answers from. Kept in memory for the retention window and rebuilt
+/// at start under a fresh random `epoch`, so a peer's watermark from before a restart
+/// is recognised as stale and answered as a first contact.
+pub struct Arrivals {
+    epoch: u64,
+    next: u64,
+    entries: std::collections::VecDeque<(u64, Ref)>,
+}
+
+/// Most refs the arrival log keeps (beyond: the oldest are forgotten, and a peer far
+/// behind is answered as a first contact).
+pub const MAX_ARRIVALS: usize = 262_144;
+
+impl Arrivals {
+    /// A log under `epoch` (non-zero) holding `held` (oldest first).
+    pub fn new(epoch: u64, held: impl IntoIterator<Item = Ref>) -> Arrivals {
+        let mut a = Arrivals { epoch: epoch.max(1), next: 1, entries: Default::default() };
+        for r in held {
+            a.push(r);
+        }
+        a
+    }
+
+    pub fn push(&mut self, r: Ref) {
+        if self.entries.len() >= MAX_ARRIVALS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((self.next, r));
+        self.next += 1;
+    }
+
+    /// Forgets refs of periods before `oldest`.
+    pub fn prune(&mut self, oldest: i64) {
+        self.entries.retain(|(_, r)| r.0 >= oldest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The refs taken since `after` in `epoch`, at most `max`, oldest first, and the
+    /// watermark to ask from next. For another epoch (a first contact, or a restart
+    /// since) or a watermark older than the log: the newest `max` refs, and the head.
+    pub fn since(&self, epoch: u64, after: u64, max: usize) -> (u64, u64, Vec<Ref>) {
+        let head = self.next - 1;
+        let oldest_kept = self.entries.front().map_or(self.next, |e| e.0);
+        if epoch != self.epoch || after > head || after.saturating_add(1) < oldest_kept {
+            let skip = self.entries.len().saturating_sub(max);
+            return (self.epoch, head, self.entries.iter().skip(skip).map(|e| e.1).collect());
+        }
+        let start = self.entries.partition_point(|e| e.0 <= after);
+        let refs: Vec<(u64, Ref)> = self.entries.iter().skip(start).take(max).copied().collect();
+        let next = refs.last().map_or(after, |e| e.0);
+        (self.epoch, next, refs.into_iter().map(|e| e.1).collect())
+    }
+
+    /// The refs taken after sequence number `mark` (for announcing what a catch-up
+    /// brought), and the current head.
+    pub fn after(&self, mark: u64) -> Vec<Ref> {
+        let start = self.entries.partition_point(|e| e.0 <= mark);
+        self.entries.iter().skip(start).map(|e| e.1).collect()
+    }
+
+    pub fn head(&self) -> u64 {
+        self.next - 1
+    }
 }
 
 /// A fixed-window limit on inbound requests per key: kept per PeerId and per IP
@@ -82,6 +171,33 @@ pub fn ip_of(addr: &libp2p::Multiaddr) -> Option<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(i: u8) -> Ref {
+        (i64::from(i) * 604_800, [i; 32], 1, [i; 32])
+    }
+
+    /// Later rounds carry only what is new; a stale epoch (a restart), a watermark past
+    /// the head or older than the log is answered as a first contact; a long gap comes in
+    /// pieces of `max`, without loss.
+    #[test]
+    fn arrivals_answer_what_is_new_since_a_watermark() {
+        let mut a = Arrivals::new(7, (0..5).map(r));
+        let (epoch, next, first) = a.since(0, 0, 100);
+        assert_eq!((epoch, next, first.len()), (7, 5, 5), "first contact: everything");
+        assert_eq!(a.since(7, next, 100).2, vec![], "nothing new");
+        a.push(r(5));
+        a.push(r(6));
+        assert_eq!(a.since(7, next, 100), (7, 7, vec![r(5), r(6)]));
+        let (_, n1, part) = a.since(7, 2, 3);
+        assert_eq!((n1, part), (5, vec![r(2), r(3), r(4)]), "a gap in pieces");
+        assert_eq!(a.since(7, n1, 3), (7, 7, vec![r(5), r(6)]));
+        assert_eq!(a.since(8, 3, 2), (7, 7, vec![r(5), r(6)]), "another epoch: the newest, from the head");
+        assert_eq!(a.since(7, 99, 2).1, 7, "a watermark past the head");
+        a.prune(3 * 604_800);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.since(7, 1, 100), (7, 7, vec![r(3), r(4), r(5), r(6)]), "older than the log");
+        assert_eq!(a.after(6), vec![r(6)], "after sequence number 6 (r(5))");
+    }
 
     #[test]
     fn a_fresh_peer_id_does_not_reset_the_limit_of_its_address() {
