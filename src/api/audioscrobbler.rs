@@ -132,7 +132,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         if get("r").is_some_and(|r| r == "S") {
             continue;
         }
-        let Some(at) = get("i").and_then(|t| t.parse::<i64>().ok()) else {
+        let Some(at) = get("i").and_then(|t| super::whole_number(t)).and_then(|t| i64::try_from(t).ok()) else {
             return lines(format!("FAILED i[{i}] must be a unix time\n"));
         };
         let raw = RawListen {
@@ -176,7 +176,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
 /// absent, zero, malformed or beyond `MAX_DURATION_MS` (a length the player got wrong
 /// is dropped, the play is kept: the player cannot correct it and would lose it).
 fn seconds_to_ms(text: &str) -> Option<u32> {
-    let secs = text.trim().parse::<u64>().ok().filter(|s| *s > 0)?;
+    let secs = super::whole_number(text).filter(|s| *s > 0)?;
     let ms = secs.checked_mul(1000)?;
     u32::try_from(ms).ok().filter(|ms| *ms <= crate::log::listen::MAX_DURATION_MS)
 }

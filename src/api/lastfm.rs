@@ -39,12 +39,19 @@ pub struct El {
     name: String,
     attrs: Vec<(String, String)>,
     text: Option<String>,
+    /// Rendered as a JSON number rather than a string (where Last.fm's JSON has one,
+    /// e.g. `subscriber` in a session: typed clients refuse a string there).
+    number: Option<i64>,
     children: Vec<El>,
 }
 
 impl El {
     fn new(name: &str) -> El {
-        El { name: name.into(), attrs: Vec::new(), text: None, children: Vec::new() }
+        El { name: name.into(), attrs: Vec::new(), text: None, number: None, children: Vec::new() }
+    }
+    /// An element whose JSON value is a number (its XML text the same digits).
+    fn number(name: &str, n: i64) -> El {
+        El { number: Some(n), ..El::text(name, n) }
     }
     fn text(name: &str, text: impl ToString) -> El {
         El { text: Some(text.to_string()), ..El::new(name) }
@@ -78,6 +85,9 @@ impl El {
     /// beside `#text`, of a container under `@attr`; repeated children become arrays.
     fn json(&self) -> Value {
         if self.children.is_empty() {
+            if let (Some(n), true) = (self.number, self.attrs.is_empty()) {
+                return json!(n);
+            }
             let text = json!(self.text.clone().unwrap_or_default());
             if self.attrs.is_empty() {
                 return text;
@@ -311,7 +321,7 @@ fn session_for(state: &AppState, user: &User) -> Outcome2 {
         El::new("session")
             .child(El::text("name", &user.name))
             .child(El::text("key", key))
-            .child(El::text("subscriber", 0)),
+            .child(El::number("subscriber", 0)),
     ])
 }
 
@@ -361,7 +371,7 @@ fn raw_from<'a>(params: &'a Params, suffix: &str, listened_at: i64) -> RawListen
         // A length the player got wrong is dropped and the play kept (it cannot fix it).
         duration_ms: params
             .get_ci(&format!("duration{suffix}"))
-            .and_then(|d| d.trim().parse::<u64>().ok())
+            .and_then(super::whole_number)
             .and_then(|s| s.checked_mul(1000))
             .filter(|ms| (1..=u64::from(crate::log::listen::MAX_DURATION_MS)).contains(ms)),
         ..RawListen::default()
@@ -401,8 +411,9 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
     for suffix in &suffixes {
         let ts = params
             .get_ci(&format!("timestamp{suffix}"))
-            .and_then(|t| t.trim().parse::<i64>().ok())
-            .ok_or_else(|| bad_params(&format!("Invalid parameters - timestamp{suffix} is required")))?;
+            .map(|t| super::whole_number(t).and_then(|t| i64::try_from(t).ok()))
+            .ok_or_else(|| bad_params(&format!("Invalid parameters - timestamp{suffix} is required")))?
+            .ok_or_else(|| bad_params(&format!("Invalid parameters - timestamp{suffix} is not a unix time")))?;
         let raw = raw_from(params, suffix, ts);
         let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let parsed = Listen::parse(&raw, now)

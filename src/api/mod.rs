@@ -67,3 +67,32 @@ pub async fn read_body(
         if text.contains("length limit") { BodyError::TooLarge } else { BodyError::Unreadable(text) }
     })
 }
+
+/// A whole number as players send it: digits, or digits with a decimal part that is
+/// dropped (`1796126630.3156145` → 1796126630, `34.000` → 34), as Last.fm and
+/// Audioscrobbler accept them. Anything else (signs, exponents, spaces inside, overflow)
+/// is not a number.
+pub fn whole_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    whole.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_number;
+
+    #[test]
+    fn whole_numbers_accept_decimals_by_truncation_and_nothing_else() {
+        assert_eq!(whole_number("1796126630.3156145"), Some(1_796_126_630));
+        assert_eq!(whole_number(" 34.000 "), Some(34));
+        assert_eq!(whole_number("34."), Some(34));
+        assert_eq!(whole_number("0"), Some(0));
+        for bad in ["", ".5", "-3", "+3", "1e9", "3 4", "1.2.3", "99999999999999999999", "abc", "4,5"] {
+            assert_eq!(whole_number(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -88,6 +88,8 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
     let v: Value = serde_json::from_str(&body).expect("json");
     let sk = v["session"]["key"].as_str().expect("key").to_owned();
     assert_eq!(v["session"]["name"], "alice");
+    // A number, as Last.fm sends it: typed clients refused the string "0".
+    assert_eq!(v["session"]["subscriber"], serde_json::json!(0), "{body}");
     // Wrong password: error 4, in XML by default.
     let (s, body) = form(&api, &[("method", "auth.getMobileSession"), ("username", "alice"), ("password", "nope")]);
     assert_eq!(s, 403);
@@ -116,6 +118,41 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
     assert!(body.contains("<scrobbles accepted=\"1\" ignored=\"2\">"), "{body}");
     assert!(body.contains("<ignoredMessage code=\"3\">"), "{body}");
     assert!(body.contains("<ignoredMessage code=\"91\">"), "{body}");
+    // Decimal timestamps and durations (players that send seconds as floats): taken by
+    // truncation, as Last.fm does (before: "timestamp[0] is required", retried forever).
+    let at = hearsay::now_unix() - 120;
+    let decimal = format!("{at}.3156145");
+    let (s, body) = form(
+        &api,
+        &[
+            ("method", "track.scrobble"),
+            ("sk", &sk),
+            ("artist[0]", "Decimal Band"),
+            ("track[0]", "Float Time"),
+            ("timestamp[0]", &decimal),
+            ("duration[0]", "34.000"),
+        ],
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("<scrobbles accepted=\"1\" ignored=\"0\">"), "{body}");
+    let listens = ureq::get(&format!("{}/1/user/alice/listens", node.url))
+        .set("Authorization", &format!("Token {token}"))
+        .call()
+        .expect("listens")
+        .into_string()
+        .expect("body");
+    let v: Value = serde_json::from_str(&listens).expect("json");
+    let decimal_listen = v["payload"]["listens"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["track_metadata"]["artist_name"] == "Decimal Band"))
+        .expect("the decimal scrobble is stored");
+    assert_eq!(decimal_listen["listened_at"], at, "truncated");
+    assert_eq!(decimal_listen["track_metadata"]["additional_info"]["duration_ms"], 34_000, "{decimal_listen}");
+    let (s, body) = form(
+        &api,
+        &[("method", "track.scrobble"), ("sk", &sk), ("artist", "A"), ("track", "B"), ("timestamp", "soon")],
+    );
+    assert!(s == 400 && body.contains("is not a unix time"), "{body}");
     // Without a session, with an unknown method, with a missing parameter.
     let (s, body) = form(&api, &[("method", "track.scrobble"), ("artist", "A"), ("track", "B"), ("timestamp", &now)]);
     assert!(s == 403 && body.contains("code=\"9\""), "{body}");
@@ -146,12 +183,11 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
         form(&api, &[("method", "user.getRecentTracks"), ("user", "alice"), ("sk", &sk), ("format", "json")]);
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(v["recenttracks"]["@attr"]["total"], "2");
+    assert_eq!(v["recenttracks"]["@attr"]["total"], "3", "Björk, Decimal Band, Solo");
     // Oversized: refused from its announced length alone, in Last.fm's shape.
     let r = crate::support::post_head_only(&node.url, "/2.0/", "application/x-www-form-urlencoded", 300 * 1024, "");
     assert!(r.starts_with("HTTP/1.1 413") && r.contains("code=\"6\""), "{r}");
     drop(node);
-    let _ = token;
 }
 
 const PYLAST_WEB_AUTH: &str = r#"
