@@ -436,7 +436,16 @@ async fn playing_now(
     let listens: Vec<Value> = state
         .live
         .playing(user.id)
-        .map(|p| json!({"track_metadata": track_meta(&p.track), "user_name": user.name, "playing_now": true}))
+        .map(|p| {
+            let mut meta = track_meta(&p.track);
+            // Always present, as ListenBrainz sends it (typed clients fail without it).
+            let mut info = Map::new();
+            if let Some(c) = &p.client {
+                info.insert("submission_client".into(), json!(c));
+            }
+            meta["additional_info"] = Value::Object(info);
+            json!({"track_metadata": meta, "user_name": user.name, "playing_now": true})
+        })
         .into_iter()
         .collect();
     Ok(Json(

@@ -72,7 +72,14 @@ pub(super) fn not_found_page(viewer: &Viewer) -> Response {
     )
 }
 
-pub(super) async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// What no route serves: under `/1/` (the ListenBrainz API) a JSON error as ListenBrainz
+/// answers, so clients calling a method this node lacks read an error instead of
+/// failing to parse an HTML page; elsewhere the page.
+pub(super) async fn not_found(State(state): State<AppState>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    if uri.path().starts_with("/1/") || uri.path() == "/1" {
+        let body = serde_json::json!({"code": 404, "error": "Not found: this node does not serve this ListenBrainz API endpoint."});
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
     not_found_page(&viewer(&state, &headers))
 }
 

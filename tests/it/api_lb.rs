@@ -157,6 +157,18 @@ fn bad_requests_get_listenbrainz_errors_and_store_nothing() {
     assert_eq!(get(&format!("{}/1/user/alice/listens", node.url), t).0, 200);
     let (s, _) = get(&format!("{}/1/stats/user/alice/artists?range=fortnight", node.url), t);
     assert_eq!(s, 400);
+    // Playing now: `additional_info` is always there, as ListenBrainz sends it (a typed
+    // client failed on the missing field).
+    let now_playing = json!({"listen_type": "playing_now", "payload": [{"track_metadata": {"artist_name": "Now", "track_name": "Here"}}]});
+    assert_eq!(post(&submit, t, now_playing.to_string().as_bytes()).0, 200);
+    let (s, v) = get(&format!("{}/1/user/alice/playing-now", node.url), t);
+    assert_eq!(s, 200);
+    let meta = &v["payload"]["listens"][0]["track_metadata"];
+    assert_eq!(meta["track_name"], "Here", "{v}");
+    assert!(meta["additional_info"].is_object(), "{v}");
+    // An endpoint this node does not serve: a JSON error, not the HTML page.
+    let (s, v) = get(&format!("{}/1/no/such/endpoint", node.url), t);
+    assert_eq!((s, v["code"].as_i64()), (404, Some(404)), "{v}");
     drop(node);
 }
 
