@@ -63,6 +63,17 @@ pub struct HttpConfig {
     /// Seconds a request may take, reading its body included (uploads to `/import` are
     /// exempt: they are bounded by size). Default: `60`; allowed 1..=3600.
     pub request_timeout_secs: u64,
+    /// The address people and players reach this node at, when it differs from what
+    /// they connect to (a TLS front: `https://music.example.org`, optionally with a
+    /// path prefix): every URL the node hands out (the Audioscrobbler 1.2 handshake,
+    /// `/connect`, invitations) starts with it. Default: none (the request's `Host`,
+    /// over `http`, or what a trusted proxy says).
+    pub public_url: Option<String>,
+    /// IP addresses of reverse proxies in front of the node. From these only, the
+    /// `X-Forwarded-For` (the client's address, for rate limits), `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` headers are believed; from anyone else they are ignored.
+    /// Default: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -397,6 +408,8 @@ impl Default for HttpConfig {
             max_connections: 4096,
             header_timeout_secs: 10,
             request_timeout_secs: 60,
+            public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -505,6 +518,17 @@ impl Config {
             });
         }
         self.http_listen()?;
+        if let Some(u) = &self.http.public_url {
+            public_url(u).map_err(|reason| Error::Invalid { key: "http.public_url", reason })?;
+        }
+        for p in &self.http.trusted_proxies {
+            if p.trim().parse::<std::net::IpAddr>().is_err() {
+                return Err(Error::Invalid {
+                    key: "http.trusted_proxies",
+                    reason: format!("{p:?} is not an IP address (one address per entry, e.g. \"127.0.0.1\")"),
+                });
+            }
+        }
         for (key, value, range) in [
             ("http.max_connections", self.http.max_connections as u64, 16..=1_000_000),
             ("http.header_timeout_secs", self.http.header_timeout_secs, 1..=600),
@@ -563,6 +587,25 @@ fn env_key(name: &str) -> String {
 fn parse_env_value(raw: &str) -> figment::value::Value {
     // Infallible: anything that is not a number or boolean stays a string.
     raw.parse().unwrap_or_else(|_| figment::value::Value::from(raw.to_owned()))
+}
+
+/// `http.public_url` checked and normalised: `http` or `https`, a host, an optional path
+/// prefix, no query, no trailing slash.
+pub fn public_url(text: &str) -> Result<String, String> {
+    let t = text.trim().trim_end_matches('/');
+    let rest = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} must start with https:// or http://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty()
+        || rest.contains(['?', '#', ' '])
+        || !rest.chars().all(|c| c.is_ascii_graphic())
+        || host.contains('@')
+    {
+        return Err(format!("{text:?} is not an address like https://music.example.org"));
+    }
+    Ok(t.to_owned())
 }
 
 #[cfg(test)]
@@ -656,6 +699,15 @@ mod tests {
                     "{section}.{key} lacks a comment"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn public_urls_are_http_or_https_addresses_without_trailing_slash() {
+        assert_eq!(super::public_url("https://music.example.org/").as_deref(), Ok("https://music.example.org"));
+        assert_eq!(super::public_url("http://10.0.0.2:8487/hearsay").as_deref(), Ok("http://10.0.0.2:8487/hearsay"));
+        for bad in ["music.example.org", "ftp://x", "https://", "https://a b", "https://x/?q=1", "https://u@x"] {
+            assert!(super::public_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -50,11 +50,12 @@ async fn refuse_while_failed(
 async fn root(
     state: State<AppState>,
     addr: ClientAddr,
+    peer: crate::state::PeerAddr,
     headers: HeaderMap,
     query: Query<HashMap<String, String>>,
 ) -> Response {
     if query.contains_key("hs") {
-        crate::api::audioscrobbler::handshake(state, addr, headers, query).await
+        crate::api::audioscrobbler::handshake(state, addr, peer, headers, query).await
     } else {
         crate::web::home(state, headers).await
     }

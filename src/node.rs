@@ -118,6 +118,10 @@ impl Node {
             live: crate::state::Live::default(),
             node_timezone: self.config.node.timezone.clone(),
             secure_cookies: self.config.http.secure_cookies,
+            front: std::sync::Arc::new(crate::state::Front {
+                public_url: self.config.http.public_url.as_deref().and_then(|u| crate::config::public_url(u).ok()),
+                trusted: self.config.http.trusted_proxies.iter().filter_map(|p| p.trim().parse().ok()).collect(),
+            }),
             admins: self.config.node.admins.clone(),
             open_registration: self.config.node.open_registration,
             privacy: std::sync::Arc::new(self.config.privacy.clone()),

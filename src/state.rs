@@ -43,16 +43,83 @@ pub struct AppState {
     /// The secret of the operator's control requests (`hearsay store backup` to a
     /// running node), from `DATA_DIR/control.token` (0600), made at each start.
     pub control_token: Option<std::sync::Arc<String>>,
+    /// `http.public_url` (normalised) and `http.trusted_proxies`.
+    pub front: std::sync::Arc<Front>,
+}
+
+/// How the node is reached: its public address, and which peers are proxies whose
+/// forwarded headers are believed.
+#[derive(Debug, Default)]
+pub struct Front {
+    pub public_url: Option<String>,
+    pub trusted: Vec<IpAddr>,
+}
+
+impl Front {
+    /// Whether `peer` (the connection's address) is a trusted proxy.
+    fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|p| self.trusted.contains(&p))
+    }
+
+    /// The base of every URL handed out: `http.public_url`; else, from a trusted proxy,
+    /// its `X-Forwarded-Proto` and `X-Forwarded-Host`; else `http://` and the `Host`.
+    pub fn base_url(&self, headers: &axum::http::HeaderMap, peer: Option<IpAddr>) -> String {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let header = |name: &str| {
+            headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(str::trim)
+        };
+        let trusted = self.trusts(peer);
+        let scheme = match header("x-forwarded-proto") {
+            Some(p) if trusted && (p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("http")) => {
+                p.to_ascii_lowercase()
+            }
+            _ => "http".to_owned(),
+        };
+        let host = header("x-forwarded-host")
+            .filter(|_| trusted)
+            .or_else(|| header("host"))
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) && !h.contains(['/', '@']))
+            .unwrap_or("127.0.0.1:8487");
+        format!("{scheme}://{host}")
+    }
 }
 
 /// The client's address, when the server knows it (kept in memory only, for limits).
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+/// The connection's own address (before any proxy's word).
+pub struct PeerAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+        Ok(PeerAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    /// The connection's address; behind a trusted proxy, the client it forwards for:
+    /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if !state.front.trusts(peer) {
+            return Ok(ClientAddr(peer));
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .collect::<Vec<_>>();
+        let client = forwarded.into_iter().rev().find(|a| !state.front.trusted.contains(a));
+        Ok(ClientAddr(client.or(peer)))
     }
 }
 

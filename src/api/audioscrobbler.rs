@@ -40,6 +40,7 @@ fn lines(text: impl Into<String>) -> Response {
 pub async fn handshake(
     State(state): State<AppState>,
     addr: ClientAddr,
+    peer: crate::state::PeerAddr,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -81,8 +82,9 @@ pub async fn handshake(
     let Some(session) = state.live.as_sessions.create(user.id) else {
         return lines("FAILED Could not start a session\n");
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
-    lines(format!("OK\n{session}\nhttp://{host}/as/1.2/np\nhttp://{host}/as/1.2/submit\n"))
+    // Behind a TLS front the player must be sent to the front's https address.
+    let base = state.front.base_url(&headers, peer.0);
+    lines(format!("OK\n{session}\n{base}/as/1.2/np\n{base}/as/1.2/submit\n"))
 }
 
 fn form(body: &[u8]) -> Option<HashMap<String, String>> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
@@ -192,7 +192,12 @@ pub async fn register(State(state): State<AppState>, addr: ClientAddr, headers: 
 }
 
 /// Administrators make invitation links on the admin page.
-pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn invite(
+    State(state): State<AppState>,
+    peer: crate::state::PeerAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let v = viewer(&state, &headers);
     let f = form_fields(&body);
     let Some((me, _)) = v.0.as_ref().filter(|_| is_admin(&state, &v)) else {
@@ -201,7 +206,7 @@ pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if !csrf_ok(&v, &f) {
         return refused(&v);
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
+    let base = state.front.base_url(&headers, peer.0);
     match state.store.create_invite(me.id, crate::now_unix()) {
         Ok(code) => page(
             StatusCode::OK,
@@ -210,7 +215,7 @@ pub async fn invite(State(state): State<AppState>, headers: HeaderMap, body: Byt
             html! {
                 h1 { "Invitation" }
                 p { "Send this link to the person you invite; it works once:" }
-                p { code { "http://" (host) "/register?invite=" (code) } }
+                p { code { (base) "/register?invite=" (code) } }
                 p { a href="/admin" { "Back to the admin page" } }
             },
         ),

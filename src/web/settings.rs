@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
@@ -193,11 +193,11 @@ pub async fn revoke_token(State(state): State<AppState>, headers: HeaderMap, bod
 }
 
 /// `/connect`: what to paste into each player, with this node's address filled in.
-pub async fn connect(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn connect(State(state): State<AppState>, peer: crate::state::PeerAddr, headers: HeaderMap) -> Response {
     let v = viewer(&state, &headers);
     let Some((me, _)) = &v.0 else { return Redirect::to("/login").into_response() };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8487");
-    let node = format!("http://{host}");
+    let node = state.front.base_url(&headers, peer.0);
+    let host = node.split_once("://").map_or(node.as_str(), |(_, h)| h).to_owned();
     let rows = [
         (
             "Navidrome",

@@ -1,6 +1,6 @@
 //! Audioscrobbler 1.2 exchanges as mpdscribble makes them.
 
-use crate::support::{NodeProcess, data_with_user};
+use crate::support::{NodeProcess, TlsProxy, data_with_user, free_port, run_python_env};
 
 fn md5(s: &str) -> String {
     hearsay::auth::md5_hex(s.as_bytes())
@@ -151,3 +151,73 @@ fn only_legacy_tokens_keep_an_md5_and_open_legacy_sessions() {
         assert!(!bytes.windows(16).any(|w| w == md5_bytes.as_slice()), "{} holds a default token's md5", f.display());
     }
 }
+
+/// A player behind a TLS front, as the README advises: the handshake hands out the
+/// front's `https://` addresses (`http.public_url`), and a real HTTPS client stores all
+/// its plays through them (before: `http://…` was hard-coded, and such a player stored 0
+/// of 3). Without `public_url`, a trusted proxy's `X-Forwarded-Proto`/`-Host` are used,
+/// and anyone else's are ignored.
+#[test]
+fn a_player_behind_a_tls_front_is_handed_its_https_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let port = free_port();
+    let tls = TlsProxy::start(dir.path(), &format!("127.0.0.1:{port}"));
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("https://{}", tls.host);
+    let node = NodeProcess::start_with(
+        &data,
+        &[("HEARSAY_HTTP__LISTEN", listen.as_str()), ("HEARSAY_HTTP__PUBLIC_URL", public.as_str())],
+    );
+    let now = hearsay::now_unix();
+    let out = run_python_env(PLAYER_OVER_TLS, &[&public, &token, &now.to_string()], &[("SSL_CERT_FILE", &tls.cert)]);
+    assert!(out.contains(&format!("np={public}/as/1.2/np")), "{out}");
+    assert!(out.trim_end().ends_with("submitted OK"), "{out}");
+    assert_eq!(node.terminate(), Some(0));
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    let stored = store.listens(alice, 0, i64::MAX, 10, hearsay::store::logs::Order::NewestFirst).expect("listens");
+    assert_eq!(stored.len(), 3, "every play through the front is stored");
+    drop(store);
+
+    // Forwarded headers: believed from a trusted proxy only.
+    let t = hearsay::now_unix().to_string();
+    let a = md5(&format!("{}{t}", md5(&token)));
+    let handshake = |url: &str| {
+        ureq::get(&format!("{url}/?hs=true&p=1.2&c=mpd&v=0.25&u=alice&t={t}&a={a}"))
+            .set("X-Forwarded-Proto", "https")
+            .set("X-Forwarded-Host", "music.example.org")
+            .call()
+            .expect("handshake")
+            .into_string()
+            .expect("body")
+    };
+    let trusting = NodeProcess::start_with(&data, &[("HEARSAY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]);
+    let reply = handshake(&trusting.url);
+    assert_eq!(reply.lines().nth(2), Some("https://music.example.org/as/1.2/np"), "{reply}");
+    drop(trusting);
+    let plain = NodeProcess::start(&data);
+    let reply = handshake(&plain.url);
+    assert_eq!(reply.lines().nth(2), Some(format!("{}/as/1.2/np", plain.url).as_str()), "{reply}");
+}
+
+/// An Audioscrobbler 1.2 player over HTTPS (Python's standard library, verifying the
+/// front's certificate): handshake at the public address, then three plays to the
+/// submission address the handshake gave.
+const PLAYER_OVER_TLS: &str = r#"
+import hashlib, sys, urllib.parse, urllib.request
+base, token, now = sys.argv[1], sys.argv[2], int(sys.argv[3])
+md5 = lambda s: hashlib.md5(s.encode()).hexdigest()
+t = str(now)
+q = urllib.parse.urlencode({"hs": "true", "p": "1.2", "c": "tst", "v": "1.0", "u": "alice", "t": t, "a": md5(md5(token) + t)})
+lines = urllib.request.urlopen(base + "/?" + q).read().decode().splitlines()
+assert lines[0] == "OK", lines
+session, np, submit = lines[1], lines[2], lines[3]
+print("np=" + np)
+form = {"s": session}
+for i in range(3):
+    form.update({f"a[{i}]": "Front Band", f"t[{i}]": f"Song {i}", f"i[{i}]": str(now - 600 * (i + 1)), f"o[{i}]": "P", f"r[{i}]": "", f"l[{i}]": "200", f"b[{i}]": "", f"n[{i}]": "", f"m[{i}]": ""})
+reply = urllib.request.urlopen(submit, data=urllib.parse.urlencode(form).encode()).read().decode()
+print("submitted " + reply.strip())
+"#;

@@ -134,9 +134,9 @@ impl NodeProcess {
         let mut child = cmd
             .env("HEARSAY_NODE__LOG", "warn")
             .env("HEARSAY_P2P__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]")
+            .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env("HEARSAY_NODE__DATA_DIR", data_dir)
-            .env("HEARSAY_HTTP__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
