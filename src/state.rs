@@ -58,7 +58,8 @@ pub struct Front {
 impl Front {
     /// Whether `peer` (the connection's address) is a trusted proxy.
     fn trusts(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|p| self.trusted.contains(&p))
+        // A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+        peer.is_some_and(|p| self.trusted.iter().any(|t| t.to_canonical() == p.to_canonical()))
     }
 
     /// The base of every URL handed out: `http.public_url`; else, from a trusted proxy,
@@ -116,9 +117,25 @@ impl FromRequestParts<AppState> for ClientAddr {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .map(|a| {
+                // An address, or an address with a port (some proxies append it).
+                let a = a.trim();
+                a.parse::<IpAddr>().ok().or_else(|| a.parse::<SocketAddr>().ok().map(|s| s.ip()))
+            })
             .collect::<Vec<_>>();
-        let client = forwarded.into_iter().rev().find(|a| !state.front.trusted.contains(a));
+        // The right-most entry a trusted proxy did not add; an entry that is no address
+        // at all stops the walk (what lies left of it cannot be trusted either).
+        let mut client = None;
+        for a in forwarded.into_iter().rev() {
+            match a {
+                Some(a) if state.front.trusts(Some(a)) => continue,
+                Some(a) => {
+                    client = Some(a);
+                    break;
+                }
+                None => break,
+            }
+        }
         Ok(ClientAddr(client.or(peer)))
     }
 }

@@ -146,19 +146,30 @@ pub fn federated_chart(
                 .then(|| weight_of(m, origin, s))
                 .flatten()
         };
-        let mut weight = counts(own, &own_id).map(u32::from);
-        // A listed member of any community that counts it; otherwise it was admitted
-        // through an open one, and only corroborates (`chart_of`).
-        let mut member = weight.is_some() && own.is_member(origin);
+        // As a member: the highest weight among the communities that list it; only if
+        // none does, as a non-member (admitted through an open community, it only
+        // corroborates: `chart_of`) at the highest weight among those. So a weight from
+        // an open community never lends a member's standing, nor the reverse.
+        let (mut as_member, mut as_other): (Option<u32>, Option<u32>) = (None, None);
+        let mut note = |m: &ManifestV1, w: u32| {
+            let slot = if m.is_member(origin) { &mut as_member } else { &mut as_other };
+            *slot = Some(slot.map_or(w, |x| x.max(w)));
+        };
+        if let Some(w) = counts(own, &own_id) {
+            note(own, u32::from(w));
+        }
         for ((link, m), id) in linked.iter().zip(&linked_ids) {
             if let Some(w) = counts(m, id) {
-                let w = u32::from(*link) * u32::from(w) / 1000;
-                weight = Some(weight.map_or(w, |own| own.max(w)));
-                member |= m.is_member(origin);
+                note(m, u32::from(*link) * u32::from(w) / 1000);
             }
         }
-        if let Some(w) = weight.filter(|w| *w > 0) {
-            counted.push(Counted { weight: u16::try_from(w).unwrap_or(u16::MAX), member, snapshot });
+        let (weight, member) = match (as_member, as_other) {
+            (Some(w), _) => (w, true),
+            (None, Some(w)) => (w, false),
+            (None, None) => continue,
+        };
+        if weight > 0 {
+            counted.push(Counted { weight: u16::try_from(weight).unwrap_or(u16::MAX), member, snapshot });
         }
     }
     chart_of(&own.policy, &counted)
@@ -269,7 +280,9 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
         let mut rows: Vec<Row> = Vec::new();
         for (item, (name, contributions)) in per_item {
             let origins = u32::try_from(contributions.len()).unwrap_or(u32::MAX);
-            if origins < u32::from(policy.min_origins_per_item) {
+            // Enough origins to list an item: members only (non-members corroborate).
+            let members = contributions.iter().filter(|c| c.0).count();
+            if u32::try_from(members).unwrap_or(u32::MAX) < u32::from(policy.min_origins_per_item) {
                 continue;
             }
             let share = policy.max_origin_share_milli;
@@ -576,6 +589,28 @@ mod tests {
                 prop_assert!(with_others.artists.iter().any(|r| r.item == *item) || *l <= 0);
             }
         }
+    }
+
+    /// Review findings: non-members do not make up an item's minimum number of origins,
+    /// and a weight from an open community does not lend a member's standing (an origin
+    /// listed in a linked community at a low link weight and admitted through an open
+    /// one at a high weight counts as a member at the low weight, not at the high one).
+    #[test]
+    fn non_members_neither_fill_the_minimum_nor_lend_weight() {
+        let mut open = manifest(&[1]);
+        open.admission = Admission::Open { probation_periods: 0 };
+        open.policy.min_origins_per_item = 3;
+        let s = state_of(&[held(snap(1, &[(1, 8)]), 1), held(snap(20, &[(1, 8)]), 1), held(snap(21, &[(1, 8)]), 1)]);
+        assert!(community_chart(&open, &s, |_| 0).artists.is_empty(), "one member and two Sybils list nothing");
+        // Origin 5: a member of `strict` (linked at 100), a non-member of `open` (its own).
+        let mut own = manifest(&[1]);
+        own.admission = Admission::Open { probation_periods: 0 };
+        let mut strict = manifest(&[5]);
+        strict.genesis = Some(TEST_COMMUNITY);
+        let s = state_of(&[held(snap(1, &[(1, 100)]), 1), held(snap(5, &[(2, 100)]), 1)]);
+        let fed = federated_chart(&own, &[(100, &strict)], &s, |_| 0);
+        let artist2 = fed.artists.iter().find(|r| r.item == ItemName::artist("Artist 2").id()).expect("listed");
+        assert_eq!(artist2.listeners, 10, "a member at its link weight (100 × 0.1), not 100: {:?}", fed.artists);
     }
 
     #[test]

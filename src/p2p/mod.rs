@@ -246,6 +246,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         skew_warned: None,
         arrivals: Arrivals::new(0, []),
         watermarks: HashMap::new(),
+        rounds: 0,
     };
     task.arrivals = task.load_arrivals();
     task.refresh();
@@ -334,7 +335,18 @@ struct Task {
     arrivals: Arrivals,
     /// Per peer, the watermark of its arrival log to ask from next (epoch, after).
     watermarks: HashMap<PeerId, (u64, u64)>,
+    /// Catch-up rounds made (every `FULL_ROUND_EVERY`th forgets the watermarks).
+    rounds: u64,
 }
+
+/// Catch-up rounds between two that forget every watermark (see `sync_with_random_peer`).
+const FULL_ROUND_EVERY: u64 = 4;
+/// Most snapshot fetches in flight from one answer (of 16 each): the connection carries
+/// 16 streams at once and the peer answers 120 requests a minute; an answer with more
+/// missing keeps its watermark, so the next round asks for the rest.
+const MAX_FETCHES_PER_ANSWER: usize = 8;
+/// Most refs one `Have` may carry (an announcement is what one fetch of 16 brought).
+const MAX_HAVE: usize = 64;
 
 /// Peers whose catch-up watermark is remembered (beyond: forgotten, and the next round
 /// with each is a first contact again).
@@ -425,8 +437,10 @@ impl Task {
     /// Reloads followed communities from the store, subscribes to their topics, and
     /// queues this node's manifests (as an administrator) for publication.
     fn refresh(&mut self) {
-        // What was not wanted under the old communities or manifests may be now.
+        // What was not wanted under the old communities or manifests may be now: and
+        // the watermarks passed such refs, so the next round with each peer starts over.
         self.unwanted.clear();
+        self.watermarks.clear();
         let followed = match self.store.followed() {
             Ok(f) => f,
             Err(e) => {
@@ -849,18 +863,23 @@ impl Task {
             self.penalise(peer, "too many refs");
             return;
         }
-        self.fetch_missing(peer, refs);
+        let _ = self.fetch_missing(peer, refs);
     }
 
-    fn fetch_missing(&mut self, peer: PeerId, refs: Vec<Ref>) {
+    /// Fetches from `peer` what of `refs` this node wants and lacks, at most
+    /// `MAX_FETCHES_PER_ANSWER` requests; returns whether that was all of it.
+    fn fetch_missing(&mut self, peer: PeerId, refs: Vec<Ref>) -> bool {
         let missing: Vec<Ref> = refs
             .into_iter()
             .filter(|r| !self.wanted(&r.1, None).is_empty() && !self.unwanted.contains(&r.3))
             .filter(|r| self.store.held_versions(r.0, &r.1).map(|h| !h.iter().any(|x| x.1 == r.3)).unwrap_or(false))
             .collect();
-        for chunk in missing.chunks(MAX_FETCH) {
-            self.send(peer, SyncRequest::Snapshots { refs: chunk.to_vec() });
+        let chunks: Vec<Vec<Ref>> = missing.chunks(MAX_FETCH).map(<[Ref]>::to_vec).collect();
+        let all = chunks.len() <= MAX_FETCHES_PER_ANSWER;
+        for chunk in chunks.into_iter().take(MAX_FETCHES_PER_ANSWER) {
+            self.send(peer, SyncRequest::Snapshots { refs: chunk });
         }
+        all
     }
 
     fn send(&mut self, peer: PeerId, request: SyncRequest) {
@@ -909,6 +928,13 @@ impl Task {
         if peers.is_empty() {
             return;
         }
+        // Every `FULL_ROUND_EVERY` rounds the watermarks are forgotten, so a round asks
+        // for the peer's newest refs again: what a failed fetch or a lost answer
+        // skipped comes back within that many rounds (an hour at the default interval).
+        self.rounds = self.rounds.wrapping_add(1);
+        if self.rounds % FULL_ROUND_EVERY == 0 {
+            self.watermarks.clear();
+        }
         let pick = (Self::now() as usize) % peers.len();
         self.catch_up(peers[pick]);
     }
@@ -939,11 +965,12 @@ impl Task {
                 SyncResponse::RefsSince { epoch, next, refs: refs.into_iter().filter(|r| r.0 >= oldest).collect() }
             }
             SyncRequest::Have { refs } => {
-                if refs.len() > MAX_REFS {
-                    return SyncResponse::Error(format!("at most {MAX_REFS} refs"));
+                if refs.len() > MAX_HAVE {
+                    return SyncResponse::Error(format!("at most {MAX_HAVE} refs"));
                 }
                 // Fetched from the announcer like the refs of a catch-up answer.
-                self.fetch_missing(peer, refs);
+                let oldest = now - self.options.retention_secs;
+                self.fetch_missing(peer, refs.into_iter().filter(|r| r.0 >= oldest).collect());
                 SyncResponse::Noted
             }
             SyncRequest::Snapshots { refs } => {
@@ -971,11 +998,17 @@ impl Task {
         match response {
             SyncResponse::Refs(refs) => self.take_refs(peer, refs),
             SyncResponse::RefsSince { epoch, next, refs } => {
-                if self.watermarks.len() >= MAX_WATERMARKS && !self.watermarks.contains_key(&peer) {
-                    self.watermarks.clear();
+                if refs.len() > MAX_REFS {
+                    self.penalise(peer, "too many refs");
+                    return;
                 }
-                self.watermarks.insert(peer, (epoch, next));
-                self.take_refs(peer, refs);
+                // The watermark moves only when every missing ref is being fetched.
+                if self.fetch_missing(peer, refs) {
+                    if self.watermarks.len() >= MAX_WATERMARKS && !self.watermarks.contains_key(&peer) {
+                        self.watermarks.clear();
+                    }
+                    self.watermarks.insert(peer, (epoch, next));
+                }
             }
             SyncResponse::Noted => {}
             SyncResponse::Snapshots(list) => {
