@@ -70,8 +70,8 @@ pub struct Status {
     /// to administrators (`Status::without_addresses` for everyone else).
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
-    /// Snapshots accepted / ignored / rejected since start, and kept as evidence of an
-    /// origin's equivocation.
+    /// Snapshots accepted / ignored / rejected (manifests too) since start, and kept as
+    /// evidence (an origin's equivocation, a manifest fork).
     pub accepted: u64,
     pub ignored: u64,
     pub rejected: u64,
@@ -664,6 +664,14 @@ impl Task {
     /// Validates a manifest for community `id`; stores it when it is the next version.
     /// Returns the verdict and whether versions are missing (to fetch by sync).
     fn take_manifest(&mut self, id: &CommunityId, bytes: &[u8]) -> (Verdict, bool) {
+        let (verdict, missing) = self.judge_manifest(id, bytes);
+        if let Verdict::Reject(_) = verdict {
+            self.status.rejected += 1;
+        }
+        (verdict, missing)
+    }
+
+    fn judge_manifest(&mut self, id: &CommunityId, bytes: &[u8]) -> (Verdict, bool) {
         let new = match open_manifest(bytes) {
             Ok(m) => m,
             Err(ManifestError::UnknownSchema(_)) => return (Verdict::Ignore("unknown manifest schema".into()), false),
@@ -685,6 +693,9 @@ impl Task {
             }
             Err(ManifestError::NotNext { .. }) => (Verdict::Ignore("a version is missing".into()), true),
             Err(ManifestError::WrongCommunity) => (Verdict::Ignore("another community".into()), false),
+            // A validly signed next version of another history: after a fork, honest
+            // relays carry the other branch's later versions; not their fault.
+            Err(ManifestError::WrongPrev) => (Verdict::Ignore("another branch of a forked history".into()), false),
             Err(e) => (Verdict::Reject(e.to_string()), false),
         }
     }

@@ -648,12 +648,15 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     other.members.push(hearsay::federation::community::Member { node: c_key, weight_milli: 1000 });
     other.members.sort_by_key(|m| m.node);
     let fork = key.sign_manifest(&other);
+    // And a version 3 on the fork's branch, as honest relays of that branch carry it.
+    let fork_parent = hearsay::federation::community::open_manifest(&fork).expect("fork");
+    let on_fork = key.sign_manifest(&fork_parent.manifest.next(hearsay::now_unix(), |m| m.name = "X".into()));
     let na = a.start();
     let before = network(&na.url, fresh_period());
     let rejected0 = before["p2p"]["rejected"].as_i64().unwrap_or(0);
     let bad = rogue::Bad {
         gossip: vec![],
-        manifests: vec![fork.clone(), fork],
+        manifests: vec![fork.clone(), fork, on_fork],
         served: vec![],
         origin: [0; 32],
         period: 0,
@@ -677,7 +680,11 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     assert_eq!(x_view["version"], 2, "the version taken first stays");
     assert_eq!(x_view["members"], 2, "A and B, as in the version taken first");
     assert_eq!(v["p2p"]["evidence"].as_i64(), Some(1), "kept once: {}", v["p2p"]);
-    assert_eq!(v["p2p"]["rejected"].as_i64().unwrap_or(0), rejected0, "relaying a fork is no fault");
+    assert_eq!(
+        v["p2p"]["rejected"].as_i64().unwrap_or(0),
+        rejected0,
+        "relaying a fork, or a later version on its branch, is no fault"
+    );
     let page = ureq::get(&format!("{}/network", na.url)).call().expect("page").into_string().expect("body");
     assert!(page.contains("signed two different manifests of version 2"), "{page}");
     drop(na);
