@@ -232,7 +232,10 @@ fn init_tracing(filter: &str) {
         directives.push_str(",libp2p_kad::behaviour=error");
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal (and not under NO_COLOR): a log file or journald gets
+    // plain text, not escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -221,6 +221,8 @@ fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
     }
     let logged = std::fs::read(&log).expect("log");
     assert!(contains(&logged, "node started"), "the log was captured: {}", String::from_utf8_lossy(&logged));
+    // Not a terminal: plain text, no colour escape codes (before, every line had them).
+    assert!(!logged.contains(&0x1b), "escape codes in a log file:\n{}", String::from_utf8_lossy(&logged));
     for needle in
         ["Canary Artist", "Canary Title", "canary-agent", "203.0.113", &token, "not-a-real-token", "canaryauth"]
     {
