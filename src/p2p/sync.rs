@@ -115,7 +115,7 @@ impl Arrivals {
     }
 
     /// The refs taken after sequence number `mark` (for announcing what a catch-up
-    /// brought), and the current head.
+    /// brought).
     pub fn after(&self, mark: u64) -> Vec<Ref> {
         let start = self.entries.partition_point(|e| e.0 <= mark);
         self.entries.iter().skip(start).map(|e| e.1).collect()

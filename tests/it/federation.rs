@@ -240,6 +240,21 @@ mod rogue {
     use libp2p::swarm::SwarmEvent;
     use libp2p::{Multiaddr, Swarm};
 
+    /// Runs `run` on a thread of its own until the returned flag is set.
+    pub fn spawn(
+        victim: Multiaddr,
+        community_short: &str,
+        bad: Bad,
+    ) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<Report>) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, community) = (stop.clone(), community_short.to_owned());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(run(victim, &community, bad, flag))
+        });
+        (stop, handle)
+    }
+
     pub struct Bad {
         /// Sent over gossip on the snapshot topic.
         pub gossip: Vec<Vec<u8>>,
@@ -455,14 +470,7 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
     // The rogue misbehaves until the victim has refused its messages (a loaded machine,
     // such as CI's two cores running other tests, can take seconds), at most a minute.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rogue = {
-        let (victim, x, stop) = (victim.clone(), x.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(rogue::run(victim, &x, bad, stop))
-        })
-    };
+    let (stop, rogue) = rogue::spawn(victim.clone(), &x, bad);
     let started = std::time::Instant::now();
     let mut after = network(&na.url, p);
     while counters(&after).1 < rejected0 + 4 && started.elapsed() < std::time::Duration::from_secs(55) {
@@ -505,14 +513,7 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
         period: p,
         hostile_sync: false,
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rogue = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(rogue::run(victim, &x, bad, stop))
-        })
-    };
+    let (stop, rogue) = rogue::spawn(victim.clone(), &x, bad);
     let v = wait_for(&na.url, p, "the equivocating origin is left out", |v| origins(v, "X", "chart") == 1);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     rogue.join().expect("rogue");
@@ -663,14 +664,7 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
         hostile_sync: false,
     };
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rogue = {
-        let (stop, x) = (stop.clone(), x.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(rogue::run(victim, &x, bad, stop))
-        })
-    };
+    let (stop, rogue) = rogue::spawn(victim.clone(), &x, bad);
     let v = wait_for(&na.url, fresh_period(), "the fork is recorded", |v| {
         community(v, "X").is_some_and(|c| c["forks"] == serde_json::json!([2]))
     });
@@ -799,14 +793,7 @@ fn a_sybil_flood_of_an_open_community_only_corroborates() {
         hostile_sync: false,
     };
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rogue = {
-        let (stop, o) = (stop.clone(), o.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(rogue::run(victim, &o, bad, stop))
-        })
-    };
+    let (stop, rogue) = rogue::spawn(victim.clone(), &o, bad);
     let after = wait_for(&na.url, p, "the Sybils are counted", |v| origins(v, "O", "chart") == 13);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     rogue.join().expect("rogue");
