@@ -10,7 +10,7 @@
 //!
 //! | purpose | self | others, subject public | others, subject aggregate or private |
 //! | --- | --- | --- | --- |
-//! | `Profile`, `History`, `Charts` | yes | yes | no (answered as "no such user") |
+//! | `Profile`, `History`, `Charts` | yes | yes | no (answered as "no such user"); to an `ApiReader` (a scrobbler-API call without a token) yes if the subject opened their API reads and is not private |
 //! | `Export` | yes | no | no |
 //! | `Accounting` (ledger: what releases charged; independent of activity, since every aggregate user is charged every period) | yes | administrators | administrators |
 //! | `Similarity`, `NodeChart` (computed from the subject, shown to others) | — | exact | not at all |
@@ -31,6 +31,9 @@ pub enum Viewer {
     Member { id: u32, admin: bool },
     /// Another node, over libp2p.
     Peer,
+    /// A call to a scrobbler API (ListenBrainz, Last.fm) that names no user: no token,
+    /// no session. Anonymous, except for subjects who opened their API reads.
+    ApiReader,
 }
 
 impl Viewer {
@@ -38,6 +41,12 @@ impl Viewer {
     /// an anonymous visitor.
     pub fn member_or_anonymous(id: Option<u32>) -> Viewer {
         id.map_or(Viewer::Anonymous, |id| Viewer::Member { id, admin: false })
+    }
+
+    /// The caller of a scrobbler API read: the member its token or session names, else
+    /// an `ApiReader`.
+    pub fn api_caller(id: Option<u32>) -> Viewer {
+        id.map_or(Viewer::ApiReader, |id| Viewer::Member { id, admin: false })
     }
 }
 
@@ -87,6 +96,10 @@ impl Access {
 pub struct Subject {
     pub id: u32,
     pub level: SharingLevel,
+    /// The subject lets anyone read their profile, listens and charts through the
+    /// scrobbler APIs without a token (a setting, off by default). Changes nothing for
+    /// any other viewer or purpose.
+    pub api_reads_open: bool,
 }
 
 /// What `viewer` may learn about `subject` for `purpose`.
@@ -94,9 +107,11 @@ pub fn may(viewer: Viewer, subject: Subject, purpose: Purpose) -> Access {
     let own = matches!(viewer, Viewer::Member { id, .. } if id == subject.id);
     let admin = matches!(viewer, Viewer::Member { admin: true, .. });
     let public = subject.level == SharingLevel::Public;
+    // A private user reaches no one, whatever else they switched on.
+    let api_open = viewer == Viewer::ApiReader && subject.api_reads_open && subject.level != SharingLevel::Private;
     let yes = |b: bool| if b { Access::Exact } else { Access::Denied };
     match purpose {
-        Purpose::Profile | Purpose::History | Purpose::Charts => yes(own || public),
+        Purpose::Profile | Purpose::History | Purpose::Charts => yes(own || public || api_open),
         Purpose::Export => yes(own),
         // Every aggregate user is charged every period, so a ledger says nothing of
         // activity; administrators see them to answer users' questions.
@@ -116,7 +131,7 @@ pub fn may(viewer: Viewer, subject: Subject, purpose: Purpose) -> Access {
 /// (node charts, neighbours, similar artists): the filter for computations over many
 /// users, where no single viewer is asked about.
 pub fn counted_exactly(level: SharingLevel, purpose: Purpose) -> bool {
-    may(Viewer::Anonymous, Subject { id: u32::MAX, level }, purpose).exact()
+    may(Viewer::Anonymous, Subject { id: u32::MAX, level, api_reads_open: false }, purpose).exact()
 }
 
 #[cfg(test)]
@@ -142,9 +157,10 @@ mod tests {
             Viewer::Member { id: 2, admin: false },
             Viewer::Member { id: 3, admin: true },
             Viewer::Peer,
+            Viewer::ApiReader,
         ];
         for level in SharingLevel::ALL {
-            let subject = Subject { id: 1, level };
+            let subject = Subject { id: 1, level, api_reads_open: false };
             for viewer in viewers {
                 for purpose in ALL_PURPOSES {
                     let access = may(viewer, subject, purpose);
@@ -169,12 +185,37 @@ mod tests {
     fn a_user_sees_all_of_themself_but_is_not_counted_exactly_anywhere_others_look() {
         for level in SharingLevel::ALL {
             let me = Viewer::Member { id: 1, admin: false };
-            let subject = Subject { id: 1, level };
+            let subject = Subject { id: 1, level, api_reads_open: false };
             for purpose in [Purpose::Profile, Purpose::History, Purpose::Charts, Purpose::Export, Purpose::Accounting] {
                 assert!(may(me, subject, purpose).exact());
             }
             assert_eq!(may(me, subject, Purpose::NodeChart).exact(), level == SharingLevel::Public);
             assert_eq!(counted_exactly(level, Purpose::Similarity), level == SharingLevel::Public);
+        }
+    }
+
+    #[test]
+    fn opened_api_reads_reach_only_token_less_api_calls_and_only_the_users_own_pages() {
+        for level in SharingLevel::ALL {
+            let open = Subject { id: 1, level, api_reads_open: true };
+            let closed = Subject { api_reads_open: false, ..open };
+            for purpose in ALL_PURPOSES {
+                let shown = matches!(purpose, Purpose::Profile | Purpose::History | Purpose::Charts)
+                    && level != SharingLevel::Private;
+                // An API call without a token: what the subject opened, no more.
+                let want = shown || may(Viewer::Anonymous, closed, purpose).exact();
+                assert_eq!(may(Viewer::ApiReader, open, purpose).exact(), want, "{level:?} {purpose:?}");
+                assert_eq!(
+                    may(Viewer::ApiReader, closed, purpose),
+                    may(Viewer::Anonymous, closed, purpose),
+                    "{level:?} {purpose:?}"
+                );
+                // Nobody else gains anything from the switch: not the web's visitors,
+                // other members, peers, nor what is summed for others or released.
+                for viewer in [Viewer::Anonymous, Viewer::Member { id: 2, admin: false }, Viewer::Peer] {
+                    assert_eq!(may(viewer, open, purpose), may(viewer, closed, purpose), "{viewer:?} {purpose:?}");
+                }
+            }
         }
     }
 }

@@ -141,6 +141,13 @@ impl FromRequestParts<AppState> for ClientAddr {
 }
 
 impl AppState {
+    /// `user` as the access policy sees them: id, sharing level and whether they opened
+    /// their API reads (a store error reads as closed: the safe side).
+    pub fn subject(&self, user: &crate::store::users::User) -> crate::policy::Subject {
+        let api_reads_open = self.store.settings(user.id).map(|s| s.api_reads_open).unwrap_or(false);
+        crate::policy::Subject { id: user.id.0, level: user.visibility, api_reads_open }
+    }
+
     /// Whether a request carries the node's control token (`Authorization: Bearer`):
     /// the operator's command line talking to its own node.
     pub fn is_operator(&self, headers: &axum::http::HeaderMap) -> bool {
@@ -186,6 +193,8 @@ pub const NOW_PLAYING_DEFAULT: Duration = Duration::from_secs(600);
 pub struct NowPlaying {
     pub track: TrackRef,
     pub client: Option<String>,
+    /// When the player said it started (the node's clock, unix seconds).
+    pub since: i64,
     pub until: Instant,
 }
 
@@ -207,7 +216,7 @@ impl Live {
     pub fn set_playing(&self, user: UserId, track: TrackRef, client: Option<String>, duration_ms: Option<u32>) {
         let length = duration_ms.map_or(NOW_PLAYING_DEFAULT, |ms| Duration::from_millis(u64::from(ms)));
         if let Ok(mut map) = self.now_playing.lock() {
-            map.insert(user, NowPlaying { track, client, until: Instant::now() + length });
+            map.insert(user, NowPlaying { track, client, since: crate::now_unix(), until: Instant::now() + length });
         }
     }
 
@@ -223,9 +232,19 @@ impl Live {
         }
     }
 
-    /// A new listen ends "now playing".
-    pub fn clear_playing(&self, user: UserId) {
-        if let Ok(mut map) = self.now_playing.lock() {
+    /// Listens arrived: "now playing" ends if one of them is the track playing, or began
+    /// after it started. A back-dated listen (an import, a player's cache sent late, the
+    /// previous track scrobbled at its end) leaves it alone.
+    pub fn listened<'a>(&self, user: UserId, listens: impl IntoIterator<Item = &'a crate::log::Listen>) {
+        use crate::log::dedupe::normalize_name;
+        let Ok(mut map) = self.now_playing.lock() else { return };
+        let Some(p) = map.get(&user) else { return };
+        let same = |t: &TrackRef| {
+            normalize_name(&t.title) == normalize_name(&p.track.title)
+                && normalize_name(&t.artist) == normalize_name(&p.track.artist)
+        };
+        // A minute's slack for players whose clock is a little behind the node's.
+        if listens.into_iter().any(|l| same(l.track()) || l.listened_at() >= p.since - 60) {
             map.remove(&user);
         }
     }

@@ -161,6 +161,13 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         }
     }
     if !actions.is_empty() && !state.store.is_paused(user).unwrap_or(false) {
+        let listens: Vec<crate::log::Listen> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Listen(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
         if let Err(e) = state.ingestor.ingest(user, actions).await {
             if e.class() == crate::store::Class::DiskFull {
                 tracing::debug!(error = %e, "audioscrobbler: refused, disk full");
@@ -169,7 +176,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             tracing::error!(error = %e, "audioscrobbler: ingest failed");
             return lines("FAILED The node could not store the submission; try again\n");
         }
-        state.live.clear_playing(user);
+        state.live.listened(user, &listens);
     }
     lines("OK\n")
 }

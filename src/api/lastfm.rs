@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{md5_hex, strings_equal};
 use crate::log::{Listen, ListenError, RawListen, TrackRef};
 use crate::policy::Purpose;
-use crate::state::{AppState, ClientAddr, TokenError};
+use crate::state::{AppState, ClientAddr, PeerAddr, TokenError};
 use crate::stats::chart::Kind;
 use crate::stats::period::Period;
 use crate::store::logs::Order;
@@ -37,17 +37,27 @@ pub fn router() -> Router<AppState> {
 #[derive(Clone, Debug)]
 pub struct El {
     name: String,
-    attrs: Vec<(String, String)>,
+    /// Attributes; the flag marks the ones Last.fm's JSON gives as numbers (`accepted`
+    /// and `ignored` of a scrobble answer).
+    attrs: Vec<(String, String, bool)>,
     text: Option<String>,
     /// Rendered as a JSON number rather than a string (where Last.fm's JSON has one,
     /// e.g. `subscriber` in a session: typed clients refuse a string there).
     number: Option<i64>,
+    /// A list: in JSON its children named so are always an array, also with one
+    /// element or none (`"track": []`), as Last.fm answers lists and typed clients
+    /// expect them.
+    list_of: Option<&'static str>,
     children: Vec<El>,
 }
 
 impl El {
     fn new(name: &str) -> El {
-        El { name: name.into(), attrs: Vec::new(), text: None, number: None, children: Vec::new() }
+        El { name: name.into(), attrs: Vec::new(), text: None, number: None, list_of: None, children: Vec::new() }
+    }
+    /// A list of `item` elements (see `list_of`).
+    fn list(name: &str, item: &'static str) -> El {
+        El { list_of: Some(item), ..El::new(name) }
     }
     /// An element whose JSON value is a number (its XML text the same digits).
     fn number(name: &str, n: i64) -> El {
@@ -57,7 +67,21 @@ impl El {
         El { text: Some(text.to_string()), ..El::new(name) }
     }
     fn attr(mut self, k: &str, v: impl ToString) -> El {
-        self.attrs.push((k.into(), v.to_string()));
+        self.attrs.push((k.into(), v.to_string(), false));
+        self
+    }
+    /// An attribute whose JSON value is a number.
+    fn attr_number(mut self, k: &str, n: i64) -> El {
+        self.attrs.push((k.into(), n.to_string(), true));
+        self
+    }
+    /// Text in XML, a number in JSON (`registered`: a date in XML, seconds in JSON).
+    fn with_number(mut self, n: i64) -> El {
+        self.number = Some(n);
+        self
+    }
+    fn children(mut self, cs: impl IntoIterator<Item = El>) -> El {
+        self.children.extend(cs);
         self
     }
     fn child(mut self, c: El) -> El {
@@ -68,7 +92,7 @@ impl El {
     fn xml(&self, out: &mut String) {
         out.push('<');
         out.push_str(&self.name);
-        for (k, v) in &self.attrs {
+        for (k, v, _) in &self.attrs {
             out.push_str(&format!(" {k}=\"{}\"", escape(v)));
         }
         out.push('>');
@@ -84,21 +108,33 @@ impl El {
     /// Last.fm's JSON: text-only elements are strings; attributes of a text element sit
     /// beside `#text`, of a container under `@attr`; repeated children become arrays.
     fn json(&self) -> Value {
-        if self.children.is_empty() {
+        if self.children.is_empty() && self.list_of.is_none() {
             if let (Some(n), true) = (self.number, self.attrs.is_empty()) {
                 return json!(n);
             }
-            let text = json!(self.text.clone().unwrap_or_default());
+            let text = match self.number {
+                Some(n) => json!(n),
+                None => json!(self.text.clone().unwrap_or_default()),
+            };
             if self.attrs.is_empty() {
                 return text;
             }
-            let mut m: Map<String, Value> = self.attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let mut m: Map<String, Value> = self.attrs.iter().map(attr_json).collect();
             m.insert("#text".into(), text);
             return Value::Object(m);
         }
         let mut m = Map::new();
+        if let Some(item) = self.list_of {
+            m.insert(item.into(), json!([]));
+        }
         for c in &self.children {
             let v = c.json();
+            if Some(c.name.as_str()) == self.list_of {
+                if let Some(Value::Array(a)) = m.get_mut(&c.name) {
+                    a.push(v);
+                }
+                continue;
+            }
             match m.get_mut(&c.name) {
                 Some(Value::Array(a)) if self.children.iter().filter(|x| x.name == c.name).count() > 1 => a.push(v),
                 Some(existing) => {
@@ -111,10 +147,24 @@ impl El {
             }
         }
         if !self.attrs.is_empty() {
-            m.insert("@attr".into(), Value::Object(self.attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect()));
+            m.insert("@attr".into(), Value::Object(self.attrs.iter().map(attr_json).collect()));
         }
         Value::Object(m)
     }
+}
+
+fn attr_json((k, v, number): &(String, String, bool)) -> (String, Value) {
+    let value = match v.parse::<i64>() {
+        Ok(n) if *number => json!(n),
+        _ => json!(v),
+    };
+    (k.clone(), value)
+}
+
+/// The four sizes of `image` Last.fm gives every artist, album and track; the node has
+/// no pictures, so their addresses are empty, as Last.fm's are for items without one.
+fn images() -> impl Iterator<Item = El> {
+    ["small", "medium", "large", "extralarge"].into_iter().map(|size| El::text("image", "").attr("size", size))
 }
 
 /// XML's five predefined entities: all the escaping text and attribute values need
@@ -187,6 +237,7 @@ fn bad_params(message: &str) -> (StatusCode, u32, String) {
 async fn dispatch(
     State(state): State<AppState>,
     addr: ClientAddr,
+    peer: PeerAddr,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: axum::body::Body,
@@ -212,6 +263,8 @@ async fn dispatch(
     let params = Params(params);
     let json = params.get("format").is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let method = params.get("method").unwrap_or_default().to_ascii_lowercase();
+    let base = state.front.base_url(&headers, peer.0);
+    let read = Read { state: &state, params: &params, base: &base };
     let result = match method.as_str() {
         "auth.getmobilesession" => mobile_session(&state, &addr, &params).await,
         "auth.gettoken" => match state.live.lastfm_tokens.create(addr.0) {
@@ -227,11 +280,20 @@ async fn dispatch(
         "track.scrobble" => scrobble(&state, &params).await,
         "track.updatenowplaying" => now_playing(&state, &params),
         "track.love" | "track.unlove" => love(&state, &params, method == "track.love").await,
-        "user.getinfo" => user_info(&state, &params),
-        "user.getrecenttracks" => recent_tracks(&state, &params),
-        "user.gettopartists" => top(&state, &params, Kind::Artist),
-        "user.gettoptracks" => top(&state, &params, Kind::Recording),
-        "user.gettopalbums" => top(&state, &params, Kind::Release),
+        "user.getinfo" => read.user_info(),
+        "user.getrecenttracks" => read.recent_tracks(),
+        "user.gettopartists" => read.top(Kind::Artist, false),
+        "user.gettoptracks" => read.top(Kind::Recording, false),
+        "user.gettopalbums" => read.top(Kind::Release, false),
+        "library.getartists" => read.top(Kind::Artist, true),
+        "user.getlovedtracks" => read.loved_tracks(),
+        "user.getweeklychartlist" => read.weekly_chart_list(),
+        "user.getweeklyartistchart" => read.weekly_chart(Kind::Artist),
+        "user.getweeklyalbumchart" => read.weekly_chart(Kind::Release),
+        "user.getweeklytrackchart" => read.weekly_chart(Kind::Recording),
+        "artist.getinfo" => read.item_info(Kind::Artist),
+        "album.getinfo" => read.item_info(Kind::Release),
+        "track.getinfo" => read.item_info(Kind::Recording),
         _ => Err(fail(StatusCode::BAD_REQUEST, 3, "Invalid Method - No method with that name in this package")),
     };
     Reply { json, result }
@@ -430,7 +492,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
     } else {
         state.ingestor.ingest(user.id, actions).await.map_err(store_err)?
     };
-    state.live.clear_playing(user.id);
+    state.live.listened(user.id, results.iter().filter_map(|r| r.4.as_ref().ok()));
     let mut outcomes = outcomes.into_iter();
     let (mut accepted, mut ignored) = (0, 0);
     let mut container = El::new("scrobbles");
@@ -449,7 +511,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
         }
         container = container.child(scrobble_el(&artist, &track, album.as_deref(), ts, code, &message));
     }
-    Ok(vec![container.attr("accepted", accepted).attr("ignored", ignored)])
+    Ok(vec![container.attr_number("accepted", accepted).attr_number("ignored", ignored)])
 }
 
 fn track_of(params: &Params) -> Result<(TrackRef, Option<u32>), (StatusCode, u32, String)> {
@@ -479,153 +541,462 @@ async fn love(state: &AppState, params: &Params, love: bool) -> Outcome2 {
     Ok(Vec::new())
 }
 
-/// The user a read names (`user`, else the session's) if the caller may see them.
-fn read_user(state: &AppState, params: &Params, purpose: Purpose) -> Result<User, (StatusCode, u32, String)> {
-    let viewer = match params.get("sk") {
-        Some(sk) => state.store.user_by_session(sk).map_err(store_err)?,
-        None => None,
-    };
-    let name = match (params.get("user"), &viewer) {
-        (Some(n), _) => n.to_owned(),
-        (None, Some(v)) => v.name.clone(),
-        (None, None) => return Err(bad_params("Invalid parameters - user is required")),
-    };
-    let not_found = || fail(StatusCode::NOT_FOUND, 6, "User not found");
-    let user = state.store.user_by_name(&name).map_err(store_err)?.ok_or_else(not_found)?;
-    let who = crate::policy::Viewer::member_or_anonymous(viewer.as_ref().map(|v| v.id.0));
-    let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
-    if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
+/// A read request: the node, its parameters and the base of the URLs it hands out.
+struct Read<'a> {
+    state: &'a AppState,
+    params: &'a Params,
+    base: &'a str,
 }
 
-fn number(params: &Params, name: &str, default: usize, max: usize) -> Result<usize, (StatusCode, u32, String)> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(|n| n.min(max))
-            .ok_or_else(|| bad_params(&format!("Invalid parameters - {name}"))),
+impl Read<'_> {
+    /// The user a read names (`user` or `username`, else the session's) if the caller
+    /// may see them for `purpose`.
+    fn user(&self, purpose: Purpose) -> Result<User, (StatusCode, u32, String)> {
+        self.named_user(purpose)?.ok_or_else(|| bad_params("Invalid parameters - user is required"))
     }
-}
 
-fn user_info(state: &AppState, params: &Params) -> Outcome2 {
-    let user = read_user(state, params, Purpose::Profile)?;
-    let count = state.store.log_head(user.id).map_err(store_err)?.n_listens;
-    Ok(vec![
-        El::new("user")
-            .child(El::text("name", &user.name))
-            .child(El::text("realname", ""))
-            .child(El::text("playcount", count))
-            .child(El::text("registered", user.created_at).attr("unixtime", user.created_at))
-            .child(El::text("type", "user")),
-    ])
-}
+    /// As `user`, `None` when no user is named and no session sent.
+    fn named_user(&self, purpose: Purpose) -> Result<Option<User>, (StatusCode, u32, String)> {
+        let (state, params) = (self.state, self.params);
+        let viewer = match params.get("sk") {
+            Some(sk) => state.store.user_by_session(sk).map_err(store_err)?,
+            None => None,
+        };
+        let name = match (params.get("user").or_else(|| params.get("username")), &viewer) {
+            (Some(n), _) => n.to_owned(),
+            (None, Some(v)) => v.name.clone(),
+            (None, None) => return Ok(None),
+        };
+        let not_found = || fail(StatusCode::NOT_FOUND, 6, "User not found");
+        let user = state.store.user_by_name(&name).map_err(store_err)?.ok_or_else(not_found)?;
+        let who = crate::policy::Viewer::api_caller(viewer.as_ref().map(|v| v.id.0));
+        if crate::policy::may(who, state.subject(&user), purpose).exact() { Ok(Some(user)) } else { Err(not_found()) }
+    }
 
-fn recent_tracks(state: &AppState, params: &Params) -> Outcome2 {
-    let user = read_user(state, params, Purpose::History)?;
-    let limit = number(params, "limit", 50, 1000)?;
-    let page = number(params, "page", 1, 1_000_000)?;
-    let from = params.get("from").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let to = params.get("to").and_then(|v| v.parse::<i64>().ok()).map_or(i64::MAX, |t| t.saturating_add(1));
-    let total = if from == 0 && to == i64::MAX {
-        state.store.log_head(user.id).map_err(store_err)?.n_listens as usize
-    } else {
-        usize::try_from(state.store.count_listens(user.id, from, to).map_err(store_err)?).unwrap_or(usize::MAX)
-    };
-    // Only the page asked for is held: earlier pages are skipped, not collected.
-    let skip = (page - 1).saturating_mul(limit);
-    let mut seen = 0usize;
-    let mut listens = Vec::with_capacity(limit);
-    state
-        .store
-        .each_listen(user.id, from, to, Order::NewestFirst, |l| {
-            seen += 1;
-            if seen > skip {
-                listens.push(l);
+    fn number(&self, name: &str, default: usize, max: usize) -> Result<usize, (StatusCode, u32, String)> {
+        match self.params.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(|n| n.min(max))
+                .ok_or_else(|| bad_params(&format!("Invalid parameters - {name}"))),
+        }
+    }
+
+    /// A unix time parameter (decimals truncated), if given.
+    fn time(&self, name: &str) -> Result<Option<i64>, (StatusCode, u32, String)> {
+        match self.params.get(name) {
+            None => Ok(None),
+            Some(v) => super::whole_number(v)
+                .and_then(|n| i64::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| bad_params(&format!("Invalid parameters - {name} must be a unix time"))),
+        }
+    }
+
+    /// The address of an item's page on this node (Last.fm's `url`).
+    fn url(&self, user: &User, kind: Kind, name: &str, artist: Option<&str>) -> String {
+        let what = match kind {
+            Kind::Artist => "artist",
+            Kind::Recording => "track",
+            Kind::Release => "album",
+        };
+        let handle = crate::store::aggregates::item_handle(kind, name, artist);
+        format!("{}/user/{}/{what}/{handle}", self.base, user.name)
+    }
+
+    fn user_info(&self) -> Outcome2 {
+        let user = self.user(Purpose::Profile)?;
+        let store = &self.state.store;
+        let count = store.log_head(user.id).map_err(store_err)?.n_listens;
+        let now = crate::now_unix();
+        let distinct = |kind| store.chart(user.id, kind, &Period::AllTime, 0, now).map(|c| c.distinct);
+        let artists = distinct(Kind::Artist).map_err(store_err)?;
+        let tracks = distinct(Kind::Recording).map_err(store_err)?;
+        let albums = distinct(Kind::Release).map_err(store_err)?;
+        let registered = jiff::Timestamp::from_second(user.created_at)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
+        Ok(vec![
+            El::new("user")
+                .child(El::text("name", &user.name))
+                .child(El::text("realname", ""))
+                .children(images())
+                .child(El::text("url", format!("{}/user/{}", self.base, user.name)))
+                .child(El::text("country", "None"))
+                .child(El::text("age", 0))
+                .child(El::text("gender", "n"))
+                .child(El::text("subscriber", 0))
+                .child(El::text("playcount", count))
+                .child(El::text("playlists", 0))
+                .child(El::text("bootstrap", 0))
+                .child(
+                    El::text("registered", registered).with_number(user.created_at).attr("unixtime", user.created_at),
+                )
+                .child(El::text("type", "user"))
+                .child(El::text("artist_count", artists))
+                .child(El::text("track_count", tracks))
+                .child(El::text("album_count", albums)),
+        ])
+    }
+
+    /// A track of a list (recent, loved): artist and album as `mbid` attributes with text.
+    fn track_el(&self, user: &User, t: &TrackRef) -> El {
+        let mbid = |m: &Option<[u8; 16]>| m.as_ref().map(crate::log::listen::format_mbid).unwrap_or_default();
+        El::new("track")
+            .child(
+                El::text("artist", &t.artist)
+                    .attr("mbid", t.artist_mbids.first().map(crate::log::listen::format_mbid).unwrap_or_default()),
+            )
+            .child(El::text("name", &t.title))
+            .child(El::text("streamable", 0))
+            .child(El::text("mbid", mbid(&t.recording_mbid)))
+            .child(El::text("album", t.album.clone().unwrap_or_default()).attr("mbid", mbid(&t.release_mbid)))
+            .child(El::text("url", self.url(user, Kind::Recording, &t.title, Some(&t.artist))))
+            .children(images())
+    }
+
+    fn recent_tracks(&self) -> Outcome2 {
+        let state = self.state;
+        let user = self.user(Purpose::History)?;
+        let limit = self.number("limit", 50, 1000)?;
+        let page = self.number("page", 1, 1_000_000)?;
+        let from = self.time("from")?.unwrap_or(0);
+        let to = self.time("to")?.map_or(i64::MAX, |t| t.saturating_add(1));
+        let total = if from == 0 && to == i64::MAX {
+            state.store.log_head(user.id).map_err(store_err)?.n_listens as usize
+        } else {
+            usize::try_from(state.store.count_listens(user.id, from, to).map_err(store_err)?).unwrap_or(usize::MAX)
+        };
+        // Only the page asked for is held: earlier pages are skipped, not collected.
+        let skip = (page - 1).saturating_mul(limit);
+        let mut seen = 0usize;
+        let mut listens = Vec::with_capacity(limit);
+        state
+            .store
+            .each_listen(user.id, from, to, Order::NewestFirst, |l| {
+                seen += 1;
+                if seen > skip {
+                    listens.push(l);
+                }
+                Ok(listens.len() < limit)
+            })
+            .map_err(store_err)?;
+        let mut container = El::list("recenttracks", "track")
+            .attr("user", &user.name)
+            .attr("page", page)
+            .attr("perPage", limit)
+            .attr("totalPages", total.div_ceil(limit).max(1))
+            .attr("total", total);
+        if page == 1 {
+            if let Some(p) = state.live.playing(user.id) {
+                container = container.child(self.track_el(&user, &p.track).attr("nowplaying", "true"));
             }
-            Ok(listens.len() < limit)
-        })
-        .map_err(store_err)?;
-    let mut container = El::new("recenttracks")
-        .attr("user", &user.name)
-        .attr("page", page)
-        .attr("perPage", limit)
-        .attr("totalPages", total.div_ceil(limit).max(1))
-        .attr("total", total);
-    if page == 1 {
-        if let Some(p) = state.live.playing(user.id) {
+        }
+        for l in &listens {
+            let t = l.listen.track();
+            let date = jiff::Timestamp::from_second(l.listen.listened_at())
+                .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())
+                .unwrap_or_default();
+            container = container
+                .child(self.track_el(&user, t).child(El::text("date", date).attr("uts", l.listen.listened_at())));
+        }
+        Ok(vec![container])
+    }
+
+    /// The `artist` of a chart item: `name`, `mbid`, `url` children (top tracks and
+    /// albums, loved tracks) or, in the weekly charts, text with an `mbid` attribute.
+    fn artist_el(&self, user: &User, artist: &str, nested: bool) -> El {
+        if nested {
+            El::new("artist")
+                .child(El::text("name", artist))
+                .child(El::text("mbid", ""))
+                .child(El::text("url", self.url(user, Kind::Artist, artist, None)))
+        } else {
+            El::text("artist", artist).attr("mbid", "")
+        }
+    }
+
+    /// `user.getTop{Artists,Tracks,Albums}`, and `library.getArtists` (all time).
+    fn top(&self, kind: Kind, library: bool) -> Outcome2 {
+        let user = self.user(Purpose::Charts)?;
+        let period_name = if library { "overall" } else { self.params.get("period").unwrap_or("overall") };
+        let period = match period_name {
+            "overall" => Period::AllTime,
+            "7day" => Period::LastDays(7),
+            "1month" => Period::LastMonths(1),
+            "3month" => Period::LastMonths(3),
+            "6month" => Period::LastMonths(6),
+            "12month" => Period::LastMonths(12),
+            _ => {
+                return Err(bad_params(
+                    "Invalid parameters - period must be overall, 7day, 1month, 3month, 6month or 12month",
+                ));
+            }
+        };
+        let limit = self.number("limit", 50, 1000)?;
+        let page = self.number("page", 1, 10_000)?;
+        let chart =
+            self.state.store.chart(user.id, kind, &period, page * limit, crate::now_unix()).map_err(store_err)?;
+        let (container_name, item) = match (kind, library) {
+            (Kind::Artist, true) => ("artists", "artist"),
+            (Kind::Artist, false) => ("topartists", "artist"),
+            (Kind::Recording, _) => ("toptracks", "track"),
+            (Kind::Release, _) => ("topalbums", "album"),
+        };
+        let total = chart.distinct as usize;
+        let mut container = El::list(container_name, item).attr("user", &user.name);
+        if !library {
+            container = container.attr("period", period_name);
+        }
+        container = container
+            .attr("page", page)
+            .attr("perPage", limit)
+            .attr("totalPages", total.div_ceil(limit).max(1))
+            .attr("total", total);
+        for (i, row) in chart.rows.iter().enumerate().skip((page - 1) * limit) {
+            let mut el = El::new(item);
+            if !library {
+                el = el.attr("rank", i + 1);
+            }
+            el = el
+                .child(El::text("name", &row.name))
+                .child(El::text("playcount", row.listens))
+                .child(El::text("mbid", ""))
+                .child(El::text("url", self.url(&user, kind, &row.name, row.artist.as_deref())));
+            el = match kind {
+                Kind::Artist => el.child(El::text("streamable", 0)),
+                Kind::Recording => {
+                    el.child(El::text("duration", 0)).child(El::text("streamable", 0).attr("fulltrack", 0))
+                }
+                Kind::Release => el,
+            };
+            if library {
+                el = el.child(El::text("tagcount", 0));
+            }
+            if let Some(a) = &row.artist {
+                el = el.child(self.artist_el(&user, a, true));
+            }
+            container = container.child(el.children(images()));
+        }
+        Ok(vec![container])
+    }
+
+    fn loved_tracks(&self) -> Outcome2 {
+        let user = self.user(Purpose::Profile)?;
+        let limit = self.number("limit", 50, 1000)?;
+        let page = self.number("page", 1, 10_000)?;
+        let store = &self.state.store;
+        let all = store.feedback(user.id, 1, usize::MAX).map_err(store_err)?;
+        let total = all.len();
+        let mut container = El::list("lovedtracks", "track")
+            .attr("user", &user.name)
+            .attr("page", page)
+            .attr("perPage", limit)
+            .attr("totalPages", total.div_ceil(limit).max(1))
+            .attr("total", total);
+        for f in all.iter().skip((page - 1).saturating_mul(limit)).take(limit) {
+            let at = store.entry_sealed_at(user.id, f.seq).map_err(store_err)?.unwrap_or(0);
+            let date = jiff::Timestamp::from_second(at)
+                .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())
+                .unwrap_or_default();
+            let artist = f.row.artist.clone().unwrap_or_default();
             container = container.child(
                 El::new("track")
-                    .attr("nowplaying", "true")
-                    .child(El::text("artist", &p.track.artist).attr("mbid", ""))
-                    .child(El::text("name", &p.track.title))
-                    .child(El::text("album", p.track.album.clone().unwrap_or_default()).attr("mbid", "")),
+                    .child(El::text("name", &f.row.name))
+                    .child(El::text("mbid", ""))
+                    .child(El::text("url", self.url(&user, Kind::Recording, &f.row.name, Some(&artist))))
+                    .child(El::text("date", date).attr("uts", at))
+                    .child(self.artist_el(&user, &artist, true))
+                    .children(images())
+                    .child(El::text("streamable", 0).attr("fulltrack", 0)),
             );
         }
+        Ok(vec![container])
     }
-    for l in &listens {
-        let t = &l.listen.track();
-        let date = jiff::Timestamp::from_second(l.listen.listened_at())
-            .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())
-            .unwrap_or_default();
-        container = container.child(
-            El::new("track")
-                .child(El::text("artist", &t.artist).attr("mbid", ""))
-                .child(El::text("name", &t.title))
-                .child(El::text(
-                    "mbid",
-                    t.recording_mbid.as_ref().map(crate::log::listen::format_mbid).unwrap_or_default(),
-                ))
-                .child(El::text("album", t.album.clone().unwrap_or_default()).attr("mbid", ""))
-                .child(El::text("date", date).attr("uts", l.listen.listened_at())),
-        );
+
+    /// The user's weeks (Monday to Monday in their time zone) from their first listen to
+    /// the current one, as Last.fm lists its weekly charts.
+    fn weekly_chart_list(&self) -> Outcome2 {
+        let user = self.user(Purpose::Charts)?;
+        let store = &self.state.store;
+        let now = crate::now_unix();
+        let first = store.listens(user.id, 0, i64::MAX, 1, Order::OldestFirst).map_err(store_err)?;
+        let mut container = El::list("weeklychartlist", "chart").attr("user", &user.name);
+        let Some(first) = first.first().map(|l| l.listen.listened_at()) else { return Ok(vec![container]) };
+        let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| bad_params(&e.to_string()))?;
+        // At most ten years of weeks: a list longer than that helps no client.
+        let mut week_start = week_start(first.max(now - 10 * 366 * 86_400), &tz);
+        while week_start <= now {
+            // Noon of the next Monday is inside the next week whatever daylight saving did.
+            let next = self::week_start(week_start + 7 * 86_400 + 12 * 3600, &tz);
+            container = container.child(El::text("chart", "").attr("from", week_start).attr("to", next));
+            week_start = next;
+        }
+        Ok(vec![container])
     }
-    Ok(vec![container])
+
+    /// `user.getWeekly{Artist,Album,Track}Chart`: the chart of `[from, to)` (default:
+    /// the current week).
+    fn weekly_chart(&self, kind: Kind) -> Outcome2 {
+        let user = self.user(Purpose::Charts)?;
+        let now = crate::now_unix();
+        let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| bad_params(&e.to_string()))?;
+        let (from, to) = match (self.time("from")?, self.time("to")?) {
+            (Some(f), Some(t)) if f < t => (f, t),
+            (None, None) => {
+                let from = week_start(now, &tz);
+                (from, from + 7 * 86_400)
+            }
+            _ => return Err(bad_params("Invalid parameters - from and to must both be given, from before to")),
+        };
+        let limit = self.number("limit", 50, 1000)?;
+        let chart =
+            self.state.store.chart(user.id, kind, &Period::Range { from, to }, limit, now).map_err(|e| match e {
+                crate::store::Error::Invalid(m) => bad_params(&format!("Invalid parameters - {m}")),
+                other => store_err(other),
+            })?;
+        let (container_name, item) = match kind {
+            Kind::Artist => ("weeklyartistchart", "artist"),
+            Kind::Recording => ("weeklytrackchart", "track"),
+            Kind::Release => ("weeklyalbumchart", "album"),
+        };
+        let mut container = El::list(container_name, item).attr("user", &user.name).attr("from", from).attr("to", to);
+        for (i, row) in chart.rows.iter().enumerate() {
+            let mut el = El::new(item).attr("rank", i + 1);
+            if let Some(a) = &row.artist {
+                el = el.child(self.artist_el(&user, a, false));
+            }
+            el = el
+                .child(El::text("name", &row.name))
+                .child(El::text("mbid", ""))
+                .child(El::text("playcount", row.listens))
+                .child(El::text("url", self.url(&user, kind, &row.name, row.artist.as_deref())));
+            if kind == Kind::Recording {
+                el = el.children(images());
+            }
+            container = container.child(el);
+        }
+        Ok(vec![container])
+    }
+
+    /// `artist.getInfo`, `album.getInfo`, `track.getInfo`. The item's `listeners` and
+    /// `playcount` are the node's public profiles' (the node chart's), its
+    /// `userplaycount` (and `userloved`) those of the user named by `username` or the
+    /// session, if the caller may see that user's charts.
+    fn item_info(&self, kind: Kind) -> Outcome2 {
+        let params = self.params;
+        let artist = params.get("artist").ok_or_else(|| bad_params("Invalid parameters - artist is required"))?;
+        let name = match kind {
+            Kind::Artist => artist,
+            Kind::Recording => {
+                params.get("track").ok_or_else(|| bad_params("Invalid parameters - track is required"))?
+            }
+            Kind::Release => params.get("album").ok_or_else(|| bad_params("Invalid parameters - album is required"))?,
+        };
+        let artist_of_item = (kind != Kind::Artist).then_some(artist);
+        let handle = crate::store::aggregates::item_handle(kind, name, artist_of_item);
+        let store = &self.state.store;
+        let now = crate::now_unix();
+        let tz = crate::stats::period::time_zone(&self.state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+        let node = store.node_chart(kind, &Period::AllTime, usize::MAX, now, &tz).map_err(store_err)?;
+        let on_node = node.rows.iter().find(|r| r.row.handle == handle);
+        let user = self.named_user(Purpose::Charts)?;
+        let mine = match &user {
+            Some(u) => {
+                let chart = store.chart(u.id, kind, &Period::AllTime, usize::MAX, now).map_err(store_err)?;
+                chart.rows.into_iter().find(|r| r.handle == handle)
+            }
+            None => None,
+        };
+        if on_node.is_none() && mine.is_none() {
+            let what = match kind {
+                Kind::Artist => "The artist you supplied could not be found",
+                Kind::Recording => "Track not found",
+                Kind::Release => "Album not found",
+            };
+            return Err(fail(StatusCode::NOT_FOUND, 6, what));
+        }
+        // Named as the node or the user spells it.
+        let (shown_name, shown_artist) = match (on_node, &mine) {
+            (_, Some(r)) => (r.name.clone(), r.artist.clone()),
+            (Some(r), None) => (r.row.name.clone(), r.row.artist.clone()),
+            (None, None) => (name.to_owned(), artist_of_item.map(str::to_owned)),
+        };
+        let (listeners, playcount) = on_node.map_or((0, 0), |r| (r.listeners, r.row.listens));
+        let url = match &user {
+            Some(u) => self.url(u, kind, &shown_name, shown_artist.as_deref()),
+            None => String::new(),
+        };
+        let mut el = El::new(match kind {
+            Kind::Artist => "artist",
+            Kind::Recording => "track",
+            Kind::Release => "album",
+        })
+        .child(El::text("name", &shown_name));
+        let user_fields = |mut el: El| -> Result<El, (StatusCode, u32, String)> {
+            if let (Some(u), Some(r)) = (&user, &mine) {
+                el = el.child(El::text("userplaycount", r.listens));
+                if kind == Kind::Recording {
+                    let loved = store.feedback_score(u.id, r.id).map_err(store_err)? == Some(1);
+                    el = el.child(El::text("userloved", u8::from(loved)));
+                }
+            } else if user.is_some() {
+                el = el.child(El::text("userplaycount", 0));
+                if kind == Kind::Recording {
+                    el = el.child(El::text("userloved", 0));
+                }
+            }
+            Ok(el)
+        };
+        match kind {
+            Kind::Artist => {
+                el = el
+                    .child(El::text("mbid", ""))
+                    .child(El::text("url", url))
+                    .children(images())
+                    .child(El::text("streamable", 0))
+                    .child(El::text("ontour", 0));
+                let stats =
+                    El::new("stats").child(El::text("listeners", listeners)).child(El::text("playcount", playcount));
+                el = el.child(user_fields(stats)?);
+            }
+            Kind::Release => {
+                el = el
+                    .child(El::text("artist", shown_artist.clone().unwrap_or_default()))
+                    .child(El::text("mbid", ""))
+                    .child(El::text("url", url))
+                    .children(images())
+                    .child(El::text("listeners", listeners))
+                    .child(El::text("playcount", playcount));
+                el = user_fields(el)?;
+            }
+            Kind::Recording => {
+                let artist_name = shown_artist.clone().unwrap_or_default();
+                el = el
+                    .child(El::text("mbid", ""))
+                    .child(El::text("url", url))
+                    .child(El::text("duration", 0))
+                    .child(El::text("streamable", 0).attr("fulltrack", 0))
+                    .child(El::text("listeners", listeners))
+                    .child(El::text("playcount", playcount))
+                    .child(match &user {
+                        Some(u) => self.artist_el(u, &artist_name, true),
+                        None => El::new("artist").child(El::text("name", &artist_name)).child(El::text("mbid", "")),
+                    });
+                el = user_fields(el)?;
+            }
+        }
+        Ok(vec![el])
+    }
 }
 
-fn top(state: &AppState, params: &Params, kind: Kind) -> Outcome2 {
-    let user = read_user(state, params, Purpose::Charts)?;
-    let period_name = params.get("period").unwrap_or("overall");
-    let period = match period_name {
-        "overall" => Period::AllTime,
-        "7day" => Period::LastDays(7),
-        "1month" => Period::LastMonths(1),
-        "3month" => Period::LastMonths(3),
-        "6month" => Period::LastMonths(6),
-        "12month" => Period::LastMonths(12),
-        _ => {
-            return Err(bad_params(
-                "Invalid parameters - period must be overall, 7day, 1month, 3month, 6month or 12month",
-            ));
-        }
-    };
-    let limit = number(params, "limit", 50, 1000)?;
-    let page = number(params, "page", 1, 10_000)?;
-    let chart = state.store.chart(user.id, kind, &period, page * limit, crate::now_unix()).map_err(store_err)?;
-    let (container_name, item) = match kind {
-        Kind::Artist => ("topartists", "artist"),
-        Kind::Recording => ("toptracks", "track"),
-        Kind::Release => ("topalbums", "album"),
-    };
-    let total = chart.distinct as usize;
-    let mut container = El::new(container_name)
-        .attr("user", &user.name)
-        .attr("period", period_name)
-        .attr("page", page)
-        .attr("perPage", limit)
-        .attr("totalPages", total.div_ceil(limit).max(1))
-        .attr("total", total);
-    for (i, row) in chart.rows.iter().enumerate().skip((page - 1) * limit) {
-        let mut el = El::new(item)
-            .attr("rank", i + 1)
-            .child(El::text("name", &row.name))
-            .child(El::text("playcount", row.listens))
-            .child(El::text("mbid", ""));
-        if let Some(a) = &row.artist {
-            el = el.child(El::new("artist").child(El::text("name", a)).child(El::text("mbid", "")));
-        }
-        container = container.child(el);
-    }
-    Ok(vec![container])
+/// The start (Monday 00:00 local) of the week holding `t`.
+fn week_start(t: i64, tz: &jiff::tz::TimeZone) -> i64 {
+    let date = crate::stats::period::local_date(t, tz);
+    let monday =
+        date.checked_sub(jiff::Span::new().days(i64::from(date.weekday().to_monday_zero_offset()))).unwrap_or(date);
+    monday.to_zoned(tz.clone()).map_or(t, |z| z.timestamp().as_second())
 }

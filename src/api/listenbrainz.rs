@@ -41,6 +41,10 @@ pub fn router() -> Router<AppState> {
         .route("/1/delete-listen", post(delete_listen))
         .route("/1/feedback/recording-feedback", post(recording_feedback))
         .route("/1/stats/user/{user}/{entity}", get(user_stats))
+        .route("/1/stats/sitewide/{entity}", get(sitewide_stats))
+        .route("/1/feedback/user/{user}/get-feedback", get(get_feedback))
+        .route("/1/user/{user}/similar-users", get(similar_users))
+        .route("/1/latest-import", get(latest_import).post(set_latest_import))
 }
 
 /// An error in ListenBrainz's shape.
@@ -132,9 +136,8 @@ fn authenticate(
 fn visible_user(state: &AppState, name: &str, viewer: Option<&User>, purpose: Purpose) -> Result<User, LbError> {
     let not_found = || LbError::new(StatusCode::NOT_FOUND, format!("Cannot find user: {name}"));
     let user = state.store.user_by_name(name)?.ok_or_else(not_found)?;
-    let who = crate::policy::Viewer::member_or_anonymous(viewer.map(|v| v.id.0));
-    let subject = crate::policy::Subject { id: user.id.0, level: user.visibility };
-    if crate::policy::may(who, subject, purpose).exact() { Ok(user) } else { Err(not_found()) }
+    let who = crate::policy::Viewer::api_caller(viewer.map(|v| v.id.0));
+    if crate::policy::may(who, state.subject(&user), purpose).exact() { Ok(user) } else { Err(not_found()) }
 }
 
 /// The user a read request names, if its sender (by token, or anonymous) may see them.
@@ -277,10 +280,17 @@ async fn submit_listens(
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.
             // Paused scrobbling (incognito): accepted, as the player expects, and not stored.
+            let listens: Vec<crate::log::Listen> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Listen(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .collect();
             if !state.store.is_paused(user.id)? {
                 state.ingestor.ingest(user.id, actions).await?;
             }
-            state.live.clear_playing(user.id);
+            state.live.listened(user.id, &listens);
             Ok(Json(json!({"status": "ok"})))
         }
         other => Err(LbError::bad(format!("listen_type must be one of single, import, playing_now (not {other:?})."))),
@@ -577,38 +587,22 @@ async fn user_stats(
     headers: HeaderMap,
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, LbError> {
-    let (kind, list_key, total_key) = match entity.as_str() {
-        "artists" => (Kind::Artist, "artists", "total_artist_count"),
-        "recordings" => (Kind::Recording, "recordings", "total_recording_count"),
-        "releases" => (Kind::Release, "releases", "total_release_count"),
-        _ => return Err(LbError::new(StatusCode::NOT_FOUND, "Unknown statistic.")),
-    };
+    if entity == "listening-activity" || entity == "daily-activity" {
+        return activity(&state, &name, &entity, &headers, q).map(IntoResponse::into_response);
+    }
+    let (kind, list_key, total_key) = entity_keys(&entity)?;
     let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::Charts)?;
     let range = q.range.unwrap_or_else(|| "all_time".into());
     let now = crate::now_unix();
     let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| LbError::bad(e.to_string()))?;
     let period = range_period(&range, now, &tz).ok_or_else(|| LbError::bad("Invalid range"))?;
-    let count = q.count.unwrap_or(DEFAULT_ITEMS_PER_GET as i64);
-    let offset = q.offset.unwrap_or(0);
-    if count < 0 || offset < 0 {
-        return Err(LbError::bad("count and offset must be positive"));
-    }
-    let count = (count as usize).min(MAX_ITEMS_PER_GET);
-    let chart = state.store.chart(user.id, kind, &period, offset as usize + count, now)?;
+    let (count, offset) = count_offset(q.count, q.offset)?;
+    let chart = state.store.chart(user.id, kind, &period, offset + count, now)?;
     if chart.listens == 0 {
         // ListenBrainz answers 204 when it has no statistics for the range.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let rows: Vec<Value> = chart
-        .rows
-        .iter()
-        .skip(offset as usize)
-        .map(|r| match kind {
-            Kind::Artist => json!({"artist_name": r.name, "listen_count": r.listens}),
-            Kind::Recording => json!({"track_name": r.name, "artist_name": r.artist, "listen_count": r.listens}),
-            Kind::Release => json!({"release_name": r.name, "artist_name": r.artist, "listen_count": r.listens}),
-        })
-        .collect();
+    let rows: Vec<Value> = chart.rows.iter().skip(offset).map(|r| stat_row(kind, r)).collect();
     let mut payload = Map::new();
     payload.insert("user_id".into(), json!(user.name));
     payload.insert(list_key.into(), Value::Array(rows.clone()));
@@ -620,4 +614,262 @@ async fn user_stats(
     payload.insert("to_ts".into(), json!(chart.to));
     payload.insert("last_updated".into(), json!(now));
     Ok(Json(json!({"payload": payload})).into_response())
+}
+
+/// A statistics entity's kind and the payload keys of its list and total.
+fn entity_keys(entity: &str) -> Result<(Kind, &'static str, &'static str), LbError> {
+    match entity {
+        "artists" => Ok((Kind::Artist, "artists", "total_artist_count")),
+        "recordings" => Ok((Kind::Recording, "recordings", "total_recording_count")),
+        "releases" => Ok((Kind::Release, "releases", "total_release_count")),
+        _ => Err(LbError::new(StatusCode::NOT_FOUND, "Unknown statistic.")),
+    }
+}
+
+/// One row of a statistics list as ListenBrainz sends it: the MBID keys are always there
+/// (null or empty: the node's charts count by names).
+fn stat_row(kind: Kind, r: &crate::store::aggregates::ChartRow) -> Value {
+    match kind {
+        Kind::Artist => json!({"artist_name": r.name, "artist_mbid": null, "listen_count": r.listens}),
+        Kind::Recording => json!({
+            "track_name": r.name, "artist_name": r.artist, "artist_mbids": [], "recording_mbid": null,
+            "release_name": null, "release_mbid": null, "listen_count": r.listens,
+        }),
+        Kind::Release => json!({
+            "release_name": r.name, "artist_name": r.artist, "artist_mbids": [], "release_mbid": null,
+            "listen_count": r.listens,
+        }),
+    }
+}
+
+/// `count` and `offset` of a list request: at most `MAX_ITEMS_PER_GET`, never negative.
+fn count_offset(count: Option<i64>, offset: Option<i64>) -> Result<(usize, usize), LbError> {
+    let count = count.unwrap_or(DEFAULT_ITEMS_PER_GET as i64);
+    let offset = offset.unwrap_or(0);
+    if count < 0 || offset < 0 {
+        return Err(LbError::bad("count and offset must be positive"));
+    }
+    let offset = usize::try_from(offset).map_err(|_| LbError::bad("offset is too large"))?;
+    Ok(((count as usize).min(MAX_ITEMS_PER_GET), offset.min(1_000_000)))
+}
+
+/// `GET /1/stats/sitewide/{entity}`: the node's chart, which sums the public profiles
+/// only (`policy::Purpose::NodeChart`), so anyone may read it.
+async fn sitewide_stats(
+    State(state): State<AppState>,
+    Path(entity): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, LbError> {
+    let (kind, list_key, _) = entity_keys(&entity)?;
+    let range = q.range.unwrap_or_else(|| "all_time".into());
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&state.node_timezone).map_err(|e| LbError::bad(e.to_string()))?;
+    let period = range_period(&range, now, &tz).ok_or_else(|| LbError::bad("Invalid range"))?;
+    let (count, offset) = count_offset(q.count, q.offset)?;
+    let chart = state.store.node_chart(kind, &period, offset + count, now, &tz)?;
+    if chart.listens == 0 {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let rows: Vec<Value> = chart.rows.iter().skip(offset).map(|r| stat_row(kind, &r.row)).collect();
+    let mut payload = Map::new();
+    payload.insert(list_key.into(), json!(rows));
+    payload.insert("count".into(), json!(rows.len()));
+    payload.insert("offset".into(), json!(offset));
+    payload.insert("range".into(), json!(range));
+    payload.insert("from_ts".into(), json!(chart.from));
+    payload.insert("to_ts".into(), json!(chart.to));
+    payload.insert("last_updated".into(), json!(now));
+    Ok(Json(json!({"payload": payload})).into_response())
+}
+
+/// The start of a series step (a day number) as a unix time in `tz`.
+fn day_start(day: i32, tz: &jiff::tz::TimeZone) -> i64 {
+    crate::stats::period::date_of(day).to_zoned(tz.clone()).map_or(0, |z| z.timestamp().as_second())
+}
+
+/// `listening-activity` (listens per day, week, month or year of the range, by its
+/// length) and `daily-activity` (per weekday and hour, in the user's time zone).
+fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: StatsQuery) -> LbResult {
+    use crate::store::aggregates::Step;
+    let user = readable_user(state, name, headers, q.token.as_deref(), Purpose::Charts)?;
+    let range = q.range.unwrap_or_else(|| "all_time".into());
+    let now = crate::now_unix();
+    let tz = crate::stats::period::time_zone(&user.timezone).map_err(|e| LbError::bad(e.to_string()))?;
+    let period = range_period(&range, now, &tz).ok_or_else(|| LbError::bad("Invalid range"))?;
+    let (from, to) = crate::stats::period::resolve(&period, &tz, now).map_err(|e| LbError::bad(e.to_string()))?;
+    let mut payload = Map::new();
+    payload.insert("user_id".into(), json!(user.name));
+    payload.insert("range".into(), json!(range));
+    payload.insert("from_ts".into(), json!(from));
+    payload.insert("to_ts".into(), json!(to));
+    payload.insert("last_updated".into(), json!(now));
+    if entity == "daily-activity" {
+        let clock = state.store.clock(user.id, &period, now)?;
+        let days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+        let mut by_day = Map::new();
+        for (name, hours) in days.iter().zip(clock.iter()) {
+            let hours: Vec<Value> =
+                hours.iter().enumerate().map(|(h, n)| json!({"hour": h, "listen_count": n})).collect();
+            by_day.insert((*name).into(), json!(hours));
+        }
+        payload.insert("daily_activity".into(), Value::Object(by_day));
+        return Ok(Json(json!({"payload": payload})));
+    }
+    // The step follows the range's length, as ListenBrainz's: days of a week or month,
+    // weeks of a quarter, months of a half year or year, years of all time.
+    let step = match range.as_str() {
+        "week" | "this_week" | "month" | "this_month" => Step::Day,
+        "quarter" => Step::Week,
+        _ => Step::Month,
+    };
+    let period = if range == "all_time" {
+        // From the first listen: the series covers every month of it, summed by year.
+        let first = state.store.listens(user.id, 0, i64::MAX, 1, Order::OldestFirst)?;
+        match first.first() {
+            Some(l) => Period::Range { from: l.listen.listened_at(), to: now.max(l.listen.listened_at() + 1) },
+            None => period,
+        }
+    } else {
+        period
+    };
+    let series = state.store.listens_series(user.id, &period, step, now)?;
+    let mut entries: Vec<(i64, i64, String, u64)> = Vec::new();
+    for (i, (day, n)) in series.iter().enumerate() {
+        let start = day_start(*day, &tz);
+        let end = series.get(i + 1).map_or(to, |(next, _)| day_start(*next, &tz)) - 1;
+        let date = crate::stats::period::date_of(*day);
+        let label = match step {
+            Step::Day => date.strftime("%A %-d %B %Y").to_string(),
+            Step::Week => format!("Week of {}", date.strftime("%-d %B %Y")),
+            Step::Month => date.strftime("%B %Y").to_string(),
+        };
+        if range == "all_time" {
+            let year = date.year().to_string();
+            match entries.last_mut() {
+                Some(last) if last.2 == year => {
+                    last.1 = end;
+                    last.3 += n;
+                }
+                _ => entries.push((start, end, year, *n)),
+            }
+        } else {
+            entries.push((start, end, label, *n));
+        }
+    }
+    let list: Vec<Value> = entries
+        .into_iter()
+        .map(|(from_ts, to_ts, time_range, n)| {
+            json!({"from_ts": from_ts, "to_ts": to_ts, "time_range": time_range, "listen_count": n})
+        })
+        .collect();
+    payload.insert("listening_activity".into(), json!(list));
+    Ok(Json(json!({"payload": payload})))
+}
+
+#[derive(Deserialize)]
+struct FeedbackQuery {
+    score: Option<i64>,
+    count: Option<i64>,
+    offset: Option<i64>,
+    metadata: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /1/feedback/user/{user}/get-feedback`: the user's loves (score 1) and hates
+/// (-1), newest first. `created` is when the node sealed the log block holding the
+/// feedback (the log keeps no separate time for it).
+async fn get_feedback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<FeedbackQuery>,
+) -> LbResult {
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::Profile)?;
+    let scores: &[i8] = match q.score {
+        None => &[1, -1],
+        Some(1) => &[1],
+        Some(-1) => &[-1],
+        Some(_) => return Err(LbError::bad("score must be 1 or -1")),
+    };
+    let (count, offset) = count_offset(q.count, q.offset)?;
+    let metadata = q.metadata.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("true"));
+    let mut all = Vec::new();
+    for score in scores {
+        all.extend(state.store.feedback(user.id, *score, usize::MAX)?);
+    }
+    all.sort_by_key(|f| std::cmp::Reverse(f.seq));
+    let total = all.len();
+    let mut items = Vec::new();
+    for f in all.iter().skip(offset).take(count) {
+        let created = state.store.entry_sealed_at(user.id, f.seq)?.unwrap_or(0);
+        let meta = if metadata { track_meta(&f.track) } else { Value::Null };
+        items.push(json!({
+            "created": created,
+            "recording_mbid": f.track.recording_mbid.as_ref().map(format_mbid),
+            "recording_msid": msid(&f.track).to_string(),
+            "score": f.score,
+            "track_metadata": meta,
+            "user_id": user.name,
+        }));
+    }
+    Ok(Json(json!({"count": items.len(), "feedback": items, "offset": offset, "total_count": total})))
+}
+
+/// `GET /1/user/{user}/similar-users`: the public members of this node who listen most
+/// like the user (`Store::neighbours`), to whoever may see the user's charts.
+async fn similar_users(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> LbResult {
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::Charts)?;
+    let list: Vec<Value> = state
+        .store
+        .neighbours(user.id, 10)?
+        .into_iter()
+        .map(|n| json!({"user_name": n.user.name, "similarity": f64::from(n.similarity)}))
+        .collect();
+    Ok(Json(json!({"payload": list})))
+}
+
+#[derive(Deserialize)]
+struct LatestImportQuery {
+    user_name: Option<String>,
+    service: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /1/latest-import?user_name=&service=`: where an importer left off (0 if never
+/// set). It says when the user last imported, so it needs the right to see their
+/// history.
+async fn latest_import(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LatestImportQuery>,
+) -> LbResult {
+    let name = q.user_name.ok_or_else(|| LbError::bad("user_name is required"))?;
+    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
+    let service = q.service.unwrap_or_else(|| "lastfm".into());
+    let ts = state.store.latest_import(user.id, &service)?;
+    Ok(Json(json!({"latest_import": ts, "musicbrainz_id": user.name})))
+}
+
+/// `POST /1/latest-import` `{"ts": int, "service": "lastfm"}` (authenticated).
+async fn set_latest_import(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    body: axum::body::Body,
+) -> LbResult {
+    let (user, doc) = authenticated_json(&state, &addr, &headers, q.token.as_deref(), body).await?;
+    let ts = doc
+        .get("ts")
+        .and_then(Value::as_i64)
+        .filter(|t| *t >= 0)
+        .ok_or_else(|| LbError::bad("ts must be a unix time"))?;
+    let service = doc.get("service").and_then(Value::as_str).unwrap_or("lastfm");
+    state.store.set_latest_import(user.id, service, ts)?;
+    Ok(Json(json!({"status": "ok"})))
 }

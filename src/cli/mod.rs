@@ -144,6 +144,10 @@ enum UserCmd {
     SetTimezone { name: String, timezone: String },
     /// Set a user's sharing level: private, aggregate (the default) or public.
     SetVisibility { name: String, level: String },
+    /// Let anyone read a user's profile, listens and charts through the scrobbler APIs
+    /// without a token (`open`), or require one again (`closed`, the default). For apps
+    /// that never send a token on reads; the web pages are not affected.
+    SetApiReads { name: String, state: String },
     /// Delete a user and all their data.
     Delete {
         name: String,
@@ -433,6 +437,17 @@ fn user_cmd(config: &Config, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             let user = find_user(&store, &name)?;
             store.set_visibility(user.id, visibility)?;
             println!("{name} is now {level}");
+        }
+        UserCmd::SetApiReads { name, state } => {
+            let open = match state.as_str() {
+                "open" => true,
+                "closed" => false,
+                other => bail!("unknown state {other:?}: use open or closed"),
+            };
+            let store = open_store(config)?;
+            let user = find_user(&store, &name)?;
+            store.set_api_reads_open(user.id, open)?;
+            println!("{name}'s API reads are now {state}");
         }
         UserCmd::Delete { name, yes } => {
             if !yes {

@@ -278,6 +278,21 @@ impl Store {
         Ok(())
     }
 
+    /// When the log block holding entry `seq` was last sealed: the time a love or a hate
+    /// is shown with (the log records no time for feedback; the seal is at or after it,
+    /// and before the next `BLOCK_ENTRIES` entries). `None` if there is no such entry.
+    pub fn entry_sealed_at(&self, user: UserId, seq: u64) -> Result<Option<i64>> {
+        let first = seq - seq % schema::BLOCK_ENTRIES;
+        let key = keys::user_seq(user, first);
+        match self.trees.userid_seq_block.get(key)? {
+            Some(v) => {
+                let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, &v)?;
+                Ok((seq - first < block.entries.len() as u64).then_some(block.signed_at))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Every entry of `user`'s log in seq order, resolved (erased ones as their hash).
     pub fn entries(&self, user: UserId) -> Result<Vec<(u64, Content)>> {
         let mut names = Names::default();

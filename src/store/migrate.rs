@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { to: 7, name: "open communities' probation from when an origin was first seen", run: first_seen_now },
     Migration { to: 8, name: "add the manifest fork tree (created empty on open)", run: nothing_to_fill },
+    Migration {
+        to: 9,
+        name: "user settings gain API reads and import cursors (version 1 values read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -133,7 +133,9 @@ pub const USERID_SEQ_INFO: &str = "userid_seq_info";
 /// `WebSessionV1` (user id, created_at, CSRF token). Since schema 2.
 pub const SESSIONDIGEST_WEBSESSION: &str = "sessiondigest_websession";
 
-/// `userid_settings`: `user id u32` -> `SettingsV1` (scrobbling paused). Since schema 2.
+/// `userid_settings`: `user id u32` -> `SettingsV2` (scrobbling paused, API reads open to
+/// anyone, ListenBrainz `latest-import` cursors). Since schema 2; version 1 values (paused
+/// only) are read as version 2 since schema 9.
 pub const USERID_SETTINGS: &str = "userid_settings";
 
 /// `invitedigest_invite`: keyed blake3 of an invitation code -> `InviteV1` (who made it,

@@ -11,7 +11,10 @@ use super::codec::{decode, encode};
 use super::keys::{self, UserId};
 use super::schema;
 pub use super::values::SharingLevel;
-use super::values::{LevelHistory, SessionV1, SigningKeyV1, TokenV2, UserV3, WebSessionV1};
+use super::values::{
+    LevelHistory, MAX_IMPORT_CURSORS, MAX_SERVICE_LEN, SessionV1, SettingsV2, SigningKeyV1, TokenV2, UserV3,
+    WebSessionV1,
+};
 use super::{Error, Result, Store};
 use crate::auth;
 
@@ -370,20 +373,72 @@ impl Store {
         self.flush()
     }
 
-    /// Whether the user has paused scrobbling (incognito).
-    pub fn is_paused(&self, user: UserId) -> Result<bool> {
+    /// The user's settings (defaults when never set).
+    pub fn settings(&self, user: UserId) -> Result<SettingsV2> {
         let key = keys::user(user);
         Ok(match self.trees.userid_settings.get(key)? {
-            Some(bytes) => decode::<super::values::SettingsV1>(schema::USERID_SETTINGS, &key, &bytes)?.paused,
-            None => false,
+            Some(bytes) => decode::<SettingsV2>(schema::USERID_SETTINGS, &key, &bytes)?,
+            None => SettingsV2::default(),
         })
+    }
+
+    /// Changes the user's settings with `change`, atomically against other changes.
+    fn update_settings(&self, user: UserId, change: impl Fn(&mut SettingsV2)) -> Result<()> {
+        self.writable()?;
+        let key = keys::user(user);
+        let mut failed = None;
+        self.trees.userid_settings.fetch_and_update(key, |old| {
+            let mut s = match old.map(|b| decode::<SettingsV2>(schema::USERID_SETTINGS, &key, b)) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    return old.map(<[u8]>::to_vec);
+                }
+                None => SettingsV2::default(),
+            };
+            change(&mut s);
+            Some(encode(&s))
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.flush()
+    }
+
+    /// Whether the user has paused scrobbling (incognito).
+    pub fn is_paused(&self, user: UserId) -> Result<bool> {
+        Ok(self.settings(user)?.paused)
     }
 
     /// Pauses or resumes scrobbling for the user.
     pub fn set_paused(&self, user: UserId, paused: bool) -> Result<()> {
-        self.writable()?;
-        self.trees.userid_settings.insert(keys::user(user), encode(&super::values::SettingsV1 { paused }))?;
-        self.flush()
+        self.update_settings(user, |s| s.paused = paused)
+    }
+
+    /// Lets anyone read the user's listens and statistics through the scrobbler APIs
+    /// without a token, or stops it (`policy::Viewer::ApiReader`).
+    pub fn set_api_reads_open(&self, user: UserId, open: bool) -> Result<()> {
+        self.update_settings(user, |s| s.api_reads_open = open)
+    }
+
+    /// Records ListenBrainz's `latest-import` cursor of `service` for the user. A new
+    /// service past `MAX_IMPORT_CURSORS` replaces the oldest cursor.
+    pub fn set_latest_import(&self, user: UserId, service: &str, ts: i64) -> Result<()> {
+        if service.is_empty() || service.len() > MAX_SERVICE_LEN || service.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!("service must be 1 to {MAX_SERVICE_LEN} bytes, no control characters")));
+        }
+        self.update_settings(user, |s| {
+            s.latest_import.retain(|(name, _)| name != service);
+            if s.latest_import.len() >= MAX_IMPORT_CURSORS {
+                s.latest_import.remove(0);
+            }
+            s.latest_import.push((service.to_owned(), ts));
+        })
+    }
+
+    /// The user's `latest-import` cursor of `service` (0 when never set).
+    pub fn latest_import(&self, user: UserId, service: &str) -> Result<i64> {
+        Ok(self.settings(user)?.latest_import.iter().find(|(name, _)| name == service).map_or(0, |(_, ts)| *ts))
     }
 
     /// Makes a single-use invitation code.

@@ -369,13 +369,40 @@ impl Versioned for WebSessionV1 {
 
 /// `userid_settings`: a user's switches that are not part of their identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettingsV1 {
+pub struct SettingsV2 {
     /// Scrobbling paused ("incognito"): submissions are accepted and not stored.
     pub paused: bool,
+    /// The user lets anyone read their listens and statistics through the scrobbler
+    /// APIs without a token (for client libraries that never send one on reads).
+    pub api_reads_open: bool,
+    /// ListenBrainz's `latest-import` cursors: (service, unix time), at most
+    /// `MAX_IMPORT_CURSORS`, services of at most `MAX_SERVICE_LEN` bytes.
+    pub latest_import: Vec<(String, i64)>,
 }
-impl Versioned for SettingsV1 {
-    const VERSION: u8 = 1;
+impl Versioned for SettingsV2 {
+    const VERSION: u8 = 2;
+
+    /// Version 1 held only `paused`.
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct SettingsV1 {
+            paused: bool,
+        }
+        match version {
+            1 => match postcard::take_from_bytes::<SettingsV1>(body) {
+                Ok((v1, [])) => Ok(SettingsV2 { paused: v1.paused, ..SettingsV2::default() }),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            v => Err(format!("unknown value version {v}")),
+        }
+    }
 }
+
+/// Most `latest-import` services kept per user (ListenBrainz knows a handful).
+pub const MAX_IMPORT_CURSORS: usize = 8;
+/// Longest service name of a `latest-import` cursor, in bytes.
+pub const MAX_SERVICE_LEN: usize = 32;
 
 /// `invitedigest_invite`: an invitation to create an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/settings/visibility", post(set_visibility))
         .route("/settings/timezone", post(set_timezone))
         .route("/settings/pause", post(set_pause))
+        .route("/settings/api-reads", post(set_api_reads))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/revoke", post(revoke_token))
         .route("/settings/export/{format}", get(downloads::download))

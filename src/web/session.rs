@@ -111,11 +111,7 @@ impl Viewer {
 
     /// What the viewer may learn about `user` for `purpose` (`crate::policy`).
     pub(super) fn may(&self, state: &AppState, user: &User, purpose: crate::policy::Purpose) -> crate::policy::Access {
-        crate::policy::may(
-            self.policy(state),
-            crate::policy::Subject { id: user.id.0, level: user.visibility },
-            purpose,
-        )
+        crate::policy::may(self.policy(state), state.subject(user), purpose)
     }
 }
 

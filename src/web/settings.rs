@@ -21,7 +21,8 @@ pub async fn settings(State(state): State<AppState>, headers: HeaderMap) -> Resp
 pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup>, status: StatusCode) -> Response {
     let Some((me, csrf)) = &v.0 else { return Redirect::to("/login").into_response() };
     let tokens = state.store.tokens(me.id).unwrap_or_default();
-    let paused = state.store.is_paused(me.id).unwrap_or(false);
+    let settings = state.store.settings(me.id).unwrap_or_default();
+    let paused = settings.paused;
     let levels = [
         (
             SharingLevel::Private,
@@ -79,6 +80,19 @@ pub(super) fn settings_page(state: &AppState, v: &Viewer, message: Option<Markup
                 p { "Incognito: while paused, submissions from your players are accepted (so they do not retry) and not stored." }
                 input type="hidden" name="paused" value="yes";
                 button { "Pause scrobbling" }
+            }
+        }
+        h2 { "Reads without a token" }
+        form method="post" action="/settings/api-reads" {
+            input type="hidden" name="csrf" value=(csrf);
+            @if settings.api_reads_open {
+                p role="status" { strong { "Anyone can read your profile, listens and charts through the scrobbler APIs" } " (ListenBrainz " code { "/1/" } ", Last.fm " code { "/2.0/" } ") without a token, whatever your sharing level says for this site's pages." }
+                input type="hidden" name="open" value="no";
+                button { "Require a token again" }
+            } @else {
+                p { "Some apps and client libraries read your listens or charts without sending a token, and get \"no such user\" unless you are public. You can let anyone who knows your user name and this node's address read your profile, listens and charts through the scrobbler APIs, without a token. The web pages, node charts and releases are not affected; a private account is never readable." }
+                input type="hidden" name="open" value="yes";
+                button { "Let apps read my listens without a token" }
             }
         }
         h2 { "Time zone" }
@@ -226,6 +240,7 @@ pub async fn connect(State(state): State<AppState>, peer: crate::state::PeerAddr
         html! {
             h1 { "Connect a player" }
             p { "Make a token under " a href="/settings" { "Settings" } " for each player, then set it up as below." }
+            p { "Reading back: apps that show your listens or charts send the token too, or, if they never do, ask you to open your API reads under " a href="/settings" { "Settings" } " (\"Reads without a token\"): then anyone who knows your user name can read them through the API. " @if state.store.settings(me.id).map(|s| s.api_reads_open).unwrap_or(false) { strong { "Your API reads are open." } } @else { "Yours need a token." } }
             table {
                 thead { tr { th { "Player" } th { "Protocol" } th { "What to set" } } }
                 tbody { @for (player, protocol, what) in &rows { tr { td { (player) } td { (protocol) } td { code { (what) } } } } }
@@ -317,6 +332,23 @@ pub async fn set_timezone(State(state): State<AppState>, headers: HeaderMap, bod
         Some(html! { p { "Your time zone is now " strong { (tz) } "; your statistics were recounted in it." } }),
         StatusCode::OK,
     )
+}
+
+pub async fn set_api_reads(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let (v, me, f) = match signed_form(&state, &headers, &body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let open = f.get("open").is_some_and(|p| p == "yes");
+    if let Err(e) = state.store.set_api_reads_open(me.id, open) {
+        return server_error(&v, e);
+    }
+    let message = if open {
+        "Your profile, listens and charts can now be read through the scrobbler APIs without a token."
+    } else {
+        "Reading your listens through the scrobbler APIs needs a token again."
+    };
+    settings_page(&state, &v, Some(html! { p { (message) } }), StatusCode::OK)
 }
 
 pub async fn set_pause(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {

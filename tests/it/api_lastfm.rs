@@ -174,7 +174,7 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
         ],
     );
     let v: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(v["scrobbles"]["@attr"]["accepted"], "1");
+    assert_eq!(v["scrobbles"]["@attr"]["accepted"], 1, "a number, as Last.fm sends it");
     assert_eq!(v["scrobbles"]["scrobble"]["artist"]["#text"], "Solo");
     // Reads of a private profile by others: not found.
     let (s, _) = form(&api, &[("method", "user.getRecentTracks"), ("user", "alice")]);

@@ -44,7 +44,7 @@ fn liblistenbrainz_submits_reads_deletes_and_loves() {
     assert_eq!(out["listens"].as_array().map(Vec::len), Some(12));
     assert_eq!(out["listens"][0][1], "Hoppípolla", "newest first");
     assert_eq!((out["count_before"].as_u64(), out["count_after"].as_u64()), (Some(12), Some(11)));
-    assert_eq!(out["top"], json!({"artist_name": "Batch Artist", "listen_count": 10}));
+    assert_eq!(out["top"], json!({"artist_name": "Batch Artist", "artist_mbid": null, "listen_count": 10}));
     assert_eq!(node.terminate(), Some(0));
 
     // Really stored: read the store itself after the node stopped.
@@ -268,4 +268,106 @@ fn sigkill_during_concurrent_submissions_loses_no_acknowledged_listen() {
     assert!(lost.is_empty(), "{} acknowledged listens lost, e.g. {:?}", lost.len(), lost.first());
     store.verify_log(alice).expect("db").expect("the log verifies after three SIGKILLs");
     eprintln!("{} acknowledged, {} stored, none lost", acked.len(), stored.len());
+}
+
+/// Reads as token-less client libraries make them (liblistenbrainz without a token set,
+/// pylast-style Last.fm calls without a session): "no such user" for a member at the
+/// default level, until they open their API reads; then the API answers and nothing
+/// else changes (the web pages, a private member).
+const TOKENLESS_READS: &str = r#"
+import json, sys
+import liblistenbrainz as lb
+client = lb.ListenBrainz(api_base_url=sys.argv[1])
+try:
+    listens = [l.track_name for l in client.get_listens("alice", count=10)]
+    print(json.dumps({"listens": listens}))
+except lb.errors.ListenBrainzAPIException as e:
+    print(json.dumps({"error": e.status_code}))
+"#;
+
+#[test]
+fn token_less_reads_answer_only_for_members_who_opened_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let read_all = |node: &NodeProcess| {
+        let lb: Value = serde_json::from_str(&run_python(TOKENLESS_READS, &[&node.url])).expect("json");
+        let lastfm = get(&format!("{}/2.0/?method=user.getrecenttracks&user=alice&format=json", node.url), None);
+        let web = ureq::get(&format!("{}/user/alice", node.url)).call().map_or_else(
+            |e| match e {
+                ureq::Error::Status(s, _) => s,
+                other => panic!("{other}"),
+            },
+            |r| r.status(),
+        );
+        (lb, lastfm, web)
+    };
+    let node = NodeProcess::start(&data);
+    let (s, _) = post(
+        &format!("{}/1/submit-listens", node.url),
+        Some(&token),
+        &serde_json::to_vec(&json!({
+        "listen_type": "import", "payload": [listen(1_700_000_000, "Artist", "Song")]}))
+        .expect("json"),
+    );
+    assert_eq!(s, 200);
+    let (lb, (lastfm_status, _), web) = read_all(&node);
+    assert_eq!(lb, json!({"error": 404}), "closed by default");
+    assert_eq!((lastfm_status, web), (404, 404));
+    assert_eq!(node.terminate(), Some(0));
+
+    let (code, _, err) = crate::support::hearsay(&data, &["user", "set-api-reads", "alice", "open"]);
+    assert_eq!(code, 0, "{err}");
+    let node = NodeProcess::start(&data);
+    let (lb, (lastfm_status, lastfm), web) = read_all(&node);
+    assert_eq!(lb, json!({"listens": ["Song"]}), "opened");
+    assert_eq!(lastfm_status, 200);
+    // A list of one is an array, as Last.fm sends lists; an empty list an empty array.
+    assert_eq!(lastfm["recenttracks"]["track"][0]["name"], "Song", "{lastfm}");
+    let (s, loved) = get(&format!("{}/2.0/?method=user.getlovedtracks&user=alice&format=json", node.url), None);
+    assert_eq!((s, &loved["lovedtracks"]["track"]), (200, &json!([])), "{loved}");
+    assert_eq!(web, 404, "the web pages are not affected");
+    // Nor is what is summed for others: the node chart counts public members only.
+    let (s, sitewide) = get(&format!("{}/1/stats/sitewide/artists", node.url), None);
+    assert_eq!(s, 204, "{sitewide}");
+    assert_eq!(node.terminate(), Some(0));
+
+    // A private member is never readable, the switch notwithstanding.
+    assert_eq!(crate::support::hearsay(&data, &["user", "set-visibility", "alice", "private"]).0, 0);
+    let node = NodeProcess::start(&data);
+    let (lb, (lastfm_status, _), _) = read_all(&node);
+    assert_eq!((lb, lastfm_status), (json!({"error": 404}), 404));
+    assert_eq!(node.terminate(), Some(0));
+}
+
+#[test]
+fn a_back_dated_listen_does_not_end_playing_now() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let t = Some(token.as_str());
+    let submit = format!("{}/1/submit-listens", node.url);
+    let now = crate::support::unix_now();
+    let playing = || {
+        let (s, v) = get(&format!("{}/1/user/alice/playing-now", node.url), t);
+        assert_eq!(s, 200);
+        v["payload"]["listens"][0]["track_metadata"]["track_name"].as_str().map(str::to_owned)
+    };
+    let now_playing = json!({"listen_type": "playing_now", "payload": [{"track_metadata": {"artist_name": "Now", "track_name": "Here"}}]});
+    assert_eq!(post(&submit, t, now_playing.to_string().as_bytes()).0, 200);
+    // An import of last week, and the previous track scrobbled at its end: still playing.
+    let old = json!({"listen_type": "import", "payload": [listen(now - 7 * 86_400, "Old", "Times")]});
+    assert_eq!(post(&submit, t, old.to_string().as_bytes()).0, 200);
+    let previous = json!({"listen_type": "single", "payload": [listen(now - 200, "Before", "That")]});
+    assert_eq!(post(&submit, t, previous.to_string().as_bytes()).0, 200);
+    assert_eq!(playing().as_deref(), Some("Here"));
+    // The playing track scrobbled: it ends.
+    let done = json!({"listen_type": "single", "payload": [listen(now - 5, "Now", "Here")]});
+    assert_eq!(post(&submit, t, done.to_string().as_bytes()).0, 200);
+    assert_eq!(playing(), None);
+    // As does a listen that began after it started (the next track, no "playing now" sent).
+    assert_eq!(post(&submit, t, now_playing.to_string().as_bytes()).0, 200);
+    let next = json!({"listen_type": "single", "payload": [listen(crate::support::unix_now(), "Next", "One")]});
+    assert_eq!(post(&submit, t, next.to_string().as_bytes()).0, 200);
+    assert_eq!(playing(), None);
+    assert_eq!(node.terminate(), Some(0));
 }

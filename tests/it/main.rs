@@ -5,6 +5,7 @@ mod api_as;
 mod api_lastfm;
 mod api_lb;
 mod browser;
+mod conformance;
 mod faults;
 mod federation;
 mod gen_history;

@@ -355,3 +355,8 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// The current unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

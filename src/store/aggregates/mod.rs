@@ -91,6 +91,8 @@ pub struct Chart {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feedback {
     pub row: ChartRow,
+    /// The track as the user sent it when they gave the feedback.
+    pub track: crate::log::TrackRef,
     pub score: i8,
     /// The log entry that gave it (newer is larger).
     pub seq: u64,
@@ -468,6 +470,15 @@ impl Store {
         Ok(clock)
     }
 
+    /// The user's feedback on one recording item: 1 loved, -1 hated, `None` neither.
+    pub fn feedback_score(&self, user: UserId, recording: u32) -> Result<Option<i8>> {
+        let key = keys::user_u32(user, recording);
+        match self.trees.userid_recording_feedback.get(key)? {
+            Some(v) => Ok(Some(decode::<FeedbackV1>(schema::USERID_RECORDING_FEEDBACK, &key, &v)?.score)),
+            None => Ok(None),
+        }
+    }
+
     /// The user's loves (`score` 1) or hates (-1), newest first, with all-time listens.
     pub fn feedback(&self, user: UserId, score: i8, limit: usize) -> Result<Vec<Feedback>> {
         let mut found = Vec::new();
@@ -497,9 +508,9 @@ impl Store {
             let Some(row) = rows.get(&r) else { continue };
             let mut row = row.clone();
             let track = self.track(f.track)?;
-            row.name = track.title;
-            row.artist = Some(track.artist);
-            out.push(Feedback { row, score: f.score, seq: f.seq });
+            row.name = track.title.clone();
+            row.artist = Some(track.artist.clone());
+            out.push(Feedback { row, track, score: f.score, seq: f.seq });
         }
         Ok(out)
     }
