@@ -25,6 +25,40 @@ pub struct Config {
     pub stats: StatsConfig,
     pub privacy: PrivacyConfig,
     pub p2p: P2pConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint `GET /metrics` (`crate::metrics`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all. Default: true.
+    pub enabled: bool,
+    /// Client addresses that may read it directly (not through a proxy). Default:
+    /// loopback only (`127.0.0.1`, `::1`).
+    pub allow: Vec<std::net::IpAddr>,
+    /// A bearer token that may read it from anywhere (`Authorization: Bearer …`), for a
+    /// Prometheus on another host; best set as a secret file
+    /// (`HEARSAY_METRICS__TOKEN_FILE`). Default: none.
+    pub token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            allow: vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            token: None,
+        }
+    }
+}
+
+/// The log's line format (`node.log_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +69,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Log filter in `tracing` syntax (e.g. `info`, `hearsay=debug`). Default: `info`.
     pub log: String,
+    /// How log lines are written: `text` (for people; colours only on a terminal) or
+    /// `json` (one object per line, for log collectors). Default: `text`.
+    pub log_format: LogFormat,
     /// Time zone of the node's own charts (an IANA name). Default: `UTC`.
     pub timezone: String,
     /// User names of the node's administrators (they see the admin page). Default: none.
@@ -393,6 +430,7 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: PathBuf::from("hearsay-data"),
             log: "info".into(),
+            log_format: LogFormat::Text,
             timezone: "UTC".into(),
             admins: Vec::new(),
             open_registration: false,
@@ -528,6 +566,12 @@ impl Config {
                     reason: format!("{p:?} is not an IP address (one address per entry, e.g. \"127.0.0.1\")"),
                 });
             }
+        }
+        if self.metrics.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+            return Err(Error::Invalid {
+                key: "metrics.token",
+                reason: "must be at least 16 characters (a random secret, e.g. `openssl rand -hex 16`)".into(),
+            });
         }
         for (key, value, range) in [
             ("http.max_connections", self.http.max_connections as u64, 16..=1_000_000),

@@ -18,11 +18,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/", get(root))
         .route("/control/backup", axum::routing::post(control_backup))
+        .route("/metrics", get(metrics))
         .merge(crate::api::listenbrainz::router())
         .merge(crate::api::lastfm::router())
         .merge(crate::api::audioscrobbler::router())
         .merge(crate::web::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_failed))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
@@ -42,6 +44,104 @@ async fn refuse_while_failed(
             Json(json!({"status": "unavailable", "code": 503, "error": "the node is reopening its store; try again in a moment"})),
         )
             .into_response(),
+    }
+}
+
+/// The API a request went to, and whether it is a submission (timed).
+fn classify(method: &axum::http::Method, uri: &axum::http::Uri) -> (crate::metrics::Api, bool) {
+    use crate::metrics::Api;
+    let path = uri.path();
+    let post = method == axum::http::Method::POST;
+    if path.starts_with("/1/") {
+        (Api::Listenbrainz, post && path == "/1/submit-listens")
+    } else if path == "/2.0" || path.starts_with("/2.0/") {
+        // Last.fm's method is in the body; every POST counts (scrobbles, now playing,
+        // love, sessions).
+        (Api::Lastfm, post)
+    } else if path.starts_with("/as/1.2/") || (path == "/" && uri.query().is_some_and(|q| q.contains("hs="))) {
+        (Api::Audioscrobbler, post)
+    } else {
+        (Api::Web, false)
+    }
+}
+
+/// Counts every request by API and outcome and times submissions (`crate::metrics`).
+async fn count_requests(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (api, submission) = classify(request.method(), request.uri());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let seconds = submission.then(|| started.elapsed().as_secs_f64());
+    state.metrics.record(api, response.status().as_u16(), seconds);
+    response
+}
+
+/// Whether a request may read the metrics: a bearer of `metrics.token`, or a direct
+/// (unproxied) client among `metrics.allow`. A request carrying any forwarding header
+/// came through a proxy (a TLS front on this host forwards from loopback) and needs the
+/// token.
+fn may_read_metrics(
+    config: &crate::config::MetricsConfig,
+    addr: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> bool {
+    use std::net::IpAddr;
+    if let Some(token) = config.token.as_deref().filter(|t| !t.is_empty()) {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| crate::auth::strings_equal(g.trim(), token)) {
+            return true;
+        }
+    }
+    let proxied = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    let addr = addr.map(|a| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    });
+    !proxied && addr.is_some_and(|a| config.allow.contains(&a))
+}
+
+/// `GET /metrics`: OpenMetrics text for the operator; anyone else is answered as if
+/// there were nothing here (a refusal would say there is).
+async fn metrics(
+    State(state): State<AppState>,
+    peer: crate::state::PeerAddr,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::IntoResponse;
+    let config = &state.metrics_config;
+    if !config.enabled || !may_read_metrics(config, peer.0, &headers) {
+        return crate::web::not_found_response(&state, &uri, &headers);
+    }
+    let status = match &state.p2p {
+        Some(p2p) => p2p.status().await,
+        None => None,
+    };
+    let ingest = state.ingestor.stats();
+    let readings = crate::metrics::Readings {
+        batches: ingest.batches,
+        groups: ingest.groups,
+        queue: state.ingestor.queued(),
+        store_bytes: state.store.size_on_disk().unwrap_or(0),
+        users: state.store.users().map(|u| u.len()).unwrap_or(0),
+        peers: status.as_ref().map_or(0, |s| s.peers.len()),
+        snapshots: status.as_ref().map(|s| [s.accepted, s.ignored, s.rejected, s.evidence]),
+        last_release: state.store.releases(1).unwrap_or_default().first().map_or(0, |r| r.0),
+    };
+    match state.metrics.render(&readings) {
+        Some(text) => {
+            ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        None => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -91,11 +191,13 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Limits of the HTTP server (`[http]` in the config).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: std::time::Duration,
     pub request_timeout: std::time::Duration,
+    /// Counts connections shed at the cap (`hearsay_http_connections_shed_total`).
+    pub shed: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// What a shed connection is told: the node is at its connection limit.
@@ -146,6 +248,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(shed) = &limits.shed {
+                shed.inc();
+            }
             tokio::spawn(async move {
                 let mut stream = stream;
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(SHED)).await;

@@ -111,6 +111,7 @@ impl Node {
                 }
             }
         });
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
         let state = AppState {
             store: self.store.clone(),
             ingestor: self.ingestor.clone(),
@@ -129,6 +130,8 @@ impl Node {
             signer: self.identity.clone(),
             node_key: self.identity.public_key(),
             control_token: write_control_token(&self.config.node.data_dir).map(std::sync::Arc::new),
+            metrics: metrics.clone(),
+            metrics_config: std::sync::Arc::new(self.config.metrics.clone()),
         };
         let failed_store = self.store.clone();
         let until = async move {
@@ -137,7 +140,8 @@ impl Node {
                 () = failed_store.failed() => {}
             }
         };
-        crate::http::serve(listener, router(state), http_limits(&self.config), until).await?;
+        let limits = crate::http::Limits { shed: Some(metrics.shed_connections.clone()), ..http_limits(&self.config) };
+        crate::http::serve(listener, router(state), limits, until).await?;
         tracing::debug!("http stopped");
         releases.abort();
         let ingestor = self.ingestor.clone();
@@ -189,6 +193,7 @@ fn http_limits(config: &Config) -> crate::http::Limits {
         max_connections: config.http.max_connections.min(fit),
         header_timeout: std::time::Duration::from_secs(config.http.header_timeout_secs),
         request_timeout: std::time::Duration::from_secs(config.http.request_timeout_secs),
+        shed: None,
     }
 }
 
@@ -306,6 +311,7 @@ async fn wait_unavailable(
         max_connections: 1024,
         header_timeout: std::time::Duration::from_secs(2),
         request_timeout: std::time::Duration::from_secs(2),
+        shed: None,
     };
     crate::http::serve(serving, app, limits, until).await?;
     Ok(())

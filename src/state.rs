@@ -45,6 +45,9 @@ pub struct AppState {
     pub control_token: Option<std::sync::Arc<String>>,
     /// `http.public_url` (normalised) and `http.trusted_proxies`.
     pub front: std::sync::Arc<Front>,
+    /// The Prometheus metrics (`crate::metrics`) and who may read them.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics_config: std::sync::Arc<crate::config::MetricsConfig>,
 }
 
 /// How the node is reached: its public address, and which peers are proxies whose

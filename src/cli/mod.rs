@@ -227,7 +227,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: crate::config::LogFormat) {
     let mut directives = filter.to_owned();
     // A node with no peers yet (alone, or before its first connection) makes Kademlia
     // warn that it cannot bootstrap; that is the normal state of a lone node, not a
@@ -239,12 +239,17 @@ fn init_tracing(filter: &str) {
     // Colours only on a terminal (and not under NO_COLOR): a log file or journald gets
     // plain text, not escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // One JSON object per line: time, level, target, message and the event's fields.
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
-    init_tracing(&config.node.log);
+    init_tracing(&config.node.log, config.node.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_node(config),
         Command::User(cmd) => user_cmd(&config, cmd),

@@ -65,6 +65,7 @@ mod session;
 mod settings;
 
 use account::*;
+pub use page::not_found_response;
 use page::*;
 pub use profile::home;
 use profile::*;

@@ -76,11 +76,16 @@ pub(super) fn not_found_page(viewer: &Viewer) -> Response {
 /// answers, so clients calling a method this node lacks read an error instead of
 /// failing to parse an HTML page; elsewhere the page.
 pub(super) async fn not_found(State(state): State<AppState>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    not_found_response(&state, &uri, &headers)
+}
+
+/// The answer to a path nothing serves (also what `/metrics` tells those it refuses).
+pub fn not_found_response(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Response {
     if uri.path().starts_with("/1/") || uri.path() == "/1" {
         let body = serde_json::json!({"code": 404, "error": "Not found: this node does not serve this ListenBrainz API endpoint."});
         return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
     }
-    not_found_page(&viewer(&state, &headers))
+    not_found_page(&viewer(state, headers))
 }
 
 pub(super) fn server_error<E: std::fmt::Display + 'static>(viewer: &Viewer, e: E) -> Response {

@@ -6,6 +6,7 @@ mod api_lastfm;
 mod api_lb;
 mod browser;
 mod conformance;
+mod deploy;
 mod faults;
 mod federation;
 mod gen_history;

@@ -199,3 +199,104 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("FAILED: entry 200:"), "{out}");
 }
+
+#[test]
+fn the_json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("node.log");
+    let node = crate::support::NodeProcess::start_logging(
+        &data,
+        &[("HEARSAY_NODE__LOG", "info"), ("HEARSAY_NODE__LOG_FORMAT", "json")],
+        &log,
+    );
+    // Serving (and its signal handlers in place) before it is stopped.
+    assert_eq!(ureq::get(&format!("{}/health", node.url)).call().expect("health").status(), 200);
+    assert_eq!(node.terminate(), Some(0));
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started = lines.iter().find(|l| l["message"] == "node started").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(started["level"], "INFO");
+    assert!(started["timestamp"].is_string() && started["target"].is_string(), "{started}");
+    // An unknown format is refused at start, naming the option and the choices.
+    let (code, _, err) = crate::support::hearsay_with(&data, &["user", "list"], &[("HEARSAY_NODE__LOG_FORMAT", "xml")]);
+    assert!(code != 0 && err.contains("log_format") && err.contains("json"), "{err}");
+}
+
+#[test]
+fn metrics_are_served_to_loopback_and_token_bearers_only_never_through_a_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = crate::support::data_with_user(dir.path());
+    let secret = "metrics-secret-0123456789";
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_METRICS__TOKEN", secret)]);
+    let body = serde_json::json!({"listen_type": "single", "payload": [{"listened_at": 1_700_000_000,
+        "track_metadata": {"artist_name": "Metric Artist", "track_name": "Metric Song"}}]});
+    let submitted = ureq::post(&format!("{}/1/submit-listens", node.url))
+        .set("Authorization", &format!("Token {token}"))
+        .send_string(&body.to_string())
+        .expect("submit");
+    assert_eq!(submitted.status(), 200);
+    let _ = ureq::get(&format!("{}/1/user/nobody/listens", node.url)).call();
+    let scrape = |headers: &[(&str, &str)]| {
+        let mut req = ureq::get(&format!("{}/metrics", node.url));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        match req.call() {
+            Ok(r) => (r.status(), r.into_string().expect("text")),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Loopback, directly: every family, with what just happened in it.
+    let (status, text) = scrape(&[]);
+    assert_eq!(status, 200, "{text}");
+    for line in [
+        "hearsay_http_requests_total{api=\"Listenbrainz\",outcome=\"Ok\"} 1",
+        "hearsay_http_requests_total{api=\"Listenbrainz\",outcome=\"NotFound\"} 1",
+        "hearsay_submit_seconds_count{api=\"Listenbrainz\"} 1",
+        "hearsay_ingest_batches_total 1",
+        "hearsay_users 1",
+        "hearsay_ingest_queue_depth 0",
+        "hearsay_http_connections_shed_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(text.contains("hearsay_store_bytes ") && text.contains("hearsay_peers ") && text.ends_with("# EOF\n"));
+    // Node-wide numbers only: no user, track, token or address in them.
+    for needle in ["alice", "Metric Artist", "Metric Song", &token, "127.0.0.1"] {
+        assert!(!text.contains(needle), "{needle} in the metrics");
+    }
+    // Through a proxy (a TLS front on the same host forwards from loopback): as if
+    // there were nothing, unless the bearer token comes along.
+    let (status, _) = scrape(&[("X-Forwarded-For", "198.51.100.7")]);
+    assert_eq!(status, 404);
+    let (status, _) = scrape(&[("Forwarded", "for=198.51.100.7")]);
+    assert_eq!(status, 404);
+    let bearer = format!("Bearer {secret}");
+    let (status, _) = scrape(&[("X-Forwarded-For", "198.51.100.7"), ("Authorization", &bearer)]);
+    assert_eq!(status, 200);
+    let (status, _) =
+        scrape(&[("X-Forwarded-For", "198.51.100.7"), ("Authorization", "Bearer wrong-secret-0123456789")]);
+    assert_eq!(status, 404);
+    assert_eq!(node.terminate(), Some(0));
+    // An address not allowed, and the endpoint switched off.
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_METRICS__ALLOW", "[\"192.0.2.1\"]")]);
+    assert_eq!(scrape_at(&node.url), 404);
+    assert_eq!(node.terminate(), Some(0));
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_METRICS__ENABLED", "false")]);
+    assert_eq!(scrape_at(&node.url), 404);
+    assert_eq!(node.terminate(), Some(0));
+}
+
+fn scrape_at(url: &str) -> u16 {
+    match ureq::get(&format!("{url}/metrics")).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -126,6 +126,13 @@ impl NodeProcess {
         NodeProcess::spawn_command(cmd, data_dir, env, Stdio::inherit())
     }
 
+    /// As `start_with`, as the unprivileged user and group `uid` (the test runs as root).
+    pub fn start_as(data_dir: &Path, env: &[(&str, &str)], uid: u32) -> NodeProcess {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).arg("--clear-groups").arg("--").arg(bin());
+        NodeProcess::spawn_command(cmd, data_dir, env, Stdio::inherit())
+    }
+
     fn spawn(data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
         NodeProcess::spawn_command(Command::new(bin()), data_dir, env, stderr)
     }

@@ -156,6 +156,11 @@ impl Ingestor {
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
+    /// Writes waiting in the writer's queue (not yet taken).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+    }
+
     /// Totals since the writer started.
     pub fn stats(&self) -> IngestStats {
         IngestStats {
