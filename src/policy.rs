@@ -10,7 +10,7 @@
 //!
 //! | purpose | self | others, subject public | others, subject aggregate or private |
 //! | --- | --- | --- | --- |
-//! | `Profile`, `History`, `Charts` | yes | yes | no (answered as "no such user"); to an `ApiReader` (a scrobbler-API call without a token) yes if the subject opened their API reads and is not private |
+//! | `Profile`, `History`, `Charts` | yes | yes | no (answered as "no such user"); through a scrobbler API (`Viewer::Api`, with or without a token) yes if the subject opened their API reads and is not private |
 //! | `Export` | yes | no | no |
 //! | `Accounting` (ledger: what releases charged; independent of activity, since every aggregate user is charged every period) | yes | administrators | administrators |
 //! | `Similarity`, `NodeChart` (computed from the subject, shown to others) | — | exact | not at all |
@@ -31,9 +31,10 @@ pub enum Viewer {
     Member { id: u32, admin: bool },
     /// Another node, over libp2p.
     Peer,
-    /// A call to a scrobbler API (ListenBrainz, Last.fm) that names no user: no token,
-    /// no session. Anonymous, except for subjects who opened their API reads.
-    ApiReader,
+    /// A read through a scrobbler API (ListenBrainz, Last.fm): by the member its token
+    /// or session names (`id`), else by no one in particular. As that member or as
+    /// anonymous, except that it also reaches subjects who opened their API reads.
+    Api { id: Option<u32> },
 }
 
 impl Viewer {
@@ -43,10 +44,9 @@ impl Viewer {
         id.map_or(Viewer::Anonymous, |id| Viewer::Member { id, admin: false })
     }
 
-    /// The caller of a scrobbler API read: the member its token or session names, else
-    /// an `ApiReader`.
+    /// The caller of a scrobbler API read: the member its token or session names, if any.
     pub fn api_caller(id: Option<u32>) -> Viewer {
-        id.map_or(Viewer::ApiReader, |id| Viewer::Member { id, admin: false })
+        Viewer::Api { id }
     }
 }
 
@@ -104,11 +104,12 @@ pub struct Subject {
 
 /// What `viewer` may learn about `subject` for `purpose`.
 pub fn may(viewer: Viewer, subject: Subject, purpose: Purpose) -> Access {
-    let own = matches!(viewer, Viewer::Member { id, .. } if id == subject.id);
+    let own = matches!(viewer, Viewer::Member { id, .. } | Viewer::Api { id: Some(id) } if id == subject.id);
     let admin = matches!(viewer, Viewer::Member { admin: true, .. });
     let public = subject.level == SharingLevel::Public;
     // A private user reaches no one, whatever else they switched on.
-    let api_open = viewer == Viewer::ApiReader && subject.api_reads_open && subject.level != SharingLevel::Private;
+    let api_open =
+        matches!(viewer, Viewer::Api { .. }) && subject.api_reads_open && subject.level != SharingLevel::Private;
     let yes = |b: bool| if b { Access::Exact } else { Access::Denied };
     match purpose {
         Purpose::Profile | Purpose::History | Purpose::Charts => yes(own || public || api_open),
@@ -157,7 +158,8 @@ mod tests {
             Viewer::Member { id: 2, admin: false },
             Viewer::Member { id: 3, admin: true },
             Viewer::Peer,
-            Viewer::ApiReader,
+            Viewer::Api { id: None },
+            Viewer::Api { id: Some(2) },
         ];
         for level in SharingLevel::ALL {
             let subject = Subject { id: 1, level, api_reads_open: false };
@@ -195,21 +197,26 @@ mod tests {
     }
 
     #[test]
-    fn opened_api_reads_reach_only_token_less_api_calls_and_only_the_users_own_pages() {
+    fn opened_api_reads_reach_only_api_calls_and_only_the_users_own_pages() {
         for level in SharingLevel::ALL {
             let open = Subject { id: 1, level, api_reads_open: true };
             let closed = Subject { api_reads_open: false, ..open };
             for purpose in ALL_PURPOSES {
                 let shown = matches!(purpose, Purpose::Profile | Purpose::History | Purpose::Charts)
                     && level != SharingLevel::Private;
-                // An API call without a token: what the subject opened, no more.
-                let want = shown || may(Viewer::Anonymous, closed, purpose).exact();
-                assert_eq!(may(Viewer::ApiReader, open, purpose).exact(), want, "{level:?} {purpose:?}");
-                assert_eq!(
-                    may(Viewer::ApiReader, closed, purpose),
-                    may(Viewer::Anonymous, closed, purpose),
-                    "{level:?} {purpose:?}"
-                );
+                // An API call, without a token or with another member's: what the subject
+                // opened, no more; closed, exactly what the anonymous or that member get.
+                for (api, as_whom) in [
+                    (Viewer::Api { id: None }, Viewer::Anonymous),
+                    (Viewer::Api { id: Some(2) }, Viewer::Member { id: 2, admin: false }),
+                ] {
+                    let want = shown || may(as_whom, closed, purpose).exact();
+                    assert_eq!(may(api, open, purpose).exact(), want, "{api:?} {level:?} {purpose:?}");
+                    assert_eq!(may(api, closed, purpose), may(as_whom, closed, purpose), "{api:?} {purpose:?}");
+                }
+                // The subject's own token is the subject.
+                let me = Viewer::Api { id: Some(1) };
+                assert_eq!(may(me, closed, purpose), may(Viewer::Member { id: 1, admin: false }, closed, purpose));
                 // Nobody else gains anything from the switch: not the web's visitors,
                 // other members, peers, nor what is summed for others or released.
                 for viewer in [Viewer::Anonymous, Viewer::Member { id: 2, admin: false }, Viewer::Peer] {

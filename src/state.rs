@@ -188,6 +188,9 @@ pub fn client_key(addr: IpAddr) -> IpAddr {
 
 /// Failed authentications allowed per client address per minute before 429.
 pub const MAX_FAILED_AUTH_PER_MINUTE: u32 = 30;
+/// How far a listen may start before "now playing" was said and still end it, in
+/// seconds: Last.fm's shortest scrobble (a track under 30 s is not one).
+pub const NOW_PLAYING_SLACK: i64 = 30;
 /// How long "now playing" lasts when the track's length is unknown (ListenBrainz: 10 min).
 pub const NOW_PLAYING_DEFAULT: Duration = Duration::from_secs(600);
 
@@ -235,19 +238,16 @@ impl Live {
         }
     }
 
-    /// Listens arrived: "now playing" ends if one of them is the track playing, or began
-    /// after it started. A back-dated listen (an import, a player's cache sent late, the
-    /// previous track scrobbled at its end) leaves it alone.
+    /// Listens arrived: "now playing" ends if one of them began after it started (the
+    /// playing track scrobbled, or the next one). A back-dated listen (an import, a
+    /// player's cache sent late, the previous track scrobbled at its end) leaves it alone.
     pub fn listened<'a>(&self, user: UserId, listens: impl IntoIterator<Item = &'a crate::log::Listen>) {
-        use crate::log::dedupe::normalize_name;
         let Ok(mut map) = self.now_playing.lock() else { return };
         let Some(p) = map.get(&user) else { return };
-        let same = |t: &TrackRef| {
-            normalize_name(&t.title) == normalize_name(&p.track.title)
-                && normalize_name(&t.artist) == normalize_name(&p.track.artist)
-        };
-        // A minute's slack for players whose clock is a little behind the node's.
-        if listens.into_iter().any(|l| same(l.track()) || l.listened_at() >= p.since - 60) {
+        // The previous track lasted at least `NOW_PLAYING_SLACK` (no service counts a
+        // shorter play), so it began at least that long before this one: the slack
+        // absorbs a player's clock being behind the node's without letting it end this.
+        if listens.into_iter().any(|l| l.listened_at() >= p.since - NOW_PLAYING_SLACK) {
             map.remove(&user);
         }
     }

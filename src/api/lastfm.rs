@@ -798,7 +798,7 @@ impl Read<'_> {
             .attr("totalPages", total.div_ceil(limit).max(1))
             .attr("total", total);
         for f in all.iter().skip((page - 1).saturating_mul(limit)).take(limit) {
-            let at = store.entry_sealed_at(user.id, f.seq).map_err(store_err)?.unwrap_or(0);
+            let at = store.feedback_time(user.id, f.seq).map_err(store_err)?.unwrap_or(0);
             let date = jiff::Timestamp::from_second(at)
                 .map(|ts| ts.strftime("%d %b %Y, %H:%M").to_string())
                 .unwrap_or_default();
@@ -848,7 +848,9 @@ impl Read<'_> {
             (Some(f), Some(t)) if f < t => (f, t),
             (None, None) => {
                 let from = week_start(now, &tz);
-                (from, from + 7 * 86_400)
+                // The next Monday 00:00, as the chart list has it (a week with a daylight
+                // saving change is an hour longer or shorter than 7 × 24 h).
+                (from, week_start(from + 7 * 86_400 + 12 * 3600, &tz))
             }
             _ => return Err(bad_params("Invalid parameters - from and to must both be given, from before to")),
         };
@@ -926,9 +928,11 @@ impl Read<'_> {
             (None, None) => (name.to_owned(), artist_of_item.map(str::to_owned)),
         };
         let (listeners, playcount) = on_node.map_or((0, 0), |r| (r.listeners, r.row.listens));
+        // The item's page is a user's; with no user named, the node's home page (where its
+        // chart is).
         let url = match &user {
             Some(u) => self.url(u, kind, &shown_name, shown_artist.as_deref()),
-            None => String::new(),
+            None => format!("{}/", self.base),
         };
         let mut el = El::new(match kind {
             Kind::Artist => "artist",
@@ -984,7 +988,10 @@ impl Read<'_> {
                     .child(El::text("playcount", playcount))
                     .child(match &user {
                         Some(u) => self.artist_el(u, &artist_name, true),
-                        None => El::new("artist").child(El::text("name", &artist_name)).child(El::text("mbid", "")),
+                        None => El::new("artist")
+                            .child(El::text("name", &artist_name))
+                            .child(El::text("mbid", ""))
+                            .child(El::text("url", format!("{}/", self.base))),
                     });
                 el = user_fields(el)?;
             }

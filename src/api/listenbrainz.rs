@@ -382,7 +382,9 @@ async fn listens(
     headers: HeaderMap,
     Query(q): Query<ListensQuery>,
 ) -> LbResult {
-    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let user = visible_user(&state, &name, viewer.as_ref(), Purpose::History)?;
+    let own = viewer.as_ref().is_some_and(|v| v.id == user.id);
     let count = match q.count {
         Some(c) if c < 0 => return Err(LbError::bad("count must be a positive number")),
         Some(c) => (c as usize).min(MAX_ITEMS_PER_GET),
@@ -404,7 +406,9 @@ async fn listens(
     let newest = state.store.listens(user.id, 0, i64::MAX, 1, Order::NewestFirst)?;
     let oldest = state.store.listens(user.id, 0, i64::MAX, 1, Order::OldestFirst)?;
     let seqs: Vec<u64> = found.iter().map(|l| l.seq).collect();
-    let extra = state.store.listen_infos(user.id, &seqs)?;
+    // What a player sent beyond the modelled fields (the page a browser scrobbled from,
+    // player versions…) is the user's own, whoever else may read their listens.
+    let extra = if own { state.store.listen_infos(user.id, &seqs)? } else { Default::default() };
     let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l, extra.get(&l.seq))).collect();
     Ok(Json(json!({"payload": {
         "count": items.len(),
@@ -588,7 +592,7 @@ async fn user_stats(
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, LbError> {
     if entity == "listening-activity" || entity == "daily-activity" {
-        return activity(&state, &name, &entity, &headers, q).map(IntoResponse::into_response);
+        return activity(&state, &name, &entity, &headers, q);
     }
     let (kind, list_key, total_key) = entity_keys(&entity)?;
     let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::Charts)?;
@@ -689,7 +693,13 @@ fn day_start(day: i32, tz: &jiff::tz::TimeZone) -> i64 {
 
 /// `listening-activity` (listens per day, week, month or year of the range, by its
 /// length) and `daily-activity` (per weekday and hour, in the user's time zone).
-fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: StatsQuery) -> LbResult {
+fn activity(
+    state: &AppState,
+    name: &str,
+    entity: &str,
+    headers: &HeaderMap,
+    q: StatsQuery,
+) -> Result<Response, LbError> {
     use crate::store::aggregates::Step;
     let user = readable_user(state, name, headers, q.token.as_deref(), Purpose::Charts)?;
     let range = q.range.unwrap_or_else(|| "all_time".into());
@@ -705,6 +715,10 @@ fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: 
     payload.insert("last_updated".into(), json!(now));
     if entity == "daily-activity" {
         let clock = state.store.clock(user.id, &period, now)?;
+        if clock.iter().flatten().all(|n| *n == 0) {
+            // As the other statistics (and ListenBrainz): nothing for the range.
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         let days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
         let mut by_day = Map::new();
         for (name, hours) in days.iter().zip(clock.iter()) {
@@ -713,7 +727,7 @@ fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: 
             by_day.insert((*name).into(), json!(hours));
         }
         payload.insert("daily_activity".into(), Value::Object(by_day));
-        return Ok(Json(json!({"payload": payload})));
+        return Ok(Json(json!({"payload": payload})).into_response());
     }
     // The step follows the range's length, as ListenBrainz's: days of a week or month,
     // weeks of a quarter, months of a half year or year, years of all time.
@@ -733,6 +747,9 @@ fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: 
         period
     };
     let series = state.store.listens_series(user.id, &period, step, now)?;
+    if series.iter().all(|(_, n)| *n == 0) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let mut entries: Vec<(i64, i64, String, u64)> = Vec::new();
     for (i, (day, n)) in series.iter().enumerate() {
         let start = day_start(*day, &tz);
@@ -763,7 +780,7 @@ fn activity(state: &AppState, name: &str, entity: &str, headers: &HeaderMap, q: 
         })
         .collect();
     payload.insert("listening_activity".into(), json!(list));
-    Ok(Json(json!({"payload": payload})))
+    Ok(Json(json!({"payload": payload})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -776,8 +793,8 @@ struct FeedbackQuery {
 }
 
 /// `GET /1/feedback/user/{user}/get-feedback`: the user's loves (score 1) and hates
-/// (-1), newest first. `created` is when the node sealed the log block holding the
-/// feedback (the log keeps no separate time for it).
+/// (-1), newest first. `created` is the start of the newest listen before the feedback
+/// in the log (`Store::feedback_time`: the log keeps no time for feedback).
 async fn get_feedback(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -801,7 +818,7 @@ async fn get_feedback(
     let total = all.len();
     let mut items = Vec::new();
     for f in all.iter().skip(offset).take(count) {
-        let created = state.store.entry_sealed_at(user.id, f.seq)?.unwrap_or(0);
+        let created = state.store.feedback_time(user.id, f.seq)?.unwrap_or(0);
         let meta = if metadata { track_meta(&f.track) } else { Value::Null };
         items.push(json!({
             "created": created,
@@ -870,6 +887,9 @@ async fn set_latest_import(
         .filter(|t| *t >= 0)
         .ok_or_else(|| LbError::bad("ts must be a unix time"))?;
     let service = doc.get("service").and_then(Value::as_str).unwrap_or("lastfm");
-    state.store.set_latest_import(user.id, service, ts)?;
+    // Paused scrobbling stores nothing a client sends, this included.
+    if !state.store.is_paused(user.id)? {
+        state.store.set_latest_import(user.id, service, ts)?;
+    }
     Ok(Json(json!({"status": "ok"})))
 }

@@ -278,19 +278,35 @@ impl Store {
         Ok(())
     }
 
-    /// When the log block holding entry `seq` was last sealed: the time a love or a hate
-    /// is shown with (the log records no time for feedback; the seal is at or after it,
-    /// and before the next `BLOCK_ENTRIES` entries). `None` if there is no such entry.
-    pub fn entry_sealed_at(&self, user: UserId, seq: u64) -> Result<Option<i64>> {
-        let first = seq - seq % schema::BLOCK_ENTRIES;
-        let key = keys::user_seq(user, first);
-        match self.trees.userid_seq_block.get(key)? {
-            Some(v) => {
+    /// The time a love or a hate at log entry `seq` is shown with: the log records no
+    /// time for feedback, so it is the start of the newest listen before it in the log
+    /// (still present) — the feedback came after that listen was recorded. Not a block's
+    /// seal time: the open block is resealed at every write, so that would tell when the
+    /// user last wrote anything (a deletion included). Looks back at most 8 blocks;
+    /// `None` if no listen is found.
+    pub fn feedback_time(&self, user: UserId, seq: u64) -> Result<Option<i64>> {
+        let mut first = seq - seq % schema::BLOCK_ENTRIES;
+        let mut end = seq;
+        for _ in 0..8 {
+            let key = keys::user_seq(user, first);
+            if let Some(v) = self.trees.userid_seq_block.get(key)? {
                 let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, &v)?;
-                Ok((seq - first < block.entries.len() as u64).then_some(block.signed_at))
+                let upto = usize::try_from(end - first).unwrap_or(usize::MAX).min(block.entries.len());
+                let found = block.entries[..upto].iter().rev().find_map(|e| match e {
+                    super::values::StoredEntry::Listen { listened_at, .. } => Some(*listened_at),
+                    _ => None,
+                });
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
-            None => Ok(None),
+            if first == 0 {
+                break;
+            }
+            end = first;
+            first -= schema::BLOCK_ENTRIES;
         }
+        Ok(None)
     }
 
     /// Every entry of `user`'s log in seq order, resolved (erased ones as their hash).

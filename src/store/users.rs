@@ -388,6 +388,8 @@ impl Store {
         let key = keys::user(user);
         let mut failed = None;
         self.trees.userid_settings.fetch_and_update(key, |old| {
+            // sled may run this more than once (a concurrent change): only the last run counts.
+            failed = None;
             let mut s = match old.map(|b| decode::<SettingsV2>(schema::USERID_SETTINGS, &key, b)) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
@@ -416,7 +418,7 @@ impl Store {
     }
 
     /// Lets anyone read the user's listens and statistics through the scrobbler APIs
-    /// without a token, or stops it (`policy::Viewer::ApiReader`).
+    /// without a token, or stops it (`policy::Viewer::Api`).
     pub fn set_api_reads_open(&self, user: UserId, open: bool) -> Result<()> {
         self.update_settings(user, |s| s.api_reads_open = open)
     }

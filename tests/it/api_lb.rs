@@ -302,12 +302,12 @@ fn token_less_reads_answer_only_for_members_who_opened_them() {
         (lb, lastfm, web)
     };
     let node = NodeProcess::start(&data);
+    let mut with_origin = listen(1_700_000_000, "Artist", "Song");
+    with_origin["track_metadata"]["additional_info"] = json!({"origin_url": "https://secret.example/page"});
     let (s, _) = post(
         &format!("{}/1/submit-listens", node.url),
         Some(&token),
-        &serde_json::to_vec(&json!({
-        "listen_type": "import", "payload": [listen(1_700_000_000, "Artist", "Song")]}))
-        .expect("json"),
+        &serde_json::to_vec(&json!({"listen_type": "import", "payload": [with_origin]})).expect("json"),
     );
     assert_eq!(s, 200);
     let (lb, (lastfm_status, _), web) = read_all(&node);
@@ -326,6 +326,12 @@ fn token_less_reads_answer_only_for_members_who_opened_them() {
     let (s, loved) = get(&format!("{}/2.0/?method=user.getlovedtracks&user=alice&format=json", node.url), None);
     assert_eq!((s, &loved["lovedtracks"]["track"]), (200, &json!([])), "{loved}");
     assert_eq!(web, 404, "the web pages are not affected");
+    // What the player sent beyond the modelled fields stays the user's own.
+    let (_, theirs) = get(&format!("{}/1/user/alice/listens", node.url), None);
+    let (_, own) = get(&format!("{}/1/user/alice/listens", node.url), Some(&token));
+    assert_eq!(theirs["payload"]["count"], 1);
+    assert!(!theirs.to_string().contains("secret.example"), "{theirs}");
+    assert!(own.to_string().contains("secret.example"), "{own}");
     // Nor is what is summed for others: the node chart counts public members only.
     let (s, sitewide) = get(&format!("{}/1/stats/sitewide/artists", node.url), None);
     assert_eq!(s, 204, "{sitewide}");
@@ -359,6 +365,11 @@ fn a_back_dated_listen_does_not_end_playing_now() {
     assert_eq!(post(&submit, t, old.to_string().as_bytes()).0, 200);
     let previous = json!({"listen_type": "single", "payload": [listen(now - 200, "Before", "That")]});
     assert_eq!(post(&submit, t, previous.to_string().as_bytes()).0, 200);
+    // A 40-second track just before, and the same song's previous play: still playing.
+    let short = json!({"listen_type": "single", "payload": [listen(now - 40, "Short", "Track")]});
+    assert_eq!(post(&submit, t, short.to_string().as_bytes()).0, 200);
+    let repeat = json!({"listen_type": "single", "payload": [listen(now - 300, "Now", "Here")]});
+    assert_eq!(post(&submit, t, repeat.to_string().as_bytes()).0, 200);
     assert_eq!(playing().as_deref(), Some("Here"));
     // The playing track scrobbled: it ends.
     let done = json!({"listen_type": "single", "payload": [listen(now - 5, "Now", "Here")]});

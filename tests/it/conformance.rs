@@ -327,6 +327,21 @@ fn every_endpoint_and_method_answers_in_the_real_services_shapes() {
         200,
         &format!("{lb}/feedback-user-get-feedback.json"),
     );
+    expect(
+        "feedback/user/get-feedback?metadata=true",
+        lb_get("/1/feedback/user/alice/get-feedback?metadata=true"),
+        200,
+        &format!("{lb}/feedback-user-get-feedback.metadata.json"),
+    );
+    // Reads without a token, of a public member: the same shapes.
+    let anonymous = |path: &str| answer(ureq::get(&format!("{base}{path}")).call());
+    expect("user/listens (no token)", anonymous("/1/user/bob/listens"), 200, &format!("{lb}/user-listens.json"));
+    expect(
+        "stats/user/artists (no token)",
+        anonymous("/1/stats/user/bob/artists"),
+        200,
+        &format!("{lb}/stats-user-artists.json"),
+    );
     expect("user/similar-users", lb_get("/1/user/alice/similar-users"), 200, &format!("{lb}/user-similar-users.json"));
     expect(
         "latest-import (POST)",
@@ -433,6 +448,11 @@ fn every_endpoint_and_method_answers_in_the_real_services_shapes() {
             "album.getInfo",
         ),
         ("library.getArtists", vec![("sk", &sk), ("user", "alice")], 200, "library.getArtists"),
+        // Without a session: a public member's reads, and item info with no user.
+        ("user.getRecentTracks", vec![("user", "bob")], 200, "user.getRecentTracks"),
+        ("user.getTopTracks", vec![("user", "bob")], 200, "user.getTopTracks"),
+        ("artist.getInfo", vec![("artist", "Kanye West")], 200, "artist.getInfo.nouser"),
+        ("track.getInfo", vec![("artist", "Kanye West"), ("track", "Song 0")], 200, "track.getInfo.nouser"),
     ];
     for (method, params, status, file) in &calls {
         for json in [true, false] {

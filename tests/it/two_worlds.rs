@@ -128,11 +128,15 @@ fn routes() -> BTreeSet<String> {
     out
 }
 
-/// The Last.fm read methods the dispatcher knows (`user.*`), from the source.
+/// The Last.fm read methods the dispatcher knows (`user.*`, `library.*`, `*.getinfo`),
+/// from the source.
 fn lastfm_reads() -> BTreeSet<String> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/lastfm.rs")).expect("read");
     text.split('"')
-        .filter(|s| s.starts_with("user.") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|s| {
+            (s.starts_with("user.") || s.starts_with("library.") || s.ends_with(".getinfo"))
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        })
         .map(String::from)
         .collect()
 }
@@ -190,7 +194,10 @@ impl Who {
 }
 
 fn fetch(url: &str, who: &Who, world: usize) -> (u16, Vec<u8>) {
-    let mut req = ureq::get(url).timeout(Duration::from_secs(20));
+    // The viewers are people on other hosts: through the node's TLS front (from this
+    // host, with a forwarding header), as anyone but the operator reaches it. Only the
+    // operator's own requests (`/metrics` from loopback, directly) see node internals.
+    let mut req = ureq::get(url).timeout(Duration::from_secs(20)).set("X-Forwarded-For", "198.51.100.9");
     if let Some(c) = &who.cookie[world] {
         req = req.set("Cookie", c);
     }
@@ -419,12 +426,27 @@ struct Crawl {
 fn crawl(worlds: &[World; 2], periods: &[i64], tokens: &[(&'static str, String)]) -> Crawl {
     let who = viewers(worlds, tokens);
     let mut urls: Vec<String> = routes().iter().flat_map(|r| expand(r, periods)).collect();
-    for method in lastfm_reads() {
+    let methods = lastfm_reads();
+    assert!(methods.len() >= 14, "the crawl finds the read methods: {methods:?}");
+    for method in methods {
         for user in ["alice", "bob", "carol", "dave", TARGET, "nobody"] {
             for extra in ["", "&period=overall", "&period=7day"] {
                 urls.push(format!("/2.0/?method={method}&user={user}&format=json{extra}"));
             }
+            // Item info: the target's own artist, a shared one, and the user's play count.
+            for artist in [TARGET_ONLY, "Shared Band"] {
+                let a = artist.replace(' ', "+");
+                urls.push(format!(
+                    "/2.0/?method={method}&artist={a}&track=Tess+Song&album=An+Album&username={user}&format=json"
+                ));
+            }
         }
+        let a = TARGET_ONLY.replace(' ', "+");
+        urls.push(format!("/2.0/?method={method}&artist={a}&track=Tess+Song&format=json"));
+    }
+    for user in ["alice", "bob", "carol", "dave", TARGET, "nobody"] {
+        urls.push(format!("/1/latest-import?user_name={user}"));
+        urls.push(format!("/1/feedback/user/{user}/get-feedback?metadata=true"));
     }
     let mut rows = Vec::new();
     let mut differing = Vec::new();
