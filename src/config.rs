@@ -100,6 +100,12 @@ pub struct HttpConfig {
     /// Seconds a request may take, reading its body included (uploads to `/import` are
     /// exempt: they are bounded by size). Default: `60`; allowed 1..=3600.
     pub request_timeout_secs: u64,
+    /// Requests one client address may make to the scrobbler APIs (ListenBrainz,
+    /// Last.fm, Audioscrobbler) per 10 seconds, as a burst that refills evenly; past it,
+    /// 429 (ListenBrainz answers carry `X-RateLimit-*`). Loopback clients are not
+    /// limited; behind a proxy, list it in `trusted_proxies` so the limit applies to each
+    /// real client. `0` turns it off. Default: `300`; allowed 0..=1000000.
+    pub api_rate_limit: u32,
     /// The address people and players reach this node at, when it differs from what
     /// they connect to (a TLS front: `https://music.example.org`, optionally with a
     /// path prefix): every URL the node hands out (the Audioscrobbler 1.2 handshake,
@@ -446,6 +452,7 @@ impl Default for HttpConfig {
             max_connections: 4096,
             header_timeout_secs: 10,
             request_timeout_secs: 60,
+            api_rate_limit: 300,
             public_url: None,
             trusted_proxies: Vec::new(),
         }
@@ -577,6 +584,7 @@ impl Config {
             ("http.max_connections", self.http.max_connections as u64, 16..=1_000_000),
             ("http.header_timeout_secs", self.http.header_timeout_secs, 1..=600),
             ("http.request_timeout_secs", self.http.request_timeout_secs, 1..=3600),
+            ("http.api_rate_limit", u64::from(self.http.api_rate_limit), 0..=1_000_000),
         ] {
             if !range.contains(&value) {
                 return Err(Error::Invalid {

@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::audioscrobbler::router())
         .merge(crate::web::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_failed))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_api))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -62,6 +63,76 @@ fn classify(method: &axum::http::Method, uri: &axum::http::Uri) -> (crate::metri
         (Api::Audioscrobbler, post)
     } else {
         (Api::Web, false)
+    }
+}
+
+/// The scrobbler APIs' per-client limit (`http.api_rate_limit`): past it, each protocol's
+/// own "too many requests"; ListenBrainz answers carry ListenBrainz's `X-RateLimit-*`
+/// headers, refused or not. Loopback clients (a player on the node's machine, or a
+/// proxy not listed in `trusted_proxies`) and the web view are not limited here.
+async fn limit_api(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::metrics::Api;
+    use axum::response::IntoResponse;
+    let (api, _) = classify(request.method(), request.uri());
+    let addr = addr.0.map(|a| match a {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, std::net::IpAddr::V4),
+        v4 => v4,
+    });
+    let (Some(limiter), Some(addr)) = (&state.api_limiter, addr) else { return next.run(request).await };
+    if api == Api::Web || addr.is_loopback() {
+        return next.run(request).await;
+    }
+    let verdict = limiter.check(addr);
+    let headers = |remaining: u32, reset_in: u64| {
+        let reset = crate::now_unix().saturating_add(i64::try_from(reset_in).unwrap_or(i64::MAX));
+        [
+            ("x-ratelimit-limit", limiter.limit().to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset-in", reset_in.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ]
+    };
+    match verdict {
+        crate::state::RateVerdict::Allowed { remaining } => {
+            let mut response = next.run(request).await;
+            if api == Api::Listenbrainz {
+                for (k, v) in headers(remaining, limiter.full_in(remaining)) {
+                    if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+                        response.headers_mut().insert(k, v);
+                    }
+                }
+            }
+            response
+        }
+        crate::state::RateVerdict::Limited { retry_in } => {
+            let secs = retry_in.as_secs().max(1);
+            let retry_after = [(axum::http::header::RETRY_AFTER, secs.to_string())];
+            let message = format!(
+                "Too many requests from this address: at most {} per 10 seconds; retry in {secs} s.",
+                limiter.limit()
+            );
+            match api {
+                Api::Listenbrainz => {
+                    let body = Json(json!({"code": 429, "error": message}));
+                    let mut response = (axum::http::StatusCode::TOO_MANY_REQUESTS, retry_after, body).into_response();
+                    for (k, v) in headers(0, secs) {
+                        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+                            response.headers_mut().insert(k, v);
+                        }
+                    }
+                    response
+                }
+                Api::Lastfm => crate::api::lastfm::rate_limited(request.uri().query(), &message).into_response(),
+                // Audioscrobbler 1.2 players read the first line of a 200 answer.
+                _ => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("FAILED {message}\n"))
+                    .into_response(),
+            }
+        }
     }
 }
 

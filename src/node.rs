@@ -131,6 +131,7 @@ impl Node {
             node_key: self.identity.public_key(),
             control_token: write_control_token(&self.config.node.data_dir).map(std::sync::Arc::new),
             metrics: metrics.clone(),
+            api_limiter: crate::state::ApiLimiter::new(self.config.http.api_rate_limit).map(std::sync::Arc::new),
             metrics_config: std::sync::Arc::new(self.config.metrics.clone()),
         };
         let failed_store = self.store.clone();

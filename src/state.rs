@@ -45,6 +45,8 @@ pub struct AppState {
     pub control_token: Option<std::sync::Arc<String>>,
     /// `http.public_url` (normalised) and `http.trusted_proxies`.
     pub front: std::sync::Arc<Front>,
+    /// The scrobbler APIs' per-client limit (`None`: off).
+    pub api_limiter: Option<std::sync::Arc<ApiLimiter>>,
     /// The Prometheus metrics (`crate::metrics`) and who may read them.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub metrics_config: std::sync::Arc<crate::config::MetricsConfig>,
@@ -87,6 +89,72 @@ impl Front {
             .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) && !h.contains(['/', '@']))
             .unwrap_or("127.0.0.1:8487");
         format!("{scheme}://{host}")
+    }
+}
+
+/// The scrobbler APIs' per-client request limit (`http.api_rate_limit` per 10 s): GCRA
+/// from `governor`, keyed by client address, held in memory only.
+pub struct ApiLimiter {
+    limit: u32,
+    limiter: governor::RateLimiter<
+        IpAddr,
+        governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+        governor::clock::DefaultClock,
+        governor::middleware::StateInformationMiddleware,
+    >,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+/// What the limiter says of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Let through; `remaining` more may follow at once.
+    Allowed { remaining: u32 },
+    /// Refused; the next is allowed in `retry_in`.
+    Limited { retry_in: Duration },
+}
+
+/// The window the API limit is stated over.
+pub const API_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+impl ApiLimiter {
+    /// `None` when the limit is 0 (off).
+    pub fn new(limit: u32) -> Option<ApiLimiter> {
+        let burst = std::num::NonZeroU32::new(limit)?;
+        let quota = governor::Quota::with_period(API_RATE_WINDOW / limit)?.allow_burst(burst);
+        Some(ApiLimiter {
+            limit,
+            limiter: governor::RateLimiter::keyed(quota).with_middleware(),
+            checks: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Takes one request of `addr`'s allowance.
+    pub fn check(&self, addr: IpAddr) -> RateVerdict {
+        // Addresses whose allowance is full again are forgotten now and then, so the
+        // map holds only recent clients (the limit is memory, not storage).
+        if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+        }
+        match self.limiter.check_key(&addr) {
+            Ok(snapshot) => RateVerdict::Allowed { remaining: snapshot.remaining_burst_capacity() },
+            Err(not_until) => {
+                use governor::clock::Clock;
+                RateVerdict::Limited {
+                    retry_in: not_until.wait_time_from(governor::clock::DefaultClock::default().now()),
+                }
+            }
+        }
+    }
+
+    /// Seconds until a client with `remaining` left has its whole allowance again.
+    pub fn full_in(&self, remaining: u32) -> u64 {
+        let missing = u64::from(self.limit.saturating_sub(remaining));
+        (missing * API_RATE_WINDOW.as_secs()).div_ceil(u64::from(self.limit.max(1)))
     }
 }
 

@@ -224,6 +224,20 @@ impl IntoResponse for Reply {
     }
 }
 
+/// Last.fm's answer to a client over the request limit (error 29), in the format the
+/// query asks for (the body is not read for it).
+pub fn rate_limited(query: Option<&str>, message: &str) -> Response {
+    let json = query.is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .is_ok_and(|pairs| pairs.iter().any(|(k, v)| k == "format" && v.eq_ignore_ascii_case("json")))
+    });
+    let mut response =
+        Reply { json, result: Err((StatusCode::TOO_MANY_REQUESTS, 29, format!("Rate Limit Exceeded - {message}"))) }
+            .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+    response
+}
+
 type Outcome2 = Result<Vec<El>, (StatusCode, u32, String)>;
 
 fn fail(status: StatusCode, code: u32, message: &str) -> (StatusCode, u32, String) {

@@ -382,3 +382,66 @@ fn a_back_dated_listen_does_not_end_playing_now() {
     assert_eq!(playing(), None);
     assert_eq!(node.terminate(), Some(0));
 }
+
+#[test]
+fn each_client_address_is_limited_with_listenbrainz_rate_limit_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    // The test's requests come "through a front" at 127.0.0.1, for clients it names.
+    let node = NodeProcess::start_with(
+        &data,
+        &[("HEARSAY_HTTP__API_RATE_LIMIT", "5"), ("HEARSAY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")],
+    );
+    let call = |client: Option<&str>, path: &str| {
+        let mut req = ureq::get(&format!("{}{path}", node.url)).set("Authorization", &format!("Token {token}"));
+        if let Some(c) = client {
+            req = req.set("X-Forwarded-For", c);
+        }
+        let r = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        let header = |h: &str| r.header(h).map(str::to_owned);
+        let heads = [
+            header("x-ratelimit-limit"),
+            header("x-ratelimit-remaining"),
+            header("x-ratelimit-reset-in"),
+            header("retry-after"),
+        ];
+        (r.status(), heads, r.into_string().unwrap_or_default())
+    };
+    let a = Some("203.0.113.5");
+    for left in (0..5).rev() {
+        let (s, [limit, remaining, reset_in, _], _) = call(a, "/1/validate-token");
+        assert_eq!(s, 200);
+        assert_eq!((limit.as_deref(), remaining), (Some("5"), Some(left.to_string())));
+        let reset_in: u64 = reset_in.expect("reset-in").parse().expect("number");
+        assert!((1..=10).contains(&reset_in), "{reset_in}");
+    }
+    // The sixth within the window: ListenBrainz's 429, in its shape, with the headers.
+    let (s, [_, remaining, _, retry_after], body) = call(a, "/1/validate-token");
+    assert_eq!((s, remaining.as_deref()), (429, Some("0")), "{body}");
+    assert!(retry_after.is_some());
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["code"], 429);
+    // The same address on the other protocols: their own refusals.
+    let (s, _, body) = call(a, "/2.0/?method=user.getinfo&user=alice&format=json");
+    assert_eq!((s, serde_json::from_str::<Value>(&body).expect("json")["error"].as_u64()), (429, Some(29)), "{body}");
+    let (s, _, body) = call(a, "/?hs=true&p=1.2.1&c=tst&v=1&u=alice&t=1&a=x");
+    assert!(s == 200 && body.starts_with("FAILED "), "{s} {body}");
+    // Another client is not affected, nor the node's own machine, nor the web view.
+    let (s, [_, remaining, _, _], _) = call(Some("203.0.113.6"), "/1/validate-token");
+    assert_eq!((s, remaining.as_deref()), (200, Some("4")));
+    for _ in 0..10 {
+        let (s, [limit, ..], _) = call(None, "/1/validate-token");
+        assert_eq!((s, limit), (200, None), "loopback is not limited");
+    }
+    let (s, ..) = call(a, "/login");
+    assert_eq!(s, 200, "the web view is not the API");
+    // The allowance refills: 2 s is one request's worth at 5 per 10 s.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (s, ..) = call(a, "/1/validate-token");
+    assert_eq!(s, 200);
+    assert_eq!(node.terminate(), Some(0));
+}
