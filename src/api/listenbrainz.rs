@@ -793,7 +793,7 @@ struct FeedbackQuery {
 }
 
 /// `GET /1/feedback/user/{user}/get-feedback`: the user's loves (score 1) and hates
-/// (-1), newest first. `created` is the start of the newest listen before the feedback
+/// (-1), newest first. `created` is the start of the listen recorded just before the feedback
 /// in the log (`Store::feedback_time`: the log keeps no time for feedback).
 async fn get_feedback(
     State(state): State<AppState>,

@@ -279,7 +279,7 @@ impl Store {
     }
 
     /// The time a love or a hate at log entry `seq` is shown with: the log records no
-    /// time for feedback, so it is the start of the newest listen before it in the log
+    /// time for feedback, so it is the start of the listen recorded just before it in the log
     /// (still present) — the feedback came after that listen was recorded. Not a block's
     /// seal time: the open block is resealed at every write, so that would tell when the
     /// user last wrote anything (a deletion included). Looks back at most 8 blocks;

@@ -309,3 +309,62 @@ fn numbers_a_client_sends_are_checked_not_overflowed() {
     assert_eq!(listens[0].listen.track().title, "Long One");
     assert_eq!(listens[0].listen.duration_ms(), None, "an impossible length is dropped, not wrapped");
 }
+
+const PYLAST_READS: &str = r#"
+import json, sys, time
+import pylast
+host, token = sys.argv[1], sys.argv[2]
+net = pylast.LibreFMNetwork(api_key="a" * 32, api_secret="b" * 32)
+net.ws_server = (host, "/2.0/")
+net.homepage = f"https://{host}"
+net.session_key = pylast.SessionKeyGenerator(net).get_session_key("alice", pylast.md5(token))
+now = int(time.time())
+plays = [("Sigur Rós", "Hoppípolla", "Takk...")] * 3 + [("Björk", "Jóga", "Homogenic")] * 2
+net.scrobble_many([{"artist": a, "title": t, "album": b, "timestamp": now - 600 - 60 * i} for i, (a, t, b) in enumerate(plays)])
+net.get_track("Björk", "Jóga").love()
+user = net.get_user("alice")
+loved = user.get_loved_tracks()
+dates = user.get_weekly_chart_dates()
+weekly = user.get_weekly_artist_charts(str(now - 86400 * 7), str(now + 60))
+track = pylast.Track("Sigur Rós", "Hoppípolla", net, username="alice")
+artist = pylast.Artist("Björk", net, username="alice")
+album = pylast.Album("Sigur Rós", "Takk...", net, username="alice")
+library = pylast.Library("alice", net).get_artists(limit=None)
+print(json.dumps({
+    "loved": [[str(l.track.artist), str(l.track.title), int(l.timestamp)] for l in loved],
+    "weeks": len(dates),
+    "last_week": [int(x) for x in dates[-1]],
+    "weekly": [[str(t.item), int(t.weight)] for t in weekly],
+    "track_plays": track.get_userplaycount(),
+    "track_loved": track.get_userloved(),
+    "artist_plays": artist.get_userplaycount(),
+    "album_plays": album.get_userplaycount(),
+    "library": sorted([str(i.item), i.playcount] for i in library),
+    "now": now,
+}))
+"#;
+
+#[test]
+fn pylast_reads_loved_tracks_weekly_charts_item_info_and_the_library() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let tls = TlsProxy::start(dir.path(), &node.url);
+    let out = run_python_env(PYLAST_READS, &[&tls.host, &token], &[("SSL_CERT_FILE", &tls.cert)]);
+    let out: Value = serde_json::from_str(&out).expect("json");
+    let now = out["now"].as_i64().expect("now");
+    assert_eq!(out["loved"][0][0], "Björk");
+    assert_eq!(out["loved"][0][1], "Jóga");
+    // The love's time: the start of the listen recorded just before it (the log keeps no
+    // time for feedback): the batch's last, the oldest play.
+    assert_eq!(out["loved"][0][2].as_i64(), Some(now - 600 - 60 * 4));
+    assert!(out["weeks"].as_u64().is_some_and(|w| w >= 1), "{out}");
+    let [from, to] = [out["last_week"][0].as_i64().expect("from"), out["last_week"][1].as_i64().expect("to")];
+    assert!(from <= now && now < to && to - from >= 6 * 86_400, "{out}");
+    assert_eq!(out["weekly"], serde_json::json!([["Sigur Rós", 3], ["Björk", 2]]));
+    assert_eq!((out["track_plays"].as_i64(), out["track_loved"].as_bool()), (Some(3), Some(false)));
+    assert_eq!((out["artist_plays"].as_i64(), out["album_plays"].as_i64()), (Some(2), Some(3)));
+    assert_eq!(out["library"], serde_json::json!([["Björk", 2], ["Sigur Rós", 3]]));
+    drop(tls);
+    assert_eq!(node.terminate(), Some(0));
+}

@@ -445,3 +445,47 @@ fn each_client_address_is_limited_with_listenbrainz_rate_limit_headers() {
     assert_eq!(s, 200);
     assert_eq!(node.terminate(), Some(0));
 }
+
+/// liblistenbrainz through a TLS front (as a node is reached from the internet), on the
+/// reads it has beyond listens: statistics, feedback; and the rate-limit headers it
+/// paces itself by.
+const LIBLISTENBRAINZ_TLS: &str = r#"
+import json, sys, time
+import liblistenbrainz as lb
+url, token = sys.argv[1], sys.argv[2]
+client = lb.ListenBrainz(api_base_url=url)
+client.set_auth_token(token)
+now = int(time.time())
+client.submit_multiple_listens([lb.Listen(track_name=f"Song {i % 2}", artist_name="Artist A" if i < 3 else "Artist B",
+    listened_at=now - 100 - 600 * i, recording_mbid="f27ec8db-af05-4f36-916e-3d57f91ecf5e" if i == 0 else None) for i in range(5)])
+client.submit_user_feedback(1, "f27ec8db-af05-4f36-916e-3d57f91ecf5e")
+feedback = client.get_user_feedback("alice", score=1, metadata=True)
+artists = client.get_user_artists("alice", time_range="week")
+recordings = client.get_user_recordings("alice")
+print(json.dumps({
+    "feedback": [[f["score"], f["track_metadata"]["track_name"]] for f in feedback["feedback"]],
+    "artists": [[a["artist_name"], a["listen_count"]] for a in artists["payload"]["artists"]],
+    "recordings": len(recordings["payload"]["recordings"]),
+    "listens": [l.track_name for l in client.get_listens("alice", count=2)],
+}))
+"#;
+
+#[test]
+fn liblistenbrainz_through_a_tls_front_reads_statistics_and_feedback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let tls = crate::support::TlsProxy::start(dir.path(), &node.url);
+    let out = crate::support::run_python_env(
+        LIBLISTENBRAINZ_TLS,
+        &[&format!("https://{}", tls.host), &token],
+        &[("REQUESTS_CA_BUNDLE", &tls.cert)],
+    );
+    let out: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(out["feedback"], json!([[1, "Song 0"]]));
+    assert_eq!(out["artists"], json!([["Artist A", 3], ["Artist B", 2]]));
+    assert_eq!(out["recordings"], 4);
+    assert_eq!(out["listens"], json!(["Song 0", "Song 1"]));
+    drop(tls);
+    assert_eq!(node.terminate(), Some(0));
+}
