@@ -342,23 +342,28 @@ impl Live {
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// Audioscrobbler sessions, in memory only.
+/// Audioscrobbler sessions, in memory only: the user, until when, and the player's name
+/// from its handshake.
 #[derive(Clone, Default)]
-pub struct Sessions(Arc<Mutex<HashMap<String, (UserId, Instant)>>>);
+pub struct Sessions(Arc<Mutex<HashMap<String, AsSession>>>);
+
+/// One Audioscrobbler session: its user, until when it lasts, the player's name.
+type AsSession = (UserId, Instant, Arc<str>);
 
 impl Sessions {
-    pub fn create(&self, user: UserId) -> Option<String> {
+    pub fn create(&self, user: UserId, client: &str) -> Option<String> {
         let id = hex::encode(crate::auth::random_bytes::<16>().ok()?);
         let mut map = self.0.lock().ok()?;
         let now = Instant::now();
-        map.retain(|_, (_, until)| *until > now);
-        map.insert(id.clone(), (user, now + SESSION_LIFETIME));
+        map.retain(|_, (_, until, _)| *until > now);
+        map.insert(id.clone(), (user, now + SESSION_LIFETIME, client.into()));
         Some(id)
     }
 
-    pub fn user(&self, id: &str) -> Option<UserId> {
+    /// The session's user and player name, while it lasts.
+    pub fn get(&self, id: &str) -> Option<(UserId, Arc<str>)> {
         let map = self.0.lock().ok()?;
-        map.get(id).filter(|(_, until)| *until > Instant::now()).map(|(u, _)| *u)
+        map.get(id).filter(|(_, until, _)| *until > Instant::now()).map(|(u, _, c)| (*u, c.clone()))
     }
 }
 

@@ -79,7 +79,8 @@ pub async fn handshake(
         }
         return lines("BADAUTH\n");
     };
-    let Some(session) = state.live.as_sessions.create(user.id) else {
+    let client = client_name(q.get("c").map(String::as_str), q.get("v").map(String::as_str));
+    let Some(session) = state.live.as_sessions.create(user.id, &client) else {
         return lines("FAILED Could not start a session\n");
     };
     // Behind a TLS front the player must be sent to the front's https address.
@@ -91,15 +92,37 @@ fn form(body: &[u8]) -> Option<HashMap<String, String>> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).ok().map(|v| v.into_iter().collect())
 }
 
-fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<UserId> {
-    f.get("s").and_then(|s| state.live.as_sessions.user(s))
+fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<(UserId, std::sync::Arc<str>)> {
+    f.get("s").and_then(|s| state.live.as_sessions.get(s))
+}
+
+/// The player's name from the handshake's client id `c` and version `v`, as the listen
+/// records it: a known id by its name (`mdc` is mpdscribble), else the id itself; at
+/// most 64 printable bytes.
+pub fn client_name(c: Option<&str>, v: Option<&str>) -> String {
+    let clean = |s: &str| s.chars().filter(|c| !c.is_control()).take(24).collect::<String>();
+    let name = match c.map(str::trim) {
+        Some("mdc") => "mpdscribble".to_owned(),
+        Some("tst") | None | Some("") => "Audioscrobbler 1.2 client".to_owned(),
+        Some(other) => format!("Audioscrobbler 1.2 client {}", clean(other)),
+    };
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => format!("{name} {}", clean(v)),
+        None => name,
+    }
+}
+
+/// A track number (`n`) as the listen's extra metadata, ListenBrainz's `tracknumber`.
+pub fn track_number_info(n: Option<&str>) -> Option<String> {
+    let n = n.and_then(super::whole_number).filter(|n| (1..=9999).contains(n))?;
+    Some(serde_json::json!({"tracknumber": n}).to_string())
 }
 
 async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let Some(f) = super::read_body(&headers, body, MAX_FORM).await.ok().and_then(|b| form(&b)) else {
         return lines("FAILED The body is not a form of at most 256 KiB\n");
     };
-    let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
+    let Some((user, client)) = session_user(&state, &f) else { return lines("BADSESSION\n") };
     let raw = RawListen {
         artist: f.get("a").map_or(&b""[..], |s| s.as_bytes()),
         title: f.get("t").map_or(&b""[..], |s| s.as_bytes()),
@@ -110,7 +133,7 @@ async fn now_playing(State(state): State<AppState>, headers: HeaderMap, body: ax
     match TrackRef::parse(&raw) {
         Ok(track) => {
             let length = f.get("l").and_then(|l| seconds_to_ms(l));
-            state.live.set_playing(user, track, Some("Audioscrobbler 1.2 client".into()), length);
+            state.live.set_playing(user, track, Some(client.to_string()), length);
             lines("OK\n")
         }
         Err(e) => lines(format!("FAILED {e}\n")),
@@ -121,7 +144,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
     let Some(f) = super::read_body(&headers, body, MAX_FORM).await.ok().and_then(|b| form(&b)) else {
         return lines("FAILED The body is not a form of at most 256 KiB\n");
     };
-    let Some(user) = session_user(&state, &f) else { return lines("BADSESSION\n") };
+    let Some((user, client)) = session_user(&state, &f) else { return lines("BADSESSION\n") };
     let now = crate::now_unix();
     let mut actions = Vec::new();
     for i in 0..MAX_TRACKS + 1 {
@@ -144,10 +167,10 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             recording_mbid: get("m").map(|s| s.as_bytes()).filter(|m| !m.is_empty()),
             listened_at: at,
             duration_ms: get("l").and_then(|l| seconds_to_ms(l)).map(u64::from),
-            client: Some(b"Audioscrobbler 1.2 client"),
+            client: Some(client.as_bytes()),
             ..RawListen::default()
         };
-        match Listen::parse(&raw, now) {
+        match Listen::parse(&raw, now).and_then(|l| l.with_info(track_number_info(get("n").map(String::as_str)))) {
             Ok(listen) => {
                 let loved = get("r").is_some_and(|r| r == "L");
                 let track = listen.track().clone();

@@ -492,8 +492,10 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
             .ok_or_else(|| bad_params(&format!("Invalid parameters - timestamp{suffix} is not a unix time")))?;
         let raw = raw_from(params, suffix, ts);
         let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let track_number = params.get_ci(&format!("trackNumber{suffix}"));
         let parsed = Listen::parse(&raw, now)
             .and_then(|l| l.with_client(params.get("api_key").map(|_| "Last.fm API client".to_owned())))
+            .and_then(|l| l.with_info(super::audioscrobbler::track_number_info(track_number)))
             .map_err(|e| ignored_code(&e));
         results.push((shown(raw.artist), shown(raw.title), raw.album.map(shown), ts, parsed));
     }

@@ -24,7 +24,7 @@ fn handshake_now_playing_and_submission() {
     let t = now.to_string();
     let auth = md5(&format!("{}{t}", md5(&token)));
     let hs =
-        |user: &str, t: &str, a: &str| get(&format!("{}/?hs=true&p=1.2&c=mpd&v=0.25&u={user}&t={t}&a={a}", node.url));
+        |user: &str, t: &str, a: &str| get(&format!("{}/?hs=true&p=1.2&c=mdc&v=0.25&u={user}&t={t}&a={a}", node.url));
 
     assert_eq!(hs("alice", &t, "0123456789abcdef0123456789abcdef"), "BADAUTH\n");
     assert_eq!(hs("nobody", &t, &auth), "BADAUTH\n");
@@ -66,7 +66,7 @@ fn handshake_now_playing_and_submission() {
             kv(&format!("r[{i}]"), r),
             kv(&format!("l[{i}]"), "300.000"),
             kv(&format!("b[{i}]"), ""),
-            kv(&format!("n[{i}]"), ""),
+            kv(&format!("n[{i}]"), if i == 0 { "7" } else { "" }),
             kv(&format!("m[{i}]"), ""),
         ]);
     }
@@ -91,6 +91,11 @@ fn handshake_now_playing_and_submission() {
     assert_eq!(first[0].listen.listened_at(), now - 400, "truncated");
     assert_eq!(first[0].listen.duration_ms(), Some(300_000), "a decimal length is kept");
     assert_eq!(store.feedback(alice, 1, 10).expect("loves").len(), 1, "r[i]=L loves the track");
+    // Recorded under the player's name from its handshake (c=mdc, v=0.25), with its track
+    // number kept as ListenBrainz's `tracknumber`.
+    assert_eq!(first[0].listen.client(), Some("mpdscribble 0.25"));
+    let info = store.listen_infos(alice, &[first[0].seq]).expect("infos");
+    assert_eq!(info.get(&first[0].seq).map(String::as_str), Some(r#"{"tracknumber":7}"#));
 }
 
 /// Only a token made for a legacy client keeps the md5 these protocols prove it with: a

@@ -170,6 +170,7 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
             ("artist", "Solo"),
             ("track", "One"),
             ("timestamp", &now),
+            ("trackNumber", "3"),
             ("format", "json"),
         ],
     );
@@ -187,7 +188,15 @@ fn sessions_scrobble_batches_and_errors_in_xml_and_json() {
     // Oversized: refused from its announced length alone, in Last.fm's shape.
     let r = crate::support::post_head_only(&node.url, "/2.0/", "application/x-www-form-urlencoded", 300 * 1024, "");
     assert!(r.starts_with("HTTP/1.1 413") && r.contains("code=\"6\""), "{r}");
-    drop(node);
+    assert_eq!(node.terminate(), Some(0));
+    // The track number is kept, as ListenBrainz's `tracknumber`.
+    let store = hearsay::store::Store::open(&data, &hearsay::store::Options { cache_mb: 8, ..Default::default() })
+        .expect("open");
+    let alice = store.user_by_name("alice").expect("lookup").expect("alice").id;
+    let all = store.listens(alice, 0, i64::MAX, 100, hearsay::store::logs::Order::NewestFirst).expect("listens");
+    let solo = all.iter().find(|l| l.listen.track().artist == "Solo").expect("Solo");
+    let info = store.listen_infos(alice, &[solo.seq]).expect("infos");
+    assert_eq!(info.get(&solo.seq).map(String::as_str), Some(r#"{"tracknumber":3}"#));
 }
 
 const PYLAST_WEB_AUTH: &str = r#"
