@@ -11,13 +11,17 @@ use crate::state::AppState;
 
 use super::*;
 
+/// Readable on a phone: the navigation wraps, wide tables scroll inside a `.scroll` region, long
+/// addresses break (`browser::every_page_fits_a_phone_and_passes_an_accessibility_check`).
 pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margin:0 auto;padding:0 1rem;color:#1d1d1f;background:#fafafa}\
-nav{display:flex;gap:1rem;align-items:center;padding:.75rem 0;border-bottom:1px solid #ddd}nav a{color:#0b57d0}\
+nav{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;padding:.75rem 0;border-bottom:1px solid #ddd}nav a{color:#0b57d0}\
 h1{font-size:1.6rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee}\
-.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(16rem,1fr));gap:1.5rem}.muted{color:#555}\
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(16rem,100%),1fr));gap:1.5rem}.cols>*{min-width:0}.muted{color:#555}\
 figure{margin:0}.clock td{width:1.2rem;height:1.2rem;padding:0;border:1px solid #fff}.clock th{font-size:.7rem;font-weight:normal}\
 .sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}figure svg{max-width:100%;height:auto}.periods a{margin-right:.5rem}.periods a[aria-current]{font-weight:bold}label{display:block;margin:.5rem 0}\
-input{font-size:1rem;padding:.3rem}button{font-size:1rem;padding:.3rem .8rem}.error{color:#a00000}";
+input{font-size:1rem;padding:.3rem;max-width:100%}button{font-size:1rem;padding:.3rem .8rem}.error{color:#a00000}\
+.scroll{overflow-x:auto;max-width:100%;position:relative}code{overflow-wrap:anywhere}pre{overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}\
+@media (max-width:40rem){td,th{padding:.25rem .35rem}h1{font-size:1.35rem}}";
 
 pub(super) fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
     html! {

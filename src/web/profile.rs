@@ -129,7 +129,7 @@ pub(super) async fn profile(
         .listens_series(user.id, &Period::LastMonths(12), crate::store::aggregates::Step::Week, now)
         .unwrap_or_default();
     let weekly_total: u64 = weekly.iter().map(|(_, n)| n).sum();
-    let plot = plot::listens_svg(&weekly, 720, 140);
+    let plot = plot::listens_svg(&weekly, plot::Steps::Weeks, 560, 200);
     let clock = state.store.clock(user.id, &period, now).unwrap_or([[0; 24]; 7]);
     let neighbours = if own { state.store.neighbours(user.id, 5).unwrap_or_default() } else { Vec::new() };
     page(
@@ -331,7 +331,9 @@ pub async fn item(
     let best = ranks.iter().filter_map(|w| w.rank).min();
     let similar =
         if kind == Kind::Artist { state.store.similar_artists(id, 8).unwrap_or_default() } else { Vec::new() };
-    let plot = plot::listens_svg(monthly, 720, 140);
+    let plot = plot::listens_svg(monthly, plot::Steps::Months, 560, 200);
+    let rank_weeks: Vec<(i32, Option<u32>)> = ranks.iter().map(|w| (w.monday, w.rank)).collect();
+    let rank_plot = plot::ranks_svg(&rank_weeks, 560, 200);
     let title = match &row.artist {
         Some(a) => format!("{a} – {}", row.name),
         None => row.name.clone(),
@@ -348,7 +350,8 @@ pub async fn item(
             figure role="img" aria-label={ (row.listens) " listens, per month since the first" } { (maud::PreEscaped(plot)) }
             h2 { "Weekly charts, last 12 months" }
             p { @match best { Some(b) => { "Best weekly rank: #" (b) " · weeks at #1: " (weeks_at_one) }, None => { "Not charted in the last 12 months." } } }
-        @if best.is_some() {
+        @if let Some(b) = best {
+            figure role="img" aria-label={ "Weekly rank over the last 12 months, best #" (b) "; the table below lists each week" } { (maud::PreEscaped(rank_plot)) }
             table {
                 caption.muted { "Rank in each week it was played" }
                 thead { tr { th { "Week of" } th { "Rank" } th { "Listens" } } }
@@ -377,6 +380,8 @@ pub(super) fn clock_table(clock: &[[u64; 24]; 7]) -> Markup {
     let max = clock.iter().flatten().copied().max().unwrap_or(0).max(1);
     let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     html! {
+        // In a region that scrolls sideways on a phone, focusable so a keyboard reaches it.
+        div.scroll tabindex="0" role="region" aria-label="Listens by weekday and hour" {
         table.clock {
             caption.muted { "Listens by weekday and hour (local time)" }
             thead { tr { th { "" } @for h in 0..24 { th scope="col" { (h) } } } }
@@ -392,6 +397,7 @@ pub(super) fn clock_table(clock: &[[u64; 24]; 7]) -> Markup {
                     }
                 }
             }
+        }
         }
     }
 }

@@ -312,3 +312,123 @@ async fn a_person_uploads_an_export_sees_the_listens_and_downloads_them() {
     me.close().await.expect("close");
     drop(node);
 }
+
+/// axe-core, which `tests/run` puts into `target/axe` from npm.
+fn axe_source() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axe/node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: this test needs axe-core from npm: run the suite with `tests/run` (README.md), which \
+             installs it, or `npm install --prefix target/axe axe-core@4.10.3`",
+            path.display()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_fits_a_phone_and_passes_an_accessibility_check() {
+    let axe = axe_source();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    assert_eq!(crate::support::hearsay(&data, &["user", "set-visibility", "alice", "public"]).0, 0);
+    let node = NodeProcess::start(&data);
+    let url = node.url.clone();
+    let now = hearsay::now_unix();
+    // A year of listens: plots, charts and rank histories to draw.
+    let payload: Vec<_> = (0..120)
+        .map(|i| {
+            let artist = ["Sigur Rós", "Björk", "Múm", "A Band With A Rather Long Name Indeed"][i % 4];
+            json!({"listened_at": now - 3600 - 3 * 86_400 * i as i64, "track_metadata": {
+                "artist_name": artist, "track_name": format!("Song {}", i % 7), "release_name": "An Album"}})
+        })
+        .collect();
+    let submit = format!("{url}/1/submit-listens");
+    let body = json!({"listen_type": "import", "payload": payload}).to_string();
+    tokio::task::spawn_blocking(move || {
+        ureq::post(&submit).set("Authorization", &format!("Token {token}")).send_string(&body).expect("submit")
+    })
+    .await
+    .expect("join");
+    let handle = hearsay::store::aggregates::item_handle(hearsay::stats::chart::Kind::Artist, "Sigur Rós", None);
+
+    let shots: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start();
+    let me = browser(&driver, &dir.path().join("chrome-phone")).await;
+    // A phone's viewport (the window is a little taller than the viewport).
+    me.set_window_size(390, 900).await.expect("phone size");
+    let pages_anonymous = ["/", "/login", "/register", "/user/alice", "/privacy"];
+    let pages_signed_in = [
+        "/user/alice".to_owned(),
+        "/user/alice?period=all".to_owned(),
+        "/user/alice/history".to_owned(),
+        "/user/alice/weekly".to_owned(),
+        format!("/user/alice/artist/{handle}"),
+        "/settings".to_owned(),
+        "/connect".to_owned(),
+        "/network".to_owned(),
+        "/privacy".to_owned(),
+        "/import".to_owned(),
+        "/no-such-page".to_owned(),
+    ];
+    let mut problems = Vec::new();
+    let mut check = async |path: &str, name: &str| {
+        me.goto(&format!("{url}{path}")).await.expect("page");
+        text(&me).await;
+        let sizes = me
+            .execute("return [document.documentElement.scrollWidth, window.innerWidth]", vec![])
+            .await
+            .expect("sizes");
+        let (content, viewport) = (sizes[0].as_i64().unwrap_or(0), sizes[1].as_i64().unwrap_or(0));
+        if content > viewport + 1 {
+            // The outermost elements that stick out, to say what to fix.
+            let wide = me
+                .execute(
+                    "return Array.from(document.querySelectorAll('body *')).filter(e => \
+                       e.getBoundingClientRect().right > window.innerWidth + 1 && \
+                       !(e.parentElement && e.parentElement.getBoundingClientRect().right > window.innerWidth + 1)) \
+                     .slice(0, 3).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            problems.push(format!("{path}: {content} px wide on a {viewport} px phone: {wide}"));
+        }
+        me.execute(&axe, vec![]).await.expect("axe loads");
+        let found = me
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map(v =>
+                   [v.id, v.impact, v.nodes.length, v.nodes.slice(0, 2).map(n => n.target.join(' ')).join(' | ')])));",
+                vec![],
+            )
+            .await
+            .expect("axe runs");
+        for v in found.as_array().into_iter().flatten() {
+            if matches!(v[1].as_str(), Some("serious" | "critical")) {
+                problems.push(format!("{path}: {v}"));
+            }
+        }
+        shot(&me, &shots, &format!("phone-{name}")).await;
+    };
+    for (i, path) in pages_anonymous.iter().enumerate() {
+        check(path, &format!("anonymous-{i}")).await;
+    }
+    // Signed in.
+    me.goto(&format!("{url}/login")).await.expect("login page");
+    me.find(Locator::Css("input[name=username]")).await.expect("user field").send_keys("alice").await.expect("type");
+    me.find(Locator::Css("input[name=password]")).await.expect("pw").send_keys("password123").await.expect("type");
+    click_and_wait(&me, Locator::Css("main form button")).await;
+    for (i, path) in pages_signed_in.iter().enumerate() {
+        check(path, &format!("member-{i}")).await;
+    }
+    // The item page draws the rank history with labelled axes.
+    me.goto(&format!("{url}/user/alice/artist/{handle}")).await.expect("item");
+    let item = me.source().await.expect("source");
+    assert!(item.contains("Weekly rank over the last 12 months"), "the rank plot is named");
+    assert!(item.lines().any(|l| l.trim() == "rank") && item.lines().any(|l| l.trim() == "#1"), "its axis is labelled");
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    me.close().await.expect("close");
+    drop(driver);
+    assert_eq!(node.terminate(), Some(0));
+}
