@@ -111,6 +111,16 @@ fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<User, LbError> {
+    authenticate_token(state, addr, headers, query).map(|(user, _)| user)
+}
+
+/// As `authenticate`, with the name the user gave the token.
+fn authenticate_token(
+    state: &AppState,
+    addr: &ClientAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(User, String), LbError> {
     if addr.0.is_some_and(|a| state.live.is_limited(a)) {
         return Err(LbError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -121,7 +131,7 @@ fn authenticate(
         return Err(LbError::new(StatusCode::UNAUTHORIZED, "You need to provide an Authorization header."));
     };
     match state.store.user_by_token(&token)? {
-        Some((user, _)) => Ok(user),
+        Some((user, info)) => Ok((user, info.name)),
         None => {
             if let Some(a) = addr.0 {
                 state.live.record_failure(a);
@@ -209,7 +219,7 @@ async fn submit_listens(
     Query(q): Query<TokenQuery>,
     body: axum::body::Body,
 ) -> LbResult {
-    let user = authenticate(&state, &addr, &headers, q.token.as_deref())?;
+    let (user, token_name) = authenticate_token(&state, &addr, &headers, q.token.as_deref())?;
     let body = super::read_body(&headers, body, MAX_BODY).await.map_err(|e| match e {
         super::BodyError::TooLarge => {
             LbError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Payload too large: at most {MAX_BODY} bytes."))
@@ -260,7 +270,8 @@ async fn submit_listens(
                 .get("additional_info")
                 .and_then(|a| a.get("submission_client").or_else(|| a.get("media_player")))
                 .and_then(Value::as_str)
-                .map(str::to_owned);
+                .map(str::to_owned)
+                .or(Some(token_name));
             state.live.set_playing(user.id, track, client, duration);
             Ok(Json(json!({"status": "ok"})))
         }
@@ -276,6 +287,12 @@ async fn submit_listens(
                 let info = extra_info(item).map_err(|e| record_error(i, e))?;
                 let listen =
                     parse_listen(item, now).and_then(|l| Ok(l.with_info(info)?)).map_err(|e| record_error(i, e))?;
+                // A player that does not name itself is recorded under the name its user
+                // gave its token ("navidrome"), not as no one.
+                let listen = match listen.client() {
+                    Some(_) => listen,
+                    None => listen.with_client(Some(token_name.clone())).map_err(|e| record_error(i, e.into()))?,
+                };
                 actions.push(Action::Listen(listen));
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.

@@ -489,3 +489,34 @@ fn liblistenbrainz_through_a_tls_front_reads_statistics_and_feedback() {
     drop(tls);
     assert_eq!(node.terminate(), Some(0));
 }
+
+#[test]
+fn a_player_that_does_not_name_itself_is_recorded_under_its_tokens_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let (code, token, err) = crate::support::hearsay(&data, &["token", "new", "alice", "--name", "Kitchen Navidrome"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let node = NodeProcess::start(&data);
+    let submit = format!("{}/1/submit-listens", node.url);
+    let named = json!({"listened_at": 1_700_000_000, "track_metadata": {"artist_name": "A", "track_name": "Named",
+        "additional_info": {"submission_client": "Web Scrobbler"}}});
+    let body = json!({"listen_type": "import", "payload": [listen(1_700_000_600, "A", "Anonymous"), named]});
+    assert_eq!(post(&submit, Some(&token), body.to_string().as_bytes()).0, 200);
+    let (_, v) = get(&format!("{}/1/user/alice/listens", node.url), Some(&token));
+    let clients: Vec<&str> = v["payload"]["listens"]
+        .as_array()
+        .expect("listens")
+        .iter()
+        .map(|l| l["track_metadata"]["additional_info"]["submission_client"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(clients, ["Kitchen Navidrome", "Web Scrobbler"]);
+    let playing = json!({"listen_type": "playing_now", "payload": [{"track_metadata": {"artist_name": "A", "track_name": "Now"}}]});
+    assert_eq!(post(&submit, Some(&token), playing.to_string().as_bytes()).0, 200);
+    let (_, v) = get(&format!("{}/1/user/alice/playing-now", node.url), Some(&token));
+    assert_eq!(
+        v["payload"]["listens"][0]["track_metadata"]["additional_info"]["submission_client"],
+        "Kitchen Navidrome"
+    );
+    assert_eq!(node.terminate(), Some(0));
+}
