@@ -333,14 +333,17 @@ fn store_err(e: crate::store::Error) -> (StatusCode, u32, String) {
 }
 
 fn session_user(state: &AppState, params: &Params) -> Result<User, (StatusCode, u32, String)> {
-    let sk = params
-        .get("sk")
-        .ok_or_else(|| fail(StatusCode::FORBIDDEN, 9, "Invalid session key - Please re-authenticate"))?;
-    state
-        .store
-        .user_by_session(sk)
-        .map_err(store_err)?
-        .ok_or_else(|| fail(StatusCode::FORBIDDEN, 9, "Invalid session key - Please re-authenticate"))
+    session_client(state, params).map(|(user, _)| user)
+}
+
+/// The session's user, and the name its listens are recorded under: the token's that
+/// opened it, else "Last.fm API client" (a session opened with the account password or
+/// in the browser does not say which player holds it).
+fn session_client(state: &AppState, params: &Params) -> Result<(User, String), (StatusCode, u32, String)> {
+    let invalid = || fail(StatusCode::FORBIDDEN, 9, "Invalid session key - Please re-authenticate");
+    let sk = params.get("sk").ok_or_else(invalid)?;
+    let (user, client) = state.store.session(sk).map_err(store_err)?.ok_or_else(invalid)?;
+    Ok((user, client.unwrap_or_else(|| "Last.fm API client".to_owned())))
 }
 
 async fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) -> Outcome2 {
@@ -349,24 +352,24 @@ async fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) ->
     }
     let username = params.get("username").ok_or_else(|| bad_params("Invalid parameters - username is required"))?;
     let denied = || fail(StatusCode::FORBIDDEN, 4, "Authentication Failed - invalid username or password");
-    let user = match (params.get("password"), params.get("authToken").or_else(|| params.get("authtoken"))) {
+    let found = match (params.get("password"), params.get("authToken").or_else(|| params.get("authtoken"))) {
         (Some(password), _) => {
             // The account password, or an API token used as an application password.
             let by_password = state.check_password(username, password).await.map_err(store_err)?;
             let by_token = match by_password {
                 Some(_) => None,
-                None => state.store.user_by_token(password).map_err(store_err)?.map(|(u, _)| u),
+                None => state.store.user_by_token(password).map_err(store_err)?.map(|(u, t)| (u, Some(t.name))),
             };
-            by_password.or(by_token).filter(|u| u.name.eq_ignore_ascii_case(username))
+            by_password.map(|u| (u, None)).or(by_token).filter(|(u, _)| u.name.eq_ignore_ascii_case(username))
         }
         (None, Some(auth_token)) => {
             // authToken = md5(username + md5(password)); the password is an API token.
             match state.store.user_by_name(username).map_err(store_err)? {
                 Some(user) => {
                     let want = auth_token.to_ascii_lowercase();
-                    let ok = state
+                    let token = state
                         .store
-                        .legacy_password_matches(user.id, |md5_token| {
+                        .legacy_token_matching(user.id, |md5_token| {
                             strings_equal(&md5_hex(format!("{username}{md5_token}").as_bytes()), &want)
                                 || strings_equal(
                                     &md5_hex(format!("{}{md5_token}", username.to_lowercase()).as_bytes()),
@@ -374,25 +377,26 @@ async fn mobile_session(state: &AppState, addr: &ClientAddr, params: &Params) ->
                                 )
                         })
                         .map_err(store_err)?;
-                    ok.then_some(user)
+                    token.map(|name| (user, Some(name)))
                 }
                 None => None,
             }
         }
         (None, None) => return Err(bad_params("Invalid parameters - password or authToken is required")),
     };
-    let Some(user) = user else {
+    let Some((user, token_name)) = found else {
         if let Some(a) = addr.0 {
             state.live.record_failure(a);
         }
         return Err(denied());
     };
-    session_for(state, &user)
+    session_for(state, &user, token_name.as_deref())
 }
 
-/// Starts a session for `user` and answers it as Last.fm does.
-fn session_for(state: &AppState, user: &User) -> Outcome2 {
-    let key = state.store.create_session(user.id, crate::now_unix()).map_err(store_err)?;
+/// Starts a session for `user` (opened with the token named `client`, if one) and
+/// answers it as Last.fm does.
+fn session_for(state: &AppState, user: &User, client: Option<&str>) -> Outcome2 {
+    let key = state.store.create_session(user.id, crate::now_unix(), client).map_err(store_err)?;
     Ok(vec![
         El::new("session")
             .child(El::text("name", &user.name))
@@ -417,7 +421,7 @@ fn web_session(state: &AppState, params: &Params) -> Outcome2 {
         .user(user)
         .map_err(store_err)?
         .ok_or_else(|| fail(StatusCode::FORBIDDEN, 4, "Invalid authentication token supplied"))?;
-    session_for(state, &user)
+    session_for(state, &user, None)
 }
 
 /// Why a scrobble was ignored, as Last.fm's ignoredMessage codes.
@@ -469,7 +473,7 @@ fn scrobble_el(artist: &str, track: &str, album: Option<&str>, ts: i64, code: u3
 type Submitted = (String, String, Option<String>, i64, Result<Listen, (u32, String)>);
 
 async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
-    let user = session_user(state, params)?;
+    let (user, client) = session_client(state, params)?;
     let mut indexes: Vec<String> = params
         .0
         .iter()
@@ -494,7 +498,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
         let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let track_number = params.get_ci(&format!("trackNumber{suffix}"));
         let parsed = Listen::parse(&raw, now)
-            .and_then(|l| l.with_client(params.get("api_key").map(|_| "Last.fm API client".to_owned())))
+            .and_then(|l| l.with_client(Some(client.clone())))
             .and_then(|l| l.with_info(super::audioscrobbler::track_number_info(track_number)))
             .map_err(|e| ignored_code(&e));
         results.push((shown(raw.artist), shown(raw.title), raw.album.map(shown), ts, parsed));
@@ -537,7 +541,7 @@ fn track_of(params: &Params) -> Result<(TrackRef, Option<u32>), (StatusCode, u32
 }
 
 fn now_playing(state: &AppState, params: &Params) -> Outcome2 {
-    let user = session_user(state, params)?;
+    let (user, client) = session_client(state, params)?;
     let (track, duration) = track_of(params)?;
     let el = El::new("nowplaying")
         .child(El::text("track", &track.title).attr("corrected", 0))
@@ -545,7 +549,7 @@ fn now_playing(state: &AppState, params: &Params) -> Outcome2 {
         .child(El::text("album", track.album.clone().unwrap_or_default()).attr("corrected", 0))
         .child(El::text("albumArtist", "").attr("corrected", 0))
         .child(El::text("ignoredMessage", "").attr("code", 0));
-    state.live.set_playing(user.id, track, Some("Last.fm API client".into()), duration);
+    state.live.set_playing(user.id, track, Some(client), duration);
     Ok(vec![el])
 }
 

@@ -131,4 +131,23 @@ mod tests {
         assert!(decode::<HeadV1>("t", b"k", &v).expect_err("version").to_string().contains("unknown value version 9"));
         assert!(decode::<HeadV1>("t", b"k", &[]).is_err());
     }
+
+    #[test]
+    fn version_1_settings_and_sessions_read_as_version_2() {
+        use crate::store::values::{SessionV2, SettingsV2};
+        let v1_settings = [vec![1u8], postcard::to_allocvec(&true).expect("postcard")].concat();
+        let s: SettingsV2 = decode("userid_settings", b"k", &v1_settings).expect("v1 settings");
+        assert_eq!(s, SettingsV2 { paused: true, api_reads_open: false, latest_import: Vec::new() });
+        let v1_session = [vec![1u8], postcard::to_allocvec(&(7u32, 1_700_000_000i64)).expect("postcard")].concat();
+        let s: SessionV2 = decode("sessiondigest_session", b"k", &v1_session).expect("v1 session");
+        assert_eq!((s.user, s.created_at, s.client), (7, 1_700_000_000, None));
+        // Trailing bytes after a version 1 value are damage, named as such.
+        let mut damaged = v1_session.clone();
+        damaged.push(0);
+        assert!(decode::<SessionV2>("sessiondigest_session", b"k", &damaged).is_err());
+        // And version 2 round-trips.
+        let v2 = SessionV2 { user: 1, created_at: 2, client: Some("navidrome".into()) };
+        let back: SessionV2 = decode("t", b"k", &encode(&v2)).expect("v2");
+        assert_eq!(back.client.as_deref(), Some("navidrome"));
+    }
 }

@@ -119,7 +119,8 @@ pub const TRACKID_SPELLINGS: &str = "trackid_spellings";
 pub const USERID_ITEM_SPELLING: &str = "userid_item_spelling";
 
 /// `sessiondigest_session`: `blake3 derive_key("hearsay 2026-11-23 session key v1",
-/// session key)` -> `SessionV1` (user id, created_at): Last.fm-style sessions from
+/// session key)` -> `SessionV2` (user id, created_at, the opening token's name; `SessionV1`
+/// values read on the fly): Last.fm-style sessions from
 /// `auth.getMobileSession`; the key itself is stored nowhere. Since schema 2.
 pub const SESSIONDIGEST_SESSION: &str = "sessiondigest_session";
 

@@ -12,7 +12,7 @@ use super::keys::{self, UserId};
 use super::schema;
 pub use super::values::SharingLevel;
 use super::values::{
-    LevelHistory, MAX_IMPORT_CURSORS, MAX_SERVICE_LEN, SessionV1, SettingsV2, SigningKeyV1, TokenV2, UserV3,
+    LevelHistory, MAX_IMPORT_CURSORS, MAX_SERVICE_LEN, SessionV2, SettingsV2, SigningKeyV1, TokenV2, UserV3,
     WebSessionV1,
 };
 use super::{Error, Result, Store};
@@ -314,25 +314,30 @@ impl Store {
     /// Whether `check(md5 hex of a token)` holds for any of the user's tokens: how the
     /// legacy protocols' password proofs are verified (see `TokenV2::legacy_md5`).
     pub fn legacy_password_matches(&self, user: UserId, check: impl Fn(&str) -> bool) -> Result<bool> {
+        Ok(self.legacy_token_matching(user, check)?.is_some())
+    }
+
+    /// As `legacy_password_matches`, with the name of the token that matched.
+    pub fn legacy_token_matching(&self, user: UserId, check: impl Fn(&str) -> bool) -> Result<Option<String>> {
         for kv in self.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(user)) {
             let (_, digest) = kv?;
             let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else { continue };
             let r: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
             if let Some(md5) = r.legacy_md5 {
                 if check(&hex::encode(md5)) {
-                    return Ok(true);
+                    return Ok(Some(r.name));
                 }
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Starts a Last.fm-style session for `user`; the key is returned once and stored
     /// only as a digest.
-    pub fn create_session(&self, user: UserId, now: i64) -> Result<String> {
+    pub fn create_session(&self, user: UserId, now: i64, client: Option<&str>) -> Result<String> {
         self.writable()?;
         let key = hex::encode(auth::random_bytes::<16>().map_err(Error::Random)?);
-        let record = SessionV1 { user: user.0, created_at: now };
+        let record = SessionV2 { user: user.0, created_at: now, client: client.map(str::to_owned) };
         self.trees.sessiondigest_session.insert(auth::session_digest(&key), encode(&record))?;
         self.flush()?;
         Ok(key)
@@ -340,10 +345,15 @@ impl Store {
 
     /// The user a session key belongs to.
     pub fn user_by_session(&self, key: &str) -> Result<Option<User>> {
+        Ok(self.session(key)?.map(|(user, _)| user))
+    }
+
+    /// The user a session key belongs to, and the name of the token that opened it.
+    pub fn session(&self, key: &str) -> Result<Option<(User, Option<String>)>> {
         let digest = auth::session_digest(key);
         let Some(bytes) = self.trees.sessiondigest_session.get(digest)? else { return Ok(None) };
-        let record: SessionV1 = decode(schema::SESSIONDIGEST_SESSION, &digest, &bytes)?;
-        self.user(UserId(record.user))
+        let record: SessionV2 = decode(schema::SESSIONDIGEST_SESSION, &digest, &bytes)?;
+        Ok(self.user(UserId(record.user))?.map(|u| (u, record.client)))
     }
 
     /// Starts a browser session: (cookie value, CSRF token), both shown only to the
@@ -569,7 +579,7 @@ impl Store {
         }
         for kv in self.trees.sessiondigest_session.iter() {
             let (k, v) = kv?;
-            if decode::<SessionV1>(schema::SESSIONDIGEST_SESSION, &k, &v).is_ok_and(|s| s.user == id.0) {
+            if decode::<SessionV2>(schema::SESSIONDIGEST_SESSION, &k, &v).is_ok_and(|s| s.user == id.0) {
                 self.trees.sessiondigest_session.remove(k)?;
                 removed += 1;
             }

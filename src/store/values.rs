@@ -143,12 +143,32 @@ impl Versioned for TokenV2 {
 
 /// `sessiondigest_session`: a Last.fm-style session (from `auth.getMobileSession`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionV1 {
+pub struct SessionV2 {
     pub user: u32,
     pub created_at: i64,
+    /// The name of the token that opened the session (the player's, as its user named
+    /// it), when a token did; listens sent in the session are recorded under it.
+    pub client: Option<String>,
 }
-impl Versioned for SessionV1 {
-    const VERSION: u8 = 1;
+impl Versioned for SessionV2 {
+    const VERSION: u8 = 2;
+
+    /// Version 1 had no client.
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct SessionV1 {
+            user: u32,
+            created_at: i64,
+        }
+        match version {
+            1 => match postcard::take_from_bytes::<SessionV1>(body) {
+                Ok((v1, [])) => Ok(SessionV2 { user: v1.user, created_at: v1.created_at, client: None }),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            v => Err(format!("unknown value version {v}")),
+        }
+    }
 }
 
 /// `userid_loghead`.

@@ -56,6 +56,10 @@ fn pylast_authenticates_scrobbles_loves_and_reads() {
     let loves = store.feedback(alice, 1, 10).expect("loves");
     assert_eq!(loves.iter().map(|f| f.row.name.as_str()).collect::<Vec<_>>(), ["Hoppípolla"]);
     store.verify_log(alice).expect("db").expect("verifies");
+    // The session was opened with the token (authToken), so its listens carry the
+    // token's name, not a generic one.
+    let newest = store.listens(alice, 0, i64::MAX, 1, hearsay::store::logs::Order::NewestFirst).expect("listens");
+    assert_eq!(newest[0].listen.client(), Some("default"));
 }
 
 fn form(url: &str, pairs: &[(&str, &str)]) -> (u16, String) {
