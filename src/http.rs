@@ -110,7 +110,8 @@ async fn limit_api(
             response
         }
         crate::state::RateVerdict::Limited { retry_in } => {
-            let secs = retry_in.as_secs().max(1);
+            // Rounded up: a client told to wait less than it must comes back too early.
+            let secs = retry_in.as_secs_f64().ceil().max(1.0) as u64;
             let retry_after = [(axum::http::header::RETRY_AFTER, secs.to_string())];
             let message = format!(
                 "Too many requests from this address: at most {} per 10 seconds; retry in {secs} s.",
@@ -156,6 +157,7 @@ async fn count_requests(
 /// token.
 fn may_read_metrics(
     config: &crate::config::MetricsConfig,
+    front: &crate::state::Front,
     addr: Option<std::net::IpAddr>,
     headers: &HeaderMap,
 ) -> bool {
@@ -169,7 +171,19 @@ fn may_read_metrics(
             return true;
         }
     }
-    let proxied = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto"]
+    // A listed proxy forwards for others, whatever headers it sends or leaves out.
+    let proxied = front.is_trusted(addr)
+        || [
+            "x-forwarded-for",
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "via",
+            "cf-connecting-ip",
+            "true-client-ip",
+            "x-client-ip",
+        ]
         .iter()
         .any(|h| headers.contains_key(*h));
     let addr = addr.map(|a| match a {
@@ -189,7 +203,7 @@ async fn metrics(
 ) -> Response {
     use axum::response::IntoResponse;
     let config = &state.metrics_config;
-    if !config.enabled || !may_read_metrics(config, peer.0, &headers) {
+    if !config.enabled || !may_read_metrics(config, &state.front, peer.0, &headers) {
         return crate::web::not_found_response(&state, &uri, &headers);
     }
     let status = match &state.p2p {

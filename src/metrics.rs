@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which surface a request went to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Api {
     Listenbrainz,
     Lastfm,
@@ -29,7 +29,7 @@ pub enum Api {
 }
 
 /// How a request ended, from its status: a refusal names its reason.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
     Invalid,
@@ -41,6 +41,31 @@ pub enum Outcome {
     DiskFull,
     Error,
 }
+
+/// Label values in Prometheus's lower snake case.
+macro_rules! label_values {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, match self { $(Self::$v => $s),* })
+            }
+        }
+    };
+}
+
+label_values!(Api { Listenbrainz => "listenbrainz", Lastfm => "lastfm", Audioscrobbler => "audioscrobbler", Web => "web" });
+label_values!(Outcome {
+    Ok => "ok",
+    Invalid => "invalid",
+    Unauthenticated => "unauthenticated",
+    NotFound => "not_found",
+    TooLarge => "too_large",
+    RateLimited => "rate_limited",
+    Unavailable => "unavailable",
+    DiskFull => "disk_full",
+    Error => "error",
+});
+label_values!(Verdict { Accepted => "accepted", Ignored => "ignored", Rejected => "rejected", Evidence => "evidence" });
 
 impl Outcome {
     fn of(status: u16) -> Outcome {
@@ -102,7 +127,7 @@ struct SnapshotLabel {
     verdict: Verdict,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum Verdict {
     Accepted,
     Ignored,

@@ -61,6 +61,11 @@ pub struct Front {
 }
 
 impl Front {
+    /// Whether `peer` (the connection's address) is a listed proxy.
+    pub fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        self.trusts(peer)
+    }
+
     /// Whether `peer` (the connection's address) is a trusted proxy.
     fn trusts(&self, peer: Option<IpAddr>) -> bool {
         // A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
@@ -140,7 +145,8 @@ impl ApiLimiter {
         if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
             self.limiter.retain_recent();
         }
-        match self.limiter.check_key(&addr) {
+        // An IPv6 client holds a whole /64: one allowance for all of it.
+        match self.limiter.check_key(&client_key(addr)) {
             Ok(snapshot) => RateVerdict::Allowed { remaining: snapshot.remaining_burst_capacity() },
             Err(not_until) => {
                 use governor::clock::Clock;

@@ -97,17 +97,26 @@ fn session_user(state: &AppState, f: &HashMap<String, String>) -> Option<(UserId
 }
 
 /// The player's name from the handshake's client id `c` and version `v`, as the listen
-/// records it: a known id by its name (`mdc` is mpdscribble), else the id itself; at
-/// most 64 printable bytes.
+/// records it: a known id by its name (`mdc` is mpdscribble), else the id itself; each
+/// part at most 24 bytes (cut at a character boundary, without control characters or
+/// outer spaces), so the whole stays within what a listen's client may be.
 pub fn client_name(c: Option<&str>, v: Option<&str>) -> String {
-    let clean = |s: &str| s.chars().filter(|c| !c.is_control()).take(24).collect::<String>();
-    let name = match c.map(str::trim) {
-        Some("mdc") => "mpdscribble".to_owned(),
-        Some("tst") | None | Some("") => "Audioscrobbler 1.2 client".to_owned(),
-        Some(other) => format!("Audioscrobbler 1.2 client {}", clean(other)),
+    let clean = |s: &str| {
+        let s: String = s.chars().filter(|c| !c.is_control()).collect();
+        let mut end = s.len().min(24);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].trim().to_owned()
     };
-    match v.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) => format!("{name} {}", clean(v)),
+    let c = c.map(clean).unwrap_or_default();
+    let name = match c.as_str() {
+        "mdc" => "mpdscribble".to_owned(),
+        "tst" | "" => "Audioscrobbler 1.2 client".to_owned(),
+        other => format!("Audioscrobbler 1.2 client {other}"),
+    };
+    match v.map(clean).filter(|v| !v.is_empty()) {
+        Some(v) => format!("{name} {v}"),
         None => name,
     }
 }
@@ -211,4 +220,35 @@ fn seconds_to_ms(text: &str) -> Option<u32> {
     let secs = super::whole_number(text).filter(|s| *s > 0)?;
     let ms = secs.checked_mul(1000)?;
     u32::try_from(ms).ok().filter(|ms| *ms <= crate::log::listen::MAX_DURATION_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_name;
+
+    #[test]
+    fn client_names_are_bounded_trimmed_and_always_a_valid_listen_client() {
+        assert_eq!(client_name(Some("mdc"), Some("0.25")), "mpdscribble 0.25");
+        assert_eq!(client_name(None, None), "Audioscrobbler 1.2 client");
+        assert_eq!(client_name(Some("tst"), Some("\u{1}")), "Audioscrobbler 1.2 client");
+        let long = client_name(Some(&"é".repeat(100)), Some("1.0 beta build 12345678 x"));
+        assert!(long.len() <= 26 + 24 + 1 + 24, "{long}");
+        for (c, v) in [
+            (Some("ab\u{7}c"), Some(" 1.0 ")),
+            (Some(" "), Some("v ")),
+            (Some(&*"x".repeat(300)), Some(&*"y".repeat(300))),
+        ] {
+            let name = client_name(c, v);
+            assert_eq!(name, name.trim(), "{name:?}");
+            assert!(!name.chars().any(char::is_control) && name.len() <= 128, "{name:?}");
+            let raw = crate::log::RawListen {
+                artist: b"A",
+                title: b"T",
+                listened_at: 1_700_000_000,
+                client: Some(name.as_bytes()),
+                ..crate::log::RawListen::default()
+            };
+            assert!(crate::log::Listen::parse(&raw, 1_700_000_100).is_ok(), "{name:?}");
+        }
+    }
 }

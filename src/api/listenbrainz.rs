@@ -289,9 +289,14 @@ async fn submit_listens(
                     parse_listen(item, now).and_then(|l| Ok(l.with_info(info)?)).map_err(|e| record_error(i, e))?;
                 // A player that does not name itself is recorded under the name its user
                 // gave its token ("navidrome"), not as no one.
+                // (A name a listen cannot carry, from a token made before names were
+                // checked, leaves the listen unnamed rather than refused.)
                 let listen = match listen.client() {
                     Some(_) => listen,
-                    None => listen.with_client(Some(token_name.clone())).map_err(|e| record_error(i, e.into()))?,
+                    None => {
+                        let fallback = listen.clone();
+                        listen.with_client(Some(token_name.clone())).unwrap_or(fallback)
+                    }
                 };
                 actions.push(Action::Listen(listen));
             }
@@ -342,8 +347,10 @@ async fn validate_token(
     })
 }
 
-/// A listen as ListenBrainz returns it.
-fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
+/// A listen as ListenBrainz returns it. The player's name (`submission_client`: what the
+/// player called itself, or the name its user gave the token) only to the user: a token
+/// label like "Kitchen Navidrome" is nobody else's business.
+fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>, own: bool) -> Value {
     let t = &l.listen.track();
     let mut info = Map::new();
     if let Some(Value::Object(kept)) = extra.and_then(|e| serde_json::from_str::<Value>(e).ok()) {
@@ -366,7 +373,7 @@ fn listen_json(user: &str, l: &StoredListen, extra: Option<&String>) -> Value {
     if let Some(d) = l.listen.duration_ms() {
         info.insert("duration_ms".into(), json!(d));
     }
-    if let Some(c) = &l.listen.client() {
+    if let (Some(c), true) = (&l.listen.client(), own) {
         info.insert("submission_client".into(), json!(c));
     }
     let mut meta = Map::new();
@@ -426,7 +433,7 @@ async fn listens(
     // What a player sent beyond the modelled fields (the page a browser scrobbled from,
     // player versions…) is the user's own, whoever else may read their listens.
     let extra = if own { state.store.listen_infos(user.id, &seqs)? } else { Default::default() };
-    let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l, extra.get(&l.seq))).collect();
+    let items: Vec<Value> = found.iter().map(|l| listen_json(&user.name, l, extra.get(&l.seq), own)).collect();
     Ok(Json(json!({"payload": {
         "count": items.len(),
         "listens": items,
@@ -463,7 +470,9 @@ async fn playing_now(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> LbResult {
-    let user = readable_user(&state, &name, &headers, q.token.as_deref(), Purpose::History)?;
+    let viewer = viewer(&state, &headers, q.token.as_deref())?;
+    let user = visible_user(&state, &name, viewer.as_ref(), Purpose::History)?;
+    let own = viewer.as_ref().is_some_and(|v| v.id == user.id);
     let listens: Vec<Value> = state
         .live
         .playing(user.id)
@@ -471,7 +480,7 @@ async fn playing_now(
             let mut meta = track_meta(&p.track);
             // Always present, as ListenBrainz sends it (typed clients fail without it).
             let mut info = Map::new();
-            if let Some(c) = &p.client {
+            if let (Some(c), true) = (&p.client, own) {
                 info.insert("submission_client".into(), json!(c));
             }
             meta["additional_info"] = Value::Object(info);

@@ -207,12 +207,35 @@ enum StoreCmd {
     /// statistics are rebuilt. The damaged files are not changed; what was lost is
     /// listed. Run it with the node stopped.
     Recover { dir: PathBuf },
+    /// Where the bytes go: items and bytes (keys and values) per tree, the files' size
+    /// on disk, and each per listen. Run it with the node stopped.
+    Stats,
 }
 
 #[derive(Subcommand)]
 enum LogCmd {
     /// Recompute a user's hash chain and check every signature.
     Verify { user: String },
+}
+
+/// `hearsay store stats`: bytes per tree and per listen.
+fn store_stats(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let mut trees = store.tree_stats()?;
+    trees.sort_by_key(|t| std::cmp::Reverse(t.2));
+    let listens = store.listens_total()?;
+    let users = store.users()?.len();
+    let logical: u64 = trees.iter().map(|t| t.2).sum();
+    let files = store.size_on_disk()?;
+    let per = |bytes: u64| if listens == 0 { "-".to_owned() } else { format!("{:.1}", bytes as f64 / listens as f64) };
+    println!("{users} users, {listens} listens");
+    println!("{:<34} {:>10} {:>14} {:>12}", "tree", "items", "bytes", "per listen");
+    for (name, items, bytes) in trees.iter().filter(|t| t.1 > 0) {
+        println!("{name:<34} {items:>10} {bytes:>14} {:>12}", per(*bytes));
+    }
+    println!("{:<34} {:>10} {logical:>14} {:>12}", "all trees (keys and values)", "", per(logical));
+    println!("{:<34} {:>10} {files:>14} {:>12}", "files on disk", "", per(files));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Entry point of the binary.
@@ -274,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Store(StoreCmd::Backup { dir }) => backup(&config, &dir),
         Command::Store(StoreCmd::Recover { dir }) => recover(&config, &dir),
+        Command::Store(StoreCmd::Stats) => store_stats(&config),
         #[cfg(feature = "bench")]
         Command::Bench(cmd) => crate::bench::run(&config, cmd),
         Command::Community(cmd) => community::run(&config, cmd),

@@ -26,6 +26,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use keys::UserId;
+
 pub use logs::StoredListen;
 pub use writer::{Action, IngestStats, Ingestor, Outcome};
 
@@ -462,7 +463,7 @@ impl Store {
     }
 
     /// Per tree: name, number of items, bytes of keys and values (the logical size, before
-    /// sled's own overhead). Walks every tree: for benchmarks and the admin page.
+    /// sled's own overhead). Walks every tree: for benchmarks and `hearsay store stats`.
     pub fn tree_stats(&self) -> Result<Vec<(&'static str, u64, u64)>> {
         let mut out = Vec::new();
         for name in schema::ALL_TREES {
@@ -524,6 +525,15 @@ impl Store {
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })
+    }
+
+    /// Listens held, over every user's log (live ones: erased ones excluded).
+    pub fn listens_total(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for user in self.users()? {
+            n = n.saturating_add(self.log_head(user.id)?.n_listens);
+        }
+        Ok(n)
     }
 
     /// Atomically increments the counter `name` in `meta` and returns the value before.

@@ -164,8 +164,18 @@ pub(super) async fn profile(
             }
             p { a href={ "/user/" (user.name) "/weekly" } { "Weekly charts" } }
         h2 { "Listens per week, last 12 months" }
-        figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week" } {
+        figure role="img" aria-label={ (weekly_total) " listens over the last 12 months, per week; the numbers follow" } {
             (maud::PreEscaped(plot))
+        }
+        // The plot's numbers, for screen readers and whoever wants them exactly.
+        details {
+            summary { "The numbers, week by week" }
+            div.scroll tabindex="0" role="region" aria-label="Listens per week" {
+                table {
+                    thead { tr { th { "Week of" } th { "Listens" } } }
+                    tbody { @for (day, n) in weekly.iter().rev() { tr { td { (crate::stats::period::date_of(*day).to_string()) } td { (n) } } } }
+                }
+            }
         }
         h2 { "Listening clock" }
         (clock_table(&clock))
@@ -347,7 +357,14 @@ pub async fn item(
             h1 { (title) }
             p { (row.listens) " listens" @if let Some(f) = first { " · first heard " (jiff::Timestamp::from_second(f).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()) } }
             h2 { "Listens per month" }
-            figure role="img" aria-label={ (row.listens) " listens, per month since the first" } { (maud::PreEscaped(plot)) }
+            figure role="img" aria-label={ (row.listens) " listens, per month since the first; the numbers follow" } { (maud::PreEscaped(plot)) }
+            details {
+                summary { "The numbers, month by month" }
+                table {
+                    thead { tr { th { "Month" } th { "Listens" } } }
+                    tbody { @for (day, n) in monthly.iter().rev() { tr { td { (crate::stats::period::date_of(*day).strftime("%Y-%m").to_string()) } td { (n) } } } }
+                }
+            }
             h2 { "Weekly charts, last 12 months" }
             p { @match best { Some(b) => { "Best weekly rank: #" (b) " · weeks at #1: " (weeks_at_one) }, None => { "Not charted in the last 12 months." } } }
         @if let Some(b) = best {

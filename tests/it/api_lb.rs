@@ -412,15 +412,23 @@ fn each_client_address_is_limited_with_listenbrainz_rate_limit_headers() {
         (r.status(), heads, r.into_string().unwrap_or_default())
     };
     let a = Some("203.0.113.5");
+    // (A slow machine may refill a request's worth between calls: at most one more.)
     for left in (0..5).rev() {
         let (s, [limit, remaining, reset_in, _], _) = call(a, "/1/validate-token");
         assert_eq!(s, 200);
-        assert_eq!((limit.as_deref(), remaining), (Some("5"), Some(left.to_string())));
+        assert_eq!(limit.as_deref(), Some("5"));
+        let remaining: u32 = remaining.expect("remaining").parse().expect("number");
+        assert!(remaining == left || remaining == left + 1, "{remaining} left, expected {left}");
         let reset_in: u64 = reset_in.expect("reset-in").parse().expect("number");
         assert!((1..=10).contains(&reset_in), "{reset_in}");
     }
-    // The sixth within the window: ListenBrainz's 429, in its shape, with the headers.
-    let (s, [_, remaining, _, retry_after], body) = call(a, "/1/validate-token");
+    // Past the allowance (a call or two more, whatever refilled meanwhile): ListenBrainz's
+    // 429, in its shape, with the headers.
+    let (mut s, mut heads, mut body) = call(a, "/1/validate-token");
+    if s == 200 {
+        (s, heads, body) = call(a, "/1/validate-token");
+    }
+    let [_, remaining, _, retry_after] = heads;
     assert_eq!((s, remaining.as_deref()), (429, Some("0")), "{body}");
     assert!(retry_after.is_some());
     let v: Value = serde_json::from_str(&body).expect("json");

@@ -256,9 +256,9 @@ fn metrics_are_served_to_loopback_and_token_bearers_only_never_through_a_proxy()
     let (status, text) = scrape(&[]);
     assert_eq!(status, 200, "{text}");
     for line in [
-        "hearsay_http_requests_total{api=\"Listenbrainz\",outcome=\"Ok\"} 1",
-        "hearsay_http_requests_total{api=\"Listenbrainz\",outcome=\"NotFound\"} 1",
-        "hearsay_submit_seconds_count{api=\"Listenbrainz\"} 1",
+        "hearsay_http_requests_total{api=\"listenbrainz\",outcome=\"ok\"} 1",
+        "hearsay_http_requests_total{api=\"listenbrainz\",outcome=\"not_found\"} 1",
+        "hearsay_submit_seconds_count{api=\"listenbrainz\"} 1",
         "hearsay_ingest_batches_total 1",
         "hearsay_users 1",
         "hearsay_ingest_queue_depth 0",
@@ -291,6 +291,10 @@ fn metrics_are_served_to_loopback_and_token_bearers_only_never_through_a_proxy()
     let node = NodeProcess::start_with(&data, &[("HEARSAY_METRICS__ENABLED", "false")]);
     assert_eq!(scrape_at(&node.url), 404);
     assert_eq!(node.terminate(), Some(0));
+    // A listed proxy forwards for others even without a forwarding header.
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]);
+    assert_eq!(scrape_at(&node.url), 404);
+    assert_eq!(node.terminate(), Some(0));
 }
 
 fn scrape_at(url: &str) -> u16 {
@@ -299,4 +303,39 @@ fn scrape_at(url: &str) -> u16 {
         Err(ureq::Error::Status(s, _)) => s,
         Err(e) => panic!("{e}"),
     }
+}
+
+#[test]
+fn store_stats_says_where_the_bytes_go_per_tree_and_per_listen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = crate::support::data_with_user(dir.path());
+    let node = NodeProcess::start(&data);
+    let payload: Vec<_> = (0..50)
+        .map(|i| {
+            serde_json::json!({"listened_at": 1_700_000_000 + i * 600,
+                "track_metadata": {"artist_name": format!("Artist {}", i % 5), "track_name": format!("Song {i}")}})
+        })
+        .collect();
+    let body = serde_json::json!({"listen_type": "import", "payload": payload}).to_string();
+    let r = ureq::post(&format!("{}/1/submit-listens", node.url))
+        .set("Authorization", &format!("Token {token}"))
+        .send_string(&body)
+        .expect("submit");
+    assert_eq!(r.status(), 200);
+    assert_eq!(node.terminate(), Some(0));
+    let (code, out, err) = hearsay(&data, &["store", "stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("1 users, 50 listens\n"), "{out}");
+    let per_listen = |tree: &str| -> f64 {
+        let line =
+            out.lines().find(|l| l.split_whitespace().next() == Some(tree)).unwrap_or_else(|| panic!("{tree}: {out}"));
+        line.split_whitespace().last().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    // The log holds every listen; its blocks cost something per listen, and the files
+    // at least what the trees hold.
+    assert!(per_listen("userid_seq_block") > 10.0, "{out}");
+    let line =
+        |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {out}")).to_owned();
+    let total = |l: String| -> u64 { l.split_whitespace().rev().nth(1).and_then(|n| n.parse().ok()).expect("bytes") };
+    assert!(total(line("files on disk")) >= total(line("all trees")), "{out}");
 }
