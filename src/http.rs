@@ -59,7 +59,7 @@ fn classify(method: &axum::http::Method, uri: &axum::http::Uri) -> (crate::metri
         // Last.fm's method is in the body; every POST counts (scrobbles, now playing,
         // love, sessions).
         (Api::Lastfm, post)
-    } else if path.starts_with("/as/1.2/") || (path == "/" && uri.query().is_some_and(|q| q.contains("hs="))) {
+    } else if path.starts_with("/as/1.2/") || (path == "/" && is_handshake(uri.query())) {
         (Api::Audioscrobbler, post)
     } else {
         (Api::Web, false)
@@ -135,6 +135,14 @@ async fn limit_api(
             }
         }
     }
+}
+
+/// Whether the root path's query is an Audioscrobbler handshake: it has an `hs` key,
+/// read as `root` reads it (decoded, so `h%73=` counts and `months=` does not).
+fn is_handshake(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| pairs.iter().any(|(k, _)| k == "hs"))
+    })
 }
 
 /// Counts every request by API and outcome and times submissions (`crate::metrics`).
@@ -411,4 +419,18 @@ pub fn raise_open_file_limit() -> u64 {
         }
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handshakes_are_told_by_their_decoded_key_as_the_root_reads_them() {
+        use super::is_handshake;
+        assert!(is_handshake(Some("hs=true&p=1.2")));
+        assert!(is_handshake(Some("h%73=true&p=1.2")));
+        assert!(is_handshake(Some("p=1.2&hs")));
+        assert!(!is_handshake(Some("months=3")));
+        assert!(!is_handshake(Some("paths=x")));
+        assert!(!is_handshake(None));
+    }
 }
