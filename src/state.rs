@@ -315,13 +315,14 @@ impl Live {
     /// Listens arrived: "now playing" ends if one of them began after it started (the
     /// playing track scrobbled, or the next one). A back-dated listen (an import, a
     /// player's cache sent late, the previous track scrobbled at its end) leaves it alone.
-    pub fn listened<'a>(&self, user: UserId, listens: impl IntoIterator<Item = &'a crate::log::Listen>) {
+    /// `newest` is the latest start among them (`None`: no listen).
+    pub fn listened(&self, user: UserId, newest: Option<i64>) {
         let Ok(mut map) = self.now_playing.lock() else { return };
         let Some(p) = map.get(&user) else { return };
         // The previous track lasted at least `NOW_PLAYING_SLACK` (no service counts a
         // shorter play), so it began at least that long before this one: the slack
         // absorbs a player's clock being behind the node's without letting it end this.
-        if listens.into_iter().any(|l| l.listened_at() >= p.since - NOW_PLAYING_SLACK) {
+        if newest.is_some_and(|t| t >= p.since - NOW_PLAYING_SLACK) {
             map.remove(&user);
         }
     }

@@ -193,13 +193,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         }
     }
     if !actions.is_empty() && !state.store.is_paused(user).unwrap_or(false) {
-        let listens: Vec<crate::log::Listen> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Listen(l) => Some(l.clone()),
-                _ => None,
-            })
-            .collect();
+        let newest = actions.iter().filter_map(Action::listened_at).max();
         if let Err(e) = state.ingestor.ingest(user, actions).await {
             if e.class() == crate::store::Class::DiskFull {
                 tracing::debug!(error = %e, "audioscrobbler: refused, disk full");
@@ -208,7 +202,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             tracing::error!(error = %e, "audioscrobbler: ingest failed");
             return lines("FAILED The node could not store the submission; try again\n");
         }
-        state.live.listened(user, &listens);
+        state.live.listened(user, newest);
     }
     lines("OK\n")
 }

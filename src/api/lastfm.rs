@@ -80,6 +80,13 @@ impl El {
         self.number = Some(n);
         self
     }
+    /// A page of a list's `total` items, `limit` per page, as Last.fm's attributes.
+    fn paged(self, page: usize, limit: usize, total: usize) -> El {
+        self.attr("page", page)
+            .attr("perPage", limit)
+            .attr("totalPages", total.div_ceil(limit).max(1))
+            .attr("total", total)
+    }
     fn children(mut self, cs: impl IntoIterator<Item = El>) -> El {
         self.children.extend(cs);
         self
@@ -512,7 +519,7 @@ async fn scrobble(state: &AppState, params: &Params) -> Outcome2 {
     } else {
         state.ingestor.ingest(user.id, actions).await.map_err(store_err)?
     };
-    state.live.listened(user.id, results.iter().filter_map(|r| r.4.as_ref().ok()));
+    state.live.listened(user.id, results.iter().filter_map(|r| r.4.as_ref().ok()).map(Listen::listened_at).max());
     let mut outcomes = outcomes.into_iter();
     let (mut accepted, mut ignored) = (0, 0);
     let mut container = El::new("scrobbles");
@@ -704,12 +711,7 @@ impl Read<'_> {
                 Ok(listens.len() < limit)
             })
             .map_err(store_err)?;
-        let mut container = El::list("recenttracks", "track")
-            .attr("user", &user.name)
-            .attr("page", page)
-            .attr("perPage", limit)
-            .attr("totalPages", total.div_ceil(limit).max(1))
-            .attr("total", total);
+        let mut container = El::list("recenttracks", "track").attr("user", &user.name).paged(page, limit, total);
         if page == 1 {
             if let Some(p) = state.live.playing(user.id) {
                 container = container.child(self.track_el(&user, &p.track).attr("nowplaying", "true"));
@@ -771,11 +773,7 @@ impl Read<'_> {
         if !library {
             container = container.attr("period", period_name);
         }
-        container = container
-            .attr("page", page)
-            .attr("perPage", limit)
-            .attr("totalPages", total.div_ceil(limit).max(1))
-            .attr("total", total);
+        container = container.paged(page, limit, total);
         for (i, row) in chart.rows.iter().enumerate().skip((page - 1) * limit) {
             let mut el = El::new(item);
             if !library {
@@ -811,12 +809,7 @@ impl Read<'_> {
         let store = &self.state.store;
         let all = store.feedback(user.id, 1, usize::MAX).map_err(store_err)?;
         let total = all.len();
-        let mut container = El::list("lovedtracks", "track")
-            .attr("user", &user.name)
-            .attr("page", page)
-            .attr("perPage", limit)
-            .attr("totalPages", total.div_ceil(limit).max(1))
-            .attr("total", total);
+        let mut container = El::list("lovedtracks", "track").attr("user", &user.name).paged(page, limit, total);
         for f in all.iter().skip((page - 1).saturating_mul(limit)).take(limit) {
             let at = store.feedback_time(user.id, f.seq).map_err(store_err)?.unwrap_or(0);
             let date = jiff::Timestamp::from_second(at)

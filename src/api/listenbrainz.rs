@@ -302,17 +302,11 @@ async fn submit_listens(
             }
             // All or nothing: every listen was valid; the batch is durable when this returns.
             // Paused scrobbling (incognito): accepted, as the player expects, and not stored.
-            let listens: Vec<crate::log::Listen> = actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Listen(l) => Some(l.clone()),
-                    _ => None,
-                })
-                .collect();
+            let newest = actions.iter().filter_map(Action::listened_at).max();
             if !state.store.is_paused(user.id)? {
                 state.ingestor.ingest(user.id, actions).await?;
             }
-            state.live.listened(user.id, &listens);
+            state.live.listened(user.id, newest);
             Ok(Json(json!({"status": "ok"})))
         }
         other => Err(LbError::bad(format!("listen_type must be one of single, import, playing_now (not {other:?})."))),

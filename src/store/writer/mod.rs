@@ -54,6 +54,16 @@ pub enum Action {
     Adopt(crate::log::Content),
 }
 
+impl Action {
+    /// When the listen began, for a listen.
+    pub fn listened_at(&self) -> Option<i64> {
+        match self {
+            Action::Listen(l) => Some(l.listened_at()),
+            _ => None,
+        }
+    }
+}
+
 /// What became of one action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
