@@ -169,6 +169,12 @@ pub struct P2pConfig {
     /// Discover peers on the local network with mDNS (it announces this node's PeerId
     /// to the LAN). Default: `false`.
     pub mdns: bool,
+    /// Serve the peer directory (Kademlia server mode) to connected peers, so that
+    /// members who joined through one node's ticket find and connect to each other
+    /// instead of hanging off that node. `false`: serve it only with `p2p.external`,
+    /// `p2p.relay_server` or once AutoNAT confirms an address (for a node behind NAT
+    /// whose addresses others cannot dial). Default: `true`.
+    pub serve_directory: bool,
     /// Relay nodes to reserve a slot on when this node is not reachable (behind NAT):
     /// multiaddrs ending in `/p2p/<PeerId>`; hole punching (DCUtR) upgrades relayed
     /// connections to direct ones. Default: none.
@@ -207,6 +213,7 @@ impl Default for P2pConfig {
             external: Vec::new(),
             bootstrap: Vec::new(),
             mdns: false,
+            serve_directory: true,
             relays: Vec::new(),
             relay_server: false,
             autonat: true,

@@ -69,6 +69,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 external: Vec::new(),
                 bootstrap: Vec::new(),
                 mdns: false,
+                serve_directory: true,
                 relays: Vec::new(),
                 relay_server: false,
                 autonat: false,

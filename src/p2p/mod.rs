@@ -103,6 +103,8 @@ pub struct Options {
     pub external: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Serve the peer directory (Kademlia server mode) from the start.
+    pub serve_directory: bool,
     pub relays: Vec<Multiaddr>,
     pub relay_server: bool,
     pub autonat: bool,
@@ -128,6 +130,7 @@ impl Options {
             external: parse(&c.external),
             bootstrap: parse(&c.bootstrap),
             mdns: c.mdns,
+            serve_directory: c.serve_directory,
             relays: parse(&c.relays),
             relay_server: c.relay_server,
             autonat: c.autonat,
@@ -211,9 +214,12 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
     for addr in &options.external {
         swarm.add_external_address(addr.clone());
     }
-    // A node others can reach (a declared external address, or a hub) serves the DHT;
-    // others start as clients and switch when AutoNAT confirms an address.
-    if !options.external.is_empty() || options.relay_server {
+    // Every member serves the peer directory by default: joiners learn of each other
+    // through the node they joined by and connect directly (one host, one LAN). With
+    // `serve_directory` off, only a node others can reach (a declared external address,
+    // or a hub) serves it; others start as clients and switch when AutoNAT confirms an
+    // address.
+    if options.serve_directory || !options.external.is_empty() || options.relay_server {
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     }
     for relay in &options.relays {

@@ -1060,19 +1060,7 @@ fn separate_node_processes_all_show_every_origin() {
     let mut missing: Vec<(i64, usize)> = Vec::new();
     let first = fresh_period();
     for p in [first, first + 4, first + 8] {
-        for node in &nodes {
-            release_of(&node.url, p, Duration::from_secs(60));
-        }
-        let released = Instant::now();
-        let mut seen = vec![None; n];
-        while seen.iter().any(Option::is_none) && released.elapsed() < Duration::from_secs(30) {
-            for (i, node) in nodes.iter().enumerate() {
-                if seen[i].is_none() && origins(&network(&node.url, p), "X", "chart") == n as i64 {
-                    seen[i] = Some(released.elapsed());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let seen = every_origin_shown(&nodes.iter().collect::<Vec<_>>(), p);
         worst = worst.max(seen.iter().flatten().max().copied().unwrap_or(Duration::MAX));
         missing.extend((0..n).filter(|i| seen[*i].is_none()).map(|i| (p, i)));
     }
@@ -1092,6 +1080,62 @@ fn separate_node_processes_all_show_every_origin() {
     );
     assert!(missing.is_empty(), "(period, node) never showing all {n} origins: {missing:?}");
     assert!(worst <= Duration::from_secs(10), "slowest: {worst:?}");
+}
+
+/// Waits for every node's release of period `p`, then up to 30 s for each node to show
+/// all their origins in community X: per node, how long after the last release it did.
+fn every_origin_shown(nodes: &[&NodeProcess], p: i64) -> Vec<Option<Duration>> {
+    let n = nodes.len();
+    for node in nodes {
+        release_of(&node.url, p, Duration::from_secs(60));
+    }
+    let released = Instant::now();
+    let mut seen = vec![None; n];
+    while seen.iter().any(Option::is_none) && released.elapsed() < Duration::from_secs(30) {
+        for (i, node) in nodes.iter().enumerate() {
+            if seen[i].is_none() && origins(&network(&node.url, p), "X", "chart") == n as i64 {
+                seen[i] = Some(released.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+/// Members find each other, not only the node whose ticket they joined with: every
+/// member serves the peer directory by default, so the joiners learn of each other
+/// through the ticket's node and connect directly. With the ticket's node stopped, the
+/// others still show each other's releases (before: a star around the ticket's node,
+/// which fell apart with it).
+#[test]
+fn members_find_each_other_and_outlive_the_ticket_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers: Vec<Peer> = (0..4).map(|i| Peer::new(dir.path(), &format!("m{i}"))).collect();
+    peers[0].cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat());
+    for p in &peers[1..] {
+        let ticket = peers[0].cli(&["community", "invite", "X", "--node", &p.id]);
+        p.cli(&["community", "join", ticket.trim()]);
+    }
+    let mut nodes: Vec<NodeProcess> = peers.iter().map(Peer::start).collect();
+    let first = fresh_period();
+    let seen = every_origin_shown(&nodes.iter().collect::<Vec<_>>(), first);
+    assert!(seen.iter().all(Option::is_some), "with the ticket's node up: {seen:?}");
+    // Give the lookups (every 30 s at most, and on each new connection) time to connect
+    // the joiners to each other, then stop the ticket's node.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let connected = |node: &NodeProcess| -> usize {
+        let v = network(&node.url, first);
+        let ids: Vec<&str> =
+            v["p2p"]["peers"].as_array().into_iter().flatten().filter_map(|p| p["peer_id"].as_str()).collect();
+        peers[1..].iter().filter(|p| ids.contains(&p.id.as_str())).count()
+    };
+    while !nodes[1..].iter().all(|n| connected(n) >= 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(nodes.remove(0));
+    let p = fresh_period() + 4;
+    let seen = every_origin_shown(&nodes.iter().collect::<Vec<_>>(), p);
+    assert!(seen.iter().all(Option::is_some), "the joiners without the ticket's node, showing all 3 origins: {seen:?}");
 }
 
 /// Splits a README command line as a shell would for the cases the README uses: words,
