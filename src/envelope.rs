@@ -62,25 +62,47 @@ pub fn open_signed(bytes: &[u8], dst: &[u8], max: usize) -> Result<SignedV1, Ope
 /// The envelope, decoded canonically but **not yet verified** (to check cheap things,
 /// such as whether the claimed signer is a member, before the signature).
 pub fn peek_signed(bytes: &[u8], max: usize) -> Result<SignedV1, OpenError> {
+    match split_signed(bytes, max)? {
+        (env, []) => Ok(env),
+        _ => Err(OpenError::Malformed),
+    }
+}
+
+/// An envelope at the start of `bytes`, decoded canonically but not yet verified, and
+/// what follows it (a manifest's co-signatures). `max` bounds all of `bytes`.
+pub fn split_signed(bytes: &[u8], max: usize) -> Result<(SignedV1, &[u8]), OpenError> {
     if bytes.len() > max {
         return Err(OpenError::TooLarge(bytes.len()));
     }
-    let env: SignedV1 = match postcard::take_from_bytes::<SignedV1>(bytes) {
-        Ok((env, [])) => env,
-        _ => return Err(OpenError::Malformed),
+    let Ok((env, rest)) = postcard::take_from_bytes::<SignedV1>(bytes) else {
+        return Err(OpenError::Malformed);
     };
-    if postcard::to_allocvec(&env).ok().as_deref() != Some(bytes) {
+    let used = bytes.len() - rest.len();
+    if postcard::to_allocvec(&env).ok().as_deref() != bytes.get(..used) {
         return Err(OpenError::Malformed);
     }
-    Ok(env)
+    Ok((env, rest))
+}
+
+/// A signature by `key` over `dst ‖ body` alone (64 bytes), for a co-signature of a
+/// body another key sealed.
+pub fn sign_detached(key: &SigningKey, dst: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut msg = dst.to_vec();
+    msg.extend_from_slice(body);
+    key.sign(&msg).to_bytes().to_vec()
 }
 
 /// Verifies a peeked envelope's signature under `dst`.
 pub fn verify_signed(env: &SignedV1, dst: &[u8]) -> Result<(), OpenError> {
-    let key = VerifyingKey::from_bytes(&env.signer).map_err(|_| OpenError::BadSignature)?;
-    let sig = Signature::from_slice(&env.sig).map_err(|_| OpenError::BadSignature)?;
+    verify_detached(&env.signer, dst, &env.body, &env.sig)
+}
+
+/// Verifies `sig` by `signer` over `dst ‖ body` (strict).
+pub fn verify_detached(signer: &[u8; 32], dst: &[u8], body: &[u8], sig: &[u8]) -> Result<(), OpenError> {
+    let key = VerifyingKey::from_bytes(signer).map_err(|_| OpenError::BadSignature)?;
+    let sig = Signature::from_slice(sig).map_err(|_| OpenError::BadSignature)?;
     let mut msg = dst.to_vec();
-    msg.extend_from_slice(&env.body);
+    msg.extend_from_slice(body);
     key.verify_strict(&msg, &sig).map_err(|_| OpenError::BadSignature)
 }
 

@@ -95,6 +95,15 @@ impl NodeIdentity {
         self.sign(DST_MANIFEST, manifest.encode())
     }
 
+    /// Adds this node's co-signature to a manifest another administrator signed.
+    pub fn cosign_manifest(
+        &self,
+        signed: &crate::federation::community::SignedManifest,
+    ) -> Result<crate::federation::community::SignedManifest, crate::federation::community::ManifestError> {
+        let sig = crate::envelope::sign_detached(&self.key, DST_MANIFEST, &signed.manifest.encode());
+        signed.with_cosignature(self.public_key(), sig)
+    }
+
     fn sign(&self, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
         crate::envelope::seal(&self.key, dst, body)
     }

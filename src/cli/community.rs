@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::federation::community::{Admission, Link, ManifestV1, Member, TicketV1, accept, open_manifest};
+use crate::federation::community::{
+    Admission, Link, ManifestV1, Member, Settled, TicketV1, open_manifest, proposal_from_text, proposal_text, settle,
+};
 use crate::federation::{CommunityId, short_hex};
 use crate::identity::NodeIdentity;
 use crate::store::Store;
@@ -60,6 +62,25 @@ pub enum CommunityCmd {
         #[arg(long, default_value = "0.5")]
         weight: f64,
     },
+    /// Change a community's administrators and how many of them must sign each new
+    /// version (the threshold). The change itself needs the current threshold: with
+    /// more than one, this prints a proposal for the other administrators to approve.
+    Admins {
+        community: String,
+        /// PeerId of a node to make an administrator (also made a member).
+        #[arg(long)]
+        add: Vec<String>,
+        /// PeerId of an administrator to remove.
+        #[arg(long)]
+        remove: Vec<String>,
+        /// How many administrators must sign each later version (1 up to their number).
+        #[arg(long)]
+        threshold: Option<u16>,
+    },
+    /// Co-sign a proposal another administrator printed; when it has the signatures the
+    /// community requires, it is published (else the extended proposal is printed, for
+    /// the next administrator).
+    Approve { proposal: String },
     /// Stop following a community (and publishing there). Its held snapshots stay until
     /// retention removes them.
     Leave { community: String },
@@ -101,12 +122,36 @@ fn own_addrs(config: &Config, peer: &str, extra: &[String]) -> Vec<String> {
     base
 }
 
-fn publish_manifest(store: &Store, id: &NodeIdentity, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<()> {
+/// Signs the next version and stores it, or, when the community needs more
+/// administrators' signatures, prints the proposal for them (returns whether it was
+/// published).
+fn publish_manifest(store: &Store, id: &NodeIdentity, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<bool> {
     let signed = open_manifest(&id.sign_manifest(m)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    publish_or_propose(store, cid, signed)
+}
+
+fn publish_or_propose(
+    store: &Store,
+    cid: &CommunityId,
+    signed: crate::federation::community::SignedManifest,
+) -> anyhow::Result<bool> {
     let current = store.manifest(cid)?;
-    accept(cid, current.as_ref(), &signed).map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.put_manifest(&signed)?;
-    Ok(())
+    match settle(cid, current.as_ref(), signed).map_err(|e| anyhow::anyhow!("{e}"))? {
+        Settled::Complete(m) => {
+            store.put_manifest(&m)?;
+            Ok(true)
+        }
+        Settled::NeedsMore { proposal, have, need } => {
+            println!("{}", proposal_text(&proposal));
+            eprintln!(
+                "manifest v{} is signed by {have} of the {need} administrators it needs: nothing changes until \
+                 the others run `hearsay community approve PROPOSAL` with the line above (each prints it \
+                 again with their signature added, for the next)",
+                proposal.manifest.version
+            );
+            Ok(false)
+        }
+    }
 }
 
 pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
@@ -145,8 +190,11 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 }
                 if !manifest.is_member(&key) {
                     manifest = manifest.next(now, |m| m.members.push(Member { node: key, weight_milli: 1000 }));
-                    publish_manifest(&store, &id, &cid, &manifest)?;
-                    eprintln!("{node} is now a member (manifest v{})", manifest.version);
+                    if publish_manifest(&store, &id, &cid, &manifest)? {
+                        eprintln!("{node} is now a member (manifest v{})", manifest.version);
+                    } else {
+                        eprintln!("{node} becomes a member once the proposal is approved; its ticket follows");
+                    }
                 }
             }
             let latest = store.manifest(&cid)?.context("manifest vanished")?;
@@ -182,10 +230,67 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 m.links.retain(|l| l.community != link.community);
                 m.links.push(link);
             });
-            publish_manifest(&store, &id, &cid, &next)?;
             // Follow the linked community to receive its snapshots.
             follow(&store, &ticket, false, now)?;
-            eprintln!("linked {} -> {} (manifest v{})", current.manifest.name, other.manifest.name, next.version);
+            if publish_manifest(&store, &id, &cid, &next)? {
+                eprintln!("linked {} -> {} (manifest v{})", current.manifest.name, other.manifest.name, next.version);
+            }
+        }
+        CommunityCmd::Admins { community, add, remove, threshold } => {
+            let (cid, current) = find(&store, &community)?;
+            if !current.manifest.admins.contains(&id.public_key()) {
+                bail!("this node is not an administrator of {community:?}");
+            }
+            let node = |text: &String| {
+                crate::p2p::node_of_text(text).with_context(|| format!("{text} is not an ed25519 PeerId"))
+            };
+            let add = add.iter().map(node).collect::<anyhow::Result<Vec<_>>>()?;
+            let remove = remove.iter().map(node).collect::<anyhow::Result<Vec<_>>>()?;
+            let mut next = current.manifest.next(now, |m| {
+                m.admins.retain(|a| !remove.contains(a));
+                m.admins.extend(add.iter().copied());
+                for a in &add {
+                    if !m.is_member(a) {
+                        m.members.push(Member { node: *a, weight_milli: 1000 });
+                    }
+                }
+                if let Some(t) = threshold {
+                    m.admin_threshold = t;
+                }
+            });
+            // `next` sorts what the edit added; the threshold's schema follows it.
+            next = next.manifest_checked().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if publish_manifest(&store, &id, &cid, &next)? {
+                eprintln!(
+                    "administrators of {} (manifest v{}): {} · each later version needs {} of their signatures",
+                    next.name,
+                    next.version,
+                    next.admins.len(),
+                    next.admin_threshold
+                );
+            }
+        }
+        CommunityCmd::Approve { proposal } => {
+            let new = proposal_from_text(&proposal).map_err(|e| anyhow::anyhow!(e))?;
+            let cid = new.manifest.community();
+            let current = store.manifest(&cid)?.context("this node does not follow the proposal's community")?;
+            if !current.manifest.admins.contains(&id.public_key()) {
+                bail!("this node is not an administrator of {}", current.manifest.name);
+            }
+            if new.manifest.version != current.manifest.version.saturating_add(1) {
+                bail!(
+                    "the proposal is version {} and this node holds version {}: it can only approve the next one",
+                    new.manifest.version,
+                    current.manifest.version
+                );
+            }
+            let cosigned = id.cosign_manifest(&new).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if publish_or_propose(&store, &cid, cosigned)? {
+                eprintln!(
+                    "manifest v{} of {} approved and published: the node sends it to the members",
+                    new.manifest.version, new.manifest.name
+                );
+            }
         }
         CommunityCmd::List => {
             for (cid, f) in store.followed()? {

@@ -2,15 +2,21 @@
 //! how their snapshots are merged, the privacy floor they must meet, and which other
 //! communities this one federates with. The community's id is the hash of its first
 //! (genesis) manifest, so it cannot be re-pointed; each later version names the hash of
-//! the one before and is signed by an administrator of the one before.
+//! the one before and is signed by as many administrators of the one before as that one's
+//! `admin_threshold` says (one by default; the others' signatures travel as
+//! co-signatures after the signed envelope).
 
 use serde::{Deserialize, Serialize};
 
 use super::{CommunityId, NodeId};
-use crate::envelope::{DST_MANIFEST, OpenError, SignedV1, open_signed};
+use crate::envelope::{DST_MANIFEST, OpenError, split_signed, verify_detached, verify_signed};
 use crate::privacy::params::Floor;
 
 pub const SCHEMA: u16 = 1;
+/// A manifest whose next version needs several administrators: schema 1's fields, then
+/// `admin_threshold` (a manifest with a threshold of 1 is always encoded as schema 1,
+/// so the ids and hashes of existing communities never change).
+pub const SCHEMA_THRESHOLD: u16 = 2;
 const COMMUNITY_ID_CONTEXT: &str = "hearsay 2026-11 community-id v1";
 /// Largest signed manifest accepted.
 pub const MAX_MANIFEST_BYTES: usize = 48 * 1024;
@@ -83,6 +89,18 @@ pub struct ManifestV1 {
     pub links: Vec<Link>,
     /// Addresses of members to connect to (multiaddrs with `/p2p/`).
     pub bootstrap: Vec<String>,
+    /// How many of this version's administrators must sign the next version (1 ..=
+    /// `admins.len()`); encoded after the other fields in schema 2 only.
+    #[serde(skip)]
+    pub admin_threshold: u16,
+}
+
+/// A co-signature: another administrator's signature over the same manifest body,
+/// `Ed25519(signer, DST_MANIFEST ‖ body)`, exactly as if that one had sealed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct CoSignature {
+    signer: NodeId,
+    sig: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +121,8 @@ pub enum ManifestError {
     WrongPrev,
     #[error("manifest is not signed by an administrator of the previous version")]
     NotAdmin,
+    #[error("manifest is signed by {have} of the {need} administrators the previous version requires")]
+    TooFewAdmins { have: usize, need: usize },
 }
 
 impl ManifestV1 {
@@ -121,21 +141,33 @@ impl ManifestV1 {
             floor: Floor::default(),
             links: Vec::new(),
             bootstrap: Vec::new(),
+            admin_threshold: 1,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+        // A threshold above 1 is always written: under schema 1 it makes bytes that do
+        // not decode, never a manifest that silently lost its threshold.
+        if self.schema == SCHEMA && self.admin_threshold <= 1 {
+            postcard::to_allocvec(self)
+        } else {
+            postcard::to_allocvec(&(self, self.admin_threshold))
+        }
+        .unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ManifestV1, ManifestError> {
         let (schema, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|_| ManifestError::Malformed)?;
-        if schema != SCHEMA {
-            return Err(ManifestError::UnknownSchema(schema));
-        }
-        let m: ManifestV1 = match postcard::take_from_bytes(bytes) {
-            Ok((m, [])) => m,
-            _ => return Err(ManifestError::Malformed),
+        let m = match schema {
+            SCHEMA => match postcard::take_from_bytes::<ManifestV1>(bytes) {
+                Ok((m, [])) => ManifestV1 { admin_threshold: 1, ..m },
+                _ => return Err(ManifestError::Malformed),
+            },
+            SCHEMA_THRESHOLD => match postcard::take_from_bytes::<(ManifestV1, u16)>(bytes) {
+                Ok(((m, admin_threshold), [])) => ManifestV1 { admin_threshold, ..m },
+                _ => return Err(ManifestError::Malformed),
+            },
+            _ => return Err(ManifestError::UnknownSchema(schema)),
         };
         if m.encode() != bytes {
             return Err(ManifestError::Malformed);
@@ -170,7 +202,16 @@ impl ManifestV1 {
         m.members.dedup_by(|a, b| a.node == b.node);
         m.admins.sort();
         m.admins.dedup();
+        m.admin_threshold = m.admin_threshold.max(1);
+        m.schema = if m.admin_threshold > 1 { SCHEMA_THRESHOLD } else { SCHEMA };
         m
+    }
+
+    /// The manifest after a round trip through its encoding: an edit that broke a rule
+    /// (a threshold above the administrators, too many members…) says which here,
+    /// before anyone signs it.
+    pub fn manifest_checked(&self) -> Result<ManifestV1, ManifestError> {
+        ManifestV1::decode(&self.encode())
     }
 
     fn check(&self) -> Result<(), ManifestError> {
@@ -184,8 +225,16 @@ impl ManifestV1 {
         {
             return bad("version, genesis and prev disagree");
         }
-        if self.admins.is_empty() || self.admins.windows(2).any(|w| w[0] >= w[1]) {
-            return bad("admins must be non-empty, sorted and unique");
+        if self.admins.is_empty() || self.admins.len() > MAX_MEMBERS || self.admins.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("admins must be non-empty, sorted, unique and at most 500");
+        }
+        // Schema 1 means a threshold of 1; schema 2 one of 2 up to the administrators.
+        if (self.schema == SCHEMA) != (self.admin_threshold == 1)
+            || usize::from(self.admin_threshold) > self.admins.len()
+        {
+            return bad(
+                "the administrators' threshold must be 1 (schema 1) or 2 up to the number of administrators (schema 2)",
+            );
         }
         if self.members.len() > MAX_MEMBERS || self.members.windows(2).any(|w| w[0].node >= w[1].node) {
             return bad("members must be sorted, unique and at most 500");
@@ -214,26 +263,80 @@ pub fn community_id(genesis_body: &[u8]) -> CommunityId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedManifest {
     pub manifest: ManifestV1,
+    /// The signed envelope, followed by the co-signatures when there are any.
     pub signed: Vec<u8>,
+    /// Whoever sealed the envelope.
     pub signer: NodeId,
+    /// Further signers of the same body (sorted, unique, never `signer`), verified.
+    pub cosigners: Vec<NodeId>,
 }
 
 impl SignedManifest {
     pub fn body_hash(&self) -> [u8; 32] {
         *blake3::hash(&self.manifest.encode()).as_bytes()
     }
+
+    /// Everyone whose valid signature the manifest carries.
+    pub fn signers(&self) -> impl Iterator<Item = &NodeId> {
+        std::iter::once(&self.signer).chain(self.cosigners.iter())
+    }
+
+    /// The same manifest with one more signature: `sig` by `signer` over
+    /// `DST_MANIFEST ‖ body` (see `identity::NodeIdentity::cosign_manifest`). A signer
+    /// already present changes nothing.
+    pub fn with_cosignature(&self, signer: NodeId, sig: Vec<u8>) -> Result<SignedManifest, ManifestError> {
+        if self.signers().any(|s| *s == signer) {
+            return Ok(self.clone());
+        }
+        let (_, rest) = split_signed(&self.signed, MAX_MANIFEST_BYTES)?;
+        let envelope = &self.signed[..self.signed.len() - rest.len()];
+        let mut cosigs = decode_cosignatures(rest)?;
+        cosigs.push(CoSignature { signer, sig });
+        cosigs.sort_by_key(|c| c.signer);
+        let mut bytes = envelope.to_vec();
+        bytes.extend(postcard::to_allocvec(&cosigs).map_err(|_| ManifestError::Malformed)?);
+        open_manifest(&bytes)
+    }
 }
 
-/// Verifies and decodes a signed manifest (not yet whether it may follow another).
+fn decode_cosignatures(bytes: &[u8]) -> Result<Vec<CoSignature>, ManifestError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    match postcard::take_from_bytes::<Vec<CoSignature>>(bytes) {
+        Ok((c, [])) if !c.is_empty() && postcard::to_allocvec(&c).ok().as_deref() == Some(bytes) => Ok(c),
+        _ => Err(ManifestError::Malformed),
+    }
+}
+
+/// Verifies and decodes a signed manifest (not yet whether it may follow another): the
+/// envelope's signature, then each co-signature over the same body. Canonical: no
+/// co-signatures means no bytes after the envelope (a schema 1 manifest's bytes are
+/// what they always were); otherwise a non-empty list sorted by signer, without
+/// repeats or the envelope's own signer.
 pub fn open_manifest(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
-    let SignedV1 { signer, body, .. } = open_signed(bytes, DST_MANIFEST, MAX_MANIFEST_BYTES)?;
-    let manifest = ManifestV1::decode(&body)?;
-    Ok(SignedManifest { manifest, signed: bytes.to_vec(), signer })
+    let (env, rest) = split_signed(bytes, MAX_MANIFEST_BYTES)?;
+    verify_signed(&env, DST_MANIFEST)?;
+    let manifest = ManifestV1::decode(&env.body)?;
+    let cosigs = decode_cosignatures(rest)?;
+    if cosigs.windows(2).any(|w| w[0].signer >= w[1].signer) || cosigs.iter().any(|c| c.signer == env.signer) {
+        return Err(ManifestError::Malformed);
+    }
+    for c in &cosigs {
+        verify_detached(&c.signer, DST_MANIFEST, &env.body, &c.sig)?;
+    }
+    Ok(SignedManifest {
+        manifest,
+        signed: bytes.to_vec(),
+        signer: env.signer,
+        cosigners: cosigs.into_iter().map(|c| c.signer).collect(),
+    })
 }
 
 /// Whether `new` may replace `current` for community `id`: the next version, naming
-/// the current one's hash, signed by one of the current administrators. A genesis is
-/// accepted when its hash is the id and its signer one of its own administrators.
+/// the current one's hash, signed by at least `admin_threshold` of the current
+/// administrators. A genesis is accepted when its hash is the id and its signer one of
+/// its own administrators.
 pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedManifest) -> Result<(), ManifestError> {
     if new.manifest.community() != *id {
         return Err(ManifestError::WrongCommunity);
@@ -254,10 +357,13 @@ pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedMa
             if new.manifest.prev != Some(cur.body_hash()) {
                 return Err(ManifestError::WrongPrev);
             }
-            if !cur.manifest.admins.contains(&new.signer) {
-                return Err(ManifestError::NotAdmin);
+            let have = new.signers().filter(|s| cur.manifest.admins.contains(s)).count();
+            let need = usize::from(cur.manifest.admin_threshold.max(1));
+            match have {
+                0 => Err(ManifestError::NotAdmin),
+                h if h < need => Err(ManifestError::TooFewAdmins { have, need }),
+                _ => Ok(()),
             }
-            Ok(())
         }
     }
 }
@@ -272,6 +378,50 @@ pub fn is_fork(id: &CommunityId, parent: &SignedManifest, held: &SignedManifest,
         && new.body_hash() != held.body_hash()
         && held.manifest.version == parent.manifest.version.saturating_add(1)
         && accept(id, Some(parent), new).is_ok()
+}
+
+/// Where a newly signed next version stands: complete (store and spread it), or
+/// signed by fewer administrators than the current version requires (a **proposal**,
+/// passed to the others to co-sign; nothing changes until it is complete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Complete(SignedManifest),
+    NeedsMore { proposal: SignedManifest, have: usize, need: usize },
+}
+
+/// Settles a signed next version against the current one (see `accept`).
+pub fn settle(
+    id: &CommunityId,
+    current: Option<&SignedManifest>,
+    new: SignedManifest,
+) -> Result<Settled, ManifestError> {
+    match accept(id, current, &new) {
+        Ok(()) => Ok(Settled::Complete(new)),
+        Err(ManifestError::TooFewAdmins { have, need }) => Ok(Settled::NeedsMore { proposal: new, have, need }),
+        Err(e) => Err(e),
+    }
+}
+
+const PROPOSAL_PREFIX: &str = "hearsay-proposal1";
+
+/// A proposal as text to pass to the other administrators: the prefix, then lower-case
+/// hex of the signed bytes (envelope and co-signatures).
+pub fn proposal_text(m: &SignedManifest) -> String {
+    format!("{PROPOSAL_PREFIX}{}", hex::encode(&m.signed))
+}
+
+/// Reads and verifies a proposal's signatures (not yet whether it follows the current
+/// version: `settle` says).
+pub fn proposal_from_text(text: &str) -> Result<SignedManifest, String> {
+    let hexpart = text
+        .trim()
+        .strip_prefix(PROPOSAL_PREFIX)
+        .ok_or("not a hearsay manifest proposal (it starts with hearsay-proposal1)")?;
+    if hexpart.len() > 2 * MAX_MANIFEST_BYTES {
+        return Err("proposal too long".into());
+    }
+    let bytes = hex::decode(hexpart).map_err(|_| "proposal is not valid hex")?;
+    open_manifest(&bytes).map_err(|e| format!("proposal: {e}"))
 }
 
 /// What `community invite` prints: the community id, its latest signed manifest and
@@ -348,5 +498,87 @@ mod tests {
         assert!(!is_fork(&id, &v1, &v2, &by_outsider), "not signed by an administrator");
         assert!(!is_fork(&id, &v2, &v3, &fork), "another parent");
         assert!(!is_fork(&[7; 32], &v1, &v2, &fork), "another community");
+    }
+
+    fn cosigned(m: &SignedManifest, key: &SigningKey) -> SignedManifest {
+        let sig = crate::envelope::sign_detached(key, DST_MANIFEST, &m.manifest.encode());
+        m.with_cosignature(key.verifying_key().to_bytes(), sig).expect("cosign")
+    }
+
+    /// With a threshold of 2 of 3 administrators, no single administrator makes the
+    /// next version, nor one plus an outsider; two do, in either order of signing; a
+    /// forged, repeated or unsorted co-signature is refused; a threshold of 1 keeps
+    /// schema 1 bytes (existing ids and hashes unchanged), and a threshold above the
+    /// administrators or a schema that disagrees with it does not decode.
+    #[test]
+    fn a_threshold_of_administrators_must_sign_the_next_version() {
+        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let ids: Vec<NodeId> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
+        let g = ManifestV1::genesis("c", ids[0], 10);
+        assert_eq!(g.encode(), postcard::to_allocvec(&g).expect("encode"), "schema 1 bytes are what they were");
+        let v1 = signed(&keys[0], &g);
+        let id = v1.manifest.community();
+        let v2m = v1.manifest.next(20, |m| {
+            m.admins.extend([ids[1], ids[2]]);
+            m.admin_threshold = 2;
+        });
+        assert_eq!(v2m.schema, SCHEMA_THRESHOLD);
+        let v2 = signed(&keys[0], &v2m);
+        assert_eq!(accept(&id, Some(&v1), &v2), Ok(()), "v1 needs one administrator");
+        assert_eq!(ManifestV1::decode(&v2m.encode()).expect("decodes").admin_threshold, 2);
+
+        let v3m = v2.manifest.next(30, |m| m.name = "three".into());
+        let alone = signed(&keys[1], &v3m);
+        assert_eq!(accept(&id, Some(&v2), &alone), Err(ManifestError::TooFewAdmins { have: 1, need: 2 }));
+        let with_outsider = cosigned(&alone, &keys[3]);
+        assert_eq!(accept(&id, Some(&v2), &with_outsider), Err(ManifestError::TooFewAdmins { have: 1, need: 2 }));
+        let two = cosigned(&alone, &keys[2]);
+        assert_eq!(two.cosigners, vec![ids[2]]);
+        assert_eq!(accept(&id, Some(&v2), &two), Ok(()));
+        let other_order = cosigned(&signed(&keys[2], &v3m), &keys[1]);
+        assert_eq!(accept(&id, Some(&v2), &other_order), Ok(()));
+        assert_eq!(other_order.body_hash(), two.body_hash(), "co-signatures do not change the body");
+        assert_eq!(cosigned(&two, &keys[2]), two, "a signer already present changes nothing");
+        assert!(open_manifest(&two.signed).is_ok());
+
+        // Forged, repeated, the sealer again, trailing junk.
+        let (_, rest) = split_signed(&two.signed, MAX_MANIFEST_BYTES).expect("split");
+        let envelope = &two.signed[..two.signed.len() - rest.len()];
+        let forge = |cos: Vec<CoSignature>| {
+            let mut b = envelope.to_vec();
+            b.extend(postcard::to_allocvec(&cos).expect("encode"));
+            open_manifest(&b)
+        };
+        let good = crate::envelope::sign_detached(&keys[2], DST_MANIFEST, &v3m.encode());
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        assert!(forge(vec![CoSignature { signer: ids[2], sig: bad }]).is_err(), "forged");
+        assert!(
+            forge(vec![
+                CoSignature { signer: ids[2], sig: good.clone() },
+                CoSignature { signer: ids[2], sig: good.clone() }
+            ])
+            .is_err(),
+            "repeated"
+        );
+        let own = crate::envelope::sign_detached(&keys[1], DST_MANIFEST, &v3m.encode());
+        assert!(forge(vec![CoSignature { signer: ids[1], sig: own }]).is_err(), "the sealer again");
+        assert!(forge(Vec::new()).is_err(), "an empty list is not canonical");
+        let mut junk = two.signed.clone();
+        junk.push(0);
+        assert!(open_manifest(&junk).is_err(), "trailing bytes");
+
+        // Thresholds that do not fit.
+        let mut too_high = v2m.clone();
+        too_high.admin_threshold = 4;
+        assert!(matches!(ManifestV1::decode(&too_high.encode()), Err(ManifestError::Invalid(_))));
+        let mut schema1_with_two = v2m.clone();
+        schema1_with_two.schema = SCHEMA;
+        assert!(ManifestV1::decode(&schema1_with_two.encode()).is_err());
+        let mut schema2_with_one = v2m.clone();
+        schema2_with_one.admin_threshold = 1;
+        assert!(ManifestV1::decode(&schema2_with_one.encode()).is_err());
+        let back_to_one = v2.manifest.next(40, |m| m.admin_threshold = 1);
+        assert_eq!(back_to_one.schema, SCHEMA);
     }
 }

@@ -204,7 +204,7 @@ fn community_view(
             }) }
             p { "Privacy floor: at most ε " (crate::privacy::params::eps_text(manifest.floor.max_eps_week_milli)) " per user-week, k at least " (manifest.floor.min_k) ". "
                 "Merging: no origin counts more than " (crate::federation::merge::MEDIAN_MULTIPLE) " times the median origin's largest count for any item; one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " origin(s)." }
-            h2 { "Administrators" }
+            h2 { "Administrators" @if manifest.admin_threshold > 1 { " (" (manifest.admin_threshold) " must sign each new version)" } }
             ul { @for a in &manifest.admins { li { code { (peer_text(a)) } } } }
             h2 { "Members (" (manifest.members.len()) ")" }
             table {
@@ -232,6 +232,15 @@ fn community_view(
                     input type="hidden" name="csrf" value=(csrf);
                     label { "Admit a node (its PeerId, from " code { "hearsay node id" } ") " input name="node" required maxlength="64"; }
                     button { "Admit" }
+                }
+                @if manifest.admin_threshold > 1 {
+                    h2 { "Approve a proposal" }
+                    p { "Each new version needs " (manifest.admin_threshold) " of the " (manifest.admins.len()) " administrators' signatures. Paste a proposal another administrator gave you:" }
+                    form method="post" action={ "/network/community/" (short) "/approve" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        label { "Proposal " textarea name="proposal" required rows="3" cols="80" maxlength="100000" {} }
+                        button { "Approve" }
+                    }
                 }
                 h2 { "Invitation" }
                 p { "After admitting a node, give its administrator this ticket; on that node: " code { "hearsay community join TICKET" } " (no need to stop this node)." }
@@ -266,6 +275,22 @@ pub async fn edit_members(
     }
     let bad =
         |msg: &str| community_view(&state, &v, &short, Some(html! { p.error { (msg) } }), StatusCode::BAD_REQUEST);
+    if action == "approve" {
+        let proposal =
+            match crate::federation::community::proposal_from_text(f.get("proposal").map_or("", String::as_str)) {
+                Ok(p)
+                    if p.manifest.community() == cid && p.manifest.version == m.manifest.version.saturating_add(1) =>
+                {
+                    p
+                }
+                Ok(_) => return bad("That proposal is not the next version of this community's manifest."),
+                Err(e) => return bad(&e),
+            };
+        return match state.signer.cosign_manifest(&proposal) {
+            Ok(signed) => settle_and_store(&state, &v, &short, &cid, &m, signed).await,
+            Err(e) => bad(&e.to_string()),
+        };
+    }
     let Some(node) = f.get("node").and_then(|n| crate::p2p::node_of_text(n)) else {
         return bad("That is not an ed25519 PeerId.");
     };
@@ -280,24 +305,51 @@ pub async fn edit_members(
         "admit" | "remove" => return bad("Nothing to change (already a member, not a member, or an administrator)."),
         _ => return super::not_found_page(&v),
     };
-    let signed = match crate::federation::community::open_manifest(&state.signer.sign_manifest(&next)) {
-        Ok(s) => s,
-        Err(e) => return server_error(&v, e),
-    };
-    if let Err(e) = crate::federation::community::accept(&cid, Some(&m), &signed)
-        .map_err(|e| e.to_string())
-        .and_then(|()| state.store.put_manifest(&signed).map_err(|e| e.to_string()))
-    {
-        return server_error(&v, e);
+    match crate::federation::community::open_manifest(&state.signer.sign_manifest(&next)) {
+        Ok(signed) => settle_and_store(&state, &v, &short, &cid, &m, signed).await,
+        Err(e) => server_error(&v, e),
     }
-    if let Some(p) = &state.p2p {
-        p.refresh().await;
+}
+
+/// Stores a signed next version and has the network task spread it, or, when the
+/// community needs more administrators' signatures, shows the proposal to pass on.
+async fn settle_and_store(
+    state: &AppState,
+    v: &super::Viewer,
+    short: &str,
+    cid: &crate::federation::CommunityId,
+    current: &crate::federation::community::SignedManifest,
+    signed: crate::federation::community::SignedManifest,
+) -> Response {
+    use crate::federation::community::{Settled, proposal_text, settle};
+    let version = signed.manifest.version;
+    match settle(cid, Some(current), signed) {
+        Ok(Settled::Complete(m)) => {
+            if let Err(e) = state.store.put_manifest(&m) {
+                return server_error(v, e);
+            }
+            if let Some(p) = &state.p2p {
+                p.refresh().await;
+            }
+            community_view(
+                state,
+                v,
+                short,
+                Some(html! { p { "Manifest version " (version) " signed and sent to the members." } }),
+                StatusCode::OK,
+            )
+        }
+        Ok(Settled::NeedsMore { proposal, have, need }) => community_view(
+            state,
+            v,
+            short,
+            Some(html! {
+                p { "Manifest version " (version) " is signed by " (have) " of the " (need) " administrators it needs; nothing changes until the others approve it. "
+                    "Give them this proposal (on their node: the community page's Approve form, or " code { "hearsay community approve PROPOSAL" } "):" }
+                textarea readonly rows="4" cols="80" aria-label="Proposal to approve" { (proposal_text(&proposal)) }
+            }),
+            StatusCode::ACCEPTED,
+        ),
+        Err(e) => community_view(state, v, short, Some(html! { p.error { (e.to_string()) } }), StatusCode::BAD_REQUEST),
     }
-    community_view(
-        &state,
-        &v,
-        &short,
-        Some(html! { p { "Manifest version " (next.version) " signed and sent to the members." } }),
-        StatusCode::OK,
-    )
 }

@@ -692,6 +692,76 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     assert_eq!(store.manifests_after(&id, 1, 1).expect("after"), vec![v2.signed], "the limit holds");
 }
 
+/// Manifest changes by a threshold of administrators: once A and B are both
+/// administrators with a threshold of 2, A alone changes nothing (its node keeps the
+/// version; a version signed by A's key alone, sent to B, is rejected), a node that is
+/// not an administrator cannot approve, and B's approval completes the change, which
+/// reaches A over the network. Before: one administrator's signature made any version.
+#[test]
+fn a_manifest_change_needs_the_threshold_of_administrators() {
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"), Peer::new(dir.path(), "c"));
+    let x = a.cli(&["community", "create", "X"]).trim().to_owned();
+    a.cli(&["community", "invite", "X", "--node", &b.id]);
+    let out = a.cli(&["community", "admins", "X", "--add", &b.id, "--threshold", "2"]);
+    assert!(out.trim().is_empty(), "v2 needed one administrator: published, no proposal: {out}");
+    let ticket = a.cli(&["community", "invite", "X"]);
+    b.cli(&["community", "join", ticket.trim()]);
+    c.cli(&["community", "join", ticket.trim()]);
+    assert!(b.cli(&["community", "list"]).contains("\tv3\t"), "B holds v3");
+
+    // A alone admits C: a proposal, nothing stored.
+    let out = a.cli(&["community", "invite", "X", "--node", &c.id]);
+    let proposal = out.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
+    assert!(a.cli(&["community", "list"]).contains("\tv3\t"), "A still holds v3: {}", a.cli(&["community", "list"]));
+    // C, a member but not an administrator, cannot approve.
+    let refused = Command::new(bin())
+        .args(["community", "approve", &proposal])
+        .env("HEARSAY_NODE__DATA_DIR", &c.data)
+        .env("HEARSAY_NODE__LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(!refused.status.success(), "a non-administrator approved");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an administrator"));
+
+    // A's key alone signs v4 and sends it to B's node: rejected, B keeps v3.
+    let key = NodeIdentity::load_or_create(&a.data).expect("a key");
+    let alone = hearsay::federation::community::proposal_from_text(&proposal).expect("proposal");
+    assert_eq!(alone.manifest.version, 4);
+    assert_eq!(alone.signer, key.public_key());
+    let nb = b.start();
+    let rejected0 = network(&nb.url, fresh_period())["p2p"]["rejected"].as_i64().unwrap_or(0);
+    let bad = rogue::Bad {
+        gossip: vec![],
+        manifests: vec![alone.signed.clone()],
+        served: vec![],
+        origin: [0; 32],
+        period: 0,
+        hostile_sync: false,
+    };
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", b.port).parse().expect("addr");
+    let (stop, rogue) = rogue::spawn(victim, &x, bad);
+    let v = wait_for(&nb.url, fresh_period(), "the under-signed version is rejected", |v| {
+        v["p2p"]["rejected"].as_i64().unwrap_or(0) > rejected0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
+    assert_eq!(community(&v, "X").expect("X")["version"], 3, "B keeps v3: {v:#}");
+    drop(nb);
+
+    // B approves: complete, published; A learns it from B over the network.
+    let out = b.cli(&["community", "approve", &proposal]);
+    assert!(!out.contains("hearsay-proposal1"), "two of two signed: no further proposal");
+    assert!(b.cli(&["community", "list"]).contains("\tv4\t3 members"), "{}", b.cli(&["community", "list"]));
+    let (na, nb) = (a.start(), b.start());
+    let v = wait_for(&na.url, fresh_period(), "A takes B's approved v4", |v| {
+        community(v, "X").is_some_and(|c| c["version"] == 4 && c["members"] == 3)
+    });
+    assert_eq!(community(&v, "X").expect("X")["version"], 4);
+    drop((na, nb));
+}
+
 /// What a catch-up brings is announced onward (`Have`): C, connected only to B, gets
 /// A's release of a period it missed when B catches up with A, within seconds, not at
 /// its next catch-up round (an hour here). Before, C got it only at that round: a

@@ -530,6 +530,55 @@ fn a_community_administrator_admits_and_removes_members_in_the_web_view() {
     assert!(list.contains("Friends\tv3\t1 members\tmember"), "{list}");
 }
 
+/// A community whose changes need two administrators: on the web page, one
+/// administrator's admission is only a proposal (202, nothing changes); a proposal
+/// from the other administrator's node is approved with the page's form and published.
+#[test]
+fn a_threshold_community_takes_approvals_in_the_web_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = data_with_user(dir.path());
+    let (code, id, err) = hearsay(&data, &["community", "create", "Friends"]);
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_owned();
+    let other = dir.path().join("other");
+    let other_id = hearsay(&other, &["node", "id"]).1.trim().to_owned();
+    let newcomer = hearsay(&dir.path().join("newcomer"), &["node", "id"]).1.trim().to_owned();
+    let (code, _, err) = hearsay(&data, &["community", "admins", "Friends", "--add", &other_id, "--threshold", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let ticket = hearsay(&data, &["community", "invite", "Friends"]).1;
+    assert_eq!(hearsay(&other, &["community", "join", ticket.trim()]).0, 0);
+    // The other administrator proposes admitting the newcomer.
+    let (code, out, err) = hearsay(&other, &["community", "invite", "Friends", "--node", &newcomer]);
+    assert_eq!(code, 0, "{err}");
+    let proposal = out.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
+
+    let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
+    let (alice, csrf) = login(&node.url);
+    let url = format!("{}/network/community/{id}", node.url);
+    let (_, page) = get(&url, Some(&alice));
+    assert!(page.contains("2 must sign each new version") && page.contains("Approve a proposal"), "{page}");
+    // Alone, this administrator only proposes.
+    let third = hearsay(&dir.path().join("third"), &["node", "id"]).1.trim().to_owned();
+    let (s, _, page) = post_form(&format!("{url}/admit"), Some(&alice), &[("csrf", &csrf), ("node", &third)]);
+    assert!(s == 202 && page.contains("signed by 1 of the 2") && page.contains("hearsay-proposal1"), "{page}");
+    assert!(page.contains("Members (2)") && !page.contains(&third), "nothing changed: {page}");
+    // Not a proposal, and a forged one.
+    let (s, _, page) = post_form(&format!("{url}/approve"), Some(&alice), &[("csrf", &csrf), ("proposal", "hello")]);
+    assert!(s == 400 && page.contains("not a hearsay manifest proposal"), "{page}");
+    let mut forged = proposal.clone();
+    let last = forged.pop().expect("a digit");
+    forged.push(if last == '0' { '1' } else { '0' });
+    let (s, _, _) = post_form(&format!("{url}/approve"), Some(&alice), &[("csrf", &csrf), ("proposal", &forged)]);
+    assert_eq!(s, 400, "a forged proposal");
+    // The other administrator's proposal, approved here: published.
+    let (s, _, page) = post_form(&format!("{url}/approve"), Some(&alice), &[("csrf", &csrf), ("proposal", &proposal)]);
+    assert!(s == 200 && page.contains("Manifest version 3 signed") && page.contains("Members (3)"), "{page}");
+    assert!(page.contains(&newcomer), "{page}");
+    assert_eq!(node.terminate(), Some(0));
+    let (_, list, _) = hearsay(&data, &["community", "list"]);
+    assert!(list.contains("Friends\tv3\t3 members"), "{list}");
+}
+
 #[test]
 fn a_user_downloads_their_listens_and_nobody_else_can() {
     let dir = tempfile::tempdir().expect("tempdir");
