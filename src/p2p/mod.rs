@@ -248,6 +248,7 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         status: Status { peer_id: peer_id.to_string(), ..Status::default() },
         last_lookup: None,
         strangers: Default::default(),
+        counted_members: None,
         unwanted: Default::default(),
         skew_warned: None,
         arrivals: Arrivals::new(0, []),
@@ -331,6 +332,8 @@ struct Task {
     /// Origins never seen before, taken through open communities only, in the current
     /// period (`validate::MAX_STRANGERS_PER_PERIOD`).
     strangers: crate::federation::validate::Strangers,
+    /// The members `strangers` was last counted against.
+    counted_members: Option<std::collections::BTreeSet<NodeId>>,
     /// Snapshots (blake3) taken and found to name no followed community that counts
     /// their origin: not fetched again by catch-up (refs do not say which communities a
     /// snapshot names). Cleared when it grows past `MAX_UNWANTED`.
@@ -482,7 +485,14 @@ impl Task {
                 bootstrap: follow.bootstrap.clone(),
             });
         }
-        self.recount_strangers();
+        // Who is a stranger changes only with membership: recount (a scan of every held
+        // snapshot's key) when the members differ, not on every refresh.
+        let members: std::collections::BTreeSet<NodeId> =
+            self.communities.iter().flat_map(|c| c.manifest.members.iter().map(|m| m.node)).collect();
+        if self.counted_members.as_ref() != Some(&members) {
+            self.recount_strangers();
+            self.counted_members = Some(members);
+        }
         // A community's federation links are followed too, so its federated chart can
         // be computed here.
         let mut added = false;
@@ -1019,12 +1029,18 @@ impl Task {
                     self.penalise(peer, "too many refs");
                     return;
                 }
-                // The watermark moves only when every missing ref is being fetched.
+                // The watermark moves only when every missing ref is being fetched; a full
+                // page that moved it is followed by the next page at once (a first contact
+                // or a far-behind peer pages through the window from its oldest ref).
+                let full = refs.len() == MAX_REFS;
                 if self.fetch_missing(peer, refs) {
                     if self.watermarks.len() >= MAX_WATERMARKS && !self.watermarks.contains_key(&peer) {
                         self.watermarks.clear();
                     }
                     self.watermarks.insert(peer, (epoch, next));
+                    if full {
+                        self.send(peer, SyncRequest::RefsSince { epoch, after: next });
+                    }
                 }
             }
             SyncResponse::Noted => {}

@@ -99,18 +99,23 @@ impl Arrivals {
     }
 
     /// The refs taken since `after` in `epoch`, at most `max`, oldest first, and the
-    /// watermark to ask from next. For another epoch (a first contact, or a restart
-    /// since) or a watermark older than the log: the newest `max` refs, and the head.
+    /// watermark to ask from next. Another epoch (a first contact, or a restart since),
+    /// a watermark past the head or one older than the log (a prune since) start from
+    /// the oldest ref kept: in pieces of `max`, a peer however far behind gets every
+    /// ref in the retention window, none skipped.
     pub fn since(&self, epoch: u64, after: u64, max: usize) -> (u64, u64, Vec<Ref>) {
         let head = self.next - 1;
         let oldest_kept = self.entries.front().map_or(self.next, |e| e.0);
-        if epoch != self.epoch || after > head || after.saturating_add(1) < oldest_kept {
-            let skip = self.entries.len().saturating_sub(max);
-            return (self.epoch, head, self.entries.iter().skip(skip).map(|e| e.1).collect());
+        let start = if epoch != self.epoch || after > head || after.saturating_add(1) < oldest_kept {
+            0
+        } else {
+            self.entries.partition_point(|e| e.0 <= after)
+        };
+        if start == 0 && self.entries.is_empty() {
+            return (self.epoch, head, Vec::new());
         }
-        let start = self.entries.partition_point(|e| e.0 <= after);
         let refs: Vec<(u64, Ref)> = self.entries.iter().skip(start).take(max).copied().collect();
-        let next = refs.last().map_or(after, |e| e.0);
+        let next = refs.last().map_or(after.min(head), |e| e.0);
         (self.epoch, next, refs.into_iter().map(|e| e.1).collect())
     }
 
@@ -177,8 +182,9 @@ mod tests {
     }
 
     /// Later rounds carry only what is new; a stale epoch (a restart), a watermark past
-    /// the head or older than the log is answered as a first contact; a long gap comes in
-    /// pieces of `max`, without loss.
+    /// the head or older than the log is answered from the oldest ref kept; a long gap,
+    /// and a first contact with more than `max` refs, come in pieces of `max`, without
+    /// loss.
     #[test]
     fn arrivals_answer_what_is_new_since_a_watermark() {
         let mut a = Arrivals::new(7, (0..5).map(r));
@@ -191,11 +197,14 @@ mod tests {
         let (_, n1, part) = a.since(7, 2, 3);
         assert_eq!((n1, part), (5, vec![r(2), r(3), r(4)]), "a gap in pieces");
         assert_eq!(a.since(7, n1, 3), (7, 7, vec![r(5), r(6)]));
-        assert_eq!(a.since(8, 3, 2), (7, 7, vec![r(5), r(6)]), "another epoch: the newest, from the head");
-        assert_eq!(a.since(7, 99, 2).1, 7, "a watermark past the head");
+        assert_eq!(a.since(8, 3, 2), (7, 2, vec![r(0), r(1)]), "another epoch: from the oldest, in pieces");
+        assert_eq!(a.since(7, 2, 100).2.len(), 5, "the rest follows");
+        assert_eq!(a.since(7, 99, 2), (7, 2, vec![r(0), r(1)]), "a watermark past the head");
         a.prune(3 * 604_800);
         assert_eq!(a.len(), 4);
-        assert_eq!(a.since(7, 1, 100), (7, 7, vec![r(3), r(4), r(5), r(6)]), "older than the log");
+        assert_eq!(a.since(7, 1, 2), (7, 5, vec![r(3), r(4)]), "older than the log: from the oldest kept");
+        assert_eq!(a.since(7, 5, 2), (7, 7, vec![r(5), r(6)]), "then the rest: nothing skipped");
+        assert_eq!(Arrivals::new(9, []).since(1, 0, 2), (9, 0, vec![]), "an empty log");
         assert_eq!(a.after(6), vec![r(6)], "after sequence number 6 (r(5))");
     }
 
