@@ -80,7 +80,15 @@ pub enum CommunityCmd {
     /// Co-sign a proposal another administrator printed; when it has the signatures the
     /// community requires, it is published (else the extended proposal is printed, for
     /// the next administrator).
-    Approve { proposal: String },
+    Approve {
+        proposal: String,
+        /// Sign: without it, the command only prints what the proposal changes.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Withdraw this node's signature of a pending proposal (the next version), so it
+    /// may sign a different one.
+    Withdraw { community: String },
     /// Stop following a community (and publishing there). Its held snapshots stay until
     /// retention removes them.
     Leave { community: String },
@@ -122,27 +130,66 @@ fn own_addrs(config: &Config, peer: &str, extra: &[String]) -> Vec<String> {
     base
 }
 
+/// Where a proposal's text goes: stdout when it is the command's product (`admins`,
+/// `link`, `approve`), stderr when stdout carries something else (`invite`: the ticket).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProposalTo {
+    Stdout,
+    Stderr,
+}
+
+/// Refuses to sign a second body of a version this node already signed (two signed
+/// bodies of one version are a fork, shown everywhere as evidence against the signer).
+fn claim(store: &Store, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<()> {
+    let body = *blake3::hash(&m.encode()).as_bytes();
+    if store.claim_manifest_signature(cid, m.version, &body)?.is_err() {
+        bail!(
+            "this node already signed a different version {} of {:?} (a proposal still pending): signing \
+             another would fork the community's history. Finish that one, or withdraw it first with \
+             `hearsay community withdraw {:?}` (if it still gathers its signatures elsewhere, the two \
+             would be a fork)",
+            m.version,
+            m.name,
+            m.name
+        );
+    }
+    Ok(())
+}
+
 /// Signs the next version and stores it, or, when the community needs more
 /// administrators' signatures, prints the proposal for them (returns whether it was
 /// published).
-fn publish_manifest(store: &Store, id: &NodeIdentity, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<bool> {
+fn publish_manifest(
+    store: &Store,
+    id: &NodeIdentity,
+    cid: &CommunityId,
+    m: &ManifestV1,
+    to: ProposalTo,
+) -> anyhow::Result<bool> {
+    claim(store, cid, m)?;
     let signed = open_manifest(&id.sign_manifest(m)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    publish_or_propose(store, cid, signed)
+    publish_or_propose(store, cid, signed, to)
 }
 
 fn publish_or_propose(
     store: &Store,
     cid: &CommunityId,
     signed: crate::federation::community::SignedManifest,
+    to: ProposalTo,
 ) -> anyhow::Result<bool> {
     let current = store.manifest(cid)?;
     match settle(cid, current.as_ref(), signed).map_err(|e| anyhow::anyhow!("{e}"))? {
         Settled::Complete(m) => {
-            store.put_manifest(&m)?;
+            if !store.put_manifest(&m)? {
+                bail!("another version {} of the community arrived meanwhile: nothing published", m.manifest.version);
+            }
             Ok(true)
         }
         Settled::NeedsMore { proposal, have, need } => {
-            println!("{}", proposal_text(&proposal));
+            match to {
+                ProposalTo::Stdout => println!("{}", proposal_text(&proposal)),
+                ProposalTo::Stderr => eprintln!("{}", proposal_text(&proposal)),
+            }
             eprintln!(
                 "manifest v{} is signed by {have} of the {need} administrators it needs: nothing changes until \
                  the others run `hearsay community approve PROPOSAL` with the line above (each prints it \
@@ -190,7 +237,7 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 }
                 if !manifest.is_member(&key) {
                     manifest = manifest.next(now, |m| m.members.push(Member { node: key, weight_milli: 1000 }));
-                    if publish_manifest(&store, &id, &cid, &manifest)? {
+                    if publish_manifest(&store, &id, &cid, &manifest, ProposalTo::Stderr)? {
                         eprintln!("{node} is now a member (manifest v{})", manifest.version);
                     } else {
                         eprintln!("{node} becomes a member once the proposal is approved; its ticket follows");
@@ -230,9 +277,9 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 m.links.retain(|l| l.community != link.community);
                 m.links.push(link);
             });
-            // Follow the linked community to receive its snapshots.
-            follow(&store, &ticket, false, now)?;
-            if publish_manifest(&store, &id, &cid, &next)? {
+            if publish_manifest(&store, &id, &cid, &next, ProposalTo::Stdout)? {
+                // Follow the linked community to receive its snapshots.
+                follow(&store, &ticket, false, now)?;
                 eprintln!("linked {} -> {} (manifest v{})", current.manifest.name, other.manifest.name, next.version);
             }
         }
@@ -260,7 +307,12 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             });
             // `next` sorts what the edit added; the threshold's schema follows it.
             next = next.manifest_checked().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if publish_manifest(&store, &id, &cid, &next)? {
+            if next.admin_threshold > 1 && usize::from(next.admin_threshold) == next.admins.len() {
+                eprintln!(
+                    "warning: every administrator must sign each later version: one lost node key freezes the community"
+                );
+            }
+            if publish_manifest(&store, &id, &cid, &next, ProposalTo::Stdout)? {
                 eprintln!(
                     "administrators of {} (manifest v{}): {} · each later version needs {} of their signatures",
                     next.name,
@@ -270,7 +322,19 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        CommunityCmd::Approve { proposal } => {
+        CommunityCmd::Withdraw { community } => {
+            let (cid, current) = find(&store, &community)?;
+            let next = current.manifest.version.saturating_add(1);
+            if store.withdraw_manifest_signature(&cid, next)? {
+                eprintln!(
+                    "withdrew this node's signature of a pending version {next} of {}: it may sign another",
+                    current.manifest.name
+                );
+            } else {
+                eprintln!("this node signed no pending version {next} of {}", current.manifest.name);
+            }
+        }
+        CommunityCmd::Approve { proposal, yes } => {
             let new = proposal_from_text(&proposal).map_err(|e| anyhow::anyhow!(e))?;
             let cid = new.manifest.community();
             let current = store.manifest(&cid)?.context("this node does not follow the proposal's community")?;
@@ -284,8 +348,19 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                     current.manifest.version
                 );
             }
+            eprintln!("version {} of {} changes:", new.manifest.version, current.manifest.name);
+            let peer = |n: &crate::federation::NodeId| {
+                crate::p2p::peer_id_of(n).map_or_else(|| hex::encode(n), |p| p.to_string())
+            };
+            for line in crate::federation::community::describe_change(&current.manifest, &new.manifest, peer) {
+                eprintln!("  {line}");
+            }
+            if !yes {
+                bail!("nothing signed: read the changes above, then run the same command with --yes to sign them");
+            }
+            claim(&store, &cid, &new.manifest)?;
             let cosigned = id.cosign_manifest(&new).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if publish_or_propose(&store, &cid, cosigned)? {
+            if publish_or_propose(&store, &cid, cosigned, ProposalTo::Stdout)? {
                 eprintln!(
                     "manifest v{} of {} approved and published: the node sends it to the members",
                     new.manifest.version, new.manifest.name

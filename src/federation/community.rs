@@ -22,6 +22,8 @@ const COMMUNITY_ID_CONTEXT: &str = "hearsay 2026-11 community-id v1";
 pub const MAX_MANIFEST_BYTES: usize = 48 * 1024;
 pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_MEMBERS: usize = 500;
+/// Most administrators, and so most co-signatures a manifest carries.
+pub const MAX_ADMINS: usize = 32;
 pub const MAX_LINKS: usize = 16;
 pub const MAX_ADDRS: usize = 16;
 
@@ -123,6 +125,8 @@ pub enum ManifestError {
     NotAdmin,
     #[error("manifest is signed by {have} of the {need} administrators the previous version requires")]
     TooFewAdmins { have: usize, need: usize },
+    #[error("manifest carries a signature of a node that is not an administrator of the previous version")]
+    StraySignature,
 }
 
 impl ManifestV1 {
@@ -225,13 +229,16 @@ impl ManifestV1 {
         {
             return bad("version, genesis and prev disagree");
         }
-        if self.admins.is_empty() || self.admins.len() > MAX_MEMBERS || self.admins.windows(2).any(|w| w[0] >= w[1]) {
-            return bad("admins must be non-empty, sorted, unique and at most 500");
+        if self.admins.is_empty() || self.admins.len() > MAX_ADMINS || self.admins.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("admins must be non-empty, sorted, unique and at most 32");
         }
-        // Schema 1 means a threshold of 1; schema 2 one of 2 up to the administrators.
-        if (self.schema == SCHEMA) != (self.admin_threshold == 1)
-            || usize::from(self.admin_threshold) > self.admins.len()
-        {
+        // Schema 1 means a threshold of 1; schema 2 one of 2 up to the administrators:
+        // one encoding for each threshold.
+        let threshold_fits = match self.schema {
+            SCHEMA => self.admin_threshold == 1,
+            _ => (2..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
+        };
+        if !threshold_fits {
             return bad(
                 "the administrators' threshold must be 1 (schema 1) or 2 up to the number of administrators (schema 2)",
             );
@@ -309,6 +316,14 @@ fn decode_cosignatures(bytes: &[u8]) -> Result<Vec<CoSignature>, ManifestError> 
     }
 }
 
+/// The community a signed manifest claims to belong to, decoded without checking any
+/// signature (to drop another community's manifests before spending signature checks
+/// on them); `Err(UnknownSchema)` for a manifest of a later schema.
+pub fn peek_community(bytes: &[u8]) -> Result<CommunityId, ManifestError> {
+    let (env, _) = split_signed(bytes, MAX_MANIFEST_BYTES)?;
+    Ok(ManifestV1::decode(&env.body)?.community())
+}
+
 /// Verifies and decodes a signed manifest (not yet whether it may follow another): the
 /// envelope's signature, then each co-signature over the same body. Canonical: no
 /// co-signatures means no bytes after the envelope (a schema 1 manifest's bytes are
@@ -319,7 +334,10 @@ pub fn open_manifest(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
     verify_signed(&env, DST_MANIFEST)?;
     let manifest = ManifestV1::decode(&env.body)?;
     let cosigs = decode_cosignatures(rest)?;
-    if cosigs.windows(2).any(|w| w[0].signer >= w[1].signer) || cosigs.iter().any(|c| c.signer == env.signer) {
+    if cosigs.len() >= MAX_ADMINS
+        || cosigs.windows(2).any(|w| w[0].signer >= w[1].signer)
+        || cosigs.iter().any(|c| c.signer == env.signer)
+    {
         return Err(ManifestError::Malformed);
     }
     for c in &cosigs {
@@ -343,7 +361,9 @@ pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedMa
     }
     match current {
         None if new.manifest.version == 1 => {
-            if new.manifest.admins.contains(&new.signer) {
+            if new.cosigners.iter().any(|c| !new.manifest.admins.contains(c)) {
+                Err(ManifestError::StraySignature)
+            } else if new.manifest.admins.contains(&new.signer) {
                 Ok(())
             } else {
                 Err(ManifestError::NotAdmin)
@@ -357,8 +377,17 @@ pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedMa
             if new.manifest.prev != Some(cur.body_hash()) {
                 return Err(ManifestError::WrongPrev);
             }
-            let have = new.signers().filter(|s| cur.manifest.admins.contains(s)).count();
-            let need = usize::from(cur.manifest.admin_threshold.max(1));
+            // Counted against the previous version's administrators and threshold
+            // (never the new version's: an administrator cannot add a puppet and have
+            // it co-sign). A co-signature by anyone else is refused outright, so no
+            // one can pad a valid manifest with signatures that every node then stores,
+            // re-verifies and passes on.
+            let admins = &cur.manifest.admins;
+            if new.cosigners.iter().any(|c| !admins.contains(c)) {
+                return Err(ManifestError::StraySignature);
+            }
+            let signers: std::collections::BTreeSet<&NodeId> = new.signers().filter(|s| admins.contains(s)).collect();
+            let (have, need) = (signers.len(), usize::from(cur.manifest.admin_threshold.max(1)));
             match have {
                 0 => Err(ManifestError::NotAdmin),
                 h if h < need => Err(ManifestError::TooFewAdmins { have, need }),
@@ -369,8 +398,9 @@ pub fn accept(id: &CommunityId, current: Option<&SignedManifest>, new: &SignedMa
 }
 
 /// Whether `new` is a **fork**: a second, different manifest of a version already held
-/// (`held`), validly following the same previous version (`parent`) and signed by one of
-/// its administrators. Two such manifests mean the community's administrators signed
+/// (`held`), validly following the same previous version (`parent`): signed by as many
+/// of its administrators as its threshold asks (other signatures on the same body are
+/// the same version, not a fork). Two such manifests mean the community's administrators signed
 /// two histories: evidence to keep, show and pass on, never a fault of whoever relays it.
 /// (The genesis cannot fork: the community id is its hash.)
 pub fn is_fork(id: &CommunityId, parent: &SignedManifest, held: &SignedManifest, new: &SignedManifest) -> bool {
@@ -403,6 +433,75 @@ pub fn settle(
 }
 
 const PROPOSAL_PREFIX: &str = "hearsay-proposal1";
+
+/// What a next version changes, line by line, for an administrator about to sign it
+/// (an approval is never blind). Node keys are shown by `node_text` (PeerIds at the edges).
+pub fn describe_change(cur: &ManifestV1, new: &ManifestV1, node_text: impl Fn(&NodeId) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    if cur.name != new.name {
+        out.push(format!("name: {:?} -> {:?}", cur.name, new.name));
+    }
+    for a in new.admins.iter().filter(|a| !cur.admins.contains(a)) {
+        out.push(format!("administrator added: {}", node_text(a)));
+    }
+    for a in cur.admins.iter().filter(|a| !new.admins.contains(a)) {
+        out.push(format!("administrator removed: {}", node_text(a)));
+    }
+    if cur.admin_threshold != new.admin_threshold {
+        out.push(format!(
+            "signatures each later version needs: {} -> {} (of {} administrators)",
+            cur.admin_threshold,
+            new.admin_threshold,
+            new.admins.len()
+        ));
+    }
+    if cur.admission != new.admission {
+        out.push(format!("admission: {:?} -> {:?}", cur.admission, new.admission));
+    }
+    for m in &new.members {
+        match cur.weight(&m.node) {
+            None => out.push(format!(
+                "member added: {} (weight {})",
+                node_text(&m.node),
+                f64::from(m.weight_milli) / 1000.0
+            )),
+            Some(w) if w != m.weight_milli => out.push(format!(
+                "member weight: {} {} -> {}",
+                node_text(&m.node),
+                f64::from(w) / 1000.0,
+                f64::from(m.weight_milli) / 1000.0
+            )),
+            Some(_) => {}
+        }
+    }
+    for m in cur.members.iter().filter(|m| !new.is_member(&m.node)) {
+        out.push(format!("member removed: {}", node_text(&m.node)));
+    }
+    if cur.policy != new.policy {
+        out.push(format!("merge policy: {:?} -> {:?}", cur.policy, new.policy));
+    }
+    if cur.floor != new.floor {
+        out.push(format!("privacy floor: {:?} -> {:?}", cur.floor, new.floor));
+    }
+    for l in new.links.iter().filter(|l| !cur.links.contains(l)) {
+        out.push(format!(
+            "link set: {} ({}) weight {}",
+            l.name,
+            super::short_hex(&l.community),
+            f64::from(l.weight_milli) / 1000.0
+        ));
+    }
+    for l in cur.links.iter().filter(|l| !new.links.iter().any(|n| n.community == l.community)) {
+        out.push(format!("link removed: {} ({})", l.name, super::short_hex(&l.community)));
+    }
+    if cur.bootstrap != new.bootstrap {
+        out.push(format!("bootstrap addresses: {} -> {}", cur.bootstrap.join(" "), new.bootstrap.join(" ")));
+    }
+    if out.is_empty() {
+        out.push("nothing but the version and time".into());
+    }
+    out
+}
 
 /// A proposal as text to pass to the other administrators: the prefix, then lower-case
 /// hex of the signed bytes (envelope and co-signatures).
@@ -531,7 +630,7 @@ mod tests {
         let alone = signed(&keys[1], &v3m);
         assert_eq!(accept(&id, Some(&v2), &alone), Err(ManifestError::TooFewAdmins { have: 1, need: 2 }));
         let with_outsider = cosigned(&alone, &keys[3]);
-        assert_eq!(accept(&id, Some(&v2), &with_outsider), Err(ManifestError::TooFewAdmins { have: 1, need: 2 }));
+        assert_eq!(accept(&id, Some(&v2), &with_outsider), Err(ManifestError::StraySignature));
         let two = cosigned(&alone, &keys[2]);
         assert_eq!(two.cosigners, vec![ids[2]]);
         assert_eq!(accept(&id, Some(&v2), &two), Ok(()));
@@ -580,5 +679,29 @@ mod tests {
         assert!(ManifestV1::decode(&schema2_with_one.encode()).is_err());
         let back_to_one = v2.manifest.next(40, |m| m.admin_threshold = 1);
         assert_eq!(back_to_one.schema, SCHEMA);
+        let mut zero = v2m.clone();
+        zero.admin_threshold = 0;
+        assert!(ManifestV1::decode(&zero.encode()).is_err(), "schema 2 with a threshold of 0");
+
+        // Lowering the threshold, or adding a puppet administrator who co-signs its own
+        // admission, still needs the current threshold of the current administrators.
+        let lower = signed(&keys[0], &back_to_one);
+        assert_eq!(accept(&id, Some(&v2), &lower), Err(ManifestError::TooFewAdmins { have: 1, need: 2 }));
+        let puppet = v2.manifest.next(50, |m| m.admins.push(ids[3]));
+        let with_puppet = cosigned(&signed(&keys[0], &puppet), &keys[3]);
+        assert_eq!(accept(&id, Some(&v2), &with_puppet), Err(ManifestError::StraySignature));
+        // Padding a valid version with an outsider's signature is refused, not ignored.
+        assert_eq!(accept(&id, Some(&v2), &cosigned(&two, &keys[3])), Err(ManifestError::StraySignature));
+
+        // Other signatures on one body are the same version, not a fork; a second body
+        // signed by one administrator under a threshold of two is not a fork either.
+        let v3 = two.clone();
+        assert!(!is_fork(&id, &v2, &v3, &other_order), "same body, other signatures");
+        let other_body = signed(&keys[1], &v2.manifest.next(31, |m| m.name = "another".into()));
+        assert!(!is_fork(&id, &v2, &v3, &other_body), "one signature under a threshold of two");
+        let real_fork = cosigned(&other_body, &keys[0]);
+        assert!(is_fork(&id, &v2, &v3, &real_fork), "two administrators signed two histories");
+        let changes = describe_change(&v2.manifest, &with_puppet.manifest, |n| hex::encode(&n[..2]));
+        assert_eq!(changes, vec![format!("administrator added: {}", hex::encode(&ids[3][..2]))]);
     }
 }

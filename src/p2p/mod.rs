@@ -796,8 +796,13 @@ impl Task {
                     p.agent = info.agent_version.clone();
                 }
                 if info.protocols.iter().any(|p| p.as_ref() == behaviour::KAD_PROTOCOL) {
+                    // Only addresses as far-reaching as the one the peer was met at go
+                    // into the directory others are served from.
+                    let remote = self.peer_ips.get(&peer_id).copied();
                     for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        if sync::directory_may_serve(&addr, remote) {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
                     }
                 }
             }
@@ -1069,11 +1074,17 @@ impl Task {
             }
             SyncResponse::Manifests(list) => {
                 for b in list.into_iter().take(MAX_MANIFESTS) {
-                    let Ok(m) = open_manifest(&b) else {
-                        self.penalise(peer, "invalid manifest");
-                        break;
+                    // Which community first (no signature checked), so another
+                    // community's manifests cost nothing; a later schema than this
+                    // build knows is skipped, as on gossip, never the sender's fault.
+                    let id = match crate::federation::community::peek_community(&b) {
+                        Ok(id) => id,
+                        Err(ManifestError::UnknownSchema(_)) => continue,
+                        Err(_) => {
+                            self.penalise(peer, "invalid manifest");
+                            break;
+                        }
                     };
-                    let id = m.manifest.community();
                     if !self.communities.iter().any(|c| c.id == id) && !self.unknown.iter().any(|(c, _)| *c == id) {
                         continue;
                     }

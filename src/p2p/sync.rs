@@ -173,9 +173,82 @@ pub fn ip_of(addr: &libp2p::Multiaddr) -> Option<std::net::IpAddr> {
     })
 }
 
+/// How far an IP address reaches: this host, a local network, or the internet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Host,
+    Local,
+    Global,
+}
+
+pub fn scope(ip: std::net::IpAddr) -> Scope {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Scope::Host,
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            // RFC 1918, link-local, CGNAT (100.64/10), unspecified.
+            if v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b)) || v4.is_unspecified() {
+                Scope::Local
+            } else {
+                Scope::Global
+            }
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => Scope::Host,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => scope(IpAddr::V4(v4)),
+            // Unique local fc00::/7, link-local fe80::/10, unspecified.
+            None if (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified() =>
+            {
+                Scope::Local
+            }
+            None => Scope::Global,
+        },
+    }
+}
+
+/// Whether a peer's listen address `addr` may go into the peer directory (and so be
+/// handed to other peers), given the address the peer was reached at (`remote`; `None`
+/// for a relayed connection): only addresses as far-reaching as that one. A peer met
+/// over the internet has none of its LAN or loopback addresses republished, so the
+/// directory hands out neither undialable private addresses nor a home network's
+/// layout; on one host or one LAN, the addresses that work there are served. Names
+/// (`/dns…`) and relay addresses carry no address of the node itself and are kept.
+pub fn directory_may_serve(addr: &libp2p::Multiaddr, remote: Option<std::net::IpAddr>) -> bool {
+    match (ip_of(addr), remote) {
+        (None, _) => true,
+        (Some(_), _) if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)) => true,
+        (Some(ip), Some(r)) => scope(ip) == scope(r),
+        (Some(_), None) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_directory_serves_only_addresses_as_far_reaching_as_the_peer_was_met_at() {
+        let a = |s: &str| -> libp2p::Multiaddr { s.parse().expect("multiaddr") };
+        let ip = |s: &str| -> Option<std::net::IpAddr> { Some(s.parse().expect("ip")) };
+        let global = ip("203.0.113.7");
+        assert!(directory_may_serve(&a("/ip4/198.51.100.1/tcp/4001"), global));
+        assert!(!directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), global), "a LAN address met over the internet");
+        assert!(!directory_may_serve(&a("/ip4/127.0.0.1/tcp/4001"), global));
+        assert!(!directory_may_serve(&a("/ip4/100.64.3.2/tcp/4001"), global), "CGNAT");
+        assert!(!directory_may_serve(&a("/ip6/fd00::1/tcp/4001"), global), "IPv6 unique local");
+        assert!(directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), ip("10.0.0.9")), "one LAN");
+        assert!(directory_may_serve(&a("/ip4/127.0.0.1/tcp/4001"), ip("127.0.0.1")), "one host");
+        assert!(!directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), ip("127.0.0.1")));
+        assert!(directory_may_serve(&a("/dns4/music.example.org/tcp/4001"), global));
+        assert!(!directory_may_serve(&a("/ip4/198.51.100.1/tcp/4001"), None), "relayed: no address of its own");
+        assert!(directory_may_serve(
+            &a("/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"),
+            None
+        ));
+    }
 
     fn r(i: u8) -> Ref {
         (i64::from(i) * 604_800, [i; 32], 1, [i; 32])

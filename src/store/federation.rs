@@ -181,15 +181,25 @@ impl Store {
             .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
     }
 
-    /// Appends an accepted manifest version (the caller checked `accept`).
-    pub fn put_manifest(&self, m: &SignedManifest) -> Result<()> {
+    /// Appends an accepted manifest version (the caller checked `accept`), never
+    /// replacing a held one: `false` when another body of that version is held (it
+    /// arrived meanwhile; the same body with other signatures counts as held).
+    pub fn put_manifest(&self, m: &SignedManifest) -> Result<bool> {
         self.writable()?;
         let mut k = m.manifest.community().to_vec();
         k.extend_from_slice(&m.manifest.version.to_be_bytes());
-        self.trees.community_version_manifest.insert(k, m.signed.as_slice())?;
-        self.trees.community_version_manifest.flush()?;
+        let tree = &self.trees.community_version_manifest;
+        let stored = match tree.compare_and_swap(&k, None as Option<&[u8]>, Some(m.signed.as_slice()))? {
+            Ok(()) => true,
+            Err(e) => {
+                let held = e.current.as_deref().map(open_manifest).transpose();
+                let held = held.map_err(|e| Error::corrupt(schema::COMMUNITY_VERSION_MANIFEST, &k, &e.to_string()))?;
+                return Ok(held.is_some_and(|h| h.body_hash() == m.body_hash()));
+            }
+        };
+        tree.flush()?;
         self.network_changed();
-        Ok(())
+        Ok(stored)
     }
 
     /// The latest accepted manifest of a community.
@@ -229,6 +239,44 @@ impl Store {
         self.trees.community_version_fork.flush()?;
         self.network_changed();
         Ok(stored.is_ok())
+    }
+
+    /// Records that this node signs the manifest body hashing to `body` as `version` of
+    /// `id`. `Err(held)`: it already signed another body of that version (signing this
+    /// one too would fork the community's history); signing the same body again is fine.
+    pub fn claim_manifest_signature(
+        &self,
+        id: &CommunityId,
+        version: u32,
+        body: &[u8; 32],
+    ) -> Result<std::result::Result<(), [u8; 32]>> {
+        self.writable()?;
+        let mut k = id.to_vec();
+        k.extend_from_slice(&version.to_be_bytes());
+        let tree = &self.trees.community_version_signed;
+        let out = match tree.compare_and_swap(&k, None as Option<&[u8]>, Some(&body[..]))? {
+            Ok(()) => Ok(()),
+            Err(e) => match e.current.as_deref().and_then(|c| <[u8; 32]>::try_from(c).ok()) {
+                Some(held) if held == *body => Ok(()),
+                Some(held) => Err(held),
+                None => {
+                    return Err(Error::corrupt(schema::COMMUNITY_VERSION_SIGNED, &k, "value is not a 32-byte hash"));
+                }
+            },
+        };
+        tree.flush()?;
+        Ok(out)
+    }
+
+    /// Forgets which body this node signed as `version` of `id` (a withdrawn proposal);
+    /// whether there was one.
+    pub fn withdraw_manifest_signature(&self, id: &CommunityId, version: u32) -> Result<bool> {
+        self.writable()?;
+        let mut k = id.to_vec();
+        k.extend_from_slice(&version.to_be_bytes());
+        let had = self.trees.community_version_signed.remove(k)?.is_some();
+        self.trees.community_version_signed.flush()?;
+        Ok(had)
     }
 
     /// The versions of a community its administrators forked, with the second manifest.

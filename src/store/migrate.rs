@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "user settings gain API reads and import cursors (version 1 values read as they are)",
         run: nothing_to_fill,
     },
+    Migration {
+        to: 10,
+        name: "add the tree of manifest versions this node signed (created empty on open)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node

@@ -162,6 +162,7 @@ pub(crate) struct Trees {
     pub origin_firstseen: sled::Tree,
     pub community_version_manifest: sled::Tree,
     pub community_version_fork: sled::Tree,
+    pub community_version_signed: sled::Tree,
     pub community_follow: sled::Tree,
 }
 
@@ -327,6 +328,7 @@ impl Store {
             origin_firstseen: t(schema::ORIGIN_FIRSTSEEN)?,
             community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
             community_version_fork: t(schema::COMMUNITY_VERSION_FORK)?,
+            community_version_signed: t(schema::COMMUNITY_VERSION_SIGNED)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
         let data_file = std::fs::OpenOptions::new().write(true).open(path.join("db")).ok().map(std::sync::Arc::new);
@@ -522,6 +524,7 @@ impl Store {
             schema::ORIGIN_FIRSTSEEN => &t.origin_firstseen,
             schema::COMMUNITY_VERSION_MANIFEST => &t.community_version_manifest,
             schema::COMMUNITY_VERSION_FORK => &t.community_version_fork,
+            schema::COMMUNITY_VERSION_SIGNED => &t.community_version_signed,
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -192,6 +192,12 @@ pub const COMMUNITY_VERSION_MANIFEST: &str = "community_version_manifest";
 /// warning on `/network`, the evidence passed to peers.
 pub const COMMUNITY_VERSION_FORK: &str = "community_version_fork";
 
+/// `community_version_signed`: `community id (32) ‖ version u32` -> blake3 of the
+/// manifest body this node signed (sealed or co-signed) as that version. This node
+/// signs no second body of a version (two would be a fork, evidence against it) until
+/// the pending one is withdrawn. Since schema 10.
+pub const COMMUNITY_VERSION_SIGNED: &str = "community_version_signed";
+
 /// `community_follow`: `community id (32)` -> `FollowV1` { this node publishes there
 /// (member) or only follows it, bootstrap addresses, when }. Serves: which topics to
 /// subscribe, which charts to show.
@@ -230,6 +236,7 @@ pub const ALL_TREES: &[&str] = &[
     ORIGIN_FIRSTSEEN,
     COMMUNITY_VERSION_MANIFEST,
     COMMUNITY_VERSION_FORK,
+    COMMUNITY_VERSION_SIGNED,
     COMMUNITY_FOLLOW,
 ];
 

@@ -286,10 +286,46 @@ pub async fn edit_members(
                 Ok(_) => return bad("That proposal is not the next version of this community's manifest."),
                 Err(e) => return bad(&e),
             };
+        // Never blind: the first post shows what the proposal changes; only the
+        // confirming post (its button) signs.
+        if f.get("confirm").map(String::as_str) != Some("sign") {
+            let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            let changes = crate::federation::community::describe_change(&m.manifest, &proposal.manifest, peer_text);
+            let text = crate::federation::community::proposal_text(&proposal);
+            return community_view(
+                &state,
+                &v,
+                &short,
+                Some(html! {
+                    p { "Version " (proposal.manifest.version) " changes:" }
+                    ul { @for c in &changes { li { (c) } } }
+                    form method="post" action={ "/network/community/" (short) "/approve" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="proposal" value=(text);
+                        button name="confirm" value="sign" { "Sign these changes" }
+                    }
+                }),
+                StatusCode::OK,
+            );
+        }
+        if let Err(r) = claim(&state, &v, &short, &cid, &proposal.manifest) {
+            return *r;
+        }
         return match state.signer.cosign_manifest(&proposal) {
             Ok(signed) => settle_and_store(&state, &v, &short, &cid, &m, signed).await,
             Err(e) => bad(&e.to_string()),
         };
+    }
+    if action == "withdraw" {
+        let next = m.manifest.version.saturating_add(1);
+        let msg = match state.store.withdraw_manifest_signature(&cid, next) {
+            Ok(true) => {
+                format!("This node's signature of the pending version {next} is withdrawn: it may sign another.")
+            }
+            Ok(false) => format!("This node signed no pending version {next}."),
+            Err(e) => return server_error(&v, e),
+        };
+        return community_view(&state, &v, &short, Some(html! { p { (msg) } }), StatusCode::OK);
     }
     let Some(node) = f.get("node").and_then(|n| crate::p2p::node_of_text(n)) else {
         return bad("That is not an ed25519 PeerId.");
@@ -305,9 +341,44 @@ pub async fn edit_members(
         "admit" | "remove" => return bad("Nothing to change (already a member, not a member, or an administrator)."),
         _ => return super::not_found_page(&v),
     };
+    if let Err(r) = claim(&state, &v, &short, &cid, &next) {
+        return *r;
+    }
     match crate::federation::community::open_manifest(&state.signer.sign_manifest(&next)) {
         Ok(signed) => settle_and_store(&state, &v, &short, &cid, &m, signed).await,
         Err(e) => server_error(&v, e),
+    }
+}
+
+/// Refuses to sign a second body of a version this node signed (a fork), with the way
+/// out: finish the pending proposal, or withdraw it.
+fn claim(
+    state: &AppState,
+    v: &super::Viewer,
+    short: &str,
+    cid: &crate::federation::CommunityId,
+    m: &crate::federation::community::ManifestV1,
+) -> Result<(), Box<Response>> {
+    let body = *blake3::hash(&m.encode()).as_bytes();
+    match state.store.claim_manifest_signature(cid, m.version, &body) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => {
+            let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            Err(Box::new(community_view(
+                state,
+                v,
+                short,
+                Some(html! {
+                    p.error { "This node already signed a different version " (m.version) " (a proposal still pending): signing another would fork the community's history. Finish that one, or withdraw it (if it still gathers its signatures elsewhere, the two would be a fork)." }
+                    form method="post" action={ "/network/community/" (short) "/withdraw" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button { "Withdraw this node's pending signature" }
+                    }
+                }),
+                StatusCode::CONFLICT,
+            )))
+        }
+        Err(e) => Err(Box::new(server_error(v, e))),
     }
 }
 
@@ -325,8 +396,20 @@ async fn settle_and_store(
     let version = signed.manifest.version;
     match settle(cid, Some(current), signed) {
         Ok(Settled::Complete(m)) => {
-            if let Err(e) = state.store.put_manifest(&m) {
-                return server_error(v, e);
+            match state.store.put_manifest(&m) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return community_view(
+                        state,
+                        v,
+                        short,
+                        Some(
+                            html! { p.error { "Another version " (version) " arrived meanwhile: nothing published." } },
+                        ),
+                        StatusCode::CONFLICT,
+                    );
+                }
+                Err(e) => return server_error(v, e),
             }
             if let Some(p) = &state.p2p {
                 p.refresh().await;

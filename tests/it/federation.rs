@@ -55,6 +55,18 @@ impl Peer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs a command, whatever its outcome.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .env("HEARSAY_NODE__DATA_DIR", &self.data)
+            .env("HEARSAY_NODE__LOG", "warn")
+            .env("HEARSAY_P2P__LISTEN", self.listen())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hearsay")
+    }
+
     fn start(&self) -> NodeProcess {
         let env = self.env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -711,17 +723,19 @@ fn a_manifest_change_needs_the_threshold_of_administrators() {
     c.cli(&["community", "join", ticket.trim()]);
     assert!(b.cli(&["community", "list"]).contains("\tv3\t"), "B holds v3");
 
-    // A alone admits C: a proposal, nothing stored.
-    let out = a.cli(&["community", "invite", "X", "--node", &c.id]);
-    let proposal = out.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
+    // A alone admits C: a proposal (on stderr: stdout is the ticket), nothing stored.
+    let out = a.run(&["community", "invite", "X", "--node", &c.id]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let proposal = err.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
+    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("hearsay1"), "stdout is the ticket alone");
+    // A second, different proposal for the same version is refused (two bodies signed
+    // as one version would be a fork, evidence against A).
+    let second = a.run(&["community", "admins", "X", "--threshold", "1"]);
+    assert!(!second.status.success(), "a second body of v4 signed");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already signed a different version 4"));
     assert!(a.cli(&["community", "list"]).contains("\tv3\t"), "A still holds v3: {}", a.cli(&["community", "list"]));
     // C, a member but not an administrator, cannot approve.
-    let refused = Command::new(bin())
-        .args(["community", "approve", &proposal])
-        .env("HEARSAY_NODE__DATA_DIR", &c.data)
-        .env("HEARSAY_NODE__LOG", "warn")
-        .output()
-        .expect("run");
+    let refused = c.run(&["community", "approve", &proposal, "--yes"]);
     assert!(!refused.status.success(), "a non-administrator approved");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not an administrator"));
 
@@ -750,8 +764,13 @@ fn a_manifest_change_needs_the_threshold_of_administrators() {
     assert_eq!(community(&v, "X").expect("X")["version"], 3, "B keeps v3: {v:#}");
     drop(nb);
 
-    // B approves: complete, published; A learns it from B over the network.
-    let out = b.cli(&["community", "approve", &proposal]);
+    // B reads the change first (nothing signed without --yes), then approves: complete,
+    // published; A learns it from B over the network.
+    let read = b.run(&["community", "approve", &proposal]);
+    assert!(!read.status.success());
+    assert!(String::from_utf8_lossy(&read.stderr).contains(&format!("member added: {}", c.id)), "the change is shown");
+    assert!(b.cli(&["community", "list"]).contains("\tv3\t"), "nothing signed yet");
+    let out = b.cli(&["community", "approve", &proposal, "--yes"]);
     assert!(!out.contains("hearsay-proposal1"), "two of two signed: no further proposal");
     assert!(b.cli(&["community", "list"]).contains("\tv4\t3 members"), "{}", b.cli(&["community", "list"]));
     let (na, nb) = (a.start(), b.start());

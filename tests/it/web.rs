@@ -548,9 +548,9 @@ fn a_threshold_community_takes_approvals_in_the_web_view() {
     let ticket = hearsay(&data, &["community", "invite", "Friends"]).1;
     assert_eq!(hearsay(&other, &["community", "join", ticket.trim()]).0, 0);
     // The other administrator proposes admitting the newcomer.
-    let (code, out, err) = hearsay(&other, &["community", "invite", "Friends", "--node", &newcomer]);
+    let (code, _, err) = hearsay(&other, &["community", "invite", "Friends", "--node", &newcomer]);
     assert_eq!(code, 0, "{err}");
-    let proposal = out.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
+    let proposal = err.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
 
     let node = NodeProcess::start_with(&data, &[("HEARSAY_NODE__ADMINS", "[\"alice\"]")]);
     let (alice, csrf) = login(&node.url);
@@ -570,8 +570,23 @@ fn a_threshold_community_takes_approvals_in_the_web_view() {
     forged.push(if last == '0' { '1' } else { '0' });
     let (s, _, _) = post_form(&format!("{url}/approve"), Some(&alice), &[("csrf", &csrf), ("proposal", &forged)]);
     assert_eq!(s, 400, "a forged proposal");
-    // The other administrator's proposal, approved here: published.
+    // Without the CSRF token: refused.
+    assert_eq!(post_form(&format!("{url}/approve"), Some(&alice), &[("proposal", &proposal)]).0, 403);
+    // The other administrator's proposal: first shown, not signed.
     let (s, _, page) = post_form(&format!("{url}/approve"), Some(&alice), &[("csrf", &csrf), ("proposal", &proposal)]);
+    assert!(
+        s == 200 && page.contains(&format!("member added: {newcomer}")) && page.contains("Sign these changes"),
+        "{page}"
+    );
+    assert!(page.contains("Members (2)"), "nothing signed yet: {page}");
+    let sign = [("csrf", csrf.as_str()), ("proposal", proposal.as_str()), ("confirm", "sign")];
+    // This node already signed another version 3 (its own admission above): refused,
+    // with the way out; withdrawn, the approval goes through.
+    let (s, _, page) = post_form(&format!("{url}/approve"), Some(&alice), &sign);
+    assert!(s == 409 && page.contains("already signed a different version 3") && page.contains("Withdraw"), "{page}");
+    let (s, _, page) = post_form(&format!("{url}/withdraw"), Some(&alice), &[("csrf", &csrf)]);
+    assert!(s == 200 && page.contains("withdrawn"), "{page}");
+    let (s, _, page) = post_form(&format!("{url}/approve"), Some(&alice), &sign);
     assert!(s == 200 && page.contains("Manifest version 3 signed") && page.contains("Members (3)"), "{page}");
     assert!(page.contains(&newcomer), "{page}");
     assert_eq!(node.terminate(), Some(0));
