@@ -6,6 +6,8 @@
 //!
 //! Loopback is exempt: several nodes on one host (tests, benchmarks, a shared machine)
 //! all connect from 127.0.0.1, and a process on the same host can do worse anyway.
+//! Relayed connections (through a circuit relay: no address of the peer's own) count
+//! together as one address, so fresh PeerIds behind relays cannot take every slot either.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,14 +23,31 @@ use libp2p::swarm::{
     THandlerOutEvent, ToSwarm, dummy,
 };
 
-/// The address a limit counts against: an IPv4 address, or the /64 of an IPv6 one (a
-/// single host commonly holds a whole /64). `None` for loopback and addresses without IP.
-pub fn key_of(addr: &Multiaddr) -> Option<IpAddr> {
+/// What a limit counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// An IPv4 address, or the /64 of an IPv6 one (a single host commonly holds a /64).
+    Ip(IpAddr),
+    /// Every connection through a circuit relay, together.
+    Relayed,
+}
+
+/// The key of a connection's remote address: relayed (the address goes through
+/// `/p2p-circuit`, or, as libp2p gives an inbound relayed connection, is only the
+/// peer's `/p2p/…`), else its IP address. `None` for loopback and other addresses
+/// without an IP (a name this node dialled).
+pub fn key_of(addr: &Multiaddr) -> Option<Key> {
+    use libp2p::multiaddr::Protocol;
+    let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+        || (addr.iter().next().is_some() && addr.iter().all(|p| matches!(p, Protocol::P2p(_))));
+    if relayed {
+        return Some(Key::Relayed);
+    }
     let ip = super::sync::ip_of(addr)?;
     if ip.is_loopback() {
         return None;
     }
-    Some(mask(ip))
+    Some(Key::Ip(mask(ip)))
 }
 
 /// An IPv6 address reduced to its /64 (IPv4 unchanged): what one host can hold.
@@ -48,21 +67,46 @@ pub struct TooMany(pub u32);
 
 pub struct Behaviour {
     max: u32,
-    per_key: HashMap<IpAddr, u32>,
-    by_connection: HashMap<ConnectionId, IpAddr>,
+    per_key: HashMap<Key, u32>,
+    by_connection: HashMap<ConnectionId, Key>,
+    /// Inbound connections still in their handshake, per key: counted with the
+    /// established ones, so one address cannot hold every handshake slot either.
+    pending: HashMap<ConnectionId, Key>,
+    pending_per_key: HashMap<Key, u32>,
 }
 
 impl Behaviour {
     pub fn new(max: u32) -> Behaviour {
-        Behaviour { max: max.max(1), per_key: HashMap::new(), by_connection: HashMap::new() }
+        Behaviour {
+            max: max.max(1),
+            per_key: HashMap::new(),
+            by_connection: HashMap::new(),
+            pending: HashMap::new(),
+            pending_per_key: HashMap::new(),
+        }
     }
 
-    fn check(&self, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
+    /// Room for one more connection from `addr`, besides `id` itself (pending).
+    fn check(&self, id: ConnectionId, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
         match key_of(addr) {
-            Some(k) if self.per_key.get(&k).copied().unwrap_or(0) >= self.max => {
-                Err(ConnectionDenied::new(TooMany(self.max)))
+            Some(k) => {
+                let mine = u32::from(self.pending.get(&id) == Some(&k));
+                let held = self.per_key.get(&k).copied().unwrap_or(0)
+                    + self.pending_per_key.get(&k).copied().unwrap_or(0).saturating_sub(mine);
+                if held >= self.max { Err(ConnectionDenied::new(TooMany(self.max))) } else { Ok(()) }
             }
-            _ => Ok(()),
+            None => Ok(()),
+        }
+    }
+
+    fn end_pending(&mut self, id: ConnectionId) {
+        if let Some(k) = self.pending.remove(&id)
+            && let Some(n) = self.pending_per_key.get_mut(&k)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending_per_key.remove(&k);
+            }
         }
     }
 
@@ -83,6 +127,20 @@ impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
 
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.check(id, remote)?;
+        if let Some(k) = key_of(remote) {
+            self.pending.insert(id, k);
+            *self.pending_per_key.entry(k).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
         id: ConnectionId,
@@ -90,8 +148,7 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let _ = id;
-        self.check(remote)?;
+        self.check(id, remote)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -103,8 +160,7 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let _ = id;
-        self.check(addr)?;
+        self.check(id, addr)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -113,8 +169,10 @@ impl NetworkBehaviour for Behaviour {
         // behaviour denied is never established, so it is never counted.
         match event {
             FromSwarm::ConnectionEstablished(ConnectionEstablished { connection_id, endpoint, .. }) => {
+                self.end_pending(connection_id);
                 self.add(connection_id, endpoint.get_remote_address())
             }
+            FromSwarm::ListenFailure(f) => self.end_pending(f.connection_id),
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => self.forget(connection_id),
             _ => {}
         }
@@ -157,6 +215,13 @@ mod tests {
         assert_eq!(key_of(&"/ip4/127.0.0.1/tcp/1".parse().expect("addr")), None);
         assert_eq!(key_of(&"/ip6/::1/tcp/1".parse().expect("addr")), None);
         assert!(key_of(&"/ip4/10.0.0.7/tcp/1".parse().expect("addr")).is_some());
+        // Relayed: inbound (libp2p gives only the peer's id) and outbound (through a
+        // relay's address) count together, not against the relay's own address.
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        assert_eq!(key_of(&format!("/p2p/{peer}").parse().expect("addr")), Some(Key::Relayed));
+        let via = format!("/ip4/198.51.100.4/tcp/4001/p2p/{peer}/p2p-circuit/p2p/{peer}");
+        assert_eq!(key_of(&via.parse().expect("addr")), Some(Key::Relayed));
+        assert_eq!(key_of(&"/dns4/music.example.org/tcp/4001".parse().expect("addr")), None);
     }
 
     #[test]
@@ -181,6 +246,23 @@ mod tests {
             }));
             true
         };
+        // Handshakes count too: with two pending from one address, one more fits.
+        let (p1, p2, p3) = (
+            ConnectionId::new_unchecked(rand_id()),
+            ConnectionId::new_unchecked(rand_id()),
+            ConnectionId::new_unchecked(rand_id()),
+        );
+        assert!(b.handle_pending_inbound_connection(p1, &local, &from).is_ok());
+        assert!(b.handle_pending_inbound_connection(p2, &local, &from).is_ok());
+        assert!(b.handle_pending_inbound_connection(p3, &local, &from).is_ok());
+        assert!(
+            b.handle_pending_inbound_connection(ConnectionId::new_unchecked(rand_id()), &local, &from).is_err(),
+            "a fourth handshake from one address"
+        );
+        assert!(b.handle_established_inbound_connection(p1, PeerId::random(), &local, &from).is_ok(), "its own slot");
+        for p in [p1, p2, p3] {
+            b.end_pending(p);
+        }
         let allowed = ids.iter().filter(|id| establish(&mut b, **id, &from)).count();
         assert_eq!(allowed, 3, "fresh PeerIds do not get around it");
         assert!(establish(&mut b, ids[4], &other), "another address has its own room");
