@@ -23,8 +23,8 @@ pub enum CommunityCmd {
     Create {
         name: String,
         /// Let any node join (counted after a probation of this many periods) instead
-        /// of an allow-list. Nodes not listed as members only corroborate: they add at
-        /// most a quarter to items members count, and list nothing of their own.
+        /// of an allow-list. Nodes not listed as members only corroborate: each item
+        /// shows how many of them reported it; they change no count or rank.
         #[arg(long)]
         open_probation: Option<u32>,
         /// Privacy floor: the most ε per user-week a member's releases may spend (a

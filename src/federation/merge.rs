@@ -86,16 +86,24 @@ pub struct Row {
     pub name: ItemName,
     pub listeners: i64,
     pub listens: i64,
-    /// How many origins reported the item.
+    /// How many counted origins reported the item: members of a community that counts
+    /// them (every counted origin of an allow-list community).
     pub origins: u32,
+    /// How many non-members (origins admitted through an open community) reported it as
+    /// well: shown as corroboration, never in the counts or the ranks.
+    #[serde(default)]
+    pub corroborating: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chart {
     pub artists: Vec<Row>,
     pub tracks: Vec<Row>,
-    /// Origins whose snapshots were counted.
+    /// Origins whose snapshots were counted (members).
     pub origins: u32,
+    /// Non-members whose snapshots were taken as corroboration (open communities).
+    #[serde(default)]
+    pub corroborating: u32,
 }
 
 /// Which origins count and with what weight (in 1/1000): members of an allow-list
@@ -185,12 +193,12 @@ struct Counted<'a> {
     snapshot: &'a SnapshotV1,
 }
 
-/// How much non-members (origins admitted through an open community) may add to an
-/// item, in 1/1000 of what members give it: they corroborate and re-weight what members
-/// count, never put an item on the chart by themselves, and however many they are (a
-/// Sybil flood), they raise no item past 1 + `NON_MEMBER_MILLI` / 1000 times its
-/// members' count, nor lower any.
-pub const NON_MEMBER_MILLI: i64 = 250;
+// Non-members (origins admitted through an open community) corroborate: each item
+// shows how many of them reported it (`Row::corroborating`), and that is all. They add
+// nothing to any count, list nothing, and move no rank, however many they are: a Sybil
+// flood of an open community, of any size, changes no entry of its chart by
+// construction. (Until 2026-12 they could add up to a quarter of an item's members'
+// count, which let a flood lift an item within 1.25× of the 10th past it.)
 
 /// How many times the median origin's largest count one origin may give any item.
 pub const MEDIAN_MULTIPLE: i64 = 4;
@@ -222,10 +230,8 @@ pub fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
 /// count) — however few origins report the item. (The honest part is the honest
 /// counts clipped at that same cap, which lies move within the range; so an honest
 /// entry's count can also shift, by re-clipping, not only be outbid.) Non-members of an
-/// open community are summed apart and add to each item between 0 and
-/// `NON_MEMBER_MILLI` / 1000 of what members give it; the cap is the members' alone
-/// (when there are any), so no number of non-members moves it. Arithmetic saturates
-/// (i128 inside the clip).
+/// open community are only counted as corroboration (`Row::corroborating`): nothing of
+/// theirs enters a count, a cap or a rank. Arithmetic saturates (i128 inside the clip).
 fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
@@ -247,14 +253,9 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
                 (c, mine)
             })
             .collect();
-        // The cap comes from members when there are any: non-members cannot move it.
-        let any_member = counted.iter().any(|c| c.member);
+        // The cap comes from members: non-members cannot move it.
         let largest = |f: fn(&(ItemName, i64, i64)) -> i64| -> Vec<i64> {
-            per_origin
-                .iter()
-                .filter(|(c, _)| c.member || !any_member)
-                .map(|(_, m)| m.values().map(f).max().unwrap_or(0))
-                .collect()
+            per_origin.iter().filter(|(c, _)| c.member).map(|(_, m)| m.values().map(f).max().unwrap_or(0)).collect()
         };
         let cap_listeners = origin_cap(&mut largest(|v| v.1), MIN_ORIGIN_CAP);
         let cap_listens = origin_cap(&mut largest(|v| v.2), MIN_ORIGIN_CAP.saturating_mul(16));
@@ -279,10 +280,11 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
         }
         let mut rows: Vec<Row> = Vec::new();
         for (item, (name, contributions)) in per_item {
-            let origins = u32::try_from(contributions.len()).unwrap_or(u32::MAX);
             // Enough origins to list an item: members only (non-members corroborate).
             let members = contributions.iter().filter(|c| c.0).count();
-            if u32::try_from(members).unwrap_or(u32::MAX) < u32::from(policy.min_origins_per_item) {
+            let origins = u32::try_from(members).unwrap_or(u32::MAX);
+            let corroborating = u32::try_from(contributions.len() - members).unwrap_or(u32::MAX);
+            if members == 0 || origins < u32::from(policy.min_origins_per_item) {
                 continue;
             }
             let share = policy.max_origin_share_milli;
@@ -292,26 +294,24 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
                 let capped = u32::try_from(values.len()).unwrap_or(u32::MAX) >= enough;
                 if capped { clipped_sum(&values, share) } else { values.iter().map(|v| i128::from(*v)).sum() }
             };
-            let part = |member: bool, f: fn(&Part) -> i64| -> i128 {
-                total(contributions.iter().filter(|c| c.0 == member).map(f).collect())
-            };
             let count = |f: fn(&Part) -> i64| -> i64 {
-                let members = part(true, f);
-                // Non-members corroborate: between 0 and NON_MEMBER_MILLI / 1000 of the
-                // members' part (nothing where members give the item nothing).
-                let room = members.max(0) * i128::from(NON_MEMBER_MILLI) / 1000;
-                let others = part(false, f).clamp(0, room);
-                let sum = (members + others) / 1000;
+                let sum = total(contributions.iter().filter(|c| c.0).map(f).collect()) / 1000;
                 i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
             };
             let listeners = count(|c| c.1);
             let listens = count(|c| c.2);
-            rows.push(Row { item, name, listeners, listens, origins });
+            rows.push(Row { item, name, listeners, listens, origins, corroborating });
         }
         rank(&mut rows);
         rows
     };
-    Chart { artists: sum(false), tracks: sum(true), origins: u32::try_from(counted.len()).unwrap_or(u32::MAX) }
+    let members = counted.iter().filter(|c| c.member).count();
+    Chart {
+        artists: sum(false),
+        tracks: sum(true),
+        origins: u32::try_from(members).unwrap_or(u32::MAX),
+        corroborating: u32::try_from(counted.len() - members).unwrap_or(u32::MAX),
+    }
 }
 
 /// The sum of origins' contributions to one item, each clipped at one cap `t` chosen so
@@ -554,10 +554,9 @@ mod tests {
     }
 
     proptest! {
-        /// The open-community bound: any number of non-members (a Sybil flood), whatever
-        /// they claim, leave every item between its members' count and 1 +
-        /// NON_MEMBER_MILLI / 1000 times it, list no item members do not, and move
-        /// neither the cap nor any member's contribution.
+        /// The open-community rule: any number of non-members (a Sybil flood), whatever
+        /// they claim, leave the chart exactly the members' chart (every item, count and
+        /// rank), only the corroboration counts differ.
         #[test]
         fn non_members_only_corroborate_whatever_their_number(
             members in proptest::collection::vec(proptest::collection::vec((0u8..8, -5i64..400), 1..6), 1..6),
@@ -573,21 +572,11 @@ mod tests {
                 all.push(held(snap(100 + u8::try_from(j).expect("small"), c), 1));
             }
             let with_others = community_chart(&m, &state_of(&all), |_| 0);
-            let before: BTreeMap<ItemId, i64> = only_members.artists.iter().map(|r| (r.item, r.listeners)).collect();
-            for row in &with_others.artists {
-                let base = before.get(&row.item).copied();
-                prop_assert!(base.is_some(), "{} listed by non-members alone", row.name.display());
-                let base = base.unwrap_or(0);
-                prop_assert!(row.listeners >= base, "{}: {} below the members' {base}", row.name.display(), row.listeners);
-                prop_assert!(
-                    i128::from(row.listeners) <= i128::from(base) * (1000 + i128::from(NON_MEMBER_MILLI)) / 1000 + 1,
-                    "{}: {} past 1.25 × {base}", row.name.display(), row.listeners
-                );
-            }
-            // Nothing members list is pushed off the chart either.
-            for (item, l) in &before {
-                prop_assert!(with_others.artists.iter().any(|r| r.item == *item) || *l <= 0);
-            }
+            let strip = |c: &Chart| -> Vec<(ItemId, i64, i64, u32)> {
+                c.artists.iter().map(|r| (r.item, r.listeners, r.listens, r.origins)).collect()
+            };
+            prop_assert_eq!(strip(&with_others), strip(&only_members), "non-members changed the chart");
+            prop_assert!(only_members.artists.iter().all(|r| r.corroborating == 0));
         }
     }
 

@@ -23,7 +23,7 @@
 //! open community is a listed member (the worst case for a Sybil flood: no honest
 //! non-member already uses the room non-members have). A Sybil's snapshots count from
 //! the fifth period after it is first seen (probation 2, measured from first sight),
-//! and then only to corroborate (`merge::NON_MEMBER_MILLI`).
+//! and then only as corroboration (`merge::Row::corroborating`: never in a count or rank).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use super::community::{Admission, Link, ManifestV1, Member};
-use super::merge::{Chart, Held, NON_MEMBER_MILLI, PeriodState, community_chart, origin_cap, periods_seen};
+use super::merge::{Chart, Held, PeriodState, community_chart, origin_cap, periods_seen};
 use super::validate::{Context, Strangers, Verdict, check_snapshot};
 use super::{CommunityId, NodeId};
 use crate::envelope::{DST_SNAPSHOT, seal};
@@ -160,9 +160,8 @@ pub struct Report {
     /// missing from the top 10 a reference honest member computes.
     pub top10_moved: Vec<usize>,
     /// Per period: how many honest top-10 entries the hostile origins could outbid:
-    /// members each adding at most the merge's cap to any item, non-members raising an
-    /// item to at most 1 + `NON_MEMBER_MILLI` / 1000 times its members' count
-    /// (`merge::chart_of`'s invariants). A lying member also moves the cap, and so
+    /// members each adding at most the merge's cap to any item, non-members adding
+    /// nothing (`merge::chart_of`'s invariants). A lying member also moves the cap, and so
     /// re-clips honest counts: that can move more entries.
     pub top10_bound: Vec<usize>,
     /// Per period: how many artists no honest node played (the adversaries' fakes) are
@@ -1107,11 +1106,10 @@ impl Sim {
             r.agree.push(members.iter().all(|&i| self.chart_at(i, p, target) == seen));
             // The bound: k hostile origins raise an item by at most k · cap, so an entry
             // whose count is below the 11th's + k · cap may be displaced.
-            // Non-members of an open community (Sybils, backdaters) raise an item to at
-            // most 1 + NON_MEMBER_MILLI / 1000 times its members' count.
+            // Non-members of an open community (Sybils, backdaters) add nothing: no
+            // entry can be displaced (an entry below the 11th's count cannot exist).
             let reach = if matches!(self.cfg.scenario, Scenario::SybilFlood | Scenario::Backdating) {
-                let raised = |r: &super::merge::Row| r.listeners.saturating_mul(1000 + NON_MEMBER_MILLI) / 1000;
-                truth.artists.iter().skip(10).map(raised).max().unwrap_or(0)
+                i64::MIN
             } else {
                 let k: i64 = i64::from(self.cfg.scenario == Scenario::LyingMember);
                 largest.extend(std::iter::repeat_n(BIG, usize::try_from(k).unwrap_or(0)));

@@ -60,7 +60,8 @@ pub async fn json(
 fn chart_table(title: &str, chart: &Chart) -> Markup {
     html! {
         h3 { (title) }
-        p.muted { (chart.origins) " origins contributed" }
+        p.muted { (chart.origins) " origins contributed"
+            @if chart.corroborating > 0 { "; " (chart.corroborating) " non-member nodes corroborate (the “+” after an item's origins: they change no count or rank)" } }
         @if chart.artists.is_empty() {
             p.muted { "No artists yet." }
         } @else {
@@ -68,7 +69,7 @@ fn chart_table(title: &str, chart: &Chart) -> Markup {
                 thead { tr { th { "#" } th { "Artist" } th { "Listeners" } th { "Listens" } th { "Origins" } } }
                 tbody {
                     @for (i, r) in chart.artists.iter().enumerate() {
-                        tr { td { (i + 1) } td { (r.name.display()) } td { "≈ " (r.listeners) } td { "≈ " (r.listens.max(0)) } td { (r.origins) } }
+                        tr { td { (i + 1) } td { (r.name.display()) } td { "≈ " (r.listeners) } td { "≈ " (r.listens.max(0)) } td { (r.origins) @if r.corroborating > 0 { " +" (r.corroborating) } } }
                     }
                 }
             }
@@ -78,7 +79,7 @@ fn chart_table(title: &str, chart: &Chart) -> Markup {
                 thead { tr { th { "#" } th { "Track" } th { "Listeners" } th { "Origins" } } }
                 tbody {
                     @for (i, r) in chart.tracks.iter().enumerate() {
-                        tr { td { (i + 1) } td { (r.name.display()) } td { "≈ " (r.listeners) } td { (r.origins) } }
+                        tr { td { (i + 1) } td { (r.name.display()) } td { "≈ " (r.listeners) } td { (r.origins) @if r.corroborating > 0 { " +" (r.corroborating) } } }
                     }
                 }
             }

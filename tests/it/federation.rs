@@ -619,10 +619,10 @@ fn backdated_snapshots_do_not_pass_probation() {
     let chart = |store: &Store| {
         let view = store.network_view(Some(last), 604_800).expect("view");
         let c = view.iter().find(|c| c.name == "Open").expect("community").chart.clone();
-        (c.origins, c.artists.iter().map(|r| format!("{:?}", r.name)).collect::<Vec<_>>())
+        (c.origins + c.corroborating, c.artists.iter().map(|r| format!("{:?}", r.name)).collect::<Vec<_>>())
     };
     let (origins, names) = chart(&store);
-    assert_eq!(origins, 1, "only this node counts: {names:?}");
+    assert_eq!(origins, 1, "only this node is taken: {names:?}");
     assert!(!names.iter().any(|n| n.contains("Backdated")), "{names:?}");
     // A key this node has seen for two whole periods before the week counts.
     let seasoned_dir = tempfile::tempdir().expect("tempdir");
@@ -631,7 +631,7 @@ fn backdated_snapshots_do_not_pass_probation() {
     store.put_snapshot(last, &seasoned.public_key(), 1, &snapshot(&seasoned, last, "Patient Band")).expect("put");
     let (origins, names) = chart(&store);
     assert_eq!(origins, 2, "{names:?}");
-    // Counted, as a non-member: it corroborates what members count, and an artist only
+    // Taken, as a non-member: it corroborates what members count, and an artist only
     // it played stays off the chart (a Sybil flood past probation cannot list one).
     assert!(!names.iter().any(|n| n.contains("Patient Band")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("Own Band")), "{names:?}");
@@ -841,9 +841,10 @@ fn what_a_catch_up_brings_is_announced_to_the_other_peers() {
 
 /// A Sybil flood of an open community, against a running node: a dozen fresh keys, past
 /// probation at once (probation 0), each claiming 99 listeners for a fake artist and for
-/// the one artist the community's member played. They are counted, but only to
-/// corroborate: the fake artist never shows, and the member's artist rises to at most
-/// 1.25 times what the member gives it (before, the fake artist led the chart).
+/// the one artist the community's member played. They are taken, but only as
+/// corroboration: the fake artist never shows, and the member's artist keeps exactly
+/// its count, shown as corroborated by 12 (before: the fake artist led the chart; then,
+/// until 2026-12, the member's artist rose by up to a quarter).
 #[test]
 fn a_sybil_flood_of_an_open_community_only_corroborates() {
     use hearsay::identity::NodeIdentity;
@@ -883,13 +884,17 @@ fn a_sybil_flood_of_an_open_community_only_corroborates() {
     };
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
     let (stop, rogue) = rogue::spawn(victim.clone(), &o, bad);
-    let after = wait_for(&na.url, p, "the Sybils are counted", |v| origins(v, "O", "chart") == 13);
+    let after = wait_for(&na.url, p, "the Sybils are taken as corroboration", |v| {
+        community(v, "O").is_some_and(|c| c["chart"]["corroborating"] == 12)
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     rogue.join().expect("rogue");
     assert!(!after.to_string().contains("Sybil Anthem"), "a fake artist listed: {after:#}");
     let (l, n) = row(&after, "Member Band").expect("the member's artist stays");
-    assert!(l >= listeners && l * 1000 <= listeners * 1250, "listeners {listeners} -> {l}");
-    assert!(n >= listens && n * 1000 <= listens * 1250, "listens {listens} -> {n}");
+    assert_eq!((l, n), (listeners, listens), "the member's counts, untouched by 12 Sybils");
+    assert_eq!(origins(&after, "O", "chart"), 1, "one origin counted: the member");
+    let page = ureq::get(&format!("{}/network", na.url)).call().expect("page").into_string().expect("body");
+    assert!(page.contains("12 non-member nodes corroborate"), "{page}");
 }
 
 /// A signed snapshot of `key`'s node for one 4-second period of its own, one public
@@ -953,7 +958,7 @@ fn network_views_are_cached_until_any_write_that_changes_them() {
     let ids = vec![id];
     let view = |store: &Store| {
         let v = store.network_view(Some(last), 604_800).expect("view");
-        let c = v.iter().find(|c| c.name == "Open").map(|c| (c.chart.origins, c.version));
+        let c = v.iter().find(|c| c.name == "Open").map(|c| (c.chart.origins + c.chart.corroborating, c.version));
         let again = store.network_view(Some(last), 604_800).expect("view");
         assert_eq!(format!("{v:?}"), format!("{again:?}"), "a cached view is the same view");
         c
