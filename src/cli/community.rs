@@ -22,8 +22,8 @@ pub enum CommunityCmd {
     /// Create a community with this node as its administrator and first member.
     Create {
         name: String,
-        /// Let any node join (counted after a probation of this many periods) instead
-        /// of an allow-list. Nodes not listed as members only corroborate: each item
+        /// Let any node publish there (taken after a probation of this many periods)
+        /// instead of only an allow-list. Nodes not listed as members only corroborate: each item
         /// shows how many of them reported it; they change no count or rank.
         #[arg(long)]
         open_probation: Option<u32>,

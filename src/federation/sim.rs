@@ -1103,7 +1103,17 @@ impl Sim {
             r.top10_moved.push(want.iter().filter(|x| !got.contains(x)).count());
             let fakes = ["Liar's Band", "Sybil Anthem", "Backdated Hit", "Second Story"];
             r.fake_in_top10.push(got.iter().filter(|x| fakes.iter().any(|f| x.contains(f))).count());
-            r.agree.push(members.iter().all(|&i| self.chart_at(i, p, target) == seen));
+            // Counts and ranks agree; how many non-members each node took as
+            // corroboration may differ (each admits strangers at its own pace).
+            let counted = |mut c: Chart| -> Chart {
+                c.corroborating = 0;
+                for r in c.artists.iter_mut().chain(c.tracks.iter_mut()) {
+                    r.corroborating = 0;
+                }
+                c
+            };
+            let reference = counted(seen.clone());
+            r.agree.push(members.iter().all(|&i| counted(self.chart_at(i, p, target)) == reference));
             // The bound: k hostile origins raise an item by at most k · cap, so an entry
             // whose count is below the 11th's + k · cap may be displaced.
             // Non-members of an open community (Sybils, backdaters) add nothing: no
@@ -1201,16 +1211,15 @@ mod tests {
         }
     }
 
-    /// Past probation, a 30 % Sybil flood counts, but only to corroborate: its fake
-    /// artist never appears, and the real ones it pushes rise to at most 1.25 times what
-    /// members give them (before, the fake artist took the top spot from period 5).
+    /// Past probation, a 30 % Sybil flood is taken, but only as corroboration: its fake
+    /// artist never appears and no entry moves (before non-members only corroborated, the
+    /// fake artist took the top spot from period 5; while they could add a quarter, one
+    /// real artist they pushed passed the 10th).
     #[test]
-    fn sybils_past_probation_move_the_top_10_by_at_most_the_non_member_bound() {
+    fn sybils_past_probation_move_nothing() {
         let r = run(&Config { periods: 7, ..small(Scenario::SybilFlood) });
         assert_eq!(r.incomplete, vec![0; 7], "{r:?}");
-        for (moved, bound) in r.top10_moved.iter().zip(&r.top10_bound) {
-            assert!(moved <= bound, "{r:?}");
-        }
+        assert_eq!(r.top10_moved, vec![0; 7], "{r:?}");
         assert!(r.fake_in_top10.iter().all(|n| *n == 0), "{r:?}");
         assert!(r.agree.iter().all(|a| *a), "{r:?}");
     }

@@ -319,9 +319,10 @@ struct Task {
     pending: Vec<(IdentTopic, Vec<u8>, Instant)>,
     requests: HashMap<OutboundRequestId, PeerId>,
     limits: RateLimit<PeerId>,
-    ip_limits: RateLimit<std::net::IpAddr>,
-    /// The remote IP address of each connected peer (for `ip_limits`).
-    peer_ips: HashMap<PeerId, std::net::IpAddr>,
+    ip_limits: RateLimit<per_ip::Key>,
+    /// The remote IP address of each connected peer (`None`: reached through a relay),
+    /// for `ip_limits` and for what the directory serves of it.
+    peer_ips: HashMap<PeerId, Option<std::net::IpAddr>>,
     peers: HashMap<PeerId, PeerStatus>,
     penalties: HashMap<PeerId, f64>,
     /// When each bootstrap peer may be dialled again.
@@ -428,14 +429,19 @@ impl Task {
 
     /// Which non-member origins' snapshots are held (the open-community intake bounds
     /// them: `validate::MAX_STRANGER_ORIGINS`).
-    fn recount_strangers(&mut self) {
+    /// Whether it could (the next refresh tries again if not).
+    fn recount_strangers(&mut self) -> bool {
         match self.store.held_origins() {
             Ok(held) => {
                 let communities = &self.communities;
                 self.strangers
                     .set_held(held.into_iter().filter(|o| !communities.iter().any(|c| c.manifest.is_member(o))));
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "reading the origins held"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the origins held");
+                false
+            }
         }
     }
 
@@ -489,8 +495,7 @@ impl Task {
         // snapshot's key) when the members differ, not on every refresh.
         let members: std::collections::BTreeSet<NodeId> =
             self.communities.iter().flat_map(|c| c.manifest.members.iter().map(|m| m.node)).collect();
-        if self.counted_members.as_ref() != Some(&members) {
-            self.recount_strangers();
+        if self.counted_members.as_ref() != Some(&members) && self.recount_strangers() {
             self.counted_members = Some(members);
         }
         // A community's federation links are followed too, so its federated chart can
@@ -798,7 +803,7 @@ impl Task {
                 if info.protocols.iter().any(|p| p.as_ref() == behaviour::KAD_PROTOCOL) {
                     // Only addresses as far-reaching as the one the peer was met at go
                     // into the directory others are served from.
-                    let remote = self.peer_ips.get(&peer_id).copied();
+                    let remote = self.peer_ips.get(&peer_id).copied().flatten();
                     for addr in info.listen_addrs {
                         if sync::directory_may_serve(&addr, remote) {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -856,9 +861,12 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 self.redial.connected(&peer_id);
-                // Rate limits per address count an IPv6 /64 as one address.
-                if let Some(ip) = sync::ip_of(endpoint.get_remote_address()).map(per_ip::mask) {
-                    self.peer_ips.insert(peer_id, ip);
+                // A relayed connection's address is the relay's, not the peer's.
+                let remote = endpoint.get_remote_address();
+                if per_ip::key_of(remote) == Some(per_ip::Key::Relayed) {
+                    self.peer_ips.insert(peer_id, None);
+                } else if let Some(ip) = sync::ip_of(remote) {
+                    self.peer_ips.insert(peer_id, Some(ip));
                 }
                 self.peers.insert(
                     peer_id,
@@ -973,10 +981,11 @@ impl Task {
 
     fn answer(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
         let (now, per_minute) = (Instant::now(), self.options.max_requests_per_minute);
-        let ip_ok = self
-            .peer_ips
-            .get(&peer)
-            .is_none_or(|ip| self.ip_limits.allow(*ip, per_minute.saturating_mul(sync::IP_FACTOR), now));
+        // Per address as well (an IPv6 /64 as one; every relayed peer together), so
+        // fresh PeerIds do not reset the limit.
+        let key =
+            self.peer_ips.get(&peer).map(|ip| ip.map_or(per_ip::Key::Relayed, |ip| per_ip::Key::Ip(per_ip::mask(ip))));
+        let ip_ok = key.is_none_or(|k| self.ip_limits.allow(k, per_minute.saturating_mul(sync::IP_FACTOR), now));
         if !self.limits.allow(peer, per_minute, now) || !ip_ok {
             return SyncResponse::Error("rate limited".into());
         }
@@ -1034,18 +1043,12 @@ impl Task {
                     self.penalise(peer, "too many refs");
                     return;
                 }
-                // The watermark moves only when every missing ref is being fetched; a full
-                // page that moved it is followed by the next page at once (a first contact
-                // or a far-behind peer pages through the window from its oldest ref).
-                let full = refs.len() == MAX_REFS;
+                // The watermark moves only when every missing ref is being fetched.
                 if self.fetch_missing(peer, refs) {
                     if self.watermarks.len() >= MAX_WATERMARKS && !self.watermarks.contains_key(&peer) {
                         self.watermarks.clear();
                     }
                     self.watermarks.insert(peer, (epoch, next));
-                    if full {
-                        self.send(peer, SyncRequest::RefsSince { epoch, after: next });
-                    }
                 }
             }
             SyncResponse::Noted => {}

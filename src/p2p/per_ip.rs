@@ -23,6 +23,9 @@ use libp2p::swarm::{
     THandlerOutEvent, ToSwarm, dummy,
 };
 
+/// Relayed connections, all together, may hold this many times the per-address cap.
+pub const RELAYED_FACTOR: u32 = 4;
+
 /// What a limit counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -93,7 +96,9 @@ impl Behaviour {
                 let mine = u32::from(self.pending.get(&id) == Some(&k));
                 let held = self.per_key.get(&k).copied().unwrap_or(0)
                     + self.pending_per_key.get(&k).copied().unwrap_or(0).saturating_sub(mine);
-                if held >= self.max { Err(ConnectionDenied::new(TooMany(self.max))) } else { Ok(()) }
+                // Every relay's connections share one key: room for several hosts' worth.
+                let max = if k == Key::Relayed { self.max.saturating_mul(RELAYED_FACTOR) } else { self.max };
+                if held >= max { Err(ConnectionDenied::new(TooMany(max))) } else { Ok(()) }
             }
             None => Ok(()),
         }

@@ -99,21 +99,21 @@ impl Arrivals {
     }
 
     /// The refs taken since `after` in `epoch`, at most `max`, oldest first, and the
-    /// watermark to ask from next. Another epoch (a first contact, or a restart since),
-    /// a watermark past the head or one older than the log (a prune since) start from
-    /// the oldest ref kept: in pieces of `max`, a peer however far behind gets every
-    /// ref in the retention window, none skipped.
+    /// watermark to ask from next. Another epoch (a first contact, or a restart since) or
+    /// a watermark past the head: the newest `max` refs and the head (a first contact
+    /// wants what is current; rounds that forget watermarks stay one page). A watermark
+    /// of this epoch older than the log (a prune since: a peer far behind) starts from the
+    /// oldest ref kept and goes on from there round after round, so such a peer skips
+    /// none of the retention window.
     pub fn since(&self, epoch: u64, after: u64, max: usize) -> (u64, u64, Vec<Ref>) {
         let head = self.next - 1;
         let oldest_kept = self.entries.front().map_or(self.next, |e| e.0);
-        let start = if epoch != self.epoch || after > head || after.saturating_add(1) < oldest_kept {
-            0
-        } else {
-            self.entries.partition_point(|e| e.0 <= after)
-        };
-        if start == 0 && self.entries.is_empty() {
-            return (self.epoch, head, Vec::new());
+        if epoch != self.epoch || after > head {
+            let skip = self.entries.len().saturating_sub(max);
+            return (self.epoch, head, self.entries.iter().skip(skip).map(|e| e.1).collect());
         }
+        let start =
+            if after.saturating_add(1) < oldest_kept { 0 } else { self.entries.partition_point(|e| e.0 <= after) };
         let refs: Vec<(u64, Ref)> = self.entries.iter().skip(start).take(max).copied().collect();
         let next = refs.last().map_or(after.min(head), |e| e.0);
         (self.epoch, next, refs.into_iter().map(|e| e.1).collect())
@@ -211,17 +211,19 @@ pub fn scope(ip: std::net::IpAddr) -> Scope {
 
 /// Whether a peer's listen address `addr` may go into the peer directory (and so be
 /// handed to other peers), given the address the peer was reached at (`remote`; `None`
-/// for a relayed connection): only addresses as far-reaching as that one. A peer met
-/// over the internet has none of its LAN or loopback addresses republished, so the
-/// directory hands out neither undialable private addresses nor a home network's
-/// layout; on one host or one LAN, the addresses that work there are served. Names
-/// (`/dns…`) and relay addresses carry no address of the node itself and are kept.
+/// for a relayed connection, taken as the internet): only addresses at least as
+/// far-reaching as that one. A peer met over the internet has none of its LAN or
+/// loopback addresses republished, so the directory hands out neither undialable
+/// private addresses nor a home network's layout; one met on a LAN or this host has its
+/// addresses of that reach and wider served. An unspecified address (`0.0.0.0`, `::`)
+/// never is. Names (`/dns…`) and relay addresses carry no address of the node itself and
+/// are kept.
 pub fn directory_may_serve(addr: &libp2p::Multiaddr, remote: Option<std::net::IpAddr>) -> bool {
-    match (ip_of(addr), remote) {
-        (None, _) => true,
-        (Some(_), _) if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)) => true,
-        (Some(ip), Some(r)) => scope(ip) == scope(r),
-        (Some(_), None) => false,
+    match ip_of(addr) {
+        None => true,
+        Some(ip) if ip.is_unspecified() => false,
+        Some(_) if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)) => true,
+        Some(ip) => scope(ip) >= remote.map_or(Scope::Global, scope),
     }
 }
 
@@ -240,10 +242,17 @@ mod tests {
         assert!(!directory_may_serve(&a("/ip4/100.64.3.2/tcp/4001"), global), "CGNAT");
         assert!(!directory_may_serve(&a("/ip6/fd00::1/tcp/4001"), global), "IPv6 unique local");
         assert!(directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), ip("10.0.0.9")), "one LAN");
+        assert!(
+            directory_may_serve(&a("/ip4/198.51.100.1/tcp/4001"), ip("10.0.0.9")),
+            "met on a LAN: its global address too"
+        );
         assert!(directory_may_serve(&a("/ip4/127.0.0.1/tcp/4001"), ip("127.0.0.1")), "one host");
-        assert!(!directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), ip("127.0.0.1")));
+        assert!(directory_may_serve(&a("/ip4/192.168.1.20/tcp/4001"), ip("127.0.0.1")), "met on this host: wider too");
+        assert!(!directory_may_serve(&a("/ip4/127.0.0.1/tcp/4001"), ip("10.0.0.9")), "met on a LAN: not its loopback");
+        assert!(!directory_may_serve(&a("/ip4/0.0.0.0/tcp/4001"), ip("127.0.0.1")), "never an unspecified address");
+        assert!(directory_may_serve(&a("/ip4/198.51.100.1/tcp/4001"), None), "relayed: as the internet");
         assert!(directory_may_serve(&a("/dns4/music.example.org/tcp/4001"), global));
-        assert!(!directory_may_serve(&a("/ip4/198.51.100.1/tcp/4001"), None), "relayed: no address of its own");
+        assert!(!directory_may_serve(&a("/ip4/10.1.1.1/tcp/4001"), None), "relayed: not its LAN");
         assert!(directory_may_serve(
             &a("/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"),
             None
@@ -254,10 +263,9 @@ mod tests {
         (i64::from(i) * 604_800, [i; 32], 1, [i; 32])
     }
 
-    /// Later rounds carry only what is new; a stale epoch (a restart), a watermark past
-    /// the head or older than the log is answered from the oldest ref kept; a long gap,
-    /// and a first contact with more than `max` refs, come in pieces of `max`, without
-    /// loss.
+    /// Later rounds carry only what is new; a stale epoch (a restart) or a watermark past
+    /// the head is answered as a first contact (the newest); a watermark older than the
+    /// log (a prune since) from the oldest ref kept, in pieces of `max`, without loss.
     #[test]
     fn arrivals_answer_what_is_new_since_a_watermark() {
         let mut a = Arrivals::new(7, (0..5).map(r));
@@ -270,14 +278,16 @@ mod tests {
         let (_, n1, part) = a.since(7, 2, 3);
         assert_eq!((n1, part), (5, vec![r(2), r(3), r(4)]), "a gap in pieces");
         assert_eq!(a.since(7, n1, 3), (7, 7, vec![r(5), r(6)]));
-        assert_eq!(a.since(8, 3, 2), (7, 2, vec![r(0), r(1)]), "another epoch: from the oldest, in pieces");
-        assert_eq!(a.since(7, 2, 100).2.len(), 5, "the rest follows");
-        assert_eq!(a.since(7, 99, 2), (7, 2, vec![r(0), r(1)]), "a watermark past the head");
+        assert_eq!(a.since(8, 3, 2), (7, 7, vec![r(5), r(6)]), "another epoch: the newest, from the head");
+        assert_eq!(a.since(7, 99, 2).1, 7, "a watermark past the head");
         a.prune(3 * 604_800);
         assert_eq!(a.len(), 4);
         assert_eq!(a.since(7, 1, 2), (7, 5, vec![r(3), r(4)]), "older than the log: from the oldest kept");
         assert_eq!(a.since(7, 5, 2), (7, 7, vec![r(5), r(6)]), "then the rest: nothing skipped");
         assert_eq!(Arrivals::new(9, []).since(1, 0, 2), (9, 0, vec![]), "an empty log");
+        let mut pruned = Arrivals::new(9, (0..3).map(r));
+        pruned.prune(5 * 604_800);
+        assert_eq!(pruned.since(9, 1, 2), (9, 1, vec![]), "pruned empty: nothing, the watermark kept");
         assert_eq!(a.after(6), vec![r(6)], "after sequence number 6 (r(5))");
     }
 

@@ -61,7 +61,7 @@ fn chart_table(title: &str, chart: &Chart) -> Markup {
     html! {
         h3 { (title) }
         p.muted { (chart.origins) " origins contributed"
-            @if chart.corroborating > 0 { "; " (chart.corroborating) " non-member nodes corroborate (the “+” after an item's origins: they change no count or rank)" } }
+            @if chart.corroborating > 0 { "; " (chart.corroborating) " non-member nodes corroborate (unverified: the “+” after an item's origins; they change no count or rank)" } }
         @if chart.artists.is_empty() {
             p.muted { "No artists yet." }
         } @else {
@@ -204,7 +204,7 @@ fn community_view(
                 crate::federation::community::Admission::Open { probation_periods } => format!("open, probation {probation_periods} periods"),
             }) }
             p { "Privacy floor: at most ε " (crate::privacy::params::eps_text(manifest.floor.max_eps_week_milli)) " per user-week, k at least " (manifest.floor.min_k) ". "
-                "Merging: no origin counts more than " (crate::federation::merge::MEDIAN_MULTIPLE) " times the median origin's largest count for any item; one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " origin(s)." }
+                "Merging: no origin counts more than " (crate::federation::merge::MEDIAN_MULTIPLE) " times the median origin's largest count for any item; one origin gives at most " (f64::from(manifest.policy.max_origin_share_milli) / 10.0) " % of an item once " (manifest.policy.share_cap_from) " origins report it; an item needs " (manifest.policy.min_origins_per_item) " member origin(s); nodes not listed as members only corroborate." }
             h2 { "Administrators" @if manifest.admin_threshold > 1 { " (" (manifest.admin_threshold) " must sign each new version)" } }
             ul { @for a in &manifest.admins { li { code { (peer_text(a)) } } } }
             h2 { "Members (" (manifest.members.len()) ")" }
