@@ -666,6 +666,9 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         node.ingestor.ingest_blocking(user.id, (0..k).map(|_| Action::Listen(synthetic.listen())).collect())?;
         done += k;
     }
+    // The cursor of the 100th history page (the last listen of the 99th), found once.
+    let before = node.store.listens(user.id, 0, i64::MAX, 99 * 50, crate::store::logs::Order::NewestFirst)?;
+    let deep = before.last().map_or_else(String::new, |l| format!("{}.{}", l.listen.listened_at(), l.seq));
     let served = Served::start(node)?;
     let base = served.base.clone();
     println!("{listens} listens for one public user; {requests} requests per page, after one warm-up");
@@ -676,8 +679,10 @@ fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::pr
         "/user/bench0?period=12m",
         "/user/bench0?period=all",
         "/user/bench0/history",
-        "/user/bench0/history?page=100",
+        "/user/bench0/history?before={page100}",
     ] {
+        // A page deep in the history (the 100th, by cursor).
+        let path = path.replace("{page100}", &deep);
         let url = format!("{base}{path}");
         agent.get(&url).call()?;
         let mut times = Vec::with_capacity(requests);

@@ -214,8 +214,147 @@ pub(super) async fn profile(
 /// Listens per history page.
 pub(super) const PAGE: usize = 50;
 
-/// `/user/{name}/history?page=N`: every listen, newest first, with delete buttons for
-/// the owner.
+/// A place in a user's history: a listen's time and sequence number. Pages are read from
+/// a cursor (`?before=T.S`: the page of listens just older, `?after=T.S`: just newer), so
+/// a page deep in a long history costs what the first does (reading up to it was
+/// O(page × 50) with page numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    at: i64,
+    seq: u64,
+}
+
+impl Cursor {
+    fn parse(text: &str) -> Option<Cursor> {
+        let (at, seq) = text.split_once('.')?;
+        Some(Cursor { at: at.parse().ok()?, seq: seq.parse().ok()? })
+    }
+
+    fn of(l: &crate::store::StoredListen) -> Cursor {
+        Cursor { at: l.listen.listened_at(), seq: l.seq }
+    }
+
+    fn text(self) -> String {
+        format!("{}.{}", self.at, self.seq)
+    }
+}
+
+/// Which page of the history: the newest, or the one older or newer than a listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HistoryPage {
+    Newest,
+    Before(Cursor),
+    After(Cursor),
+}
+
+impl HistoryPage {
+    fn from_query(q: &HashMap<String, String>) -> Option<HistoryPage> {
+        match (q.get("before"), q.get("after")) {
+            (Some(b), None) => Cursor::parse(b).map(HistoryPage::Before),
+            (None, Some(a)) => Cursor::parse(a).map(HistoryPage::After),
+            (None, None) => Some(HistoryPage::Newest),
+            (Some(_), Some(_)) => None,
+        }
+    }
+
+    /// The query that shows this page again (rebuilt from parsed numbers).
+    fn query(self) -> String {
+        match self {
+            HistoryPage::Newest => String::new(),
+            HistoryPage::Before(c) => format!("?before={}", c.text()),
+            HistoryPage::After(c) => format!("?after={}", c.text()),
+        }
+    }
+}
+
+/// One page of `user`'s history, newest first, and whether there are older and newer
+/// listens beyond it. Reads at most one page and one listen more (plus the listens of
+/// the cursor's own second), whatever the depth.
+fn history_page(
+    store: &crate::store::Store,
+    user: crate::store::UserId,
+    which: HistoryPage,
+) -> crate::store::Result<(Vec<crate::store::StoredListen>, bool, bool)> {
+    let mut out = Vec::new();
+    match which {
+        HistoryPage::Newest | HistoryPage::Before(_) => {
+            let (to, skip) = match which {
+                HistoryPage::Before(c) => (c.at.saturating_add(1), Some(c)),
+                _ => (i64::MAX, None),
+            };
+            store.each_listen(user, 0, to, Order::NewestFirst, |l| {
+                // Newest first is (time, seq) descending: skip the cursor and what is
+                // newer than it within its second.
+                if skip.is_some_and(|c| l.listen.listened_at() == c.at && l.seq >= c.seq) {
+                    return Ok(true);
+                }
+                out.push(l);
+                Ok(out.len() <= PAGE)
+            })?;
+            let older = out.len() > PAGE;
+            out.truncate(PAGE);
+            let newer = match (which, out.first()) {
+                (HistoryPage::Newest, _) => false,
+                (_, Some(first)) => !history_page_after_is_empty(store, user, Cursor::of(first))?,
+                (_, None) => true,
+            };
+            Ok((out, older, newer))
+        }
+        HistoryPage::After(c) => {
+            store.each_listen(user, c.at, i64::MAX, Order::OldestFirst, |l| {
+                if l.listen.listened_at() == c.at && l.seq <= c.seq {
+                    return Ok(true);
+                }
+                out.push(l);
+                Ok(out.len() <= PAGE)
+            })?;
+            let newer = out.len() > PAGE;
+            out.truncate(PAGE);
+            out.reverse();
+            let older = match out.last() {
+                Some(last) => {
+                    let mut any = false;
+                    store.each_listen(
+                        user,
+                        0,
+                        last.listen.listened_at().saturating_add(1),
+                        Order::NewestFirst,
+                        |l| {
+                            if l.listen.listened_at() == last.listen.listened_at() && l.seq >= last.seq {
+                                return Ok(true);
+                            }
+                            any = true;
+                            Ok(false)
+                        },
+                    )?;
+                    any
+                }
+                None => true,
+            };
+            Ok((out, older, newer))
+        }
+    }
+}
+
+/// Whether no listen is newer than `c`.
+fn history_page_after_is_empty(
+    store: &crate::store::Store,
+    user: crate::store::UserId,
+    c: Cursor,
+) -> crate::store::Result<bool> {
+    let mut any = false;
+    store.each_listen(user, c.at, i64::MAX, Order::OldestFirst, |l| {
+        if l.listen.listened_at() == c.at && l.seq <= c.seq {
+            return Ok(true);
+        }
+        any = true;
+        Ok(false)
+    })?;
+    Ok(!any)
+}
+
+/// `/user/{name}/history` (`?before=T.S` / `?after=T.S`): every listen, newest first,
+/// a page at a time from a cursor, with delete buttons for the owner.
 pub async fn history(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -228,16 +367,15 @@ pub async fn history(
         Err(r) => return *r,
     };
     let own = v.0.as_ref().is_some_and(|(me, _)| me.id == user.id);
-    let page_no = q.get("page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
+    let Some(which) = HistoryPage::from_query(&q) else { return not_found_page(&v) };
     let total = state.store.log_head(user.id).map(|h| h.n_listens as usize).unwrap_or(0);
-    let pages = total.div_ceil(PAGE).max(1);
-    if page_no > pages {
-        return not_found_page(&v);
-    }
-    let listens = match state.store.listens(user.id, 0, i64::MAX, page_no * PAGE, Order::NewestFirst) {
-        Ok(l) => l,
+    let (listens, older, newer) = match history_page(&state.store, user.id, which) {
+        Ok(p) => p,
         Err(e) => return server_error(&v, e),
     };
+    if listens.is_empty() && which != HistoryPage::Newest {
+        return not_found_page(&v);
+    }
     let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
     page(
         StatusCode::OK,
@@ -245,11 +383,11 @@ pub async fn history(
         &v,
         html! {
             h1 { a href={ "/user/" (user.name) } { (user.name) } " · history" }
-            p.muted { (total) " listens · page " (page_no) " of " (pages) }
+            p.muted { (total) " listens · newest first" @if which != HistoryPage::Newest { " · " a href="?" { "back to the newest" } } }
             table {
                 thead { tr { th { "When (UTC)" } th { "Artist" } th { "Track" } th { "Album" } @if own { th { span.muted { "Delete" } } } } }
                 tbody {
-                    @for l in listens.iter().skip((page_no - 1) * PAGE) {
+                    @for l in &listens {
                         tr {
                             td.muted { (jiff::Timestamp::from_second(l.listen.listened_at()).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()) }
                             td { (l.listen.track().artist) }
@@ -260,7 +398,7 @@ pub async fn history(
                                     form method="post" action={ "/user/" (user.name) "/history/delete" } {
                                         input type="hidden" name="csrf" value=(csrf);
                                         input type="hidden" name="seq" value=(l.seq);
-                                        input type="hidden" name="page" value=(page_no);
+                                        input type="hidden" name="page" value=(which.query());
                                         button aria-label={ "Delete " (l.listen.track().title) } { "Delete" }
                                     }
                                 }
@@ -270,8 +408,8 @@ pub async fn history(
                 }
             }
             nav aria-label="pages" {
-                @if page_no > 1 { a href={ "?page=" (page_no - 1) } { "Newer" } }
-                @if page_no < pages { a href={ "?page=" (page_no + 1) } { "Older" } }
+                @if let (true, Some(first)) = (newer, listens.first()) { a href={ "?after=" (Cursor::of(first).text()) } { "Newer" } " " }
+                @if let (true, Some(last)) = (older, listens.last()) { a href={ "?before=" (Cursor::of(last).text()) } { "Older" } }
             }
         },
     )
@@ -296,8 +434,11 @@ pub async fn delete_listen(
     if let Err(e) = state.ingestor.ingest(me.id, vec![crate::store::Action::Delete { seq }]).await {
         return server_error(&v, e);
     }
-    let back = f.get("page").map_or("1", String::as_str);
-    Redirect::to(&format!("/user/{}/history?page={}", me.name, back.parse::<usize>().unwrap_or(1))).into_response()
+    // Back to the page the listen was on, its cursor rebuilt from parsed numbers.
+    let back = f.get("page").map_or("", String::as_str).trim_start_matches('?');
+    let q: HashMap<String, String> = form_fields(&Bytes::copy_from_slice(back.as_bytes()));
+    let which = HistoryPage::from_query(&q).unwrap_or(HistoryPage::Newest);
+    Redirect::to(&format!("/user/{}/history{}", me.name, which.query())).into_response()
 }
 
 pub(super) fn kind_of(path: &str) -> Option<(Kind, &'static str)> {

@@ -171,8 +171,9 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
     let (data, token) = data_with_user(dir.path());
     let node = NodeProcess::start(&data);
     let now = hearsay::now_unix();
+    // Songs 45 to 59 share one second, across the boundary of the first page (50).
     let payload: Vec<_> = (0..60)
-        .map(|i| json!({"listened_at": now - 1000 - i * 300, "track_metadata": {"artist_name": "Band", "track_name": format!("Song {i}")}}))
+        .map(|i| json!({"listened_at": now - 1000 - i.min(45) * 300, "track_metadata": {"artist_name": "Band", "track_name": format!("Song {i}")}}))
         .collect();
     ureq::post(&format!("{}/1/submit-listens", node.url))
         .set("Authorization", &format!("Token {token}"))
@@ -182,16 +183,40 @@ fn history_deletes_and_settings_change_visibility_and_tokens() {
     let (s, connect) = get(&format!("{}/connect", node.url), Some(&session));
     assert!(s == 200 && connect.contains(&format!("{}/1/submit-listens", node.url)), "the node's own URL is filled in");
     assert_eq!(get(&format!("{}/connect", node.url), None).0, 200, "anonymous visitors are sent to log in");
+    // Pages by cursor: the newest 50, then older from the last listen shown; every
+    // listen once, those sharing the boundary's second included; back by "Newer".
     let (s, page1) = get(&format!("{}/user/alice/history", node.url), Some(&session));
-    assert!(s == 200 && page1.contains("page 1 of 2") && page1.contains("Song 0") && !page1.contains("Song 55"));
-    let (_, page2) = get(&format!("{}/user/alice/history?page=2", node.url), Some(&session));
-    assert!(page2.contains("Song 55"));
-    assert_eq!(get(&format!("{}/user/alice/history?page=9", node.url), Some(&session)).0, 404);
+    assert!(s == 200 && page1.contains("60 listens") && page1.contains(">Song 0<"), "{page1}");
+    let link = |page: &str, label: &str| -> Option<String> {
+        let at = page.find(&format!("\">{label}</a>"))?;
+        let start = page[..at].rfind("href=\"")? + 6;
+        Some(page[start..at].replace("&amp;", "&"))
+    };
+    assert!(link(&page1, "Newer").is_none(), "nothing newer than the newest");
+    let older = link(&page1, "Older").expect("an Older link");
+    assert!(older.starts_with("?before="), "{older}");
+    let (s, page2) = get(&format!("{}/user/alice/history{older}", node.url), Some(&session));
+    assert_eq!(s, 200);
+    let songs = |page: &str| -> Vec<String> {
+        page.split(">Song ").skip(1).filter_map(|r| r.split('<').next()).map(String::from).collect()
+    };
+    let mut all: Vec<String> = songs(&page1).into_iter().chain(songs(&page2)).collect();
+    assert_eq!((songs(&page1).len(), songs(&page2).len()), (50, 10));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 60, "every listen once across the pages");
+    assert!(link(&page2, "Older").is_none(), "nothing older than the oldest");
+    let newer = link(&page2, "Newer").expect("a Newer link");
+    let (_, back) = get(&format!("{}/user/alice/history{newer}", node.url), Some(&session));
+    assert_eq!(songs(&back), songs(&page1), "Newer from page 2 is page 1 again");
+    for bad in ["?before=abc", "?before=1.2&after=1.2", "?after=9999999999.0", "?before=0.0"] {
+        assert_eq!(get(&format!("{}/user/alice/history{bad}", node.url), Some(&session)).0, 404, "{bad}");
+    }
     // Delete "Song 0" (the newest): its seq is in the first delete form.
     let seq = page1.split("name=\"seq\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("seq").to_owned();
     let url = format!("{}/user/alice/history/delete", node.url);
     assert_eq!(post_form(&url, Some(&session), &[("csrf", "forged"), ("seq", &seq)]).0, 403);
-    assert_eq!(post_form(&url, Some(&session), &[("csrf", &csrf), ("seq", &seq), ("page", "1")]).0, 303);
+    assert_eq!(post_form(&url, Some(&session), &[("csrf", &csrf), ("seq", &seq), ("page", "")]).0, 303);
     let (_, after) = get(&format!("{}/user/alice/history", node.url), Some(&session));
     assert!(after.contains("59 listens") && !after.contains(">Song 0<"), "deleted");
     // Anonymous visitors cannot delete or see the history of a hidden profile.
