@@ -157,6 +157,23 @@ impl Store {
         Ok(out)
     }
 
+    /// When the user's newest live listen was played (from the day index, newest day
+    /// first: no listen decoded), `None` without any.
+    pub fn newest_listen_at(&self, user: UserId) -> Result<Option<i64>> {
+        let lo = keys::user_u32(user, 0);
+        let hi = keys::user_u32(user, u32::MAX);
+        for kv in self.trees.userid_day_listens.range(lo..=hi).rev() {
+            let (k, v) = kv?;
+            let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
+            let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            // A day whose listens were all deleted may stay as an empty bucket.
+            if let Some(item) = bucket.items.last() {
+                return Ok(Some(i64::from(day) * 86_400 + i64::from(item.sec)));
+            }
+        }
+        Ok(None)
+    }
+
     /// How many live listens have `from <= listened_at < to`, counted from the day
     /// index without reading a listen (memory does not grow with the range).
     pub fn count_listens(&self, user: UserId, from: i64, to: i64) -> Result<u64> {

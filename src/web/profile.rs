@@ -32,16 +32,10 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
         Err(e) => return server_error(&viewer, e),
     };
     let latest = state.store.releases(1).unwrap_or_default().into_iter().next();
-    let mut recent = Vec::new();
-    for user in
-        state.store.users().unwrap_or_default().into_iter().filter(|u| viewer.may(&state, u, Purpose::History).exact())
-    {
-        for l in state.store.listens(user.id, 0, i64::MAX, 10, Order::NewestFirst).unwrap_or_default() {
-            recent.push((user.name.clone(), l));
-        }
-    }
-    recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at()));
-    recent.truncate(15);
+    let recent = match recent_public(&state, &viewer, RECENT) {
+        Ok(r) => r,
+        Err(e) => return server_error(&viewer, e),
+    };
     page(
         StatusCode::OK,
         "Home",
@@ -82,6 +76,43 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
             }
         },
     )
+}
+
+/// Listens in the home page's "recently, from public profiles".
+const RECENT: usize = 15;
+
+/// The `n` newest listens of the users whose history `viewer` may see, newest first.
+/// Users are taken newest listen first (one index read each, `Store::newest_listen_at`),
+/// and listens are read only from users who can still place one among the `n`: with
+/// every member public, a handful of users' listens are read, not ten of every user's.
+fn recent_public(
+    state: &AppState,
+    viewer: &super::Viewer,
+    n: usize,
+) -> crate::store::Result<Vec<(String, crate::store::StoredListen)>> {
+    let mut users = Vec::new();
+    for u in state.store.users()? {
+        if viewer.may(state, &u, Purpose::History).exact() {
+            if let Some(at) = state.store.newest_listen_at(u.id)? {
+                users.push((at, u));
+            }
+        }
+    }
+    users.sort_by_key(|(at, u)| (std::cmp::Reverse(*at), u.id));
+    let mut recent: Vec<(String, crate::store::StoredListen)> = Vec::new();
+    for (newest, user) in users {
+        // The n-th newest so far is newer than anything this user (and every later one)
+        // played: nothing left can enter.
+        if recent.len() >= n && recent.get(n - 1).is_some_and(|r| r.1.listen.listened_at() > newest) {
+            break;
+        }
+        for l in state.store.listens(user.id, 0, i64::MAX, n, Order::NewestFirst)? {
+            recent.push((user.name.clone(), l));
+        }
+        recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at()));
+        recent.truncate(n);
+    }
+    Ok(recent)
 }
 
 /// Period choices on profiles: (query value, label, period).

@@ -695,3 +695,66 @@ fn network_addresses_are_shown_to_administrators_only() {
     assert!(admin_page.contains("/ip4/127.0.0.1"), "the administrator sees them: {admin_page}");
     assert_eq!(node.terminate(), Some(0));
 }
+
+/// The home page's "recently, from public profiles": the 15 newest listens across every
+/// public user, newest first, a deleted listen gone, never one of a member who is not
+/// public (whose listens are the newest of all here). The page reads listens only from
+/// users who can still place one (`profile::recent_public`); this checks it finds the
+/// same 15 as reading everyone's would.
+#[test]
+fn the_home_page_shows_the_newest_public_listens_across_users() {
+    use hearsay::store::users::SharingLevel;
+    use hearsay::store::{Action, Ingestor, Options, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let now = hearsay::now_unix();
+    let mut expected: Vec<(i64, String)> = Vec::new();
+    {
+        let store = Store::open(&data, &Options { cache_mb: 8, ..Default::default() }).expect("open");
+        let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
+        let created = now - 30 * 86_400;
+        for i in 0..6i64 {
+            let name = format!("pub{i}");
+            let id = store
+                .create_user_with_key(&name, "password123", [u8::try_from(i + 1).expect("small"); 32], created)
+                .expect("user")
+                .id;
+            store.set_visibility_at(id, SharingLevel::Public, created).expect("level");
+            // Interleaved across users; user 0's are the newest, user 5's the oldest.
+            let listens: Vec<Action> = (0..10i64)
+                .map(|j| {
+                    let at = now - 1_000 - (j * 6 + i) * 60;
+                    Action::Listen(crate::support::listen_accepted_at(&name, &format!("Song {i}-{j}"), at, now))
+                })
+                .collect();
+            ingestor.ingest_blocking(id, listens).expect("ingest");
+            for j in 0..10i64 {
+                expected.push((now - 1_000 - (j * 6 + i) * 60, format!("Song {i}-{j}")));
+            }
+        }
+        // Delete pub0's newest listen.
+        let pub0 = store.user_by_name("pub0").expect("read").expect("pub0");
+        let newest = store.listens(pub0.id, 0, i64::MAX, 1, hearsay::store::logs::Order::NewestFirst).expect("read");
+        ingestor.ingest_blocking(pub0.id, vec![Action::Delete { seq: newest[0].seq }]).expect("delete");
+        expected.retain(|(_, t)| t != "Song 0-0");
+        let hidden = store.create_user_with_key("quiet", "password123", [42; 32], created).expect("user").id;
+        store.set_visibility_at(hidden, SharingLevel::Aggregate, created).expect("level");
+        let secret: Vec<Action> = (0..5i64)
+            .map(|j| {
+                Action::Listen(crate::support::listen_accepted_at("Quiet", &format!("Secret {j}"), now - 100 - j, now))
+            })
+            .collect();
+        ingestor.ingest_blocking(hidden, secret).expect("ingest");
+        ingestor.stop();
+    }
+    expected.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let want: Vec<String> = expected.into_iter().take(15).map(|(_, t)| t).collect();
+    let node = NodeProcess::start(&data);
+    let (s, home) = get(&format!("{}/", node.url), None);
+    assert_eq!(s, 200);
+    let section = home.split("Recently, from public profiles").nth(1).expect("the section");
+    let got: Vec<String> =
+        section.split(" – ").skip(1).filter_map(|r| r.split('<').next()).map(String::from).take(15).collect();
+    assert_eq!(got, want, "{section}");
+    assert!(!home.contains("Secret"), "a member who is not public");
+}
