@@ -81,6 +81,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 8)]
         clients: u64,
     },
+    /// Many public users on one node: time the home page over HTTP (this week's node
+    /// chart of public profiles and the newest public listens).
+    Home {
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        #[arg(long, default_value_t = 1000)]
+        listens_per_user: u64,
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+    },
     /// Many users on one node: time "similar users" (cold: taste vectors computed;
     /// warm: cached) and the node chart.
     Neighbours {
@@ -300,6 +310,9 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),
         BenchCmd::Logins { count, clients } => return logins(config, count, clients),
+        BenchCmd::Home { users, listens_per_user, requests } => {
+            return home(config, users, listens_per_user, requests);
+        }
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
         }
@@ -589,6 +602,41 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
     }
     report("node chart, top-50 artists, all time", charts);
     drop(store);
+    drop(temporary);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn home(config: &Config, n_users: u64, per_user: u64, requests: usize) -> anyhow::Result<std::process::ExitCode> {
+    let temporary = temp_dir("home")?;
+    let started = Instant::now();
+    {
+        let store = Store::open(temporary.path(), &store::Options::from(&config.store))?;
+        let ingestor =
+            Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+        for u in 0..n_users {
+            let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
+            store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
+            let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
+            ingestor.ingest_blocking(id, (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect())?;
+        }
+        ingestor.stop();
+    }
+    println!("{n_users} public users x {per_user} listens set up in {:.1} s", started.elapsed().as_secs_f64());
+    let mut node_config = config.clone();
+    node_config.node.data_dir = temporary.path().to_owned();
+    node_config.p2p.enabled = false;
+    let served = Served::start(crate::node::Node::build(node_config)?)?;
+    let agent = ureq::AgentBuilder::new().build();
+    let url = format!("{}/", served.base);
+    agent.get(&url).call()?;
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        std::hint::black_box(agent.get(&url).call()?.into_string()?);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    report(&format!("GET / ({n_users} public users)"), times);
+    served.stop()?;
     drop(temporary);
     Ok(std::process::ExitCode::SUCCESS)
 }
