@@ -166,7 +166,7 @@ impl Store {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
             let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
-            // A day whose listens were all deleted may stay as an empty bucket.
+            // The writer removes emptied buckets; an empty one is skipped all the same.
             if let Some(item) = bucket.items.last() {
                 return Ok(Some(i64::from(day) * 86_400 + i64::from(item.sec)));
             }

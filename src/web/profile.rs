@@ -90,24 +90,31 @@ fn recent_public(
     viewer: &super::Viewer,
     n: usize,
 ) -> crate::store::Result<Vec<(String, crate::store::StoredListen)>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let mut users = Vec::new();
     for u in state.store.users()? {
         if viewer.may(state, &u, Purpose::History).exact() {
-            if let Some(at) = state.store.newest_listen_at(u.id)? {
-                users.push((at, u));
+            // One user's unreadable index costs that user's listens here, not the page.
+            match state.store.newest_listen_at(u.id) {
+                Ok(Some(at)) => users.push((at, u)),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "reading a user's newest listen for the home page"),
             }
         }
     }
     users.sort_by_key(|(at, u)| (std::cmp::Reverse(*at), u.id));
     let mut recent: Vec<(String, crate::store::StoredListen)> = Vec::new();
     for (newest, user) in users {
-        // The n-th newest so far is newer than anything this user (and every later one)
-        // played: nothing left can enter.
-        if recent.len() >= n && recent.get(n - 1).is_some_and(|r| r.1.listen.listened_at() > newest) {
+        // The n-th newest so far is at least as new as anything this user (and every
+        // later one) played: nothing left can enter (a tie would be cut, as read later).
+        if recent.get(n - 1).is_some_and(|r| r.1.listen.listened_at() >= newest) {
             break;
         }
-        for l in state.store.listens(user.id, 0, i64::MAX, n, Order::NewestFirst)? {
-            recent.push((user.name.clone(), l));
+        match state.store.listens(user.id, 0, i64::MAX, n, Order::NewestFirst) {
+            Ok(listens) => recent.extend(listens.into_iter().map(|l| (user.name.clone(), l))),
+            Err(e) => tracing::error!(error = %e, "reading a user's listens for the home page"),
         }
         recent.sort_by_key(|r| std::cmp::Reverse(r.1.listen.listened_at()));
         recent.truncate(n);
@@ -465,10 +472,14 @@ pub async fn delete_listen(
     if let Err(e) = state.ingestor.ingest(me.id, vec![crate::store::Action::Delete { seq }]).await {
         return server_error(&v, e);
     }
-    // Back to the page the listen was on, its cursor rebuilt from parsed numbers.
+    // Back to the page the listen was on, its cursor rebuilt from parsed numbers; the
+    // newest page when that one is now empty (its last listen deleted).
     let back = f.get("page").map_or("", String::as_str).trim_start_matches('?');
     let q: HashMap<String, String> = form_fields(&Bytes::copy_from_slice(back.as_bytes()));
-    let which = HistoryPage::from_query(&q).unwrap_or(HistoryPage::Newest);
+    let mut which = HistoryPage::from_query(&q).unwrap_or(HistoryPage::Newest);
+    if history_page(&state.store, me.id, which).is_ok_and(|(l, _, _)| l.is_empty()) {
+        which = HistoryPage::Newest;
+    }
     Redirect::to(&format!("/user/{}/history{}", me.name, which.query())).into_response()
 }
 
