@@ -193,6 +193,21 @@ impl Store {
         from: i64,
         to: i64,
         order: Order,
+        f: impl FnMut(StoredListen) -> Result<bool>,
+    ) -> Result<()> {
+        self.each_listen_but(user, from, to, order, |_, _| false, f)
+    }
+
+    /// As `each_listen`, leaving out the listens for which `skip(listened_at, seq)` holds,
+    /// decided from the index before any listen is read (a history cursor leaves out the
+    /// listens of its own second on its side without decoding them).
+    pub fn each_listen_but(
+        &self,
+        user: UserId,
+        from: i64,
+        to: i64,
+        order: Order,
+        skip: impl Fn(i64, u64) -> bool,
         mut f: impl FnMut(StoredListen) -> Result<bool>,
     ) -> Result<()> {
         if from >= to {
@@ -218,7 +233,7 @@ impl Store {
             };
             for item in items {
                 let at = base + i64::from(item.sec);
-                if at < from || at >= to {
+                if at < from || at >= to || skip(at, item.seq) {
                     continue;
                 }
                 let first = item.seq - item.seq % BLOCK_ENTRIES;

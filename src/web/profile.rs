@@ -306,89 +306,72 @@ impl HistoryPage {
 }
 
 /// One page of `user`'s history, newest first, and whether there are older and newer
-/// listens beyond it. Reads at most one page and one listen more (plus the listens of
-/// the cursor's own second), whatever the depth.
+/// listens beyond it. Reads at most one page and one listen more, whatever the depth;
+/// the listens of the cursor's own second on its side are left out from the index,
+/// without being read.
 fn history_page(
     store: &crate::store::Store,
     user: crate::store::UserId,
     which: HistoryPage,
 ) -> crate::store::Result<(Vec<crate::store::StoredListen>, bool, bool)> {
     let mut out = Vec::new();
+    let mut take = |l| {
+        out.push(l);
+        Ok(out.len() <= PAGE)
+    };
     match which {
-        HistoryPage::Newest | HistoryPage::Before(_) => {
-            let (to, skip) = match which {
-                HistoryPage::Before(c) => (c.at.saturating_add(1), Some(c)),
-                _ => (i64::MAX, None),
-            };
-            store.each_listen(user, 0, to, Order::NewestFirst, |l| {
-                // Newest first is (time, seq) descending: skip the cursor and what is
-                // newer than it within its second.
-                if skip.is_some_and(|c| l.listen.listened_at() == c.at && l.seq >= c.seq) {
-                    return Ok(true);
-                }
-                out.push(l);
-                Ok(out.len() <= PAGE)
-            })?;
-            let older = out.len() > PAGE;
-            out.truncate(PAGE);
-            let newer = match (which, out.first()) {
-                (HistoryPage::Newest, _) => false,
-                (_, Some(first)) => !history_page_after_is_empty(store, user, Cursor::of(first))?,
-                (_, None) => true,
-            };
-            Ok((out, older, newer))
+        HistoryPage::Newest => store.each_listen(user, 0, i64::MAX, Order::NewestFirst, &mut take)?,
+        HistoryPage::Before(c) => {
+            let (to, skip) = beyond(c, true);
+            store.each_listen_but(user, 0, to, Order::NewestFirst, skip, &mut take)?;
         }
         HistoryPage::After(c) => {
-            store.each_listen(user, c.at, i64::MAX, Order::OldestFirst, |l| {
-                if l.listen.listened_at() == c.at && l.seq <= c.seq {
-                    return Ok(true);
-                }
-                out.push(l);
-                Ok(out.len() <= PAGE)
-            })?;
-            let newer = out.len() > PAGE;
-            out.truncate(PAGE);
-            out.reverse();
-            let older = match out.last() {
-                Some(last) => {
-                    let mut any = false;
-                    store.each_listen(
-                        user,
-                        0,
-                        last.listen.listened_at().saturating_add(1),
-                        Order::NewestFirst,
-                        |l| {
-                            if l.listen.listened_at() == last.listen.listened_at() && l.seq >= last.seq {
-                                return Ok(true);
-                            }
-                            any = true;
-                            Ok(false)
-                        },
-                    )?;
-                    any
-                }
-                None => true,
-            };
-            Ok((out, older, newer))
+            let (from, skip) = beyond(c, false);
+            store.each_listen_but(user, from, i64::MAX, Order::OldestFirst, skip, &mut take)?;
         }
     }
+    let more = out.len() > PAGE;
+    out.truncate(PAGE);
+    if let HistoryPage::After(_) = which {
+        out.reverse();
+    }
+    let (older, newer) = match which {
+        HistoryPage::Newest => (more, false),
+        HistoryPage::Before(_) => {
+            (more, out.first().map_or(Ok(true), |f| any_beyond(store, user, Cursor::of(f), false))?)
+        }
+        HistoryPage::After(_) => (out.last().map_or(Ok(true), |l| any_beyond(store, user, Cursor::of(l), true))?, more),
+    };
+    Ok((out, older, newer))
 }
 
-/// Whether no listen is newer than `c`.
-fn history_page_after_is_empty(
+/// The bound of a read beyond cursor `c` (older: the end, `to`; newer: the start,
+/// `from`) and which listens of its own second to leave out: in (time, seq) order, the
+/// cursor itself and those on the other side of it.
+fn beyond(c: Cursor, older: bool) -> (i64, impl Fn(i64, u64) -> bool) {
+    let bound = if older { c.at.saturating_add(1) } else { c.at };
+    (bound, move |at: i64, seq: u64| at == c.at && if older { seq >= c.seq } else { seq <= c.seq })
+}
+
+/// Whether any listen lies beyond `c` (older or newer).
+fn any_beyond(
     store: &crate::store::Store,
     user: crate::store::UserId,
     c: Cursor,
+    older: bool,
 ) -> crate::store::Result<bool> {
     let mut any = false;
-    store.each_listen(user, c.at, i64::MAX, Order::OldestFirst, |l| {
-        if l.listen.listened_at() == c.at && l.seq <= c.seq {
-            return Ok(true);
-        }
+    let (bound, skip) = beyond(c, older);
+    let found = |_| {
         any = true;
         Ok(false)
-    })?;
-    Ok(!any)
+    };
+    if older {
+        store.each_listen_but(user, 0, bound, Order::NewestFirst, skip, found)?;
+    } else {
+        store.each_listen_but(user, bound, i64::MAX, Order::OldestFirst, skip, found)?;
+    }
+    Ok(any)
 }
 
 /// `/user/{name}/history` (`?before=T.S` / `?after=T.S`): every listen, newest first,
