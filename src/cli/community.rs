@@ -141,8 +141,7 @@ enum ProposalTo {
 /// Refuses to sign a second body of a version this node already signed (two signed
 /// bodies of one version are a fork, shown everywhere as evidence against the signer).
 fn claim(store: &Store, cid: &CommunityId, m: &ManifestV1) -> anyhow::Result<()> {
-    let body = *blake3::hash(&m.encode()).as_bytes();
-    if store.claim_manifest_signature(cid, m.version, &body)?.is_err() {
+    if store.claim_manifest_signature(cid, m.version, &m.body_hash())?.is_err() {
         bail!(
             "this node already signed a different version {} of {:?} (a proposal still pending): signing \
              another would fork the community's history. Finish that one, or withdraw it first with \

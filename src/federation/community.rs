@@ -200,7 +200,7 @@ impl ManifestV1 {
         edit(&mut m);
         m.genesis = Some(self.community());
         m.version = self.version + 1;
-        m.prev = Some(*blake3::hash(&self.encode()).as_bytes());
+        m.prev = Some(self.body_hash());
         m.issued_at = issued_at;
         m.members.sort_by_key(|a| a.node);
         m.members.dedup_by(|a, b| a.node == b.node);
@@ -209,6 +209,12 @@ impl ManifestV1 {
         m.admin_threshold = m.admin_threshold.max(1);
         m.schema = if m.admin_threshold > 1 { SCHEMA_THRESHOLD } else { SCHEMA };
         m
+    }
+
+    /// blake3 of the encoded body: what the next version's `prev` names, what a node's
+    /// signature claim records, what tells a fork from other signatures on one body.
+    pub fn body_hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.encode()).as_bytes()
     }
 
     /// The manifest after a round trip through its encoding: an edit that broke a rule
@@ -280,7 +286,7 @@ pub struct SignedManifest {
 
 impl SignedManifest {
     pub fn body_hash(&self) -> [u8; 32] {
-        *blake3::hash(&self.manifest.encode()).as_bytes()
+        self.manifest.body_hash()
     }
 
     /// Everyone whose valid signature the manifest carries.

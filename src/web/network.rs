@@ -360,8 +360,7 @@ fn claim(
     cid: &crate::federation::CommunityId,
     m: &crate::federation::community::ManifestV1,
 ) -> Result<(), Box<Response>> {
-    let body = *blake3::hash(&m.encode()).as_bytes();
-    match state.store.claim_manifest_signature(cid, m.version, &body) {
+    match state.store.claim_manifest_signature(cid, m.version, &m.body_hash()) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => {
             let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();

@@ -281,6 +281,13 @@ mod rogue {
         pub hostile_sync: bool,
     }
 
+    impl Bad {
+        /// Only these manifests, over gossip on the meta topic.
+        pub fn manifests(manifests: Vec<Vec<u8>>) -> Bad {
+            Bad { gossip: vec![], manifests, served: vec![], origin: [0; 32], period: 0, hostile_sync: false }
+        }
+    }
+
     #[derive(Debug, Default)]
     pub struct Report {
         pub range_refused: bool,
@@ -667,14 +674,7 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     let na = a.start();
     let before = network(&na.url, fresh_period());
     let rejected0 = before["p2p"]["rejected"].as_i64().unwrap_or(0);
-    let bad = rogue::Bad {
-        gossip: vec![],
-        manifests: vec![fork.clone(), fork, on_fork],
-        served: vec![],
-        origin: [0; 32],
-        period: 0,
-        hostile_sync: false,
-    };
+    let bad = rogue::Bad::manifests(vec![fork.clone(), fork, on_fork]);
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
     let (stop, rogue) = rogue::spawn(victim.clone(), &x, bad);
     let v = wait_for(&na.url, fresh_period(), "the fork is recorded", |v| {
@@ -746,14 +746,7 @@ fn a_manifest_change_needs_the_threshold_of_administrators() {
     assert_eq!(alone.signer, key.public_key());
     let nb = b.start();
     let rejected0 = network(&nb.url, fresh_period())["p2p"]["rejected"].as_i64().unwrap_or(0);
-    let bad = rogue::Bad {
-        gossip: vec![],
-        manifests: vec![alone.signed.clone()],
-        served: vec![],
-        origin: [0; 32],
-        period: 0,
-        hostile_sync: false,
-    };
+    let bad = rogue::Bad::manifests(vec![alone.signed.clone()]);
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", b.port).parse().expect("addr");
     let (stop, rogue) = rogue::spawn(victim, &x, bad);
     let v = wait_for(&nb.url, fresh_period(), "the under-signed version is rejected", |v| {
