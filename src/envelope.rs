@@ -42,6 +42,9 @@ pub enum OpenError {
 /// Domain-separation tag of community manifest signatures.
 pub const DST_MANIFEST: &[u8] = b"hearsay/v1/community-manifest\0";
 
+/// Domain-separation tag of community results (`federation::result`).
+pub const DST_RESULT: &[u8] = b"hearsay/v1/community-result\0";
+
 /// Signs `body` under `dst` with `key`; returns the canonical envelope bytes.
 pub fn seal(key: &SigningKey, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
     let mut msg = dst.to_vec();

@@ -104,6 +104,12 @@ impl NodeIdentity {
         signed.with_cosignature(self.public_key(), sig)
     }
 
+    /// Signs a community result (the node acting as one of the community's
+    /// administrators, `federation::result`).
+    pub fn sign_result(&self, result: &crate::federation::result::ResultV1) -> Vec<u8> {
+        self.sign(crate::envelope::DST_RESULT, result.encode())
+    }
+
     fn sign(&self, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
         crate::envelope::seal(&self.key, dst, body)
     }

@@ -83,8 +83,8 @@ impl Node {
         let p2p = if self.config.p2p.enabled {
             Some(crate::p2p::spawn(
                 self.store.clone(),
-                &self.identity,
-                crate::p2p::Options::from_config(&self.config.p2p, self.config.privacy.period_secs),
+                self.identity.clone(),
+                crate::p2p::Options::from_config(&self.config.p2p, &self.config.privacy),
             )?)
         } else {
             None

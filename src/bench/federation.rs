@@ -40,7 +40,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
     for i in 0..nodes {
         let d = dir.path().join(format!("n{i}"));
         let s = Store::open(&d, &store::Options { cache_mb: 4, ..Default::default() })?;
-        let id = NodeIdentity::load_or_create(&d)?;
+        let id = std::sync::Arc::new(NodeIdentity::load_or_create(&d)?);
         peers.push((s, id, free_port()?));
     }
     // One allow-list community of every node, administered by node 0.
@@ -81,8 +81,9 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 // Every node of the benchmark shares this process's memory.
                 max_memory_bytes: usize::MAX,
                 period_secs: 604_800,
+                result_delay_secs: 3_600,
             };
-            handles.push(crate::p2p::spawn(s.clone(), id, options)?);
+            handles.push(crate::p2p::spawn(s.clone(), std::sync::Arc::clone(id), options)?);
         }
         // Let the mesh form.
         let settle = Instant::now();

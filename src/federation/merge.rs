@@ -129,7 +129,17 @@ pub fn periods_seen(period: i64, first_seen: Option<i64>, secs: u32) -> u32 {
 
 /// The community chart for one period.
 pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn(&NodeId) -> u32) -> Chart {
-    federated_chart(manifest, &[], state, seen)
+    federated_chart(manifest, &[], &[], state, seen)
+}
+
+/// A linked community's signed merged result (`federation::result`), as a federated
+/// chart of a node that does not hold that community's snapshots counts it: its rows at
+/// `weight_milli` (the link's weight), its `inputs` the origins it merged.
+#[derive(Clone, Copy, Debug)]
+pub struct Linked<'a> {
+    pub weight_milli: u16,
+    pub inputs: &'a [NodeId],
+    pub chart: &'a Chart,
 }
 
 /// A federated chart: the origins this community counts and those each linked community
@@ -137,9 +147,17 @@ pub fn community_chart(manifest: &ManifestV1, state: &PeriodState, seen: impl Fn
 /// weight times its link weight / 1000), merged under this community's policy. So a node
 /// that is a member of two linked communities is not counted twice. A community counts an
 /// origin's snapshot only if the snapshot names it and meets its own privacy floor.
+///
+/// Linked communities whose snapshots this node does not hold come in as their signed
+/// results (`results`): each adds its rows at its link weight, scaled by the share of
+/// its inputs not counted already (by a snapshot here or an earlier result, heaviest
+/// link first), so an origin in two communities is still counted about once; their
+/// origins count towards `min_origins_per_item`, and they enter no per-origin cap (each
+/// is a community's own capped sum).
 pub fn federated_chart(
     own: &ManifestV1,
     linked: &[(u16, &ManifestV1)],
+    results: &[Linked<'_>],
     state: &PeriodState,
     seen: impl Fn(&NodeId) -> u32,
 ) -> Chart {
@@ -180,7 +198,21 @@ pub fn federated_chart(
             counted.push(Counted { weight: u16::try_from(weight).unwrap_or(u16::MAX), member, snapshot });
         }
     }
-    chart_of(&own.policy, &counted)
+    let mut seen_origins: std::collections::BTreeSet<NodeId> = counted.iter().map(|c| c.snapshot.origin).collect();
+    let mut order: Vec<&Linked<'_>> = results.iter().collect();
+    order.sort_by_key(|r| std::cmp::Reverse(r.weight_milli));
+    let mut extras = Vec::new();
+    for r in order {
+        let n = r.inputs.len();
+        let fresh = r.inputs.iter().filter(|o| seen_origins.insert(**o)).count();
+        if n == 0 || fresh == 0 {
+            continue;
+        }
+        // Weight × fresh / n, in 1/1000 (n ≥ fresh > 0).
+        let w = u64::from(r.weight_milli) * u64::try_from(fresh).unwrap_or(0) / u64::try_from(n).unwrap_or(1);
+        extras.push((u16::try_from(w).unwrap_or(u16::MAX), r.chart, u32::try_from(fresh).unwrap_or(u32::MAX)));
+    }
+    chart_of(&own.policy, &counted, &extras)
 }
 
 /// One origin's snapshot as a chart counts it.
@@ -232,7 +264,11 @@ pub fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
 /// entry's count can also shift, by re-clipping, not only be outbid.) Non-members of an
 /// open community are only counted as corroboration (`Row::corroborating`): nothing of
 /// theirs enters a count, a cap or a rank. Arithmetic saturates (i128 inside the clip).
-fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart {
+///
+/// `extras`: linked communities' results, (weight in 1/1000, chart, origins it adds):
+/// their rows are added to the members' sums at that weight, their origins to each
+/// row's, after the caps.
+fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: &[(u16, &Chart, u32)]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
             if tracks { (&s.public.tracks, &s.aggregate.tracks) } else { (&s.public.artists, &s.aggregate.artists) };
@@ -261,13 +297,16 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
         let cap_listens = origin_cap(&mut largest(|v| v.2), MIN_ORIGIN_CAP.saturating_mul(16));
         // item -> (name, per-origin (member, listeners, listens) in 1/1000)
         type Part = (bool, i64, i64);
-        let mut per_item: BTreeMap<ItemId, (ItemName, Vec<Part>)> = BTreeMap::new();
+        // Per item: its name, each counted origin's part, and the linked results' part
+        // (listeners and listens in 1/1000, origins).
+        type Item = (ItemName, Vec<Part>, (i128, i128, u32));
+        let mut per_item: BTreeMap<ItemId, Item> = BTreeMap::new();
         for (c, mine) in per_origin {
             for (item, (name, l, n)) in mine {
                 let w = i64::from(c.weight);
                 per_item
                     .entry(item)
-                    .or_insert_with(|| (name, Vec::new()))
+                    .or_insert_with(|| (name, Vec::new(), (0, 0, 0)))
                     .1
                     // Listens may be negative in aggregate sections (noise left in); no
                     // origin pulls an item down by more than the cap either.
@@ -278,13 +317,23 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
                     ));
             }
         }
+        for (w, chart, _) in extras {
+            let rows = if tracks { &chart.tracks } else { &chart.artists };
+            for r in rows {
+                let e = &mut per_item.entry(r.item).or_insert_with(|| (r.name.clone(), Vec::new(), (0, 0, 0))).2;
+                e.0 = e.0.saturating_add(i128::from(r.listeners).saturating_mul(i128::from(*w)));
+                e.1 = e.1.saturating_add(i128::from(r.listens).saturating_mul(i128::from(*w)));
+                e.2 = e.2.saturating_add(r.origins);
+            }
+        }
         let mut rows: Vec<Row> = Vec::new();
-        for (item, (name, contributions)) in per_item {
-            // Enough origins to list an item: members only (non-members corroborate).
+        for (item, (name, contributions, linked)) in per_item {
+            // Enough origins to list an item: members only (non-members corroborate),
+            // and the origins of linked results.
             let members = contributions.iter().filter(|c| c.0).count();
-            let origins = u32::try_from(members).unwrap_or(u32::MAX);
+            let origins = u32::try_from(members).unwrap_or(u32::MAX).saturating_add(linked.2);
             let corroborating = u32::try_from(contributions.len() - members).unwrap_or(u32::MAX);
-            if members == 0 || origins < u32::from(policy.min_origins_per_item) {
+            if origins == 0 || origins < u32::from(policy.min_origins_per_item) {
                 continue;
             }
             let share = policy.max_origin_share_milli;
@@ -294,22 +343,23 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>]) -> Chart
                 let capped = u32::try_from(values.len()).unwrap_or(u32::MAX) >= enough;
                 if capped { clipped_sum(&values, share) } else { values.iter().map(|v| i128::from(*v)).sum() }
             };
-            let count = |f: fn(&Part) -> i64| -> i64 {
-                let sum = total(contributions.iter().filter(|c| c.0).map(f).collect()) / 1000;
+            let count = |f: fn(&Part) -> i64, linked: i128| -> i64 {
+                let sum = total(contributions.iter().filter(|c| c.0).map(f).collect()).saturating_add(linked) / 1000;
                 i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
             };
-            let listeners = count(|c| c.1);
-            let listens = count(|c| c.2);
+            let listeners = count(|c| c.1, linked.0);
+            let listens = count(|c| c.2, linked.1);
             rows.push(Row { item, name, listeners, listens, origins, corroborating });
         }
         rank(&mut rows);
         rows
     };
     let members = counted.iter().filter(|c| c.member).count();
+    let linked = extras.iter().fold(0u32, |n, e| n.saturating_add(e.2));
     Chart {
         artists: sum(false),
         tracks: sum(true),
-        origins: u32::try_from(members).unwrap_or(u32::MAX),
+        origins: u32::try_from(members).unwrap_or(u32::MAX).saturating_add(linked),
         corroborating: u32::try_from(counted.len() - members).unwrap_or(u32::MAX),
     }
 }
@@ -599,7 +649,7 @@ mod tests {
         let mut strict = manifest(&[5]);
         strict.genesis = Some(TEST_COMMUNITY);
         let s = state_of(&[held(snap(1, &[(1, 100)]), 1), held(snap(5, &[(2, 100)]), 1)]);
-        let fed = federated_chart(&own, &[(100, &strict)], &s, |_| 0);
+        let fed = federated_chart(&own, &[(100, &strict)], &[], &s, |_| 0);
         let artist2 = fed.artists.iter().find(|r| r.item == ItemName::artist("Artist 2").id()).expect("listed");
         assert_eq!(artist2.listeners, 10, "a member at its link weight (100 × 0.1), not 100: {:?}", fed.artists);
     }
@@ -619,7 +669,7 @@ mod tests {
         let s = state_of(&[held(snap(1, &[(1, i64::MAX)]), 1), held(snap(2, &[(1, i64::MAX)]), 1)]);
         let c = community_chart(&m, &s, |_| 0);
         assert!(c.artists[0].listeners > 0, "saturated, not wrapped: {:?}", c.artists[0]);
-        let fed = federated_chart(&m, &[(1000, &m)], &s, |_| 0);
+        let fed = federated_chart(&m, &[(1000, &m)], &[], &s, |_| 0);
         assert!(fed.artists[0].listeners > 0, "{:?}", fed.artists[0]);
     }
 
@@ -641,7 +691,7 @@ mod tests {
         assert_eq!(c.artists[0].listeners, 40);
         // Linked to a community with the same members: each origin still counts once
         // (before, the linked chart was added on top: 60 listeners from 8 "origins").
-        let fed = federated_chart(&m, &[(500, &m)], &s, |_| 0);
+        let fed = federated_chart(&m, &[(500, &m)], &[], &s, |_| 0);
         assert_eq!((fed.artists[0].listeners, fed.origins), (40, 4));
         // A member only of the linked community counts at its link weight.
         let mut other = manifest(&[5]);
@@ -649,7 +699,7 @@ mod tests {
         let s5 = state_of(&[held(snap(5, &[(1, 10)]), 1)]);
         let mut both = s.clone();
         both.merge(&s5);
-        let fed = federated_chart(&m, &[(500, &other)], &both, |_| 0);
+        let fed = federated_chart(&m, &[(500, &other)], &[], &both, |_| 0);
         assert_eq!(fed.origins, 5);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod community;
 pub mod merge;
+pub mod result;
 pub mod sim;
 pub mod validate;
 

@@ -120,10 +120,14 @@ pub struct Options {
     /// This node's release period (`privacy.period_secs`): snapshots of periods of
     /// another length are not taken (a community shares one period grid).
     pub period_secs: u32,
+    /// How long after a period ends an administrator merges and signs its community's
+    /// result: members release after their grace time, and catch-up needs a round or two.
+    pub result_delay_secs: i64,
 }
 
 impl Options {
-    pub fn from_config(c: &crate::config::P2pConfig, period_secs: u32) -> Options {
+    pub fn from_config(c: &crate::config::P2pConfig, privacy: &crate::config::PrivacyConfig) -> Options {
+        let period_secs = privacy.period_secs;
         let parse = |v: &[String]| v.iter().filter_map(|a| a.parse().ok()).collect();
         Options {
             listen: parse(&c.listen),
@@ -142,6 +146,7 @@ impl Options {
             max_connections_per_ip: c.max_connections_per_ip,
             max_memory_bytes: usize::try_from(u64::from(c.max_memory_mib).saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
+            result_delay_secs: i64::from(privacy.grace_secs).saturating_add(2 * i64::from(c.sync_interval_secs)),
         }
     }
 }
@@ -156,6 +161,7 @@ pub enum Error {
 enum TopicKind {
     Snapshot,
     Meta,
+    Result,
 }
 
 pub fn snapshot_topic(id: &CommunityId) -> IdentTopic {
@@ -170,6 +176,10 @@ pub fn community_dht_key(id: &CommunityId) -> kad::RecordKey {
 
 pub fn meta_topic(id: &CommunityId) -> IdentTopic {
     IdentTopic::new(format!("/hearsay/1/c/{}/meta", short_hex(id)))
+}
+
+pub fn result_topic(id: &CommunityId) -> IdentTopic {
+    IdentTopic::new(format!("/hearsay/1/c/{}/result", short_hex(id)))
 }
 
 /// The libp2p PeerId of a node key.
@@ -193,7 +203,7 @@ pub fn node_of_text(text: &str) -> Option<NodeId> {
 
 /// Starts the network task. Listen failures are logged, not fatal: a node whose port
 /// is taken still serves its users.
-pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<P2pHandle, Error> {
+pub fn spawn(store: Store, identity: std::sync::Arc<NodeIdentity>, options: Options) -> Result<P2pHandle, Error> {
     let key = libp2p::identity::Keypair::from_protobuf_encoding(&identity.encode())
         .map_err(|e| Error::Start(format!("node key: {e}")))?;
     let opts = behaviour::Options {
@@ -234,6 +244,8 @@ pub fn spawn(store: Store, identity: &NodeIdentity, options: Options) -> Result<
         store,
         options,
         me: identity.public_key(),
+        identity,
+        published_results: HashMap::new(),
         topics: HashMap::new(),
         communities: Vec::new(),
         unknown: Vec::new(),
@@ -301,6 +313,9 @@ struct Community {
     manifest: ManifestV1,
     /// This node publishes its releases there.
     member: bool,
+    /// Followed only through a federation link, not as a member: its signed results
+    /// are taken, not its members' snapshots.
+    by_result: bool,
     /// Addresses from the ticket it was joined with.
     bootstrap: Vec<String>,
 }
@@ -310,6 +325,10 @@ struct Task {
     store: Store,
     options: Options,
     me: NodeId,
+    identity: std::sync::Arc<NodeIdentity>,
+    /// Per (community, period), how many inputs the last result this node signed had
+    /// (an administrator re-issues only when it holds more).
+    published_results: HashMap<(CommunityId, i64), usize>,
     topics: HashMap<TopicHash, (CommunityId, TopicKind)>,
     /// Followed communities whose manifest is held.
     communities: Vec<Community>,
@@ -380,6 +399,7 @@ impl Task {
                 _ = sync_tick.tick() => {
                     self.sync_with_random_peer();
                     self.prune();
+                    self.publish_results();
                 }
                 _ = kad_tick.tick() => {
                     // Refresh the routing table (an error only means no peer is known
@@ -425,6 +445,9 @@ impl Task {
             }
             Err(e) => tracing::warn!(error = %e, "pruning old snapshots"),
         }
+        if let Err(e) = self.store.prune_results(Self::now() - self.options.retention_secs) {
+            tracing::warn!(error = %e, "pruning old community results");
+        }
     }
 
     /// Which non-member origins' snapshots are held (the open-community intake bounds
@@ -466,12 +489,22 @@ impl Task {
         self.communities.clear();
         self.unknown.clear();
         let mut links = Vec::new();
+        let by_result = self.store.followed_by_result().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading which communities are followed through links");
+            Default::default()
+        });
         for (id, follow) in &followed {
             let Ok(Some(m)) = self.store.manifest(id) else {
                 self.unknown.push((*id, follow.bootstrap.clone()));
                 continue;
             };
-            for (topic, kind) in [(snapshot_topic(id), TopicKind::Snapshot), (meta_topic(id), TopicKind::Meta)] {
+            // Through a link only: results, not every member's snapshot.
+            let linked_only = by_result.contains(id);
+            let mut topics = vec![(meta_topic(id), TopicKind::Meta), (result_topic(id), TopicKind::Result)];
+            if !linked_only {
+                topics.push((snapshot_topic(id), TopicKind::Snapshot));
+            }
+            for (topic, kind) in topics {
                 if !self.topics.contains_key(&topic.hash()) {
                     if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
                         tracing::warn!(error = ?e, "subscribing");
@@ -488,6 +521,7 @@ impl Task {
                 id: *id,
                 manifest: m.manifest,
                 member: follow.member,
+                by_result: linked_only,
                 bootstrap: follow.bootstrap.clone(),
             });
         }
@@ -609,7 +643,7 @@ impl Task {
     /// those named (`None`: any); empty: not wanted.
     fn wanted(&self, origin: &NodeId, named: Option<&[CommunityId]>) -> Vec<Floor> {
         crate::federation::validate::floors_counting(
-            self.communities.iter().map(|c| (&c.id, &c.manifest)),
+            self.communities.iter().filter(|c| !c.by_result).map(|c| (&c.id, &c.manifest)),
             origin,
             named,
         )
@@ -680,6 +714,121 @@ impl Task {
             }
         }
         verdict
+    }
+
+    /// Validates a community result (`federation::result::check`) and keeps it: a member
+    /// of the community (who holds its snapshots) recomputes it first, and keeps one that
+    /// differs as evidence against its signer, out of its charts. Passed on either way
+    /// (relaying an administrator's signed result is no fault).
+    fn take_result(&mut self, bytes: &[u8]) -> Verdict {
+        let now = Self::now();
+        let store = self.store.clone();
+        let manifest_at = move |id: &CommunityId, v: u32| store.manifest_at(id, v).ok().flatten().map(|m| m.manifest);
+        let ctx = crate::federation::result::Context {
+            now,
+            oldest: now - self.options.retention_secs,
+            period_secs: self.options.period_secs,
+            manifest_at: &manifest_at,
+        };
+        let valid = match crate::federation::result::check(bytes, &ctx) {
+            Ok(v) => v,
+            Err(Ok(why)) => {
+                self.status.ignored += 1;
+                return Verdict::Ignore(why);
+            }
+            Err(Err(why)) => {
+                self.status.rejected += 1;
+                return Verdict::Reject(why);
+            }
+        };
+        let r = &valid.result;
+        let Some(c) = self.communities.iter().find(|c| c.id == r.community) else {
+            return Verdict::Ignore("not a followed community".into());
+        };
+        let signer = valid.envelope.signer;
+        let verification = if c.member {
+            let manifest = (ctx.manifest_at)(&r.community, r.manifest_version);
+            match (manifest, self.store.period_state(r.period_start)) {
+                (Some(m), Ok(held)) => r.verify(&m, &held),
+                _ => crate::federation::result::Verification::Incomplete,
+            }
+        } else {
+            crate::federation::result::Verification::Incomplete
+        };
+        tracing::debug!(signer = %short_hex(&signer), period = r.period_start, inputs = r.inputs.len(), ?verification, "a community result");
+        let stored = if verification == crate::federation::result::Verification::Differs {
+            tracing::warn!(
+                signer = %short_hex(&signer),
+                period = r.period_start,
+                "an administrator signed a community result that its members' snapshots do not give: kept as evidence"
+            );
+            self.status.evidence += 1;
+            self.store.put_wrong_result(&signer, r, bytes)
+        } else {
+            self.store.put_result(&signer, r, bytes)
+        };
+        match stored {
+            Ok(true) => {
+                self.status.accepted += 1;
+                Verdict::Accept
+            }
+            Ok(false) => Verdict::Ignore("duplicate".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a community result");
+                Verdict::Ignore("storage failed".into())
+            }
+        }
+    }
+
+    /// As an administrator of a community this node is a member of, merges and signs
+    /// its result for each period that ended `result_delay_secs` ago or earlier (in the
+    /// retention window, the newest four periods at most), once, and again only when
+    /// more members' snapshots have arrived since (so at most once per member).
+    fn publish_results(&mut self) {
+        let now = Self::now();
+        let secs = i64::from(self.options.period_secs.max(1));
+        let latest = crate::privacy::accountant::period_of(now - self.options.result_delay_secs - secs, secs);
+        let mine: Vec<(CommunityId, ManifestV1)> = self
+            .communities
+            .iter()
+            .filter(|c| c.member && c.manifest.admins.contains(&self.me))
+            .map(|c| (c.id, c.manifest.clone()))
+            .collect();
+        for (id, manifest) in mine {
+            for back in 0..4 {
+                let period = latest - back * secs;
+                if period < now - self.options.retention_secs {
+                    break;
+                }
+                let state = match self.store.period_state(period) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading snapshots for a community result");
+                        return;
+                    }
+                };
+                let issued = self.published_results.get(&(id, period)).copied();
+                let Some(r) =
+                    crate::federation::result::ResultV1::of(&manifest, &state, period, self.options.period_secs, now)
+                else {
+                    continue;
+                };
+                if issued.is_some_and(|n| n >= r.inputs.len()) {
+                    continue;
+                }
+                let bytes = self.identity.sign_result(&r);
+                match self.store.put_result(&self.me, &r, &bytes) {
+                    Ok(_) => {
+                        tracing::debug!(period, inputs = r.inputs.len(), "signed this community's result");
+                        self.published_results.insert((id, period), r.inputs.len());
+                        self.queue(result_topic(&id), bytes);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "storing this node's community result"),
+                }
+            }
+        }
+        let oldest = latest - 8 * secs;
+        self.published_results.retain(|(_, p), _| *p >= oldest);
     }
 
     /// Validates a manifest for community `id`; stores it when it is the next version.
@@ -770,6 +919,7 @@ impl Task {
                 let verdict = match self.topics.get(&message.topic).copied() {
                     None => Verdict::Ignore("not our topic".into()),
                     Some((_, TopicKind::Snapshot)) => self.take_snapshot(&message.data),
+                    Some((_, TopicKind::Result)) => self.take_result(&message.data),
                     Some((id, TopicKind::Meta)) => {
                         let (v, missing) = self.take_manifest(&id, &message.data);
                         if missing {
@@ -956,6 +1106,11 @@ impl Task {
         for id in ids {
             self.request_manifests(peer, id);
         }
+        let from = Self::now() - self.options.retention_secs;
+        let linked: Vec<CommunityId> = self.communities.iter().filter(|c| c.by_result).map(|c| c.id).collect();
+        for community in linked {
+            self.send(peer, SyncRequest::Results { community, from });
+        }
     }
 
     fn request_manifests(&mut self, peer: PeerId, id: CommunityId) {
@@ -1026,6 +1181,12 @@ impl Task {
                 }
                 SyncResponse::Snapshots(out)
             }
+            SyncRequest::Results { community, from } => {
+                match self.store.results_since(&community, from, sync::MAX_RESULTS) {
+                    Ok(list) => SyncResponse::Results(list.into_iter().map(serde_bytes::ByteBuf::from).collect()),
+                    Err(e) => SyncResponse::Error(format!("store: {e}")),
+                }
+            }
             SyncRequest::Manifests { community, after } => {
                 match self.store.manifests_after(&community, after, MAX_MANIFESTS) {
                     Ok(list) => SyncResponse::Manifests(list.into_iter().map(serde_bytes::ByteBuf::from).collect()),
@@ -1092,6 +1253,18 @@ impl Task {
                         continue;
                     }
                     if let (Verdict::Reject(why), _) = self.take_manifest(&id, &b) {
+                        self.penalise(peer, &why);
+                        break;
+                    }
+                }
+            }
+            SyncResponse::Results(list) => {
+                if list.len() > sync::MAX_RESULTS {
+                    self.penalise(peer, "too many results");
+                    return;
+                }
+                for b in list {
+                    if let Verdict::Reject(why) = self.take_result(&b) {
                         self.penalise(peer, &why);
                         break;
                     }

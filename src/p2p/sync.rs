@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REFS: usize = 4096;
 pub const MAX_FETCH: usize = 16;
 pub const MAX_MANIFESTS: usize = 16;
+/// Most results per answer (16 × 61 KiB).
+pub const MAX_RESULTS: usize = 16;
 
 /// (period start, origin, version, blake3 of the bytes).
 pub type Ref = (i64, [u8; 32], u16, [u8; 32]);
@@ -34,6 +36,9 @@ pub enum SyncRequest {
     /// receiver fetches from it those it lacks and wants, and announces them onward, so
     /// a gap (a healed partition, a node back online) closes in round trips.
     Have { refs: Vec<Ref> },
+    /// Signed results of a community for periods from `from` on, newest first (at
+    /// most `MAX_RESULTS`).
+    Results { community: [u8; 32], from: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,7 @@ pub enum SyncResponse {
     },
     /// A `Have` was received.
     Noted,
+    Results(Vec<serde_bytes::ByteBuf>),
 }
 
 /// The snapshots this node took, in the order it took them (a sequence number each):

@@ -8,6 +8,7 @@ use super::{Error, Result, Store, schema};
 use crate::envelope::{MAX_SIGNED_BYTES, peek_signed};
 use crate::federation::community::{SignedManifest, open_manifest};
 use crate::federation::merge::{Held, PeriodState};
+use crate::federation::result::{MAX_SIGNED_RESULT_BYTES, ResultV1, better};
 use crate::federation::{CommunityId, NodeId};
 use crate::privacy::snapshot::SnapshotV1;
 
@@ -376,6 +377,11 @@ pub struct CommunityView {
     /// Manifest versions the administrators forked (two different signed manifests of
     /// one version): this node follows the one it took first.
     pub forks: Vec<u32>,
+    /// When the chart is a signed result (a linked community this node is not a member
+    /// of): the administrator who merged it (short id).
+    pub merged_by: Option<String>,
+    /// Results this node recomputed to other charts: (period, signer's short id).
+    pub wrong_results: Vec<(i64, String)>,
 }
 
 impl Store {
@@ -411,14 +417,42 @@ impl Store {
     ) -> Result<Option<crate::federation::merge::Chart>> {
         let Some(m) = self.manifest(id)? else { return Ok(None) };
         let mut linked = Vec::new();
+        let mut results = Vec::new();
+        let followed = if with_links { self.followed()? } else { Vec::new() };
         for l in m.manifest.links.iter().filter(|_| with_links) {
-            if let Some(lm) = self.manifest(&l.community)? {
-                linked.push((l.weight_milli, lm.manifest));
+            // A linked community this node is a member of: its snapshots are held here,
+            // each origin counted once. Any other: its signed result (its snapshots are
+            // not taken here), when one is held.
+            if followed.iter().any(|(c, f)| *c == l.community && f.member) {
+                if let Some(lm) = self.manifest(&l.community)? {
+                    linked.push((l.weight_milli, lm.manifest));
+                }
+            } else if let Some((_, r, _)) = self.best_result(&l.community, period, secs)?
+                && let Some(lm) = self.manifest_at(&l.community, r.manifest_version)?
+            {
+                results.push((l.weight_milli, r.input_nodes(&lm.manifest), r.chart));
             }
         }
         let refs: Vec<(u16, &crate::federation::community::ManifestV1)> = linked.iter().map(|(w, m)| (*w, m)).collect();
+        let results: Vec<crate::federation::merge::Linked<'_>> = results
+            .iter()
+            .map(|(w, inputs, chart)| crate::federation::merge::Linked { weight_milli: *w, inputs, chart })
+            .collect();
         let (state, seen) = self.chart_inputs(period, secs)?;
-        Ok(Some(crate::federation::merge::federated_chart(&m.manifest, &refs, &state, |o| seen(o))))
+        Ok(Some(crate::federation::merge::federated_chart(&m.manifest, &refs, &results, &state, |o| seen(o))))
+    }
+
+    /// The communities this node takes as signed results rather than snapshots: those
+    /// it follows only because a followed community links them, without being a member.
+    pub fn followed_by_result(&self) -> Result<std::collections::BTreeSet<CommunityId>> {
+        let followed = self.followed()?;
+        let mut linked = std::collections::BTreeSet::new();
+        for (id, _) in &followed {
+            if let Some(m) = self.manifest(id)? {
+                linked.extend(m.manifest.links.iter().map(|l| l.community));
+            }
+        }
+        Ok(followed.into_iter().filter(|(id, f)| !f.member && linked.contains(id)).map(|(id, _)| id).collect())
     }
 
     /// The snapshots of a period of length `secs`, and each origin's probation: whole
@@ -487,9 +521,18 @@ impl Store {
             },
         };
         let mut out = Vec::new();
+        let by_result = self.followed_by_result()?;
         for (id, follow) in self.followed()? {
             let Some(m) = self.manifest(&id)? else { continue };
+            let mut merged_by = None;
             let chart = match period {
+                Some(p) if by_result.contains(&id) => match self.best_result(&id, p, secs)? {
+                    Some((signer, r, _)) => {
+                        merged_by = Some(crate::federation::short_hex(&signer));
+                        r.chart
+                    }
+                    None => Default::default(),
+                },
                 Some(p) => self.community_chart(&id, p, secs)?.unwrap_or_default(),
                 None => Default::default(),
             };
@@ -513,8 +556,142 @@ impl Store {
                 federated,
                 links,
                 forks: self.manifest_forks(&id)?.into_iter().map(|(v, _)| v).collect(),
+                merged_by,
+                wrong_results: self
+                    .wrong_results(&id)?
+                    .into_iter()
+                    .map(|(p, s)| (p, crate::federation::short_hex(&s)))
+                    .collect(),
             });
         }
         Ok(out)
+    }
+}
+
+fn result_key(period: i64, id: &CommunityId, signer: &NodeId) -> Vec<u8> {
+    let mut k = super::keys::time_key(period).to_vec();
+    k.extend_from_slice(id);
+    k.extend_from_slice(signer);
+    k
+}
+
+fn result_prefix(period: i64, id: &CommunityId) -> Vec<u8> {
+    let mut k = super::keys::time_key(period).to_vec();
+    k.extend_from_slice(id);
+    k
+}
+
+/// A held result: its signer, the decoded result and blake3 of the signed bytes.
+pub type HeldResult = (NodeId, ResultV1, [u8; 32]);
+
+fn open_held_result(tree: &'static str, k: &[u8], v: &[u8]) -> Result<HeldResult> {
+    let corrupt = |m: &str| Error::corrupt(tree, k, m);
+    let env = crate::envelope::peek_signed(v, MAX_SIGNED_RESULT_BYTES).map_err(|e| corrupt(&e.to_string()))?;
+    let r = ResultV1::decode(&env.body).map_err(|e| corrupt(&e.to_string()))?;
+    Ok((env.signer, r, *blake3::hash(v).as_bytes()))
+}
+
+impl Store {
+    /// Keeps a checked result (`federation::result::check`): the best one of its signer
+    /// for the period (`result::better`); `false` when the one held is as good.
+    pub fn put_result(&self, signer: &NodeId, r: &ResultV1, bytes: &[u8]) -> Result<bool> {
+        self.writable()?;
+        let k = result_key(r.period_start, &r.community, signer);
+        let tree = &self.trees.period_community_signer_result;
+        let hash = *blake3::hash(bytes).as_bytes();
+        if let Some(held) = tree.get(&k)? {
+            let (_, h, hh) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &held)?;
+            if !better((r, &hash), (&h, &hh)) {
+                return Ok(false);
+            }
+        }
+        tree.insert(k, bytes)?;
+        tree.flush()?;
+        self.network_changed();
+        Ok(true)
+    }
+
+    /// Keeps a result found wrong as evidence (one per signer and period); whether new.
+    pub fn put_wrong_result(&self, signer: &NodeId, r: &ResultV1, bytes: &[u8]) -> Result<bool> {
+        self.writable()?;
+        let k = result_key(r.period_start, &r.community, signer);
+        let tree = &self.trees.period_community_signer_wrongresult;
+        let stored = tree.compare_and_swap(k, None as Option<&[u8]>, Some(bytes))?.is_ok();
+        tree.flush()?;
+        self.network_changed();
+        Ok(stored)
+    }
+
+    /// Every result held for a community's period, by signer.
+    pub fn results(&self, id: &CommunityId, period: i64) -> Result<Vec<HeldResult>> {
+        let mut out = Vec::new();
+        for kv in self.trees.period_community_signer_result.scan_prefix(result_prefix(period, id)) {
+            let (k, v) = kv?;
+            out.push(open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The result a chart takes for a community's period of length `secs`: the best
+    /// held (`result::better`) whose signer no wrong result is held against for it.
+    pub fn best_result(&self, id: &CommunityId, period: i64, secs: u32) -> Result<Option<HeldResult>> {
+        let mut best: Option<HeldResult> = None;
+        for (signer, r, hash) in self.results(id, period)? {
+            if r.period_secs != secs
+                || self.trees.period_community_signer_wrongresult.contains_key(result_key(period, id, &signer))?
+            {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(_, b, bh)| better((&r, &hash), (b, bh))) {
+                best = Some((signer, r, hash));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Wrong results held against a community's administrators: (period, signer).
+    pub fn wrong_results(&self, id: &CommunityId) -> Result<Vec<(i64, NodeId)>> {
+        let mut out = Vec::new();
+        for kv in self.trees.period_community_signer_wrongresult.iter() {
+            let (k, v) = kv?;
+            let (signer, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT, &k, &v)?;
+            if r.community == *id {
+                out.push((r.period_start, signer));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Signed results of a community for periods from `from` on, newest first (at most
+    /// `limit`): what a catch-up answer carries.
+    pub fn results_since(&self, id: &CommunityId, from: i64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for kv in self.trees.period_community_signer_result.range(prefix(from.max(0), None)..).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            if k.get(8..40) == Some(&id[..]) {
+                out.push(v.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes results (and wrong ones) of periods before `before`; how many went.
+    pub fn prune_results(&self, before: i64) -> Result<usize> {
+        self.writable()?;
+        let mut n = 0;
+        for tree in [&self.trees.period_community_signer_result, &self.trees.period_community_signer_wrongresult] {
+            for kv in tree.range(..prefix(before.max(0), None)) {
+                let (k, _) = kv?;
+                tree.remove(k)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.network_changed();
+        }
+        Ok(n)
     }
 }

@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "add the tree of manifest versions this node signed (created empty on open)",
         run: nothing_to_fill,
     },
+    Migration { to: 11, name: "add the community result trees (created empty on open)", run: nothing_to_fill },
 ];
 
 /// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node

@@ -60,6 +60,12 @@ const NODE_TREES: &[&str] = &[
     schema::PERIODSTART_RELEASE,
     schema::PERIOD_ORIGIN_SNAPSHOT,
     schema::COMMUNITY_VERSION_MANIFEST,
+    schema::COMMUNITY_VERSION_FORK,
+    // Which manifest bodies this node signed: without it, a salvaged node could sign
+    // a second body of a version (a fork).
+    schema::COMMUNITY_VERSION_SIGNED,
+    schema::PERIOD_COMMUNITY_SIGNER_RESULT,
+    schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT,
     schema::COMMUNITY_FOLLOW,
     schema::INVITEDIGEST_INVITE,
 ];

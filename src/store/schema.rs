@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -198,6 +198,18 @@ pub const COMMUNITY_VERSION_FORK: &str = "community_version_fork";
 /// the pending one is withdrawn. Since schema 10.
 pub const COMMUNITY_VERSION_SIGNED: &str = "community_version_signed";
 
+/// `period_community_signer_result`: `period start (time key) ‖ community id (32) ‖
+/// signer (32)` -> a signed community result (`federation::result`), raw: the best one
+/// (most inputs) each administrator issued for the period. Serves: the charts of linked
+/// communities this node is not a member of, catch-up answers, pruning by period. Since
+/// schema 11.
+pub const PERIOD_COMMUNITY_SIGNER_RESULT: &str = "period_community_signer_result";
+
+/// `period_community_signer_wrongresult`: same key -> a signed result that this node,
+/// a member holding every snapshot it names, recomputed to another chart: evidence
+/// against its signer, shown on `/network`. One per key. Since schema 11.
+pub const PERIOD_COMMUNITY_SIGNER_WRONGRESULT: &str = "period_community_signer_wrongresult";
+
 /// `community_follow`: `community id (32)` -> `FollowV1` { this node publishes there
 /// (member) or only follows it, bootstrap addresses, when }. Serves: which topics to
 /// subscribe, which charts to show.
@@ -237,6 +249,8 @@ pub const ALL_TREES: &[&str] = &[
     COMMUNITY_VERSION_MANIFEST,
     COMMUNITY_VERSION_FORK,
     COMMUNITY_VERSION_SIGNED,
+    PERIOD_COMMUNITY_SIGNER_RESULT,
+    PERIOD_COMMUNITY_SIGNER_WRONGRESULT,
     COMMUNITY_FOLLOW,
 ];
 

@@ -142,6 +142,12 @@ pub async fn page_handler(
                             " · " a href="/network" { "last complete period" }
                         }
                     }
+                    @if !c.wrong_results.is_empty() {
+                        p.error role="alert" { "Warning: an administrator signed a community result that its members' snapshots do not give (recomputed here): " @for (i, (p, s)) in c.wrong_results.iter().enumerate() { @if i > 0 { ", " } "administrator " code { (s) } " for the period from " (jiff::Timestamp::from_second(*p).map(|t| t.to_string()).unwrap_or_default()) } ". This node leaves that result out." }
+                    }
+                    @if let Some(by) = &c.merged_by {
+                        p.muted { "This community is linked, not joined: its chart is the result administrator " code { (by) } " merged and signed from its members' snapshots (its members check it; this node cannot)." }
+                    }
                     (chart_table("Community chart", &c.chart))
                     @if let Some(f) = &c.federated {
                         p.muted { "Linked: " @for (name, id, w, held) in &c.links { (name) " (" (id) ", weight " (f64::from(*w) / 1000.0) @if !held { ", not reached yet" } ") " } }

@@ -210,6 +210,22 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
     // Public sections are exact: A's public user's artist has 1 listener, 2 listens.
     let open_a = expected.artists.iter().find(|r| r.name.artist == "Open a").expect("public artist");
     assert_eq!((open_a.listeners, open_a.listens, open_a.origins), (1, 2, 1));
+    // A and B are no members of Y: they take Y's chart as the result C (Y's
+    // administrator) merged and signed, not C's snapshot; C computes it from snapshots.
+    let short = |id: &str| hearsay::federation::short_hex(&key(id));
+    for v in [&va, &vb] {
+        assert_eq!(community(v, "Y").expect("Y")["merged_by"], short(&c.id).as_str(), "{v}");
+    }
+    assert_eq!(community(&vc, "Y").expect("Y")["merged_by"], Value::Null);
+    // X's federated chart is X's origins plus half of Y's result.
+    let y_chart: hearsay::federation::merge::Chart =
+        serde_json::from_value(community(&vc, "Y").expect("Y")["chart"].clone()).expect("chart");
+    let y_inputs = [key(&c.id)];
+    let linked = hearsay::federation::merge::Linked { weight_milli: 500, inputs: &y_inputs, chart: &y_chart };
+    let federated = hearsay::federation::merge::federated_chart(&manifest, &[], &[linked], &state, |_| 0);
+    assert_eq!(community(&va, "X").expect("X")["federated"], serde_json::to_value(&federated).expect("json"));
+    let shared = federated.artists.iter().find(|r| r.name.artist == "Shared Artist").expect("shared");
+    assert_eq!(shared.origins, 3, "A, B and, through Y's result, C");
     // The page picks other periods (it showed only the newest before).
     let page = ureq::get(&format!("{}/network?period={p}", na.url)).call().expect("page").into_string().expect("body");
     assert!(page.contains(&format!("/network?period={}", p - 4)), "a link to the earlier period");
@@ -236,6 +252,11 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
     assert_eq!(community(&after, "X").map(|c| &c["chart"]), community(&vb, "X").map(|c| &c["chart"]));
     assert_eq!(community(&after, "X").map(|c| &c["federated"]), community(&vb, "X").map(|c| &c["federated"]));
     drop((na, nb, nc, nd));
+    // A never took a snapshot of C's (Y's members' snapshots travel only in Y).
+    let store = hearsay::store::Store::open(&a.data, &hearsay::store::Options::default()).expect("open A");
+    let held = store.period_state(p).expect("held");
+    assert!(held.by_origin.contains_key(&key(&b.id)), "B's snapshot is held");
+    assert!(!held.by_origin.contains_key(&key(&c.id)), "C's snapshot is not");
 }
 
 /// A misbehaving peer built from the same libp2p behaviour: it connects to a member,
@@ -272,6 +293,8 @@ mod rogue {
         pub gossip: Vec<Vec<u8>>,
         /// Sent over gossip on the meta topic.
         pub manifests: Vec<Vec<u8>>,
+        /// Sent over gossip on the result topic (again every second).
+        pub results: Vec<Vec<u8>>,
         /// Served to the victim's catch-up requests, claimed as `origin`'s.
         pub served: Vec<Vec<u8>>,
         pub origin: [u8; 32],
@@ -284,7 +307,20 @@ mod rogue {
     impl Bad {
         /// Only these manifests, over gossip on the meta topic.
         pub fn manifests(manifests: Vec<Vec<u8>>) -> Bad {
-            Bad { gossip: vec![], manifests, served: vec![], origin: [0; 32], period: 0, hostile_sync: false }
+            Bad {
+                gossip: vec![],
+                manifests,
+                results: vec![],
+                served: vec![],
+                origin: [0; 32],
+                period: 0,
+                hostile_sync: false,
+            }
+        }
+
+        /// Only these community results, over gossip on the result topic.
+        pub fn results(results: Vec<Vec<u8>>) -> Bad {
+            Bad { results, ..Bad::manifests(vec![]) }
         }
     }
 
@@ -323,6 +359,8 @@ mod rogue {
         let mut s = swarm();
         let snapshot_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/snapshot"));
         let meta_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/meta"));
+        let result_topic = IdentTopic::new(format!("/hearsay/1/c/{community_short}/result"));
+        s.behaviour_mut().gossipsub.subscribe(&result_topic).expect("subscribe");
         s.behaviour_mut().gossipsub.subscribe(&snapshot_topic).expect("subscribe");
         s.behaviour_mut().gossipsub.subscribe(&meta_topic).expect("subscribe");
         s.dial(victim).expect("dial");
@@ -346,6 +384,9 @@ mod rogue {
                     if published {
                         for b in &bad.gossip {
                             let _ = s.behaviour_mut().gossipsub.publish(snapshot_topic.clone(), b.clone());
+                        }
+                        for b in &bad.results {
+                            let _ = s.behaviour_mut().gossipsub.publish(result_topic.clone(), b.clone());
                         }
                     }
                     continue;
@@ -395,6 +436,7 @@ mod rogue {
                                     )])
                                 }
                                 SyncRequest::Manifests { .. } => SyncResponse::Manifests(Vec::new()),
+                                SyncRequest::Results { .. } => SyncResponse::Results(Vec::new()),
                             };
                             let _ = s.behaviour_mut().sync.send_response(channel, response);
                         }
@@ -481,6 +523,7 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
     let bad = rogue::Bad {
         gossip: vec![non_member, tampered.clone(), truncated.clone(), forged.clone(), b_release.clone()],
         manifests: vec![b"garbage manifest".to_vec()],
+        results: vec![],
         served: vec![oversized, tampered, truncated, forged],
         origin: b_key.public_key(),
         period: p,
@@ -527,6 +570,7 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
     let bad = rogue::Bad {
         gossip: vec![equivocation],
         manifests: vec![],
+        results: vec![],
         served: vec![],
         origin: b_key.public_key(),
         period: p,
@@ -704,6 +748,81 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     assert_eq!(store.manifests_after(&id, 1, 1).expect("after"), vec![v2.signed], "the limit holds");
 }
 
+/// Signed community results: an administrator's result that its members' snapshots do
+/// not give is kept by a member as evidence against it (shown on `/network`, never
+/// taken for a chart) and one signed by a node that is no administrator is refused,
+/// while the administrator's honest result, which its node makes by itself after the
+/// period, is kept as a match. (Before: there were no results, and every node that
+/// followed a linked community took every one of its members' snapshots.)
+#[test]
+fn a_wrong_community_result_is_evidence_and_a_forged_one_is_refused() {
+    use hearsay::federation::merge::{Held, PeriodState};
+    use hearsay::federation::result::ResultV1;
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"), Peer::new(dir.path(), "c"));
+    let x = a.cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat()).trim().to_owned();
+    let ticket = a.cli(&["community", "invite", "X", "--node", &b.id]);
+    b.cli(&["community", "join", ticket.trim()]);
+    let (_, manifest) = hearsay::federation::community::TicketV1::from_text(ticket.trim()).expect("ticket");
+    let (ta, tb) = (
+        user_with_token(&a.data, dir.path(), "apub", "public"),
+        user_with_token(&b.data, dir.path(), "bpub", "public"),
+    );
+    let (na, nb) = (a.start(), b.start());
+    let p = fresh_period();
+    submit(&na.url, &ta, &[("Alpha Band", "One", p)]);
+    submit(&nb.url, &tb, &[("Beta Band", "Two", p)]);
+    let releases = [release_of(&na.url, p, Duration::from_secs(20)), release_of(&nb.url, p, Duration::from_secs(20))];
+    let before = wait_for(&nb.url, p, "B holds both snapshots", |v| origins(v, "X", "chart") == 2);
+    let mut state = PeriodState::default();
+    for bytes in &releases {
+        let (_, s) = hearsay::envelope::open_snapshot(bytes).expect("verifies");
+        state.insert(Held { version: s.version, hash: *blake3::hash(bytes).as_bytes(), snapshot: s });
+    }
+    let honest = ResultV1::of(&manifest.manifest, &state, p, 4, p + 30).expect("a result");
+    assert_eq!(honest.inputs.len(), 2);
+    // A's key signs a result that lifts one artist by 1000 listeners; C's key (no
+    // administrator) signs the honest one.
+    let a_key = NodeIdentity::load_or_create(&a.data).expect("A's key");
+    let mut wrong = honest.clone();
+    wrong.chart.artists[0].listeners += 1000;
+    wrong.issued_at = p + 31;
+    let forged = NodeIdentity::load_or_create(&c.data).expect("C's key").sign_result(&honest);
+    let rejected0 = before["p2p"]["rejected"].as_i64().unwrap_or(0);
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", b.port).parse().expect("addr");
+    let (stop, rogue) = rogue::spawn(victim, &x, rogue::Bad::results(vec![a_key.sign_result(&wrong), forged]));
+    let v = wait_for(&nb.url, p, "B keeps the wrong result and refuses the forged one", |v| {
+        community(v, "X").is_some_and(|c| c["wrong_results"].as_array().is_some_and(|w| !w.is_empty()))
+            && v["p2p"]["rejected"].as_i64().unwrap_or(0) > rejected0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
+    let a_short = hearsay::federation::short_hex(&a_key.public_key());
+    let x_view = community(&v, "X").expect("X");
+    assert_eq!(x_view["wrong_results"], serde_json::json!([[p, a_short]]));
+    assert_eq!(x_view["chart"], community(&before, "X").expect("X")["chart"], "no chart changed");
+    let page = ureq::get(&format!("{}/network?period={p}", nb.url)).call().expect("page").into_string().expect("body");
+    assert!(page.contains("do not give"), "{page}");
+    // A's own node made and signed the honest result after the period; B kept it.
+    let id = manifest.manifest.community();
+    // (Its node signs it one grace time and two catch-up rounds after the period
+    // ends, p + 9 here, on its next tick.)
+    let due = p + 16;
+    while hearsay::now_unix() < due {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((na, nb));
+    let store = hearsay::store::Store::open(&b.data, &hearsay::store::Options::default()).expect("open B");
+    let held = store.results(&id, p).expect("read");
+    assert!(
+        held.iter().any(|(signer, r, _)| *signer == a_key.public_key() && r.chart == honest.chart),
+        "A's node made the honest result and B kept it: {held:?}"
+    );
+    // No chart takes a result from that administrator for that period any more.
+    assert_eq!(store.best_result(&id, p, 4).expect("read"), None);
+}
+
 /// Manifest changes by a threshold of administrators: once A and B are both
 /// administrators with a threshold of 2, A alone changes nothing (its node keeps the
 /// version; a version signed by A's key alone, sent to B, is rejected), a node that is
@@ -870,6 +989,7 @@ fn a_sybil_flood_of_an_open_community_only_corroborates() {
     let bad = rogue::Bad {
         gossip: sybils,
         manifests: vec![],
+        results: vec![],
         served: vec![],
         origin: [0; 32],
         period: p,
