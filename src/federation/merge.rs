@@ -210,7 +210,8 @@ pub fn federated_chart(
         }
         // Weight × fresh / n, in 1/1000 (n ≥ fresh > 0).
         let w = u64::from(r.weight_milli) * u64::try_from(fresh).unwrap_or(0) / u64::try_from(n).unwrap_or(1);
-        extras.push((u16::try_from(w).unwrap_or(u16::MAX), r.chart, u32::try_from(fresh).unwrap_or(u32::MAX)));
+        let share = (u32::try_from(fresh).unwrap_or(u32::MAX), u32::try_from(n).unwrap_or(u32::MAX));
+        extras.push((u16::try_from(w).unwrap_or(u16::MAX), r.chart, share));
     }
     chart_of(&own.policy, &counted, &extras)
 }
@@ -265,10 +266,10 @@ pub fn origin_cap(largest: &mut [i64], floor: i64) -> i64 {
 /// open community are only counted as corroboration (`Row::corroborating`): nothing of
 /// theirs enters a count, a cap or a rank. Arithmetic saturates (i128 inside the clip).
 ///
-/// `extras`: linked communities' results, (weight in 1/1000, chart, origins it adds):
-/// their rows are added to the members' sums at that weight, their origins to each
-/// row's, after the caps.
-fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: &[(u16, &Chart, u32)]) -> Chart {
+/// `extras`: linked communities' results, (weight in 1/1000, chart, (inputs not counted
+/// yet, inputs)): their rows are added to the members' sums at that weight, and their
+/// origins, in the share not counted yet, to each row's, after the caps.
+fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: &[(u16, &Chart, (u32, u32))]) -> Chart {
     let pick = |s: &SnapshotV1, tracks: bool| -> Vec<Entry> {
         let (p, a) =
             if tracks { (&s.public.tracks, &s.aggregate.tracks) } else { (&s.public.artists, &s.aggregate.artists) };
@@ -317,13 +318,15 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: 
                     ));
             }
         }
-        for (w, chart, _) in extras {
+        for (w, chart, (fresh, n)) in extras {
             let rows = if tracks { &chart.tracks } else { &chart.artists };
             for r in rows {
                 let e = &mut per_item.entry(r.item).or_insert_with(|| (r.name.clone(), Vec::new(), (0, 0, 0))).2;
                 e.0 = e.0.saturating_add(i128::from(r.listeners).saturating_mul(i128::from(*w)));
                 e.1 = e.1.saturating_add(i128::from(r.listens).saturating_mul(i128::from(*w)));
-                e.2 = e.2.saturating_add(r.origins);
+                // Its origins in the share not counted yet (n ≥ fresh > 0).
+                let origins = u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1));
+                e.2 = e.2.saturating_add(u32::try_from(origins).unwrap_or(u32::MAX));
             }
         }
         let mut rows: Vec<Row> = Vec::new();
@@ -355,7 +358,7 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: 
         rows
     };
     let members = counted.iter().filter(|c| c.member).count();
-    let linked = extras.iter().fold(0u32, |n, e| n.saturating_add(e.2));
+    let linked = extras.iter().fold(0u32, |n, e| n.saturating_add(e.2.0));
     Chart {
         artists: sum(false),
         tracks: sum(true),
@@ -701,5 +704,48 @@ mod tests {
         both.merge(&s5);
         let fed = federated_chart(&m, &[(500, &other)], &[], &both, |_| 0);
         assert_eq!(fed.origins, 5);
+    }
+
+    #[test]
+    fn a_linked_result_counts_at_its_weight_and_what_was_counted_already_once() {
+        let mut m = manifest(&[1, 2]);
+        m.policy.min_origins_per_item = 3;
+        let s = state_of(&[held(snap(1, &[(1, 10), (2, 4)]), 1), held(snap(2, &[(1, 10)]), 1)]);
+        // A linked community's result: artist 1 at 100 listeners from two origins, artist
+        // 3 at 50 from two.
+        let row = |a: u8, n: i64, origins: u32| {
+            let name = ItemName::artist(&format!("Artist {a}"));
+            Row { item: name.id(), name, listeners: n, listens: n * 3, origins, corroborating: 0 }
+        };
+        let linked =
+            Chart { artists: vec![row(1, 100, 2), row(3, 50, 2)], tracks: vec![], origins: 2, corroborating: 0 };
+        let at = |c: &Chart, a: u8| {
+            c.artists.iter().find(|r| r.name.artist == format!("Artist {a}")).map(|r| (r.listeners, r.origins))
+        };
+        // Disjoint origins: all of it at the link weight (0.5); artist 1 reaches the
+        // minimum of 3 origins only with the result's; artist 2 (one origin) does not.
+        let (x, y) = ([7; 32], [8; 32]);
+        let fresh = [x, y];
+        let fed = federated_chart(&m, &[], &[Linked { weight_milli: 500, inputs: &fresh, chart: &linked }], &s, |_| 0);
+        assert_eq!(at(&fed, 1), Some((20 + 50, 4)));
+        assert_eq!(at(&fed, 2), None);
+        assert_eq!(fed.origins, 4);
+        let alone = community_chart(&m, &s, |_| 0);
+        assert!(alone.artists.is_empty(), "two origins list nothing under a minimum of 3");
+        // One of its two inputs is counted here already: half of it.
+        let half = [[1; 32], y];
+        let fed = federated_chart(&m, &[], &[Linked { weight_milli: 500, inputs: &half, chart: &linked }], &s, |_| 0);
+        assert_eq!(at(&fed, 1), Some((20 + 25, 3)), "its origins in that share too");
+        assert_eq!(fed.origins, 3);
+        // Both counted here already, or by a heavier link's result: nothing more.
+        let same = [[1; 32], [2; 32]];
+        let fed = federated_chart(&m, &[], &[Linked { weight_milli: 500, inputs: &same, chart: &linked }], &s, |_| 0);
+        assert_eq!(fed.origins, 2);
+        let twice = [
+            Linked { weight_milli: 500, inputs: &fresh, chart: &linked },
+            Linked { weight_milli: 900, inputs: &fresh, chart: &linked },
+        ];
+        let fed = federated_chart(&m, &[], &twice, &s, |_| 0);
+        assert_eq!(at(&fed, 1), Some((20 + 90, 4)), "the heavier link counts, the other adds nothing");
     }
 }
