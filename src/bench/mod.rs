@@ -54,6 +54,10 @@ pub enum BenchCmd {
         /// equivocation, partition, churn); all when omitted.
         #[arg(long)]
         scenario: Option<String>,
+        /// Every node takes its linked community's snapshots, not its signed result
+        /// (as before community results): for comparison.
+        #[arg(long)]
+        snapshots: bool,
     },
     /// One public user with N synthetic listens; time the web view's pages over HTTP
     /// on 127.0.0.1 (server time plus a loopback round trip).
@@ -251,6 +255,7 @@ fn sim(
     periods: u32,
     seed: u64,
     only: Option<&str>,
+    snapshots: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use crate::federation::sim::{Config, Scenario, run};
     anyhow::ensure!(communities >= 2 && nodes >= communities * 4, "at least 2 communities of 4 nodes");
@@ -258,11 +263,12 @@ fn sim(
         Scenario::ALL.into_iter().filter(|s| only.is_none_or(|o| format!("{s:?}").eq_ignore_ascii_case(o))).collect();
     anyhow::ensure!(!scenarios.is_empty(), "unknown scenario {only:?}");
     println!(
-        "simulator: {nodes} honest nodes, {communities} communities (each linked to the next; the last open), {periods} weekly periods, seed {seed}"
+        "simulator: {nodes} honest nodes, {communities} communities (each linked to the next; the last open), {periods} weekly periods, seed {seed}; linked communities as {}",
+        if snapshots { "their members' snapshots" } else { "signed results" }
     );
     for scenario in scenarios {
         let started = std::time::Instant::now();
-        let cfg = Config { nodes, communities, periods, seed, scenario, ..Config::default() };
+        let cfg = Config { nodes, communities, periods, seed, scenario, results: !snapshots, ..Config::default() };
         let r = run(&cfg);
         let secs = |v: &[Option<u64>]| -> String {
             v.iter()
@@ -276,6 +282,12 @@ fn sim(
             secs(&r.convergence_ms),
             r.incomplete
         );
+        if !snapshots {
+            println!(
+                "  community results per period (last published -> every honest node holds its linked community's): {}",
+                secs(&r.results_convergence_ms)
+            );
+        }
         println!(
             "  per honest node and period: {:.0} messages, {:.1} KiB (gossip + catch-up, sent + received)",
             r.messages_per_node,
@@ -304,8 +316,8 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Federation { nodes, links, items, timeout_secs } => {
             return federation::run(nodes, links, items, timeout_secs);
         }
-        BenchCmd::Sim { nodes, communities, periods, seed, scenario } => {
-            return sim(nodes, communities, periods, seed, scenario.as_deref());
+        BenchCmd::Sim { nodes, communities, periods, seed, scenario, snapshots } => {
+            return sim(nodes, communities, periods, seed, scenario.as_deref(), snapshots);
         }
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),

@@ -15,7 +15,10 @@
 //!
 //! Layout: `nodes` honest nodes in `communities` allow-list communities (node i in
 //! community i mod C), the last one open (probation 2 periods), each linked to the next
-//! (nodes follow their own community and the linked one). Four nodes in five have 1–4
+//! (nodes take their own community's snapshots and, as a node does, the linked one's
+//! signed result (`federation::result`), which its first node merges and gossips on
+//! the community's result topic after the releases' grace and two catch-up rounds, and
+//! catch-up carries too; with `Config::results` off, both communities' snapshots). Four nodes in five have 1–4
 //! users, one in five 10–60 (a community node); each user plays `plays_per_user` artists
 //! a period from a Zipf law over `artists`, shifted per community; snapshots carry
 //! public sections (exact counts). Charts are each community's own (`community_chart`;
@@ -115,6 +118,10 @@ pub struct Config {
     pub plays_per_user: u32,
     pub seed: u64,
     pub scenario: Scenario,
+    /// Linked communities come as signed results (`federation::result`), as on a node:
+    /// each node takes only its own community's snapshots and the linked one's result.
+    /// `false`: every node takes both communities' snapshots (before results existed).
+    pub results: bool,
 }
 
 impl Default for Config {
@@ -132,6 +139,7 @@ impl Default for Config {
             plays_per_user: 20,
             seed: 1,
             scenario: Scenario::Honest,
+            results: true,
         }
     }
 }
@@ -171,6 +179,10 @@ pub struct Report {
     pub agree: Vec<bool>,
     /// How many of the adversaries' snapshots honest nodes stored, in total.
     pub adversary_stored: u64,
+    /// Per period (with `results`): the time from the last community result's
+    /// publication until every honest online node held its linked community's result
+    /// (`None`: some never did).
+    pub results_convergence_ms: Vec<Option<u64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +233,12 @@ struct Node {
     watermarks: HashMap<usize, usize>,
     /// Period → how many honest origins it follows are held, and when all were.
     complete: HashMap<i64, (usize, Option<u64>)>,
+    /// Communities whose results it takes (its own and the linked one, with `results`).
+    result_topics: Vec<usize>,
+    /// (community, period start) → the signed result held.
+    results: HashMap<(usize, i64), Bytes>,
+    /// (community, period start) → when that result was first held.
+    result_at: HashMap<(usize, i64), u64>,
     online: bool,
     side: bool,
     traffic: Traffic,
@@ -260,6 +278,11 @@ enum Ev {
     },
     Replay {
         node: usize,
+    },
+    /// Community `community`'s administrator merges and signs its result.
+    PublishResult {
+        community: usize,
+        period: u32,
     },
 }
 
@@ -330,6 +353,8 @@ struct Sim {
     /// The honest snapshot of each member and period (what it would have said).
     truth: HashMap<(usize, u32), SnapshotV1>,
     last_release: HashMap<u32, u64>,
+    /// Per period: when the last community result was published.
+    last_result: HashMap<u32, u64>,
     decoded: HashMap<[u8; 32], SnapshotV1>,
     counters: Report,
 }
@@ -418,7 +443,11 @@ impl Sim {
             }
         }
         for x in &mut nodes {
-            x.follows = if c > 1 { vec![x.community, (x.community + 1) % c] } else { vec![0] };
+            let linked = (x.community + 1) % c;
+            x.follows = if c > 1 && !cfg.results { vec![x.community, linked] } else { vec![x.community] };
+            if cfg.results {
+                x.result_topics = if c > 1 { vec![x.community, linked] } else { vec![x.community] };
+            }
         }
         let member_of: HashMap<NodeId, usize> =
             manifests.iter().enumerate().flat_map(|(k, m)| m.members.iter().map(move |x| (x.node, k))).collect();
@@ -463,6 +492,7 @@ impl Sim {
             names,
             truth: HashMap::new(),
             last_release: HashMap::new(),
+            last_result: HashMap::new(),
             decoded: HashMap::new(),
             counters: Report::default(),
         };
@@ -470,11 +500,17 @@ impl Sim {
         sim
     }
 
+    /// Gossip topics: community k's snapshot topic is k, its result topic C + k.
     fn build_meshes(&mut self) {
         let half = (self.cfg.mesh / 2).max(1);
-        for topic in 0..self.manifests.len() {
-            let subscribers: Vec<usize> =
-                (0..self.nodes.len()).filter(|&i| self.nodes[i].follows.contains(&topic)).collect();
+        let c = self.manifests.len();
+        for topic in 0..2 * c {
+            let subscribers: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    let n = &self.nodes[i];
+                    if topic < c { n.follows.contains(&topic) } else { n.result_topics.contains(&(topic - c)) }
+                })
+                .collect();
             if subscribers.len() < 2 {
                 continue;
             }
@@ -527,6 +563,14 @@ impl Sim {
                 // Each node releases a minute after the period, within a minute.
                 let at = Self::ms_of(end + 60) + self.rng.below(60_000);
                 self.at(at, Ev::Publish { node: i, period: p });
+            }
+            if self.cfg.results {
+                // The administrator merges after the releases' grace and two catch-up
+                // rounds (as `p2p.result_delay_secs`: grace + 2 × sync interval).
+                let delay = 120 + 2 * i64::try_from(self.cfg.sync_interval_secs).unwrap_or(0);
+                for community in 0..self.manifests.len() {
+                    self.at(Self::ms_of(end + delay), Ev::PublishResult { community, period: p });
+                }
             }
             if scenario == Scenario::Churn {
                 for i in 0..self.nodes.len() {
@@ -632,6 +676,7 @@ impl Sim {
                     self.replay(node);
                     self.at(self.now + 6 * 3_600_000, Ev::Replay { node });
                 }
+                Ev::PublishResult { community, period } => self.publish_result(community, period),
             }
         }
     }
@@ -827,7 +872,11 @@ impl Sim {
         if !self.mark_seen(to, topic, &bytes) {
             return;
         }
-        match self.take(to, &bytes) {
+        let verdict = match topic.checked_sub(self.manifests.len()) {
+            Some(_) => self.take_result(to, &bytes),
+            None => self.take(to, &bytes),
+        };
+        match verdict {
             Verdict::Accept | Verdict::Evidence(_) => {
                 let peers = self.nodes[to].mesh.get(&topic).cloned().unwrap_or_default();
                 for peer in peers.into_iter().filter(|&p| p != from) {
@@ -970,6 +1019,98 @@ impl Sim {
         self.count(from, 1, ref_bytes + REQUEST_BYTES);
         self.count(to, 1, ref_bytes);
         self.fetch(to, from, answered);
+        // Results of the communities `to` takes results of (`SyncRequest::Results`,
+        // which lists the periods it holds): those it lacks, counted both ways.
+        let mut offered: Vec<((usize, i64), Bytes)> = self.nodes[from]
+            .results
+            .iter()
+            .filter(|((k, p), _)| {
+                self.nodes[to].result_topics.contains(k)
+                    && *p >= oldest
+                    && !self.nodes[to].results.contains_key(&(*k, *p))
+            })
+            .map(|(k, b)| (*k, b.clone()))
+            .collect();
+        offered.sort_by_key(|(k, _)| *k);
+        for (_, bytes) in offered {
+            self.count(from, 1, bytes.len() as u64);
+            self.count(to, 1, bytes.len() as u64);
+            let _ = self.take_result(to, &bytes);
+        }
+    }
+
+    /// Community `k`'s administrator (its first node) merges what it holds for the
+    /// period into a result, signs it and gossips it on the community's result topic.
+    fn publish_result(&mut self, k: usize, period: u32) {
+        let admin = k;
+        if !self.nodes[admin].online {
+            let at = self.now + 600_000;
+            self.at(at, Ev::PublishResult { community: k, period });
+            return;
+        }
+        let start = self.period_start(period);
+        let state = self.state_at(admin, start);
+        let Some(r) = super::result::ResultV1::of(&self.manifests[k], &state, start, self.cfg.period_secs, self.secs())
+        else {
+            return;
+        };
+        let bytes = Arc::new(seal(&self.nodes[admin].key, crate::envelope::DST_RESULT, r.encode()));
+        let last = self.last_result.entry(period).or_insert(0);
+        *last = (*last).max(self.now);
+        let topic = self.manifests.len() + k;
+        let _ = self.take_result(admin, &bytes);
+        self.mark_seen(admin, topic, &bytes);
+        for peer in self.nodes[admin].mesh.get(&topic).cloned().unwrap_or_default() {
+            self.send(admin, peer, topic, bytes.clone());
+        }
+    }
+
+    /// A node's intake of a result: `result::check` against the manifests, kept once
+    /// per community and period (what the p2p task does, minus the disk).
+    fn take_result(&mut self, node: usize, bytes: &Bytes) -> Verdict {
+        let now = self.secs();
+        let manifests = &self.manifests;
+        let manifest_at =
+            |id: &CommunityId, v: u32| manifests.iter().find(|m| m.community() == *id && m.version == v).cloned();
+        let ctx = super::result::Context {
+            now,
+            oldest: now - RETENTION_SECS,
+            period_secs: self.cfg.period_secs,
+            manifest_at: &manifest_at,
+        };
+        let valid = match super::result::check(bytes, &ctx) {
+            Ok(v) => v,
+            Err(Ok(why)) => return Verdict::Ignore(why),
+            Err(Err(why)) => return Verdict::Reject(why),
+        };
+        let Some(k) = self.ids.iter().position(|id| *id == valid.result.community) else {
+            return Verdict::Ignore("unknown community".into());
+        };
+        let key = (k, valid.result.period_start);
+        let at = self.now;
+        let n = &mut self.nodes[node];
+        if !n.result_topics.contains(&k) || n.results.contains_key(&key) {
+            return Verdict::Ignore("not wanted or held".into());
+        }
+        n.results.insert(key, bytes.clone());
+        n.result_at.entry(key).or_insert(at);
+        Verdict::Accept
+    }
+
+    /// The snapshots `node` holds for the period starting at `start`.
+    fn state_at(&self, node: usize, start: i64) -> PeriodState {
+        let mut state = PeriodState::default();
+        for ((period, _), versions) in &self.nodes[node].held {
+            if *period != start {
+                continue;
+            }
+            for (version, hash, _) in versions {
+                if let Some(s) = self.decoded.get(hash) {
+                    state.insert(Held { version: *version, hash: *hash, snapshot: s.clone() });
+                }
+            }
+        }
+        state
     }
 
     /// `to` fetches from `from` the refs it lacks and wants, takes them, and announces
@@ -1032,17 +1173,7 @@ impl Sim {
     /// The target community's chart for period `p` as `node` computes it.
     fn chart_at(&self, node: usize, p: u32, target: usize) -> Chart {
         let start = self.period_start(p);
-        let mut state = PeriodState::default();
-        for ((period, _), versions) in &self.nodes[node].held {
-            if *period != start {
-                continue;
-            }
-            for (version, hash, _) in versions {
-                if let Some(s) = self.decoded.get(hash) {
-                    state.insert(Held { version: *version, hash: *hash, snapshot: s.clone() });
-                }
-            }
-        }
+        let state = self.state_at(node, start);
         let first_seen = &self.nodes[node].first_seen;
         let secs = self.cfg.period_secs;
         community_chart(&self.manifests[target], &state, |o| periods_seen(start, first_seen.get(o).copied(), secs))
@@ -1090,6 +1221,19 @@ impl Sim {
             }
             r.convergence_ms.push(worst);
             r.incomplete.push(incomplete);
+            if self.cfg.results {
+                let published = self.last_result.get(&p).copied().unwrap_or(0);
+                let c = self.manifests.len();
+                let mut worst = Some(0u64);
+                for &i in &honest_nodes {
+                    let linked = (self.nodes[i].community + 1) % c;
+                    match self.nodes[i].result_at.get(&(linked, start)) {
+                        Some(t) => worst = worst.map(|w| w.max(t.saturating_sub(published))),
+                        None => worst = None,
+                    }
+                }
+                r.results_convergence_ms.push(worst);
+            }
             // The target community's top 10: honest truth against a reference member.
             let (truth, mut largest) = self.truth_chart(p, target);
             let members: Vec<usize> =
@@ -1157,6 +1301,9 @@ impl Node {
             strangers: Strangers::default(),
             watermarks: HashMap::new(),
             complete: HashMap::new(),
+            result_topics: Vec::new(),
+            results: HashMap::new(),
+            result_at: HashMap::new(),
             online: true,
             side: false,
             traffic: Traffic::default(),
@@ -1190,6 +1337,21 @@ mod tests {
         assert_eq!(r.top10_moved, vec![0; 3]);
         assert!(r.agree.iter().all(|a| *a));
         assert_eq!(run(&small(Scenario::Honest)), r, "one seed, one run");
+    }
+
+    #[test]
+    fn linked_communities_as_results_reach_every_node_for_fewer_bytes() {
+        let with = run(&small(Scenario::Honest));
+        assert!(with.results_convergence_ms.iter().all(Option::is_some), "{with:?}");
+        let without = run(&Config { results: false, ..small(Scenario::Honest) });
+        assert!(without.results_convergence_ms.is_empty());
+        assert_eq!(without.incomplete, vec![0; 3], "{without:?}");
+        assert!(
+            with.bytes_per_node < without.bytes_per_node,
+            "results {} B/node, snapshots {} B/node",
+            with.bytes_per_node,
+            without.bytes_per_node
+        );
     }
 
     #[test]

@@ -1109,7 +1109,11 @@ impl Task {
         let from = Self::now() - self.options.retention_secs;
         let linked: Vec<CommunityId> = self.communities.iter().filter(|c| c.by_result).map(|c| c.id).collect();
         for community in linked {
-            self.send(peer, SyncRequest::Results { community, from });
+            let have = self.store.result_periods(&community, from, sync::MAX_HAVE_RESULTS).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the results held");
+                Vec::new()
+            });
+            self.send(peer, SyncRequest::Results { community, from, have });
         }
     }
 
@@ -1181,8 +1185,12 @@ impl Task {
                 }
                 SyncResponse::Snapshots(out)
             }
-            SyncRequest::Results { community, from } => {
-                match self.store.results_since(&community, from, sync::MAX_RESULTS) {
+            SyncRequest::Results { community, from, have } => {
+                if have.len() > sync::MAX_HAVE_RESULTS {
+                    return SyncResponse::Error(format!("at most {} periods held", sync::MAX_HAVE_RESULTS));
+                }
+                let have: HashMap<i64, u32> = have.into_iter().collect();
+                match self.store.results_since(&community, from, &have, sync::MAX_RESULTS) {
                     Ok(list) => SyncResponse::Results(list.into_iter().map(serde_bytes::ByteBuf::from).collect()),
                     Err(e) => SyncResponse::Error(format!("store: {e}")),
                 }

@@ -16,6 +16,8 @@ pub const MAX_FETCH: usize = 16;
 pub const MAX_MANIFESTS: usize = 16;
 /// Most results per answer (16 × 61 KiB).
 pub const MAX_RESULTS: usize = 16;
+/// Most (period, inputs) pairs a `Results` request lists.
+pub const MAX_HAVE_RESULTS: usize = 1024;
 
 /// (period start, origin, version, blake3 of the bytes).
 pub type Ref = (i64, [u8; 32], u16, [u8; 32]);
@@ -37,8 +39,9 @@ pub enum SyncRequest {
     /// a gap (a healed partition, a node back online) closes in round trips.
     Have { refs: Vec<Ref> },
     /// Signed results of a community for periods from `from` on, newest first (at
-    /// most `MAX_RESULTS`).
-    Results { community: [u8; 32], from: i64 },
+    /// most `MAX_RESULTS`), but none for a period listed in `have` with at least as many
+    /// inputs (what the asker holds, at most `MAX_HAVE_RESULTS`, the newest).
+    Results { community: [u8; 32], from: i64, have: Vec<(i64, u32)> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

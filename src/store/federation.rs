@@ -663,16 +663,49 @@ impl Store {
     }
 
     /// Signed results of a community for periods from `from` on, newest first (at most
-    /// `limit`): what a catch-up answer carries.
-    pub fn results_since(&self, id: &CommunityId, from: i64, limit: usize) -> Result<Vec<Vec<u8>>> {
+    /// `limit`), leaving out any for a period `have` lists with at least as many inputs:
+    /// what a catch-up answer carries.
+    pub fn results_since(
+        &self,
+        id: &CommunityId,
+        from: i64,
+        have: &std::collections::HashMap<i64, u32>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for kv in self.trees.period_community_signer_result.range(prefix(from.max(0), None)..).rev() {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = kv?;
-            if k.get(8..40) == Some(&id[..]) {
+            if k.get(8..40) != Some(&id[..]) {
+                continue;
+            }
+            let (_, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?;
+            let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
+            if have.get(&r.period_start).is_none_or(|held| *held < inputs) {
                 out.push(v.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per period from `from` on (the newest `limit`), the most inputs of a result held
+    /// for the community: what a `Results` request lists as held.
+    pub fn result_periods(&self, id: &CommunityId, from: i64, limit: usize) -> Result<Vec<(i64, u32)>> {
+        let mut out: Vec<(i64, u32)> = Vec::new();
+        for kv in self.trees.period_community_signer_result.range(prefix(from.max(0), None)..).rev() {
+            let (k, v) = kv?;
+            if k.get(8..40) != Some(&id[..]) {
+                continue;
+            }
+            let (_, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?;
+            let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
+            let full = out.len() >= limit;
+            match out.last_mut() {
+                Some(last) if last.0 == r.period_start => last.1 = last.1.max(inputs),
+                _ if full => break,
+                _ => out.push((r.period_start, inputs)),
             }
         }
         Ok(out)
