@@ -10,7 +10,7 @@ use clap::Subcommand;
 
 use crate::config::Config;
 use crate::federation::community::{
-    Admission, Link, ManifestV1, Member, Settled, TicketV1, open_manifest, proposal_from_text, proposal_text, settle,
+    Admission, Link, ManifestV1, Member, Settled, TicketV2, open_manifest, proposal_from_text, proposal_text, settle,
 };
 use crate::federation::{CommunityId, short_hex};
 use crate::identity::NodeIdentity;
@@ -248,7 +248,9 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             bootstrap.extend(manifest.bootstrap.iter().cloned());
             bootstrap.sort();
             bootstrap.dedup();
-            println!("{}", TicketV1 { community: cid, manifest: latest.signed, bootstrap }.to_text());
+            let _ = latest;
+            let (chain, head) = store.ticket_chain(&cid)?;
+            println!("{}", TicketV2::new(cid, chain, head, bootstrap).to_text());
         }
         CommunityCmd::Join { ticket } => follow(&store, &ticket, true, now)?,
         CommunityCmd::Follow { ticket } => follow(&store, &ticket, false, now)?,
@@ -265,7 +267,8 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             if !current.manifest.admins.contains(&id.public_key()) {
                 bail!("this node is not an administrator of {community:?}");
             }
-            let (t, other) = TicketV1::from_text(&ticket).map_err(|e| anyhow::anyhow!(e))?;
+            let (t, chain) = TicketV2::from_text(&ticket).map_err(|e| anyhow::anyhow!(e))?;
+            let other = chain.last().context("a checked chain is never empty")?;
             let link = Link {
                 community: t.community,
                 name: other.manifest.name.clone(),
@@ -386,11 +389,33 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn follow(store: &Store, ticket: &str, member: bool, now: i64) -> anyhow::Result<()> {
-    let (t, m) = TicketV1::from_text(ticket).map_err(|e| anyhow::anyhow!(e))?;
-    let current = store.manifest(&t.community)?;
-    // A ticket is trusted input (it came from an administrator); keep the newer manifest.
-    if current.as_ref().is_none_or(|c| c.manifest.version < m.manifest.version) {
-        store.put_manifest(&m)?;
+    let (t, chain) = TicketV2::from_text(ticket).map_err(|e| anyhow::anyhow!(e))?;
+    let m = chain.last().context("a checked chain is never empty")?;
+    // The chain was checked from the community id; versions held here already stay
+    // (another body of a held version is a fork: the rest of the ticket's chain does
+    // not follow from what is held, so it is not stored; peers bring the rest).
+    for version in &chain {
+        match store.manifest_at(&t.community, version.manifest.version)? {
+            Some(held) if held.body_hash() == version.body_hash() => continue,
+            Some(_) => {
+                eprintln!(
+                    "warning: this node holds another manifest of version {} of this community than the ticket: keeping its own",
+                    version.manifest.version
+                );
+                break;
+            }
+            None => {
+                if !store.put_manifest(version)? {
+                    break;
+                }
+            }
+        }
+    }
+    if m.manifest.version < t.head {
+        eprintln!(
+            "the ticket carries versions 1–{} of {}; the node takes the rest from its members",
+            m.manifest.version, t.head
+        );
     }
     let keep_member = store.followed()?.into_iter().any(|(id, f)| id == t.community && f.member);
     store.follow(&t.community, &FollowV1 { member: member || keep_member, bootstrap: t.bootstrap, since: now })?;

@@ -529,8 +529,9 @@ pub fn proposal_from_text(text: &str) -> Result<SignedManifest, String> {
     open_manifest(&bytes).map_err(|e| format!("proposal: {e}"))
 }
 
-/// What `community invite` prints: the community id, its latest signed manifest and
-/// addresses to reach members. Text form: `hearsay1` + lower-case hex of the postcard.
+/// A ticket of the first format (`hearsay1`): the community id, its latest signed
+/// manifest, addresses. Read only when its manifest is version 1 (which the id checks);
+/// a later version in it cannot be checked against the id (`TicketV2`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketV1 {
     pub community: CommunityId,
@@ -538,34 +539,102 @@ pub struct TicketV1 {
     pub bootstrap: Vec<String>,
 }
 
-const TICKET_PREFIX: &str = "hearsay1";
+/// What `community invite` prints: the community id, its manifest chain from version 1
+/// (the whole chain when it fits `MAX_TICKET_CHAIN_BYTES`, else version 1 alone: the
+/// rest comes from peers, checked version by version), the latest version's number and
+/// addresses to reach members. Text form: `hearsay2` + lower-case hex of the postcard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketV2 {
+    pub community: CommunityId,
+    /// Signed manifests, versions 1, 2, … in order.
+    pub chain: Vec<Vec<u8>>,
+    /// The latest version when the ticket was made.
+    pub head: u32,
+    pub bootstrap: Vec<String>,
+}
 
-impl TicketV1 {
+const TICKET_PREFIX_V1: &str = "hearsay1";
+const TICKET_PREFIX: &str = "hearsay2";
+/// Most bytes of manifests a ticket carries (64 KiB of hex: a ticket stays one
+/// command-line argument, under Linux's 128 KiB per argument).
+pub const MAX_TICKET_CHAIN_BYTES: usize = 32 * 1024;
+
+impl TicketV2 {
+    /// A ticket for a community whose latest version is `head`, from `chain`, its
+    /// versions 1, 2, … in order: all of them when they are all there and fit
+    /// `MAX_TICKET_CHAIN_BYTES`, else version 1 alone.
+    pub fn new(community: CommunityId, chain: Vec<Vec<u8>>, head: u32, bootstrap: Vec<String>) -> TicketV2 {
+        let total: usize = chain.iter().map(Vec::len).sum();
+        let whole = u32::try_from(chain.len()).is_ok_and(|n| n == head) && total <= MAX_TICKET_CHAIN_BYTES;
+        let chain = if whole { chain } else { chain.into_iter().take(1).collect() };
+        TicketV2 { community, chain, head, bootstrap }
+    }
+
     pub fn to_text(&self) -> String {
         format!("{TICKET_PREFIX}{}", hex::encode(postcard::to_allocvec(self).unwrap_or_default()))
     }
 
-    /// Parses and verifies a ticket: its manifest must be validly signed by one of its
-    /// own administrators and belong to the ticket's community.
-    pub fn from_text(text: &str) -> Result<(TicketV1, SignedManifest), String> {
-        let hexpart =
-            text.trim().strip_prefix(TICKET_PREFIX).ok_or("not a hearsay ticket (it starts with hearsay1)")?;
-        if hexpart.len() > 2 * (MAX_MANIFEST_BYTES + 8 * 1024) {
+    /// Parses a ticket and checks its chain from the community id: version 1 must be
+    /// the body the id is derived from, signed by one of its administrators, and each
+    /// later version accepted by the one before (`accept`: `prev`, `genesis`, the
+    /// threshold of the previous administrators). Returns the ticket and the checked
+    /// chain (never empty). A first-format ticket is read only when its manifest is
+    /// version 1: a forger could otherwise name any community with a manifest of its own.
+    pub fn from_text(text: &str) -> Result<(TicketV2, Vec<SignedManifest>), String> {
+        let text = text.trim();
+        let (v1, hexpart) = match (text.strip_prefix(TICKET_PREFIX), text.strip_prefix(TICKET_PREFIX_V1)) {
+            (Some(h), _) => (false, h),
+            (None, Some(h)) => (true, h),
+            _ => return Err("not a hearsay ticket (it starts with hearsay2)".into()),
+        };
+        if hexpart.len() > 2 * (MAX_TICKET_CHAIN_BYTES + MAX_MANIFEST_BYTES + 8 * 1024) {
             return Err("ticket too long".into());
         }
         let bytes = hex::decode(hexpart).map_err(|_| "ticket is not valid hex")?;
-        let ticket: TicketV1 = match postcard::take_from_bytes(&bytes) {
-            Ok((t, [])) => t,
-            _ => return Err("ticket does not decode".into()),
+        let ticket = if v1 {
+            let old: TicketV1 = match postcard::take_from_bytes(&bytes) {
+                Ok((t, [])) => t,
+                _ => return Err("ticket does not decode".into()),
+            };
+            let m = open_manifest(&old.manifest).map_err(|e| format!("ticket manifest: {e}"))?;
+            if m.manifest.version != 1 {
+                return Err(format!(
+                    "this is a ticket of the first format with manifest version {}, which cannot be checked against its community id: ask the administrator for a new ticket (hearsay2…)",
+                    m.manifest.version
+                ));
+            }
+            TicketV2 { community: old.community, chain: vec![old.manifest], head: 1, bootstrap: old.bootstrap }
+        } else {
+            match postcard::take_from_bytes(&bytes) {
+                Ok((t, [])) => t,
+                _ => return Err("ticket does not decode".into()),
+            }
         };
-        let m = open_manifest(&ticket.manifest).map_err(|e| format!("ticket manifest: {e}"))?;
-        if m.manifest.community() != ticket.community {
-            return Err("ticket manifest is for another community".into());
+        let mut checked: Vec<SignedManifest> = Vec::new();
+        for (i, b) in ticket.chain.iter().enumerate() {
+            let m = open_manifest(b).map_err(|e| format!("ticket manifest {}: {e}", i + 1))?;
+            if m.manifest.version != u32::try_from(i + 1).unwrap_or(u32::MAX) {
+                return Err(format!("ticket manifest {} is version {}", i + 1, m.manifest.version));
+            }
+            match checked.last() {
+                None => {
+                    if community_id(&m.manifest.encode()) != ticket.community || m.manifest.genesis.is_some() {
+                        return Err("the ticket's first manifest is not the one its community id comes from".into());
+                    }
+                    if !m.manifest.admins.contains(&m.signer) {
+                        return Err("the ticket's first manifest is not signed by its administrator".into());
+                    }
+                }
+                Some(prev) => {
+                    accept(&ticket.community, Some(prev), &m).map_err(|e| format!("ticket manifest {}: {e}", i + 1))?
+                }
+            }
+            checked.push(m);
         }
-        if !m.manifest.admins.contains(&m.signer) {
-            return Err("ticket manifest is not signed by an administrator".into());
+        if checked.is_empty() {
+            return Err("the ticket carries no manifest".into());
         }
-        Ok((ticket, m))
+        Ok((ticket, checked))
     }
 }
 
@@ -603,6 +672,57 @@ mod tests {
         assert!(!is_fork(&id, &v1, &v2, &by_outsider), "not signed by an administrator");
         assert!(!is_fork(&id, &v2, &v3, &fork), "another parent");
         assert!(!is_fork(&[7; 32], &v1, &v2, &fork), "another community");
+    }
+
+    /// A ticket's chain is checked from the community id: a forger's own manifest
+    /// naming someone else's community (which a `hearsay1` ticket of a later version
+    /// could carry, signed by "one of its own administrators") is refused, as is a chain
+    /// with a version its predecessor's administrators did not sign; a chain too long
+    /// for a ticket is cut to version 1 and the rest comes from peers.
+    #[test]
+    fn a_ticket_is_checked_from_its_community_id() {
+        let (admin, forger) = (SigningKey::from_bytes(&[3; 32]), SigningKey::from_bytes(&[4; 32]));
+        let v1 = signed(&admin, &ManifestV1::genesis("c", admin.verifying_key().to_bytes(), 10));
+        let id = v1.manifest.community();
+        let v2 = signed(&admin, &v1.manifest.next(20, |m| m.name = "two".into()));
+        let text = TicketV2::new(id, vec![v1.signed.clone(), v2.signed.clone()], 2, vec![]).to_text();
+        let (t, chain) = TicketV2::from_text(&text).expect("valid");
+        assert_eq!((t.head, chain.len(), chain[1].manifest.name.as_str()), (2, 2, "two"));
+
+        // The forger's version 2 of the same community, signed by itself as its admin.
+        let forged = signed(
+            &forger,
+            &v1.manifest.next(20, |m| {
+                m.admins = vec![forger.verifying_key().to_bytes()];
+                m.name = "mine".into();
+            }),
+        );
+        let old = TicketV1 { community: id, manifest: forged.signed.clone(), bootstrap: vec![] };
+        let old_text = format!("hearsay1{}", hex::encode(postcard::to_allocvec(&old).expect("encode")));
+        let err = TicketV2::from_text(&old_text).expect_err("a first-format ticket of version 2");
+        assert!(err.contains("cannot be checked"), "{err}");
+        let bad = TicketV2 {
+            community: id,
+            chain: vec![v1.signed.clone(), forged.signed.clone()],
+            head: 2,
+            bootstrap: vec![],
+        };
+        assert!(TicketV2::from_text(&bad.to_text()).is_err(), "not signed by version 1's administrator");
+        let alone = TicketV2 { community: id, chain: vec![forged.signed.clone()], head: 2, bootstrap: vec![] };
+        assert!(TicketV2::from_text(&alone.to_text()).is_err(), "a chain must start at version 1");
+        let other = TicketV2 { community: [7; 32], chain: vec![v1.signed.clone()], head: 1, bootstrap: vec![] };
+        assert!(TicketV2::from_text(&other.to_text()).is_err(), "version 1 of another community");
+        let empty = TicketV2 { community: id, chain: vec![], head: 1, bootstrap: vec![] };
+        assert!(TicketV2::from_text(&empty.to_text()).is_err());
+        // A first-format ticket of version 1 is still read.
+        let old = TicketV1 { community: id, manifest: v1.signed.clone(), bootstrap: vec!["/ip4/1.2.3.4".into()] };
+        let old_text = format!("hearsay1{}", hex::encode(postcard::to_allocvec(&old).expect("encode")));
+        assert_eq!(TicketV2::from_text(&old_text).expect("version 1").1, vec![v1.clone()]);
+        // Too long (or incomplete): version 1 alone.
+        let big = vec![v1.signed.clone(); MAX_TICKET_CHAIN_BYTES / v1.signed.len() + 2];
+        let n = u32::try_from(big.len()).expect("small");
+        assert_eq!(TicketV2::new(id, big, n, vec![]).chain, vec![v1.signed.clone()]);
+        assert_eq!(TicketV2::new(id, vec![v1.signed.clone()], 5, vec![]).chain.len(), 1);
     }
 
     fn cosigned(m: &SignedManifest, key: &SigningKey) -> SignedManifest {

@@ -216,6 +216,24 @@ impl Store {
         }
     }
 
+    /// What a ticket carries of a community's chain: the signed versions from 1 on, in
+    /// order, while they fit `community::MAX_TICKET_CHAIN_BYTES` (reading no further),
+    /// and the latest version's number.
+    pub fn ticket_chain(&self, id: &CommunityId) -> Result<(Vec<Vec<u8>>, u32)> {
+        let head = self.manifest(id)?.map_or(0, |m| m.manifest.version);
+        let mut chain = Vec::new();
+        let mut total = 0usize;
+        for kv in self.trees.community_version_manifest.scan_prefix(id) {
+            let (_, v) = kv?;
+            total = total.saturating_add(v.len());
+            if total > crate::federation::community::MAX_TICKET_CHAIN_BYTES && !chain.is_empty() {
+                break;
+            }
+            chain.push(v.to_vec());
+        }
+        Ok((chain, head))
+    }
+
     /// The accepted manifest of one version of a community.
     pub fn manifest_at(&self, id: &CommunityId, version: u32) -> Result<Option<SignedManifest>> {
         let mut k = id.to_vec();

@@ -198,6 +198,19 @@ fn community_view(
     let manifest = &m.manifest;
     let can_edit = super::is_admin(state, v) && manifest.admins.contains(&state.node_key);
     let csrf = v.0.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+    let ticket = if can_edit {
+        match state.store.ticket_chain(&id) {
+            Ok((chain, head)) => {
+                crate::federation::community::TicketV2::new(id, chain, head, manifest.bootstrap.clone()).to_text()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the manifest chain for a ticket");
+                String::new()
+            }
+        }
+    } else {
+        String::new()
+    };
     page(
         status,
         &manifest.name,
@@ -252,7 +265,7 @@ fn community_view(
                 h2 { "Invitation" }
                 p { "After admitting a node, give its administrator this ticket; on that node: " code { "hearsay community join TICKET" } " (no need to stop this node)." }
                 textarea readonly rows="4" cols="80" aria-label="Invitation ticket" {
-                    (crate::federation::community::TicketV1 { community: id, manifest: m.signed.clone(), bootstrap: manifest.bootstrap.clone() }.to_text())
+                    (ticket)
                 }
             }
             @if !manifest.links.is_empty() {

@@ -702,7 +702,8 @@ fn a_manifest_fork_is_kept_as_evidence_and_shown() {
     // Version 2 admits B.
     a.cli(&["community", "invite", "X", "--node", &b.id]);
     let ticket = a.cli(&["community", "invite", "X"]);
-    let (_, v2) = hearsay::federation::community::TicketV1::from_text(ticket.trim()).expect("ticket");
+    let (_, chain) = hearsay::federation::community::TicketV2::from_text(ticket.trim()).expect("ticket");
+    let v2 = chain.last().expect("a chain").clone();
     assert_eq!(v2.manifest.version, 2);
     let key = NodeIdentity::load_or_create(&a.data).expect("a key");
     // The fork: the same version and parent, admitting C instead of B.
@@ -764,7 +765,8 @@ fn a_wrong_community_result_is_evidence_and_a_forged_one_is_refused() {
     let x = a.cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat()).trim().to_owned();
     let ticket = a.cli(&["community", "invite", "X", "--node", &b.id]);
     b.cli(&["community", "join", ticket.trim()]);
-    let (_, manifest) = hearsay::federation::community::TicketV1::from_text(ticket.trim()).expect("ticket");
+    let (_, chain) = hearsay::federation::community::TicketV2::from_text(ticket.trim()).expect("ticket");
+    let manifest = chain.last().expect("a chain").clone();
     let (ta, tb) = (
         user_with_token(&a.data, dir.path(), "apub", "public"),
         user_with_token(&b.data, dir.path(), "bpub", "public"),
@@ -846,7 +848,7 @@ fn a_manifest_change_needs_the_threshold_of_administrators() {
     let out = a.run(&["community", "invite", "X", "--node", &c.id]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let proposal = err.lines().find(|l| l.starts_with("hearsay-proposal1")).expect("a proposal").to_owned();
-    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("hearsay1"), "stdout is the ticket alone");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("hearsay2"), "stdout is the ticket alone");
     // A second, different proposal for the same version is refused (two bodies signed
     // as one version would be a fork, evidence against A).
     let second = a.run(&["community", "admins", "X", "--threshold", "1"]);
@@ -1418,7 +1420,7 @@ fn the_readme_community_section_works_as_written() {
             .iter()
             .map(|w| match w.as_str() {
                 w if w.starts_with("12D3KooW") && w.ends_with('…') => second.id.clone(),
-                w if w.starts_with("hearsay1") && w.ends_with('…') => ticket.clone(),
+                w if w.starts_with("hearsay2") && w.ends_with('…') => ticket.clone(),
                 w if w.starts_with("/dns4/") => format!("/ip4/127.0.0.1/tcp/{}", first.port),
                 w => w.to_owned(),
             })
@@ -1431,12 +1433,12 @@ fn the_readme_community_section_works_as_written() {
         }
         let node = if *on_second { &second } else { &first };
         let out = node.cli(&args);
-        if let Some(t) = out.split_whitespace().find(|w| w.starts_with("hearsay1")) {
+        if let Some(t) = out.split_whitespace().find(|w| w.starts_with("hearsay2")) {
             ticket = t.to_owned();
         }
         ran.push(args.join(" "));
     }
-    assert!(ran.iter().any(|r| r.starts_with("community join hearsay1")), "the walk joined: {ran:?}");
+    assert!(ran.iter().any(|r| r.starts_with("community join hearsay2")), "the walk joined: {ran:?}");
     // Both nodes run; each shows both origins for a period.
     let (n1, n2) = (first.start(), second.start());
     let p = fresh_period();

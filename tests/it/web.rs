@@ -571,11 +571,11 @@ fn a_community_administrator_admits_and_removes_members_in_the_web_view() {
     assert!(s == 200 && page.contains("Manifest version 2") && page.contains(&newcomer), "{page}");
     // The invitation ticket, with the node running: the newcomer joins with it.
     let (_, page) = get(&url, Some(&alice));
-    let ticket = page.split("hearsay1").nth(1).and_then(|t| t.split('<').next()).expect("a ticket on the page");
+    let ticket = page.split("hearsay2").nth(1).and_then(|t| t.split('<').next()).expect("a ticket on the page");
     let newcomer_dir = dir.path().join("newcomer");
-    let (code, _, err) = hearsay(&newcomer_dir, &["community", "join", &format!("hearsay1{ticket}")]);
+    let (code, _, err) = hearsay(&newcomer_dir, &["community", "join", &format!("hearsay2{ticket}")]);
     assert_eq!(code, 0, "the ticket from the page joins: {err}");
-    assert!(!visitor.contains("hearsay1"), "only the administrator sees the ticket");
+    assert!(!visitor.contains("hearsay2"), "only the administrator sees the ticket");
     let (s, _, page) = post_form(&format!("{url}/admit"), Some(&alice), &[("csrf", &csrf), ("node", "not-a-peer")]);
     assert!(s == 400 && page.contains("not an ed25519 PeerId"), "{page}");
     let (s, _, page) = post_form(&format!("{url}/remove"), Some(&alice), &[("csrf", &csrf), ("node", &newcomer)]);
