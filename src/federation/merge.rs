@@ -198,7 +198,10 @@ pub fn federated_chart(
             counted.push(Counted { weight: u16::try_from(weight).unwrap_or(u16::MAX), member, snapshot });
         }
     }
-    let mut seen_origins: std::collections::BTreeSet<NodeId> = counted.iter().map(|c| c.snapshot.origin).collect();
+    // Origins counted here as members: a non-member only corroborates, so a linked
+    // result's origin that is one here is counted nowhere else.
+    let mut seen_origins: std::collections::BTreeSet<NodeId> =
+        counted.iter().filter(|c| c.member).map(|c| c.snapshot.origin).collect();
     let mut order: Vec<&Linked<'_>> = results.iter().collect();
     order.sort_by_key(|r| std::cmp::Reverse(r.weight_milli));
     let mut extras = Vec::new();
@@ -325,7 +328,8 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: 
                 e.0 = e.0.saturating_add(i128::from(r.listeners).saturating_mul(i128::from(*w)));
                 e.1 = e.1.saturating_add(i128::from(r.listens).saturating_mul(i128::from(*w)));
                 // Its origins in the share not counted yet (n ≥ fresh > 0).
-                let origins = u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1));
+                // (At least one: a row of a result that adds anything has an origin.)
+                let origins = (u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1))).max(1);
                 e.2 = e.2.saturating_add(u32::try_from(origins).unwrap_or(u32::MAX));
             }
         }
@@ -747,5 +751,20 @@ mod tests {
         ];
         let fed = federated_chart(&m, &[], &twice, &s, |_| 0);
         assert_eq!(at(&fed, 1), Some((20 + 90, 4)), "the heavier link counts, the other adds nothing");
+        // An origin that only corroborates here (a non-member of an open community) is
+        // counted nowhere else: a result that merged it counts in full.
+        let mut open = m.clone();
+        open.admission = Admission::Open { probation_periods: 0 };
+        let with_stranger =
+            state_of(&[held(snap(1, &[(1, 10)]), 1), held(snap(2, &[(1, 10)]), 1), held(snap(9, &[(1, 10)]), 1)]);
+        let stranger = [[9; 32], y];
+        let fed = federated_chart(
+            &open,
+            &[],
+            &[Linked { weight_milli: 500, inputs: &stranger, chart: &linked }],
+            &with_stranger,
+            |_| 0,
+        );
+        assert_eq!(at(&fed, 1), Some((20 + 50, 4)), "{:?}", fed.artists);
     }
 }

@@ -36,8 +36,11 @@ pub struct Input {
 pub struct ResultV1 {
     pub schema: u16,
     pub community: CommunityId,
-    /// The manifest version whose members, weights, policy and floor it merged under.
+    /// The manifest version whose members, weights, policy and floor it merged under,
+    /// and blake3 of that version's body (so a node that took another branch of a
+    /// forked history does not judge it by the wrong members).
     pub manifest_version: u32,
+    pub manifest_hash: [u8; 32],
     pub period_start: i64,
     pub period_secs: u32,
     pub issued_at: i64,
@@ -167,6 +170,7 @@ impl ResultV1 {
             schema: SCHEMA,
             community: id,
             manifest_version: manifest.version,
+            manifest_hash: manifest.body_hash(),
             period_start,
             period_secs,
             issued_at,
@@ -218,6 +222,8 @@ pub struct Context<'a> {
     pub period_secs: u32,
     /// The community's manifest of a version, when held.
     pub manifest_at: &'a dyn Fn(&CommunityId, u32) -> Option<ManifestV1>,
+    /// The community's latest manifest held.
+    pub current: &'a dyn Fn(&CommunityId) -> Option<ManifestV1>,
 }
 
 /// A result that passed every check.
@@ -233,10 +239,13 @@ pub struct ValidResult {
 /// future), `Err(Err(reason))` to reject (an objective fault of the signed bytes).
 pub type Checked = Result<ValidResult, Result<String, String>>;
 
-/// Checks a signed result, cheapest first: size, envelope, body, a manifest version of
-/// its community held here whose administrators include the signer (Reject if not an
-/// administrator), the period on the grid, of this node's length, ended before it was
-/// issued (Reject), not in the future, within retention (Ignore), inputs naming members.
+/// Checks a signed result: size, envelope, body (Reject); the manifest version it
+/// names must be held here with the body it names (Ignore: unknown, or another branch
+/// of a fork); the signer must be an administrator of that version (Reject) and of the
+/// latest one held (Ignore: a removed administrator's, which a relay with an older
+/// manifest may pass on in good faith); signature, period on the grid and issued after
+/// it ended, inputs naming members (Reject); of this node's period length, not in the
+/// future, within retention (Ignore).
 pub fn check(bytes: &[u8], ctx: &Context<'_>) -> Checked {
     let reject = |m: String| Err(Err(m));
     let ignore = |m: String| Err(Ok(m));
@@ -252,8 +261,14 @@ pub fn check(bytes: &[u8], ctx: &Context<'_>) -> Checked {
     let Some(manifest) = (ctx.manifest_at)(&result.community, result.manifest_version) else {
         return ignore(format!("manifest version {} of its community is not held here", result.manifest_version));
     };
+    if manifest.body_hash() != result.manifest_hash {
+        return ignore(format!("another manifest of version {} is held here (a fork)", result.manifest_version));
+    }
     if !manifest.admins.contains(&env.signer) {
         return reject("signed by a node that is not an administrator of the manifest it names".into());
+    }
+    if (ctx.current)(&result.community).is_some_and(|m| !m.admins.contains(&env.signer)) {
+        return ignore("signed by a node that is no longer an administrator".into());
     }
     if let Err(e) = verify_signed(&env, DST_RESULT) {
         return reject(e.to_string());
@@ -283,6 +298,12 @@ pub fn check(bytes: &[u8], ctx: &Context<'_>) -> Checked {
     }
     let hash = *blake3::hash(bytes).as_bytes();
     Ok(ValidResult { envelope: env, result, hash })
+}
+
+/// Whether a signer's new result for a period replaces its held one: only with more
+/// inputs (a later date alone would let it re-issue without end).
+pub fn supersedes(new: &ResultV1, held: &ResultV1) -> bool {
+    new.inputs.len() > held.inputs.len()
 }
 
 /// Of two results of one community and period, whether `a` is the better one to show:
@@ -359,11 +380,14 @@ mod tests {
     fn ctx<'a>(m: &'a ManifestV1) -> Context<'a> {
         let f: &'a dyn Fn(&CommunityId, u32) -> Option<ManifestV1> =
             Box::leak(Box::new(move |_: &CommunityId, v: u32| (v == m.version).then(|| m.clone())));
+        let current: &'a dyn Fn(&CommunityId) -> Option<ManifestV1> =
+            Box::leak(Box::new(move |_: &CommunityId| Some(m.clone())));
         Context {
             now: START + 2 * i64::from(SECS),
             oldest: START - 10 * i64::from(SECS),
             period_secs: SECS,
             manifest_at: f,
+            current,
         }
     }
 
@@ -422,10 +446,22 @@ mod tests {
         let mut trailing = r.encode();
         trailing.push(0);
         assert!(rejected(&seal(&key(1), DST_RESULT, trailing)));
-        // An unknown manifest version is ignored, not rejected.
+        // An unknown manifest version, or another body of it (a fork), is ignored, not
+        // rejected: relays on the other branch are not at fault.
         let mut later = r.clone();
         later.manifest_version += 1;
         assert!(matches!(check(&seal(&key(1), DST_RESULT, later.encode()), &ctx(&m)), Err(Ok(_))));
+        let mut forked = r.clone();
+        forked.manifest_hash = [3; 32];
+        assert!(matches!(check(&seal(&key(1), DST_RESULT, forked.encode()), &ctx(&m)), Err(Ok(_))));
+        // An administrator of the version it names whom the latest version removed:
+        // ignored.
+        let removed = m.next(2, |x| x.admins = vec![key(2).verifying_key().to_bytes()]);
+        let mut c = ctx(&m);
+        let latest = move |_: &CommunityId| Some(removed.clone());
+        c.current = &latest;
+        let err = check(&seal(&key(1), DST_RESULT, r.encode()), &c).expect_err("removed");
+        assert_eq!(err, Ok("signed by a node that is no longer an administrator".to_owned()));
     }
 
     #[test]
@@ -453,6 +489,7 @@ mod tests {
             schema: SCHEMA,
             community: [0xff; 32],
             manifest_version: u32::MAX,
+            manifest_hash: [0xff; 32],
             period_start: i64::MIN,
             period_secs: u32::MAX,
             issued_at: i64::MAX,

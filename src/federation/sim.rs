@@ -1072,11 +1072,13 @@ impl Sim {
         let manifests = &self.manifests;
         let manifest_at =
             |id: &CommunityId, v: u32| manifests.iter().find(|m| m.community() == *id && m.version == v).cloned();
+        let current = |id: &CommunityId| manifests.iter().find(|m| m.community() == *id).cloned();
         let ctx = super::result::Context {
             now,
             oldest: now - RETENTION_SECS,
             period_secs: self.cfg.period_secs,
             manifest_at: &manifest_at,
+            current: &current,
         };
         let valid = match super::result::check(bytes, &ctx) {
             Ok(v) => v,

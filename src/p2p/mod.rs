@@ -723,12 +723,15 @@ impl Task {
     fn take_result(&mut self, bytes: &[u8]) -> Verdict {
         let now = Self::now();
         let store = self.store.clone();
+        let latest = store.clone();
         let manifest_at = move |id: &CommunityId, v: u32| store.manifest_at(id, v).ok().flatten().map(|m| m.manifest);
+        let current = move |id: &CommunityId| latest.manifest(id).ok().flatten().map(|m| m.manifest);
         let ctx = crate::federation::result::Context {
             now,
             oldest: now - self.options.retention_secs,
             period_secs: self.options.period_secs,
             manifest_at: &manifest_at,
+            current: &current,
         };
         let valid = match crate::federation::result::check(bytes, &ctx) {
             Ok(v) => v,
@@ -746,6 +749,17 @@ impl Task {
             return Verdict::Ignore("not a followed community".into());
         };
         let signer = valid.envelope.signer;
+        // Before any recomputation: what its signer already has held here for the
+        // period (a replay, a re-dated copy or an evidenced signer costs a lookup).
+        match self.store.result_held(&r.community, r.period_start, &signer) {
+            Ok((_, true)) => return Verdict::Ignore("a wrong result of this signer for this period is held".into()),
+            Ok((Some(held), false)) if held >= r.inputs.len() => return Verdict::Ignore("duplicate".into()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reading the community results held");
+                return Verdict::Ignore("storage failed".into());
+            }
+        }
         let verification = if c.member {
             let manifest = (ctx.manifest_at)(&r.community, r.manifest_version);
             match (manifest, self.store.period_state(r.period_start)) {
@@ -1107,7 +1121,10 @@ impl Task {
             self.request_manifests(peer, id);
         }
         let from = Self::now() - self.options.retention_secs;
-        let linked: Vec<CommunityId> = self.communities.iter().filter(|c| c.by_result).map(|c| c.id).collect();
+        // Communities taken by result, and those it is a member of (to recompute what
+        // their administrators signed while this node was away).
+        let linked: Vec<CommunityId> =
+            self.communities.iter().filter(|c| c.by_result || c.member).map(|c| c.id).collect();
         for community in linked {
             let have = self.store.result_periods(&community, from, sync::MAX_HAVE_RESULTS).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "reading the results held");

@@ -8,7 +8,7 @@ use super::{Error, Result, Store, schema};
 use crate::envelope::{MAX_SIGNED_BYTES, peek_signed};
 use crate::federation::community::{SignedManifest, open_manifest};
 use crate::federation::merge::{Held, PeriodState};
-use crate::federation::result::{MAX_SIGNED_RESULT_BYTES, ResultV1, better};
+use crate::federation::result::{MAX_SIGNED_RESULT_BYTES, ResultV1, better, supersedes};
 use crate::federation::{CommunityId, NodeId};
 use crate::privacy::snapshot::SnapshotV1;
 
@@ -560,7 +560,11 @@ impl Store {
                 links.push((l.name.clone(), crate::federation::short_hex(&l.community), l.weight_milli, held));
             }
             let federated = match period {
-                Some(p) if !m.manifest.links.is_empty() => self.federated_chart(&id, p, secs)?,
+                // A community taken by result: its members' snapshots are not here, so
+                // neither is its federated chart.
+                Some(p) if !m.manifest.links.is_empty() && !by_result.contains(&id) => {
+                    self.federated_chart(&id, p, secs)?
+                }
                 _ => None,
             };
             out.push(CommunityView {
@@ -586,18 +590,22 @@ impl Store {
     }
 }
 
-fn result_key(period: i64, id: &CommunityId, signer: &NodeId) -> Vec<u8> {
-    let mut k = super::keys::time_key(period).to_vec();
-    k.extend_from_slice(id);
+fn result_key(id: &CommunityId, period: i64, signer: &NodeId) -> Vec<u8> {
+    let mut k = id.to_vec();
+    k.extend_from_slice(&super::keys::time_key(period));
     k.extend_from_slice(signer);
     k
 }
 
-fn result_prefix(period: i64, id: &CommunityId) -> Vec<u8> {
-    let mut k = super::keys::time_key(period).to_vec();
-    k.extend_from_slice(id);
+fn result_prefix(id: &CommunityId, period: i64) -> Vec<u8> {
+    let mut k = id.to_vec();
+    k.extend_from_slice(&super::keys::time_key(period));
     k
 }
+
+/// Most held results one catch-up question or answer reads (a community's periods in
+/// the retention window times its administrators is the most there can be).
+const MAX_RESULTS_SCANNED: usize = 4096;
 
 /// A held result: its signer, the decoded result and blake3 of the signed bytes.
 pub type HeldResult = (NodeId, ResultV1, [u8; 32]);
@@ -610,16 +618,17 @@ fn open_held_result(tree: &'static str, k: &[u8], v: &[u8]) -> Result<HeldResult
 }
 
 impl Store {
-    /// Keeps a checked result (`federation::result::check`): the best one of its signer
-    /// for the period (`result::better`); `false` when the one held is as good.
+    /// Keeps a checked result (`federation::result::check`) unless one of its signer
+    /// for the period is held with as many inputs or more (`result::supersedes`): so a
+    /// signer re-issues a period at most once per member, whatever it dates them.
+    /// Returns whether it was stored.
     pub fn put_result(&self, signer: &NodeId, r: &ResultV1, bytes: &[u8]) -> Result<bool> {
         self.writable()?;
-        let k = result_key(r.period_start, &r.community, signer);
-        let tree = &self.trees.period_community_signer_result;
-        let hash = *blake3::hash(bytes).as_bytes();
+        let k = result_key(&r.community, r.period_start, signer);
+        let tree = &self.trees.community_period_signer_result;
         if let Some(held) = tree.get(&k)? {
-            let (_, h, hh) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &held)?;
-            if !better((r, &hash), (&h, &hh)) {
+            let (_, h, _) = open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &held)?;
+            if !supersedes(r, &h) {
                 return Ok(false);
             }
         }
@@ -629,11 +638,23 @@ impl Store {
         Ok(true)
     }
 
+    /// How many inputs the result held from `signer` for a community's period has,
+    /// and whether a wrong one of that signer is held for it: what a new result must
+    /// beat before it is worth verifying.
+    pub fn result_held(&self, id: &CommunityId, period: i64, signer: &NodeId) -> Result<(Option<usize>, bool)> {
+        let k = result_key(id, period, signer);
+        let inputs = match self.trees.community_period_signer_result.get(&k)? {
+            Some(v) => Some(open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &v)?.1.inputs.len()),
+            None => None,
+        };
+        Ok((inputs, self.trees.community_period_signer_wrongresult.contains_key(&k)?))
+    }
+
     /// Keeps a result found wrong as evidence (one per signer and period); whether new.
     pub fn put_wrong_result(&self, signer: &NodeId, r: &ResultV1, bytes: &[u8]) -> Result<bool> {
         self.writable()?;
-        let k = result_key(r.period_start, &r.community, signer);
-        let tree = &self.trees.period_community_signer_wrongresult;
+        let k = result_key(&r.community, r.period_start, signer);
+        let tree = &self.trees.community_period_signer_wrongresult;
         let stored = tree.compare_and_swap(k, None as Option<&[u8]>, Some(bytes))?.is_ok();
         tree.flush()?;
         self.network_changed();
@@ -643,9 +664,9 @@ impl Store {
     /// Every result held for a community's period, by signer.
     pub fn results(&self, id: &CommunityId, period: i64) -> Result<Vec<HeldResult>> {
         let mut out = Vec::new();
-        for kv in self.trees.period_community_signer_result.scan_prefix(result_prefix(period, id)) {
+        for kv in self.trees.community_period_signer_result.scan_prefix(result_prefix(id, period)) {
             let (k, v) = kv?;
-            out.push(open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?);
+            out.push(open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &v)?);
         }
         Ok(out)
     }
@@ -656,7 +677,7 @@ impl Store {
         let mut best: Option<HeldResult> = None;
         for (signer, r, hash) in self.results(id, period)? {
             if r.period_secs != secs
-                || self.trees.period_community_signer_wrongresult.contains_key(result_key(period, id, &signer))?
+                || self.trees.community_period_signer_wrongresult.contains_key(result_key(id, period, &signer))?
             {
                 continue;
             }
@@ -670,19 +691,17 @@ impl Store {
     /// Wrong results held against a community's administrators: (period, signer).
     pub fn wrong_results(&self, id: &CommunityId) -> Result<Vec<(i64, NodeId)>> {
         let mut out = Vec::new();
-        for kv in self.trees.period_community_signer_wrongresult.iter() {
+        for kv in self.trees.community_period_signer_wrongresult.scan_prefix(id) {
             let (k, v) = kv?;
-            let (signer, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT, &k, &v)?;
-            if r.community == *id {
-                out.push((r.period_start, signer));
-            }
+            let (signer, r, _) = open_held_result(schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT, &k, &v)?;
+            out.push((r.period_start, signer));
         }
         Ok(out)
     }
 
     /// Signed results of a community for periods from `from` on, newest first (at most
     /// `limit`), leaving out any for a period `have` lists with at least as many inputs:
-    /// what a catch-up answer carries.
+    /// what a catch-up answer carries. Reads at most `MAX_RESULTS_SCANNED` held results.
     pub fn results_since(
         &self,
         id: &CommunityId,
@@ -691,15 +710,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        for kv in self.trees.period_community_signer_result.range(prefix(from.max(0), None)..).rev() {
+        let range = result_prefix(id, from.max(0))..result_prefix(id, i64::MAX);
+        for kv in self.trees.community_period_signer_result.range(range).rev().take(MAX_RESULTS_SCANNED) {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = kv?;
-            if k.get(8..40) != Some(&id[..]) {
-                continue;
-            }
-            let (_, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?;
+            let (_, r, _) = open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &v)?;
             let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
             if have.get(&r.period_start).is_none_or(|held| *held < inputs) {
                 out.push(v.to_vec());
@@ -712,12 +729,10 @@ impl Store {
     /// for the community: what a `Results` request lists as held.
     pub fn result_periods(&self, id: &CommunityId, from: i64, limit: usize) -> Result<Vec<(i64, u32)>> {
         let mut out: Vec<(i64, u32)> = Vec::new();
-        for kv in self.trees.period_community_signer_result.range(prefix(from.max(0), None)..).rev() {
+        let range = result_prefix(id, from.max(0))..result_prefix(id, i64::MAX);
+        for kv in self.trees.community_period_signer_result.range(range).rev().take(MAX_RESULTS_SCANNED) {
             let (k, v) = kv?;
-            if k.get(8..40) != Some(&id[..]) {
-                continue;
-            }
-            let (_, r, _) = open_held_result(schema::PERIOD_COMMUNITY_SIGNER_RESULT, &k, &v)?;
+            let (_, r, _) = open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &v)?;
             let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
             let full = out.len() >= limit;
             match out.last_mut() {
@@ -733,9 +748,17 @@ impl Store {
     pub fn prune_results(&self, before: i64) -> Result<usize> {
         self.writable()?;
         let mut n = 0;
-        for tree in [&self.trees.period_community_signer_result, &self.trees.period_community_signer_wrongresult] {
-            for kv in tree.range(..prefix(before.max(0), None)) {
+        for tree in [&self.trees.community_period_signer_result, &self.trees.community_period_signer_wrongresult] {
+            let mut old = Vec::new();
+            for kv in tree.iter() {
                 let (k, _) = kv?;
+                let period = k.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+                let period = period.map_or(i64::MIN, |p| i64::try_from(p).unwrap_or(i64::MAX));
+                if period < before {
+                    old.push(k);
+                }
+            }
+            for k in old {
                 tree.remove(k)?;
                 n += 1;
             }
@@ -744,5 +767,65 @@ impl Store {
             self.network_changed();
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+    use crate::federation::merge::Chart;
+    use crate::federation::result::{Input, SCHEMA};
+
+    fn result(period: i64, inputs: u16, issued_at: i64) -> ResultV1 {
+        ResultV1 {
+            schema: SCHEMA,
+            community: [5; 32],
+            manifest_version: 1,
+            manifest_hash: [0; 32],
+            period_start: period,
+            period_secs: 4,
+            issued_at,
+            inputs: (0..inputs).map(|member| Input { member, hash: [1; 16] }).collect(),
+            chart: Chart { artists: vec![], tracks: vec![], origins: u32::from(inputs), corroborating: 0 },
+        }
+    }
+
+    fn bytes(r: &ResultV1) -> Vec<u8> {
+        crate::envelope::seal(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]), crate::envelope::DST_RESULT, r.encode())
+    }
+
+    /// A signer's result for a period is replaced only by one with more inputs (not by
+    /// a later date: no flood of re-dated results); catch-up answers skip what the
+    /// asker holds; the periods held are listed newest first; pruning goes by period.
+    #[test]
+    fn results_are_kept_one_per_signer_and_period_and_served_by_what_is_lacking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &super::super::Options::default()).expect("open");
+        let signer = ed25519_dalek::SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes();
+        let id = [5; 32];
+        let (two, later, three) = (result(100, 2, 110), result(100, 2, 120), result(100, 3, 105));
+        assert!(store.put_result(&signer, &two, &bytes(&two)).expect("put"));
+        assert!(!store.put_result(&signer, &later, &bytes(&later)).expect("put"), "a later date is not better");
+        assert!(store.put_result(&signer, &three, &bytes(&three)).expect("put"), "more inputs are");
+        assert!(!store.put_result(&signer, &two, &bytes(&two)).expect("put"));
+        assert_eq!(store.result_held(&id, 100, &signer).expect("held"), (Some(3), false));
+        let other = result(104, 1, 110);
+        store.put_result(&signer, &other, &bytes(&other)).expect("put");
+        assert_eq!(store.result_periods(&id, 0, 10).expect("periods"), vec![(104, 1), (100, 3)]);
+        let none = std::collections::HashMap::new();
+        assert_eq!(store.results_since(&id, 0, &none, 10).expect("since"), vec![bytes(&other), bytes(&three)]);
+        assert_eq!(store.results_since(&id, 0, &none, 1).expect("since"), vec![bytes(&other)], "the limit");
+        assert_eq!(store.results_since(&id, 101, &none, 10).expect("since"), vec![bytes(&other)], "from");
+        let have: std::collections::HashMap<i64, u32> = [(104, 1), (100, 2)].into_iter().collect();
+        assert_eq!(store.results_since(&id, 0, &have, 10).expect("since"), vec![bytes(&three)], "only what it lacks");
+        assert!(store.results_since(&[6; 32], 0, &none, 10).expect("since").is_empty(), "another community");
+        assert!(store.put_wrong_result(&signer, &two, &bytes(&two)).expect("wrong"));
+        assert!(!store.put_wrong_result(&signer, &later, &bytes(&later)).expect("wrong"), "one per key");
+        assert_eq!(store.wrong_results(&id).expect("wrong"), vec![(100, signer)]);
+        assert_eq!(store.best_result(&id, 100, 4).expect("best"), None, "its signer's result is left out");
+        assert_eq!(store.best_result(&id, 104, 4).expect("best").map(|b| b.1), Some(other));
+        assert_eq!(store.prune_results(104).expect("prune"), 2);
+        assert_eq!(store.result_periods(&id, 0, 10).expect("periods"), vec![(104, 1)]);
+        assert!(store.wrong_results(&id).expect("wrong").is_empty());
     }
 }

@@ -163,8 +163,8 @@ pub(crate) struct Trees {
     pub community_version_manifest: sled::Tree,
     pub community_version_fork: sled::Tree,
     pub community_version_signed: sled::Tree,
-    pub period_community_signer_result: sled::Tree,
-    pub period_community_signer_wrongresult: sled::Tree,
+    pub community_period_signer_result: sled::Tree,
+    pub community_period_signer_wrongresult: sled::Tree,
     pub community_follow: sled::Tree,
 }
 
@@ -331,8 +331,8 @@ impl Store {
             community_version_manifest: t(schema::COMMUNITY_VERSION_MANIFEST)?,
             community_version_fork: t(schema::COMMUNITY_VERSION_FORK)?,
             community_version_signed: t(schema::COMMUNITY_VERSION_SIGNED)?,
-            period_community_signer_result: t(schema::PERIOD_COMMUNITY_SIGNER_RESULT)?,
-            period_community_signer_wrongresult: t(schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT)?,
+            community_period_signer_result: t(schema::COMMUNITY_PERIOD_SIGNER_RESULT)?,
+            community_period_signer_wrongresult: t(schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
         };
         let data_file = std::fs::OpenOptions::new().write(true).open(path.join("db")).ok().map(std::sync::Arc::new);
@@ -529,8 +529,8 @@ impl Store {
             schema::COMMUNITY_VERSION_MANIFEST => &t.community_version_manifest,
             schema::COMMUNITY_VERSION_FORK => &t.community_version_fork,
             schema::COMMUNITY_VERSION_SIGNED => &t.community_version_signed,
-            schema::PERIOD_COMMUNITY_SIGNER_RESULT => &t.period_community_signer_result,
-            schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT => &t.period_community_signer_wrongresult,
+            schema::COMMUNITY_PERIOD_SIGNER_RESULT => &t.community_period_signer_result,
+            schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT => &t.community_period_signer_wrongresult,
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })

@@ -64,8 +64,8 @@ const NODE_TREES: &[&str] = &[
     // Which manifest bodies this node signed: without it, a salvaged node could sign
     // a second body of a version (a fork).
     schema::COMMUNITY_VERSION_SIGNED,
-    schema::PERIOD_COMMUNITY_SIGNER_RESULT,
-    schema::PERIOD_COMMUNITY_SIGNER_WRONGRESULT,
+    schema::COMMUNITY_PERIOD_SIGNER_RESULT,
+    schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT,
     schema::COMMUNITY_FOLLOW,
     schema::INVITEDIGEST_INVITE,
 ];

@@ -198,17 +198,17 @@ pub const COMMUNITY_VERSION_FORK: &str = "community_version_fork";
 /// the pending one is withdrawn. Since schema 10.
 pub const COMMUNITY_VERSION_SIGNED: &str = "community_version_signed";
 
-/// `period_community_signer_result`: `period start (time key) ‖ community id (32) ‖
-/// signer (32)` -> a signed community result (`federation::result`), raw: the best one
-/// (most inputs) each administrator issued for the period. Serves: the charts of linked
-/// communities this node is not a member of, catch-up answers, pruning by period. Since
-/// schema 11.
-pub const PERIOD_COMMUNITY_SIGNER_RESULT: &str = "period_community_signer_result";
+/// `community_period_signer_result`: `community id (32) ‖ period start (time key) ‖
+/// signer (32)` -> a signed community result (`federation::result`), raw: each
+/// administrator's for the period, replaced only by one of that signer with more
+/// inputs. Serves: the charts of linked communities this node is not a member of,
+/// catch-up answers (a range per community), pruning by period. Since schema 11.
+pub const COMMUNITY_PERIOD_SIGNER_RESULT: &str = "community_period_signer_result";
 
-/// `period_community_signer_wrongresult`: same key -> a signed result that this node,
+/// `community_period_signer_wrongresult`: same key -> a signed result that this node,
 /// a member holding every snapshot it names, recomputed to another chart: evidence
 /// against its signer, shown on `/network`. One per key. Since schema 11.
-pub const PERIOD_COMMUNITY_SIGNER_WRONGRESULT: &str = "period_community_signer_wrongresult";
+pub const COMMUNITY_PERIOD_SIGNER_WRONGRESULT: &str = "community_period_signer_wrongresult";
 
 /// `community_follow`: `community id (32)` -> `FollowV1` { this node publishes there
 /// (member) or only follows it, bootstrap addresses, when }. Serves: which topics to
@@ -249,8 +249,8 @@ pub const ALL_TREES: &[&str] = &[
     COMMUNITY_VERSION_MANIFEST,
     COMMUNITY_VERSION_FORK,
     COMMUNITY_VERSION_SIGNED,
-    PERIOD_COMMUNITY_SIGNER_RESULT,
-    PERIOD_COMMUNITY_SIGNER_WRONGRESULT,
+    COMMUNITY_PERIOD_SIGNER_RESULT,
+    COMMUNITY_PERIOD_SIGNER_WRONGRESULT,
     COMMUNITY_FOLLOW,
 ];
 

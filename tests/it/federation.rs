@@ -806,22 +806,25 @@ fn a_wrong_community_result_is_evidence_and_a_forged_one_is_refused() {
     assert_eq!(x_view["chart"], community(&before, "X").expect("X")["chart"], "no chart changed");
     let page = ureq::get(&format!("{}/network?period={p}", nb.url)).call().expect("page").into_string().expect("body");
     assert!(page.contains("do not give"), "{page}");
-    // A's own node made and signed the honest result after the period; B kept it.
+    // A's own node makes and signs each period's honest result after it, which B
+    // recomputes to the same chart and keeps: the next period's, p + 4 (its node signs
+    // it one grace time and two catch-up rounds after it ends, p + 13, on its next
+    // tick). A's honest result for p itself came after the wrong one and is ignored:
+    // a signer with a wrong result for a period has no result taken for it.
     let id = manifest.manifest.community();
-    // (Its node signs it one grace time and two catch-up rounds after the period
-    // ends, p + 9 here, on its next tick.)
-    let due = p + 16;
+    let due = p + 18;
     while hearsay::now_unix() < due {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop((na, nb));
     let store = hearsay::store::Store::open(&b.data, &hearsay::store::Options::default()).expect("open B");
-    let held = store.results(&id, p).expect("read");
+    let next = store.results(&id, p + 4).expect("read");
     assert!(
-        held.iter().any(|(signer, r, _)| *signer == a_key.public_key() && r.chart == honest.chart),
-        "A's node made the honest result and B kept it: {held:?}"
+        next.iter().any(|(signer, r, _)| *signer == a_key.public_key() && r.inputs.len() == 2),
+        "A's node made the next period's result and B kept it: {next:?}"
     );
-    // No chart takes a result from that administrator for that period any more.
+    assert_eq!(store.wrong_results(&id).expect("read"), vec![(p, a_key.public_key())], "that one matched");
+    // No chart takes a result from that administrator for that period.
     assert_eq!(store.best_result(&id, p, 4).expect("read"), None);
 }
 
