@@ -697,19 +697,27 @@ impl Read<'_> {
         } else {
             usize::try_from(state.store.count_listens(user.id, from, to).map_err(store_err)?).unwrap_or(usize::MAX)
         };
-        // Only the page asked for is held: earlier pages are skipped, not collected.
+        // Only the page asked for is read: earlier pages are skipped in the day index,
+        // before any listen of theirs is decoded.
         let skip = (page - 1).saturating_mul(limit);
-        let mut seen = 0usize;
+        let seen = std::cell::Cell::new(0usize);
         let mut listens = Vec::with_capacity(limit);
         state
             .store
-            .each_listen(user.id, from, to, Order::NewestFirst, |l| {
-                seen += 1;
-                if seen > skip {
+            .each_listen_but(
+                user.id,
+                from,
+                to,
+                Order::NewestFirst,
+                |_, _| {
+                    seen.set(seen.get().saturating_add(1));
+                    seen.get() <= skip
+                },
+                |l| {
                     listens.push(l);
-                }
-                Ok(listens.len() < limit)
-            })
+                    Ok(listens.len() < limit)
+                },
+            )
             .map_err(store_err)?;
         let mut container = El::list("recenttracks", "track").attr("user", &user.name).paged(page, limit, total);
         if page == 1 {

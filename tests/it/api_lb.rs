@@ -528,3 +528,57 @@ fn a_player_that_does_not_name_itself_is_recorded_under_its_tokens_name() {
     );
     assert_eq!(node.terminate(), Some(0));
 }
+
+/// Last.fm's `user.getRecentTracks` pages newest first without repeating or skipping a
+/// listen (two in one second included), within `from`/`to`, with the right total; the
+/// pages before the one asked for are skipped in the day index, not decoded.
+#[test]
+fn lastfm_recent_tracks_pages_cover_every_listen_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    assert_eq!(crate::support::hearsay(&data, &["user", "set-visibility", "alice", "public"]).0, 0);
+    let node = NodeProcess::start(&data);
+    let base = hearsay::now_unix() - 30 * 86_400;
+    // 13 listens over a month, two of them in one second.
+    let mut ats: Vec<i64> = (0..12).map(|i| base + i * 2 * 86_400 + i * 37).collect();
+    ats.push(ats[5]);
+    let payload: Vec<Value> = ats.iter().enumerate().map(|(i, at)| listen(*at, "Pager", &format!("T{i:02}"))).collect();
+    let (s, v) = post(
+        &format!("{}/1/submit-listens", node.url),
+        Some(&token),
+        json!({"listen_type": "import", "payload": payload}).to_string().as_bytes(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let page = |n: usize, extra: &str| -> (Vec<String>, String) {
+        let (s, v) = get(
+            &format!("{}/2.0/?method=user.getrecenttracks&user=alice&format=json&limit=5&page={n}{extra}", node.url),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        let names = v["recenttracks"]["track"]
+            .as_array()
+            .map_or_else(Vec::new, |t| t.iter().map(|x| x["name"].as_str().unwrap_or_default().to_owned()).collect());
+        (names, v["recenttracks"]["@attr"]["total"].as_str().unwrap_or_default().to_owned())
+    };
+    let mut all = Vec::new();
+    for n in 1..=4 {
+        let (names, total) = page(n, "");
+        assert_eq!(total, "13");
+        all.extend(names);
+    }
+    assert_eq!(all.len(), 13, "{all:?}");
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 13, "no listen twice: {all:?}");
+    assert_eq!(all[0], "T11", "newest first");
+    // Within from/to (inclusive of `to`, as Last.fm): listens 3..=8 (T12 shares T05's second).
+    let window = format!("&from={}&to={}", ats[3], ats[8]);
+    let (first, total) = page(1, &window);
+    let (second, _) = page(2, &window);
+    assert_eq!(total, "7");
+    assert_eq!(first.len() + second.len(), 7, "{first:?} {second:?}");
+    assert_eq!(first[0], "T08");
+    assert!(second.contains(&"T03".to_owned()), "{second:?}");
+    assert!(page(3, &window).0.is_empty());
+}
