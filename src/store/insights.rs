@@ -23,6 +23,23 @@ const TASTE_ARTISTS: usize = 500;
 /// Taste vectors by user, valid while the user's log has the same number of entries.
 pub(crate) type TasteCache = Arc<Mutex<HashMap<UserId, (u64, Arc<Vec<(u32, f32)>>)>>>;
 
+/// Most taste vectors cached (each at most `TASTE_ARTISTS` × 8 bytes: 64 MiB in all), so
+/// a node of any size keeps a bounded cache; a node of up to this many users answers
+/// "similar users" warm.
+const MAX_TASTES: usize = 16_384;
+
+/// Inserts into a bounded map: when full, an arbitrary other entry goes first. (Not
+/// LRU: a neighbours query reads every user's vector, so recency says nothing about
+/// which will be read next; a hand-written two-line rule rather than a cache crate.)
+fn remember<K: std::hash::Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, cap: usize, key: K, value: V) {
+    if map.len() >= cap.max(1) && !map.contains_key(&key) {
+        if let Some(other) = map.keys().next().copied() {
+            map.remove(&other);
+        }
+    }
+    map.insert(key, value);
+}
+
 /// One week of a rank history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeekRank {
@@ -182,7 +199,7 @@ impl Store {
         let (sums, _) = self.sum_range(user, MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
         let v = Arc::new(taste(sums[Kind::Artist.index()].all(), TASTE_ARTISTS));
         if let Ok(mut cache) = self.tastes.lock() {
-            cache.insert(user, (entries, v.clone()));
+            remember(&mut cache, MAX_TASTES, user, (entries, v.clone()));
         }
         Ok(v)
     }
@@ -421,5 +438,25 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_taste_cache_stays_within_its_bound() {
+        let mut map: HashMap<u32, u32> = HashMap::new();
+        for k in 0..100 {
+            remember(&mut map, 10, k, k);
+            assert!(map.len() <= 10);
+            assert_eq!(map.get(&k), Some(&k), "the newest is kept");
+        }
+        // Replacing a held key evicts nothing.
+        let before: Vec<u32> = map.keys().copied().collect();
+        remember(&mut map, 10, before[0], 7);
+        assert_eq!(map.len(), 10);
+        assert_eq!(map.get(&before[0]), Some(&7));
     }
 }
