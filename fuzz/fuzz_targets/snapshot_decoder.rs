@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = hearsay::identity::open_snapshot(data);
     let _ = hearsay::federation::community::open_manifest(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = hearsay::federation::community::TicketV1::from_text(text);
+        let _ = hearsay::federation::community::TicketV2::from_text(text);
     }
 });

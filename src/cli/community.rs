@@ -248,8 +248,14 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             bootstrap.extend(manifest.bootstrap.iter().cloned());
             bootstrap.sort();
             bootstrap.dedup();
-            let _ = latest;
             let (chain, head) = store.ticket_chain(&cid)?;
+            if chain.is_empty() {
+                bail!(
+                    "this node does not hold version 1 of {} (it joined with a ticket of the first format, which carried only version {}): ask an administrator whose node holds the whole chain for the ticket",
+                    latest.manifest.name,
+                    head
+                );
+            }
             println!("{}", TicketV2::new(cid, chain, head, bootstrap).to_text());
         }
         CommunityCmd::Join { ticket } => follow(&store, &ticket, true, now)?,
@@ -410,6 +416,20 @@ fn follow(store: &Store, ticket: &str, member: bool, now: i64) -> anyhow::Result
                 }
             }
         }
+    }
+    // Versions held above the ticket's chain must follow from it (a node that once took
+    // a first-format ticket may hold a later version nothing vouched for).
+    let mut prev = store.manifest_at(&t.community, m.manifest.version)?;
+    while let Some(p) = prev {
+        let Some(next) = store.manifest_at(&t.community, p.manifest.version.saturating_add(1))? else { break };
+        if let Err(e) = crate::federation::community::accept(&t.community, Some(&p), &next) {
+            eprintln!(
+                "warning: the manifest version {} this node holds does not follow from the ticket's chain ({e}): it stays as it is; ask the community's administrators which history is theirs",
+                next.manifest.version
+            );
+            break;
+        }
+        prev = Some(next);
     }
     if m.manifest.version < t.head {
         eprintln!(

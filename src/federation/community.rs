@@ -616,19 +616,13 @@ impl TicketV2 {
             if m.manifest.version != u32::try_from(i + 1).unwrap_or(u32::MAX) {
                 return Err(format!("ticket manifest {} is version {}", i + 1, m.manifest.version));
             }
-            match checked.last() {
-                None => {
-                    if community_id(&m.manifest.encode()) != ticket.community || m.manifest.genesis.is_some() {
-                        return Err("the ticket's first manifest is not the one its community id comes from".into());
-                    }
-                    if !m.manifest.admins.contains(&m.signer) {
-                        return Err("the ticket's first manifest is not signed by its administrator".into());
-                    }
-                }
-                Some(prev) => {
-                    accept(&ticket.community, Some(prev), &m).map_err(|e| format!("ticket manifest {}: {e}", i + 1))?
-                }
+            if checked.is_empty()
+                && (community_id(&m.manifest.encode()) != ticket.community || m.manifest.genesis.is_some())
+            {
+                return Err("the ticket's first manifest is not the one its community id comes from".into());
             }
+            // Exactly as from a peer, version 1 included (no stray co-signatures).
+            accept(&ticket.community, checked.last(), &m).map_err(|e| format!("ticket manifest {}: {e}", i + 1))?;
             checked.push(m);
         }
         if checked.is_empty() {
@@ -712,6 +706,12 @@ mod tests {
         assert!(TicketV2::from_text(&alone.to_text()).is_err(), "a chain must start at version 1");
         let other = TicketV2 { community: [7; 32], chain: vec![v1.signed.clone()], head: 1, bootstrap: vec![] };
         assert!(TicketV2::from_text(&other.to_text()).is_err(), "version 1 of another community");
+        // Version 1 padded with a co-signature of a key that is no administrator: refused,
+        // as from a peer (it would be stored and served, and peers would refuse it).
+        let padded = cosigned(&v1, &forger);
+        let bad = TicketV2 { community: id, chain: vec![padded.signed], head: 1, bootstrap: vec![] };
+        let err = TicketV2::from_text(&bad.to_text()).expect_err("padded");
+        assert!(err.contains("ticket manifest 1"), "{err}");
         let empty = TicketV2 { community: id, chain: vec![], head: 1, bootstrap: vec![] };
         assert!(TicketV2::from_text(&empty.to_text()).is_err());
         // A first-format ticket of version 1 is still read.

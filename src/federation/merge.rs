@@ -328,8 +328,7 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: 
                 e.0 = e.0.saturating_add(i128::from(r.listeners).saturating_mul(i128::from(*w)));
                 e.1 = e.1.saturating_add(i128::from(r.listens).saturating_mul(i128::from(*w)));
                 // Its origins in the share not counted yet (n ≥ fresh > 0).
-                // (At least one: a row of a result that adds anything has an origin.)
-                let origins = (u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1))).max(1);
+                let origins = u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1));
                 e.2 = e.2.saturating_add(u32::try_from(origins).unwrap_or(u32::MAX));
             }
         }

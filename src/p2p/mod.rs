@@ -832,7 +832,12 @@ impl Task {
                 }
                 let bytes = self.identity.sign_result(&r);
                 match self.store.put_result(&self.me, &r, &bytes) {
-                    Ok(_) => {
+                    // Not stored: this node signed one with as many inputs before (a
+                    // restart forgot `published_results`); peers would not take it either.
+                    Ok(false) => {
+                        self.published_results.insert((id, period), r.inputs.len());
+                    }
+                    Ok(true) => {
                         tracing::debug!(period, inputs = r.inputs.len(), "signed this community's result");
                         self.published_results.insert((id, period), r.inputs.len());
                         self.queue(result_topic(&id), bytes);

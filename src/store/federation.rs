@@ -219,12 +219,18 @@ impl Store {
     /// What a ticket carries of a community's chain: the signed versions from 1 on, in
     /// order, while they fit `community::MAX_TICKET_CHAIN_BYTES` (reading no further),
     /// and the latest version's number.
+    /// Empty when version 1 is not held (a node that joined with a first-format ticket
+    /// of a later version: it cannot vouch for the chain); stops at any gap.
     pub fn ticket_chain(&self, id: &CommunityId) -> Result<(Vec<Vec<u8>>, u32)> {
         let head = self.manifest(id)?.map_or(0, |m| m.manifest.version);
         let mut chain = Vec::new();
         let mut total = 0usize;
         for kv in self.trees.community_version_manifest.scan_prefix(id) {
-            let (_, v) = kv?;
+            let (k, v) = kv?;
+            let version = k.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+            if version != u32::try_from(chain.len() + 1).ok() {
+                break;
+            }
             total = total.saturating_add(v.len());
             if total > crate::federation::community::MAX_TICKET_CHAIN_BYTES && !chain.is_empty() {
                 break;
@@ -728,20 +734,22 @@ impl Store {
     /// Per period from `from` on (the newest `limit`), the most inputs of a result held
     /// for the community: what a `Results` request lists as held.
     pub fn result_periods(&self, id: &CommunityId, from: i64, limit: usize) -> Result<Vec<(i64, u32)>> {
-        let mut out: Vec<(i64, u32)> = Vec::new();
-        let range = result_prefix(id, from.max(0))..result_prefix(id, i64::MAX);
-        for kv in self.trees.community_period_signer_result.range(range).rev().take(MAX_RESULTS_SCANNED) {
-            let (k, v) = kv?;
-            let (_, r, _) = open_held_result(schema::COMMUNITY_PERIOD_SIGNER_RESULT, &k, &v)?;
-            let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
-            let full = out.len() >= limit;
-            match out.last_mut() {
-                Some(last) if last.0 == r.period_start => last.1 = last.1.max(inputs),
-                _ if full => break,
-                _ => out.push((r.period_start, inputs)),
+        // Wrong results count as held too: a peer need not send them again.
+        let mut per: std::collections::BTreeMap<i64, u32> = std::collections::BTreeMap::new();
+        for (tree, name) in [
+            (&self.trees.community_period_signer_result, schema::COMMUNITY_PERIOD_SIGNER_RESULT),
+            (&self.trees.community_period_signer_wrongresult, schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT),
+        ] {
+            let range = result_prefix(id, from.max(0))..result_prefix(id, i64::MAX);
+            for kv in tree.range(range).rev().take(MAX_RESULTS_SCANNED) {
+                let (k, v) = kv?;
+                let (_, r, _) = open_held_result(name, &k, &v)?;
+                let inputs = u32::try_from(r.inputs.len()).unwrap_or(u32::MAX);
+                let e = per.entry(r.period_start).or_insert(0);
+                *e = (*e).max(inputs);
             }
         }
-        Ok(out)
+        Ok(per.into_iter().rev().take(limit).collect())
     }
 
     /// Deletes results (and wrong ones) of periods before `before`; how many went.

@@ -21,23 +21,50 @@ use crate::stats::period::{self, Period, day_number, local_date, month_number};
 const TASTE_ARTISTS: usize = 500;
 
 /// Taste vectors by user, valid while the user's log has the same number of entries.
-pub(crate) type TasteCache = Arc<Mutex<HashMap<UserId, (u64, Arc<Vec<(u32, f32)>>)>>>;
+pub(crate) type TasteCache = Arc<Mutex<Bounded<UserId, (u64, Arc<Vec<(u32, f32)>>)>>>;
 
-/// Most taste vectors cached (each at most `TASTE_ARTISTS` × 8 bytes: 64 MiB in all), so
-/// a node of any size keeps a bounded cache; a node of up to this many users answers
-/// "similar users" warm.
-const MAX_TASTES: usize = 16_384;
+/// Most vector entries the taste cache holds (8 bytes each: 64 MiB). A taste keeps every
+/// artist tied at its cut (never cut by item number), so a vector's length is not
+/// bounded by `TASTE_ARTISTS`: the bound is on entries, not users. Enough for every
+/// user of a 10,000-user node at the usual 500 artists each, warm.
+const MAX_TASTE_ENTRIES: usize = 8 << 20;
 
-/// Inserts into a bounded map: when full, an arbitrary other entry goes first. (Not
-/// LRU: a neighbours query reads every user's vector, so recency says nothing about
-/// which will be read next; a hand-written two-line rule rather than a cache crate.)
-fn remember<K: std::hash::Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, cap: usize, key: K, value: V) {
-    if map.len() >= cap.max(1) && !map.contains_key(&key) {
-        if let Some(other) = map.keys().next().copied() {
-            map.remove(&other);
-        }
+/// A map bounded by a total weight: when an insert would pass it, arbitrary other
+/// entries go first. (Not LRU: a neighbours query reads every user's vector, so recency
+/// says nothing about which is read next; a few lines rather than a cache crate.)
+pub(crate) struct Bounded<K, V> {
+    map: HashMap<K, (usize, V)>,
+    weight: usize,
+}
+
+impl<K, V> Default for Bounded<K, V> {
+    fn default() -> Self {
+        Bounded { map: HashMap::new(), weight: 0 }
     }
-    map.insert(key, value);
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V: Clone> Bounded<K, V> {
+    fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).map(|(_, v)| v.clone())
+    }
+
+    /// Inserts `value` of `weight` (a value heavier than `cap` alone is not kept).
+    fn insert(&mut self, cap: usize, key: K, weight: usize, value: V) {
+        if let Some((w, _)) = self.map.remove(&key) {
+            self.weight -= w;
+        }
+        if weight > cap {
+            return;
+        }
+        while self.weight + weight > cap {
+            let Some(other) = self.map.keys().next().copied() else { break };
+            if let Some((w, _)) = self.map.remove(&other) {
+                self.weight -= w;
+            }
+        }
+        self.weight += weight;
+        self.map.insert(key, (weight, value));
+    }
 }
 
 /// One week of a rank history.
@@ -190,7 +217,7 @@ impl Store {
     /// A user's artist taste vector (cached until their log changes).
     fn taste_of(&self, user: UserId) -> Result<Arc<Vec<(u32, f32)>>> {
         let entries = self.log_head(user)?.n_entries;
-        if let Some((n, v)) = self.tastes.lock().ok().and_then(|c| c.get(&user).cloned()) {
+        if let Some((n, v)) = self.tastes.lock().ok().and_then(|c| c.get(&user)) {
             if n == entries {
                 return Ok(v);
             }
@@ -199,7 +226,7 @@ impl Store {
         let (sums, _) = self.sum_range(user, MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;
         let v = Arc::new(taste(sums[Kind::Artist.index()].all(), TASTE_ARTISTS));
         if let Ok(mut cache) = self.tastes.lock() {
-            remember(&mut cache, MAX_TASTES, user, (entries, v.clone()));
+            cache.insert(MAX_TASTE_ENTRIES, user, v.len().max(1), (entries, v.clone()));
         }
         Ok(v)
     }
@@ -446,17 +473,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_taste_cache_stays_within_its_bound() {
-        let mut map: HashMap<u32, u32> = HashMap::new();
+    fn the_taste_cache_stays_within_its_weight() {
+        let mut cache: Bounded<u32, u32> = Bounded::default();
         for k in 0..100 {
-            remember(&mut map, 10, k, k);
-            assert!(map.len() <= 10);
-            assert_eq!(map.get(&k), Some(&k), "the newest is kept");
+            cache.insert(50, k, 1 + (k as usize % 7), k);
+            assert!(cache.weight <= 50);
+            assert_eq!(cache.weight, cache.map.values().map(|(w, _)| *w).sum::<usize>());
+            assert_eq!(cache.get(&k), Some(k), "the newest is kept");
         }
-        // Replacing a held key evicts nothing.
-        let before: Vec<u32> = map.keys().copied().collect();
-        remember(&mut map, 10, before[0], 7);
-        assert_eq!(map.len(), 10);
-        assert_eq!(map.get(&before[0]), Some(&7));
+        // Replacing a held key counts its new weight only; a value over the cap is not kept.
+        let k = *cache.map.keys().next().expect("one");
+        cache.insert(50, k, 3, 7);
+        assert_eq!(cache.get(&k), Some(7));
+        assert_eq!(cache.weight, cache.map.values().map(|(w, _)| *w).sum::<usize>());
+        cache.insert(50, 1000, 51, 1);
+        assert_eq!(cache.get(&1000), None);
     }
 }
