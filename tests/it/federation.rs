@@ -599,6 +599,102 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
     );
 }
 
+/// A lying member against a running node: a member's key signs a snapshot claiming a
+/// million listeners (and listens at the i64 limit) for an artist and for the honest
+/// member's artist. The community chart counts the liar at most the per-origin cap
+/// (`merge::MIN_ORIGIN_CAP`, 16 here: 4 × the median origin's largest count is lower),
+/// the sums saturate rather than wrap or panic, and the node keeps serving. (Before the
+/// robust merge, one origin's claim was counted as it came: a million listeners.)
+#[test]
+fn a_lying_member_counts_at_most_the_cap() {
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"));
+    let x = a.cli(&[&["community", "create", "X"][..], &SHORT_PERIOD_FLOOR].concat()).trim().to_owned();
+    a.cli(&["community", "invite", "X", "--node", &b.id]);
+    let ta = user_with_token(&a.data, dir.path(), "apub", "public");
+    let na = a.start();
+    let p = fresh_period();
+    submit(&na.url, &ta, &[("Honest Band", "One", p)]);
+    let own = release_of(&na.url, p, Duration::from_secs(20));
+    let communities = hearsay::envelope::open_snapshot(&own).expect("A's release").1.communities;
+    // B's key (B's node never runs) signs the lie.
+    let b_identity = NodeIdentity::load_or_create(&b.data).expect("B's key");
+    let keypair = libp2p::identity::Keypair::from_protobuf_encoding(&b_identity.encode()).expect("key");
+    let secret = keypair.try_into_ed25519().expect("ed25519").secret();
+    let b_key = ed25519_dalek::SigningKey::from_bytes(&<[u8; 32]>::try_from(secret.as_ref()).expect("32 bytes"));
+    let honest = snapshot_with(&b_identity, &communities, p, 4, &[("Liar Band", 1), ("Honest Band", 1)]);
+    let (_, mut lie) = hearsay::envelope::open_snapshot(&honest).expect("B's snapshot");
+    for e in &mut lie.public.artists {
+        e.listeners = 1_000_000;
+        e.listens = i64::MAX;
+    }
+    let lie = hearsay::envelope::seal(&b_key, hearsay::envelope::DST_SNAPSHOT, lie.encode());
+    hearsay::envelope::open_snapshot(&lie).expect("a valid signed snapshot by a member");
+    let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
+    let bad = rogue::Bad { gossip: vec![lie], ..rogue::Bad::manifests(vec![]) };
+    let (stop, rogue) = rogue::spawn(victim, &x, bad);
+    let v = wait_for(&na.url, p, "the liar is counted", |v| origins(v, "X", "chart") == 2);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().expect("rogue");
+    let chart = &community(&v, "X").expect("X")["chart"];
+    let row = |name: &str| {
+        chart["artists"].as_array().and_then(|rows| rows.iter().find(|r| r["name"]["artist"] == name)).cloned()
+    };
+    let liar = row("Liar Band").expect("listed");
+    let honest = row("Honest Band").expect("listed");
+    let cap = hearsay::federation::merge::MIN_ORIGIN_CAP;
+    assert_eq!(liar["listeners"].as_i64(), Some(cap), "{chart}");
+    assert_eq!(honest["listeners"].as_i64(), Some(1 + cap), "{chart}");
+    assert!(honest["listens"].as_i64().is_some_and(|n| n > 0), "saturated, not wrapped: {chart}");
+    ureq::get(&format!("{}/health", na.url)).call().expect("the node keeps serving");
+}
+
+/// A forged ticket: anyone can sign a manifest naming someone else's community id and
+/// listing themselves as its administrator. `community join` refuses it, in the old
+/// format (which carried the latest manifest alone, checked only against its own
+/// administrators: it used to be taken) and in the new one (a chain checked from the
+/// community id), and stores nothing; the administrator's real ticket is taken.
+#[test]
+fn a_forged_ticket_is_refused() {
+    use hearsay::federation::community::{TicketV1, TicketV2, open_manifest};
+    use hearsay::identity::NodeIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, forger) = (Peer::new(dir.path(), "a"), Peer::new(dir.path(), "b"), Peer::new(dir.path(), "f"));
+    a.cli(&["community", "create", "X"]);
+    let real = a.cli(&["community", "invite", "X", "--node", &b.id]);
+    let (t, chain) = TicketV2::from_text(real.trim()).expect("the real ticket");
+    let forger_key = NodeIdentity::load_or_create(&forger.data).expect("key");
+    let v1 = &chain[0];
+    let fake = open_manifest(&forger_key.sign_manifest(&v1.manifest.next(hearsay::now_unix(), |m| {
+        m.admins = vec![forger_key.public_key()];
+        m.name = "Not X".into();
+    })))
+    .expect("a validly signed manifest");
+    let old = TicketV1 { community: t.community, manifest: fake.signed.clone(), bootstrap: vec![] };
+    let old = format!("hearsay1{}", hex::encode(postcard::to_allocvec(&old).expect("encode")));
+    let new = TicketV2 {
+        community: t.community,
+        chain: vec![v1.signed.clone(), fake.signed.clone()],
+        head: 2,
+        bootstrap: vec![],
+    };
+    for forged in [old, new.to_text()] {
+        let out = b.run(&["community", "join", &forged]);
+        assert!(!out.status.success(), "a forged ticket was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ticket"), "{err}");
+    }
+    let store = hearsay::store::Store::open(&b.data, &Default::default()).expect("open B");
+    assert!(store.manifest(&t.community).expect("read").is_none(), "nothing stored");
+    drop(store);
+    b.cli(&["community", "join", real.trim()]);
+    let store = hearsay::store::Store::open(&b.data, &Default::default()).expect("open B");
+    let held = store.manifest(&t.community).expect("read").expect("held");
+    assert_eq!((held.manifest.version, held.manifest.name.as_str()), (2, "X"));
+    assert!(store.manifest_at(&t.community, 1).expect("read").is_some(), "the whole chain is held");
+}
+
 /// A member's snapshot of a short period that ends after the node's last complete period
 /// does not become what `/network` shows: the default is the last period this node
 /// released on its own schedule, and charts count only snapshots of the node's period
