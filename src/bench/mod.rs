@@ -95,6 +95,23 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 30)]
         requests: usize,
     },
+    /// A node for a whole community (issue 17's figures): N public users × M listens,
+    /// built once into `--dir` (reused when it holds a finished build, so later runs time
+    /// reads only), then every figure printed: import time and rate, the first and the
+    /// last user's import, bytes per listen on disk, RSS at rest and peak, and p50/p99 of
+    /// the home page, profiles, node charts (this week, all time), history and similar
+    /// users (warm) over HTTP, and a per-user visibility change.
+    Community {
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 1000)]
+        listens_per_user: u64,
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        /// Where the node is built and kept (a temporary directory, removed, when omitted).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Many users on one node: time "similar users" (cold: taste vectors computed;
     /// warm: cached) and the node chart.
     Neighbours {
@@ -324,6 +341,9 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Logins { count, clients } => return logins(config, count, clients),
         BenchCmd::Home { users, listens_per_user, requests } => {
             return home(config, users, listens_per_user, requests);
+        }
+        BenchCmd::Community { users, listens_per_user, requests, dir } => {
+            return community(config, users, listens_per_user, requests, dir);
         }
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
@@ -614,6 +634,126 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
     }
     report("node chart, top-50 artists, all time", charts);
     drop(store);
+    drop(temporary);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The marker of a finished `bench community` build: users × listens per user.
+const COMMUNITY_BUILT: &str = "bench-community-built";
+
+fn community(
+    config: &Config,
+    n_users: u64,
+    per_user: u64,
+    requests: usize,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(n_users >= 1 && per_user >= 1, "at least one user and one listen");
+    let temporary = match &dir {
+        Some(_) => None,
+        None => Some(temp_dir("community")?),
+    };
+    let path = match (&dir, &temporary) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_owned(),
+        (None, None) => anyhow::bail!("no directory"),
+    };
+    let want = format!("{n_users} x {per_user}");
+    let built = std::fs::read_to_string(path.join(COMMUNITY_BUILT)).ok();
+    if built.as_deref() == Some(want.as_str()) {
+        println!("reusing the node built in {} ({want})", path.display());
+    } else {
+        anyhow::ensure!(
+            built.is_none() && std::fs::read_dir(&path).map_or(true, |mut d| d.next().is_none()),
+            "{} holds something else: give an empty or new directory",
+            path.display()
+        );
+        std::fs::create_dir_all(&path)?;
+        let started = Instant::now();
+        let store = Store::open(&path, &store::Options::from(&config.store))?;
+        let ingestor =
+            Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
+        let (mut first, mut last) = (0.0, 0.0);
+        let mut tick = Instant::now();
+        for u in 0..n_users {
+            let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
+            store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
+            let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
+            let t = Instant::now();
+            ingestor.ingest_blocking(id, (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect())?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if u == 0 {
+                first = ms;
+            }
+            last = ms;
+            if tick.elapsed().as_secs() >= 30 {
+                tick = Instant::now();
+                println!("  … {} users imported, {:.0} s", u + 1, started.elapsed().as_secs_f64());
+            }
+        }
+        ingestor.stop();
+        store.flush()?;
+        drop(store);
+        let secs = started.elapsed().as_secs_f64();
+        let total = n_users * per_user;
+        println!(
+            "import: {total} listens of {n_users} users in {secs:.1} s = {:.0} listens/s (goal: 10M in < 120 s); the first user's {per_user} listens {first:.1} ms, the last user's {last:.1} ms",
+            total as f64 / secs
+        );
+        std::fs::write(path.join(COMMUNITY_BUILT), &want)?;
+    }
+    let total = n_users * per_user;
+    let bytes = dir_bytes(&path);
+    println!(
+        "disk: {:.1} MiB = {:.0} bytes per listen (goal ≤ 99), everything in the data directory",
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / total as f64
+    );
+    let mut node_config = config.clone();
+    node_config.node.data_dir = path.clone();
+    node_config.p2p.enabled = false;
+    let node = crate::node::Node::build(node_config)?;
+    let store = node.store.clone();
+    let served = Served::start(node)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    println!("RSS at rest: {:.0} MiB (goal ≤ 300)", status_kib("VmRSS") as f64 / 1024.0);
+    let agent = ureq::AgentBuilder::new().build();
+    let last_user = n_users - 1;
+    let pages: Vec<(String, String)> = vec![
+        ("home page (every user public)".into(), "/".into()),
+        ("profile".into(), format!("/user/user{}", n_users / 2)),
+        ("history page".into(), format!("/user/user{last_user}/history")),
+        ("node chart, this week (API)".into(), "/1/stats/sitewide/artists?range=week".into()),
+        ("node chart, all time (API)".into(), "/1/stats/sitewide/artists?range=all_time".into()),
+        ("user listens (API)".into(), format!("/1/user/user{last_user}/listens?count=25")),
+        ("user top artists (API)".into(), format!("/1/stats/user/user{last_user}/artists")),
+        ("similar users, warm (API)".into(), "/1/user/user0/similar-users".into()),
+    ];
+    for (name, route) in &pages {
+        let url = format!("{}{route}", served.base);
+        // The first call warms caches (similar users: every taste vector).
+        let t = Instant::now();
+        let first = agent.get(&url).call();
+        let cold = t.elapsed().as_secs_f64() * 1000.0;
+        if let Err(e) = first {
+            println!("{name}: {e}");
+            continue;
+        }
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let t = Instant::now();
+            std::hint::black_box(agent.get(&url).call()?.into_string()?);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        report(&format!("{name} (first {cold:.0} ms)"), times);
+    }
+    let user = store.user_by_name(&format!("user{last_user}"))?.ok_or_else(|| anyhow::anyhow!("no user"))?;
+    let t = Instant::now();
+    store.set_visibility(user.id, crate::store::users::SharingLevel::Aggregate)?;
+    store.set_visibility(user.id, crate::store::users::SharingLevel::Public)?;
+    println!("per-user operation: two visibility changes of one user {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!("RSS peak: {:.0} MiB (goal ≤ 500)", status_kib("VmHWM") as f64 / 1024.0);
+    served.stop()?;
     drop(temporary);
     Ok(std::process::ExitCode::SUCCESS)
 }
