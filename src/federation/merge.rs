@@ -325,8 +325,14 @@ fn chart_of(policy: &super::community::Policy, counted: &[Counted<'_>], extras: 
             let rows = if tracks { &chart.tracks } else { &chart.artists };
             for r in rows {
                 let e = &mut per_item.entry(r.item).or_insert_with(|| (r.name.clone(), Vec::new(), (0, 0, 0))).2;
-                e.0 = e.0.saturating_add(i128::from(r.listeners).saturating_mul(i128::from(*w)));
-                e.1 = e.1.saturating_add(i128::from(r.listens).saturating_mul(i128::from(*w)));
+                // No linked origin counts more than one of this chart's may (the
+                // per-origin cap): a row gives at most its origins × the cap, whatever
+                // the linked community's administrator signed.
+                let most = |cap: i64| i128::from(cap).saturating_mul(i128::from(r.origins.max(1)));
+                let listeners = i128::from(r.listeners).min(most(cap_listeners));
+                let listens = i128::from(r.listens).clamp(-most(cap_listens), most(cap_listens));
+                e.0 = e.0.saturating_add(listeners.saturating_mul(i128::from(*w)));
+                e.1 = e.1.saturating_add(listens.saturating_mul(i128::from(*w)));
                 // Its origins in the share not counted yet (n ≥ fresh > 0).
                 let origins = u64::from(r.origins) * u64::from(*fresh) / u64::from((*n).max(1));
                 e.2 = e.2.saturating_add(u32::try_from(origins).unwrap_or(u32::MAX));
@@ -714,14 +720,14 @@ mod tests {
         let mut m = manifest(&[1, 2]);
         m.policy.min_origins_per_item = 3;
         let s = state_of(&[held(snap(1, &[(1, 10), (2, 4)]), 1), held(snap(2, &[(1, 10)]), 1)]);
-        // A linked community's result: artist 1 at 100 listeners from two origins, artist
-        // 3 at 50 from two.
+        // A linked community's result: artist 1 at 60 listeners from two origins, artist
+        // 3 at 50 from two (under this chart's cap of 40 per origin).
         let row = |a: u8, n: i64, origins: u32| {
             let name = ItemName::artist(&format!("Artist {a}"));
-            Row { item: name.id(), name, listeners: n, listens: n * 3, origins, corroborating: 0 }
+            Row { item: name.id(), name, listeners: n, listens: n.saturating_mul(3), origins, corroborating: 0 }
         };
         let linked =
-            Chart { artists: vec![row(1, 100, 2), row(3, 50, 2)], tracks: vec![], origins: 2, corroborating: 0 };
+            Chart { artists: vec![row(1, 60, 2), row(3, 50, 2)], tracks: vec![], origins: 2, corroborating: 0 };
         let at = |c: &Chart, a: u8| {
             c.artists.iter().find(|r| r.name.artist == format!("Artist {a}")).map(|r| (r.listeners, r.origins))
         };
@@ -730,7 +736,7 @@ mod tests {
         let (x, y) = ([7; 32], [8; 32]);
         let fresh = [x, y];
         let fed = federated_chart(&m, &[], &[Linked { weight_milli: 500, inputs: &fresh, chart: &linked }], &s, |_| 0);
-        assert_eq!(at(&fed, 1), Some((20 + 50, 4)));
+        assert_eq!(at(&fed, 1), Some((20 + 30, 4)));
         assert_eq!(at(&fed, 2), None);
         assert_eq!(fed.origins, 4);
         let alone = community_chart(&m, &s, |_| 0);
@@ -738,7 +744,7 @@ mod tests {
         // One of its two inputs is counted here already: half of it.
         let half = [[1; 32], y];
         let fed = federated_chart(&m, &[], &[Linked { weight_milli: 500, inputs: &half, chart: &linked }], &s, |_| 0);
-        assert_eq!(at(&fed, 1), Some((20 + 25, 3)), "its origins in that share too");
+        assert_eq!(at(&fed, 1), Some((20 + 15, 3)), "its origins in that share too");
         assert_eq!(fed.origins, 3);
         // Both counted here already, or by a heavier link's result: nothing more.
         let same = [[1; 32], [2; 32]];
@@ -749,7 +755,12 @@ mod tests {
             Linked { weight_milli: 900, inputs: &fresh, chart: &linked },
         ];
         let fed = federated_chart(&m, &[], &twice, &s, |_| 0);
-        assert_eq!(at(&fed, 1), Some((20 + 90, 4)), "the heavier link counts, the other adds nothing");
+        assert_eq!(at(&fed, 1), Some((20 + 54, 4)), "the heavier link counts, the other adds nothing");
+        // A linked administrator's claim counts at most its origins × this chart's cap
+        // (here 4 × the median origin's largest count, 10: 40 per origin).
+        let lie = Chart { artists: vec![row(1, i64::MAX, 2)], tracks: vec![], origins: 2, corroborating: 0 };
+        let fed = federated_chart(&m, &[], &[Linked { weight_milli: 1000, inputs: &fresh, chart: &lie }], &s, |_| 0);
+        assert_eq!(at(&fed, 1), Some((20 + 2 * 40, 4)), "{:?}", fed.artists);
         // An origin that only corroborates here (a non-member of an open community) is
         // counted nowhere else: a result that merged it counts in full.
         let mut open = m.clone();
@@ -764,6 +775,6 @@ mod tests {
             &with_stranger,
             |_| 0,
         );
-        assert_eq!(at(&fed, 1), Some((20 + 50, 4)), "{:?}", fed.artists);
+        assert_eq!(at(&fed, 1), Some((20 + 30, 4)), "{:?}", fed.artists);
     }
 }
