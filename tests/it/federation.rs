@@ -288,6 +288,7 @@ mod rogue {
         (stop, handle)
     }
 
+    #[derive(Clone)]
     pub struct Bad {
         /// Sent over gossip on the snapshot topic.
         pub gossip: Vec<Vec<u8>>,
@@ -532,12 +533,24 @@ fn a_rogue_peer_is_refused_and_changes_no_chart() {
     let victim: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", a.port).parse().expect("addr");
     // The rogue misbehaves until the victim has refused its messages (a loaded machine,
     // such as CI's two cores running other tests, can take seconds), at most a minute.
-    let (stop, rogue) = rogue::spawn(victim.clone(), &x, bad);
+    // If nothing is refused within 30 s, the rogue comes back on a fresh connection
+    // (new key) once: a fresh connection starts a catch-up, which fetches its served
+    // snapshots. (CI saw "rejected 0 -> 0" once in a full run on two loaded cores, the
+    // rogue's connection and sync requests having worked; the cause is not known yet.)
+    let (mut stop, mut rogue) = rogue::spawn(victim.clone(), &x, bad.clone());
     let started = std::time::Instant::now();
+    let mut retried = false;
     let mut after = network(&na.url, p);
-    while counters(&after).1 < rejected0 + 4 && started.elapsed() < std::time::Duration::from_secs(55) {
+    while counters(&after).1 < rejected0 + 4 && started.elapsed() < std::time::Duration::from_secs(85) {
         std::thread::sleep(std::time::Duration::from_millis(300));
         after = network(&na.url, p);
+        if !retried && started.elapsed() > std::time::Duration::from_secs(30) && counters(&after).1 == rejected0 {
+            retried = true;
+            eprintln!("the rogue peer was refused nothing in 30 s: once more on a fresh connection");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = rogue.join();
+            (stop, rogue) = rogue::spawn(victim.clone(), &x, bad.clone());
+        }
     }
     // Let the flood of sync requests be answered too.
     std::thread::sleep(std::time::Duration::from_secs(2));
