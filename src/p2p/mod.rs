@@ -1156,7 +1156,11 @@ impl Task {
         if self.rounds % FULL_ROUND_EVERY == 0 {
             self.watermarks.clear();
         }
-        let pick = (Self::now() as usize) % peers.len();
+        // Round robin over the connected peers. (It was `now % peers`: with a sync
+        // interval that the number of peers divides — 900 s and 2, 3, 4, 5 or 6 peers, or
+        // 2 s and 2 peers — every round picked the same peer, and the others were never
+        // caught up with after the first connection.)
+        let pick = usize::try_from(self.rounds % u64::try_from(peers.len()).unwrap_or(1)).unwrap_or(0);
         self.catch_up(peers[pick]);
     }
 
