@@ -466,8 +466,9 @@ impl Store {
         Ok(Some(crate::federation::merge::federated_chart(&m.manifest, &refs, &results, &state, |o| seen(o))))
     }
 
-    /// The communities this node takes as signed results rather than snapshots: those
-    /// it follows only because a followed community links them, without being a member.
+    /// The communities this node takes as signed results rather than snapshots: those a
+    /// followed community links and this node is not a member of (whether or not it
+    /// also follows them by ticket).
     pub fn followed_by_result(&self) -> Result<std::collections::BTreeSet<CommunityId>> {
         let followed = self.followed()?;
         let mut linked = std::collections::BTreeSet::new();
