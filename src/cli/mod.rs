@@ -190,8 +190,30 @@ enum StatsCmd {
         #[arg(long, default_value_t = 25)]
         limit: usize,
     },
+    /// The node's chart (its public members summed) for a period.
+    Node {
+        /// artists, tracks or albums.
+        #[arg(long, default_value = "artists")]
+        kind: String,
+        /// As for `stats top`; weeks, months, years and all are read from the node's
+        /// own statistics, the others summed over the members.
+        #[arg(long, default_value = "all")]
+        period: String,
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+    },
     /// Recompute every statistic from the logs (after changing `[stats]` settings).
     Rebuild,
+}
+
+/// A chart kind named on the command line.
+fn chart_kind(kind: &str) -> anyhow::Result<crate::stats::chart::Kind> {
+    Ok(match kind {
+        "artists" => crate::stats::chart::Kind::Artist,
+        "tracks" => crate::stats::chart::Kind::Recording,
+        "albums" => crate::stats::chart::Kind::Release,
+        other => bail!("unknown kind {other:?}: use artists, tracks or albums"),
+    })
 }
 
 #[derive(Subcommand)]
@@ -652,12 +674,7 @@ fn stats_cmd(config: &Config, cmd: StatsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         StatsCmd::Top { user, kind, period, limit } => {
             let u = find_user(&store, &user)?;
-            let kind = match kind.as_str() {
-                "artists" => crate::stats::chart::Kind::Artist,
-                "tracks" => crate::stats::chart::Kind::Recording,
-                "albums" => crate::stats::chart::Kind::Release,
-                other => bail!("unknown kind {other:?}: use artists, tracks or albums"),
-            };
+            let kind = chart_kind(&kind)?;
             let period: crate::stats::period::Period = period.parse()?;
             let chart = store.chart(u.id, kind, &period, limit, crate::now_unix())?;
             println!("{} listens, {} distinct, {}..{}", chart.listens, chart.distinct, chart.from, chart.to);
@@ -665,6 +682,22 @@ fn stats_cmd(config: &Config, cmd: StatsCmd) -> anyhow::Result<ExitCode> {
                 match &row.artist {
                     Some(a) => println!("{:>3}. {} - {}\t{}", i + 1, a, row.name, row.listens),
                     None => println!("{:>3}. {}\t{}", i + 1, row.name, row.listens),
+                }
+            }
+        }
+        StatsCmd::Node { kind, period, limit } => {
+            let kind = chart_kind(&kind)?;
+            let period: crate::stats::period::Period = period.parse()?;
+            let tz = crate::stats::period::time_zone(&config.node.timezone)?;
+            let chart = store.node_chart(kind, &period, limit, crate::now_unix(), &tz)?;
+            println!(
+                "{} listens, {} listeners, {} distinct, {}..{}",
+                chart.listens, chart.listeners, chart.distinct, chart.from, chart.to
+            );
+            for (i, r) in chart.rows.iter().enumerate() {
+                match &r.row.artist {
+                    Some(a) => println!("{:>3}. {} - {}\t{}\t{}", i + 1, a, r.row.name, r.listeners, r.row.listens),
+                    None => println!("{:>3}. {}\t{}\t{}", i + 1, r.row.name, r.listeners, r.row.listens),
                 }
             }
         }

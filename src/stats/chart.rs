@@ -110,13 +110,7 @@ impl Summer {
         if n == 0 {
             return Vec::new();
         }
-        let mut items: Vec<(u32, u64)> = self.touched.iter().map(|&id| (id, self.count(id))).collect();
-        if n < items.len() {
-            let (_, &mut (_, boundary), _) = items.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
-            items.retain(|&(_, c)| c >= boundary);
-        }
-        items.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        items
+        top_with_ties_of(self.touched.iter().map(|&id| (id, self.count(id))).collect(), n)
     }
 
     /// Every item with its count, by id.
@@ -125,6 +119,20 @@ impl Summer {
         ids.sort_unstable();
         ids.into_iter().map(|id| (id, self.count(id))).collect()
     }
+}
+
+/// The top `n` of `(item, count)` pairs plus every item tied with the `n`-th, highest
+/// first (`Summer::top_with_ties`).
+pub fn top_with_ties_of(mut items: Vec<(u32, u64)>, n: usize) -> Vec<(u32, u64)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < items.len() {
+        let (_, &mut (_, boundary), _) = items.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
+        items.retain(|&(_, c)| c >= boundary);
+    }
+    items.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    items
 }
 
 #[cfg(test)]

@@ -77,6 +77,10 @@ pub fn u32_key(n: u32) -> [u8; 4] {
 pub const BUCKET_DAY: u8 = 0;
 pub const BUCKET_MONTH: u8 = 1;
 pub const BUCKET_YEAR: u8 = 2;
+/// Node buckets only (`store::aggregates::node`): ISO weeks (numbered by their
+/// Monday's day number) and all time (number 0).
+pub const BUCKET_WEEK: u8 = 3;
+pub const BUCKET_ALL: u8 = 4;
 
 /// `user ‖ granularity u8 ‖ bucket number` with the signed number offset by 2^31 so
 /// byte order is numeric order.

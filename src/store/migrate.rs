@@ -41,7 +41,14 @@ pub const MIGRATIONS: &[Migration] = &[
         run: nothing_to_fill,
     },
     Migration { to: 11, name: "add the community result trees (created empty on open)", run: nothing_to_fill },
+    Migration { to: 12, name: "node statistics from the public members' buckets", run: node_stats },
 ];
+
+/// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
+/// a recount after an unclean stop runs after the migrations and moves them on.
+fn node_stats(store: &Store) -> Result<()> {
+    store.rebuild_node_stats()
+}
 
 /// 6 -> 7: every origin with snapshots held gets "first seen" = now: when this node
 /// really first saw them is not recorded, and what they hold may be backdated, so an

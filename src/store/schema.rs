@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -90,7 +90,11 @@ pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 /// bucket number (i32 + 2^31) u32` -> `AggV1`: listens in that local day (day number
 /// since 1970-01-01), month (year × 12 + month − 1) or year of the user's time zone:
 /// total, per item counts, and (year buckets) counts per local day and hour. Serves
-/// every chart, series and clock. Since schema 2.
+/// every chart, series and clock. Since schema 2. Since schema 12 it also holds the
+/// node's buckets under three ids no account gets (`u32::MAX - 2` and up: listens,
+/// listeners and stored-name listeners per item; granularities 1 month, 2 year, 3 ISO
+/// week numbered by its Monday's day number, 4 all time numbered 0), summing the
+/// members counted into node charts (`store::aggregates::node`).
 pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 
 /// `userid_statsmark`: `user id u32` -> `seq u64 BE`: every log entry before this seq is

@@ -105,6 +105,9 @@ impl Store {
         let password_hash = auth::hash_password(password).map_err(Error::PasswordHash)?;
         let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         let id = UserId(self.next_id("next_user_id", 1)?);
+        if id.0 >= crate::store::aggregates::FIRST_NODE_ID {
+            return Err(Error::Invalid("this node has given out every user id it has".into()));
+        }
         let record = UserV3 {
             name: name.to_owned(),
             created_at: now,
@@ -133,6 +136,9 @@ impl Store {
     /// Recreates a user exactly as another store held them (same id, name, password
     /// hash, key, settings), for `recover`. The id counter moves past `id`.
     pub(crate) fn insert_recovered_user(&self, id: UserId, record: &UserV3, seed: [u8; 32]) -> Result<()> {
+        if id.0 >= crate::store::aggregates::FIRST_NODE_ID {
+            return Err(Error::Invalid(format!("user id {} is reserved for the node's statistics", id.0)));
+        }
         let lower = record.name.to_ascii_lowercase();
         let t = &self.trees;
         t.username_userid.insert(lower.as_bytes(), &keys::user(id))?;
@@ -253,9 +259,35 @@ impl Store {
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
         let mut record: UserV3 = decode(schema::USERID_USER, &key, &bytes)?;
+        let node_chart = |level| crate::policy::counted_exactly(level, crate::policy::Purpose::NodeChart);
+        // Into or out of the node chart: the node buckets gain or lose the user's, in
+        // the same transaction as the level.
+        let mut node = Vec::new();
+        // (A user with no buckets yet, a new account, moves nothing.)
+        if node_chart(record.visibility) != node_chart(visibility) && !self.user_buckets(id)?.is_empty() {
+            self.store_hot()?;
+            let buckets = self.user_buckets(id)?;
+            let mut deltas = std::collections::HashMap::new();
+            self.whole_user_deltas(id, &buckets, node_chart(visibility), &mut deltas)?;
+            node = self.merged_node(&deltas)?;
+        }
         record.visibility = visibility;
         record.levels.change(now, visibility);
-        self.trees.userid_user.insert(key, encode(&record))?;
+        let value = encode(&record);
+        let node: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            node.iter().map(|(k, agg)| (k.to_vec(), (agg.total > 0).then(|| encode(agg)))).collect();
+        (&self.trees.userid_user, &self.trees.userid_bucket_counts)
+            .transaction(|(users, buckets)| {
+                users.insert(&key, value.clone())?;
+                for (k, v) in &node {
+                    match v {
+                        Some(v) => buckets.insert(k.as_slice(), v.as_slice())?,
+                        None => buckets.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(tx_error)?;
         self.flush()
     }
 
@@ -544,11 +576,31 @@ impl Store {
         // that a crash during the rest is finished at the next open.
         let name_key = user.name.to_ascii_lowercase().into_bytes();
         self.unacknowledge(self.log_head(id)?.n_entries)?;
-        (&self.trees.username_userid, &self.trees.userid_user, &self.trees.meta)
-            .transaction(|(names, users, meta)| {
+        // A user counted in node charts leaves them with the account: their buckets go
+        // in the same transaction as the node buckets lose them.
+        self.store_hot()?;
+        let mut bucket_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let buckets = self.user_buckets(id)?;
+        if crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
+            let mut deltas = std::collections::HashMap::new();
+            self.whole_user_deltas(id, &buckets, false, &mut deltas)?;
+            for (k, agg) in self.merged_node(&deltas)? {
+                bucket_ops.push((k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
+            }
+        }
+        bucket_ops.extend(buckets.keys().map(|k| (k.to_vec(), None)));
+        let t = &self.trees;
+        (&t.username_userid, &t.userid_user, &t.meta, &t.userid_bucket_counts)
+            .transaction(|(names, users, meta, counts)| {
                 names.remove(name_key.as_slice())?;
                 users.remove(&keys::user(id))?;
                 meta.insert(&keys::pending(keys::Pending::DeleteUser, id), &[])?;
+                for (k, v) in &bucket_ops {
+                    match v {
+                        Some(v) => counts.insert(k.as_slice(), v.as_slice())?,
+                        None => counts.remove(k.as_slice())?,
+                    };
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;

@@ -156,7 +156,7 @@ pub async fn set_visibility(State(state): State<AppState>, headers: HeaderMap, b
             StatusCode::BAD_REQUEST,
         );
     };
-    if let Err(e) = state.store.set_visibility(me.id, level) {
+    if let Err(e) = state.ingestor.set_visibility(me.id, level).await {
         return server_error(&v, e);
     }
     let v = viewer(&state, &headers);

@@ -144,10 +144,30 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
             lines[0] = lines[0].split(", ").take(2).collect::<Vec<_>>().join(", ");
             lines
         };
+        // Alice is public from the second round on: the node's statistics too.
+        let node = |what: &str| {
+            let (code, out, err) = hearsay(&data, &["stats", "node", "--kind", what, "--limit", "10"]);
+            assert_eq!(code, 0, "{err}");
+            let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            lines[0] = lines[0].split(", ").take(3).collect::<Vec<_>>().join(", ");
+            lines
+        };
         let recounted = (top("artists"), top("tracks"), top("albums"));
+        let node_recounted = (node("artists"), node("tracks"), node("albums"));
         assert!(recounted.0[0].starts_with(&format!("{stored} listens")), "{:?}", recounted.0);
+        if round > 0 {
+            assert!(
+                node_recounted.0[0].starts_with(&format!("{stored} listens, 1 listeners")),
+                "{:?}",
+                node_recounted.0
+            );
+        }
         assert_eq!(hearsay(&data, &["stats", "rebuild"]).0, 0);
         assert_eq!(recounted, (top("artists"), top("tracks"), top("albums")), "round {round}");
+        assert_eq!(node_recounted, (node("artists"), node("tracks"), node("albums")), "round {round}");
+        if round == 0 {
+            assert_eq!(hearsay(&data, &["user", "set-visibility", "alice", "public"]).0, 0);
+        }
         eprintln!(
             "round {round}: killed after {acked} acknowledged in this run; {stored} stored, {acked_total} acknowledged in all"
         );

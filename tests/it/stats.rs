@@ -291,7 +291,9 @@ fn each_user_sees_items_as_they_first_spelled_them() {
         let utc = jiff::tz::TimeZone::UTC;
         let node = t.store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &utc).expect("node chart");
         let rows: Vec<(&str, u64)> = node.rows.iter().map(|r| (r.row.name.as_str(), r.row.listens)).collect();
-        assert_eq!(rows, [("Radiohead", 4), ("obscure one", 1)], "{stage}: a public user's spelling");
+        // The stored "radioHEAD" is the private user's first spelling, but w (public)
+        // shows it too; "Obscure  one" only the private user sent.
+        assert_eq!(rows, [("radioHEAD", 4), ("obscure one", 1)], "{stage}: a public user's spelling");
     };
     check("incremental");
     let spellings = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -307,6 +309,15 @@ fn each_user_sees_items_as_they_first_spelled_them() {
     t.store.rebuild_spellings(&CreditRules::default()).expect("migration");
     assert_eq!(spellings(&t.store), incremental, "the migration gives the writer's spellings");
     check("migrated");
+    // Without w, no public user shows the stored spelling: u's is shown.
+    t.store.set_visibility(w, SharingLevel::Aggregate).expect("w leaves");
+    let utc = jiff::tz::TimeZone::UTC;
+    for period in [Period::AllTime, Period::Year(2025), Period::LastDays(7)] {
+        let node = t.store.node_chart(Kind::Recording, &period, 10, NOW, &utc).expect("node chart");
+        let rows: Vec<(&str, Option<&str>, u64)> =
+            node.rows.iter().map(|r| (r.row.name.as_str(), r.row.artist.as_deref(), r.row.listens)).collect();
+        assert_eq!(rows, [("Creep", Some("Radiohead"), 2), ("X", Some("obscure one"), 1)], "{period:?}");
+    }
 }
 
 #[test]
@@ -580,4 +591,138 @@ fn a_private_user_who_came_first_changes_no_one_elses_chart_or_loves() {
     assert_eq!(with, without);
     assert_eq!(with.0[0].0, "Probe Artist", "every item tied at the last place is named before the cut");
     assert_eq!(with.1, [("creep".to_owned(), Some("radiohead".to_owned()))], "loves as the member sent them");
+}
+
+/// The node buckets (`store::aggregates::node`), kept up by every group, sharing-level
+/// change, time-zone recount and deletion, equal the sums of the public members' own
+/// charts for weeks, months, years and all time (listens and listeners per item), and
+/// their stored bytes equal a rebuild's, after random histories in three time zones.
+#[test]
+fn node_statistics_equal_the_members_charts_and_a_rebuild() {
+    use hearsay::store::users::SharingLevel;
+    let artists = ["Radiohead", "radioHEAD", "RADIOHEAD", "Björk", "bjork", "Jay-Z & Kanye West", "Kanye West", "Solo"];
+    let zones = ["UTC", "America/New_York", "Asia/Kolkata"];
+    let levels = [SharingLevel::Public, SharingLevel::Aggregate, SharingLevel::Private];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for seed in 1..=5u64 {
+        let t = TestStore::new();
+        let mut users = vec![t.user];
+        for name in ["bob", "carol", "dave"] {
+            users.push(t.store.create_user(name, "password1", NOW).expect("user").id);
+        }
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let mut seqs: HashMap<UserId, u64> = HashMap::new();
+        let mut weeks: Vec<Period> = Vec::new();
+        let check = |stage: &str, weeks: &[Period], users: &[UserId]| {
+            let mut periods = vec![Period::AllTime, Period::Year(2024), Period::Year(2025)];
+            periods.push(Period::Month { year: 2024, month: 12 });
+            periods.push(Period::Month { year: 2025, month: 1 });
+            periods.extend(weeks.iter().take(6).cloned());
+            for period in &periods {
+                for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
+                    let mut want: HashMap<u32, (u64, u64)> = HashMap::new();
+                    let (mut listens, mut listeners) = (0, 0);
+                    for &u in users {
+                        let Some(user) = t.store.user(u).expect("user") else { continue };
+                        if user.visibility != SharingLevel::Public {
+                            continue;
+                        }
+                        let chart = t.store.chart(u, kind, period, usize::MAX, NOW).expect("chart");
+                        listens += chart.listens;
+                        listeners += u64::from(chart.listens > 0);
+                        for r in chart.rows {
+                            let e = want.entry(r.id).or_default();
+                            e.0 += r.listens;
+                            e.1 += 1;
+                        }
+                    }
+                    let utc = jiff::tz::TimeZone::UTC;
+                    let node = t.store.node_chart(kind, period, usize::MAX, NOW, &utc).expect("node chart");
+                    let got: HashMap<u32, (u64, u64)> =
+                        node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
+                    assert_eq!(got, want, "seed {seed}, {stage}: {kind:?} {period:?}");
+                    assert_eq!(
+                        (node.listens, node.listeners),
+                        (listens, listeners),
+                        "seed {seed}, {stage}: {period:?}"
+                    );
+                }
+            }
+        };
+        for round in 0..50 {
+            let user = users[next(users.len() as u64) as usize];
+            match next(12) {
+                0 => {
+                    let level = levels[next(3) as usize];
+                    t.store.set_visibility(user, level).expect("level");
+                }
+                1 => {
+                    let zone = zones[next(3) as usize];
+                    rt.block_on(t.ingestor.set_timezone(user, zone)).expect("zone");
+                }
+                2 if round > 40 && user != t.user => {
+                    rt.block_on(t.ingestor.delete_user(user)).expect("delete");
+                    users.retain(|u| *u != user);
+                }
+                _ => {
+                    let mut actions = Vec::new();
+                    for _ in 0..(1 + next(25)) {
+                        let have = *seqs.get(&user).unwrap_or(&0);
+                        if next(8) == 0 && have > 0 {
+                            actions.push(Action::Delete { seq: next(have) });
+                        } else {
+                            let artist = artists[next(artists.len() as u64) as usize];
+                            let title = format!("Song {}", next(4));
+                            // December 2024 and January 2025, around the year's turn.
+                            let at = 1_733_011_200 + next(62 * 86_400) as i64;
+                            if weeks.len() < 6 {
+                                let week =
+                                    hearsay::stats::period::local_date(at, &jiff::tz::TimeZone::UTC).iso_week_date();
+                                weeks.push(Period::IsoWeek { year: week.year(), week: week.week() });
+                            }
+                            actions.push(Action::Listen(listen(artist, &title, at)));
+                        }
+                    }
+                    let outcomes = t.ingestor.ingest_blocking(user, actions).expect("ingest");
+                    let appended =
+                        outcomes.iter().filter(|o| matches!(o, hearsay::store::Outcome::Appended { .. })).count();
+                    *seqs.entry(user).or_default() += appended as u64;
+                }
+            }
+            if round % 10 == 9 {
+                check(&format!("round {round}"), &weeks, &users);
+            }
+        }
+        check("end", &weeks, &users);
+        t.ingestor.stop();
+        let node_buckets = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
+            tree.iter()
+                .map(|kv| kv.expect("kv"))
+                .filter(|(k, _)| k[..4] >= [0xff, 0xff, 0xff, 0xfd][..])
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        };
+        let incremental = node_buckets(&t.store);
+        assert!(
+            !incremental.is_empty()
+                || users.iter().all(|u| t
+                    .store
+                    .user(*u)
+                    .expect("u")
+                    .is_none_or(|u| u.visibility != SharingLevel::Public)),
+            "seed {seed}: no node buckets"
+        );
+        t.store.rebuild_node_stats().expect("rebuild node");
+        assert!(incremental == node_buckets(&t.store), "seed {seed}: node buckets differ from a rebuild");
+        t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
+        assert!(incremental == node_buckets(&t.store), "seed {seed}: node buckets differ from a full rebuild");
+        check("rebuilt", &weeks, &users);
+    }
 }

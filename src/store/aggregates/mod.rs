@@ -20,9 +20,11 @@ use crate::store::values::{AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV
 
 mod delta;
 mod dictionary;
+mod node;
 mod rebuild;
 pub(crate) use delta::*;
 pub(crate) use dictionary::*;
+pub(crate) use node::*;
 
 /// One row of a chart.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,13 +47,26 @@ pub(crate) enum SpelledBy<'a> {
     /// Per item, the user whose spelling names it (a node chart: a public user who
     /// listened to it). Items not listed keep their stored names.
     Each(&'a HashMap<u32, UserId>),
+    /// Per `(kind index, item)`, the user whose spelling names it, main artists
+    /// included; items not listed keep their stored names (a node chart from the node
+    /// buckets: `node_speller`).
+    Items(&'a HashMap<(u8, u32), UserId>),
 }
 
 impl SpelledBy<'_> {
-    fn of(&self, item: u32) -> Option<UserId> {
+    fn of(&self, kind: Kind, item: u32) -> Option<UserId> {
         match self {
             SpelledBy::User(u) => Some(*u),
             SpelledBy::Each(users) => users.get(&item).copied(),
+            SpelledBy::Items(users) => users.get(&(kind.index() as u8, item)).copied(),
+        }
+    }
+
+    /// Who spells the main artist `artist` of item `item` of `kind`.
+    fn of_artist(&self, kind: Kind, item: u32, artist: u32) -> Option<UserId> {
+        match self {
+            SpelledBy::Items(users) => users.get(&(Kind::Artist.index() as u8, artist)).copied(),
+            _ => self.of(kind, item),
         }
     }
 }
@@ -72,6 +87,21 @@ pub fn item_handle(kind: Kind, name: &str, artist: Option<&str>) -> String {
         h.update(crate::log::dedupe::normalize_name(a).as_bytes());
     }
     hex::encode(&h.finalize().as_bytes()[..8])
+}
+
+/// The node bucket that answers `period` exactly, if one does: `(granularity, number)`.
+fn node_bucket_of(period: &Period, now: i64) -> Result<Option<(u8, i32)>> {
+    let start = || -> Result<jiff::civil::Date> {
+        let (from, _) = period::resolve(period, &TimeZone::UTC, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(local_date(from, &TimeZone::UTC))
+    };
+    Ok(match period {
+        Period::IsoWeek { .. } => Some((keys::BUCKET_WEEK, day_number(start()?))),
+        Period::Month { .. } => Some((BUCKET_MONTH, period::month_number(start()?))),
+        Period::Year(y) => Some((BUCKET_YEAR, i32::from(*y))),
+        Period::AllTime => Some((keys::BUCKET_ALL, 0)),
+        _ => None,
+    })
 }
 
 /// A ranked chart for one user and period.
@@ -292,11 +322,10 @@ impl Store {
             .into_iter()
             .map(|(id, n)| {
                 let item = names.get(&id);
-                let user = by.of(id);
-                let name = spelled(user, kind, id, item.map_or("", |i| i.name.as_str()));
-                let artist = item
-                    .and_then(|i| i.artist)
-                    .and_then(|a| artists.get(&a).map(|stored| spelled(user, Kind::Artist, a, &stored.name)));
+                let name = spelled(by.of(kind, id), kind, id, item.map_or("", |i| i.name.as_str()));
+                let artist = item.and_then(|i| i.artist).and_then(|a| {
+                    artists.get(&a).map(|stored| spelled(by.of_artist(kind, id, a), Kind::Artist, a, &stored.name))
+                });
                 ChartRow { id, handle: String::new(), name, artist, listens: n }
             })
             .collect();
@@ -343,6 +372,14 @@ impl Store {
                     }
                 }
             }
+            SpelledBy::Items(users) => {
+                for ((k, id), user) in users.iter() {
+                    let key = keys::user_item(*user, *k, *id);
+                    if let Some(v) = tree.get(key)? {
+                        read(&key, &v)?;
+                    }
+                }
+            }
             SpelledBy::Each(users) => {
                 for (id, _) in top {
                     let Some(user) = users.get(id) else { continue };
@@ -364,8 +401,94 @@ impl Store {
     /// The node's chart: the users the access policy lets be summed into it exactly
     /// (`policy::Purpose::NodeChart`: public users), for a period in the node's time
     /// zone, with the number of distinct listeners per item.
+    ///
+    /// An ISO week, a month, a year and all time are read from the node buckets
+    /// (`aggregates::node`: O(items), each member's listens in their own calendar, as
+    /// their profile counts them); other periods (rolling days and months, ranges) sum
+    /// the members' buckets over the instants of the period in the node's time zone.
     pub fn node_chart(&self, kind: Kind, period: &Period, limit: usize, now: i64, tz: &TimeZone) -> Result<NodeChart> {
         let (from, to) = period::resolve(period, tz, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some((granularity, number)) = node_bucket_of(period, now)? {
+            return self.node_chart_from_buckets(kind, (granularity, number), limit, (from, to));
+        }
+        self.node_chart_by_users(kind, from, to, limit)
+    }
+
+    /// A node chart from the node buckets.
+    fn node_chart_from_buckets(
+        &self,
+        kind: Kind,
+        (granularity, number): (u8, i32),
+        limit: usize,
+        (from, to): (i64, i64),
+    ) -> Result<NodeChart> {
+        let (listens, listeners) = self.node_buckets(granularity, number)?;
+        let counts = &listens.counts[kind.index()];
+        let top =
+            crate::stats::chart::top_with_ties_of(counts.iter().map(|&(id, n)| (id, u64::from(n))).collect(), limit);
+        let by = self.node_spellers(kind, &top)?;
+        let of = &listeners.counts[kind.index()];
+        let rows = self
+            .named_rows(kind, top, limit, SpelledBy::Items(&by))?
+            .into_iter()
+            .map(|row| {
+                let n = of.binary_search_by_key(&row.id, |c| c.0).map_or(0, |i| u64::from(of[i].1));
+                NodeChartRow { listeners: n, row }
+            })
+            .collect();
+        Ok(NodeChart {
+            kind,
+            from,
+            to,
+            listens: u64::from(listens.total),
+            listeners: u64::from(listeners.total),
+            distinct: counts.len() as u64,
+            rows,
+        })
+    }
+
+    /// Who spells each of `top` (and their main artists) on a node chart: nobody (the
+    /// stored name) when a counted member shows it under that name, else the first
+    /// counted member whose own spelling it has. The stored name is the first spelling
+    /// the node saw, perhaps a private member's: it is shown only when a counted member
+    /// shows it too.
+    fn node_spellers(&self, kind: Kind, top: &[(u32, u64)]) -> Result<HashMap<(u8, u32), UserId>> {
+        let mut wanted: Vec<(Kind, u32)> = top.iter().map(|(id, _)| (kind, *id)).collect();
+        if kind != Kind::Artist {
+            let names = self.item_names(kind, top.iter().map(|(id, _)| *id))?;
+            let mut artists: Vec<u32> = names.values().filter_map(|i| i.artist).collect();
+            artists.sort_unstable();
+            artists.dedup();
+            wanted.extend(artists.into_iter().map(|a| (Kind::Artist, a)));
+        }
+        let mut out = HashMap::new();
+        let mut counted: Option<Vec<UserId>> = None;
+        for (k, id) in wanted {
+            if self.plain_listeners(k, id)? > 0 {
+                continue;
+            }
+            if counted.is_none() {
+                let mut ids: Vec<UserId> = self
+                    .users()?
+                    .into_iter()
+                    .filter(|u| crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::NodeChart))
+                    .map(|u| u.id)
+                    .collect();
+                ids.sort();
+                counted = Some(ids);
+            }
+            for user in counted.iter().flatten() {
+                if !self.shows_stored_name(*user, k, id, None)? {
+                    out.insert((k.index() as u8, id), *user);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A node chart summed over the members' buckets for `[from, to)`: O(users).
+    pub(crate) fn node_chart_by_users(&self, kind: Kind, from: i64, to: i64, limit: usize) -> Result<NodeChart> {
         let mut listens = Summer::new();
         let mut listeners = Summer::new();
         let mut spelled_by: HashMap<u32, UserId> = HashMap::new();

@@ -70,8 +70,24 @@ impl Store {
             }
         }
         let mut merged_buckets = Vec::new();
+        let mut changes: BTreeMap<[u8; 9], Change> = BTreeMap::new();
         for (k, delta) in &deltas {
-            merged_buckets.push((*k, merged(self.bucket(k)?.as_deref(), delta)));
+            let before = self.bucket(k)?;
+            let after = merged(before.as_deref(), delta);
+            changes.insert(*k, (before, Some(std::sync::Arc::new(after.clone()))));
+            merged_buckets.push((*k, after));
+        }
+        if self.counted_in_node(user)? {
+            let mut node = std::collections::HashMap::new();
+            let years = self.user_years(user)?;
+            node::deltas(
+                &changes,
+                &mut |k| self.bucket(k),
+                &years,
+                &mut |kind, id| self.shows_stored_name(user, kind, id, None),
+                &mut node,
+            )?;
+            merged_buckets.extend(self.merged_node(&node)?);
         }
         let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         for (k, agg) in merged_buckets {
@@ -122,7 +138,8 @@ impl Store {
             self.rebuild_user_feedback(user.id, &dict)?;
             self.rebuild_user_spellings(user.id, &dict)?;
         }
-        self.flush()
+        self.flush()?;
+        self.rebuild_node_stats()
     }
 
     /// Fills `trackid_spellings` and `userid_item_spelling` from the tracks and the logs,
@@ -152,7 +169,9 @@ impl Store {
         for user in self.users()? {
             self.rebuild_user_spellings(user.id, &dict)?;
         }
-        self.flush()
+        self.flush()?;
+        // Which members show an item under its stored name may have changed.
+        self.rebuild_node_stats()
     }
 
     /// A user's spellings from their log, by the writer's rule (`note_spellings`): for an
@@ -197,16 +216,37 @@ impl Store {
         }
     }
 
-    /// Recomputes one user's buckets (after a time zone change).
+    /// Recomputes one user's buckets (after a time zone change), and the node buckets
+    /// if the user counts in them, in one batch. No writer may be appending (the writer
+    /// stores its in-memory buckets first).
     pub fn rebuild_user_stats(&self, user: UserId) -> Result<()> {
+        self.store_hot()?;
         let dict = Dictionary::load(self, CreditRules::default())?;
+        let old = self.user_buckets(user)?;
+        let new = self.count_user_buckets(user, &dict)?;
         let mut batch = sled::Batch::default();
-        for k in self.trees.userid_bucket_counts.scan_prefix(keys::user(user)).keys() {
-            batch.remove(k?);
+        if self.counted_in_node(user)? {
+            let new_arc: BTreeMap<[u8; 9], std::sync::Arc<AggV1>> =
+                new.iter().map(|(k, a)| (*k, std::sync::Arc::new(a.clone()))).collect();
+            let mut node = std::collections::HashMap::new();
+            self.whole_user_deltas(user, &old, false, &mut node)?;
+            self.whole_user_deltas(user, &new_arc, true, &mut node)?;
+            for (k, agg) in self.merged_node(&node)? {
+                match agg.total > 0 {
+                    true => batch.insert(k.to_vec(), encode(&agg)),
+                    false => batch.remove(k.to_vec()),
+                }
+            }
+        }
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            batch.remove(k.to_vec());
+        }
+        for (k, agg) in &new {
+            batch.insert(k.to_vec(), encode(agg));
         }
         self.trees.userid_bucket_counts.apply_batch(batch)?;
-        self.forget_hot(Some(user));
-        self.rebuild_user_buckets(user, &dict)?;
+        let mark = self.log_head(user)?.n_entries;
+        self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
         self.flush()
     }
 
@@ -241,6 +281,18 @@ impl Store {
     }
 
     pub(super) fn rebuild_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, agg) in &self.count_user_buckets(user, dict)? {
+            batch.insert(k.to_vec(), encode(agg));
+        }
+        self.trees.userid_bucket_counts.apply_batch(batch)?;
+        let mark = self.log_head(user)?.n_entries;
+        self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every bucket of `user` counted from their log, in their time zone.
+    fn count_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<BTreeMap<[u8; 9], AggV1>> {
         let tz = self.user_tz(user)?;
         let mut buckets: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
@@ -255,13 +307,6 @@ impl Store {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
-        for (k, delta) in &buckets {
-            batch.insert(k.to_vec(), encode(&merged(None, delta)));
-        }
-        self.trees.userid_bucket_counts.apply_batch(batch)?;
-        let mark = self.log_head(user)?.n_entries;
-        self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
-        Ok(())
+        Ok(buckets.iter().map(|(k, delta)| (*k, merged(None, delta))).filter(|(_, a)| a.total > 0).collect())
     }
 }

@@ -1,12 +1,12 @@
 //! Committing a group: one sled transaction over every touched tree, then one flush;
 //! and the statistics buckets merged and persisted every few seconds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sled::Transactional;
 
-use crate::store::aggregates::merged;
+use crate::store::aggregates::{Change, deltas as node_deltas, merged};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self};
@@ -16,9 +16,34 @@ use crate::store::{Error, Result};
 use super::*;
 
 impl Writer {
-    /// The buckets a group changed, with its changes applied.
-    pub(super) fn merge_buckets(&self, group: &Group) -> Result<Vec<([u8; 9], AggV1)>> {
-        group.aggs.iter().map(|(k, delta)| Ok((*k, merged(self.store.bucket(k)?.as_deref(), delta)))).collect()
+    /// The buckets a group changed, with its changes applied, and the node buckets
+    /// (`aggregates::node`) those of users counted in node charts move.
+    pub(super) fn merge_buckets(&self, group: &Group) -> Result<Vec<([u8; 9], Arc<AggV1>)>> {
+        let mut out = Vec::with_capacity(group.aggs.len());
+        let mut by_user: BTreeMap<UserId, BTreeMap<[u8; 9], Change>> = BTreeMap::new();
+        for (k, delta) in &group.aggs {
+            let before = self.store.bucket(k)?;
+            let after = Arc::new(merged(before.as_deref(), delta));
+            let user = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0;
+            by_user.entry(user).or_default().insert(*k, (before, Some(after.clone())));
+            out.push((*k, after));
+        }
+        let mut node = HashMap::new();
+        for (user, changes) in &by_user {
+            if !self.store.counted_in_node(*user)? {
+                continue;
+            }
+            let years = self.store.user_years(*user)?;
+            node_deltas(
+                changes,
+                &mut |k| self.store.bucket(k),
+                &years,
+                &mut |kind, id| self.store.shows_stored_name(*user, kind, id, Some(&group.spellings)),
+                &mut node,
+            )?;
+        }
+        out.extend(self.store.merged_node(&node)?.into_iter().map(|(k, a)| (k, Arc::new(a))));
+        Ok(out)
     }
 
     /// Writes a group in one transaction and flushes. Statistics buckets go to memory
@@ -112,7 +137,7 @@ impl Writer {
                 }
             }
             for (k, agg) in &buckets {
-                ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg))));
+                ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
             }
             for user in self.pending_users.union(&group_users) {
                 let mark = match self.users.get(user) {
@@ -183,7 +208,7 @@ impl Writer {
             self.last_persist = std::time::Instant::now();
         } else {
             for (k, agg) in buckets {
-                hot.insert(k, Arc::new(agg));
+                hot.insert(k, agg);
             }
             self.pending_users.extend(group_users);
         }

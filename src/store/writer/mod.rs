@@ -87,6 +87,8 @@ enum Msg {
     DeleteUser(UserId, oneshot::Sender<Result<u64>>),
     /// Change a user's time zone and recount their statistics, in order with appends.
     SetTimezone(UserId, String, oneshot::Sender<Result<()>>),
+    /// Change a user's sharing level (and the node statistics), in order with appends.
+    SetVisibility(UserId, super::users::SharingLevel, oneshot::Sender<Result<()>>),
     /// Write a consistent copy of the store as a new data directory, no log write
     /// happening meanwhile.
     Backup(std::path::PathBuf, oneshot::Sender<Result<std::path::PathBuf>>),
@@ -147,6 +149,14 @@ impl Ingestor {
     pub async fn delete_user(&self, user: UserId) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::DeleteUser(user, reply)).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Changes a user's sharing level through the writer (the node statistics gain or
+    /// lose their buckets, in order with appends).
+    pub async fn set_visibility(&self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::SetVisibility(user, level, reply)).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -323,13 +333,23 @@ impl Writer {
     /// record of theirs.
     fn delete_user(&mut self, user: UserId) -> Result<u64> {
         self.store.writable()?;
+        // Everyone's in-memory buckets first, the user's included: the node buckets
+        // lose exactly what the stored buckets of a counted user hold.
+        let mut persist = Group::default();
+        self.apply(&mut persist, true)?;
         self.users.remove(&user);
         self.pending_users.remove(&user);
-        self.store.forget_hot(Some(user));
-        let mut persist_others = Group::default();
-        self.apply(&mut persist_others, true)?;
         let removed = self.store.delete_user(user)?;
         Ok(removed)
+    }
+
+    /// Sets a user's sharing level: the in-memory buckets are stored first, so the node
+    /// buckets gain or lose exactly the user's stored buckets (`Store::set_visibility_at`).
+    fn set_visibility(&mut self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
+        self.store.writable()?;
+        let mut persist = Group::default();
+        self.apply(&mut persist, true)?;
+        self.store.set_visibility(user, level)
     }
 
     /// Sets a user's time zone and recounts their buckets in it.
@@ -393,6 +413,10 @@ impl Writer {
                     let _ = reply.send(self.set_timezone(user, &tz));
                     continue;
                 }
+                Msg::SetVisibility(user, level, reply) => {
+                    let _ = reply.send(self.set_visibility(user, level));
+                    continue;
+                }
                 Msg::Backup(dir, reply) => {
                     let _ = reply.send(self.backup(&dir));
                     continue;
@@ -413,7 +437,9 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    Ok(other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..) | Msg::Backup(..))) => {
+                    Ok(
+                        other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..) | Msg::SetVisibility(..) | Msg::Backup(..)),
+                    ) => {
                         deferred = Some(other);
                         break;
                     }
@@ -427,6 +453,9 @@ impl Writer {
                 }
                 Some(Msg::SetTimezone(user, tz, reply)) => {
                     let _ = reply.send(self.set_timezone(user, &tz));
+                }
+                Some(Msg::SetVisibility(user, level, reply)) => {
+                    let _ = reply.send(self.set_visibility(user, level));
                 }
                 Some(Msg::Backup(dir, reply)) => {
                     let _ = reply.send(self.backup(&dir));

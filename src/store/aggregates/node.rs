@@ -1,0 +1,445 @@
+//! The node's statistics: what the node chart shows, kept per bucket like a user's, so
+//! that a node chart costs O(items) and not O(users).
+//!
+//! A node bucket sums, over the users the access policy counts exactly into node charts
+//! (`policy::Purpose::NodeChart`: the public members), each user's own bucket of the
+//! same name: ISO week, month, year (in that user's time zone, as their profile counts
+//! them) and all time. It holds listens per item and *listeners* per item, the number of
+//! those users with at least one listen of it in the bucket. Listeners are not additive
+//! across buckets (a user who played an artist on Monday and Friday is one listener of
+//! the week), so a week's listeners are derived from the user's seven days, and all
+//! time from the user's years, at the moment a user's bucket changes: only what crosses
+//! zero moves a listener.
+//!
+//! Node buckets live in `userid_bucket_counts` under three ids no account gets
+//! (`FIRST_NODE_ID` and up), so they share the user buckets' memory copy, persistence
+//! and crash recount, and are stored in the same transaction as the user buckets they
+//! summarise: stored node buckets always match the stored user buckets.
+//!
+//! - `NODE_LISTENS ‖ granularity ‖ n`: `total` = listens, counts = listens per item;
+//! - `NODE_LISTENERS ‖ granularity ‖ n`: `total` = users with listens in the bucket,
+//!   counts = listeners per item;
+//! - `NODE_PLAIN ‖ all ‖ 0`: counts = counted users who listened to the item at some
+//!   time and show it under its stored name (no spelling of their own): an item is
+//!   shown on the node chart under its stored name only if one of them exists, else in
+//!   a counted user's spelling (the stored name may be the spelling of a member who is
+//!   not public).
+//!
+//! Every change goes through `deltas`: the writer's groups, the recount after a crash,
+//! a sharing-level change, a time-zone recount, a deletion; `Store::rebuild_node_stats`
+//! recomputes them from the user buckets and gives the same bytes (property-tested).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::delta::merged;
+use super::*;
+use crate::store::codec::encode;
+use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
+
+/// The first of the ids reserved for node buckets; accounts get lower ids.
+pub(crate) const FIRST_NODE_ID: u32 = u32::MAX - 2;
+pub(crate) const NODE_PLAIN: UserId = UserId(u32::MAX - 2);
+pub(crate) const NODE_LISTENERS: UserId = UserId(u32::MAX - 1);
+pub(crate) const NODE_LISTENS: UserId = UserId(u32::MAX);
+
+/// Whether a bucket key is a node bucket's.
+pub(crate) fn is_node_key(key: &[u8]) -> bool {
+    key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).is_some_and(|b| u32::from_be_bytes(b) >= FIRST_NODE_ID)
+}
+
+/// The day number of the Monday of the ISO week holding `day` (day 0, 1970-01-01, was
+/// a Thursday).
+pub(crate) fn monday(day: i32) -> i32 {
+    day - (day + 3).rem_euclid(7)
+}
+
+/// One user bucket, before and after a change (`None`: absent).
+pub(crate) type Change = (Option<Arc<AggV1>>, Option<Arc<AggV1>>);
+
+/// `item`'s count in a sorted `(item, count)` list.
+fn count_in(counts: &[(u32, u32)], item: u32) -> i64 {
+    counts.binary_search_by_key(&item, |c| c.0).map_or(0, |i| i64::from(counts[i].1))
+}
+
+/// Items whose count differs between two sorted lists.
+fn differing(before: &[(u32, u32)], after: &[(u32, u32)], into: &mut BTreeSet<u32>) {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (before.get(i), after.get(j)) {
+            (Some(b), Some(a)) if b.0 == a.0 => {
+                if b.1 != a.1 {
+                    into.insert(b.0);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(b), Some(a)) if b.0 < a.0 => {
+                into.insert(b.0);
+                i += 1;
+            }
+            (Some(b), None) => {
+                into.insert(b.0);
+                i += 1;
+            }
+            (_, Some(a)) => {
+                into.insert(a.0);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}
+
+/// What one node bucket gets from one user: the user's buckets making it up, before and
+/// after (a week: its seven days; all time: every year; else the bucket itself), of
+/// which `changed` are the ones that changed.
+struct Unit<'a> {
+    granularity: u8,
+    number: i32,
+    parts: Vec<Part<'a>>,
+}
+
+/// A user's bucket before and after a change.
+type Part<'a> = (Option<&'a AggV1>, Option<&'a AggV1>);
+
+/// Reads a user's bucket that did not change.
+pub(crate) type Current<'a> = dyn FnMut(&[u8; 9]) -> Result<Option<Arc<AggV1>>> + 'a;
+
+impl Unit<'_> {
+    /// One side (`after` or before) of the parts.
+    fn side(&self, after: bool) -> impl Iterator<Item = &AggV1> {
+        self.parts.iter().filter_map(move |p: &Part<'_>| if after { p.1 } else { p.0 })
+    }
+
+    fn add_to(
+        &self,
+        out: &mut HashMap<[u8; 9], Delta>,
+        plain: &mut dyn FnMut(Kind, u32) -> Result<bool>,
+    ) -> Result<()> {
+        let total = |after: bool| -> i64 { self.side(after).map(|a| i64::from(a.total)).sum() };
+        let (tb, ta) = (total(false), total(true));
+        let listeners_total = i64::from(ta > 0) - i64::from(tb > 0);
+        let mut listens = Delta { total: ta - tb, ..Delta::default() };
+        let mut listeners = Delta { total: listeners_total, ..Delta::default() };
+        let mut plains = Delta { total: listeners_total, ..Delta::default() };
+        for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
+            let k = kind.index();
+            let mut items = BTreeSet::new();
+            for (b, a) in &self.parts {
+                // An unchanged part is the same bucket on both sides: nothing differs.
+                if let (Some(b), Some(a)) = (b, a) {
+                    if std::ptr::eq(*b, *a) {
+                        continue;
+                    }
+                }
+                let empty: &[(u32, u32)] = &[];
+                differing(b.map_or(empty, |x| &x.counts[k]), a.map_or(empty, |x| &x.counts[k]), &mut items);
+            }
+            for item in items {
+                let sum = |after: bool| -> i64 { self.side(after).map(|x| count_in(&x.counts[k], item)).sum() };
+                let (b, a) = (sum(false), sum(true));
+                if a != b {
+                    *listens.counts[k].entry(item).or_default() += a - b;
+                }
+                let moved = i64::from(a > 0) - i64::from(b > 0);
+                if moved != 0 {
+                    *listeners.counts[k].entry(item).or_default() += moved;
+                    if self.granularity == BUCKET_ALL && plain(kind, item)? {
+                        *plains.counts[k].entry(item).or_default() += moved;
+                    }
+                }
+            }
+        }
+        let mut put = |id: UserId, d: Delta| {
+            let e = out.entry(keys::bucket(id, self.granularity, self.number)).or_default();
+            e.total += d.total;
+            for (k, counts) in d.counts.into_iter().enumerate() {
+                for (item, n) in counts {
+                    *e.counts[k].entry(item).or_default() += n;
+                }
+            }
+        };
+        put(NODE_LISTENS, listens);
+        put(NODE_LISTENERS, listeners);
+        if self.granularity == BUCKET_ALL {
+            put(NODE_PLAIN, plains);
+        }
+        Ok(())
+    }
+}
+
+/// Adds to `out` what a change of one user's buckets makes of the node buckets.
+/// `changes` are every changed bucket of that one user; `current` reads one of their
+/// buckets that did not change; `years` are the years the user has buckets for
+/// (changed or not); `plain` says whether the user shows an item under its stored name.
+/// The caller decides whether the user is counted at all.
+pub(crate) fn deltas(
+    changes: &BTreeMap<[u8; 9], Change>,
+    current: &mut Current<'_>,
+    years: &BTreeSet<i32>,
+    plain: &mut dyn FnMut(Kind, u32) -> Result<bool>,
+    out: &mut HashMap<[u8; 9], Delta>,
+) -> Result<()> {
+    let Some(first) = changes.keys().next() else { return Ok(()) };
+    let (user, _, _) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, first)?;
+    // Unchanged buckets a week or all time needs, read once.
+    let mut read: HashMap<[u8; 9], Option<Arc<AggV1>>> = HashMap::new();
+    let mut weeks: BTreeSet<i32> = BTreeSet::new();
+    let mut any_year = false;
+    for (key, (before, after)) in changes {
+        let (_, g, n) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, key)?;
+        match g {
+            BUCKET_DAY => {
+                weeks.insert(monday(n));
+            }
+            BUCKET_MONTH | BUCKET_YEAR => {
+                any_year |= g == BUCKET_YEAR;
+                Unit { granularity: g, number: n, parts: vec![(before.as_deref(), after.as_deref())] }
+                    .add_to(out, plain)?;
+            }
+            _ => {}
+        }
+    }
+    let mut wanted: Vec<[u8; 9]> = Vec::new();
+    for &w in &weeks {
+        wanted.extend((w..w + 7).map(|d| keys::bucket(user, BUCKET_DAY, d)));
+    }
+    if any_year {
+        wanted.extend(years.iter().map(|&y| keys::bucket(user, BUCKET_YEAR, y)));
+    }
+    for key in wanted {
+        if !changes.contains_key(&key) && !read.contains_key(&key) {
+            read.insert(key, current(&key)?);
+        }
+    }
+    let part = |key: [u8; 9]| -> Part<'_> {
+        match changes.get(&key) {
+            Some((b, a)) => (b.as_deref(), a.as_deref()),
+            None => {
+                let now = read.get(&key).and_then(|x| x.as_deref());
+                (now, now)
+            }
+        }
+    };
+    for &w in &weeks {
+        let parts = (w..w + 7).map(|d| part(keys::bucket(user, BUCKET_DAY, d))).collect();
+        Unit { granularity: BUCKET_WEEK, number: w, parts }.add_to(out, plain)?;
+    }
+    if any_year {
+        let mut all: BTreeSet<i32> = years.clone();
+        for key in changes.keys() {
+            if let (_, BUCKET_YEAR, y) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, key)? {
+                all.insert(y);
+            }
+        }
+        let parts = all.iter().map(|&y| part(keys::bucket(user, BUCKET_YEAR, y))).collect();
+        Unit { granularity: BUCKET_ALL, number: 0, parts }.add_to(out, plain)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The years `user` has a year bucket for, stored or only in memory.
+    pub(crate) fn user_years(&self, user: UserId) -> Result<BTreeSet<i32>> {
+        let mut prefix = keys::user(user).to_vec();
+        prefix.push(BUCKET_YEAR);
+        let mut years = BTreeSet::new();
+        for key in self.trees.userid_bucket_counts.scan_prefix(&prefix).keys() {
+            years.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, &key?)?.2);
+        }
+        if let Ok(hot) = self.hot.read() {
+            for key in hot.keys().filter(|k| k.starts_with(&prefix)) {
+                years.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, key)?.2);
+            }
+        }
+        Ok(years)
+    }
+
+    /// Every bucket of `user` as it stands (stored, or the newer copy in memory).
+    pub(crate) fn user_buckets(&self, user: UserId) -> Result<BTreeMap<[u8; 9], Arc<AggV1>>> {
+        let mut keys_of: BTreeSet<[u8; 9]> = BTreeSet::new();
+        for key in self.trees.userid_bucket_counts.scan_prefix(keys::user(user)).keys() {
+            let key = key?;
+            keys_of.insert(
+                <[u8; 9]>::try_from(key.as_ref())
+                    .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &key, "not a bucket key"))?,
+            );
+        }
+        if let Ok(hot) = self.hot.read() {
+            keys_of.extend(hot.keys().filter(|k| k[..4] == keys::user(user)));
+        }
+        let mut out = BTreeMap::new();
+        for key in keys_of {
+            if let Some(agg) = self.bucket(&key)?.filter(|a| a.total > 0) {
+                out.insert(key, agg);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `user` shows item `id` of `kind` under its stored name (no spelling of
+    /// their own, or a recorded "the stored one"); `pending` are spellings not yet stored.
+    pub(crate) fn shows_stored_name(
+        &self,
+        user: UserId,
+        kind: Kind,
+        id: u32,
+        pending: Option<&BTreeMap<[u8; 9], Option<String>>>,
+    ) -> Result<bool> {
+        let key = keys::user_item(user, kind.index() as u8, id);
+        if let Some(p) = pending.and_then(|p| p.get(&key)) {
+            return Ok(p.is_none());
+        }
+        match self.trees.userid_item_spelling.get(key)? {
+            None => Ok(true),
+            Some(v) => Ok(decode::<SpellingV1>(schema::USERID_ITEM_SPELLING, &key, &v)?.name.is_none()),
+        }
+    }
+
+    /// Whether `user` is summed into node charts.
+    pub(crate) fn counted_in_node(&self, user: UserId) -> Result<bool> {
+        Ok(self
+            .user(user)?
+            .is_some_and(|u| crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::NodeChart)))
+    }
+
+    /// What adding (`sign` = 1) or removing (-1) every bucket of `user` does to the node
+    /// buckets: a sharing-level change into or out of the node chart, a deletion, a
+    /// recount in another time zone.
+    pub(crate) fn whole_user_deltas(
+        &self,
+        user: UserId,
+        buckets: &BTreeMap<[u8; 9], Arc<AggV1>>,
+        adding: bool,
+        out: &mut HashMap<[u8; 9], Delta>,
+    ) -> Result<()> {
+        let changes: BTreeMap<[u8; 9], Change> = buckets
+            .iter()
+            .map(|(k, a)| (*k, if adding { (None, Some(a.clone())) } else { (Some(a.clone()), None) }))
+            .collect();
+        // Every bucket of the user is in `changes`: any other is empty.
+        deltas(
+            &changes,
+            &mut |_| Ok(None),
+            &BTreeSet::new(),
+            &mut |kind, id| self.shows_stored_name(user, kind, id, None),
+            out,
+        )?;
+        Ok(())
+    }
+
+    /// Node buckets with `deltas` applied, as `(key, bucket)` ready to store.
+    pub(crate) fn merged_node(&self, deltas: &HashMap<[u8; 9], Delta>) -> Result<Vec<([u8; 9], AggV1)>> {
+        deltas.iter().map(|(k, d)| Ok((*k, merged(self.bucket(k)?.as_deref(), d)))).collect()
+    }
+
+    /// Stores every in-memory bucket with each of their users' stats marks at the log
+    /// head, in one transaction, and empties the memory copy. Only with no writer
+    /// appending (the writer stores its own with `apply`; this serves the commands that
+    /// change buckets with the node stopped, after a recount filled the memory copy).
+    pub(crate) fn store_hot(&self) -> Result<()> {
+        let hot: Vec<([u8; 9], Arc<AggV1>)> = match self.hot.read() {
+            Ok(h) => h.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
+        };
+        if hot.is_empty() {
+            return Ok(());
+        }
+        let mut users: BTreeSet<UserId> = BTreeSet::new();
+        let mut buckets = sled::Batch::default();
+        for (k, agg) in &hot {
+            if !is_node_key(k) {
+                users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+            }
+            match agg.total > 0 {
+                true => buckets.insert(k.to_vec(), encode(agg.as_ref())),
+                false => buckets.remove(k.to_vec()),
+            }
+        }
+        let mut marks = sled::Batch::default();
+        for user in users {
+            marks.insert(keys::user(user).to_vec(), self.log_head(user)?.n_entries.to_be_bytes().to_vec());
+        }
+        use sled::Transactional;
+        (&self.trees.userid_bucket_counts, &self.trees.userid_statsmark)
+            .transaction(|(b, m)| {
+                b.apply_batch(&buckets)?;
+                m.apply_batch(&marks)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+            })
+            .map_err(crate::store::users::tx_error)?;
+        self.flush()?;
+        self.forget_hot(None);
+        Ok(())
+    }
+
+    /// Recomputes every node bucket from the user buckets of the users counted in node
+    /// charts (after a rebuild, a migration, or anything that rewrote spellings). Stores
+    /// the in-memory buckets first (no writer may run).
+    pub fn rebuild_node_stats(&self) -> Result<()> {
+        self.store_hot()?;
+        let mut batch = sled::Batch::default();
+        for id in [NODE_PLAIN, NODE_LISTENERS, NODE_LISTENS] {
+            for key in self.trees.userid_bucket_counts.scan_prefix(keys::user(id)).keys() {
+                batch.remove(key?);
+            }
+        }
+        self.trees.userid_bucket_counts.apply_batch(batch)?;
+        let mut pending: HashMap<[u8; 9], Delta> = HashMap::new();
+        let spill = |pending: &mut HashMap<[u8; 9], Delta>| -> Result<()> {
+            let mut batch = sled::Batch::default();
+            for (k, agg) in self.merged_node(pending)? {
+                match agg.total > 0 {
+                    true => batch.insert(k.to_vec(), encode(&agg)),
+                    false => batch.remove(k.to_vec()),
+                }
+            }
+            self.trees.userid_bucket_counts.apply_batch(batch)?;
+            pending.clear();
+            Ok(())
+        };
+        for user in self.users()? {
+            if !crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
+                continue;
+            }
+            let buckets = self.user_buckets(user.id)?;
+            self.whole_user_deltas(user.id, &buckets, true, &mut pending)?;
+            // Bounded memory on a large node: fold what is pending into the store.
+            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > 1_000_000 {
+                spill(&mut pending)?;
+            }
+        }
+        spill(&mut pending)?;
+        self.flush()
+    }
+
+    /// The node's listens and listeners buckets of one granularity and number.
+    pub(crate) fn node_buckets(&self, granularity: u8, number: i32) -> Result<(Arc<AggV1>, Arc<AggV1>)> {
+        let get =
+            |id| -> Result<Arc<AggV1>> { Ok(self.bucket(&keys::bucket(id, granularity, number))?.unwrap_or_default()) };
+        Ok((get(NODE_LISTENS)?, get(NODE_LISTENERS)?))
+    }
+
+    /// Counted users who show `id` of `kind` under its stored name (`NODE_PLAIN`).
+    pub(crate) fn plain_listeners(&self, kind: Kind, id: u32) -> Result<i64> {
+        Ok(self.bucket(&keys::bucket(NODE_PLAIN, BUCKET_ALL, 0))?.map_or(0, |a| count_in(&a.counts[kind.index()], id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monday_is_the_iso_weeks_first_day() {
+        for day in -800..800 {
+            let date = period::date_of(day);
+            let iso = date.iso_week_date();
+            let m = monday(day);
+            assert_eq!(period::date_of(m).weekday(), jiff::civil::Weekday::Monday);
+            assert_eq!(period::date_of(m).iso_week_date().week(), iso.week());
+            assert!((0..7).contains(&(day - m)));
+        }
+    }
+}
