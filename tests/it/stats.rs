@@ -726,3 +726,48 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
         check("rebuilt", &weeks, &users);
     }
 }
+
+/// Schema 12 builds the node buckets of a store that had none from its user buckets.
+#[test]
+fn the_schema_12_migration_builds_the_node_statistics() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    let bob = add_user(&t, "bob", &[("A", "x", day), ("B", "y", day + 10), ("A", "z", day - 40 * 86_400)]);
+    t.store.set_visibility(bob, SharingLevel::Public).expect("public");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "x", day))]).expect("ingest");
+    t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
+    let chart = |store: &Store| {
+        let node = store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &jiff::tz::TimeZone::UTC);
+        node.expect("chart").rows.into_iter().map(|r| (r.row.name, r.listeners, r.row.listens)).collect::<Vec<_>>()
+    };
+    assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
+    let dir = t.close();
+    let node_keys = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
+        tree.iter()
+            .map(|kv| kv.expect("kv"))
+            .filter(|(k, _)| k[..4] >= [0xff, 0xff, 0xff, 0xfd][..])
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    };
+    {
+        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+        let before = node_keys(&store);
+        assert!(!before.is_empty());
+        {
+            let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
+            for (k, _) in &before {
+                tree.remove(k).expect("remove");
+            }
+            let meta = store.raw_tree_for_tests(schema::META).expect("meta");
+            meta.insert("schema_version", &11u32.to_be_bytes()).expect("version");
+            store.flush().expect("flush");
+        }
+        drop(store);
+        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("migrated");
+        assert!(before == node_keys(&store), "the migration rebuilds the node buckets");
+    }
+    let t = TestStore::reopen(dir);
+    assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
+}
