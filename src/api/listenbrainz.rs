@@ -595,14 +595,33 @@ pub fn range_period(range: &str, now: i64, tz: &jiff::tz::TimeZone) -> Option<Pe
         }
         "this_month" => Period::Month { year: today.year(), month: today.month() },
         "this_year" => Period::Year(today.year()),
-        "week" => Period::LastDays(7),
-        "month" => Period::LastMonths(1),
-        "quarter" => Period::LastMonths(3),
-        "half_yearly" => Period::LastMonths(6),
-        "year" => Period::LastMonths(12),
+        // The "last" ranges are the previous calendar ones, as ListenBrainz's
+        // (`get_dates_for_stats_range`): the week before this one, last month, the
+        // quarter and half year before this one, last year.
+        "week" => {
+            let w = today.checked_sub(jiff::Span::new().days(7)).ok()?.iso_week_date();
+            Period::IsoWeek { year: w.year(), week: w.week() }
+        }
+        "month" => {
+            let m = today.first_of_month().checked_sub(jiff::Span::new().months(1)).ok()?;
+            Period::Month { year: m.year(), month: m.month() }
+        }
+        "quarter" => previous_months(today, 3, tz)?,
+        "half_yearly" => previous_months(today, 6, tz)?,
+        "year" => Period::Year(today.year().checked_sub(1)?),
         "all_time" => Period::AllTime,
         _ => return None,
     })
+}
+
+/// The calendar quarter (`months` = 3) or half year (6) before the one holding `today`,
+/// as a range of instants in `tz`.
+fn previous_months(today: jiff::civil::Date, months: i8, tz: &jiff::tz::TimeZone) -> Option<Period> {
+    let first_of_this = (today.month() - 1) / months * months + 1;
+    let this = jiff::civil::Date::new(today.year(), first_of_this, 1).ok()?;
+    let previous = this.checked_sub(jiff::Span::new().months(i64::from(months))).ok()?;
+    let at = |d: jiff::civil::Date| d.to_zoned(tz.clone()).ok().map(|z| z.timestamp().as_second());
+    Some(Period::Range { from: at(previous)?, to: at(this)? })
 }
 
 async fn user_stats(
@@ -912,4 +931,36 @@ async fn set_latest_import(
         state.store.set_latest_import(user.id, service, ts)?;
     }
     Ok(Json(json!({"status": "ok"})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(date: &str) -> i64 {
+        let d: jiff::civil::Date = date.parse().expect("date");
+        d.to_zoned(jiff::tz::TimeZone::UTC).expect("zoned").timestamp().as_second() + 12 * 3600
+    }
+
+    /// The "last" ranges are the previous calendar week, month, quarter, half year and
+    /// year, as ListenBrainz's `get_dates_for_stats_range`, across a year's turn too.
+    #[test]
+    fn last_ranges_are_the_previous_calendar_ones() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let range = |name: &str, now: &str| range_period(name, at(now), &utc).expect("range");
+        let span = |from: &str, to: &str| Period::Range { from: at(from) - 12 * 3600, to: at(to) - 12 * 3600 };
+        // Wednesday 2 December 2026 is in ISO week 49.
+        assert_eq!(range("this_week", "2026-12-02"), Period::IsoWeek { year: 2026, week: 49 });
+        assert_eq!(range("week", "2026-12-02"), Period::IsoWeek { year: 2026, week: 48 });
+        assert_eq!(range("month", "2026-12-02"), Period::Month { year: 2026, month: 11 });
+        assert_eq!(range("quarter", "2026-12-02"), span("2026-07-01", "2026-10-01"));
+        assert_eq!(range("half_yearly", "2026-12-02"), span("2026-01-01", "2026-07-01"));
+        assert_eq!(range("year", "2026-12-02"), Period::Year(2025));
+        assert_eq!(range("week", "2026-01-01"), Period::IsoWeek { year: 2025, week: 52 });
+        assert_eq!(range("month", "2026-01-15"), Period::Month { year: 2025, month: 12 });
+        assert_eq!(range("quarter", "2026-01-15"), span("2025-10-01", "2026-01-01"));
+        assert_eq!(range("half_yearly", "2026-03-31"), span("2025-07-01", "2026-01-01"));
+        assert_eq!(range("quarter", "2026-06-30"), span("2026-01-01", "2026-04-01"));
+        assert!(range_period("fortnight", at("2026-12-02"), &utc).is_none());
+    }
 }

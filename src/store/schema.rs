@@ -91,10 +91,11 @@ pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 /// since 1970-01-01), month (year × 12 + month − 1) or year of the user's time zone:
 /// total, per item counts, and (year buckets) counts per local day and hour. Serves
 /// every chart, series and clock. Since schema 2. Since schema 12 it also holds the
-/// node's buckets under three ids no account gets (`u32::MAX - 2` and up: listens,
-/// listeners and stored-name listeners per item; granularities 1 month, 2 year, 3 ISO
-/// week numbered by its Monday's day number, 4 all time numbered 0), summing the
-/// members counted into node charts (`store::aggregates::node`).
+/// node's buckets, summing the members counted into node charts
+/// (`store::aggregates::node`): `0xFF ‖ what u8 (0 listens, 1 listeners, 2 stored-name
+/// listeners, 3 totals) ‖ granularity u8 (1 month, 2 year, 3 ISO week numbered by its
+/// Monday's day number, 4 all time numbered 0) ‖ number (i32 + 2^31) ‖ chunk u16 (item
+/// id / 256)`; no account's id starts with 0xFF.
 pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 
 /// `userid_statsmark`: `user id u32` -> `seq u64 BE`: every log entry before this seq is

@@ -311,7 +311,7 @@ fn every_endpoint_and_method_answers_in_the_real_services_shapes() {
     }
     expect(
         "stats/user/listening-activity",
-        lb_get("/1/stats/user/alice/listening-activity?range=month"),
+        lb_get("/1/stats/user/alice/listening-activity?range=all_time"),
         200,
         &format!("{lb}/stats-user-listening-activity.json"),
     );

@@ -422,12 +422,12 @@ impl Store {
         limit: usize,
         (from, to): (i64, i64),
     ) -> Result<NodeChart> {
-        let (listens, listeners) = self.node_buckets(granularity, number)?;
-        let counts = &listens.counts[kind.index()];
+        let bucket = self.node_bucket(granularity, number)?;
+        let counts = &bucket.listens.counts[kind.index()];
         let top =
             crate::stats::chart::top_with_ties_of(counts.iter().map(|&(id, n)| (id, u64::from(n))).collect(), limit);
         let by = self.node_spellers(kind, &top)?;
-        let of = &listeners.counts[kind.index()];
+        let of = &bucket.listeners.counts[kind.index()];
         let rows = self
             .named_rows(kind, top, limit, SpelledBy::Items(&by))?
             .into_iter()
@@ -440,8 +440,8 @@ impl Store {
             kind,
             from,
             to,
-            listens: u64::from(listens.total),
-            listeners: u64::from(listeners.total),
+            listens: bucket.total_listens,
+            listeners: bucket.total_listeners,
             distinct: counts.len() as u64,
             rows,
         })
@@ -463,8 +463,10 @@ impl Store {
         }
         let mut out = HashMap::new();
         let mut counted: Option<Vec<UserId>> = None;
+        let plain = self.plain_listeners()?;
         for (k, id) in wanted {
-            if self.plain_listeners(k, id)? > 0 {
+            let counts = &plain.counts[k.index()];
+            if counts.binary_search_by_key(&id, |c| c.0).is_ok() {
                 continue;
             }
             if counted.is_none() {

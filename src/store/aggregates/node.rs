@@ -11,19 +11,27 @@
 //! time from the user's years, at the moment a user's bucket changes: only what crosses
 //! zero moves a listener.
 //!
-//! Node buckets live in `userid_bucket_counts` under three ids no account gets
-//! (`FIRST_NODE_ID` and up), so they share the user buckets' memory copy, persistence
-//! and crash recount, and are stored in the same transaction as the user buckets they
-//! summarise: stored node buckets always match the stored user buckets.
+//! Node buckets live in `userid_bucket_counts` under keys starting with 0xFF, which no
+//! account's id does (`FIRST_NODE_ID`), so they share the user buckets' memory copy,
+//! persistence and crash recount, and are stored in the same transaction as the user
+//! buckets they summarise: stored node buckets always match the stored user buckets.
+//! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
+//! bucket is split into chunks of 256 item ids (`CHUNK_SHIFT`), so a change rewrites
+//! only the few small chunks holding the items it touched, never a whole all-time chart
+//! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
+//! one range scan, in item order.
 //!
-//! - `NODE_LISTENS ‖ granularity ‖ n`: `total` = listens, counts = listens per item;
-//! - `NODE_LISTENERS ‖ granularity ‖ n`: `total` = users with listens in the bucket,
-//!   counts = listeners per item;
-//! - `NODE_PLAIN ‖ all ‖ 0`: counts = counted users who listened to the item at some
-//!   time and show it under its stored name (no spelling of their own): an item is
-//!   shown on the node chart under its stored name only if one of them exists, else in
-//!   a counted user's spelling (the stored name may be the spelling of a member who is
-//!   not public).
+//! - what 0, listens: counts = listens per item;
+//! - what 1, listeners: counts = users with listens of the item in the bucket;
+//! - what 2, plain (all time only): counts = counted users who listened to the item at
+//!   some time and show it under its stored name (no spelling of their own): an item
+//!   is shown on the node chart under its stored name only if one of them exists, else
+//!   in a counted user's spelling (the stored name may be the spelling of a member who
+//!   is not public);
+//! - what 3, totals (chunk 0): `total` = listens, `counts[0]` = `[(0, users with
+//!   listens in the bucket)]`.
+//!
+//! A chunk's `total` is the sum of its counts (it is stored while positive).
 //!
 //! Every change goes through `deltas`: the writer's groups, the recount after a crash,
 //! a sharing-level change, a time-zone recount, a deletion; `Store::rebuild_node_stats`
@@ -37,15 +45,31 @@ use super::*;
 use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
 
-/// The first of the ids reserved for node buckets; accounts get lower ids.
-pub(crate) const FIRST_NODE_ID: u32 = u32::MAX - 2;
-pub(crate) const NODE_PLAIN: UserId = UserId(u32::MAX - 2);
-pub(crate) const NODE_LISTENERS: UserId = UserId(u32::MAX - 1);
-pub(crate) const NODE_LISTENS: UserId = UserId(u32::MAX);
+/// The first user id a node bucket key would read as; accounts get lower ids.
+pub(crate) const FIRST_NODE_ID: u32 = 0xFF00_0000;
+const WHAT_LISTENS: u8 = 0;
+const WHAT_LISTENERS: u8 = 1;
+const WHAT_PLAIN: u8 = 2;
+const WHAT_TOTALS: u8 = 3;
+/// Item ids per chunk of a node bucket: 2^8.
+const CHUNK_SHIFT: u32 = 8;
+
+/// The key of one chunk of a node bucket.
+fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
+    let mut k = [0xFF, what, granularity, 0, 0, 0, 0, 0, 0];
+    k[3..7].copy_from_slice(&((number as u32) ^ 0x8000_0000).to_be_bytes());
+    k[7..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// The chunk an item's counts are in (the last one holds every id past 2^24).
+fn chunk_of(item: u32) -> u16 {
+    u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
+}
 
 /// Whether a bucket key is a node bucket's.
 pub(crate) fn is_node_key(key: &[u8]) -> bool {
-    key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).is_some_and(|b| u32::from_be_bytes(b) >= FIRST_NODE_ID)
+    key.first() == Some(&0xFF)
 }
 
 /// The day number of the Monday of the ISO week holding `day` (day 0, 1970-01-01, was
@@ -151,19 +175,23 @@ impl Unit<'_> {
                 }
             }
         }
-        let mut put = |id: UserId, d: Delta| {
-            let e = out.entry(keys::bucket(id, self.granularity, self.number)).or_default();
-            e.total += d.total;
+        let (g, n) = (self.granularity, self.number);
+        let put = |out: &mut HashMap<[u8; 9], Delta>, what: u8, d: Delta| {
             for (k, counts) in d.counts.into_iter().enumerate() {
-                for (item, n) in counts {
-                    *e.counts[k].entry(item).or_default() += n;
+                for (item, by) in counts {
+                    let e = out.entry(node_key(what, g, n, chunk_of(item))).or_default();
+                    e.total += by;
+                    *e.counts[k].entry(item).or_default() += by;
                 }
             }
         };
-        put(NODE_LISTENS, listens);
-        put(NODE_LISTENERS, listeners);
-        if self.granularity == BUCKET_ALL {
-            put(NODE_PLAIN, plains);
+        let totals = out.entry(node_key(WHAT_TOTALS, g, n, 0)).or_default();
+        totals.total += listens.total;
+        *totals.counts[0].entry(0).or_default() += listeners.total;
+        put(out, WHAT_LISTENS, listens);
+        put(out, WHAT_LISTENERS, listeners);
+        if g == BUCKET_ALL {
+            put(out, WHAT_PLAIN, plains);
         }
         Ok(())
     }
@@ -183,6 +211,7 @@ pub(crate) fn deltas(
 ) -> Result<()> {
     let Some(first) = changes.keys().next() else { return Ok(()) };
     let (user, _, _) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, first)?;
+    debug_assert!(user.0 < FIRST_NODE_ID);
     // Unchanged buckets a week or all time needs, read once.
     let mut read: HashMap<[u8; 9], Option<Arc<AggV1>>> = HashMap::new();
     let mut weeks: BTreeSet<i32> = BTreeSet::new();
@@ -380,10 +409,8 @@ impl Store {
     pub fn rebuild_node_stats(&self) -> Result<()> {
         self.store_hot()?;
         let mut batch = sled::Batch::default();
-        for id in [NODE_PLAIN, NODE_LISTENERS, NODE_LISTENS] {
-            for key in self.trees.userid_bucket_counts.scan_prefix(keys::user(id)).keys() {
-                batch.remove(key?);
-            }
+        for key in self.trees.userid_bucket_counts.scan_prefix([0xFF]).keys() {
+            batch.remove(key?);
         }
         self.trees.userid_bucket_counts.apply_batch(batch)?;
         let mut pending: HashMap<[u8; 9], Delta> = HashMap::new();
@@ -414,17 +441,56 @@ impl Store {
         self.flush()
     }
 
-    /// The node's listens and listeners buckets of one granularity and number.
-    pub(crate) fn node_buckets(&self, granularity: u8, number: i32) -> Result<(Arc<AggV1>, Arc<AggV1>)> {
-        let get =
-            |id| -> Result<Arc<AggV1>> { Ok(self.bucket(&keys::bucket(id, granularity, number))?.unwrap_or_default()) };
-        Ok((get(NODE_LISTENS)?, get(NODE_LISTENERS)?))
+    /// Every chunk of one node bucket, in item order: the stored ones with the newer
+    /// copies in memory over them.
+    fn node_chunks(&self, what: u8, granularity: u8, number: i32) -> Result<AggV1> {
+        let prefix = &node_key(what, granularity, number, 0)[..7];
+        let mut chunks: BTreeMap<[u8; 9], Arc<AggV1>> = BTreeMap::new();
+        for kv in self.trees.userid_bucket_counts.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            let key = <[u8; 9]>::try_from(k.as_ref())
+                .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
+            chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
+        }
+        if let Ok(hot) = self.hot.read() {
+            for (k, agg) in hot.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                chunks.insert(*k, agg.clone());
+            }
+        }
+        let mut out = AggV1::default();
+        for agg in chunks.values() {
+            out.total = out.total.saturating_add(agg.total);
+            for (all, part) in out.counts.iter_mut().zip(&agg.counts) {
+                all.extend_from_slice(part);
+            }
+        }
+        Ok(out)
     }
 
-    /// Counted users who show `id` of `kind` under its stored name (`NODE_PLAIN`).
-    pub(crate) fn plain_listeners(&self, kind: Kind, id: u32) -> Result<i64> {
-        Ok(self.bucket(&keys::bucket(NODE_PLAIN, BUCKET_ALL, 0))?.map_or(0, |a| count_in(&a.counts[kind.index()], id)))
+    /// A node bucket: listens per item, listeners per item, and the bucket's listens
+    /// and listeners.
+    pub(crate) fn node_bucket(&self, granularity: u8, number: i32) -> Result<NodeBucket> {
+        let totals = self.bucket(&node_key(WHAT_TOTALS, granularity, number, 0))?.unwrap_or_default();
+        Ok(NodeBucket {
+            listens: self.node_chunks(WHAT_LISTENS, granularity, number)?,
+            listeners: self.node_chunks(WHAT_LISTENERS, granularity, number)?,
+            total_listens: u64::from(totals.total),
+            total_listeners: totals.counts[0].first().map_or(0, |c| u64::from(c.1)),
+        })
     }
+
+    /// Per item, the counted users who show it under its stored name.
+    pub(crate) fn plain_listeners(&self) -> Result<AggV1> {
+        self.node_chunks(WHAT_PLAIN, BUCKET_ALL, 0)
+    }
+}
+
+/// One node bucket, read.
+pub(crate) struct NodeBucket {
+    pub listens: AggV1,
+    pub listeners: AggV1,
+    pub total_listens: u64,
+    pub total_listeners: u64,
 }
 
 #[cfg(test)]
