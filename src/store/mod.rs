@@ -246,6 +246,12 @@ impl Store {
             store.check_acknowledged()?;
             store.finish_pending()?;
             store.start_acknowledged()?;
+            // Node buckets that lagged the user buckets at an unclean stop are rebuilt
+            // from them; the recount then moves both on.
+            if store.trees.meta.contains_key(aggregates::NODE_STALE)? {
+                tracing::warn!("rebuilding the node statistics after an unclean stop");
+                store.rebuild_node_stats()?;
+            }
             store.recount_after_crash()
         })??;
         Ok(store)

@@ -771,3 +771,35 @@ fn the_schema_12_migration_builds_the_node_statistics() {
     let t = TestStore::reopen(dir);
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
 }
+
+/// The writer stores node buckets less often than user buckets (`NODE_PERSIST_EVERY`);
+/// a crash in between leaves them stale on disk, marked so, and the next open rebuilds
+/// them: the node chart after the crash is the members' sum, as a rebuild's.
+#[test]
+fn node_statistics_left_stale_by_a_crash_are_rebuilt_at_open() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
+    let day = NOW - 86_400;
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "x", day))]).expect("ingest");
+    // Past the user buckets' store interval (2 s), not the node buckets' (60 s).
+    std::thread::sleep(std::time::Duration::from_millis(2_300));
+    let more = (0..5).map(|i| Action::Listen(listen("B", &format!("y{i}"), day + 600 * (i + 1)))).collect();
+    t.ingestor.ingest_blocking(t.user, more).expect("ingest");
+    let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
+    assert!(meta.contains_key("node_stale").expect("read"), "user buckets stored without the node's");
+    drop(meta);
+    // The crash: a copy of the files as they are, the writer still running.
+    let copy = tempfile::tempdir().expect("tempdir");
+    crate::two_worlds::copy_dir(t.dir.path(), copy.path());
+    let store = Store::open(copy.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open after crash");
+    let chart = |store: &Store| {
+        let node = store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &jiff::tz::TimeZone::UTC);
+        node.expect("chart").rows.into_iter().map(|r| (r.row.name, r.listeners, r.row.listens)).collect::<Vec<_>>()
+    };
+    assert_eq!(chart(&store), [("B".to_owned(), 1, 5), ("A".to_owned(), 1, 1)]);
+    let meta = store.raw_tree_for_tests(schema::META).expect("meta");
+    assert!(!meta.contains_key("node_stale").expect("read"), "rebuilt");
+    drop(meta);
+    assert_eq!(chart(&t.store), chart(&store));
+}

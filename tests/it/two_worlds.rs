@@ -299,7 +299,7 @@ fn base(dir: &Path, level: &str, now: i64) -> Vec<(&'static str, String)> {
     tokens
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir") {
         let e = e.expect("entry");

@@ -16,7 +16,7 @@
 //! persistence and crash recount, and are stored in the same transaction as the user
 //! buckets they summarise: stored node buckets always match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
-//! bucket is split into chunks of 256 item ids (`CHUNK_SHIFT`), so a change rewrites
+//! bucket is split into chunks of 4,096 item ids (`CHUNK_SHIFT`), so a change rewrites
 //! only the few small chunks holding the items it touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
 //! one range scan, in item order.
@@ -45,14 +45,19 @@ use super::*;
 use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
 
+/// `meta` key present while the stored node buckets lag the stored user buckets (the
+/// writer keeps node buckets in memory longer, `writer::NODE_PERSIST_EVERY`): an open
+/// then rebuilds them (`Store::open`).
+pub(crate) const NODE_STALE: &[u8] = b"node_stale";
+
 /// The first user id a node bucket key would read as; accounts get lower ids.
 pub(crate) const FIRST_NODE_ID: u32 = 0xFF00_0000;
 const WHAT_LISTENS: u8 = 0;
 const WHAT_LISTENERS: u8 = 1;
 const WHAT_PLAIN: u8 = 2;
 const WHAT_TOTALS: u8 = 3;
-/// Item ids per chunk of a node bucket: 2^8.
-const CHUNK_SHIFT: u32 = 8;
+/// Item ids per chunk of a node bucket: 2^12.
+const CHUNK_SHIFT: u32 = 12;
 
 /// The key of one chunk of a node bucket.
 fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
@@ -391,10 +396,11 @@ impl Store {
             marks.insert(keys::user(user).to_vec(), self.log_head(user)?.n_entries.to_be_bytes().to_vec());
         }
         use sled::Transactional;
-        (&self.trees.userid_bucket_counts, &self.trees.userid_statsmark)
-            .transaction(|(b, m)| {
+        (&self.trees.userid_bucket_counts, &self.trees.userid_statsmark, &self.trees.meta)
+            .transaction(|(b, m, meta)| {
                 b.apply_batch(&buckets)?;
                 m.apply_batch(&marks)?;
+                meta.remove(NODE_STALE)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(crate::store::users::tx_error)?;
@@ -438,6 +444,7 @@ impl Store {
             }
         }
         spill(&mut pending)?;
+        self.trees.meta.remove(NODE_STALE)?;
         self.flush()
     }
 

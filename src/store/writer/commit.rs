@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sled::Transactional;
 
-use crate::store::aggregates::{Change, deltas as node_deltas, merged};
+use crate::store::aggregates::{Change, NODE_STALE, deltas as node_deltas, is_node_key, merged};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self};
@@ -123,21 +123,39 @@ impl Writer {
             .read()
             .map(|h| h.values().map(|a| a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len()).sum())
             .unwrap_or(usize::MAX);
+        let node_due = persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
         let persist =
             persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
+        // Node buckets left in memory while user buckets are stored: the stored ones
+        // are stale until the next store of them (`NODE_PERSIST_EVERY`).
+        let mut node_left = false;
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
         }
         let buckets = self.merge_buckets(group)?;
         if persist {
+            let in_group: BTreeSet<[u8; 9]> = buckets.iter().map(|(k, _)| *k).collect();
             if let Ok(hot) = self.store.hot.read() {
-                for (k, agg) in hot.iter().filter(|(k, _)| !group.aggs.contains_key(*k)) {
+                for (k, agg) in hot.iter().filter(|(k, _)| !in_group.contains(*k)) {
+                    if !node_due && is_node_key(k) {
+                        node_left = true;
+                        continue;
+                    }
                     ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
                 }
             }
             for (k, agg) in &buckets {
+                if !node_due && is_node_key(k) {
+                    node_left = true;
+                    continue;
+                }
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
+            }
+            if node_left {
+                ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
+            } else if node_due {
+                ops.push((6, NODE_STALE.to_vec(), None));
             }
             for user in self.pending_users.union(&group_users) {
                 let mark = match self.users.get(user) {
@@ -203,7 +221,15 @@ impl Writer {
         }
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         if persist {
-            hot.clear();
+            if node_left {
+                hot.retain(|k, _| is_node_key(k));
+                for (k, agg) in buckets.into_iter().filter(|(k, _)| is_node_key(k)) {
+                    hot.insert(k, agg);
+                }
+            } else {
+                hot.clear();
+                self.last_node_persist = std::time::Instant::now();
+            }
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();
         } else {
