@@ -16,7 +16,7 @@
 //! persistence and crash recount, and are stored in the same transaction as the user
 //! buckets they summarise: stored node buckets always match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
-//! bucket is split into chunks of 4,096 item ids (`CHUNK_SHIFT`), so a change rewrites
+//! bucket is split into chunks of 1,024 item ids (`CHUNK_SHIFT`), so a change rewrites
 //! only the few small chunks holding the items it touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
 //! one range scan, in item order.
@@ -56,8 +56,8 @@ const WHAT_LISTENS: u8 = 0;
 const WHAT_LISTENERS: u8 = 1;
 const WHAT_PLAIN: u8 = 2;
 const WHAT_TOTALS: u8 = 3;
-/// Item ids per chunk of a node bucket: 2^12.
-const CHUNK_SHIFT: u32 = 12;
+/// Item ids per chunk of a node bucket: 2^10.
+const CHUNK_SHIFT: u32 = 10;
 
 /// The key of one chunk of a node bucket.
 fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {

@@ -117,13 +117,16 @@ impl Writer {
             };
             ops.push((index, k, Some(v)));
         }
-        let hot_pairs: usize = self
-            .store
-            .hot
-            .read()
-            .map(|h| h.values().map(|a| a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len()).sum())
-            .unwrap_or(usize::MAX);
-        let node_due = persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
+        // Counts held in memory: the users' and the node's, each with its own bound.
+        let (hot_pairs, node_pairs) = match self.store.hot.read() {
+            Ok(h) => h.iter().fold((0usize, 0usize), |(users, node), (k, a)| {
+                let n = a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len();
+                if is_node_key(k) { (users, node + n) } else { (users + n, node) }
+            }),
+            Err(_) => (usize::MAX, usize::MAX),
+        };
+        let node_due =
+            persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
         let persist =
             persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
         // Node buckets left in memory while user buckets are stored: the stored ones

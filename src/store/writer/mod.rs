@@ -289,12 +289,15 @@ const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// ...or once they hold this many (item, count) pairs.
 const HOT_MAX_PAIRS: usize = 2_000_000;
 /// How often the node buckets are stored with the user buckets (and always when asked
-/// to store, or when memory holds `HOT_MAX_PAIRS`). An import of a member's years
+/// to store, or when memory holds `NODE_HOT_MAX_PAIRS` of them). An import of a member's years
 /// touches thousands of node chunks, so storing them every `PERSIST_EVERY` rewrote the
 /// node's whole statistics every two seconds (1.6 KB of sled's files per imported
 /// listen); meanwhile the store is marked `NODE_STALE` and an open after a crash
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most node counts held in memory before they are stored (about 8 bytes each in their
+/// chunks' lists).
+const NODE_HOT_MAX_PAIRS: usize = 8_000_000;
 
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
     match store.trees.meta.get(name)? {
