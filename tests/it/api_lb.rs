@@ -464,8 +464,11 @@ url, token = sys.argv[1], sys.argv[2]
 client = lb.ListenBrainz(api_base_url=url)
 client.set_auth_token(token)
 now = int(time.time())
+# Wednesday noon (UTC) of last week: ListenBrainz's "week" is the previous calendar week.
+monday = now - now % 86400 - ((now // 86400 + 3) % 7) * 86400
+last_week = monday - 5 * 86400 + 12 * 3600
 client.submit_multiple_listens([lb.Listen(track_name=f"Song {i % 2}", artist_name="Artist A" if i < 3 else "Artist B",
-    listened_at=now - 100 - 600 * i, recording_mbid="f27ec8db-af05-4f36-916e-3d57f91ecf5e" if i == 0 else None) for i in range(5)])
+    listened_at=last_week - 600 * i, recording_mbid="f27ec8db-af05-4f36-916e-3d57f91ecf5e" if i == 0 else None) for i in range(5)])
 client.submit_user_feedback(1, "f27ec8db-af05-4f36-916e-3d57f91ecf5e")
 feedback = client.get_user_feedback("alice", score=1, metadata=True)
 artists = client.get_user_artists("alice", time_range="week")
