@@ -714,6 +714,7 @@ fn community(
     node_config.p2p.enabled = false;
     let node = crate::node::Node::build(node_config)?;
     let store = node.store.clone();
+    let ingestor = node.ingestor.clone();
     let served = Served::start(node)?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     println!("RSS at rest: {:.0} MiB (goal ≤ 300)", status_kib("VmRSS") as f64 / 1024.0);
@@ -749,8 +750,9 @@ fn community(
     }
     let user = store.user_by_name(&format!("user{last_user}"))?.ok_or_else(|| anyhow::anyhow!("no user"))?;
     let t = Instant::now();
-    store.set_visibility(user.id, crate::store::users::SharingLevel::Aggregate)?;
-    store.set_visibility(user.id, crate::store::users::SharingLevel::Public)?;
+    // Through the writer, as the settings page does (the node is running).
+    served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Aggregate))?;
+    served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Public))?;
     println!("per-user operation: two visibility changes of one user {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     println!("RSS peak: {:.0} MiB (goal ≤ 500)", status_kib("VmHWM") as f64 / 1024.0);
     served.stop()?;

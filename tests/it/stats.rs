@@ -660,7 +660,12 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
             match next(12) {
                 0 => {
                     let level = levels[next(3) as usize];
-                    t.store.set_visibility(user, level).expect("level");
+                    // Through the writer (the web page) or the store (the command line).
+                    if next(2) == 0 {
+                        rt.block_on(t.ingestor.set_visibility(user, level)).expect("level");
+                    } else {
+                        t.store.set_visibility(user, level).expect("level");
+                    }
                 }
                 1 => {
                     let zone = zones[next(3) as usize];
@@ -802,4 +807,69 @@ fn node_statistics_left_stale_by_a_crash_are_rebuilt_at_open() {
     assert!(!meta.contains_key("node_stale").expect("read"), "rebuilt");
     drop(meta);
     assert_eq!(chart(&t.store), chart(&store));
+}
+
+/// A public member who erases their only listen of an item and sends it again in
+/// another spelling, in one group, stops showing the stored name: the node chart then
+/// names the item in their spelling, not in the stored one a private member sent.
+#[test]
+fn a_respelling_in_one_group_moves_the_stored_name_count() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    let private = add_user(&t, "p", &[("Foo Fighters", "Everlong", day)]);
+    t.store.set_visibility(private, SharingLevel::Private).expect("private");
+    t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
+    t.ingestor
+        .ingest_blocking(t.user, vec![Action::Listen(listen("Foo Fighters", "Everlong", day + 10))])
+        .expect("ingest");
+    let respell = vec![Action::Delete { seq: 0 }, Action::Listen(listen("FOO FIGHTERS", "Everlong", day + 900))];
+    t.ingestor.ingest_blocking(t.user, respell).expect("ingest");
+    let name = |store: &Store| {
+        let node = store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &jiff::tz::TimeZone::UTC);
+        node.expect("chart").rows.into_iter().map(|r| (r.row.name, r.row.listens)).collect::<Vec<_>>()
+    };
+    assert_eq!(name(&t.store), [("FOO FIGHTERS".to_owned(), 1)], "the public member's spelling");
+    t.ingestor.stop();
+    let node_buckets = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
+        tree.iter()
+            .map(|kv| kv.expect("kv"))
+            .filter(|(k, _)| k[0] == 0xff)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    };
+    let incremental = node_buckets(&t.store);
+    t.store.rebuild_node_stats().expect("rebuild");
+    assert!(incremental == node_buckets(&t.store), "equal to a rebuild");
+    assert_eq!(name(&t.store), [("FOO FIGHTERS".to_owned(), 1)]);
+}
+
+/// A long node chart whose items a private member spelled first: every row in a public
+/// member's spelling (past eight such items the spellers are found in one pass over the
+/// public members' spellings).
+#[test]
+fn a_long_node_chart_is_spelled_by_public_members() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    let lower: Vec<(String, String, i64)> =
+        (0..12).map(|i| (format!("band {i}"), format!("song {i}"), day + 600 * i64::from(i))).collect();
+    let upper: Vec<(String, String, i64)> =
+        (0..12).map(|i| (format!("Band {i}"), format!("Song {i}"), day + 600 * i64::from(i) + 1)).collect();
+    fn refs(v: &[(String, String, i64)]) -> Vec<(&str, &str, i64)> {
+        v.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), *c)).collect()
+    }
+    let private = add_user(&t, "p", &refs(&lower));
+    t.store.set_visibility(private, SharingLevel::Private).expect("private");
+    let public = add_user(&t, "q", &refs(&upper));
+    t.store.set_visibility(public, SharingLevel::Public).expect("public");
+    for kind in [Kind::Artist, Kind::Recording] {
+        let node = t.store.node_chart(kind, &Period::AllTime, 20, NOW, &jiff::tz::TimeZone::UTC).expect("chart");
+        assert_eq!(node.rows.len(), 12);
+        for r in &node.rows {
+            let shown = format!("{} {}", r.row.name, r.row.artist.clone().unwrap_or_default());
+            assert!(!shown.contains("band") && !shown.contains("song"), "{kind:?}: {shown}");
+        }
+    }
 }

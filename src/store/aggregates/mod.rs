@@ -6,7 +6,7 @@
 //! Queries (charts, series, the listening clock) sum whole buckets from the plan of
 //! `stats::period`, and read the listens of the partial days at a range's ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::tz::TimeZone;
 
@@ -461,28 +461,60 @@ impl Store {
             artists.dedup();
             wanted.extend(artists.into_iter().map(|a| (Kind::Artist, a)));
         }
-        let mut out = HashMap::new();
-        let mut counted: Option<Vec<UserId>> = None;
         let plain = self.plain_listeners()?;
-        for (k, id) in wanted {
-            let counts = &plain.counts[k.index()];
-            if counts.binary_search_by_key(&id, |c| c.0).is_ok() {
-                continue;
+        // Items no counted member shows under the stored name: someone's own spelling.
+        let respelled: BTreeMap<(u8, u32), ()> = wanted
+            .into_iter()
+            .filter(|(k, id)| plain.counts[k.index()].binary_search_by_key(id, |c| c.0).is_err())
+            .map(|(k, id)| ((k.index() as u8, id), ()))
+            .collect();
+        let mut out = HashMap::new();
+        if respelled.is_empty() {
+            return Ok(out);
+        }
+        let mut counted: Vec<UserId> = self
+            .users()?
+            .into_iter()
+            .filter(|u| crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::NodeChart))
+            .map(|u| u.id)
+            .collect();
+        counted.sort();
+        if respelled.len() <= 8 {
+            // A few items: point reads, member by member, until one spelled each.
+            for &(k, id) in respelled.keys() {
+                for user in &counted {
+                    let key = keys::user_item(*user, k, id);
+                    let own = match self.trees.userid_item_spelling.get(key)? {
+                        Some(v) => decode::<SpellingV1>(schema::USERID_ITEM_SPELLING, &key, &v)?.name.is_some(),
+                        None => false,
+                    };
+                    if own {
+                        out.insert((k, id), *user);
+                        break;
+                    }
+                }
             }
-            if counted.is_none() {
-                let mut ids: Vec<UserId> = self
-                    .users()?
-                    .into_iter()
-                    .filter(|u| crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::NodeChart))
-                    .map(|u| u.id)
-                    .collect();
-                ids.sort();
-                counted = Some(ids);
-            }
-            for user in counted.iter().flatten() {
-                if !self.shows_stored_name(*user, k, id, None)? {
-                    out.insert((k.index() as u8, id), *user);
-                    break;
+            return Ok(out);
+        }
+        // Many (a long chart): one pass over the counted members' own spellings, which
+        // exist only for items some track spells otherwise, not one per item and member.
+        let kinds: BTreeSet<u8> = respelled.keys().map(|(k, _)| *k).collect();
+        for user in &counted {
+            for k in &kinds {
+                let mut prefix = keys::user(*user).to_vec();
+                prefix.push(*k);
+                for kv in self.trees.userid_item_spelling.scan_prefix(prefix) {
+                    let (key, v) = kv?;
+                    let Some(id) = key.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes)
+                    else {
+                        continue;
+                    };
+                    if respelled.contains_key(&(*k, id))
+                        && !out.contains_key(&(*k, id))
+                        && decode::<SpellingV1>(schema::USERID_ITEM_SPELLING, &key, &v)?.name.is_some()
+                    {
+                        out.insert((*k, id), *user);
+                    }
                 }
             }
         }

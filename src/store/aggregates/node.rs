@@ -14,7 +14,10 @@
 //! Node buckets live in `userid_bucket_counts` under keys starting with 0xFF, which no
 //! account's id does (`FIRST_NODE_ID`), so they share the user buckets' memory copy,
 //! persistence and crash recount, and are stored in the same transaction as the user
-//! buckets they summarise: stored node buckets always match the stored user buckets.
+//! buckets they summarise. The writer stores them less often than user buckets
+//! (`writer::NODE_PERSIST_EVERY`); until it does, and while a rebuild runs, `meta` holds
+//! `NODE_STALE` and an open rebuilds them from the user buckets: otherwise stored node
+//! buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
 //! bucket is split into chunks of 1,024 item ids (`CHUNK_SHIFT`), so a change rewrites
 //! only the few small chunks holding the items it touched, never a whole all-time chart
@@ -67,7 +70,7 @@ fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
     k
 }
 
-/// The chunk an item's counts are in (the last one holds every id past 2^24).
+/// The chunk an item's counts are in (the last one holds every id past 2^26).
 fn chunk_of(item: u32) -> u16 {
     u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
 }
@@ -135,6 +138,10 @@ type Part<'a> = (Option<&'a AggV1>, Option<&'a AggV1>);
 /// Reads a user's bucket that did not change.
 pub(crate) type Current<'a> = dyn FnMut(&[u8; 9]) -> Result<Option<Arc<AggV1>>> + 'a;
 
+/// Whether the user shows an item (kind, id) under its stored name, before the change
+/// (`false`) or after it (`true`).
+pub(crate) type Plain<'a> = dyn FnMut(Kind, u32, bool) -> Result<bool> + 'a;
+
 impl Unit<'_> {
     /// One side (`after` or before) of the parts.
     fn side(&self, after: bool) -> impl Iterator<Item = &AggV1> {
@@ -144,7 +151,8 @@ impl Unit<'_> {
     fn add_to(
         &self,
         out: &mut HashMap<[u8; 9], Delta>,
-        plain: &mut dyn FnMut(Kind, u32) -> Result<bool>,
+        plain: &mut Plain<'_>,
+        respelled: &[(Kind, u32)],
     ) -> Result<()> {
         let total = |after: bool| -> i64 { self.side(after).map(|a| i64::from(a.total)).sum() };
         let (tb, ta) = (total(false), total(true));
@@ -165,6 +173,11 @@ impl Unit<'_> {
                 let empty: &[(u32, u32)] = &[];
                 differing(b.map_or(empty, |x| &x.counts[k]), a.map_or(empty, |x| &x.counts[k]), &mut items);
             }
+            if self.granularity == BUCKET_ALL {
+                // A spelling recorded by this change may turn a listener who stays one
+                // away from the stored name (an erasure and a new listen in one group).
+                items.extend(respelled.iter().filter(|(rk, _)| *rk == kind).map(|(_, id)| *id));
+            }
             for item in items {
                 let sum = |after: bool| -> i64 { self.side(after).map(|x| count_in(&x.counts[k], item)).sum() };
                 let (b, a) = (sum(false), sum(true));
@@ -174,8 +187,13 @@ impl Unit<'_> {
                 let moved = i64::from(a > 0) - i64::from(b > 0);
                 if moved != 0 {
                     *listeners.counts[k].entry(item).or_default() += moved;
-                    if self.granularity == BUCKET_ALL && plain(kind, item)? {
-                        *plains.counts[k].entry(item).or_default() += moved;
+                }
+                if self.granularity == BUCKET_ALL && (a > 0 || b > 0) {
+                    // Counted before as the spelling then stood, after as it stands now.
+                    let was = b > 0 && plain(kind, item, false)?;
+                    let is = a > 0 && plain(kind, item, true)?;
+                    if was != is {
+                        *plains.counts[k].entry(item).or_default() += i64::from(is) - i64::from(was);
                     }
                 }
             }
@@ -205,13 +223,15 @@ impl Unit<'_> {
 /// Adds to `out` what a change of one user's buckets makes of the node buckets.
 /// `changes` are every changed bucket of that one user; `current` reads one of their
 /// buckets that did not change; `years` are the years the user has buckets for
-/// (changed or not); `plain` says whether the user shows an item under its stored name.
-/// The caller decides whether the user is counted at all.
+/// (changed or not); `plain` says whether the user shows an item under its stored name;
+/// `respelled` are items the change recorded the user's own spelling of. The caller
+/// decides whether the user is counted at all.
 pub(crate) fn deltas(
     changes: &BTreeMap<[u8; 9], Change>,
     current: &mut Current<'_>,
     years: &BTreeSet<i32>,
-    plain: &mut dyn FnMut(Kind, u32) -> Result<bool>,
+    plain: &mut Plain<'_>,
+    respelled: &[(Kind, u32)],
     out: &mut HashMap<[u8; 9], Delta>,
 ) -> Result<()> {
     let Some(first) = changes.keys().next() else { return Ok(()) };
@@ -230,7 +250,7 @@ pub(crate) fn deltas(
             BUCKET_MONTH | BUCKET_YEAR => {
                 any_year |= g == BUCKET_YEAR;
                 Unit { granularity: g, number: n, parts: vec![(before.as_deref(), after.as_deref())] }
-                    .add_to(out, plain)?;
+                    .add_to(out, plain, respelled)?;
             }
             _ => {}
         }
@@ -258,7 +278,7 @@ pub(crate) fn deltas(
     };
     for &w in &weeks {
         let parts = (w..w + 7).map(|d| part(keys::bucket(user, BUCKET_DAY, d))).collect();
-        Unit { granularity: BUCKET_WEEK, number: w, parts }.add_to(out, plain)?;
+        Unit { granularity: BUCKET_WEEK, number: w, parts }.add_to(out, plain, respelled)?;
     }
     if any_year {
         let mut all: BTreeSet<i32> = years.clone();
@@ -268,7 +288,7 @@ pub(crate) fn deltas(
             }
         }
         let parts = all.iter().map(|&y| part(keys::bucket(user, BUCKET_YEAR, y))).collect();
-        Unit { granularity: BUCKET_ALL, number: 0, parts }.add_to(out, plain)?;
+        Unit { granularity: BUCKET_ALL, number: 0, parts }.add_to(out, plain, respelled)?;
     }
     Ok(())
 }
@@ -357,7 +377,8 @@ impl Store {
             &changes,
             &mut |_| Ok(None),
             &BTreeSet::new(),
-            &mut |kind, id| self.shows_stored_name(user, kind, id, None),
+            &mut |kind, id, _| self.shows_stored_name(user, kind, id, None),
+            &[],
             out,
         )?;
         Ok(())
@@ -414,6 +435,8 @@ impl Store {
     /// the in-memory buckets first (no writer may run).
     pub fn rebuild_node_stats(&self) -> Result<()> {
         self.store_hot()?;
+        // Cut short (the batches below are several), the next open starts again.
+        self.mark_node_stale()?;
         let mut batch = sled::Batch::default();
         for key in self.trees.userid_bucket_counts.scan_prefix([0xFF]).keys() {
             batch.remove(key?);
@@ -445,6 +468,12 @@ impl Store {
         }
         spill(&mut pending)?;
         self.trees.meta.remove(NODE_STALE)?;
+        self.flush()
+    }
+
+    /// Records that the stored node buckets must be rebuilt at the next open, durably.
+    pub(crate) fn mark_node_stale(&self) -> Result<()> {
+        self.trees.meta.insert(NODE_STALE, &[])?;
         self.flush()
     }
 

@@ -84,7 +84,8 @@ impl Store {
                 &changes,
                 &mut |k| self.bucket(k),
                 &years,
-                &mut |kind, id| self.shows_stored_name(user, kind, id, None),
+                &mut |kind, id, _| self.shows_stored_name(user, kind, id, None),
+                &[],
                 &mut node,
             )?;
             merged_buckets.extend(self.merged_node(&node)?);
@@ -99,6 +100,8 @@ impl Store {
     /// Recomputes every statistic from the logs: dictionaries, credits, every user's
     /// buckets. The writer must not be running.
     pub fn rebuild_stats(&self, rules: &CreditRules) -> Result<()> {
+        // Cut short, the node buckets are rebuilt at the next open.
+        self.mark_node_stale()?;
         for tree in [
             &self.trees.itemchunk_items,
             &self.trees.trackchunk_credits,
@@ -148,6 +151,10 @@ impl Store {
     /// are matched to the credited items by identity, and one that matches none gives no
     /// spelling (the user is then shown the stored name).
     pub fn rebuild_spellings(&self, rules: &CreditRules) -> Result<()> {
+        // The stored-name counts follow the spellings: cut short, they are rebuilt at
+        // the next open.
+        self.store_hot()?;
+        self.mark_node_stale()?;
         self.trees.trackid_spellings.clear()?;
         self.trees.userid_item_spelling.clear()?;
         let mut dict = Dictionary::load(self, rules.clone())?;

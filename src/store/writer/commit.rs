@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sled::Transactional;
 
+use crate::stats::chart::Kind;
 use crate::store::aggregates::{Change, NODE_STALE, deltas as node_deltas, is_node_key, merged};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
@@ -34,11 +35,25 @@ impl Writer {
                 continue;
             }
             let years = self.store.user_years(*user)?;
+            // The user's own spellings this group records (stored with it).
+            let mut respelled = Vec::new();
+            let range = keys::user_item(*user, 0, 0)..=keys::user_item(*user, u8::MAX, u32::MAX);
+            for (k, name) in group.spellings.range(range) {
+                let kind =
+                    [Kind::Artist, Kind::Recording, Kind::Release].into_iter().find(|x| x.index() == usize::from(k[4]));
+                if let (Some(_), Some(kind), Ok(id)) = (name, kind, <[u8; 4]>::try_from(&k[5..9])) {
+                    respelled.push((kind, u32::from_be_bytes(id)));
+                }
+            }
+            let pending = Some(&group.spellings);
             node_deltas(
                 changes,
                 &mut |k| self.store.bucket(k),
                 &years,
-                &mut |kind, id| self.store.shows_stored_name(*user, kind, id, Some(&group.spellings)),
+                &mut |kind, id, after| {
+                    self.store.shows_stored_name(*user, kind, id, if after { pending } else { None })
+                },
+                &respelled,
                 &mut node,
             )?;
         }

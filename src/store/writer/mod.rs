@@ -334,7 +334,7 @@ impl Writer {
         w.reset()?;
         // Buckets recounted at open (after an unclean stop) are not stored yet.
         if let Ok(hot) = w.store.hot.read() {
-            for k in hot.keys() {
+            for k in hot.keys().filter(|k| !super::aggregates::is_node_key(k.as_slice())) {
                 w.pending_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
             }
         }
