@@ -462,7 +462,7 @@ impl Store {
             let buckets = self.user_buckets(user.id)?;
             self.whole_user_deltas(user.id, &buckets, true, &mut pending)?;
             // Bounded memory on a large node: fold what is pending into the store.
-            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > 1_000_000 {
+            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > 8_000_000 {
                 spill(&mut pending)?;
             }
         }
