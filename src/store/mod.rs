@@ -180,6 +180,8 @@ pub struct Store {
     pub(crate) tastes: insights::TasteCache,
     /// Network views until the next federation write (`federation::NetworkCache`).
     pub(crate) network: std::sync::Arc<std::sync::Mutex<federation::NetworkCache>>,
+    /// Node buckets read and assembled, until a change of them (`aggregates::NodeCache`).
+    pub(crate) node_cache: std::sync::Arc<std::sync::Mutex<aggregates::NodeCache>>,
     /// Sharing level of new accounts (the node's config), as `SharingLevel::ALL` index.
     default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
     pub(crate) health: std::sync::Arc<Health>,
@@ -349,6 +351,7 @@ impl Store {
             hot: HotBuckets::default(),
             tastes: insights::TasteCache::default(),
             network: Default::default(),
+            node_cache: Default::default(),
             default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
             health: std::sync::Arc::default(),
             reserve_mb: options.reserve_mb,

@@ -288,6 +288,7 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
+        self.node_changed(Some(node.iter().map(|(k, _)| k.as_slice()).filter_map(|k| <&[u8; 9]>::try_from(k).ok())));
         self.flush()
     }
 
@@ -604,6 +605,7 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
+        self.node_changed(Some(bucket_ops.iter().filter_map(|(k, _)| <&[u8; 9]>::try_from(k.as_slice()).ok())));
         self.flush()?;
         Ok(self.delete_user_records(id)? + 1)
     }

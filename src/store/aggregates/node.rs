@@ -467,6 +467,7 @@ impl Store {
             }
         }
         spill(&mut pending)?;
+        self.node_changed(None::<&[[u8; 9]]>);
         self.trees.meta.remove(NODE_STALE)?;
         self.flush()
     }
@@ -504,21 +505,105 @@ impl Store {
     }
 
     /// A node bucket: listens per item, listeners per item, and the bucket's listens
-    /// and listeners.
-    pub(crate) fn node_bucket(&self, granularity: u8, number: i32) -> Result<NodeBucket> {
+    /// and listeners (from the node cache when it holds it).
+    pub(crate) fn node_bucket(&self, granularity: u8, number: i32) -> Result<Arc<NodeBucket>> {
+        let generation = {
+            let cache = self.node_cache.lock().map_err(|_| Error::Invalid("node cache poisoned".into()))?;
+            if let Some(b) = cache.buckets.get(&(granularity, number)) {
+                return Ok(b.clone());
+            }
+            cache.generation
+        };
         let totals = self.bucket(&node_key(WHAT_TOTALS, granularity, number, 0))?.unwrap_or_default();
-        Ok(NodeBucket {
+        let bucket = Arc::new(NodeBucket {
             listens: self.node_chunks(WHAT_LISTENS, granularity, number)?,
             listeners: self.node_chunks(WHAT_LISTENERS, granularity, number)?,
             total_listens: u64::from(totals.total),
             total_listeners: totals.counts[0].first().map_or(0, |c| u64::from(c.1)),
-        })
+        });
+        if let Ok(mut cache) = self.node_cache.lock() {
+            let n = pairs(&bucket.listens) + pairs(&bucket.listeners);
+            if cache.generation == generation && n <= NODE_CACHE_PAIRS {
+                if cache.pairs + n > NODE_CACHE_PAIRS {
+                    cache.buckets.clear();
+                    cache.plain = None;
+                    cache.pairs = 0;
+                }
+                cache.pairs += n;
+                cache.buckets.insert((granularity, number), bucket.clone());
+            }
+        }
+        Ok(bucket)
     }
 
     /// Per item, the counted users who show it under its stored name.
-    pub(crate) fn plain_listeners(&self) -> Result<AggV1> {
-        self.node_chunks(WHAT_PLAIN, BUCKET_ALL, 0)
+    pub(crate) fn plain_listeners(&self) -> Result<Arc<AggV1>> {
+        let generation = {
+            let cache = self.node_cache.lock().map_err(|_| Error::Invalid("node cache poisoned".into()))?;
+            if let Some(p) = &cache.plain {
+                return Ok(p.clone());
+            }
+            cache.generation
+        };
+        let plain = Arc::new(self.node_chunks(WHAT_PLAIN, BUCKET_ALL, 0)?);
+        if let Ok(mut cache) = self.node_cache.lock() {
+            let n = pairs(&plain);
+            if cache.generation == generation && cache.pairs + n <= NODE_CACHE_PAIRS {
+                cache.pairs += n;
+                cache.plain = Some(plain.clone());
+            }
+        }
+        Ok(plain)
     }
+
+    /// Forgets what the node cache holds of the node buckets among `changed` (every one
+    /// when `None`), and what readers are assembling now. Called after the change is
+    /// visible to readers (memory copy or store).
+    pub(crate) fn node_changed<'a>(&self, changed: Option<impl IntoIterator<Item = &'a [u8; 9]>>) {
+        let Ok(mut cache) = self.node_cache.lock() else { return };
+        cache.generation = cache.generation.wrapping_add(1);
+        match changed {
+            None => {
+                cache.buckets.clear();
+                cache.plain = None;
+                cache.pairs = 0;
+            }
+            Some(keys) => {
+                for k in keys.into_iter().filter(|k| is_node_key(k.as_slice())) {
+                    let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
+                    if k[1] == WHAT_PLAIN {
+                        if let Some(p) = cache.plain.take() {
+                            cache.pairs = cache.pairs.saturating_sub(pairs(&p));
+                        }
+                    } else if let Some(b) = cache.buckets.remove(&(k[2], number)) {
+                        cache.pairs = cache.pairs.saturating_sub(pairs(&b.listens) + pairs(&b.listeners));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Node buckets as charts read them (assembled from their chunks), kept until a change
+/// of any of them: a node chart of a week, month, year or all time then costs a top-N
+/// over the cached counts, not a range scan and a decode of every chunk. Bounded by the
+/// counts it holds (`NODE_CACHE_PAIRS`; past it, emptied). Every change of node buckets
+/// calls `Store::node_changed` after it is visible to readers; a reader stores what it
+/// assembled only if no change happened meanwhile (`generation`), so nothing stale is
+/// kept.
+#[derive(Default)]
+pub(crate) struct NodeCache {
+    generation: u64,
+    pairs: usize,
+    buckets: HashMap<(u8, i32), Arc<NodeBucket>>,
+    plain: Option<Arc<AggV1>>,
+}
+
+/// Most counts the node cache holds (about 8 bytes each): 4M, 32 MiB.
+const NODE_CACHE_PAIRS: usize = 4_000_000;
+
+fn pairs(a: &AggV1) -> usize {
+    a.counts.iter().map(Vec::len).sum()
 }
 
 /// One node bucket, read.

@@ -90,10 +90,13 @@ impl Store {
             )?;
             merged_buckets.extend(self.merged_node(&node)?);
         }
+        let changed: Vec<[u8; 9]> = merged_buckets.iter().map(|(k, _)| *k).collect();
         let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         for (k, agg) in merged_buckets {
             hot.insert(k, std::sync::Arc::new(agg));
         }
+        drop(hot);
+        self.node_changed(Some(&changed));
         Ok(())
     }
 
@@ -221,6 +224,9 @@ impl Store {
                 Some(u) => hot.retain(|k, _| k[..4] != keys::user(u)),
             }
         }
+        if user.is_none() {
+            self.node_changed(None::<&[[u8; 9]]>);
+        }
     }
 
     /// Recomputes one user's buckets (after a time zone change), and the node buckets
@@ -252,6 +258,7 @@ impl Store {
             batch.insert(k.to_vec(), encode(agg));
         }
         self.trees.userid_bucket_counts.apply_batch(batch)?;
+        self.node_changed(None::<&[[u8; 9]]>);
         let mark = self.log_head(user)?.n_entries;
         self.trees.userid_statsmark.insert(keys::user(user), &mark.to_be_bytes())?;
         self.flush()

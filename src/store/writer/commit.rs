@@ -237,6 +237,7 @@ impl Writer {
             self.poison("a group commit", &e);
             return Err(e);
         }
+        let node_keys: Vec<[u8; 9]> = buckets.iter().map(|(k, _)| *k).filter(|k| is_node_key(k)).collect();
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         if persist {
             if node_left {
@@ -256,6 +257,8 @@ impl Writer {
             }
             self.pending_users.extend(group_users);
         }
+        drop(hot);
+        self.store.node_changed(Some(&node_keys));
         Ok(())
     }
 }
