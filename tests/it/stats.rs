@@ -647,6 +647,16 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
                     let got: HashMap<u32, (u64, u64)> =
                         node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
                     assert_eq!(got, want, "seed {seed}, {stage}: {kind:?} {period:?}");
+                    // A short chart (the cached head) is the long one's first rows.
+                    let short = t.store.node_chart(kind, period, 3, NOW, &utc).expect("short chart");
+                    let head = |c: &hearsay::store::aggregates::NodeChart, n: usize| -> Vec<(u32, u64, u64)> {
+                        c.rows.iter().take(n).map(|r| (r.row.id, r.row.listens, r.listeners)).collect()
+                    };
+                    assert_eq!(head(&short, 3), head(&node, 3), "seed {seed}, {stage}: {kind:?} {period:?} head");
+                    assert_eq!(
+                        (short.listens, short.listeners, short.distinct),
+                        (node.listens, node.listeners, node.distinct)
+                    );
                     assert_eq!(
                         (node.listens, node.listeners),
                         (listens, listeners),

@@ -422,27 +422,23 @@ impl Store {
         limit: usize,
         (from, to): (i64, i64),
     ) -> Result<NodeChart> {
-        let bucket = self.node_bucket(granularity, number)?;
-        let counts = &bucket.listens.counts[kind.index()];
-        let top =
-            crate::stats::chart::top_with_ties_of(counts.iter().map(|&(id, n)| (id, u64::from(n))).collect(), limit);
+        let head = self.node_top(kind, granularity, number, limit)?;
+        let rows = head.head(limit);
+        let top: Vec<(u32, u64)> = rows.iter().map(|&(id, n, _)| (id, n)).collect();
+        let listeners: HashMap<u32, u64> = rows.iter().map(|&(id, _, l)| (id, l)).collect();
         let by = self.node_spellers(kind, &top)?;
-        let of = &bucket.listeners.counts[kind.index()];
         let rows = self
             .named_rows(kind, top, limit, SpelledBy::Items(&by))?
             .into_iter()
-            .map(|row| {
-                let n = of.binary_search_by_key(&row.id, |c| c.0).map_or(0, |i| u64::from(of[i].1));
-                NodeChartRow { listeners: n, row }
-            })
+            .map(|row| NodeChartRow { listeners: listeners.get(&row.id).copied().unwrap_or(0), row })
             .collect();
         Ok(NodeChart {
             kind,
             from,
             to,
-            listens: bucket.total_listens,
-            listeners: bucket.total_listeners,
-            distinct: counts.len() as u64,
+            listens: head.total_listens,
+            listeners: head.total_listeners,
+            distinct: head.distinct,
             rows,
         })
     }

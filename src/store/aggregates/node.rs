@@ -536,6 +536,45 @@ impl Store {
         Ok(bucket)
     }
 
+    /// The head of the node chart of one bucket and kind, at least `limit` rows (with
+    /// ties) when the bucket has them: from the node cache up to `CACHED_TOP` rows.
+    pub(crate) fn node_top(&self, kind: Kind, granularity: u8, number: i32, limit: usize) -> Result<Arc<NodeTop>> {
+        let key = (granularity, number, kind.index());
+        let generation = {
+            let cache = self.node_cache.lock().map_err(|_| Error::Invalid("node cache poisoned".into()))?;
+            match cache.tops.get(&key) {
+                Some(t) if limit <= CACHED_TOP => return Ok(t.clone()),
+                _ => cache.generation,
+            }
+        };
+        let bucket = self.node_bucket(granularity, number)?;
+        let counts = &bucket.listens.counts[kind.index()];
+        let of = &bucket.listeners.counts[kind.index()];
+        let top = crate::stats::chart::top_with_ties_of(
+            counts.iter().map(|&(id, n)| (id, u64::from(n))).collect(),
+            limit.max(CACHED_TOP),
+        );
+        let rows = top
+            .into_iter()
+            .map(|(id, n)| (id, n, of.binary_search_by_key(&id, |c| c.0).map_or(0, |i| u64::from(of[i].1))))
+            .collect();
+        let t = Arc::new(NodeTop {
+            rows,
+            total_listens: bucket.total_listens,
+            total_listeners: bucket.total_listeners,
+            distinct: counts.len() as u64,
+        });
+        if let Ok(mut cache) = self.node_cache.lock() {
+            if cache.generation == generation && limit <= CACHED_TOP {
+                if cache.tops.len() >= 256 {
+                    cache.tops.clear();
+                }
+                cache.tops.insert(key, t.clone());
+            }
+        }
+        Ok(t)
+    }
+
     /// Per item, the counted users who show it under its stored name.
     pub(crate) fn plain_listeners(&self) -> Result<Arc<AggV1>> {
         let generation = {
@@ -566,6 +605,7 @@ impl Store {
             None => {
                 cache.buckets.clear();
                 cache.plain = None;
+                cache.tops.clear();
                 cache.pairs = 0;
             }
             Some(keys) => {
@@ -575,8 +615,13 @@ impl Store {
                         if let Some(p) = cache.plain.take() {
                             cache.pairs = cache.pairs.saturating_sub(pairs(&p));
                         }
-                    } else if let Some(b) = cache.buckets.remove(&(k[2], number)) {
-                        cache.pairs = cache.pairs.saturating_sub(pairs(&b.listens) + pairs(&b.listeners));
+                    } else {
+                        if let Some(b) = cache.buckets.remove(&(k[2], number)) {
+                            cache.pairs = cache.pairs.saturating_sub(pairs(&b.listens) + pairs(&b.listeners));
+                        }
+                        for kind in 0..3 {
+                            cache.tops.remove(&(k[2], number, kind));
+                        }
                     }
                 }
             }
@@ -597,6 +642,38 @@ pub(crate) struct NodeCache {
     pairs: usize,
     buckets: HashMap<(u8, i32), Arc<NodeBucket>>,
     plain: Option<Arc<AggV1>>,
+    /// The top `CACHED_TOP` (with ties) of a bucket and kind: an all-time bucket of a
+    /// large node holds millions of counts, more than `NODE_CACHE_PAIRS`, and a chart
+    /// needs only its head.
+    tops: HashMap<(u8, i32, usize), Arc<NodeTop>>,
+}
+
+/// Rows of a node chart kept ready per bucket and kind (more are computed each time).
+pub(crate) const CACHED_TOP: usize = 1_000;
+
+/// The head of a node chart: `(item, listens, listeners)` by listens (then id), with
+/// every item tied at the last place; the bucket's totals.
+pub(crate) struct NodeTop {
+    pub rows: Vec<(u32, u64, u64)>,
+    pub total_listens: u64,
+    pub total_listeners: u64,
+    pub distinct: u64,
+}
+
+impl NodeTop {
+    /// The first `n` rows and every row tied with the `n`-th.
+    pub(crate) fn head(&self, n: usize) -> &[(u32, u64, u64)] {
+        if n == 0 {
+            return &[];
+        }
+        match self.rows.get(n - 1) {
+            None => &self.rows,
+            Some(&(_, boundary, _)) => {
+                let end = self.rows.iter().position(|r| r.1 < boundary).unwrap_or(self.rows.len());
+                &self.rows[..end]
+            }
+        }
+    }
 }
 
 /// Most counts the node cache holds (about 8 bytes each): 4M, 32 MiB.
