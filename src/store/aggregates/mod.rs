@@ -457,11 +457,11 @@ impl Store {
             artists.dedup();
             wanted.extend(artists.into_iter().map(|a| (Kind::Artist, a)));
         }
-        let plain = self.plain_listeners()?;
+        let plain = self.shown_plain(&wanted)?;
         // Items no counted member shows under the stored name: someone's own spelling.
         let respelled: BTreeMap<(u8, u32), ()> = wanted
             .into_iter()
-            .filter(|(k, id)| plain.counts[k.index()].binary_search_by_key(id, |c| c.0).is_err())
+            .filter(|item| !plain.contains(item))
             .map(|(k, id)| ((k.index() as u8, id), ()))
             .collect();
         let mut out = HashMap::new();

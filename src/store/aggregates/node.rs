@@ -526,7 +526,6 @@ impl Store {
             if cache.generation == generation && n <= NODE_CACHE_PAIRS {
                 if cache.pairs + n > NODE_CACHE_PAIRS {
                     cache.buckets.clear();
-                    cache.plain = None;
                     cache.pairs = 0;
                 }
                 cache.pairs += n;
@@ -575,24 +574,21 @@ impl Store {
         Ok(t)
     }
 
-    /// Per item, the counted users who show it under its stored name.
-    pub(crate) fn plain_listeners(&self) -> Result<Arc<AggV1>> {
-        let generation = {
-            let cache = self.node_cache.lock().map_err(|_| Error::Invalid("node cache poisoned".into()))?;
-            if let Some(p) = &cache.plain {
-                return Ok(p.clone());
+    /// Which of `items` some counted user shows under its stored name: reads only the
+    /// chunks holding them.
+    pub(crate) fn shown_plain(&self, items: &[(Kind, u32)]) -> Result<BTreeSet<(Kind, u32)>> {
+        let mut chunks: BTreeMap<u16, Option<Arc<AggV1>>> = BTreeMap::new();
+        let mut out = BTreeSet::new();
+        for &(kind, id) in items {
+            let chunk = chunk_of(id);
+            if let std::collections::btree_map::Entry::Vacant(v) = chunks.entry(chunk) {
+                v.insert(self.bucket(&node_key(WHAT_PLAIN, BUCKET_ALL, 0, chunk))?);
             }
-            cache.generation
-        };
-        let plain = Arc::new(self.node_chunks(WHAT_PLAIN, BUCKET_ALL, 0)?);
-        if let Ok(mut cache) = self.node_cache.lock() {
-            let n = pairs(&plain);
-            if cache.generation == generation && cache.pairs + n <= NODE_CACHE_PAIRS {
-                cache.pairs += n;
-                cache.plain = Some(plain.clone());
+            if chunks.get(&chunk).and_then(Option::as_ref).is_some_and(|c| count_in(&c.counts[kind.index()], id) > 0) {
+                out.insert((kind, id));
             }
         }
-        Ok(plain)
+        Ok(out)
     }
 
     /// Forgets what the node cache holds of the node buckets among `changed` (every one
@@ -604,18 +600,13 @@ impl Store {
         match changed {
             None => {
                 cache.buckets.clear();
-                cache.plain = None;
                 cache.tops.clear();
                 cache.pairs = 0;
             }
             Some(keys) => {
                 for k in keys.into_iter().filter(|k| is_node_key(k.as_slice())) {
                     let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
-                    if k[1] == WHAT_PLAIN {
-                        if let Some(p) = cache.plain.take() {
-                            cache.pairs = cache.pairs.saturating_sub(pairs(&p));
-                        }
-                    } else {
+                    if k[1] != WHAT_PLAIN {
                         if let Some(b) = cache.buckets.remove(&(k[2], number)) {
                             cache.pairs = cache.pairs.saturating_sub(pairs(&b.listens) + pairs(&b.listeners));
                         }
@@ -641,7 +632,6 @@ pub(crate) struct NodeCache {
     generation: u64,
     pairs: usize,
     buckets: HashMap<(u8, i32), Arc<NodeBucket>>,
-    plain: Option<Arc<AggV1>>,
     /// The top `CACHED_TOP` (with ties) of a bucket and kind: an all-time bucket of a
     /// large node holds millions of counts, more than `NODE_CACHE_PAIRS`, and a chart
     /// needs only its head.
