@@ -95,7 +95,7 @@ pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 /// (`store::aggregates::node`): `0xFF ‖ what u8 (0 listens, 1 listeners, 2 stored-name
 /// listeners, 3 totals) ‖ granularity u8 (1 month, 2 year, 3 ISO week numbered by its
 /// Monday's day number, 4 all time numbered 0) ‖ number (i32 + 2^31) ‖ chunk u16 (item
-/// id / 1,024)`; no account's id starts with 0xFF.
+/// id / 256)`; no account's id starts with 0xFF.
 pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 
 /// `userid_statsmark`: `user id u32` -> `seq u64 BE`: every log entry before this seq is

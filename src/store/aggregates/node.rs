@@ -19,7 +19,7 @@
 //! `NODE_STALE` and an open rebuilds them from the user buckets: otherwise stored node
 //! buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
-//! bucket is split into chunks of 1,024 item ids (`CHUNK_SHIFT`), so a change rewrites
+//! bucket is split into chunks of 256 item ids (`CHUNK_SHIFT`), so a change rewrites
 //! only the few small chunks holding the items it touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
 //! one range scan, in item order.
@@ -59,8 +59,8 @@ const WHAT_LISTENS: u8 = 0;
 const WHAT_LISTENERS: u8 = 1;
 const WHAT_PLAIN: u8 = 2;
 const WHAT_TOTALS: u8 = 3;
-/// Item ids per chunk of a node bucket: 2^10.
-const CHUNK_SHIFT: u32 = 10;
+/// Item ids per chunk of a node bucket: 2^8.
+const CHUNK_SHIFT: u32 = 8;
 
 /// The key of one chunk of a node bucket.
 fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
@@ -70,7 +70,7 @@ fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
     k
 }
 
-/// The chunk an item's counts are in (the last one holds every id past 2^26).
+/// The chunk an item's counts are in (the last one holds every id past 2^24).
 fn chunk_of(item: u32) -> u16 {
     u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
 }
