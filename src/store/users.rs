@@ -17,6 +17,7 @@ use super::values::{
 };
 use super::{Error, Result, Store};
 use crate::auth;
+use crate::store::aggregates::{BucketWrite, bucket_write, write_buckets};
 
 /// Longest user name.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -274,17 +275,11 @@ impl Store {
         record.visibility = visibility;
         record.levels.change(now, visibility);
         let value = encode(&record);
-        let node: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            node.iter().map(|(k, agg)| (k.to_vec(), (agg.total > 0).then(|| encode(agg)))).collect();
+        let node: Vec<BucketWrite> = node.iter().map(|(k, agg)| bucket_write(k, agg)).collect();
         (&self.trees.userid_user, &self.trees.userid_bucket_counts)
             .transaction(|(users, buckets)| {
                 users.insert(&key, value.clone())?;
-                for (k, v) in &node {
-                    match v {
-                        Some(v) => buckets.insert(k.as_slice(), v.as_slice())?,
-                        None => buckets.remove(k.as_slice())?,
-                    };
-                }
+                write_buckets(buckets, &node)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
@@ -580,13 +575,13 @@ impl Store {
         // A user counted in node charts leaves them with the account: their buckets go
         // in the same transaction as the node buckets lose them.
         self.store_hot()?;
-        let mut bucket_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut bucket_ops: Vec<BucketWrite> = Vec::new();
         let buckets = self.user_buckets(id)?;
         if crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
             let mut deltas = std::collections::HashMap::new();
             self.whole_user_deltas(id, &buckets, false, &mut deltas)?;
             for (k, agg) in self.merged_node(&deltas)? {
-                bucket_ops.push((k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
+                bucket_ops.push(bucket_write(&k, &agg));
             }
         }
         bucket_ops.extend(buckets.keys().map(|k| (k.to_vec(), None)));
@@ -596,12 +591,7 @@ impl Store {
                 names.remove(name_key.as_slice())?;
                 users.remove(&keys::user(id))?;
                 meta.insert(&keys::pending(keys::Pending::DeleteUser, id), &[])?;
-                for (k, v) in &bucket_ops {
-                    match v {
-                        Some(v) => counts.insert(k.as_slice(), v.as_slice())?,
-                        None => counts.remove(k.as_slice())?,
-                    };
-                }
+                write_buckets(counts, &bucket_ops)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;

@@ -593,6 +593,12 @@ fn a_private_user_who_came_first_changes_no_one_elses_chart_or_loves() {
     assert_eq!(with.1, [("creep".to_owned(), Some("radiohead".to_owned()))], "loves as the member sent them");
 }
 
+/// Every stored node bucket (keys starting with 0xFF), raw.
+fn node_bucket_bytes(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
+    tree.iter().map(|kv| kv.expect("kv")).filter(|(k, _)| k[0] == 0xff).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
 /// The node buckets (`store::aggregates::node`), kept up by every group, sharing-level
 /// change, time-zone recount and deletion, equal the sums of the public members' own
 /// charts for weeks, months, years and all time (listens and listeners per item), and
@@ -716,15 +722,7 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
         }
         check("end", &weeks, &users);
         t.ingestor.stop();
-        let node_buckets = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
-            let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-            tree.iter()
-                .map(|kv| kv.expect("kv"))
-                .filter(|(k, _)| k[0] == 0xff)
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect()
-        };
-        let incremental = node_buckets(&t.store);
+        let incremental = node_bucket_bytes(&t.store);
         assert!(
             !incremental.is_empty()
                 || users.iter().all(|u| t
@@ -735,9 +733,9 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
             "seed {seed}: no node buckets"
         );
         t.store.rebuild_node_stats().expect("rebuild node");
-        assert!(incremental == node_buckets(&t.store), "seed {seed}: node buckets differ from a rebuild");
+        assert!(incremental == node_bucket_bytes(&t.store), "seed {seed}: node buckets differ from a rebuild");
         t.store.rebuild_stats(&CreditRules::default()).expect("rebuild");
-        assert!(incremental == node_buckets(&t.store), "seed {seed}: node buckets differ from a full rebuild");
+        assert!(incremental == node_bucket_bytes(&t.store), "seed {seed}: node buckets differ from a full rebuild");
         check("rebuilt", &weeks, &users);
     }
 }
@@ -758,17 +756,9 @@ fn the_schema_12_migration_builds_the_node_statistics() {
     };
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
     let dir = t.close();
-    let node_keys = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
-        let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-        tree.iter()
-            .map(|kv| kv.expect("kv"))
-            .filter(|(k, _)| k[0] == 0xff)
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect()
-    };
     {
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
-        let before = node_keys(&store);
+        let before = node_bucket_bytes(&store);
         assert!(!before.is_empty());
         {
             let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
@@ -781,7 +771,7 @@ fn the_schema_12_migration_builds_the_node_statistics() {
         }
         drop(store);
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("migrated");
-        assert!(before == node_keys(&store), "the migration rebuilds the node buckets");
+        assert!(before == node_bucket_bytes(&store), "the migration rebuilds the node buckets");
     }
     let t = TestStore::reopen(dir);
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
@@ -841,17 +831,9 @@ fn a_respelling_in_one_group_moves_the_stored_name_count() {
     };
     assert_eq!(name(&t.store), [("FOO FIGHTERS".to_owned(), 1)], "the public member's spelling");
     t.ingestor.stop();
-    let node_buckets = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
-        let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-        tree.iter()
-            .map(|kv| kv.expect("kv"))
-            .filter(|(k, _)| k[0] == 0xff)
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect()
-    };
-    let incremental = node_buckets(&t.store);
+    let incremental = node_bucket_bytes(&t.store);
     t.store.rebuild_node_stats().expect("rebuild");
-    assert!(incremental == node_buckets(&t.store), "equal to a rebuild");
+    assert!(incremental == node_bucket_bytes(&t.store), "equal to a rebuild");
     assert_eq!(name(&t.store), [("FOO FIGHTERS".to_owned(), 1)]);
 }
 

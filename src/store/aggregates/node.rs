@@ -75,6 +75,27 @@ fn chunk_of(item: u32) -> u16 {
     u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
 }
 
+/// A bucket as a write: stored while it counts anything, else removed.
+pub(crate) type BucketWrite = (Vec<u8>, Option<Vec<u8>>);
+
+pub(crate) fn bucket_write(key: &[u8; 9], agg: &AggV1) -> BucketWrite {
+    (key.to_vec(), (agg.total > 0).then(|| encode(agg)))
+}
+
+/// Applies bucket writes inside a transaction.
+pub(crate) fn write_buckets(
+    tree: &sled::transaction::TransactionalTree,
+    writes: &[BucketWrite],
+) -> std::result::Result<(), sled::transaction::UnabortableTransactionError> {
+    for (k, v) in writes {
+        match v {
+            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+            None => tree.remove(k.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
 /// Whether a bucket key is a node bucket's.
 pub(crate) fn is_node_key(key: &[u8]) -> bool {
     key.first() == Some(&0xFF)

@@ -225,15 +225,8 @@ impl Writer {
         let k = usize::from(kind);
         let mut prefix = keys::user(user).to_vec();
         prefix.push(BUCKET_YEAR);
-        let mut years: BTreeSet<[u8; 9]> = BTreeSet::new();
-        for key in self.store.trees.userid_bucket_counts.scan_prefix(&prefix).keys() {
-            if let Ok(key) = <[u8; 9]>::try_from(key?.as_ref()) {
-                years.insert(key);
-            }
-        }
-        if let Ok(hot) = self.store.hot.read() {
-            years.extend(hot.keys().filter(|key| key.starts_with(&prefix)));
-        }
+        let mut years: BTreeSet<[u8; 9]> =
+            self.store.user_years(user)?.into_iter().map(|y| keys::bucket(user, BUCKET_YEAR, y)).collect();
         years.extend(group.aggs.keys().filter(|key| key.starts_with(&prefix)));
         let mut n = 0i64;
         for key in &years {
