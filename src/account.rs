@@ -338,10 +338,10 @@ pub fn import(
                 return;
             }
             batch.extend(block.entries.iter().map(|(e, _)| crate::store::Action::Adopt(from_wire(e.clone()))));
-            if batch.len() >= 1024 {
-                if let Err(e) = ingestor.ingest_blocking(user.id, std::mem::take(&mut batch)) {
-                    failure = Some(e);
-                }
+            if batch.len() >= 1024
+                && let Err(e) = ingestor.ingest_blocking(user.id, std::mem::take(&mut batch))
+            {
+                failure = Some(e);
             }
         })?;
         if let Some(e) = failure {

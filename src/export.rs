@@ -130,11 +130,11 @@ pub fn export(store: &Store, user: UserId, format: ExportFormat, out: &mut impl 
     store.each_listen(user, i64::MIN, i64::MAX, Order::OldestFirst, |l| {
         pending.push(l);
         n += 1;
-        if pending.len() >= 1024 {
-            if let Err(e) = flush(&mut pending, out) {
-                io_error = Some(e);
-                return Ok(false);
-            }
+        if pending.len() >= 1024
+            && let Err(e) = flush(&mut pending, out)
+        {
+            io_error = Some(e);
+            return Ok(false);
         }
         Ok(true)
     })?;

@@ -410,12 +410,12 @@ pub async fn serve(
 pub fn raise_open_file_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum {
-        if limit.current.is_some_and(|soft| soft < hard) {
-            let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                return hard;
-            }
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
         }
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)

@@ -720,10 +720,10 @@ impl Read<'_> {
             )
             .map_err(store_err)?;
         let mut container = El::list("recenttracks", "track").attr("user", &user.name).paged(page, limit, total);
-        if page == 1 {
-            if let Some(p) = state.live.playing(user.id) {
-                container = container.child(self.track_el(&user, &p.track).attr("nowplaying", "true"));
-            }
+        if page == 1
+            && let Some(p) = state.live.playing(user.id)
+        {
+            container = container.child(self.track_el(&user, &p.track).attr("nowplaying", "true"));
         }
         for l in &listens {
             let t = l.listen.track();

@@ -408,10 +408,10 @@ async fn listens(
         Some(c) => (c as usize).min(MAX_ITEMS_PER_GET),
         None => DEFAULT_ITEMS_PER_GET,
     };
-    if let (Some(min), Some(max)) = (q.min_ts, q.max_ts) {
-        if max <= min {
-            return Err(LbError::bad("max_ts should be greater than min_ts"));
-        }
+    if let (Some(min), Some(max)) = (q.min_ts, q.max_ts)
+        && max <= min
+    {
+        return Err(LbError::bad("max_ts should be greater than min_ts"));
     }
     // Both bounds are exclusive, as in ListenBrainz.
     let from = q.min_ts.map_or(0, |t| t.saturating_add(1));

@@ -18,12 +18,12 @@ use crate::log::TrackRef;
 /// accepted too), else the `token` query parameter.
 pub fn token_of(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> {
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Some((scheme, token)) = header.and_then(|h| h.trim().split_once(' ')) {
-        if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
-            let token = token.trim();
-            if !token.is_empty() {
-                return Some(token.to_owned());
-            }
+    if let Some((scheme, token)) = header.and_then(|h| h.trim().split_once(' '))
+        && (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+    {
+        let token = token.trim();
+        if !token.is_empty() {
+            return Some(token.to_owned());
         }
     }
     query_token.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_owned())

@@ -107,8 +107,9 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
         for (i, ((s, id, _), h)) in peers.iter().zip(&handles).enumerate() {
             // A public listener per node with `items` artists and tracks, half of them
             // shared by every node: a realistic snapshot size.
-            let name =
-                |j: usize| if j % 2 == 0 { format!("Shared Artist {j}") } else { format!("Node {i} Artist {j}") };
+            let name = |j: usize| {
+                if j.is_multiple_of(2) { format!("Shared Artist {j}") } else { format!("Node {i} Artist {j}") }
+            };
             let users = [UserPeriod {
                 user: 1,
                 level: SharingLevel::Public,

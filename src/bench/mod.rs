@@ -19,6 +19,7 @@ use crate::log::{Listen, TrackRef};
 use crate::store::{self, Action, Ingestor, Outcome, Store};
 
 mod federation;
+mod secagg;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -36,6 +37,20 @@ pub enum BenchCmd {
         items: usize,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+    },
+    /// Secure aggregation (`federation::secagg`): a member's time and bytes per report,
+    /// and each aggregator's time to verify and sum a batch over a vocabulary.
+    Secagg {
+        #[arg(long, default_value_t = 1000)]
+        reports: usize,
+        /// Items in the vocabulary, half artists, half tracks.
+        #[arg(long, default_value_t = 2000)]
+        vocabulary: usize,
+        #[arg(long, default_value_t = 3)]
+        l0: u32,
+        /// Member nodes the reports come from.
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
     },
     /// The deterministic federation simulator (`federation::sim`): the same intake and
     /// merge code as a node over a virtual clock and network. Prints, per adversary
@@ -336,6 +351,7 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Sim { nodes, communities, periods, seed, scenario, snapshots } => {
             return sim(nodes, communities, periods, seed, scenario.as_deref(), snapshots);
         }
+        BenchCmd::Secagg { reports, vocabulary, l0, nodes } => return secagg::run(reports, vocabulary, l0, nodes),
         BenchCmd::Http { connections, seconds } => return http(config, connections, seconds),
         BenchCmd::Web { listens, requests } => return web(config, listens, requests),
         BenchCmd::Logins { count, clients } => return logins(config, count, clients),
@@ -906,7 +922,7 @@ fn logins(config: &Config, count: u64, clients: u64) -> anyhow::Result<std::proc
     let served = Served::start(node)?;
     let base = served.base.clone();
     let one = |agent: &ureq::Agent, i: u64| -> anyhow::Result<()> {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             // The web form: its page sets the pre-session form cookie and token.
             let page = agent.get(&format!("{base}/login")).call()?;
             let cookie = page.header("set-cookie").unwrap_or_default().split(';').next().unwrap_or_default().to_owned();

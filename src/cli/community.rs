@@ -104,10 +104,10 @@ fn open(config: &Config) -> anyhow::Result<(Store, NodeIdentity)> {
 
 fn find(store: &Store, what: &str) -> anyhow::Result<(CommunityId, crate::federation::community::SignedManifest)> {
     for (id, _) in store.followed()? {
-        if let Some(m) = store.manifest(&id)? {
-            if short_hex(&id) == what || hex::encode(id) == what || m.manifest.name == what {
-                return Ok((id, m));
-            }
+        if let Some(m) = store.manifest(&id)?
+            && (short_hex(&id) == what || hex::encode(id) == what || m.manifest.name == what)
+        {
+            return Ok((id, m));
         }
     }
     bail!("no followed community is named or has the id {what:?} (see `hearsay community list`)")

@@ -6,6 +6,7 @@
 pub mod community;
 pub mod merge;
 pub mod result;
+pub mod secagg;
 pub mod sim;
 pub mod validate;
 

@@ -188,7 +188,7 @@ mod tests {
             artist_names: vec![],
             artist_mbids: vec![],
             title: format!("Title {i}"),
-            album: (i % 2 == 0).then(|| "Album".to_string()),
+            album: i.is_multiple_of(2).then(|| "Album".to_string()),
             recording_mbid: None,
             release_mbid: None,
         }
@@ -222,7 +222,7 @@ mod tests {
             let salt = [*t; 16];
             link = next_link(&link, seq, &content_hash(&user, seq, &salt, &body));
             entries.push((Content::Present { salt, body }, check_of(&link)));
-            if (seq as usize + 1) % seal_every == 0 || seq as usize + 1 == bodies.len() {
+            if (seq as usize + 1).is_multiple_of(seal_every) || seq as usize + 1 == bodies.len() {
                 seals.push((seq, make_seal(&key, seq, &link, 1_700_000_000)));
             }
         }

@@ -1153,7 +1153,7 @@ impl Task {
         // for the peer's newest refs again: what a failed fetch or a lost answer
         // skipped comes back within that many rounds (an hour at the default interval).
         self.rounds = self.rounds.wrapping_add(1);
-        if self.rounds % FULL_ROUND_EVERY == 0 {
+        if self.rounds.is_multiple_of(FULL_ROUND_EVERY) {
             self.watermarks.clear();
         }
         // Round robin over the connected peers. (It was `now % peers`: with a sync

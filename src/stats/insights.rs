@@ -18,10 +18,10 @@ pub fn streaks(days: &[i32], today: i32) -> Streaks {
             Some((start, len)) if i64::from(start) + i64::from(len) == i64::from(d) => Some((start, len + 1)),
             Some(_) | None => Some((d, 1)),
         };
-        if let Some(r) = run {
-            if out.longest.is_none_or(|l| r.1 > l.1) {
-                out.longest = Some(r);
-            }
+        if let Some(r) = run
+            && out.longest.is_none_or(|l| r.1 > l.1)
+        {
+            out.longest = Some(r);
         }
     }
     if let Some((start, len)) = run {

@@ -217,10 +217,10 @@ impl Store {
     /// A user's artist taste vector (cached until their log changes).
     fn taste_of(&self, user: UserId) -> Result<Arc<Vec<(u32, f32)>>> {
         let entries = self.log_head(user)?.n_entries;
-        if let Some((n, v)) = self.tastes.lock().ok().and_then(|c| c.get(&user)) {
-            if n == entries {
-                return Ok(v);
-            }
+        if let Some((n, v)) = self.tastes.lock().ok().and_then(|c| c.get(&user))
+            && n == entries
+        {
+            return Ok(v);
         }
         let tz = self.user_tz(user)?;
         let (sums, _) = self.sum_range(user, MIN_LISTENED_AT, period::MAX_INSTANT, &tz)?;

@@ -291,10 +291,10 @@ impl Store {
                 });
             }
             let slot = (seq - first) as u8;
-            if let Some(Some(block)) = blocks.get(&first) {
-                if let Some((_, info)) = block.items.iter().find(|(s, _)| *s == slot) {
-                    out.insert(seq, info.clone());
-                }
+            if let Some(Some(block)) = blocks.get(&first)
+                && let Some((_, info)) = block.items.iter().find(|(s, _)| *s == slot)
+            {
+                out.insert(seq, info.clone());
             }
         }
         Ok(out)
@@ -412,10 +412,10 @@ impl Store {
         let head = self.log_head(user)?;
         let result = verifier.finish();
         // The head record must agree with the chain it summarises.
-        if let Ok(v) = &result {
-            if v.n_entries != head.n_entries || (v.n_entries > 0 && v.head != head.head) {
-                return Ok(Err(VerifyError::Entry { seq: head.n_entries.min(v.n_entries) }));
-            }
+        if let Ok(v) = &result
+            && (v.n_entries != head.n_entries || (v.n_entries > 0 && v.head != head.head))
+        {
+            return Ok(Err(VerifyError::Entry { seq: head.n_entries.min(v.n_entries) }));
         }
         Ok(result)
     }

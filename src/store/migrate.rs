@@ -134,10 +134,10 @@ fn rekey_duplicates(store: &Store) -> Result<()> {
                 blocks.insert(bk, decode(USERID_SEQ_BLOCK, &bk, &bytes)?);
             }
             let entry = blocks.get(&bk).and_then(|b| b.entries.get((item.seq - first) as usize));
-            if let Some(StoredEntry::Listen { track, .. }) = entry {
-                if let Some(key) = new_keys.get(track) {
-                    item.key = key.to_be_bytes();
-                }
+            if let Some(StoredEntry::Listen { track, .. }) = entry
+                && let Some(key) = new_keys.get(track)
+            {
+                item.key = key.to_be_bytes();
             }
         }
         store.trees.userid_day_listens.insert(k, encode(&day))?;

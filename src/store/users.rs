@@ -351,10 +351,10 @@ impl Store {
             let (_, digest) = kv?;
             let Some(bytes) = self.trees.tokendigest_token.get(&digest)? else { continue };
             let r: TokenV2 = decode(schema::TOKENDIGEST_TOKEN, &digest, &bytes)?;
-            if let Some(md5) = r.legacy_md5 {
-                if check(&hex::encode(md5)) {
-                    return Ok(Some(r.name));
-                }
+            if let Some(md5) = r.legacy_md5
+                && check(&hex::encode(md5))
+            {
+                return Ok(Some(r.name));
             }
         }
         Ok(None)

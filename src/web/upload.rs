@@ -126,10 +126,10 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multi
     tokio::task::spawn_blocking(move || {
         let options = Options { now: crate::now_unix(), timezone: tz };
         let update = |f: &dyn Fn(&mut Job)| {
-            if let Ok(mut j) = jobs.lock() {
-                if let Some(job) = j.get_mut(&job_id) {
-                    f(job);
-                }
+            if let Ok(mut j) = jobs.lock()
+                && let Some(job) = j.get_mut(&job_id)
+            {
+                f(job);
             }
         };
         let prefix = format!("{job_id}-");

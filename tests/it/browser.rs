@@ -67,12 +67,11 @@ async fn shot(client: &Client, dir: &Path, name: &str) {
 /// The page's text once it has loaded (a click may still be navigating).
 async fn text(client: &Client) -> String {
     for _ in 0..100 {
-        if let Ok(body) = client.find(Locator::Css("body")).await {
-            if let Ok(t) = body.text().await {
-                if !t.is_empty() {
-                    return t;
-                }
-            }
+        if let Ok(body) = client.find(Locator::Css("body")).await
+            && let Ok(t) = body.text().await
+            && !t.is_empty()
+        {
+            return t;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -800,12 +800,12 @@ fn user_timeline(
     }
     // Every event ends before `end` (local rhythms can spill past the last UTC
     // midnight): shift the whole timeline back by whole days.
-    if let Some(last) = events.iter().map(|e| e.at + e.ms_played / 1000).max() {
-        if last >= end {
-            let shift = ((last - end) / 86_400 + 1) * 86_400;
-            for e in &mut events {
-                e.at -= shift;
-            }
+    if let Some(last) = events.iter().map(|e| e.at + e.ms_played / 1000).max()
+        && last >= end
+    {
+        let shift = ((last - end) / 86_400 + 1) * 86_400;
+        for e in &mut events {
+            e.at -= shift;
         }
     }
     (events, tz)

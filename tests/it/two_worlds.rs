@@ -123,10 +123,10 @@ fn routes() -> BTreeSet<String> {
         // `.route(` then the path literal, on the same line or the next.
         for part in text.split(".route(").skip(1) {
             let rest = part.trim_start();
-            if let Some(literal) = rest.strip_prefix('"') {
-                if let Some(path) = literal.split('"').next() {
-                    out.insert(path.to_owned());
-                }
+            if let Some(literal) = rest.strip_prefix('"')
+                && let Some(path) = literal.split('"').next()
+            {
+                out.insert(path.to_owned());
             }
         }
     }
@@ -462,10 +462,10 @@ fn crawl(worlds: &[World; 2], periods: &[i64], tokens: &[(&'static str, String)]
             let outputs: Vec<(u16, String)> = (0..2)
                 .map(|i| {
                     let mut u = format!("{}{url}", worlds[i].node.url);
-                    if url.starts_with("/2.0/") {
-                        if let Some(sk) = &sk[i] {
-                            u.push_str(&format!("&sk={sk}"));
-                        }
+                    if url.starts_with("/2.0/")
+                        && let Some(sk) = &sk[i]
+                    {
+                        u.push_str(&format!("&sk={sk}"));
                     }
                     let (s, b) = fetch(&u, w, i);
                     // Each world's own address (the /connect page names it) is its own.

@@ -187,10 +187,10 @@ impl Dictionary {
         if lookup(Kind::Recording, &c.title, main) == Some(credits.recording) {
             named.push((Kind::Recording, credits.recording, c.title.as_str()));
         }
-        if let (Some(album), Some(r)) = (album, credits.release) {
-            if lookup(Kind::Release, album, main) == Some(r) {
-                named.push((Kind::Release, r, album));
-            }
+        if let (Some(album), Some(r)) = (album, credits.release)
+            && lookup(Kind::Release, album, main) == Some(r)
+        {
+            named.push((Kind::Release, r, album));
         }
         let variants: Vec<(u8, u32, String)> = named
             .into_iter()

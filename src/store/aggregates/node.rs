@@ -186,10 +186,10 @@ impl Unit<'_> {
             let mut items = BTreeSet::new();
             for (b, a) in &self.parts {
                 // An unchanged part is the same bucket on both sides: nothing differs.
-                if let (Some(b), Some(a)) = (b, a) {
-                    if std::ptr::eq(*b, *a) {
-                        continue;
-                    }
+                if let (Some(b), Some(a)) = (b, a)
+                    && std::ptr::eq(*b, *a)
+                {
+                    continue;
                 }
                 let empty: &[(u32, u32)] = &[];
                 differing(b.map_or(empty, |x| &x.counts[k]), a.map_or(empty, |x| &x.counts[k]), &mut items);
@@ -584,13 +584,14 @@ impl Store {
             total_listeners: bucket.total_listeners,
             distinct: counts.len() as u64,
         });
-        if let Ok(mut cache) = self.node_cache.lock() {
-            if cache.generation == generation && limit <= CACHED_TOP {
-                if cache.tops.len() >= 256 {
-                    cache.tops.clear();
-                }
-                cache.tops.insert(key, t.clone());
+        if let Ok(mut cache) = self.node_cache.lock()
+            && cache.generation == generation
+            && limit <= CACHED_TOP
+        {
+            if cache.tops.len() >= 256 {
+                cache.tops.clear();
             }
+            cache.tops.insert(key, t.clone());
         }
         Ok(t)
     }

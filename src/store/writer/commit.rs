@@ -209,11 +209,11 @@ impl Writer {
         let mut slot = [usize::MAX; 16];
         let mut used: Vec<&sled::Tree> = Vec::new();
         for (i, _, _) in &ops {
-            if let (Some(s), Some(tree)) = (slot.get_mut(*i), trees.get(*i)) {
-                if *s == usize::MAX {
-                    *s = used.len();
-                    used.push(tree);
-                }
+            if let (Some(s), Some(tree)) = (slot.get_mut(*i), trees.get(*i))
+                && *s == usize::MAX
+            {
+                *s = used.len();
+                used.push(tree);
             }
         }
         let written = if used.is_empty() {

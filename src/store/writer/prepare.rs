@@ -230,12 +230,11 @@ impl Writer {
         years.extend(group.aggs.keys().filter(|key| key.starts_with(&prefix)));
         let mut n = 0i64;
         for key in &years {
-            if let Some(agg) = self.store.bucket(key)? {
-                if let Some(counts) = agg.counts.get(k) {
-                    if let Ok(i) = counts.binary_search_by_key(&item, |c| c.0) {
-                        n += i64::from(counts[i].1);
-                    }
-                }
+            if let Some(agg) = self.store.bucket(key)?
+                && let Some(counts) = agg.counts.get(k)
+                && let Ok(i) = counts.binary_search_by_key(&item, |c| c.0)
+            {
+                n += i64::from(counts[i].1);
             }
             n += group.aggs.get(key).map_or(0, |d| d.count(k, item));
         }

@@ -1,0 +1,381 @@
+use std::collections::BTreeMap;
+
+use prio::codec::Encode;
+use prio::field::Field128;
+use prio::flp::gadgets::{Mul, ParallelSum};
+use prio::flp::types::MultihotCountVec;
+use prio::flp::{Flp, FlpError, Gadget, Type};
+use prio::vdaf::prio3::Prio3;
+use prio::vdaf::xof::XofTurboShake128;
+
+use super::*;
+
+type Inner = MultihotCountVec<Field128, ParallelSum<Field128, Mul>>;
+
+/// A dishonest client: the honest circuit, but it encodes whatever field elements it
+/// is given instead of a checked measurement, then shards and proves them with the
+/// real Prio3. Its shares have the honest shape; only the proof can catch them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cheat(Inner);
+
+impl Flp for Cheat {
+    type Field = Field128;
+    fn gadget(&self) -> Vec<Box<dyn Gadget<Field128>>> {
+        self.0.gadget()
+    }
+    fn num_gadgets(&self) -> usize {
+        self.0.num_gadgets()
+    }
+    fn valid(
+        &self,
+        g: &mut Vec<Box<dyn Gadget<Field128>>>,
+        input: &[Field128],
+        joint_rand: &[Field128],
+        num_shares: usize,
+    ) -> Result<Vec<Field128>, FlpError> {
+        self.0.valid(g, input, joint_rand, num_shares)
+    }
+    fn input_len(&self) -> usize {
+        self.0.input_len()
+    }
+    fn proof_len(&self) -> usize {
+        self.0.proof_len()
+    }
+    fn verifier_len(&self) -> usize {
+        self.0.verifier_len()
+    }
+    fn joint_rand_len(&self) -> usize {
+        self.0.joint_rand_len()
+    }
+    fn eval_output_len(&self) -> usize {
+        self.0.eval_output_len()
+    }
+    fn prove_rand_len(&self) -> usize {
+        self.0.prove_rand_len()
+    }
+}
+
+impl Type for Cheat {
+    type Measurement = Vec<u128>;
+    type AggregateResult = Vec<u128>;
+    fn encode_measurement(&self, m: &Vec<u128>) -> Result<Vec<Field128>, FlpError> {
+        Ok(m.iter().map(|v| Field128::from(*v)).collect())
+    }
+    fn truncate(&self, input: Vec<Field128>) -> Result<Vec<Field128>, FlpError> {
+        self.0.truncate(input)
+    }
+    fn decode_result(&self, data: &[Field128], n: usize) -> Result<Vec<u128>, FlpError> {
+        self.0.decode_result(data, n)
+    }
+    fn output_len(&self) -> usize {
+        self.0.output_len()
+    }
+}
+
+fn names(prefix: &str, n: usize, track: bool) -> Vec<ItemName> {
+    let mut v: Vec<ItemName> = (0..n)
+        .map(|i| {
+            let a = format!("{prefix} {i}");
+            if track { ItemName::track(&a, "song").canonical() } else { ItemName::artist(&a).canonical() }
+        })
+        .collect();
+    v.sort_by_key(ItemName::id);
+    v
+}
+
+fn round(params: SecureParams) -> RoundV1 {
+    RoundV1 {
+        schema: SCHEMA,
+        community: [7; 32],
+        leader: [1; 32],
+        helper: [2; 32],
+        period_start: 1_700_000_000,
+        period_secs: 604_800,
+        params,
+        artists: names("artist", 20, false),
+        tracks: names("artist", 20, true),
+    }
+}
+
+fn params() -> SecureParams {
+    SecureParams { eps_milli: 50_000, l0: 2, min_users: 3, min_nodes: 2, min_listeners: 2, ..SecureParams::default() }
+}
+
+fn id(i: u32) -> ReportId {
+    let mut r = [0u8; 16];
+    r[..4].copy_from_slice(&i.to_be_bytes());
+    r
+}
+
+#[derive(Default)]
+struct Both {
+    leader: BTreeMap<ReportId, Held>,
+    helper: BTreeMap<ReportId, Held>,
+}
+
+impl Both {
+    fn add(&mut self, r: &RoundV1, node: u8, rep: ClientReport) -> Result<(), SecaggError> {
+        admit(r, LEADER, &self.leader, &[node; 32], &rep.leader)?;
+        admit(r, HELPER, &self.helper, &[node; 32], &rep.helper)?;
+        self.leader.insert(rep.leader.report, Held { node: [node; 32], share: rep.leader });
+        self.helper.insert(rep.helper.report, Held { node: [node; 32], share: rep.helper });
+        Ok(())
+    }
+
+    /// Both aggregators' steps; returns the accepted ids and the rejections.
+    fn verify(&self, r: &RoundV1) -> (Accepted, Accepted, usize) {
+        let key = [9u8; 32];
+        let start = leader_start(r, &key, &self.leader).expect("leader start");
+        let h = helper_step(r, &key, &self.helper, &start.shares).expect("helper step");
+        let rejected_by_helper = h.rejected.len();
+        let (l, _) = leader_finish(r, start, &h.messages).expect("leader finish");
+        assert_eq!(l.keys().collect::<Vec<_>>(), h.accepted.keys().collect::<Vec<_>>(), "same accepted set");
+        (l, h.accepted, rejected_by_helper)
+    }
+}
+
+fn total(r: &RoundV1, l: &Accepted, h: &Accepted) -> Vec<i64> {
+    // Without noise: both shares summed exactly (a zero-noise stand-in built from the
+    // accepted outputs, to check the arithmetic).
+    use prio::vdaf::Aggregatable;
+    let vdaf = r.vdaf().expect("vdaf");
+    let sum = |m: &Accepted| {
+        let mut a = vdaf.aggregate_init(&());
+        for o in m.values() {
+            a.accumulate(o).expect("accumulate");
+        }
+        a.get_encoded().expect("encode")
+    };
+    combine(r, &sum(l), &sum(h)).expect("combine")
+}
+
+#[test]
+fn honest_reports_sum_to_the_listeners_per_item() {
+    let r = round(params());
+    let mut both = Both::default();
+    let a = &r.artists;
+    let t = &r.tracks;
+    for u in 0..6u32 {
+        // Everyone: artist 0 (3 plays) and artist 1 (2); track 0; users 0–2 also track 1.
+        let mut artists = vec![(a[0].clone(), 3), (a[1].clone(), 2), (a[2].clone(), 1)];
+        artists.push((ItemName::artist("not in the vocabulary"), 99));
+        let mut tracks = vec![(t[0].clone(), 5)];
+        if u < 3 {
+            tracks.push((t[1].clone(), 1));
+        }
+        let m = measurement(&r, &artists, &tracks);
+        assert_eq!(m.iter().filter(|b| **b).count(), if u < 3 { 4 } else { 3 }, "L0 = 2 per chart");
+        both.add(&r, (u % 3) as u8, shard(&r, &m, id(u)).expect("shard")).expect("admitted");
+    }
+    let (l, h, rejected) = both.verify(&r);
+    assert_eq!((l.len(), rejected), (6, 0));
+    let counts = total(&r, &l, &h);
+    let mut want = vec![0i64; r.len()];
+    want[0] = 6;
+    want[1] = 6;
+    want[20] = 6;
+    want[21] = 3;
+    assert_eq!(counts, want, "artist 2 is the third artist: cut by L0");
+    check_batch(&r.params, &l, &both.leader).expect("6 users from 3 nodes");
+}
+
+#[test]
+fn a_share_alone_shows_nothing_of_the_measurement() {
+    let r = round(params());
+    let mut m = vec![false; r.len()];
+    m[3] = true;
+    let rep = shard(&r, &m, id(1)).expect("shard");
+    let vdaf = r.vdaf().expect("vdaf");
+    let (_, input) = decode_share(&vdaf, LEADER, &rep.leader).expect("decode");
+    // The leader's share holds field elements; were it the measurement, all would be 0
+    // or 1. The helper's share is a seed.
+    let bytes = input.get_encoded().expect("encode");
+    let elems: Vec<u128> =
+        bytes[..16 * r.len()].chunks(16).map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))).collect();
+    assert!(elems.iter().filter(|v| **v <= 1).count() <= 1, "the leader's share is not the vector in the clear");
+    assert!(rep.helper.input_share.len() < 100, "the helper's share is a seed: {} bytes", rep.helper.input_share.len());
+}
+
+fn cheat(r: &RoundV1, raw: Vec<u128>, report: ReportId) -> ClientReport {
+    use prio::vdaf::Client;
+    let inner = Inner::new(r.len(), r.params.max_weight(), chunk_length(r.len())).expect("inner");
+    let vdaf: Prio3<Cheat, XofTurboShake128, 32> = Prio3::new(2, 1, 0x0000_0005, Cheat(inner)).expect("prio3");
+    let (public, inputs) = vdaf.shard(&r.context(), &raw, &report).expect("shard");
+    let public_share = public.get_encoded().expect("encode");
+    let share = |i: usize| ShareV1 {
+        round: r.id(),
+        report,
+        public_share: public_share.clone(),
+        input_share: inputs[i].get_encoded().expect("encode"),
+    };
+    ClientReport { leader: share(0), helper: share(1) }
+}
+
+/// The honest encoding of a measurement: the bits, then the weight in the circuit's
+/// offset binary form (obtained from the honest type).
+fn encoded(r: &RoundV1, bits: &[bool]) -> Vec<u128> {
+    let inner = Inner::new(r.len(), r.params.max_weight(), chunk_length(r.len())).expect("inner");
+    inner.encode_measurement(&bits.to_vec()).expect("encode").into_iter().map(u128::from).collect()
+}
+
+#[test]
+fn reports_that_break_the_bounds_are_rejected_and_never_counted() {
+    let r = round(params());
+    let mut both = Both::default();
+    let mut honest = vec![false; r.len()];
+    honest[0] = true;
+    for u in 0..4u32 {
+        both.add(&r, u as u8, shard(&r, &honest, id(u)).expect("shard")).expect("admitted");
+    }
+    // A count above C = 1: item 0 set to 7, weight bits claiming 1.
+    let mut above_c = encoded(&r, &honest);
+    above_c[0] = 7;
+    both.add(&r, 5, cheat(&r, above_c, id(100))).expect("well formed, admitted");
+    // More than L0 items: 2·L0 + 1 bits set, the weight claiming 2·L0.
+    let mut five = vec![false; r.len()];
+    for slot in five.iter_mut().take(5) {
+        *slot = true;
+    }
+    let mut four = five.clone();
+    four[4] = false;
+    let mut over_l0 = encoded(&r, &four);
+    over_l0[4] = 1;
+    both.add(&r, 6, cheat(&r, over_l0, id(101))).expect("well formed, admitted");
+    // A broken proof: one byte of the leader's proof share changed.
+    let mut bad_proof = shard(&r, &honest, id(102)).expect("shard");
+    let at = 16 * (r.len() + 3) + 5;
+    bad_proof.leader.input_share[at] ^= 1;
+    both.add(&r, 7, bad_proof).expect("still decodes");
+    // The dishonest client's path itself works: a valid encoding through it passes.
+    both.add(&r, 8, cheat(&r, encoded(&r, &honest), id(103))).expect("admitted");
+
+    let (l, h, rejected) = both.verify(&r);
+    assert_eq!(rejected, 3, "the three bad reports are rejected");
+    assert_eq!(l.len(), 5);
+    assert!(l.contains_key(&id(103)), "a valid report through the cheating client is accepted");
+    assert!(!l.contains_key(&id(100)) && !l.contains_key(&id(101)) && !l.contains_key(&id(102)));
+    let counts = total(&r, &l, &h);
+    assert_eq!(counts[0], 5, "only the valid reports are counted");
+    assert!(counts[1..].iter().all(|c| *c == 0));
+}
+
+#[test]
+fn malformed_and_replayed_shares_are_refused_on_arrival() {
+    let r = round(params());
+    let mut both = Both::default();
+    let rep = shard(&r, &vec![false; r.len()], id(1)).expect("shard");
+    let mut short = rep.leader.clone();
+    short.input_share.pop();
+    let e = admit(&r, LEADER, &both.leader, &[1; 32], &short).expect_err("short");
+    assert!(e.to_string().contains("malformed input share"), "{e}");
+    let mut other = rep.leader.clone();
+    other.round = [0; 32];
+    assert!(
+        admit(&r, LEADER, &both.leader, &[1; 32], &other).expect_err("round").to_string().contains("another round")
+    );
+    both.add(&r, 1, rep.clone()).expect("first");
+    let e = both.add(&r, 1, rep).expect_err("replay");
+    assert!(e.to_string().contains("replay"), "{e}");
+    // A report made for one round fails in the next, even under a fresh id.
+    let mut next = round(params());
+    next.period_start += 604_800;
+    let old = shard(&r, &vec![false; r.len()], id(2)).expect("shard");
+    let moved = ShareV1 { round: next.id(), ..old.leader };
+    let mut b2 = Both::default();
+    b2.leader.insert(moved.report, Held { node: [1; 32], share: moved });
+    b2.helper.insert(old.helper.report, Held { node: [1; 32], share: ShareV1 { round: next.id(), ..old.helper } });
+    let (l, _, rejected) = b2.verify(&next);
+    assert_eq!((l.len(), rejected), (0, 1), "another round's context fails verification");
+}
+
+#[test]
+fn a_node_may_not_send_more_than_its_quota() {
+    let r = round(SecureParams { max_reports_per_node: 2, ..params() });
+    let mut both = Both::default();
+    for u in 0..2 {
+        both.add(&r, 1, shard(&r, &vec![false; r.len()], id(u)).expect("shard")).expect("within quota");
+    }
+    let e = both.add(&r, 1, shard(&r, &vec![false; r.len()], id(9)).expect("shard")).expect_err("over");
+    assert!(e.to_string().contains("allows 2"), "{e}");
+}
+
+#[test]
+fn below_the_minimum_batch_nothing_is_released() {
+    let r = round(SecureParams { min_users: 3, min_nodes: 3, ..params() });
+    let mut both = Both::default();
+    for u in 0..5u32 {
+        // Five users, but on two nodes.
+        both.add(&r, (u % 2) as u8, shard(&r, &vec![false; r.len()], id(u)).expect("shard")).expect("admitted");
+    }
+    let (l, _, _) = both.verify(&r);
+    let e = check_batch(&r.params, &l, &both.leader).expect_err("two nodes");
+    assert!(matches!(e, SecaggError::BatchTooSmall { users: 5, nodes: 2, .. }), "{e}");
+}
+
+#[test]
+fn each_aggregator_noises_its_own_share() {
+    let r = round(SecureParams { eps_milli: 500, ..params() });
+    let mut both = Both::default();
+    for u in 0..4u32 {
+        let mut m = vec![false; r.len()];
+        m[0] = true;
+        both.add(&r, u as u8, shard(&r, &m, id(u)).expect("shard")).expect("admitted");
+    }
+    let (l, h, _) = both.verify(&r);
+    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+    let exact = total(&r, &l, &h);
+    // The leader's noise alone: the helper's share added exactly.
+    use prio::vdaf::Aggregatable;
+    let vdaf = r.vdaf().expect("vdaf");
+    let mut plain = vdaf.aggregate_init(&());
+    for o in h.values() {
+        plain.accumulate(o).expect("acc");
+    }
+    let plain = plain.get_encoded().expect("enc");
+    let noisy_leader = noised_aggregate(&r, &l, &mut rng).expect("noise");
+    let one_noise = combine(&r, &noisy_leader, &plain).expect("combine");
+    let moved = one_noise.iter().zip(&exact).filter(|(a, b)| a != b).count();
+    // Scale 2·L0/ε = 8: P(noise = 0) ≈ 0.06, so nearly every one of 40 coordinates moves.
+    assert!(moved >= 25, "the leader's noise alone moves the counts: {moved} of {}", exact.len());
+    let noisy_helper = noised_aggregate(&r, &h, &mut rng).expect("noise");
+    let both_noise = combine(&r, &noisy_leader, &noisy_helper).expect("combine");
+    assert_ne!(both_noise, one_noise);
+    // The chart shows only rows at or above the threshold, most listeners first.
+    let c = chart(&r, &both_noise);
+    assert!(c.artists.windows(2).all(|w| w[0].listeners >= w[1].listeners));
+    assert!(c.artists.iter().chain(&c.tracks).all(|e| e.listeners >= 2));
+}
+
+#[test]
+fn rounds_and_parameters_are_checked() {
+    let mut r = round(params());
+    r.check().expect("valid");
+    assert_eq!(RoundV1::decode(&r.encode()).expect("decodes"), r);
+    r.artists.reverse();
+    assert!(r.check().expect_err("unsorted").to_string().contains("sorted"));
+    let mut r = round(params());
+    r.helper = r.leader;
+    assert!(r.check().is_err());
+    let mut r = round(params());
+    r.artists.push(ItemName::track("x", "y"));
+    assert!(r.check().is_err());
+    assert!(SecureParams { min_nodes: 1, ..params() }.validate().is_err());
+    assert!(SecureParams { eps_milli: 0, ..params() }.validate().is_err());
+    assert!(SecureParams { vocabulary: 5_000, ..params() }.validate().is_err());
+}
+
+#[test]
+fn the_vocabulary_is_the_most_published_items_sorted_by_id() {
+    let published = vec![
+        (ItemName::artist("A"), 5),
+        (ItemName::artist("a"), 5),
+        (ItemName::artist("B"), 1),
+        (ItemName::artist("C"), 7),
+        (ItemName::track("A", "x"), 3),
+    ];
+    let (artists, tracks) = vocabulary(published, 2);
+    assert_eq!(artists.len(), 2, "capped");
+    assert!(artists.iter().all(|n| n.artist == "a" || n.artist == "c"), "{artists:?}: A and a are one item (10), C 7");
+    assert!(artists.windows(2).all(|w| w[0].id() < w[1].id()));
+    assert_eq!(tracks.len(), 1);
+}
