@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::secagg::SecureParams;
 use super::{CommunityId, NodeId};
 use crate::envelope::{DST_MANIFEST, OpenError, split_signed, verify_detached, verify_signed};
 use crate::privacy::params::Floor;
@@ -17,6 +18,9 @@ pub const SCHEMA: u16 = 1;
 /// `admin_threshold` (a manifest with a threshold of 1 is always encoded as schema 1,
 /// so the ids and hashes of existing communities never change).
 pub const SCHEMA_THRESHOLD: u16 = 2;
+/// A community that counts its members' aggregate users by secure aggregation: schema
+/// 1's fields, then `admin_threshold` (1 allowed), then `secure`.
+pub const SCHEMA_SECURE: u16 = 3;
 const COMMUNITY_ID_CONTEXT: &str = "hearsay 2026-11 community-id v1";
 /// Largest signed manifest accepted.
 pub const MAX_MANIFEST_BYTES: usize = 48 * 1024;
@@ -95,6 +99,20 @@ pub struct ManifestV1 {
     /// `admins.len()`); encoded after the other fields in schema 2 only.
     #[serde(skip)]
     pub admin_threshold: u16,
+    /// Secure aggregation, if the community uses it; encoded after the threshold in
+    /// schema 3 only.
+    #[serde(skip)]
+    pub secure: Option<SecureAggregation>,
+}
+
+/// Secure aggregation (`federation::secagg`): the two aggregator nodes, which should be
+/// run by different administrators (neither alone sees any report), and the
+/// parameters every round of the community uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureAggregation {
+    pub leader: NodeId,
+    pub helper: NodeId,
+    pub params: SecureParams,
 }
 
 /// A co-signature: another administrator's signature over the same manifest body,
@@ -146,13 +164,16 @@ impl ManifestV1 {
             links: Vec::new(),
             bootstrap: Vec::new(),
             admin_threshold: 1,
+            secure: None,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         // A threshold above 1 is always written: under schema 1 it makes bytes that do
         // not decode, never a manifest that silently lost its threshold.
-        if self.schema == SCHEMA && self.admin_threshold <= 1 {
+        if self.schema == SCHEMA_SECURE || self.secure.is_some() {
+            postcard::to_allocvec(&(self, self.admin_threshold, &self.secure))
+        } else if self.schema == SCHEMA && self.admin_threshold <= 1 {
             postcard::to_allocvec(self)
         } else {
             postcard::to_allocvec(&(self, self.admin_threshold))
@@ -169,6 +190,10 @@ impl ManifestV1 {
             },
             SCHEMA_THRESHOLD => match postcard::take_from_bytes::<(ManifestV1, u16)>(bytes) {
                 Ok(((m, admin_threshold), [])) => ManifestV1 { admin_threshold, ..m },
+                _ => return Err(ManifestError::Malformed),
+            },
+            SCHEMA_SECURE => match postcard::take_from_bytes::<(ManifestV1, u16, Option<SecureAggregation>)>(bytes) {
+                Ok(((m, admin_threshold, secure), [])) => ManifestV1 { admin_threshold, secure, ..m },
                 _ => return Err(ManifestError::Malformed),
             },
             _ => return Err(ManifestError::UnknownSchema(schema)),
@@ -207,7 +232,13 @@ impl ManifestV1 {
         m.admins.sort();
         m.admins.dedup();
         m.admin_threshold = m.admin_threshold.max(1);
-        m.schema = if m.admin_threshold > 1 { SCHEMA_THRESHOLD } else { SCHEMA };
+        m.schema = if m.secure.is_some() {
+            SCHEMA_SECURE
+        } else if m.admin_threshold > 1 {
+            SCHEMA_THRESHOLD
+        } else {
+            SCHEMA
+        };
         m
     }
 
@@ -242,12 +273,26 @@ impl ManifestV1 {
         // one encoding for each threshold.
         let threshold_fits = match self.schema {
             SCHEMA => self.admin_threshold == 1,
+            SCHEMA_SECURE => (1..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
             _ => (2..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
         };
         if !threshold_fits {
             return bad(
                 "the administrators' threshold must be 1 (schema 1) or 2 up to the number of administrators (schema 2)",
             );
+        }
+        match (&self.secure, self.schema) {
+            (None, SCHEMA_SECURE) => return bad("schema 3 names secure aggregation"),
+            (Some(_), s) if s != SCHEMA_SECURE => return bad("secure aggregation needs schema 3"),
+            (Some(sa), _) => {
+                if sa.leader == sa.helper {
+                    return bad("the two secure aggregators must be different nodes");
+                }
+                if let Err(e) = sa.params.validate() {
+                    return bad(&e.to_string());
+                }
+            }
+            (None, _) => {}
         }
         if self.members.len() > MAX_MEMBERS || self.members.windows(2).any(|w| w[0].node >= w[1].node) {
             return bad("members must be sorted, unique and at most 500");
@@ -666,6 +711,38 @@ mod tests {
         assert!(!is_fork(&id, &v1, &v2, &by_outsider), "not signed by an administrator");
         assert!(!is_fork(&id, &v2, &v3, &fork), "another parent");
         assert!(!is_fork(&[7; 32], &v1, &v2, &fork), "another community");
+    }
+
+    /// Secure aggregation is schema 3: it round-trips with any threshold, moves to a
+    /// new version like any edit, and a manifest that names it under another schema,
+    /// names the same node twice or carries bad parameters does not decode.
+    #[test]
+    fn secure_aggregation_is_carried_by_schema_3_only() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let v1 = ManifestV1::genesis("c", admin.verifying_key().to_bytes(), 10);
+        let sa = SecureAggregation { leader: [5; 32], helper: [6; 32], params: SecureParams::default() };
+        let v2 = v1.next(20, |m| {
+            m.schema = SCHEMA_SECURE;
+            m.secure = Some(sa.clone());
+        });
+        let back = ManifestV1::decode(&v2.encode()).expect("decodes");
+        assert_eq!(back.secure.as_ref(), Some(&sa));
+        assert_eq!(back.admin_threshold, 1);
+        assert_eq!(accept(&v1.community(), Some(&signed(&admin, &v1)), &signed(&admin, &v2)), Ok(()));
+        let v3 = back.next(30, |m| m.name = "renamed".into());
+        assert_eq!(ManifestV1::decode(&v3.encode()).expect("decodes").secure, Some(sa.clone()), "kept by next()");
+        // Schema 1 bytes of v1 are unchanged: existing community ids do not move.
+        assert_eq!(ManifestV1::decode(&v1.encode()).expect("decodes"), v1);
+        for (what, edit) in [
+            ("schema 1 naming it", Box::new(|m: &mut ManifestV1| m.schema = SCHEMA) as Box<dyn Fn(&mut ManifestV1)>),
+            ("schema 3 without it", Box::new(|m: &mut ManifestV1| m.secure = None)),
+            ("one node twice", Box::new(|m: &mut ManifestV1| m.secure.as_mut().expect("set").helper = [5; 32])),
+            ("zero epsilon", Box::new(|m: &mut ManifestV1| m.secure.as_mut().expect("set").params.eps_milli = 0)),
+        ] {
+            let mut bad = v2.clone();
+            edit(&mut bad);
+            assert!(ManifestV1::decode(&bad.encode()).is_err(), "{what} is refused");
+        }
     }
 
     /// A ticket's chain is checked from the community id: a forger's own manifest
