@@ -45,6 +45,11 @@ pub const DST_MANIFEST: &[u8] = b"hearsay/v1/community-manifest\0";
 /// Domain-separation tag of community results (`federation::result`).
 pub const DST_RESULT: &[u8] = b"hearsay/v1/community-result\0";
 
+/// Domain-separation tags of secure aggregation (`federation::secagg`): the leader's
+/// round announcement, and a secure result (signed by both aggregators).
+pub const DST_SECURE_ROUND: &[u8] = b"hearsay/v1/secure-round\0";
+pub const DST_SECURE_RESULT: &[u8] = b"hearsay/v1/secure-result\0";
+
 /// Signs `body` under `dst` with `key`; returns the canonical envelope bytes.
 pub fn seal(key: &SigningKey, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
     let mut msg = dst.to_vec();

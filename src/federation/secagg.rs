@@ -634,5 +634,125 @@ pub fn chart(round: &RoundV1, counts: &[i64]) -> SecureChart {
     SecureChart { artists: pick(&round.artists, &counts[..split]), tracks: pick(&round.tracks, &counts[split..]) }
 }
 
+/// A community's private chart for one period, as both aggregators computed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureResultV1 {
+    pub schema: u16,
+    pub community: CommunityId,
+    pub round: RoundId,
+    pub period_start: i64,
+    pub period_secs: u32,
+    pub issued_at: i64,
+    /// Accepted reports (users) and the member nodes they came from.
+    pub reports: u32,
+    pub nodes: u32,
+    /// ε of this release (each aggregator's noise alone).
+    pub eps_milli: u32,
+    pub chart: SecureChart,
+}
+
+/// Largest signed secure result (it travels by gossip).
+pub const MAX_SECURE_RESULT_BYTES: usize = 60 * 1024;
+
+/// The result body and both aggregators' signatures over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSecureResult {
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub leader_sig: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub helper_sig: Vec<u8>,
+}
+
+impl SecureResultV1 {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// The result a round's noisy counts make.
+    pub fn of(round: &RoundV1, counts: &[i64], reports: usize, nodes: usize, issued_at: i64) -> SecureResultV1 {
+        SecureResultV1 {
+            schema: SCHEMA,
+            community: round.community,
+            round: round.id(),
+            period_start: round.period_start,
+            period_secs: round.period_secs,
+            issued_at,
+            reports: u32::try_from(reports).unwrap_or(u32::MAX),
+            nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
+            eps_milli: round.params.eps_milli,
+            chart: chart(round, counts),
+        }
+    }
+}
+
+impl SignedSecureResult {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Opens a signed result of `community` whose aggregators are `leader` and
+    /// `helper` (from the manifest): size, canonical decoding, both signatures, then
+    /// the body's own canonical decoding and bounds.
+    pub fn open(
+        bytes: &[u8],
+        community: &CommunityId,
+        leader: &NodeId,
+        helper: &NodeId,
+    ) -> Result<SecureResultV1, SecaggError> {
+        use crate::envelope::{DST_SECURE_RESULT, verify_detached};
+        let bad = |why: &str| SecaggError::Aggregate(format!("secure result: {why}"));
+        if bytes.len() > MAX_SECURE_RESULT_BYTES {
+            return Err(bad("over the size limit"));
+        }
+        let signed: SignedSecureResult = match postcard::take_from_bytes(bytes) {
+            Ok((s, [])) => s,
+            _ => return Err(bad("does not decode")),
+        };
+        if signed.encode() != bytes {
+            return Err(bad("not canonical"));
+        }
+        verify_detached(leader, DST_SECURE_RESULT, &signed.body, &signed.leader_sig)
+            .map_err(|_| bad("the leader's signature does not verify"))?;
+        verify_detached(helper, DST_SECURE_RESULT, &signed.body, &signed.helper_sig)
+            .map_err(|_| bad("the helper's signature does not verify"))?;
+        let result: SecureResultV1 = match postcard::take_from_bytes(&signed.body) {
+            Ok((r, [])) => r,
+            _ => return Err(bad("the body does not decode")),
+        };
+        if result.encode() != signed.body || result.schema != SCHEMA {
+            return Err(bad("the body is not canonical"));
+        }
+        if &result.community != community {
+            return Err(bad("for another community"));
+        }
+        if result.chart.artists.len() > MAX_RELEASED || result.chart.tracks.len() > MAX_RELEASED {
+            return Err(bad("too many rows"));
+        }
+        Ok(result)
+    }
+}
+
+/// The helper's check before it co-signs: the result must be exactly what the round,
+/// the leader's aggregate share and its own make, over the reports it accepted.
+pub fn check_result(
+    round: &RoundV1,
+    result: &SecureResultV1,
+    leader_agg: &[u8],
+    own_agg: &[u8],
+    accepted: usize,
+    nodes: usize,
+) -> Result<(), SecaggError> {
+    let counts = combine(round, leader_agg, own_agg)?;
+    let want = SecureResultV1::of(round, &counts, accepted, nodes, result.issued_at);
+    if &want != result {
+        return Err(SecaggError::Aggregate(
+            "the leader's result is not what the aggregate shares make: not co-signed".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

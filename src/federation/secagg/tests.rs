@@ -379,3 +379,44 @@ fn the_vocabulary_is_the_most_published_items_sorted_by_id() {
     assert!(artists.windows(2).all(|w| w[0].id() < w[1].id()));
     assert_eq!(tracks.len(), 1);
 }
+
+#[test]
+fn a_result_needs_both_signatures_and_the_helper_co_signs_only_the_true_total() {
+    use crate::envelope::{DST_SECURE_RESULT, sign_detached};
+    use ed25519_dalek::SigningKey;
+    let (lk, hk) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+    let mut r = round(params());
+    r.leader = lk.verifying_key().to_bytes();
+    r.helper = hk.verifying_key().to_bytes();
+    let mut both = Both::default();
+    for u in 0..4u32 {
+        let mut m = vec![false; r.len()];
+        m[1] = true;
+        both.add(&r, u as u8, shard(&r, &m, id(u)).expect("shard")).expect("admitted");
+    }
+    let (l, h, _) = both.verify(&r);
+    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+    let (la, ha) = (noised_aggregate(&r, &l, &mut rng).expect("l"), noised_aggregate(&r, &h, &mut rng).expect("h"));
+    let counts = combine(&r, &la, &ha).expect("combine");
+    let result = SecureResultV1::of(&r, &counts, 4, 4, 99);
+    check_result(&r, &result, &la, &ha, 4, 4).expect("the true total is co-signed");
+    // A leader that inflates an item, or claims more reports, is caught.
+    let mut lie = result.clone();
+    lie.chart.artists.insert(0, SecureEntry { name: r.artists[5].clone(), listeners: 1_000 });
+    assert!(check_result(&r, &lie, &la, &ha, 4, 4).is_err());
+    let lie = SecureResultV1 { reports: 40, ..result.clone() };
+    assert!(check_result(&r, &lie, &la, &ha, 4, 4).is_err());
+
+    let body = result.encode();
+    let signed = SignedSecureResult {
+        leader_sig: sign_detached(&lk, DST_SECURE_RESULT, &body),
+        helper_sig: sign_detached(&hk, DST_SECURE_RESULT, &body),
+        body: body.clone(),
+    };
+    let opened = SignedSecureResult::open(&signed.encode(), &r.community, &r.leader, &r.helper).expect("opens");
+    assert_eq!(opened, result);
+    // The leader alone (its signature twice) is not enough.
+    let alone = SignedSecureResult { helper_sig: signed.leader_sig.clone(), ..signed.clone() };
+    assert!(SignedSecureResult::open(&alone.encode(), &r.community, &r.leader, &r.helper).is_err());
+    assert!(SignedSecureResult::open(&signed.encode(), &[0; 32], &r.leader, &r.helper).is_err(), "another community");
+}
