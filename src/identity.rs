@@ -110,6 +110,17 @@ impl NodeIdentity {
         self.sign(crate::envelope::DST_RESULT, result.encode())
     }
 
+    /// Signs a secure-aggregation round (the node acting as the community's leader).
+    pub fn sign_round(&self, round: &crate::federation::secagg::RoundV1) -> Vec<u8> {
+        self.sign(crate::envelope::DST_SECURE_ROUND, round.encode())
+    }
+
+    /// Signs a secure result's body (detached: the result carries both aggregators'
+    /// signatures).
+    pub fn sign_secure_result(&self, body: &[u8]) -> Vec<u8> {
+        crate::envelope::sign_detached(&self.key, crate::envelope::DST_SECURE_RESULT, body)
+    }
+
     fn sign(&self, dst: &[u8], body: Vec<u8>) -> Vec<u8> {
         crate::envelope::seal(&self.key, dst, body)
     }

@@ -84,7 +84,10 @@ impl Node {
             Some(crate::p2p::spawn(
                 self.store.clone(),
                 self.identity.clone(),
-                crate::p2p::Options::from_config(&self.config.p2p, &self.config.privacy),
+                crate::p2p::Options {
+                    credit_rules: self.config.stats.credit_rules(),
+                    ..crate::p2p::Options::from_config(&self.config.p2p, &self.config.privacy)
+                },
             )?)
         } else {
             None

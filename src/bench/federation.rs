@@ -82,6 +82,9 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 max_memory_bytes: usize::MAX,
                 period_secs: 604_800,
                 result_delay_secs: 3_600,
+                grace_secs: 60,
+                budget: Default::default(),
+                credit_rules: Default::default(),
             };
             handles.push(crate::p2p::spawn(s.clone(), std::sync::Arc::clone(id), options)?);
         }

@@ -77,6 +77,42 @@ pub enum CommunityCmd {
         #[arg(long)]
         threshold: Option<u16>,
     },
+    /// Count the members' aggregate users by secure aggregation (or stop, with
+    /// `--off`): two aggregator nodes, which should be run by different people, each
+    /// receive one encrypted share of every report; only their noised total is released.
+    Secure {
+        community: String,
+        /// PeerId of the leader aggregator (it announces each period's round).
+        #[arg(long, required_unless_present = "off")]
+        leader: Option<String>,
+        /// PeerId of the helper aggregator.
+        #[arg(long, required_unless_present = "off")]
+        helper: Option<String>,
+        /// ε of each period's release (each aggregator's noise alone gives it).
+        #[arg(long, default_value_t = 1.0)]
+        epsilon: f64,
+        /// Items counted per user per chart.
+        #[arg(long, default_value_t = 1)]
+        l0: u32,
+        /// Least accepted reports for a release…
+        #[arg(long, default_value_t = 10)]
+        min_users: u32,
+        /// …from at least this many member nodes.
+        #[arg(long, default_value_t = 3)]
+        min_nodes: u32,
+        /// Items with fewer noisy listeners are not shown.
+        #[arg(long, default_value_t = 20)]
+        min_listeners: u32,
+        /// Items per chart in each round's public vocabulary.
+        #[arg(long, default_value_t = 2000)]
+        vocabulary: u32,
+        /// Most reports one member node may send per period.
+        #[arg(long, default_value_t = 64)]
+        max_reports_per_node: u32,
+        /// Stop counting by secure aggregation.
+        #[arg(long)]
+        off: bool,
+    },
     /// Co-sign a proposal another administrator printed; when it has the signatures the
     /// community requires, it is published (else the extended proposal is printed, for
     /// the next administrator).
@@ -328,6 +364,66 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                     next.admins.len(),
                     next.admin_threshold
                 );
+            }
+        }
+        CommunityCmd::Secure {
+            community,
+            leader,
+            helper,
+            epsilon,
+            l0,
+            min_users,
+            min_nodes,
+            min_listeners,
+            vocabulary,
+            max_reports_per_node,
+            off,
+        } => {
+            let (cid, current) = find(&store, &community)?;
+            if !current.manifest.admins.contains(&id.public_key()) {
+                bail!("this node is not an administrator of {community:?}");
+            }
+            let node = |text: Option<&String>| -> anyhow::Result<crate::federation::NodeId> {
+                let text = text.context("--leader and --helper are required")?;
+                crate::p2p::node_of_text(text).with_context(|| format!("{text} is not an ed25519 PeerId"))
+            };
+            let secure = if off {
+                None
+            } else {
+                if !(epsilon.is_finite() && epsilon > 0.0 && epsilon <= 100.0) {
+                    bail!("--epsilon must be in (0, 100], got {epsilon}");
+                }
+                let params = crate::federation::secagg::SecureParams {
+                    eps_milli: (epsilon * 1000.0).round() as u32,
+                    l0,
+                    min_users,
+                    min_nodes,
+                    max_reports_per_node,
+                    min_listeners,
+                    vocabulary,
+                };
+                params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(crate::federation::community::SecureAggregation {
+                    leader: node(leader.as_ref())?,
+                    helper: node(helper.as_ref())?,
+                    params,
+                })
+            };
+            let next = current.manifest.next(now, |m| m.secure = secure);
+            let next = next.manifest_checked().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if publish_manifest(&store, &id, &cid, &next, ProposalTo::Stdout)? {
+                match &next.secure {
+                    Some(sa) => eprintln!(
+                        "{} (manifest v{}) counts by secure aggregation: leader {}, helper {}",
+                        next.name,
+                        next.version,
+                        crate::p2p::peer_id_of(&sa.leader).map(|p| p.to_string()).unwrap_or_default(),
+                        crate::p2p::peer_id_of(&sa.helper).map(|p| p.to_string()).unwrap_or_default()
+                    ),
+                    None => {
+                        eprintln!("{} (manifest v{}) no longer counts by secure aggregation", next.name, next.version)
+                    }
+                }
             }
         }
         CommunityCmd::Withdraw { community } => {

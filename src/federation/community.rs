@@ -506,6 +506,20 @@ pub fn describe_change(cur: &ManifestV1, new: &ManifestV1, node_text: impl Fn(&N
             new.admins.len()
         ));
     }
+    if cur.secure != new.secure {
+        out.push(match &new.secure {
+            Some(sa) => format!(
+                "secure aggregation: leader {}, helper {}, ε {} per period, L0 {}, at least {} users from {} nodes",
+                node_text(&sa.leader),
+                node_text(&sa.helper),
+                crate::privacy::params::eps_text(u64::from(sa.params.eps_milli)),
+                sa.params.l0,
+                sa.params.min_users,
+                sa.params.min_nodes
+            ),
+            None => "secure aggregation: off".to_owned(),
+        });
+    }
     if cur.admission != new.admission {
         out.push(format!("admission: {:?} -> {:?}", cur.admission, new.admission));
     }

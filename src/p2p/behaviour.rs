@@ -37,6 +37,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// Secure aggregation between members and a community's two aggregators.
+    pub secagg: request_response::cbor::Behaviour<super::secagg::SecaggRequest, super::secagg::SecaggResponse>,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub relay_client: relay::client::Behaviour,
@@ -134,6 +136,9 @@ pub fn build(
             let codec = request_response::cbor::codec::Codec::default()
                 .set_request_size_maximum(MAX_REQUEST_BYTES)
                 .set_response_size_maximum(MAX_RESPONSE_BYTES);
+            let secagg_codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(super::secagg::MAX_SECAGG_REQUEST_BYTES)
+                .set_response_size_maximum(super::secagg::MAX_SECAGG_RESPONSE_BYTES);
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 memory: memory_connection_limits::Behaviour::with_max_bytes(max_memory),
@@ -149,6 +154,13 @@ pub fn build(
                     [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(16),
+                ),
+                secagg: request_response::Behaviour::with_codec(
+                    secagg_codec,
+                    [(StreamProtocol::new(super::secagg::SECAGG_PROTOCOL), request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(16),
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),

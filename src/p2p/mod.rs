@@ -7,6 +7,7 @@
 
 pub mod behaviour;
 pub mod per_ip;
+pub mod secagg;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -123,6 +124,13 @@ pub struct Options {
     /// How long after a period ends an administrator merges and signs its community's
     /// result: members release after their grace time, and catch-up needs a round or two.
     pub result_delay_secs: i64,
+    /// How long after a period ends its listens are final (`privacy.grace_secs`): a
+    /// member makes its secure-aggregation reports from then on.
+    pub grace_secs: i64,
+    /// The users' privacy budget, charged for secure-aggregation reports.
+    pub budget: crate::privacy::params::Budget,
+    /// How listens are credited to artists (as in the node's own releases).
+    pub credit_rules: crate::stats::credits::CreditRules,
 }
 
 impl Options {
@@ -147,6 +155,9 @@ impl Options {
             max_memory_bytes: usize::try_from(u64::from(c.max_memory_mib).saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
             result_delay_secs: i64::from(privacy.grace_secs).saturating_add(2 * i64::from(c.sync_interval_secs)),
+            grace_secs: i64::from(privacy.grace_secs),
+            budget: privacy.budget().unwrap_or_default(),
+            credit_rules: crate::stats::credits::CreditRules::default(),
         }
     }
 }
@@ -266,6 +277,7 @@ pub fn spawn(store: Store, identity: std::sync::Arc<NodeIdentity>, options: Opti
         arrivals: Arrivals::new(0, []),
         watermarks: HashMap::new(),
         rounds: 0,
+        secagg: secagg::State::default(),
     };
     task.arrivals = task.load_arrivals();
     task.refresh();
@@ -366,6 +378,8 @@ struct Task {
     watermarks: HashMap<PeerId, (u64, u64)>,
     /// Catch-up rounds made (every `FULL_ROUND_EVERY`th forgets the watermarks).
     rounds: u64,
+    /// Secure aggregation in progress (`secagg`).
+    secagg: secagg::State,
 }
 
 /// Catch-up rounds between two that forget every watermark (see `sync_with_random_peer`).
@@ -400,6 +414,7 @@ impl Task {
                     self.sync_with_random_peer();
                     self.prune();
                     self.publish_results();
+                    self.secagg_tick();
                 }
                 _ = kad_tick.tick() => {
                     // Refresh the routing table (an error only means no peer is known
@@ -1028,6 +1043,34 @@ impl Task {
                 self.requests.remove(&request_id);
                 tracing::debug!(%peer, error = %error, "sync request failed");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Secagg(request_response::Event::Message {
+                peer, message, ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let response = if self.secagg_allowed(peer) {
+                        self.answer_secagg(peer, request)
+                    } else {
+                        secagg::SecaggResponse::Error("rate limited".into())
+                    };
+                    let _ = self.swarm.behaviour_mut().secagg.send_response(channel, response);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(pending) = self.secagg.requests.remove(&request_id) {
+                        self.on_secagg_response(peer, pending, response);
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Secagg(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            })) => {
+                if let Some(pending) = self.secagg.requests.remove(&request_id) {
+                    tracing::info!(%peer, error = %error, "secure aggregation request failed");
+                    self.secagg_failed(pending);
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 self.redial.connected(&peer_id);
                 // A relayed connection's address is the relay's, not the peer's.
@@ -1162,6 +1205,15 @@ impl Task {
         // caught up with after the first connection.)
         let pick = usize::try_from(self.rounds % u64::try_from(peers.len()).unwrap_or(1)).unwrap_or(0);
         self.catch_up(peers[pick]);
+    }
+
+    /// The per-peer and per-address request limits, shared by every protocol.
+    fn secagg_allowed(&mut self, peer: PeerId) -> bool {
+        let (now, per_minute) = (Instant::now(), self.options.max_requests_per_minute);
+        let key =
+            self.peer_ips.get(&peer).map(|ip| ip.map_or(per_ip::Key::Relayed, |ip| per_ip::Key::Ip(per_ip::mask(ip))));
+        let ip_ok = key.is_none_or(|k| self.ip_limits.allow(k, per_minute.saturating_mul(sync::IP_FACTOR), now));
+        self.limits.allow(peer, per_minute, now) && ip_ok
     }
 
     fn answer(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {

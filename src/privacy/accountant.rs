@@ -60,6 +60,25 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Records a secure-aggregation report's cost (`federation::secagg`): the same
+    /// weekly and yearly caps as a release, without the period's release mark (a
+    /// community report is its own release; the member node reports each community
+    /// period once, which its store enforces).
+    pub fn charge_report(&mut self, cost: Spend, budget: Budget, earlier: Spend) -> Result<(), Refusal> {
+        let after = self.spent.plus(cost);
+        if !after.within(budget.week) {
+            return Err(Refusal::OverBudget { spent: self.spent, cost, budget: budget.week, yearly: false });
+        }
+        let year = earlier.plus(self.spent);
+        if !year.plus(cost).within(budget.year) {
+            return Err(Refusal::OverBudget { spent: year, cost, budget: budget.year, yearly: true });
+        }
+        self.spent = after;
+        Ok(())
+    }
+}
+
 /// The starts of the 51 weeks before `week`: with it, the rolling year the yearly cap
 /// holds over.
 pub fn weeks_before(week: i64) -> impl Iterator<Item = i64> {

@@ -406,6 +406,9 @@ pub struct CommunityView {
     pub merged_by: Option<String>,
     /// Results this node recomputed to other charts: (period, signer's short id).
     pub wrong_results: Vec<(i64, String)>,
+    /// The community's private chart of the period (secure aggregation of its members'
+    /// aggregate users, signed by both aggregators), when one was released.
+    pub secure: Option<crate::federation::secagg::SecureResultV1>,
 }
 
 impl Store {
@@ -591,6 +594,12 @@ impl Store {
                     .into_iter()
                     .map(|(p, s)| (p, crate::federation::short_hex(&s)))
                     .collect(),
+                secure: match (&m.manifest.secure, period) {
+                    (Some(sa), Some(p)) => self.secure_result(&id, p)?.and_then(|bytes| {
+                        crate::federation::secagg::SignedSecureResult::open(&bytes, &id, &sa.leader, &sa.helper).ok()
+                    }),
+                    _ => None,
+                },
             });
         }
         Ok(out)

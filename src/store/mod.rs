@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod recover;
 pub mod releases;
 pub mod schema;
+pub mod secagg;
 pub mod space;
 pub mod users;
 pub mod values;
@@ -165,6 +166,8 @@ pub(crate) struct Trees {
     pub community_version_signed: sled::Tree,
     pub community_period_signer_result: sled::Tree,
     pub community_period_signer_wrongresult: sled::Tree,
+    pub secagg_state: sled::Tree,
+    pub userid_period_community_securereport: sled::Tree,
     pub community_follow: sled::Tree,
 }
 
@@ -342,6 +345,8 @@ impl Store {
             community_period_signer_result: t(schema::COMMUNITY_PERIOD_SIGNER_RESULT)?,
             community_period_signer_wrongresult: t(schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT)?,
             community_follow: t(schema::COMMUNITY_FOLLOW)?,
+            secagg_state: t(schema::SECAGG_STATE)?,
+            userid_period_community_securereport: t(schema::USERID_PERIOD_COMMUNITY_SECUREREPORT)?,
         };
         let data_file = std::fs::OpenOptions::new().write(true).open(path.join("db")).ok().map(std::sync::Arc::new);
         let store = Store {
@@ -540,6 +545,8 @@ impl Store {
             schema::COMMUNITY_VERSION_SIGNED => &t.community_version_signed,
             schema::COMMUNITY_PERIOD_SIGNER_RESULT => &t.community_period_signer_result,
             schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT => &t.community_period_signer_wrongresult,
+            schema::SECAGG_STATE => &t.secagg_state,
+            schema::USERID_PERIOD_COMMUNITY_SECUREREPORT => &t.userid_period_community_securereport,
             schema::COMMUNITY_FOLLOW => &t.community_follow,
             _ => return None,
         })

@@ -54,6 +54,7 @@ const USER_TREES: &[&str] = &[
     schema::USERID_SETTINGS,
     schema::USERID_WEEK_LEDGER,
     schema::USERID_PERIODSTART_CONTRIBUTION,
+    schema::USERID_PERIOD_COMMUNITY_SECUREREPORT,
 ];
 /// The node's own trees, copied as they are.
 const NODE_TREES: &[&str] = &[
@@ -68,6 +69,9 @@ const NODE_TREES: &[&str] = &[
     schema::COMMUNITY_PERIOD_SIGNER_WRONGRESULT,
     schema::COMMUNITY_FOLLOW,
     schema::INVITEDIGEST_INVITE,
+    // Which periods this node already reported or aggregated: without it, a salvaged
+    // node could report its users twice for one period.
+    schema::SECAGG_STATE,
 ];
 /// `meta` keys carried over.
 const META_KEYS: &[&str] = &["privacy_key", "release_watermark", "next_token_id"];

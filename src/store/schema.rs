@@ -220,6 +220,22 @@ pub const COMMUNITY_PERIOD_SIGNER_WRONGRESULT: &str = "community_period_signer_w
 /// subscribe, which charts to show.
 pub const COMMUNITY_FOLLOW: &str = "community_follow";
 
+/// `secagg_state`: secure aggregation (`federation::secagg`), keyed by a kind byte:
+/// `r ‖ community (32) ‖ period (time key)` -> the signed round this node announced or
+/// received as an aggregator; `s ‖ round (32) ‖ report (16)` -> `SecaggShareV1` (a
+/// share held as an aggregator, and who sent it); `a ‖ round (32)` -> `SecaggAggV1`
+/// (the helper's noised aggregate share, until it co-signs); `d ‖ community ‖ period`
+/// (aggregated: never again), `m ‖ community ‖ period` (this node reported: never
+/// again) -> empty; `R ‖ community ‖ period` -> a signed secure result. Since schema 12
+/// (new trees start empty).
+pub const SECAGG_STATE: &str = "secagg_state";
+
+/// `userid_period_community_securereport`: `user id ‖ period (time key) ‖ community
+/// (32)` -> `SecureReportV1`: what this node sent for the user to a community's secure
+/// aggregation (the items, the ε charged), or why nothing was sent. Shown to the user
+/// only. Since schema 12.
+pub const USERID_PERIOD_COMMUNITY_SECUREREPORT: &str = "userid_period_community_securereport";
+
 /// Every tree, in the order `Store` opens them.
 pub const ALL_TREES: &[&str] = &[
     META,
@@ -257,6 +273,8 @@ pub const ALL_TREES: &[&str] = &[
     COMMUNITY_PERIOD_SIGNER_RESULT,
     COMMUNITY_PERIOD_SIGNER_WRONGRESULT,
     COMMUNITY_FOLLOW,
+    SECAGG_STATE,
+    USERID_PERIOD_COMMUNITY_SECUREREPORT,
 ];
 
 /// Trees whose keys start with a user id: deleting a user clears its prefix in each.
@@ -275,4 +293,5 @@ pub const USER_PREFIXED_TREES: &[&str] = &[
     USERID_SETTINGS,
     USERID_WEEK_LEDGER,
     USERID_PERIODSTART_CONTRIBUTION,
+    USERID_PERIOD_COMMUNITY_SECUREREPORT,
 ];

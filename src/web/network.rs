@@ -87,6 +87,35 @@ fn chart_table(title: &str, chart: &Chart) -> Markup {
     }
 }
 
+/// A community's private chart: its members' aggregate users, counted by secure
+/// aggregation (neither aggregator saw any node's counts), noised once per community.
+fn secure_table(r: &crate::federation::secagg::SecureResultV1) -> Markup {
+    let rows = |title: &str, list: &[crate::federation::secagg::SecureEntry]| {
+        html! {
+            @if !list.is_empty() {
+                table {
+                    thead { tr { th { "#" } th { (title) } th { "Listeners" } } }
+                    tbody {
+                        @for (i, e) in list.iter().enumerate() {
+                            tr { td { (i + 1) } td { (e.name.display()) } td { "≈ " (e.listeners) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html! {
+        h3 { "Private chart (secure aggregation)" }
+        p.muted { "Counted from " (r.reports) " users' encrypted shares sent by " (r.nodes) " member nodes; the two aggregators each added noise (ε "
+            (crate::privacy::params::eps_text(u64::from(r.eps_milli))) ") and signed the total. No node's or user's own counts were seen by anyone." }
+        @if r.chart.artists.is_empty() && r.chart.tracks.is_empty() {
+            p.muted { "No item reached the display threshold." }
+        }
+        (rows("Artist", &r.chart.artists))
+        (rows("Track", &r.chart.tracks))
+    }
+}
+
 /// `GET /network`.
 pub async fn page_handler(
     State(state): State<AppState>,
@@ -149,6 +178,9 @@ pub async fn page_handler(
                         p.muted { "This community is linked, not joined: its chart is the result administrator " code { (by) } " merged and signed from its members' snapshots (its members check it; this node cannot)." }
                     }
                     (chart_table("Community chart", &c.chart))
+                    @if let Some(s) = &c.secure {
+                        (secure_table(s))
+                    }
                     @if let Some(f) = &c.federated {
                         p.muted { "Linked: " @for (name, id, w, held) in &c.links { (name) " (" (id) ", weight " (f64::from(*w) / 1000.0) @if !held { ", not reached yet" } ") " } }
                         (chart_table("Federated chart", f))

@@ -157,7 +157,8 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                 .remove(&me.id.0)
                 .map(|a| a.earlier.plus(a.week.spent))
                 .unwrap_or_default();
-            Some((me.clone(), ledgers, contributions, year, total))
+            let secure = state.store.secure_reports(me.id, SHOWN_RELEASES).unwrap_or_default();
+            Some((me.clone(), ledgers, contributions, year, total, secure))
         }
         None => None,
     };
@@ -202,7 +203,7 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                 ", and any 52 weeks in a row at most ε " (eps_text(budget.year.eps_milli)) " and δ " (delta_text(budget.year.delta_pico))
                 " (the spends of all releases add up). A release that would go over leaves that user out."
             }
-            @if let Some((me, ledgers, contributions, year, total)) = &mine {
+            @if let Some((me, ledgers, contributions, year, total, secure)) = &mine {
                 h2 { "You" }
                 p { "Your sharing level is " strong { (me.visibility.as_str()) } ". Sharing more applies from the next period, sharing less at once ("
                     a href="/settings" { "settings" } ")." }
@@ -224,6 +225,29 @@ pub async fn page_handler(State(state): State<AppState>, headers: HeaderMap) -> 
                                     td { (eps_text(l.spent.eps_milli)) " of " (eps_text(budget.week.eps_milli)) }
                                     td { (delta_text(l.spent.delta_pico)) }
                                     td { (l.periods.len()) }
+                                }
+                            }
+                        }
+                    }
+                }
+                h3 { "Community reports sent for you (secure aggregation)" }
+                @if secure.is_empty() {
+                    p.muted { "None: no community this node reports to counts by secure aggregation, or you are not at the aggregate level." }
+                } @else {
+                    p.muted { "Each report is split into two encrypted shares, one for each of the community's aggregators; neither can read it alone. Seen here only by you." }
+                    table.secure-reports {
+                        thead { tr { th { "Period from" } th { "Community" } th { "Counted" } th { "ε charged" } } }
+                        tbody {
+                            @for r in secure {
+                                tr {
+                                    td { (utc(r.period)) }
+                                    td { code { (crate::federation::short_hex(&r.community)) } }
+                                    td {
+                                        @if let Some(why) = &r.refused { "Not sent: " (why) }
+                                        @else if r.items.is_empty() { "Nothing (none of your items was in the round's list; the report was sent all the same)" }
+                                        @else { @for (i, n) in r.items.iter().enumerate() { @if i > 0 { ", " } (n.display()) } }
+                                    }
+                                    td { (eps_text(r.charged.eps_milli)) }
                                 }
                             }
                         }

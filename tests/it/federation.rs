@@ -13,15 +13,15 @@ use serde_json::Value;
 use crate::privacy::{SHORT_PERIODS, fresh_period, release_of, submit, user_with_token};
 use crate::support::{NodeProcess, bin, free_port};
 
-struct Peer {
-    data: PathBuf,
+pub(crate) struct Peer {
+    pub(crate) data: PathBuf,
     port: u16,
-    id: String,
+    pub(crate) id: String,
     extra: Vec<(String, String)>,
 }
 
 impl Peer {
-    fn new(dir: &Path, name: &str) -> Peer {
+    pub(crate) fn new(dir: &Path, name: &str) -> Peer {
         let data = dir.join(name);
         let port = free_port();
         let mut p = Peer { data, port, id: String::new(), extra: Vec::new() };
@@ -42,7 +42,7 @@ impl Peer {
         env
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(bin())
             .args(args)
             .env("HEARSAY_NODE__DATA_DIR", &self.data)
@@ -67,7 +67,7 @@ impl Peer {
             .expect("run hearsay")
     }
 
-    fn start(&self) -> NodeProcess {
+    pub(crate) fn start(&self) -> NodeProcess {
         let env = self.env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         NodeProcess::start_with(&self.data, &pairs)
@@ -76,15 +76,15 @@ impl Peer {
 
 /// The privacy floor of a test community whose members release every 4 seconds: floors
 /// hold per week, and a week holds 151,200 such releases.
-const SHORT_PERIOD_FLOOR: [&str; 6] = ["--max-epsilon-week", "1e9", "--max-delta-week", "1", "--min-k", "2"];
+pub(crate) const SHORT_PERIOD_FLOOR: [&str; 6] = ["--max-epsilon-week", "1e9", "--max-delta-week", "1", "--min-k", "2"];
 
-fn network(url: &str, period: i64) -> Value {
+pub(crate) fn network(url: &str, period: i64) -> Value {
     let body =
         ureq::get(&format!("{url}/api/network?period={period}")).call().expect("network").into_string().expect("body");
     serde_json::from_str(&body).expect("json")
 }
 
-fn community<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn community<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     v["communities"].as_array()?.iter().find(|c| c["name"] == name)
 }
 

@@ -15,6 +15,7 @@ mod layering;
 mod log;
 mod node;
 mod privacy;
+mod secagg;
 mod stats;
 mod support;
 mod two_worlds;

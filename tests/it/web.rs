@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::support::{NodeProcess, data_with_user, hearsay};
 
-fn get(url: &str, cookie: Option<&str>) -> (u16, String) {
+pub(crate) fn get(url: &str, cookie: Option<&str>) -> (u16, String) {
     let mut req = ureq::get(url);
     if let Some(c) = cookie {
         req = req.set("Cookie", c);
@@ -54,7 +54,7 @@ fn form_token(url: &str) -> (String, String) {
 
 /// Posts the log-in form as a browser does (with its form token); returns status,
 /// Set-Cookie and body.
-fn login_post(base: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
+pub(crate) fn login_post(base: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
     let (cookie, token) = form_token(&format!("{base}/login"));
     post_form(
         &format!("{base}/login"),

@@ -1,0 +1,224 @@
+//! Secure aggregation on disk (`federation::secagg`): what this node holds as an
+//! aggregator (rounds, shares, its noised aggregate until it co-signs, which periods it
+//! aggregated), what it sent as a member (one mark per community period, and per user
+//! the report record the user sees), and the signed secure results. The protocol's
+//! decisions are `federation::secagg`'s and `p2p::secagg`'s; this file stores.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use super::codec::{Versioned, decode, encode};
+use super::keys;
+use super::{Error, Result, Store, UserId, schema};
+use crate::federation::CommunityId;
+use crate::federation::secagg::{Held, ReportId, RoundId};
+use crate::privacy::accountant::Ledger;
+use crate::privacy::params::Spend;
+use crate::privacy::snapshot::ItemName;
+
+/// A share held as an aggregator.
+pub type SecaggShareV1 = Held;
+
+impl Versioned for Held {
+    const VERSION: u8 = 1;
+}
+
+/// The helper's own noised aggregate share of a round and what it accepted, kept
+/// until it co-signs the leader's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecaggAggV1 {
+    #[serde(with = "serde_bytes")]
+    pub aggregate: Vec<u8>,
+    pub accepted: u32,
+    pub nodes: u32,
+}
+
+impl Versioned for SecaggAggV1 {
+    const VERSION: u8 = 1;
+}
+
+/// What this node sent for one user to one community's secure aggregation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureReportV1 {
+    pub community: CommunityId,
+    pub period: i64,
+    pub round: RoundId,
+    /// The vocabulary items the report counted (at most L0 per chart).
+    pub items: Vec<ItemName>,
+    pub charged: Spend,
+    /// Why nothing was sent for this user (over budget), if so.
+    pub refused: Option<String>,
+}
+
+impl Versioned for SecureReportV1 {
+    const VERSION: u8 = 1;
+}
+
+/// Marks: this node aggregated a community period (as leader or helper), or reported it.
+pub const AGGREGATED: u8 = b'd';
+pub const REPORTED: u8 = b'm';
+
+fn community_period(kind: u8, community: &CommunityId, period: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(kind);
+    k.extend_from_slice(community);
+    k.extend_from_slice(&keys::time_key(period));
+    k
+}
+
+fn round_key(kind: u8, round: &RoundId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(49);
+    k.push(kind);
+    k.extend_from_slice(round);
+    k
+}
+
+impl Store {
+    /// The signed round of a community period this node holds, if any.
+    pub fn secagg_round(&self, community: &CommunityId, period: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self.trees.secagg_state.get(community_period(b'r', community, period))?.map(|v| v.to_vec()))
+    }
+
+    /// Stores the signed round of a community period unless one is held; returns the
+    /// one held afterwards (a leader announces one round per period, whatever happens).
+    pub fn put_secagg_round(&self, community: &CommunityId, period: i64, signed: &[u8]) -> Result<Vec<u8>> {
+        self.writable()?;
+        let key = community_period(b'r', community, period);
+        match self.trees.secagg_state.compare_and_swap(&key, None as Option<&[u8]>, Some(signed))? {
+            Ok(()) => {
+                self.flush()?;
+                Ok(signed.to_vec())
+            }
+            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+
+    /// Stores a share this node holds as an aggregator (flushed: an acknowledged share
+    /// survives a crash).
+    pub fn put_secagg_share(&self, round: &RoundId, held: &Held) -> Result<()> {
+        self.writable()?;
+        let mut k = round_key(b's', round);
+        k.extend_from_slice(&held.share.report);
+        self.trees.secagg_state.insert(k, encode(held))?;
+        self.flush()
+    }
+
+    /// Every share held for a round.
+    pub fn secagg_shares(&self, round: &RoundId) -> Result<BTreeMap<ReportId, Held>> {
+        let mut out = BTreeMap::new();
+        for kv in self.trees.secagg_state.scan_prefix(round_key(b's', round)) {
+            let (k, v) = kv?;
+            let held: Held = decode(schema::SECAGG_STATE, &k, &v)?;
+            out.insert(held.share.report, held);
+        }
+        Ok(out)
+    }
+
+    /// Sets a mark once: true when this call set it.
+    pub fn secagg_mark(&self, kind: u8, community: &CommunityId, period: i64) -> Result<bool> {
+        self.writable()?;
+        let key = community_period(kind, community, period);
+        let set = self.trees.secagg_state.compare_and_swap(&key, None as Option<&[u8]>, Some(&[][..]))?.is_ok();
+        self.flush()?;
+        Ok(set)
+    }
+
+    pub fn secagg_marked(&self, kind: u8, community: &CommunityId, period: i64) -> Result<bool> {
+        Ok(self.trees.secagg_state.contains_key(community_period(kind, community, period))?)
+    }
+
+    pub fn put_secagg_aggregate(&self, round: &RoundId, agg: &SecaggAggV1) -> Result<()> {
+        self.writable()?;
+        self.trees.secagg_state.insert(round_key(b'a', round), encode(agg))?;
+        self.flush()
+    }
+
+    pub fn secagg_aggregate(&self, round: &RoundId) -> Result<Option<SecaggAggV1>> {
+        let k = round_key(b'a', round);
+        match self.trees.secagg_state.get(&k)? {
+            Some(v) => Ok(Some(decode(schema::SECAGG_STATE, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a verified secure result (the first one of a period stays).
+    pub fn put_secure_result(&self, community: &CommunityId, period: i64, signed: &[u8]) -> Result<bool> {
+        self.writable()?;
+        let key = community_period(b'R', community, period);
+        let new = self.trees.secagg_state.compare_and_swap(&key, None as Option<&[u8]>, Some(signed))?.is_ok();
+        if new {
+            self.network_changed();
+            self.flush()?;
+        }
+        Ok(new)
+    }
+
+    pub fn secure_result(&self, community: &CommunityId, period: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self.trees.secagg_state.get(community_period(b'R', community, period))?.map(|v| v.to_vec()))
+    }
+
+    /// The newest secure result of a community at or before `period`: (period, bytes).
+    pub fn latest_secure_result(&self, community: &CommunityId, period: i64) -> Result<Option<(i64, Vec<u8>)>> {
+        let from = community_period(b'R', community, i64::MIN);
+        let to = community_period(b'R', community, period);
+        let Some(kv) = self.trees.secagg_state.range(from..=to).next_back() else { return Ok(None) };
+        let (k, v) = kv?;
+        let t = <[u8; 8]>::try_from(&k[33..])
+            .map_err(|_| Error::corrupt(schema::SECAGG_STATE, &k, "key is not kind ‖ community ‖ period"))?;
+        Ok(Some((i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX), v.to_vec())))
+    }
+
+    /// Records a member node's reports of one community period, in one transaction:
+    /// the mark (refused if already set: a period is reported once), the users'
+    /// charged ledgers of `week`, and each user's report record. False when the period
+    /// was already reported (nothing changes).
+    pub fn commit_secure_reports(
+        &self,
+        community: &CommunityId,
+        period: i64,
+        week: i64,
+        ledgers: &BTreeMap<u32, Ledger>,
+        records: &[(u32, SecureReportV1)],
+    ) -> Result<bool> {
+        self.writable()?;
+        let t = &self.trees;
+        let mark = community_period(REPORTED, community, period);
+        let result = (&t.secagg_state, &t.userid_week_ledger, &t.userid_period_community_securereport).transaction(
+            |(state, ledger_tree, report_tree)| {
+                if state.get(&mark)?.is_some() {
+                    return sled::transaction::abort(());
+                }
+                state.insert(mark.as_slice(), &[][..])?;
+                for (user, ledger) in ledgers {
+                    ledger_tree.insert(&keys::user_time(UserId(*user), week), encode(ledger))?;
+                }
+                for (user, r) in records {
+                    let mut k = keys::user_time(UserId(*user), period).to_vec();
+                    k.extend_from_slice(community);
+                    report_tree.insert(k, encode(r))?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {
+                self.flush()?;
+                Ok(true)
+            }
+            Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(Error::Db(e)),
+        }
+    }
+
+    /// The user's secure-aggregation report records, newest first.
+    pub fn secure_reports(&self, user: UserId, limit: usize) -> Result<Vec<SecureReportV1>> {
+        let mut out = Vec::new();
+        for kv in self.trees.userid_period_community_securereport.scan_prefix(keys::user(user)).rev().take(limit) {
+            let (k, v) = kv?;
+            out.push(decode(schema::USERID_PERIOD_COMMUNITY_SECUREREPORT, &k, &v)?);
+        }
+        Ok(out)
+    }
+}
