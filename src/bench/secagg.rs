@@ -94,13 +94,18 @@ pub fn run(reports: usize, vocabulary: usize, l0: u32, nodes: usize) -> anyhow::
         id
     };
     let (mut intake_leader, mut intake_helper) = (0f64, 0f64);
+    let (round_id, vdaf) = (round.id(), round.vdaf()?);
+    // What the store keeps per round and sender (a counter, not a scan).
+    let mut per_node: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     for (n, rep) in reports_made {
         let t = Instant::now();
-        admit(&round, LEADER, &leader, &node(n), &rep.leader)?;
+        let from = per_node.get(&n).copied().unwrap_or(0);
+        admit(&round, &round_id, &vdaf, LEADER, leader.contains_key(&rep.leader.report), from, &rep.leader)?;
         leader.insert(rep.leader.report, Held { node: node(n), share: rep.leader });
         intake_leader += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        admit(&round, HELPER, &helper, &node(n), &rep.helper)?;
+        admit(&round, &round_id, &vdaf, HELPER, helper.contains_key(&rep.helper.report), from, &rep.helper)?;
+        *per_node.entry(n).or_insert(0) += 1;
         helper.insert(rep.helper.report, Held { node: node(n), share: rep.helper });
         intake_helper += t.elapsed().as_secs_f64();
     }

@@ -24,9 +24,12 @@
 //! Robustness: a report outside the bounds (a value other than 0 or 1, more bits than
 //! `2·L0`, a broken proof, the wrong length, another round's context) fails
 //! verification and is left out; it never enters the sums. Robustness against a
-//! dishonest *aggregator* is not Prio's goal: a lying aggregator can spoil the total,
-//! which the other aggregator detects when it co-signs (`check_total`) only for the
-//! part it can recompute (see docs/privacy.md, "Secure aggregation").
+//! dishonest *aggregator* is not Prio's goal. The release is signed by both: the helper
+//! commits to its noised aggregate share before it sees the leader's (`commit`),
+//! computes and signs the result, and the leader signs it only if the revealed share
+//! matches the commitment and the result is what both shares make (`check_result`).
+//! An aggregator can still spoil the total with a wrong share of its own (see
+//! docs/privacy.md, "Secure aggregation").
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -186,10 +189,7 @@ impl RoundV1 {
     /// blake3 of the round's canonical bytes: every share and result names it, and it
     /// is part of Prio3's context, so a report made for one round fails in any other.
     pub fn id(&self) -> RoundId {
-        let mut h = blake3::Hasher::new_derive_key(CONTEXT);
-        h.update(b"round");
-        h.update(&self.encode());
-        *h.finalize().as_bytes()
+        round_id_of(&self.encode())
     }
 
     pub fn check(&self) -> Result<(), SecaggError> {
@@ -248,6 +248,14 @@ impl RoundV1 {
         c.extend_from_slice(&self.id());
         c
     }
+}
+
+/// The id of the round whose canonical bytes are `body`.
+pub fn round_id_of(body: &[u8]) -> RoundId {
+    let mut h = blake3::Hasher::new_derive_key(CONTEXT);
+    h.update(b"round");
+    h.update(body);
+    *h.finalize().as_bytes()
 }
 
 /// The gadget chunk length Prio3 recommends for a vector of `len`: about √len.
@@ -352,23 +360,26 @@ pub struct Held {
     pub share: ShareV1,
 }
 
-/// Checks a share as it arrives: for this round, of the right shape for this
-/// aggregator, not a report already held, within the sender's quota. Decoding here
-/// means a malformed share is refused at once with a reason, not at aggregation.
+/// Checks a share as it arrives: for this round (`round_id`, `vdaf`: the round's id
+/// and Prio3 instance, computed once per batch), of the right shape for this
+/// aggregator, not a report already held (`replay`), within the sender's quota
+/// (`from_node`: the shares of this round already held from the sender). Decoding
+/// here means a malformed share is refused at once with a reason, not at aggregation.
 pub fn admit(
     round: &RoundV1,
+    round_id: &RoundId,
+    vdaf: &Prio3MultihotCountVec,
     agg_id: usize,
-    held: &BTreeMap<ReportId, Held>,
-    node: &NodeId,
+    replay: bool,
+    from_node: usize,
     share: &ShareV1,
 ) -> Result<(), SecaggError> {
-    if share.round != round.id() {
+    if &share.round != round_id {
         return Err(report_err(&share.report, "made for another round"));
     }
-    if held.contains_key(&share.report) {
+    if replay {
         return Err(report_err(&share.report, "already received (a replay)"));
     }
-    let from_node = held.values().filter(|h| &h.node == node).count();
     if from_node >= round.params.max_reports_per_node as usize {
         return Err(report_err(
             &share.report,
@@ -378,8 +389,7 @@ pub fn admit(
             ),
         ));
     }
-    let vdaf = round.vdaf()?;
-    decode_share(&vdaf, agg_id, share)?;
+    decode_share(vdaf, agg_id, share)?;
     Ok(())
 }
 
@@ -643,15 +653,16 @@ pub struct SecureResultV1 {
     pub period_start: i64,
     pub period_secs: u32,
     pub issued_at: i64,
-    /// Accepted reports (users) and the member nodes they came from.
-    pub reports: u32,
-    pub nodes: u32,
+    /// The minimum batch the release met (the community's parameters): how many
+    /// reports and nodes it counted exactly is not published.
+    pub min_users: u32,
+    pub min_nodes: u32,
     /// ε of this release (each aggregator's noise alone).
     pub eps_milli: u32,
     pub chart: SecureChart,
 }
 
-/// Largest signed secure result (it travels by gossip).
+/// Largest signed secure result.
 pub const MAX_SECURE_RESULT_BYTES: usize = 60 * 1024;
 
 /// The result body and both aggregators' signatures over it.
@@ -670,8 +681,10 @@ impl SecureResultV1 {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// The result a round's noisy counts make.
-    pub fn of(round: &RoundV1, counts: &[i64], reports: usize, nodes: usize, issued_at: i64) -> SecureResultV1 {
+    /// The result a round's noisy counts make. It says how many reports and nodes
+    /// were counted only as "at least the minimum batch": an exact number would move
+    /// by one with one user, outside the noise.
+    pub fn of(round: &RoundV1, counts: &[i64], issued_at: i64) -> SecureResultV1 {
         SecureResultV1 {
             schema: SCHEMA,
             community: round.community,
@@ -679,8 +692,8 @@ impl SecureResultV1 {
             period_start: round.period_start,
             period_secs: round.period_secs,
             issued_at,
-            reports: u32::try_from(reports).unwrap_or(u32::MAX),
-            nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
+            min_users: round.params.min_users,
+            min_nodes: round.params.min_nodes,
             eps_milli: round.params.eps_milli,
             chart: chart(round, counts),
         }
@@ -734,21 +747,38 @@ impl SignedSecureResult {
     }
 }
 
-/// The helper's check before it co-signs: the result must be exactly what the round,
-/// the leader's aggregate share and its own make, over the reports it accepted.
+/// A commitment to an aggregate share: `blake3::derive_key(CONTEXT, "commit" ‖ salt ‖
+/// share)`. The helper commits to its noised aggregate share before it sees the
+/// leader's, and reveals it after: neither aggregator can choose its share as a
+/// function of the other's (which would let it release any chart it liked).
+pub fn commit(salt: &[u8; 32], aggregate: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(CONTEXT);
+    h.update(b"commit");
+    h.update(salt);
+    h.update(aggregate);
+    *h.finalize().as_bytes()
+}
+
+/// The leader's check before it signs the result the helper computed and signed:
+/// the helper's revealed share matches its earlier commitment, and the result is
+/// exactly what the two shares make.
 pub fn check_result(
     round: &RoundV1,
     result: &SecureResultV1,
-    leader_agg: &[u8],
-    own_agg: &[u8],
-    accepted: usize,
-    nodes: usize,
+    own: &[u8],
+    helper_agg: &[u8],
+    salt: &[u8; 32],
+    commitment: &[u8; 32],
 ) -> Result<(), SecaggError> {
-    let counts = combine(round, leader_agg, own_agg)?;
-    let want = SecureResultV1::of(round, &counts, accepted, nodes, result.issued_at);
-    if &want != result {
+    if &commit(salt, helper_agg) != commitment {
         return Err(SecaggError::Aggregate(
-            "the leader's result is not what the aggregate shares make: not co-signed".into(),
+            "the helper's aggregate share is not the one it committed to: not signed".into(),
+        ));
+    }
+    let counts = combine(round, own, helper_agg)?;
+    if &SecureResultV1::of(round, &counts, result.issued_at) != result {
+        return Err(SecaggError::Aggregate(
+            "the helper's result is not what the aggregate shares make: not signed".into(),
         ));
     }
     Ok(())

@@ -10,18 +10,20 @@
 //!    connection: neither aggregator gets the other's share;
 //! 3. after the collection window, the leader starts verification and sends the
 //!    helper its verifier shares under a fresh verification key (`Verify`); the helper
-//!    aggregates a round once (a replay is refused), checks the minimum batch, and
-//!    answers its verdicts and its noised aggregate share;
-//! 4. the leader finishes verification, adds its own noise, combines, signs the
-//!    result and asks the helper to co-sign (`Finish`); the helper recomputes the
-//!    total from both aggregate shares and signs only if it matches;
-//! 5. members fetch the signed result (`Result`) and verify both signatures.
+//!    aggregates a round once (a replay is refused), checks the minimum batch, draws
+//!    its noised aggregate share once, and answers its verdicts and a commitment to
+//!    that share;
+//! 4. the leader finishes verification, draws its own noised aggregate share once
+//!    and sends it (`Finish`); the helper combines both, signs the result (one per
+//!    round) and reveals its share; the leader checks the share against the
+//!    commitment and the result against both shares, and signs too;
+//! 5. members fetch the doubly signed result (`Result`) and verify both signatures.
 //!
 //! Everything heavy (Prio3 sharding and verification) runs in the network task: a
 //! round of a home node's users takes milliseconds; an aggregator's batch of 1,000
 //! reports about half a second (`hearsay bench secagg`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use libp2p::PeerId;
 use libp2p::request_response::OutboundRequestId;
@@ -41,17 +43,23 @@ use crate::privacy::params::Spend;
 use crate::store::secagg::{AGGREGATED, REPORTED, SecaggAggV1, SecureReportV1};
 
 pub const SECAGG_PROTOCOL: &str = "/hearsay/secagg/1.0.0";
-/// A `Verify` of 4,000 reports over a 4,096-item vocabulary fits (about 6 MiB).
+/// A `Verify` of 4,000 reports over the largest vocabulary (2 × 4,096 items) fits
+/// (about 6 MiB of verifier shares).
 pub const MAX_SECAGG_REQUEST_BYTES: u64 = 8 << 20;
 pub const MAX_SECAGG_RESPONSE_BYTES: u64 = 8 << 20;
-/// Most shares one `Submit` carries (a leader share is about 36 KiB at 2,000 items).
+/// Most shares one `Submit` carries; fewer when they would not fit
+/// `SUBMIT_SHARE_BYTES` (a leader share is 16 bytes per vocabulary item and a little
+/// more: about 64 KiB at the default 2 × 2,000 items).
 pub const MAX_SHARES_PER_SUBMIT: usize = 64;
+/// Bytes of shares in one `Submit` at most (the round travels beside them).
+const SUBMIT_SHARE_BYTES: usize = 3 << 20;
 /// Largest signed round (a 2 × 4,096-item vocabulary of capped names fits).
 pub const MAX_ROUND_BYTES: usize = 4 << 20;
 /// Most reports an aggregator verifies in one round.
 pub const MAX_REPORTS_PER_ROUND: usize = 4_000;
-/// How far back a member still reports, an aggregator still aggregates and a member
-/// still fetches a result: three periods, and at least this many seconds.
+/// How far back a member still reports, an aggregator still takes shares and
+/// aggregates, and a member still fetches a result: three periods after the protocol's
+/// own delays, and at least this many seconds.
 const WINDOW_MIN_SECS: i64 = 120;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,20 +71,36 @@ pub enum SecaggRequest {
     Submit { round: ByteBuf, shares: Vec<ShareV1> },
     /// Leader -> helper: the leader's verifier shares under `key` (fresh per attempt).
     Verify { round: ByteBuf, key: [u8; 32], shares: Vec<(ReportId, ByteBuf)> },
-    /// Leader -> helper: the result body, the leader's noised aggregate share and its
-    /// signature, for the helper to check and co-sign.
-    Finish { result: ByteBuf, leader_aggregate: ByteBuf, leader_sig: ByteBuf },
-    /// Anyone -> an aggregator: the signed secure result of a community period.
+    /// Leader -> helper: the leader's noised aggregate share of the round.
+    Finish { round: [u8; 32], leader_aggregate: ByteBuf },
+    /// Member -> leader: the signed secure result of a community period.
     Result { community: [u8; 32], period: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecaggResponse {
     Round(ByteBuf),
-    Submitted { accepted: u32, refused: Vec<String> },
-    Verdicts { messages: Vec<(ReportId, Option<ByteBuf>)>, aggregate: ByteBuf },
-    Cosigned { sig: ByteBuf },
+    Submitted {
+        accepted: u32,
+        refused: Vec<String>,
+    },
+    /// Per report, the verifier message (accepted) or nothing (rejected); and
+    /// `commit(salt, the helper's noised aggregate share)`.
+    Verdicts {
+        messages: Vec<(ReportId, Option<ByteBuf>)>,
+        commitment: [u8; 32],
+    },
+    /// The result body the helper computed and signed, its aggregate share and salt.
+    Cosigned {
+        body: ByteBuf,
+        sig: ByteBuf,
+        aggregate: ByteBuf,
+        salt: [u8; 32],
+    },
     Result(Option<ByteBuf>),
+    /// This period is over for the protocol (aggregated already, or too small a batch):
+    /// nothing more will be released from it.
+    Closed(String),
     Error(String),
 }
 
@@ -84,10 +108,35 @@ pub enum SecaggResponse {
 #[derive(Clone, Debug)]
 pub(super) enum Pending {
     Round { community: CommunityId, period: i64 },
-    Submit { community: CommunityId, period: i64, to_leader: bool },
-    Verify { round: RoundId },
-    Finish { round: RoundId },
+    Submit { community: CommunityId, period: i64, to_leader: bool, count: usize },
+    Verify { community: CommunityId, period: i64, round: RoundId },
+    Finish { community: CommunityId, period: i64, round: RoundId },
     Result { community: CommunityId, period: i64 },
+}
+
+impl Pending {
+    /// The (community, period, what) it holds busy.
+    fn key(&self) -> (CommunityId, i64, u8) {
+        match self {
+            Pending::Round { community, period } => (*community, *period, b'r'),
+            Pending::Submit { community, period, to_leader, .. } => {
+                (*community, *period, if *to_leader { b'l' } else { b'h' })
+            }
+            Pending::Verify { community, period, .. } => (*community, *period, b'v'),
+            Pending::Finish { community, period, .. } => (*community, *period, b'f'),
+            Pending::Result { community, period } => (*community, *period, b'R'),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Pending::Round { .. } => "round",
+            Pending::Submit { .. } => "submit",
+            Pending::Verify { .. } => "verify",
+            Pending::Finish { .. } => "finish",
+            Pending::Result { .. } => "result",
+        }
+    }
 }
 
 /// Reports made for one community period, until both aggregators took them.
@@ -95,8 +144,6 @@ struct Outbox {
     round: Vec<u8>,
     leader: Vec<ShareV1>,
     helper: Vec<ShareV1>,
-    leader_done: bool,
-    helper_done: bool,
 }
 
 /// A verification the leader started, waiting for the helper's verdicts.
@@ -113,11 +160,18 @@ pub(super) struct State {
     /// (community, period, what) asked and not answered yet.
     busy: HashSet<(CommunityId, i64, u8)>,
     leading: HashMap<RoundId, Leading>,
-    /// Leader: result body and its own signature, waiting for the co-signature.
-    finishing: HashMap<RoundId, (CommunityId, i64, Vec<u8>, Vec<u8>)>,
     /// Member: periods it reported, whose result it has yet to fetch.
     awaiting: HashSet<(CommunityId, i64)>,
 }
+
+/// Why the leader has no round for a period: not yet (asked again), or never.
+enum RoundRefusal {
+    NotYet(String),
+    Never(String),
+}
+
+/// Rounds a member asks for per community and tick at most.
+const MAX_ROUND_ASKS_PER_TICK: usize = 2;
 
 fn err(why: impl ToString) -> SecaggResponse {
     SecaggResponse::Error(why.to_string())
@@ -132,6 +186,25 @@ impl Task {
         i64::from(self.options.period_secs.max(1))
     }
 
+    fn sync_secs(&self) -> i64 {
+        i64::try_from(self.options.sync_interval.as_secs()).unwrap_or(60).max(1)
+    }
+
+    /// Seconds back from now that periods are still handled: three periods past every
+    /// delay of the protocol (grace, the round's delay, verification, fetching).
+    fn window_secs(&self) -> i64 {
+        let delays = self.options.grace_secs.max(self.options.result_delay_secs).saturating_add(6 * self.sync_secs());
+        self.period_secs().saturating_mul(3).saturating_add(delays).max(WINDOW_MIN_SECS)
+    }
+
+    /// Whether `period` is one of this node's periods, over, and within the window.
+    fn in_window(&self, period: i64) -> bool {
+        let (now, secs) = (Self::now(), self.period_secs());
+        period_of(period, secs) == period
+            && period >= period_of(now.saturating_sub(self.window_secs()), secs)
+            && period.saturating_add(secs) <= now
+    }
+
     /// Opens a signed round for `community` as its manifest names it.
     fn open_round(&self, bytes: &[u8]) -> Result<(RoundV1, SecureAggregation), String> {
         let env = open_signed(bytes, DST_SECURE_ROUND, MAX_ROUND_BYTES).map_err(|e| format!("round: {e}"))?;
@@ -144,10 +217,8 @@ impl Task {
         {
             return Err("round does not match the community's manifest".into());
         }
-        if i64::from(round.period_secs) != self.period_secs()
-            || round.period_start != period_of(round.period_start, self.period_secs())
-        {
-            return Err("round is not one of this node's periods".into());
+        if i64::from(round.period_secs) != self.period_secs() || !self.in_window(round.period_start) {
+            return Err("round is not of one of this node's periods within the window".into());
         }
         Ok((round, sa))
     }
@@ -157,18 +228,27 @@ impl Task {
         let now = Self::now();
         let secs = self.period_secs();
         let grace = self.options.grace_secs;
-        let latest = period_of(now - grace - secs, secs);
+        let delay = self.options.result_delay_secs;
+        let latest = period_of(now - secs, secs);
+        let first = period_of(now.saturating_sub(self.window_secs()), secs);
         let list: Vec<(CommunityId, bool, SecureAggregation)> =
             self.communities.iter().filter_map(|c| c.manifest.secure.clone().map(|sa| (c.id, c.member, sa))).collect();
-        let window = (3 * secs).max(WINDOW_MIN_SECS);
         for (id, member, sa) in list {
-            let first = period_of(now - window, secs);
+            // At most this many rounds asked for per community and tick, oldest first:
+            // a node that was away catches up without flooding the leader.
+            let mut asks = 0;
             for p in (first..=latest).step_by(usize::try_from(secs).unwrap_or(1)) {
                 let end = p + secs;
-                if member && now >= end + grace {
-                    self.member_step(&id, p, &sa);
+                // The leader makes the round `result_delay` after the period ends (the
+                // members' own releases, after their grace, name the vocabulary).
+                if member
+                    && now >= end + grace.max(delay)
+                    && asks < MAX_ROUND_ASKS_PER_TICK
+                    && self.member_step(&id, p, &sa)
+                {
+                    asks += 1;
                 }
-                if sa.leader == self.me && now >= end + self.options.result_delay_secs + 3 * self.sync_secs() {
+                if sa.leader == self.me && now >= end + delay + 3 * self.sync_secs() {
                     self.leader_step(&id, p, &sa);
                 }
                 if !self.secagg.awaiting.contains(&(id, p)) {
@@ -178,11 +258,8 @@ impl Task {
                     self.secagg.awaiting.remove(&(id, p));
                     continue;
                 }
-                if now >= end + self.options.result_delay_secs + 5 * self.sync_secs() {
+                if now >= end + delay + 5 * self.sync_secs() {
                     self.ask(
-                        &id,
-                        p,
-                        b'R',
                         sa.leader,
                         SecaggRequest::Result { community: id, period: p },
                         Pending::Result { community: id, period: p },
@@ -190,93 +267,66 @@ impl Task {
                 }
             }
         }
-        // Older than the window: given up (the aggregators no longer take reports).
-        let oldest = period_of(now - window, secs);
-        self.secagg.outbox.retain(|(_, p), _| *p >= oldest);
-        self.secagg.awaiting.retain(|(_, p)| *p >= oldest);
+        // Older than the window: given up, and the aggregators' shares forgotten.
+        self.secagg.outbox.retain(|(_, p), _| *p >= first);
+        self.secagg.awaiting.retain(|(_, p)| *p >= first);
+        self.secagg.leading.retain(|_, l| l.round.period_start >= first);
+        match self.store.prune_secagg(first) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rounds = n, "secure aggregation: shares of past rounds deleted"),
+            Err(e) => tracing::warn!(error = %e, "secure aggregation: pruning"),
+        }
     }
 
-    fn sync_secs(&self) -> i64 {
-        i64::try_from(self.options.sync_interval.as_secs()).unwrap_or(60).max(1)
-    }
-
-    /// Sends `request` to `to` unless one for (community, period, what) is in flight;
-    /// to itself, answers it in place.
-    fn ask(
-        &mut self,
-        community: &CommunityId,
-        period: i64,
-        what: u8,
-        to: NodeId,
-        request: SecaggRequest,
-        pending: Pending,
-    ) {
-        if !self.secagg.busy.insert((*community, period, what)) {
+    /// Sends `request` to `to` unless one for the same (community, period, what) is in
+    /// flight; to itself, answers it in place.
+    fn ask(&mut self, to: NodeId, request: SecaggRequest, pending: Pending) {
+        let key = pending.key();
+        if !self.secagg.busy.insert(key) {
             return;
         }
         if to == self.me {
             let me = *self.swarm.local_peer_id();
             let response = self.answer_secagg(me, request);
-            self.secagg.busy.remove(&(*community, period, what));
             self.on_secagg_response(me, pending, response);
             return;
         }
         let Some(peer) = peer_id_of(&to) else {
-            self.secagg.busy.remove(&(*community, period, what));
+            self.secagg.busy.remove(&key);
             return;
         };
         let id = self.swarm.behaviour_mut().secagg.send_request(&peer, request);
         self.secagg.requests.insert(id, pending);
     }
 
-    /// The request for `pending` ended without an answer.
+    /// The request for `pending` ended without an answer: asked again next tick.
     pub(super) fn secagg_failed(&mut self, pending: Pending) {
-        self.release_busy(&pending);
-        if let Pending::Verify { round } = pending {
-            // Tried again next tick with a fresh key (the helper never saw this one).
+        self.secagg.busy.remove(&pending.key());
+        if let Pending::Verify { round, .. } = pending {
+            // Again with a fresh key: the helper never answered this one.
             self.secagg.leading.remove(&round);
         }
     }
 
-    fn release_busy(&mut self, pending: &Pending) {
-        let key = match pending {
-            Pending::Round { community, period } => (*community, *period, b'r'),
-            Pending::Submit { community, period, to_leader } => {
-                (*community, *period, if *to_leader { b'l' } else { b'h' })
-            }
-            Pending::Result { community, period } => (*community, *period, b'R'),
-            Pending::Verify { round } | Pending::Finish { round } => {
-                let found = self
-                    .secagg
-                    .leading
-                    .get(round)
-                    .map(|l| (l.round.community, l.round.period_start))
-                    .or_else(|| self.secagg.finishing.get(round).map(|f| (f.0, f.1)));
-                match found {
-                    Some((c, p)) => (c, p, if matches!(pending, Pending::Verify { .. }) { b'v' } else { b'f' }),
-                    None => return,
-                }
-            }
-        };
-        self.secagg.busy.remove(&key);
-    }
-
-    fn member_step(&mut self, id: &CommunityId, period: i64, sa: &SecureAggregation) {
+    /// A member's step for one period; true when it asked the leader for the round.
+    fn member_step(&mut self, id: &CommunityId, period: i64, sa: &SecureAggregation) -> bool {
         if let Some(out) = self.secagg.outbox.get(&(*id, period)) {
-            let (round, leader_done, helper_done) = (out.round.clone(), out.leader_done, out.helper_done);
-            if !leader_done {
-                self.deliver(id, period, &round, true, sa.leader);
+            let (leader_left, helper_left) = (!out.leader.is_empty(), !out.helper.is_empty());
+            if leader_left {
+                self.deliver(id, period, true, sa.leader);
             }
-            if !helper_done {
-                self.deliver(id, period, &round, false, sa.helper);
+            if helper_left {
+                self.deliver(id, period, false, sa.helper);
             }
-            return;
+            return false;
         }
-        if self.store.secagg_marked(REPORTED, id, period).unwrap_or(true) {
-            return;
+        if self.store.secagg_marked(REPORTED, id, period).unwrap_or(true)
+            || self.secagg.busy.contains(&(*id, period, b'r'))
+        {
+            return false;
         }
-        // Nobody to report for (no aggregate user listened): the period is done here,
-        // and the leader is not asked.
+        // A node with no user at the aggregate level has nothing to report (that says
+        // how its users chose to share, not whether they listened).
         let secs = self.period_secs();
         let any = self
             .store
@@ -286,42 +336,45 @@ impl Task {
             Ok(true) => {}
             Ok(false) => {
                 let _ = self.store.commit_secure_reports(id, period, week_of(period), &BTreeMap::new(), &[]);
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "secure aggregation: reading the period");
-                return;
+                return false;
             }
         }
-        self.ask(
-            id,
-            period,
-            b'r',
-            sa.leader,
-            SecaggRequest::Round { community: *id, period },
-            Pending::Round { community: *id, period },
-        );
+        self.ask(sa.leader, SecaggRequest::Round { community: *id, period }, Pending::Round { community: *id, period });
+        true
     }
 
-    fn deliver(&mut self, id: &CommunityId, period: i64, round: &[u8], to_leader: bool, to: NodeId) {
+    /// Sends the next chunk of shares for one aggregator: at most
+    /// `MAX_SHARES_PER_SUBMIT`, and no more bytes than `SUBMIT_SHARE_BYTES` (at least one).
+    fn deliver(&mut self, id: &CommunityId, period: i64, to_leader: bool, to: NodeId) {
         let Some(out) = self.secagg.outbox.get(&(*id, period)) else { return };
         let shares = if to_leader { &out.leader } else { &out.helper };
-        // One request per chunk would need per-chunk bookkeeping; a home node's users
-        // fit one request, a larger node's first chunk goes now and the rest follow.
-        let chunk: Vec<ShareV1> = shares.iter().take(MAX_SHARES_PER_SUBMIT).cloned().collect();
-        let request = SecaggRequest::Submit { round: ByteBuf::from(round.to_vec()), shares: chunk };
-        self.ask(
-            id,
-            period,
-            if to_leader { b'l' } else { b'h' },
-            to,
-            request,
-            Pending::Submit { community: *id, period, to_leader },
-        );
+        let mut bytes = 0usize;
+        let chunk: Vec<ShareV1> = shares
+            .iter()
+            .take(MAX_SHARES_PER_SUBMIT)
+            .take_while(|s| {
+                bytes = bytes.saturating_add(s.input_share.len() + s.public_share.len() + 64);
+                bytes <= SUBMIT_SHARE_BYTES
+            })
+            .cloned()
+            .collect();
+        let chunk = if chunk.is_empty() { shares.iter().take(1).cloned().collect() } else { chunk };
+        let count = chunk.len();
+        let request = SecaggRequest::Submit { round: ByteBuf::from(out.round.clone()), shares: chunk };
+        self.ask(to, request, Pending::Submit { community: *id, period, to_leader, count });
     }
 
-    /// A member with the round: charge, bound, shard, record, then deliver.
+    /// A member with the round: charge, bound, shard, record, then deliver. Every
+    /// user at the aggregate level is reported, listened or not (an all-zero report
+    /// is a valid one): how many reports a node sends depends on its users' levels,
+    /// never on their activity. At most the community's quota per node, picked at
+    /// random; the others are recorded as not sent.
     fn make_reports(&mut self, bytes: &[u8], community: &CommunityId, period: i64) -> Result<(), String> {
+        use rand::seq::SliceRandom;
         let (round, sa) = self.open_round(bytes)?;
         if &round.community != community || round.period_start != period {
             return Err("the leader answered another round".into());
@@ -331,16 +384,21 @@ impl Task {
             .store
             .period_inputs(period, period + secs, &self.options.credit_rules)
             .map_err(|e| format!("reading the period: {e}"))?;
-        let users: Vec<&crate::privacy::release::UserPeriod> =
+        let mut users: Vec<&crate::privacy::release::UserPeriod> =
             crate::privacy::release::secure_inputs(&inputs).collect();
+        users.shuffle(&mut rand::make_rng::<rand::rngs::StdRng>());
+        let quota = round.params.max_reports_per_node as usize;
         let week = week_of(period);
-        let mut accounts =
-            self.store.accounts(week, users.iter().map(|u| u.user)).map_err(|e| format!("reading ledgers: {e}"))?;
         let cost = Spend { eps_milli: round.params.cost_eps_milli(), delta_pico: 0 };
         let mut ledgers = BTreeMap::new();
         let mut records = Vec::new();
-        let (mut to_leader, mut to_helper) = (Vec::new(), Vec::new());
-        for u in users {
+        let mut charged = Vec::new();
+        // The same lock as the node's releases: the ledgers read here are the ones
+        // written below, with no release charging them in between.
+        let _ordered = self.store.contributions_lock();
+        let mut accounts =
+            self.store.accounts(week, users.iter().map(|u| u.user)).map_err(|e| format!("reading ledgers: {e}"))?;
+        for (i, u) in users.iter().enumerate() {
             let Some(account) = accounts.get_mut(&u.user) else { continue };
             let mut record = SecureReportV1 {
                 community: *community,
@@ -350,15 +408,17 @@ impl Task {
                 charged: Spend::default(),
                 refused: None,
             };
+            if i >= quota {
+                record.refused = Some(format!("the community takes at most {quota} reports per node a period"));
+                records.push((u.user, record));
+                continue;
+            }
             if let Err(why) = account.week.charge_report(cost, self.options.budget, account.earlier) {
                 record.refused = Some(why.to_string());
                 records.push((u.user, record));
                 continue;
             }
             let bits = secagg::measurement(&round, &u.artists, &u.tracks);
-            let mut report = [0u8; 16];
-            getrandom::getrandom(&mut report).map_err(|e| format!("randomness: {e}"))?;
-            let made = secagg::shard(&round, &bits, report).map_err(|e| e.to_string())?;
             record.items = round
                 .artists
                 .iter()
@@ -370,46 +430,52 @@ impl Task {
             record.charged = cost;
             ledgers.insert(u.user, account.week.clone());
             records.push((u.user, record));
-            to_leader.push(made.leader);
-            to_helper.push(made.helper);
+            charged.push(bits);
         }
         let fresh = self
             .store
             .commit_secure_reports(community, period, week, &ledgers, &records)
             .map_err(|e| format!("recording the reports: {e}"))?;
-        if !fresh || to_leader.is_empty() {
+        drop(_ordered);
+        if !fresh || charged.is_empty() {
             return Ok(());
+        }
+        let (mut to_leader, mut to_helper) = (Vec::new(), Vec::new());
+        for bits in charged {
+            let mut report = [0u8; 16];
+            getrandom::getrandom(&mut report).map_err(|e| format!("randomness: {e}"))?;
+            let made = secagg::shard(&round, &bits, report).map_err(|e| e.to_string())?;
+            to_leader.push(made.leader);
+            to_helper.push(made.helper);
         }
         tracing::info!(community = %short_hex(community), period, reports = to_leader.len(), "secure aggregation: reports made");
         self.secagg.awaiting.insert((*community, period));
-        self.secagg.outbox.insert(
-            (*community, period),
-            Outbox {
-                round: bytes.to_vec(),
-                leader: to_leader,
-                helper: to_helper,
-                leader_done: false,
-                helper_done: false,
-            },
-        );
-        self.deliver(community, period, bytes, true, sa.leader);
-        self.deliver(community, period, bytes, false, sa.helper);
+        self.secagg
+            .outbox
+            .insert((*community, period), Outbox { round: bytes.to_vec(), leader: to_leader, helper: to_helper });
+        self.deliver(community, period, true, sa.leader);
+        self.deliver(community, period, false, sa.helper);
         Ok(())
     }
 
-    /// The leader's round of a final period: made once, from what is public.
-    fn round_for(&mut self, community: &CommunityId, period: i64) -> Result<Vec<u8>, String> {
-        if let Some(held) = self.store.secagg_round(community, period).map_err(|e| e.to_string())? {
+    /// The leader's round of a period that is over and within the window: made once,
+    /// from what is public.
+    fn round_for(&mut self, community: &CommunityId, period: i64) -> Result<Vec<u8>, RoundRefusal> {
+        use RoundRefusal::{Never, NotYet};
+        if !self.in_window(period) {
+            return Err(Never("not a period of this node's grid that is over and within the window".into()));
+        }
+        if let Some(held) = self.store.secagg_round(community, period).map_err(|e| NotYet(e.to_string()))? {
             return Ok(held);
         }
-        let sa = self.secure_of(community).ok_or("no secure aggregation in this community")?;
+        let sa = self.secure_of(community).ok_or_else(|| Never("no secure aggregation in this community".into()))?;
         let secs = self.period_secs();
-        if Self::now() < period + secs + self.options.result_delay_secs {
-            return Err("the period's round is not made yet".into());
+        if Self::now() < period.saturating_add(secs).saturating_add(self.options.result_delay_secs) {
+            return Err(NotYet("the period's round is not made yet".into()));
         }
         let mut published = Vec::new();
         for back in 0..=3 {
-            let state = self.store.period_state(period - back * secs).map_err(|e| e.to_string())?;
+            let state = self.store.period_state(period - back * secs).map_err(|e| NotYet(e.to_string()))?;
             for snaps in state.by_origin.values() {
                 let Some(s) = snaps.values().last() else { continue };
                 if !s.communities.contains(community) {
@@ -446,26 +512,44 @@ impl Task {
             artists,
             tracks,
         };
-        round.check().map_err(|e| format!("no round for this period: {e}"))?;
+        // Nothing published to count (an empty vocabulary): no round, ever.
+        round.check().map_err(|e| Never(format!("no round for this period: {e}")))?;
         let signed = self.identity.sign_round(&round);
-        self.store.put_secagg_round(community, period, &signed).map_err(|e| e.to_string())
+        self.store.put_secagg_round(community, period, &signed).map_err(|e| NotYet(e.to_string()))
     }
 
+    /// The leader's timed step: start verification once; after that, finish it (the
+    /// same bytes again if the helper's answer was lost).
     fn leader_step(&mut self, id: &CommunityId, period: i64, sa: &SecureAggregation) {
-        if self.store.secagg_marked(AGGREGATED, id, period).unwrap_or(true)
-            || self.secagg.busy.contains(&(*id, period, b'v'))
-        {
+        if self.store.secure_result(id, period).ok().flatten().is_some() {
             return;
         }
         let Ok(Some(bytes)) = self.store.secagg_round(id, period) else { return };
         let round = match self.open_round(&bytes) {
             Ok((r, _)) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "secure aggregation: own round");
+                tracing::debug!(error = %e, "secure aggregation: own round");
                 return;
             }
         };
-        let Ok(held) = self.store.secagg_shares(&round.id()) else { return };
+        let rid = round.id();
+        if self.store.secagg_marked(AGGREGATED, id, period).unwrap_or(true) {
+            // Verified: re-send the same aggregate share until the helper answers.
+            if let Ok(Some(own)) = self.store.secagg_aggregate(&rid)
+                && own.peer_commitment.is_some()
+            {
+                self.ask(
+                    sa.helper,
+                    SecaggRequest::Finish { round: rid, leader_aggregate: ByteBuf::from(own.aggregate) },
+                    Pending::Finish { community: *id, period, round: rid },
+                );
+            }
+            return;
+        }
+        if self.secagg.busy.contains(&(*id, period, b'v')) {
+            return;
+        }
+        let Ok(held) = self.store.secagg_shares(&rid) else { return };
         let mut key = [0u8; 32];
         if getrandom::getrandom(&mut key).is_err() {
             return;
@@ -478,15 +562,11 @@ impl Task {
             }
         };
         let shares = start.shares.iter().map(|(r, b)| (*r, ByteBuf::from(b.clone()))).collect();
-        let rid = round.id();
         self.secagg.leading.insert(rid, Leading { round, start, held });
         self.ask(
-            id,
-            period,
-            b'v',
             sa.helper,
             SecaggRequest::Verify { round: ByteBuf::from(bytes), key, shares },
-            Pending::Verify { round: rid },
+            Pending::Verify { community: *id, period, round: rid },
         );
     }
 
@@ -505,18 +585,23 @@ impl Task {
                 }
                 match self.round_for(&community, period) {
                     Ok(bytes) => SecaggResponse::Round(ByteBuf::from(bytes)),
-                    Err(e) => err(e),
+                    Err(RoundRefusal::NotYet(e)) => err(e),
+                    Err(RoundRefusal::Never(e)) => SecaggResponse::Closed(e),
                 }
             }
             SecaggRequest::Submit { round, shares } => self.take_shares(from, &round, &shares),
             SecaggRequest::Verify { round, key, shares } => self.helper_verify(from, &round, key, &shares),
-            SecaggRequest::Finish { result, leader_aggregate, leader_sig } => {
-                self.helper_finish(from, &result, &leader_aggregate, &leader_sig)
+            SecaggRequest::Finish { round, leader_aggregate } => self.helper_finish(from, &round, &leader_aggregate),
+            SecaggRequest::Result { community, period } => {
+                let member = self.communities.iter().any(|c| c.id == community && c.manifest.is_member(&from));
+                if !member {
+                    return err("only members fetch results");
+                }
+                match self.store.secure_result(&community, period) {
+                    Ok(r) => SecaggResponse::Result(r.map(ByteBuf::from)),
+                    Err(e) => err(e),
+                }
             }
-            SecaggRequest::Result { community, period } => match self.store.secure_result(&community, period) {
-                Ok(r) => SecaggResponse::Result(r.map(ByteBuf::from)),
-                Err(e) => err(e),
-            },
         }
     }
 
@@ -541,7 +626,7 @@ impl Task {
             return err("only members may report");
         }
         if self.store.secagg_marked(AGGREGATED, &c, p).unwrap_or(true) {
-            return err("this round was already aggregated");
+            return SecaggResponse::Closed("this round was already aggregated".into());
         }
         // One round per period: the helper keeps the first it is shown.
         match self.store.put_secagg_round(&c, p, round) {
@@ -550,25 +635,30 @@ impl Task {
             Err(e) => return err(e),
         }
         let rid = round_v.id();
-        let mut held = match self.store.secagg_shares(&rid) {
-            Ok(h) => h,
+        let vdaf = match round_v.vdaf() {
+            Ok(v) => v,
             Err(e) => return err(e),
         };
         let (mut accepted, mut refused) = (0u32, Vec::new());
         for share in shares {
-            if held.len() >= MAX_REPORTS_PER_ROUND {
-                refused.push("the round is full".to_owned());
-                continue;
-            }
-            match secagg::admit(&round_v, agg_id, &held, &from, share) {
+            let counts = self
+                .store
+                .secagg_share_held(&rid, &share.report)
+                .and_then(|replay| Ok((replay, self.store.secagg_node_shares(&rid, &from)?)));
+            let (replay, from_node) = match counts {
+                Ok(x) => x,
+                Err(e) => return err(e),
+            };
+            match secagg::admit(&round_v, &rid, &vdaf, agg_id, replay, from_node as usize, share) {
                 Ok(()) => {
                     let h = Held { node: from, share: share.clone() };
                     if let Err(e) = self.store.put_secagg_share(&rid, &h) {
                         return err(e);
                     }
-                    held.insert(share.report, h);
                     accepted += 1;
                 }
+                // A share already held is taken: a member retrying after a lost answer.
+                Err(_) if replay => accepted += 1,
                 Err(e) => refused.push(e.to_string()),
             }
         }
@@ -589,21 +679,24 @@ impl Task {
         if sa.leader != from || sa.helper != self.me {
             return err("only the community's leader asks its helper to verify");
         }
+        if shares.len() > MAX_REPORTS_PER_ROUND {
+            return err("too many reports");
+        }
         let (c, p) = (round_v.community, round_v.period_start);
         match self.store.secagg_round(&c, p) {
             Ok(Some(held)) if held == round => {}
-            Ok(None) => return err("no share of this round was received"),
+            Ok(None) => return SecaggResponse::Closed("no share of this round was received".into()),
             Ok(Some(_)) => return err("another round of this period is held"),
             Err(e) => return err(e),
         }
-        if Self::now() < p + self.period_secs() + self.options.result_delay_secs {
+        if Self::now() < p.saturating_add(self.period_secs()).saturating_add(self.options.result_delay_secs) {
             return err("the collection window is still open");
         }
         // Once per period, set before anything else: a replayed or second request never
         // yields a second aggregate of the same reports.
         match self.store.secagg_mark(AGGREGATED, &c, p) {
             Ok(true) => {}
-            Ok(false) => return err("this round was already aggregated (a replay)"),
+            Ok(false) => return SecaggResponse::Closed("this round was already aggregated (a replay)".into()),
             Err(e) => return err(e),
         }
         let rid = round_v.id();
@@ -614,124 +707,153 @@ impl Task {
         let leader_shares: Vec<(ReportId, Vec<u8>)> = shares.iter().map(|(r, b)| (*r, b.to_vec())).collect();
         let step = match secagg::helper_step(&round_v, &key, &held, &leader_shares) {
             Ok(s) => s,
-            Err(e) => return err(e),
+            Err(e) => return SecaggResponse::Closed(e.to_string()),
         };
         if let Err(e) = secagg::check_batch(&round_v.params, &step.accepted, &held) {
-            tracing::info!(community = %short_hex(&c), period = p, error = %e, "secure aggregation: nothing released");
-            return err(e);
+            tracing::info!(community = %short_hex(&c), period = p, "secure aggregation: too small a batch, nothing released");
+            return SecaggResponse::Closed(e.to_string());
         }
         let mut rng = rand::make_rng::<rand::rngs::StdRng>();
         let aggregate = match secagg::noised_aggregate(&round_v, &step.accepted, &mut rng) {
             Ok(a) => a,
-            Err(e) => return err(e),
+            Err(e) => return SecaggResponse::Closed(e.to_string()),
         };
-        let nodes = nodes_of(&step.accepted, &held);
+        let mut salt = [0u8; 32];
+        if getrandom::getrandom(&mut salt).is_err() {
+            return SecaggResponse::Closed("no randomness".into());
+        }
+        let commitment = secagg::commit(&salt, &aggregate);
         let agg = SecaggAggV1 {
-            aggregate: aggregate.clone(),
+            aggregate,
+            salt,
             accepted: u32::try_from(step.accepted.len()).unwrap_or(u32::MAX),
-            nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
+            peer_commitment: None,
+            finished: None,
         };
         if let Err(e) = self.store.put_secagg_aggregate(&rid, &agg) {
             return err(e);
         }
         SecaggResponse::Verdicts {
             messages: step.messages.into_iter().map(|(r, m)| (r, m.map(ByteBuf::from))).collect(),
-            aggregate: ByteBuf::from(aggregate),
+            commitment,
         }
     }
 
-    fn helper_finish(&mut self, from: NodeId, body: &[u8], leader_agg: &[u8], leader_sig: &[u8]) -> SecaggResponse {
-        let result: SecureResultV1 = match postcard::from_bytes(body) {
-            Ok(r) => r,
-            Err(e) => return err(format!("result: {e}")),
-        };
-        let Some(sa) = self.secure_of(&result.community) else { return err("unknown community") };
-        if sa.leader != from || sa.helper != self.me {
-            return err("only the community's leader asks its helper to co-sign");
-        }
-        let Ok(Some(round_bytes)) = self.store.secagg_round(&result.community, result.period_start) else {
-            return err("no round held for this period");
-        };
-        let round = match self.open_round(&round_bytes) {
-            Ok((r, _)) => r,
-            Err(e) => return err(e),
-        };
-        if round.id() != result.round {
-            return err("the result names another round");
-        }
-        if crate::envelope::verify_detached(&sa.leader, crate::envelope::DST_SECURE_RESULT, body, leader_sig).is_err() {
-            return err("the leader's signature does not verify");
-        }
-        let Ok(Some(own)) = self.store.secagg_aggregate(&round.id()) else {
+    /// The helper combines the leader's share with its own (drawn and committed to
+    /// before it saw the leader's), signs the result once per round, and reveals its
+    /// share so the leader can check the result.
+    fn helper_finish(&mut self, from: NodeId, rid: &RoundId, leader_agg: &[u8]) -> SecaggResponse {
+        let Ok(Some(mut own)) = self.store.secagg_aggregate(rid) else {
             return err("this node has no aggregate of the round");
         };
-        if let Err(e) =
-            secagg::check_result(&round, &result, leader_agg, &own.aggregate, own.accepted as usize, own.nodes as usize)
-        {
+        let leader_hash = *blake3::hash(leader_agg).as_bytes();
+        let answer = |f: &crate::store::secagg::FinishedV1, own: &SecaggAggV1| SecaggResponse::Cosigned {
+            body: ByteBuf::from(f.body.clone()),
+            sig: ByteBuf::from(f.sig.clone()),
+            aggregate: ByteBuf::from(own.aggregate.clone()),
+            salt: own.salt,
+        };
+        if let Some(f) = &own.finished {
+            // One result per round: the same answer again for the same share.
+            return if f.leader_aggregate == leader_hash {
+                answer(f, &own)
+            } else {
+                err("this round's result is already signed with another leader share")
+            };
+        }
+        // Which round: the helper's own record of it.
+        let round =
+            self.communities.iter().filter_map(|c| c.manifest.secure.as_ref().map(|sa| (c.id, sa.clone()))).find_map(
+                |(c, sa)| {
+                    if sa.leader != from || sa.helper != self.me {
+                        return None;
+                    }
+                    let first = period_of(Self::now().saturating_sub(self.window_secs()), self.period_secs());
+                    let latest = period_of(Self::now(), self.period_secs());
+                    (first..=latest).step_by(usize::try_from(self.period_secs()).unwrap_or(1)).find_map(|p| {
+                        let bytes = self.store.secagg_round(&c, p).ok().flatten()?;
+                        let (r, _) = self.open_round(&bytes).ok()?;
+                        (r.id() == *rid).then_some(r)
+                    })
+                },
+            );
+        let Some(round) = round else { return err("no round of this id held from this leader") };
+        let counts = match secagg::combine(&round, leader_agg, &own.aggregate) {
+            Ok(c) => c,
+            Err(e) => return err(e),
+        };
+        let result = SecureResultV1::of(&round, &counts, Self::now());
+        let body = result.encode();
+        let sig = self.identity.sign_secure_result(&body);
+        let finished = crate::store::secagg::FinishedV1 { leader_aggregate: leader_hash, body, sig };
+        own.finished = Some(finished.clone());
+        if let Err(e) = self.store.put_secagg_aggregate(rid, &own) {
             return err(e);
         }
-        let sig = self.identity.sign_secure_result(body);
-        let signed =
-            SignedSecureResult { body: body.to_vec(), leader_sig: leader_sig.to_vec(), helper_sig: sig.clone() };
-        if let Err(e) = self.store.put_secure_result(&result.community, result.period_start, &signed.encode()) {
-            return err(e);
-        }
-        SecaggResponse::Cosigned { sig: ByteBuf::from(sig) }
+        answer(&finished, &own)
     }
 
     pub(super) fn on_secagg_response(&mut self, peer: PeerId, pending: Pending, response: SecaggResponse) {
-        self.release_busy(&pending);
-        if let SecaggResponse::Error(why) = &response {
-            tracing::info!(%peer, error = %why, what = ?pending_name(&pending), "secure aggregation refused");
-            if let Pending::Verify { round } = pending {
-                self.secagg.leading.remove(&round);
-            }
-            return;
-        }
+        self.secagg.busy.remove(&pending.key());
         match (pending, response) {
+            (pending, SecaggResponse::Error(why)) => {
+                tracing::info!(%peer, error = %why, what = pending.name(), "secure aggregation refused");
+                if let Pending::Verify { round, .. } = pending {
+                    self.secagg.leading.remove(&round);
+                }
+            }
+            (pending, SecaggResponse::Closed(why)) => {
+                tracing::info!(%peer, why = %why, what = pending.name(), "secure aggregation: period closed");
+                match pending {
+                    Pending::Verify { community, period, round } => {
+                        self.secagg.leading.remove(&round);
+                        let _ = self.store.secagg_mark(AGGREGATED, &community, period);
+                    }
+                    Pending::Submit { community, period, .. } => {
+                        self.secagg.outbox.remove(&(community, period));
+                    }
+                    // No round will be made: nothing is reported (nobody is charged).
+                    Pending::Round { community, period } => {
+                        let _ = self.store.commit_secure_reports(
+                            &community,
+                            period,
+                            week_of(period),
+                            &BTreeMap::new(),
+                            &[],
+                        );
+                    }
+                    _ => {}
+                }
+            }
             (Pending::Round { community, period }, SecaggResponse::Round(bytes)) => {
                 if let Err(e) = self.make_reports(&bytes, &community, period) {
                     tracing::warn!(community = %short_hex(&community), period, error = %e, "secure aggregation: no reports");
                 }
             }
-            (Pending::Submit { community, period, to_leader }, SecaggResponse::Submitted { accepted, refused }) => {
+            (
+                Pending::Submit { community, period, to_leader, count },
+                SecaggResponse::Submitted { accepted, refused },
+            ) => {
                 if !refused.is_empty() {
                     tracing::info!(accepted, refused = ?refused, "secure aggregation: shares refused");
                 }
-                let done = if let Some(out) = self.secagg.outbox.get_mut(&(community, period)) {
-                    let list = if to_leader { &mut out.leader } else { &mut out.helper };
-                    let n = list.len().min(MAX_SHARES_PER_SUBMIT);
-                    list.drain(..n);
-                    if list.is_empty() {
-                        if to_leader {
-                            out.leader_done = true;
-                        } else {
-                            out.helper_done = true;
-                        }
+                let done = match self.secagg.outbox.get_mut(&(community, period)) {
+                    Some(out) => {
+                        let list = if to_leader { &mut out.leader } else { &mut out.helper };
+                        list.drain(..count.min(list.len()));
+                        out.leader.is_empty() && out.helper.is_empty()
                     }
-                    out.leader_done && out.helper_done
-                } else {
-                    false
+                    None => false,
                 };
                 if done {
                     self.secagg.outbox.remove(&(community, period));
                 }
             }
-            (Pending::Verify { round }, SecaggResponse::Verdicts { messages, aggregate }) => {
-                self.leader_finish(round, messages, aggregate.into_vec());
+            (Pending::Verify { community, period, round }, SecaggResponse::Verdicts { messages, commitment }) => {
+                self.leader_finish(&community, period, round, messages, commitment);
             }
-            (Pending::Finish { round }, SecaggResponse::Cosigned { sig }) => {
-                let Some((community, period, body, leader_sig)) = self.secagg.finishing.remove(&round) else { return };
-                let Some(sa) = self.secure_of(&community) else { return };
-                let signed = SignedSecureResult { body, leader_sig, helper_sig: sig.into_vec() };
-                let bytes = signed.encode();
-                match SignedSecureResult::open(&bytes, &community, &sa.leader, &sa.helper) {
-                    Ok(_) => {
-                        let _ = self.store.put_secure_result(&community, period, &bytes);
-                        tracing::info!(community = %short_hex(&community), period, "secure aggregation: result released");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "secure aggregation: the helper's co-signature"),
-                }
+            (Pending::Finish { community, period, round }, SecaggResponse::Cosigned { body, sig, aggregate, salt }) => {
+                self.leader_sign(&community, period, &round, body.into_vec(), sig.into_vec(), &aggregate, &salt);
             }
             (Pending::Result { community, period }, SecaggResponse::Result(Some(bytes))) => {
                 let Some(sa) = self.secure_of(&community) else { return };
@@ -746,68 +868,105 @@ impl Task {
             (Pending::Result { .. }, SecaggResponse::Result(None)) => {}
             (pending, _) => {
                 self.penalise(peer, "secure aggregation answer of the wrong kind");
-                if let Pending::Verify { round } = pending {
+                if let Pending::Verify { round, .. } = pending {
                     self.secagg.leading.remove(&round);
                 }
             }
         }
     }
 
-    fn leader_finish(&mut self, rid: RoundId, messages: Vec<(ReportId, Option<ByteBuf>)>, helper_agg: Vec<u8>) {
+    /// The leader with the helper's verdicts: finish verification, check the batch,
+    /// draw its own noised aggregate once (stored with the helper's commitment), mark
+    /// the period aggregated, and send the share.
+    fn leader_finish(
+        &mut self,
+        c: &CommunityId,
+        p: i64,
+        rid: RoundId,
+        messages: Vec<(ReportId, Option<ByteBuf>)>,
+        commitment: [u8; 32],
+    ) {
         let Some(Leading { round, start, held }) = self.secagg.leading.remove(&rid) else { return };
-        let (c, p) = (round.community, round.period_start);
         // The helper has aggregated this round: it never will again.
-        let _ = self.store.secagg_mark(AGGREGATED, &c, p);
+        let _ = self.store.secagg_mark(AGGREGATED, c, p);
         let messages: Vec<(ReportId, Option<Vec<u8>>)> =
             messages.into_iter().map(|(r, m)| (r, m.map(|b| b.into_vec()))).collect();
-        let outcome = (|| -> Result<(SecureResultV1, Vec<u8>), secagg::SecaggError> {
+        let outcome = (|| -> Result<SecaggAggV1, secagg::SecaggError> {
             let (accepted, rejected) = secagg::leader_finish(&round, start, &messages)?;
             if !rejected.is_empty() {
                 tracing::info!(rejected = rejected.len(), "secure aggregation: reports rejected");
             }
             secagg::check_batch(&round.params, &accepted, &held)?;
             let mut rng = rand::make_rng::<rand::rngs::StdRng>();
-            let own = secagg::noised_aggregate(&round, &accepted, &mut rng)?;
-            let counts = secagg::combine(&round, &own, &helper_agg)?;
-            let nodes = nodes_of(&accepted, &held);
-            Ok((SecureResultV1::of(&round, &counts, accepted.len(), nodes, Self::now()), own))
+            Ok(SecaggAggV1 {
+                aggregate: secagg::noised_aggregate(&round, &accepted, &mut rng)?,
+                salt: [0; 32],
+                accepted: u32::try_from(accepted.len()).unwrap_or(u32::MAX),
+                peer_commitment: Some(commitment),
+                finished: None,
+            })
         })();
-        let (result, own) = match outcome {
+        let own = match outcome {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(community = %short_hex(&c), period = p, error = %e, "secure aggregation: nothing released");
+                tracing::warn!(community = %short_hex(c), period = p, error = %e, "secure aggregation: nothing released");
                 return;
             }
         };
-        let Some(sa) = self.secure_of(&c) else { return };
-        let body = result.encode();
-        let sig = self.identity.sign_secure_result(&body);
-        self.secagg.finishing.insert(rid, (c, p, body.clone(), sig.clone()));
+        if let Err(e) = self.store.put_secagg_aggregate(&rid, &own) {
+            tracing::warn!(error = %e, "secure aggregation: storing the aggregate");
+            return;
+        }
+        let Some(sa) = self.secure_of(c) else { return };
         self.ask(
-            &c,
-            p,
-            b'f',
             sa.helper,
-            SecaggRequest::Finish {
-                result: ByteBuf::from(body),
-                leader_aggregate: ByteBuf::from(own),
-                leader_sig: ByteBuf::from(sig),
-            },
-            Pending::Finish { round: rid },
+            SecaggRequest::Finish { round: rid, leader_aggregate: ByteBuf::from(own.aggregate) },
+            Pending::Finish { community: *c, period: p, round: rid },
         );
     }
-}
 
-fn nodes_of(accepted: &secagg::Accepted, held: &BTreeMap<ReportId, Held>) -> usize {
-    accepted.keys().filter_map(|r| held.get(r).map(|h| h.node)).collect::<BTreeSet<_>>().len()
-}
-
-fn pending_name(p: &Pending) -> &'static str {
-    match p {
-        Pending::Round { .. } => "round",
-        Pending::Submit { .. } => "submit",
-        Pending::Verify { .. } => "verify",
-        Pending::Finish { .. } => "finish",
-        Pending::Result { .. } => "result",
+    /// The leader with the helper's signed result: check the revealed share against
+    /// the commitment and the result against both shares, then sign and store it.
+    #[allow(clippy::too_many_arguments)]
+    fn leader_sign(
+        &mut self,
+        c: &CommunityId,
+        p: i64,
+        rid: &RoundId,
+        body: Vec<u8>,
+        helper_sig: Vec<u8>,
+        helper_agg: &[u8],
+        salt: &[u8; 32],
+    ) {
+        let checked = (|| -> Result<Vec<u8>, String> {
+            let sa = self.secure_of(c).ok_or("no secure aggregation")?;
+            let bytes = self.store.secagg_round(c, p).map_err(|e| e.to_string())?.ok_or("no round")?;
+            let (round, _) = self.open_round(&bytes)?;
+            let own = self.store.secagg_aggregate(rid).map_err(|e| e.to_string())?.ok_or("no aggregate")?;
+            let commitment = own.peer_commitment.ok_or("no commitment")?;
+            let result: SecureResultV1 = match postcard::take_from_bytes(&body) {
+                Ok((r, [])) => r,
+                _ => return Err("the helper's result does not decode".into()),
+            };
+            if result.encode() != body || result.round != *rid {
+                return Err("the helper's result is not canonical or names another round".into());
+            }
+            secagg::check_result(&round, &result, &own.aggregate, helper_agg, salt, &commitment)
+                .map_err(|e| e.to_string())?;
+            let leader_sig = self.identity.sign_secure_result(&body);
+            let signed = SignedSecureResult { body: body.clone(), leader_sig, helper_sig: helper_sig.clone() };
+            let bytes = signed.encode();
+            SignedSecureResult::open(&bytes, c, &sa.leader, &sa.helper).map_err(|e| e.to_string())?;
+            Ok(bytes)
+        })();
+        match checked {
+            Ok(bytes) => {
+                let _ = self.store.put_secure_result(c, p, &bytes);
+                tracing::info!(community = %short_hex(c), period = p, "secure aggregation: result released");
+            }
+            Err(e) => {
+                tracing::warn!(community = %short_hex(c), period = p, error = %e, "secure aggregation: the helper's result is refused, nothing released")
+            }
+        }
     }
 }

@@ -114,11 +114,13 @@ impl UserPeriod {
     }
 }
 
-/// The users whose period may go into a community's secure-aggregation reports: those
-/// at the aggregate level. Public users are counted exactly in the public section
-/// already; private users never leave the node.
+/// The users whose period goes into a community's secure-aggregation reports: every
+/// user at the aggregate level, whether they listened or not (an empty period is an
+/// all-zero report: the number of reports must not say who was active). Public users
+/// are counted exactly in the public section already; private users never leave the
+/// node.
 pub fn secure_inputs(inputs: &[UserPeriod]) -> impl Iterator<Item = &UserPeriod> {
-    inputs.iter().filter(|u| u.level == SharingLevel::Aggregate && !(u.artists.is_empty() && u.tracks.is_empty()))
+    inputs.iter().filter(|u| u.level == SharingLevel::Aggregate)
 }
 
 /// What the period and the node are.

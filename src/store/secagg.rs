@@ -25,14 +25,30 @@ impl Versioned for Held {
     const VERSION: u8 = 1;
 }
 
-/// The helper's own noised aggregate share of a round and what it accepted, kept
-/// until it co-signs the leader's result.
+/// An aggregator's own noised aggregate share of a round, drawn once: a retried
+/// message sends the same bytes, never a second draw of noise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecaggAggV1 {
     #[serde(with = "serde_bytes")]
     pub aggregate: Vec<u8>,
+    /// The helper's commitment salt (the leader's: zero).
+    pub salt: [u8; 32],
+    /// Reports accepted.
     pub accepted: u32,
-    pub nodes: u32,
+    /// The leader's: the helper's commitment to its share.
+    pub peer_commitment: Option<[u8; 32]>,
+    /// The helper's: the result it computed and signed, and blake3 of the leader share
+    /// it was computed with (the helper signs one result per round).
+    pub finished: Option<FinishedV1>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedV1 {
+    pub leader_aggregate: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
 }
 
 impl Versioned for SecaggAggV1 {
@@ -68,6 +84,12 @@ fn community_period(kind: u8, community: &CommunityId, period: i64) -> Vec<u8> {
     k
 }
 
+fn node_key(round: &RoundId, node: &crate::federation::NodeId) -> Vec<u8> {
+    let mut k = round_key(b'n', round);
+    k.extend_from_slice(node);
+    k
+}
+
 fn round_key(kind: u8, round: &RoundId) -> Vec<u8> {
     let mut k = Vec::with_capacity(49);
     k.push(kind);
@@ -95,14 +117,73 @@ impl Store {
         }
     }
 
-    /// Stores a share this node holds as an aggregator (flushed: an acknowledged share
-    /// survives a crash).
+    /// Stores a share this node holds as an aggregator and counts it against its
+    /// sender, in one batch (flushed: an acknowledged share survives a crash).
     pub fn put_secagg_share(&self, round: &RoundId, held: &Held) -> Result<()> {
         self.writable()?;
         let mut k = round_key(b's', round);
         k.extend_from_slice(&held.share.report);
-        self.trees.secagg_state.insert(k, encode(held))?;
+        let n = self.secagg_node_shares(round, &held.node)?.saturating_add(1);
+        let mut batch = sled::Batch::default();
+        batch.insert(k, encode(held));
+        batch.insert(node_key(round, &held.node), &n.to_be_bytes()[..]);
+        self.trees.secagg_state.apply_batch(batch)?;
         self.flush()
+    }
+
+    /// Whether a share of this report is held for the round.
+    pub fn secagg_share_held(&self, round: &RoundId, report: &ReportId) -> Result<bool> {
+        let mut k = round_key(b's', round);
+        k.extend_from_slice(report);
+        Ok(self.trees.secagg_state.contains_key(k)?)
+    }
+
+    /// How many shares of the round are held from `node`.
+    pub fn secagg_node_shares(&self, round: &RoundId, node: &crate::federation::NodeId) -> Result<u32> {
+        let k = node_key(round, node);
+        match self.trees.secagg_state.get(&k)? {
+            None => Ok(0),
+            Some(v) => <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::corrupt(schema::SECAGG_STATE, &k, "count is not a u32")),
+        }
+    }
+
+    /// Forgets the rounds of periods before `before`: their shares, counters and
+    /// aggregates (nothing is released from them any more), and the round itself. The
+    /// marks stay, so such a period is never reported or aggregated again. Returns the
+    /// rounds forgotten.
+    pub fn prune_secagg(&self, before: i64) -> Result<usize> {
+        self.writable()?;
+        let mut old = Vec::new();
+        for kv in self.trees.secagg_state.scan_prefix([b'r']) {
+            let (k, v) = kv?;
+            let period = k
+                .get(33..41)
+                .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
+                .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not r ‖ community ‖ period"))?;
+            if period < before {
+                let id = crate::envelope::peek_signed(&v, usize::MAX)
+                    .map(|env| crate::federation::secagg::round_id_of(&env.body))
+                    .map_err(|_| Error::corrupt(schema::SECAGG_STATE, &k, "not a signed round"))?;
+                old.push((k.to_vec(), id));
+            }
+        }
+        for (key, id) in &old {
+            let mut batch = sled::Batch::default();
+            for kind in [b's', b'n', b'a'] {
+                for kv in self.trees.secagg_state.scan_prefix(round_key(kind, id)) {
+                    batch.remove(kv?.0);
+                }
+            }
+            batch.remove(key.as_slice());
+            self.trees.secagg_state.apply_batch(batch)?;
+        }
+        if !old.is_empty() {
+            self.flush()?;
+        }
+        Ok(old.len())
     }
 
     /// Every share held for a round.

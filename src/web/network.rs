@@ -106,7 +106,7 @@ fn secure_table(r: &crate::federation::secagg::SecureResultV1) -> Markup {
     };
     html! {
         h3 { "Private chart (secure aggregation)" }
-        p.muted { "Counted from " (r.reports) " users' encrypted shares sent by " (r.nodes) " member nodes; the two aggregators each added noise (ε "
+        p.muted { "Counted from the encrypted shares of at least " (r.min_users) " users on at least " (r.min_nodes) " member nodes (the exact numbers are not published: they would move with one user); the two aggregators each added noise (ε "
             (crate::privacy::params::eps_text(u64::from(r.eps_milli))) ") and signed the total. No node's or user's own counts were seen by anyone." }
         @if r.chart.artists.is_empty() && r.chart.tracks.is_empty() {
             p.muted { "No item reached the display threshold." }

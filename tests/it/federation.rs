@@ -39,6 +39,10 @@ impl Peer {
         env.push(("HEARSAY_P2P__LISTEN".into(), self.listen()));
         env.push(("HEARSAY_P2P__SYNC_INTERVAL_SECS".into(), "2".into()));
         env.extend(self.extra.iter().cloned());
+        // A log filter for the nodes when debugging a test (e.g. `hearsay::p2p=info`).
+        if let Ok(filter) = std::env::var("HEARSAY_TEST_NODE_LOG") {
+            env.push(("HEARSAY_NODE__LOG".into(), filter));
+        }
         env
     }
 

@@ -115,8 +115,10 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         (count as i64 - 2..=count as i64 + 2).contains(&alpha),
         "{count} users, little noise: {alpha} ({secure:#})"
     );
-    assert_eq!(secure["reports"], count as i64, "{secure:#}");
-    assert_eq!(secure["nodes"], count as i64);
+    // The release says only that the minimum batch was met: an exact count of reports
+    // would move by one with one user, outside the noise.
+    assert_eq!(secure["min_users"], 10, "{secure:#}");
+    assert!(secure.get("reports").is_none() && secure.get("nodes").is_none());
     assert!(listeners(&secure, "artists", "shared beta").is_none(), "nobody at the aggregate level played Beta");
     let names = secure.to_string().to_lowercase();
     assert!(!names.contains("solo artist"), "unpublished items are not in the vocabulary: {secure:#}");
@@ -212,6 +214,11 @@ fn inspect_aggregators(leader: &Peer, helper: &Peer, p: i64, count: usize) {
             let agg = store.secagg_aggregate(&round.id()).expect("read").expect("the helper's aggregate");
             assert_eq!(agg.accepted as usize, count);
         }
-        assert!(store.secure_result(&cid, p).expect("read").is_some(), "{who} holds the released result");
+        if agg_id == 0 {
+            assert!(store.secure_result(&cid, p).expect("read").is_some(), "the leader holds the released result");
+        } else {
+            let agg = store.secagg_aggregate(&round.id()).expect("read").expect("the helper's aggregate");
+            assert!(agg.finished.is_some(), "the helper signed the period's one result");
+        }
     }
 }

@@ -107,6 +107,18 @@ fn id(i: u32) -> ReportId {
     r
 }
 
+/// `admit` against the shares a map holds.
+fn admit_to(
+    r: &RoundV1,
+    agg: usize,
+    held: &BTreeMap<ReportId, Held>,
+    node: &NodeId,
+    share: &ShareV1,
+) -> Result<(), SecaggError> {
+    let from = held.values().filter(|h| &h.node == node).count();
+    admit(r, &r.id(), &r.vdaf()?, agg, held.contains_key(&share.report), from, share)
+}
+
 #[derive(Default)]
 struct Both {
     leader: BTreeMap<ReportId, Held>,
@@ -115,8 +127,8 @@ struct Both {
 
 impl Both {
     fn add(&mut self, r: &RoundV1, node: u8, rep: ClientReport) -> Result<(), SecaggError> {
-        admit(r, LEADER, &self.leader, &[node; 32], &rep.leader)?;
-        admit(r, HELPER, &self.helper, &[node; 32], &rep.helper)?;
+        admit_to(r, LEADER, &self.leader, &[node; 32], &rep.leader)?;
+        admit_to(r, HELPER, &self.helper, &[node; 32], &rep.helper)?;
         self.leader.insert(rep.leader.report, Held { node: [node; 32], share: rep.leader });
         self.helper.insert(rep.helper.report, Held { node: [node; 32], share: rep.helper });
         Ok(())
@@ -266,12 +278,12 @@ fn malformed_and_replayed_shares_are_refused_on_arrival() {
     let rep = shard(&r, &vec![false; r.len()], id(1)).expect("shard");
     let mut short = rep.leader.clone();
     short.input_share.pop();
-    let e = admit(&r, LEADER, &both.leader, &[1; 32], &short).expect_err("short");
+    let e = admit_to(&r, LEADER, &both.leader, &[1; 32], &short).expect_err("short");
     assert!(e.to_string().contains("malformed input share"), "{e}");
     let mut other = rep.leader.clone();
     other.round = [0; 32];
     assert!(
-        admit(&r, LEADER, &both.leader, &[1; 32], &other).expect_err("round").to_string().contains("another round")
+        admit_to(&r, LEADER, &both.leader, &[1; 32], &other).expect_err("round").to_string().contains("another round")
     );
     both.add(&r, 1, rep.clone()).expect("first");
     let e = both.add(&r, 1, rep).expect_err("replay");
@@ -398,14 +410,25 @@ fn a_result_needs_both_signatures_and_the_helper_co_signs_only_the_true_total() 
     let mut rng = rand::make_rng::<rand::rngs::StdRng>();
     let (la, ha) = (noised_aggregate(&r, &l, &mut rng).expect("l"), noised_aggregate(&r, &h, &mut rng).expect("h"));
     let counts = combine(&r, &la, &ha).expect("combine");
-    let result = SecureResultV1::of(&r, &counts, 4, 4, 99);
-    check_result(&r, &result, &la, &ha, 4, 4).expect("the true total is co-signed");
-    // A leader that inflates an item, or claims more reports, is caught.
+    let result = SecureResultV1::of(&r, &counts, 99);
+    let salt = [5u8; 32];
+    let commitment = commit(&salt, &ha);
+    check_result(&r, &result, &la, &ha, &salt, &commitment).expect("the true total is signed");
+    // A helper that inflates an item is caught.
     let mut lie = result.clone();
     lie.chart.artists.insert(0, SecureEntry { name: r.artists[5].clone(), listeners: 1_000 });
-    assert!(check_result(&r, &lie, &la, &ha, 4, 4).is_err());
-    let lie = SecureResultV1 { reports: 40, ..result.clone() };
-    assert!(check_result(&r, &lie, &la, &ha, 4, 4).is_err());
+    assert!(check_result(&r, &lie, &la, &ha, &salt, &commitment).is_err());
+    // A helper that changes its share after seeing the leader's (to make any chart it
+    // likes add up) no longer matches its commitment.
+    let forged = noised_aggregate(&r, &Accepted::new(), &mut rng).expect("another share");
+    assert_ne!(forged, ha);
+    let counts2 = combine(&r, &la, &forged).expect("combine");
+    let consistent = SecureResultV1::of(&r, &counts2, 99);
+    assert!(check_result(&r, &consistent, &la, &forged, &salt, &commitment).is_err());
+    assert!(
+        check_result(&r, &consistent, &la, &forged, &salt, &commit(&salt, &forged)).is_ok(),
+        "the commitment is what caught it"
+    );
 
     let body = result.encode();
     let signed = SignedSecureResult {
