@@ -7,6 +7,8 @@ use prio::flp::types::MultihotCountVec;
 use prio::flp::{Flp, FlpError, Gadget, Type};
 use prio::vdaf::prio3::Prio3;
 use prio::vdaf::xof::XofTurboShake128;
+// Seeded: the pure core draws no randomness of its own (its callers pass an RNG).
+use rand::{SeedableRng, rngs::StdRng};
 
 use super::*;
 
@@ -334,7 +336,7 @@ fn each_aggregator_noises_its_own_share() {
         both.add(&r, u as u8, shard(&r, &m, id(u)).expect("shard")).expect("admitted");
     }
     let (l, h, _) = both.verify(&r);
-    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+    let mut rng = StdRng::seed_from_u64(7);
     let exact = total(&r, &l, &h);
     // The leader's noise alone: the helper's share added exactly.
     use prio::vdaf::Aggregatable;
@@ -407,7 +409,7 @@ fn a_result_needs_both_signatures_and_the_helper_co_signs_only_the_true_total() 
         both.add(&r, u as u8, shard(&r, &m, id(u)).expect("shard")).expect("admitted");
     }
     let (l, h, _) = both.verify(&r);
-    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+    let mut rng = StdRng::seed_from_u64(7);
     let (la, ha) = (noised_aggregate(&r, &l, &mut rng).expect("l"), noised_aggregate(&r, &h, &mut rng).expect("h"));
     let counts = combine(&r, &la, &ha).expect("combine");
     let result = SecureResultV1::of(&r, &counts, 99);
