@@ -1047,7 +1047,7 @@ impl Task {
                 peer, message, ..
             })) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = if self.secagg_allowed(peer) {
+                    let response = if self.allowed(peer) {
                         self.answer_secagg(peer, request)
                     } else {
                         secagg::SecaggResponse::Error("rate limited".into())
@@ -1207,8 +1207,10 @@ impl Task {
         self.catch_up(peers[pick]);
     }
 
-    /// The per-peer and per-address request limits, shared by every protocol.
-    fn secagg_allowed(&mut self, peer: PeerId) -> bool {
+    /// The per-peer and per-address request limits, shared by every protocol: per
+    /// address as well (an IPv6 /64 as one; every relayed peer together), so fresh
+    /// PeerIds do not reset the limit.
+    fn allowed(&mut self, peer: PeerId) -> bool {
         let (now, per_minute) = (Instant::now(), self.options.max_requests_per_minute);
         let key =
             self.peer_ips.get(&peer).map(|ip| ip.map_or(per_ip::Key::Relayed, |ip| per_ip::Key::Ip(per_ip::mask(ip))));
@@ -1217,13 +1219,7 @@ impl Task {
     }
 
     fn answer(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
-        let (now, per_minute) = (Instant::now(), self.options.max_requests_per_minute);
-        // Per address as well (an IPv6 /64 as one; every relayed peer together), so
-        // fresh PeerIds do not reset the limit.
-        let key =
-            self.peer_ips.get(&peer).map(|ip| ip.map_or(per_ip::Key::Relayed, |ip| per_ip::Key::Ip(per_ip::mask(ip))));
-        let ip_ok = key.is_none_or(|k| self.ip_limits.allow(k, per_minute.saturating_mul(sync::IP_FACTOR), now));
-        if !self.limits.allow(peer, per_minute, now) || !ip_ok {
+        if !self.allowed(peer) {
             return SyncResponse::Error("rate limited".into());
         }
         let now = Self::now();

@@ -71,8 +71,9 @@ pub enum SecaggRequest {
     Submit { round: ByteBuf, shares: Vec<ShareV1> },
     /// Leader -> helper: the leader's verifier shares under `key` (fresh per attempt).
     Verify { round: ByteBuf, key: [u8; 32], shares: Vec<(ReportId, ByteBuf)> },
-    /// Leader -> helper: the leader's noised aggregate share of the round.
-    Finish { round: [u8; 32], leader_aggregate: ByteBuf },
+    /// Leader -> helper: the leader's noised aggregate share of the round of a
+    /// community period.
+    Finish { community: [u8; 32], period: i64, round: [u8; 32], leader_aggregate: ByteBuf },
     /// Member -> leader: the signed secure result of a community period.
     Result { community: [u8; 32], period: i64 },
 }
@@ -335,7 +336,7 @@ impl Task {
         match any {
             Ok(true) => {}
             Ok(false) => {
-                let _ = self.store.commit_secure_reports(id, period, week_of(period), &BTreeMap::new(), &[]);
+                let _ = self.store.secagg_mark(REPORTED, id, period);
                 return false;
             }
             Err(e) => {
@@ -538,11 +539,7 @@ impl Task {
             if let Ok(Some(own)) = self.store.secagg_aggregate(&rid)
                 && own.peer_commitment.is_some()
             {
-                self.ask(
-                    sa.helper,
-                    SecaggRequest::Finish { round: rid, leader_aggregate: ByteBuf::from(own.aggregate) },
-                    Pending::Finish { community: *id, period, round: rid },
-                );
+                self.send_finish(id, period, rid, sa.helper, own.aggregate);
             }
             return;
         }
@@ -591,7 +588,9 @@ impl Task {
             }
             SecaggRequest::Submit { round, shares } => self.take_shares(from, &round, &shares),
             SecaggRequest::Verify { round, key, shares } => self.helper_verify(from, &round, key, &shares),
-            SecaggRequest::Finish { round, leader_aggregate } => self.helper_finish(from, &round, &leader_aggregate),
+            SecaggRequest::Finish { community, period, round, leader_aggregate } => {
+                self.helper_finish(from, &community, period, &round, &leader_aggregate)
+            }
             SecaggRequest::Result { community, period } => {
                 let member = self.communities.iter().any(|c| c.id == community && c.manifest.is_member(&from));
                 if !member {
@@ -639,28 +638,30 @@ impl Task {
             Ok(v) => v,
             Err(e) => return err(e),
         };
-        let (mut accepted, mut refused) = (0u32, Vec::new());
+        let mut from_node = match self.store.secagg_node_shares(&rid, &from) {
+            Ok(n) => n as usize,
+            Err(e) => return err(e),
+        };
+        let (mut accepted, mut refused, mut take) = (0u32, Vec::new(), Vec::new());
         for share in shares {
-            let counts = self
-                .store
-                .secagg_share_held(&rid, &share.report)
-                .and_then(|replay| Ok((replay, self.store.secagg_node_shares(&rid, &from)?)));
-            let (replay, from_node) = match counts {
-                Ok(x) => x,
+            let replay = match self.store.secagg_share_held(&rid, &share.report) {
+                Ok(held) => held || take.iter().any(|h: &Held| h.share.report == share.report),
                 Err(e) => return err(e),
             };
-            match secagg::admit(&round_v, &rid, &vdaf, agg_id, replay, from_node as usize, share) {
+            match secagg::admit(&round_v, &rid, &vdaf, agg_id, replay, from_node, share) {
                 Ok(()) => {
-                    let h = Held { node: from, share: share.clone() };
-                    if let Err(e) = self.store.put_secagg_share(&rid, &h) {
-                        return err(e);
-                    }
+                    take.push(Held { node: from, share: share.clone() });
+                    from_node += 1;
                     accepted += 1;
                 }
                 // A share already held is taken: a member retrying after a lost answer.
                 Err(_) if replay => accepted += 1,
                 Err(e) => refused.push(e.to_string()),
             }
+        }
+        // Stored (one batch, one flush) before the answer acknowledges them.
+        if let Err(e) = self.store.put_secagg_shares(&rid, &from, &take) {
+            return err(e);
         }
         SecaggResponse::Submitted { accepted, refused }
     }
@@ -742,7 +743,14 @@ impl Task {
     /// The helper combines the leader's share with its own (drawn and committed to
     /// before it saw the leader's), signs the result once per round, and reveals its
     /// share so the leader can check the result.
-    fn helper_finish(&mut self, from: NodeId, rid: &RoundId, leader_agg: &[u8]) -> SecaggResponse {
+    fn helper_finish(
+        &mut self,
+        from: NodeId,
+        community: &CommunityId,
+        period: i64,
+        rid: &RoundId,
+        leader_agg: &[u8],
+    ) -> SecaggResponse {
         let Ok(Some(mut own)) = self.store.secagg_aggregate(rid) else {
             return err("this node has no aggregate of the round");
         };
@@ -761,23 +769,12 @@ impl Task {
                 err("this round's result is already signed with another leader share")
             };
         }
-        // Which round: the helper's own record of it.
-        let round =
-            self.communities.iter().filter_map(|c| c.manifest.secure.as_ref().map(|sa| (c.id, sa.clone()))).find_map(
-                |(c, sa)| {
-                    if sa.leader != from || sa.helper != self.me {
-                        return None;
-                    }
-                    let first = period_of(Self::now().saturating_sub(self.window_secs()), self.period_secs());
-                    let latest = period_of(Self::now(), self.period_secs());
-                    (first..=latest).step_by(usize::try_from(self.period_secs()).unwrap_or(1)).find_map(|p| {
-                        let bytes = self.store.secagg_round(&c, p).ok().flatten()?;
-                        let (r, _) = self.open_round(&bytes).ok()?;
-                        (r.id() == *rid).then_some(r)
-                    })
-                },
-            );
-        let Some(round) = round else { return err("no round of this id held from this leader") };
+        // Which round: the helper's own record of the period's, from this leader.
+        let round = match self.store.secagg_round(community, period).map(|b| b.map(|b| self.open_round(&b))) {
+            Ok(Some(Ok((r, sa)))) if sa.leader == from && sa.helper == self.me && r.id() == *rid => r,
+            Ok(_) => return err("no round of this id held from this leader"),
+            Err(e) => return err(e),
+        };
         let counts = match secagg::combine(&round, leader_agg, &own.aggregate) {
             Ok(c) => c,
             Err(e) => return err(e),
@@ -814,13 +811,7 @@ impl Task {
                     }
                     // No round will be made: nothing is reported (nobody is charged).
                     Pending::Round { community, period } => {
-                        let _ = self.store.commit_secure_reports(
-                            &community,
-                            period,
-                            week_of(period),
-                            &BTreeMap::new(),
-                            &[],
-                        );
+                        let _ = self.store.secagg_mark(REPORTED, &community, period);
                     }
                     _ => {}
                 }
@@ -918,9 +909,15 @@ impl Task {
             return;
         }
         let Some(sa) = self.secure_of(c) else { return };
+        self.send_finish(c, p, rid, sa.helper, own.aggregate);
+    }
+
+    /// Sends the leader's stored aggregate share (the first time, and again until the
+    /// helper answers: always the same bytes).
+    fn send_finish(&mut self, c: &CommunityId, p: i64, rid: RoundId, helper: NodeId, aggregate: Vec<u8>) {
         self.ask(
-            sa.helper,
-            SecaggRequest::Finish { round: rid, leader_aggregate: ByteBuf::from(own.aggregate) },
+            helper,
+            SecaggRequest::Finish { community: *c, period: p, round: rid, leader_aggregate: ByteBuf::from(aggregate) },
             Pending::Finish { community: *c, period: p, round: rid },
         );
     }

@@ -45,22 +45,12 @@ impl Ledger {
         if self.periods.contains(&period) {
             return Err(Refusal::AlreadyReleased(period));
         }
-        let after = self.spent.plus(cost);
-        if !after.within(budget.week) {
-            return Err(Refusal::OverBudget { spent: self.spent, cost, budget: budget.week, yearly: false });
-        }
-        let year = earlier.plus(self.spent);
-        if !year.plus(cost).within(budget.year) {
-            return Err(Refusal::OverBudget { spent: year, cost, budget: budget.year, yearly: true });
-        }
-        self.spent = after;
+        self.charge_report(cost, budget, earlier)?;
         let at = self.periods.partition_point(|&p| p < period);
         self.periods.insert(at, period);
         Ok(())
     }
-}
 
-impl Ledger {
     /// Records a secure-aggregation report's cost (`federation::secagg`): the same
     /// weekly and yearly caps as a release, without the period's release mark (a
     /// community report is its own release; the member node reports each community

@@ -222,7 +222,7 @@ pub const COMMUNITY_FOLLOW: &str = "community_follow";
 
 /// `secagg_state`: secure aggregation (`federation::secagg`), keyed by a kind byte:
 /// `r ‖ community (32) ‖ period (time key)` -> the signed round this node announced or
-/// received as an aggregator; `s ‖ round (32) ‖ report (16)` -> `SecaggShareV1` (a
+/// received as an aggregator; `s ‖ round (32) ‖ report (16)` -> `HeldV1` (a
 /// share held as an aggregator, and who sent it); `a ‖ round (32)` -> `SecaggAggV1`
 /// (the helper's noised aggregate share, until it co-signs); `d ‖ community ‖ period`
 /// (aggregated: never again), `m ‖ community ‖ period` (this node reported: never

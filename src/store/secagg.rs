@@ -18,9 +18,7 @@ use crate::privacy::accountant::Ledger;
 use crate::privacy::params::Spend;
 use crate::privacy::snapshot::ItemName;
 
-/// A share held as an aggregator.
-pub type SecaggShareV1 = Held;
-
+/// A share held as an aggregator (`HeldV1` in docs/storage.md).
 impl Versioned for Held {
     const VERSION: u8 = 1;
 }
@@ -117,16 +115,21 @@ impl Store {
         }
     }
 
-    /// Stores a share this node holds as an aggregator and counts it against its
-    /// sender, in one batch (flushed: an acknowledged share survives a crash).
-    pub fn put_secagg_share(&self, round: &RoundId, held: &Held) -> Result<()> {
+    /// Stores shares this node holds as an aggregator, all from `node`, and counts them
+    /// against it, in one batch (flushed: an acknowledged share survives a crash).
+    pub fn put_secagg_shares(&self, round: &RoundId, node: &crate::federation::NodeId, shares: &[Held]) -> Result<()> {
+        if shares.is_empty() {
+            return Ok(());
+        }
         self.writable()?;
-        let mut k = round_key(b's', round);
-        k.extend_from_slice(&held.share.report);
-        let n = self.secagg_node_shares(round, &held.node)?.saturating_add(1);
+        let n = self.secagg_node_shares(round, node)?.saturating_add(u32::try_from(shares.len()).unwrap_or(u32::MAX));
         let mut batch = sled::Batch::default();
-        batch.insert(k, encode(held));
-        batch.insert(node_key(round, &held.node), &n.to_be_bytes()[..]);
+        for held in shares {
+            let mut k = round_key(b's', round);
+            k.extend_from_slice(&held.share.report);
+            batch.insert(k, encode(held));
+        }
+        batch.insert(node_key(round, node), &n.to_be_bytes()[..]);
         self.trees.secagg_state.apply_batch(batch)?;
         self.flush()
     }
