@@ -203,6 +203,10 @@ pub struct P2pConfig {
     /// New peer connections are refused while the process uses more memory than this
     /// many MiB. Default: `1024`.
     pub max_memory_mib: u32,
+    /// Write every secure-aggregation message this node receives (requests and
+    /// answers, one file each) into this directory, for an operator who wants to show
+    /// or check what an aggregator learns (`docs/operations.md`). Default: unset (off).
+    pub secagg_audit_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for P2pConfig {
@@ -223,6 +227,7 @@ impl Default for P2pConfig {
             max_connections: 256,
             max_connections_per_ip: 16,
             max_memory_mib: 1024,
+            secagg_audit_dir: None,
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Options {
     pub budget: crate::privacy::params::Budget,
     /// How listens are credited to artists (as in the node's own releases).
     pub credit_rules: crate::stats::credits::CreditRules,
+    /// Where received secure-aggregation messages are written (`p2p.secagg_audit_dir`).
+    pub secagg_audit: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -158,6 +160,7 @@ impl Options {
             grace_secs: i64::from(privacy.grace_secs),
             budget: privacy.budget().unwrap_or_default(),
             credit_rules: crate::stats::credits::CreditRules::default(),
+            secagg_audit: c.secagg_audit_dir.clone(),
         }
     }
 }
@@ -173,6 +176,8 @@ enum TopicKind {
     Snapshot,
     Meta,
     Result,
+    /// Secure-aggregation results, signed by both aggregators (`p2p::secagg`).
+    Secure,
 }
 
 pub fn snapshot_topic(id: &CommunityId) -> IdentTopic {
@@ -191,6 +196,11 @@ pub fn meta_topic(id: &CommunityId) -> IdentTopic {
 
 pub fn result_topic(id: &CommunityId) -> IdentTopic {
     IdentTopic::new(format!("/hearsay/1/c/{}/result", short_hex(id)))
+}
+
+/// Where a community's secure-aggregation results travel (every follower subscribes).
+pub fn secure_topic(id: &CommunityId) -> IdentTopic {
+    IdentTopic::new(format!("/hearsay/1/c/{}/secure", short_hex(id)))
 }
 
 /// The libp2p PeerId of a node key.
@@ -515,7 +525,11 @@ impl Task {
             };
             // Through a link only: results, not every member's snapshot.
             let linked_only = by_result.contains(id);
-            let mut topics = vec![(meta_topic(id), TopicKind::Meta), (result_topic(id), TopicKind::Result)];
+            let mut topics = vec![
+                (meta_topic(id), TopicKind::Meta),
+                (result_topic(id), TopicKind::Result),
+                (secure_topic(id), TopicKind::Secure),
+            ];
             if !linked_only {
                 topics.push((snapshot_topic(id), TopicKind::Snapshot));
             }
@@ -954,6 +968,7 @@ impl Task {
                     None => Verdict::Ignore("not our topic".into()),
                     Some((_, TopicKind::Snapshot)) => self.take_snapshot(&message.data),
                     Some((_, TopicKind::Result)) => self.take_result(&message.data),
+                    Some((id, TopicKind::Secure)) => self.take_secure_result(&id, &message.data),
                     Some((id, TopicKind::Meta)) => {
                         let (v, missing) = self.take_manifest(&id, &message.data);
                         if missing {
@@ -1047,6 +1062,7 @@ impl Task {
                 peer, message, ..
             })) => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    self.audit_secagg(peer, secagg::Received::Request(request.clone()));
                     let response = if self.allowed(peer) {
                         self.answer_secagg(peer, request)
                     } else {
@@ -1055,6 +1071,7 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().secagg.send_response(channel, response);
                 }
                 request_response::Message::Response { request_id, response } => {
+                    self.audit_secagg(peer, secagg::Received::Response(response.clone()));
                     if let Some(pending) = self.secagg.requests.remove(&request_id) {
                         self.on_secagg_response(peer, pending, response);
                     }

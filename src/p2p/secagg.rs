@@ -37,6 +37,7 @@ use crate::federation::secagg::{
     self, HELPER, Held, LEADER, LeaderStart, ReportId, RoundId, RoundV1, SCHEMA, SecureResultV1, ShareV1,
     SignedSecureResult,
 };
+use crate::federation::validate::Verdict;
 use crate::federation::{CommunityId, NodeId, short_hex};
 use crate::privacy::accountant::{period_of, week_of};
 use crate::privacy::params::Spend;
@@ -105,6 +106,18 @@ pub enum SecaggResponse {
     Error(String),
 }
 
+/// One received message, as `p2p.secagg_audit_dir` keeps it (postcard, a file each:
+/// `<start>-<n>-request-<peer>.bin` or `…-response-…`: the Unix second the node
+/// started, then numbered from 0, so a restart never overwrites a file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Received {
+    Request(SecaggRequest),
+    Response(SecaggResponse),
+}
+
+/// Audit files written per start at most (a bound on the directory, not a feature).
+const MAX_AUDIT_FILES: u64 = 1_000_000;
+
 /// What an outbound request was for.
 #[derive(Clone, Debug)]
 pub(super) enum Pending {
@@ -161,8 +174,13 @@ pub(super) struct State {
     /// (community, period, what) asked and not answered yet.
     busy: HashSet<(CommunityId, i64, u8)>,
     leading: HashMap<RoundId, Leading>,
-    /// Member: periods it reported, whose result it has yet to fetch.
-    awaiting: HashSet<(CommunityId, i64)>,
+    /// Member: periods it reported, whose result it has neither fetched nor been
+    /// gossiped yet, with the tick it asks the leader next and the wait after that
+    /// (doubled per ask: results travel over gossip, the fetch is for a missed one).
+    awaiting: HashMap<(CommunityId, i64), (i64, i64)>,
+    /// Audit files written since the start, and the start's second (their prefix).
+    audited: u64,
+    audit_run: Option<i64>,
 }
 
 /// Why the leader has no round for a period: not yet (asked again), or never.
@@ -252,14 +270,13 @@ impl Task {
                 if sa.leader == self.me && now >= end + delay + 3 * self.sync_secs() {
                     self.leader_step(&id, p, &sa);
                 }
-                if !self.secagg.awaiting.contains(&(id, p)) {
-                    continue;
-                }
+                let Some(&(next, wait)) = self.secagg.awaiting.get(&(id, p)) else { continue };
                 if self.store.secure_result(&id, p).ok().flatten().is_some() {
                     self.secagg.awaiting.remove(&(id, p));
                     continue;
                 }
-                if now >= end + delay + 5 * self.sync_secs() {
+                if now >= next {
+                    self.secagg.awaiting.insert((id, p), (now.saturating_add(wait), wait.saturating_mul(2)));
                     self.ask(
                         sa.leader,
                         SecaggRequest::Result { community: id, period: p },
@@ -270,12 +287,39 @@ impl Task {
         }
         // Older than the window: given up, and the aggregators' shares forgotten.
         self.secagg.outbox.retain(|(_, p), _| *p >= first);
-        self.secagg.awaiting.retain(|(_, p)| *p >= first);
+        self.secagg.awaiting.retain(|(_, p), _| *p >= first);
         self.secagg.leading.retain(|_, l| l.round.period_start >= first);
         match self.store.prune_secagg(first) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rounds = n, "secure aggregation: shares of past rounds deleted"),
             Err(e) => tracing::warn!(error = %e, "secure aggregation: pruning"),
+        }
+    }
+
+    /// Keeps a received message in `p2p.secagg_audit_dir`, when set (with the sender's
+    /// PeerId in the file name). A failure is logged and the message handled anyway.
+    pub(super) fn audit_secagg(&mut self, peer: PeerId, message: Received) {
+        let Some(dir) = &self.options.secagg_audit else { return };
+        if self.secagg.audited >= MAX_AUDIT_FILES {
+            return;
+        }
+        let kind = match message {
+            Received::Request(_) => "request",
+            Received::Response(_) => "response",
+        };
+        if self.secagg.audit_run.is_none()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "secure aggregation: the audit directory");
+        }
+        let run = *self.secagg.audit_run.get_or_insert_with(Self::now);
+        let path = dir.join(format!("{run}-{:08}-{kind}-{peer}.bin", self.secagg.audited));
+        self.secagg.audited += 1;
+        let written = postcard::to_allocvec(&message)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "secure aggregation: writing the audit file");
         }
     }
 
@@ -450,7 +494,9 @@ impl Task {
             to_helper.push(made.helper);
         }
         tracing::info!(community = %short_hex(community), period, reports = to_leader.len(), "secure aggregation: reports made");
-        self.secagg.awaiting.insert((*community, period));
+        let sync = self.sync_secs();
+        let first_ask = period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * sync);
+        self.secagg.awaiting.insert((*community, period), (first_ask, sync));
         self.secagg
             .outbox
             .insert((*community, period), Outbox { round: bytes.to_vec(), leader: to_leader, helper: to_helper });
@@ -790,6 +836,39 @@ impl Task {
         answer(&finished, &own)
     }
 
+    /// A secure result over gossip (`secure_topic`): kept when both of the community's
+    /// aggregators signed it, for a period of this node's grid that is over and within
+    /// retention. A signature that does not verify is ignored, not punished: the
+    /// relay may hold a manifest that names other aggregators.
+    pub(super) fn take_secure_result(&mut self, community: &CommunityId, bytes: &[u8]) -> Verdict {
+        let Some(sa) = self.secure_of(community) else {
+            return Verdict::Ignore("no secure aggregation in this community here".into());
+        };
+        let r = match SignedSecureResult::open(bytes, community, &sa.leader, &sa.helper) {
+            Ok(r) => r,
+            Err(e) => return Verdict::Ignore(e.to_string()),
+        };
+        let (now, secs, p) = (Self::now(), self.period_secs(), r.period_start);
+        if period_of(p, secs) != p
+            || p.saturating_add(secs) > now
+            || p < now.saturating_sub(self.options.retention_secs)
+        {
+            return Verdict::Ignore("a secure result outside this node's periods".into());
+        }
+        match self.store.put_secure_result(community, p, bytes) {
+            Ok(true) => {
+                self.secagg.awaiting.remove(&(*community, p));
+                self.status.accepted += 1;
+                Verdict::Accept
+            }
+            Ok(false) => Verdict::Ignore("duplicate".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a secure result");
+                Verdict::Ignore("storage failed".into())
+            }
+        }
+    }
+
     pub(super) fn on_secagg_response(&mut self, peer: PeerId, pending: Pending, response: SecaggResponse) {
         self.secagg.busy.remove(&pending.key());
         match (pending, response) {
@@ -957,10 +1036,13 @@ impl Task {
             Ok(bytes)
         })();
         match checked {
-            Ok(bytes) => {
-                let _ = self.store.put_secure_result(c, p, &bytes);
-                tracing::info!(community = %short_hex(c), period = p, "secure aggregation: result released");
-            }
+            Ok(bytes) => match self.store.put_secure_result(c, p, &bytes) {
+                Ok(_) => {
+                    tracing::info!(community = %short_hex(c), period = p, "secure aggregation: result released");
+                    self.queue(super::secure_topic(c), bytes);
+                }
+                Err(e) => tracing::warn!(error = %e, "secure aggregation: storing the result"),
+            },
             Err(e) => {
                 tracing::warn!(community = %short_hex(c), period = p, error = %e, "secure aggregation: the helper's result is refused, nothing released")
             }

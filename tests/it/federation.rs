@@ -17,7 +17,7 @@ pub(crate) struct Peer {
     pub(crate) data: PathBuf,
     port: u16,
     pub(crate) id: String,
-    extra: Vec<(String, String)>,
+    pub(crate) extra: Vec<(String, String)>,
 }
 
 impl Peer {

@@ -3,8 +3,10 @@
 //! the aggregate level, and two aggregators (the leader also hosts one public user,
 //! whose public section makes the round's vocabulary). No node could publish its user
 //! alone (its own DP section stays empty); the community's private chart counts them
-//! all, and neither aggregator holds any user's or node's counts in the clear. With
-//! the helper stopped nothing is released; restarted, the next period is.
+//! all and reaches a mere follower over gossip; neither aggregator stored or received
+//! any user's or node's counts in the clear (both keep every message they receive in
+//! an audit directory, inspected at the end). With the helper stopped nothing is
+//! released; restarted, the next period is.
 
 use std::time::{Duration, Instant};
 
@@ -64,8 +66,14 @@ fn scrobble(nodes: &[NodeProcess], tokens: &[String], curator: (&NodeProcess, &s
 #[test]
 fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let leader = Peer::new(dir.path(), "leader");
-    let helper = Peer::new(dir.path(), "helper");
+    let mut leader = Peer::new(dir.path(), "leader");
+    let mut helper = Peer::new(dir.path(), "helper");
+    let audits = [dir.path().join("leader-audit"), dir.path().join("helper-audit")];
+    for (p, audit) in [(&mut leader, &audits[0]), (&mut helper, &audits[1])] {
+        p.extra.push(("HEARSAY_P2P__SECAGG_AUDIT_DIR".into(), audit.display().to_string()));
+    }
+    // Not a member: it only follows the community, and learns its results over gossip.
+    let follower = Peer::new(dir.path(), "follower");
     let count = members();
     let members: Vec<Peer> = (0..count).map(|i| Peer::new(dir.path(), &format!("home{i}"))).collect();
     leader.cli(&[&["community", "create", "Homes"][..], &SHORT_PERIOD_FLOOR].concat());
@@ -93,6 +101,8 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         let ticket = leader.cli(&["community", "invite", "Homes", "--node", &p.id]);
         p.cli(&["community", "join", ticket.trim()]);
     }
+    let ticket = leader.cli(&["community", "invite", "Homes"]);
+    follower.cli(&["community", "follow", ticket.trim()]);
     let curator = user_with_token(&leader.data, dir.path(), "curator", "public");
     let tokens: Vec<String> = members
         .iter()
@@ -103,6 +113,7 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     let nl = leader.start();
     let mut nh = Some(helper.start());
     let nodes: Vec<NodeProcess> = members.iter().map(Peer::start).collect();
+    let nf = follower.start();
     // Let the members find the helper (through the leader's directory).
     std::thread::sleep(Duration::from_secs(4));
 
@@ -134,6 +145,10 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         assert_eq!(other["chart"], secure["chart"]);
     }
     eprintln!("period {p}: the private chart reached a member {:.1} s after the period ended", ended(p));
+    // A follower never reports nor fetches (only members may): the result came by gossip.
+    let gossiped = wait_secure(&nf.url, p, Duration::from_secs(30)).expect("the result reaches a follower");
+    assert_eq!(gossiped["chart"], secure["chart"]);
+    drop(nf);
     // Each user sees on their privacy page what their node sent for them.
     let (_, cookie, _) = crate::web::login_post(&nodes[0].url, "u0", "password123");
     let session = cookie.expect("logged in").split(';').next().expect("cookie").to_owned();
@@ -171,6 +186,75 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     drop(nodes);
     drop((nl, nh));
     inspect_aggregators(&leader, &helper, p, count);
+    inspect_received(&audits, count);
+}
+
+/// Small integers (|x| ≤ 1,000, as field elements) among the 16-byte Field128
+/// elements of `bytes`: a count in the clear is one; a share of one is uniformly random.
+fn clear_elements(bytes: &[u8]) -> usize {
+    use prio::field::{Field128, FieldElementWithInteger};
+    let p = Field128::modulus();
+    bytes
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16")))
+        .filter(|x| *x <= 1_000 || (*x < p && *x >= p - 1_000))
+        .count()
+}
+
+/// Everything both aggregators received, from their audit directories: shares, the
+/// other aggregator's verifier shares and noised aggregate share, public rounds and
+/// results. No message carries counts or names in the clear.
+fn inspect_received(audits: &[std::path::PathBuf; 2], count: usize) {
+    use hearsay::p2p::secagg::{Received, SecaggRequest, SecaggResponse};
+    for (who, dir) in ["leader", "helper"].iter().zip(audits) {
+        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+        for entry in std::fs::read_dir(dir).expect("the audit directory") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let received: Received = postcard::from_bytes(&bytes).expect("an audit file decodes");
+            let (kind, secret): (&str, Vec<&[u8]>) = match &received {
+                Received::Request(SecaggRequest::Submit { shares, .. }) => {
+                    ("submit", shares.iter().flat_map(|s| [&s.input_share[..], &s.public_share[..]]).collect())
+                }
+                Received::Request(SecaggRequest::Verify { shares, .. }) => {
+                    ("verify", shares.iter().map(|(_, b)| &b[..]).collect())
+                }
+                Received::Request(SecaggRequest::Finish { leader_aggregate, .. }) => {
+                    ("finish", vec![&leader_aggregate[..]])
+                }
+                Received::Response(SecaggResponse::Verdicts { messages, .. }) => {
+                    ("verdicts", messages.iter().filter_map(|(_, m)| m.as_ref().map(|b| &b[..])).collect())
+                }
+                Received::Response(SecaggResponse::Cosigned { aggregate, .. }) => ("cosigned", vec![&aggregate[..]]),
+                // Public: rounds (the vocabulary), results, and the protocol's answers.
+                Received::Request(SecaggRequest::Round { .. }) => ("round?", vec![]),
+                Received::Request(SecaggRequest::Result { .. }) => ("result?", vec![]),
+                Received::Response(r) => (
+                    match r {
+                        SecaggResponse::Round(_) => "round",
+                        SecaggResponse::Submitted { .. } => "submitted",
+                        SecaggResponse::Result(_) => "result",
+                        SecaggResponse::Closed(_) => "closed",
+                        _ => "error",
+                    },
+                    vec![],
+                ),
+            };
+            *kinds.entry(kind).or_default() += 1;
+            for part in secret {
+                assert!(clear_elements(part) <= 1, "{who} received a {kind} with counts in the clear");
+                // Names travel only in the public rounds and results.
+                let text = String::from_utf8_lossy(part).to_lowercase();
+                assert!(!text.contains("alpha") && !text.contains("solo"), "{who}: a name in a {kind}");
+            }
+        }
+        eprintln!("{who} received: {kinds:?}");
+        assert!(kinds.get("submit").is_some_and(|n| *n >= count), "{who}: every member's shares ({kinds:?})");
+        if *who == "helper" {
+            assert!(kinds.contains_key("verify") && kinds.contains_key("finish"), "{kinds:?}");
+        } else {
+            assert!(kinds.contains_key("verdicts") && kinds.contains_key("cosigned"), "{kinds:?}");
+        }
+    }
 }
 
 /// Everything the aggregators stored for the first period: shares that are uniformly
