@@ -88,8 +88,9 @@ pub enum CommunityCmd {
         /// PeerId of the helper aggregator.
         #[arg(long, required_unless_present = "off")]
         helper: Option<String>,
-        /// ε of each period's release (each aggregator's noise alone gives it).
-        #[arg(long, default_value_t = 1.0)]
+        /// ε of each period's release (each aggregator's noise alone gives it), charged
+        /// to each reported user: the default fits the default weekly budget.
+        #[arg(long, default_value_t = f64::from(crate::federation::secagg::DEFAULT_EPS_MILLI) / 1000.0)]
         epsilon: f64,
         /// Items counted per user per chart.
         #[arg(long, default_value_t = 1)]
@@ -100,11 +101,13 @@ pub enum CommunityCmd {
         /// …from at least this many member nodes.
         #[arg(long, default_value_t = 3)]
         min_nodes: u32,
-        /// Items with fewer noisy listeners are not shown.
-        #[arg(long, default_value_t = 20)]
-        min_listeners: u32,
+        /// Items with fewer noisy listeners are not shown. Default: the threshold at
+        /// which noise alone makes a row once in 20 releases, for this ε, L0 and
+        /// vocabulary (169 at the defaults).
+        #[arg(long)]
+        min_listeners: Option<u32>,
         /// Items per chart in each round's public vocabulary.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = crate::federation::secagg::DEFAULT_VOCABULARY)]
         vocabulary: u32,
         /// Most reports one member node may send per period.
         #[arg(long, default_value_t = 64)]
@@ -393,13 +396,16 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                 if !(epsilon.is_finite() && epsilon > 0.0 && epsilon <= 100.0) {
                     bail!("--epsilon must be in (0, 100], got {epsilon}");
                 }
+                let eps_milli = (epsilon * 1000.0).round() as u32;
                 let params = crate::federation::secagg::SecureParams {
-                    eps_milli: (epsilon * 1000.0).round() as u32,
+                    eps_milli,
                     l0,
                     min_users,
                     min_nodes,
                     max_reports_per_node,
-                    min_listeners,
+                    min_listeners: min_listeners.unwrap_or_else(|| {
+                        crate::federation::secagg::suggested_min_listeners(eps_milli, l0, vocabulary)
+                    }),
                     vocabulary,
                 };
                 params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -82,21 +82,51 @@ pub struct SecureParams {
     pub vocabulary: u32,
 }
 
+/// ε of one secure report by default, in 1/1000: the default weekly budget
+/// (`privacy::params::Budget`), so one report a week fits it all year (52 × 0.15 ≤ 8).
+pub const DEFAULT_EPS_MILLI: u32 = 150;
+pub const DEFAULT_VOCABULARY: u32 = 2_000;
+
 impl Default for SecureParams {
     fn default() -> Self {
-        // L0 = 1 as in the node's own release; noise scale 2 per aggregator, so an item
-        // nobody counted reaches 20 noisy listeners about once in 2,000 (the display
-        // threshold keeps a 2,000-item vocabulary's noise off the chart).
+        // L0 = 1 as in the node's own release; at ε 0.15 each aggregator's noise has
+        // scale 2/0.15 ≈ 13.3, and the display threshold that keeps a 2 × 2,000-item
+        // vocabulary's noise off the chart is 169 listeners.
         SecureParams {
-            eps_milli: 1_000,
+            eps_milli: DEFAULT_EPS_MILLI,
             l0: 1,
             min_users: 10,
             min_nodes: 3,
             max_reports_per_node: 64,
-            min_listeners: 20,
-            vocabulary: 2_000,
+            min_listeners: suggested_min_listeners(DEFAULT_EPS_MILLI, 1, DEFAULT_VOCABULARY),
+            vocabulary: DEFAULT_VOCABULARY,
         }
     }
+}
+
+/// Expected rows per release made of noise alone (an item nobody counted that the
+/// two aggregators' noise lifts over the display threshold) that
+/// `suggested_min_listeners` allows.
+pub const NOISE_ROWS: f64 = 0.05;
+
+/// The display threshold at which a release of `2 × vocabulary` items shows at most
+/// `NOISE_ROWS` rows of pure noise, in expectation. The released count of an item
+/// nobody counted is the sum of two Laplace variables of scale `b = 2·L0/ε`, whose tail
+/// is `P(S > t) = e^(-t/b)·(2 + t/b)/4` for continuous noise; one more than its
+/// solution covers the discrete noise's mass at the threshold itself (the unit tests
+/// check the result against the exact discrete convolution).
+pub fn suggested_min_listeners(eps_milli: u32, l0: u32, vocabulary: u32) -> u32 {
+    let b = 2.0 * f64::from(l0.max(1)) * 1000.0 / f64::from(eps_milli.max(1));
+    let items = 2.0 * f64::from(vocabulary.max(1));
+    let tail = |x: f64| (-x).exp() * (2.0 + x) / 4.0;
+    // x = t/b: the tail falls monotonically; bisect for tail(x) · items = NOISE_ROWS.
+    let (mut lo, mut hi) = (0.0f64, 200.0f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if tail(mid) * items > NOISE_ROWS { lo = mid } else { hi = mid }
+    }
+    let t = (hi * b).ceil() + 1.0;
+    if t >= f64::from(u32::MAX) { u32::MAX } else { (t as u32).max(1) }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -291,6 +291,13 @@ pub fn release(
         earlier.insert(user, account.earlier);
         ledgers.insert(user, account.week);
     }
+    // Fewer users at the aggregate level than τ: no item could have τ listeners, so the
+    // aggregate section could only ever show noise (with probability within δ). The
+    // release leaves them all out and charges none of them; their budget stays theirs
+    // (for a community's secure aggregation, `federation::secagg`). Who is at which
+    // level is a setting, not listening data: the choice itself reveals nothing.
+    let sharing = users.iter().filter(|u| u.level == SharingLevel::Aggregate).count();
+    let too_few = i64::try_from(sharing).unwrap_or(i64::MAX) < params.tau();
     for u in users {
         let empty = u.artists.iter().all(|(_, n)| *n == 0) && u.tracks.iter().all(|(_, n)| *n == 0);
         match u.level {
@@ -313,6 +320,18 @@ pub fn release(
                     charged: Spend::default(),
                 });
             }
+            SharingLevel::Aggregate if too_few => contributions.push(Contribution {
+                user: u.user,
+                level: u.level,
+                refused: Some(format!(
+                    "only {sharing} users share at the aggregate level on this node, and an item needs {} \
+                     listeners to be released: nothing could be, so nothing was charged",
+                    params.tau()
+                )),
+                artists: Vec::new(),
+                tracks: Vec::new(),
+                charged: Spend::default(),
+            }),
             SharingLevel::Aggregate => {
                 let ledger = ledgers.entry(u.user).or_default();
                 let before = earlier.get(&u.user).copied().unwrap_or_default();
@@ -572,6 +591,38 @@ mod tests {
             r.ledgers.into_iter().map(|(u, week)| (u, Account { week, earlier: Spend::default() })).collect();
         let again = release(period(), &users, &params, BIG, accounts, &KEY, &mut Seeded(4));
         assert!(matches!(again, Err(Refusal::AlreadyReleased(_))));
+    }
+
+    /// With fewer aggregate users than τ nothing could be released about them: none is
+    /// charged and the section is empty, whatever they played; from τ users on, they are.
+    #[test]
+    fn a_node_with_fewer_aggregate_users_than_tau_charges_none() {
+        let mut params = loose();
+        let tau = usize::try_from(params.tau()).expect("tau");
+        assert!(tau > 3 && tau < 40, "loose parameters: τ {tau}");
+        // τ - 1 aggregate users, each playing one artist heavily; a public user too.
+        let few: Vec<UserPeriod> = node(&[]).into_iter().take(tau - 1).collect();
+        let mut users = few.clone();
+        users.push(user(900, SharingLevel::Public, &[("Open Artist", 3)]));
+        for seed in 0..20 {
+            let r = release(period(), &users, &params, BIG, BTreeMap::new(), &KEY, &mut Seeded(seed)).expect("release");
+            assert!(r.snapshot.0.aggregate.artists.is_empty() && r.snapshot.0.aggregate.tracks.is_empty());
+            assert!(!r.snapshot.0.public.artists.is_empty(), "the public section is unchanged");
+            for c in r.contributions.iter().filter(|c| c.level == SharingLevel::Aggregate) {
+                assert_eq!(c.charged, Spend::default(), "{c:?}");
+                assert!(c.refused.as_deref().is_some_and(|m| m.contains("nothing was charged")), "{c:?}");
+            }
+            assert!(r.ledgers.values().all(|l| l.spent == Spend::default() && l.periods.is_empty()));
+        }
+        // One more aggregate user (τ of them), even one who played nothing: all charged.
+        users.push(user(901, SharingLevel::Aggregate, &[]));
+        let r = release(period(), &users, &params, BIG, BTreeMap::new(), &KEY, &mut Seeded(1)).expect("release");
+        let charged = r.contributions.iter().filter(|c| c.charged == params.release_cost()).count();
+        assert_eq!(charged, tau, "every aggregate user is charged once τ of them share");
+        // A stricter τ (the defaults' 280) turns the 40-user node's release off again.
+        params = Params::default();
+        let r = release(period(), &node(&[]), &params, BIG, BTreeMap::new(), &KEY, &mut Seeded(2)).expect("release");
+        assert!(r.contributions.iter().all(|c| c.charged == Spend::default()));
     }
 
     #[test]

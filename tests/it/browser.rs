@@ -193,6 +193,10 @@ async fn the_transparency_page_shows_each_release_the_ledger_and_what_of_me_went
     let data = dir.path().join("data");
     let alice = user_with_token(&data, dir.path(), "alice", "aggregate");
     let bob = user_with_token(&data, dir.path(), "bob", "public");
+    // τ is 3 at these parameters: with fewer aggregate users the node would charge none.
+    for quiet in ["carol", "dave"] {
+        user_with_token(&data, dir.path(), quiet, "aggregate");
+    }
     let mut env = SHORT_PERIODS.to_vec();
     env.push(("HEARSAY_NODE__ADMINS", "[\"alice\"]"));
     let node = NodeProcess::start_with(&data, &env);

@@ -231,8 +231,9 @@ fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
 }
 
 /// A one-user home node publishes one release every period, whether or not its user
-/// listened: the release's existence and size say nothing of activity, and the user is
-/// charged every period alike.
+/// listened: the release's existence and size say nothing of activity. Its one
+/// aggregate user is below τ, so no period charges them (their budget stays for a
+/// community's secure aggregation): every period alike, each record saying why.
 #[test]
 fn a_one_user_node_releases_every_period_whatever_the_activity() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -272,7 +273,16 @@ fn a_one_user_node_releases_every_period_whatever_the_activity() {
         .map(|(p, c)| (p, c.charged.eps_milli > 0))
         .collect();
     assert_eq!(charged.len(), 4, "one record per period: {charged:?}");
-    assert!(charged.iter().all(|(_, c)| *c), "charged every period, active or not: {charged:?}");
+    assert!(charged.iter().all(|(_, c)| !*c), "charged in no period, active or not: {charged:?}");
+    let reasons: std::collections::BTreeSet<String> = store
+        .contributions(solo.id, 100)
+        .expect("contributions")
+        .into_iter()
+        .filter(|(p, _)| periods.contains(p))
+        .map(|(_, c)| c.refused.unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 1, "the same record every period: {reasons:?}");
+    assert!(reasons.iter().all(|r| r.contains("nothing was charged")), "{reasons:?}");
 }
 
 /// An erasure racing a release, many times over with random timing: whichever commits

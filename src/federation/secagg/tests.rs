@@ -445,3 +445,38 @@ fn a_result_needs_both_signatures_and_the_helper_co_signs_only_the_true_total() 
     assert!(SignedSecureResult::open(&alone.encode(), &r.community, &r.leader, &r.helper).is_err());
     assert!(SignedSecureResult::open(&signed.encode(), &[0; 32], &r.leader, &r.helper).is_err(), "another community");
 }
+
+/// The suggested display threshold keeps the expected rows of pure noise per release
+/// at or under `NOISE_ROWS`, under the exact discrete noise (the convolution of the
+/// two aggregators' discrete Laplace noise), and is not needlessly high.
+#[test]
+fn the_suggested_threshold_keeps_noise_off_the_chart() {
+    assert_eq!(SecureParams::default().min_listeners, 169, "ε 0.15, L0 1, 2 × 2,000 items");
+    for (eps_milli, l0, vocabulary) in [(150, 1, 2_000), (1_000, 1, 2_000), (500, 2, 100), (20_000, 1, 50)] {
+        let t = suggested_min_listeners(eps_milli, l0, vocabulary);
+        let b = 2.0 * f64::from(l0) * 1000.0 / f64::from(eps_milli);
+        // Discrete Laplace of scale b: P(k) = (1 - a)/(1 + a) · a^|k|, a = e^(-1/b).
+        let a = (-1.0 / b).exp();
+        let m = (60.0 * b).ceil() as i64 + 2;
+        let pmf: Vec<f64> = (-m..=m).map(|k| (1.0 - a) / (1.0 + a) * a.powi(k.abs() as i32)).collect();
+        // Tail of the sum at x: Σ_i P(X = i) · P(Y ≥ x - i).
+        let mut upper = vec![0.0; pmf.len() + 1];
+        for i in (0..pmf.len()).rev() {
+            upper[i] = upper[i + 1] + pmf[i];
+        }
+        let tail = |x: i64| -> f64 {
+            (-m..=m)
+                .map(|i| {
+                    let need = x - i;
+                    let idx = (need + m).clamp(0, 2 * m + 1) as usize;
+                    pmf[(i + m) as usize] * upper[idx]
+                })
+                .sum()
+        };
+        let items = 2.0 * f64::from(vocabulary);
+        let rows = tail(i64::from(t)) * items;
+        assert!(rows <= NOISE_ROWS, "ε {eps_milli}‰: threshold {t} lets {rows} noise rows through");
+        let lower = (f64::from(t) - 2.0 * b - 1.0).floor() as i64;
+        assert!(tail(lower) * items > NOISE_ROWS, "ε {eps_milli}‰: threshold {t} is more than 2b + 1 too high");
+    }
+}
