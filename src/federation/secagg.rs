@@ -735,16 +735,10 @@ impl SignedSecureResult {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Opens a signed result of `community` whose aggregators are `leader` and
-    /// `helper` (from the manifest): size, canonical decoding, both signatures, then
-    /// the body's own canonical decoding and bounds.
-    pub fn open(
-        bytes: &[u8],
-        community: &CommunityId,
-        leader: &NodeId,
-        helper: &NodeId,
-    ) -> Result<SecureResultV1, SecaggError> {
-        use crate::envelope::{DST_SECURE_RESULT, verify_detached};
+    /// Decodes a signed result without checking its signatures: size, canonical
+    /// decoding of the envelope and of the body, schema and bounds. A failure here is
+    /// the sender's fault whatever manifest anyone holds.
+    pub fn decode(bytes: &[u8]) -> Result<(SignedSecureResult, SecureResultV1), SecaggError> {
         let bad = |why: &str| SecaggError::Aggregate(format!("secure result: {why}"));
         if bytes.len() > MAX_SECURE_RESULT_BYTES {
             return Err(bad("over the size limit"));
@@ -756,10 +750,6 @@ impl SignedSecureResult {
         if signed.encode() != bytes {
             return Err(bad("not canonical"));
         }
-        verify_detached(leader, DST_SECURE_RESULT, &signed.body, &signed.leader_sig)
-            .map_err(|_| bad("the leader's signature does not verify"))?;
-        verify_detached(helper, DST_SECURE_RESULT, &signed.body, &signed.helper_sig)
-            .map_err(|_| bad("the helper's signature does not verify"))?;
         let result: SecureResultV1 = match postcard::take_from_bytes(&signed.body) {
             Ok((r, [])) => r,
             _ => return Err(bad("the body does not decode")),
@@ -767,12 +757,30 @@ impl SignedSecureResult {
         if result.encode() != signed.body || result.schema != SCHEMA {
             return Err(bad("the body is not canonical"));
         }
-        if &result.community != community {
-            return Err(bad("for another community"));
-        }
         if result.chart.artists.len() > MAX_RELEASED || result.chart.tracks.len() > MAX_RELEASED {
             return Err(bad("too many rows"));
         }
+        Ok((signed, result))
+    }
+
+    /// Opens a signed result of `community` whose aggregators are `leader` and
+    /// `helper` (from the manifest): `decode`, the community, then both signatures.
+    pub fn open(
+        bytes: &[u8],
+        community: &CommunityId,
+        leader: &NodeId,
+        helper: &NodeId,
+    ) -> Result<SecureResultV1, SecaggError> {
+        use crate::envelope::{DST_SECURE_RESULT, verify_detached};
+        let bad = |why: &str| SecaggError::Aggregate(format!("secure result: {why}"));
+        let (signed, result) = Self::decode(bytes)?;
+        if &result.community != community {
+            return Err(bad("for another community"));
+        }
+        verify_detached(leader, DST_SECURE_RESULT, &signed.body, &signed.leader_sig)
+            .map_err(|_| bad("the leader's signature does not verify"))?;
+        verify_detached(helper, DST_SECURE_RESULT, &signed.body, &signed.helper_sig)
+            .map_err(|_| bad("the helper's signature does not verify"))?;
         Ok(result)
     }
 }
@@ -814,5 +822,7 @@ pub fn check_result(
     Ok(())
 }
 
+#[doc(hidden)]
+pub mod dishonest;
 #[cfg(test)]
 mod tests;

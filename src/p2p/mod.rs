@@ -1062,8 +1062,10 @@ impl Task {
                 peer, message, ..
             })) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.audit_secagg(peer, secagg::Received::Request(request.clone()));
                     let response = if self.allowed(peer) {
+                        if self.audits_request_from(&peer) {
+                            self.audit_secagg(peer, secagg::ReceivedRef::Request(&request));
+                        }
                         self.answer_secagg(peer, request)
                     } else {
                         secagg::SecaggResponse::Error("rate limited".into())
@@ -1071,8 +1073,8 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().secagg.send_response(channel, response);
                 }
                 request_response::Message::Response { request_id, response } => {
-                    self.audit_secagg(peer, secagg::Received::Response(response.clone()));
                     if let Some(pending) = self.secagg.requests.remove(&request_id) {
+                        self.audit_secagg(peer, secagg::ReceivedRef::Response(&response));
                         self.on_secagg_response(peer, pending, response);
                     }
                 }

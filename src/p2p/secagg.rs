@@ -107,16 +107,25 @@ pub enum SecaggResponse {
 }
 
 /// One received message, as `p2p.secagg_audit_dir` keeps it (postcard, a file each:
-/// `<start>-<n>-request-<peer>.bin` or `…-response-…`: the Unix second the node
-/// started, then numbered from 0, so a restart never overwrites a file).
+/// `<second>-<tag>-<n>-request-<peer>.bin` or `…-response-…`: the run's first audit
+/// second and a random tag, then numbered from 0; files are created new, never
+/// overwritten).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Received {
     Request(SecaggRequest),
     Response(SecaggResponse),
 }
 
-/// Audit files written per start at most (a bound on the directory, not a feature).
+/// The same, borrowed (it encodes to the same bytes): nothing is copied to audit.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum ReceivedRef<'a> {
+    Request(&'a SecaggRequest),
+    Response(&'a SecaggResponse),
+}
+
+/// Audit files and bytes written per run at most (a bound on the directory).
 const MAX_AUDIT_FILES: u64 = 1_000_000;
+const MAX_AUDIT_BYTES: u64 = 16 << 30;
 
 /// What an outbound request was for.
 #[derive(Clone, Debug)]
@@ -174,13 +183,15 @@ pub(super) struct State {
     /// (community, period, what) asked and not answered yet.
     busy: HashSet<(CommunityId, i64, u8)>,
     leading: HashMap<RoundId, Leading>,
-    /// Member: periods it reported, whose result it has neither fetched nor been
-    /// gossiped yet, with the tick it asks the leader next and the wait after that
-    /// (doubled per ask: results travel over gossip, the fetch is for a missed one).
+    /// Periods past their result's publication whose result this node has neither
+    /// fetched nor been gossiped yet, with the time it asks the leader next and the
+    /// wait after that (doubled per ask up to a period or 8 sync intervals: results
+    /// travel over gossip, the fetch is for a missed one).
     awaiting: HashMap<(CommunityId, i64), (i64, i64)>,
-    /// Audit files written since the start, and the start's second (their prefix).
+    /// Audit files and bytes written since the start, and the run's file name prefix.
     audited: u64,
-    audit_run: Option<i64>,
+    audit_bytes: u64,
+    audit_run: Option<String>,
 }
 
 /// Why the leader has no round for a period: not yet (asked again), or never.
@@ -189,7 +200,7 @@ enum RoundRefusal {
     Never(String),
 }
 
-/// Rounds a member asks for per community and tick at most.
+/// Rounds a member asks for per community and tick at most (and results a node asks).
 const MAX_ROUND_ASKS_PER_TICK: usize = 2;
 
 fn err(why: impl ToString) -> SecaggResponse {
@@ -255,7 +266,7 @@ impl Task {
         for (id, member, sa) in list {
             // At most this many rounds asked for per community and tick, oldest first:
             // a node that was away catches up without flooding the leader.
-            let mut asks = 0;
+            let (mut asks, mut fetches) = (0, 0);
             for p in (first..=latest).step_by(usize::try_from(secs).unwrap_or(1)) {
                 let end = p + secs;
                 // The leader makes the round `result_delay` after the period ends (the
@@ -270,13 +281,27 @@ impl Task {
                 if sa.leader == self.me && now >= end + delay + 3 * self.sync_secs() {
                     self.leader_step(&id, p, &sa);
                 }
-                let Some(&(next, wait)) = self.secagg.awaiting.get(&(id, p)) else { continue };
+                // Past the time the result is published, a node asks the leader for one
+                // it missed: a member for the periods it reported, a follower (which
+                // reports nothing) for any; a few a tick, oldest first.
+                let fetch_from = end + delay + 5 * self.sync_secs();
+                if now < fetch_from || sa.leader == self.me || fetches >= MAX_ROUND_ASKS_PER_TICK {
+                    continue;
+                }
+                let sync = self.sync_secs();
+                let (next, wait) = match self.secagg.awaiting.get(&(id, p)) {
+                    Some(due) => *due,
+                    None if !member => (fetch_from, sync),
+                    None => continue,
+                };
                 if self.store.secure_result(&id, p).ok().flatten().is_some() {
                     self.secagg.awaiting.remove(&(id, p));
                     continue;
                 }
                 if now >= next {
-                    self.secagg.awaiting.insert((id, p), (now.saturating_add(wait), wait.saturating_mul(2)));
+                    fetches += 1;
+                    let cap = secs.max(8 * self.sync_secs());
+                    self.secagg.awaiting.insert((id, p), (now.saturating_add(wait), wait.saturating_mul(2).min(cap)));
                     self.ask(
                         sa.leader,
                         SecaggRequest::Result { community: id, period: p },
@@ -294,32 +319,79 @@ impl Task {
             Ok(n) => tracing::info!(rounds = n, "secure aggregation: shares of past rounds deleted"),
             Err(e) => tracing::warn!(error = %e, "secure aggregation: pruning"),
         }
+        // Results past retention, and the period marks once past both (a mark inside the
+        // window is what stops a second report or aggregation).
+        let retained = now.saturating_sub(self.options.retention_secs);
+        if let Err(e) = self.store.prune_secure_results(retained.min(first)) {
+            tracing::warn!(error = %e, "secure aggregation: pruning results");
+        }
+        self.prune_audit(now.saturating_sub(self.window_secs()));
     }
 
-    /// Keeps a received message in `p2p.secagg_audit_dir`, when set (with the sender's
-    /// PeerId in the file name). A failure is logged and the message handled anyway.
-    pub(super) fn audit_secagg(&mut self, peer: PeerId, message: Received) {
-        let Some(dir) = &self.options.secagg_audit else { return };
-        if self.secagg.audited >= MAX_AUDIT_FILES {
+    /// Keeps a received message in `p2p.secagg_audit_dir`, when set: a new file, mode
+    /// 0600, named by this run (start second and a random tag), a counter, the kind
+    /// and the sender's PeerId. The caller passes only what was let in (within the
+    /// request limits, from a member of a community with secure aggregation, or an
+    /// answer to this node's own request). At most `MAX_AUDIT_FILES` files and
+    /// `MAX_AUDIT_BYTES` per run; a failure is logged and the message handled anyway.
+    pub(super) fn audit_secagg(&mut self, peer: PeerId, message: ReceivedRef<'_>) {
+        let Some(dir) = self.options.secagg_audit.clone() else { return };
+        if self.secagg.audited >= MAX_AUDIT_FILES || self.secagg.audit_bytes >= MAX_AUDIT_BYTES {
             return;
         }
         let kind = match message {
-            Received::Request(_) => "request",
-            Received::Response(_) => "response",
+            ReceivedRef::Request(_) => "request",
+            ReceivedRef::Response(_) => "response",
         };
-        if self.secagg.audit_run.is_none()
-            && let Err(e) = std::fs::create_dir_all(dir)
-        {
-            tracing::warn!(path = %dir.display(), error = %e, "secure aggregation: the audit directory");
+        if self.secagg.audit_run.is_none() {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "secure aggregation: the audit directory");
+            }
+            let mut tag = [0u8; 4];
+            let _ = getrandom::getrandom(&mut tag);
+            self.secagg.audit_run = Some(format!("{}-{}", Self::now(), hex::encode(tag)));
         }
-        let run = *self.secagg.audit_run.get_or_insert_with(Self::now);
+        let run = self.secagg.audit_run.clone().unwrap_or_default();
         let path = dir.join(format!("{run}-{:08}-{kind}-{peer}.bin", self.secagg.audited));
         self.secagg.audited += 1;
-        let written = postcard::to_allocvec(&message)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+        let written = postcard::to_allocvec(&message).map_err(|e| e.to_string()).and_then(|bytes| {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            self.secagg.audit_bytes = self.secagg.audit_bytes.saturating_add(bytes.len() as u64);
+            options.open(&path).and_then(|mut f| f.write_all(&bytes)).map_err(|e| e.to_string())
+        });
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "secure aggregation: writing the audit file");
+        }
+    }
+
+    /// Whether a request from `peer` is audited: from a member of a followed community
+    /// with secure aggregation (anything else is refused unread anyway).
+    pub(super) fn audits_request_from(&self, peer: &PeerId) -> bool {
+        self.options.secagg_audit.is_some()
+            && node_of(peer).is_some_and(|n| {
+                self.communities.iter().any(|c| c.manifest.secure.is_some() && c.manifest.is_member(&n))
+            })
+    }
+
+    /// Deletes audit files last written before `before` (the window: the store deletes
+    /// the shares then too).
+    fn prune_audit(&mut self, before: i64) {
+        let Some(dir) = &self.options.secagg_audit else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let cutoff = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(before).unwrap_or(0));
+        for entry in entries.flatten() {
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            let ours = entry.file_name().to_str().is_some_and(|n| n.ends_with(".bin"));
+            if old
+                && ours
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "secure aggregation: deleting an audit file");
+            }
         }
     }
 
@@ -494,9 +566,9 @@ impl Task {
             to_helper.push(made.helper);
         }
         tracing::info!(community = %short_hex(community), period, reports = to_leader.len(), "secure aggregation: reports made");
-        let sync = self.sync_secs();
-        let first_ask = period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * sync);
-        self.secagg.awaiting.insert((*community, period), (first_ask, sync));
+        let first_ask =
+            period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * self.sync_secs());
+        self.secagg.awaiting.insert((*community, period), (first_ask, self.sync_secs()));
         self.secagg
             .outbox
             .insert((*community, period), Outbox { round: bytes.to_vec(), leader: to_leader, helper: to_helper });
@@ -510,6 +582,12 @@ impl Task {
     fn round_for(&mut self, community: &CommunityId, period: i64) -> Result<Vec<u8>, RoundRefusal> {
         use RoundRefusal::{Never, NotYet};
         if !self.in_window(period) {
+            // A period of the grid that has not ended yet will have a round; any other
+            // (off the grid, past the window, absurd) never.
+            let secs = self.period_secs();
+            if period_of(period, secs) == period && period.saturating_add(secs) > Self::now() {
+                return Err(NotYet("the period is not over".into()));
+            }
             return Err(Never("not a period of this node's grid that is over and within the window".into()));
         }
         if let Some(held) = self.store.secagg_round(community, period).map_err(|e| NotYet(e.to_string()))? {
@@ -637,16 +715,12 @@ impl Task {
             SecaggRequest::Finish { community, period, round, leader_aggregate } => {
                 self.helper_finish(from, &community, period, &round, &leader_aggregate)
             }
-            SecaggRequest::Result { community, period } => {
-                let member = self.communities.iter().any(|c| c.id == community && c.manifest.is_member(&from));
-                if !member {
-                    return err("only members fetch results");
-                }
-                match self.store.secure_result(&community, period) {
-                    Ok(r) => SecaggResponse::Result(r.map(ByteBuf::from)),
-                    Err(e) => err(e),
-                }
-            }
+            // Results are public (gossiped to every follower): any node may fetch one it
+            // missed, under the request limits.
+            SecaggRequest::Result { community, period } => match self.store.secure_result(&community, period) {
+                Ok(r) => SecaggResponse::Result(r.map(ByteBuf::from)),
+                Err(e) => err(e),
+            },
         }
     }
 
@@ -837,28 +911,60 @@ impl Task {
     }
 
     /// A secure result over gossip (`secure_topic`): kept when both of the community's
-    /// aggregators signed it, for a period of this node's grid that is over and within
-    /// retention. A signature that does not verify is ignored, not punished: the
-    /// relay may hold a manifest that names other aggregators.
+    /// aggregators signed it, for a period of this node's grid and length that is over
+    /// and within retention, issued after its period and not in the future. A result
+    /// that does not decode, or names another community than its topic's, is rejected
+    /// (the sender's fault); one whose signatures do not verify is ignored, not punished:
+    /// the relay may hold a manifest that names other aggregators.
     pub(super) fn take_secure_result(&mut self, community: &CommunityId, bytes: &[u8]) -> Verdict {
+        let verdict = self.judge_secure_result(community, bytes);
+        match &verdict {
+            Verdict::Accept => self.status.accepted += 1,
+            Verdict::Reject(_) => self.status.rejected += 1,
+            _ => self.status.ignored += 1,
+        }
+        verdict
+    }
+
+    fn judge_secure_result(&mut self, community: &CommunityId, bytes: &[u8]) -> Verdict {
+        let r = match SignedSecureResult::decode(bytes) {
+            Ok((_, r)) if &r.community == community => r,
+            Ok(_) => return Verdict::Reject("a secure result of another community on this topic".into()),
+            Err(e) => return Verdict::Reject(e.to_string()),
+        };
         let Some(sa) = self.secure_of(community) else {
             return Verdict::Ignore("no secure aggregation in this community here".into());
         };
-        let r = match SignedSecureResult::open(bytes, community, &sa.leader, &sa.helper) {
-            Ok(r) => r,
-            Err(e) => return Verdict::Ignore(e.to_string()),
-        };
         let (now, secs, p) = (Self::now(), self.period_secs(), r.period_start);
-        if period_of(p, secs) != p
-            || p.saturating_add(secs) > now
+        let end = p.saturating_add(secs);
+        if i64::from(r.period_secs) != secs
+            || period_of(p, secs) != p
+            || end > now
             || p < now.saturating_sub(self.options.retention_secs)
+            || r.issued_at < end
+            || r.issued_at > now.saturating_add(300)
         {
             return Verdict::Ignore("a secure result outside this node's periods".into());
         }
-        match self.store.put_secure_result(community, p, bytes) {
+        if let Err(e) = SignedSecureResult::open(bytes, community, &sa.leader, &sa.helper) {
+            return Verdict::Ignore(e.to_string());
+        }
+        let stored = match self.store.put_secure_result(community, p, bytes) {
+            Ok(true) => Ok(true),
+            // One held already: it stays, unless it no longer verifies under the
+            // community's aggregators (they changed since), when this one replaces it.
+            Ok(false) => match self.store.secure_result(community, p) {
+                Ok(Some(held)) if SignedSecureResult::open(&held, community, &sa.leader, &sa.helper).is_ok() => {
+                    Ok(false)
+                }
+                Ok(_) => self.store.replace_secure_result(community, p, bytes).map(|()| true),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(true) => {
                 self.secagg.awaiting.remove(&(*community, p));
-                self.status.accepted += 1;
                 Verdict::Accept
             }
             Ok(false) => Verdict::Ignore("duplicate".into()),

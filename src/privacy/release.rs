@@ -291,11 +291,13 @@ pub fn release(
         earlier.insert(user, account.earlier);
         ledgers.insert(user, account.week);
     }
-    // Fewer users at the aggregate level than τ: no item could have τ listeners, so the
-    // aggregate section could only ever show noise (with probability within δ). The
-    // release leaves them all out and charges none of them; their budget stays theirs
-    // (for a community's secure aggregation, `federation::secagg`). Who is at which
-    // level is a setting, not listening data: the choice itself reveals nothing.
+    // Fewer users at the aggregate level than τ: an item could pass τ only if nearly all
+    // of them played it and the noise lifted it the rest of the way (at the defaults,
+    // τ = 280 and a node of 20 such users would need noise of 260, scale 17). A policy,
+    // not a proof: the release gives up that slim chance, leaves them all out and
+    // charges none of them, and their budget stays theirs, for a community's secure
+    // aggregation (`federation::secagg`), which counts them once per community. Who is
+    // at which level is a setting, not listening data: the choice reveals nothing.
     let sharing = users.iter().filter(|u| u.level == SharingLevel::Aggregate).count();
     let too_few = i64::try_from(sharing).unwrap_or(i64::MAX) < params.tau();
     for u in users {
@@ -324,8 +326,8 @@ pub fn release(
                 user: u.user,
                 level: u.level,
                 refused: Some(format!(
-                    "only {sharing} users share at the aggregate level on this node, and an item needs {} \
-                     listeners to be released: nothing could be, so nothing was charged",
+                    "fewer than {} users share at the aggregate level on this node, the listeners an item \
+                     needs to be released: the node's release leaves them out and nothing was charged",
                     params.tau()
                 )),
                 artists: Vec::new(),

@@ -227,6 +227,43 @@ impl Store {
         }
     }
 
+    /// Replaces the held secure result of a period (one that no longer verifies under
+    /// the community's current aggregators) with a verified one.
+    pub fn replace_secure_result(&self, community: &CommunityId, period: i64, signed: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.trees.secagg_state.insert(community_period(b'R', community, period), signed)?;
+        self.network_changed();
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Deletes the secure results and the period marks (reported, aggregated) of every
+    /// period before `before`. Returns how many entries went.
+    pub fn prune_secure_results(&self, before: i64) -> Result<usize> {
+        self.writable()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kind in [b'R', REPORTED, AGGREGATED] {
+            for kv in self.trees.secagg_state.scan_prefix([kind]) {
+                let (k, _) = kv?;
+                let period = k
+                    .get(33..41)
+                    .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                    .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
+                    .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not kind ‖ community ‖ period"))?;
+                if period < before {
+                    batch.remove(k);
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.trees.secagg_state.apply_batch(batch)?;
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
     /// Stores a verified secure result (the first one of a period stays).
     pub fn put_secure_result(&self, community: &CommunityId, period: i64, signed: &[u8]) -> Result<bool> {
         self.writable()?;
@@ -304,5 +341,38 @@ impl Store {
             out.push(decode(schema::USERID_PERIOD_COMMUNITY_SECUREREPORT, &k, &v)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Options, Store};
+
+    /// Results and period marks go once past the cut, nothing newer; a held result
+    /// stays against a second one unless replaced.
+    #[test]
+    fn results_and_marks_are_pruned_past_the_cut_and_a_result_is_replaced_only_on_purpose() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options::default()).expect("open");
+        let (c, other) = ([3u8; 32], [4u8; 32]);
+        for p in [100, 200, 300] {
+            assert!(store.put_secure_result(&c, p, format!("r{p}").as_bytes()).expect("put"));
+            assert!(store.secagg_mark(REPORTED, &c, p).expect("mark"));
+            assert!(store.secagg_mark(AGGREGATED, &other, p).expect("mark"));
+        }
+        assert!(!store.put_secure_result(&c, 300, b"second").expect("put"), "the first result stays");
+        store.replace_secure_result(&c, 300, b"replaced").expect("replace");
+        assert_eq!(store.secure_result(&c, 300).expect("read").as_deref(), Some(&b"replaced"[..]));
+        assert_eq!(
+            store.prune_secure_results(200).expect("prune"),
+            3,
+            "period 100: the result and mark of c, the mark of other"
+        );
+        assert_eq!(store.secure_result(&c, 100).expect("read"), None);
+        assert!(store.secure_result(&c, 200).expect("read").is_some());
+        assert!(store.secagg_mark(REPORTED, &c, 100).expect("mark again"), "the old mark is gone");
+        assert!(!store.secagg_mark(REPORTED, &c, 200).expect("mark"), "a newer mark stays");
+        assert!(!store.secagg_mark(AGGREGATED, &other, 300).expect("mark"));
     }
 }

@@ -33,6 +33,11 @@ impl Peer {
         format!("[\"/ip4/127.0.0.1/tcp/{}\"]", self.port)
     }
 
+    /// Where the running node is dialled: its TCP listen address with its PeerId.
+    pub(crate) fn address(&self) -> libp2p::Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.port, self.id).parse().expect("multiaddr")
+    }
+
     fn env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             SHORT_PERIODS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
@@ -266,7 +271,7 @@ fn three_nodes_two_communities_a_link_a_late_joiner_and_a_restart_agree_on_the_c
 /// A misbehaving peer built from the same libp2p behaviour: it connects to a member,
 /// publishes bad snapshots and manifests over gossip, serves bad snapshots when asked
 /// for catch-up, and makes absurd and flooding sync requests.
-mod rogue {
+pub(crate) mod rogue {
     use std::time::Duration;
 
     use futures::StreamExt;
@@ -337,7 +342,11 @@ mod rogue {
     }
 
     pub fn swarm() -> Swarm<Behaviour> {
-        let key = libp2p::identity::Keypair::generate_ed25519();
+        swarm_with(libp2p::identity::Keypair::generate_ed25519())
+    }
+
+    /// A swarm of the node's own behaviour under `key`.
+    pub fn swarm_with(key: libp2p::identity::Keypair) -> Swarm<Behaviour> {
         build(
             key,
             &Options {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::federation::{Peer, SHORT_PERIOD_FLOOR, community, network};
-use crate::privacy::{fresh_period, release_of, submit, user_with_token};
+use crate::privacy::{release_of, submit, user_with_token};
 use crate::support::NodeProcess;
 
 /// Home nodes: 12, or `HEARSAY_SECAGG_NODES` (the closing note's 50-node figure).
@@ -21,10 +21,37 @@ fn members() -> usize {
     std::env::var("HEARSAY_SECAGG_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
 }
 
-/// Seconds since the 4-second period starting at `p` ended.
+/// The nodes' period and sync interval: 4 s and 2 s, or `HEARSAY_SECAGG_PERIOD` and
+/// `HEARSAY_SECAGG_SYNC` (longer ones for the 50-node figure on a 2-core machine).
+fn timing() -> (i64, i64) {
+    let var = |k: &str, d: i64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    (var("HEARSAY_SECAGG_PERIOD", 4), var("HEARSAY_SECAGG_SYNC", 2))
+}
+
+/// When a result is due after its period ends: the leader's round `grace + 2 sync` after
+/// the end (grace 1 s), verification 3 sync later, members' fetch 2 sync after that.
+fn due() -> Duration {
+    let (_, sync) = timing();
+    Duration::from_secs((1 + 7 * sync) as u64)
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+/// Waits for the start of the next period (of `timing()`, on the week grid).
+fn fresh_period() -> i64 {
+    let secs = timing().0 as f64;
+    let monday = 4.0 * 86_400.0;
+    let t = now();
+    let next = monday + (((t - monday) / secs).floor() + 1.0) * secs;
+    std::thread::sleep(Duration::from_secs_f64(next - t + 0.05));
+    next as i64
+}
+
+/// Seconds since the period starting at `p` ended.
 fn ended(p: i64) -> f64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
-    now - (p + 4) as f64
+    now() - (p + timing().0) as f64
 }
 
 fn secure_chart(url: &str, period: i64) -> Option<Value> {
@@ -66,6 +93,11 @@ fn scrobble(nodes: &[NodeProcess], tokens: &[String], curator: (&NodeProcess, &s
 #[test]
 fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (period_secs, sync_secs) = timing();
+    let times = [
+        ("HEARSAY_PRIVACY__PERIOD_SECS".to_owned(), period_secs.to_string()),
+        ("HEARSAY_P2P__SYNC_INTERVAL_SECS".to_owned(), sync_secs.to_string()),
+    ];
     let mut leader = Peer::new(dir.path(), "leader");
     let mut helper = Peer::new(dir.path(), "helper");
     let audits = [dir.path().join("leader-audit"), dir.path().join("helper-audit")];
@@ -73,9 +105,12 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         p.extra.push(("HEARSAY_P2P__SECAGG_AUDIT_DIR".into(), audit.display().to_string()));
     }
     // Not a member: it only follows the community, and learns its results over gossip.
-    let follower = Peer::new(dir.path(), "follower");
+    let mut follower = Peer::new(dir.path(), "follower");
     let count = members();
-    let members: Vec<Peer> = (0..count).map(|i| Peer::new(dir.path(), &format!("home{i}"))).collect();
+    let mut members: Vec<Peer> = (0..count).map(|i| Peer::new(dir.path(), &format!("home{i}"))).collect();
+    for p in members.iter_mut().chain([&mut leader, &mut helper, &mut follower]) {
+        p.extra.extend(times.iter().cloned());
+    }
     leader.cli(&[&["community", "create", "Homes"][..], &SHORT_PERIOD_FLOOR].concat());
     // ε 20 per period: noise of scale 0.1 per aggregator, so the test reads exact counts.
     leader.cli(&[
@@ -103,6 +138,13 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     }
     let ticket = leader.cli(&["community", "invite", "Homes"]);
     follower.cli(&["community", "follow", ticket.trim()]);
+    // A member that cheats (it runs no node: the manifest lists its key, that is all).
+    let rogue_key = libp2p::identity::Keypair::generate_ed25519();
+    leader.cli(&["community", "invite", "Homes", "--node", &rogue_key.public().to_peer_id().to_string()]);
+    let community = {
+        let store = hearsay::store::Store::open(&leader.data, &hearsay::store::Options::default()).expect("open");
+        store.followed().expect("followed").into_iter().next().expect("one community").0
+    };
     let curator = user_with_token(&leader.data, dir.path(), "curator", "public");
     let tokens: Vec<String> = members
         .iter()
@@ -119,13 +161,28 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
 
     let p = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p + 1);
-    let secure = wait_secure(&nodes[0].url, p, Duration::from_secs(60))
+    let within = Duration::from_secs(period_secs as u64) + due() + Duration::from_secs(30);
+    let rogue = rogue_member::spawn(rogue_key, leader.address(), helper.address(), community, p, within);
+    let secure = wait_secure(&nodes[0].url, p, due() + Duration::from_secs(45))
         .unwrap_or_else(|| panic!("no secure result for {p}: {:#}", network(&nodes[0].url, p)));
     let alpha = listeners(&secure, "artists", "shared alpha").expect("Shared Alpha is in the private chart");
+    // The members' users and the rogue's one valid report; none of its bad ones (the
+    // count above 1 alone would add 7). ε 20: noise of scale 0.1 per aggregator.
     assert!(
-        (count as i64 - 2..=count as i64 + 2).contains(&alpha),
-        "{count} users, little noise: {alpha} ({secure:#})"
+        (count as i64..=count as i64 + 2).contains(&alpha),
+        "{count} users and one valid rogue report, little noise: {alpha} ({secure:#})"
     );
+    let answers = rogue.join().expect("the rogue member");
+    eprintln!("the rogue member's answers: {answers:?}");
+    assert!(answers.round, "a member gets the round");
+    let submitted: Vec<_> = answers.submitted.iter().filter(|(_, accepted, _)| *accepted == 4).collect();
+    assert_eq!(submitted.len(), 2, "each aggregator took the four well-formed shares in: {answers:?}");
+    for leads in [true, false] {
+        let later = answers.submitted.iter().find(|(l, a, _)| *l == leads && *a != 4).expect("the later submit");
+        assert_eq!(later.1, 1, "the replayed valid share counts as a retry, nothing more: {later:?}");
+        assert_eq!(later.2.len(), 2, "the cut share and the other round's are refused on arrival: {later:?}");
+        assert!(later.2.iter().any(|r| r.contains("another round")), "{later:?}");
+    }
     // The release says only that the minimum batch was met: an exact count of reports
     // would move by one with one user, outside the noise.
     assert_eq!(secure["min_users"], 10, "{secure:#}");
@@ -163,10 +220,10 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     drop(nh.take());
     let p2 = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p2 + 1);
-    // With both aggregators up, the chart reaches the members about 18 s after the
-    // period ends (its round at +5 s, verification at +11 s, the members' fetch at
-    // +15 s with 2-second sync ticks); 26 s is well past that.
-    std::thread::sleep(Duration::from_secs(30));
+    // With both aggregators up, the chart reaches the members about 12 s after the
+    // period ends (its round at +5 s, verification at +11 s, gossip right after, the
+    // members' fetch from +15 s, with 2-second sync ticks); 26 s is well past that.
+    std::thread::sleep(Duration::from_secs_f64(period_secs as f64 + due().as_secs_f64() + 11.0));
     assert!(secure_chart(&nodes[0].url, p2).is_none(), "no release without the helper");
     assert!(secure_chart(&nl.url, p2).is_none(), "not even at the leader");
 
@@ -175,7 +232,7 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     std::thread::sleep(Duration::from_secs(4));
     let p3 = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p3 + 1);
-    let again = wait_secure(&nodes[0].url, p3, Duration::from_secs(60))
+    let again = wait_secure(&nodes[0].url, p3, due() + Duration::from_secs(45))
         .unwrap_or_else(|| panic!("no secure result after the restart: {:#}", network(&nodes[0].url, p3)));
     eprintln!(
         "period {p3}: after the helper's restart, the private chart reached a member {:.1} s after the period ended",
@@ -209,7 +266,10 @@ fn inspect_received(audits: &[std::path::PathBuf; 2], count: usize) {
     for (who, dir) in ["leader", "helper"].iter().zip(audits) {
         let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
         for entry in std::fs::read_dir(dir).expect("the audit directory") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let path = entry.expect("entry").path();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("meta").permissions());
+            assert_eq!(mode & 0o777, 0o600, "{}: only the node's user reads an audit file", path.display());
+            let bytes = std::fs::read(&path).expect("read");
             let received: Received = postcard::from_bytes(&bytes).expect("an audit file decodes");
             let (kind, secret): (&str, Vec<&[u8]>) = match &received {
                 Received::Request(SecaggRequest::Submit { shares, .. }) => {
@@ -272,9 +332,10 @@ fn inspect_aggregators(leader: &Peer, helper: &Peer, p: i64, count: usize) {
         let round = RoundV1::decode(&env.body).expect("round");
         let vdaf = round.vdaf().expect("vdaf");
         let shares = store.secagg_shares(&round.id()).expect("shares");
-        assert_eq!(shares.len(), count, "{who} holds one share per user");
+        // One share per user, and the rogue member's four well-formed ones.
+        assert_eq!(shares.len(), count + 4, "{who} holds one share per user and the rogue's four");
         let nodes: std::collections::BTreeSet<_> = shares.values().map(|h| h.node).collect();
-        assert_eq!(nodes.len(), count, "one report per home node");
+        assert_eq!(nodes.len(), count + 1, "the home nodes and the rogue");
         for held in shares.values() {
             let share =
                 Prio3InputShare::get_decoded_with_param(&(&vdaf, agg_id), &held.share.input_share).expect("decodes");
@@ -295,8 +356,10 @@ fn inspect_aggregators(leader: &Peer, helper: &Peer, p: i64, count: usize) {
             assert!(!text.contains("alpha") && !text.contains("solo"));
         }
         if agg_id == 1 {
+            // The three reports beyond the bounds failed verification: only the users'
+            // and the rogue's valid one were summed.
             let agg = store.secagg_aggregate(&round.id()).expect("read").expect("the helper's aggregate");
-            assert_eq!(agg.accepted as usize, count);
+            assert_eq!(agg.accepted as usize, count + 1, "count above 1, more than 2·L0 items, broken proof: rejected");
         }
         if agg_id == 0 {
             assert!(store.secure_result(&cid, p).expect("read").is_some(), "the leader holds the released result");
@@ -304,5 +367,188 @@ fn inspect_aggregators(leader: &Peer, helper: &Peer, p: i64, count: usize) {
             let agg = store.secagg_aggregate(&round.id()).expect("read").expect("the helper's aggregate");
             assert!(agg.finished.is_some(), "the helper signed the period's one result");
         }
+    }
+}
+
+/// A member node that cheats, over the network: the node's own libp2p behaviour under
+/// a key the manifest lists as a member. It asks the leader for the period's round,
+/// then sends each aggregator its shares of reports the honest client refuses to make
+/// (real Prio3 sharding and proofs over bad encodings, `federation::secagg::dishonest`):
+/// a count above 1, more than 2·L0 items, a broken proof; one valid report; then a
+/// share cut short and one naming another round (refused on arrival), and the valid
+/// report again (a replay).
+mod rogue_member {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use hearsay::federation::secagg::dishonest::{encoded, shard_raw};
+    use hearsay::federation::secagg::{ClientReport, RoundV1, ShareV1, shard};
+    use hearsay::p2p::behaviour::BehaviourEvent;
+    use hearsay::p2p::secagg::{SecaggRequest, SecaggResponse};
+    use libp2p::request_response::{self, OutboundRequestId};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, PeerId};
+    use serde_bytes::ByteBuf;
+
+    /// What the aggregators answered the rogue's submissions.
+    #[derive(Debug, Default)]
+    pub struct Answers {
+        pub round: bool,
+        /// (to the leader, accepted, refused reasons) per `Submit`.
+        pub submitted: Vec<(bool, u32, Vec<String>)>,
+        /// Anything else that happened (for a failure's message).
+        pub log: Vec<String>,
+    }
+
+    pub fn spawn(
+        key: libp2p::identity::Keypair,
+        leader: Multiaddr,
+        helper: Multiaddr,
+        community: [u8; 32],
+        period: i64,
+        within: Duration,
+    ) -> std::thread::JoinHandle<Answers> {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(run(key, leader, helper, community, period, within))
+        })
+    }
+
+    fn peer_of(a: &Multiaddr) -> PeerId {
+        a.iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+            .expect("a /p2p address")
+    }
+
+    /// The bad reports, the valid one, and what goes to each aggregator, in order.
+    fn reports(round: &RoundV1) -> (Vec<ShareV1>, Vec<ShareV1>, Vec<ShareV1>, Vec<ShareV1>) {
+        let len = round.len();
+        let alpha = round.artists.iter().position(|n| n.artist == "shared alpha").expect("alpha in the vocabulary");
+        let others: Vec<usize> = (0..len).filter(|i| *i != alpha).collect();
+        let bits = |on: &[usize]| -> Vec<bool> { (0..len).map(|i| on.contains(&i)).collect() };
+        let id = || {
+            let mut r = [0u8; 16];
+            getrandom::getrandom(&mut r).expect("random");
+            r
+        };
+        let mut above_c = encoded(round, &bits(&[alpha])).expect("encode");
+        above_c[alpha] = 7;
+        let max = round.params.max_weight();
+        let mut over_l0 = encoded(round, &bits(&[&[alpha][..], &others[..max - 1]].concat())).expect("encode");
+        over_l0[others[max - 1]] = 1;
+        let mut bad_proof = shard(round, &bits(&[alpha]), id()).expect("shard");
+        let at = 16 * (len + 3) + 5;
+        bad_proof.leader.input_share[at] ^= 1;
+        let valid = shard_raw(round, encoded(round, &bits(&[alpha])).expect("encode"), id()).expect("shard");
+        let bad: Vec<ClientReport> = vec![
+            shard_raw(round, above_c, id()).expect("shard"),
+            shard_raw(round, over_l0, id()).expect("shard"),
+            bad_proof,
+            valid.clone(),
+        ];
+        let mut short = shard(round, &bits(&[]), id()).expect("shard");
+        short.leader.input_share.truncate(10);
+        short.helper.input_share.truncate(10);
+        let other = shard(round, &bits(&[]), id()).expect("shard");
+        let elsewhere = |s: &ShareV1| ShareV1 { round: [9; 32], ..s.clone() };
+        let to_leader = bad.iter().map(|r| r.leader.clone()).collect();
+        let to_helper = bad.iter().map(|r| r.helper.clone()).collect();
+        let later_leader = vec![short.leader, elsewhere(&other.leader), valid.leader];
+        let later_helper = vec![short.helper, elsewhere(&other.helper), valid.helper];
+        (to_leader, to_helper, later_leader, later_helper)
+    }
+
+    async fn run(
+        key: libp2p::identity::Keypair,
+        leader: Multiaddr,
+        helper: Multiaddr,
+        community: [u8; 32],
+        period: i64,
+        within: Duration,
+    ) -> Answers {
+        let mut s = crate::federation::rogue::swarm_with(key);
+        let (lp, hp) = (peer_of(&leader), peer_of(&helper));
+        s.dial(leader).expect("dial the leader");
+        s.dial(helper).expect("dial the helper");
+        let mut answers = Answers::default();
+        let mut asking: Option<OutboundRequestId> = None;
+        let mut submits: Vec<(OutboundRequestId, bool)> = Vec::new();
+        let mut later: Option<(Vec<u8>, Vec<ShareV1>, Vec<ShareV1>)> = None;
+        let deadline = tokio::time::Instant::now() + within;
+        // The leader makes the round `result_delay` (5 s here) after the period ends.
+        let (period_secs, _) = super::timing();
+        let asks_from = tokio::time::Instant::now()
+            + Duration::from_secs_f64((period + period_secs + 5) as f64 - super::now()).max(Duration::ZERO);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                e = s.select_next_some() => e,
+                _ = tick.tick() => {
+                    let due = tokio::time::Instant::now() >= asks_from;
+                    if due && !answers.round && asking.is_none() && s.is_connected(&lp) {
+                        asking = Some(s.behaviour_mut().secagg.send_request(&lp, SecaggRequest::Round { community, period }));
+                    }
+                    if answers.submitted.len() >= 4 {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            let message = match event {
+                SwarmEvent::Behaviour(BehaviourEvent::Secagg(request_response::Event::Message { message, .. })) => {
+                    message
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Secagg(e)) => {
+                    answers.log.push(format!("{e:?}"));
+                    continue;
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    answers.log.push(format!("connected to {peer_id}"));
+                    continue;
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    answers.log.push(format!("dial: {error}"));
+                    continue;
+                }
+                _ => continue,
+            };
+            let request_response::Message::Response { request_id, response } = message else { continue };
+            if Some(request_id) == asking {
+                asking = None;
+                let SecaggResponse::Round(bytes) = response else {
+                    answers.log.push(format!("round: {response:?}"));
+                    continue;
+                };
+                answers.round = true;
+                let env = hearsay::envelope::open_signed(&bytes, hearsay::envelope::DST_SECURE_ROUND, 1 << 22)
+                    .expect("a signed round");
+                let round = RoundV1::decode(&env.body).expect("round");
+                let (to_leader, to_helper, later_leader, later_helper) = reports(&round);
+                for (peer, shares, leads) in [(lp, to_leader, true), (hp, to_helper, false)] {
+                    let request = SecaggRequest::Submit { round: bytes.clone(), shares };
+                    submits.push((s.behaviour_mut().secagg.send_request(&peer, request), leads));
+                }
+                later = Some((bytes.into_vec(), later_leader, later_helper));
+                continue;
+            }
+            let Some(&(_, leads)) = submits.iter().find(|(id, _)| *id == request_id) else { continue };
+            if let SecaggResponse::Submitted { accepted, refused } = response {
+                answers.submitted.push((leads, accepted, refused));
+            }
+            // After the first two answers: the malformed shares and the replay.
+            if answers.submitted.len() == 2
+                && let Some((bytes, l, h)) = later.take()
+            {
+                for (peer, shares, leads) in [(lp, l, true), (hp, h, false)] {
+                    let request = SecaggRequest::Submit { round: ByteBuf::from(bytes.clone()), shares };
+                    submits.push((s.behaviour_mut().secagg.send_request(&peer, request), leads));
+                }
+            }
+        }
+        answers
     }
 }

@@ -1,77 +1,14 @@
 use std::collections::BTreeMap;
 
 use prio::codec::Encode;
-use prio::field::Field128;
-use prio::flp::gadgets::{Mul, ParallelSum};
-use prio::flp::types::MultihotCountVec;
-use prio::flp::{Flp, FlpError, Gadget, Type};
-use prio::vdaf::prio3::Prio3;
-use prio::vdaf::xof::XofTurboShake128;
 // Seeded: the pure core draws no randomness of its own (its callers pass an RNG).
 use rand::{SeedableRng, rngs::StdRng};
 
+use super::dishonest::{encoded, shard_raw};
 use super::*;
 
-type Inner = MultihotCountVec<Field128, ParallelSum<Field128, Mul>>;
-
-/// A dishonest client: the honest circuit, but it encodes whatever field elements it
-/// is given instead of a checked measurement, then shards and proves them with the
-/// real Prio3. Its shares have the honest shape; only the proof can catch them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Cheat(Inner);
-
-impl Flp for Cheat {
-    type Field = Field128;
-    fn gadget(&self) -> Vec<Box<dyn Gadget<Field128>>> {
-        self.0.gadget()
-    }
-    fn num_gadgets(&self) -> usize {
-        self.0.num_gadgets()
-    }
-    fn valid(
-        &self,
-        g: &mut Vec<Box<dyn Gadget<Field128>>>,
-        input: &[Field128],
-        joint_rand: &[Field128],
-        num_shares: usize,
-    ) -> Result<Vec<Field128>, FlpError> {
-        self.0.valid(g, input, joint_rand, num_shares)
-    }
-    fn input_len(&self) -> usize {
-        self.0.input_len()
-    }
-    fn proof_len(&self) -> usize {
-        self.0.proof_len()
-    }
-    fn verifier_len(&self) -> usize {
-        self.0.verifier_len()
-    }
-    fn joint_rand_len(&self) -> usize {
-        self.0.joint_rand_len()
-    }
-    fn eval_output_len(&self) -> usize {
-        self.0.eval_output_len()
-    }
-    fn prove_rand_len(&self) -> usize {
-        self.0.prove_rand_len()
-    }
-}
-
-impl Type for Cheat {
-    type Measurement = Vec<u128>;
-    type AggregateResult = Vec<u128>;
-    fn encode_measurement(&self, m: &Vec<u128>) -> Result<Vec<Field128>, FlpError> {
-        Ok(m.iter().map(|v| Field128::from(*v)).collect())
-    }
-    fn truncate(&self, input: Vec<Field128>) -> Result<Vec<Field128>, FlpError> {
-        self.0.truncate(input)
-    }
-    fn decode_result(&self, data: &[Field128], n: usize) -> Result<Vec<u128>, FlpError> {
-        self.0.decode_result(data, n)
-    }
-    fn output_len(&self) -> usize {
-        self.0.output_len()
-    }
+fn cheat(r: &RoundV1, raw: Vec<u128>, report: ReportId) -> ClientReport {
+    shard_raw(r, raw, report).expect("the dishonest client shards")
 }
 
 fn names(prefix: &str, n: usize, track: bool) -> Vec<ItemName> {
@@ -210,28 +147,6 @@ fn a_share_alone_shows_nothing_of_the_measurement() {
     assert!(rep.helper.input_share.len() < 100, "the helper's share is a seed: {} bytes", rep.helper.input_share.len());
 }
 
-fn cheat(r: &RoundV1, raw: Vec<u128>, report: ReportId) -> ClientReport {
-    use prio::vdaf::Client;
-    let inner = Inner::new(r.len(), r.params.max_weight(), chunk_length(r.len())).expect("inner");
-    let vdaf: Prio3<Cheat, XofTurboShake128, 32> = Prio3::new(2, 1, 0x0000_0005, Cheat(inner)).expect("prio3");
-    let (public, inputs) = vdaf.shard(&r.context(), &raw, &report).expect("shard");
-    let public_share = public.get_encoded().expect("encode");
-    let share = |i: usize| ShareV1 {
-        round: r.id(),
-        report,
-        public_share: public_share.clone(),
-        input_share: inputs[i].get_encoded().expect("encode"),
-    };
-    ClientReport { leader: share(0), helper: share(1) }
-}
-
-/// The honest encoding of a measurement: the bits, then the weight in the circuit's
-/// offset binary form (obtained from the honest type).
-fn encoded(r: &RoundV1, bits: &[bool]) -> Vec<u128> {
-    let inner = Inner::new(r.len(), r.params.max_weight(), chunk_length(r.len())).expect("inner");
-    inner.encode_measurement(&bits.to_vec()).expect("encode").into_iter().map(u128::from).collect()
-}
-
 #[test]
 fn reports_that_break_the_bounds_are_rejected_and_never_counted() {
     let r = round(params());
@@ -242,7 +157,7 @@ fn reports_that_break_the_bounds_are_rejected_and_never_counted() {
         both.add(&r, u as u8, shard(&r, &honest, id(u)).expect("shard")).expect("admitted");
     }
     // A count above C = 1: item 0 set to 7, weight bits claiming 1.
-    let mut above_c = encoded(&r, &honest);
+    let mut above_c = encoded(&r, &honest).expect("encode");
     above_c[0] = 7;
     both.add(&r, 5, cheat(&r, above_c, id(100))).expect("well formed, admitted");
     // More than L0 items: 2·L0 + 1 bits set, the weight claiming 2·L0.
@@ -252,7 +167,7 @@ fn reports_that_break_the_bounds_are_rejected_and_never_counted() {
     }
     let mut four = five.clone();
     four[4] = false;
-    let mut over_l0 = encoded(&r, &four);
+    let mut over_l0 = encoded(&r, &four).expect("encode");
     over_l0[4] = 1;
     both.add(&r, 6, cheat(&r, over_l0, id(101))).expect("well formed, admitted");
     // A broken proof: one byte of the leader's proof share changed.
@@ -261,7 +176,7 @@ fn reports_that_break_the_bounds_are_rejected_and_never_counted() {
     bad_proof.leader.input_share[at] ^= 1;
     both.add(&r, 7, bad_proof).expect("still decodes");
     // The dishonest client's path itself works: a valid encoding through it passes.
-    both.add(&r, 8, cheat(&r, encoded(&r, &honest), id(103))).expect("admitted");
+    both.add(&r, 8, cheat(&r, encoded(&r, &honest).expect("encode"), id(103))).expect("admitted");
 
     let (l, h, rejected) = both.verify(&r);
     assert_eq!(rejected, 3, "the three bad reports are rejected");
