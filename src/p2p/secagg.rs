@@ -41,7 +41,7 @@ use crate::federation::validate::Verdict;
 use crate::federation::{CommunityId, NodeId, short_hex};
 use crate::privacy::accountant::{period_of, week_of};
 use crate::privacy::params::Spend;
-use crate::store::secagg::{AGGREGATED, REPORTED, SecaggAggV1, SecureReportV1};
+use crate::store::secagg::{AGGREGATED, OutboxV1, REPORTED, SecaggAggV1, SecureReportV1};
 
 pub const SECAGG_PROTOCOL: &str = "/hearsay/secagg/1.0.0";
 /// A `Verify` of 4,000 reports over the largest vocabulary (2 × 4,096 items) fits
@@ -162,13 +162,6 @@ impl Pending {
     }
 }
 
-/// Reports made for one community period, until both aggregators took them.
-struct Outbox {
-    round: Vec<u8>,
-    leader: Vec<ShareV1>,
-    helper: Vec<ShareV1>,
-}
-
 /// A verification the leader started, waiting for the helper's verdicts.
 struct Leading {
     round: RoundV1,
@@ -179,7 +172,9 @@ struct Leading {
 #[derive(Default)]
 pub(super) struct State {
     pub(super) requests: HashMap<OutboundRequestId, Pending>,
-    outbox: HashMap<(CommunityId, i64), Outbox>,
+    /// Reports made for a community period until both aggregators took them (a copy
+    /// of the store's, which a restart reads back).
+    outbox: HashMap<(CommunityId, i64), OutboxV1>,
     /// (community, period, what) asked and not answered yet.
     busy: HashSet<(CommunityId, i64, u8)>,
     leading: HashMap<RoundId, Leading>,
@@ -427,6 +422,16 @@ impl Task {
 
     /// A member's step for one period; true when it asked the leader for the round.
     fn member_step(&mut self, id: &CommunityId, period: i64, sa: &SecureAggregation) -> bool {
+        if !self.secagg.outbox.contains_key(&(*id, period)) {
+            // Undelivered reports a restart left in the store.
+            match self.store.secagg_outbox(id, period) {
+                Ok(Some(out)) => {
+                    self.secagg.outbox.insert((*id, period), out);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "secure aggregation: reading undelivered reports"),
+            }
+        }
         if let Some(out) = self.secagg.outbox.get(&(*id, period)) {
             let (leader_left, helper_left) = (!out.leader.is_empty(), !out.helper.is_empty());
             if leader_left {
@@ -549,29 +554,29 @@ impl Task {
             records.push((u.user, record));
             charged.push(bits);
         }
-        let fresh = self
-            .store
-            .commit_secure_reports(community, period, week, &ledgers, &records)
-            .map_err(|e| format!("recording the reports: {e}"))?;
-        drop(_ordered);
-        if !fresh || charged.is_empty() {
-            return Ok(());
-        }
-        let (mut to_leader, mut to_helper) = (Vec::new(), Vec::new());
+        // Sharded before anything is recorded; stored with the charges in one
+        // transaction, so what the users are charged for is delivered even after a crash.
+        let mut out = OutboxV1 { round: bytes.to_vec(), leader: Vec::new(), helper: Vec::new() };
         for bits in charged {
             let mut report = [0u8; 16];
             getrandom::getrandom(&mut report).map_err(|e| format!("randomness: {e}"))?;
             let made = secagg::shard(&round, &bits, report).map_err(|e| e.to_string())?;
-            to_leader.push(made.leader);
-            to_helper.push(made.helper);
+            out.leader.push(made.leader);
+            out.helper.push(made.helper);
         }
-        tracing::info!(community = %short_hex(community), period, reports = to_leader.len(), "secure aggregation: reports made");
+        let fresh = self
+            .store
+            .commit_secure_reports(community, period, week, &ledgers, &records, &out)
+            .map_err(|e| format!("recording the reports: {e}"))?;
+        drop(_ordered);
+        if !fresh || out.leader.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(community = %short_hex(community), period, reports = out.leader.len(), "secure aggregation: reports made");
         let first_ask =
             period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * self.sync_secs());
         self.secagg.awaiting.insert((*community, period), (first_ask, self.sync_secs()));
-        self.secagg
-            .outbox
-            .insert((*community, period), Outbox { round: bytes.to_vec(), leader: to_leader, helper: to_helper });
+        self.secagg.outbox.insert((*community, period), out);
         self.deliver(community, period, true, sa.leader);
         self.deliver(community, period, false, sa.helper);
         Ok(())
@@ -993,6 +998,9 @@ impl Task {
                     }
                     Pending::Submit { community, period, .. } => {
                         self.secagg.outbox.remove(&(community, period));
+                        if let Err(e) = self.store.put_secagg_outbox(&community, period, &OutboxV1::default()) {
+                            tracing::warn!(error = %e, "secure aggregation: dropping closed reports");
+                        }
                     }
                     // No round will be made: nothing is reported (nobody is charged).
                     Pending::Round { community, period } => {
@@ -1013,16 +1021,21 @@ impl Task {
                 if !refused.is_empty() {
                     tracing::info!(accepted, refused = ?refused, "secure aggregation: shares refused");
                 }
-                let done = match self.secagg.outbox.get_mut(&(community, period)) {
+                let left = match self.secagg.outbox.get_mut(&(community, period)) {
                     Some(out) => {
                         let list = if to_leader { &mut out.leader } else { &mut out.helper };
                         list.drain(..count.min(list.len()));
-                        out.leader.is_empty() && out.helper.is_empty()
+                        Some(out.clone())
                     }
-                    None => false,
+                    None => None,
                 };
-                if done {
-                    self.secagg.outbox.remove(&(community, period));
+                if let Some(out) = left {
+                    if let Err(e) = self.store.put_secagg_outbox(&community, period, &out) {
+                        tracing::warn!(error = %e, "secure aggregation: recording a delivery");
+                    }
+                    if out.leader.is_empty() && out.helper.is_empty() {
+                        self.secagg.outbox.remove(&(community, period));
+                    }
                 }
             }
             (Pending::Verify { community, period, round }, SecaggResponse::Verdicts { messages, commitment }) => {

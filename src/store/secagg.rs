@@ -71,6 +71,24 @@ impl Versioned for SecureReportV1 {
 }
 
 /// Marks: this node aggregated a community period (as leader or helper), or reported it.
+/// A member's reports of a period not yet taken by both aggregators (`OutboxV1`).
+const OUTBOX: u8 = b'o';
+
+/// The reports a member made for one community period, until both aggregators took
+/// them: stored with the users' charges, so a restart delivers them still.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxV1 {
+    /// The signed round they were made for.
+    #[serde(with = "serde_bytes")]
+    pub round: Vec<u8>,
+    pub leader: Vec<crate::federation::secagg::ShareV1>,
+    pub helper: Vec<crate::federation::secagg::ShareV1>,
+}
+
+impl Versioned for OutboxV1 {
+    const VERSION: u8 = 1;
+}
+
 pub const AGGREGATED: u8 = b'd';
 pub const REPORTED: u8 = b'm';
 
@@ -173,6 +191,24 @@ impl Store {
                 old.push((k.to_vec(), id));
             }
         }
+        // A member's undelivered reports of periods past the window: never delivered.
+        let mut gone = sled::Batch::default();
+        let mut outboxes = 0;
+        for kv in self.trees.secagg_state.scan_prefix([OUTBOX]) {
+            let (k, _) = kv?;
+            let period = k
+                .get(33..41)
+                .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
+                .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not o ‖ community ‖ period"))?;
+            if period < before {
+                gone.remove(k);
+                outboxes += 1;
+            }
+        }
+        if outboxes > 0 {
+            self.trees.secagg_state.apply_batch(gone)?;
+        }
         for (key, id) in &old {
             let mut batch = sled::Batch::default();
             for kind in [b's', b'n', b'a'] {
@@ -183,7 +219,7 @@ impl Store {
             batch.remove(key.as_slice());
             self.trees.secagg_state.apply_batch(batch)?;
         }
-        if !old.is_empty() {
+        if !old.is_empty() || outboxes > 0 {
             self.flush()?;
         }
         Ok(old.len())
@@ -302,16 +338,23 @@ impl Store {
         week: i64,
         ledgers: &BTreeMap<u32, Ledger>,
         records: &[(u32, SecureReportV1)],
+        outbox: &OutboxV1,
     ) -> Result<bool> {
         self.writable()?;
         let t = &self.trees;
         let mark = community_period(REPORTED, community, period);
+        let out_key = community_period(OUTBOX, community, period);
+        let out = encode(outbox);
+        let sending = !outbox.leader.is_empty() || !outbox.helper.is_empty();
         let result = (&t.secagg_state, &t.userid_week_ledger, &t.userid_period_community_securereport).transaction(
             |(state, ledger_tree, report_tree)| {
                 if state.get(&mark)?.is_some() {
                     return sled::transaction::abort(());
                 }
                 state.insert(mark.as_slice(), &[][..])?;
+                if sending {
+                    state.insert(out_key.as_slice(), out.as_slice())?;
+                }
                 for (user, ledger) in ledgers {
                     ledger_tree.insert(&keys::user_time(UserId(*user), week), encode(ledger))?;
                 }
@@ -331,6 +374,27 @@ impl Store {
             Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
             Err(sled::transaction::TransactionError::Storage(e)) => Err(Error::Db(e)),
         }
+    }
+
+    /// A member's undelivered reports of a community period.
+    pub fn secagg_outbox(&self, community: &CommunityId, period: i64) -> Result<Option<OutboxV1>> {
+        let key = community_period(OUTBOX, community, period);
+        match self.trees.secagg_state.get(&key)? {
+            Some(v) => Ok(Some(decode(schema::SECAGG_STATE, &key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What is left to deliver of a community period's reports (deleted once empty).
+    pub fn put_secagg_outbox(&self, community: &CommunityId, period: i64, outbox: &OutboxV1) -> Result<()> {
+        self.writable()?;
+        let key = community_period(OUTBOX, community, period);
+        if outbox.leader.is_empty() && outbox.helper.is_empty() {
+            self.trees.secagg_state.remove(key)?;
+        } else {
+            self.trees.secagg_state.insert(key, encode(outbox))?;
+        }
+        self.flush()
     }
 
     /// The user's secure-aggregation report records, newest first.
@@ -374,5 +438,45 @@ mod tests {
         assert!(store.secagg_mark(REPORTED, &c, 100).expect("mark again"), "the old mark is gone");
         assert!(!store.secagg_mark(REPORTED, &c, 200).expect("mark"), "a newer mark stays");
         assert!(!store.secagg_mark(AGGREGATED, &other, 300).expect("mark"));
+    }
+
+    /// A member's reports are stored with its users' charges, in one transaction, and
+    /// read back after a restart; delivered ones go, and so do periods past the window.
+    #[test]
+    fn undelivered_reports_are_stored_with_the_charges_and_outlive_a_restart() {
+        use crate::federation::secagg::ShareV1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = [5u8; 32];
+        let share = |n: u8| ShareV1 { round: [1; 32], report: [n; 16], public_share: vec![n], input_share: vec![n; 8] };
+        let out =
+            OutboxV1 { round: b"signed round".to_vec(), leader: vec![share(1), share(2)], helper: vec![share(3)] };
+        let record = SecureReportV1 {
+            community: c,
+            period: 600,
+            round: [1; 32],
+            items: Vec::new(),
+            charged: Spend { eps_milli: 150, delta_pico: 0 },
+            refused: None,
+        };
+        let ledger = Ledger { spent: Spend { eps_milli: 150, delta_pico: 0 }, periods: Vec::new() };
+        {
+            let store = Store::open(dir.path(), &Options::default()).expect("open");
+            let ledgers = BTreeMap::from([(7u32, ledger.clone())]);
+            assert!(store.commit_secure_reports(&c, 600, 0, &ledgers, &[(7, record.clone())], &out).expect("commit"));
+            assert!(
+                !store.commit_secure_reports(&c, 600, 0, &ledgers, &[(7, record)], &out).expect("again"),
+                "a period is reported once"
+            );
+        }
+        let store = Store::open(dir.path(), &Options::default()).expect("reopen");
+        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), Some(out.clone()), "read back after a restart");
+        let left = OutboxV1 { leader: Vec::new(), ..out.clone() };
+        store.put_secagg_outbox(&c, 600, &left).expect("delivered to the leader");
+        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), Some(left));
+        store.put_secagg_outbox(&c, 600, &OutboxV1::default()).expect("all delivered");
+        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), None);
+        store.put_secagg_outbox(&c, 700, &out).expect("another period");
+        store.prune_secagg(800).expect("prune");
+        assert_eq!(store.secagg_outbox(&c, 700).expect("read"), None, "past the window: gone");
     }
 }

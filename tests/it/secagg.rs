@@ -161,9 +161,10 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
 
     let p = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p + 1);
-    let within = Duration::from_secs(period_secs as u64) + due() + Duration::from_secs(30);
+    // From the period's start: its end, the protocol's delays, and a margin.
+    let within = Duration::from_secs(period_secs as u64) + due() + Duration::from_secs(45);
     let rogue = rogue_member::spawn(rogue_key, leader.address(), helper.address(), community, p, within);
-    let secure = wait_secure(&nodes[0].url, p, due() + Duration::from_secs(45))
+    let secure = wait_secure(&nodes[0].url, p, within)
         .unwrap_or_else(|| panic!("no secure result for {p}: {:#}", network(&nodes[0].url, p)));
     let alpha = listeners(&secure, "artists", "shared alpha").expect("Shared Alpha is in the private chart");
     // The members' users and the rogue's one valid report; none of its bad ones (the
@@ -232,7 +233,7 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     std::thread::sleep(Duration::from_secs(4));
     let p3 = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p3 + 1);
-    let again = wait_secure(&nodes[0].url, p3, due() + Duration::from_secs(45))
+    let again = wait_secure(&nodes[0].url, p3, within)
         .unwrap_or_else(|| panic!("no secure result after the restart: {:#}", network(&nodes[0].url, p3)));
     eprintln!(
         "period {p3}: after the helper's restart, the private chart reached a member {:.1} s after the period ended",
