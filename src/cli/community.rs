@@ -112,6 +112,11 @@ pub enum CommunityCmd {
         /// Most reports one member node may send per period.
         #[arg(long, default_value_t = 64)]
         max_reports_per_node: u32,
+        /// The release schedule: one round per period of this many seconds (it must
+        /// divide a week, and the members' `privacy.period_secs` must equal it: a node
+        /// of another period takes no part). Default: this node's period.
+        #[arg(long)]
+        period: Option<u32>,
         /// Stop counting by secure aggregation.
         #[arg(long)]
         off: bool,
@@ -380,6 +385,7 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
             min_listeners,
             vocabulary,
             max_reports_per_node,
+            period,
             off,
         } => {
             let (cid, current) = find(&store, &community)?;
@@ -409,7 +415,12 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                     vocabulary,
                 };
                 params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let period_secs = period.unwrap_or(config.privacy.period_secs);
+                if period_secs == 0 || crate::privacy::params::WEEK_SECS % i64::from(period_secs) != 0 {
+                    bail!("--period must divide a week (604800 s), got {period_secs}");
+                }
                 Some(crate::federation::community::SecureAggregation {
+                    period_secs,
                     leader: node(leader.as_ref())?,
                     helper: node(helper.as_ref())?,
                     params,

@@ -21,6 +21,10 @@ pub const SCHEMA_THRESHOLD: u16 = 2;
 /// A community that counts its members' aggregate users by secure aggregation: schema
 /// 1's fields, then `admin_threshold` (1 allowed), then `secure`.
 pub const SCHEMA_SECURE: u16 = 3;
+/// Secure aggregation with its release schedule: schema 3's fields, then the period
+/// (seconds) its rounds follow. Schema 3 manifests keep their bytes: their rounds
+/// follow each node's own period.
+pub const SCHEMA_SCHEDULE: u16 = 4;
 const COMMUNITY_ID_CONTEXT: &str = "hearsay 2026-11 community-id v1";
 /// Largest signed manifest accepted.
 pub const MAX_MANIFEST_BYTES: usize = 48 * 1024;
@@ -113,6 +117,11 @@ pub struct SecureAggregation {
     pub leader: NodeId,
     pub helper: NodeId,
     pub params: SecureParams,
+    /// The release schedule: one round per period of this many seconds (on the week
+    /// grid), released `result_delay` after it ends. 0 (schema 3): each node's own
+    /// period. Encoded after `secure` (schema 4), not inside it.
+    #[serde(skip)]
+    pub period_secs: u32,
 }
 
 /// A co-signature: another administrator's signature over the same manifest body,
@@ -171,7 +180,10 @@ impl ManifestV1 {
     pub fn encode(&self) -> Vec<u8> {
         // A threshold above 1 is always written: under schema 1 it makes bytes that do
         // not decode, never a manifest that silently lost its threshold.
-        if self.schema == SCHEMA_SECURE || self.secure.is_some() {
+        if self.schema == SCHEMA_SCHEDULE {
+            let period = self.secure.as_ref().map_or(0, |s| s.period_secs);
+            postcard::to_allocvec(&(self, self.admin_threshold, &self.secure, period))
+        } else if self.schema == SCHEMA_SECURE || self.secure.is_some() {
             postcard::to_allocvec(&(self, self.admin_threshold, &self.secure))
         } else if self.schema == SCHEMA && self.admin_threshold <= 1 {
             postcard::to_allocvec(self)
@@ -196,6 +208,14 @@ impl ManifestV1 {
                 Ok(((m, admin_threshold, secure), [])) => ManifestV1 { admin_threshold, secure, ..m },
                 _ => return Err(ManifestError::Malformed),
             },
+            SCHEMA_SCHEDULE => {
+                match postcard::take_from_bytes::<(ManifestV1, u16, Option<SecureAggregation>, u32)>(bytes) {
+                    Ok(((m, admin_threshold, Some(secure), period_secs), [])) => {
+                        ManifestV1 { admin_threshold, secure: Some(SecureAggregation { period_secs, ..secure }), ..m }
+                    }
+                    _ => return Err(ManifestError::Malformed),
+                }
+            }
             _ => return Err(ManifestError::UnknownSchema(schema)),
         };
         if m.encode() != bytes {
@@ -232,7 +252,9 @@ impl ManifestV1 {
         m.admins.sort();
         m.admins.dedup();
         m.admin_threshold = m.admin_threshold.max(1);
-        m.schema = if m.secure.is_some() {
+        m.schema = if m.secure.as_ref().is_some_and(|s| s.period_secs > 0) {
+            SCHEMA_SCHEDULE
+        } else if m.secure.is_some() {
             SCHEMA_SECURE
         } else if m.admin_threshold > 1 {
             SCHEMA_THRESHOLD
@@ -273,7 +295,7 @@ impl ManifestV1 {
         // one encoding for each threshold.
         let threshold_fits = match self.schema {
             SCHEMA => self.admin_threshold == 1,
-            SCHEMA_SECURE => (1..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
+            SCHEMA_SECURE | SCHEMA_SCHEDULE => (1..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
             _ => (2..=self.admins.len()).contains(&usize::from(self.admin_threshold)),
         };
         if !threshold_fits {
@@ -282,9 +304,19 @@ impl ManifestV1 {
             );
         }
         match (&self.secure, self.schema) {
-            (None, SCHEMA_SECURE) => return bad("schema 3 names secure aggregation"),
-            (Some(_), s) if s != SCHEMA_SECURE => return bad("secure aggregation needs schema 3"),
-            (Some(sa), _) => {
+            (None, SCHEMA_SECURE | SCHEMA_SCHEDULE) => return bad("schemas 3 and 4 name secure aggregation"),
+            (Some(_), s) if s != SCHEMA_SECURE && s != SCHEMA_SCHEDULE => {
+                return bad("secure aggregation needs schema 3 or 4");
+            }
+            (Some(sa), s) => {
+                let schedule_fits = if s == SCHEMA_SCHEDULE {
+                    sa.period_secs > 0 && crate::privacy::params::WEEK_SECS % i64::from(sa.period_secs) == 0
+                } else {
+                    sa.period_secs == 0
+                };
+                if !schedule_fits {
+                    return bad("a secure aggregation period (schema 4 only) must divide a week");
+                }
                 if sa.leader == sa.helper {
                     return bad("the two secure aggregators must be different nodes");
                 }
@@ -509,9 +541,13 @@ pub fn describe_change(cur: &ManifestV1, new: &ManifestV1, node_text: impl Fn(&N
     if cur.secure != new.secure {
         out.push(match &new.secure {
             Some(sa) => format!(
-                "secure aggregation: leader {}, helper {}, ε {} per period, L0 {}, at least {} users from {} nodes",
+                "secure aggregation: leader {}, helper {}, {}, ε {} per period, L0 {}, at least {} users from {} nodes",
                 node_text(&sa.leader),
                 node_text(&sa.helper),
+                match sa.period_secs {
+                    0 => "every node's own period".to_owned(),
+                    p => format!("one release per {p} s period"),
+                },
                 crate::privacy::params::eps_text(u64::from(sa.params.eps_milli)),
                 sa.params.l0,
                 sa.params.min_users,
@@ -734,7 +770,8 @@ mod tests {
     fn secure_aggregation_is_carried_by_schema_3_only() {
         let admin = SigningKey::from_bytes(&[1; 32]);
         let v1 = ManifestV1::genesis("c", admin.verifying_key().to_bytes(), 10);
-        let sa = SecureAggregation { leader: [5; 32], helper: [6; 32], params: SecureParams::default() };
+        let sa =
+            SecureAggregation { leader: [5; 32], helper: [6; 32], params: SecureParams::default(), period_secs: 0 };
         let v2 = v1.next(20, |m| {
             m.schema = SCHEMA_SECURE;
             m.secure = Some(sa.clone());
@@ -756,6 +793,42 @@ mod tests {
             let mut bad = v2.clone();
             edit(&mut bad);
             assert!(ManifestV1::decode(&bad.encode()).is_err(), "{what} is refused");
+        }
+    }
+
+    /// The release schedule is schema 4: a period that divides a week, carried after
+    /// `secure`; schema 3 stays as it was (no period: each node's own).
+    #[test]
+    fn the_secure_schedule_is_schema_4_and_divides_a_week() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let v1 = ManifestV1::genesis("c", admin.verifying_key().to_bytes(), 10);
+        let sa =
+            SecureAggregation { leader: [5; 32], helper: [6; 32], params: SecureParams::default(), period_secs: 3_600 };
+        let v2 = v1.next(20, |m| m.secure = Some(sa.clone()));
+        assert_eq!(v2.schema, SCHEMA_SCHEDULE);
+        let back = ManifestV1::decode(&v2.encode()).expect("decodes");
+        assert_eq!(back.secure.as_ref(), Some(&sa), "the period round-trips");
+        assert_eq!(accept(&v1.community(), Some(&signed(&admin, &v1)), &signed(&admin, &v2)), Ok(()));
+        // Without a period it is schema 3, whose bytes carry none.
+        let v3 = back.next(30, |m| m.secure.as_mut().expect("set").period_secs = 0);
+        assert_eq!(v3.schema, SCHEMA_SECURE);
+        assert_eq!(ManifestV1::decode(&v3.encode()).expect("decodes").secure.map(|s| s.period_secs), Some(0));
+        for (what, edit) in [
+            (
+                "a period that does not divide a week",
+                Box::new(|m: &mut ManifestV1| m.secure.as_mut().expect("set").period_secs = 1_000)
+                    as Box<dyn Fn(&mut ManifestV1)>,
+            ),
+            ("schema 4 with period 0", Box::new(|m: &mut ManifestV1| m.secure.as_mut().expect("set").period_secs = 0)),
+            ("schema 4 without secure aggregation", Box::new(|m: &mut ManifestV1| m.secure = None)),
+            ("a period under schema 3", Box::new(|m: &mut ManifestV1| m.schema = SCHEMA_SECURE)),
+        ] {
+            let mut bad = v2.clone();
+            edit(&mut bad);
+            let bytes = bad.encode();
+            let decoded = ManifestV1::decode(&bytes);
+            assert!(bad.check().is_err(), "{what} is refused");
+            assert!(decoded.as_ref().ok().is_none_or(|m| m != &bad), "{what} never decodes as meant: {decoded:?}");
         }
     }
 

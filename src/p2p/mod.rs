@@ -545,6 +545,16 @@ impl Task {
             if m.manifest.admins.contains(&self.me) {
                 self.queue(meta_topic(id), m.signed.clone());
             }
+            if let Some(sa) = &m.manifest.secure
+                && self.on_schedule(&m.manifest.secure).is_none()
+            {
+                tracing::warn!(
+                    community = %short_hex(id),
+                    schedule = sa.period_secs,
+                    period = self.options.period_secs,
+                    "this community's secure aggregation runs on another period than privacy.period_secs: this node takes no part"
+                );
+            }
             links.extend(m.manifest.links.iter().cloned());
             self.communities.push(Community {
                 id: *id,

@@ -204,7 +204,15 @@ fn err(why: impl ToString) -> SecaggResponse {
 
 impl Task {
     fn secure_of(&self, community: &CommunityId) -> Option<SecureAggregation> {
-        self.communities.iter().find(|c| &c.id == community).and_then(|c| c.manifest.secure.clone())
+        self.communities.iter().find(|c| &c.id == community).and_then(|c| self.on_schedule(&c.manifest.secure))
+    }
+
+    /// A community's secure aggregation, if this node takes part: its schedule is this
+    /// node's period (or the manifest names none, schema 3). A node of another period
+    /// would make rounds and reports nobody else does; it takes no part (`refresh`
+    /// warns).
+    pub(super) fn on_schedule(&self, secure: &Option<SecureAggregation>) -> Option<SecureAggregation> {
+        secure.clone().filter(|sa| sa.period_secs == 0 || i64::from(sa.period_secs) == self.period_secs())
     }
 
     fn period_secs(&self) -> i64 {
@@ -256,8 +264,11 @@ impl Task {
         let delay = self.options.result_delay_secs;
         let latest = period_of(now - secs, secs);
         let first = period_of(now.saturating_sub(self.window_secs()), secs);
-        let list: Vec<(CommunityId, bool, SecureAggregation)> =
-            self.communities.iter().filter_map(|c| c.manifest.secure.clone().map(|sa| (c.id, c.member, sa))).collect();
+        let list: Vec<(CommunityId, bool, SecureAggregation)> = self
+            .communities
+            .iter()
+            .filter_map(|c| self.on_schedule(&c.manifest.secure).map(|sa| (c.id, c.member, sa)))
+            .collect();
         for (id, member, sa) in list {
             // At most this many rounds asked for per community and tick, oldest first:
             // a node that was away catches up without flooding the leader.
@@ -368,7 +379,9 @@ impl Task {
     pub(super) fn audits_request_from(&self, peer: &PeerId) -> bool {
         self.options.secagg_audit.is_some()
             && node_of(peer).is_some_and(|n| {
-                self.communities.iter().any(|c| c.manifest.secure.is_some() && c.manifest.is_member(&n))
+                self.communities
+                    .iter()
+                    .any(|c| self.on_schedule(&c.manifest.secure).is_some() && c.manifest.is_member(&n))
             })
     }
 
@@ -706,7 +719,7 @@ impl Task {
                 if !c.manifest.is_member(&from) {
                     return err("only members get rounds");
                 }
-                if c.manifest.secure.as_ref().map(|s| s.leader) != Some(self.me) {
+                if self.on_schedule(&c.manifest.secure).map(|s| s.leader) != Some(self.me) {
                     return err("this node is not the community's leader");
                 }
                 match self.round_for(&community, period) {

@@ -131,6 +131,8 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         "5",
         "--vocabulary",
         "50",
+        "--period",
+        &period_secs.to_string(),
     ]);
     for p in std::iter::once(&helper).chain(&members) {
         let ticket = leader.cli(&["community", "invite", "Homes", "--node", &p.id]);
@@ -152,7 +154,7 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
         .map(|(i, p)| user_with_token(&p.data, dir.path(), &format!("u{i}"), "aggregate"))
         .collect();
 
-    let nl = leader.start();
+    let mut nl = leader.start();
     let mut nh = Some(helper.start());
     let nodes: Vec<NodeProcess> = members.iter().map(Peer::start).collect();
     let nf = follower.start();
@@ -217,8 +219,15 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     let (_, anonymous) = crate::web::get(&format!("{}/privacy", nodes[0].url), None);
     assert!(!anonymous.contains("Community reports sent for you"), "shown to the user only");
 
-    // The helper stopped: members cannot give it their shares and nothing is released.
+    // Both aggregators stopped for a moment: what they stored for the first period is
+    // inspected now (the store is pruned once the period is past the window). The
+    // leader comes back at once; the helper stays away.
     drop(nh.take());
+    drop(nl);
+    inspect_aggregators(&leader, &helper, p, count);
+    nl = leader.start();
+
+    // The helper stopped: members cannot give it their shares and nothing is released.
     let p2 = fresh_period();
     scrobble(&nodes, &tokens, (&nl, &curator), p2 + 1);
     // With both aggregators up, the chart reaches the members about 12 s after the
@@ -243,7 +252,6 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
 
     drop(nodes);
     drop((nl, nh));
-    inspect_aggregators(&leader, &helper, p, count);
     inspect_received(&audits, count);
 }
 
