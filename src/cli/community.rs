@@ -415,8 +415,16 @@ pub fn run(config: &Config, cmd: CommunityCmd) -> anyhow::Result<ExitCode> {
                     vocabulary,
                 };
                 params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-                let period_secs = period.unwrap_or(config.privacy.period_secs);
-                if period_secs == 0 || crate::privacy::params::WEEK_SECS % i64::from(period_secs) != 0 {
+                // Unless given: the schedule the manifest has (0 keeps a schema 3 one as it
+                // is, for members on builds before schema 4), else this node's period.
+                let period_secs = match (period, &current.manifest.secure) {
+                    (Some(p), _) => p,
+                    (None, Some(held)) => held.period_secs,
+                    (None, None) => config.privacy.period_secs,
+                };
+                if period.is_some()
+                    && (period_secs == 0 || crate::privacy::params::WEEK_SECS % i64::from(period_secs) != 0)
+                {
                     bail!("--period must divide a week (604800 s), got {period_secs}");
                 }
                 Some(crate::federation::community::SecureAggregation {

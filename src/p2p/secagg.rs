@@ -435,11 +435,21 @@ impl Task {
 
     /// A member's step for one period; true when it asked the leader for the round.
     fn member_step(&mut self, id: &CommunityId, period: i64, sa: &SecureAggregation) -> bool {
+        // The store's copy went (a user reported in the period was deleted): so does this.
+        if self.secagg.outbox.contains_key(&(*id, period)) && !self.store.secagg_outbox_held(id, period).unwrap_or(true)
+        {
+            self.secagg.outbox.remove(&(*id, period));
+            return false;
+        }
         if !self.secagg.outbox.contains_key(&(*id, period)) {
             // Undelivered reports a restart left in the store.
             match self.store.secagg_outbox(id, period) {
                 Ok(Some(out)) => {
                     self.secagg.outbox.insert((*id, period), out);
+                    let (secs, sync) = (self.period_secs(), self.sync_secs());
+                    let first_ask =
+                        period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * sync);
+                    self.secagg.awaiting.entry((*id, period)).or_insert((first_ask, sync));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "secure aggregation: reading undelivered reports"),
@@ -525,15 +535,28 @@ impl Task {
         let quota = round.params.max_reports_per_node as usize;
         let week = week_of(period);
         let cost = Spend { eps_milli: round.params.cost_eps_milli(), delta_pico: 0 };
+        // Each user within the quota is sharded first (the measurement does not depend
+        // on the ledgers), outside the releases' lock: the Prio3 proofs take a few
+        // milliseconds each. Nothing of an uncharged user's is kept below.
+        let mut made = Vec::with_capacity(users.len().min(quota));
+        for u in users.iter().take(quota) {
+            let bits = secagg::measurement(&round, &u.artists, &u.tracks);
+            let mut report = [0u8; 16];
+            getrandom::getrandom(&mut report).map_err(|e| format!("randomness: {e}"))?;
+            made.push((bits.clone(), secagg::shard(&round, &bits, report).map_err(|e| e.to_string())?));
+        }
+        let mut made = made.into_iter();
         let mut ledgers = BTreeMap::new();
         let mut records = Vec::new();
-        let mut charged = Vec::new();
+        let mut out = OutboxV1 { round: bytes.to_vec(), leader: Vec::new(), helper: Vec::new() };
         // The same lock as the node's releases: the ledgers read here are the ones
         // written below, with no release charging them in between.
         let _ordered = self.store.contributions_lock();
         let mut accounts =
             self.store.accounts(week, users.iter().map(|u| u.user)).map_err(|e| format!("reading ledgers: {e}"))?;
         for (i, u) in users.iter().enumerate() {
+            // In the order sharded: the i-th user's report (within the quota).
+            let sharded = if i < quota { made.next() } else { None };
             let Some(account) = accounts.get_mut(&u.user) else { continue };
             let mut record = SecureReportV1 {
                 community: *community,
@@ -553,7 +576,7 @@ impl Task {
                 records.push((u.user, record));
                 continue;
             }
-            let bits = secagg::measurement(&round, &u.artists, &u.tracks);
+            let Some((bits, report)) = sharded else { continue };
             record.items = round
                 .artists
                 .iter()
@@ -565,18 +588,11 @@ impl Task {
             record.charged = cost;
             ledgers.insert(u.user, account.week.clone());
             records.push((u.user, record));
-            charged.push(bits);
+            out.leader.push(report.leader);
+            out.helper.push(report.helper);
         }
-        // Sharded before anything is recorded; stored with the charges in one
-        // transaction, so what the users are charged for is delivered even after a crash.
-        let mut out = OutboxV1 { round: bytes.to_vec(), leader: Vec::new(), helper: Vec::new() };
-        for bits in charged {
-            let mut report = [0u8; 16];
-            getrandom::getrandom(&mut report).map_err(|e| format!("randomness: {e}"))?;
-            let made = secagg::shard(&round, &bits, report).map_err(|e| e.to_string())?;
-            out.leader.push(made.leader);
-            out.helper.push(made.helper);
-        }
+        // Stored with the charges in one transaction, so what the users are charged
+        // for is delivered even after a crash.
         let fresh = self
             .store
             .commit_secure_reports(community, period, week, &ledgers, &records, &out)
@@ -1011,7 +1027,7 @@ impl Task {
                     }
                     Pending::Submit { community, period, .. } => {
                         self.secagg.outbox.remove(&(community, period));
-                        if let Err(e) = self.store.put_secagg_outbox(&community, period, &OutboxV1::default()) {
+                        if let Err(e) = self.store.drop_secagg_outbox(&community, period) {
                             tracing::warn!(error = %e, "secure aggregation: dropping closed reports");
                         }
                     }
@@ -1034,21 +1050,19 @@ impl Task {
                 if !refused.is_empty() {
                     tracing::info!(accepted, refused = ?refused, "secure aggregation: shares refused");
                 }
-                let left = match self.secagg.outbox.get_mut(&(community, period)) {
+                let done = match self.secagg.outbox.get_mut(&(community, period)) {
                     Some(out) => {
                         let list = if to_leader { &mut out.leader } else { &mut out.helper };
                         list.drain(..count.min(list.len()));
-                        Some(out.clone())
+                        if let Err(e) = self.store.secagg_delivered(&community, period, to_leader, count) {
+                            tracing::warn!(error = %e, "secure aggregation: recording a delivery");
+                        }
+                        out.leader.is_empty() && out.helper.is_empty()
                     }
-                    None => None,
+                    None => false,
                 };
-                if let Some(out) = left {
-                    if let Err(e) = self.store.put_secagg_outbox(&community, period, &out) {
-                        tracing::warn!(error = %e, "secure aggregation: recording a delivery");
-                    }
-                    if out.leader.is_empty() && out.helper.is_empty() {
-                        self.secagg.outbox.remove(&(community, period));
-                    }
+                if done {
+                    self.secagg.outbox.remove(&(community, period));
                 }
             }
             (Pending::Verify { community, period, round }, SecaggResponse::Verdicts { messages, commitment }) => {

@@ -226,8 +226,10 @@ pub const COMMUNITY_FOLLOW: &str = "community_follow";
 /// share held as an aggregator, and who sent it); `a ‖ round (32)` -> `SecaggAggV1`
 /// (the helper's noised aggregate share, until it co-signs); `d ‖ community ‖ period`
 /// (aggregated: never again), `m ‖ community ‖ period` (this node reported: never
-/// again) -> empty; `R ‖ community ‖ period` -> a signed secure result. Since schema 12
-/// (new trees start empty).
+/// again) -> empty; `o ‖ community ‖ period` -> the signed round of this member's
+/// undelivered reports, `o ‖ community ‖ period ‖ L|H ‖ index (u32 BE)` -> one share
+/// for the leader or helper (postcard `ShareV1`); `R ‖ community ‖ period` -> a signed
+/// secure result. Since schema 12 (new trees start empty).
 pub const SECAGG_STATE: &str = "secagg_state";
 
 /// `userid_period_community_securereport`: `user id ‖ period (time key) ‖ community

@@ -70,25 +70,25 @@ impl Versioned for SecureReportV1 {
     const VERSION: u8 = 1;
 }
 
-/// Marks: this node aggregated a community period (as leader or helper), or reported it.
-/// A member's reports of a period not yet taken by both aggregators (`OutboxV1`).
+/// A member's reports of a period not yet taken by both aggregators: `o ‖ community ‖
+/// period` holds the signed round, `… ‖ side (b'L' leader, b'H' helper) ‖ index u32 BE`
+/// one share each (postcard `ShareV1`), so delivering a chunk deletes its keys and
+/// rewrites nothing else.
 const OUTBOX: u8 = b'o';
+const TO_LEADER: u8 = b'L';
+const TO_HELPER: u8 = b'H';
 
 /// The reports a member made for one community period, until both aggregators took
 /// them: stored with the users' charges, so a restart delivers them still.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboxV1 {
     /// The signed round they were made for.
-    #[serde(with = "serde_bytes")]
     pub round: Vec<u8>,
     pub leader: Vec<crate::federation::secagg::ShareV1>,
     pub helper: Vec<crate::federation::secagg::ShareV1>,
 }
 
-impl Versioned for OutboxV1 {
-    const VERSION: u8 = 1;
-}
-
+/// Marks: this node aggregated a community period (as leader or helper), or reported it.
 pub const AGGREGATED: u8 = b'd';
 pub const REPORTED: u8 = b'm';
 
@@ -329,8 +329,9 @@ impl Store {
 
     /// Records a member node's reports of one community period, in one transaction:
     /// the mark (refused if already set: a period is reported once), the users'
-    /// charged ledgers of `week`, and each user's report record. False when the period
-    /// was already reported (nothing changes).
+    /// charged ledgers of `week`, each user's report record, and the reports to deliver
+    /// (`outbox`: the round and each share under its own key, only when a report is
+    /// sent). False when the period was already reported (nothing changes).
     pub fn commit_secure_reports(
         &self,
         community: &CommunityId,
@@ -344,8 +345,20 @@ impl Store {
         let t = &self.trees;
         let mark = community_period(REPORTED, community, period);
         let out_key = community_period(OUTBOX, community, period);
-        let out = encode(outbox);
-        let sending = !outbox.leader.is_empty() || !outbox.helper.is_empty();
+        let mut shares = Vec::new();
+        for (side, list) in [(TO_LEADER, &outbox.leader), (TO_HELPER, &outbox.helper)] {
+            for (i, share) in list.iter().enumerate() {
+                let mut k = out_key.clone();
+                k.push(side);
+                k.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes());
+                shares.push((
+                    k,
+                    postcard::to_allocvec(share)
+                        .map_err(|e| Error::corrupt(schema::SECAGG_STATE, &out_key, &e.to_string()))?,
+                ));
+            }
+        }
+        let sending = !shares.is_empty();
         let result = (&t.secagg_state, &t.userid_week_ledger, &t.userid_period_community_securereport).transaction(
             |(state, ledger_tree, report_tree)| {
                 if state.get(&mark)?.is_some() {
@@ -353,7 +366,10 @@ impl Store {
                 }
                 state.insert(mark.as_slice(), &[][..])?;
                 if sending {
-                    state.insert(out_key.as_slice(), out.as_slice())?;
+                    state.insert(out_key.as_slice(), outbox.round.as_slice())?;
+                    for (k, v) in &shares {
+                        state.insert(k.as_slice(), v.as_slice())?;
+                    }
                 }
                 for (user, ledger) in ledgers {
                     ledger_tree.insert(&keys::user_time(UserId(*user), week), encode(ledger))?;
@@ -378,22 +394,65 @@ impl Store {
 
     /// A member's undelivered reports of a community period.
     pub fn secagg_outbox(&self, community: &CommunityId, period: i64) -> Result<Option<OutboxV1>> {
-        let key = community_period(OUTBOX, community, period);
-        match self.trees.secagg_state.get(&key)? {
-            Some(v) => Ok(Some(decode(schema::SECAGG_STATE, &key, &v)?)),
-            None => Ok(None),
+        let base = community_period(OUTBOX, community, period);
+        let mut out = OutboxV1::default();
+        let mut held = false;
+        for kv in self.trees.secagg_state.scan_prefix(&base) {
+            let (k, v) = kv?;
+            match k.get(base.len()) {
+                None => {
+                    out.round = v.to_vec();
+                    held = true;
+                }
+                Some(side) => {
+                    let share = postcard::from_bytes(&v)
+                        .map_err(|_| Error::corrupt(schema::SECAGG_STATE, &k, "not a share"))?;
+                    if *side == TO_LEADER { out.leader.push(share) } else { out.helper.push(share) }
+                }
+            }
         }
+        Ok(held.then_some(out))
     }
 
-    /// What is left to deliver of a community period's reports (deleted once empty).
-    pub fn put_secagg_outbox(&self, community: &CommunityId, period: i64, outbox: &OutboxV1) -> Result<()> {
+    /// The first `count` undelivered shares for one aggregator were taken: their keys
+    /// go (and the round's, once no share is left).
+    pub fn secagg_delivered(&self, community: &CommunityId, period: i64, to_leader: bool, count: usize) -> Result<()> {
         self.writable()?;
-        let key = community_period(OUTBOX, community, period);
-        if outbox.leader.is_empty() && outbox.helper.is_empty() {
-            self.trees.secagg_state.remove(key)?;
-        } else {
-            self.trees.secagg_state.insert(key, encode(outbox))?;
+        let base = community_period(OUTBOX, community, period);
+        let mut side = base.clone();
+        side.push(if to_leader { TO_LEADER } else { TO_HELPER });
+        let mut batch = sled::Batch::default();
+        for kv in self.trees.secagg_state.scan_prefix(&side).take(count) {
+            batch.remove(kv?.0);
         }
+        self.trees.secagg_state.apply_batch(batch)?;
+        let left = self
+            .trees
+            .secagg_state
+            .scan_prefix(&base)
+            .keys()
+            .filter(|k| k.as_ref().map_or(true, |k| k.len() > base.len()))
+            .count();
+        if left == 0 {
+            self.trees.secagg_state.remove(&base)?;
+        }
+        self.flush()
+    }
+
+    /// Whether undelivered reports of a community period are stored.
+    pub fn secagg_outbox_held(&self, community: &CommunityId, period: i64) -> Result<bool> {
+        Ok(self.trees.secagg_state.contains_key(community_period(OUTBOX, community, period))?)
+    }
+
+    /// Drops a period's undelivered reports (the aggregators closed it, or a user
+    /// reported in it was deleted).
+    pub fn drop_secagg_outbox(&self, community: &CommunityId, period: i64) -> Result<()> {
+        self.writable()?;
+        let mut batch = sled::Batch::default();
+        for kv in self.trees.secagg_state.scan_prefix(community_period(OUTBOX, community, period)) {
+            batch.remove(kv?.0);
+        }
+        self.trees.secagg_state.apply_batch(batch)?;
         self.flush()
     }
 
@@ -470,13 +529,38 @@ mod tests {
         }
         let store = Store::open(dir.path(), &Options::default()).expect("reopen");
         assert_eq!(store.secagg_outbox(&c, 600).expect("read"), Some(out.clone()), "read back after a restart");
-        let left = OutboxV1 { leader: Vec::new(), ..out.clone() };
-        store.put_secagg_outbox(&c, 600, &left).expect("delivered to the leader");
-        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), Some(left));
-        store.put_secagg_outbox(&c, 600, &OutboxV1::default()).expect("all delivered");
-        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), None);
-        store.put_secagg_outbox(&c, 700, &out).expect("another period");
-        store.prune_secagg(800).expect("prune");
-        assert_eq!(store.secagg_outbox(&c, 700).expect("read"), None, "past the window: gone");
+        store.secagg_delivered(&c, 600, true, 1).expect("one delivered to the leader");
+        let one_less = OutboxV1 { leader: vec![share(2)], ..out.clone() };
+        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), Some(one_less), "the first share went");
+        store.secagg_delivered(&c, 600, true, 64).expect("the rest to the leader");
+        store.secagg_delivered(&c, 600, false, 64).expect("all to the helper");
+        assert_eq!(store.secagg_outbox(&c, 600).expect("read"), None, "nothing left, the round too");
+        let ledgers = BTreeMap::new();
+        assert!(store.commit_secure_reports(&c, 700, 0, &ledgers, &[], &out).expect("another period"));
+        store.drop_secagg_outbox(&c, 700).expect("closed");
+        assert_eq!(store.secagg_outbox(&c, 700).expect("read"), None, "closed: dropped");
+        assert!(store.commit_secure_reports(&c, 800, 0, &ledgers, &[], &out).expect("another period"));
+        store.prune_secagg(900).expect("prune");
+        assert_eq!(store.secagg_outbox(&c, 800).expect("read"), None, "past the window: gone");
+        // A user reported in a period is deleted: that period's undelivered shares go
+        // (both shares of a report together are the user's items); another period stays.
+        let alice = store.create_user("alice", "password1", 0).expect("user").id;
+        let sent = SecureReportV1 { community: c, period: 1_000, ..record_for(c) };
+        assert!(store.commit_secure_reports(&c, 1_000, 0, &ledgers, &[(alice.0, sent)], &out).expect("commit"));
+        assert!(store.commit_secure_reports(&c, 1_100, 0, &ledgers, &[], &out).expect("commit"));
+        store.delete_user(alice).expect("delete");
+        assert_eq!(store.secagg_outbox(&c, 1_000).expect("read"), None, "the deleted user's period: dropped");
+        assert!(store.secagg_outbox(&c, 1_100).expect("read").is_some(), "another period: kept");
+    }
+
+    fn record_for(c: CommunityId) -> SecureReportV1 {
+        SecureReportV1 {
+            community: c,
+            period: 0,
+            round: [1; 32],
+            items: Vec::new(),
+            charged: Spend { eps_milli: 150, delta_pico: 0 },
+            refused: None,
+        }
     }
 }

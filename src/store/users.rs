@@ -604,6 +604,14 @@ impl Store {
     /// finishes by clearing the pending mark. Safe to run again.
     fn delete_user_records(&self, id: UserId) -> Result<u64> {
         let mut removed = 0u64;
+        // Secure-aggregation reports of theirs not yet delivered: the shares on disk
+        // are, both together, their items. Their periods' undelivered reports all go
+        // (which share is whose is not recorded); the other users stay charged.
+        for r in self.secure_reports(id, usize::MAX)? {
+            if r.refused.is_none() {
+                self.drop_secagg_outbox(&r.community, r.period)?;
+            }
+        }
         for kv in self.trees.userid_tokenid_tokendigest.scan_prefix(keys::user(id)) {
             let (_, digest) = kv?;
             if self.trees.tokendigest_token.remove(digest)?.is_some() {
