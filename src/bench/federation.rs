@@ -85,6 +85,7 @@ pub fn run(nodes: usize, links: usize, items: usize, timeout_secs: u64) -> anyho
                 grace_secs: 60,
                 budget: Default::default(),
                 credit_rules: Default::default(),
+                secagg_audit: None,
             };
             handles.push(crate::p2p::spawn(s.clone(), std::sync::Arc::clone(id), options)?);
         }
