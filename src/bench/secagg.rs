@@ -25,11 +25,15 @@ pub fn run(reports: usize, vocabulary: usize, l0: u32, nodes: usize) -> anyhow::
         v.sort_by_key(ItemName::id);
         v
     };
+    let defaults = SecureParams::default();
+    let vocabulary = u32::try_from(per_chart)?;
+    // The display threshold `community secure` would pick for this ε, L0 and vocabulary.
     let params = SecureParams {
         l0,
-        vocabulary: u32::try_from(per_chart)?,
+        vocabulary,
         max_reports_per_node: u32::try_from(reports.div_ceil(nodes))?,
-        ..SecureParams::default()
+        min_listeners: crate::federation::secagg::suggested_min_listeners(defaults.eps_milli, l0, vocabulary),
+        ..defaults
     };
     let round = RoundV1 {
         schema: SCHEMA,
@@ -44,9 +48,10 @@ pub fn run(reports: usize, vocabulary: usize, l0: u32, nodes: usize) -> anyhow::
     };
     round.check()?;
     println!(
-        "secure aggregation: {reports} reports from {nodes} nodes, vocabulary {} items ({per_chart} artists + {per_chart} tracks), L0 {l0} per chart (at most {} bits set), Prio3MultihotCountVec over Field128",
+        "secure aggregation: {reports} reports from {nodes} nodes, vocabulary {} items ({per_chart} artists + {per_chart} tracks), L0 {l0} per chart (at most {} bits set), ε {} per aggregator's noise, Prio3MultihotCountVec over Field128",
         round.len(),
-        params.max_weight()
+        params.max_weight(),
+        crate::privacy::params::eps_text(u64::from(params.eps_milli))
     );
 
     // Members: one measurement and one shard per user.
