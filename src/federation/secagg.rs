@@ -771,17 +771,22 @@ impl SignedSecureResult {
         leader: &NodeId,
         helper: &NodeId,
     ) -> Result<SecureResultV1, SecaggError> {
-        use crate::envelope::{DST_SECURE_RESULT, verify_detached};
-        let bad = |why: &str| SecaggError::Aggregate(format!("secure result: {why}"));
         let (signed, result) = Self::decode(bytes)?;
         if &result.community != community {
-            return Err(bad("for another community"));
+            return Err(SecaggError::Aggregate("secure result: for another community".into()));
         }
-        verify_detached(leader, DST_SECURE_RESULT, &signed.body, &signed.leader_sig)
-            .map_err(|_| bad("the leader's signature does not verify"))?;
-        verify_detached(helper, DST_SECURE_RESULT, &signed.body, &signed.helper_sig)
-            .map_err(|_| bad("the helper's signature does not verify"))?;
+        signed.check_signatures(leader, helper)?;
         Ok(result)
+    }
+
+    /// Both aggregators' signatures over the body (of a result `decode` accepted).
+    pub fn check_signatures(&self, leader: &NodeId, helper: &NodeId) -> Result<(), SecaggError> {
+        use crate::envelope::{DST_SECURE_RESULT, verify_detached};
+        let bad = |why: &str| SecaggError::Aggregate(format!("secure result: {why}"));
+        verify_detached(leader, DST_SECURE_RESULT, &self.body, &self.leader_sig)
+            .map_err(|_| bad("the leader's signature does not verify"))?;
+        verify_detached(helper, DST_SECURE_RESULT, &self.body, &self.helper_sig)
+            .map_err(|_| bad("the helper's signature does not verify"))
     }
 }
 

@@ -230,6 +230,16 @@ impl Task {
         self.period_secs().saturating_mul(3).saturating_add(delays).max(WINDOW_MIN_SECS)
     }
 
+    /// When a node that has not received a period's result asks the leader for it:
+    /// `result_delay + 5` sync intervals after the period ends (the leader publishes it
+    /// after `result_delay + 3`).
+    fn result_due(&self, period: i64) -> i64 {
+        period
+            .saturating_add(self.period_secs())
+            .saturating_add(self.options.result_delay_secs)
+            .saturating_add(5 * self.sync_secs())
+    }
+
     /// Whether `period` is one of this node's periods, over, and within the window.
     fn in_window(&self, period: i64) -> bool {
         let (now, secs) = (Self::now(), self.period_secs());
@@ -290,7 +300,7 @@ impl Task {
                 // Past the time the result is published, a node asks the leader for one
                 // it missed: a member for the periods it reported, a follower (which
                 // reports nothing) for any; a few a tick, oldest first.
-                let fetch_from = end + delay + 5 * self.sync_secs();
+                let fetch_from = self.result_due(p);
                 if now < fetch_from || sa.leader == self.me || fetches >= MAX_ROUND_ASKS_PER_TICK {
                     continue;
                 }
@@ -446,10 +456,8 @@ impl Task {
             match self.store.secagg_outbox(id, period) {
                 Ok(Some(out)) => {
                     self.secagg.outbox.insert((*id, period), out);
-                    let (secs, sync) = (self.period_secs(), self.sync_secs());
-                    let first_ask =
-                        period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * sync);
-                    self.secagg.awaiting.entry((*id, period)).or_insert((first_ask, sync));
+                    let due = (self.result_due(period), self.sync_secs());
+                    self.secagg.awaiting.entry((*id, period)).or_insert(due);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "secure aggregation: reading undelivered reports"),
@@ -602,9 +610,7 @@ impl Task {
             return Ok(());
         }
         tracing::info!(community = %short_hex(community), period, reports = out.leader.len(), "secure aggregation: reports made");
-        let first_ask =
-            period.saturating_add(secs).saturating_add(self.options.result_delay_secs + 5 * self.sync_secs());
-        self.secagg.awaiting.insert((*community, period), (first_ask, self.sync_secs()));
+        self.secagg.awaiting.insert((*community, period), (self.result_due(period), self.sync_secs()));
         self.secagg.outbox.insert((*community, period), out);
         self.deliver(community, period, true, sa.leader);
         self.deliver(community, period, false, sa.helper);
@@ -961,8 +967,8 @@ impl Task {
     }
 
     fn judge_secure_result(&mut self, community: &CommunityId, bytes: &[u8]) -> Verdict {
-        let r = match SignedSecureResult::decode(bytes) {
-            Ok((_, r)) if &r.community == community => r,
+        let (signed, r) = match SignedSecureResult::decode(bytes) {
+            Ok((signed, r)) if &r.community == community => (signed, r),
             Ok(_) => return Verdict::Reject("a secure result of another community on this topic".into()),
             Err(e) => return Verdict::Reject(e.to_string()),
         };
@@ -980,7 +986,7 @@ impl Task {
         {
             return Verdict::Ignore("a secure result outside this node's periods".into());
         }
-        if let Err(e) = SignedSecureResult::open(bytes, community, &sa.leader, &sa.helper) {
+        if let Err(e) = signed.check_signatures(&sa.leader, &sa.helper) {
             return Verdict::Ignore(e.to_string());
         }
         let stored = match self.store.put_secure_result(community, p, bytes) {

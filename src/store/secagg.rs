@@ -106,6 +106,14 @@ fn node_key(round: &RoundId, node: &crate::federation::NodeId) -> Vec<u8> {
     k
 }
 
+/// The period of a `kind ‖ community ‖ period ‖ …` key of `secagg_state`.
+fn key_period(k: &[u8]) -> Result<i64> {
+    k.get(33..41)
+        .and_then(|t| <[u8; 8]>::try_from(t).ok())
+        .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
+        .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, k, "key is not kind ‖ community ‖ period"))
+}
+
 fn round_key(kind: u8, round: &RoundId) -> Vec<u8> {
     let mut k = Vec::with_capacity(49);
     k.push(kind);
@@ -179,11 +187,7 @@ impl Store {
         let mut old = Vec::new();
         for kv in self.trees.secagg_state.scan_prefix([b'r']) {
             let (k, v) = kv?;
-            let period = k
-                .get(33..41)
-                .and_then(|t| <[u8; 8]>::try_from(t).ok())
-                .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
-                .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not r ‖ community ‖ period"))?;
+            let period = key_period(&k)?;
             if period < before {
                 let id = crate::envelope::peek_signed(&v, usize::MAX)
                     .map(|env| crate::federation::secagg::round_id_of(&env.body))
@@ -192,23 +196,7 @@ impl Store {
             }
         }
         // A member's undelivered reports of periods past the window: never delivered.
-        let mut gone = sled::Batch::default();
-        let mut outboxes = 0;
-        for kv in self.trees.secagg_state.scan_prefix([OUTBOX]) {
-            let (k, _) = kv?;
-            let period = k
-                .get(33..41)
-                .and_then(|t| <[u8; 8]>::try_from(t).ok())
-                .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
-                .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not o ‖ community ‖ period"))?;
-            if period < before {
-                gone.remove(k);
-                outboxes += 1;
-            }
-        }
-        if outboxes > 0 {
-            self.trees.secagg_state.apply_batch(gone)?;
-        }
+        let outboxes = self.remove_periods_before(&[OUTBOX], before)?;
         for (key, id) in &old {
             let mut batch = sled::Batch::default();
             for kind in [b's', b'n', b'a'] {
@@ -277,17 +265,22 @@ impl Store {
     /// period before `before`. Returns how many entries went.
     pub fn prune_secure_results(&self, before: i64) -> Result<usize> {
         self.writable()?;
+        let n = self.remove_periods_before(&[b'R', REPORTED, AGGREGATED], before)?;
+        if n > 0 {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Removes (one batch, not flushed) every `kind ‖ community ‖ period ‖ …` entry of
+    /// `kinds` whose period is before `before`; returns how many.
+    fn remove_periods_before(&self, kinds: &[u8], before: i64) -> Result<usize> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for kind in [b'R', REPORTED, AGGREGATED] {
-            for kv in self.trees.secagg_state.scan_prefix([kind]) {
+        for kind in kinds {
+            for kv in self.trees.secagg_state.scan_prefix([*kind]) {
                 let (k, _) = kv?;
-                let period = k
-                    .get(33..41)
-                    .and_then(|t| <[u8; 8]>::try_from(t).ok())
-                    .map(|t| i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX))
-                    .ok_or_else(|| Error::corrupt(schema::SECAGG_STATE, &k, "key is not kind ‖ community ‖ period"))?;
-                if period < before {
+                if key_period(&k)? < before {
                     batch.remove(k);
                     n += 1;
                 }
@@ -295,7 +288,6 @@ impl Store {
         }
         if n > 0 {
             self.trees.secagg_state.apply_batch(batch)?;
-            self.flush()?;
         }
         Ok(n)
     }
@@ -322,9 +314,7 @@ impl Store {
         let to = community_period(b'R', community, period);
         let Some(kv) = self.trees.secagg_state.range(from..=to).next_back() else { return Ok(None) };
         let (k, v) = kv?;
-        let t = <[u8; 8]>::try_from(&k[33..])
-            .map_err(|_| Error::corrupt(schema::SECAGG_STATE, &k, "key is not kind ‖ community ‖ period"))?;
-        Ok(Some((i64::try_from(u64::from_be_bytes(t)).unwrap_or(i64::MAX), v.to_vec())))
+        Ok(Some((key_period(&k)?, v.to_vec())))
     }
 
     /// Records a member node's reports of one community period, in one transaction:

@@ -169,7 +169,14 @@ fn twelve_home_nodes_are_counted_privately_by_two_aggregators() {
     scrobble(&nodes, &tokens, (&nl, &curator), p + 1);
     // From the period's start: its end, the protocol's delays, and a margin.
     let within = Duration::from_secs(period_secs as u64) + due() + Duration::from_secs(45);
-    let rogue = rogue_member::spawn(rogue_key, leader.address(), helper.address(), community, p, within);
+    let rogue = rogue_member::spawn(rogue_member::Target {
+        key: rogue_key,
+        leader: leader.address(),
+        helper: helper.address(),
+        community,
+        period: p,
+        within,
+    });
     let secure = wait_secure(&nodes[0].url, p, within)
         .unwrap_or_else(|| panic!("no secure result for {p}: {:#}", network(&nodes[0].url, p)));
     let alpha = listeners(&secure, "artists", "shared alpha").expect("Shared Alpha is in the private chart");
@@ -413,17 +420,20 @@ mod rogue_member {
         pub log: Vec<String>,
     }
 
-    pub fn spawn(
-        key: libp2p::identity::Keypair,
-        leader: Multiaddr,
-        helper: Multiaddr,
-        community: [u8; 32],
-        period: i64,
-        within: Duration,
-    ) -> std::thread::JoinHandle<Answers> {
+    /// Whom the rogue member attacks, in which community period, for how long at most.
+    pub struct Target {
+        pub key: libp2p::identity::Keypair,
+        pub leader: Multiaddr,
+        pub helper: Multiaddr,
+        pub community: [u8; 32],
+        pub period: i64,
+        pub within: Duration,
+    }
+
+    pub fn spawn(target: Target) -> std::thread::JoinHandle<Answers> {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(run(key, leader, helper, community, period, within))
+            rt.block_on(run(target))
         })
     }
 
@@ -474,14 +484,7 @@ mod rogue_member {
         (to_leader, to_helper, later_leader, later_helper)
     }
 
-    async fn run(
-        key: libp2p::identity::Keypair,
-        leader: Multiaddr,
-        helper: Multiaddr,
-        community: [u8; 32],
-        period: i64,
-        within: Duration,
-    ) -> Answers {
+    async fn run(Target { key, leader, helper, community, period, within }: Target) -> Answers {
         let mut s = crate::federation::rogue::swarm_with(key);
         let (lp, hp) = (peer_of(&leader), peer_of(&helper));
         s.dial(leader).expect("dial the leader");
