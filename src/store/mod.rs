@@ -180,6 +180,8 @@ pub struct Store {
     /// Statistics buckets changed since they were last stored (newer than sled's copy),
     /// shared between the writer and readers; see `schema::USERID_STATSMARK`.
     pub(crate) hot: HotBuckets,
+    /// Changes of node buckets not yet merged into them (`aggregates::NodePending`).
+    pub(crate) node_pending: aggregates::NodePending,
     pub(crate) tastes: insights::TasteCache,
     /// Network views until the next federation write (`federation::NetworkCache`).
     pub(crate) network: std::sync::Arc<std::sync::Mutex<federation::NetworkCache>>,
@@ -354,6 +356,7 @@ impl Store {
             trees,
             path,
             hot: HotBuckets::default(),
+            node_pending: Default::default(),
             tastes: insights::TasteCache::default(),
             network: Default::default(),
             node_cache: Default::default(),

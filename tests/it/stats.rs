@@ -809,6 +809,53 @@ fn node_statistics_left_stale_by_a_crash_are_rebuilt_at_open() {
     assert_eq!(chart(&t.store), chart(&store));
 }
 
+/// A sharing-level change through the writer (the settings page) moves the node
+/// buckets in memory only (`Store::set_visibility_deferred`): the chart shows it at
+/// once, in both directions, and a crash before the writer stores the node buckets
+/// leaves the level on disk with `node_stale`, so the next open rebuilds the node
+/// buckets with the new level.
+#[test]
+fn a_level_change_through_the_writer_shows_at_once_and_survives_a_crash() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let day = NOW - 86_400;
+    let bob = add_user(&t, "bob", &[("A", "x", day), ("B", "y", day + 10)]);
+    t.store.set_visibility(bob, SharingLevel::Public).expect("public");
+    t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "x", day + 20))]).expect("ingest");
+    let chart = |store: &Store| {
+        let node = store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &jiff::tz::TimeZone::UTC);
+        node.expect("chart").rows.into_iter().map(|r| (r.row.name, r.listeners, r.row.listens)).collect::<Vec<_>>()
+    };
+    assert_eq!(chart(&t.store), [("A".to_owned(), 2, 2), ("B".to_owned(), 1, 1)]);
+    rt.block_on(t.ingestor.set_visibility(bob, SharingLevel::Aggregate)).expect("aggregate");
+    assert_eq!(chart(&t.store), [("A".to_owned(), 1, 1)], "bob left at once");
+    let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
+    assert!(meta.contains_key("node_stale").expect("read"), "the node buckets on disk lag the level");
+    drop(meta);
+    // A group after the change merges it into the memory copy: still shown once.
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("C", "z", day + 30))]).expect("ingest");
+    assert_eq!(chart(&t.store), [("A".to_owned(), 1, 1), ("C".to_owned(), 1, 1)]);
+    rt.block_on(t.ingestor.set_visibility(bob, SharingLevel::Public)).expect("public again");
+    rt.block_on(t.ingestor.set_visibility(t.user, SharingLevel::Private)).expect("private");
+    assert_eq!(chart(&t.store), [("A".to_owned(), 1, 1), ("B".to_owned(), 1, 1)], "bob back, the user gone");
+    // The crash: a copy of the files as they are, the writer still running.
+    let copy = tempfile::tempdir().expect("tempdir");
+    crate::two_worlds::copy_dir(t.dir.path(), copy.path());
+    let store = Store::open(copy.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open after crash");
+    assert_eq!(chart(&store), chart(&t.store), "rebuilt at open with the levels on disk");
+    drop(store);
+    // A clean stop stores them: equal to a rebuild.
+    t.ingestor.stop();
+    let incremental = node_bucket_bytes(&t.store);
+    let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
+    assert!(!meta.contains_key("node_stale").expect("read"), "stored at the stop");
+    drop(meta);
+    t.store.rebuild_node_stats().expect("rebuild");
+    assert!(incremental == node_bucket_bytes(&t.store), "equal to a rebuild");
+}
+
 /// A public member who erases their only listen of an item and sends it again in
 /// another spelling, in one group, stops showing the stored name: the node chart then
 /// names the item in their spelling, not in the stored one a private member sent.

@@ -17,6 +17,19 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
+    /// Adds another change of the same bucket to this one.
+    pub(crate) fn absorb(&mut self, other: &Delta) {
+        self.total += other.total;
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            for (item, by) in theirs {
+                *mine.entry(*item).or_default() += by;
+            }
+        }
+        for (slot, by) in &other.hours {
+            *self.hours.entry(*slot).or_default() += by;
+        }
+    }
+
     /// This change's count of item `item` of kind index `kind`.
     pub(crate) fn count(&self, kind: usize, item: u32) -> i64 {
         self.counts.get(kind).and_then(|c| c.get(&item)).copied().unwrap_or(0)

@@ -166,8 +166,33 @@ impl Store {
 
     /// A bucket as the writer last left it: the in-memory copy if newer, else sled's.
     pub(crate) fn bucket(&self, key: &[u8; 9]) -> Result<Option<std::sync::Arc<AggV1>>> {
-        if let Some(hot) = self.hot.read().ok().and_then(|h| h.get(key).cloned()) {
-            return Ok(Some(hot));
+        if !is_node_key(key) {
+            return self.bucket_base(key, None);
+        }
+        // The memory copy and the pending changes read under both locks, in the order
+        // `fold_node_pending` takes them, so a fold in between is seen whole or not at all.
+        let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        let base = self.bucket_base(key, Some(&hot))?;
+        Ok(match pending.get(key) {
+            None => base,
+            Some(d) => Some(std::sync::Arc::new(merged(base.as_deref(), d))),
+        })
+    }
+
+    /// A bucket as the memory copy (`hot`, read here unless given) or the store holds
+    /// it, without pending node changes.
+    fn bucket_base(
+        &self,
+        key: &[u8; 9],
+        hot: Option<&HashMap<[u8; 9], std::sync::Arc<AggV1>>>,
+    ) -> Result<Option<std::sync::Arc<AggV1>>> {
+        let held = match hot {
+            Some(h) => h.get(key).cloned(),
+            None => self.hot.read().ok().and_then(|h| h.get(key).cloned()),
+        };
+        if let Some(agg) = held {
+            return Ok(Some(agg));
         }
         match self.trees.userid_bucket_counts.get(key)? {
             None => Ok(None),

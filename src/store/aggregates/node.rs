@@ -75,6 +75,14 @@ fn chunk_of(item: u32) -> u16 {
     u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
 }
 
+/// Changes of node buckets not yet merged into them, by chunk key: a sharing-level
+/// change adds the user's whole contribution here (O(the user's buckets), no read of
+/// the node's chunks), and the writer merges them into the memory copy (`hot`) at its
+/// next group (`Store::fold_node_pending`). Readers of node buckets add them
+/// (`Store::bucket`, `node_chunks`). Only the writer thread adds to it; every store of
+/// the memory copy folds it first.
+pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
+
 /// A bucket as a write: stored while it counts anything, else removed.
 pub(crate) type BucketWrite = (Vec<u8>, Option<Vec<u8>>);
 
@@ -415,6 +423,7 @@ impl Store {
     /// appending (the writer stores its own with `apply`; this serves the commands that
     /// change buckets with the node stopped, after a recount filled the memory copy).
     pub(crate) fn store_hot(&self) -> Result<()> {
+        self.fold_node_pending()?;
         let hot: Vec<([u8; 9], Arc<AggV1>)> = match self.hot.read() {
             Ok(h) => h.iter().map(|(k, v)| (*k, v.clone())).collect(),
             Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
@@ -493,6 +502,42 @@ impl Store {
         self.flush()
     }
 
+    /// Adds changes of node buckets to the pending ones (the writer thread only), then
+    /// tells the node cache.
+    pub(crate) fn add_node_pending(&self, deltas: &HashMap<[u8; 9], Delta>) -> Result<()> {
+        let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        for (k, d) in deltas {
+            pending.entry(*k).or_default().absorb(d);
+        }
+        drop(pending);
+        self.node_changed(Some(deltas.keys()));
+        Ok(())
+    }
+
+    /// Merges the pending node changes into the memory copy (`hot`), where the writer
+    /// stores them with its next store of node buckets. By the writer thread (or with
+    /// none running): nothing adds to the pending changes meanwhile.
+    pub(crate) fn fold_node_pending(&self) -> Result<()> {
+        let pending: Vec<([u8; 9], Delta)> = match self.node_pending.read() {
+            Ok(p) if p.is_empty() => return Ok(()),
+            Ok(p) => p.iter().map(|(k, d)| (*k, d.clone())).collect(),
+            Err(_) => return Err(Error::Invalid("node changes poisoned".into())),
+        };
+        let mut folded = Vec::with_capacity(pending.len());
+        for (k, d) in &pending {
+            folded.push((*k, Arc::new(merged(self.bucket_base(k, None)?.as_deref(), d))));
+        }
+        // Both locks, in the order readers take them: a reader sees the changes either
+        // pending or folded, never neither nor both.
+        let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        let mut pending_now = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        for (k, agg) in folded {
+            hot.insert(k, agg);
+            pending_now.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Records that the stored node buckets must be rebuilt at the next open, durably.
     pub(crate) fn mark_node_stale(&self) -> Result<()> {
         self.trees.meta.insert(NODE_STALE, &[])?;
@@ -510,9 +555,16 @@ impl Store {
                 .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
             chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
         }
-        if let Ok(hot) = self.hot.read() {
+        {
+            let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+            let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
             for (k, agg) in hot.iter().filter(|(k, _)| k.starts_with(prefix)) {
                 chunks.insert(*k, agg.clone());
+            }
+            let (from, to) = (node_key(what, granularity, number, 0), node_key(what, granularity, number, u16::MAX));
+            for (k, d) in pending.range(from..=to) {
+                let base = chunks.get(k).cloned();
+                chunks.insert(*k, Arc::new(merged(base.as_deref(), d)));
             }
         }
         let mut out = AggV1::default();

@@ -225,6 +225,9 @@ impl Store {
             }
         }
         if user.is_none() {
+            if let Ok(mut pending) = self.node_pending.write() {
+                pending.clear();
+            }
             self.node_changed(None::<&[[u8; 9]]>);
         }
     }

@@ -67,6 +67,9 @@ impl Writer {
     /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
     /// written with them.
     pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
+        // Node changes a sharing level left pending, into the memory copy first: the
+        // merges below read node buckets without them.
+        self.store.fold_node_pending()?;
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();

@@ -356,13 +356,11 @@ impl Writer {
         Ok(removed)
     }
 
-    /// Sets a user's sharing level: the in-memory buckets are stored first, so the node
-    /// buckets gain or lose exactly the user's stored buckets (`Store::set_visibility_at`).
+    /// Sets a user's sharing level: the node buckets in memory gain or lose the user's
+    /// buckets as they stand, stored with the next store of node buckets
+    /// (`Store::set_visibility_deferred`).
     fn set_visibility(&mut self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
-        self.store.writable()?;
-        let mut persist = Group::default();
-        self.apply(&mut persist, true)?;
-        self.store.set_visibility(user, level)
+        self.store.set_visibility_deferred(user, level, crate::now_unix())
     }
 
     /// Sets a user's time zone and recounts their buckets in it.
