@@ -112,8 +112,10 @@ pub enum BenchCmd {
     },
     /// A node for a whole community (issue 17's figures): N public users × M listens,
     /// built once into `--dir` (reused when it holds a finished build, so later runs time
-    /// reads only), then every figure printed: import time and rate, the first and the
-    /// last user's import, bytes per listen on disk, RSS at rest and peak, and p50/p99 of
+    /// reads only), then every figure printed: the accounts' creation, the import's time
+    /// and rate (`--importers` users importing at once, as members do when a node opens),
+    /// per-user import times early and late, bytes per listen on disk, RSS at rest and
+    /// peak, and p50/p99 of
     /// the home page, profiles, node charts (this week, all time), history and similar
     /// users (warm) over HTTP, and a per-user visibility change.
     Community {
@@ -126,6 +128,13 @@ pub enum BenchCmd {
         /// Where the node is built and kept (a temporary directory, removed, when omitted).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// Members importing their histories at once while the node is built.
+        #[arg(long, default_value_t = 8)]
+        importers: usize,
+        /// Artists in the catalogue the members draw theirs from (200–500 each, the
+        /// popular ones most often).
+        #[arg(long, default_value_t = 100_000)]
+        catalogue: u64,
     },
     /// Many users on one node: time "similar users" (cold: taste vectors computed;
     /// warm: cached) and the node chart.
@@ -189,6 +198,8 @@ pub struct Synthetic {
     state: u64,
     at: i64,
     artists: Vec<String>,
+    /// Each artist's number in the catalogue its albums and titles derive from.
+    numbers: Vec<u64>,
     words: Vec<&'static str>,
 }
 
@@ -204,11 +215,45 @@ impl Synthetic {
             state: seed ^ 0x9E37_79B9_7F4A_7C15,
             at: 1_420_070_400,
             artists: Vec::new(),
+            numbers: Vec::new(),
             words: WORDS.to_vec(),
         };
         for i in 0..n_artists {
             let name = format!("{} {} {}", s.word().to_uppercase(), s.word(), i);
             s.artists.push(name);
+            s.numbers.push(i as u64);
+        }
+        s
+    }
+
+    /// A member of a community: `n_artists` artists drawn from a catalogue of
+    /// `catalogue` shared by every member, the popular ones most often (so members
+    /// overlap as listeners do), with a history that starts on a day of 2015–2024 chosen
+    /// by the seed. (`new` gives every seed artists of its own: items then grow with
+    /// members, which no community's listening does.)
+    pub fn member(seed: u64, n_artists: usize, catalogue: u64) -> Synthetic {
+        let mut s = Synthetic {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            at: 0,
+            artists: Vec::new(),
+            numbers: Vec::new(),
+            words: WORDS.to_vec(),
+        };
+        s.at = 1_420_070_400 + (s.next() % 3_650) as i64 * 86_400;
+        let mut chosen = std::collections::BTreeSet::new();
+        while chosen.len() < n_artists.min(usize::try_from(catalogue).unwrap_or(usize::MAX)) {
+            chosen.insert(s.skewed(catalogue.max(1)));
+        }
+        for g in chosen {
+            // The name is the catalogue's: the same artist for every member.
+            let mix = g.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let n = WORDS.len() as u64;
+            s.artists.push(format!(
+                "{} {} {g}",
+                WORDS[(mix % n) as usize].to_uppercase(),
+                WORDS[((mix >> 17) % n) as usize]
+            ));
+            s.numbers.push(g);
         }
         s
     }
@@ -235,13 +280,14 @@ impl Synthetic {
 
     pub fn listen(&mut self) -> Listen {
         let a = self.skewed(self.artists.len() as u64);
+        let g = self.numbers[a as usize];
         let album_no = self.skewed(6);
         let track_no = self.skewed(12);
         // Names derive from the indexes so the same track repeats exactly.
         let w = |k: u64| WORDS[(k % WORDS.len() as u64) as usize];
         let title =
-            format!("{} {} {}", w(a * 7 + album_no * 13 + track_no), w(a + track_no * 5), w(track_no * 3 + album_no));
-        let album = format!("{} {}", w(a * 3 + album_no), w(a + album_no * 11));
+            format!("{} {} {}", w(g * 7 + album_no * 13 + track_no), w(g + track_no * 5), w(track_no * 3 + album_no));
+        let album = format!("{} {}", w(g * 3 + album_no), w(g + album_no * 11));
         self.at += 120 + (self.next() % 360) as i64;
         let track = TrackRef {
             artist: self.artists[a as usize].clone(),
@@ -358,8 +404,8 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Home { users, listens_per_user, requests } => {
             return home(config, users, listens_per_user, requests);
         }
-        BenchCmd::Community { users, listens_per_user, requests, dir } => {
-            return community(config, users, listens_per_user, requests, dir);
+        BenchCmd::Community { users, listens_per_user, requests, dir, importers, catalogue } => {
+            return community(config, users, listens_per_user, requests, dir, (importers, catalogue));
         }
         BenchCmd::Neighbours { users, listens_per_user, queries } => {
             return neighbours(config, users, listens_per_user, queries);
@@ -663,8 +709,10 @@ fn community(
     per_user: u64,
     requests: usize,
     dir: Option<std::path::PathBuf>,
+    (importers, catalogue): (usize, u64),
 ) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(n_users >= 1 && per_user >= 1, "at least one user and one listen");
+    anyhow::ensure!((1..=256).contains(&importers), "between 1 and 256 importers");
     let temporary = match &dir {
         Some(_) => None,
         None => Some(temp_dir("community")?),
@@ -674,7 +722,7 @@ fn community(
         (None, Some(t)) => t.path().to_owned(),
         (None, None) => anyhow::bail!("no directory"),
     };
-    let want = format!("{n_users} x {per_user}");
+    let want = format!("{n_users} x {per_user}, catalogue {catalogue}");
     let built = std::fs::read_to_string(path.join(COMMUNITY_BUILT)).ok();
     if built.as_deref() == Some(want.as_str()) {
         println!("reusing the node built in {} ({want})", path.display());
@@ -687,34 +735,84 @@ fn community(
         std::fs::create_dir_all(&path)?;
         let started = Instant::now();
         let store = Store::open(&path, &store::Options::from(&config.store))?;
+        // The accounts first, timed apart: each costs an argon2id hash of its password
+        // (by design) and a key pair, and members join a node over weeks, not while it
+        // imports. Public from the start, so every import moves the node statistics.
+        let ids = std::sync::Mutex::new(Vec::with_capacity(usize::try_from(n_users)?));
+        let next = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if u >= n_users {
+                                return Ok(());
+                            }
+                            let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
+                            store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
+                            ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((u, id));
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| anyhow::anyhow!("an account thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let mut ids = ids.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        ids.sort_unstable();
+        println!(
+            "accounts: {n_users} created in {:.1} s (two threads; argon2id per password)",
+            started.elapsed().as_secs_f64()
+        );
         let ingestor =
             Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
-        let (mut first, mut last) = (0.0, 0.0);
-        let mut tick = Instant::now();
-        for u in 0..n_users {
-            let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
-            store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
-            let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
-            let t = Instant::now();
-            ingestor.ingest_blocking(id, (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect())?;
-            let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if u == 0 {
-                first = ms;
+        let started = Instant::now();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let times = std::sync::Mutex::new(vec![0.0f64; ids.len()]);
+        let tick = std::sync::Mutex::new(Instant::now());
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let workers: Vec<_> = (0..importers)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(u, id)) = ids.get(i) else { return Ok(()) };
+                            let mut synthetic = Synthetic::member(u + 1, 200 + (u as usize % 7) * 50, catalogue);
+                            let actions = (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect();
+                            let t = Instant::now();
+                            ingestor.ingest_blocking(id, actions)?;
+                            let ms = t.elapsed().as_secs_f64() * 1000.0;
+                            times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = ms;
+                            let mut last = tick.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                            if last.elapsed().as_secs() >= 30 {
+                                *last = Instant::now();
+                                println!("  … {} users imported, {:.0} s", i + 1, started.elapsed().as_secs_f64());
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| anyhow::anyhow!("an import thread panicked"))??;
             }
-            last = ms;
-            if tick.elapsed().as_secs() >= 30 {
-                tick = Instant::now();
-                println!("  … {} users imported, {:.0} s", u + 1, started.elapsed().as_secs_f64());
-            }
-        }
+            Ok(())
+        })?;
         ingestor.stop();
         store.flush()?;
         drop(store);
         let secs = started.elapsed().as_secs_f64();
         let total = n_users * per_user;
+        let times = times.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let tenth = (times.len() / 10).max(1);
+        let mean = |t: &[f64]| t.iter().sum::<f64>() / t.len().max(1) as f64;
         println!(
-            "import: {total} listens of {n_users} users in {secs:.1} s = {:.0} listens/s (goal: 10M in < 120 s); the first user's {per_user} listens {first:.1} ms, the last user's {last:.1} ms",
-            total as f64 / secs
+            "import: {total} listens of {n_users} users in {secs:.1} s = {:.0} listens/s (goal: 10M in < 120 s), {importers} members importing at once; one member's {per_user} listens took {:.1} ms on average among the first tenth of members, {:.1} ms among the last tenth (waiting for the writer included)",
+            total as f64 / secs,
+            mean(&times[..tenth]),
+            mean(&times[times.len() - tenth..]),
         );
         std::fs::write(path.join(COMMUNITY_BUILT), &want)?;
     }
@@ -731,6 +829,18 @@ fn community(
     let node = crate::node::Node::build(node_config)?;
     let store = node.store.clone();
     let ingestor = node.ingestor.clone();
+    let mut distinct = Vec::new();
+    for kind in [crate::stats::chart::Kind::Artist, crate::stats::chart::Kind::Recording] {
+        let chart = store.node_chart(
+            kind,
+            &crate::stats::period::Period::AllTime,
+            1,
+            crate::now_unix(),
+            &jiff::tz::TimeZone::UTC,
+        )?;
+        distinct.push(chart.distinct);
+    }
+    println!("the node's items: {} artists, {} recordings", distinct[0], distinct[1]);
     let served = Served::start(node)?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     println!("RSS at rest: {:.0} MiB (goal ≤ 300)", status_kib("VmRSS") as f64 / 1024.0);

@@ -30,6 +30,11 @@ impl Delta {
         }
     }
 
+    /// The (item, count) changes it holds.
+    pub(crate) fn pairs(&self) -> usize {
+        self.counts.iter().map(HashMap::len).sum::<usize>() + self.hours.len()
+    }
+
     /// This change's count of item `item` of kind index `kind`.
     pub(crate) fn count(&self, kind: usize, item: u32) -> i64 {
         self.counts.get(kind).and_then(|c| c.get(&item)).copied().unwrap_or(0)

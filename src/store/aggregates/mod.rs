@@ -182,7 +182,7 @@ impl Store {
 
     /// A bucket as the memory copy (`hot`, read here unless given) or the store holds
     /// it, without pending node changes.
-    fn bucket_base(
+    pub(crate) fn bucket_base(
         &self,
         key: &[u8; 9],
         hot: Option<&HashMap<[u8; 9], std::sync::Arc<AggV1>>>,

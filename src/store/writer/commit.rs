@@ -16,10 +16,16 @@ use crate::store::{Error, Result};
 
 use super::*;
 
+/// A group's merged user buckets and its changes of node buckets.
+pub(super) type NodeMerge = (Vec<([u8; 9], Arc<AggV1>)>, HashMap<[u8; 9], crate::store::aggregates::Delta>);
+
 impl Writer {
-    /// The buckets a group changed, with its changes applied, and the node buckets
-    /// (`aggregates::node`) those of users counted in node charts move.
-    pub(super) fn merge_buckets(&self, group: &Group) -> Result<Vec<([u8; 9], Arc<AggV1>)>> {
+    /// The buckets a group changed, with its changes applied, and the changes of the
+    /// node buckets (`aggregates::node`) those of users counted in node charts make
+    /// (added to the pending ones, `aggregates::NodePending`, and merged into the node
+    /// chunks only when they are stored: merging every group's into its chunks copied
+    /// thousands of chunks a group, more as the node grew).
+    pub(super) fn merge_buckets(&self, group: &Group) -> Result<NodeMerge> {
         let mut out = Vec::with_capacity(group.aggs.len());
         let mut by_user: BTreeMap<UserId, BTreeMap<[u8; 9], Change>> = BTreeMap::new();
         for (k, delta) in &group.aggs {
@@ -57,8 +63,7 @@ impl Writer {
                 &mut node,
             )?;
         }
-        out.extend(self.store.merged_node(&node)?.into_iter().map(|(k, a)| (k, Arc::new(a))));
-        Ok(out)
+        Ok((out, node))
     }
 
     /// Writes a group in one transaction and flushes. Statistics buckets go to memory
@@ -67,9 +72,6 @@ impl Writer {
     /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
     /// written with them.
     pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
-        // Node changes a sharing level left pending, into the memory copy first: the
-        // merges below read node buckets without them.
-        self.store.fold_node_pending()?;
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -136,13 +138,17 @@ impl Writer {
             ops.push((index, k, Some(v)));
         }
         // Counts held in memory: the users' and the node's, each with its own bound.
-        let (hot_pairs, node_pairs) = match self.store.hot.read() {
+        let (hot_pairs, mut node_pairs) = match self.store.hot.read() {
             Ok(h) => h.iter().fold((0usize, 0usize), |(users, node), (k, a)| {
                 let n = a.counts.iter().map(Vec::len).sum::<usize>() + a.hours.len();
                 if is_node_key(k) { (users, node + n) } else { (users + n, node) }
             }),
             Err(_) => (usize::MAX, usize::MAX),
         };
+        node_pairs = node_pairs.saturating_add(match self.store.node_pending.read() {
+            Ok(p) => p.values().map(crate::store::aggregates::Delta::pairs).sum(),
+            Err(_) => usize::MAX,
+        });
         let node_due =
             persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
         let persist =
@@ -154,28 +160,44 @@ impl Writer {
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
         }
-        let buckets = self.merge_buckets(group)?;
+        let (buckets, node) = self.merge_buckets(group)?;
+        // The node buckets are stored with the user buckets when they are due: every
+        // change held (the memory copy's after a recount, the pending ones, this group's)
+        // merged into its stored chunk.
+        let store_node = persist && node_due;
         if persist {
             let in_group: BTreeSet<[u8; 9]> = buckets.iter().map(|(k, _)| *k).collect();
+            let mut node_keys: BTreeSet<[u8; 9]> = node.keys().copied().collect();
             if let Ok(hot) = self.store.hot.read() {
                 for (k, agg) in hot.iter().filter(|(k, _)| !in_group.contains(*k)) {
-                    if !node_due && is_node_key(k) {
-                        node_left = true;
+                    if is_node_key(k) {
+                        node_keys.insert(*k);
                         continue;
                     }
                     ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
                 }
             }
             for (k, agg) in &buckets {
-                if !node_due && is_node_key(k) {
-                    node_left = true;
-                    continue;
-                }
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
             }
+            let pending = self.store.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+            node_keys.extend(pending.keys().copied());
+            if store_node {
+                for k in &node_keys {
+                    let mut d = pending.get(k).cloned().unwrap_or_default();
+                    if let Some(x) = node.get(k) {
+                        d.absorb(x);
+                    }
+                    let agg = merged(self.store.bucket_base(k, None)?.as_deref(), &d);
+                    ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
+                }
+            } else {
+                node_left = !node_keys.is_empty();
+            }
+            drop(pending);
             if node_left {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
-            } else if node_due {
+            } else if store_node {
                 ops.push((6, NODE_STALE.to_vec(), None));
             }
             for user in self.pending_users.union(&group_users) {
@@ -240,28 +262,35 @@ impl Writer {
             self.poison("a group commit", &e);
             return Err(e);
         }
-        let node_keys: Vec<[u8; 9]> = buckets.iter().map(|(k, _)| *k).filter(|k| is_node_key(k)).collect();
+        // Both locks, in the order readers take them (`Store::bucket`).
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
-        if persist {
-            if node_left {
+        let mut pending =
+            self.store.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        if store_node {
+            hot.clear();
+            pending.clear();
+            self.last_node_persist = std::time::Instant::now();
+        } else {
+            if persist {
                 hot.retain(|k, _| is_node_key(k));
-                for (k, agg) in buckets.into_iter().filter(|(k, _)| is_node_key(k)) {
+            } else {
+                for (k, agg) in buckets {
                     hot.insert(k, agg);
                 }
-            } else {
-                hot.clear();
-                self.last_node_persist = std::time::Instant::now();
             }
+            for (k, d) in &node {
+                pending.entry(*k).or_default().absorb(d);
+            }
+        }
+        if persist {
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();
         } else {
-            for (k, agg) in buckets {
-                hot.insert(k, agg);
-            }
             self.pending_users.extend(group_users);
         }
+        drop(pending);
         drop(hot);
-        self.store.node_changed(Some(&node_keys));
+        self.store.node_changed(Some(node.keys()));
         Ok(())
     }
 }

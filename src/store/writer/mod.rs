@@ -295,8 +295,9 @@ const HOT_MAX_PAIRS: usize = 2_000_000;
 /// listen); meanwhile the store is marked `NODE_STALE` and an open after a crash
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-/// Most node counts held in memory before they are stored (about 8 bytes each in their
-/// chunks' lists).
+/// Most node changes held in memory before they are stored: the pending (item, change)
+/// pairs (`aggregates::NodePending`, about 25 bytes each in their maps) and the counts of
+/// node buckets a recount left in the memory copy.
 const NODE_HOT_MAX_PAIRS: usize = 8_000_000;
 
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
