@@ -90,7 +90,76 @@ impl Names {
     }
 }
 
+/// Each user's newest listen time, for the home page's "recently, from public
+/// profiles" (`Store::users_by_newest_listen`): built from the day index on first use,
+/// then raised by the writer after each group (`Store::note_newest_listens`). A time is
+/// an upper bound of the user's newest live listen (an erasure leaves it as it was),
+/// which is all the page needs to stop reading users early. Memory: one entry per user
+/// who has listened.
+#[derive(Default)]
+pub(crate) struct NewestListens {
+    by_user: HashMap<UserId, i64>,
+    order: std::collections::BTreeSet<(std::cmp::Reverse<i64>, UserId)>,
+}
+
+impl NewestListens {
+    fn raise(&mut self, user: UserId, at: i64) {
+        match self.by_user.entry(user) {
+            Entry::Occupied(mut o) => {
+                if *o.get() < at {
+                    self.order.remove(&(std::cmp::Reverse(*o.get()), user));
+                    self.order.insert((std::cmp::Reverse(at), user));
+                    o.insert(at);
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(at);
+                self.order.insert((std::cmp::Reverse(at), user));
+            }
+        }
+    }
+}
+
+/// The index shared by a store's handles (`None` until first asked).
+pub(crate) type NewestIndex = std::sync::Arc<std::sync::RwLock<Option<NewestListens>>>;
+
 impl Store {
+    /// Every user who has listened, newest listen first: `(time, user)`, where the time
+    /// is at least that of the user's newest live listen (deleted accounts may remain:
+    /// the caller looks each user up). Built from the day index at the first call
+    /// (one read per user), kept up by the writer since.
+    pub fn users_by_newest_listen(&self) -> Result<Vec<(i64, UserId)>> {
+        let poisoned = || Error::Invalid("newest listens index poisoned".into());
+        if let Some(index) = self.newest.read().map_err(|_| poisoned())?.as_ref() {
+            return Ok(index.order.iter().map(|(at, u)| (at.0, *u)).collect());
+        }
+        // Built under the write lock: a group committed meanwhile is either read here
+        // or raised by the writer once the lock is free (`note_newest_listens`).
+        let mut guard = self.newest.write().map_err(|_| poisoned())?;
+        if guard.is_none() {
+            let mut index = NewestListens::default();
+            for user in self.users()? {
+                if let Some(at) = self.newest_listen_at(user.id)? {
+                    index.raise(user.id, at);
+                }
+            }
+            *guard = Some(index);
+        }
+        Ok(guard.as_ref().map(|i| i.order.iter().map(|(at, u)| (at.0, *u)).collect()).unwrap_or_default())
+    }
+
+    /// Raises users' newest listen times after a group (the writer; nothing to keep up
+    /// before the index is first built).
+    pub(crate) fn note_newest_listens(&self, newest: &std::collections::BTreeMap<UserId, i64>) {
+        if let Ok(mut guard) = self.newest.write()
+            && let Some(index) = guard.as_mut()
+        {
+            for (user, at) in newest {
+                index.raise(*user, *at);
+            }
+        }
+    }
+
     /// The chunk of interned tracks holding `id`.
     pub(crate) fn track_chunk(&self, chunk: u32) -> Result<TrackChunkV1> {
         let key = keys::u32_key(chunk);

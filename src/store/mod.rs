@@ -182,6 +182,8 @@ pub struct Store {
     pub(crate) hot: HotBuckets,
     /// Changes of node buckets not yet merged into them (`aggregates::NodePending`).
     pub(crate) node_pending: aggregates::NodePending,
+    /// Users by newest listen, for the home page (`logs::NewestListens`).
+    pub(crate) newest: logs::NewestIndex,
     pub(crate) tastes: insights::TasteCache,
     /// Network views until the next federation write (`federation::NetworkCache`).
     pub(crate) network: std::sync::Arc<std::sync::Mutex<federation::NetworkCache>>,
@@ -357,6 +359,7 @@ impl Store {
             path,
             hot: HotBuckets::default(),
             node_pending: Default::default(),
+            newest: Default::default(),
             tastes: insights::TasteCache::default(),
             network: Default::default(),
             node_cache: Default::default(),

@@ -256,23 +256,24 @@ impl Store {
     /// As `set_visibility`, recording the change at `now`: releases of periods not yet
     /// made use the least shared level since their start (`LevelHistory`).
     pub fn set_visibility_at(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<()> {
-        self.change_visibility(id, visibility, now, false)
+        self.change_visibility(id, visibility, now, false).map(|_| ())
     }
 
     /// As `set_visibility_at`, for the writer thread (the only one changing the memory
     /// copy of buckets): the node buckets' change is added to the pending changes
     /// (`aggregates::NodePending`) and the level with `NODE_STALE` goes to the store in
-    /// one transaction; the writer merges the changes at its next group and stores them
-    /// with its next store of node buckets (`writer::NODE_PERSIST_EVERY`), and after a
-    /// crash meanwhile the open rebuilds the node buckets from the user buckets. So a
-    /// change costs reading the user's own buckets, whatever the node's size (issue 17:
-    /// storing every bucket in memory and rewriting the node chunks first took 349 ms at
-    /// 1,000 members and 4.6 s at 10,000).
-    pub(crate) fn set_visibility_deferred(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<()> {
+    /// one transaction; the writer stores the changes with its next store of node
+    /// buckets (`writer::NODE_PERSIST_EVERY`), and after a crash meanwhile the open
+    /// rebuilds the node buckets from the user buckets. So a change costs reading the
+    /// user's own buckets, whatever the node's size (issue 17: storing every bucket in
+    /// memory and rewriting the node chunks first took 349 ms at 1,000 members and
+    /// 4.6 s at 10,000).
+    /// Returns the (item, change) pairs it added to the pending changes.
+    pub(crate) fn set_visibility_deferred(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<usize> {
         self.change_visibility(id, visibility, now, true)
     }
 
-    fn change_visibility(&self, id: UserId, visibility: SharingLevel, now: i64, deferred: bool) -> Result<()> {
+    fn change_visibility(&self, id: UserId, visibility: SharingLevel, now: i64, deferred: bool) -> Result<usize> {
         self.writable()?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
@@ -308,14 +309,15 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
-        self.flush()?;
-        match stale {
-            true => self.add_node_pending(&deltas),
-            false => {
-                self.node_changed(Some(deltas.keys()));
-                Ok(())
-            }
+        // The changes are pending as soon as the level is in sled's memory, before the
+        // flush: a failed flush must not leave the level changed and the node not.
+        if stale {
+            self.add_node_pending(&deltas)?;
+        } else {
+            self.node_changed(Some(deltas.keys()));
         }
+        self.flush()?;
+        Ok(deltas.values().map(crate::store::aggregates::Delta::pairs).sum())
     }
 
     /// The user's signing key.

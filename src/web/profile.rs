@@ -82,9 +82,10 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
 const RECENT: usize = 15;
 
 /// The `n` newest listens of the users whose history `viewer` may see, newest first.
-/// Users are taken newest listen first (one index read each, `Store::newest_listen_at`),
+/// Users are taken newest listen first (`Store::users_by_newest_listen`, kept in memory),
 /// and listens are read only from users who can still place one among the `n`: with
-/// every member public, a handful of users' listens are read, not ten of every user's.
+/// every member public, a handful of users are looked up and read, whatever the node's
+/// size.
 fn recent_public(
     state: &AppState,
     viewer: &super::Viewer,
@@ -93,25 +94,25 @@ fn recent_public(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let mut users = Vec::new();
-    for u in state.store.users()? {
-        if viewer.may(state, &u, Purpose::History).exact() {
-            // One user's unreadable index costs that user's listens here, not the page.
-            match state.store.newest_listen_at(u.id) {
-                Ok(Some(at)) => users.push((at, u)),
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "reading a user's newest listen for the home page"),
-            }
-        }
-    }
-    users.sort_by_key(|(at, u)| (std::cmp::Reverse(*at), u.id));
     let mut recent: Vec<(String, crate::store::StoredListen)> = Vec::new();
-    for (newest, user) in users {
+    for (newest, id) in state.store.users_by_newest_listen()? {
         // The n-th newest so far is at least as new as anything this user (and every
         // later one) played: nothing left can enter (a tie would be cut, as read later).
         if recent.get(n - 1).is_some_and(|r| r.1.listen.listened_at() >= newest) {
             break;
         }
+        let user = match state.store.user(id) {
+            Ok(Some(u)) => u,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a user for the home page");
+                continue;
+            }
+        };
+        if !viewer.may(state, &user, Purpose::History).exact() {
+            continue;
+        }
+        // One user's unreadable index costs that user's listens here, not the page.
         match state.store.listens(user.id, 0, i64::MAX, n, Order::NewestFirst) {
             Ok(listens) => recent.extend(listens.into_iter().map(|l| (user.name.clone(), l))),
             Err(e) => tracing::error!(error = %e, "reading a user's listens for the home page"),

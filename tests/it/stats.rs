@@ -834,18 +834,27 @@ fn a_level_change_through_the_writer_shows_at_once_and_survives_a_crash() {
     let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
     assert!(meta.contains_key("node_stale").expect("read"), "the node buckets on disk lag the level");
     drop(meta);
-    // A group after the change merges it into the memory copy: still shown once.
+    // A crash now: the stored node buckets still count bob, the stored level does not.
+    let crashed = |stage: &str| {
+        let copy = tempfile::tempdir().expect("tempdir");
+        crate::two_worlds::copy_dir(t.dir.path(), copy.path());
+        let store = Store::open(copy.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open after crash");
+        assert_eq!(chart(&store), chart(&t.store), "{stage}: rebuilt at open with the levels on disk");
+    };
+    crashed("after the change");
+    // Past the user buckets' store interval (2 s), not the node buckets' (60 s): the
+    // group stores user buckets and leaves the node changes pending, still marked.
+    std::thread::sleep(std::time::Duration::from_millis(2_300));
     t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("C", "z", day + 30))]).expect("ingest");
     assert_eq!(chart(&t.store), [("A".to_owned(), 1, 1), ("C".to_owned(), 1, 1)]);
+    let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
+    assert!(meta.contains_key("node_stale").expect("read"), "user buckets stored without the node's");
+    drop(meta);
+    crashed("after a store of user buckets");
     rt.block_on(t.ingestor.set_visibility(bob, SharingLevel::Public)).expect("public again");
     rt.block_on(t.ingestor.set_visibility(t.user, SharingLevel::Private)).expect("private");
     assert_eq!(chart(&t.store), [("A".to_owned(), 1, 1), ("B".to_owned(), 1, 1)], "bob back, the user gone");
-    // The crash: a copy of the files as they are, the writer still running.
-    let copy = tempfile::tempdir().expect("tempdir");
-    crate::two_worlds::copy_dir(t.dir.path(), copy.path());
-    let store = Store::open(copy.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open after crash");
-    assert_eq!(chart(&store), chart(&t.store), "rebuilt at open with the levels on disk");
-    drop(store);
+    crashed("after two more changes");
     // A clean stop stores them: equal to a rebuild.
     t.ingestor.stop();
     let incremental = node_bucket_bytes(&t.store);

@@ -804,3 +804,34 @@ fn the_home_page_shows_the_newest_public_listens_across_users() {
     assert_eq!(got, want, "{section}");
     assert!(!home.contains("Secret"), "a member who is not public");
 }
+
+/// The home page's order of users (`Store::users_by_newest_listen`, in memory) is kept
+/// up by the writer once built: a newer listen moves its user first, older listens
+/// move nobody, a new member enters, and an erased newest listen leaves a time no
+/// older than the user's newest live listen (the page reads that user and finds it).
+#[test]
+fn the_users_newest_listens_follow_the_writer() {
+    use crate::support::{NOW, TestStore, listen};
+    use hearsay::store::Action;
+    let t = TestStore::new();
+    let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "a", NOW - 100))]).expect("ingest");
+    t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("B", "b", NOW - 200))]).expect("ingest");
+    let order = |t: &TestStore| t.store.users_by_newest_listen().expect("order");
+    assert_eq!(order(&t), [(NOW - 100, t.user), (NOW - 200, bob)], "built from the day index");
+    t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("B", "c", NOW - 50))]).expect("ingest");
+    assert_eq!(order(&t), [(NOW - 50, bob), (NOW - 100, t.user)], "a newer listen");
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "d", NOW - 9_000))]).expect("ingest");
+    assert_eq!(order(&t), [(NOW - 50, bob), (NOW - 100, t.user)], "an older one moves nobody");
+    let carol = t.store.create_user("carol", "password1", NOW).expect("carol").id;
+    t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("C", "e", NOW - 10))]).expect("ingest");
+    assert_eq!(order(&t)[0], (NOW - 10, carol), "a new member");
+    // bob erases his newest (seq 1): his time stays an upper bound of what is live.
+    t.ingestor.ingest_blocking(bob, vec![Action::Delete { seq: 1 }]).expect("erase");
+    let bobs = order(&t).into_iter().find(|(_, u)| *u == bob).expect("bob").0;
+    let live = t.store.newest_listen_at(bob).expect("read").expect("a listen");
+    assert!(bobs >= live && live == NOW - 200, "{bobs} {live}");
+    // Reopened, the index is built again from the day index: the true times.
+    let t = TestStore::reopen(t.close());
+    assert_eq!(order(&t), [(NOW - 10, carol), (NOW - 100, t.user), (NOW - 200, bob)]);
+}

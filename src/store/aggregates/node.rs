@@ -75,12 +75,12 @@ fn chunk_of(item: u32) -> u16 {
     u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
 }
 
-/// Changes of node buckets not yet merged into them, by chunk key: a sharing-level
-/// change adds the user's whole contribution here (O(the user's buckets), no read of
-/// the node's chunks), and the writer merges them into the memory copy (`hot`) at its
-/// next group (`Store::fold_node_pending`). Readers of node buckets add them
-/// (`Store::bucket`, `node_chunks`). Only the writer thread adds to it; every store of
-/// the memory copy folds it first.
+/// Changes of node buckets not yet merged into them, by chunk key: each writer group's
+/// and a sharing-level change's (the user's whole contribution: O(the user's buckets),
+/// no read of the node's chunks). Readers of node buckets add them (`Store::bucket`,
+/// `node_chunks`). Only the writer thread adds to them. Every store of node buckets
+/// first folds them into the memory copy (`hot`, `Store::fold_node_pending`, under both
+/// locks), so that while it commits readers see in memory what is being stored.
 pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
 
 /// A bucket as a write: stored while it counts anything, else removed.

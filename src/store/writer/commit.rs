@@ -145,10 +145,7 @@ impl Writer {
             }),
             Err(_) => (usize::MAX, usize::MAX),
         };
-        node_pairs = node_pairs.saturating_add(match self.store.node_pending.read() {
-            Ok(p) => p.values().map(crate::store::aggregates::Delta::pairs).sum(),
-            Err(_) => usize::MAX,
-        });
+        node_pairs = node_pairs.saturating_add(self.pending_node_pairs);
         let node_due =
             persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
         let persist =
@@ -166,6 +163,13 @@ impl Writer {
         // merged into its stored chunk.
         let store_node = persist && node_due;
         if persist {
+            if store_node {
+                // The pending changes into the memory copy first (under both locks, as
+                // readers take them): while the store below commits, a reader sees the
+                // same counts in memory as on disk, never the stored chunks plus the
+                // changes they already hold.
+                self.store.fold_node_pending()?;
+            }
             let in_group: BTreeSet<[u8; 9]> = buckets.iter().map(|(k, _)| *k).collect();
             let mut node_keys: BTreeSet<[u8; 9]> = node.keys().copied().collect();
             if let Ok(hot) = self.store.hot.read() {
@@ -180,21 +184,20 @@ impl Writer {
             for (k, agg) in &buckets {
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
             }
-            let pending = self.store.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-            node_keys.extend(pending.keys().copied());
             if store_node {
+                // The memory copy (the folded changes, a recount's) and this group's.
+                let none = crate::store::aggregates::Delta::default();
                 for k in &node_keys {
-                    let mut d = pending.get(k).cloned().unwrap_or_default();
-                    if let Some(x) = node.get(k) {
-                        d.absorb(x);
-                    }
-                    let agg = merged(self.store.bucket_base(k, None)?.as_deref(), &d);
+                    let agg = merged(self.store.bucket_base(k, None)?.as_deref(), node.get(k).unwrap_or(&none));
                     ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
                 }
             } else {
-                node_left = !node_keys.is_empty();
+                let pending_any = match self.store.node_pending.read() {
+                    Ok(p) => !p.is_empty(),
+                    Err(_) => return Err(Error::Invalid("node changes poisoned".into())),
+                };
+                node_left = pending_any || !node_keys.is_empty();
             }
-            drop(pending);
             if node_left {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
             } else if store_node {
@@ -269,6 +272,7 @@ impl Writer {
         if store_node {
             hot.clear();
             pending.clear();
+            self.pending_node_pairs = 0;
             self.last_node_persist = std::time::Instant::now();
         } else {
             if persist {
@@ -280,6 +284,8 @@ impl Writer {
             }
             for (k, d) in &node {
                 pending.entry(*k).or_default().absorb(d);
+                // An upper bound: a change of an item already pending adds no pair.
+                self.pending_node_pairs = self.pending_node_pairs.saturating_add(d.pairs());
             }
         }
         if persist {
@@ -291,6 +297,19 @@ impl Writer {
         drop(pending);
         drop(hot);
         self.store.node_changed(Some(node.keys()));
+        // Each user's newest listen among the day buckets this group wrote (an upper
+        // bound of their newest live listen: enough for `users_by_newest_listen`).
+        let mut newest: BTreeMap<UserId, i64> = BTreeMap::new();
+        for (k, (day, dirty)) in &group.days {
+            if let (true, Some(item), Ok((user, n))) =
+                (*dirty, day.items.last(), keys::parse_user_u32(schema::USERID_DAY_LISTENS, k))
+            {
+                let at = i64::from(n) * 86_400 + i64::from(item.sec);
+                let e = newest.entry(user).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+        self.store.note_newest_listens(&newest);
         Ok(())
     }
 }

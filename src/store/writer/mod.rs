@@ -282,6 +282,9 @@ struct Writer {
     last_persist: std::time::Instant,
     /// When the node buckets were last stored (`NODE_PERSIST_EVERY`).
     last_node_persist: std::time::Instant,
+    /// (item, change) pairs added to the pending node changes since they were last
+    /// stored (at most: one item changed twice counts twice).
+    pending_node_pairs: usize,
 }
 
 /// Buckets kept only in memory are stored at least this often...
@@ -330,6 +333,7 @@ impl Writer {
             pending_users: BTreeSet::new(),
             last_persist: std::time::Instant::now(),
             last_node_persist: std::time::Instant::now(),
+            pending_node_pairs: 0,
             rules,
         };
         w.reset()?;
@@ -361,7 +365,9 @@ impl Writer {
     /// buckets as they stand, stored with the next store of node buckets
     /// (`Store::set_visibility_deferred`).
     fn set_visibility(&mut self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
-        self.store.set_visibility_deferred(user, level, crate::now_unix())
+        let added = self.store.set_visibility_deferred(user, level, crate::now_unix())?;
+        self.pending_node_pairs = self.pending_node_pairs.saturating_add(added);
+        Ok(())
     }
 
     /// Sets a user's time zone and recounts their buckets in it.
