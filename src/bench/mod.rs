@@ -880,6 +880,12 @@ fn community(
     served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Aggregate))?;
     served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Public))?;
     println!("per-user operation: two visibility changes of one user {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    // The changes above forget every kept neighbours list: one recomputed from the
+    // (warm) taste vectors, as after any change on a live node.
+    let url = format!("{}/1/user/user0/similar-users", served.base);
+    let t = Instant::now();
+    std::hint::black_box(agent.get(&url).call()?.into_string()?);
+    println!("similar users right after a change (the list recomputed): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     println!("RSS peak: {:.0} MiB (goal ≤ 500)", status_kib("VmHWM") as f64 / 1024.0);
     served.stop()?;
     drop(temporary);

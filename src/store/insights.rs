@@ -17,6 +17,25 @@ use crate::stats::chart::Kind;
 use crate::stats::insights::{Streaks, cosine, rank_of, streaks, taste};
 use crate::stats::period::{self, Period, day_number, local_date, month_number};
 
+/// Neighbours lists by (user, limit), each with the generation it was computed at; the
+/// generation moves after every change that can change anyone's list (a group of
+/// appends, a sharing level, a deletion: `Store::people_changed`), so a list is served
+/// only while nothing changed since. At most `SIMILAR_ENTRIES` lists (past it, emptied).
+#[derive(Default)]
+pub(crate) struct Similar {
+    generation: u64,
+    lists: HashMap<(UserId, usize), KeptList>,
+}
+
+/// A neighbours list and the generation it was computed at.
+type KeptList = (u64, Arc<Vec<Neighbour>>);
+
+/// The neighbours cache shared by a store's handles.
+pub(crate) type SimilarCache = Arc<Mutex<Similar>>;
+
+/// Most neighbours lists kept.
+const SIMILAR_ENTRIES: usize = 4_096;
+
 /// Artists in a taste vector.
 const TASTE_ARTISTS: usize = 500;
 
@@ -234,6 +253,39 @@ impl Store {
     /// Users of this node who listen most like `user`, among those the access policy lets
     /// be shown as someone's neighbour (`policy::Purpose::Similarity`: public users).
     pub fn neighbours(&self, user: UserId, limit: usize) -> Result<Vec<Neighbour>> {
+        let generation = {
+            let cache = self.similar.lock().map_err(|_| Error::Invalid("similar users cache poisoned".into()))?;
+            if let Some((at, list)) = cache.lists.get(&(user, limit))
+                && *at == cache.generation
+            {
+                return Ok(list.as_ref().clone());
+            }
+            cache.generation
+        };
+        let out = self.neighbours_now(user, limit)?;
+        // Kept only if nothing changed while it was computed (the generation moves
+        // after a change is visible).
+        if let Ok(mut cache) = self.similar.lock()
+            && cache.generation == generation
+        {
+            if cache.lists.len() >= SIMILAR_ENTRIES {
+                cache.lists.clear();
+            }
+            cache.lists.insert((user, limit), (generation, Arc::new(out.clone())));
+        }
+        Ok(out)
+    }
+
+    /// Forgets every neighbours list: called after a change of any log, sharing level
+    /// or account is visible to readers.
+    pub(crate) fn people_changed(&self) {
+        if let Ok(mut cache) = self.similar.lock() {
+            cache.generation = cache.generation.wrapping_add(1);
+            cache.lists.clear();
+        }
+    }
+
+    fn neighbours_now(&self, user: UserId, limit: usize) -> Result<Vec<Neighbour>> {
         let mine = self.taste_of(user)?;
         let mut out = Vec::new();
         for other in self.users()? {

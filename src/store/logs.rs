@@ -92,10 +92,10 @@ impl Names {
 
 /// Each user's newest listen time, for the home page's "recently, from public
 /// profiles" (`Store::users_by_newest_listen`): built from the day index on first use,
-/// then raised by the writer after each group (`Store::note_newest_listens`). A time is
-/// an upper bound of the user's newest live listen (an erasure leaves it as it was),
-/// which is all the page needs to stop reading users early. Memory: one entry per user
-/// who has listened.
+/// then raised by the writer after each group (`Store::note_newest_listens`), read
+/// again from the day index for a user whose listens a group erased, and dropped with
+/// a deleted account: each time is the user's newest live listen. Memory: one entry per
+/// user who has listened.
 #[derive(Default)]
 pub(crate) struct NewestListens {
     by_user: HashMap<UserId, i64>,
@@ -103,6 +103,16 @@ pub(crate) struct NewestListens {
 }
 
 impl NewestListens {
+    /// Sets a user's time (`None`: no live listen, or no account).
+    fn set(&mut self, user: UserId, at: Option<i64>) {
+        if let Some(old) = self.by_user.remove(&user) {
+            self.order.remove(&(std::cmp::Reverse(old), user));
+        }
+        if let Some(at) = at {
+            self.raise(user, at);
+        }
+    }
+
     fn raise(&mut self, user: UserId, at: i64) {
         match self.by_user.entry(user) {
             Entry::Occupied(mut o) => {
@@ -124,38 +134,50 @@ impl NewestListens {
 pub(crate) type NewestIndex = std::sync::Arc<std::sync::RwLock<Option<NewestListens>>>;
 
 impl Store {
-    /// Every user who has listened, newest listen first: `(time, user)`, where the time
-    /// is at least that of the user's newest live listen (deleted accounts may remain:
-    /// the caller looks each user up). Built from the day index at the first call
-    /// (one read per user), kept up by the writer since.
+    /// Every user who has listened, newest listen first: `(time of their newest live
+    /// listen, user)` (a deleted account may remain until the writer drops it: the
+    /// caller looks each user up). Built from the day index at the first call (one read
+    /// per user; a user whose index cannot be read is left out and logged, not the
+    /// page), kept up by the writer since.
     pub fn users_by_newest_listen(&self) -> Result<Vec<(i64, UserId)>> {
-        let poisoned = || Error::Invalid("newest listens index poisoned".into());
-        if let Some(index) = self.newest.read().map_err(|_| poisoned())?.as_ref() {
-            return Ok(index.order.iter().map(|(at, u)| (at.0, *u)).collect());
+        // A panic while building left the index unbuilt (it is set only at the end):
+        // a poisoned lock is taken over, not a page broken until a restart.
+        let ordered = |i: &NewestListens| i.order.iter().map(|(at, u)| (at.0, *u)).collect();
+        if let Some(index) = self.newest.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            return Ok(ordered(index));
         }
         // Built under the write lock: a group committed meanwhile is either read here
-        // or raised by the writer once the lock is free (`note_newest_listens`).
-        let mut guard = self.newest.write().map_err(|_| poisoned())?;
+        // or noted by the writer once the lock is free (`note_newest_listens`).
+        let mut guard = self.newest.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.is_none() {
             let mut index = NewestListens::default();
             for user in self.users()? {
-                if let Some(at) = self.newest_listen_at(user.id)? {
-                    index.raise(user.id, at);
+                match self.newest_listen_at(user.id) {
+                    Ok(Some(at)) => index.raise(user.id, at),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "reading a user's newest listen for the home page"),
                 }
             }
             *guard = Some(index);
         }
-        Ok(guard.as_ref().map(|i| i.order.iter().map(|(at, u)| (at.0, *u)).collect()).unwrap_or_default())
+        Ok(guard.as_ref().map(ordered).unwrap_or_default())
     }
 
-    /// Raises users' newest listen times after a group (the writer; nothing to keep up
-    /// before the index is first built).
-    pub(crate) fn note_newest_listens(&self, newest: &std::collections::BTreeMap<UserId, i64>) {
-        if let Ok(mut guard) = self.newest.write()
-            && let Some(index) = guard.as_mut()
-        {
+    /// After a group (the writer): raises users' newest listen times, and sets those of
+    /// `exact` (users whose listens it erased, read again; `None` for none left).
+    /// Nothing to keep up before the index is first built.
+    pub(crate) fn note_newest_listens(
+        &self,
+        newest: &std::collections::BTreeMap<UserId, i64>,
+        exact: &[(UserId, Option<i64>)],
+    ) {
+        let mut guard = self.newest.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(index) = guard.as_mut() {
             for (user, at) in newest {
                 index.raise(*user, *at);
+            }
+            for (user, at) in exact {
+                index.set(*user, *at);
             }
         }
     }

@@ -184,6 +184,9 @@ pub struct Store {
     pub(crate) node_pending: aggregates::NodePending,
     /// Users by newest listen, for the home page (`logs::NewestListens`).
     pub(crate) newest: logs::NewestIndex,
+    /// Similar users per user, until any log, level or account changes
+    /// (`insights::SimilarCache`).
+    pub(crate) similar: insights::SimilarCache,
     pub(crate) tastes: insights::TasteCache,
     /// Network views until the next federation write (`federation::NetworkCache`).
     pub(crate) network: std::sync::Arc<std::sync::Mutex<federation::NetworkCache>>,
@@ -360,6 +363,7 @@ impl Store {
             hot: HotBuckets::default(),
             node_pending: Default::default(),
             newest: Default::default(),
+            similar: Default::default(),
             tastes: insights::TasteCache::default(),
             network: Default::default(),
             node_cache: Default::default(),

@@ -218,6 +218,7 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
+        self.people_changed();
         self.flush()
     }
 
@@ -316,6 +317,7 @@ impl Store {
         } else {
             self.node_changed(Some(deltas.keys()));
         }
+        self.people_changed();
         self.flush()?;
         Ok(deltas.values().map(crate::store::aggregates::Delta::pairs).sum())
     }
@@ -629,6 +631,8 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.node_changed(Some(bucket_ops.iter().filter_map(|(k, _)| <&[u8; 9]>::try_from(k.as_slice()).ok())));
+        self.people_changed();
+        self.note_newest_listens(&std::collections::BTreeMap::new(), &[(id, None)]);
         self.flush()?;
         Ok(self.delete_user_records(id)? + 1)
     }

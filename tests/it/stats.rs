@@ -921,3 +921,34 @@ fn a_long_node_chart_is_spelled_by_public_members() {
         }
     }
 }
+
+/// Similar users are kept per user until anything changes (`insights::SimilarCache`):
+/// a member who stops being public, a new listen that changes a taste, and a deleted
+/// account show in the next answer, through the writer as through the store.
+#[test]
+fn similar_users_kept_between_changes_follow_every_change() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let day = NOW - 86_400;
+    let bob = add_user(&t, "bob", &[("A", "x", day), ("B", "y", day + 10)]);
+    let carol = add_user(&t, "carol", &[("C", "z", day)]);
+    for u in [t.user, bob, carol] {
+        t.store.set_visibility(u, SharingLevel::Public).expect("public");
+    }
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "x", day + 20))]).expect("ingest");
+    let names = |t: &TestStore| -> Vec<String> {
+        t.store.neighbours(t.user, 10).expect("neighbours").into_iter().map(|n| n.user.name).collect()
+    };
+    assert_eq!(names(&t), ["bob"]);
+    assert_eq!(names(&t), ["bob"], "the kept list");
+    // A listen shared with carol makes her a neighbour.
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("C", "w", day + 30))]).expect("ingest");
+    assert_eq!(names(&t).len(), 2, "a new listen");
+    rt.block_on(t.ingestor.set_visibility(bob, SharingLevel::Private)).expect("private");
+    assert_eq!(names(&t), ["carol"], "bob went private through the writer");
+    t.store.set_visibility(bob, SharingLevel::Public).expect("public");
+    assert_eq!(names(&t).len(), 2, "bob public again through the store");
+    rt.block_on(t.ingestor.delete_user(carol)).expect("delete");
+    assert_eq!(names(&t), ["bob"], "carol deleted");
+}

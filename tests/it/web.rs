@@ -807,8 +807,8 @@ fn the_home_page_shows_the_newest_public_listens_across_users() {
 
 /// The home page's order of users (`Store::users_by_newest_listen`, in memory) is kept
 /// up by the writer once built: a newer listen moves its user first, older listens
-/// move nobody, a new member enters, and an erased newest listen leaves a time no
-/// older than the user's newest live listen (the page reads that user and finds it).
+/// move nobody, a new member enters, an erased newest listen gives way to the user's
+/// newest live one at once, and a deleted account leaves.
 #[test]
 fn the_users_newest_listens_follow_the_writer() {
     use crate::support::{NOW, TestStore, listen};
@@ -826,12 +826,16 @@ fn the_users_newest_listens_follow_the_writer() {
     let carol = t.store.create_user("carol", "password1", NOW).expect("carol").id;
     t.ingestor.ingest_blocking(carol, vec![Action::Listen(listen("C", "e", NOW - 10))]).expect("ingest");
     assert_eq!(order(&t)[0], (NOW - 10, carol), "a new member");
-    // bob erases his newest (seq 1): his time stays an upper bound of what is live.
+    // bob erases his newest (seq 1): the erased time is not kept.
     t.ingestor.ingest_blocking(bob, vec![Action::Delete { seq: 1 }]).expect("erase");
-    let bobs = order(&t).into_iter().find(|(_, u)| *u == bob).expect("bob").0;
-    let live = t.store.newest_listen_at(bob).expect("read").expect("a listen");
-    assert!(bobs >= live && live == NOW - 200, "{bobs} {live}");
-    // Reopened, the index is built again from the day index: the true times.
+    assert_eq!(order(&t), [(NOW - 10, carol), (NOW - 100, t.user), (NOW - 200, bob)], "an erasure");
+    // Erasing his last listen takes him out.
+    t.ingestor.ingest_blocking(bob, vec![Action::Delete { seq: 0 }]).expect("erase");
+    assert_eq!(order(&t), [(NOW - 10, carol), (NOW - 100, t.user)], "no live listen");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(t.ingestor.delete_user(carol)).expect("delete");
+    assert_eq!(order(&t), [(NOW - 100, t.user)], "a deleted account");
+    // Reopened, the index is built again from the day index: the same.
     let t = TestStore::reopen(t.close());
-    assert_eq!(order(&t), [(NOW - 10, carol), (NOW - 100, t.user), (NOW - 200, bob)]);
+    assert_eq!(order(&t), [(NOW - 100, t.user)]);
 }

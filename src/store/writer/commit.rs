@@ -265,6 +265,27 @@ impl Writer {
             self.poison("a group commit", &e);
             return Err(e);
         }
+        // Each user's newest listen among the day buckets this group wrote (appends
+        // only raise a user's newest live listen).
+        let mut newest: BTreeMap<UserId, i64> = BTreeMap::new();
+        for (k, (day, dirty)) in &group.days {
+            if let (true, Some(item), Ok((user, n))) =
+                (*dirty, day.items.last(), keys::parse_user_u32(schema::USERID_DAY_LISTENS, k))
+            {
+                let at = i64::from(n) * 86_400 + i64::from(item.sec);
+                let e = newest.entry(user).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+        // A user whose listens this group erased: their newest live one, read again.
+        let mut exact = Vec::new();
+        for user in group.erased_at.iter().map(|(u, _)| *u).collect::<BTreeSet<UserId>>() {
+            match self.store.newest_listen_at(user) {
+                Ok(at) => exact.push((user, at)),
+                Err(e) => tracing::error!(error = %e, "reading a user's newest listen after an erasure"),
+            }
+        }
+        self.store.note_newest_listens(&newest, &exact);
         // Both locks, in the order readers take them (`Store::bucket`).
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         let mut pending =
@@ -297,19 +318,9 @@ impl Writer {
         drop(pending);
         drop(hot);
         self.store.node_changed(Some(node.keys()));
-        // Each user's newest listen among the day buckets this group wrote (an upper
-        // bound of their newest live listen: enough for `users_by_newest_listen`).
-        let mut newest: BTreeMap<UserId, i64> = BTreeMap::new();
-        for (k, (day, dirty)) in &group.days {
-            if let (true, Some(item), Ok((user, n))) =
-                (*dirty, day.items.last(), keys::parse_user_u32(schema::USERID_DAY_LISTENS, k))
-            {
-                let at = i64::from(n) * 86_400 + i64::from(item.sec);
-                let e = newest.entry(user).or_insert(at);
-                *e = (*e).max(at);
-            }
+        if !group.heads.is_empty() {
+            self.store.people_changed();
         }
-        self.store.note_newest_listens(&newest);
         Ok(())
     }
 }
