@@ -839,3 +839,74 @@ fn the_users_newest_listens_follow_the_writer() {
     let t = TestStore::reopen(t.close());
     assert_eq!(order(&t), [(NOW - 100, t.user)]);
 }
+
+/// The home page after its newest-listen index is built (in process, the node serving
+/// over HTTP): a private member's newer listens never show, a member made public shows
+/// at once, an erased listen and a deleted account leave the page at once.
+#[test]
+fn the_home_page_follows_levels_erasures_and_deletions_after_its_index_is_built() {
+    use hearsay::store::users::SharingLevel;
+    use hearsay::store::{Action, logs::Order};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = hearsay::config::Config::default();
+    config.node.data_dir = dir.path().join("data");
+    config.p2p.enabled = false;
+    let node = hearsay::node::Node::build(config).expect("node");
+    let (store, ingestor) = (node.store.clone(), node.ingestor.clone());
+    let now = hearsay::now_unix();
+    let add = |name: &str, level: SharingLevel, titles: &[(&str, i64)]| {
+        let id = store.create_user(name, "password123", now - 86_400).expect("user").id;
+        store.set_visibility(id, level).expect("level");
+        let listens = titles
+            .iter()
+            .map(|(t, ago)| Action::Listen(crate::support::listen_accepted_at(name, t, now - ago, now)))
+            .collect();
+        ingestor.ingest_blocking(id, listens).expect("ingest");
+        id
+    };
+    let open = add("open", SharingLevel::Public, &[("Open One", 500), ("Open Two", 400)]);
+    let quiet = add("quiet", SharingLevel::Private, &[("Quiet One", 300)]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(node.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let recent = || -> String {
+        let (s, home) = get(&format!("{base}/"), None);
+        assert_eq!(s, 200);
+        home.split("Recently, from public profiles")
+            .nth(1)
+            .expect("section")
+            .split("</ul>")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = recent();
+    assert!(first.contains("Open Two") && first.contains("Open One") && !first.contains("Quiet"), "{first}");
+    // A private member's newer listen: never on the page.
+    ingestor
+        .ingest_blocking(
+            quiet,
+            vec![Action::Listen(crate::support::listen_accepted_at("quiet", "Quiet Two", now - 100, now))],
+        )
+        .expect("ingest");
+    assert!(!recent().contains("Quiet"), "a private member");
+    // Made public through the writer (the settings page): shown at once.
+    runtime.block_on(ingestor.set_visibility(quiet, SharingLevel::Public)).expect("public");
+    let shown = recent();
+    assert!(shown.contains("Quiet Two") && shown.contains("Quiet One"), "{shown}");
+    // The open member erases their newest listen: gone at once.
+    let newest = store.listens(open, 0, i64::MAX, 1, Order::NewestFirst).expect("read");
+    ingestor.ingest_blocking(open, vec![Action::Delete { seq: newest[0].seq }]).expect("erase");
+    let after = recent();
+    assert!(!after.contains("Open Two") && after.contains("Open One"), "{after}");
+    // The quiet member deletes their account: gone at once.
+    runtime.block_on(ingestor.delete_user(quiet)).expect("delete");
+    let last = recent();
+    assert!(!last.contains("Quiet") && last.contains("Open One"), "{last}");
+    let _ = stop.send(());
+    runtime.block_on(server).expect("join").expect("node stopped");
+}
