@@ -211,13 +211,7 @@ const WORDS: &[&str] = &[
 
 impl Synthetic {
     pub fn new(seed: u64, n_artists: usize) -> Synthetic {
-        let mut s = Synthetic {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-            at: 1_420_070_400,
-            artists: Vec::new(),
-            numbers: Vec::new(),
-            words: WORDS.to_vec(),
-        };
+        let mut s = Synthetic::empty(seed);
         for i in 0..n_artists {
             let name = format!("{} {} {}", s.word().to_uppercase(), s.word(), i);
             s.artists.push(name);
@@ -232,14 +226,8 @@ impl Synthetic {
     /// by the seed. (`new` gives every seed artists of its own: items then grow with
     /// members, which no community's listening does.)
     pub fn member(seed: u64, n_artists: usize, catalogue: u64) -> Synthetic {
-        let mut s = Synthetic {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-            at: 0,
-            artists: Vec::new(),
-            numbers: Vec::new(),
-            words: WORDS.to_vec(),
-        };
-        s.at = 1_420_070_400 + (s.next() % 3_650) as i64 * 86_400;
+        let mut s = Synthetic::empty(seed);
+        s.at += (s.next() % 3_650) as i64 * 86_400;
         let mut chosen = std::collections::BTreeSet::new();
         while chosen.len() < n_artists.min(usize::try_from(catalogue).unwrap_or(usize::MAX)) {
             chosen.insert(s.skewed(catalogue.max(1)));
@@ -256,6 +244,17 @@ impl Synthetic {
             s.numbers.push(g);
         }
         s
+    }
+
+    /// No artists yet; listens from 2015-01-01.
+    fn empty(seed: u64) -> Synthetic {
+        Synthetic {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            at: 1_420_070_400,
+            artists: Vec::new(),
+            numbers: Vec::new(),
+            words: WORDS.to_vec(),
+        }
     }
 
     fn next(&mut self) -> u64 {

@@ -109,25 +109,22 @@ impl NewestListens {
             self.order.remove(&(std::cmp::Reverse(old), user));
         }
         if let Some(at) = at {
-            self.raise(user, at);
+            self.by_user.insert(user, at);
+            self.order.insert((std::cmp::Reverse(at), user));
         }
     }
 
+    /// Sets a user's time if `at` is newer.
     fn raise(&mut self, user: UserId, at: i64) {
-        match self.by_user.entry(user) {
-            Entry::Occupied(mut o) => {
-                if *o.get() < at {
-                    self.order.remove(&(std::cmp::Reverse(*o.get()), user));
-                    self.order.insert((std::cmp::Reverse(at), user));
-                    o.insert(at);
-                }
-            }
-            Entry::Vacant(v) => {
-                v.insert(at);
-                self.order.insert((std::cmp::Reverse(at), user));
-            }
+        if self.by_user.get(&user).is_none_or(|old| *old < at) {
+            self.set(user, Some(at));
         }
     }
+}
+
+/// When the newest listen of a day bucket (`day` its UTC day number) was played.
+pub(crate) fn newest_in_day(day: u32, bucket: &DayV1) -> Option<i64> {
+    bucket.items.last().map(|item| i64::from(day) * 86_400 + i64::from(item.sec))
 }
 
 /// The index shared by a store's handles (`None` until first asked).
@@ -258,8 +255,8 @@ impl Store {
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
             let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             // The writer removes emptied buckets; an empty one is skipped all the same.
-            if let Some(item) = bucket.items.last() {
-                return Ok(Some(i64::from(day) * 86_400 + i64::from(item.sec)));
+            if let Some(at) = newest_in_day(day, &bucket) {
+                return Ok(Some(at));
             }
         }
         Ok(None)

@@ -269,10 +269,9 @@ impl Writer {
         // only raise a user's newest live listen).
         let mut newest: BTreeMap<UserId, i64> = BTreeMap::new();
         for (k, (day, dirty)) in &group.days {
-            if let (true, Some(item), Ok((user, n))) =
-                (*dirty, day.items.last(), keys::parse_user_u32(schema::USERID_DAY_LISTENS, k))
+            if let (true, Ok((user, n))) = (*dirty, keys::parse_user_u32(schema::USERID_DAY_LISTENS, k))
+                && let Some(at) = crate::store::logs::newest_in_day(n, day)
             {
-                let at = i64::from(n) * 86_400 + i64::from(item.sec);
                 let e = newest.entry(user).or_insert(at);
                 *e = (*e).max(at);
             }
