@@ -132,6 +132,11 @@ pub struct StoreConfig {
     /// on; writing resumes by itself once space is back. Default: `64`; allowed
     /// 1..=1048576.
     pub reserve_mb: u64,
+    /// Compress the database's pages with zstd (level 1) in a store created from now on:
+    /// about a fifth less disk, writes about a fifth slower. A store keeps the setting it
+    /// was created with (sled cannot change it in place); `hearsay store compact`
+    /// rewrites it with this one. Default: `true`.
+    pub compression: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -473,7 +478,7 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: 64, group_commit_max_listens: 20_000, reserve_mb: 64 }
+        StoreConfig { cache_mb: 64, group_commit_max_listens: 20_000, reserve_mb: 64, compression: true }
     }
 }
 

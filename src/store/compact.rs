@@ -102,8 +102,8 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     if fresh_path.exists() {
         std::fs::remove_dir_all(&fresh_path).map_err(|e| Error::Db(sled::Error::Io(e)))?;
     }
-    let fresh =
-        sled::Config::new().path(&fresh_path).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open()?;
+    // A fresh database: it takes `store.compression` (how a store changes it).
+    let fresh = super::sled_config(&fresh_path, options, None).open()?;
     fresh.import(store.db.export());
     fresh.flush()?;
     drop(fresh);

@@ -96,11 +96,26 @@ fn io(e: std::io::Error) -> Error {
 }
 
 /// Opens a copy of a damaged store, trying less and less of sled's files: as it is,
-/// then without its snapshots (sled replays its whole log), then without its config.
-fn open_damaged(work: &Path, options: &Options) -> Result<(Store, String)> {
+/// then without its snapshots (sled replays its whole log), then without its config
+/// (with the compression it recorded, then the other: the config may be what is damaged).
+/// Each attempt starts from a fresh copy of `from`'s database: a failed open may have
+/// cut what it could not read from the copy's log (sled truncates a log at the first
+/// item it cannot read, and an item read with the wrong compression is such an item).
+fn open_damaged(from: &Path, work: &Path, options: &Options) -> Result<(Store, String)> {
     let db = work.join("db");
+    let recorded = super::stored_compression(&from.join("db")).unwrap_or(options.compression);
     let mut last = None;
-    for attempt in ["as it is", "without sled's snapshot files", "without sled's snapshot and config files"] {
+    for attempt in [
+        "as it is",
+        "without sled's snapshot files",
+        "without sled's snapshot and config files",
+        "without sled's snapshot and config files, the other compression",
+    ] {
+        let mut compression = None;
+        if attempt != "as it is" {
+            std::fs::remove_dir_all(&db).map_err(io)?;
+            copy_dir(&from.join("db"), &db).map_err(io)?;
+        }
         match attempt {
             "as it is" => {}
             "without sled's snapshot files" => {
@@ -112,10 +127,29 @@ fn open_damaged(work: &Path, options: &Options) -> Result<(Store, String)> {
                 }
             }
             _ => {
-                let _ = std::fs::remove_file(db.join("conf"));
+                for entry in std::fs::read_dir(&db).map_err(io)? {
+                    let entry = entry.map_err(io)?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("snap.") || name == "conf" {
+                        std::fs::remove_file(entry.path()).map_err(io)?;
+                    }
+                }
+                compression =
+                    Some(if attempt == "without sled's snapshot and config files" { recorded } else { !recorded });
             }
         }
-        match Store::open_files(work, options) {
+        match Store::open_files_compressed(work, options, compression) {
+            // Read with the wrong compression, sled may open an empty database (it
+            // drops what it cannot read as a corrupt tail): then the other is tried.
+            Ok(store)
+                if attempt == "without sled's snapshot and config files"
+                    && store.users().map_or(true, |users| users.is_empty()) =>
+            {
+                last = Some(Error::Damaged {
+                    path: db.clone(),
+                    reason: "no account readable with the compression its config recorded".into(),
+                });
+            }
             Ok(store) => return Ok((store, attempt.to_owned())),
             Err(e) => last = Some(e),
         }
@@ -226,7 +260,7 @@ pub fn recover(from: &Path, to: &Path, options: &Options) -> Result<Report> {
 }
 
 fn recover_from_copy(from: &Path, work: &Path, to: &Path, options: &Options) -> Result<Report> {
-    let (old, opened) = open_damaged(work, options)?;
+    let (old, opened) = open_damaged(from, work, options)?;
     let acknowledged = std::fs::read_to_string(from.join("acknowledged"))
         .ok()
         .and_then(|t| t.trim().strip_prefix("entries ").and_then(|n| n.parse().ok()));
@@ -328,7 +362,7 @@ pub fn backup(store: &Store, to: &Path, options: &Options) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(to).map_err(io)?;
     store.flush()?;
-    let db = sled::Config::new().path(to.join("db")).cache_capacity(options.cache_mb.saturating_mul(1 << 20)).open()?;
+    let db = super::sled_config(&to.join("db"), options, None).open()?;
     for name in schema::ALL_TREES {
         let (Some(src), Ok(dst)) = (store.tree(name), db.open_tree(name)) else { continue };
         let mut batch = sled::Batch::default();

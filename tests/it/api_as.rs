@@ -104,6 +104,8 @@ fn handshake_now_playing_and_submission() {
 #[test]
 fn only_legacy_tokens_keep_an_md5_and_open_legacy_sessions() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The files are searched for the md5 below.
+    crate::support::uncompressed_store(&dir.path().join("data"));
     let (data, legacy) = data_with_user(dir.path());
     let (code, plain, err) = crate::support::hearsay(&data, &["token", "new", "alice", "--name", "modern"]);
     assert_eq!(code, 0, "{err}");

@@ -315,7 +315,9 @@ fn bytes_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
 
 #[test]
 fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
-    let t = TestStore::new();
+    // Uncompressed, before and after compaction: the files are searched for names.
+    let plain = hearsay::store::Options { cache_mb: 8, compression: false, ..Default::default() };
+    let t = TestStore::with(&plain);
     let secret = "Zyzzyva Private Song 7731";
     let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
     let bobs = "Quixotic Bob Track 5521";
@@ -373,12 +375,7 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     // Before compaction the old copies are still in sled's files: the test can fail.
     assert!(bytes_contain(dir.path(), secret.as_bytes()));
     assert!(bytes_contain(dir.path(), spelling.as_bytes()));
-    let report = hearsay::store::compact::compact(
-        dir.path(),
-        &hearsay::store::Options { cache_mb: 8, ..Default::default() },
-        &Default::default(),
-    )
-    .expect("compact");
+    let report = hearsay::store::compact::compact(dir.path(), &plain, &Default::default()).expect("compact");
     assert_eq!(report.tracks_blanked, 3);
     assert!(!bytes_contain(dir.path(), secret.as_bytes()), "erased listen still on disk");
     assert!(!bytes_contain(dir.path(), spelling.as_bytes()), "an erased listen's spelling still on disk");
@@ -400,6 +397,53 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("Band", secret, NOW))]).expect("again");
     let newest = t.store.listens(t.user, 0, i64::MAX, 1, Order::NewestFirst).expect("read");
     assert_eq!(newest[0].listen.track().title, secret);
+    t.store.verify_log(t.user).expect("db").expect("verifies");
+}
+
+/// sled cannot change a database's compression in place: a store made before
+/// `store.compression` (uncompressed) opens under the default (compressed) and keeps its
+/// own, and `store compact` rewrites it with the configured one, every listen, chart and
+/// signature unchanged; either way round.
+#[test]
+fn a_store_keeps_its_compression_until_compact_rewrites_it() {
+    let conf = |dir: &std::path::Path| std::fs::read(dir.join("db").join("conf")).expect("sled's conf");
+    let says = |dir: &std::path::Path, compressed: bool| {
+        let want = format!("use_compression: {compressed}");
+        conf(dir).windows(want.len()).any(|w| w == want.as_bytes())
+    };
+    let title = "Plainly Stored Title 4410";
+    let plain = hearsay::store::Options { cache_mb: 8, compression: false, ..Default::default() };
+    let t = TestStore::with(&plain);
+    let listens = (0..300)
+        .map(|i| Action::Listen(listen(&format!("Band {}", i % 7), &format!("{title} {i}"), NOW - 100_000 + 300 * i)))
+        .collect();
+    t.ingestor.ingest_blocking(t.user, listens).expect("ingest");
+    let dir = t.close();
+    assert!(says(dir.path(), false) && bytes_contain(dir.path(), title.as_bytes()), "made uncompressed");
+
+    // Opened with the default (compression on): it keeps its own setting and goes on.
+    let t = TestStore::reopen(dir);
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("Band 0", "Later", NOW - 5))]).expect("ingest");
+    let chart = |t: &TestStore| t.store.chart(t.user, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
+    let before = chart(&t);
+    assert_eq!(before.listens, 301);
+    let dir = t.close();
+    assert!(says(dir.path(), false), "an existing store keeps its compression");
+
+    // Compacted with compression on: rewritten compressed, nothing changed.
+    let on = hearsay::store::Options { cache_mb: 8, compression: true, ..Default::default() };
+    hearsay::store::compact::compact(dir.path(), &on, &Default::default()).expect("compact");
+    assert!(says(dir.path(), true), "compact rewrites with store.compression");
+    let t = TestStore::reopen(dir);
+    assert_eq!(chart(&t), before);
+    t.store.verify_log(t.user).expect("db").expect("verifies");
+    let dir = t.close();
+
+    // And back: compacted without compression, opened with it, still the same.
+    hearsay::store::compact::compact(dir.path(), &plain, &Default::default()).expect("compact");
+    assert!(says(dir.path(), false) && bytes_contain(dir.path(), title.as_bytes()));
+    let t = TestStore::reopen(dir);
+    assert_eq!(chart(&t), before);
     t.store.verify_log(t.user).expect("db").expect("verifies");
 }
 

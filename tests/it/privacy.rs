@@ -195,6 +195,8 @@ fn all_bytes_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    // The files are searched for what must not be stored.
+    crate::support::uncompressed_store(&data);
     let token = user_with_token(&data, dir.path(), "alice", "aggregate");
     let log = dir.path().join("node.log");
     let node = NodeProcess::start_logging(&data, &[("HEARSAY_NODE__LOG", "debug")], &log);

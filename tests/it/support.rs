@@ -28,6 +28,14 @@ pub fn listen_accepted_at(artist: &str, title: &str, at: i64, now: i64) -> Liste
     Listen::parse(&raw, now).expect("valid test listen")
 }
 
+/// Creates the store in `data` without compression (`store.compression = false`), so
+/// a test can search its files for bytes that must not be there: zstd would hide them
+/// (a store keeps the compression it was created with, whoever opens it later). What
+/// the store writes does not depend on it: compression is below sled's pages.
+pub fn uncompressed_store(data: &Path) {
+    drop(Store::open(data, &Options { cache_mb: 8, compression: false, ..Default::default() }).expect("open"));
+}
+
 /// A store in a fresh temp dir with one user and a running writer.
 pub struct TestStore {
     pub dir: tempfile::TempDir,
@@ -38,8 +46,14 @@ pub struct TestStore {
 
 impl TestStore {
     pub fn new() -> TestStore {
+        TestStore::with(&Options { cache_mb: 8, ..Default::default() })
+    }
+
+    /// A new store opened with `options` (e.g. uncompressed, for a test that searches
+    /// the files).
+    pub fn with(options: &Options) -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+        let store = Store::open(dir.path(), options).expect("open");
         let user = store.create_user("alice", "password1", NOW).expect("user").id;
         let ingestor = Ingestor::start(store.clone(), 10_000, Default::default()).expect("writer");
         TestStore { dir, store, ingestor, user }
@@ -177,16 +191,17 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Opens a database directly with sled, retrying while a just-closed handle's
-/// background flusher still holds the lock.
+/// Opens a database directly with sled (with the compression it was made with),
+/// retrying while a just-closed handle's background flusher still holds the lock.
 pub fn raw_open(path: &Path) -> sled::Db {
+    let config = || hearsay::store::sled_config(path, &Options::default(), None);
     for _ in 0..40 {
-        match sled::open(path) {
+        match config().open() {
             Ok(db) => return db,
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
-    sled::open(path).expect("raw open")
+    config().open().expect("raw open")
 }
 
 /// A Python with the real client libraries of `tests/requirements.txt` (liblistenbrainz,
