@@ -107,12 +107,16 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     fresh.import(store.db.export());
     fresh.flush()?;
     drop(fresh);
+    let io = |e| Error::Db(sled::Error::Io(e));
+    // sled never syncs its conf, which alone says whether the pages are compressed.
+    super::sync_conf(&fresh_path).map_err(io)?;
     let old_path = store.path().to_path_buf();
     drop(store);
     let retired = dir.join("db.old");
-    let io = |e| Error::Db(sled::Error::Io(e));
     std::fs::rename(&old_path, &retired).map_err(io)?;
     std::fs::rename(&fresh_path, &old_path).map_err(io)?;
+    // The renames made durable before the old database goes.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     std::fs::remove_dir_all(&retired).map_err(io)?;
     let bytes_after = dir_bytes(&old_path);
     Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })

@@ -254,6 +254,13 @@ pub fn sled_config(path: &Path, options: &Options, compression: Option<bool>) ->
         .compression_factor(ZSTD_LEVEL)
 }
 
+/// Syncs sled's `conf` file at `path` and the directory holding it: sled 0.34 writes it
+/// once, when it creates a database, and never syncs it.
+pub(crate) fn sync_conf(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path.join("conf"))?.sync_all()?;
+    std::fs::File::open(path)?.sync_all()
+}
+
 /// The compression recorded in sled's `conf` file at `path`, if it can be read (a line
 /// `use_compression: true` or `false`).
 pub(crate) fn stored_compression(path: &Path) -> Option<bool> {
@@ -309,10 +316,12 @@ impl Store {
     /// (`recover`, when that file is gone).
     pub(crate) fn open_files_compressed(dir: &Path, options: &Options, compression: Option<bool>) -> Result<Store> {
         let path = dir.join("db");
+        std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        compact::finish_interrupted_swap(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
         // A database whose conf cannot be read does not say whether its pages are
-        // compressed, and sled reading them the wrong way takes them for a corrupt log
-        // tail and cuts them off: never guess on the real files (`recover` tries both on
-        // copies).
+        // compressed. sled opening it the wrong way panics on the first page it cannot
+        // decompress or parse, and first writes a new conf with the guess, so the guess
+        // would stick: never guess on the real files (`recover` tries both on copies).
         let has_log = std::fs::metadata(path.join("db")).is_ok_and(|m| m.len() > 0);
         if compression.is_none() && has_log && stored_compression(&path).is_none() {
             return Err(Error::Damaged {
@@ -322,8 +331,8 @@ impl Store {
                     .into(),
             });
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
-        compact::finish_interrupted_swap(dir).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        // Missing or unreadable here means a database without a log: sled writes a conf.
+        let new_conf = stored_compression(&path).is_none();
         // Never open sled where it cannot write: opening replays its log and may write
         // a snapshot, and a snapshot cut short by a full disk is what wrecks a store.
         check_space(dir, options.reserve_mb, 0)?;
@@ -364,6 +373,11 @@ impl Store {
                 Err(other) => return Err(other),
             }
         };
+        if new_conf {
+            // sled writes its conf without syncing it; a conf lost to a power cut would
+            // leave the store refusing to open (above), so it is made durable now.
+            sync_conf(&path).map_err(|e| Error::Db(sled::Error::Io(e)))?;
+        }
         let t = |name: &str| db.open_tree(name);
         let trees = Trees {
             meta: t(schema::META)?,

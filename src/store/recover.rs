@@ -98,63 +98,57 @@ fn io(e: std::io::Error) -> Error {
 /// Opens a copy of a damaged store, trying less and less of sled's files: as it is,
 /// then without its snapshots (sled replays its whole log), then without its config
 /// (with the compression it recorded, then the other: the config may be what is damaged).
-/// Each attempt starts from a fresh copy of `from`'s database: a failed open may have
-/// cut what it could not read from the copy's log (sled truncates a log at the first
-/// item it cannot read, and an item read with the wrong compression is such an item).
+/// Each attempt has a fresh copy of `from`'s database of its own (`work` for the first,
+/// which the caller made): a failed open may have written to its copy (sled writes a new
+/// config with the compression it was given before it reads a page).
 fn open_damaged(from: &Path, work: &Path, options: &Options) -> Result<(Store, String)> {
-    let db = work.join("db");
     let recorded = super::stored_compression(&from.join("db")).unwrap_or(options.compression);
+    // (what, without snapshots, without config, compression given)
+    let attempts = [
+        ("as it is", false, false, None),
+        ("without sled's snapshot files", true, false, None),
+        ("without sled's snapshot and config files", true, true, Some(recorded)),
+        ("without sled's snapshot and config files, the other compression", true, true, Some(!recorded)),
+    ];
     let mut last = None;
-    for attempt in [
-        "as it is",
-        "without sled's snapshot files",
-        "without sled's snapshot and config files",
-        "without sled's snapshot and config files, the other compression",
-    ] {
-        let mut compression = None;
-        if attempt != "as it is" {
-            std::fs::remove_dir_all(&db).map_err(io)?;
+    // A store opened without its config but holding no account: kept while the other
+    // compression is tried, and returned if that one does no better (it may still hold
+    // the node's own records).
+    let mut fallback: Option<(Store, String)> = None;
+    for (i, (what, no_snapshots, no_config, compression)) in attempts.into_iter().enumerate() {
+        let here = if i == 0 { work.to_path_buf() } else { work.join(format!("attempt-{i}")) };
+        let db = here.join("db");
+        if i > 0 {
             copy_dir(&from.join("db"), &db).map_err(io)?;
         }
-        match attempt {
-            "as it is" => {}
-            "without sled's snapshot files" => {
-                for entry in std::fs::read_dir(&db).map_err(io)? {
-                    let entry = entry.map_err(io)?;
-                    if entry.file_name().to_string_lossy().starts_with("snap.") {
-                        std::fs::remove_file(entry.path()).map_err(io)?;
-                    }
-                }
-            }
-            _ => {
-                for entry in std::fs::read_dir(&db).map_err(io)? {
-                    let entry = entry.map_err(io)?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.starts_with("snap.") || name == "conf" {
-                        std::fs::remove_file(entry.path()).map_err(io)?;
-                    }
-                }
-                compression =
-                    Some(if attempt == "without sled's snapshot and config files" { recorded } else { !recorded });
+        for entry in std::fs::read_dir(&db).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (no_snapshots && name.starts_with("snap.")) || (no_config && name == "conf") {
+                std::fs::remove_file(entry.path()).map_err(io)?;
             }
         }
-        match Store::open_files_compressed(work, options, compression) {
-            // Read with the wrong compression, sled may open an empty database (it
-            // drops what it cannot read as a corrupt tail): then the other is tried.
-            Ok(store)
-                if attempt == "without sled's snapshot and config files"
-                    && store.users().map_or(true, |users| users.is_empty()) =>
-            {
-                last = Some(Error::Damaged {
-                    path: db.clone(),
-                    reason: "no account readable with the compression its config recorded".into(),
-                });
+        match Store::open_files_compressed(&here, options, compression) {
+            Ok(store) if no_config && !has_accounts(&store) => {
+                if fallback.is_none() {
+                    fallback = Some((store, what.to_owned()));
+                }
             }
-            Ok(store) => return Ok((store, attempt.to_owned())),
+            Ok(store) => return Ok((store, what.to_owned())),
             Err(e) => last = Some(e),
         }
     }
-    Err(last.unwrap_or(Error::Damaged { path: db, reason: "sled cannot open it".into() }))
+    if let Some(kept) = fallback {
+        return Ok(kept);
+    }
+    Err(last.unwrap_or(Error::Damaged { path: work.join("db"), reason: "sled cannot open it".into() }))
+}
+
+/// Whether any account record can be read (its key, at least), without a panic inside
+/// sled escaping.
+fn has_accounts(store: &Store) -> bool {
+    let first = super::catch_damage(store.path(), || store.trees.userid_user.iter().next());
+    matches!(first, Ok(Some(Ok(_))))
 }
 
 type Block = (u64, Vec<(Content, [u8; 4])>, Seal);
@@ -379,6 +373,8 @@ pub fn backup(store: &Store, to: &Path, options: &Options) -> Result<PathBuf> {
     }
     db.flush()?;
     drop(db);
+    // sled never syncs its conf, which alone says whether the pages are compressed.
+    super::sync_conf(&to.join("db")).map_err(io)?;
     if let Some(dir) = store.path.parent() {
         let key = dir.join(super::NODE_KEY_FILE);
         if key.exists() {

@@ -703,17 +703,17 @@ fn damaged_files_are_named_never_panic_and_recover_salvages_what_verifies() {
     eprintln!("{cases} damages: none panicked; {recovered_cases} salvaged with store recover");
 }
 
-/// A store made before `store.compression` (uncompressed) whose sled config file is
-/// lost or cut: it does not say whether the pages are compressed, and reading them the
-/// wrong way makes sled drop them as a corrupt tail. So the node and the commands refuse
-/// to open it, naming the file (the files are left as they are), and `store recover`,
-/// which tries both ways on copies, salvages every listen.
+/// A store whose sled config file is lost or cut no longer says whether its pages are
+/// compressed, and sled opening it with a guess writes the guess into a new config
+/// before it panics on the first page it cannot read. So the node and the commands
+/// refuse to open it, naming the file, and leave the files as they are; `store recover`,
+/// which tries the recorded compression and then the other on copies, salvages every
+/// listen. Both kinds of store (uncompressed: made before `store.compression`), each
+/// recovered under both settings (so the first try of a missing config is wrong once).
 #[test]
 fn a_store_whose_config_file_is_lost_is_never_read_with_a_guessed_compression() {
     let _turn = heavy();
     let dir = tempfile::tempdir().expect("tempdir");
-    let plain = [("HEARSAY_STORE__COMPRESSION", "false")];
-    let (data, _) = data_with_user_env(dir.path(), &plain);
     let lines: String = (0..500)
         .map(|i| {
             format!(
@@ -725,40 +725,66 @@ fn a_store_whose_config_file_is_lost_is_never_read_with_a_guessed_compression() 
         .collect();
     let file = dir.path().join("alice.jsonl");
     std::fs::write(&file, lines).expect("write");
-    let (code, _, err) = hearsay_with(&data, &["import", "--user", "alice", file.to_str().expect("utf8")], &plain);
-    assert_eq!(code, 0, "{err}");
-    let pristine = dir.path().join("pristine");
-    assert_eq!(
-        std::process::Command::new("cp").arg("-r").arg(&data).arg(&pristine).status().expect("cp").code(),
-        Some(0)
-    );
-    for (case, damage) in [("removed", None), ("cut to 0 bytes", Some(0u64)), ("cut short", Some(20))] {
-        let _ = std::fs::remove_dir_all(&data);
+    for made in ["false", "true"] {
+        let made_with = [("HEARSAY_STORE__COMPRESSION", made)];
+        let base = dir.path().join(format!("made-{made}"));
+        std::fs::create_dir_all(&base).expect("dir");
+        let (data, _) = data_with_user_env(&base, &made_with);
+        let (code, _, err) =
+            hearsay_with(&data, &["import", "--user", "alice", file.to_str().expect("utf8")], &made_with);
+        assert_eq!(code, 0, "{err}");
+        let conf = data.join("db").join("conf");
+        let recorded = std::fs::read(&conf).expect("conf");
+        let says = format!("use_compression: {made}");
+        assert!(recorded.windows(says.len()).any(|w| w == says.as_bytes()), "made with compression {made}");
+        let pristine = base.join("pristine");
         assert_eq!(
-            std::process::Command::new("cp").arg("-r").arg(&pristine).arg(&data).status().expect("cp").code(),
+            std::process::Command::new("cp").arg("-r").arg(&data).arg(&pristine).status().expect("cp").code(),
             Some(0)
         );
-        let conf = data.join("db").join("conf");
-        match damage {
-            None => std::fs::remove_file(&conf).expect("remove"),
-            Some(len) => std::fs::OpenOptions::new().write(true).open(&conf).expect("conf").set_len(len).expect("cut"),
+        for (case, damage) in [("removed", None), ("cut to 0 bytes", Some(0u64)), ("cut short", Some(20))] {
+            for recover_with in ["false", "true"] {
+                let case = format!("made with compression {made}, its conf {case}, recovered with {recover_with}");
+                let _ = std::fs::remove_dir_all(&data);
+                assert_eq!(
+                    std::process::Command::new("cp").arg("-r").arg(&pristine).arg(&data).status().expect("cp").code(),
+                    Some(0)
+                );
+                match damage {
+                    None => std::fs::remove_file(&conf).expect("remove"),
+                    Some(len) => {
+                        std::fs::OpenOptions::new().write(true).open(&conf).expect("conf").set_len(len).expect("cut")
+                    }
+                }
+                let log_before = std::fs::read(data.join("db").join("db")).expect("sled's log");
+                for setting in ["false", "true"] {
+                    let (code, out, err) =
+                        hearsay_with(&data, &["log", "verify", "alice"], &[("HEARSAY_STORE__COMPRESSION", setting)]);
+                    assert_ne!(code, 0, "{case}: opened with a guess ({setting}): {out}{err}");
+                    assert!(
+                        err.contains("conf") && err.contains("store recover") && !err.contains("panicked"),
+                        "{case}: {err}"
+                    );
+                }
+                assert!(try_node(&data).is_err(), "{case}: the node started");
+                assert_eq!(std::fs::read(data.join("db").join("db")).expect("log"), log_before, "{case}: log changed");
+                assert_eq!(std::fs::read(&conf).ok().map(|c| c.len()), damage.map(|l| l as usize), "{case}: conf");
+                let rescued = base.join(format!("rescued-{}", case.replace([' ', ','], "-")));
+                let (code, out, err) = hearsay_with(
+                    &data,
+                    &["store", "recover", rescued.to_str().expect("utf8")],
+                    &[("HEARSAY_STORE__COMPRESSION", recover_with)],
+                );
+                assert_eq!(code, 0, "{case}: {out}{err}");
+                assert!(
+                    out.contains("alice: 500 entries kept")
+                        && out.contains("500 entries recovered of 500 acknowledged"),
+                    "{case}: {out}"
+                );
+                let (code, verified, err) = hearsay_with(&rescued, &["log", "verify", "alice"], &[]);
+                assert_eq!(code, 0, "{case}: {verified}{err}");
+            }
         }
-        let log_before = std::fs::read(data.join("db").join("db")).expect("sled's log");
-        // The default configuration compresses new stores: it must not be assumed here.
-        let (code, out, err) = hearsay_with(&data, &["log", "verify", "alice"], &[]);
-        assert_ne!(code, 0, "{case}: opened with a guess: {out}{err}");
-        assert!(err.contains("conf") && err.contains("store recover") && !err.contains("panicked"), "{case}: {err}");
-        assert!(try_node(&data).is_err(), "{case}: the node started");
-        assert_eq!(std::fs::read(data.join("db").join("db")).expect("log"), log_before, "{case}: the log was changed");
-        let rescued = dir.path().join(format!("rescued-{}", case.replace(' ', "-")));
-        let (code, out, err) = hearsay_with(&data, &["store", "recover", rescued.to_str().expect("utf8")], &[]);
-        assert_eq!(code, 0, "{case}: {out}{err}");
-        assert!(
-            out.contains("alice: 500 entries kept") && out.contains("500 entries recovered of 500 acknowledged"),
-            "{case}: {out}"
-        );
-        let (code, verified, err) = hearsay_with(&rescued, &["log", "verify", "alice"], &[]);
-        assert_eq!(code, 0, "{case}: {verified}{err}");
     }
 }
 

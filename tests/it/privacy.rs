@@ -216,6 +216,8 @@ fn no_ip_address_user_agent_or_token_is_stored_or_logged() {
     let mut files = Vec::new();
     all_bytes_under(&data, &mut files);
     assert!(files.len() > 3, "the data dir holds the database");
+    // The search can find what is stored: the listen's artist.
+    assert!(files.iter().any(|(_, bytes)| contains(bytes, "Canary Artist Kq")), "the search is blind");
     for (path, bytes) in &files {
         for needle in ["canary-agent", "203.0.113", "127.0.0.1", &token, "not-a-real-token", "canaryauth"] {
             assert!(!contains(bytes, needle), "{needle} is stored in {path}");
