@@ -116,7 +116,7 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     std::fs::rename(&old_path, &retired).map_err(io)?;
     std::fs::rename(&fresh_path, &old_path).map_err(io)?;
     // The renames made durable before the old database goes.
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    super::sync_dir(dir).map_err(io)?;
     std::fs::remove_dir_all(&retired).map_err(io)?;
     let bytes_after = dir_bytes(&old_path);
     Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })

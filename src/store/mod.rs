@@ -258,7 +258,16 @@ pub fn sled_config(path: &Path, options: &Options, compression: Option<bool>) ->
 /// once, when it creates a database, and never syncs it.
 pub(crate) fn sync_conf(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path.join("conf"))?.sync_all()?;
-    std::fs::File::open(path)?.sync_all()
+    sync_dir(path)
+}
+
+/// Syncs a directory (its entries: renames, new files). Some file systems (network,
+/// FUSE) cannot and answer EINVAL: that is taken as done, as RocksDB does.
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path)?.sync_all() {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
 }
 
 /// The compression recorded in sled's `conf` file at `path`, if it can be read (a line

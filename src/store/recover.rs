@@ -118,24 +118,50 @@ fn open_damaged(from: &Path, work: &Path, options: &Options) -> Result<(Store, S
     for (i, (what, no_snapshots, no_config, compression)) in attempts.into_iter().enumerate() {
         let here = if i == 0 { work.to_path_buf() } else { work.join(format!("attempt-{i}")) };
         let db = here.join("db");
-        if i > 0 {
-            copy_dir(&from.join("db"), &db).map_err(io)?;
-        }
-        for entry in std::fs::read_dir(&db).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if (no_snapshots && name.starts_with("snap.")) || (no_config && name == "conf") {
-                std::fs::remove_file(entry.path()).map_err(io)?;
+        // At most two copies on disk at once (a failed attempt's goes before the next
+        // is made, the kept one stays): a large store may not have room for more.
+        let prepared = (|| -> std::io::Result<()> {
+            if i > 0 {
+                // A new directory: `recover` removed `work`, so one left over fails here.
+                std::fs::create_dir(&here)?;
+                copy_dir(&from.join("db"), &db)?;
             }
-        }
-        match Store::open_files_compressed(&here, options, compression) {
-            Ok(store) if no_config && !has_accounts(&store) => {
-                if fallback.is_none() {
-                    fallback = Some((store, what.to_owned()));
+            for entry in std::fs::read_dir(&db)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if (no_snapshots && name.starts_with("snap.")) || (no_config && name == "conf") {
+                    std::fs::remove_file(entry.path())?;
                 }
             }
-            Ok(store) => return Ok((store, what.to_owned())),
-            Err(e) => last = Some(e),
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            // Without returning: a kept store is still better than this error.
+            last = Some(io(e));
+            let _ = std::fs::remove_dir_all(&db);
+            continue;
+        }
+        let store = match Store::open_files_compressed(&here, options, compression) {
+            Ok(store) => store,
+            Err(e) => {
+                last = Some(e);
+                let _ = std::fs::remove_dir_all(&db);
+                continue;
+            }
+        };
+        if !no_config || has_accounts(&store) {
+            if let Some((kept, _)) = fallback.take() {
+                let kept_db = kept.path().to_path_buf();
+                drop(kept);
+                let _ = std::fs::remove_dir_all(kept_db);
+            }
+            return Ok((store, what.to_owned()));
+        }
+        if fallback.is_none() {
+            fallback = Some((store, what.to_owned()));
+        } else {
+            drop(store);
+            let _ = std::fs::remove_dir_all(&db);
         }
     }
     if let Some(kept) = fallback {
@@ -242,7 +268,10 @@ pub fn recover(from: &Path, to: &Path, options: &Options) -> Result<Report> {
     }
     std::fs::create_dir_all(to).map_err(io)?;
     let work = to.join(".recover-work");
-    let _ = std::fs::remove_dir_all(&work);
+    match std::fs::remove_dir_all(&work) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
     copy_dir(&from.join("db"), &work.join("db")).map_err(io)?;
     let result = recover_from_copy(from, &work, to, options);
     let _ = std::fs::remove_dir_all(&work);
