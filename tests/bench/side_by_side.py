@@ -347,6 +347,41 @@ def client_ceiling(clients, seconds):
 # ---------------------------------------------------------------- the servers
 
 
+class Served:
+    """What differs between the servers once they run: how to read the count of
+    listens, where the data lies, the two chart paths, the submit path and its
+    Authorization header, the headers of reads."""
+
+    def __init__(self, count, disk_all, disk_db, artists, tracks, submit, auth, headers):
+        self.count, self.disk_all, self.disk_db = count, disk_all, disk_db
+        self.artists, self.tracks, self.submit, self.auth, self.headers = artists, tracks, submit, auth, headers
+
+
+def measure_running(proc, port, args, listens, served):
+    """The figures of a started server, in one order for both: its count, disk, RSS at
+    rest, the two charts, the submit load, the count after it, peak RSS."""
+    out = {}
+
+    def count():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            return served.count(conn)
+        finally:
+            conn.close()
+
+    out["count"] = count()
+    out["disk_all"] = dir_bytes(served.disk_all) / listens
+    out["disk_db"] = dir_bytes(*served.disk_db) / listens
+    time.sleep(2)
+    out["rss_rest"] = rss_mib(proc.pid)
+    out["artists"] = time_reads(port, served.artists, served.headers, args.requests)[:3]
+    out["tracks"] = time_reads(port, served.tracks, served.headers, args.requests)[:3]
+    out["submit"] = submit_load(port, served.submit, served.auth, args.clients, args.seconds)
+    out["count_after"] = count()
+    out["rss_peak"] = rss_mib(proc.pid, "VmHWM")
+    return out
+
+
 def bench_hearsay(binary, work, export, args, listens):
     data = work / "hearsay-data"
     port = free_port()
@@ -372,22 +407,12 @@ def bench_hearsay(binary, work, export, args, listens):
     try:
         wait_http(port, "/health", proc)
         headers = {"Authorization": f"Token {token}"}
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        out["count"] = get_json(conn, f"/1/user/{USER}/listen-count", headers)["payload"]["count"]
-        conn.close()
-        out["disk_all"] = dir_bytes(data) / listens
-        out["disk_db"] = dir_bytes(data / "db") / listens
-        time.sleep(2)
-        out["rss_rest"] = rss_mib(proc.pid)
-        out["artists"] = time_reads(port, f"/1/stats/user/{USER}/artists?range=all_time&count=25", headers,
-                                    args.requests)[:3]
-        out["tracks"] = time_reads(port, f"/1/stats/user/{USER}/recordings?range=this_year&count=25", headers,
-                                   args.requests)[:3]
-        out["submit"] = submit_load(port, "/1/submit-listens", f"Token {token}", args.clients, args.seconds)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        out["count_after"] = get_json(conn, f"/1/user/{USER}/listen-count", headers)["payload"]["count"]
-        conn.close()
-        out["rss_peak"] = rss_mib(proc.pid, "VmHWM")
+        out.update(measure_running(proc, port, args, listens, Served(
+            count=lambda conn: get_json(conn, f"/1/user/{USER}/listen-count", headers)["payload"]["count"],
+            disk_all=data, disk_db=(data / "db", None),
+            artists=f"/1/stats/user/{USER}/artists?range=all_time&count=25",
+            tracks=f"/1/stats/user/{USER}/recordings?range=this_year&count=25",
+            submit="/1/submit-listens", auth=f"Token {token}", headers=headers)))
     finally:
         stop(proc)
         log.close()
@@ -437,23 +462,12 @@ def bench_maloja(venv, work, export, args, listens):
             time.sleep(0.5)
         keys = (work / "maloja-data" / "apikeys.yml").read_text()
         key = keys.split(":", 1)[1].strip().strip("'\"")
-        headers = {}
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        out["count"] = get_json(conn, "/apis/mlj_1/numscrobbles", headers)["amount"]
-        conn.close()
-        out["disk_all"] = dir_bytes(work / "maloja-data") / listens
-        out["disk_db"] = dir_bytes(work / "maloja-data", [".sqlite"]) / listens
-        time.sleep(2)
-        out["rss_rest"] = rss_mib(proc.pid)
-        year = time.gmtime().tm_year
-        out["artists"] = time_reads(port, "/apis/mlj_1/charts/artists", headers, args.requests)[:3]
-        out["tracks"] = time_reads(port, f"/apis/mlj_1/charts/tracks?in={year}", headers, args.requests)[:3]
-        out["submit"] = submit_load(port, "/apis/listenbrainz/1/submit-listens", f"token {key}", args.clients,
-                                    args.seconds)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        out["count_after"] = get_json(conn, "/apis/mlj_1/numscrobbles", headers)["amount"]
-        conn.close()
-        out["rss_peak"] = rss_mib(proc.pid, "VmHWM")
+        out.update(measure_running(proc, port, args, listens, Served(
+            count=lambda conn: get_json(conn, "/apis/mlj_1/numscrobbles", {})["amount"],
+            disk_all=work / "maloja-data", disk_db=(work / "maloja-data", [".sqlite"]),
+            artists="/apis/mlj_1/charts/artists",
+            tracks=f"/apis/mlj_1/charts/tracks?in={time.gmtime().tm_year}",
+            submit="/apis/listenbrainz/1/submit-listens", auth=f"token {key}", headers={})))
     finally:
         stop(proc)
         log.close()
