@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::Credited;
 use crate::stats::chart::Kind;
-use crate::store::values::{AggV1, TrackCreditsV1};
+use crate::store::values::AggV1;
 
 /// Pending changes to one bucket, merged into it in one pass (`merged`): a year bucket
 /// holds tens of thousands of items, so inserting listens one by one into its sorted
@@ -88,9 +89,9 @@ pub(crate) fn merged(base: Option<&AggV1>, delta: &Delta) -> AggV1 {
 
 impl Delta {
     /// Adds (`delta` = 1) or removes (-1) one listen with `credits`.
-    pub fn add(&mut self, credits: &TrackCreditsV1, delta: i64, hours: Option<(u16, u8)>) {
+    pub fn add(&mut self, credits: Credited<'_>, delta: i64, hours: Option<(u16, u8)>) {
         self.total += delta;
-        for &a in &credits.artists {
+        for &a in credits.artists {
             *self.counts[Kind::Artist.index()].entry(a).or_default() += delta;
         }
         *self.counts[Kind::Recording.index()].entry(credits.recording).or_default() += delta;

@@ -125,12 +125,9 @@ impl Store {
             for (i, t) in tracks.tracks.iter().enumerate() {
                 let id = chunk * TRACK_CHUNK + i as u32;
                 if crate::store::compact::is_blank(t) {
-                    if dict.credits.len() <= id as usize {
-                        dict.credits.resize(id as usize + 1, None);
-                    }
-                    dict.dirty_credits.insert(chunk);
+                    dict.blank_track(id)?;
                 } else {
-                    dict.credits(id, &t.track);
+                    dict.credit_track(id, &t.track)?;
                 }
             }
         }

@@ -40,7 +40,7 @@ impl Writer {
         }
         self.tracks.insert(digest, (id, dkey));
         // Credits are decided once, when the node first sees a track (in id order).
-        self.dict.credits(id, track);
+        self.dict.credit_track(id, track)?;
         Ok((id, dkey))
     }
 

@@ -187,12 +187,13 @@ impl Writer {
     pub(super) fn count(&mut self, group: &mut Group, user: UserId, at: i64, track: u32, delta: i64) -> Result<()> {
         let tz = &self.users.get(&user).ok_or(Error::WriterGone)?.tz;
         let placement = place(user, at, tz);
-        let credits = match self.dict.known_credits(track) {
-            Some(c) => c.clone(),
-            None => self.dict.credits(track, &self.store.track(track)?),
-        };
+        if self.dict.known_credits(track).is_none() {
+            let names = self.store.track(track)?;
+            self.dict.credit_track(track, &names)?;
+        }
+        let credits = self.dict.known_credits(track).ok_or(Error::Invalid(format!("track {track} has no credits")))?;
         for (i, key) in placement.keys.iter().enumerate() {
-            group.aggs.entry(*key).or_default().add(&credits, delta, (i == 2).then_some(placement.slot));
+            group.aggs.entry(*key).or_default().add(credits, delta, (i == 2).then_some(placement.slot));
         }
         if delta > 0 {
             self.note_spellings(group, user, track)?;
