@@ -257,6 +257,10 @@ fn store_stats(config: &Config) -> anyhow::Result<ExitCode> {
     }
     println!("{:<34} {:>10} {logical:>14} {:>12}", "all trees (keys and values)", "", per(logical));
     println!("{:<34} {:>10} {files:>14} {:>12}", "files on disk", "", per(files));
+    println!("\nuserid_bucket_counts by what its values hold:");
+    for (label, items, bytes) in store.bucket_stats()? {
+        println!("  {label:<42} {items:>10} {bytes:>14} {:>12}", per(bytes));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

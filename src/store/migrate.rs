@@ -42,10 +42,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { to: 11, name: "add the community result trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 12, name: "node statistics from the public members' buckets", run: node_stats },
+    Migration { to: 13, name: "node statistics in chunks sized by granularity", run: node_stats },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
 /// a recount after an unclean stop runs after the migrations and moves them on.
+/// 12 -> 13: the same, with the chunks of week, month and year buckets spanning more
+/// item ids (`node::chunk_shift`); the rebuild removes every node bucket first.
 fn node_stats(store: &Store) -> Result<()> {
     store.rebuild_node_stats()
 }

@@ -583,6 +583,32 @@ impl Store {
         Ok(out)
     }
 
+    /// `userid_bucket_counts` split by what its values are: members' buckets per
+    /// granularity, node buckets per kind of count and granularity (`docs/storage.md`).
+    /// (label, number of items, bytes of keys and values), in key order of the labels.
+    pub fn bucket_stats(&self) -> Result<Vec<(String, u64, u64)>> {
+        const GRANULARITY: [&str; 5] = ["day", "month", "year", "week", "all time"];
+        const WHAT: [&str; 4] = ["listens per item", "listeners per item", "stored-name members", "totals"];
+        let name = |i: Option<&u8>| i.and_then(|&g| GRANULARITY.get(usize::from(g))).copied().unwrap_or("?");
+        let mut out: std::collections::BTreeMap<(u8, u8, u8), (String, u64, u64)> = Default::default();
+        for kv in self.trees.userid_bucket_counts.iter() {
+            let (k, v) = kv?;
+            let (label, order) = if k.first() == Some(&0xFF) {
+                let what = k.get(1).and_then(|&w| WHAT.get(usize::from(w))).copied().unwrap_or("?");
+                (
+                    format!("node: {what}, {}", name(k.get(2))),
+                    (1, k.get(1).copied().unwrap_or(0), k.get(2).copied().unwrap_or(0)),
+                )
+            } else {
+                (format!("members: {}", name(k.get(4))), (0, 0, k.get(4).copied().unwrap_or(0)))
+            };
+            let e = out.entry(order).or_insert((label, 0, 0));
+            e.1 += 1;
+            e.2 += (k.len() + v.len()) as u64;
+        }
+        Ok(out.into_values().collect())
+    }
+
     /// The raw sled tree `name`, for tests that change bytes underneath the store.
     /// Not for use by the node: every other module goes through typed operations.
     #[doc(hidden)]

@@ -742,7 +742,7 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
 
 /// Schema 12 builds the node buckets of a store that had none from its user buckets.
 #[test]
-fn the_schema_12_migration_builds_the_node_statistics() {
+fn the_schema_12_and_13_migrations_build_the_node_statistics() {
     use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let day = NOW - 86_400;
@@ -756,22 +756,32 @@ fn the_schema_12_migration_builds_the_node_statistics() {
     };
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
     let dir = t.close();
-    {
+    // From 11: no node buckets at all. From 12: node buckets chunked by 256 item ids
+    // in every granularity, so a week's chunk 1 (ids 256..511) may exist, which 13
+    // keeps in chunk 0 (ids below 8,192): the migration must remove it.
+    for from in [11u32, 12] {
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
         let before = node_bucket_bytes(&store);
         assert!(!before.is_empty());
         {
             let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-            for (k, _) in &before {
-                tree.remove(k).expect("remove");
+            if from == 11 {
+                for (k, _) in &before {
+                    tree.remove(k).expect("remove");
+                }
+            } else {
+                let (week, value) = before.iter().find(|(k, _)| k[..3] == [0xFF, 0, 3]).expect("a week chunk");
+                let mut old = week.clone();
+                old[7..].copy_from_slice(&1u16.to_be_bytes());
+                tree.insert(old, value.clone()).expect("insert");
             }
             let meta = store.raw_tree_for_tests(schema::META).expect("meta");
-            meta.insert("schema_version", &11u32.to_be_bytes()).expect("version");
+            meta.insert("schema_version", &from.to_be_bytes()).expect("version");
             store.flush().expect("flush");
         }
         drop(store);
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("migrated");
-        assert!(before == node_bucket_bytes(&store), "the migration rebuilds the node buckets");
+        assert!(before == node_bucket_bytes(&store), "the migration from {from} rebuilds the node buckets");
     }
     let t = TestStore::reopen(dir);
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);

@@ -19,7 +19,8 @@
 //! `NODE_STALE` and an open rebuilds them from the user buckets: otherwise stored node
 //! buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
-//! bucket is split into chunks of 256 item ids (`CHUNK_SHIFT`), so a change rewrites
+//! bucket is split into chunks of item ids (256 for all time, up to 8,192 for weeks:
+//! `chunk_shift`), so a change rewrites
 //! only the few small chunks holding the items it touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
 //! one range scan, in item order.
@@ -59,8 +60,21 @@ const WHAT_LISTENS: u8 = 0;
 const WHAT_LISTENERS: u8 = 1;
 const WHAT_PLAIN: u8 = 2;
 const WHAT_TOTALS: u8 = 3;
-/// Item ids per chunk of a node bucket: 2^8.
-const CHUNK_SHIFT: u32 = 8;
+/// Item ids per chunk of a node bucket, as a power of two, by granularity. A chunk
+/// should hold enough to be worth a sled value (each costs sled a few hundred bytes on
+/// disk and a page-table entry in memory) and little enough that rewriting the chunks a
+/// change touches stays cheap. Weeks and months hold few of the node's items (at 1,000
+/// members a 256-id chunk of a week held 42 bytes on average, and such chunks were 640k
+/// of the 647k values of `userid_bucket_counts`), all time most of them; the spans make
+/// chunks of about a kilobyte at 1,000 members and several at 10,000.
+fn chunk_shift(granularity: u8) -> u32 {
+    match granularity {
+        BUCKET_ALL => 8,
+        BUCKET_YEAR => 10,
+        BUCKET_MONTH => 12,
+        _ => 13,
+    }
+}
 
 /// The key of one chunk of a node bucket.
 fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
@@ -70,9 +84,10 @@ fn node_key(what: u8, granularity: u8, number: i32, chunk: u16) -> [u8; 9] {
     k
 }
 
-/// The chunk an item's counts are in (the last one holds every id past 2^24).
-fn chunk_of(item: u32) -> u16 {
-    u16::try_from(item >> CHUNK_SHIFT).unwrap_or(u16::MAX)
+/// The chunk an item's counts are in, in a bucket of `granularity` (the last one holds
+/// every id past 2^16 chunks).
+fn chunk_of(granularity: u8, item: u32) -> u16 {
+    u16::try_from(item >> chunk_shift(granularity)).unwrap_or(u16::MAX)
 }
 
 /// Changes of node buckets not yet merged into them, by chunk key: each writer group's
@@ -231,7 +246,7 @@ impl Unit<'_> {
         let put = |out: &mut HashMap<[u8; 9], Delta>, what: u8, d: Delta| {
             for (k, counts) in d.counts.into_iter().enumerate() {
                 for (item, by) in counts {
-                    let e = out.entry(node_key(what, g, n, chunk_of(item))).or_default();
+                    let e = out.entry(node_key(what, g, n, chunk_of(g, item))).or_default();
                     e.total += by;
                     *e.counts[k].entry(item).or_default() += by;
                 }
@@ -654,7 +669,7 @@ impl Store {
         let mut chunks: BTreeMap<u16, Option<Arc<AggV1>>> = BTreeMap::new();
         let mut out = BTreeSet::new();
         for &(kind, id) in items {
-            let chunk = chunk_of(id);
+            let chunk = chunk_of(BUCKET_ALL, id);
             if let std::collections::btree_map::Entry::Vacant(v) = chunks.entry(chunk) {
                 v.insert(self.bucket(&node_key(WHAT_PLAIN, BUCKET_ALL, 0, chunk))?);
             }
