@@ -23,7 +23,8 @@ pub(crate) struct Dictionary {
     pub(super) rules: CreditRules,
     /// Per kind: a 128-bit hash of the identity key (`identity_key`) -> item id. Keyed by
     /// the hash rather than the string: at 10,000 members (1.8M recordings) the strings
-    /// and their allocations cost about 70 bytes per item, the hash 20.
+    /// and their allocations cost about 70 bytes per item, the hash 20 per entry (25–40
+    /// with the table's spare room).
     pub(super) index: [HashMap<[u8; 16], u32>; 3],
     /// Per kind: number of items, and the last (partly filled) chunk's items.
     pub(super) n_items: [u32; 3],
@@ -135,15 +136,21 @@ impl CreditTable {
         }
     }
 
+    /// Whether a track crediting `artists` artists can be added: their number fits the
+    /// slot and the arena's end stays addressable. (Where they would start, how many.)
+    pub fn room_for(&self, artists: usize) -> Result<(u32, u32)> {
+        let n = u32::try_from(artists).ok().filter(|n| *n <= ARTISTS);
+        let n = n.ok_or_else(|| Error::Invalid(format!("a track credits {artists} artists")))?;
+        let first = u32::try_from(self.artists.len()).ok().filter(|f| f.checked_add(n).is_some());
+        Ok((first.ok_or(Error::IdsExhausted("artist credits"))?, n))
+    }
+
     /// Sets the credits of track `id`.
     pub fn set(&mut self, id: u32, c: Option<&TrackCreditsV1>) -> Result<()> {
-        self.reserve_to(id);
         let slot = match c {
             None => Slot::default(),
             Some(c) => {
-                let first = u32::try_from(self.artists.len()).map_err(|_| Error::IdsExhausted("artist credits"))?;
-                let n = u32::try_from(c.artists.len()).ok().filter(|n| *n <= ARTISTS);
-                let n = n.ok_or_else(|| Error::Invalid(format!("track {id} credits too many artists")))?;
+                let (first, n) = self.room_for(c.artists.len())?;
                 self.artists.extend_from_slice(&c.artists);
                 let release = c.release.unwrap_or(0);
                 Slot {
@@ -154,6 +161,7 @@ impl CreditTable {
                 }
             }
         };
+        self.reserve_to(id);
         if let Some(s) = self.slots.get_mut(id as usize) {
             *s = slot;
         }
@@ -225,9 +233,13 @@ impl Dictionary {
         for kv in store.trees.trackchunk_credits.iter() {
             let (k, v) = kv?;
             let chunk: CreditChunkV1 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
+            // Chunks are written for every track in id order, so they follow each other
+            // with no gap: a key past the next one is damage, refused before the table
+            // would be sized by it.
             let first = keys::parse_u32(schema::TRACKCHUNK_CREDITS, &k)?
                 .checked_mul(TRACK_CHUNK)
-                .ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_CREDITS, &k, "chunk number out of range"))?;
+                .filter(|first| *first as usize <= d.credits.len())
+                .ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_CREDITS, &k, "a chunk number past the next one"))?;
             for (i, track) in chunk.tracks.iter().enumerate() {
                 let id = u32::try_from(i).ok().and_then(|i| first.checked_add(i));
                 let id = id.ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_CREDITS, &k, "track id out of range"))?;
@@ -272,6 +284,8 @@ impl Dictionary {
         let artists_index = &self.index[Kind::Artist.index()];
         let known = |norm: &str| artists_index.contains_key(&normalized_key(None, norm));
         let c = credit(track, &self.rules, &known);
+        // What `CreditTable::set` could refuse, checked before any item is interned.
+        self.credits.room_for(c.artists.len())?;
         let artists: Vec<u32> = c.artists.iter().map(|a| self.intern(Kind::Artist, a, None)).collect();
         let main = artists.first().copied();
         let recording = self.intern(Kind::Recording, &c.title, main);
@@ -375,9 +389,11 @@ impl Dictionary {
             }
         }
         for chunk in std::mem::take(&mut self.dirty_credits) {
-            let start = chunk.saturating_mul(TRACK_CHUNK);
-            let end = start.saturating_add(TRACK_CHUNK).min(u32::try_from(self.credits.len()).unwrap_or(u32::MAX));
-            let tracks = (start..end).map(|id| self.credits.get(id).map(Credited::to_stored)).collect();
+            let start = u64::from(chunk) * u64::from(TRACK_CHUNK);
+            let end = (start + u64::from(TRACK_CHUNK)).min(self.credits.len() as u64);
+            let tracks = (start..end)
+                .map(|id| u32::try_from(id).ok().and_then(|id| self.credits.get(id)).map(Credited::to_stored))
+                .collect();
             out.push((schema::TRACKCHUNK_CREDITS, keys::u32_key(chunk).to_vec(), encode(&CreditChunkV1 { tracks })));
         }
         out
@@ -428,8 +444,16 @@ mod tests {
                 None => d.blank_track(id).expect("blank"),
             }
         }
-        let n = tracks.len() as u32;
+        // More tracks, past the first chunk of 64, the last one blank.
+        let mut n = tracks.len() as u32;
+        for i in 0..70 {
+            d.credit_track(n, &track(&format!("Filler {i}"), "Song", None)).expect("credit");
+            n += 1;
+        }
+        d.blank_track(n).expect("blank");
+        n += 1;
         let before = all(&d, n);
+        assert_eq!(d.credits.len(), n as usize);
         let artists = |id: usize| before[id].as_ref().map(|c| c.artists.len());
         assert_eq!(artists(2), Some(2), "both halves are known artists: split");
         assert_eq!(artists(6), Some(1), "neither half is known: one artist");
@@ -446,6 +470,7 @@ mod tests {
         }
         let mut loaded = Dictionary::load(&store, rules).expect("load");
         assert_eq!(all(&loaded, n), before);
+        assert_eq!(loaded.credits.len(), n as usize, "the trailing blank is kept");
         assert_eq!(loaded.n_items, d.n_items);
         assert_eq!(loaded.known_credits(n), None);
 

@@ -64,14 +64,15 @@ const WHAT_TOTALS: u8 = 3;
 /// should hold enough to be worth a sled value (each costs sled a few hundred bytes on
 /// disk and a page-table entry in memory) and little enough that rewriting the chunks a
 /// change touches stays cheap. Weeks and months hold few of the node's items (at 1,000
-/// members a 256-id chunk of a week held 42 bytes on average, and such chunks were 640k
-/// of the 647k values of `userid_bucket_counts`), all time most of them; the spans make
+/// members a 256-id chunk of a week held 42 bytes on average, and week and month chunks
+/// were 610k of the 647k values of `userid_bucket_counts`), all time most of them; the spans make
 /// chunks of about a kilobyte at 1,000 members and several at 10,000.
 fn chunk_shift(granularity: u8) -> u32 {
     match granularity {
         BUCKET_ALL => 8,
         BUCKET_YEAR => 10,
         BUCKET_MONTH => 12,
+        // BUCKET_WEEK: node buckets have no other granularity.
         _ => 13,
     }
 }
@@ -784,5 +785,16 @@ mod tests {
             assert_eq!(period::date_of(m).iso_week_date().week(), iso.week());
             assert!((0..7).contains(&(day - m)));
         }
+    }
+
+    #[test]
+    fn a_chunk_spans_the_ids_of_its_granularity() {
+        for (g, span) in [(BUCKET_ALL, 256u32), (BUCKET_YEAR, 1_024), (BUCKET_MONTH, 4_096), (BUCKET_WEEK, 8_192)] {
+            assert_eq!((chunk_of(g, 0), chunk_of(g, span - 1), chunk_of(g, span)), (0, 0, 1), "granularity {g}");
+            assert_eq!(chunk_of(g, 5 * span + 7), 5);
+        }
+        // Ids past the last chunk share it: keys stay in item order.
+        assert_eq!(chunk_of(BUCKET_ALL, u32::MAX), u16::MAX);
+        assert_eq!(chunk_of(BUCKET_WEEK, u32::MAX), u16::MAX);
     }
 }

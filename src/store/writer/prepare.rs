@@ -191,7 +191,8 @@ impl Writer {
             let names = self.store.track(track)?;
             self.dict.credit_track(track, &names)?;
         }
-        let credits = self.dict.known_credits(track).ok_or(Error::Invalid(format!("track {track} has no credits")))?;
+        let credits =
+            self.dict.known_credits(track).ok_or_else(|| Error::Invalid(format!("track {track} has no credits")))?;
         for (i, key) in placement.keys.iter().enumerate() {
             group.aggs.entry(*key).or_default().add(credits, delta, (i == 2).then_some(placement.slot));
         }
