@@ -20,8 +20,8 @@
 //! buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
 //! bucket is split into chunks of item ids (256 for all time, up to 8,192 for weeks:
-//! `chunk_shift`), so a change rewrites
-//! only the few small chunks holding the items it touched, never a whole all-time chart
+//! `chunk_shift`), so a change rewrites only the few small chunks holding the items it
+//! touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
 //! one range scan, in item order.
 //!
@@ -67,9 +67,9 @@ const WHAT_TOTALS: u8 = 3;
 /// should hold enough to be worth a sled value (each costs sled a few hundred bytes on
 /// disk and a page-table entry in memory) and little enough that rewriting the chunks a
 /// change touches stays cheap. Weeks and months hold few of the node's items (at 1,000
-/// members a 256-id chunk of a week held 42 bytes on average, and week and month chunks
-/// were 610k of the 647k values of `userid_bucket_counts`), all time most of them; the spans make
-/// chunks of about a kilobyte at 1,000 members and several at 10,000.
+/// members a 256-id chunk of a week held 42 bytes on average, and week and month
+/// chunks were 610k of the 647k values of `userid_bucket_counts`), all time most of
+/// them; the spans make chunks of about a kilobyte at 1,000 members.
 fn chunk_shift(granularity: u8) -> u32 {
     match granularity {
         BUCKET_ALL => 8,
@@ -486,10 +486,11 @@ impl Store {
         self.store_hot()?;
         // Cut short (the batches below are several), the next open starts again.
         self.mark_node_stale()?;
-        // Written in batches of at most `REBUILD_BATCH` operations, each flushed: sled
-        // 0.34 keeps every page fragment one batch links in memory, and one batch of a
-        // whole node's buckets peaked at 2.4 GB at 1,000 members (and was killed past
-        // 24 GB at 10,000).
+        // Written in batches of at most `REBUILD_BATCH` operations, each flushed: with
+        // one batch for all the old keys and one per spill, the schema-13 migration of
+        // the 1,000-member node peaked at 2.4 GB (most of it page fragments sled links
+        // in memory), 1.9 GB this way; at 10,000 members it was killed past 24 GB
+        // before this change. Still far too much: issue 17.
         let tree = &self.trees.userid_bucket_counts;
         let apply = |ops: Vec<(Vec<u8>, Option<Vec<u8>>)>| -> Result<()> {
             for part in ops.chunks(REBUILD_BATCH) {
