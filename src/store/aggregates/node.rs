@@ -54,7 +54,11 @@ use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
 /// then rebuilds them (`Store::open`).
 pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 
-/// Most operations in one sled batch of `Store::rebuild_node_stats`.
+/// (item, change) pairs `Store::rebuild_node_stats` holds before it merges them into
+/// the stored chunks (about 40 bytes each in its maps).
+const REBUILD_PAIRS: usize = 2_000_000;
+
+/// Node chunks `Store::put_node_chunks` writes between two flushes.
 const REBUILD_BATCH: usize = 10_000;
 
 /// The first user id a node bucket key would read as; accounts get lower ids.
@@ -438,7 +442,8 @@ impl Store {
     }
 
     /// Stores every in-memory bucket with each of their users' stats marks at the log
-    /// head, in one transaction, and empties the memory copy. Only with no writer
+    /// head (the users' in one transaction, the node's after it) and empties the
+    /// memory copy. Only with no writer
     /// appending (the writer stores its own with `apply`; this serves the commands that
     /// change buckets with the node stopped, after a recount filled the memory copy).
     pub(crate) fn store_hot(&self) -> Result<()> {
@@ -452,10 +457,14 @@ impl Store {
         }
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         let mut buckets = sled::Batch::default();
+        // Node chunks after the transaction (`put_node_chunks`), stale until written.
+        let mut node = Vec::new();
         for (k, agg) in &hot {
-            if !is_node_key(k) {
-                users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
+            if is_node_key(k) {
+                node.push((k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
+                continue;
             }
+            users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
             match agg.total > 0 {
                 true => buckets.insert(k.to_vec(), encode(agg.as_ref())),
                 false => buckets.remove(k.to_vec()),
@@ -470,13 +479,39 @@ impl Store {
             .transaction(|(b, m, meta)| {
                 b.apply_batch(&buckets)?;
                 m.apply_batch(&marks)?;
-                meta.remove(NODE_STALE)?;
+                meta.insert(NODE_STALE, &[])?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(crate::store::users::tx_error)?;
         self.flush()?;
+        self.put_node_chunks(node)?;
+        self.clear_node_stale()?;
         self.forget_hot(None);
         Ok(())
+    }
+
+    /// Writes node chunks (`None` removes one) one operation at a time, flushing every
+    /// `REBUILD_BATCH`. Callers have set `NODE_STALE` durably before and clear it after:
+    /// a crash in between leaves it set, and the next open rebuilds the node buckets.
+    ///
+    /// Not in one sled batch or transaction: sled copies the whole leaf for each write
+    /// into it and frees the copies only when the batch ends (it holds one epoch guard
+    /// throughout), so n writes into leaves of m entries kept about n·m entries alive.
+    /// In batches of 10,000 the schema-13 migration of the 1,000-member node peaked at
+    /// 1.9 GB (426 MB this way), and in one batch that of the 10,000-member node was
+    /// killed past 24 GB.
+    pub(crate) fn put_node_chunks(&self, ops: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        let tree = &self.trees.userid_bucket_counts;
+        for (i, (k, v)) in ops.into_iter().enumerate() {
+            match v {
+                Some(v) => tree.insert(k, v)?,
+                None => tree.remove(k)?,
+            };
+            if i % REBUILD_BATCH == REBUILD_BATCH - 1 {
+                self.flush()?;
+            }
+        }
+        self.flush()
     }
 
     /// Recomputes every node bucket from the user buckets of the users counted in node
@@ -486,36 +521,34 @@ impl Store {
         self.store_hot()?;
         // Cut short (the batches below are several), the next open starts again.
         self.mark_node_stale()?;
-        // Written in batches of at most `REBUILD_BATCH` operations, each flushed: with
-        // one batch for all the old keys and one per spill, the schema-13 migration of
-        // the 1,000-member node peaked at 2.4 GB (most of it page fragments sled links
-        // in memory), 1.9 GB this way; at 10,000 members it was killed past 24 GB
-        // before this change. Still far too much: issue 17.
-        let tree = &self.trees.userid_bucket_counts;
-        let apply = |ops: Vec<(Vec<u8>, Option<Vec<u8>>)>| -> Result<()> {
-            for part in ops.chunks(REBUILD_BATCH) {
-                let mut batch = sled::Batch::default();
-                for (k, v) in part {
-                    match v {
-                        Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                        None => batch.remove(k.as_slice()),
-                    }
-                }
-                tree.apply_batch(batch)?;
-                self.flush()?;
-            }
-            Ok(())
-        };
-        let old: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            tree.scan_prefix([0xFF]).keys().map(|k| k.map(|k| (k.to_vec(), None))).collect::<sled::Result<_>>()?;
-        apply(old)?;
+        let old: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .trees
+            .userid_bucket_counts
+            .scan_prefix([0xFF])
+            .keys()
+            .map(|k| k.map(|k| (k.to_vec(), None)))
+            .collect::<sled::Result<_>>()?;
+        self.put_node_chunks(old)?;
         let mut pending: HashMap<[u8; 9], Delta> = HashMap::new();
+        // Each pending chunk merged, encoded and written in key order, one at a time.
         let spill = |pending: &mut HashMap<[u8; 9], Delta>| -> Result<()> {
-            let ops = self
-                .merged_node(pending)?
-                .into_iter()
-                .map(|(k, agg)| (k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
-            apply(ops.collect())?;
+            let mut keys: Vec<[u8; 9]> = pending.keys().copied().collect();
+            keys.sort_unstable();
+            let mut failed = None;
+            let ops = keys.into_iter().map_while(|k| match self.bucket(&k) {
+                Ok(base) => {
+                    let agg = merged(base.as_deref(), pending.get(&k).unwrap_or(&Delta::default()));
+                    Some((k.to_vec(), (agg.total > 0).then(|| encode(&agg))))
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            });
+            self.put_node_chunks(ops)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             pending.clear();
             Ok(())
         };
@@ -526,14 +559,14 @@ impl Store {
             let buckets = self.user_buckets(user.id)?;
             self.whole_user_deltas(user.id, &buckets, true, &mut pending)?;
             // Bounded memory on a large node: fold what is pending into the store.
-            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > 8_000_000 {
+            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > REBUILD_PAIRS
+            {
                 spill(&mut pending)?;
             }
         }
         spill(&mut pending)?;
         self.node_changed(None::<&[[u8; 9]]>);
-        self.trees.meta.remove(NODE_STALE)?;
-        self.flush()
+        self.clear_node_stale()
     }
 
     /// Adds changes of node buckets to the pending ones (the writer thread only), then
@@ -575,6 +608,12 @@ impl Store {
     /// Records that the stored node buckets must be rebuilt at the next open, durably.
     pub(crate) fn mark_node_stale(&self) -> Result<()> {
         self.trees.meta.insert(NODE_STALE, &[])?;
+        self.flush()
+    }
+
+    /// Records that the stored node buckets hold every change again, durably.
+    pub(crate) fn clear_node_stale(&self) -> Result<()> {
+        self.trees.meta.remove(NODE_STALE)?;
         self.flush()
     }
 

@@ -153,6 +153,8 @@ impl Writer {
         // Node buckets left in memory while user buckets are stored: the stored ones
         // are stale until the next store of them (`NODE_PERSIST_EVERY`).
         let mut node_left = false;
+        let mut node_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut node_hot: Vec<([u8; 9], Arc<AggV1>)> = Vec::new();
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
@@ -185,11 +187,15 @@ impl Writer {
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
             }
             if store_node {
-                // The memory copy (the folded changes, a recount's) and this group's.
+                // The memory copy (the folded changes, a recount's) and this group's,
+                // written after the transaction (`Store::put_node_chunks`).
                 let none = crate::store::aggregates::Delta::default();
                 for k in &node_keys {
                     let agg = merged(self.store.bucket_base(k, None)?.as_deref(), node.get(k).unwrap_or(&none));
-                    ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
+                    node_ops.push((k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
+                    if node.contains_key(k) {
+                        node_hot.push((*k, Arc::new(agg)));
+                    }
                 }
             } else {
                 let pending_any = match self.store.node_pending.read() {
@@ -198,10 +204,10 @@ impl Writer {
                 };
                 node_left = pending_any || !node_keys.is_empty();
             }
-            if node_left {
+            // Stale while node changes wait in memory, and while the node chunks are
+            // written after the transaction (cleared once they are).
+            if node_left || store_node {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
-            } else if store_node {
-                ops.push((6, NODE_STALE.to_vec(), None));
             }
             for user in self.pending_users.union(&group_users) {
                 let mark = match self.users.get(user) {
@@ -261,6 +267,19 @@ impl Writer {
                 .map_err(crate::store::users::tx_error)
                 .and_then(|()| self.store.flush())
         };
+        // The node chunks one by one (not in the transaction: see `put_node_chunks`).
+        // Readers see the same counts meanwhile: the memory copy over them holds the
+        // folded changes already and this group's from now on.
+        let written = written.and_then(|()| match store_node {
+            true => {
+                match self.store.hot.write() {
+                    Ok(mut hot) => hot.extend(node_hot),
+                    Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
+                }
+                self.store.put_node_chunks(node_ops).and_then(|()| self.store.clear_node_stale())
+            }
+            false => Ok(()),
+        });
         if let Err(e) = written {
             self.poison("a group commit", &e);
             return Err(e);
