@@ -13,11 +13,12 @@
 //!
 //! Node buckets live in `userid_bucket_counts` under keys starting with 0xFF, which no
 //! account's id does (`FIRST_NODE_ID`), so they share the user buckets' memory copy,
-//! persistence and crash recount, and are stored in the same transaction as the user
-//! buckets they summarise. The writer stores them less often than user buckets
-//! (`writer::NODE_PERSIST_EVERY`); until it does, and while a rebuild runs, `meta` holds
-//! `NODE_STALE` and an open rebuilds them from the user buckets: otherwise stored node
-//! buckets match the stored user buckets.
+//! persistence and crash recount; they are stored right after the transaction that
+//! stores the user buckets they summarise, one sled write each (`Store::put_node_chunks`
+//! says why). The writer stores them less often than user buckets
+//! (`writer::NODE_PERSIST_EVERY`); until it does, while their chunks are written, and
+//! while a rebuild runs, `meta` holds `NODE_STALE` and an open rebuilds them from the
+//! user buckets: otherwise stored node buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
 //! bucket is split into chunks of item ids (256 for all time, up to 8,192 for weeks:
 //! `chunk_shift`), so a change rewrites only the few small chunks holding the items it
@@ -50,8 +51,9 @@ use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
 
 /// `meta` key present while the stored node buckets lag the stored user buckets (the
-/// writer keeps node buckets in memory longer, `writer::NODE_PERSIST_EVERY`): an open
-/// then rebuilds them (`Store::open`).
+/// writer keeps node buckets in memory longer, `writer::NODE_PERSIST_EVERY`, and writes
+/// their chunks after the transaction of the user buckets): an open then rebuilds them
+/// (`Store::open`).
 pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 
 /// (item, change) pairs `Store::rebuild_node_stats` holds before it merges them into
@@ -455,6 +457,8 @@ impl Store {
         if hot.is_empty() {
             return Ok(());
         }
+        // Stale for another reason (a crash, a rebuild under way): it stays so.
+        let was_stale = self.trees.meta.contains_key(NODE_STALE)?;
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         let mut buckets = sled::Batch::default();
         // Node chunks after the transaction (`put_node_chunks`), stale until written.
@@ -479,13 +483,19 @@ impl Store {
             .transaction(|(b, m, meta)| {
                 b.apply_batch(&buckets)?;
                 m.apply_batch(&marks)?;
-                meta.insert(NODE_STALE, &[])?;
+                if !node.is_empty() {
+                    meta.insert(NODE_STALE, &[])?;
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(crate::store::users::tx_error)?;
         self.flush()?;
-        self.put_node_chunks(node)?;
-        self.clear_node_stale()?;
+        if !node.is_empty() {
+            self.put_node_chunks(node)?;
+            if !was_stale {
+                self.clear_node_stale()?;
+            }
+        }
         self.forget_hot(None);
         Ok(())
     }
@@ -497,9 +507,9 @@ impl Store {
     /// Not in one sled batch or transaction: sled copies the whole leaf for each write
     /// into it and frees the copies only when the batch ends (it holds one epoch guard
     /// throughout), so n writes into leaves of m entries kept about n·m entries alive.
-    /// In batches of 10,000 the schema-13 migration of the 1,000-member node peaked at
-    /// 1.9 GB (426 MB this way), and in one batch that of the 10,000-member node was
-    /// killed past 24 GB.
+    /// The schema-13 migration of the 1,000-member node peaked at 1.9 GB in batches of
+    /// 10,000 (426 MB this way, with 8M pairs pending), and that of the 10,000-member
+    /// node was killed past 24 GB in one batch (1.2 GB this way; 788 MB with 2M pairs).
     pub(crate) fn put_node_chunks(&self, ops: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
         let tree = &self.trees.userid_bucket_counts;
         for (i, (k, v)) in ops.into_iter().enumerate() {
@@ -622,15 +632,18 @@ impl Store {
     fn node_chunks(&self, what: u8, granularity: u8, number: i32) -> Result<AggV1> {
         let prefix = &node_key(what, granularity, number, 0)[..7];
         let mut chunks: BTreeMap<[u8; 9], Arc<AggV1>> = BTreeMap::new();
-        for kv in self.trees.userid_bucket_counts.scan_prefix(prefix) {
-            let (k, v) = kv?;
-            let key = <[u8; 9]>::try_from(k.as_ref())
-                .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
-            chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
-        }
         {
+            // Both locks held over the scan, in the order every reader takes them: the
+            // writer stores chunks one by one (`put_node_chunks`) with the memory copy
+            // over them, and empties it (under the write lock) only once all are stored.
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+            for kv in self.trees.userid_bucket_counts.scan_prefix(prefix) {
+                let (k, v) = kv?;
+                let key = <[u8; 9]>::try_from(k.as_ref())
+                    .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
+                chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
+            }
             for (k, agg) in hot.iter().filter(|(k, _)| k.starts_with(prefix)) {
                 chunks.insert(*k, agg.clone());
             }
@@ -853,5 +866,37 @@ mod tests {
         // Ids past the last chunk share it: keys stay in item order.
         assert_eq!(chunk_of(BUCKET_ALL, u32::MAX), u16::MAX);
         assert_eq!(chunk_of(BUCKET_WEEK, u32::MAX), u16::MAX);
+    }
+
+    /// `store_hot` writes node chunks after its transaction: it clears `NODE_STALE`
+    /// only when it set it itself, and a chunk whose total fell to zero is removed.
+    #[test]
+    fn storing_the_memory_copy_keeps_a_staleness_it_did_not_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = crate::store::Options { cache_mb: 4, ..Default::default() };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let key = node_key(WHAT_LISTENS, BUCKET_ALL, 0, 3);
+        let chunk = |total| Arc::new(AggV1 { total, counts: [vec![(3 * 256, total)], vec![], vec![]], hours: vec![] });
+        let put = |agg: Arc<AggV1>| store.hot.write().expect("hot").insert(key, agg);
+        let stale = || store.trees.meta.contains_key(NODE_STALE).expect("meta");
+
+        put(chunk(5));
+        store.store_hot().expect("store");
+        assert!(!stale(), "set and cleared by the store itself");
+        assert_eq!(store.bucket(&key).expect("read").map(|a| a.total), Some(5));
+        assert!(store.hot.read().expect("hot").is_empty());
+
+        store.mark_node_stale().expect("mark");
+        put(chunk(0));
+        store.store_hot().expect("store");
+        assert!(stale(), "stale before: the stored node buckets still lag");
+        assert!(store.trees.userid_bucket_counts.get(key).expect("get").is_none(), "an empty chunk is removed");
+
+        // Nothing of the node's in memory: the staleness is left as it was.
+        store.store_hot().expect("store");
+        assert!(stale());
+        store.clear_node_stale().expect("clear");
+        store.store_hot().expect("store");
+        assert!(!stale());
     }
 }

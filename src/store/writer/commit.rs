@@ -1,5 +1,6 @@
 //! Committing a group: one sled transaction over every touched tree, then one flush;
-//! and the statistics buckets merged and persisted every few seconds.
+//! and the statistics buckets merged and persisted every few seconds (the node's
+//! chunks, when due, right after the flush: `Store::put_node_chunks`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -66,7 +67,8 @@ impl Writer {
         Ok((out, node))
     }
 
-    /// Writes a group in one transaction and flushes. Statistics buckets go to memory
+    /// Writes a group in one transaction and flushes (then the node chunks, when they
+    /// are stored, one write each with `NODE_STALE` set). Statistics buckets go to memory
     /// (`store.hot`) and are stored with a group only when `persist` is asked, the group
     /// erased a listen (a recount after a crash could not subtract erased content), the
     /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
@@ -206,8 +208,10 @@ impl Writer {
             }
             // Stale while node changes wait in memory, and while the node chunks are
             // written after the transaction (cleared once they are).
-            if node_left || store_node {
+            if node_left || !node_ops.is_empty() {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
+            } else if store_node {
+                ops.push((6, NODE_STALE.to_vec(), None));
             }
             for user in self.pending_users.union(&group_users) {
                 let mark = match self.users.get(user) {
@@ -267,22 +271,34 @@ impl Writer {
                 .map_err(crate::store::users::tx_error)
                 .and_then(|()| self.store.flush())
         };
-        // The node chunks one by one (not in the transaction: see `put_node_chunks`).
-        // Readers see the same counts meanwhile: the memory copy over them holds the
-        // folded changes already and this group's from now on.
-        let written = written.and_then(|()| match store_node {
-            true => {
-                match self.store.hot.write() {
-                    Ok(mut hot) => hot.extend(node_hot),
-                    Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
-                }
-                self.store.put_node_chunks(node_ops).and_then(|()| self.store.clear_node_stale())
-            }
-            false => Ok(()),
-        });
         if let Err(e) = written {
             self.poison("a group commit", &e);
             return Err(e);
+        }
+        // The group is durable. The node chunks now, one by one (not in the transaction:
+        // see `put_node_chunks`). Readers see the same counts meanwhile: the memory copy
+        // over the stored chunks holds the folded changes already, and this group's
+        // buckets and node chunks from now on, until every chunk is written.
+        let mut node_stored = store_node;
+        if !node_ops.is_empty() {
+            match self.store.hot.write() {
+                Ok(mut hot) => {
+                    hot.extend(node_hot);
+                    hot.extend(buckets.iter().cloned());
+                }
+                Err(_) => node_stored = false,
+            }
+            let chunks = match node_stored {
+                true => self.store.put_node_chunks(node_ops).and_then(|()| self.store.clear_node_stale()),
+                false => Err(Error::Invalid("statistics cache poisoned".into())),
+            };
+            // The group is acknowledged (its listens are stored); the store refuses
+            // writes from now on, the memory copy keeps the node's counts, and the next
+            // open rebuilds the node buckets (`node_stale` is still set).
+            if let Err(e) = chunks {
+                self.poison("storing the node statistics", &e);
+                node_stored = false;
+            }
         }
         // Each user's newest listen among the day buckets this group wrote (appends
         // only raise a user's newest live listen).
@@ -308,11 +324,15 @@ impl Writer {
         let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         let mut pending =
             self.store.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-        if store_node {
+        if node_stored {
             hot.clear();
             pending.clear();
             self.pending_node_pairs = 0;
             self.last_node_persist = std::time::Instant::now();
+        } else if store_node {
+            // Chunks not stored: the memory copy holds them (the folded changes and
+            // this group's), so nothing is pending.
+            hot.retain(|k, _| is_node_key(k));
         } else {
             if persist {
                 hot.retain(|k, _| is_node_key(k));
@@ -335,7 +355,12 @@ impl Writer {
         }
         drop(pending);
         drop(hot);
-        self.store.node_changed(Some(node.keys()));
+        // After a store of node chunks every kept node bucket goes (the folded changes
+        // changed chunks this group did not touch).
+        match store_node {
+            true => self.store.node_changed(None::<&[[u8; 9]]>),
+            false => self.store.node_changed(Some(node.keys())),
+        }
         if !group.heads.is_empty() {
             self.store.people_changed();
         }
