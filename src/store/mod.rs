@@ -593,14 +593,16 @@ impl Store {
         let mut out: std::collections::BTreeMap<(u8, u8, u8), (String, u64, u64)> = Default::default();
         for kv in self.trees.userid_bucket_counts.iter() {
             let (k, v) = kv?;
-            let (label, order) = if k.first() == Some(&0xFF) {
+            let (label, order) = if aggregates::is_node_key(&k) {
                 let what = k.get(1).and_then(|&w| WHAT.get(usize::from(w))).copied().unwrap_or("?");
                 (
                     format!("node: {what}, {}", name(k.get(2))),
                     (1, k.get(1).copied().unwrap_or(0), k.get(2).copied().unwrap_or(0)),
                 )
             } else {
-                (format!("members: {}", name(k.get(4))), (0, 0, k.get(4).copied().unwrap_or(0)))
+                // A damaged key is counted under "?": a report of sizes, not a check.
+                let granularity = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, &k).ok().map(|(_, g, _)| g);
+                (format!("members: {}", name(granularity.as_ref())), (0, 0, granularity.unwrap_or(u8::MAX)))
             };
             let e = out.entry(order).or_insert((label, 0, 0));
             e.1 += 1;

@@ -631,27 +631,31 @@ impl Store {
     /// copies in memory over them.
     fn node_chunks(&self, what: u8, granularity: u8, number: i32) -> Result<AggV1> {
         let prefix = &node_key(what, granularity, number, 0)[..7];
-        let mut chunks: BTreeMap<[u8; 9], Arc<AggV1>> = BTreeMap::new();
-        {
-            // Both locks held over the scan, in the order every reader takes them: the
-            // writer stores chunks one by one (`put_node_chunks`) with the memory copy
-            // over them, and empties it (under the write lock) only once all are stored.
+        // The stored chunks, the memory copy's and the pending changes read under both
+        // locks (in the order every reader takes them): the writer stores chunks one by
+        // one (`put_node_chunks`) with the memory copy over them, and empties it (under
+        // the write lock) only once all are stored. Decoded and merged after: a writer
+        // waiting for the lock stops every reader queued behind it.
+        let (stored, in_memory, changes) = {
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-            for kv in self.trees.userid_bucket_counts.scan_prefix(prefix) {
-                let (k, v) = kv?;
-                let key = <[u8; 9]>::try_from(k.as_ref())
-                    .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
-                chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
-            }
-            for (k, agg) in hot.iter().filter(|(k, _)| k.starts_with(prefix)) {
-                chunks.insert(*k, agg.clone());
-            }
+            let stored = self.trees.userid_bucket_counts.scan_prefix(prefix).collect::<sled::Result<Vec<_>>>()?;
+            let in_memory: Vec<([u8; 9], Arc<AggV1>)> =
+                hot.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, a)| (*k, a.clone())).collect();
             let (from, to) = (node_key(what, granularity, number, 0), node_key(what, granularity, number, u16::MAX));
-            for (k, d) in pending.range(from..=to) {
-                let base = chunks.get(k).cloned();
-                chunks.insert(*k, Arc::new(merged(base.as_deref(), d)));
-            }
+            let changes: Vec<([u8; 9], Delta)> = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
+            (stored, in_memory, changes)
+        };
+        let mut chunks: BTreeMap<[u8; 9], Arc<AggV1>> = BTreeMap::new();
+        for (k, v) in stored {
+            let key = <[u8; 9]>::try_from(k.as_ref())
+                .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
+            chunks.insert(key, Arc::new(decode(schema::USERID_BUCKET_COUNTS, &k, &v)?));
+        }
+        chunks.extend(in_memory);
+        for (k, d) in changes {
+            let base = chunks.get(&k).cloned();
+            chunks.insert(k, Arc::new(merged(base.as_deref(), &d)));
         }
         let mut out = AggV1::default();
         for agg in chunks.values() {
@@ -892,8 +896,12 @@ mod tests {
         assert!(stale(), "stale before: the stored node buckets still lag");
         assert!(store.trees.userid_bucket_counts.get(key).expect("get").is_none(), "an empty chunk is removed");
 
-        // Nothing of the node's in memory: the staleness is left as it was.
+        // Nothing of the node's in memory, only a user's bucket: stored, and the
+        // staleness is left as it was.
+        let user_key = keys::bucket(UserId(1), keys::BUCKET_YEAR, 2026);
+        store.hot.write().expect("hot").insert(user_key, chunk(2));
         store.store_hot().expect("store");
+        assert!(store.trees.userid_bucket_counts.get(user_key).expect("get").is_some());
         assert!(stale());
         store.clear_node_stale().expect("clear");
         store.store_hot().expect("store");

@@ -320,10 +320,10 @@ impl Writer {
             }
         }
         self.store.note_newest_listens(&newest, &exact);
-        // Both locks, in the order readers take them (`Store::bucket`).
-        let mut hot = self.store.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
-        let mut pending =
-            self.store.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        // Both locks, in the order readers take them (`Store::bucket`). The group is
+        // durable: a lock poisoned by a panicking thread does not unacknowledge it.
+        let mut hot = self.store.hot.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.store.node_pending.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if node_stored {
             hot.clear();
             pending.clear();

@@ -388,6 +388,8 @@ impl Writer {
         self.store.writable()?;
         let mut persist = Group::default();
         self.apply(&mut persist, true)?;
+        // `apply` fails the store without an error when only the node chunks failed.
+        self.store.writable()?;
         super::recover::backup(&self.store, dir, &super::Options::default())
     }
 
