@@ -887,6 +887,18 @@ fn community(
     let t = Instant::now();
     std::hint::black_box(agent.get(&url).call()?.into_string()?);
     println!("similar users right after a change (the list recomputed): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    // A scrobble, the change a live node sees all the time, forgets every list too (not
+    // who may be a neighbour): one listen of another member, then user0's list.
+    let mut times = Vec::with_capacity(10);
+    for k in 1..=10u64 {
+        let member = store.user_by_name(&format!("user{k}"))?.ok_or_else(|| anyhow::anyhow!("no user{k}"))?;
+        let mut synthetic = Synthetic::new(k, 200);
+        ingestor.ingest_blocking(member.id, vec![Action::Listen(synthetic.listen())])?;
+        let t = Instant::now();
+        std::hint::black_box(agent.get(&url).call()?.into_string()?);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("similar users after a scrobble (recomputed)", times);
     println!("RSS peak: {:.0} MiB (goal ≤ 500)", status_kib("VmHWM") as f64 / 1024.0);
     served.stop()?;
     drop(temporary);

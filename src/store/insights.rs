@@ -21,10 +21,17 @@ use crate::stats::period::{self, Period, day_number, local_date, month_number};
 /// generation moves after every change that can change anyone's list (a group of
 /// appends, a sharing level, a deletion: `Store::people_changed`), so a list is served
 /// only while nothing changed since. At most `SIMILAR_ENTRIES` lists (past it, emptied).
+///
+/// It also keeps the ids of the users who may be shown as someone's neighbour
+/// (`candidates`), until any account or sharing level changes (`accounts`): reading and
+/// decoding every account record per list cost more than comparing the tastes. Only a
+/// hint: each user shown is read again and checked against the access policy.
 #[derive(Default)]
 pub(crate) struct Similar {
     generation: u64,
     lists: HashMap<(UserId, usize), KeptList>,
+    accounts: u64,
+    candidates: Option<Arc<Vec<UserId>>>,
 }
 
 /// A neighbours list and the generation it was computed at.
@@ -285,17 +292,64 @@ impl Store {
         }
     }
 
+    /// Forgets the neighbour candidates and every list: called after an account is
+    /// created, changed or deleted (its level above all) and the change is visible.
+    pub(crate) fn accounts_changed(&self) {
+        if let Ok(mut cache) = self.similar.lock() {
+            cache.accounts = cache.accounts.wrapping_add(1);
+            cache.candidates = None;
+        }
+        self.people_changed();
+    }
+
+    /// Ids of the users the access policy lets be shown as neighbours (kept until an
+    /// account changes; computed again when a change raced the reading).
+    fn neighbour_candidates(&self) -> Result<Arc<Vec<UserId>>> {
+        let accounts = {
+            let cache = self.similar.lock().map_err(|_| Error::Invalid("similar users cache poisoned".into()))?;
+            if let Some(c) = &cache.candidates {
+                return Ok(c.clone());
+            }
+            cache.accounts
+        };
+        let ids: Arc<Vec<UserId>> = Arc::new(
+            self.users()?
+                .into_iter()
+                .filter(|u| crate::policy::counted_exactly(u.visibility, crate::policy::Purpose::Similarity))
+                .map(|u| u.id)
+                .collect(),
+        );
+        if let Ok(mut cache) = self.similar.lock()
+            && cache.accounts == accounts
+        {
+            cache.candidates = Some(ids.clone());
+        }
+        Ok(ids)
+    }
+
     fn neighbours_now(&self, user: UserId, limit: usize) -> Result<Vec<Neighbour>> {
         let mine = self.taste_of(user)?;
-        let mut out = Vec::new();
-        for other in self.users()? {
-            if other.id == user || !crate::policy::counted_exactly(other.visibility, crate::policy::Purpose::Similarity)
-            {
+        let mut scored: Vec<(f32, UserId)> = Vec::new();
+        for &other in self.neighbour_candidates()?.iter() {
+            if other == user {
                 continue;
             }
-            let similarity = cosine(&mine, &self.taste_of(other.id)?);
+            let similarity = cosine(&mine, &self.taste_of(other)?);
             if similarity > 0.0 {
-                out.push(Neighbour { user: other, similarity });
+                scored.push((similarity, other));
+            }
+        }
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        // The best, each read again and checked against the policy (the candidates are a
+        // hint), and every one tied with the last kept: ties go by name.
+        let mut out: Vec<Neighbour> = Vec::new();
+        for (similarity, id) in scored {
+            if out.len() >= limit && out.last().is_none_or(|last| similarity < last.similarity) {
+                break;
+            }
+            let Some(user) = self.user(id)? else { continue };
+            if crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::Similarity) {
+                out.push(Neighbour { user, similarity });
             }
         }
         out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then_with(|| a.user.name.cmp(&b.user.name)));

@@ -130,6 +130,7 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_error)?;
+        self.accounts_changed();
         self.flush()?;
         Ok(user_from(id, record))
     }
@@ -149,6 +150,7 @@ impl Store {
             let current = old.and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(1, u32::from_be_bytes);
             Some(current.max(id.0.saturating_add(1)).to_be_bytes().to_vec())
         })?;
+        self.accounts_changed();
         self.flush()
     }
 
@@ -218,7 +220,7 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
-        self.people_changed();
+        self.accounts_changed();
         self.flush()
     }
 
@@ -317,7 +319,7 @@ impl Store {
         } else {
             self.node_changed(Some(deltas.keys()));
         }
-        self.people_changed();
+        self.accounts_changed();
         self.flush()?;
         Ok(deltas.values().map(crate::store::aggregates::Delta::pairs).sum())
     }
@@ -631,7 +633,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.node_changed(Some(bucket_ops.iter().filter_map(|(k, _)| <&[u8; 9]>::try_from(k.as_slice()).ok())));
-        self.people_changed();
+        self.accounts_changed();
         self.note_newest_listens(&std::collections::BTreeMap::new(), &[(id, None)]);
         self.flush()?;
         Ok(self.delete_user_records(id)? + 1)
