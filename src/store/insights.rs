@@ -298,8 +298,9 @@ impl Store {
         if let Ok(mut cache) = self.similar.lock() {
             cache.accounts = cache.accounts.wrapping_add(1);
             cache.candidates = None;
+            cache.generation = cache.generation.wrapping_add(1);
+            cache.lists.clear();
         }
-        self.people_changed();
     }
 
     /// Ids of the users the access policy lets be shown as neighbours (kept until an
@@ -334,7 +335,13 @@ impl Store {
             if other == user {
                 continue;
             }
-            let similarity = cosine(&mine, &self.taste_of(other)?);
+            // Deleted since the candidates were read: not a neighbour, not an error.
+            let theirs = match self.taste_of(other) {
+                Ok(t) => t,
+                Err(Error::NoSuchUser(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let similarity = cosine(&mine, &theirs);
             if similarity > 0.0 {
                 scored.push((similarity, other));
             }

@@ -312,6 +312,9 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
+        // Kept neighbours lists go first, before anything below can fail: a user who
+        // just left the public level must not stay in one.
+        self.accounts_changed();
         // The changes are pending as soon as the level is in sled's memory, before the
         // flush: a failed flush must not leave the level changed and the node not.
         if stale {
@@ -319,7 +322,6 @@ impl Store {
         } else {
             self.node_changed(Some(deltas.keys()));
         }
-        self.accounts_changed();
         self.flush()?;
         Ok(deltas.values().map(crate::store::aggregates::Delta::pairs).sum())
     }
