@@ -34,6 +34,13 @@ pub(crate) struct Similar {
     candidates: Option<Arc<Vec<UserId>>>,
 }
 
+impl Similar {
+    fn forget_lists(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.lists.clear();
+    }
+}
+
 /// A neighbours list and the generation it was computed at.
 type KeptList = (u64, Arc<Vec<Neighbour>>);
 
@@ -287,8 +294,7 @@ impl Store {
     /// or account is visible to readers.
     pub(crate) fn people_changed(&self) {
         if let Ok(mut cache) = self.similar.lock() {
-            cache.generation = cache.generation.wrapping_add(1);
-            cache.lists.clear();
+            cache.forget_lists();
         }
     }
 
@@ -298,8 +304,7 @@ impl Store {
         if let Ok(mut cache) = self.similar.lock() {
             cache.accounts = cache.accounts.wrapping_add(1);
             cache.candidates = None;
-            cache.generation = cache.generation.wrapping_add(1);
-            cache.lists.clear();
+            cache.forget_lists();
         }
     }
 

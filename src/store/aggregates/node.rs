@@ -61,7 +61,7 @@ pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 const REBUILD_PAIRS: usize = 2_000_000;
 
 /// Node chunks `Store::put_node_chunks` writes between two flushes.
-const REBUILD_BATCH: usize = 10_000;
+const CHUNKS_PER_FLUSH: usize = 10_000;
 
 /// The first user id a node bucket key would read as; accounts get lower ids.
 pub(crate) const FIRST_NODE_ID: u32 = 0xFF00_0000;
@@ -491,7 +491,7 @@ impl Store {
             .map_err(crate::store::users::tx_error)?;
         self.flush()?;
         if !node.is_empty() {
-            self.put_node_chunks(node)?;
+            self.put_node_chunks(node.into_iter().map(Ok))?;
             if !was_stale {
                 self.clear_node_stale()?;
             }
@@ -500,8 +500,9 @@ impl Store {
         Ok(())
     }
 
-    /// Writes node chunks (`None` removes one) one operation at a time, flushing every
-    /// `REBUILD_BATCH`. Callers have set `NODE_STALE` durably before and clear it after:
+    /// Writes node chunks (`None` removes one) one operation at a time as `ops` yields
+    /// them (stopping at its first error, which it returns), flushing every
+    /// `CHUNKS_PER_FLUSH`. Callers have set `NODE_STALE` durably before and clear it after:
     /// a crash in between leaves it set, and the next open rebuilds the node buckets.
     ///
     /// Not in one sled batch or transaction: sled copies the whole leaf for each write
@@ -509,15 +510,19 @@ impl Store {
     /// throughout), so n writes into leaves of m entries kept about n·m entries alive.
     /// The schema-13 migration of the 1,000-member node peaked at 1.9 GB in batches of
     /// 10,000 (426 MB this way, with 8M pairs pending), and that of the 10,000-member
-    /// node was killed past 24 GB in one batch (1.2 GB this way; 788 MB with 2M pairs).
-    pub(crate) fn put_node_chunks(&self, ops: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+    /// node was killed past 24 GB in one batch (1.2 GB this way; 788 MB with 2M pairs;
+    /// at 1,000 members 176 MB once the old chunks were removed as scanned).
+    pub(crate) fn put_node_chunks<K: AsRef<[u8]>>(
+        &self,
+        ops: impl IntoIterator<Item = Result<(K, Option<Vec<u8>>)>>,
+    ) -> Result<()> {
         let tree = &self.trees.userid_bucket_counts;
-        for (i, (k, v)) in ops.into_iter().enumerate() {
-            match v {
-                Some(v) => tree.insert(k, v)?,
-                None => tree.remove(k)?,
+        for (i, op) in ops.into_iter().enumerate() {
+            match op? {
+                (k, Some(v)) => tree.insert(k, v)?,
+                (k, None) => tree.remove(k)?,
             };
-            if i % REBUILD_BATCH == REBUILD_BATCH - 1 {
+            if i % CHUNKS_PER_FLUSH == CHUNKS_PER_FLUSH - 1 {
                 self.flush()?;
             }
         }
@@ -531,34 +536,19 @@ impl Store {
         self.store_hot()?;
         // Cut short (the batches below are several), the next open starts again.
         self.mark_node_stale()?;
-        let old: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
-            .trees
-            .userid_bucket_counts
-            .scan_prefix([0xFF])
-            .keys()
-            .map(|k| k.map(|k| (k.to_vec(), None)))
-            .collect::<sled::Result<_>>()?;
-        self.put_node_chunks(old)?;
+        // The old chunks removed as the scan meets them (sled's iterator reads on from
+        // the last key it returned, so removing behind it is safe), not collected first.
+        let old = self.trees.userid_bucket_counts.scan_prefix([0xFF]).keys();
+        self.put_node_chunks(old.map(|k| Ok((k?, None))))?;
         let mut pending: HashMap<[u8; 9], Delta> = HashMap::new();
         // Each pending chunk merged, encoded and written in key order, one at a time.
         let spill = |pending: &mut HashMap<[u8; 9], Delta>| -> Result<()> {
-            let mut keys: Vec<[u8; 9]> = pending.keys().copied().collect();
-            keys.sort_unstable();
-            let mut failed = None;
-            let ops = keys.into_iter().map_while(|k| match self.bucket(&k) {
-                Ok(base) => {
-                    let agg = merged(base.as_deref(), pending.get(&k).unwrap_or(&Delta::default()));
-                    Some((k.to_vec(), (agg.total > 0).then(|| encode(&agg))))
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    None
-                }
-            });
-            self.put_node_chunks(ops)?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            let mut changes: Vec<(&[u8; 9], &Delta)> = pending.iter().collect();
+            changes.sort_unstable_by_key(|(k, _)| **k);
+            self.put_node_chunks(changes.into_iter().map(|(k, d)| {
+                let agg = merged(self.bucket(k)?.as_deref(), d);
+                Ok((k, (agg.total > 0).then(|| encode(&agg))))
+            }))?;
             pending.clear();
             Ok(())
         };

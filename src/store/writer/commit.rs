@@ -289,7 +289,10 @@ impl Writer {
                 Err(_) => node_stored = false,
             }
             let chunks = match node_stored {
-                true => self.store.put_node_chunks(node_ops).and_then(|()| self.store.clear_node_stale()),
+                true => self
+                    .store
+                    .put_node_chunks(node_ops.into_iter().map(Ok))
+                    .and_then(|()| self.store.clear_node_stale()),
                 false => Err(Error::Invalid("statistics cache poisoned".into())),
             };
             // The group is acknowledged (its listens are stored); the store refuses
