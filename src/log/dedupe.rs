@@ -29,6 +29,24 @@ const DEDUPE_CONTEXT: &str = "hearsay 2026-11-23 dedupe key v3";
 
 /// Identity form of a name: NFC, case-folded, white space collapsed.
 pub fn normalize_name(name: &str) -> String {
+    // ASCII (most names): NFC changes nothing and full case folding maps only A-Z, so
+    // lower-casing is the same result without three passes and two allocations (the
+    // writer normalises every new track's names several times; `ascii_is_the_full_rule`).
+    if name.is_ascii() {
+        let mut out = String::with_capacity(name.len());
+        for word in name.split_whitespace() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        }
+        return out;
+    }
+    full_normalize(name)
+}
+
+/// `normalize_name` without the ASCII shortcut.
+fn full_normalize(name: &str) -> String {
     let folded = caseless::default_case_fold_str(&name.nfc().collect::<String>());
     let mut out = String::with_capacity(folded.len());
     for word in folded.nfc().collect::<String>().split_whitespace() {
@@ -176,12 +194,26 @@ mod tests {
         assert_eq!(windows, (30, 30, 150, 240));
     }
 
+    #[test]
+    fn every_ascii_character_takes_the_full_rule() {
+        for c in (0u8..128).map(char::from) {
+            for name in [format!("{c}"), format!("Ab{c}Cd"), format!(" {c} x{c}{c}Y ")] {
+                assert_eq!(normalize_name(&name), full_normalize(&name), "{name:?}");
+            }
+        }
+    }
+
     fn names() -> impl proptest::strategy::Strategy<Value = String> {
         // Accents (precomposed and combining), CJK, Hangul, emoji, spaces.
         proptest::string::string_regex("[a-zA-Zéèüñßø\u{0301}\u{0308}坂本龍一안녕🎵🌙 ]{0,24}").expect("regex")
     }
 
     proptest::proptest! {
+        #[test]
+        fn ascii_is_the_full_rule(name in "[ -~\t\n\x0b\x0c\r\x1c-\x1f\x00]{0,40}") {
+            proptest::prop_assert_eq!(normalize_name(&name), full_normalize(&name));
+        }
+
         #[test]
         fn normalisation_is_idempotent_and_ignores_composition(name in names()) {
             let n = normalize_name(&name);

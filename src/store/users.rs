@@ -284,7 +284,7 @@ impl Store {
         let node_chart = |level| crate::policy::counted_exactly(level, crate::policy::Purpose::NodeChart);
         // Into or out of the node chart: the node buckets gain or lose the user's, in
         // the same transaction as the level (deferred: the level with `NODE_STALE`).
-        let mut deltas = std::collections::HashMap::new();
+        let mut deltas = crate::store::aggregates::FastMap::default();
         if node_chart(record.visibility) != node_chart(visibility) {
             // Deferred, the user's buckets are read as they stand (memory over store).
             if !deferred {
@@ -617,7 +617,7 @@ impl Store {
         let mut bucket_ops: Vec<BucketWrite> = Vec::new();
         let buckets = self.user_buckets(id)?;
         if crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
-            let mut deltas = std::collections::HashMap::new();
+            let mut deltas = crate::store::aggregates::FastMap::default();
             self.whole_user_deltas(id, &buckets, false, &mut deltas)?;
             for (k, agg) in self.merged_node(&deltas)? {
                 bucket_ops.push(bucket_write(&k, &agg));

@@ -290,8 +290,15 @@ impl Dictionary {
         let main = artists.first().copied();
         let recording = self.intern(Kind::Recording, &c.title, main);
         let release = track.album.as_deref().map(|album| self.intern(Kind::Release, album, main));
+        // Each string was just interned as its item: no need to look it up again.
+        let mut named: Vec<(Kind, u32, &str)> =
+            c.artists.iter().zip(&artists).map(|(a, item)| (Kind::Artist, *item, a.as_str())).collect();
+        named.push((Kind::Recording, recording, c.title.as_str()));
+        if let (Some(album), Some(r)) = (track.album.as_deref(), release) {
+            named.push((Kind::Release, r, album));
+        }
+        self.note_spellings(id, named);
         let credits = TrackCreditsV1 { artists, recording, release };
-        self.note_variants(id, &c, track.album.as_deref(), &credits);
         self.credits.set(id, Some(&credits))?;
         self.dirty_credits.insert(id / TRACK_CHUNK);
         Ok(())
@@ -327,6 +334,12 @@ impl Dictionary {
         {
             named.push((Kind::Release, r, album));
         }
+        self.note_spellings(id, named);
+    }
+
+    /// Remembers which of `named` (items of track `id`, each with the string the track
+    /// credits it as) the track spells otherwise than the item's stored name.
+    fn note_spellings(&mut self, id: u32, named: Vec<(Kind, u32, &str)>) {
         let variants: Vec<(u8, u32, String)> = named
             .into_iter()
             .filter(|(kind, item, spelled)| {

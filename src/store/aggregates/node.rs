@@ -204,7 +204,7 @@ impl Unit<'_> {
 
     fn add_to(
         &self,
-        out: &mut HashMap<[u8; 9], Delta>,
+        out: &mut FastMap<[u8; 9], Delta>,
         plain: &mut Plain<'_>,
         respelled: &[(Kind, u32)],
     ) -> Result<()> {
@@ -253,7 +253,7 @@ impl Unit<'_> {
             }
         }
         let (g, n) = (self.granularity, self.number);
-        let put = |out: &mut HashMap<[u8; 9], Delta>, what: u8, d: Delta| {
+        let put = |out: &mut FastMap<[u8; 9], Delta>, what: u8, d: Delta| {
             for (k, counts) in d.counts.into_iter().enumerate() {
                 for (item, by) in counts {
                     let e = out.entry(node_key(what, g, n, chunk_of(g, item))).or_default();
@@ -286,7 +286,7 @@ pub(crate) fn deltas(
     years: &BTreeSet<i32>,
     plain: &mut Plain<'_>,
     respelled: &[(Kind, u32)],
-    out: &mut HashMap<[u8; 9], Delta>,
+    out: &mut FastMap<[u8; 9], Delta>,
 ) -> Result<()> {
     let Some(first) = changes.keys().next() else { return Ok(()) };
     let (user, _, _) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, first)?;
@@ -420,7 +420,7 @@ impl Store {
         user: UserId,
         buckets: &BTreeMap<[u8; 9], Arc<AggV1>>,
         adding: bool,
-        out: &mut HashMap<[u8; 9], Delta>,
+        out: &mut FastMap<[u8; 9], Delta>,
     ) -> Result<()> {
         let changes: BTreeMap<[u8; 9], Change> = buckets
             .iter()
@@ -439,7 +439,7 @@ impl Store {
     }
 
     /// Node buckets with `deltas` applied, as `(key, bucket)` ready to store.
-    pub(crate) fn merged_node(&self, deltas: &HashMap<[u8; 9], Delta>) -> Result<Vec<([u8; 9], AggV1)>> {
+    pub(crate) fn merged_node(&self, deltas: &FastMap<[u8; 9], Delta>) -> Result<Vec<([u8; 9], AggV1)>> {
         deltas.iter().map(|(k, d)| Ok((*k, merged(self.bucket(k)?.as_deref(), d)))).collect()
     }
 
@@ -540,9 +540,9 @@ impl Store {
         // the last key it returned, so removing behind it is safe), not collected first.
         let old = self.trees.userid_bucket_counts.scan_prefix([0xFF]).keys();
         self.put_node_chunks(old.map(|k| Ok((k?, None))))?;
-        let mut pending: HashMap<[u8; 9], Delta> = HashMap::new();
+        let mut pending: FastMap<[u8; 9], Delta> = FastMap::default();
         // Each pending chunk merged, encoded and written in key order, one at a time.
-        let spill = |pending: &mut HashMap<[u8; 9], Delta>| -> Result<()> {
+        let spill = |pending: &mut FastMap<[u8; 9], Delta>| -> Result<()> {
             let mut changes: Vec<(&[u8; 9], &Delta)> = pending.iter().collect();
             changes.sort_unstable_by_key(|(k, _)| **k);
             self.put_node_chunks(changes.into_iter().map(|(k, d)| {
@@ -559,7 +559,7 @@ impl Store {
             let buckets = self.user_buckets(user.id)?;
             self.whole_user_deltas(user.id, &buckets, true, &mut pending)?;
             // Bounded memory on a large node: fold what is pending into the store.
-            if pending.values().map(|d| d.counts.iter().map(HashMap::len).sum::<usize>()).sum::<usize>() > REBUILD_PAIRS
+            if pending.values().map(|d| d.counts.iter().map(FastMap::len).sum::<usize>()).sum::<usize>() > REBUILD_PAIRS
             {
                 spill(&mut pending)?;
             }
@@ -571,7 +571,7 @@ impl Store {
 
     /// Adds changes of node buckets to the pending ones (the writer thread only), then
     /// tells the node cache.
-    pub(crate) fn add_node_pending(&self, deltas: &HashMap<[u8; 9], Delta>) -> Result<()> {
+    pub(crate) fn add_node_pending(&self, deltas: &FastMap<[u8; 9], Delta>) -> Result<()> {
         let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
         for (k, d) in deltas {
             pending.entry(*k).or_default().absorb(d);

@@ -78,7 +78,7 @@ impl Store {
             merged_buckets.push((*k, after));
         }
         if self.counted_in_node(user)? {
-            let mut node = std::collections::HashMap::new();
+            let mut node = super::FastMap::default();
             let years = self.user_years(user)?;
             node::deltas(
                 &changes,
@@ -241,7 +241,7 @@ impl Store {
         if self.counted_in_node(user)? {
             let new_arc: BTreeMap<[u8; 9], std::sync::Arc<AggV1>> =
                 new.iter().map(|(k, a)| (*k, std::sync::Arc::new(a.clone()))).collect();
-            let mut node = std::collections::HashMap::new();
+            let mut node = super::FastMap::default();
             self.whole_user_deltas(user, &old, false, &mut node)?;
             self.whole_user_deltas(user, &new_arc, true, &mut node)?;
             for (k, agg) in self.merged_node(&node)? {

@@ -2,7 +2,7 @@
 //! and the statistics buckets merged and persisted every few seconds (the node's
 //! chunks, when due, right after the flush: `Store::put_node_chunks`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sled::Transactional;
@@ -18,7 +18,8 @@ use crate::store::{Error, Result};
 use super::*;
 
 /// A group's merged user buckets and its changes of node buckets.
-pub(super) type NodeMerge = (Vec<([u8; 9], Arc<AggV1>)>, HashMap<[u8; 9], crate::store::aggregates::Delta>);
+pub(super) type NodeMerge =
+    (Vec<([u8; 9], Arc<AggV1>)>, crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>);
 
 impl Writer {
     /// The buckets a group changed, with its changes applied, and the changes of the
@@ -36,7 +37,7 @@ impl Writer {
             by_user.entry(user).or_default().insert(*k, (before, Some(after.clone())));
             out.push((*k, after));
         }
-        let mut node = HashMap::new();
+        let mut node = crate::store::aggregates::FastMap::default();
         for (user, changes) in &by_user {
             if !self.store.counted_in_node(*user)? {
                 continue;
