@@ -203,6 +203,21 @@ pub struct Store {
     /// either comes before the read (the listen is not in the release) or after the
     /// contribution records exist (it clears their names). See `contributions_lock`.
     contributions: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Faults the unit tests inject into this store (no other store sees them).
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Arc<Faults>,
+}
+
+/// Faults a unit test injects into one store, to reach the branches a real disk reaches
+/// only by chance.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// `put_node_chunks` fails at its write number n + 1 (0: never).
+    pub node_chunk_fails_at: std::sync::atomic::AtomicUsize,
+    /// The writer stores every group's statistics, the node's included (as it does
+    /// every `NODE_PERSIST_EVERY`).
+    pub store_node_each_group: std::sync::atomic::AtomicBool,
 }
 
 /// Buckets newer than their stored copy.
@@ -444,6 +459,8 @@ impl Store {
             reserve_mb: options.reserve_mb,
             data_file,
             contributions: std::sync::Arc::default(),
+            #[cfg(test)]
+            faults: std::sync::Arc::default(),
         };
         Ok(store)
     }

@@ -518,6 +518,10 @@ impl Store {
     ) -> Result<()> {
         let tree = &self.trees.userid_bucket_counts;
         for (i, op) in ops.into_iter().enumerate() {
+            #[cfg(test)]
+            if self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1 {
+                return Err(Error::Db(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))));
+            }
             match op? {
                 (k, Some(v)) => tree.insert(k, v)?,
                 (k, None) => tree.remove(k)?,

@@ -149,6 +149,8 @@ impl Writer {
             Err(_) => (usize::MAX, usize::MAX),
         };
         node_pairs = node_pairs.saturating_add(self.pending_node_pairs);
+        #[cfg(test)]
+        let persist = persist || self.store.faults.store_node_each_group.load(std::sync::atomic::Ordering::Relaxed);
         let node_due =
             persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
         let persist =
@@ -369,5 +371,68 @@ impl Writer {
             self.store.people_changed();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::log::listen::RawListen;
+    use crate::stats::period::Period;
+    use crate::store::users::SharingLevel;
+    use crate::store::{Options, Store};
+
+    fn listen(i: i64, now: i64) -> Action {
+        let (artist, title) = (format!("Artist {}", i % 5), format!("Song {i}"));
+        let raw = RawListen {
+            artist: artist.as_bytes(),
+            title: title.as_bytes(),
+            listened_at: now - 3_600 * (i + 1),
+            ..RawListen::default()
+        };
+        Action::Listen(Listen::parse(&raw, now).expect("listen"))
+    }
+
+    fn node_chunks(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
+        store.trees.userid_bucket_counts.scan_prefix([0xFF]).map(|kv| kv.expect("scan")).collect()
+    }
+
+    /// The node's chunks are written after a group is durable: when one of those
+    /// writes fails, the group is still acknowledged (its listens are stored), the store
+    /// refuses what comes next, and the next open recounts the node from the users'
+    /// buckets (`node_stale` stayed set), however many chunks were written.
+    #[test]
+    fn a_durable_group_is_acknowledged_when_its_node_chunks_fail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options { cache_mb: 4, ..Options::default() };
+        let now = crate::now_unix();
+        let store = Store::open(dir.path(), &options).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        store.faults.store_node_each_group.store(true, Relaxed);
+        store.faults.node_chunk_fails_at.store(3, Relaxed);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let outcomes = ingestor.ingest_blocking(user, (0..30).map(|i| listen(i, now)).collect()).expect("acknowledged");
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), 30);
+        assert!(store.failure().is_some_and(|f| f.contains("node statistics")), "{:?}", store.failure());
+        assert!(ingestor.ingest_blocking(user, vec![listen(40, now)]).is_err(), "a failed store refuses writes");
+        assert!(
+            store.trees.meta.contains_key(NODE_STALE).expect("meta"),
+            "still marked stale on disk: the chunks on disk are part old, part new"
+        );
+        ingestor.stop();
+        drop(store);
+
+        let store = Store::open(dir.path(), &options).expect("reopen");
+        assert_eq!(store.log_head(user).expect("head").n_listens, 30, "every acknowledged listen kept");
+        let chart =
+            store.node_chart(Kind::Artist, &Period::AllTime, 10, now, &jiff::tz::TimeZone::UTC).expect("node chart");
+        assert_eq!((chart.listens, chart.listeners, chart.rows.len()), (30, 1, 5));
+        let reopened = node_chunks(&store);
+        store.rebuild_node_stats().expect("rebuild");
+        assert_eq!(reopened, node_chunks(&store), "the node's buckets after the reopen are a rebuild's");
+        assert!(!store.trees.meta.contains_key(NODE_STALE).expect("meta"));
     }
 }
