@@ -892,10 +892,17 @@ fn community(
     let mut times = Vec::with_capacity(10);
     for k in 1..=10u64 {
         let member = store.user_by_name(&format!("user{k}"))?.ok_or_else(|| anyhow::anyhow!("no user{k}"))?;
-        let mut synthetic = Synthetic::new(k, 200);
-        // A time no earlier run used: a listen seen before is a duplicate, not a change.
-        synthetic.at = crate::now_unix() - 3_600 * k as i64;
-        let outcomes = ingestor.ingest_blocking(member.id, vec![Action::Listen(synthetic.listen())])?;
+        // A time no earlier run used: a listen seen before is a duplicate, not a change
+        // (a run a few minutes after another meets its listens: step back ten minutes).
+        let mut outcomes = Vec::new();
+        for attempt in 0..50i64 {
+            let mut synthetic = Synthetic::new(k, 200);
+            synthetic.at = crate::now_unix() - 3_600 * k as i64 - 600 * attempt;
+            outcomes = ingestor.ingest_blocking(member.id, vec![Action::Listen(synthetic.listen())])?;
+            if matches!(outcomes.first(), Some(crate::store::writer::Outcome::Appended { .. })) {
+                break;
+            }
+        }
         anyhow::ensure!(
             matches!(outcomes.first(), Some(crate::store::writer::Outcome::Appended { .. })),
             "the scrobble was not appended: {outcomes:?}"
