@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-/// A map hashed with `rustc_hash`'s Fx: its keys are item ids, hour slots and bucket keys
-/// the node assigns (no client chooses them, so no flooding of one hash bucket), and
-/// std's SipHash cost a tenth of the writer's time in the import profile.
+/// A map hashed with `rustc_hash`'s Fx: its keys are item ids the node assigns in order,
+/// and hour slots and bucket keys derived from those ids and from listen times inside
+/// the accepted window, small bounded domains where no client can pile keys into one
+/// hash bucket; std's SipHash cost a tenth of the writer's time in the import profile.
 pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 use super::Credited;
