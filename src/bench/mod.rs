@@ -894,19 +894,19 @@ fn community(
         let member = store.user_by_name(&format!("user{k}"))?.ok_or_else(|| anyhow::anyhow!("no user{k}"))?;
         // A time no earlier run used: a listen seen before is a duplicate, not a change
         // (a run a few minutes after another meets its listens: step back ten minutes).
+        let appended = |o: &[crate::store::writer::Outcome]| {
+            matches!(o.first(), Some(crate::store::writer::Outcome::Appended { .. }))
+        };
         let mut outcomes = Vec::new();
         for attempt in 0..50i64 {
             let mut synthetic = Synthetic::new(k, 200);
             synthetic.at = crate::now_unix() - 3_600 * k as i64 - 600 * attempt;
             outcomes = ingestor.ingest_blocking(member.id, vec![Action::Listen(synthetic.listen())])?;
-            if matches!(outcomes.first(), Some(crate::store::writer::Outcome::Appended { .. })) {
+            if appended(&outcomes) {
                 break;
             }
         }
-        anyhow::ensure!(
-            matches!(outcomes.first(), Some(crate::store::writer::Outcome::Appended { .. })),
-            "the scrobble was not appended: {outcomes:?}"
-        );
+        anyhow::ensure!(appended(&outcomes), "the scrobble was not appended: {outcomes:?}");
         let t = Instant::now();
         std::hint::black_box(agent.get(&url).call()?.into_string()?);
         times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -30,17 +30,10 @@ const DEDUPE_CONTEXT: &str = "hearsay 2026-11-23 dedupe key v3";
 /// Identity form of a name: NFC, case-folded, white space collapsed.
 pub fn normalize_name(name: &str) -> String {
     // ASCII (most names): NFC changes nothing and full case folding maps only A-Z, so
-    // lower-casing is the same result without three passes and two allocations (the
-    // writer normalises every new track's names several times; `ascii_is_the_full_rule`).
+    // lower-casing is the same result without the two NFC passes and the folding
+    // tables (the writer normalises every new track's names; `ascii_is_the_full_rule`).
     if name.is_ascii() {
-        let mut out = String::with_capacity(name.len());
-        for word in name.split_whitespace() {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
-        }
-        return out;
+        return collapse_spaces(&name.to_ascii_lowercase());
     }
     full_normalize(name)
 }
@@ -48,8 +41,13 @@ pub fn normalize_name(name: &str) -> String {
 /// `normalize_name` without the ASCII shortcut.
 fn full_normalize(name: &str) -> String {
     let folded = caseless::default_case_fold_str(&name.nfc().collect::<String>());
-    let mut out = String::with_capacity(folded.len());
-    for word in folded.nfc().collect::<String>().split_whitespace() {
+    collapse_spaces(&folded.nfc().collect::<String>())
+}
+
+/// `s` with runs of white space collapsed to one space, none at either end.
+fn collapse_spaces(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
         if !out.is_empty() {
             out.push(' ');
         }

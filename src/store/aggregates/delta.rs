@@ -3,15 +3,15 @@
 
 use std::collections::HashMap;
 
+use super::Credited;
+use crate::stats::chart::Kind;
+use crate::store::values::AggV1;
+
 /// A map hashed with `rustc_hash`'s Fx: its keys are item ids the node assigns in order,
 /// and hour slots and bucket keys derived from those ids and from listen times inside
 /// the accepted window, small bounded domains where no client can pile keys into one
 /// hash bucket; std's SipHash cost a tenth of the writer's time in the import profile.
 pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
-
-use super::Credited;
-use crate::stats::chart::Kind;
-use crate::store::values::AggV1;
 
 /// Pending changes to one bucket, merged into it in one pass (`merged`): a year bucket
 /// holds tens of thousands of items, so inserting listens one by one into its sorted

@@ -563,8 +563,7 @@ impl Store {
             let buckets = self.user_buckets(user.id)?;
             self.whole_user_deltas(user.id, &buckets, true, &mut pending)?;
             // Bounded memory on a large node: fold what is pending into the store.
-            if pending.values().map(|d| d.counts.iter().map(FastMap::len).sum::<usize>()).sum::<usize>() > REBUILD_PAIRS
-            {
+            if pending.values().map(Delta::pairs).sum::<usize>() > REBUILD_PAIRS {
                 spill(&mut pending)?;
             }
         }
