@@ -49,7 +49,7 @@ mod tests {
 
     use super::*;
     use crate::log::TrackRef;
-    use crate::store::values::{BlockV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
+    use crate::store::values::{AggV1, AggV2, BlockV1, DayItem, DayV1, HeadV1, StoredEntry, TrackChunkV1, TrackV1};
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
         prop_oneof![
@@ -119,6 +119,58 @@ mod tests {
                 prop_assert!(text.contains("userid_seq_block") && text.contains("0001"), "{}", text);
             }
         }
+    }
+
+    fn agg() -> impl Strategy<Value = AggV2> {
+        let list = || proptest::collection::vec(any::<(u32, u32)>(), 0..40);
+        (any::<u32>(), list(), list(), list(), proptest::collection::vec(any::<((u16, u8), u32)>(), 0..40)).prop_map(
+            |(total, mut a, b, c, hours)| {
+                // Mostly sorted, as stored, but unsorted lists must round-trip too.
+                a.sort_unstable();
+                AggV2 { total, counts: [a, b, c], hours }
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn bucket_counts_round_trip_and_version_1_reads_the_same(agg in agg()) {
+            prop_assert_eq!(decode::<AggV2>("t", b"k", &encode(&agg)).expect("v2"), agg.clone());
+            let v1 = AggV1 { total: agg.total, counts: agg.counts.clone(), hours: agg.hours.clone() };
+            let v1 = [vec![1u8], postcard::to_allocvec(&v1).expect("postcard")].concat();
+            prop_assert_eq!(decode::<AggV2>("t", b"k", &v1).expect("v1"), agg);
+        }
+
+        #[test]
+        fn damaged_bucket_counts_are_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
+            let bytes = [vec![version], bytes].concat();
+            if let Err(e) = decode::<AggV2>("userid_bucket_counts", &[0, 1], &bytes) {
+                prop_assert!(e.to_string().contains("userid_bucket_counts"), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn bucket_counts_store_sorted_ids_as_small_differences() {
+        // 1,000 ids a few apart around 300,000: absolute varints take 3 bytes each, the
+        // differences 1.
+        let ids: Vec<(u32, u32)> = (0..1_000u32).map(|i| (300_000 + 5 * i, 1)).collect();
+        let hours: Vec<((u16, u8), u32)> = (0..300u16).map(|d| ((d, 20), 2)).collect();
+        let agg = AggV2 { total: 1_000, counts: [ids.clone(), vec![], vec![]], hours: hours.clone() };
+        let v2 = encode(&agg).len();
+        let v1 =
+            postcard::to_allocvec(&AggV1 { total: 1_000, counts: [ids, vec![], vec![]], hours }).expect("v1").len();
+        assert!(v2 <= 1 + 2 + 3 + 2 * 1_000 + 2 + 3 + 3 * 300, "{v2} bytes");
+        assert!(v1 >= 4 * 1_000 + 3 * 300, "{v1} bytes");
+        // An hour slot whose day does not fit in 16 bits is damage, not a panic.
+        let slot = |gap: u32| {
+            let no_counts = [(); 3].map(|()| Vec::<(u32, u32)>::new());
+            [vec![2u8], postcard::to_allocvec(&(0u32, no_counts, vec![(gap, 1u32)])).expect("slot")].concat()
+        };
+        let last = decode::<AggV2>("userid_bucket_counts", b"k", &slot(0x00FF_FF14)).expect("day 65535");
+        assert_eq!(last.hours, vec![((u16::MAX, 20), 1)]);
+        let e = decode::<AggV2>("userid_bucket_counts", b"k", &slot(0x0100_0000)).expect_err("day 65536");
+        assert!(e.to_string().contains("userid_bucket_counts"), "{e}");
     }
 
     #[test]

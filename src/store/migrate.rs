@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
     // store still below 12 builds them once, in 13.
     Migration { to: 12, name: "node statistics from the public members' buckets", run: nothing_to_fill },
     Migration { to: 13, name: "node statistics in chunks sized by granularity", run: node_stats },
+    Migration {
+        to: 14,
+        name: "bucket counts with delta-coded ids (version 1 values read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;

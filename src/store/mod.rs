@@ -222,7 +222,7 @@ pub(crate) struct Faults {
 
 /// Buckets newer than their stored copy.
 pub(crate) type HotBuckets =
-    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV1>>>>;
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 9], std::sync::Arc<values::AggV2>>>>;
 
 /// The node's key file in a data directory (written by `identity`; a backup or a
 /// recovery carries it over).

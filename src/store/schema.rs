@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 13;
+pub const SCHEMA_VERSION: u32 = 14;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -87,7 +87,7 @@ pub const ITEM_CHUNK: u32 = 64;
 pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 
 /// `userid_bucket_counts`: `user id u32 ‖ granularity u8 (0 day, 1 month, 2 year) ‖
-/// bucket number (i32 + 2^31) u32` -> `AggV1`: listens in that local day (day number
+/// bucket number (i32 + 2^31) u32` -> `AggV2`: listens in that local day (day number
 /// since 1970-01-01), month (year × 12 + month − 1) or year of the user's time zone:
 /// total, per item counts, and (year buckets) counts per local day and hour. Serves
 /// every chart, series and clock. Since schema 2. Since schema 12 it also holds the

@@ -338,17 +338,153 @@ impl Versioned for SpellingV1 {
     const VERSION: u8 = 1;
 }
 
-/// `userid_bucket_counts`: a user's listen counts in one local day, month or year.
+/// `userid_bucket_counts`: a user's (or the node's) listen counts in one local day,
+/// month or year.
+///
+/// Stored since schema 14 with each item id and hour slot written as its difference
+/// from the previous one (`delta_coded`): sorted ids differ by little, so most take one
+/// varint byte instead of three. Version 1 values (absolute ids) are read as they are and
+/// rewritten in version 2 when their bucket next changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AggV1 {
+pub struct AggV2 {
     pub total: u32,
     /// Per `stats::chart::Kind` index: `(item id, listens)` sorted by id.
+    #[serde(with = "delta_coded::counts")]
     pub counts: [Vec<(u32, u32)>; 3],
     /// Year buckets only: `((day of year, hour), listens)` sorted, local time.
+    #[serde(with = "delta_coded::hours")]
     pub hours: Vec<((u16, u8), u32)>,
 }
-impl Versioned for AggV1 {
-    const VERSION: u8 = 1;
+impl Versioned for AggV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => match postcard::take_from_bytes::<AggV1>(body) {
+                Ok((v1, [])) => Ok(AggV2 { total: v1.total, counts: v1.counts, hours: v1.hours }),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
+}
+
+/// `userid_bucket_counts` as written up to schema 13: the same fields as `AggV2` with
+/// absolute item ids and hour slots. Read and converted to `AggV2`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AggV1 {
+    pub total: u32,
+    pub counts: [Vec<(u32, u32)>; 3],
+    pub hours: Vec<((u16, u8), u32)>,
+}
+
+/// The serde shape of `AggV2`'s sorted lists: each key is written as its difference from
+/// the previous key (the first from 0), wrapping, so every list round-trips exactly
+/// (an unsorted one only costs more bytes) and decoding cannot overflow. An hour slot
+/// `(day, hour)` is the key `day << 8 | hour`.
+mod delta_coded {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Error as _, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// How many entries a decoded list reserves before it has read them: a length
+    /// prefix is input and may lie.
+    const RESERVE_AT_MOST: usize = 4_096;
+
+    /// A sorted list's key as a u32, and back.
+    trait Key: Copy {
+        fn to_u32(self) -> u32;
+        fn from_u32(k: u32) -> Option<Self>;
+    }
+    impl Key for u32 {
+        fn to_u32(self) -> u32 {
+            self
+        }
+        fn from_u32(k: u32) -> Option<Self> {
+            Some(k)
+        }
+    }
+    impl Key for (u16, u8) {
+        fn to_u32(self) -> u32 {
+            (u32::from(self.0) << 8) | u32::from(self.1)
+        }
+        fn from_u32(k: u32) -> Option<Self> {
+            Some((u16::try_from(k >> 8).ok()?, (k & 0xFF) as u8))
+        }
+    }
+
+    struct Gaps<'a, K>(&'a [(K, u32)]);
+    impl<K: Key> Serialize for Gaps<'_, K> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut prev = 0u32;
+            s.collect_seq(self.0.iter().map(|&(k, n)| {
+                let k = k.to_u32();
+                let gap = k.wrapping_sub(prev);
+                prev = k;
+                (gap, n)
+            }))
+        }
+    }
+
+    struct Sums<K>(Vec<(K, u32)>);
+    impl<'de, K: Key> Deserialize<'de> for Sums<K> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<K>(PhantomData<K>);
+            impl<'de, K: Key> Visitor<'de> for V<K> {
+                type Value = Sums<K>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a delta-coded list of (key, count)")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sums<K>, A::Error> {
+                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_AT_MOST));
+                    let mut prev = 0u32;
+                    while let Some((gap, n)) = seq.next_element::<(u32, u32)>()? {
+                        prev = prev.wrapping_add(gap);
+                        let key = K::from_u32(prev).ok_or_else(|| A::Error::custom("hour slot out of range"))?;
+                        out.push((key, n));
+                    }
+                    Ok(Sums(out))
+                }
+            }
+            d.deserialize_seq(V(PhantomData))
+        }
+    }
+
+    pub mod counts {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(lists: &[Vec<(u32, u32)>; 3], s: S) -> Result<S::Ok, S::Error> {
+            let mut t = s.serialize_tuple(3)?;
+            for list in lists {
+                t.serialize_element(&Gaps(list))?;
+            }
+            t.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[Vec<(u32, u32)>; 3], D::Error> {
+            let (a, b, c) = <(Sums<u32>, Sums<u32>, Sums<u32>)>::deserialize(d)?;
+            Ok([a.0, b.0, c.0])
+        }
+    }
+
+    pub mod hours {
+        use super::*;
+
+        /// `((day of year, hour), listens)`.
+        type Slot = ((u16, u8), u32);
+
+        pub fn serialize<S: Serializer>(list: &[Slot], s: S) -> Result<S::Ok, S::Error> {
+            Gaps(list).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Slot>, D::Error> {
+            Ok(Sums::deserialize(d)?.0)
+        }
+    }
 }
 
 /// `userid_recording_feedback`: the user's current feedback on a recording.

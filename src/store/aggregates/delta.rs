@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Credited;
 use crate::stats::chart::Kind;
-use crate::store::values::AggV1;
+use crate::store::values::AggV2;
 
 /// A map hashed with `rustc_hash`'s Fx: its keys are item ids the node assigns in order,
 /// and hour slots and bucket keys derived from those ids and from listen times inside
@@ -83,10 +83,10 @@ pub(super) fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &FastMap<K, 
 }
 
 /// `base` with `delta` applied.
-pub(crate) fn merged(base: Option<&AggV1>, delta: &Delta) -> AggV1 {
-    let empty = AggV1::default();
+pub(crate) fn merged(base: Option<&AggV2>, delta: &Delta) -> AggV2 {
+    let empty = AggV2::default();
     let base = base.unwrap_or(&empty);
-    AggV1 {
+    AggV2 {
         total: u32::try_from((i64::from(base.total) + delta.total).max(0)).unwrap_or(u32::MAX),
         counts: [0, 1, 2].map(|k| merge_sorted(&base.counts[k], &delta.counts[k])),
         hours: merge_sorted(&base.hours, &delta.hours),

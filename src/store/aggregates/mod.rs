@@ -16,7 +16,7 @@ use crate::stats::period::{self, Bucket, Period, day_number, local_date};
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{AggV1, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
+use crate::store::values::{AggV2, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
 
 mod delta;
 mod dictionary;
@@ -165,7 +165,7 @@ impl Store {
     }
 
     /// A bucket as the writer last left it: the in-memory copy if newer, else sled's.
-    pub(crate) fn bucket(&self, key: &[u8; 9]) -> Result<Option<std::sync::Arc<AggV1>>> {
+    pub(crate) fn bucket(&self, key: &[u8; 9]) -> Result<Option<std::sync::Arc<AggV2>>> {
         if !is_node_key(key) {
             return self.bucket_base(key, None);
         }
@@ -185,8 +185,8 @@ impl Store {
     pub(crate) fn bucket_base(
         &self,
         key: &[u8; 9],
-        hot: Option<&HashMap<[u8; 9], std::sync::Arc<AggV1>>>,
-    ) -> Result<Option<std::sync::Arc<AggV1>>> {
+        hot: Option<&HashMap<[u8; 9], std::sync::Arc<AggV2>>>,
+    ) -> Result<Option<std::sync::Arc<AggV2>>> {
         let held = match hot {
             Some(h) => h.get(key).cloned(),
             None => self.hot.read().ok().and_then(|h| h.get(key).cloned()),

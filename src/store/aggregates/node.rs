@@ -111,7 +111,7 @@ pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
 /// A bucket as a write: stored while it counts anything, else removed.
 pub(crate) type BucketWrite = (Vec<u8>, Option<Vec<u8>>);
 
-pub(crate) fn bucket_write(key: &[u8; 9], agg: &AggV1) -> BucketWrite {
+pub(crate) fn bucket_write(key: &[u8; 9], agg: &AggV2) -> BucketWrite {
     (key.to_vec(), (agg.total > 0).then(|| encode(agg)))
 }
 
@@ -141,7 +141,7 @@ pub(crate) fn monday(day: i32) -> i32 {
 }
 
 /// One user bucket, before and after a change (`None`: absent).
-pub(crate) type Change = (Option<Arc<AggV1>>, Option<Arc<AggV1>>);
+pub(crate) type Change = (Option<Arc<AggV2>>, Option<Arc<AggV2>>);
 
 /// `item`'s count in a sorted `(item, count)` list.
 fn count_in(counts: &[(u32, u32)], item: u32) -> i64 {
@@ -187,10 +187,10 @@ struct Unit<'a> {
 }
 
 /// A user's bucket before and after a change.
-type Part<'a> = (Option<&'a AggV1>, Option<&'a AggV1>);
+type Part<'a> = (Option<&'a AggV2>, Option<&'a AggV2>);
 
 /// Reads a user's bucket that did not change.
-pub(crate) type Current<'a> = dyn FnMut(&[u8; 9]) -> Result<Option<Arc<AggV1>>> + 'a;
+pub(crate) type Current<'a> = dyn FnMut(&[u8; 9]) -> Result<Option<Arc<AggV2>>> + 'a;
 
 /// Whether the user shows an item (kind, id) under its stored name, before the change
 /// (`false`) or after it (`true`).
@@ -198,7 +198,7 @@ pub(crate) type Plain<'a> = dyn FnMut(Kind, u32, bool) -> Result<bool> + 'a;
 
 impl Unit<'_> {
     /// One side (`after` or before) of the parts.
-    fn side(&self, after: bool) -> impl Iterator<Item = &AggV1> {
+    fn side(&self, after: bool) -> impl Iterator<Item = &AggV2> {
         self.parts.iter().filter_map(move |p: &Part<'_>| if after { p.1 } else { p.0 })
     }
 
@@ -292,7 +292,7 @@ pub(crate) fn deltas(
     let (user, _, _) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, first)?;
     debug_assert!(user.0 < FIRST_NODE_ID);
     // Unchanged buckets a week or all time needs, read once.
-    let mut read: HashMap<[u8; 9], Option<Arc<AggV1>>> = HashMap::new();
+    let mut read: HashMap<[u8; 9], Option<Arc<AggV2>>> = HashMap::new();
     let mut weeks: BTreeSet<i32> = BTreeSet::new();
     let mut any_year = false;
     for (key, (before, after)) in changes {
@@ -365,7 +365,7 @@ impl Store {
     }
 
     /// Every bucket of `user` as it stands (stored, or the newer copy in memory).
-    pub(crate) fn user_buckets(&self, user: UserId) -> Result<BTreeMap<[u8; 9], Arc<AggV1>>> {
+    pub(crate) fn user_buckets(&self, user: UserId) -> Result<BTreeMap<[u8; 9], Arc<AggV2>>> {
         let mut keys_of: BTreeSet<[u8; 9]> = BTreeSet::new();
         for key in self.trees.userid_bucket_counts.scan_prefix(keys::user(user)).keys() {
             let key = key?;
@@ -418,7 +418,7 @@ impl Store {
     pub(crate) fn whole_user_deltas(
         &self,
         user: UserId,
-        buckets: &BTreeMap<[u8; 9], Arc<AggV1>>,
+        buckets: &BTreeMap<[u8; 9], Arc<AggV2>>,
         adding: bool,
         out: &mut FastMap<[u8; 9], Delta>,
     ) -> Result<()> {
@@ -439,7 +439,7 @@ impl Store {
     }
 
     /// Node buckets with `deltas` applied, as `(key, bucket)` ready to store.
-    pub(crate) fn merged_node(&self, deltas: &FastMap<[u8; 9], Delta>) -> Result<Vec<([u8; 9], AggV1)>> {
+    pub(crate) fn merged_node(&self, deltas: &FastMap<[u8; 9], Delta>) -> Result<Vec<([u8; 9], AggV2)>> {
         deltas.iter().map(|(k, d)| Ok((*k, merged(self.bucket(k)?.as_deref(), d)))).collect()
     }
 
@@ -450,7 +450,7 @@ impl Store {
     /// change buckets with the node stopped, after a recount filled the memory copy).
     pub(crate) fn store_hot(&self) -> Result<()> {
         self.fold_node_pending()?;
-        let hot: Vec<([u8; 9], Arc<AggV1>)> = match self.hot.read() {
+        let hot: Vec<([u8; 9], Arc<AggV2>)> = match self.hot.read() {
             Ok(h) => h.iter().map(|(k, v)| (*k, v.clone())).collect(),
             Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
         };
@@ -622,7 +622,7 @@ impl Store {
 
     /// Every chunk of one node bucket, in item order: the stored ones with the newer
     /// copies in memory over them.
-    fn node_chunks(&self, what: u8, granularity: u8, number: i32) -> Result<AggV1> {
+    fn node_chunks(&self, what: u8, granularity: u8, number: i32) -> Result<AggV2> {
         let prefix = &node_key(what, granularity, number, 0)[..7];
         // The stored chunks, the memory copy's and the pending changes read under both
         // locks (in the order every reader takes them): the writer stores chunks one by
@@ -633,13 +633,13 @@ impl Store {
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
             let stored = self.trees.userid_bucket_counts.scan_prefix(prefix).collect::<sled::Result<Vec<_>>>()?;
-            let in_memory: Vec<([u8; 9], Arc<AggV1>)> =
+            let in_memory: Vec<([u8; 9], Arc<AggV2>)> =
                 hot.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, a)| (*k, a.clone())).collect();
             let (from, to) = (node_key(what, granularity, number, 0), node_key(what, granularity, number, u16::MAX));
             let changes: Vec<([u8; 9], Delta)> = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
             (stored, in_memory, changes)
         };
-        let mut chunks: BTreeMap<[u8; 9], Arc<AggV1>> = BTreeMap::new();
+        let mut chunks: BTreeMap<[u8; 9], Arc<AggV2>> = BTreeMap::new();
         for (k, v) in stored {
             let key = <[u8; 9]>::try_from(k.as_ref())
                 .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
@@ -650,7 +650,7 @@ impl Store {
             let base = chunks.get(&k).cloned();
             chunks.insert(k, Arc::new(merged(base.as_deref(), &d)));
         }
-        let mut out = AggV1::default();
+        let mut out = AggV2::default();
         for agg in chunks.values() {
             out.total = out.total.saturating_add(agg.total);
             for (all, part) in out.counts.iter_mut().zip(&agg.counts) {
@@ -734,7 +734,7 @@ impl Store {
     /// Which of `items` some counted user shows under its stored name: reads only the
     /// chunks holding them.
     pub(crate) fn shown_plain(&self, items: &[(Kind, u32)]) -> Result<BTreeSet<(Kind, u32)>> {
-        let mut chunks: BTreeMap<u16, Option<Arc<AggV1>>> = BTreeMap::new();
+        let mut chunks: BTreeMap<u16, Option<Arc<AggV2>>> = BTreeMap::new();
         let mut out = BTreeSet::new();
         for &(kind, id) in items {
             let chunk = chunk_of(BUCKET_ALL, id);
@@ -826,14 +826,14 @@ impl NodeTop {
 /// Most counts the node cache holds (about 8 bytes each): 4M, 32 MiB.
 const NODE_CACHE_PAIRS: usize = 4_000_000;
 
-fn pairs(a: &AggV1) -> usize {
+fn pairs(a: &AggV2) -> usize {
     a.counts.iter().map(Vec::len).sum()
 }
 
 /// One node bucket, read.
 pub(crate) struct NodeBucket {
-    pub listens: AggV1,
-    pub listeners: AggV1,
+    pub listens: AggV2,
+    pub listeners: AggV2,
     pub total_listens: u64,
     pub total_listeners: u64,
 }
@@ -873,8 +873,8 @@ mod tests {
         let options = crate::store::Options { cache_mb: 4, ..Default::default() };
         let store = Store::open(dir.path(), &options).expect("open");
         let key = node_key(WHAT_LISTENS, BUCKET_ALL, 0, 3);
-        let chunk = |total| Arc::new(AggV1 { total, counts: [vec![(3 * 256, total)], vec![], vec![]], hours: vec![] });
-        let put = |agg: Arc<AggV1>| store.hot.write().expect("hot").insert(key, agg);
+        let chunk = |total| Arc::new(AggV2 { total, counts: [vec![(3 * 256, total)], vec![], vec![]], hours: vec![] });
+        let put = |agg: Arc<AggV2>| store.hot.write().expect("hot").insert(key, agg);
         let stale = || store.trees.meta.contains_key(NODE_STALE).expect("meta");
 
         put(chunk(5));

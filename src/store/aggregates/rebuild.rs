@@ -239,7 +239,7 @@ impl Store {
         let new = self.count_user_buckets(user, &dict)?;
         let mut batch = sled::Batch::default();
         if self.counted_in_node(user)? {
-            let new_arc: BTreeMap<[u8; 9], std::sync::Arc<AggV1>> =
+            let new_arc: BTreeMap<[u8; 9], std::sync::Arc<AggV2>> =
                 new.iter().map(|(k, a)| (*k, std::sync::Arc::new(a.clone()))).collect();
             let mut node = super::FastMap::default();
             self.whole_user_deltas(user, &old, false, &mut node)?;
@@ -306,7 +306,7 @@ impl Store {
     }
 
     /// Every bucket of `user` counted from their log, in their time zone.
-    fn count_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<BTreeMap<[u8; 9], AggV1>> {
+    fn count_user_buckets(&self, user: UserId, dict: &Dictionary) -> Result<BTreeMap<[u8; 9], AggV2>> {
         let tz = self.user_tz(user)?;
         let mut buckets: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {

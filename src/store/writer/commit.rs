@@ -12,14 +12,14 @@ use crate::store::aggregates::{Change, NODE_STALE, deltas as node_deltas, is_nod
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self};
-use crate::store::values::{AggV1, ClientV1, InfoBlockV1, SpellingV1};
+use crate::store::values::{AggV2, ClientV1, InfoBlockV1, SpellingV1};
 use crate::store::{Error, Result};
 
 use super::*;
 
 /// A group's merged user buckets and its changes of node buckets.
 pub(super) type NodeMerge =
-    (Vec<([u8; 9], Arc<AggV1>)>, crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>);
+    (Vec<([u8; 9], Arc<AggV2>)>, crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>);
 
 impl Writer {
     /// The buckets a group changed, with its changes applied, and the changes of the
@@ -159,7 +159,7 @@ impl Writer {
         // are stale until the next store of them (`NODE_PERSIST_EVERY`).
         let mut node_left = false;
         let mut node_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut node_hot: Vec<([u8; 9], Arc<AggV1>)> = Vec::new();
+        let mut node_hot: Vec<([u8; 9], Arc<AggV2>)> = Vec::new();
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
