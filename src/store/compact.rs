@@ -7,6 +7,7 @@
 //! any more (track names are shared by all users, so they outlive one user's erasure),
 //! and the chart items (artist, recording, release names) no remaining track credits,
 //! recomputes the users' spellings from what remains, then copies every live tree into a fresh database file and deletes the old one.
+//! The copy writes values of older encodings in the current one (`current_version`).
 //! It runs with the node stopped.
 
 use std::collections::HashSet;
@@ -16,7 +17,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::schema::ITEM_CHUNK;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{BlockV1, CreditChunkV1, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::values::{AggV2, BlockV2, CreditChunkV1, DayV2, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -104,7 +105,22 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     }
     // A fresh database: it takes `store.compression` (how a store changes it).
     let fresh = super::sled_config(&fresh_path, options, None).open()?;
-    fresh.import(store.db.export());
+    let trees = store.db.export().into_iter().map(|(kind, name, items)| {
+        let items: Box<dyn Iterator<Item = Vec<Vec<u8>>>> = match &name[..] {
+            n if n == schema::USERID_BUCKET_COUNTS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<AggV2>(schema::USERID_BUCKET_COUNTS, kv)))
+            }
+            n if n == schema::USERID_DAY_LISTENS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<DayV2>(schema::USERID_DAY_LISTENS, kv)))
+            }
+            n if n == schema::USERID_SEQ_BLOCK.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<BlockV2>(schema::USERID_SEQ_BLOCK, kv)))
+            }
+            _ => Box::new(items),
+        };
+        (kind, name, items)
+    });
+    fresh.import(trees.collect());
     fresh.flush()?;
     drop(fresh);
     let io = |e| Error::Db(sled::Error::Io(e));
@@ -120,6 +136,21 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     std::fs::remove_dir_all(&retired).map_err(io)?;
     let bytes_after = dir_bytes(&old_path);
     Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })
+}
+
+/// A value of a tree whose encoding changed (schemas 14 and 15: delta-coded) in the
+/// version this build writes. Older values are read as they are, but only a value that
+/// changes is written again, and a full log block or a past day never changes: the
+/// copy is where they shrink. A value that does not decode is copied as it is
+/// (compaction does not repair; reading it names its tree and key).
+fn current_version<T: super::codec::Versioned>(tree: &'static str, mut kv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    if let [key, value] = kv.as_mut_slice()
+        && value.first() != Some(&T::VERSION)
+        && let Ok(current) = decode::<T>(tree, key, value)
+    {
+        *value = encode(&current);
+    }
+    kv
 }
 
 /// Blanks chart items (artist, recording and release names) that no remaining track
@@ -193,7 +224,7 @@ fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {
     let mut referenced = HashSet::new();
     for kv in store.trees.userid_seq_block.iter() {
         let (k, v) = kv?;
-        let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+        let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
         for e in &block.entries {
             match e {
                 StoredEntry::Listen { track, .. }

@@ -6,7 +6,7 @@ use std::collections::hash_map::Entry;
 use super::codec::decode;
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV1, ClientV1, DayV1, HeadV1, StoredEntry, TrackChunkV1};
+use super::values::{BlockV2, ClientV1, DayV2, HeadV1, StoredEntry, TrackChunkV1};
 use super::{Error, Result, Store};
 use crate::log::{Body, Content, Listen, Seal, TrackRef, Verified, Verifier, VerifyError};
 
@@ -123,7 +123,7 @@ impl NewestListens {
 }
 
 /// When the newest listen of a day bucket (`day` its UTC day number) was played.
-pub(crate) fn newest_in_day(day: u32, bucket: &DayV1) -> Option<i64> {
+pub(crate) fn newest_in_day(day: u32, bucket: &DayV2) -> Option<i64> {
     bucket.items.last().map(|item| i64::from(day) * 86_400 + i64::from(item.sec))
 }
 
@@ -224,7 +224,7 @@ impl Store {
         })
     }
 
-    fn block(&self, user: UserId, first: u64) -> Result<Option<BlockV1>> {
+    fn block(&self, user: UserId, first: u64) -> Result<Option<BlockV2>> {
         let key = keys::user_seq(user, first);
         match self.trees.userid_seq_block.get(key)? {
             None => Ok(None),
@@ -253,7 +253,7 @@ impl Store {
         for kv in self.trees.userid_day_listens.range(lo..=hi).rev() {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             // The writer removes emptied buckets; an empty one is skipped all the same.
             if let Some(at) = newest_in_day(day, &bucket) {
                 return Ok(Some(at));
@@ -276,7 +276,7 @@ impl Store {
         for kv in self.trees.userid_day_listens.range(lo..=hi) {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             let base = i64::from(day) * 86_400;
             let inside = bucket.items.iter().filter(|i| (from..to).contains(&(base + i64::from(i.sec))));
             n = n.saturating_add(u64::try_from(inside.count()).unwrap_or(u64::MAX));
@@ -320,11 +320,11 @@ impl Store {
             Order::NewestFirst => Box::new(range.rev()),
         };
         let mut names = Names::default();
-        let mut blocks: HashMap<u64, BlockV1> = HashMap::new();
+        let mut blocks: HashMap<u64, BlockV2> = HashMap::new();
         for kv in days {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             let base = i64::from(day) * 86_400;
             let items: Box<dyn Iterator<Item = _>> = match order {
                 Order::OldestFirst => Box::new(bucket.items.iter()),
@@ -399,7 +399,7 @@ impl Store {
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
             let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             let mut entries = Vec::with_capacity(block.entries.len());
             for e in &block.entries {
                 entries.push((names.content(self, e)?, e.check()));
@@ -421,7 +421,7 @@ impl Store {
         for _ in 0..8 {
             let key = keys::user_seq(user, first);
             if let Some(v) = self.trees.userid_seq_block.get(key)? {
-                let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, &v)?;
+                let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &key, &v)?;
                 let upto = usize::try_from(end - first).unwrap_or(usize::MAX).min(block.entries.len());
                 let found = block.entries[..upto].iter().rev().find_map(|e| match e {
                     super::values::StoredEntry::Listen { listened_at, .. } => Some(*listened_at),
@@ -447,7 +447,7 @@ impl Store {
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
             let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             for (i, e) in block.entries.iter().enumerate() {
                 out.push((first + i as u64, names.content(self, e)?));
             }
@@ -477,7 +477,7 @@ impl Store {
                 }
             };
             expected_first = first + BLOCK_ENTRIES;
-            let block: BlockV1 = match decode(schema::USERID_SEQ_BLOCK, &k, &v) {
+            let block: BlockV2 = match decode(schema::USERID_SEQ_BLOCK, &k, &v) {
                 Ok(b) => b,
                 Err(e) => {
                     verifier.unreadable(first, e.to_string());

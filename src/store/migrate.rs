@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bucket counts with delta-coded ids (version 1 values read as they are)",
         run: nothing_to_fill,
     },
+    Migration {
+        to: 15,
+        name: "day index and log blocks with delta-coded times (version 1 values read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
@@ -112,7 +117,7 @@ fn rekey_duplicates(store: &Store) -> Result<()> {
     use super::codec::{decode, encode};
     use super::keys;
     use super::schema::{BLOCK_ENTRIES, TRACK_CHUNK, TRACKCHUNK_TRACKS, USERID_DAY_LISTENS, USERID_SEQ_BLOCK};
-    use super::values::{BlockV1, DayV1, StoredEntry, TrackChunkV1};
+    use super::values::{BlockV2, DayV2, StoredEntry, TrackChunkV1};
     let mut new_keys: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
     for kv in store.trees.trackchunk_tracks.iter() {
         let (k, v) = kv?;
@@ -124,11 +129,11 @@ fn rekey_duplicates(store: &Store) -> Result<()> {
         }
         store.trees.trackchunk_tracks.insert(k, encode(&chunk))?;
     }
-    let mut blocks: std::collections::HashMap<[u8; 12], BlockV1> = std::collections::HashMap::new();
+    let mut blocks: std::collections::HashMap<[u8; 12], BlockV2> = std::collections::HashMap::new();
     for kv in store.trees.userid_day_listens.iter() {
         let (k, v) = kv?;
         let (user, _) = keys::parse_user_u32(USERID_DAY_LISTENS, &k)?;
-        let mut day: DayV1 = decode(USERID_DAY_LISTENS, &k, &v)?;
+        let mut day: DayV2 = decode(USERID_DAY_LISTENS, &k, &v)?;
         for item in &mut day.items {
             let first = item.seq - item.seq % BLOCK_ENTRIES;
             let bk = keys::user_seq(user, first);

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 14;
+pub const SCHEMA_VERSION: u32 = 15;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -45,10 +45,11 @@ pub const USERID_TOKENID_TOKENDIGEST: &str = "userid_tokenid_tokendigest";
 /// number of live listens). Serves: appends; the head of the user's chain.
 pub const USERID_LOGHEAD: &str = "userid_loghead";
 
-/// `userid_seq_block`: `user id u32 ‖ first seq u64` -> `BlockV1`: up to
+/// `userid_seq_block`: `user id u32 ‖ first seq u64` -> `BlockV2`: up to
 /// `BLOCK_ENTRIES` consecutive log entries (first seq a multiple of it) in compact form
 /// (interned track and client ids, salt, 4-byte check) plus the user's seal over the
-/// link of the block's last entry. Serves: the log in append order; verification;
+/// link of the block's last entry; since schema 15 each listen's time is stored as its
+/// difference from the previous listen's in the block. Serves: the log in append order; verification;
 /// export. Blocks, not one item per entry, because sled's per-item overhead dominated
 /// small values (284 vs 88 bytes on disk per listen, measured).
 pub const USERID_SEQ_BLOCK: &str = "userid_seq_block";
@@ -56,8 +57,9 @@ pub const USERID_SEQ_BLOCK: &str = "userid_seq_block";
 /// Entries per log block.
 pub const BLOCK_ENTRIES: u64 = 64;
 
-/// `userid_day_listens`: `user id u32 ‖ UTC day number u32` -> `DayV1`: the live listens
-/// of that day as (second of day, seq, dedupe key), sorted. Serves: history by time range
+/// `userid_day_listens`: `user id u32 ‖ UTC day number u32` -> `DayV2`: the live listens
+/// of that day as (second of day, seq, dedupe key), sorted; seconds and seqs stored as
+/// differences from the previous item's since schema 15. Serves: history by time range
 /// (newest first by reverse range), duplicate detection, deletes.
 pub const USERID_DAY_LISTENS: &str = "userid_day_listens";
 
@@ -87,7 +89,8 @@ pub const ITEM_CHUNK: u32 = 64;
 pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 
 /// `userid_bucket_counts`: `user id u32 ‖ granularity u8 (0 day, 1 month, 2 year) ‖
-/// bucket number (i32 + 2^31) u32` -> `AggV2`: listens in that local day (day number
+/// bucket number (i32 + 2^31) u32` -> `AggV2` (ids and hour slots stored as
+/// differences from the previous one since schema 14): listens in that local day (day number
 /// since 1970-01-01), month (year × 12 + month − 1) or year of the user's time zone:
 /// total, per item counts, and (year buckets) counts per local day and hour. Serves
 /// every chart, series and clock. Since schema 2. Since schema 12 it also holds the

@@ -210,18 +210,45 @@ impl StoredEntry {
 }
 
 /// `userid_seq_block`: consecutive entries and the seal over the last one.
+///
+/// Stored since schema 15 with each listen's time written as its difference from the
+/// previous listen's in the block (`delta_coded::entries`): two or three varint bytes
+/// instead of five. Version 1 blocks (absolute times) are read as they are. The stored
+/// form is not what is signed: the seal covers the entries' canonical bytes
+/// (`log::entry`), which hold the absolute time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockV1 {
+pub struct BlockV2 {
+    #[serde(with = "delta_coded::entries")]
     pub entries: Vec<StoredEntry>,
     pub signed_at: i64,
     /// The 64-byte ed25519 signature, split because serde arrays stop at 32.
     pub sig: ([u8; 32], [u8; 32]),
 }
-impl Versioned for BlockV1 {
-    const VERSION: u8 = 1;
+impl Versioned for BlockV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => match postcard::take_from_bytes::<BlockV1>(body) {
+                Ok((v1, [])) => Ok(BlockV2 { entries: v1.entries, signed_at: v1.signed_at, sig: v1.sig }),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
 }
 
-impl BlockV1 {
+/// `userid_seq_block` as written up to schema 14: the entries with absolute listen
+/// times. Read and converted to `BlockV2`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BlockV1 {
+    pub entries: Vec<StoredEntry>,
+    pub signed_at: i64,
+    pub sig: ([u8; 32], [u8; 32]),
+}
+
+impl BlockV2 {
     pub fn signature(&self) -> [u8; 64] {
         let mut s = [0; 64];
         s[..32].copy_from_slice(&self.sig.0);
@@ -246,13 +273,38 @@ pub struct DayItem {
 }
 
 /// `userid_day_listens`.
+///
+/// Stored since schema 15 with each item's second and seq written as differences from
+/// the previous item's (`delta_coded::day_items`): a day's listens are minutes apart and
+/// mostly in seq order, so the two take about three bytes instead of five or six.
+/// Version 1 values (absolute) are read as they are and rewritten in version 2 when
+/// their day next changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DayV1 {
+pub struct DayV2 {
     /// Sorted by (sec, seq).
+    #[serde(with = "delta_coded::day_items")]
     pub items: Vec<DayItem>,
 }
-impl Versioned for DayV1 {
-    const VERSION: u8 = 1;
+impl Versioned for DayV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => match postcard::take_from_bytes::<DayV1>(body) {
+                Ok((v1, [])) => Ok(DayV2 { items: v1.items }),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
+}
+
+/// `userid_day_listens` as written up to schema 14: the items with absolute seconds and
+/// seqs. Read and converted to `DayV2`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct DayV1 {
+    pub items: Vec<DayItem>,
 }
 
 /// One interned track inside a chunk.
@@ -379,10 +431,11 @@ pub(crate) struct AggV1 {
     pub hours: Vec<((u16, u8), u32)>,
 }
 
-/// The serde shape of `AggV2`'s sorted lists: each key is written as its difference from
-/// the previous key (the first from 0), wrapping, so every list round-trips exactly
-/// (an unsorted one only costs more bytes) and decoding cannot overflow. An hour slot
-/// `(day, hour)` is the key `day << 8 | hour`.
+/// The serde shapes of sorted lists stored as differences (`AggV2`'s item counts and
+/// hour slots, `DayV2`'s items, `BlockV2`'s listen times): each key is written as its
+/// difference from the previous key (the first from 0), wrapping, so every list
+/// round-trips exactly (an unsorted one only costs more bytes) and decoding cannot
+/// overflow. An hour slot `(day, hour)` is the key `day << 8 | hour`.
 mod delta_coded {
     use std::fmt;
     use std::marker::PhantomData;
@@ -468,6 +521,75 @@ mod delta_coded {
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[Vec<(u32, u32)>; 3], D::Error> {
             let (a, b, c) = <(Sums<u32>, Sums<u32>, Sums<u32>)>::deserialize(d)?;
             Ok([a.0, b.0, c.0])
+        }
+    }
+
+    /// A day's items: `(second gap u32, seq difference i64 (zigzag), key)`, both
+    /// differences wrapping, from the previous item (the first from 0).
+    pub mod day_items {
+        use super::super::DayItem;
+        use super::*;
+
+        pub fn serialize<S: Serializer>(items: &[DayItem], s: S) -> Result<S::Ok, S::Error> {
+            let (mut sec, mut seq) = (0u32, 0u64);
+            s.collect_seq(items.iter().map(|item| {
+                let gaps = (item.sec.wrapping_sub(sec), item.seq.wrapping_sub(seq) as i64, item.key);
+                (sec, seq) = (item.sec, item.seq);
+                gaps
+            }))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DayItem>, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Vec<DayItem>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a delta-coded list of day items")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<DayItem>, A::Error> {
+                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_AT_MOST));
+                    let (mut sec, mut n) = (0u32, 0u64);
+                    while let Some((sec_gap, seq_gap, key)) = seq.next_element::<(u32, i64, [u8; 4])>()? {
+                        sec = sec.wrapping_add(sec_gap);
+                        n = n.wrapping_add(seq_gap as u64);
+                        out.push(DayItem { sec, seq: n, key });
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+
+    /// A block's entries as `StoredEntry`s whose listens hold, in `listened_at`, the
+    /// difference from the previous listen's time in the block (the first from 0),
+    /// wrapping: zigzag varints, so an older listen after a newer one costs no more.
+    pub mod entries {
+        use super::super::StoredEntry;
+        use super::*;
+
+        pub fn serialize<S: Serializer>(entries: &[StoredEntry], s: S) -> Result<S::Ok, S::Error> {
+            let mut previous = 0i64;
+            s.collect_seq(entries.iter().map(|entry| match *entry {
+                StoredEntry::Listen { salt, check, listened_at, track, duration_ms, client } => {
+                    let since = listened_at.wrapping_sub(previous);
+                    previous = listened_at;
+                    StoredEntry::Listen { salt, check, listened_at: since, track, duration_ms, client }
+                }
+                ref other => other.clone(),
+            }))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StoredEntry>, D::Error> {
+            let mut entries = Vec::<StoredEntry>::deserialize(d)?;
+            let mut previous = 0i64;
+            for entry in &mut entries {
+                if let StoredEntry::Listen { listened_at, .. } = entry {
+                    *listened_at = previous.wrapping_add(*listened_at);
+                    previous = *listened_at;
+                }
+            }
+            Ok(entries)
         }
     }
 

@@ -8,7 +8,7 @@ use hearsay::stats::chart::Kind;
 use hearsay::stats::period::Period;
 use hearsay::store::codec::{decode, encode};
 use hearsay::store::logs::Order;
-use hearsay::store::values::{BlockV1, StoredEntry, TrackChunkV1};
+use hearsay::store::values::{BlockV2, StoredEntry, TrackChunkV1};
 use hearsay::store::{Action, Outcome, schema};
 
 use crate::support::{NOW, TestStore, listen};
@@ -199,7 +199,7 @@ fn one_changed_byte_in_a_stored_entry_is_named() {
     let key = block_key(user, 0);
     tamper(dir.path(), schema::USERID_SEQ_BLOCK, &key, |value| {
         // Change one bit of entry 5's salt, and prove it is a one-byte change.
-        let mut block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, value).expect("decode");
+        let mut block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &key, value).expect("decode");
         if let StoredEntry::Listen { salt, .. } = &mut block.entries[5] {
             salt[3] ^= 0x10;
         }

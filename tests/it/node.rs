@@ -179,7 +179,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_listen() {
 fn log_verify_on_the_command_line_names_a_changed_entry() {
     use hearsay::store::codec::{decode, encode};
     use hearsay::store::schema;
-    use hearsay::store::values::{BlockV1, StoredEntry};
+    use hearsay::store::values::{BlockV2, StoredEntry};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, _) = crate::support::data_with_user(dir.path());
@@ -206,7 +206,7 @@ fn log_verify_on_the_command_line_names_a_changed_entry() {
     let mut key = 1u32.to_be_bytes().to_vec();
     key.extend_from_slice(&192u64.to_be_bytes());
     let raw = tree.get(&key).expect("get").expect("block");
-    let mut block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &key, &raw).expect("decode");
+    let mut block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &key, &raw).expect("decode");
     if let StoredEntry::Listen { listened_at, .. } = &mut block.entries[8] {
         *listened_at ^= 2;
     }

@@ -796,80 +796,137 @@ fn the_schema_12_and_13_migrations_build_the_node_statistics() {
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
 }
 
-/// Schema 14 writes bucket counts with delta-coded ids (`AggV2`); a store written by
-/// schema 13 (version 1 values, absolute ids) opens without a rewrite, every chart
-/// reads the same, and a bucket a new listen changes is stored as version 2 beside the
-/// version 1 buckets still read as they are.
+/// Schema 14 writes bucket counts with delta-coded ids (`AggV2`), schema 15 day index
+/// items and log blocks with delta-coded times (`DayV2`, `BlockV2`). A store written by
+/// schema 13 (version 1 values, absolute ids and times) opens without a rewrite; every
+/// chart, history, log verification and duplicate check reads the same; and what a new
+/// listen changes is stored as version 2 beside the version 1 values still read as they
+/// are.
 #[test]
-fn version_1_bucket_counts_from_schema_13_read_the_same() {
+fn version_1_values_from_schema_13_read_the_same() {
+    use hearsay::store::Outcome;
     use hearsay::store::codec;
+    use hearsay::store::logs::Order;
     use hearsay::store::users::SharingLevel;
-    use hearsay::store::values::AggV2;
+    use hearsay::store::values::{AggV2, BlockV2, DayV2};
+    const TREES: [&str; 3] = [schema::USERID_BUCKET_COUNTS, schema::USERID_DAY_LISTENS, schema::USERID_SEQ_BLOCK];
+    // Version 1 of each: the same fields, ids and times as they are.
+    let to_v1 = |tree: &'static str, k: &[u8], v: &[u8]| -> Vec<u8> {
+        let body = match tree {
+            schema::USERID_BUCKET_COUNTS => {
+                let agg: AggV2 = codec::decode(tree, k, v).expect("v2");
+                postcard::to_allocvec(&(agg.total, &agg.counts, &agg.hours))
+            }
+            schema::USERID_DAY_LISTENS => {
+                let day: DayV2 = codec::decode(tree, k, v).expect("v2");
+                postcard::to_allocvec(&(&day.items,))
+            }
+            _ => {
+                let block: BlockV2 = codec::decode(tree, k, v).expect("v2");
+                postcard::to_allocvec(&(&block.entries, block.signed_at, &block.sig))
+            }
+        };
+        [vec![1u8], body.expect("postcard")].concat()
+    };
     let t = TestStore::new();
     let day = NOW - 86_400;
     let bob = add_user(&t, "bob", &[("A", "x", day), ("B", "y", day + 10), ("A", "z", day - 400 * 86_400)]);
     t.store.set_visibility(bob, SharingLevel::Public).expect("public");
+    // Out of time order, as an import may send them.
     let mine: Vec<_> = (0..40)
-        .map(|i| Action::Listen(listen(&format!("Artist {}", i % 7), &format!("t{i}"), day - 3_600 * i)))
+        .map(|i| Action::Listen(listen(&format!("Artist {}", i % 7), &format!("t{i}"), day - 3_600 * ((i * 17) % 40))))
         .collect();
     t.ingestor.ingest_blocking(t.user, mine).expect("ingest");
     t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
     let alice = t.user;
-    let charts = |store: &Store| {
+    let reads = |store: &Store| {
         let mut out = Vec::new();
         for period in [Period::AllTime, Period::LastDays(7), Period::LastMonths(12)] {
             let node = store.node_chart(Kind::Artist, &period, 10, NOW, &jiff::tz::TimeZone::UTC).expect("node");
-            out.push(node.rows.into_iter().map(|r| (r.row.name, r.listeners, r.row.listens)).collect::<Vec<_>>());
+            out.push(format!(
+                "{:?}",
+                node.rows.into_iter().map(|r| (r.row.name, r.listeners, r.row.listens)).collect::<Vec<_>>()
+            ));
             for user in [alice, bob] {
                 for kind in [Kind::Artist, Kind::Recording] {
                     let c = store.chart(user, kind, &period, 50, NOW).expect("chart");
-                    out.push(c.rows.into_iter().map(|r| (r.name, 0, r.listens)).collect());
+                    out.push(format!("{:?}", c.rows.into_iter().map(|r| (r.name, r.listens)).collect::<Vec<_>>()));
                 }
             }
         }
+        for user in [alice, bob] {
+            out.push(format!("{:?}", store.listens(user, 0, i64::MAX, 1_000, Order::NewestFirst).expect("listens")));
+            out.push(format!("{:?}", store.verify_log(user).expect("db").expect("verifies")));
+        }
         out
     };
-    let before = charts(&t.store);
-    assert!(before[0].len() >= 8, "{:?}", before[0]);
+    let before = reads(&t.store);
+    assert!(before[0].matches("Artist").count() >= 7, "{}", before[0]);
+    // Each listen at the time it was sent (the day index and the blocks both hold it).
+    let times = |store: &Store| {
+        let listens = store.listens(alice, 0, i64::MAX, 1_000, Order::OldestFirst).expect("listens");
+        listens.iter().map(|l| l.listen.listened_at()).collect::<Vec<_>>()
+    };
+    let sent: Vec<i64> = (0..40).map(|i| day - 3_600 * (39 - i)).collect();
+    assert_eq!(times(&t.store), sent);
     let dir = t.close();
-    let n_v1 = {
+    {
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
-        let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-        let mut n = 0;
-        for kv in tree.iter() {
-            let (k, v) = kv.expect("kv");
-            assert_eq!(v[0], 2, "schema 14 writes version 2");
-            let agg: AggV2 = codec::decode(schema::USERID_BUCKET_COUNTS, &k, &v).expect("v2");
-            // Version 1: the same fields, ids and hour slots as they are.
-            let v1 = [vec![1u8], postcard::to_allocvec(&(agg.total, &agg.counts, &agg.hours)).expect("v1")].concat();
-            tree.insert(k, v1).expect("insert");
-            n += 1;
+        for name in TREES {
+            let tree = store.raw_tree_for_tests(name).expect("tree");
+            let mut n = 0;
+            for kv in tree.iter() {
+                let (k, v) = kv.expect("kv");
+                assert_eq!(v[0], 2, "schema 15 writes version 2 in {name}");
+                tree.insert(&k, to_v1(name, &k, &v)).expect("insert");
+                n += 1;
+            }
+            assert!(n >= 2, "{n} values in {name}");
         }
         let meta = store.raw_tree_for_tests(schema::META).expect("meta");
         meta.insert("schema_version", &13u32.to_be_bytes()).expect("version");
         store.flush().expect("flush");
-        n
-    };
-    assert!(n_v1 > 10, "{n_v1} buckets");
+    }
     let t = TestStore::reopen(dir);
-    assert_eq!(charts(&t.store), before, "version 1 buckets read the same");
+    assert_eq!(reads(&t.store), before, "version 1 values read the same");
+    assert_eq!(times(&t.store), sent);
     let meta = t.store.raw_tree_for_tests(schema::META).expect("meta");
     let version = meta.get("schema_version").expect("read").expect("version");
     assert_eq!(u32::from_be_bytes(version.as_ref().try_into().expect("u32")), schema::SCHEMA_VERSION);
     drop(meta);
+    // The version 1 day index still finds duplicates.
+    let again = Action::Listen(listen("Artist 3", "t3", day - 3_600 * ((3 * 17) % 40)));
+    assert_eq!(t.ingestor.ingest_blocking(t.user, vec![again]).expect("ingest"), vec![Outcome::Duplicate]);
     t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("Artist 1", "new", day + 60))]).expect("ingest");
-    let after = charts(&t.store);
+    let after = reads(&t.store);
     assert_ne!(after, before);
     let dir = t.close();
     let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
-    let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-    let versions: Vec<u8> = tree.iter().map(|kv| kv.expect("kv").1[0]).collect();
-    let (v1, v2) = (versions.iter().filter(|&&v| v == 1).count(), versions.iter().filter(|&&v| v == 2).count());
-    assert!(v1 > 0 && v2 > 0 && v1 + v2 == versions.len(), "{v1} version 1, {v2} version 2 of {}", versions.len());
-    drop(tree);
+    for name in TREES {
+        let tree = store.raw_tree_for_tests(name).expect("tree");
+        let versions: Vec<u8> = tree.iter().map(|kv| kv.expect("kv").1[0]).collect();
+        let (v1, v2) = (versions.iter().filter(|&&v| v == 1).count(), versions.iter().filter(|&&v| v == 2).count());
+        assert!(
+            v1 > 0 && v2 > 0 && v1 + v2 == versions.len(),
+            "{name}: {v1} version 1, {v2} version 2 of {}",
+            versions.len()
+        );
+    }
     drop(store);
     let t = TestStore::reopen(dir);
-    assert_eq!(charts(&t.store), after);
+    assert_eq!(reads(&t.store), after);
+    // Compaction writes every value in the current version; reads are unchanged.
+    let dir = t.close();
+    hearsay::store::compact::compact(dir.path(), &Options { cache_mb: 8, ..Default::default() }, &Default::default())
+        .expect("compact");
+    let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+    for name in TREES {
+        let tree = store.raw_tree_for_tests(name).expect("tree");
+        assert!(tree.iter().all(|kv| kv.expect("kv").1[0] == 2), "{name} all version 2 after compaction");
+    }
+    drop(store);
+    let t = TestStore::reopen(dir);
+    assert_eq!(reads(&t.store), after);
 }
 
 /// The writer stores node buckets less often than user buckets (`NODE_PERSIST_EVERY`);

@@ -16,7 +16,7 @@ use crate::stats::period::{self, Bucket, Period, day_number, local_date};
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{AggV2, BlockV1, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
+use crate::store::values::{AggV2, BlockV2, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
 
 mod delta;
 mod dictionary;
@@ -221,11 +221,11 @@ impl Store {
         }
         let lo = keys::user_u32(user, keys::day_of(from.max(0)));
         let hi = keys::user_u32(user, keys::day_of(to.max(1) - 1));
-        let mut blocks: HashMap<u64, BlockV1> = HashMap::new();
+        let mut blocks: HashMap<u64, BlockV2> = HashMap::new();
         for kv in self.trees.userid_day_listens.range(lo..=hi) {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: super::values::DayV1 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: super::values::DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             for item in bucket.items {
                 let at = i64::from(day) * 86_400 + i64::from(item.sec);
                 if at < from || at >= to {

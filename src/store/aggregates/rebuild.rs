@@ -8,7 +8,7 @@ use crate::stats::credits::CreditRules;
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use crate::store::values::{BlockV1, FeedbackV1, SpellingV1, StoredEntry, TrackChunkV1};
+use crate::store::values::{BlockV2, FeedbackV1, SpellingV1, StoredEntry, TrackChunkV1};
 use crate::store::{Error, Result, Store};
 
 use super::*;
@@ -59,7 +59,7 @@ impl Store {
         for kv in self.trees.userid_seq_block.range(start..=keys::user_seq(user, u64::MAX)) {
             let (k, v) = kv?;
             let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             for (i, e) in block.entries.iter().enumerate() {
                 let StoredEntry::Listen { listened_at, track, .. } = e else { continue };
                 let Some(credits) = dict.known_credits(*track).filter(|_| first + i as u64 >= mark) else { continue };
@@ -189,7 +189,7 @@ impl Store {
         let mut heard: std::collections::HashSet<(u8, u32)> = std::collections::HashSet::new();
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             for e in &block.entries {
                 let StoredEntry::Listen { track, .. } = e else { continue };
                 let Some(credits) = dict.known_credits(*track) else { continue };
@@ -269,7 +269,7 @@ impl Store {
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
             let (_, first) = keys::parse_user_seq(schema::USERID_SEQ_BLOCK, &k)?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             for (i, e) in block.entries.iter().enumerate() {
                 let (track, score) = match e {
                     StoredEntry::Love { track, .. } => (*track, 1),
@@ -311,7 +311,7 @@ impl Store {
         let mut buckets: BTreeMap<[u8; 9], Delta> = BTreeMap::new();
         for kv in self.trees.userid_seq_block.scan_prefix(keys::user(user)) {
             let (k, v) = kv?;
-            let block: BlockV1 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
+            let block: BlockV2 = decode(schema::USERID_SEQ_BLOCK, &k, &v)?;
             for e in &block.entries {
                 let StoredEntry::Listen { listened_at, track, .. } = e else { continue };
                 let Some(credits) = dict.known_credits(*track) else { continue };

@@ -24,7 +24,7 @@ use super::aggregates::{Delta, Dictionary};
 use super::codec::decode;
 use super::keys::{self, UserId};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV1, DayV1, FeedbackV1, HeadV1, TrackChunkV1};
+use super::values::{BlockV2, DayV2, FeedbackV1, HeadV1, TrackChunkV1};
 use super::{Error, Result, Store};
 use crate::log::entry::genesis_link;
 use crate::log::{Listen, TrackRef};
@@ -223,7 +223,7 @@ struct UserState {
     public: [u8; 32],
     head: HeadV1,
     /// The partly filled last block, once loaded or started.
-    tail: Option<BlockV1>,
+    tail: Option<BlockV2>,
     tail_dirty: bool,
 }
 
@@ -238,9 +238,9 @@ impl UserState {
 /// Everything one group will write, keyed for deterministic order.
 #[derive(Default)]
 struct Group {
-    blocks: BTreeMap<[u8; 12], BlockV1>,
+    blocks: BTreeMap<[u8; 12], BlockV2>,
     /// Day buckets read or changed by this group, with a dirty flag.
-    days: BTreeMap<[u8; 8], (DayV1, bool)>,
+    days: BTreeMap<[u8; 8], (DayV2, bool)>,
     heads: BTreeMap<UserId, ()>,
     /// Track chunks completed by this group (the writer's open chunk is written too).
     track_chunks: BTreeMap<u32, TrackChunkV1>,

@@ -12,7 +12,7 @@ use crate::store::aggregates::place;
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_YEAR, UserId, day_of};
 use crate::store::schema::{self, BLOCK_ENTRIES};
-use crate::store::values::{BlockV1, DayItem, DayV1, FeedbackV1, StoredEntry};
+use crate::store::values::{BlockV2, DayItem, DayV2, FeedbackV1, StoredEntry};
 use crate::store::{Error, Result};
 
 use super::*;
@@ -169,14 +169,14 @@ impl Writer {
         Ok(Outcome::Appended { seq })
     }
 
-    pub(super) fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV1, bool)> {
+    pub(super) fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV2, bool)> {
         let key = keys::user_u32(user, day);
         Ok(match group.days.entry(key) {
             btree_map::Entry::Occupied(o) => o.into_mut(),
             btree_map::Entry::Vacant(v) => {
                 let bucket = match self.store.trees.userid_day_listens.get(key)? {
                     Some(bytes) => decode(schema::USERID_DAY_LISTENS, &key, &bytes)?,
-                    None => DayV1::default(),
+                    None => DayV2::default(),
                 };
                 v.insert((bucket, false))
             }
@@ -290,7 +290,7 @@ impl Writer {
             (None, None) => return Err(Error::Invalid("an entry needs content or a hash".into())),
         };
         let link = next_link(&state.head.link, seq, &hash);
-        let tail = state.tail.get_or_insert_with(|| BlockV1 {
+        let tail = state.tail.get_or_insert_with(|| BlockV2 {
             entries: Vec::with_capacity(BLOCK_ENTRIES as usize),
             signed_at: 0,
             sig: ([0; 32], [0; 32]),
@@ -343,7 +343,7 @@ impl Writer {
         }
         let first = target - target % BLOCK_ENTRIES;
         let key = keys::user_seq(user, first);
-        let block: &mut BlockV1 = if state.tail_first() == Some(first) {
+        let block: &mut BlockV2 = if state.tail_first() == Some(first) {
             state.tail_dirty = true;
             state.tail.as_mut().ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "tail not loaded"))?
         } else {
