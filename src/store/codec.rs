@@ -35,10 +35,16 @@ pub fn decode<T: Versioned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Res
     if version != T::VERSION {
         return T::decode_old(version, body).map_err(|reason| Error::corrupt(tree, key, &reason));
     }
+    whole(body).map_err(|reason| Error::corrupt(tree, key, &reason))
+}
+
+/// Decodes `body` as one `T` with nothing after it (the body of a current or an older
+/// version; `decode_old` implementations call it with their old shapes).
+pub(crate) fn whole<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Error::corrupt(tree, key, &format!("{} trailing bytes", rest.len()))),
-        Err(e) => Err(Error::corrupt(tree, key, &e.to_string())),
+        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -58,11 +64,14 @@ mod tests {
                 .prop_map(|(salt, check, listened_at, track, duration_ms, client)| {
                     StoredEntry::Listen { salt, check, listened_at, track, duration_ms, client }
                 }),
-            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>()).prop_map(|(salt, check, track)| StoredEntry::Love {
-                salt,
-                check,
-                track
-            }),
+            // Love, Unlove and Hate: the same fields.
+            (0..3u8, any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>()).prop_map(
+                |(kind, salt, check, track)| match kind {
+                    0 => StoredEntry::Love { salt, check, track },
+                    1 => StoredEntry::Unlove { salt, check, track },
+                    _ => StoredEntry::Hate { salt, check, track },
+                }
+            ),
             (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u64>()).prop_map(|(salt, check, target)| StoredEntry::Delete {
                 salt,
                 check,
@@ -70,16 +79,6 @@ mod tests {
             }),
             (any::<[u8; 32]>(), any::<[u8; 4]>())
                 .prop_map(|(content_hash, check)| { StoredEntry::Erased { content_hash, check } }),
-            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>()).prop_map(|(salt, check, track)| StoredEntry::Unlove {
-                salt,
-                check,
-                track
-            }),
-            (any::<[u8; 16]>(), any::<[u8; 4]>(), any::<u32>()).prop_map(|(salt, check, track)| StoredEntry::Hate {
-                salt,
-                check,
-                track
-            }),
             // The extremes next to each other: the time differences wrap.
             prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(0), Just(-1)].prop_map(|listened_at| {
                 StoredEntry::Listen {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::Versioned;
+use super::codec::{Versioned, whole};
 use crate::log::{Hash32, Salt, TrackRef};
 
 /// `userid_user`, as first written (schema 1). Read and migrated to `UserV2`.
@@ -161,11 +161,9 @@ impl Versioned for SessionV2 {
             created_at: i64,
         }
         match version {
-            1 => match postcard::take_from_bytes::<SessionV1>(body) {
-                Ok((v1, [])) => Ok(SessionV2 { user: v1.user, created_at: v1.created_at, client: None }),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            1 => {
+                whole::<SessionV1>(body).map(|v1| SessionV2 { user: v1.user, created_at: v1.created_at, client: None })
+            }
             v => Err(format!("unknown value version {v}")),
         }
     }
@@ -229,11 +227,7 @@ impl Versioned for BlockV2 {
 
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
         match version {
-            1 => match postcard::take_from_bytes::<BlockV1>(body) {
-                Ok((v1, [])) => Ok(BlockV2 { entries: v1.entries, signed_at: v1.signed_at, sig: v1.sig }),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            1 => whole::<BlockV1>(body).map(|v1| BlockV2 { entries: v1.entries, signed_at: v1.signed_at, sig: v1.sig }),
             other => Err(format!("unknown value version {other}")),
         }
     }
@@ -290,11 +284,7 @@ impl Versioned for DayV2 {
 
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
         match version {
-            1 => match postcard::take_from_bytes::<DayV1>(body) {
-                Ok((v1, [])) => Ok(DayV2 { items: v1.items }),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            1 => whole::<DayV1>(body).map(|v1| DayV2 { items: v1.items }),
             other => Err(format!("unknown value version {other}")),
         }
     }
@@ -412,11 +402,7 @@ impl Versioned for AggV2 {
 
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
         match version {
-            1 => match postcard::take_from_bytes::<AggV1>(body) {
-                Ok((v1, [])) => Ok(AggV2 { total: v1.total, counts: v1.counts, hours: v1.hours }),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            1 => whole::<AggV1>(body).map(|v1| AggV2 { total: v1.total, counts: v1.counts, hours: v1.hours }),
             other => Err(format!("unknown value version {other}")),
         }
     }
@@ -438,7 +424,6 @@ pub(crate) struct AggV1 {
 /// overflow. An hour slot `(day, hour)` is the key `day << 8 | hour`.
 mod delta_coded {
     use std::fmt;
-    use std::marker::PhantomData;
 
     use serde::de::{Error as _, SeqAccess, Visitor};
     use serde::ser::SerializeTuple;
@@ -483,28 +468,14 @@ mod delta_coded {
         }
     }
 
-    struct Sums<K>(Vec<(K, u32)>);
-    impl<'de, K: Key> Deserialize<'de> for Sums<K> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V<K>(PhantomData<K>);
-            impl<'de, K: Key> Visitor<'de> for V<K> {
-                type Value = Sums<K>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a delta-coded list of (key, count)")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sums<K>, A::Error> {
-                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_AT_MOST));
-                    let mut prev = 0u32;
-                    while let Some((gap, n)) = seq.next_element::<(u32, u32)>()? {
-                        prev = prev.wrapping_add(gap);
-                        let key = K::from_u32(prev).ok_or_else(|| A::Error::custom("hour slot out of range"))?;
-                        out.push((key, n));
-                    }
-                    Ok(Sums(out))
-                }
-            }
-            d.deserialize_seq(V(PhantomData))
+    /// The inverse of `Gaps`: each `(gap, count)` summed back into `(key, count)`.
+    fn summed(mut list: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+        let mut prev = 0u32;
+        for (key, _) in &mut list {
+            prev = prev.wrapping_add(*key);
+            *key = prev;
         }
+        list
     }
 
     pub mod counts {
@@ -519,8 +490,7 @@ mod delta_coded {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[Vec<(u32, u32)>; 3], D::Error> {
-            let (a, b, c) = <(Sums<u32>, Sums<u32>, Sums<u32>)>::deserialize(d)?;
-            Ok([a.0, b.0, c.0])
+            Ok(<[Vec<(u32, u32)>; 3]>::deserialize(d)?.map(summed))
         }
     }
 
@@ -604,7 +574,12 @@ mod delta_coded {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Slot>, D::Error> {
-            Ok(Sums::deserialize(d)?.0)
+            summed(Vec::deserialize(d)?)
+                .into_iter()
+                .map(|(k, n)| {
+                    Ok((<(u16, u8)>::from_u32(k).ok_or_else(|| D::Error::custom("hour slot out of range"))?, n))
+                })
+                .collect()
         }
     }
 }
@@ -667,11 +642,7 @@ impl Versioned for SettingsV2 {
             paused: bool,
         }
         match version {
-            1 => match postcard::take_from_bytes::<SettingsV1>(body) {
-                Ok((v1, [])) => Ok(SettingsV2 { paused: v1.paused, ..SettingsV2::default() }),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            1 => whole::<SettingsV1>(body).map(|v1| SettingsV2 { paused: v1.paused, ..SettingsV2::default() }),
             v => Err(format!("unknown value version {v}")),
         }
     }
