@@ -125,13 +125,15 @@ pub fn search_secs(window: i64) -> i64 {
 /// minute (it may be a minute-precision copy of the other: the same track cannot be
 /// played twice within one minute and both count).
 pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at: i64, key: u32, window: i64) -> bool {
+    existing.into_iter().any(|(at, k)| k == key && close_enough(at, listened_at, window))
+}
+
+/// The time half of the duplicate rule: whether plays starting at `a` and `b` are close
+/// enough to be one play if they are of the same track. The store checks this first and
+/// reads the track's key only for the few listens that pass.
+pub fn close_enough(a: i64, b: i64, window: i64) -> bool {
     let within_minute = |whole: i64, exact: i64| whole % MINUTE == 0 && whole <= exact && exact - whole < MINUTE;
-    existing.into_iter().any(|(at, k)| {
-        k == key
-            && ((at - listened_at).abs() < window.max(1)
-                || within_minute(at, listened_at)
-                || within_minute(listened_at, at))
-    })
+    a.abs_diff(b) < window.max(1).unsigned_abs() || within_minute(a, b) || within_minute(b, a)
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ mod tests {
     use super::*;
     use crate::log::TrackRef;
     use crate::store::values::{
-        AggV1, AggV2, BlockV1, BlockV2, DayItem, DayV1, DayV2, HeadV1, StoredEntry, TrackChunkV1, TrackV1,
+        AggV1, AggV2, BlockV1, BlockV2, DayItem, DayV1, DayV2, DayV3, HeadV1, KeyedDayItem, StoredEntry, TrackChunkV1,
+        TrackV1,
     };
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
@@ -128,10 +129,14 @@ mod tests {
             head in any::<(u64, [u8; 32], u64)>(),
             tracks in proptest::collection::vec((track(), any::<u32>()), 0..8),
         ) {
-            let day = DayV2 { items: items.into_iter().map(|(sec, seq, key)| DayItem { sec, seq, key }).collect() };
-            prop_assert_eq!(decode::<DayV2>("t", b"k", &encode(&day)).expect("day"), day.clone());
-            let v1 = [vec![1u8], postcard::to_allocvec(&DayV1 { items: day.items.clone() }).expect("v1")].concat();
-            prop_assert_eq!(decode::<DayV2>("t", b"k", &v1).expect("day v1"), day);
+            // Versions 1 and 2 carried keys; read, the same items without them.
+            let keyed: Vec<KeyedDayItem> = items.into_iter().map(|(sec, seq, key)| KeyedDayItem { sec, seq, key }).collect();
+            let day = DayV3 { items: keyed.iter().map(|i| DayItem { sec: i.sec, seq: i.seq }).collect() };
+            prop_assert_eq!(decode::<DayV3>("t", b"k", &encode(&day)).expect("day"), day.clone());
+            let v1 = [vec![1u8], postcard::to_allocvec(&DayV1 { items: keyed.clone() }).expect("v1")].concat();
+            prop_assert_eq!(decode::<DayV3>("t", b"k", &v1).expect("day v1"), day.clone());
+            let v2 = [vec![2u8], postcard::to_allocvec(&DayV2 { items: keyed }).expect("v2")].concat();
+            prop_assert_eq!(decode::<DayV3>("t", b"k", &v2).expect("day v2"), day);
             let head = HeadV1 { next_seq: head.0, link: head.1, n_listens: head.2 };
             prop_assert_eq!(decode::<HeadV1>("t", b"k", &encode(&head)).expect("head"), head);
             let chunk = TrackChunkV1 { tracks: tracks.into_iter().map(|(track, dedupe_key)| TrackV1 { track, dedupe_key }).collect() };
@@ -140,13 +145,13 @@ mod tests {
 
         #[test]
         fn garbage_is_an_error_naming_tree_and_key(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 0u8..4) {
-            // Mostly the versions that are read (1, 2), where damage reaches the decoders.
-            let bytes = [vec![version.clamp(1, 2)], bytes].concat();
+            // Mostly the versions that are read (1 to 3), where damage reaches the decoders.
+            let bytes = [vec![version.clamp(1, 3)], bytes].concat();
             if let Err(e) = decode::<BlockV2>("userid_seq_block", &[0, 1], &bytes) {
                 let text = e.to_string();
                 prop_assert!(text.contains("userid_seq_block") && text.contains("0001"), "{}", text);
             }
-            if let Err(e) = decode::<DayV2>("userid_day_listens", &[0, 2], &bytes) {
+            if let Err(e) = decode::<DayV3>("userid_day_listens", &[0, 2], &bytes) {
                 let text = e.to_string();
                 prop_assert!(text.contains("userid_day_listens") && text.contains("0002"), "{}", text);
             }
@@ -161,13 +166,16 @@ mod tests {
             cut in any::<bool>(),
         ) {
             let block = encode(&BlockV2 { entries, signed_at: 1, sig: ([0; 32], [0; 32]) });
-            let day = encode(&DayV2 { items: items.into_iter().map(|(sec, seq, key)| DayItem { sec, seq, key }).collect() });
-            for mut bytes in [block, day] {
+            let day = encode(&DayV3 { items: items.iter().map(|&(sec, seq, _)| DayItem { sec, seq }).collect() });
+            let day_v2 = [vec![2u8], postcard::to_allocvec(&DayV2 {
+                items: items.into_iter().map(|(sec, seq, key)| KeyedDayItem { sec, seq, key }).collect(),
+            }).expect("v2")].concat();
+            for mut bytes in [block, day, day_v2] {
                 let i = at.index(bytes.len() - 1) + 1;
                 if cut { bytes.truncate(i) } else { bytes[i] ^= flip }
                 // No panic; whatever decodes is a value, whatever not an error.
                 let _ = decode::<BlockV2>("userid_seq_block", b"k", &bytes);
-                let _ = decode::<DayV2>("userid_day_listens", b"k", &bytes);
+                let _ = decode::<DayV3>("userid_day_listens", b"k", &bytes);
             }
         }
     }
@@ -246,14 +254,16 @@ mod tests {
         assert_eq!(decode::<AggV2>("t", b"k", &agg_v2).expect("agg v2"), agg);
         assert_eq!(encode(&agg), agg_v2);
 
-        let day = DayV2 {
-            items: vec![DayItem { sec: 100, seq: 300, key: [1, 2, 3, 4] }, DayItem { sec: 200, seq: 5, key: [9; 4] }],
-        };
+        // Versions 1 and 2 carry keys (1, 2, 3, 4 and 9, 9, 9, 9), dropped when read.
+        let day = DayV3 { items: vec![DayItem { sec: 100, seq: 300 }, DayItem { sec: 200, seq: 5 }] };
         let day_v1 = [0x01, 0x02, 0x64, 0xAC, 0x02, 0x01, 0x02, 0x03, 0x04, 0xC8, 0x01, 0x05, 0x09, 0x09, 0x09, 0x09];
         let day_v2 = [0x02, 0x02, 0x64, 0xD8, 0x04, 0x01, 0x02, 0x03, 0x04, 0x64, 0xCD, 0x04, 0x09, 0x09, 0x09, 0x09];
-        assert_eq!(decode::<DayV2>("t", b"k", &day_v1).expect("day v1"), day);
-        assert_eq!(decode::<DayV2>("t", b"k", &day_v2).expect("day v2"), day);
-        assert_eq!(encode(&day), day_v2);
+        // 100, then seq 300 zigzag (600 = 0xD8 0x04); 100 more seconds, seq -295 (589 = 0xCD 0x04).
+        let day_v3 = [0x03, 0x02, 0x64, 0xD8, 0x04, 0x64, 0xCD, 0x04];
+        assert_eq!(decode::<DayV3>("t", b"k", &day_v1).expect("day v1"), day);
+        assert_eq!(decode::<DayV3>("t", b"k", &day_v2).expect("day v2"), day);
+        assert_eq!(decode::<DayV3>("t", b"k", &day_v3).expect("day v3"), day);
+        assert_eq!(encode(&day), day_v3);
 
         let block = BlockV2 {
             entries: vec![
@@ -326,20 +336,28 @@ mod tests {
         assert_eq!(decode::<BlockV2>("t", b"k", &encode(&block)).expect("block"), block);
     }
 
+    fn encode_v2(items: &[KeyedDayItem]) -> usize {
+        1 + postcard::to_allocvec(&DayV2 { items: items.to_vec() }).expect("v2").len()
+    }
+
     #[test]
     fn a_day_stores_seconds_and_seqs_as_small_differences() {
         // 60 listens four minutes apart late in the day, seqs around 900,000 in order
         // but for one listen sent late: absolute, a second takes 3 bytes and a seq 3;
         // as differences 2 and 1 (3 for the late one's seq and the next one's).
-        let mut items: Vec<DayItem> =
-            (0..60u32).map(|i| DayItem { sec: 60_000 + 240 * i, seq: 900_000 + u64::from(i), key: [7; 4] }).collect();
+        // Version 3 has no keys: 2 + 1 bytes an item where version 2 took 2 + 1 + 4.
+        let mut items: Vec<KeyedDayItem> = (0..60u32)
+            .map(|i| KeyedDayItem { sec: 60_000 + 240 * i, seq: 900_000 + u64::from(i), key: [7; 4] })
+            .collect();
         items[30].seq = 950_000;
-        let day = DayV2 { items };
-        let v2 = encode(&day).len();
-        let v1 = postcard::to_allocvec(&DayV1 { items: day.items.clone() }).expect("v1").len();
-        assert!(v2 <= 2 + 60 * (2 + 1 + 4) + 8, "{v2} bytes");
+        let day = DayV3 { items: items.iter().map(|i| DayItem { sec: i.sec, seq: i.seq }).collect() };
+        let v3 = encode(&day).len();
+        let v2 = encode_v2(&items);
+        let v1 = postcard::to_allocvec(&DayV1 { items }).expect("v1").len();
+        assert!(v3 <= 2 + 60 * (2 + 1) + 8, "{v3} bytes");
+        assert_eq!(v2 - v3, 60 * 4, "{v2} bytes with keys, {v3} without");
         assert!(v1 >= 60 * (3 + 3 + 4), "{v1} bytes");
-        assert_eq!(decode::<DayV2>("t", b"k", &encode(&day)).expect("day"), day);
+        assert_eq!(decode::<DayV3>("t", b"k", &encode(&day)).expect("day"), day);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::schema::ITEM_CHUNK;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{AggV2, BlockV2, CreditChunkV1, DayV2, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::values::{AggV2, BlockV2, CreditChunkV1, DayV3, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -111,7 +111,7 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
                 Box::new(items.map(|kv| current_version::<AggV2>(schema::USERID_BUCKET_COUNTS, kv)))
             }
             n if n == schema::USERID_DAY_LISTENS.as_bytes() => {
-                Box::new(items.map(|kv| current_version::<DayV2>(schema::USERID_DAY_LISTENS, kv)))
+                Box::new(items.map(|kv| current_version::<DayV3>(schema::USERID_DAY_LISTENS, kv)))
             }
             n if n == schema::USERID_SEQ_BLOCK.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<BlockV2>(schema::USERID_SEQ_BLOCK, kv)))

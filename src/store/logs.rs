@@ -6,7 +6,7 @@ use std::collections::hash_map::Entry;
 use super::codec::decode;
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV2, ClientV1, DayV2, HeadV1, StoredEntry, TrackChunkV1};
+use super::values::{BlockV2, ClientV1, DayV3, HeadV1, StoredEntry, TrackChunkV1};
 use super::{Error, Result, Store};
 use crate::log::{Body, Content, Listen, Seal, TrackRef, Verified, Verifier, VerifyError};
 
@@ -123,7 +123,7 @@ impl NewestListens {
 }
 
 /// When the newest listen of a day bucket (`day` its UTC day number) was played.
-pub(crate) fn newest_in_day(day: u32, bucket: &DayV2) -> Option<i64> {
+pub(crate) fn newest_in_day(day: u32, bucket: &DayV3) -> Option<i64> {
     bucket.items.last().map(|item| i64::from(day) * 86_400 + i64::from(item.sec))
 }
 
@@ -253,7 +253,7 @@ impl Store {
         for kv in self.trees.userid_day_listens.range(lo..=hi).rev() {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV3 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             // The writer removes emptied buckets; an empty one is skipped all the same.
             if let Some(at) = newest_in_day(day, &bucket) {
                 return Ok(Some(at));
@@ -276,7 +276,7 @@ impl Store {
         for kv in self.trees.userid_day_listens.range(lo..=hi) {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV3 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             let base = i64::from(day) * 86_400;
             let inside = bucket.items.iter().filter(|i| (from..to).contains(&(base + i64::from(i.sec))));
             n = n.saturating_add(u64::try_from(inside.count()).unwrap_or(u64::MAX));
@@ -324,7 +324,7 @@ impl Store {
         for kv in days {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: DayV3 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             let base = i64::from(day) * 86_400;
             let items: Box<dyn Iterator<Item = _>> = match order {
                 Order::OldestFirst => Box::new(bucket.items.iter()),

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "day index and log blocks with delta-coded times (version 1 values read as they are)",
         run: nothing_to_fill,
     },
+    Migration {
+        to: 16,
+        name: "day index without dedupe keys (versions 1 and 2 read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
@@ -112,50 +117,19 @@ fn spellings_and_level_histories(store: &Store) -> Result<()> {
 
 /// 4 -> 5: the duplicate rule's key changed (v3: main artist and title without a guest
 /// note, so sources that credit guests differently agree). Recompute it for every
-/// interned track and every entry of the day index.
+/// interned track. (Up to schema 15 the day index held each listen's key too and this
+/// recomputed them; since 16 the duplicate rule reads the key from the track.)
 fn rekey_duplicates(store: &Store) -> Result<()> {
     use super::codec::{decode, encode};
-    use super::keys;
-    use super::schema::{BLOCK_ENTRIES, TRACK_CHUNK, TRACKCHUNK_TRACKS, USERID_DAY_LISTENS, USERID_SEQ_BLOCK};
-    use super::values::{BlockV2, DayV2, StoredEntry, TrackChunkV1};
-    let mut new_keys: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    use super::schema::TRACKCHUNK_TRACKS;
+    use super::values::TrackChunkV1;
     for kv in store.trees.trackchunk_tracks.iter() {
         let (k, v) = kv?;
-        let chunk_no = keys::parse_u32(TRACKCHUNK_TRACKS, &k)?;
         let mut chunk: TrackChunkV1 = decode(TRACKCHUNK_TRACKS, &k, &v)?;
-        for (i, t) in chunk.tracks.iter_mut().enumerate() {
+        for t in &mut chunk.tracks {
             t.dedupe_key = crate::log::dedupe::dedupe_key(&t.track);
-            new_keys.insert(chunk_no * TRACK_CHUNK + i as u32, t.dedupe_key);
         }
         store.trees.trackchunk_tracks.insert(k, encode(&chunk))?;
-    }
-    let mut blocks: std::collections::HashMap<[u8; 12], BlockV2> = std::collections::HashMap::new();
-    for kv in store.trees.userid_day_listens.iter() {
-        let (k, v) = kv?;
-        let (user, _) = keys::parse_user_u32(USERID_DAY_LISTENS, &k)?;
-        let mut day: DayV2 = decode(USERID_DAY_LISTENS, &k, &v)?;
-        for item in &mut day.items {
-            let first = item.seq - item.seq % BLOCK_ENTRIES;
-            let bk = keys::user_seq(user, first);
-            if !blocks.contains_key(&bk) {
-                if blocks.len() > 4096 {
-                    blocks.clear();
-                }
-                let bytes = store
-                    .trees
-                    .userid_seq_block
-                    .get(bk)?
-                    .ok_or_else(|| Error::corrupt(USERID_SEQ_BLOCK, &bk, "indexed block missing"))?;
-                blocks.insert(bk, decode(USERID_SEQ_BLOCK, &bk, &bytes)?);
-            }
-            let entry = blocks.get(&bk).and_then(|b| b.entries.get((item.seq - first) as usize));
-            if let Some(StoredEntry::Listen { track, .. }) = entry
-                && let Some(key) = new_keys.get(track)
-            {
-                item.key = key.to_be_bytes();
-            }
-        }
-        store.trees.userid_day_listens.insert(k, encode(&day))?;
     }
     store.flush()
 }

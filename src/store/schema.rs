@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 15;
+pub const SCHEMA_VERSION: u32 = 16;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -57,9 +57,10 @@ pub const USERID_SEQ_BLOCK: &str = "userid_seq_block";
 /// Entries per log block.
 pub const BLOCK_ENTRIES: u64 = 64;
 
-/// `userid_day_listens`: `user id u32 ‖ UTC day number u32` -> `DayV2`: the live listens
-/// of that day as (second of day, seq, dedupe key), sorted; seconds and seqs stored as
-/// differences from the previous item's since schema 15. Serves: history by time range
+/// `userid_day_listens`: `user id u32 ‖ UTC day number u32` -> `DayV3`: the live listens
+/// of that day as (second of day, seq), sorted; seconds and seqs stored as differences
+/// from the previous item's since schema 15; without the track's dedupe key since schema
+/// 16 (the duplicate rule reads it from the track). Serves: history by time range
 /// (newest first by reverse range), duplicate detection, deletes.
 pub const USERID_DAY_LISTENS: &str = "userid_day_listens";
 

@@ -262,39 +262,57 @@ pub struct DayItem {
     /// Seconds since the start of the UTC day.
     pub sec: u32,
     pub seq: u64,
-    /// `dedupe::dedupe_key` of the track, big-endian.
+}
+
+/// A day item as written up to schema 15: with the `dedupe::dedupe_key` of its track,
+/// big-endian (since schema 16 the writer takes it from the track).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedDayItem {
+    pub sec: u32,
+    pub seq: u64,
     pub key: [u8; 4],
 }
 
 /// `userid_day_listens`.
 ///
-/// Stored since schema 15 with each item's second and seq written as differences from
-/// the previous item's (`delta_coded::day_items`): a day's listens are minutes apart and
-/// mostly in seq order, so the two take about three bytes instead of five or six.
-/// Version 1 values (absolute) are read as they are and rewritten in version 2 when
-/// their day next changes.
+/// Each item's second and seq are written as differences from the previous item's
+/// (`delta_coded::day_items`, since schema 15): a day's listens are minutes apart and
+/// mostly in seq order, so the two take about three bytes instead of five or six. Since
+/// schema 16 the items hold no dedupe key (four bytes that do not compress, a tenth of
+/// the day index and the log together): the duplicate rule reads it from the track of
+/// the few listens close enough in time. Versions 1 and 2 are read as they are, their
+/// keys dropped, and rewritten in version 3 when their day next changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DayV2 {
+pub struct DayV3 {
     /// Sorted by (sec, seq).
     #[serde(with = "delta_coded::day_items")]
     pub items: Vec<DayItem>,
 }
-impl Versioned for DayV2 {
-    const VERSION: u8 = 2;
+impl Versioned for DayV3 {
+    const VERSION: u8 = 3;
 
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
-        match version {
-            1 => whole::<DayV1>(body).map(|v1| DayV2 { items: v1.items }),
-            other => Err(format!("unknown value version {other}")),
-        }
+        let items = match version {
+            1 => whole::<DayV1>(body)?.items,
+            2 => whole::<DayV2>(body)?.items,
+            other => return Err(format!("unknown value version {other}")),
+        };
+        Ok(DayV3 { items: items.into_iter().map(|i| DayItem { sec: i.sec, seq: i.seq }).collect() })
     }
 }
 
+/// `userid_day_listens` as written in schema 15: `DayV3`'s differences, with keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayV2 {
+    #[serde(with = "delta_coded::keyed_day_items")]
+    pub items: Vec<KeyedDayItem>,
+}
+
 /// `userid_day_listens` as written up to schema 14: the items with absolute seconds and
-/// seqs. Read and converted to `DayV2`.
+/// seqs, with keys.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct DayV1 {
-    pub items: Vec<DayItem>,
+pub struct DayV1 {
+    pub items: Vec<KeyedDayItem>,
 }
 
 /// One interned track inside a chunk.
@@ -423,15 +441,9 @@ pub(crate) struct AggV1 {
 /// round-trips exactly (an unsorted one only costs more bytes) and decoding cannot
 /// overflow. An hour slot `(day, hour)` is the key `day << 8 | hour`.
 mod delta_coded {
-    use std::fmt;
-
-    use serde::de::{Error as _, SeqAccess, Visitor};
+    use serde::de::Error as _;
     use serde::ser::SerializeTuple;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    /// How many entries a decoded list reserves before it has read them: a length
-    /// prefix is input and may lie.
-    const RESERVE_AT_MOST: usize = 4_096;
 
     /// A sorted list's key as a u32, and back.
     trait Key: Copy {
@@ -494,13 +506,41 @@ mod delta_coded {
         }
     }
 
-    /// A day's items: `(second gap u32, seq difference i64 (zigzag), key)`, both
-    /// differences wrapping, from the previous item (the first from 0).
+    /// A day's items: `(second gap u32, seq difference i64 (zigzag))`, both differences
+    /// wrapping, from the previous item (the first from 0).
     pub mod day_items {
         use super::super::DayItem;
         use super::*;
 
         pub fn serialize<S: Serializer>(items: &[DayItem], s: S) -> Result<S::Ok, S::Error> {
+            let (mut sec, mut seq) = (0u32, 0u64);
+            s.collect_seq(items.iter().map(|item| {
+                let gaps = (item.sec.wrapping_sub(sec), item.seq.wrapping_sub(seq) as i64);
+                (sec, seq) = (item.sec, item.seq);
+                gaps
+            }))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DayItem>, D::Error> {
+            let (mut sec, mut seq) = (0u32, 0u64);
+            let gaps = Vec::<(u32, i64)>::deserialize(d)?;
+            Ok(gaps
+                .into_iter()
+                .map(|(sec_gap, seq_gap)| {
+                    sec = sec.wrapping_add(sec_gap);
+                    seq = seq.wrapping_add(seq_gap as u64);
+                    DayItem { sec, seq }
+                })
+                .collect())
+        }
+    }
+
+    /// Schema 15's day items: `day_items`' differences, each followed by its key.
+    pub mod keyed_day_items {
+        use super::super::KeyedDayItem;
+        use super::*;
+
+        pub fn serialize<S: Serializer>(items: &[KeyedDayItem], s: S) -> Result<S::Ok, S::Error> {
             let (mut sec, mut seq) = (0u32, 0u64);
             s.collect_seq(items.iter().map(|item| {
                 let gaps = (item.sec.wrapping_sub(sec), item.seq.wrapping_sub(seq) as i64, item.key);
@@ -509,25 +549,17 @@ mod delta_coded {
             }))
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DayItem>, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Vec<DayItem>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a delta-coded list of day items")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<DayItem>, A::Error> {
-                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_AT_MOST));
-                    let (mut sec, mut n) = (0u32, 0u64);
-                    while let Some((sec_gap, seq_gap, key)) = seq.next_element::<(u32, i64, [u8; 4])>()? {
-                        sec = sec.wrapping_add(sec_gap);
-                        n = n.wrapping_add(seq_gap as u64);
-                        out.push(DayItem { sec, seq: n, key });
-                    }
-                    Ok(out)
-                }
-            }
-            d.deserialize_seq(V)
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyedDayItem>, D::Error> {
+            let (mut sec, mut seq) = (0u32, 0u64);
+            let gaps = Vec::<(u32, i64, [u8; 4])>::deserialize(d)?;
+            Ok(gaps
+                .into_iter()
+                .map(|(sec_gap, seq_gap, key)| {
+                    sec = sec.wrapping_add(sec_gap);
+                    seq = seq.wrapping_add(seq_gap as u64);
+                    KeyedDayItem { sec, seq, key }
+                })
+                .collect())
         }
     }
 

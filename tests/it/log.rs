@@ -92,6 +92,33 @@ fn the_duplicate_rule_drops_one_play_sent_twice_and_keeps_real_replays() {
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 3);
 }
 
+/// The day index holds times and seqs only; the duplicate rule reads the earlier listen's
+/// track wherever its block is: the tail being filled, a block this batch filled, a
+/// stored block, and after a restart.
+#[test]
+fn duplicates_are_found_in_every_block_the_earlier_listen_can_be_in() {
+    let t = TestStore::new();
+    let at = |i: i64| NOW - 1_000_000 + i * 1_000;
+    let song = |i: i64, late: i64| Action::Listen(listen("Artist", &format!("S{i}"), at(i) + late));
+    // 70 listens fill one block (64) and start the next; then listen 5 again (in the
+    // block the batch filled), listen 66 again (in the tail), and another track ten
+    // seconds after listen 5 (not a duplicate).
+    let mut batch: Vec<Action> = (0..70).map(|i| song(i, 0)).collect();
+    batch.extend([song(5, 10), song(66, 10), song(6, -990)]);
+    let out = t.ingestor.ingest_blocking(t.user, batch).expect("ingest");
+    assert_eq!(out[70..], [Outcome::Duplicate, Outcome::Duplicate, Outcome::Appended { seq: 70 }]);
+    // The next batch: the full block is stored, the tail still in the writer's memory.
+    let again = vec![song(5, -10), song(66, -10), song(69, 5), song(3, 300)];
+    let out = t.ingestor.ingest_blocking(t.user, again).expect("ingest");
+    assert_eq!(out, [Outcome::Duplicate, Outcome::Duplicate, Outcome::Duplicate, Outcome::Appended { seq: 71 }]);
+    // After a restart every block comes from the store.
+    let t = TestStore::reopen(t.close());
+    let again = vec![song(5, 0), song(66, 0), song(6, -990), song(3, 300), song(3, 200)];
+    let out = t.ingestor.ingest_blocking(t.user, again).expect("ingest");
+    assert_eq!(out, [Outcome::Duplicate; 4].into_iter().chain([Outcome::Appended { seq: 72 }]).collect::<Vec<_>>());
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 73);
+}
+
 #[test]
 fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies() {
     let t = TestStore::new();

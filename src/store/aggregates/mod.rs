@@ -225,7 +225,7 @@ impl Store {
         for kv in self.trees.userid_day_listens.range(lo..=hi) {
             let (k, v) = kv?;
             let (_, day) = keys::parse_user_u32(schema::USERID_DAY_LISTENS, &k)?;
-            let bucket: super::values::DayV2 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
+            let bucket: super::values::DayV3 = decode(schema::USERID_DAY_LISTENS, &k, &v)?;
             for item in bucket.items {
                 let at = i64::from(day) * 86_400 + i64::from(item.sec);
                 if at < from || at >= to {

@@ -22,8 +22,8 @@ pub(super) fn track_digest(track: &TrackRef) -> [u8; 16] {
 impl Writer {
     pub(super) fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
         let digest = track_digest(track);
-        if let Some(&hit) = self.tracks.get(&digest) {
-            return Ok(hit);
+        if let Some(&id) = self.tracks.get(&digest) {
+            return Ok((id, self.track_key(id)?));
         }
         let dkey = dedupe_key(track);
         let (chunk, open) = &mut self.open_chunk;
@@ -31,6 +31,9 @@ impl Writer {
             .checked_mul(TRACK_CHUNK)
             .and_then(|base| base.checked_add(open.tracks.len() as u32))
             .ok_or(Error::IdsExhausted("track"))?;
+        if self.track_keys.len() != id as usize {
+            return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(*chunk), "track ids out of step"));
+        }
         open.tracks.push(TrackV1 { track: track.clone(), dedupe_key: dkey });
         group.new_tracks = true;
         if open.tracks.len() >= TRACK_CHUNK as usize {
@@ -38,10 +41,18 @@ impl Writer {
             group.track_chunks.insert(*chunk, full);
             *chunk += 1;
         }
-        self.tracks.insert(digest, (id, dkey));
+        self.tracks.insert(digest, id);
+        self.track_keys.push(dkey);
         // Credits are decided once, when the node first sees a track (in id order).
         self.dict.credit_track(id, track)?;
         Ok((id, dkey))
+    }
+
+    /// The dedupe key of interned track `id`.
+    pub(super) fn track_key(&self, id: u32) -> Result<u32> {
+        self.track_keys.get(id as usize).copied().ok_or_else(|| {
+            Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(id / TRACK_CHUNK), "track id past the last track")
+        })
     }
 
     pub(super) fn intern_client(&mut self, group: &mut Group, name: &str) -> Result<u32> {

@@ -24,7 +24,7 @@ use super::aggregates::{Delta, Dictionary};
 use super::codec::decode;
 use super::keys::{self, UserId};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV2, DayV2, FeedbackV1, HeadV1, TrackChunkV1};
+use super::values::{BlockV2, DayV3, FeedbackV1, HeadV1, TrackChunkV1};
 use super::{Error, Result, Store};
 use crate::log::entry::genesis_link;
 use crate::log::{Listen, TrackRef};
@@ -240,7 +240,7 @@ impl UserState {
 struct Group {
     blocks: BTreeMap<[u8; 12], BlockV2>,
     /// Day buckets read or changed by this group, with a dirty flag.
-    days: BTreeMap<[u8; 8], (DayV2, bool)>,
+    days: BTreeMap<[u8; 8], (DayV3, bool)>,
     heads: BTreeMap<UserId, ()>,
     /// Track chunks completed by this group (the writer's open chunk is written too).
     track_chunks: BTreeMap<u32, TrackChunkV1>,
@@ -267,9 +267,12 @@ struct Writer {
     stats: Arc<Counters>,
     max_group_listens: usize,
     users: HashMap<UserId, UserState>,
-    /// Every interned track: digest of its canonical TrackRef -> (track id, dedupe key).
-    /// Built from `trackchunk_tracks` at start; about 40 bytes of memory per track.
-    tracks: HashMap<[u8; 16], (u32, u32)>,
+    /// Every interned track: digest of its canonical TrackRef -> track id. Built from
+    /// `trackchunk_tracks` at start; about 36 bytes of memory per track.
+    tracks: HashMap<[u8; 16], u32>,
+    /// Per track id, the track's dedupe key (0 for a blanked track): what the duplicate
+    /// rule compares, read here instead of from each day index item.
+    track_keys: Vec<u32>,
     /// The last, partly filled chunk of tracks; new tracks are appended to it.
     open_chunk: (u32, TrackChunkV1),
     clients: HashMap<String, u32>,
@@ -326,6 +329,7 @@ impl Writer {
             max_group_listens,
             users: HashMap::new(),
             tracks: HashMap::new(),
+            track_keys: Vec::new(),
             open_chunk: (0, TrackChunkV1::default()),
             clients: HashMap::new(),
             next_client_id: 0,
@@ -397,6 +401,7 @@ impl Writer {
     fn reset(&mut self) -> Result<()> {
         self.users.clear();
         self.tracks.clear();
+        self.track_keys.clear();
         self.clients.clear();
         self.open_chunk = (0, TrackChunkV1::default());
         self.dict = Dictionary::load(&self.store, self.rules.clone())?;
@@ -405,12 +410,16 @@ impl Writer {
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
             let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
+                let id = chunk * TRACK_CHUNK + i as u32;
+                if self.track_keys.len() != id as usize {
+                    return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "track chunks do not follow each other"));
+                }
+                self.track_keys.push(t.dedupe_key);
                 // A blanked track (see `compact`) is never matched again: a new listen
                 // of it is interned afresh.
-                if super::compact::is_blank(t) {
-                    continue;
+                if !super::compact::is_blank(t) {
+                    self.tracks.insert(track_digest(&t.track), id);
                 }
-                self.tracks.insert(track_digest(&t.track), (chunk * TRACK_CHUNK + i as u32, t.dedupe_key));
             }
             self.open_chunk = (chunk, tracks);
         }

@@ -4,7 +4,7 @@
 
 use std::collections::btree_map;
 
-use crate::log::dedupe::{is_duplicate, search_secs, window_secs};
+use crate::log::dedupe::{close_enough, search_secs, window_secs};
 use crate::log::entry::{check_of, content_hash, next_link};
 use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt};
@@ -12,7 +12,7 @@ use crate::store::aggregates::place;
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_YEAR, UserId, day_of};
 use crate::store::schema::{self, BLOCK_ENTRIES};
-use crate::store::values::{BlockV2, DayItem, DayV2, FeedbackV1, StoredEntry};
+use crate::store::values::{BlockV2, DayItem, DayV3, FeedbackV1, StoredEntry};
 use crate::store::{Error, Result};
 
 use super::*;
@@ -120,16 +120,21 @@ impl Writer {
     ) -> Result<Outcome> {
         let (track, dkey) = self.intern_track(group, listen.track())?;
         let at = listen.listened_at();
-        let mut nearby = Vec::new();
-        let window = window_secs(listen.duration_ms());
-        let reach = search_secs(window);
-        for day in day_of(at - reach)..=day_of(at + reach) {
-            let base = i64::from(day) * 86_400;
-            let (bucket, _) = self.day(group, user, day)?;
-            nearby.extend(bucket.items.iter().map(|i| (base + i64::from(i.sec), u32::from_be_bytes(i.key))));
-        }
-        if dedupe && is_duplicate(nearby, at, dkey, window) {
-            return Ok(Outcome::Duplicate);
+        if dedupe {
+            let window = window_secs(listen.duration_ms());
+            let reach = search_secs(window);
+            let mut close = Vec::new();
+            for day in day_of(at - reach)..=day_of(at + reach) {
+                let base = i64::from(day) * 86_400;
+                let (bucket, _) = self.day(group, user, day)?;
+                let items = bucket.items.iter().map(|i| (base + i64::from(i.sec), i.seq));
+                close.extend(items.filter(|(other, _)| close_enough(*other, at, window)).map(|(_, seq)| (day, seq)));
+            }
+            for (day, seq) in close {
+                if self.listen_key(group, user, day, seq)? == dkey {
+                    return Ok(Outcome::Duplicate);
+                }
+            }
         }
         let client = match &listen.client() {
             Some(name) => self.intern_client(group, name)?,
@@ -153,7 +158,7 @@ impl Writer {
         let day = day_of(at);
         let sec = u32::try_from(at - i64::from(day) * 86_400).unwrap_or(0);
         let (bucket, dirty) = self.day(group, user, day)?;
-        let item = DayItem { sec, seq, key: dkey.to_be_bytes() };
+        let item = DayItem { sec, seq };
         let pos = bucket.items.partition_point(|i| *i < item);
         bucket.items.insert(pos, item);
         *dirty = true;
@@ -169,14 +174,41 @@ impl Writer {
         Ok(Outcome::Appended { seq })
     }
 
-    pub(super) fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV2, bool)> {
+    /// The dedupe key of the track of the listen at `seq`, which the day index of `day`
+    /// holds: from the user's tail block, a block this group changed, or the store.
+    fn listen_key(&self, group: &Group, user: UserId, day: u32, seq: u64) -> Result<u32> {
+        let first = seq - seq % BLOCK_ENTRIES;
+        let key = keys::user_seq(user, first);
+        let tail = self.users.get(&user).filter(|s| s.tail_first() == Some(first)).and_then(|s| s.tail.as_ref());
+        let stored;
+        let block = match tail.or_else(|| group.blocks.get(&key)) {
+            Some(block) => block,
+            None => {
+                let bytes = self.store.trees.userid_seq_block.get(key)?;
+                let bytes =
+                    bytes.ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing"))?;
+                stored = decode::<BlockV2>(schema::USERID_SEQ_BLOCK, &key, &bytes)?;
+                &stored
+            }
+        };
+        match block.entries.get(usize::try_from(seq - first).unwrap_or(usize::MAX)) {
+            Some(StoredEntry::Listen { track, .. }) => self.track_key(*track),
+            _ => Err(Error::corrupt(
+                schema::USERID_DAY_LISTENS,
+                &keys::user_u32(user, day),
+                &format!("seq {seq} is not a live listen"),
+            )),
+        }
+    }
+
+    pub(super) fn day<'g>(&self, group: &'g mut Group, user: UserId, day: u32) -> Result<&'g mut (DayV3, bool)> {
         let key = keys::user_u32(user, day);
         Ok(match group.days.entry(key) {
             btree_map::Entry::Occupied(o) => o.into_mut(),
             btree_map::Entry::Vacant(v) => {
                 let bucket = match self.store.trees.userid_day_listens.get(key)? {
                     Some(bytes) => decode(schema::USERID_DAY_LISTENS, &key, &bytes)?,
-                    None => DayV2::default(),
+                    None => DayV3::default(),
                 };
                 v.insert((bucket, false))
             }
