@@ -56,7 +56,7 @@ mod tests {
     use crate::log::TrackRef;
     use crate::store::values::{
         AggV1, AggV2, BlockV1, BlockV2, DayItem, DayV1, DayV2, DayV3, HeadV1, KeyedDayItem, StoredEntry, TrackChunkV1,
-        TrackV1,
+        TrackChunkV2, TrackV1,
     };
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
@@ -139,8 +139,12 @@ mod tests {
             prop_assert_eq!(decode::<DayV3>("t", b"k", &v2).expect("day v2"), day);
             let head = HeadV1 { next_seq: head.0, link: head.1, n_listens: head.2 };
             prop_assert_eq!(decode::<HeadV1>("t", b"k", &encode(&head)).expect("head"), head);
-            let chunk = TrackChunkV1 { tracks: tracks.into_iter().map(|(track, dedupe_key)| TrackV1 { track, dedupe_key }).collect() };
-            prop_assert_eq!(decode::<TrackChunkV1>("t", b"k", &encode(&chunk)).expect("chunk"), chunk);
+            // Version 1 carried each track's dedupe key; read, the tracks without it.
+            let v1 = TrackChunkV1 { tracks: tracks.into_iter().map(|(track, dedupe_key)| TrackV1 { track, dedupe_key }).collect() };
+            let chunk = TrackChunkV2 { tracks: v1.tracks.iter().map(|t| t.track.clone()).collect() };
+            prop_assert_eq!(decode::<TrackChunkV2>("t", b"k", &encode(&chunk)).expect("chunk"), chunk.clone());
+            let v1 = [vec![1u8], postcard::to_allocvec(&v1).expect("v1")].concat();
+            prop_assert_eq!(decode::<TrackChunkV2>("t", b"k", &v1).expect("chunk v1"), chunk);
         }
 
         #[test]

@@ -17,7 +17,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::schema::ITEM_CHUNK;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{AggV2, BlockV2, CreditChunkV1, DayV3, ItemChunkV1, StoredEntry, TrackChunkV1, TrackV1};
+use super::values::{AggV2, BlockV2, CreditChunkV1, DayV3, ItemChunkV1, StoredEntry, TrackChunkV2};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -30,23 +30,20 @@ pub struct CompactReport {
 }
 
 /// The placeholder that replaces an unreferenced track's names.
-pub(crate) fn blank_track() -> TrackV1 {
-    TrackV1 {
-        track: TrackRef {
-            artist: String::new(),
-            artist_names: vec![],
-            artist_mbids: vec![],
-            title: String::new(),
-            album: None,
-            recording_mbid: None,
-            release_mbid: None,
-        },
-        dedupe_key: 0,
+pub(crate) fn blank_track() -> TrackRef {
+    TrackRef {
+        artist: String::new(),
+        artist_names: vec![],
+        artist_mbids: vec![],
+        title: String::new(),
+        album: None,
+        recording_mbid: None,
+        release_mbid: None,
     }
 }
 
-pub(crate) fn is_blank(t: &TrackV1) -> bool {
-    t.track.artist.is_empty() && t.track.title.is_empty()
+pub(crate) fn is_blank(t: &TrackRef) -> bool {
+    t.artist.is_empty() && t.title.is_empty()
 }
 
 /// Bytes of every file below `path` (apparent sizes).
@@ -116,6 +113,9 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
             n if n == schema::USERID_SEQ_BLOCK.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<BlockV2>(schema::USERID_SEQ_BLOCK, kv)))
             }
+            n if n == schema::TRACKCHUNK_TRACKS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<TrackChunkV2>(schema::TRACKCHUNK_TRACKS, kv)))
+            }
             _ => Box::new(items),
         };
         (kind, name, items)
@@ -138,7 +138,7 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })
 }
 
-/// A value of a tree whose encoding changed (schemas 14 and 15: delta-coded) in the
+/// A value of a tree whose encoding changed (schemas 14 to 17: delta-coded, keys left out) in the
 /// version this build writes. Older values are read as they are, but only a value that
 /// changes is written again, and a full log block or a past day never changes: the
 /// copy is where they shrink. A value that does not decode is copied as it is
@@ -161,7 +161,7 @@ fn blank_unreferenced_items(store: &Store) -> Result<()> {
     for kv in store.trees.trackchunk_tracks.iter() {
         let (k, v) = kv?;
         let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
-        let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+        let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
         for (i, t) in tracks.tracks.iter().enumerate() {
             if !is_blank(t) {
                 tracks_alive.insert(chunk * TRACK_CHUNK + i as u32);
@@ -241,7 +241,7 @@ fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {
     for kv in store.trees.trackchunk_tracks.iter() {
         let (k, v) = kv?;
         let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
-        let mut tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+        let mut tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
         let mut changed = false;
         for (i, t) in tracks.tracks.iter_mut().enumerate() {
             let id = chunk * TRACK_CHUNK + i as u32;

@@ -6,7 +6,7 @@ use std::collections::hash_map::Entry;
 use super::codec::decode;
 use super::keys::{self, UserId, day_of};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV2, ClientV1, DayV3, HeadV1, StoredEntry, TrackChunkV1};
+use super::values::{BlockV2, ClientV1, DayV3, HeadV1, StoredEntry, TrackChunkV2};
 use super::{Error, Result, Store};
 use crate::log::{Body, Content, Listen, Seal, TrackRef, Verified, Verifier, VerifyError};
 
@@ -35,7 +35,7 @@ pub struct LogHead {
 /// Resolves interned ids while reading, so each name is decoded once per read.
 #[derive(Default)]
 struct Names {
-    chunks: HashMap<u32, TrackChunkV1>,
+    chunks: HashMap<u32, TrackChunkV2>,
     clients: HashMap<u32, Option<String>>,
 }
 
@@ -49,7 +49,7 @@ impl Names {
         tracks
             .tracks
             .get((id % TRACK_CHUNK) as usize)
-            .map(|t| t.track.clone())
+            .cloned()
             .ok_or_else(|| Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(chunk), "track id past the chunk"))
     }
 
@@ -180,7 +180,7 @@ impl Store {
     }
 
     /// The chunk of interned tracks holding `id`.
-    pub(crate) fn track_chunk(&self, chunk: u32) -> Result<TrackChunkV1> {
+    pub(crate) fn track_chunk(&self, chunk: u32) -> Result<TrackChunkV2> {
         let key = keys::u32_key(chunk);
         let bytes = self
             .trees
@@ -193,7 +193,7 @@ impl Store {
     /// The interned track `id`.
     pub(crate) fn track(&self, id: u32) -> Result<TrackRef> {
         let chunk = self.track_chunk(id / TRACK_CHUNK)?;
-        chunk.tracks.get((id % TRACK_CHUNK) as usize).map(|t| t.track.clone()).ok_or_else(|| {
+        chunk.tracks.get((id % TRACK_CHUNK) as usize).cloned().ok_or_else(|| {
             Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(id / TRACK_CHUNK), "track id past the chunk")
         })
     }

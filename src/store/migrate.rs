@@ -22,7 +22,9 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { to: 2, name: "build statistics from the logs", run: build_stats },
     Migration { to: 3, name: "add the release trees (created empty on open)", run: nothing_to_fill },
     Migration { to: 4, name: "add the federation trees (created empty on open)", run: nothing_to_fill },
-    Migration { to: 5, name: "duplicate keys v3 (main artist and bare title)", run: rekey_duplicates },
+    // 5 recomputed the duplicate keys stored with tracks and day items (v3: main artist
+    // and bare title); since 17 neither stores them (the writer computes them at start).
+    Migration { to: 5, name: "duplicate keys v3 (main artist and bare title)", run: nothing_to_fill },
     Migration {
         to: 6,
         name: "each user's own spellings of items; level histories start at the upgrade",
@@ -60,6 +62,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "day index without dedupe keys (versions 1 and 2 read as they are)",
         run: nothing_to_fill,
     },
+    Migration { to: 17, name: "tracks without dedupe keys (version 1 chunks read as they are)", run: nothing_to_fill },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
@@ -113,25 +116,6 @@ fn spellings_and_level_histories(store: &Store) -> Result<()> {
         }
     }
     store.rebuild_spellings(&crate::stats::credits::CreditRules::default())
-}
-
-/// 4 -> 5: the duplicate rule's key changed (v3: main artist and title without a guest
-/// note, so sources that credit guests differently agree). Recompute it for every
-/// interned track. (Up to schema 15 the day index held each listen's key too and this
-/// recomputed them; since 16 the duplicate rule reads the key from the track.)
-fn rekey_duplicates(store: &Store) -> Result<()> {
-    use super::codec::{decode, encode};
-    use super::schema::TRACKCHUNK_TRACKS;
-    use super::values::TrackChunkV1;
-    for kv in store.trees.trackchunk_tracks.iter() {
-        let (k, v) = kv?;
-        let mut chunk: TrackChunkV1 = decode(TRACKCHUNK_TRACKS, &k, &v)?;
-        for t in &mut chunk.tracks {
-            t.dedupe_key = crate::log::dedupe::dedupe_key(&t.track);
-        }
-        store.trees.trackchunk_tracks.insert(k, encode(&chunk))?;
-    }
-    store.flush()
 }
 
 /// 2 -> 3 and 3 -> 4 add trees that start empty (releases; federation).

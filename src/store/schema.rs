@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 16;
+pub const SCHEMA_VERSION: u32 = 17;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -64,9 +64,10 @@ pub const BLOCK_ENTRIES: u64 = 64;
 /// (newest first by reverse range), duplicate detection, deletes.
 pub const USERID_DAY_LISTENS: &str = "userid_day_listens";
 
-/// `trackchunk_tracks`: `chunk number u32` -> `TrackChunkV1`: the interned tracks with ids
+/// `trackchunk_tracks`: `chunk number u32` -> `TrackChunkV2`: the interned tracks with ids
 /// `chunk * TRACK_CHUNK .. (chunk + 1) * TRACK_CHUNK`, in id order (the TrackRef as
-/// submitted and its dedupe key). Serves: every read of a listen. Tracks are chunked
+/// submitted; up to schema 16 with its dedupe key, which the writer now computes when it
+/// starts). Serves: every read of a listen. Tracks are chunked
 /// for the same reason as log entries: one sled item per small track cost ~590 bytes on
 /// disk each (measured). The digest -> id lookup used at ingest is an in-memory index
 /// the writer builds from this tree when it starts.

@@ -315,20 +315,40 @@ pub struct DayV1 {
     pub items: Vec<KeyedDayItem>,
 }
 
-/// One interned track inside a chunk.
+/// `trackchunk_tracks`: interned tracks as submitted, in id order.
+///
+/// Since schema 17 without their dedupe keys: the writer computes a track's key when it
+/// starts (`dedupe::dedupe_key`, a pure function of the names) instead of reading 4–5
+/// bytes per track that do not compress. Version 1 chunks are read with their keys
+/// dropped and rewritten in version 2 by `store compact`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackChunkV2 {
+    pub tracks: Vec<TrackRef>,
+}
+impl Versioned for TrackChunkV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => whole::<TrackChunkV1>(body)
+                .map(|v1| TrackChunkV2 { tracks: v1.tracks.into_iter().map(|t| t.track).collect() }),
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
+}
+
+/// One interned track inside a chunk as written up to schema 16, with the dedupe key
+/// it had when interned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackV1 {
     pub track: TrackRef,
     pub dedupe_key: u32,
 }
 
-/// `trackchunk_tracks`.
+/// `trackchunk_tracks` as written up to schema 16.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackChunkV1 {
     pub tracks: Vec<TrackV1>,
-}
-impl Versioned for TrackChunkV1 {
-    const VERSION: u8 = 1;
 }
 
 /// `clientid_clientname`.

@@ -798,8 +798,9 @@ fn the_schema_12_and_13_migrations_build_the_node_statistics() {
 
 /// Schema 14 writes bucket counts with delta-coded ids (`AggV2`), schema 15 day index
 /// items and log blocks with delta-coded times (`BlockV2`), schema 16 day index items
-/// without dedupe keys (`DayV3`). A store written by schema 13 (version 1 values,
-/// absolute ids and times, day items with keys) opens without a rewrite; every chart,
+/// without dedupe keys (`DayV3`), schema 17 tracks without them (`TrackChunkV2`). A
+/// store written by schema 13 (version 1 values, absolute ids and times, day items and
+/// tracks with keys, here keys that are not the tracks') opens without a rewrite; every chart,
 /// history, log verification and duplicate check reads the same; and what a new listen
 /// changes is stored in the current version beside the version 1 values still read as
 /// they are.
@@ -809,8 +810,9 @@ fn version_1_values_from_schema_13_read_the_same() {
     use hearsay::store::codec;
     use hearsay::store::logs::Order;
     use hearsay::store::users::SharingLevel;
-    use hearsay::store::values::{AggV2, BlockV2, DayV3};
-    const TREES: [&str; 3] = [schema::USERID_BUCKET_COUNTS, schema::USERID_DAY_LISTENS, schema::USERID_SEQ_BLOCK];
+    use hearsay::store::values::{AggV2, BlockV2, DayV3, TrackChunkV2};
+    const TREES: [&str; 4] =
+        [schema::USERID_BUCKET_COUNTS, schema::USERID_DAY_LISTENS, schema::USERID_SEQ_BLOCK, schema::TRACKCHUNK_TRACKS];
     let current = |tree: &str| if tree == schema::USERID_DAY_LISTENS { 3 } else { 2 };
     // Version 1 of each: the same fields, ids and times as they are.
     let to_v1 = |tree: &'static str, k: &[u8], v: &[u8]| -> Vec<u8> {
@@ -825,6 +827,11 @@ fn version_1_values_from_schema_13_read_the_same() {
                 let keyed: Vec<_> = day.items.iter().map(|i| (i.sec, i.seq, [0u8; 4])).collect();
                 postcard::to_allocvec(&(keyed,))
             }
+            schema::TRACKCHUNK_TRACKS => {
+                let chunk: TrackChunkV2 = codec::decode(tree, k, v).expect("v2");
+                let keyed: Vec<_> = chunk.tracks.iter().map(|t| (t, 0u32)).collect();
+                postcard::to_allocvec(&(keyed,))
+            }
             _ => {
                 let block: BlockV2 = codec::decode(tree, k, v).expect("v2");
                 postcard::to_allocvec(&(&block.entries, block.signed_at, &block.sig))
@@ -835,6 +842,10 @@ fn version_1_values_from_schema_13_read_the_same() {
     let t = TestStore::new();
     let day = NOW - 86_400;
     let bob = add_user(&t, "bob", &[("A", "x", day), ("B", "y", day + 10), ("A", "z", day - 400 * 86_400)]);
+    // Enough tracks for two chunks: a new one changes the second, the first stays.
+    let carols: Vec<(String, i64)> = (0..70).map(|i| (format!("c{i}"), day - 7_200 * i)).collect();
+    let carols: Vec<(&str, &str, i64)> = carols.iter().map(|(title, at)| ("C", title.as_str(), *at)).collect();
+    add_user(&t, "carol", &carols);
     t.store.set_visibility(bob, SharingLevel::Public).expect("public");
     // Out of time order, as an import may send them.
     let mine: Vec<_> = (0..40)

@@ -8,7 +8,7 @@ use crate::stats::credits::CreditRules;
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use crate::store::values::{BlockV2, FeedbackV1, SpellingV1, StoredEntry, TrackChunkV1};
+use crate::store::values::{BlockV2, FeedbackV1, SpellingV1, StoredEntry, TrackChunkV2};
 use crate::store::{Error, Result, Store};
 
 use super::*;
@@ -121,13 +121,13 @@ impl Store {
         for kv in self.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
-            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
                 let id = chunk * TRACK_CHUNK + i as u32;
                 if crate::store::compact::is_blank(t) {
                     dict.blank_track(id)?;
                 } else {
-                    dict.credit_track(id, &t.track)?;
+                    dict.credit_track(id, t)?;
                 }
             }
         }
@@ -161,10 +161,10 @@ impl Store {
         for kv in self.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
-            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
                 if !crate::store::compact::is_blank(t) {
-                    dict.recompute_variants(chunk * TRACK_CHUNK + i as u32, &t.track);
+                    dict.recompute_variants(chunk * TRACK_CHUNK + i as u32, t);
                 }
             }
         }

@@ -5,7 +5,6 @@ use crate::log::TrackRef;
 use crate::log::dedupe::dedupe_key;
 use crate::store::keys::{self};
 use crate::store::schema::{self, TRACK_CHUNK};
-use crate::store::values::TrackV1;
 use crate::store::{Error, Result};
 
 use super::*;
@@ -34,7 +33,7 @@ impl Writer {
         if self.track_keys.len() != id as usize {
             return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(*chunk), "track ids out of step"));
         }
-        open.tracks.push(TrackV1 { track: track.clone(), dedupe_key: dkey });
+        open.tracks.push(track.clone());
         group.new_tracks = true;
         if open.tracks.len() >= TRACK_CHUNK as usize {
             let full = std::mem::take(open);

@@ -24,8 +24,9 @@ use super::aggregates::{Delta, Dictionary};
 use super::codec::decode;
 use super::keys::{self, UserId};
 use super::schema::{self, BLOCK_ENTRIES, TRACK_CHUNK};
-use super::values::{BlockV2, DayV3, FeedbackV1, HeadV1, TrackChunkV1};
+use super::values::{BlockV2, DayV3, FeedbackV1, HeadV1, TrackChunkV2};
 use super::{Error, Result, Store};
+use crate::log::dedupe::dedupe_key;
 use crate::log::entry::genesis_link;
 use crate::log::{Listen, TrackRef};
 use crate::stats::credits::CreditRules;
@@ -243,7 +244,7 @@ struct Group {
     days: BTreeMap<[u8; 8], (DayV3, bool)>,
     heads: BTreeMap<UserId, ()>,
     /// Track chunks completed by this group (the writer's open chunk is written too).
-    track_chunks: BTreeMap<u32, TrackChunkV1>,
+    track_chunks: BTreeMap<u32, TrackChunkV2>,
     new_tracks: bool,
     /// Changes to statistics buckets made by this group.
     aggs: BTreeMap<[u8; 9], Delta>,
@@ -274,7 +275,7 @@ struct Writer {
     /// rule compares, read here instead of from each day index item.
     track_keys: Vec<u32>,
     /// The last, partly filled chunk of tracks; new tracks are appended to it.
-    open_chunk: (u32, TrackChunkV1),
+    open_chunk: (u32, TrackChunkV2),
     clients: HashMap<String, u32>,
     next_client_id: u32,
     rules: CreditRules,
@@ -330,7 +331,7 @@ impl Writer {
             users: HashMap::new(),
             tracks: HashMap::new(),
             track_keys: Vec::new(),
-            open_chunk: (0, TrackChunkV1::default()),
+            open_chunk: (0, TrackChunkV2::default()),
             clients: HashMap::new(),
             next_client_id: 0,
             dict: Dictionary::empty(rules.clone()),
@@ -403,28 +404,29 @@ impl Writer {
         self.tracks.clear();
         self.track_keys.clear();
         self.clients.clear();
-        self.open_chunk = (0, TrackChunkV1::default());
+        self.open_chunk = (0, TrackChunkV2::default());
         self.dict = Dictionary::load(&self.store, self.rules.clone())?;
         for kv in self.store.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
-            let tracks: TrackChunkV1 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
+            let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
                 let id = chunk * TRACK_CHUNK + i as u32;
                 if self.track_keys.len() != id as usize {
                     return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "track chunks do not follow each other"));
                 }
-                self.track_keys.push(t.dedupe_key);
+                // Computed, not stored (`TrackChunkV2`); 0 for a blanked track.
+                self.track_keys.push(if super::compact::is_blank(t) { 0 } else { dedupe_key(t) });
                 // A blanked track (see `compact`) is never matched again: a new listen
                 // of it is interned afresh.
                 if !super::compact::is_blank(t) {
-                    self.tracks.insert(track_digest(&t.track), id);
+                    self.tracks.insert(track_digest(t), id);
                 }
             }
             self.open_chunk = (chunk, tracks);
         }
         if self.open_chunk.1.tracks.len() >= TRACK_CHUNK as usize {
-            self.open_chunk = (self.open_chunk.0 + 1, TrackChunkV1::default());
+            self.open_chunk = (self.open_chunk.0 + 1, TrackChunkV2::default());
         }
         self.next_client_id = read_counter(&self.store, "next_client_id", 1)?;
         Ok(())
