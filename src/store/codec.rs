@@ -55,8 +55,8 @@ mod tests {
     use super::*;
     use crate::log::TrackRef;
     use crate::store::values::{
-        AggV1, AggV2, BlockV1, BlockV2, DayItem, DayV1, DayV2, DayV3, HeadV1, KeyedDayItem, StoredEntry, TrackChunkV1,
-        TrackChunkV2, TrackV1,
+        AggV1, AggV2, BlockV1, BlockV2, CreditChunkV1, CreditChunkV2, DayItem, DayV1, DayV2, DayV3, HeadV1,
+        KeyedDayItem, StoredEntry, TrackChunkV1, TrackChunkV2, TrackCreditsV1, TrackV1,
     };
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
@@ -205,6 +205,41 @@ mod tests {
         }
 
         #[test]
+        fn credits_round_trip_and_version_1_reads_the_same(
+            tracks in proptest::collection::vec(
+                proptest::option::of((proptest::collection::vec(any::<u32>(), 0..4), any::<u32>(), any::<Option<u32>>())),
+                0..64,
+            ),
+            // Mostly ids as interned: close to each other.
+            near in any::<bool>(),
+        ) {
+            let tracks: Vec<Option<TrackCreditsV1>> = tracks
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| t.map(|(artists, recording, release)| {
+                    let shrink = |id: u32| if near { id % 1_000 } else { id };
+                    TrackCreditsV1 {
+                        artists: artists.into_iter().map(shrink).collect(),
+                        recording: if near { i as u32 } else { recording },
+                        release: release.map(shrink),
+                    }
+                }))
+                .collect();
+            let chunk = CreditChunkV2 { tracks: tracks.clone() };
+            prop_assert_eq!(decode::<CreditChunkV2>("t", b"k", &encode(&chunk)).expect("v2"), chunk.clone());
+            let v1 = [vec![1u8], postcard::to_allocvec(&CreditChunkV1 { tracks }).expect("v1")].concat();
+            prop_assert_eq!(decode::<CreditChunkV2>("t", b"k", &v1).expect("v1"), chunk);
+        }
+
+        #[test]
+        fn damaged_credits_are_an_error_or_a_value(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
+            let bytes = [vec![version], bytes].concat();
+            if let Err(e) = decode::<CreditChunkV2>("trackchunk_credits", &[0, 3], &bytes) {
+                prop_assert!(e.to_string().contains("trackchunk_credits"), "{}", e);
+            }
+        }
+
+        #[test]
         fn damaged_bucket_counts_are_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
             let bytes = [vec![version], bytes].concat();
             if let Err(e) = decode::<AggV2>("userid_bucket_counts", &[0, 1], &bytes) {
@@ -313,6 +348,50 @@ mod tests {
         assert_eq!(decode::<BlockV2>("t", b"k", &block_v1).expect("block v1"), block);
         assert_eq!(decode::<BlockV2>("t", b"k", &block_v2).expect("block v2"), block);
         assert_eq!(encode(&block), block_v2);
+    }
+
+    #[test]
+    fn credits_layouts_are_fixed_and_interned_ids_take_a_byte() {
+        let chunk = CreditChunkV2 {
+            tracks: vec![
+                Some(TrackCreditsV1 { artists: vec![70_000, 5], recording: 300_000, release: Some(90_000) }),
+                None,
+                Some(TrackCreditsV1 { artists: vec![70_000], recording: 300_001, release: None }),
+                Some(TrackCreditsV1 { artists: vec![69_999], recording: 300_002, release: Some(90_000) }),
+            ],
+        };
+        // Version 1: absolute varints.
+        let v1 = [
+            0x01, 0x04, 0x01, 0x02, 0xF0, 0xA2, 0x04, 0x05, 0xE0, 0xA7, 0x12, 0x01, 0x90, 0xBF, 0x05, 0x00, 0x01, 0x01,
+            0xF0, 0xA2, 0x04, 0xE1, 0xA7, 0x12, 0x00, 0x01, 0x01, 0xEF, 0xA2, 0x04, 0xE2, 0xA7, 0x12, 0x01, 0x90, 0xBF,
+            0x05,
+        ];
+        // Version 2: zigzag differences. The first track from 0 (70,000 -> 140,000; the
+        // second artist 5 - 70,000 -> 139,989; 300,000 -> 600,000; 90,000 -> 180,000),
+        // then 0 and +1; then -1, +1 and 0 from the last release.
+        let v2 = [
+            0x02, 0x04, 0x01, 0x02, 0xE0, 0xC5, 0x08, 0xD5, 0xC5, 0x08, 0xC0, 0xCF, 0x24, 0x01, 0xA0, 0xFE, 0x0A, 0x00,
+            0x01, 0x01, 0x00, 0x02, 0x00, 0x01, 0x01, 0x01, 0x02, 0x01, 0x00,
+        ];
+        assert_eq!(decode::<CreditChunkV2>("t", b"k", &v1).expect("v1"), chunk);
+        assert_eq!(decode::<CreditChunkV2>("t", b"k", &v2).expect("v2"), chunk);
+        assert_eq!(encode(&chunk), v2);
+        // 64 tracks as an import interns them: each a new recording, albums of ten from
+        // one artist. Absolute: 3 bytes an id; as differences: 1.
+        let tracks: Vec<_> = (0..64u32)
+            .map(|i| {
+                Some(TrackCreditsV1 {
+                    artists: vec![80_000 + i / 10],
+                    recording: 400_000 + i,
+                    release: Some(200_000 + i / 10),
+                })
+            })
+            .collect();
+        let chunk = CreditChunkV2 { tracks: tracks.clone() };
+        let (v1, v2) = (postcard::to_allocvec(&CreditChunkV1 { tracks }).expect("v1").len(), encode(&chunk).len());
+        assert!(v2 <= 2 + 8 + 64 * (1 + 1 + 1 + 1 + 2), "{v2} bytes");
+        assert!(v1 >= 64 * (1 + 1 + 3 + 3 + 1 + 3), "{v1} bytes");
+        assert_eq!(decode::<CreditChunkV2>("t", b"k", &encode(&chunk)).expect("v2"), chunk);
     }
 
     #[test]

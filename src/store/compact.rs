@@ -17,7 +17,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::schema::ITEM_CHUNK;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{AggV2, BlockV2, CreditChunkV1, DayV3, ItemChunkV1, StoredEntry, TrackChunkV2};
+use super::values::{AggV2, BlockV2, CreditChunkV2, DayV3, ItemChunkV1, StoredEntry, TrackChunkV2};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -113,6 +113,12 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
             n if n == schema::USERID_SEQ_BLOCK.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<BlockV2>(schema::USERID_SEQ_BLOCK, kv)))
             }
+            n if n == schema::TRACKCHUNK_CREDITS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<CreditChunkV2>(schema::TRACKCHUNK_CREDITS, kv)))
+            }
+            n if n == schema::TRACKCHUNK_CREDITS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<CreditChunkV2>(schema::TRACKCHUNK_CREDITS, kv)))
+            }
             n if n == schema::TRACKCHUNK_TRACKS.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<TrackChunkV2>(schema::TRACKCHUNK_TRACKS, kv)))
             }
@@ -171,7 +177,7 @@ fn blank_unreferenced_items(store: &Store) -> Result<()> {
     for kv in store.trees.trackchunk_credits.iter() {
         let (k, v) = kv?;
         let chunk = keys::parse_u32(schema::TRACKCHUNK_CREDITS, &k)?;
-        let mut credits: CreditChunkV1 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
+        let mut credits: CreditChunkV2 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
         let mut changed = false;
         for (i, c) in credits.tracks.iter_mut().enumerate() {
             let id = chunk * TRACK_CHUNK + i as u32;

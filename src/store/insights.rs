@@ -10,7 +10,7 @@ use super::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use super::logs::Order;
 use super::schema::{self, TRACK_CHUNK};
 use super::users::User;
-use super::values::CreditChunkV1;
+use super::values::CreditChunkV2;
 use super::{Error, Result, Store};
 use crate::log::listen::MIN_LISTENED_AT;
 use crate::stats::chart::Kind;
@@ -181,7 +181,7 @@ impl Store {
 
     fn first_in_day(&self, user: UserId, kind: Kind, id: u32, start: i64, end: i64) -> Result<Option<i64>> {
         let mut first: Option<i64> = None;
-        let mut chunks: HashMap<u32, CreditChunkV1> = HashMap::new();
+        let mut chunks: HashMap<u32, CreditChunkV2> = HashMap::new();
         self.for_each_listen_in(user, start, end, |at, track| {
             let chunk = track / TRACK_CHUNK;
             if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(chunk) {
@@ -189,7 +189,7 @@ impl Store {
                 let bytes = self.trees.trackchunk_credits.get(key)?;
                 v.insert(match bytes {
                     Some(b) => super::codec::decode(schema::TRACKCHUNK_CREDITS, &key, &b)?,
-                    None => CreditChunkV1::default(),
+                    None => CreditChunkV2::default(),
                 });
             }
             let credited =

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         run: nothing_to_fill,
     },
     Migration { to: 17, name: "tracks without dedupe keys (version 1 chunks read as they are)", run: nothing_to_fill },
+    Migration {
+        to: 18,
+        name: "track credits with delta-coded item ids (version 1 chunks read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;

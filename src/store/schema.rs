@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 17;
+pub const SCHEMA_VERSION: u32 = 18;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -85,9 +85,10 @@ pub const ITEMCHUNK_ITEMS: &str = "itemchunk_items";
 /// Items per dictionary chunk.
 pub const ITEM_CHUNK: u32 = 64;
 
-/// `trackchunk_credits`: `chunk u32` -> `CreditChunkV1`: for each track of the same
+/// `trackchunk_credits`: `chunk u32` -> `CreditChunkV2`: for each track of the same
 /// chunk of `trackchunk_tracks`, the artist, recording and release items it counts
-/// for (the credit rule applied when the track was first seen). Since schema 2.
+/// for (the credit rule applied when the track was first seen). Since schema 2; ids
+/// stored as differences since schema 18.
 pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 
 /// `userid_bucket_counts`: `user id u32 ‖ granularity u8 (0 day, 1 month, 2 year) ‖

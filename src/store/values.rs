@@ -389,12 +389,33 @@ pub struct TrackCreditsV1 {
 
 /// `trackchunk_credits`: the credits of the tracks of the same chunk in
 /// `trackchunk_tracks` (None for a track blanked by compaction).
+///
+/// Stored since schema 18 with each item id written as a difference (`delta_coded::credits`):
+/// a track's recording and release from the previous track's, its main artist from the
+/// previous track's main artist, its other artists from its main artist. Tracks are
+/// interned in the order they are first heard, so a new track's recording is usually the
+/// item interned just before it plus one and an album's tracks follow each other: one
+/// byte where an absolute id took three. Version 1 chunks are read as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditChunkV2 {
+    #[serde(with = "delta_coded::credits")]
+    pub tracks: Vec<Option<TrackCreditsV1>>,
+}
+impl Versioned for CreditChunkV2 {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => whole::<CreditChunkV1>(body).map(|v1| CreditChunkV2 { tracks: v1.tracks }),
+            other => Err(format!("unknown value version {other}")),
+        }
+    }
+}
+
+/// `trackchunk_credits` as written up to schema 17: absolute item ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditChunkV1 {
     pub tracks: Vec<Option<TrackCreditsV1>>,
-}
-impl Versioned for CreditChunkV1 {
-    const VERSION: u8 = 1;
 }
 
 /// `trackid_spellings`: the items a track spells differently from their stored names.
@@ -578,6 +599,67 @@ mod delta_coded {
                     sec = sec.wrapping_add(sec_gap);
                     seq = seq.wrapping_add(seq_gap as u64);
                     KeyedDayItem { sec, seq, key }
+                })
+                .collect())
+        }
+    }
+
+    /// A chunk's credits: per present track `(artists, recording, release)` as wrapping
+    /// differences read as i32 (postcard writes them as zigzag varints): the main artist
+    /// from the previous present track's main artist, each other artist from the main
+    /// artist, the recording and the release from the previous track's (the release
+    /// from the last track that had one); the first track's from 0.
+    pub mod credits {
+        use super::super::TrackCreditsV1;
+        use super::*;
+
+        type Stored = Option<(Vec<i32>, i32, Option<i32>)>;
+
+        fn diff(to: u32, from: u32) -> i32 {
+            to.wrapping_sub(from) as i32
+        }
+
+        fn sum(from: u32, diff: i32) -> u32 {
+            from.wrapping_add(diff as u32)
+        }
+
+        pub fn serialize<S: Serializer>(tracks: &[Option<TrackCreditsV1>], s: S) -> Result<S::Ok, S::Error> {
+            let (mut main, mut recording, mut release) = (0u32, 0u32, 0u32);
+            s.collect_seq(tracks.iter().map(|track| -> Stored {
+                let c = track.as_ref()?;
+                let first = c.artists.first().copied().unwrap_or(main);
+                let artists = c
+                    .artists
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| if i == 0 { diff(a, main) } else { diff(a, first) })
+                    .collect();
+                let stored = (artists, diff(c.recording, recording), c.release.map(|r| diff(r, release)));
+                main = first;
+                recording = c.recording;
+                release = c.release.unwrap_or(release);
+                Some(stored)
+            }))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<TrackCreditsV1>>, D::Error> {
+            let (mut main, mut recording, mut release) = (0u32, 0u32, 0u32);
+            let stored = Vec::<Stored>::deserialize(d)?;
+            Ok(stored
+                .into_iter()
+                .map(|track| {
+                    let (artist_diffs, recording_diff, release_diff) = track?;
+                    let first = artist_diffs.first().map_or(main, |&d| sum(main, d));
+                    let artists = artist_diffs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| if i == 0 { first } else { sum(first, d) })
+                        .collect();
+                    main = first;
+                    recording = sum(recording, recording_diff);
+                    let this_release = release_diff.map(|d| sum(release, d));
+                    release = this_release.unwrap_or(release);
+                    Some(TrackCreditsV1 { artists, recording, release: this_release })
                 })
                 .collect())
         }

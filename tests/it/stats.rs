@@ -798,7 +798,8 @@ fn the_schema_12_and_13_migrations_build_the_node_statistics() {
 
 /// Schema 14 writes bucket counts with delta-coded ids (`AggV2`), schema 15 day index
 /// items and log blocks with delta-coded times (`BlockV2`), schema 16 day index items
-/// without dedupe keys (`DayV3`), schema 17 tracks without them (`TrackChunkV2`). A
+/// without dedupe keys (`DayV3`), schema 17 tracks without them (`TrackChunkV2`),
+/// schema 18 track credits with delta-coded ids (`CreditChunkV2`). A
 /// store written by schema 13 (version 1 values, absolute ids and times, day items and
 /// tracks with keys, here keys that are not the tracks') opens without a rewrite; every chart,
 /// history, log verification and duplicate check reads the same; and what a new listen
@@ -810,9 +811,14 @@ fn version_1_values_from_schema_13_read_the_same() {
     use hearsay::store::codec;
     use hearsay::store::logs::Order;
     use hearsay::store::users::SharingLevel;
-    use hearsay::store::values::{AggV2, BlockV2, DayV3, TrackChunkV2};
-    const TREES: [&str; 4] =
-        [schema::USERID_BUCKET_COUNTS, schema::USERID_DAY_LISTENS, schema::USERID_SEQ_BLOCK, schema::TRACKCHUNK_TRACKS];
+    use hearsay::store::values::{AggV2, BlockV2, CreditChunkV2, DayV3, TrackChunkV2};
+    const TREES: [&str; 5] = [
+        schema::USERID_BUCKET_COUNTS,
+        schema::USERID_DAY_LISTENS,
+        schema::USERID_SEQ_BLOCK,
+        schema::TRACKCHUNK_TRACKS,
+        schema::TRACKCHUNK_CREDITS,
+    ];
     let current = |tree: &str| if tree == schema::USERID_DAY_LISTENS { 3 } else { 2 };
     // Version 1 of each: the same fields, ids and times as they are.
     let to_v1 = |tree: &'static str, k: &[u8], v: &[u8]| -> Vec<u8> {
@@ -826,6 +832,10 @@ fn version_1_values_from_schema_13_read_the_same() {
                 let day: DayV3 = codec::decode(tree, k, v).expect("v3");
                 let keyed: Vec<_> = day.items.iter().map(|i| (i.sec, i.seq, [0u8; 4])).collect();
                 postcard::to_allocvec(&(keyed,))
+            }
+            schema::TRACKCHUNK_CREDITS => {
+                let chunk: CreditChunkV2 = codec::decode(tree, k, v).expect("v2");
+                postcard::to_allocvec(&(chunk.tracks,))
             }
             schema::TRACKCHUNK_TRACKS => {
                 let chunk: TrackChunkV2 = codec::decode(tree, k, v).expect("v2");

@@ -14,7 +14,7 @@ use crate::stats::period::{day_number, month_number};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{CreditChunkV1, ItemChunkV1, ItemV1, SpellingsV1, TrackCreditsV1};
+use crate::store::values::{CreditChunkV2, ItemChunkV1, ItemV1, SpellingsV1, TrackCreditsV1};
 use crate::store::{Error, Result, Store};
 
 /// Every chart item and every track's credits, in memory, with the chunks changed
@@ -232,7 +232,7 @@ impl Dictionary {
         }
         for kv in store.trees.trackchunk_credits.iter() {
             let (k, v) = kv?;
-            let chunk: CreditChunkV1 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
+            let chunk: CreditChunkV2 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
             // Chunks are written for every track in id order, so they follow each other
             // with no gap: a key past the next one is damage, refused before the table
             // would be sized by it.
@@ -407,7 +407,7 @@ impl Dictionary {
             let tracks = (start..end)
                 .map(|id| u32::try_from(id).ok().and_then(|id| self.credits.get(id)).map(Credited::to_stored))
                 .collect();
-            out.push((schema::TRACKCHUNK_CREDITS, keys::u32_key(chunk).to_vec(), encode(&CreditChunkV1 { tracks })));
+            out.push((schema::TRACKCHUNK_CREDITS, keys::u32_key(chunk).to_vec(), encode(&CreditChunkV2 { tracks })));
         }
         out
     }

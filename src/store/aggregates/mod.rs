@@ -16,7 +16,7 @@ use crate::stats::period::{self, Bucket, Period, day_number, local_date};
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{AggV2, BlockV2, CreditChunkV1, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
+use crate::store::values::{AggV2, BlockV2, CreditChunkV2, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
 
 mod delta;
 mod dictionary;
@@ -200,10 +200,10 @@ impl Store {
         }
     }
 
-    fn credit_chunk(&self, chunk: u32) -> Result<CreditChunkV1> {
+    fn credit_chunk(&self, chunk: u32) -> Result<CreditChunkV2> {
         let key = keys::u32_key(chunk);
         match self.trees.trackchunk_credits.get(key)? {
-            None => Ok(CreditChunkV1::default()),
+            None => Ok(CreditChunkV2::default()),
             Some(v) => decode(schema::TRACKCHUNK_CREDITS, &key, &v),
         }
     }
@@ -269,7 +269,7 @@ impl Store {
                 }
             }
         }
-        let mut chunks: HashMap<u32, CreditChunkV1> = HashMap::new();
+        let mut chunks: HashMap<u32, CreditChunkV2> = HashMap::new();
         for &(a, b) in &plan.partial {
             self.for_each_listen_in(user, a, b, |_, track| {
                 let chunk = match chunks.entry(track / TRACK_CHUNK) {
