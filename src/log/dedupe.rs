@@ -13,13 +13,14 @@
 //! Normalisation is Unicode NFC, then full case folding, then NFC again, with runs of
 //! white space collapsed to one space. The comparison uses a 32-bit digest of the
 //! normalised pair; two *different* tracks collide only with probability 2^-32, and only
-//! matter if they were also played by the same user in the same second.
+//! matter if they were also played by the same user within the window.
 //! **Main artist and bare title** (v3): sources credit guests differently ("A feat. B" /
 //! "Song"; "A" / "Song (feat. B)"; Spotify's "A" / "Song (with B)"; Maloja's artist list
 //! [A, B] / "Song"), so the key uses the first listed artist, else the artist string up
 //! to the first ` feat. `, ` ft. `, ` featuring `, ` & ` or `, `, and the title without a
 //! trailing "(feat. …)", "(ft. …)", "(with …)" or "[feat. …]". This part is fixed, not
-//! configurable, so stored keys stay valid. No I/O.
+//! configurable: every node and every import counts the same plays as one. (No key is
+//! stored: the store computes each track's key when it starts.) No I/O.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -132,7 +133,8 @@ pub fn is_duplicate(existing: impl IntoIterator<Item = (i64, u32)>, listened_at:
 /// enough to be one play if they are of the same track. The store checks this first and
 /// reads the track's key only for the few listens that pass.
 pub fn close_enough(a: i64, b: i64, window: i64) -> bool {
-    let within_minute = |whole: i64, exact: i64| whole % MINUTE == 0 && whole <= exact && exact - whole < MINUTE;
+    let within_minute =
+        |whole: i64, exact: i64| whole % MINUTE == 0 && whole <= exact && exact.abs_diff(whole) < MINUTE.unsigned_abs();
     a.abs_diff(b) < window.max(1).unsigned_abs() || within_minute(a, b) || within_minute(b, a)
 }
 
@@ -192,6 +194,16 @@ mod tests {
         let windows =
             (window_secs(None), window_secs(Some(20_000)), window_secs(Some(300_000)), window_secs(Some(900_000)));
         assert_eq!(windows, (30, 30, 150, 240));
+    }
+
+    #[test]
+    fn times_far_apart_never_overflow_into_one_play() {
+        // i64::MIN + 8 is a whole minute; the difference to i64::MAX wraps in an i64.
+        for (a, b) in [(i64::MIN + 8, i64::MAX), (i64::MAX, i64::MIN + 8), (i64::MIN, i64::MAX), (0, i64::MIN)] {
+            assert!(!close_enough(a, b, 240), "{a} {b}");
+        }
+        assert!(close_enough(i64::MAX, i64::MAX - 29, 30));
+        assert!(close_enough(i64::MIN + 8, i64::MIN + 67, 30), "within the whole minute");
     }
 
     #[test]

@@ -148,9 +148,13 @@ mod tests {
         }
 
         #[test]
-        fn garbage_is_an_error_naming_tree_and_key(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 0u8..4) {
-            // Mostly the versions that are read (1 to 3), where damage reaches the decoders.
-            let bytes = [vec![version.clamp(1, 3)], bytes].concat();
+        fn garbage_is_an_error_naming_tree_and_key(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 0u8..6) {
+            // Every version read (1 to 3, where damage reaches the decoders), and 0 and 4.
+            let bytes = [vec![version.clamp(0, 4)], bytes].concat();
+            if let Err(e) = decode::<TrackChunkV2>("trackchunk_tracks", &[0, 3], &bytes) {
+                let text = e.to_string();
+                prop_assert!(text.contains("trackchunk_tracks") && text.contains("0003"), "{}", text);
+            }
             if let Err(e) = decode::<BlockV2>("userid_seq_block", &[0, 1], &bytes) {
                 let text = e.to_string();
                 prop_assert!(text.contains("userid_seq_block") && text.contains("0001"), "{}", text);
@@ -348,6 +352,27 @@ mod tests {
         assert_eq!(decode::<BlockV2>("t", b"k", &block_v1).expect("block v1"), block);
         assert_eq!(decode::<BlockV2>("t", b"k", &block_v2).expect("block v2"), block);
         assert_eq!(encode(&block), block_v2);
+    }
+
+    #[test]
+    fn track_chunk_layouts_are_fixed() {
+        let track = TrackRef {
+            artist: "A".into(),
+            artist_names: vec![],
+            artist_mbids: vec![],
+            title: "T".into(),
+            album: Some("B".into()),
+            recording_mbid: None,
+            release_mbid: None,
+        };
+        let chunk = TrackChunkV2 { tracks: vec![track] };
+        // One track: "A", no names, no mbids, "T", Some("B"), None, None; version 1 then
+        // its dedupe key (300 as a varint), dropped when read.
+        let v1 = [0x01, 0x01, 0x01, b'A', 0x00, 0x00, 0x01, b'T', 0x01, 0x01, b'B', 0x00, 0x00, 0xAC, 0x02];
+        let v2 = [0x02, 0x01, 0x01, b'A', 0x00, 0x00, 0x01, b'T', 0x01, 0x01, b'B', 0x00, 0x00];
+        assert_eq!(decode::<TrackChunkV2>("t", b"k", &v1).expect("v1"), chunk);
+        assert_eq!(decode::<TrackChunkV2>("t", b"k", &v2).expect("v2"), chunk);
+        assert_eq!(encode(&chunk), v2);
     }
 
     #[test]

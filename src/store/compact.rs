@@ -116,9 +116,6 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
             n if n == schema::TRACKCHUNK_CREDITS.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<CreditChunkV2>(schema::TRACKCHUNK_CREDITS, kv)))
             }
-            n if n == schema::TRACKCHUNK_CREDITS.as_bytes() => {
-                Box::new(items.map(|kv| current_version::<CreditChunkV2>(schema::TRACKCHUNK_CREDITS, kv)))
-            }
             n if n == schema::TRACKCHUNK_TRACKS.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<TrackChunkV2>(schema::TRACKCHUNK_TRACKS, kv)))
             }

@@ -122,6 +122,63 @@ fn duplicates_are_found_in_every_block_the_earlier_listen_can_be_in() {
     assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 73);
 }
 
+/// Day index items that name no live listen (damage: an entry that is a love, a block
+/// that is gone) are reported and skipped by the duplicate rule: the user's scrobbles
+/// close to them are still taken, and real duplicates still found.
+#[test]
+fn a_damaged_day_index_does_not_stop_scrobbles_near_it() {
+    use hearsay::store::values::{DayItem, DayV3};
+    let t = TestStore::new();
+    let at = NOW - 50_000;
+    let one = listen("Artist", "One", at);
+    let first = vec![Action::Listen(one.clone()), Action::Love(one.into_track())];
+    t.ingestor.ingest_blocking(t.user, first).expect("ingest");
+    let user = t.user.0;
+    let dir = t.close();
+    let day = u32::try_from(at.div_euclid(86_400)).expect("day");
+    let mut key = user.to_be_bytes().to_vec();
+    key.extend_from_slice(&day.to_be_bytes());
+    tamper(dir.path(), schema::USERID_DAY_LISTENS, &key, |value| {
+        let mut d: DayV3 = decode(schema::USERID_DAY_LISTENS, &key, value).expect("day");
+        let sec = d.items[0].sec;
+        // Seq 1 is the love; seq 6,400 is in no block.
+        d.items.extend([DayItem { sec: sec + 5, seq: 1 }, DayItem { sec: sec + 6, seq: 6_400 }]);
+        d.items.sort();
+        *value = encode(&d);
+    });
+    let t = TestStore::reopen(dir);
+    let near = vec![
+        Action::Listen(listen("Artist", "Two", at + 5)),
+        Action::Listen(listen("Artist", "Three", at + 6)),
+        Action::Listen(listen("Artist", "One", at + 7)),
+    ];
+    let out = t.ingestor.ingest_blocking(t.user, near).expect("ingest");
+    assert_eq!(out, [Outcome::Appended { seq: 2 }, Outcome::Appended { seq: 3 }, Outcome::Duplicate]);
+}
+
+/// A listen and its delete in one batch: the track and client the listen introduced
+/// are not stored yet when the delete erases it.
+#[test]
+fn a_listen_deleted_in_its_own_batch_is_erased() {
+    let t = TestStore::new();
+    let raw = RawListen {
+        artist: b"New Artist",
+        title: b"Brand New Song",
+        listened_at: NOW - 500,
+        client: Some(b"a player never seen".as_slice()),
+        ..RawListen::default()
+    };
+    let fresh = Listen::parse(&raw, NOW).expect("valid");
+    let out =
+        t.ingestor.ingest_blocking(t.user, vec![Action::Listen(fresh), Action::Delete { seq: 0 }]).expect("ingest");
+    assert_eq!(out, [Outcome::Appended { seq: 0 }, Outcome::Appended { seq: 1 }]);
+    let entries = t.store.entries(t.user).expect("entries");
+    assert!(matches!(entries[0].1, Content::Erased { .. }), "{:?}", entries[0]);
+    assert_eq!(t.store.log_head(t.user).expect("head").n_listens, 0);
+    let v = t.store.verify_log(t.user).expect("db").expect("verifies");
+    assert_eq!((v.n_entries, v.n_erased), (2, 1));
+}
+
 #[test]
 fn a_tombstone_erases_content_from_every_read_path_and_the_chain_still_verifies() {
     let t = TestStore::new();

@@ -5,7 +5,8 @@ use crate::log::TrackRef;
 use crate::log::dedupe::dedupe_key;
 use crate::store::keys::{self};
 use crate::store::schema::{self, TRACK_CHUNK};
-use crate::store::{Error, Result};
+use crate::store::values::TrackChunkV2;
+use crate::store::{Error, Result, Store};
 
 use super::*;
 
@@ -16,6 +17,32 @@ pub(super) fn track_digest(track: &TrackRef) -> [u8; 16] {
     let mut d = [0; 16];
     d.copy_from_slice(&hash.as_bytes()[..16]);
     d
+}
+
+/// Track `id` as interned: from the writer's open chunk, a chunk this group filled, or
+/// the store.
+pub(super) fn interned_track(
+    open: &(u32, TrackChunkV2),
+    filled: &BTreeMap<u32, TrackChunkV2>,
+    store: &Store,
+    id: u32,
+) -> Result<TrackRef> {
+    let (chunk, slot) = (id / TRACK_CHUNK, (id % TRACK_CHUNK) as usize);
+    let pending = if open.0 == chunk { Some(&open.1) } else { filled.get(&chunk) };
+    match pending {
+        Some(tracks) => tracks.tracks.get(slot).cloned().ok_or_else(|| {
+            Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(chunk), "track id past the open chunk")
+        }),
+        None => store.track(id),
+    }
+}
+
+/// Client `id` as interned: by this group (`Group::clients`) or before (the store).
+pub(super) fn interned_client(new: &[(String, u32)], store: &Store, id: u32) -> Result<Option<String>> {
+    match new.iter().find(|(_, i)| *i == id) {
+        Some((name, _)) => Ok(Some(name.clone())),
+        None => store.client_name(id),
+    }
 }
 
 impl Writer {

@@ -274,6 +274,8 @@ struct Writer {
     /// Per track id, the track's dedupe key (0 for a blanked track): what the duplicate
     /// rule compares, read here instead of from each day index item.
     track_keys: Vec<u32>,
+    /// Stored blocks the duplicate rule read during the current batch (`listen_key`).
+    read_blocks: HashMap<[u8; 12], BlockV2>,
     /// The last, partly filled chunk of tracks; new tracks are appended to it.
     open_chunk: (u32, TrackChunkV2),
     clients: HashMap<String, u32>,
@@ -306,6 +308,8 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// pairs (`aggregates::NodePending`, about 25 bytes each in their maps) and the counts of
 /// node buckets a recount left in the memory copy.
 const NODE_HOT_MAX_PAIRS: usize = 8_000_000;
+/// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
+const READ_BLOCKS_KEPT: usize = 256;
 
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
     match store.trees.meta.get(name)? {
@@ -331,6 +335,7 @@ impl Writer {
             users: HashMap::new(),
             tracks: HashMap::new(),
             track_keys: Vec::new(),
+            read_blocks: HashMap::new(),
             open_chunk: (0, TrackChunkV2::default()),
             clients: HashMap::new(),
             next_client_id: 0,
@@ -403,6 +408,7 @@ impl Writer {
         self.users.clear();
         self.tracks.clear();
         self.track_keys.clear();
+        self.read_blocks.clear();
         self.clients.clear();
         self.open_chunk = (0, TrackChunkV2::default());
         self.dict = Dictionary::load(&self.store, self.rules.clone())?;
@@ -412,9 +418,12 @@ impl Writer {
             let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
                 let id = chunk * TRACK_CHUNK + i as u32;
-                if self.track_keys.len() != id as usize {
-                    return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "track chunks do not follow each other"));
+                // Ids are the chunk's place: a chunk missing in between leaves its ids
+                // without a key (they cannot be read either).
+                if self.track_keys.len() > id as usize {
+                    return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "track chunk out of order"));
                 }
+                self.track_keys.resize(id as usize, 0);
                 // Computed, not stored (`TrackChunkV2`); 0 for a blanked track.
                 self.track_keys.push(if super::compact::is_blank(t) { 0 } else { dedupe_key(t) });
                 // A blanked track (see `compact`) is never matched again: a new listen

@@ -20,6 +20,8 @@ use super::*;
 impl Writer {
     pub(super) fn prepare(&mut self, group: &mut Group, user: UserId, actions: &[Action]) -> Result<Vec<Outcome>> {
         self.load_user(user)?;
+        // The store's blocks change only when a group commits, after its prepares.
+        self.read_blocks.clear();
         let mut salts = vec![0u8; 16 * actions.len()];
         getrandom::getrandom(&mut salts).map_err(|e| Error::Random(e.to_string()))?;
         let signed_at = now_secs();
@@ -131,7 +133,7 @@ impl Writer {
                 close.extend(items.filter(|(other, _)| close_enough(*other, at, window)).map(|(_, seq)| (day, seq)));
             }
             for (day, seq) in close {
-                if self.listen_key(group, user, day, seq)? == dkey {
+                if self.listen_key(group, user, day, seq)? == Some(dkey) {
                     return Ok(Outcome::Duplicate);
                 }
             }
@@ -175,29 +177,46 @@ impl Writer {
     }
 
     /// The dedupe key of the track of the listen at `seq`, which the day index of `day`
-    /// holds: from the user's tail block, a block this group changed, or the store.
-    fn listen_key(&self, group: &Group, user: UserId, day: u32, seq: u64) -> Result<u32> {
+    /// holds: from the user's tail block, a block this group changed, or the store (kept
+    /// in `read_blocks` for the rest of the batch: a re-sent backlog asks for every listen
+    /// of a block in turn). None, reported, when the index names no live listen: that
+    /// damage must not stop the user's every later scrobble near that time.
+    fn listen_key(&mut self, group: &Group, user: UserId, day: u32, seq: u64) -> Result<Option<u32>> {
         let first = seq - seq % BLOCK_ENTRIES;
         let key = keys::user_seq(user, first);
         let tail = self.users.get(&user).filter(|s| s.tail_first() == Some(first)).and_then(|s| s.tail.as_ref());
-        let stored;
         let block = match tail.or_else(|| group.blocks.get(&key)) {
             Some(block) => block,
             None => {
-                let bytes = self.store.trees.userid_seq_block.get(key)?;
-                let bytes =
-                    bytes.ok_or_else(|| Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing"))?;
-                stored = decode::<BlockV2>(schema::USERID_SEQ_BLOCK, &key, &bytes)?;
-                &stored
+                if self.read_blocks.len() >= READ_BLOCKS_KEPT {
+                    self.read_blocks.clear();
+                }
+                match self.read_blocks.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(o) => &*o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => match self.store.trees.userid_seq_block.get(key)? {
+                        Some(bytes) => &*v.insert(decode::<BlockV2>(schema::USERID_SEQ_BLOCK, &key, &bytes)?),
+                        None => {
+                            let damage = Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing");
+                            tracing::warn!(error = %damage, seq, "the duplicate rule skips a listen of the day index");
+                            return Ok(None);
+                        }
+                    },
+                }
             }
         };
-        match block.entries.get(usize::try_from(seq - first).unwrap_or(usize::MAX)) {
-            Some(StoredEntry::Listen { track, .. }) => self.track_key(*track),
-            _ => Err(Error::corrupt(
-                schema::USERID_DAY_LISTENS,
-                &keys::user_u32(user, day),
-                &format!("seq {seq} is not a live listen"),
-            )),
+        let track = match block.entries.get(usize::try_from(seq - first).unwrap_or(usize::MAX)) {
+            Some(StoredEntry::Listen { track, .. }) => Some(*track),
+            _ => None,
+        };
+        match track {
+            Some(track) => self.track_key(track).map(Some),
+            None => {
+                let at = keys::user_u32(user, day);
+                let damage =
+                    Error::corrupt(schema::USERID_DAY_LISTENS, &at, &format!("seq {seq} is not a live listen"));
+                tracing::warn!(error = %damage, "the duplicate rule skips a listen of the day index");
+                Ok(None)
+            }
         }
     }
 
@@ -397,8 +416,14 @@ impl Writer {
         else {
             return Ok(false);
         };
-        let body =
-            Body::Listen { track: store.track(track)?, listened_at, duration_ms, client: store.client_name(client)? };
+        // The names as interned, by this group too (not stored yet: a listen and its
+        // delete may come in one batch).
+        let body = Body::Listen {
+            track: interned_track(&self.open_chunk, &group.track_chunks, &store, track)?,
+            listened_at,
+            duration_ms,
+            client: interned_client(&group.clients, &store, client)?,
+        };
         let content_hash = content_hash(&state.public, target, &salt, &body);
         if let Some(e) = block.entries.get_mut(slot) {
             *e = StoredEntry::Erased { content_hash, check };
