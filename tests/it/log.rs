@@ -156,6 +156,29 @@ fn a_damaged_day_index_does_not_stop_scrobbles_near_it() {
     assert_eq!(out, [Outcome::Appended { seq: 2 }, Outcome::Appended { seq: 3 }, Outcome::Duplicate]);
 }
 
+/// A stray track chunk far past the last one (damage) is refused when the writer starts,
+/// naming its tree and key, before any table is sized by its ids (chunk 2^24 would be
+/// track 2^30: gigabytes of keys and credits).
+#[test]
+fn a_track_chunk_past_the_next_one_is_refused_at_start() {
+    use hearsay::store::{Ingestor, Options, Store};
+    let t = TestStore::new();
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "One", NOW - 100))]).expect("ingest");
+    let dir = t.close();
+    let stray = 16_777_216u32.to_be_bytes();
+    {
+        let db = crate::support::raw_open(&dir.path().join("db"));
+        let tree = db.open_tree(schema::TRACKCHUNK_TRACKS).expect("tree");
+        let chunk0 = tree.get(0u32.to_be_bytes()).expect("get").expect("chunk 0");
+        tree.insert(stray, chunk0).expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
+    let Err(e) = Ingestor::start(store, 10_000, Default::default()) else { panic!("the writer started") };
+    let text = e.to_string();
+    assert!(text.contains("trackchunk_tracks") && text.contains("01000000"), "{text}");
+}
+
 /// A listen and its delete in one batch: the track and client the listen introduced
 /// are not stored yet when the delete erases it.
 #[test]

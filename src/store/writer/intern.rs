@@ -30,9 +30,11 @@ pub(super) fn interned_track(
     let (chunk, slot) = (id / TRACK_CHUNK, (id % TRACK_CHUNK) as usize);
     let pending = if open.0 == chunk { Some(&open.1) } else { filled.get(&chunk) };
     match pending {
-        Some(tracks) => tracks.tracks.get(slot).cloned().ok_or_else(|| {
-            Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(chunk), "track id past the open chunk")
-        }),
+        Some(tracks) => {
+            tracks.tracks.get(slot).cloned().ok_or_else(|| {
+                Error::corrupt(schema::TRACKCHUNK_TRACKS, &keys::u32_key(chunk), "track id past its chunk")
+            })
+        }
         None => store.track(id),
     }
 }

@@ -417,13 +417,13 @@ impl Writer {
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
             let tracks: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &k, &v)?;
             for (i, t) in tracks.tracks.iter().enumerate() {
-                let id = chunk * TRACK_CHUNK + i as u32;
-                // Ids are the chunk's place: a chunk missing in between leaves its ids
-                // without a key (they cannot be read either).
-                if self.track_keys.len() > id as usize {
-                    return Err(Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "track chunk out of order"));
-                }
-                self.track_keys.resize(id as usize, 0);
+                // Chunks are written for every track in id order, so they follow each
+                // other with no gap: a key past the next one is damage, refused before
+                // the tables would be sized by it (as `Dictionary::load` does).
+                let id = u32::try_from(i).ok().and_then(|i| chunk.checked_mul(TRACK_CHUNK)?.checked_add(i));
+                let id = id.filter(|id| *id as usize == self.track_keys.len()).ok_or_else(|| {
+                    Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "a chunk that does not follow the one before")
+                })?;
                 // Computed, not stored (`TrackChunkV2`); 0 for a blanked track.
                 self.track_keys.push(if super::compact::is_blank(t) { 0 } else { dedupe_key(t) });
                 // A blanked track (see `compact`) is never matched again: a new listen
