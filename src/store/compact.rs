@@ -141,7 +141,7 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     Ok(CompactReport { tracks_blanked, bytes_before, bytes_after })
 }
 
-/// A value of a tree whose encoding changed (schemas 14 to 17: delta-coded, keys left out) in the
+/// A value of a tree whose encoding changed (schemas 14 to 18: delta-coded, keys left out) in the
 /// version this build writes. Older values are read as they are, but only a value that
 /// changes is written again, and a full log block or a past day never changes: the
 /// copy is where they shrink. A value that does not decode is copied as it is

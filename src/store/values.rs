@@ -553,54 +553,51 @@ mod delta_coded {
         use super::super::DayItem;
         use super::*;
 
-        pub fn serialize<S: Serializer>(items: &[DayItem], s: S) -> Result<S::Ok, S::Error> {
+        /// Each `(second, seq)` as its differences from the previous one.
+        pub(super) fn gaps(items: impl Iterator<Item = (u32, u64)>) -> impl Iterator<Item = (u32, i64)> {
             let (mut sec, mut seq) = (0u32, 0u64);
-            s.collect_seq(items.iter().map(|item| {
-                let gaps = (item.sec.wrapping_sub(sec), item.seq.wrapping_sub(seq) as i64);
-                (sec, seq) = (item.sec, item.seq);
-                gaps
-            }))
+            items.map(move |(s, n)| {
+                let gap = (s.wrapping_sub(sec), n.wrapping_sub(seq) as i64);
+                (sec, seq) = (s, n);
+                gap
+            })
+        }
+
+        /// The inverse of `gaps`.
+        pub(super) fn sums(gaps: impl Iterator<Item = (u32, i64)>) -> impl Iterator<Item = (u32, u64)> {
+            let (mut sec, mut seq) = (0u32, 0u64);
+            gaps.map(move |(sec_gap, seq_gap)| {
+                sec = sec.wrapping_add(sec_gap);
+                seq = seq.wrapping_add(seq_gap as u64);
+                (sec, seq)
+            })
+        }
+
+        pub fn serialize<S: Serializer>(items: &[DayItem], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(gaps(items.iter().map(|i| (i.sec, i.seq))))
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DayItem>, D::Error> {
-            let (mut sec, mut seq) = (0u32, 0u64);
-            let gaps = Vec::<(u32, i64)>::deserialize(d)?;
-            Ok(gaps
-                .into_iter()
-                .map(|(sec_gap, seq_gap)| {
-                    sec = sec.wrapping_add(sec_gap);
-                    seq = seq.wrapping_add(seq_gap as u64);
-                    DayItem { sec, seq }
-                })
-                .collect())
+            let stored = Vec::<(u32, i64)>::deserialize(d)?;
+            Ok(sums(stored.into_iter()).map(|(sec, seq)| DayItem { sec, seq }).collect())
         }
     }
 
     /// Schema 15's day items: `day_items`' differences, each followed by its key.
     pub mod keyed_day_items {
         use super::super::KeyedDayItem;
+        use super::day_items::{gaps, sums};
         use super::*;
 
         pub fn serialize<S: Serializer>(items: &[KeyedDayItem], s: S) -> Result<S::Ok, S::Error> {
-            let (mut sec, mut seq) = (0u32, 0u64);
-            s.collect_seq(items.iter().map(|item| {
-                let gaps = (item.sec.wrapping_sub(sec), item.seq.wrapping_sub(seq) as i64, item.key);
-                (sec, seq) = (item.sec, item.seq);
-                gaps
-            }))
+            let differences = gaps(items.iter().map(|i| (i.sec, i.seq)));
+            s.collect_seq(differences.zip(items).map(|((sec, seq), item)| (sec, seq, item.key)))
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyedDayItem>, D::Error> {
-            let (mut sec, mut seq) = (0u32, 0u64);
-            let gaps = Vec::<(u32, i64, [u8; 4])>::deserialize(d)?;
-            Ok(gaps
-                .into_iter()
-                .map(|(sec_gap, seq_gap, key)| {
-                    sec = sec.wrapping_add(sec_gap);
-                    seq = seq.wrapping_add(seq_gap as u64);
-                    KeyedDayItem { sec, seq, key }
-                })
-                .collect())
+            let stored = Vec::<(u32, i64, [u8; 4])>::deserialize(d)?;
+            let times = sums(stored.iter().map(|&(sec, seq, _)| (sec, seq)));
+            Ok(times.zip(&stored).map(|((sec, seq), &(_, _, key))| KeyedDayItem { sec, seq, key }).collect())
         }
     }
 

@@ -424,11 +424,12 @@ impl Writer {
                 let id = id.filter(|id| *id as usize == self.track_keys.len()).ok_or_else(|| {
                     Error::corrupt(schema::TRACKCHUNK_TRACKS, &k, "a chunk that does not follow the one before")
                 })?;
-                // Computed, not stored (`TrackChunkV2`); 0 for a blanked track.
-                self.track_keys.push(if super::compact::is_blank(t) { 0 } else { dedupe_key(t) });
                 // A blanked track (see `compact`) is never matched again: a new listen
-                // of it is interned afresh.
-                if !super::compact::is_blank(t) {
+                // of it is interned afresh. Keys are computed, not stored (`TrackChunkV2`).
+                if super::compact::is_blank(t) {
+                    self.track_keys.push(0);
+                } else {
+                    self.track_keys.push(dedupe_key(t));
                     self.tracks.insert(track_digest(t), id);
                 }
             }

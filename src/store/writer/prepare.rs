@@ -17,6 +17,22 @@ use crate::store::{Error, Result};
 
 use super::*;
 
+/// Stored block `key` through `cache` (`Writer::read_blocks`), None if there is none.
+fn stored_block<'c>(
+    cache: &'c mut std::collections::HashMap<[u8; 12], BlockV2>,
+    store: &crate::store::Store,
+    key: [u8; 12],
+) -> Result<Option<&'c BlockV2>> {
+    if !cache.contains_key(&key) {
+        let Some(bytes) = store.trees.userid_seq_block.get(key)? else { return Ok(None) };
+        if cache.len() >= READ_BLOCKS_KEPT {
+            cache.clear();
+        }
+        cache.insert(key, decode(schema::USERID_SEQ_BLOCK, &key, &bytes)?);
+    }
+    Ok(cache.get(&key))
+}
+
 impl Writer {
     pub(super) fn prepare(&mut self, group: &mut Group, user: UserId, actions: &[Action]) -> Result<Vec<Outcome>> {
         self.load_user(user)?;
@@ -187,22 +203,14 @@ impl Writer {
         let tail = self.users.get(&user).filter(|s| s.tail_first() == Some(first)).and_then(|s| s.tail.as_ref());
         let block = match tail.or_else(|| group.blocks.get(&key)) {
             Some(block) => block,
-            None => {
-                if self.read_blocks.len() >= READ_BLOCKS_KEPT {
-                    self.read_blocks.clear();
+            None => match stored_block(&mut self.read_blocks, &self.store, key)? {
+                Some(block) => block,
+                None => {
+                    let damage = Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing");
+                    tracing::warn!(error = %damage, seq, "the duplicate rule skips a listen of the day index");
+                    return Ok(None);
                 }
-                match self.read_blocks.entry(key) {
-                    std::collections::hash_map::Entry::Occupied(o) => &*o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => match self.store.trees.userid_seq_block.get(key)? {
-                        Some(bytes) => &*v.insert(decode::<BlockV2>(schema::USERID_SEQ_BLOCK, &key, &bytes)?),
-                        None => {
-                            let damage = Error::corrupt(schema::USERID_SEQ_BLOCK, &key, "indexed block missing");
-                            tracing::warn!(error = %damage, seq, "the duplicate rule skips a listen of the day index");
-                            return Ok(None);
-                        }
-                    },
-                }
-            }
+            },
         };
         let track = match block.entries.get(usize::try_from(seq - first).unwrap_or(usize::MAX)) {
             Some(StoredEntry::Listen { track, .. }) => Some(*track),
