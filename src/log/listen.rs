@@ -221,15 +221,26 @@ impl Listen {
         duration_ms: Option<u32>,
         client: Option<String>,
     ) -> Result<Listen, ListenError> {
+        Listen::check_parts(&track, listened_at, duration_ms, client.as_deref())?;
+        Ok(Listen { track, listened_at, duration_ms, client, info: None })
+    }
+
+    /// What `from_parts` checks, without building the listen.
+    pub fn check_parts(
+        track: &TrackRef,
+        listened_at: i64,
+        duration_ms: Option<u32>,
+        client: Option<&str>,
+    ) -> Result<(), ListenError> {
         track.check()?;
         check_listened_at(listened_at, i64::MAX - MAX_FUTURE_SKEW_SECS)?;
         if duration_ms.is_some_and(|ms| ms == 0 || ms > MAX_DURATION_MS) {
             return Err(ListenError::OutOfRange { field: "duration_ms", max: u64::from(MAX_DURATION_MS) });
         }
-        if let Some(c) = &client {
+        if let Some(c) = client {
             check_text("submission_client", c, MAX_CLIENT_BYTES)?;
         }
-        Ok(Listen { track, listened_at, duration_ms, client, info: None })
+        Ok(())
     }
 
     /// The same listen from another client (`None`: unknown), checked as `parse` checks

@@ -607,3 +607,44 @@ fn extra_client_metadata_is_kept_beside_the_log_and_erased_with_the_listen() {
     t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 1 }]).expect("delete");
     assert!(t.store.listen_infos(t.user, &[1]).expect("infos").is_empty());
 }
+
+/// A batch refused for what it carries (an adopted listen or love this node would not
+/// take from a client, an unknown user) fails alone before anything is prepared, and
+/// costs no reload of the writer's memory (`IngestStats::reloads`: on a large node the
+/// reload takes seconds while every batch waits). Damage met while preparing still
+/// reloads.
+#[test]
+fn a_batch_refused_for_what_it_carries_costs_no_reload() {
+    use hearsay::log::Body;
+    let t = TestStore::new();
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "B", NOW - 10))]).expect("ingest");
+    let user = t.user.0;
+    let dir = t.close();
+    tamper(dir.path(), schema::USERID_SEQ_BLOCK, &block_key(user, 0), |v| v.truncate(3));
+    let t = TestStore::reopen(dir);
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen("A", "C", NOW))]).expect_err("damaged tail");
+    assert_eq!(t.ingestor.stats().reloads, 1, "damage met while preparing reloads");
+    let dir = t.close();
+    let t = TestStore::reopen(dir);
+    let bob = t.store.create_user("bob", "password1", NOW).expect("bob").id;
+    let track = listen("A", "D", NOW).track().clone();
+    let too_early = Body::Listen { track: track.clone(), listened_at: 5, duration_ms: Some(200_000), client: None };
+    let no_duration = Body::Listen { track: track.clone(), listened_at: NOW - 50, duration_ms: Some(0), client: None };
+    let mut long = track.clone();
+    long.artist = "x".repeat(100_000);
+    for body in [too_early, no_duration, Body::Love(long.clone()), Body::Hate(long)] {
+        let good = Action::Listen(listen("A", "E", NOW - 20));
+        let bad = Action::Adopt(Content::Present { salt: [7; 16], body });
+        let err = t.ingestor.ingest_blocking(bob, vec![good, bad]).expect_err("refused").to_string();
+        assert!(err.contains("adopted entry"), "{err}");
+    }
+    t.ingestor
+        .ingest_blocking(hearsay::store::UserId(999), vec![Action::Listen(listen("A", "F", NOW))])
+        .expect_err("no such user");
+    assert_eq!(t.ingestor.stats().reloads, 0, "a refused batch reloaded the writer");
+    // Nothing of a refused batch was appended, and the writer goes on.
+    assert_eq!(t.store.log_head(bob).expect("head").n_entries, 0);
+    let out = t.ingestor.ingest_blocking(bob, vec![Action::Listen(listen("A", "E", NOW - 20))]).expect("ingest");
+    assert_eq!(out, vec![Outcome::Appended { seq: 0 }]);
+    t.store.verify_log(bob).expect("db").expect("verifies");
+}

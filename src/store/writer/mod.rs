@@ -109,6 +109,7 @@ pub struct Ingestor {
 struct Counters {
     batches: AtomicU64,
     groups: AtomicU64,
+    reloads: AtomicU64,
 }
 
 /// A snapshot of the writer's totals since start.
@@ -118,6 +119,10 @@ pub struct IngestStats {
     pub batches: u64,
     /// Group commits (= flushes) that carried them.
     pub groups: u64,
+    /// Times the writer dropped its memory and read it again from the store after a
+    /// group failed (`Writer::reset`: seconds on a large node). A batch refused for what
+    /// it carries never causes one (`Writer::check`).
+    pub reloads: u64,
 }
 
 /// Most batches waiting for the writer before senders wait.
@@ -187,6 +192,7 @@ impl Ingestor {
         IngestStats {
             batches: self.stats.batches.load(Ordering::Relaxed),
             groups: self.stats.groups.load(Ordering::Relaxed),
+            reloads: self.stats.reloads.load(Ordering::Relaxed),
         }
     }
 
@@ -528,7 +534,7 @@ impl Writer {
         self.store.fail(&format!("{what}: {e}"));
     }
 
-    fn commit_group(&mut self, mut jobs: Vec<Job>) {
+    fn commit_group(&mut self, jobs: Vec<Job>) {
         // Below the disk reserve, after a failed write, or without room allocated for
         // what this group will write: refuse without writing anything.
         let actions: usize = jobs.iter().map(|j| j.actions.len()).sum();
@@ -541,6 +547,16 @@ impl Writer {
             }
             return;
         }
+        let mut checked = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.check(job.user, &job.actions) {
+                Ok(()) => checked.push(job),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        let mut jobs = checked;
         loop {
             if jobs.is_empty() {
                 return;
@@ -568,6 +584,7 @@ impl Writer {
             }
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 let _ = job.reply.send(Err(e));
                 // Only memory changed: reload it from the disk.
                 if let Err(e) = self.reset() {
@@ -599,6 +616,7 @@ impl Writer {
                     // Failed before writing anything (a stored value that does not
                     // decode): only this group fails; memory is reloaded from disk.
                     tracing::error!(error = %e, "a group could not be prepared for writing");
+                    self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                     for job in jobs {
                         let _ = job.reply.send(Err(e.refusal()));
                     }
@@ -609,6 +627,32 @@ impl Writer {
             }
             return;
         }
+    }
+
+    /// Refuses a batch for what it carries, before the group is prepared and without
+    /// changing anything but the users loaded: an unknown user, an adopted entry this
+    /// node would not take from a client (`Listen::check_parts`, `TrackRef::check`). A
+    /// prepare that fails is answered by `reset`, which reads the dictionary and every
+    /// track again (seconds on a large node, while every batch waits): what a request or
+    /// a bundle carries must not be able to cause one.
+    fn check(&mut self, user: UserId, actions: &[Action]) -> Result<()> {
+        self.load_user(user)?;
+        for action in actions {
+            use crate::log::Body;
+            let checked = match action {
+                Action::Adopt(crate::log::Content::Present { body, .. }) => match body {
+                    Body::Listen { track, listened_at, duration_ms, client } => {
+                        Listen::check_parts(track, *listened_at, *duration_ms, client.as_deref())
+                    }
+                    Body::Love(t) | Body::Unlove(t) | Body::Hate(t) => t.check(),
+                    Body::Delete { .. } => Ok(()),
+                },
+                // Built by `Listen::parse`/`TrackRef::parse`, or an erased entry's hash.
+                _ => Ok(()),
+            };
+            checked.map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
+        }
+        Ok(())
     }
 
     fn load_user(&mut self, user: UserId) -> Result<()> {
