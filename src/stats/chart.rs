@@ -48,11 +48,13 @@ pub fn bump<K: Ord + Copy>(counts: &mut Vec<(K, u32)>, id: K, delta: i64) {
     }
 }
 
-/// Accumulates counts from buckets and partial listens.
+/// Accumulates counts from buckets and partial listens. A map, not a vector indexed by
+/// item id: summing one user's buckets must cost what that user listened to, not the
+/// node's number of items (a dense vector of a 10,000-member node's 1.8M recordings
+/// was 14 MB allocated, zeroed and freed for every chart request).
 #[derive(Default)]
 pub struct Summer {
-    counts: Vec<u64>,
-    touched: Vec<u32>,
+    counts: rustc_hash::FxHashMap<u32, u64>,
 }
 
 impl Summer {
@@ -61,39 +63,38 @@ impl Summer {
     }
 
     pub fn add(&mut self, id: u32, n: u64) {
-        let i = id as usize;
-        if i >= self.counts.len() {
-            self.counts.resize((i + 1).max(self.counts.len() * 2), 0);
-        }
-        if self.counts[i] == 0 {
-            self.touched.push(id);
-        }
-        self.counts[i] += n;
+        let c = self.counts.entry(id).or_insert(0);
+        *c = c.saturating_add(n);
     }
 
     pub fn add_all(&mut self, counts: &[(u32, u32)]) {
+        self.counts.reserve(counts.len());
         for &(id, n) in counts {
             self.add(id, u64::from(n));
         }
     }
 
     pub fn count(&self, id: u32) -> u64 {
-        self.counts.get(id as usize).copied().unwrap_or(0)
+        self.counts.get(&id).copied().unwrap_or(0)
     }
 
     /// Number of distinct items with a count.
     pub fn len(&self) -> usize {
-        self.touched.len()
+        self.counts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.touched.is_empty()
+        self.counts.is_empty()
+    }
+
+    fn pairs(&self) -> Vec<(u32, u64)> {
+        self.counts.iter().map(|(&id, &n)| (id, n)).collect()
     }
 
     /// The `n` items with the highest counts, highest first; ties by lower id (first
     /// seen on the node).
     pub fn top(&self, n: usize) -> Vec<(u32, u64)> {
-        let mut items: Vec<(u32, u64)> = self.touched.iter().map(|&id| (id, self.count(id))).collect();
+        let mut items = self.pairs();
         let order = |a: &(u32, u64), b: &(u32, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
         if n < items.len() {
             items.select_nth_unstable_by(n, order);
@@ -110,14 +111,14 @@ impl Summer {
         if n == 0 {
             return Vec::new();
         }
-        top_with_ties_of(self.touched.iter().map(|&id| (id, self.count(id))).collect(), n)
+        top_with_ties_of(self.pairs(), n)
     }
 
     /// Every item with its count, by id.
     pub fn all(&self) -> Vec<(u32, u64)> {
-        let mut ids = self.touched.clone();
-        ids.sort_unstable();
-        ids.into_iter().map(|id| (id, self.count(id))).collect()
+        let mut items = self.pairs();
+        items.sort_unstable_by_key(|&(id, _)| id);
+        items
     }
 }
 
