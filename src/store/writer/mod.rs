@@ -9,8 +9,10 @@
 //! group, so an acknowledged batch is durable and concurrent small batches share one
 //! fsync. A single writer also means a user's chain has exactly one appender.
 //!
-//! If preparing one batch fails (unknown user, corrupt record), only that batch gets the
-//! error: the caches are dropped and the rest of the group is prepared again from disk.
+//! A batch refused for what it carries (unknown user, an adopted entry this node would
+//! not take) is answered before the group is prepared (`Writer::check`). If preparing
+//! one batch fails on damage (a corrupt record), only that batch gets the error: the
+//! caches are dropped and the rest of the group is prepared again from disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
