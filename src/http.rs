@@ -222,6 +222,7 @@ async fn metrics(
     let readings = crate::metrics::Readings {
         batches: ingest.batches,
         groups: ingest.groups,
+        reloads: ingest.reloads,
         queue: state.ingestor.queued(),
         store_bytes: state.store.size_on_disk().unwrap_or(0),
         users: state.store.users().map(|u| u.len()).unwrap_or(0),

@@ -111,6 +111,7 @@ pub struct Metrics {
     // Read at each scrape:
     batches: Counter,
     groups: Counter,
+    reloads: Counter,
     queue: Gauge,
     store_bytes: Gauge,
     users: Gauge,
@@ -160,6 +161,12 @@ impl Default for Metrics {
         registry.register("ingest_batches", "Submissions written by the store's writer", batches.clone());
         let groups = Counter::default();
         registry.register("ingest_commits", "Group commits (one flush for several submissions)", groups.clone());
+        let reloads = Counter::default();
+        registry.register(
+            "ingest_reloads",
+            "Times the store's writer read its memory again after damage in the store failed a write",
+            reloads.clone(),
+        );
         let queue = Gauge::default();
         registry.register("ingest_queue_depth", "Writes waiting for the store's writer", queue.clone());
         let store_bytes = Gauge::default();
@@ -183,6 +190,7 @@ impl Default for Metrics {
             shed_connections,
             batches,
             groups,
+            reloads,
             queue,
             store_bytes,
             users,
@@ -208,6 +216,7 @@ impl Metrics {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         catch_up(&self.batches, r.batches);
         catch_up(&self.groups, r.groups);
+        catch_up(&self.reloads, r.reloads);
         gauge(&self.queue, r.queue);
         gauge(&self.store_bytes, r.store_bytes);
         gauge(&self.users, r.users);
@@ -234,6 +243,7 @@ impl Metrics {
 pub struct Readings {
     pub batches: u64,
     pub groups: u64,
+    pub reloads: u64,
     pub queue: usize,
     pub store_bytes: u64,
     pub users: usize,

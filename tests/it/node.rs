@@ -280,6 +280,7 @@ fn metrics_are_served_to_loopback_and_token_bearers_only_never_through_a_proxy()
         "hearsay_http_requests_total{api=\"listenbrainz\",outcome=\"not_found\"} 1",
         "hearsay_submit_seconds_count{api=\"listenbrainz\"} 1",
         "hearsay_ingest_batches_total 1",
+        "hearsay_ingest_reloads_total 0",
         "hearsay_users 1",
         "hearsay_ingest_queue_depth 0",
         "hearsay_http_connections_shed_total 0",

@@ -586,6 +586,8 @@ impl Writer {
             }
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
+                // Past `check`, only damage (or a full id space) fails a prepare.
+                tracing::error!(error = %e, "a batch failed while prepared; the writer reloads its memory");
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 let _ = job.reply.send(Err(e));
                 // Only memory changed: reload it from the disk.
