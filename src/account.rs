@@ -128,17 +128,6 @@ pub enum Error {
     Invalid { entry: u64, reason: crate::log::ListenError },
 }
 
-/// Checks an entry's listen or track as the node checks what it accepts.
-fn check_entry(e: &EntryV1) -> Result<(), crate::log::ListenError> {
-    match e {
-        EntryV1::Listen { track, listened_at, duration_ms, client, .. } => {
-            crate::log::Listen::from_parts(track.clone(), *listened_at, *duration_ms, client.clone()).map(|_| ())
-        }
-        EntryV1::Love { track, .. } | EntryV1::Unlove { track, .. } | EntryV1::Hate { track, .. } => track.check(),
-        EntryV1::Erased { .. } | EntryV1::Delete { .. } => Ok(()),
-    }
-}
-
 fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<(), Error> {
     let bytes = postcard::to_allocvec(value).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     w.write_all(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes())?;
@@ -243,10 +232,11 @@ pub fn verify(r: &mut impl Read, mut each: impl FnMut(&BlockV1)) -> Result<(Head
             let seq = block.first + i as u64;
             // A correctly signed entry must still hold what the node accepts: a bundle
             // is built by hand as easily as by a node.
-            if let Err(reason) = check_entry(entry) {
+            let content = from_wire(entry.clone());
+            if let Err(reason) = content.check() {
                 return Err(Error::Invalid { entry: seq, reason });
             }
-            verifier.entry(seq, &from_wire(entry.clone()), *check);
+            verifier.entry(seq, &content, *check);
             last = Some(seq);
             seen = seen.max(seq + 1);
         }
@@ -397,13 +387,15 @@ mod tests {
             duration_ms: None,
             client: None,
         };
-        assert_eq!(check_entry(&listen("Band", 1_700_000_000)), Ok(()));
+        // As `verify` checks each entry of a bundle.
+        let check_entry = |e: EntryV1| from_wire(e).check();
+        assert_eq!(check_entry(listen("Band", 1_700_000_000)), Ok(()));
         assert_eq!(
-            check_entry(&listen("Ba\u{0}nd", 1_700_000_000)),
+            check_entry(listen("Ba\u{0}nd", 1_700_000_000)),
             Err(ListenError::ControlChar { field: "artist_name", code: 0 })
         );
-        assert!(check_entry(&listen("Band", 5)).is_err(), "before 2002");
-        assert!(check_entry(&EntryV1::Love { salt, track: track("") }).is_err());
-        assert_eq!(check_entry(&EntryV1::Delete { salt, target: 3 }), Ok(()));
+        assert!(check_entry(listen("Band", 5)).is_err(), "before 2002");
+        assert!(check_entry(EntryV1::Love { salt, track: track("") }).is_err());
+        assert_eq!(check_entry(EntryV1::Delete { salt, target: 3 }), Ok(()));
     }
 }

@@ -53,6 +53,21 @@ pub enum Content {
     Erased { content_hash: Hash32 },
 }
 
+impl Content {
+    /// Whether the entry holds what the node accepts from a client, as `Listen::parse`
+    /// and `TrackRef::parse` check it (the time only after `MIN_LISTENED_AT`): an entry
+    /// brought from elsewhere is signed as easily by hand as by a node.
+    pub fn check(&self) -> Result<(), super::ListenError> {
+        match self {
+            Content::Present { body: Body::Listen { track, listened_at, duration_ms, client }, .. } => {
+                super::Listen::check_parts(track, *listened_at, *duration_ms, client.as_deref())
+            }
+            Content::Present { body: Body::Love(t) | Body::Unlove(t) | Body::Hate(t), .. } => t.check(),
+            Content::Present { body: Body::Delete { .. }, .. } | Content::Erased { .. } => Ok(()),
+        }
+    }
+}
+
 /// Borrowing mirror of `Body` in canonical field order, serialised with postcard.
 #[derive(Serialize)]
 enum CanonicalBody<'a> {

@@ -635,26 +635,17 @@ impl Writer {
 
     /// Refuses a batch for what it carries, before the group is prepared and without
     /// changing anything but the users loaded: an unknown user, an adopted entry this
-    /// node would not take from a client (`Listen::check_parts`, `TrackRef::check`). A
+    /// node would not take from a client (`Content::check`). A
     /// prepare that fails is answered by `reset`, which reads the dictionary and every
     /// track again (seconds on a large node, while every batch waits): what a request or
     /// a bundle carries must not be able to cause one.
     fn check(&mut self, user: UserId, actions: &[Action]) -> Result<()> {
         self.load_user(user)?;
+        // Other actions were built by `Listen::parse` and `TrackRef::parse`.
         for action in actions {
-            use crate::log::Body;
-            let checked = match action {
-                Action::Adopt(crate::log::Content::Present { body, .. }) => match body {
-                    Body::Listen { track, listened_at, duration_ms, client } => {
-                        Listen::check_parts(track, *listened_at, *duration_ms, client.as_deref())
-                    }
-                    Body::Love(t) | Body::Unlove(t) | Body::Hate(t) => t.check(),
-                    Body::Delete { .. } => Ok(()),
-                },
-                // Built by `Listen::parse`/`TrackRef::parse`, or an erased entry's hash.
-                _ => Ok(()),
-            };
-            checked.map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
+            if let Action::Adopt(content) = action {
+                content.check().map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
+            }
         }
         Ok(())
     }
