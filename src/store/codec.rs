@@ -56,7 +56,8 @@ mod tests {
     use crate::log::TrackRef;
     use crate::store::values::{
         AggV1, AggV2, BlockV1, BlockV2, CreditChunkV1, CreditChunkV2, DayItem, DayV1, DayV2, DayV3, HeadV1,
-        KeyedDayItem, StoredEntry, TrackChunkV1, TrackChunkV2, TrackCreditsV1, TrackV1,
+        ItemChunkV1, ItemChunkV2, ItemName, ItemV1, ItemV2, KeyedDayItem, StoredEntry, TrackChunkV1, TrackChunkV2,
+        TrackCreditsV1, TrackV1,
     };
 
     fn entry() -> impl Strategy<Value = StoredEntry> {
@@ -244,6 +245,48 @@ mod tests {
         }
 
         #[test]
+        fn item_names_round_trip_and_version_1_reads_as_literals(
+            items in proptest::collection::vec(
+                (
+                    proptest::option::of((any::<u32>(), any::<u8>(), proptest::option::of((any::<u32>(), any::<u32>())))),
+                    ".{0,12}",
+                    any::<Option<u32>>(),
+                ),
+                0..64,
+            ),
+        ) {
+            let items: Vec<ItemV2> = items
+                .into_iter()
+                .map(|(spelled, literal, artist)| ItemV2 {
+                    name: match spelled {
+                        Some((track, field, part)) => ItemName::Spelled { track, field, part },
+                        None => ItemName::Literal(literal),
+                    },
+                    artist,
+                })
+                .collect();
+            let chunk = ItemChunkV2 { items: items.clone() };
+            prop_assert_eq!(decode::<ItemChunkV2>("t", b"k", &encode(&chunk)).expect("v2"), chunk);
+            let v1: Vec<ItemV1> = items
+                .iter()
+                .map(|i| ItemV1 { name: format!("{:?}", i.name), artist: i.artist })
+                .collect();
+            let bytes = [vec![1u8], postcard::to_allocvec(&ItemChunkV1 { items: v1.clone() }).expect("v1")].concat();
+            let read = decode::<ItemChunkV2>("t", b"k", &bytes).expect("v1");
+            let literal: Vec<ItemV2> =
+                v1.into_iter().map(|i| ItemV2 { name: ItemName::Literal(i.name), artist: i.artist }).collect();
+            prop_assert_eq!(read.items, literal);
+        }
+
+        #[test]
+        fn damaged_item_chunks_are_an_error_or_a_value(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
+            let bytes = [vec![version], bytes].concat();
+            if let Err(e) = decode::<ItemChunkV2>("itemchunk_items", &[0, 3], &bytes) {
+                prop_assert!(e.to_string().contains("itemchunk_items"), "{}", e);
+            }
+        }
+
+        #[test]
         fn damaged_bucket_counts_are_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
             let bytes = [vec![version], bytes].concat();
             if let Err(e) = decode::<AggV2>("userid_bucket_counts", &[0, 1], &bytes) {
@@ -373,6 +416,31 @@ mod tests {
         assert_eq!(decode::<TrackChunkV2>("t", b"k", &v1).expect("v1"), chunk);
         assert_eq!(decode::<TrackChunkV2>("t", b"k", &v2).expect("v2"), chunk);
         assert_eq!(encode(&chunk), v2);
+    }
+
+    #[test]
+    fn item_layouts_are_fixed_and_a_spelled_name_takes_a_few_bytes() {
+        let chunk = ItemChunkV2 {
+            items: vec![
+                ItemV2 { name: ItemName::Spelled { track: 300_000, field: 1, part: None }, artist: Some(5) },
+                ItemV2 { name: ItemName::Spelled { track: 300_001, field: 0, part: Some((0, 9)) }, artist: None },
+                ItemV2 { name: ItemName::Literal("Air".into()), artist: None },
+                ItemV2 { name: ItemName::Spelled { track: 299_999, field: 4, part: None }, artist: Some(5) },
+            ],
+        };
+        // Version 2, four items: Whole (1) with track 300,000 as a zigzag difference from
+        // 0 (600,000), field 1, artist 5; Part (2) +1, field 0, bytes 0..9, no artist;
+        // Literal (0) "Air"; Whole -2 (zigzag 3) from the last spelled track, field 4.
+        let v2 = [
+            0x02, 0x04, 0x01, 0xC0, 0xCF, 0x24, 0x01, 0x01, 0x05, 0x02, 0x02, 0x00, 0x00, 0x09, 0x00, 0x00, 0x03, b'A',
+            b'i', b'r', 0x00, 0x01, 0x03, 0x04, 0x01, 0x05,
+        ];
+        assert_eq!(encode(&chunk), v2);
+        assert_eq!(decode::<ItemChunkV2>("t", b"k", &v2).expect("v2"), chunk);
+        // Version 1: the names themselves.
+        let v1 = [0x01, 0x01, 0x03, b'A', b'i', b'r', 0x01, 0x05];
+        let read = decode::<ItemChunkV2>("t", b"k", &v1).expect("v1");
+        assert_eq!(read.items, [ItemV2 { name: ItemName::Literal("Air".into()), artist: Some(5) }]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::schema::ITEM_CHUNK;
 use super::schema::{self, TRACK_CHUNK};
-use super::values::{AggV2, BlockV2, CreditChunkV2, DayV3, ItemChunkV1, StoredEntry, TrackChunkV2};
+use super::values::{AggV2, BlockV2, CreditChunkV2, DayV3, ItemChunkV2, ItemName, StoredEntry, TrackChunkV2};
 use super::{Error, Options, Result, Store};
 use crate::log::TrackRef;
 
@@ -89,7 +89,12 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
     if free < needed {
         return Err(Error::DiskFull { path: dir.to_owned(), free_mb: free >> 20, reserve_mb: needed >> 20 });
     }
-    let tracks_blanked = blank_unreferenced_tracks(&store)?;
+    let referenced = referenced_tracks(&store)?;
+    // Items named by a track about to be blanked keep their names, as strings; stored
+    // before any track is blanked, so a crash in between leaves every name readable.
+    pin_item_names(&store, &referenced)?;
+    store.flush()?;
+    let tracks_blanked = blank_unreferenced_tracks(&store, &referenced)?;
     blank_unreferenced_items(&store)?;
     // Spellings come from the remaining tracks and logs only: an erased listen's spelling
     // goes with it.
@@ -118,6 +123,9 @@ pub fn compact(dir: &Path, options: &Options, rules: &crate::stats::credits::Cre
             }
             n if n == schema::TRACKCHUNK_TRACKS.as_bytes() => {
                 Box::new(items.map(|kv| current_version::<TrackChunkV2>(schema::TRACKCHUNK_TRACKS, kv)))
+            }
+            n if n == schema::ITEMCHUNK_ITEMS.as_bytes() => {
+                Box::new(items.map(|kv| current_version::<ItemChunkV2>(schema::ITEMCHUNK_ITEMS, kv)))
             }
             _ => Box::new(items),
         };
@@ -195,7 +203,7 @@ fn blank_unreferenced_items(store: &Store) -> Result<()> {
     // A recording or release keeps its main artist's name alive.
     for kv in store.trees.itemchunk_items.iter() {
         let (k, v) = kv?;
-        let chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+        let chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
         let (kind, n) = (k.first().copied().unwrap_or(0) as usize, keys::parse_u32(schema::ITEMCHUNK_ITEMS, &k[1..])?);
         for (i, item) in chunk.items.iter().enumerate() {
             if kind > 0 && referenced.get(kind).is_some_and(|r| r.contains(&(n * ITEM_CHUNK + i as u32))) {
@@ -205,13 +213,14 @@ fn blank_unreferenced_items(store: &Store) -> Result<()> {
     }
     for kv in store.trees.itemchunk_items.iter() {
         let (k, v) = kv?;
-        let mut chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+        let mut chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
         let (kind, n) = (k.first().copied().unwrap_or(0) as usize, keys::parse_u32(schema::ITEMCHUNK_ITEMS, &k[1..])?);
         let mut changed = false;
         for (i, item) in chunk.items.iter_mut().enumerate() {
             let alive = referenced.get(kind).is_some_and(|r| r.contains(&(n * ITEM_CHUNK + i as u32)));
-            if !alive && !item.name.is_empty() {
-                item.name.clear();
+            let blank = matches!(&item.name, ItemName::Literal(name) if name.is_empty());
+            if !alive && !blank {
+                item.name = ItemName::Literal(String::new());
                 item.artist = None;
                 changed = true;
             }
@@ -223,7 +232,30 @@ fn blank_unreferenced_items(store: &Store) -> Result<()> {
     Ok(())
 }
 
-fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {
+/// Writes as strings the names of items that tracks outside `referenced` spell.
+fn pin_item_names(store: &Store, referenced: &HashSet<u32>) -> Result<()> {
+    let mut names = super::aggregates::NameReader::new(store);
+    for kv in store.trees.itemchunk_items.iter() {
+        let (k, v) = kv?;
+        let mut chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+        let mut changed = false;
+        for item in &mut chunk.items {
+            if let ItemName::Spelled { track, .. } = item.name
+                && !referenced.contains(&track)
+            {
+                item.name = ItemName::Literal(names.resolve(&k, item.clone())?.name);
+                changed = true;
+            }
+        }
+        if changed {
+            store.trees.itemchunk_items.insert(k, encode(&chunk))?;
+        }
+    }
+    Ok(())
+}
+
+/// The tracks some log entry names.
+fn referenced_tracks(store: &Store) -> Result<HashSet<u32>> {
     let mut referenced = HashSet::new();
     for kv in store.trees.userid_seq_block.iter() {
         let (k, v) = kv?;
@@ -240,6 +272,10 @@ fn blank_unreferenced_tracks(store: &Store) -> Result<u64> {
             }
         }
     }
+    Ok(referenced)
+}
+
+fn blank_unreferenced_tracks(store: &Store, referenced: &HashSet<u32>) -> Result<u64> {
     let mut blanked = 0;
     for kv in store.trees.trackchunk_tracks.iter() {
         let (k, v) = kv?;

@@ -441,8 +441,12 @@ impl Store {
         let exists = match self.trees.itemchunk_items.get(key)? {
             None => false,
             Some(bytes) => {
-                let chunk: super::values::ItemChunkV1 = super::codec::decode(schema::ITEMCHUNK_ITEMS, &key, &bytes)?;
-                chunk.items.get((id % schema::ITEM_CHUNK) as usize).is_some_and(|i| !i.name.is_empty())
+                let chunk: super::values::ItemChunkV2 = super::codec::decode(schema::ITEMCHUNK_ITEMS, &key, &bytes)?;
+                // A name compaction blanked is an empty literal.
+                chunk.items.get((id % schema::ITEM_CHUNK) as usize).is_some_and(|i| match &i.name {
+                    super::values::ItemName::Literal(name) => !name.is_empty(),
+                    super::values::ItemName::Spelled { .. } => true,
+                })
             }
         };
         if exists {

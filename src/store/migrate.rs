@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "track credits with delta-coded item ids (version 1 chunks read as they are)",
         run: nothing_to_fill,
     },
+    Migration {
+        to: 19,
+        name: "item names stored as places in their tracks' names (version 1 chunks read as they are)",
+        run: nothing_to_fill,
+    },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;

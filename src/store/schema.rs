@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 18;
+pub const SCHEMA_VERSION: u32 = 19;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -77,9 +77,12 @@ pub const TRACKCHUNK_TRACKS: &str = "trackchunk_tracks";
 pub const TRACK_CHUNK: u32 = 64;
 
 /// `itemchunk_items`: `kind u8 (0 artist, 1 recording, 2 release) ‖ chunk u32` ->
-/// `ItemChunkV1`: chart items with ids `chunk * ITEM_CHUNK ..`, display names as first
-/// seen. Identity (normalised name; for recordings and releases also the main artist)
-/// is an in-memory index rebuilt from this tree. Since schema 2.
+/// `ItemChunkV2`: chart items with ids `chunk * ITEM_CHUNK ..`, display names as first
+/// seen: since schema 19 a place in the names of the track that first credited the
+/// item (`ItemName::Spelled`), or the name itself where no track holds it (version 1
+/// chunks, read as literal names; items whose track compaction blanked). Identity
+/// (normalised name; for recordings and releases also the main artist) is an in-memory
+/// index rebuilt from this tree and the tracks. Since schema 2.
 pub const ITEMCHUNK_ITEMS: &str = "itemchunk_items";
 
 /// Items per dictionary chunk.

@@ -8,7 +8,7 @@ use hearsay::stats::chart::Kind;
 use hearsay::stats::period::Period;
 use hearsay::store::codec::{decode, encode};
 use hearsay::store::logs::Order;
-use hearsay::store::values::{BlockV2, StoredEntry, TrackChunkV2};
+use hearsay::store::values::{BlockV2, ItemChunkV2, ItemName, StoredEntry, TrackChunkV2};
 use hearsay::store::{Action, Outcome, schema};
 
 use crate::support::{NOW, TestStore, listen};
@@ -508,6 +508,44 @@ fn compaction_removes_erased_listens_and_deleted_users_from_the_files() {
     let newest = t.store.listens(t.user, 0, i64::MAX, 1, Order::NewestFirst).expect("read");
     assert_eq!(newest[0].listen.track().title, secret);
     t.store.verify_log(t.user).expect("db").expect("verifies");
+}
+
+/// An item's name is stored once, in the track that first credited it: when compaction
+/// blanks that track (its one listen erased), an item another track still credits keeps
+/// its name, the erased title leaves the files, and later listens find the same item.
+#[test]
+fn an_item_named_by_an_erased_track_keeps_its_name_through_compaction() {
+    let plain = hearsay::store::Options { cache_mb: 8, compression: false, ..Default::default() };
+    let t = TestStore::with(&plain);
+    let (artist, erased, kept) = ("Obscure Artist Qx", "Erased Title Zq 4471", "Kept Title");
+    let first = vec![Action::Listen(listen(artist, erased, NOW - 30)), Action::Listen(listen(artist, kept, NOW - 20))];
+    t.ingestor.ingest_blocking(t.user, first).expect("ingest");
+    // The artist's item points into the erased listen's track, not a copy of the name.
+    let items = t.store.raw_tree_for_tests(schema::ITEMCHUNK_ITEMS).expect("tree");
+    let (k, v) = items.first().expect("read").expect("the artists' chunk");
+    assert_eq!(k[0], 0, "kind 0: artists");
+    let artists: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v).expect("decode");
+    assert_eq!(artists.items.len(), 1);
+    assert!(matches!(artists.items[0].name, ItemName::Spelled { track: 0, .. }), "{artists:?}");
+    drop(items);
+    t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 0 }]).expect("delete");
+    t.ingestor.stop();
+    let dir = t.close();
+    let report = hearsay::store::compact::compact(dir.path(), &plain, &Default::default()).expect("compact");
+    assert_eq!(report.tracks_blanked, 1);
+    assert!(!bytes_contain(dir.path(), erased.as_bytes()), "the erased title is still on disk");
+    let t = TestStore::reopen(dir);
+    let names = |t: &TestStore, kind| -> Vec<(String, u64)> {
+        let chart = t.store.chart(t.user, kind, &Period::AllTime, 10, NOW + 60).expect("chart");
+        chart.rows.into_iter().map(|r| (r.name, r.listens)).collect()
+    };
+    assert_eq!(names(&t, Kind::Artist), [(artist.to_owned(), 1)]);
+    assert_eq!(names(&t, Kind::Recording), [(kept.to_owned(), 1)]);
+    // A new track of the artist counts for the same item, under the same name.
+    t.ingestor.ingest_blocking(t.user, vec![Action::Listen(listen(artist, "New Title", NOW))]).expect("again");
+    assert_eq!(names(&t, Kind::Artist), [(artist.to_owned(), 2)]);
+    let t = TestStore::reopen(t.close());
+    assert_eq!(names(&t, Kind::Artist), [(artist.to_owned(), 2)]);
 }
 
 /// sled cannot change a database's compression in place: a store made before

@@ -14,7 +14,9 @@ use crate::stats::period::{day_number, month_number};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{CreditChunkV2, ItemChunkV1, ItemV1, SpellingsV1, TrackCreditsV1};
+use crate::store::values::{
+    CreditChunkV2, ItemChunkV2, ItemName, ItemV1, ItemV2, SpellingsV1, TrackChunkV2, TrackCreditsV1, find_in_track,
+};
 use crate::store::{Error, Result, Store};
 
 /// Every chart item and every track's credits, in memory, with the chunks changed
@@ -28,9 +30,9 @@ pub(crate) struct Dictionary {
     pub(super) index: [HashMap<[u8; 16], u32>; 3],
     /// Per kind: number of items, and the last (partly filled) chunk's items.
     pub(super) n_items: [u32; 3],
-    pub(super) open: [Vec<ItemV1>; 3],
+    pub(super) open: [Vec<ItemV2>; 3],
     /// Chunks filled since the last write: (kind, chunk, items).
-    pub(super) full: Vec<(usize, u32, Vec<ItemV1>)>,
+    pub(super) full: Vec<(usize, u32, Vec<ItemV2>)>,
     /// Per kind, per item id: a fingerprint of the item's stored name, to tell whether a
     /// new track spells it the same way without reading the name back.
     pub(super) fingerprints: [Vec<u32>; 3],
@@ -42,6 +44,62 @@ pub(crate) struct Dictionary {
     pub(super) dirty_items: BTreeSet<(usize, u32)>,
     pub(super) dirty_credits: BTreeSet<u32>,
     pub(super) dirty_spellings: BTreeSet<u32>,
+}
+
+/// Reads item names where they are stored: in the tracks that spell them
+/// (`ItemName::Spelled`), keeping the last few track chunks read (a chunk's items come
+/// from neighbouring tracks, and a scan of a kind's chunks meets its tracks in id
+/// order).
+pub(crate) struct NameReader<'s> {
+    store: &'s Store,
+    chunks: HashMap<u32, TrackChunkV2>,
+}
+
+/// Track chunks a `NameReader` keeps before it starts again (each ~64 tracks' names).
+const NAME_READER_CHUNKS: usize = 64;
+
+impl<'s> NameReader<'s> {
+    pub fn new(store: &'s Store) -> NameReader<'s> {
+        NameReader { store, chunks: HashMap::new() }
+    }
+
+    /// The name and main artist of `item`, read from chunk `key` of `itemchunk_items`
+    /// (named in the error when the track it points at does not hold it).
+    pub fn resolve(&mut self, key: &[u8], item: ItemV2) -> Result<ItemV1> {
+        let name = match item.name {
+            ItemName::Literal(name) => name,
+            spelled @ ItemName::Spelled { track, .. } => {
+                let chunk = self.track_chunk(track / TRACK_CHUNK)?;
+                let found = chunk
+                    .and_then(|c| c.tracks.get((track % TRACK_CHUNK) as usize))
+                    .filter(|t| !crate::store::compact::is_blank(t))
+                    .and_then(|t| spelled.in_track(t));
+                let what = || format!("an item named by track {track}, which does not hold its name");
+                found.ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, key, &what()))?.to_owned()
+            }
+        };
+        Ok(ItemV1 { name, artist: item.artist })
+    }
+
+    fn track_chunk(&mut self, n: u32) -> Result<Option<&TrackChunkV2>> {
+        if !self.chunks.contains_key(&n) {
+            let key = keys::u32_key(n);
+            let Some(bytes) = self.store.trees.trackchunk_tracks.get(key)? else { return Ok(None) };
+            let chunk: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &key, &bytes)?;
+            if self.chunks.len() >= NAME_READER_CHUNKS {
+                self.chunks.clear();
+            }
+            self.chunks.insert(n, chunk);
+        }
+        Ok(self.chunks.get(&n))
+    }
+
+    /// Every item of chunk `key`, resolved.
+    #[cfg(test)]
+    pub fn chunk(&mut self, key: &[u8], bytes: &[u8]) -> Result<Vec<ItemV1>> {
+        let chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, key, bytes)?;
+        chunk.items.into_iter().map(|item| self.resolve(key, item)).collect()
+    }
 }
 
 /// A 32-bit fingerprint of a spelling (exact bytes). Two spellings of one item that
@@ -212,15 +270,17 @@ impl Dictionary {
 
     pub fn load(store: &Store, rules: CreditRules) -> Result<Dictionary> {
         let mut d = Dictionary::empty(rules);
+        let mut names = NameReader::new(store);
         for kv in store.trees.itemchunk_items.iter() {
             let (k, v) = kv?;
             let kind = *k.first().ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &k, "empty key"))? as usize;
-            let chunk: ItemChunkV1 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
+            let chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
             let kind_enum =
                 *Kind::ALL.get(kind).ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &k, "unknown kind"))?;
             for item in &chunk.items {
                 let id = d.n_items[kind];
                 d.n_items[kind] += 1;
+                let item = names.resolve(&k, item.clone())?;
                 d.fingerprints[kind].push(fingerprint(&item.name));
                 // A name blanked by compaction is never matched again.
                 if !item.name.is_empty() {
@@ -256,7 +316,10 @@ impl Dictionary {
         Ok(d)
     }
 
-    pub(super) fn intern(&mut self, kind: Kind, name: &str, artist: Option<u32>) -> u32 {
+    /// The id of the item `name` (of main artist `artist`), interned with track `source`
+    /// (id, names) when new: its name is stored as a place in the track's names where
+    /// the track holds it (`ItemName::Spelled`).
+    pub(super) fn intern(&mut self, kind: Kind, name: &str, artist: Option<u32>, source: (u32, &TrackRef)) -> u32 {
         let k = kind.index();
         let key = identity_key(kind, name, artist);
         if let Some(&id) = self.index[k].get(&key) {
@@ -264,7 +327,8 @@ impl Dictionary {
         }
         let id = self.n_items[k];
         self.n_items[k] += 1;
-        self.open[k].push(ItemV1 { name: name.to_owned(), artist });
+        let stored = find_in_track(source.0, source.1, name).unwrap_or_else(|| ItemName::Literal(name.to_owned()));
+        self.open[k].push(ItemV2 { name: stored, artist });
         self.fingerprints[k].push(fingerprint(name));
         self.index[k].insert(key, id);
         self.dirty_items.insert((k, id / ITEM_CHUNK));
@@ -286,10 +350,10 @@ impl Dictionary {
         let c = credit(track, &self.rules, &known);
         // What `CreditTable::set` could refuse, checked before any item is interned.
         self.credits.room_for(c.artists.len())?;
-        let artists: Vec<u32> = c.artists.iter().map(|a| self.intern(Kind::Artist, a, None)).collect();
+        let artists: Vec<u32> = c.artists.iter().map(|a| self.intern(Kind::Artist, a, None, (id, track))).collect();
         let main = artists.first().copied();
-        let recording = self.intern(Kind::Recording, &c.title, main);
-        let release = track.album.as_deref().map(|album| self.intern(Kind::Release, album, main));
+        let recording = self.intern(Kind::Recording, &c.title, main, (id, track));
+        let release = track.album.as_deref().map(|album| self.intern(Kind::Release, album, main, (id, track)));
         // Each string was just interned as its item: no need to look it up again.
         let mut named: Vec<(Kind, u32, &str)> =
             c.artists.iter().zip(&artists).map(|(a, item)| (Kind::Artist, *item, a.as_str())).collect();
@@ -382,7 +446,7 @@ impl Dictionary {
             out.push((
                 schema::ITEMCHUNK_ITEMS,
                 keys::kind_chunk(kind as u8, chunk).to_vec(),
-                encode(&ItemChunkV1 { items }),
+                encode(&ItemChunkV2 { items }),
             ));
         }
         for (kind, chunk) in std::mem::take(&mut self.dirty_items) {
@@ -391,7 +455,7 @@ impl Dictionary {
                 out.push((
                     schema::ITEMCHUNK_ITEMS,
                     keys::kind_chunk(kind as u8, chunk).to_vec(),
-                    encode(&ItemChunkV1 { items }),
+                    encode(&ItemChunkV2 { items }),
                 ));
             }
         }
@@ -451,19 +515,25 @@ mod tests {
         ];
         let rules = CreditRules { split_known_artists: true, ..CreditRules::default() };
         let mut d = Dictionary::empty(rules.clone());
+        // The tracks as the writer stores them: item names point into them.
+        let mut stored = Vec::new();
         for (id, t) in (0u32..).zip(&tracks) {
             match t {
                 Some(t) => d.credit_track(id, t).expect("credit"),
                 None => d.blank_track(id).expect("blank"),
             }
+            stored.push(t.clone().unwrap_or_else(crate::store::compact::blank_track));
         }
         // More tracks, past the first chunk of 64, the last one blank.
         let mut n = tracks.len() as u32;
         for i in 0..70 {
-            d.credit_track(n, &track(&format!("Filler {i}"), "Song", None)).expect("credit");
+            let t = track(&format!("Filler {i}"), "Song", None);
+            d.credit_track(n, &t).expect("credit");
+            stored.push(t);
             n += 1;
         }
         d.blank_track(n).expect("blank");
+        stored.push(crate::store::compact::blank_track());
         n += 1;
         let before = all(&d, n);
         assert_eq!(d.credits.len(), n as usize);
@@ -481,6 +551,24 @@ mod tests {
         for (tree, k, v) in d.take_writes() {
             store.tree(tree).expect("tree").insert(k, v).expect("insert");
         }
+        for (chunk, tracks) in (0u32..).zip(stored.chunks(TRACK_CHUNK as usize)) {
+            let value = encode(&TrackChunkV2 { tracks: tracks.to_vec() });
+            store.trees.trackchunk_tracks.insert(keys::u32_key(chunk), value).expect("insert");
+        }
+        // Every name is stored once, in the track that first spelled it, the split
+        // artists and the title stripped of its guest included.
+        let mut names = NameReader::new(&store);
+        let mut artists = Vec::new();
+        for kv in store.trees.itemchunk_items.iter() {
+            let (k, v) = kv.expect("read");
+            let chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v).expect("decode");
+            assert!(chunk.items.iter().all(|i| matches!(i.name, ItemName::Spelled { .. })), "{chunk:?}");
+            if k.first() == Some(&0) {
+                artists.extend(names.chunk(&k, &v).expect("names").into_iter().map(|i| i.name));
+            }
+        }
+        assert_eq!(artists[..5], ["Simon", "Garfunkel", "Björk", "Jay-Z & Kanye West", "Daft Punk"]);
+        assert_eq!(artists[5], "Pharrell Williams");
         let mut loaded = Dictionary::load(&store, rules).expect("load");
         assert_eq!(all(&loaded, n), before);
         assert_eq!(loaded.credits.len(), n as usize, "the trailing blank is kept");

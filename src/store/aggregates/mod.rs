@@ -16,7 +16,7 @@ use crate::stats::period::{self, Bucket, Period, day_number, local_date};
 use crate::store::codec::decode;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, BLOCK_ENTRIES, ITEM_CHUNK, TRACK_CHUNK};
-use crate::store::values::{AggV2, BlockV2, CreditChunkV2, FeedbackV1, ItemChunkV1, ItemV1, SpellingV1, StoredEntry};
+use crate::store::values::{AggV2, BlockV2, CreditChunkV2, FeedbackV1, ItemChunkV2, ItemV1, SpellingV1, StoredEntry};
 
 mod delta;
 mod dictionary;
@@ -293,12 +293,13 @@ impl Store {
     }
 
     fn item_names(&self, kind: Kind, ids: impl IntoIterator<Item = u32>) -> Result<HashMap<u32, ItemV1>> {
-        let mut chunks: HashMap<u32, ItemChunkV1> = HashMap::new();
+        let mut chunks: HashMap<u32, ItemChunkV2> = HashMap::new();
+        let mut names = NameReader::new(self);
         let mut out = HashMap::new();
         for id in ids {
             let chunk = id / ITEM_CHUNK;
+            let key = keys::kind_chunk(kind.index() as u8, chunk);
             if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(chunk) {
-                let key = keys::kind_chunk(kind.index() as u8, chunk);
                 let bytes = self
                     .trees
                     .itemchunk_items
@@ -307,7 +308,7 @@ impl Store {
                 v.insert(decode(schema::ITEMCHUNK_ITEMS, &key, &bytes)?);
             }
             if let Some(item) = chunks.get(&chunk).and_then(|c| c.items.get((id % ITEM_CHUNK) as usize)) {
-                out.insert(id, item.clone());
+                out.insert(id, names.resolve(&key, item.clone())?);
             }
         }
         Ok(out)
