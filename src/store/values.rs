@@ -433,8 +433,12 @@ pub fn track_field(track: &TrackRef, field: u8) -> Option<&str> {
 }
 
 /// Where `name` is in the fields of track `id`, `track`, the whole of a field first: None
-/// when no field holds it (it is then stored as a literal).
+/// when no field holds it (it is then stored as a literal), and for an empty name or a
+/// blanked track (`compact::blank_track`), which no reader resolves a place in.
 pub fn find_in_track(id: u32, track: &TrackRef, name: &str) -> Option<ItemName> {
+    if name.is_empty() || crate::store::compact::is_blank(track) {
+        return None;
+    }
     let fields = (0..3u8).chain((0..track.artist_names.len().min(usize::from(u8::MAX - 3))).map(|i| 3 + i as u8));
     let fields: Vec<(u8, &str)> = fields.filter_map(|f| Some((f, track_field(track, f)?))).collect();
     if let Some((field, _)) = fields.iter().find(|(_, text)| *text == name) {

@@ -277,10 +277,14 @@ impl Dictionary {
             let chunk: ItemChunkV2 = decode(schema::ITEMCHUNK_ITEMS, &k, &v)?;
             let kind_enum =
                 *Kind::ALL.get(kind).ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &k, "unknown kind"))?;
-            for item in &chunk.items {
+            // The open chunk is kept as stored (names as places); every item is resolved
+            // once for its identity and fingerprint.
+            let open = chunk.items.len() < ITEM_CHUNK as usize;
+            let kept = if open { chunk.items.clone() } else { Vec::new() };
+            for item in chunk.items {
                 let id = d.n_items[kind];
                 d.n_items[kind] += 1;
-                let item = names.resolve(&k, item.clone())?;
+                let item = names.resolve(&k, item)?;
                 d.fingerprints[kind].push(fingerprint(&item.name));
                 // A name blanked by compaction is never matched again.
                 if !item.name.is_empty() {
@@ -288,7 +292,7 @@ impl Dictionary {
                 }
             }
             // Chunks come in key order, so the last one seen per kind is the open one.
-            d.open[kind] = if chunk.items.len() < ITEM_CHUNK as usize { chunk.items } else { Vec::new() };
+            d.open[kind] = kept;
         }
         for kv in store.trees.trackchunk_credits.iter() {
             let (k, v) = kv?;
@@ -496,6 +500,32 @@ mod tests {
 
     fn all(d: &Dictionary, n: u32) -> Vec<Option<TrackCreditsV1>> {
         (0..n).map(|id| d.known_credits(id).map(Credited::to_stored)).collect()
+    }
+
+    /// A place in a blanked track would never resolve (readers refuse it as damage): a
+    /// blank track credited anyway (the writer's catch-up of a track without credits
+    /// meeting damage) or an empty name is stored as a string, and the store still loads.
+    #[test]
+    fn a_name_is_never_a_place_in_a_blank_track() {
+        let blank = crate::store::compact::blank_track();
+        let t = track("A", "B", None);
+        assert_eq!(find_in_track(3, &t, ""), None);
+        assert_eq!(find_in_track(3, &blank, ""), None);
+        assert_eq!(find_in_track(3, &t, "B"), Some(ItemName::Spelled { track: 3, field: 1, part: None }));
+        let mut d = Dictionary::empty(CreditRules::default());
+        d.credit_track(0, &blank).expect("credit");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Options { cache_mb: 4, ..Default::default() }).expect("open");
+        for (tree, k, v) in d.take_writes() {
+            store.tree(tree).expect("tree").insert(k, v).expect("insert");
+        }
+        store
+            .trees
+            .trackchunk_tracks
+            .insert(keys::u32_key(0), encode(&TrackChunkV2 { tracks: vec![blank] }))
+            .expect("insert");
+        let loaded = Dictionary::load(&store, CreditRules::default()).expect("load");
+        assert_eq!(loaded.n_items, d.n_items);
     }
 
     /// The packed credits and hashed identities, through a store and back: what the
