@@ -279,6 +279,30 @@ mod tests {
         }
 
         #[test]
+        fn a_track_chunk_read_in_place_has_the_names_of_the_decoded_one(
+            tracks in proptest::collection::vec((track(), 0usize..3, any::<Option<[u8; 16]>>()), 0..64),
+        ) {
+            use crate::store::values::{Named, borrowed_tracks};
+            let tracks: Vec<TrackRef> = tracks
+                .into_iter()
+                .map(|(t, mbids, release_mbid)| TrackRef { artist_mbids: vec![[9; 16]; mbids], release_mbid, ..t })
+                .collect();
+            let bytes = encode(&TrackChunkV2 { tracks: tracks.clone() });
+            let read = borrowed_tracks(&bytes).expect("version 2").expect("decodes");
+            prop_assert_eq!(read.len(), tracks.len());
+            for (borrowed, owned) in read.iter().zip(&tracks) {
+                for field in 0..=u8::MAX {
+                    prop_assert_eq!(borrowed.field(field), owned.field(field));
+                }
+                prop_assert_eq!(borrowed.is_blank(), owned.is_blank());
+            }
+            // Damage is an error, never a panic; older versions are left to `decode`.
+            prop_assert!(borrowed_tracks(&bytes[..bytes.len() - 1]).is_some_and(|r| r.is_err()));
+            let v1 = [vec![1u8], bytes[1..].to_vec()].concat();
+            prop_assert!(borrowed_tracks(&v1).is_none());
+        }
+
+        #[test]
         fn damaged_item_chunks_are_an_error_or_a_value(bytes in proptest::collection::vec(any::<u8>(), 0..200), version in 1u8..=2) {
             let bytes = [vec![version], bytes].concat();
             if let Err(e) = decode::<ItemChunkV2>("itemchunk_items", &[0, 3], &bytes) {

@@ -421,14 +421,76 @@ pub enum ItemName {
     Spelled { track: u32, field: u8, part: Option<(u32, u32)> },
 }
 
-/// The fields of a `TrackRef` an `ItemName::Spelled` can point into: 0 the artist
-/// credit, 1 the title, 2 the album, 3 + i the i-th listed artist.
-pub fn track_field(track: &TrackRef, field: u8) -> Option<&str> {
-    match field {
-        0 => Some(&track.artist),
-        1 => Some(&track.title),
-        2 => track.album.as_deref(),
-        n => track.artist_names.get(usize::from(n - 3)).map(String::as_str),
+/// A track's names, owned (`TrackRef`) or borrowed from a stored chunk (`TrackNames`):
+/// the fields an `ItemName::Spelled` can point into, 0 the artist credit, 1 the title,
+/// 2 the album, 3 + i the i-th listed artist.
+pub trait Named {
+    fn field(&self, field: u8) -> Option<&str>;
+
+    /// A track compaction blanked (`compact::blank_track`): it holds no name.
+    fn is_blank(&self) -> bool {
+        self.field(0).is_none_or(str::is_empty) && self.field(1).is_none_or(str::is_empty)
+    }
+}
+
+impl Named for TrackRef {
+    fn field(&self, field: u8) -> Option<&str> {
+        match field {
+            0 => Some(&self.artist),
+            1 => Some(&self.title),
+            2 => self.album.as_deref(),
+            n => self.artist_names.get(usize::from(n - 3)).map(String::as_str),
+        }
+    }
+}
+
+/// One track of a version 2 `trackchunk_tracks` value with its names borrowed from the
+/// stored bytes: field for field `TrackRef`'s layout. Reading an item's name this way
+/// allocates nothing per track (decoding a chunk's 64 `TrackRef`s allocated ~200
+/// strings, and a chart whose last place is tied reads one chunk per tied item).
+#[derive(Deserialize)]
+pub struct TrackNames<'a> {
+    #[serde(borrow)]
+    artist: &'a str,
+    #[serde(borrow)]
+    artist_names: Vec<&'a str>,
+    _artist_mbids: Vec<crate::log::listen::Mbid>,
+    #[serde(borrow)]
+    title: &'a str,
+    #[serde(borrow)]
+    album: Option<&'a str>,
+    _recording_mbid: Option<crate::log::listen::Mbid>,
+    _release_mbid: Option<crate::log::listen::Mbid>,
+}
+
+impl Named for TrackNames<'_> {
+    fn field(&self, field: u8) -> Option<&str> {
+        match field {
+            0 => Some(self.artist),
+            1 => Some(self.title),
+            2 => self.album,
+            n => self.artist_names.get(usize::from(n - 3)).copied(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BorrowedChunk<'a> {
+    #[serde(borrow)]
+    tracks: Vec<TrackNames<'a>>,
+}
+
+/// The tracks of a stored `trackchunk_tracks` value, names borrowed: None for a value of
+/// another version than 2 (decode it as `TrackChunkV2`), an error for one that does not
+/// decode.
+pub fn borrowed_tracks(bytes: &[u8]) -> Option<Result<Vec<TrackNames<'_>>, String>> {
+    match bytes.split_first() {
+        Some((&TrackChunkV2::VERSION, body)) => Some(match postcard::take_from_bytes::<BorrowedChunk>(body) {
+            Ok((chunk, [])) => Ok(chunk.tracks),
+            Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }),
+        _ => None,
     }
 }
 
@@ -436,11 +498,11 @@ pub fn track_field(track: &TrackRef, field: u8) -> Option<&str> {
 /// when no field holds it (it is then stored as a literal), and for an empty name or a
 /// blanked track (`compact::blank_track`), which no reader resolves a place in.
 pub fn find_in_track(id: u32, track: &TrackRef, name: &str) -> Option<ItemName> {
-    if name.is_empty() || crate::store::compact::is_blank(track) {
+    if name.is_empty() || track.is_blank() {
         return None;
     }
     let fields = (0..3u8).chain((0..track.artist_names.len().min(usize::from(u8::MAX - 3))).map(|i| 3 + i as u8));
-    let fields: Vec<(u8, &str)> = fields.filter_map(|f| Some((f, track_field(track, f)?))).collect();
+    let fields: Vec<(u8, &str)> = fields.filter_map(|f| Some((f, track.field(f)?))).collect();
     if let Some((field, _)) = fields.iter().find(|(_, text)| *text == name) {
         return Some(ItemName::Spelled { track: id, field: *field, part: None });
     }
@@ -455,11 +517,12 @@ impl ItemName {
     /// The name this points at in `track` (the track it names), if the track holds it: a
     /// blanked track holds no name, and a span that does not fall on characters is
     /// damage.
-    pub fn in_track<'t>(&self, track: &'t TrackRef) -> Option<&'t str> {
+    pub fn in_track<'t, T: Named>(&self, track: &'t T) -> Option<&'t str> {
         match self {
             ItemName::Literal(_) => None,
+            ItemName::Spelled { .. } if track.is_blank() => None,
             ItemName::Spelled { field, part, .. } => {
-                let text = track_field(track, *field)?;
+                let text = track.field(*field)?;
                 match part {
                     None => Some(text),
                     Some((start, len)) => {

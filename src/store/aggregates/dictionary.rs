@@ -11,7 +11,7 @@ use crate::log::dedupe::normalize_name;
 use crate::stats::chart::Kind;
 use crate::stats::credits::{CreditRules, Credits, credit};
 use crate::stats::period::{day_number, month_number};
-use crate::store::codec::{decode, encode};
+use crate::store::codec::{Versioned, decode, encode};
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, ITEM_CHUNK, TRACK_CHUNK};
 use crate::store::values::{
@@ -52,11 +52,20 @@ pub(crate) struct Dictionary {
 /// order).
 pub(crate) struct NameReader<'s> {
     store: &'s Store,
-    chunks: HashMap<u32, TrackChunkV2>,
+    chunks: HashMap<u32, Option<Chunk>>,
 }
 
-/// Track chunks a `NameReader` keeps before it starts again (each ~64 tracks' names).
-const NAME_READER_CHUNKS: usize = 64;
+/// A track chunk as a `NameReader` keeps it: the stored bytes of a version 2 value read
+/// once (its names read in place: a chart's rows each read a different chunk), then
+/// decoded when read again (a scan of items reads each chunk for many of them), or an
+/// older value decoded.
+enum Chunk {
+    Stored(sled::IVec),
+    Decoded(TrackChunkV2),
+}
+
+/// Track chunks a `NameReader` keeps before it starts again.
+const NAME_READER_CHUNKS: usize = 256;
 
 impl<'s> NameReader<'s> {
     pub fn new(store: &'s Store) -> NameReader<'s> {
@@ -69,29 +78,46 @@ impl<'s> NameReader<'s> {
         let name = match item.name {
             ItemName::Literal(name) => name,
             spelled @ ItemName::Spelled { track, .. } => {
-                let chunk = self.track_chunk(track / TRACK_CHUNK)?;
-                let found = chunk
-                    .and_then(|c| c.tracks.get((track % TRACK_CHUNK) as usize))
-                    .filter(|t| !crate::store::compact::is_blank(t))
-                    .and_then(|t| spelled.in_track(t));
+                let n = track / TRACK_CHUNK;
+                let index = (track % TRACK_CHUNK) as usize;
+                let tracks_key = keys::u32_key(n);
+                if let Some(Some(Chunk::Stored(bytes))) = self.chunks.get(&n) {
+                    let decoded = decode(schema::TRACKCHUNK_TRACKS, &tracks_key, bytes)?;
+                    self.chunks.insert(n, Some(Chunk::Decoded(decoded)));
+                } else if !self.chunks.contains_key(&n) {
+                    self.fetch(n)?;
+                }
+                let found = match self.chunks.get(&n).and_then(Option::as_ref) {
+                    None => None,
+                    Some(Chunk::Decoded(chunk)) => {
+                        chunk.tracks.get(index).and_then(|t| spelled.in_track(t)).map(str::to_owned)
+                    }
+                    Some(Chunk::Stored(bytes)) => {
+                        let tracks = crate::store::values::borrowed_tracks(bytes)
+                            .unwrap_or_else(|| Err("not a version 2 chunk".into()))
+                            .map_err(|e| Error::corrupt(schema::TRACKCHUNK_TRACKS, &tracks_key, &e))?;
+                        tracks.get(index).and_then(|t| spelled.in_track(t)).map(str::to_owned)
+                    }
+                };
                 let what = || format!("an item named by track {track}, which does not hold its name");
-                found.ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, key, &what()))?.to_owned()
+                found.ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, key, &what()))?
             }
         };
         Ok(ItemV1 { name, artist: item.artist })
     }
 
-    fn track_chunk(&mut self, n: u32) -> Result<Option<&TrackChunkV2>> {
-        if !self.chunks.contains_key(&n) {
-            let key = keys::u32_key(n);
-            let Some(bytes) = self.store.trees.trackchunk_tracks.get(key)? else { return Ok(None) };
-            let chunk: TrackChunkV2 = decode(schema::TRACKCHUNK_TRACKS, &key, &bytes)?;
-            if self.chunks.len() >= NAME_READER_CHUNKS {
-                self.chunks.clear();
-            }
-            self.chunks.insert(n, chunk);
+    fn fetch(&mut self, n: u32) -> Result<()> {
+        let key = keys::u32_key(n);
+        let chunk = match self.store.trees.trackchunk_tracks.get(key)? {
+            None => None,
+            Some(bytes) if bytes.first() == Some(&TrackChunkV2::VERSION) => Some(Chunk::Stored(bytes)),
+            Some(bytes) => Some(Chunk::Decoded(decode(schema::TRACKCHUNK_TRACKS, &key, &bytes)?)),
+        };
+        if self.chunks.len() >= NAME_READER_CHUNKS {
+            self.chunks.clear();
         }
-        Ok(self.chunks.get(&n))
+        self.chunks.insert(n, chunk);
+        Ok(())
     }
 
     /// Every item of chunk `key`, resolved.
