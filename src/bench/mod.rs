@@ -875,12 +875,22 @@ fn community(
         }
         report(&format!("{name} (first {cold:.0} ms)"), times);
     }
+    // Where the peak is reached: the reads above, or the writes below.
+    let memory = |stage: &str| {
+        println!(
+            "RSS after {stage}: {:.0} MiB, peak so far {:.0} MiB",
+            rss_kib() as f64 / 1024.0,
+            peak_rss_kib() as f64 / 1024.0
+        )
+    };
+    memory("the reads");
     let user = store.user_by_name(&format!("user{last_user}"))?.ok_or_else(|| anyhow::anyhow!("no user"))?;
     let t = Instant::now();
     // Through the writer, as the settings page does (the node is running).
     served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Aggregate))?;
     served.runtime.block_on(ingestor.set_visibility(user.id, crate::store::users::SharingLevel::Public))?;
     println!("per-user operation: two visibility changes of one user {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    memory("the level changes");
     // The changes above forget every kept neighbours list: one recomputed from the
     // (warm) taste vectors, as after any change on a live node.
     let url = format!("{}/1/user/user0/similar-users", served.base);
