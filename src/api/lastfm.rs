@@ -312,9 +312,9 @@ async fn dispatch(
         "user.getweeklyartistchart" => read.weekly_chart(Kind::Artist),
         "user.getweeklyalbumchart" => read.weekly_chart(Kind::Release),
         "user.getweeklytrackchart" => read.weekly_chart(Kind::Recording),
-        "artist.getinfo" => read.item_info(Kind::Artist),
-        "album.getinfo" => read.item_info(Kind::Release),
-        "track.getinfo" => read.item_info(Kind::Recording),
+        "artist.getinfo" => read.item_info(Kind::Artist).await,
+        "album.getinfo" => read.item_info(Kind::Release).await,
+        "track.getinfo" => read.item_info(Kind::Recording).await,
         _ => Err(fail(StatusCode::BAD_REQUEST, 3, "Invalid Method - No method with that name in this package")),
     };
     Reply { json, result }
@@ -909,7 +909,7 @@ impl Read<'_> {
     /// `playcount` are the node's public profiles' (the node chart's), its
     /// `userplaycount` (and `userloved`) those of the user named by `username` or the
     /// session, if the caller may see that user's charts.
-    fn item_info(&self, kind: Kind) -> Outcome2 {
+    async fn item_info(&self, kind: Kind) -> Outcome2 {
         let params = self.params;
         let artist = params.get("artist").ok_or_else(|| bad_params("Invalid parameters - artist is required"))?;
         let name = match kind {
@@ -923,9 +923,13 @@ impl Read<'_> {
         let handle = crate::store::aggregates::item_handle(kind, name, artist_of_item);
         let store = &self.state.store;
         let now = crate::now_unix();
-        let tz = crate::stats::period::time_zone(&self.state.node_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-        let node = store.node_chart(kind, &Period::AllTime, usize::MAX, now, &tz).map_err(store_err)?;
-        let on_node = node.rows.iter().find(|r| r.row.handle == handle);
+        // The item by identity, then its row alone: O(1) in the node's items.
+        let id = self.state.ingestor.item_id(kind, name, artist_of_item).await.map_err(store_err)?;
+        let node = match id {
+            Some(id) => store.node_item(kind, id).map_err(store_err)?,
+            None => None,
+        };
+        let on_node = node.as_ref().filter(|r| r.row.handle == handle);
         let user = self.named_user(Purpose::Charts)?;
         let mine = match &user {
             Some(u) => {

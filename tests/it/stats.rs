@@ -677,6 +677,25 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
                         (listens, listeners),
                         "seed {seed}, {stage}: {period:?}"
                     );
+                    if *period == Period::AllTime {
+                        // One item read alone (`Store::node_item`, found by its names through
+                        // the writer, as `*.getInfo` answers) is its row of the chart.
+                        for r in &node.rows {
+                            let alone = t.store.node_item(kind, r.row.id).expect("node item");
+                            assert_eq!(alone.as_ref(), Some(r), "seed {seed}, {stage}: {kind:?}");
+                            if stage == "rebuilt" {
+                                continue; // the writer is stopped
+                            }
+                            let id = rt.block_on(t.ingestor.item_id(kind, &r.row.name, r.row.artist.as_deref()));
+                            assert_eq!(id.expect("writer"), Some(r.row.id), "seed {seed}, {stage}: {r:?}");
+                        }
+                        // The filler's items are the node's but no counted member's.
+                        if seed % 2 == 0 && kind == Kind::Artist && stage != "rebuilt" {
+                            let id = rt.block_on(t.ingestor.item_id(kind, "ARTIST  17", None)).expect("writer");
+                            let id = id.expect("the filler's artist, by its normalised name");
+                            assert_eq!(t.store.node_item(kind, id).expect("node item"), None);
+                        }
+                    }
                 }
             }
         };
@@ -747,6 +766,62 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
         assert!(incremental == node_bucket_bytes(&t.store), "seed {seed}: node buckets differ from a full rebuild");
         check("rebuilt", &weeks, &users);
     }
+}
+
+/// `*.getInfo` reads one item's row of the all-time node chart alone: found by its names
+/// through the writer (any spelling that normalises the same), counted as the chart
+/// counts it (public members only), past the first chunk of item ids.
+#[test]
+fn one_items_node_row_read_alone_is_its_row_of_the_chart() {
+    use hearsay::store::users::SharingLevel;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let t = TestStore::new();
+    // A private member's 300 artists first: the others' items get ids past the first
+    // chunk (256 ids) of the all-time bucket.
+    let private = t.store.create_user("private", "password1", NOW).expect("user").id;
+    rt.block_on(t.ingestor.set_visibility(private, SharingLevel::Private)).expect("level");
+    let filler = (0..300).map(|i| Action::Listen(listen(&format!("Filler {i}"), "Song", NOW - 90_000 + i)));
+    t.ingestor.ingest_blocking(private, filler.collect()).expect("filler");
+    let bob = t.store.create_user("bob", "password1", NOW).expect("user").id;
+    for (user, plays) in [
+        (t.user, vec![("Radiohead", "Creep", 3), ("Björk", "Jóga", 1)]),
+        (bob, vec![("radioHEAD", "creep", 1), ("Björk", "Hyperballad", 2)]),
+    ] {
+        rt.block_on(t.ingestor.set_visibility(user, SharingLevel::Public)).expect("level");
+        let mut at = NOW - 5_000;
+        let mut actions = Vec::new();
+        for (artist, title, n) in plays {
+            for _ in 0..n {
+                at += 600;
+                actions.push(Action::Listen(listen(artist, title, at)));
+            }
+        }
+        t.ingestor.ingest_blocking(user, actions).expect("ingest");
+    }
+    let utc = jiff::tz::TimeZone::UTC;
+    let mut compared = 0;
+    for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
+        let node = t.store.node_chart(kind, &Period::AllTime, usize::MAX, NOW, &utc).expect("node chart");
+        for r in &node.rows {
+            assert!(r.row.id >= 256 || kind != Kind::Artist, "past the first chunk: {r:?}");
+            assert_eq!(t.store.node_item(kind, r.row.id).expect("node item").as_ref(), Some(r));
+            let id = rt.block_on(t.ingestor.item_id(kind, &r.row.name, r.row.artist.as_deref())).expect("writer");
+            assert_eq!(id, Some(r.row.id), "{r:?}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 2 + 3 + 2, "two artists, three recordings, each artist's \"An Album\"");
+    let radiohead = rt.block_on(t.ingestor.item_id(Kind::Artist, "RADIOHEAD ", None)).expect("writer");
+    let row = t.store.node_item(Kind::Artist, radiohead.expect("by its normalised name")).expect("row");
+    assert_eq!(row.map(|r| (r.row.listens, r.listeners)), Some((4, 2)));
+    let creep = rt.block_on(t.ingestor.item_id(Kind::Recording, "CREEP", Some("radiohead"))).expect("writer");
+    let row = t.store.node_item(Kind::Recording, creep.expect("creep")).expect("row");
+    assert_eq!(row.map(|r| (r.row.listens, r.listeners)), Some((4, 2)));
+    // The private member's items are the node's but no counted member's; no item, none.
+    let hidden = rt.block_on(t.ingestor.item_id(Kind::Artist, "filler 7", None)).expect("writer");
+    assert_eq!(t.store.node_item(Kind::Artist, hidden.expect("the private member's artist")).expect("row"), None);
+    assert_eq!(rt.block_on(t.ingestor.item_id(Kind::Artist, "Nobody", None)).expect("writer"), None);
+    assert_eq!(rt.block_on(t.ingestor.item_id(Kind::Recording, "Creep", Some("Nobody"))).expect("writer"), None);
 }
 
 /// Schema 12 builds the node buckets of a store that had none from its user buckets.

@@ -464,6 +464,18 @@ impl Dictionary {
         self.spellings.get(&id).map(Vec::as_slice)
     }
 
+    /// The id of the item `name` of `kind` (recordings and releases: of main artist
+    /// `artist`), if interned: by identity, as `intern` finds it.
+    pub fn lookup(&self, kind: Kind, name: &str, artist: Option<&str>) -> Option<u32> {
+        let artist = match kind {
+            Kind::Artist => None,
+            Kind::Recording | Kind::Release => {
+                Some(*self.index[Kind::Artist.index()].get(&identity_key(Kind::Artist, artist?, None))?)
+            }
+        };
+        self.index[kind.index()].get(&identity_key(kind, name, artist)).copied()
+    }
+
     /// The credits of an already interned track.
     pub fn known_credits(&self, id: u32) -> Option<Credited<'_>> {
         self.credits.get(id)

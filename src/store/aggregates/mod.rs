@@ -440,6 +440,20 @@ impl Store {
         self.node_chart_by_users(kind, from, to, limit)
     }
 
+    /// Item `id`'s row of the all-time node chart, named as `node_chart` names its rows;
+    /// None when no member counted in it played the item. Reads the item's chunks only:
+    /// O(1) in the node's items, where finding the row in the chart named them all.
+    pub fn node_item(&self, kind: Kind, id: u32) -> Result<Option<NodeChartRow>> {
+        let (listens, listeners) = self.node_item_counts(kind, keys::BUCKET_ALL, 0, id)?;
+        if listens == 0 {
+            return Ok(None);
+        }
+        let top = vec![(id, listens)];
+        let by = self.node_spellers(kind, &top)?;
+        let row = self.named_rows(kind, top, 1, SpelledBy::Items(&by))?.into_iter().next();
+        Ok(row.map(|row| NodeChartRow { listeners, row }))
+    }
+
     /// A node chart from the node buckets.
     fn node_chart_from_buckets(
         &self,

@@ -625,8 +625,18 @@ impl Store {
     /// and only `kind`'s counts kept: the all-time bucket of a 10,000-member node holds
     /// 1.8M recordings, and assembling all three kinds of every chunk at once took about
     /// 90 MB more at the peak of a cold all-time chart.
-    fn node_chunks(&self, what: u8, granularity: u8, number: i32, kind: usize) -> Result<Vec<(u32, u32)>> {
-        let prefix = &node_key(what, granularity, number, 0)[..7];
+    /// With `only`, the one chunk of that number.
+    fn node_chunks(
+        &self,
+        what: u8,
+        granularity: u8,
+        number: i32,
+        kind: usize,
+        only: Option<u16>,
+    ) -> Result<Vec<(u32, u32)>> {
+        let (first, last) = only.map_or((0, u16::MAX), |c| (c, c));
+        let whole = node_key(what, granularity, number, first);
+        let prefix = if only.is_some() { &whole[..] } else { &whole[..7] };
         // The stored chunks, the memory copy's and the pending changes read under both
         // locks (in the order every reader takes them): the writer stores chunks one by
         // one (`put_node_chunks`) with the memory copy over them, and empties it (under
@@ -638,7 +648,7 @@ impl Store {
             let stored = self.trees.userid_bucket_counts.scan_prefix(prefix).collect::<sled::Result<Vec<_>>>()?;
             let in_memory: Vec<([u8; 9], Arc<AggV2>)> =
                 hot.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, a)| (*k, a.clone())).collect();
-            let (from, to) = (node_key(what, granularity, number, 0), node_key(what, granularity, number, u16::MAX));
+            let (from, to) = (node_key(what, granularity, number, first), node_key(what, granularity, number, last));
             let changes: Vec<([u8; 9], Delta)> = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
             (stored, in_memory, changes)
         };
@@ -691,8 +701,8 @@ impl Store {
         };
         let totals = self.bucket(&node_key(WHAT_TOTALS, granularity, number, 0))?.unwrap_or_default();
         let bucket = Arc::new(NodeBucket {
-            listens: self.node_chunks(WHAT_LISTENS, granularity, number, kind.index())?,
-            listeners: self.node_chunks(WHAT_LISTENERS, granularity, number, kind.index())?,
+            listens: self.node_chunks(WHAT_LISTENS, granularity, number, kind.index(), None)?,
+            listeners: self.node_chunks(WHAT_LISTENERS, granularity, number, kind.index(), None)?,
             total_listens: u64::from(totals.total),
             total_listeners: totals.counts[0].first().map_or(0, |c| u64::from(c.1)),
         });
@@ -708,6 +718,17 @@ impl Store {
             }
         }
         Ok(bucket)
+    }
+
+    /// One item's listens and listeners in a node bucket: reads the one chunk of each
+    /// that holds it.
+    pub(crate) fn node_item_counts(&self, kind: Kind, granularity: u8, number: i32, id: u32) -> Result<(u64, u64)> {
+        let chunk = Some(chunk_of(granularity, id));
+        let count = |what| -> Result<u64> {
+            let counts = self.node_chunks(what, granularity, number, kind.index(), chunk)?;
+            Ok(u64::try_from(count_in(&counts, id)).unwrap_or(0))
+        };
+        Ok((count(WHAT_LISTENS)?, count(WHAT_LISTENERS)?))
     }
 
     /// The head of the node chart of one bucket and kind, at least `limit` rows (with
