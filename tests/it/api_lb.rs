@@ -585,3 +585,31 @@ fn lastfm_recent_tracks_pages_cover_every_listen_once() {
     assert!(second.contains(&"T03".to_owned()), "{second:?}");
     assert!(page(3, &window).0.is_empty());
 }
+
+/// The sitewide charts list the node's top 1,000 items: a page deep in a long tail of
+/// ties would name every tied item of the node for each request, without a token.
+#[test]
+fn sitewide_charts_list_the_top_thousand_items() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, token) = data_with_user(dir.path());
+    assert_eq!(crate::support::hearsay(&data, &["user", "set-visibility", "alice", "public"]).0, 0);
+    let node = NodeProcess::start(&data);
+    let now = hearsay::now_unix();
+    for batch in 0..3i64 {
+        let payload: Vec<Value> = (0..350)
+            .map(|i| listen(now - 100_000 + batch * 1_000 + i, &format!("Artist {batch}-{i}"), "Song"))
+            .collect();
+        let body = serde_json::to_vec(&json!({"listen_type": "import", "payload": payload})).expect("json");
+        assert_eq!(post(&format!("{}/1/submit-listens", node.url), Some(&token), &body).0, 200);
+    }
+    let page = |offset: usize| {
+        let url = format!("{}/1/stats/sitewide/artists?range=all_time&count=10&offset={offset}", node.url);
+        let (s, body) = get(&url, None);
+        assert_eq!(s, 200, "{body}");
+        body["payload"]["artists"].as_array().map_or(usize::MAX, Vec::len)
+    };
+    assert_eq!(page(0), 10);
+    assert_eq!(page(995), 5, "the 996th to the 1,000th of 1,050");
+    assert_eq!(page(1_000), 0);
+    assert_eq!(node.terminate(), Some(0));
+}
