@@ -925,9 +925,16 @@ impl Read<'_> {
         let now = crate::now_unix();
         // The item by identity, then its row alone: O(1) in the node's items.
         let id = self.state.ingestor.item_id(kind, name, artist_of_item).await.map_err(store_err)?;
+        // The dictionary holds every member's items, private ones' too: an unknown item
+        // reads the counts of one all the same (as an item no counted member played
+        // does), so the time taken does not tell whether anyone on the node ever played
+        // it (only the node chart's answer does).
         let node = match id {
             Some(id) => store.node_item(kind, id).map_err(store_err)?,
-            None => None,
+            None => {
+                store.node_item_counts(kind, crate::store::keys::BUCKET_ALL, 0, 0).map_err(store_err)?;
+                None
+            }
         };
         let on_node = node.as_ref().filter(|r| r.row.handle == handle);
         let user = self.named_user(Purpose::Charts)?;

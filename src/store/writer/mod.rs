@@ -510,9 +510,11 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    // Answered from what is committed, while the group gathers.
+                    // Answered from what is committed; the group then commits as gathered,
+                    // so a stream of lookups cannot hold it back.
                     Ok(Msg::ItemId(kind, name, artist, reply)) => {
                         let _ = reply.send(self.dict.lookup(kind, &name, artist.as_deref()));
+                        break;
                     }
                     Ok(
                         other @ (Msg::DeleteUser(..) | Msg::SetTimezone(..) | Msg::SetVisibility(..) | Msg::Backup(..)),
