@@ -1208,3 +1208,77 @@ fn similar_users_kept_between_changes_follow_every_change() {
     rt.block_on(t.ingestor.delete_user(carol)).expect("delete");
     assert_eq!(names(&t), ["bob"], "carol deleted");
 }
+
+/// The node chart of a range no node bucket holds (`range=quarter` of the sitewide
+/// statistics) is kept between requests: after every kind of change it still equals the
+/// public members' own charts of the range summed, whether the change fell inside the
+/// range (kept chart forgotten) or outside (kept chart still right).
+#[test]
+fn kept_range_node_charts_follow_every_change() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // The third quarter of 2025 (NOW is in October 2025), as instants.
+    let (from, to) = (1_751_328_000, 1_759_276_800);
+    let quarter = Period::Range { from, to };
+    let utc = jiff::tz::TimeZone::UTC;
+    let bob = add_user(&t, "bob", &[("A", "x", from + 86_400), ("B", "y", from + 40 * 86_400)]);
+    let carol = add_user(&t, "carol", &[("A", "x", from + 50 * 86_400), ("C", "z", to + 86_400)]);
+    // Dave is eleven hours behind UTC: the range's first hours are his June.
+    let dave = t.store.create_user("dave", "password1", NOW).expect("user").id;
+    t.store.set_timezone(dave, "Pacific/Pago_Pago").expect("tz");
+    for u in [t.user, bob, carol, dave] {
+        t.store.set_visibility(u, SharingLevel::Public).expect("public");
+    }
+    let check = |stage: &str| {
+        for kind in [Kind::Artist, Kind::Recording] {
+            let mut want: HashMap<u32, (u64, u64)> = HashMap::new();
+            let (mut listens, mut listeners) = (0, 0);
+            for user in t.store.users().expect("users") {
+                if user.visibility != SharingLevel::Public {
+                    continue;
+                }
+                let chart = t.store.chart(user.id, kind, &quarter, usize::MAX, NOW).expect("chart");
+                listens += chart.listens;
+                listeners += u64::from(chart.listens > 0);
+                for r in chart.rows {
+                    let e = want.entry(r.id).or_default();
+                    e.0 += r.listens;
+                    e.1 += 1;
+                }
+            }
+            // Twice: computed (or kept from before), then kept.
+            for read in ["first", "second"] {
+                let node = t.store.node_chart(kind, &quarter, 10, NOW, &utc).expect("node chart");
+                let got: HashMap<u32, (u64, u64)> =
+                    node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
+                assert_eq!(got, want, "{stage}, {read} read: {kind:?}");
+                assert_eq!((node.listens, node.listeners), (listens, listeners), "{stage}, {read} read");
+            }
+        }
+    };
+    check("at first");
+    let ingest = |u: UserId, actions: Vec<Action>| t.ingestor.ingest_blocking(u, actions).expect("ingest");
+    ingest(bob, vec![Action::Listen(listen("D", "today", NOW - 600))]);
+    check("a listen after the range");
+    ingest(bob, vec![Action::Listen(listen("D", "then", from + 60 * 86_400))]);
+    check("a listen inside the range");
+    // 05:00 UTC on the range's first day is the evening of June 30th for dave.
+    ingest(dave, vec![Action::Listen(listen("E", "june for dave", from + 5 * 3_600))]);
+    check("a listen in the range's first hours, the month before in the member's calendar");
+    let outcomes = ingest(t.user, vec![Action::Listen(listen("F", "once", from + 70 * 86_400))]);
+    check("a new member of the range");
+    let Some(hearsay::store::Outcome::Appended { seq }) = outcomes.first().cloned() else {
+        panic!("not appended: {outcomes:?}")
+    };
+    ingest(t.user, vec![Action::Delete { seq }]);
+    check("the listen deleted");
+    rt.block_on(t.ingestor.set_visibility(carol, SharingLevel::Aggregate)).expect("aggregate");
+    check("a member no longer public");
+    t.store.set_visibility(carol, SharingLevel::Public).expect("public");
+    check("public again");
+    rt.block_on(t.ingestor.set_timezone(bob, "Pacific/Kiritimati")).expect("tz");
+    check("a time zone change");
+    rt.block_on(t.ingestor.delete_user(carol)).expect("delete");
+    check("a member deleted");
+}

@@ -557,36 +557,28 @@ impl Store {
         Ok(out)
     }
 
-    /// A node chart summed over the members' buckets for `[from, to)`: O(users).
+    /// A node chart summed over the members' buckets for `[from, to)`: O(users) the
+    /// first time, kept (`node_range_top`) until a change it counts.
     pub(crate) fn node_chart_by_users(&self, kind: Kind, from: i64, to: i64, limit: usize) -> Result<NodeChart> {
-        let mut listens = Summer::new();
-        let mut listeners = Summer::new();
-        let mut spelled_by: HashMap<u32, UserId> = HashMap::new();
-        let (mut total, mut contributors) = (0u64, 0u64);
-        for user in self.users()? {
-            if !crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
-                continue;
-            }
-            let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
-            let (sums, n) = self.sum_range(user.id, from, to, &user_tz)?;
-            if n == 0 {
-                continue;
-            }
-            total += n;
-            contributors += 1;
-            for (id, count) in sums[kind.index()].all() {
-                listens.add(id, count);
-                listeners.add(id, 1);
-                spelled_by.entry(id).or_insert(user.id);
-            }
-        }
-        let top = listens.top_with_ties(limit);
+        let range = self.node_range_top(kind, (from, to), limit)?;
+        let rows = range.top.head(limit);
+        let top: Vec<(u32, u64)> = rows.iter().map(|&(id, n, _)| (id, n)).collect();
+        let listeners: HashMap<u32, u64> = rows.iter().map(|&(id, _, l)| (id, l)).collect();
         let rows = self
-            .named_rows(kind, top, limit, SpelledBy::Each(&spelled_by))?
+            .named_rows(kind, top, limit, SpelledBy::Each(&range.spelled_by))?
             .into_iter()
-            .map(|row| NodeChartRow { listeners: listeners.count(row.id), row })
+            .map(|row| NodeChartRow { listeners: listeners.get(&row.id).copied().unwrap_or(0), row })
             .collect();
-        Ok(NodeChart { kind, from, to, listens: total, listeners: contributors, distinct: listens.len() as u64, rows })
+        let t = &range.top;
+        Ok(NodeChart {
+            kind,
+            from,
+            to,
+            listens: t.total_listens,
+            listeners: t.total_listeners,
+            distinct: t.distinct,
+            rows,
+        })
     }
 
     fn year_hours(&self, user: UserId, year: i32) -> Result<Vec<((u16, u8), u32)>> {

@@ -795,9 +795,8 @@ impl Store {
         cache.generation = cache.generation.wrapping_add(1);
         match changed {
             None => {
-                cache.buckets.clear();
-                cache.tops.clear();
-                cache.pairs = 0;
+                cache.forget_assembled();
+                cache.forget_ranges();
             }
             Some(keys) => {
                 for k in keys.into_iter().filter(|k| is_node_key(k.as_slice())) {
@@ -810,9 +809,139 @@ impl Store {
                             cache.tops.remove(&(k[2], number, kind));
                         }
                     }
+                    if k[2] == BUCKET_MONTH {
+                        cache.month_changed(number);
+                    }
                 }
             }
         }
+    }
+
+    /// After the writer stored node chunks: what the cache assembled from chunks goes
+    /// (the stored changes reached chunks `changed` does not name), and what changed
+    /// `changed` as `node_changed` says. The range charts stay: they are summed from the
+    /// members' buckets, which a store of node chunks does not change.
+    pub(crate) fn node_chunks_stored<'a>(&self, changed: impl IntoIterator<Item = &'a [u8; 9]>) {
+        let Ok(mut cache) = self.node_cache.lock() else { return };
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.forget_assembled();
+        for k in changed.into_iter().filter(|k| is_node_key(k.as_slice()) && k[2] == BUCKET_MONTH) {
+            cache.month_changed(i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN);
+        }
+    }
+
+    /// The top of the node chart of `[from, to)` summed over the counted members (a
+    /// range no node bucket holds: a quarter, a half year), kept per range and kind
+    /// until a listen of a counted member in a month it overlaps changes (`node_changed`
+    /// names that month's node bucket), or an account does. A chart of the previous
+    /// quarter thus stays kept while members scrobble today, and costs O(users) once.
+    pub(crate) fn node_range_top(&self, kind: Kind, (from, to): (i64, i64), limit: usize) -> Result<Arc<RangeTop>> {
+        let key = (kind.index(), from, to);
+        let generation = {
+            let cache = self.node_cache.lock().map_err(|_| Error::Invalid("node cache poisoned".into()))?;
+            match cache.ranges.get(&key) {
+                Some(t) if limit <= CACHED_TOP => return Ok(t.clone()),
+                _ => cache.generation,
+            }
+        };
+        let t = Arc::new(self.sum_node_range(kind, from, to, limit.max(CACHED_TOP))?);
+        if let Ok(mut cache) = self.node_cache.lock()
+            && limit <= CACHED_TOP
+            && cache.range_unchanged_since(from, to, generation)
+        {
+            if cache.ranges.len() >= KEPT_RANGES {
+                cache.ranges.clear();
+            }
+            cache.ranges.insert(key, t.clone());
+        }
+        Ok(t)
+    }
+
+    /// The node chart of `[from, to)` summed over the counted members' buckets:
+    /// O(users). Its top `limit` rows (with ties), each with the first counted member
+    /// (in id order) who played it in the range, whose spelling names it.
+    fn sum_node_range(&self, kind: Kind, from: i64, to: i64, limit: usize) -> Result<RangeTop> {
+        let mut listens = Summer::new();
+        let mut listeners = Summer::new();
+        let mut first: HashMap<u32, UserId> = HashMap::new();
+        let (mut total, mut contributors) = (0u64, 0u64);
+        for user in self.users()? {
+            if !crate::policy::counted_exactly(user.visibility, crate::policy::Purpose::NodeChart) {
+                continue;
+            }
+            let user_tz = period::time_zone(&user.timezone).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (sums, n) = self.sum_range(user.id, from, to, &user_tz)?;
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            contributors += 1;
+            for (id, count) in sums[kind.index()].all() {
+                listens.add(id, count);
+                listeners.add(id, 1);
+                first.entry(id).or_insert(user.id);
+            }
+        }
+        let rows: Vec<(u32, u64, u64)> =
+            listens.top_with_ties(limit).into_iter().map(|(id, n)| (id, n, listeners.count(id))).collect();
+        let spelled_by = rows.iter().filter_map(|(id, _, _)| first.get(id).map(|u| (*id, *u))).collect();
+        Ok(RangeTop {
+            top: NodeTop { rows, total_listens: total, total_listeners: contributors, distinct: listens.len() as u64 },
+            spelled_by,
+        })
+    }
+}
+
+/// Range charts the node cache keeps (of ranges and kinds); past it, emptied.
+const KEPT_RANGES: usize = 16;
+
+/// Months whose change the node cache remembers for readers summing a range; past it,
+/// it forgets them and treats every month as changed.
+const KEPT_MONTH_CHANGES: usize = 4_096;
+
+/// The node month numbers a listen in `[from, to)` can fall in, in any member's calendar:
+/// a member's local month of an instant is its UTC month or a neighbour, a day at most
+/// away (offsets reach ±14 hours); two days of margin each side.
+fn months_around(from: i64, to: i64) -> (i32, i32) {
+    const MARGIN: i64 = 2 * 86_400;
+    let month = |t: i64| period::month_number(local_date(t, &TimeZone::UTC));
+    (month(from.saturating_sub(MARGIN)), month(to.saturating_add(MARGIN)))
+}
+
+impl NodeCache {
+    /// Forgets the buckets and tops assembled from node chunks.
+    fn forget_assembled(&mut self) {
+        self.buckets.clear();
+        self.tops.clear();
+        self.pairs = 0;
+    }
+
+    /// Forgets the range charts and which months changed when (all did, now).
+    fn forget_ranges(&mut self) {
+        self.ranges.clear();
+        self.month_changes.clear();
+        self.all_changed = self.generation;
+    }
+
+    /// Records that node month `month` changed at this generation, and forgets the range
+    /// charts it may count in.
+    fn month_changed(&mut self, month: i32) {
+        if self.month_changes.len() >= KEPT_MONTH_CHANGES && !self.month_changes.contains_key(&month) {
+            self.forget_ranges();
+            return;
+        }
+        self.month_changes.insert(month, self.generation);
+        self.ranges.retain(|&(_, from, to), _| {
+            let (first, last) = months_around(from, to);
+            !(first..=last).contains(&month)
+        });
+    }
+
+    /// Whether nothing a chart of `[from, to)` counts changed after `generation`.
+    fn range_unchanged_since(&self, from: i64, to: i64, generation: u64) -> bool {
+        let (first, last) = months_around(from, to);
+        self.all_changed <= generation
+            && self.month_changes.iter().all(|(m, g)| *g <= generation || !(first..=last).contains(m))
     }
 }
 
@@ -833,6 +962,18 @@ pub(crate) struct NodeCache {
     /// large node holds millions of counts, more than `NODE_CACHE_PAIRS`, and a chart
     /// needs only its head.
     tops: HashMap<(u8, i32, usize), Arc<NodeTop>>,
+    /// Charts of ranges no node bucket holds, per (kind index, from, to).
+    ranges: HashMap<(usize, i64, i64), Arc<RangeTop>>,
+    /// The generation at which each node month bucket last changed, by month number.
+    month_changes: HashMap<i32, u64>,
+    /// The generation at which every bucket last changed (`node_changed(None)`).
+    all_changed: u64,
+}
+
+/// The top of a range's node chart, and who spells each of its rows.
+pub(crate) struct RangeTop {
+    pub top: NodeTop,
+    pub spelled_by: HashMap<u32, UserId>,
 }
 
 /// Rows of a node chart kept ready per bucket and kind (more are computed each time).
@@ -907,6 +1048,37 @@ mod tests {
         // Ids past the last chunk share it: keys stay in item order.
         assert_eq!(chunk_of(BUCKET_ALL, u32::MAX), u16::MAX);
         assert_eq!(chunk_of(BUCKET_WEEK, u32::MAX), u16::MAX);
+    }
+
+    /// A kept range chart goes when a month it may count in changes (the month before
+    /// its first instant too: a member behind UTC lives it in that month), or all do;
+    /// a change of another month keeps it; a reader who began before a change that
+    /// concerns its range does not keep what it summed.
+    #[test]
+    fn a_kept_range_chart_goes_with_the_months_it_counts() {
+        let month = |y: i16, m: i8| period::month_number(jiff::civil::date(y, m, 1));
+        // 2025-07-01 .. 2025-10-01 UTC.
+        let (from, to) = (1_751_328_000, 1_759_276_800);
+        let top = || {
+            let top = NodeTop { rows: vec![], total_listens: 0, total_listeners: 0, distinct: 0 };
+            Arc::new(RangeTop { top, spelled_by: HashMap::new() })
+        };
+        let mut cache = NodeCache::default();
+        cache.ranges.insert((0, from, to), top());
+        let start = cache.generation;
+        for (m, kept) in [(month(2025, 11), true), (month(2025, 5), true), (month(2025, 6), false)] {
+            cache.generation += 1;
+            cache.month_changed(m);
+            assert_eq!(cache.ranges.contains_key(&(0, from, to)), kept, "month {m}");
+        }
+        assert!(!cache.range_unchanged_since(from, to, start), "June changed after the reader began");
+        assert!(cache.range_unchanged_since(from, to, cache.generation));
+        assert!(cache.range_unchanged_since(to + 100 * 86_400, to + 120 * 86_400, start), "another range");
+        cache.ranges.insert((0, from, to), top());
+        cache.generation += 1;
+        cache.forget_ranges();
+        assert!(cache.ranges.is_empty());
+        assert!(!cache.range_unchanged_since(to + 100 * 86_400, to + 120 * 86_400, start), "every month changed");
     }
 
     /// `store_hot` writes node chunks after its transaction: it clears `NODE_STALE`

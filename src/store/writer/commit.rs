@@ -364,7 +364,7 @@ impl Writer {
         // After a store of node chunks every kept node bucket goes (the folded changes
         // changed chunks this group did not touch).
         match store_node {
-            true => self.store.node_changed(None::<&[[u8; 9]]>),
+            true => self.store.node_chunks_stored(node.keys()),
             false => self.store.node_changed(Some(node.keys())),
         }
         if !group.heads.is_empty() {
