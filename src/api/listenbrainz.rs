@@ -715,12 +715,12 @@ async fn sitewide_stats(
     let tz = crate::stats::period::time_zone(&state.node_timezone).map_err(|e| LbError::bad(e.to_string()))?;
     let period = range_period(&range, now, &tz).ok_or_else(|| LbError::bad("Invalid range"))?;
     let (count, offset) = count_offset(q.count, q.offset)?;
-    let limit = offset.saturating_add(count).min(SITEWIDE_ROWS);
-    let chart = state.store.node_chart(kind, &period, limit, now, &tz)?;
+    let end = offset.saturating_add(count).min(SITEWIDE_ROWS);
+    let chart = state.store.node_chart_page(kind, &period, offset.min(end)..end, now, &tz)?;
     if chart.listens == 0 {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let rows: Vec<Value> = chart.rows.iter().skip(offset).map(|r| stat_row(kind, &r.row)).collect();
+    let rows: Vec<Value> = chart.rows.iter().map(|r| stat_row(kind, &r.row)).collect();
     let mut payload = Map::new();
     payload.insert(list_key.into(), json!(rows));
     payload.insert("count".into(), json!(rows.len()));

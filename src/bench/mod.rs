@@ -853,6 +853,10 @@ fn community(
         ("history page".into(), format!("/user/user{last_user}/history")),
         ("node chart, this week (API)".into(), "/1/stats/sitewide/artists?range=week".into()),
         ("node chart, all time (API)".into(), "/1/stats/sitewide/artists?range=all_time".into()),
+        (
+            "node chart, all time, recordings 901-1,000 (API)".into(),
+            "/1/stats/sitewide/recordings?range=all_time&count=100&offset=900".into(),
+        ),
         // No node bucket holds these: summed over the members once, then kept.
         ("node chart, last quarter (API)".into(), "/1/stats/sitewide/artists?range=quarter".into()),
         ("node chart, last half year (API)".into(), "/1/stats/sitewide/recordings?range=half_yearly".into()),

@@ -136,8 +136,32 @@ pub fn top_with_ties_of(mut items: Vec<(u32, u64)>, n: usize) -> Vec<(u32, u64)>
     items
 }
 
+/// The rows of `top` (highest count first) that rows `offset..end` of its chart depend
+/// on: ties are broken by name, so a page needs every row tied with one of its rows
+/// named, and no other (a row with another count keeps its place whatever its name).
+pub fn tied_span(top: &[(u32, u64)], offset: usize, end: usize) -> std::ops::Range<usize> {
+    let end = end.min(top.len());
+    if offset >= end {
+        return top.len()..top.len();
+    }
+    let (first, last) = (top[offset].1, top[end - 1].1);
+    top.partition_point(|r| r.1 > first)..top.partition_point(|r| r.1 >= last)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pages_span_is_its_rows_and_their_ties() {
+        let top: Vec<(u32, u64)> = [9, 7, 7, 7, 5, 4, 4, 1].iter().enumerate().map(|(i, &c)| (i as u32, c)).collect();
+        assert_eq!(super::tied_span(&top, 0, 1), 0..1);
+        assert_eq!(super::tied_span(&top, 0, 2), 0..4, "the tie at the page's end");
+        assert_eq!(super::tied_span(&top, 3, 5), 1..5, "the tie at its start");
+        assert_eq!(super::tied_span(&top, 5, 6), 5..7);
+        assert_eq!(super::tied_span(&top, 4, 100), 4..8, "past the end");
+        assert_eq!(super::tied_span(&top, 8, 10), 8..8);
+        assert_eq!(super::tied_span(&top, 3, 3), 8..8, "an empty page");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

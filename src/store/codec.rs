@@ -189,6 +189,11 @@ mod tests {
         }
     }
 
+    /// A stored value with its version byte made 1.
+    fn v1_of(bytes: &[u8]) -> Vec<u8> {
+        [&[1u8][..], bytes.get(1..).unwrap_or_default()].concat()
+    }
+
     fn agg() -> impl Strategy<Value = AggV2> {
         let list = || proptest::collection::vec(any::<(u32, u32)>(), 0..40);
         (any::<u32>(), list(), list(), list(), proptest::collection::vec(any::<((u16, u8), u32)>(), 0..40)).prop_map(
@@ -282,7 +287,7 @@ mod tests {
         fn a_track_chunk_read_in_place_has_the_names_of_the_decoded_one(
             tracks in proptest::collection::vec((track(), 0usize..3, any::<Option<[u8; 16]>>()), 0..64),
         ) {
-            use crate::store::values::{Named, borrowed_tracks};
+            use crate::store::values::{Named, borrowed_track, borrowed_tracks};
             let tracks: Vec<TrackRef> = tracks
                 .into_iter()
                 .map(|(t, mbids, release_mbid)| TrackRef { artist_mbids: vec![[9; 16]; mbids], release_mbid, ..t })
@@ -290,16 +295,24 @@ mod tests {
             let bytes = encode(&TrackChunkV2 { tracks: tracks.clone() });
             let read = borrowed_tracks(&bytes).expect("version 2").expect("decodes");
             prop_assert_eq!(read.len(), tracks.len());
-            for (borrowed, owned) in read.iter().zip(&tracks) {
+            for (index, (borrowed, owned)) in read.iter().zip(&tracks).enumerate() {
+                // The one track read alone, too.
+                let alone = borrowed_track(&bytes, index).expect("version 2").expect("decodes").expect("a track");
                 for field in 0..=u8::MAX {
                     prop_assert_eq!(borrowed.field(field), owned.field(field));
+                    prop_assert_eq!(alone.field(field), owned.field(field));
                 }
                 prop_assert_eq!(borrowed.is_blank(), owned.is_blank());
+                prop_assert_eq!(alone.is_blank(), owned.is_blank());
             }
+            prop_assert!(matches!(borrowed_track(&bytes, tracks.len()), Some(Ok(None))), "past the last track");
             // Damage is an error, never a panic; older versions are left to `decode`.
             prop_assert!(borrowed_tracks(&bytes[..bytes.len() - 1]).is_some_and(|r| r.is_err()));
-            let v1 = [vec![1u8], bytes[1..].to_vec()].concat();
-            prop_assert!(borrowed_tracks(&v1).is_none());
+            if let Some(last) = tracks.len().checked_sub(1) {
+                prop_assert!(borrowed_track(&bytes[..bytes.len() - 1], last).is_some_and(|r| r.is_err()));
+            }
+            prop_assert!(borrowed_track(&v1_of(&bytes), 0).is_none());
+            prop_assert!(borrowed_tracks(&v1_of(&bytes)).is_none());
         }
 
         #[test]

@@ -494,6 +494,27 @@ pub fn borrowed_tracks(bytes: &[u8]) -> Option<Result<Vec<TrackNames<'_>>, Strin
     }
 }
 
+/// Track `index` of a stored `trackchunk_tracks` value, names borrowed, parsing only the
+/// tracks before it (`borrowed_tracks` parses all, each with two lists allocated): None
+/// for a value of another version than 2, Ok(None) past the chunk's last track.
+pub fn borrowed_track(bytes: &[u8], index: usize) -> Option<Result<Option<TrackNames<'_>>, String>> {
+    let (&version, body) = bytes.split_first()?;
+    if version != TrackChunkV2::VERSION {
+        return None;
+    }
+    let read = || -> Result<Option<TrackNames<'_>>, postcard::Error> {
+        let (len, mut rest) = postcard::take_from_bytes::<usize>(body)?;
+        if index >= len {
+            return Ok(None);
+        }
+        for _ in 0..index {
+            rest = postcard::take_from_bytes::<TrackNames>(rest)?.1;
+        }
+        Ok(Some(postcard::take_from_bytes::<TrackNames>(rest)?.0))
+    };
+    Some(read().map_err(|e| e.to_string()))
+}
+
 /// Where `name` is in the fields of track `id`, `track`, the whole of a field first: None
 /// when no field holds it (it is then stored as a literal), and for an empty name or a
 /// blanked track (`compact::blank_track`), which no reader resolves a place in.

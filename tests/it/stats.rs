@@ -668,6 +668,13 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
                         c.rows.iter().take(n).map(|r| (r.row.id, r.row.listens, r.listeners)).collect()
                     };
                     assert_eq!(head(&short, 3), head(&node, 3), "seed {seed}, {stage}: {kind:?} {period:?} head");
+                    // A page names only its rows and their ties: the long chart's rows.
+                    for (offset, count) in [(0, 1), (1, 1), (1, 3), (2, 4), (4, 9), (40, 5)] {
+                        let page =
+                            t.store.node_chart_page(kind, period, offset..offset + count, NOW, &utc).expect("page");
+                        let want: Vec<_> = node.rows.iter().skip(offset).take(count).cloned().collect();
+                        assert_eq!(page.rows, want, "seed {seed}, {stage}: {kind:?} {period:?} page {offset}+{count}");
+                    }
                     assert_eq!(
                         (short.listens, short.listeners, short.distinct),
                         (node.listens, node.listeners, node.distinct)
@@ -1254,6 +1261,12 @@ fn kept_range_node_charts_follow_every_change() {
                     node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
                 assert_eq!(got, want, "{stage}, {read} read: {kind:?}");
                 assert_eq!((node.listens, node.listeners), (listens, listeners), "{stage}, {read} read");
+                for (offset, count) in [(1, 1), (1, 2), (2, 9)] {
+                    let page =
+                        t.store.node_chart_page(kind, &quarter, offset..offset + count, NOW, &utc).expect("page");
+                    let want: Vec<_> = node.rows.iter().skip(offset).take(count).cloned().collect();
+                    assert_eq!(page.rows, want, "{stage}, {read} read: page {offset}+{count}");
+                }
             }
         }
     };

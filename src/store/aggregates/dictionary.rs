@@ -53,6 +53,9 @@ pub(crate) struct Dictionary {
 pub(crate) struct NameReader<'s> {
     store: &'s Store,
     chunks: HashMap<u32, Option<Chunk>>,
+    /// Whether a chunk read a second time is decoded (a scan), or always read in place
+    /// (a chart's rows: decoding a chunk allocates every name in it, for one or two).
+    decode_again: bool,
 }
 
 /// A track chunk as a `NameReader` keeps it: the stored bytes of a version 2 value read
@@ -68,8 +71,14 @@ enum Chunk {
 const NAME_READER_CHUNKS: usize = 256;
 
 impl<'s> NameReader<'s> {
+    /// A reader for a scan of many items (each chunk decoded when read again).
     pub fn new(store: &'s Store) -> NameReader<'s> {
-        NameReader { store, chunks: HashMap::new() }
+        NameReader { store, chunks: HashMap::new(), decode_again: true }
+    }
+
+    /// A reader for a few items (a chart's rows): names always read in place.
+    pub fn in_place(store: &'s Store) -> NameReader<'s> {
+        NameReader { store, chunks: HashMap::new(), decode_again: false }
     }
 
     /// The name and main artist of `item`, read from chunk `key` of `itemchunk_items`
@@ -81,7 +90,7 @@ impl<'s> NameReader<'s> {
                 let n = track / TRACK_CHUNK;
                 let index = (track % TRACK_CHUNK) as usize;
                 let tracks_key = keys::u32_key(n);
-                if let Some(Some(Chunk::Stored(bytes))) = self.chunks.get(&n) {
+                if let Some(Some(Chunk::Stored(bytes))) = self.chunks.get(&n).filter(|_| self.decode_again) {
                     let decoded = decode(schema::TRACKCHUNK_TRACKS, &tracks_key, bytes)?;
                     self.chunks.insert(n, Some(Chunk::Decoded(decoded)));
                 } else if !self.chunks.contains_key(&n) {
@@ -93,10 +102,10 @@ impl<'s> NameReader<'s> {
                         chunk.tracks.get(index).and_then(|t| spelled.in_track(t)).map(str::to_owned)
                     }
                     Some(Chunk::Stored(bytes)) => {
-                        let tracks = crate::store::values::borrowed_tracks(bytes)
+                        let track = crate::store::values::borrowed_track(bytes, index)
                             .unwrap_or_else(|| Err("not a version 2 chunk".into()))
                             .map_err(|e| Error::corrupt(schema::TRACKCHUNK_TRACKS, &tracks_key, &e))?;
-                        tracks.get(index).and_then(|t| spelled.in_track(t)).map(str::to_owned)
+                        track.as_ref().and_then(|t| spelled.in_track(t)).map(str::to_owned)
                     }
                 };
                 let what = || format!("an item named by track {track}, which does not hold its name");
