@@ -10,6 +10,7 @@ pub mod aggregates;
 pub mod codec;
 pub mod compact;
 pub mod federation;
+pub(crate) mod hashindex;
 pub mod insights;
 pub mod keys;
 pub mod logs;

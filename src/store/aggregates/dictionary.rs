@@ -12,6 +12,7 @@ use crate::stats::chart::Kind;
 use crate::stats::credits::{CreditRules, Credits, credit};
 use crate::stats::period::{day_number, month_number};
 use crate::store::codec::{Versioned, decode, encode};
+use crate::store::hashindex::HashIndex;
 use crate::store::keys::{self, BUCKET_DAY, BUCKET_MONTH, BUCKET_YEAR, UserId};
 use crate::store::schema::{self, ITEM_CHUNK, TRACK_CHUNK};
 use crate::store::values::{
@@ -27,7 +28,7 @@ pub(crate) struct Dictionary {
     /// the hash rather than the string: at 10,000 members (1.8M recordings) the strings
     /// and their allocations cost about 70 bytes per item, the hash 20 per entry (25–40
     /// with the table's spare room).
-    pub(super) index: [HashMap<[u8; 16], u32>; 3],
+    pub(super) index: [HashIndex; 3],
     /// Per kind: number of items, and the last (partly filled) chunk's items.
     pub(super) n_items: [u32; 3],
     pub(super) open: [Vec<ItemV2>; 3],
@@ -306,6 +307,7 @@ impl Dictionary {
     pub fn load(store: &Store, rules: CreditRules) -> Result<Dictionary> {
         let mut d = Dictionary::empty(rules);
         let mut names = NameReader::new(store);
+        let mut identities: [Vec<([u8; 16], u32)>; 3] = Default::default();
         for kv in store.trees.itemchunk_items.iter() {
             let (k, v) = kv?;
             let kind = *k.first().ok_or_else(|| Error::corrupt(schema::ITEMCHUNK_ITEMS, &k, "empty key"))? as usize;
@@ -323,12 +325,13 @@ impl Dictionary {
                 d.fingerprints[kind].push(fingerprint(&item.name));
                 // A name blanked by compaction is never matched again.
                 if !item.name.is_empty() {
-                    d.index[kind].insert(identity_key(kind_enum, &item.name, item.artist), id);
+                    identities[kind].push((identity_key(kind_enum, &item.name, item.artist), id));
                 }
             }
             // Chunks come in key order, so the last one seen per kind is the open one.
             d.open[kind] = kept;
         }
+        d.index = identities.map(HashIndex::from_entries);
         for kv in store.trees.trackchunk_credits.iter() {
             let (k, v) = kv?;
             let chunk: CreditChunkV2 = decode(schema::TRACKCHUNK_CREDITS, &k, &v)?;
@@ -361,7 +364,7 @@ impl Dictionary {
     pub(super) fn intern(&mut self, kind: Kind, name: &str, artist: Option<u32>, source: (u32, &TrackRef)) -> u32 {
         let k = kind.index();
         let key = identity_key(kind, name, artist);
-        if let Some(&id) = self.index[k].get(&key) {
+        if let Some(id) = self.index[k].get(&key) {
             return id;
         }
         let id = self.n_items[k];
@@ -421,7 +424,7 @@ impl Dictionary {
     fn note_variants(&mut self, id: u32, c: &Credits, album: Option<&str>, credits: &TrackCreditsV1) {
         let main = credits.artists.first().copied();
         let lookup = |kind: Kind, name: &str, artist: Option<u32>| {
-            self.index[kind.index()].get(&identity_key(kind, name, artist)).copied()
+            self.index[kind.index()].get(&identity_key(kind, name, artist))
         };
         let mut named: Vec<(Kind, u32, &str)> = Vec::new();
         for a in &c.artists {
@@ -479,10 +482,10 @@ impl Dictionary {
         let artist = match kind {
             Kind::Artist => None,
             Kind::Recording | Kind::Release => {
-                Some(*self.index[Kind::Artist.index()].get(&identity_key(Kind::Artist, artist?, None))?)
+                Some(self.index[Kind::Artist.index()].get(&identity_key(Kind::Artist, artist?, None))?)
             }
         };
-        self.index[kind.index()].get(&identity_key(kind, name, artist)).copied()
+        self.index[kind.index()].get(&identity_key(kind, name, artist))
     }
 
     /// The credits of an already interned track.

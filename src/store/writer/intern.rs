@@ -50,7 +50,7 @@ pub(super) fn interned_client(new: &[(String, u32)], store: &Store, id: u32) -> 
 impl Writer {
     pub(super) fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
         let digest = track_digest(track);
-        if let Some(&id) = self.tracks.get(&digest) {
+        if let Some(id) = self.tracks.get(&digest) {
             return Ok((id, self.track_key(id)?));
         }
         let dkey = dedupe_key(track);

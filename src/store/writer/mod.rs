@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::store::hashindex::HashIndex;
+
 use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 
@@ -297,8 +299,8 @@ struct Writer {
     max_group_listens: usize,
     users: HashMap<UserId, UserState>,
     /// Every interned track: digest of its canonical TrackRef -> track id. Built from
-    /// `trackchunk_tracks` at start; about 36 bytes of memory per track.
-    tracks: HashMap<[u8; 16], u32>,
+    /// `trackchunk_tracks` at start; 20 bytes of memory per track (`HashIndex`).
+    tracks: HashIndex,
     /// Per track id, the track's dedupe key (0 for a blanked track): what the duplicate
     /// rule compares, read here instead of from each day index item.
     track_keys: Vec<u32>,
@@ -361,7 +363,7 @@ impl Writer {
             stats,
             max_group_listens,
             users: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: HashIndex::default(),
             track_keys: Vec::new(),
             read_blocks: HashMap::new(),
             open_chunk: (0, TrackChunkV2::default()),
@@ -440,6 +442,7 @@ impl Writer {
         self.clients.clear();
         self.open_chunk = (0, TrackChunkV2::default());
         self.dict = Dictionary::load(&self.store, self.rules.clone())?;
+        let mut digests = Vec::new();
         for kv in self.store.trees.trackchunk_tracks.iter() {
             let (k, v) = kv?;
             let chunk = keys::parse_u32(schema::TRACKCHUNK_TRACKS, &k)?;
@@ -458,11 +461,12 @@ impl Writer {
                     self.track_keys.push(0);
                 } else {
                     self.track_keys.push(dedupe_key(t));
-                    self.tracks.insert(track_digest(t), id);
+                    digests.push((track_digest(t), id));
                 }
             }
             self.open_chunk = (chunk, tracks);
         }
+        self.tracks = HashIndex::from_entries(digests);
         if self.open_chunk.1.tracks.len() >= TRACK_CHUNK as usize {
             self.open_chunk = (self.open_chunk.0 + 1, TrackChunkV2::default());
         }
