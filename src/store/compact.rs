@@ -42,8 +42,9 @@ pub(crate) fn blank_track() -> TrackRef {
     }
 }
 
+/// Whether compaction blanked `t` (`blank_track`): the one rule, `Named::is_blank`.
 pub(crate) fn is_blank(t: &TrackRef) -> bool {
-    t.artist.is_empty() && t.title.is_empty()
+    crate::store::values::Named::is_blank(t)
 }
 
 /// Bytes of every file below `path` (apparent sizes).

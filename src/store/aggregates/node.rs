@@ -636,7 +636,7 @@ impl Store {
     ) -> Result<Vec<(u32, u32)>> {
         let (first, last) = only.map_or((0, u16::MAX), |c| (c, c));
         let whole = node_key(what, granularity, number, first);
-        let prefix = if only.is_some() { &whole[..] } else { &whole[..7] };
+        let prefix = &whole[..7];
         // The stored chunks, the memory copy's and the pending changes read under both
         // locks (in the order every reader takes them): the writer stores chunks one by
         // one (`put_node_chunks`) with the memory copy over them, and empties it (under
@@ -645,9 +645,23 @@ impl Store {
         let (stored, in_memory, changes) = {
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-            let stored = self.trees.userid_bucket_counts.scan_prefix(prefix).collect::<sled::Result<Vec<_>>>()?;
-            let in_memory: Vec<([u8; 9], Arc<AggV2>)> =
-                hot.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, a)| (*k, a.clone())).collect();
+            // One chunk: point reads (a scan of the memory copy is O(its buckets)).
+            type Copies = (Vec<(sled::IVec, sled::IVec)>, Vec<([u8; 9], Arc<AggV2>)>);
+            let (stored, in_memory): Copies = match only {
+                Some(_) => (
+                    self.trees
+                        .userid_bucket_counts
+                        .get(whole)?
+                        .map(|v| (sled::IVec::from(&whole[..]), v))
+                        .into_iter()
+                        .collect(),
+                    hot.get(&whole).map(|a| (whole, a.clone())).into_iter().collect(),
+                ),
+                None => (
+                    self.trees.userid_bucket_counts.scan_prefix(prefix).collect::<sled::Result<Vec<_>>>()?,
+                    hot.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, a)| (*k, a.clone())).collect(),
+                ),
+            };
             let (from, to) = (node_key(what, granularity, number, first), node_key(what, granularity, number, last));
             let changes: Vec<([u8; 9], Delta)> = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
             (stored, in_memory, changes)
