@@ -929,7 +929,8 @@ fn community(
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("similar users after a scrobble (recomputed)", times);
-    // The scrobbles above fell in this quarter: the last quarter's chart stays kept.
+    // The scrobbles above fell in the last hours: the last quarter's chart stays kept
+    // (unless the quarter began less than a week ago).
     let url = format!("{}/1/stats/sitewide/artists?range=quarter", served.base);
     let t = Instant::now();
     std::hint::black_box(agent.get(&url).call()?.into_string()?);

@@ -1225,13 +1225,13 @@ fn kept_range_node_charts_follow_every_change() {
     use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    // The third quarter of 2025 (NOW is in October 2025), as instants.
-    let (from, to) = (1_751_328_000, 1_759_276_800);
-    let quarter = Period::Range { from, to };
+    // September 2025 (NOW is in October 2025) as a range of instants; it starts on a Monday.
+    let (from, to) = (1_756_684_800, 1_759_276_800);
+    let september = Period::Range { from, to };
     let utc = jiff::tz::TimeZone::UTC;
-    let bob = add_user(&t, "bob", &[("A", "x", from + 86_400), ("B", "y", from + 40 * 86_400)]);
-    let carol = add_user(&t, "carol", &[("A", "x", from + 50 * 86_400), ("C", "z", to + 86_400)]);
-    // Dave is eleven hours behind UTC: the range's first hours are his June.
+    let bob = add_user(&t, "bob", &[("A", "x", from + 86_400), ("B", "y", from + 10 * 86_400)]);
+    let carol = add_user(&t, "carol", &[("A", "x", from + 15 * 86_400), ("C", "z", to + 86_400)]);
+    // Dave is eleven hours behind UTC: the range's first hours are his Sunday, August 31st.
     let dave = t.store.create_user("dave", "password1", NOW).expect("user").id;
     t.store.set_timezone(dave, "Pacific/Pago_Pago").expect("tz");
     for u in [t.user, bob, carol, dave] {
@@ -1245,7 +1245,7 @@ fn kept_range_node_charts_follow_every_change() {
                 if user.visibility != SharingLevel::Public {
                     continue;
                 }
-                let chart = t.store.chart(user.id, kind, &quarter, usize::MAX, NOW).expect("chart");
+                let chart = t.store.chart(user.id, kind, &september, usize::MAX, NOW).expect("chart");
                 listens += chart.listens;
                 listeners += u64::from(chart.listens > 0);
                 for r in chart.rows {
@@ -1256,14 +1256,14 @@ fn kept_range_node_charts_follow_every_change() {
             }
             // Twice: computed (or kept from before), then kept.
             for read in ["first", "second"] {
-                let node = t.store.node_chart(kind, &quarter, 10, NOW, &utc).expect("node chart");
+                let node = t.store.node_chart(kind, &september, 10, NOW, &utc).expect("node chart");
                 let got: HashMap<u32, (u64, u64)> =
                     node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
                 assert_eq!(got, want, "{stage}, {read} read: {kind:?}");
                 assert_eq!((node.listens, node.listeners), (listens, listeners), "{stage}, {read} read");
                 for (offset, count) in [(1, 1), (1, 2), (2, 9)] {
                     let page =
-                        t.store.node_chart_page(kind, &quarter, offset..offset + count, NOW, &utc).expect("page");
+                        t.store.node_chart_page(kind, &september, offset..offset + count, NOW, &utc).expect("page");
                     let want: Vec<_> = node.rows.iter().skip(offset).take(count).cloned().collect();
                     assert_eq!(page.rows, want, "{stage}, {read} read: page {offset}+{count}");
                 }
@@ -1274,12 +1274,12 @@ fn kept_range_node_charts_follow_every_change() {
     let ingest = |u: UserId, actions: Vec<Action>| t.ingestor.ingest_blocking(u, actions).expect("ingest");
     ingest(bob, vec![Action::Listen(listen("D", "today", NOW - 600))]);
     check("a listen after the range");
-    ingest(bob, vec![Action::Listen(listen("D", "then", from + 60 * 86_400))]);
+    ingest(bob, vec![Action::Listen(listen("D", "then", from + 20 * 86_400))]);
     check("a listen inside the range");
-    // 05:00 UTC on the range's first day is the evening of June 30th for dave.
-    ingest(dave, vec![Action::Listen(listen("E", "june for dave", from + 5 * 3_600))]);
-    check("a listen in the range's first hours, the month before in the member's calendar");
-    let outcomes = ingest(t.user, vec![Action::Listen(listen("F", "once", from + 70 * 86_400))]);
+    // 05:00 UTC on the range's first day is the evening of the Sunday before for dave.
+    ingest(dave, vec![Action::Listen(listen("E", "sunday for dave", from + 5 * 3_600))]);
+    check("a listen in the range's first hours, the week before in the member's calendar");
+    let outcomes = ingest(t.user, vec![Action::Listen(listen("F", "once", from + 25 * 86_400))]);
     check("a new member of the range");
     let Some(hearsay::store::Outcome::Appended { seq }) = outcomes.first().cloned() else {
         panic!("not appended: {outcomes:?}")

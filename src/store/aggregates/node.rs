@@ -823,8 +823,8 @@ impl Store {
                             cache.tops.remove(&(k[2], number, kind));
                         }
                     }
-                    if k[2] == BUCKET_MONTH {
-                        cache.month_changed(number);
+                    if k[2] == BUCKET_WEEK {
+                        cache.week_changed(number);
                     }
                 }
             }
@@ -839,15 +839,15 @@ impl Store {
         let Ok(mut cache) = self.node_cache.lock() else { return };
         cache.generation = cache.generation.wrapping_add(1);
         cache.forget_assembled();
-        for k in changed.into_iter().filter(|k| is_node_key(k.as_slice()) && k[2] == BUCKET_MONTH) {
-            cache.month_changed(i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN);
+        for k in changed.into_iter().filter(|k| is_node_key(k.as_slice()) && k[2] == BUCKET_WEEK) {
+            cache.week_changed(i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN);
         }
     }
 
     /// The top of the node chart of `[from, to)` summed over the counted members (a
     /// range no node bucket holds: a quarter, a half year), kept per range and kind
-    /// until a listen of a counted member in a month it overlaps changes (`node_changed`
-    /// names that month's node bucket), or an account does. A chart of the previous
+    /// until a listen of a counted member in a week it meets changes (`node_changed`
+    /// names that week's node bucket), or an account does. A chart of the previous
     /// quarter thus stays kept while members scrobble today, and costs O(users) once.
     pub(crate) fn node_range_top(&self, kind: Kind, (from, to): (i64, i64), limit: usize) -> Result<Arc<RangeTop>> {
         let key = (kind.index(), from, to);
@@ -909,17 +909,23 @@ impl Store {
 /// Range charts the node cache keeps (of ranges and kinds); past it, emptied.
 const KEPT_RANGES: usize = 16;
 
-/// Months whose change the node cache remembers for readers summing a range; past it,
-/// it forgets them and treats every month as changed.
-const KEPT_MONTH_CHANGES: usize = 4_096;
+/// Weeks whose change the node cache remembers for readers summing a range; past it,
+/// it forgets them and treats every week as changed.
+const KEPT_WEEK_CHANGES: usize = 4_096;
 
-/// The node month numbers a listen in `[from, to)` can fall in, in any member's calendar:
-/// a member's local month of an instant is its UTC month or a neighbour, a day at most
-/// away (offsets reach ±14 hours); two days of margin each side.
-fn months_around(from: i64, to: i64) -> (i32, i32) {
+/// The first and last day (numbers) a listen in `[from, to)` can fall on in any member's
+/// calendar: a member's local day of an instant is its UTC day or a neighbour (offsets
+/// reach ±14 hours); two days of margin each side. Weeks, not months: the month after a
+/// quarter is often the current one, and every scrobble in it would forget the chart.
+fn days_around(from: i64, to: i64) -> (i32, i32) {
     const MARGIN: i64 = 2 * 86_400;
-    let month = |t: i64| period::month_number(local_date(t, &TimeZone::UTC));
-    (month(from.saturating_sub(MARGIN)), month(to.saturating_add(MARGIN)))
+    let day = |t: i64| day_number(local_date(t, &TimeZone::UTC));
+    (day(from.saturating_sub(MARGIN)), day(to.saturating_sub(1).saturating_add(MARGIN)))
+}
+
+/// Whether the node week starting on day `monday` shares a day with `[first, last]`.
+fn week_meets(monday: i32, (first, last): (i32, i32)) -> bool {
+    monday <= last && monday.saturating_add(6) >= first
 }
 
 impl NodeCache {
@@ -930,32 +936,30 @@ impl NodeCache {
         self.pairs = 0;
     }
 
-    /// Forgets the range charts and which months changed when (all did, now).
+    /// Forgets the range charts and which weeks changed when (all did, now).
     fn forget_ranges(&mut self) {
         self.ranges.clear();
-        self.month_changes.clear();
+        self.week_changes.clear();
         self.all_changed = self.generation;
     }
 
-    /// Records that node month `month` changed at this generation, and forgets the range
-    /// charts it may count in.
-    fn month_changed(&mut self, month: i32) {
-        if self.month_changes.len() >= KEPT_MONTH_CHANGES && !self.month_changes.contains_key(&month) {
+    /// Records that the node week starting on day `monday` changed at this generation,
+    /// and forgets the range charts it may count in. Every change of a member's listens
+    /// changes the node week of its day (`deltas`).
+    fn week_changed(&mut self, monday: i32) {
+        if self.week_changes.len() >= KEPT_WEEK_CHANGES && !self.week_changes.contains_key(&monday) {
             self.forget_ranges();
             return;
         }
-        self.month_changes.insert(month, self.generation);
-        self.ranges.retain(|&(_, from, to), _| {
-            let (first, last) = months_around(from, to);
-            !(first..=last).contains(&month)
-        });
+        self.week_changes.insert(monday, self.generation);
+        self.ranges.retain(|&(_, from, to), _| !week_meets(monday, days_around(from, to)));
     }
 
     /// Whether nothing a chart of `[from, to)` counts changed after `generation`.
     fn range_unchanged_since(&self, from: i64, to: i64, generation: u64) -> bool {
-        let (first, last) = months_around(from, to);
+        let days = days_around(from, to);
         self.all_changed <= generation
-            && self.month_changes.iter().all(|(m, g)| *g <= generation || !(first..=last).contains(m))
+            && self.week_changes.iter().all(|(w, g)| *g <= generation || !week_meets(*w, days))
     }
 }
 
@@ -978,8 +982,8 @@ pub(crate) struct NodeCache {
     tops: HashMap<(u8, i32, usize), Arc<NodeTop>>,
     /// Charts of ranges no node bucket holds, per (kind index, from, to).
     ranges: HashMap<(usize, i64, i64), Arc<RangeTop>>,
-    /// The generation at which each node month bucket last changed, by month number.
-    month_changes: HashMap<i32, u64>,
+    /// The generation at which each node week bucket last changed, by its Monday.
+    week_changes: HashMap<i32, u64>,
     /// The generation at which every bucket last changed (`node_changed(None)`).
     all_changed: u64,
 }
@@ -1064,15 +1068,20 @@ mod tests {
         assert_eq!(chunk_of(BUCKET_WEEK, u32::MAX), u16::MAX);
     }
 
-    /// A kept range chart goes when a month it may count in changes (the month before
-    /// its first instant too: a member behind UTC lives it in that month), or all do;
-    /// a change of another month keeps it; a reader who began before a change that
+    /// A kept range chart goes when a week it may count in changes (the week before
+    /// its first day too, when that is a Monday: a member behind UTC lives its first
+    /// hours on the Sunday before), or all do; a change of another week keeps it (the
+    /// week after it, in the current month); a reader who began before a change that
     /// concerns its range does not keep what it summed.
     #[test]
-    fn a_kept_range_chart_goes_with_the_months_it_counts() {
-        let month = |y: i16, m: i8| period::month_number(jiff::civil::date(y, m, 1));
-        // 2025-07-01 .. 2025-10-01 UTC.
-        let (from, to) = (1_751_328_000, 1_759_276_800);
+    fn a_kept_range_chart_goes_with_the_weeks_it_counts() {
+        let monday = |y: i16, m: i8, d: i8| {
+            let date = jiff::civil::date(y, m, d);
+            assert_eq!(date.weekday(), jiff::civil::Weekday::Monday);
+            day_number(date)
+        };
+        // 2025-09-01 (a Monday) .. 2025-10-01 UTC.
+        let (from, to) = (1_756_684_800, 1_759_276_800);
         let top = || {
             let top = NodeTop { rows: vec![], total_listens: 0, total_listeners: 0, distinct: 0 };
             Arc::new(RangeTop { top, spelled_by: HashMap::new() })
@@ -1080,19 +1089,25 @@ mod tests {
         let mut cache = NodeCache::default();
         cache.ranges.insert((0, from, to), top());
         let start = cache.generation;
-        for (m, kept) in [(month(2025, 11), true), (month(2025, 5), true), (month(2025, 6), false)] {
+        let weeks = [(monday(2025, 10, 6), true), (monday(2025, 8, 18), true), (monday(2025, 8, 25), false)];
+        for (w, kept) in weeks {
             cache.generation += 1;
-            cache.month_changed(m);
-            assert_eq!(cache.ranges.contains_key(&(0, from, to)), kept, "month {m}");
+            cache.week_changed(w);
+            assert_eq!(cache.ranges.contains_key(&(0, from, to)), kept, "week {w}");
         }
-        assert!(!cache.range_unchanged_since(from, to, start), "June changed after the reader began");
+        assert!(!cache.range_unchanged_since(from, to, start), "the week before changed after the reader began");
         assert!(cache.range_unchanged_since(from, to, cache.generation));
         assert!(cache.range_unchanged_since(to + 100 * 86_400, to + 120 * 86_400, start), "another range");
+        // The week holding the range's last day (and the first of the next month).
+        cache.ranges.insert((0, from, to), top());
+        cache.generation += 1;
+        cache.week_changed(monday(2025, 9, 29));
+        assert!(!cache.ranges.contains_key(&(0, from, to)));
         cache.ranges.insert((0, from, to), top());
         cache.generation += 1;
         cache.forget_ranges();
         assert!(cache.ranges.is_empty());
-        assert!(!cache.range_unchanged_since(to + 100 * 86_400, to + 120 * 86_400, start), "every month changed");
+        assert!(!cache.range_unchanged_since(to + 100 * 86_400, to + 120 * 86_400, start), "every week changed");
     }
 
     /// `store_hot` writes node chunks after its transaction: it clears `NODE_STALE`
