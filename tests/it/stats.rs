@@ -1295,3 +1295,38 @@ fn kept_range_node_charts_follow_every_change() {
     rt.block_on(t.ingestor.delete_user(carol)).expect("delete");
     check("a member deleted");
 }
+
+/// A tie running far past the end of the node chart a request reads (the items played
+/// once, on a large node) is not ranked: ranking it names every tied item, for each
+/// request. The chart then ends before it; the long chart still lists it all.
+#[test]
+fn a_node_chart_ends_before_a_tie_too_large_to_rank() {
+    use hearsay::store::users::SharingLevel;
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    t.store.set_visibility(t.user, SharingLevel::Public).expect("public");
+    let mut actions = Vec::new();
+    for i in 0..3 {
+        for k in 0..2 {
+            actions.push(Action::Listen(listen(&format!("Top {i}"), "Song", day + i * 10 + k * 3_600)));
+        }
+    }
+    for j in 0..2_100 {
+        actions.push(Action::Listen(listen(&format!("Tail {j}"), "Song", day + 100 + j)));
+    }
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let utc = jiff::tz::TimeZone::UTC;
+    let names = |page: std::ops::Range<usize>| -> Vec<String> {
+        let chart = t.store.node_chart_page(Kind::Artist, &Period::AllTime, page, NOW, &utc).expect("page");
+        chart.rows.into_iter().map(|r| r.row.name).collect()
+    };
+    assert_eq!(names(0..2), ["Top 0", "Top 1"], "no tie runs far past row 2");
+    assert_eq!(names(0..10), ["Top 0", "Top 1", "Top 2"], "2,100 tied rows run past row 10: left off");
+    assert!(names(5..10).is_empty());
+    // A tie that runs less far is ranked by name.
+    let long = t.store.node_chart(Kind::Artist, &Period::AllTime, usize::MAX, NOW, &utc).expect("chart");
+    assert_eq!(long.rows.len(), 2_103);
+    assert_eq!(long.rows[3].row.name, "Tail 0");
+    assert_eq!(names(200..202).len(), 2, "2,100 tied rows, 1,903 past row 202: ranked");
+    assert_eq!(names(200..202), [long.rows[200].row.name.clone(), long.rows[201].row.name.clone()]);
+}

@@ -74,6 +74,13 @@ impl SpelledBy<'_> {
 /// blake3 `derive_key` context of item handles.
 const ITEM_HANDLE_CONTEXT: &str = "hearsay 2026-12-01 item handle v1";
 
+/// Rows a tie may run past the end of the node chart a request reads before the chart
+/// ends ahead of it (`chart::ranked_len`): a page names at most this many rows more
+/// than it lists, whatever the tail of the node's chart looks like (a node's items
+/// played once in a week can be tens of thousands, each named for each request: about
+/// 25 µs a name). A small node's ties of a few hundred are ranked as before.
+const NODE_TIE_LIMIT: usize = 2_000;
+
 /// The handle of an item in links: a hash of what identifies it (kind, normalised name,
 /// normalised main artist), so a link says which item it is and nothing about when, or
 /// whether, anyone else on the node scrobbled it. 16 hex digits; items are looked up by
@@ -477,7 +484,8 @@ impl Store {
         spelled_by: Option<&HashMap<u32, UserId>>,
     ) -> Result<NodeChart> {
         let rows = head.head(page.end);
-        let all: Vec<(u32, u64)> = rows.iter().map(|&(id, n, _)| (id, n)).collect();
+        let mut all: Vec<(u32, u64)> = rows.iter().map(|&(id, n, _)| (id, n)).collect();
+        all.truncate(crate::stats::chart::ranked_len(&all, page.end, NODE_TIE_LIMIT));
         let span = crate::stats::chart::tied_span(&all, page.start, page.end);
         let top = all[span.clone()].to_vec();
         let listeners: HashMap<u32, u64> = rows[span.clone()].iter().map(|&(id, _, l)| (id, l)).collect();
