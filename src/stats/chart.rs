@@ -150,14 +150,16 @@ pub fn tied_span(top: &[(u32, u64)], offset: usize, end: usize) -> std::ops::Ran
 
 /// How many rows of `top` (a chart's first `end` rows with every row tied with the
 /// last: highest count first) a chart lists: all of them, unless the tie holding row
-/// `end` runs more than `tie_limit` rows past it. Ranking such a tie (by name) names
-/// every item in it, tens of thousands in a node's one-listen tail, for any request
-/// that reaches it; the chart then ends before the tie, for every page.
+/// `end` is more than `tie_limit` rows long. Ranking such a tie (by name) names every
+/// item in it, tens of thousands in a node's one-listen tail, for any request that
+/// reaches it; the chart then ends before the tie. The tie's own length decides, not
+/// the page: every page that reaches it agrees (a tie longer than the chart's cached
+/// head is its last, so no page short of a whole listing ends past it).
 pub fn ranked_len(top: &[(u32, u64)], end: usize, tie_limit: usize) -> usize {
     match (top.len() > end, top.last()) {
         (true, Some(&(_, last))) => {
             let start = top.partition_point(|r| r.1 > last);
-            if top.len() - end > tie_limit { start } else { top.len() }
+            if top.len() - start > tie_limit { start } else { top.len() }
         }
         _ => top.len(),
     }
@@ -168,11 +170,13 @@ mod tests {
     #[test]
     fn a_tie_running_far_past_a_charts_end_is_left_off() {
         let top: Vec<(u32, u64)> = [9, 7, 7, 3, 3, 3, 3, 3].iter().enumerate().map(|(i, &c)| (i as u32, c)).collect();
-        // The tie of 3s holds rows 4 to 8: past row 4 by 4 rows.
-        assert_eq!(super::ranked_len(&top, 4, 4), 8);
-        assert_eq!(super::ranked_len(&top, 4, 3), 3, "the chart ends before the tie");
+        // The tie of 3s holds rows 4 to 8: five rows long.
+        assert_eq!(super::ranked_len(&top, 4, 5), 8);
+        assert_eq!(super::ranked_len(&top, 4, 4), 3, "the chart ends before the tie");
+        assert_eq!(super::ranked_len(&top, 7, 4), 3, "whichever row of it the page ends on");
         assert_eq!(super::ranked_len(&top[..3], 3, 0), 3, "no tie past the end");
-        assert_eq!(super::ranked_len(&top[..3], 2, 0), 1, "the tie of 7s, one row past");
+        assert_eq!(super::ranked_len(&top[..3], 2, 1), 1, "the tie of 7s, two rows long");
+        assert_eq!(super::ranked_len(&top[..3], 2, 2), 3);
         assert_eq!(super::ranked_len(&[], 5, 0), 0);
     }
 

@@ -74,11 +74,11 @@ impl SpelledBy<'_> {
 /// blake3 `derive_key` context of item handles.
 const ITEM_HANDLE_CONTEXT: &str = "hearsay 2026-12-01 item handle v1";
 
-/// Rows a tie may run past the end of the node chart a request reads before the chart
-/// ends ahead of it (`chart::ranked_len`): a page names at most this many rows more
-/// than it lists, whatever the tail of the node's chart looks like (a node's items
-/// played once in a week can be tens of thousands, each named for each request: about
-/// 25 µs a name). A small node's ties of a few hundred are ranked as before.
+/// Rows a tie holding the end of the rows a request reads may have before the node
+/// chart ends ahead of it (`chart::ranked_len`): a page names at most its end plus this
+/// many rows, whatever the tail of the node's chart looks like (a node's items played
+/// once in a week can be tens of thousands, each named for each request: about 25 µs a
+/// name). A small node's ties of a few hundred are ranked as before.
 const NODE_TIE_LIMIT: usize = 2_000;
 
 /// The handle of an item in links: a hash of what identifies it (kind, normalised name,
