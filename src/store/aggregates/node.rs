@@ -816,12 +816,7 @@ impl Store {
                 for k in keys.into_iter().filter(|k| is_node_key(k.as_slice())) {
                     let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
                     if k[1] != WHAT_PLAIN {
-                        for kind in 0..3 {
-                            if let Some(b) = cache.buckets.remove(&(k[2], number, kind)) {
-                                cache.pairs = cache.pairs.saturating_sub(b.pairs());
-                            }
-                            cache.tops.remove(&(k[2], number, kind));
-                        }
+                        cache.forget_bucket(k[2], number);
                     }
                     if k[2] == BUCKET_WEEK {
                         cache.week_changed(number);
@@ -831,24 +826,42 @@ impl Store {
         }
     }
 
-    /// After the writer stored node chunks: what the cache assembled from chunks goes
-    /// (the stored changes reached chunks `changed` does not name), and what changed
-    /// `changed` as `node_changed` says. The range charts stay: they are summed from the
-    /// members' buckets, which a store of node chunks does not change.
-    pub(crate) fn node_chunks_stored<'a>(&self, changed: impl IntoIterator<Item = &'a [u8; 9]>) {
+    /// After a writer group, visible to readers: node buckets `changed` as
+    /// `node_changed` says (all that the cache assembled from chunks when `chunks_stored`:
+    /// the stored changes reached chunks `changed` does not name). The range charts go
+    /// by `days`, the local days whose listens of counted members the group changed,
+    /// not by the weeks of `changed`: a scrobble on a quarter's first day would otherwise
+    /// forget last quarter's chart (its last week). A store of node chunks does not
+    /// change what range charts count (they sum the members' buckets).
+    pub(crate) fn node_group_changed<'a>(
+        &self,
+        changed: impl IntoIterator<Item = &'a [u8; 9]>,
+        days: &BTreeSet<i32>,
+        chunks_stored: bool,
+    ) {
         let Ok(mut cache) = self.node_cache.lock() else { return };
         cache.generation = cache.generation.wrapping_add(1);
-        cache.forget_assembled();
-        for k in changed.into_iter().filter(|k| is_node_key(k.as_slice()) && k[2] == BUCKET_WEEK) {
-            cache.week_changed(i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN);
+        if chunks_stored {
+            cache.forget_assembled();
+        } else {
+            for k in changed.into_iter().filter(|k| is_node_key(k.as_slice())) {
+                let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
+                if k[1] != WHAT_PLAIN {
+                    cache.forget_bucket(k[2], number);
+                }
+            }
+        }
+        for &day in days {
+            cache.day_changed(day);
         }
     }
 
     /// The top of the node chart of `[from, to)` summed over the counted members (a
     /// range no node bucket holds: a quarter, a half year), kept per range and kind
-    /// until a listen of a counted member in a week it meets changes (`node_changed`
-    /// names that week's node bucket), or an account does. A chart of the previous
-    /// quarter thus stays kept while members scrobble today, and costs O(users) once.
+    /// until a listen of a counted member on a day it may count changes
+    /// (`node_group_changed`), or a change outside the writer's groups touches a week it
+    /// meets (`node_changed`). A chart of the previous quarter thus stays kept while
+    /// members scrobble today, and costs O(users) once.
     pub(crate) fn node_range_top(&self, kind: Kind, (from, to): (i64, i64), limit: usize) -> Result<Arc<RangeTop>> {
         let key = (kind.index(), from, to);
         let generation = {
@@ -909,16 +922,17 @@ impl Store {
 /// Range charts the node cache keeps (of ranges and kinds); past it, emptied.
 const KEPT_RANGES: usize = 16;
 
-/// Weeks whose change the node cache remembers for readers summing a range; past it,
-/// it forgets them and treats every week as changed.
+/// Weeks, and days, whose change the node cache remembers for readers summing a range;
+/// past it, it forgets them and treats every week and day as changed.
 const KEPT_WEEK_CHANGES: usize = 4_096;
 
 /// The first and last day (numbers) a listen in `[from, to)` can fall on in any member's
 /// calendar: a member's local day of an instant is its UTC day or a neighbour (offsets
-/// reach ±14 hours); two days of margin each side. Weeks, not months: the month after a
-/// quarter is often the current one, and every scrobble in it would forget the chart.
+/// reach −12 and +14 hours, less than a day); a day of margin each side. Days and weeks,
+/// not months: the month after a quarter is often the current one, and every scrobble in
+/// it would forget the chart.
 fn days_around(from: i64, to: i64) -> (i32, i32) {
-    const MARGIN: i64 = 2 * 86_400;
+    const MARGIN: i64 = 86_400;
     let day = |t: i64| day_number(local_date(t, &TimeZone::UTC));
     (day(from.saturating_sub(MARGIN)), day(to.saturating_sub(1).saturating_add(MARGIN)))
 }
@@ -936,11 +950,36 @@ impl NodeCache {
         self.pairs = 0;
     }
 
-    /// Forgets the range charts and which weeks changed when (all did, now).
+    /// Forgets what was assembled of node bucket (`granularity`, `number`), every kind.
+    fn forget_bucket(&mut self, granularity: u8, number: i32) {
+        for kind in 0..3 {
+            if let Some(b) = self.buckets.remove(&(granularity, number, kind)) {
+                self.pairs = self.pairs.saturating_sub(b.pairs());
+            }
+            self.tops.remove(&(granularity, number, kind));
+        }
+    }
+
+    /// Forgets the range charts and which weeks and days changed when (all did, now).
     fn forget_ranges(&mut self) {
         self.ranges.clear();
         self.week_changes.clear();
+        self.day_changes.clear();
         self.all_changed = self.generation;
+    }
+
+    /// Records that listens of counted members on local day `day` changed at this
+    /// generation, and forgets the range charts that may count them.
+    fn day_changed(&mut self, day: i32) {
+        if self.day_changes.len() >= KEPT_WEEK_CHANGES && !self.day_changes.contains_key(&day) {
+            self.forget_ranges();
+            return;
+        }
+        self.day_changes.insert(day, self.generation);
+        self.ranges.retain(|&(_, from, to), _| {
+            let (first, last) = days_around(from, to);
+            !(first..=last).contains(&day)
+        });
     }
 
     /// Records that the node week starting on day `monday` changed at this generation,
@@ -960,6 +999,7 @@ impl NodeCache {
         let days = days_around(from, to);
         self.all_changed <= generation
             && self.week_changes.iter().all(|(w, g)| *g <= generation || !week_meets(*w, days))
+            && self.day_changes.iter().all(|(d, g)| *g <= generation || !(days.0..=days.1).contains(d))
     }
 }
 
@@ -982,8 +1022,12 @@ pub(crate) struct NodeCache {
     tops: HashMap<(u8, i32, usize), Arc<NodeTop>>,
     /// Charts of ranges no node bucket holds, per (kind index, from, to).
     ranges: HashMap<(usize, i64, i64), Arc<RangeTop>>,
-    /// The generation at which each node week bucket last changed, by its Monday.
+    /// The generation at which each node week bucket last changed, by its Monday (changes
+    /// outside the writer's groups: levels, deletions, recounts).
     week_changes: HashMap<i32, u64>,
+    /// The generation at which a writer group last changed listens of counted members
+    /// on each local day.
+    day_changes: HashMap<i32, u64>,
     /// The generation at which every bucket last changed (`node_changed(None)`).
     all_changed: u64,
 }
@@ -1074,7 +1118,7 @@ mod tests {
     /// week after it, in the current month); a reader who began before a change that
     /// concerns its range does not keep what it summed.
     #[test]
-    fn a_kept_range_chart_goes_with_the_weeks_it_counts() {
+    fn a_kept_range_chart_goes_with_the_days_and_weeks_it_counts() {
         let monday = |y: i16, m: i8, d: i8| {
             let date = jiff::civil::date(y, m, d);
             assert_eq!(date.weekday(), jiff::civil::Weekday::Monday);
@@ -1103,6 +1147,21 @@ mod tests {
         cache.generation += 1;
         cache.week_changed(monday(2025, 9, 29));
         assert!(!cache.ranges.contains_key(&(0, from, to)));
+        // A writer group's days: only the range's days and one either side count (a
+        // scrobble on October 2nd keeps September's chart, though its week meets it).
+        let day = |m: i8, d: i8| day_number(jiff::civil::date(2025, m, d));
+        cache.ranges.insert((0, from, to), top());
+        let before = cache.generation;
+        for (d, kept) in [(day(10, 2), true), (day(8, 30), true), (day(10, 1), false)] {
+            cache.generation += 1;
+            cache.day_changed(d);
+            assert_eq!(cache.ranges.contains_key(&(0, from, to)), kept, "day {d}");
+            cache.ranges.insert((0, from, to), top());
+        }
+        assert!(!cache.range_unchanged_since(from, to, before), "October 1st changed after the reader began");
+        cache.generation += 1;
+        cache.day_changed(day(8, 31));
+        assert!(!cache.ranges.contains_key(&(0, from, to)), "August 31st: a member behind UTC");
         cache.ranges.insert((0, from, to), top());
         cache.generation += 1;
         cache.forget_ranges();

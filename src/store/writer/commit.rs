@@ -18,8 +18,12 @@ use crate::store::{Error, Result};
 use super::*;
 
 /// A group's merged user buckets and its changes of node buckets.
-pub(super) type NodeMerge =
-    (Vec<([u8; 9], Arc<AggV2>)>, crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>);
+/// And the local days whose listens of counted users changed (`Store::node_group_changed`).
+pub(super) type NodeMerge = (
+    Vec<([u8; 9], Arc<AggV2>)>,
+    crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>,
+    BTreeSet<i32>,
+);
 
 impl Writer {
     /// The buckets a group changed, with its changes applied, and the changes of the
@@ -38,9 +42,15 @@ impl Writer {
             out.push((*k, after));
         }
         let mut node = crate::store::aggregates::FastMap::default();
+        let mut days = BTreeSet::new();
         for (user, changes) in &by_user {
             if !self.store.counted_in_node(*user)? {
                 continue;
+            }
+            for k in changes.keys() {
+                if let (_, keys::BUCKET_DAY, day) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)? {
+                    days.insert(day);
+                }
             }
             let years = self.store.user_years(*user)?;
             // The user's own spellings this group records (stored with it).
@@ -65,7 +75,7 @@ impl Writer {
                 &mut node,
             )?;
         }
-        Ok((out, node))
+        Ok((out, node, days))
     }
 
     /// Writes a group in one transaction and flushes (then the node chunks, when they
@@ -164,7 +174,7 @@ impl Writer {
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
         }
-        let (buckets, node) = self.merge_buckets(group)?;
+        let (buckets, node, days) = self.merge_buckets(group)?;
         // The node buckets are stored with the user buckets when they are due: every
         // change held (the memory copy's after a recount, the pending ones, this group's)
         // merged into its stored chunk.
@@ -363,10 +373,7 @@ impl Writer {
         drop(hot);
         // After a store of node chunks every kept node bucket goes (the folded changes
         // changed chunks this group did not touch).
-        match store_node {
-            true => self.store.node_chunks_stored(node.keys()),
-            false => self.store.node_changed(Some(node.keys())),
-        }
+        self.store.node_group_changed(node.keys(), &days, store_node);
         if !group.heads.is_empty() {
             self.store.people_changed();
         }
