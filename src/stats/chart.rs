@@ -167,9 +167,14 @@ pub fn ranked_len(top: &[(u32, u64)], end: usize, tie_limit: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    /// `(row, count)` pairs of a chart with these counts, highest first.
+    fn ranked(counts: &[u64]) -> Vec<(u32, u64)> {
+        counts.iter().enumerate().map(|(i, &c)| (i as u32, c)).collect()
+    }
+
     #[test]
     fn a_tie_running_far_past_a_charts_end_is_left_off() {
-        let top: Vec<(u32, u64)> = [9, 7, 7, 3, 3, 3, 3, 3].iter().enumerate().map(|(i, &c)| (i as u32, c)).collect();
+        let top = ranked(&[9, 7, 7, 3, 3, 3, 3, 3]);
         // The tie of 3s holds rows 4 to 8: five rows long.
         assert_eq!(super::ranked_len(&top, 4, 5), 8);
         assert_eq!(super::ranked_len(&top, 4, 4), 3, "the chart ends before the tie");
@@ -182,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_pages_span_is_its_rows_and_their_ties() {
-        let top: Vec<(u32, u64)> = [9, 7, 7, 7, 5, 4, 4, 1].iter().enumerate().map(|(i, &c)| (i as u32, c)).collect();
+        let top = ranked(&[9, 7, 7, 7, 5, 4, 4, 1]);
         assert_eq!(super::tied_span(&top, 0, 1), 0..1);
         assert_eq!(super::tied_span(&top, 0, 2), 0..4, "the tie at the page's end");
         assert_eq!(super::tied_span(&top, 3, 5), 1..5, "the tie at its start");

@@ -474,6 +474,8 @@ impl Named for TrackNames<'_> {
     }
 }
 
+/// A whole chunk read in place (tests compare it with the decoded one).
+#[cfg(test)]
 #[derive(Deserialize)]
 struct BorrowedChunk<'a> {
     #[serde(borrow)]
@@ -483,6 +485,7 @@ struct BorrowedChunk<'a> {
 /// The tracks of a stored `trackchunk_tracks` value, names borrowed: None for a value of
 /// another version than 2 (decode it as `TrackChunkV2`), an error for one that does not
 /// decode.
+#[cfg(test)]
 pub fn borrowed_tracks(bytes: &[u8]) -> Option<Result<Vec<TrackNames<'_>>, String>> {
     match bytes.split_first() {
         Some((&TrackChunkV2::VERSION, body)) => Some(match postcard::take_from_bytes::<BorrowedChunk>(body) {

@@ -603,6 +603,24 @@ fn node_bucket_bytes(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// change, time-zone recount and deletion, equal the sums of the public members' own
 /// charts for weeks, months, years and all time (listens and listeners per item), and
 /// their stored bytes equal a rebuild's, after random histories in three time zones.
+/// Each page `(offset, count)` of the node chart of `period` is those rows of `long`,
+/// the whole chart: a page names only its rows and their ties.
+fn pages_are_rows_of(
+    store: &Store,
+    kind: Kind,
+    period: &Period,
+    long: &hearsay::store::aggregates::NodeChart,
+    pages: &[(usize, usize)],
+    what: &str,
+) {
+    let utc = jiff::tz::TimeZone::UTC;
+    for &(offset, count) in pages {
+        let page = store.node_chart_page(kind, period, offset..offset + count, NOW, &utc).expect("page");
+        let want: Vec<_> = long.rows.iter().skip(offset).take(count).cloned().collect();
+        assert_eq!(page.rows, want, "{what}: {kind:?} {period:?} page {offset}+{count}");
+    }
+}
+
 #[test]
 fn node_statistics_equal_the_members_charts_and_a_rebuild() {
     use hearsay::store::users::SharingLevel;
@@ -669,12 +687,8 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
                     };
                     assert_eq!(head(&short, 3), head(&node, 3), "seed {seed}, {stage}: {kind:?} {period:?} head");
                     // A page names only its rows and their ties: the long chart's rows.
-                    for (offset, count) in [(0, 1), (1, 1), (1, 3), (2, 4), (4, 9), (40, 5)] {
-                        let page =
-                            t.store.node_chart_page(kind, period, offset..offset + count, NOW, &utc).expect("page");
-                        let want: Vec<_> = node.rows.iter().skip(offset).take(count).cloned().collect();
-                        assert_eq!(page.rows, want, "seed {seed}, {stage}: {kind:?} {period:?} page {offset}+{count}");
-                    }
+                    let pages = [(0, 1), (1, 1), (1, 3), (2, 4), (4, 9), (40, 5)];
+                    pages_are_rows_of(&t.store, kind, period, &node, &pages, &format!("seed {seed}, {stage}"));
                     assert_eq!(
                         (short.listens, short.listeners, short.distinct),
                         (node.listens, node.listeners, node.distinct)
@@ -1261,12 +1275,14 @@ fn kept_range_node_charts_follow_every_change() {
                     node.rows.iter().map(|r| (r.row.id, (r.row.listens, r.listeners))).collect();
                 assert_eq!(got, want, "{stage}, {read} read: {kind:?}");
                 assert_eq!((node.listens, node.listeners), (listens, listeners), "{stage}, {read} read");
-                for (offset, count) in [(1, 1), (1, 2), (2, 9)] {
-                    let page =
-                        t.store.node_chart_page(kind, &september, offset..offset + count, NOW, &utc).expect("page");
-                    let want: Vec<_> = node.rows.iter().skip(offset).take(count).cloned().collect();
-                    assert_eq!(page.rows, want, "{stage}, {read} read: page {offset}+{count}");
-                }
+                pages_are_rows_of(
+                    &t.store,
+                    kind,
+                    &september,
+                    &node,
+                    &[(1, 1), (1, 2), (2, 9)],
+                    &format!("{stage}, {read} read"),
+                );
             }
         }
     };

@@ -814,12 +814,9 @@ impl Store {
             }
             Some(keys) => {
                 for k in keys.into_iter().filter(|k| is_node_key(k.as_slice())) {
-                    let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
-                    if k[1] != WHAT_PLAIN {
-                        cache.forget_bucket(k[2], number);
-                    }
+                    cache.forget_bucket_of(k);
                     if k[2] == BUCKET_WEEK {
-                        cache.week_changed(number);
+                        cache.week_changed(node_key_number(k));
                     }
                 }
             }
@@ -845,10 +842,7 @@ impl Store {
             cache.forget_assembled();
         } else {
             for k in changed.into_iter().filter(|k| is_node_key(k.as_slice())) {
-                let number = i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN;
-                if k[1] != WHAT_PLAIN {
-                    cache.forget_bucket(k[2], number);
-                }
+                cache.forget_bucket_of(k);
             }
         }
         for &day in days {
@@ -922,9 +916,14 @@ impl Store {
 /// Range charts the node cache keeps (of ranges and kinds); past it, emptied.
 const KEPT_RANGES: usize = 16;
 
-/// Weeks, and days, whose change the node cache remembers for readers summing a range;
-/// past it, it forgets them and treats every week and day as changed.
-const KEPT_WEEK_CHANGES: usize = 4_096;
+/// Spans of days whose change the node cache remembers for readers summing a range;
+/// past it, it forgets them and treats every day as changed.
+const KEPT_SPAN_CHANGES: usize = 8_192;
+
+/// The number (week, month, year) of node key `k` (`node_key`).
+fn node_key_number(k: &[u8; 9]) -> i32 {
+    i32::from_be_bytes([k[3], k[4], k[5], k[6]]) ^ i32::MIN
+}
 
 /// The first and last day (numbers) a listen in `[from, to)` can fall on in any member's
 /// calendar: a member's local day of an instant is its UTC day or a neighbour (offsets
@@ -937,9 +936,9 @@ fn days_around(from: i64, to: i64) -> (i32, i32) {
     (day(from.saturating_sub(MARGIN)), day(to.saturating_sub(1).saturating_add(MARGIN)))
 }
 
-/// Whether the node week starting on day `monday` shares a day with `[first, last]`.
-fn week_meets(monday: i32, (first, last): (i32, i32)) -> bool {
-    monday <= last && monday.saturating_add(6) >= first
+/// Whether two spans of days, first and last included, share a day.
+fn meets((a, b): (i32, i32), (c, d): (i32, i32)) -> bool {
+    a <= d && c <= b
 }
 
 impl NodeCache {
@@ -950,8 +949,13 @@ impl NodeCache {
         self.pairs = 0;
     }
 
-    /// Forgets what was assembled of node bucket (`granularity`, `number`), every kind.
-    fn forget_bucket(&mut self, granularity: u8, number: i32) {
+    /// Forgets what was assembled of the node bucket of key `k`, every kind (a change of
+    /// who spells an item under its stored name, `WHAT_PLAIN`, changes no count).
+    fn forget_bucket_of(&mut self, k: &[u8; 9]) {
+        if k[1] == WHAT_PLAIN {
+            return;
+        }
+        let (granularity, number) = (k[2], node_key_number(k));
         for kind in 0..3 {
             if let Some(b) = self.buckets.remove(&(granularity, number, kind)) {
                 self.pairs = self.pairs.saturating_sub(b.pairs());
@@ -960,46 +964,42 @@ impl NodeCache {
         }
     }
 
-    /// Forgets the range charts and which weeks and days changed when (all did, now).
+    /// Forgets the range charts and which days changed when (all did, now).
     fn forget_ranges(&mut self) {
         self.ranges.clear();
-        self.week_changes.clear();
-        self.day_changes.clear();
+        self.span_changes.clear();
         self.all_changed = self.generation;
     }
 
-    /// Records that listens of counted members on local day `day` changed at this
-    /// generation, and forgets the range charts that may count them.
+    /// Records that listens of counted members on local day `day` changed (a writer
+    /// group names its days).
     fn day_changed(&mut self, day: i32) {
-        if self.day_changes.len() >= KEPT_WEEK_CHANGES && !self.day_changes.contains_key(&day) {
-            self.forget_ranges();
-            return;
-        }
-        self.day_changes.insert(day, self.generation);
-        self.ranges.retain(|&(_, from, to), _| {
-            let (first, last) = days_around(from, to);
-            !(first..=last).contains(&day)
-        });
+        self.span_changed((day, day));
     }
 
-    /// Records that the node week starting on day `monday` changed at this generation,
-    /// and forgets the range charts it may count in. Every change of a member's listens
-    /// changes the node week of its day (`deltas`).
+    /// Records that the node week starting on day `monday` changed (changes outside the
+    /// writer's groups name node buckets only; every change of a member's listens
+    /// changes the node week of its day, `deltas`).
     fn week_changed(&mut self, monday: i32) {
-        if self.week_changes.len() >= KEPT_WEEK_CHANGES && !self.week_changes.contains_key(&monday) {
+        self.span_changed((monday, monday.saturating_add(6)));
+    }
+
+    /// Records that listens on the days of `span` changed at this generation, and
+    /// forgets the range charts that may count them.
+    fn span_changed(&mut self, span: (i32, i32)) {
+        if self.span_changes.len() >= KEPT_SPAN_CHANGES && !self.span_changes.contains_key(&span) {
             self.forget_ranges();
             return;
         }
-        self.week_changes.insert(monday, self.generation);
-        self.ranges.retain(|&(_, from, to), _| !week_meets(monday, days_around(from, to)));
+        self.span_changes.insert(span, self.generation);
+        self.ranges.retain(|&(_, from, to), _| !meets(span, days_around(from, to)));
     }
 
     /// Whether nothing a chart of `[from, to)` counts changed after `generation`.
     fn range_unchanged_since(&self, from: i64, to: i64, generation: u64) -> bool {
         let days = days_around(from, to);
         self.all_changed <= generation
-            && self.week_changes.iter().all(|(w, g)| *g <= generation || !week_meets(*w, days))
-            && self.day_changes.iter().all(|(d, g)| *g <= generation || !(days.0..=days.1).contains(d))
+            && self.span_changes.iter().all(|(span, g)| *g <= generation || !meets(*span, days))
     }
 }
 
@@ -1022,12 +1022,10 @@ pub(crate) struct NodeCache {
     tops: HashMap<(u8, i32, usize), Arc<NodeTop>>,
     /// Charts of ranges no node bucket holds, per (kind index, from, to).
     ranges: HashMap<(usize, i64, i64), Arc<RangeTop>>,
-    /// The generation at which each node week bucket last changed, by its Monday (changes
-    /// outside the writer's groups: levels, deletions, recounts).
-    week_changes: HashMap<i32, u64>,
-    /// The generation at which a writer group last changed listens of counted members
-    /// on each local day.
-    day_changes: HashMap<i32, u64>,
+    /// The generation at which listens of counted members last changed on a span of
+    /// local days, first and last: one day (a writer group's) or a node week (another
+    /// change's).
+    span_changes: HashMap<(i32, i32), u64>,
     /// The generation at which every bucket last changed (`node_changed(None)`).
     all_changed: u64,
 }
