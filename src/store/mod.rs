@@ -751,3 +751,48 @@ fn quiet_panics_in_dependencies() {
         }));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    /// sled (vendor/sled) decompresses each page it reads from disk with a zstd context
+    /// kept per thread: pages evicted from a small cache and read again, from several
+    /// threads at once and after a reopen, come back whole.
+    #[test]
+    fn compressed_pages_come_back_whole_from_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let values: Vec<Vec<u8>> = (0..3_000u32)
+            .map(|i| {
+                let len = 64 + (i * 7_919) % 3_000;
+                (0..len).map(|j| u8::try_from((j / 3 + i * 31) % 251).unwrap_or(0)).collect()
+            })
+            .collect();
+        let open = || {
+            sled::Config::new()
+                .path(dir.path().join("db"))
+                .cache_capacity(256 << 10)
+                .use_compression(true)
+                .compression_factor(1)
+                .open()
+                .expect("open")
+        };
+        let read_all = |db: &sled::Db| {
+            for (i, v) in values.iter().enumerate() {
+                let got = db.get(u32::try_from(i).unwrap_or(0).to_be_bytes()).expect("get");
+                assert_eq!(got.as_deref(), Some(v.as_slice()), "value {i}");
+            }
+        };
+        {
+            let db = open();
+            for (i, v) in values.iter().enumerate() {
+                db.insert(u32::try_from(i).unwrap_or(0).to_be_bytes(), v.as_slice()).expect("insert");
+            }
+            db.flush().expect("flush");
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| read_all(&db));
+                }
+            });
+        }
+        read_all(&open());
+    }
+}
