@@ -211,9 +211,12 @@ impl Unit<'_> {
         let total = |after: bool| -> i64 { self.side(after).map(|a| i64::from(a.total)).sum() };
         let (tb, ta) = (total(false), total(true));
         let listeners_total = i64::from(ta > 0) - i64::from(tb > 0);
-        let mut listens = Delta { total: ta - tb, ..Delta::default() };
-        let mut listeners = Delta { total: listeners_total, ..Delta::default() };
-        let mut plains = Delta { total: listeners_total, ..Delta::default() };
+        // Per kind, the changes in item order (`items` is sorted): put into `out` a chunk
+        // at a time, each chunk's map reserved once (growing them one item at a time
+        // rehashed them over and over: a tenth of the writer's time at 10,000 members).
+        let mut listens: [Vec<(u32, i64)>; 3] = Default::default();
+        let mut listeners: [Vec<(u32, i64)>; 3] = Default::default();
+        let mut plains: [Vec<(u32, i64)>; 3] = Default::default();
         for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
             let k = kind.index();
             let mut items = BTreeSet::new();
@@ -236,39 +239,44 @@ impl Unit<'_> {
                 let sum = |after: bool| -> i64 { self.side(after).map(|x| count_in(&x.counts[k], item)).sum() };
                 let (b, a) = (sum(false), sum(true));
                 if a != b {
-                    *listens.counts[k].entry(item).or_default() += a - b;
+                    listens[k].push((item, a - b));
                 }
                 let moved = i64::from(a > 0) - i64::from(b > 0);
                 if moved != 0 {
-                    *listeners.counts[k].entry(item).or_default() += moved;
+                    listeners[k].push((item, moved));
                 }
                 if self.granularity == BUCKET_ALL && (a > 0 || b > 0) {
                     // Counted before as the spelling then stood, after as it stands now.
                     let was = b > 0 && plain(kind, item, false)?;
                     let is = a > 0 && plain(kind, item, true)?;
                     if was != is {
-                        *plains.counts[k].entry(item).or_default() += i64::from(is) - i64::from(was);
+                        plains[k].push((item, i64::from(is) - i64::from(was)));
                     }
                 }
             }
         }
         let (g, n) = (self.granularity, self.number);
-        let put = |out: &mut FastMap<[u8; 9], Delta>, what: u8, d: Delta| {
-            for (k, counts) in d.counts.into_iter().enumerate() {
-                for (item, by) in counts {
-                    let e = out.entry(node_key(what, g, n, chunk_of(g, item))).or_default();
-                    e.total += by;
-                    *e.counts[k].entry(item).or_default() += by;
+        let put = |out: &mut FastMap<[u8; 9], Delta>, what: u8, changes: &[Vec<(u32, i64)>; 3]| {
+            for (k, sorted) in changes.iter().enumerate() {
+                for run in sorted.chunk_by(|a, b| chunk_of(g, a.0) == chunk_of(g, b.0)) {
+                    let Some(&(first, _)) = run.first() else { continue };
+                    let e = out.entry(node_key(what, g, n, chunk_of(g, first))).or_default();
+                    let counts = &mut e.counts[k];
+                    counts.reserve(run.len());
+                    for &(item, by) in run {
+                        e.total += by;
+                        *counts.entry(item).or_default() += by;
+                    }
                 }
             }
         };
         let totals = out.entry(node_key(WHAT_TOTALS, g, n, 0)).or_default();
-        totals.total += listens.total;
-        *totals.counts[0].entry(0).or_default() += listeners.total;
-        put(out, WHAT_LISTENS, listens);
-        put(out, WHAT_LISTENERS, listeners);
+        totals.total += ta - tb;
+        *totals.counts[0].entry(0).or_default() += listeners_total;
+        put(out, WHAT_LISTENS, &listens);
+        put(out, WHAT_LISTENERS, &listeners);
         if g == BUCKET_ALL {
-            put(out, WHAT_PLAIN, plains);
+            put(out, WHAT_PLAIN, &plains);
         }
         Ok(())
     }
