@@ -1095,6 +1095,55 @@ impl NodeBucket {
 mod tests {
     use super::*;
 
+    /// One user's change whose items straddle chunk boundaries (8,192 is one at every
+    /// granularity) lands each item in its own chunk, with each chunk's total the sum
+    /// of its counts, for the week, month, year and all-time node buckets.
+    #[test]
+    fn a_change_lands_each_item_in_its_own_chunk() {
+        let user = UserId(7);
+        let items: Vec<u32> = vec![3, 255, 256, 1_023, 1_024, 4_095, 4_096, 8_190, 8_191, 8_192, 8_193, 70_000];
+        let agg = |n: u32| AggV2 {
+            total: n * u32::try_from(items.len()).unwrap_or(0),
+            counts: [0, 1, 2].map(|_| items.iter().map(|i| (*i, n)).collect()),
+            hours: Vec::new(),
+        };
+        let day = 20_000; // a Wednesday in 2024
+        let mut changes: BTreeMap<[u8; 9], Change> = BTreeMap::new();
+        changes.insert(keys::bucket(user, BUCKET_DAY, day), (None, Some(Arc::new(agg(1)))));
+        changes.insert(keys::bucket(user, BUCKET_MONTH, 24 * 12 + 9), (None, Some(Arc::new(agg(1)))));
+        changes.insert(keys::bucket(user, BUCKET_YEAR, 2024), (Some(Arc::new(agg(2))), Some(Arc::new(agg(3)))));
+        let mut out: FastMap<[u8; 9], Delta> = FastMap::default();
+        let years: BTreeSet<i32> = [2024].into();
+        deltas(&changes, &mut |_| Ok(None), &years, &mut |_, _, _| Ok(true), &[], &mut out).expect("deltas");
+        let mut seen: BTreeMap<(u8, u8), BTreeMap<u32, i64>> = BTreeMap::new();
+        for (key, d) in &out {
+            let (what, g) = (key[1], key[2]);
+            let chunk = u16::from_be_bytes([key[7], key[8]]);
+            if what == WHAT_TOTALS {
+                continue;
+            }
+            let mut sum = 0;
+            for (k, counts) in d.counts.iter().enumerate() {
+                for (item, by) in counts {
+                    assert_eq!(chunk, chunk_of(g, *item), "item {item} of granularity {g} in chunk {chunk}");
+                    sum += by;
+                    if k == 1 {
+                        *seen.entry((what, g)).or_default().entry(*item).or_default() += by;
+                    }
+                }
+            }
+            assert_eq!(d.total, sum, "a chunk's total is the sum of its counts");
+        }
+        for g in [BUCKET_WEEK, BUCKET_MONTH, BUCKET_ALL] {
+            let listens = seen.get(&(WHAT_LISTENS, g)).expect("listens");
+            assert_eq!(listens.keys().copied().collect::<Vec<_>>(), items, "granularity {g}");
+            assert!(listens.values().all(|by| *by == 1), "granularity {g}: {listens:?}");
+        }
+        // All time moved from 2 to 3 listens of each: no listener moved.
+        assert!(seen.get(&(WHAT_LISTENERS, BUCKET_ALL)).is_none_or(BTreeMap::is_empty));
+        assert!(seen.get(&(WHAT_LISTENERS, BUCKET_WEEK)).is_some_and(|l| l.len() == items.len()));
+    }
+
     #[test]
     fn monday_is_the_iso_weeks_first_day() {
         for day in -800..800 {
