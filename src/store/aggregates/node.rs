@@ -189,6 +189,10 @@ struct Unit<'a> {
 /// A user's bucket before and after a change.
 type Part<'a> = (Option<&'a AggV2>, Option<&'a AggV2>);
 
+/// A writer group's spellings not stored yet: those it records (`key` -> spelling, none
+/// for the stored name) and those it removes.
+pub(crate) type PendingSpellings<'a> = (&'a BTreeMap<[u8; 9], Option<String>>, &'a BTreeSet<[u8; 9]>);
+
 /// Reads a user's bucket that did not change.
 pub(crate) type Current<'a> = dyn FnMut(&[u8; 9]) -> Result<Option<Arc<AggV2>>> + 'a;
 
@@ -401,11 +405,16 @@ impl Store {
         user: UserId,
         kind: Kind,
         id: u32,
-        pending: Option<&BTreeMap<[u8; 9], Option<String>>>,
+        pending: Option<PendingSpellings<'_>>,
     ) -> Result<bool> {
         let key = keys::user_item(user, kind.index() as u8, id);
-        if let Some(p) = pending.and_then(|p| p.get(&key)) {
-            return Ok(p.is_none());
+        if let Some((spelled, unspelled)) = pending {
+            if let Some(p) = spelled.get(&key) {
+                return Ok(p.is_none());
+            }
+            if unspelled.contains(&key) {
+                return Ok(true);
+            }
         }
         match self.trees.userid_item_spelling.get(key)? {
             None => Ok(true),

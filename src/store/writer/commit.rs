@@ -53,17 +53,21 @@ impl Writer {
                 }
             }
             let years = self.store.user_years(*user)?;
-            // The user's own spellings this group records (stored with it).
+            // The items whose spelling this group records or removes for the user
+            // (stored with it): whether the user shows their stored name may change
+            // even where the user's count of them does not (an erased first listen and
+            // a new one in one group).
             let mut respelled = Vec::new();
             let range = keys::user_item(*user, 0, 0)..=keys::user_item(*user, u8::MAX, u32::MAX);
-            for (k, name) in group.spellings.range(range) {
+            let recorded = group.spellings.range(range.clone()).map(|(k, _)| k);
+            for k in recorded.chain(group.unspelled.range(range)) {
                 let kind =
                     [Kind::Artist, Kind::Recording, Kind::Release].into_iter().find(|x| x.index() == usize::from(k[4]));
-                if let (Some(_), Some(kind), Ok(id)) = (name, kind, <[u8; 4]>::try_from(&k[5..9])) {
+                if let (Some(kind), Ok(id)) = (kind, <[u8; 4]>::try_from(&k[5..9])) {
                     respelled.push((kind, u32::from_be_bytes(id)));
                 }
             }
-            let pending = Some(&group.spellings);
+            let pending = Some((&group.spellings, &group.unspelled));
             node_deltas(
                 changes,
                 &mut |k| self.store.bucket(k),
@@ -141,6 +145,9 @@ impl Writer {
         }
         for (k, name) in &group.spellings {
             ops.push((14, k.to_vec(), Some(encode(&SpellingV1 { name: name.clone() }))));
+        }
+        for k in &group.unspelled {
+            ops.push((14, k.to_vec(), None));
         }
         for (tree, k, v) in self.dict.take_writes() {
             let index = match tree {

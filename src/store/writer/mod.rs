@@ -285,6 +285,11 @@ struct Group {
     /// Spellings a user sends for the first time that differ from the items' stored
     /// names: `user ‖ kind ‖ item` -> spelling (`userid_item_spelling`).
     spellings: BTreeMap<[u8; 9], Option<String>>,
+    /// Spellings this group removes: the user's listens left after an erasure hold no
+    /// other spelling of the item (`Writer::respell_after_erasures`).
+    unspelled: BTreeSet<[u8; 9]>,
+    /// (user, track) of every listen this group erased, in order.
+    erased_tracks: Vec<(UserId, u32)>,
     /// A listen was erased: the buckets are stored with this group (see `apply`).
     has_delete: bool,
     /// When each listen erased by this group was played: its user's contribution record
@@ -608,6 +613,12 @@ impl Writer {
                         break;
                     }
                 }
+            }
+            if failed.is_none()
+                && let Err((user, e)) = self.respell_group(&mut group)
+            {
+                // Reported to the first batch of the user whose log could not be read.
+                failed = Some((jobs.iter().position(|j| j.user == user).unwrap_or(0), e));
             }
             if failed.is_none() {
                 // Seal each touched user's tail block once for the whole group: one

@@ -50,6 +50,111 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// `respell_after_erasures` for every user who erased listens in the group, once
+    /// each, after all its batches (`commit_group`): a later batch's listens come after
+    /// every listen that decides a spelling, so one pass at the end sees what each pass
+    /// per batch would. The user whose pass failed, if one did.
+    pub(super) fn respell_group(&mut self, group: &mut Group) -> std::result::Result<(), (UserId, Error)> {
+        let mut erased: BTreeMap<UserId, BTreeSet<u32>> = BTreeMap::new();
+        for (user, track) in std::mem::take(&mut group.erased_tracks) {
+            erased.entry(user).or_default().insert(track);
+        }
+        for (user, tracks) in erased {
+            let tracks: Vec<u32> = tracks.into_iter().collect();
+            self.respell_after_erasures(group, user, &tracks).map_err(|e| (user, e))?;
+        }
+        Ok(())
+    }
+
+    /// A user's spelling of an item is the one of their first listen of it, as their
+    /// log stands (`Store::rebuild_user_spellings` derives it so): after erasing listens
+    /// of `tracks`, the spellings of those tracks' items are derived again from the
+    /// user's remaining log, this group's changes included. Without it an erased first
+    /// listen kept deciding how the user's statistics and the node chart spell the item
+    /// (and whether the node chart may show its stored name), and a rebuild disagreed.
+    /// O(the user's log) once per group with erasures; stops once every item is decided
+    /// (an item no listen left spells otherwise reads the whole log: a bound would need
+    /// the deciding listen's seq stored with the spelling). A block that is missing or
+    /// does not decode is skipped with a warning: damage elsewhere in a log must not
+    /// fail every erasure of its user.
+    fn respell_after_erasures(&mut self, group: &mut Group, user: UserId, tracks: &[u32]) -> Result<()> {
+        let mut open: BTreeSet<(u8, u32)> = BTreeSet::new();
+        for &track in tracks {
+            let Some(credits) = self.dict.known_credits(track) else { continue };
+            for (kind, item) in credited_items(credits) {
+                let key = keys::user_item(user, kind, item);
+                let recorded = group.spellings.contains_key(&key)
+                    || (!group.unspelled.contains(&key) && self.store.trees.userid_item_spelling.contains_key(key)?);
+                // No spelling recorded: every listen of the user spells it as stored.
+                if recorded {
+                    open.insert((kind, item));
+                }
+            }
+        }
+        let mut decided: BTreeMap<(u8, u32), Option<String>> = BTreeMap::new();
+        let mut heard: BTreeSet<(u8, u32)> = BTreeSet::new();
+        let next_seq = self.users.get(&user).ok_or(Error::WriterGone)?.head.next_seq;
+        let mut first = 0;
+        while first < next_seq && decided.len() < open.len() {
+            let key = keys::user_seq(user, first);
+            let state = self.users.get(&user).ok_or(Error::WriterGone)?;
+            let block = match (state.tail_first() == Some(first), state.tail.as_ref(), group.blocks.get(&key)) {
+                (true, Some(tail), _) => tail.clone(),
+                (_, _, Some(b)) => b.clone(),
+                _ => {
+                    let read = self.store.trees.userid_seq_block.get(key)?;
+                    match read.map(|bytes| decode::<BlockV2>(schema::USERID_SEQ_BLOCK, &key, &bytes)) {
+                        Some(Ok(block)) => block,
+                        damaged => {
+                            let error = match damaged {
+                                Some(Err(e)) => e.to_string(),
+                                _ => "block missing".to_owned(),
+                            };
+                            tracing::warn!(user = user.0, first, %error, "a log block skipped while deriving spellings");
+                            first = first.saturating_add(BLOCK_ENTRIES);
+                            continue;
+                        }
+                    }
+                }
+            };
+            for e in &block.entries {
+                let StoredEntry::Listen { track, .. } = e else { continue };
+                if self.dict.known_credits(*track).is_none() {
+                    let names = self.store.track(*track)?;
+                    self.dict.credit_track(*track, &names)?;
+                }
+                let Some(credits) = self.dict.known_credits(*track) else { continue };
+                let variants = self.dict.spellings_of(*track).unwrap_or_default();
+                for (kind, item) in credited_items(credits) {
+                    if !open.contains(&(kind, item)) || decided.contains_key(&(kind, item)) {
+                        continue;
+                    }
+                    let new = heard.insert((kind, item));
+                    if let Some((_, _, name)) = variants.iter().find(|(k, i, _)| (*k, *i) == (kind, item)) {
+                        decided.insert((kind, item), new.then(|| name.clone()));
+                    }
+                }
+            }
+            first = first.saturating_add(BLOCK_ENTRIES);
+        }
+        for (kind, item) in open {
+            let key = keys::user_item(user, kind, item);
+            match decided.remove(&(kind, item)) {
+                Some(name) => {
+                    group.unspelled.remove(&key);
+                    group.spellings.insert(key, name);
+                }
+                // No listen left spells it otherwise than stored: no record, as a
+                // rebuild leaves none (a later listen records afresh).
+                None => {
+                    group.spellings.remove(&key);
+                    group.unspelled.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn prepare_one(
         &mut self,
         group: &mut Group,
@@ -271,10 +376,13 @@ impl Writer {
         let Some(spellings) = self.dict.spellings_of(track) else { return Ok(()) };
         for (kind, item, name) in spellings {
             let key = keys::user_item(user, *kind, *item);
-            if group.spellings.contains_key(&key) || self.store.trees.userid_item_spelling.contains_key(key)? {
+            if group.spellings.contains_key(&key)
+                || (!group.unspelled.contains(&key) && self.store.trees.userid_item_spelling.contains_key(key)?)
+            {
                 continue;
             }
             let first = self.all_time_count(group, user, *kind, *item)? <= 1;
+            group.unspelled.remove(&key);
             group.spellings.insert(key, first.then(|| name.clone()));
         }
         Ok(())
@@ -442,9 +550,19 @@ impl Writer {
         bucket.items.retain(|i| i.seq != target);
         *dirty = true;
         self.count(group, user, listened_at, track, -1)?;
+        group.erased_tracks.push((user, track));
         group.has_delete = true;
         group.erased_at.push((user, listened_at));
         group.infos.entry(key).or_default().push((slot as u8, None));
         Ok(true)
     }
+}
+
+/// The items a track's credits name, as (kind index, item id): artists, recording,
+/// release (the order `Store::rebuild_user_spellings` reads them in).
+fn credited_items(credits: crate::store::aggregates::Credited<'_>) -> Vec<(u8, u32)> {
+    let mut items: Vec<(u8, u32)> = credits.artists.iter().map(|a| (0u8, *a)).collect();
+    items.push((1, credits.recording));
+    items.extend(credits.release.map(|r| (2u8, r)));
+    items
 }
