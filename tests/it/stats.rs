@@ -638,6 +638,23 @@ fn a_spelling_erased_down_to_the_stored_name_counts_as_stored() {
     assert!(kept == spellings(&t.store), "spellings differ from a rebuild");
 }
 
+/// A log block that cannot be read (damage) does not stop its member from erasing
+/// listens elsewhere in the log: the spellings are derived from what can be read.
+#[test]
+fn an_erasure_goes_through_past_a_damaged_block() {
+    let t = TestStore::new();
+    let day = NOW - 86_400;
+    let mut actions = vec![Action::Listen(listen("RADIOHEAD", "Creep", day))];
+    actions.extend((1..69).map(|i| Action::Listen(listen(&format!("Other {i}"), "Song", day + 300 * i))));
+    actions.push(Action::Listen(listen("radiohead", "Creep", day + 30_000)));
+    t.ingestor.ingest_blocking(t.user, actions).expect("ingest");
+    let blocks = t.store.raw_tree_for_tests(schema::USERID_SEQ_BLOCK).expect("tree");
+    let first = hearsay::store::keys::user_seq(t.user, 0);
+    assert!(blocks.remove(first).expect("remove").is_some(), "the first block was stored");
+    let erased = t.ingestor.ingest_blocking(t.user, vec![Action::Delete { seq: 69 }]);
+    assert!(erased.is_ok(), "an erasure past a damaged block: {erased:?}");
+}
+
 /// A member's spelling of an item is the one of their first listen of it as their log
 /// stands: erasing that listen hands it to the next one, erasing every listen leaves none
 /// (the next listen spells it afresh), and the node chart never falls back to the stored
