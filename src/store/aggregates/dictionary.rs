@@ -177,6 +177,15 @@ pub(crate) struct Credited<'a> {
 }
 
 impl Credited<'_> {
+    /// The items these credits name, as (kind index, item id): artists, recording,
+    /// release.
+    pub fn items(self) -> Vec<(u8, u32)> {
+        let mut items: Vec<(u8, u32)> = self.artists.iter().map(|a| (0u8, *a)).collect();
+        items.push((1, self.recording));
+        items.extend(self.release.map(|r| (2u8, r)));
+        items
+    }
+
     pub fn to_stored(self) -> TrackCreditsV1 {
         TrackCreditsV1 { artists: self.artists.to_vec(), recording: self.recording, release: self.release }
     }

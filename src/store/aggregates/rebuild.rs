@@ -193,11 +193,8 @@ impl Store {
             for e in &block.entries {
                 let StoredEntry::Listen { track, .. } = e else { continue };
                 let Some(credits) = dict.known_credits(*track) else { continue };
-                let mut items: Vec<(u8, u32)> = credits.artists.iter().map(|a| (0u8, *a)).collect();
-                items.push((1, credits.recording));
-                items.extend(credits.release.map(|r| (2u8, r)));
                 let variants = dict.spellings_of(*track).unwrap_or_default();
-                for (kind, item) in items {
+                for (kind, item) in credits.items() {
                     let new = heard.insert((kind, item));
                     if let Some((_, _, name)) = variants.iter().find(|(k, i, _)| (*k, *i) == (kind, item)) {
                         first.entry(keys::user_item(user, kind, item)).or_insert_with(|| new.then(|| name.clone()));

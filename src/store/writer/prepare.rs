@@ -81,7 +81,7 @@ impl Writer {
         let mut open: BTreeSet<(u8, u32)> = BTreeSet::new();
         for &track in tracks {
             let Some(credits) = self.dict.known_credits(track) else { continue };
-            for (kind, item) in credited_items(credits) {
+            for (kind, item) in credits.items() {
                 let key = keys::user_item(user, kind, item);
                 let recorded = group.spellings.contains_key(&key)
                     || (!group.unspelled.contains(&key) && self.store.trees.userid_item_spelling.contains_key(key)?);
@@ -125,7 +125,7 @@ impl Writer {
                 }
                 let Some(credits) = self.dict.known_credits(*track) else { continue };
                 let variants = self.dict.spellings_of(*track).unwrap_or_default();
-                for (kind, item) in credited_items(credits) {
+                for (kind, item) in credits.items() {
                     if !open.contains(&(kind, item)) || decided.contains_key(&(kind, item)) {
                         continue;
                     }
@@ -556,13 +556,4 @@ impl Writer {
         group.infos.entry(key).or_default().push((slot as u8, None));
         Ok(true)
     }
-}
-
-/// The items a track's credits name, as (kind index, item id): artists, recording,
-/// release (the order `Store::rebuild_user_spellings` reads them in).
-fn credited_items(credits: crate::store::aggregates::Credited<'_>) -> Vec<(u8, u32)> {
-    let mut items: Vec<(u8, u32)> = credits.artists.iter().map(|a| (0u8, *a)).collect();
-    items.push((1, credits.recording));
-    items.extend(credits.release.map(|r| (2u8, r)));
-    items
 }
