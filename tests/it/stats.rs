@@ -1464,4 +1464,10 @@ fn a_node_chart_ends_before_a_tie_too_large_to_rank() {
     let long = t.store.node_chart(Kind::Artist, &Period::AllTime, usize::MAX, NOW, &utc).expect("chart");
     assert_eq!(long.rows.len(), 2_103);
     assert_eq!(long.rows[3].row.name, "Tail 0");
+    // The cached head keeps the three rows and 2,001 of the tie: enough to see it is
+    // too long to rank, not the whole tail.
+    assert_eq!(t.store.cached_node_head_len_for_tests(Kind::Artist).expect("head"), 3 + 2_001);
+    for (page, want) in [(0..10, 3), (990..1_000, 0), (0..1_000, 3)] {
+        assert_eq!(names(page.clone()).len(), want, "page {page:?} from the cached head");
+    }
 }

@@ -512,6 +512,13 @@ impl Store {
         })
     }
 
+    /// Rows the node cache keeps for the head of the all-time node chart of `kind`
+    /// (tests check that its bound holds: `node::bound_last_tie`).
+    #[doc(hidden)]
+    pub fn cached_node_head_len_for_tests(&self, kind: Kind) -> Result<usize> {
+        Ok(self.node_top(kind, keys::BUCKET_ALL, 0, node::CACHED_TOP)?.rows.len())
+    }
+
     /// Item `id`'s row of the all-time node chart, named as `node_chart` names its rows;
     /// None when no member counted in it played the item. Reads the item's chunks only:
     /// O(1) in the node's items, where finding the row in the chart named them all.

@@ -779,10 +779,13 @@ impl Store {
             counts.iter().map(|&(id, n)| (id, u64::from(n))).collect(),
             limit.max(CACHED_TOP),
         );
-        let rows = top
+        let mut rows: Vec<(u32, u64, u64)> = top
             .into_iter()
             .map(|(id, n)| (id, n, of.binary_search_by_key(&id, |c| c.0).map_or(0, |i| u64::from(of[i].1))))
             .collect();
+        if limit <= CACHED_TOP {
+            bound_last_tie(&mut rows);
+        }
         let t = Arc::new(NodeTop {
             rows,
             total_listens: bucket.total_listens,
@@ -920,8 +923,11 @@ impl Store {
                 first.entry(id).or_insert(user.id);
             }
         }
-        let rows: Vec<(u32, u64, u64)> =
+        let mut rows: Vec<(u32, u64, u64)> =
             listens.top_with_ties(limit).into_iter().map(|(id, n)| (id, n, listeners.count(id))).collect();
+        if limit <= CACHED_TOP {
+            bound_last_tie(&mut rows);
+        }
         let spelled_by = rows.iter().filter_map(|(id, _, _)| first.get(id).map(|u| (*id, *u))).collect();
         Ok(RangeTop {
             top: NodeTop { rows, total_listens: total, total_listeners: contributors, distinct: listens.len() as u64 },
@@ -1078,6 +1084,20 @@ impl NodeTop {
                 &self.rows[..end]
             }
         }
+    }
+}
+
+/// Keeps at most `NODE_TIE_LIMIT + 1` rows of a cached head's last tie. A page never
+/// ranks a tie longer than `NODE_TIE_LIMIT` that holds its last row (`chart::ranked_len`
+/// ends the chart before it, seeing it is longer), and the head of a node chart with a
+/// one-listen tail at row 1,000 held the whole tail: tens of thousands of rows per
+/// cached head, up to 256 heads. Only for heads of at most `CACHED_TOP` rows asked: a
+/// longer listing (`node_chart` with a larger limit) lists its last tie whole.
+fn bound_last_tie(rows: &mut Vec<(u32, u64, u64)>) {
+    if let Some(&(_, last, _)) = rows.last() {
+        let start = rows.partition_point(|r| r.1 > last);
+        let keep = start.saturating_add(super::NODE_TIE_LIMIT).saturating_add(1);
+        rows.truncate(keep);
     }
 }
 
