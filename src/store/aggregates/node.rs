@@ -1136,7 +1136,7 @@ mod tests {
             counts: [0, 1, 2].map(|_| items.iter().map(|i| (*i, n)).collect()),
             hours: Vec::new(),
         };
-        let day = 20_000; // a Wednesday in 2024
+        let day = 20_000; // 2024-10-04, a Friday
         let mut changes: BTreeMap<[u8; 9], Change> = BTreeMap::new();
         changes.insert(keys::bucket(user, BUCKET_DAY, day), (None, Some(Arc::new(agg(1)))));
         changes.insert(keys::bucket(user, BUCKET_MONTH, 24 * 12 + 9), (None, Some(Arc::new(agg(1)))));
