@@ -595,8 +595,20 @@ fn a_private_user_who_came_first_changes_no_one_elses_chart_or_loves() {
 
 /// Every member's recorded spelling (`userid_item_spelling`), raw.
 fn spellings(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let tree = store.raw_tree_for_tests(schema::USERID_ITEM_SPELLING).expect("tree");
-    tree.iter().map(|kv| kv.expect("kv")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    tree_entries(store, schema::USERID_ITEM_SPELLING, |_| true)
+}
+
+/// The stored entries of tree `name` whose key passes `keep`, raw.
+fn tree_entries(store: &Store, name: &str, keep: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tree = store.raw_tree_for_tests(name).expect("tree");
+    tree.iter().map(|kv| kv.expect("kv")).filter(|(k, _)| keep(k)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+/// A new member at sharing level `level`.
+fn member_at(t: &TestStore, name: &str, level: hearsay::store::users::SharingLevel) -> UserId {
+    let id = t.store.create_user(name, "password1", NOW).expect("user").id;
+    t.store.set_visibility(id, level).expect("level");
+    id
 }
 
 /// A member whose first spelling is erased and whose listens left spell the item as
@@ -614,8 +626,7 @@ fn a_spelling_erased_down_to_the_stored_name_counts_as_stored() {
         let node = t.store.node_chart(Kind::Artist, &Period::AllTime, 10, NOW, &utc).expect("node chart");
         node.rows.into_iter().map(|r| (r.row.name, r.row.listens)).collect()
     };
-    let n = t.store.create_user("n", "password1", NOW).expect("n").id;
-    t.store.set_visibility(n, SharingLevel::Public).expect("public");
+    let n = member_at(&t, "n", SharingLevel::Public);
     let listens = [("RADIOHEAD", "Creep", day + 5), ("Radiohead", "Creep", day + 700)];
     let actions = listens.iter().map(|(a, s, at)| Action::Listen(listen(a, s, *at))).collect();
     t.ingestor.ingest_blocking(n, actions).expect("ingest");
@@ -624,8 +635,7 @@ fn a_spelling_erased_down_to_the_stored_name_counts_as_stored() {
     assert_eq!(node_names(), [("Radiohead".to_owned(), 1)], "n's one listen left spells it as stored");
     // o's first listen, a spelling of their own, is erased in the batch that adds one
     // spelled as stored: o's count of the item does not change, how o spells it does.
-    let o = t.store.create_user("o", "password1", NOW).expect("o").id;
-    t.store.set_visibility(o, SharingLevel::Public).expect("public");
+    let o = member_at(&t, "o", SharingLevel::Public);
     t.ingestor.ingest_blocking(o, vec![Action::Listen(listen("radioHEAD", "Creep", day + 9))]).expect("ingest");
     let batch = vec![Action::Listen(listen("Radiohead", "Creep", day + 900)), Action::Delete { seq: 0 }];
     t.ingestor.ingest_blocking(o, batch).expect("ingest");
@@ -667,8 +677,7 @@ fn a_members_spelling_follows_their_log_through_erasures() {
     let day = NOW - 86_400;
     let p = add_user(&t, "p", &[("Radiohead", "Creep", day)]);
     t.store.set_visibility(p, SharingLevel::Private).expect("private");
-    let m = t.store.create_user("m", "password1", NOW).expect("m").id;
-    t.store.set_visibility(m, SharingLevel::Public).expect("public");
+    let m = member_at(&t, "m", SharingLevel::Public);
     let names = |stage: &str, want: Option<&str>| {
         let mine = t.store.chart(m, Kind::Artist, &Period::AllTime, 10, NOW).expect("chart");
         let utc = jiff::tz::TimeZone::UTC;
@@ -703,8 +712,7 @@ fn a_members_spelling_follows_their_log_through_erasures() {
 
 /// Every stored node bucket (keys starting with 0xFF), raw.
 fn node_bucket_bytes(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let tree = store.raw_tree_for_tests(schema::USERID_BUCKET_COUNTS).expect("tree");
-    tree.iter().map(|kv| kv.expect("kv")).filter(|(k, _)| k[0] == 0xff).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    tree_entries(store, schema::USERID_BUCKET_COUNTS, |k| k.first() == Some(&0xff))
 }
 
 /// The node buckets (`store::aggregates::node`), kept up by every group, sharing-level
