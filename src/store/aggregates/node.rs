@@ -103,9 +103,9 @@ fn chunk_of(granularity: u8, item: u32) -> u16 {
 /// Changes of node buckets not yet merged into them, by chunk key: each writer group's
 /// and a sharing-level change's (the user's whole contribution: O(the user's buckets),
 /// no read of the node's chunks). Readers of node buckets add them (`Store::bucket`,
-/// `node_chunks`). Only the writer thread adds to them. Every store of node buckets
-/// first folds them into the memory copy (`hot`, `Store::fold_node_pending`, under both
-/// locks), so that while it commits readers see in memory what is being stored.
+/// `node_chunks`). Only the writer thread adds to them. A store of node buckets merges
+/// them into the stored chunks one chunk at a time, each written and dropped from here
+/// under both locks (`Store::store_node_changes`).
 pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
 
 /// A bucket as a write: stored while it counts anything, else removed.
@@ -466,25 +466,22 @@ impl Store {
     /// appending (the writer stores its own with `apply`; this serves the commands that
     /// change buckets with the node stopped, after a recount filled the memory copy).
     pub(crate) fn store_hot(&self) -> Result<()> {
-        self.fold_node_pending()?;
-        let hot: Vec<([u8; 9], Arc<AggV2>)> = match self.hot.read() {
-            Ok(h) => h.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            Err(_) => return Err(Error::Invalid("statistics cache poisoned".into())),
+        let (hot, node) = match (self.hot.read(), self.node_pending.read()) {
+            (Ok(h), Ok(p)) => (
+                h.iter().filter(|(k, _)| !is_node_key(k.as_slice())).map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>(),
+                !p.is_empty() || h.keys().any(|k| is_node_key(k.as_slice())),
+            ),
+            _ => return Err(Error::Invalid("statistics cache poisoned".into())),
         };
-        if hot.is_empty() {
+        if hot.is_empty() && !node {
             return Ok(());
         }
         // Stale for another reason (a crash, a rebuild under way): it stays so.
         let was_stale = self.trees.meta.contains_key(NODE_STALE)?;
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         let mut buckets = sled::Batch::default();
-        // Node chunks after the transaction (`put_node_chunks`), stale until written.
-        let mut node = Vec::new();
+        // Node chunks after the transaction (`store_node_changes`), stale until written.
         for (k, agg) in &hot {
-            if is_node_key(k) {
-                node.push((k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
-                continue;
-            }
             users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
             match agg.total > 0 {
                 true => buckets.insert(k.to_vec(), encode(agg.as_ref())),
@@ -500,15 +497,15 @@ impl Store {
             .transaction(|(b, m, meta)| {
                 b.apply_batch(&buckets)?;
                 m.apply_batch(&marks)?;
-                if !node.is_empty() {
+                if node {
                     meta.insert(NODE_STALE, &[])?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
             })
             .map_err(crate::store::users::tx_error)?;
         self.flush()?;
-        if !node.is_empty() {
-            self.put_node_chunks(node.into_iter().map(Ok))?;
+        if node {
+            self.store_node_changes()?;
             if !was_stale {
                 self.clear_node_stale()?;
             }
@@ -601,28 +598,66 @@ impl Store {
         Ok(())
     }
 
-    /// Merges the pending node changes into the memory copy (`hot`), where the writer
-    /// stores them with its next store of node buckets. By the writer thread (or with
-    /// none running): nothing adds to the pending changes meanwhile.
-    pub(crate) fn fold_node_pending(&self) -> Result<()> {
-        let pending: Vec<([u8; 9], Delta)> = match self.node_pending.read() {
-            Ok(p) if p.is_empty() => return Ok(()),
-            Ok(p) => p.iter().map(|(k, d)| (*k, d.clone())).collect(),
-            Err(_) => return Err(Error::Invalid("node changes poisoned".into())),
+    /// Stores the node's changes: every pending change (`node_pending`) and every node
+    /// bucket the memory copy holds (a recount's) merged into its stored chunk, one
+    /// chunk at a time in key order, each chunk written and dropped from memory under
+    /// both locks (in the order readers take them), so a reader sees a chunk's change
+    /// either pending over the old chunk or in the new one, never neither nor both.
+    /// Flushed every `CHUNKS_PER_FLUSH` and at the end. By the writer thread, or with
+    /// none running: nothing else adds changes meanwhile. Callers have set `NODE_STALE`
+    /// durably before (`put_node_chunks`).
+    ///
+    /// One chunk at a time, not all merged first: at 10,000 members a store merges
+    /// about 150,000 chunks, and holding them all decoded, then encoded, with a copy of
+    /// the pending changes, took the importing process past 1.9 GB.
+    ///
+    /// On an error the chunk being written keeps its change in memory (readers still see
+    /// it), and so do those not reached.
+    pub(crate) fn store_node_changes(&self) -> Result<()> {
+        let keys: Vec<[u8; 9]> = {
+            let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+            let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+            let held = hot.keys().filter(|k| is_node_key(k.as_slice())).copied();
+            let mut keys: Vec<[u8; 9]> = pending.keys().copied().chain(held).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
         };
-        let mut folded = Vec::with_capacity(pending.len());
-        for (k, d) in &pending {
-            folded.push((*k, Arc::new(merged(self.bucket_base(k, None)?.as_deref(), d))));
+        let tree = &self.trees.userid_bucket_counts;
+        for (i, k) in keys.iter().enumerate() {
+            #[cfg(test)]
+            let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
+            #[cfg(not(test))]
+            let fails = false;
+            // Read and decoded outside the locks: only this thread writes node chunks.
+            let stored = match tree.get(k)? {
+                Some(v) => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
+                None => None,
+            };
+            let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+            let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+            let held = hot.remove(k);
+            let change = pending.remove(k).unwrap_or_default();
+            let agg = merged(held.as_deref().or(stored.as_deref()), &change);
+            let written = match agg.total > 0 {
+                _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
+                true => tree.insert(k, encode(&agg)).map(drop),
+                false => tree.remove(k).map(drop),
+            };
+            if let Err(e) = written {
+                if let Some(held) = held {
+                    hot.insert(*k, held);
+                }
+                pending.insert(*k, change);
+                return Err(e.into());
+            }
+            drop(pending);
+            drop(hot);
+            if i % CHUNKS_PER_FLUSH == CHUNKS_PER_FLUSH - 1 {
+                self.flush()?;
+            }
         }
-        // Both locks, in the order readers take them: a reader sees the changes either
-        // pending or folded, never neither nor both.
-        let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
-        let mut pending_now = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-        for (k, agg) in folded {
-            hot.insert(k, agg);
-            pending_now.remove(&k);
-        }
-        Ok(())
+        self.flush()
     }
 
     /// Records that the stored node buckets must be rebuilt at the next open, durably.

@@ -172,34 +172,23 @@ impl Writer {
             persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
         let persist =
             persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
-        // Node buckets left in memory while user buckets are stored: the stored ones
-        // are stale until the next store of them (`NODE_PERSIST_EVERY`).
-        let mut node_left = false;
-        let mut node_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut node_hot: Vec<([u8; 9], Arc<AggV2>)> = Vec::new();
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
         }
         let (buckets, node, days) = self.merge_buckets(group)?;
         // The node buckets are stored with the user buckets when they are due: every
-        // change held (the memory copy's after a recount, the pending ones, this group's)
-        // merged into its stored chunk.
+        // change held (the pending ones, this group's, a recount's memory copy) merged
+        // into its stored chunk after the transaction (`Store::store_node_changes`).
         let store_node = persist && node_due;
+        // Whether node changes are held in memory once the transaction commits.
+        let mut node_held = !node.is_empty();
         if persist {
-            if store_node {
-                // The pending changes into the memory copy first (under both locks, as
-                // readers take them): while the store below commits, a reader sees the
-                // same counts in memory as on disk, never the stored chunks plus the
-                // changes they already hold.
-                self.store.fold_node_pending()?;
-            }
             let in_group: BTreeSet<[u8; 9]> = buckets.iter().map(|(k, _)| *k).collect();
-            let mut node_keys: BTreeSet<[u8; 9]> = node.keys().copied().collect();
             if let Ok(hot) = self.store.hot.read() {
                 for (k, agg) in hot.iter().filter(|(k, _)| !in_group.contains(*k)) {
                     if is_node_key(k) {
-                        node_keys.insert(*k);
+                        node_held = true;
                         continue;
                     }
                     ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
@@ -208,27 +197,13 @@ impl Writer {
             for (k, agg) in &buckets {
                 ops.push((9, k.to_vec(), (agg.total > 0).then(|| encode(agg.as_ref()))));
             }
-            if store_node {
-                // The memory copy (the folded changes, a recount's) and this group's,
-                // written after the transaction (`Store::put_node_chunks`).
-                let none = crate::store::aggregates::Delta::default();
-                for k in &node_keys {
-                    let agg = merged(self.store.bucket_base(k, None)?.as_deref(), node.get(k).unwrap_or(&none));
-                    node_ops.push((k.to_vec(), (agg.total > 0).then(|| encode(&agg))));
-                    if node.contains_key(k) {
-                        node_hot.push((*k, Arc::new(agg)));
-                    }
-                }
-            } else {
-                let pending_any = match self.store.node_pending.read() {
-                    Ok(p) => !p.is_empty(),
-                    Err(_) => return Err(Error::Invalid("node changes poisoned".into())),
-                };
-                node_left = pending_any || !node_keys.is_empty();
+            match self.store.node_pending.read() {
+                Ok(p) => node_held |= !p.is_empty(),
+                Err(_) => return Err(Error::Invalid("node changes poisoned".into())),
             }
             // Stale while node changes wait in memory, and while the node chunks are
             // written after the transaction (cleared once they are).
-            if node_left || !node_ops.is_empty() {
+            if node_held {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
             } else if store_node {
                 ops.push((6, NODE_STALE.to_vec(), None));
@@ -295,34 +270,6 @@ impl Writer {
             self.poison("a group commit", &e);
             return Err(e);
         }
-        // The group is durable. The node chunks now, one by one (not in the transaction:
-        // see `put_node_chunks`). Readers see the same counts meanwhile: the memory copy
-        // over the stored chunks holds the folded changes already, and this group's
-        // buckets and node chunks from now on, until every chunk is written.
-        let mut node_stored = store_node;
-        if !node_ops.is_empty() {
-            match self.store.hot.write() {
-                Ok(mut hot) => {
-                    hot.extend(node_hot);
-                    hot.extend(buckets.iter().cloned());
-                }
-                Err(_) => node_stored = false,
-            }
-            let chunks = match node_stored {
-                true => self
-                    .store
-                    .put_node_chunks(node_ops.into_iter().map(Ok))
-                    .and_then(|()| self.store.clear_node_stale()),
-                false => Err(Error::Invalid("statistics cache poisoned".into())),
-            };
-            // The group is acknowledged (its listens are stored); the store refuses
-            // writes from now on, the memory copy keeps the node's counts, and the next
-            // open rebuilds the node buckets (`node_stale` is still set).
-            if let Err(e) = chunks {
-                self.poison("storing the node statistics", &e);
-                node_stored = false;
-            }
-        }
         // Each user's newest listen among the day buckets this group wrote (appends
         // only raise a user's newest live listen).
         let mut newest: BTreeMap<UserId, i64> = BTreeMap::new();
@@ -347,37 +294,49 @@ impl Writer {
         // durable: a lock poisoned by a panicking thread does not unacknowledge it.
         let mut hot = self.store.hot.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut pending = self.store.node_pending.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if node_stored {
-            hot.clear();
-            pending.clear();
-            self.pending_node_pairs = 0;
-            self.last_node_persist = std::time::Instant::now();
-        } else if store_node {
-            // Chunks not stored: the memory copy holds them (the folded changes and
-            // this group's), so nothing is pending.
+        if persist {
             hot.retain(|k, _| is_node_key(k));
         } else {
-            if persist {
-                hot.retain(|k, _| is_node_key(k));
-            } else {
-                for (k, agg) in buckets {
-                    hot.insert(k, agg);
-                }
-            }
-            for (k, d) in &node {
-                pending.entry(*k).or_default().absorb(d);
-                // An upper bound: a change of an item already pending adds no pair.
-                self.pending_node_pairs = self.pending_node_pairs.saturating_add(d.pairs());
+            for (k, agg) in buckets {
+                hot.insert(k, agg);
             }
         }
+        for (k, d) in &node {
+            pending.entry(*k).or_default().absorb(d);
+            // An upper bound: a change of an item already pending adds no pair.
+            self.pending_node_pairs = self.pending_node_pairs.saturating_add(d.pairs());
+        }
+        drop(pending);
+        drop(hot);
         if persist {
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();
         } else {
             self.pending_users.extend(group_users);
         }
-        drop(pending);
-        drop(hot);
+        // The node chunks now, one by one (not in the transaction: see
+        // `put_node_chunks`). When a write fails, the group is still acknowledged (its
+        // listens are stored); the store refuses writes from now on, memory keeps the
+        // changes not stored (readers see them), and the next open rebuilds the node
+        // buckets (`node_stale` is still set).
+        if store_node && node_held {
+            let started = std::time::Instant::now();
+            match self.store.store_node_changes().and_then(|()| self.store.clear_node_stale()) {
+                Ok(()) => {
+                    tracing::debug!(
+                        pairs = node_pairs,
+                        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "node statistics stored"
+                    );
+                    self.pending_node_pairs = 0;
+                    self.last_node_persist = std::time::Instant::now();
+                }
+                Err(e) => self.poison("storing the node statistics", &e),
+            }
+        } else if store_node {
+            self.pending_node_pairs = 0;
+            self.last_node_persist = std::time::Instant::now();
+        }
         // After a store of node chunks every kept node bucket goes (the folded changes
         // changed chunks this group did not touch).
         self.store.node_group_changed(node.keys(), &days, store_node);
@@ -413,12 +372,22 @@ mod tests {
         store.trees.userid_bucket_counts.scan_prefix([0xFF]).map(|kv| kv.expect("scan")).collect()
     }
 
-    /// The node's chunks are written after a group is durable: when one of those
-    /// writes fails, the group is still acknowledged (its listens are stored), the store
-    /// refuses what comes next, and the next open recounts the node from the users'
-    /// buckets (`node_stale` stayed set), however many chunks were written.
+    /// Every node bucket as readers see it (stored, with the memory copy and the pending
+    /// changes over it), encoded as it would be stored.
+    fn node_as_read(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
+        let mut keys: BTreeSet<[u8; 9]> =
+            node_chunks(store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect();
+        keys.extend(store.hot.read().expect("hot").keys().filter(|k| is_node_key(k.as_slice())));
+        keys.extend(store.node_pending.read().expect("pending").keys());
+        let read = keys.into_iter().filter_map(|k| store.bucket(&k).expect("read").map(|agg| (k, agg)));
+        read.filter(|(_, agg)| agg.total > 0).map(|(k, agg)| (k[..].into(), encode(agg.as_ref()).into())).collect()
+    }
+
+    /// While the writer stores node chunks (one at a time, each dropping its change from
+    /// memory), a reader sees every change once: no chunk's total ever goes back (only
+    /// appends here), and a chart's rows always add up to its total.
     #[test]
-    fn a_durable_group_is_acknowledged_when_its_node_chunks_fail() {
+    fn readers_see_each_node_change_once_while_chunks_are_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = Options { cache_mb: 4, ..Options::default() };
         let now = crate::now_unix();
@@ -426,8 +395,82 @@ mod tests {
         let user = store.create_user("alice", "password1", now).expect("user").id;
         store.set_visibility(user, SharingLevel::Public).expect("public");
         store.faults.store_node_each_group.store(true, Relaxed);
-        store.faults.node_chunk_fails_at.store(3, Relaxed);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let (batches, per_batch) = (30, 40);
+        let batch = |b: i64| (b * per_batch..(b + 1) * per_batch).map(|i| listen(i, now)).collect();
+        ingestor.ingest_blocking(user, batch(0)).expect("stored");
+        // The chunks every later store rewrites (the all-time bucket's, the totals).
+        let keys: Vec<[u8; 9]> =
+            node_chunks(&store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let reads = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut last = vec![0; keys.len()];
+                let (mut reads, mut listens) = (0u64, 0);
+                for round in 0u64.. {
+                    if done.load(Relaxed) {
+                        break;
+                    }
+                    for (k, last) in keys.iter().zip(&mut last) {
+                        let total = store.bucket(k).expect("read").map_or(0, |a| a.total);
+                        assert!(total >= *last, "chunk {k:?} went back to {total} from {last}");
+                        *last = total;
+                        reads += 1;
+                    }
+                    if round % 64 != 0 {
+                        continue;
+                    }
+                    let chart = store
+                        .node_chart(Kind::Recording, &Period::AllTime, 10_000, now, &jiff::tz::TimeZone::UTC)
+                        .expect("node chart");
+                    let rows: u64 = chart.rows.iter().map(|r| r.row.listens).sum();
+                    assert_eq!(rows, chart.listens, "the rows add up to the total");
+                    assert!(chart.listens >= listens, "the total went back: {} after {listens}", chart.listens);
+                    listens = chart.listens;
+                }
+                reads
+            });
+            // Distinct recordings: every store spans several chunks of each bucket.
+            for b in 1..batches {
+                ingestor.ingest_blocking(user, batch(b)).expect("stored");
+            }
+            done.store(true, Relaxed);
+            reader.join().expect("reader")
+        });
+        assert!(reads > 1_000, "{reads} reads");
+        let chart =
+            store.node_chart(Kind::Recording, &Period::AllTime, 10_000, now, &jiff::tz::TimeZone::UTC).expect("chart");
+        assert_eq!(chart.listens, (batches * per_batch) as u64);
+        assert!(store.node_pending.read().expect("pending").is_empty(), "every change stored");
+        ingestor.stop();
+    }
+
+    /// The node's chunks are written after a group is durable: when one of those
+    /// writes fails, the group is still acknowledged (its listens are stored), the store
+    /// refuses what comes next, and the next open recounts the node from the users'
+    /// buckets (`node_stale` stayed set), however many chunks were written.
+    ///
+    /// Meanwhile readers of that process see every change: the chunks written, and the
+    /// changes of the rest still in memory (the one whose write failed included).
+    #[test]
+    fn a_durable_group_is_acknowledged_when_its_node_chunks_fail() {
+        for fails_at in [1, 3, 6] {
+            a_node_chunk_fails(fails_at);
+        }
+    }
+
+    fn a_node_chunk_fails(fails_at: usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options { cache_mb: 4, ..Options::default() };
+        let now = crate::now_unix();
+        let store = Store::open(dir.path(), &options).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        store.faults.store_node_each_group.store(true, Relaxed);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        ingestor.ingest_blocking(user, (100..110).map(|i| listen(i, now)).collect()).expect("stored");
+        assert!(!node_chunks(&store).is_empty(), "node chunks stored before the failure");
+        store.faults.node_chunk_fails_at.store(fails_at, Relaxed);
         let outcomes = ingestor.ingest_blocking(user, (0..30).map(|i| listen(i, now)).collect()).expect("acknowledged");
         assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), 30);
         assert!(store.failure().is_some_and(|f| f.contains("node statistics")), "{:?}", store.failure());
@@ -436,14 +479,16 @@ mod tests {
             store.trees.meta.contains_key(NODE_STALE).expect("meta"),
             "still marked stale on disk: the chunks on disk are part old, part new"
         );
+        let seen = node_as_read(&store);
         ingestor.stop();
         drop(store);
 
         let store = Store::open(dir.path(), &options).expect("reopen");
-        assert_eq!(store.log_head(user).expect("head").n_listens, 30, "every acknowledged listen kept");
+        assert_eq!(seen, node_chunks(&store), "what readers saw after the failure (chunk {fails_at}) is the rebuild's");
+        assert_eq!(store.log_head(user).expect("head").n_listens, 40, "every acknowledged listen kept");
         let chart =
             store.node_chart(Kind::Artist, &Period::AllTime, 10, now, &jiff::tz::TimeZone::UTC).expect("node chart");
-        assert_eq!((chart.listens, chart.listeners, chart.rows.len()), (30, 1, 5));
+        assert_eq!((chart.listens, chart.listeners, chart.rows.len()), (40, 1, 5));
         let reopened = node_chunks(&store);
         store.rebuild_node_stats().expect("rebuild");
         assert_eq!(reopened, node_chunks(&store), "the node's buckets after the reopen are a rebuild's");
