@@ -340,9 +340,13 @@ const HOT_MAX_PAIRS: usize = 2_000_000;
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most node changes held in memory before they are stored: the pending (item, change)
-/// pairs (`aggregates::NodePending`, about 25 bytes each in their maps) and the counts of
-/// node buckets a recount left in the memory copy.
-const NODE_HOT_MAX_PAIRS: usize = 8_000_000;
+/// pairs (`aggregates::NodePending`; counted with repeats, so an upper bound) and the
+/// counts of node buckets a recount left in the memory copy. A store rewrites most of
+/// the node's chunks whatever their number (an import's members span every week), so
+/// this bound sets how often a bulk import pays for it: at 10,000 members 8M gave 15
+/// stores of 1–9 s (import 258 s, importing process 1,268 MiB at its peak), 16M nine
+/// (192 s, 1,363 MiB) (`bench community`, docs/ARCHITECTURE.md).
+const NODE_HOT_MAX_PAIRS: usize = 16_000_000;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
