@@ -214,7 +214,8 @@ pub struct Store {
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Faults {
-    /// `put_node_chunks` fails at its write number n + 1 (0: never).
+    /// `put_node_chunks` and `store_node_changes` fail at their write number n + 1
+    /// (0: never).
     pub node_chunk_fails_at: std::sync::atomic::AtomicUsize,
     /// The writer stores every group's statistics, the node's included (as it does
     /// every `NODE_PERSIST_EVERY`).

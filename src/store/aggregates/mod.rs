@@ -176,8 +176,9 @@ impl Store {
         if !is_node_key(key) {
             return self.bucket_base(key, None);
         }
-        // The memory copy and the pending changes read under both locks, in the order
-        // `fold_node_pending` takes them, so a fold in between is seen whole or not at all.
+        // The memory copy, the pending changes and the stored chunk read under both locks,
+        // which a store of node chunks takes to write a chunk and drop its change
+        // (`store_node_changes`): each change is seen once, pending or stored.
         let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
         let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
         let base = self.bucket_base(key, Some(&hot))?;

@@ -480,7 +480,6 @@ impl Store {
         let was_stale = self.trees.meta.contains_key(NODE_STALE)?;
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         let mut buckets = sled::Batch::default();
-        // Node chunks after the transaction (`store_node_changes`), stale until written.
         for (k, agg) in &hot {
             users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
             match agg.total > 0 {
@@ -504,6 +503,7 @@ impl Store {
             })
             .map_err(crate::store::users::tx_error)?;
         self.flush()?;
+        // Node chunks after the transaction, stale until written.
         if node {
             self.store_node_changes()?;
             if !was_stale {
@@ -630,10 +630,12 @@ impl Store {
             let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
             #[cfg(not(test))]
             let fails = false;
-            // Read and decoded outside the locks: only this thread writes node chunks.
+            // Read and decoded outside the locks (only this thread writes node chunks),
+            // unless the memory copy holds a newer one (after a recount).
+            let held = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?.contains_key(k);
             let stored = match tree.get(k)? {
-                Some(v) => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
-                None => None,
+                Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
+                _ => None,
             };
             let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
@@ -692,9 +694,9 @@ impl Store {
         let prefix = &whole[..7];
         // The stored chunks, the memory copy's and the pending changes read under both
         // locks (in the order every reader takes them): the writer stores chunks one by
-        // one (`put_node_chunks`) with the memory copy over them, and empties it (under
-        // the write lock) only once all are stored. Decoded and merged after: a writer
-        // waiting for the lock stops every reader queued behind it.
+        // one, each written and its change dropped from memory under the write locks
+        // (`store_node_changes`), so each change is seen once. Decoded and merged after:
+        // a writer waiting for the lock stops every reader queued behind it.
         let (stored, in_memory, changes) = {
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;

@@ -1,6 +1,6 @@
 //! Committing a group: one sled transaction over every touched tree, then one flush;
 //! and the statistics buckets merged and persisted every few seconds (the node's
-//! chunks, when due, right after the flush: `Store::put_node_chunks`).
+//! chunks, when due, right after the flush: `Store::store_node_changes`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -308,6 +308,9 @@ impl Writer {
         }
         drop(pending);
         drop(hot);
+        // Readers see the group from now on: the kept node buckets it changed go now,
+        // not after the store below (a chart kept meanwhile would lag for its seconds).
+        self.store.node_group_changed(node.keys(), &days, false);
         if persist {
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();
@@ -337,9 +340,11 @@ impl Writer {
             self.pending_node_pairs = 0;
             self.last_node_persist = std::time::Instant::now();
         }
-        // After a store of node chunks every kept node bucket goes (the folded changes
-        // changed chunks this group did not touch).
-        self.store.node_group_changed(node.keys(), &days, store_node);
+        // After a store of node chunks every node bucket kept from chunks goes (the
+        // stored chunks changed where this group did not; their sums did not).
+        if store_node {
+            self.store.node_group_changed(None::<&[u8; 9]>, &BTreeSet::new(), true);
+        }
         if !group.heads.is_empty() {
             self.store.people_changed();
         }
