@@ -377,11 +377,29 @@ mod tests {
         store.trees.userid_bucket_counts.scan_prefix([0xFF]).map(|kv| kv.expect("scan")).collect()
     }
 
+    fn test_options() -> Options {
+        Options { cache_mb: 4, ..Options::default() }
+    }
+
+    /// A store with one public member, whose writer stores the node's chunks with every
+    /// group (as it does every `NODE_PERSIST_EVERY`).
+    fn public_member_storing_node_each_group(dir: &std::path::Path, now: i64) -> (Store, UserId, Ingestor) {
+        let store = Store::open(dir, &test_options()).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        store.faults.store_node_each_group.store(true, Relaxed);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        (store, user, ingestor)
+    }
+
+    fn node_keys(store: &Store) -> Vec<[u8; 9]> {
+        node_chunks(store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect()
+    }
+
     /// Every node bucket as readers see it (stored, with the memory copy and the pending
     /// changes over it), encoded as it would be stored.
     fn node_as_read(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
-        let mut keys: BTreeSet<[u8; 9]> =
-            node_chunks(store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect();
+        let mut keys: BTreeSet<[u8; 9]> = node_keys(store).into_iter().collect();
         keys.extend(store.hot.read().expect("hot").keys().filter(|k| is_node_key(k.as_slice())));
         keys.extend(store.node_pending.read().expect("pending").keys());
         let read = keys.into_iter().filter_map(|k| store.bucket(&k).expect("read").map(|agg| (k, agg)));
@@ -393,20 +411,13 @@ mod tests {
     /// appends here), and a chart's rows always add up to its total.
     #[test]
     fn readers_see_each_node_change_once_while_chunks_are_stored() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let options = Options { cache_mb: 4, ..Options::default() };
-        let now = crate::now_unix();
-        let store = Store::open(dir.path(), &options).expect("open");
-        let user = store.create_user("alice", "password1", now).expect("user").id;
-        store.set_visibility(user, SharingLevel::Public).expect("public");
-        store.faults.store_node_each_group.store(true, Relaxed);
-        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let (store, user, ingestor) = public_member_storing_node_each_group(dir.path(), now);
         let (batches, per_batch) = (30, 40);
         let batch = |b: i64| (b * per_batch..(b + 1) * per_batch).map(|i| listen(i, now)).collect();
         ingestor.ingest_blocking(user, batch(0)).expect("stored");
         // The chunks every later store rewrites (the all-time bucket's, the totals).
-        let keys: Vec<[u8; 9]> =
-            node_chunks(&store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect();
+        let keys = node_keys(&store);
         let done = std::sync::atomic::AtomicBool::new(false);
         let reads = std::thread::scope(|s| {
             let reader = s.spawn(|| {
@@ -465,14 +476,8 @@ mod tests {
     }
 
     fn a_node_chunk_fails(fails_at: usize) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let options = Options { cache_mb: 4, ..Options::default() };
-        let now = crate::now_unix();
-        let store = Store::open(dir.path(), &options).expect("open");
-        let user = store.create_user("alice", "password1", now).expect("user").id;
-        store.set_visibility(user, SharingLevel::Public).expect("public");
-        store.faults.store_node_each_group.store(true, Relaxed);
-        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let (store, user, ingestor) = public_member_storing_node_each_group(dir.path(), now);
         ingestor.ingest_blocking(user, (100..110).map(|i| listen(i, now)).collect()).expect("stored");
         assert!(!node_chunks(&store).is_empty(), "node chunks stored before the failure");
         store.faults.node_chunk_fails_at.store(fails_at, Relaxed);
@@ -488,7 +493,7 @@ mod tests {
         ingestor.stop();
         drop(store);
 
-        let store = Store::open(dir.path(), &options).expect("reopen");
+        let store = Store::open(dir.path(), &test_options()).expect("reopen");
         assert_eq!(seen, node_chunks(&store), "what readers saw after the failure (chunk {fails_at}) is the rebuild's");
         assert_eq!(store.log_head(user).expect("head").n_listens, 40, "every acknowledged listen kept");
         let chart =
