@@ -32,6 +32,7 @@ pub mod identity;
 pub mod import;
 pub mod listenbrainz_json;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod p2p;

@@ -805,6 +805,13 @@ fn community(
         store.flush()?;
         drop(store);
         let secs = started.elapsed().as_secs_f64();
+        let before = status_kib("VmRSS");
+        crate::memory::give_back();
+        println!(
+            "RSS after the import, its store closed: {:.0} MiB, {:.0} MiB after giving freed memory back",
+            before as f64 / 1024.0,
+            status_kib("VmRSS") as f64 / 1024.0
+        );
         let total = n_users * per_user;
         let times = times.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let tenth = (times.len() / 10).max(1);

@@ -333,6 +333,10 @@ impl Writer {
                     );
                     self.pending_node_pairs = 0;
                     self.last_node_persist = std::time::Instant::now();
+                    if node_pairs >= GIVE_BACK_AFTER_PAIRS {
+                        // The pending maps just freed are hundreds of MiB in an import.
+                        crate::memory::give_back();
+                    }
                 }
                 Err(e) => self.poison("storing the node statistics", &e),
             }

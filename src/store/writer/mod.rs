@@ -347,6 +347,12 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// stores of 1–9 s (import 258 s, importing process 1,268 MiB at its peak), 16M nine
 /// (192 s, 1,363 MiB) (`bench community`, docs/ARCHITECTURE.md).
 const NODE_HOT_MAX_PAIRS: usize = 16_000_000;
+
+/// Node changes stored at once past which the writer gives freed memory back to the
+/// system afterwards (`memory::give_back`): a store that large freed pending maps of
+/// tens of MiB or more; smaller ones (the minute's store of a node at rest) are not
+/// worth the walk over the heap.
+const GIVE_BACK_AFTER_PAIRS: usize = 1 << 20;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
