@@ -45,7 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::delta::merged;
+use super::delta::{merged, narrow};
 use super::*;
 use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
@@ -268,15 +268,18 @@ impl Unit<'_> {
                     let counts = &mut e.counts[k];
                     counts.reserve(run.len());
                     for &(item, by) in run {
-                        e.total += by;
-                        *counts.entry(item).or_default() += by;
+                        let by = narrow(by);
+                        e.total += i64::from(by);
+                        let n = counts.entry(item).or_default();
+                        *n = n.saturating_add(by);
                     }
                 }
             }
         };
         let totals = out.entry(node_key(WHAT_TOTALS, g, n, 0)).or_default();
         totals.total += ta - tb;
-        *totals.counts[0].entry(0).or_default() += listeners_total;
+        let all = totals.counts[0].entry(0).or_default();
+        *all = all.saturating_add(narrow(listeners_total));
         put(out, WHAT_LISTENS, &listens);
         put(out, WHAT_LISTENERS, &listeners);
         if g == BUCKET_ALL {
@@ -1193,9 +1196,9 @@ mod tests {
             for (k, counts) in d.counts.iter().enumerate() {
                 for (item, by) in counts {
                     assert_eq!(chunk, chunk_of(g, *item), "item {item} of granularity {g} in chunk {chunk}");
-                    sum += by;
+                    sum += i64::from(*by);
                     if k == 1 {
-                        *seen.entry((what, g)).or_default().entry(*item).or_default() += by;
+                        *seen.entry((what, g)).or_default().entry(*item).or_default() += i64::from(*by);
                     }
                 }
             }

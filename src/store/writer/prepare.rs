@@ -348,7 +348,7 @@ impl Writer {
     }
 
     /// Adds (`delta` = 1) or removes (-1) a listen to the user's statistics buckets.
-    pub(super) fn count(&mut self, group: &mut Group, user: UserId, at: i64, track: u32, delta: i64) -> Result<()> {
+    pub(super) fn count(&mut self, group: &mut Group, user: UserId, at: i64, track: u32, delta: i32) -> Result<()> {
         let tz = &self.users.get(&user).ok_or(Error::WriterGone)?.tz;
         let placement = place(user, at, tz);
         if self.dict.known_credits(track).is_none() {
