@@ -43,10 +43,10 @@ pub const MIGRATIONS: &[Migration] = &[
         run: nothing_to_fill,
     },
     Migration { to: 11, name: "add the community result trees (created empty on open)", run: nothing_to_fill },
-    // 12 built the node buckets (`node_stats`); 13 builds them again in its chunks, so a
-    // store still below 12 builds them once, in 13.
+    // 12 built the node buckets (`node_stats`), 13 built them again in chunks sized by
+    // granularity and 20 in wider chunks, so a store below 20 builds them once, in 20.
     Migration { to: 12, name: "node statistics from the public members' buckets", run: nothing_to_fill },
-    Migration { to: 13, name: "node statistics in chunks sized by granularity", run: node_stats },
+    Migration { to: 13, name: "node statistics in chunks sized by granularity", run: nothing_to_fill },
     Migration {
         to: 14,
         name: "bucket counts with delta-coded ids (version 1 values read as they are)",
@@ -73,12 +73,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "item names stored as places in their tracks' names (version 1 chunks read as they are)",
         run: nothing_to_fill,
     },
+    Migration { to: 20, name: "node statistics in wider chunks for weeks, months and years", run: node_stats },
 ];
 
 /// 11 -> 12: node buckets (`store::aggregates::node`) from the stored user buckets;
 /// a recount after an unclean stop runs after the migrations and moves them on.
-/// 12 -> 13: the same, with the chunks of week, month and year buckets spanning more
-/// item ids (`node::chunk_shift`); the rebuild removes every node bucket first.
+/// 19 -> 20 (and 12 -> 13 before it): the same, with the chunks of week, month and year
+/// buckets spanning more item ids (`node::chunk_shift`); the rebuild removes every node
+/// bucket first.
 fn node_stats(store: &Store) -> Result<()> {
     store.rebuild_node_stats()
 }

@@ -7,7 +7,7 @@
 //! migration to `migrate::MIGRATIONS`.
 
 /// The layout version this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 19;
+pub const SCHEMA_VERSION: u32 = 20;
 
 /// `meta`: `name (ASCII)` -> value.
 /// Keys: `schema_version` -> u32 BE; `next_user_id`, `next_token_id`, `next_track_id`,
@@ -104,8 +104,9 @@ pub const TRACKCHUNK_CREDITS: &str = "trackchunk_credits";
 /// (`store::aggregates::node`): `0xFF ‖ what u8 (0 listens, 1 listeners, 2 stored-name
 /// listeners, 3 totals) ‖ granularity u8 (1 month, 2 year, 3 ISO week numbered by its
 /// Monday's day number, 4 all time numbered 0) ‖ number (i32 + 2^31) ‖ chunk u16 (item
-/// id / 256 for all time, / 1,024 for years, / 4,096 for months, / 8,192 for weeks, since
-/// schema 13; / 256 for all in 12)`; no account's id starts with 0xFF.
+/// id / 256 for all time, / 2,048 for years, / 16,384 for months, / 32,768 for weeks,
+/// since schema 20; / 1,024, / 4,096 and / 8,192 in 13–19; / 256 for all in 12)`; no
+/// account's id starts with 0xFF.
 pub const USERID_BUCKET_COUNTS: &str = "userid_bucket_counts";
 
 /// `userid_statsmark`: `user id u32` -> `seq u64 BE`: every log entry before this seq is

@@ -757,14 +757,14 @@ fn node_statistics_equal_the_members_charts_and_a_rebuild() {
             t.store.set_visibility(u, SharingLevel::Public).expect("public");
         }
         if seed % 2 == 0 {
-            // A member outside the node chart first plays 8,190 items of their own, so
-            // the members' items get ids on both sides of 8,192, a chunk boundary at
-            // every granularity (chunks of 256, 1,024, 4,096 and 8,192 ids): node
+            // A member outside the node chart first plays 32,766 items of their own, so
+            // the members' items get ids on both sides of 32,768, a chunk boundary at
+            // every granularity (chunks of 256, 2,048, 16,384 and 32,768 ids): node
             // buckets then have chunks other than the first, and one member's change
             // touches two chunks of the same bucket.
             let filler = t.store.create_user("filler", "password1", NOW).expect("user").id;
             let plays =
-                (0..8_190).map(|i| Action::Listen(listen(&format!("Artist {i}"), "Song", NOW - 4_000 * 86_400 + i)));
+                (0..32_766).map(|i| Action::Listen(listen(&format!("Artist {i}"), "Song", NOW - 4_000 * 86_400 + i)));
             t.ingestor.ingest_blocking(filler, plays.collect()).expect("filler");
         }
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -973,9 +973,10 @@ fn one_items_node_row_read_alone_is_its_row_of_the_chart() {
     assert_eq!(rt.block_on(t.ingestor.item_id(Kind::Recording, "Creep", Some("Nobody"))).expect("writer"), None);
 }
 
-/// Schema 12 builds the node buckets of a store that had none from its user buckets.
+/// Schema 20 (12 and 13 before it) builds the node buckets of a store that had none
+/// from its user buckets, and rebuilds those of a store with chunks of another span.
 #[test]
-fn the_schema_12_and_13_migrations_build_the_node_statistics() {
+fn the_node_statistics_migrations_build_the_node_statistics() {
     use hearsay::store::users::SharingLevel;
     let t = TestStore::new();
     let day = NOW - 86_400;
@@ -990,9 +991,10 @@ fn the_schema_12_and_13_migrations_build_the_node_statistics() {
     assert_eq!(chart(&t.store), [("A".to_owned(), 2, 3), ("B".to_owned(), 1, 1)]);
     let dir = t.close();
     // From 11: no node buckets at all. From 12: node buckets chunked by 256 item ids
-    // in every granularity, so a week's chunk 1 (ids 256..511) may exist, which 13
-    // keeps in chunk 0 (ids below 8,192): the migration must remove it.
-    for from in [11u32, 12] {
+    // in every granularity, so a week's chunk 1 (ids 256..511) may exist; from 19, by
+    // 8,192 ids in weeks (chunk 1: ids 8,192..16,383); 20 keeps both in chunk 0 (ids
+    // below 32,768): the migration must remove it.
+    for from in [11u32, 12, 19] {
         let store = Store::open(dir.path(), &Options { cache_mb: 8, ..Default::default() }).expect("open");
         let before = node_bucket_bytes(&store);
         assert!(!before.is_empty());

@@ -75,14 +75,18 @@ const WHAT_TOTALS: u8 = 3;
 /// change touches stays cheap. Weeks and months hold few of the node's items (at 1,000
 /// members a 256-id chunk of a week held 42 bytes on average, and week and month
 /// chunks were 610k of the 647k values of `userid_bucket_counts`), all time most of
-/// them; the spans make chunks of about a kilobyte at 1,000 members.
+/// them. Schema 13's spans (1,024, 4,096 and 8,192 ids for years, months and weeks)
+/// made chunks of about a kilobyte at 1,000 members, but at 10,000 members, whose
+/// 1.8M recordings spread each week's few listens thin, week and month chunks held 280
+/// and 450 bytes and were 320k of the node's 376k chunks; an import's store rewrites
+/// most of them. Since schema 20 they span four times more ids (years twice).
 fn chunk_shift(granularity: u8) -> u32 {
     match granularity {
         BUCKET_ALL => 8,
-        BUCKET_YEAR => 10,
-        BUCKET_MONTH => 12,
+        BUCKET_YEAR => 11,
+        BUCKET_MONTH => 14,
         // BUCKET_WEEK: node buckets have no other granularity.
-        _ => 13,
+        _ => 15,
     }
 }
 
@@ -1165,13 +1169,13 @@ impl NodeBucket {
 mod tests {
     use super::*;
 
-    /// One user's change whose items straddle chunk boundaries (8,192 is one at every
+    /// One user's change whose items straddle chunk boundaries (32,768 is one at every
     /// granularity) lands each item in its own chunk, with each chunk's total the sum
     /// of its counts, for the week, month, year and all-time node buckets.
     #[test]
     fn a_change_lands_each_item_in_its_own_chunk() {
         let user = UserId(7);
-        let items: Vec<u32> = vec![3, 255, 256, 1_023, 1_024, 4_095, 4_096, 8_190, 8_191, 8_192, 8_193, 70_000];
+        let items: Vec<u32> = vec![3, 255, 256, 2_047, 2_048, 16_383, 16_384, 32_766, 32_767, 32_768, 32_769, 140_000];
         let agg = |n: u32| AggV2 {
             total: n * u32::try_from(items.len()).unwrap_or(0),
             counts: [0, 1, 2].map(|_| items.iter().map(|i| (*i, n)).collect()),
@@ -1228,7 +1232,7 @@ mod tests {
 
     #[test]
     fn a_chunk_spans_the_ids_of_its_granularity() {
-        for (g, span) in [(BUCKET_ALL, 256u32), (BUCKET_YEAR, 1_024), (BUCKET_MONTH, 4_096), (BUCKET_WEEK, 8_192)] {
+        for (g, span) in [(BUCKET_ALL, 256u32), (BUCKET_YEAR, 2_048), (BUCKET_MONTH, 16_384), (BUCKET_WEEK, 32_768)] {
             assert_eq!((chunk_of(g, 0), chunk_of(g, span - 1), chunk_of(g, span)), (0, 0, 1), "granularity {g}");
             assert_eq!(chunk_of(g, 5 * span + 7), 5);
         }
