@@ -345,8 +345,10 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// the node's chunks whatever their number (an import's members span every week), so
 /// this bound sets how often a bulk import pays for it: at 10,000 members 8M gave 15
 /// stores of 1–9 s (import 258 s, importing process 1,268 MiB at its peak), 16M nine
-/// (192 s, 1,363 MiB) (`bench community`, docs/ARCHITECTURE.md).
-const NODE_HOT_MAX_PAIRS: usize = 16_000_000;
+/// (192 s, 1,363 MiB) (`bench community`, docs/ARCHITECTURE.md). Since changes are
+/// `i32` and chunks wider (schema 20) stores cost 1–5 s: 16M gave a 169 s import and a
+/// 515 MiB peak, 12M 172.5 s and 482 MiB.
+const NODE_HOT_MAX_PAIRS: usize = 12_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
 /// system afterwards (`memory::give_back`): a store that large freed pending maps of
