@@ -17,9 +17,9 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 /// holds tens of thousands of items, so inserting listens one by one into its sorted
 /// lists would cost a copy of the list each.
 ///
-/// Each item's change is an `i32`: the node's pending changes hold up to 16M of them
-/// (`NODE_HOT_MAX_PAIRS`), and 8-byte entries instead of 16 took ~150 MiB off an
-/// import's peak (722 → 570 MiB at 10,000 members). A change is a count of listens (or
+/// Each item's change is an `i32`: the node's pending changes hold up to 12M of them
+/// (`NODE_HOT_MAX_PAIRS`; 16M when measured), and 8-byte entries instead of 16 took ~150
+/// MiB off an import's peak (722 → 570 MiB at 10,000 members). A change is a count of listens (or
 /// listeners) gained or lost between two stores; stored counts are `u32`, clamped at 0
 /// and `u32::MAX` when merged, and a change past `i32`'s range (over two billion listens
 /// of one item between two stores) saturates there (`narrow`), as no node reaches.
