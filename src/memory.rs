@@ -18,12 +18,17 @@
 /// - At most one arena per core (at least two), against glibc's eight per core. A thread
 ///   that finds its arena busy gets another, so which arenas hold what depends on timing,
 ///   and each keeps its own freed memory: the first node serving reads on a store no
-///   process had read yet (cold disk, slower reads, more overlap) peaked at 565–573 MiB,
+///   process had read yet (cold disk, slower reads, more overlap) peaked at 565–593 MiB,
 ///   later ones at 480; with two arenas 465, and the import's peak fell from 1,077 to
 ///   877 MiB at the same speed.
 ///
-/// Call it first thing in `main`, before any thread exists.
-pub fn tune() {
+/// # Safety
+///
+/// Call it first thing in `main`, before any other thread exists: glibc documents
+/// `mallopt` as MT-Unsafe (it writes the allocator's global parameters, which other
+/// threads' allocations read without a lock).
+#[allow(unsafe_code)]
+pub unsafe fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
@@ -39,9 +44,10 @@ pub fn tune() {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set(param: i32, value: i32) {
-    // SAFETY: `mallopt` takes two integers and has no memory-safety preconditions; glibc
-    // documents it as MT-Safe (it takes the arenas' locks). Its result (0 on failure)
-    // only says whether the setting took: failing leaves glibc's default, which is safe.
+    // SAFETY: only called from `tune`, whose contract is that no other thread exists
+    // yet, so nothing allocates while glibc's parameters change (`mallopt` is
+    // MT-Unsafe). It takes two integers and has no other precondition; its result (0 on
+    // failure) only says whether the setting took: failing leaves glibc's default.
     #[allow(unsafe_code)]
     let _ = unsafe { libc::mallopt(param, value) };
 }

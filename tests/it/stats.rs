@@ -1027,7 +1027,8 @@ fn the_node_statistics_migrations_build_the_node_statistics() {
 /// without dedupe keys (`DayV3`), schema 17 tracks without them (`TrackChunkV2`),
 /// schema 18 track credits with delta-coded ids (`CreditChunkV2`). A
 /// store written by schema 13 (version 1 values, absolute ids and times, day items and
-/// tracks with keys, here keys that are not the tracks') opens without a rewrite; every chart,
+/// tracks with keys, here keys that are not the tracks') opens without a rewrite of
+/// them (schema 20 rebuilds only the node buckets, from the version 1 user buckets); every chart,
 /// history, log verification and duplicate check reads the same; and what a new listen
 /// changes is stored in the current version beside the version 1 values still read as
 /// they are.

@@ -20,7 +20,7 @@
 //! while a rebuild runs, `meta` holds `NODE_STALE` and an open rebuilds them from the
 //! user buckets: otherwise stored node buckets match the stored user buckets.
 //! A key is `0xFF ‖ what u8 ‖ granularity u8 ‖ number (i32 + 2^31) ‖ chunk u16`: each
-//! bucket is split into chunks of item ids (256 for all time, up to 8,192 for weeks:
+//! bucket is split into chunks of item ids (256 for all time, up to 32,768 for weeks:
 //! `chunk_shift`), so a change rewrites only the few small chunks holding the items it
 //! touched, never a whole all-time chart
 //! (at 10,000 members a megabyte, every few seconds), and a chart reads its chunks in
@@ -57,7 +57,7 @@ use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
 pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 
 /// (item, change) pairs `Store::rebuild_node_stats` holds before it merges them into
-/// the stored chunks (about 40 bytes each in its maps).
+/// the stored chunks (about 14 bytes each in its maps since changes are `i32`).
 const REBUILD_PAIRS: usize = 2_000_000;
 
 /// Node chunks `Store::put_node_chunks` writes between two flushes.
@@ -589,7 +589,11 @@ impl Store {
             }
         }
         spill(&mut pending)?;
+        drop(pending);
         self.node_changed(None::<&[[u8; 9]]>);
+        // A rebuild runs inside a serving node's open (a migration, a crash's stale
+        // node statistics): what its maps freed would otherwise stay resident.
+        crate::memory::give_back();
         self.clear_node_stale()
     }
 
