@@ -20,9 +20,10 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 /// Each item's change is an `i32`: the node's pending changes hold up to 12M of them
 /// (`NODE_HOT_MAX_PAIRS`; 16M when measured), and 8-byte entries instead of 16 took ~150
 /// MiB off an import's peak (the process's peak 725 → 573 MiB at 10,000 members). A
-/// change is a count of listens (or listeners) gained or lost between two stores; stored counts are `u32`, clamped at 0
-/// and `u32::MAX` when merged, and a change past `i32`'s range (over two billion listens
-/// of one item between two stores) saturates there (`narrow`), as no node reaches.
+/// change is a count of listens (or listeners) gained or lost between two stores;
+/// stored counts are `u32`, clamped at 0 and `u32::MAX` when merged, and a change past
+/// `i32`'s range (over two billion listens of one item between two stores) saturates
+/// there (`narrow`), as no node reaches.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Delta {
     pub(super) total: i64,
