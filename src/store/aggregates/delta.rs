@@ -36,19 +36,23 @@ pub(crate) fn narrow(n: i64) -> i32 {
     i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX })
 }
 
+/// Adds `by` to the change of `key`, saturating (see `Delta`).
+pub(crate) fn bump<K: std::hash::Hash + Eq>(changes: &mut FastMap<K, i32>, key: K, by: i32) {
+    let n = changes.entry(key).or_default();
+    *n = n.saturating_add(by);
+}
+
 impl Delta {
     /// Adds another change of the same bucket to this one.
     pub(crate) fn absorb(&mut self, other: &Delta) {
         self.total += other.total;
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             for (item, by) in theirs {
-                let n = mine.entry(*item).or_default();
-                *n = n.saturating_add(*by);
+                bump(mine, *item, *by);
             }
         }
         for (slot, by) in &other.hours {
-            let n = self.hours.entry(*slot).or_default();
-            *n = n.saturating_add(*by);
+            bump(&mut self.hours, *slot, *by);
         }
     }
 
@@ -112,20 +116,15 @@ impl Delta {
     /// Adds (`delta` = 1) or removes (-1) one listen with `credits`.
     pub fn add(&mut self, credits: Credited<'_>, delta: i32, hours: Option<(u16, u8)>) {
         self.total += i64::from(delta);
-        let bump = |counts: &mut FastMap<u32, i32>, item: u32| {
-            let n = counts.entry(item).or_default();
-            *n = n.saturating_add(delta);
-        };
         for &a in credits.artists {
-            bump(&mut self.counts[Kind::Artist.index()], a);
+            bump(&mut self.counts[Kind::Artist.index()], a, delta);
         }
-        bump(&mut self.counts[Kind::Recording.index()], credits.recording);
+        bump(&mut self.counts[Kind::Recording.index()], credits.recording, delta);
         if let Some(r) = credits.release {
-            bump(&mut self.counts[Kind::Release.index()], r);
+            bump(&mut self.counts[Kind::Release.index()], r, delta);
         }
         if let Some(slot) = hours {
-            let n = self.hours.entry(slot).or_default();
-            *n = n.saturating_add(delta);
+            bump(&mut self.hours, slot, delta);
         }
     }
 }

@@ -45,7 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::delta::{merged, narrow};
+use super::delta::{bump, merged, narrow};
 use super::*;
 use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
@@ -274,16 +274,14 @@ impl Unit<'_> {
                     for &(item, by) in run {
                         let by = narrow(by);
                         e.total += i64::from(by);
-                        let n = counts.entry(item).or_default();
-                        *n = n.saturating_add(by);
+                        bump(counts, item, by);
                     }
                 }
             }
         };
         let totals = out.entry(node_key(WHAT_TOTALS, g, n, 0)).or_default();
         totals.total += ta - tb;
-        let all = totals.counts[0].entry(0).or_default();
-        *all = all.saturating_add(narrow(listeners_total));
+        bump(&mut totals.counts[0], 0, narrow(listeners_total));
         put(out, WHAT_LISTENS, &listens);
         put(out, WHAT_LISTENERS, &listeners);
         if g == BUCKET_ALL {

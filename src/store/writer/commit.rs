@@ -322,31 +322,33 @@ impl Writer {
         // listens are stored); the store refuses writes from now on, memory keeps the
         // changes not stored (readers see them), and the next open rebuilds the node
         // buckets (`node_stale` is still set).
-        if store_node && node_held {
-            let started = std::time::Instant::now();
-            match self.store.store_node_changes().and_then(|()| self.store.clear_node_stale()) {
-                Ok(()) => {
-                    tracing::debug!(
-                        pairs = node_pairs,
-                        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                        "node statistics stored"
-                    );
-                    self.pending_node_pairs = 0;
-                    self.last_node_persist = std::time::Instant::now();
-                    if node_pairs >= GIVE_BACK_AFTER_PAIRS {
-                        // The pending maps just freed are hundreds of MiB in an import.
-                        crate::memory::give_back();
-                    }
-                }
-                Err(e) => self.poison("storing the node statistics", &e),
-            }
-        } else if store_node {
-            self.pending_node_pairs = 0;
-            self.last_node_persist = std::time::Instant::now();
-        }
-        // After a store of node chunks every node bucket kept from chunks goes (the
-        // stored chunks changed where this group did not; their sums did not).
         if store_node {
+            let started = std::time::Instant::now();
+            let stored = !node_held
+                || match self.store.store_node_changes().and_then(|()| self.store.clear_node_stale()) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            pairs = node_pairs,
+                            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                            "node statistics stored"
+                        );
+                        if node_pairs >= GIVE_BACK_AFTER_PAIRS {
+                            // The pending maps just freed are hundreds of MiB in an import.
+                            crate::memory::give_back();
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        self.poison("storing the node statistics", &e);
+                        false
+                    }
+                };
+            if stored {
+                self.pending_node_pairs = 0;
+                self.last_node_persist = std::time::Instant::now();
+            }
+            // After a store of node chunks every node bucket kept from chunks goes (the
+            // stored chunks changed where this group did not; their sums did not).
             self.store.node_group_changed(None::<&[u8; 9]>, &BTreeSet::new(), true);
         }
         if !group.heads.is_empty() {
