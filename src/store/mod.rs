@@ -220,6 +220,11 @@ pub(crate) struct Faults {
     /// The writer stores every group's statistics, the node's included (as it does
     /// every `NODE_PERSIST_EVERY`).
     pub store_node_each_group: std::sync::atomic::AtomicBool,
+    /// The writer's node chunks are due with every group and stored by a background
+    /// pass however few changes are pending (as a bulk import's are).
+    pub store_node_in_background_each_group: std::sync::atomic::AtomicBool,
+    /// A background pass of node chunks, once it stored them, waits while this is set.
+    pub hold_node_store: std::sync::atomic::AtomicBool,
 }
 
 /// Buckets newer than their stored copy.

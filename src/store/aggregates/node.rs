@@ -63,6 +63,12 @@ const REBUILD_PAIRS: usize = 2_000_000;
 /// Node chunks `Store::put_node_chunks` writes between two flushes.
 const CHUNKS_PER_FLUSH: usize = 10_000;
 
+/// Node chunks `Store::store_node_changes` writes under one taking of the pending
+/// changes' lock, which every reader of node buckets takes, the writer's node changes
+/// included: 64 made a background pass of the 10,000-member import hold the writer
+/// (imports of 166 and 174 s against 150 with one; `bench community`).
+const CHUNKS_PER_LOCK: usize = 1;
+
 /// The first user id a node bucket key would read as; accounts get lower ids.
 pub(crate) const FIRST_NODE_ID: u32 = 0xFF00_0000;
 const WHAT_LISTENS: u8 = 0;
@@ -104,12 +110,71 @@ fn chunk_of(granularity: u8, item: u32) -> u16 {
     u16::try_from(item >> chunk_shift(granularity)).unwrap_or(u16::MAX)
 }
 
+/// The copies of a node bucket's chunks one reader took at once (`Store::node_copies`):
+/// stored, in the memory copy (newer), and their pending changes.
+struct Copies {
+    stored: Vec<(sled::IVec, sled::IVec)>,
+    in_memory: Vec<([u8; 9], Arc<AggV2>)>,
+    changes: Vec<([u8; 9], Delta)>,
+}
+
+/// Each chunk of `copies` in key order, its newest copy with its pending change merged,
+/// given to `f` one at a time (one decoded at a time); what `f` returns, in order.
+fn merged_copies<T>(copies: Copies, mut f: impl FnMut([u8; 9], Arc<AggV2>) -> Result<Option<T>>) -> Result<Vec<T>> {
+    enum Copy {
+        Stored(sled::IVec),
+        InMemory(Arc<AggV2>),
+    }
+    let mut chunks: BTreeMap<[u8; 9], (Option<Copy>, Option<Delta>)> = BTreeMap::new();
+    for (k, v) in copies.stored {
+        let key = <[u8; 9]>::try_from(k.as_ref())
+            .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
+        chunks.entry(key).or_default().0 = Some(Copy::Stored(v));
+    }
+    for (k, a) in copies.in_memory {
+        chunks.entry(k).or_default().0 = Some(Copy::InMemory(a));
+    }
+    for (k, d) in copies.changes {
+        chunks.entry(k).or_default().1 = Some(d);
+    }
+    let mut out = Vec::new();
+    for (k, (copy, change)) in chunks {
+        let base = match copy {
+            None => None,
+            Some(Copy::InMemory(a)) => Some(a),
+            Some(Copy::Stored(v)) => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, &k, &v)?)),
+        };
+        let agg = match change {
+            Some(d) => Arc::new(merged(base.as_deref(), &d)),
+            None => match base {
+                Some(a) => a,
+                None => continue,
+            },
+        };
+        out.extend(f(k, agg)?);
+    }
+    Ok(out)
+}
+
+/// The counts of kind index `kind` in `copies` (a bucket's chunks, or one), in item
+/// order: one chunk is decoded at a time and only `kind`'s counts kept. The all-time
+/// bucket of a 10,000-member node holds 1.8M recordings, and assembling all three kinds
+/// of every chunk at once took about 90 MB more at the peak of a cold all-time chart.
+fn counts_of(copies: Copies, kind: usize) -> Result<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    merged_copies(copies, |_, agg| {
+        out.extend_from_slice(agg.counts.get(kind).map_or(&[][..], Vec::as_slice));
+        Ok(None::<()>)
+    })?;
+    Ok(out)
+}
+
 /// Changes of node buckets not yet merged into them, by chunk key: each writer group's
 /// and a sharing-level change's (the user's whole contribution: O(the user's buckets),
 /// no read of the node's chunks). Readers of node buckets add them (`Store::bucket`,
 /// `node_chunks`). Only the writer thread adds to them. A store of node buckets merges
 /// them into the stored chunks one chunk at a time, each written and dropped from here
-/// under both locks (`Store::store_node_changes`).
+/// under this lock (`Store::store_node_changes`).
 pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
 
 /// A bucket as a write: stored while it counts anything, else removed.
@@ -610,11 +675,16 @@ impl Store {
     /// Stores the node's changes: every pending change (`node_pending`) and every node
     /// bucket the memory copy holds (a recount's) merged into its stored chunk, one
     /// chunk at a time in key order, each chunk written and dropped from memory under
-    /// both locks (in the order readers take them), so a reader sees a chunk's change
-    /// either pending over the old chunk or in the new one, never neither nor both.
-    /// Flushed every `CHUNKS_PER_FLUSH` and at the end. By the writer thread, or with
-    /// none running: nothing else adds changes meanwhile. Callers have set `NODE_STALE`
-    /// durably before (`put_node_chunks`).
+    /// the pending changes' write lock (and the memory copy's, before it, when that
+    /// holds the chunk), which every reader of node buckets takes to read, so a reader
+    /// sees a chunk's change either pending over the old chunk or in the new one, never
+    /// neither nor both.
+    /// `CHUNKS_PER_LOCK` chunks per taking of the locks; flushed every `CHUNKS_PER_FLUSH`
+    /// and at the end. By the writer thread, its background pass (one at a time), or
+    /// with none running. The writer may add changes meanwhile: one added before its
+    /// chunk is written is taken with it, later ones (and chunks new since the pass
+    /// began) stay pending for the next store. Callers have set `NODE_STALE` durably
+    /// before (`put_node_chunks`).
     ///
     /// One chunk at a time, not all merged first: the 10,000-member node of `bench
     /// community` has 376k node chunks, an import's store rewrites most of them, and
@@ -634,38 +704,55 @@ impl Store {
             keys
         };
         let tree = &self.trees.userid_bucket_counts;
-        for (i, k) in keys.iter().enumerate() {
-            #[cfg(test)]
-            let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
-            #[cfg(not(test))]
-            let fails = false;
-            // Read and decoded outside the locks (only this thread writes node chunks),
+        let poisoned = || Error::Invalid("node changes poisoned".into());
+        let mut done = 0usize;
+        for batch in keys.chunks(CHUNKS_PER_LOCK) {
+            // Read and decoded outside the locks (only this pass writes node chunks),
             // unless the memory copy holds a newer one (after a recount).
-            let held = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?.contains_key(k);
-            let stored = match tree.get(k)? {
-                Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
-                _ => None,
+            let held: Vec<bool> = {
+                let hot = self.hot.read().map_err(|_| poisoned())?;
+                batch.iter().map(|k| hot.contains_key(k)).collect()
             };
-            let mut hot = self.hot.write().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
-            let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
-            let held = hot.remove(k);
-            let change = pending.remove(k).unwrap_or_default();
-            let agg = merged(held.as_deref().or(stored.as_deref()), &change);
-            let written = match agg.total > 0 {
-                _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
-                true => tree.insert(k, encode(&agg)).map(drop),
-                false => tree.remove(k).map(drop),
+            let mut stored = Vec::with_capacity(batch.len());
+            for (k, held) in batch.iter().zip(&held) {
+                stored.push(match tree.get(k)? {
+                    Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
+                    _ => None,
+                });
+            }
+            // The memory copy's lock only for chunks it holds (a recount's, with no writer
+            // running): it is the lock of every user bucket the writer reads, and a node
+            // reader also takes the pending changes' lock, held here for every chunk.
+            let mut hot = match held.contains(&true) {
+                true => Some(self.hot.write().map_err(|_| poisoned())?),
+                false => None,
             };
-            if let Err(e) = written {
-                if let Some(held) = held {
-                    hot.insert(*k, held);
+            let mut pending = self.node_pending.write().map_err(|_| poisoned())?;
+            for (k, stored) in batch.iter().zip(stored) {
+                #[cfg(test)]
+                let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == done + 1;
+                #[cfg(not(test))]
+                let fails = false;
+                let held = hot.as_mut().and_then(|hot| hot.remove(k));
+                let change = pending.remove(k).unwrap_or_default();
+                let agg = merged(held.as_deref().or(stored.as_deref()), &change);
+                let written = match agg.total > 0 {
+                    _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
+                    true => tree.insert(k, encode(&agg)).map(drop),
+                    false => tree.remove(k).map(drop),
+                };
+                if let Err(e) = written {
+                    if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
+                        hot.insert(*k, held);
+                    }
+                    pending.insert(*k, change);
+                    return Err(e.into());
                 }
-                pending.insert(*k, change);
-                return Err(e.into());
+                done += 1;
             }
             drop(pending);
             drop(hot);
-            if i % CHUNKS_PER_FLUSH == CHUNKS_PER_FLUSH - 1 {
+            if done / CHUNKS_PER_FLUSH != (done - batch.len()) / CHUNKS_PER_FLUSH {
                 self.flush()?;
             }
         }
@@ -684,34 +771,28 @@ impl Store {
         self.flush()
     }
 
-    /// The counts of `kind` in every chunk of one node bucket, in item order: the stored
-    /// chunks with the newer copies in memory over them. One chunk is decoded at a time
-    /// and only `kind`'s counts kept: the all-time bucket of a 10,000-member node holds
-    /// 1.8M recordings, and assembling all three kinds of every chunk at once took about
-    /// 90 MB more at the peak of a cold all-time chart.
-    /// With `only`, the one chunk of that number.
-    fn node_chunks(
+    /// The copies of the node buckets `reads` names (`what`, and `Some` chunk or all) of
+    /// one period, all read under one taking of both locks (in the order every reader
+    /// takes them): the stored chunks, the memory copy's and the pending changes. A
+    /// store writes each chunk and drops its change under the write lock
+    /// (`store_node_changes`), so each change is seen once; and the writer adds a
+    /// group's changes under it, so what one answer puts side by side (a bucket's
+    /// total and its rows) is of one moment. Decoded and merged by the caller, after:
+    /// a writer waiting for the lock stops every reader queued behind it.
+    fn node_copies<const N: usize>(
         &self,
-        what: u8,
+        reads: [(u8, Option<u16>); N],
         granularity: u8,
         number: i32,
-        kind: usize,
-        only: Option<u16>,
-    ) -> Result<Vec<(u32, u32)>> {
-        let (first, last) = only.map_or((0, u16::MAX), |c| (c, c));
-        let whole = node_key(what, granularity, number, first);
-        let prefix = &whole[..7];
-        // The stored chunks, the memory copy's and the pending changes read under both
-        // locks (in the order every reader takes them): the writer stores chunks one by
-        // one, each written and its change dropped from memory under the write locks
-        // (`store_node_changes`), so each change is seen once. Decoded and merged after:
-        // a writer waiting for the lock stops every reader queued behind it.
-        let (stored, in_memory, changes) = {
-            let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
-            let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+    ) -> Result<[Copies; N]> {
+        let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
+        let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
+        let copies = reads.into_iter().map(|(what, only)| -> Result<Copies> {
+            let (first, last) = only.map_or((0, u16::MAX), |c| (c, c));
+            let whole = node_key(what, granularity, number, first);
+            let prefix = &whole[..7];
             // One chunk: point reads (a scan of the memory copy is O(its buckets)).
-            type Copies = (Vec<(sled::IVec, sled::IVec)>, Vec<([u8; 9], Arc<AggV2>)>);
-            let (stored, in_memory): Copies = match only {
+            let (stored, in_memory) = match only {
                 Some(_) => (
                     self.trees
                         .userid_bucket_counts
@@ -727,43 +808,11 @@ impl Store {
                 ),
             };
             let (from, to) = (node_key(what, granularity, number, first), node_key(what, granularity, number, last));
-            let changes: Vec<([u8; 9], Delta)> = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
-            (stored, in_memory, changes)
-        };
-        // Per chunk: its newest copy (stored or in memory) and its pending change.
-        enum Copy {
-            Stored(sled::IVec),
-            InMemory(Arc<AggV2>),
-        }
-        let mut chunks: BTreeMap<[u8; 9], (Option<Copy>, Option<Delta>)> = BTreeMap::new();
-        for (k, v) in stored {
-            let key = <[u8; 9]>::try_from(k.as_ref())
-                .map_err(|_| Error::corrupt(schema::USERID_BUCKET_COUNTS, &k, "not a bucket key"))?;
-            chunks.entry(key).or_default().0 = Some(Copy::Stored(v));
-        }
-        for (k, a) in in_memory {
-            chunks.entry(k).or_default().0 = Some(Copy::InMemory(a));
-        }
-        for (k, d) in changes {
-            chunks.entry(k).or_default().1 = Some(d);
-        }
-        let mut out = Vec::new();
-        for (k, (copy, change)) in chunks {
-            let base = match copy {
-                None => None,
-                Some(Copy::InMemory(a)) => Some(a),
-                Some(Copy::Stored(v)) => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, &k, &v)?)),
-            };
-            let agg = match change {
-                Some(d) => Arc::new(merged(base.as_deref(), &d)),
-                None => match base {
-                    Some(a) => a,
-                    None => continue,
-                },
-            };
-            out.extend_from_slice(agg.counts.get(kind).map_or(&[][..], Vec::as_slice));
-        }
-        Ok(out)
+            let changes = pending.range(from..=to).map(|(k, d)| (*k, d.clone())).collect();
+            Ok(Copies { stored, in_memory, changes })
+        });
+        let copies = copies.collect::<Result<Vec<Copies>>>()?;
+        <[Copies; N]>::try_from(copies).map_err(|_| Error::Invalid("node copies: one per read".into()))
     }
 
     /// A node bucket's counts of one kind: listens per item, listeners per item, and the
@@ -777,10 +826,13 @@ impl Store {
             }
             cache.generation
         };
-        let totals = self.bucket(&node_key(WHAT_TOTALS, granularity, number, 0))?.unwrap_or_default();
+        // The totals and the rows of one moment (a chart's rows add up to its total).
+        let reads = [(WHAT_TOTALS, Some(0)), (WHAT_LISTENS, None), (WHAT_LISTENERS, None)];
+        let [totals, listens, listeners] = self.node_copies(reads, granularity, number)?;
+        let totals = merged_copies(totals, |_, agg| Ok(Some(agg)))?.pop().unwrap_or_default();
         let bucket = Arc::new(NodeBucket {
-            listens: self.node_chunks(WHAT_LISTENS, granularity, number, kind.index(), None)?,
-            listeners: self.node_chunks(WHAT_LISTENERS, granularity, number, kind.index(), None)?,
+            listens: counts_of(listens, kind.index())?,
+            listeners: counts_of(listeners, kind.index())?,
             total_listens: u64::from(totals.total),
             total_listeners: totals.counts[0].first().map_or(0, |c| u64::from(c.1)),
         });
@@ -802,11 +854,13 @@ impl Store {
     /// that holds it.
     pub(crate) fn node_item_counts(&self, kind: Kind, granularity: u8, number: i32, id: u32) -> Result<(u64, u64)> {
         let chunk = Some(chunk_of(granularity, id));
-        let count = |what| -> Result<u64> {
-            let counts = self.node_chunks(what, granularity, number, kind.index(), chunk)?;
+        let [listens, listeners] =
+            self.node_copies([(WHAT_LISTENS, chunk), (WHAT_LISTENERS, chunk)], granularity, number)?;
+        let count = |copies| -> Result<u64> {
+            let counts = counts_of(copies, kind.index())?;
             Ok(u64::try_from(count_in(&counts, id)).unwrap_or(0))
         };
-        Ok((count(WHAT_LISTENS)?, count(WHAT_LISTENERS)?))
+        Ok((count(listens)?, count(listeners)?))
     }
 
     /// The head of the node chart of one bucket and kind, at least `limit` rows (with

@@ -168,10 +168,23 @@ impl Writer {
         node_pairs = node_pairs.saturating_add(self.pending_node_pairs);
         #[cfg(test)]
         let persist = persist || self.store.faults.store_node_each_group.load(std::sync::atomic::Ordering::Relaxed);
-        let node_due =
-            persist || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY || node_pairs >= NODE_HOT_MAX_PAIRS;
-        let persist =
-            persist || group.has_delete || self.last_persist.elapsed() >= PERSIST_EVERY || hot_pairs >= HOT_MAX_PAIRS;
+        #[cfg(test)]
+        let each_group =
+            self.store.faults.store_node_in_background_each_group.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        let each_group = false;
+        // Asked by a caller that needs everything stored when `apply` returns (a backup,
+        // a deletion, a recount, the shutdown): the node chunks are stored on this thread.
+        let asked = persist;
+        let node_due = persist
+            || each_group
+            || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY
+            || node_pairs >= NODE_HOT_MAX_PAIRS;
+        let persist = persist
+            || each_group
+            || group.has_delete
+            || self.last_persist.elapsed() >= PERSIST_EVERY
+            || hot_pairs >= HOT_MAX_PAIRS;
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
@@ -181,6 +194,12 @@ impl Writer {
         // change held (the pending ones, this group's, a recount's memory copy) merged
         // into its stored chunk after the transaction (`Store::store_node_changes`).
         let store_node = persist && node_due;
+        // Many changes, not asked: stored by a background pass while the writer goes on.
+        let in_background = store_node && !asked && (each_group || node_pairs >= BACKGROUND_STORE_PAIRS);
+        // A store on this thread first waits for a background pass still running; while
+        // one runs, `NODE_STALE` stays set (its chunks are part written, and may hold
+        // changes of groups whose user buckets are not stored yet).
+        let storing = self.reap_node_store(store_node && !in_background);
         // Whether node changes are held in memory once the transaction commits.
         let mut node_held = !node.is_empty();
         if persist {
@@ -205,7 +224,7 @@ impl Writer {
             // written after the transaction (cleared once they are).
             if node_held {
                 ops.push((6, NODE_STALE.to_vec(), Some(Vec::new())));
-            } else if store_node {
+            } else if store_node && !storing {
                 ops.push((6, NODE_STALE.to_vec(), None));
             }
             for user in self.pending_users.union(&group_users) {
@@ -322,39 +341,106 @@ impl Writer {
         // listens are stored); the store refuses writes from now on, memory keeps the
         // changes not stored (readers see them), and the next open rebuilds the node
         // buckets (`node_stale` is still set).
-        if store_node {
-            let started = std::time::Instant::now();
-            let stored = !node_held
-                || match self.store.store_node_changes().and_then(|()| self.store.clear_node_stale()) {
-                    Ok(()) => {
-                        tracing::debug!(
-                            pairs = node_pairs,
-                            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                            "node statistics stored"
-                        );
-                        if node_pairs >= GIVE_BACK_AFTER_PAIRS {
-                            // The pending maps just freed are hundreds of MiB in an import.
-                            crate::memory::give_back();
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        self.poison("storing the node statistics", &e);
-                        false
-                    }
-                };
+        if in_background && node_held {
+            // `NODE_STALE` was set by the transaction above (`node_held`); the writer
+            // clears it in a later one, once no pass runs and nothing is held.
+            self.store_node_in_background(node_pairs);
+            self.pending_node_pairs = 0;
+            self.last_node_persist = std::time::Instant::now();
+        } else if store_node {
+            let stored = !node_held || store_node_pass(&self.store, node_pairs, true);
             if stored {
                 self.pending_node_pairs = 0;
                 self.last_node_persist = std::time::Instant::now();
             }
-            // After a store of node chunks every node bucket kept from chunks goes (the
-            // stored chunks changed where this group did not; their sums did not).
-            self.store.node_group_changed(None::<&[u8; 9]>, &BTreeSet::new(), true);
         }
         if !group.heads.is_empty() {
             self.store.people_changed();
         }
         Ok(())
+    }
+}
+
+/// Stores every node change held in memory (`Store::store_node_changes`), then, when
+/// `clear_stale` (the writer, right after a transaction that stored every user bucket,
+/// with no other pass running), clears `NODE_STALE`. A failure fails the store (the
+/// next open rebuilds the node statistics: `NODE_STALE` is still set). Whether it stored.
+fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool) -> bool {
+    let started = std::time::Instant::now();
+    let stored = store.store_node_changes().and_then(|()| if clear_stale { store.clear_node_stale() } else { Ok(()) });
+    let ok = match stored {
+        Ok(()) => {
+            tracing::debug!(
+                pairs,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                background = !clear_stale,
+                "node statistics stored"
+            );
+            if pairs >= GIVE_BACK_AFTER_PAIRS {
+                // The pending maps just freed are hundreds of MiB in an import.
+                crate::memory::give_back();
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing the node statistics failed");
+            store.fail(&format!("storing the node statistics: {e}"));
+            false
+        }
+    };
+    #[cfg(test)]
+    while !clear_stale && store.faults.hold_node_store.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // After a store of node chunks every node bucket kept from chunks goes (the stored
+    // chunks changed where the last group did not; their sums did not).
+    store.node_group_changed(None::<&[u8; 9]>, &BTreeSet::new(), true);
+    ok
+}
+
+impl Writer {
+    /// Stores the node changes held in memory on a thread of their own, after any pass
+    /// still running (so at most one runs, and memory stays bounded by about twice
+    /// `NODE_HOT_MAX_PAIRS`). Meanwhile the writer goes on adding changes: each chunk is
+    /// written and its change dropped under the locks readers and the writer take
+    /// (`Store::store_node_changes`), so a change absorbed during the pass is either
+    /// taken by it or left pending for the next. Without a thread, stored here.
+    pub(super) fn store_node_in_background(&mut self, pairs: usize) {
+        self.wait_for_node_store();
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new().name("hearsay-node-store".into()).spawn(move || {
+            store_node_pass(&store, pairs, false);
+        });
+        match spawned {
+            Ok(handle) => self.node_store = Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the node store; storing on the writer");
+                store_node_pass(&self.store, pairs, false);
+            }
+        }
+    }
+
+    /// Whether a background pass still runs, after waiting for it when `wait` (or
+    /// collecting it if it ended).
+    pub(super) fn reap_node_store(&mut self, wait: bool) -> bool {
+        match self.node_store.take() {
+            None => false,
+            Some(handle) if wait || handle.is_finished() => {
+                if handle.join().is_err() {
+                    self.store.fail("the node statistics store panicked");
+                }
+                false
+            }
+            Some(handle) => {
+                self.node_store = Some(handle);
+                true
+            }
+        }
+    }
+
+    /// Waits for a background pass still running.
+    pub(super) fn wait_for_node_store(&mut self) {
+        self.reap_node_store(true);
     }
 }
 
@@ -390,10 +476,19 @@ mod tests {
     /// A store with one public member, whose writer stores the node's chunks with every
     /// group (as it does every `NODE_PERSIST_EVERY`).
     fn public_member_storing_node_each_group(dir: &std::path::Path, now: i64) -> (Store, UserId, Ingestor) {
+        public_member_storing_node(dir, now, false)
+    }
+
+    /// As `public_member_storing_node_each_group`; `background`: by a background pass
+    /// (as a bulk import's stores are).
+    fn public_member_storing_node(dir: &std::path::Path, now: i64, background: bool) -> (Store, UserId, Ingestor) {
         let store = Store::open(dir, &test_options()).expect("open");
         let user = store.create_user("alice", "password1", now).expect("user").id;
         store.set_visibility(user, SharingLevel::Public).expect("public");
-        store.faults.store_node_each_group.store(true, Relaxed);
+        match background {
+            false => store.faults.store_node_each_group.store(true, Relaxed),
+            true => store.faults.store_node_in_background_each_group.store(true, Relaxed),
+        }
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         (store, user, ingestor)
     }
@@ -417,14 +512,34 @@ mod tests {
     /// appends here), and a chart's rows always add up to its total.
     #[test]
     fn readers_see_each_node_change_once_while_chunks_are_stored() {
+        readers_see_each_change_once(false);
+    }
+
+    /// The same while background passes store the chunks as the writer goes on adding
+    /// changes (`Writer::store_node_in_background`): each change is still seen once, and
+    /// `NODE_STALE` stays set on disk after every group until the writer stops.
+    #[test]
+    fn readers_see_each_node_change_once_while_chunks_are_stored_in_the_background() {
+        readers_see_each_change_once(true);
+    }
+
+    fn readers_see_each_change_once(background: bool) {
         let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
-        let (store, user, ingestor) = public_member_storing_node_each_group(dir.path(), now);
+        let (store, user, ingestor) = public_member_storing_node(dir.path(), now, background);
         let (batches, per_batch) = (30, 40);
         let batch = |b: i64| (b * per_batch..(b + 1) * per_batch).map(|i| listen(i, now)).collect();
         ingestor.ingest_blocking(user, batch(0)).expect("stored");
-        // The chunks every later store rewrites (the all-time bucket's, the totals).
+        // Once a background pass wrote them: the chunks every later store rewrites (the
+        // all-time bucket's, the totals).
+        let started = std::time::Instant::now();
+        while !store.node_pending.read().expect("pending").is_empty() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the first pass never ended");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let keys = node_keys(&store);
+        assert!(!keys.is_empty(), "node chunks stored");
         let done = std::sync::atomic::AtomicBool::new(false);
+        let (progress, mut written) = (std::sync::atomic::AtomicU64::new(0), batches);
         let reads = std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 let mut last = vec![0; keys.len()];
@@ -439,6 +554,7 @@ mod tests {
                         *last = total;
                         reads += 1;
                     }
+                    progress.store(reads, Relaxed);
                     if round % 64 != 0 {
                         continue;
                     }
@@ -453,8 +569,19 @@ mod tests {
                 reads
             });
             // Distinct recordings: every store spans several chunks of each bucket.
-            for b in 1..batches {
+            // At least `batches`, and on until the reader read a thousand chunks meanwhile
+            // (a writer storing in the background goes fast), below the chart's 10,000
+            // distinct recordings (past them, its last tie is every row).
+            for b in 1.. {
+                if b >= batches && (progress.load(Relaxed) > 1_000 || b >= 8 * batches) {
+                    written = b;
+                    break;
+                }
                 ingestor.ingest_blocking(user, batch(b)).expect("stored");
+                if background {
+                    // The pass of this group may still be writing chunks.
+                    assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "stale while stored behind");
+                }
             }
             done.store(true, Relaxed);
             reader.join().expect("reader")
@@ -462,9 +589,80 @@ mod tests {
         assert!(reads > 1_000, "{reads} reads");
         let chart =
             store.node_chart(Kind::Recording, &Period::AllTime, 10_000, now, &jiff::tz::TimeZone::UTC).expect("chart");
-        assert_eq!(chart.listens, (batches * per_batch) as u64);
-        assert!(store.node_pending.read().expect("pending").is_empty(), "every change stored");
+        assert_eq!(chart.listens, (written * per_batch) as u64);
+        if !background {
+            assert!(store.node_pending.read().expect("pending").is_empty(), "every change stored");
+        }
         ingestor.stop();
+        // The shutdown stores everything on the writer and clears the mark.
+        assert!(store.node_pending.read().expect("pending").is_empty(), "every change stored");
+        assert!(!store.trees.meta.contains_key(NODE_STALE).expect("meta"), "not stale after a clean stop");
+        let stored = node_chunks(&store);
+        store.rebuild_node_stats().expect("rebuild");
+        assert_eq!(stored, node_chunks(&store), "the stored node buckets are a rebuild's");
+    }
+
+    /// While a background pass has not ended, the writer never clears `NODE_STALE` (the
+    /// chunks it wrote may hold changes of user buckets not stored yet, and may not be
+    /// flushed), even after a group with nothing to add to the node; once the pass ended,
+    /// such a group clears it.
+    #[test]
+    fn node_stale_stays_set_until_a_background_store_has_ended() {
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let (store, alice, ingestor) = public_member_storing_node(dir.path(), now, true);
+        let bob = store.create_user("bob", "password1", now).expect("user").id;
+        store.set_visibility(bob, SharingLevel::Private).expect("private");
+        store.faults.hold_node_store.store(true, Relaxed);
+        ingestor.ingest_blocking(alice, (0..20).map(|i| listen(i, now)).collect()).expect("stored");
+        // The pass took every change, and holds.
+        let drained = std::time::Instant::now();
+        while !store.node_pending.read().expect("pending").is_empty() {
+            assert!(drained.elapsed() < std::time::Duration::from_secs(30), "the pass never took the changes");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        ingestor.ingest_blocking(bob, (100..110).map(|i| listen(i, now)).collect()).expect("stored");
+        assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "cleared while a pass ran");
+        store.faults.hold_node_store.store(false, Relaxed);
+        let ended = std::time::Instant::now();
+        loop {
+            ingestor.ingest_blocking(bob, vec![listen(200 + ended.elapsed().as_millis() as i64, now)]).expect("stored");
+            if !store.trees.meta.contains_key(NODE_STALE).expect("meta") {
+                break;
+            }
+            assert!(ended.elapsed() < std::time::Duration::from_secs(30), "never cleared after the pass ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let stored = node_chunks(&store);
+        ingestor.stop();
+        assert_eq!(stored, node_chunks(&store), "nothing was left to store at the stop");
+        store.rebuild_node_stats().expect("rebuild");
+        assert_eq!(stored, node_chunks(&store), "the stored node buckets are a rebuild's");
+    }
+
+    /// A background pass whose chunk write fails fails the store: later writes are
+    /// refused, `NODE_STALE` is still set, and the next open rebuilds the node buckets
+    /// to what readers of the failed process saw.
+    #[test]
+    fn a_failed_background_store_fails_the_store_and_the_reopen_rebuilds() {
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let (store, user, ingestor) = public_member_storing_node(dir.path(), now, true);
+        store.faults.node_chunk_fails_at.store(2, Relaxed);
+        let outcomes = ingestor.ingest_blocking(user, (0..40).map(|i| listen(i, now)).collect()).expect("acknowledged");
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), 40);
+        let failed = std::time::Instant::now();
+        while store.failure().is_none() {
+            assert!(failed.elapsed() < std::time::Duration::from_secs(30), "the failed pass did not fail the store");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(store.failure().is_some_and(|f| f.contains("node statistics")), "{:?}", store.failure());
+        assert!(ingestor.ingest_blocking(user, vec![listen(40, now)]).is_err(), "a failed store refuses writes");
+        assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "still marked stale on disk");
+        let seen = node_as_read(&store);
+        ingestor.stop();
+        drop(store);
+        let store = Store::open(dir.path(), &test_options()).expect("reopen");
+        assert_eq!(seen, node_chunks(&store), "what readers saw after the failure is the rebuild's");
+        assert_eq!(store.log_head(user).expect("head").n_listens, 40, "every acknowledged listen kept");
     }
 
     /// The node's chunks are written after a group is durable: when one of those

@@ -326,6 +326,8 @@ struct Writer {
     /// (item, change) pairs added to the pending node changes since they were last
     /// stored (at most: one item changed twice counts twice).
     pending_node_pairs: usize,
+    /// A background pass storing node chunks (`Writer::store_node_in_background`).
+    node_store: Option<JoinHandle<()>>,
 }
 
 /// Buckets kept only in memory are stored at least this often...
@@ -347,14 +349,22 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// stores of 1–9 s (import 258 s, importing process 1,268 MiB at its peak), 16M nine
 /// (192 s, 1,363 MiB) (`bench community`, docs/ARCHITECTURE.md). Since changes are
 /// `i32` and chunks wider (schema 20) stores cost 1–5 s: 16M gave a 169 s import and a
-/// 515 MiB peak, 12M 172.5 s and 482 MiB.
-const NODE_HOT_MAX_PAIRS: usize = 12_000_000;
+/// 515 MiB peak, 12M 172.5 s and 482 MiB. Since large stores run in the background
+/// (`BACKGROUND_STORE_PAIRS`), changes also pile up while a pass runs: 12M then peaked
+/// at 531–539 MiB, hence 8M.
+const NODE_HOT_MAX_PAIRS: usize = 8_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
 /// system afterwards (`memory::give_back`): a store that large freed pending maps of
 /// tens of MiB or more; smaller ones (the minute's store of a node at rest) are not
 /// worth the walk over the heap.
 const GIVE_BACK_AFTER_PAIRS: usize = 1 << 20;
+/// Node changes stored at once from which the store runs on its own thread while the
+/// writer goes on (`Writer::store_node_in_background`): a bulk import's stores took
+/// 1–5 s each, ~30 s of a 10,000-member import's writer thread with the machine's
+/// second core idle. Smaller stores (the minute's store of a node at rest) stay on the
+/// writer, which then clears `NODE_STALE` right after them.
+const BACKGROUND_STORE_PAIRS: usize = 1 << 20;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
@@ -391,6 +401,7 @@ impl Writer {
             last_persist: std::time::Instant::now(),
             last_node_persist: std::time::Instant::now(),
             pending_node_pairs: 0,
+            node_store: None,
             rules,
         };
         w.reset()?;
@@ -577,6 +588,9 @@ impl Writer {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
+        // A failed store skips the final store above: a background pass still running
+        // ends before the writer does.
+        self.wait_for_node_store();
     }
 
     /// A write failed: sled keeps the failed group in memory and fails every later
