@@ -183,6 +183,10 @@ pub struct Store {
     pub(crate) hot: HotBuckets,
     /// Changes of node buckets not yet merged into them (`aggregates::NodePending`).
     pub(crate) node_pending: aggregates::NodePending,
+    /// Held by each store of node changes for its whole pass (`store_node_changes`): two
+    /// at once (the writer's background pass and `store_hot` called beside a running
+    /// writer) could each read a chunk before the other wrote it, and lose a change.
+    pub(crate) node_stores: std::sync::Arc<std::sync::Mutex<()>>,
     /// Users by newest listen, for the home page (`logs::NewestListens`).
     pub(crate) newest: logs::NewestIndex,
     /// Similar users per user, until any log, level or account changes
@@ -456,6 +460,7 @@ impl Store {
             path,
             hot: HotBuckets::default(),
             node_pending: Default::default(),
+            node_stores: Default::default(),
             newest: Default::default(),
             similar: Default::default(),
             tastes: insights::TasteCache::default(),

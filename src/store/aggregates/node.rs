@@ -680,8 +680,8 @@ impl Store {
     /// sees a chunk's change either pending over the old chunk or in the new one, never
     /// neither nor both.
     /// `CHUNKS_PER_LOCK` chunks per taking of the locks; flushed every `CHUNKS_PER_FLUSH`
-    /// and at the end. By the writer thread, its background pass (one at a time), or
-    /// with none running. The writer may add changes meanwhile: one added before its
+    /// and at the end. By the writer thread, its background pass, or with none running;
+    /// one pass at a time (`Store::node_stores`). The writer may add changes meanwhile: one added before its
     /// chunk is written is taken with it, later ones (and chunks new since the pass
     /// began) stay pending for the next store. Callers have set `NODE_STALE` durably
     /// before (`put_node_chunks`).
@@ -694,6 +694,7 @@ impl Store {
     /// On an error the chunk being written keeps its change in memory (readers still see
     /// it), and so do those not reached.
     pub(crate) fn store_node_changes(&self) -> Result<()> {
+        let _one_at_a_time = self.node_stores.lock().map_err(|_| Error::Invalid("node store poisoned".into()))?;
         let keys: Vec<[u8; 9]> = {
             let hot = self.hot.read().map_err(|_| Error::Invalid("statistics cache poisoned".into()))?;
             let pending = self.node_pending.read().map_err(|_| Error::Invalid("node changes poisoned".into()))?;

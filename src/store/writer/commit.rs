@@ -200,6 +200,9 @@ impl Writer {
         // one runs, `NODE_STALE` stays set (its chunks are part written, and may hold
         // changes of groups whose user buckets are not stored yet).
         let storing = self.reap_node_store(store_node && !in_background);
+        // A pass that failed (or panicked) failed the store: nothing of this group is
+        // written yet, so it is refused, not written to a failed store.
+        self.store.writable()?;
         // Whether node changes are held in memory once the transaction commits.
         let mut node_held = !node.is_empty();
         if persist {
@@ -579,7 +582,8 @@ mod tests {
                 }
                 ingestor.ingest_blocking(user, batch(b)).expect("stored");
                 if background {
-                    // The pass of this group may still be writing chunks.
+                    // The pass of this group may still be writing chunks (the group's
+                    // transaction set the mark: it carried node changes).
                     assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "stale while stored behind");
                 }
             }

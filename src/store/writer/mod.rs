@@ -368,6 +368,14 @@ const BACKGROUND_STORE_PAIRS: usize = 1 << 20;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
+impl Drop for Writer {
+    /// A writer that panicked (`Ingestor::start` catches it) does not leave its
+    /// background pass running with a clone of the store the node reopens.
+    fn drop(&mut self) {
+        self.wait_for_node_store();
+    }
+}
+
 fn read_counter(store: &Store, name: &'static str, first: u32) -> Result<u32> {
     match store.trees.meta.get(name)? {
         None => Ok(first),
