@@ -229,6 +229,14 @@ pub(crate) struct Faults {
     pub store_node_in_background_each_group: std::sync::atomic::AtomicBool,
     /// A background pass of node chunks, once it stored them, waits while this is set.
     pub hold_node_store: std::sync::atomic::AtomicBool,
+    /// A background pass of node chunks waits while this is set before it starts.
+    pub hold_node_store_start: std::sync::atomic::AtomicBool,
+    /// The next group stores its statistics with the node's by a background pass (as
+    /// `store_node_in_background_each_group`, once); later groups follow the timers.
+    pub store_node_in_background_next_group: std::sync::atomic::AtomicBool,
+    /// The writer stops without storing what memory holds, as a crash leaves the store
+    /// (what it wrote was flushed).
+    pub skip_final_store: std::sync::atomic::AtomicBool,
 }
 
 /// Buckets newer than their stored copy.
@@ -258,7 +266,7 @@ impl From<&crate::config::StoreConfig> for Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { cache_mb: 64, reserve_mb: 64, compression: true }
+        Options::from(&crate::config::StoreConfig::default())
     }
 }
 

@@ -169,8 +169,12 @@ impl Writer {
         #[cfg(test)]
         let persist = persist || self.store.faults.store_node_each_group.load(std::sync::atomic::Ordering::Relaxed);
         #[cfg(test)]
-        let each_group =
-            self.store.faults.store_node_in_background_each_group.load(std::sync::atomic::Ordering::Relaxed);
+        let each_group = self
+            .store
+            .faults
+            .store_node_in_background_each_group
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self.store.faults.store_node_in_background_next_group.swap(false, std::sync::atomic::Ordering::Relaxed);
         #[cfg(not(test))]
         let each_group = false;
         // Asked by a caller that needs everything stored when `apply` returns (a backup,
@@ -369,6 +373,10 @@ impl Writer {
 /// with no other pass running), clears `NODE_STALE`. A failure fails the store (the
 /// next open rebuilds the node statistics: `NODE_STALE` is still set). Whether it stored.
 fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool) -> bool {
+    #[cfg(test)]
+    while !clear_stale && store.faults.hold_node_store_start.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let started = std::time::Instant::now();
     let stored = store.store_node_changes().and_then(|()| if clear_stale { store.clear_node_stale() } else { Ok(()) });
     let ok = match stored {
@@ -641,6 +649,52 @@ mod tests {
         assert_eq!(stored, node_chunks(&store), "nothing was left to store at the stop");
         store.rebuild_node_stats().expect("rebuild");
         assert_eq!(stored, node_chunks(&store), "the stored node buckets are a rebuild's");
+    }
+
+    /// A background pass takes the changes of groups whose user buckets are still only
+    /// in memory (stored every `PERSIST_EVERY`): its chunks are then ahead of the stored
+    /// user buckets. Stopped like a crash at that moment (nothing more stored), the
+    /// next open rebuilds the node buckets from the stored user buckets (`NODE_STALE`
+    /// is still set), then the recount adds the rest once: the node counts every listen
+    /// once, as a rebuild does.
+    #[test]
+    fn a_crash_after_a_background_store_took_unstored_groups_counts_each_listen_once() {
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let store = Store::open(dir.path(), &test_options()).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let batch = |b: i64| (b * 20..(b + 1) * 20).map(|i| listen(i, now)).collect::<Vec<_>>();
+        ingestor.ingest_blocking(user, batch(0)).expect("stored");
+        // The next group stores every user bucket and starts a pass, held before it
+        // takes anything; the two after it are held in memory only.
+        store.faults.hold_node_store_start.store(true, Relaxed);
+        store.faults.store_node_in_background_next_group.store(true, Relaxed);
+        ingestor.ingest_blocking(user, batch(1)).expect("stored");
+        ingestor.ingest_blocking(user, batch(2)).expect("stored");
+        ingestor.ingest_blocking(user, batch(3)).expect("stored");
+        assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"));
+        store.faults.hold_node_store_start.store(false, Relaxed);
+        let released = std::time::Instant::now();
+        while !store.node_pending.read().expect("pending").is_empty() {
+            assert!(released.elapsed() < std::time::Duration::from_secs(30), "the pass never took the changes");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let chart = |store: &Store| {
+            let c = store.node_chart(Kind::Recording, &Period::AllTime, 1_000, now, &jiff::tz::TimeZone::UTC);
+            c.expect("chart").listens
+        };
+        assert_eq!(chart(&store), 80, "readers see every listen once");
+        store.faults.skip_final_store.store(true, Relaxed);
+        ingestor.stop();
+        drop(store);
+
+        let store = Store::open(dir.path(), &test_options()).expect("reopen");
+        assert_eq!(chart(&store), 80, "each listen counted once after the crash");
+        // Stored, with the recount's changes in memory over it.
+        let opened = node_as_read(&store);
+        store.rebuild_node_stats().expect("rebuild");
+        assert_eq!(opened, node_chunks(&store), "the node's buckets after the reopen are a rebuild's");
     }
 
     /// A background pass whose chunk write fails fails the store: later writes are

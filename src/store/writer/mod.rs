@@ -587,7 +587,11 @@ impl Writer {
         }
         // Store the in-memory statistics, so the next start has nothing to recount (a
         // failed or full store is left alone: the next start recounts from the log).
-        if self.store.writable().is_ok() {
+        #[cfg(test)]
+        let crash = self.store.faults.skip_final_store.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        let crash = false;
+        if !crash && self.store.writable().is_ok() {
             let mut last = Group::default();
             if let Err(e) = self.apply(&mut last, true) {
                 tracing::error!(error = %e, "storing statistics at shutdown failed");
