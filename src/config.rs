@@ -479,7 +479,7 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: 64, group_commit_max_listens: 20_000, reserve_mb: 64, compression: true }
+        StoreConfig { cache_mb: 48, group_commit_max_listens: 20_000, reserve_mb: 64, compression: true }
     }
 }
 
