@@ -657,7 +657,7 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
     for u in 0..n_users {
         let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
         // Only public users are anyone's neighbours (`policy::Purpose::Similarity`).
-        store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
+        ingestor.set_visibility_blocking(id, crate::store::users::SharingLevel::Public)?;
         // Each user draws from a different slice of a shared catalogue, so tastes overlap.
         let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
         let actions = (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect();
@@ -957,7 +957,7 @@ fn home(config: &Config, n_users: u64, per_user: u64, requests: usize) -> anyhow
             Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
         for u in 0..n_users {
             let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
-            store.set_visibility(id, crate::store::users::SharingLevel::Public)?;
+            ingestor.set_visibility_blocking(id, crate::store::users::SharingLevel::Public)?;
             let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
             ingestor.ingest_blocking(id, (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect())?;
         }
@@ -1048,7 +1048,7 @@ fn http(config: &Config, connections: usize, seconds: u64) -> anyhow::Result<std
 
 fn web(config: &Config, listens: u64, requests: usize) -> anyhow::Result<std::process::ExitCode> {
     let (dir, node, user) = bench_node(config, "web")?;
-    node.store.set_visibility(user.id, crate::store::users::SharingLevel::Public)?;
+    node.ingestor.set_visibility_blocking(user.id, crate::store::users::SharingLevel::Public)?;
     let mut synthetic = Synthetic::new(1, 1000);
     let mut done = 0;
     while done < listens {

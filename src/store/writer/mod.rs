@@ -172,6 +172,15 @@ impl Ingestor {
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
+    /// As `set_visibility`, for callers outside an async runtime (benchmarks): a level
+    /// changed beside a running writer goes through it, never through
+    /// `Store::set_visibility` (which stores the memory copy as if no writer ran).
+    pub fn set_visibility_blocking(&self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.blocking_send(Msg::SetVisibility(user, level, reply)).map_err(|_| Error::WriterGone)?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)?
+    }
+
     /// The store's id of the item `name` of `kind` (recordings and releases: of main
     /// artist `artist`), if the node has it, identified as charts identify items
     /// (normalised names). Asked of the writer, which holds every item's identity in
