@@ -66,7 +66,8 @@ const CHUNKS_PER_FLUSH: usize = 10_000;
 /// Node chunks `Store::store_node_changes` writes under one taking of the pending
 /// changes' lock, which every reader of node buckets takes, the writer's node changes
 /// included: 64 made a background pass of the 10,000-member import hold the writer
-/// (imports of 166 and 174 s against 150 with one; `bench community`).
+/// (imports of 166 and 174 s against 149–154 with one; `bench community`). Kept as a
+/// constant, with the batching around it, to try other values on other machines.
 const CHUNKS_PER_LOCK: usize = 1;
 
 /// The first user id a node bucket key would read as; accounts get lower ids.
@@ -681,10 +682,10 @@ impl Store {
     /// neither nor both.
     /// `CHUNKS_PER_LOCK` chunks per taking of the locks; flushed every `CHUNKS_PER_FLUSH`
     /// and at the end. By the writer thread, its background pass, or with none running;
-    /// one pass at a time (`Store::node_stores`). The writer may add changes meanwhile: one added before its
-    /// chunk is written is taken with it, later ones (and chunks new since the pass
-    /// began) stay pending for the next store. Callers have set `NODE_STALE` durably
-    /// before (`put_node_chunks`).
+    /// one pass at a time (`Store::node_stores`). The writer may add changes meanwhile:
+    /// one added before its chunk is written is taken with it, later ones (and chunks
+    /// new since the pass began) stay pending for the next store. Callers have set
+    /// `NODE_STALE` durably before (`put_node_chunks`).
     ///
     /// One chunk at a time, not all merged first: the 10,000-member node of `bench
     /// community` has 376k node chunks, an import's store rewrites most of them, and
