@@ -63,13 +63,6 @@ const REBUILD_PAIRS: usize = 2_000_000;
 /// Node chunks `Store::put_node_chunks` writes between two flushes.
 const CHUNKS_PER_FLUSH: usize = 10_000;
 
-/// Node chunks `Store::store_node_changes` writes under one taking of the pending
-/// changes' lock, which every reader of node buckets takes, the writer's node changes
-/// included: 64 made a background pass of the 10,000-member import hold the writer
-/// (imports of 166 and 174 s against 149–154 with one; `bench community`). Kept as a
-/// constant, with the batching around it, to try other values on other machines.
-const CHUNKS_PER_LOCK: usize = 1;
-
 /// The first user id a node bucket key would read as; accounts get lower ids.
 pub(crate) const FIRST_NODE_ID: u32 = 0xFF00_0000;
 const WHAT_LISTENS: u8 = 0;
@@ -680,8 +673,7 @@ impl Store {
     /// holds the chunk), which every reader of node buckets takes to read, so a reader
     /// sees a chunk's change either pending over the old chunk or in the new one, never
     /// neither nor both.
-    /// `CHUNKS_PER_LOCK` chunks per taking of the locks; flushed every `CHUNKS_PER_FLUSH`
-    /// and at the end. By the writer thread, its background pass, or with none running;
+    /// Flushed every `CHUNKS_PER_FLUSH` and at the end. By the writer thread, its background pass, or with none running;
     /// one pass at a time (`Store::node_stores`). The writer may add changes meanwhile:
     /// one added before its chunk is written is taken with it, later ones (and chunks
     /// new since the pass began) stay pending for the next store. Callers have set
@@ -707,54 +699,46 @@ impl Store {
         };
         let tree = &self.trees.userid_bucket_counts;
         let poisoned = || Error::Invalid("node changes poisoned".into());
-        let mut done = 0usize;
-        for batch in keys.chunks(CHUNKS_PER_LOCK) {
+        for (i, k) in keys.iter().enumerate() {
+            #[cfg(test)]
+            let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
+            #[cfg(not(test))]
+            let fails = false;
             // Read and decoded outside the locks (only this pass writes node chunks),
             // unless the memory copy holds a newer one (after a recount).
-            let held: Vec<bool> = {
-                let hot = self.hot.read().map_err(|_| poisoned())?;
-                batch.iter().map(|k| hot.contains_key(k)).collect()
+            let held = self.hot.read().map_err(|_| poisoned())?.contains_key(k);
+            let stored = match tree.get(k)? {
+                Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
+                _ => None,
             };
-            let mut stored = Vec::with_capacity(batch.len());
-            for (k, held) in batch.iter().zip(&held) {
-                stored.push(match tree.get(k)? {
-                    Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
-                    _ => None,
-                });
-            }
-            // The memory copy's lock only for chunks it holds (a recount's, with no writer
+            // The memory copy's lock only for a chunk it holds (a recount's, with no writer
             // running): it is the lock of every user bucket the writer reads, and a node
-            // reader also takes the pending changes' lock, held here for every chunk.
-            let mut hot = match held.contains(&true) {
+            // reader also takes the pending changes' lock. One chunk per taking: 64 made a
+            // background pass of the 10,000-member import hold the writer (imports of 166
+            // and 174 s against 149–154 with one; `bench community`).
+            let mut hot = match held {
                 true => Some(self.hot.write().map_err(|_| poisoned())?),
                 false => None,
             };
             let mut pending = self.node_pending.write().map_err(|_| poisoned())?;
-            for (k, stored) in batch.iter().zip(stored) {
-                #[cfg(test)]
-                let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == done + 1;
-                #[cfg(not(test))]
-                let fails = false;
-                let held = hot.as_mut().and_then(|hot| hot.remove(k));
-                let change = pending.remove(k).unwrap_or_default();
-                let agg = merged(held.as_deref().or(stored.as_deref()), &change);
-                let written = match agg.total > 0 {
-                    _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
-                    true => tree.insert(k, encode(&agg)).map(drop),
-                    false => tree.remove(k).map(drop),
-                };
-                if let Err(e) = written {
-                    if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
-                        hot.insert(*k, held);
-                    }
-                    pending.insert(*k, change);
-                    return Err(e.into());
+            let held = hot.as_mut().and_then(|hot| hot.remove(k));
+            let change = pending.remove(k).unwrap_or_default();
+            let agg = merged(held.as_deref().or(stored.as_deref()), &change);
+            let written = match agg.total > 0 {
+                _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
+                true => tree.insert(k, encode(&agg)).map(drop),
+                false => tree.remove(k).map(drop),
+            };
+            if let Err(e) = written {
+                if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
+                    hot.insert(*k, held);
                 }
-                done += 1;
+                pending.insert(*k, change);
+                return Err(e.into());
             }
             drop(pending);
             drop(hot);
-            if done / CHUNKS_PER_FLUSH != (done - batch.len()) / CHUNKS_PER_FLUSH {
+            if i % CHUNKS_PER_FLUSH == CHUNKS_PER_FLUSH - 1 {
                 self.flush()?;
             }
         }

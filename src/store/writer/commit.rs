@@ -504,6 +504,20 @@ mod tests {
         (store, user, ingestor)
     }
 
+    /// Waits (up to 30 s, else fails naming `what`) until `done`.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until no node change is pending (a background pass took them all).
+    fn wait_for_no_pending(store: &Store, what: &str) {
+        wait_until(what, || store.node_pending.read().expect("pending").is_empty());
+    }
+
     fn node_keys(store: &Store) -> Vec<[u8; 9]> {
         node_chunks(store).iter().map(|(k, _)| <[u8; 9]>::try_from(k.as_ref()).expect("a key")).collect()
     }
@@ -542,11 +556,7 @@ mod tests {
         ingestor.ingest_blocking(user, batch(0)).expect("stored");
         // Once a background pass wrote them: the chunks every later store rewrites (the
         // all-time bucket's, the totals).
-        let started = std::time::Instant::now();
-        while !store.node_pending.read().expect("pending").is_empty() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the first pass never ended");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_for_no_pending(&store, "the first pass never ended");
         let keys = node_keys(&store);
         assert!(!keys.is_empty(), "node chunks stored");
         let done = std::sync::atomic::AtomicBool::new(false);
@@ -627,11 +637,7 @@ mod tests {
         store.faults.hold_node_store.store(true, Relaxed);
         ingestor.ingest_blocking(alice, (0..20).map(|i| listen(i, now)).collect()).expect("stored");
         // The pass took every change, and holds.
-        let drained = std::time::Instant::now();
-        while !store.node_pending.read().expect("pending").is_empty() {
-            assert!(drained.elapsed() < std::time::Duration::from_secs(30), "the pass never took the changes");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_for_no_pending(&store, "the pass never took the changes");
         ingestor.ingest_blocking(bob, (100..110).map(|i| listen(i, now)).collect()).expect("stored");
         assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "cleared while a pass ran");
         store.faults.hold_node_store.store(false, Relaxed);
@@ -675,11 +681,7 @@ mod tests {
         ingestor.ingest_blocking(user, batch(3)).expect("stored");
         assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"));
         store.faults.hold_node_store_start.store(false, Relaxed);
-        let released = std::time::Instant::now();
-        while !store.node_pending.read().expect("pending").is_empty() {
-            assert!(released.elapsed() < std::time::Duration::from_secs(30), "the pass never took the changes");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_for_no_pending(&store, "the pass never took the changes");
         let chart = |store: &Store| {
             let c = store.node_chart(Kind::Recording, &Period::AllTime, 1_000, now, &jiff::tz::TimeZone::UTC);
             c.expect("chart").listens
@@ -707,11 +709,7 @@ mod tests {
         store.faults.node_chunk_fails_at.store(2, Relaxed);
         let outcomes = ingestor.ingest_blocking(user, (0..40).map(|i| listen(i, now)).collect()).expect("acknowledged");
         assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), 40);
-        let failed = std::time::Instant::now();
-        while store.failure().is_none() {
-            assert!(failed.elapsed() < std::time::Duration::from_secs(30), "the failed pass did not fail the store");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until("the failed pass did not fail the store", || store.failure().is_some());
         assert!(store.failure().is_some_and(|f| f.contains("node statistics")), "{:?}", store.failure());
         assert!(ingestor.ingest_blocking(user, vec![listen(40, now)]).is_err(), "a failed store refuses writes");
         assert!(store.trees.meta.contains_key(NODE_STALE).expect("meta"), "still marked stale on disk");
