@@ -609,9 +609,8 @@ impl Writer {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
-        // A failed store skips the final store above: a background pass still running
-        // ends before the writer does.
-        self.wait_for_node_store();
+        // A background pass still running (a failed store skips the final store above)
+        // ends before the writer does: `Drop for Writer`.
     }
 
     /// A write failed: sled keeps the failed group in memory and fails every later
