@@ -440,6 +440,9 @@ impl Writer {
                 if handle.join().is_err() {
                     self.store.fail("the node statistics store panicked");
                 }
+                // The pass freed pending changes this thread allocated: the allocator
+                // takes such frees back only when the owning thread collects them.
+                crate::memory::give_back();
                 false
             }
             Some(handle) => {
