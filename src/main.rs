@@ -9,11 +9,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// # Safety
 ///
 /// Runs before `main` (the `ctor` crate's contract: only C library calls, nothing of
-/// Rust's runtime): `tune` calls `getenv` and mimalloc's `mi_option_set`, nothing else.
+/// Rust's runtime): `tune` calls mimalloc's `mi_option_set_default`, nothing else.
 #[ctor::ctor]
 #[allow(unsafe_code)]
 unsafe fn tune_the_allocator() {
-    hearsay::memory::tune();
+    // SAFETY: before `main` the process has one thread (`tune`'s contract).
+    unsafe { hearsay::memory::tune() };
 }
 
 fn main() -> std::process::ExitCode {

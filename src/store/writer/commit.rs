@@ -388,7 +388,9 @@ fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool)
                 "node statistics stored"
             );
             if pairs >= GIVE_BACK_AFTER_PAIRS {
-                // The pending maps just freed are hundreds of MiB in an import.
+                // The pending maps this store freed (tens of MiB or more in an import)
+                // were the writer's allocations: collected here when this is the writer,
+                // and by the writer when it reaps a background pass (`reap_node_store`).
                 crate::memory::give_back();
             }
             true

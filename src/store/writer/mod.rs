@@ -361,8 +361,9 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// 515 MiB peak, 12M 172.5 s and 482 MiB. Since large stores run in the background
 /// (`BACKGROUND_STORE_PAIRS`), changes also pile up while a pass runs: 12M then peaked
 /// at 531–539 MiB, hence 8M. Since the binary allocates with mimalloc (`memory`), 8M
-/// gave a 115.6 s import that peaked at 479 MiB, 6M 106.6 s and ~460 (smaller stores,
-/// each over sooner), hence 6M.
+/// gave a 115.6 s import and a 512 MiB peak, 6M 106.6 s and 514 (smaller stores, each
+/// over sooner; the peak now in the reads after the import), and 107.8 s and 486 once
+/// the writer collects after each background pass (`reap_node_store`), hence 6M.
 const NODE_HOT_MAX_PAIRS: usize = 6_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
