@@ -145,6 +145,10 @@ pub enum BenchCmd {
         listens_per_user: u64,
         #[arg(long, default_value_t = 50)]
         queries: usize,
+        /// Artists in the catalogue the users draw theirs from (200–500 each, the
+        /// popular ones most often), as in `community`.
+        #[arg(long, default_value_t = 100_000)]
+        catalogue: u64,
     },
     /// Build one user's history (synthetic or a ListenBrainz JSONL file), reopen the
     /// store cold, and time chart, series and clock queries over random periods.
@@ -406,8 +410,8 @@ pub fn run(config: &Config, cmd: BenchCmd) -> anyhow::Result<std::process::ExitC
         BenchCmd::Community { users, listens_per_user, requests, dir, importers, catalogue } => {
             return community(config, users, listens_per_user, requests, dir, (importers, catalogue));
         }
-        BenchCmd::Neighbours { users, listens_per_user, queries } => {
-            return neighbours(config, users, listens_per_user, queries);
+        BenchCmd::Neighbours { users, listens_per_user, queries, catalogue } => {
+            return neighbours(config, users, listens_per_user, queries, catalogue);
         }
         other => other,
     };
@@ -647,7 +651,13 @@ fn stats(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> anyhow::Result<std::process::ExitCode> {
+fn neighbours(
+    config: &Config,
+    n_users: u64,
+    per_user: u64,
+    queries: usize,
+    catalogue: u64,
+) -> anyhow::Result<std::process::ExitCode> {
     let temporary = temp_dir("neighbours")?;
     let dir = temporary.path().to_owned();
     let store = Store::open(&dir, &store::Options::from(&config.store))?;
@@ -658,8 +668,10 @@ fn neighbours(config: &Config, n_users: u64, per_user: u64, queries: usize) -> a
         let id = store.create_user(&format!("user{u}"), "bench-password", crate::now_unix())?.id;
         // Only public users are anyone's neighbours (`policy::Purpose::Similarity`).
         ingestor.set_visibility_blocking(id, crate::store::users::SharingLevel::Public)?;
-        // Each user draws from a different slice of a shared catalogue, so tastes overlap.
-        let mut synthetic = Synthetic::new(u + 1, 200 + (u as usize % 7) * 50);
+        // Every user draws from one shared catalogue, the popular artists most often,
+        // so tastes overlap as listeners' do. (`Synthetic::new` names its artists from
+        // its seed: users shared none, and every list of neighbours came out empty.)
+        let mut synthetic = Synthetic::member(u + 1, 200 + (u as usize % 7) * 50, catalogue);
         let actions = (0..per_user).map(|_| Action::Listen(synthetic.listen())).collect();
         ingestor.ingest_blocking(id, actions)?;
         ids.push(id);
