@@ -1,6 +1,7 @@
 //! The `hearsay` binary: everything lives in the library; see `cli`.
 
-/// Every allocation of the binary; see `hearsay::memory` for why and how it is set up.
+/// With `--features mimalloc`, every allocation of the binary; see `hearsay::memory`.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -10,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Runs before `main` (the `ctor` crate's contract: only C library calls, nothing of
 /// Rust's runtime): `tune` calls mimalloc's `mi_option_set_default`, nothing else.
+#[cfg(feature = "mimalloc")]
 #[ctor::ctor]
 #[allow(unsafe_code)]
 unsafe fn tune_the_allocator() {
@@ -18,10 +20,17 @@ unsafe fn tune_the_allocator() {
 }
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: the first statement of `main`: no other thread exists yet (`tune`'s
+    // contract; the runtime and the writer start later, in `cli::main`).
+    #[cfg(not(feature = "mimalloc"))]
+    #[allow(unsafe_code)]
+    unsafe {
+        hearsay::memory::tune()
+    };
     hearsay::cli::main()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mimalloc"))]
 mod tests {
     use hearsay::memory::{ARENA_EAGER_COMMIT, PURGE_DELAY};
 

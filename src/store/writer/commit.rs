@@ -388,9 +388,10 @@ fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool)
                 "node statistics stored"
             );
             if pairs >= GIVE_BACK_AFTER_PAIRS {
-                // The pending maps this store freed (tens of MiB or more in an import)
-                // were the writer's allocations: collected here when this is the writer,
-                // and by the writer when it reaps a background pass (`reap_node_store`).
+                // The pending maps this store freed (tens of MiB or more in an import):
+                // given back here, and again by the writer when it reaps a background
+                // pass (`reap_node_store`: with mimalloc only the thread that allocated
+                // them can).
                 crate::memory::give_back();
             }
             true
@@ -442,8 +443,9 @@ impl Writer {
                 if handle.join().is_err() {
                     self.store.fail("the node statistics store panicked");
                 }
-                // The pass freed pending changes this thread allocated: the allocator
-                // takes such frees back only when the owning thread collects them.
+                // The pass freed pending changes this thread allocated: given back here
+                // (mimalloc takes another thread's frees of a thread's blocks back only
+                // when that thread collects; glibc's trim walks every arena).
                 crate::memory::give_back();
                 false
             }

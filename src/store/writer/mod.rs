@@ -360,10 +360,11 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// `i32` and chunks wider (schema 20) stores cost 1–5 s: 16M gave a 169 s import and a
 /// 515 MiB peak, 12M 172.5 s and 482 MiB. Since large stores run in the background
 /// (`BACKGROUND_STORE_PAIRS`), changes also pile up while a pass runs: 12M then peaked
-/// at 531–539 MiB, hence 8M. Since the binary allocates with mimalloc (`memory`), 8M
-/// gave a 115.6 s import and a 512 MiB peak, 6M 106.6 s and 514 (smaller stores, each
-/// over sooner; the peak now in the reads after the import), and 107.8 s and 486 once
-/// the writer collects after each background pass (`reap_node_store`), hence 6M.
+/// at 531–539 MiB, hence 8M. With mimalloc (`--features mimalloc`, `memory`), 8M gave
+/// a 115.6 s import and a 512 MiB peak, 6M 106.6 s and 514 (smaller stores, each over
+/// sooner; the peak in the reads after the import), and 105.6–107.8 s and 486–521 once
+/// the writer collects after each background pass (`reap_node_store`); with glibc 6M
+/// gave 153.9 s and 453 MiB (8M: 148.8–153.9 s and 453–457), hence 6M.
 const NODE_HOT_MAX_PAIRS: usize = 6_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
