@@ -1,22 +1,24 @@
 //! The process's allocator: the settings the binary starts with (`tune`) and giving
 //! freed memory back to the system after large transient work (`give_back`). glibc's
 //! allocator by default; mimalloc when built with `--features mimalloc` (`src/main.rs`).
+//! Without the feature, both are no-ops where the C library is not glibc (the platform's
+//! allocator, untuned).
 //!
 //! Which one, measured on the 10,000-member benchmark (`bench community`,
 //! docs/ARCHITECTURE.md, 2026-12-05): with glibc, `malloc`, `free` and their helpers are a
 //! quarter of the writer thread's samples during an import (the node's pending
 //! statistics are hash maps of millions of small entries, built and dropped at every
-//! store), and the import takes 149–155 s; with mimalloc, tuned here, 105.6–107.8 s. But
-//! a node serving reads is 10–15% larger with mimalloc (at rest 350 MiB against 320,
-//! after the benchmark's reads 482–519 against 423–441, its peak 484–521 against
-//! 424–472), so glibc stays the default: a node lives at rest and serving reads, and
-//! imports in bulk only when a community opens.
+//! store), and the import takes 149–154 s; with mimalloc, tuned here, 105.6–107.8 s. But
+//! a node serving reads is 10–15% larger with mimalloc (at rest 350 MiB against 320 in
+//! reuse runs, after the benchmark's reads 482–519 against 423–452, its peak 484–521
+//! against 424–472), so glibc stays the default: a node lives at rest and serving
+//! reads, and imports in bulk only when a community opens.
 //!
 //! glibc's defaults suit short programs, not a node that imports millions of listens
 //! and then serves reads for months: freed memory stayed resident in three ways its
 //! settings here address. mimalloc's defaults keep freed pages for a second and commit
 //! its arenas eagerly (an import then peaked at 503 MiB and the node at rest held 375):
-//! its two settings here return freed pages at once.
+//! its settings here return freed pages at once and commit arenas as they are used.
 
 #[cfg(not(feature = "mimalloc"))]
 mod glibc {
@@ -83,7 +85,7 @@ mod glibc {
     }
 }
 #[cfg(not(feature = "mimalloc"))]
-pub use glibc::{give_back, tune};
+pub use self::glibc::{give_back, tune};
 
 #[cfg(feature = "mimalloc")]
 mod mimalloc {
@@ -138,4 +140,4 @@ mod mimalloc {
     }
 }
 #[cfg(feature = "mimalloc")]
-pub use mimalloc::{ARENA_EAGER_COMMIT, PURGE_DELAY, give_back, tune};
+pub use self::mimalloc::{ARENA_EAGER_COMMIT, PURGE_DELAY, give_back, tune};

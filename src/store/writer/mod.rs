@@ -364,7 +364,8 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// a 115.6 s import and a 512 MiB peak, 6M 106.6 s and 514 (smaller stores, each over
 /// sooner; the peak in the reads after the import), and 105.6–107.8 s and 486–521 once
 /// the writer collects after each background pass (`reap_node_store`); with glibc 6M
-/// gave 153.9 s and 453 MiB (8M: 148.8–153.9 s and 453–457), hence 6M.
+/// gave 153.9 s and 453 MiB, no better or worse than 8M (148.8–153.9 s and 453–457):
+/// 6M for the mimalloc build's peak.
 const NODE_HOT_MAX_PAIRS: usize = 6_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
