@@ -673,11 +673,11 @@ impl Store {
     /// holds the chunk), which every reader of node buckets takes to read, so a reader
     /// sees a chunk's change either pending over the old chunk or in the new one, never
     /// neither nor both.
-    /// Flushed every `CHUNKS_PER_FLUSH` and at the end. By the writer thread, its background pass, or with none running;
-    /// one pass at a time (`Store::node_stores`). The writer may add changes meanwhile:
-    /// one added before its chunk is written is taken with it, later ones (and chunks
-    /// new since the pass began) stay pending for the next store. Callers have set
-    /// `NODE_STALE` durably before (`put_node_chunks`).
+    /// Flushed every `CHUNKS_PER_FLUSH` and at the end. By the writer thread, its
+    /// background pass, or with none running; one pass at a time (`Store::node_stores`).
+    /// The writer may add changes meanwhile: one added before its chunk is written is
+    /// taken with it, later ones (and chunks new since the pass began) stay pending for
+    /// the next store. Callers have set `NODE_STALE` durably before (`put_node_chunks`).
     ///
     /// One chunk at a time, not all merged first: the 10,000-member node of `bench
     /// community` has 376k node chunks, an import's store rewrites most of them, and

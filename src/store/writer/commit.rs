@@ -356,6 +356,9 @@ impl Writer {
             self.last_node_persist = std::time::Instant::now();
         } else if store_node {
             let stored = !node_held || store_node_pass(&self.store, node_pairs, true);
+            if node_held && node_pairs >= GIVE_BACK_AFTER_PAIRS {
+                crate::memory::give_back();
+            }
             if stored {
                 self.pending_node_pairs = 0;
                 self.last_node_persist = std::time::Instant::now();
@@ -372,6 +375,9 @@ impl Writer {
 /// `clear_stale` (the writer, right after a transaction that stored every user bucket,
 /// with no other pass running), clears `NODE_STALE`. A failure fails the store (the
 /// next open rebuilds the node statistics: `NODE_STALE` is still set). Whether it stored.
+/// The memory its store freed is given back by the writer, the thread that allocated
+/// it (`memory::give_back`: mimalloc takes other threads' frees back only then), after
+/// the pass or when it reaps a background one (`reap_node_store`).
 fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool) -> bool {
     #[cfg(test)]
     while !clear_stale && store.faults.hold_node_store_start.load(std::sync::atomic::Ordering::Relaxed) {
@@ -387,13 +393,6 @@ fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool)
                 background = !clear_stale,
                 "node statistics stored"
             );
-            if pairs >= GIVE_BACK_AFTER_PAIRS {
-                // The pending maps this store freed (tens of MiB or more in an import):
-                // given back here, and again by the writer when it reaps a background
-                // pass (`reap_node_store`: with mimalloc only the thread that allocated
-                // them can).
-                crate::memory::give_back();
-            }
             true
         }
         Err(e) => {
@@ -430,6 +429,7 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for the node store; storing on the writer");
                 store_node_pass(&self.store, pairs, false);
+                crate::memory::give_back();
             }
         }
     }
@@ -443,9 +443,8 @@ impl Writer {
                 if handle.join().is_err() {
                     self.store.fail("the node statistics store panicked");
                 }
-                // The pass freed pending changes this thread allocated: given back here
-                // (mimalloc takes another thread's frees of a thread's blocks back only
-                // when that thread collects; glibc's trim walks every arena).
+                // The pass (≥ `BACKGROUND_STORE_PAIRS` changes) freed pending changes this
+                // thread allocated (`store_node_pass`).
                 crate::memory::give_back();
                 false
             }
