@@ -34,7 +34,10 @@ pub fn normalize_name(name: &str) -> String {
     // lower-casing is the same result without the two NFC passes and the folding
     // tables (the writer normalises every new track's names; `ascii_is_the_full_rule`).
     if name.is_ascii() {
-        return collapse_spaces(&name.to_ascii_lowercase());
+        // Lower-cased in place: ASCII case changes no byte's length nor any space.
+        let mut out = collapse_spaces(name);
+        out.make_ascii_lowercase();
+        return out;
     }
     full_normalize(name)
 }

@@ -68,14 +68,34 @@ impl Content {
     }
 }
 
-/// Borrowing mirror of `Body` in canonical field order, serialised with postcard.
-#[derive(Serialize)]
-enum CanonicalBody<'a> {
+/// A borrowed `Body` in canonical field order: what the content hash covers,
+/// serialised with postcard. The writer hashes a new listen from the parts it was
+/// given, with no copy of its names (`Body::borrowed` for an owned body).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum BodyRef<'a> {
     Listen { listened_at: i64, duration_ms: Option<u32>, client: Option<&'a str>, track: &'a TrackRef },
     Love(&'a TrackRef),
     Unlove(&'a TrackRef),
     Delete { target: u64 },
     Hate(&'a TrackRef),
+}
+
+impl Body {
+    /// This body, borrowed in canonical field order.
+    pub fn borrowed(&self) -> BodyRef<'_> {
+        match self {
+            Body::Listen { track, listened_at, duration_ms, client } => BodyRef::Listen {
+                listened_at: *listened_at,
+                duration_ms: *duration_ms,
+                client: client.as_deref(),
+                track,
+            },
+            Body::Love(track) => BodyRef::Love(track),
+            Body::Unlove(track) => BodyRef::Unlove(track),
+            Body::Hate(track) => BodyRef::Hate(track),
+            Body::Delete { target } => BodyRef::Delete { target: *target },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -84,33 +104,35 @@ struct CanonicalEntry<'a> {
     user: &'a [u8; 32],
     seq: u64,
     salt: &'a Salt,
-    body: CanonicalBody<'a>,
+    body: BodyRef<'a>,
 }
 
 /// The canonical bytes of an entry: postcard of (format, user key, seq, salt, body).
 pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Vec<u8> {
-    let body = match body {
-        Body::Listen { track, listened_at, duration_ms, client } => CanonicalBody::Listen {
-            listened_at: *listened_at,
-            duration_ms: *duration_ms,
-            client: client.as_deref(),
-            track,
-        },
-        Body::Love(track) => CanonicalBody::Love(track),
-        Body::Unlove(track) => CanonicalBody::Unlove(track),
-        Body::Hate(track) => CanonicalBody::Hate(track),
-        Body::Delete { target } => CanonicalBody::Delete { target: *target },
-    };
-    let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };
+    let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body: body.borrowed() };
     // Serialising plain structs of integers, strings and byte arrays into a Vec cannot
     // fail; an empty result would simply fail verification, never be trusted.
     postcard::to_allocvec(&entry).unwrap_or_default()
 }
 
+/// `hasher` fed the postcard bytes of `value`: serialised on the stack when they fit
+/// (the writer hashes every listen it appends, and growing a `Vec` for each was five
+/// allocations a listen), else into a `Vec`. The same bytes either way.
+pub fn hash_postcard<T: Serialize>(mut hasher: blake3::Hasher, value: &T) -> blake3::Hash {
+    let mut buf = [0u8; 1024];
+    match postcard::to_slice(value, &mut buf) {
+        Ok(bytes) => hasher.update(bytes),
+        // Serialising plain structs of integers, strings and byte arrays cannot fail
+        // but for room; an empty result would fail verification, never be trusted.
+        Err(_) => hasher.update(&postcard::to_allocvec(value).unwrap_or_default()),
+    };
+    hasher.finalize()
+}
+
 /// The content hash of an entry.
-pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> Hash32 {
-    let bytes = canonical_bytes(user, seq, salt, body);
-    blake3::Hasher::new_derive_key(CONTENT_CONTEXT).update(&bytes).finalize().into()
+pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: BodyRef<'_>) -> Hash32 {
+    let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };
+    hash_postcard(blake3::Hasher::new_derive_key(CONTENT_CONTEXT), &entry).into()
 }
 
 /// The link before the first entry of `user`'s chain.
@@ -139,7 +161,7 @@ impl Content {
     /// The content hash of this entry, recomputed from content when present.
     pub fn hash(&self, user: &[u8; 32], seq: u64) -> Hash32 {
         match self {
-            Content::Present { salt, body } => content_hash(user, seq, salt, body),
+            Content::Present { salt, body } => content_hash(user, seq, salt, body.borrowed()),
             Content::Erased { content_hash } => *content_hash,
         }
     }
@@ -177,12 +199,27 @@ mod tests {
             hex::encode(&bytes),
             "01070707070707070707070707070707070707070707070707070707070707070703090909090909090909090909090909090080c49fd50c01b8e111000a4170686578205477696e0000045874616c011e53656c656374656420416d6269656e7420576f726b73203835e2809339320000"
         );
-        let content = content_hash(&[7; 32], 3, &[9; 16], &body);
+        let content = content_hash(&[7; 32], 3, &[9; 16], body.borrowed());
         assert_eq!(hex::encode(content), "d968913e2b5851ca751378199f563654d3e04f6f855672f0c1661d9f16ad9088");
         assert_eq!(
             hex::encode(next_link(&genesis_link(&[7; 32]), 3, &content)),
             "4d15acc6046aae98ca60960674403a232ece0766aaf5262e4b46eeb8bf643ab7"
         );
+    }
+
+    /// The content hash is blake3 over the canonical bytes whether they fit the stack
+    /// buffer `hash_postcard` serialises into or not (a long title, many artists).
+    #[test]
+    fn the_content_hash_covers_the_canonical_bytes_of_any_size() {
+        for len in [0, 900, 1_000, 1_024, 1_100, 5_000] {
+            let mut t = track();
+            t.title = "x".repeat(len);
+            let body =
+                Body::Listen { track: t, listened_at: 1_700_000_000, duration_ms: None, client: Some("c".into()) };
+            let bytes = canonical_bytes(&[7; 32], 300, &[9; 16], &body);
+            let expected: Hash32 = blake3::Hasher::new_derive_key(CONTENT_CONTEXT).update(&bytes).finalize().into();
+            assert_eq!(content_hash(&[7; 32], 300, &[9; 16], body.borrowed()), expected, "title of {len} bytes");
+        }
     }
 
     #[test]
@@ -198,6 +235,9 @@ mod tests {
     #[test]
     fn salt_changes_the_hash() {
         let body = Body::Love(track());
-        assert_ne!(content_hash(&[0; 32], 0, &[0; 16], &body), content_hash(&[0; 32], 0, &[1; 16], &body));
+        assert_ne!(
+            content_hash(&[0; 32], 0, &[0; 16], body.borrowed()),
+            content_hash(&[0; 32], 0, &[1; 16], body.borrowed())
+        );
     }
 }

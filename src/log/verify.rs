@@ -220,7 +220,7 @@ mod tests {
                 _ => Body::Unlove(track(*t)),
             };
             let salt = [*t; 16];
-            link = next_link(&link, seq, &content_hash(&user, seq, &salt, &body));
+            link = next_link(&link, seq, &content_hash(&user, seq, &salt, body.borrowed()));
             entries.push((Content::Present { salt, body }, check_of(&link)));
             if (seq as usize + 1).is_multiple_of(seal_every) || seq as usize + 1 == bodies.len() {
                 seals.push((seq, make_seal(&key, seq, &link, 1_700_000_000)));

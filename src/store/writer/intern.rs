@@ -10,10 +10,10 @@ use crate::store::{Error, Result, Store};
 
 use super::*;
 
-/// The digest that interns a track: blake3 of its postcard bytes, first 16 bytes.
+/// The digest that interns a track: blake3 of its postcard bytes, first 16 bytes
+/// (serialised on the stack: this runs for every listen the writer appends).
 pub(super) fn track_digest(track: &TrackRef) -> [u8; 16] {
-    let bytes = postcard::to_allocvec(track).unwrap_or_default();
-    let hash = blake3::hash(&bytes);
+    let hash = crate::log::entry::hash_postcard(blake3::Hasher::new(), track);
     let mut d = [0; 16];
     d.copy_from_slice(&hash.as_bytes()[..16]);
     d

@@ -5,6 +5,7 @@
 use std::collections::btree_map;
 
 use crate::log::dedupe::{close_enough, search_secs, window_secs};
+use crate::log::entry::BodyRef;
 use crate::log::entry::{check_of, content_hash, next_link};
 use crate::log::seal::make_seal;
 use crate::log::{Body, Listen, Salt};
@@ -184,10 +185,8 @@ impl Writer {
                 Body::Hate(t) => self.prepare_one(group, user, &Action::Hate(t.clone()), *salt, now),
                 Body::Delete { target } => {
                     let target = *target;
-                    let seq = self.append(group, user, body, *salt, now, |salt, check| StoredEntry::Delete {
-                        salt,
-                        check,
-                        target,
+                    let seq = self.append(group, user, body.borrowed(), *salt, now, |salt, check| {
+                        StoredEntry::Delete { salt, check, target }
                     })?;
                     Ok(Outcome::Appended { seq })
                 }
@@ -200,11 +199,11 @@ impl Writer {
                     _ => 0,
                 };
                 let body = match score {
-                    1 => Body::Love(track.clone()),
-                    -1 => Body::Hate(track.clone()),
-                    _ => Body::Unlove(track.clone()),
+                    1 => BodyRef::Love(track),
+                    -1 => BodyRef::Hate(track),
+                    _ => BodyRef::Unlove(track),
                 };
-                let seq = self.append(group, user, &body, salt, now, |salt, check| match score {
+                let seq = self.append(group, user, body, salt, now, |salt, check| match score {
                     1 => StoredEntry::Love { salt, check, track: id },
                     -1 => StoredEntry::Hate { salt, check, track: id },
                     _ => StoredEntry::Unlove { salt, check, track: id },
@@ -219,12 +218,9 @@ impl Writer {
                 if !self.erase(group, user, *target)? {
                     return Ok(Outcome::NotFound);
                 }
-                let body = Body::Delete { target: *target };
                 let target = *target;
-                let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Delete {
-                    salt,
-                    check,
-                    target,
+                let seq = self.append(group, user, BodyRef::Delete { target }, salt, now, |salt, check| {
+                    StoredEntry::Delete { salt, check, target }
                 })?;
                 Ok(Outcome::Appended { seq })
             }
@@ -263,14 +259,15 @@ impl Writer {
             Some(name) => self.intern_client(group, name)?,
             None => 0,
         };
-        let body = Body::Listen {
-            track: listen.track().clone(),
+        // Hashed from the listen's own parts: no copy of its names.
+        let body = BodyRef::Listen {
+            track: listen.track(),
             listened_at: at,
             duration_ms: listen.duration_ms(),
-            client: listen.client().map(str::to_owned),
+            client: listen.client(),
         };
         let duration_ms = listen.duration_ms();
-        let seq = self.append(group, user, &body, salt, now, |salt, check| StoredEntry::Listen {
+        let seq = self.append(group, user, body, salt, now, |salt, check| StoredEntry::Listen {
             salt,
             check,
             listened_at: at,
@@ -430,7 +427,7 @@ impl Writer {
         &mut self,
         group: &mut Group,
         user: UserId,
-        body: &Body,
+        body: BodyRef<'_>,
         salt: Salt,
         now: i64,
         make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
@@ -444,7 +441,7 @@ impl Writer {
         group: &mut Group,
         user: UserId,
         hash: Option<crate::log::Hash32>,
-        content: Option<(&Body, Salt)>,
+        content: Option<(BodyRef<'_>, Salt)>,
         now: i64,
         make: impl FnOnce(Salt, [u8; 4]) -> StoredEntry,
     ) -> Result<u64> {
@@ -540,7 +537,7 @@ impl Writer {
             duration_ms,
             client: interned_client(&group.clients, &store, client)?,
         };
-        let content_hash = content_hash(&state.public, target, &salt, &body);
+        let content_hash = content_hash(&state.public, target, &salt, body.borrowed());
         if let Some(e) = block.entries.get_mut(slot) {
             *e = StoredEntry::Erased { content_hash, check };
         }
