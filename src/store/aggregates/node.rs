@@ -211,32 +211,150 @@ fn count_in(counts: &[(u32, u32)], item: u32) -> i64 {
     counts.binary_search_by_key(&item, |c| c.0).map_or(0, |i| i64::from(counts[i].1))
 }
 
-/// Items whose count differs between two sorted lists.
-fn differing(before: &[(u32, u32)], after: &[(u32, u32)], into: &mut BTreeSet<u32>) {
+/// Items whose count differs between two sorted lists, pushed to `into` in order.
+fn differing(before: &[(u32, u32)], after: &[(u32, u32)], into: &mut Vec<u32>) {
     let (mut i, mut j) = (0, 0);
     loop {
         match (before.get(i), after.get(j)) {
             (Some(b), Some(a)) if b.0 == a.0 => {
                 if b.1 != a.1 {
-                    into.insert(b.0);
+                    into.push(b.0);
                 }
                 i += 1;
                 j += 1;
             }
             (Some(b), Some(a)) if b.0 < a.0 => {
-                into.insert(b.0);
+                into.push(b.0);
                 i += 1;
             }
             (Some(b), None) => {
-                into.insert(b.0);
+                into.push(b.0);
                 i += 1;
             }
             (_, Some(a)) => {
-                into.insert(a.0);
+                into.push(a.0);
                 j += 1;
             }
             (None, None) => break,
         }
+    }
+}
+
+/// Where `deltas` puts the node changes it derives.
+pub(crate) trait NodeSink {
+    /// Changes (item, by) of items of kind index `kind` in chunk `key`, in item order,
+    /// each a change of the chunk's total too.
+    fn items(&mut self, key: [u8; 9], kind: usize, changes: &[(u32, i64)]);
+    /// A totals chunk's change: `listens` to its total, `listeners` to its users with
+    /// listens (`counts[0]`'s one entry). Given for every unit, changed or not.
+    fn totals(&mut self, key: [u8; 9], listens: i64, listeners: i64);
+}
+
+/// Changes gathered per chunk, for a store or a rebuild.
+impl NodeSink for FastMap<[u8; 9], Delta> {
+    fn items(&mut self, key: [u8; 9], kind: usize, changes: &[(u32, i64)]) {
+        let e = self.entry(key).or_default();
+        let Some(counts) = e.counts.get_mut(kind) else { return };
+        // Reserved once per chunk: growing a map one item at a time rehashed it over
+        // and over (a tenth of the writer's time at 10,000 members, when the writer
+        // gathered its groups' changes here).
+        counts.reserve(changes.len());
+        for &(item, by) in changes {
+            let by = narrow(by);
+            e.total += i64::from(by);
+            bump(counts, item, by);
+        }
+    }
+
+    fn totals(&mut self, key: [u8; 9], listens: i64, listeners: i64) {
+        let e = self.entry(key).or_default();
+        e.total += listens;
+        bump(&mut e.counts[0], 0, narrow(listeners));
+    }
+}
+
+/// A writer group's node changes as a flat list, added to the pending changes
+/// (`NodePending`) once the group is durable (`absorb_into`). Gathering them in maps per
+/// chunk first, then absorbing those, built and dropped a hash map per chunk and kind
+/// each group, and hashed every change twice: at 10,000 members a third of the writer's
+/// time went to node changes, a tenth of it in the allocator. The writer keeps one
+/// list and reuses its room from group to group.
+#[derive(Debug, Default)]
+pub(crate) struct NodeChanges {
+    entries: Vec<NodeEntry>,
+}
+
+/// One change of a node chunk: of an item's count of kind index `kind` (< 3, and of
+/// the chunk's total), or of a totals chunk's listens (`TOTAL_LISTENS`) or listeners
+/// (`TOTAL_LISTENERS`).
+#[derive(Clone, Copy, Debug)]
+struct NodeEntry {
+    key: [u8; 9],
+    kind: u8,
+    item: u32,
+    by: i64,
+}
+
+const TOTAL_LISTENS: u8 = 3;
+const TOTAL_LISTENERS: u8 = 4;
+
+impl NodeSink for NodeChanges {
+    fn items(&mut self, key: [u8; 9], kind: usize, changes: &[(u32, i64)]) {
+        let Ok(kind) = u8::try_from(kind) else { return };
+        let entries = changes.iter().map(|&(item, by)| NodeEntry { key, kind, item, by: i64::from(narrow(by)) });
+        self.entries.extend(entries);
+    }
+
+    fn totals(&mut self, key: [u8; 9], listens: i64, listeners: i64) {
+        self.entries.push(NodeEntry { key, kind: TOTAL_LISTENS, item: 0, by: listens });
+        self.entries.push(NodeEntry { key, kind: TOTAL_LISTENERS, item: 0, by: i64::from(narrow(listeners)) });
+    }
+}
+
+impl NodeChanges {
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The chunks changed, sorted, each once.
+    pub(crate) fn keys(&self) -> Vec<[u8; 9]> {
+        // A chunk's changes come in runs: one key a run before sorting.
+        let mut keys: Vec<[u8; 9]> = self.entries.chunk_by(|a, b| a.key == b.key).map(|run| run[0].key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Adds every change to `pending` (`NodePending`'s map), as `FastMap::<_, Delta>`
+    /// gathers them; returns the (item, change) pairs `pending` gained.
+    pub(crate) fn absorb_into(&self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
+        let mut gained = 0usize;
+        for run in self.entries.chunk_by(|a, b| a.key == b.key) {
+            let d = pending.entry(run[0].key).or_default();
+            for e in run {
+                let (kind, total) = match e.kind {
+                    TOTAL_LISTENS => {
+                        d.total += e.by;
+                        continue;
+                    }
+                    TOTAL_LISTENERS => (0, false),
+                    kind => (usize::from(kind), true),
+                };
+                let Some(counts) = d.counts.get_mut(kind) else { continue };
+                let by = narrow(e.by);
+                if total {
+                    d.total += i64::from(by);
+                }
+                let before = counts.len();
+                bump(counts, e.item, by);
+                gained += counts.len() - before;
+            }
+        }
+        gained
     }
 }
 
@@ -269,24 +387,18 @@ impl Unit<'_> {
         self.parts.iter().filter_map(move |p: &Part<'_>| if after { p.1 } else { p.0 })
     }
 
-    fn add_to(
-        &self,
-        out: &mut FastMap<[u8; 9], Delta>,
-        plain: &mut Plain<'_>,
-        respelled: &[(Kind, u32)],
-    ) -> Result<()> {
+    fn add_to(&self, out: &mut impl NodeSink, plain: &mut Plain<'_>, respelled: &[(Kind, u32)]) -> Result<()> {
         let total = |after: bool| -> i64 { self.side(after).map(|a| i64::from(a.total)).sum() };
         let (tb, ta) = (total(false), total(true));
         let listeners_total = i64::from(ta > 0) - i64::from(tb > 0);
         // Per kind, the changes in item order (`items` is sorted): put into `out` a chunk
-        // at a time, each chunk's map reserved once (growing them one item at a time
-        // rehashed them over and over: a tenth of the writer's time at 10,000 members).
+        // at a time (`NodeSink::items`).
         let mut listens: [Vec<(u32, i64)>; 3] = Default::default();
         let mut listeners: [Vec<(u32, i64)>; 3] = Default::default();
         let mut plains: [Vec<(u32, i64)>; 3] = Default::default();
         for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
             let k = kind.index();
-            let mut items = BTreeSet::new();
+            let mut items = Vec::new();
             for (b, a) in &self.parts {
                 // An unchanged part is the same bucket on both sides: nothing differs.
                 if let (Some(b), Some(a)) = (b, a)
@@ -302,6 +414,10 @@ impl Unit<'_> {
                 // away from the stored name (an erasure and a new listen in one group).
                 items.extend(respelled.iter().filter(|(rk, _)| *rk == kind).map(|(_, id)| *id));
             }
+            // Several parts (a week's days, the years) and respellings name an item more
+            // than once.
+            items.sort_unstable();
+            items.dedup();
             for item in items {
                 let sum = |after: bool| -> i64 { self.side(after).map(|x| count_in(&x.counts[k], item)).sum() };
                 let (b, a) = (sum(false), sum(true));
@@ -323,24 +439,15 @@ impl Unit<'_> {
             }
         }
         let (g, n) = (self.granularity, self.number);
-        let put = |out: &mut FastMap<[u8; 9], Delta>, what: u8, changes: &[Vec<(u32, i64)>; 3]| {
+        let put = |out: &mut _, what: u8, changes: &[Vec<(u32, i64)>; 3]| {
             for (k, sorted) in changes.iter().enumerate() {
                 for run in sorted.chunk_by(|a, b| chunk_of(g, a.0) == chunk_of(g, b.0)) {
                     let Some(&(first, _)) = run.first() else { continue };
-                    let e = out.entry(node_key(what, g, n, chunk_of(g, first))).or_default();
-                    let counts = &mut e.counts[k];
-                    counts.reserve(run.len());
-                    for &(item, by) in run {
-                        let by = narrow(by);
-                        e.total += i64::from(by);
-                        bump(counts, item, by);
-                    }
+                    NodeSink::items(out, node_key(what, g, n, chunk_of(g, first)), k, run);
                 }
             }
         };
-        let totals = out.entry(node_key(WHAT_TOTALS, g, n, 0)).or_default();
-        totals.total += ta - tb;
-        bump(&mut totals.counts[0], 0, narrow(listeners_total));
+        out.totals(node_key(WHAT_TOTALS, g, n, 0), ta - tb, listeners_total);
         put(out, WHAT_LISTENS, &listens);
         put(out, WHAT_LISTENERS, &listeners);
         if g == BUCKET_ALL {
@@ -362,7 +469,7 @@ pub(crate) fn deltas(
     years: &BTreeSet<i32>,
     plain: &mut Plain<'_>,
     respelled: &[(Kind, u32)],
-    out: &mut FastMap<[u8; 9], Delta>,
+    out: &mut impl NodeSink,
 ) -> Result<()> {
     let Some(first) = changes.keys().next() else { return Ok(()) };
     let (user, _, _) = keys::parse_bucket(schema::USERID_BUCKET_COUNTS, first)?;
@@ -1258,6 +1365,72 @@ mod tests {
         // All time moved from 2 to 3 listens of each: no listener moved.
         assert!(seen.get(&(WHAT_LISTENERS, BUCKET_ALL)).is_none_or(BTreeMap::is_empty));
         assert!(seen.get(&(WHAT_LISTENERS, BUCKET_WEEK)).is_some_and(|l| l.len() == items.len()));
+    }
+
+    /// The writer's flat list of node changes, added to pending changes, gives what
+    /// gathering them per chunk (`FastMap<_, Delta>`, as rebuilds and sharing-level
+    /// changes do) and absorbing that gives: the same chunks, totals and counts, and
+    /// the pairs it reports gained are those the pending map gained.
+    #[test]
+    fn flat_changes_absorb_as_gathered_ones_do() {
+        let agg = |items: &[u32], n: u32| AggV2 {
+            total: n * u32::try_from(items.len()).unwrap_or(0),
+            counts: [0, 1, 2].map(|_| items.iter().map(|i| (*i, n)).collect()),
+            hours: Vec::new(),
+        };
+        let years: BTreeSet<i32> = [2023, 2024].into();
+        let mut gathered: FastMap<[u8; 9], Delta> = FastMap::default();
+        let mut flat = NodeChanges::default();
+        // Three users' changes, sharing items and chunks: the second loses listens, the
+        // third is a new listener of every bucket (its totals chunks gain a listener).
+        let users =
+            [(7, vec![1, 300], vec![1, 2, 300, 70_000]), (8, vec![2, 5, 301], vec![5]), (9, vec![], vec![2, 9])];
+        for (user, before, after) in users {
+            let user = UserId(user);
+            let mut changes: BTreeMap<[u8; 9], Change> = BTreeMap::new();
+            for (g, n) in [(BUCKET_DAY, 19_725), (BUCKET_DAY, 19_727), (BUCKET_MONTH, 24 * 12), (BUCKET_YEAR, 2024)] {
+                let before = (!before.is_empty()).then(|| Arc::new(agg(&before, 2)));
+                changes.insert(keys::bucket(user, g, n), (before, Some(Arc::new(agg(&after, 1)))));
+            }
+            let older = Some(Arc::new(agg(&[1, 2, 3], 4)));
+            let mut current = |_: &[u8; 9]| Ok(older.clone());
+            let plain = |_: Kind, id: u32, after: bool| Ok(after || id.is_multiple_of(2));
+            deltas(&changes, &mut current, &years, &mut plain.clone(), &[(Kind::Artist, 5)], &mut gathered)
+                .expect("deltas");
+            deltas(&changes, &mut current, &years, &mut plain.clone(), &[(Kind::Artist, 5)], &mut flat)
+                .expect("deltas");
+        }
+        assert!(!flat.is_empty());
+        let mut keys: Vec<[u8; 9]> = gathered.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(flat.keys(), keys, "the chunks changed, each once");
+        // Into pending changes already holding some of those chunks' items, and others.
+        let mut old = FastMap::default();
+        for (i, k) in keys.iter().enumerate().step_by(3) {
+            let d: &mut Delta = old.entry(*k).or_default();
+            d.total = 5;
+            d.counts[1].insert(u32::try_from(i).unwrap_or(0), 5);
+            d.counts[0].insert(1, -1);
+        }
+        let mut by_map: BTreeMap<[u8; 9], Delta> = old.iter().map(|(k, d)| (*k, d.clone())).collect();
+        let mut by_list = by_map.clone();
+        for (k, d) in &gathered {
+            by_map.entry(*k).or_default().absorb(d);
+        }
+        let pairs = |m: &BTreeMap<[u8; 9], Delta>| m.values().map(Delta::pairs).sum::<usize>();
+        let (was, gained) = (pairs(&by_list), flat.absorb_into(&mut by_list));
+        assert_eq!(pairs(&by_list), was + gained, "the pairs gained, exactly");
+        assert_eq!(by_list.len(), by_map.len());
+        for ((k1, a), (k2, b)) in by_list.iter().zip(&by_map) {
+            assert_eq!(k1, k2);
+            assert_eq!(a.total, b.total, "total of {k1:?}");
+            for kind in 0..3 {
+                let sorted = |d: &Delta| d.counts[kind].iter().map(|(i, n)| (*i, *n)).collect::<BTreeMap<u32, i32>>();
+                assert_eq!(sorted(a), sorted(b), "kind {kind} of {k1:?}");
+            }
+        }
+        flat.clear();
+        assert!(flat.is_empty() && flat.keys().is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sled::Transactional;
 
 use crate::stats::chart::Kind;
-use crate::store::aggregates::{Change, NODE_STALE, deltas as node_deltas, is_node_key, merged};
+use crate::store::aggregates::{Change, NODE_STALE, NodeChanges, deltas as node_deltas, is_node_key, merged};
 use crate::store::codec::{decode, encode};
 use crate::store::keys::{self, UserId};
 use crate::store::schema::{self};
@@ -17,21 +17,19 @@ use crate::store::{Error, Result};
 
 use super::*;
 
-/// A group's merged user buckets and its changes of node buckets.
-/// And the local days whose listens of counted users changed (`Store::node_group_changed`).
-pub(super) type NodeMerge = (
-    Vec<([u8; 9], Arc<AggV2>)>,
-    crate::store::aggregates::FastMap<[u8; 9], crate::store::aggregates::Delta>,
-    BTreeSet<i32>,
-);
+/// A group's merged user buckets, and the local days whose listens of counted users
+/// changed (`Store::node_group_changed`); its changes of node buckets go to the
+/// writer's `node_changes`.
+pub(super) type NodeMerge = (Vec<([u8; 9], Arc<AggV2>)>, BTreeSet<i32>);
 
 impl Writer {
     /// The buckets a group changed, with its changes applied, and the changes of the
     /// node buckets (`aggregates::node`) those of users counted in node charts make
     /// (added to the pending ones, `aggregates::NodePending`, and merged into the node
     /// chunks only when they are stored: merging every group's into its chunks copied
-    /// thousands of chunks a group, more as the node grew).
-    pub(super) fn merge_buckets(&self, group: &Group) -> Result<NodeMerge> {
+    /// thousands of chunks a group, more as the node grew), put into `node` (cleared).
+    pub(super) fn merge_buckets(&self, group: &Group, node: &mut NodeChanges) -> Result<NodeMerge> {
+        node.clear();
         let mut out = Vec::with_capacity(group.aggs.len());
         let mut by_user: BTreeMap<UserId, BTreeMap<[u8; 9], Change>> = BTreeMap::new();
         for (k, delta) in &group.aggs {
@@ -41,7 +39,6 @@ impl Writer {
             by_user.entry(user).or_default().insert(*k, (before, Some(after.clone())));
             out.push((*k, after));
         }
-        let mut node = crate::store::aggregates::FastMap::default();
         let mut days = BTreeSet::new();
         for (user, changes) in &by_user {
             if !self.store.counted_in_node(*user)? {
@@ -76,10 +73,10 @@ impl Writer {
                     self.store.shows_stored_name(*user, kind, id, if after { pending } else { None })
                 },
                 &respelled,
-                &mut node,
+                node,
             )?;
         }
-        Ok((out, node, days))
+        Ok((out, days))
     }
 
     /// Writes a group in one transaction and flushes (then the node chunks, when they
@@ -193,7 +190,10 @@ impl Writer {
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
         }
-        let (buckets, node, days) = self.merge_buckets(group)?;
+        // The writer's list of node changes, its room kept from group to group (given
+        // back below; lost to an error, which leaves an empty one).
+        let mut node = std::mem::take(&mut self.node_changes);
+        let (buckets, days) = self.merge_buckets(group, &mut node)?;
         // The node buckets are stored with the user buckets when they are due: every
         // change held (the pending ones, this group's, a recount's memory copy) merged
         // into its stored chunk after the transaction (`Store::store_node_changes`).
@@ -327,16 +327,15 @@ impl Writer {
                 hot.insert(k, agg);
             }
         }
-        for (k, d) in &node {
-            pending.entry(*k).or_default().absorb(d);
-            // An upper bound: a change of an item already pending adds no pair.
-            self.pending_node_pairs = self.pending_node_pairs.saturating_add(d.pairs());
-        }
+        let gained = node.absorb_into(&mut pending);
+        self.pending_node_pairs = self.pending_node_pairs.saturating_add(gained);
         drop(pending);
         drop(hot);
         // Readers see the group from now on: the kept node buckets it changed go now,
         // not after the store below (a chart kept meanwhile would lag for its seconds).
-        self.store.node_group_changed(node.keys(), &days, false);
+        self.store.node_group_changed(&node.keys(), &days, false);
+        node.clear();
+        self.node_changes = node;
         if persist {
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();

@@ -332,9 +332,11 @@ struct Writer {
     last_persist: std::time::Instant,
     /// When the node buckets were last stored (`NODE_PERSIST_EVERY`).
     last_node_persist: std::time::Instant,
-    /// (item, change) pairs added to the pending node changes since they were last
-    /// stored (at most: one item changed twice counts twice).
+    /// (item, change) pairs the pending node changes gained since they were last
+    /// stored (`NodeChanges::absorb_into`: a pair already pending counts once).
     pending_node_pairs: usize,
+    /// A group's node changes (`Writer::merge_buckets`), kept for its room.
+    node_changes: crate::store::aggregates::NodeChanges,
     /// A background pass storing node chunks (`Writer::store_node_in_background`).
     node_store: Option<JoinHandle<()>>,
 }
@@ -423,6 +425,7 @@ impl Writer {
             last_persist: std::time::Instant::now(),
             last_node_persist: std::time::Instant::now(),
             pending_node_pairs: 0,
+            node_changes: Default::default(),
             node_store: None,
             rules,
         };
