@@ -331,7 +331,19 @@ impl NodeChanges {
 
     /// Adds every change to `pending` (`NodePending`'s map), as `FastMap::<_, Delta>`
     /// gathers them; returns the (item, change) pairs `pending` gained.
-    pub(crate) fn absorb_into(&self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
+    ///
+    /// In key order: a group's changes name thousands of chunks a few items each (an
+    /// all-time chunk spans 256 ids), and looking each run up in `pending` (376k chunks
+    /// at 10,000 members) in the order the users' buckets gave them was a fifth of the
+    /// writer's time, mostly waiting on memory; sorted, each chunk is looked up once
+    /// and the next lookup walks the tree nodes the last one brought into cache.
+    pub(crate) fn absorb_into(&mut self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
+        // Every node key starts with 0xFF (`node_key`): the other eight bytes, read as
+        // one big-endian number, order them as the bytes do.
+        self.entries.sort_unstable_by_key(|e| {
+            let [_, rest @ ..] = e.key;
+            u64::from_be_bytes(rest)
+        });
         let mut gained = 0usize;
         for run in self.entries.chunk_by(|a, b| a.key == b.key) {
             let d = pending.entry(run[0].key).or_default();
