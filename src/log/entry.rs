@@ -115,24 +115,23 @@ pub fn canonical_bytes(user: &[u8; 32], seq: u64, salt: &Salt, body: &Body) -> V
     postcard::to_allocvec(&entry).unwrap_or_default()
 }
 
-/// `hasher` fed the postcard bytes of `value`: serialised on the stack when they fit
-/// (the writer hashes every listen it appends, and growing a `Vec` for each was five
+/// `f` of the postcard bytes of `value`: serialised on the stack when they fit (the
+/// writer hashes every listen it appends, and growing a `Vec` for each was five
 /// allocations a listen), else into a `Vec`. The same bytes either way.
-pub fn hash_postcard<T: Serialize>(mut hasher: blake3::Hasher, value: &T) -> blake3::Hash {
+pub fn with_postcard<T: Serialize, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
     let mut buf = [0u8; 1024];
     match postcard::to_slice(value, &mut buf) {
-        Ok(bytes) => hasher.update(bytes),
+        Ok(bytes) => f(bytes),
         // Serialising plain structs of integers, strings and byte arrays cannot fail
         // but for room; an empty result would fail verification, never be trusted.
-        Err(_) => hasher.update(&postcard::to_allocvec(value).unwrap_or_default()),
-    };
-    hasher.finalize()
+        Err(_) => f(&postcard::to_allocvec(value).unwrap_or_default()),
+    }
 }
 
 /// The content hash of an entry.
 pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: BodyRef<'_>) -> Hash32 {
     let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };
-    hash_postcard(blake3::Hasher::new_derive_key(CONTENT_CONTEXT), &entry).into()
+    with_postcard(&entry, |bytes| blake3::Hasher::new_derive_key(CONTENT_CONTEXT).update(bytes).finalize().into())
 }
 
 /// The link before the first entry of `user`'s chain.
@@ -208,7 +207,7 @@ mod tests {
     }
 
     /// The content hash is blake3 over the canonical bytes whether they fit the stack
-    /// buffer `hash_postcard` serialises into or not (a long title, many artists).
+    /// buffer `with_postcard` serialises into or not (a long title, many artists).
     #[test]
     fn the_content_hash_covers_the_canonical_bytes_of_any_size() {
         for len in [0, 900, 1_000, 1_024, 1_100, 5_000] {

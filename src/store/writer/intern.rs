@@ -13,7 +13,7 @@ use super::*;
 /// The digest that interns a track: blake3 of its postcard bytes, first 16 bytes
 /// (serialised on the stack: this runs for every listen the writer appends).
 pub(super) fn track_digest(track: &TrackRef) -> [u8; 16] {
-    let hash = crate::log::entry::hash_postcard(blake3::Hasher::new(), track);
+    let hash = crate::log::entry::with_postcard(track, blake3::hash);
     let mut d = [0; 16];
     d.copy_from_slice(&hash.as_bytes()[..16]);
     d

@@ -311,7 +311,7 @@ struct Writer {
     store: Store,
     stats: Arc<Counters>,
     max_group_listens: usize,
-    users: HashMap<UserId, UserState>,
+    users: crate::store::aggregates::FastMap<UserId, UserState>,
     /// Every interned track: digest of its canonical TrackRef -> track id. Built from
     /// `trackchunk_tracks` at start; 20 bytes of memory per track (`HashIndex`).
     tracks: HashIndex,
@@ -413,7 +413,7 @@ impl Writer {
             store,
             stats,
             max_group_listens,
-            users: HashMap::new(),
+            users: Default::default(),
             tracks: HashIndex::default(),
             track_keys: Vec::new(),
             read_blocks: HashMap::new(),
