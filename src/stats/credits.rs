@@ -89,8 +89,10 @@ fn strip_title_guests(title: &str, markers: &[String]) -> (String, Vec<String>) 
         if let Some(close) = close {
             let inner = &rest[1..];
             let marker = title_markers.clone().find(|m| starts_with_marker(inner, m));
-            if let (Some(m), Some(end)) = (marker, inner.find(close)) {
-                // Past the marker and its space: empty when the bracket closes sooner.
+            // The bracket's close after the marker and its space (a marker from the
+            // configuration may hold a bracket of its own).
+            let end = marker.and_then(|m| inner.get(m.len() + 1..)?.find(close).map(|e| (m, e + m.len() + 1)));
+            if let Some((m, end)) = end {
                 let guest = title.get(i + 1 + m.len() + 1..i + 1 + end).unwrap_or("");
                 if !guest.trim().is_empty() {
                     guests.push(guest.trim().to_owned());
@@ -308,6 +310,16 @@ mod tests {
         let mut listed = t("Whatever & Co", "X", 0);
         listed.artist_names = v(&["One", "Two"]);
         assert_eq!(c(&listed, &[]).0, v(&["One", "Two"]));
+    }
+
+    /// A configured marker holding a closing bracket: the guest ends at the bracket
+    /// after the marker (the old search took the one inside it, and sliced backwards).
+    #[test]
+    fn a_marker_may_hold_a_bracket() {
+        let markers = v(&["a)b"]);
+        assert_eq!(strip_title_guests("X (a)b c) Y", &markers), ("X Y".to_owned(), v(&["c"])));
+        assert_eq!(strip_title_guests("X (A)B ) Y", &markers), ("X Y".to_owned(), v(&[])));
+        assert_eq!(strip_title_guests("X (a)b no close", &markers), ("X (a)b no close".to_owned(), v(&[])));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 /// holds tens of thousands of items, so inserting listens one by one into its sorted
 /// lists would cost a copy of the list each.
 ///
-/// Each item's change is an `i32`: the node's pending changes hold up to 12M of them
+/// Each item's change is an `i32`: the node's pending changes hold millions of them
 /// (`NODE_HOT_MAX_PAIRS`; 16M when measured), and 8-byte entries instead of 16 took ~150
 /// MiB off an import's peak (the process's peak 725 → 573 MiB at 10,000 members). A
 /// change is a count of listens (or listeners) gained or lost between two stores;

@@ -329,21 +329,28 @@ impl NodeChanges {
         keys
     }
 
-    /// Adds every change to `pending` (`NodePending`'s map), as `FastMap::<_, Delta>`
-    /// gathers them; returns the (item, change) pairs `pending` gained.
-    ///
-    /// In key order: a group's changes name thousands of chunks a few items each (an
-    /// all-time chunk spans 256 ids), and looking each run up in `pending` (376k chunks
-    /// at 10,000 members) in the order the users' buckets gave them was a fifth of the
-    /// writer's time, mostly waiting on memory; sorted, each chunk is looked up once
-    /// and the next lookup walks the tree nodes the last one brought into cache.
-    pub(crate) fn absorb_into(&mut self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
+    /// Puts the changes in key order, before `absorb_into` (outside the locks it is
+    /// called under): a group's changes name thousands of chunks a few items each (an
+    /// all-time chunk spans 256 ids), and looking each run up in the pending changes
+    /// (376k chunks at 10,000 members) in the order the users' buckets gave them was a
+    /// fifth of the writer's time, mostly waiting on memory; sorted, each chunk is
+    /// looked up once and the next lookup walks the tree nodes the last brought into
+    /// cache.
+    pub(crate) fn sort(&mut self) {
         // Every node key starts with 0xFF (`node_key`): the other eight bytes, read as
         // one big-endian number, order them as the bytes do.
         self.entries.sort_unstable_by_key(|e| {
             let [_, rest @ ..] = e.key;
             u64::from_be_bytes(rest)
         });
+    }
+
+    /// Adds every change to `pending` (`NodePending`'s map), as `FastMap::<_, Delta>`
+    /// gathers them, but one change at a time: each saturates at `i32`'s bounds as it
+    /// is added, where a group's were summed first (the same below those bounds,
+    /// which no node reaches: `Delta`). Returns the (item, change) pairs `pending`
+    /// gained. Sorted first (`sort`), each chunk's run is looked up once.
+    pub(crate) fn absorb_into(&self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
         let mut gained = 0usize;
         for run in self.entries.chunk_by(|a, b| a.key == b.key) {
             let d = pending.entry(run[0].key).or_default();
@@ -1430,6 +1437,7 @@ mod tests {
             by_map.entry(*k).or_default().absorb(d);
         }
         let pairs = |m: &BTreeMap<[u8; 9], Delta>| m.values().map(Delta::pairs).sum::<usize>();
+        flat.sort();
         let (was, gained) = (pairs(&by_list), flat.absorb_into(&mut by_list));
         assert_eq!(pairs(&by_list), was + gained, "the pairs gained, exactly");
         assert_eq!(by_list.len(), by_map.len());

@@ -76,6 +76,7 @@ impl Writer {
                 node,
             )?;
         }
+        node.sort();
         Ok((out, days))
     }
 

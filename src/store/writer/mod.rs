@@ -333,7 +333,8 @@ struct Writer {
     /// When the node buckets were last stored (`NODE_PERSIST_EVERY`).
     last_node_persist: std::time::Instant,
     /// (item, change) pairs the pending node changes gained since they were last
-    /// stored (`NodeChanges::absorb_into`: a pair already pending counts once).
+    /// stored: exactly from groups (`NodeChanges::absorb_into`: a pair already pending
+    /// counts once), an upper bound from a sharing-level change (`Delta::pairs`).
     pending_node_pairs: usize,
     /// A group's node changes (`Writer::merge_buckets`), kept for its room.
     node_changes: crate::store::aggregates::NodeChanges,
@@ -353,7 +354,10 @@ const HOT_MAX_PAIRS: usize = 2_000_000;
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most node changes held in memory before they are stored: the pending (item, change)
-/// pairs (`aggregates::NodePending`; counted with repeats, so an upper bound) and the
+/// pairs (`aggregates::NodePending`; exactly as the pending maps gain them from the
+/// writer's groups, `NodeChanges::absorb_into`, an upper bound from a sharing-level
+/// change, `Delta::pairs`; with repeats, an upper bound, before 2026-12-05's third
+/// session, when the figures below up to "6M" were measured) and the
 /// counts of node buckets a recount left in the memory copy. A store rewrites most of
 /// the node's chunks whatever their number (an import's members span every week), so
 /// this bound sets how often a bulk import pays for it: at 10,000 members 8M gave 15
@@ -367,7 +371,8 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// sooner; the peak in the reads after the import), and 105.6–107.8 s and 486–521 once
 /// the writer collects after each background pass (`reap_node_store`); with glibc 6M
 /// gave 153.9 s and 453 MiB, no better or worse than 8M (148.8–153.9 s and 453–457):
-/// 6M for the mimalloc build's peak.
+/// 6M for the mimalloc build's peak. Counted exactly, 6M means more pairs in memory
+/// than before: the import's peak with glibc was 441–446 MiB (passes of up to 9 s).
 const NODE_HOT_MAX_PAIRS: usize = 6_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
