@@ -105,6 +105,9 @@ fn submit_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// Requests answered, of every API and outcome: whether the node was idle
+    /// (`node::give_back_when_idle`). Not exported.
+    answered: std::sync::atomic::AtomicU64,
     submit_seconds: Histograms,
     /// Connections answered 503 at the connection cap (`http.max_connections`).
     pub shed_connections: Counter,
@@ -186,6 +189,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             requests,
+            answered: std::sync::atomic::AtomicU64::new(0),
             submit_seconds,
             shed_connections,
             batches,
@@ -206,9 +210,15 @@ impl Metrics {
     /// One request answered: counted by API and outcome; a submission's time observed.
     pub fn record(&self, api: Api, status: u16, submission_seconds: Option<f64>) {
         self.requests.get_or_create(&RequestLabels { api, outcome: Outcome::of(status) }).inc();
+        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(seconds) = submission_seconds {
             self.submit_seconds.get_or_create(&ApiLabel { api }).observe(seconds);
         }
+    }
+
+    /// Requests answered since the node started.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The OpenMetrics text of everything, with `readings` taken for this scrape.

@@ -145,8 +145,10 @@ impl Node {
             }
         };
         let limits = crate::http::Limits { shed: Some(metrics.shed_connections.clone()), ..http_limits(&self.config) };
+        let idle = tokio::spawn(give_back_when_idle(metrics.clone()));
         crate::http::serve(listener, router(state), limits, until).await?;
         tracing::debug!("http stopped");
+        idle.abort();
         releases.abort();
         let ingestor = self.ingestor.clone();
         let _ = tokio::task::spawn_blocking(move || ingestor.stop()).await;
@@ -169,6 +171,51 @@ impl Node {
             Err(e) => tracing::warn!(error = %e, "node stopped; the last flush failed (recounted at the next start)"),
         }
         Ok(Ended::Shutdown)
+    }
+}
+
+/// How often `give_back_when_idle` looks whether the node answered requests.
+pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Gives the memory the process freed back to the system (`memory::give_back`) once the
+/// node is idle: at the first check that finds no request answered since the one before
+/// (start-up frees much: opening the store, loading the writer's tables), then after
+/// each spell of requests, once a check finds none since the last.
+/// What a node frees serving reads stays with the allocator otherwise, and pages sled
+/// drops are freed only later (its epoch-based reclamation): on the 10,000-member
+/// benchmark node, 100 home pages took a node from 290 to 332 MiB, and giving back then
+/// brought it to 270. Never under load: a request seen since the last check waits a check.
+async fn give_back_when_idle(metrics: std::sync::Arc<crate::metrics::Metrics>) {
+    let mut every = tokio::time::interval(IDLE_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle = IdleGiveBack::default();
+    loop {
+        every.tick().await;
+        if idle.due(metrics.answered()) {
+            let _ = tokio::task::spawn_blocking(crate::memory::give_back).await;
+        }
+    }
+}
+
+/// When an idle node gives memory back (`give_back_when_idle`): the count of requests
+/// answered at the last check (none before the first), and at the last give-back (none
+/// yet: start-up's work is given back at the first idle check).
+#[derive(Debug, Default)]
+struct IdleGiveBack {
+    seen: Option<u64>,
+    given_at: Option<u64>,
+}
+
+impl IdleGiveBack {
+    /// Whether to give back now, `answered` requests answered so far.
+    fn due(&mut self, answered: u64) -> bool {
+        let idle = self.seen == Some(answered);
+        self.seen = Some(answered);
+        if idle && self.given_at != Some(answered) {
+            self.given_at = Some(answered);
+            return true;
+        }
+        false
     }
 }
 
@@ -339,4 +386,20 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle node gives memory back once after start, then once after each spell of
+    /// requests has ended; never at a check that saw requests since the last one.
+    #[test]
+    fn memory_is_given_back_once_per_idle_spell() {
+        let mut idle = IdleGiveBack::default();
+        let checks: Vec<bool> = [0, 0, 0, 5, 9, 9, 9, 10, 10, 10].into_iter().map(|n| idle.due(n)).collect();
+        assert_eq!(checks, [false, true, false, false, false, true, false, false, true, false]);
+        let mut busy = IdleGiveBack::default();
+        assert!([0, 1, 2, 3].into_iter().all(|n| !busy.due(n)), "never while requests come");
+    }
 }
