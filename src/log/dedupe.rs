@@ -49,7 +49,7 @@ fn full_normalize(name: &str) -> String {
 }
 
 /// `s` with runs of white space collapsed to one space, none at either end.
-fn collapse_spaces(s: &str) -> String {
+pub(crate) fn collapse_spaces(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for word in s.split_whitespace() {
         if !out.is_empty() {

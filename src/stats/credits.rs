@@ -16,7 +16,7 @@
 //! `dedupe::normalize_name`. Pure: the "known artist" test is passed in.
 
 use crate::log::TrackRef;
-use crate::log::dedupe::normalize_name;
+use crate::log::dedupe::{collapse_spaces, normalize_name};
 
 /// How credits are split; from the `[stats]` config section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,18 +107,6 @@ fn strip_title_guests(title: &str, markers: &[String]) -> (String, Vec<String>) 
     }
     let clean = collapse_spaces(&clean);
     if clean.is_empty() { (title.to_owned(), Vec::new()) } else { (clean, guests) }
-}
-
-/// `s` with runs of white space made one space, none at either end.
-fn collapse_spaces(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for word in s.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
 }
 
 fn split_list(name: &str) -> Vec<String> {
