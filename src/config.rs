@@ -122,9 +122,13 @@ pub struct HttpConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// sled page cache in MiB. sled's own default (1 GiB) is far too big for a home
-    /// server. Default: `64`; allowed 4..=65536.
+    /// sled page cache in MiB, pages counted by their size in memory. sled's own default
+    /// (1 GiB) is far too big for a home server. Default: `48`; allowed 4..=65536.
     pub cache_mb: u64,
+    /// sled page cache in MiB while the node imports in bulk (the writer commits groups
+    /// of an import's size); back to `cache_mb` once no such group came for a few
+    /// seconds; below `cache_mb`, `cache_mb`. Default: `96`; allowed 4..=65536.
+    pub import_cache_mb: u64,
     /// Most listens written in one group commit (one flush). Default: `20000`.
     pub group_commit_max_listens: usize,
     /// Free space (MiB) kept on the disk holding the data directory. Below it the node
@@ -479,7 +483,13 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: 48, group_commit_max_listens: 20_000, reserve_mb: 64, compression: true }
+        StoreConfig {
+            cache_mb: 48,
+            import_cache_mb: 96,
+            group_commit_max_listens: 20_000,
+            reserve_mb: 64,
+            compression: true,
+        }
     }
 }
 
@@ -617,6 +627,12 @@ impl Config {
                 reason: format!("{} is outside 4..=65536", self.store.cache_mb),
             });
         }
+        if !(4..=65536).contains(&self.store.import_cache_mb) {
+            return Err(Error::Invalid {
+                key: "store.import_cache_mb",
+                reason: format!("{} is outside 4..=65536", self.store.import_cache_mb),
+            });
+        }
         if !(1..=1_048_576).contains(&self.store.reserve_mb) {
             return Err(Error::Invalid {
                 key: "store.reserve_mb",
@@ -731,6 +747,8 @@ mod tests {
         let cases = [
             ("HEARSAY_STORE__CACHE_MB", "1", "store.cache_mb"),
             ("HEARSAY_STORE__CACHE_MB", "lots", "store.cache_mb"),
+            ("HEARSAY_STORE__IMPORT_CACHE_MB", "2", "store.import_cache_mb"),
+            ("HEARSAY_STORE__IMPORT_CACHE_MB", "70000", "store.import_cache_mb"),
             ("HEARSAY_HTTP__LISTEN", "nowhere", "http.listen"),
             ("HEARSAY_NODE__LOG", "=[", "node.log"),
             ("HEARSAY_STORE__NO_SUCH_KEY", "1", "no_such_key"),

@@ -145,7 +145,7 @@ impl Node {
             }
         };
         let limits = crate::http::Limits { shed: Some(metrics.shed_connections.clone()), ..http_limits(&self.config) };
-        let idle = tokio::spawn(give_back_when_idle(metrics.clone()));
+        let idle = tokio::spawn(give_back_when_idle(metrics.clone(), self.store.clone()));
         crate::http::serve(listener, router(state), limits, until).await?;
         tracing::debug!("http stopped");
         idle.abort();
@@ -180,17 +180,23 @@ pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// Gives the memory the process freed back to the system (`memory::give_back`) once the
 /// node is idle: at the first check that finds no request answered since the one before
 /// (after start), then after each spell of requests, once a check finds none since the
-/// last. What a node frees serving reads stays with the allocator otherwise, and pages
-/// sled drops are freed only later (its epoch-based reclamation, which advances as sled
-/// is read: giving back right after start freed under 1 MiB): on the 10,000-member
-/// benchmark node, 100 home pages took a node from 290 to 332 MiB, and giving back then
-/// brought it to 270. Never under load: a request seen since the last check waits a check.
-async fn give_back_when_idle(metrics: std::sync::Arc<crate::metrics::Metrics>) {
+/// last. What a node frees serving reads stays with the allocator otherwise: on the
+/// 10,000-member benchmark node, 100 home pages took a node from 290 to 332 MiB, and
+/// giving back then brought it to 270. Never under load: a request seen since the last
+/// check waits a check. Each check also puts sled's page cache back to its size at rest
+/// once a bulk import has ended (`Store::settle_cache`); what that frees is given back at
+/// the next idle check, even one at a count of requests already given back at.
+async fn give_back_when_idle(metrics: std::sync::Arc<crate::metrics::Metrics>, store: crate::store::Store) {
     let mut every = tokio::time::interval(IDLE_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle = IdleGiveBack::default();
     loop {
         every.tick().await;
+        let store = store.clone();
+        let settled = tokio::task::spawn_blocking(move || store.settle_cache(crate::store::BULK_SETTLE)).await;
+        if settled.unwrap_or(false) {
+            idle.freed();
+        }
         if idle.due(metrics.answered()) {
             let _ = tokio::task::spawn_blocking(crate::memory::give_back).await;
         }
@@ -207,6 +213,12 @@ struct IdleGiveBack {
 }
 
 impl IdleGiveBack {
+    /// Something freed much (a bulk import's page cache): give back at the next idle
+    /// check, whether or not one was given back at this count.
+    fn freed(&mut self) {
+        self.given_at = None;
+    }
+
     /// Whether to give back now, `answered` requests answered so far.
     fn due(&mut self, answered: u64) -> bool {
         let idle = self.seen == Some(answered);
@@ -401,5 +413,14 @@ mod tests {
         assert_eq!(checks, [false, true, false, false, false, true, false, false, true, false]);
         let mut busy = IdleGiveBack::default();
         assert!([0, 1, 2, 3].into_iter().all(|n| !busy.due(n)), "never while requests come");
+        // A bulk import's page cache settled on an idle node: given back at the next
+        // quiet check although nothing was answered since the last give-back; a busy
+        // node waits for its quiet check.
+        idle.freed();
+        assert!(idle.due(10));
+        assert!(!idle.due(10));
+        idle.freed();
+        assert!(!idle.due(11));
+        assert!(idle.due(11));
     }
 }

@@ -200,6 +200,8 @@ pub struct Store {
     /// Sharing level of new accounts (the node's config), as `SharingLevel::ALL` index.
     default_level: std::sync::Arc<std::sync::atomic::AtomicU8>,
     pub(crate) health: std::sync::Arc<Health>,
+    /// The page cache's size: at rest, or larger during a bulk import (`cache_for_bulk`).
+    cache: std::sync::Arc<CacheSize>,
     reserve_mb: u64,
     /// sled's data file (`db/db`), to allocate room ahead of its writes.
     data_file: Option<std::sync::Arc<std::fs::File>>,
@@ -250,7 +252,11 @@ pub const NODE_KEY_FILE: &str = "node_key";
 /// Store options taken from the config.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// sled's page cache at rest (`store.cache_mb`), in MiB.
     pub cache_mb: u64,
+    /// sled's page cache while the writer imports in bulk (`store.import_cache_mb`), in
+    /// MiB; `cache_mb` where smaller.
+    pub import_cache_mb: u64,
     /// Free space below which nothing is written (`store.reserve_mb`), in MiB.
     pub reserve_mb: u64,
     /// Whether a database created with these options compresses its pages
@@ -260,7 +266,12 @@ pub struct Options {
 
 impl From<&crate::config::StoreConfig> for Options {
     fn from(c: &crate::config::StoreConfig) -> Options {
-        Options { cache_mb: c.cache_mb, reserve_mb: c.reserve_mb, compression: c.compression }
+        Options {
+            cache_mb: c.cache_mb,
+            import_cache_mb: c.import_cache_mb,
+            reserve_mb: c.reserve_mb,
+            compression: c.compression,
+        }
     }
 }
 
@@ -274,6 +285,29 @@ impl Default for Options {
 /// 1M-listen benchmark (about 93 B per listen) at 84,000–88,000 listens/s against
 /// 79,000 (sled's default, 5: 89.7 B at 67,000).
 const ZSTD_LEVEL: i32 = 1;
+
+/// Frees the pages sled dropped: sled frees a page it pages out or replaces only once
+/// no thread can still read it (crossbeam's epoch-based reclamation, sled's default
+/// collector), and that collector frees at most eight batches of 64 each time a thread
+/// pins 128 times or flushes. A node at rest pins nothing, so what a shrunken cache
+/// paged out would stay allocated: pinning and flushing here (about 6 ms for 65,536
+/// rounds) frees all of it, provided no other thread holds a pin meanwhile.
+fn reclaim_dropped_pages() {
+    for _ in 0..(1 << 16) {
+        crossbeam_epoch::pin().flush();
+    }
+}
+
+/// The page cache's size, in bytes (`Store::cache_for_bulk`, `Store::settle_cache`).
+struct CacheSize {
+    rest: u64,
+    bulk: u64,
+    /// When the writer last committed a group of an import's size; `None` at rest.
+    last_bulk: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long after the last bulk group the page cache goes back to its size at rest.
+pub const BULK_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// sled's configuration for the database at `path`: an existing database keeps the
 /// compression it was created with (sled refuses to open it with the other, and records
@@ -476,6 +510,11 @@ impl Store {
             node_cache: Default::default(),
             default_level: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1)),
             health: std::sync::Arc::default(),
+            cache: std::sync::Arc::new(CacheSize {
+                rest: options.cache_mb.saturating_mul(1 << 20),
+                bulk: options.import_cache_mb.max(options.cache_mb).saturating_mul(1 << 20),
+                last_bulk: std::sync::Mutex::new(None),
+            }),
             reserve_mb: options.reserve_mb,
             data_file,
             contributions: std::sync::Arc::default(),
@@ -483,6 +522,40 @@ impl Store {
             faults: std::sync::Arc::default(),
         };
         Ok(store)
+    }
+
+    /// The writer commits a group of an import's size: sled's page cache takes
+    /// `store.import_cache_mb` until `settle_cache` finds no such group for
+    /// `BULK_SETTLE`. Pages are counted by their size in memory (vendored sled), so the
+    /// cache at rest holds little of a store far larger than it, and a bulk import of one
+    /// rereads the pages it keeps changing (node statistics, the identity chunks) from
+    /// disk: on the 10,000-member benchmark, 131 s with the cache at rest's 48 MiB.
+    pub(crate) fn cache_for_bulk(&self) {
+        let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none()
+            && self.cache.bulk > self.cache.rest
+            && let Err(e) = self.db.set_cache_capacity(self.cache.bulk)
+        {
+            tracing::warn!(error = %e, "raising the page cache for an import");
+        }
+        *last = Some(std::time::Instant::now());
+    }
+
+    /// Puts sled's page cache back to its size at rest once no bulk group came for
+    /// `after`, paging out what does not fit and freeing those pages (`true` then):
+    /// the node's idle checks call it (`BULK_SETTLE`) before giving memory back.
+    pub fn settle_cache(&self, after: std::time::Duration) -> bool {
+        let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !last.is_some_and(|at| at.elapsed() >= after) {
+            return false;
+        }
+        *last = None;
+        if let Err(e) = self.db.set_cache_capacity(self.cache.rest) {
+            tracing::warn!(error = %e, "putting the page cache back to its size at rest");
+        }
+        drop(last);
+        reclaim_dropped_pages();
+        true
     }
 
     /// Orders releases and erasures (see the `contributions` field). A poisoned lock only
@@ -773,6 +846,64 @@ fn quiet_panics_in_dependencies() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A bulk import grows sled's page cache to `import_cache_mb`; settling puts it back
+    /// to `cache_mb`, only once no bulk group came for the time given, paging out what
+    /// does not fit; pages read back whole while the cache shrinks and grows beside them.
+    #[test]
+    fn the_page_cache_grows_for_an_import_and_settles_back() {
+        const REST: u64 = 8 << 20;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options { cache_mb: 8, import_cache_mb: 64, ..Options::default() };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let values: Vec<Vec<u8>> = (0..40_000u32)
+            .map(|i| (0..100 + i % 200).map(|j| u8::try_from((j + i * 31) % 251).unwrap_or(0)).collect())
+            .collect();
+        let key = |i: usize| u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes();
+        let read_all = |db: &sled::Db| {
+            for (i, v) in values.iter().enumerate() {
+                let got = db.get(key(i)).expect("get");
+                assert_eq!(got.as_deref(), Some(v.as_slice()), "value {i}");
+            }
+        };
+        let write_all = |db: &sled::Db| {
+            for (i, v) in values.iter().enumerate() {
+                db.insert(key(i), v.as_slice()).expect("insert");
+            }
+        };
+        // At rest the cache holds what its size allows (each of sled's 256 shards keeps at
+        // least its newest page).
+        write_all(&store.db);
+        read_all(&store.db);
+        let at_rest = store.db.cache_size();
+        assert!(at_rest <= REST * 3 / 2, "at rest the cache holds {at_rest} B");
+        // An import's cache holds several times that.
+        store.cache_for_bulk();
+        write_all(&store.db);
+        read_all(&store.db);
+        let in_bulk = store.db.cache_size();
+        assert!(in_bulk > REST * 2, "during an import the cache holds {in_bulk} B");
+        assert!(!store.settle_cache(std::time::Duration::from_secs(3_600)), "settled right after a bulk group");
+        assert_eq!(store.db.cache_size(), in_bulk);
+        assert!(store.settle_cache(std::time::Duration::ZERO));
+        let settled = store.db.cache_size();
+        assert!(settled <= REST * 3 / 2, "settled, the cache holds {settled} B");
+        assert!(!store.settle_cache(std::time::Duration::ZERO), "settled twice");
+        // Readers beside a cache that grows and shrinks under them.
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| read_all(&store.db));
+            }
+            for _ in 0..20 {
+                store.cache_for_bulk();
+                assert!(store.settle_cache(std::time::Duration::ZERO));
+            }
+        });
+        drop(store);
+        read_all(&Store::open(dir.path(), &options).expect("reopen").db);
+    }
+
     /// sled (vendor/sled) decompresses each page it reads from disk with a zstd context
     /// kept per thread: pages evicted from a small cache and read again, from several
     /// threads at once and after a reopen, come back whole.

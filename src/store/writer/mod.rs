@@ -389,6 +389,12 @@ const BACKGROUND_STORE_PAIRS: usize = 1 << 20;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
+/// A group of at least this many actions is part of a bulk import (an import's batches
+/// are `import::BATCH`, 1,000 listens; a scrobbler submits one, or up to 50 at a time
+/// from its queue): sled's page cache grows to `store.import_cache_mb` for it
+/// (`Store::cache_for_bulk`).
+const BULK_GROUP: usize = 1_000;
+
 impl Drop for Writer {
     /// A writer that panicked (`Ingestor::start` catches it) does not leave its
     /// background pass running with a clone of the store the node reopens.
@@ -646,6 +652,9 @@ impl Writer {
                 let _ = job.reply.send(Err(e.refusal()));
             }
             return;
+        }
+        if actions >= BULK_GROUP {
+            self.store.cache_for_bulk();
         }
         let mut checked = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -427,6 +427,21 @@ impl Db {
         self.context.pagecache.size_on_disk()
     }
 
+    /// Sets the page cache's capacity in bytes (`Config::cache_capacity` at
+    /// open), paging out at once the least recently used pages that do not
+    /// fit (hearsay's change, `vendor/README.md`). Pages are counted by their
+    /// size in memory.
+    pub fn set_cache_capacity(&self, cache_capacity: u64) -> Result<()> {
+        self.context.pagecache.set_cache_capacity(cache_capacity.max(256))
+    }
+
+    /// What the page cache counts now, in bytes: pages by their size in
+    /// memory, rounded up to a power of two, but for the last few accesses
+    /// not yet counted (hearsay's change, `vendor/README.md`).
+    pub fn cache_size(&self) -> u64 {
+        self.context.pagecache.cache_size()
+    }
+
     /// Traverses all files and calculates their total physical
     /// size, then traverses all pages and calculates their
     /// total logical size, then divides the physical size

@@ -17,7 +17,7 @@ use crate::{
 const MAX_QUEUE_ITEMS: usize = 4;
 
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const MAX_QUEUE_ITEMS: usize = 64;
+const MAX_QUEUE_ITEMS: usize = 8;
 
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
@@ -188,20 +188,30 @@ impl<'a> Iterator for CacheAccessIter<'a> {
 #[derive(Clone, Copy)]
 struct CacheAccess(u64);
 
+/// The size field of an access that leaves the page's counted size as it is
+/// (hearsay's change: a page's size in memory costs a walk over its entries).
+const SIZE_KEPT: u64 = 255;
+
 impl CacheAccess {
-    fn new(pid: PageId, sz: u64) -> CacheAccess {
-        let rounded_up_power_of_2 =
-            u64::from(sz.next_power_of_two().trailing_zeros());
+    fn new(pid: PageId, sz: Option<u64>) -> CacheAccess {
+        let rounded_up_power_of_2 = match sz {
+            Some(sz) => u64::from(sz.next_power_of_two().trailing_zeros()),
+            None => SIZE_KEPT,
+        };
 
         assert!(rounded_up_power_of_2 < 256);
 
         CacheAccess(pid | (rounded_up_power_of_2 << 56))
     }
 
-    const fn decompose(self) -> (PageId, u64) {
-        let sz = 1 << (self.0 >> 56);
+    const fn decompose(self) -> (PageId, Option<u64>) {
+        let exp = self.0 >> 56;
         let pid = self.0 << 8 >> 8;
-        (pid, sz)
+        if exp == SIZE_KEPT {
+            (pid, None)
+        } else {
+            (pid, Some(1 << exp))
+        }
     }
 }
 
@@ -230,7 +240,8 @@ impl Lru {
         Self { shards }
     }
 
-    /// Called when an item is accessed. Returns a Vec of items to be
+    /// Called when an item is accessed, with its size (`None`: as last
+    /// counted, hearsay's change). Returns a Vec of items to be
     /// evicted. Uses flat-combining to avoid blocking on what can
     /// be an asynchronous operation.
     ///
@@ -242,7 +253,7 @@ impl Lru {
     pub(crate) fn accessed(
         &self,
         id: PageId,
-        item_size: u64,
+        item_size: Option<u64>,
         guard: &Guard,
     ) -> Vec<PageId> {
         let mut ret = vec![];
@@ -266,6 +277,57 @@ impl Lru {
                         ret.push(item);
                     }
                 }
+            }
+        }
+        ret
+    }
+
+    /// What the shards count now (hearsay's change, `vendor/README.md`):
+    /// accesses not yet counted are left out.
+    pub(crate) fn size(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|(_, shard_mu)| {
+                let backoff = crossbeam_utils::Backoff::new();
+                loop {
+                    if let Some(shard) = shard_mu.try_lock() {
+                        break shard.size;
+                    }
+                    backoff.snooze();
+                }
+            })
+            .sum()
+    }
+
+    /// Sets the capacity, and returns the pages to page out to fit it
+    /// (hearsay's change, `vendor/README.md`): accesses not yet counted are
+    /// counted first, then each shard evicts down to its new share. Waits for
+    /// each shard's lock (held only while a shard counts accesses).
+    pub(crate) fn set_capacity(
+        &self,
+        cache_capacity: u64,
+        guard: &Guard,
+    ) -> Vec<PageId> {
+        let mut ret = vec![];
+        let shards = self.shards.len() as u64;
+        let shard_capacity = (cache_capacity / shards).max(1);
+        for (shard_idx, (stack, shard_mu)) in self.shards.iter().enumerate() {
+            let backoff = crossbeam_utils::Backoff::new();
+            let mut shard = loop {
+                if let Some(shard) = shard_mu.try_lock() {
+                    break shard;
+                }
+                backoff.snooze();
+            };
+            shard.capacity = shard_capacity;
+            let mut to_evict = vec![];
+            for item in stack.take(guard) {
+                let (item_pos, item_size) = item.decompose();
+                to_evict.extend(shard.accessed(safe_usize(item_pos), item_size));
+            }
+            to_evict.extend(shard.fit());
+            for pos in to_evict {
+                ret.push(pos * shards + shard_idx as u64);
             }
         }
         ret
@@ -304,7 +366,7 @@ impl Shard {
     }
 
     /// `PageId`s in the shard list are indexes of the entries.
-    fn accessed(&mut self, pos: usize, size: u64) -> Vec<PageId> {
+    fn accessed(&mut self, pos: usize, size: Option<u64>) -> Vec<PageId> {
         if pos >= self.entries.len() {
             self.entries.resize(pos + 1, Entry::default());
         }
@@ -312,9 +374,11 @@ impl Shard {
         {
             let entry = &mut self.entries[pos];
 
-            self.size -= entry.size;
-            entry.size = size;
-            self.size += size;
+            if let Some(size) = size {
+                self.size -= entry.size;
+                entry.size = size;
+                self.size += size;
+            }
 
             if entry.ptr.is_null() {
                 entry.ptr = self.list.push_head(PageId::try_from(pos).unwrap());
@@ -323,6 +387,12 @@ impl Shard {
             }
         }
 
+        self.fit()
+    }
+
+    /// Evicts the least recently used pages until the shard fits its
+    /// capacity, but for the most recent one.
+    fn fit(&mut self) -> Vec<PageId> {
         let mut to_evict = vec![];
         while self.size > self.capacity {
             if self.list.len() == 1 {
@@ -357,6 +427,6 @@ fn lru_smoke_test() {
     let lru = Lru::new(256);
     for i in 0..1000 {
         let guard = pin();
-        lru.accessed(i, 16, &guard);
+        lru.accessed(i, Some(16), &guard);
     }
 }

@@ -38,6 +38,30 @@ impl Node {
         }
     }
 
+    /// What this node holds in memory, near enough to bound the page cache
+    /// by (hearsay's change, `vendor/README.md`): each key and value its
+    /// `IVec`, and its bytes on the heap when they are not inline.
+    pub(crate) fn memory_size(&self) -> u64 {
+        fn ivec(v: &IVec) -> u64 {
+            let heap = if v.len() > 22 { v.len() as u64 + 16 } else { 0 };
+            std::mem::size_of::<IVec>() as u64 + heap
+        }
+        let data: u64 = match &self.data {
+            Data::Index(index) => index
+                .keys
+                .iter()
+                .map(|k| ivec(k) + std::mem::size_of::<PageId>() as u64)
+                .sum(),
+            Data::Leaf(leaf) => leaf
+                .keys
+                .iter()
+                .chain(leaf.values.iter())
+                .map(ivec)
+                .sum(),
+        };
+        std::mem::size_of::<Node>() as u64 + ivec(&self.lo) + ivec(&self.hi) + data
+    }
+
     pub(crate) fn rss(&self) -> u64 {
         std::mem::size_of::<Node>() as u64
             + self.lo.len() as u64

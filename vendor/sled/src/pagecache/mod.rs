@@ -490,6 +490,15 @@ impl Page {
         self.cache_infos.iter().map(|ci| ci.log_size).sum()
     }
 
+    /// What the page costs the cache (hearsay's change, `vendor/README.md`):
+    /// a node its size in memory, anything else its size on the log.
+    pub(crate) fn cache_size(&self) -> u64 {
+        match self.update.as_deref() {
+            Some(Update::Node(node)) => node.memory_size(),
+            _ => self.log_size(),
+        }
+    }
+
     fn ts(&self) -> u64 {
         self.cache_infos.last().map_or(0, |ci| ci.ts)
     }
@@ -1111,9 +1120,9 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
-                        self.lru.accessed(pid, total_page_size, guard);
+                        self.lru.accessed(pid, Some(total_page_size), guard);
                     trace!(
                         "accessed pid {} -> paging out pids {:?}",
                         pid,
@@ -1307,9 +1316,9 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
-                        self.lru.accessed(pid, total_page_size, guard);
+                        self.lru.accessed(pid, Some(total_page_size), guard);
                     trace!(
                         "accessed pid {} -> paging out pids {:?}",
                         pid,
@@ -1544,9 +1553,9 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
-                        self.lru.accessed(pid, total_page_size, guard);
+                        self.lru.accessed(pid, Some(total_page_size), guard);
                     trace!(
                         "accessed pid {} -> paging out pids {:?}",
                         pid,
@@ -1685,8 +1694,9 @@ impl PageCache {
 
             if page_view.update.is_some() {
                 // possibly evict an item now that our cache has grown
-                let total_page_size = page_view.log_size();
-                let to_evict = self.lru.accessed(pid, total_page_size, guard);
+                // (hearsay's change: a page already in memory keeps the size
+                // counted when it was read or written)
+                let to_evict = self.lru.accessed(pid, None, guard);
                 trace!(
                     "accessed pid {} -> paging out pids {:?}",
                     pid,
@@ -1760,8 +1770,8 @@ impl PageCache {
             }
 
             // possibly evict an item now that our cache has grown
-            let total_page_size = unsafe { new_shared.deref().log_size() };
-            let to_evict = self.lru.accessed(pid, total_page_size, guard);
+            let total_page_size = unsafe { new_shared.deref().cache_size() };
+            let to_evict = self.lru.accessed(pid, Some(total_page_size), guard);
             trace!("accessed pid {} -> paging out pids {:?}", pid, to_evict);
             if !to_evict.is_empty() {
                 self.page_out(to_evict, guard)?;
@@ -1919,6 +1929,19 @@ impl PageCache {
                 }
             }
         }
+    }
+
+    /// Sets the page cache's capacity in bytes, paging out at once what does
+    /// not fit it (hearsay's change, `vendor/README.md`).
+    pub(crate) fn set_cache_capacity(&self, cache_capacity: u64) -> Result<()> {
+        let guard = pin();
+        let to_evict = self.lru.set_capacity(cache_capacity, &guard);
+        self.page_out(to_evict, &guard)
+    }
+
+    /// What the page cache counts now, in bytes (hearsay's change).
+    pub(crate) fn cache_size(&self) -> u64 {
+        self.lru.size()
     }
 
     fn page_out(&self, to_evict: Vec<PageId>, guard: &Guard) -> Result<()> {
