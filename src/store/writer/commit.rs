@@ -482,6 +482,29 @@ mod tests {
         Action::Listen(Listen::parse(&raw, now).expect("listen"))
     }
 
+    /// A group of an import's size (`BULK_GROUP` actions) grows sled's page cache until
+    /// the node settles it; a smaller one leaves it at rest.
+    #[test]
+    fn a_group_of_an_imports_size_grows_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let store =
+            Store::open(dir.path(), &Options { cache_mb: 4, import_cache_mb: 64, ..Options::default() }).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        let ingestor = Ingestor::start(store.clone(), 20_000, CreditRules::default()).expect("writer");
+        let in_bulk = |s: &Store| s.cache.last_bulk.lock().expect("lock").is_some();
+        let group = |from: usize, n: usize| (from..from + n).map(|i| listen(i as i64, now)).collect::<Vec<_>>();
+        let small = ingestor.ingest_blocking(user, group(0, super::super::BULK_GROUP - 1)).expect("small group");
+        assert!(small.iter().all(|o| matches!(o, Outcome::Appended { .. })));
+        assert!(!in_bulk(&store), "a group below an import's size grew the cache");
+        ingestor.ingest_blocking(user, group(5_000, super::super::BULK_GROUP)).expect("bulk group");
+        assert!(in_bulk(&store), "an import's group left the cache at rest");
+        // The writer stamps the group's end too, after answering it: stopped first.
+        ingestor.stop();
+        assert!(store.settle_cache(std::time::Duration::ZERO));
+        assert!(!in_bulk(&store));
+    }
+
     fn node_chunks(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
         store.trees.userid_bucket_counts.scan_prefix([0xFF]).map(|kv| kv.expect("scan")).collect()
     }

@@ -389,10 +389,10 @@ const BACKGROUND_STORE_PAIRS: usize = 1 << 20;
 /// Most stored blocks `Writer::read_blocks` holds (about 2 KB each).
 const READ_BLOCKS_KEPT: usize = 256;
 
-/// A group of at least this many actions is part of a bulk import (an import's batches
-/// are `import::BATCH`, 1,000 listens; a scrobbler submits one, or up to 50 at a time
-/// from its queue): sled's page cache grows to `store.import_cache_mb` for it
-/// (`Store::cache_for_bulk`).
+/// A group of at least this many actions is an import's (its batches are
+/// `import::BATCH`, 1,000 listens; a scrobbler submits one, or up to 50 at a time from
+/// its queue), or a burst of scrobbles as heavy as one: sled's page cache grows to
+/// `store.import_cache_mb` for it (`Store::cache_for_bulk`).
 const BULK_GROUP: usize = 1_000;
 
 impl Drop for Writer {
@@ -593,7 +593,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Stamped after the group too: a group of several seconds still counts as
+            // the import going on.
+            let bulk = n_actions >= BULK_GROUP;
+            if bulk {
+                self.store.cache_for_bulk();
+            }
             self.commit_group(jobs);
+            if bulk {
+                self.store.cache_for_bulk();
+            }
             match deferred {
                 Some(Msg::DeleteUser(user, reply)) => {
                     let _ = reply.send(self.delete_user(user));
@@ -652,9 +661,6 @@ impl Writer {
                 let _ = job.reply.send(Err(e.refusal()));
             }
             return;
-        }
-        if actions >= BULK_GROUP {
-            self.store.cache_for_bulk();
         }
         let mut checked = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -36,7 +36,7 @@ impl Hash for IVec {
     }
 }
 
-const fn is_inline_candidate(length: usize) -> bool {
+pub(crate) const fn is_inline_candidate(length: usize) -> bool {
     length <= CUTOFF
 }
 

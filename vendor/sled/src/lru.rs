@@ -300,8 +300,9 @@ impl Lru {
     }
 
     /// Sets the capacity, and returns the pages to page out to fit it
-    /// (hearsay's change, `vendor/README.md`): accesses not yet counted are
-    /// counted first, then each shard evicts down to its new share. Waits for
+    /// (hearsay's change, `vendor/README.md`): each shard counts its full
+    /// blocks of queued accesses (the block still filling stays queued), then
+    /// evicts down to its new share. Waits for
     /// each shard's lock (held only while a shard counts accesses).
     pub(crate) fn set_capacity(
         &self,

@@ -39,27 +39,32 @@ impl Node {
     }
 
     /// What this node holds in memory, near enough to bound the page cache
-    /// by (hearsay's change, `vendor/README.md`): each key and value its
-    /// `IVec`, and its bytes on the heap when they are not inline.
+    /// by (hearsay's change, `vendor/README.md`): each slot of its vectors (an
+    /// `IVec` per key and value, a page id per child), counted by capacity (a
+    /// node changed by an insert has grown its vectors), and each key's and
+    /// value's bytes on the heap when they are not inline.
     pub(crate) fn memory_size(&self) -> u64 {
-        fn ivec(v: &IVec) -> u64 {
-            let heap = if v.len() > 22 { v.len() as u64 + 16 } else { 0 };
-            std::mem::size_of::<IVec>() as u64 + heap
+        const IVEC: u64 = std::mem::size_of::<IVec>() as u64;
+        fn heap(v: &IVec) -> u64 {
+            if crate::ivec::is_inline_candidate(v.len()) {
+                0
+            } else {
+                v.len() as u64 + 16
+            }
         }
         let data: u64 = match &self.data {
-            Data::Index(index) => index
-                .keys
-                .iter()
-                .map(|k| ivec(k) + std::mem::size_of::<PageId>() as u64)
-                .sum(),
-            Data::Leaf(leaf) => leaf
-                .keys
-                .iter()
-                .chain(leaf.values.iter())
-                .map(ivec)
-                .sum(),
+            Data::Index(index) => {
+                (index.keys.capacity() as u64) * IVEC
+                    + (index.pointers.capacity() as u64)
+                        * std::mem::size_of::<PageId>() as u64
+                    + index.keys.iter().map(heap).sum::<u64>()
+            }
+            Data::Leaf(leaf) => {
+                (leaf.keys.capacity() + leaf.values.capacity()) as u64 * IVEC
+                    + leaf.keys.iter().chain(leaf.values.iter()).map(heap).sum::<u64>()
+            }
         };
-        std::mem::size_of::<Node>() as u64 + ivec(&self.lo) + ivec(&self.hi) + data
+        std::mem::size_of::<Node>() as u64 + heap(&self.lo) + heap(&self.hi) + data
     }
 
     pub(crate) fn rss(&self) -> u64 {
