@@ -123,7 +123,7 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// sled page cache in MiB, pages counted by their size in memory. sled's own default
-    /// (1 GiB) is far too big for a home server. Default: `48`; allowed 4..=65536.
+    /// (1 GiB) is far too big for a home server. Default: `32`; allowed 4..=65536.
     pub cache_mb: u64,
     /// sled page cache in MiB while the node imports in bulk (the writer commits groups
     /// of an import's size); back to `cache_mb` once no such group came for a few
@@ -484,7 +484,7 @@ impl Default for HttpConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_mb: 48,
+            cache_mb: 32,
             import_cache_mb: 96,
             group_commit_max_listens: 20_000,
             reserve_mb: 64,
