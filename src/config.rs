@@ -137,8 +137,8 @@ pub struct StoreConfig {
     /// 1..=1048576.
     pub reserve_mb: u64,
     /// Compress the database's pages with zstd (level 1) in a store created from now on:
-    /// about a fifth less disk, writes about a fifth slower (a bulk load of a database
-    /// far larger than the cache, about three times slower). A store keeps the setting it
+    /// about a fifth less disk, writes about a fifth slower (a bulk load of a large node:
+    /// docs/operations.md). A store keeps the setting it
     /// was created with (sled cannot change it in place); `hearsay store compact`
     /// rewrites it with this one. Default: `true`.
     pub compression: bool,

@@ -145,6 +145,12 @@ fn is_handshake(query: Option<&str>) -> bool {
     })
 }
 
+/// Whether a request is a health check or a metrics scrape, which do not make the node
+/// busy (`Metrics::record`).
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/metrics")
+}
+
 /// Counts every request by API and outcome and times submissions (`crate::metrics`).
 async fn count_requests(
     State(state): State<AppState>,
@@ -152,10 +158,11 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> Response {
     let (api, submission) = classify(request.method(), request.uri());
+    let probe = is_probe(request.uri().path());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let seconds = submission.then(|| started.elapsed().as_secs_f64());
-    state.metrics.record(api, response.status().as_u16(), seconds);
+    state.metrics.record(api, response.status().as_u16(), seconds, probe);
     response
 }
 
@@ -424,6 +431,30 @@ pub fn raise_open_file_limit() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::{classify, is_probe};
+
+    /// Health checks and scrapes are counted but leave the node idle; anything else,
+    /// answered however, makes it busy.
+    #[test]
+    fn probes_leave_the_node_idle() {
+        let metrics = crate::metrics::Metrics::default();
+        for path in ["/health", "/metrics"] {
+            assert!(is_probe(path));
+            metrics.record(crate::metrics::Api::Web, 200, None, is_probe(path));
+        }
+        assert_eq!(metrics.answered(), 0);
+        for path in ["/", "/health/x", "/1/submit-listens", "/metricsx"] {
+            assert!(!is_probe(path), "{path}");
+            metrics.record(
+                classify(&axum::http::Method::GET, &path.parse().expect("uri")).0,
+                404,
+                None,
+                is_probe(path),
+            );
+        }
+        assert_eq!(metrics.answered(), 4);
+    }
+
     #[test]
     fn handshakes_are_told_by_their_decoded_key_as_the_root_reads_them() {
         use super::is_handshake;

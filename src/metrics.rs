@@ -208,15 +208,19 @@ impl Default for Metrics {
 
 impl Metrics {
     /// One request answered: counted by API and outcome; a submission's time observed.
-    pub fn record(&self, api: Api, status: u16, submission_seconds: Option<f64>) {
+    /// `probe`: a health check or a metrics scrape, which does not keep the node from
+    /// being idle (`answered`): a load balancer probing every few seconds would.
+    pub fn record(&self, api: Api, status: u16, submission_seconds: Option<f64>, probe: bool) {
         self.requests.get_or_create(&RequestLabels { api, outcome: Outcome::of(status) }).inc();
-        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !probe {
+            self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(seconds) = submission_seconds {
             self.submit_seconds.get_or_create(&ApiLabel { api }).observe(seconds);
         }
     }
 
-    /// Requests answered since the node started.
+    /// Requests answered since the node started, but for probes (`record`).
     pub fn answered(&self) -> u64 {
         self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -182,10 +182,10 @@ pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// (after start), then after each spell of requests, once a check finds none since the
 /// last. What a node frees serving reads stays with the allocator otherwise: on the
 /// 10,000-member benchmark node, 100 home pages took a node from 290 to 332 MiB, and
-/// giving back then brought it to 270. Never under load: a request seen since the last
-/// check waits a check. Each check also puts sled's page cache back to its size at rest
-/// once a bulk import has ended (`Store::settle_cache`); what that frees is given back at
-/// the next idle check, even one at a count of requests already given back at.
+/// giving back then brought it to 270. Not under load: a request seen since the last
+/// check waits a check (health checks and metrics scrapes do not count). Each check also
+/// puts sled's page cache back to its size at rest once a bulk import has ended
+/// (`Store::settle_cache`) and then gives back at once, requests or not: once per import.
 async fn give_back_when_idle(metrics: std::sync::Arc<crate::metrics::Metrics>, store: crate::store::Store) {
     let mut every = tokio::time::interval(IDLE_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,10 +194,7 @@ async fn give_back_when_idle(metrics: std::sync::Arc<crate::metrics::Metrics>, s
         every.tick().await;
         let store = store.clone();
         let settled = tokio::task::spawn_blocking(move || store.settle_cache(crate::store::BULK_SETTLE)).await;
-        if settled.unwrap_or(false) {
-            idle.freed();
-        }
-        if idle.due(metrics.answered()) {
+        if idle.due(metrics.answered(), settled.unwrap_or(false)) {
             let _ = tokio::task::spawn_blocking(crate::memory::give_back).await;
         }
     }
@@ -213,17 +210,14 @@ struct IdleGiveBack {
 }
 
 impl IdleGiveBack {
-    /// Something freed much (a bulk import's page cache): give back at the next idle
-    /// check, whether or not one was given back at this count.
-    fn freed(&mut self) {
-        self.given_at = None;
-    }
-
-    /// Whether to give back now, `answered` requests answered so far.
-    fn due(&mut self, answered: u64) -> bool {
+    /// Whether to give back now, `answered` requests answered so far; `settled`: a bulk
+    /// import's page cache was just put back to its size at rest (tens of MiB freed at
+    /// once, after an import that may have run beside requests): given back now, busy
+    /// or not, once.
+    fn due(&mut self, answered: u64, settled: bool) -> bool {
         let idle = self.seen == Some(answered);
         self.seen = Some(answered);
-        if idle && self.given_at != Some(answered) {
+        if settled || (idle && self.given_at != Some(answered)) {
             self.given_at = Some(answered);
             return true;
         }
@@ -409,18 +403,14 @@ mod tests {
     #[test]
     fn memory_is_given_back_once_per_idle_spell() {
         let mut idle = IdleGiveBack::default();
-        let checks: Vec<bool> = [0, 0, 0, 5, 9, 9, 9, 10, 10, 10].into_iter().map(|n| idle.due(n)).collect();
+        let checks: Vec<bool> = [0, 0, 0, 5, 9, 9, 9, 10, 10, 10].into_iter().map(|n| idle.due(n, false)).collect();
         assert_eq!(checks, [false, true, false, false, false, true, false, false, true, false]);
         let mut busy = IdleGiveBack::default();
-        assert!([0, 1, 2, 3].into_iter().all(|n| !busy.due(n)), "never while requests come");
-        // A bulk import's page cache settled on an idle node: given back at the next
-        // quiet check although nothing was answered since the last give-back; a busy
-        // node waits for its quiet check.
-        idle.freed();
-        assert!(idle.due(10));
-        assert!(!idle.due(10));
-        idle.freed();
-        assert!(!idle.due(11));
-        assert!(idle.due(11));
+        assert!([0, 1, 2, 3].into_iter().all(|n| !busy.due(n, false)), "never while requests come");
+        // A bulk import's page cache settled: given back at that check, busy or idle, once.
+        assert!(busy.due(4, true));
+        assert!(!busy.due(5, false));
+        assert!(idle.due(10, true));
+        assert!(!idle.due(10, false));
     }
 }

@@ -593,15 +593,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Stamped after the group too: a group of several seconds still counts as
-            // the import going on.
+            // Marked from before the group to after it: the cache stays grown through a
+            // group of several seconds.
             let bulk = n_actions >= BULK_GROUP;
             if bulk {
                 self.store.cache_for_bulk();
             }
             self.commit_group(jobs);
             if bulk {
-                self.store.cache_for_bulk();
+                self.store.bulk_group_done();
             }
             match deferred {
                 Some(Msg::DeleteUser(user, reply)) => {
