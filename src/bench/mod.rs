@@ -982,11 +982,11 @@ fn community(
         let mut synthetic = Synthetic::member(1_000_000 + k, 300, catalogue);
         synthetic.at = crate::now_unix() - 60 * 86_400;
         let actions: Vec<Action> = (0..1_000).map(|_| Action::Listen(synthetic.listen())).collect();
-        imported += actions.len();
-        ingestor.ingest_blocking(member.id, actions)?;
+        let outcomes = ingestor.ingest_blocking(member.id, actions)?;
+        imported += outcomes.iter().filter(|o| matches!(o, crate::store::writer::Outcome::Appended { .. })).count();
     }
     println!(
-        "import into the running node: {imported} listens of 20 members in {:.1} s, RSS right after {:.0} MiB",
+        "import into the running node: {imported} listens appended for 20 members in {:.1} s, RSS right after {:.0} MiB",
         started.elapsed().as_secs_f64(),
         status_kib("VmRSS") as f64 / 1024.0
     );
