@@ -291,9 +291,10 @@ const ZSTD_LEVEL: i32 = 1;
 /// collector, the same `crossbeam-epoch` as sled's), and that collector frees at most
 /// eight batches of 64 each time a thread pins 128 times or flushes. A node at rest
 /// pins little (sled's flusher, the release ticks), so what a shrunken cache paged out
-/// (deferred on this thread) would stay allocated for long: pinning and flushing here (about 6 ms for 65,536 rounds) frees it and
-/// every batch other threads handed over, as far as no thread holds a pin meanwhile.
-/// What other threads hold in their own unfinished batch (under 64 each) waits for them.
+/// (deferred on this thread) would stay allocated for long: pinning and flushing here
+/// (about 6 ms for 65,536 rounds) frees it and every batch other threads handed over,
+/// as far as no thread holds a pin meanwhile. What other threads hold in their own
+/// unfinished batch (under 64 each) waits for them.
 fn reclaim_dropped_pages() {
     for _ in 0..(1 << 16) {
         crossbeam_epoch::pin().flush();
@@ -533,10 +534,10 @@ impl Store {
     /// The writer begins a group of an import's size (`bulk_group_done` when it ends):
     /// sled's page cache takes `store.import_cache_mb` until `settle_cache` finds no such
     /// group running, nor one ended in the last `BULK_SETTLE`. Nothing where that is no
-    /// larger than `store.cache_mb`. Pages are counted by their size in memory (vendored sled), so the
-    /// cache at rest holds little of a store far larger than it, and a bulk import of one
-    /// rereads the pages it keeps changing (node statistics, the identity chunks) from
-    /// disk: on the 10,000-member benchmark, 131 s with the cache at rest's 48 MiB.
+    /// larger than `store.cache_mb`. Pages are counted by their size in memory (vendored
+    /// sled), so the cache at rest holds little of a store far larger than it, and a bulk
+    /// import of one rereads the pages it keeps changing (node statistics, the identity
+    /// chunks) from disk: on the 10,000-member benchmark, 131 s with 48 MiB, 112 with 96.
     pub(crate) fn cache_for_bulk(&self) {
         let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.cache.bulk <= self.cache.rest {
