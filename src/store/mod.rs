@@ -305,11 +305,19 @@ fn reclaim_dropped_pages() {
 struct CacheSize {
     rest: u64,
     bulk: u64,
-    /// When the writer last began or ended a group of an import's size; `None` at rest.
-    last_bulk: std::sync::Mutex<Option<std::time::Instant>>,
-    /// The writer is committing a group of an import's size (one can take longer than
-    /// `BULK_SETTLE`: a background pass of node statistics to wait for, a slow disk).
-    in_group: std::sync::atomic::AtomicBool,
+    state: std::sync::Mutex<Bulk>,
+}
+
+/// Where the page cache stands with bulk imports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bulk {
+    /// At its size at rest.
+    AtRest,
+    /// Grown: the writer is committing a group of an import's size (one can take longer
+    /// than `BULK_SETTLE`: a background pass of node statistics to wait for, a slow disk).
+    Running,
+    /// Grown: the last group of an import's size ended then.
+    Ended(std::time::Instant),
 }
 
 /// How long after the last bulk group the page cache goes back to its size at rest.
@@ -519,8 +527,7 @@ impl Store {
             cache: std::sync::Arc::new(CacheSize {
                 rest: options.cache_mb.saturating_mul(1 << 20),
                 bulk: options.import_cache_mb.max(options.cache_mb).saturating_mul(1 << 20),
-                last_bulk: std::sync::Mutex::new(None),
-                in_group: std::sync::atomic::AtomicBool::new(false),
+                state: std::sync::Mutex::new(Bulk::AtRest),
             }),
             reserve_mb: options.reserve_mb,
             data_file,
@@ -539,43 +546,39 @@ impl Store {
     /// import of one rereads the pages it keeps changing (node statistics, the identity
     /// chunks) from disk: on the 10,000-member benchmark, 131 s with 48 MiB, 112 with 96.
     pub(crate) fn cache_for_bulk(&self) {
-        let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.cache.bulk <= self.cache.rest {
             return;
         }
-        if last.is_none()
+        let mut state = self.cache.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *state == Bulk::AtRest
             && let Err(e) = self.db.set_cache_capacity(self.cache.bulk)
         {
             tracing::warn!(error = %e, "raising the page cache for an import");
         }
-        self.cache.in_group.store(true, std::sync::atomic::Ordering::SeqCst);
-        *last = Some(std::time::Instant::now());
+        *state = Bulk::Running;
     }
 
     /// The writer ended a group `cache_for_bulk` began.
     pub(crate) fn bulk_group_done(&self) {
-        let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some() {
-            self.cache.in_group.store(false, std::sync::atomic::Ordering::SeqCst);
-            *last = Some(std::time::Instant::now());
+        let mut state = self.cache.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *state == Bulk::Running {
+            *state = Bulk::Ended(std::time::Instant::now());
         }
     }
 
-    /// Puts sled's page cache back to its size at rest once no bulk group came for
-    /// `after`, paging out what does not fit and freeing those pages (`true` then):
-    /// the node's idle checks call it (`BULK_SETTLE`) before giving memory back.
+    /// Puts sled's page cache back to its size at rest once no bulk group runs nor ended
+    /// in the last `after`, paging out what does not fit and freeing those pages (`true`
+    /// then): the node's idle checks call it (`BULK_SETTLE`) before giving memory back.
     pub fn settle_cache(&self, after: std::time::Duration) -> bool {
-        let mut last = self.cache.last_bulk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.cache.in_group.load(std::sync::atomic::Ordering::SeqCst)
-            || !last.is_some_and(|at| at.elapsed() >= after)
-        {
+        let mut state = self.cache.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !matches!(*state, Bulk::Ended(at) if at.elapsed() >= after) {
             return false;
         }
-        *last = None;
+        *state = Bulk::AtRest;
         if let Err(e) = self.db.set_cache_capacity(self.cache.rest) {
             tracing::warn!(error = %e, "putting the page cache back to its size at rest");
         }
-        drop(last);
+        drop(state);
         reclaim_dropped_pages();
         true
     }

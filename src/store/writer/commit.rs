@@ -492,7 +492,7 @@ mod tests {
             Store::open(dir.path(), &Options { cache_mb: 4, import_cache_mb: 64, ..Options::default() }).expect("open");
         let user = store.create_user("alice", "password1", now).expect("user").id;
         let ingestor = Ingestor::start(store.clone(), 20_000, CreditRules::default()).expect("writer");
-        let in_bulk = |s: &Store| s.cache.last_bulk.lock().expect("lock").is_some();
+        let in_bulk = |s: &Store| *s.cache.state.lock().expect("lock") != crate::store::Bulk::AtRest;
         let group = |from: usize, n: usize| (from..from + n).map(|i| listen(i as i64, now)).collect::<Vec<_>>();
         let small = ingestor.ingest_blocking(user, group(0, super::super::BULK_GROUP - 1)).expect("small group");
         assert!(small.iter().all(|o| matches!(o, Outcome::Appended { .. })));

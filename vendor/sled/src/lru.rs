@@ -266,16 +266,10 @@ impl Lru {
         if filled {
             // only try to acquire this if
             if let Some(mut shard) = shard_mu.try_lock() {
-                let accesses = stack.take(guard);
-                for item in accesses {
-                    let (item_pos, item_size) = item.decompose();
-                    let to_evict =
-                        shard.accessed(safe_usize(item_pos), item_size);
-                    // map shard internal offsets to global items ids
-                    for pos in to_evict {
-                        let item = (pos * shards) + shard_idx;
-                        ret.push(item);
-                    }
+                // map shard internal offsets to global items ids
+                for pos in shard.count_queued(stack, guard) {
+                    let item = (pos * shards) + shard_idx;
+                    ret.push(item);
                 }
             }
         }
@@ -285,25 +279,13 @@ impl Lru {
     /// What the shards count now (hearsay's change, `vendor/README.md`):
     /// accesses not yet counted are left out.
     pub(crate) fn size(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|(_, shard_mu)| {
-                let backoff = crossbeam_utils::Backoff::new();
-                loop {
-                    if let Some(shard) = shard_mu.try_lock() {
-                        break shard.size;
-                    }
-                    backoff.snooze();
-                }
-            })
-            .sum()
+        self.shards.iter().map(|(_, shard_mu)| lock_waiting(shard_mu).size).sum()
     }
 
     /// Sets the capacity, and returns the pages to page out to fit it
     /// (hearsay's change, `vendor/README.md`): each shard counts its full
     /// blocks of queued accesses (the block still filling stays queued), then
-    /// evicts down to its new share. Waits for
-    /// each shard's lock (held only while a shard counts accesses).
+    /// evicts down to its new share.
     pub(crate) fn set_capacity(
         &self,
         cache_capacity: u64,
@@ -313,25 +295,27 @@ impl Lru {
         let shards = self.shards.len() as u64;
         let shard_capacity = (cache_capacity / shards).max(1);
         for (shard_idx, (stack, shard_mu)) in self.shards.iter().enumerate() {
-            let backoff = crossbeam_utils::Backoff::new();
-            let mut shard = loop {
-                if let Some(shard) = shard_mu.try_lock() {
-                    break shard;
-                }
-                backoff.snooze();
-            };
+            let mut shard = lock_waiting(shard_mu);
             shard.capacity = shard_capacity;
-            let mut to_evict = vec![];
-            for item in stack.take(guard) {
-                let (item_pos, item_size) = item.decompose();
-                to_evict.extend(shard.accessed(safe_usize(item_pos), item_size));
-            }
+            let mut to_evict = shard.count_queued(stack, guard);
             to_evict.extend(shard.fit());
             for pos in to_evict {
                 ret.push(pos * shards + shard_idx as u64);
             }
         }
         ret
+    }
+}
+
+/// Takes a shard's lock, waiting for it (hearsay's change: `accessed` only
+/// tries, and a shard holds its lock only while it counts accesses).
+fn lock_waiting(shard_mu: &FastLock<Shard>) -> crate::fastlock::FastLockGuard<'_, Shard> {
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        if let Some(shard) = shard_mu.try_lock() {
+            return shard;
+        }
+        backoff.snooze();
     }
 }
 
@@ -389,6 +373,21 @@ impl Shard {
         }
 
         self.fit()
+    }
+
+    /// Counts the full blocks of accesses `stack` queued; returns the
+    /// positions to evict.
+    fn count_queued(
+        &mut self,
+        stack: &AccessQueue,
+        guard: &Guard,
+    ) -> Vec<PageId> {
+        let mut to_evict = vec![];
+        for item in stack.take(guard) {
+            let (item_pos, item_size) = item.decompose();
+            to_evict.extend(self.accessed(safe_usize(item_pos), item_size));
+        }
+        to_evict
     }
 
     /// Evicts the least recently used pages until the shard fits its
