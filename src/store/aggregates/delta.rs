@@ -112,6 +112,114 @@ pub(crate) fn merged(base: Option<&AggV2>, delta: &Delta) -> AggV2 {
     }
 }
 
+/// `encode(&merged(Some(&decode(stored)), delta))` and the merged total, straight from
+/// `stored`: the bytes of a version 2 `AggV2` (`values`: a version byte, then postcard:
+/// the total, three lists of `(id gap, count)` and the hour slots, every integer a
+/// LEB128 varint) with no hour slots, as node chunks are, merged by `merge_sorted`'s
+/// rule while read, with no list decoded or allocated but the sorted changes. A store of
+/// node statistics rewrites most of the node's chunks, and decoding each into lists,
+/// merging those into new lists and encoding them was about half of its time.
+/// None for any other bytes (another version, hour slots, a varint postcard would not
+/// have written, trailing bytes): the caller decodes them as before, which also names
+/// what is wrong with a damaged value.
+pub(crate) fn merged_encoded(stored: &[u8], delta: &Delta) -> Option<(u32, Vec<u8>)> {
+    let (&version, body) = stored.split_first()?;
+    if version != <AggV2 as crate::store::codec::Versioned>::VERSION || !delta.hours.is_empty() {
+        return None;
+    }
+    let mut at = 0usize;
+    let base_total = read_u32(body, &mut at)?;
+    let total = u32::try_from((i64::from(base_total) + delta.total).max(0)).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(stored.len() + 16);
+    out.push(version);
+    write_varint(&mut out, u64::from(total));
+    let mut list = Vec::new();
+    let mut changes: Vec<(u32, i64)> = Vec::new();
+    for kind in &delta.counts {
+        // Postcard writes a length as a `usize` varint; one past `u32` could not fit.
+        let n = u64::from(read_u32(body, &mut at)?);
+        // Each entry takes at least two bytes: a length past what is left is damage.
+        if n > (body.len().saturating_sub(at) / 2) as u64 {
+            return None;
+        }
+        changes.clear();
+        changes.extend(kind.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, i64::from(*d))));
+        changes.sort_unstable_by_key(|c| c.0);
+        list.clear();
+        let (mut written, mut prev_out, mut prev_in, mut left, mut j) = (0u64, 0u32, 0u32, n, 0usize);
+        let mut base: Option<(u32, u32)> = None;
+        loop {
+            if base.is_none() && left > 0 {
+                prev_in = prev_in.wrapping_add(read_u32(body, &mut at)?);
+                base = Some((prev_in, read_u32(body, &mut at)?));
+                left -= 1;
+            }
+            let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+            let (k, count) = match (base, changes.get(j)) {
+                (Some((bk, bn)), Some(&(ck, cn))) if bk == ck => {
+                    base = None;
+                    j += 1;
+                    (bk, clamp(i64::from(bn) + cn))
+                }
+                (Some((bk, bn)), Some(&(ck, _))) if bk < ck => {
+                    base = None;
+                    (bk, bn)
+                }
+                (Some((bk, bn)), None) => {
+                    base = None;
+                    (bk, bn)
+                }
+                (_, Some(&(ck, cn))) => {
+                    j += 1;
+                    (ck, clamp(cn))
+                }
+                (None, None) => break,
+            };
+            if count > 0 {
+                write_varint(&mut list, u64::from(k.wrapping_sub(prev_out)));
+                write_varint(&mut list, u64::from(count));
+                prev_out = k;
+                written += 1;
+            }
+        }
+        write_varint(&mut out, written);
+        out.extend_from_slice(&list);
+    }
+    // The hour slots: none stored, none added.
+    if read_u32(body, &mut at)? != 0 || at != body.len() {
+        return None;
+    }
+    write_varint(&mut out, 0);
+    Some((total, out))
+}
+
+/// A LEB128 varint of at most `max` (≤ 9) bytes at `at`, as postcard writes them (no byte of
+/// zeroes after the first: postcard writes the shortest form).
+fn read_varint(bytes: &[u8], at: &mut usize, max: usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..max {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return (i == 0 || b != 0).then_some(value);
+        }
+    }
+    None
+}
+
+fn read_u32(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    u32::try_from(read_varint(bytes, at, 5)?).ok()
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7F) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 impl Delta {
     /// Adds (`delta` = 1) or removes (-1) one listen with `credits`.
     pub fn add(&mut self, credits: Credited<'_>, delta: i32, hours: Option<(u16, u8)>) {
@@ -163,6 +271,82 @@ mod tests {
             (i64::from(i32::MAX), i64::from(i32::MAX), i64::from(i32::MAX))
         );
         assert_eq!(d.hours[&(3, 4)], i32::MAX);
+    }
+
+    fn agg() -> impl proptest::strategy::Strategy<Value = AggV2> {
+        use proptest::prelude::*;
+        // Small ids so that changes meet stored items; some lists unsorted, some
+        // counts 0 (what `merge_sorted` drops), some near `u32::MAX`.
+        let list = proptest::collection::vec((0u32..64, prop_oneof![0u32..5, Just(u32::MAX - 1), any::<u32>()]), 0..20);
+        (any::<u32>(), [list.clone(), list.clone(), list], any::<bool>()).prop_map(|(total, mut counts, sort)| {
+            if sort {
+                for l in &mut counts {
+                    l.sort_unstable();
+                    l.dedup_by_key(|e| e.0);
+                }
+            }
+            AggV2 { total, counts, hours: vec![] }
+        })
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Delta> {
+        use proptest::prelude::*;
+        let map =
+            proptest::collection::hash_map(0u32..80, prop_oneof![-3i32..4, Just(i32::MIN), Just(i32::MAX)], 0..20);
+        (any::<i32>(), [map.clone(), map.clone(), map]).prop_map(|(total, counts)| Delta {
+            total: i64::from(total),
+            counts: counts.map(|m| m.into_iter().collect()),
+            hours: FastMap::default(),
+        })
+    }
+
+    proptest::proptest! {
+        /// Merged from its stored bytes, a node chunk is exactly what decoding,
+        /// merging and encoding it gives, whatever the lists hold.
+        #[test]
+        fn a_chunk_merged_from_its_bytes_is_the_merge_encoded(base in agg(), d in change()) {
+            let want = merged(Some(&base), &d);
+            let got = merged_encoded(&crate::store::codec::encode(&base), &d);
+            proptest::prop_assert_eq!(got, Some((want.total, crate::store::codec::encode(&want))));
+        }
+
+        /// Any bytes: merged only when they decode, and then as decoded; else left to
+        /// the decoder (None).
+        #[test]
+        fn bytes_merged_only_as_they_decode(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), d in change()) {
+            let mut bytes = bytes;
+            if let Some(b) = bytes.first_mut() {
+                *b = 2;
+            }
+            if let Some((total, out)) = merged_encoded(&bytes, &d) {
+                let base: AggV2 = crate::store::codec::decode("test", b"k", &bytes).expect("merged bytes decode");
+                let want = merged(Some(&base), &d);
+                proptest::prop_assert_eq!((total, out), (want.total, crate::store::codec::encode(&want)));
+            }
+        }
+    }
+
+    /// Hour slots, another version, truncated or trailing bytes: left to the decoder.
+    #[test]
+    fn other_bytes_are_left_to_the_decoder() {
+        let base = AggV2 { total: 3, counts: [vec![(1, 1)], vec![(2, 1)], vec![(3, 1)]], hours: vec![] };
+        let bytes = crate::store::codec::encode(&base);
+        let d = one_item(1);
+        assert_eq!(merged_encoded(&bytes, &d), None, "a change of hour slots");
+        let mut d = Delta::default();
+        d.counts[0].insert(1, 1);
+        assert!(merged_encoded(&bytes, &d).is_some());
+        let with_hours = AggV2 { hours: vec![((1, 2), 3)], ..base.clone() };
+        assert_eq!(merged_encoded(&crate::store::codec::encode(&with_hours), &d), None, "stored hour slots");
+        assert_eq!(merged_encoded(&bytes[..bytes.len() - 1], &d), None, "truncated");
+        assert_eq!(merged_encoded(&[bytes.as_slice(), &[0]].concat(), &d), None, "trailing bytes");
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        assert_eq!(merged_encoded(&v1, &d), None, "version 1");
+        // A varint with a needless zero byte (postcard writes the shortest form).
+        let long = [&[2u8, 0x83, 0x00][..], &bytes[2..]].concat();
+        assert_eq!(merged_encoded(&long, &d), None, "a long varint");
+        assert_eq!(merged_encoded(&[], &d), None);
     }
 
     /// Merged into a stored bucket, a change clamps the count at 0 and `u32::MAX`, and

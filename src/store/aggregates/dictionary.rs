@@ -39,7 +39,8 @@ pub(crate) struct Dictionary {
     pub(super) fingerprints: [Vec<u32>; 3],
     /// Per track id, for the few tracks that spell an item differently from its stored
     /// name: (kind index, item id, this track's spelling) (`trackid_spellings`).
-    pub(super) spellings: HashMap<u32, Vec<(u8, u32, String)>>,
+    /// (Fx-hashed: track ids are the node's own, and the writer asks for every listen.)
+    pub(super) spellings: super::FastMap<u32, Vec<(u8, u32, String)>>,
     /// Per track id.
     pub(super) credits: CreditTable,
     pub(super) dirty_items: BTreeSet<(usize, u32)>,
@@ -305,7 +306,7 @@ impl Dictionary {
             open: Default::default(),
             full: Vec::new(),
             fingerprints: Default::default(),
-            spellings: HashMap::new(),
+            spellings: super::FastMap::default(),
             credits: CreditTable::default(),
             dirty_items: BTreeSet::new(),
             dirty_credits: BTreeSet::new(),

@@ -45,7 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::delta::{bump, merged, narrow};
+use super::delta::{bump, merged, merged_encoded, narrow};
 use super::*;
 use crate::store::codec::encode;
 use crate::store::keys::{BUCKET_ALL, BUCKET_WEEK};
@@ -830,11 +830,11 @@ impl Store {
             let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
             #[cfg(not(test))]
             let fails = false;
-            // Read and decoded outside the locks (only this pass writes node chunks),
-            // unless the memory copy holds a newer one (after a recount).
+            // Read outside the locks (only this pass writes node chunks), unless the
+            // memory copy holds a newer one (after a recount).
             let held = self.hot.read().map_err(|_| poisoned())?.contains_key(k);
             let stored = match tree.get(k)? {
-                Some(v) if !held => Some(Arc::new(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, &v)?)),
+                Some(v) if !held => Some(v),
                 _ => None,
             };
             // The memory copy's lock only for a chunk it holds (a recount's, with no writer
@@ -849,10 +849,33 @@ impl Store {
             let mut pending = self.node_pending.write().map_err(|_| poisoned())?;
             let held = hot.as_mut().and_then(|hot| hot.remove(k));
             let change = pending.remove(k).unwrap_or_default();
-            let agg = merged(held.as_deref().or(stored.as_deref()), &change);
-            let written = match agg.total > 0 {
+            // Merged from its stored bytes (`merged_encoded`); else (a memory copy's
+            // chunk, an older version, damage) decoded, merged and encoded. A chunk that
+            // does not decode keeps its change pending.
+            let fast = match (&held, &stored) {
+                (None, Some(v)) => merged_encoded(v, &change),
+                _ => None,
+            };
+            let (total, bytes) = match fast {
+                Some(done) => done,
+                None => {
+                    let base = match (&held, &stored) {
+                        (None, Some(v)) => match decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, v) {
+                            Ok(agg) => Some(agg),
+                            Err(e) => {
+                                pending.insert(*k, change);
+                                return Err(e);
+                            }
+                        },
+                        _ => None,
+                    };
+                    let agg = merged(held.as_deref().or(base.as_ref()), &change);
+                    (agg.total, encode(&agg))
+                }
+            };
+            let written = match total > 0 {
                 _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
-                true => tree.insert(k, encode(&agg)).map(drop),
+                true => tree.insert(k, bytes).map(drop),
                 false => tree.remove(k).map(drop),
             };
             if let Err(e) = written {

@@ -48,8 +48,8 @@ pub(super) fn interned_client(new: &[(String, u32)], store: &Store, id: u32) -> 
 }
 
 impl Writer {
-    pub(super) fn intern_track(&mut self, group: &mut Group, track: &TrackRef) -> Result<(u32, u32)> {
-        let digest = track_digest(track);
+    /// The id and dedupe key of `track`, whose `track_digest` is `digest`.
+    pub(super) fn intern_track(&mut self, group: &mut Group, track: &TrackRef, digest: [u8; 16]) -> Result<(u32, u32)> {
         if let Some(id) = self.tracks.get(&digest) {
             return Ok((id, self.track_key(id)?));
         }
@@ -84,7 +84,13 @@ impl Writer {
     }
 
     pub(super) fn intern_client(&mut self, group: &mut Group, name: &str) -> Result<u32> {
+        if let Some((last, id)) = &self.last_client
+            && last == name
+        {
+            return Ok(*id);
+        }
         if let Some(&id) = self.clients.get(name) {
+            self.last_client = Some((name.to_owned(), id));
             return Ok(id);
         }
         let id = match self.store.trees.clientname_clientid.get(name.as_bytes())? {
@@ -97,6 +103,7 @@ impl Writer {
             }
         };
         self.clients.insert(name.to_owned(), id);
+        self.last_client = Some((name.to_owned(), id));
         Ok(id)
     }
 }

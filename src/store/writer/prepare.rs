@@ -35,7 +35,15 @@ fn stored_block<'c>(
 }
 
 impl Writer {
-    pub(super) fn prepare(&mut self, group: &mut Group, user: UserId, actions: &[Action]) -> Result<Vec<Outcome>> {
+    /// Prepares `actions` (`digests`: their listens' track digests, `Job::digests`;
+    /// computed here where one is missing).
+    pub(super) fn prepare(
+        &mut self,
+        group: &mut Group,
+        user: UserId,
+        actions: &[Action],
+        digests: &[Option<[u8; 16]>],
+    ) -> Result<Vec<Outcome>> {
         self.load_user(user)?;
         // The store's blocks change only when a group commits, after its prepares.
         self.read_blocks.clear();
@@ -43,10 +51,16 @@ impl Writer {
         getrandom::getrandom(&mut salts).map_err(|e| Error::Random(e.to_string()))?;
         let signed_at = now_secs();
         let mut outcomes = Vec::with_capacity(actions.len());
-        for (action, salt) in actions.iter().zip(salts.chunks_exact(16)) {
+        for (i, (action, salt)) in actions.iter().zip(salts.chunks_exact(16)).enumerate() {
             let mut s: Salt = [0; 16];
             s.copy_from_slice(salt);
-            outcomes.push(self.prepare_one(group, user, action, s, signed_at)?);
+            let outcome = match (action, digests.get(i).copied().flatten()) {
+                (Action::Listen(listen), Some(digest)) => {
+                    self.listen(group, user, listen, (s, digest), signed_at, true)
+                }
+                _ => self.prepare_one(group, user, action, s, signed_at),
+            };
+            outcomes.push(outcome?);
         }
         Ok(outcomes)
     }
@@ -165,7 +179,7 @@ impl Writer {
         now: i64,
     ) -> Result<Outcome> {
         match action {
-            Action::Listen(listen) => self.listen(group, user, listen, salt, now, true),
+            Action::Listen(listen) => self.listen(group, user, listen, (salt, track_digest(listen.track())), now, true),
             Action::Adopt(crate::log::Content::Erased { content_hash }) => {
                 let hash = *content_hash;
                 let seq = self.append_hashed(group, user, Some(hash), None, now, |_, check| StoredEntry::Erased {
@@ -178,7 +192,7 @@ impl Writer {
                 Body::Listen { track, listened_at, duration_ms, client } => {
                     let listen = Listen::from_parts(track.clone(), *listened_at, *duration_ms, client.clone())
                         .map_err(|e| Error::Invalid(format!("adopted entry: {e}")))?;
-                    self.listen(group, user, &listen, *salt, now, false)
+                    self.listen(group, user, &listen, (*salt, track_digest(listen.track())), now, false)
                 }
                 Body::Love(t) => self.prepare_one(group, user, &Action::Love(t.clone()), *salt, now),
                 Body::Unlove(t) => self.prepare_one(group, user, &Action::Unlove(t.clone()), *salt, now),
@@ -192,7 +206,7 @@ impl Writer {
                 }
             },
             Action::Love(track) | Action::Unlove(track) | Action::Hate(track) => {
-                let (id, _) = self.intern_track(group, track)?;
+                let (id, _) = self.intern_track(group, track, track_digest(track))?;
                 let score: i8 = match action {
                     Action::Love(_) => 1,
                     Action::Hate(_) => -1,
@@ -233,11 +247,11 @@ impl Writer {
         group: &mut Group,
         user: UserId,
         listen: &Listen,
-        salt: Salt,
+        (salt, digest): (Salt, [u8; 16]),
         now: i64,
         dedupe: bool,
     ) -> Result<Outcome> {
-        let (track, dkey) = self.intern_track(group, listen.track())?;
+        let (track, dkey) = self.intern_track(group, listen.track(), digest)?;
         let at = listen.listened_at();
         if dedupe {
             let window = window_secs(listen.duration_ms());
