@@ -65,12 +65,19 @@ impl Writer {
                 }
             }
             let pending = Some((&group.spellings, &group.unspelled));
+            // No spelling stored: only this group's can differ from the stored name.
+            let stored_spellings = self.store.has_spellings(*user)?;
             node_deltas(
                 changes,
                 &mut |k| self.store.bucket(k),
                 &years,
-                &mut |kind, id, after| {
-                    self.store.shows_stored_name(*user, kind, id, if after { pending } else { None })
+                &mut |kind, id, after| match (after, stored_spellings) {
+                    (_, true) => self.store.shows_stored_name(*user, kind, id, if after { pending } else { None }),
+                    (false, false) => Ok(true),
+                    (true, false) => {
+                        let key = keys::user_item(*user, kind.index() as u8, id);
+                        Ok(group.spellings.get(&key).is_none_or(Option::is_none))
+                    }
                 },
                 &respelled,
                 node,
