@@ -72,33 +72,29 @@ pub(super) fn merge_sorted<K: Ord + Copy>(base: &[(K, u32)], delta: &FastMap<K, 
     changes.sort_unstable_by_key(|c| c.0);
     let mut out = Vec::with_capacity(base.len() + changes.len());
     let (mut i, mut j) = (0, 0);
-    let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-    while i < base.len() || j < changes.len() {
-        let (k, n) = match (base.get(i), changes.get(j)) {
-            (Some(&(bk, bn)), Some(&(ck, cn))) if bk == ck => {
-                i += 1;
-                j += 1;
-                (bk, clamp(i64::from(bn) + cn))
-            }
-            (Some(&(bk, bn)), Some(&(ck, _))) if bk < ck => {
-                i += 1;
-                (bk, bn)
-            }
-            (Some(&(bk, bn)), None) => {
-                i += 1;
-                (bk, bn)
-            }
-            (_, Some(&(ck, cn))) => {
-                j += 1;
-                (ck, clamp(cn))
-            }
-            (None, None) => break,
-        };
+    while let Some(((k, n), took_base, took_change)) = merge_step(base.get(i).copied(), changes.get(j).copied()) {
+        i += usize::from(took_base);
+        j += usize::from(took_change);
         if n > 0 {
             out.push((k, n));
         }
     }
     out
+}
+
+/// One step of merging a sorted list's next entry (`base`) with the next sorted change:
+/// the (key, count) it gives (a count at 0 or below is dropped by the caller), and
+/// whether it took the entry and the change. None when both are used up. Shared by
+/// `merge_sorted` and `merged_encoded`, which must merge alike.
+fn merge_step<K: Ord + Copy>(base: Option<(K, u32)>, change: Option<(K, i64)>) -> Option<((K, u32), bool, bool)> {
+    let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    Some(match (base, change) {
+        (Some((bk, bn)), Some((ck, cn))) if bk == ck => ((bk, clamp(i64::from(bn) + cn)), true, true),
+        (Some((bk, bn)), Some((ck, _))) if bk < ck => ((bk, bn), true, false),
+        (Some((bk, bn)), None) => ((bk, bn), true, false),
+        (_, Some((ck, cn))) => ((ck, clamp(cn)), false, true),
+        (None, None) => return None,
+    })
 }
 
 /// `base` with `delta` applied.
@@ -154,27 +150,11 @@ pub(crate) fn merged_encoded(stored: &[u8], delta: &Delta) -> Option<(u32, Vec<u
                 base = Some((prev_in, read_u32(body, &mut at)?));
                 left -= 1;
             }
-            let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-            let (k, count) = match (base, changes.get(j)) {
-                (Some((bk, bn)), Some(&(ck, cn))) if bk == ck => {
-                    base = None;
-                    j += 1;
-                    (bk, clamp(i64::from(bn) + cn))
-                }
-                (Some((bk, bn)), Some(&(ck, _))) if bk < ck => {
-                    base = None;
-                    (bk, bn)
-                }
-                (Some((bk, bn)), None) => {
-                    base = None;
-                    (bk, bn)
-                }
-                (_, Some(&(ck, cn))) => {
-                    j += 1;
-                    (ck, clamp(cn))
-                }
-                (None, None) => break,
-            };
+            let Some(((k, count), took_base, took_change)) = merge_step(base, changes.get(j).copied()) else { break };
+            if took_base {
+                base = None;
+            }
+            j += usize::from(took_change);
             if count > 0 {
                 write_varint(&mut list, u64::from(k.wrapping_sub(prev_out)));
                 write_varint(&mut list, u64::from(count));
