@@ -220,6 +220,9 @@ pub struct Store {
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Faults {
+    /// The thread adding a group's node changes (`writer::absorb`) waits while set,
+    /// holding the pending changes' lock.
+    pub hold_absorb: std::sync::atomic::AtomicBool,
     /// `put_node_chunks` and `store_node_changes` fail at their write number n + 1
     /// (0: never).
     pub node_chunk_fails_at: std::sync::atomic::AtomicUsize,

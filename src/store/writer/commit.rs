@@ -83,7 +83,6 @@ impl Writer {
                 node,
             )?;
         }
-        node.sort();
         Ok((out, days))
     }
 
@@ -94,6 +93,8 @@ impl Writer {
     /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
     /// written with them.
     pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
+        // The last group's node changes are all added before anything below reads them.
+        self.finish_absorb()?;
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -301,43 +302,37 @@ impl Writer {
                 .map_err(crate::store::users::tx_error)
                 .and_then(|()| self.store.flush())
         };
-        // The group's node changes are added to the pending ones (`absorb_into`) on a
-        // thread of their own while this one writes the group and waits for its flush:
-        // the writer is the import's bottleneck (90% of a core at 10,000 members, the
-        // process 55% of two), and adding the changes was a sixth of it. From here on
-        // nothing fails but the write, and a failed write fails the store (`poison`:
-        // no reads through it, and its memory is dropped at reopen), so changes added
-        // before the group is durable are never read without it. A reader may see them
-        // a few milliseconds before the group is acknowledged, as it sees sled's own
-        // memory. Only the pending changes' lock is taken there: readers take the memory
-        // copy's before it (`Store::bucket`), and the writer takes neither meanwhile.
-        let (written, gained) = std::thread::scope(|scope| {
-            let absorbing = match node.is_empty() {
-                true => None,
-                false => std::thread::Builder::new()
-                    .name("hearsay-absorb".into())
-                    .spawn_scoped(scope, || absorb(&self.store, &node))
-                    .map_err(
-                        |e| tracing::warn!(error = %e, "no thread to add node changes; adding them after the write"),
-                    )
-                    .ok(),
-            };
-            let written = write();
-            let gained = match absorbing {
-                Some(handle) => {
-                    handle.join().map_err(|_| Error::Invalid("adding a group's node changes panicked".into()))
-                }
-                None if written.is_ok() => Ok(absorb(&self.store, &node)),
-                None => Ok(0),
-            };
-            (written, gained)
-        });
-        let gained = match (written, gained) {
-            (Ok(()), Ok(gained)) => gained,
-            (Err(e), _) | (_, Err(e)) => {
-                self.poison("a group commit", &e);
-                return Err(e);
+        // The group's node changes go to the thread adding them to the pending ones
+        // (`absorb`: it takes their lock before this thread goes past the write, and the
+        // writer waits for it before anything reads them again), with what the group's
+        // batches carried. Only the write can fail from here on.
+        let spent = std::mem::take(&mut group.spent);
+        let inline = match self.absorber.as_mut() {
+            Some(absorber) => absorber.send((node, spent)).err().map(|(node, _)| node),
+            None => Some(node),
+        };
+        if let Err(e) = write() {
+            self.poison("a group commit", &e);
+            let _ = self.finish_absorb();
+            return Err(e);
+        }
+        let changed = match inline {
+            // Without the thread: added here, now the group is written.
+            Some(mut node) => {
+                let mut changed = Vec::new();
+                let gained = absorb::absorb(&self.store.node_pending, &mut node, |keys| changed = keys);
+                self.pending_node_pairs = self.pending_node_pairs.saturating_add(gained);
+                self.node_changes = node;
+                changed
             }
+            None => match self.absorber.as_ref().map_or_else(|| Err(absorb::gone()), absorb::Absorber::locked) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    self.absorber = None;
+                    self.poison("adding a group's node changes", &e);
+                    return Err(e);
+                }
+            },
         };
         // Each user's newest listen among the day buckets this group wrote (appends
         // only raise a user's newest live listen).
@@ -370,12 +365,9 @@ impl Writer {
             }
         }
         drop(hot);
-        self.pending_node_pairs = self.pending_node_pairs.saturating_add(gained);
         // Readers see the group from now on: the kept node buckets it changed go now,
         // not after the store below (a chart kept meanwhile would lag for its seconds).
-        self.store.node_group_changed(&node.keys(), &days, false);
-        node.clear();
-        self.node_changes = node;
+        self.store.node_group_changed(&changed, &days, false);
         if persist {
             self.pending_users.clear();
             self.last_persist = std::time::Instant::now();
@@ -387,6 +379,10 @@ impl Writer {
         // listens are stored); the store refuses writes from now on, memory keeps the
         // changes not stored (readers see them), and the next open rebuilds the node
         // buckets (`node_stale` is still set).
+        if store_node {
+            // Every change added before a store of them.
+            self.finish_absorb()?;
+        }
         if in_background && node_held {
             // `NODE_STALE` was set by the transaction above (`node_held`); the writer
             // clears it in a later one, once no pass runs and nothing is held.
@@ -408,15 +404,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Adds a group's node changes to the pending ones (`NodeChanges::absorb_into`), under
-/// their lock; the (item, change) pairs they gained.
-/// A lock poisoned by a panicking thread is taken all the same (the changes are a
-/// group's that is being written; the group commit does not fail for it).
-fn absorb(store: &crate::store::Store, node: &NodeChanges) -> usize {
-    let mut pending = store.node_pending.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    node.absorb_into(&mut pending)
 }
 
 /// Stores every node change held in memory (`Store::store_node_changes`), then, when
@@ -478,6 +465,27 @@ impl Writer {
                 tracing::warn!(error = %e, "no thread for the node store; storing on the writer");
                 store_node_pass(&self.store, pairs, false);
                 crate::memory::give_back();
+            }
+        }
+    }
+
+    /// Waits for the thread adding the last group's node changes (`absorb`), and takes
+    /// back their room and the pairs the pending changes gained. A thread that stopped
+    /// (it panicked) fails the store: the pending changes are then not whole, and the
+    /// next open counts them again from the log, as after a crash.
+    pub(super) fn finish_absorb(&mut self) -> Result<()> {
+        let Some(absorber) = self.absorber.as_mut() else { return Ok(()) };
+        match absorber.finish() {
+            Ok(None) => Ok(()),
+            Ok(Some((node, gained))) => {
+                self.node_changes = node;
+                self.pending_node_pairs = self.pending_node_pairs.saturating_add(gained);
+                Ok(())
+            }
+            Err(e) => {
+                self.absorber = None;
+                self.poison("adding a group's node changes", &e);
+                Err(e)
             }
         }
     }
@@ -623,6 +631,32 @@ mod tests {
     #[test]
     fn readers_see_each_node_change_once_while_chunks_are_stored_in_the_background() {
         readers_see_each_change_once(true);
+    }
+
+    /// A group is acknowledged once the thread adding its node changes holds the lock
+    /// readers take (`writer::absorb`), not once it is done: a reader after the
+    /// acknowledgement waits for the changes, and never sees the group's listens
+    /// without them.
+    #[test]
+    fn an_acknowledged_group_is_read_with_its_node_changes() {
+        let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
+        let store = Store::open(dir.path(), &test_options()).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let read = || store.node_chart(Kind::Recording, &Period::AllTime, 10, now, &jiff::tz::TimeZone::UTC);
+        assert_eq!(read().expect("chart").listens, 0);
+        store.faults.hold_absorb.store(true, Relaxed);
+        ingestor.ingest_blocking(user, (0..3).map(|i| listen(i, now)).collect()).expect("stored");
+        assert!(store.faults.hold_absorb.load(Relaxed), "acknowledged while the changes are being added");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                store.faults.hold_absorb.store(false, Relaxed);
+            });
+            assert_eq!(read().expect("chart").listens, 3, "read with the group's node changes");
+        });
+        ingestor.stop();
     }
 
     fn readers_see_each_change_once(background: bool) {
