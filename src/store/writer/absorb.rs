@@ -8,17 +8,20 @@
 //! and prepares the next one.
 //!
 //! What keeps it correct:
+//! - The changes are sent before the group is written and put in order meanwhile, but
+//!   added only once the writer says the group was written (`Absorber::written`): a
+//!   reader never sees changes of a group that is not written.
 //! - The thread takes the pending changes' write lock before the writer goes past the
-//!   group's write (`Absorber::locked`), so before the group is acknowledged: a reader
-//!   of node buckets takes that lock to read (`Store::bucket`) and so sees an
-//!   acknowledged group whole, never its listens without their node changes.
+//!   group's write, so before the group is acknowledged: a reader of node buckets takes
+//!   that lock to read (`Store::bucket`) and so sees an acknowledged group whole, never
+//!   its listens without their node changes.
 //! - The writer waits for the thread (`Absorber::finish`) before anything else reads or
 //!   stores the pending changes: at the start of every group's write (`Writer::apply`),
 //!   before a store of node chunks, and before any other message it handles.
-//! - The changes are sent only once nothing but the write can fail, and a failed write
-//!   fails the store (no reads through it; its memory is dropped when it reopens), so
-//!   changes added for a group that is not written are never read.
-//! - A thread that panicked leaves its channels closed: the writer fails the store.
+//! - A thread that panicked leaves its channels closed: the writer fails the store (a
+//!   group already written stays acknowledged).
+//! - With mimalloc, what a store of node chunks frees of this thread's allocations is
+//!   given back by this thread when the writer asks (`Absorber::give_back`).
 //!
 //! Without a thread (none could be started), the writer adds them itself after the write.
 
@@ -31,11 +34,11 @@ use crate::store::{Error, Result};
 use super::Spent;
 
 /// A group's changes sent to the thread: the changes, and what the group's batches
-/// carried, dropped there (freeing a group's listens was 5% of the writer).
+/// carried.
 type Work = (NodeChanges, Spent);
 
 pub(super) struct Absorber {
-    work: Option<SyncSender<Work>>,
+    work: Option<SyncSender<Msg>>,
     /// The chunks a group changes, sent once the lock is taken.
     locked: Receiver<Vec<[u8; 9]>>,
     /// The changes given back (for their room) and the pairs the pending maps gained.
@@ -49,20 +52,44 @@ pub(super) fn gone() -> Error {
     Error::Invalid("the thread adding node changes stopped (it panicked)".into())
 }
 
-/// Sorts a group's changes, takes the pending changes' lock, tells which chunks they
-/// change, and adds them. A lock poisoned by a panicking thread is taken all the same:
-/// the group is being written, and does not fail for it.
-pub(super) fn absorb(pending: &NodePending, node: &mut NodeChanges, locked: impl FnOnce(Vec<[u8; 9]>)) -> usize {
+/// Puts a group's changes in key order (`NodeChanges::sort`, outside the lock); the
+/// chunks they change.
+fn order(node: &mut NodeChanges) -> Vec<[u8; 9]> {
+    node.sort();
+    node.keys()
+}
+
+/// Takes the pending changes' lock, calls `locked`, and adds the changes (in order:
+/// `order`); the pairs the pending maps gained. A lock poisoned by a panicking thread is
+/// taken all the same: the group is written, and does not fail for it.
+fn add(pending: &NodePending, node: &NodeChanges, locked: impl FnOnce()) -> usize {
     if node.is_empty() {
-        locked(Vec::new());
+        locked();
         return 0;
     }
-    // Sorted outside the lock (`NodeChanges::sort`).
-    node.sort();
-    let keys = node.keys();
     let mut held = pending.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    locked(keys);
+    locked();
     node.absorb_into(&mut held)
+}
+
+/// Adds a written group's changes on the calling thread (when there is no thread for
+/// it): the chunks they change and the pairs the pending maps gained.
+pub(super) fn absorb(pending: &NodePending, node: &mut NodeChanges) -> (Vec<[u8; 9]>, usize) {
+    let changed = order(node);
+    let gained = add(pending, node, || ());
+    (changed, gained)
+}
+
+/// What the writer sends the thread.
+enum Msg {
+    /// A group's changes, and what its batches carried (dropped there: freeing a group's
+    /// listens was 5% of the writer).
+    Work(Box<Work>),
+    /// Whether the group sent last was written: its changes are added only then.
+    Written(bool),
+    /// Give back the memory this thread's heap holds freed (`memory::give_back`; with
+    /// mimalloc a thread's heap is collected only by that thread).
+    GiveBack,
 }
 
 impl Absorber {
@@ -70,18 +97,38 @@ impl Absorber {
         pending: NodePending,
         #[cfg(test)] faults: std::sync::Arc<crate::store::Faults>,
     ) -> std::io::Result<Absorber> {
-        let (work_tx, work_rx) = sync_channel::<Work>(1);
+        let (work_tx, work_rx) = sync_channel::<Msg>(2);
         let (locked_tx, locked_rx) = sync_channel(1);
         let (done_tx, done_rx) = sync_channel(1);
         let thread = std::thread::Builder::new().name("hearsay-absorb".into()).spawn(move || {
-            while let Ok((mut node, spent)) = work_rx.recv() {
-                let gained = absorb(&pending, &mut node, |keys| {
-                    let _ = locked_tx.send(keys);
-                    #[cfg(test)]
-                    while faults.hold_absorb.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
+            // The next message but a request to give memory back, answered on the way.
+            let next = || loop {
+                match work_rx.recv() {
+                    Ok(Msg::GiveBack) => {
+                        #[cfg(feature = "mimalloc")]
+                        crate::memory::give_back();
                     }
-                });
+                    other => return other.ok(),
+                }
+            };
+            while let Some(msg) = next() {
+                let Msg::Work(work) = msg else { continue };
+                let (mut node, spent) = *work;
+                // Ordered while the group is written; added only once it is. The writer
+                // sends nothing else between (`Writer::apply`); without its answer (it
+                // is gone) the changes are not added.
+                let changed = order(&mut node);
+                let written = matches!(next(), Some(Msg::Written(true)));
+                let gained = match written {
+                    true => add(&pending, &node, || {
+                        let _ = locked_tx.send(changed);
+                        #[cfg(test)]
+                        while faults.hold_absorb.load(std::sync::atomic::Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                    }),
+                    false => 0,
+                };
                 drop(spent);
                 if done_tx.send((node, gained)).is_err() {
                     return;
@@ -91,34 +138,51 @@ impl Absorber {
         Ok(Absorber { work: Some(work_tx), locked: locked_rx, done: done_rx, in_flight: false, thread: Some(thread) })
     }
 
-    /// Hands a group's changes to the thread (after `finish`: one group at a time);
-    /// given back if it is gone.
+    /// Hands a group's changes over before the group is written (after `finish`: one
+    /// group at a time); given back if the thread is gone.
     pub(super) fn send(&mut self, work: Work) -> std::result::Result<(), Work> {
         let Some(tx) = &self.work else { return Err(work) };
-        match tx.send(work) {
+        match tx.send(Msg::Work(Box::new(work))) {
             Ok(()) => {
                 self.in_flight = true;
                 Ok(())
             }
-            Err(std::sync::mpsc::SendError(work)) => Err(work),
+            Err(std::sync::mpsc::SendError(Msg::Work(work))) => Err(*work),
+            // Only a `Work` was sent, so only a `Work` comes back.
+            Err(std::sync::mpsc::SendError(_)) => Err((NodeChanges::default(), Vec::new())),
         }
     }
 
-    /// Waits until the thread holds the pending changes' lock for the group sent last;
-    /// the chunks it changes.
-    pub(super) fn locked(&self) -> Result<Vec<[u8; 9]>> {
-        self.locked.recv().map_err(|_| gone())
+    /// Tells the thread whether the group sent last was written; once it was, waits
+    /// until the thread holds the pending changes' lock, and returns the chunks the
+    /// group changes (none when it was not written).
+    pub(super) fn written(&self, written: bool) -> Result<Vec<[u8; 9]>> {
+        let tx = self.work.as_ref().ok_or_else(gone)?;
+        tx.send(Msg::Written(written)).map_err(|_| gone())?;
+        match written {
+            true => self.locked.recv().map_err(|_| gone()),
+            false => Ok(Vec::new()),
+        }
     }
 
-    /// Waits for the group sent last to be added: its changes (for their room) and the
-    /// pairs the pending maps gained. None when none is in flight.
+    /// Asks the thread to give back the memory its heap holds freed (after a store of
+    /// node chunks freed what it had allocated). Not waited for.
+    pub(super) fn give_back(&self) {
+        if let Some(tx) = &self.work {
+            let _ = tx.try_send(Msg::GiveBack);
+        }
+    }
+
+    /// Waits for the group sent last to be added (or dropped, not written): its changes
+    /// (for their room) and the pairs the pending maps gained. None when none is in
+    /// flight.
     pub(super) fn finish(&mut self) -> Result<Option<(NodeChanges, usize)>> {
         if !std::mem::take(&mut self.in_flight) {
             return Ok(None);
         }
         let done = self.done.recv().map_err(|_| gone())?;
-        // The chunks of a group whose write failed were not asked for (`locked`): sent
-        // before `done`, they are dropped here, not taken for the next group's.
+        // Chunks sent and not asked for (`written` failed between): dropped here, not
+        // taken for the next group's.
         while self.locked.try_recv().is_ok() {}
         Ok(Some(done))
     }

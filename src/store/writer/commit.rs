@@ -303,36 +303,44 @@ impl Writer {
                 .and_then(|()| self.store.flush())
         };
         // The group's node changes go to the thread adding them to the pending ones
-        // (`absorb`: it takes their lock before this thread goes past the write, and the
-        // writer waits for it before anything reads them again), with what the group's
-        // batches carried. Only the write can fail from here on.
+        // (`absorb`: it orders them while the group is written, adds them only once it
+        // is, and takes their lock before this thread goes past the write; the writer
+        // waits for it before anything reads them again), with what the group's batches
+        // carried. Only the write can fail from here on.
         let spent = std::mem::take(&mut group.spent);
         let inline = match self.absorber.as_mut() {
             Some(absorber) => absorber.send((node, spent)).err().map(|(node, _)| node),
             None => Some(node),
         };
-        if let Err(e) = write() {
+        let written = write();
+        let told = match (&inline, self.absorber.as_ref()) {
+            (None, Some(absorber)) => Some(absorber.written(written.is_ok())),
+            _ => None,
+        };
+        if let Err(e) = written {
             self.poison("a group commit", &e);
             let _ = self.finish_absorb();
             return Err(e);
         }
-        let changed = match inline {
+        let changed = match (inline, told) {
             // Without the thread: added here, now the group is written.
-            Some(mut node) => {
-                let mut changed = Vec::new();
-                let gained = absorb::absorb(&self.store.node_pending, &mut node, |keys| changed = keys);
+            (Some(mut node), _) => {
+                let (changed, gained) = absorb::absorb(&self.store.node_pending, &mut node);
                 self.pending_node_pairs = self.pending_node_pairs.saturating_add(gained);
                 self.node_changes = node;
                 changed
             }
-            None => match self.absorber.as_ref().map_or_else(|| Err(absorb::gone()), absorb::Absorber::locked) {
-                Ok(changed) => changed,
-                Err(e) => {
-                    self.absorber = None;
-                    self.poison("adding a group's node changes", &e);
-                    return Err(e);
-                }
-            },
+            (None, Some(Ok(changed))) => changed,
+            (None, told) => {
+                let e = match told {
+                    Some(Err(e)) => e,
+                    _ => absorb::gone(),
+                };
+                // The group is written and stays acknowledged; the store fails.
+                self.absorber = None;
+                self.poison("adding a group's node changes", &e);
+                return Ok(());
+            }
         };
         // Each user's newest listen among the day buckets this group wrote (appends
         // only raise a user's newest live listen).
@@ -379,9 +387,10 @@ impl Writer {
         // listens are stored); the store refuses writes from now on, memory keeps the
         // changes not stored (readers see them), and the next open rebuilds the node
         // buckets (`node_stale` is still set).
-        if store_node {
-            // Every change added before a store of them.
-            self.finish_absorb()?;
+        // Every change added before a store of them. A thread that stopped failed the
+        // store (`finish_absorb`); the group is written and stays acknowledged.
+        if store_node && self.finish_absorb().is_err() {
+            return Ok(());
         }
         if in_background && node_held {
             // `NODE_STALE` was set by the transaction above (`node_held`); the writer
@@ -392,7 +401,7 @@ impl Writer {
         } else if store_node {
             let stored = !node_held || store_node_pass(&self.store, node_pairs, true);
             if node_held && node_pairs >= GIVE_BACK_AFTER_PAIRS {
-                crate::memory::give_back();
+                self.give_back();
             }
             if stored {
                 self.pending_node_pairs = 0;
@@ -464,8 +473,17 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for the node store; storing on the writer");
                 store_node_pass(&self.store, pairs, false);
-                crate::memory::give_back();
+                self.give_back();
             }
+        }
+    }
+
+    /// Gives back freed memory (`memory::give_back`), and asks the thread adding node
+    /// changes to give back its own (with mimalloc, each thread collects its heap).
+    fn give_back(&self) {
+        crate::memory::give_back();
+        if let Some(absorber) = &self.absorber {
+            absorber.give_back();
         }
     }
 
@@ -500,8 +518,8 @@ impl Writer {
                     self.store.fail("the node statistics store panicked");
                 }
                 // The pass (≥ `BACKGROUND_STORE_PAIRS` changes) freed pending changes this
-                // thread allocated (`store_node_pass`).
-                crate::memory::give_back();
+                // thread and the one adding them allocated (`store_node_pass`).
+                self.give_back();
                 false
             }
             Some(handle) => {
