@@ -190,11 +190,16 @@ impl Writer {
             || each_group
             || self.last_node_persist.elapsed() >= NODE_PERSIST_EVERY
             || node_pairs >= NODE_HOT_MAX_PAIRS;
+        // Node changes at their bound are stored now, not at the next `PERSIST_EVERY`:
+        // once the writer's groups went faster (node changes added beside it), waiting
+        // for that let an import's pending changes pass the bound by two fifths (a pass
+        // of 8.35M pairs at 10,000 members, the import peaking at 492 MiB).
         let persist = persist
             || each_group
             || group.has_delete
             || self.last_persist.elapsed() >= PERSIST_EVERY
-            || hot_pairs >= HOT_MAX_PAIRS;
+            || hot_pairs >= HOT_MAX_PAIRS
+            || node_pairs >= NODE_HOT_MAX_PAIRS;
         let mut group_users: BTreeSet<UserId> = BTreeSet::new();
         for k in group.aggs.keys() {
             group_users.insert(keys::parse_bucket(schema::USERID_BUCKET_COUNTS, k)?.0);
