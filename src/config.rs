@@ -127,7 +127,7 @@ pub struct StoreConfig {
     pub cache_mb: u64,
     /// sled page cache in MiB while the node imports in bulk (the writer commits groups
     /// of an import's size); back to `cache_mb` once no such group came for a few
-    /// seconds; below `cache_mb`, `cache_mb`. Default: `80`; allowed 4..=65536.
+    /// seconds; below `cache_mb`, `cache_mb`. Default: `64`; allowed 4..=65536.
     pub import_cache_mb: u64,
     /// Most listens written in one group commit (one flush). Default: `20000`.
     pub group_commit_max_listens: usize,
@@ -485,7 +485,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             cache_mb: 32,
-            import_cache_mb: 80,
+            import_cache_mb: 64,
             group_commit_max_listens: 20_000,
             reserve_mb: 64,
             compression: true,
