@@ -15,9 +15,11 @@
 //!   group's write, so before the group is acknowledged: a reader of node buckets takes
 //!   that lock to read (`Store::bucket`) and so sees an acknowledged group whole, never
 //!   its listens without their node changes.
-//! - The writer waits for the thread (`Absorber::finish`) before anything else reads or
-//!   stores the pending changes: at the start of every group's write (`Writer::apply`),
-//!   before a store of node chunks, and before any other message it handles.
+//! - The writer waits for the thread (`Absorber::finish`) before it reads, changes or
+//!   stores the pending changes itself: at the start of every group's write
+//!   (`Writer::apply`, through which deletions, time zones, backups and the shutdown
+//!   store first), before a store of node chunks, before a sharing level's change, and
+//!   before it reloads its memory (`reset`). Readers only wait for the lock.
 //! - A thread that panicked leaves its channels closed: the writer fails the store (a
 //!   group already written stays acknowledged).
 //! - With mimalloc, what a store of node chunks frees of this thread's allocations is
