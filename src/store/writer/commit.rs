@@ -424,9 +424,10 @@ impl Writer {
 /// `clear_stale` (the writer, right after a transaction that stored every user bucket,
 /// with no other pass running), clears `NODE_STALE`. A failure fails the store (the
 /// next open rebuilds the node statistics: `NODE_STALE` is still set). Whether it stored.
-/// The memory its store freed is given back by the writer, the thread that allocated
-/// it (`memory::give_back`: mimalloc takes other threads' frees back only then), after
-/// the pass or when it reaps a background one (`reap_node_store`).
+/// The memory its store freed is given back by the threads that allocated it, the
+/// writer and the one adding node changes (`Writer::give_back`: mimalloc takes other
+/// threads' frees back only then), after the pass or when the writer reaps a background
+/// one (`reap_node_store`).
 fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool) -> bool {
     #[cfg(test)]
     while !clear_stale && store.faults.hold_node_store_start.load(std::sync::atomic::Ordering::Relaxed) {
@@ -601,15 +602,21 @@ mod tests {
     /// As `public_member_storing_node_each_group`; `background`: by a background pass
     /// (as a bulk import's stores are).
     fn public_member_storing_node(dir: &std::path::Path, now: i64, background: bool) -> (Store, UserId, Ingestor) {
-        let store = Store::open(dir, &test_options()).expect("open");
-        let user = store.create_user("alice", "password1", now).expect("user").id;
-        store.set_visibility(user, SharingLevel::Public).expect("public");
+        let (store, user) = public_member(dir, now);
         match background {
             false => store.faults.store_node_each_group.store(true, Relaxed),
             true => store.faults.store_node_in_background_each_group.store(true, Relaxed),
         }
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         (store, user, ingestor)
+    }
+
+    /// A store at `dir` with one member, alice, counted in the node charts (public).
+    fn public_member(dir: &std::path::Path, now: i64) -> (Store, UserId) {
+        let store = Store::open(dir, &test_options()).expect("open");
+        let user = store.create_user("alice", "password1", now).expect("user").id;
+        store.set_visibility(user, SharingLevel::Public).expect("public");
+        (store, user)
     }
 
     /// Waits (up to 30 s, else fails naming `what`) until `done`.
@@ -663,9 +670,7 @@ mod tests {
     #[test]
     fn an_acknowledged_group_is_read_with_its_node_changes() {
         let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
-        let store = Store::open(dir.path(), &test_options()).expect("open");
-        let user = store.create_user("alice", "password1", now).expect("user").id;
-        store.set_visibility(user, SharingLevel::Public).expect("public");
+        let (store, user) = public_member(dir.path(), now);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         let read = || store.node_chart(Kind::Recording, &Period::AllTime, 10, now, &jiff::tz::TimeZone::UTC);
         assert_eq!(read().expect("chart").listens, 0);
@@ -800,9 +805,7 @@ mod tests {
     #[test]
     fn a_crash_after_a_background_store_took_unstored_groups_counts_each_listen_once() {
         let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
-        let store = Store::open(dir.path(), &test_options()).expect("open");
-        let user = store.create_user("alice", "password1", now).expect("user").id;
-        store.set_visibility(user, SharingLevel::Public).expect("public");
+        let (store, user) = public_member(dir.path(), now);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         let batch = |b: i64| (b * 20..(b + 1) * 20).map(|i| listen(i, now)).collect::<Vec<_>>();
         ingestor.ingest_blocking(user, batch(0)).expect("stored");
