@@ -239,6 +239,8 @@ pub(crate) struct Faults {
     /// The next group stores its statistics with the node's by a background pass (as
     /// `store_node_in_background_each_group`, once); later groups follow the timers.
     pub store_node_in_background_next_group: std::sync::atomic::AtomicBool,
+    /// The writer's bound on pending node changes (`NODE_HOT_MAX_PAIRS`) when not 0.
+    pub node_max_pairs: std::sync::atomic::AtomicUsize,
     /// The writer stops without storing what memory holds, as a crash leaves the store
     /// (what it wrote was flushed).
     pub skip_final_store: std::sync::atomic::AtomicBool,

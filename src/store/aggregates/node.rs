@@ -802,6 +802,27 @@ impl Store {
         Ok(())
     }
 
+    /// The (item, change) pairs the pending node changes hold.
+    pub(crate) fn node_pending_pairs(&self) -> usize {
+        match self.node_pending.read() {
+            Ok(pending) => pending.values().map(Delta::pairs).sum(),
+            // Poisoned: counted as full, so the writer stores (and meets the poison).
+            Err(_) => usize::MAX,
+        }
+    }
+
+    /// What the pending node changes hold, for the debug log: chunks, (item, change)
+    /// pairs, maps holding any, and the entries their tables have room for (the memory
+    /// they take is about 9 bytes per entry of room, plus each map's and chunk's own).
+    pub(crate) fn node_pending_census(&self) -> (usize, usize, usize, usize) {
+        let Ok(pending) = self.node_pending.read() else { return (0, 0, 0, 0) };
+        pending.values().fold((pending.len(), 0, 0, 0), |(chunks, pairs, maps, room), d| {
+            let (m, r) =
+                d.counts.iter().filter(|c| c.capacity() > 0).fold((0, 0), |(m, r), c| (m + 1, r + c.capacity()));
+            (chunks, pairs + d.pairs(), maps + m, room + r)
+        })
+    }
+
     /// Stores the node's changes: every pending change (`node_pending`) and every node
     /// bucket the memory copy holds (a recount's) merged into its stored chunk, one
     /// chunk at a time in key order, each chunk written and dropped from memory under

@@ -365,6 +365,9 @@ struct Writer {
     /// stored: exactly from groups (`NodeChanges::absorb_into`: a pair already pending
     /// counts once), an upper bound from a sharing-level change (`Delta::pairs`).
     pending_node_pairs: usize,
+    /// Whether a background pass began since `pending_node_pairs` was last counted, and
+    /// so may have taken some of the changes it counts (`commit`).
+    node_swept: bool,
     /// A group's node changes (`Writer::merge_buckets`), kept for its room.
     node_changes: crate::store::aggregates::NodeChanges,
     /// A background pass storing node chunks (`Writer::store_node_in_background`).
@@ -405,7 +408,12 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// gave 153.9 s and 453 MiB, no better or worse than 8M (148.8–153.9 s and 453–457):
 /// 6M for the mimalloc build's peak. Counted exactly, 6M means more pairs in memory
 /// than before: the import's peak with glibc was 441–446 MiB (passes of up to 9 s).
-const NODE_HOT_MAX_PAIRS: usize = 6_000_000;
+/// Counted as gained since the last store began, a pass running meanwhile took part of
+/// them, and the later passes of an import started with 3.6–4.2M of the 6M pending (17
+/// passes); counted again after a pass (`commit`), 6M gave 12 passes and a 457 MiB
+/// peak, 5M 14 passes and 440 MiB, each pass's thread spending about a third less
+/// (2026-12-05, seventh session).
+const NODE_HOT_MAX_PAIRS: usize = 5_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
 /// system afterwards (`memory::give_back`): a store that large freed pending maps of
@@ -477,6 +485,7 @@ impl Writer {
             last_persist: std::time::Instant::now(),
             last_node_persist: std::time::Instant::now(),
             pending_node_pairs: 0,
+            node_swept: false,
             node_changes: Default::default(),
             node_store: None,
             absorber,
