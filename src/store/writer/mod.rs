@@ -411,9 +411,12 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// Counted as gained since the last store began, a pass running meanwhile took part of
 /// them, and the later passes of an import started with 3.6–4.2M of the 6M pending (17
 /// passes); counted again after a pass (`commit`), 6M gave 12 passes and a 457 MiB
-/// peak, 5M 14 passes and 440 MiB, each pass's thread spending about a third less
+/// peak, 5M 14 passes and 440–464 MiB (the pass's thread spending about a quarter less),
+/// 4M 19 passes and 440, 427 once passes give memory back as they go
+/// (`Store::store_node_changes`); the import's time the same within this machine's
+/// run-to-run variation (the writer is its critical path), so 4M for the peak
 /// (2026-12-05, seventh session).
-const NODE_HOT_MAX_PAIRS: usize = 5_000_000;
+const NODE_HOT_MAX_PAIRS: usize = 4_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
 /// system afterwards (`memory::give_back`): a store that large freed pending maps of
