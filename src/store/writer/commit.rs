@@ -95,6 +95,27 @@ impl Writer {
     pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
         // The last group's node changes are all added before anything below reads them.
         self.finish_absorb()?;
+        #[cfg(test)]
+        let node_max_pairs = match self.store.faults.node_max_pairs.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => NODE_HOT_MAX_PAIRS,
+            n => n,
+        };
+        #[cfg(not(test))]
+        let node_max_pairs = NODE_HOT_MAX_PAIRS;
+        // The pairs gained since the last store began count every pair once, but a pass
+        // running meanwhile took those of the chunks it reached: at the bound, once a pass
+        // has begun since they were counted, the writer waits for it (a store now would
+        // wait too) and counts what is really pending (a walk over the pending chunks:
+        // 10k–100k in a 10,000-member import), going on while that is under the bound.
+        // Counted as gained, that import's later passes started with 3.6–4.2M pairs
+        // pending, not 6M (17 passes). Before any lock (a release waits for the
+        // contributions lock) and before the memory copy's node pairs are counted (a
+        // pass takes them too).
+        if self.node_swept && self.pending_node_pairs >= node_max_pairs {
+            self.wait_for_node_store();
+            self.pending_node_pairs = self.store.node_pending_pairs();
+            self.node_swept = false;
+        }
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
         let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -171,25 +192,6 @@ impl Writer {
             }),
             Err(_) => (usize::MAX, usize::MAX),
         };
-        // The pairs gained since the last store began count every pair once, but a pass
-        // running meanwhile took those of chunks it had not reached yet: at the bound the
-        // writer counts what is really pending (a walk over the pending chunks, tens of
-        // thousands), and goes on while that is under it. Counted as gained, a
-        // 10,000-member import's later passes started with 3.6–4.2M pairs pending, not
-        // 6M, each rewriting the node's chunks they touched (17 passes).
-        #[cfg(test)]
-        let node_max_pairs = match self.store.faults.node_max_pairs.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => NODE_HOT_MAX_PAIRS,
-            n => n,
-        };
-        #[cfg(not(test))]
-        let node_max_pairs = NODE_HOT_MAX_PAIRS;
-        // A pass still running is waited for first (a store now would wait for it too).
-        if self.node_swept && node_pairs.saturating_add(self.pending_node_pairs) >= node_max_pairs {
-            self.wait_for_node_store();
-            self.pending_node_pairs = self.store.node_pending_pairs();
-            self.node_swept = false;
-        }
         node_pairs = node_pairs.saturating_add(self.pending_node_pairs);
         #[cfg(test)]
         let persist = persist || self.store.faults.store_node_each_group.load(std::sync::atomic::Ordering::Relaxed);
@@ -430,6 +432,7 @@ impl Writer {
             }
             if stored {
                 self.pending_node_pairs = 0;
+                self.node_swept = false;
                 self.last_node_persist = std::time::Instant::now();
             }
         }
@@ -444,10 +447,12 @@ impl Writer {
 /// `clear_stale` (the writer, right after a transaction that stored every user bucket,
 /// with no other pass running), clears `NODE_STALE`. A failure fails the store (the
 /// next open rebuilds the node statistics: `NODE_STALE` is still set). Whether it stored.
-/// The memory its store freed is given back by the threads that allocated it, the
-/// writer and the one adding node changes (`Writer::give_back`: mimalloc takes other
-/// threads' frees back only then), after the pass or when the writer reaps a background
-/// one (`reap_node_store`).
+/// The memory its store freed is given back every `CHUNKS_PER_FLUSH` chunks by the
+/// pass's thread (`Store::store_node_changes`: with glibc the whole process's; with
+/// mimalloc only that thread's heap), and by the threads that allocated it, the writer
+/// and the one adding node changes (`Writer::give_back`: mimalloc takes other threads'
+/// frees back only then), after the pass or when the writer reaps a background one
+/// (`reap_node_store`).
 fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool) -> bool {
     #[cfg(test)]
     while !clear_stale && store.faults.hold_node_store_start.load(std::sync::atomic::Ordering::Relaxed) {
@@ -701,7 +706,11 @@ mod tests {
         let (store, user) = public_member(dir.path(), now);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         // Each group its own artist and songs, in a year of its own: its changes are
-        // pairs of its own (but the all-time totals').
+        // pairs of its own (but the all-time totals'). Its listens on one day, a
+        // Wednesday mid-month (2023-03-15 12:00 UTC, 52 weeks earlier for each group),
+        // so that no group spans two weeks or months (a group with one unit more would
+        // bring three pairs more, and the bound below would not sit between them).
+        let wednesday = 1_678_881_600;
         let group = |g: i64| -> Vec<Action> {
             (0..4)
                 .map(|i| {
@@ -709,7 +718,7 @@ mod tests {
                     let raw = RawListen {
                         artist: artist.as_bytes(),
                         title: title.as_bytes(),
-                        listened_at: now - 400 * 86_400 * g - 3_600 * (i + 1),
+                        listened_at: wednesday - 364 * 86_400 * g - 3_600 * (i + 1),
                         ..RawListen::default()
                     };
                     Action::Listen(Listen::parse(&raw, now).expect("listen"))

@@ -389,7 +389,8 @@ const HOT_MAX_PAIRS: usize = 2_000_000;
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most node changes held in memory before they are stored: the pending (item, change)
-/// pairs (`aggregates::NodePending`; exactly as the pending maps gain them from the
+/// pairs (`aggregates::NodePending`; counted at the bound again once a background pass
+/// began since, `commit`; otherwise as the pending maps gain them from the
 /// writer's groups, `NodeChanges::absorb_into`, an upper bound from a sharing-level
 /// change, `Delta::pairs`; with repeats, an upper bound, before 2026-12-05's third
 /// session, when the figures below up to "6M" were measured) and the
@@ -410,7 +411,8 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// than before: the import's peak with glibc was 441–446 MiB (passes of up to 9 s).
 /// Counted as gained since the last store began, a pass running meanwhile took part of
 /// them, and the later passes of an import started with 3.6–4.2M of the 6M pending (17
-/// passes); counted again after a pass (`commit`), 6M gave 12 passes and a 457 MiB
+/// passes); counted again at the bound once a pass began since (after waiting for
+/// it), 6M gave 12 passes and a 457 MiB
 /// peak, 5M 14 passes and 440–464 MiB (the pass's thread spending about a quarter less),
 /// 4M 19 passes and 440, 427 once passes give memory back as they go
 /// (`Store::store_node_changes`); the import's time the same within this machine's
