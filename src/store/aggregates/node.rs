@@ -834,11 +834,11 @@ impl Store {
     /// Flushed every `CHUNKS_PER_FLUSH` and at the end; the memory freed meanwhile (the
     /// changes written, sled's page versions it replaced) is given back to the system
     /// then too (`memory::give_back`: with glibc the whole process's free memory, with
-    /// mimalloc only this thread's heap), not only after the pass (a store of 10,000
-    /// chunks or more trims, whatever `GIVE_BACK_AFTER_PAIRS` says of its pairs): during an import's passes
-    /// the writer goes on allocating, and the freed memory, kept until the pass ended, was
-    /// a 40–50 MiB rise of the process's memory in each pass (the import's peak 440 MiB at
-    /// 10,000 members; 427 so). By the writer thread, its
+    /// mimalloc only this thread's heap), not only after the pass (so a store of 10,000
+    /// chunks or more trims, whatever `GIVE_BACK_AFTER_PAIRS` says of its pairs): during
+    /// an import's passes the writer goes on allocating, and the freed memory, kept until
+    /// the pass ended, was a 40–50 MiB rise of the process's memory in each pass (the
+    /// import's peak 440 MiB at 10,000 members; 426–427 so). By the writer thread, its
     /// background pass, or with none running; one pass at a time (`Store::node_stores`).
     /// The writer may add changes meanwhile: one added before its chunk is written is
     /// taken with it, later ones (and chunks new since the pass began) stay pending for

@@ -735,7 +735,8 @@ mod tests {
         let second = store.node_pending_pairs() - first;
         store.faults.hold_node_store_start.store(false, Relaxed);
         wait_for_no_pending(&store, "the pass never took groups 1 and 2");
-        // A bound group 3 alone stays under, with group 2 counted again reaches.
+        // A bound group 3 alone stays under, and group 3 with group 2 counted again
+        // (as before the recount) reaches.
         let bound = 2 * second;
         store.faults.node_max_pairs.store(bound, Relaxed);
         ingestor.ingest_blocking(user, group(3)).expect("stored");

@@ -407,17 +407,16 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// sooner; the peak in the reads after the import), and 105.6–107.8 s and 486–521 once
 /// the writer collects after each background pass (`reap_node_store`); with glibc 6M
 /// gave 153.9 s and 453 MiB, no better or worse than 8M (148.8–153.9 s and 453–457):
-/// 6M for the mimalloc build's peak. Counted exactly, 6M means more pairs in memory
-/// than before: the import's peak with glibc was 441–446 MiB (passes of up to 9 s).
-/// Counted as gained since the last store began, a pass running meanwhile took part of
-/// them, and the later passes of an import started with 3.6–4.2M of the 6M pending (17
-/// passes); counted again at the bound once a pass began since (after waiting for
-/// it), 6M gave 12 passes and a 457 MiB
-/// peak, 5M 14 passes and 440–464 MiB (the pass's thread spending about a quarter less),
-/// 4M 19 passes and 440, 427 once passes give memory back as they go
-/// (`Store::store_node_changes`); the import's time the same within this machine's
-/// run-to-run variation (the writer is its critical path), so 4M for the peak
-/// (2026-12-05, seventh session).
+/// 6M for the mimalloc build's peak. Counted without repeats (as gained), 6M meant more
+/// pairs in memory than before: the import's peak with glibc was 441–446 MiB (passes of
+/// up to 9 s). But a pass running meanwhile took part of the pairs counted as gained, and
+/// the later passes of an import started with 3.6–4.2M of the 6M pending (17 passes).
+/// Counted again at the bound once a pass began since (after waiting for it), 6M gave
+/// 12 passes and a 457 MiB peak, 5M 14 passes and 440–464 MiB (the pass's thread
+/// spending about a quarter less), 4M 19 passes and 440, 426–427 once passes give
+/// memory back as they go (`Store::store_node_changes`); the import's time the same
+/// within this machine's run-to-run variation (the writer is its critical path), so 4M
+/// for the peak (2026-12-05, seventh session).
 const NODE_HOT_MAX_PAIRS: usize = 4_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
