@@ -27,6 +27,7 @@ use unicode_normalization::UnicodeNormalization;
 use super::listen::TrackRef;
 
 const DEDUPE_CONTEXT: &str = "hearsay 2026-11-23 dedupe key v3";
+super::entry::context_key!(DEDUPE_KEY, DEDUPE_CONTEXT);
 
 /// Identity form of a name: NFC, case-folded, white space collapsed.
 pub fn normalize_name(name: &str) -> String {
@@ -96,7 +97,7 @@ pub fn bare_title(title: &str) -> &str {
 
 /// The 32-bit digest of a track's normalised main artist and bare title.
 pub fn dedupe_key(track: &TrackRef) -> u32 {
-    let mut hasher = blake3::Hasher::new_derive_key(DEDUPE_CONTEXT);
+    let mut hasher = super::entry::derive_hasher(&DEDUPE_KEY);
     hasher.update(normalize_name(main_artist(track)).as_bytes());
     hasher.update(&[0x1f]);
     hasher.update(normalize_name(bare_title(&track.title)).as_bytes());
@@ -144,6 +145,15 @@ pub fn close_enough(a: i64, b: i64, window: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key is the first four bytes of `derive_key` of the main artist and bare title
+    /// (the context key is hashed once, `entry::derive_hasher`).
+    #[test]
+    fn a_dedupe_key_is_the_derive_key_of_artist_and_title() {
+        let t = track("Björk feat. Thom Yorke", "Nattura (feat. x)", None);
+        let want = blake3::derive_key(DEDUPE_CONTEXT, "björk\x1fnattura".as_bytes());
+        assert_eq!(dedupe_key(&t), u32::from_be_bytes([want[0], want[1], want[2], want[3]]));
+    }
 
     fn track(artist: &str, title: &str, album: Option<&str>) -> TrackRef {
         TrackRef {

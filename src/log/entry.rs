@@ -25,6 +25,28 @@ pub const GENESIS_CONTEXT: &str = "hearsay 2026-11-23 log genesis v1";
 pub type Salt = [u8; 16];
 pub type Hash32 = [u8; 32];
 
+/// A `derive_key` hasher for `context`, its context key hashed once per process: the
+/// writer hashes every listen's content, link and dedupe key under a fixed context, and
+/// hashing the context string again each time (one blake3 compression) was about a
+/// third of those hashes. `blake3::hazmat` is the crate's own API for this; the output
+/// is `blake3::derive_key`'s (tested below).
+pub(crate) fn derive_hasher(key: &std::sync::LazyLock<blake3::hazmat::ContextKey>) -> blake3::Hasher {
+    use blake3::hazmat::HasherExt;
+    blake3::Hasher::new_from_context_key(key)
+}
+
+/// Declares a `LazyLock` holding the context key of a `derive_key` context.
+macro_rules! context_key {
+    ($name:ident, $context:expr) => {
+        static $name: std::sync::LazyLock<blake3::hazmat::ContextKey> =
+            std::sync::LazyLock::new(|| blake3::hazmat::hash_derive_key_context($context));
+    };
+}
+pub(crate) use context_key;
+
+context_key!(CONTENT_KEY, CONTENT_CONTEXT);
+context_key!(LINK_KEY, LINK_CONTEXT);
+
 /// What an entry says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -131,7 +153,7 @@ pub fn with_postcard<T: Serialize, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> 
 /// The content hash of an entry.
 pub fn content_hash(user: &[u8; 32], seq: u64, salt: &Salt, body: BodyRef<'_>) -> Hash32 {
     let entry = CanonicalEntry { format: ENTRY_FORMAT, user, seq, salt, body };
-    with_postcard(&entry, |bytes| blake3::Hasher::new_derive_key(CONTENT_CONTEXT).update(bytes).finalize().into())
+    with_postcard(&entry, |bytes| derive_hasher(&CONTENT_KEY).update(bytes).finalize().into())
 }
 
 /// The link before the first entry of `user`'s chain.
@@ -141,12 +163,7 @@ pub fn genesis_link(user: &[u8; 32]) -> Hash32 {
 
 /// `link(seq) = blake3_derive(LINK_CONTEXT, link(seq-1) ‖ seq as u64 BE ‖ content_hash)`.
 pub fn next_link(prev: &Hash32, seq: u64, content_hash: &Hash32) -> Hash32 {
-    blake3::Hasher::new_derive_key(LINK_CONTEXT)
-        .update(prev)
-        .update(&seq.to_be_bytes())
-        .update(content_hash)
-        .finalize()
-        .into()
+    derive_hasher(&LINK_KEY).update(prev).update(&seq.to_be_bytes()).update(content_hash).finalize().into()
 }
 
 /// The short per-entry check stored beside each entry: the first 4 bytes of its link.
@@ -169,6 +186,18 @@ impl Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The context keys hashed once give what `derive_key` gives (links are checked
+    /// here, content hashes in `the_content_hash_covers_the_canonical_bytes_of_any_size`,
+    /// dedupe keys in `dedupe::tests`).
+    #[test]
+    fn a_link_is_the_derive_key_of_its_parts() {
+        let (prev, content) = ([3u8; 32], [5u8; 32]);
+        let mut parts = prev.to_vec();
+        parts.extend_from_slice(&77u64.to_be_bytes());
+        parts.extend_from_slice(&content);
+        assert_eq!(next_link(&prev, 77, &content), blake3::derive_key(LINK_CONTEXT, &parts));
+    }
 
     fn track() -> TrackRef {
         TrackRef {

@@ -236,6 +236,9 @@ pub(crate) struct Faults {
     pub hold_node_store: std::sync::atomic::AtomicBool,
     /// A background pass of node chunks waits while this is set before it starts.
     pub hold_node_store_start: std::sync::atomic::AtomicBool,
+    /// A store of node changes (`store_node_changes`) waits while this is set once it
+    /// holds `node_stores` and before it takes any change (a pass under way).
+    pub hold_node_store_taking: std::sync::atomic::AtomicBool,
     /// The next group stores its statistics with the node's by a background pass (as
     /// `store_node_in_background_each_group`, once); later groups follow the timers.
     pub store_node_in_background_next_group: std::sync::atomic::AtomicBool,

@@ -259,7 +259,7 @@ impl Store {
     /// As `set_visibility`, recording the change at `now`: releases of periods not yet
     /// made use the least shared level since their start (`LevelHistory`).
     pub fn set_visibility_at(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<()> {
-        self.change_visibility(id, visibility, now, false).map(|_| ())
+        self.change_visibility(id, visibility, now, false)
     }
 
     /// As `set_visibility_at`, for the writer thread (the only one changing the memory
@@ -271,12 +271,11 @@ impl Store {
     /// user's own buckets, whatever the node's size (issue 17: storing every bucket in
     /// memory and rewriting the node chunks first took 349 ms at 1,000 members and
     /// 4.6 s at 10,000).
-    /// Returns the (item, change) pairs it added to the pending changes.
-    pub(crate) fn set_visibility_deferred(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<usize> {
+    pub(crate) fn set_visibility_deferred(&self, id: UserId, visibility: SharingLevel, now: i64) -> Result<()> {
         self.change_visibility(id, visibility, now, true)
     }
 
-    fn change_visibility(&self, id: UserId, visibility: SharingLevel, now: i64, deferred: bool) -> Result<usize> {
+    fn change_visibility(&self, id: UserId, visibility: SharingLevel, now: i64, deferred: bool) -> Result<()> {
         self.writable()?;
         let key = keys::user(id);
         let bytes = self.trees.userid_user.get(key)?.ok_or_else(|| Error::NoSuchUser(format!("#{}", id.0)))?;
@@ -322,8 +321,7 @@ impl Store {
         } else {
             self.node_changed(Some(deltas.keys()));
         }
-        self.flush()?;
-        Ok(deltas.values().map(crate::store::aggregates::Delta::pairs).sum())
+        self.flush()
     }
 
     /// The user's signing key.

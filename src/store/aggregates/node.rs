@@ -170,7 +170,68 @@ fn counts_of(copies: Copies, kind: usize) -> Result<Vec<(u32, u32)>> {
 /// `node_chunks`). Only the writer thread adds to them. A store of node buckets merges
 /// them into the stored chunks one chunk at a time, each written and dropped from here
 /// under this lock (`Store::store_node_changes`).
-pub(crate) type NodePending = Arc<std::sync::RwLock<BTreeMap<[u8; 9], Delta>>>;
+pub(crate) type NodePending = Arc<std::sync::RwLock<PendingChanges>>;
+
+/// The pending node changes by chunk key, and the (item, change) pairs they hold
+/// (`Delta::pairs`), counted as they change: the writer bounds them by that count
+/// (`NODE_HOT_MAX_PAIRS`), and a background pass takes changes the writer added while
+/// it ran, so a count kept by the writer alone was off by those (it was corrected by a
+/// walk over every pending chunk at the bound). Read as the map (`Deref`); changed only
+/// through the methods below, which keep the count.
+#[derive(Debug, Default)]
+pub(crate) struct PendingChanges {
+    map: BTreeMap<[u8; 9], Delta>,
+    pairs: usize,
+}
+
+impl std::ops::Deref for PendingChanges {
+    type Target = BTreeMap<[u8; 9], Delta>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl PendingChanges {
+    /// The (item, change) pairs held: the sum of `Delta::pairs` over the chunks.
+    pub(crate) fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// Changes the change of chunk `key` (a new, empty one if none) with `f`; the pairs
+    /// it gained.
+    pub(crate) fn update(&mut self, key: [u8; 9], f: impl FnOnce(&mut Delta)) -> usize {
+        let d = self.map.entry(key).or_default();
+        let before = d.pairs();
+        f(d);
+        // Changes only add to a delta's maps (`bump`), so its pairs never fall; were one
+        // to, the count would still follow it.
+        let after = d.pairs();
+        self.pairs = self.pairs.saturating_sub(before).saturating_add(after);
+        after.saturating_sub(before)
+    }
+
+    /// Takes the change of chunk `key` out.
+    pub(crate) fn take(&mut self, key: &[u8; 9]) -> Option<Delta> {
+        let d = self.map.remove(key)?;
+        self.pairs = self.pairs.saturating_sub(d.pairs());
+        Some(d)
+    }
+
+    /// Puts the change of chunk `key` back (one `take` took, which could not be
+    /// stored), replacing any.
+    pub(crate) fn put(&mut self, key: [u8; 9], d: Delta) {
+        self.pairs = self.pairs.saturating_add(d.pairs());
+        if let Some(old) = self.map.insert(key, d) {
+            self.pairs = self.pairs.saturating_sub(old.pairs());
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.pairs = 0;
+    }
+}
 
 /// A bucket as a write: stored while it counts anything, else removed.
 pub(crate) type BucketWrite = (Vec<u8>, Option<Vec<u8>>);
@@ -352,28 +413,27 @@ impl NodeChanges {
     /// is added, where a group's were summed first (the same below those bounds,
     /// which no node reaches: `Delta`). Returns the (item, change) pairs `pending`
     /// gained. Sorted first (`sort`), each chunk's run is looked up once.
-    pub(crate) fn absorb_into(&self, pending: &mut BTreeMap<[u8; 9], Delta>) -> usize {
+    pub(crate) fn absorb_into(&self, pending: &mut PendingChanges) -> usize {
         let mut gained = 0usize;
         for run in self.entries.chunk_by(|a, b| a.key == b.key) {
-            let d = pending.entry(run[0].key).or_default();
-            for e in run {
-                let (kind, total) = match e.kind {
-                    TOTAL_LISTENS => {
-                        d.total += e.by;
-                        continue;
+            gained += pending.update(run[0].key, |d| {
+                for e in run {
+                    let (kind, total) = match e.kind {
+                        TOTAL_LISTENS => {
+                            d.total += e.by;
+                            continue;
+                        }
+                        TOTAL_LISTENERS => (0, false),
+                        kind => (usize::from(kind), true),
+                    };
+                    let Some(counts) = d.counts.get_mut(kind) else { continue };
+                    let by = narrow(e.by);
+                    if total {
+                        d.total += i64::from(by);
                     }
-                    TOTAL_LISTENERS => (0, false),
-                    kind => (usize::from(kind), true),
-                };
-                let Some(counts) = d.counts.get_mut(kind) else { continue };
-                let by = narrow(e.by);
-                if total {
-                    d.total += i64::from(by);
+                    bump(counts, e.item, by);
                 }
-                let before = counts.len();
-                bump(counts, e.item, by);
-                gained += counts.len() - before;
-            }
+            });
         }
         gained
     }
@@ -796,31 +856,38 @@ impl Store {
     pub(crate) fn add_node_pending(&self, deltas: &FastMap<[u8; 9], Delta>) -> Result<()> {
         let mut pending = self.node_pending.write().map_err(|_| Error::Invalid("node changes poisoned".into()))?;
         for (k, d) in deltas {
-            pending.entry(*k).or_default().absorb(d);
+            pending.update(*k, |p| p.absorb(d));
         }
         drop(pending);
         self.node_changed(Some(deltas.keys()));
         Ok(())
     }
 
-    /// The (item, change) pairs the pending node changes hold.
+    /// Whether a store of node changes is under way (`store_node_changes`: one at a time,
+    /// each holding `node_stores`), taking pending changes as it goes.
+    pub(crate) fn node_store_running(&self) -> bool {
+        matches!(self.node_stores.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+    }
+
+    /// The (item, change) pairs the pending node changes hold (`PendingChanges::pairs`).
     pub(crate) fn node_pending_pairs(&self) -> usize {
         match self.node_pending.read() {
-            Ok(pending) => pending.values().map(Delta::pairs).sum(),
+            Ok(pending) => pending.pairs(),
             // Poisoned: counted as full, so the writer stores (and meets the poison).
             Err(_) => usize::MAX,
         }
     }
 
     /// What the pending node changes hold, for the debug log: chunks, (item, change)
-    /// pairs, maps holding any, and the entries their tables have room for (the memory
-    /// they take is about 9 bytes per entry of room, plus each map's and chunk's own).
-    pub(crate) fn node_pending_census(&self) -> (usize, usize, usize, usize) {
-        let Ok(pending) = self.node_pending.read() else { return (0, 0, 0, 0) };
-        pending.values().fold((pending.len(), 0, 0, 0), |(chunks, pairs, maps, room), d| {
+    /// pairs as counted and as walked (the same, unless the count is wrong), maps
+    /// holding any, and the entries their tables have room for (the memory they take is
+    /// about 9 bytes per entry of room, plus each map's and chunk's own).
+    pub(crate) fn node_pending_census(&self) -> [usize; 5] {
+        let Ok(pending) = self.node_pending.read() else { return [0; 5] };
+        pending.values().fold([pending.len(), pending.pairs(), 0, 0, 0], |[chunks, counted, walked, maps, room], d| {
             let (m, r) =
                 d.counts.iter().filter(|c| c.capacity() > 0).fold((0, 0), |(m, r), c| (m + 1, r + c.capacity()));
-            (chunks, pairs + d.pairs(), maps + m, room + r)
+            [chunks, counted, walked + d.pairs(), maps + m, room + r]
         })
     }
 
@@ -862,6 +929,10 @@ impl Store {
             keys.dedup();
             keys
         };
+        #[cfg(test)]
+        while self.faults.hold_node_store_taking.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let tree = &self.trees.userid_bucket_counts;
         let poisoned = || Error::Invalid("node changes poisoned".into());
         for (i, k) in keys.iter().enumerate() {
@@ -887,7 +958,7 @@ impl Store {
             };
             let mut pending = self.node_pending.write().map_err(|_| poisoned())?;
             let held = hot.as_mut().and_then(|hot| hot.remove(k));
-            let change = pending.remove(k).unwrap_or_default();
+            let change = pending.take(k).unwrap_or_default();
             // Merged from its stored bytes (`merged_encoded`); else (a memory copy's
             // chunk, an older version, damage) decoded, merged and encoded. A chunk that
             // does not decode keeps its change pending.
@@ -902,7 +973,7 @@ impl Store {
                         (None, Some(v)) => match decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, v) {
                             Ok(agg) => Some(agg),
                             Err(e) => {
-                                pending.insert(*k, change);
+                                pending.put(*k, change);
                                 return Err(e);
                             }
                         },
@@ -921,7 +992,7 @@ impl Store {
                 if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
                     hot.insert(*k, held);
                 }
-                pending.insert(*k, change);
+                pending.put(*k, change);
                 return Err(e.into());
             }
             drop(pending);
@@ -1503,14 +1574,19 @@ mod tests {
             d.counts[0].insert(1, -1);
         }
         let mut by_map: BTreeMap<[u8; 9], Delta> = old.iter().map(|(k, d)| (*k, d.clone())).collect();
-        let mut by_list = by_map.clone();
+        let mut by_list = PendingChanges::default();
+        for (k, d) in &by_map {
+            by_list.put(*k, d.clone());
+        }
         for (k, d) in &gathered {
             by_map.entry(*k).or_default().absorb(d);
         }
         let pairs = |m: &BTreeMap<[u8; 9], Delta>| m.values().map(Delta::pairs).sum::<usize>();
+        assert_eq!(by_list.pairs(), pairs(&by_list), "counted as put");
         flat.sort();
         let (was, gained) = (pairs(&by_list), flat.absorb_into(&mut by_list));
         assert_eq!(pairs(&by_list), was + gained, "the pairs gained, exactly");
+        assert_eq!(by_list.pairs(), pairs(&by_list), "counted as gained");
         assert_eq!(by_list.len(), by_map.len());
         for ((k1, a), (k2, b)) in by_list.iter().zip(&by_map) {
             assert_eq!(k1, k2);

@@ -43,8 +43,8 @@ pub(super) struct Absorber {
     work: Option<SyncSender<Msg>>,
     /// The chunks a group changes, sent once the lock is taken.
     locked: Receiver<Vec<[u8; 9]>>,
-    /// The changes given back (for their room) and the pairs the pending maps gained.
-    done: Receiver<(NodeChanges, usize)>,
+    /// The changes given back (for their room).
+    done: Receiver<NodeChanges>,
     /// A group's changes were sent and not yet given back.
     in_flight: bool,
     thread: Option<JoinHandle<()>>,
@@ -62,24 +62,24 @@ fn order(node: &mut NodeChanges) -> Vec<[u8; 9]> {
 }
 
 /// Takes the pending changes' lock, calls `locked`, and adds the changes (in order:
-/// `order`); the pairs the pending maps gained. A lock poisoned by a panicking thread is
-/// taken all the same: the group is written, and does not fail for it.
-fn add(pending: &NodePending, node: &NodeChanges, locked: impl FnOnce()) -> usize {
+/// `order`; `PendingChanges` counts the pairs they gain). A lock poisoned by a panicking
+/// thread is taken all the same: the group is written, and does not fail for it.
+fn add(pending: &NodePending, node: &NodeChanges, locked: impl FnOnce()) {
     if node.is_empty() {
         locked();
-        return 0;
+        return;
     }
     let mut held = pending.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     locked();
-    node.absorb_into(&mut held)
+    node.absorb_into(&mut held);
 }
 
 /// Adds a written group's changes on the calling thread (when there is no thread for
-/// it): the chunks they change and the pairs the pending maps gained.
-pub(super) fn absorb(pending: &NodePending, node: &mut NodeChanges) -> (Vec<[u8; 9]>, usize) {
+/// it): the chunks they change.
+pub(super) fn absorb(pending: &NodePending, node: &mut NodeChanges) -> Vec<[u8; 9]> {
     let changed = order(node);
-    let gained = add(pending, node, || ());
-    (changed, gained)
+    add(pending, node, || ());
+    changed
 }
 
 /// What the writer sends the thread.
@@ -121,18 +121,17 @@ impl Absorber {
                 // is gone) the changes are not added.
                 let changed = order(&mut node);
                 let written = matches!(next(), Some(Msg::Written(true)));
-                let gained = match written {
-                    true => add(&pending, &node, || {
+                if written {
+                    add(&pending, &node, || {
                         let _ = locked_tx.send(changed);
                         #[cfg(test)]
                         while faults.hold_absorb.load(std::sync::atomic::Ordering::Relaxed) {
                             std::thread::sleep(std::time::Duration::from_millis(1));
                         }
-                    }),
-                    false => 0,
-                };
+                    });
+                }
                 drop(spent);
-                if done_tx.send((node, gained)).is_err() {
+                if done_tx.send(node).is_err() {
                     return;
                 }
             }
@@ -176,9 +175,8 @@ impl Absorber {
     }
 
     /// Waits for the group sent last to be added (or dropped, not written): its changes
-    /// (for their room) and the pairs the pending maps gained. None when none is in
-    /// flight.
-    pub(super) fn finish(&mut self) -> Result<Option<(NodeChanges, usize)>> {
+    /// (for their room). None when none is in flight.
+    pub(super) fn finish(&mut self) -> Result<Option<NodeChanges>> {
         if !std::mem::take(&mut self.in_flight) {
             return Ok(None);
         }

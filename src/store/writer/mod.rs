@@ -361,13 +361,6 @@ struct Writer {
     last_persist: std::time::Instant,
     /// When the node buckets were last stored (`NODE_PERSIST_EVERY`).
     last_node_persist: std::time::Instant,
-    /// (item, change) pairs the pending node changes gained since they were last
-    /// stored: exactly from groups (`NodeChanges::absorb_into`: a pair already pending
-    /// counts once), an upper bound from a sharing-level change (`Delta::pairs`).
-    pending_node_pairs: usize,
-    /// Whether a background pass began since `pending_node_pairs` was last counted, and
-    /// so may have taken some of the changes it counts (`commit`).
-    node_swept: bool,
     /// A group's node changes (`Writer::merge_buckets`), kept for its room.
     node_changes: crate::store::aggregates::NodeChanges,
     /// A background pass storing node chunks (`Writer::store_node_in_background`).
@@ -389,12 +382,10 @@ const HOT_MAX_PAIRS: usize = 2_000_000;
 /// rebuilds the node buckets from the user buckets.
 const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most node changes held in memory before they are stored: the pending (item, change)
-/// pairs (`aggregates::NodePending`; counted at the bound again once a background pass
-/// began since, `commit`; otherwise as the pending maps gain them from the
-/// writer's groups, `NodeChanges::absorb_into`, an upper bound from a sharing-level
-/// change, `Delta::pairs`; with repeats, an upper bound, before 2026-12-05's third
-/// session, when the figures below up to "6M" were measured) and the
-/// counts of node buckets a recount left in the memory copy. A store rewrites most of
+/// pairs (`aggregates::PendingChanges::pairs`, counted as they are added and taken;
+/// with repeats, an upper bound, before 2026-12-05's third session, when the figures
+/// below up to "6M" were measured) and the counts of node buckets a recount left in the
+/// memory copy. A store rewrites most of
 /// the node's chunks whatever their number (an import's members span every week), so
 /// this bound sets how often a bulk import pays for it: at 10,000 members 8M gave 15
 /// stores of 1–9 s (import 258 s, importing process 1,268 MiB at its peak), 16M nine
@@ -416,7 +407,8 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// spending about a quarter less), 4M 19 passes and 440, 426–427 once passes give
 /// memory back as they go (`Store::store_node_changes`); the import's time the same
 /// within this machine's run-to-run variation (the writer is its critical path), so 4M
-/// for the peak (2026-12-05, seventh session).
+/// for the peak (2026-12-05, seventh session). Since the eighth, the pending pairs are
+/// counted where they change, and the wait and recount are gone.
 const NODE_HOT_MAX_PAIRS: usize = 4_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
@@ -488,8 +480,6 @@ impl Writer {
             pending_users: BTreeSet::new(),
             last_persist: std::time::Instant::now(),
             last_node_persist: std::time::Instant::now(),
-            pending_node_pairs: 0,
-            node_swept: false,
             node_changes: Default::default(),
             node_store: None,
             absorber,
@@ -525,9 +515,7 @@ impl Writer {
     /// (`Store::set_visibility_deferred`).
     fn set_visibility(&mut self, user: UserId, level: super::users::SharingLevel) -> Result<()> {
         self.finish_absorb()?;
-        let added = self.store.set_visibility_deferred(user, level, crate::now_unix())?;
-        self.pending_node_pairs = self.pending_node_pairs.saturating_add(added);
-        Ok(())
+        self.store.set_visibility_deferred(user, level, crate::now_unix())
     }
 
     /// Sets a user's time zone and recounts their buckets in it.
