@@ -187,6 +187,10 @@ pub struct Store {
     /// at once (the writer's background pass and `store_hot` called beside a running
     /// writer) could each read a chunk before the other wrote it, and lose a change.
     pub(crate) node_stores: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Set by the writer before it starts a background pass of node changes, cleared
+    /// when the pass's thread ends (`Writer::store_node_in_background`): the pass takes
+    /// pending changes as it goes, so the writer's bound on them is wider meanwhile.
+    pub(crate) node_pass_under_way: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Users by newest listen, for the home page (`logs::NewestListens`).
     pub(crate) newest: logs::NewestIndex,
     /// Similar users per user, until any log, level or account changes
@@ -236,9 +240,6 @@ pub(crate) struct Faults {
     pub hold_node_store: std::sync::atomic::AtomicBool,
     /// A background pass of node chunks waits while this is set before it starts.
     pub hold_node_store_start: std::sync::atomic::AtomicBool,
-    /// A store of node changes (`store_node_changes`) waits while this is set once it
-    /// holds `node_stores` and before it takes any change (a pass under way).
-    pub hold_node_store_taking: std::sync::atomic::AtomicBool,
     /// The next group stores its statistics with the node's by a background pass (as
     /// `store_node_in_background_each_group`, once); later groups follow the timers.
     pub store_node_in_background_next_group: std::sync::atomic::AtomicBool,
@@ -525,6 +526,7 @@ impl Store {
             hot: HotBuckets::default(),
             node_pending: Default::default(),
             node_stores: Default::default(),
+            node_pass_under_way: Default::default(),
             newest: Default::default(),
             similar: Default::default(),
             tastes: insights::TasteCache::default(),

@@ -167,7 +167,8 @@ fn counts_of(copies: Copies, kind: usize) -> Result<Vec<(u32, u32)>> {
 /// Changes of node buckets not yet merged into them, by chunk key: each writer group's
 /// and a sharing-level change's (the user's whole contribution: O(the user's buckets),
 /// no read of the node's chunks). Readers of node buckets add them (`Store::bucket`,
-/// `node_chunks`). Only the writer thread adds to them. A store of node buckets merges
+/// `node_chunks`). Only the writer adds to them (on its thread, or on the one adding its
+/// groups' changes: `writer::absorb`). A store of node buckets merges
 /// them into the stored chunks one chunk at a time, each written and dropped from here
 /// under this lock (`Store::store_node_changes`).
 pub(crate) type NodePending = Arc<std::sync::RwLock<PendingChanges>>;
@@ -863,10 +864,10 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a store of node changes is under way (`store_node_changes`: one at a time,
-    /// each holding `node_stores`), taking pending changes as it goes.
+    /// Whether a background pass of node changes is under way (from before its thread
+    /// starts to its end: `node_pass_under_way`), taking pending changes as it goes.
     pub(crate) fn node_store_running(&self) -> bool {
-        matches!(self.node_stores.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+        self.node_pass_under_way.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The (item, change) pairs the pending node changes hold (`PendingChanges::pairs`).
@@ -929,10 +930,6 @@ impl Store {
             keys.dedup();
             keys
         };
-        #[cfg(test)]
-        while self.faults.hold_node_store_taking.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         let tree = &self.trees.userid_bucket_counts;
         let poisoned = || Error::Invalid("node changes poisoned".into());
         for (i, k) in keys.iter().enumerate() {

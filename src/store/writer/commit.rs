@@ -497,20 +497,34 @@ fn store_node_pass(store: &crate::store::Store, pairs: usize, clear_stale: bool)
 
 impl Writer {
     /// Stores the node changes held in memory on a thread of their own, after any pass
-    /// still running (so at most one runs, and the pending changes stay under
-    /// `during_a_pass` of `NODE_HOT_MAX_PAIRS`). Meanwhile the writer goes on adding changes: each chunk is
+    /// still running (so at most one runs; the writer waits for it once `during_a_pass`
+    /// of `NODE_HOT_MAX_PAIRS` are pending before a group, which then adds its own).
+    /// Meanwhile the writer goes on adding changes: each chunk is
     /// written and its change dropped under the locks readers and the writer take
     /// (`Store::store_node_changes`), so a change absorbed during the pass is either
     /// taken by it or left pending for the next. Without a thread, stored here.
     pub(super) fn store_node_in_background(&mut self, pairs: usize) {
         self.wait_for_node_store();
+        // Under way from now (the thread takes a while to start, and the debug census
+        // walks every pending chunk before the pass takes any) until the thread ends,
+        // a panic included (`UnderWay`'s drop).
+        struct UnderWay(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for UnderWay {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        self.store.node_pass_under_way.store(true, std::sync::atomic::Ordering::Release);
+        let under_way = UnderWay(self.store.node_pass_under_way.clone());
         let store = self.store.clone();
         let spawned = std::thread::Builder::new().name("hearsay-node-store".into()).spawn(move || {
+            let _under_way = under_way;
             store_node_pass(&store, pairs, false);
         });
         match spawned {
             Ok(handle) => self.node_store = Some(handle),
             Err(e) => {
+                // The closure, and the flag's guard with it, was dropped unrun.
                 tracing::warn!(error = %e, "no thread for the node store; storing on the writer");
                 store_node_pass(&self.store, pairs, false);
                 self.give_back();
@@ -793,16 +807,29 @@ mod tests {
         // One group's pairs (its own artist, songs and year; the all-time totals shared).
         ingestor.ingest_blocking(user, group(1)).expect("stored");
         let one = pending_pairs(&store);
-        // A pass starts with the next group and holds, under way, before it takes any.
-        store.faults.hold_node_store_taking.store(true, Relaxed);
+        // A pass starts with the next group and holds, under way, before it begins
+        // (its thread started, nothing taken yet: the gap in which the writer, deciding
+        // by the pass's lock, waited for it), released when the test ends, however it
+        // ends: no thread left waiting.
+        struct Release(Store);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.faults.hold_node_store_start.store(false, Relaxed);
+            }
+        }
+        let _release = Release(store.clone());
+        store.faults.hold_node_store_start.store(true, Relaxed);
         store.faults.store_node_in_background_next_group.store(true, Relaxed);
         ingestor.ingest_blocking(user, group(2)).expect("stored");
         wait_until("the pass never got under way", || store.node_store_running());
-        // A bound that groups 1 to 4 pending reach, and 1 to 5 stay under 1.75 times.
+        // A bound that groups 1 to 3 pending reach, and 1 to 4 stay under 1.75 times
+        // (each group brings at most `one` pairs: a new year's, and the shared totals).
         let bound = 3 * one;
+        let limit = during_a_pass(bound);
+        assert!(4 * one < limit, "one group: {one} pairs, bound {bound}, limit {limit}");
         store.faults.node_max_pairs.store(bound, Relaxed);
         // Each group answered while the pass holds: the writer does not wait for it.
-        for g in 3..=6 {
+        for g in 3..=5 {
             let (tx, rx) = std::sync::mpsc::channel();
             let (ingestor, actions) = (ingestor.clone(), group(g));
             std::thread::spawn(move || tx.send(ingestor.ingest_blocking(user, actions).is_ok()));
@@ -818,19 +845,23 @@ mod tests {
         assert!(pending >= bound, "{pending} pairs pending, bound {bound}");
         // Past `during_a_pass` of the bound the writer waits for the pass, then stores.
         let (tx, rx) = std::sync::mpsc::channel();
-        let (writer, more) = (ingestor.clone(), [group(7), group(8), group(9), group(10)]);
+        let (writer, more) = (ingestor.clone(), [group(6), group(7), group(8), group(9), group(10), group(11)]);
         std::thread::spawn(move || {
             for actions in more {
                 let _ = tx.send(writer.ingest_blocking(user, actions).is_ok());
             }
         });
+        // Groups are answered until the limit is pending (a slow machine waits longer,
+        // never less): then the writer waits for the held pass.
         let mut answered = 0;
-        while rx.recv_timeout(std::time::Duration::from_millis(500)).is_ok() {
+        while rx.recv_timeout(std::time::Duration::from_secs(2)).is_ok() {
             answered += 1;
         }
-        assert!(answered < 4, "every group answered with {} pairs pending, bound {bound}", pending_pairs(&store));
-        store.faults.hold_node_store_taking.store(false, Relaxed);
-        while answered < 4 {
+        let pending = pending_pairs(&store);
+        assert!(answered < 6, "every group answered with {pending} pairs pending, limit {limit}");
+        assert!(pending >= limit, "the writer stopped with {pending} pairs pending under the limit {limit}");
+        store.faults.hold_node_store_start.store(false, Relaxed);
+        while answered < 6 {
             assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(30)), Ok(true), "a group after the pass");
             answered += 1;
         }

@@ -408,7 +408,9 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// memory back as they go (`Store::store_node_changes`); the import's time the same
 /// within this machine's run-to-run variation (the writer is its critical path), so 4M
 /// for the peak (2026-12-05, seventh session). Since the eighth, the pending pairs are
-/// counted where they change, and the wait and recount are gone.
+/// counted where they change (no walk at the bound), and while a background pass is
+/// under way the writer goes on up to `commit::during_a_pass` of this bound (1.75
+/// times) before it waits for the pass.
 const NODE_HOT_MAX_PAIRS: usize = 4_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
