@@ -710,6 +710,27 @@ mod tests {
         readers_see_each_change_once(true);
     }
 
+    /// Group `g` of the bound's tests: its own artist and songs, in a year of its own, so
+    /// its changes are pairs of its own (but the all-time totals'). Its listens on one
+    /// day, a Wednesday mid-month (2023-03-15 12:00 UTC, 52 weeks earlier for each
+    /// group), so that no group spans two weeks or months (a group with one unit more
+    /// would bring three pairs more, and a bound set between groups would not sit there).
+    fn year_group(g: i64, now: i64) -> Vec<Action> {
+        let wednesday = 1_678_881_600;
+        (0..4)
+            .map(|i| {
+                let (artist, title) = (format!("Artist of group {g}"), format!("Song {g}.{i}"));
+                let raw = RawListen {
+                    artist: artist.as_bytes(),
+                    title: title.as_bytes(),
+                    listened_at: wednesday - 364 * 86_400 * g - 3_600 * (i + 1),
+                    ..RawListen::default()
+                };
+                Action::Listen(Listen::parse(&raw, now).expect("listen"))
+            })
+            .collect()
+    }
+
     /// The pending changes' pairs as counted (`PendingChanges::pairs`) and as walked.
     fn pending_pairs(store: &Store) -> usize {
         let pending = store.node_pending.read().expect("pending");
@@ -729,26 +750,7 @@ mod tests {
         let (dir, now) = (tempfile::tempdir().expect("tempdir"), crate::now_unix());
         let (store, user) = public_member(dir.path(), now);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
-        // Each group its own artist and songs, in a year of its own: its changes are
-        // pairs of its own (but the all-time totals'). Its listens on one day, a
-        // Wednesday mid-month (2023-03-15 12:00 UTC, 52 weeks earlier for each group),
-        // so that no group spans two weeks or months (a group with one unit more would
-        // bring three pairs more, and the bound below would not sit between them).
-        let wednesday = 1_678_881_600;
-        let group = |g: i64| -> Vec<Action> {
-            (0..4)
-                .map(|i| {
-                    let (artist, title) = (format!("Artist of group {g}"), format!("Song {g}.{i}"));
-                    let raw = RawListen {
-                        artist: artist.as_bytes(),
-                        title: title.as_bytes(),
-                        listened_at: wednesday - 364 * 86_400 * g - 3_600 * (i + 1),
-                        ..RawListen::default()
-                    };
-                    Action::Listen(Listen::parse(&raw, now).expect("listen"))
-                })
-                .collect()
-        };
+        let group = |g: i64| year_group(g, now);
         // Group 1 starts a background pass, held before it begins; group 2 is added
         // meanwhile, counted by the writer, and taken by the pass with group 1's.
         store.faults.hold_node_store_start.store(true, Relaxed);
@@ -789,21 +791,7 @@ mod tests {
         let (store, user) = public_member(dir.path(), now);
         let ingestor =
             std::sync::Arc::new(Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer"));
-        let wednesday = 1_678_881_600;
-        let group = |g: i64| -> Vec<Action> {
-            (0..4)
-                .map(|i| {
-                    let (artist, title) = (format!("Artist of group {g}"), format!("Song {g}.{i}"));
-                    let raw = RawListen {
-                        artist: artist.as_bytes(),
-                        title: title.as_bytes(),
-                        listened_at: wednesday - 364 * 86_400 * g - 3_600 * (i + 1),
-                        ..RawListen::default()
-                    };
-                    Action::Listen(Listen::parse(&raw, now).expect("listen"))
-                })
-                .collect()
-        };
+        let group = |g: i64| year_group(g, now);
         // One group's pairs (its own artist, songs and year; the all-time totals shared).
         ingestor.ingest_blocking(user, group(1)).expect("stored");
         let one = pending_pairs(&store);
