@@ -330,6 +330,50 @@ fn rss_kib() -> u64 {
     status_kib("VmRSS")
 }
 
+/// What the kernel's scheduler counted for one thread (`/proc/<pid>/task/<tid>/schedstat`):
+/// nanoseconds on a core, nanoseconds runnable but waiting for one, and times it was
+/// switched onto a core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SchedTimes {
+    on_core_ns: u64,
+    waiting_ns: u64,
+    switches: u64,
+}
+
+impl SchedTimes {
+    /// The three numbers of a `schedstat` line; `None` if it has fewer or any is not one.
+    fn parse(line: &str) -> Option<SchedTimes> {
+        let mut n = line.split_whitespace().map(str::parse::<u64>);
+        Some(SchedTimes { on_core_ns: n.next()?.ok()?, waiting_ns: n.next()?.ok()?, switches: n.next()?.ok()? })
+    }
+
+    /// The scheduler's counts of this process's thread called `name` (the first found),
+    /// `None` where there is none or no `/proc` (not Linux).
+    fn of_thread(name: &str) -> Option<SchedTimes> {
+        std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            SchedTimes::parse(&std::fs::read_to_string(task.path().join("schedstat")).ok()?)
+        })
+    }
+
+    /// Where one thread's `wall` seconds between two counts went: on a core, waiting
+    /// for one (preempted, or woken and not yet run), and the rest blocked (locks,
+    /// channels, the disk).
+    fn describe(before: SchedTimes, after: SchedTimes, wall: f64) -> String {
+        let s = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e9;
+        let on = s(after.on_core_ns, before.on_core_ns);
+        let waiting = s(after.waiting_ns, before.waiting_ns);
+        format!(
+            "on a core {on:.1} s, waiting for one {waiting:.1} s, blocked {:.1} s, {} switches",
+            (wall - on - waiting).max(0.0),
+            after.switches.saturating_sub(before.switches)
+        )
+    }
+}
+
 fn sim(
     nodes: usize,
     communities: usize,
@@ -783,6 +827,13 @@ fn community(
         let ingestor =
             Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
         let started = Instant::now();
+        // A new thread takes its name when it first runs: look for the writer a while.
+        let writer_before = (0..200).find_map(|_| {
+            SchedTimes::of_thread("hearsay-writer").or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        });
         let next = std::sync::atomic::AtomicUsize::new(0);
         let times = std::sync::Mutex::new(vec![0.0f64; ids.len()]);
         let tick = std::sync::Mutex::new(Instant::now());
@@ -813,6 +864,9 @@ fn community(
             }
             Ok(())
         })?;
+        // Every member's listens are acknowledged: counted before `stop` ends the writer.
+        let writer_after = SchedTimes::of_thread("hearsay-writer");
+        let wall = started.elapsed().as_secs_f64();
         ingestor.stop();
         store.flush()?;
         drop(store);
@@ -835,6 +889,14 @@ fn community(
             mean(&times[..tenth]),
             mean(&times[times.len() - tenth..]),
         );
+        // The import's time is mostly the writer's; on a shared machine its CPU time for
+        // the same listens varies between runs, so say where its wall time went.
+        if let (Some(before), Some(after)) = (writer_before, writer_after) {
+            println!(
+                "the writer thread during the import ({wall:.1} s): {}",
+                SchedTimes::describe(before, after, wall)
+            );
+        }
         std::fs::write(path.join(COMMUNITY_BUILT), &want)?;
     }
     let total = n_users * per_user;
@@ -1258,5 +1320,56 @@ impl Served {
         let _ = self.stop.send(());
         self.runtime.block_on(self.server)??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SchedTimes;
+
+    #[test]
+    fn a_schedstat_line_reads_as_its_three_counts() {
+        let t = SchedTimes::parse("58400000000 9700000000 360622\n");
+        assert_eq!(t, Some(SchedTimes { on_core_ns: 58_400_000_000, waiting_ns: 9_700_000_000, switches: 360_622 }));
+        assert_eq!(SchedTimes::parse("1 2"), None, "two numbers");
+        assert_eq!(SchedTimes::parse("1 x 3"), None, "not a number");
+        assert_eq!(SchedTimes::parse(""), None);
+    }
+
+    #[test]
+    fn the_writer_time_is_split_into_core_waiting_and_blocked() {
+        let before = SchedTimes { on_core_ns: 1_000_000_000, waiting_ns: 500_000_000, switches: 10 };
+        let after = SchedTimes { on_core_ns: 59_400_000_000, waiting_ns: 10_200_000_000, switches: 360_632 };
+        assert_eq!(
+            SchedTimes::describe(before, after, 81.0),
+            "on a core 58.4 s, waiting for one 9.7 s, blocked 12.9 s, 360622 switches"
+        );
+        // Counts that went backwards (a different thread) do not underflow.
+        assert!(
+            SchedTimes::describe(after, before, 1.0)
+                .starts_with("on a core 0.0 s, waiting for one 0.0 s, blocked 1.0 s, 0")
+        );
+    }
+
+    #[test]
+    fn this_thread_is_found_by_its_name() {
+        let found = std::thread::Builder::new()
+            .name("hearsay-schedt".into())
+            .spawn(|| {
+                let spin = std::time::Instant::now();
+                while spin.elapsed() < std::time::Duration::from_millis(30) {
+                    std::hint::black_box(0u64);
+                }
+                SchedTimes::of_thread("hearsay-schedt")
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        if std::path::Path::new("/proc/self/task").exists() {
+            let t = found.expect("this thread's schedstat");
+            assert!(t.on_core_ns >= 10_000_000, "{t:?}: it spun 30 ms");
+            assert!(t.switches >= 1, "{t:?}");
+        }
+        assert_eq!(SchedTimes::of_thread("no thread is called this"), None);
     }
 }
