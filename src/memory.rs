@@ -30,12 +30,17 @@ mod glibc {
     ///   size of each large block freed (up to 32 MiB), after which large blocks come from
     ///   the heap, where freed ones are rarely returned: an import of 10,000 members held
     ///   1,363–1,426 MiB at its peak, 1,014 MiB with the threshold fixed (same import time).
-    /// - At most one arena per core (at least two), against glibc's eight per core. A thread
-    ///   that finds its arena busy gets another, so which arenas hold what depends on timing,
-    ///   and each keeps its own freed memory: the first node serving reads on a store no
+    /// - At most one arena per core (at least two), against glibc's eight per core. Each
+    ///   thread takes an arena at its first allocation (a new one while fewer than the cap
+    ///   exist, else one not locked at that moment) and waits for its lock from then on, so
+    ///   which threads share one, and what each holds, depends on timing; and each keeps its
+    ///   own freed memory: the first node serving reads on a store no
     ///   process had read yet (cold disk, slower reads, more overlap) peaked at 565–593 MiB,
     ///   later ones at 480; with two arenas 465, and the import's peak fell from 1,077 to
-    ///   877 MiB at the same speed.
+    ///   877 MiB at the same speed. Sharing costs the writer waits for its arena's lock
+    ///   (2026-12-06: 360,622 switches in an import of 10,000 members with two arenas,
+    ///   138,680 with one per thread, which was a tenth faster but held 293 MiB at rest
+    ///   against 271; sixteen arenas peaked at 512 MiB: docs/ARCHITECTURE.md).
     ///
     /// # Safety
     ///
