@@ -347,8 +347,9 @@ impl SchedTimes {
         Some(SchedTimes { on_core_ns: n.next()?.ok()?, waiting_ns: n.next()?.ok()?, switches: n.next()?.ok()? })
     }
 
-    /// The scheduler's counts of this process's thread called `name` (the first found),
-    /// `None` where there is none or no `/proc` (not Linux).
+    /// The scheduler's counts of this process's thread called `name` (the first found;
+    /// the kernel keeps 15 bytes of a name), `None` where there is none or no `/proc`
+    /// (not Linux).
     fn of_thread(name: &str) -> Option<SchedTimes> {
         std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|task| {
             let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
@@ -826,14 +827,15 @@ fn community(
         );
         let ingestor =
             Ingestor::start(store.clone(), config.store.group_commit_max_listens, config.stats.credit_rules())?;
-        let started = Instant::now();
-        // A new thread takes its name when it first runs: look for the writer a while.
+        // A new thread takes its name when it first runs: look for the writer a while
+        // (before the clock starts: it has nothing to do until the first member's listens).
         let writer_before = (0..200).find_map(|_| {
             SchedTimes::of_thread("hearsay-writer").or_else(|| {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 None
             })
         });
+        let started = Instant::now();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let times = std::sync::Mutex::new(vec![0.0f64; ids.len()]);
         let tick = std::sync::Mutex::new(Instant::now());
@@ -1356,19 +1358,26 @@ mod tests {
         let found = std::thread::Builder::new()
             .name("hearsay-schedt".into())
             .spawn(|| {
+                // Spins until its counts say 20 ms on a core (however loaded the machine),
+                // or 10 s have passed.
+                let first = SchedTimes::of_thread("hearsay-schedt");
                 let spin = std::time::Instant::now();
-                while spin.elapsed() < std::time::Duration::from_millis(30) {
+                loop {
                     std::hint::black_box(0u64);
+                    let now = SchedTimes::of_thread("hearsay-schedt");
+                    let done = now.is_none_or(|t| t.on_core_ns >= 20_000_000);
+                    if done || spin.elapsed() > std::time::Duration::from_secs(10) {
+                        return (first, now);
+                    }
                 }
-                SchedTimes::of_thread("hearsay-schedt")
             })
             .expect("spawn")
             .join()
             .expect("join");
         if std::path::Path::new("/proc/self/task").exists() {
-            let t = found.expect("this thread's schedstat");
-            assert!(t.on_core_ns >= 10_000_000, "{t:?}: it spun 30 ms");
-            assert!(t.switches >= 1, "{t:?}");
+            let (Some(first), Some(last)) = found else { panic!("this thread's schedstat: {found:?}") };
+            assert!(last.on_core_ns >= 20_000_000, "{last:?}: its counts did not grow as it spun");
+            assert!(last.on_core_ns > first.on_core_ns && last.switches >= first.switches, "{first:?} then {last:?}");
         }
         assert_eq!(SchedTimes::of_thread("no thread is called this"), None);
     }

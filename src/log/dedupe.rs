@@ -71,6 +71,18 @@ const TITLE_GUEST_NOTES: &[&str] = &["(feat. ", "(feat ", "(ft. ", "(ft ", "(fea
 /// one artist and the same string sent as a credit agree.
 pub fn main_artist(track: &TrackRef) -> &str {
     let name: &str = track.artist_names.first().map_or(&track.artist, String::as_str);
+    if name.is_ascii() {
+        // ASCII lower-casing moves no byte: the separators are found in place, with no
+        // lower-cased copy (the writer cuts every new track's artist, and every track's
+        // when it starts; `ascii_cuts_are_the_lowered_cuts`).
+        let cut = GUEST_SEPARATORS.iter().filter_map(|sep| find_ascii_caseless(name, sep)).filter(|&i| i > 0).min();
+        return cut.map_or(name, |i| &name[..i]);
+    }
+    main_artist_lowered(name)
+}
+
+/// `main_artist`'s cut of `name`, found in a lower-cased copy.
+fn main_artist_lowered(name: &str) -> &str {
     let lower = name.to_lowercase();
     // Lower-casing can change byte offsets outside ASCII: cut only where it did not.
     if lower.len() != name.len() {
@@ -85,6 +97,20 @@ pub fn main_artist(track: &TrackRef) -> &str {
 
 /// The title without a trailing guest note, for duplicate detection only.
 pub fn bare_title(title: &str) -> &str {
+    if title.is_ascii() {
+        // As in `main_artist`: found in place.
+        if !(title.ends_with(')') || title.ends_with(']')) {
+            return title;
+        }
+        let cut =
+            TITLE_GUEST_NOTES.iter().filter_map(|note| rfind_ascii_caseless(title, note)).filter(|&i| i > 0).max();
+        return cut.map_or(title, |i| title[..i].trim_end());
+    }
+    bare_title_lowered(title)
+}
+
+/// `bare_title` of `title`, its notes found in a lower-cased copy.
+fn bare_title_lowered(title: &str) -> &str {
     let lower = title.to_lowercase();
     if lower.len() != title.len() || !(lower.ends_with(')') || lower.ends_with(']')) {
         return title;
@@ -93,6 +119,16 @@ pub fn bare_title(title: &str) -> &str {
         Some(i) => title[..i].trim_end(),
         None => title,
     }
+}
+
+/// Where `needle` (lower-case ASCII) first starts in `hay`, ignoring ASCII case.
+fn find_ascii_caseless(hay: &str, needle: &str) -> Option<usize> {
+    hay.as_bytes().windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Where `needle` (lower-case ASCII) last starts in `hay`, ignoring ASCII case.
+fn rfind_ascii_caseless(hay: &str, needle: &str) -> Option<usize> {
+    hay.as_bytes().windows(needle.len()).rposition(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The 32-bit digest of a track's normalised main artist and bare title.
@@ -235,6 +271,26 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn ascii_cuts_are_the_lowered_cuts(
+            name in "(( feat\\. )|( Feat )|( FT\\. )|( ft )|( FEATURING )|( & )|(, )|(\\(feat\\. )|(\\(With )|(\\[Ft\\. )|(\\(FEAT )|[A-Za-z0-9 ()\\[\\]]){0,12}[)\\]]?"
+        ) {
+            proptest::prop_assert_eq!(find_ascii_caseless(&name, "x").is_some(), name.to_lowercase().contains('x'));
+            let track = track(&name, &name, None);
+            proptest::prop_assert_eq!(main_artist(&track), main_artist_lowered(&name));
+            proptest::prop_assert_eq!(bare_title(&name), bare_title_lowered(&name));
+        }
+
+        #[test]
+        fn ascii_cuts_take_the_first_separator_and_the_last_note(a in "[A-Za-z]{1,6}", b in "[A-Za-z]{1,6}") {
+            let artist = format!("{a} Feat. {b} & {a}");
+            let title = format!("{a} (FEAT. {b}) (feat {a})");
+            let t = track(&artist, &title, None);
+            proptest::prop_assert_eq!(main_artist(&t), a.as_str());
+            proptest::prop_assert_eq!(bare_title(&title), format!("{a} (FEAT. {b})"));
+            proptest::prop_assert_eq!(main_artist_lowered(&artist), a.as_str());
+            proptest::prop_assert_eq!(bare_title_lowered(&title), format!("{a} (FEAT. {b})"));
+        }
+
         fn ascii_is_the_full_rule(name in "[ -~\t\n\x0b\x0c\r\x1c-\x1f\x00]{0,40}") {
             proptest::prop_assert_eq!(normalize_name(&name), full_normalize(&name));
         }

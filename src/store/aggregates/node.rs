@@ -452,6 +452,27 @@ struct Unit<'a> {
 /// A user's bucket before and after a change.
 type Part<'a> = (Option<&'a AggV2>, Option<&'a AggV2>);
 
+/// The lists `Unit::add_to` fills for one unit (per kind: changes of listens, of
+/// listeners, of members showing the stored name; and the items that differ), emptied
+/// and filled again for the next: one set for all the units of a user's change, not
+/// ten vectors per unit (the writer's allocations wait for an arena's lock it shares).
+#[derive(Default)]
+struct Scratch {
+    listens: [Vec<(u32, i64)>; 3],
+    listeners: [Vec<(u32, i64)>; 3],
+    plains: [Vec<(u32, i64)>; 3],
+    items: Vec<u32>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        for v in self.listens.iter_mut().chain(&mut self.listeners).chain(&mut self.plains) {
+            v.clear();
+        }
+        self.items.clear();
+    }
+}
+
 /// A writer group's spellings not stored yet: those it records (`key` -> spelling, none
 /// for the stored name) and those it removes.
 pub(crate) type PendingSpellings<'a> = (&'a BTreeMap<[u8; 9], Option<String>>, &'a BTreeSet<[u8; 9]>);
@@ -469,18 +490,23 @@ impl Unit<'_> {
         self.parts.iter().filter_map(move |p: &Part<'_>| if after { p.1 } else { p.0 })
     }
 
-    fn add_to(&self, out: &mut impl NodeSink, plain: &mut Plain<'_>, respelled: &[(Kind, u32)]) -> Result<()> {
+    fn add_to(
+        &self,
+        scratch: &mut Scratch,
+        out: &mut impl NodeSink,
+        plain: &mut Plain<'_>,
+        respelled: &[(Kind, u32)],
+    ) -> Result<()> {
         let total = |after: bool| -> i64 { self.side(after).map(|a| i64::from(a.total)).sum() };
         let (tb, ta) = (total(false), total(true));
         let listeners_total = i64::from(ta > 0) - i64::from(tb > 0);
         // Per kind, the changes in item order (`items` is sorted): put into `out` a chunk
         // at a time (`NodeSink::items`).
-        let mut listens: [Vec<(u32, i64)>; 3] = Default::default();
-        let mut listeners: [Vec<(u32, i64)>; 3] = Default::default();
-        let mut plains: [Vec<(u32, i64)>; 3] = Default::default();
+        scratch.clear();
+        let Scratch { listens, listeners, plains, items } = scratch;
         for kind in [Kind::Artist, Kind::Recording, Kind::Release] {
             let k = kind.index();
-            let mut items = Vec::new();
+            items.clear();
             for (b, a) in &self.parts {
                 // An unchanged part is the same bucket on both sides: nothing differs.
                 if let (Some(b), Some(a)) = (b, a)
@@ -489,7 +515,7 @@ impl Unit<'_> {
                     continue;
                 }
                 let empty: &[(u32, u32)] = &[];
-                differing(b.map_or(empty, |x| &x.counts[k]), a.map_or(empty, |x| &x.counts[k]), &mut items);
+                differing(b.map_or(empty, |x| &x.counts[k]), a.map_or(empty, |x| &x.counts[k]), items);
             }
             if self.granularity == BUCKET_ALL {
                 // A spelling recorded by this change may turn a listener who stays one
@@ -500,7 +526,7 @@ impl Unit<'_> {
             // than once.
             items.sort_unstable();
             items.dedup();
-            for item in items {
+            for &item in items.iter() {
                 let sum = |after: bool| -> i64 { self.side(after).map(|x| count_in(&x.counts[k], item)).sum() };
                 let (b, a) = (sum(false), sum(true));
                 if a != b {
@@ -530,10 +556,10 @@ impl Unit<'_> {
             }
         };
         out.totals(node_key(WHAT_TOTALS, g, n, 0), ta - tb, listeners_total);
-        put(out, WHAT_LISTENS, &listens);
-        put(out, WHAT_LISTENERS, &listeners);
+        put(out, WHAT_LISTENS, listens);
+        put(out, WHAT_LISTENERS, listeners);
         if g == BUCKET_ALL {
-            put(out, WHAT_PLAIN, &plains);
+            put(out, WHAT_PLAIN, plains);
         }
         Ok(())
     }
@@ -558,6 +584,7 @@ pub(crate) fn deltas(
     debug_assert!(user.0 < FIRST_NODE_ID);
     // Unchanged buckets a week or all time needs, read once.
     let mut read: HashMap<[u8; 9], Option<Arc<AggV2>>> = HashMap::new();
+    let mut scratch = Scratch::default();
     let mut weeks: BTreeSet<i32> = BTreeSet::new();
     let mut any_year = false;
     for (key, (before, after)) in changes {
@@ -568,8 +595,12 @@ pub(crate) fn deltas(
             }
             BUCKET_MONTH | BUCKET_YEAR => {
                 any_year |= g == BUCKET_YEAR;
-                Unit { granularity: g, number: n, parts: vec![(before.as_deref(), after.as_deref())] }
-                    .add_to(out, plain, respelled)?;
+                Unit { granularity: g, number: n, parts: vec![(before.as_deref(), after.as_deref())] }.add_to(
+                    &mut scratch,
+                    out,
+                    plain,
+                    respelled,
+                )?;
             }
             _ => {}
         }
@@ -597,7 +628,7 @@ pub(crate) fn deltas(
     };
     for &w in &weeks {
         let parts = (w..w + 7).map(|d| part(keys::bucket(user, BUCKET_DAY, d))).collect();
-        Unit { granularity: BUCKET_WEEK, number: w, parts }.add_to(out, plain, respelled)?;
+        Unit { granularity: BUCKET_WEEK, number: w, parts }.add_to(&mut scratch, out, plain, respelled)?;
     }
     if any_year {
         let mut all: BTreeSet<i32> = years.clone();
@@ -607,7 +638,7 @@ pub(crate) fn deltas(
             }
         }
         let parts = all.iter().map(|&y| part(keys::bucket(user, BUCKET_YEAR, y))).collect();
-        Unit { granularity: BUCKET_ALL, number: 0, parts }.add_to(out, plain, respelled)?;
+        Unit { granularity: BUCKET_ALL, number: 0, parts }.add_to(&mut scratch, out, plain, respelled)?;
     }
     Ok(())
 }
