@@ -291,6 +291,7 @@ mod tests {
             proptest::prop_assert_eq!(bare_title_lowered(&title), format!("{a} (FEAT. {b})"));
         }
 
+        #[test]
         fn ascii_is_the_full_rule(name in "[ -~\t\n\x0b\x0c\r\x1c-\x1f\x00]{0,40}") {
             proptest::prop_assert_eq!(normalize_name(&name), full_normalize(&name));
         }
