@@ -52,13 +52,14 @@ fn full_normalize(name: &str) -> String {
 /// `s` with runs of white space collapsed to one space, none at either end.
 pub(crate) fn collapse_spaces(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for word in s.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
+    out.extend(collapsed_pieces(s));
     out
+}
+
+/// The pieces of `collapse_spaces(s)` in order: its words, with `" "` between them. For
+/// callers that hash or compare the collapsed form without building it.
+pub(crate) fn collapsed_pieces(s: &str) -> impl Iterator<Item = &str> {
+    s.split_whitespace().enumerate().flat_map(|(i, word)| [(i > 0).then_some(" "), Some(word)].into_iter().flatten())
 }
 
 /// Separators after which an artist string names guests (matched case-insensitively).
@@ -75,8 +76,7 @@ pub fn main_artist(track: &TrackRef) -> &str {
         // ASCII lower-casing moves no byte: the separators are found in place, with no
         // lower-cased copy (the writer cuts every new track's artist, and every track's
         // when it starts; `ascii_cuts_are_the_lowered_cuts`).
-        let cut = GUEST_SEPARATORS.iter().filter_map(|sep| find_ascii_caseless(name, sep)).filter(|&i| i > 0).min();
-        return cut.map_or(name, |i| &name[..i]);
+        return guest_cut(name, find_ascii_caseless).map_or(name, |i| &name[..i]);
     }
     main_artist_lowered(name)
 }
@@ -88,23 +88,20 @@ fn main_artist_lowered(name: &str) -> &str {
     if lower.len() != name.len() {
         return name;
     }
-    let cut = GUEST_SEPARATORS.iter().filter_map(|sep| lower.find(sep)).filter(|&i| i > 0).min();
-    match cut {
-        Some(i) => &name[..i],
-        None => name,
-    }
+    guest_cut(&lower, |hay, sep| hay.find(sep)).map_or(name, |i| &name[..i])
+}
+
+/// The artist rule: where the first guest separator after the start begins in `name` (or
+/// its lower-cased copy), given a finder of a lower-case separator's first start.
+fn guest_cut(name: &str, find: impl Fn(&str, &str) -> Option<usize>) -> Option<usize> {
+    GUEST_SEPARATORS.iter().filter_map(|sep| find(name, sep)).filter(|&i| i > 0).min()
 }
 
 /// The title without a trailing guest note, for duplicate detection only.
 pub fn bare_title(title: &str) -> &str {
     if title.is_ascii() {
         // As in `main_artist`: found in place.
-        if !(title.ends_with(')') || title.ends_with(']')) {
-            return title;
-        }
-        let cut =
-            TITLE_GUEST_NOTES.iter().filter_map(|note| rfind_ascii_caseless(title, note)).filter(|&i| i > 0).max();
-        return cut.map_or(title, |i| title[..i].trim_end());
+        return note_cut(title, rfind_ascii_caseless).map_or(title, |i| title[..i].trim_end());
     }
     bare_title_lowered(title)
 }
@@ -112,13 +109,20 @@ pub fn bare_title(title: &str) -> &str {
 /// `bare_title` of `title`, its notes found in a lower-cased copy.
 fn bare_title_lowered(title: &str) -> &str {
     let lower = title.to_lowercase();
-    if lower.len() != title.len() || !(lower.ends_with(')') || lower.ends_with(']')) {
+    if lower.len() != title.len() {
         return title;
     }
-    match TITLE_GUEST_NOTES.iter().filter_map(|note| lower.rfind(note)).filter(|&i| i > 0).max() {
-        Some(i) => title[..i].trim_end(),
-        None => title,
+    note_cut(&lower, |hay, note| hay.rfind(note)).map_or(title, |i| title[..i].trim_end())
+}
+
+/// The title rule: where the last-opening guest note after the start begins in a title
+/// closed by `)` or `]` (or its lower-cased copy), given a finder of a lower-case note's
+/// last start.
+fn note_cut(title: &str, rfind: impl Fn(&str, &str) -> Option<usize>) -> Option<usize> {
+    if !(title.ends_with(')') || title.ends_with(']')) {
+        return None;
     }
+    TITLE_GUEST_NOTES.iter().filter_map(|note| rfind(title, note)).filter(|&i| i > 0).max()
 }
 
 /// Where `needle` (lower-case ASCII) first starts in `hay`, ignoring ASCII case.

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use jiff::tz::TimeZone;
 
 use crate::log::TrackRef;
-use crate::log::dedupe::normalize_name;
+use crate::log::dedupe::{collapsed_pieces, normalize_name};
 use crate::stats::chart::Kind;
 use crate::stats::credits::{CreditRules, Credits, credit};
 use crate::stats::period::{day_number, month_number};
@@ -156,15 +156,12 @@ pub(super) fn identity_key(kind: Kind, name: &str, artist: Option<u32>) -> [u8; 
     if !name.is_ascii() {
         return normalized_key(artist, &normalize_name(name));
     }
-    // `normalize_name` of ASCII is its words (`split_whitespace`) lower-cased, one space
-    // between: hashed a piece at a time, with no normalised copy (the writer keys every
-    // new track's items, and every item when it starts; `ascii_identity_is_the_normalised_one`).
+    // `normalize_name` of ASCII is its collapsed pieces lower-cased: hashed a piece at a
+    // time, with no normalised copy (the writer keys every new track's items, and every
+    // item when it starts; `ascii_identity_is_the_normalised_one`).
     let mut h = identity_hasher(artist);
     let mut lower = [0u8; 64];
-    for (i, word) in name.split_whitespace().enumerate() {
-        if i > 0 {
-            h.update(b" ");
-        }
+    for word in collapsed_pieces(name) {
         for piece in word.as_bytes().chunks(lower.len()) {
             let out = &mut lower[..piece.len()];
             out.copy_from_slice(piece);
@@ -574,6 +571,9 @@ impl Dictionary {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::store::Options;
+
     proptest::proptest! {
         #[test]
         fn ascii_identity_is_the_normalised_one(
@@ -586,9 +586,6 @@ mod tests {
             proptest::prop_assert_eq!(identity_key(kind, &name, artist), normalized_key(part, &normalize_name(&name)));
         }
     }
-
-    use super::*;
-    use crate::store::Options;
 
     fn track(artist: &str, title: &str, album: Option<&str>) -> TrackRef {
         TrackRef {
