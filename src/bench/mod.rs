@@ -758,6 +758,26 @@ fn neighbours(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// The writer's time per `Phase`, as `bench community` prints it: its groups, what of
+/// them went where, and its wait for batches.
+fn describe_phases(stats: &crate::store::IngestStats) -> String {
+    use crate::store::Phase;
+    let secs = |p: Phase| stats.phase(p).as_secs_f64();
+    let parts = [Phase::Preparing, Phase::Transaction, Phase::Flush, Phase::NodeChanges, Phase::NodePass];
+    let rest = secs(Phase::Groups) - parts.iter().map(|p| secs(*p)).sum::<f64>();
+    format!(
+        "groups {:.1} s (preparing listens {:.1} s, sled transactions {:.1} s, flushes {:.1} s, waiting for the node changes' thread {:.1} s and for node-store passes {:.1} s, the rest {:.1} s), waiting for batches {:.1} s",
+        secs(Phase::Groups),
+        secs(Phase::Preparing),
+        secs(Phase::Transaction),
+        secs(Phase::Flush),
+        secs(Phase::NodeChanges),
+        secs(Phase::NodePass),
+        rest.max(0.0),
+        secs(Phase::Waiting),
+    )
+}
+
 /// The marker of a finished `bench community` build: users × listens per user.
 const COMMUNITY_BUILT: &str = "bench-community-built";
 
@@ -868,6 +888,7 @@ fn community(
         })?;
         // Every member's listens are acknowledged: counted before `stop` ends the writer.
         let writer_after = SchedTimes::of_thread("hearsay-writer");
+        let phases = ingestor.stats();
         let wall = started.elapsed().as_secs_f64();
         ingestor.stop();
         store.flush()?;
@@ -899,6 +920,7 @@ fn community(
                 SchedTimes::describe(before, after, wall)
             );
         }
+        println!("the writer's time by what it did: {}", describe_phases(&phases));
         std::fs::write(path.join(COMMUNITY_BUILT), &want)?;
     }
     let total = n_users * per_user;
@@ -1328,6 +1350,19 @@ impl Served {
 #[cfg(test)]
 mod tests {
     use super::SchedTimes;
+
+    #[test]
+    fn the_writers_phases_read_with_what_is_left_of_its_groups() {
+        use std::time::Duration;
+        // As `Phase::ALL`: waiting, groups, preparing, transaction, flush, node changes,
+        // node pass.
+        let phases = [10_000, 70_000, 30_000, 17_000, 2_000, 3_000, 9_000].map(Duration::from_millis);
+        let stats = crate::store::IngestStats { batches: 8, groups: 1, reloads: 0, phases };
+        assert_eq!(
+            super::describe_phases(&stats),
+            "groups 70.0 s (preparing listens 30.0 s, sled transactions 17.0 s, flushes 2.0 s, waiting for the node changes' thread 3.0 s and for node-store passes 9.0 s, the rest 9.0 s), waiting for batches 10.0 s"
+        );
+    }
 
     #[test]
     fn a_schedstat_line_reads_as_its_three_counts() {

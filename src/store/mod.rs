@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub use keys::UserId;
 
 pub use logs::StoredListen;
-pub use writer::{Action, IngestStats, Ingestor, Outcome};
+pub use writer::{Action, IngestStats, Ingestor, Outcome, Phase};
 
 /// Errors of the store. Corrupt bytes are reported with their tree and key, never a panic.
 #[derive(Debug, thiserror::Error)]

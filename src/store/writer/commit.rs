@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sled::Transactional;
 
+use super::Phase;
 use crate::stats::chart::Kind;
 use crate::store::aggregates::{Change, NODE_STALE, NodeChanges, deltas as node_deltas, is_node_key, merged};
 use crate::store::codec::{decode, encode};
@@ -308,7 +309,8 @@ impl Writer {
             if used.is_empty() {
                 return self.store.flush();
             }
-            used[..]
+            let started = std::time::Instant::now();
+            let written = used[..]
                 .transaction(|tx| {
                     for (i, k, v) in &ops {
                         let Some(tree) = slot.get(*i).and_then(|s| tx.get(*s)) else { continue };
@@ -319,8 +321,12 @@ impl Writer {
                     }
                     Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
                 })
-                .map_err(crate::store::users::tx_error)
-                .and_then(|()| self.store.flush())
+                .map_err(crate::store::users::tx_error);
+            self.stats.time(Phase::Transaction, started);
+            let started = std::time::Instant::now();
+            let flushed = written.and_then(|()| self.store.flush());
+            self.stats.time(Phase::Flush, started);
+            flushed
         };
         // The group's node changes go to the thread adding them to the pending ones
         // (`absorb`: it orders them while the group is written, adds them only once it
@@ -333,10 +339,12 @@ impl Writer {
             None => Some(node),
         };
         let written = write();
+        let started = std::time::Instant::now();
         let told = match (&inline, self.absorber.as_ref()) {
             (None, Some(absorber)) => Some(absorber.written(written.is_ok())),
             _ => None,
         };
+        self.stats.time(Phase::NodeChanges, started);
         if let Err(e) = written {
             self.poison("a group commit", &e);
             let _ = self.finish_absorb();
@@ -547,7 +555,10 @@ impl Writer {
     /// next open counts them again from the log, as after a crash.
     pub(super) fn finish_absorb(&mut self) -> Result<()> {
         let Some(absorber) = self.absorber.as_mut() else { return Ok(()) };
-        match absorber.finish() {
+        let started = std::time::Instant::now();
+        let finished = absorber.finish();
+        self.stats.time(Phase::NodeChanges, started);
+        match finished {
             Ok(None) => Ok(()),
             Ok(Some(node)) => {
                 self.node_changes = node;
@@ -567,7 +578,10 @@ impl Writer {
         match self.node_store.take() {
             None => false,
             Some(handle) if wait || handle.is_finished() => {
-                if handle.join().is_err() {
+                let started = std::time::Instant::now();
+                let joined = handle.join();
+                self.stats.time(Phase::NodePass, started);
+                if joined.is_err() {
                     self.store.fail("the node statistics store panicked");
                 }
                 // The pass (≥ `BACKGROUND_STORE_PAIRS` changes) freed pending changes this
@@ -630,6 +644,54 @@ mod tests {
         ingestor.stop();
         assert!(store.settle_cache(std::time::Duration::ZERO));
         assert!(!in_bulk(&store));
+    }
+
+    /// The writer's phases (`IngestStats::phases`, what `bench community` prints): each
+    /// timed where it happens, a written group counted before it is acknowledged, and the
+    /// parts within the groups' time.
+    #[test]
+    fn the_writer_times_its_phases() {
+        use std::time::Duration;
+
+        use crate::store::Phase;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, user) = public_member(dir.path(), now);
+        // Each group's node changes go to a background pass, held until released below.
+        store.faults.store_node_in_background_each_group.store(true, Relaxed);
+        store.faults.hold_node_store.store(true, Relaxed);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        std::thread::sleep(Duration::from_millis(30));
+        ingestor.ingest_blocking(user, (0..50).map(|i| listen(i, now)).collect()).expect("first group");
+        // Read right after the acknowledgement: the group is counted already.
+        let first = ingestor.stats();
+        assert_eq!(first.groups, 1);
+        assert!(first.phase(Phase::Waiting) >= Duration::from_millis(30), "the wait for a batch: {first:?}");
+        for phase in [Phase::Groups, Phase::Preparing, Phase::Transaction, Phase::Flush] {
+            assert!(first.phase(phase) > Duration::ZERO, "{phase:?} not timed: {first:?}");
+        }
+        assert_eq!(first.phase(Phase::NodePass), Duration::ZERO, "no pass was waited for yet: {first:?}");
+        // The second group waits for the first one's pass before starting its own: the
+        // pass is released once the group is past its transaction, and a while later.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                wait_until("the second group's transaction", || {
+                    ingestor.stats().phase(Phase::Transaction) > first.phase(Phase::Transaction)
+                });
+                std::thread::sleep(Duration::from_millis(200));
+                store.faults.hold_node_store.store(false, Relaxed);
+            });
+            ingestor.ingest_blocking(user, (50..100).map(|i| listen(i, now)).collect()).expect("second group");
+        });
+        let second = ingestor.stats();
+        assert_eq!(second.groups, 2);
+        assert!(second.phase(Phase::NodePass) > Duration::ZERO, "the wait for the pass: {second:?}");
+        let parts: Duration = [Phase::Preparing, Phase::Transaction, Phase::Flush, Phase::NodeChanges, Phase::NodePass]
+            .iter()
+            .map(|p| second.phase(*p))
+            .sum();
+        assert!(parts <= second.phase(Phase::Groups), "parts {parts:?} past the groups' time: {second:?}");
+        ingestor.stop();
     }
 
     fn node_chunks(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {

@@ -134,6 +134,49 @@ struct Counters {
     batches: AtomicU64,
     groups: AtomicU64,
     reloads: AtomicU64,
+    /// Microseconds spent per `Phase`.
+    phases: [AtomicU64; Phase::ALL.len()],
+}
+
+/// Where the writer thread's time goes, timed by its clock (`IngestStats::phases`): what
+/// `bench community` prints to say what an import waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking batches off the queue, and waiting for them.
+    Waiting,
+    /// Groups, from their first check to their acknowledgement (the phases below but
+    /// `Waiting` are parts of it, or of the work of other messages).
+    Groups,
+    /// Preparing a group's listens: interning, counting, sealing.
+    Preparing,
+    /// sled's transactions.
+    Transaction,
+    /// sled's flushes (the group durable on disk).
+    Flush,
+    /// Waiting for the thread adding node changes (`absorb`).
+    NodeChanges,
+    /// Waiting for a background pass storing node statistics to end.
+    NodePass,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Waiting,
+        Phase::Groups,
+        Phase::Preparing,
+        Phase::Transaction,
+        Phase::Flush,
+        Phase::NodeChanges,
+        Phase::NodePass,
+    ];
+}
+
+impl Counters {
+    /// Adds the time since `since` to `phase`.
+    fn time(&self, phase: Phase, since: std::time::Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.phases[phase as usize].fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of the writer's totals since start.
@@ -147,6 +190,15 @@ pub struct IngestStats {
     /// group failed (`Writer::reset`: seconds on a large node). A batch refused for what
     /// it carries never causes one (`Writer::check`).
     pub reloads: u64,
+    /// Time spent per phase, indexed as `Phase::ALL`.
+    pub phases: [std::time::Duration; Phase::ALL.len()],
+}
+
+impl IngestStats {
+    /// The writer's time in `phase` since it started.
+    pub fn phase(&self, phase: Phase) -> std::time::Duration {
+        self.phases[phase as usize]
+    }
 }
 
 /// Most batches waiting for the writer before senders wait.
@@ -244,6 +296,9 @@ impl Ingestor {
             batches: self.stats.batches.load(Ordering::Relaxed),
             groups: self.stats.groups.load(Ordering::Relaxed),
             reloads: self.stats.reloads.load(Ordering::Relaxed),
+            phases: std::array::from_fn(|i| {
+                std::time::Duration::from_micros(self.stats.phases[i].load(Ordering::Relaxed))
+            }),
         }
     }
 
@@ -587,7 +642,10 @@ impl Writer {
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
-        while let Some(msg) = rx.blocking_recv() {
+        loop {
+            let waiting = std::time::Instant::now();
+            let Some(msg) = rx.blocking_recv() else { break };
+            self.stats.time(Phase::Waiting, waiting);
             let first = match msg {
                 Msg::Job(job) => job,
                 Msg::DeleteUser(user, reply) => {
@@ -647,7 +705,10 @@ impl Writer {
             if bulk {
                 self.store.cache_for_bulk();
             }
-            self.commit_group(jobs);
+            let started = std::time::Instant::now();
+            if !self.commit_group(jobs, started) {
+                self.stats.time(Phase::Groups, started);
+            }
             if bulk {
                 self.store.bulk_group_done();
             }
@@ -697,7 +758,10 @@ impl Writer {
         self.store.fail(&format!("{what}: {e}"));
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    /// Prepares and writes a group; true when it counted its time (`Phase::Groups`, since
+    /// `started`) itself: a written group does, before acknowledging, so that a caller
+    /// reading `Ingestor::stats` after its acknowledgement finds the group counted.
+    fn commit_group(&mut self, jobs: Vec<Job>, started: std::time::Instant) -> bool {
         // Below the disk reserve, after a failed write, or without room allocated for
         // what this group will write: refuse without writing anything.
         let actions: usize = jobs.iter().map(|j| j.actions.len()).sum();
@@ -708,7 +772,7 @@ impl Writer {
             for job in jobs {
                 let _ = job.reply.send(Err(e.refusal()));
             }
-            return;
+            return false;
         }
         let mut checked = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -722,11 +786,12 @@ impl Writer {
         let mut jobs = checked;
         loop {
             if jobs.is_empty() {
-                return;
+                return false;
             }
             let mut group = Group::default();
             let mut outcomes = Vec::with_capacity(jobs.len());
             let mut failed = None;
+            let preparing = std::time::Instant::now();
             for (i, job) in jobs.iter().enumerate() {
                 match self.prepare(&mut group, job.user, &job.actions, &job.digests) {
                     Ok(o) => outcomes.push(o),
@@ -751,6 +816,7 @@ impl Writer {
                     self.finish_user(&mut group, user, now);
                 }
             }
+            self.stats.time(Phase::Preparing, preparing);
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
                 // Past `check`, only damage (or a full id space) fails a prepare.
@@ -763,14 +829,15 @@ impl Writer {
                     for job in jobs {
                         let _ = job.reply.send(Err(e.refusal()));
                     }
-                    return;
+                    return false;
                 }
                 continue;
             }
             group.spent =
                 jobs.iter_mut().map(|j| (std::mem::take(&mut j.actions), std::mem::take(&mut j.digests))).collect();
-            match self.apply(&mut group, false) {
+            return match self.apply(&mut group, false) {
                 Ok(()) => {
+                    self.stats.time(Phase::Groups, started);
                     let appended = outcomes.iter().flatten().filter(|o| matches!(o, Outcome::Appended { .. })).count();
                     self.store.acknowledge(appended as u64);
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -778,12 +845,14 @@ impl Writer {
                     for (job, o) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(o));
                     }
+                    true
                 }
                 Err(e) if self.store.failure().is_some() => {
                     let reason = e.to_string();
                     for job in jobs {
                         let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
                     }
+                    false
                 }
                 Err(e) => {
                     // Failed before writing anything (a stored value that does not
@@ -796,9 +865,9 @@ impl Writer {
                     if let Err(e) = self.reset() {
                         self.poison("reloading the writer's state", &e);
                     }
+                    false
                 }
-            }
-            return;
+            };
         }
     }
 
