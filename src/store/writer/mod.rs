@@ -465,8 +465,14 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// for the peak (2026-12-05, seventh session). Since the eighth, the pending pairs are
 /// counted where they change (no walk at the bound), and while a background pass is
 /// under way the writer goes on up to `commit::during_a_pass` of this bound (1.75
-/// times) before it waits for the pass.
-const NODE_HOT_MAX_PAIRS: usize = 4_000_000;
+/// times) before it waits for the pass. That cap, 7M, was reached before the pass ended:
+/// the writer waited 9.3–9.8 s for passes in a 75–100 s import (the tenth session of
+/// 2026-12-06; `bench community` prints the wait). At 3M, with the same 7M cap
+/// (7/3 times), a pass has 4M pairs of room to end in instead of 3M: waits of 5.9,
+/// 6.8 and 8.3 s in three imports against 9.3–9.8 s in three at 4M, peaks 443–446 MiB
+/// against 434–452, the pass's thread a tenth more CPU; the imports' times within the
+/// machine's noise (72.8–76.4 s against 74.5–78.1 on fast machines).
+const NODE_HOT_MAX_PAIRS: usize = 3_000_000;
 
 /// Node changes stored at once past which the writer gives freed memory back to the
 /// system afterwards (`memory::give_back`): a store that large freed pending maps of
