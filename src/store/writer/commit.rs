@@ -307,7 +307,10 @@ impl Writer {
         }
         let write = || {
             if used.is_empty() {
-                return self.store.flush();
+                let started = std::time::Instant::now();
+                let flushed = self.store.flush();
+                self.stats.time(Phase::Flush, started);
+                return flushed;
             }
             let started = std::time::Instant::now();
             let written = used[..]
@@ -450,7 +453,7 @@ impl Writer {
 /// `bench community`). Since the tenth session of 2026-12-06, 7/3 times a bound of 3M:
 /// the same 7M at most, with more room for a pass to end in (see `NODE_HOT_MAX_PAIRS`).
 pub(super) fn during_a_pass(bound: usize) -> usize {
-    bound.saturating_add(bound / 3 * 4)
+    bound.saturating_add((bound / 3).saturating_mul(4))
 }
 
 /// Stores every node change held in memory (`Store::store_node_changes`), then, when
@@ -658,11 +661,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = crate::now_unix();
         let (store, user) = public_member(dir.path(), now);
-        // Each group's node changes go to a background pass, held until released below.
+        // Each group's node changes go to a background pass, held until released below,
+        // or when the test ends however it ends: no thread left waiting.
+        struct Release(Store);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.faults.hold_node_store.store(false, Relaxed);
+            }
+        }
+        let _release = Release(store.clone());
         store.faults.store_node_in_background_each_group.store(true, Relaxed);
         store.faults.hold_node_store.store(true, Relaxed);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
-        std::thread::sleep(Duration::from_millis(30));
+        // Longer than the wait asserted: the writer's clock starts once its thread runs.
+        std::thread::sleep(Duration::from_millis(100));
         ingestor.ingest_blocking(user, (0..50).map(|i| listen(i, now)).collect()).expect("first group");
         // Read right after the acknowledgement: the group is counted already.
         let first = ingestor.stats();
@@ -875,8 +887,9 @@ mod tests {
         store.faults.store_node_in_background_next_group.store(true, Relaxed);
         ingestor.ingest_blocking(user, group(2)).expect("stored");
         wait_until("the pass never got under way", || store.node_store_running());
-        // A bound that groups 1 to 3 pending reach, and 1 to 4 stay under 1.75 times
-        // (each group brings at most `one` pairs: a new year's, and the shared totals).
+        // A bound that groups 1 to 3 pending reach, and 1 to 4 stay under `during_a_pass`
+        // of it (each group brings at most `one` pairs: a new year's, and the shared
+        // totals).
         let bound = 3 * one;
         let limit = during_a_pass(bound);
         assert!(4 * one < limit, "one group: {one} pairs, bound {bound}, limit {limit}");

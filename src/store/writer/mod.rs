@@ -464,7 +464,7 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// within this machine's run-to-run variation (the writer is its critical path), so 4M
 /// for the peak (2026-12-05, seventh session). Since the eighth, the pending pairs are
 /// counted where they change (no walk at the bound), and while a background pass is
-/// under way the writer goes on up to `commit::during_a_pass` of this bound (1.75
+/// under way the writer goes on up to `commit::during_a_pass` of this bound (then 1.75
 /// times) before it waits for the pass. That cap, 7M, was reached before the pass ended:
 /// the writer waited 9.3–9.8 s for passes in a 75–100 s import (the tenth session of
 /// 2026-12-06; `bench community` prints the wait). At 3M, with the same 7M cap
