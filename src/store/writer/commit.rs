@@ -306,25 +306,22 @@ impl Writer {
             }
         }
         let write = || {
-            if used.is_empty() {
-                let started = std::time::Instant::now();
-                let flushed = self.store.flush();
-                self.stats.time(Phase::Flush, started);
-                return flushed;
-            }
             let started = std::time::Instant::now();
-            let written = used[..]
-                .transaction(|tx| {
-                    for (i, k, v) in &ops {
-                        let Some(tree) = slot.get(*i).and_then(|s| tx.get(*s)) else { continue };
-                        match v {
-                            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-                            None => tree.remove(k.as_slice())?,
-                        };
-                    }
-                    Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
-                })
-                .map_err(crate::store::users::tx_error);
+            let written = match used.is_empty() {
+                true => Ok(()),
+                false => used[..]
+                    .transaction(|tx| {
+                        for (i, k, v) in &ops {
+                            let Some(tree) = slot.get(*i).and_then(|s| tx.get(*s)) else { continue };
+                            match v {
+                                Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                                None => tree.remove(k.as_slice())?,
+                            };
+                        }
+                        Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
+                    })
+                    .map_err(crate::store::users::tx_error),
+            };
             self.stats.time(Phase::Transaction, started);
             let started = std::time::Instant::now();
             let flushed = written.and_then(|()| self.store.flush());
@@ -661,17 +658,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = crate::now_unix();
         let (store, user) = public_member(dir.path(), now);
-        // Each group's node changes go to a background pass, held until released below,
-        // or when the test ends however it ends: no thread left waiting.
-        struct Release(Store);
-        impl Drop for Release {
-            fn drop(&mut self) {
-                self.0.faults.hold_node_store.store(false, Relaxed);
-            }
-        }
-        let _release = Release(store.clone());
+        // Each group's node changes go to a background pass, held until released below.
         store.faults.store_node_in_background_each_group.store(true, Relaxed);
-        store.faults.hold_node_store.store(true, Relaxed);
+        let _held = Held::set(&store, |f| &f.hold_node_store);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
         // Longer than the wait asserted: the writer's clock starts once its thread runs.
         std::thread::sleep(Duration::from_millis(100));
@@ -707,6 +696,23 @@ mod tests {
             .sum();
         assert!(parts <= second.phase(Phase::Groups), "parts {parts:?} past the groups' time: {second:?}");
         ingestor.stop();
+    }
+
+    /// A fault flag of a store, set until dropped: cleared however the test ends, so no
+    /// thread is left waiting on it.
+    struct Held(Store, fn(&crate::store::Faults) -> &std::sync::atomic::AtomicBool);
+
+    impl Held {
+        fn set(store: &Store, flag: fn(&crate::store::Faults) -> &std::sync::atomic::AtomicBool) -> Held {
+            flag(&store.faults).store(true, Relaxed);
+            Held(store.clone(), flag)
+        }
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            (self.1)(&self.0.faults).store(false, Relaxed);
+        }
     }
 
     fn node_chunks(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
@@ -874,16 +880,8 @@ mod tests {
         let one = pending_pairs(&store);
         // A pass starts with the next group and holds, under way, before it begins
         // (its thread started, nothing taken yet: the gap in which the writer, deciding
-        // by the pass's lock, waited for it), released when the test ends, however it
-        // ends: no thread left waiting.
-        struct Release(Store);
-        impl Drop for Release {
-            fn drop(&mut self) {
-                self.0.faults.hold_node_store_start.store(false, Relaxed);
-            }
-        }
-        let _release = Release(store.clone());
-        store.faults.hold_node_store_start.store(true, Relaxed);
+        // by the pass's lock, waited for it), released when the test ends.
+        let _held = Held::set(&store, |f| &f.hold_node_store_start);
         store.faults.store_node_in_background_next_group.store(true, Relaxed);
         ingestor.ingest_blocking(user, group(2)).expect("stored");
         wait_until("the pass never got under way", || store.node_store_running());
