@@ -763,18 +763,19 @@ fn neighbours(
 fn describe_phases(before: &crate::store::IngestStats, after: &crate::store::IngestStats) -> String {
     use crate::store::Phase;
     let secs = |p: Phase| after.phase(p).saturating_sub(before.phase(p)).as_secs_f64();
-    let parts = [Phase::Preparing, Phase::Transaction, Phase::Flush, Phase::NodeChanges, Phase::NodePass];
+    let parts = [Phase::Preparing, Phase::Writing, Phase::NodeChanges, Phase::NodePass];
     let rest = secs(Phase::Groups) - parts.iter().map(|p| secs(*p)).sum::<f64>();
     format!(
-        "groups {:.1} s (preparing listens {:.1} s, sled transactions {:.1} s, flushes {:.1} s, waiting for the node changes' thread {:.1} s and for node-store passes {:.1} s, the rest {:.1} s), waiting for batches {:.1} s",
+        "groups {:.1} s (preparing listens {:.1} s, waiting for their writes {:.1} s, for the node changes' thread {:.1} s and for node-store passes {:.1} s, the rest {:.1} s), waiting for batches {:.1} s; the groups' writes (beside the writer) took sled transactions {:.1} s and flushes {:.1} s",
         secs(Phase::Groups),
         secs(Phase::Preparing),
-        secs(Phase::Transaction),
-        secs(Phase::Flush),
+        secs(Phase::Writing),
         secs(Phase::NodeChanges),
         secs(Phase::NodePass),
         rest.max(0.0),
         secs(Phase::Waiting),
+        secs(Phase::Transaction),
+        secs(Phase::Flush),
     )
 }
 
@@ -1355,20 +1356,20 @@ mod tests {
     #[test]
     fn the_writers_phases_read_with_what_is_left_of_its_groups() {
         use std::time::Duration;
-        // As `Phase::ALL`: waiting, groups, preparing, transaction, flush, node changes,
-        // node pass.
-        let stats = |ms: [u64; 7]| crate::store::IngestStats {
+        // As `Phase::ALL`: waiting, groups, preparing, transaction, flush, writing, node
+        // changes, node pass.
+        let stats = |ms: [u64; 8]| crate::store::IngestStats {
             batches: 8,
             groups: 1,
             reloads: 0,
             phases: ms.map(Duration::from_millis),
         };
         // Before the clock: the writer waited for its first batch, and nothing else.
-        let before = stats([500, 0, 0, 0, 0, 0, 0]);
-        let after = stats([10_500, 70_000, 30_000, 17_000, 2_000, 3_000, 9_000]);
+        let before = stats([500, 0, 0, 0, 0, 0, 0, 0]);
+        let after = stats([10_500, 60_000, 30_000, 17_000, 2_000, 5_000, 3_000, 9_000]);
         assert_eq!(
             super::describe_phases(&before, &after),
-            "groups 70.0 s (preparing listens 30.0 s, sled transactions 17.0 s, flushes 2.0 s, waiting for the node changes' thread 3.0 s and for node-store passes 9.0 s, the rest 9.0 s), waiting for batches 10.0 s"
+            "groups 60.0 s (preparing listens 30.0 s, waiting for their writes 5.0 s, for the node changes' thread 3.0 s and for node-store passes 9.0 s, the rest 13.0 s), waiting for batches 10.0 s; the groups' writes (beside the writer) took sled transactions 17.0 s and flushes 2.0 s"
         );
     }
 

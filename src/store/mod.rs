@@ -248,6 +248,11 @@ pub(crate) struct Faults {
     /// The writer stops without storing what memory holds, as a crash leaves the store
     /// (what it wrote was flushed).
     pub skip_final_store: std::sync::atomic::AtomicBool,
+    /// A group's write (`writer::committer::Write::run`) waits while set before writing.
+    pub hold_write: std::sync::atomic::AtomicBool,
+    /// The next group's write fails before writing anything, as an I/O error of sled's
+    /// would (cleared by that write).
+    pub fail_write: std::sync::atomic::AtomicBool,
 }
 
 /// Buckets newer than their stored copy.

@@ -9,15 +9,17 @@
 //!
 //! What keeps it correct:
 //! - The changes are sent before the group is written and put in order meanwhile, but
-//!   added only once the writer says the group was written (`Absorber::written`): a
-//!   reader never sees changes of a group that is not written.
+//!   added only once whoever wrote the group says it was written and flushed (`Teller`:
+//!   the thread writing groups, `committer`, right after its flush, so the changes are
+//!   added while the writer prepares the next group): a reader never sees changes of a
+//!   group that is not durable.
 //! - The thread takes the pending changes' write lock before the writer goes past the
-//!   group's write, so before the group is acknowledged: a reader of node buckets takes
-//!   that lock to read (`Store::bucket`) and so sees an acknowledged group whole, never
-//!   its listens without their node changes.
+//!   group's write (`Absorber::locked`), so before the group is acknowledged: a reader of
+//!   node buckets takes that lock to read (`Store::bucket`) and so sees an acknowledged
+//!   group whole, never its listens without their node changes.
 //! - The writer waits for the thread (`Absorber::finish`) before it reads, changes or
 //!   stores the pending changes itself: at the start of every group's write
-//!   (`Writer::apply`, through which deletions, time zones, backups and the shutdown
+//!   (`Writer::begin_apply`, through which deletions, time zones, backups and the shutdown
 //!   store first), before a store of node chunks, before a sharing level's change, and
 //!   before it reloads its memory (`reset`). Readers only wait for the lock.
 //! - A thread that panicked leaves its channels closed: the writer fails the store (a
@@ -116,9 +118,9 @@ impl Absorber {
             while let Some(msg) = next() {
                 let Msg::Work(work) = msg else { continue };
                 let (mut node, spent) = *work;
-                // Ordered while the group is written; added only once it is. The writer
-                // sends nothing else between (`Writer::apply`); without its answer (it
-                // is gone) the changes are not added.
+                // Ordered while the group is written; added only once it is. Nothing
+                // else is sent between (`Writer::begin_apply`, then the write's `Teller`);
+                // without the answer (its sender is gone) the changes are not added.
                 let changed = order(&mut node);
                 let written = matches!(next(), Some(Msg::Written(true)));
                 if written {
@@ -154,12 +156,15 @@ impl Absorber {
         }
     }
 
-    /// Tells the thread whether the group sent last was written; once it was, waits
-    /// until the thread holds the pending changes' lock, and returns the chunks the
-    /// group changes (none when it was not written).
-    pub(super) fn written(&self, written: bool) -> Result<Vec<[u8; 9]>> {
-        let tx = self.work.as_ref().ok_or_else(gone)?;
-        tx.send(Msg::Written(written)).map_err(|_| gone())?;
+    /// Who tells the thread that the group sent last was written (`Teller::tell`).
+    pub(super) fn teller(&self) -> Option<Teller> {
+        self.work.clone().map(Teller)
+    }
+
+    /// After the group sent last was told written or not (`Teller::tell`): once it was,
+    /// waits until the thread holds the pending changes' lock, and returns the chunks
+    /// the group changes (none when it was not written).
+    pub(super) fn locked(&self, written: bool) -> Result<Vec<[u8; 9]>> {
         match written {
             true => self.locked.recv().map_err(|_| gone()),
             false => Ok(Vec::new()),
@@ -181,10 +186,23 @@ impl Absorber {
             return Ok(None);
         }
         let done = self.done.recv().map_err(|_| gone())?;
-        // Chunks sent and not asked for (`written` failed between): dropped here, not
-        // taken for the next group's.
+        // Chunks sent and not asked for (the writer went on without `locked`): dropped
+        // here, not taken for the next group's.
         while self.locked.try_recv().is_ok() {}
         Ok(Some(done))
+    }
+}
+
+/// Tells the thread whether the group sent last was written, once: the writer, or the
+/// thread that wrote the group (`committer`), right after its flush, so that its changes
+/// are added while the writer prepares the next group. Held only while that group is
+/// written (the thread ends once every sender is gone).
+pub(super) struct Teller(SyncSender<Msg>);
+
+impl Teller {
+    /// Whether the thread was told (it is gone otherwise).
+    pub(super) fn tell(&self, written: bool) -> bool {
+        self.0.send(Msg::Written(written)).is_ok()
     }
 }
 

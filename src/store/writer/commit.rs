@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use sled::Transactional;
-
-use super::Phase;
+use super::{Phase, committer};
 use crate::stats::chart::Kind;
 use crate::store::aggregates::{Change, NODE_STALE, NodeChanges, deltas as node_deltas, is_node_key, merged};
 use crate::store::codec::{decode, encode};
@@ -22,6 +20,30 @@ use super::*;
 /// changed (`Store::node_group_changed`); its changes of node buckets go to the
 /// writer's `node_changes`.
 pub(super) type NodeMerge = (Vec<([u8; 9], Arc<AggV2>)>, BTreeSet<i32>);
+
+/// What `Writer::begin_apply` decided and leaves for `Writer::end_apply`, once the
+/// group is written.
+pub(super) struct After {
+    /// The user buckets are stored with the group (dropped from memory once written).
+    persist: bool,
+    /// The node chunks are stored after the write...
+    store_node: bool,
+    /// ...by a background pass.
+    in_background: bool,
+    /// Node changes are held in memory once the group is written.
+    node_held: bool,
+    /// The node changes' pairs held before the group.
+    node_pairs: usize,
+    /// The group's user buckets, merged.
+    buckets: Vec<([u8; 9], Arc<AggV2>)>,
+    /// The local days whose listens of counted users changed.
+    days: BTreeSet<i32>,
+    /// The users whose buckets the group changed.
+    group_users: BTreeSet<UserId>,
+    /// The group's node changes, when no thread adds them (`absorb`): added by the
+    /// writer once the group is written.
+    inline: Option<NodeChanges>,
+}
 
 impl Writer {
     /// The buckets a group changed, with its changes applied, and the changes of the
@@ -94,6 +116,54 @@ impl Writer {
     /// last store was `PERSIST_EVERY` ago, or memory holds too many; the stats marks are
     /// written with them.
     pub(super) fn apply(&mut self, group: &mut Group, persist: bool) -> Result<()> {
+        // An erasure racing a release: see `Store::contributions_lock` (held through the
+        // write).
+        let store = self.store.clone();
+        let _ordered = (!group.erased_at.is_empty()).then(|| store.contributions_lock());
+        let (write, after) = self.begin_apply(group, persist)?;
+        let written = self.write_now(write);
+        self.end_apply(group, after, written)
+    }
+
+    /// Writes a group's write and waits for it: on the committing thread (`committer`),
+    /// or on this one when there is none.
+    pub(super) fn write_now(&mut self, write: Box<committer::Write>) -> Result<()> {
+        let write = match self.committer.as_mut() {
+            Some(committer) => match committer.send(write) {
+                Ok(()) => return self.written(),
+                Err(write) => write,
+            },
+            None => write,
+        };
+        self.committer = None;
+        write.run()
+    }
+
+    /// Waits for the write handed to the committing thread (`Phase::Writing`): its
+    /// result (`Ok` when none was in flight). A thread that stopped answers an error,
+    /// which fails the store where it is handled, as a failed write does.
+    pub(super) fn written(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let written = self.committer.as_mut().and_then(committer::Committer::finish);
+        self.stats.time(Phase::Writing, started);
+        if self.committer.as_ref().is_some_and(committer::Committer::is_gone) {
+            // Its write told no one: the thread adding node changes is told here (they
+            // are dropped), and later groups are written by this thread.
+            self.committer = None;
+            if let Some(teller) = self.absorber.as_ref().and_then(absorb::Absorber::teller) {
+                teller.tell(false);
+            }
+        }
+        written.unwrap_or(Ok(()))
+    }
+
+    /// The first part of `apply`, up to the write: everything it reads is read, and every
+    /// write encoded (`committer::Write`); what to do once it is written (`After`). Fails
+    /// only before anything is written (a stored value that does not decode, a store that
+    /// is no longer writable).
+    pub(super) fn begin_apply(&mut self, group: &mut Group, persist: bool) -> Result<(Box<committer::Write>, After)> {
+        // One group at a time: the one in flight is landed first (`Writer::land`).
+        debug_assert!(self.in_flight.is_none(), "a group's write began with another in flight");
         // The last group's node changes are all added before anything below reads them.
         self.finish_absorb()?;
         #[cfg(test)]
@@ -105,7 +175,7 @@ impl Writer {
         let node_max_pairs = NODE_HOT_MAX_PAIRS;
         // Pre-encode every write so the transaction closure (which sled may retry) only
         // copies bytes. Tree indexes follow the `trees` array below.
-        let mut ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut ops: committer::Ops = Vec::new();
         for (k, b) in &group.blocks {
             ops.push((0, k.to_vec(), Some(encode(b))));
         }
@@ -149,9 +219,7 @@ impl Writer {
         for (k, f) in &group.feedback {
             ops.push((11, k.to_vec(), f.as_ref().map(encode)));
         }
-        // An erasure racing a release: see `Store::contributions_lock`.
-        let store = self.store.clone();
-        let _ordered = (!group.erased_at.is_empty()).then(|| store.contributions_lock());
+        // A group that erased listens is written under `Store::contributions_lock` (`apply`).
         for (user, at) in &group.erased_at {
             if let Some((k, v)) = self.store.contribution_without_items(*user, *at)? {
                 ops.push((13, k, Some(v)));
@@ -296,52 +364,67 @@ impl Writer {
         // Only the trees this group writes take part (each one in a sled transaction costs
         // its own bookkeeping); `slot[i]` is tree i's place among them.
         let mut slot = [usize::MAX; 16];
-        let mut used: Vec<&sled::Tree> = Vec::new();
+        let mut used: Vec<sled::Tree> = Vec::new();
         for (i, _, _) in &ops {
             if let (Some(s), Some(tree)) = (slot.get_mut(*i), trees.get(*i))
                 && *s == usize::MAX
             {
                 *s = used.len();
-                used.push(tree);
+                used.push((*tree).clone());
             }
         }
-        let write = || {
-            let started = std::time::Instant::now();
-            let written = match used.is_empty() {
-                true => Ok(()),
-                false => used[..]
-                    .transaction(|tx| {
-                        for (i, k, v) in &ops {
-                            let Some(tree) = slot.get(*i).and_then(|s| tx.get(*s)) else { continue };
-                            match v {
-                                Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-                                None => tree.remove(k.as_slice())?,
-                            };
-                        }
-                        Ok::<(), sled::transaction::ConflictableTransactionError<Error>>(())
-                    })
-                    .map_err(crate::store::users::tx_error),
-            };
-            self.stats.time(Phase::Transaction, started);
-            let started = std::time::Instant::now();
-            let flushed = written.and_then(|()| self.store.flush());
-            self.stats.time(Phase::Flush, started);
-            flushed
-        };
         // The group's node changes go to the thread adding them to the pending ones
-        // (`absorb`: it orders them while the group is written, adds them only once it
-        // is, and takes their lock before this thread goes past the write; the writer
-        // waits for it before anything reads them again), with what the group's batches
-        // carried. Only the write can fail from here on.
+        // (`absorb`: it orders them while the group is written, adds them once told it
+        // is, by whoever writes it, right after the flush, and takes their lock before
+        // the group is acknowledged; the writer waits for it before anything reads them
+        // again), with what the group's batches carried. Only the write can fail from
+        // here on.
         let spent = std::mem::take(&mut group.spent);
         let inline = match self.absorber.as_mut() {
             Some(absorber) => absorber.send((node, spent)).err().map(|(node, _)| node),
             None => Some(node),
         };
-        let written = write();
+        let teller = match inline {
+            None => self.absorber.as_ref().and_then(absorb::Absorber::teller),
+            Some(_) => None,
+        };
+        let write = committer::Write {
+            trees: used,
+            slot,
+            ops,
+            store: self.store.clone(),
+            stats: self.stats.clone(),
+            absorber: teller,
+        };
+        let after =
+            After { persist, store_node, in_background, node_held, node_pairs, buckets, days, group_users, inline };
+        Ok((Box::new(write), after))
+    }
+
+    /// Waits for a group in flight without landing it (the writer is dropped after a
+    /// panic, which failed the store): its batches are not acknowledged, and its node
+    /// changes not added (its write set `NODE_STALE` if it had any: the next open
+    /// rebuilds the node statistics).
+    pub(super) fn abandon(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            // Its write told the thread adding its node changes whether it was written.
+            let _ = self.written();
+            if let (None, Some(absorber)) = (&f.after.inline, &self.absorber) {
+                let _ = absorber.locked(false);
+            }
+        }
+    }
+
+    /// The rest of `apply`, once the group's write ended (`written`): its node changes
+    /// added, its buckets put in memory (or dropped from it, stored), readers told, and
+    /// the node chunks stored when due. Fails only when the write did (the store failed).
+    pub(super) fn end_apply(&mut self, group: &Group, after: After, written: Result<()>) -> Result<()> {
+        let After { persist, store_node, in_background, node_held, node_pairs, buckets, days, group_users, inline } =
+            after;
         let started = std::time::Instant::now();
+        // Told by the write (`committer::Write::run`).
         let told = match (&inline, self.absorber.as_ref()) {
-            (None, Some(absorber)) => Some(absorber.written(written.is_ok())),
+            (None, Some(absorber)) => Some(absorber.locked(written.is_ok())),
             _ => None,
         };
         self.stats.time(Phase::NodeChanges, started);
@@ -690,12 +773,134 @@ mod tests {
         let second = ingestor.stats();
         assert_eq!(second.groups, 2);
         assert!(second.phase(Phase::NodePass) > Duration::ZERO, "the wait for the pass: {second:?}");
-        let parts: Duration = [Phase::Preparing, Phase::Transaction, Phase::Flush, Phase::NodeChanges, Phase::NodePass]
+        // The transactions and flushes are the committing thread's (`committer`); the
+        // writer's wait for them is `Writing`.
+        let parts: Duration = [Phase::Preparing, Phase::Writing, Phase::NodeChanges, Phase::NodePass]
             .iter()
             .map(|p| second.phase(*p))
             .sum();
         assert!(parts <= second.phase(Phase::Groups), "parts {parts:?} past the groups' time: {second:?}");
         ingestor.stop();
+    }
+
+    /// What a batch sent on its own thread came to, and in which order the batches were
+    /// answered.
+    type Answers = std::sync::Mutex<Vec<(&'static str, Result<Vec<Outcome>>)>>;
+
+    fn send(ingestor: &Ingestor, answers: &Answers, name: &'static str, user: UserId, actions: Vec<Action>) {
+        let answer = ingestor.ingest_blocking(user, actions);
+        answers.lock().expect("answers").push((name, answer));
+    }
+
+    fn preparing(ingestor: &Ingestor) -> std::time::Duration {
+        ingestor.stats().phase(crate::store::Phase::Preparing)
+    }
+
+    /// While a group is written (by the committing thread, `committer`), the writer
+    /// prepares the next one; each is answered once its own write ended, in order.
+    #[test]
+    fn a_group_is_prepared_while_the_one_before_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, alice) = public_member(dir.path(), now);
+        let bob = store.create_user("bob", "password1", now).expect("bob").id;
+        let held = Held::set(&store, |f| &f.hold_write);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let answers = Answers::default();
+        std::thread::scope(|s| {
+            s.spawn(|| send(&ingestor, &answers, "alice", alice, (0..50).map(|i| listen(i, now)).collect()));
+            wait_until("alice's group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
+            let first = preparing(&ingestor);
+            s.spawn(|| send(&ingestor, &answers, "bob", bob, (0..40).map(|i| listen(i, now)).collect()));
+            wait_until("bob's group prepared while alice's is written", || preparing(&ingestor) > first);
+            assert!(answers.lock().expect("answers").is_empty(), "a batch answered before its write ended");
+            assert_eq!(ingestor.stats().groups, 0);
+            drop(held);
+        });
+        let answers = answers.into_inner().expect("answers");
+        let names: Vec<&str> = answers.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["alice", "bob"], "answered in the order written");
+        for ((name, answer), n) in answers.iter().zip([50, 40]) {
+            let outcomes = answer.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), n, "{name}");
+        }
+        assert_eq!(ingestor.stats().groups, 2);
+        ingestor.stop();
+        drop(store);
+        let store = Store::open(dir.path(), &test_options()).expect("reopen");
+        assert_eq!(store.log_head(alice).expect("alice").n_listens, 50, "alice's acknowledged listens kept");
+        assert_eq!(store.log_head(bob).expect("bob").n_listens, 40, "bob's acknowledged listens kept");
+    }
+
+    /// A batch of a user whose group is being written waits for that write: preparing it
+    /// reads the user's stored records, which the write changes (here: its duplicates
+    /// are found only in the group before).
+    #[test]
+    fn a_batch_of_a_user_being_written_waits_for_that_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, alice) = public_member(dir.path(), now);
+        let held = Held::set(&store, |f| &f.hold_write);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let answers = Answers::default();
+        std::thread::scope(|s| {
+            s.spawn(|| send(&ingestor, &answers, "first", alice, (0..50).map(|i| listen(i, now)).collect()));
+            wait_until("the first group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
+            let first = preparing(&ingestor);
+            s.spawn(|| send(&ingestor, &answers, "again", alice, (0..50).map(|i| listen(i, now)).collect()));
+            wait_until("the second batch taken", || ingestor.queued() == 0);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert_eq!(preparing(&ingestor), first, "prepared while the same user's group was written");
+            drop(held);
+        });
+        let answers = answers.into_inner().expect("answers");
+        assert_eq!(answers.len(), 2);
+        let again = answers.iter().find(|(name, _)| *name == "again").expect("again");
+        let outcomes = again.1.as_ref().expect("the second batch");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate), "{outcomes:?}");
+        ingestor.stop();
+        assert_eq!(store.log_head(alice).expect("head").n_listens, 50);
+    }
+
+    /// A write that fails fails the store: its batches get the failure, the group
+    /// prepared meanwhile is refused, and nothing of either is acknowledged or stored.
+    #[test]
+    fn a_failed_write_refuses_the_group_prepared_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, alice) = public_member(dir.path(), now);
+        let bob = store.create_user("bob", "password1", now).expect("bob").id;
+        let held = Held::set(&store, |f| &f.hold_write);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let answers = Answers::default();
+        std::thread::scope(|s| {
+            s.spawn(|| send(&ingestor, &answers, "alice", alice, (0..50).map(|i| listen(i, now)).collect()));
+            wait_until("alice's group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
+            let first = preparing(&ingestor);
+            s.spawn(|| send(&ingestor, &answers, "bob", bob, (0..40).map(|i| listen(i, now)).collect()));
+            wait_until("bob's group prepared", || preparing(&ingestor) > first);
+            store.faults.fail_write.store(true, Relaxed);
+            drop(held);
+        });
+        let answers = answers.into_inner().expect("answers");
+        assert_eq!(answers.len(), 2);
+        for (name, answer) in &answers {
+            match answer {
+                Err(Error::CommitFailed(reason)) if *name == "alice" => {
+                    assert!(reason.contains("injected: writing a group"), "{reason}")
+                }
+                Err(_) if *name == "bob" => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(store.failure().is_some(), "the store failed");
+        assert!(ingestor.ingest_blocking(alice, vec![listen(99, now)]).is_err(), "a failed store refuses writes");
+        assert_eq!(ingestor.stats().groups, 0);
+        ingestor.stop();
+        drop(store);
+        let store = Store::open(dir.path(), &test_options()).expect("reopen");
+        assert_eq!(store.log_head(alice).expect("alice").n_listens, 0);
+        assert_eq!(store.log_head(bob).expect("bob").n_listens, 0);
     }
 
     /// A fault flag of a store, set until dropped: cleared however the test ends, so no

@@ -37,6 +37,7 @@ use crate::stats::credits::CreditRules;
 
 mod absorb;
 mod commit;
+mod committer;
 mod intern;
 mod prepare;
 use intern::*;
@@ -118,6 +119,8 @@ enum Msg {
     /// The id of an item by its names, from the dictionary (`Dictionary::lookup`).
     ItemId(crate::stats::chart::Kind, String, Option<String>, oneshot::Sender<Option<u32>>),
     Stop,
+    /// The committing thread ended a group's write (`committer`): the writer lands it.
+    Written,
 }
 
 /// Handle to the writer thread; clone it freely.
@@ -149,10 +152,13 @@ pub enum Phase {
     Groups,
     /// Preparing a group's listens: interning, counting, sealing.
     Preparing,
-    /// sled's transactions.
+    /// sled's transactions (on the committing thread, `committer`, while the writer
+    /// prepares the next group; on the writer's only without that thread).
     Transaction,
-    /// sled's flushes (the group durable on disk).
+    /// sled's flushes (the group durable on disk), as `Transaction`.
     Flush,
+    /// Waiting for the committing thread to end a group's write.
+    Writing,
     /// Waiting for the thread adding node changes (`absorb`).
     NodeChanges,
     /// Waiting for a background pass storing node statistics to end.
@@ -160,12 +166,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Waiting,
         Phase::Groups,
         Phase::Preparing,
         Phase::Transaction,
         Phase::Flush,
+        Phase::Writing,
         Phase::NodeChanges,
         Phase::NodePass,
     ];
@@ -210,7 +217,8 @@ impl Ingestor {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(Counters::default());
         let watched = store.clone();
-        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone(), rules)?;
+        let waker = tx.downgrade();
+        let mut writer = Writer::new(store, max_group_listens.max(1), stats.clone(), rules, waker)?;
         let thread = std::thread::Builder::new()
             .name("hearsay-writer".into())
             .spawn(move || {
@@ -420,9 +428,26 @@ struct Writer {
     node_changes: crate::store::aggregates::NodeChanges,
     /// A background pass storing node chunks (`Writer::store_node_in_background`).
     node_store: Option<JoinHandle<()>>,
+    /// The thread writing groups (`committer`); none if it could not be started or
+    /// stopped (the writer writes them itself). Dropped before `absorber`: a write it
+    /// holds holds a sender of that thread's (`absorb::Teller`).
+    committer: Option<committer::Committer>,
     /// The thread adding groups' node changes to the pending ones (`absorb`); none if it
     /// could not be started (the writer adds them itself) or stopped.
     absorber: Option<absorb::Absorber>,
+    /// The group being written by `committer` while the writer prepares the next one,
+    /// landed by `Writer::land`.
+    in_flight: Option<InFlight>,
+}
+
+/// A group handed to the committing thread, and what landing it takes.
+struct InFlight {
+    jobs: Vec<Job>,
+    outcomes: Vec<Vec<Outcome>>,
+    group: Group,
+    after: commit::After,
+    /// The group began a bulk group's cache (`Store::cache_for_bulk`).
+    bulk: bool,
 }
 
 /// Buckets kept only in memory are stored at least this often...
@@ -498,6 +523,9 @@ impl Drop for Writer {
     /// A writer that panicked (`Ingestor::start` catches it) does not leave its
     /// background pass running with a clone of the store the node reopens.
     fn drop(&mut self) {
+        // A group still in flight (the writer panicked) is written, not acknowledged: the
+        // store failed with the panic (`Ingestor::start`).
+        self.abandon();
         let _ = self.finish_absorb();
         self.wait_for_node_store();
     }
@@ -519,7 +547,13 @@ fn now_secs() -> i64 {
 }
 
 impl Writer {
-    fn new(store: Store, max_group_listens: usize, stats: Arc<Counters>, rules: CreditRules) -> Result<Writer> {
+    fn new(
+        store: Store,
+        max_group_listens: usize,
+        stats: Arc<Counters>,
+        rules: CreditRules,
+        waker: mpsc::WeakSender<Msg>,
+    ) -> Result<Writer> {
         let absorber = absorb::Absorber::start(
             store.node_pending.clone(),
             #[cfg(test)]
@@ -545,7 +579,11 @@ impl Writer {
             last_node_persist: std::time::Instant::now(),
             node_changes: Default::default(),
             node_store: None,
+            committer: committer::Committer::start(waker)
+                .map_err(|e| tracing::warn!(error = %e, "no thread to write groups: the writer writes them"))
+                .ok(),
             absorber,
+            in_flight: None,
             rules,
         };
         w.reset()?;
@@ -649,9 +687,14 @@ impl Writer {
 
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         loop {
+            // With a group in flight, the next message is a batch to prepare while it is
+            // written, or its end (`Msg::Written`); anything else lands it first.
             let waiting = std::time::Instant::now();
             let Some(msg) = rx.blocking_recv() else { break };
             self.stats.time(Phase::Waiting, waiting);
+            if !matches!(msg, Msg::Job(_)) {
+                self.land(false);
+            }
             let first = match msg {
                 Msg::Job(job) => job,
                 Msg::DeleteUser(user, reply) => {
@@ -675,6 +718,7 @@ impl Writer {
                     continue;
                 }
                 Msg::Stop => break,
+                Msg::Written => continue,
             };
             let mut n_actions = first.actions.len();
             let mut jobs = vec![first];
@@ -690,9 +734,13 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    // Answered from what is committed; the group then commits as gathered,
-                    // so a stream of lookups cannot hold it back.
+                    // The group in flight is landed once this one is prepared.
+                    Ok(Msg::Written) => {}
+                    // Answered from what is committed (the group in flight landed first);
+                    // the group then commits as gathered, so a stream of lookups cannot
+                    // hold it back.
                     Ok(Msg::ItemId(kind, name, artist, reply)) => {
+                        self.land(false);
                         let _ = reply.send(self.dict.lookup(kind, &name, artist.as_deref()));
                         break;
                     }
@@ -711,11 +759,20 @@ impl Writer {
             if bulk {
                 self.store.cache_for_bulk();
             }
-            let started = std::time::Instant::now();
-            if !self.commit_group(jobs, started) {
-                self.stats.time(Phase::Groups, started);
+            // Prepared while the group in flight is written, unless they share a user
+            // (see `committer`).
+            if let Some(f) = &self.in_flight
+                && jobs.iter().any(|j| f.jobs.iter().any(|k| k.user == j.user))
+            {
+                self.land(bulk);
             }
-            if bulk {
+            self.commit_group(jobs, std::time::Instant::now(), bulk);
+            // Whatever comes next waits for this group to be written.
+            if deferred.is_some() || stop {
+                self.land(false);
+            }
+            // A group in flight that is a bulk one ends the bulk when it lands.
+            if bulk && !self.in_flight.as_ref().is_some_and(|f| f.bulk) {
                 self.store.bulk_group_done();
             }
             match deferred {
@@ -737,6 +794,7 @@ impl Writer {
                 break;
             }
         }
+        self.land(false);
         // Store the in-memory statistics, so the next start has nothing to recount (a
         // failed or full store is left alone: the next start recounts from the log).
         #[cfg(test)]
@@ -764,10 +822,14 @@ impl Writer {
         self.store.fail(&format!("{what}: {e}"));
     }
 
-    /// Prepares and writes a group; true when it counted its time (`Phase::Groups`, since
-    /// `started`) itself: a written group does, before acknowledging, so that a caller
-    /// reading `Ingestor::stats` after its acknowledgement finds the group counted.
-    fn commit_group(&mut self, jobs: Vec<Job>, started: std::time::Instant) -> bool {
+    /// Prepares a group, then lands the group in flight (`land`) and hands this one's
+    /// write to the committing thread: it is landed while the next group is prepared, or
+    /// when nothing else comes. A group that erased listens (written under the
+    /// contributions' lock, `apply`), or any without that thread, is written and answered
+    /// here. The group's time on this thread counts as `Phase::Groups` (from `started`),
+    /// before any batch is answered: a caller reading `Ingestor::stats` after its
+    /// acknowledgement finds its group counted. `bulk`: the group is a bulk one.
+    fn commit_group(&mut self, jobs: Vec<Job>, mut started: std::time::Instant, bulk: bool) {
         // Below the disk reserve, after a failed write, or without room allocated for
         // what this group will write: refuse without writing anything.
         let actions: usize = jobs.iter().map(|j| j.actions.len()).sum();
@@ -775,10 +837,11 @@ impl Writer {
         // names, day index, statistics, rewritten pages), plus a MiB for the rest.
         let room = (actions as u64).saturating_mul(4 << 10).saturating_add(1 << 20);
         if let Err(e) = self.store.writable().and_then(|()| self.store.make_room(room)) {
+            self.stats.time(Phase::Groups, started);
             for job in jobs {
                 let _ = job.reply.send(Err(e.refusal()));
             }
-            return false;
+            return;
         }
         let mut checked = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -792,7 +855,8 @@ impl Writer {
         let mut jobs = checked;
         loop {
             if jobs.is_empty() {
-                return false;
+                self.stats.time(Phase::Groups, started);
+                return;
             }
             let mut group = Group::default();
             let mut outcomes = Vec::with_capacity(jobs.len());
@@ -823,6 +887,12 @@ impl Writer {
                 }
             }
             self.stats.time(Phase::Preparing, preparing);
+            // The group in flight is landed before this one's write begins (everything
+            // `begin_apply` reads sees it whole), or before memory is read again from
+            // the disk; its time counts on its own.
+            self.stats.time(Phase::Groups, started);
+            self.land(bulk);
+            started = std::time::Instant::now();
             if let Some((i, e)) = failed {
                 let job = jobs.remove(i);
                 // Past `check`, only damage (or a full id space) fails a prepare.
@@ -832,48 +902,92 @@ impl Writer {
                 // Only memory changed: reload it from the disk.
                 if let Err(e) = self.reset() {
                     self.poison("reloading the writer's state", &e);
+                    self.stats.time(Phase::Groups, started);
                     for job in jobs {
                         let _ = job.reply.send(Err(e.refusal()));
                     }
-                    return false;
+                    return;
                 }
                 continue;
             }
             group.spent =
                 jobs.iter_mut().map(|j| (std::mem::take(&mut j.actions), std::mem::take(&mut j.digests))).collect();
-            return match self.apply(&mut group, false) {
-                Ok(()) => {
-                    self.stats.time(Phase::Groups, started);
-                    let appended = outcomes.iter().flatten().filter(|o| matches!(o, Outcome::Appended { .. })).count();
-                    self.store.acknowledge(appended as u64);
-                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                    for (job, o) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(o));
-                    }
-                    true
-                }
-                Err(e) if self.store.failure().is_some() => {
-                    let reason = e.to_string();
-                    for job in jobs {
-                        let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
-                    }
-                    false
-                }
-                Err(e) => {
-                    // Failed before writing anything (a stored value that does not
-                    // decode): only this group fails; memory is reloaded from disk.
-                    tracing::error!(error = %e, "a group could not be prepared for writing");
-                    self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                    for job in jobs {
-                        let _ = job.reply.send(Err(e.refusal()));
-                    }
-                    if let Err(e) = self.reset() {
-                        self.poison("reloading the writer's state", &e);
-                    }
-                    false
-                }
+            if !group.erased_at.is_empty() || self.committer.is_none() {
+                let result = self.apply(&mut group, false);
+                self.answer(jobs, outcomes, result, started);
+                return;
+            }
+            let (write, after) = match self.begin_apply(&mut group, false) {
+                Ok(begun) => begun,
+                Err(e) => return self.answer(jobs, outcomes, Err(e), started),
             };
+            let sent = match self.committer.as_mut() {
+                Some(committer) => committer.send(write),
+                None => Err(write),
+            };
+            match sent {
+                Ok(()) => {
+                    self.in_flight = Some(InFlight { jobs, outcomes, group, after, bulk });
+                    self.stats.time(Phase::Groups, started);
+                }
+                Err(write) => {
+                    // The thread is gone: written here.
+                    self.committer = None;
+                    let written = write.run();
+                    let result = self.end_apply(&group, after, written);
+                    self.answer(jobs, outcomes, result, started);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Lands the group in flight, if any: waits for its write (`Phase::Writing`), ends its
+    /// `apply` and answers its batches (`answer`). `next_bulk`: the group prepared next is
+    /// a bulk one too (the page cache stays grown for it).
+    fn land(&mut self, next_bulk: bool) {
+        let Some(InFlight { jobs, outcomes, group, after, bulk }) = self.in_flight.take() else { return };
+        let started = std::time::Instant::now();
+        let written = self.written();
+        let result = self.end_apply(&group, after, written);
+        self.answer(jobs, outcomes, result, started);
+        if bulk && !next_bulk {
+            self.store.bulk_group_done();
+        }
+    }
+
+    /// Answers a group's batches with what became of its write, after counting its time
+    /// on this thread since `started` (`Phase::Groups`).
+    fn answer(&mut self, jobs: Vec<Job>, outcomes: Vec<Vec<Outcome>>, result: Result<()>, started: std::time::Instant) {
+        self.stats.time(Phase::Groups, started);
+        match result {
+            Ok(()) => {
+                let appended = outcomes.iter().flatten().filter(|o| matches!(o, Outcome::Appended { .. })).count();
+                self.store.acknowledge(appended as u64);
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                for (job, o) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(o));
+                }
+            }
+            Err(e) if self.store.failure().is_some() => {
+                let reason = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::CommitFailed(reason.clone())));
+                }
+            }
+            Err(e) => {
+                // Failed before writing anything (a stored value that does not
+                // decode): only this group fails; memory is reloaded from disk.
+                tracing::error!(error = %e, "a group could not be prepared for writing");
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.refusal()));
+                }
+                if let Err(e) = self.reset() {
+                    self.poison("reloading the writer's state", &e);
+                }
+            }
         }
     }
 
