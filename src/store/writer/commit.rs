@@ -402,9 +402,10 @@ impl Writer {
     }
 
     /// Waits for a group in flight without landing it (the writer is dropped after a
-    /// panic, which failed the store): its batches are not acknowledged, and its node
-    /// changes not added (its write set `NODE_STALE` if it had any: the next open
-    /// rebuilds the node statistics).
+    /// panic, which failed the store): its batches are not acknowledged. Its write told
+    /// the thread adding its node changes whether it was written (added if so, as for an
+    /// acknowledged group; its write set `NODE_STALE` if it had any, so the next open
+    /// rebuilds the node statistics either way).
     pub(super) fn abandon(&mut self) {
         if let Some(f) = self.in_flight.take() {
             // Its write told the thread adding its node changes whether it was written.
@@ -783,13 +784,14 @@ mod tests {
         ingestor.stop();
     }
 
-    /// What a batch sent on its own thread came to, and in which order the batches were
-    /// answered.
-    type Answers = std::sync::Mutex<Vec<(&'static str, Result<Vec<Outcome>>)>>;
+    /// What each batch sent on its own thread came to, with the groups the writer had
+    /// written when it was answered (`IngestStats::groups`, counted before answering).
+    type Answers = std::sync::Mutex<Vec<(&'static str, Result<Vec<Outcome>>, u64)>>;
 
     fn send(ingestor: &Ingestor, answers: &Answers, name: &'static str, user: UserId, actions: Vec<Action>) {
         let answer = ingestor.ingest_blocking(user, actions);
-        answers.lock().expect("answers").push((name, answer));
+        let groups = ingestor.stats().groups;
+        answers.lock().expect("answers").push((name, answer, groups));
     }
 
     fn preparing(ingestor: &Ingestor) -> std::time::Duration {
@@ -817,12 +819,16 @@ mod tests {
             assert_eq!(ingestor.stats().groups, 0);
             drop(held);
         });
-        let answers = answers.into_inner().expect("answers");
-        let names: Vec<&str> = answers.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["alice", "bob"], "answered in the order written");
-        for ((name, answer), n) in answers.iter().zip([50, 40]) {
+        let mut answers = answers.into_inner().expect("answers");
+        answers.sort_by_key(|(name, _, _)| *name);
+        assert_eq!(answers.len(), 2);
+        for ((name, answer, groups), n) in answers.iter().zip([50, 40]) {
             let outcomes = answer.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count(), n, "{name}");
+            // Bob's group, written second, is answered only after alice's was landed.
+            if *name == "bob" {
+                assert_eq!(*groups, 2, "bob answered before alice's group was written");
+            }
         }
         assert_eq!(ingestor.stats().groups, 2);
         ingestor.stop();
@@ -848,18 +854,58 @@ mod tests {
             wait_until("the first group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
             let first = preparing(&ingestor);
             s.spawn(|| send(&ingestor, &answers, "again", alice, (0..50).map(|i| listen(i, now)).collect()));
-            wait_until("the second batch taken", || ingestor.queued() == 0);
+            // Not prepared while the first is held (a one-sided check: the second batch
+            // may not even be sent yet; its outcomes below are the test).
             std::thread::sleep(std::time::Duration::from_millis(100));
             assert_eq!(preparing(&ingestor), first, "prepared while the same user's group was written");
             drop(held);
         });
         let answers = answers.into_inner().expect("answers");
         assert_eq!(answers.len(), 2);
-        let again = answers.iter().find(|(name, _)| *name == "again").expect("again");
+        let again = answers.iter().find(|(name, _, _)| *name == "again").expect("again");
         let outcomes = again.1.as_ref().expect("the second batch");
         assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate), "{outcomes:?}");
         ingestor.stop();
         assert_eq!(store.log_head(alice).expect("head").n_listens, 50);
+    }
+
+    /// A batch that erases a listen waits for the group being written: an erasure reads
+    /// the names of the listen's track and client from the store, and they may be that
+    /// group's to write (here: a client first seen in it).
+    #[test]
+    fn an_erasure_waits_for_the_group_being_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, alice) = public_member(dir.path(), now);
+        let bob = store.create_user("bob", "password1", now).expect("bob").id;
+        let from_player = |listened_at: i64| {
+            let raw = RawListen {
+                artist: b"Artist",
+                title: b"Song",
+                listened_at,
+                client: Some(b"A player first seen here"),
+                ..RawListen::default()
+            };
+            Action::Listen(Listen::parse(&raw, now).expect("listen"))
+        };
+        let held = Held::set(&store, |f| &f.hold_write);
+        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
+        let answers = Answers::default();
+        std::thread::scope(|s| {
+            s.spawn(|| send(&ingestor, &answers, "alice", alice, vec![from_player(now - 7_200)]));
+            wait_until("alice's group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
+            let erased = vec![from_player(now - 3_600), Action::Delete { seq: 0 }];
+            s.spawn(|| send(&ingestor, &answers, "bob", bob, erased));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        for (name, answer, _) in answers.into_inner().expect("answers") {
+            let outcomes = answer.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(outcomes.iter().all(|o| matches!(o, Outcome::Appended { .. })), "{name}: {outcomes:?}");
+        }
+        assert_eq!(ingestor.stats().reloads, 0, "no batch was taken for damage");
+        ingestor.stop();
+        assert_eq!(store.log_head(bob).expect("bob").n_listens, 0, "bob's listen erased");
     }
 
     /// A write that fails fails the store: its batches get the failure, the group
@@ -884,7 +930,7 @@ mod tests {
         });
         let answers = answers.into_inner().expect("answers");
         assert_eq!(answers.len(), 2);
-        for (name, answer) in &answers {
+        for (name, answer, _) in &answers {
             match answer {
                 Err(Error::CommitFailed(reason)) if *name == "alice" => {
                     assert!(reason.contains("injected: writing a group"), "{reason}")

@@ -13,10 +13,14 @@
 //!   batches) before it begins the next group's write: every read that `Writer::apply`
 //!   makes before writing sees the group before whole. An acknowledged batch is durable,
 //!   and batches are acknowledged in the order they were written.
-//! - The group prepared meanwhile shares no user with the one being written (the writer
-//!   lands that one first otherwise): preparing reads a user's stored blocks, day
-//!   buckets, spellings and statistics, and only its own users'; what it reads of the
-//!   rest (tracks, items, clients, heads) the writer holds in memory.
+//! - The group prepared meanwhile shares no user with the one being written, and erases
+//!   no listen (the writer lands that one first otherwise): preparing reads a user's
+//!   stored blocks, day buckets, spellings and statistics, and only its own users'; what
+//!   it reads of the rest (tracks, items, clients, heads) the writer holds in memory,
+//!   but for an erasure, which reads the erased listen's track and client from the store
+//!   (they may be the group in flight's to write).
+//! - Room on disk is made for both groups (`Store::make_room`): the one in flight may not
+//!   have written into its own yet.
 //! - Anything else the writer does (a deletion, a time zone, a sharing level, a backup,
 //!   an item's id, a failed batch's reload from disk, the shutdown) lands the group in
 //!   flight first.
@@ -122,6 +126,8 @@ pub(super) struct Committer {
     in_flight: bool,
     /// The thread stopped (`is_gone`).
     gone: bool,
+    /// The result of the write in flight, taken by `ended`.
+    ended: Option<(Result<()>, Box<Write>)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -146,7 +152,14 @@ impl Committer {
                 }
             }
         })?;
-        Ok(Committer { work: Some(work_tx), done: done_rx, in_flight: false, gone: false, thread: Some(thread) })
+        Ok(Committer {
+            work: Some(work_tx),
+            done: done_rx,
+            in_flight: false,
+            gone: false,
+            ended: None,
+            thread: Some(thread),
+        })
     }
 
     /// Hands a group's write over (after `finish`: one at a time); given back if the
@@ -162,12 +175,24 @@ impl Committer {
         }
     }
 
+    /// Whether the write sent last has ended (its result is waiting for `finish`).
+    pub(super) fn ended(&mut self) -> bool {
+        if self.in_flight && self.ended.is_none() {
+            self.ended = self.done.try_recv().ok();
+        }
+        self.ended.is_some()
+    }
+
     /// Waits for the write sent last: its result, or `None` when none is in flight.
     pub(super) fn finish(&mut self) -> Option<Result<()>> {
         if !std::mem::take(&mut self.in_flight) {
             return None;
         }
-        Some(match self.done.recv() {
+        let ended = match self.ended.take() {
+            Some(ended) => Ok(ended),
+            None => self.done.recv(),
+        };
+        Some(match ended {
             Ok((written, write)) => {
                 drop(write);
                 written

@@ -448,6 +448,8 @@ struct InFlight {
     after: commit::After,
     /// The group began a bulk group's cache (`Store::cache_for_bulk`).
     bulk: bool,
+    /// The room it asked for (`Store::make_room`).
+    room: u64,
 }
 
 /// Buckets kept only in memory are stored at least this often...
@@ -688,12 +690,21 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         loop {
             // With a group in flight, the next message is a batch to prepare while it is
-            // written, or its end (`Msg::Written`); anything else lands it first.
+            // written, or its end (`Msg::Written`; one that comes after the group was
+            // landed is left alone, or it would land the next one before its write
+            // ended); anything else lands it first. Waiting with a group in flight is
+            // waiting for its write.
             let waiting = std::time::Instant::now();
+            let phase = if self.in_flight.is_some() { Phase::Writing } else { Phase::Waiting };
             let Some(msg) = rx.blocking_recv() else { break };
-            self.stats.time(Phase::Waiting, waiting);
-            if !matches!(msg, Msg::Job(_)) {
-                self.land(false);
+            self.stats.time(phase, waiting);
+            if phase == Phase::Writing {
+                self.stats.time(Phase::Groups, waiting);
+            }
+            match msg {
+                Msg::Job(_) => {}
+                Msg::Written if !self.committer.as_mut().is_some_and(committer::Committer::ended) => continue,
+                _ => self.land(false),
             }
             let first = match msg {
                 Msg::Job(job) => job,
@@ -734,7 +745,8 @@ impl Writer {
                         stop = true;
                         break;
                     }
-                    // The group in flight is landed once this one is prepared.
+                    // The group in flight is landed once this one is prepared (or refused:
+                    // `commit_group`).
                     Ok(Msg::Written) => {}
                     // Answered from what is committed (the group in flight landed first);
                     // the group then commits as gathered, so a stream of lookups cannot
@@ -759,14 +771,23 @@ impl Writer {
             if bulk {
                 self.store.cache_for_bulk();
             }
-            // Prepared while the group in flight is written, unless they share a user
-            // (see `committer`).
+            // Prepared while the group in flight is written, unless they share a user, or
+            // erase listens (an erasure reads the names of the listen's track and client,
+            // which may be the group in flight's to write: see `committer`).
             if let Some(f) = &self.in_flight
-                && jobs.iter().any(|j| f.jobs.iter().any(|k| k.user == j.user))
+                && jobs.iter().any(|j| {
+                    f.jobs.iter().any(|k| k.user == j.user)
+                        || j.actions.iter().any(|a| matches!(a, Action::Delete { .. }))
+                })
             {
                 self.land(bulk);
             }
             self.commit_group(jobs, std::time::Instant::now(), bulk);
+            // A write that ended unnoticed (its wake-up taken while this group was
+            // gathered, or dropped by a full queue) is landed now, not at the next message.
+            if self.committer.as_mut().is_some_and(committer::Committer::ended) {
+                self.land(false);
+            }
             // Whatever comes next waits for this group to be written.
             if deferred.is_some() || stop {
                 self.land(false);
@@ -836,11 +857,16 @@ impl Writer {
         // More than a group writes: each action costs sled well under 4 KiB (entry,
         // names, day index, statistics, rewritten pages), plus a MiB for the rest.
         let room = (actions as u64).saturating_mul(4 << 10).saturating_add(1 << 20);
-        if let Err(e) = self.store.writable().and_then(|()| self.store.make_room(room)) {
+        // The group in flight may not have written into its own room yet: room for both.
+        let ahead = room.saturating_add(self.in_flight.as_ref().map_or(0, |f| f.room));
+        if let Err(e) = self.store.writable().and_then(|()| self.store.make_room(ahead)) {
             self.stats.time(Phase::Groups, started);
             for job in jobs {
                 let _ = job.reply.send(Err(e.refusal()));
             }
+            // The group in flight is answered however this one ends (its wake-up may
+            // have been taken while this one was gathered).
+            self.land(bulk);
             return;
         }
         let mut checked = Vec::with_capacity(jobs.len());
@@ -856,6 +882,7 @@ impl Writer {
         loop {
             if jobs.is_empty() {
                 self.stats.time(Phase::Groups, started);
+                self.land(bulk);
                 return;
             }
             let mut group = Group::default();
@@ -927,7 +954,7 @@ impl Writer {
             };
             match sent {
                 Ok(()) => {
-                    self.in_flight = Some(InFlight { jobs, outcomes, group, after, bulk });
+                    self.in_flight = Some(InFlight { jobs, outcomes, group, after, bulk, room });
                     self.stats.time(Phase::Groups, started);
                 }
                 Err(write) => {
@@ -946,7 +973,7 @@ impl Writer {
     /// `apply` and answers its batches (`answer`). `next_bulk`: the group prepared next is
     /// a bulk one too (the page cache stays grown for it).
     fn land(&mut self, next_bulk: bool) {
-        let Some(InFlight { jobs, outcomes, group, after, bulk }) = self.in_flight.take() else { return };
+        let Some(InFlight { jobs, outcomes, group, after, bulk, .. }) = self.in_flight.take() else { return };
         let started = std::time::Instant::now();
         let written = self.written();
         let result = self.end_apply(&group, after, written);
