@@ -798,6 +798,12 @@ mod tests {
         ingestor.stats().phase(crate::store::Phase::Preparing)
     }
 
+    /// The writer's time waiting for groups' writes: more than zero once it took a
+    /// message while a group was in flight.
+    fn writing(ingestor: &Ingestor) -> std::time::Duration {
+        ingestor.stats().phase(crate::store::Phase::Writing)
+    }
+
     /// While a group is written (by the committing thread, `committer`), the writer
     /// prepares the next one; each is answered once its own write ended, in order.
     #[test]
@@ -854,8 +860,9 @@ mod tests {
             wait_until("the first group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
             let first = preparing(&ingestor);
             s.spawn(|| send(&ingestor, &answers, "again", alice, (0..50).map(|i| listen(i, now)).collect()));
-            // Not prepared while the first is held (a one-sided check: the second batch
-            // may not even be sent yet; its outcomes below are the test).
+            // Taken while the first is written (the writer's wait for a message counts as
+            // `Writing` then), and not prepared meanwhile.
+            wait_until("the second batch taken", || writing(&ingestor) > std::time::Duration::ZERO);
             std::thread::sleep(std::time::Duration::from_millis(100));
             assert_eq!(preparing(&ingestor), first, "prepared while the same user's group was written");
             drop(held);
@@ -896,6 +903,7 @@ mod tests {
             wait_until("alice's group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
             let erased = vec![from_player(now - 3_600), Action::Delete { seq: 0 }];
             s.spawn(|| send(&ingestor, &answers, "bob", bob, erased));
+            wait_until("bob's batch taken while alice's is written", || writing(&ingestor) > std::time::Duration::ZERO);
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(held);
         });

@@ -178,7 +178,12 @@ impl Committer {
     /// Whether the write sent last has ended (its result is waiting for `finish`).
     pub(super) fn ended(&mut self) -> bool {
         if self.in_flight && self.ended.is_none() {
-            self.ended = self.done.try_recv().ok();
+            match self.done.try_recv() {
+                Ok(ended) => self.ended = Some(ended),
+                // The thread stopped: `finish` says so at once (no wake-up will come).
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return true,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
         }
         self.ended.is_some()
     }
