@@ -786,7 +786,8 @@ mod tests {
 
     /// What each batch sent on its own thread came to, with the groups the writer had
     /// written when it was answered (`IngestStats::groups`, counted before answering).
-    type Answers = std::sync::Mutex<Vec<(&'static str, Result<Vec<Outcome>>, u64)>>;
+    type Answered = Vec<(&'static str, Result<Vec<Outcome>>, u64)>;
+    type Answers = std::sync::Mutex<Answered>;
 
     fn send(ingestor: &Ingestor, answers: &Answers, name: &'static str, user: UserId, actions: Vec<Action>) {
         let answer = ingestor.ingest_blocking(user, actions);
@@ -804,13 +805,16 @@ mod tests {
         ingestor.stats().phase(crate::store::Phase::Writing)
     }
 
-    /// While a group is written (by the committing thread, `committer`), the writer
-    /// prepares the next one; each is answered once its own write ended, in order.
-    #[test]
-    fn a_group_is_prepared_while_the_one_before_is_written() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let now = crate::now_unix();
-        let (store, alice) = public_member(dir.path(), now);
+    /// Alice (a public member of a store at `dir`) sends 50 listens, then bob 40 once
+    /// alice's group is prepared, alice's write held (`faults.hold_write`) until bob's
+    /// group is prepared too; `meanwhile` runs then, before the write goes on. The store,
+    /// alice, bob, the running writer and what each batch was answered.
+    fn alice_then_bob_while_held(
+        dir: &std::path::Path,
+        now: i64,
+        meanwhile: impl FnOnce(&Store, &Ingestor, &Answers),
+    ) -> (Store, UserId, UserId, Ingestor, Answered) {
+        let (store, alice) = public_member(dir, now);
         let bob = store.create_user("bob", "password1", now).expect("bob").id;
         let held = Held::set(&store, |f| &f.hold_write);
         let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
@@ -821,11 +825,24 @@ mod tests {
             let first = preparing(&ingestor);
             s.spawn(|| send(&ingestor, &answers, "bob", bob, (0..40).map(|i| listen(i, now)).collect()));
             wait_until("bob's group prepared while alice's is written", || preparing(&ingestor) > first);
-            assert!(answers.lock().expect("answers").is_empty(), "a batch answered before its write ended");
-            assert_eq!(ingestor.stats().groups, 0);
+            meanwhile(&store, &ingestor, &answers);
             drop(held);
         });
-        let mut answers = answers.into_inner().expect("answers");
+        let answers = answers.into_inner().expect("answers");
+        (store, alice, bob, ingestor, answers)
+    }
+
+    /// While a group is written (by the committing thread, `committer`), the writer
+    /// prepares the next one; each is answered once its own write ended, in order.
+    #[test]
+    fn a_group_is_prepared_while_the_one_before_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::now_unix();
+        let (store, alice, bob, ingestor, mut answers) =
+            alice_then_bob_while_held(dir.path(), now, |_, ingestor, answers| {
+                assert!(answers.lock().expect("answers").is_empty(), "a batch answered before its write ended");
+                assert_eq!(ingestor.stats().groups, 0);
+            });
         answers.sort_by_key(|(name, _, _)| *name);
         assert_eq!(answers.len(), 2);
         for ((name, answer, groups), n) in answers.iter().zip([50, 40]) {
@@ -922,21 +939,8 @@ mod tests {
     fn a_failed_write_refuses_the_group_prepared_meanwhile() {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = crate::now_unix();
-        let (store, alice) = public_member(dir.path(), now);
-        let bob = store.create_user("bob", "password1", now).expect("bob").id;
-        let held = Held::set(&store, |f| &f.hold_write);
-        let ingestor = Ingestor::start(store.clone(), 1_000, CreditRules::default()).expect("writer");
-        let answers = Answers::default();
-        std::thread::scope(|s| {
-            s.spawn(|| send(&ingestor, &answers, "alice", alice, (0..50).map(|i| listen(i, now)).collect()));
-            wait_until("alice's group prepared", || preparing(&ingestor) > std::time::Duration::ZERO);
-            let first = preparing(&ingestor);
-            s.spawn(|| send(&ingestor, &answers, "bob", bob, (0..40).map(|i| listen(i, now)).collect()));
-            wait_until("bob's group prepared", || preparing(&ingestor) > first);
-            store.faults.fail_write.store(true, Relaxed);
-            drop(held);
-        });
-        let answers = answers.into_inner().expect("answers");
+        let (store, alice, bob, ingestor, answers) =
+            alice_then_bob_while_held(dir.path(), now, |store, _, _| store.faults.fail_write.store(true, Relaxed));
         assert_eq!(answers.len(), 2);
         for (name, answer, _) in &answers {
             match answer {
