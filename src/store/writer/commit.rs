@@ -407,12 +407,9 @@ impl Writer {
     /// acknowledged group; its write set `NODE_STALE` if it had any, so the next open
     /// rebuilds the node statistics either way).
     pub(super) fn abandon(&mut self) {
-        if let Some(f) = self.in_flight.take() {
-            // Its write told the thread adding its node changes whether it was written.
+        // Its write told the thread adding its node changes whether it was written.
+        if self.in_flight.take().is_some() {
             let _ = self.written();
-            if let (None, Some(absorber)) = (&f.after.inline, &self.absorber) {
-                let _ = absorber.locked(false);
-            }
         }
     }
 

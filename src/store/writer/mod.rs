@@ -958,9 +958,8 @@ impl Writer {
                     self.stats.time(Phase::Groups, started);
                 }
                 Err(write) => {
-                    // The thread is gone: written here.
-                    self.committer = None;
-                    let written = write.run();
+                    // The thread is gone: written here (`write_now`).
+                    let written = self.write_now(write);
                     let result = self.end_apply(&group, after, written);
                     self.answer(jobs, outcomes, result, started);
                 }
