@@ -114,7 +114,8 @@ pub enum BenchCmd {
     /// built once into `--dir` (reused when it holds a finished build, so later runs time
     /// reads only), then every figure printed: the accounts' creation, the import's time
     /// and rate (`--importers` users importing at once, as members do when a node opens),
-    /// per-user import times early and late, bytes per listen on disk, RSS at rest and
+    /// per-user import times early and late, the writer's time by phase, the process's
+    /// CPU time during the import and its shares, bytes per listen on disk, RSS at rest and
     /// peak, and p50/p99 of
     /// the home page, profiles, node charts (this week, all time), history and similar
     /// users (warm) over HTTP, and a per-user visibility change.
@@ -340,6 +341,31 @@ struct SchedTimes {
     switches: u64,
 }
 
+/// The CPU time, in seconds, of every thread this process has run, those that ended
+/// included (`getrusage`: user and system time); `None` where it cannot be read.
+fn process_cpu_secs() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `getrusage` fills the one `rusage` it is given a pointer to; the pointer
+        // is to memory of ours, sized and aligned for a `rusage` by `MaybeUninit`, and it
+        // has no other precondition. `RUSAGE_SELF` is a valid `who`.
+        #[allow(unsafe_code)]
+        let filled = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+        if !filled {
+            return None;
+        }
+        // SAFETY: zeroed is a valid `rusage` (integers and `timeval`s of integers), and
+        // `getrusage` returned 0, having written all of it.
+        #[allow(unsafe_code)]
+        let usage = unsafe { usage.assume_init() };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 impl SchedTimes {
     /// The three numbers of a `schedstat` line; `None` if it has fewer or any is not one.
     fn parse(line: &str) -> Option<SchedTimes> {
@@ -373,6 +399,38 @@ impl SchedTimes {
             after.switches.saturating_sub(before.switches)
         )
     }
+}
+
+/// Names of the ingest's threads (as `store::writer` names them; the kernel keeps 15
+/// bytes of a name).
+const WRITER_THREAD: &str = "hearsay-writer";
+const COMMIT_THREAD: &str = "hearsay-commit";
+const ABSORB_THREAD: &str = "hearsay-absorb";
+
+/// The process's CPU time over an import of `secs` seconds, and the shares of the
+/// writer, the committing thread and the thread adding node changes (each counted
+/// until the writer stopped; the rest is the node-store passes, the importers and
+/// sled's threads). On this 2-core machine the import has taken about three quarters of
+/// the CPU time (0.72–0.77) in every run a profiler did not slow, while the CPU time of
+/// the same import varied by a third with the machine (docs/ARCHITECTURE.md,
+/// 2026-12-06): builds compare by their CPU time's shares, which the machine's speed
+/// moves together.
+fn describe_cpu(secs: f64, cpu: f64, before: &[Option<SchedTimes>; 3], after: &[Option<SchedTimes>; 3]) -> String {
+    let of = |i: usize| match (&before[i], &after[i]) {
+        (Some(b), Some(a)) => a.on_core_ns.saturating_sub(b.on_core_ns) as f64 / 1e9,
+        _ => 0.0,
+    };
+    let (writer, commit, absorb) = (of(0), of(1), of(2));
+    let share = |t: f64| if cpu > 0.0 { 100.0 * t / cpu } else { 0.0 };
+    let rest = (cpu - writer - commit - absorb).max(0.0);
+    format!(
+        "the process's CPU time during the import: {cpu:.1} s, the import {:.2} times it; the writer {writer:.1} s ({:.0}%), the committing thread {commit:.1} s ({:.0}%), the thread adding node changes {absorb:.1} s ({:.0}%), the rest (node-store passes, importers, sled) {rest:.1} s ({:.0}%)",
+        if cpu > 0.0 { secs / cpu } else { 0.0 },
+        share(writer),
+        share(commit),
+        share(absorb),
+        share(rest)
+    )
 }
 
 fn sim(
@@ -851,12 +909,14 @@ fn community(
         // A new thread takes its name when it first runs: look for the writer a while
         // (before the clock starts: it has nothing to do until the first member's listens).
         let writer_before = (0..200).find_map(|_| {
-            SchedTimes::of_thread("hearsay-writer").or_else(|| {
+            SchedTimes::of_thread(WRITER_THREAD).or_else(|| {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 None
             })
         });
         let phases_before = ingestor.stats();
+        let threads_before = [WRITER_THREAD, COMMIT_THREAD, ABSORB_THREAD].map(SchedTimes::of_thread);
+        let cpu_before = process_cpu_secs();
         let started = Instant::now();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let times = std::sync::Mutex::new(vec![0.0f64; ids.len()]);
@@ -889,13 +949,15 @@ fn community(
             Ok(())
         })?;
         // Every member's listens are acknowledged: counted before `stop` ends the writer.
-        let writer_after = SchedTimes::of_thread("hearsay-writer");
+        let writer_after = SchedTimes::of_thread(WRITER_THREAD);
+        let threads_after = [WRITER_THREAD, COMMIT_THREAD, ABSORB_THREAD].map(SchedTimes::of_thread);
         let phases = ingestor.stats();
         let wall = started.elapsed().as_secs_f64();
         ingestor.stop();
         store.flush()?;
         drop(store);
         let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_before.zip(process_cpu_secs()).map(|(b, a)| a - b);
         let before = status_kib("VmRSS");
         crate::memory::give_back();
         println!(
@@ -923,6 +985,9 @@ fn community(
             );
         }
         println!("the writer's time by what it did: {}", describe_phases(&phases_before, &phases));
+        if let Some(cpu) = cpu {
+            println!("{}", describe_cpu(secs, cpu, &threads_before, &threads_after));
+        }
         std::fs::write(path.join(COMMUNITY_BUILT), &want)?;
     }
     let total = n_users * per_user;
@@ -1351,7 +1416,9 @@ impl Served {
 
 #[cfg(test)]
 mod tests {
-    use super::SchedTimes;
+    use std::time::Instant;
+
+    use super::{SchedTimes, describe_cpu, process_cpu_secs};
 
     #[test]
     fn the_writers_phases_read_with_what_is_left_of_its_groups() {
@@ -1371,6 +1438,39 @@ mod tests {
             super::describe_phases(&before, &after),
             "groups 60.0 s (preparing listens 30.0 s, waiting for their writes 5.0 s, for the node changes' thread 3.0 s and for node-store passes 9.0 s, the rest 13.0 s), waiting for batches 10.0 s; the groups' writes (beside the writer) took sled transactions 17.0 s and flushes 2.0 s"
         );
+    }
+
+    /// The process's CPU time counts a thread's work, that thread ended included.
+    #[test]
+    fn the_process_cpu_time_counts_an_ended_threads_work() {
+        let before = process_cpu_secs().expect("getrusage");
+        std::thread::spawn(|| {
+            let started = Instant::now();
+            let mut x = 0u64;
+            while started.elapsed() < std::time::Duration::from_millis(300) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        })
+        .join()
+        .expect("spin");
+        let after = process_cpu_secs().expect("getrusage");
+        // 300 ms of a busy thread, at least a tenth of which on a core however loaded the
+        // machine running the tests is.
+        assert!(after - before >= 0.03, "{before} s, then {after} s");
+    }
+
+    /// The CPU time's shares: each thread's time on a core over the process's, the rest
+    /// what they leave, and the import's time over the CPU time.
+    #[test]
+    fn the_cpu_time_is_split_into_the_ingest_threads_and_the_rest() {
+        let at = |s: u64| Some(SchedTimes { on_core_ns: s * 1_000_000_000, waiting_ns: 0, switches: 0 });
+        let line = describe_cpu(75.0, 100.0, &[at(1), at(2), None], &[at(31), at(18), at(9)]);
+        assert!(line.contains("100.0 s, the import 0.75 times it"), "{line}");
+        assert!(line.contains("the writer 30.0 s (30%)"), "{line}");
+        assert!(line.contains("the committing thread 16.0 s (16%)"), "{line}");
+        // A thread not found before counts nothing, not its whole time.
+        assert!(line.contains("node changes 0.0 s (0%)"), "{line}");
+        assert!(line.contains("(node-store passes, importers, sled) 54.0 s (54%)"), "{line}");
     }
 
     #[test]
