@@ -426,7 +426,7 @@ fn describe_cpu(secs: f64, cpu: f64, before: &[Option<SchedTimes>; 3], after: &[
     let share = |t: f64| if cpu > 0.0 { 100.0 * t / cpu } else { 0.0 };
     let rest = (cpu - writer - commit - absorb).max(0.0);
     format!(
-        "the process's CPU time until the import was acknowledged: {cpu:.1} s, the import {:.2} times it; the writer {writer:.1} s ({:.0}%), the committing thread {commit:.1} s ({:.0}%), the thread adding node changes {absorb:.1} s ({:.0}%), the rest (node-store passes, importers, sled) {rest:.1} s ({:.0}%)",
+        "the process's CPU time until the import was acknowledged ({secs:.1} s): {cpu:.1} s, that time {:.2} times it; the writer {writer:.1} s ({:.0}%), the committing thread {commit:.1} s ({:.0}%), the thread adding node changes {absorb:.1} s ({:.0}%), the rest (node-store passes, importers, sled) {rest:.1} s ({:.0}%)",
         if cpu > 0.0 { secs / cpu } else { 0.0 },
         share(writer),
         share(commit),
@@ -1418,9 +1418,7 @@ impl Served {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
-    use super::{SchedTimes, describe_cpu, process_cpu_secs};
+    use super::{SchedTimes, describe_cpu};
 
     #[test]
     fn the_writers_phases_read_with_what_is_left_of_its_groups() {
@@ -1447,9 +1445,10 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn the_process_cpu_time_counts_an_ended_threads_work() {
+        use super::process_cpu_secs;
         let before = process_cpu_secs().expect("getrusage");
         let on_core = std::thread::spawn(|| {
-            let started = Instant::now();
+            let started = std::time::Instant::now();
             let mut x = 0u64;
             while started.elapsed() < std::time::Duration::from_millis(300) {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
@@ -1471,7 +1470,7 @@ mod tests {
     fn the_cpu_time_is_split_into_the_ingest_threads_and_the_rest() {
         let at = |s: u64| Some(SchedTimes { on_core_ns: s * 1_000_000_000, waiting_ns: 0, switches: 0 });
         let line = describe_cpu(75.0, 100.0, &[at(1), at(2), None], &[at(31), at(18), at(9)]);
-        assert!(line.contains("100.0 s, the import 0.75 times it"), "{line}");
+        assert!(line.contains("acknowledged (75.0 s): 100.0 s, that time 0.75 times it"), "{line}");
         assert!(line.contains("the writer 30.0 s (30%)"), "{line}");
         assert!(line.contains("the committing thread 16.0 s (16%)"), "{line}");
         // A thread not found before counts nothing, not its whole time.
