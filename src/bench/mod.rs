@@ -917,7 +917,10 @@ fn community(
             })
         });
         let phases_before = ingestor.stats();
-        let threads_before = [WRITER_THREAD, COMMIT_THREAD, ABSORB_THREAD].map(SchedTimes::of_thread);
+        // The writer's count taken above; the committing thread and the one adding node
+        // changes started before it.
+        let threads_before =
+            [writer_before, SchedTimes::of_thread(COMMIT_THREAD), SchedTimes::of_thread(ABSORB_THREAD)];
         let cpu_before = process_cpu_secs();
         let started = Instant::now();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -952,7 +955,7 @@ fn community(
         })?;
         // Every member's listens are acknowledged: counted before `stop` ends the writer.
         let writer_after = SchedTimes::of_thread(WRITER_THREAD);
-        let threads_after = [WRITER_THREAD, COMMIT_THREAD, ABSORB_THREAD].map(SchedTimes::of_thread);
+        let threads_after = [writer_after, SchedTimes::of_thread(COMMIT_THREAD), SchedTimes::of_thread(ABSORB_THREAD)];
         let cpu = cpu_before.zip(process_cpu_secs()).map(|(b, a)| a - b);
         let phases = ingestor.stats();
         let wall = started.elapsed().as_secs_f64();

@@ -11,8 +11,9 @@
 //! - One group is written at a time, and the writer lands it (`Writer::land`: waits for
 //!   its write, adds its node changes, puts its buckets in memory, then acknowledges its
 //!   batches) before it begins the next group's write: every read that
-//!   `Writer::begin_apply` makes before writing sees the group before whole. An acknowledged batch is durable,
-//!   and batches are acknowledged in the order they were written.
+//!   `Writer::begin_apply` makes before writing sees the group before whole. An
+//!   acknowledged batch is durable, and batches are acknowledged in the order they were
+//!   written.
 //! - The group prepared meanwhile shares no user with the one being written, and erases
 //!   no listen (the writer lands that one first otherwise): preparing reads a user's
 //!   stored blocks, day buckets, spellings and statistics, and only its own users'; what
