@@ -14,8 +14,8 @@
 //! Node buckets live in `userid_bucket_counts` under keys starting with 0xFF, which no
 //! account's id does (`FIRST_NODE_ID`), so they share the user buckets' memory copy,
 //! persistence and crash recount; they are stored right after the transaction that
-//! stores the user buckets they summarise, one sled write each (`Store::put_node_chunks`
-//! says why). The writer stores them less often than user buckets
+//! stores the user buckets they summarise, not in it (`Store::put_node_chunks` says
+//! why). The writer stores them less often than user buckets
 //! (`writer::NODE_PERSIST_EVERY`); until it does, while their chunks are written, and
 //! while a rebuild runs, `meta` holds `NODE_STALE` and an open rebuilds them from the
 //! user buckets: otherwise stored node buckets match the stored user buckets.
@@ -59,6 +59,12 @@ pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 /// (item, change) pairs `Store::rebuild_node_stats` holds before it merges them into
 /// the stored chunks (about 14 bytes each in its maps since changes are `i32`).
 const REBUILD_PAIRS: usize = 2_000_000;
+
+/// Node chunks a pass of `Store::store_node_changes` merges and writes at once, in key
+/// order (`sled::Tree::apply_sorted`, vendor/README.md): a leaf of sled's tree holds up to
+/// 16 of them, and written one by one each chunk was a fragment compressed on its own,
+/// the whole page again every tenth; zstd was two fifths of the pass's thread.
+const PASS_BATCH: usize = 64;
 
 /// Node chunks `Store::put_node_chunks` writes between two flushes (and
 /// `Store::store_node_changes` between two givings back of freed memory).
@@ -169,8 +175,8 @@ fn counts_of(copies: Copies, kind: usize) -> Result<Vec<(u32, u32)>> {
 /// no read of the node's chunks). Readers of node buckets add them (`Store::bucket`,
 /// `node_chunks`). Only the writer adds to them (on its thread, or on the one adding its
 /// groups' changes: `writer::absorb`). A store of node buckets merges
-/// them into the stored chunks one chunk at a time, each written and dropped from here
-/// under this lock (`Store::store_node_changes`).
+/// them into the stored chunks a batch of chunks at a time, each batch written and
+/// dropped from here under this lock (`Store::store_node_changes`).
 pub(crate) type NodePending = Arc<std::sync::RwLock<PendingChanges>>;
 
 /// The pending node changes by chunk key, and the (item, change) pairs they hold
@@ -924,11 +930,12 @@ impl Store {
     }
 
     /// Stores the node's changes: every pending change (`node_pending`) and every node
-    /// bucket the memory copy holds (a recount's) merged into its stored chunk, one
-    /// chunk at a time in key order, each chunk written and dropped from memory under
-    /// the pending changes' write lock (and the memory copy's, before it, when that
-    /// holds the chunk), which every reader of node buckets takes to read, so a reader
-    /// sees a chunk's change either pending over the old chunk or in the new one, never
+    /// bucket the memory copy holds (a recount's) merged into its stored chunk,
+    /// `PASS_BATCH` chunks at a time in key order, each batch written (`apply_sorted`:
+    /// a leaf of sled's tree as one page) and dropped from memory under the pending
+    /// changes' write lock (and the memory copy's, before it, when that holds one of
+    /// the chunks), which every reader of node buckets takes to read, so a reader sees a
+    /// chunk's change either pending over the old chunk or in the new one, never
     /// neither nor both.
     /// Flushed every `CHUNKS_PER_FLUSH` and at the end; the memory freed meanwhile (the
     /// changes written, sled's page versions it replaced) is given back to the system
@@ -948,8 +955,9 @@ impl Store {
     /// holding them all decoded, then encoded, with a copy of the pending changes, took
     /// the importing process past 1.9 GB (1.2 GB this way), and a third longer.
     ///
-    /// On an error the chunk being written keeps its change in memory (readers still see
-    /// it), and so do those not reached.
+    /// On an error the chunks of the batch not written (`apply_sorted` says how many
+    /// were) keep their changes in memory (readers still see them), and so do those not
+    /// reached.
     pub(crate) fn store_node_changes(&self) -> Result<()> {
         let _one_at_a_time = self.node_stores.lock().map_err(|_| Error::Invalid("node store poisoned".into()))?;
         let keys: Vec<[u8; 9]> = {
@@ -963,69 +971,102 @@ impl Store {
         };
         let tree = &self.trees.userid_bucket_counts;
         let poisoned = || Error::Invalid("node changes poisoned".into());
-        for (i, k) in keys.iter().enumerate() {
-            #[cfg(test)]
-            let fails = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed) == i + 1;
-            #[cfg(not(test))]
-            let fails = false;
+        for (b, batch) in keys.chunks(PASS_BATCH).enumerate() {
             // Read outside the locks (only this pass writes node chunks), unless the
             // memory copy holds a newer one (after a recount).
-            let held = self.hot.read().map_err(|_| poisoned())?.contains_key(k);
-            let stored = match tree.get(k)? {
-                Some(v) if !held => Some(v),
-                _ => None,
+            let held: Vec<bool> = {
+                let hot = self.hot.read().map_err(|_| poisoned())?;
+                batch.iter().map(|k| hot.contains_key(k)).collect()
             };
-            // The memory copy's lock only for a chunk it holds (a recount's, with no writer
-            // running): it is the lock of every user bucket the writer reads, and a node
-            // reader also takes the pending changes' lock. One chunk per taking: 64 made a
-            // background pass of the 10,000-member import hold the writer (imports of 166
-            // and 174 s against 149–154 with one; `bench community`).
-            let mut hot = match held {
+            let stored = batch
+                .iter()
+                .zip(&held)
+                .map(|(k, held)| match held {
+                    true => Ok(None),
+                    false => tree.get(k),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            // The memory copy's lock only for a batch with a chunk it holds (a recount's
+            // at open, until the first store after it): it is the lock of every user
+            // bucket the writer reads, and a node reader also takes the pending changes'
+            // lock. Taken for every chunk, 64 at a time, it made a background pass of
+            // the 10,000-member import hold the writer (imports of 166 and 174 s against
+            // 149–154 one chunk at a time; `bench community`).
+            let mut hot = match held.iter().any(|h| *h) {
                 true => Some(self.hot.write().map_err(|_| poisoned())?),
                 false => None,
             };
             let mut pending = self.node_pending.write().map_err(|_| poisoned())?;
-            let held = hot.as_mut().and_then(|hot| hot.remove(k));
-            let change = pending.take(k).unwrap_or_default();
-            // Merged from its stored bytes (`merged_encoded`); else (a memory copy's
-            // chunk, an older version, damage) decoded, merged and encoded. A chunk that
-            // does not decode keeps its change pending.
-            let fast = match (&held, &stored) {
-                (None, Some(v)) => merged_encoded(v, &change),
-                _ => None,
+            // What the batch took, put back for the chunks not written on an error.
+            let mut taken: Vec<([u8; 9], Option<Arc<AggV2>>, Delta)> = Vec::with_capacity(batch.len());
+            let mut ops: Vec<(sled::IVec, Option<sled::IVec>)> = Vec::with_capacity(batch.len());
+            let mut failed = None;
+            for ((k, held), stored) in batch.iter().zip(&held).zip(&stored) {
+                let held = match held {
+                    true => hot.as_mut().and_then(|hot| hot.remove(k)),
+                    false => None,
+                };
+                let change = pending.take(k).unwrap_or_default();
+                // Merged from its stored bytes (`merged_encoded`); else (a memory copy's
+                // chunk, an older version, damage) decoded, merged and encoded. A chunk
+                // that does not decode keeps its change pending.
+                let fast = match (&held, stored) {
+                    (None, Some(v)) => merged_encoded(v, &change),
+                    _ => None,
+                };
+                let (total, bytes) = match fast {
+                    Some(done) => done,
+                    None => {
+                        let base = match (&held, stored) {
+                            (None, Some(v)) => match decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, v) {
+                                Ok(agg) => Some(agg),
+                                Err(e) => {
+                                    taken.push((*k, held, change));
+                                    failed = Some((ops.len(), e));
+                                    break;
+                                }
+                            },
+                            _ => None,
+                        };
+                        let agg = merged(held.as_deref().or(base.as_ref()), &change);
+                        (agg.total, encode(&agg))
+                    }
+                };
+                ops.push((sled::IVec::from(&k[..]), (total > 0).then(|| sled::IVec::from(bytes))));
+                taken.push((*k, held, change));
+            }
+            #[cfg(test)]
+            let fails_at = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(test))]
+            let fails_at = 0;
+            // The injected failure of the `fails_at`th chunk of the pass: those before it
+            // written, as a real one would leave them.
+            let first = b * PASS_BATCH;
+            let injected = (fails_at > first && fails_at <= first + ops.len()).then(|| fails_at - 1 - first);
+            let mut applied = 0;
+            let written = match injected {
+                Some(at) => tree
+                    .apply_sorted(&ops[..at], &mut applied)
+                    .and_then(|()| Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk")))),
+                None => tree.apply_sorted(&ops, &mut applied),
             };
-            let (total, bytes) = match fast {
-                Some(done) => done,
-                None => {
-                    let base = match (&held, &stored) {
-                        (None, Some(v)) => match decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, v) {
-                            Ok(agg) => Some(agg),
-                            Err(e) => {
-                                pending.put(*k, change);
-                                return Err(e);
-                            }
-                        },
-                        _ => None,
-                    };
-                    let agg = merged(held.as_deref().or(base.as_ref()), &change);
-                    (agg.total, encode(&agg))
+            let failed = match (written, failed) {
+                (Err(e), _) => Some((applied, e.into())),
+                (Ok(()), failed) => failed,
+            };
+            if let Some((applied, e)) = failed {
+                for (k, held, change) in taken.into_iter().skip(applied) {
+                    if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
+                        hot.insert(k, held);
+                    }
+                    pending.put(k, change);
                 }
-            };
-            let written = match total > 0 {
-                _ if fails => Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk"))),
-                true => tree.insert(k, bytes).map(drop),
-                false => tree.remove(k).map(drop),
-            };
-            if let Err(e) = written {
-                if let (Some(hot), Some(held)) = (hot.as_mut(), held) {
-                    hot.insert(*k, held);
-                }
-                pending.put(*k, change);
-                return Err(e.into());
+                return Err(e);
             }
             drop(pending);
             drop(hot);
-            if i % CHUNKS_PER_FLUSH == CHUNKS_PER_FLUSH - 1 {
+            let done = first + batch.len();
+            if done / CHUNKS_PER_FLUSH > first / CHUNKS_PER_FLUSH {
                 self.flush()?;
                 crate::memory::give_back();
             }

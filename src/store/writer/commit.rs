@@ -530,8 +530,12 @@ impl Writer {
 /// 1.75 times: 127.2 s on a slow run (1.49 times), 434 MiB (2026-12-05, eighth session;
 /// `bench community`). Since the tenth session of 2026-12-06, 7/3 times a bound of 3M:
 /// the same 7M at most, with more room for a pass to end in (see `NODE_HOT_MAX_PAIRS`).
+/// Since the thirteenth, 8/5 times a bound of 5M: 8M at most. Passes writing a leaf of
+/// sled's tree at once (`sled::Tree::apply_sorted`) end before 5M more are pending (16
+/// passes in an import, none of which the writer waited for), and 7/3 times 5M would let
+/// a slower pass hold 11.7M.
 pub(super) fn during_a_pass(bound: usize) -> usize {
-    bound.saturating_add((bound / 3).saturating_mul(4))
+    bound.saturating_add((bound / 5).saturating_mul(3))
 }
 
 /// Stores every node change held in memory (`Store::store_node_changes`), then, when

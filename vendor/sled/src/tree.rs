@@ -400,6 +400,106 @@ impl Tree {
         peg.seal_batch()
     }
 
+    /// hearsay's change (vendor/README.md): sets (`Some`) or removes (`None`) the
+    /// key of each of `ops`, whose keys must be in strictly ascending order, and
+    /// writes a leaf in which many of them fall as one consolidated page instead of
+    /// one fragment per key. `insert` logs a fragment (the key and its value) for
+    /// every key and rewrites the whole page every tenth fragment; a run of keys
+    /// that rewrites a fair part of a leaf costs less as one page than as its
+    /// fragments, each compressed on its own. A run that changes few of a leaf's
+    /// keys is written key by key, as `insert` and `remove` do. Not atomic: on an
+    /// error, `applied` says how many of `ops` (the first ones) were written.
+    pub fn apply_sorted(
+        &self,
+        ops: &[(IVec, Option<IVec>)],
+        applied: &mut usize,
+    ) -> Result<()> {
+        *applied = 0;
+        if ops.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::Unsupported(
+                "apply_sorted: keys must be strictly ascending".into(),
+            ));
+        }
+        let mut guard = pin();
+        let guard = &mut guard;
+        let _cc = concurrency_control::read();
+        let mut i = 0;
+        while i < ops.len() {
+            let View { node_view, pid, .. } =
+                self.view_for_key(ops[i].0.as_ref(), guard)?;
+            let node: &Node = &node_view;
+            let mut new = node.clone();
+            let mut changed: Vec<usize> = vec![];
+            let mut j = i;
+            // The run of keys in this leaf, until the leaf would grow past its
+            // split size (the next lookup splits it, as after an insert).
+            while j < ops.len()
+                && (node.hi.is_empty() || ops[j].0 < node.hi)
+                && !new.should_split()
+            {
+                let (encoded_key, last) = node.node_kv_pair(ops[j].0.as_ref());
+                if ops[j].1 != last {
+                    match &ops[j].1 {
+                        Some(v) => new.set_leaf(encoded_key, v.clone()),
+                        None => new.del_leaf(&encoded_key),
+                    }
+                    changed.push(j);
+                }
+                j += 1;
+            }
+            if j == i {
+                // A leaf already past its split size: written key by key (the
+                // insert's lookup splits it first).
+                j = i + 1;
+            }
+            let len = new.data.len().max(node.data.len()).max(1);
+            if changed.len() < 2 || changed.len() * 4 < len {
+                for op in &ops[i..j] {
+                    while self
+                        .insert_inner(op.0.as_ref(), op.1.clone(), guard)?
+                        .is_err()
+                    {}
+                    *applied += 1;
+                }
+                i = j;
+                continue;
+            }
+            let mut reservations: Vec<_> = changed
+                .iter()
+                .map(|&c| (c, self.subscribers.reserve(&ops[c].0)))
+                .collect();
+            let replace = self.context.pagecache.replace(
+                pid,
+                node_view.0,
+                new,
+                guard,
+            )?;
+            if replace.is_err() {
+                // The page changed under us: read it again.
+                M.tree_looped();
+                continue;
+            }
+            for (c, reservation) in &mut reservations {
+                if let Some(res) = reservation.take() {
+                    let event = match &ops[*c].1 {
+                        Some(value) => subscriber::Event::Insert {
+                            key: ops[*c].0.clone(),
+                            value: value.clone(),
+                        },
+                        None => subscriber::Event::Remove {
+                            key: ops[*c].0.clone(),
+                        },
+                    };
+                    res.complete(&event);
+                }
+            }
+            guard.writeset.push(pid);
+            i = j;
+            *applied = j;
+        }
+        Ok(())
+    }
+
     /// Retrieve a value from the `Tree` if it exists.
     ///
     /// # Examples
