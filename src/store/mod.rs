@@ -1057,19 +1057,26 @@ mod tests {
         let key = |i: u64| (u32::try_from(i).unwrap_or(u32::MAX)).to_be_bytes().to_vec();
         let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
         let mut model_tx = model.clone();
-        let contents = |tree: &sled::Tree| -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        // In the tree's order (a key in the wrong leaf would show out of order).
+        let contents = |tree: &sled::Tree| -> Vec<(Vec<u8>, Vec<u8>)> {
             tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read")).collect()
+        };
+        let listed = |model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            model.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
         {
             let db = open();
             let tx_tree = db.open_tree("tx").expect("tree");
             for round in 0..40u64 {
-                // Even keys by runs; every third round, odd keys by another thread.
-                let dense = round % 4 != 3;
+                // Even keys by runs (dense, sparse, or removing most: leaves merge);
+                // every third round, odd keys by another thread meanwhile.
+                let (dense, removing) = (round % 4 != 3, round % 5 == 4);
                 let mut ops: Vec<(sled::IVec, Option<sled::IVec>)> = Vec::new();
                 for i in (0..4_000u64).step_by(2) {
                     let pick = next() % 100;
-                    if (dense && pick < 80) || (!dense && pick < 3) {
+                    if removing && pick < 90 {
+                        ops.push((key(i).into(), None));
+                    } else if (dense && pick < 80) || (!dense && pick < 3) {
                         let value = (next() % 10 != 0).then(|| {
                             let len = usize::try_from(16 + next() % 600).unwrap_or(16);
                             vec![u8::try_from((round + i) % 251).unwrap_or(0); len]
@@ -1082,14 +1089,17 @@ mod tests {
                     _ => Vec::new(),
                 };
                 let mut applied = usize::MAX;
-                std::thread::scope(|s| {
+                let whole = std::thread::scope(|s| {
                     s.spawn(|| {
                         for (k, v) in &side {
                             db.insert(k.as_slice(), v.as_slice()).expect("insert beside");
                         }
                     });
-                    db.apply_sorted(&ops, &mut applied).expect("apply_sorted");
+                    db.apply_sorted(&ops, &mut applied).expect("apply_sorted")
                 });
+                if dense && !removing && round > 0 {
+                    assert!(whole > 0, "round {round}: a dense run wrote no leaf as one page");
+                }
                 tx_tree
                     .transaction(|tx| {
                         for (k, v) in &ops {
@@ -1115,21 +1125,31 @@ mod tests {
                     };
                 }
                 model.extend(side);
-                assert_eq!(contents(&db), model, "round {round}");
-                assert_eq!(contents(&tx_tree), model_tx, "round {round}: through transactions");
-                for (k, v) in model.iter().step_by(97) {
-                    assert_eq!(db.get(k).expect("get").as_deref(), Some(v.as_slice()), "round {round}: get");
+                assert_eq!(contents(&db), listed(&model), "round {round}");
+                assert_eq!(contents(&tx_tree), listed(&model_tx), "round {round}: through transactions");
+                for i in 0..4_000u64 {
+                    let k = key(i);
+                    assert_eq!(
+                        db.get(&k).expect("get").as_deref(),
+                        model.get(&k).map(Vec::as_slice),
+                        "round {round}: key {i}"
+                    );
                 }
             }
             let unsorted: Vec<(sled::IVec, Option<sled::IVec>)> =
                 vec![(key(10).into(), Some(b"b".into())), (key(4).into(), Some(b"a".into()))];
             let mut applied = usize::MAX;
             assert!(db.apply_sorted(&unsorted, &mut applied).is_err(), "keys out of order are refused");
-            assert_eq!(contents(&db), model, "nothing of a refused run is written");
+            assert_eq!(applied, 0, "nothing of a refused run is written");
+            assert_eq!(contents(&db), listed(&model), "nothing of a refused run is written");
             db.flush().expect("flush");
         }
         let db = open();
-        assert_eq!(contents(&db), model, "after a reopen");
-        assert_eq!(contents(&db.open_tree("tx").expect("tree")), model_tx, "through transactions, after a reopen");
+        assert_eq!(contents(&db), listed(&model), "after a reopen");
+        assert_eq!(
+            contents(&db.open_tree("tx").expect("tree")),
+            listed(&model_tx),
+            "through transactions, after a reopen"
+        );
     }
 }

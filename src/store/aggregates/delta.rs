@@ -126,11 +126,16 @@ pub(crate) fn merged_encoded(stored: &[u8], delta: &Delta) -> Option<(u32, Vec<u
     let mut at = 0usize;
     let base_total = read_u32(body, &mut at)?;
     let total = u32::try_from((i64::from(base_total) + delta.total).max(0)).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(stored.len() + 16);
+    // Room for everything up front: an entry takes at most 5 + 5 bytes, a list's
+    // length 5. Grown as it filled, the output and the list were a third of a
+    // node-store pass's merging (reallocations; 2026-12-06, thirteenth session).
+    let added: usize = delta.counts.iter().map(FastMap::len).sum();
+    let room = stored.len().saturating_add(added.saturating_mul(10)).saturating_add(32);
+    let mut out = Vec::with_capacity(room);
     out.push(version);
     write_varint(&mut out, u64::from(total));
-    let mut list = Vec::new();
-    let mut changes: Vec<(u32, i64)> = Vec::new();
+    let mut list = Vec::with_capacity(room);
+    let mut changes: Vec<(u32, i64)> = Vec::with_capacity(delta.counts.iter().map(FastMap::len).max().unwrap_or(0));
     for kind in &delta.counts {
         // Postcard writes a length as a `usize` varint; one past `u32` could not fit.
         let n = u64::from(read_u32(body, &mut at)?);

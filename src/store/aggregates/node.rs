@@ -61,9 +61,10 @@ pub(crate) const NODE_STALE: &[u8] = b"node_stale";
 const REBUILD_PAIRS: usize = 2_000_000;
 
 /// Node chunks a pass of `Store::store_node_changes` merges and writes at once, in key
-/// order (`sled::Tree::apply_sorted`, vendor/README.md): a leaf of sled's tree holds up to
-/// 16 of them, and written one by one each chunk was a fragment compressed on its own,
-/// the whole page again every tenth; zstd was two fifths of the pass's thread.
+/// order (`sled::Tree::apply_sorted`, vendor/README.md): a leaf of sled's tree holds about
+/// 8 to 16 of them (17 until the next lookup splits it), and written one by one each
+/// chunk was a fragment compressed on its own, the whole page again every tenth; zstd
+/// was two fifths of the pass's thread.
 const PASS_BATCH: usize = 64;
 
 /// Node chunks `Store::put_node_chunks` writes between two flushes (and
@@ -956,8 +957,8 @@ impl Store {
     /// the importing process past 1.9 GB (1.2 GB this way), and a third longer.
     ///
     /// On an error the chunks of the batch not written (`apply_sorted` says how many
-    /// were) keep their changes in memory (readers still see them), and so do those not
-    /// reached.
+    /// were, an error sled reports once a page is in place included) keep their changes
+    /// in memory (readers still see them), and so do those not reached.
     pub(crate) fn store_node_changes(&self) -> Result<()> {
         let _one_at_a_time = self.node_stores.lock().map_err(|_| Error::Invalid("node store poisoned".into()))?;
         let keys: Vec<[u8; 9]> = {
@@ -1047,8 +1048,8 @@ impl Store {
             let written = match injected {
                 Some(at) => tree
                     .apply_sorted(&ops[..at], &mut applied)
-                    .and_then(|()| Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk")))),
-                None => tree.apply_sorted(&ops, &mut applied),
+                    .and_then(|_| Err(sled::Error::Io(std::io::Error::other("injected: writing a node chunk")))),
+                None => tree.apply_sorted(&ops, &mut applied).map(drop),
             };
             let failed = match (written, failed) {
                 (Err(e), _) => Some((applied, e.into())),

@@ -408,12 +408,15 @@ impl Tree {
     /// that rewrites a fair part of a leaf costs less as one page than as its
     /// fragments, each compressed on its own. A run that changes few of a leaf's
     /// keys is written key by key, as `insert` and `remove` do. Not atomic: on an
-    /// error, `applied` says how many of `ops` (the first ones) were written.
+    /// error, `applied` says how many of `ops` (the first ones) were written, an
+    /// error sled reports once the page is in place (completing its log
+    /// reservation, paging out, cleaning a segment) included. Returns how many
+    /// leaves it wrote as one page.
     pub fn apply_sorted(
         &self,
         ops: &[(IVec, Option<IVec>)],
         applied: &mut usize,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         *applied = 0;
         if ops.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(Error::Unsupported(
@@ -423,6 +426,17 @@ impl Tree {
         let mut guard = pin();
         let guard = &mut guard;
         let _cc = concurrency_control::read();
+        // Whether `op` is in the tree as it asks: after an error, whether its write
+        // was in place before sled failed (a write that would change nothing is
+        // skipped before, so a match means it landed).
+        let landed = |op: &(IVec, Option<IVec>), guard: &mut Guard| loop {
+            match self.get_inner(op.0.as_ref(), guard) {
+                Ok(Ok(now)) => return now == op.1,
+                Ok(Err(Conflict)) => continue,
+                Err(_) => return false,
+            }
+        };
+        let mut whole = 0;
         let mut i = 0;
         while i < ops.len() {
             let View { node_view, pid, .. } =
@@ -448,17 +462,26 @@ impl Tree {
                 j += 1;
             }
             if j == i {
-                // A leaf already past its split size: written key by key (the
-                // insert's lookup splits it first).
+                // A leaf already past its split size (`view_for_key` splits one
+                // before returning it, so not expected): written key by key.
                 j = i + 1;
             }
             let len = new.data.len().max(node.data.len()).max(1);
             if changed.len() < 2 || changed.len() * 4 < len {
                 for op in &ops[i..j] {
-                    while self
-                        .insert_inner(op.0.as_ref(), op.1.clone(), guard)?
-                        .is_err()
-                    {}
+                    loop {
+                        match self.insert_inner(op.0.as_ref(), op.1.clone(), guard)
+                        {
+                            Ok(Ok(_)) => break,
+                            Ok(Err(Conflict)) => continue,
+                            Err(e) => {
+                                if landed(op, guard) {
+                                    *applied += 1;
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
                     *applied += 1;
                 }
                 i = j;
@@ -468,12 +491,21 @@ impl Tree {
                 .iter()
                 .map(|&c| (c, self.subscribers.reserve(&ops[c].0)))
                 .collect();
-            let replace = self.context.pagecache.replace(
+            let replace = match self.context.pagecache.replace(
                 pid,
                 node_view.0,
                 new,
                 guard,
-            )?;
+            ) {
+                Ok(replace) => replace,
+                Err(e) => {
+                    // The whole page is in place or not: one changed key says.
+                    if changed.first().is_some_and(|&c| landed(&ops[c], guard)) {
+                        *applied = j;
+                    }
+                    return Err(e);
+                }
+            };
             if replace.is_err() {
                 // The page changed under us: read it again.
                 M.tree_looped();
@@ -496,8 +528,9 @@ impl Tree {
             guard.writeset.push(pid);
             i = j;
             *applied = j;
+            whole += 1;
         }
-        Ok(())
+        Ok(whole)
     }
 
     /// Retrieve a value from the `Tree` if it exists.
