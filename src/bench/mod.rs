@@ -413,11 +413,12 @@ const ABSORB_THREAD: &str = "hearsay-absorb";
 /// committing thread and the thread adding node changes over the same span (a thread
 /// not found when the import began was started during it and counts its whole time:
 /// the writer thread starts its committing thread as it starts, which the first count,
-/// taken once the writer thread is there, can miss; one gone at the end counts nothing; the rest is the node-store passes, the importers and sled's threads). On this 2-core machine the import has taken about
-/// three quarters of the process's CPU time in every run a profiler did not slow, while
-/// the CPU time of the same import varied by a third with the machine
-/// (docs/ARCHITECTURE.md, 2026-12-06): builds compare by their CPU time's shares, which
-/// the machine's speed moves together.
+/// taken once the writer thread is there, can miss; one gone at the end counts nothing;
+/// the rest is the node-store passes, the importers and sled's threads). On this 2-core
+/// machine the import has taken about three quarters of the process's CPU time in every
+/// run a profiler did not slow, while the CPU time of the same import varied by a third
+/// with the machine (docs/ARCHITECTURE.md, 2026-12-06): builds compare by their CPU
+/// time's shares, which the machine's speed moves together.
 fn describe_cpu(secs: f64, cpu: f64, before: &[Option<SchedTimes>; 3], after: &[Option<SchedTimes>; 3]) -> String {
     let of = |i: usize| match (&before[i], &after[i]) {
         (Some(b), Some(a)) => a.on_core_ns.saturating_sub(b.on_core_ns) as f64 / 1e9,

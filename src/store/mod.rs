@@ -984,6 +984,18 @@ mod tests {
         assert!(ran, "the deferred free never ran");
     }
 
+    /// A sled database in `dir`, compressed at level 1 with a page cache of `cache` bytes
+    /// (small, so that pages are read back from disk).
+    fn small_compressed_db(dir: &Path, cache: u64) -> sled::Db {
+        sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache)
+            .use_compression(true)
+            .compression_factor(1)
+            .open()
+            .expect("open")
+    }
+
     /// sled (vendor/sled) decompresses each page it reads from disk with a zstd context
     /// kept per thread: pages evicted from a small cache and read again, from several
     /// threads at once and after a reopen, come back whole.
@@ -996,15 +1008,7 @@ mod tests {
                 (0..len).map(|j| u8::try_from((j / 3 + i * 31) % 251).unwrap_or(0)).collect()
             })
             .collect();
-        let open = || {
-            sled::Config::new()
-                .path(dir.path().join("db"))
-                .cache_capacity(256 << 10)
-                .use_compression(true)
-                .compression_factor(1)
-                .open()
-                .expect("open")
-        };
+        let open = || small_compressed_db(dir.path(), 256 << 10);
         let read_all = |db: &sled::Db| {
             for (i, v) in values.iter().enumerate() {
                 let got = db.get(u32::try_from(i).unwrap_or(0).to_be_bytes()).expect("get");
@@ -1045,15 +1049,7 @@ mod tests {
             z ^ (z >> 31)
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || {
-            sled::Config::new()
-                .path(dir.path().join("db"))
-                .cache_capacity(128 << 10)
-                .use_compression(true)
-                .compression_factor(1)
-                .open()
-                .expect("open")
-        };
+        let open = || small_compressed_db(dir.path(), 128 << 10);
         let key = |i: u64| (u32::try_from(i).unwrap_or(u32::MAX)).to_be_bytes().to_vec();
         let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
         let mut model_tx = model.clone();
