@@ -408,6 +408,12 @@ const WRITER_THREAD: &str = "hearsay-writer";
 const COMMIT_THREAD: &str = "hearsay-commit";
 const ABSORB_THREAD: &str = "hearsay-absorb";
 
+/// The counts of the writer (`writer`, taken by the caller), the committing thread and
+/// the thread adding node changes, in `describe_cpu`'s order.
+fn ingest_threads(writer: Option<SchedTimes>) -> [Option<SchedTimes>; 3] {
+    [writer, SchedTimes::of_thread(COMMIT_THREAD), SchedTimes::of_thread(ABSORB_THREAD)]
+}
+
 /// The process's CPU time over an import's `secs` seconds until its last listens were
 /// acknowledged (before the writer's final store), and the shares of the writer, the
 /// committing thread and the thread adding node changes over the same span (a thread
@@ -922,8 +928,7 @@ fn community(
         let phases_before = ingestor.stats();
         // The writer's count taken above; the committing thread and the one adding node
         // changes started before it.
-        let threads_before =
-            [writer_before, SchedTimes::of_thread(COMMIT_THREAD), SchedTimes::of_thread(ABSORB_THREAD)];
+        let threads_before = ingest_threads(writer_before);
         let cpu_before = process_cpu_secs();
         let started = Instant::now();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -958,7 +963,7 @@ fn community(
         })?;
         // Every member's listens are acknowledged: counted before `stop` ends the writer.
         let writer_after = SchedTimes::of_thread(WRITER_THREAD);
-        let threads_after = [writer_after, SchedTimes::of_thread(COMMIT_THREAD), SchedTimes::of_thread(ABSORB_THREAD)];
+        let threads_after = ingest_threads(writer_after);
         let cpu = cpu_before.zip(process_cpu_secs()).map(|(b, a)| a - b);
         let phases = ingestor.stats();
         let wall = started.elapsed().as_secs_f64();

@@ -1039,15 +1039,9 @@ mod tests {
     /// written.
     #[test]
     fn sorted_runs_leave_the_tree_as_inserts_would() {
-        // splitmix64: a fixed sequence, no seed to carry.
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        use crate::privacy::noise::{RandomSource, Seeded};
+        let mut rng = Seeded(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.next_u64();
         let dir = tempfile::tempdir().expect("tempdir");
         let open = || small_compressed_db(dir.path(), 128 << 10);
         let key = |i: u64| (u32::try_from(i).unwrap_or(u32::MAX)).to_be_bytes().to_vec();
@@ -1059,6 +1053,15 @@ mod tests {
         };
         let listed = |model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<(Vec<u8>, Vec<u8>)> {
             model.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let apply = |model: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+                     ops: &[(sled::IVec, Option<sled::IVec>)]| {
+            for (k, v) in ops {
+                match v {
+                    Some(v) => model.insert(k.to_vec(), v.to_vec()),
+                    None => model.remove(k.as_ref()),
+                };
+            }
         };
         {
             let db = open();
@@ -1108,18 +1111,8 @@ mod tests {
                     })
                     .expect("transaction");
                 assert_eq!(applied, ops.len(), "round {round}: every op applied");
-                for (k, v) in &ops {
-                    match v {
-                        Some(v) => model.insert(k.to_vec(), v.to_vec()),
-                        None => model.remove(k.as_ref()),
-                    };
-                }
-                for (k, v) in &ops {
-                    match v {
-                        Some(v) => model_tx.insert(k.to_vec(), v.to_vec()),
-                        None => model_tx.remove(k.as_ref()),
-                    };
-                }
+                apply(&mut model, &ops);
+                apply(&mut model_tx, &ops);
                 model.extend(side);
                 assert_eq!(contents(&db), listed(&model), "round {round}");
                 assert_eq!(contents(&tx_tree), listed(&model_tx), "round {round}: through transactions");

@@ -112,6 +112,23 @@ fn chunk_of(granularity: u8, item: u32) -> u16 {
     u16::try_from(item >> chunk_shift(granularity)).unwrap_or(u16::MAX)
 }
 
+/// Chunk `key` with `change` merged, its total and bytes: from its stored bytes
+/// (`merged_encoded`); else (a memory copy's chunk `held`, an older version, damage)
+/// decoded, merged and encoded. An error for stored bytes that do not decode.
+fn merged_chunk(key: &[u8; 9], held: Option<&AggV2>, stored: Option<&[u8]>, change: &Delta) -> Result<(u32, Vec<u8>)> {
+    if let (None, Some(v)) = (held, stored)
+        && let Some(done) = merged_encoded(v, change)
+    {
+        return Ok(done);
+    }
+    let base = match (held, stored) {
+        (None, Some(v)) => Some(decode::<AggV2>(schema::USERID_BUCKET_COUNTS, key, v)?),
+        _ => None,
+    };
+    let agg = merged(held.or(base.as_ref()), change);
+    Ok((agg.total, encode(&agg)))
+}
+
 /// The copies of a node bucket's chunks one reader took at once (`Store::node_copies`):
 /// stored, in the memory copy (newer), and their pending changes.
 struct Copies {
@@ -1008,33 +1025,18 @@ impl Store {
                     false => None,
                 };
                 let change = pending.take(k).unwrap_or_default();
-                // Merged from its stored bytes (`merged_encoded`); else (a memory copy's
-                // chunk, an older version, damage) decoded, merged and encoded. A chunk
-                // that does not decode keeps its change pending.
-                let fast = match (&held, stored) {
-                    (None, Some(v)) => merged_encoded(v, &change),
-                    _ => None,
-                };
-                let (total, bytes) = match fast {
-                    Some(done) => done,
-                    None => {
-                        let base = match (&held, stored) {
-                            (None, Some(v)) => match decode::<AggV2>(schema::USERID_BUCKET_COUNTS, k, v) {
-                                Ok(agg) => Some(agg),
-                                Err(e) => {
-                                    taken.push((*k, held, change));
-                                    failed = Some((ops.len(), e));
-                                    break;
-                                }
-                            },
-                            _ => None,
-                        };
-                        let agg = merged(held.as_deref().or(base.as_ref()), &change);
-                        (agg.total, encode(&agg))
-                    }
-                };
-                ops.push((sled::IVec::from(&k[..]), (total > 0).then(|| sled::IVec::from(bytes))));
+                // A chunk that does not decode keeps its change pending.
+                let chunk = merged_chunk(k, held.as_deref(), stored.as_deref(), &change);
                 taken.push((*k, held, change));
+                match chunk {
+                    Ok((total, bytes)) => {
+                        ops.push((sled::IVec::from(&k[..]), (total > 0).then(|| sled::IVec::from(bytes))))
+                    }
+                    Err(e) => {
+                        failed = Some((ops.len(), e));
+                        break;
+                    }
+                }
             }
             #[cfg(test)]
             let fails_at = self.faults.node_chunk_fails_at.load(std::sync::atomic::Ordering::Relaxed);

@@ -500,7 +500,7 @@ const NODE_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// against 434–452, the pass's thread a tenth more CPU; the imports' times within the
 /// machine's noise (72.8–76.4 s against 74.5–78.1 on fast machines). Since the
 /// thirteenth session, passes write each leaf of sled's tree once
-/// (`sled::Tree::apply_sorted`), take about a quarter less CPU time per chunk and end
+/// (`sled::Tree::apply_sorted`), take a fifth to a quarter less CPU time per chunk and end
 /// before the bound is pending again: at 3M, 23 passes of 1.14M chunks in all (import
 /// 81.4 s, peak 409 MiB); at 5M, 16 passes of 0.94M chunks (77.7 s, 417 MiB), the
 /// passes' thread 23.8 s of CPU time against 29.8.
